@@ -1,0 +1,1 @@
+"""Small reference models shipped with onnx-eprune (installed as ``onnx_eprune.models``)."""

@@ -1,0 +1,15 @@
+"""onnx-eprune: structured channel pruning of ONNX CNNs by entropic sparse regression.
+
+The one entry point is :func:`prune`::
+
+    import onnx_eprune
+    result = onnx_eprune.prune("model.onnx", "calib.npy", sparsity=0.5)
+    onnx.save(result.model, "model.pruned.onnx")
+"""
+
+__version__ = "0.1.0"
+
+from .errors import EPruneError, UsageError  # noqa: E402
+from .pipeline import PruneConfig, PruneResult, prune  # noqa: E402
+
+__all__ = ["prune", "PruneConfig", "PruneResult", "EPruneError", "UsageError", "__version__"]

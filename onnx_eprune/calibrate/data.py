@@ -1,0 +1,138 @@
+"""Calibration data: read, validate against the model's inputs, and cut into batches."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import UsageError
+
+log = logging.getLogger("onnx_eprune")
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+                onnx.TensorProto.DOUBLE: np.float64}
+
+
+@dataclass
+class CalibrationData:
+    """Arrays by graph-input name, all with the same number of samples on axis 0."""
+
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def samples(self) -> int:
+        return next(iter(self.arrays.values())).shape[0]
+
+    def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, self.samples, size):
+            yield {k: np.ascontiguousarray(v[start:start + size]) for k, v in self.arrays.items()}
+
+    def batch_count(self, size: int) -> int:
+        return -(-self.samples // size)
+
+    def first(self) -> dict[str, np.ndarray]:
+        return {k: np.ascontiguousarray(v[:1]) for k, v in self.arrays.items()}
+
+
+def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The real graph inputs (initializers that old exporters list as inputs excluded)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def load_calibration(source, model: onnx.ModelProto, samples: int | None = None) -> CalibrationData:
+    """Calibration data from a path (``.npy`` / ``.npz``), an array, or a dict of arrays.
+
+    ``.npy`` and bare arrays feed a single-input model; ``.npz`` and dicts map input names to
+    arrays. Arrays are checked against the model inputs (rank, fixed dimensions, finite
+    values, a float dtype the model accepts) and the first ``samples`` rows are kept.
+    """
+    inputs = model_inputs(model)
+    if isinstance(source, (str, os.PathLike)):
+        arrays = _read(Path(source), inputs)
+    elif isinstance(source, np.ndarray):
+        arrays = _single(source, inputs, "the array")
+    elif isinstance(source, dict):
+        arrays = dict(source)
+    else:
+        raise UsageError(f"calibration data must be a .npy/.npz path, an array or a dict, not {type(source).__name__}")
+    arrays = _validate(arrays, inputs)
+    n = next(iter(arrays.values())).shape[0]
+    if samples is not None:
+        if samples < 1:
+            raise UsageError(f"--samples must be at least 1, not {samples}")
+        n = min(n, samples)
+        arrays = {k: v[:n] for k, v in arrays.items()}
+    if n < 16:
+        log.warning("only %d calibration samples: statistics will be noisy (a few hundred are advised)", n)
+    return CalibrationData(arrays)
+
+
+def _read(path: Path, inputs) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise UsageError(f"calibration file not found: {path}")
+    if path.is_dir():
+        raise UsageError(f"calibration path is a directory, expected a .npy or .npz file: {path}")
+    try:
+        loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:
+        raise UsageError(f"cannot read calibration file {path} as .npy/.npz ({type(exc).__name__}: {exc})") from None
+    if isinstance(loaded, np.ndarray):
+        return _single(loaded, inputs, str(path))
+    with loaded:
+        return {k: loaded[k] for k in loaded.files}
+
+
+def _single(array: np.ndarray, inputs, what: str) -> dict[str, np.ndarray]:
+    if len(inputs) != 1:
+        names = ", ".join(vi.name for vi in inputs)
+        raise UsageError(f"the model has {len(inputs)} inputs ({names}): give an .npz with one array per input name, "
+                         f"not {what}")
+    return {inputs[0].name: array}
+
+
+def _validate(arrays: dict[str, np.ndarray], inputs) -> dict[str, np.ndarray]:
+    wanted = {vi.name: vi for vi in inputs}
+    missing = [n for n in wanted if n not in arrays]
+    if missing:
+        raise UsageError(f"calibration data lacks model input(s) {', '.join(missing)} "
+                         f"(has: {', '.join(arrays) or 'nothing'})")
+    out, counts = {}, set()
+    for name, vi in wanted.items():
+        a = arrays[name]
+        if not isinstance(a, np.ndarray):
+            a = np.asarray(a)
+        ttype = vi.type.tensor_type
+        dtype = _FLOAT_TYPES.get(ttype.elem_type)
+        if dtype is None:
+            raise UsageError(f"model input {name!r} is not a float tensor; only float inputs can be calibrated")
+        if a.dtype.kind not in "fiu" and a.dtype != np.bool_:
+            raise UsageError(f"calibration array for {name!r} has dtype {a.dtype}, expected numbers")
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
+        if ttype.HasField("shape") and a.ndim != len(dims):
+            raise UsageError(f"calibration array for {name!r} has shape {a.shape}, but the model expects rank "
+                             f"{len(dims)} ({_fmt(dims)}) with samples on axis 0")
+        for axis, (got, want) in enumerate(zip(a.shape, dims)):
+            if axis > 0 and want is not None and got != want:
+                raise UsageError(f"calibration array for {name!r} has shape {a.shape}, the model expects {_fmt(dims)}")
+        if a.shape[0] == 0:
+            raise UsageError(f"calibration array for {name!r} holds no samples")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise UsageError(f"calibration array for {name!r} contains NaN or Inf values")
+        if a.dtype != dtype:
+            a = a.astype(dtype)
+        counts.add(a.shape[0])
+        out[name] = a
+    if len(counts) > 1:
+        raise UsageError(f"calibration arrays disagree on the number of samples: {sorted(counts)}")
+    return out
+
+
+def _fmt(dims) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"

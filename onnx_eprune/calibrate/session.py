@@ -1,0 +1,108 @@
+"""onnxruntime sessions: provider choice, sub-graph sessions and shape probing."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..errors import EPruneError, UsageError
+
+log = logging.getLogger("onnx_eprune")
+
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+def choose_providers(device: str = "auto") -> list[str]:
+    """Execution providers for ``device`` in {"auto", "cpu", "cuda"}.
+
+    "auto" takes CUDA when onnxruntime offers it and a session can really be created on it
+    (the provider is listed even when the CUDA libraries are missing), else the CPU.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if device == "cpu":
+        return [_CPU]
+    if _CUDA in ort.get_available_providers() and _cuda_works():
+        return [_CUDA, _CPU]
+    if device == "cuda":
+        raise EPruneError("--device cuda: onnxruntime cannot use CUDA here (needs onnxruntime-gpu, CUDA 13 and cuDNN 9)")
+    return [_CPU]
+
+
+_cuda_ok: bool | None = None
+
+
+def _cuda_works() -> bool:
+    """Create a one-node session on CUDA once and see whether CUDA really took it."""
+    global _cuda_ok
+    if _cuda_ok is None:
+        x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+        y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+        graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+        try:
+            sess = ort.InferenceSession(model.SerializeToString(), _options(), providers=[_CUDA, _CPU])
+            _cuda_ok = _CUDA in sess.get_providers()
+        except Exception:  # missing libcudart/cudnn show up as assorted runtime errors
+            _cuda_ok = False
+    return _cuda_ok
+
+
+def _options(threads: int | None = None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # onnxruntime chatter only with -v (set by the CLI)
+    if log.isEnabledFor(logging.DEBUG):
+        opts.log_severity_level = 2
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
+def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str] | None = None,
+                 threads: int | None = None) -> ort.InferenceSession:
+    """A session for ``model``; ``outputs`` (any tensor names) replace the graph outputs."""
+    if outputs is not None:
+        model = with_outputs(model, outputs)
+    try:
+        return ort.InferenceSession(model.SerializeToString(), _options(threads), providers=providers)
+    except Exception as exc:
+        raise EPruneError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:300]}") from None
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs are exactly ``names`` (types left to the runtime)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    known = {vi.name: vi for vi in list(model.graph.output) + list(model.graph.value_info)}
+    del copy.graph.output[:]
+    for name in names:
+        vi = onnx.ValueInfoProto()
+        if name in known and known[name].type.HasField("tensor_type"):
+            vi.type.tensor_type.elem_type = known[name].type.tensor_type.elem_type
+        vi.name = name
+        copy.graph.output.append(vi)
+    return copy
+
+
+def probe_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: list[str]
+                 ) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes of every tensor, by running the model once on ``feeds``."""
+    names = [o for n in model.graph.node for o in n.output if o]
+    names = list(dict.fromkeys(names))
+    sess = make_session(model, providers, outputs=names)
+    try:
+        values = sess.run(None, feeds)
+    except Exception as exc:
+        raise EPruneError(f"onnxruntime cannot run the model on the calibration data: "
+                          f"{str(exc).splitlines()[0][:300]}") from None
+    shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+    for name, value in zip(names, values):
+        if isinstance(value, np.ndarray):
+            shapes[name] = tuple(int(d) for d in value.shape)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes

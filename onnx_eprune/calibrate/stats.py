@@ -1,0 +1,147 @@
+"""Streaming second-order statistics of consumer inputs, and the patch sampling behind them.
+
+For a consumer with weights ``theta`` (M x D) the selection and the re-fit need only
+
+* ``mean_x`` (D'), ``cxx`` (D' x D'): mean and centred scatter of the *current* input
+  features x' (the input in the network pruned so far; x' = x in one-shot mode),
+* ``mean_y`` (M), ``cxy`` (D' x M), ``syy`` (M): mean, centred cross-scatter with x' and
+  centred scatter per output of the *original* output ``y = theta @ x`` (bias excluded).
+
+Batches are merged with Chan's parallel update, so the statistics of disjoint shards add
+up exactly (up to rounding) and memory does not grow with the number of samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class MomentStats:
+    """Centred moments of paired feature rows (x' of D' features, y of M outputs)."""
+
+    n: int
+    mean_x: np.ndarray   # (D',) float64
+    mean_y: np.ndarray   # (M,)  float64
+    cxx: np.ndarray      # (D', D') float64, sum of centred outer products
+    cxy: np.ndarray      # (D', M) float64
+    syy: np.ndarray      # (M,) float64, sum of centred squares of each output
+
+    @classmethod
+    def empty(cls, d: int, m: int) -> "MomentStats":
+        return cls(0, np.zeros(d), np.zeros(m), np.zeros((d, d)), np.zeros((d, m)), np.zeros(m))
+
+    def update(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Add rows ``x`` (R x D') and ``y`` (R x M)."""
+        self.merge(MomentStats.from_rows(x, y))
+
+    @classmethod
+    def from_rows(cls, x: np.ndarray, y: np.ndarray) -> "MomentStats":
+        n = x.shape[0]
+        mx = x.mean(axis=0, dtype=np.float64)
+        my = y.mean(axis=0, dtype=np.float64)
+        xc = x - mx.astype(x.dtype)  # centred in float32: products stay accurate
+        yc = y - my.astype(y.dtype)
+        return cls(n, mx, my, (xc.T @ xc).astype(np.float64), (xc.T @ yc).astype(np.float64),
+                   np.einsum("ij,ij->j", yc, yc, dtype=np.float64))
+
+    def merge(self, other: "MomentStats") -> None:
+        """In place: the statistics of the union of both row sets."""
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.n, self.mean_x, self.mean_y = other.n, other.mean_x.copy(), other.mean_y.copy()
+            self.cxx, self.cxy, self.syy = other.cxx.copy(), other.cxy.copy(), other.syy.copy()
+            return
+        n = self.n + other.n
+        dx = other.mean_x - self.mean_x
+        dy = other.mean_y - self.mean_y
+        f = self.n * other.n / n
+        self.cxx += other.cxx + f * np.outer(dx, dx)
+        self.cxy += other.cxy + f * np.outer(dx, dy)
+        self.syy += other.syy + f * dy * dy
+        self.mean_x += dx * (other.n / n)
+        self.mean_y += dy * (other.n / n)
+        self.n = n
+
+    # Normalised views used by the solvers --------------------------------------------
+    @property
+    def cov(self) -> np.ndarray:
+        """Covariance of x' (D' x D')."""
+        return self.cxx / max(self.n, 1)
+
+    @property
+    def cross(self) -> np.ndarray:
+        """Cross-covariance of x' and y (D' x M)."""
+        return self.cxy / max(self.n, 1)
+
+    @property
+    def var_y(self) -> np.ndarray:
+        """Variance of each original output (M,)."""
+        return self.syy / max(self.n, 1)
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}n": np.array(self.n), f"{prefix}mean_x": self.mean_x, f"{prefix}mean_y": self.mean_y,
+                f"{prefix}cxx": self.cxx, f"{prefix}cxy": self.cxy, f"{prefix}syy": self.syy}
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str) -> "MomentStats":
+        return cls(int(arrays[f"{prefix}n"]), np.array(arrays[f"{prefix}mean_x"], np.float64),
+                   np.array(arrays[f"{prefix}mean_y"], np.float64), np.array(arrays[f"{prefix}cxx"], np.float64),
+                   np.array(arrays[f"{prefix}cxy"], np.float64), np.array(arrays[f"{prefix}syy"], np.float64))
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]   # top, left, bottom, right (ONNX order)
+    dilations: tuple[int, int]
+    out_hw: tuple[int, int]
+
+    @classmethod
+    def from_dict(cls, d: dict, out_hw: tuple[int, int]) -> "ConvGeometry":
+        return cls(tuple(d["kernel"]), tuple(d["strides"]), tuple(d["pads"]), tuple(d["dilations"]), tuple(out_hw))
+
+
+def sample_positions(rng: np.random.Generator, batch: int, n_positions: int, per_sample: int) -> np.ndarray:
+    """Output positions to sample, ``(batch, k)`` flat indices; all of them when k covers all."""
+    if per_sample >= n_positions:
+        return np.broadcast_to(np.arange(n_positions), (batch, n_positions))
+    return np.stack([rng.choice(n_positions, per_sample, replace=False) for _ in range(batch)])
+
+
+def conv_patches(x: np.ndarray, geo: ConvGeometry, positions: np.ndarray) -> np.ndarray:
+    """im2col rows of ``x`` (N, C, H, W) at output positions ``positions`` (N, k).
+
+    Returns (N*k, C*kh*kw) float32, columns ordered like a Conv weight (C, kh, kw) flattened.
+    """
+    n, c = x.shape[:2]
+    kh, kw = geo.kernel
+    top, left, bottom, right = geo.pads
+    if any(geo.pads):
+        x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # N, Hp, Wp, C: gather whole channel vectors
+    ow = geo.out_hw[1]
+    oy, ox = np.divmod(positions, ow)                    # (N, k)
+    ky, kx = np.meshgrid(np.arange(kh) * geo.dilations[0], np.arange(kw) * geo.dilations[1], indexing="ij")
+    rows = oy[..., None] * geo.strides[0] + ky.reshape(-1)   # (N, k, kh*kw)
+    cols = ox[..., None] * geo.strides[1] + kx.reshape(-1)
+    nidx = np.arange(n)[:, None, None]
+    patches = xt[nidx, rows, cols]                            # (N, k, kh*kw, C)
+    k = positions.shape[1]
+    return np.ascontiguousarray(patches.transpose(0, 1, 3, 2)).reshape(n * k, c * kh * kw)
+
+
+def positions_per_sample(n_positions: int, features: int, samples: int, setting: int | None) -> int:
+    """How many output positions of each image feed a Conv's statistics.
+
+    ``setting`` fixes it; by default enough rows for a well-determined Gram matrix
+    (16 rows per feature over the calibration set) and at least 16 per image.
+    """
+    if setting is not None:
+        return max(1, min(n_positions, setting))
+    want = max(16, -(-16 * features // max(samples, 1)))
+    return min(n_positions, want)

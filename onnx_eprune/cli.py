@@ -1,0 +1,280 @@
+"""The ``onnx-eprune`` command: prune, inspect, evaluate, demo.
+
+Exit status: 0 on success, 2 for usage errors, 1 for runtime errors, 130 when interrupted;
+failures print one line on stderr (a traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import EPruneError, UsageError
+
+log = logging.getLogger("onnx_eprune")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="print details, onnxruntime messages included")
+    p.add_argument("--debug", action="store_true", help="show a traceback on failure")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="onnx-eprune", description="Structured channel pruning of ONNX CNNs by entropic "
+                     "sparse regression, without fine-tuning.")
+    parser.add_argument("--version", action="version", version=f"onnx-eprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("prune", help="prune a model", description="Prune whole channels of MODEL and write OUT.")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the pruned model")
+    p.add_argument("--calib", required=True, metavar="CALIB",
+                   help=".npy (first axis = samples; single-input models) or .npz (input name -> array)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--sparsity", type=_fraction, metavar="S",
+                        help="remove at least this fraction of the Conv/Gemm/MatMul parameters")
+    target.add_argument("--flops-reduction", type=_fraction, metavar="F",
+                        help="remove at least this fraction of their multiply-accumulates")
+    target.add_argument("--keep-ratio", type=_fraction, metavar="R",
+                        help="keep round(R*C) channels in every prunable group")
+    p.add_argument("--method", default="entropic", choices=["entropic", "l1", "random"],
+                   help="channel selection (default: entropic)")
+    p.add_argument("--mode", default="sequential", choices=["sequential", "oneshot"],
+                   help="sequential: each layer is fitted on the already-pruned network (default)")
+    p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
+    p.add_argument("--report", metavar="REPORT.json", help="write the JSON report here")
+    p.add_argument("--seed", type=int, default=0, help="seed for position sampling and random selection")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="onnxruntime device for calibration (default: CUDA when usable)")
+    p.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default: 64)")
+    p.add_argument("--positions", type=int, metavar="K",
+                   help="conv output positions sampled per image (default: automatic)")
+    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts at multiples of N")
+    p.add_argument("--no-reconstruct", action="store_true",
+                   help="slice the kept weights without the least-squares re-fit")
+    _add_common(p)
+
+    p = sub.add_parser("inspect", help="show the channel groups of a model",
+                       description="List the channel groups of MODEL: producers, consumers, channels, and "
+                       "whether each is prunable or frozen (and why).")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("--calib", metavar="CALIB", help="sample input (needed when the input shape is not fixed)")
+    p.add_argument("--input-shape", metavar="N,C,H,W", help="input shape for models with dynamic dimensions")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_common(p)
+
+    p = sub.add_parser("evaluate", help="compare a pruned model with its original",
+                       description="Fidelity (top-1 agreement, relative error, cosine), accuracy when labels are "
+                       "given, latency and size of ORIGINAL and PRUNED on the same data.")
+    p.add_argument("original", metavar="ORIGINAL.onnx")
+    p.add_argument("pruned", metavar="PRUNED.onnx")
+    p.add_argument("--data", required=True, metavar="DATA", help=".npy or .npz inputs, as for --calib")
+    p.add_argument("--labels", metavar="LABELS.npy", help="integer class labels for accuracy")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_common(p)
+
+    p = sub.add_parser("demo", help="prune the shipped LeNet-5 (Fashion-MNIST) and show what it costs",
+                       description="Prune the LeNet-5 that ships with onnx-eprune and print its accuracy and "
+                       "size before and after.")
+    p.add_argument("--sparsity", type=_fraction, default=0.55, help="parameter sparsity (default: 0.55)")
+    p.add_argument("--method", default="entropic", choices=["entropic", "l1", "random"])
+    p.add_argument("-o", "--output", default="lenet5_fmnist.pruned.onnx", metavar="OUT.onnx",
+                   help="where to write the pruned model (default: ./lenet5_fmnist.pruned.onnx)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_common(p)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("onnx-eprune: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+    if not args.verbose:
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(3)
+
+
+def _check_output(model: str, output: str) -> None:
+    """Refuse before any work: overwriting the input, or an output that cannot be written."""
+    out = Path(output)
+    if out.exists() and Path(model).exists() and out.resolve() == Path(model).resolve():
+        raise UsageError("the output path is the input model; choose another file (the input is never overwritten)")
+    if out.is_dir():
+        raise UsageError(f"output path is a directory: {out}")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"output folder is not writable: {folder}")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .graph.model_io import save_model
+    from .pipeline import PruneConfig, prune
+    from .progress import Progress
+    from .report import summary_table, write_json
+
+    _check_output(args.model, args.output)
+    if args.report:
+        _check_output(args.model, args.report)
+    config = PruneConfig(sparsity=args.sparsity, flops_reduction=args.flops_reduction, keep_ratio=args.keep_ratio,
+                         method=args.method, mode=args.mode, samples=args.samples, seed=args.seed,
+                         device=args.device, batch_size=args.batch_size, positions=args.positions,
+                         round_to=args.round_to, reconstruct=not args.no_reconstruct)
+    result = prune(args.model, args.calib, config, progress=Progress(enabled=not args.quiet))
+    save_model(result.model, args.output)
+    report = dict(result.report, input=str(args.model), output=str(args.output))
+    if args.report:
+        write_json(report, args.report)
+    if not args.quiet:
+        print(summary_table(report))
+        print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
+    return 0
+
+
+def _shapes_input(model, args: argparse.Namespace):
+    from .calibrate.data import load_calibration, model_inputs
+
+    if args.calib:
+        return load_calibration(args.calib, model, samples=1)
+    inputs = model_inputs(model)
+    arrays = {}
+    for i, vi in enumerate(inputs):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if args.input_shape:
+            try:
+                dims = [int(x) for x in args.input_shape.split(",")]
+            except ValueError:
+                raise UsageError(f"--input-shape must look like 1,3,224,224, not {args.input_shape!r}") from None
+        if dims and dims[0] is None:
+            dims[0] = 1
+        if any(d is None for d in dims):
+            raise UsageError(f"input {vi.name!r} has dynamic dimensions {dims}; give --input-shape or --calib")
+        arrays[vi.name] = np.zeros(dims, dtype=np.float32)
+    return load_calibration(arrays, model, samples=1)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .calibrate.session import choose_providers, probe_shapes
+    from .graph.costs import build_cost_model
+    from .graph.groups import analyze
+    from .graph.model_io import constants_to_initializers, load_model
+
+    model = load_model(args.model)
+    constants_to_initializers(model)
+    data = _shapes_input(model, args)
+    shapes = probe_shapes(model, data.first(), choose_providers("cpu"))
+    analysis = analyze(model, shapes)
+    costs = build_cost_model(model, analysis, shapes)
+    nodes = model.graph.node
+    rows = []
+    for g in analysis.groups:
+        if not g.producers and not g.consumers:
+            continue
+        rows.append({
+            "id": g.gid, "channels": g.channels, "prunable": g.prunable,
+            "producers": [nodes[p.node].name or f"{nodes[p.node].op_type}#{p.node}" for p in g.producers],
+            "consumers": [analysis.consumers[c].name for c in g.consumers],
+            "frozen": "; ".join(g.frozen) if g.frozen else None})
+    prunable = {g.gid for g in analysis.groups if g.prunable}
+    total = costs.macs()
+    # MACs that pruning can touch: layers with a prunable group on either side
+    touched = sum(layer.macs({}) for layer in costs.layers
+                  if layer.out_group in prunable or any(g in prunable for g, _ in layer.in_segments))
+    summary = {"groups": rows, "prunable_groups": len(prunable), "macs": total, "params": costs.params(),
+               "prunable_mac_fraction": touched / total if total else 0.0}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"{'group':>5} {'channels':>8}  {'status':<8} {'producers':<36} {'consumers':<36}")
+    for r in rows:
+        status = "prunable" if r["prunable"] else "frozen"
+        print(f"{r['id']:>5} {r['channels']:>8}  {status:<8} {', '.join(r['producers'])[:36]:<36} "
+              f"{', '.join(r['consumers'])[:36]:<36}" + (f"  ({r['frozen']})" if r["frozen"] else ""))
+    print(f"{len(prunable)} prunable groups; params {summary['params']:,}; MACs {total:,}; "
+          f"prunable MAC fraction {summary['prunable_mac_fraction']:.3f}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_evaluation
+
+    result = evaluate(args.original, args.pruned, args.data, labels=args.labels, device=args.device)
+    print(json.dumps(result, indent=1) if args.json else format_evaluation(result))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    _check_output("", args.output)
+    run_demo(args.output, sparsity=args.sparsity, method=args.method, device=args.device, quiet=args.quiet)
+    return 0
+
+
+COMMANDS = {"prune": cmd_prune, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        _setup_logging(args)
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("onnx-eprune: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except EPruneError as exc:
+        if debug:
+            raise
+        print(f"onnx-eprune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except MemoryError:
+        if debug:
+            raise
+        print("onnx-eprune: error: out of memory; try fewer --samples or a smaller --batch-size", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: say so in one line, full details with --debug
+        if debug:
+            raise
+        print(f"onnx-eprune: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

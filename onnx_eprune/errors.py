@@ -1,0 +1,13 @@
+"""Exceptions that the command line turns into one-line messages and exit codes."""
+
+
+class EPruneError(Exception):
+    """A runtime failure the user can act on (exit status 1)."""
+
+    exit_code = 1
+
+
+class UsageError(EPruneError):
+    """The command or its arguments are wrong (exit status 2)."""
+
+    exit_code = 2

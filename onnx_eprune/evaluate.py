@@ -1,0 +1,126 @@
+"""Compare a pruned model with its original: fidelity, accuracy, latency, size."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .calibrate.data import load_calibration
+from .calibrate.session import choose_providers, make_session, probe_shapes
+from .errors import UsageError
+from .graph.costs import build_cost_model
+from .graph.groups import analyze
+from .graph.model_io import as_model, constants_to_initializers
+
+
+def run_model(model: onnx.ModelProto, data, providers: list[str], batch_size: int = 256) -> list[np.ndarray]:
+    """All outputs of ``model`` over ``data`` (a CalibrationData), concatenated over batches."""
+    sess = make_session(model, providers)
+    outs: list[list[np.ndarray]] = []
+    for batch in data.batches(batch_size):
+        for i, value in enumerate(sess.run(None, batch)):
+            if len(outs) <= i:
+                outs.append([])
+            outs[i].append(value)
+    return [np.concatenate(o) for o in outs]
+
+
+def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, providers: list[str] | None = None) -> float:
+    """Top-1 accuracy of the first output of a single-input classifier."""
+    model = as_model(model)
+    data = load_calibration(x, model)
+    logits = run_model(model, data, providers or choose_providers("auto"))[0]
+    return float(np.mean(logits.argmax(axis=1) == np.asarray(y).reshape(-1)))
+
+
+def latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: list[str], threads: int | None = None,
+               repeats: int = 20) -> float:
+    """Median wall time of one ``run`` in milliseconds, after a warm-up run."""
+    sess = make_session(model, providers, threads=threads)
+    sess.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(1000.0 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def _size(model: onnx.ModelProto, path) -> int:
+    if isinstance(path, (str, os.PathLike)):
+        return Path(path).stat().st_size
+    return model.ByteSize()
+
+
+def _counts(model: onnx.ModelProto, data, providers) -> tuple[int, int]:
+    shapes = probe_shapes(model, data.first(), providers)
+    costs = build_cost_model(model, analyze(model, shapes), shapes)
+    return costs.params(), costs.macs()
+
+
+def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
+    """Fidelity of ``pruned`` to ``original`` on ``data`` (path, array or dict of arrays).
+
+    Returns a dict: per output top-1 agreement, relative L2 error and mean cosine
+    similarity; accuracy of both when ``labels`` (path or array of class indices) is given;
+    median latency (ms) of both at batch 1 and batch 32; file size, parameters and MACs.
+    """
+    a, b = as_model(original), as_model(pruned)
+    for m in (a, b):
+        constants_to_initializers(m)
+    providers = choose_providers(device)
+    data_a = load_calibration(data, a)
+    load_calibration(data_a.arrays, b)  # the pruned model must take the same inputs
+    out_a, out_b = run_model(a, data_a, providers), run_model(b, data_a, providers)
+    names = [o.name for o in a.graph.output]
+    result: dict = {"samples": data_a.samples, "provider": providers[0], "outputs": {}}
+    for name, ya, yb in zip(names, out_a, out_b):
+        if ya.shape != yb.shape:
+            raise UsageError(f"output {name!r} has shape {ya.shape} in the original and {yb.shape} in the pruned model")
+        fa, fb = ya.reshape(len(ya), -1).astype(np.float64), yb.reshape(len(yb), -1).astype(np.float64)
+        cos = np.sum(fa * fb, 1) / np.maximum(np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1), 1e-30)
+        entry = {"relative_error": float(np.linalg.norm(fa - fb) / max(np.linalg.norm(fa), 1e-30)),
+                 "cosine": float(np.mean(cos))}
+        if ya.ndim == 2 and ya.shape[1] > 1:
+            entry["top1_agreement"] = float(np.mean(ya.argmax(1) == yb.argmax(1)))
+        result["outputs"][name] = entry
+    if labels is not None:
+        y = np.load(labels) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
+        y = y.reshape(-1)
+        if len(y) != data_a.samples:
+            raise UsageError(f"{len(y)} labels for {data_a.samples} samples")
+        result["accuracy"] = {"original": float(np.mean(out_a[0].argmax(1) == y)),
+                              "pruned": float(np.mean(out_b[0].argmax(1) == y))}
+    one = data_a.first()
+    batch = next(data_a.batches(min(32, data_a.samples)))
+    result["latency_ms"] = {
+        "original": {"batch1": latency_ms(a, one, providers), f"batch{len(next(iter(batch.values())))}":
+                     latency_ms(a, batch, providers)},
+        "pruned": {"batch1": latency_ms(b, one, providers), f"batch{len(next(iter(batch.values())))}":
+                   latency_ms(b, batch, providers)}}
+    pa, ma = _counts(a, data_a, providers)
+    pb, mb = _counts(b, data_a, providers)
+    result["size"] = {"original": {"bytes": _size(a, original), "params": pa, "macs": ma},
+                      "pruned": {"bytes": _size(b, pruned), "params": pb, "macs": mb}}
+    return result
+
+
+def format_evaluation(r: dict) -> str:
+    lines = [f"{r['samples']} samples on {r['provider']}"]
+    for name, e in r["outputs"].items():
+        agree = f", top-1 agreement {100 * e['top1_agreement']:.2f}%" if "top1_agreement" in e else ""
+        lines.append(f"output {name}: relative error {e['relative_error']:.4f}, cosine {e['cosine']:.5f}{agree}")
+    if "accuracy" in r:
+        acc = r["accuracy"]
+        lines.append(f"accuracy: original {100 * acc['original']:.2f}%, pruned {100 * acc['pruned']:.2f}% "
+                     f"({100 * (acc['pruned'] - acc['original']):+.2f} points)")
+    for which in ("original", "pruned"):
+        lat = ", ".join(f"{k} {v:.2f} ms" for k, v in r["latency_ms"][which].items())
+        s = r["size"][which]
+        lines.append(f"{which:<8}: {s['bytes']:,} bytes, {s['params']:,} params, {s['macs']:,} MACs; latency {lat}")
+    return "\n".join(lines)

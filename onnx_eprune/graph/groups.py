@@ -1,0 +1,733 @@
+"""Channel-group analysis: which channels of which tensors must be removed together.
+
+Every non-constant tensor gets a *layout*: the list of channel segments along its channel
+axis (axis 1). A segment names a channel *space* (the channels one producer creates) and
+how many features each channel spans there (``factor``: 1 for NCHW tensors, H*W behind a
+Flatten). Pass-through ops copy layouts, Concat joins them, element-wise ops on two
+activations unite their spaces (a union-find), producers (Conv/Gemm/MatMul outputs) create
+new spaces, and consumers (Conv/Gemm/MatMul inputs) record which features belong to which
+space. Anything not understood freezes the spaces it touches, with the reason.
+
+The result, :class:`GraphAnalysis`, lists :class:`ChannelGroup` objects (one per union of
+spaces) and :class:`Consumer` objects; nothing here does arithmetic on weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# Ops that act on each element independently: channel c in is channel c out.
+ELEMENTWISE_UNARY = frozenset({
+    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt",
+    "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Dropout",
+    "ThresholdedRelu", "Shrink", "Clip", "Cast",
+})
+# Ops that mix values only within one channel's spatial plane.
+SPATIAL_POOLS = frozenset({
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool",
+})
+ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum"})
+REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
+
+OPAQUE = "opaque"  # layout of a non-constant tensor whose channels we cannot follow
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``length`` channels of one space, starting at channel ``start`` of that space."""
+
+    space: int
+    start: int
+    length: int
+    factor: int = 1  # features per channel along the channel axis
+
+
+Layout = "list[Segment] | str"
+
+
+@dataclass
+class Producer:
+    """A node whose output channels form (part of) a group: its weight rows go."""
+
+    node: int
+    kind: str            # "conv" | "gemm" | "matmul"
+    weight: str          # initializer name
+    weight_axis: int     # axis of the weight that indexes output channels
+    bias: str | None     # initializer name of a per-output bias, if any
+
+
+@dataclass
+class ParamSlice:
+    """A per-channel constant of a pass-through op (BN scale, depthwise weight, ...)."""
+
+    node: int
+    tensor: str
+    axis: int
+    offset: int  # index along ``axis`` where the group's channel 0 sits
+
+
+@dataclass
+class ShapeParam:
+    """A Reshape target whose feature count must shrink with the group."""
+
+    node: int
+    tensor: str
+    index: int   # position in the shape vector holding the feature count
+    output: str  # the Reshape output, whose features the target must match
+
+
+@dataclass
+class Consumer:
+    """A Conv/Gemm/MatMul with constant weights whose input channels can shrink.
+
+    Its input features are channel-major: feature ``f`` of input channel ``c`` is column
+    ``c * s + f`` of the flattened weight ``theta`` (M x C*s), with ``s = kh*kw`` for a
+    Conv and ``H*W`` for a Gemm behind a Flatten.
+    """
+
+    node: int
+    name: str
+    kind: str                   # "conv" | "gemm" | "matmul"
+    input: str                  # activation tensor name
+    output: str
+    weight: str
+    bias: str | None
+    in_channels: int
+    out_channels: int
+    s: int                      # features per input channel
+    segments: list[tuple[int, int, int]] = field(default_factory=list)  # (group, offset, length)
+    conv: dict | None = None    # kernel, strides, pads, dilations for a Conv
+    gemm_trans_b: bool = True   # weight stored as (M, D) when True, (D, M) otherwise
+    alpha: float = 1.0
+    beta: float = 1.0
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that are removed together: a union of channel spaces."""
+
+    gid: int
+    channels: int
+    producers: list[Producer] = field(default_factory=list)
+    params: list[ParamSlice] = field(default_factory=list)
+    shape_params: list[ShapeParam] = field(default_factory=list)
+    consumers: list[int] = field(default_factory=list)           # consumer indices
+    tensors: list[tuple[str, int, int]] = field(default_factory=list)  # (name, offset, factor)
+    frozen: list[str] = field(default_factory=list)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.frozen and bool(self.producers)
+
+
+@dataclass
+class GraphAnalysis:
+    groups: list[ChannelGroup]
+    consumers: list[Consumer]
+    node_count: int
+
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+
+class _Spaces:
+    """Union-find over channel spaces, with sizes, members and freeze reasons."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.frozen: dict[int, list[str]] = {}
+
+    def new(self, size: int, frozen: str | None = None) -> int:
+        sid = len(self.parent)
+        self.parent.append(sid)
+        self.size.append(size)
+        if frozen:
+            self.frozen.setdefault(sid, []).append(frozen)
+        return sid
+
+    def find(self, sid: int) -> int:
+        root = sid
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[sid] != root:  # path compression
+            self.parent[sid], sid = root, self.parent[sid]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            keep, drop = min(ra, rb), max(ra, rb)  # deterministic root: the older space
+            self.parent[drop] = keep
+
+    def freeze(self, sid: int, reason: str) -> None:
+        reasons = self.frozen.setdefault(sid, [])
+        if reason not in reasons:
+            reasons.append(reason)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}#{index}"
+
+
+class _Analyzer:
+    def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]):
+        self.graph = model.graph
+        self.shapes = shapes
+        self.consts: dict[str, np.ndarray | None] = {}  # constant tensors (value if small)
+        for init in self.graph.initializer:
+            self.consts[init.name] = None
+        self.init_by_name = {init.name: init for init in self.graph.initializer}
+        self.layouts: dict[str, object] = {}
+        self.spaces = _Spaces()
+        self.producers: dict[int, list[Producer]] = {}
+        self.params: dict[int, list[ParamSlice]] = {}
+        self.shape_params: dict[int, list[ShapeParam]] = {}
+        self.consumers: list[Consumer] = []
+        self.use_count: dict[str, int] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                self.use_count[name] = self.use_count.get(name, 0) + 1
+        self.consumer_nodes: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                self.consumer_nodes.setdefault(name, []).append(node)
+
+    # -- helpers -----------------------------------------------------------------------
+    def value(self, name: str) -> np.ndarray | None:
+        """Numeric value of a constant initializer (None when not an initializer)."""
+        init = self.init_by_name.get(name)
+        return None if init is None else numpy_helper.to_array(init)
+
+    def is_const(self, name: str) -> bool:
+        return name == "" or name in self.consts
+
+    def layout(self, name: str):
+        if name in self.layouts:
+            return self.layouts[name]
+        return None if self.is_const(name) else OPAQUE
+
+    def channels(self, name: str) -> int | None:
+        shape = self.shapes.get(name)
+        return shape[1] if shape is not None and len(shape) >= 2 else None
+
+    def freeze_layout(self, layout, reason: str) -> None:
+        if isinstance(layout, list):
+            for seg in layout:
+                self.spaces.freeze(seg.space, reason)
+
+    def opaque_output(self, name: str, reason: str) -> None:
+        """Give an output we cannot follow a fresh frozen space, so couplings see it."""
+        c = self.channels(name)
+        if c is None:
+            self.layouts[name] = OPAQUE
+        else:
+            self.layouts[name] = [Segment(self.spaces.new(c, reason), 0, c)]
+
+    def freeze_all(self, node: onnx.NodeProto, index: int, reason: str) -> None:
+        for name in node.input:
+            self.freeze_layout(self.layout(name), reason)
+        for name in node.output:
+            if name:
+                self.opaque_output(name, reason)
+
+    def new_space(self, size: int, producer: Producer | None, reason: str | None = None) -> int:
+        sid = self.spaces.new(size, reason)
+        if producer is not None:
+            self.producers.setdefault(sid, []).append(producer)
+        return sid
+
+    def add_param(self, layout, node_index: int, tensor: str, axis: int, reason_node: str) -> bool:
+        """Record a per-channel constant to slice with the layout; freeze if shared."""
+        if self.use_count.get(tensor, 0) > 1:
+            self.freeze_layout(layout, f"per-channel constant {tensor!r} of {reason_node} is shared")
+            return False
+        offset = 0
+        for seg in layout:
+            self.params.setdefault(seg.space, []).append(ParamSlice(node_index, tensor, axis, offset))
+            offset += seg.length
+        return True
+
+    # -- the walk ----------------------------------------------------------------------
+    def run(self) -> GraphAnalysis:
+        for inp in self.graph.input:
+            if inp.name in self.consts:
+                continue
+            c = self.channels(inp.name)
+            if c is None:
+                self.layouts[inp.name] = OPAQUE
+            else:
+                self.layouts[inp.name] = [Segment(self.spaces.new(c, "graph input"), 0, c)]
+        for index, node in enumerate(self.graph.node):
+            if all(self.is_const(n) for n in node.input) and node.op_type != "Shape":
+                # pure constant arithmetic (shape computations, folded weights)
+                for name in node.output:
+                    self.consts[name] = None
+                continue
+            handler = getattr(self, f"op_{node.op_type}", None)
+            if node.domain not in ("", "ai.onnx"):
+                handler = None
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                handler = None
+            if handler is None:
+                self.freeze_all(node, index, f"op {node.op_type} is not understood by the channel analysis")
+                continue
+            handler(node, index)
+            for name in node.output:  # every output must end up with a layout
+                if name and name not in self.layouts and name not in self.consts:
+                    self.opaque_output(name, f"output {name!r} of {node.op_type}")
+        for out in self.graph.output:
+            self.freeze_layout(self.layout(out.name), "reaches a graph output")
+        return self.collect()
+
+    def passthrough(self, node: onnx.NodeProto, src: str) -> object:
+        layout = self.layout(src)
+        for name in node.output[:1]:
+            self.layouts[name] = layout
+        return layout
+
+    # -- producers and consumers -------------------------------------------------------
+    def op_Conv(self, node: onnx.NodeProto, index: int) -> None:
+        x, w = node.input[0], node.input[1]
+        b = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        layout = self.layout(x)
+        if w not in self.init_by_name or (b is not None and b not in self.init_by_name):
+            self.freeze_all(node, index, f"{_label(node, index)} has non-constant weights")
+            return
+        wshape = tuple(self.init_by_name[w].dims)
+        attrs = _attrs(node)
+        group = int(attrs.get("group", 1))
+        cin = self.channels(x)
+        out = node.output[0]
+        label = _label(node, index)
+        if len(wshape) != 4 or cin is None or not isinstance(layout, list):
+            self.freeze_all(node, index, f"{label}: only 2-D convolutions on NCHW tensors are handled")
+            return
+        if group == 1:
+            self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin,
+                              wshape[2] * wshape[3], layout, conv=self.conv_geometry(node, attrs, wshape, x, out))
+            self.layouts[out] = [Segment(self.new_space(wshape[0], Producer(index, "conv", w, 0, b)), 0, wshape[0])]
+        elif group == cin and wshape[0] == cin and wshape[1] == 1:
+            # depthwise: output channel c depends on input channel c only
+            shared = self.use_count.get(w, 0) > 1 or (b is not None and self.use_count.get(b, 0) > 1)
+            if shared:
+                self.freeze_all(node, index, f"{label}: depthwise weights are shared")
+                return
+            self.add_param(layout, index, w, 0, label)
+            if b is not None:
+                self.add_param(layout, index, b, 0, label)
+            self.layouts[out] = layout
+        else:
+            self.freeze_all(node, index, f"{label}: grouped convolution (group={group}) is not pruned yet")
+
+    def conv_geometry(self, node, attrs, wshape, x, out) -> dict:
+        kh, kw = wshape[2], wshape[3]
+        strides = list(attrs.get("strides", [1, 1]))
+        dil = list(attrs.get("dilations", [1, 1]))
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        in_hw = self.shapes[x][2:]
+        out_hw = self.shapes[out][2:] if out in self.shapes else None
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [0, 0, 0, 0]
+            for i, (n_in, k, s, d) in enumerate(zip(in_hw, (kh, kw), strides, dil)):
+                n_out = -(-n_in // s)
+                total = max(0, (n_out - 1) * s + (k - 1) * d + 1 - n_in)
+                small, big = total // 2, total - total // 2
+                pads[i], pads[i + 2] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+        elif auto_pad == "VALID":
+            pads = [0, 0, 0, 0]
+        return {"kernel": (kh, kw), "strides": tuple(strides), "dilations": tuple(dil),
+                "pads": tuple(pads), "in_hw": tuple(in_hw), "out_hw": tuple(out_hw) if out_hw else None}
+
+    def add_consumer(self, node, index, kind, x, out, w, b, m, cin, s, layout, conv=None,
+                     trans_b=True, alpha=1.0, beta=1.0) -> None:
+        label = _label(node, index)
+        if self.use_count.get(w, 0) > 1:
+            self.freeze_layout(layout, f"weight {w!r} of {label} is shared by several nodes")
+            return
+        expected = 1 if kind == "conv" else s
+        if any(seg.factor != expected for seg in layout):
+            self.freeze_layout(layout, f"{label}: input channels do not map to contiguous features")
+            return
+        self.consumers.append(Consumer(
+            node=index, name=label, kind=kind, input=x, output=out, weight=w, bias=b,
+            in_channels=cin, out_channels=m, s=s, conv=conv, gemm_trans_b=trans_b,
+            alpha=alpha, beta=beta,
+            segments=[(seg.space, off, seg.length) for seg, off in _offsets(layout)]))
+
+    def op_Gemm(self, node: onnx.NodeProto, index: int) -> None:
+        a, w = node.input[0], node.input[1]
+        c = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        attrs = _attrs(node)
+        label = _label(node, index)
+        layout = self.layout(a)
+        if attrs.get("transA", 0) or w not in self.init_by_name or (c is not None and c not in self.init_by_name):
+            self.freeze_all(node, index, f"{label}: Gemm with transA or non-constant operands")
+            return
+        wshape = tuple(self.init_by_name[w].dims)
+        trans_b = bool(attrs.get("transB", 0))
+        m, d = (wshape[0], wshape[1]) if trans_b else (wshape[1], wshape[0])
+        bias_ok = c is None or _bias_vector_len(self.init_by_name[c].dims) in (m, 1)
+        if not isinstance(layout, list) or not bias_ok:
+            self.freeze_all(node, index, f"{label}: Gemm input or bias layout not understood")
+            return
+        cin = sum(seg.length for seg in layout)
+        factor = layout[0].factor if layout else 1
+        if cin * factor != d:
+            self.freeze_all(node, index, f"{label}: Gemm input features do not match its weight")
+            return
+        self.add_consumer(node, index, "gemm", a, node.output[0], w, c, m, cin, factor, layout,
+                          trans_b=trans_b, alpha=float(attrs.get("alpha", 1.0)), beta=float(attrs.get("beta", 1.0)))
+        bias = c if c is not None and _bias_vector_len(self.init_by_name[c].dims) == m else None
+        prod = Producer(index, "gemm", w, 0 if trans_b else 1, bias)
+        self.layouts[node.output[0]] = [Segment(self.new_space(m, prod), 0, m)]
+
+    def op_MatMul(self, node: onnx.NodeProto, index: int) -> None:
+        a, w = node.input[0], node.input[1]
+        label = _label(node, index)
+        layout = self.layout(a)
+        shape_a = self.shapes.get(a)
+        if w not in self.init_by_name or len(self.init_by_name[w].dims) != 2 or not isinstance(layout, list) \
+                or shape_a is None or len(shape_a) != 2:
+            self.freeze_all(node, index, f"{label}: only MatMul of a 2-D activation by a constant matrix is handled")
+            return
+        d, m = tuple(self.init_by_name[w].dims)
+        cin = sum(seg.length for seg in layout)
+        factor = layout[0].factor if layout else 1
+        if cin * factor != d:
+            self.freeze_all(node, index, f"{label}: MatMul input features do not match its weight")
+            return
+        self.add_consumer(node, index, "matmul", a, node.output[0], w, None, m, cin, factor, layout, trans_b=False)
+        self.layouts[node.output[0]] = [Segment(self.new_space(m, Producer(index, "matmul", w, 1, None)), 0, m)]
+
+    # -- pass-through ops --------------------------------------------------------------
+    def unary(self, node: onnx.NodeProto, index: int) -> None:
+        for extra in node.input[1:]:  # Clip min/max, Dropout ratio: must be constants
+            if extra and not self.is_const(extra):
+                self.freeze_all(node, index, f"{node.op_type} with a non-constant parameter")
+                return
+        if node.op_type == "Cast":
+            to = _attrs(node).get("to")
+            if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                          onnx.TensorProto.BFLOAT16):
+                self.freeze_all(node, index, "Cast to a non-float type")
+                return
+        if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1] and \
+                self.consumer_nodes.get(node.output[1]):
+            self.freeze_all(node, index, "Dropout mask is used")
+            return
+        self.passthrough(node, node.input[0])
+
+    def pool(self, node: onnx.NodeProto, index: int) -> None:
+        if len(node.output) > 1 and node.output[1] and self.consumer_nodes.get(node.output[1]):
+            self.freeze_all(node, index, "MaxPool indices are used")
+            return
+        self.passthrough(node, node.input[0])
+
+    def op_BatchNormalization(self, node: onnx.NodeProto, index: int) -> None:
+        layout = self.layout(node.input[0])
+        label = _label(node, index)
+        params = node.input[1:5]
+        if len(node.output) > 1 and any(o for o in node.output[1:]) or not isinstance(layout, list) \
+                or not all(p in self.init_by_name for p in params):
+            self.freeze_all(node, index, f"{label}: BatchNormalization in training mode or with non-constant parameters")
+            return
+        for p in params:
+            if not self.add_param(layout, index, p, 0, label):
+                return
+        self.passthrough(node, node.input[0])
+
+    def op_InstanceNormalization(self, node: onnx.NodeProto, index: int) -> None:
+        layout = self.layout(node.input[0])
+        label = _label(node, index)
+        if not isinstance(layout, list) or not all(p in self.init_by_name for p in node.input[1:3]):
+            self.freeze_all(node, index, f"{label}: InstanceNormalization with non-constant parameters")
+            return
+        for p in node.input[1:3]:
+            if not self.add_param(layout, index, p, 0, label):
+                return
+        self.passthrough(node, node.input[0])
+
+    def op_PRelu(self, node: onnx.NodeProto, index: int) -> None:
+        self.binary_with_constant(node, index, node.input[0], node.input[1])
+
+    def op_Pad(self, node: onnx.NodeProto, index: int) -> None:
+        x = node.input[0]
+        rank = len(self.shapes.get(x, ()))
+        if len(node.input) > 1 and node.input[1]:
+            pads = self.value(node.input[1])
+            axes = self.value(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        else:
+            pads = np.array(_attrs(node).get("pads", []))
+            axes = None
+        if pads is None or rank < 2:
+            self.freeze_all(node, index, "Pad with non-constant pads")
+            return
+        axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+        pads = pads.reshape(2, -1)
+        touched = {ax for ax, (lo, hi) in zip(axes, pads.T) if lo or hi}
+        if touched & {0, 1}:
+            self.freeze_all(node, index, "Pad on the batch or channel axis")
+            return
+        self.passthrough(node, x)
+
+    def op_Flatten(self, node: onnx.NodeProto, index: int) -> None:
+        x = node.input[0]
+        shape = self.shapes.get(x)
+        axis = int(_attrs(node).get("axis", 1))
+        layout = self.layout(x)
+        if shape is None or axis not in (1, 1 - len(shape)) or not isinstance(layout, list):
+            self.freeze_all(node, index, "Flatten that does not keep the batch axis alone")
+            return
+        self.layouts[node.output[0]] = _flatten(layout, int(np.prod(shape[2:], dtype=np.int64)))
+
+    def op_Reshape(self, node: onnx.NodeProto, index: int) -> None:
+        x, target = node.input[0], node.input[1]
+        shape_in, shape_out = self.shapes.get(x), self.shapes.get(node.output[0])
+        layout = self.layout(x)
+        spec = self.value(target)
+        ok = shape_in is not None and shape_out is not None and isinstance(layout, list) and \
+            len(shape_in) >= 2 and len(shape_out) == 2 and shape_out[0] == shape_in[0] and spec is not None \
+            and len(spec) == 2 and self.use_count.get(target, 0) == 1
+        if not ok:
+            self.freeze_all(node, index, "Reshape other than flattening (N, C, ...) to (N, features)")
+            return
+        spatial = int(np.prod(shape_in[2:], dtype=np.int64))
+        self.layouts[node.output[0]] = _flatten(layout, spatial)
+        for pos, v in enumerate(spec):
+            if v not in (0, -1) and pos == 1:
+                for seg in layout:
+                    self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, 1, node.output[0]))
+            elif pos == 0 and v not in (0, -1, shape_in[0]):
+                self.freeze_all(node, index, "Reshape with a fixed batch size that differs")
+                return
+
+    def op_Squeeze(self, node: onnx.NodeProto, index: int) -> None:
+        self.rank_change(node, index)
+
+    def op_Unsqueeze(self, node: onnx.NodeProto, index: int) -> None:
+        self.rank_change(node, index)
+
+    def rank_change(self, node: onnx.NodeProto, index: int) -> None:
+        """Squeeze/Unsqueeze that leave the batch and channel axes in place."""
+        x = node.input[0]
+        si, so = self.shapes.get(x), self.shapes.get(node.output[0])
+        layout = self.layout(x)
+        if si is None or so is None or len(si) < 2 or len(so) < 2 or si[:2] != so[:2] or not isinstance(layout, list):
+            self.freeze_all(node, index, f"{node.op_type} that moves the channel axis")
+            return
+        if len(so) == 2 and len(si) > 2 and any(seg.factor != 1 for seg in layout):
+            self.freeze_all(node, index, f"{node.op_type} of a flattened tensor")
+            return
+        self.passthrough(node, x)
+
+    def reduce(self, node: onnx.NodeProto, index: int) -> None:
+        x = node.input[0]
+        si, so = self.shapes.get(x), self.shapes.get(node.output[0])
+        if si is None or so is None or len(si) < 3 or len(so) < 2 or si[:2] != so[:2]:
+            self.freeze_all(node, index, f"{node.op_type} over the batch or channel axis")
+            return
+        self.passthrough(node, x)
+
+    def op_Concat(self, node: onnx.NodeProto, index: int) -> None:
+        out = node.output[0]
+        rank = len(self.shapes.get(out, ()))
+        axis = int(_attrs(node).get("axis", 0))
+        if rank < 2 or axis % rank != 1:
+            self.freeze_all(node, index, "Concat along an axis other than channels")
+            return
+        joined: list[Segment] = []
+        for name in node.input:
+            layout = self.layout(name)
+            if layout is None:  # constant channels are never pruned
+                c = self.channels(name) or 0
+                layout = [Segment(self.spaces.new(c, "constant channels in a Concat"), 0, c)] if c else []
+            if not isinstance(layout, list):
+                self.freeze_all(node, index, "Concat of a tensor whose channels cannot be followed")
+                return
+            joined.extend(layout)
+        if len({seg.factor for seg in joined}) > 1:
+            self.freeze_all(node, index, "Concat of flattened tensors with different spatial sizes")
+            return
+        self.layouts[out] = joined
+
+    def op_Shape(self, node: onnx.NodeProto, index: int) -> None:
+        # Exporters read the batch size to build Reshape targets; reading the channel count
+        # would bake it into the graph, so only Gather of another axis is accepted.
+        safe = all(n.op_type == "Gather" and (v := self.value(n.input[1])) is not None and v.size == 1
+                   and int(v.reshape(-1)[0]) not in (1, -len(self.shapes.get(node.input[0], ())) + 1)
+                   and n.input[0] == node.output[0]
+                   for n in self.consumer_nodes.get(node.output[0], []))
+        if not safe:
+            self.freeze_layout(self.layout(node.input[0]), "its channel count is read by a Shape op")
+        self.consts[node.output[0]] = None
+
+    def binary_with_constant(self, node: onnx.NodeProto, index: int, act: str, const: str) -> None:
+        """Element-wise op of an activation and a constant: slice the constant if per-channel."""
+        layout = self.layout(act)
+        label = _label(node, index)
+        out_shape = self.shapes.get(node.output[0])
+        c_shape = self.shapes.get(const) or (tuple(self.init_by_name[const].dims) if const in self.init_by_name else None)
+        if not isinstance(layout, list) or out_shape is None or c_shape is None:
+            self.freeze_all(node, index, f"{label}: operand shapes unknown")
+            return
+        cin = sum(seg.length for seg in layout)
+        if tuple(self.shapes.get(act, ())) != tuple(out_shape):
+            self.freeze_all(node, index, f"{label}: the constant broadcasts the activation to a new shape")
+            return
+        aligned = len(c_shape) - len(out_shape) + 1  # axis of the constant facing channels
+        if aligned < 0 or c_shape[aligned] == 1:
+            self.passthrough(node, act)
+            return
+        if c_shape[aligned] != cin or const not in self.init_by_name or any(seg.factor != 1 for seg in layout):
+            self.freeze_all(node, index, f"{label}: constant operand indexes channels in a way not handled")
+            return
+        if self.add_param(layout, index, const, aligned, label):
+            self.passthrough(node, act)
+
+    def elementwise_binary(self, node: onnx.NodeProto, index: int) -> None:
+        acts = [n for n in node.input if not self.is_const(n)]
+        consts = [n for n in node.input if self.is_const(n) and n]
+        if node.op_type in ("Sum", "Max", "Min") and len(node.input) > 2:
+            self.freeze_all(node, index, f"{node.op_type} of more than two inputs")
+            return
+        if len(acts) == 1 and len(consts) == 1:
+            if node.op_type == "Pow" and node.input[0] != acts[0]:
+                self.freeze_all(node, index, "Pow with an activation exponent")
+                return
+            self.binary_with_constant(node, index, acts[0], consts[0])
+            return
+        if len(acts) != 2:
+            self.freeze_all(node, index, f"{node.op_type} operands not understood")
+            return
+        out_shape = self.shapes.get(node.output[0])
+        layouts = [self.layout(a) for a in acts]
+        shapes = [self.shapes.get(a) for a in acts]
+        if out_shape is None or any(s is None for s in shapes) or not all(isinstance(l, list) for l in layouts):
+            self.freeze_all(node, index, f"{node.op_type} of tensors whose channels cannot be followed")
+            return
+        full = [i for i, s in enumerate(shapes) if len(s) == len(out_shape) and s[1] == out_shape[1]]
+        bcast = [i for i, s in enumerate(shapes) if i not in full and
+                 (len(s) < len(out_shape) - 1 or s[len(s) - len(out_shape) + 1] == 1)]
+        if len(full) == 2:
+            a, b = layouts
+            if not _couple(self.spaces, a, b):
+                self.freeze_all(node, index, f"{node.op_type} couples channels with different structure")
+                return
+            self.layouts[node.output[0]] = a
+        elif len(full) == 1 and len(bcast) == 1 and out_shape[1] > 1:
+            # e.g. spatial attention: the broadcast operand does not index channels
+            self.freeze_layout(layouts[bcast[0]], f"{node.op_type} broadcasts it over channels")
+            self.layouts[node.output[0]] = layouts[full[0]]
+        else:
+            self.freeze_all(node, index, f"{node.op_type} with a broadcast not handled")
+
+    # -- results -----------------------------------------------------------------------
+    def collect(self) -> GraphAnalysis:
+        sp = self.spaces
+        roots: dict[int, ChannelGroup] = {}
+        order: list[int] = []
+        for sid in range(len(sp.parent)):
+            root = sp.find(sid)
+            if root not in roots:
+                roots[root] = ChannelGroup(gid=-1, channels=sp.size[root])
+                order.append(root)
+        gid_of_root = {root: i for i, root in enumerate(order)}
+        groups = [roots[r] for r in order]
+        for g, root in zip(groups, order):
+            g.gid = gid_of_root[root]
+        for sid in range(len(sp.parent)):
+            g = roots[sp.find(sid)]
+            g.producers.extend(self.producers.get(sid, []))
+            g.params.extend(self.params.get(sid, []))
+            g.shape_params.extend(self.shape_params.get(sid, []))
+            for reason in sp.frozen.get(sid, []):
+                if reason not in g.frozen:
+                    g.frozen.append(reason)
+        for cidx, cons in enumerate(self.consumers):
+            cons.segments = [(gid_of_root[sp.find(space)], off, length) for space, off, length in cons.segments]
+            for gid in sorted({s[0] for s in cons.segments}):
+                groups[gid].consumers.append(cidx)
+        for name, layout in self.layouts.items():
+            if isinstance(layout, list):
+                for seg, off in _offsets(layout):
+                    groups[gid_of_root[sp.find(seg.space)]].tensors.append((name, off, seg.factor))
+        for g in groups:
+            if not g.producers and not g.frozen:
+                g.frozen.append("no producer")
+            elif not g.consumers and not g.frozen:
+                g.frozen.append("no consumer reads these channels")
+            if g.frozen:
+                continue
+            if any(p.bias and self.use_count.get(p.bias, 0) > 1 for p in g.producers) or \
+                    any(self.use_count.get(p.weight, 0) > 1 for p in g.producers):
+                g.frozen.append("a producer's weights are shared by several nodes")
+            for cidx in g.consumers:
+                if len({s[0] for s in self.consumers[cidx].segments}) > 1:
+                    g.frozen.append(f"consumer {self.consumers[cidx].name} reads several channel groups (not yet supported)")
+                    break
+        return GraphAnalysis(groups=groups, consumers=self.consumers, node_count=len(self.graph.node))
+
+
+def _offsets(layout: list[Segment]):
+    off = 0
+    for seg in layout:
+        yield seg, off
+        off += seg.length
+
+
+def _flatten(layout: list[Segment], spatial: int) -> list[Segment]:
+    return [Segment(seg.space, seg.start, seg.length, seg.factor * spatial) for seg in layout]
+
+
+def _couple(spaces: _Spaces, a: list[Segment], b: list[Segment]) -> bool:
+    """Unite the spaces of two element-wise aligned layouts; False if they do not align."""
+    if len(a) != len(b):
+        return False
+    for sa, sb in zip(a, b):
+        whole = (sa.start == 0 and sb.start == 0 and sa.length == spaces.size[sa.space] == spaces.size[sb.space]
+                 == sb.length)
+        if not whole or sa.factor != sb.factor:
+            return False
+    for sa, sb in zip(a, b):
+        spaces.union(sa.space, sb.space)
+    return True
+
+
+def _bias_vector_len(dims) -> int:
+    dims = [d for d in dims if d != 1]
+    return dims[0] if len(dims) == 1 else (1 if not dims else -1)
+
+
+for _op in ELEMENTWISE_UNARY:
+    setattr(_Analyzer, f"op_{_op}", _Analyzer.unary)
+for _op in SPATIAL_POOLS:
+    setattr(_Analyzer, f"op_{_op}", _Analyzer.pool)
+for _op in ELEMENTWISE_BINARY:
+    setattr(_Analyzer, f"op_{_op}", _Analyzer.elementwise_binary)
+for _op in REDUCE_OPS:
+    setattr(_Analyzer, f"op_{_op}", _Analyzer.reduce)
+
+
+def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> GraphAnalysis:
+    """Find the channel groups of a model.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The model, with constant weights as initializers (see ``constants_to_initializers``).
+    shapes : dict
+        Concrete shape of every tensor at the calibration input shape (batch may be 1).
+    """
+    return _Analyzer(model, shapes).run()

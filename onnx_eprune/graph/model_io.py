@@ -1,0 +1,156 @@
+"""Load, normalise and save ONNX models: the only place that touches files of models."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import EPruneError, UsageError
+
+# Protobuf refuses to serialise a message above 2 GiB; stay well below it.
+_EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file (with its external data, if any) and check that it is a model.
+
+    Raises UsageError for a missing path, a directory or a file that is not ONNX.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"model file not found: {p}")
+    if p.is_dir():
+        raise UsageError(f"model path is a directory, expected an .onnx file: {p}")
+    try:
+        model = onnx.load(str(p))
+    except Exception as exc:  # protobuf raises several unrelated types on garbage
+        raise UsageError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    if not model.graph.node:
+        raise UsageError(f"{p} holds no graph nodes: not an ONNX model, or an empty one")
+    return model
+
+
+def as_model(model_or_path: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
+    """Accept a ModelProto or a path; always return a private copy that may be modified."""
+    if isinstance(model_or_path, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model_or_path)
+        return copy
+    return load_model(model_or_path)
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """Run the full ONNX checker (with shape inference); raise EPruneError if it fails."""
+    try:
+        if model.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
+            onnx.checker.check_model(model, full_check=True)
+        else:  # the checker cannot take a >2 GiB proto in memory; check the structure only
+            onnx.checker.check_model(_strip_weights(model))
+    except Exception as exc:
+        raise EPruneError(f"model does not pass onnx.checker: {str(exc).splitlines()[0]}") from None
+
+
+def _strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    for init in light.graph.initializer:
+        init.ClearField("raw_data")
+    return light
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Turn main-graph Constant nodes that hold a tensor into initializers.
+
+    Exporters differ in how they store weights; after this every constant weight of the
+    main graph is an initializer, so the analysis and the rewrite look in one place.
+    Returns the number of nodes converted.
+    """
+    graph = model.graph
+    kept, converted = [], 0
+    for node in graph.node:
+        tensor = _constant_value(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if tensor is None:
+            kept.append(node)
+            continue
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        converted += 1
+    if converted:
+        del graph.node[:]
+        graph.node.extend(kept)
+    return converted
+
+
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    for attr in node.attribute:
+        if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+            t = onnx.TensorProto()
+            t.CopyFrom(attr.t)
+            return t
+        if attr.name == "value_float":
+            return numpy_helper.from_array(np.array(attr.f, dtype=np.float32))
+        if attr.name == "value_floats":
+            return numpy_helper.from_array(np.array(list(attr.floats), dtype=np.float32))
+        if attr.name == "value_int":
+            return numpy_helper.from_array(np.array(attr.i, dtype=np.int64))
+        if attr.name == "value_ints":
+            return numpy_helper.from_array(np.array(list(attr.ints), dtype=np.int64))
+    return None  # sparse tensors and strings stay Constant nodes
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write a model atomically: a temporary file in the target folder, then a rename.
+
+    Models above the protobuf limit are written with their weights as external data in
+    ``<name>.data`` beside the file. Nothing is left behind if writing fails.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"output folder is not writable: {folder}")
+    external = model.ByteSize() >= _EXTERNAL_DATA_THRESHOLD
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    data_name = target.name + ".data"
+    tmp_data = folder / f".{data_name}.tmp"
+    try:
+        if external:
+            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=tmp_data.name, size_threshold=1024)
+            os.replace(tmp_data, folder / data_name)
+            _relink_external_data(tmp, data_name)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(model.SerializeToString(deterministic=True))
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise EPruneError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        for leftover in (Path(tmp), tmp_data):
+            if leftover.exists():
+                leftover.unlink()
+
+
+def _relink_external_data(model_file: str, data_name: str) -> None:
+    """Point the external-data entries of a just-written file at its final data file name."""
+    model = onnx.load(model_file, load_external_data=False)
+    for init in model.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = data_name
+    with open(model_file, "wb") as f:
+        f.write(model.SerializeToString(deterministic=True))
+
+
+def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers by name."""
+    return {init.name: init for init in model.graph.initializer}

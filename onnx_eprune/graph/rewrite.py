@@ -1,0 +1,172 @@
+"""Rewrite a model with channels removed: slice producers, per-channel constants and
+Reshape targets, and install the re-fitted consumer weights. Pure slicing and copying."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .groups import Consumer, GraphAnalysis
+
+
+@dataclass
+class Refit:
+    """New weights of a consumer: ``weight`` (M x S) over its kept input features, ``bias`` (M)."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+
+class _Arrays:
+    """Initializers being edited, loaded lazily and written back in their own dtype."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.inits = {init.name: init for init in model.graph.initializer}
+        self.values: dict[str, np.ndarray] = {}
+        self.masks: dict[tuple[str, int], np.ndarray] = {}
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self.values:
+            self.values[name] = numpy_helper.to_array(self.inits[name])
+        return self.values[name]
+
+    def set(self, name: str, value: np.ndarray) -> None:
+        self.values[name] = value
+
+    def mask(self, name: str, axis: int) -> np.ndarray:
+        key = (name, axis)
+        if key not in self.masks:
+            self.masks[key] = np.ones(self.get(name).shape[axis], dtype=bool)
+        return self.masks[key]
+
+    def add(self, name: str, value: np.ndarray, like: str | None) -> None:
+        dtype = numpy_helper.to_array(self.inits[like]).dtype if like else np.float32
+        tensor = numpy_helper.from_array(value.astype(dtype), name)
+        self.model.graph.initializer.append(tensor)
+        self.inits[name] = tensor
+
+    def commit(self) -> None:
+        for (name, axis), mask in self.masks.items():
+            if not mask.all():
+                self.values[name] = np.compress(mask, self.get(name), axis=axis)
+        graph_inputs = {vi.name: vi for vi in self.model.graph.input}
+        for name, value in self.values.items():
+            init = self.inits[name]
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+            new = numpy_helper.from_array(np.ascontiguousarray(value).astype(dtype), name)
+            init.CopyFrom(new)
+            if name in graph_inputs:  # old-style models list initializers as inputs too
+                shape = graph_inputs[name].type.tensor_type.shape
+                del shape.dim[:]
+                for d in value.shape:
+                    shape.dim.add().dim_value = int(d)
+
+
+def _unique(model: onnx.ModelProto, base: str) -> str:
+    taken = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | \
+        {i.name for i in model.graph.input}
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+def _install_refit(model: onnx.ModelProto, arrays: _Arrays, cons: Consumer, refit: Refit) -> None:
+    node = model.graph.node[cons.node]
+    M = refit.weight.shape[0]
+    if cons.kind == "conv":
+        kh, kw = cons.conv["kernel"]
+        arrays.set(cons.weight, refit.weight.reshape(M, -1, kh, kw))
+    elif cons.kind == "gemm" and cons.gemm_trans_b:
+        arrays.set(cons.weight, refit.weight)
+    else:
+        arrays.set(cons.weight, refit.weight.T)
+    if cons.kind == "gemm":  # alpha and beta are folded into the new weights
+        for attr in node.attribute:
+            if attr.name in ("alpha", "beta"):
+                attr.f = 1.0
+    if cons.bias is not None and tuple(arrays.get(cons.bias).shape) == (M,):
+        arrays.set(cons.bias, refit.bias)
+        return
+    name = _unique(model, f"{cons.weight}.eprune_bias")
+    arrays.add(name, refit.bias, like=cons.weight)
+    if cons.kind == "matmul":  # a 2-D MatMul by a constant is a Gemm without transB
+        node.op_type = "Gemm"
+        del node.attribute[:]
+    while len(node.input) < 3:
+        node.input.append("")
+    node.input[2] = name
+
+
+def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[int, np.ndarray],
+                 refits: dict[int, Refit]) -> onnx.ModelProto:
+    """A copy of ``model`` with groups pruned to ``keeps`` and consumers re-fitted.
+
+    Parameters
+    ----------
+    keeps : group id -> sorted kept channel indices (groups not listed stay whole).
+    refits : consumer index -> new weights over the consumer's kept input features, for
+        the consumer's original output rows (rows of pruned outputs are sliced here).
+        Consumers of pruned groups without a refit have their input columns sliced.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    arrays = _Arrays(out)
+    for cidx, refit in refits.items():
+        _install_refit(out, arrays, analysis.consumers[cidx], refit)
+    changed_tensors: set[str] = set()
+    for gid, keep in keeps.items():
+        group = analysis.groups[gid]
+        drop = np.setdiff1d(np.arange(group.channels), keep)
+        if len(drop) == 0:
+            continue
+        for p in group.producers:
+            arrays.mask(p.weight, p.weight_axis)[drop] = False
+            if p.bias is not None:
+                arrays.mask(p.bias, _vector_axis(arrays.get(p.bias)))[drop] = False
+        for prm in group.params:
+            arrays.mask(prm.tensor, prm.axis)[prm.offset + drop] = False
+        for cidx in group.consumers:
+            if cidx in refits:
+                continue
+            cons = analysis.consumers[cidx]
+            for g, off, _length in cons.segments:
+                if g != gid:
+                    continue
+                if cons.kind == "conv":
+                    arrays.mask(cons.weight, 1)[off + drop] = False
+                else:
+                    axis = 1 if cons.kind == "gemm" and cons.gemm_trans_b else 0
+                    cols = ((off + drop)[:, None] * cons.s + np.arange(cons.s)).reshape(-1)
+                    arrays.mask(cons.weight, axis)[cols] = False
+        changed_tensors.update(name for name, _, _ in group.tensors)
+    _update_shape_params(analysis, keeps, arrays)
+    arrays.commit()
+    kept_vi = [vi for vi in out.graph.value_info if vi.name not in changed_tensors]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(kept_vi)
+    return out
+
+
+def _vector_axis(value: np.ndarray) -> int:
+    """Axis of a bias-like tensor ((M,), (1, M), ...) that indexes channels."""
+    return int(np.argmax(value.shape)) if value.ndim else 0
+
+
+def _update_shape_params(analysis: GraphAnalysis, keeps: dict[int, np.ndarray], arrays: _Arrays) -> None:
+    """Reshape targets that spell out the feature count shrink with their groups."""
+    features: dict[str, int] = {}
+    for g in analysis.groups:
+        kept = len(keeps[g.gid]) if g.gid in keeps else g.channels
+        for name, _offset, factor in g.tensors:
+            features[name] = features.get(name, 0) + factor * kept
+    for g in analysis.groups:
+        for sp in g.shape_params:
+            shape = arrays.get(sp.tensor).copy()
+            shape[sp.index] = features[sp.output]
+            arrays.set(sp.tensor, shape)

@@ -1,0 +1,37 @@
+"""Read layer weights in the matrix form the solvers use."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .groups import Consumer, Producer
+
+
+def _array(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray:
+    return numpy_helper.to_array(inits[name]).astype(np.float64)
+
+
+def consumer_matrix(inits: dict[str, onnx.TensorProto], cons: Consumer) -> tuple[np.ndarray, np.ndarray]:
+    """``theta`` (M x D, columns channel-major like the input features) and ``bias`` (M,)
+    of a consumer, with Gemm's alpha and beta folded in."""
+    w = _array(inits, cons.weight)
+    if cons.kind == "conv":
+        theta = w.reshape(w.shape[0], -1)
+    elif cons.kind == "gemm" and cons.gemm_trans_b:
+        theta = w * cons.alpha
+    else:
+        theta = w.T * cons.alpha
+    M = theta.shape[0]
+    bias = np.zeros(M)
+    if cons.bias is not None:
+        b = _array(inits, cons.bias).reshape(-1) * cons.beta
+        bias = np.broadcast_to(b, (M,)).copy() if b.size in (1, M) else bias
+    return theta, bias
+
+
+def producer_rows(inits: dict[str, onnx.TensorProto], prod: Producer) -> np.ndarray:
+    """A producer's weight with output channels on axis 0, flattened to (C, -1)."""
+    w = _array(inits, prod.weight)
+    return np.moveaxis(w, prod.weight_axis, 0).reshape(w.shape[prod.weight_axis], -1)

@@ -1,0 +1,388 @@
+"""The pruning run: analyse the graph, stream statistics, allocate, select, re-fit, rewrite.
+
+Data flows one way: ``graph`` finds the channel groups, ``calibrate`` streams the statistics
+of their consumers, ``select`` and ``budget`` decide keep-sets and new weights, and
+``graph`` writes the pruned model, which is validated before it is returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from . import budget
+from .calibrate.data import CalibrationData, load_calibration
+from .calibrate.engine import CachedNetwork, Topology
+from .calibrate.session import choose_providers, make_session, probe_shapes
+from .calibrate.stats import ConvGeometry, MomentStats, conv_patches, positions_per_sample, sample_positions
+from .errors import EPruneError, UsageError
+from .graph.costs import CostModel, build_cost_model
+from .graph.groups import Consumer, GraphAnalysis, analyze
+from .graph.model_io import as_model, check_model, constants_to_initializers, initializer_map
+from .graph.rewrite import Refit, build_pruned
+from .graph.weights import consumer_matrix, producer_rows
+from .progress import Progress
+from .select import baselines, entropic
+from .select.problem import ConsumerTerm, explained_curve
+from .select.reconstruct import refit
+
+log = logging.getLogger("onnx_eprune")
+
+METHODS = ("entropic", "l1", "random")
+MODES = ("sequential", "oneshot")
+
+
+@dataclass
+class PruneConfig:
+    """Everything that steers a pruning run (see the CLI reference for each knob).
+
+    Exactly one of ``sparsity`` (fraction of Conv/Gemm/MatMul parameters to remove),
+    ``flops_reduction`` (fraction of their multiply-accumulates to remove) and
+    ``keep_ratio`` (fraction of channels to keep in every prunable group) must be set.
+    """
+
+    sparsity: float | None = None
+    flops_reduction: float | None = None
+    keep_ratio: float | None = None
+    method: str = "entropic"
+    mode: str = "sequential"
+    samples: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 64
+    positions: int | None = None        # conv output positions per image (None: automatic)
+    round_to: int = 1                    # keep channel counts at multiples of this
+    reconstruct: bool = True             # least-squares re-fit of the consumers
+    refit_ridge: float = 0.1             # ridge toward the original weights in the re-fit
+    entropic: entropic.EntropicConfig = field(default_factory=entropic.EntropicConfig)
+
+    def target(self) -> budget.Target:
+        given = [(k, v) for k, v in (("sparsity", self.sparsity), ("flops", self.flops_reduction),
+                                     ("keep_ratio", self.keep_ratio)) if v is not None]
+        if len(given) != 1:
+            raise UsageError("give exactly one of --sparsity, --flops-reduction, --keep-ratio")
+        kind, value = given[0]
+        if not np.isfinite(value):
+            raise UsageError(f"the {kind} target must be a finite number")
+        if kind == "keep_ratio" and not 0.0 < value <= 1.0:
+            raise UsageError(f"--keep-ratio must be in (0, 1], not {value:g}")
+        if kind != "keep_ratio" and not 0.0 <= value < 1.0:
+            raise UsageError(f"the {kind} target must be in [0, 1), not {value:g}")
+        return budget.Target(kind, float(value))
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.mode not in MODES:
+            raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.batch_size < 1 or self.round_to < 1:
+            raise UsageError("batch size and --round-to must be positive")
+        self.target()
+
+
+@dataclass
+class PruneResult:
+    """The pruned model and the report (a JSON-ready dict, see ``report.py``)."""
+
+    model: onnx.ModelProto
+    report: dict
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def phase(self, name: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[name] = timer.seconds.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Phase()
+
+
+class Pruner:
+    """One pruning run; ``run()`` returns a :class:`PruneResult`."""
+
+    def __init__(self, model, calib, config: PruneConfig, progress: Progress | None = None):
+        config.check()
+        self.config = config
+        self.progress = progress or Progress(enabled=False)
+        self.timer = _Timer()
+        t0 = time.perf_counter()
+        with self.timer.phase("load"):
+            self.model = as_model(model)
+            constants_to_initializers(self.model)
+            self.data: CalibrationData = load_calibration(calib, self.model, config.samples)
+            self.providers = choose_providers(config.device)
+        log.info("onnxruntime provider: %s", self.providers[0])
+        with self.timer.phase("analyze"):
+            self.shapes = probe_shapes(self.model, self.data.first(), self.providers)
+            self.analysis: GraphAnalysis = analyze(self.model, self.shapes)
+            self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes)
+        self.inits = initializer_map(self.model)
+        self.topo = Topology(self.model)
+        self.t0 = t0
+
+    # -- statistics ----------------------------------------------------------------------
+    def _rows(self, cons: Consumer, x: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+        if cons.kind == "conv":
+            geo = ConvGeometry.from_dict(cons.conv, self.shapes[cons.output][2:])
+            return conv_patches(x.astype(np.float32, copy=False), geo, positions)
+        return x.reshape(x.shape[0], -1).astype(np.float32, copy=False)
+
+    def _positions(self, cons: Consumer, batch: int, stage: int, cidx: int, b: int) -> np.ndarray | None:
+        if cons.kind != "conv":
+            return None
+        out_hw = self.shapes[cons.output][2:]
+        n_pos = int(np.prod(out_hw))
+        k = positions_per_sample(n_pos, cons.in_channels * cons.s, self.data.samples, self.config.positions)
+        rng = np.random.default_rng([self.config.seed, stage, cidx, b])
+        return sample_positions(rng, batch, n_pos, k)
+
+    def collect(self, cidxs: list[int], orig: CachedNetwork, pruned: CachedNetwork | None, stage: int,
+                label: str) -> dict[int, MomentStats]:
+        """Stream the statistics of consumers ``cidxs``: current input from ``pruned`` (or the
+        original network in one-shot mode), target output from the original network."""
+        cons = {c: self.analysis.consumers[c] for c in cidxs}
+        targets = sorted({c.input for c in cons.values()})
+        thetas = {c: consumer_matrix(self.inits, cons[c])[0].astype(np.float32) for c in cidxs}
+        stats: dict[int, MomentStats] = {}
+        orig_iter = orig.compute(targets, keep=pruned is not None)
+        cur_iter = pruned.compute(targets) if pruned is not None else None
+        with self.progress.task(label, self.data.batch_count(self.config.batch_size)) as task:
+            for b, xo in enumerate(orig_iter):
+                xc = next(cur_iter) if cur_iter is not None else xo
+                for c in cidxs:
+                    n = xo[cons[c].input].shape[0]
+                    pos = self._positions(cons[c], n, stage, c, b)
+                    rows_o = self._rows(cons[c], xo[cons[c].input], pos)
+                    rows_c = rows_o if cur_iter is None else self._rows(cons[c], xc[cons[c].input], pos)
+                    batch = MomentStats.from_rows(rows_c, rows_o @ thetas[c].T)
+                    if c in stats:
+                        stats[c].merge(batch)
+                    else:
+                        stats[c] = batch
+                task.advance()
+        return stats
+
+    # -- per-group problems ----------------------------------------------------------------
+    def _counts(self, keeps: dict[int, np.ndarray]) -> dict[int, int]:
+        return {g.gid: (len(keeps[g.gid]) if g.gid in keeps else g.channels) for g in self.analysis.groups}
+
+    def term(self, gid: int, cidx: int, st: MomentStats, keeps: dict[int, np.ndarray]) -> ConsumerTerm:
+        """The regression of consumer ``cidx`` for group ``gid`` in the current coordinates."""
+        cons = self.analysis.consumers[cidx]
+        counts = self._counts(keeps)
+        cols, fixed, offset = None, [], 0
+        for g, _off, _length in cons.segments:
+            n = counts[g]
+            span = np.arange(offset * cons.s, (offset + n) * cons.s)
+            if g == gid:
+                cols = span.reshape(n, cons.s)
+            else:
+                fixed.append(span)
+            offset += n
+        fixed_arr = np.concatenate(fixed) if fixed else np.zeros(0, dtype=np.int64)
+        term = ConsumerTerm(st.cov, st.cross, st.var_y, cols, fixed_arr)
+        out_group = self._output_group(cidx)
+        return term.restricted(keeps.get(out_group)) if out_group is not None else term
+
+    def _output_group(self, cidx: int) -> int | None:
+        node = self.analysis.consumers[cidx].node
+        for g in self.analysis.groups:
+            if any(p.node == node for p in g.producers):
+                return g.gid
+        return None
+
+    def ranking(self, gid: int, terms: list[ConsumerTerm]) -> np.ndarray:
+        group = self.analysis.groups[gid]
+        method = self.config.method
+        if method == "entropic":
+            return entropic.ranking(terms, self.config.entropic)
+        if method == "l1":
+            return baselines.l1_ranking([producer_rows(self.inits, p) for p in group.producers])
+        return baselines.random_ranking(group.channels, np.random.default_rng([self.config.seed, gid]))
+
+    def choose(self, gid: int, terms: list[ConsumerTerm], k: int, ranking: np.ndarray | None) -> np.ndarray:
+        if self.config.method == "entropic":
+            return entropic.select(terms, k, self.config.entropic)
+        order = ranking if ranking is not None else self.ranking(gid, terms)
+        return np.sort(order[:k])
+
+    # -- allocation ------------------------------------------------------------------------
+    def allocate(self, gids: list[int], stats: dict[int, MomentStats] | None
+                 ) -> tuple[dict[int, int], dict[int, np.ndarray]]:
+        target = self.config.target()
+        channels = {g: self.analysis.groups[g].channels for g in gids}
+        if target.kind == "keep_ratio":
+            return budget.uniform_counts(channels, target.value, self.config.round_to), {}
+        rankings, curves = {}, {}
+        with self.progress.task("rank", len(gids)) as task:
+            for g in gids:
+                terms = [self.term(g, c, stats[c], {}) for c in self.analysis.groups[g].consumers]
+                rankings[g] = self.ranking(g, terms)
+                curves[g] = sum(explained_curve(t, rankings[g]) for t in terms)
+                task.advance()
+        return budget.allocate(channels, curves, self.costs, target, self.config.round_to), rankings
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> PruneResult:
+        cfg = self.config
+        gids = [g.gid for g in self.analysis.prunable_groups()]
+        if not gids:
+            reasons = sorted({r for g in self.analysis.groups for r in g.frozen})
+            raise EPruneError("no prunable channel group in this model (" + "; ".join(reasons[:3]) + ")")
+        orig = CachedNetwork(self.model, self.topo, self.data, self.providers, cfg.batch_size)
+        target = cfg.target()
+        oneshot_stats = None
+        if target.kind != "keep_ratio" or cfg.mode == "oneshot":
+            consumers = sorted({c for g in gids for c in self.analysis.groups[g].consumers})
+            with self.timer.phase("calibrate"):
+                oneshot_stats = self.collect(consumers, orig, None, 0, "calibrate")
+        with self.timer.phase("select"):
+            counts, rankings = self.allocate(gids, oneshot_stats)
+        keeps: dict[int, np.ndarray] = {}
+        refits: dict[int, Refit] = {}
+        if cfg.mode == "oneshot":
+            with self.timer.phase("select"):
+                for g in gids:
+                    terms = [self.term(g, c, oneshot_stats[c], {}) for c in self.analysis.groups[g].consumers]
+                    keeps[g] = self.choose(g, terms, counts[g], rankings.get(g))
+                if cfg.reconstruct:
+                    touched = sorted({c for g in gids for c in self.analysis.groups[g].consumers})
+                    for c in touched:
+                        refits[c] = self._refit(c, oneshot_stats[c], keeps, set(keeps))
+        else:
+            self._sequential(gids, counts, rankings, orig, keeps, refits)
+        with self.timer.phase("rewrite"):
+            pruned = build_pruned(self.model, self.analysis, keeps, refits)
+        with self.timer.phase("validate"):
+            fidelity = self.validate(pruned)
+        self.timer.seconds["total"] = time.perf_counter() - self.t0
+        from .report import build_report
+        report = build_report(self, keeps, counts, fidelity)
+        return PruneResult(pruned, report)
+
+    def _sequential(self, gids, counts, rankings, orig, keeps, refits) -> None:
+        """Decide the groups one by one, each on statistics of the network pruned so far."""
+        cfg = self.config
+        groups = self.analysis.groups
+        consumers = self.analysis.consumers
+        order = sorted(gids, key=lambda g: (max(consumers[c].node for c in groups[g].consumers), g))
+        targets_of = {g: sorted({consumers[c].input for c in groups[g].consumers}) for g in order}
+        pruned = CachedNetwork(self.model, self.topo, self.data, self.providers, cfg.batch_size)
+        for stage, g in enumerate(order, start=1):
+            cidxs = groups[g].consumers
+            with self.timer.phase("calibrate"):
+                stats = self.collect(cidxs, orig, pruned, stage, f"layer {stage}/{len(order)}")
+            with self.timer.phase("select"):
+                terms = [self.term(g, c, stats[c], keeps) for c in cidxs]
+                keep = self.choose(g, terms, counts[g], rankings.get(g))
+                if cfg.reconstruct:
+                    for c in cidxs:
+                        refits[c] = self._refit(c, stats[c], {**keeps, g: keep}, {g})
+                keeps[g] = keep
+            with self.timer.phase("rewrite"):
+                model = build_pruned(self.model, self.analysis, keeps, refits)
+                stale = self.topo.descendants({consumers[c].node for c in cidxs}) if cfg.reconstruct else set()
+                pruned.update(model, stale, self._slicers(g, keeps))
+                future = [t for later in order[stage:] for t in targets_of[later]]
+                pruned.retain(future)
+                orig.retain(future)
+
+    def _slicers(self, gid: int, keeps: dict[int, np.ndarray]):
+        """Functions that cut a cached tensor of group ``gid`` down to its kept channels."""
+        counts = self._counts({k: v for k, v in keeps.items() if k != gid})
+        segments: dict[str, list[tuple[int, int]]] = {}
+        for g in self.analysis.groups:
+            for name, offset, factor in g.tensors:
+                segments.setdefault(name, []).append((offset, g.gid))
+        slicers = {}
+        for name, _offset, factor in self.analysis.groups[gid].tensors:
+            start = sum(counts[g] for off, g in sorted(segments[name]) if off < _offset)
+            cols = ((start + np.asarray(keeps[gid]))[:, None] * factor + np.arange(factor)).reshape(-1)
+            before = start * factor
+            after_start = (start + self.analysis.groups[gid].channels) * factor
+
+            def cut(v: np.ndarray, cols=cols, before=before, after_start=after_start) -> np.ndarray:
+                idx = np.concatenate([np.arange(before), cols, np.arange(after_start, v.shape[1])])
+                return np.take(v, idx, axis=1)
+            slicers[name] = cut
+        return slicers
+
+    def _refit(self, cidx: int, st: MomentStats, keeps: dict[int, np.ndarray], fresh: set[int]) -> Refit:
+        """Re-fit consumer ``cidx`` on the features it keeps.
+
+        ``st`` holds statistics of the consumer's input in which the groups in ``fresh`` are
+        still whole (the others already carry their kept channels only).
+        """
+        cons = self.analysis.consumers[cidx]
+        kept_cols, orig_cols, offset = [], [], 0
+        for g, off, length in cons.segments:
+            current = np.asarray(keeps[g]) if g in keeps and g not in fresh else np.arange(length)
+            chosen = np.asarray(keeps[g]) if g in keeps else np.arange(length)
+            position = np.searchsorted(current, chosen)  # where the kept channels sit in x'
+            kept_cols.append(((offset + position)[:, None] * cons.s + np.arange(cons.s)).reshape(-1))
+            orig_cols.append(((off + chosen)[:, None] * cons.s + np.arange(cons.s)).reshape(-1))
+            offset += len(current)
+        theta, bias = consumer_matrix(self.inits, cons)
+        orig = np.concatenate(orig_cols)
+        omega, new_bias = refit(st.cov, st.cross, st.mean_x, st.mean_y, bias, np.concatenate(kept_cols),
+                                theta[:, orig], self.config.refit_ridge)
+        return Refit(omega, new_bias)
+
+    # -- validation ------------------------------------------------------------------------
+    def validate(self, pruned: onnx.ModelProto) -> dict:
+        """Check the pruned model and measure how close it stays on calibration samples."""
+        check_model(pruned)
+        feeds = next(self.data.batches(min(256, self.data.samples)))
+        ref = make_session(self.model, self.providers).run(None, feeds)
+        sess = make_session(pruned, self.providers)
+        got = sess.run(None, feeds)
+        names = [o.name for o in self.model.graph.output]
+        if [o.name for o in sess.get_outputs()] != names:
+            raise EPruneError("internal error: the pruned model's outputs differ from the original's")
+        fidelity = {"samples": int(next(iter(feeds.values())).shape[0]), "outputs": {}}
+        for name, a, b in zip(names, ref, got):
+            if a.shape != b.shape or a.dtype != b.dtype:
+                raise EPruneError(f"internal error: output {name!r} changed shape {a.shape} -> {b.shape}")
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            rel = float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(a64), 1e-30))
+            entry = {"relative_error": rel}
+            if a.ndim == 2 and a.shape[1] > 1:
+                entry["top1_agreement"] = float(np.mean(a.argmax(1) == b.argmax(1)))
+            fidelity["outputs"][name] = entry
+        return fidelity
+
+
+def prune(model, calib, config: PruneConfig | None = None, progress: Progress | None = None, **options
+          ) -> PruneResult:
+    """Prune whole channels of an ONNX CNN, choosing them from calibration data.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto or path to an .onnx file (never modified).
+    calib : calibration inputs: a path to .npy (single-input model) or .npz (input name ->
+        array), an array of shape (N, ...) or a dict of such arrays; N samples on axis 0.
+    config : a :class:`PruneConfig`; or pass its fields as keyword arguments, e.g.
+        ``prune("m.onnx", "calib.npy", sparsity=0.5)``.
+
+    Returns
+    -------
+    PruneResult with ``model`` (the pruned ``onnx.ModelProto``, same inputs and outputs)
+    and ``report`` (dict: groups, params and MACs before/after, fidelity, seconds).
+    """
+    if config is None:
+        config = PruneConfig(**options)
+    elif options:
+        raise UsageError("pass either a PruneConfig or keyword options, not both")
+    return Pruner(model, calib, config, progress).run()

@@ -1,0 +1,47 @@
+"""A small progress bar with an ETA, drawn on stderr only when it is a terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    """``with progress.task("calibrate", total) as t: t.advance()`` draws one line."""
+
+    def __init__(self, enabled: bool = True, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def task(self, label: str, total: int) -> "_Task":
+        return _Task(self, label, total)
+
+
+class _Task:
+    def __init__(self, progress: Progress, label: str, total: int):
+        self.progress, self.label, self.total = progress, label, max(total, 1)
+        self.done = 0
+        self.start = time.perf_counter()
+
+    def __enter__(self) -> "_Task":
+        self._draw()
+        return self
+
+    def advance(self, n: int = 1) -> None:
+        self.done = min(self.total, self.done + n)
+        self._draw()
+
+    def __exit__(self, *exc) -> None:
+        if self.progress.enabled:
+            self.progress.stream.write("\r\x1b[2K")
+            self.progress.stream.flush()
+
+    def _draw(self) -> None:
+        if not self.progress.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        frac = self.done / self.total
+        eta = f"{elapsed / frac - elapsed:5.1f}s left" if frac > 0 else "        "
+        bar = "#" * int(24 * frac)
+        self.progress.stream.write(f"\r{self.label:<14} [{bar:<24}] {self.done}/{self.total} {eta}")
+        self.progress.stream.flush()

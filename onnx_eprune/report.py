@@ -1,0 +1,102 @@
+"""The pruning report: a JSON-ready dict and the summary table printed by the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import EPruneError
+
+
+def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], fidelity: dict) -> dict:
+    """Collect what a run did. ``pruner`` is the finished :class:`~onnx_eprune.pipeline.Pruner`."""
+    analysis, costs, cfg = pruner.analysis, pruner.costs, pruner.config
+    kept = {g: len(k) for g, k in keeps.items()}
+    producers_of = {}
+    nodes = pruner.model.graph.node
+    for g in analysis.groups:
+        producers_of[g.gid] = [nodes[p.node].name or f"{nodes[p.node].op_type}#{p.node}" for p in g.producers]
+    groups = []
+    for g in analysis.groups:
+        if not g.producers and not g.consumers:
+            continue
+        entry = {
+            "id": g.gid,
+            "producers": producers_of[g.gid],
+            "consumers": [analysis.consumers[c].name for c in g.consumers],
+            "channels_before": g.channels,
+            "channels_after": kept.get(g.gid, g.channels),
+            "frozen": "; ".join(g.frozen) if g.frozen else None,
+        }
+        groups.append(entry)
+    target = cfg.target()
+    params = (costs.params(), costs.params(kept))
+    macs = (costs.macs(), costs.macs(kept))
+    return {
+        "tool": "onnx-eprune",
+        "version": __version__,
+        "method": cfg.method,
+        "mode": cfg.mode,
+        "reconstruct": cfg.reconstruct,
+        "target": {"kind": target.kind, "value": target.value},
+        "seed": cfg.seed,
+        "provider": pruner.providers[0],
+        "samples": pruner.data.samples,
+        "params": _before_after(*params),
+        "macs": _before_after(*macs),
+        "groups": groups,
+        "prunable_groups": sum(1 for g in analysis.groups if g.prunable),
+        "fidelity_on_calibration": fidelity,
+        "seconds": {k: round(v, 3) for k, v in pruner.timer.seconds.items()},
+    }
+
+
+def _before_after(before: int, after: int) -> dict:
+    return {"before": int(before), "after": int(after),
+            "removed_fraction": round(1.0 - after / before, 6) if before else 0.0}
+
+
+def summary_table(report: dict) -> str:
+    """A plain-text table of the groups and the totals."""
+    lines = [f"{'group':>5}  {'channels':>13}  {'producers':<40}  note"]
+    for g in report["groups"]:
+        if g["frozen"] and not g["producers"]:
+            continue
+        chans = f"{g['channels_before']} -> {g['channels_after']}"
+        prod = ", ".join(g["producers"])[:40]
+        note = f"frozen: {g['frozen']}" if g["frozen"] else ""
+        lines.append(f"{g['id']:>5}  {chans:>13}  {prod:<40}  {note}")
+    p, m = report["params"], report["macs"]
+    lines.append(f"params  {p['before']:>12,} -> {p['after']:>12,}  (-{100 * p['removed_fraction']:.1f}%)")
+    lines.append(f"MACs    {m['before']:>12,} -> {m['after']:>12,}  (-{100 * m['removed_fraction']:.1f}%)")
+    for name, f in report["fidelity_on_calibration"]["outputs"].items():
+        extra = f", top-1 agreement {100 * f['top1_agreement']:.1f}%" if "top1_agreement" in f else ""
+        lines.append(f"output {name}: relative error {f['relative_error']:.4f}{extra} "
+                     f"on {report['fidelity_on_calibration']['samples']} calibration samples")
+    secs = report["seconds"]
+    lines.append("seconds " + ", ".join(f"{k} {v:.2f}" for k, v in secs.items()) + f"  [{report['provider']}]")
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: str | os.PathLike) -> None:
+    """Write the report atomically."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise EPruneError(f"report folder does not exist: {folder}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(report, f, indent=1, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise EPruneError(f"cannot write report {target}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

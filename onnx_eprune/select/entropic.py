@@ -1,0 +1,223 @@
+"""Entropic sparse regression for channel selection (Barisin & Horenko, arXiv 2404.04734).
+
+For a group of ``C`` channels with channel probabilities ``w`` on the simplex, each
+consumer term predicts its original output from ``Lambda @ D(w) @ x'`` where ``D(w)``
+scales the features of channel ``c`` by ``C * w_c`` (so the uniform ``w`` is the identity)
+and leaves other groups' features alone. The objective
+
+    L(w, Lambda) = sum_k [ E_k - 2 tr(Lambda_k D P_k) + tr(Lambda_k D G_k D Lambda_k^T)
+                           + rho_k ||Lambda_k||^2 ] / E_k  +  eps * sum_c w_c ln w_c
+
+is minimised by alternating two exact steps (SPARTAn's scheme): a ridge regression per
+consumer for ``Lambda`` (closed form) and a strictly convex problem on the simplex for
+``w`` (equality-constrained Newton with the entropy as barrier). Small ``eps`` drives most
+``w_c`` towards zero; ``eps`` is searched so that the wanted number of channels survive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve
+
+from .problem import ConsumerTerm, ridge
+
+_W_FLOOR = 1e-250
+
+
+@dataclass
+class EntropicConfig:
+    """Knobs of the entropic selector (defaults are the tuned ones; see BENCHMARKS.md).
+
+    The ridge must be strong: it shrinks ``Lambda``, so that the w-step cannot undo the
+    shrinkage by scaling all channels up (the simplex forbids it) and has to spend the
+    probability mass on the channels that explain the output best. ``eps`` is then
+    annealed from large (uniform ``w``) to small, warm-starting each step from the last,
+    and channels drop out one after another.
+    """
+
+    eps_ridge: float = 3.0        # ridge of the Lambda-step, relative to the mean feature variance
+    threshold: float = 0.1        # channel c is alive while C * w_c >= threshold
+    max_alternations: int = 30
+    tol: float = 1e-5             # relative decrease of L that ends the alternation at one eps
+    log_eps_start: float = 1.0    # annealing path: log10(eps) from here ...
+    log_eps_stop: float = -7.0    # ... down to here,
+    path_steps: int = 17          # in this many geometric steps (half a decade each)
+    ridge_growth: float = 10.0    # past the end of the path, multiply the ridge until few channels live
+
+
+def solve_w(A: np.ndarray, b: np.ndarray, eps: float, w0: np.ndarray | None = None,
+            tol: float = 1e-13, max_iter: int = 200) -> np.ndarray:
+    """Minimise ``w^T A w - 2 b^T w + eps * sum w ln w`` over the probability simplex.
+
+    ``A`` (C x C) must be symmetric positive semi-definite and ``eps > 0``; the objective is
+    then strictly convex and the minimiser lies strictly inside the simplex. Newton's method
+    on the constraint ``sum w = 1`` with Hessian ``2A + eps diag(1/w)``, a fraction-to-the-
+    boundary rule and Armijo backtracking.
+    """
+    C = len(b)
+    w = np.full(C, 1.0 / C) if w0 is None else np.maximum(np.asarray(w0, np.float64), _W_FLOOR)
+    w = w / w.sum()
+    ones = np.ones(C)
+
+    def f(v: np.ndarray) -> float:
+        return float(v @ A @ v - 2.0 * b @ v + eps * np.sum(v * np.log(v)))
+
+    fw = f(w)
+    scale = max(abs(fw), 1.0)
+    for _ in range(max_iter):
+        g = 2.0 * (A @ w) - 2.0 * b + eps * (1.0 + np.log(w))
+        H = 2.0 * A + np.diag(eps / w)
+        H[np.diag_indices_from(H)] += 1e-14 * (np.trace(H) / C)
+        try:
+            cf = cho_factor(H, check_finite=False)
+            u, v = cho_solve(cf, g, check_finite=False), cho_solve(cf, ones, check_finite=False)
+        except np.linalg.LinAlgError:
+            u, v = np.linalg.lstsq(H, g, rcond=None)[0], np.linalg.lstsq(H, ones, rcond=None)[0]
+        step = -(u - (ones @ u) / (ones @ v) * v)  # Newton step projected on sum(step) = 0
+        decrement = -float(g @ step)
+        if decrement <= tol * scale:
+            break
+        neg = step < 0
+        t = min(1.0, 0.99 * float(np.min(-w[neg] / step[neg]))) if neg.any() else 1.0
+        while True:
+            trial = np.maximum(w + t * step, _W_FLOOR)
+            f_trial = f(trial)
+            if f_trial <= fw - 0.25 * t * decrement or t < 1e-12:
+                break
+            t *= 0.5
+        w, fw = trial / trial.sum(), f_trial
+    return w
+
+
+def lambda_step(term: ConsumerTerm, d: np.ndarray, eps_ridge: float) -> np.ndarray:
+    """Ridge solution ``Lambda`` (M x D') for feature scales ``d`` (D')."""
+    rho = ridge(term.G, eps_ridge)
+    K = term.G * np.outer(d, d)
+    K[np.diag_indices_from(K)] += rho
+    cf = cho_factor(K, check_finite=False)
+    return cho_solve(cf, d[:, None] * term.P, check_finite=False).T
+
+
+def quadratic_in_w(term: ConsumerTerm, lam: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``A`` (C x C) and ``b`` (C,) of this term's loss as ``w^T A w - 2 b^T w + const``.
+
+    ``A`` is the block sum over channel blocks of ``G o (Lambda^T Lambda)``, ``b`` the block
+    sum of ``diag(Lambda^T P^T)`` minus the cross term with the always-kept features.
+    """
+    C, s = term.cols.shape
+    whole = not len(term.fixed)  # the group owns every feature, in order: no gathers needed
+    cols = term.cols.reshape(-1)
+    lam_g = lam if whole else lam[:, cols]
+    G_g = term.G if whole else term.G[np.ix_(cols, cols)]
+    Q = lam_g.T @ lam_g
+    Q *= G_g
+    A = Q.reshape(C, s, C, s).sum(axis=(1, 3)) if s > 1 else Q
+    r = np.einsum("mi,im->i", lam_g, term.P if whole else term.P[cols])
+    if not whole:  # the cross term with always-kept features of other groups
+        lam_f = lam[:, term.fixed]
+        r = r - (term.G[np.ix_(cols, term.fixed)] * (lam_g.T @ lam_f)) @ d[term.fixed]
+    e = term.energy
+    return (C * C / e) * A, (C / e) * r.reshape(C, s).sum(axis=1)
+
+
+def _scales(term: ConsumerTerm, w: np.ndarray) -> np.ndarray:
+    d = np.ones(term.G.shape[0])
+    d[term.cols] = (len(w) * w)[:, None]
+    return d
+
+
+@dataclass
+class _State:
+    w: np.ndarray
+    lams: list[np.ndarray] = field(default_factory=list)
+    loss: float = np.inf
+
+
+def alternate(terms: list[ConsumerTerm], eps: float, cfg: EntropicConfig, w0: np.ndarray | None = None) -> _State:
+    """Alternate Lambda- and w-steps at a fixed ``eps`` until L stops falling."""
+    C = terms[0].channels
+    w = np.full(C, 1.0 / C) if w0 is None else w0.copy()
+    state = _State(w)
+    for _ in range(cfg.max_alternations):
+        lams, A, b, fit = [], np.zeros((C, C)), np.zeros(C), 0.0
+        for term in terms:
+            d = _scales(term, w)
+            lam = lambda_step(term, d, cfg.eps_ridge)
+            At, bt = quadratic_in_w(term, lam, d)
+            lams.append(lam)
+            A += At
+            b += bt
+            fit += ridge(term.G, cfg.eps_ridge) * float(np.sum(lam * lam)) / term.energy
+        A = 0.5 * (A + A.T)
+        w = solve_w(A, b, eps, w)
+        loss = float(w @ A @ w - 2 * b @ w + eps * np.sum(w * np.log(w))) + fit
+        converged = state.loss - loss <= cfg.tol * max(abs(loss), 1e-12)
+        state = _State(w, lams, loss)
+        if converged:
+            break
+    return state
+
+
+def alive(w: np.ndarray, threshold: float) -> int:
+    """Number of channels whose weight is at least ``threshold / C``."""
+    return int(np.sum(len(w) * w >= threshold))
+
+
+class Path:
+    """The annealing path of one group: ``w`` at decreasing ``eps`` (warm-started).
+
+    Iterating yields ``w`` at each point until at most one channel is alive.
+    """
+
+    def __init__(self, terms: list[ConsumerTerm], cfg: EntropicConfig):
+        self.terms, self.cfg = terms, cfg
+
+    def __iter__(self):
+        cfg = self.cfg
+        w = None
+        for log_eps in np.linspace(cfg.log_eps_start, cfg.log_eps_stop, cfg.path_steps):
+            w = self.solve(log_eps, cfg.eps_ridge, w)
+            yield w
+            if alive(w, cfg.threshold) <= 1:
+                return
+        ridge_ = cfg.eps_ridge
+        for _ in range(12):  # the entropy no longer binds: sharpen with a stronger ridge
+            ridge_ *= cfg.ridge_growth
+            w = self.solve(cfg.log_eps_stop, ridge_, w)
+            yield w
+            if alive(w, cfg.threshold) <= 1:
+                return
+
+    def solve(self, log_eps: float, ridge_: float, w0: np.ndarray | None) -> np.ndarray:
+        cfg = EntropicConfig(**{**self.cfg.__dict__, "eps_ridge": ridge_})
+        return alternate(self.terms, 10.0 ** log_eps, cfg, w0).w
+
+
+def ranking(terms: list[ConsumerTerm], cfg: EntropicConfig | None = None, stop_at: int = 1) -> np.ndarray:
+    """Channels from most to least important along the annealing path.
+
+    A channel ranks by the last path point at which it is still alive (later = more
+    important), ties by its weight there. The path stops once at most ``stop_at`` channels
+    are alive, so the first ``stop_at`` entries are final by then.
+    """
+    cfg = cfg or EntropicConfig()
+    C = terms[0].channels
+    last_alive = np.full(C, -1)
+    weight_then = np.zeros(C)
+    if stop_at >= C:
+        return np.arange(C)
+    for i, w in enumerate(Path(terms, cfg)):
+        up = C * w >= cfg.threshold
+        last_alive[up] = i
+        weight_then[up] = w[up]
+        if up.sum() <= stop_at:
+            break
+    return np.lexsort((-weight_then, -last_alive))
+
+
+def select(terms: list[ConsumerTerm], k: int, cfg: EntropicConfig | None = None) -> np.ndarray:
+    """The ``k`` channels to keep (sorted): the first ``k`` of :func:`ranking`, following
+    the path only until ``k`` channels are left alive."""
+    return np.sort(ranking(terms, cfg, stop_at=k)[:k])
