@@ -69,26 +69,56 @@ def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: Cos
     def local(g: int, k: dict[int, int]) -> int:
         return sum(layer.params(k) if metric == "params" else layer.macs(k) for layer in layers[g])
 
-    total = full
-    while total > goal:
-        best, best_ratio, best_saving = None, np.inf, 0
+    def cost(k: dict[int, int]) -> int:
+        return costs.total(metric, k)
+
+    def ratio(g: int, k: dict[int, int]) -> tuple[float, int]:
+        """Damage added per unit of cost saved by removing one step from group ``g``."""
+        trial = dict(k)
+        trial[g] = k[g] - step[g]
+        saving = local(g, k) - local(g, trial)
+        if saving <= 0:
+            return np.inf, 0
+        return (damage[g][trial[g]] - damage[g][k[g]]) / saving, saving
+
+    def shrink(k: dict[int, int], total: int, frozen: int | None = None) -> int:
+        """Remove the cheapest steps until the goal holds; ``frozen`` is left alone."""
+        while total > goal:
+            options = [(ratio(g, k), g) for g in channels if g != frozen and k[g] - step[g] >= floor[g]]
+            options = [(r, g) for r, g in options if r[1] > 0]
+            if not options:
+                return total
+            (_, saving), g = min(options, key=lambda o: (o[0][0], o[1]))
+            k[g] -= step[g]
+            total -= saving
+        return total
+
+    total = shrink(keep, full)
+    total = _give_back(keep, total, goal, channels, step, damage, local)
+    # Channel steps can be coarse (a channel feeding a large Gemm): trade a step of one group
+    # for finer steps of others while that lands closer to the target.
+    tolerance = 0.005 * full
+    for _ in range(4 * len(channels)):
+        if goal - total <= tolerance:
+            break
+        best = None
         for g in channels:
-            k = keep[g]
-            if k - step[g] < floor[g]:
+            if keep[g] + step[g] > channels[g]:
                 continue
             trial = dict(keep)
-            trial[g] = k - step[g]
-            saving = local(g, keep) - local(g, trial)
-            if saving <= 0:
-                continue
-            ratio = (damage[g][k - step[g]] - damage[g][k]) / saving
-            if ratio < best_ratio:
-                best, best_ratio, best_saving = g, ratio, saving
+            trial[g] += step[g]
+            t_total = shrink(trial, cost(trial), frozen=g)
+            if t_total <= goal and t_total > (best[0] if best else total):
+                best = (t_total, trial)
         if best is None:
             break
-        keep[best] -= step[best]
-        total -= best_saving
-    # Give channels back while the target still holds: land as close to it as possible.
+        total, keep = best
+        total = _give_back(keep, total, goal, channels, step, damage, local)
+    return keep
+
+
+def _give_back(keep, total, goal, channels, step, damage, local) -> int:
+    """Give channels back while the target still holds: land as close to it as possible."""
     while True:
         best, best_gain = None, -np.inf
         for g in channels:
@@ -104,9 +134,8 @@ def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: Cos
             if gain > best_gain:
                 best, best_gain = g, gain
         if best is None:
-            break
+            return total
         trial = dict(keep)
         trial[best] = keep[best] + step[best]
         total += local(best, trial) - local(best, keep)
         keep[best] += step[best]
-    return keep

@@ -146,6 +146,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     _check_output(args.model, args.output)
     if args.report:
         _check_output(args.model, args.report)
+        if Path(args.report).resolve() == Path(args.output).resolve():
+            raise UsageError("--report and -o name the same file; give the report its own path")
     config = PruneConfig(sparsity=args.sparsity, flops_reduction=args.flops_reduction, keep_ratio=args.keep_ratio,
                          method=args.method, mode=args.mode, samples=args.samples, seed=args.seed,
                          device=args.device, batch_size=args.batch_size, positions=args.positions,

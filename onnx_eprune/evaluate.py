@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from .calibrate.data import load_calibration
-from .calibrate.session import choose_providers, make_session, probe_shapes
+from .calibrate.session import choose_providers, make_session, probe_shapes, run
 from .errors import UsageError
 from .graph.costs import build_cost_model
 from .graph.groups import analyze
@@ -23,7 +23,7 @@ def run_model(model: onnx.ModelProto, data, providers: list[str], batch_size: in
     sess = make_session(model, providers)
     outs: list[list[np.ndarray]] = []
     for batch in data.batches(batch_size):
-        for i, value in enumerate(sess.run(None, batch)):
+        for i, value in enumerate(run(sess, None, batch)):
             if len(outs) <= i:
                 outs.append([])
             outs[i].append(value)
@@ -42,7 +42,7 @@ def latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: 
                repeats: int = 20) -> float:
     """Median wall time of one ``run`` in milliseconds, after a warm-up run."""
     sess = make_session(model, providers, threads=threads)
-    sess.run(None, feeds)
+    run(sess, None, feeds)  # warm-up, with onnxruntime errors reported in one line
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

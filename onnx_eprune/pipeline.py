@@ -17,7 +17,8 @@ import onnx
 from . import budget
 from .calibrate.data import CalibrationData, load_calibration
 from .calibrate.engine import CachedNetwork, Topology
-from .calibrate.session import choose_providers, make_session, probe_shapes
+from .calibrate.sensitivity import output_gains
+from .calibrate.session import choose_providers, make_session, probe_shapes, run
 from .calibrate.stats import ConvGeometry, MomentStats, conv_patches, positions_per_sample, sample_positions
 from .errors import EPruneError, UsageError
 from .graph.costs import CostModel, build_cost_model
@@ -226,11 +227,16 @@ class Pruner:
         if target.kind == "keep_ratio":
             return budget.uniform_counts(channels, target.value, self.config.round_to), {}
         rankings, curves = {}, {}
+        consumers = self.analysis.consumers
+        gains = output_gains(self.model, self.topo, self.data, self.providers,
+                             {g: sorted({consumers[c].output for c in self.analysis.groups[g].consumers})
+                              for g in gids}, seed=self.config.seed)
+        self.gains = gains
         with self.progress.task("rank", len(gids)) as task:
             for g in gids:
                 terms = [self.term(g, c, stats[c], {}) for c in self.analysis.groups[g].consumers]
                 rankings[g] = self.ranking(g, terms)
-                curves[g] = sum(explained_curve(t, rankings[g]) for t in terms)
+                curves[g] = gains[g] * sum(explained_curve(t, rankings[g]) for t in terms)
                 task.advance()
         return budget.allocate(channels, curves, self.costs, target, self.config.round_to), rankings
 
@@ -345,9 +351,9 @@ class Pruner:
         """Check the pruned model and measure how close it stays on calibration samples."""
         check_model(pruned)
         feeds = next(self.data.batches(min(256, self.data.samples)))
-        ref = make_session(self.model, self.providers).run(None, feeds)
+        ref = run(make_session(self.model, self.providers), None, feeds)
         sess = make_session(pruned, self.providers)
-        got = sess.run(None, feeds)
+        got = run(sess, None, feeds)
         names = [o.name for o in self.model.graph.output]
         if [o.name for o in sess.get_outputs()] != names:
             raise EPruneError("internal error: the pruned model's outputs differ from the original's")

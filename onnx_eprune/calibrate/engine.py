@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from .data import CalibrationData, model_inputs
-from .session import make_session
+from .session import make_session, run
 
 
 class Topology:
@@ -94,7 +94,8 @@ def submodel(model: onnx.ModelProto, topo: Topology, targets: list[str], availab
     if not nodes:
         return None, []
     graph = model.graph
-    needed = {n for i in nodes for n in topo.node_inputs[i]}
+    # inputs of the current nodes: a re-fit may have given a node a new bias initializer
+    needed = {n for i in nodes for n in list(graph.node[i].input) + topo.node_inputs[i] if n}
     graph_inputs = [vi for vi in model_inputs(model) if vi.name in needed]
     feeds = [vi.name for vi in graph_inputs] + sorted(used)
     sub = onnx.helper.make_graph(
@@ -131,7 +132,7 @@ class CachedNetwork:
             values = {}
             if session is not None:
                 inputs = {name: batch[name] if name in batch else self.cache[name][b] for name in feeds}
-                values = dict(zip(out_names, session.run(out_names, inputs)))
+                values = dict(zip(out_names, run(session, out_names, inputs)))
                 for name in out_names:
                     fresh[name].append(values[name])
             yield {t: values[t] if t in values else self.cache[t][b] for t in targets}

@@ -73,6 +73,14 @@ def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str
         raise EPruneError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:300]}") from None
 
 
+def run(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list:
+    """``session.run`` with onnxruntime's failures turned into one-line EPruneErrors."""
+    try:
+        return session.run(outputs, feeds)
+    except Exception as exc:
+        raise EPruneError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:300]}") from None
+
+
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """A copy of ``model`` whose graph outputs are exactly ``names`` (types left to the runtime)."""
     copy = onnx.ModelProto()
@@ -94,11 +102,7 @@ def probe_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers
     names = [o for n in model.graph.node for o in n.output if o]
     names = list(dict.fromkeys(names))
     sess = make_session(model, providers, outputs=names)
-    try:
-        values = sess.run(None, feeds)
-    except Exception as exc:
-        raise EPruneError(f"onnxruntime cannot run the model on the calibration data: "
-                          f"{str(exc).splitlines()[0][:300]}") from None
+    values = run(sess, None, feeds)
     shapes = {k: tuple(v.shape) for k, v in feeds.items()}
     for name, value in zip(names, values):
         if isinstance(value, np.ndarray):

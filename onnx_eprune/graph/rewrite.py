@@ -45,9 +45,8 @@ class _Arrays:
 
     def add(self, name: str, value: np.ndarray, like: str | None) -> None:
         dtype = numpy_helper.to_array(self.inits[like]).dtype if like else np.float32
-        tensor = numpy_helper.from_array(value.astype(dtype), name)
-        self.model.graph.initializer.append(tensor)
-        self.inits[name] = tensor
+        self.model.graph.initializer.append(numpy_helper.from_array(value.astype(dtype), name))
+        self.inits[name] = self.model.graph.initializer[-1]  # append() stored a copy
 
     def commit(self) -> None:
         for (name, axis), mask in self.masks.items():
@@ -127,8 +126,9 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
             continue
         for p in group.producers:
             arrays.mask(p.weight, p.weight_axis)[drop] = False
-            if p.bias is not None:
-                arrays.mask(p.bias, _vector_axis(arrays.get(p.bias)))[drop] = False
+            bias = _current_bias(out.graph.node[p.node])  # a re-fit may have added one
+            if bias is not None and arrays.get(bias).size == group.channels:
+                arrays.mask(bias, _vector_axis(arrays.get(bias)))[drop] = False
         for prm in group.params:
             arrays.mask(prm.tensor, prm.axis)[prm.offset + drop] = False
         for cidx in group.consumers:
@@ -147,10 +147,25 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
         changed_tensors.update(name for name, _, _ in group.tensors)
     _update_shape_params(analysis, keeps, arrays)
     arrays.commit()
+    _update_depthwise_groups(out, arrays)
     kept_vi = [vi for vi in out.graph.value_info if vi.name not in changed_tensors]
     del out.graph.value_info[:]
     out.graph.value_info.extend(kept_vi)
     return out
+
+
+def _current_bias(node: onnx.NodeProto) -> str | None:
+    return node.input[2] if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] else None
+
+
+def _update_depthwise_groups(model: onnx.ModelProto, arrays: _Arrays) -> None:
+    """A depthwise Conv that lost channels has ``group`` = its new channel count."""
+    for node in model.graph.node:
+        if node.op_type != "Conv" or (node.input[1], 0) not in arrays.masks:
+            continue
+        for attr in node.attribute:
+            if attr.name == "group" and attr.i > 1:
+                attr.i = int(arrays.get(node.input[1]).shape[0])
 
 
 def _vector_axis(value: np.ndarray) -> int:

@@ -1,0 +1,311 @@
+"""Tiny ONNX CNNs built with ``onnx.helper`` for the graph and pruning tests.
+
+Every builder returns an ``onnx.ModelProto`` with one float32 input ``x`` of shape
+``[N, 3, 16, 16]`` (``N`` dynamic) and the output ``y`` of shape ``[N, 10]`` (plus extra
+outputs where the builder says so). Weights are drawn from a seeded numpy Generator, so the
+same arguments always give the same bytes.
+
+``EXPECTED`` describes, per builder, the channel groups the analysis should find; the
+tests in ``test_groups.py`` check it and ``test_prune_small.py`` uses ``ALL_BUILDERS``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+INPUT = "x"
+OUTPUT = "y"
+IN_CHANNELS = 3
+HW = 16
+CLASSES = 10
+
+
+class _Builder:
+    """Collects nodes and weights; weights become initializers or Constant nodes."""
+
+    def __init__(self, seed: int = 0, constants: bool = False):
+        self.rng = np.random.default_rng(seed)
+        self.constants = constants
+        self.nodes: list[onnx.NodeProto] = []
+        self.const_nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def name(self, base: str) -> str:
+        self.count += 1
+        return f"{base}_{self.count}"
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        tensor = numpy_helper.from_array(np.asarray(value), name)
+        if self.constants:
+            self.const_nodes.append(helper.make_node("Constant", [], [name], value=tensor, name=f"const_{name}"))
+        else:
+            self.inits.append(tensor)
+        return name
+
+    def weight(self, name: str, shape, fan_in: int) -> str:
+        w = self.rng.normal(0.0, 1.0 / np.sqrt(fan_in), size=shape).astype(np.float32)
+        return self.const(name, w)
+
+    def vector(self, name: str, n: int, low: float = -0.1, high: float = 0.1) -> str:
+        return self.const(name, self.rng.uniform(low, high, size=n).astype(np.float32))
+
+    def node(self, op: str, inputs: list[str], name: str | None = None, n_out: int = 1, **attrs) -> str:
+        name = name or self.name(op.lower())
+        outs = [name] if n_out == 1 else [f"{name}_out{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=name, **attrs))
+        return outs[0]
+
+    # -- layers ------------------------------------------------------------------------
+    def conv(self, x: str, cin: int, cout: int, k: int = 3, bias: bool = True, group: int = 1,
+             name: str | None = None) -> str:
+        name = name or self.name("conv")
+        w = self.weight(f"{name}.weight", (cout, cin // group, k, k), cin // group * k * k)
+        inputs = [x, w] + ([self.vector(f"{name}.bias", cout)] if bias else [])
+        attrs = {"pads": [k // 2] * 4, "kernel_shape": [k, k]}
+        if group != 1:
+            attrs["group"] = group
+        return self.node("Conv", inputs, name=name, **attrs)
+
+    def bn(self, x: str, c: int, name: str | None = None) -> str:
+        name = name or self.name("bn")
+        scale = self.vector(f"{name}.scale", c, 0.5, 1.5)
+        shift = self.vector(f"{name}.shift", c)
+        mean = self.vector(f"{name}.mean", c)
+        var = self.vector(f"{name}.var", c, 0.5, 1.5)
+        return self.node("BatchNormalization", [x, scale, shift, mean, var], name=name, epsilon=1e-5)
+
+    def conv_block(self, x: str, cin: int, cout: int, folded: bool) -> str:
+        """Conv (+ bias when folded, + BatchNormalization when not) -> Relu."""
+        y = self.conv(x, cin, cout, bias=folded)
+        if not folded:
+            y = self.bn(y, cout)
+        return self.node("Relu", [y])
+
+    def gemm(self, x: str, d: int, m: int, trans_b: bool = True, alpha: float = 1.0, beta: float = 1.0,
+             bias: bool = True, name: str | None = None) -> str:
+        name = name or self.name("gemm")
+        shape = (m, d) if trans_b else (d, m)
+        w = self.weight(f"{name}.weight", shape, d)
+        inputs = [x, w] + ([self.vector(f"{name}.bias", m)] if bias else [])
+        attrs = {}
+        if trans_b:
+            attrs["transB"] = 1
+        if alpha != 1.0:
+            attrs["alpha"] = alpha
+        if beta != 1.0:
+            attrs["beta"] = beta
+        return self.node("Gemm", inputs, name=name, **attrs)
+
+    def pool(self, x: str) -> str:
+        return self.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+
+    def gap_flatten(self, x: str) -> str:
+        return self.node("Flatten", [self.node("GlobalAveragePool", [x])], axis=1)
+
+    # -- the model ---------------------------------------------------------------------
+    def build(self, head: str, extra_outputs: list[tuple[str, list]] | None = None,
+              opset: int = OPSET, graph_name: str = "tiny") -> onnx.ModelProto:
+        inp = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", IN_CHANNELS, HW, HW])
+        outs = [helper.make_tensor_value_info(head, TensorProto.FLOAT, ["N", CLASSES])]
+        for name, shape in extra_outputs or []:
+            outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+        graph = helper.make_graph(self.const_nodes + self.nodes, graph_name, [inp], outs, self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                                  producer_name="onnx-eprune-tests")
+        model.ir_version = 8
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+def _classifier_head(b: _Builder, x: str, d: int, hidden: int) -> str:
+    """Gemm(d -> hidden) -> Relu -> Gemm(hidden -> 10) named ``y``."""
+    h = b.node("Relu", [b.gemm(x, d, hidden)])
+    return b.gemm(h, hidden, CLASSES, name=OUTPUT)
+
+
+def conv_bn_relu_pool_flatten_gemm(folded: bool = True, widths=(8, 16, 32), flatten: str = "flatten",
+                                   constants: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->w0) [+BN] -> Relu -> MaxPool -> Conv(w0->w1) [+BN] -> Relu -> MaxPool
+    -> Flatten -> Gemm(w1*4*4 -> w2) -> Relu -> Gemm(w2 -> 10).
+
+    ``flatten``: "flatten" (a Flatten op), "reshape0" (Reshape by the constant [0, -1]) or
+    "reshape_explicit" (Reshape by [-1, w1*16], whose feature count must shrink on pruning).
+    ``constants``: store every weight (and the Reshape target) as a Constant node.
+    """
+    w0, w1, w2 = widths
+    b = _Builder(seed, constants)
+    h = b.pool(b.conv_block(INPUT, IN_CHANNELS, w0, folded))
+    h = b.pool(b.conv_block(h, w0, w1, folded))
+    features = w1 * (HW // 4) ** 2
+    if flatten == "flatten":
+        h = b.node("Flatten", [h], axis=1)
+    elif flatten == "reshape0":
+        h = b.node("Reshape", [h, b.const("flat_shape", np.array([0, -1], np.int64))])
+    elif flatten == "reshape_explicit":
+        h = b.node("Reshape", [h, b.const("flat_shape", np.array([-1, features], np.int64))])
+    else:
+        raise ValueError(flatten)
+    return b.build(_classifier_head(b, h, features, w2))
+
+
+def cnn_reshape(explicit: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """The CNN with a Reshape instead of Flatten: [0, -1] or the explicit [-1, 256]."""
+    return conv_bn_relu_pool_flatten_gemm(True, flatten="reshape_explicit" if explicit else "reshape0", seed=seed)
+
+
+def cnn_constant_weights(seed: int = 0) -> onnx.ModelProto:
+    """The (BN, Reshape [0, -1]) CNN with every weight in a Constant node."""
+    return conv_bn_relu_pool_flatten_gemm(False, flatten="reshape0", constants=True, seed=seed)
+
+
+def residual(width: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """stem Conv -> Relu (r) -> Conv a -> Relu -> Conv b -> Add(b, r) -> Relu -> GAP
+    -> Flatten -> Gemm(width -> 10). The stem and conv b outputs form one group."""
+    b = _Builder(seed)
+    r = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, width, name="stem")])
+    h = b.node("Relu", [b.conv(r, width, width, name="conv_a")])
+    h = b.conv(h, width, width, name="conv_b")
+    h = b.node("Relu", [b.node("Add", [h, r], name="add")])
+    h = b.gap_flatten(h)
+    return b.build(b.gemm(h, width, CLASSES, name=OUTPUT))
+
+
+def depthwise(width: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->w) -> Relu -> depthwise Conv(w, group=w, with bias) -> Relu -> Conv(w->2w)
+    -> Relu -> GAP -> Flatten -> Gemm(2w -> 10)."""
+    b = _Builder(seed)
+    h = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, width, name="conv1")])
+    h = b.node("Relu", [b.conv(h, width, width, group=width, name="dw")])
+    h = b.node("Relu", [b.conv(h, width, 2 * width, name="conv2")])
+    return b.build(b.gemm(b.gap_flatten(h), 2 * width, CLASSES, name=OUTPUT))
+
+
+def unknown_op(op: str = "LRN", seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->8) -> ``op`` (LRN, or Softmax over channels) -> Conv(8->16) -> Relu -> GAP
+    -> Flatten -> Gemm(16 -> 10): the first conv's group touches an op the analysis does
+    not understand and must stay whole."""
+    b = _Builder(seed)
+    h = b.conv(INPUT, IN_CHANNELS, 8, name="conv1")
+    if op == "LRN":
+        h = b.node("LRN", [h], name="lrn", size=3)
+    elif op == "Softmax":
+        h = b.node("Softmax", [h], name="softmax", axis=1)
+    else:
+        raise ValueError(op)
+    h = b.node("Relu", [b.conv(h, 8, 16, name="conv2")])
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT))
+
+
+FEATURE_OUTPUT = "features"
+
+
+def intermediate_output(seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->8) -> Relu (also the graph output ``features``) -> Conv(8->16) -> Relu
+    -> GAP -> Flatten -> Gemm(16 -> 10)."""
+    b = _Builder(seed)
+    feat = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 8, name="conv1")], name=FEATURE_OUTPUT)
+    h = b.node("Relu", [b.conv(feat, 8, 16, name="conv2")])
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT),
+                   extra_outputs=[(FEATURE_OUTPUT, ["N", 8, HW, HW])])
+
+
+def gemm_matmul(seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->8) -> Relu -> GAP -> Flatten -> Gemm(8->16, alpha=0.5, beta=2, transB=0)
+    -> Relu -> MatMul(16->12, constant weight) -> Relu -> Gemm(12 -> 10)."""
+    b = _Builder(seed)
+    h = b.gap_flatten(b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 8, name="conv1")]))
+    h = b.node("Relu", [b.gemm(h, 8, 16, trans_b=False, alpha=0.5, beta=2.0, name="gemm_ab")])
+    h = b.node("MatMul", [h, b.weight("matmul.weight", (16, 12), 16)], name="matmul")
+    h = b.node("Relu", [h])
+    return b.build(b.gemm(h, 12, CLASSES, name=OUTPUT))
+
+
+def wide_cnn(seed: int = 0) -> onnx.ModelProto:
+    """The folded CNN at widths 16/32/64: fine enough channel granularity for budget tests."""
+    return conv_bn_relu_pool_flatten_gemm(True, widths=(16, 32, 64), seed=seed)
+
+
+# name -> (builder, expected structure). ``prunable``: number of prunable groups;
+# ``producers``: sorted producer counts of the prunable groups; ``frozen``: a substring that
+# some frozen group's reasons must contain (or None).
+ALL_BUILDERS = {
+    "cnn_folded": lambda: conv_bn_relu_pool_flatten_gemm(True),
+    "cnn_bn": lambda: conv_bn_relu_pool_flatten_gemm(False),
+    "cnn_reshape0": lambda: cnn_reshape(False),
+    "cnn_reshape_explicit": lambda: cnn_reshape(True),
+    "cnn_constants": cnn_constant_weights,
+    "residual": residual,
+    "depthwise": depthwise,
+    "lrn": lambda: unknown_op("LRN"),
+    "softmax": lambda: unknown_op("Softmax"),
+    "intermediate_output": intermediate_output,
+    "gemm_matmul": gemm_matmul,
+}
+
+EXPECTED = {
+    "cnn_folded": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
+    "cnn_bn": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
+    "cnn_reshape0": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
+    "cnn_reshape_explicit": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
+    "cnn_constants": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
+    "residual": {"prunable": 2, "producers": [1, 2], "frozen": None},
+    "depthwise": {"prunable": 2, "producers": [1, 1], "frozen": None},
+    "lrn": {"prunable": 1, "producers": [1], "frozen": "LRN"},
+    "softmax": {"prunable": 1, "producers": [1], "frozen": "Softmax"},
+    "intermediate_output": {"prunable": 1, "producers": [1], "frozen": "graph output"},
+    "gemm_matmul": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
+}
+
+
+def random_input(n: int = 64, seed: int = 1) -> np.ndarray:
+    """Calibration / test inputs for every builder: (n, 3, 16, 16) float32."""
+    return np.random.default_rng(seed).normal(size=(n, IN_CHANNELS, HW, HW)).astype(np.float32)
+
+
+# -- helpers shared by the tests ---------------------------------------------------------
+
+def run_model(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
+    """All graph outputs of ``model`` on ``x`` (CPU), by name."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: x})))
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(a64), 1e-30))
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Elements of every float initializer and float Constant node."""
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    return sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors if t.data_type in floats)
+
+
+def io_signature(model: onnx.ModelProto) -> dict:
+    """Names and element types of the real inputs and of the outputs."""
+    inits = {i.name for i in model.graph.initializer}
+    return {"inputs": [(vi.name, vi.type.tensor_type.elem_type) for vi in model.graph.input if vi.name not in inits],
+            "outputs": [(vi.name, vi.type.tensor_type.elem_type) for vi in model.graph.output]}
+
+
+def initializer(model: onnx.ModelProto, name: str) -> np.ndarray:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    raise KeyError(name)
+
+
+def node_by_name(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
+    for node in model.graph.node:
+        if node.name == name:
+            return node
+    raise KeyError(name)

@@ -1,0 +1,330 @@
+"""The ``onnx-eprune`` command line through ``onnx_eprune.cli.main``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from models import conv_bn_relu_pool_flatten_gemm, io_signature, random_input, run_model
+from onnx_eprune.cli import main
+
+
+@pytest.fixture
+def files(tmp_path, calib):
+    """A model, its calibration data (.npy and .npz) and a second input set on disk."""
+    model = tmp_path / "model.onnx"
+    onnx.save(conv_bn_relu_pool_flatten_gemm(True), str(model))
+    np.save(tmp_path / "calib.npy", calib)
+    np.savez(tmp_path / "calib.npz", x=calib)
+    np.save(tmp_path / "data.npy", random_input(40, seed=5))
+    return tmp_path
+
+
+def prune_args(files, *extra, output="out.onnx"):
+    return ["prune", str(files / "model.onnx"), "-o", str(files / output), "--calib", str(files / "calib.npy"),
+            "--device", "cpu", "--method", "l1", *extra]
+
+
+def run_error(capsys, argv, code=2):
+    """Run a failing command: exit status, one error line, no traceback."""
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("onnx-eprune: error: "), err
+    return lines[-1]
+
+
+# -- prune -----------------------------------------------------------------------------------
+
+def test_prune_writes_model_and_report(files, capsys):
+    argv = prune_args(files, "--sparsity", "0.4", "--report", str(files / "report.json"))
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "params" in out
+    pruned = onnx.load(str(files / "out.onnx"))
+    onnx.checker.check_model(pruned, full_check=True)
+    original = onnx.load(str(files / "model.onnx"))
+    assert io_signature(pruned) == io_signature(original)
+    x = random_input(4, seed=9)
+    assert run_model(pruned, x)["y"].shape == run_model(original, x)["y"].shape
+    report = json.loads((files / "report.json").read_text())
+    for key in ("params", "macs", "groups", "provider", "seconds"):
+        assert key in report
+    assert report["params"]["removed_fraction"] >= 0.4
+    assert report["provider"] == "CPUExecutionProvider"
+    assert report["output"] == str(files / "out.onnx")
+
+
+@pytest.mark.parametrize("target", [["--keep-ratio", "0.5"], ["--flops-reduction", "0.3"]])
+def test_prune_other_targets_and_npz(files, capsys, target):
+    argv = prune_args(files, *target, "-q")
+    argv[argv.index("--calib") + 1] = str(files / "calib.npz")
+    assert main(argv) == 0
+    assert capsys.readouterr().out == ""  # --quiet
+    onnx.checker.check_model(onnx.load(str(files / "out.onnx")), full_check=True)
+
+
+def test_prune_options_reach_the_report(files, capsys):
+    argv = prune_args(files, "--keep-ratio", "0.5", "--mode", "oneshot", "--samples", "32", "--seed", "4",
+                      "--report", str(files / "r.json"), "-q")
+    argv[argv.index("--method") + 1] = "random"
+    assert main(argv) == 0
+    report = json.loads((files / "r.json").read_text())
+    assert (report["method"], report["mode"], report["samples"], report["seed"]) == ("random", "oneshot", 32, 4)
+
+
+def test_missing_model(files, capsys):
+    argv = prune_args(files, "--sparsity", "0.4")
+    argv[1] = str(files / "nope.onnx")
+    assert "not found" in run_error(capsys, argv)
+
+
+def test_model_is_a_directory(files, capsys):
+    (files / "dir.onnx").mkdir()
+    argv = prune_args(files, "--sparsity", "0.4")
+    argv[1] = str(files / "dir.onnx")
+    assert "directory" in run_error(capsys, argv)
+
+
+@pytest.mark.parametrize("content", [b"\x00\xffgarbage\x13\x37" * 50, b"", b"not an onnx model at all\n"])
+def test_garbage_model(files, capsys, content):
+    (files / "bad.onnx").write_bytes(content)
+    argv = prune_args(files, "--sparsity", "0.4")
+    argv[1] = str(files / "bad.onnx")
+    run_error(capsys, argv)
+    assert not (files / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("target", [["--sparsity", "1.2"], ["--sparsity", "-0.5"], ["--keep-ratio", "0"],
+                                    ["--flops-reduction", "1"], ["--sparsity", "abc"], ["--sparsity", "nan"],
+                                    ["--sparsity", "0.3", "--keep-ratio", "0.5"], []])
+def test_bad_target(files, capsys, target):
+    run_error(capsys, prune_args(files, *target))
+    assert not (files / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("extra", [["--method", "magic"], ["--mode", "twice"], ["--samples", "0"],
+                                   ["--batch-size", "0"], ["--device", "tpu"], ["--bogus-flag"]])
+def test_bad_options(files, capsys, extra):
+    run_error(capsys, prune_args(files, "--keep-ratio", "0.5", *extra))
+
+
+def test_output_is_the_input(files, capsys):
+    before = (files / "model.onnx").read_bytes()
+    argv = prune_args(files, "--sparsity", "0.4", output="model.onnx")
+    assert "input" in run_error(capsys, argv)
+    assert (files / "model.onnx").read_bytes() == before
+
+
+def test_output_is_the_input_by_another_path(files, capsys):
+    before = (files / "model.onnx").read_bytes()
+    (files / "sub").mkdir()
+    argv = prune_args(files, "--sparsity", "0.4", output="sub/../model.onnx")
+    run_error(capsys, argv)
+    assert (files / "model.onnx").read_bytes() == before
+
+
+def test_report_is_the_input(files, capsys):
+    before = (files / "model.onnx").read_bytes()
+    run_error(capsys, prune_args(files, "--sparsity", "0.4", "--report", str(files / "model.onnx")))
+    assert (files / "model.onnx").read_bytes() == before
+
+
+def test_report_is_the_output(files, capsys):
+    status = main(prune_args(files, "--keep-ratio", "0.5", "-q", "--report", str(files / "out.onnx")))
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "Traceback" not in err
+
+
+def test_missing_output_folder(files, capsys):
+    argv = prune_args(files, "--sparsity", "0.4", output="no/such/folder/out.onnx")
+    assert "folder" in run_error(capsys, argv)
+
+
+def test_output_is_a_directory(files, capsys):
+    (files / "outdir").mkdir()
+    run_error(capsys, prune_args(files, "--sparsity", "0.4", output="outdir"))
+
+
+def test_missing_report_folder(files, capsys):
+    run_error(capsys, prune_args(files, "--sparsity", "0.4", "--report", str(files / "none" / "r.json")))
+    assert not (files / "out.onnx").exists()
+
+
+def _calib_error(files, capsys, name, array=None, npz=None):
+    path = files / name
+    if npz is not None:
+        np.savez(path, **npz)
+    else:
+        np.save(path, array)
+    argv = prune_args(files, "--sparsity", "0.4")
+    argv[argv.index("--calib") + 1] = str(path)
+    line = run_error(capsys, argv)
+    assert not (files / "out.onnx").exists()
+    return line
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 15, 15), (8, 1, 16, 16), (3, 16, 16), (8, 3, 16, 16, 1)])
+def test_calibration_with_wrong_shape(files, capsys, shape):
+    line = _calib_error(files, capsys, "wrong.npy", np.zeros(shape, np.float32))
+    assert "shape" in line or "rank" in line
+
+
+def test_calibration_with_nan(files, capsys, calib):
+    bad = calib.copy()
+    bad[3, 1, 2, 2] = np.nan
+    assert "NaN" in _calib_error(files, capsys, "nan.npy", bad)
+
+
+def test_calibration_with_inf(files, capsys, calib):
+    bad = calib.copy()
+    bad[0, 0, 0, 0] = np.inf
+    _calib_error(files, capsys, "inf.npy", bad)
+
+
+def test_npz_with_wrong_input_name(files, capsys, calib):
+    assert "x" in _calib_error(files, capsys, "wrong.npz", npz={"input": calib})
+
+
+def test_calibration_with_strings(files, capsys):
+    _calib_error(files, capsys, "str.npy", np.array([["a"] * 3] * 2))
+
+
+def test_calibration_file_missing_or_garbage(files, capsys):
+    argv = prune_args(files, "--sparsity", "0.4")
+    argv[argv.index("--calib") + 1] = str(files / "missing.npy")
+    assert "not found" in run_error(capsys, argv)
+    (files / "junk.npy").write_bytes(b"junk" * 10)
+    argv[argv.index("--calib") + 1] = str(files / "junk.npy")
+    run_error(capsys, argv)
+
+
+def test_empty_calibration(files, capsys):
+    _calib_error(files, capsys, "empty.npy", np.zeros((0, 3, 16, 16), np.float32))
+
+
+def test_unreachable_target_is_a_runtime_error(files, capsys):
+    from models import intermediate_output
+
+    onnx.save(intermediate_output(), str(files / "model.onnx"))
+    line = run_error(capsys, prune_args(files, "--sparsity", "0.9"), code=1)
+    assert "out of reach" in line
+
+
+def test_no_command_and_help(capsys):
+    assert main([]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "prune" in capsys.readouterr().out
+
+
+def test_unknown_command(capsys):
+    run_error(capsys, ["squash", "model.onnx"])
+
+
+# -- inspect ---------------------------------------------------------------------------------
+
+def test_inspect_table(files, capsys):
+    assert main(["inspect", str(files / "model.onnx")]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:3] == ["group", "channels", "status"]
+    assert sum(1 for line in lines[1:-1] if "prunable" in line.split()) == 3
+    assert "3 prunable groups" in lines[-1]
+    assert "frozen" in out  # the output Gemm's group
+
+
+@pytest.mark.parametrize("how", [["--input-shape", "2,3,16,16"], ["--calib", "calib.npy"], []])
+def test_inspect_json(files, capsys, how):
+    how = [str(files / h) if h.endswith(".npy") else h for h in how]
+    assert main(["inspect", str(files / "model.onnx"), "--json", *how]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["prunable_groups"] == 3
+    assert summary["params"] > 0 and summary["macs"] > 0
+    assert 0.0 < summary["prunable_mac_fraction"] <= 1.0
+    prunable = [g for g in summary["groups"] if g["prunable"]]
+    assert sorted(g["channels"] for g in prunable) == [8, 16, 32]
+    assert all(g["frozen"] is None for g in prunable)
+    assert all(g["frozen"] for g in summary["groups"] if not g["prunable"])
+
+
+def test_inspect_frozen_reason(tmp_path, capsys):
+    from models import unknown_op
+
+    onnx.save(unknown_op("LRN"), str(tmp_path / "lrn.onnx"))
+    assert main(["inspect", str(tmp_path / "lrn.onnx"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["prunable_groups"] == 1
+    assert any(g["frozen"] and "LRN" in g["frozen"] for g in summary["groups"])
+
+
+def test_inspect_errors(files, capsys):
+    run_error(capsys, ["inspect", str(files / "missing.onnx")])
+    (files / "bad.onnx").write_bytes(b"\x01\x02garbage")
+    run_error(capsys, ["inspect", str(files / "bad.onnx")])
+    run_error(capsys, ["inspect", str(files / "model.onnx"), "--input-shape", "a,b"])
+
+
+# -- evaluate --------------------------------------------------------------------------------
+
+@pytest.fixture
+def pruned_pair(files, capsys):
+    assert main(prune_args(files, "--keep-ratio", "0.5", "-q")) == 0
+    capsys.readouterr()
+    return files / "model.onnx", files / "out.onnx"
+
+
+def test_evaluate_json(files, pruned_pair, capsys):
+    original, pruned = pruned_pair
+    labels = np.arange(40) % 10
+    np.save(files / "labels.npy", labels)
+    argv = ["evaluate", str(original), str(pruned), "--data", str(files / "data.npy"), "--labels",
+            str(files / "labels.npy"), "--device", "cpu", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 40
+    agreement = result["outputs"]["y"]["top1_agreement"]
+    assert 0.0 <= agreement <= 1.0
+    assert result["outputs"]["y"]["relative_error"] >= 0.0
+    assert set(result["accuracy"]) == {"original", "pruned"}
+    assert result["size"]["pruned"]["params"] < result["size"]["original"]["params"]
+
+
+def test_evaluate_table_and_identity(files, pruned_pair, capsys):
+    original, pruned = pruned_pair
+    assert main(["evaluate", str(original), str(original), "--data", str(files / "data.npy"),
+                 "--device", "cpu", "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert same["outputs"]["y"]["top1_agreement"] == 1.0
+    assert same["outputs"]["y"]["relative_error"] == 0.0
+    assert main(["evaluate", str(original), str(pruned), "--data", str(files / "data.npy"), "--device", "cpu"]) == 0
+    assert "top-1 agreement" in capsys.readouterr().out
+
+
+def test_evaluate_errors(files, pruned_pair, capsys):
+    original, pruned = pruned_pair
+    data = str(files / "data.npy")
+    run_error(capsys, ["evaluate", str(original), str(files / "missing.onnx"), "--data", data])
+    run_error(capsys, ["evaluate", str(original), str(pruned), "--data", str(files / "missing.npy")])
+    np.save(files / "labels.npy", np.zeros(7, np.int64))
+    run_error(capsys, ["evaluate", str(original), str(pruned), "--data", data, "--labels", str(files / "labels.npy"),
+                       "--device", "cpu"])
+    run_error(capsys, ["evaluate", str(original), str(pruned)])  # --data is required
+
+
+# -- demo (the full demo prunes LeNet-5 for several seconds: only its refusals here) ---------
+
+def test_demo_refuses_a_missing_output_folder(tmp_path, capsys):
+    assert "folder" in run_error(capsys, ["demo", "-o", str(tmp_path / "none" / "lenet.onnx"), "--device", "cpu"])
+
+
+def test_demo_refuses_a_bad_sparsity(tmp_path, capsys):
+    run_error(capsys, ["demo", "-o", str(tmp_path / "lenet.onnx"), "--sparsity", "1.5", "--device", "cpu"])
+    assert not (tmp_path / "lenet.onnx").exists()

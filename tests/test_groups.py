@@ -1,0 +1,205 @@
+"""Channel-group analysis on the small models of models.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from models import ALL_BUILDERS, EXPECTED, FEATURE_OUTPUT, cnn_constant_weights, random_input
+from onnx_eprune.calibrate.session import probe_shapes
+from onnx_eprune.graph.groups import analyze
+from onnx_eprune.graph.model_io import constants_to_initializers
+
+CPU = ["CPUExecutionProvider"]
+
+
+def analysis_of(model: onnx.ModelProto, convert: bool = True):
+    if convert:
+        constants_to_initializers(model)
+    shapes = probe_shapes(model, {"x": random_input(1)}, CPU)
+    return model, analyze(model, shapes)
+
+
+def producer_names(model, group) -> list[str]:
+    return sorted(model.graph.node[p.node].name for p in group.producers)
+
+
+def group_produced_by(model, analysis, name: str):
+    for g in analysis.groups:
+        if any(model.graph.node[p.node].name == name for p in g.producers):
+            return g
+    raise AssertionError(f"no group produced by {name}")
+
+
+def cnn_groups(model, analysis):
+    """The groups of the conv/conv/gemm CNN, in graph order of their producers."""
+    groups = analysis.prunable_groups()
+    return sorted(groups, key=lambda g: min(p.node for p in g.producers))
+
+
+@pytest.mark.parametrize("name", sorted(ALL_BUILDERS))
+def test_expected_structure(name):
+    model, analysis = analysis_of(ALL_BUILDERS[name]())
+    expected = EXPECTED[name]
+    prunable = analysis.prunable_groups()
+    assert len(prunable) == expected["prunable"], [(g.gid, g.frozen) for g in analysis.groups]
+    assert sorted(len(g.producers) for g in prunable) == expected["producers"]
+    for g in prunable:
+        assert g.prunable and not g.frozen
+        assert g.consumers, f"prunable group {g.gid} has no consumer"
+        assert g.channels > 0
+    if expected["frozen"] is not None:
+        reasons = [r for g in analysis.groups if g.producers for r in g.frozen]
+        assert any(expected["frozen"] in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize("name", sorted(ALL_BUILDERS))
+def test_graph_input_and_output_groups_are_frozen(name):
+    model, analysis = analysis_of(ALL_BUILDERS[name]())
+    out_group = group_produced_by(model, analysis, "y")
+    assert not out_group.prunable
+    assert any("graph output" in r for r in out_group.frozen)
+    for g in analysis.groups:
+        if any(t == "x" for t, _, _ in g.tensors):
+            assert not g.prunable and "graph input" in g.frozen
+
+
+@pytest.mark.parametrize("folded", [True, False])
+@pytest.mark.parametrize("flatten", ["flatten", "reshape0", "reshape_explicit"])
+def test_cnn_groups(folded, flatten):
+    from models import conv_bn_relu_pool_flatten_gemm
+
+    model, analysis = analysis_of(conv_bn_relu_pool_flatten_gemm(folded, flatten=flatten))
+    g1, g2, g3 = cnn_groups(model, analysis)
+    nodes = model.graph.node
+    assert [nodes[g.producers[0].node].op_type for g in (g1, g2, g3)] == ["Conv", "Conv", "Gemm"]
+    assert [g.channels for g in (g1, g2, g3)] == [8, 16, 32]
+    # each group is read by exactly the next weighted layer
+    readers = [[analysis.consumers[c] for c in g.consumers] for g in (g1, g2, g3)]
+    assert [[c.kind for c in r] for r in readers] == [["conv"], ["gemm"], ["gemm"]]
+    assert readers[0][0].s == 9            # 3x3 kernel
+    assert readers[1][0].s == 16           # 4x4 spatial positions behind the Flatten/Reshape
+    assert readers[2][0].s == 1
+    assert readers[1][0].in_channels == 16 and readers[1][0].out_channels == 32
+    if folded:
+        assert all(g.producers[0].bias for g in (g1, g2)) and not g1.params and not g2.params
+    else:  # bias-free convs; the four BN vectors are sliced with the group
+        assert g1.producers[0].bias is None
+        for g in (g1, g2):
+            assert len(g.params) == 4
+            assert {nodes[p.node].op_type for p in g.params} == {"BatchNormalization"}
+            assert all(p.axis == 0 and p.offset == 0 for p in g.params)
+    if flatten == "reshape_explicit":
+        assert len(g2.shape_params) == 1
+        sp = g2.shape_params[0]
+        assert nodes[sp.node].op_type == "Reshape" and sp.index == 1
+    else:
+        assert not any(g.shape_params for g in analysis.groups)
+
+
+def test_constant_node_weights_need_conversion():
+    raw = cnn_constant_weights()
+    assert not raw.graph.initializer
+    _, analysis = analysis_of(onnx.ModelProto.FromString(raw.SerializeToString()), convert=False)
+    assert not analysis.prunable_groups()
+    assert any("non-constant weights" in r for g in analysis.groups for r in g.frozen)
+
+    model = onnx.ModelProto.FromString(raw.SerializeToString())
+    n_const = sum(1 for n in model.graph.node if n.op_type == "Constant")
+    assert constants_to_initializers(model) == n_const
+    assert not any(n.op_type == "Constant" for n in model.graph.node)
+    _, analysis = analysis_of(model, convert=False)
+    assert len(analysis.prunable_groups()) == 3
+
+
+def test_residual_add_unites_stem_and_second_conv():
+    from models import residual
+
+    model, analysis = analysis_of(residual())
+    joint = group_produced_by(model, analysis, "stem")
+    assert producer_names(model, joint) == ["conv_b", "stem"]
+    assert joint.prunable and joint.channels == 8
+    readers = sorted(analysis.consumers[c].name for c in joint.consumers)
+    assert readers == ["conv_a", "y"]
+    assert "add" in {t for t, _, _ in joint.tensors}
+    inner = group_produced_by(model, analysis, "conv_a")
+    assert inner.prunable and inner.gid != joint.gid
+    assert [analysis.consumers[c].name for c in inner.consumers] == ["conv_b"]
+
+
+def test_depthwise_conv_passes_the_group_through():
+    from models import depthwise
+
+    model, analysis = analysis_of(depthwise())
+    g = group_produced_by(model, analysis, "conv1")
+    assert g.prunable and producer_names(model, g) == ["conv1"]
+    assert [analysis.consumers[c].name for c in g.consumers] == ["conv2"]
+    sliced = sorted((p.tensor, p.axis) for p in g.params)
+    assert sliced == [("dw.bias", 0), ("dw.weight", 0)]
+    assert all(model.graph.node[p.node].name == "dw" for p in g.params)
+    # the depthwise conv is neither a producer nor a consumer of any group
+    assert not any(c.name == "dw" for c in analysis.consumers)
+    assert not any(model.graph.node[p.node].name == "dw" for h in analysis.groups for p in h.producers)
+    assert "dw" in {t for t, _, _ in g.tensors}
+
+
+@pytest.mark.parametrize("op", ["LRN", "Softmax"])
+def test_unknown_op_freezes_the_groups_it_touches(op):
+    from models import unknown_op
+
+    model, analysis = analysis_of(unknown_op(op))
+    g1 = group_produced_by(model, analysis, "conv1")
+    assert not g1.prunable
+    assert any(op in r and "not understood" in r for r in g1.frozen), g1.frozen
+    assert group_produced_by(model, analysis, "conv2").prunable
+
+
+def test_graph_output_freezes_its_group():
+    from models import intermediate_output
+
+    model, analysis = analysis_of(intermediate_output())
+    g1 = group_produced_by(model, analysis, "conv1")
+    assert not g1.prunable
+    assert any("graph output" in r for r in g1.frozen)
+    assert FEATURE_OUTPUT in {t for t, _, _ in g1.tensors}
+    assert group_produced_by(model, analysis, "conv2").prunable
+
+
+def test_gemm_attributes_and_matmul_consumer():
+    from models import gemm_matmul
+
+    model, analysis = analysis_of(gemm_matmul())
+    by_name = {c.name: c for c in analysis.consumers}
+    gemm = by_name["gemm_ab"]
+    assert gemm.kind == "gemm" and not gemm.gemm_trans_b
+    assert gemm.alpha == pytest.approx(0.5) and gemm.beta == pytest.approx(2.0)
+    assert gemm.in_channels == 8 and gemm.out_channels == 16 and gemm.s == 1
+    mm = by_name["matmul"]
+    assert mm.kind == "matmul" and mm.bias is None and mm.in_channels == 16 and mm.out_channels == 12
+    g_gemm = group_produced_by(model, analysis, "gemm_ab")
+    assert g_gemm.prunable and g_gemm.channels == 16
+    assert g_gemm.producers[0].weight_axis == 1          # (D, M) weight: outputs on axis 1
+    assert g_gemm.producers[0].bias == "gemm_ab.bias"
+    g_mm = group_produced_by(model, analysis, "matmul")
+    assert g_mm.prunable and g_mm.producers[0].weight_axis == 1 and g_mm.producers[0].bias is None
+    assert [analysis.consumers[c].name for c in g_mm.consumers] == ["y"]
+
+
+def test_analysis_is_deterministic():
+    from models import residual
+
+    a = analysis_of(residual())[1]
+    b = analysis_of(residual())[1]
+    assert [(g.gid, g.channels, g.frozen, [p.node for p in g.producers]) for g in a.groups] == \
+        [(g.gid, g.channels, g.frozen, [p.node for p in g.producers]) for g in b.groups]
+
+
+def test_analysis_does_not_depend_on_probe_batch():
+    from models import cnn_reshape
+
+    model = cnn_reshape(explicit=True)
+    one = analyze(model, probe_shapes(model, {"x": random_input(1)}, CPU))
+    four = analyze(model, probe_shapes(model, {"x": random_input(4)}, CPU))
+    assert [len(g.producers) for g in one.prunable_groups()] == [len(g.producers) for g in four.prunable_groups()]
+    assert np.array_equal([g.channels for g in one.groups], [g.channels for g in four.groups])

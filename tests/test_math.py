@@ -1,0 +1,200 @@
+"""The numerical core against brute force on small random problems."""
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from onnx_eprune.calibrate.stats import ConvGeometry, MomentStats, conv_patches, sample_positions
+from onnx_eprune.select import entropic
+from onnx_eprune.select.problem import ConsumerTerm, explained_curve, ridge
+from onnx_eprune.select.reconstruct import refit
+
+
+def random_term(rng, C=8, s=3, M=5, T=400, weak=(0, 1), fixed=0):
+    """A regression where channels ``weak`` contribute almost nothing to the output."""
+    D = (C + fixed) * s
+    X = rng.normal(size=(T, D)) @ (np.eye(D) + 0.2 * rng.normal(size=(D, D)))
+    theta = rng.normal(size=(M, D))
+    for c in weak:
+        theta[:, c * s:(c + 1) * s] *= 1e-3
+    Y = X @ theta.T
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    cols = np.arange(C * s).reshape(C, s)
+    fixed_cols = np.arange(C * s, D)
+    term = ConsumerTerm(Xc.T @ Xc / T, Xc.T @ Yc / T, Yc.var(0), cols, fixed_cols)
+    return term, X, Y, theta
+
+
+def psd(rng, C):
+    a = rng.normal(size=(C, C))
+    return a @ a.T / C
+
+
+def reference_w(A, b, eps):
+    """The simplex minimiser by a generic optimizer on the softmax parametrisation."""
+    def f(z):
+        w = np.exp(z - z.max())
+        w /= w.sum()
+        return w @ A @ w - 2 * b @ w + eps * np.sum(w * np.log(np.maximum(w, 1e-300)))
+
+    best = min((minimize(f, z0, method="BFGS", options={"gtol": 1e-12, "maxiter": 10000})
+                for z0 in (np.zeros(len(b)), -np.log(np.arange(1, len(b) + 1)))), key=lambda r: r.fun)
+    return best.fun
+
+
+@pytest.mark.parametrize("eps", [1e-3, 1e-1, 1.0])
+def test_w_step_satisfies_kkt(eps):
+    rng = np.random.default_rng(1)
+    A, b = psd(rng, 7), rng.normal(size=7)
+    w = entropic.solve_w(A, b, eps)
+    assert w.min() > 0 and abs(w.sum() - 1) < 1e-12
+    grad = 2 * A @ w - 2 * b + eps * (1 + np.log(w))
+    # KKT on the simplex: the gradient equals the multiplier wherever the weight matters,
+    # and no coordinate would lower the objective noticeably by growing
+    nu = grad @ w
+    assert np.sum(w * np.abs(grad - nu)) < 1e-7 * max(1.0, np.abs(grad).max())
+    assert np.all(w * np.maximum(nu - grad, 0) < 1e-9)
+
+
+@pytest.mark.parametrize("eps", [1e-3, 0.05, 1.0])
+def test_w_step_matches_generic_optimizer(eps):
+    rng = np.random.default_rng(2)
+    A, b = psd(rng, 5), rng.normal(size=5)
+    w = entropic.solve_w(A, b, eps)
+    f = w @ A @ w - 2 * b @ w + eps * np.sum(w * np.log(w))
+    assert f <= reference_w(A, b, eps) + 1e-9
+
+
+def test_lambda_step_is_ridge_regression():
+    rng = np.random.default_rng(3)
+    term, X, Y, _ = random_term(rng, fixed=2)
+    d = rng.uniform(0.2, 2.0, size=term.G.shape[0])
+    lam = entropic.lambda_step(term, d, 0.3)
+    # brute force: ridge least squares of centred Y on centred X*d, rows augmented by sqrt(rho*T)*I
+    T = len(X)
+    Xc, Yc = (X - X.mean(0)) * d, Y - Y.mean(0)
+    rho = ridge(term.G, 0.3)
+    aug_x = np.vstack([Xc, np.sqrt(rho * T) * np.eye(Xc.shape[1])])
+    aug_y = np.vstack([Yc, np.zeros((Xc.shape[1], Y.shape[1]))])
+    ref = np.linalg.lstsq(aug_x, aug_y, rcond=None)[0].T
+    np.testing.assert_allclose(lam, ref, rtol=1e-8, atol=1e-10)
+
+
+def test_quadratic_in_w_is_the_fit_term():
+    rng = np.random.default_rng(4)
+    term, X, Y, _ = random_term(rng, fixed=1)
+    C = term.channels
+    w0 = rng.dirichlet(np.ones(C))
+    d0 = np.ones(term.G.shape[0])
+    d0[term.cols] = (C * w0)[:, None]
+    lam = entropic.lambda_step(term, d0, 1.0)
+    A, b = entropic.quadratic_in_w(term, lam, d0)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+
+    def fit(w):
+        d = d0.copy()
+        d[term.cols] = (C * w)[:, None]
+        return np.mean(np.sum((Yc - (Xc * d) @ lam.T) ** 2, axis=1)) / term.energy
+
+    w1, w2 = rng.dirichlet(np.ones(C)), rng.dirichlet(np.ones(C))
+    # equal up to a constant: compare differences
+    assert np.isclose(fit(w1) - fit(w2), (w1 @ A @ w1 - 2 * b @ w1) - (w2 @ A @ w2 - 2 * b @ w2), rtol=1e-7)
+
+
+def test_smaller_entropy_keeps_fewer_channels():
+    rng = np.random.default_rng(5)
+    term, *_ = random_term(rng, C=10, weak=(0, 3, 7))
+    cfg = entropic.EntropicConfig()
+    counts = []
+    w = None
+    for log_eps in (1.0, -1.0, -3.0, -5.0):
+        w = entropic.alternate([term], 10 ** log_eps, cfg, w).w
+        counts.append(entropic.alive(w, cfg.threshold))
+    assert counts == sorted(counts, reverse=True)
+    assert counts[0] == 10 and counts[-1] < 10
+
+
+def test_entropic_drops_the_channels_that_do_not_matter():
+    rng = np.random.default_rng(6)
+    term, *_ = random_term(rng, C=10, weak=(0, 3, 7))
+    keep = entropic.select([term], 7)
+    assert set(keep) == set(range(10)) - {0, 3, 7}
+
+
+def test_explained_curve_matches_direct_refits():
+    rng = np.random.default_rng(7)
+    term, *_ = random_term(rng, C=6, fixed=1)
+    order = rng.permutation(6)
+    curve = explained_curve(term, order, 1e-9)
+    for k in range(7):
+        cols = np.concatenate([term.fixed, term.cols[order[:k]].reshape(-1)]).astype(int)
+        G, P = term.G[np.ix_(cols, cols)], term.P[cols]
+        direct = 1 - np.sum(P * np.linalg.solve(G, P)) / term.energy if len(cols) else 1.0
+        assert abs(curve[k] - direct) < 1e-6
+
+
+def test_refit_matches_augmented_least_squares():
+    rng = np.random.default_rng(8)
+    T, D, M = 300, 9, 4
+    X = rng.normal(size=(T, D)) + 3.0  # non-zero means: the bias must absorb them
+    theta, bias = rng.normal(size=(M, D)), rng.normal(size=M)
+    Y = X @ theta.T
+    keep = np.array([0, 2, 3, 7])
+    st = MomentStats.from_rows(X, Y)
+    prior = theta[:, keep]
+    omega, new_bias = refit(st.cov, st.cross, st.mean_x, st.mean_y, bias, keep, prior, 0.05)
+    # brute force on centred data with rows that pull omega toward the prior
+    Xc, Yc = X[:, keep] - X[:, keep].mean(0), Y - Y.mean(0)
+    rho = ridge(st.cov[np.ix_(keep, keep)], 0.05)
+    aug_x = np.vstack([Xc, np.sqrt(rho * T) * np.eye(len(keep))])
+    aug_y = np.vstack([Yc, np.sqrt(rho * T) * prior.T])
+    ref = np.linalg.lstsq(aug_x, aug_y, rcond=None)[0].T
+    np.testing.assert_allclose(omega, ref, rtol=1e-8, atol=1e-10)
+    pred = X[:, keep] @ omega.T + new_bias
+    np.testing.assert_allclose(pred.mean(0), (Y + bias).mean(0), atol=1e-9)
+
+
+def test_refit_handles_dead_and_constant_channels():
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(200, 6))
+    X[:, 1] = 0.0   # dead ReLU channel
+    X[:, 4] = 2.5   # constant channel
+    theta = rng.normal(size=(3, 6))
+    st = MomentStats.from_rows(X, X @ theta.T)
+    keep = np.arange(6)
+    omega, new_bias = refit(st.cov, st.cross, st.mean_x, st.mean_y, np.zeros(3), keep, theta, 1e-6)
+    assert np.all(np.isfinite(omega)) and np.all(np.isfinite(new_bias))
+    np.testing.assert_allclose(X @ omega.T + new_bias, X @ theta.T, atol=1e-6)
+
+
+def test_moment_stats_merge_equals_one_pass():
+    rng = np.random.default_rng(10)
+    X, Y = rng.normal(size=(500, 7)) + 10.0, rng.normal(size=(500, 3)) - 5.0
+    whole = MomentStats.from_rows(X, Y)
+    parts = MomentStats.empty(7, 3)
+    for chunk in np.array_split(np.arange(500), 7):
+        parts.merge(MomentStats.from_rows(X[chunk], Y[chunk]))
+    for a, b in [(whole.cov, parts.cov), (whole.cross, parts.cross), (whole.var_y, parts.var_y),
+                 (whole.mean_x, parts.mean_x)]:
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(whole.cov, np.cov(X.T, bias=True), rtol=1e-6)
+
+
+@pytest.mark.parametrize("stride,pads,dil", [(1, (1, 1, 1, 1), 1), (2, (0, 1, 2, 0), 1), (1, (2, 2, 2, 2), 2)])
+def test_conv_patches_reproduce_the_convolution(stride, pads, dil):
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 3, 9, 8)).astype(np.float32)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (xp.shape[2] - dil * 2 - 1) // stride + 1
+    ow = (xp.shape[3] - dil * 2 - 1) // stride + 1
+    ref = np.zeros((2, 4, oh, ow), np.float32)
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, :, i * stride:i * stride + 2 * dil + 1:dil, j * stride:j * stride + 2 * dil + 1:dil]
+            ref[:, :, i, j] = np.einsum("nchw,mchw->nm", patch, w)
+    geo = ConvGeometry((3, 3), (stride, stride), pads, (dil, dil), (oh, ow))
+    pos = sample_positions(np.random.default_rng(0), 2, oh * ow, 5)
+    rows = conv_patches(x, geo, pos) @ w.reshape(4, -1).T
+    expect = ref.reshape(2, 4, -1).transpose(0, 2, 1)[np.arange(2)[:, None], pos].reshape(-1, 4)
+    np.testing.assert_allclose(rows, expect, rtol=1e-4, atol=1e-4)

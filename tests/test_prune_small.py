@@ -1,0 +1,409 @@
+"""End-to-end pruning of the small models of models.py through ``onnx_eprune.prune``."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import onnx_eprune
+from models import (ALL_BUILDERS, FEATURE_OUTPUT, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
+                    initializer, intermediate_output, io_signature, node_by_name, relative_error, residual,
+                    run_model, wide_cnn)
+from onnx_eprune.calibrate.session import probe_shapes
+from onnx_eprune.errors import EPruneError, UsageError
+from onnx_eprune.graph.costs import build_cost_model
+from onnx_eprune.graph.groups import analyze
+from onnx_eprune.graph.model_io import constants_to_initializers
+from onnx_eprune.graph.rewrite import Refit, build_pruned
+from onnx_eprune.graph.weights import consumer_matrix
+
+CPU = ["CPUExecutionProvider"]
+
+# Consumers without a bias (a Conv before BatchNormalization, a MatMul): the re-fit gives
+# them a new bias initializer, which the rewrite and the sequential sub-graphs must handle.
+BIASLESS_CONSUMER = ("cnn_bn", "cnn_constants", "gemm_matmul")
+
+
+BUILDERS = sorted(ALL_BUILDERS)
+
+
+def prune(model, calib, **kw):
+    """``onnx_eprune.prune`` on the CPU; method l1 unless given (fast, and independent of
+    the entropic solver, which the structural tests do not exercise)."""
+    kw.setdefault("device", "cpu")
+    kw.setdefault("method", "l1")
+    return onnx_eprune.prune(model, calib, **kw)
+
+
+def assert_valid(pruned: onnx.ModelProto, original: onnx.ModelProto, x: np.ndarray) -> dict:
+    """Checker, onnxruntime, same input/output names, dtypes and output shapes."""
+    onnx.checker.check_model(pruned, full_check=True)
+    assert io_signature(pruned) == io_signature(original)
+    ref, got = run_model(original, x), run_model(pruned, x)
+    assert list(got) == list(ref)
+    for name in ref:
+        assert got[name].shape == ref[name].shape, name
+        assert got[name].dtype == ref[name].dtype, name
+        assert np.isfinite(got[name]).all(), name
+    return got
+
+
+# -- keep everything: the model must not change ------------------------------------------
+
+def _keep_all(name, calib, test_x, mode):
+    original = ALL_BUILDERS[name]()
+    result = prune(original, calib, keep_ratio=1.0, mode=mode)
+    onnx.checker.check_model(result.model, full_check=True)
+    ref, got = run_model(original, test_x), run_model(result.model, test_x)
+    assert list(got) == list(ref)
+    for out in ref:
+        assert relative_error(ref[out], got[out]) <= 1e-4, out
+    assert result.report["params"]["removed_fraction"] == 0.0
+    assert result.report["macs"]["removed_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_keep_all_reproduces_outputs(name, calib, test_x):
+    _keep_all(name, calib, test_x, "sequential")
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_keep_all_reproduces_outputs_oneshot(name, calib, test_x):
+    _keep_all(name, calib, test_x, "oneshot")
+
+
+# -- keep half the channels ----------------------------------------------------------------
+
+
+
+def _half(name, mode, calib, test_x, **kw):
+    original = ALL_BUILDERS[name]()
+    before = onnx.ModelProto.FromString(original.SerializeToString())
+    result = prune(original, calib, keep_ratio=0.5, mode=mode, **kw)
+    assert_valid(result.model, before, test_x)
+    constants_to_initializers(before)
+    assert count_params(result.model) < count_params(before)
+    report = result.report
+    assert report["params"]["after"] < report["params"]["before"]
+    assert report["macs"]["after"] < report["macs"]["before"]
+    for g in report["groups"]:
+        if g["frozen"]:
+            assert g["channels_after"] == g["channels_before"]
+        else:
+            assert g["channels_after"] == max(1, round(0.5 * g["channels_before"]))
+    return result
+
+
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+@pytest.mark.parametrize("name", BUILDERS)
+def test_keep_half_gives_valid_smaller_model(name, mode, calib, test_x):
+    _half(name, mode, calib, test_x)
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_keep_half_without_reconstruction(name, calib, test_x):
+    _half(name, "oneshot", calib, test_x, reconstruct=False)
+
+
+def test_pruned_params_match_report(calib):
+    """The report's parameter count equals the cost model of the written model."""
+    _, result = _target_run("wide_cnn", "l1", "sparsity", 0.5, calib)
+    model = result.model
+    shapes = probe_shapes(model, {"x": calib[:1]}, CPU)
+    costs = build_cost_model(model, analyze(model, shapes), shapes)
+    assert costs.params() == result.report["params"]["after"]
+    assert costs.macs() == result.report["macs"]["after"]
+    assert count_params(model) == costs.params()  # folded CNN: only Conv/Gemm weights and biases
+
+
+def test_explicit_reshape_target_is_rewritten(calib, test_x):
+    result = prune(conv_bn_relu_pool_flatten_gemm(True, flatten="reshape_explicit"), calib, keep_ratio=0.5)
+    assert initializer(result.model, "flat_shape").tolist() == [-1, 8 * 16]
+    assert_valid(result.model, conv_bn_relu_pool_flatten_gemm(True, flatten="reshape_explicit"), test_x)
+
+
+def test_reshape_zero_target_is_kept(calib):
+    from models import cnn_reshape
+
+    result = prune(cnn_reshape(explicit=False), calib, keep_ratio=0.5)
+    assert initializer(result.model, "flat_shape").tolist() == [0, -1]
+
+
+def test_frozen_groups_are_left_alone(calib, test_x):
+    original = intermediate_output()
+    result = prune(original, calib, keep_ratio=0.5)
+    assert initializer(result.model, "conv1.weight").shape == (8, 3, 3, 3)
+    assert initializer(result.model, "conv2.weight").shape == (8, 8, 3, 3)
+    ref, got = run_model(original, test_x), run_model(result.model, test_x)
+    np.testing.assert_array_equal(got[FEATURE_OUTPUT], ref[FEATURE_OUTPUT])
+
+
+def test_residual_prunes_both_producers_alike(calib, test_x):
+
+    result = prune(residual(), calib, keep_ratio=0.5)
+    assert initializer(result.model, "stem.weight").shape[0] == 4
+    assert initializer(result.model, "conv_b.weight").shape[0] == 4
+    assert initializer(result.model, "conv_a.weight").shape[:2] == (4, 4)
+    assert initializer(result.model, "y.weight").shape == (10, 4)
+
+
+def test_gemm_alpha_beta_are_folded(calib, test_x):
+    from models import gemm_matmul
+
+    original = gemm_matmul()
+    result = prune(original, calib, keep_ratio=1.0, mode="oneshot")
+    node = node_by_name(result.model, "gemm_ab")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+    assert relative_error(run_model(original, test_x)["y"], run_model(result.model, test_x)["y"]) <= 1e-4
+
+
+# -- global targets ------------------------------------------------------------------------
+
+def _costs(model, calib):
+    constants_to_initializers(model)
+    shapes = probe_shapes(model, {"x": calib[:1]}, CPU)
+    analysis = analyze(model, shapes)
+    return analysis, build_cost_model(model, analysis, shapes)
+
+
+def _best_window_exists(analysis, costs, metric, target, width=0.01) -> bool:
+    """Whether some keep-count assignment removes a fraction in [target, target + width]
+    (every combination of the prunable groups' counts, evaluated on a numpy grid)."""
+    groups = analysis.prunable_groups()
+    grids = np.meshgrid(*[np.arange(1, g.channels + 1, dtype=np.int64) for g in groups], indexing="ij")
+    k = {g.gid: grid for g, grid in zip(groups, grids)}
+    total = np.zeros_like(grids[0])
+    for layer in costs.layers:
+        out = k.get(layer.out_group, layer.out_fixed) if layer.out_group is not None else layer.out_fixed
+        cin = sum(k.get(g, n) if g is not None else n for g, n in layer.in_segments)
+        weights = out * layer.per_pair if layer.depthwise else out * cin * layer.per_pair
+        if metric == "params":
+            total = total + weights + (out if layer.bias else 0) + layer.extra_params
+        else:
+            total = total + weights * layer.spatial
+    full = costs.total(metric)
+    # the grid evaluation agrees with the package's cost model at the full counts
+    assert int(total[tuple(-1 for _ in groups)]) == full
+    removed = 1.0 - total / full
+    return bool(np.any((removed >= target) & (removed <= target + width)))
+
+
+TARGETS = [("sparsity", 0.5, "params"), ("flops_reduction", 0.3, "macs")]
+
+
+_RUNS: dict = {}
+
+
+def _target_run(name: str, method: str, kind: str, target: float, calib):
+    """One pruning run per (model, method, target), shared by the target tests."""
+    key = (name, method, kind, target)
+    if key not in _RUNS:
+        build = {"wide_cnn": wide_cnn, "residual": residual}[name]
+        _RUNS[key] = (build(), prune(build(), calib, method=method, **{kind: target}))
+    return _RUNS[key]
+
+
+# entropic runs on the residual model: its solver is slow on the 512-feature Gemm of wide_cnn
+TARGET_RUNS = [("wide_cnn", "l1"), ("wide_cnn", "random"), ("residual", "entropic")]
+
+
+@pytest.mark.parametrize("name,method", TARGET_RUNS)
+@pytest.mark.parametrize("kind,target,metric", TARGETS)
+def test_global_target_is_met_and_lands_just_past_it(kind, target, metric, name, method, calib, test_x):
+    """The removed fraction reaches the target, matches the cost model of the kept counts,
+    and no single channel could be given back without missing the target (the allocator's
+    documented give-back step)."""
+    model, result = _target_run(name, method, kind, target, calib)
+    assert_valid(result.model, model, test_x)
+    removed = result.report[metric]["removed_fraction"]
+    assert removed >= target
+    analysis, costs = _costs(model, calib)
+    keep = {g["id"]: g["channels_after"] for g in result.report["groups"]}
+    full = costs.total(metric)
+    assert removed == pytest.approx(1 - costs.total(metric, keep) / full, abs=1e-6)
+    for g in analysis.prunable_groups():
+        if keep[g.gid] < g.channels:
+            back = {**keep, g.gid: keep[g.gid] + 1}
+            assert 1 - costs.total(metric, back) / full < target, f"group {g.gid} could keep one more channel"
+
+
+@pytest.mark.parametrize("kind,target,metric", [
+    ("sparsity", 0.5, "params"),
+    ("flops_reduction", 0.3, "macs"),
+])
+def test_global_target_within_one_point_when_granularity_allows(kind, target, metric, calib):
+    model, result = _target_run("wide_cnn", "l1", kind, target, calib)
+    analysis, costs = _costs(wide_cnn(), calib)
+    assert _best_window_exists(analysis, costs, metric, target)
+    removed = result.report[metric]["removed_fraction"]
+    assert target <= removed <= target + 0.01
+
+
+def test_unreachable_target_is_an_error(calib):
+    # only the conv2 group of this model can shrink: 90% of its parameters cannot go
+    with pytest.raises(EPruneError, match="out of reach"):
+        prune(intermediate_output(), calib, sparsity=0.9)
+
+
+@pytest.mark.parametrize("kw", [dict(sparsity=1.2), dict(sparsity=-0.1), dict(flops_reduction=1.0),
+                                dict(keep_ratio=0.0), dict(keep_ratio=1.5), dict(sparsity=float("nan")),
+                                dict(sparsity=0.5, keep_ratio=0.5), dict(), dict(keep_ratio=0.5, method="magic"),
+                                dict(keep_ratio=0.5, mode="both"), dict(keep_ratio=0.5, samples=0)])
+def test_bad_options_are_usage_errors(kw, calib):
+    with pytest.raises(UsageError):
+        prune(conv_bn_relu_pool_flatten_gemm(True), calib, **kw)
+
+
+# -- methods and modes -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+@pytest.mark.parametrize("method", ["entropic", "l1", "random"])
+def test_methods_and_modes_give_valid_models(method, mode, calib, test_x):
+    original = residual()
+    result = prune(original, calib, sparsity=0.4, method=method, mode=mode)
+    got = assert_valid(result.model, original, test_x)
+    assert count_params(result.model) < count_params(original)
+    assert result.report["method"] == method and result.report["mode"] == mode
+    assert result.report["params"]["removed_fraction"] >= 0.4
+    # a pruned network is still close to the original on held-out inputs
+    assert relative_error(run_model(original, test_x)["y"], got["y"]) < 1.0
+
+
+def test_entropic_beats_random_on_calibration_fidelity(calib):
+    original = residual()
+    err = {m: prune(original, calib, keep_ratio=0.5, method=m).report["fidelity_on_calibration"]["outputs"]["y"]
+           ["relative_error"] for m in ("entropic", "random")}
+    assert err["entropic"] <= err["random"]
+
+
+@pytest.mark.parametrize("build,method,mode", [("residual", "entropic", "sequential"),
+                                               ("residual", "entropic", "oneshot"),
+                                               ("cnn_folded", "random", "oneshot"), ("cnn_folded", "l1", "sequential")])
+def test_same_seed_gives_identical_bytes(build, method, mode, calib):
+    runs = [prune(ALL_BUILDERS[build](), calib, sparsity=0.4, method=method, mode=mode, seed=3)
+            for _ in range(2)]
+    a, b = (r.model.SerializeToString(deterministic=True) for r in runs)
+    assert a == b
+
+
+def test_prune_does_not_modify_the_input_model(calib):
+    for build in (ALL_BUILDERS["cnn_constants"], ALL_BUILDERS["residual"]):
+        model = build()
+        before = model.SerializeToString(deterministic=True)
+        prune(model, calib, keep_ratio=0.5, reconstruct=False)
+        prune(model, calib, keep_ratio=1.0, mode="oneshot")
+        assert model.SerializeToString(deterministic=True) == before
+
+
+def test_prune_does_not_modify_the_input_file(calib, tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_bn_relu_pool_flatten_gemm(True), str(path))
+    before = path.read_bytes()
+    prune(str(path), calib, keep_ratio=0.5)
+    assert path.read_bytes() == before
+
+
+def test_calibration_forms_agree(calib, tmp_path):
+    np.save(tmp_path / "c.npy", calib)
+    np.savez(tmp_path / "c.npz", x=calib)
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    outs = [prune(model, src, keep_ratio=0.5, mode="oneshot").model.SerializeToString(deterministic=True)
+            for src in (calib, {"x": calib}, str(tmp_path / "c.npy"), tmp_path / "c.npz")]
+    assert all(o == outs[0] for o in outs[1:])
+
+
+def test_samples_limits_calibration(calib):
+    result = prune(conv_bn_relu_pool_flatten_gemm(True), calib, keep_ratio=0.5, samples=20, batch_size=8)
+    assert result.report["samples"] == 20
+
+
+def test_report_contents(calib):
+    result = prune(ALL_BUILDERS["residual"](), calib, sparsity=0.3, method="l1")
+    r = result.report
+    for key in ("params", "macs", "groups", "provider", "seconds", "method", "mode", "target", "seed",
+                "fidelity_on_calibration"):
+        assert key in r
+    assert r["provider"] == "CPUExecutionProvider"
+    assert r["target"] == {"kind": "sparsity", "value": 0.3}
+    assert r["prunable_groups"] == 2
+    for part in ("params", "macs"):
+        assert set(r[part]) == {"before", "after", "removed_fraction"}
+        assert r[part]["removed_fraction"] == pytest.approx(1 - r[part]["after"] / r[part]["before"], abs=1e-6)
+    assert r["seconds"]["total"] >= 0
+    fid = r["fidelity_on_calibration"]["outputs"]["y"]
+    assert 0.0 <= fid["top1_agreement"] <= 1.0 and fid["relative_error"] >= 0.0
+
+
+def test_model_without_prunable_group_is_an_error(calib):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 16, 16])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(EPruneError, match="no prunable channel group"):
+        prune(model, calib, keep_ratio=0.5)
+
+
+# -- regressions, pinned at the level where they happened -----------------------------------
+
+def _analysis(model, calib):
+    constants_to_initializers(model)
+    shapes = probe_shapes(model, {"x": calib[:1]}, CPU)
+    return analyze(model, shapes)
+
+
+def test_rewrite_updates_depthwise_group_attribute(calib, test_x):
+    model = depthwise()
+    analysis = _analysis(model, calib)
+    g = next(g for g in analysis.groups if g.prunable and model.graph.node[g.producers[0].node].name == "conv1")
+    pruned = build_pruned(model, analysis, {g.gid: np.arange(4)}, {})
+    assert initializer(pruned, "dw.weight").shape == (4, 1, 3, 3)
+    group = next(a.i for a in node_by_name(pruned, "dw").attribute if a.name == "group")
+    assert group == 4
+    run_model(pruned, test_x)
+
+
+def test_rewrite_slices_added_bias_with_the_output(calib, test_x):
+    """Re-fit a bias-free Conv (the second conv, before BN) and prune its output group too."""
+    model = conv_bn_relu_pool_flatten_gemm(False)
+    analysis = _analysis(model, calib)
+    g1, g2 = sorted((g for g in analysis.groups if g.prunable and
+                     model.graph.node[g.producers[0].node].op_type == "Conv"), key=lambda g: g.producers[0].node)
+    cidx = g1.consumers[0]
+    cons = analysis.consumers[cidx]
+    assert cons.bias is None
+    keep1 = np.arange(0, 8, 2)
+    inits = {i.name: i for i in model.graph.initializer}
+    theta, bias = consumer_matrix(inits, cons)
+    cols = (keep1[:, None] * cons.s + np.arange(cons.s)).reshape(-1)
+    refit = Refit(theta[:, cols], bias)            # original rows: 16 outputs
+    pruned = build_pruned(model, analysis, {g1.gid: keep1, g2.gid: np.arange(8)}, {cidx: refit})
+    conv = model.graph.node[cons.node]
+    new_bias = initializer(pruned, node_by_name(pruned, conv.name).input[2])
+    assert new_bias.shape == (8,)
+    run_model(pruned, test_x)
+
+
+def test_sequential_refit_of_biasless_consumer(calib):
+    prune(conv_bn_relu_pool_flatten_gemm(False), calib, keep_ratio=1.0, mode="sequential")
+
+
+def test_oneshot_matmul_refit_then_output_pruned(calib, test_x):
+    from models import gemm_matmul
+
+    result = prune(gemm_matmul(), calib, keep_ratio=0.5, mode="oneshot")
+    run_model(result.model, test_x)
+
+
+def test_biasless_consumers_without_reconstruction(calib, test_x):
+    """Without the re-fit no bias is added: bias-free consumers are sliced only."""
+    for name in BIASLESS_CONSUMER:
+        original = ALL_BUILDERS[name]()
+        for mode in ("sequential", "oneshot"):
+            result = prune(original, calib, keep_ratio=0.5, mode=mode, reconstruct=False)
+            assert_valid(result.model, original, test_x)
+
+
