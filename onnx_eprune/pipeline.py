@@ -131,6 +131,7 @@ class Pruner:
             self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes)
         self.inits = initializer_map(self.model)
         self.topo = Topology(self.model)
+        self.paths: dict[int, list[entropic.PathPoint]] = {}  # entropic paths on one-shot statistics
         self.t0 = t0
 
     # -- statistics ----------------------------------------------------------------------
@@ -208,14 +209,17 @@ class Pruner:
         group = self.analysis.groups[gid]
         method = self.config.method
         if method == "entropic":
-            return entropic.ranking(terms, self.config.entropic)
+            self.paths[gid] = []
+            return entropic.ranking(terms, self.config.entropic, record=self.paths[gid])
         if method == "l1":
             return baselines.l1_ranking([producer_rows(self.inits, p) for p in group.producers])
         return baselines.random_ranking(group.channels, np.random.default_rng([self.config.seed, gid]))
 
     def choose(self, gid: int, terms: list[ConsumerTerm], k: int, ranking: np.ndarray | None) -> np.ndarray:
         if self.config.method == "entropic":
-            return entropic.select(terms, k, self.config.entropic)
+            # resume the path drawn on the one-shot statistics where 2k channels were alive
+            start = entropic.resume_point(self.paths.get(gid, []), k)
+            return entropic.select(terms, k, self.config.entropic, start)
         order = ranking if ranking is not None else self.ranking(gid, terms)
         return np.sort(order[:k])
 

@@ -6,7 +6,7 @@ from scipy.optimize import minimize
 
 from onnx_eprune.calibrate.stats import ConvGeometry, MomentStats, conv_patches, sample_positions
 from onnx_eprune.select import entropic
-from onnx_eprune.select.problem import ConsumerTerm, explained_curve, ridge
+from onnx_eprune.select.problem import ConsumerTerm, compress, explained_curve, ridge
 from onnx_eprune.select.reconstruct import refit
 
 
@@ -198,3 +198,19 @@ def test_conv_patches_reproduce_the_convolution(stride, pads, dil):
     rows = conv_patches(x, geo, pos) @ w.reshape(4, -1).T
     expect = ref.reshape(2, 4, -1).transpose(0, 2, 1)[np.arange(2)[:, None], pos].reshape(-1, 4)
     np.testing.assert_allclose(rows, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_compress_keeps_the_principal_within_channel_directions():
+    rng = np.random.default_rng(12)
+    term, *_ = random_term(rng, C=6, s=4, M=3)
+    small = compress(term, 12)  # 6 channels x 2 components
+    assert small.cols.shape == (6, 2) and small.G.shape == (12, 12) and small.P.shape == (12, 3)
+    # the compressed features are orthogonal projections of each channel's features, so the
+    # compressed covariance is P.S.D. with each channel's leading eigenvalues on its block
+    for c in range(6):
+        block = term.G[np.ix_(term.cols[c], term.cols[c])]
+        top = np.sort(np.linalg.eigvalsh(block))[::-1][:2]
+        sub = small.G[np.ix_(small.cols[c], small.cols[c])]
+        np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(sub))[::-1], top, rtol=1e-8)
+    assert np.linalg.eigvalsh(small.G).min() > -1e-10
+    assert compress(term, 24) is term  # within budget: unchanged

@@ -16,12 +16,12 @@ consumer for ``Lambda`` (closed form) and a strictly convex problem on the simpl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-from .problem import ConsumerTerm, ridge
+from .problem import ConsumerTerm, compress, ridge
 
 _W_FLOOR = 1e-300
 
@@ -45,6 +45,7 @@ class EntropicConfig:
     log_eps_stop: float = -7.0    # ... down to here,
     path_steps: int = 17          # in this many geometric steps (half a decade each)
     ridge_growth: float = 10.0    # past the end of the path, multiply the ridge until few channels live
+    max_features: int = 512       # wider consumers are compressed per channel for the path (problem.compress)
 
 
 def solve_w(A: np.ndarray, b: np.ndarray, eps: float, w0: np.ndarray | None = None,
@@ -180,42 +181,52 @@ def alive(w: np.ndarray, threshold: float) -> int:
     return int(np.sum(len(w) * w >= threshold))
 
 
+@dataclass
+class PathPoint:
+    """One point of the annealing path: where it is on the schedule, and ``w`` there."""
+
+    step: int
+    alive: int
+    w: np.ndarray
+
+
+def schedule(cfg: EntropicConfig) -> list[tuple[float, float]]:
+    """The (log10 eps, ridge) points of the path: eps annealed down at the base ridge, then
+    the ridge raised at the smallest eps, for when the entropy no longer binds."""
+    points = [(float(le), cfg.eps_ridge) for le in np.linspace(cfg.log_eps_start, cfg.log_eps_stop, cfg.path_steps)]
+    points += [(cfg.log_eps_stop, cfg.eps_ridge * cfg.ridge_growth ** i) for i in range(1, 13)]
+    return points
+
+
 class Path:
-    """The annealing path of one group: ``w`` at decreasing ``eps`` (warm-started).
+    """The annealing path of one group: ``w`` along :func:`schedule`, each point
+    warm-started from the last. Iterating yields :class:`PathPoint` until at most one
+    channel is alive. ``start`` resumes from a point of an earlier path (on similar
+    statistics), skipping the part where nothing happens."""
 
-    Iterating yields ``w`` at each point until at most one channel is alive.
-    """
-
-    def __init__(self, terms: list[ConsumerTerm], cfg: EntropicConfig):
-        self.terms, self.cfg = terms, cfg
+    def __init__(self, terms: list[ConsumerTerm], cfg: EntropicConfig, start: PathPoint | None = None):
+        self.terms, self.cfg = [compress(t, cfg.max_features) for t in terms], cfg
+        self.start = start
 
     def __iter__(self):
         cfg = self.cfg
-        w = None
-        for log_eps in np.linspace(cfg.log_eps_start, cfg.log_eps_stop, cfg.path_steps):
-            w = self.solve(log_eps, cfg.eps_ridge, w)
-            yield w
-            if alive(w, cfg.threshold) <= 1:
-                return
-        ridge_ = cfg.eps_ridge
-        for _ in range(12):  # the entropy no longer binds: sharpen with a stronger ridge
-            ridge_ *= cfg.ridge_growth
-            w = self.solve(cfg.log_eps_stop, ridge_, w)
-            yield w
-            if alive(w, cfg.threshold) <= 1:
+        first, w = (self.start.step, self.start.w) if self.start is not None else (0, None)
+        for step, (log_eps, ridge_) in enumerate(schedule(cfg)[first:], start=first):
+            w = alternate(self.terms, 10.0 ** log_eps, replace(cfg, eps_ridge=ridge_), w).w
+            n = alive(w, cfg.threshold)
+            yield PathPoint(step, n, w)
+            if n <= 1:
                 return
 
-    def solve(self, log_eps: float, ridge_: float, w0: np.ndarray | None) -> np.ndarray:
-        cfg = EntropicConfig(**{**self.cfg.__dict__, "eps_ridge": ridge_})
-        return alternate(self.terms, 10.0 ** log_eps, cfg, w0).w
 
-
-def ranking(terms: list[ConsumerTerm], cfg: EntropicConfig | None = None, stop_at: int = 1) -> np.ndarray:
+def ranking(terms: list[ConsumerTerm], cfg: EntropicConfig | None = None, stop_at: int = 1,
+            start: PathPoint | None = None, record: list[PathPoint] | None = None) -> np.ndarray:
     """Channels from most to least important along the annealing path.
 
     A channel ranks by the last path point at which it is still alive (later = more
     important), ties by its weight there. The path stops once at most ``stop_at`` channels
-    are alive, so the first ``stop_at`` entries are final by then.
+    are alive, so the first ``stop_at`` entries are final by then. ``start`` resumes an
+    earlier path; ``record`` collects the points visited.
     """
     cfg = cfg or EntropicConfig()
     C = terms[0].channels
@@ -223,16 +234,25 @@ def ranking(terms: list[ConsumerTerm], cfg: EntropicConfig | None = None, stop_a
     weight_then = np.zeros(C)
     if stop_at >= C:
         return np.arange(C)
-    for i, w in enumerate(Path(terms, cfg)):
-        up = C * w >= cfg.threshold
-        last_alive[up] = i
-        weight_then[up] = w[up]
-        if up.sum() <= stop_at:
+    for point in Path(terms, cfg, start):
+        if record is not None:
+            record.append(point)
+        up = C * point.w >= cfg.threshold
+        last_alive[up] = point.step
+        weight_then[up] = point.w[up]
+        if point.alive <= stop_at:
             break
     return np.lexsort((-weight_then, -last_alive))
 
 
-def select(terms: list[ConsumerTerm], k: int, cfg: EntropicConfig | None = None) -> np.ndarray:
+def resume_point(points: list[PathPoint], k: int, margin: float = 2.0) -> PathPoint | None:
+    """The last recorded point with at least ``margin * k`` channels alive (None: start over)."""
+    ok = [p for p in points if p.alive >= min(margin * k, len(p.w))]
+    return ok[-1] if ok else None
+
+
+def select(terms: list[ConsumerTerm], k: int, cfg: EntropicConfig | None = None,
+           start: PathPoint | None = None) -> np.ndarray:
     """The ``k`` channels to keep (sorted): the first ``k`` of :func:`ranking`, following
     the path only until ``k`` channels are left alive."""
-    return np.sort(ranking(terms, cfg, stop_at=k)[:k])
+    return np.sort(ranking(terms, cfg, stop_at=k, start=start)[:k])

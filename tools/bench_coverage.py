@@ -1,0 +1,412 @@
+"""Coverage benchmark (issue 3): prune every exported timm CNN and record what works.
+
+Runs with the Python where onnx_eprune is installed (no torch needed)::
+
+    python tools/bench_coverage.py --cache /work/timm_onnx --out tools/coverage_results.json \
+        [--only NAME ...] [--timeout S]
+
+For each ``<name>.onnx`` in the cache (with its sidecar ``<name>.json`` from
+``tools/export_timm.py``), a subprocess (killed after ``--timeout`` seconds):
+
+* makes 32 seeded standard-normal calibration samples of the model's input shape (.npy);
+* runs ``onnx-eprune inspect MODEL --input-shape ... --json`` (prunable MAC fraction, frozen reasons);
+* prunes with ``keep_ratio=1.0`` and measures the largest per-sample relative output error
+  against the original on 8 fresh inputs (should be <= 1e-4);
+* prunes with ``onnx_eprune.prune(model, calib, flops_reduction=0.3, seed=0)`` and checks the
+  result: ``onnx.checker.check_model(full_check=True)``, an onnxruntime CPU run on 8 fresh
+  inputs, same input/output names and output shapes as the original.
+
+The timeout covers all three steps; what finished before it is kept.
+
+Results go to ``--out`` (JSON, merged with an existing file when ``--only`` is given) and a
+Markdown table ``COVERAGE.md`` beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+MAC_GOAL = 0.20        # a model "reaches" the goal with >= 20 % MACs removed, valid and runnable
+KEEP1_TOL = 1e-4
+FLOPS_TARGET = 0.3
+CALIB_SAMPLES = 32
+CHECK_SAMPLES = 8
+
+
+# -- worker: one model, in its own process --------------------------------------------------
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:400] if lines else ""
+
+
+def _error(exc: BaseException) -> dict:
+    return {"type": type(exc).__name__, "message": _first_line(exc),
+            "traceback": traceback.format_exc()[-2500:]}
+
+
+def _reasons(groups: list[dict]) -> list[str]:
+    out: list[str] = []
+    for g in groups:
+        for r in (g.get("frozen") or "").split("; "):
+            if r and r not in out:
+                out.append(r)
+    return out
+
+
+def _io(model) -> tuple[list[str], list[str]]:
+    inits = {i.name for i in model.graph.initializer}
+    return ([i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output])
+
+
+def _session(model):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _check_pruned(orig_outs, model, inputs: dict, out_names: list[str], in_names: list[str], res: dict,
+                  prefix: str) -> list | None:
+    """check_model, ORT CPU run, same io names and output shapes. Returns the outputs."""
+    import numpy as np
+    import onnx
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        res[f"{prefix}valid"] = True
+    except Exception as exc:  # noqa: BLE001
+        res[f"{prefix}valid"] = False
+        res[f"{prefix}check_error"] = f"{type(exc).__name__}: {_first_line(exc)}"
+    try:
+        p_in, p_out = _io(model)
+        same_io = p_in == in_names and p_out == out_names
+        outs = _session(model).run(None, inputs)
+        same_shapes = [o.shape for o in outs] == [o.shape for o in orig_outs]
+        finite = all(bool(np.all(np.isfinite(o))) for o in outs)
+        res[f"{prefix}runs"] = True
+        res[f"{prefix}same_io_names"] = same_io
+        res[f"{prefix}same_output_shapes"] = same_shapes
+        res[f"{prefix}finite"] = finite
+        return outs
+    except Exception as exc:  # noqa: BLE001
+        res[f"{prefix}runs"] = False
+        res[f"{prefix}run_error"] = f"{type(exc).__name__}: {_first_line(exc)}"
+        return None
+
+
+def _rel_err(a_list, b_list) -> float:
+    import numpy as np
+
+    worst = 0.0
+    for a, b in zip(a_list, b_list):
+        a64 = a.astype(np.float64).reshape(a.shape[0], -1)
+        b64 = b.astype(np.float64).reshape(b.shape[0], -1)
+        num = np.linalg.norm(a64 - b64, axis=1)
+        den = np.maximum(np.linalg.norm(a64, axis=1), 1e-30)
+        worst = max(worst, float(np.max(num / den)))
+    return worst
+
+
+def unshare_initializers(model) -> int:
+    """Diagnostic variant (``--unshare-initializers``): replace each ``Identity`` whose input is
+    an initializer by a private copy of that initializer under the Identity's output name.
+
+    The TorchScript exporter deduplicates byte-identical initializers and reads the copies
+    through Identity nodes (with random weights: the zero biases of BN-folded convs, the
+    all-zero weights of zero-initialised last BNs); this removes that pattern so that the
+    analysis behind it can be seen. Returns the number of Identity nodes removed.
+    """
+    import onnx
+
+    inits = {i.name: i for i in model.graph.initializer}
+    keep, removed = [], 0
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input[0] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.initializer.append(copy)
+            removed += 1
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    used = {n for node in model.graph.node for n in node.input} | {o.name for o in model.graph.output}
+    unused = [i for i in model.graph.initializer if i.name not in used]
+    for i in unused:
+        model.graph.initializer.remove(i)
+    return removed
+
+
+def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entropic",
+           unshare: bool = False) -> None:
+    import numpy as np
+    import onnx
+
+    import onnx_eprune
+
+    res: dict = {}
+    t_start = time.perf_counter()
+
+    def save() -> None:
+        res["seconds"] = round(time.perf_counter() - t_start, 2)
+        result_path.write_text(json.dumps(res, indent=1))
+
+    shape = [int(d) for d in meta["input_shape"]]
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((CALIB_SAMPLES, *shape[1:])).astype(np.float32)
+    check = np.random.default_rng(1).standard_normal((CHECK_SAMPLES, *shape[1:])).astype(np.float32)
+    tmp = Path(tempfile.mkdtemp(prefix="eprune_cov_"))
+    calib_path = tmp / "calib.npy"
+    np.save(calib_path, calib)
+
+    orig = onnx.load(str(model_path))
+    if unshare:
+        res["unshared_identities"] = unshare_initializers(orig)
+        model_path = tmp / model_path.name
+        onnx.save(orig, str(model_path))
+    in_names, out_names = _io(orig)
+    feeds = {in_names[0]: check}
+    try:
+        orig_outs = _session(orig).run(None, feeds)
+    except Exception as exc:  # noqa: BLE001
+        res["original_error"] = _error(exc)
+        save()
+        return
+
+    # inspect (CLI, as a user would)
+    t0 = time.perf_counter()
+    exe = shutil.which("onnx-eprune")
+    cmd = ([exe] if exe else [sys.executable, "-m", "onnx_eprune.cli"]) + ["inspect", str(model_path),
+           "--input-shape", ",".join(map(str, shape)), "--json", "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    res["inspect_seconds"] = round(time.perf_counter() - t0, 2)
+    if proc.returncode == 0:
+        try:
+            info = json.loads(proc.stdout)
+            res["prunable_mac_fraction"] = info["prunable_mac_fraction"]
+            res["prunable_groups"] = info["prunable_groups"]
+            res["groups_total"] = len(info["groups"])
+            res["macs_total"] = info["macs"]
+            res["inspect_frozen_reasons"] = _reasons(info["groups"])
+        except Exception as exc:  # noqa: BLE001
+            res["inspect_error"] = {"type": type(exc).__name__, "message": _first_line(exc)}
+    else:
+        res["inspect_error"] = {"type": "CLIError", "message": (proc.stderr.strip().splitlines() or [""])[-1][:400]}
+    save()
+
+    # keep_ratio = 1.0: must reproduce the original
+    t0 = time.perf_counter()
+    try:
+        result = onnx_eprune.prune(str(model_path), calib, keep_ratio=1.0, seed=0)
+        res["keep1_ok"] = True
+        outs = _check_pruned(orig_outs, result.model, feeds, out_names, in_names, res, "keep1_")
+        if outs is not None:
+            res["keep1_max_rel_err"] = _rel_err(orig_outs, outs)
+    except Exception as exc:  # noqa: BLE001
+        res["keep1_ok"] = False
+        res["keep1_error"] = _error(exc)
+    res["keep1_seconds"] = round(time.perf_counter() - t0, 2)
+    save()
+
+    # the 30 % MAC reduction run
+    t0 = time.perf_counter()
+    try:
+        result = onnx_eprune.prune(str(model_path), calib, flops_reduction=FLOPS_TARGET, seed=0,
+                                  method=method)
+        res["pruned_ok"] = True
+        rep = result.report
+        res["macs_removed"] = rep["macs"]["removed_fraction"]
+        res["params_removed"] = rep["params"]["removed_fraction"]
+        res["report_prunable_groups"] = rep["prunable_groups"]
+        res["frozen_reasons"] = _reasons(rep["groups"])
+        res["calib_fidelity"] = {k: v for k, v in rep["fidelity_on_calibration"]["outputs"].items()}
+        res["prune_phase_seconds"] = rep["seconds"]
+        outs = _check_pruned(orig_outs, result.model, feeds, out_names, in_names, res, "")
+        if outs is not None:
+            res["pruned_rel_err"] = _rel_err(orig_outs, outs)
+        del result
+    except Exception as exc:  # noqa: BLE001
+        res["pruned_ok"] = False
+        res["prune_error"] = _error(exc)
+    res["prune_seconds"] = round(time.perf_counter() - t0, 2)
+    save()
+
+
+# -- driver -----------------------------------------------------------------------------------
+def run_model(model_path: Path, meta: dict, timeout: float, extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="eprune_cov_res_") as d:
+        result_path = Path(d) / "result.json"
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(model_path), "--result", str(result_path)] + extra
+        env = dict(os.environ, OMP_NUM_THREADS="2")
+        t0 = time.perf_counter()
+        timed_out = False
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, 9)  # the worker and its inspect child only
+            _, stderr = proc.communicate()
+        res = json.loads(result_path.read_text()) if result_path.exists() else {}
+        res["seconds"] = round(time.perf_counter() - t0, 2)
+        res["timed_out"] = timed_out
+        if timed_out:
+            res["timeout_s"] = timeout
+        if proc.returncode not in (0, None) and not timed_out:
+            res["worker_exit"] = proc.returncode
+            res["worker_stderr_tail"] = (stderr or "")[-1500:]
+        return res
+
+
+def _fmt_pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _verdict(r: dict) -> dict:
+    crash = r.get("timed_out") or r.get("pruned_ok") is False or r.get("keep1_ok") is False \
+        or "worker_exit" in r or "original_error" in r
+    runnable = bool(r.get("runs") and r.get("same_io_names") and r.get("same_output_shapes") and r.get("finite", True))
+    keep1_ok = r.get("keep1_max_rel_err") is not None and r["keep1_max_rel_err"] <= KEEP1_TOL
+    reach = bool(r.get("pruned_ok") and r.get("valid") and runnable and (r.get("macs_removed") or 0) >= MAC_GOAL)
+    return {"crash": bool(crash), "runnable": runnable, "keep1_within_tol": keep1_ok, "reaches_goal": reach}
+
+
+def _note(r: dict) -> str:
+    if not r.get("exported", True):
+        return "export failed: " + r.get("export_error", "")
+    if r.get("timed_out"):
+        return f"timeout after {r.get('timeout_s')} s"
+    parts = []
+    for key in ("original_error", "prune_error", "keep1_error"):
+        if key in r:
+            parts.append(f"{key.split('_')[0]}: {r[key]['type']}: {r[key]['message']}")
+    if "worker_exit" in r:
+        parts.append(f"worker exit {r['worker_exit']}")
+    for key in ("check_error", "run_error", "keep1_check_error", "keep1_run_error"):
+        if key in r:
+            parts.append(f"{key}: {r[key]}")
+    if r.get("runs") and not (r.get("same_io_names") and r.get("same_output_shapes")):
+        parts.append("io names/shapes differ")
+    if not parts and r.get("inspect_frozen_reasons") is not None and (r.get("macs_removed") or 0) < MAC_GOAL:
+        reasons = r.get("frozen_reasons") or r["inspect_frozen_reasons"]
+        parts.append("frozen: " + "; ".join(reasons[:2]) + (f" (+{len(reasons) - 2})" if len(reasons) > 2 else ""))
+    return " / ".join(p.replace("|", "/") for p in parts)
+
+
+def write_markdown(results: dict, path: Path, method: str = "entropic", unshare: bool = False) -> str:
+    rows = sorted(results.values(), key=lambda r: (r.get("arch", ""), r.get("exporter", "")))
+    exported = [r for r in rows if r.get("exported", True)]
+    reach = sum(1 for r in exported if r["verdict"]["reaches_goal"])
+    crash = sum(1 for r in exported if r["verdict"]["crash"])
+    timeouts = sum(1 for r in exported if r.get("timed_out"))
+    keep1 = sum(1 for r in exported if r["verdict"]["keep1_within_tol"])
+    refusals = sum(1 for r in exported if not r.get("timed_out") and any(
+        r.get(k, {}).get("type") == "EPruneError" for k in ("prune_error", "keep1_error")))
+    invalid = sum(1 for r in exported if r.get("pruned_ok") and not (r.get("valid") and r["verdict"]["runnable"]))
+    summary = (f"**{reach} of {len(exported)}** exported models reach >= {int(100 * MAC_GOAL)}% MAC reduction "
+               f"(target {int(100 * FLOPS_TARGET)}%) with a valid, runnable output; **{crash}** crash "
+               f"(exception or timeout: {refusals} with an EPruneError refusal, {timeouts} timeouts, "
+               f"{crash - refusals - timeouts} with another exception); {invalid} pruned without exception but invalid or "
+               f"not runnable; {keep1} of {len(exported)} reproduce the original at keep_ratio=1.0 "
+               f"(max rel err <= {KEEP1_TOL:g}); {len(rows) - len(exported)} failed to export.")
+    lines = ["# Coverage of timm CNNs", "",
+             "Made by `tools/bench_coverage.py` on models from `tools/export_timm.py` (random weights, "
+             f"32 random calibration samples, `flops_reduction=0.3`, method {method}, mode sequential, CPU"
+             + (", Identity(initializer) nodes resolved first (`--unshare-initializers`, a diagnostic)" if unshare
+                else "") + ").", "",
+             summary, "",
+             "| model | exporter | valid | runs | MACs removed | prunable MAC fraction | keep-1.0 max rel err | seconds | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        def yn(v):
+            return "-" if v is None else ("yes" if v else "**no**")
+        k1 = r.get("keep1_max_rel_err")
+        k1s = "-" if k1 is None else (f"{k1:.1e}" if k1 <= KEEP1_TOL else f"**{k1:.1e}**")
+        runs = r["verdict"]["runnable"] if r.get("pruned_ok") else None
+        lines.append(f"| {r.get('arch')} | {r.get('exporter')} | {yn(r.get('valid'))} | {yn(runs)} | "
+                     f"{_fmt_pct(r.get('macs_removed'))} | {_fmt_pct(r.get('prunable_mac_fraction'))} | {k1s} | "
+                     f"{r.get('seconds', '-')} | {_note(r)} |")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return summary
+
+
+def _as_done(pool, fn, items):
+    futures = [pool.submit(fn, x) for x in items]
+    for fut in as_completed(futures):
+        yield fut.result()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="coverage benchmark of onnx-eprune on exported timm CNNs")
+    ap.add_argument("--cache", default="/work/timm_onnx")
+    ap.add_argument("--out", default=str(Path(__file__).with_name("coverage_results.json")))
+    ap.add_argument("--only", nargs="*", help="model file stems (e.g. resnet18 resnet18.dynamo)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model (default 600)")
+    ap.add_argument("--jobs", type=int, default=1, help="models run at once (default 1)")
+    ap.add_argument("--method", default="entropic", choices=["entropic", "l1", "random"],
+                    help="selection method of the MAC-reduction run (default entropic)")
+    ap.add_argument("--unshare-initializers", action="store_true",
+                    help="diagnostic: resolve Identity(initializer) nodes before pruning (see unshare_initializers)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        path = Path(args.worker)
+        worker(path, json.loads(path.with_suffix(".json").read_text()), Path(args.result), args.method,
+               args.unshare_initializers)
+        return 0
+
+    extra = ["--method", args.method] + (["--unshare-initializers"] if args.unshare_initializers else [])
+    cache, out = Path(args.cache), Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() and args.only else {}
+    stems = sorted(p.name[:-5] for p in cache.glob("*.onnx"))
+    failures_path = cache / "export_failures.json"
+    failures = json.loads(failures_path.read_text()) if failures_path.exists() else {}
+    if args.only:
+        stems = [s for s in stems if s in args.only]
+    for stem, f in failures.items():
+        if (not args.only or stem in args.only) and stem not in stems:
+            results[stem] = {"name": stem, "arch": f["arch"], "exporter": f["exporter"], "exported": False,
+                             "export_error": f["error"]}
+            results[stem]["verdict"] = {"crash": False, "runnable": False, "keep1_within_tol": False,
+                                        "reaches_goal": False}
+    def one(stem: str) -> tuple[str, dict]:
+        meta = json.loads((cache / f"{stem}.json").read_text())
+        r = run_model(cache / f"{stem}.onnx", meta, args.timeout, extra)
+        r.update(name=stem, arch=meta["arch"], exporter=meta["exporter"], exported=True,
+                 input_shape=meta["input_shape"], opset=meta.get("opset"))
+        r["verdict"] = _verdict(r)
+        return stem, r
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for stem, r in pool.map(one, stems) if args.jobs <= 1 else _as_done(pool, one, stems):
+            done += 1
+            results[stem] = r
+            print(f"[{done}/{len(stems)}] {stem}: {r['seconds']} s, MACs -{_fmt_pct(r.get('macs_removed'))}, "
+                  f"valid {r.get('valid')}, keep1 {r.get('keep1_max_rel_err')}, {_note(r)[:160]}", flush=True)
+            out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+            write_markdown(results, out.with_name("COVERAGE.md"), args.method, args.unshare_initializers)
+    out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    print(write_markdown(results, out.with_name("COVERAGE.md"), args.method, args.unshare_initializers))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
