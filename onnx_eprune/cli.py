@@ -210,8 +210,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     prunable = {g.gid for g in analysis.groups if g.prunable}
     total = costs.macs()
     # MACs that pruning can touch: layers with a prunable group on either side
-    touched = sum(layer.macs({}) for layer in costs.layers
-                  if layer.out_group in prunable or any(g in prunable for g, _ in layer.in_segments))
+    touched = sum(layer.macs({}) for layer in costs.layers if layer.groups() & prunable)
     summary = {"groups": rows, "prunable_groups": len(prunable), "macs": total, "params": costs.params(),
                "prunable_mac_fraction": touched / total if total else 0.0}
     if args.json:

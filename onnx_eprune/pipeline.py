@@ -195,15 +195,16 @@ class Pruner:
             offset += n
         fixed_arr = np.concatenate(fixed) if fixed else np.zeros(0, dtype=np.int64)
         term = ConsumerTerm(st.cov, st.cross, st.var_y, cols, fixed_arr)
-        out_group = self._output_group(cidx)
-        return term.restricted(keeps.get(out_group)) if out_group is not None else term
+        return term.restricted(self._kept_outputs(cidx, keeps))
 
-    def _output_group(self, cidx: int) -> int | None:
-        node = self.analysis.consumers[cidx].node
-        for g in self.analysis.groups:
-            if any(p.node == node for p in g.producers):
-                return g.gid
-        return None
+    def _kept_outputs(self, cidx: int, keeps: dict[int, np.ndarray]) -> np.ndarray | None:
+        """Original output rows of consumer ``cidx`` still present (None: all of them)."""
+        cons = self.analysis.consumers[cidx]
+        drop = [p.offset + np.setdiff1d(np.arange(g.channels), keeps[g.gid])
+                for g in self.analysis.groups if g.gid in keeps for p in g.producers if p.node == cons.node]
+        if not drop:
+            return None
+        return np.setdiff1d(np.arange(cons.out_channels), np.concatenate(drop))
 
     def ranking(self, gid: int, terms: list[ConsumerTerm]) -> np.ndarray:
         group = self.analysis.groups[gid]
@@ -212,7 +213,7 @@ class Pruner:
             self.paths[gid] = []
             return entropic.ranking(terms, self.config.entropic, record=self.paths[gid])
         if method == "l1":
-            return baselines.l1_ranking([producer_rows(self.inits, p) for p in group.producers])
+            return baselines.l1_ranking([producer_rows(self.inits, p, group.channels) for p in group.producers])
         return baselines.random_ranking(group.channels, np.random.default_rng([self.config.seed, gid]))
 
     def choose(self, gid: int, terms: list[ConsumerTerm], k: int, ranking: np.ndarray | None) -> np.ndarray:

@@ -229,6 +229,73 @@ def wide_cnn(seed: int = 0) -> onnx.ModelProto:
     return conv_bn_relu_pool_flatten_gemm(True, widths=(16, 32, 64), seed=seed)
 
 
+def concat_branches(seed: int = 0) -> onnx.ModelProto:
+    """Two conv branches (3->6, 3->10) -> Concat -> Conv(16->12) -> Relu -> GAP -> Gemm:
+    the concatenated consumer reads two groups at channel offsets 0 and 6."""
+    b = _Builder(seed)
+    a = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 6, name="branch_a")])
+    c = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 10, name="branch_b")])
+    h = b.node("Concat", [a, c], name="concat", axis=1)
+    h = b.node("Relu", [b.conv(h, 16, 12, name="conv_cat")])
+    return b.build(b.gemm(b.gap_flatten(h), 12, CLASSES, name=OUTPUT))
+
+
+def split_channels(use_slice: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """CSP-style: Conv(3->16) -> Relu -> split into two halves (Split, or two Slices) ->
+    Conv(8->8) on the first half -> Concat(with the second half) -> Conv(16->16) -> Relu
+    -> GAP -> Gemm. The first conv's channels become two groups."""
+    b = _Builder(seed)
+    h = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 16, name="conv_in")])
+    if use_slice:
+        first = b.node("Slice", [h, b.const("s0", np.array([0], np.int64)), b.const("e0", np.array([8], np.int64)),
+                                 b.const("ax0", np.array([1], np.int64))], name="slice_a")
+        second = b.node("Slice", [h, b.const("s1", np.array([8], np.int64)),
+                                  b.const("e1", np.array([2 ** 62], np.int64)), b.const("ax1", np.array([1], np.int64))],
+                        name="slice_b")
+    else:
+        first = b.node("Split", [h, b.const("split_sizes", np.array([8, 8], np.int64))], name="split", n_out=2,
+                       axis=1)
+        second = "split_out1"
+    a = b.node("Relu", [b.conv(first, 8, 8, name="conv_half")])
+    h = b.node("Concat", [a, second], name="concat", axis=1)
+    h = b.node("Relu", [b.conv(h, 16, 16, name="conv_out")])
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT))
+
+
+def se_block(seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->8) -> Relu = x; squeeze-excitation x * Sigmoid(Conv(4->8, Relu(Conv(8->4,
+    GAP(x))))) -> Conv(8->16) -> Relu -> GAP -> Gemm. The excitation conv and the first
+    conv form one group (channel c of the gate multiplies channel c of x)."""
+    b = _Builder(seed)
+    x = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 8, name="conv1")])
+    s = b.node("GlobalAveragePool", [x])
+    s = b.node("Relu", [b.conv(s, 8, 4, k=1, name="se_reduce")])
+    s = b.node("Sigmoid", [b.conv(s, 4, 8, k=1, name="se_expand")])
+    h = b.node("Mul", [x, s], name="gate")
+    h = b.node("Relu", [b.conv(h, 8, 16, name="conv2")])
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT))
+
+
+def composite_activations(seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->8) -> x*clip(x+3, 0, 6)/6 (hard-swish from primitives) -> Resize x2 ->
+    InstanceNormalization -> PRelu (per-channel slope) -> Pad 1 -> Conv(8->16, no pad)
+    -> HardSwish -> MaxPool -> SiLU as x*Sigmoid(x) -> GAP -> Gemm."""
+    b = _Builder(seed)
+    x = b.conv(INPUT, IN_CHANNELS, 8, name="conv1")
+    t = b.node("Clip", [b.node("Add", [x, b.const("three", np.array(3.0, np.float32))]),
+                        b.const("lo", np.array(0.0, np.float32)), b.const("hi", np.array(6.0, np.float32))])
+    h = b.node("Div", [b.node("Mul", [x, t]), b.const("six", np.array(6.0, np.float32))])
+    h = b.node("Resize", [h, "", b.const("scales", np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    h = b.node("InstanceNormalization", [h, b.vector("in.scale", 8, 0.5, 1.5), b.vector("in.bias", 8)])
+    h = b.node("PRelu", [h, b.const("slope", b.rng.uniform(0.05, 0.3, (8, 1, 1)).astype(np.float32))])
+    h = b.node("Pad", [h, b.const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))])
+    w = b.weight("conv2.weight", (16, 8, 3, 3), 72)
+    h = b.node("Conv", [h, w, b.vector("conv2.bias", 16)], name="conv2", kernel_shape=[3, 3])
+    h = b.pool(b.node("HardSwish", [h]))
+    h = b.node("Mul", [h, b.node("Sigmoid", [h])])
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT))
+
+
 # name -> (builder, expected structure). ``prunable``: number of prunable groups;
 # ``producers``: sorted producer counts of the prunable groups; ``frozen``: a substring that
 # some frozen group's reasons must contain (or None).
@@ -244,6 +311,11 @@ ALL_BUILDERS = {
     "softmax": lambda: unknown_op("Softmax"),
     "intermediate_output": intermediate_output,
     "gemm_matmul": gemm_matmul,
+    "concat": concat_branches,
+    "split": split_channels,
+    "slice": lambda: split_channels(use_slice=True),
+    "se_block": se_block,
+    "composite": composite_activations,
 }
 
 EXPECTED = {
@@ -258,6 +330,11 @@ EXPECTED = {
     "softmax": {"prunable": 1, "producers": [1], "frozen": "Softmax"},
     "intermediate_output": {"prunable": 1, "producers": [1], "frozen": "graph output"},
     "gemm_matmul": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
+    "concat": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
+    "split": {"prunable": 4, "producers": [1, 1, 1, 1], "frozen": None},
+    "slice": {"prunable": 4, "producers": [1, 1, 1, 1], "frozen": None},
+    "se_block": {"prunable": 3, "producers": [1, 1, 2], "frozen": None},
+    "composite": {"prunable": 2, "producers": [1, 1], "frozen": None},
 }
 
 

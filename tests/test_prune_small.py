@@ -176,7 +176,7 @@ def _best_window_exists(analysis, costs, metric, target, width=0.01) -> bool:
     k = {g.gid: grid for g, grid in zip(groups, grids)}
     total = np.zeros_like(grids[0])
     for layer in costs.layers:
-        out = k.get(layer.out_group, layer.out_fixed) if layer.out_group is not None else layer.out_fixed
+        out = sum(k.get(g, n) if g is not None else n for g, n in layer.out_segments)
         cin = sum(k.get(g, n) if g is not None else n for g, n in layer.in_segments)
         weights = out * layer.per_pair if layer.depthwise else out * cin * layer.per_pair
         if metric == "params":

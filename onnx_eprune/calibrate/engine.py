@@ -93,6 +93,8 @@ def submodel(model: onnx.ModelProto, topo: Topology, targets: list[str], availab
     nodes, used = topo.cut(targets, set(available))
     if not nodes:
         return None, []
+    # an included multi-output node (Split) may recompute a cached tensor: use its own output
+    used -= {o for i in nodes for o in topo.outputs[i]}
     graph = model.graph
     # inputs of the current nodes: a re-fit may have given a node a new bias initializer
     needed = {n for i in nodes for n in list(graph.node[i].input) + topo.node_inputs[i] if n}

@@ -19,9 +19,8 @@ class LayerCost:
 
     name: str
     op: str
-    out_group: int | None       # group of its output channels (None: fixed)
-    out_fixed: int              # output channels when out_group is None
-    in_segments: list[tuple[int | None, int]]  # (group or None, channels) along its input
+    out_segments: list[tuple[int | None, int]]  # (group or None for fixed, channels) along its output
+    in_segments: list[tuple[int | None, int]]   # the same along its input
     per_pair: int               # weight elements per (output, input) channel pair
     depthwise: bool             # weight is per channel (C x per_pair), not per pair
     bias: bool
@@ -29,9 +28,10 @@ class LayerCost:
     extra_params: int = 0       # e.g. a constant bias that is not per channel
 
     def _counts(self, keep: dict[int, int]) -> tuple[int, int]:
-        out = keep.get(self.out_group, self.out_fixed) if self.out_group is not None else self.out_fixed
-        cin = sum(keep.get(g, n) if g is not None else n for g, n in self.in_segments)
-        return out, cin
+        return _count(self.out_segments, keep), _count(self.in_segments, keep)
+
+    def groups(self) -> set[int]:
+        return {g for g, _ in self.out_segments + self.in_segments if g is not None}
 
     def params(self, keep: dict[int, int]) -> int:
         out, cin = self._counts(keep)
@@ -58,8 +58,11 @@ class CostModel:
         return self.params(keep) if metric == "params" else self.macs(keep)
 
     def layers_of(self, gid: int) -> list[LayerCost]:
-        return [layer for layer in self.layers
-                if layer.out_group == gid or any(g == gid for g, _ in layer.in_segments)]
+        return [layer for layer in self.layers if gid in layer.groups()]
+
+
+def _count(segments: list[tuple[int | None, int]], keep: dict[int, int]) -> int:
+    return sum(keep.get(g, n) if g is not None else n for g, n in segments)
 
 
 def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: dict[str, tuple[int, ...]]
@@ -67,13 +70,13 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
     """Cost terms of every weighted layer; groups that are frozen count as fixed."""
     inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
     prunable = {g.gid for g in analysis.groups if g.prunable}
-    out_group: dict[int, int] = {}
-    depthwise: dict[int, int] = {}
+    outputs: dict[int, list[tuple[int, int, int]]] = {}   # node -> (offset, group, channels)
+    depthwise: dict[int, list[tuple[int, int, int]]] = {}
     for g in analysis.groups:
         for p in g.producers:
-            out_group[p.node] = g.gid
+            outputs.setdefault(p.node, []).append((p.offset, g.gid, g.channels))
         for prm in g.params:
-            depthwise.setdefault(prm.node, g.gid)
+            depthwise.setdefault(prm.node, []).append((prm.offset, g.gid, g.channels))
     consumer_of = {c.node: c for c in analysis.consumers}
     layers = []
     for index, node in enumerate(model.graph.node):
@@ -95,24 +98,33 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
             out_ch = wshape[0] if trans_b else wshape[-1]
             per_pair = 1
         total_w = int(np.prod(wshape, dtype=np.int64))
-        cons = consumer_of.get(index)
-        dw_group = depthwise.get(index) if node.op_type == "Conv" and node.input[1] in _param_tensors(analysis) else None
-        og = out_group.get(index)
-        og = og if og in prunable else None
         has_bias = bias_shape is not None and int(np.prod(bias_shape, dtype=np.int64)) == out_ch
         extra = int(np.prod(bias_shape, dtype=np.int64)) if bias_shape is not None and not has_bias else 0
-        if dw_group is not None and dw_group in prunable:
-            layers.append(LayerCost(label, node.op_type, dw_group, out_ch, [], per_pair, True, has_bias,
-                                    spatial, extra))
-        elif cons is not None:
-            segs = [(gid if gid in prunable else None, n) for gid, _, n in cons.segments]
-            layers.append(LayerCost(label, node.op_type, og, out_ch, segs, cons.s if cons.kind != "conv" else per_pair,
-                                    False, has_bias, spatial, extra))
-        else:
-            # not a consumer: its input side is fixed; express its weight as out x in pairs
-            cin = total_w // max(out_ch * per_pair, 1)
-            layers.append(LayerCost(label, node.op_type, og, out_ch, [(None, cin)], per_pair, False, has_bias,
-                                    spatial, extra))
+
+        def segments(entries, total):
+            segs, pos = [], 0
+            for off, gid, n in sorted(entries):
+                if off > pos:
+                    segs.append((None, off - pos))
+                segs.append((gid if gid in prunable else None, n))
+                pos = off + n
+            if pos < total:
+                segs.append((None, total - pos))
+            return segs
+
+        dw = node.op_type == "Conv" and _group(node) > 1 and index in depthwise
+        cons = consumer_of.get(index)
+        if dw:
+            layers.append(LayerCost(label, node.op_type, segments(depthwise[index], out_ch), [], per_pair, True,
+                                    has_bias, spatial, extra))
+            continue
+        out_segs = segments(outputs.get(index, []), out_ch)
+        if cons is not None:
+            in_segs = [(gid if gid in prunable else None, n) for gid, _, n in cons.segments]
+            per = cons.s if cons.kind != "conv" else per_pair
+        else:  # not a consumer: its input side is fixed; express its weight as out x in pairs
+            in_segs, per = [(None, total_w // max(out_ch * per_pair, 1))], per_pair
+        layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra))
     return CostModel(layers)
 
 
@@ -121,7 +133,3 @@ def _group(node: onnx.NodeProto) -> int:
         if a.name == "group":
             return a.i
     return 1
-
-
-def _param_tensors(analysis: GraphAnalysis) -> set[str]:
-    return {prm.tensor for g in analysis.groups for prm in g.params}

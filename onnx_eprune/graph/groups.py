@@ -14,7 +14,7 @@ spaces) and :class:`Consumer` objects; nothing here does arithmetic on weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -59,6 +59,7 @@ class Producer:
     weight: str          # initializer name
     weight_axis: int     # axis of the weight that indexes output channels
     bias: str | None     # initializer name of a per-output bias, if any
+    offset: int = 0      # first output channel of the group (a Split may cut one output in parts)
 
 
 @dataclass
@@ -79,6 +80,27 @@ class ShapeParam:
     tensor: str
     index: int   # position in the shape vector holding the feature count
     output: str  # the Reshape output, whose features the target must match
+
+
+@dataclass
+class SplitSizes:
+    """A Split on the channel axis: its sizes must follow the kept channels of its outputs."""
+
+    node: int
+    tensor: str | None    # the sizes initializer (opset >= 13), or None (attribute / equal split)
+    outputs: list[str]
+
+
+@dataclass
+class SliceBound:
+    """A Slice start or end on the channel axis: it becomes the number of channels kept in
+    ``source`` before the original channel ``position``."""
+
+    node: int
+    tensor: str
+    index: int
+    source: str
+    position: int
 
 
 @dataclass
@@ -130,6 +152,8 @@ class GraphAnalysis:
     groups: list[ChannelGroup]
     consumers: list[Consumer]
     node_count: int
+    split_sizes: list[SplitSizes] = field(default_factory=list)
+    slice_bounds: list[SliceBound] = field(default_factory=list)
 
     def prunable_groups(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable]
@@ -180,8 +204,17 @@ def _label(node: onnx.NodeProto, index: int) -> str:
 
 
 class _Analyzer:
-    def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]):
+    """One walk over the graph. ``cuts`` (origin key -> channel positions) splits the
+    channels an op creates into several spaces, so that Split/Slice on the channel axis
+    see whole spaces; a walk that meets a cut it was not given records it in ``new_cuts``
+    and :func:`analyze` walks again."""
+
+    def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                 cuts: dict[str, set[int]] | None = None):
         self.graph = model.graph
+        self.cuts = cuts or {}
+        self.origin: dict[int, tuple[str, int]] = {}    # space -> (origin key, first channel there)
+        self.new_cuts: list[tuple[int, int]] = []       # (space, position within the space)
         self.shapes = shapes
         self.consts: dict[str, np.ndarray | None] = {}  # constant tensors (value if small)
         for init in self.graph.initializer:
@@ -193,6 +226,8 @@ class _Analyzer:
         self.params: dict[int, list[ParamSlice]] = {}
         self.shape_params: dict[int, list[ShapeParam]] = {}
         self.consumers: list[Consumer] = []
+        self.split_sizes: list[SplitSizes] = []
+        self.slice_bounds: list[SliceBound] = []
         self.use_count: dict[str, int] = {}
         for node in self.graph.node:
             for name in node.input:
@@ -228,10 +263,33 @@ class _Analyzer:
     def opaque_output(self, name: str, reason: str) -> None:
         """Give an output we cannot follow a fresh frozen space, so couplings see it."""
         c = self.channels(name)
-        if c is None:
-            self.layouts[name] = OPAQUE
-        else:
-            self.layouts[name] = [Segment(self.spaces.new(c, reason), 0, c)]
+        self.layouts[name] = OPAQUE if c is None else self.create(f"t:{name}", c, None, reason)
+
+    def create(self, key: str, size: int, producer: Producer | None, reason: str | None = None) -> list[Segment]:
+        """The layout of ``size`` new channels: one space, or several where cuts fall."""
+        bounds = [0] + sorted(c for c in self.cuts.get(key, ()) if 0 < c < size) + [size]
+        layout = []
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            sid = self.spaces.new(stop - start, reason)
+            self.origin[sid] = (key, start)
+            if producer is not None:
+                self.producers.setdefault(sid, []).append(replace(producer, offset=start))
+            layout.append(Segment(sid, 0, stop - start))
+        return layout
+
+    def take(self, layout: list[Segment], a: int, b: int) -> list[Segment]:
+        """Channels ``[a, b)`` of a layout; records a cut where a space is split."""
+        out, off = [], 0
+        for seg in layout:
+            lo, hi = max(a, off), min(b, off + seg.length)
+            if lo < hi:
+                if lo > off:
+                    self.new_cuts.append((seg.space, seg.start + lo - off))
+                if hi < off + seg.length:
+                    self.new_cuts.append((seg.space, seg.start + hi - off))
+                out.append(Segment(seg.space, seg.start + lo - off, hi - lo, seg.factor))
+            off += seg.length
+        return out
 
     def freeze_all(self, node: onnx.NodeProto, index: int, reason: str) -> None:
         for name in node.input:
@@ -239,12 +297,6 @@ class _Analyzer:
         for name in node.output:
             if name:
                 self.opaque_output(name, reason)
-
-    def new_space(self, size: int, producer: Producer | None, reason: str | None = None) -> int:
-        sid = self.spaces.new(size, reason)
-        if producer is not None:
-            self.producers.setdefault(sid, []).append(producer)
-        return sid
 
     def add_param(self, layout, node_index: int, tensor: str, axis: int, reason_node: str) -> bool:
         """Record a per-channel constant to slice with the layout; freeze if shared."""
@@ -263,10 +315,7 @@ class _Analyzer:
             if inp.name in self.consts:
                 continue
             c = self.channels(inp.name)
-            if c is None:
-                self.layouts[inp.name] = OPAQUE
-            else:
-                self.layouts[inp.name] = [Segment(self.spaces.new(c, "graph input"), 0, c)]
+            self.layouts[inp.name] = OPAQUE if c is None else self.create(f"in:{inp.name}", c, None, "graph input")
         for index, node in enumerate(self.graph.node):
             if all(self.is_const(n) for n in node.input) and node.op_type != "Shape":
                 # pure constant arithmetic (shape computations, folded weights)
@@ -315,7 +364,7 @@ class _Analyzer:
         if group == 1:
             self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin,
                               wshape[2] * wshape[3], layout, conv=self.conv_geometry(node, attrs, wshape, x, out))
-            self.layouts[out] = [Segment(self.new_space(wshape[0], Producer(index, "conv", w, 0, b)), 0, wshape[0])]
+            self.layouts[out] = self.create(f"n:{index}", wshape[0], Producer(index, "conv", w, 0, b))
         elif group == cin and wshape[0] == cin and wshape[1] == 1:
             # depthwise: output channel c depends on input channel c only
             shared = self.use_count.get(w, 0) > 1 or (b is not None and self.use_count.get(b, 0) > 1)
@@ -391,7 +440,7 @@ class _Analyzer:
                           trans_b=trans_b, alpha=float(attrs.get("alpha", 1.0)), beta=float(attrs.get("beta", 1.0)))
         bias = c if c is not None and _bias_vector_len(self.init_by_name[c].dims) == m else None
         prod = Producer(index, "gemm", w, 0 if trans_b else 1, bias)
-        self.layouts[node.output[0]] = [Segment(self.new_space(m, prod), 0, m)]
+        self.layouts[node.output[0]] = self.create(f"n:{index}", m, prod)
 
     def op_MatMul(self, node: onnx.NodeProto, index: int) -> None:
         a, w = node.input[0], node.input[1]
@@ -409,7 +458,7 @@ class _Analyzer:
             self.freeze_all(node, index, f"{label}: MatMul input features do not match its weight")
             return
         self.add_consumer(node, index, "matmul", a, node.output[0], w, None, m, cin, factor, layout, trans_b=False)
-        self.layouts[node.output[0]] = [Segment(self.new_space(m, Producer(index, "matmul", w, 1, None)), 0, m)]
+        self.layouts[node.output[0]] = self.create(f"n:{index}", m, Producer(index, "matmul", w, 1, None))
 
     # -- pass-through ops --------------------------------------------------------------
     def unary(self, node: onnx.NodeProto, index: int) -> None:
@@ -552,7 +601,7 @@ class _Analyzer:
             layout = self.layout(name)
             if layout is None:  # constant channels are never pruned
                 c = self.channels(name) or 0
-                layout = [Segment(self.spaces.new(c, "constant channels in a Concat"), 0, c)] if c else []
+                layout = self.create(f"t:{name}", c, None, "constant channels in a Concat") if c else []
             if not isinstance(layout, list):
                 self.freeze_all(node, index, "Concat of a tensor whose channels cannot be followed")
                 return
@@ -633,9 +682,130 @@ class _Analyzer:
         else:
             self.freeze_all(node, index, f"{node.op_type} with a broadcast not handled")
 
+    def op_Slice(self, node: onnx.NodeProto, index: int) -> None:
+        x = node.input[0]
+        shape = self.shapes.get(x)
+        layout = self.layout(x)
+        if len(node.input) > 1:  # opset >= 10: starts, ends, axes, steps as inputs
+            vals = [self.value(n) if n else None for n in list(node.input[1:5]) + [""] * (5 - len(node.input))]
+            starts, ends, axes, steps = vals
+        else:
+            attrs = _attrs(node)
+            starts, ends, axes, steps = attrs.get("starts"), attrs.get("ends"), attrs.get("axes"), None
+        if starts is None or ends is None or shape is None or not isinstance(layout, list) or \
+                (len(node.input) > 3 and node.input[3] and axes is None) or \
+                (len(node.input) > 4 and node.input[4] and steps is None):
+            self.freeze_all(node, index, "Slice with non-constant bounds")
+            return
+        rank = len(shape)
+        axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in np.ravel(axes)]
+        steps = [1] * len(axes) if steps is None else [int(v) for v in np.ravel(steps)]
+        spec = dict(zip(axes, zip(np.ravel(starts).tolist(), np.ravel(ends).tolist(), steps)))
+        if 0 in spec and spec[0][:2] != (0, shape[0]) and spec[0][1] < 2 ** 62:
+            self.freeze_all(node, index, "Slice of the batch axis")
+            return
+        if 1 not in spec:
+            self.passthrough(node, x)
+            return
+        a, b, step = spec[1]
+        c = shape[1]
+        a, b = (a + c if a < 0 else a), (b + c if b < 0 else b)
+        a, b = max(0, min(a, c)), max(0, min(b, c))
+        if step != 1 or any(seg.factor != 1 for seg in layout):
+            self.freeze_all(node, index, "Slice of channels with a step, or of a flattened tensor")
+            return
+        if len(node.input) > 1:  # the bounds change with pruning: they must be our own constants
+            pos = axes.index(1)
+            for tensor, value in ((node.input[1], a), (node.input[2], b)):
+                if self.use_count.get(tensor, 0) > 1:
+                    self.freeze_all(node, index, "Slice bounds shared with other nodes")
+                    return
+                if value < c:
+                    self.slice_bounds.append(SliceBound(index, tensor, pos, x, value))
+        else:
+            self.freeze_all(node, index, "Slice of channels with bounds as attributes (opset < 10)")
+            return
+        self.layouts[node.output[0]] = self.take(layout, a, b)
+
+    def op_Split(self, node: onnx.NodeProto, index: int) -> None:
+        x = node.input[0]
+        shape = self.shapes.get(x)
+        layout = self.layout(x)
+        attrs = _attrs(node)
+        axis = int(attrs.get("axis", 0))
+        if shape is None or not isinstance(layout, list):
+            self.freeze_all(node, index, "Split of a tensor whose channels cannot be followed")
+            return
+        axis %= len(shape)
+        if axis != 1:
+            if axis == 0:
+                self.freeze_all(node, index, "Split of the batch axis")
+                return
+            for out in node.output:
+                self.layouts[out] = layout
+            return
+        sizes = [self.shapes[o][1] if o in self.shapes else None for o in node.output]
+        if None in sizes or sum(sizes) != shape[1] or any(seg.factor != 1 for seg in layout):
+            self.freeze_all(node, index, "Split of channels with unknown sizes")
+            return
+        tensor = node.input[1] if len(node.input) > 1 and node.input[1] else None
+        if tensor is not None and (self.value(tensor) is None or self.use_count.get(tensor, 0) > 1):
+            self.freeze_all(node, index, "Split with non-constant or shared sizes")
+            return
+        self.split_sizes.append(SplitSizes(index, tensor, list(node.output)))
+        start = 0
+        for out, n in zip(node.output, sizes):
+            self.layouts[out] = self.take(layout, start, start + n)
+            start += n
+
+    def op_Resize(self, node: onnx.NodeProto, index: int) -> None:
+        x = node.input[0]
+        si, so = self.shapes.get(x), self.shapes.get(node.output[0])
+        layout = self.layout(x)
+        if si is None or so is None or len(si) < 3 or si[:2] != so[:2] or not isinstance(layout, list):
+            self.freeze_all(node, index, f"{node.op_type} that changes the batch or channel count")
+            return
+        sizes = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        if sizes is not None:  # explicit output sizes spell out the channel count
+            if self.value(sizes) is None or self.use_count.get(sizes, 0) > 1:
+                self.freeze_all(node, index, f"{node.op_type} with non-constant or shared sizes")
+                return
+            for seg in layout:
+                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, sizes, 1, node.output[0]))
+        self.passthrough(node, x)
+
+    def op_Upsample(self, node: onnx.NodeProto, index: int) -> None:
+        self.op_Resize(node, index)
+
+    def op_Transpose(self, node: onnx.NodeProto, index: int) -> None:
+        perm = list(_attrs(node).get("perm", []))
+        if len(perm) >= 2 and perm[:2] == [0, 1]:  # spatial axes only
+            self.passthrough(node, node.input[0])
+        else:
+            self.freeze_all(node, index, "Transpose that moves the channel axis")
+
     # -- results -----------------------------------------------------------------------
+    def propagated_cuts(self) -> list[tuple[str, int]]:
+        """The recorded cuts, carried to every space coupled with the cut one, as
+        (origin key, position) pairs."""
+        out = []
+        members: dict[int, list[int]] = {}
+        for sid in self.origin:
+            members.setdefault(self.spaces.find(sid), []).append(sid)
+        for sid, pos in self.new_cuts:
+            for other in members.get(self.spaces.find(sid), [sid]):
+                key, start = self.origin.get(other, (None, 0))
+                if key is not None:
+                    out.append((key, start + pos))
+        return out
+
     def collect(self) -> GraphAnalysis:
         sp = self.spaces
+        for layout in self.layouts.values():  # a space only partly present cannot be pruned
+            if isinstance(layout, list):
+                for seg in layout:
+                    if seg.start != 0 or seg.length != sp.size[seg.space]:
+                        sp.freeze(seg.space, "cut by a Slice/Split at a position that cannot be aligned")
         roots: dict[int, ChannelGroup] = {}
         order: list[int] = []
         for sid in range(len(sp.parent)):
@@ -674,10 +844,12 @@ class _Analyzer:
                     any(self.use_count.get(p.weight, 0) > 1 for p in g.producers):
                 g.frozen.append("a producer's weights are shared by several nodes")
             for cidx in g.consumers:
-                if len({s[0] for s in self.consumers[cidx].segments}) > 1:
-                    g.frozen.append(f"consumer {self.consumers[cidx].name} reads several channel groups (not yet supported)")
+                gids_in = [seg[0] for seg in self.consumers[cidx].segments]
+                if gids_in.count(g.gid) > 1:
+                    g.frozen.append(f"consumer {self.consumers[cidx].name} reads these channels twice")
                     break
-        return GraphAnalysis(groups=groups, consumers=self.consumers, node_count=len(self.graph.node))
+        return GraphAnalysis(groups=groups, consumers=self.consumers, node_count=len(self.graph.node),
+                             split_sizes=self.split_sizes, slice_bounds=self.slice_bounds)
 
 
 def _offsets(layout: list[Segment]):
@@ -730,4 +902,13 @@ def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> Graph
     shapes : dict
         Concrete shape of every tensor at the calibration input shape (batch may be 1).
     """
-    return _Analyzer(model, shapes).run()
+    cuts: dict[str, set[int]] = {}
+    for _ in range(6):
+        walker = _Analyzer(model, shapes, cuts)
+        result = walker.run()
+        new = walker.propagated_cuts()
+        if all(pos in cuts.get(key, set()) for key, pos in new):
+            return result
+        for key, pos in new:
+            cuts.setdefault(key, set()).add(pos)
+    return result  # cuts keep appearing: the partial segments left are frozen

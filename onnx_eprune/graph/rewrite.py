@@ -125,10 +125,10 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
         if len(drop) == 0:
             continue
         for p in group.producers:
-            arrays.mask(p.weight, p.weight_axis)[drop] = False
+            arrays.mask(p.weight, p.weight_axis)[p.offset + drop] = False
             bias = _current_bias(out.graph.node[p.node])  # a re-fit may have added one
-            if bias is not None and arrays.get(bias).size == group.channels:
-                arrays.mask(bias, _vector_axis(arrays.get(bias)))[drop] = False
+            if bias is not None and arrays.get(bias).size == arrays.get(p.weight).shape[p.weight_axis]:
+                arrays.mask(bias, _vector_axis(arrays.get(bias)))[p.offset + drop] = False
         for prm in group.params:
             arrays.mask(prm.tensor, prm.axis)[prm.offset + drop] = False
         for cidx in group.consumers:
@@ -145,7 +145,7 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
                     cols = ((off + drop)[:, None] * cons.s + np.arange(cons.s)).reshape(-1)
                     arrays.mask(cons.weight, axis)[cols] = False
         changed_tensors.update(name for name, _, _ in group.tensors)
-    _update_shape_params(analysis, keeps, arrays)
+    _update_shape_params(analysis, keeps, arrays, out)
     arrays.commit()
     _update_depthwise_groups(out, arrays)
     kept_vi = [vi for vi in out.graph.value_info if vi.name not in changed_tensors]
@@ -173,15 +173,41 @@ def _vector_axis(value: np.ndarray) -> int:
     return int(np.argmax(value.shape)) if value.ndim else 0
 
 
-def _update_shape_params(analysis: GraphAnalysis, keeps: dict[int, np.ndarray], arrays: _Arrays) -> None:
-    """Reshape targets that spell out the feature count shrink with their groups."""
+def _update_shape_params(analysis: GraphAnalysis, keeps: dict[int, np.ndarray], arrays: _Arrays,
+                         model: onnx.ModelProto) -> None:
+    """Constants that spell out channel counts follow the kept channels: Reshape targets,
+    Resize sizes, Split sizes and Slice bounds on the channel axis."""
     features: dict[str, int] = {}
+    segments: dict[str, list[tuple[int, int]]] = {}
     for g in analysis.groups:
         kept = len(keeps[g.gid]) if g.gid in keeps else g.channels
-        for name, _offset, factor in g.tensors:
+        for name, offset, factor in g.tensors:
             features[name] = features.get(name, 0) + factor * kept
+            segments.setdefault(name, []).append((offset, kept))
     for g in analysis.groups:
         for sp in g.shape_params:
             shape = arrays.get(sp.tensor).copy()
             shape[sp.index] = features[sp.output]
             arrays.set(sp.tensor, shape)
+    for sb in analysis.slice_bounds:
+        bound = arrays.get(sb.tensor).copy()
+        bound.reshape(-1)[sb.index] = sum(k for off, k in segments[sb.source] if off < sb.position)
+        arrays.set(sb.tensor, bound)
+    for split in analysis.split_sizes:
+        sizes = np.array([features[o] for o in split.outputs], dtype=np.int64)
+        node = model.graph.node[split.node]
+        if split.tensor is not None:
+            arrays.set(split.tensor, sizes.astype(arrays.get(split.tensor).dtype))
+            continue
+        attrs = [a for a in node.attribute if a.name not in ("split", "num_outputs")]
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        if opset >= 13:  # sizes as an input; an equal split spelled by num_outputs no longer holds
+            name = _unique(model, f"{node.name or 'split'}.eprune_sizes")
+            model.graph.initializer.append(numpy_helper.from_array(sizes, name))
+            while len(node.input) < 2:
+                node.input.append("")
+            node.input[1] = name
+        else:
+            attrs.append(onnx.helper.make_attribute("split", sizes.tolist()))
+        del node.attribute[:]
+        node.attribute.extend(attrs)

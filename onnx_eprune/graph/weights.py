@@ -31,7 +31,8 @@ def consumer_matrix(inits: dict[str, onnx.TensorProto], cons: Consumer) -> tuple
     return theta, bias
 
 
-def producer_rows(inits: dict[str, onnx.TensorProto], prod: Producer) -> np.ndarray:
-    """A producer's weight with output channels on axis 0, flattened to (C, -1)."""
-    w = _array(inits, prod.weight)
-    return np.moveaxis(w, prod.weight_axis, 0).reshape(w.shape[prod.weight_axis], -1)
+def producer_rows(inits: dict[str, onnx.TensorProto], prod: Producer, channels: int) -> np.ndarray:
+    """The ``channels`` weight rows of a producer that belong to its group (from
+    ``prod.offset``), flattened to (channels, -1)."""
+    w = np.moveaxis(_array(inits, prod.weight), prod.weight_axis, 0)
+    return w[prod.offset:prod.offset + channels].reshape(channels, -1)
