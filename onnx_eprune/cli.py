@@ -189,10 +189,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .calibrate.session import choose_providers, probe_shapes
     from .graph.costs import build_cost_model
     from .graph.groups import analyze
-    from .graph.model_io import constants_to_initializers, load_model
+    from .graph.model_io import load_model, normalize
 
     model = load_model(args.model)
-    constants_to_initializers(model)
+    normalize(model)
     data = _shapes_input(model, args)
     shapes = probe_shapes(model, data.first(), choose_providers("cpu"))
     analysis = analyze(model, shapes)

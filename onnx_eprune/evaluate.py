@@ -15,7 +15,7 @@ from .calibrate.session import choose_providers, make_session, probe_shapes, run
 from .errors import UsageError
 from .graph.costs import build_cost_model
 from .graph.groups import analyze
-from .graph.model_io import as_model, constants_to_initializers
+from .graph.model_io import as_model, normalize
 
 
 def run_model(model: onnx.ModelProto, data, providers: list[str], batch_size: int = 256) -> list[np.ndarray]:
@@ -72,7 +72,7 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     """
     a, b = as_model(original), as_model(pruned)
     for m in (a, b):
-        constants_to_initializers(m)
+        normalize(m)
     providers = choose_providers(device)
     data_a = load_calibration(data, a)
     load_calibration(data_a.arrays, b)  # the pruned model must take the same inputs

@@ -23,12 +23,12 @@ from .calibrate.stats import ConvGeometry, MomentStats, conv_patches, positions_
 from .errors import EPruneError, UsageError
 from .graph.costs import CostModel, build_cost_model
 from .graph.groups import Consumer, GraphAnalysis, analyze
-from .graph.model_io import as_model, check_model, constants_to_initializers, initializer_map
+from .graph.model_io import as_model, check_model, initializer_map, normalize
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, producer_rows
 from .progress import Progress
 from .select import baselines, entropic
-from .select.problem import ConsumerTerm, explained_curve
+from .select.problem import ConsumerTerm, explained_curve, partial_out
 from .select.reconstruct import refit
 
 log = logging.getLogger("onnx_eprune")
@@ -121,7 +121,7 @@ class Pruner:
         t0 = time.perf_counter()
         with self.timer.phase("load"):
             self.model = as_model(model)
-            constants_to_initializers(self.model)
+            normalize(self.model)
             self.data: CalibrationData = load_calibration(calib, self.model, config.samples)
             self.providers = choose_providers(config.device)
         log.info("onnxruntime provider: %s", self.providers[0])
@@ -180,22 +180,32 @@ class Pruner:
     def _counts(self, keeps: dict[int, np.ndarray]) -> dict[int, int]:
         return {g.gid: (len(keeps[g.gid]) if g.gid in keeps else g.channels) for g in self.analysis.groups}
 
-    def term(self, gid: int, cidx: int, st: MomentStats, keeps: dict[int, np.ndarray]) -> ConsumerTerm:
-        """The regression of consumer ``cidx`` for group ``gid`` in the current coordinates."""
+    def terms(self, cidx: int, st: MomentStats, keeps: dict[int, np.ndarray], gids: set[int]
+              ) -> dict[int, ConsumerTerm]:
+        """The regressions of consumer ``cidx`` for each of the groups ``gids`` it reads, in
+        the current coordinates, the features of its other groups regressed out."""
         cons = self.analysis.consumers[cidx]
         counts = self._counts(keeps)
-        cols, fixed, offset = None, [], 0
+        blocks, offset = {}, 0
         for g, _off, _length in cons.segments:
             n = counts[g]
-            span = np.arange(offset * cons.s, (offset + n) * cons.s)
-            if g == gid:
-                cols = span.reshape(n, cons.s)
-            else:
-                fixed.append(span)
+            if g in gids:
+                blocks[g] = np.arange(offset * cons.s, (offset + n) * cons.s).reshape(n, cons.s)
             offset += n
-        fixed_arr = np.concatenate(fixed) if fixed else np.zeros(0, dtype=np.int64)
-        term = ConsumerTerm(st.cov, st.cross, st.var_y, cols, fixed_arr)
-        return term.restricted(self._kept_outputs(cidx, keeps))
+        rows = self._kept_outputs(cidx, keeps)
+        P, var_y = (st.cross, st.var_y) if rows is None else (st.cross[:, rows], st.var_y[rows])
+        return partial_out(st.cov, P, var_y, blocks)
+
+    def group_terms(self, gids: list[int], stats: dict[int, MomentStats], keeps: dict[int, np.ndarray]
+                    ) -> dict[int, list[ConsumerTerm]]:
+        """The terms of every group in ``gids``, over all its consumers."""
+        wanted = set(gids)
+        out: dict[int, list[ConsumerTerm]] = {g: [] for g in gids}
+        for c in sorted({c for g in gids for c in self.analysis.groups[g].consumers}):
+            mine = {s[0] for s in self.analysis.consumers[c].segments} & wanted
+            for g, term in self.terms(c, stats[c], keeps, mine).items():
+                out[g].append(term)
+        return out
 
     def _kept_outputs(self, cidx: int, keeps: dict[int, np.ndarray]) -> np.ndarray | None:
         """Original output rows of consumer ``cidx`` still present (None: all of them)."""
@@ -237,9 +247,10 @@ class Pruner:
                              {g: sorted({consumers[c].output for c in self.analysis.groups[g].consumers})
                               for g in gids}, seed=self.config.seed)
         self.gains = gains
+        all_terms = self.group_terms(gids, stats, {})
         with self.progress.task("rank", len(gids)) as task:
             for g in gids:
-                terms = [self.term(g, c, stats[c], {}) for c in self.analysis.groups[g].consumers]
+                terms = all_terms[g]
                 rankings[g] = self.ranking(g, terms)
                 curves[g] = gains[g] * sum(explained_curve(t, rankings[g]) for t in terms)
                 task.advance()
@@ -265,9 +276,9 @@ class Pruner:
         refits: dict[int, Refit] = {}
         if cfg.mode == "oneshot":
             with self.timer.phase("select"):
+                all_terms = self.group_terms(gids, oneshot_stats, {})
                 for g in gids:
-                    terms = [self.term(g, c, oneshot_stats[c], {}) for c in self.analysis.groups[g].consumers]
-                    keeps[g] = self.choose(g, terms, counts[g], rankings.get(g))
+                    keeps[g] = self.choose(g, all_terms[g], counts[g], rankings.get(g))
                 if cfg.reconstruct:
                     touched = sorted({c for g in gids for c in self.analysis.groups[g].consumers})
                     for c in touched:
@@ -296,11 +307,13 @@ class Pruner:
             with self.timer.phase("calibrate"):
                 stats = self.collect(cidxs, orig, pruned, stage, f"layer {stage}/{len(order)}")
             with self.timer.phase("select"):
-                terms = [self.term(g, c, stats[c], keeps) for c in cidxs]
-                keep = self.choose(g, terms, counts[g], rankings.get(g))
+                keep = self.choose(g, self.group_terms([g], stats, keeps)[g], counts[g], rankings.get(g))
                 if cfg.reconstruct:
+                    # a consumer reading several groups (after a Concat) is re-fitted once, when
+                    # its last group is decided; until then its columns are only sliced
                     for c in cidxs:
-                        refits[c] = self._refit(c, stats[c], {**keeps, g: keep}, {g})
+                        if all(s[0] in keeps or s[0] == g or s[0] not in counts for s in consumers[c].segments):
+                            refits[c] = self._refit(c, stats[c], {**keeps, g: keep}, {g})
                 keeps[g] = keep
             with self.timer.phase("rewrite"):
                 model = build_pruned(self.model, self.analysis, keeps, refits)

@@ -6,22 +6,22 @@ from scipy.optimize import minimize
 
 from onnx_eprune.calibrate.stats import ConvGeometry, MomentStats, conv_patches, sample_positions
 from onnx_eprune.select import entropic
-from onnx_eprune.select.problem import ConsumerTerm, compress, explained_curve, ridge
+from onnx_eprune.select.problem import compress, explained_curve, partial_out, ridge
 from onnx_eprune.select.reconstruct import refit
 
 
-def random_term(rng, C=8, s=3, M=5, T=400, weak=(0, 1), fixed=0):
-    """A regression where channels ``weak`` contribute almost nothing to the output."""
-    D = (C + fixed) * s
+def random_term(rng, C=8, s=3, M=5, T=400, weak=(0, 1), extra=0):
+    """A regression where channels ``weak`` contribute almost nothing to the output;
+    ``extra`` channels of another group follow the group's ``C`` in X."""
+    D = (C + extra) * s
     X = rng.normal(size=(T, D)) @ (np.eye(D) + 0.2 * rng.normal(size=(D, D)))
     theta = rng.normal(size=(M, D))
     for c in weak:
         theta[:, c * s:(c + 1) * s] *= 1e-3
     Y = X @ theta.T
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
-    cols = np.arange(C * s).reshape(C, s)
-    fixed_cols = np.arange(C * s, D)
-    term = ConsumerTerm(Xc.T @ Xc / T, Xc.T @ Yc / T, Yc.var(0), cols, fixed_cols)
+    G, P = Xc.T @ Xc / T, Xc.T @ Yc / T
+    term = partial_out(G, P, Yc.var(0), {0: np.arange(C * s).reshape(C, s)}, 1e-12)[0]
     return term, X, Y, theta
 
 
@@ -67,7 +67,7 @@ def test_w_step_matches_generic_optimizer(eps):
 
 def test_lambda_step_is_ridge_regression():
     rng = np.random.default_rng(3)
-    term, X, Y, _ = random_term(rng, fixed=2)
+    term, X, Y, _ = random_term(rng)
     d = rng.uniform(0.2, 2.0, size=term.G.shape[0])
     lam = entropic.lambda_step(term, d, 0.3)
     # brute force: ridge least squares of centred Y on centred X*d, rows augmented by sqrt(rho*T)*I
@@ -82,19 +82,15 @@ def test_lambda_step_is_ridge_regression():
 
 def test_quadratic_in_w_is_the_fit_term():
     rng = np.random.default_rng(4)
-    term, X, Y, _ = random_term(rng, fixed=1)
+    term, X, Y, _ = random_term(rng)
     C = term.channels
     w0 = rng.dirichlet(np.ones(C))
-    d0 = np.ones(term.G.shape[0])
-    d0[term.cols] = (C * w0)[:, None]
-    lam = entropic.lambda_step(term, d0, 1.0)
-    A, b = entropic.quadratic_in_w(term, lam, d0)
+    lam = entropic.lambda_step(term, np.repeat(C * w0, term.s), 1.0)
+    A, b = entropic.quadratic_in_w(term, lam)
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
 
     def fit(w):
-        d = d0.copy()
-        d[term.cols] = (C * w)[:, None]
-        return np.mean(np.sum((Yc - (Xc * d) @ lam.T) ** 2, axis=1)) / term.energy
+        return np.mean(np.sum((Yc - (Xc * np.repeat(C * w, term.s)) @ lam.T) ** 2, axis=1)) / term.energy
 
     w1, w2 = rng.dirichlet(np.ones(C)), rng.dirichlet(np.ones(C))
     # equal up to a constant: compare differences
@@ -123,14 +119,34 @@ def test_entropic_drops_the_channels_that_do_not_matter():
 
 def test_explained_curve_matches_direct_refits():
     rng = np.random.default_rng(7)
-    term, *_ = random_term(rng, C=6, fixed=1)
+    term, *_ = random_term(rng, C=6)
     order = rng.permutation(6)
     curve = explained_curve(term, order, 1e-9)
     for k in range(7):
-        cols = np.concatenate([term.fixed, term.cols[order[:k]].reshape(-1)]).astype(int)
+        cols = term.block_columns(order[:k])
         G, P = term.G[np.ix_(cols, cols)], term.P[cols]
         direct = 1 - np.sum(P * np.linalg.solve(G, P)) / term.energy if len(cols) else 1.0
         assert abs(curve[k] - direct) < 1e-6
+
+
+def test_partial_out_gives_the_error_with_the_other_group_kept():
+    """The curve of a group whose consumer also reads another group differs from the direct
+    re-fit on (other group + first k channels) by a constant: the other group's share."""
+    rng = np.random.default_rng(13)
+    C, s, extra = 5, 2, 3
+    _, X, Y, _ = random_term(rng, C=C, s=s, extra=extra)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    G, P, var_y = Xc.T @ Xc / len(X), Xc.T @ Yc / len(X), Yc.var(0)
+    blocks = {0: np.arange(C * s).reshape(C, s), 1: np.arange(C * s, (C + extra) * s).reshape(extra, s)}
+    terms = partial_out(G, P, var_y, blocks, 1e-12)
+    order = rng.permutation(C)
+    curve = explained_curve(terms[0], order, 1e-12)
+    direct = []
+    for k in range(C + 1):
+        cols = np.concatenate([blocks[1].reshape(-1), blocks[0][order[:k]].reshape(-1)])
+        Gs, Ps = G[np.ix_(cols, cols)], P[cols]
+        direct.append(1 - np.sum(Ps * np.linalg.solve(Gs, Ps)) / var_y.sum())
+    np.testing.assert_allclose(np.diff(curve), np.diff(direct), atol=1e-8)
 
 
 def test_refit_matches_augmented_least_squares():
@@ -204,13 +220,13 @@ def test_compress_keeps_the_principal_within_channel_directions():
     rng = np.random.default_rng(12)
     term, *_ = random_term(rng, C=6, s=4, M=3)
     small = compress(term, 12)  # 6 channels x 2 components
-    assert small.cols.shape == (6, 2) and small.G.shape == (12, 12) and small.P.shape == (12, 3)
+    assert (small.channels, small.s) == (6, 2) and small.G.shape == (12, 12) and small.P.shape == (12, 3)
     # the compressed features are orthogonal projections of each channel's features, so the
     # compressed covariance is P.S.D. with each channel's leading eigenvalues on its block
     for c in range(6):
-        block = term.G[np.ix_(term.cols[c], term.cols[c])]
-        top = np.sort(np.linalg.eigvalsh(block))[::-1][:2]
-        sub = small.G[np.ix_(small.cols[c], small.cols[c])]
+        cols, sub_cols = term.block_columns([c]), small.block_columns([c])
+        top = np.sort(np.linalg.eigvalsh(term.G[np.ix_(cols, cols)]))[::-1][:2]
+        sub = small.G[np.ix_(sub_cols, sub_cols)]
         np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(sub))[::-1], top, rtol=1e-8)
     assert np.linalg.eigvalsh(small.G).min() > -1e-10
     assert compress(term, 24) is term  # within budget: unchanged

@@ -86,6 +86,52 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
     return converted
 
 
+# Ops whose output on constant inputs is itself a constant worth folding: exporters put
+# Identity (de-duplicated weights), Cast (half-precision weights) and reshuffles between
+# an initializer and the layer that uses it.
+_FOLDABLE = frozenset({"Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten",
+                       "Concat", "Add", "Sub", "Mul", "Div", "Neg", "Sqrt", "Reciprocal", "Expand", "Gather",
+                       "Slice", "Shape", "Unsqueeze", "DequantizeLinear"})
+
+
+def fold_constants(model: onnx.ModelProto) -> int:
+    """Replace main-graph nodes whose inputs are all initializers by initializers.
+
+    Only the ops in ``_FOLDABLE`` are evaluated (with onnx's reference implementation), so
+    that weights reached through Identity/Cast/Reshape are seen as the constants they are.
+    Returns the number of nodes folded.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    graph_inputs = {i.name for i in graph.input}
+    opset = [o for o in model.opset_import]
+    kept, folded = [], 0
+    for node in graph.node:
+        names = [n for n in node.input if n]
+        if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx") or not names or \
+                any(n not in inits or n in graph_inputs for n in names):
+            kept.append(node)
+            continue
+        try:
+            sub = onnx.helper.make_graph([node], "fold", [], [onnx.ValueInfoProto(name=o) for o in node.output],
+                                         [inits[n] for n in dict.fromkeys(names)])
+            values = ReferenceEvaluator(onnx.helper.make_model(sub, opset_imports=opset)).run(None, {})
+        except Exception:  # leave anything the reference cannot evaluate to the runtime
+            kept.append(node)
+            continue
+        for name, value in zip(node.output, values):
+            tensor = numpy_helper.from_array(np.asarray(value), name)
+            graph.initializer.append(tensor)
+            inits[name] = graph.initializer[-1]
+        folded += 1
+    if folded:
+        del graph.node[:]
+        graph.node.extend(kept)
+    return folded
+
+
 def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
     for attr in node.attribute:
         if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
@@ -149,6 +195,29 @@ def _relink_external_data(model_file: str, data_name: str) -> None:
                 entry.value = data_name
     with open(model_file, "wb") as f:
         f.write(model.SerializeToString(deterministic=True))
+
+
+def normalize(model: onnx.ModelProto) -> None:
+    """Put every constant weight of the main graph into an initializer (in place): Constant
+    nodes become initializers, constant Identity/Cast/... chains are folded, and
+    initializers nothing reads any more are dropped."""
+    constants_to_initializers(model)
+    if fold_constants(model):
+        used = _referenced_names(model.graph) | {o.name for o in model.graph.output}
+        kept = [i for i in model.graph.initializer if i.name in used]
+        if len(kept) < len(model.graph.initializer):
+            del model.graph.initializer[:]
+            model.graph.initializer.extend(kept)
+
+
+def _referenced_names(graph: onnx.GraphProto) -> set[str]:
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                names |= _referenced_names(g)
+    return names
 
 
 def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:

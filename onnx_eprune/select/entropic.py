@@ -1,17 +1,25 @@
 """Entropic sparse regression for channel selection (Barisin & Horenko, arXiv 2404.04734).
 
 For a group of ``C`` channels with channel probabilities ``w`` on the simplex, each
-consumer term predicts its original output from ``Lambda @ D(w) @ x'`` where ``D(w)``
-scales the features of channel ``c`` by ``C * w_c`` (so the uniform ``w`` is the identity)
-and leaves other groups' features alone. The objective
+consumer term predicts its original output from ``Lambda @ D(w) @ x'``, where ``D(w)``
+scales the features of channel ``c`` by ``C * w_c`` (the uniform ``w`` is the identity;
+features of other groups were regressed out beforehand, see ``problem.partial_out``):
 
     L(w, Lambda) = sum_k [ E_k - 2 tr(Lambda_k D P_k) + tr(Lambda_k D G_k D Lambda_k^T)
                            + rho_k ||Lambda_k||^2 ] / E_k  +  eps * sum_c w_c ln w_c
 
-is minimised by alternating two exact steps (SPARTAn's scheme): a ridge regression per
-consumer for ``Lambda`` (closed form) and a strictly convex problem on the simplex for
-``w`` (equality-constrained Newton with the entropy as barrier). Small ``eps`` drives most
-``w_c`` towards zero; ``eps`` is searched so that the wanted number of channels survive.
+L is minimised by alternating two exact steps (SPARTAn's scheme): a ridge regression per
+consumer for ``Lambda`` (closed form) and a strictly convex problem on the simplex for ``w``
+(Newton with the entropy as barrier). The ridge shrinks ``Lambda``, so the w-step wants more
+total weight than the simplex allows and must spend it on the channels that explain the
+outputs best: the simplex acts as an l1 budget. Large ``eps`` keeps ``w`` uniform; ``eps``
+is annealed downwards (warm starts) and channels drop out one after another. The order in
+which they drop is the ranking; keeping ``k`` channels follows the path until ``k`` are left.
+
+Measured choices (see BENCHMARKS.md): the w-step with ``Lambda`` fixed (not ``D Lambda``)
+as in the paper; a moderate ridge (0.1 of the mean feature variance) and a raised ridge only
+once the entropy stops binding; a path, not a bisection on ``eps``, because cold starts at
+a given ``eps`` land in worse local minima of this non-convex problem.
 """
 
 from __future__ import annotations
@@ -116,32 +124,25 @@ def lambda_step(term: ConsumerTerm, d: np.ndarray, eps_ridge: float) -> np.ndarr
     return cho_solve(cf, d[:, None] * term.P, check_finite=False).T
 
 
-def quadratic_in_w(term: ConsumerTerm, lam: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quadratic_in_w(term: ConsumerTerm, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``A`` (C x C) and ``b`` (C,) of this term's loss as ``w^T A w - 2 b^T w + const``.
 
     ``A`` is the block sum over channel blocks of ``G o (Lambda^T Lambda)``, ``b`` the block
-    sum of ``diag(Lambda^T P^T)`` minus the cross term with the always-kept features.
+    sum of ``diag(Lambda^T P^T)``, both scaled by ``C`` per factor of ``w`` and relative to
+    the output energy.
     """
-    C, s = term.cols.shape
-    whole = not len(term.fixed)  # the group owns every feature, in order: no gathers needed
-    cols = term.cols.reshape(-1)
-    lam_g = lam if whole else lam[:, cols]
-    G_g = term.G if whole else term.G[np.ix_(cols, cols)]
-    Q = lam_g.T @ lam_g
-    Q *= G_g
+    C, s = term.channels, term.s
+    Q = lam.T @ lam
+    Q *= term.G
     A = Q.reshape(C, s, C, s).sum(axis=(1, 3)) if s > 1 else Q
-    r = np.einsum("mi,im->i", lam_g, term.P if whole else term.P[cols])
-    if not whole:  # the cross term with always-kept features of other groups
-        lam_f = lam[:, term.fixed]
-        r = r - (term.G[np.ix_(cols, term.fixed)] * (lam_g.T @ lam_f)) @ d[term.fixed]
+    r = np.einsum("mi,im->i", lam, term.P)
     e = term.energy
     return (C * C / e) * A, (C / e) * r.reshape(C, s).sum(axis=1)
 
 
 def _scales(term: ConsumerTerm, w: np.ndarray) -> np.ndarray:
-    d = np.ones(term.G.shape[0])
-    d[term.cols] = (len(w) * w)[:, None]
-    return d
+    """Feature scales ``d``: channel c's features are scaled by ``C * w_c``."""
+    return np.repeat(len(w) * w, term.s)
 
 
 @dataclass
@@ -161,7 +162,7 @@ def alternate(terms: list[ConsumerTerm], eps: float, cfg: EntropicConfig, w0: np
         for term in terms:
             d = _scales(term, w)
             lam = lambda_step(term, d, cfg.eps_ridge)
-            At, bt = quadratic_in_w(term, lam, d)
+            At, bt = quadratic_in_w(term, lam)
             lams.append(lam)
             A += At
             b += bt

@@ -1,14 +1,14 @@
 """The per-group regression problem, in the form the selectors and the re-fit use.
 
-A channel group of ``C`` channels feeds one or more consumers. For consumer ``k`` with
-current input features x' (D'_k) and original output y (M_k):
+A channel group of ``C`` channels feeds one or more consumers. For consumer ``k`` the group
+contributes ``C*s`` input features, channel-major (``s`` per channel: the taps of a Conv
+kernel, or the positions behind a Flatten); features of other groups that the consumer also
+reads are regressed out beforehand (:func:`partial_out`). A term holds
 
-* ``G`` (D' x D'): covariance of x',
-* ``P`` (D' x M): cross-covariance of x' with y,
-* ``var_y`` (M): variance of each output; their sum, ``energy``, makes every loss below a
-  relative error,
-* ``cols`` (C x s): the feature columns of each channel of the group; the remaining
-  columns (``fixed``) belong to other groups and are always kept.
+* ``G`` (C*s x C*s): covariance of the group's current input features x',
+* ``P`` (C*s x M): cross-covariance of x' with the original output y,
+* ``var_y`` (M): variance of each original output; their sum, ``energy``, makes every loss
+  below a relative error of the consumer's output.
 """
 
 from __future__ import annotations
@@ -16,31 +16,60 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve
 
 
 @dataclass
 class ConsumerTerm:
     """One consumer's share of a group's regression (all arrays float64)."""
 
-    G: np.ndarray        # (D', D')
-    P: np.ndarray        # (D', M)
+    G: np.ndarray        # (C*s, C*s)
+    P: np.ndarray        # (C*s, M)
     var_y: np.ndarray    # (M,)
-    cols: np.ndarray     # (C, s) int: feature columns of the group's channels
-    fixed: np.ndarray    # (F,) int: feature columns of other groups (always kept)
+    s: int               # features per channel
 
     @property
     def channels(self) -> int:
-        return self.cols.shape[0]
+        return self.G.shape[0] // self.s
 
     @property
     def energy(self) -> float:
         return max(float(self.var_y.sum()), 1e-30)
 
-    def restricted(self, keep_rows: np.ndarray | None) -> "ConsumerTerm":
-        """The same term for the output rows ``keep_rows`` only (outputs already pruned)."""
-        if keep_rows is None:
-            return self
-        return ConsumerTerm(self.G, self.P[:, keep_rows], self.var_y[keep_rows], self.cols, self.fixed)
+    def block_columns(self, channels: np.ndarray) -> np.ndarray:
+        """Feature columns of ``channels``, in that order."""
+        return (np.asarray(channels)[:, None] * self.s + np.arange(self.s)).reshape(-1)
+
+
+def partial_out(G: np.ndarray, P: np.ndarray, var_y: np.ndarray, blocks: dict[int, np.ndarray],
+                eps_ridge: float = 1e-4) -> dict[int, ConsumerTerm]:
+    """One term per group of a consumer that reads several groups, each with the other
+    features regressed out.
+
+    ``blocks`` maps a group to its feature columns (C x s) in the consumer's input; every
+    other column is kept whatever happens to the group (the features of frozen groups, and
+    of groups decided later). The term of group ``g`` is the
+    regression of what the other features leave unexplained on what ``g`` adds to them:
+    the Schur complement ``S = G_gg - G_go G_oo^-1 G_og`` and ``P~ = P_g - G_go G_oo^-1 P_o``.
+    All of them come from one inverse of ``G``: ``S = inv(H_gg)`` and ``P~ = S (H P)_g``
+    with ``H = G^-1``. Errors stay relative to the consumer's whole output variance, so
+    differences along a group's curve are the consumer's true error differences.
+    """
+    D = G.shape[0]
+    if len(blocks) == 1:
+        (gid, cols), = blocks.items()
+        if cols.size == D:  # the group is the whole input: nothing to regress out
+            return {gid: ConsumerTerm(G, P, var_y, cols.shape[1])}
+    K = G + ridge(G, eps_ridge) * np.eye(D)
+    H = cho_solve(cho_factor(K, check_finite=False), np.eye(D), check_finite=False)
+    B = H @ P
+    terms = {}
+    for gid, cols in blocks.items():
+        idx = cols.reshape(-1)
+        S = np.linalg.inv(H[np.ix_(idx, idx)])
+        S = 0.5 * (S + S.T)
+        terms[gid] = ConsumerTerm(S, S @ B[idx], var_y, cols.shape[1])
+    return terms
 
 
 def compress(term: ConsumerTerm, budget: int) -> ConsumerTerm:
@@ -50,21 +79,19 @@ def compress(term: ConsumerTerm, budget: int) -> ConsumerTerm:
 
     A channel keeps the directions in which its own features vary most; the selection
     needs which channels matter, and the final re-fit uses the exact statistics again.
-    Terms already within the budget (and those with other groups' features) are returned
-    unchanged.
+    Terms already within the budget are returned unchanged.
     """
-    C, s = term.cols.shape
+    C, s = term.channels, term.s
     r = max(1, budget // C)
-    if C * s <= budget or r >= s or len(term.fixed):
+    if C * s <= budget or r >= s:
         return term
-    cols = term.cols.reshape(-1)
-    G4 = term.G[np.ix_(cols, cols)].reshape(C, s, C, s)
+    G4 = term.G.reshape(C, s, C, s)
     blocks = G4[np.arange(C), :, np.arange(C), :]            # (C, s, s) per-channel covariances
     _, vecs = np.linalg.eigh(blocks)
     U = vecs[:, :, ::-1][:, :, :r]                            # (C, s, r) leading components
     G = np.einsum("csdt,csa,dtb->cadb", G4, U, U).reshape(C * r, C * r)
-    P = np.einsum("csm,csa->cam", term.P[cols].reshape(C, s, -1), U).reshape(C * r, -1)
-    return ConsumerTerm(G, P, term.var_y, np.arange(C * r).reshape(C, r), np.zeros(0, dtype=np.int64))
+    P = np.einsum("csm,csa->cam", term.P.reshape(C, s, -1), U).reshape(C * r, -1)
+    return ConsumerTerm(G, P, term.var_y, r)
 
 
 def ridge(G: np.ndarray, eps: float) -> float:
@@ -82,18 +109,16 @@ def explained_curve(term: ConsumerTerm, order: np.ndarray, eps_ridge: float = CU
     """Relative reconstruction error for keeping the first k channels of ``order``.
 
     Returns ``err`` of length C+1 with ``err[k]`` the relative error of the least-squares
-    re-fit on the fixed columns plus channels ``order[:k]``. One Cholesky factor of the
-    reordered covariance serves every k, because the leading block of a Cholesky factor
-    is the factor of the leading block.
+    re-fit on channels ``order[:k]``. One Cholesky factor of the reordered covariance serves
+    every k, because the leading block of a Cholesky factor is the factor of the leading
+    block.
     """
-    perm = np.concatenate([term.fixed, term.cols[order].reshape(-1)]).astype(np.int64)
+    perm = term.block_columns(order)
     G = term.G[np.ix_(perm, perm)]
-    rho = ridge(G, eps_ridge)
-    L = np.linalg.cholesky(G + rho * np.eye(len(perm)))
+    L = np.linalg.cholesky(G + ridge(G, eps_ridge) * np.eye(len(perm)))
     Z = _solve_lower(L, term.P[perm])
     gain = np.cumsum(np.einsum("ij,ij->i", Z, Z))
-    f, s = len(term.fixed), term.cols.shape[1]
-    explained = np.concatenate([[gain[f - 1] if f else 0.0], gain[f + s - 1::s]])
+    explained = np.concatenate([[0.0], gain[term.s - 1::term.s]])
     return np.clip(1.0 - explained / term.energy, 0.0, 1.0)
 
 

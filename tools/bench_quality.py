@@ -1,0 +1,109 @@
+"""Quality benchmark: accuracy kept by each selection method at each target, no fine-tuning.
+
+Runs on the fixed reference models in ../shared/reference (LeNet-5, VGG-16, ResNet-18 trained
+on Fashion-MNIST) with their calibration sets (drawn from the train split), and measures
+accuracy on the full 10,000-image test split. Parameters and MACs are counted on the output
+files' cost model, seconds are wall-clock pruning time.
+
+    python tools/bench_quality.py --models lenet5 --sparsity 0.55 0.7 0.84 \\
+        --methods entropic l1 random --out bench/quality_lenet5.json
+
+Prints one line per run and writes all runs as JSON (appending to an existing file, so runs
+can be split over several invocations); ``--markdown`` prints the table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+import onnx_eprune
+from onnx_eprune.datasets import fashion_mnist_available, load_fashion_mnist, preprocess
+from onnx_eprune.evaluate import accuracy
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+MODELS = {"lenet5": ("lenet5.onnx", "calib28.npy", 28), "vgg16": ("vgg16.onnx", "calib32.npy", 32),
+          "resnet18": ("resnet18.onnx", "calib32.npy", 32)}
+PROVIDERS = ["CPUExecutionProvider"]
+
+
+def run_one(name: str, kind: str, target: float, method: str, mode: str, reconstruct: bool, test, samples,
+            reference: Path) -> dict:
+    file, calib, size = MODELS[name]
+    model = onnx.load(str(reference / file))
+    t0 = time.perf_counter()
+    result = onnx_eprune.prune(model, str(reference / calib), method=method, mode=mode, reconstruct=reconstruct,
+                               samples=samples, device="cpu", **{kind: target})
+    seconds = time.perf_counter() - t0
+    x, y = test[size]
+    acc = accuracy(result.model, x, y, PROVIDERS)
+    card = json.loads((reference / file.replace(".onnx", ".json")).read_text())
+    rep = result.report
+    return {"model": name, "target_kind": kind, "target": target, "method": method, "mode": mode,
+            "reconstruct": reconstruct, "samples": rep["samples"], "accuracy": acc,
+            "accuracy_original": card["test_acc"], "drop_points": 100 * (card["test_acc"] - acc),
+            "params_removed": rep["params"]["removed_fraction"], "macs_removed": rep["macs"]["removed_fraction"],
+            "channels": [g["channels_after"] for g in rep["groups"] if not g["frozen"]],
+            "seconds": seconds, "phase_seconds": rep["seconds"]}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| model | target | method | mode | accuracy | drop (points) | params removed | MACs removed | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        method = r["method"] + ("" if r["reconstruct"] else " (no re-fit)")
+        target = f"{'sparsity' if r['target_kind'] == 'sparsity' else 'FLOPs'} {r['target']:g}"
+        lines.append(f"| {r['model']} | {target} | {method} | {r['mode']} | {100 * r['accuracy']:.2f}% | "
+                     f"{r['drop_points']:+.2f} | {r['params_removed']:.3f} | {r['macs_removed']:.3f} | "
+                     f"{r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--sparsity", nargs="*", type=float, default=[])
+    ap.add_argument("--flops", nargs="*", type=float, default=[])
+    ap.add_argument("--methods", nargs="+", default=["entropic", "l1", "random"])
+    ap.add_argument("--modes", nargs="+", default=["sequential"])
+    ap.add_argument("--no-reconstruct", action="store_true", help="also run l1 without the re-fit")
+    ap.add_argument("--samples", type=int, help="calibration samples (default: all 1024)")
+    ap.add_argument("--reference", type=Path, default=REFERENCE)
+    ap.add_argument("--out", type=Path, help="JSON file to append the runs to")
+    ap.add_argument("--markdown", action="store_true", help="print the Markdown table of --out at the end")
+    args = ap.parse_args()
+    if not fashion_mnist_available():
+        print("needs the Fashion-MNIST test split: apt-get install dataset-fashion-mnist", file=sys.stderr)
+        return 2
+    xt, yt = load_fashion_mnist("test")
+    test = {28: (preprocess(xt, 28), yt), 32: (preprocess(xt, 32), yt)}
+    rows = json.loads(args.out.read_text())["runs"] if args.out and args.out.exists() else []
+    targets = [("sparsity", s) for s in args.sparsity] + [("flops_reduction", f) for f in args.flops]
+    variants = [(m, True) for m in args.methods] + ([("l1", False)] if args.no_reconstruct else [])
+    for name in args.models:
+        for kind, target in targets:
+            for mode in args.modes:
+                for method, reconstruct in variants:
+                    row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples, args.reference)
+                    print(f"{name} {kind}={target:g} {method}{'' if reconstruct else '(no re-fit)'} {mode}: "
+                          f"acc {100 * row['accuracy']:.2f}% drop {row['drop_points']:+.2f} "
+                          f"params -{row['params_removed']:.3f} MACs -{row['macs_removed']:.3f} "
+                          f"{row['seconds']:.1f}s {row['channels']}", flush=True)
+                    rows.append(row)
+                    if args.out:
+                        args.out.parent.mkdir(parents=True, exist_ok=True)
+                        args.out.write_text(json.dumps({"machine": platform.platform(), "runs": rows}, indent=1))
+    if args.markdown:
+        print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
