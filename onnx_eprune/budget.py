@@ -2,12 +2,15 @@
 
 ``--keep-ratio`` keeps ``round(R*C)`` channels in every prunable group. ``--sparsity`` and
 ``--flops-reduction`` are global: channels are removed greedily, each step from the group
-whose error curve rises least per parameter (or MAC) saved, until the target is met; then
-channels are given back while the target still holds, so the result lands just past it.
+whose damage curve rises least per parameter (or MAC) saved, until the target is met; then
+channels are given back while the target still holds, and a step of one group is traded for
+finer steps of others while that lands closer to the target (a single channel can carry a
+large share of the cost, e.g. one feeding a big Gemm).
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +42,86 @@ def _round_to(k: int, c: int, multiple: int) -> int:
     return min(c, max(multiple, int(round(k / multiple)) * multiple))
 
 
+class _Greedy:
+    """Keep counts, their cost, and the cost/damage trade-off of one step per group."""
+
+    def __init__(self, channels: dict[int, int], damage: dict[int, np.ndarray], costs: CostModel, metric: str,
+                 multiple: int):
+        self.channels, self.damage, self.metric = channels, damage, metric
+        self.step = max(1, multiple)
+        self.floor = {g: min(c, self.step) for g, c in channels.items()}
+        self.layers = {g: costs.layers_of(g) for g in channels}
+        self.neighbours = {g: sorted({h for layer in self.layers[g] for h in layer.groups()} & set(channels))
+                           for g in channels}
+        self.keep = dict(channels)
+        self.total = costs.total(metric)
+
+    def local(self, g: int) -> int:
+        if self.metric == "params":
+            return sum(layer.params(self.keep) for layer in self.layers[g])
+        return sum(layer.macs(self.keep) for layer in self.layers[g])
+
+    def change(self, g: int, delta: int) -> int:
+        """Cost change if group ``g`` moved by ``delta`` channels (the counts stay put)."""
+        before = self.local(g)
+        self.keep[g] += delta
+        after = self.local(g)
+        self.keep[g] -= delta
+        return after - before
+
+    def apply(self, g: int, delta: int) -> None:
+        self.total += self.change(g, delta)
+        self.keep[g] += delta
+
+    def removal(self, g: int) -> tuple[float, int] | None:
+        """(damage per cost saved, cost saved) of removing one step from ``g``."""
+        k = self.keep[g]
+        if k - self.step < self.floor[g]:
+            return None
+        saving = -self.change(g, -self.step)
+        if saving <= 0:
+            return None
+        return (self.damage[g][k - self.step] - self.damage[g][k]) / saving, saving
+
+    def shrink(self, goal: float, frozen: int | None = None) -> None:
+        """Remove the cheapest steps until the cost is at most ``goal``."""
+        heap, version = [], {g: 0 for g in self.channels}
+
+        def push(g: int) -> None:
+            version[g] += 1
+            r = self.removal(g) if g != frozen else None
+            if r is not None:
+                heapq.heappush(heap, (r[0], g, version[g]))
+
+        for g in self.channels:
+            push(g)
+        while self.total > goal and heap:
+            _, g, v = heapq.heappop(heap)
+            if v != version[g]:
+                continue
+            self.apply(g, -self.step)
+            for h in self.neighbours[g]:  # their savings depend on g's count
+                push(h)
+
+    def give_back(self, goal: float) -> None:
+        """Add steps back, most useful per cost first, while the cost stays within ``goal``."""
+        while True:
+            best, best_gain = None, -np.inf
+            for g in self.channels:
+                k = self.keep[g]
+                if k + self.step > self.channels[g]:
+                    continue
+                added = self.change(g, self.step)
+                if self.total + added > goal:
+                    continue
+                gain = (self.damage[g][k] - self.damage[g][k + self.step]) / max(added, 1)
+                if gain > best_gain:
+                    best, best_gain = g, gain
+            if best is None:
+                return
+            self.apply(best, self.step)
+
+
 def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: CostModel, target: Target,
              multiple: int = 1) -> dict[int, int]:
     """Greedy allocation of keep counts for a global parameter or MAC target.
@@ -47,7 +130,7 @@ def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: Cos
     ----------
     channels : group id -> channel count C of every prunable group.
     curves : group id -> array (C+1,), the group's damage when keeping k channels
-        (relative reconstruction error summed over its consumers); made non-increasing here.
+        (weighted relative reconstruction error over its consumers); made non-increasing.
     costs : the model's cost terms. target : the global target (sparsity or flops).
     multiple : keep counts are multiples of this (or the whole group).
     """
@@ -56,86 +139,30 @@ def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: Cos
     metric = target.metric
     full = costs.total(metric)
     goal = (1.0 - target.value) * full
-    floor = {g: min(c, max(1, multiple)) for g, c in channels.items()}
-    reachable = 1.0 - costs.total(metric, floor) / full
+    damage = {g: np.minimum.accumulate(np.asarray(curves[g], np.float64)) for g in channels}
+    state = _Greedy(channels, damage, costs, metric, multiple)
+    reachable = 1.0 - costs.total(metric, state.floor) / full
     if reachable < target.value:
         raise EPruneError(f"{target.kind} {target.value:g} is out of reach: pruning every prunable group to "
                           f"its minimum removes {reachable:.3f} of the {metric}")
-    damage = {g: np.minimum.accumulate(np.asarray(curves[g], np.float64)) for g in channels}
-    layers = {g: costs.layers_of(g) for g in channels}
-    keep = dict(channels)
-    step = {g: max(1, multiple) for g in channels}
-
-    def local(g: int, k: dict[int, int]) -> int:
-        return sum(layer.params(k) if metric == "params" else layer.macs(k) for layer in layers[g])
-
-    def cost(k: dict[int, int]) -> int:
-        return costs.total(metric, k)
-
-    def ratio(g: int, k: dict[int, int]) -> tuple[float, int]:
-        """Damage added per unit of cost saved by removing one step from group ``g``."""
-        trial = dict(k)
-        trial[g] = k[g] - step[g]
-        saving = local(g, k) - local(g, trial)
-        if saving <= 0:
-            return np.inf, 0
-        return (damage[g][trial[g]] - damage[g][k[g]]) / saving, saving
-
-    def shrink(k: dict[int, int], total: int, frozen: int | None = None) -> int:
-        """Remove the cheapest steps until the goal holds; ``frozen`` is left alone."""
-        while total > goal:
-            options = [(ratio(g, k), g) for g in channels if g != frozen and k[g] - step[g] >= floor[g]]
-            options = [(r, g) for r, g in options if r[1] > 0]
-            if not options:
-                return total
-            (_, saving), g = min(options, key=lambda o: (o[0][0], o[1]))
-            k[g] -= step[g]
-            total -= saving
-        return total
-
-    total = shrink(keep, full)
-    total = _give_back(keep, total, goal, channels, step, damage, local)
-    # Channel steps can be coarse (a channel feeding a large Gemm): trade a step of one group
-    # for finer steps of others while that lands closer to the target.
+    state.shrink(goal)
+    state.give_back(goal)
     tolerance = 0.005 * full
-    for _ in range(4 * len(channels)):
-        if goal - total <= tolerance:
+    for _ in range(2 * len(channels)):
+        if goal - state.total <= tolerance:
             break
         best = None
         for g in channels:
-            if keep[g] + step[g] > channels[g]:
+            if state.keep[g] + state.step > channels[g]:
                 continue
-            trial = dict(keep)
-            trial[g] += step[g]
-            t_total = shrink(trial, cost(trial), frozen=g)
-            if t_total <= goal and t_total > (best[0] if best else total):
-                best = (t_total, trial)
+            trial = _Greedy.__new__(_Greedy)
+            trial.__dict__.update(state.__dict__, keep=dict(state.keep))
+            trial.apply(g, trial.step)
+            trial.shrink(goal, frozen=g)
+            if trial.total <= goal and trial.total > (best.total if best else state.total):
+                best = trial
         if best is None:
             break
-        total, keep = best
-        total = _give_back(keep, total, goal, channels, step, damage, local)
-    return keep
-
-
-def _give_back(keep, total, goal, channels, step, damage, local) -> int:
-    """Give channels back while the target still holds: land as close to it as possible."""
-    while True:
-        best, best_gain = None, -np.inf
-        for g in channels:
-            k = keep[g]
-            if k + step[g] > channels[g]:
-                continue
-            trial = dict(keep)
-            trial[g] = k + step[g]
-            added = local(g, trial) - local(g, keep)
-            if total + added > goal:
-                continue
-            gain = (damage[g][k] - damage[g][k + step[g]]) / max(added, 1)
-            if gain > best_gain:
-                best, best_gain = g, gain
-        if best is None:
-            return total
-        trial = dict(keep)
-        trial[best] = keep[best] + step[best]
-        total += local(best, trial) - local(best, keep)
-        keep[best] += step[best]
+        state = best
+        state.give_back(goal)
+    return state.keep
