@@ -230,3 +230,15 @@ def test_compress_keeps_the_principal_within_channel_directions():
         np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(sub))[::-1], top, rtol=1e-8)
     assert np.linalg.eigvalsh(small.G).min() > -1e-10
     assert compress(term, 24) is term  # within budget: unchanged
+
+
+def test_partial_out_single_group_matches_the_joint_formula():
+    rng = np.random.default_rng(14)
+    _, X, Y, _ = random_term(rng, C=4, s=3, extra=2)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    G, P, var_y = Xc.T @ Xc / len(X), Xc.T @ Yc / len(X), Yc.var(0)
+    a, b = np.arange(12).reshape(4, 3), np.arange(12, 18).reshape(2, 3)
+    single = partial_out(G, P, var_y, {0: a}, 1e-9)[0]
+    joint = partial_out(G, P, var_y, {0: a, 1: b}, 1e-9)[0]
+    np.testing.assert_allclose(single.G, joint.G, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(single.P, joint.P, rtol=1e-6, atol=1e-9)

@@ -56,12 +56,20 @@ def partial_out(G: np.ndarray, P: np.ndarray, var_y: np.ndarray, blocks: dict[in
     differences along a group's curve are the consumer's true error differences.
     """
     D = G.shape[0]
+    rho = ridge(G, eps_ridge)
     if len(blocks) == 1:
         (gid, cols), = blocks.items()
         if cols.size == D:  # the group is the whole input: nothing to regress out
             return {gid: ConsumerTerm(G, P, var_y, cols.shape[1])}
-    K = G + ridge(G, eps_ridge) * np.eye(D)
-    H = cho_solve(cho_factor(K, check_finite=False), np.eye(D), check_finite=False)
+        # one group: a Cholesky factor with the group last holds its Schur complement
+        # (L_gg L_gg^T = S) and L^-1 P its residual cross-covariance (P~ = L_gg Z_g)
+        idx = cols.reshape(-1)
+        perm = np.concatenate([np.setdiff1d(np.arange(D), idx), idx])
+        L = np.linalg.cholesky(G[np.ix_(perm, perm)] + rho * np.eye(D))
+        Z = _solve_lower(L, P[perm])
+        Lg = L[-idx.size:, -idx.size:]
+        return {gid: ConsumerTerm(Lg @ Lg.T, Lg @ Z[-idx.size:], var_y, cols.shape[1])}
+    H = cho_solve(cho_factor(G + rho * np.eye(D), check_finite=False), np.eye(D), check_finite=False)
     B = H @ P
     terms = {}
     for gid, cols in blocks.items():
