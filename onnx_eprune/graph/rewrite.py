@@ -118,7 +118,6 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
     arrays = _Arrays(out)
     for cidx, refit in refits.items():
         _install_refit(out, arrays, analysis.consumers[cidx], refit)
-    changed_tensors: set[str] = set()
     for gid, keep in keeps.items():
         group = analysis.groups[gid]
         drop = np.setdiff1d(np.arange(group.channels), keep)
@@ -144,13 +143,11 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
                     axis = 1 if cons.kind == "gemm" and cons.gemm_trans_b else 0
                     cols = ((off + drop)[:, None] * cons.s + np.arange(cons.s)).reshape(-1)
                     arrays.mask(cons.weight, axis)[cols] = False
-        changed_tensors.update(name for name, _, _ in group.tensors)
     _update_shape_params(analysis, keeps, arrays, out)
     arrays.commit()
     _update_depthwise_groups(out, arrays)
-    kept_vi = [vi for vi in out.graph.value_info if vi.name not in changed_tensors]
-    del out.graph.value_info[:]
-    out.graph.value_info.extend(kept_vi)
+    if arrays.values:  # shapes recorded by the exporter may no longer hold anywhere downstream
+        del out.graph.value_info[:]
     return out
 
 
