@@ -17,7 +17,7 @@ import onnx
 from . import budget
 from .calibrate.data import CalibrationData, load_calibration
 from .calibrate.engine import CachedNetwork, Topology
-from .calibrate.sensitivity import output_gains
+from .calibrate.sensitivity import gain_subset, output_gains
 from .calibrate.session import choose_providers, make_session, probe_shapes, run
 from .calibrate.stats import ConvGeometry, MomentStats, conv_patches, positions_per_sample, sample_positions
 from .errors import EPruneError, UsageError
@@ -141,14 +141,12 @@ class Pruner:
             return conv_patches(x.astype(np.float32, copy=False), geo, positions)
         return x.reshape(x.shape[0], -1).astype(np.float32, copy=False)
 
-    def _positions(self, cons: Consumer, batch: int, stage: int, cidx: int, b: int) -> np.ndarray | None:
+    def _positions(self, cons: Consumer, keys: np.ndarray, stage: int, cidx: int) -> np.ndarray | None:
         if cons.kind != "conv":
             return None
-        out_hw = self.shapes[cons.output][2:]
-        n_pos = int(np.prod(out_hw))
-        k = positions_per_sample(n_pos, cons.in_channels * cons.s, self.data.samples, self.config.positions)
-        rng = np.random.default_rng([self.config.seed, stage, cidx, b])
-        return sample_positions(rng, batch, n_pos, k)
+        n_pos = int(np.prod(self.shapes[cons.output][2:]))
+        k = positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions)
+        return sample_positions(keys, hash((self.config.seed, stage, cidx)), n_pos, k)
 
     def collect(self, cidxs: list[int], orig: CachedNetwork, pruned: CachedNetwork | None, stage: int,
                 label: str) -> dict[int, MomentStats]:
@@ -160,12 +158,13 @@ class Pruner:
         stats: dict[int, MomentStats] = {}
         orig_iter = orig.compute(targets, keep=pruned is not None)
         cur_iter = pruned.compute(targets) if pruned is not None else None
-        with self.progress.task(label, self.data.batch_count(self.config.batch_size)) as task:
+        keys = self.data.keys()
+        size = self.config.batch_size
+        with self.progress.task(label, self.data.batch_count(size)) as task:
             for b, xo in enumerate(orig_iter):
                 xc = next(cur_iter) if cur_iter is not None else xo
                 for c in cidxs:
-                    n = xo[cons[c].input].shape[0]
-                    pos = self._positions(cons[c], n, stage, c, b)
+                    pos = self._positions(cons[c], keys[b * size:(b + 1) * size], stage, c)
                     rows_o = self._rows(cons[c], xo[cons[c].input], pos)
                     rows_c = rows_o if cur_iter is None else self._rows(cons[c], xc[cons[c].input], pos)
                     batch = MomentStats.from_rows(rows_c, rows_o @ thetas[c].T)
@@ -243,7 +242,7 @@ class Pruner:
             return budget.uniform_counts(channels, target.value, self.config.round_to), {}
         rankings, curves = {}, {}
         consumers = self.analysis.consumers
-        gains = output_gains(self.model, self.topo, self.data, self.providers,
+        gains = output_gains(self.model, self.topo, gain_subset(self.data), self.providers,
                              {g: sorted({consumers[c].output for c in self.analysis.groups[g].consumers})
                               for g in gids}, seed=self.config.seed)
         self.gains = gains

@@ -210,7 +210,7 @@ def test_conv_patches_reproduce_the_convolution(stride, pads, dil):
             patch = xp[:, :, i * stride:i * stride + 2 * dil + 1:dil, j * stride:j * stride + 2 * dil + 1:dil]
             ref[:, :, i, j] = np.einsum("nchw,mchw->nm", patch, w)
     geo = ConvGeometry((3, 3), (stride, stride), pads, (dil, dil), (oh, ow))
-    pos = sample_positions(np.random.default_rng(0), 2, oh * ow, 5)
+    pos = sample_positions(np.array([11, 12], dtype=np.uint64), 0, oh * ow, 5)
     rows = conv_patches(x, geo, pos) @ w.reshape(4, -1).T
     expect = ref.reshape(2, 4, -1).transpose(0, 2, 1)[np.arange(2)[:, None], pos].reshape(-1, 4)
     np.testing.assert_allclose(rows, expect, rtol=1e-4, atol=1e-4)
@@ -242,3 +242,12 @@ def test_partial_out_single_group_matches_the_joint_formula():
     joint = partial_out(G, P, var_y, {0: a, 1: b}, 1e-9)[0]
     np.testing.assert_allclose(single.G, joint.G, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(single.P, joint.P, rtol=1e-6, atol=1e-9)
+
+
+def test_sampled_positions_depend_on_the_image_only():
+    keys = np.array([5, 17, 99, 3], dtype=np.uint64)
+    whole = sample_positions(keys, 7, 100, 10)
+    assert whole.shape == (4, 10) and all(len(set(r)) == 10 for r in whole)
+    np.testing.assert_array_equal(sample_positions(keys[2:], 7, 100, 10), whole[2:])  # another batch
+    assert not np.array_equal(sample_positions(keys, 8, 100, 10), whole)               # another salt
+    np.testing.assert_array_equal(sample_positions(keys, 7, 6, 10), np.tile(np.arange(6), (4, 1)))

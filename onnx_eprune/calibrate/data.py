@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ class CalibrationData:
     """Arrays by graph-input name, all with the same number of samples on axis 0."""
 
     arrays: dict[str, np.ndarray]
+    _keys: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def samples(self) -> int:
@@ -38,6 +40,24 @@ class CalibrationData:
 
     def first(self) -> dict[str, np.ndarray]:
         return {k: np.ascontiguousarray(v[:1]) for k, v in self.arrays.items()}
+
+    def keys(self) -> np.ndarray:
+        """A 64-bit fingerprint of every sample's content (N,), uint64.
+
+        Random choices made per sample (sampled conv positions, injected noise) are seeded
+        by it, so a sample gets the same treatment whether it is calibrated alone, in one
+        run or in a shard: statistics of disjoint shards then add up to those of one run.
+        """
+        if self._keys is None:
+            keys = np.zeros(self.samples, dtype=np.uint64)
+            for i in range(self.samples):
+                lo, hi = 0, 0x9E3779B9  # two CRCs with different seeds make 64 bits
+                for name in sorted(self.arrays):
+                    raw = np.ascontiguousarray(self.arrays[name][i]).tobytes()
+                    lo, hi = zlib.crc32(raw, lo), zlib.crc32(raw, hi)
+                keys[i] = (hi << 32) | lo
+            self._keys = keys
+        return self._keys
 
 
 def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -11,6 +11,10 @@ then ``sum_g gain_g * err_g`` over groups.
 Each measured group costs a run of the rest of the network, so on graphs with many groups
 (DenseNet: 120) at most ``max_measured`` groups, evenly spread in graph order, are measured
 and every other group takes the gain of its nearest measured neighbour in that order.
+
+The gains are measured on a subset of the calibration images chosen by content
+(:func:`gain_subset`) with noise seeded by each image's key, so a run over the whole set and
+a run over statistics merged from shards (each keeping its part of the subset) agree.
 """
 
 from __future__ import annotations
@@ -23,22 +27,37 @@ from .engine import Topology, submodel
 from .session import make_session, run
 
 
+SUBSET_MODULUS = 8      # images whose key is 0 modulo this may measure gains ...
+SUBSET_SIZE = 128       # ... the ones with the smallest keys, at most this many
+
+
+def gain_subset(data: CalibrationData) -> CalibrationData:
+    """The images that measure the gains: among those whose content key is 0 modulo 8, the
+    128 with the smallest keys (all images when fewer than 16 qualify), in key order."""
+    keys = data.keys()
+    chosen = np.flatnonzero(keys % SUBSET_MODULUS == 0)
+    if len(chosen) < 16:
+        chosen = np.arange(len(keys))
+    chosen = chosen[np.argsort(keys[chosen], kind="stable")][:SUBSET_SIZE]
+    return CalibrationData({k: np.ascontiguousarray(v[chosen]) for k, v in data.arrays.items()})
+
+
 def output_gains(model: onnx.ModelProto, topo: Topology, data: CalibrationData, providers: list[str],
-                 tensors_by_group: dict[int, list[str]], samples: int = 128, delta: float = 0.05,
-                 seed: int = 0, max_measured: int = 24) -> dict[int, float]:
+                 tensors_by_group: dict[int, list[str]], delta: float = 0.05, seed: int = 0,
+                 max_measured: int = 24) -> dict[int, float]:
     """``gain`` per group: relative output MSE per unit of relative MSE at its tensors."""
     position = {g: min(topo.producer[t] for t in ts) for g, ts in tensors_by_group.items()}
     ordered = sorted(tensors_by_group, key=lambda g: (position[g], g))
     picks = sorted({ordered[int(i)] for i in np.linspace(0, len(ordered) - 1, min(max_measured, len(ordered)))},
                    key=lambda g: (position[g], g))
-    measured = _measure(model, topo, data, providers, {g: tensors_by_group[g] for g in picks}, samples, delta, seed)
+    measured = _measure(model, topo, data, providers, {g: tensors_by_group[g] for g in picks}, delta, seed)
     return {g: measured[min(picks, key=lambda p: (abs(position[p] - position[g]), position[p]))]
             for g in tensors_by_group}
 
 
-def _measure(model, topo, data, providers, tensors_by_group, samples, delta, seed) -> dict[int, float]:
-    n = min(samples, data.samples)
-    feeds = next(data.batches(n))
+def _measure(model, topo, data, providers, tensors_by_group, delta, seed) -> dict[int, float]:
+    feeds = next(data.batches(data.samples))
+    keys = data.keys()
     outputs = [o.name for o in model.graph.output]
     all_tensors = sorted({t for ts in tensors_by_group.values() for t in ts})
     sess = make_session(model, providers, outputs=outputs + all_tensors)
@@ -52,14 +71,15 @@ def _measure(model, topo, data, providers, tensors_by_group, samples, delta, see
         if sub is None or ref_var <= 0:
             gains[gid] = 1.0
             continue
-        rng = np.random.default_rng([seed, gid])
         inputs = {}
         for name in sub_feeds:
             if name in dtypes:
                 z = values[name]
                 axes = tuple(i for i in range(z.ndim) if i != 1)
                 std = z.std(axis=axes, keepdims=True) if z.ndim > 1 else z.std()
-                inputs[name] = (z + delta * std * rng.standard_normal(z.shape)).astype(z.dtype)
+                noise = np.stack([np.random.default_rng([seed, gid, int(k)]).standard_normal(z.shape[1:])
+                                  for k in keys])
+                inputs[name] = (z + delta * std * noise).astype(z.dtype)
             else:
                 inputs[name] = feeds[name]
         got = run(make_session(sub, providers), outputs, inputs)

@@ -106,11 +106,25 @@ class ConvGeometry:
         return cls(tuple(d["kernel"]), tuple(d["strides"]), tuple(d["pads"]), tuple(d["dilations"]), tuple(out_hw))
 
 
-def sample_positions(rng: np.random.Generator, batch: int, n_positions: int, per_sample: int) -> np.ndarray:
-    """Output positions to sample, ``(batch, k)`` flat indices; all of them when k covers all."""
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a well-spread 64-bit hash, vectorised (wraps modulo 2**64)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sample_positions(keys: np.ndarray, salt: int, n_positions: int, per_sample: int) -> np.ndarray:
+    """Output positions to sample for each image, ``(N, k)`` flat indices (all when k covers all).
+
+    The choice is a hash of the image's content key, ``salt`` and the position, so the same
+    image gets the same positions in any batch, run or shard.
+    """
     if per_sample >= n_positions:
-        return np.broadcast_to(np.arange(n_positions), (batch, n_positions))
-    return np.stack([rng.choice(n_positions, per_sample, replace=False) for _ in range(batch)])
+        return np.broadcast_to(np.arange(n_positions), (len(keys), n_positions))
+    with np.errstate(over="ignore"):
+        seed = _mix(keys.astype(np.uint64) ^ _mix(np.uint64(salt & 0xFFFFFFFFFFFFFFFF)))
+        scores = _mix(seed[:, None] + np.arange(n_positions, dtype=np.uint64)[None, :])
+    return np.sort(np.argpartition(scores, per_sample - 1, axis=1)[:, :per_sample], axis=1)
 
 
 def conv_patches(x: np.ndarray, geo: ConvGeometry, positions: np.ndarray) -> np.ndarray:
@@ -135,13 +149,13 @@ def conv_patches(x: np.ndarray, geo: ConvGeometry, positions: np.ndarray) -> np.
     return np.ascontiguousarray(patches.transpose(0, 1, 3, 2)).reshape(n * k, c * kh * kw)
 
 
-def positions_per_sample(n_positions: int, features: int, samples: int, setting: int | None) -> int:
+def positions_per_sample(n_positions: int, features: int, setting: int | None) -> int:
     """How many output positions of each image feed a Conv's statistics.
 
-    ``setting`` fixes it; by default enough rows for a well-determined Gram matrix
-    (16 rows per feature over the calibration set) and at least 16 per image.
+    ``setting`` fixes it; by default at least 16, and one per 64 features so that 1024
+    images give 16 rows per feature (a well-determined Gram matrix). It does not depend on
+    the number of images, so shards of a calibration set sample like one run.
     """
     if setting is not None:
         return max(1, min(n_positions, setting))
-    want = max(16, -(-16 * features // max(samples, 1)))
-    return min(n_positions, want)
+    return min(n_positions, max(16, -(-features // 64)))
