@@ -10,6 +10,6 @@ The one entry point is :func:`prune`::
 __version__ = "0.1.0"
 
 from .errors import EPruneError, UsageError  # noqa: E402
-from .pipeline import PruneConfig, PruneResult, prune  # noqa: E402
+from .pipeline import PruneConfig, PruneResult, calibrate, prune  # noqa: E402
 
-__all__ = ["prune", "PruneConfig", "PruneResult", "EPruneError", "UsageError", "__version__"]
+__all__ = ["prune", "calibrate", "PruneConfig", "PruneResult", "EPruneError", "UsageError", "__version__"]

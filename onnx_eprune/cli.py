@@ -52,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model", description="Prune whole channels of MODEL and write OUT.")
     p.add_argument("model", metavar="MODEL.onnx")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the pruned model")
-    p.add_argument("--calib", required=True, metavar="CALIB",
-                   help=".npy (first axis = samples; single-input models) or .npz (input name -> array)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--calib", metavar="CALIB",
+                        help=".npy (first axis = samples; single-input models) or .npz (input name -> array)")
+    source.add_argument("--stats", action="append", metavar="STATS.npz",
+                        help="statistics written by 'onnx-eprune calibrate' (repeat to add up shards; one-shot mode)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--sparsity", type=_fraction, metavar="S",
                         help="remove at least this fraction of the Conv/Gemm/MatMul parameters")
@@ -76,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts at multiples of N")
     p.add_argument("--no-reconstruct", action="store_true",
                    help="slice the kept weights without the least-squares re-fit")
+    _add_common(p)
+
+    p = sub.add_parser("calibrate", help="compute mergeable calibration statistics",
+                       description="Stream the statistics that pruning needs over CALIB and write them to "
+                       "STATS.npz. Files from disjoint shards of a calibration set add up: 'prune --stats A "
+                       "--stats B ...' gives the same result as one run over all the samples (one-shot mode).")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("--calib", required=True, metavar="CALIB", help=".npy or .npz, as for prune")
+    p.add_argument("--stats-out", required=True, metavar="STATS.npz", help="where to write the statistics")
+    p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
+    p.add_argument("--seed", type=int, default=0, help="seed for position sampling (same for all shards)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default: 64)")
+    p.add_argument("--positions", type=int, metavar="K", help="conv output positions sampled per image")
     _add_common(p)
 
     p = sub.add_parser("inspect", help="show the channel groups of a model",
@@ -152,7 +169,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                          method=args.method, mode=args.mode, samples=args.samples, seed=args.seed,
                          device=args.device, batch_size=args.batch_size, positions=args.positions,
                          round_to=args.round_to, reconstruct=not args.no_reconstruct)
-    result = prune(args.model, args.calib, config, progress=Progress(enabled=not args.quiet))
+    result = prune(args.model, args.calib, config, progress=Progress(enabled=not args.quiet), stats=args.stats)
     save_model(result.model, args.output)
     report = dict(result.report, input=str(args.model), output=str(args.output))
     if args.report:
@@ -160,6 +177,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(summary_table(report))
         print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .pipeline import PruneConfig, calibrate
+    from .progress import Progress
+
+    _check_output(args.model, args.stats_out)
+    config = PruneConfig(samples=args.samples, seed=args.seed, device=args.device, batch_size=args.batch_size,
+                         positions=args.positions)
+    bundle = calibrate(args.model, args.calib, config, progress=Progress(enabled=not args.quiet))
+    bundle.save(args.stats_out)
+    if not args.quiet:
+        print(f"wrote statistics of {len(bundle.consumers)} layers over {bundle.samples} samples to {args.stats_out}")
     return 0
 
 
@@ -242,7 +273,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prune": cmd_prune, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "demo": cmd_demo}
+COMMANDS = {"prune": cmd_prune, "calibrate": cmd_calibrate, "inspect": cmd_inspect, "evaluate": cmd_evaluate,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
 
 from . import budget
+from .calibrate.bundle import StatsBundle, fingerprint, merge_bundles
 from .calibrate.data import CalibrationData, load_calibration
 from .calibrate.engine import CachedNetwork, Topology
 from .calibrate.sensitivity import gain_subset, output_gains
@@ -82,7 +83,6 @@ class PruneConfig:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.batch_size < 1 or self.round_to < 1:
             raise UsageError("batch size and --round-to must be positive")
-        self.target()
 
 
 @dataclass
@@ -113,16 +113,25 @@ class _Timer:
 class Pruner:
     """One pruning run; ``run()`` returns a :class:`PruneResult`."""
 
-    def __init__(self, model, calib, config: PruneConfig, progress: Progress | None = None):
+    def __init__(self, model, calib, config: PruneConfig, progress: Progress | None = None,
+                 stats: StatsBundle | None = None):
         config.check()
+        if stats is not None and config.mode != "oneshot":
+            log.info("pruning from statistics files: one-shot mode")
+            config = replace(config, mode="oneshot")
         self.config = config
         self.progress = progress or Progress(enabled=False)
         self.timer = _Timer()
+        self.bundle = stats
         t0 = time.perf_counter()
         with self.timer.phase("load"):
             self.model = as_model(model)
             normalize(self.model)
-            self.data: CalibrationData = load_calibration(calib, self.model, config.samples)
+            if stats is not None and stats.model != fingerprint(self.model):
+                raise UsageError("the statistics files were computed for another model")
+            # with statistics files, the few images they carry serve to probe shapes and validate
+            self.data: CalibrationData = load_calibration(calib, self.model, config.samples) if stats is None \
+                else CalibrationData(dict(stats.probe))
             self.providers = choose_providers(config.device)
         log.info("onnxruntime provider: %s", self.providers[0])
         with self.timer.phase("analyze"):
@@ -242,7 +251,8 @@ class Pruner:
             return budget.uniform_counts(channels, target.value, self.config.round_to), {}
         rankings, curves = {}, {}
         consumers = self.analysis.consumers
-        gains = output_gains(self.model, self.topo, gain_subset(self.data), self.providers,
+        gain_data = gain_subset(self.bundle.gain_data() if self.bundle is not None else self.data)
+        gains = output_gains(self.model, self.topo, gain_data, self.providers,
                              {g: sorted({consumers[c].output for c in self.analysis.groups[g].consumers})
                               for g in gids}, seed=self.config.seed)
         self.gains = gains
@@ -265,10 +275,11 @@ class Pruner:
         orig = CachedNetwork(self.model, self.topo, self.data, self.providers, cfg.batch_size)
         target = cfg.target()
         oneshot_stats = None
-        if target.kind != "keep_ratio" or cfg.mode == "oneshot":
-            consumers = sorted({c for g in gids for c in self.analysis.groups[g].consumers})
+        if self.bundle is not None:
+            oneshot_stats = self.bundle.consumers
+        elif target.kind != "keep_ratio" or cfg.mode == "oneshot":
             with self.timer.phase("calibrate"):
-                oneshot_stats = self.collect(consumers, orig, None, 0, "calibrate")
+                oneshot_stats = self.collect(self._oneshot_consumers(), orig, None, 0, "calibrate")
         with self.timer.phase("select"):
             counts, rankings = self.allocate(gids, oneshot_stats)
         keeps: dict[int, np.ndarray] = {}
@@ -292,6 +303,16 @@ class Pruner:
         from .report import build_report
         report = build_report(self, keeps, counts, fidelity)
         return PruneResult(pruned, report)
+
+    def _oneshot_consumers(self) -> list[int]:
+        return sorted({c for g in self.analysis.prunable_groups() for c in g.consumers})
+
+    def calibrate(self) -> StatsBundle:
+        """One-shot statistics of every consumer of a prunable group, as a mergeable bundle."""
+        orig = CachedNetwork(self.model, self.topo, self.data, self.providers, self.config.batch_size)
+        with self.timer.phase("calibrate"):
+            consumers = self.collect(self._oneshot_consumers(), orig, None, 0, "calibrate")
+        return StatsBundle.from_run(self.model, self.config.seed, self.config.positions, self.data, consumers)
 
     def _sequential(self, gids, counts, rankings, orig, keeps, refits) -> None:
         """Decide the groups one by one, each on statistics of the network pruned so far."""
@@ -387,8 +408,8 @@ class Pruner:
         return fidelity
 
 
-def prune(model, calib, config: PruneConfig | None = None, progress: Progress | None = None, **options
-          ) -> PruneResult:
+def prune(model, calib=None, config: PruneConfig | None = None, progress: Progress | None = None,
+          stats: list | None = None, **options) -> PruneResult:
     """Prune whole channels of an ONNX CNN, choosing them from calibration data.
 
     Parameters
@@ -398,6 +419,8 @@ def prune(model, calib, config: PruneConfig | None = None, progress: Progress | 
         array), an array of shape (N, ...) or a dict of such arrays; N samples on axis 0.
     config : a :class:`PruneConfig`; or pass its fields as keyword arguments, e.g.
         ``prune("m.onnx", "calib.npy", sparsity=0.5)``.
+    stats : instead of ``calib``, paths of statistics files written by :func:`calibrate`
+        on disjoint shards of the calibration set; they are added up (one-shot mode).
 
     Returns
     -------
@@ -408,4 +431,18 @@ def prune(model, calib, config: PruneConfig | None = None, progress: Progress | 
         config = PruneConfig(**options)
     elif options:
         raise UsageError("pass either a PruneConfig or keyword options, not both")
-    return Pruner(model, calib, config, progress).run()
+    if (calib is None) == (not stats):
+        raise UsageError("give calibration data or statistics files (--calib or --stats), not both or neither")
+    bundle = merge_bundles(list(stats)) if stats else None
+    return Pruner(model, calib, config, progress, stats=bundle).run()
+
+
+def calibrate(model, calib, config: PruneConfig | None = None, progress: Progress | None = None, **options
+              ) -> StatsBundle:
+    """The statistics :func:`prune` needs, as a bundle to ``save()`` and merge later.
+
+    Only ``samples``, ``seed``, ``device``, ``batch_size`` and ``positions`` of the config
+    matter; shards must use the same ``seed`` and ``positions``.
+    """
+    config = config or PruneConfig(**options)
+    return Pruner(model, calib, config, progress).calibrate()

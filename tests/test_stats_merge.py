@@ -1,0 +1,56 @@
+"""Statistics from disjoint shards add up to one run over all the samples."""
+
+import numpy as np
+import pytest
+
+import onnx_eprune
+from models import ALL_BUILDERS, random_input
+from onnx_eprune.cli import main
+
+
+@pytest.mark.parametrize("name", ["cnn_bn", "concat", "residual"])
+def test_four_shards_equal_one_run(name, tmp_path):
+    model = ALL_BUILDERS[name]()
+    x = random_input(256, seed=3)  # enough that about 32 images qualify to measure gains
+    paths = []
+    for i, part in enumerate(np.array_split(x, 4)):
+        path = tmp_path / f"shard{i}.npz"
+        onnx_eprune.calibrate(model, part, device="cpu", batch_size=16).save(path)
+        paths.append(path)
+    one = onnx_eprune.prune(model, x, sparsity=0.4, mode="oneshot", device="cpu", batch_size=32)
+    merged = onnx_eprune.prune(model, stats=paths, sparsity=0.4, device="cpu")
+    assert [g["channels_after"] for g in one.report["groups"]] == [g["channels_after"] for g in merged.report["groups"]]
+    a = {i.name: i for i in one.model.graph.initializer}
+    b = {i.name: i for i in merged.model.graph.initializer}
+    assert set(a) == set(b)
+    from onnx import numpy_helper
+    for n in a:
+        va, vb = numpy_helper.to_array(a[n]).astype(np.float64), numpy_helper.to_array(b[n]).astype(np.float64)
+        assert va.shape == vb.shape
+        assert np.abs(va - vb).max() <= 1e-5 * max(1.0, np.abs(va).max()), n
+
+
+def test_cli_calibrate_then_prune(tmp_path, capsys):
+    model = ALL_BUILDERS["cnn_folded"]()
+    import onnx
+
+    onnx.save(model, tmp_path / "m.onnx")
+    x = random_input(64, seed=5)
+    for i, part in enumerate(np.array_split(x, 2)):
+        np.save(tmp_path / f"c{i}.npy", part)
+        assert main(["calibrate", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / f"c{i}.npy"),
+                     "--stats-out", str(tmp_path / f"s{i}.npz"), "-q"]) == 0
+    assert main(["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "p.onnx"), "--stats", str(tmp_path / "s0.npz"),
+                 "--stats", str(tmp_path / "s1.npz"), "--keep-ratio", "0.5", "-q"]) == 0
+    onnx.checker.check_model(onnx.load(tmp_path / "p.onnx"), full_check=True)
+
+
+def test_stats_of_another_model_are_refused(tmp_path, capsys):
+    import onnx
+
+    a, b = ALL_BUILDERS["cnn_folded"](), ALL_BUILDERS["cnn_bn"]()
+    onnx_eprune.calibrate(a, random_input(32), device="cpu").save(tmp_path / "a.npz")
+    onnx.save(b, tmp_path / "b.onnx")
+    status = main(["prune", str(tmp_path / "b.onnx"), "-o", str(tmp_path / "p.onnx"), "--stats", str(tmp_path / "a.npz"),
+                   "--keep-ratio", "0.5"])
+    assert status == 2 and "another model" in capsys.readouterr().err
