@@ -86,20 +86,18 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
     return converted
 
 
-# Ops whose output on constant inputs is itself a constant worth folding: exporters put
-# Identity (de-duplicated weights), Cast (half-precision weights) and reshuffles between
-# an initializer and the layer that uses it.
-_FOLDABLE = frozenset({"Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten",
-                       "Concat", "Add", "Sub", "Mul", "Div", "Neg", "Sqrt", "Reciprocal", "Expand", "Gather",
-                       "Slice", "Shape", "Unsqueeze", "DequantizeLinear"})
+# Never evaluated ahead of time: random ops differ per run, control flow holds sub-graphs.
+_NOT_FOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                           "Multinomial", "Bernoulli", "If", "Loop", "Scan", "Dropout"})
 
 
 def fold_constants(model: onnx.ModelProto) -> int:
     """Replace main-graph nodes whose inputs are all initializers by initializers.
 
-    Only the ops in ``_FOLDABLE`` are evaluated (with onnx's reference implementation), so
-    that weights reached through Identity/Cast/Reshape are seen as the constants they are.
-    Returns the number of nodes folded.
+    Exporters put Identity (de-duplicated weights), Cast (half-precision weights) and whole
+    computations (weight standardisation in NFNets) between an initializer and the layer
+    that uses it; evaluating them once (with onnx's reference implementation) lets the
+    analysis see those weights as the constants they are. Returns the number of nodes folded.
     """
     from onnx.reference import ReferenceEvaluator
 
@@ -110,7 +108,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
     kept, folded = [], 0
     for node in graph.node:
         names = [n for n in node.input if n]
-        if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx") or not names or \
+        if node.op_type in _NOT_FOLDABLE or node.domain not in ("", "ai.onnx") or not names or \
                 any(n not in inits or n in graph_inputs for n in names):
             kept.append(node)
             continue
