@@ -612,12 +612,19 @@ class _Analyzer:
         self.layouts[out] = joined
 
     def op_Shape(self, node: onnx.NodeProto, index: int) -> None:
-        # Exporters read the batch size to build Reshape targets; reading the channel count
-        # would bake it into the graph, so only Gather of another axis is accepted.
-        safe = all(n.op_type == "Gather" and (v := self.value(n.input[1])) is not None and v.size == 1
-                   and int(v.reshape(-1)[0]) not in (1, -len(self.shapes.get(node.input[0], ())) + 1)
-                   and n.input[0] == node.output[0]
-                   for n in self.consumer_nodes.get(node.output[0], []))
+        # Exporters read the batch or spatial sizes to build Reshape targets; reading the
+        # channel count would bake it into the graph. Accepted: Shape with start/end that
+        # skip axis 1, or whose every reader Gathers another axis.
+        rank = len(self.shapes.get(node.input[0], ()))
+        attrs = _attrs(node)
+        start, end = int(attrs.get("start", 0)), attrs.get("end")
+        start = start + rank if start < 0 else start
+        end = rank if end is None else (int(end) + rank if int(end) < 0 else int(end))
+        skips_channels = rank > 1 and not (start <= 1 < end)
+        safe = skips_channels or all(
+            n.op_type == "Gather" and (v := self.value(n.input[1])) is not None and v.size == 1
+            and start + int(v.reshape(-1)[0]) % max(end - start, 1) != 1 and n.input[0] == node.output[0]
+            for n in self.consumer_nodes.get(node.output[0], []))
         if not safe:
             self.freeze_layout(self.layout(node.input[0]), "its channel count is read by a Shape op")
         self.consts[node.output[0]] = None

@@ -196,9 +196,11 @@ def _relink_external_data(model_file: str, data_name: str) -> None:
 
 
 def normalize(model: onnx.ModelProto) -> None:
-    """Put every constant weight of the main graph into an initializer (in place): Constant
-    nodes become initializers, constant Identity/Cast/... chains are folded, and
-    initializers nothing reads any more are dropped."""
+    """Put every constant weight of the main graph into an initializer of its own (in
+    place): Constant nodes become initializers, constant Identity/Cast/... chains are folded,
+    initializers nothing reads any more are dropped, and tensors (not scalars) read by
+    several nodes are copied per reader, so that pruning one reader does not break another
+    (exporters de-duplicate equal constants, e.g. identical BatchNorm parameters)."""
     constants_to_initializers(model)
     if fold_constants(model):
         used = _referenced_names(model.graph) | {o.name for o in model.graph.output}
@@ -206,6 +208,32 @@ def normalize(model: onnx.ModelProto) -> None:
         if len(kept) < len(model.graph.initializer):
             del model.graph.initializer[:]
             model.graph.initializer.extend(kept)
+    _unshare_initializers(model)
+
+
+def _unshare_initializers(model: onnx.ModelProto) -> None:
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    protected = {i.name for i in graph.input} | {o.name for o in graph.output}
+    taken = set(inits) | {o for n in graph.node for o in n.output}
+    seen: set[str] = set()
+    for node in graph.node:
+        for pos, name in enumerate(node.input):
+            init = inits.get(name)
+            if init is None or name in protected or int(np.prod(init.dims, dtype=np.int64)) <= 1:
+                continue
+            if name not in seen:
+                seen.add(name)
+                continue
+            i = 1
+            while f"{name}.{i}" in taken:
+                i += 1
+            copy = onnx.TensorProto()
+            copy.CopyFrom(init)
+            copy.name = f"{name}.{i}"
+            taken.add(copy.name)
+            graph.initializer.append(copy)
+            node.input[pos] = copy.name
 
 
 def _referenced_names(graph: onnx.GraphProto) -> set[str]:
