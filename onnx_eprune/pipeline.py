@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -234,12 +235,15 @@ class Pruner:
             return baselines.l1_ranking([producer_rows(self.inits, p, group.channels) for p in group.producers])
         return baselines.random_ranking(group.channels, np.random.default_rng([self.config.seed, gid]))
 
-    def choose(self, gid: int, terms: list[ConsumerTerm], k: int, ranking: np.ndarray | None) -> np.ndarray:
+    def choose(self, gid: int, k: int, ranking: np.ndarray | None, terms: Callable[[], list[ConsumerTerm]]
+               ) -> np.ndarray:
+        """The ``k`` channels of group ``gid`` to keep; ``terms`` is called only by the
+        entropic method (the baselines rank from weights or at random)."""
         if self.config.method == "entropic":
             # resume the path drawn on the one-shot statistics where 2k channels were alive
             start = entropic.resume_point(self.paths.get(gid, []), k)
-            return entropic.select(terms, k, self.config.entropic, start)
-        order = ranking if ranking is not None else self.ranking(gid, terms)
+            return entropic.select(terms(), k, self.config.entropic, start)
+        order = ranking if ranking is not None else self.ranking(gid, [])
         return np.sort(order[:k])
 
     # -- allocation ------------------------------------------------------------------------
@@ -286,9 +290,13 @@ class Pruner:
         refits: dict[int, Refit] = {}
         if cfg.mode == "oneshot":
             with self.timer.phase("select"):
-                all_terms = self.group_terms(gids, oneshot_stats, {})
+                all_terms: dict[int, list[ConsumerTerm]] = {}
                 for g in gids:
-                    keeps[g] = self.choose(g, all_terms[g], counts[g], rankings.get(g))
+                    def terms_of(g=g):
+                        if not all_terms:
+                            all_terms.update(self.group_terms(gids, oneshot_stats, {}))
+                        return all_terms[g]
+                    keeps[g] = self.choose(g, counts[g], rankings.get(g), terms_of)
                 if cfg.reconstruct:
                     touched = sorted({c for g in gids for c in self.analysis.groups[g].consumers})
                     for c in touched:
@@ -327,7 +335,7 @@ class Pruner:
             with self.timer.phase("calibrate"):
                 stats = self.collect(cidxs, orig, pruned, stage, f"layer {stage}/{len(order)}")
             with self.timer.phase("select"):
-                keep = self.choose(g, self.group_terms([g], stats, keeps)[g], counts[g], rankings.get(g))
+                keep = self.choose(g, counts[g], rankings.get(g), lambda: self.group_terms([g], stats, keeps)[g])
                 if cfg.reconstruct:
                     # a consumer reading several groups (after a Concat) is re-fitted once, when
                     # its last group is decided; until then its columns are only sliced
