@@ -6,7 +6,7 @@ from scipy.optimize import minimize
 
 from onnx_eprune.calibrate.stats import ConvGeometry, MomentStats, conv_patches, sample_positions
 from onnx_eprune.select import entropic
-from onnx_eprune.select.problem import compress, explained_curve, partial_out, ridge
+from onnx_eprune.select.problem import ConsumerTerm, cholesky, compress, explained_curve, partial_out, ridge
 from onnx_eprune.select.reconstruct import refit
 
 
@@ -251,3 +251,21 @@ def test_sampled_positions_depend_on_the_image_only():
     np.testing.assert_array_equal(sample_positions(keys[2:], 7, 100, 10), whole[2:])  # another batch
     assert not np.array_equal(sample_positions(keys, 8, 100, 10), whole)               # another salt
     np.testing.assert_array_equal(sample_positions(keys, 7, 6, 10), np.tile(np.arange(6), (4, 1)))
+
+
+def test_factorisations_survive_singular_covariances_with_huge_scale_gaps():
+    """Few samples of features whose variances differ by 1e12: the covariance is singular
+    far below the rounding error of its largest entries. Every factorisation still succeeds
+    and the error curve stays a valid decreasing relative error."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(5, 24)) * np.repeat(10.0 ** rng.uniform(-3, 3, size=8), 3)).astype(np.float32)
+    G = (x.T @ x).astype(np.float64)  # accumulated in float32, as the statistics are
+    P = G[:, :4].copy()
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(G + ridge(G, 1e-8) * np.eye(24))
+    L = cholesky(G, ridge(G, 1e-8))
+    assert np.all(np.isfinite(L))
+    curve = explained_curve(ConsumerTerm(G, P, np.diag(G)[:4].copy(), 3), np.arange(8), eps_ridge=1e-8)
+    assert np.all(np.diff(curve) <= 1e-9) and 0.0 <= curve.min() <= curve.max() <= 1.0
+    terms = partial_out(G, P, np.diag(G)[:4].copy(), {0: np.arange(12).reshape(4, 3), 1: np.arange(12, 24).reshape(4, 3)})
+    assert all(np.all(np.isfinite(t.G)) for t in terms.values())

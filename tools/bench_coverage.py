@@ -150,6 +150,48 @@ def unshare_initializers(model) -> int:
     return removed
 
 
+class _ProgressFile:
+    """A stream for onnx_eprune's Progress that keeps its last line in a file, so that a
+    killed worker still tells where it was (which phase, how many groups done)."""
+
+    def __init__(self, path: Path, step: str):
+        self.path, self.step, self.t0, self.last = path, step, time.perf_counter(), 0.0
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").replace("\x1b[2K", "").strip()
+        now = time.perf_counter()
+        if line and now - self.last > 0.5:
+            self.last = now
+            self.path.write_text(f"{self.step} at {now - self.t0:.0f} s: {' '.join(line.split())}")
+
+    def flush(self) -> None:
+        pass
+
+
+def _progress(result_path: Path, step: str):
+    from onnx_eprune.progress import Progress
+
+    return Progress(enabled=True, stream=_ProgressFile(Path(str(result_path) + ".progress"), step))
+
+
+def package_version() -> str:
+    """onnx_eprune's version and, in a git checkout, its commit (+dirty when the package differs)."""
+    import onnx_eprune
+
+    root = Path(onnx_eprune.__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head, dirty = "", ""
+    return onnx_eprune.__version__ + (f" ({head}{'+dirty' if dirty else ''})" if head else "")
+
+
 def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entropic",
            unshare: bool = False) -> None:
     import numpy as np
@@ -157,7 +199,7 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
 
     import onnx_eprune
 
-    res: dict = {}
+    res: dict = {"package": package_version()}
     t_start = time.perf_counter()
 
     def save() -> None:
@@ -210,7 +252,8 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
     # keep_ratio = 1.0: must reproduce the original
     t0 = time.perf_counter()
     try:
-        result = onnx_eprune.prune(str(model_path), calib, keep_ratio=1.0, seed=0)
+        result = onnx_eprune.prune(str(model_path), calib, keep_ratio=1.0, seed=0,
+                                  progress=_progress(result_path, "keep_ratio=1.0 run"))
         res["keep1_ok"] = True
         outs = _check_pruned(orig_outs, result.model, feeds, out_names, in_names, res, "keep1_")
         if outs is not None:
@@ -225,7 +268,7 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
     t0 = time.perf_counter()
     try:
         result = onnx_eprune.prune(str(model_path), calib, flops_reduction=FLOPS_TARGET, seed=0,
-                                  method=method)
+                                  method=method, progress=_progress(result_path, "flops run"))
         res["pruned_ok"] = True
         rep = result.report
         res["macs_removed"] = rep["macs"]["removed_fraction"]
@@ -266,6 +309,9 @@ def run_model(model_path: Path, meta: dict, timeout: float, extra: list[str]) ->
         res["timed_out"] = timed_out
         if timed_out:
             res["timeout_s"] = timeout
+            progress = Path(str(result_path) + ".progress")
+            if progress.exists():
+                res["timeout_in"] = progress.read_text()
         if proc.returncode not in (0, None) and not timed_out:
             res["worker_exit"] = proc.returncode
             res["worker_stderr_tail"] = (stderr or "")[-1500:]
@@ -289,8 +335,12 @@ def _note(r: dict) -> str:
     if not r.get("exported", True):
         return "export failed: " + r.get("export_error", "")
     if r.get("timed_out"):
-        return f"timeout after {r.get('timeout_s')} s"
+        return f"timeout after {r.get('timeout_s'):.0f} s" + (f" ({r['timeout_in']})" if r.get("timeout_in") else "")
     parts = []
+    if r.get("entropic_attempt"):
+        e = r["entropic_attempt"]
+        parts.append(f"entropic: timeout after {e.get('timeout_s') or 600:.0f} s" +
+                     (f" ({e['timeout_in']})" if e.get("timeout_in") else ""))
     for key in ("original_error", "prune_error", "keep1_error"):
         if key in r:
             parts.append(f"{key.split('_')[0]}: {r[key]['type']}: {r[key]['message']}")
@@ -325,19 +375,23 @@ def write_markdown(results: dict, path: Path, method: str = "entropic", unshare:
                f"(max rel err <= {KEEP1_TOL:g}); {len(rows) - len(exported)} failed to export.")
     lines = ["# Coverage of timm CNNs", "",
              "Made by `tools/bench_coverage.py` on models from `tools/export_timm.py` (random weights, "
-             f"32 random calibration samples, `flops_reduction=0.3`, method {method}, mode sequential, CPU"
+             f"32 random calibration samples, `flops_reduction=0.3`, method {method} unless the method column "
+             "says otherwise, mode sequential, CPU"
              + (", Identity(initializer) nodes resolved first (`--unshare-initializers`, a diagnostic)" if unshare
                 else "") + ").", "",
              summary, "",
-             "| model | exporter | valid | runs | MACs removed | prunable MAC fraction | keep-1.0 max rel err | seconds | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "onnx_eprune version(s): " + ", ".join(sorted({str(r.get("package")) for r in rows if r.get("package")}))
+             + "; timings with two models run at once on a shared 2-core machine.", "",
+             "| model | exporter | method | valid | runs | MACs removed | prunable MAC fraction | keep-1.0 max rel err | seconds | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         def yn(v):
             return "-" if v is None else ("yes" if v else "**no**")
         k1 = r.get("keep1_max_rel_err")
         k1s = "-" if k1 is None else (f"{k1:.1e}" if k1 <= KEEP1_TOL else f"**{k1:.1e}**")
         runs = r["verdict"]["runnable"] if r.get("pruned_ok") else None
-        lines.append(f"| {r.get('arch')} | {r.get('exporter')} | {yn(r.get('valid'))} | {yn(runs)} | "
+        lines.append(f"| {r.get('arch')} | {r.get('exporter')} | {r.get('method', 'entropic')} | {yn(r.get('valid'))} | "
+                     f"{yn(runs)} | "
                      f"{_fmt_pct(r.get('macs_removed'))} | {_fmt_pct(r.get('prunable_mac_fraction'))} | {k1s} | "
                      f"{r.get('seconds', '-')} | {_note(r)} |")
     text = "\n".join(lines) + "\n"
@@ -378,8 +432,8 @@ def main(argv=None) -> int:
     stems = sorted(p.name[:-5] for p in cache.glob("*.onnx"))
     failures_path = cache / "export_failures.json"
     failures = json.loads(failures_path.read_text()) if failures_path.exists() else {}
-    if args.only:
-        stems = [s for s in stems if s in args.only]
+    if args.only:  # in the order given
+        stems = [s for s in dict.fromkeys(args.only) if s in stems]
     for stem, f in failures.items():
         if (not args.only or stem in args.only) and stem not in stems:
             results[stem] = {"name": stem, "arch": f["arch"], "exporter": f["exporter"], "exported": False,
@@ -390,7 +444,13 @@ def main(argv=None) -> int:
         meta = json.loads((cache / f"{stem}.json").read_text())
         r = run_model(cache / f"{stem}.onnx", meta, args.timeout, extra)
         r.update(name=stem, arch=meta["arch"], exporter=meta["exporter"], exported=True,
-                 input_shape=meta["input_shape"], opset=meta.get("opset"))
+                 input_shape=meta["input_shape"], opset=meta.get("opset"), method=args.method)
+        old = results.get(stem, {})
+        for key in ("entropic_attempt",):  # kept from an earlier run with the other method
+            if key in old:
+                r[key] = old[key]
+        if old.get("method", "entropic") == "entropic" and args.method != "entropic" and old.get("timed_out"):
+            r["entropic_attempt"] = {k: old.get(k) for k in ("seconds", "timeout_s", "timeout_in", "keep1_max_rel_err")}
         r["verdict"] = _verdict(r)
         return stem, r
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-from .problem import ConsumerTerm, compress, ridge
+from .problem import ConsumerTerm, cho_inverse_solve, compress, ridge
 
 _W_FLOOR = 1e-300
 
@@ -117,11 +117,7 @@ def _advance(x: np.ndarray) -> np.ndarray:
 
 def lambda_step(term: ConsumerTerm, d: np.ndarray, eps_ridge: float) -> np.ndarray:
     """Ridge solution ``Lambda`` (M x D') for feature scales ``d`` (D')."""
-    rho = ridge(term.G, eps_ridge)
-    K = term.G * np.outer(d, d)
-    K[np.diag_indices_from(K)] += rho
-    cf = cho_factor(K, check_finite=False)
-    return cho_solve(cf, d[:, None] * term.P, check_finite=False).T
+    return cho_inverse_solve(term.G * np.outer(d, d), ridge(term.G, eps_ridge), d[:, None] * term.P).T
 
 
 def quadratic_in_w(term: ConsumerTerm, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

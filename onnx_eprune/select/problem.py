@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
 
 
 @dataclass
@@ -65,16 +64,17 @@ def partial_out(G: np.ndarray, P: np.ndarray, var_y: np.ndarray, blocks: dict[in
         # (L_gg L_gg^T = S) and L^-1 P its residual cross-covariance (P~ = L_gg Z_g)
         idx = cols.reshape(-1)
         perm = np.concatenate([np.setdiff1d(np.arange(D), idx), idx])
-        L = np.linalg.cholesky(G[np.ix_(perm, perm)] + rho * np.eye(D))
+        L = cholesky(G[np.ix_(perm, perm)], rho)
         Z = _solve_lower(L, P[perm])
         Lg = L[-idx.size:, -idx.size:]
         return {gid: ConsumerTerm(Lg @ Lg.T, Lg @ Z[-idx.size:], var_y, cols.shape[1])}
-    H = cho_solve(cho_factor(G + rho * np.eye(D), check_finite=False), np.eye(D), check_finite=False)
+    H = cho_inverse_solve(G, rho, np.eye(D))
     B = H @ P
     terms = {}
     for gid, cols in blocks.items():
         idx = cols.reshape(-1)
-        S = np.linalg.inv(H[np.ix_(idx, idx)])
+        Hg = H[np.ix_(idx, idx)]
+        S = cho_inverse_solve(Hg, 0.0, np.eye(idx.size))
         S = 0.5 * (S + S.T)
         terms[gid] = ConsumerTerm(S, S @ B[idx], var_y, cols.shape[1])
     return terms
@@ -102,6 +102,33 @@ def compress(term: ConsumerTerm, budget: int) -> ConsumerTerm:
     return ConsumerTerm(G, P, term.var_y, r)
 
 
+def cholesky(A: np.ndarray, rho: float) -> np.ndarray:
+    """Lower Cholesky factor of ``A + rho I`` for a symmetric positive semi-definite ``A``.
+
+    Covariances from few samples, zero-padded patches or dead channels are singular, and
+    their rounding errors scale with the largest variance, not the mean one that ``rho`` is
+    relative to. When the factorisation fails the ridge grows tenfold (from at least 1e-10
+    of the largest variance) until it succeeds, so that every caller always gets a factor.
+    """
+    eye = np.eye(A.shape[0])
+    top = max(float(np.max(np.abs(np.diag(A)), initial=0.0)), 1e-30)
+    for _ in range(12):
+        try:
+            return np.linalg.cholesky(A + rho * eye)
+        except np.linalg.LinAlgError:
+            rho = max(10.0 * rho, 1e-10 * top)
+    raise np.linalg.LinAlgError("covariance is not finite")
+
+
+def cho_inverse_solve(A: np.ndarray, rho: float, B: np.ndarray) -> np.ndarray:
+    """``(A + rho I)^-1 B`` through :func:`cholesky`."""
+    from scipy.linalg import solve_triangular
+
+    L = cholesky(A, rho)
+    return solve_triangular(L.T, solve_triangular(L, B, lower=True, check_finite=False), lower=False,
+                            check_finite=False)
+
+
 def ridge(G: np.ndarray, eps: float) -> float:
     """Ridge strength ``eps`` times the mean feature variance (scale-free)."""
     d = G.shape[0]
@@ -123,7 +150,7 @@ def explained_curve(term: ConsumerTerm, order: np.ndarray, eps_ridge: float = CU
     """
     perm = term.block_columns(order)
     G = term.G[np.ix_(perm, perm)]
-    L = np.linalg.cholesky(G + ridge(G, eps_ridge) * np.eye(len(perm)))
+    L = cholesky(G, ridge(G, eps_ridge))
     Z = _solve_lower(L, term.P[perm])
     gain = np.cumsum(np.einsum("ij,ij->i", Z, Z))
     explained = np.concatenate([[0.0], gain[term.s - 1::term.s]])
