@@ -21,7 +21,7 @@ from .calibrate.data import CalibrationData, load_calibration
 from .calibrate.engine import CachedNetwork, Topology
 from .calibrate.sensitivity import gain_subset, output_gains
 from .calibrate.session import choose_providers, make_session, probe_shapes, run
-from .calibrate.stats import ConvGeometry, MomentStats, conv_patches, positions_per_sample, sample_positions
+from .calibrate.stats import ConvGeometry, MomentAccumulator, MomentStats, conv_patches, positions_per_sample, sample_positions
 from .errors import EPruneError, UsageError
 from .graph.costs import CostModel, build_cost_model
 from .graph.groups import Consumer, GraphAnalysis, analyze
@@ -165,7 +165,7 @@ class Pruner:
         cons = {c: self.analysis.consumers[c] for c in cidxs}
         targets = sorted({c.input for c in cons.values()})
         thetas = {c: consumer_matrix(self.inits, cons[c])[0].astype(np.float32) for c in cidxs}
-        stats: dict[int, MomentStats] = {}
+        acc = {c: MomentAccumulator() for c in cidxs}
         orig_iter = orig.compute(targets, keep=pruned is not None)
         cur_iter = pruned.compute(targets) if pruned is not None else None
         keys = self.data.keys()
@@ -177,13 +177,9 @@ class Pruner:
                     pos = self._positions(cons[c], keys[b * size:(b + 1) * size], stage, c)
                     rows_o = self._rows(cons[c], xo[cons[c].input], pos)
                     rows_c = rows_o if cur_iter is None else self._rows(cons[c], xc[cons[c].input], pos)
-                    batch = MomentStats.from_rows(rows_c, rows_o @ thetas[c].T)
-                    if c in stats:
-                        stats[c].merge(batch)
-                    else:
-                        stats[c] = batch
+                    acc[c].add(rows_c, rows_o @ thetas[c].T)
                 task.advance()
-        return stats
+        return {c: a.result() for c, a in acc.items()}
 
     # -- per-group problems ----------------------------------------------------------------
     def _counts(self, keeps: dict[int, np.ndarray]) -> dict[int, int]:

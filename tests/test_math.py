@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from onnx_eprune.calibrate.stats import ConvGeometry, MomentStats, conv_patches, sample_positions
+from onnx_eprune.calibrate.stats import ConvGeometry, MomentAccumulator, MomentStats, conv_patches, sample_positions
 from onnx_eprune.select import entropic
 from onnx_eprune.select.problem import ConsumerTerm, cholesky, compress, explained_curve, partial_out, ridge
 from onnx_eprune.select.reconstruct import refit
@@ -194,6 +194,22 @@ def test_moment_stats_merge_equals_one_pass():
                  (whole.mean_x, parts.mean_x)]:
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(whole.cov, np.cov(X.T, bias=True), rtol=1e-6)
+
+
+def test_streamed_moments_equal_one_pass_in_float64():
+    """Float32 batches with a large common offset, streamed through the shifted sums, give
+    the float64 one-pass moments to float32 accuracy."""
+    rng = np.random.default_rng(11)
+    X = (rng.normal(size=(600, 9)) * rng.uniform(0.1, 10, size=9) + 50.0).astype(np.float32)
+    Y = (X @ rng.normal(size=(9, 4)) - 20.0).astype(np.float32)
+    acc = MomentAccumulator()
+    for chunk in np.array_split(np.arange(600), 5):
+        acc.add(X[chunk], Y[chunk])
+    got, ref = acc.result(), MomentStats.from_rows(X.astype(np.float64), Y.astype(np.float64))
+    assert got.n == 600
+    for a, b in [(got.cov, ref.cov), (got.cross, ref.cross), (got.var_y, ref.var_y), (got.mean_x, ref.mean_x),
+                 (got.mean_y, ref.mean_y)]:
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5 * np.abs(b).max())
 
 
 @pytest.mark.parametrize("stride,pads,dil", [(1, (1, 1, 1, 1), 1), (2, (0, 1, 2, 0), 1), (1, (2, 2, 2, 2), 2)])

@@ -130,6 +130,7 @@ class CachedNetwork:
         session = make_session(sub, self.providers) if sub is not None else None
         out_names = [o.name for o in sub.graph.output] if sub is not None else []
         fresh: dict[str, list[np.ndarray]] = {name: [] for name in out_names}
+        last = self.data.batch_count(self.batch_size) - 1
         for b, batch in enumerate(self.data.batches(self.batch_size)):
             values = {}
             if session is not None:
@@ -137,9 +138,11 @@ class CachedNetwork:
                 values = dict(zip(out_names, run(session, out_names, inputs)))
                 for name in out_names:
                     fresh[name].append(values[name])
+            if keep and b == last:
+                # before the last yield: a caller that stops calling next() there (zip with
+                # another network's batches) must still find the values cached
+                self.cache.update(fresh)
             yield {t: values[t] if t in values else self.cache[t][b] for t in targets}
-        if keep:
-            self.cache.update(fresh)
 
     def update(self, model: onnx.ModelProto, stale: set[str],
                slicers: dict[str, Callable[[np.ndarray], np.ndarray]]) -> None:

@@ -47,11 +47,11 @@ class EntropicConfig:
 
     eps_ridge: float = 0.1        # ridge of the Lambda-step, relative to the mean feature variance
     threshold: float = 0.1        # channel c is alive while C * w_c >= threshold
-    max_alternations: int = 30
+    max_alternations: int = 3      # per path point (warm starts: more changed nothing measurable)
     tol: float = 1e-5             # relative decrease of L that ends the alternation at one eps
     log_eps_start: float = 1.0    # annealing path: log10(eps) from here ...
     log_eps_stop: float = -7.0    # ... down to here,
-    path_steps: int = 17          # in this many geometric steps (half a decade each)
+    path_steps: int = 9           # in this many geometric steps (a decade each)
     ridge_growth: float = 10.0    # past the end of the path, multiply the ridge until few channels live
     max_features: int = 512       # wider consumers are compressed per channel for the path (problem.compress)
 
@@ -115,30 +115,28 @@ def _advance(x: np.ndarray) -> np.ndarray:
     return np.where(x >= -0.5, 1.0 + x, 0.5 * np.exp(np.clip(2.0 * x + 1.0, -1400.0, 0.0)))
 
 
-def lambda_step(term: ConsumerTerm, d: np.ndarray, eps_ridge: float) -> np.ndarray:
-    """Ridge solution ``Lambda`` (M x D') for feature scales ``d`` (D')."""
-    return cho_inverse_solve(term.G * np.outer(d, d), ridge(term.G, eps_ridge), d[:, None] * term.P).T
+def lambda_step(term: ConsumerTerm, d: np.ndarray, eps_ridge: float, rho: float | None = None) -> np.ndarray:
+    """Ridge solution ``Lambda`` (M x D') for feature scales ``d`` (D'); the ridge is
+    ``rho`` if given, else ``eps_ridge`` times the mean feature variance."""
+    rho = ridge(term.G, eps_ridge) if rho is None else rho
+    return cho_inverse_solve(term.G * np.outer(d, d), rho, d[:, None] * term.P).T
 
 
-def quadratic_in_w(term: ConsumerTerm, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quadratic_in_w(term: ConsumerTerm, lam: np.ndarray, scale: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``A`` (C x C) and ``b`` (C,) of this term's loss as ``w^T A w - 2 b^T w + const``.
 
     ``A`` is the block sum over channel blocks of ``G o (Lambda^T Lambda)``, ``b`` the block
-    sum of ``diag(Lambda^T P^T)``, both scaled by ``C`` per factor of ``w`` and relative to
-    the output energy.
+    sum of ``diag(Lambda^T P^T)``, both scaled by ``scale`` (default ``C``: the channel
+    count of the whole group) per factor of ``w`` and relative to the output energy.
     """
     C, s = term.channels, term.s
+    scale = C if scale is None else scale
     Q = lam.T @ lam
     Q *= term.G
     A = Q.reshape(C, s, C, s).sum(axis=(1, 3)) if s > 1 else Q
     r = np.einsum("mi,im->i", lam, term.P)
     e = term.energy
-    return (C * C / e) * A, (C / e) * r.reshape(C, s).sum(axis=1)
-
-
-def _scales(term: ConsumerTerm, w: np.ndarray) -> np.ndarray:
-    """Feature scales ``d``: channel c's features are scaled by ``C * w_c``."""
-    return np.repeat(len(w) * w, term.s)
+    return (scale * scale / e) * A, (scale / e) * r.reshape(C, s).sum(axis=1)
 
 
 @dataclass
@@ -148,21 +146,50 @@ class _State:
     loss: float = np.inf
 
 
-def alternate(terms: list[ConsumerTerm], eps: float, cfg: EntropicConfig, w0: np.ndarray | None = None) -> _State:
-    """Alternate Lambda- and w-steps at a fixed ``eps`` until L stops falling."""
-    C = terms[0].channels
+@dataclass
+class _Active:
+    """The terms restricted to the channels still in play (``index`` into the group), with
+    what must not change when channels leave: the group's channel count ``scale`` (the
+    feature scale of channel c stays ``scale * w_c``) and each term's mean feature
+    variance, which sets its ridge."""
+
+    terms: list[ConsumerTerm]
+    index: np.ndarray
+    scale: int
+    variances: list[float]
+
+    @classmethod
+    def of(cls, terms: list[ConsumerTerm]) -> "_Active":
+        C = terms[0].channels
+        return cls(terms, np.arange(C), C, [ridge(t.G, 1.0) for t in terms])
+
+    def restrict(self, keep: np.ndarray) -> "_Active":
+        """The same problem on the local channels ``keep``."""
+        terms = []
+        for t in self.terms:
+            cols = t.block_columns(keep)
+            terms.append(ConsumerTerm(t.G[np.ix_(cols, cols)], t.P[cols], t.var_y, t.s))
+        return _Active(terms, self.index[keep], self.scale, self.variances)
+
+
+def alternate(terms: list[ConsumerTerm] | _Active, eps: float, cfg: EntropicConfig, w0: np.ndarray | None = None
+              ) -> _State:
+    """Alternate Lambda- and w-steps at a fixed ``eps`` until L stops falling (at most
+    ``cfg.max_alternations`` times: along a warm-started path a few suffice)."""
+    problem = terms if isinstance(terms, _Active) else _Active.of(terms)
+    C = problem.terms[0].channels
     w = np.full(C, 1.0 / C) if w0 is None else w0.copy()
     state = _State(w)
     for _ in range(cfg.max_alternations):
         lams, A, b, fit = [], np.zeros((C, C)), np.zeros(C), 0.0
-        for term in terms:
-            d = _scales(term, w)
-            lam = lambda_step(term, d, cfg.eps_ridge)
-            At, bt = quadratic_in_w(term, lam)
+        for term, var in zip(problem.terms, problem.variances):
+            rho = cfg.eps_ridge * var
+            lam = lambda_step(term, np.repeat(problem.scale * w, term.s), cfg.eps_ridge, rho)
+            At, bt = quadratic_in_w(term, lam, problem.scale)
             lams.append(lam)
             A += At
             b += bt
-            fit += ridge(term.G, cfg.eps_ridge) * float(np.sum(lam * lam)) / term.energy
+            fit += rho * float(np.sum(lam * lam)) / term.energy
         A = 0.5 * (A + A.T)
         w = solve_w(A, b, eps, w)
         loss = float(w @ A @ w - 2 * b @ w + eps * np.sum(w * np.log(w))) + fit
@@ -195,11 +222,17 @@ def schedule(cfg: EntropicConfig) -> list[tuple[float, float]]:
     return points
 
 
+# A channel whose weight fell below this fraction of the uniform 1/C has left for good: its
+# features are scaled to nothing, and dropping it from the problem shrinks every later
+# factorisation (the path spends most of its steps with a fraction of the channels alive).
+_GONE = 1e-12
+
+
 class Path:
     """The annealing path of one group: ``w`` along :func:`schedule`, each point
-    warm-started from the last. Iterating yields :class:`PathPoint` until at most one
-    channel is alive. ``start`` resumes from a point of an earlier path (on similar
-    statistics), skipping the part where nothing happens."""
+    warm-started from the last. Iterating yields :class:`PathPoint` (``w`` over all ``C``
+    channels) until at most one channel is alive. ``start`` resumes from a point of an
+    earlier path (on similar statistics), skipping the part where nothing happens."""
 
     def __init__(self, terms: list[ConsumerTerm], cfg: EntropicConfig, start: PathPoint | None = None):
         self.terms, self.cfg = [compress(t, cfg.max_features) for t in terms], cfg
@@ -207,9 +240,18 @@ class Path:
 
     def __iter__(self):
         cfg = self.cfg
-        first, w = (self.start.step, self.start.w) if self.start is not None else (0, None)
+        problem = _Active.of(self.terms)
+        C = problem.scale
+        first, w = (self.start.step, self.start.w) if self.start is not None else (0, np.full(C, 1.0 / C))
         for step, (log_eps, ridge_) in enumerate(schedule(cfg)[first:], start=first):
-            w = alternate(self.terms, 10.0 ** log_eps, replace(cfg, eps_ridge=ridge_), w).w
+            local = w[problem.index]
+            keep = np.flatnonzero(C * local >= _GONE)
+            if len(keep) < len(local):
+                problem = problem.restrict(keep)
+                local = local[keep]
+            local = alternate(problem, 10.0 ** log_eps, replace(cfg, eps_ridge=ridge_), local / local.sum()).w
+            w = np.zeros(C)
+            w[problem.index] = local
             n = alive(w, cfg.threshold)
             yield PathPoint(step, n, w)
             if n <= 1:
