@@ -39,6 +39,12 @@ METHODS = ("entropic", "l1", "random")
 MODES = ("sequential", "oneshot")
 
 
+# The original network's consumer inputs are cached between the one-shot pass and the
+# sequential stages up to this size; beyond it they are recomputed stage by stage (slower,
+# but memory stays bounded whatever the number of samples).
+ORIGINAL_CACHE_BYTES = 4 << 30
+
+
 @dataclass
 class PruneConfig:
     """Everything that steers a pruning run (see the CLI reference for each knob).
@@ -159,14 +165,15 @@ class Pruner:
         return sample_positions(keys, hash((self.config.seed, stage, cidx)), n_pos, k)
 
     def collect(self, cidxs: list[int], orig: CachedNetwork, pruned: CachedNetwork | None, stage: int,
-                label: str) -> dict[int, MomentStats]:
+                label: str, keep_orig: bool | None = None) -> dict[int, MomentStats]:
         """Stream the statistics of consumers ``cidxs``: current input from ``pruned`` (or the
-        original network in one-shot mode), target output from the original network."""
+        original network in one-shot mode), target output from the original network, whose
+        values are cached when ``keep_orig`` (default: when ``pruned`` is given)."""
         cons = {c: self.analysis.consumers[c] for c in cidxs}
         targets = sorted({c.input for c in cons.values()})
         thetas = {c: consumer_matrix(self.inits, cons[c])[0].astype(np.float32) for c in cidxs}
         acc = {c: MomentAccumulator() for c in cidxs}
-        orig_iter = orig.compute(targets, keep=pruned is not None)
+        orig_iter = orig.compute(targets, keep=pruned is not None if keep_orig is None else keep_orig)
         cur_iter = pruned.compute(targets) if pruned is not None else None
         keys = self.data.keys()
         size = self.config.batch_size
@@ -279,7 +286,11 @@ class Pruner:
             oneshot_stats = self.bundle.consumers
         elif target.kind != "keep_ratio" or cfg.mode == "oneshot":
             with self.timer.phase("calibrate"):
-                oneshot_stats = self.collect(self._oneshot_consumers(), orig, None, 0, "calibrate")
+                consumers = self._oneshot_consumers()
+                # the sequential stages read the original network's consumer inputs again:
+                # keep them from this pass when they fit, instead of recomputing them
+                keep = cfg.mode == "sequential" and self._cache_bytes(consumers) <= ORIGINAL_CACHE_BYTES
+                oneshot_stats = self.collect(consumers, orig, None, 0, "calibrate", keep_orig=keep)
         with self.timer.phase("select"):
             counts, rankings = self.allocate(gids, oneshot_stats)
         keeps: dict[int, np.ndarray] = {}
@@ -307,6 +318,11 @@ class Pruner:
         from .report import build_report
         report = build_report(self, keeps, counts, fidelity)
         return PruneResult(pruned, report)
+
+    def _cache_bytes(self, cidxs: list[int]) -> int:
+        """Bytes that the input tensors of consumers ``cidxs`` take over all samples."""
+        names = {self.analysis.consumers[c].input for c in cidxs}
+        return sum(4 * int(np.prod(self.shapes[n][1:])) * self.data.samples for n in names)
 
     def _oneshot_consumers(self) -> list[int]:
         return sorted({c for g in self.analysis.prunable_groups() for c in g.consumers})

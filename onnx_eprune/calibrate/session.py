@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import onnx
@@ -57,6 +58,9 @@ def _options(threads: int | None = None) -> ort.SessionOptions:
     opts.log_severity_level = 3  # onnxruntime chatter only with -v (set by the CLI)
     if log.isEnabledFor(logging.DEBUG):
         opts.log_severity_level = 2
+    # OMP_NUM_THREADS, the usual way to share a machine between jobs, also caps
+    # onnxruntime's own pool (numpy's BLAS already follows it)
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads:
         opts.intra_op_num_threads = threads
     return opts
