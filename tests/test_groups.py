@@ -203,3 +203,16 @@ def test_analysis_does_not_depend_on_probe_batch():
     four = analyze(model, probe_shapes(model, {"x": random_input(4)}, CPU))
     assert [len(g.producers) for g in one.prunable_groups()] == [len(g.producers) for g in four.prunable_groups()]
     assert np.array_equal([g.channels for g in one.groups], [g.channels for g in four.groups])
+
+
+def test_consumer_too_wide_for_statistics_freezes_its_group(monkeypatch):
+    """A consumer whose Gram matrix would not fit (here: limit lowered to 100 features)
+    freezes the groups it reads, with the width in the reason; narrower ones stay prunable."""
+    from onnx_eprune.graph import groups as groups_module
+    from models import conv_bn_relu_pool_flatten_gemm
+
+    monkeypatch.setattr(groups_module, "MAX_CONSUMER_FEATURES", 100)
+    model, analysis = analysis_of(conv_bn_relu_pool_flatten_gemm(True))
+    conv1, conv2 = (group_produced_by(model, analysis, n) for n in ("conv_1", "conv_4"))
+    assert conv1.prunable  # conv1 feeds conv2: 8 channels x 9 taps = 72 features
+    assert not conv2.prunable and any("reads 256 features" in r for r in conv2.frozen)

@@ -125,11 +125,21 @@ class MomentAccumulator:
         self.n += x.shape[0]
 
     def result(self) -> MomentStats:
+        """The centred moments; the accumulator's buffers are consumed (reused in place, so
+        that wide consumers never hold two D' x D' float64 arrays)."""
         n = self.n
         dx, dy = self.sx / n, self.sy / n  # means relative to the shift
-        cxx = self.sxx - n * np.outer(dx, dx)
-        return MomentStats(n, self.kx + dx, self.ky + dy, 0.5 * (cxx + cxx.T), self.sxy - n * np.outer(dx, dy),
-                           self.syy - n * dy * dy)
+        cxx, block = self.sxx, 1024
+        for i in range(0, len(dx), block):
+            cxx[i:i + block] -= n * np.outer(dx[i:i + block], dx)
+        for i in range(0, len(dx), block):  # symmetrise: GEMM products are symmetric only to rounding
+            for j in range(0, i + 1, block):
+                avg = 0.5 * (cxx[i:i + block, j:j + block] + cxx[j:j + block, i:i + block].T)
+                cxx[i:i + block, j:j + block] = avg
+                cxx[j:j + block, i:i + block] = avg.T
+        self._bxx = self._bxy = None
+        self.sxy -= n * np.outer(dx, dy)
+        return MomentStats(n, self.kx + dx, self.ky + dy, cxx, self.sxy, self.syy - n * dy * dy)
 
 
 @dataclass(frozen=True)

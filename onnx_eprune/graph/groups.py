@@ -31,6 +31,9 @@ ELEMENTWISE_UNARY = frozenset({
 SPATIAL_POOLS = frozenset({
     "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool",
 })
+# Widest consumer input (channels x kernel taps, or x positions behind a Flatten) whose
+# statistics are gathered: its float64 Gram matrix alone takes 2 GiB.
+MAX_CONSUMER_FEATURES = 16384
 ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum"})
 REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
 
@@ -851,9 +854,16 @@ class _Analyzer:
                     any(self.use_count.get(p.weight, 0) > 1 for p in g.producers):
                 g.frozen.append("a producer's weights are shared by several nodes")
             for cidx in g.consumers:
-                gids_in = [seg[0] for seg in self.consumers[cidx].segments]
+                cons = self.consumers[cidx]
+                gids_in = [seg[0] for seg in cons.segments]
                 if gids_in.count(g.gid) > 1:
-                    g.frozen.append(f"consumer {self.consumers[cidx].name} reads these channels twice")
+                    g.frozen.append(f"consumer {cons.name} reads these channels twice")
+                    break
+                width = cons.in_channels * cons.s
+                if width > MAX_CONSUMER_FEATURES:
+                    g.frozen.append(f"consumer {cons.name} reads {width} features (statistics stop at "
+                                    f"{MAX_CONSUMER_FEATURES}: a {width}x{width} Gram matrix takes "
+                                    f"{8 * width * width / 2**30:.1f} GiB)")
                     break
         return GraphAnalysis(groups=groups, consumers=self.consumers, node_count=len(self.graph.node),
                              split_sizes=self.split_sizes, slice_bounds=self.slice_bounds)
