@@ -1,0 +1,155 @@
+"""Speed benchmark: do removed MACs become removed milliseconds, and how pruning scales.
+
+    python tools/bench_speed.py latency --models vgg16 resnet18 --flops 0.5 [--round-to 8] \\
+        --out bench/speed_latency.json
+    python tools/bench_speed.py samples --model vgg16 --samples 256 1024 4096 --out bench/speed_samples.json
+
+``latency``: prunes each reference model (``../shared/reference``) to the MAC reduction,
+then times the original and the pruned model in onnxruntime on the CPU (1 thread and all
+threads, batch 1 and 32; median of ``--repeats`` runs after a warm-up, the two models
+interleaved so that machine noise hits both alike) and prints the latency reduction over
+the MAC reduction (the issue's bar: >= 0.8 at batch 32, 1 thread).
+
+``samples``: prunes one model with N calibration images from the Fashion-MNIST train split
+(the first N of a fixed seeded permutation) in a fresh process per N, and records wall
+time and peak resident memory (``ru_maxrss`` of the child).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+MODELS = {"lenet5": ("lenet5.onnx", "calib28.npy", 28), "vgg16": ("vgg16.onnx", "calib32.npy", 32),
+          "resnet18": ("resnet18.onnx", "calib32.npy", 32)}
+
+
+def _timings(models: dict[str, onnx.ModelProto], x: np.ndarray, threads: int, repeats: int) -> dict[str, float]:
+    """Median milliseconds per run of each model on ``x``, runs interleaved."""
+    import onnxruntime as ort
+
+    sessions = {}
+    for name, model in models.items():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        feeds = {sess.get_inputs()[0].name: x}
+        sess.run(None, feeds)
+        sessions[name] = (sess, feeds)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, (sess, feeds) in sessions.items():
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            times[name].append(1000.0 * (time.perf_counter() - t0))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def latency(args) -> list[dict]:
+    import onnx_eprune
+
+    rows = []
+    for name in args.models:
+        file, calib, size = MODELS[name]
+        original = onnx.load(str(args.reference / file))
+        variants = {"original": original}
+        reports = {}
+        for round_to in sorted({1, *args.round_to}):
+            label = "pruned" if round_to == 1 else f"pruned, round-to {round_to}"
+            result = onnx_eprune.prune(original, str(args.reference / calib), flops_reduction=args.flops,
+                                       round_to=round_to, device="cpu", method=args.method)
+            variants[label], reports[label] = result.model, result.report
+        rng = np.random.default_rng(0)
+        for batch in (1, 32):
+            x = rng.normal(size=(batch, 1, size, size)).astype(np.float32)
+            for threads in (1, os.cpu_count() or 1):
+                ms = _timings(variants, x, threads, args.repeats)
+                for label in variants:
+                    if label == "original":
+                        continue
+                    macs = reports[label]["macs"]["removed_fraction"]
+                    lat = 1.0 - ms[label] / ms["original"]
+                    row = {"model": name, "variant": label, "flops_target": args.flops, "batch": batch,
+                           "threads": threads, "ms_original": ms["original"], "ms_pruned": ms[label],
+                           "macs_removed": macs, "latency_removed": lat, "ratio": lat / macs if macs else None,
+                           "channels": [g["channels_after"] for g in reports[label]["groups"] if not g["frozen"]]}
+                    print(f"{name} {label} batch {batch} threads {threads}: {ms['original']:.2f} -> "
+                          f"{ms[label]:.2f} ms, latency -{lat:.3f} vs MACs -{macs:.3f} (ratio {row['ratio']:.2f})",
+                          flush=True)
+                    rows.append(row)
+    return rows
+
+
+def _child(model: str, samples: int, out: str) -> None:
+    """One pruning run in this process; prints its JSON result."""
+    import onnx_eprune
+    from onnx_eprune.datasets import load_fashion_mnist, preprocess
+
+    file, _calib, size = MODELS[model]
+    images, _ = load_fashion_mnist("train")
+    order = np.random.default_rng(0).permutation(len(images))[:samples]
+    calib = preprocess(images[order], size)
+    t0 = time.perf_counter()
+    result = onnx_eprune.prune(str(REFERENCE / file), calib, flops_reduction=0.5, device="cpu")
+    seconds = time.perf_counter() - t0
+    onnx.save(result.model, out)
+    print(json.dumps({"seconds": seconds, "phase_seconds": result.report["seconds"],
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def samples(args) -> list[dict]:
+    rows = []
+    for n in args.samples:
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = subprocess.run([sys.executable, __file__, "_child", args.model, str(n), str(Path(tmp) / "m.onnx")],
+                                  capture_output=True, text=True, check=True)
+        row = {"model": args.model, "samples": n, **json.loads(proc.stdout.strip().splitlines()[-1])}
+        print(f"{args.model} {n} samples: {row['seconds']:.1f} s, peak {row['peak_rss_mib']:.0f} MiB", flush=True)
+        rows.append(row)
+    return rows
+
+
+def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "_child":
+        _child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    lat = sub.add_parser("latency")
+    lat.add_argument("--models", nargs="+", default=["vgg16", "resnet18"], choices=list(MODELS))
+    lat.add_argument("--flops", type=float, default=0.5)
+    lat.add_argument("--round-to", nargs="*", type=int, default=[])
+    lat.add_argument("--method", default="entropic")
+    lat.add_argument("--repeats", type=int, default=30)
+    lat.add_argument("--reference", type=Path, default=REFERENCE)
+    smp = sub.add_parser("samples")
+    smp.add_argument("--model", default="vgg16", choices=list(MODELS))
+    smp.add_argument("--samples", nargs="+", type=int, default=[256, 1024, 4096])
+    for p in (lat, smp):
+        p.add_argument("--out", type=Path, help="JSON file to write")
+    args = ap.parse_args()
+    rows = latency(args) if args.what == "latency" else samples(args)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows},
+                                       indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
