@@ -407,3 +407,21 @@ def test_biasless_consumers_without_reconstruction(calib, test_x):
             assert_valid(result.model, original, test_x)
 
 
+
+
+def test_cached_network_keeps_values_when_read_in_step_with_another(calib):
+    """The sequential stages read two networks batch by batch in step (``next()`` on one
+    per batch of the other): the values must be cached after the last batch even though
+    that generator is never exhausted, so later stages do not recompute them."""
+    from onnx_eprune.calibrate.data import CalibrationData
+    from onnx_eprune.calibrate.engine import CachedNetwork, Topology
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    constants_to_initializers(model)
+    data = CalibrationData({"x": calib})
+    net = CachedNetwork(model, Topology(model), data, ["CPUExecutionProvider"], batch_size=16)
+    target = next(n.output[0] for n in model.graph.node if n.op_type == "Relu")
+    it = net.compute([target])
+    values = [next(it)[target] for _ in range(data.batch_count(16))]
+    assert target in net.cache and len(net.cache[target]) == len(values)
+    np.testing.assert_array_equal(np.concatenate(net.cache[target]), np.concatenate(values))
