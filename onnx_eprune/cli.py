@@ -37,6 +37,95 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _number(text: str) -> float:
+    """A float, or a fraction such as 1/255."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.5 or 1/255, got {text!r}") from None
+
+
+def _numbers(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.485,0.456,0.406, "
+                                         f"got {text!r}") from None
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(x) for x in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected H or H,W in pixels such as 224 or 224,160, got {text!r}")
+    return (parts[0], parts[-1])
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of samples, got {text!r}")
+    return value
+
+
+_IMAGE_OPTIONS = ("size", "scale", "mean", "std", "layout", "channels", "resize")
+
+
+def _add_calib_sources(p: argparse.ArgumentParser, source) -> None:
+    """--calib-images DIR (and its options) and --calib-random N, in the group ``source``."""
+    source.add_argument("--calib-images", metavar="DIR",
+                        help="a folder of images (.png .jpg .jpeg .bmp .webp .tif .tiff, recursive, in path order)")
+    source.add_argument("--calib-random", type=_positive_int, metavar="N",
+                        help="N samples of random normal noise: smoke tests only, accuracy will suffer")
+    g = p.add_argument_group("image options (with --calib-images)")
+    g.add_argument("--size", type=_image_size, metavar="H[,W]",
+                   help="image height and width; required when the model's are dynamic (also for --calib-random)")
+    g.add_argument("--scale", type=_number, metavar="S", help="pixel scale factor (default: 1/255)")
+    g.add_argument("--mean", type=_numbers, metavar="M[,M,M]",
+                   help="subtracted after scaling: (pixel * scale - mean) / std; one value or one per channel "
+                   "(default: 0)")
+    g.add_argument("--std", type=_numbers, metavar="S[,S,S]", help="divided after the mean (default: 1)")
+    g.add_argument("--layout", choices=["NCHW", "NHWC"], help="model input layout (default: from its shape)")
+    g.add_argument("--channels", choices=["RGB", "BGR", "GRAY"],
+                   help="channel order (default: GRAY for 1 channel, RGB for 3)")
+    g.add_argument("--resize", choices=["crop", "stretch"],
+                   help="crop: short side to size, then centre crop (default); stretch: resize to size")
+
+
+def _calib_source(args: argparse.Namespace):
+    """What to pass to prune()/calibrate() as calibration data: the --calib path, or an
+    array read from --calib-images, or random noise for --calib-random (with a warning)."""
+    given = [f"--{name}" for name in _IMAGE_OPTIONS if getattr(args, name) is not None]
+    if args.calib_images is None:
+        wrong = [o for o in given if o != "--size" or args.calib_random is None]
+        if wrong:
+            raise UsageError(f"{', '.join(wrong)} only appl{'ies' if len(wrong) == 1 else 'y'} with --calib-images")
+    if args.calib_images is None and args.calib_random is None:
+        return args.calib
+    from .calibrate.images import load_image_folder, random_calibration
+    from .graph.model_io import load_model
+
+    model = load_model(args.model)
+    if args.calib_random is not None:
+        print("onnx-eprune: WARNING: --calib-random calibrates on random noise, not real inputs: the pruned model's "
+              "accuracy will suffer; use --calib or --calib-images for real work", file=sys.stderr)
+        return random_calibration(model, args.calib_random, args.seed, size=args.size)
+    return load_image_folder(args.calib_images, model, size=args.size,
+                             scale=1 / 255 if args.scale is None else args.scale,
+                             mean=(0.0,) if args.mean is None else args.mean,
+                             std=(1.0,) if args.std is None else args.std,
+                             layout=args.layout, channels=args.channels, resize=args.resize or "crop",
+                             limit=args.samples)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.add_argument("-v", "--verbose", action="store_true", help="print details, onnxruntime messages included")
@@ -57,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=".npy (first axis = samples; single-input models) or .npz (input name -> array)")
     source.add_argument("--stats", action="append", metavar="STATS.npz",
                         help="statistics written by 'onnx-eprune calibrate' (repeat to add up shards; one-shot mode)")
+    _add_calib_sources(p, source)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--sparsity", type=_fraction, metavar="S",
                         help="remove at least this fraction of the Conv/Gemm/MatMul parameters")
@@ -86,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "STATS.npz. Files from disjoint shards of a calibration set add up: 'prune --stats A "
                        "--stats B ...' gives the same result as one run over all the samples (one-shot mode).")
     p.add_argument("model", metavar="MODEL.onnx")
-    p.add_argument("--calib", required=True, metavar="CALIB", help=".npy or .npz, as for prune")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--calib", metavar="CALIB", help=".npy or .npz, as for prune")
+    _add_calib_sources(p, source)
     p.add_argument("--stats-out", required=True, metavar="STATS.npz", help="where to write the statistics")
     p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
     p.add_argument("--seed", type=int, default=0, help="seed for position sampling (same for all shards)")
@@ -169,7 +261,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                          method=args.method, mode=args.mode, samples=args.samples, seed=args.seed,
                          device=args.device, batch_size=args.batch_size, positions=args.positions,
                          round_to=args.round_to, reconstruct=not args.no_reconstruct)
-    result = prune(args.model, args.calib, config, progress=Progress(enabled=not args.quiet), stats=args.stats)
+    calib = _calib_source(args)
+    result = prune(args.model, calib, config, progress=Progress(enabled=not args.quiet), stats=args.stats)
     save_model(result.model, args.output)
     report = dict(result.report, input=str(args.model), output=str(args.output))
     if args.report:
@@ -187,7 +280,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     _check_output(args.model, args.stats_out)
     config = PruneConfig(samples=args.samples, seed=args.seed, device=args.device, batch_size=args.batch_size,
                          positions=args.positions)
-    bundle = calibrate(args.model, args.calib, config, progress=Progress(enabled=not args.quiet))
+    bundle = calibrate(args.model, _calib_source(args), config, progress=Progress(enabled=not args.quiet))
     bundle.save(args.stats_out)
     if not args.quiet:
         print(f"wrote statistics of {len(bundle.consumers)} layers over {bundle.samples} samples to {args.stats_out}")

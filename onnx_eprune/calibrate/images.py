@@ -1,0 +1,312 @@
+"""Calibration inputs from a folder of images, or (for smoke tests only) random noise.
+
+The target shape comes from the model's single graph input: its layout (NCHW or NHWC),
+channel count (1 = grayscale, 3 = colour) and, where the model fixes them, its height and
+width. Each image is decoded with Pillow, converted to RGB (or 8-bit grayscale), resized
+with bilinear filtering and normalised as ``(pixel * scale - mean) / std``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import UsageError
+from .data import model_inputs
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+RESIZE_POLICIES = ("short-side-center-crop", "stretch")
+_RESIZE_ALIASES = {"crop": "short-side-center-crop", "short-side-center-crop": "short-side-center-crop",
+                   "stretch": "stretch"}
+_CHANNELS = {"RGB": 3, "BGR": 3, "GRAY": 1}
+
+
+def load_image_folder(directory, model: onnx.ModelProto, *, size=None, scale: float = 1 / 255,
+                      mean: float | Sequence[float] = (0.0,), std: float | Sequence[float] = (1.0,),
+                      layout: str | None = None, channels: str | None = None,
+                      resize: str = "short-side-center-crop", limit: int | None = None) -> np.ndarray:
+    """Read every image under ``directory`` into one calibration array for ``model``.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        Folder searched recursively for ``.png .jpg .jpeg .bmp .webp .tif .tiff`` files
+        (suffix case ignored; files and folders whose names start with ``.`` are skipped).
+        Images are taken in the order of their path relative to ``directory``, so the
+        result does not depend on the file system. Unreadable files are skipped with a
+        logged warning.
+    model : onnx.ModelProto
+        Model with exactly one real graph input of rank 4 (initializers listed as inputs do
+        not count); its shape gives the layout, the channel count and, where fixed, the
+        height and width of the result.
+    size : int or (int, int), optional
+        Target ``(height, width)`` in pixels (an int means a square). Required when the
+        model's spatial dimensions are dynamic; where the model fixes them, it must agree.
+    scale : float, default 1/255
+        Factor applied to the 8-bit pixel values (0..255).
+    mean, std : float or sequence of float, default 0 and 1
+        Subtracted from and divided into the scaled values, ``(pixel * scale - mean) / std``;
+        one value for all channels or one per channel, in the order of ``channels``.
+    layout : {"NCHW", "NHWC"}, optional
+        Axis order of the model input. By default inferred from which of axes 1 and 3 has
+        size 1 or 3 (NCHW when both or neither do).
+    channels : {"RGB", "BGR", "GRAY"}, optional
+        Channel order; by default GRAY for a 1-channel input and RGB for 3 channels. GRAY
+        converts with Pillow's ``"L"`` mode (ITU-R 601-2 luma).
+    resize : {"short-side-center-crop", "crop", "stretch"}, default "short-side-center-crop"
+        ``"short-side-center-crop"`` (alias ``"crop"``) scales the image, keeping its aspect
+        ratio, until it covers the target, then crops the centre; ``"stretch"`` resizes to
+        the target directly. Both filter bilinearly.
+    limit : int, optional
+        Read at most this many (readable) images.
+
+    Returns
+    -------
+    ndarray of float32, shape (N, C, H, W) for NCHW or (N, H, W, C) for NHWC
+        N is the number of readable images (at most ``limit``).
+
+    Raises
+    ------
+    UsageError
+        Pillow missing; directory missing, not a directory, or without readable images;
+        a model with several inputs or a non-image input shape; dynamic height or width
+        without ``size``; a mean or std of the wrong length, or a zero std.
+    """
+    Image = _pillow()
+    shape = image_shape(model, size=size, layout=layout, channels=channels)
+    layout, channels, (h, w) = shape["layout"], shape["channels"], shape["size"]
+    c = _CHANNELS[channels]
+    mean_v = _per_channel(mean, c, "mean", channels)
+    std_v = _per_channel(std, c, "std", channels)
+    if np.any(std_v == 0):
+        raise UsageError("--std must not be zero")
+    policy = _RESIZE_ALIASES.get(resize)
+    if policy is None:
+        raise UsageError(f"resize policy must be one of crop, short-side-center-crop, stretch, not {resize!r}")
+    if limit is not None and limit < 1:
+        raise UsageError(f"the number of images to read must be at least 1, not {limit}")
+
+    files = list_images(directory)
+    images, skipped = [], 0
+    for path in files:
+        if limit is not None and len(images) >= limit:
+            break
+        try:
+            with Image.open(path) as img:
+                img = _oriented(img)
+                img = img.convert("L" if channels == "GRAY" else "RGB")
+                img = _resize(img, (h, w), policy, Image)
+                pixels = np.asarray(img, dtype=np.float32)
+        except Exception as exc:  # Pillow raises many unrelated types on broken files
+            skipped += 1
+            log.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
+            continue
+        if channels == "GRAY":
+            pixels = pixels[:, :, None]
+        elif channels == "BGR":
+            pixels = pixels[:, :, ::-1]
+        images.append(pixels)
+    if not images:
+        raise UsageError(f"none of the {len(files)} image files under {directory} could be read")
+    batch = np.stack(images)  # (N, H, W, C), 0..255
+    batch = (batch * np.float32(scale) - mean_v) / std_v
+    if layout == "NCHW":
+        batch = batch.transpose(0, 3, 1, 2)
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    log.info("read %d images from %s%s: %s %s %s", len(images), directory,
+             f" ({skipped} unreadable skipped)" if skipped else "", "x".join(map(str, batch.shape)), layout,
+             channels)
+    return batch
+
+
+def random_calibration(model: onnx.ModelProto, n: int, seed: int = 0, *, size=None) -> dict[str, np.ndarray]:
+    """Standard-normal noise in the shape of every model input. For smoke tests only.
+
+    Pruning chooses channels from the statistics of what the network computes on its
+    calibration inputs; noise has none of the structure of real inputs, so a model pruned
+    on it loses far more accuracy than one pruned on real samples.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+    n : int
+        Number of samples (axis 0 of every array).
+    seed : int, default 0
+        Seed of the numpy Generator.
+    size : int or (int, int), optional
+        Height and width for a rank-4 image input whose spatial dimensions are dynamic.
+
+    Returns
+    -------
+    dict of str to ndarray of float32
+        One array per real graph input, shape ``(n, ...)`` with the model's fixed
+        dimensions after the first.
+    """
+    if n < 1:
+        raise UsageError(f"the number of random samples must be at least 1, not {n}")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for vi in model_inputs(model):
+        dims = _dims(vi)
+        if dims is None:
+            raise UsageError(f"input {vi.name!r} has no declared shape; random calibration needs one")
+        dims = [n] + dims[1:]
+        if any(d is None for d in dims) and len(dims) == 4 and size is not None:
+            nhwc = dims[3] in (1, 3) and dims[1] not in (1, 3)
+            spatial = (1, 2) if nhwc else (2, 3)
+            for axis, want in zip(spatial, _size(size)):
+                if dims[axis] is None:
+                    dims[axis] = want
+        if any(d is None for d in dims):
+            raise UsageError(f"input {vi.name!r} has dynamic dimensions {_fmt(dims)}; random calibration needs "
+                             "fixed ones (give --size for the height and width of an image input)")
+        out[vi.name] = rng.standard_normal(dims, dtype=np.float32)
+    return out
+
+
+def image_shape(model: onnx.ModelProto, *, size=None, layout: str | None = None,
+                channels: str | None = None) -> dict:
+    """The layout, channel order and ``(height, width)`` that ``model``'s single input takes.
+
+    Returns a dict with ``"name"`` (the input name), ``"layout"`` ("NCHW" or "NHWC"),
+    ``"channels"`` ("RGB", "BGR" or "GRAY") and ``"size"`` ((height, width) in pixels).
+    See :func:`load_image_folder` for the parameters and the rules.
+    """
+    inputs = model_inputs(model)
+    if len(inputs) != 1:
+        names = ", ".join(vi.name for vi in inputs)
+        raise UsageError(f"the model has {len(inputs)} inputs ({names}); images can feed only a single-input model: "
+                         "give an .npz with one array per input name instead")
+    return _image_shape(inputs[0], size=size, layout=layout, channels=channels)
+
+
+def list_images(directory) -> list[Path]:
+    """Image files under ``directory``, recursively, sorted by relative path (see
+    :func:`load_image_folder`). Raises UsageError when there are none."""
+    root = Path(directory)
+    if not root.exists():
+        raise UsageError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise UsageError(f"--calib-images expects a folder of images, not a file: {root}")
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                path = Path(folder) / name
+                found.append((path.relative_to(root).parts, path))
+    if not found:
+        raise UsageError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    return [path for _, path in sorted(found)]
+
+
+# -- helpers ----------------------------------------------------------------------------
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UsageError("reading images needs Pillow: pip install pillow") from None
+    return Image
+
+
+def _oriented(img):
+    """Apply the EXIF orientation tag, as photo viewers do (no-op without one)."""
+    try:
+        from PIL import ImageOps
+
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
+def _resize(img, target: tuple[int, int], policy: str, Image):
+    h, w = target
+    src_w, src_h = img.size
+    if (src_h, src_w) == (h, w):
+        return img
+    if policy == "stretch":
+        return img.resize((w, h), Image.BILINEAR)
+    f = max(h / src_h, w / src_w)  # scale at which the image just covers the target
+    box_w, box_h = w / f, h / f  # the centred part of the source that lands in the target
+    left, top = (src_w - box_w) / 2, (src_h - box_h) / 2
+    if f == 1.0 and left == int(left) and top == int(top):
+        return img.crop((int(left), int(top), int(left) + w, int(top) + h))
+    return img.resize((w, h), Image.BILINEAR, box=(left, top, left + box_w, top + box_h))
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
+    ttype = vi.type.tensor_type
+    if not ttype.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in ttype.shape.dim]
+
+
+def _image_shape(vi: onnx.ValueInfoProto, *, size, layout, channels) -> dict:
+    dims = _dims(vi)
+    if dims is None or len(dims) != 4:
+        got = "no declared shape" if dims is None else f"shape {_fmt(dims)}"
+        raise UsageError(f"model input {vi.name!r} has {got}; images need a rank-4 NCHW or NHWC input")
+    if layout is None:
+        layout = "NHWC" if dims[3] in (1, 3) and dims[1] not in (1, 3) else "NCHW"
+    layout = layout.upper()
+    if layout not in ("NCHW", "NHWC"):
+        raise UsageError(f"layout must be NCHW or NHWC, not {layout!r}")
+    c_dim, hw = (dims[1], dims[2:4]) if layout == "NCHW" else (dims[3], dims[1:3])
+    if channels is None:
+        if c_dim == 1:
+            channels = "GRAY"
+        elif c_dim in (3, None):
+            channels = "RGB"
+        else:
+            raise UsageError(f"model input {vi.name!r} {_fmt(dims)} has {c_dim} channels in {layout} layout; images "
+                             "give 1 (GRAY) or 3 (RGB/BGR): check --layout")
+    channels = channels.upper()
+    if channels not in _CHANNELS:
+        raise UsageError(f"channels must be RGB, BGR or GRAY, not {channels!r}")
+    if c_dim is not None and c_dim != _CHANNELS[channels]:
+        raise UsageError(f"model input {vi.name!r} {_fmt(dims)} has {c_dim} channels in {layout} layout, but "
+                         f"{channels} images have {_CHANNELS[channels]}")
+    if size is not None:
+        target = _size(size)
+        for axis, fixed, want in zip(("height", "width"), hw, target):
+            if fixed is not None and fixed != want:
+                raise UsageError(f"--size {target[0]},{target[1]} disagrees with the model, whose input "
+                                 f"{vi.name!r} {_fmt(dims)} fixes the {axis} to {fixed}")
+    elif any(d is None for d in hw):
+        raise UsageError(f"model input {vi.name!r} {_fmt(dims)} has a dynamic height or width; give the image "
+                         "size with --size H[,W]")
+    else:
+        target = (hw[0], hw[1])
+    return {"name": vi.name, "layout": layout, "channels": channels, "size": target}
+
+
+def _size(size) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        size = (size, size)
+    try:
+        h, w = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise UsageError(f"image size must be an int or (height, width), not {size!r}") from None
+    if h < 1 or w < 1:
+        raise UsageError(f"image size must be positive, not {h}x{w}")
+    return h, w
+
+
+def _per_channel(value, c: int, what: str, channels: str) -> np.ndarray:
+    v = np.atleast_1d(np.asarray(value, dtype=np.float32)).ravel()
+    if v.size not in (1, c):
+        raise UsageError(f"--{what} has {v.size} values; give one, or {c} (one per {channels} channel)")
+    if not np.isfinite(v).all():
+        raise UsageError(f"--{what} must be finite numbers")
+    return np.broadcast_to(v, (c,)).astype(np.float32)
+
+
+def _fmt(dims) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
