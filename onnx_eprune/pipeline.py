@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 import onnx
 
 from . import budget
@@ -128,6 +129,8 @@ class Pruner:
             config = replace(config, mode="oneshot")
         self.config = config
         self.progress = progress or Progress(enabled=False)
+        self._blas = ThreadpoolController()
+        self._blas_threads = max([i["num_threads"] for i in self._blas.info() if i["user_api"] == "blas"] or [1])
         self.timer = _Timer()
         self.bundle = stats
         t0 = time.perf_counter()
@@ -177,7 +180,8 @@ class Pruner:
         cur_iter = pruned.compute(targets) if pruned is not None else None
         keys = self.data.keys()
         size = self.config.batch_size
-        with self.progress.task(label, self.data.batch_count(size)) as task:
+        with self.progress.task(label, self.data.batch_count(size)) as task, \
+                self._blas.limit(limits=self._blas_threads, user_api="blas"):
             for b, xo in enumerate(orig_iter):
                 xc = next(cur_iter) if cur_iter is not None else xo
                 for c in cidxs:
@@ -274,6 +278,14 @@ class Pruner:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> PruneResult:
+        # OpenBLAS sums float64 products in an order that depends on its thread count; the
+        # solvers run on one thread so that the output is the same bytes on any machine
+        # (they are faster so anyway: their matrices are small). The statistics' float32
+        # GEMMs, which are thread-count invariant, get every thread back (collect).
+        with self._blas.limit(limits=1, user_api="blas"):
+            return self._run()
+
+    def _run(self) -> PruneResult:
         cfg = self.config
         gids = [g.gid for g in self.analysis.prunable_groups()]
         if not gids:

@@ -71,3 +71,26 @@ def test_cli_prune_report_on_lenet(tmp_path, lenet, capsys):
     assert set(report["seconds"]) >= {"calibrate", "select", "rewrite", "validate", "total"}
     out = capsys.readouterr().out
     assert "MACs" in out and "wrote" in out
+
+
+def test_same_model_and_report_whatever_the_thread_count(tmp_path):
+    """Two processes with 1 and 2 threads (onnxruntime and BLAS): byte-identical models,
+    identical reports apart from timings."""
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "calib.npy", preprocess(np.load(str(shipped(SAMPLE_FILE)))["calib"][:256]))
+    outputs = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+        out, report = tmp_path / f"m{threads}.onnx", tmp_path / f"r{threads}.json"
+        subprocess.run([sys.executable, "-m", "onnx_eprune.cli", "prune", str(shipped(MODEL_FILE)), "-o", str(out),
+                        "--calib", str(tmp_path / "calib.npy"), "--sparsity", "0.5", "--device", "cpu", "-q",
+                        "--report", str(report)], check=True, env=env)
+        rep = json.loads(report.read_text())
+        rep.pop("seconds")
+        rep.pop("output")
+        outputs.append((out.read_bytes(), rep))
+    assert outputs[0][0] == outputs[1][0]
+    assert outputs[0][1] == outputs[1][1]
