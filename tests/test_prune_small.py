@@ -425,3 +425,27 @@ def test_cached_network_keeps_values_when_read_in_step_with_another(calib):
     values = [next(it)[target] for _ in range(data.batch_count(16))]
     assert target in net.cache and len(net.cache[target]) == len(values)
     np.testing.assert_array_equal(np.concatenate(net.cache[target]), np.concatenate(values))
+
+
+def test_float16_model_is_pruned_in_its_own_dtype(calib):
+    """A half-precision model (weights, input and output): statistics and re-fit run in
+    float32/float64, the written weights stay float16, and keep-ratio 1.0 gives the same
+    outputs to half-precision accuracy."""
+    from onnx import TensorProto, numpy_helper
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    for i, init in enumerate(model.graph.initializer):
+        value = numpy_helper.to_array(init)
+        if value.dtype == np.float32:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(value.astype(np.float16), init.name))
+    for v in list(model.graph.input) + list(model.graph.output):
+        v.type.tensor_type.elem_type = TensorProto.FLOAT16
+    x = calib.astype(np.float16)
+    pruned = onnx_eprune.prune(model, x, sparsity=0.4, device="cpu").model
+    onnx.checker.check_model(pruned, full_check=True)
+    assert {numpy_helper.to_array(i).dtype for i in pruned.graph.initializer
+            if numpy_helper.to_array(i).dtype.kind == "f"} == {np.dtype(np.float16)}
+    same = onnx_eprune.prune(model, x, keep_ratio=1.0, device="cpu").model
+    a = run_model(model, x[:16])["y"].astype(np.float32)
+    b = run_model(same, x[:16])["y"].astype(np.float32)
+    assert relative_error(a, b) < 5e-3
