@@ -54,6 +54,8 @@ class EntropicConfig:
     path_steps: int = 7           # in this many geometric steps (a decade each)
     ridge_growth: float = 10.0    # past the end of the path, multiply the ridge until few channels live
     max_features: int = 512       # wider consumers are compressed per channel for the path (problem.compress)
+    wide: int = 1024              # while more channels than this are in play, at most 3 alternations per
+                                  # point: each w-step factors a C x C matrix (2048 channels: 3 GFLOP a step)
 
 
 def solve_w(A: np.ndarray, b: np.ndarray, eps: float, w0: np.ndarray | None = None,
@@ -249,7 +251,10 @@ class Path:
             if len(keep) < len(local):
                 problem = problem.restrict(keep)
                 local = local[keep]
-            local = alternate(problem, 10.0 ** log_eps, replace(cfg, eps_ridge=ridge_), local / local.sum()).w
+            point_cfg = replace(cfg, eps_ridge=ridge_)
+            if len(keep) > cfg.wide:
+                point_cfg = replace(point_cfg, max_alternations=min(3, cfg.max_alternations))
+            local = alternate(problem, 10.0 ** log_eps, point_cfg, local / local.sum()).w
             w = np.zeros(C)
             w[problem.index] = local
             n = alive(w, cfg.threshold)
