@@ -1,0 +1,211 @@
+"""A report folder: the JSON report, a Markdown summary and (with matplotlib) two plots.
+
+``write_report_dir(report, "out/")`` writes ``report.json`` (the same JSON as ``--report``),
+``report.md`` and, when matplotlib can be imported (``pip install 'onnx-eprune[plots]'``),
+``channels.png`` (channels before and after per prunable group) and ``allocation.png``
+(fraction of channels kept per group along the network). Every file is written to a
+temporary file in the folder and renamed into place, so a failure leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import EPruneError
+
+log = logging.getLogger("onnx_eprune")
+
+JSON_NAME, MARKDOWN_NAME = "report.json", "report.md"
+CHANNELS_PLOT, ALLOCATION_PLOT = "channels.png", "allocation.png"
+NAMES = (JSON_NAME, MARKDOWN_NAME, CHANNELS_PLOT, ALLOCATION_PLOT)
+
+
+def write_report_dir(report: dict, directory: str | os.PathLike) -> list[Path]:
+    """Write the report files into ``directory`` (created if missing) and return their paths.
+
+    Without matplotlib only the JSON and Markdown files are written, and one info line
+    says so. Raises :class:`EPruneError` if a file cannot be written; the files this call
+    wrote before the failure are removed again.
+    """
+    folder = Path(directory)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EPruneError(f"cannot create report folder {folder}: {exc.strerror or exc}") from None
+    if not folder.is_dir():
+        raise EPruneError(f"report folder is not a directory: {folder}")
+    contents: list[tuple[str, bytes]] = [
+        (JSON_NAME, (json.dumps(report, indent=1) + "\n").encode()),
+        (MARKDOWN_NAME, markdown_report(report).encode()),
+    ]
+    figure = _figure_class()
+    if figure is None:
+        log.info("matplotlib is not installed: wrote no plots (pip install 'onnx-eprune[plots]' for them)")
+    else:
+        contents.append((CHANNELS_PLOT, _png(_channels_figure(figure, report))))
+        contents.append((ALLOCATION_PLOT, _png(_allocation_figure(figure, report))))
+    written: list[Path] = []
+    try:
+        for name, data in contents:
+            _write_atomic(folder / name, data)
+            written.append(folder / name)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise EPruneError(f"cannot write report {target}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise EPruneError(f"cannot write report {target}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# -- Markdown --------------------------------------------------------------------------------
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
+
+
+def markdown_report(report: dict) -> str:
+    """The report as Markdown: totals, run details, fidelity, then one table row per group."""
+    lines = ["# onnx-eprune pruning report", ""]
+    if report.get("input") or report.get("output"):
+        lines += [f"- input: `{report.get('input', '?')}`", f"- output: `{report.get('output', '?')}`"]
+    target = report.get("target") or {}
+    lines += [
+        f"- method: {report.get('method', '?')}, mode: {report.get('mode', '?')}, "
+        f"re-fit: {'yes' if report.get('reconstruct', True) else 'no'}, seed: {report.get('seed', '?')}",
+        f"- target: {target.get('kind', '?')} {target.get('value', '?')}",
+        f"- provider: {report.get('provider', '?')}",
+        f"- calibration samples: {report.get('samples', '?')}",
+        f"- tool: {report.get('tool', 'onnx-eprune')} {report.get('version', '')}".rstrip(),
+        "",
+        "## Summary",
+        "",
+        "| | before | after | removed |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, label in (("params", "parameters"), ("macs", "MACs")):
+        v = report.get(key)
+        if v:
+            lines.append(f"| {label} | {v['before']:,} | {v['after']:,} | {_pct(v['removed_fraction'])} |")
+    groups = report.get("groups", [])
+    prunable = [g for g in groups if not g.get("frozen")]
+    before = sum(g["channels_before"] for g in prunable)
+    after = sum(g["channels_after"] for g in prunable)
+    if before:
+        lines.append(f"| channels of prunable groups | {before:,} | {after:,} | {_pct(1 - after / before)} |")
+    lines.append("")
+    fidelity = report.get("fidelity_on_calibration") or {}
+    if fidelity.get("outputs"):
+        lines += ["## Fidelity on calibration samples", "",
+                  f"Pruned against original model on {fidelity.get('samples', '?')} calibration samples.", "",
+                  "| output | relative error | top-1 agreement |", "|---|---:|---:|"]
+        for name, f in fidelity["outputs"].items():
+            top1 = _pct(f["top1_agreement"]) if "top1_agreement" in f else "-"
+            lines.append(f"| {_cell(name)} | {f['relative_error']:.4f} | {top1} |")
+        lines.append("")
+    seconds = report.get("seconds") or {}
+    if seconds:
+        lines += ["## Seconds per phase", "", "| phase | seconds |", "|---|---:|"]
+        lines += [f"| {_cell(k)} | {v:.2f} |" for k, v in seconds.items()]
+        lines.append("")
+    lines += ["## Channel groups", "",
+              f"{report.get('prunable_groups', len(prunable))} prunable of {len(groups)} groups.", "",
+              "| group | producers | consumers | channels |", "|---:|---|---|---|"]
+    for g in groups:
+        producers = ", ".join(g["producers"]) or "(graph input)"
+        consumers = ", ".join(g["consumers"]) or "(graph output)"
+        if g.get("frozen"):
+            chans = f"{g['channels_before']} (frozen: {g['frozen']})"
+        else:
+            chans = f"{g['channels_before']} -> {g['channels_after']}"
+        lines.append(f"| {g['id']} | {_cell(producers)} | {_cell(consumers)} | {_cell(chans)} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- plots -----------------------------------------------------------------------------------
+
+def _figure_class():
+    """matplotlib's Figure (drawn without pyplot, so no GUI backend), or None."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    return Figure
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def _prunable(report: dict) -> list[dict]:
+    return [g for g in report.get("groups", []) if not g.get("frozen")]
+
+
+def _label(g: dict) -> str:
+    name = g["producers"][0] if g["producers"] else "input"
+    name = name if len(name) <= 18 else name[:17] + "…"
+    return f"{g['id']}: {name}"
+
+
+def _channels_figure(Figure, report: dict):
+    groups = _prunable(report)
+    n = len(groups)
+    fig = Figure(figsize=(max(6.0, 0.32 * n + 2.0), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    xs = list(range(n))
+    ax.bar(xs, [g["channels_before"] for g in groups], color="#c8c8c8", label="before")
+    ax.bar(xs, [g["channels_after"] for g in groups], color="#1f77b4", width=0.6, label="kept")
+    ax.set_xticks(xs, [_label(g) for g in groups], rotation=60 if n > 6 else 0, ha="right" if n > 6 else "center",
+                  fontsize=8 if n > 20 else 9)
+    ax.set_ylabel("channels")
+    ax.set_title("Channels kept per prunable group")
+    ax.legend()
+    return fig
+
+
+def _allocation_figure(Figure, report: dict):
+    groups = _prunable(report)
+    fig = Figure(figsize=(7.0, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    xs = list(range(len(groups)))
+    kept = [g["channels_after"] / g["channels_before"] if g["channels_before"] else 1.0 for g in groups]
+    ax.plot(xs, kept, marker="o", color="#1f77b4", label="fraction of channels kept")
+    params = report.get("params")
+    if params:
+        ax.axhline(1.0 - params["removed_fraction"], color="#d62728", linestyle="--",
+                   label="fraction of parameters kept")
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xlabel("prunable group, in network order (input -> output)")
+    ax.set_ylabel("fraction kept")
+    ax.set_title("Channel allocation along the network")
+    if len(xs) <= 30:
+        ax.set_xticks(xs, [str(g["id"]) for g in groups])
+    ax.legend(loc="lower left")
+    return fig
