@@ -296,6 +296,21 @@ def composite_activations(seed: int = 0) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT))
 
 
+def conv_transpose(width: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->w, stride 2) -> Relu -> ConvTranspose(w->w, 2x2, stride 2, with bias) -> Relu
+    -> Conv(w->2w) -> Relu -> GAP -> Flatten -> Gemm(2w -> 10): the ConvTranspose produces
+    a prunable group; its own input channels stay."""
+    b = _Builder(seed)
+    w = b.weight("up.weight", (width, width, 2, 2), width * 4)
+    h = b.node("Relu", [b.node("Conv", [INPUT, b.weight("down.weight", (width, IN_CHANNELS, 3, 3), 27),
+                                        b.vector("down.bias", width)], name="down", kernel_shape=[3, 3],
+                                        pads=[1, 1, 1, 1], strides=[2, 2])])
+    h = b.node("Relu", [b.node("ConvTranspose", [h, w, b.vector("up.bias", width)], name="up",
+                               kernel_shape=[2, 2], strides=[2, 2])])
+    h = b.node("Relu", [b.conv(h, width, 2 * width, name="conv2")])
+    return b.build(b.gemm(b.gap_flatten(h), 2 * width, CLASSES, name=OUTPUT))
+
+
 # name -> (builder, expected structure). ``prunable``: number of prunable groups;
 # ``producers``: sorted producer counts of the prunable groups; ``frozen``: a substring that
 # some frozen group's reasons must contain (or None).
@@ -316,6 +331,7 @@ ALL_BUILDERS = {
     "slice": lambda: split_channels(use_slice=True),
     "se_block": se_block,
     "composite": composite_activations,
+    "conv_transpose": conv_transpose,
 }
 
 EXPECTED = {
@@ -335,6 +351,7 @@ EXPECTED = {
     "slice": {"prunable": 4, "producers": [1, 1, 1, 1], "frozen": None},
     "se_block": {"prunable": 3, "producers": [1, 1, 2], "frozen": None},
     "composite": {"prunable": 2, "producers": [1, 1], "frozen": None},
+    "conv_transpose": {"prunable": 2, "producers": [1, 1], "frozen": "inputs of a ConvTranspose"},
 }
 
 

@@ -381,6 +381,26 @@ class _Analyzer:
         else:
             self.freeze_all(node, index, f"{label}: grouped convolution (group={group}) is not pruned yet")
 
+    def op_ConvTranspose(self, node: onnx.NodeProto, index: int) -> None:
+        """A producer of its output channels (weight axis 1). Its input channels stay: their
+        re-fit would need the statistics of a transposed convolution."""
+        x, w = node.input[0], node.input[1]
+        b = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        label = _label(node, index)
+        self.freeze_layout(self.layout(x), f"{label}: the inputs of a ConvTranspose are not pruned")
+        out = node.output[0]
+        if w not in self.init_by_name or (b is not None and b not in self.init_by_name):
+            self.opaque_output(out, f"{label} has non-constant weights")
+            return
+        wshape = tuple(self.init_by_name[w].dims)
+        if len(wshape) != 4 or int(_attrs(node).get("group", 1)) != 1:
+            self.opaque_output(out, f"{label}: only 2-D ConvTranspose with group=1 is pruned")
+            return
+        if self.use_count.get(w, 0) > 1 or (b is not None and self.use_count.get(b, 0) > 1):
+            self.opaque_output(out, f"{label}: its weights are shared by several nodes")
+            return
+        self.layouts[out] = self.create(f"n:{index}", wshape[1], Producer(index, "conv", w, 1, b))
+
     def conv_geometry(self, node, attrs, wshape, x, out) -> dict:
         kh, kw = wshape[2], wshape[3]
         strides = list(attrs.get("strides", [1, 1]))

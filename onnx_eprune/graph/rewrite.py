@@ -152,7 +152,8 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
 
 
 def _current_bias(node: onnx.NodeProto) -> str | None:
-    return node.input[2] if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] else None
+    return node.input[2] if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2 and node.input[2] \
+        else None
 
 
 def _update_depthwise_groups(model: onnx.ModelProto, arrays: _Arrays) -> None:
