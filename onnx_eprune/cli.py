@@ -7,11 +7,13 @@ failures print one line on stderr (a traceback only with ``--debug``).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import sys
-import time
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -100,30 +102,133 @@ def _add_calib_sources(p: argparse.ArgumentParser, source) -> None:
                    help="crop: short side to size, then centre crop (default); stretch: resize to size")
 
 
-def _calib_source(args: argparse.Namespace):
-    """What to pass to prune()/calibrate() as calibration data: the --calib path, or an
-    array read from --calib-images, or random noise for --calib-random (with a warning)."""
+def _check_image_options(args: argparse.Namespace) -> None:
     given = [f"--{name}" for name in _IMAGE_OPTIONS if getattr(args, name) is not None]
     if args.calib_images is None:
         wrong = [o for o in given if o != "--size" or args.calib_random is None]
         if wrong:
             raise UsageError(f"{', '.join(wrong)} only appl{'ies' if len(wrong) == 1 else 'y'} with --calib-images")
-    if args.calib_images is None and args.calib_random is None:
-        return args.calib
-    from .calibrate.images import load_image_folder, random_calibration
+
+
+def _input_model(path: str):
+    """Load MODEL and check its structure before any work: a file that is not a complete,
+    valid ONNX model is a usage error (exit 2)."""
+    import onnx
+
     from .graph.model_io import load_model
 
-    model = load_model(args.model)
+    p = Path(path)
+    try:
+        model = load_model(p)
+    except UsageError as exc:
+        if p.is_file():  # it exists but is not ONNX, or is cut short
+            raise UsageError(f"{exc}; give a complete .onnx file (export or copy it again)") from None
+        raise
+    try:  # structure only (no shape inference): undefined inputs, unknown ops, opsets, IR version
+        onnx.checker.check_model(str(p))
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UsageError(f"{p} is not a valid ONNX model ({reason}); fix the exporter or export it again") from None
+    return model
+
+
+def _check_calib_file(path: str) -> None:
+    """Refuse, with a clear message, a --calib file that is neither .npy nor .npz, or one cut short."""
+    p = Path(path)
+    if not p.is_file():
+        return  # load_calibration says "not found" / "is a directory"
+    with open(p, "rb") as f:
+        head = f.read(6)
+        if head == b"\x93NUMPY":
+            f.seek(0)
+            try:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _fortran, dtype = read(f)
+            except Exception:
+                raise UsageError(f"calibration file {p} has a damaged .npy header; write it again with "
+                                 "numpy.save") from None
+            if dtype.hasobject:
+                raise UsageError(f"calibration file {p} holds Python objects; save a numeric array "
+                                 "(e.g. float32) with numpy.save") from None
+            expected = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            size = p.stat().st_size
+            if size < expected:
+                raise UsageError(f"calibration file {p} is truncated ({size:,} of {expected:,} bytes); write it "
+                                 "again with numpy.save")
+            return
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(p):
+                return
+        except (zipfile.BadZipFile, OSError):
+            raise UsageError(f"calibration file {p} is a damaged .npz (truncated?); write it again with "
+                             "numpy.savez") from None
+    raise UsageError(f"calibration file {p} is not a .npy or .npz file; save the inputs with numpy.save (one "
+                     "input) or numpy.savez (input name -> array)")
+
+
+class _Mute(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def _check_calibration_values(arrays: dict[str, np.ndarray]) -> None:
+    """Inputs that do not vary carry no information to choose channels from; values that
+    overflowed when cast to the model's float type would poison the statistics."""
+    constant = []
+    for name, a in arrays.items():
+        if a.dtype.kind != "f" or a.size == 0:
+            continue
+        lo, hi = np.min(a), np.max(a)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise UsageError(f"calibration array for {name!r} has values beyond the range of {a.dtype} (the "
+                             "model's input type); rescale the data the way the model expects")
+        if lo == hi:
+            constant.append((name, float(lo)))
+    if constant and len(constant) == len(arrays):
+        name, value = constant[0]
+        raise UsageError(f"calibration array for {name!r} is constant (every value is {value:g}); calibrate on "
+                         "real, varying inputs (check how the file was made)")
+    for name, value in constant:
+        log.warning("calibration input %r is constant (every value is %g)", name, value)
+
+
+def _calib_source(args: argparse.Namespace, model):
+    """The calibration arrays to pass to prune()/calibrate(), read and checked against
+    ``model`` up front: from --calib, from --calib-images, or random noise for
+    --calib-random (with a warning); None with --stats."""
+    if getattr(args, "stats", None):
+        return None
+    from .calibrate.data import load_calibration
+
     if args.calib_random is not None:
+        from .calibrate.images import random_calibration
+
         print("onnx-eprune: WARNING: --calib-random calibrates on random noise, not real inputs: the pruned model's "
               "accuracy will suffer; use --calib or --calib-images for real work", file=sys.stderr)
-        return random_calibration(model, args.calib_random, args.seed, size=args.size)
-    return load_image_folder(args.calib_images, model, size=args.size,
-                             scale=1 / 255 if args.scale is None else args.scale,
-                             mean=(0.0,) if args.mean is None else args.mean,
-                             std=(1.0,) if args.std is None else args.std,
-                             layout=args.layout, channels=args.channels, resize=args.resize or "crop",
-                             limit=args.samples)
+        source = random_calibration(model, args.calib_random, args.seed, size=args.size)
+    elif args.calib_images is not None:
+        from .calibrate.images import load_image_folder
+
+        source = load_image_folder(args.calib_images, model, size=args.size,
+                                   scale=1 / 255 if args.scale is None else args.scale,
+                                   mean=(0.0,) if args.mean is None else args.mean,
+                                   std=(1.0,) if args.std is None else args.std,
+                                   layout=args.layout, channels=args.channels, resize=args.resize or "crop",
+                                   limit=args.samples)
+    else:
+        source = args.calib
+        _check_calib_file(source)
+    mute = _Mute()
+    log.addFilter(mute)  # the pipeline validates the arrays again and says the same things once
+    try:
+        data = load_calibration(source, model, samples=args.samples)
+    finally:
+        log.removeFilter(mute)
+    _check_calibration_values(data.arrays)
+    return data.arrays
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -160,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sequential: each layer is fitted on the already-pruned network (default)")
     p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
     p.add_argument("--report", metavar="REPORT.json", help="write the JSON report here")
+    p.add_argument("--report-dir", metavar="DIR",
+                   help="write report.json, report.md and (with matplotlib) channels.png and allocation.png "
+                   "into DIR (created if missing)")
     p.add_argument("--seed", type=int, default=0, help="seed for position sampling and random selection")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="onnxruntime device for calibration (default: CUDA when usable)")
@@ -236,14 +344,46 @@ def _check_output(model: str, output: str) -> None:
     """Refuse before any work: overwriting the input, or an output that cannot be written."""
     out = Path(output)
     if out.exists() and Path(model).exists() and out.resolve() == Path(model).resolve():
-        raise UsageError("the output path is the input model; choose another file (the input is never overwritten)")
+        raise UsageError(f"the output path {out} is the input model; choose another file (the input is never "
+                         "overwritten)")
     if out.is_dir():
-        raise UsageError(f"output path is a directory: {out}")
+        raise UsageError(f"output path is a directory: {out}; give a file name")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
-        raise UsageError(f"output folder does not exist: {folder}")
+        raise UsageError(f"output folder does not exist: {folder}; create it first or choose another path")
     if not os.access(folder, os.W_OK):
-        raise UsageError(f"output folder is not writable: {folder}")
+        raise UsageError(f"output folder is not writable: {folder}; choose another path or fix its permissions")
+
+
+def _check_report_dir(args: argparse.Namespace) -> None:
+    """--report-dir: a folder (created if missing) whose files clash with neither the model nor the outputs."""
+    from .report_files import NAMES
+
+    folder = Path(args.report_dir)
+    if folder.exists():
+        if not folder.is_dir():
+            raise UsageError(f"--report-dir {folder} is a file; name a folder (it is created if missing)")
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"--report-dir {folder} is not writable; choose another folder or fix its permissions")
+        for name in NAMES:
+            _check_output(args.model, str(folder / name))
+    else:
+        parent = folder.parent if str(folder.parent) else Path(".")
+        if not parent.is_dir():
+            raise UsageError(f"cannot create --report-dir {folder}: {parent} does not exist; create it first")
+        if not os.access(parent, os.W_OK):
+            raise UsageError(f"cannot create --report-dir {folder}: {parent} is not writable; choose another folder")
+    taken = {Path(p).resolve(): opt for p, opt in ((args.output, "-o"), (args.report, "--report")) if p}
+    for name in NAMES:
+        clash = taken.get((folder / name).resolve())
+        if clash:
+            raise UsageError(f"{clash} names {folder / name}, a file that --report-dir writes; choose another path")
+
+
+def _no_prunable_hint(exc: EPruneError, model: str) -> EPruneError:
+    if "no prunable channel group" in str(exc):
+        return type(exc)(f"{exc}; nothing was written: 'onnx-eprune inspect {model}' shows why each group is frozen")
+    return exc
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -251,25 +391,48 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .pipeline import PruneConfig, prune
     from .progress import Progress
     from .report import summary_table, write_json
+    from .report_files import write_report_dir
 
+    _check_image_options(args)
     _check_output(args.model, args.output)
     if args.report:
         _check_output(args.model, args.report)
         if Path(args.report).resolve() == Path(args.output).resolve():
             raise UsageError("--report and -o name the same file; give the report its own path")
+    if args.report_dir:
+        _check_report_dir(args)
     config = PruneConfig(sparsity=args.sparsity, flops_reduction=args.flops_reduction, keep_ratio=args.keep_ratio,
                          method=args.method, mode=args.mode, samples=args.samples, seed=args.seed,
                          device=args.device, batch_size=args.batch_size, positions=args.positions,
                          round_to=args.round_to, reconstruct=not args.no_reconstruct)
-    calib = _calib_source(args)
-    result = prune(args.model, calib, config, progress=Progress(enabled=not args.quiet), stats=args.stats)
-    save_model(result.model, args.output)
+    config.check()
+    config.target()  # a target out of range fails here, before any work
+    calib = _calib_source(args, _input_model(args.model))
+    try:
+        result = prune(args.model, calib, config, progress=Progress(enabled=not args.quiet), stats=args.stats)
+    except EPruneError as exc:
+        raise _no_prunable_hint(exc, args.model) from None
+    del calib
     report = dict(result.report, input=str(args.model), output=str(args.output))
-    if args.report:
-        write_json(report, args.report)
+    written: list[Path] = []
+    new_dir = Path(args.report_dir) if args.report_dir and not Path(args.report_dir).exists() else None
+    try:  # each file is written atomically; if one fails, the others of this run go too
+        save_model(result.model, args.output)
+        written.append(Path(args.output))
+        if args.report:
+            write_json(report, args.report)
+            written.append(Path(args.report))
+        if args.report_dir:
+            written += write_report_dir(report, args.report_dir)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if new_dir is not None and new_dir.is_dir() and not any(new_dir.iterdir()):
+            new_dir.rmdir()
+        raise
     if not args.quiet:
         print(summary_table(report))
-        print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
+        print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -277,10 +440,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .pipeline import PruneConfig, calibrate
     from .progress import Progress
 
+    _check_image_options(args)
     _check_output(args.model, args.stats_out)
     config = PruneConfig(samples=args.samples, seed=args.seed, device=args.device, batch_size=args.batch_size,
                          positions=args.positions)
-    bundle = calibrate(args.model, _calib_source(args), config, progress=Progress(enabled=not args.quiet))
+    config.check()
+    calib = _calib_source(args, _input_model(args.model))
+    bundle = calibrate(args.model, calib, config, progress=Progress(enabled=not args.quiet))
     bundle.save(args.stats_out)
     if not args.quiet:
         print(f"wrote statistics of {len(bundle.consumers)} layers over {bundle.samples} samples to {args.stats_out}")
@@ -313,9 +479,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .calibrate.session import choose_providers, probe_shapes
     from .graph.costs import build_cost_model
     from .graph.groups import analyze
-    from .graph.model_io import load_model, normalize
+    from .graph.model_io import normalize
 
-    model = load_model(args.model)
+    model = _input_model(args.model)
     normalize(model)
     data = _shapes_input(model, args)
     shapes = probe_shapes(model, data.first(), choose_providers("cpu"))
@@ -370,6 +536,27 @@ COMMANDS = {"prune": cmd_prune, "calibrate": cmd_calibrate, "inspect": cmd_inspe
             "demo": cmd_demo}
 
 
+_OS_HINTS = {errno.ENOSPC: "free some disk space and run again", errno.EDQUOT: "free some space and run again",
+             errno.EACCES: "check the permissions or choose another path",
+             errno.EPERM: "check the permissions or choose another path",
+             errno.EROFS: "choose a path on a writable file system"}
+
+
+def _error_line(exc: EPruneError) -> str:
+    """The message, with what to do when it comes from a failed read or write."""
+    message = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError) and cause.errno in _OS_HINTS and _OS_HINTS[cause.errno] not in message:
+        message += f"; {_OS_HINTS[cause.errno]}"
+    return message
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    hint = _OS_HINTS.get(exc.errno, "check the path and run again")
+    return f"{where}{exc.strerror or exc}; {hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -380,19 +567,30 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         _setup_logging(args)
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            if not args.verbose:  # numerical warnings are details; -v shows them
+                warnings.simplefilter("ignore")
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("onnx-eprune: interrupted; no output was written", file=sys.stderr)
+        if debug:
+            raise
+        print("onnx-eprune: error: interrupted; no partial output was left and the input is untouched",
+              file=sys.stderr)
         return 130
     except EPruneError as exc:
         if debug:
             raise
-        print(f"onnx-eprune: error: {exc}", file=sys.stderr)
+        print(f"onnx-eprune: error: {_error_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except MemoryError:
         if debug:
             raise
         print("onnx-eprune: error: out of memory; try fewer --samples or a smaller --batch-size", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a read or write the code did not expect to fail
+        if debug:
+            raise
+        print(f"onnx-eprune: error: {_os_error_line(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug: say so in one line, full details with --debug
         if debug:

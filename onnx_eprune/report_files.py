@@ -64,10 +64,11 @@ def write_report_dir(report: dict, directory: str | os.PathLike) -> list[Path]:
 def _write_atomic(target: Path, data: bytes) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
     except OSError as exc:
         raise EPruneError(f"cannot write report {target}: {exc.strerror or exc}") from None
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -1,0 +1,166 @@
+"""The report folder: report.json, report.md and the plots (``--report-dir``)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+import onnx_eprune
+from models import conv_bn_relu_pool_flatten_gemm
+from onnx_eprune import report_files
+from onnx_eprune.cli import main
+from onnx_eprune.errors import EPruneError
+from onnx_eprune.report_files import markdown_report, write_report_dir
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def report(calib):
+    result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), calib, sparsity=0.4, device="cpu", method="l1")
+    return dict(result.report, input="model.onnx", output="pruned.onnx")
+
+
+@pytest.fixture
+def no_matplotlib(monkeypatch):
+    """Make ``import matplotlib`` (and its submodules) fail as if it were not installed."""
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] + \
+            ["matplotlib", "matplotlib.figure"]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_writes_json_markdown_and_plots(report, tmp_path):
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "rep"
+    paths = write_report_dir(report, folder)
+    assert [p.name for p in paths] == ["report.json", "report.md", "channels.png", "allocation.png"]
+    assert _files(folder) == ["allocation.png", "channels.png", "report.json", "report.md"]  # no temp files
+    assert json.loads((folder / "report.json").read_text()) == report
+    for name in ("channels.png", "allocation.png"):
+        data = (folder / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 1000
+
+
+def test_json_is_the_same_as_report_option(report, tmp_path):
+    from onnx_eprune.report import write_json
+
+    write_json(report, tmp_path / "r.json")
+    write_report_dir(report, tmp_path / "rep")
+    assert (tmp_path / "rep" / "report.json").read_text() == (tmp_path / "r.json").read_text()
+
+
+def test_markdown_mentions_every_group(report):
+    text = markdown_report(report)
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    for g in report["groups"]:
+        row = rows[str(g["id"])]
+        for name in g["producers"] + g["consumers"]:
+            assert name in row
+        if g["frozen"]:
+            assert f"frozen: {g['frozen']}" in row
+        else:
+            assert f"{g['channels_before']} -> {g['channels_after']}" in row
+    p, m = report["params"], report["macs"]
+    assert f"{p['before']:,} | {p['after']:,}" in text and f"{m['before']:,} | {m['after']:,}" in text
+    assert f"{100 * p['removed_fraction']:.1f}%" in text
+    assert report["provider"] in text and f"calibration samples: {report['samples']}" in text
+    for phase in report["seconds"]:
+        assert f"| {phase} |" in text
+    for output in report["fidelity_on_calibration"]["outputs"]:
+        assert f"| {output} |" in text
+    assert "model.onnx" in text and "pruned.onnx" in text
+
+
+def test_markdown_escapes_pipes_in_names(report):
+    odd = json.loads(json.dumps(report))
+    odd["groups"][1]["producers"] = ["a|b"]
+    assert "a\\|b" in markdown_report(odd)
+
+
+def test_without_matplotlib_json_and_markdown_only(report, tmp_path, no_matplotlib, caplog):
+    with caplog.at_level(logging.INFO, logger="onnx_eprune"):
+        paths = write_report_dir(report, tmp_path / "rep")
+    assert [p.name for p in paths] == ["report.json", "report.md"]
+    assert _files(tmp_path / "rep") == ["report.json", "report.md"]
+    notes = [r for r in caplog.records if "matplotlib" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].levelno == logging.INFO
+
+
+def test_existing_folder_is_reused_and_files_replaced(report, tmp_path):
+    folder = tmp_path / "rep"
+    folder.mkdir()
+    (folder / "report.md").write_text("old")
+    (folder / "keep.txt").write_text("mine")
+    write_report_dir(report, folder)
+    assert (folder / "report.md").read_text().startswith("# onnx-eprune")
+    assert (folder / "keep.txt").read_text() == "mine"
+
+
+def test_a_failed_write_leaves_nothing(report, tmp_path, monkeypatch):
+    real_open = open
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if "report.md" in str(path) and "w" in mode:
+            f.write(b"# partial")
+            f.close()
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return f
+
+    monkeypatch.setattr(report_files, "open", full_disk, raising=False)
+    folder = tmp_path / "rep"
+    with pytest.raises(EPruneError, match="No space left"):
+        write_report_dir(report, folder)
+    assert _files(folder) == []  # report.json removed again, no temp file
+
+
+# -- through the command line -----------------------------------------------------------------
+
+@pytest.fixture
+def files(tmp_path, calib):
+    onnx.save(conv_bn_relu_pool_flatten_gemm(True), str(tmp_path / "model.onnx"))
+    np.save(tmp_path / "calib.npy", calib)
+    return tmp_path
+
+
+def _prune(files, *extra):
+    return main(["prune", str(files / "model.onnx"), "-o", str(files / "out.onnx"), "--calib",
+                 str(files / "calib.npy"), "--device", "cpu", "--method", "l1", "--sparsity", "0.4", *extra])
+
+
+def test_cli_report_dir_with_report(files, capsys):
+    pytest.importorskip("matplotlib")
+    assert _prune(files, "--report-dir", str(files / "rep"), "--report", str(files / "r.json")) == 0
+    out = capsys.readouterr().out
+    assert str(files / "rep" / "report.md") in out and str(files / "r.json") in out
+    assert _files(files / "rep") == ["allocation.png", "channels.png", "report.json", "report.md"]
+    assert (files / "rep" / "report.json").read_text() == (files / "r.json").read_text()
+    report = json.loads((files / "r.json").read_text())
+    assert report["output"] == str(files / "out.onnx")
+    text = (files / "rep" / "report.md").read_text()
+    assert all(f"| {g['id']} |" in text for g in report["groups"])
+
+
+def test_cli_report_dir_without_matplotlib(files, capsys, no_matplotlib):
+    assert _prune(files, "--report-dir", str(files / "rep")) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "matplotlib" in line] == [
+        "onnx-eprune: matplotlib is not installed: wrote no plots (pip install 'onnx-eprune[plots]' for them)"]
+    assert _files(files / "rep") == ["report.json", "report.md"]
+    assert (files / "out.onnx").exists()
+
+
+def test_cli_report_dir_quiet_says_nothing(files, capsys, no_matplotlib):
+    assert _prune(files, "--report-dir", str(files / "rep"), "-q") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
