@@ -454,9 +454,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _shapes_input(model, args: argparse.Namespace):
+    """One sample to probe shapes with (the "few samples" warning does not apply)."""
+    mute = _Mute()
+    log.addFilter(mute)
+    try:
+        return _probe_sample(model, args)
+    finally:
+        log.removeFilter(mute)
+
+
+def _probe_sample(model, args: argparse.Namespace):
     from .calibrate.data import load_calibration, model_inputs
 
     if args.calib:
+        _check_calib_file(args.calib)
         return load_calibration(args.calib, model, samples=1)
     inputs = model_inputs(model)
     arrays = {}

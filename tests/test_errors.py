@@ -542,9 +542,16 @@ def test_without_quiet_the_error_is_the_last_and_only_error_line(case, capsys):
     (["calibrate", "{dir}/model.onnx", "--calib", "{dir}/flat.npy", "--stats-out", "{dir}/s.npz"], "constant"),
     (["calibrate", "{dir}/model.onnx", "--calib", "{dir}/calib.npy", "--stats-out", "{dir}/model.onnx"], "input"),
     (["inspect", "{dir}/bad.onnx"], "bad.onnx"),
+    (["inspect", "{dir}/model.onnx", "--calib", "{dir}/model.onnx"], "not a .npy or .npz"),
     (["evaluate", "{dir}/model.onnx", "{dir}/nope.onnx", "--data", "{dir}/calib.npy"], "not found"),
 ])
 def test_other_commands(case, calib, argv, words):
     np.save(case.dir / "flat.npy", np.zeros_like(calib))
     (case.dir / "bad.onnx").write_bytes(b"\x01\x02garbage")
     case.fail([a.format(dir=case.dir) for a in argv] + ["-q"], contains=words)
+
+
+def test_inspect_says_nothing_about_few_samples(case):
+    """inspect probes shapes with one sample: no "few samples" warning."""
+    assert main(["inspect", str(case.model), "-q"]) == 0
+    assert case.capsys.readouterr().err == ""
