@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import numpy as np
 import onnx
@@ -55,9 +56,10 @@ def _cuda_works() -> bool:
 
 def _options(threads: int | None = None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # onnxruntime chatter only with -v (set by the CLI)
-    if log.isEnabledFor(logging.DEBUG):
-        opts.log_severity_level = 2
+    # onnxruntime prints nothing of its own (its errors come back as one-line exceptions)
+    # unless -v asks for details
+    opts.log_severity_level = 2 if log.isEnabledFor(logging.DEBUG) else 4
+    ort.set_default_logger_severity(opts.log_severity_level)  # kernel failures log here
     # OMP_NUM_THREADS, the usual way to share a machine between jobs, also caps
     # onnxruntime's own pool (numpy's BLAS already follows it)
     threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
@@ -74,7 +76,7 @@ def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str
     try:
         return ort.InferenceSession(model.SerializeToString(), _options(threads), providers=providers)
     except Exception as exc:
-        raise EPruneError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:300]}") from None
+        raise EPruneError(f"onnxruntime cannot load the model: {_reason(exc)}") from None
 
 
 def run(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list:
@@ -82,7 +84,17 @@ def run(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[st
     try:
         return session.run(outputs, feeds)
     except Exception as exc:
-        raise EPruneError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:300]}") from None
+        raise EPruneError(f"onnxruntime failed to run the model: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of an onnxruntime error without its C++ source location prefix
+    (``[ONNXRuntimeError] : 1 : FAIL : .../file.cc:123 Function(...) reason``), cut to 300
+    characters, so that the reason itself survives the cut."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
+    text = re.sub(r"^\S+\.(cc|h|cpp):\d+\s+(\S+\([^)]*\)\s*)?", "", text)
+    return text[:300]
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
