@@ -10,6 +10,9 @@ The one entry point is :func:`prune`::
 __version__ = "0.1.0"
 
 from .errors import EPruneError, UsageError  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
+from .inspection import inspect  # noqa: E402
 from .pipeline import PruneConfig, PruneResult, calibrate, prune  # noqa: E402
 
-__all__ = ["prune", "calibrate", "PruneConfig", "PruneResult", "EPruneError", "UsageError", "__version__"]
+__all__ = ["prune", "calibrate", "inspect", "evaluate", "PruneConfig", "PruneResult", "EPruneError", "UsageError",
+           "__version__"]

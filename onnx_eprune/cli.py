@@ -487,33 +487,12 @@ def _probe_sample(model, args: argparse.Namespace):
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .calibrate.session import choose_providers, probe_shapes
-    from .graph.costs import build_cost_model
-    from .graph.groups import analyze
-    from .graph.model_io import normalize
+    from .inspection import inspect
 
     model = _input_model(args.model)
-    normalize(model)
-    data = _shapes_input(model, args)
-    shapes = probe_shapes(model, data.first(), choose_providers("cpu"))
-    analysis = analyze(model, shapes)
-    costs = build_cost_model(model, analysis, shapes)
-    nodes = model.graph.node
-    rows = []
-    for g in analysis.groups:
-        if not g.producers and not g.consumers:
-            continue
-        rows.append({
-            "id": g.gid, "channels": g.channels, "prunable": g.prunable,
-            "producers": [nodes[p.node].name or f"{nodes[p.node].op_type}#{p.node}" for p in g.producers],
-            "consumers": [analysis.consumers[c].name for c in g.consumers],
-            "frozen": "; ".join(g.frozen) if g.frozen else None})
-    prunable = {g.gid for g in analysis.groups if g.prunable}
-    total = costs.macs()
-    # MACs that pruning can touch: layers with a prunable group on either side
-    touched = sum(layer.macs({}) for layer in costs.layers if layer.groups() & prunable)
-    summary = {"groups": rows, "prunable_groups": len(prunable), "macs": total, "params": costs.params(),
-               "prunable_mac_fraction": touched / total if total else 0.0}
+    summary = inspect(model, _shapes_input(model, args).first())
+    rows, total = summary["groups"], summary["macs"]
+    prunable = [r for r in rows if r["prunable"]]
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0

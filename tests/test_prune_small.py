@@ -449,3 +449,15 @@ def test_float16_model_is_pruned_in_its_own_dtype(calib):
     a = run_model(model, x[:16])["y"].astype(np.float32)
     b = run_model(same, x[:16])["y"].astype(np.float32)
     assert relative_error(a, b) < 5e-3
+
+
+def test_inspect_and_evaluate_are_functions(tmp_path, calib):
+    """``onnx_eprune.inspect`` lists the groups (as the command does) and
+    ``onnx_eprune.evaluate`` compares a model with its pruned version."""
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    summary = onnx_eprune.inspect(model)
+    assert summary["prunable_groups"] == 3 and summary["prunable_mac_fraction"] == 1.0
+    assert sum(g["prunable"] for g in summary["groups"]) == 3
+    pruned = onnx_eprune.prune(model, calib, keep_ratio=1.0, device="cpu", method="l1").model
+    result = onnx_eprune.evaluate(model, pruned, calib[:32], device="cpu")
+    assert min(o["top1_agreement"] for o in result["outputs"].values()) == 1.0

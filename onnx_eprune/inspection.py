@@ -1,0 +1,72 @@
+"""The channel groups of a model, as ``onnx-eprune inspect`` shows them."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .calibrate.data import load_calibration
+from .calibrate.session import choose_providers, probe_shapes
+from .graph.costs import build_cost_model
+from .graph.groups import analyze
+from .graph.model_io import load_model, normalize
+
+
+def inspect(model: onnx.ModelProto | str, sample=None) -> dict:
+    """Channel groups of ``model`` and how much of it pruning can reach.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto or path (never modified)
+    sample : one input to probe shapes with: an array (first axis = samples), a dict of
+        input name -> array, or a .npy/.npz path; only its first sample is used. ``None``
+        takes zeros of the model's input shape (which must then be fixed, batch aside).
+
+    Returns a dict: ``groups`` (one entry per group with producers or consumers: ``id``,
+    ``channels``, ``prunable``, ``producers``, ``consumers`` (node names) and ``frozen``
+    (the reasons, or None)), ``prunable_groups``, ``params`` and ``macs`` (Conv /
+    ConvTranspose / Gemm / MatMul, MACs per sample at the probed shape) and
+    ``prunable_mac_fraction`` (MACs of layers with a prunable group on either side).
+    """
+    model = load_model(model) if isinstance(model, str) else _copy(model)
+    normalize(model)
+    data = load_calibration(sample if sample is not None else _zeros(model), model, samples=1)
+    shapes = probe_shapes(model, data.first(), choose_providers("cpu"))
+    analysis = analyze(model, shapes)
+    costs = build_cost_model(model, analysis, shapes)
+    nodes = model.graph.node
+    rows = []
+    for g in analysis.groups:
+        if not g.producers and not g.consumers:
+            continue
+        rows.append({
+            "id": g.gid, "channels": g.channels, "prunable": g.prunable,
+            "producers": [nodes[p.node].name or f"{nodes[p.node].op_type}#{p.node}" for p in g.producers],
+            "consumers": [analysis.consumers[c].name for c in g.consumers],
+            "frozen": "; ".join(g.frozen) if g.frozen else None})
+    prunable = {g.gid for g in analysis.groups if g.prunable}
+    total = costs.macs()
+    touched = sum(layer.macs({}) for layer in costs.layers if layer.groups() & prunable)
+    return {"groups": rows, "prunable_groups": len(prunable), "macs": total, "params": costs.params(),
+            "prunable_mac_fraction": touched / total if total else 0.0}
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _zeros(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    from .calibrate.data import model_inputs
+    from .errors import UsageError
+
+    arrays = {}
+    for vi in model_inputs(model):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if dims and dims[0] is None:
+            dims[0] = 1
+        if any(d is None for d in dims):
+            raise UsageError(f"input {vi.name!r} has dynamic dimensions {dims}; give a sample input")
+        arrays[vi.name] = np.zeros(dims, dtype=np.float32)
+    return arrays
