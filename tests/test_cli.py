@@ -328,3 +328,30 @@ def test_demo_refuses_a_missing_output_folder(tmp_path, capsys):
 def test_demo_refuses_a_bad_sparsity(tmp_path, capsys):
     run_error(capsys, ["demo", "-o", str(tmp_path / "lenet.onnx"), "--sparsity", "1.5", "--device", "cpu"])
     assert not (tmp_path / "lenet.onnx").exists()
+
+
+def test_external_data_in_and_out(tmp_path, calib, capsys, monkeypatch):
+    """A model whose weights live in an external file is read; above the protobuf limit
+    (lowered here to a few kilobytes) the pruned model is written with external data too,
+    next to it, and loads and runs from there."""
+    from onnx_eprune.graph import model_io
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    src = tmp_path / "in" / "model.onnx"
+    src.parent.mkdir()
+    onnx.save_model(model, str(src), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    assert (src.parent / "weights.bin").stat().st_size > 0.5 * model.ByteSize()
+    np.save(tmp_path / "calib.npy", calib)
+    monkeypatch.setattr(model_io, "_EXTERNAL_DATA_THRESHOLD", 4096)
+    out = tmp_path / "out" / "pruned.onnx"
+    out.parent.mkdir()
+    assert main(["prune", str(src), "-o", str(out), "--calib", str(tmp_path / "calib.npy"), "--keep-ratio", "0.5",
+                 "--device", "cpu", "--method", "l1", "-q"]) == 0
+    assert (out.parent / "pruned.onnx.data").exists()
+    assert out.stat().st_size < 4096  # the graph only; weights are in the .data file
+    pruned = onnx.load(str(out))
+    onnx.checker.check_model(str(out), full_check=True)
+    x = random_input(4, seed=9)
+    assert run_model(pruned, x)["y"].shape == run_model(onnx.load(str(src)), x)["y"].shape
+    assert sorted(p.name for p in out.parent.iterdir()) == ["pruned.onnx", "pruned.onnx.data"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnx.external_data_helper import load_external_data_for_model
 
 from ..errors import EPruneError, UsageError
 
@@ -45,22 +46,25 @@ def as_model(model_or_path: onnx.ModelProto | str | os.PathLike) -> onnx.ModelPr
 
 
 def check_model(model: onnx.ModelProto) -> None:
-    """Run the full ONNX checker (with shape inference); raise EPruneError if it fails."""
+    """Run the full ONNX checker (with shape inference); raise EPruneError if it fails.
+
+    Protobuf cannot hold a model above 2 GiB in one message, so such a model is checked
+    from a temporary copy on disk with its weights as external data (the checker reads
+    those files itself).
+    """
     try:
         if model.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
             onnx.checker.check_model(model, full_check=True)
-        else:  # the checker cannot take a >2 GiB proto in memory; check the structure only
-            onnx.checker.check_model(_strip_weights(model))
+        else:
+            with tempfile.TemporaryDirectory(prefix="onnx-eprune-check-") as folder:
+                path = os.path.join(folder, "model.onnx")
+                onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                                location="model.onnx.data", size_threshold=1024)
+                # saving moved the weights out of ``model``: read them back (no second copy)
+                load_external_data_for_model(model, folder)
+                onnx.checker.check_model(path, full_check=True)
     except Exception as exc:
         raise EPruneError(f"model does not pass onnx.checker: {str(exc).splitlines()[0]}") from None
-
-
-def _strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    for init in light.graph.initializer:
-        init.ClearField("raw_data")
-    return light
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> int:
@@ -168,6 +172,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
         if external:
             onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=tmp_data.name, size_threshold=1024)
+            load_external_data_for_model(model, str(folder))  # the caller's model keeps its weights
             os.replace(tmp_data, folder / data_name)
             _relink_external_data(tmp, data_name)
         else:
