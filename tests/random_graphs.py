@@ -1,0 +1,286 @@
+"""Random small CNNs, built with ``onnx.helper``, for the property tests.
+
+:func:`random_cnn` composes a model on the float32 input ``x`` of shape ``[N, 3, 16, 16]``
+(``N`` dynamic) that ends in GlobalAveragePool -> Flatten -> Gemm and the output ``y`` of
+shape ``[N, 10]``. Its body is 2 to 6 random blocks:
+
+* ``conv``: Conv 3x3 or 1x1 (width 4-16, stride 1 or 2, with or without bias), an optional
+  unfolded BatchNormalization, then an activation;
+* ``residual``: Conv - act - Conv (same width) + Add of the block input;
+* ``concat``: two parallel Convs joined by Concat on the channel axis;
+* ``depthwise``: Conv with ``group = C``;
+* ``grouped``: Conv with ``group = 2`` (even input and output widths);
+* ``se``: squeeze-and-excitation, GAP -> 1x1 Conv -> Relu -> 1x1 Conv -> Sigmoid -> Mul;
+* ``pool``: MaxPool or AveragePool 2x2, stride 2.
+
+Activations are Relu, LeakyRelu, Clip(0, 6) (bounds as inputs, opset >= 11), SiLU as
+``Mul(x, Sigmoid(x))``, HardSwish (opset >= 14 only) and ``Mul(x, HardSigmoid(x))``. The
+opset is one of :data:`OPSETS`, the IR version the lowest that the opset needs. No
+ReduceMean anywhere (its ``axes`` moved from attribute to input at opset 18).
+
+The structure comes from ``source``: an int seed or a ``numpy.random.Generator`` (plain
+random draws), or a hypothesis ``draw`` function (inside ``@st.composite``), so that
+hypothesis can shrink a failing graph block by block. Weights always come from a numpy
+Generator (seeded by a drawn integer under hypothesis), He-initialised so that activations
+stay of order one. About 20% of the graphs store their weights as Constant nodes instead of
+initializers, and about 30% leave some node names empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+INPUT = "x"
+OUTPUT = "y"
+IN_CHANNELS = 3
+HW = 16
+CLASSES = 10
+OPSETS = (11, 13, 14, 17, 18, 21)
+BLOCKS = ("conv", "residual", "concat", "depthwise", "grouped", "se", "pool")
+ACTIVATIONS = ("relu", "leaky_relu", "clip", "silu", "hard_swish", "hard_sigmoid_mul")
+
+
+# -- where the random choices come from ------------------------------------------------------
+
+class _Chooser:
+    """Random decisions from a numpy Generator or from a hypothesis ``draw``."""
+
+    def __init__(self, source):
+        self.draw = None
+        if isinstance(source, np.random.Generator):
+            self.rng = source
+        elif isinstance(source, (int, np.integer)):
+            self.rng = np.random.default_rng(int(source))
+        elif callable(source):
+            self.draw = source
+            self.rng = None
+        else:
+            raise TypeError(f"random_cnn needs a seed, a numpy Generator or a hypothesis draw, not {source!r}")
+
+    def integer(self, low: int, high: int) -> int:
+        """An int in [low, high], both included."""
+        if self.draw is not None:
+            from hypothesis import strategies as st
+            return self.draw(st.integers(low, high))
+        return int(self.rng.integers(low, high + 1))
+
+    def choice(self, options: Sequence):
+        options = list(options)
+        if self.draw is not None:
+            from hypothesis import strategies as st
+            return self.draw(st.sampled_from(options))
+        return options[int(self.rng.integers(len(options)))]
+
+    def chance(self, p: float) -> bool:
+        """True with probability about ``p`` (hypothesis shrinks toward False)."""
+        if self.draw is not None:
+            from hypothesis import strategies as st
+            return self.draw(st.integers(0, 99)) >= 100 - round(100 * p)
+        return bool(self.rng.random() < p)
+
+    def weights_rng(self) -> np.random.Generator:
+        if self.draw is not None:
+            return np.random.default_rng(self.integer(0, 2**32 - 1))
+        return np.random.default_rng(int(self.rng.integers(2**32)))
+
+
+# -- the graph under construction ------------------------------------------------------------
+
+class _Graph:
+    def __init__(self, choose: _Chooser, opset: int, constants: bool, blank_names: float):
+        self.choose = choose
+        self.opset = opset
+        self.constants = constants
+        self.blank_names = blank_names
+        self.rng = choose.weights_rng()
+        self.nodes: list[onnx.NodeProto] = []
+        self.const_nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def fresh(self, base: str) -> str:
+        self.count += 1
+        return f"{base}_{self.count}"
+
+    def _node_name(self, name: str) -> str:
+        return "" if self.blank_names and self.choose.chance(self.blank_names) else name
+
+    def const(self, base: str, value: np.ndarray) -> str:
+        name = self.fresh(base)
+        tensor = numpy_helper.from_array(np.asarray(value, np.float32), name)
+        if self.constants:
+            self.const_nodes.append(helper.make_node("Constant", [], [name], value=tensor,
+                                                     name=self._node_name(f"const_{name}")))
+        else:
+            self.inits.append(tensor)
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        out = self.fresh(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=self._node_name(out), **attrs))
+        return out
+
+    # -- layers ------------------------------------------------------------------------------
+    def conv(self, x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1, bias: bool = True,
+             gain: float = 2.0) -> str:
+        fan_in = cin // group * k * k
+        w = self.rng.normal(0.0, np.sqrt(gain / fan_in), size=(cout, cin // group, k, k))
+        inputs = [x, self.const("w", w)]
+        if bias:
+            inputs.append(self.const("b", self.rng.uniform(-0.1, 0.1, size=cout)))
+        attrs = {"kernel_shape": [k, k], "pads": [k // 2] * 4}
+        if stride != 1:
+            attrs["strides"] = [stride, stride]
+        if group != 1:
+            attrs["group"] = group
+        return self.node("Conv", inputs, **attrs)
+
+    def bn(self, x: str, c: int) -> str:
+        params = [self.rng.uniform(0.5, 1.5, c), self.rng.uniform(-0.1, 0.1, c),
+                  self.rng.uniform(-0.1, 0.1, c), self.rng.uniform(0.5, 1.5, c)]
+        names = [self.const(n, p) for n, p in zip(("scale", "shift", "mean", "var"), params)]
+        return self.node("BatchNormalization", [x] + names, epsilon=1e-5)
+
+    def activation(self, x: str) -> str:
+        kinds = [a for a in ACTIVATIONS if a != "hard_swish" or self.opset >= 14]
+        kind = self.choose.choice(kinds)
+        if kind == "relu":
+            return self.node("Relu", [x])
+        if kind == "leaky_relu":
+            return self.node("LeakyRelu", [x], alpha=0.1)
+        if kind == "clip":
+            return self.node("Clip", [x, self.const("lo", np.float32(0.0)), self.const("hi", np.float32(6.0))])
+        if kind == "hard_swish":
+            return self.node("HardSwish", [x])
+        gate = self.node("Sigmoid", [x]) if kind == "silu" else self.node("HardSigmoid", [x])
+        return self.node("Mul", [x, gate] if self.choose.chance(0.5) else [gate, x])
+
+    def width(self, even: bool = False) -> int:
+        w = self.choose.integer(2 if even else 4, 8 if even else 16)
+        return 2 * w if even else w
+
+
+def _block(g: _Graph, kind: str, x: str, c: int, hw: int) -> tuple[str, int, int]:
+    """Append one block; returns the new tensor, its channels and its spatial size."""
+    ch = g.choose
+    if kind == "conv":
+        cout, k = g.width(), ch.choice([3, 1])
+        stride = 2 if hw >= 4 and ch.chance(0.3) else 1
+        use_bn = ch.chance(0.5)
+        y = g.conv(x, c, cout, k, stride, bias=not use_bn or ch.chance(0.3))
+        if use_bn:
+            y = g.bn(y, cout)
+        return g.activation(y), cout, (hw + stride - 1) // stride
+    if kind == "residual":
+        y = g.activation(g.conv(x, c, c, ch.choice([3, 1])))
+        y = g.conv(y, c, c, ch.choice([3, 1]), bias=True, gain=0.5)
+        y = g.node("Add", [x, y] if ch.chance(0.5) else [y, x])
+        return (g.activation(y) if ch.chance(0.5) else y), c, hw
+    if kind == "concat":
+        a, b = ch.integer(2, 8), ch.integer(2, 8)
+        ya = g.conv(x, c, a, ch.choice([3, 1]))
+        yb = g.conv(x, c, b, ch.choice([3, 1]))
+        if ch.chance(0.5):
+            ya, yb = g.activation(ya), g.activation(yb)
+        y = g.node("Concat", [ya, yb], axis=1)
+        return (g.activation(y) if ch.chance(0.5) else y), a + b, hw
+    if kind == "depthwise":
+        stride = 2 if hw >= 4 and ch.chance(0.2) else 1
+        use_bn = ch.chance(0.5)
+        y = g.conv(x, c, c, 3, stride, group=c, bias=not use_bn)
+        if use_bn:
+            y = g.bn(y, c)
+        return g.activation(y), c, (hw + stride - 1) // stride
+    if kind == "grouped":
+        if c % 2:
+            return _block(g, "conv", x, c, hw)
+        cout = g.width(even=True)
+        y = g.conv(x, c, cout, ch.choice([3, 1]), group=2, bias=ch.chance(0.5))
+        return g.activation(y), cout, hw
+    if kind == "se":
+        r = max(2, c // 4)
+        s = g.node("GlobalAveragePool", [x])
+        s = g.node("Relu", [g.conv(s, c, r, 1)])
+        s = g.node("Sigmoid", [g.conv(s, r, c, 1)])
+        return g.node("Mul", [x, s] if ch.chance(0.5) else [s, x]), c, hw
+    if kind == "pool":
+        if hw < 4:
+            return _block(g, "conv", x, c, hw)
+        op = ch.choice(["MaxPool", "AveragePool"])
+        return g.node(op, [x], kernel_shape=[2, 2], strides=[2, 2]), c, hw // 2
+    raise ValueError(kind)
+
+
+def random_cnn(source, *, opset: int | None = None, blocks: Sequence[str] | None = None,
+               min_blocks: int = 2, max_blocks: int = 6, constants: bool | None = None,
+               exclude: Sequence[str] = ()) -> onnx.ModelProto:
+    """A random CNN ``x [N, 3, 16, 16] -> y [N, 10]`` (see the module docstring).
+
+    Parameters
+    ----------
+    source : int seed, ``numpy.random.Generator`` or a hypothesis ``draw``.
+    opset : fix the opset (default: random among :data:`OPSETS`).
+    blocks : fix the sequence of block kinds (default: 2-6 random ones from :data:`BLOCKS`).
+    constants : store weights as Constant nodes (default: in about 20% of the graphs).
+    exclude : block kinds never to draw.
+    """
+    ch = _Chooser(source)
+    opset = opset if opset is not None else ch.choice(OPSETS)
+    if constants is None:
+        constants = ch.chance(0.2)
+    blank_names = 0.5 if ch.chance(0.3) else 0.0
+    if blocks is None:
+        kinds = [k for k in BLOCKS if k not in exclude]
+        blocks = [ch.choice(kinds) for _ in range(ch.integer(min_blocks, max_blocks))]
+    g = _Graph(ch, opset, constants, blank_names)
+
+    x, c, hw = INPUT, IN_CHANNELS, HW
+    for kind in blocks:
+        x, c, hw = _block(g, kind, x, c, hw)
+    x = g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1)
+    trans_b = ch.chance(0.5)
+    w = g.rng.normal(0.0, np.sqrt(1.0 / c), size=(CLASSES, c) if trans_b else (c, CLASSES))
+    inputs = [x, g.const("fc_w", w)]
+    if ch.chance(0.8):
+        inputs.append(g.const("fc_b", g.rng.uniform(-0.1, 0.1, CLASSES)))
+    gemm = helper.make_node("Gemm", inputs, [OUTPUT], name=g._node_name("fc"), transB=int(trans_b))
+
+    graph = helper.make_graph(
+        g.const_nodes + g.nodes + [gemm], "random_cnn",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", IN_CHANNELS, HW, HW])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", CLASSES])],
+        initializer=g.inits)
+    opsets = [helper.make_opsetid("", opset)]
+    graph.doc_string = "blocks: " + " ".join(blocks)
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="random_graphs")
+    model.ir_version = helper.find_min_ir_version_for(opsets)
+    return model
+
+
+def describe(model: onnx.ModelProto) -> str:
+    """One line for failure messages: opset, IR, storage, blocks and the op sequence."""
+    ops = [n.op_type for n in model.graph.node if n.op_type != "Constant"]
+    consts = sum(n.op_type == "Constant" for n in model.graph.node)
+    blanks = sum(not n.name for n in model.graph.node)
+    return (f"opset {model.opset_import[0].version}, ir {model.ir_version}, "
+            f"{'constants' if consts else 'initializers'}, {blanks} unnamed nodes, "
+            f"{model.graph.doc_string}, ops: {' '.join(ops)}")
+
+
+def random_input(n: int, seed: int) -> np.ndarray:
+    """``n`` samples of standard normal noise, (n, 3, 16, 16) float32."""
+    return np.random.default_rng(seed).normal(size=(n, IN_CHANNELS, HW, HW)).astype(np.float32)
+
+
+def cnn_strategy(**kwargs) -> Callable:
+    """A hypothesis strategy of :func:`random_cnn` models (``kwargs`` go to it)."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def models(draw):
+        return random_cnn(draw, **kwargs)
+    return models()
