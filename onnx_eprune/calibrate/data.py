@@ -66,7 +66,8 @@ def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [vi for vi in model.graph.input if vi.name not in inits]
 
 
-def load_calibration(source, model: onnx.ModelProto, samples: int | None = None) -> CalibrationData:
+def load_calibration(source, model: onnx.ModelProto, samples: int | None = None, warn_few: bool = True
+                     ) -> CalibrationData:
     """Calibration data from a path (``.npy`` / ``.npz``), an array, or a dict of arrays.
 
     ``.npy`` and bare arrays feed a single-input model; ``.npz`` and dicts map input names to
@@ -89,7 +90,7 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None)
             raise UsageError(f"--samples must be at least 1, not {samples}")
         n = min(n, samples)
         arrays = {k: v[:n] for k, v in arrays.items()}
-    if n < 16:
+    if n < 16 and warn_few:  # not for a shape probe
         log.warning("only %d calibration samples: statistics will be noisy (a few hundred are advised)", n)
     return CalibrationData(arrays)
 
