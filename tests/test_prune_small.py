@@ -461,3 +461,26 @@ def test_inspect_and_evaluate_are_functions(tmp_path, calib):
     pruned = onnx_eprune.prune(model, calib, keep_ratio=1.0, device="cpu", method="l1").model
     result = onnx_eprune.evaluate(model, pruned, calib[:32], device="cpu")
     assert min(o["top1_agreement"] for o in result["outputs"].values()) == 1.0
+
+
+def test_calibration_from_batches_and_a_data_reader(calib):
+    """A Python iterable of batches (arrays or dicts) and an onnxruntime
+    CalibrationDataReader give the same model as the stacked array."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": calib[i:i + 16]} for i in range(0, len(calib), 16)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    ref = onnx_eprune.prune(model, calib, sparsity=0.4, device="cpu", method="l1").model
+    from_arrays = onnx_eprune.prune(model, (calib[i:i + 10] for i in range(0, len(calib), 10)), sparsity=0.4,
+                                    device="cpu", method="l1").model
+    from_reader = onnx_eprune.prune(model, Reader(), sparsity=0.4, device="cpu", method="l1").model
+    assert from_arrays.SerializeToString() == ref.SerializeToString()
+    assert from_reader.SerializeToString() == ref.SerializeToString()
+    with pytest.raises(UsageError, match="no batches"):
+        onnx_eprune.prune(model, iter([]), sparsity=0.4, device="cpu")

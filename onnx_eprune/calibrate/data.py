@@ -68,13 +68,21 @@ def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 def load_calibration(source, model: onnx.ModelProto, samples: int | None = None, warn_few: bool = True
                      ) -> CalibrationData:
-    """Calibration data from a path (``.npy`` / ``.npz``), an array, or a dict of arrays.
+    """Calibration data from a path (``.npy`` / ``.npz``), an array, a dict of arrays, an
+    iterable of batches, or an ``onnxruntime.quantization.CalibrationDataReader``.
 
     ``.npy`` and bare arrays feed a single-input model; ``.npz`` and dicts map input names to
-    arrays. Arrays are checked against the model inputs (rank, fixed dimensions, finite
-    values, a float dtype the model accepts) and the first ``samples`` rows are kept.
+    arrays. An iterable yields batches (arrays, or dicts of arrays, first axis = samples); a
+    data reader's ``get_next()`` returns such dicts until it returns None. Batches are
+    concatenated (the sequential mode reads the data several times). Arrays are checked
+    against the model inputs (rank, fixed dimensions, finite values, a float dtype the
+    model accepts) and the first ``samples`` rows are kept.
     """
     inputs = model_inputs(model)
+    if hasattr(source, "get_next"):  # onnxruntime.quantization.CalibrationDataReader
+        source = _batches(iter(source.get_next, None), inputs, samples)
+    elif not isinstance(source, (str, os.PathLike, np.ndarray, dict, bytes)) and hasattr(source, "__iter__"):
+        source = _batches(iter(source), inputs, samples)
     if isinstance(source, (str, os.PathLike)):
         arrays = _read(Path(source), inputs)
     elif isinstance(source, np.ndarray):
@@ -93,6 +101,31 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
     if n < 16 and warn_few:  # not for a shape probe
         log.warning("only %d calibration samples: statistics will be noisy (a few hundred are advised)", n)
     return CalibrationData(arrays)
+
+
+def _batches(batches, inputs, samples: int | None) -> dict[str, np.ndarray]:
+    """Concatenate batches (arrays or dicts of arrays) into one dict, stopping once
+    ``samples`` rows are in."""
+    parts: dict[str, list[np.ndarray]] = {}
+    rows = 0
+    for batch in batches:
+        if isinstance(batch, np.ndarray):
+            batch = _single(batch, inputs, "a batch")
+        if not isinstance(batch, dict) or not batch:
+            raise UsageError(f"calibration batches must be arrays or dicts of arrays, not {type(batch).__name__}")
+        if parts and set(batch) != set(parts):
+            raise UsageError(f"calibration batches disagree on their inputs: {sorted(batch)} vs {sorted(parts)}")
+        for name, value in batch.items():
+            parts.setdefault(name, []).append(np.asarray(value))
+        rows += len(next(iter(batch.values())))
+        if samples is not None and rows >= samples:
+            break
+    if not parts:
+        raise UsageError("the calibration data source yielded no batches")
+    try:
+        return {name: np.concatenate(values) for name, values in parts.items()}
+    except ValueError as exc:
+        raise UsageError(f"calibration batches do not stack: {exc}") from None
 
 
 def _read(path: Path, inputs) -> dict[str, np.ndarray]:
