@@ -1,0 +1,47 @@
+"""Accuracy drop of the entropic selector under EntropicConfig variants (tuning record).
+
+    OMP_NUM_THREADS=1 python tools/tune_entropic.py lenet5 0.55,0.7,0.73,0.84 "" \\
+        "max_alternations=3" "eps_ridge=0.03" "threshold=0.5"
+
+Each variant is ``field=value[:field=value...]`` of ``onnx_eprune.select.entropic.EntropicConfig``
+("" is the default). For every sparsity the reference model (../shared/reference) is pruned
+with that config and its accuracy measured on the full Fashion-MNIST test split; one line
+of drops (points) per variant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import onnx_eprune
+from onnx_eprune.datasets import load_fashion_mnist, preprocess
+from onnx_eprune.evaluate import accuracy
+from onnx_eprune.select.entropic import EntropicConfig
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+def main(argv: list[str]) -> int:
+    name, sparsities, variants = argv[0], [float(x) for x in argv[1].split(",")], argv[2:] or [""]
+    size, calib = (28, "calib28.npy") if name == "lenet5" else (32, "calib32.npy")
+    images, labels = load_fashion_mnist("test")
+    x = preprocess(images, size)
+    base = json.loads((REFERENCE / f"{name}.json").read_text())["test_acc"]
+    default = EntropicConfig()
+    for spec in variants:
+        fields = dict(kv.split("=") for kv in spec.split(":") if kv)
+        cfg = replace(default, **{k: type(getattr(default, k))(v) for k, v in fields.items()})
+        drops = []
+        for sparsity in sparsities:
+            result = onnx_eprune.prune(str(REFERENCE / f"{name}.onnx"), str(REFERENCE / calib), sparsity=sparsity,
+                                       device="cpu", entropic=cfg)
+            drops.append(round(100 * (base - accuracy(result.model, x, labels, ["CPUExecutionProvider"])), 2))
+        print(f"{spec or 'default':60s} drops {drops}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
