@@ -174,27 +174,6 @@ class _Mute(logging.Filter):
         return False
 
 
-def _check_calibration_values(arrays: dict[str, np.ndarray]) -> None:
-    """Inputs that do not vary carry no information to choose channels from; values that
-    overflowed when cast to the model's float type would poison the statistics."""
-    constant = []
-    for name, a in arrays.items():
-        if a.dtype.kind != "f" or a.size == 0:
-            continue
-        lo, hi = np.min(a), np.max(a)
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise UsageError(f"calibration array for {name!r} has values beyond the range of {a.dtype} (the "
-                             "model's input type); rescale the data the way the model expects")
-        if lo == hi:
-            constant.append((name, float(lo)))
-    if constant and len(constant) == len(arrays):
-        name, value = constant[0]
-        raise UsageError(f"calibration array for {name!r} is constant (every value is {value:g}); calibrate on "
-                         "real, varying inputs (check how the file was made)")
-    for name, value in constant:
-        log.warning("calibration input %r is constant (every value is %g)", name, value)
-
-
 def _calib_source(args: argparse.Namespace, model):
     """The calibration arrays to pass to prune()/calibrate(), read and checked against
     ``model`` up front: from --calib, from --calib-images, or random noise for
@@ -227,7 +206,6 @@ def _calib_source(args: argparse.Namespace, model):
         data = load_calibration(source, model, samples=args.samples)
     finally:
         log.removeFilter(mute)
-    _check_calibration_values(data.arrays)
     return data.arrays
 
 
@@ -468,7 +446,7 @@ def _probe_sample(model, args: argparse.Namespace):
 
     if args.calib:
         _check_calib_file(args.calib)
-        return load_calibration(args.calib, model, samples=1)
+        return load_calibration(args.calib, model, samples=1, probe=True)
     inputs = model_inputs(model)
     arrays = {}
     for i, vi in enumerate(inputs):
@@ -483,7 +461,7 @@ def _probe_sample(model, args: argparse.Namespace):
         if any(d is None for d in dims):
             raise UsageError(f"input {vi.name!r} has dynamic dimensions {dims}; give --input-shape or --calib")
         arrays[vi.name] = np.zeros(dims, dtype=np.float32)
-    return load_calibration(arrays, model, samples=1)
+    return load_calibration(arrays, model, samples=1, probe=True)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ def inspect(model: onnx.ModelProto | str, sample=None) -> dict:
     """
     model = load_model(model) if isinstance(model, str) else _copy(model)
     normalize(model)
-    data = load_calibration(sample if sample is not None else _zeros(model), model, samples=1, warn_few=False)
+    data = load_calibration(sample if sample is not None else _zeros(model), model, samples=1, probe=True)
     shapes = probe_shapes(model, data.first(), choose_providers("cpu"))
     analysis = analyze(model, shapes)
     costs = build_cost_model(model, analysis, shapes)

@@ -484,3 +484,10 @@ def test_calibration_from_batches_and_a_data_reader(calib):
     assert from_reader.SerializeToString() == ref.SerializeToString()
     with pytest.raises(UsageError, match="no batches"):
         onnx_eprune.prune(model, iter([]), sparsity=0.4, device="cpu")
+
+
+def test_api_refuses_constant_calibration_data():
+    """The Python API applies the same value checks as the command line."""
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    with pytest.raises(UsageError, match="constant"):
+        onnx_eprune.prune(model, np.zeros((32, 3, 16, 16), np.float32), sparsity=0.4, device="cpu")

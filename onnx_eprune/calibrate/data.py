@@ -66,7 +66,7 @@ def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [vi for vi in model.graph.input if vi.name not in inits]
 
 
-def load_calibration(source, model: onnx.ModelProto, samples: int | None = None, warn_few: bool = True
+def load_calibration(source, model: onnx.ModelProto, samples: int | None = None, probe: bool = False
                      ) -> CalibrationData:
     """Calibration data from a path (``.npy`` / ``.npz``), an array, a dict of arrays, an
     iterable of batches, or an ``onnxruntime.quantization.CalibrationDataReader``.
@@ -76,7 +76,9 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
     data reader's ``get_next()`` returns such dicts until it returns None. Batches are
     concatenated (the sequential mode reads the data several times). Arrays are checked
     against the model inputs (rank, fixed dimensions, finite values, a float dtype the
-    model accepts) and the first ``samples`` rows are kept.
+    model accepts) and the first ``samples`` rows are kept; data that does not vary at all is
+    refused (:func:`check_values`). ``probe``: the data only probes shapes (no value checks,
+    no warning about few samples).
     """
     inputs = model_inputs(model)
     if hasattr(source, "get_next"):  # onnxruntime.quantization.CalibrationDataReader
@@ -98,9 +100,32 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
             raise UsageError(f"--samples must be at least 1, not {samples}")
         n = min(n, samples)
         arrays = {k: v[:n] for k, v in arrays.items()}
-    if n < 16 and warn_few:  # not for a shape probe
-        log.warning("only %d calibration samples: statistics will be noisy (a few hundred are advised)", n)
+    if not probe:
+        if n < 16:
+            log.warning("only %d calibration samples: statistics will be noisy (a few hundred are advised)", n)
+        check_values(arrays)
     return CalibrationData(arrays)
+
+
+def check_values(arrays: dict[str, np.ndarray]) -> None:
+    """Inputs that do not vary carry no information to choose channels from; values that
+    overflowed when cast to the model's float type would poison the statistics."""
+    constant = []
+    for name, a in arrays.items():
+        if a.dtype.kind != "f" or a.size == 0:
+            continue
+        lo, hi = np.min(a), np.max(a)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise UsageError(f"calibration array for {name!r} has values beyond the range of {a.dtype} (the "
+                             "model's input type); rescale the data the way the model expects")
+        if lo == hi:
+            constant.append((name, float(lo)))
+    if constant and len(constant) == len(arrays):
+        name, value = constant[0]
+        raise UsageError(f"calibration array for {name!r} is constant (every value is {value:g}); calibrate on "
+                         "real, varying inputs (check how the file was made)")
+    for name, value in constant:
+        log.warning("calibration input %r is constant (every value is %g)", name, value)
 
 
 def _batches(batches, inputs, samples: int | None) -> dict[str, np.ndarray]:
