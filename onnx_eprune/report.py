@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .errors import EPruneError
+from .files import write_atomic
 
 
 def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], fidelity: dict) -> dict:
@@ -89,14 +89,5 @@ def write_json(report: dict, path: str | os.PathLike) -> None:
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise EPruneError(f"report folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise EPruneError(f"cannot write report {target}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(target, lambda f: f.write((json.dumps(report, indent=1, sort_keys=False) + "\n").encode()),
+                 f"report {target}")

@@ -13,10 +13,10 @@ import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 from .errors import EPruneError
+from .files import write_atomic
 
 log = logging.getLogger("onnx_eprune")
 
@@ -52,32 +52,13 @@ def write_report_dir(report: dict, directory: str | os.PathLike) -> list[Path]:
     written: list[Path] = []
     try:
         for name, data in contents:
-            _write_atomic(folder / name, data)
+            write_atomic(folder / name, lambda f, data=data: f.write(data), f"report {folder / name}")
             written.append(folder / name)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
         raise
     return written
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise EPruneError(f"cannot write report {target}: {exc.strerror or exc}") from None
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise EPruneError(f"cannot write report {target}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # -- Markdown --------------------------------------------------------------------------------

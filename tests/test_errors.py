@@ -474,7 +474,7 @@ def test_disk_full_while_writing_the_report_removes_the_model(case, monkeypatch)
 
     class FullJson:
         @staticmethod
-        def dump(*args, **kwargs):
+        def dumps(*args, **kwargs):
             raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(report_module, "json", FullJson)
     case.fail(case.args(None, None, ("--sparsity", "0.4"), "--report", str(case.dir / "r.json")), code=1,
@@ -482,9 +482,9 @@ def test_disk_full_while_writing_the_report_removes_the_model(case, monkeypatch)
 
 
 def test_disk_full_while_writing_the_report_dir(case, monkeypatch):
-    from onnx_eprune import report_files
+    from onnx_eprune import files as atomic_files
 
-    _full_disk_open(report_files, monkeypatch, after=10)
+    _full_disk_open(atomic_files, monkeypatch, after=10)
     case.fail(case.args(None, None, ("--sparsity", "0.4"), "--report-dir", str(case.dir / "rep")), code=1,
               contains=("report.json", "No space left"))  # the new folder goes too
 
@@ -507,9 +507,9 @@ def test_interrupted_while_writing(case, monkeypatch):
 
 
 def test_interrupted_after_the_model_was_written(case, monkeypatch):
-    from onnx_eprune import report_files
+    from onnx_eprune import files as atomic_files
 
-    _full_disk_open(report_files, monkeypatch, exc=KeyboardInterrupt())
+    _full_disk_open(atomic_files, monkeypatch, exc=KeyboardInterrupt())
     case.fail(case.args(None, None, ("--sparsity", "0.4"), "--report-dir", str(case.dir / "rep")), code=130,
               contains="interrupted")
 

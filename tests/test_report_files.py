@@ -13,6 +13,7 @@ import pytest
 
 import onnx_eprune
 from models import conv_bn_relu_pool_flatten_gemm
+from onnx_eprune import files as atomic_files
 from onnx_eprune import report_files
 from onnx_eprune.cli import main
 from onnx_eprune.errors import EPruneError
@@ -117,7 +118,7 @@ def test_a_failed_write_leaves_nothing(report, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return f
 
-    monkeypatch.setattr(report_files, "open", full_disk, raising=False)
+    monkeypatch.setattr(atomic_files, "open", full_disk, raising=False)
     folder = tmp_path / "rep"
     with pytest.raises(EPruneError, match="No space left"):
         write_report_dir(report, folder)

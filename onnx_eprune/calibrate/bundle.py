@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import onnx
 
 from ..errors import EPruneError, UsageError
+from ..files import write_atomic
 from .data import CalibrationData
 from .sensitivity import SUBSET_MODULUS, SUBSET_SIZE
 from .stats import MomentStats
@@ -87,16 +87,7 @@ class StatsBundle:
         folder = target.parent if str(target.parent) else Path(".")
         if not folder.is_dir():
             raise UsageError(f"output folder does not exist: {folder}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise EPruneError(f"cannot write {target}: {exc.strerror or exc}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(target, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "StatsBundle":

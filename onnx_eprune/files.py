@@ -1,0 +1,36 @@
+"""Atomic file writes: a temporary file in the target folder, then a rename."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import EPruneError
+
+
+def write_atomic(target: Path, write: Callable[[BinaryIO], None], label: str | None = None) -> None:
+    """Write ``target`` through ``write(file)`` so that it either appears whole or not at all.
+
+    The data go to a temporary file beside ``target`` (same file system, so the final
+    ``os.replace`` is atomic), flushed to disk first. A failed write raises EPruneError
+    ``cannot write <label>: <reason>`` (``label`` defaults to the path) and leaves nothing
+    behind; the OSError stays attached as its context for the caller's hints.
+    """
+    label = label or str(target)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise EPruneError(f"cannot write {label}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
