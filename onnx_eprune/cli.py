@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .select import METHODS
 from .errors import EPruneError, UsageError
 
 log = logging.getLogger("onnx_eprune")
@@ -237,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="remove at least this fraction of their multiply-accumulates")
     target.add_argument("--keep-ratio", type=_fraction, metavar="R",
                         help="keep round(R*C) channels in every prunable group")
-    p.add_argument("--method", default="entropic", choices=["entropic", "l1", "random"],
-                   help="channel selection (default: entropic)")
+    p.add_argument("--method", default="entropic", choices=list(METHODS),
+                   help="channel selection: entropic (default), or the baselines l1 (filter norm), random, "
+                   "lasso (He et al. 2017), thinet (Luo et al. 2017)")
     p.add_argument("--mode", default="sequential", choices=["sequential", "oneshot"],
                    help="sequential: each layer is fitted on the already-pruned network (default)")
     p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
@@ -297,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Prune the LeNet-5 that ships with onnx-eprune and print its accuracy and "
                        "size before and after.")
     p.add_argument("--sparsity", type=_fraction, default=0.55, help="parameter sparsity (default: 0.55)")
-    p.add_argument("--method", default="entropic", choices=["entropic", "l1", "random"])
+    p.add_argument("--method", default="entropic", choices=list(METHODS))
     p.add_argument("-o", "--output", default="lenet5_fmnist.pruned.onnx", metavar="OUT.onnx",
                    help="where to write the pruned model (default: ./lenet5_fmnist.pruned.onnx)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -29,14 +29,14 @@ from .graph.groups import Consumer, GraphAnalysis, analyze
 from .graph.model_io import as_model, check_model, initializer_map, normalize
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, producer_rows
+from .parallel import parallel_map
 from .progress import Progress
-from .select import baselines, entropic
+from .select import DATA_METHODS, METHODS, baselines, entropic
 from .select.problem import ConsumerTerm, explained_curve, partial_out
 from .select.reconstruct import refit
 
 log = logging.getLogger("onnx_eprune")
 
-METHODS = ("entropic", "l1", "random")
 MODES = ("sequential", "oneshot")
 
 
@@ -240,16 +240,25 @@ class Pruner:
             return entropic.ranking(terms, self.config.entropic, record=self.paths[gid])
         if method == "l1":
             return baselines.l1_ranking([producer_rows(self.inits, p, group.channels) for p in group.producers])
+        if method in ("lasso", "thinet"):
+            A, b = baselines.contributions(terms, self.config.entropic.max_features)
+            return baselines.lasso_ranking(A, b) if method == "lasso" else baselines.thinet_ranking(A)
         return baselines.random_ranking(group.channels, np.random.default_rng([self.config.seed, gid]))
 
     def choose(self, gid: int, k: int, ranking: np.ndarray | None, terms: Callable[[], list[ConsumerTerm]]
                ) -> np.ndarray:
         """The ``k`` channels of group ``gid`` to keep; ``terms`` is called only by the
-        entropic method (the baselines rank from weights or at random)."""
+        methods that rank from statistics (``l1`` and ``random`` keep their ``ranking``)."""
+        if self.config.mode == "oneshot" and ranking is not None:
+            # the ranking was drawn on these very statistics (the entropic path stopped at k
+            # channels keeps the k it ranks first)
+            return np.sort(ranking[:k])
         if self.config.method == "entropic":
             # resume the path drawn on the one-shot statistics where 2k channels were alive
             start = entropic.resume_point(self.paths.get(gid, []), k)
             return entropic.select(terms(), k, self.config.entropic, start)
+        if self.config.method in DATA_METHODS:
+            ranking = self.ranking(gid, terms())
         order = ranking if ranking is not None else self.ranking(gid, [])
         return np.sort(order[:k])
 
@@ -268,13 +277,20 @@ class Pruner:
                               for g in gids}, seed=self.config.seed)
         self.gains = gains
         all_terms = self.group_terms(gids, stats, {})
+
+        def rank(g: int) -> None:
+            rankings[g] = self.ranking(g, all_terms[g])
+            curves[g] = gains[g] * sum(explained_curve(t, rankings[g]) for t in all_terms[g])
+            all_terms[g] = []  # free the group's covariances as soon as it is done
+            task.advance()
+
         with self.progress.task("rank", len(gids)) as task:
-            for g in gids:
-                terms = all_terms[g]
-                rankings[g] = self.ranking(g, terms)
-                curves[g] = gains[g] * sum(explained_curve(t, rankings[g]) for t in terms)
-                task.advance()
+            parallel_map(rank, sorted(gids, key=lambda g: -self._solve_cost(all_terms[g])), self._blas_threads)
         return budget.allocate(channels, curves, self.costs, target, self.config.round_to), rankings
+
+    def _solve_cost(self, terms: list[ConsumerTerm]) -> float:
+        """Rough cost of ranking a group (cubic in its features), to start the largest first."""
+        return float(sum(t.G.shape[0] ** 3 for t in terms))
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> PruneResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 
@@ -22,14 +23,16 @@ class _Task:
         self.progress, self.label, self.total = progress, label, max(total, 1)
         self.done = 0
         self.start = time.perf_counter()
+        self._lock = threading.Lock()  # groups are solved on worker threads
 
     def __enter__(self) -> "_Task":
         self._draw()
         return self
 
     def advance(self, n: int = 1) -> None:
-        self.done = min(self.total, self.done + n)
-        self._draw()
+        with self._lock:
+            self.done = min(self.total, self.done + n)
+            self._draw()
 
     def __exit__(self, *exc) -> None:
         if self.progress.enabled:

@@ -196,9 +196,12 @@ def test_moment_stats_merge_equals_one_pass():
     np.testing.assert_allclose(whole.cov, np.cov(X.T, bias=True), rtol=1e-6)
 
 
-def test_streamed_moments_equal_one_pass_in_float64():
-    """Float32 batches with a large common offset, streamed through the shifted sums, give
-    the float64 one-pass moments to float32 accuracy."""
+@pytest.mark.parametrize("buffer_rows", [4096, 100])
+def test_streamed_moments_equal_one_pass_in_float64(monkeypatch, buffer_rows):
+    """Float32 batches with a large common offset, streamed through the shifted sums (in one
+    buffer, or in buffers that batches straddle), give the float64 one-pass moments to
+    float32 accuracy."""
+    monkeypatch.setattr(MomentAccumulator, "MAX_ROWS", buffer_rows)
     rng = np.random.default_rng(11)
     X = (rng.normal(size=(600, 9)) * rng.uniform(0.1, 10, size=9) + 50.0).astype(np.float32)
     Y = (X @ rng.normal(size=(9, 4)) - 20.0).astype(np.float32)

@@ -17,6 +17,7 @@ from onnx_eprune.graph.groups import analyze
 from onnx_eprune.graph.model_io import constants_to_initializers
 from onnx_eprune.graph.rewrite import Refit, build_pruned
 from onnx_eprune.graph.weights import consumer_matrix
+from onnx_eprune.select import METHODS
 
 CPU = ["CPUExecutionProvider"]
 
@@ -259,7 +260,7 @@ def test_bad_options_are_usage_errors(kw, calib):
 # -- methods and modes -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["sequential", "oneshot"])
-@pytest.mark.parametrize("method", ["entropic", "l1", "random"])
+@pytest.mark.parametrize("method", METHODS)
 def test_methods_and_modes_give_valid_models(method, mode, calib, test_x):
     original = residual()
     result = prune(original, calib, sparsity=0.4, method=method, mode=mode)

@@ -4,21 +4,23 @@
         "max_alternations=3" "eps_ridge=0.03" "threshold=0.5"
 
 Each variant is ``field=value[:field=value...]`` of ``onnx_eprune.select.entropic.EntropicConfig``
-("" is the default). For every sparsity the reference model (../shared/reference) is pruned
+or of ``onnx_eprune.PruneConfig`` (``mode``, ``samples``, ``positions``, ...; "" is the default). For every sparsity the reference model (../shared/reference) is pruned
 with that config and its accuracy measured on the full Fashion-MNIST test split; one line
-of drops (points) per variant.
+of drops (points) and pruning seconds per variant.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import onnx_eprune
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
+from onnx_eprune.pipeline import PruneConfig
 from onnx_eprune.select.entropic import EntropicConfig
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
@@ -30,16 +32,20 @@ def main(argv: list[str]) -> int:
     images, labels = load_fashion_mnist("test")
     x = preprocess(images, size)
     base = json.loads((REFERENCE / f"{name}.json").read_text())["test_acc"]
-    default = EntropicConfig()
+    default, run_default = EntropicConfig(), PruneConfig()
     for spec in variants:
         fields = dict(kv.split("=") for kv in spec.split(":") if kv)
-        cfg = replace(default, **{k: type(getattr(default, k))(v) for k, v in fields.items()})
-        drops = []
+        cfg = replace(default, **{k: type(getattr(default, k))(v) for k, v in fields.items() if hasattr(default, k)})
+        run = {k: (v if isinstance(getattr(run_default, k), str) else int(v)) for k, v in fields.items()
+               if not hasattr(default, k)}
+        drops, seconds = [], []
         for sparsity in sparsities:
+            t0 = time.perf_counter()
             result = onnx_eprune.prune(str(REFERENCE / f"{name}.onnx"), str(REFERENCE / calib), sparsity=sparsity,
-                                       device="cpu", entropic=cfg)
+                                       device="cpu", entropic=cfg, **run)
+            seconds.append(round(time.perf_counter() - t0, 1))
             drops.append(round(100 * (base - accuracy(result.model, x, labels, ["CPUExecutionProvider"])), 2))
-        print(f"{spec or 'default':60s} drops {drops}", flush=True)
+        print(f"{spec or 'default':60s} drops {drops} seconds {seconds}", flush=True)
     return 0
 
 

@@ -110,11 +110,12 @@ def cholesky(A: np.ndarray, rho: float) -> np.ndarray:
     relative to. When the factorisation fails the ridge grows tenfold (from at least 1e-10
     of the largest variance) until it succeeds, so that every caller always gets a factor.
     """
-    eye = np.eye(A.shape[0])
     top = max(float(np.max(np.abs(np.diag(A)), initial=0.0)), 1e-30)
     for _ in range(12):
+        shifted = np.array(A, dtype=np.float64)   # a copy: A itself stays as it is
+        shifted.flat[::A.shape[0] + 1] += rho      # + rho I without a D x D identity
         try:
-            return np.linalg.cholesky(A + rho * eye)
+            return np.linalg.cholesky(shifted)
         except np.linalg.LinAlgError:
             rho = max(10.0 * rho, 1e-10 * top)
     raise np.linalg.LinAlgError("covariance is not finite")
