@@ -8,6 +8,8 @@ of their consumers, ``select`` and ``budget`` decide keep-sets and new weights, 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,7 +21,7 @@ import onnx
 from . import budget
 from .calibrate.bundle import StatsBundle, fingerprint, merge_bundles
 from .calibrate.data import CalibrationData, load_calibration
-from .calibrate.engine import CachedNetwork, Topology
+from .calibrate.engine import CacheSpace, CachedNetwork, Topology
 from .calibrate.sensitivity import gain_subset, output_gains
 from .calibrate.session import choose_providers, make_session, probe_shapes, run
 from .calibrate.stats import ConvGeometry, MomentAccumulator, MomentStats, conv_patches, positions_per_sample, sample_positions
@@ -40,10 +42,13 @@ log = logging.getLogger("onnx_eprune")
 MODES = ("sequential", "oneshot")
 
 
-# The original network's consumer inputs are cached between the one-shot pass and the
-# sequential stages up to this size; beyond it they are recomputed stage by stage (slower,
-# but memory stays bounded whatever the number of samples).
-ORIGINAL_CACHE_BYTES = 4 << 30
+# Activations cached between passes (the original network's consumer inputs from the
+# one-shot pass, each network's tensors from one sequential stage to the next) stay in
+# memory up to this many bytes and go to scratch files beyond it, so that peak memory does
+# not grow with the number of samples; past the disk share they are computed again.
+CACHE_MEMORY_BYTES = 1 << 30
+CACHE_DISK_SHARE = 0.5      # of the free space in the temporary directory
+CACHE_DISK_BYTES = 64 << 30  # at most
 
 
 @dataclass
@@ -307,18 +312,24 @@ class Pruner:
         if not gids:
             reasons = sorted({r for g in self.analysis.groups for r in g.frozen})
             raise EPruneError("no prunable channel group in this model (" + "; ".join(reasons[:3]) + ")")
-        orig = CachedNetwork(self.model, self.topo, self.data, self.providers, cfg.batch_size)
+        self.space = _cache_space()
+        try:
+            return self._run_with_cache(gids)
+        finally:
+            self.space.close()
+
+    def _run_with_cache(self, gids: list[int]) -> PruneResult:
+        cfg = self.config
+        orig = CachedNetwork(self.model, self.topo, self.data, self.providers, cfg.batch_size, self.space)
         target = cfg.target()
         oneshot_stats = None
         if self.bundle is not None:
             oneshot_stats = self.bundle.consumers
         elif target.kind != "keep_ratio" or cfg.mode == "oneshot":
             with self.timer.phase("calibrate"):
-                consumers = self._oneshot_consumers()
-                # the sequential stages read the original network's consumer inputs again:
-                # keep them from this pass when they fit, instead of recomputing them
-                keep = cfg.mode == "sequential" and self._cache_bytes(consumers) <= ORIGINAL_CACHE_BYTES
-                oneshot_stats = self.collect(consumers, orig, None, 0, "calibrate", keep_orig=keep)
+                # the sequential stages read the original network's consumer inputs again
+                oneshot_stats = self.collect(self._oneshot_consumers(), orig, None, 0, "calibrate",
+                                             keep_orig=cfg.mode == "sequential")
         with self.timer.phase("select"):
             counts, rankings = self.allocate(gids, oneshot_stats)
         keeps: dict[int, np.ndarray] = {}
@@ -347,19 +358,15 @@ class Pruner:
         report = build_report(self, keeps, counts, fidelity)
         return PruneResult(pruned, report)
 
-    def _cache_bytes(self, cidxs: list[int]) -> int:
-        """Bytes that the input tensors of consumers ``cidxs`` take over all samples."""
-        names = {self.analysis.consumers[c].input for c in cidxs}
-        return sum(4 * int(np.prod(self.shapes[n][1:])) * self.data.samples for n in names)
-
     def _oneshot_consumers(self) -> list[int]:
         return sorted({c for g in self.analysis.prunable_groups() for c in g.consumers})
 
     def calibrate(self) -> StatsBundle:
         """One-shot statistics of every consumer of a prunable group, as a mergeable bundle."""
-        orig = CachedNetwork(self.model, self.topo, self.data, self.providers, self.config.batch_size)
+        orig = CachedNetwork(self.model, self.topo, self.data, self.providers, self.config.batch_size,
+                             CacheSpace(0, 0))
         with self.timer.phase("calibrate"):
-            consumers = self.collect(self._oneshot_consumers(), orig, None, 0, "calibrate")
+            consumers = self.collect(self._oneshot_consumers(), orig, None, 0, "calibrate", keep_orig=False)
         return StatsBundle.from_run(self.model, self.config.seed, self.config.positions, self.data, consumers)
 
     def _sequential(self, gids, counts, rankings, orig, keeps, refits) -> None:
@@ -369,7 +376,7 @@ class Pruner:
         consumers = self.analysis.consumers
         order = sorted(gids, key=lambda g: (max(consumers[c].node for c in groups[g].consumers), g))
         targets_of = {g: sorted({consumers[c].input for c in groups[g].consumers}) for g in order}
-        pruned = CachedNetwork(self.model, self.topo, self.data, self.providers, cfg.batch_size)
+        pruned = CachedNetwork(self.model, self.topo, self.data, self.providers, cfg.batch_size, self.space)
         for stage, g in enumerate(order, start=1):
             cidxs = groups[g].consumers
             with self.timer.phase("calibrate"):
@@ -454,6 +461,14 @@ class Pruner:
                 entry["top1_agreement"] = float(np.mean(a.argmax(1) == b.argmax(1)))
             fidelity["outputs"][name] = entry
         return fidelity
+
+
+def _cache_space() -> CacheSpace:
+    try:
+        free = shutil.disk_usage(tempfile.gettempdir()).free
+    except OSError:
+        free = 0
+    return CacheSpace(CACHE_MEMORY_BYTES, int(min(CACHE_DISK_BYTES, CACHE_DISK_SHARE * free)))
 
 
 def prune(model, calib=None, config: PruneConfig | None = None, progress: Progress | None = None,

@@ -6,7 +6,8 @@ from scipy.optimize import minimize
 
 from onnx_eprune.calibrate.stats import ConvGeometry, MomentAccumulator, MomentStats, conv_patches, sample_positions
 from onnx_eprune.select import entropic
-from onnx_eprune.select.problem import ConsumerTerm, cholesky, compress, explained_curve, partial_out, ridge
+from onnx_eprune.select.problem import (ConsumerTerm, cholesky, compress, explained_curve, partial_out, reduce_outputs,
+                                         ridge)
 from onnx_eprune.select.reconstruct import refit
 
 
@@ -288,3 +289,18 @@ def test_factorisations_survive_singular_covariances_with_huge_scale_gaps():
     assert np.all(np.diff(curve) <= 1e-9) and 0.0 <= curve.min() <= curve.max() <= 1.0
     terms = partial_out(G, P, np.diag(G)[:4].copy(), {0: np.arange(12).reshape(4, 3), 1: np.arange(12, 24).reshape(4, 3)})
     assert all(np.all(np.isfinite(t.G)) for t in terms.values())
+
+
+def test_reduced_outputs_give_the_same_w_step():
+    """The path depends on P only through P P^T: a term with more outputs than features,
+    reduced to its principal output directions, gives the same A, b and ridge fit."""
+    rng = np.random.default_rng(21)
+    term, *_ = random_term(rng, C=4, s=3, M=30)
+    small = reduce_outputs(term)
+    assert small.P.shape[1] == term.G.shape[0] < term.P.shape[1]
+    assert small.energy == term.energy
+    d = rng.uniform(0.1, 2.0, size=term.G.shape[0])
+    lam, lam_small = entropic.lambda_step(term, d, 0.1), entropic.lambda_step(small, d, 0.1)
+    for a, b in zip(entropic.quadratic_in_w(term, lam), entropic.quadratic_in_w(small, lam_small)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.sum(lam * lam), np.sum(lam_small * lam_small), rtol=1e-9)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -410,22 +412,46 @@ def test_biasless_consumers_without_reconstruction(calib, test_x):
 
 
 
-def test_cached_network_keeps_values_when_read_in_step_with_another(calib):
+@pytest.mark.parametrize("memory,disk", [(1 << 30, 0), (0, 1 << 30)])
+def test_cached_network_keeps_values_when_read_in_step_with_another(calib, memory, disk):
     """The sequential stages read two networks batch by batch in step (``next()`` on one
     per batch of the other): the values must be cached after the last batch even though
-    that generator is never exhausted, so later stages do not recompute them."""
+    that generator is never exhausted, so later stages do not recompute them; in memory or,
+    past the memory budget, in scratch files that go when the run ends."""
     from onnx_eprune.calibrate.data import CalibrationData
-    from onnx_eprune.calibrate.engine import CachedNetwork, Topology
+    from onnx_eprune.calibrate.engine import CacheSpace, CachedNetwork, Topology
 
     model = conv_bn_relu_pool_flatten_gemm(True)
     constants_to_initializers(model)
     data = CalibrationData({"x": calib})
-    net = CachedNetwork(model, Topology(model), data, ["CPUExecutionProvider"], batch_size=16)
+    space = CacheSpace(memory, disk)
+    net = CachedNetwork(model, Topology(model), data, ["CPUExecutionProvider"], batch_size=16, space=space)
     target = next(n.output[0] for n in model.graph.node if n.op_type == "Relu")
     it = net.compute([target])
     values = [next(it)[target] for _ in range(data.batch_count(16))]
     assert target in net.cache and len(net.cache[target]) == len(values)
-    np.testing.assert_array_equal(np.concatenate(net.cache[target]), np.concatenate(values))
+    assert (net.cache[target].path is None) == (disk == 0)
+    np.testing.assert_array_equal(np.concatenate(list(net.cache[target])), np.concatenate(values))
+    # channel slicing keeps the values where they are
+    net.update(model, set(), {target: lambda v: v[:, :2]})
+    np.testing.assert_array_equal(np.concatenate(list(net.cache[target])), np.concatenate(values)[:, :2])
+    path = net.cache[target].path
+    space.close()
+    assert path is None or not os.path.exists(path)
+
+
+def test_cached_network_without_room_computes_again(calib):
+    from onnx_eprune.calibrate.data import CalibrationData
+    from onnx_eprune.calibrate.engine import CacheSpace, CachedNetwork, Topology
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    constants_to_initializers(model)
+    net = CachedNetwork(model, Topology(model), CalibrationData({"x": calib}), ["CPUExecutionProvider"],
+                        batch_size=16, space=CacheSpace(0, 0))
+    target = next(n.output[0] for n in model.graph.node if n.op_type == "Relu")
+    first = np.concatenate([v[target] for v in net.compute([target])])
+    assert not net.cache
+    np.testing.assert_array_equal(np.concatenate([v[target] for v in net.compute([target])]), first)
 
 
 def test_float16_model_is_pruned_in_its_own_dtype(calib):

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 import onnx_eprune
+from onnx_eprune.select import METHODS
 from onnx_eprune.datasets import fashion_mnist_available, load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
 
@@ -71,7 +72,7 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--sparsity", nargs="*", type=float, default=[])
     ap.add_argument("--flops", nargs="*", type=float, default=[])
-    ap.add_argument("--methods", nargs="+", default=["entropic", "l1", "random"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--modes", nargs="+", default=["sequential"])
     ap.add_argument("--no-reconstruct", action="store_true", help="also run l1 without the re-fit")
     ap.add_argument("--samples", type=int, help="calibration samples (default: all 1024)")

@@ -3,7 +3,8 @@
     python tools/plot_quality.py bench/quality_lenet5.json [more.json ...] --out-dir bench
 
 One PNG per model (``quality_<model>.png``): accuracy drop in points against the fraction
-of parameters removed, one line per method (sequential mode, with re-fit unless marked).
+of parameters removed (and, beside it, of MACs removed when FLOPs targets were run), one
+line per method and mode (sequential with re-fit unless marked).
 Needs matplotlib (``pip install 'onnx-eprune[plots]'``).
 """
 
@@ -15,12 +16,17 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def series(runs: list[dict]) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    """model -> label -> sorted (sparsity, drop) points of the sparsity-target runs."""
+KINDS = {"sparsity": "fraction of parameters removed (--sparsity)",
+         "flops_reduction": "fraction of MACs removed (--flops-reduction)"}
+
+
+def series(runs: list[dict], kind: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """model -> label -> sorted (target, drop) points of the runs with target ``kind``; a
+    run repeated in the inputs counts once (the last one)."""
+    latest = {(r["model"], r["target_kind"], r["target"], r["method"], r["mode"], r["reconstruct"]): r
+              for r in runs if r["target_kind"] == kind}
     out: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-    for r in runs:
-        if r["target_kind"] != "sparsity":
-            continue
+    for r in latest.values():
         label = r["method"] + ("" if r["reconstruct"] else " (no re-fit)") + ("" if r["mode"] == "sequential"
                                                                              else f", {r['mode']}")
         out[r["model"]][label].append((r["target"], r["drop_points"]))
@@ -39,17 +45,20 @@ def main() -> int:
 
     runs = [r for path in args.inputs for r in json.loads(path.read_text())["runs"]]
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for model, lines in sorted(series(runs).items()):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, points in sorted(lines.items()):
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", label=label)
-        ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
-        ax.set_xlabel("fraction of parameters removed (--sparsity)")
-        ax.set_ylabel("accuracy drop (points, full test split)")
-        ax.set_title(f"{model}: no fine-tuning, 1024 calibration images")
-        ax.set_yscale("symlog", linthresh=1.0)
-        ax.legend(fontsize=8)
+    by_kind = {kind: series(runs, kind) for kind in KINDS}
+    for model in sorted({m for lines in by_kind.values() for m in lines}):
+        kinds = [k for k in KINDS if model in by_kind[k]]
+        fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
+        for ax, kind in zip(axes[0], kinds):
+            for label, points in sorted(by_kind[kind][model].items()):
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="o", label=label)
+            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+            ax.set_xlabel(KINDS[kind])
+            ax.set_ylabel("accuracy drop (points, full test split)")
+            ax.set_yscale("symlog", linthresh=1.0)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{model}: no fine-tuning, 1024 calibration images")
         fig.tight_layout()
         path = args.out_dir / f"quality_{model}.png"
         fig.savefig(path, dpi=110)

@@ -6,10 +6,17 @@ every time would cost one full pass per group; instead :class:`CachedNetwork` ke
 tensors it computed (per batch), runs only the sub-graph between the nearest still-valid
 cached tensors and the new targets, slices cached tensors when their channels are pruned,
 and forgets tensors that a re-fitted layer made stale or that no later target needs.
+
+Cached values live in memory up to a byte budget that all networks of a run share
+(:class:`CacheSpace`) and beyond it in scratch files, read back one batch at a time, so that
+resident memory does not grow with the number of calibration samples.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -111,37 +118,131 @@ def submodel(model: onnx.ModelProto, topo: Topology, targets: list[str], availab
     return m, feeds
 
 
+class CacheSpace:
+    """Bytes that cached tensors may take in memory and on disk, shared by every network of a
+    run; tensors that fit neither are not cached (and computed again when needed)."""
+
+    def __init__(self, memory_bytes: int, disk_bytes: int):
+        self.memory_left = memory_bytes
+        self.disk_left = disk_bytes
+        self._dir: str | None = None
+        self._files = 0
+
+    def new_file(self) -> str:
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="onnx-eprune-cache-")
+        self._files += 1
+        return os.path.join(self._dir, f"{self._files}.bin")
+
+    def close(self) -> None:
+        """Remove the scratch files (the run is over)."""
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+class _Stored:
+    """The per-batch values of one tensor: a list in memory, or one scratch file."""
+
+    def __init__(self, space: CacheSpace, estimate: int):
+        self.space = space
+        self.bytes = estimate
+        self.path: str | None = None
+        self.values: list[np.ndarray] = []
+        self.index: list[tuple[int, tuple[int, ...]]] = []   # offset and shape of each batch on disk
+        self.dtype: np.dtype | None = None
+        if estimate <= space.memory_left:
+            space.memory_left -= estimate
+        else:
+            space.disk_left -= estimate
+            self.path = space.new_file()
+
+    @classmethod
+    def reserve(cls, space: CacheSpace, estimate: int) -> "_Stored | None":
+        """Room for ``estimate`` bytes, in memory if they fit, else on disk; None if neither."""
+        if estimate > space.memory_left and estimate > space.disk_left:
+            return None
+        return cls(space, estimate)
+
+    def append(self, value: np.ndarray) -> None:
+        self.dtype = value.dtype
+        if self.path is None:
+            self.values.append(value)
+            return
+        offset = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        with open(self.path, "ab") as f:
+            np.ascontiguousarray(value).tofile(f)
+        self.index.append((offset, value.shape))
+
+    def __len__(self) -> int:
+        return len(self.values) if self.path is None else len(self.index)
+
+    def __getitem__(self, b: int) -> np.ndarray:
+        if self.path is None:
+            return self.values[b]
+        offset, shape = self.index[b]
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            return np.fromfile(f, self.dtype, int(np.prod(shape))).reshape(shape)
+
+    def transform(self, fn: Callable[[np.ndarray], np.ndarray]) -> "_Stored":
+        """The values mapped through ``fn`` (channel slicing), in the same place."""
+        out = _Stored.__new__(_Stored)
+        out.space, out.bytes, out.dtype, out.values, out.index = self.space, self.bytes, self.dtype, [], []
+        out.path = None if self.path is None else self.space.new_file()
+        for b in range(len(self)):
+            out.append(fn(self[b]))
+        self.discard(release=False)
+        return out
+
+    def discard(self, release: bool = True) -> None:
+        if release:
+            if self.path is None:
+                self.space.memory_left += self.bytes
+            else:
+                self.space.disk_left += self.bytes
+        if self.path is not None and os.path.exists(self.path):
+            os.remove(self.path)
+        self.values = []
+
+
 class CachedNetwork:
     """One network (original or pruned) over the calibration batches, with a tensor cache."""
 
     def __init__(self, model: onnx.ModelProto, topo: Topology, data: CalibrationData, providers: list[str],
-                 batch_size: int):
+                 batch_size: int, space: CacheSpace):
         self.model = model
         self.topo = topo
         self.data = data
         self.providers = providers
         self.batch_size = batch_size
-        self.cache: dict[str, list[np.ndarray]] = {}
+        self.space = space
+        self.cache: dict[str, _Stored] = {}
 
     def compute(self, targets: list[str], keep: bool = True) -> Iterator[dict[str, np.ndarray]]:
-        """Yield, batch by batch, the values of ``targets``; cache them when ``keep``."""
-        available = {name: batches[0].dtype for name, batches in self.cache.items()}
+        """Yield, batch by batch, the values of ``targets``; cache them when ``keep`` (and
+        when the cache space has room for them)."""
+        available = {name: stored.dtype for name, stored in self.cache.items()}
         sub, feeds = submodel(self.model, self.topo, [t for t in targets if t not in available], available)
         session = make_session(sub, self.providers) if sub is not None else None
         out_names = [o.name for o in sub.graph.output] if sub is not None else []
-        fresh: dict[str, list[np.ndarray]] = {name: [] for name in out_names}
-        last = self.data.batch_count(self.batch_size) - 1
+        fresh: dict[str, _Stored | None] = {}
+        batches = self.data.batch_count(self.batch_size)
         for b, batch in enumerate(self.data.batches(self.batch_size)):
             values = {}
             if session is not None:
                 inputs = {name: batch[name] if name in batch else self.cache[name][b] for name in feeds}
                 values = dict(zip(out_names, run(session, out_names, inputs)))
-                for name in out_names:
-                    fresh[name].append(values[name])
-            if keep and b == last:
+                if keep:
+                    for name in out_names:
+                        if b == 0:
+                            fresh[name] = _Stored.reserve(self.space, values[name].nbytes * batches)
+                        if fresh[name] is not None:
+                            fresh[name].append(values[name])
+            if keep and b == batches - 1:
                 # before the last yield: a caller that stops calling next() there (zip with
                 # another network's batches) must still find the values cached
-                self.cache.update(fresh)
+                self.cache.update({name: stored for name, stored in fresh.items() if stored is not None})
             yield {t: values[t] if t in values else self.cache[t][b] for t in targets}
 
     def update(self, model: onnx.ModelProto, stale: set[str],
@@ -150,13 +251,13 @@ class CachedNetwork:
         self.model = model
         for name in list(self.cache):
             if name in stale:
-                del self.cache[name]
+                self.cache.pop(name).discard()
             elif name in slicers:
-                self.cache[name] = [slicers[name](v) for v in self.cache[name]]
+                self.cache[name] = self.cache[name].transform(slicers[name])
 
     def retain(self, future_targets: list[str]) -> None:
         """Forget cached tensors that no later target will be computed from."""
         _, used = self.topo.cut(future_targets, set(self.cache))
         for name in list(self.cache):
             if name not in used:
-                del self.cache[name]
+                self.cache.pop(name).discard()

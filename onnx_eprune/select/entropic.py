@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-from .problem import ConsumerTerm, cho_inverse_solve, compress, ridge
+from .problem import ConsumerTerm, cho_inverse_solve, compress, reduce_outputs, ridge
 
 _W_FLOOR = 1e-300
 
@@ -48,7 +48,7 @@ class EntropicConfig:
     eps_ridge: float = 0.1        # ridge of the Lambda-step, relative to the mean feature variance
     threshold: float = 0.1        # channel c is alive while C * w_c >= threshold
     max_alternations: int = 30     # per path point; fewer (3, 10) lost 0.1-0.5 points on LeNet-5
-    tol: float = 1e-5             # relative decrease of L that ends the alternation at one eps
+    tol: float = 3e-5             # relative decrease of L that ends the alternation at one eps
     log_eps_start: float = -1.0   # annealing path: log10(eps) from here (above it w stays uniform) ...
     log_eps_stop: float = -7.0    # ... down to here,
     path_steps: int = 7           # in this many geometric steps (a decade each)
@@ -237,7 +237,7 @@ class Path:
     earlier path (on similar statistics), skipping the part where nothing happens."""
 
     def __init__(self, terms: list[ConsumerTerm], cfg: EntropicConfig, start: PathPoint | None = None):
-        self.terms, self.cfg = [compress(t, cfg.max_features) for t in terms], cfg
+        self.terms, self.cfg = [reduce_outputs(compress(t, cfg.max_features)) for t in terms], cfg
         self.start = start
 
     def __iter__(self):
