@@ -92,7 +92,12 @@ def main() -> int:
         for kind, target in targets:
             for mode in args.modes:
                 for method, reconstruct in variants:
-                    row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples, args.reference)
+                    try:
+                        row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples,
+                                      args.reference)
+                    except onnx_eprune.EPruneError as exc:  # e.g. a FLOPs target the prunable part cannot reach
+                        print(f"{name} {kind}={target:g} {method} {mode}: {exc}", flush=True)
+                        continue
                     print(f"{name} {kind}={target:g} {method}{'' if reconstruct else '(no re-fit)'} {mode}: "
                           f"acc {100 * row['accuracy']:.2f}% drop {row['drop_points']:+.2f} "
                           f"params -{row['params_removed']:.3f} MACs -{row['macs_removed']:.3f} "

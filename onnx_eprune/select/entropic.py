@@ -54,8 +54,8 @@ class EntropicConfig:
     path_steps: int = 7           # in this many geometric steps (a decade each)
     ridge_growth: float = 10.0    # past the end of the path, multiply the ridge until few channels live
     max_features: int = 512       # wider consumers are compressed per channel for the path (problem.compress)
-    wide: int = 1024              # while more channels than this are in play, at most 3 alternations per
-                                  # point: each w-step factors a C x C matrix (2048 channels: 3 GFLOP a step)
+    wide: int = 256               # while more channels than this are in play, at most 3 alternations per
+                                  # point: 4x faster on 512-channel groups for 0.03-0.06 points (BENCHMARKS.md)
 
 
 def solve_w(A: np.ndarray, b: np.ndarray, eps: float, w0: np.ndarray | None = None,
