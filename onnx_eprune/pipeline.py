@@ -207,12 +207,16 @@ class Pruner:
         the current coordinates, the features of its other groups regressed out."""
         cons = self.analysis.consumers[cidx]
         counts = self._counts(keeps)
-        blocks, offset = {}, 0
+        parts: dict[int, list[np.ndarray]] = {}
+        offset = 0
         for g, _off, _length in cons.segments:
             n = counts[g]
             if g in gids:
-                blocks[g] = np.arange(offset * cons.s, (offset + n) * cons.s).reshape(n, cons.s)
+                parts.setdefault(g, []).append(np.arange(offset * cons.s, (offset + n) * cons.s).reshape(n, cons.s))
             offset += n
+        # a group read twice (a Concat of a tensor with its depthwise copy): the features of
+        # both copies of a channel go together, as s more features of that channel
+        blocks = {g: np.concatenate(p, axis=1) for g, p in parts.items()}
         rows = self._kept_outputs(cidx, keeps)
         P, var_y = (st.cross, st.var_y) if rows is None else (st.cross[:, rows], st.var_y[rows])
         return partial_out(st.cov, P, var_y, blocks)
@@ -399,23 +403,26 @@ class Pruner:
                 orig.retain(future)
 
     def _slicers(self, gid: int, keeps: dict[int, np.ndarray]):
-        """Functions that cut a cached tensor of group ``gid`` down to its kept channels."""
+        """Functions that cut a cached tensor of group ``gid`` down to its kept channels
+        (at every place the group occupies in it)."""
         counts = self._counts({k: v for k, v in keeps.items() if k != gid})
-        segments: dict[str, list[tuple[int, int]]] = {}
+        layout: dict[str, list[tuple[int, int, int]]] = {}   # tensor -> (offset, group, factor)
         for g in self.analysis.groups:
             for name, offset, factor in g.tensors:
-                segments.setdefault(name, []).append((offset, g.gid))
+                layout.setdefault(name, []).append((offset, g.gid, factor))
         slicers = {}
-        for name, _offset, factor in self.analysis.groups[gid].tensors:
-            start = sum(counts[g] for off, g in sorted(segments[name]) if off < _offset)
-            cols = ((start + np.asarray(keeps[gid]))[:, None] * factor + np.arange(factor)).reshape(-1)
-            before = start * factor
-            after_start = (start + self.analysis.groups[gid].channels) * factor
-
-            def cut(v: np.ndarray, cols=cols, before=before, after_start=after_start) -> np.ndarray:
-                idx = np.concatenate([np.arange(before), cols, np.arange(after_start, v.shape[1])])
-                return np.take(v, idx, axis=1)
-            slicers[name] = cut
+        for name in sorted({t[0] for t in self.analysis.groups[gid].tensors}):
+            pieces, start = [], 0
+            for _offset, g, factor in sorted(layout[name]):
+                width = counts[g] * factor
+                if g == gid:
+                    kept = ((start + np.asarray(keeps[gid]) * factor)[:, None] + np.arange(factor)).reshape(-1)
+                    pieces.append(kept)
+                else:
+                    pieces.append(np.arange(start, start + width))
+                start += width
+            idx = np.concatenate(pieces)
+            slicers[name] = lambda v, idx=idx: np.take(v, idx, axis=1)
         return slicers
 
     def _refit(self, cidx: int, st: MomentStats, keeps: dict[int, np.ndarray], fresh: set[int]) -> Refit:

@@ -314,6 +314,28 @@ def conv_transpose(width: int = 8, seed: int = 0) -> onnx.ModelProto:
 # name -> (builder, expected structure). ``prunable``: number of prunable groups;
 # ``producers``: sorted producer counts of the prunable groups; ``frozen``: a substring that
 # some frozen group's reasons must contain (or None).
+def ghost(width: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """GhostNet's pattern: a tensor concatenated with its own depthwise copy, added to a
+    residual stream, read by an SE gate and the next layer.
+
+    stem Conv(3->2w) -> Relu (r); primary Conv(2w->w) -> Relu (p); cheap depthwise
+    Conv(w) (q); g = Concat(p, q) holds every primary channel twice; h = g + r couples the
+    stem's 2w channels to the primary's w channels, each stem half to one copy; SE:
+    h * Sigmoid(Conv(Relu(Conv(GAP(h))))); Conv(2w->2w) -> Relu -> GAP -> Flatten -> Gemm.
+    """
+    b = _Builder(seed)
+    r = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 2 * width, name="stem")])
+    p = b.node("Relu", [b.conv(r, 2 * width, width, k=1, name="primary")])
+    q = b.conv(p, width, width, group=width, name="cheap")
+    h = b.node("Add", [b.node("Concat", [p, q], name="ghost_concat", axis=1), r], name="residual")
+    s = b.node("GlobalAveragePool", [h])
+    s = b.node("Relu", [b.conv(s, 2 * width, 3, k=1, name="se_reduce")])
+    s = b.node("Sigmoid", [b.conv(s, 3, 2 * width, k=1, name="se_expand")])
+    h = b.node("Mul", [h, s], name="se_gate")
+    h = b.node("Relu", [b.conv(h, 2 * width, 2 * width, name="conv_out")])
+    return b.build(b.gemm(b.gap_flatten(h), 2 * width, CLASSES, name=OUTPUT))
+
+
 ALL_BUILDERS = {
     "cnn_folded": lambda: conv_bn_relu_pool_flatten_gemm(True),
     "cnn_bn": lambda: conv_bn_relu_pool_flatten_gemm(False),
@@ -332,6 +354,7 @@ ALL_BUILDERS = {
     "se_block": se_block,
     "composite": composite_activations,
     "conv_transpose": conv_transpose,
+    "ghost": ghost,
 }
 
 EXPECTED = {
@@ -352,6 +375,9 @@ EXPECTED = {
     "se_block": {"prunable": 3, "producers": [1, 1, 2], "frozen": None},
     "composite": {"prunable": 2, "producers": [1, 1], "frozen": None},
     "conv_transpose": {"prunable": 2, "producers": [1, 1], "frozen": "inputs of a ConvTranspose"},
+    # stem, primary and SE-expand channels in one group (stem and expand at two offsets each),
+    # the SE bottleneck, conv_out
+    "ghost": {"prunable": 3, "producers": [1, 1, 5], "frozen": None},
 }
 
 

@@ -11,7 +11,10 @@ shape ``[N, 10]``. Its body is 2 to 6 random blocks:
 * ``depthwise``: Conv with ``group = C``;
 * ``grouped``: Conv with ``group = 2`` (even input and output widths);
 * ``se``: squeeze-and-excitation, GAP -> 1x1 Conv -> Relu -> 1x1 Conv -> Sigmoid -> Mul;
-* ``pool``: MaxPool or AveragePool 2x2, stride 2.
+* ``pool``: MaxPool or AveragePool 2x2, stride 2;
+* ``ghost``: GhostNet's module on an even width C: a 1x1 Conv to C/2 channels, an
+  activation, their depthwise 3x3 copy, Concat of both (every channel twice), and mostly an
+  Add of the block input.
 
 Activations are Relu, LeakyRelu, Clip(0, 6) (bounds as inputs, opset >= 11), SiLU as
 ``Mul(x, Sigmoid(x))``, HardSwish (opset >= 14 only) and ``Mul(x, HardSigmoid(x))``. The
@@ -40,7 +43,7 @@ IN_CHANNELS = 3
 HW = 16
 CLASSES = 10
 OPSETS = (11, 13, 14, 17, 18, 21)
-BLOCKS = ("conv", "residual", "concat", "depthwise", "grouped", "se", "pool")
+BLOCKS = ("conv", "residual", "concat", "depthwise", "grouped", "se", "pool", "ghost")
 ACTIVATIONS = ("relu", "leaky_relu", "clip", "silu", "hard_swish", "hard_sigmoid_mul")
 
 
@@ -207,6 +210,14 @@ def _block(g: _Graph, kind: str, x: str, c: int, hw: int) -> tuple[str, int, int
         s = g.node("Relu", [g.conv(s, c, r, 1)])
         s = g.node("Sigmoid", [g.conv(s, r, c, 1)])
         return g.node("Mul", [x, s] if ch.chance(0.5) else [s, x]), c, hw
+    if kind == "ghost":
+        if c % 2:
+            return _block(g, "conv", x, c, hw)
+        p = g.activation(g.conv(x, c, c // 2, 1))
+        y = g.node("Concat", [p, g.conv(p, c // 2, c // 2, 3, group=c // 2)], axis=1)
+        if ch.chance(0.7):
+            y = g.node("Add", [y, x] if ch.chance(0.5) else [x, y])
+        return y, c, hw
     if kind == "pool":
         if hw < 4:
             return _block(g, "conv", x, c, hw)

@@ -1,7 +1,7 @@
 """Property tests: random CNNs (random_graphs.py) pruned at random targets.
 
 For every random graph and a random target (sparsity, FLOPs reduction or keep ratio),
-method (entropic, l1) and mode (sequential, oneshot), ``onnx_eprune.prune`` must return a
+method (entropic, lasso, thinet, l1) and mode (sequential, oneshot), ``onnx_eprune.prune`` must return a
 model that passes the full ONNX checker, runs in onnxruntime on fresh inputs of other batch
 sizes, and keeps the input and output names, element types and declared shapes; the input
 model must be left untouched; and ``keep_ratio=1.0`` on the same graph must reproduce the
@@ -40,7 +40,7 @@ targets = st.one_of(
     st.tuples(st.just("flops_reduction"), st.floats(0.1, 0.5)),
     st.tuples(st.just("keep_ratio"), st.floats(0.3, 1.0)),
 )
-methods = st.sampled_from(["entropic", "l1"])
+methods = st.sampled_from(["entropic", "l1", "lasso", "thinet"])
 modes = st.sampled_from(["sequential", "oneshot"])
 
 

@@ -701,7 +701,7 @@ class _Analyzer:
                  (len(s) < len(out_shape) - 1 or s[len(s) - len(out_shape) + 1] == 1)]
         if len(full) == 2:
             a, b = layouts
-            if not _couple(self.spaces, a, b):
+            if not _couple(self.spaces, a, b, self.new_cuts):
                 self.freeze_all(node, index, f"{node.op_type} couples channels with different structure")
                 return
             self.layouts[node.output[0]] = a
@@ -875,10 +875,6 @@ class _Analyzer:
                 g.frozen.append("a producer's weights are shared by several nodes")
             for cidx in g.consumers:
                 cons = self.consumers[cidx]
-                gids_in = [seg[0] for seg in cons.segments]
-                if gids_in.count(g.gid) > 1:
-                    g.frozen.append(f"consumer {cons.name} reads these channels twice")
-                    break
                 width = cons.in_channels * cons.s
                 if width > MAX_CONSUMER_FEATURES:
                     g.frozen.append(f"consumer {cons.name} reads {width} features (statistics stop at "
@@ -900,9 +896,24 @@ def _flatten(layout: list[Segment], spatial: int) -> list[Segment]:
     return [Segment(seg.space, seg.start, seg.length, seg.factor * spatial) for seg in layout]
 
 
-def _couple(spaces: _Spaces, a: list[Segment], b: list[Segment]) -> bool:
-    """Unite the spaces of two element-wise aligned layouts; False if they do not align."""
-    if len(a) != len(b):
+def _couple(spaces: _Spaces, a: list[Segment], b: list[Segment], cuts: list[tuple[int, int]]) -> bool:
+    """Unite the spaces of two element-wise aligned layouts; False if they do not align.
+
+    Where a segment boundary of one layout falls inside a segment of the other (a residual
+    stream added to a Concat of a tensor with its own depthwise copy: ``[A, A] + [S]``), the
+    cut that would align them is appended to ``cuts`` (space, position) for the next walk."""
+    if sum(seg.length for seg in a) != sum(seg.length for seg in b):
+        return False
+    bounds_a, bounds_b = _bounds(a), _bounds(b)
+    missing = [(layout, pos) for layout, other in ((a, bounds_b), (b, bounds_a)) for pos in other
+               if pos not in (bounds_a if layout is a else bounds_b)]
+    if missing:
+        for layout, pos in missing:
+            off = 0
+            for seg in layout:
+                if off < pos < off + seg.length:
+                    cuts.append((seg.space, seg.start + pos - off))
+                off += seg.length
         return False
     for sa, sb in zip(a, b):
         whole = (sa.start == 0 and sb.start == 0 and sa.length == spaces.size[sa.space] == spaces.size[sb.space]
@@ -912,6 +923,15 @@ def _couple(spaces: _Spaces, a: list[Segment], b: list[Segment]) -> bool:
     for sa, sb in zip(a, b):
         spaces.union(sa.space, sb.space)
     return True
+
+
+def _bounds(layout: list[Segment]) -> set[int]:
+    """Channel positions where the segments of a layout end."""
+    out, off = set(), 0
+    for seg in layout:
+        off += seg.length
+        out.add(off)
+    return out
 
 
 def _bias_vector_len(dims) -> int:

@@ -59,11 +59,13 @@ def partial_out(G: np.ndarray, P: np.ndarray, var_y: np.ndarray, blocks: dict[in
     rho = ridge(G, eps_ridge)
     if len(blocks) == 1:
         (gid, cols), = blocks.items()
+        idx = cols.reshape(-1)
         if cols.size == D:  # the group is the whole input: nothing to regress out
-            return {gid: ConsumerTerm(G, P, var_y, cols.shape[1])}
+            if np.array_equal(idx, np.arange(D)):
+                return {gid: ConsumerTerm(G, P, var_y, cols.shape[1])}
+            return {gid: ConsumerTerm(G[np.ix_(idx, idx)], P[idx], var_y, cols.shape[1])}
         # one group: a Cholesky factor with the group last holds its Schur complement
         # (L_gg L_gg^T = S) and L^-1 P its residual cross-covariance (P~ = L_gg Z_g)
-        idx = cols.reshape(-1)
         perm = np.concatenate([np.setdiff1d(np.arange(D), idx), idx])
         L = cholesky(G[np.ix_(perm, perm)], rho)
         Z = _solve_lower(L, P[perm])
