@@ -226,9 +226,12 @@ class Pruner:
         """The terms of every group in ``gids``, over all its consumers."""
         wanted = set(gids)
         out: dict[int, list[ConsumerTerm]] = {g: [] for g in gids}
-        for c in sorted({c for g in gids for c in self.analysis.groups[g].consumers}):
-            mine = {s[0] for s in self.analysis.consumers[c].segments} & wanted
-            for g, term in self.terms(c, stats[c], keeps, mine).items():
+        cidxs = sorted({c for g in gids for c in self.analysis.groups[g].consumers})
+        per_consumer = parallel_map(
+            lambda c: self.terms(c, stats[c], keeps, {s[0] for s in self.analysis.consumers[c].segments} & wanted),
+            cidxs, self._blas_threads)
+        for terms in per_consumer:
+            for g, term in terms.items():
                 out[g].append(term)
         return out
 
@@ -349,8 +352,9 @@ class Pruner:
                     keeps[g] = self.choose(g, counts[g], rankings.get(g), terms_of)
                 if cfg.reconstruct:
                     touched = sorted({c for g in gids for c in self.analysis.groups[g].consumers})
-                    for c in touched:
-                        refits[c] = self._refit(c, oneshot_stats[c], keeps, set(keeps))
+                    fitted = parallel_map(lambda c: self._refit(c, oneshot_stats[c], keeps, set(keeps)), touched,
+                                          self._blas_threads)
+                    refits.update(zip(touched, fitted))
         else:
             self._sequential(gids, counts, rankings, orig, keeps, refits)
         with self.timer.phase("rewrite"):

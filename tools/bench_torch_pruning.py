@@ -17,6 +17,8 @@ as pseudo-labels (the calibration set has no labels), computed once per model in
 
     OMP_NUM_THREADS=1 python tools/bench_torch_pruning.py            # everything, resumable
     OMP_NUM_THREADS=1 python tools/bench_torch_pruning.py --models vgg16 --targets 0.73 0.89
+    OMP_NUM_THREADS=1 python tools/bench_torch_pruning.py --match macs \
+        --out bench/torch_pruning_macs.json --markdown bench/torch_pruning_macs.md   # equal MACs
     python tools/bench_torch_pruning.py --markdown-only               # rebuild bench/torch_pruning.md
 
 Rows are appended to bench/torch_pruning.json as they finish; a row already there (same model,
@@ -267,8 +269,16 @@ def prune_once(base: nn.Module, name: str, criterion: str, global_pruning: bool,
     return net.eval()
 
 
-def search_ratio(base, name, criterion, global_pruning, target, grads, p0, start=None):
-    """Bisect pruning_ratio so that the removed Conv/Linear parameter fraction is closest to target."""
+def removed_fraction(net: nn.Module, name: str, match: str, p0: int, m0: float) -> float:
+    """Fraction of Conv/Linear parameters (``match="params"``) or of MACs removed."""
+    if match == "macs":
+        return 1 - macs(net, MODELS[name][1]) / m0
+    return 1 - conv_linear_params(net) / p0
+
+
+def search_ratio(base, name, criterion, global_pruning, target, grads, p0, m0, match, start=None):
+    """Bisect pruning_ratio so that the removed fraction of parameters or MACs (``match``) is
+    closest to target."""
     lo, hi = 0.0, 0.99
     best = None  # (|err|, ratio, net, removed)
     ratio = start if start is not None else 0.5
@@ -276,7 +286,7 @@ def search_ratio(base, name, criterion, global_pruning, target, grads, p0, start
     for _ in range(20):
         trials += 1
         net = prune_once(base, name, criterion, global_pruning, ratio, grads)
-        removed = 1 - conv_linear_params(net) / p0
+        removed = removed_fraction(net, name, match, p0, m0)
         bad = collapsed(net)
         err = abs(removed - target)
         if not bad and (best is None or err < best[0]):
@@ -311,14 +321,21 @@ def key(r: dict) -> tuple:
     return (r["model"], r["criterion"], r["global"], r["target_sparsity"])
 
 
+def metric_label(rows: list[dict]) -> str:
+    return "MACs" if any(r.get("match") == "macs" for r in rows) else "params"
+
+
 def markdown(rows: list[dict]) -> str:
     runs = [r for r in rows if r["criterion"] != "baseline"]
+    unit = metric_label(runs)
+    target_text = ("fraction of Conv/Linear parameters (weights + biases)" if unit == "params"
+                   else "fraction of multiply-accumulates (`tp.utils.count_ops_and_params`)")
     base = {r["model"]: r for r in rows if r["criterion"] == "baseline"}
     models = [m for m in MODELS if any(r["model"] == m for r in runs)]
     out = ["# Torch-Pruning on the reference models (peer row, no fine-tuning)", "",
            f"torch-pruning {TP_VERSION}, torch {torch.__version__}, CPU, 1 thread. "
            "One-shot `tp.pruner.MetaPruner` (= `BasePruner`), `pruning_ratio` bisected until the removed "
-           "fraction of Conv/Linear parameters (weights + biases) is within 1 point of the target; final "
+           f"{target_text} is within 1 point of the target; final "
            "classifier outputs never pruned; no fine-tuning. Accuracy on the full 10,000-image Fashion-MNIST "
            "test split fed through `onnx_eprune.datasets.preprocess`. *local* = uniform per-layer ratio "
            "(`global_pruning=False`), *global* = one ranking over all groups (`global_pruning=True`).", "",
@@ -333,7 +350,7 @@ def markdown(rows: list[dict]) -> str:
     out.append("")
     out += ["## Best criterion per model and target", "",
             "Accuracy drop in points vs the card's test accuracy (best over criteria x local/global).", "",
-            "| model | " + " | ".join(f"{int(round(100 * t))}% params" for t in TARGETS) + " |",
+            "| model | " + " | ".join(f"{int(round(100 * t))}% {unit}" for t in TARGETS) + " |",
             "|---|" + "---|" * len(TARGETS)]
     for m in models:
         cells = []
@@ -394,7 +411,7 @@ def markdown(rows: list[dict]) -> str:
                                and r["target_sparsity"] == t for r in runs)]
             if gone:
                 what = f"all {len(gone)} criterion x ranking runs" if len(gone) == 2 * len(crit) else ", ".join(gone)
-                missing.append(f"{m} at {int(round(100 * t))}% params: {what}")
+                missing.append(f"{m} at {int(round(100 * t))}% {unit}: {what}")
     ext = [m for m in MODELS if not any(r["model"] == m and r["criterion"] == "fpgm" for r in runs)]
     out += ["## Not run yet", ""]
     if missing:
@@ -435,6 +452,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh", action="store_true", help="discard rows already in --out")
     ap.add_argument("--markdown-only", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--match", choices=["params", "macs"], default="params",
+                    help="what the targets are fractions of (use a separate --out/--markdown per choice)")
     args = ap.parse_args(argv)
 
     rows = [] if args.fresh else load_rows(args.out)
@@ -490,10 +509,10 @@ def main(argv=None) -> int:
                         grads = taylor_grads(base, calib)
                     t0 = time.perf_counter()
                     row = {"model": name, "criterion": c, "global": g, "target_sparsity": target,
-                           "card_acc": card["test_acc"]}
+                           "match": args.match, "card_acc": card["test_acc"]}
                     try:
                         ratio, net, removed, trials = search_ratio(
-                            base, name, c, g, target, grads if c == "taylor" else None, p0,
+                            base, name, c, g, target, grads if c == "taylor" else None, p0, m0, args.match,
                             start=local_ratio.get(target) if not g else None)
                         if not g:
                             local_ratio.setdefault(target, ratio)
@@ -503,7 +522,7 @@ def main(argv=None) -> int:
                         same = next((r for r in rows if r.get("fingerprint") == fp and "accuracy" in r), None)
                         acc = same["accuracy"] if same else evaluate(net, x_test, y_test)
                         row.update({"pruning_ratio": ratio, "bisection_trials": trials,
-                                    "params_removed": removed, "macs_removed": 1 - m1 / m0,
+                                    "params_removed": 1 - conv_linear_params(net) / p0, "macs_removed": 1 - m1 / m0,
                                     "accuracy": acc, "drop_points": 100 * (card["test_acc"] - acc),
                                     "hit": abs(removed - target) <= TOL,
                                     "params": conv_linear_params(net), "macs": m1,
@@ -513,8 +532,9 @@ def main(argv=None) -> int:
                                     "same_network_as": f"{same['criterion']} {'global' if same['global'] else 'local'}"
                                     if same else None,
                                     "prune_seconds": t_prune, "seconds": time.perf_counter() - t0})
-                        line = (f"acc {100 * acc:6.2f}% drop {row['drop_points']:+6.2f}  params -{100 * removed:5.1f}%"
-                                f"{'' if row['hit'] else ' (MISS)'}  MACs -{100 * row['macs_removed']:5.1f}%  "
+                        line = (f"acc {100 * acc:6.2f}% drop {row['drop_points']:+6.2f}  "
+                                f"params -{100 * row['params_removed']:5.1f}%  MACs -{100 * row['macs_removed']:5.1f}%"
+                                f"{'' if row['hit'] else ' (MISS)'}  "
                                 f"ratio {ratio:.4f}  {row['seconds']:.0f}s"
                                 f"{'  (same network as ' + row['same_network_as'] + ')' if same else ''}")
                     except Exception as e:  # record and go on: one failing criterion must not stop the table
