@@ -33,6 +33,8 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
             "channels_after": kept.get(g.gid, g.channels),
             "frozen": "; ".join(g.frozen) if g.frozen else None,
         }
+        if g.gid in keeps:  # which of the original channels (indices into the producers' outputs) stay
+            entry["kept_channels"] = [int(c) for c in keeps[g.gid]]
         groups.append(entry)
     target = cfg.target()
     params = (costs.params(), costs.params(kept))

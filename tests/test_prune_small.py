@@ -95,6 +95,9 @@ def _half(name, mode, calib, test_x, **kw):
             assert g["channels_after"] == g["channels_before"]
         else:
             assert g["channels_after"] == max(1, round(0.5 * g["channels_before"]))
+            kept = g["kept_channels"]
+            assert len(kept) == g["channels_after"] and kept == sorted(set(kept))
+            assert 0 <= kept[0] and kept[-1] < g["channels_before"]
     return result
 
 

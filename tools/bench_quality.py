@@ -67,6 +67,31 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pivot(rows: list[dict]) -> str:
+    """One row per (model, target, mode), one column per method: the accuracy drop in points
+    (MACs removed by entropic in brackets), the best method in bold; repeated runs count once
+    (the last)."""
+    latest = {(r["model"], r["target_kind"], r["target"], r["mode"], r["method"], r["reconstruct"]): r
+              for r in rows}
+    methods = [m for m in METHODS if any(k[4] == m and k[5] for k in latest)]
+    if any(not k[5] for k in latest):
+        methods.append("l1 (no re-fit)")
+    lines = ["| model | target | mode | " + " | ".join(methods) + " | MACs removed (entropic) |",
+             "|---|---|---|" + "---|" * (len(methods) + 1)]
+    for key in sorted({k[:4] for k in latest}, key=lambda k: (k[0], k[1] != "sparsity", k[2], k[3] != "sequential")):
+        cells = {}
+        for m in methods:
+            r = latest.get(key + ((m, True) if m != "l1 (no re-fit)" else ("l1", False)))
+            cells[m] = None if r is None else r["drop_points"]
+        best = min(v for v in cells.values() if v is not None)
+        text = [("-" if v is None else (f"**{v:.2f}**" if v == best else f"{v:.2f}")) for v in cells.values()]
+        ent = latest.get(key + ("entropic", True))
+        macs = "-" if ent is None else f"{ent['macs_removed']:.3f}"
+        kind = "sparsity" if key[1] == "sparsity" else "FLOPs"
+        lines.append(f"| {key[0]} | {kind} {key[2]:g} | {key[3]} | " + " | ".join(text) + f" | {macs} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -79,7 +104,12 @@ def main() -> int:
     ap.add_argument("--reference", type=Path, default=REFERENCE)
     ap.add_argument("--out", type=Path, help="JSON file to append the runs to")
     ap.add_argument("--markdown", action="store_true", help="print the Markdown table of --out at the end")
+    ap.add_argument("--pivot", action="store_true",
+                    help="print --out as one row per target and mode, one column per method, and exit")
     args = ap.parse_args()
+    if args.pivot:
+        print(pivot(json.loads(args.out.read_text())["runs"]))
+        return 0
     if not fashion_mnist_available():
         print("needs the Fashion-MNIST test split: apt-get install dataset-fashion-mnist", file=sys.stderr)
         return 2
