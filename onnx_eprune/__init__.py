@@ -13,6 +13,7 @@ from .errors import EPruneError, UsageError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .inspection import inspect  # noqa: E402
 from .pipeline import PruneConfig, PruneResult, calibrate, prune  # noqa: E402
+from .sweep import SweepPoint, sweep  # noqa: E402
 
-__all__ = ["prune", "calibrate", "inspect", "evaluate", "PruneConfig", "PruneResult", "EPruneError", "UsageError",
-           "__version__"]
+__all__ = ["prune", "calibrate", "sweep", "inspect", "evaluate", "PruneConfig", "PruneResult", "SweepPoint",
+           "EPruneError", "UsageError", "__version__"]

@@ -216,6 +216,35 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show a traceback on failure")
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """How a pruning run selects and fits (prune and sweep)."""
+    p.add_argument("--method", default="entropic", choices=list(METHODS),
+                   help="channel selection: entropic (default), or the baselines l1 (filter norm), random, "
+                   "lasso (He et al. 2017), thinet (Luo et al. 2017)")
+    p.add_argument("--mode", default="sequential", choices=["sequential", "oneshot"],
+                   help="sequential: each layer is fitted on the already-pruned network (default)")
+    p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
+    p.add_argument("--seed", type=int, default=0, help="seed for position sampling and random selection")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="onnxruntime device for calibration (default: CUDA when usable)")
+    p.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default: 64)")
+    p.add_argument("--positions", type=int, metavar="K",
+                   help="conv output positions sampled per image (default: automatic)")
+    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts at multiples of N")
+    p.add_argument("--no-reconstruct", action="store_true",
+                   help="slice the kept weights without the least-squares re-fit")
+
+
+def _run_config(args: argparse.Namespace, **target):
+    from .pipeline import PruneConfig
+
+    config = PruneConfig(method=args.method, mode=args.mode, samples=args.samples, seed=args.seed,
+                         device=args.device, batch_size=args.batch_size, positions=args.positions,
+                         round_to=args.round_to, reconstruct=not args.no_reconstruct, **target)
+    config.check()
+    return config
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="onnx-eprune", description="Structured channel pruning of ONNX CNNs by entropic "
                      "sparse regression, without fine-tuning.")
@@ -238,25 +267,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="remove at least this fraction of their multiply-accumulates")
     target.add_argument("--keep-ratio", type=_fraction, metavar="R",
                         help="keep round(R*C) channels in every prunable group")
-    p.add_argument("--method", default="entropic", choices=list(METHODS),
-                   help="channel selection: entropic (default), or the baselines l1 (filter norm), random, "
-                   "lasso (He et al. 2017), thinet (Luo et al. 2017)")
-    p.add_argument("--mode", default="sequential", choices=["sequential", "oneshot"],
-                   help="sequential: each layer is fitted on the already-pruned network (default)")
-    p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
     p.add_argument("--report", metavar="REPORT.json", help="write the JSON report here")
     p.add_argument("--report-dir", metavar="DIR",
                    help="write report.json, report.md and (with matplotlib) channels.png and allocation.png "
                    "into DIR (created if missing)")
-    p.add_argument("--seed", type=int, default=0, help="seed for position sampling and random selection")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="onnxruntime device for calibration (default: CUDA when usable)")
-    p.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default: 64)")
-    p.add_argument("--positions", type=int, metavar="K",
-                   help="conv output positions sampled per image (default: automatic)")
-    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts at multiples of N")
-    p.add_argument("--no-reconstruct", action="store_true",
-                   help="slice the kept weights without the least-squares re-fit")
+    _add_run_options(p)
+    _add_common(p)
+
+    p = sub.add_parser("sweep", help="prune at several targets and compare the results",
+                       description="Prune MODEL at each target and write, into --report-dir, sweep.json, sweep.md "
+                       "and (with matplotlib) sweep.png: parameters and MACs removed, fidelity to the original "
+                       "(relative output error, top-1 agreement) on --data, or on calibration samples, and "
+                       "accuracy with --labels.")
+    p.add_argument("model", metavar="MODEL.onnx")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--calib", metavar="CALIB", help=".npy or .npz, as for prune")
+    _add_calib_sources(p, source)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--sparsity", type=_fraction, nargs="+", metavar="S", help="parameter sparsities to try")
+    target.add_argument("--flops-reduction", type=_fraction, nargs="+", metavar="F", help="MAC reductions to try")
+    p.add_argument("--report-dir", required=True, metavar="DIR", help="where the sweep files go (created if missing)")
+    p.add_argument("--data", metavar="DATA", help="held-out inputs (.npy/.npz) to measure fidelity on")
+    p.add_argument("--labels", metavar="LABELS.npy", help="class indices of --data, for accuracy")
+    p.add_argument("--save-models", action="store_true",
+                   help="also write each pruned model into DIR as pruned_<target>.onnx")
+    _add_run_options(p)
     _add_common(p)
 
     p = sub.add_parser("calibrate", help="compute mergeable calibration statistics",
@@ -340,24 +375,29 @@ def _check_report_dir(args: argparse.Namespace) -> None:
     from .report_files import NAMES
 
     folder = Path(args.report_dir)
+    _check_folder(args.model, folder, NAMES)
+    taken = {Path(p).resolve(): opt for p, opt in ((args.output, "-o"), (args.report, "--report")) if p}
+    for name in NAMES:
+        clash = taken.get((folder / name).resolve())
+        if clash:
+            raise UsageError(f"{clash} names {folder / name}, a file that --report-dir writes; choose another path")
+
+
+def _check_folder(model: str, folder: Path, names) -> None:
+    """A --report-dir that exists (writable, none of ``names`` the input model) or can be created."""
     if folder.exists():
         if not folder.is_dir():
             raise UsageError(f"--report-dir {folder} is a file; name a folder (it is created if missing)")
         if not os.access(folder, os.W_OK):
             raise UsageError(f"--report-dir {folder} is not writable; choose another folder or fix its permissions")
-        for name in NAMES:
-            _check_output(args.model, str(folder / name))
+        for name in names:
+            _check_output(model, str(folder / name))
     else:
         parent = folder.parent if str(folder.parent) else Path(".")
         if not parent.is_dir():
             raise UsageError(f"cannot create --report-dir {folder}: {parent} does not exist; create it first")
         if not os.access(parent, os.W_OK):
             raise UsageError(f"cannot create --report-dir {folder}: {parent} is not writable; choose another folder")
-    taken = {Path(p).resolve(): opt for p, opt in ((args.output, "-o"), (args.report, "--report")) if p}
-    for name in NAMES:
-        clash = taken.get((folder / name).resolve())
-        if clash:
-            raise UsageError(f"{clash} names {folder / name}, a file that --report-dir writes; choose another path")
 
 
 def _no_prunable_hint(exc: EPruneError, model: str) -> EPruneError:
@@ -368,7 +408,7 @@ def _no_prunable_hint(exc: EPruneError, model: str) -> EPruneError:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from .graph.model_io import save_model
-    from .pipeline import PruneConfig, prune
+    from .pipeline import prune
     from .progress import Progress
     from .report import summary_table, write_json
     from .report_files import write_report_dir
@@ -381,11 +421,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             raise UsageError("--report and -o name the same file; give the report its own path")
     if args.report_dir:
         _check_report_dir(args)
-    config = PruneConfig(sparsity=args.sparsity, flops_reduction=args.flops_reduction, keep_ratio=args.keep_ratio,
-                         method=args.method, mode=args.mode, samples=args.samples, seed=args.seed,
-                         device=args.device, batch_size=args.batch_size, positions=args.positions,
-                         round_to=args.round_to, reconstruct=not args.no_reconstruct)
-    config.check()
+    config = _run_config(args, sparsity=args.sparsity, flops_reduction=args.flops_reduction,
+                         keep_ratio=args.keep_ratio)
     config.target()  # a target out of range fails here, before any work
     calib = _calib_source(args, _input_model(args.model))
     try:
@@ -414,6 +451,51 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(summary_table(report))
         print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .graph.model_io import save_model
+    from .progress import Progress
+    from .report_files import SWEEP_JSON, SWEEP_MARKDOWN, SWEEP_PLOT, write_sweep_dir
+    from .sweep import sweep
+
+    _check_image_options(args)
+    kind, targets = ("sparsity", args.sparsity) if args.sparsity else ("flops_reduction", args.flops_reduction)
+    config = _run_config(args)
+    for value in targets:  # a target out of range fails here, before any work
+        _run_config(args, **{kind: value}).target()
+    folder = Path(args.report_dir)
+    names = [SWEEP_JSON, SWEEP_MARKDOWN, SWEEP_PLOT] + ([_sweep_model_name(kind, t) for t in targets]
+                                                          if args.save_models else [])
+    _check_folder(args.model, folder, names)
+    if args.labels and not args.data:
+        raise UsageError("--labels needs --data: the inputs they label")
+    calib = _calib_source(args, _input_model(args.model))
+    try:
+        points = sweep(args.model, calib, targets, kind, data=args.data, labels=args.labels, config=config,
+                       progress=Progress(enabled=not args.quiet))
+    except EPruneError as exc:
+        raise _no_prunable_hint(exc, args.model) from None
+    del calib
+    record = {"input": str(args.model), "method": config.method, "mode": config.mode,
+              "runs": [p.as_dict() for p in points]}
+    written = write_sweep_dir(record, folder)
+    if args.save_models:
+        for p in points:
+            path = folder / _sweep_model_name(kind, p.target)
+            save_model(p.model, str(path))
+            written.append(path)
+    if not args.quiet:
+        from .report_files import markdown_sweep
+
+        table = markdown_sweep(record).splitlines()
+        print("\n".join(line for line in table if line.startswith("|")))
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _sweep_model_name(kind: str, target: float) -> str:
+    return f"pruned_{kind}_{target:g}.onnx"
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -502,8 +584,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prune": cmd_prune, "calibrate": cmd_calibrate, "inspect": cmd_inspect, "evaluate": cmd_evaluate,
-            "demo": cmd_demo}
+COMMANDS = {"prune": cmd_prune, "sweep": cmd_sweep, "calibrate": cmd_calibrate, "inspect": cmd_inspect,
+            "evaluate": cmd_evaluate, "demo": cmd_demo}
 
 
 _OS_HINTS = {errno.ENOSPC: "free some disk space and run again", errno.EDQUOT: "free some space and run again",

@@ -63,6 +63,32 @@ def _counts(model: onnx.ModelProto, data, providers) -> tuple[int, int]:
     return costs.params(), costs.macs()
 
 
+def compare_outputs(names: list[str], out_a: list[np.ndarray], out_b: list[np.ndarray]) -> dict:
+    """Per output: relative L2 error and mean cosine similarity of ``out_b`` to ``out_a``
+    (arrays with samples on axis 0), and top-1 agreement for (N, classes) outputs."""
+    result = {}
+    for name, ya, yb in zip(names, out_a, out_b):
+        if ya.shape != yb.shape:
+            raise UsageError(f"output {name!r} has shape {ya.shape} in the original and {yb.shape} in the pruned model")
+        fa, fb = ya.reshape(len(ya), -1).astype(np.float64), yb.reshape(len(yb), -1).astype(np.float64)
+        cos = np.sum(fa * fb, 1) / np.maximum(np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1), 1e-30)
+        entry = {"relative_error": float(np.linalg.norm(fa - fb) / max(np.linalg.norm(fa), 1e-30)),
+                 "cosine": float(np.mean(cos))}
+        if ya.ndim == 2 and ya.shape[1] > 1:
+            entry["top1_agreement"] = float(np.mean(ya.argmax(1) == yb.argmax(1)))
+        result[name] = entry
+    return result
+
+
+def load_labels(labels, samples: int) -> np.ndarray:
+    """Class indices (path to .npy or array), one per sample."""
+    y = np.load(labels) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
+    y = y.reshape(-1)
+    if len(y) != samples:
+        raise UsageError(f"{len(y)} labels for {samples} samples")
+    return y
+
+
 def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     """Fidelity of ``pruned`` to ``original`` on ``data`` (path, array or dict of arrays).
 
@@ -77,23 +103,10 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     data_a = load_calibration(data, a)
     load_calibration(data_a.arrays, b)  # the pruned model must take the same inputs
     out_a, out_b = run_model(a, data_a, providers), run_model(b, data_a, providers)
-    names = [o.name for o in a.graph.output]
-    result: dict = {"samples": data_a.samples, "provider": providers[0], "outputs": {}}
-    for name, ya, yb in zip(names, out_a, out_b):
-        if ya.shape != yb.shape:
-            raise UsageError(f"output {name!r} has shape {ya.shape} in the original and {yb.shape} in the pruned model")
-        fa, fb = ya.reshape(len(ya), -1).astype(np.float64), yb.reshape(len(yb), -1).astype(np.float64)
-        cos = np.sum(fa * fb, 1) / np.maximum(np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1), 1e-30)
-        entry = {"relative_error": float(np.linalg.norm(fa - fb) / max(np.linalg.norm(fa), 1e-30)),
-                 "cosine": float(np.mean(cos))}
-        if ya.ndim == 2 and ya.shape[1] > 1:
-            entry["top1_agreement"] = float(np.mean(ya.argmax(1) == yb.argmax(1)))
-        result["outputs"][name] = entry
+    result: dict = {"samples": data_a.samples, "provider": providers[0],
+                    "outputs": compare_outputs([o.name for o in a.graph.output], out_a, out_b)}
     if labels is not None:
-        y = np.load(labels) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
-        y = y.reshape(-1)
-        if len(y) != data_a.samples:
-            raise UsageError(f"{len(y)} labels for {data_a.samples} samples")
+        y = load_labels(labels, data_a.samples)
         result["accuracy"] = {"original": float(np.mean(out_a[0].argmax(1) == y)),
                               "pruned": float(np.mean(out_b[0].argmax(1) == y))}
     one = data_a.first()

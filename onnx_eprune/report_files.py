@@ -1,4 +1,5 @@
-"""A report folder: the JSON report, a Markdown summary and (with matplotlib) two plots.
+"""Report folders: the JSON report, a Markdown summary and (with matplotlib) plots; the same
+for a sweep over several targets (:func:`write_sweep_dir`).
 
 ``write_report_dir(report, "out/")`` writes ``report.json`` (the same JSON as ``--report``),
 ``report.md`` and, when matplotlib can be imported (``pip install 'onnx-eprune[plots]'``),
@@ -23,6 +24,7 @@ log = logging.getLogger("onnx_eprune")
 JSON_NAME, MARKDOWN_NAME = "report.json", "report.md"
 CHANNELS_PLOT, ALLOCATION_PLOT = "channels.png", "allocation.png"
 NAMES = (JSON_NAME, MARKDOWN_NAME, CHANNELS_PLOT, ALLOCATION_PLOT)
+SWEEP_JSON, SWEEP_MARKDOWN, SWEEP_PLOT = "sweep.json", "sweep.md", "sweep.png"
 
 
 def write_report_dir(report: dict, directory: str | os.PathLike) -> list[Path]:
@@ -32,6 +34,35 @@ def write_report_dir(report: dict, directory: str | os.PathLike) -> list[Path]:
     says so. Raises :class:`EPruneError` if a file cannot be written; the files this call
     wrote before the failure are removed again.
     """
+    folder = _folder(directory)
+    contents: list[tuple[str, bytes]] = [
+        (JSON_NAME, (json.dumps(report, indent=1) + "\n").encode()),
+        (MARKDOWN_NAME, markdown_report(report).encode()),
+    ]
+    figure = _figure_class()
+    if figure is not None:
+        contents.append((CHANNELS_PLOT, _png(_channels_figure(figure, report))))
+        contents.append((ALLOCATION_PLOT, _png(_allocation_figure(figure, report))))
+    return _write_all(folder, contents, figure is not None)
+
+
+def write_sweep_dir(sweep: dict, directory: str | os.PathLike) -> list[Path]:
+    """Write a sweep (``{"runs": [SweepPoint.as_dict(), ...], ...run details}``) into
+    ``directory``: ``sweep.json``, ``sweep.md`` and, with matplotlib, ``sweep.png``
+    (fidelity, and accuracy when measured, against the fraction removed). Same guarantees as
+    :func:`write_report_dir`."""
+    folder = _folder(directory)
+    contents: list[tuple[str, bytes]] = [
+        (SWEEP_JSON, (json.dumps(sweep, indent=1) + "\n").encode()),
+        (SWEEP_MARKDOWN, markdown_sweep(sweep).encode()),
+    ]
+    figure = _figure_class()
+    if figure is not None:
+        contents.append((SWEEP_PLOT, _png(_sweep_figure(figure, sweep))))
+    return _write_all(folder, contents, figure is not None)
+
+
+def _folder(directory: str | os.PathLike) -> Path:
     folder = Path(directory)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -39,16 +70,13 @@ def write_report_dir(report: dict, directory: str | os.PathLike) -> list[Path]:
         raise EPruneError(f"cannot create report folder {folder}: {exc.strerror or exc}") from None
     if not folder.is_dir():
         raise EPruneError(f"report folder is not a directory: {folder}")
-    contents: list[tuple[str, bytes]] = [
-        (JSON_NAME, (json.dumps(report, indent=1) + "\n").encode()),
-        (MARKDOWN_NAME, markdown_report(report).encode()),
-    ]
-    figure = _figure_class()
-    if figure is None:
+    return folder
+
+
+def _write_all(folder: Path, contents: list[tuple[str, bytes]], plotted: bool) -> list[Path]:
+    """Write every (name, bytes) atomically; on a failure remove what this call wrote."""
+    if not plotted:
         log.info("matplotlib is not installed: wrote no plots (pip install 'onnx-eprune[plots]' for them)")
-    else:
-        contents.append((CHANNELS_PLOT, _png(_channels_figure(figure, report))))
-        contents.append((ALLOCATION_PLOT, _png(_allocation_figure(figure, report))))
     written: list[Path] = []
     try:
         for name, data in contents:
@@ -59,6 +87,26 @@ def write_report_dir(report: dict, directory: str | os.PathLike) -> list[Path]:
             path.unlink(missing_ok=True)
         raise
     return written
+
+
+def markdown_sweep(sweep: dict) -> str:
+    """A sweep as Markdown: run details, then one row per target."""
+    runs = sweep.get("runs", [])
+    on = runs[0]["fidelity_on"] if runs else "?"
+    lines = ["# onnx-eprune sweep", "",
+             f"- model: `{sweep.get('input', '?')}`",
+             f"- method: {sweep.get('method', '?')}, mode: {sweep.get('mode', '?')}",
+             f"- fidelity measured on: {on}", "",
+             "| target | params removed | MACs removed | relative error | top-1 agreement | accuracy | seconds |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        first = next(iter(r["fidelity"].values()), {})
+        top1 = _pct(first["top1_agreement"]) if "top1_agreement" in first else "-"
+        acc = r.get("accuracy")
+        acc_text = f"{_pct(acc['pruned'])} (original {_pct(acc['original'])})" if acc else "-"
+        lines.append(f"| {r['kind']} {r['target']:g} | {_pct(r['params_removed'])} | {_pct(r['macs_removed'])} | "
+                     f"{first.get('relative_error', float('nan')):.4f} | {top1} | {acc_text} | {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 # -- Markdown --------------------------------------------------------------------------------
@@ -189,5 +237,31 @@ def _allocation_figure(Figure, report: dict):
     ax.set_title("Channel allocation along the network")
     if len(xs) <= 30:
         ax.set_xticks(xs, [str(g["id"]) for g in groups])
+    ax.legend(loc="lower left")
+    return fig
+
+
+def _sweep_figure(Figure, sweep: dict):
+    runs = sweep.get("runs", [])
+    kind = runs[0]["kind"] if runs else "sparsity"
+    key, label = (("params_removed", "fraction of parameters removed") if kind == "sparsity"
+                  else ("macs_removed", "fraction of MACs removed"))
+    xs = [r[key] for r in runs]
+    first = [next(iter(r["fidelity"].values()), {}) for r in runs]
+    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    ax = fig.add_subplot(1, 2, 1)
+    ax.plot(xs, [f.get("relative_error", float("nan")) for f in first], marker="o", color="#d62728")
+    ax.set_xlabel(label)
+    ax.set_ylabel("relative output error")
+    ax.set_title("Output error of the pruned model")
+    ax = fig.add_subplot(1, 2, 2)
+    if any("top1_agreement" in f for f in first):
+        ax.plot(xs, [f.get("top1_agreement", float("nan")) for f in first], marker="o", label="top-1 agreement")
+    if all(r.get("accuracy") for r in runs) and runs:
+        ax.plot(xs, [r["accuracy"]["pruned"] for r in runs], marker="s", label="accuracy (pruned)")
+        ax.axhline(runs[0]["accuracy"]["original"], color="grey", linestyle=":", label="accuracy (original)")
+    ax.set_xlabel(label)
+    ax.set_ylabel("fraction")
+    ax.set_title(f"Agreement on {runs[0]['fidelity_on'] if runs else '?'}", fontsize=9)
     ax.legend(loc="lower left")
     return fig

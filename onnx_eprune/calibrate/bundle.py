@@ -13,6 +13,7 @@ shapes and validate the output, and the shard's images eligible for measuring se
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -109,8 +110,12 @@ class StatsBundle:
 
 
 def merge_bundles(paths: list) -> StatsBundle:
-    """Load and add up the statistics files ``paths``."""
-    bundle = StatsBundle.load(paths[0])
-    for path in paths[1:]:
-        bundle.merge(StatsBundle.load(path))
+    """Load and add up the statistics files ``paths`` (or bundles already loaded; a single
+    bundle is returned as it is, several are added into a copy of the first)."""
+    bundles = [p if isinstance(p, StatsBundle) else StatsBundle.load(p) for p in paths]
+    if len(bundles) == 1:
+        return bundles[0]
+    bundle = copy.deepcopy(bundles[0]) if isinstance(paths[0], StatsBundle) else bundles[0]
+    for other in bundles[1:]:
+        bundle.merge(other)
     return bundle

@@ -1,0 +1,103 @@
+"""A sweep: one model pruned at several targets, and how close each result stays.
+
+Choosing a sparsity means weighing size against fidelity. :func:`sweep` prunes at every
+target and measures each pruned model against the original on held-out ``data`` (with
+``labels``: accuracy too); without ``data`` it measures on the first 256 calibration
+samples (in-sample: a weaker check). In one-shot mode the statistics are computed once and
+shared by all targets; in sequential mode every target is a full run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import onnx
+
+from .calibrate.data import load_calibration
+from .calibrate.session import choose_providers
+from .evaluate import compare_outputs, load_labels, run_model
+from .graph.model_io import as_model, normalize
+from .pipeline import PruneConfig, calibrate, prune
+from .progress import Progress
+
+KINDS = ("sparsity", "flops_reduction")
+CALIBRATION_CHECK = 256  # without held-out data, fidelity is measured on this many calibration samples
+
+
+@dataclass
+class SweepPoint:
+    """One target of a sweep: what was removed and how close the pruned model stays.
+
+    ``fidelity``: output name -> relative_error, cosine, top1_agreement (on ``data``, or on
+    calibration samples when ``fidelity_on`` says so); ``accuracy``: pruned and original
+    top-1 accuracy when labels were given; ``seconds``: wall time of the pruning run.
+    """
+
+    kind: str
+    target: float
+    params_removed: float
+    macs_removed: float
+    fidelity: dict
+    fidelity_on: str
+    seconds: float
+    accuracy: dict | None = None
+    report: dict = field(default_factory=dict, repr=False)
+    model: onnx.ModelProto | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict:
+        """JSON-ready (without the model and the full report)."""
+        return {"kind": self.kind, "target": self.target, "params_removed": self.params_removed,
+                "macs_removed": self.macs_removed, "fidelity": self.fidelity, "fidelity_on": self.fidelity_on,
+                "accuracy": self.accuracy, "seconds": self.seconds}
+
+
+def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None, labels=None,
+          config: PruneConfig | None = None, progress: Progress | None = None, **options) -> list[SweepPoint]:
+    """Prune ``model`` at each of ``targets`` (fractions of parameters for ``kind="sparsity"``,
+    of MACs for ``"flops_reduction"``) and measure every result.
+
+    ``data``: held-out inputs (as for ``calib``) to measure fidelity on; ``labels``: their
+    class indices (path or array) for accuracy. ``config`` or keyword options set the rest
+    of the run as for :func:`onnx_eprune.prune` (its target fields are ignored).
+    """
+    from .errors import UsageError
+
+    if kind not in KINDS:
+        raise UsageError(f"a sweep runs over one of {', '.join(KINDS)}, not {kind!r}")
+    if not targets:
+        raise UsageError("give at least one target to sweep over")
+    if labels is not None and data is None:
+        raise UsageError("labels need --data: the inputs they label")
+    base = config if config is not None else PruneConfig(**options)
+    base = replace(base, sparsity=None, flops_reduction=None, keep_ratio=None)
+    original = as_model(model)
+    normalize(original)
+    # loaded once: an iterable or a data reader would be spent after the first target
+    arrays = load_calibration(calib, original, base.samples).arrays
+    providers = choose_providers(base.device)
+    if data is not None:
+        held_out = load_calibration(data, original)
+        on = f"{held_out.samples} held-out samples"
+    else:
+        held_out = load_calibration({k: v[:CALIBRATION_CHECK] for k, v in arrays.items()}, original, probe=True)
+        on = f"the first {held_out.samples} calibration samples"
+    names = [o.name for o in original.graph.output]
+    reference = run_model(original, held_out, providers)
+    y = load_labels(labels, held_out.samples) if labels is not None else None
+    stats = [calibrate(original, arrays, base, progress)] if base.mode == "oneshot" else None
+    points = []
+    for value in sorted(targets):
+        config = replace(base, **{kind: float(value)})
+        config.target()  # out of range: fails before any work
+        t0 = time.perf_counter()
+        result = prune(original, None if stats else arrays, config, progress, stats=stats)
+        seconds = time.perf_counter() - t0
+        got = run_model(result.model, held_out, providers)
+        accuracy = None if y is None else {"original": float((reference[0].argmax(1) == y).mean()),
+                                           "pruned": float((got[0].argmax(1) == y).mean())}
+        rep = result.report
+        points.append(SweepPoint(kind, float(value), rep["params"]["removed_fraction"],
+                                 rep["macs"]["removed_fraction"], compare_outputs(names, reference, got), on,
+                                 seconds, accuracy, rep, result.model))
+    return points
