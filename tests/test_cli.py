@@ -332,8 +332,10 @@ def test_demo_refuses_a_bad_sparsity(tmp_path, capsys):
 
 def test_external_data_in_and_out(tmp_path, calib, capsys, monkeypatch):
     """A model whose weights live in an external file is read; above the protobuf limit
-    (lowered here to a few kilobytes) the pruned model is written with external data too,
-    next to it, and loads and runs from there."""
+    (lowered here to a few kilobytes) onnxruntime gets the weights as in-memory external
+    initializers, and the pruned model is written with external data too, next to it, and
+    loads and runs from there."""
+    from onnx_eprune.calibrate import session
     from onnx_eprune.graph import model_io
 
     model = conv_bn_relu_pool_flatten_gemm(True)
@@ -343,7 +345,8 @@ def test_external_data_in_and_out(tmp_path, calib, capsys, monkeypatch):
                     location="weights.bin", size_threshold=0)
     assert (src.parent / "weights.bin").stat().st_size > 0.5 * model.ByteSize()
     np.save(tmp_path / "calib.npy", calib)
-    monkeypatch.setattr(model_io, "_EXTERNAL_DATA_THRESHOLD", 4096)
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 4096)
+    monkeypatch.setattr(session, "_LARGE_INITIALIZER", 256)
     out = tmp_path / "out" / "pruned.onnx"
     out.parent.mkdir()
     assert main(["prune", str(src), "-o", str(out), "--calib", str(tmp_path / "calib.npy"), "--keep-ratio", "0.5",
@@ -355,3 +358,21 @@ def test_external_data_in_and_out(tmp_path, calib, capsys, monkeypatch):
     x = random_input(4, seed=9)
     assert run_model(pruned, x)["y"].shape == run_model(onnx.load(str(src)), x)["y"].shape
     assert sorted(p.name for p in out.parent.iterdir()) == ["pruned.onnx", "pruned.onnx.data"]
+
+
+def test_sessions_of_models_above_the_protobuf_limit_compute_the_same(calib, monkeypatch):
+    """With the limit lowered, every session gets its weights as in-memory external
+    initializers: the same statistics, hence the same pruned model."""
+    from onnx_eprune.calibrate import session
+    from onnx_eprune.graph import model_io
+    from onnx_eprune.pipeline import prune
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    small = prune(model, calib, sparsity=0.4, device="cpu").model.SerializeToString(deterministic=True)
+    built = []
+    real = session._without_large_initializers
+    monkeypatch.setattr(session, "_without_large_initializers", lambda m: built.append(1) or real(m))
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 4096)
+    monkeypatch.setattr(session, "_LARGE_INITIALIZER", 256)
+    large = prune(model, calib, sparsity=0.4, device="cpu").model.SerializeToString(deterministic=True)
+    assert built and large == small

@@ -9,8 +9,10 @@ import re
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from ..errors import EPruneError, UsageError
+from ..graph import model_io
 
 log = logging.getLogger("onnx_eprune")
 
@@ -70,13 +72,53 @@ def _options(threads: int | None = None) -> ort.SessionOptions:
 
 def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str] | None = None,
                  threads: int | None = None) -> ort.InferenceSession:
-    """A session for ``model``; ``outputs`` (any tensor names) replace the graph outputs."""
+    """A session for ``model``; ``outputs`` (any tensor names) replace the graph outputs.
+
+    A model above the protobuf limit cannot be serialised: its large initializers go to
+    onnxruntime as in-memory external initializers instead (no file is written)."""
+    options = _options(threads)
+    arrays: list[ort.OrtValue] = []
+    if model.ByteSize() >= model_io.EXTERNAL_DATA_THRESHOLD:
+        model, names, arrays = _without_large_initializers(model)
+        options.add_external_initializers(names, arrays)
     if outputs is not None:
         model = with_outputs(model, outputs)
     try:
-        return ort.InferenceSession(model.SerializeToString(), _options(threads), providers=providers)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     except Exception as exc:
         raise EPruneError(f"onnxruntime cannot load the model: {_reason(exc)}") from None
+    session._eprune_initializers = arrays  # onnxruntime reads them in place: keep them alive
+    return session
+
+
+# Initializers above this size travel outside the serialised model of a large model.
+_LARGE_INITIALIZER = 1 << 20
+
+
+def _without_large_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[ort.OrtValue]]:
+    """A copy of ``model`` whose large initializers are marked external (their data left
+    out), with those initializers' names and values. Built field by field, so that the
+    large tensors are never copied as protobuf messages."""
+    light = onnx.ModelProto()
+    for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(light, name, getattr(model, name))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph, out = model.graph, light.graph
+    out.name = graph.name
+    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(out, field).extend(getattr(graph, field))
+    names, arrays = [], []
+    for init in graph.initializer:
+        if init.ByteSize() < _LARGE_INITIALIZER or init.data_location == onnx.TensorProto.EXTERNAL:
+            out.initializer.append(init)
+            continue
+        ref = out.initializer.add(name=init.name, data_type=init.data_type, dims=init.dims,
+                                  data_location=onnx.TensorProto.EXTERNAL)
+        ref.external_data.add(key="location", value="onnx-eprune-in-memory")
+        names.append(init.name)
+        arrays.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(init))))
+    return light, names, arrays
 
 
 def run(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list:

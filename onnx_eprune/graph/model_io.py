@@ -14,7 +14,7 @@ from onnx.external_data_helper import load_external_data_for_model
 from ..errors import EPruneError, UsageError
 
 # Protobuf refuses to serialise a message above 2 GiB; stay well below it.
-_EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -53,15 +53,19 @@ def check_model(model: onnx.ModelProto) -> None:
     those files itself).
     """
     try:
-        if model.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
+        if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
             onnx.checker.check_model(model, full_check=True)
         else:
             with tempfile.TemporaryDirectory(prefix="onnx-eprune-check-") as folder:
                 path = os.path.join(folder, "model.onnx")
                 onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
                                 location="model.onnx.data", size_threshold=1024)
-                # saving moved the weights out of ``model``: read them back (no second copy)
+                # saving moved the weights out of ``model``: read them back (no second copy),
+                # leaving the tensors as they were (no explicit data_location field)
                 load_external_data_for_model(model, folder)
+                for tensor in model.graph.initializer:
+                    if tensor.data_location == onnx.TensorProto.DEFAULT:
+                        tensor.ClearField("data_location")
                 onnx.checker.check_model(path, full_check=True)
     except Exception as exc:
         raise EPruneError(f"model does not pass onnx.checker: {str(exc).splitlines()[0]}") from None
@@ -163,7 +167,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
         raise UsageError(f"output folder does not exist: {folder}")
     if not os.access(folder, os.W_OK):
         raise UsageError(f"output folder is not writable: {folder}")
-    external = model.ByteSize() >= _EXTERNAL_DATA_THRESHOLD
+    external = model.ByteSize() >= EXTERNAL_DATA_THRESHOLD
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     data_name = target.name + ".data"
