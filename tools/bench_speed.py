@@ -3,6 +3,7 @@
     python tools/bench_speed.py latency --models vgg16 resnet18 --flops 0.5 [--round-to 8] \\
         --out bench/speed_latency.json
     python tools/bench_speed.py samples --model vgg16 --samples 256 1024 4096 --out bench/speed_samples.json
+    python tools/bench_speed.py width --widths 16 32 64 128 --samples 1024 --out bench/speed_width.json
 
 ``latency``: prunes each reference model (``../shared/reference``) to the MAC reduction,
 then times the original and the pruned model in onnxruntime on the CPU (1 thread and all
@@ -12,7 +13,9 @@ the MAC reduction (the issue's bar: >= 0.8 at batch 32, 1 thread).
 
 ``samples``: prunes one model with N calibration images from the Fashion-MNIST train split
 (the first N of a fixed seeded permutation) in a fresh process per N, and records wall
-time and peak resident memory (``ru_maxrss`` of the child).
+time and peak resident memory (``ru_maxrss`` of the child). ``width``: the same for plain
+VGG-style chains of growing width (:func:`width_model`, random weights: time and memory,
+not accuracy). Both prune with ``flops_reduction=0.5``.
 """
 
 from __future__ import annotations
@@ -95,31 +98,82 @@ def latency(args) -> list[dict]:
     return rows
 
 
+def width_model(width: int) -> onnx.ModelProto:
+    """A plain VGG-style chain on 1x32x32 inputs with random He-initialised weights: two 3x3
+    convs at ``width``, ``2*width`` and ``4*width`` channels (max-pool between), GAP, Gemm(10)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(width)
+    nodes, inits, x, cin = [], [], "x", 1
+    for stage, cout in enumerate((width, 2 * width, 4 * width)):
+        for i in range(2):
+            name = f"conv{stage}{i}"
+            w = rng.normal(0.0, np.sqrt(2.0 / (9 * cin)), size=(cout, cin, 3, 3)).astype(np.float32)
+            inits += [numpy_helper.from_array(w, f"{name}.w"), numpy_helper.from_array(np.zeros(cout, np.float32),
+                                                                                       f"{name}.b")]
+            nodes += [helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [name], pads=[1, 1, 1, 1]),
+                      helper.make_node("Relu", [name], [f"{name}.r"])]
+            x, cin = f"{name}.r", cout
+        if stage < 2:
+            nodes.append(helper.make_node("MaxPool", [x], [f"pool{stage}"], kernel_shape=[2, 2], strides=[2, 2]))
+            x = f"pool{stage}"
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
+              helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["y"], transB=1)]
+    inits += [numpy_helper.from_array(rng.normal(0, np.sqrt(1.0 / cin), size=(10, cin)).astype(np.float32), "fc.w"),
+              numpy_helper.from_array(np.zeros(10, np.float32), "fc.b")]
+    graph = helper.make_graph(nodes, f"width{width}", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                    ["N", 1, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def _child(model: str, samples: int, out: str) -> None:
-    """One pruning run in this process; prints its JSON result."""
+    """One pruning run in this process (``model``: a reference name or ``width:W``); prints
+    its JSON result."""
     import onnx_eprune
     from onnx_eprune.datasets import load_fashion_mnist, preprocess
 
-    file, _calib, size = MODELS[model]
+    if model.startswith("width:"):
+        source, size = width_model(int(model.split(":")[1])), 32
+    else:
+        file, _calib, size = MODELS[model]
+        source = str(REFERENCE / file)
     images, _ = load_fashion_mnist("train")
     order = np.random.default_rng(0).permutation(len(images))[:samples]
     calib = preprocess(images[order], size)
     t0 = time.perf_counter()
-    result = onnx_eprune.prune(str(REFERENCE / file), calib, flops_reduction=0.5, device="cpu")
+    result = onnx_eprune.prune(source, calib, flops_reduction=0.5, device="cpu")
     seconds = time.perf_counter() - t0
     onnx.save(result.model, out)
     print(json.dumps({"seconds": seconds, "phase_seconds": result.report["seconds"],
+                      "params": result.report["params"]["before"], "macs": result.report["macs"]["before"],
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def _run_child(model: str, samples: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run([sys.executable, __file__, "_child", model, str(samples), str(Path(tmp) / "m.onnx")],
+                              capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def samples(args) -> list[dict]:
     rows = []
     for n in args.samples:
-        with tempfile.TemporaryDirectory() as tmp:
-            proc = subprocess.run([sys.executable, __file__, "_child", args.model, str(n), str(Path(tmp) / "m.onnx")],
-                                  capture_output=True, text=True, check=True)
-        row = {"model": args.model, "samples": n, **json.loads(proc.stdout.strip().splitlines()[-1])}
+        row = {"model": args.model, "samples": n, **_run_child(args.model, n)}
         print(f"{args.model} {n} samples: {row['seconds']:.1f} s, peak {row['peak_rss_mib']:.0f} MiB", flush=True)
+        rows.append(row)
+    return rows
+
+
+def widths(args) -> list[dict]:
+    rows = []
+    for w in args.widths:
+        row = {"model": f"width {w}", "width": w, "samples": args.samples, **_run_child(f"width:{w}", args.samples)}
+        print(f"width {w} ({row['params']:,} params, {row['macs'] / 1e6:.0f}M MACs), {args.samples} samples: "
+              f"{row['seconds']:.1f} s, peak {row['peak_rss_mib']:.0f} MiB", flush=True)
         rows.append(row)
     return rows
 
@@ -140,10 +194,13 @@ def main() -> int:
     smp = sub.add_parser("samples")
     smp.add_argument("--model", default="vgg16", choices=list(MODELS))
     smp.add_argument("--samples", nargs="+", type=int, default=[256, 1024, 4096])
-    for p in (lat, smp):
+    wid = sub.add_parser("width")
+    wid.add_argument("--widths", nargs="+", type=int, default=[16, 32, 64, 128])
+    wid.add_argument("--samples", type=int, default=1024)
+    for p in (lat, smp, wid):
         p.add_argument("--out", type=Path, help="JSON file to write")
     args = ap.parse_args()
-    rows = latency(args) if args.what == "latency" else samples(args)
+    rows = {"latency": latency, "samples": samples, "width": widths}[args.what](args)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows},
