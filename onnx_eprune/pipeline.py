@@ -46,7 +46,7 @@ MODES = ("sequential", "oneshot")
 # one-shot pass, each network's tensors from one sequential stage to the next) stay in
 # memory up to this many bytes and go to scratch files beyond it, so that peak memory does
 # not grow with the number of samples; past the disk share they are computed again.
-CACHE_MEMORY_BYTES = 1 << 30
+CACHE_MEMORY_BYTES = 512 << 20
 CACHE_DISK_SHARE = 0.5      # of the free space in the temporary directory
 CACHE_DISK_BYTES = 64 << 30  # at most
 

@@ -186,10 +186,15 @@ class _Stored:
             return np.fromfile(f, self.dtype, int(np.prod(shape))).reshape(shape)
 
     def transform(self, fn: Callable[[np.ndarray], np.ndarray]) -> "_Stored":
-        """The values mapped through ``fn`` (channel slicing), in the same place."""
+        """The values mapped through ``fn`` (channel slicing), in the same place; batch by
+        batch, so that memory never holds the old and the new tensor whole."""
+        if self.path is None:
+            for b, value in enumerate(self.values):
+                self.values[b] = fn(value)
+            return self
         out = _Stored.__new__(_Stored)
         out.space, out.bytes, out.dtype, out.values, out.index = self.space, self.bytes, self.dtype, [], []
-        out.path = None if self.path is None else self.space.new_file()
+        out.path = self.space.new_file()
         for b in range(len(self)):
             out.append(fn(self[b]))
         self.discard(release=False)
