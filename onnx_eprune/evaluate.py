@@ -15,7 +15,7 @@ from .calibrate.session import choose_providers, make_session, probe_shapes, run
 from .errors import UsageError
 from .graph.costs import build_cost_model
 from .graph.groups import analyze
-from .graph.model_io import as_model, normalize
+from .graph.model_io import as_model, model_bytes, normalize
 
 
 def run_model(model: onnx.ModelProto, data, providers: list[str], batch_size: int = 256) -> list[np.ndarray]:
@@ -54,7 +54,7 @@ def latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: 
 def _size(model: onnx.ModelProto, path) -> int:
     if isinstance(path, (str, os.PathLike)):
         return Path(path).stat().st_size
-    return model.ByteSize()
+    return model_bytes(model)
 
 
 def _counts(model: onnx.ModelProto, data, providers) -> tuple[int, int]:

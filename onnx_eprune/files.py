@@ -22,8 +22,7 @@ def write_atomic(target: Path, write: Callable[[BinaryIO], None], label: str | N
     label = label or str(target)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
+        tmp = temporary_beside(target)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
@@ -34,3 +33,15 @@ def write_atomic(target: Path, write: Callable[[BinaryIO], None], label: str | N
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def temporary_beside(target: Path) -> str:
+    """A new empty temporary file in ``target``'s folder, with the permissions a plain
+    ``open()`` would give ``target`` (mkstemp's are owner-only: a model written that way
+    could not be read by the server that loads it)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    return tmp

@@ -376,3 +376,17 @@ def test_sessions_of_models_above_the_protobuf_limit_compute_the_same(calib, mon
     monkeypatch.setattr(session, "_LARGE_INITIALIZER", 256)
     large = prune(model, calib, sparsity=0.4, device="cpu").model.SerializeToString(deterministic=True)
     assert built and large == small
+
+
+def test_outputs_get_the_usual_permissions(files):
+    """Atomic writes go through temporary files, which are owner-only; the outputs get what
+    a plain open() would give them (the umask's), so a model server can read them."""
+    import os
+    import stat
+
+    report = files / "r.json"
+    assert main(prune_args(files, "--sparsity", "0.3", "--report", str(report), "-q")) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (files / "out.onnx", report):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

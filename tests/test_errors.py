@@ -426,8 +426,9 @@ def test_report_dir_clashes(case):
 
 # -- disk full and Ctrl-C --------------------------------------------------------------------
 
-def _full_disk_open(module, monkeypatch, after=1000, exc=None):
-    """``open`` in ``module`` writes ``after`` bytes of a file opened for writing, then fails."""
+def _full_disk_open(module, monkeypatch, after=1000, exc=None, only=""):
+    """``open`` in ``module`` writes ``after`` bytes of a file opened for writing whose name
+    contains ``only``, then fails."""
     real_open = open
 
     class Full:
@@ -449,14 +450,14 @@ def _full_disk_open(module, monkeypatch, after=1000, exc=None):
 
     def fake_open(path, mode="r", *args, **kwargs):
         f = real_open(path, mode, *args, **kwargs)
-        return Full(f) if "w" in mode else f
+        return Full(f) if "w" in mode and only in os.path.basename(str(path)) else f
     monkeypatch.setattr(module, "open", fake_open, raising=False)
 
 
 def test_disk_full_while_writing_the_model(case, monkeypatch):
-    from onnx_eprune.graph import model_io
+    from onnx_eprune import files  # the model is written through files.write_atomic
 
-    _full_disk_open(model_io, monkeypatch)
+    _full_disk_open(files, monkeypatch)
     case.fail(case.args(), code=1, contains=("No space left on device", "free some disk space"))
 
 
@@ -484,7 +485,7 @@ def test_disk_full_while_writing_the_report_removes_the_model(case, monkeypatch)
 def test_disk_full_while_writing_the_report_dir(case, monkeypatch):
     from onnx_eprune import files as atomic_files
 
-    _full_disk_open(atomic_files, monkeypatch, after=10)
+    _full_disk_open(atomic_files, monkeypatch, after=10, only="report")
     case.fail(case.args(None, None, ("--sparsity", "0.4"), "--report-dir", str(case.dir / "rep")), code=1,
               contains=("report.json", "No space left"))  # the new folder goes too
 
@@ -499,9 +500,9 @@ def test_interrupted_during_the_run(case, monkeypatch):
 
 
 def test_interrupted_while_writing(case, monkeypatch):
-    from onnx_eprune.graph import model_io
+    from onnx_eprune import files
 
-    _full_disk_open(model_io, monkeypatch, exc=KeyboardInterrupt())
+    _full_disk_open(files, monkeypatch, exc=KeyboardInterrupt())
     case.fail(case.args(None, None, ("--sparsity", "0.4"), "--report", str(case.dir / "r.json")), code=130,
               contains="interrupted")
 
@@ -516,10 +517,10 @@ def test_interrupted_after_the_model_was_written(case, monkeypatch):
 
 def test_existing_output_survives_a_failed_write(case, monkeypatch):
     """Writing goes to a temporary file renamed into place: an old OUT stays whole."""
-    from onnx_eprune.graph import model_io
+    from onnx_eprune import files
 
     case.out.write_bytes(b"previous result")
-    _full_disk_open(model_io, monkeypatch)
+    _full_disk_open(files, monkeypatch)
     case.fail(case.args(), code=1, contains="No space left")
     assert case.out.read_bytes() == b"previous result"
 

@@ -3,8 +3,9 @@
     python tools/bench_large.py --workdir /tmp/large      # about 2.2 GB written there
 
 Builds ``big.onnx`` + ``big.onnx.data``: Conv(3->64) -> Relu -> Conv(64->64) -> Relu ->
-GlobalAveragePool -> Flatten -> Gemm(64 -> 8192) -> Softmax over the features -> Gemm(8192 ->
-65536) = ``y``, whose last weight alone holds 537M float32 values (2.15 GB). The convolutions
+GlobalAveragePool -> Flatten -> Gemm(64 -> 8192) -> Softmax over the features -> two
+Gemm(8192 -> 32768) -> Concat = ``y``, whose two wide weights hold 537M float32 values
+(2.15 GB; each below the 2 GiB a single tensor can take). The convolutions
 are prunable; the Softmax freezes the wide Gemm's input, so the pruned model stays above the
 limit and must be written with external data. Prunes it with ``onnx-eprune prune
 --keep-ratio 0.5`` and ``--keep-ratio 1.0``, then checks each output from its path (full
@@ -31,14 +32,27 @@ WIDE_IN, WIDE_OUT = 8192, 65536
 
 
 def build(path: Path) -> None:
+    """Write the model: the two wide weights go straight to the external data file (a
+    ModelProto holding them could not be serialised)."""
     rng = np.random.default_rng(0)
+    data = path.with_name(path.name + ".data")
 
     def init(name, shape, scale):
         return numpy_helper.from_array((rng.standard_normal(shape, dtype=np.float32) * scale), name)
 
     inits = [init("c1.w", (64, 3, 3, 3), 0.3), init("c1.b", (64,), 0.1), init("c2.w", (64, 64, 3, 3), 0.06),
-             init("c2.b", (64,), 0.1), init("g1.w", (WIDE_IN, 64), 0.1), init("g1.b", (WIDE_IN,), 0.1),
-             init("g2.w", (WIDE_OUT, WIDE_IN), 0.01)]
+             init("c2.b", (64,), 0.1), init("g1.w", (WIDE_IN, 64), 0.1), init("g1.b", (WIDE_IN,), 0.1)]
+    half = WIDE_OUT // 2
+    with open(data, "wb") as f:
+        for name in ("g2a.w", "g2b.w"):
+            offset = f.tell()
+            for rows in range(0, half, 4096):  # 128 MiB at a time
+                (rng.standard_normal((4096, WIDE_IN), dtype=np.float32) * 0.01).tofile(f)
+            tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[half, WIDE_IN],
+                                 data_location=TensorProto.EXTERNAL)
+            for key, value in (("location", data.name), ("offset", offset), ("length", f.tell() - offset)):
+                tensor.external_data.add(key=key, value=str(value))
+            inits.append(tensor)
     nodes = [helper.make_node("Conv", ["x", "c1.w", "c1.b"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
              helper.make_node("Conv", ["r1", "c2.w", "c2.b"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
@@ -47,13 +61,14 @@ def build(path: Path) -> None:
              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
              helper.make_node("Gemm", ["flat", "g1.w", "g1.b"], ["g1"], transB=1, name="gemm1"),
              helper.make_node("Softmax", ["g1"], ["sm"], axis=1, name="softmax"),
-             helper.make_node("Gemm", ["sm", "g2.w"], ["y"], transB=1, name="gemm2")]
+             helper.make_node("Gemm", ["sm", "g2a.w"], ["ya"], transB=1, name="gemm2a"),
+             helper.make_node("Gemm", ["sm", "g2b.w"], ["yb"], transB=1, name="gemm2b"),
+             helper.make_node("Concat", ["ya", "yb"], ["y"], axis=1, name="concat")]
     graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", WIDE_OUT])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
+    onnx.save(model, str(path))
 
 
 def run(path: Path, x: np.ndarray) -> np.ndarray:

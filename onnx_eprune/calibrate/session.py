@@ -78,7 +78,7 @@ def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str
     onnxruntime as in-memory external initializers instead (no file is written)."""
     options = _options(threads)
     arrays: list[ort.OrtValue] = []
-    if model.ByteSize() >= model_io.EXTERNAL_DATA_THRESHOLD:
+    if model_io.model_bytes(model) >= model_io.EXTERNAL_DATA_THRESHOLD:
         model, names, arrays = _without_large_initializers(model)
         options.add_external_initializers(names, arrays)
     if outputs is not None:

@@ -12,9 +12,18 @@ from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
 from ..errors import EPruneError, UsageError
+from ..files import temporary_beside, write_atomic
 
 # Protobuf refuses to serialise a message above 2 GiB; stay well below it.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """Serialised size of ``model``, summed part by part: protobuf's own ``ByteSize()``
+    refuses a message above 2 GiB, which is exactly when the answer matters."""
+    graph = model.graph
+    parts = [graph.initializer, graph.sparse_initializer, graph.node, model.functions]
+    return sum(item.ByteSize() for part in parts for item in part) + 4096  # names, I/O, metadata
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -53,19 +62,14 @@ def check_model(model: onnx.ModelProto) -> None:
     those files itself).
     """
     try:
-        if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+        if model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
             onnx.checker.check_model(model, full_check=True)
         else:
             with tempfile.TemporaryDirectory(prefix="onnx-eprune-check-") as folder:
                 path = os.path.join(folder, "model.onnx")
                 onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
                                 location="model.onnx.data", size_threshold=1024)
-                # saving moved the weights out of ``model``: read them back (no second copy),
-                # leaving the tensors as they were (no explicit data_location field)
-                load_external_data_for_model(model, folder)
-                for tensor in model.graph.initializer:
-                    if tensor.data_location == onnx.TensorProto.DEFAULT:
-                        tensor.ClearField("data_location")
+                _take_back_weights(model, folder)
                 onnx.checker.check_model(path, full_check=True)
     except Exception as exc:
         raise EPruneError(f"model does not pass onnx.checker: {str(exc).splitlines()[0]}") from None
@@ -167,23 +171,18 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
         raise UsageError(f"output folder does not exist: {folder}")
     if not os.access(folder, os.W_OK):
         raise UsageError(f"output folder is not writable: {folder}")
-    external = model.ByteSize() >= EXTERNAL_DATA_THRESHOLD
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    if model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
+        write_atomic(target, lambda f: f.write(model.SerializeToString(deterministic=True)))
+        return
+    tmp = temporary_beside(target)
     data_name = target.name + ".data"
     tmp_data = folder / f".{data_name}.tmp"
     try:
-        if external:
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=tmp_data.name, size_threshold=1024)
-            load_external_data_for_model(model, str(folder))  # the caller's model keeps its weights
-            os.replace(tmp_data, folder / data_name)
-            _relink_external_data(tmp, data_name)
-        else:
-            with open(tmp, "wb") as f:
-                f.write(model.SerializeToString(deterministic=True))
-                f.flush()
-                os.fsync(f.fileno())
+        onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=tmp_data.name, size_threshold=1024)
+        _take_back_weights(model, str(folder))  # the caller's model keeps its weights
+        os.replace(tmp_data, folder / data_name)
+        _relink_external_data(tmp, data_name)
         os.replace(tmp, target)
     except OSError as exc:
         raise EPruneError(f"cannot write {target}: {exc.strerror or exc}") from None
@@ -191,6 +190,15 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
         for leftover in (Path(tmp), tmp_data):
             if leftover.exists():
                 leftover.unlink()
+
+
+def _take_back_weights(model: onnx.ModelProto, folder: str) -> None:
+    """Saving with external data moved the weights out of ``model``: read them back (no
+    second copy) and leave the tensors as they were (no explicit data_location field)."""
+    load_external_data_for_model(model, folder)
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.DEFAULT:
+            tensor.ClearField("data_location")
 
 
 def _relink_external_data(model_file: str, data_name: str) -> None:
