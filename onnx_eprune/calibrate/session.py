@@ -81,6 +81,8 @@ def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str
     if model_io.model_bytes(model) >= model_io.EXTERNAL_DATA_THRESHOLD:
         model, names, arrays = _without_large_initializers(model)
         options.add_external_initializers(names, arrays)
+        # pre-packed Gemm/Conv weights would be one more copy of every weight
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if outputs is not None:
         model = with_outputs(model, outputs)
     try:
