@@ -216,6 +216,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show a traceback on failure")
 
 
+def _add_model_and_calibration(p: argparse.ArgumentParser) -> None:
+    """MODEL and one calibration source (sweep and calibrate)."""
+    p.add_argument("model", metavar="MODEL.onnx")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--calib", metavar="CALIB", help=".npy or .npz, as for prune")
+    _add_calib_sources(p, source)
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """How a pruning run selects and fits (prune and sweep)."""
     p.add_argument("--method", default="entropic", choices=list(METHODS),
@@ -279,10 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "and (with matplotlib) sweep.png: parameters and MACs removed, fidelity to the original "
                        "(relative output error, top-1 agreement) on --data, or on calibration samples, and "
                        "accuracy with --labels.")
-    p.add_argument("model", metavar="MODEL.onnx")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--calib", metavar="CALIB", help=".npy or .npz, as for prune")
-    _add_calib_sources(p, source)
+    _add_model_and_calibration(p)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--sparsity", type=_fraction, nargs="+", metavar="S", help="parameter sparsities to try")
     target.add_argument("--flops-reduction", type=_fraction, nargs="+", metavar="F", help="MAC reductions to try")
@@ -298,10 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Stream the statistics that pruning needs over CALIB and write them to "
                        "STATS.npz. Files from disjoint shards of a calibration set add up: 'prune --stats A "
                        "--stats B ...' gives the same result as one run over all the samples (one-shot mode).")
-    p.add_argument("model", metavar="MODEL.onnx")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--calib", metavar="CALIB", help=".npy or .npz, as for prune")
-    _add_calib_sources(p, source)
+    _add_model_and_calibration(p)
     p.add_argument("--stats-out", required=True, metavar="STATS.npz", help="where to write the statistics")
     p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
     p.add_argument("--seed", type=int, default=0, help="seed for position sampling (same for all shards)")

@@ -34,16 +34,8 @@ def write_report_dir(report: dict, directory: str | os.PathLike) -> list[Path]:
     says so. Raises :class:`EPruneError` if a file cannot be written; the files this call
     wrote before the failure are removed again.
     """
-    folder = _folder(directory)
-    contents: list[tuple[str, bytes]] = [
-        (JSON_NAME, (json.dumps(report, indent=1) + "\n").encode()),
-        (MARKDOWN_NAME, markdown_report(report).encode()),
-    ]
-    figure = _figure_class()
-    if figure is not None:
-        contents.append((CHANNELS_PLOT, _png(_channels_figure(figure, report))))
-        contents.append((ALLOCATION_PLOT, _png(_allocation_figure(figure, report))))
-    return _write_all(folder, contents, figure is not None)
+    return _write_folder(directory, report, (JSON_NAME, MARKDOWN_NAME, markdown_report),
+                         [(CHANNELS_PLOT, _channels_figure), (ALLOCATION_PLOT, _allocation_figure)])
 
 
 def write_sweep_dir(sweep: dict, directory: str | os.PathLike) -> list[Path]:
@@ -51,14 +43,18 @@ def write_sweep_dir(sweep: dict, directory: str | os.PathLike) -> list[Path]:
     ``directory``: ``sweep.json``, ``sweep.md`` and, with matplotlib, ``sweep.png``
     (fidelity, and accuracy when measured, against the fraction removed). Same guarantees as
     :func:`write_report_dir`."""
+    return _write_folder(directory, sweep, (SWEEP_JSON, SWEEP_MARKDOWN, markdown_sweep), [(SWEEP_PLOT, _sweep_figure)])
+
+
+def _write_folder(directory, record: dict, texts: tuple, plots: list) -> list[Path]:
+    """``record`` as JSON and Markdown (``texts``: JSON name, Markdown name, renderer) and,
+    with matplotlib, the ``plots`` ((name, figure builder) pairs), all written atomically."""
+    json_name, markdown_name, render = texts
     folder = _folder(directory)
-    contents: list[tuple[str, bytes]] = [
-        (SWEEP_JSON, (json.dumps(sweep, indent=1) + "\n").encode()),
-        (SWEEP_MARKDOWN, markdown_sweep(sweep).encode()),
-    ]
+    contents = [(json_name, (json.dumps(record, indent=1) + "\n").encode()), (markdown_name, render(record).encode())]
     figure = _figure_class()
     if figure is not None:
-        contents.append((SWEEP_PLOT, _png(_sweep_figure(figure, sweep))))
+        contents += [(name, _png(build(figure, record))) for name, build in plots]
     return _write_all(folder, contents, figure is not None)
 
 
