@@ -111,16 +111,17 @@ def _check_image_options(args: argparse.Namespace) -> None:
             raise UsageError(f"{', '.join(wrong)} only appl{'ies' if len(wrong) == 1 else 'y'} with --calib-images")
 
 
-def _input_model(path: str):
+def _input_model(path: str, weights: bool = True):
     """Load MODEL and check its structure before any work: a file that is not a complete,
-    valid ONNX model is a usage error (exit 2)."""
+    valid ONNX model is a usage error (exit 2). ``weights=False`` leaves external weight
+    files unread (the commands that only need the inputs' names and shapes)."""
     import onnx
 
     from .graph.model_io import load_model
 
     p = Path(path)
     try:
-        model = load_model(p)
+        model = load_model(p, weights)
     except UsageError as exc:
         if p.is_file():  # it exists but is not ONNX, or is cut short
             raise UsageError(f"{exc}; give a complete .onnx file (export or copy it again)") from None
@@ -426,7 +427,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     config = _run_config(args, sparsity=args.sparsity, flops_reduction=args.flops_reduction,
                          keep_ratio=args.keep_ratio)
     config.target()  # a target out of range fails here, before any work
-    calib = _calib_source(args, _input_model(args.model))
+    calib = _calib_source(args, _input_model(args.model, weights=False))
     try:
         result = prune(args.model, calib, config, progress=Progress(enabled=not args.quiet), stats=args.stats)
     except EPruneError as exc:
@@ -472,7 +473,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _check_folder(args.model, folder, names)
     if args.labels and not args.data:
         raise UsageError("--labels needs --data: the inputs they label")
-    calib = _calib_source(args, _input_model(args.model))
+    calib = _calib_source(args, _input_model(args.model, weights=False))
     try:
         points = sweep(args.model, calib, targets, kind, data=args.data, labels=args.labels, config=config,
                        progress=Progress(enabled=not args.quiet))
@@ -509,7 +510,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     config = PruneConfig(samples=args.samples, seed=args.seed, device=args.device, batch_size=args.batch_size,
                          positions=args.positions)
     config.check()
-    calib = _calib_source(args, _input_model(args.model))
+    calib = _calib_source(args, _input_model(args.model, weights=False))
     bundle = calibrate(args.model, calib, config, progress=Progress(enabled=not args.quiet))
     bundle.save(args.stats_out)
     if not args.quiet:

@@ -26,8 +26,9 @@ def model_bytes(model: onnx.ModelProto) -> int:
     return sum(item.ByteSize() for part in parts for item in part) + 4096  # names, I/O, metadata
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file (with its external data, if any) and check that it is a model.
+def load_model(path: str | os.PathLike, weights: bool = True) -> onnx.ModelProto:
+    """Read an ONNX file (with its external data, if any, unless ``weights`` is False: the
+    structure is enough to check inputs) and check that it is a model.
 
     Raises UsageError for a missing path, a directory or a file that is not ONNX.
     """
@@ -37,7 +38,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if p.is_dir():
         raise UsageError(f"model path is a directory, expected an .onnx file: {p}")
     try:
-        model = onnx.load(str(p))
+        model = onnx.load(str(p), load_external_data=weights)
     except Exception as exc:  # protobuf raises several unrelated types on garbage
         raise UsageError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
     if not model.graph.node:
