@@ -105,10 +105,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="JSON file to append the runs to")
     ap.add_argument("--markdown", action="store_true", help="print the Markdown table of --out at the end")
     ap.add_argument("--pivot", action="store_true",
-                    help="print --out as one row per target and mode, one column per method, and exit")
+                    help="print --out at the end as one row per target and mode, one column per method "
+                    "(without targets: print it and exit)")
     args = ap.parse_args()
-    if args.pivot:
-        print(pivot(json.loads(args.out.read_text())["runs"]))
+    if not args.sparsity and not args.flops:  # nothing to run: print the tables of --out
+        rows = json.loads(args.out.read_text())["runs"] if args.out and args.out.exists() else []
+        print(pivot(rows) if args.pivot else markdown(rows))
         return 0
     if not fashion_mnist_available():
         print("needs the Fashion-MNIST test split: apt-get install dataset-fashion-mnist", file=sys.stderr)
@@ -138,6 +140,8 @@ def main() -> int:
                         args.out.write_text(json.dumps({"machine": platform.platform(), "runs": rows}, indent=1))
     if args.markdown:
         print(markdown(rows))
+    if args.pivot:
+        print(pivot(rows))
     return 0
 
 
