@@ -271,8 +271,9 @@ class Pruner:
             return entropic.select(terms(), k, self.config.entropic, start)
         if self.config.method in DATA_METHODS:
             ranking = self.ranking(gid, terms())
-        order = ranking if ranking is not None else self.ranking(gid, [])
-        return np.sort(order[:k])
+        elif ranking is None:
+            ranking = self.ranking(gid, [])
+        return np.sort(ranking[:k])
 
     # -- allocation ------------------------------------------------------------------------
     def allocate(self, gids: list[int], stats: dict[int, MomentStats] | None

@@ -16,6 +16,7 @@ import onnx
 
 from .calibrate.data import load_calibration
 from .calibrate.session import choose_providers
+from .errors import UsageError
 from .evaluate import compare_outputs, load_labels, run_model
 from .graph.model_io import as_model, normalize
 from .pipeline import PruneConfig, calibrate, prune
@@ -61,8 +62,6 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
     class indices (path or array) for accuracy. ``config`` or keyword options set the rest
     of the run as for :func:`onnx_eprune.prune` (its target fields are ignored).
     """
-    from .errors import UsageError
-
     if kind not in KINDS:
         raise UsageError(f"a sweep runs over one of {', '.join(KINDS)}, not {kind!r}")
     if not targets:

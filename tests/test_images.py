@@ -310,10 +310,15 @@ def cnn_file(tmp_path):
     return path
 
 
+def _photos(folder, n: int, h: int, w: int):
+    """``n`` RGB PNGs of ``h`` x ``w`` pixels in ``folder``."""
+    for i in range(n):
+        _write(folder / f"{i:03d}.png", _rgb(i, h, w))
+    return folder
+
+
 def test_cli_prune_from_images(cnn_file, tmp_path, capsys):
-    d = tmp_path / "photos"
-    for i in range(20):
-        _write(d / f"{i:03d}.png", _rgb(i, 20, 24))
+    d = _photos(tmp_path / "photos", 20, 20, 24)
     out = tmp_path / "pruned.onnx"
     rc = main(["prune", str(cnn_file), "-o", str(out), "--calib-images", str(d), "--keep-ratio", "1.0",
                "--device", "cpu", "--method", "l1", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
@@ -360,9 +365,7 @@ def test_cli_calib_random_warns(cnn_file, tmp_path, capsys):
 
 
 def test_cli_calibrate_from_images(cnn_file, tmp_path, capsys):
-    d = tmp_path / "photos"
-    for i in range(8):
-        _write(d / f"{i}.png", _rgb(i, 16, 16))
+    d = _photos(tmp_path / "photos", 8, 16, 16)
     stats = tmp_path / "stats.npz"
     rc = main(["calibrate", str(cnn_file), "--calib-images", str(d), "--stats-out", str(stats), "--device", "cpu",
                "-q"])

@@ -144,35 +144,36 @@ class CacheSpace:
 class _Stored:
     """The per-batch values of one tensor: a list in memory, or one scratch file."""
 
-    def __init__(self, space: CacheSpace, estimate: int):
+    def __init__(self, space: CacheSpace, nbytes: int, path: str | None):
         self.space = space
-        self.bytes = estimate
-        self.path: str | None = None
+        self.bytes = nbytes                 # reserved in the space (memory when path is None)
+        self.path = path
         self.values: list[np.ndarray] = []
         self.index: list[tuple[int, tuple[int, ...]]] = []   # offset and shape of each batch on disk
         self.dtype: np.dtype | None = None
-        if estimate <= space.memory_left:
-            space.memory_left -= estimate
-        else:
-            space.disk_left -= estimate
-            self.path = space.new_file()
+        self._end = 0                       # bytes written to the file so far
 
     @classmethod
     def reserve(cls, space: CacheSpace, estimate: int) -> "_Stored | None":
         """Room for ``estimate`` bytes, in memory if they fit, else on disk; None if neither."""
-        if estimate > space.memory_left and estimate > space.disk_left:
-            return None
-        return cls(space, estimate)
+        if estimate <= space.memory_left:
+            space.memory_left -= estimate
+            return cls(space, estimate, None)
+        if estimate <= space.disk_left:
+            space.disk_left -= estimate
+            return cls(space, estimate, space.new_file())
+        return None
 
     def append(self, value: np.ndarray) -> None:
         self.dtype = value.dtype
         if self.path is None:
             self.values.append(value)
             return
-        offset = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        value = np.ascontiguousarray(value)
         with open(self.path, "ab") as f:
-            np.ascontiguousarray(value).tofile(f)
-        self.index.append((offset, value.shape))
+            value.tofile(f)
+        self.index.append((self._end, value.shape))
+        self._end += value.nbytes
 
     def __len__(self) -> int:
         return len(self.values) if self.path is None else len(self.index)
@@ -192,9 +193,7 @@ class _Stored:
             for b, value in enumerate(self.values):
                 self.values[b] = fn(value)
             return self
-        out = _Stored.__new__(_Stored)
-        out.space, out.bytes, out.dtype, out.values, out.index = self.space, self.bytes, self.dtype, [], []
-        out.path = self.space.new_file()
+        out = _Stored(self.space, self.bytes, self.space.new_file())  # takes over the reservation
         for b in range(len(self)):
             out.append(fn(self[b]))
         self.discard(release=False)
