@@ -160,13 +160,13 @@ class Pruner:
 
     # -- statistics ----------------------------------------------------------------------
     def _rows(self, cons: Consumer, x: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
-        if cons.kind == "conv":
+        if cons.kind in ("conv", "convT"):
             geo = ConvGeometry.from_dict(cons.conv, self.shapes[cons.output][2:])
             return conv_patches(x.astype(np.float32, copy=False), geo, positions)
         return x.reshape(x.shape[0], -1).astype(np.float32, copy=False)
 
     def _positions(self, cons: Consumer, keys: np.ndarray, stage: int, cidx: int) -> np.ndarray | None:
-        if cons.kind != "conv":
+        if cons.kind not in ("conv", "convT"):
             return None
         n_pos = int(np.prod(self.shapes[cons.output][2:]))
         k = positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions)

@@ -296,17 +296,19 @@ def composite_activations(seed: int = 0) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT))
 
 
-def conv_transpose(width: int = 8, seed: int = 0) -> onnx.ModelProto:
-    """Conv(3->w, stride 2) -> Relu -> ConvTranspose(w->w, 2x2, stride 2, with bias) -> Relu
+def conv_transpose(width: int = 8, seed: int = 0, kernel: int = 2, pads: int = 0, output_padding: int = 0
+                   ) -> onnx.ModelProto:
+    """Conv(3->w, stride 2) -> Relu -> ConvTranspose(w->w, stride 2, with bias) -> Relu
     -> Conv(w->2w) -> Relu -> GAP -> Flatten -> Gemm(2w -> 10): the ConvTranspose produces
-    a prunable group; its own input channels stay."""
+    one prunable group and consumes another."""
     b = _Builder(seed)
-    w = b.weight("up.weight", (width, width, 2, 2), width * 4)
+    w = b.weight("up.weight", (width, width, kernel, kernel), width * kernel * kernel)
     h = b.node("Relu", [b.node("Conv", [INPUT, b.weight("down.weight", (width, IN_CHANNELS, 3, 3), 27),
                                         b.vector("down.bias", width)], name="down", kernel_shape=[3, 3],
                                         pads=[1, 1, 1, 1], strides=[2, 2])])
+    extra = {"output_padding": [output_padding] * 2} if output_padding else {}
     h = b.node("Relu", [b.node("ConvTranspose", [h, w, b.vector("up.bias", width)], name="up",
-                               kernel_shape=[2, 2], strides=[2, 2])])
+                               kernel_shape=[kernel, kernel], strides=[2, 2], pads=[pads] * 4, **extra)])
     h = b.node("Relu", [b.conv(h, width, 2 * width, name="conv2")])
     return b.build(b.gemm(b.gap_flatten(h), 2 * width, CLASSES, name=OUTPUT))
 
@@ -354,6 +356,7 @@ ALL_BUILDERS = {
     "se_block": se_block,
     "composite": composite_activations,
     "conv_transpose": conv_transpose,
+    "conv_transpose_padded": lambda: conv_transpose(kernel=3, pads=1, output_padding=1),
     "ghost": ghost,
 }
 
@@ -374,7 +377,8 @@ EXPECTED = {
     "slice": {"prunable": 4, "producers": [1, 1, 1, 1], "frozen": None},
     "se_block": {"prunable": 3, "producers": [1, 1, 2], "frozen": None},
     "composite": {"prunable": 2, "producers": [1, 1], "frozen": None},
-    "conv_transpose": {"prunable": 2, "producers": [1, 1], "frozen": "inputs of a ConvTranspose"},
+    "conv_transpose": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
+    "conv_transpose_padded": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
     # stem, primary and SE-expand channels in one group (stem and expand at two offsets each),
     # the SE bottleneck, conv_out
     "ghost": {"prunable": 3, "producers": [1, 1, 5], "frozen": None},

@@ -14,7 +14,9 @@ shape ``[N, 10]``. Its body is 2 to 6 random blocks:
 * ``pool``: MaxPool or AveragePool 2x2, stride 2;
 * ``ghost``: GhostNet's module on an even width C: a 1x1 Conv to C/2 channels, an
   activation, their depthwise 3x3 copy, Concat of both (every channel twice), and mostly an
-  Add of the block input.
+  Add of the block input;
+* ``upsample`` (at 8x8 or less): ConvTranspose with stride 2 (kernel 2, kernel 3 with
+  padding 1 and output padding 1, or kernel 4 with padding 1), then an activation.
 
 Activations are Relu, LeakyRelu, Clip(0, 6) (bounds as inputs, opset >= 11), SiLU as
 ``Mul(x, Sigmoid(x))``, HardSwish (opset >= 14 only) and ``Mul(x, HardSigmoid(x))``. The
@@ -43,7 +45,7 @@ IN_CHANNELS = 3
 HW = 16
 CLASSES = 10
 OPSETS = (11, 13, 14, 17, 18, 21)
-BLOCKS = ("conv", "residual", "concat", "depthwise", "grouped", "se", "pool", "ghost")
+BLOCKS = ("conv", "residual", "concat", "depthwise", "grouped", "se", "pool", "ghost", "upsample")
 ACTIVATIONS = ("relu", "leaky_relu", "clip", "silu", "hard_swish", "hard_sigmoid_mul")
 
 
@@ -218,6 +220,16 @@ def _block(g: _Graph, kind: str, x: str, c: int, hw: int) -> tuple[str, int, int
         if ch.chance(0.7):
             y = g.node("Add", [y, x] if ch.chance(0.5) else [x, y])
         return y, c, hw
+    if kind == "upsample":  # a decoder's ConvTranspose (stride 2), as PyTorch exports it
+        if hw > 8:
+            return _block(g, "conv", x, c, hw)
+        cout = g.width()
+        k, pad, extra = ch.choice([(2, 0, 0), (3, 1, 1), (4, 1, 0)])
+        w = g.rng.normal(0.0, np.sqrt(2.0 / (c * k * k / 4)), size=(c, cout, k, k))
+        inputs = [x, g.const("w", w)] + ([g.const("b", g.rng.uniform(-0.1, 0.1, cout))] if ch.chance(0.5) else [])
+        attrs = {"output_padding": [extra, extra]} if extra else {}
+        y = g.node("ConvTranspose", inputs, kernel_shape=[k, k], strides=[2, 2], pads=[pad] * 4, **attrs)
+        return g.activation(y), cout, 2 * hw
     if kind == "pool":
         if hw < 4:
             return _block(g, "conv", x, c, hw)

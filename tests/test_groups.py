@@ -216,3 +216,36 @@ def test_consumer_too_wide_for_statistics_freezes_its_group(monkeypatch):
     conv1, conv2 = (group_produced_by(model, analysis, n) for n in ("conv_1", "conv_4"))
     assert conv1.prunable  # conv1 feeds conv2: 8 channels x 9 taps = 72 features
     assert not conv2.prunable and any("reads 256 features" in r for r in conv2.frozen)
+
+
+@pytest.mark.parametrize("kernel,stride,pads,extra,dil", [(2, 2, 0, 0, 1), (3, 2, 1, 1, 1), (3, 1, 1, 0, 1),
+                                                          (4, 2, 3, 0, 1), (3, 3, 0, 2, 2)])
+def test_conv_transpose_consumer_rows_reproduce_its_output(kernel, stride, pads, extra, dil):
+    """The patches of the Conv that a ConvTranspose equals, times its flipped weight, give
+    onnxruntime's output at every sampled position (pads beyond the kernel crop)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_eprune.calibrate.stats import ConvGeometry, conv_patches, sample_positions
+    from onnx_eprune.graph.weights import consumer_matrix
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(3, 4, kernel, kernel)).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[kernel, kernel], strides=[stride] * 2,
+                            pads=[pads] * 4, output_padding=[extra] * 2, dilations=[dil] * 2)
+    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = rng.normal(size=(2, 3, 16, 16)).astype(np.float32)
+    import onnxruntime as ort
+    y = ort.InferenceSession(model.SerializeToString(), providers=CPU).run(None, {"x": x})[0]
+    shapes = probe_shapes(model, {"x": x[:1]}, CPU)
+    cons, = analyze(model, shapes).consumers
+    assert cons.kind == "convT" and cons.in_channels == 3 and cons.out_channels == 4
+    theta, _ = consumer_matrix({"w": model.graph.initializer[0]}, cons)
+    geo = ConvGeometry.from_dict(cons.conv, y.shape[2:])
+    n_pos = y.shape[2] * y.shape[3]
+    pos = sample_positions(np.array([5, 6], dtype=np.uint64), 0, n_pos, min(40, n_pos))
+    rows = conv_patches(x, geo, pos) @ theta.T.astype(np.float32)
+    expect = y.reshape(2, 4, -1).transpose(0, 2, 1)[np.arange(2)[:, None], pos].reshape(-1, 4)
+    np.testing.assert_allclose(rows, expect, rtol=1e-4, atol=1e-4)

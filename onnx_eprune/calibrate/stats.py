@@ -171,15 +171,39 @@ class MomentAccumulator:
 
 @dataclass(frozen=True)
 class ConvGeometry:
+    """Where a Conv reads its input. A ConvTranspose is the Conv (stride 1, flipped kernel)
+    of its input with ``upsample - 1`` zeros inserted between neighbouring pixels; its pads
+    (``dilation * (k - 1) - pad``, plus ``output_padding`` at the end) may be negative,
+    which crops."""
+
     kernel: tuple[int, int]
     strides: tuple[int, int]
     pads: tuple[int, int, int, int]   # top, left, bottom, right (ONNX order)
     dilations: tuple[int, int]
     out_hw: tuple[int, int]
+    upsample: tuple[int, int] = (1, 1)
 
     @classmethod
     def from_dict(cls, d: dict, out_hw: tuple[int, int]) -> "ConvGeometry":
-        return cls(tuple(d["kernel"]), tuple(d["strides"]), tuple(d["pads"]), tuple(d["dilations"]), tuple(out_hw))
+        return cls(tuple(d["kernel"]), tuple(d["strides"]), tuple(d["pads"]), tuple(d["dilations"]), tuple(out_hw),
+                   tuple(d.get("upsample", (1, 1))))
+
+
+def _spread(x: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """``x`` (N, C, H, W) with the zeros of ``geo.upsample`` inserted and ``geo.pads`` applied
+    (negative pads crop)."""
+    sh, sw = geo.upsample
+    if (sh, sw) != (1, 1):
+        n, c, h, w = x.shape
+        up = np.zeros((n, c, (h - 1) * sh + 1, (w - 1) * sw + 1), x.dtype)
+        up[:, :, ::sh, ::sw] = x
+        x = up
+    top, left, bottom, right = geo.pads
+    if any(geo.pads):
+        x = np.pad(x, ((0, 0), (0, 0), (max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0))))
+        h, w = x.shape[2:]
+        x = x[:, :, max(-top, 0):h - max(-bottom, 0), max(-left, 0):w - max(-right, 0)]
+    return x
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -210,10 +234,7 @@ def conv_patches(x: np.ndarray, geo: ConvGeometry, positions: np.ndarray) -> np.
     """
     n, c = x.shape[:2]
     kh, kw = geo.kernel
-    top, left, bottom, right = geo.pads
-    if any(geo.pads):
-        x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # N, Hp, Wp, C: gather whole channel vectors
+    xt = np.ascontiguousarray(_spread(x, geo).transpose(0, 2, 3, 1))  # N, Hp, Wp, C: gather whole channel vectors
     ow = geo.out_hw[1]
     oy, ox = np.divmod(positions, ow)                    # (N, k)
     ky, kx = np.meshgrid(np.arange(kh) * geo.dilations[0], np.arange(kw) * geo.dilations[1], indexing="ij")

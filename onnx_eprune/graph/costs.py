@@ -88,6 +88,9 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
         out_shape = shapes.get(node.output[0], ())
         label = node.name or f"{node.op_type}#{index}"
         spatial = int(np.prod(out_shape[2:], dtype=np.int64)) if len(out_shape) > 2 else 1
+        if node.op_type == "ConvTranspose":  # each input pixel meets each weight element once
+            in_shape = shapes.get(node.input[0], ())
+            spatial = int(np.prod(in_shape[2:], dtype=np.int64)) if len(in_shape) > 2 else 1
         if node.op_type == "MatMul" and len(out_shape) > 2:
             spatial = int(np.prod(out_shape[:-1], dtype=np.int64)) // max(out_shape[0], 1)
         if node.op_type in ("Conv", "ConvTranspose"):
@@ -121,7 +124,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
         out_segs = segments(outputs.get(index, []), out_ch)
         if cons is not None:
             in_segs = [(gid if gid in prunable else None, n) for gid, _, n in cons.segments]
-            per = cons.s if cons.kind != "conv" else per_pair
+            per = cons.s if cons.kind not in ("conv", "convT") else per_pair
         else:  # not a consumer: its input side is fixed; express its weight as out x in pairs
             in_segs, per = [(None, total_w // max(out_ch * per_pair, 1))], per_pair
         layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra))

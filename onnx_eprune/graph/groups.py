@@ -112,12 +112,13 @@ class Consumer:
 
     Its input features are channel-major: feature ``f`` of input channel ``c`` is column
     ``c * s + f`` of the flattened weight ``theta`` (M x C*s), with ``s = kh*kw`` for a
-    Conv and ``H*W`` for a Gemm behind a Flatten.
+    Conv and ``H*W`` for a Gemm behind a Flatten. A ConvTranspose's ``theta`` is the weight
+    of the Conv it equals (``conv`` holds that Conv's geometry).
     """
 
     node: int
     name: str
-    kind: str                   # "conv" | "gemm" | "matmul"
+    kind: str                   # "conv" | "convT" (ConvTranspose) | "gemm" | "matmul"
     input: str                  # activation tensor name
     output: str
     weight: str
@@ -382,24 +383,56 @@ class _Analyzer:
             self.freeze_all(node, index, f"{label}: grouped convolution (group={group}) is not pruned yet")
 
     def op_ConvTranspose(self, node: onnx.NodeProto, index: int) -> None:
-        """A producer of its output channels (weight axis 1). Its input channels stay: their
-        re-fit would need the statistics of a transposed convolution."""
+        """A producer of its output channels (weight axis 1) and a consumer of its input
+        channels (weight axis 0), read as the Conv it equals (see :meth:`transposed_geometry`)."""
         x, w = node.input[0], node.input[1]
         b = node.input[2] if len(node.input) > 2 and node.input[2] else None
         label = _label(node, index)
-        self.freeze_layout(self.layout(x), f"{label}: the inputs of a ConvTranspose are not pruned")
         out = node.output[0]
         if w not in self.init_by_name or (b is not None and b not in self.init_by_name):
-            self.opaque_output(out, f"{label} has non-constant weights")
+            self.freeze_all(node, index, f"{label} has non-constant weights")
             return
         wshape = tuple(self.init_by_name[w].dims)
-        if len(wshape) != 4 or int(_attrs(node).get("group", 1)) != 1:
-            self.opaque_output(out, f"{label}: only 2-D ConvTranspose with group=1 is pruned")
+        layout = self.layout(x)
+        if len(wshape) != 4 or int(_attrs(node).get("group", 1)) != 1 or not isinstance(layout, list) \
+                or self.channels(x) != wshape[0]:
+            self.freeze_all(node, index, f"{label}: only 2-D ConvTranspose with group=1 on NCHW tensors is pruned")
             return
         if self.use_count.get(w, 0) > 1 or (b is not None and self.use_count.get(b, 0) > 1):
-            self.opaque_output(out, f"{label}: its weights are shared by several nodes")
+            self.freeze_all(node, index, f"{label}: its weights are shared by several nodes")
             return
+        geometry = self.transposed_geometry(node, wshape, x, out)
+        if geometry is None:
+            self.freeze_layout(layout, f"{label}: the inputs of a ConvTranspose with output_shape or auto_pad "
+                                       "are not pruned")
+        else:
+            self.add_consumer(node, index, "convT", x, out, w, b, wshape[1], wshape[0], wshape[2] * wshape[3],
+                              layout, conv=geometry)
         self.layouts[out] = self.create(f"n:{index}", wshape[1], Producer(index, "conv", w, 1, b))
+
+    def transposed_geometry(self, node, wshape, x, out) -> dict | None:
+        """The Conv that equals a ConvTranspose: stride 1 over the input with ``stride - 1``
+        zeros between pixels, padded by ``dilation * (k - 1) - pad`` (plus output_padding at
+        the end), with the kernel flipped and its two channel axes swapped. None when the
+        padding is implicit (``auto_pad``, ``output_shape``) or the shapes disagree."""
+        attrs = _attrs(node)
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        if (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) != "NOTSET" or "output_shape" in attrs:
+            return None
+        kernel = (wshape[2], wshape[3])
+        strides = list(attrs.get("strides", [1, 1]))
+        dil = list(attrs.get("dilations", [1, 1]))
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        extra = list(attrs.get("output_padding", [0, 0]))
+        in_hw = self.shapes[x][2:]
+        eff = [d * (k - 1) for d, k in zip(dil, kernel)]
+        conv_pads = [eff[0] - pads[0], eff[1] - pads[1], eff[0] - pads[2] + extra[0], eff[1] - pads[3] + extra[1]]
+        out_hw = tuple((n - 1) * s + 1 + conv_pads[i] + conv_pads[i + 2] - eff[i]
+                       for i, (n, s) in enumerate(zip(in_hw, strides)))
+        if out not in self.shapes or tuple(self.shapes[out][2:]) != out_hw:
+            return None
+        return {"kernel": kernel, "strides": (1, 1), "dilations": tuple(dil), "pads": tuple(conv_pads),
+                "in_hw": tuple(in_hw), "out_hw": out_hw, "upsample": tuple(strides)}
 
     def conv_geometry(self, node, attrs, wshape, x, out) -> dict:
         kh, kw = wshape[2], wshape[3]
@@ -428,7 +461,7 @@ class _Analyzer:
         if self.use_count.get(w, 0) > 1:
             self.freeze_layout(layout, f"weight {w!r} of {label} is shared by several nodes")
             return
-        expected = 1 if kind == "conv" else s
+        expected = 1 if kind in ("conv", "convT") else s
         if any(seg.factor != expected for seg in layout):
             self.freeze_layout(layout, f"{label}: input channels do not map to contiguous features")
             return

@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from .groups import Consumer, GraphAnalysis
+from .weights import transposed_to_conv
 
 
 @dataclass
@@ -81,6 +82,9 @@ def _install_refit(model: onnx.ModelProto, arrays: _Arrays, cons: Consumer, refi
     if cons.kind == "conv":
         kh, kw = cons.conv["kernel"]
         arrays.set(cons.weight, refit.weight.reshape(M, -1, kh, kw))
+    elif cons.kind == "convT":
+        kh, kw = cons.conv["kernel"]
+        arrays.set(cons.weight, transposed_to_conv(refit.weight.reshape(M, -1, kh, kw)))
     elif cons.kind == "gemm" and cons.gemm_trans_b:
         arrays.set(cons.weight, refit.weight)
     else:
@@ -137,8 +141,8 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
             for g, off, _length in cons.segments:
                 if g != gid:
                     continue
-                if cons.kind == "conv":
-                    arrays.mask(cons.weight, 1)[off + drop] = False
+                if cons.kind in ("conv", "convT"):
+                    arrays.mask(cons.weight, 1 if cons.kind == "conv" else 0)[off + drop] = False
                 else:
                     axis = 1 if cons.kind == "gemm" and cons.gemm_trans_b else 0
                     cols = ((off + drop)[:, None] * cons.s + np.arange(cons.s)).reshape(-1)

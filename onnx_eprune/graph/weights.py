@@ -19,6 +19,8 @@ def consumer_matrix(inits: dict[str, onnx.TensorProto], cons: Consumer) -> tuple
     w = _array(inits, cons.weight)
     if cons.kind == "conv":
         theta = w.reshape(w.shape[0], -1)
+    elif cons.kind == "convT":
+        theta = transposed_to_conv(w).reshape(w.shape[1], -1)
     elif cons.kind == "gemm" and cons.gemm_trans_b:
         theta = w * cons.alpha
     else:
@@ -36,3 +38,9 @@ def producer_rows(inits: dict[str, onnx.TensorProto], prod: Producer, channels: 
     ``prod.offset``), flattened to (channels, -1)."""
     w = np.moveaxis(_array(inits, prod.weight), prod.weight_axis, 0)
     return w[prod.offset:prod.offset + channels].reshape(channels, -1)
+
+
+def transposed_to_conv(w: np.ndarray) -> np.ndarray:
+    """A ConvTranspose weight (C_in, C_out, kh, kw) as the weight (C_out, C_in, kh, kw) of
+    the equivalent Conv: channel axes swapped, kernel flipped. Its own inverse."""
+    return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
