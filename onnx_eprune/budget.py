@@ -1,6 +1,7 @@
 """Keep counts per channel group from a global target.
 
-``--keep-ratio`` keeps ``round(R*C)`` channels in every prunable group. ``--sparsity`` and
+``--keep-ratio`` keeps ``round(R*C)`` channels in every prunable group (the nearest count
+that ``--round-to`` and the group's conv groups allow). ``--sparsity`` and
 ``--flops-reduction`` are global: channels are removed greedily, each step from the group
 whose damage curve rises least per parameter (or MAC) saved, until the target is met; then
 channels are given back while the target still holds, and a step of one group is traded for
@@ -11,6 +12,7 @@ large share of the cost, e.g. one feeding a big Gemm).
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,30 +33,48 @@ class Target:
         return "params" if self.kind == "sparsity" else "macs"
 
 
-def uniform_counts(channels: dict[int, int], ratio: float, multiple: int = 1) -> dict[int, int]:
-    """``round(ratio*C)`` channels per group (at least one, rounded to ``multiple``)."""
-    return {g: _round_to(max(1, int(round(ratio * c))), c, multiple) for g, c in channels.items()}
+def levels(channels: int, multiple: int = 1, unit: int = 1) -> np.ndarray:
+    """The keep counts allowed for a group of ``channels``, ascending: multiples of both
+    ``multiple`` (``--round-to``) and ``unit`` (its conv groups), and the whole group."""
+    step = math.lcm(max(1, multiple), max(1, unit))
+    return np.unique(np.append(np.arange(step, channels, step), channels))
 
 
-def _round_to(k: int, c: int, multiple: int) -> int:
-    if multiple <= 1 or k >= c:
-        return min(k, c)
-    return min(c, max(multiple, int(round(k / multiple)) * multiple))
+def uniform_counts(channels: dict[int, int], ratio: float, multiple: int = 1,
+                   units: dict[int, int] | None = None) -> dict[int, int]:
+    """The allowed count nearest to ``round(ratio*C)`` in every group (see :func:`levels`)."""
+    out = {}
+    for g, c in channels.items():
+        allowed = levels(c, multiple, (units or {}).get(g, 1))
+        out[g] = int(allowed[np.argmin(np.abs(allowed - round(ratio * c)))])
+    return out
 
 
 class _Greedy:
     """Keep counts, their cost, and the cost/damage trade-off of one step per group."""
 
     def __init__(self, channels: dict[int, int], damage: dict[int, np.ndarray], costs: CostModel, metric: str,
-                 multiple: int):
+                 multiple: int, units: dict[int, int]):
         self.channels, self.damage, self.metric = channels, damage, metric
-        self.step = max(1, multiple)
-        self.floor = {g: min(c, self.step) for g, c in channels.items()}
+        self.levels = {g: levels(c, multiple, units.get(g, 1)) for g, c in channels.items()}
+        self.floor = {g: int(lv[0]) for g, lv in self.levels.items()}
         self.layers = {g: costs.layers_of(g) for g in channels}
         self.neighbours = {g: sorted({h for layer in self.layers[g] for h in layer.groups()} & set(channels))
                            for g in channels}
         self.keep = dict(channels)
         self.total = costs.total(metric)
+
+    def below(self, g: int) -> int | None:
+        """Channels removed by the next step down from the current count (None at the floor)."""
+        lv = self.levels[g]
+        i = int(np.searchsorted(lv, self.keep[g]))
+        return int(self.keep[g] - lv[i - 1]) if i > 0 else None
+
+    def above(self, g: int) -> int | None:
+        """Channels added by the next step up (None when the group is whole)."""
+        lv = self.levels[g]
+        i = int(np.searchsorted(lv, self.keep[g], side="right"))
+        return int(lv[i] - self.keep[g]) if i < len(lv) else None
 
     def local(self, g: int) -> int:
         if self.metric == "params":
@@ -75,13 +95,13 @@ class _Greedy:
 
     def removal(self, g: int) -> tuple[float, int] | None:
         """(damage per cost saved, cost saved) of removing one step from ``g``."""
-        k = self.keep[g]
-        if k - self.step < self.floor[g]:
+        k, step = self.keep[g], self.below(g)
+        if step is None:
             return None
-        saving = -self.change(g, -self.step)
+        saving = -self.change(g, -step)
         if saving <= 0:
             return None
-        return (self.damage[g][k - self.step] - self.damage[g][k]) / saving, saving
+        return (self.damage[g][k - step] - self.damage[g][k]) / saving, saving
 
     def shrink(self, goal: float, frozen: int | None = None) -> None:
         """Remove the cheapest steps until the cost is at most ``goal``."""
@@ -99,31 +119,31 @@ class _Greedy:
             _, g, v = heapq.heappop(heap)
             if v != version[g]:
                 continue
-            self.apply(g, -self.step)
+            self.apply(g, -self.below(g))
             for h in self.neighbours[g]:  # their savings depend on g's count
                 push(h)
 
     def give_back(self, goal: float) -> None:
         """Add steps back, most useful per cost first, while the cost stays within ``goal``."""
         while True:
-            best, best_gain = None, -np.inf
+            best, best_step, best_gain = None, 0, -np.inf
             for g in self.channels:
-                k = self.keep[g]
-                if k + self.step > self.channels[g]:
+                k, step = self.keep[g], self.above(g)
+                if step is None:
                     continue
-                added = self.change(g, self.step)
+                added = self.change(g, step)
                 if self.total + added > goal:
                     continue
-                gain = (self.damage[g][k] - self.damage[g][k + self.step]) / max(added, 1)
+                gain = (self.damage[g][k] - self.damage[g][k + step]) / max(added, 1)
                 if gain > best_gain:
-                    best, best_gain = g, gain
+                    best, best_step, best_gain = g, step, gain
             if best is None:
                 return
-            self.apply(best, self.step)
+            self.apply(best, best_step)
 
 
 def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: CostModel, target: Target,
-             multiple: int = 1) -> dict[int, int]:
+             multiple: int = 1, units: dict[int, int] | None = None) -> dict[int, int]:
     """Greedy allocation of keep counts for a global parameter or MAC target.
 
     Parameters
@@ -132,7 +152,8 @@ def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: Cos
     curves : group id -> array (C+1,), the group's damage when keeping k channels
         (weighted relative reconstruction error over its consumers); made non-increasing.
     costs : the model's cost terms. target : the global target (sparsity or flops).
-    multiple : keep counts are multiples of this (or the whole group).
+    multiple, units : keep counts are multiples of ``multiple`` and of the group's unit
+        (or the whole group); see :func:`levels`.
     """
     if not channels:
         raise EPruneError("the model has no prunable channel group; nothing to remove")
@@ -140,7 +161,7 @@ def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: Cos
     full = costs.total(metric)
     goal = (1.0 - target.value) * full
     damage = {g: np.minimum.accumulate(np.asarray(curves[g], np.float64)) for g in channels}
-    state = _Greedy(channels, damage, costs, metric, multiple)
+    state = _Greedy(channels, damage, costs, metric, multiple, units or {})
     reachable = 1.0 - costs.total(metric, state.floor) / full
     if reachable < target.value:
         raise EPruneError(f"{target.kind} {target.value:g} is out of reach: pruning every prunable group to "
@@ -153,11 +174,12 @@ def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: Cos
             break
         best = None
         for g in channels:
-            if state.keep[g] + state.step > channels[g]:
+            step = state.above(g)
+            if step is None:
                 continue
             trial = _Greedy.__new__(_Greedy)
             trial.__dict__.update(state.__dict__, keep=dict(state.keep))
-            trial.apply(g, trial.step)
+            trial.apply(g, step)
             trial.shrink(goal, frozen=g)
             if trial.total <= goal and trial.total > (best.total if best else state.total):
                 best = trial

@@ -217,6 +217,9 @@ class Pruner:
         # a group read twice (a Concat of a tensor with its depthwise copy): the features of
         # both copies of a channel go together, as s more features of that channel
         blocks = {g: np.concatenate(p, axis=1) for g, p in parts.items()}
+        # a group removed by whole conv groups is selected block by block: each block of
+        # ``unit`` channels counts as one channel of ``unit`` times the features
+        blocks = {g: cols.reshape(-1, self.analysis.groups[g].unit * cols.shape[1]) for g, cols in blocks.items()}
         rows = self._kept_outputs(cidx, keeps)
         P, var_y = (st.cross, st.var_y) if rows is None else (st.cross[:, rows], st.var_y[rows])
         return partial_out(st.cov, P, var_y, blocks)
@@ -245,26 +248,35 @@ class Pruner:
         return np.setdiff1d(np.arange(cons.out_channels), np.concatenate(drop))
 
     def ranking(self, gid: int, terms: list[ConsumerTerm]) -> np.ndarray:
+        """The blocks of group ``gid`` (its channels, or its conv groups: see
+        ``ChannelGroup.unit``) from most to least important."""
         group = self.analysis.groups[gid]
         method = self.config.method
+        blocks = group.channels // group.unit
         if method == "entropic":
             self.paths[gid] = []
             return entropic.ranking(terms, self.config.entropic, record=self.paths[gid])
         if method == "l1":
-            return baselines.l1_ranking([producer_rows(self.inits, p, group.channels) for p in group.producers])
+            return baselines.l1_ranking([producer_rows(self.inits, p, group.channels).reshape(blocks, -1)
+                                         for p in group.producers])
         if method in ("lasso", "thinet"):
             A, b = baselines.contributions(terms, self.config.entropic.max_features)
             return baselines.lasso_ranking(A, b) if method == "lasso" else baselines.thinet_ranking(A)
-        return baselines.random_ranking(group.channels, np.random.default_rng([self.config.seed, gid]))
+        return baselines.random_ranking(blocks, np.random.default_rng([self.config.seed, gid]))
 
     def choose(self, gid: int, k: int, ranking: np.ndarray | None, terms: Callable[[], list[ConsumerTerm]]
                ) -> np.ndarray:
-        """The ``k`` channels of group ``gid`` to keep; ``terms`` is called only by the
-        methods that rank from statistics (``l1`` and ``random`` keep their ``ranking``)."""
+        """The ``k`` channels of group ``gid`` to keep (sorted); ``terms`` is called only by
+        the methods that rank from statistics (``l1`` and ``random`` keep their ``ranking``)."""
+        unit = self.analysis.groups[gid].unit
+        return _channels_of(self._choose_blocks(gid, k // unit, ranking, terms), unit)
+
+    def _choose_blocks(self, gid: int, k: int, ranking: np.ndarray | None,
+                       terms: Callable[[], list[ConsumerTerm]]) -> np.ndarray:
         if self.config.mode == "oneshot" and ranking is not None:
             # the ranking was drawn on these very statistics (the entropic path stopped at k
             # channels keeps the k it ranks first)
-            return np.sort(ranking[:k])
+            return ranking[:k]
         if self.config.method == "entropic":
             # resume the path drawn on the one-shot statistics where 2k channels were alive
             start = entropic.resume_point(self.paths.get(gid, []), k)
@@ -273,15 +285,16 @@ class Pruner:
             ranking = self.ranking(gid, terms())
         elif ranking is None:
             ranking = self.ranking(gid, [])
-        return np.sort(ranking[:k])
+        return ranking[:k]
 
     # -- allocation ------------------------------------------------------------------------
     def allocate(self, gids: list[int], stats: dict[int, MomentStats] | None
                  ) -> tuple[dict[int, int], dict[int, np.ndarray]]:
         target = self.config.target()
         channels = {g: self.analysis.groups[g].channels for g in gids}
+        units = {g: self.analysis.groups[g].unit for g in gids}
         if target.kind == "keep_ratio":
-            return budget.uniform_counts(channels, target.value, self.config.round_to), {}
+            return budget.uniform_counts(channels, target.value, self.config.round_to, units), {}
         rankings, curves = {}, {}
         consumers = self.analysis.consumers
         gain_data = gain_subset(self.bundle.gain_data() if self.bundle is not None else self.data)
@@ -293,13 +306,14 @@ class Pruner:
 
         def rank(g: int) -> None:
             rankings[g] = self.ranking(g, all_terms[g])
-            curves[g] = gains[g] * sum(explained_curve(t, rankings[g]) for t in all_terms[g])
+            per_block = gains[g] * sum(explained_curve(t, rankings[g]) for t in all_terms[g])
+            curves[g] = per_block[np.arange(channels[g] + 1) // units[g]]  # indexed by channels kept
             all_terms[g] = []  # free the group's covariances as soon as it is done
             task.advance()
 
         with self.progress.task("rank", len(gids)) as task:
             parallel_map(rank, sorted(gids, key=lambda g: -self._solve_cost(all_terms[g])), self._blas_threads)
-        return budget.allocate(channels, curves, self.costs, target, self.config.round_to), rankings
+        return budget.allocate(channels, curves, self.costs, target, self.config.round_to, units), rankings
 
     def _solve_cost(self, terms: list[ConsumerTerm]) -> float:
         """Rough cost of ranking a group (cubic in its features), to start the largest first."""
@@ -473,6 +487,11 @@ class Pruner:
                 entry["top1_agreement"] = float(np.mean(a.argmax(1) == b.argmax(1)))
             fidelity["outputs"][name] = entry
         return fidelity
+
+
+def _channels_of(blocks: np.ndarray, unit: int) -> np.ndarray:
+    """The sorted channels of blocks of ``unit`` consecutive channels."""
+    return (np.sort(np.asarray(blocks))[:, None] * unit + np.arange(unit)).reshape(-1)
 
 
 def _cache_space() -> CacheSpace:

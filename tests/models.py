@@ -184,6 +184,19 @@ def depthwise(width: int = 8, seed: int = 0) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 2 * width, CLASSES, name=OUTPUT))
 
 
+def grouped(width: int = 16, groups: int = 4, out_width: int | None = None, seed: int = 0) -> onnx.ModelProto:
+    """ResNeXt's pattern: Conv(3->w) -> Relu -> grouped Conv(w -> out_width, ``groups``
+    groups) -> Relu -> Conv(-> 2w) -> Relu -> GAP -> Flatten -> Gemm(2w -> 10). With as
+    many outputs as inputs (the default) the grouped Conv passes its input's channels through,
+    a whole conv group at a time."""
+    out_width = out_width or width
+    b = _Builder(seed)
+    h = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, width, name="conv1")])
+    h = b.node("Relu", [b.conv(h, width, out_width, group=groups, name="grouped")])
+    h = b.node("Relu", [b.conv(h, out_width, 2 * width, name="conv2")])
+    return b.build(b.gemm(b.gap_flatten(h), 2 * width, CLASSES, name=OUTPUT))
+
+
 def unknown_op(op: str = "LRN", seed: int = 0) -> onnx.ModelProto:
     """Conv(3->8) -> ``op`` (LRN, or Softmax over channels) -> Conv(8->16) -> Relu -> GAP
     -> Flatten -> Gemm(16 -> 10): the first conv's group touches an op the analysis does
@@ -313,6 +326,34 @@ def conv_transpose(width: int = 8, seed: int = 0, kernel: int = 2, pads: int = 0
     return b.build(b.gemm(b.gap_flatten(h), 2 * width, CLASSES, name=OUTPUT))
 
 
+def decoder(seed: int = 0, opset: int = 11) -> onnx.ModelProto:
+    """An encoder-decoder as older exporters write it (opset 11, Resize with an empty roi,
+    hard-swish from primitives): conv1 (3->8) -> Relu = e1; conv2 (8->16, stride 2) ->
+    x*clip(x+3)/6 -> SE gate with HardSigmoid = e2; ConvTranspose (16->8, 3x3, stride 2,
+    pads 1, output_padding 1) -> Relu = up; Concat(up, e1) -> conv3 (16->12, stride 2) ->
+    Relu -> Resize x2 -> Concat with up -> conv4 (20->16) -> Relu -> GAP -> Gemm(16 -> 10)."""
+    b = _Builder(seed)
+    e1 = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 8, name="conv1")])
+    x = b.node("Conv", [e1, b.weight("conv2.weight", (16, 8, 3, 3), 72), b.vector("conv2.bias", 16)],
+               name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
+    t = b.node("Clip", [b.node("Add", [x, b.const("three", np.array(3.0, np.float32))]),
+                        b.const("lo", np.array(0.0, np.float32)), b.const("hi", np.array(6.0, np.float32))])
+    x = b.node("Div", [b.node("Mul", [x, t]), b.const("six", np.array(6.0, np.float32))])
+    s = b.node("Relu", [b.conv(b.node("GlobalAveragePool", [x]), 16, 4, k=1, name="se_reduce")])
+    s = b.node("HardSigmoid", [b.conv(s, 4, 16, k=1, name="se_expand")], alpha=1 / 6, beta=0.5)
+    e2 = b.node("Mul", [x, s], name="gate")
+    up = b.node("Relu", [b.node("ConvTranspose", [e2, b.weight("up.weight", (16, 8, 3, 3), 144),
+                                                  b.vector("up.bias", 8)], name="up", kernel_shape=[3, 3],
+                                strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])])
+    h = b.node("Conv", [b.node("Concat", [up, e1], axis=1), b.weight("conv3.weight", (12, 16, 3, 3), 144),
+                        b.vector("conv3.bias", 12)], name="conv3", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+               strides=[2, 2])
+    h = b.node("Resize", [b.node("Relu", [h]), b.const("roi", np.zeros(0, np.float32)),
+                          b.const("scales", np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    h = b.node("Relu", [b.conv(b.node("Concat", [h, up], axis=1), 20, 16, name="conv4")])
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT), opset=opset)
+
+
 # name -> (builder, expected structure). ``prunable``: number of prunable groups;
 # ``producers``: sorted producer counts of the prunable groups; ``frozen``: a substring that
 # some frozen group's reasons must contain (or None).
@@ -358,6 +399,9 @@ ALL_BUILDERS = {
     "conv_transpose": conv_transpose,
     "conv_transpose_padded": lambda: conv_transpose(kernel=3, pads=1, output_padding=1),
     "ghost": ghost,
+    "grouped": grouped,
+    "decoder": decoder,
+    "grouped_wide": lambda: grouped(out_width=32),
 }
 
 EXPECTED = {
@@ -382,6 +426,10 @@ EXPECTED = {
     # stem, primary and SE-expand channels in one group (stem and expand at two offsets each),
     # the SE bottleneck, conv_out
     "ghost": {"prunable": 3, "producers": [1, 1, 5], "frozen": None},
+    "grouped": {"prunable": 2, "producers": [1, 1], "frozen": None},
+    # conv1, conv2 + se_expand (the gate), se_reduce, up, conv3, conv4
+    "decoder": {"prunable": 6, "producers": [1, 1, 1, 1, 1, 2], "frozen": None},
+    "grouped_wide": {"prunable": 1, "producers": [1], "frozen": "with 32 outputs for 16 inputs"},
 }
 
 

@@ -9,7 +9,8 @@ shape ``[N, 10]``. Its body is 2 to 6 random blocks:
 * ``residual``: Conv - act - Conv (same width) + Add of the block input;
 * ``concat``: two parallel Convs joined by Concat on the channel axis;
 * ``depthwise``: Conv with ``group = C``;
-* ``grouped``: Conv with ``group = 2`` (even input and output widths);
+* ``grouped``: Conv with ``group`` 2 or 4, half the time as many outputs as inputs (even
+  input and output widths);
 * ``se``: squeeze-and-excitation, GAP -> 1x1 Conv -> Relu -> 1x1 Conv -> Sigmoid -> Mul;
 * ``pool``: MaxPool or AveragePool 2x2, stride 2;
 * ``ghost``: GhostNet's module on an even width C: a 1x1 Conv to C/2 channels, an
@@ -203,8 +204,11 @@ def _block(g: _Graph, kind: str, x: str, c: int, hw: int) -> tuple[str, int, int
     if kind == "grouped":
         if c % 2:
             return _block(g, "conv", x, c, hw)
-        cout = g.width(even=True)
-        y = g.conv(x, c, cout, ch.choice([3, 1]), group=2, bias=ch.chance(0.5))
+        groups = 4 if c % 4 == 0 and ch.chance(0.5) else 2
+        cout = c if ch.chance(0.5) else g.width(even=True)   # ResNeXt keeps the width
+        if cout % groups:
+            groups = 2
+        y = g.conv(x, c, cout, ch.choice([3, 1]), group=groups, bias=ch.chance(0.5))
         return g.activation(y), cout, hw
     if kind == "se":
         r = max(2, c // 4)

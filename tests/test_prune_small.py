@@ -10,7 +10,7 @@ import pytest
 
 import onnx_eprune
 from models import (ALL_BUILDERS, FEATURE_OUTPUT, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
-                    initializer, intermediate_output, io_signature, node_by_name, relative_error, residual,
+                    grouped, initializer, intermediate_output, io_signature, node_by_name, relative_error, residual,
                     run_model, wide_cnn)
 from onnx_eprune.calibrate.session import probe_shapes
 from onnx_eprune.errors import EPruneError, UsageError
@@ -370,6 +370,28 @@ def test_rewrite_updates_depthwise_group_attribute(calib, test_x):
     group = next(a.i for a in node_by_name(pruned, "dw").attribute if a.name == "group")
     assert group == 4
     run_model(pruned, test_x)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kw", [dict(keep_ratio=0.4), dict(keep_ratio=0.6, round_to=8), dict(flops_reduction=0.6)])
+def test_grouped_conv_loses_whole_groups(method, kw, calib, test_x):
+    """ResNeXt's grouped Conv (4 groups of 4 channels) keeps whole groups, at the channels
+    that conv1 keeps, and counts them in its ``group`` attribute."""
+    model = grouped()
+    result = prune(model, calib, method=method, **kw)
+    assert_valid(result.model, model, test_x)
+    weight = initializer(result.model, "grouped.weight")
+    kept = weight.shape[0]
+    assert kept % 4 == 0 and 0 < kept <= 16 and weight.shape[1] == 4
+    if "keep_ratio" in kw:
+        assert kept == (8 if "round_to" in kw else 4)
+    group = next(a.i for a in node_by_name(result.model, "grouped").attribute if a.name == "group")
+    assert group == kept // 4
+    assert initializer(result.model, "conv1.weight").shape[0] == kept
+    original = initializer(model, "grouped.weight")
+    blocks = [b for b in range(4) if any(np.array_equal(original[4 * b:4 * b + 4], weight[i:i + 4])
+                                          for i in range(0, kept, 4))]
+    assert len(blocks) == kept // 4  # whole original groups, unchanged
 
 
 def test_rewrite_slices_added_bias_with_the_output(calib, test_x):

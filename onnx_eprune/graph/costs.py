@@ -117,7 +117,8 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
 
         dw = node.op_type == "Conv" and _group(node) > 1 and index in depthwise
         cons = consumer_of.get(index)
-        if dw:
+        if dw:  # per output channel: its group's inputs times the kernel
+            per_pair = int(np.prod(wshape[1:], dtype=np.int64))
             layers.append(LayerCost(label, node.op_type, segments(depthwise[index], out_ch), [], per_pair, True,
                                     has_bias, spatial, extra))
             continue

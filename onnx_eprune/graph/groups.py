@@ -14,6 +14,7 @@ spaces) and :class:`Consumer` objects; nothing here does arithmetic on weights.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -145,6 +146,7 @@ class ChannelGroup:
     consumers: list[int] = field(default_factory=list)           # consumer indices
     tensors: list[tuple[str, int, int]] = field(default_factory=list)  # (name, offset, factor)
     frozen: list[str] = field(default_factory=list)
+    unit: int = 1   # channels are removed in aligned blocks of this many (grouped convolutions)
 
     @property
     def prunable(self) -> bool:
@@ -170,6 +172,7 @@ class _Spaces:
         self.parent: list[int] = []
         self.size: list[int] = []
         self.frozen: dict[int, list[str]] = {}
+        self.unit: dict[int, int] = {}   # space -> channels removed together (a conv group)
 
     def new(self, size: int, frozen: str | None = None) -> int:
         sid = len(self.parent)
@@ -192,6 +195,10 @@ class _Spaces:
         if ra != rb:
             keep, drop = min(ra, rb), max(ra, rb)  # deterministic root: the older space
             self.parent[drop] = keep
+
+    def require_unit(self, sid: int, width: int) -> None:
+        """Channels of ``sid`` go in whole blocks of a multiple of ``width``."""
+        self.unit[sid] = math.lcm(self.unit.get(sid, 1), width)
 
     def freeze(self, sid: int, reason: str) -> None:
         reasons = self.frozen.setdefault(sid, [])
@@ -369,18 +376,27 @@ class _Analyzer:
             self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin,
                               wshape[2] * wshape[3], layout, conv=self.conv_geometry(node, attrs, wshape, x, out))
             self.layouts[out] = self.create(f"n:{index}", wshape[0], Producer(index, "conv", w, 0, b))
-        elif group == cin and wshape[0] == cin and wshape[1] == 1:
-            # depthwise: output channel c depends on input channel c only
+        elif wshape[0] == cin and wshape[1] * group == cin:
+            # depthwise (one channel per group) or grouped with as many outputs as inputs per
+            # group: output channel c reads the input group holding channel c, so the two
+            # sides are one set of channels, removable a whole conv group at a time
+            width = wshape[1]
             shared = self.use_count.get(w, 0) > 1 or (b is not None and self.use_count.get(b, 0) > 1)
             if shared:
-                self.freeze_all(node, index, f"{label}: depthwise weights are shared")
+                self.freeze_all(node, index, f"{label}: grouped weights are shared")
                 return
+            if any(off % width or seg.length % width for seg, off in _offsets(layout)):
+                self.freeze_all(node, index, f"{label}: its groups of {width} channels straddle channel groups")
+                return
+            for seg in layout:
+                self.spaces.require_unit(seg.space, width)
             self.add_param(layout, index, w, 0, label)
             if b is not None:
                 self.add_param(layout, index, b, 0, label)
             self.layouts[out] = layout
         else:
-            self.freeze_all(node, index, f"{label}: grouped convolution (group={group}) is not pruned yet")
+            self.freeze_all(node, index, f"{label}: grouped convolution (group={group}) with {wshape[0]} outputs "
+                                         f"for {cin} inputs is not pruned")
 
     def op_ConvTranspose(self, node: onnx.NodeProto, index: int) -> None:
         """A producer of its output channels (weight axis 1) and a consumer of its input
@@ -885,6 +901,7 @@ class _Analyzer:
             g.producers.extend(self.producers.get(sid, []))
             g.params.extend(self.params.get(sid, []))
             g.shape_params.extend(self.shape_params.get(sid, []))
+            g.unit = math.lcm(g.unit, sp.unit.get(sid, 1))
             for reason in sp.frozen.get(sid, []):
                 if reason not in g.frozen:
                     g.frozen.append(reason)
@@ -897,6 +914,8 @@ class _Analyzer:
                 for seg, off in _offsets(layout):
                     groups[gid_of_root[sp.find(seg.space)]].tensors.append((name, off, seg.factor))
         for g in groups:
+            if g.channels % g.unit:
+                g.frozen.append(f"grouped convolutions need blocks of {g.unit} of its {g.channels} channels")
             if not g.producers and not g.frozen:
                 g.frozen.append("no producer")
             elif not g.consumers and not g.frozen:

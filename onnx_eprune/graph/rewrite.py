@@ -149,7 +149,7 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
                     arrays.mask(cons.weight, axis)[cols] = False
     _update_shape_params(analysis, keeps, arrays, out)
     arrays.commit()
-    _update_depthwise_groups(out, arrays)
+    _update_conv_groups(out, arrays)
     if arrays.values:  # shapes recorded by the exporter may no longer hold anywhere downstream
         del out.graph.value_info[:]
     return out
@@ -160,14 +160,16 @@ def _current_bias(node: onnx.NodeProto) -> str | None:
         else None
 
 
-def _update_depthwise_groups(model: onnx.ModelProto, arrays: _Arrays) -> None:
-    """A depthwise Conv that lost channels has ``group`` = its new channel count."""
+def _update_conv_groups(model: onnx.ModelProto, arrays: _Arrays) -> None:
+    """A grouped Conv that lost whole groups (its weight has as many output channels as
+    inputs: ``group`` x ``C/group``) counts its groups again."""
     for node in model.graph.node:
         if node.op_type != "Conv" or (node.input[1], 0) not in arrays.masks:
             continue
+        shape = arrays.get(node.input[1]).shape
         for attr in node.attribute:
             if attr.name == "group" and attr.i > 1:
-                attr.i = int(arrays.get(node.input[1]).shape[0])
+                attr.i = int(shape[0] // shape[1])
 
 
 def _vector_axis(value: np.ndarray) -> int:
