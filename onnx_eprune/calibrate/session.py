@@ -74,53 +74,62 @@ def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str
                  threads: int | None = None) -> ort.InferenceSession:
     """A session for ``model``; ``outputs`` (any tensor names) replace the graph outputs.
 
-    A model above the protobuf limit cannot be serialised: its large initializers go to
-    onnxruntime as in-memory external initializers instead (no file is written)."""
+    Weights left in the input's data file (model_io.reference) reach onnxruntime as
+    external data in that file, which it maps into memory instead of copying it. A model
+    above the protobuf limit cannot be serialised: its other large initializers go to
+    onnxruntime as in-memory external initializers (no file is written)."""
     options = _options(threads)
     arrays: list[ort.OrtValue] = []
-    if model_io.model_bytes(model) >= model_io.EXTERNAL_DATA_THRESHOLD:
-        model, names, arrays = _without_large_initializers(model)
-        options.add_external_initializers(names, arrays)
+    large = model_io.model_bytes(model) >= model_io.EXTERNAL_DATA_THRESHOLD
+    if large:
         # pre-packed Gemm/Conv weights would be one more copy of every weight
         options.add_session_config_entry("session.disable_prepacking", "1")
+    if large or any(model_io.reference(init) is not None for init in model.graph.initializer):
+        model, values, folder = _without_large_initializers(model)
+        if folder:
+            options.add_session_config_entry(_DATA_FOLDER_KEY, folder)
+        if values:
+            options.add_external_initializers(list(values), list(values.values()))
+        arrays = list(values.values())
     if outputs is not None:
         model = with_outputs(model, outputs)
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     except Exception as exc:
         raise EPruneError(f"onnxruntime cannot load the model: {_reason(exc)}") from None
-    session._eprune_initializers = arrays  # onnxruntime reads them in place: keep them alive
+    session._eprune_initializers = arrays  # onnxruntime asks that they outlive the session
     return session
 
 
 # Initializers above this size travel outside the serialised model of a large model.
 _LARGE_INITIALIZER = 1 << 20
 
+# The external-data folder of a model given to onnxruntime as bytes.
+_DATA_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
-def _without_large_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[ort.OrtValue]]:
-    """A copy of ``model`` whose large initializers are marked external (their data left
-    out), with those initializers' names and values. Built field by field, so that the
-    large tensors are never copied as protobuf messages."""
-    light = onnx.ModelProto()
-    for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(light, name, getattr(model, name))
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    graph, out = model.graph, light.graph
-    out.name = graph.name
-    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
-        getattr(out, field).extend(getattr(graph, field))
-    names, arrays = [], []
-    for init in graph.initializer:
-        if init.ByteSize() < _LARGE_INITIALIZER or init.data_location == onnx.TensorProto.EXTERNAL:
-            out.initializer.append(init)
+
+def _without_large_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, ort.OrtValue], str]:
+    """A light copy of ``model`` for a session: references point into their files, relative
+    to one folder, and, when the model is above the protobuf limit, its in-memory
+    initializers of _LARGE_INITIALIZER bytes or more are left out (marked external).
+    Returns the light model, the values of the initializers left out by name, and the
+    folder of the references' files ("" without references)."""
+    large = model_io.model_bytes(model) >= model_io.EXTERNAL_DATA_THRESHOLD
+    light, sources = model_io.light_copy(model, lift=lambda t: large and t.ByteSize() >= _LARGE_INITIALIZER)
+    refs = {index: model_io.reference(source) for index, source in sources.items()}
+    files = [ref[0] for ref in refs.values() if ref is not None]
+    folder = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+    values = {}
+    for index, source in sources.items():
+        placeholder = light.graph.initializer[index]
+        ref = refs[index]
+        if ref is not None:
+            model_io.point_to(placeholder, os.path.relpath(ref[0], folder), ref[1], ref[2])
             continue
-        ref = out.initializer.add(name=init.name, data_type=init.data_type, dims=init.dims,
-                                  data_location=onnx.TensorProto.EXTERNAL)
-        ref.external_data.add(key="location", value="onnx-eprune-in-memory")
-        names.append(init.name)
-        arrays.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(init))))
-    return light, names, arrays
+        placeholder.data_location = onnx.TensorProto.EXTERNAL
+        placeholder.external_data.add(key="location", value="onnx-eprune-in-memory")
+        values[source.name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(source)))
+    return light, values, folder
 
 
 def run(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list:

@@ -3,32 +3,168 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from onnx.external_data_helper import load_external_data_for_model
+from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
 
 from ..errors import EPruneError, UsageError
 from ..files import temporary_beside, write_atomic
 
-# Protobuf refuses to serialise a message above 2 GiB; stay well below it.
+# Protobuf refuses to serialise a message above 2 GiB; stay well below it. Models whose
+# weights (external data included) reach this size are written with external data, and
+# their large external tensors are not read into memory (see load_model).
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+# External tensors of a large model from this size on stay in their file while the model
+# is in memory ("references"); smaller ones are read (shape constants, biases).
+REFERENCE_MIN_BYTES = 1 << 20
+
+# onnx.save_model moves a tensor to the data file when sys.getsizeof(raw_data) reaches its
+# size_threshold (1024): the bytes object's header counts too. Written files keep that layout.
+_EXTERNAL_MIN_RAW = 1024 - sys.getsizeof(b"")
+
+_COPY_CHUNK = 64 << 20  # bytes per read when a referenced tensor is copied to a new data file
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
-    """Serialised size of ``model``, summed part by part: protobuf's own ``ByteSize()``
-    refuses a message above 2 GiB, which is exactly when the answer matters."""
+    """Serialised size of ``model`` with every weight inside it (references counted at their
+    length), summed part by part: protobuf's own ``ByteSize()`` refuses a message above
+    2 GiB, which is exactly when the answer matters."""
     graph = model.graph
     parts = [graph.initializer, graph.sparse_initializer, graph.node, model.functions]
-    return sum(item.ByteSize() for part in parts for item in part) + 4096  # names, I/O, metadata
+    inline = sum(item.ByteSize() for part in parts for item in part) + 4096  # names, I/O, metadata
+    return inline + sum(ref[2] for ref in map(reference, graph.initializer) if ref is not None)
+
+
+# -- references: large tensors left in the input's data file ---------------------------------
+
+def reference(tensor: onnx.TensorProto) -> tuple[str, int, int] | None:
+    """(absolute path, offset, length in bytes) of a tensor whose data stayed in a file, or
+    None for a tensor held in memory.
+
+    load_model leaves the large external tensors of a large model in their file and names
+    the file by absolute path (which no ONNX file may do, so such an entry is always one of
+    ours); every reader here resolves them, nothing else sees them except through
+    initializer_map, tensor_array or the light models of light_copy.
+    """
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    entries = {e.key: e.value for e in tensor.external_data}
+    location = entries.get("location", "")
+    if not os.path.isabs(location):
+        return None
+    return location, int(entries["offset"]), int(entries["length"])
+
+
+def point_to(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Make ``tensor`` external data: ``length`` bytes at ``offset`` of file ``location``."""
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        tensor.external_data.add(key=key, value=str(value))
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """The value of an initializer as a new array, read from its file for a reference."""
+    ref = reference(tensor)
+    if ref is None:
+        return numpy_helper.to_array(tensor)
+    path, offset, length = ref
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    if sys.byteorder == "little" and dtype.kind in "biuf" and count * dtype.itemsize == length:
+        return np.fromfile(path, dtype=dtype, count=count, offset=offset).reshape(tuple(tensor.dims))
+    return numpy_helper.to_array(materialized(tensor))  # packed 4-bit types and the like
+
+
+def materialized(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """``tensor`` with its data inside (a new message for a reference, else ``tensor``)."""
+    ref = reference(tensor)
+    if ref is None:
+        return tensor
+    path, offset, length = ref
+    out = onnx.TensorProto()
+    _copy_fields(tensor, out, skip=("external_data", "data_location"))
+    with open(path, "rb") as f:
+        f.seek(offset)
+        out.raw_data = f.read(length)
+    out.data_location = onnx.TensorProto.DEFAULT  # as onnx.load leaves tensors it read from a file
+    return out
+
+
+class _Initializers(Mapping):
+    """Initializers by name; a reference is read from its file on each access (a copy of
+    that tensor only, dropped by the caller), so that the weights of layers that are never
+    looked at stay on disk."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self._inits = {init.name: init for init in model.graph.initializer}
+
+    def __getitem__(self, name: str) -> onnx.TensorProto:
+        return materialized(self._inits[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._inits)
+
+    def __len__(self) -> int:
+        return len(self._inits)
+
+
+def _copy_fields(src, dst, skip: tuple[str, ...] = ()) -> None:
+    """Copy the fields of protobuf message ``src`` into ``dst`` except those in ``skip``
+    (which are never read, so that a large field is not copied on the way)."""
+    for field in src.DESCRIPTOR.fields:
+        if field.name in skip:
+            continue
+        value = getattr(src, field.name)
+        if field.is_repeated:
+            if len(value):
+                getattr(dst, field.name).extend(value)
+        elif src.HasField(field.name):
+            if field.type == field.TYPE_MESSAGE:
+                getattr(dst, field.name).CopyFrom(value)
+            else:
+                setattr(dst, field.name, value)
+
+
+def light_copy(model: onnx.ModelProto, lift: Callable[[onnx.TensorProto], bool]
+               ) -> tuple[onnx.ModelProto, dict[int, onnx.TensorProto]]:
+    """A copy of ``model`` whose references, and the in-memory main-graph initializers for
+    which ``lift`` is true, are placeholders: the same tensor without its data (and no
+    location). Returns the copy and, by the placeholder's position among the copy's
+    initializers, the source tensor in ``model``.
+
+    Built field by field, so that no large tensor is copied as a protobuf message.
+    """
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip=("graph",))
+    _copy_fields(model.graph, light.graph, skip=("initializer",))
+    sources = {}
+    for index, init in enumerate(model.graph.initializer):
+        if reference(init) is None and (uses_external_data(init) or not lift(init)):
+            light.graph.initializer.append(init)
+            continue
+        _copy_fields(init, light.graph.initializer.add(), skip=("raw_data", "external_data", "data_location"))
+        sources[index] = init
+    return light, sources
 
 
 def load_model(path: str | os.PathLike, weights: bool = True) -> onnx.ModelProto:
     """Read an ONNX file (with its external data, if any, unless ``weights`` is False: the
     structure is enough to check inputs) and check that it is a model.
+
+    A model whose weights reach EXTERNAL_DATA_THRESHOLD keeps its external tensors of
+    REFERENCE_MIN_BYTES or more in their file (see ``reference``): the weights are then
+    held once, by the operating system's file cache, and only the tensors that pruning
+    changes come into memory. Write such a model with save_model, which copies them to
+    the new data file.
 
     Raises UsageError for a missing path, a directory or a file that is not ONNX.
     """
@@ -38,12 +174,80 @@ def load_model(path: str | os.PathLike, weights: bool = True) -> onnx.ModelProto
     if p.is_dir():
         raise UsageError(f"model path is a directory, expected an .onnx file: {p}")
     try:
-        model = onnx.load(str(p), load_external_data=weights)
+        model = onnx.load(str(p), load_external_data=False)
+        if weights:
+            _read_external_data(model, p.parent)
     except Exception as exc:  # protobuf raises several unrelated types on garbage
         raise UsageError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
     if not model.graph.node:
         raise UsageError(f"{p} holds no graph nodes: not an ONNX model, or an empty one")
     return model
+
+
+def _read_external_data(model: onnx.ModelProto, folder: Path) -> None:
+    """Read the external data of ``model`` from ``folder`` as onnx.load does, except the
+    large main-graph tensors of a large model: those become references (absolute path,
+    offset and length checked here)."""
+    spans = {}
+    for init in model.graph.initializer:
+        if uses_external_data(init):
+            spans[init.name] = _external_span(init, folder)
+    large = model_bytes(model) + sum(length for _, _, length in spans.values()) >= EXTERNAL_DATA_THRESHOLD
+    for init in model.graph.initializer:
+        span = spans.get(init.name)
+        if large and span is not None and span[2] >= REFERENCE_MIN_BYTES:
+            point_to(init, *span)
+    for tensor in _all_tensors(model.graph):
+        if uses_external_data(tensor) and reference(tensor) is None:
+            load_external_data_for_tensor(tensor, str(folder))
+
+
+def _external_span(tensor: onnx.TensorProto, folder: Path) -> tuple[str, int, int]:
+    """Absolute path, offset and length of an external tensor of a model in ``folder``;
+    ValueError for a location outside the folder or a span past the end of the file."""
+    info = ExternalDataInfo(tensor)
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, info.location))
+    if os.path.isabs(info.location) or not path.startswith(root + os.sep) or not os.path.isfile(path):
+        raise ValueError(f"external data of tensor {tensor.name!r} not found in the model's folder: {info.location}")
+    size = os.path.getsize(path)
+    offset = info.offset or 0
+    length = size - offset if info.length is None else info.length
+    if offset + length > size:
+        raise ValueError(f"external data of tensor {tensor.name!r} runs past the end of {info.location}")
+    return path, offset, length
+
+
+def _graph_initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Initializers of ``graph`` and of its sub-graphs, in the order onnx.save_model
+    writes them to a data file."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in _subgraphs(attr):
+                yield from _graph_initializers(sub)
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of ``graph``: initializers (sub-graphs' included), then attributes'."""
+    yield from _graph_initializers(graph)
+    yield from _attribute_tensors(graph)
+
+
+def _attribute_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in _subgraphs(attr):
+                yield from _attribute_tensors(sub)
+
+
+def _subgraphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
+    if attr.type == onnx.AttributeProto.GRAPH:
+        return [attr.g]
+    return list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
 
 
 def as_model(model_or_path: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
@@ -59,18 +263,21 @@ def check_model(model: onnx.ModelProto) -> None:
     """Run the full ONNX checker (with shape inference); raise EPruneError if it fails.
 
     Protobuf cannot hold a model above 2 GiB in one message, so such a model is checked
-    from a temporary copy on disk with its weights as external data (the checker reads
-    those files itself).
+    from a temporary copy on disk in the form save_model writes, with its weights as
+    external data. The checker looks at where the data lives, not at the values, so the
+    data file is left sparse (no weight is copied for the check).
     """
     try:
         if model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
-            onnx.checker.check_model(model, full_check=True)
+            onnx.checker.check_model(_embedded(model), full_check=True)
         else:
             with tempfile.TemporaryDirectory(prefix="onnx-eprune-check-") as folder:
                 path = os.path.join(folder, "model.onnx")
-                onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                                location="model.onnx.data", size_threshold=1024)
-                _take_back_weights(model, folder)
+                light, pieces = _external_form(model, "model.onnx.data")
+                with open(path + ".data", "wb") as f:
+                    f.truncate(sum(piece.length for piece in pieces))
+                with open(path, "wb") as f:
+                    f.write(light.SerializeToString(deterministic=True))
                 onnx.checker.check_model(path, full_check=True)
     except Exception as exc:
         raise EPruneError(f"model does not pass onnx.checker: {str(exc).splitlines()[0]}") from None
@@ -127,7 +334,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
             continue
         try:
             sub = onnx.helper.make_graph([node], "fold", [], [onnx.ValueInfoProto(name=o) for o in node.output],
-                                         [inits[n] for n in dict.fromkeys(names)])
+                                         [materialized(inits[n]) for n in dict.fromkeys(names)])
             values = ReferenceEvaluator(onnx.helper.make_model(sub, opset_imports=opset)).run(None, {})
         except Exception:  # leave anything the reference cannot evaluate to the runtime
             kept.append(node)
@@ -161,10 +368,12 @@ def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write a model atomically: a temporary file in the target folder, then a rename.
+    """Write a model atomically: temporary files in the target folder, then renames.
 
     Models above the protobuf limit are written with their weights as external data in
-    ``<name>.data`` beside the file. Nothing is left behind if writing fails.
+    ``<name>.data`` beside the file, laid out as onnx.save_model lays them out (every
+    initializer of 991 bytes or more, one after the other); references are copied from
+    their file piece by piece, never held in memory. Nothing is left behind if writing fails.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
@@ -173,44 +382,108 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     if not os.access(folder, os.W_OK):
         raise UsageError(f"output folder is not writable: {folder}")
     if model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
-        write_atomic(target, lambda f: f.write(model.SerializeToString(deterministic=True)))
+        embedded = _embedded(model)
+        write_atomic(target, lambda f: f.write(embedded.SerializeToString(deterministic=True)))
         return
+    data = folder / (target.name + ".data")
+    if any(os.path.exists(data) and os.path.samefile(ref[0], data)
+           for ref in map(reference, model.graph.initializer) if ref is not None):
+        raise UsageError(f"cannot write {target}: its data file {data} holds the input model's weights; "
+                         "choose another output name")
+    light, pieces = _external_form(model, data.name)
     tmp = temporary_beside(target)
-    data_name = target.name + ".data"
-    tmp_data = folder / f".{data_name}.tmp"
+    tmp_data = temporary_beside(data)
     try:
-        onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=tmp_data.name, size_threshold=1024)
-        _take_back_weights(model, str(folder))  # the caller's model keeps its weights
-        os.replace(tmp_data, folder / data_name)
-        _relink_external_data(tmp, data_name)
+        with open(tmp_data, "wb") as f:
+            for piece in pieces:
+                piece.write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp, "wb") as f:
+            f.write(light.SerializeToString(deterministic=True))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_data, data)
         os.replace(tmp, target)
     except OSError as exc:
         raise EPruneError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
-        for leftover in (Path(tmp), tmp_data):
-            if leftover.exists():
-                leftover.unlink()
+        for leftover in (tmp, tmp_data):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
 
 
-def _take_back_weights(model: onnx.ModelProto, folder: str) -> None:
-    """Saving with external data moved the weights out of ``model``: read them back (no
-    second copy) and leave the tensors as they were (no explicit data_location field)."""
-    load_external_data_for_model(model, folder)
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.DEFAULT:
-            tensor.ClearField("data_location")
+class _Piece:
+    """One tensor's bytes in a data file being written: from a reference's file, or from
+    an in-memory tensor."""
+
+    def __init__(self, tensor: onnx.TensorProto, length: int):
+        self.tensor = tensor
+        self.length = length
+
+    def write(self, out) -> None:
+        ref = reference(self.tensor)
+        if ref is None:
+            out.write(self.tensor.raw_data)
+            return
+        path, offset, left = ref
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while left:
+                chunk = f.read(min(left, _COPY_CHUNK))
+                if not chunk:
+                    raise OSError(f"{path} ends before the data of tensor {self.tensor.name!r}")
+                out.write(chunk)
+                left -= len(chunk)
 
 
-def _relink_external_data(model_file: str, data_name: str) -> None:
-    """Point the external-data entries of a just-written file at its final data file name."""
-    model = onnx.load(model_file, load_external_data=False)
-    for init in model.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location":
-                entry.value = data_name
-    with open(model_file, "wb") as f:
-        f.write(model.SerializeToString(deterministic=True))
+def _external_form(model: onnx.ModelProto, location: str) -> tuple[onnx.ModelProto, list[_Piece]]:
+    """The model as save_model writes it beside a data file named ``location``, and the
+    pieces of that file in order. ``model`` itself is not modified."""
+    light, sources = light_copy(model, lift=lambda t: _raw_length(t) >= _EXTERNAL_MIN_RAW)
+    pieces, end = [], 0
+    # main-graph initializers come first, at the positions light_copy counted
+    for index, tensor in enumerate(_graph_initializers(light.graph)):
+        source = sources.get(index) if index < len(light.graph.initializer) else None
+        if source is None:  # a small tensor, or one of a sub-graph (copied whole)
+            if _raw_length(tensor) < _EXTERNAL_MIN_RAW:
+                continue
+            source = onnx.TensorProto()
+            source.CopyFrom(tensor)
+            tensor.ClearField("raw_data")
+        ref = reference(source)
+        length = ref[2] if ref is not None else _raw_length(source)
+        point_to(tensor, location, end, length)
+        pieces.append(_Piece(source, length))
+        end += length
+    return light, pieces
+
+
+def _raw_length(tensor: onnx.TensorProto) -> int:
+    """Bytes in ``tensor.raw_data`` (-1 without that field), found without copying them:
+    a length-delimited field takes its length, a one-byte tag and the length's varint."""
+    if not tensor.HasField("raw_data"):
+        return -1
+    rest = onnx.TensorProto()
+    _copy_fields(tensor, rest, skip=("raw_data",))
+    field = tensor.ByteSize() - rest.ByteSize()
+    return next(n for n in range(max(field - 2, 0), -1, -1) if 1 + _varint_size(n) + n == field)
+
+
+def _varint_size(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def _embedded(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every reference's data inside (a copy if it has references)."""
+    if not any(reference(init) is not None for init in model.graph.initializer):
+        return model
+    full = onnx.ModelProto()
+    full.CopyFrom(model)
+    for init in full.graph.initializer:
+        if reference(init) is not None:
+            init.CopyFrom(materialized(init))
+    return full
 
 
 def normalize(model: onnx.ModelProto) -> None:
@@ -264,6 +537,6 @@ def _referenced_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    """Initializers by name."""
-    return {init.name: init for init in model.graph.initializer}
+def initializer_map(model: onnx.ModelProto) -> Mapping[str, onnx.TensorProto]:
+    """Initializers by name, each with its data inside (references are read on access)."""
+    return _Initializers(model)
