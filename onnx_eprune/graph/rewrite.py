@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from .groups import Consumer, GraphAnalysis
+from .model_io import reference, tensor_array
 from .weights import transposed_to_conv
 
 
@@ -22,21 +23,26 @@ class Refit:
 
 
 class _Arrays:
-    """Initializers being edited, loaded lazily and written back in their own dtype."""
+    """Initializers being edited, loaded lazily and written back in their own dtype.
+
+    A tensor left in the input's data file (model_io.reference) stays a reference unless
+    it is changed: only changed tensors come into memory in the new model."""
 
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         self.inits = {init.name: init for init in model.graph.initializer}
         self.values: dict[str, np.ndarray] = {}
         self.masks: dict[tuple[str, int], np.ndarray] = {}
+        self.changed: set[str] = set()
 
     def get(self, name: str) -> np.ndarray:
         if name not in self.values:
-            self.values[name] = numpy_helper.to_array(self.inits[name])
+            self.values[name] = tensor_array(self.inits[name])
         return self.values[name]
 
     def set(self, name: str, value: np.ndarray) -> None:
         self.values[name] = value
+        self.changed.add(name)
 
     def mask(self, name: str, axis: int) -> np.ndarray:
         key = (name, axis)
@@ -45,7 +51,7 @@ class _Arrays:
         return self.masks[key]
 
     def add(self, name: str, value: np.ndarray, like: str | None) -> None:
-        dtype = numpy_helper.to_array(self.inits[like]).dtype if like else np.float32
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(self.inits[like].data_type) if like else np.float32
         self.model.graph.initializer.append(numpy_helper.from_array(value.astype(dtype), name))
         self.inits[name] = self.model.graph.initializer[-1]  # append() stored a copy
 
@@ -53,9 +59,12 @@ class _Arrays:
         for (name, axis), mask in self.masks.items():
             if not mask.all():
                 self.values[name] = np.compress(mask, self.get(name), axis=axis)
+                self.changed.add(name)
         graph_inputs = {vi.name: vi for vi in self.model.graph.input}
         for name, value in self.values.items():
             init = self.inits[name]
+            if name not in self.changed and reference(init) is not None:
+                continue  # read (for its shape or values) but left as it was
             dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
             new = numpy_helper.from_array(np.ascontiguousarray(value).astype(dtype), name)
             init.CopyFrom(new)
