@@ -239,7 +239,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default: 64)")
     p.add_argument("--positions", type=int, metavar="K",
                    help="conv output positions sampled per image (default: automatic)")
-    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts at multiples of N")
+    p.add_argument("--round-to", type=int, metavar="N",
+                   help="keep channel counts at multiples of N (1: any count; default: multiples of 8 for "
+                        "convolution outputs of 64 channels or more, which CPU and GPU kernels run faster)")
     p.add_argument("--no-reconstruct", action="store_true",
                    help="slice the kept weights without the least-squares re-fit")
 

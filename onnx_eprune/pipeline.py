@@ -70,7 +70,7 @@ class PruneConfig:
     device: str = "auto"
     batch_size: int = 64
     positions: int | None = None        # conv output positions per image (None: automatic)
-    round_to: int = 1                    # keep channel counts at multiples of this
+    round_to: int | None = None          # keep counts at multiples of this (None: budget.AUTO_ROUND)
     reconstruct: bool = True             # least-squares re-fit of the consumers
     refit_ridge: float = 0.1             # ridge toward the original weights in the re-fit
     entropic: entropic.EntropicConfig = field(default_factory=entropic.EntropicConfig)
@@ -94,7 +94,7 @@ class PruneConfig:
             raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.mode not in MODES:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.batch_size < 1 or self.round_to < 1:
+        if self.batch_size < 1 or (self.round_to is not None and self.round_to < 1):
             raise UsageError("batch size and --round-to must be positive")
 
 
@@ -156,6 +156,7 @@ class Pruner:
         self.inits = initializer_map(self.model)
         self.topo = Topology(self.model)
         self.paths: dict[int, list[entropic.PathPoint]] = {}  # entropic paths on one-shot statistics
+        self.steps: dict[int, int] = {}  # group -> its kept counts are multiples of this (allocate)
         self.t0 = t0
 
     # -- statistics ----------------------------------------------------------------------
@@ -293,8 +294,11 @@ class Pruner:
         target = self.config.target()
         channels = {g: self.analysis.groups[g].channels for g in gids}
         units = {g: self.analysis.groups[g].unit for g in gids}
+        steps = self.steps = {g: budget.step(channels[g], self.config.round_to, units[g],
+                                             any(p.kind == "conv" for p in self.analysis.groups[g].producers))
+                              for g in gids}
         if target.kind == "keep_ratio":
-            return budget.uniform_counts(channels, target.value, self.config.round_to, units), {}
+            return budget.uniform_counts(channels, target.value, steps), {}
         rankings, curves = {}, {}
         consumers = self.analysis.consumers
         gain_data = gain_subset(self.bundle.gain_data() if self.bundle is not None else self.data)
@@ -313,7 +317,7 @@ class Pruner:
 
         with self.progress.task("rank", len(gids)) as task:
             parallel_map(rank, sorted(gids, key=lambda g: -self._solve_cost(all_terms[g])), self._blas_threads)
-        return budget.allocate(channels, curves, self.costs, target, self.config.round_to, units), rankings
+        return budget.allocate(channels, curves, self.costs, target, steps), rankings
 
     def _solve_cost(self, terms: list[ConsumerTerm]) -> float:
         """Rough cost of ranking a group (cubic in its features), to start the largest first."""

@@ -33,6 +33,8 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
             "channels_after": kept.get(g.gid, g.channels),
             "frozen": "; ".join(g.frozen) if g.frozen else None,
         }
+        if g.gid in pruner.steps:  # kept counts are multiples of this (--round-to, conv groups)
+            entry["step"] = pruner.steps[g.gid]
         if g.gid in keeps:  # which of the original channels (indices into the producers' outputs) stay
             entry["kept_channels"] = [int(c) for c in keeps[g.gid]]
         groups.append(entry)
@@ -45,6 +47,7 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
         "method": cfg.method,
         "mode": cfg.mode,
         "reconstruct": cfg.reconstruct,
+        "round_to": cfg.round_to if cfg.round_to is not None else "auto",
         "target": {"kind": target.kind, "value": target.value},
         "seed": cfg.seed,
         "provider": pruner.providers[0],

@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 import onnx_eprune
+from onnx_eprune import budget
 from models import (ALL_BUILDERS, FEATURE_OUTPUT, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
                     grouped, initializer, intermediate_output, io_signature, node_by_name, relative_error, residual,
                     run_model, wide_cnn)
@@ -203,11 +204,12 @@ _RUNS: dict = {}
 
 
 def _target_run(name: str, method: str, kind: str, target: float, calib):
-    """One pruning run per (model, method, target), shared by the target tests."""
+    """One pruning run per (model, method, target), shared by the target tests; any channel
+    count allowed (``round_to=1``), so that the targets can be met to the point."""
     key = (name, method, kind, target)
     if key not in _RUNS:
         build = {"wide_cnn": wide_cnn, "residual": residual}[name]
-        _RUNS[key] = (build(), prune(build(), calib, method=method, **{kind: target}))
+        _RUNS[key] = (build(), prune(build(), calib, method=method, round_to=1, **{kind: target}))
     return _RUNS[key]
 
 
@@ -245,6 +247,29 @@ def test_global_target_within_one_point_when_granularity_allows(kind, target, me
     assert _best_window_exists(analysis, costs, metric, target)
     removed = result.report[metric]["removed_fraction"]
     assert target <= removed <= target + 0.01
+
+
+def test_keep_count_steps():
+    assert budget.step(100, 8) == 8 and budget.step(100, 8, unit=4) == 8 and budget.step(100, 6, unit=4) == 12
+    assert budget.step(64) == budget.AUTO_ROUND and budget.step(63) == 1 and budget.step(32, unit=4) == 4
+    assert budget.step(512, 1) == 1 and budget.step(512, conv=False) == 1 and budget.step(512, 4, conv=False) == 4
+    assert list(budget.levels(100, 8)) == [8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 100]
+    assert list(budget.levels(6, 8)) == [6]
+    assert budget.uniform_counts({0: 100, 1: 20}, 0.5, {0: 8}) == {0: 48, 1: 10}
+
+
+def test_wide_conv_groups_keep_multiples_of_eight_by_default(calib):
+    """Without --round-to, the 64-channel conv group keeps a multiple of 8, the narrower
+    conv group and the 80-wide Gemm group any count; --round-to 1 lifts it."""
+    model = conv_bn_relu_pool_flatten_gemm(True, widths=(16, 64, 80))
+    steps = {}
+    for round_to in (None, 1):
+        result = prune(model, calib, flops_reduction=0.5, round_to=round_to)
+        groups = {g["channels_before"]: g for g in result.report["groups"] if "step" in g}
+        steps[round_to] = {c: g["step"] for c, g in groups.items()}
+        assert all(g["channels_after"] % g["step"] == 0 or g["channels_after"] == c for c, g in groups.items())
+        assert result.report["round_to"] == ("auto" if round_to is None else 1)
+    assert steps[None] == {16: 1, 64: 8, 80: 1} and steps[1] == {16: 1, 64: 1, 80: 1}
 
 
 def test_unreachable_target_is_an_error(calib):

@@ -36,19 +36,19 @@ PROVIDERS = ["CPUExecutionProvider"]
 
 
 def run_one(name: str, kind: str, target: float, method: str, mode: str, reconstruct: bool, test, samples,
-            reference: Path) -> dict:
+            reference: Path, round_to: int | None = None) -> dict:
     file, calib, size = MODELS[name]
     model = onnx.load(str(reference / file))
     t0 = time.perf_counter()
     result = onnx_eprune.prune(model, str(reference / calib), method=method, mode=mode, reconstruct=reconstruct,
-                               samples=samples, device="cpu", **{kind: target})
+                               samples=samples, device="cpu", round_to=round_to, **{kind: target})
     seconds = time.perf_counter() - t0
     x, y = test[size]
     acc = accuracy(result.model, x, y, PROVIDERS)
     card = json.loads((reference / file.replace(".onnx", ".json")).read_text())
     rep = result.report
     return {"model": name, "target_kind": kind, "target": target, "method": method, "mode": mode,
-            "reconstruct": reconstruct, "samples": rep["samples"], "accuracy": acc,
+            "reconstruct": reconstruct, "round_to": rep["round_to"], "samples": rep["samples"], "accuracy": acc,
             "accuracy_original": card["test_acc"], "drop_points": 100 * (card["test_acc"] - acc),
             "params_removed": rep["params"]["removed_fraction"], "macs_removed": rep["macs"]["removed_fraction"],
             "channels": [g["channels_after"] for g in rep["groups"] if not g["frozen"]],
@@ -101,6 +101,7 @@ def main() -> int:
     ap.add_argument("--modes", nargs="+", default=["sequential"])
     ap.add_argument("--no-reconstruct", action="store_true", help="also run l1 without the re-fit")
     ap.add_argument("--samples", type=int, help="calibration samples (default: all 1024)")
+    ap.add_argument("--round-to", type=int, help="channel count multiples (default: the tool's automatic rule)")
     ap.add_argument("--reference", type=Path, default=REFERENCE)
     ap.add_argument("--out", type=Path, help="JSON file to append the runs to")
     ap.add_argument("--markdown", action="store_true", help="print the Markdown table of --out at the end")
@@ -126,7 +127,7 @@ def main() -> int:
                 for method, reconstruct in variants:
                     try:
                         row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples,
-                                      args.reference)
+                                      args.reference, args.round_to)
                     except onnx_eprune.EPruneError as exc:  # e.g. a FLOPs target the prunable part cannot reach
                         print(f"{name} {kind}={target:g} {method} {mode}: {exc}", flush=True)
                         continue

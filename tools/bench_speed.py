@@ -1,12 +1,13 @@
 """Speed benchmark: do removed MACs become removed milliseconds, and how pruning scales.
 
-    python tools/bench_speed.py latency --models vgg16 resnet18 --flops 0.5 [--round-to 8] \\
+    python tools/bench_speed.py latency --models vgg16 resnet18 --flops 0.5 [--round-to 1 16] \\
         --out bench/speed_latency.json
     python tools/bench_speed.py samples --model vgg16 --samples 256 1024 4096 --out bench/speed_samples.json
     python tools/bench_speed.py width --widths 16 32 64 128 --samples 1024 --out bench/speed_width.json
 
-``latency``: prunes each reference model (``../shared/reference``) to the MAC reduction,
-then times the original and the pruned model in onnxruntime on the CPU (1 thread and all
+``latency``: prunes each reference model (``../shared/reference``) to the MAC reduction
+with the default channel rounding ("pruned") and with each ``--round-to`` given, then
+times the original and the pruned models in onnxruntime on the CPU (1 thread and all
 threads, batch 1 and 32; median of ``--repeats`` runs after a warm-up, the two models
 interleaved so that machine noise hits both alike) and prints the latency reduction over
 the MAC reduction (the issue's bar: >= 0.8 at batch 32, 1 thread).
@@ -72,8 +73,8 @@ def latency(args) -> list[dict]:
         original = onnx.load(str(args.reference / file))
         variants = {"original": original}
         reports = {}
-        for round_to in sorted({1, *args.round_to}):
-            label = "pruned" if round_to == 1 else f"pruned, round-to {round_to}"
+        for round_to in [None, *sorted(set(args.round_to))]:
+            label = "pruned" if round_to is None else f"pruned, round-to {round_to}"
             result = onnx_eprune.prune(original, str(args.reference / calib), flops_reduction=args.flops,
                                        round_to=round_to, device="cpu", method=args.method)
             variants[label], reports[label] = result.model, result.report
