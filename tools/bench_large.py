@@ -10,14 +10,15 @@ are prunable; the Softmax freezes the wide Gemm's input, so the pruned model sta
 limit and must be written with external data. Prunes it with ``onnx-eprune prune
 --keep-ratio 0.5`` and ``--keep-ratio 1.0``, then checks each output from its path (full
 checker, onnxruntime run) and compares it with the original on fresh inputs. Prints wall
-time and peak memory of each run (``/usr/bin/time``-style, from ``ru_maxrss`` of the child).
+time and peak memory of each run: the child's own ``VmHWM`` (peak resident set, file pages
+that onnxruntime maps included). Not ``ru_maxrss``: Linux carries it across ``exec``, so
+it would report this script's own peak whenever the child's is lower.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -76,8 +77,8 @@ def run(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def prune(src: Path, out: Path, calib: Path, keep: float) -> dict:
-    cmd = [sys.executable, "-c", "import resource, sys; from onnx_eprune.cli import main; code = main(sys.argv[1:]); "
-           "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)",
+    cmd = [sys.executable, "-c", "import re, sys; from onnx_eprune.cli import main; code = main(sys.argv[1:]); "
+           "print('PEAK', re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(code)",
            "prune", str(src), "-o", str(out), "--calib", str(calib), "--keep-ratio", str(keep), "--device", "cpu", "-q"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
