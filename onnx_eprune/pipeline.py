@@ -8,6 +8,7 @@ of their consumers, ``select`` and ``budget`` decide keep-sets and new weights, 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -28,7 +29,7 @@ from .calibrate.stats import ConvGeometry, MomentAccumulator, MomentStats, conv_
 from .errors import EPruneError, UsageError
 from .graph.costs import CostModel, build_cost_model
 from .graph.groups import Consumer, GraphAnalysis, analyze
-from .graph.model_io import as_model, check_model, initializer_map, normalize
+from .graph.model_io import as_model, check_model, initializer_map, normalize, save_model
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, producer_rows
 from .parallel import parallel_map
@@ -104,6 +105,12 @@ class PruneResult:
 
     model: onnx.ModelProto
     report: dict
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model atomically, with its weights in ``<path>.data`` when it is above
+        the 2 GB protobuf limit. Use this rather than ``onnx.save``: the pruned model of a
+        large input still reads its unchanged weights from the input's data file."""
+        save_model(self.model, path)
 
 
 class _Timer:

@@ -116,3 +116,31 @@ def test_the_input_data_file_is_never_overwritten(large, external):
     with pytest.raises(UsageError, match="holds the input model's weights"):
         model_io.save_model(model_io.load_model(external), external.parent / "other.onnx")
     assert (external.parent / "other.onnx.data").read_bytes() == before
+
+
+def test_prune_result_save_writes_references_out(large, external, tmp_path, calib):
+    """PruneResult.save copies the weights still in the input's file into the output's."""
+    result = prune(str(external), calib, keep_ratio=0.5, device="cpu")
+    out = tmp_path / "saved" / "pruned.onnx"
+    out.parent.mkdir()
+    result.save(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["pruned.onnx", "pruned.onnx.data"]
+    onnx.checker.check_model(str(out), full_check=True)
+    x = random_input(4, seed=2)
+    np.testing.assert_array_equal(run_model(onnx.load(str(out)), x)["y"],
+                                  run_model(model_io._embedded(result.model), x)["y"])
+
+
+def test_fingerprint_counts_referenced_weights_by_content(large, external, tmp_path):
+    """A model read with references keeps its fingerprint when its folder moves, and a
+    changed weight byte changes it."""
+    from onnx_eprune.calibrate.bundle import fingerprint
+
+    before = fingerprint(model_io.load_model(external))
+    moved = tmp_path / "moved"
+    external.parent.rename(moved)
+    assert fingerprint(model_io.load_model(moved / "model.onnx")) == before
+    data = bytearray((moved / "weights.bin").read_bytes())
+    data[-1] ^= 0xFF
+    (moved / "weights.bin").write_bytes(bytes(data))
+    assert fingerprint(model_io.load_model(moved / "model.onnx")) != before

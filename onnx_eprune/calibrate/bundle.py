@@ -25,6 +25,7 @@ import onnx
 
 from ..errors import EPruneError, UsageError
 from ..files import write_atomic
+from ..graph.model_io import light_copy, reference
 from .data import CalibrationData
 from .sensitivity import SUBSET_MODULUS, SUBSET_SIZE
 from .stats import MomentStats
@@ -33,8 +34,23 @@ FORMAT = "onnx-eprune-stats/1"
 
 
 def fingerprint(model: onnx.ModelProto) -> str:
-    """SHA-256 of the (normalised) model: bundles only merge and apply to the same model."""
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    """SHA-256 of the (normalised) model: bundles only merge and apply to the same model.
+
+    Weights left in the input's data file (large models, see ``model_io.reference``) count
+    by their bytes, not their file's path, so a moved model keeps its fingerprint."""
+    light, sources = light_copy(model, lambda tensor: False)
+    digest = hashlib.sha256(light.SerializeToString(deterministic=True))
+    for index in sorted(sources):
+        path, offset, length = reference(sources[index])
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while length > 0:
+                chunk = f.read(min(length, 64 << 20))
+                if not chunk:
+                    raise EPruneError(f"the weight file {path} is shorter than the model says")
+                digest.update(chunk)
+                length -= len(chunk)
+    return digest.hexdigest()
 
 
 @dataclass
