@@ -197,6 +197,17 @@ def grouped(width: int = 16, groups: int = 4, out_width: int | None = None, seed
     return b.build(b.gemm(b.gap_flatten(h), 2 * width, CLASSES, name=OUTPUT))
 
 
+def depthwise_upsample(width: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->w) -> Relu -> depthwise ConvTranspose(w, 4x4, stride 2, pads 1: a learned
+    bilinear upsampling) -> Conv(w->2w) -> Relu -> GAP -> Flatten -> Gemm(2w -> 10)."""
+    b = _Builder(seed)
+    h = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, width, name="conv1")])
+    h = b.node("ConvTranspose", [h, b.weight("up.weight", (width, 1, 4, 4), 4), b.vector("up.bias", width)],
+               name="up", kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1], group=width)
+    h = b.node("Relu", [b.conv(h, width, 2 * width, name="conv2")])
+    return b.build(b.gemm(b.gap_flatten(h), 2 * width, CLASSES, name=OUTPUT))
+
+
 def unknown_op(op: str = "LRN", seed: int = 0) -> onnx.ModelProto:
     """Conv(3->8) -> ``op`` (LRN, or Softmax over channels) -> Conv(8->16) -> Relu -> GAP
     -> Flatten -> Gemm(16 -> 10): the first conv's group touches an op the analysis does
@@ -401,6 +412,7 @@ ALL_BUILDERS = {
     "ghost": ghost,
     "grouped": grouped,
     "decoder": decoder,
+    "depthwise_upsample": depthwise_upsample,
     "grouped_wide": lambda: grouped(out_width=32),
 }
 
@@ -429,6 +441,7 @@ EXPECTED = {
     "grouped": {"prunable": 2, "producers": [1, 1], "frozen": None},
     # conv1, conv2 + se_expand (the gate), se_reduce, up, conv3, conv4
     "decoder": {"prunable": 6, "producers": [1, 1, 1, 1, 1, 2], "frozen": None},
+    "depthwise_upsample": {"prunable": 2, "producers": [1, 1], "frozen": None},
     "grouped_wide": {"prunable": 1, "producers": [1], "frozen": "with 32 outputs for 16 inputs"},
 }
 

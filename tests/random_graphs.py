@@ -17,7 +17,8 @@ shape ``[N, 10]``. Its body is 2 to 6 random blocks:
   activation, their depthwise 3x3 copy, Concat of both (every channel twice), and mostly an
   Add of the block input;
 * ``upsample`` (at 8x8 or less): ConvTranspose with stride 2 (kernel 2, kernel 3 with
-  padding 1 and output padding 1, or kernel 4 with padding 1), then an activation.
+  padding 1 and output padding 1, or kernel 4 with padding 1; in 30% of the cases
+  depthwise, kernel 4), then an activation.
 
 Activations are Relu, LeakyRelu, Clip(0, 6) (bounds as inputs, opset >= 11), SiLU as
 ``Mul(x, Sigmoid(x))``, HardSwish (opset >= 14 only) and ``Mul(x, HardSigmoid(x))``. The
@@ -227,11 +228,15 @@ def _block(g: _Graph, kind: str, x: str, c: int, hw: int) -> tuple[str, int, int
     if kind == "upsample":  # a decoder's ConvTranspose (stride 2), as PyTorch exports it
         if hw > 8:
             return _block(g, "conv", x, c, hw)
-        cout = g.width()
-        k, pad, extra = ch.choice([(2, 0, 0), (3, 1, 1), (4, 1, 0)])
-        w = g.rng.normal(0.0, np.sqrt(2.0 / (c * k * k / 4)), size=(c, cout, k, k))
+        depthwise = ch.chance(0.3)  # a learned bilinear upsampling, one channel per group
+        cout = c if depthwise else g.width()
+        k, pad, extra = (4, 1, 0) if depthwise else ch.choice([(2, 0, 0), (3, 1, 1), (4, 1, 0)])
+        fan_in = (1 if depthwise else c) * k * k / 4
+        w = g.rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(c, 1 if depthwise else cout, k, k))
         inputs = [x, g.const("w", w)] + ([g.const("b", g.rng.uniform(-0.1, 0.1, cout))] if ch.chance(0.5) else [])
         attrs = {"output_padding": [extra, extra]} if extra else {}
+        if depthwise:
+            attrs["group"] = c
         y = g.node("ConvTranspose", inputs, kernel_shape=[k, k], strides=[2, 2], pads=[pad] * 4, **attrs)
         return g.activation(y), cout, 2 * hw
     if kind == "pool":

@@ -11,7 +11,7 @@ import pytest
 import onnx_eprune
 from onnx_eprune import budget
 from models import (ALL_BUILDERS, FEATURE_OUTPUT, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
-                    grouped, initializer, intermediate_output, io_signature, node_by_name, relative_error, residual,
+                    depthwise_upsample, grouped, initializer, intermediate_output, io_signature, node_by_name, relative_error, residual,
                     run_model, wide_cnn)
 from onnx_eprune.calibrate.session import probe_shapes
 from onnx_eprune.errors import EPruneError, UsageError
@@ -417,6 +417,15 @@ def test_grouped_conv_loses_whole_groups(method, kw, calib, test_x):
     blocks = [b for b in range(4) if any(np.array_equal(original[4 * b:4 * b + 4], weight[i:i + 4])
                                           for i in range(0, kept, 4))]
     assert len(blocks) == kept // 4  # whole original groups, unchanged
+
+
+def test_depthwise_conv_transpose_follows_its_input(calib, test_x):
+    model = depthwise_upsample()
+    result = prune(model, calib, keep_ratio=0.5)
+    assert_valid(result.model, model, test_x)
+    assert initializer(result.model, "up.weight").shape == (4, 1, 4, 4)
+    assert next(a.i for a in node_by_name(result.model, "up").attribute if a.name == "group") == 4
+    assert initializer(result.model, "conv1.weight").shape[0] == 4
 
 
 def test_rewrite_slices_added_bias_with_the_output(calib, test_x):

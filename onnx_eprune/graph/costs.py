@@ -115,7 +115,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
                 segs.append((None, total - pos))
             return segs
 
-        dw = node.op_type == "Conv" and _group(node) > 1 and index in depthwise
+        dw = _group(node) > 1 and index in depthwise  # a grouped Conv/ConvTranspose passing channels through
         cons = consumer_of.get(index)
         if dw:  # per output channel: its group's inputs times the kernel
             per_pair = int(np.prod(wshape[1:], dtype=np.int64))

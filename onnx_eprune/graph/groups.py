@@ -377,30 +377,35 @@ class _Analyzer:
                               wshape[2] * wshape[3], layout, conv=self.conv_geometry(node, attrs, wshape, x, out))
             self.layouts[out] = self.create(f"n:{index}", wshape[0], Producer(index, "conv", w, 0, b))
         elif wshape[0] == cin and wshape[1] * group == cin:
-            # depthwise (one channel per group) or grouped with as many outputs as inputs per
-            # group: output channel c reads the input group holding channel c, so the two
-            # sides are one set of channels, removable a whole conv group at a time
-            width = wshape[1]
-            shared = self.use_count.get(w, 0) > 1 or (b is not None and self.use_count.get(b, 0) > 1)
-            if shared:
-                self.freeze_all(node, index, f"{label}: grouped weights are shared")
-                return
-            if any(off % width or seg.length % width for seg, off in _offsets(layout)):
-                self.freeze_all(node, index, f"{label}: its groups of {width} channels straddle channel groups")
-                return
-            for seg in layout:
-                self.spaces.require_unit(seg.space, width)
-            self.add_param(layout, index, w, 0, label)
-            if b is not None:
-                self.add_param(layout, index, b, 0, label)
-            self.layouts[out] = layout
+            self.pass_groups(node, index, layout, w, b, wshape[1])
         else:
             self.freeze_all(node, index, f"{label}: grouped convolution (group={group}) with {wshape[0]} outputs "
                                          f"for {cin} inputs is not pruned")
 
+    def pass_groups(self, node: onnx.NodeProto, index: int, layout: list[Segment], w: str, b: str | None,
+                    width: int) -> None:
+        """A depthwise (``width`` 1) or grouped Conv / ConvTranspose with as many outputs as
+        inputs in each group of ``width`` channels: output channel c reads only the group
+        holding input channel c, so both sides are one set of channels, removable a whole
+        group at a time (weight and bias lose the group's rows along axis 0)."""
+        label = _label(node, index)
+        if self.use_count.get(w, 0) > 1 or (b is not None and self.use_count.get(b, 0) > 1):
+            self.freeze_all(node, index, f"{label}: grouped weights are shared")
+            return
+        if any(off % width or seg.length % width for seg, off in _offsets(layout)):
+            self.freeze_all(node, index, f"{label}: its groups of {width} channels straddle channel groups")
+            return
+        for seg in layout:
+            self.spaces.require_unit(seg.space, width)
+        self.add_param(layout, index, w, 0, label)
+        if b is not None:
+            self.add_param(layout, index, b, 0, label)
+        self.layouts[node.output[0]] = layout
+
     def op_ConvTranspose(self, node: onnx.NodeProto, index: int) -> None:
         """A producer of its output channels (weight axis 1) and a consumer of its input
-        channels (weight axis 0), read as the Conv it equals (see :meth:`transposed_geometry`)."""
+        channels (weight axis 0), read as the Conv it equals (see :meth:`transposed_geometry`);
+        grouped with as many outputs as inputs, a pass-through (:meth:`pass_groups`)."""
         x, w = node.input[0], node.input[1]
         b = node.input[2] if len(node.input) > 2 and node.input[2] else None
         label = _label(node, index)
@@ -410,9 +415,16 @@ class _Analyzer:
             return
         wshape = tuple(self.init_by_name[w].dims)
         layout = self.layout(x)
-        if len(wshape) != 4 or int(_attrs(node).get("group", 1)) != 1 or not isinstance(layout, list) \
-                or self.channels(x) != wshape[0]:
-            self.freeze_all(node, index, f"{label}: only 2-D ConvTranspose with group=1 on NCHW tensors is pruned")
+        group = int(_attrs(node).get("group", 1))
+        if len(wshape) != 4 or not isinstance(layout, list) or self.channels(x) != wshape[0]:
+            self.freeze_all(node, index, f"{label}: only 2-D ConvTranspose on NCHW tensors is pruned")
+            return
+        if group > 1 and wshape[1] * group == wshape[0]:  # e.g. a depthwise bilinear upsampling
+            self.pass_groups(node, index, layout, w, b, wshape[1])
+            return
+        if group > 1:
+            self.freeze_all(node, index, f"{label}: grouped ConvTranspose (group={group}) with "
+                                         f"{wshape[1] * group} outputs for {wshape[0]} inputs is not pruned")
             return
         if self.use_count.get(w, 0) > 1 or (b is not None and self.use_count.get(b, 0) > 1):
             self.freeze_all(node, index, f"{label}: its weights are shared by several nodes")

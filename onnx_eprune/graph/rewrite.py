@@ -170,10 +170,10 @@ def _current_bias(node: onnx.NodeProto) -> str | None:
 
 
 def _update_conv_groups(model: onnx.ModelProto, arrays: _Arrays) -> None:
-    """A grouped Conv that lost whole groups (its weight has as many output channels as
-    inputs: ``group`` x ``C/group``) counts its groups again."""
+    """A grouped Conv or ConvTranspose that lost whole groups (its weight has as many output
+    channels as inputs: ``group`` x ``C/group`` along axis 0) counts its groups again."""
     for node in model.graph.node:
-        if node.op_type != "Conv" or (node.input[1], 0) not in arrays.masks:
+        if node.op_type not in ("Conv", "ConvTranspose") or (node.input[1], 0) not in arrays.masks:
             continue
         shape = arrays.get(node.input[1]).shape
         for attr in node.attribute:
