@@ -437,9 +437,11 @@ class Pruner:
         (at every place the group occupies in it)."""
         counts = self._counts({k: v for k, v in keeps.items() if k != gid})
         layout: dict[str, list[tuple[int, int, int]]] = {}   # tensor -> (offset, group, factor)
+        axis: dict[str, int] = {}
         for g in self.analysis.groups:
-            for name, offset, factor in g.tensors:
+            for name, offset, factor, channel_axis in g.tensors:
                 layout.setdefault(name, []).append((offset, g.gid, factor))
+                axis[name] = channel_axis
         slicers = {}
         for name in sorted({t[0] for t in self.analysis.groups[gid].tensors}):
             pieces, start = [], 0
@@ -452,7 +454,7 @@ class Pruner:
                     pieces.append(np.arange(start, start + width))
                 start += width
             idx = np.concatenate(pieces)
-            slicers[name] = lambda v, idx=idx: np.take(v, idx, axis=1)
+            slicers[name] = lambda v, idx=idx, ax=axis[name]: np.take(v, idx, axis=ax)
         return slicers
 
     def _refit(self, cidx: int, st: MomentStats, keeps: dict[int, np.ndarray], fresh: set[int]) -> Refit:

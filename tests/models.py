@@ -365,6 +365,30 @@ def decoder(seed: int = 0, opset: int = 11) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT), opset=opset)
 
 
+def channels_last(seed: int = 0) -> onnx.ModelProto:
+    """TensorFlow's export pattern (tf2onnx): NCHW Convs wrapped in Transposes, everything
+    between them in NHWC. conv1 (3->8) -> NHWC: + bias [8] -> hard-swish (Add, Clip, Mul,
+    Mul) -> SE gate: ReduceMean over H, W -> NCHW -> se_reduce (8->4) -> Relu -> se_expand
+    (4->8) -> NHWC -> Sigmoid -> Mul; Concat (axis 3) with conv2's (3->6) NHWC output ->
+    NCHW -> conv3 (14->16) -> NHWC -> Relu -> ReduceMean (keepdims 0) -> Gemm(16 -> 10)."""
+    b = _Builder(seed)
+    nhwc, nchw = [0, 2, 3, 1], [0, 3, 1, 2]
+    x = b.node("Transpose", [b.conv(INPUT, IN_CHANNELS, 8, bias=False, name="conv1")], perm=nhwc)
+    x = b.node("Add", [x, b.vector("conv1.bias_nhwc", 8)])
+    t = b.node("Clip", [b.node("Add", [x, b.const("three", np.array(3.0, np.float32))]),
+                        b.const("lo", np.array(0.0, np.float32)), b.const("hi", np.array(6.0, np.float32))])
+    x = b.node("Mul", [x, b.node("Mul", [t, b.const("sixth", np.array(1 / 6, np.float32))])])
+    s = b.node("ReduceMean", [x], axes=[1, 2], keepdims=1)
+    s = b.node("Relu", [b.conv(b.node("Transpose", [s], perm=nchw), 8, 4, k=1, name="se_reduce")])
+    s = b.node("Sigmoid", [b.node("Transpose", [b.conv(s, 4, 8, k=1, name="se_expand")], perm=nhwc)])
+    x = b.node("Mul", [x, s], name="gate")
+    y = b.node("Transpose", [b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 6, name="conv2")])], perm=nhwc)
+    x = b.node("Concat", [x, y], axis=3)
+    x = b.node("Transpose", [b.conv(b.node("Transpose", [x], perm=nchw), 14, 16, name="conv3")], perm=nhwc)
+    x = b.node("ReduceMean", [b.node("Relu", [x])], axes=[1, 2], keepdims=0)
+    return b.build(b.gemm(x, 16, CLASSES, name=OUTPUT), opset=13)
+
+
 # name -> (builder, expected structure). ``prunable``: number of prunable groups;
 # ``producers``: sorted producer counts of the prunable groups; ``frozen``: a substring that
 # some frozen group's reasons must contain (or None).
@@ -413,6 +437,7 @@ ALL_BUILDERS = {
     "grouped": grouped,
     "decoder": decoder,
     "depthwise_upsample": depthwise_upsample,
+    "channels_last": channels_last,
     "grouped_wide": lambda: grouped(out_width=32),
 }
 
@@ -442,6 +467,8 @@ EXPECTED = {
     # conv1, conv2 + se_expand (the gate), se_reduce, up, conv3, conv4
     "decoder": {"prunable": 6, "producers": [1, 1, 1, 1, 1, 2], "frozen": None},
     "depthwise_upsample": {"prunable": 2, "producers": [1, 1], "frozen": None},
+    # conv1 + se_expand (the gate), se_reduce, conv2, conv3
+    "channels_last": {"prunable": 4, "producers": [1, 1, 1, 2], "frozen": None},
     "grouped_wide": {"prunable": 1, "producers": [1], "frozen": "with 32 outputs for 16 inputs"},
 }
 

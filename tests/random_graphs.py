@@ -18,12 +18,15 @@ shape ``[N, 10]``. Its body is 2 to 6 random blocks:
   Add of the block input;
 * ``upsample`` (at 8x8 or less): ConvTranspose with stride 2 (kernel 2, kernel 3 with
   padding 1 and output padding 1, or kernel 4 with padding 1; in 30% of the cases
-  depthwise, kernel 4), then an activation.
+  depthwise, kernel 4), then an activation;
+* ``nhwc``: TensorFlow's layout: Transpose to NHWC, Add or Mul of a per-channel constant
+  ``[C]``, an activation, half the time an SE-style gate ``y * sigmoid(ReduceMean(y))``
+  over H and W, Transpose back.
 
 Activations are Relu, LeakyRelu, Clip(0, 6) (bounds as inputs, opset >= 11), SiLU as
 ``Mul(x, Sigmoid(x))``, HardSwish (opset >= 14 only) and ``Mul(x, HardSigmoid(x))``. The
-opset is one of :data:`OPSETS`, the IR version the lowest that the opset needs. No
-ReduceMean anywhere (its ``axes`` moved from attribute to input at opset 18).
+opset is one of :data:`OPSETS`, the IR version the lowest that the opset needs (ReduceMean
+takes its ``axes`` as an input from opset 18).
 
 The structure comes from ``source``: an int seed or a ``numpy.random.Generator`` (plain
 random draws), or a hypothesis ``draw`` function (inside ``@st.composite``), so that
@@ -47,7 +50,7 @@ IN_CHANNELS = 3
 HW = 16
 CLASSES = 10
 OPSETS = (11, 13, 14, 17, 18, 21)
-BLOCKS = ("conv", "residual", "concat", "depthwise", "grouped", "se", "pool", "ghost", "upsample")
+BLOCKS = ("conv", "residual", "concat", "depthwise", "grouped", "se", "pool", "ghost", "upsample", "nhwc")
 ACTIVATIONS = ("relu", "leaky_relu", "clip", "silu", "hard_swish", "hard_sigmoid_mul")
 
 
@@ -116,9 +119,9 @@ class _Graph:
     def _node_name(self, name: str) -> str:
         return "" if self.blank_names and self.choose.chance(self.blank_names) else name
 
-    def const(self, base: str, value: np.ndarray) -> str:
+    def const(self, base: str, value: np.ndarray, dtype: type = np.float32) -> str:
         name = self.fresh(base)
-        tensor = numpy_helper.from_array(np.asarray(value, np.float32), name)
+        tensor = numpy_helper.from_array(np.asarray(value, dtype), name)
         if self.constants:
             self.const_nodes.append(helper.make_node("Constant", [], [name], value=tensor,
                                                      name=self._node_name(f"const_{name}")))
@@ -239,6 +242,17 @@ def _block(g: _Graph, kind: str, x: str, c: int, hw: int) -> tuple[str, int, int
             attrs["group"] = c
         y = g.node("ConvTranspose", inputs, kernel_shape=[k, k], strides=[2, 2], pads=[pad] * 4, **attrs)
         return g.activation(y), cout, 2 * hw
+    if kind == "nhwc":  # TensorFlow's export: element-wise work between Transposes, channels last
+        y = g.node("Transpose", [x], perm=[0, 2, 3, 1])
+        y = g.node(ch.choice(["Add", "Mul"]), [y, g.const("k", g.rng.uniform(0.5, 1.5, c))])
+        y = g.activation(y)
+        if ch.chance(0.5):  # an SE gate computed channels last
+            if g.opset >= 18:  # axes became an input
+                s = g.node("ReduceMean", [y, g.const("axes", [1, 2], np.int64)], keepdims=1)
+            else:
+                s = g.node("ReduceMean", [y], axes=[1, 2], keepdims=1)
+            y = g.node("Mul", [y, g.node("Sigmoid", [s])])
+        return g.node("Transpose", [y], perm=[0, 3, 1, 2]), c, hw
     if kind == "pool":
         if hw < 4:
             return _block(g, "conv", x, c, hw)

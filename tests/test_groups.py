@@ -61,7 +61,7 @@ def test_graph_input_and_output_groups_are_frozen(name):
     assert not out_group.prunable
     assert any("graph output" in r for r in out_group.frozen)
     for g in analysis.groups:
-        if any(t == "x" for t, _, _ in g.tensors):
+        if any(t == "x" for t, *_ in g.tensors):
             assert not g.prunable and "graph input" in g.frozen
 
 
@@ -122,7 +122,7 @@ def test_residual_add_unites_stem_and_second_conv():
     assert joint.prunable and joint.channels == 8
     readers = sorted(analysis.consumers[c].name for c in joint.consumers)
     assert readers == ["conv_a", "y"]
-    assert "add" in {t for t, _, _ in joint.tensors}
+    assert "add" in {t for t, *_ in joint.tensors}
     inner = group_produced_by(model, analysis, "conv_a")
     assert inner.prunable and inner.gid != joint.gid
     assert [analysis.consumers[c].name for c in inner.consumers] == ["conv_b"]
@@ -141,7 +141,7 @@ def test_depthwise_conv_passes_the_group_through():
     # the depthwise conv is neither a producer nor a consumer of any group
     assert not any(c.name == "dw" for c in analysis.consumers)
     assert not any(model.graph.node[p.node].name == "dw" for h in analysis.groups for p in h.producers)
-    assert "dw" in {t for t, _, _ in g.tensors}
+    assert "dw" in {t for t, *_ in g.tensors}
 
 
 @pytest.mark.parametrize("op", ["LRN", "Softmax"])
@@ -162,7 +162,7 @@ def test_graph_output_freezes_its_group():
     g1 = group_produced_by(model, analysis, "conv1")
     assert not g1.prunable
     assert any("graph output" in r for r in g1.frozen)
-    assert FEATURE_OUTPUT in {t for t, _, _ in g1.tensors}
+    assert FEATURE_OUTPUT in {t for t, *_ in g1.tensors}
     assert group_produced_by(model, analysis, "conv2").prunable
 
 

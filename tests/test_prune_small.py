@@ -10,7 +10,7 @@ import pytest
 
 import onnx_eprune
 from onnx_eprune import budget
-from models import (ALL_BUILDERS, FEATURE_OUTPUT, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
+from models import (ALL_BUILDERS, FEATURE_OUTPUT, channels_last, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
                     depthwise_upsample, grouped, initializer, intermediate_output, io_signature, node_by_name, relative_error, residual,
                     run_model, wide_cnn)
 from onnx_eprune.calibrate.session import probe_shapes
@@ -426,6 +426,19 @@ def test_depthwise_conv_transpose_follows_its_input(calib, test_x):
     assert initializer(result.model, "up.weight").shape == (4, 1, 4, 4)
     assert next(a.i for a in node_by_name(result.model, "up").attribute if a.name == "group") == 4
     assert initializer(result.model, "conv1.weight").shape[0] == 4
+
+
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+def test_channels_last_constants_and_concat_follow_their_channels(mode, calib, test_x):
+    """In TensorFlow's NHWC stretches a per-channel constant ([C], broadcast on the last
+    axis) and a Concat on axis 3 follow the pruned channels."""
+    model = channels_last()
+    result = prune(model, calib, keep_ratio=0.5, mode=mode)
+    assert_valid(result.model, model, test_x)
+    kept = initializer(result.model, "conv1.weight").shape[0]
+    assert kept == 4 and initializer(result.model, "conv1.bias_nhwc").shape == (kept,)
+    assert initializer(result.model, "conv3.weight").shape[1] == kept + initializer(result.model,
+                                                                                    "conv2.weight").shape[0]
 
 
 def test_rewrite_slices_added_bias_with_the_output(calib, test_x):

@@ -1,7 +1,8 @@
 """Channel-group analysis: which channels of which tensors must be removed together.
 
 Every non-constant tensor gets a *layout*: the list of channel segments along its channel
-axis (axis 1). A segment names a channel *space* (the channels one producer creates) and
+axis (axis 1, or where a Transpose moved it: TensorFlow exports compute between convolutions
+in NHWC, with Transposes around every Conv). A segment names a channel *space* (the channels one producer creates) and
 how many features each channel spans there (``factor``: 1 for NCHW tensors, H*W behind a
 Flatten). Pass-through ops copy layouts, Concat joins them, element-wise ops on two
 activations unite their spaces (a union-find), producers (Conv/Gemm/MatMul outputs) create
@@ -37,6 +38,9 @@ SPATIAL_POOLS = frozenset({
 MAX_CONSUMER_FEATURES = 16384
 ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum"})
 REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
+# Ops whose first input must hold its channels on axis 1 (NCHW or (N, features)).
+CHANNELS_FIRST = SPATIAL_POOLS | {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "Gemm",
+                                  "MatMul", "Flatten"}
 
 OPAQUE = "opaque"  # layout of a non-constant tensor whose channels we cannot follow
 
@@ -144,7 +148,7 @@ class ChannelGroup:
     params: list[ParamSlice] = field(default_factory=list)
     shape_params: list[ShapeParam] = field(default_factory=list)
     consumers: list[int] = field(default_factory=list)           # consumer indices
-    tensors: list[tuple[str, int, int]] = field(default_factory=list)  # (name, offset, factor)
+    tensors: list[tuple[str, int, int, int]] = field(default_factory=list)  # (name, offset, factor, axis)
     frozen: list[str] = field(default_factory=list)
     unit: int = 1   # channels are removed in aligned blocks of this many (grouped convolutions)
 
@@ -232,6 +236,7 @@ class _Analyzer:
             self.consts[init.name] = None
         self.init_by_name = {init.name: init for init in self.graph.initializer}
         self.layouts: dict[str, object] = {}
+        self.axes: dict[str, int] = {}   # channel axis of a tensor, where it is not 1
         self.spaces = _Spaces()
         self.producers: dict[int, list[Producer]] = {}
         self.params: dict[int, list[ParamSlice]] = {}
@@ -262,9 +267,14 @@ class _Analyzer:
             return self.layouts[name]
         return None if self.is_const(name) else OPAQUE
 
+    def axis(self, name: str) -> int:
+        """The channel axis of tensor ``name``."""
+        return self.axes.get(name, 1)
+
     def channels(self, name: str) -> int | None:
         shape = self.shapes.get(name)
-        return shape[1] if shape is not None and len(shape) >= 2 else None
+        axis = self.axis(name)
+        return shape[axis] if shape is not None and len(shape) > axis else None
 
     def freeze_layout(self, layout, reason: str) -> None:
         if isinstance(layout, list):
@@ -341,6 +351,10 @@ class _Analyzer:
             if handler is None:
                 self.freeze_all(node, index, f"op {node.op_type} is not understood by the channel analysis")
                 continue
+            if node.op_type in CHANNELS_FIRST and self.axis(node.input[0]) != 1:
+                self.freeze_all(node, index, f"{_label(node, index)} reads channels on axis "
+                                             f"{self.axis(node.input[0])}, not 1")
+                continue
             handler(node, index)
             for name in node.output:  # every output must end up with a layout
                 if name and name not in self.layouts and name not in self.consts:
@@ -349,10 +363,15 @@ class _Analyzer:
             self.freeze_layout(self.layout(out.name), "reaches a graph output")
         return self.collect()
 
-    def passthrough(self, node: onnx.NodeProto, src: str) -> object:
+    def passthrough(self, node: onnx.NodeProto, src: str, axis: int | None = None) -> object:
+        """The first output carries the layout of ``src`` (on channel axis ``axis``, by
+        default the axis of ``src``)."""
         layout = self.layout(src)
+        axis = self.axis(src) if axis is None else axis
         for name in node.output[:1]:
             self.layouts[name] = layout
+            if axis != 1:
+                self.axes[name] = axis
         return layout
 
     # -- producers and consumers -------------------------------------------------------
@@ -610,7 +629,7 @@ class _Analyzer:
         axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
         pads = pads.reshape(2, -1)
         touched = {ax for ax, (lo, hi) in zip(axes, pads.T) if lo or hi}
-        if touched & {0, 1}:
+        if touched & {0, self.axis(x)}:
             self.freeze_all(node, index, "Pad on the batch or channel axis")
             return
         self.passthrough(node, x)
@@ -630,13 +649,17 @@ class _Analyzer:
         shape_in, shape_out = self.shapes.get(x), self.shapes.get(node.output[0])
         layout = self.layout(x)
         spec = self.value(target)
-        ok = shape_in is not None and shape_out is not None and isinstance(layout, list) and \
+        # channels on another axis flatten channel-major only when every other axis but the
+        # batch has size 1 (a channels-last global pooling before a classifier)
+        ok = (self.axis(x) == 1 or (shape_in is not None and
+                                   int(np.prod(shape_in[1:], dtype=np.int64)) == shape_in[self.axis(x)])) and \
+            shape_in is not None and shape_out is not None and isinstance(layout, list) and \
             len(shape_in) >= 2 and len(shape_out) == 2 and shape_out[0] == shape_in[0] and spec is not None \
             and len(spec) == 2 and self.use_count.get(target, 0) == 1
         if not ok:
             self.freeze_all(node, index, "Reshape other than flattening (N, C, ...) to (N, features)")
             return
-        spatial = int(np.prod(shape_in[2:], dtype=np.int64))
+        spatial = int(np.prod(shape_in[1:], dtype=np.int64)) // max(shape_in[self.axis(x)], 1)
         self.layouts[node.output[0]] = _flatten(layout, spatial)
         for pos, v in enumerate(spec):
             if v not in (0, -1) and pos == 1:
@@ -653,38 +676,64 @@ class _Analyzer:
         self.rank_change(node, index)
 
     def rank_change(self, node: onnx.NodeProto, index: int) -> None:
-        """Squeeze/Unsqueeze that leave the batch and channel axes in place."""
+        """Squeeze/Unsqueeze of axes other than the batch and channel axes (which may shift)."""
         x = node.input[0]
         si, so = self.shapes.get(x), self.shapes.get(node.output[0])
         layout = self.layout(x)
-        if si is None or so is None or len(si) < 2 or len(so) < 2 or si[:2] != so[:2] or not isinstance(layout, list):
+        axes = _attrs(node).get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = self.value(node.input[1])
+        if si is None or so is None or len(si) < 2 or len(so) < 2 or not isinstance(layout, list) or axes is None:
+            self.freeze_all(node, index, f"{node.op_type} that moves the channel axis")
+            return
+        caxis = self.axis(x)
+        if node.op_type == "Squeeze":
+            gone = {int(a) % len(si) for a in np.ravel(axes)}
+            new = caxis - sum(a < caxis for a in gone) if not gone & {0, caxis} else None
+        else:
+            new = caxis
+            for a in sorted(int(a) % len(so) for a in np.ravel(axes)):
+                new += a <= new
+            new = None if 0 in {int(a) % len(so) for a in np.ravel(axes)} else new
+        if new is None or so[new] != si[caxis]:
             self.freeze_all(node, index, f"{node.op_type} that moves the channel axis")
             return
         if len(so) == 2 and len(si) > 2 and any(seg.factor != 1 for seg in layout):
             self.freeze_all(node, index, f"{node.op_type} of a flattened tensor")
             return
-        self.passthrough(node, x)
+        self.passthrough(node, x, new)
 
     def reduce(self, node: onnx.NodeProto, index: int) -> None:
+        """A reduction over axes other than the batch and channel axes (e.g. global pooling)."""
         x = node.input[0]
-        si, so = self.shapes.get(x), self.shapes.get(node.output[0])
-        if si is None or so is None or len(si) < 3 or len(so) < 2 or si[:2] != so[:2]:
+        si = self.shapes.get(x)
+        attrs = _attrs(node)
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = self.value(node.input[1])
+        caxis = self.axis(x)
+        axes = None if axes is None or si is None else {int(a) % len(si) for a in np.ravel(axes)}
+        if not axes or axes & {0, caxis}:
             self.freeze_all(node, index, f"{node.op_type} over the batch or channel axis")
             return
-        self.passthrough(node, x)
+        keep = int(attrs.get("keepdims", 1))
+        self.passthrough(node, x, caxis if keep else caxis - sum(a < caxis for a in axes))
 
     def op_Concat(self, node: onnx.NodeProto, index: int) -> None:
         out = node.output[0]
         rank = len(self.shapes.get(out, ()))
         axis = int(_attrs(node).get("axis", 0))
-        if rank < 2 or axis % rank != 1:
+        caxes = {self.axis(n) for n in node.input if not self.is_const(n)}
+        if rank < 2 or len(caxes) != 1 or axis % rank != caxes.pop():
             self.freeze_all(node, index, "Concat along an axis other than channels")
             return
+        axis %= rank
         joined: list[Segment] = []
         for name in node.input:
             layout = self.layout(name)
             if layout is None:  # constant channels are never pruned
-                c = self.channels(name) or 0
+                shape = self.shapes.get(name)
+                c = shape[axis] if shape is not None and len(shape) > axis else 0
                 layout = self.create(f"t:{name}", c, None, "constant channels in a Concat") if c else []
             if not isinstance(layout, list):
                 self.freeze_all(node, index, "Concat of a tensor whose channels cannot be followed")
@@ -694,6 +743,8 @@ class _Analyzer:
             self.freeze_all(node, index, "Concat of flattened tensors with different spatial sizes")
             return
         self.layouts[out] = joined
+        if axis != 1:
+            self.axes[out] = axis
 
     def op_Shape(self, node: onnx.NodeProto, index: int) -> None:
         # Exporters read the batch or spatial sizes to build Reshape targets; reading the
@@ -704,10 +755,11 @@ class _Analyzer:
         start, end = int(attrs.get("start", 0)), attrs.get("end")
         start = start + rank if start < 0 else start
         end = rank if end is None else (int(end) + rank if int(end) < 0 else int(end))
-        skips_channels = rank > 1 and not (start <= 1 < end)
+        caxis = self.axis(node.input[0])
+        skips_channels = rank > 1 and not (start <= caxis < end)
         safe = skips_channels or all(
             n.op_type == "Gather" and (v := self.value(n.input[1])) is not None and v.size == 1
-            and start + int(v.reshape(-1)[0]) % max(end - start, 1) != 1 and n.input[0] == node.output[0]
+            and start + int(v.reshape(-1)[0]) % max(end - start, 1) != caxis and n.input[0] == node.output[0]
             for n in self.consumer_nodes.get(node.output[0], []))
         if not safe:
             self.freeze_layout(self.layout(node.input[0]), "its channel count is read by a Shape op")
@@ -726,7 +778,7 @@ class _Analyzer:
         if tuple(self.shapes.get(act, ())) != tuple(out_shape):
             self.freeze_all(node, index, f"{label}: the constant broadcasts the activation to a new shape")
             return
-        aligned = len(c_shape) - len(out_shape) + 1  # axis of the constant facing channels
+        aligned = len(c_shape) - len(out_shape) + self.axis(act)  # axis of the constant facing channels
         if aligned < 0 or c_shape[aligned] == 1:
             self.passthrough(node, act)
             return
@@ -754,22 +806,25 @@ class _Analyzer:
         out_shape = self.shapes.get(node.output[0])
         layouts = [self.layout(a) for a in acts]
         shapes = [self.shapes.get(a) for a in acts]
-        if out_shape is None or any(s is None for s in shapes) or not all(isinstance(l, list) for l in layouts):
+        caxes = {self.axis(a) for a in acts}
+        if out_shape is None or any(s is None for s in shapes) or not all(isinstance(l, list) for l in layouts) \
+                or len(caxes) != 1:
             self.freeze_all(node, index, f"{node.op_type} of tensors whose channels cannot be followed")
             return
-        full = [i for i, s in enumerate(shapes) if len(s) == len(out_shape) and s[1] == out_shape[1]]
+        caxis = caxes.pop()
+        full = [i for i, s in enumerate(shapes) if len(s) == len(out_shape) and s[caxis] == out_shape[caxis]]
         bcast = [i for i, s in enumerate(shapes) if i not in full and
-                 (len(s) < len(out_shape) - 1 or s[len(s) - len(out_shape) + 1] == 1)]
+                 (len(s) < len(out_shape) - caxis or s[len(s) - len(out_shape) + caxis] == 1)]
         if len(full) == 2:
             a, b = layouts
             if not _couple(self.spaces, a, b, self.new_cuts):
                 self.freeze_all(node, index, f"{node.op_type} couples channels with different structure")
                 return
-            self.layouts[node.output[0]] = a
-        elif len(full) == 1 and len(bcast) == 1 and out_shape[1] > 1:
+            self.passthrough(node, acts[0])
+        elif len(full) == 1 and len(bcast) == 1 and out_shape[caxis] > 1:
             # e.g. spatial attention: the broadcast operand does not index channels
             self.freeze_layout(layouts[bcast[0]], f"{node.op_type} broadcasts it over channels")
-            self.layouts[node.output[0]] = layouts[full[0]]
+            self.passthrough(node, acts[full[0]])
         else:
             self.freeze_all(node, index, f"{node.op_type} with a broadcast not handled")
 
@@ -795,18 +850,19 @@ class _Analyzer:
         if 0 in spec and spec[0][:2] != (0, shape[0]) and spec[0][1] < 2 ** 62:
             self.freeze_all(node, index, "Slice of the batch axis")
             return
-        if 1 not in spec:
+        caxis = self.axis(x)
+        if caxis not in spec:
             self.passthrough(node, x)
             return
-        a, b, step = spec[1]
-        c = shape[1]
+        a, b, step = spec[caxis]
+        c = shape[caxis]
         a, b = (a + c if a < 0 else a), (b + c if b < 0 else b)
         a, b = max(0, min(a, c)), max(0, min(b, c))
         if step != 1 or any(seg.factor != 1 for seg in layout):
             self.freeze_all(node, index, "Slice of channels with a step, or of a flattened tensor")
             return
         if len(node.input) > 1:  # the bounds change with pruning: they must be our own constants
-            pos = axes.index(1)
+            pos = axes.index(caxis)
             for tensor, value in ((node.input[1], a), (node.input[2], b)):
                 if self.use_count.get(tensor, 0) > 1:
                     self.freeze_all(node, index, "Slice bounds shared with other nodes")
@@ -817,6 +873,8 @@ class _Analyzer:
             self.freeze_all(node, index, "Slice of channels with bounds as attributes (opset < 10)")
             return
         self.layouts[node.output[0]] = self.take(layout, a, b)
+        if caxis != 1:
+            self.axes[node.output[0]] = caxis
 
     def op_Split(self, node: onnx.NodeProto, index: int) -> None:
         x = node.input[0]
@@ -828,15 +886,19 @@ class _Analyzer:
             self.freeze_all(node, index, "Split of a tensor whose channels cannot be followed")
             return
         axis %= len(shape)
-        if axis != 1:
+        caxis = self.axis(x)
+        if caxis != 1:
+            for out in node.output:
+                self.axes[out] = caxis
+        if axis != caxis:
             if axis == 0:
                 self.freeze_all(node, index, "Split of the batch axis")
                 return
             for out in node.output:
                 self.layouts[out] = layout
             return
-        sizes = [self.shapes[o][1] if o in self.shapes else None for o in node.output]
-        if None in sizes or sum(sizes) != shape[1] or any(seg.factor != 1 for seg in layout):
+        sizes = [self.shapes[o][caxis] if o in self.shapes else None for o in node.output]
+        if None in sizes or sum(sizes) != shape[caxis] or any(seg.factor != 1 for seg in layout):
             self.freeze_all(node, index, "Split of channels with unknown sizes")
             return
         tensor = node.input[1] if len(node.input) > 1 and node.input[1] else None
@@ -853,7 +915,9 @@ class _Analyzer:
         x = node.input[0]
         si, so = self.shapes.get(x), self.shapes.get(node.output[0])
         layout = self.layout(x)
-        if si is None or so is None or len(si) < 3 or si[:2] != so[:2] or not isinstance(layout, list):
+        caxis = self.axis(x)
+        if si is None or so is None or len(si) < 3 or len(so) != len(si) or si[0] != so[0] \
+                or si[caxis] != so[caxis] or not isinstance(layout, list):
             self.freeze_all(node, index, f"{node.op_type} that changes the batch or channel count")
             return
         sizes = node.input[3] if len(node.input) > 3 and node.input[3] else None
@@ -862,18 +926,22 @@ class _Analyzer:
                 self.freeze_all(node, index, f"{node.op_type} with non-constant or shared sizes")
                 return
             for seg in layout:
-                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, sizes, 1, node.output[0]))
+                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, sizes, caxis, node.output[0]))
         self.passthrough(node, x)
 
     def op_Upsample(self, node: onnx.NodeProto, index: int) -> None:
         self.op_Resize(node, index)
 
     def op_Transpose(self, node: onnx.NodeProto, index: int) -> None:
-        perm = list(_attrs(node).get("perm", []))
-        if len(perm) >= 2 and perm[:2] == [0, 1]:  # spatial axes only
-            self.passthrough(node, node.input[0])
-        else:
-            self.freeze_all(node, index, "Transpose that moves the channel axis")
+        """Moves the channel axis (NCHW <-> NHWC); the batch axis must stay first."""
+        x = node.input[0]
+        perm = [int(p) for p in _attrs(node).get("perm", [])]
+        caxis = self.axis(x)
+        if not perm or perm[0] != 0 or caxis not in perm or not isinstance(self.layout(x), list) \
+                or any(seg.factor != 1 for seg in self.layout(x)):
+            self.freeze_all(node, index, "Transpose that moves the batch axis, or of a flattened tensor")
+            return
+        self.passthrough(node, x, perm.index(caxis))
 
     # -- results -----------------------------------------------------------------------
     def propagated_cuts(self) -> list[tuple[str, int]]:
@@ -924,7 +992,7 @@ class _Analyzer:
         for name, layout in self.layouts.items():
             if isinstance(layout, list):
                 for seg, off in _offsets(layout):
-                    groups[gid_of_root[sp.find(seg.space)]].tensors.append((name, off, seg.factor))
+                    groups[gid_of_root[sp.find(seg.space)]].tensors.append((name, off, seg.factor, self.axis(name)))
         for g in groups:
             if g.channels % g.unit:
                 g.frozen.append(f"grouped convolutions need blocks of {g.unit} of its {g.channels} channels")

@@ -194,7 +194,7 @@ def _update_shape_params(analysis: GraphAnalysis, keeps: dict[int, np.ndarray], 
     segments: dict[str, list[tuple[int, int]]] = {}
     for g in analysis.groups:
         kept = len(keeps[g.gid]) if g.gid in keeps else g.channels
-        for name, offset, factor in g.tensors:
+        for name, offset, factor, _axis in g.tensors:
             features[name] = features.get(name, 0) + factor * kept
             segments.setdefault(name, []).append((offset, kept))
     for g in analysis.groups:
