@@ -19,7 +19,11 @@ For each ``<name>.onnx`` in the cache (with its sidecar ``<name>.json`` from
 The timeout covers all three steps; what finished before it is kept.
 
 Results go to ``--out`` (JSON, merged with an existing file when ``--only`` is given) and a
-Markdown table ``COVERAGE.md`` beside it.
+Markdown table beside it: ``COVERAGE.md`` for the default ``coverage_results.json``, else the
+``--out`` name with ``.md`` (``tools/coverage_thirdparty.md`` for the PaddlePaddle and
+TensorFlow exports of ``tools/export_thirdparty.py``, which run the same way with
+``--cache /work/thirdparty_onnx --out tools/coverage_thirdparty.json --title ...``). The
+calibration and check inputs take the sidecar's ``input_shape`` as it is, so NHWC inputs work.
 """
 
 from __future__ import annotations
@@ -357,7 +361,21 @@ def _note(r: dict) -> str:
     return " / ".join(p.replace("|", "/") for p in parts)
 
 
-def write_markdown(results: dict, path: Path, method: str = "entropic", unshare: bool = False) -> str:
+def export_scripts(cache: Path, stems: list[str]) -> str:
+    """The scripts that made the cache's models, from the sidecars' ``made_by`` (export_timm's
+    sidecars predate that key), for the table's text."""
+    scripts = {json.loads((cache / f"{s}.json").read_text()).get("made_by", "tools/export_timm.py") for s in stems}
+    return ", ".join(f"`{s}`" for s in sorted(scripts)) or "`tools/export_timm.py`"
+
+
+def markdown_path(out: Path) -> Path:
+    """Where the table of ``out`` goes: the timm run keeps its ``COVERAGE.md``, other runs
+    (another ``--out``) get their own file instead of overwriting it."""
+    return out.with_name("COVERAGE.md") if out.name == "coverage_results.json" else out.with_suffix(".md")
+
+
+def write_markdown(results: dict, path: Path, method: str = "entropic", unshare: bool = False,
+                   title: str = "Coverage of timm CNNs", source: str = "`tools/export_timm.py`") -> str:
     rows = sorted(results.values(), key=lambda r: (r.get("arch", ""), r.get("exporter", "")))
     exported = [r for r in rows if r.get("exported", True)]
     reach = sum(1 for r in exported if r["verdict"]["reaches_goal"])
@@ -373,8 +391,8 @@ def write_markdown(results: dict, path: Path, method: str = "entropic", unshare:
                f"{crash - refusals - timeouts} with another exception); {invalid} pruned without exception but invalid or "
                f"not runnable; {keep1} of {len(exported)} reproduce the original at keep_ratio=1.0 "
                f"(max rel err <= {KEEP1_TOL:g}); {len(rows) - len(exported)} failed to export.")
-    lines = ["# Coverage of timm CNNs", "",
-             "Made by `tools/bench_coverage.py` on models from `tools/export_timm.py` (random weights, "
+    lines = [f"# {title}", "",
+             f"Made by `tools/bench_coverage.py` on models from {source} (random weights, "
              f"32 random calibration samples, `flops_reduction=0.3`, method {method} unless the method column "
              "says otherwise, mode sequential, CPU"
              + (", Identity(initializer) nodes resolved first (`--unshare-initializers`, a diagnostic)" if unshare
@@ -416,6 +434,7 @@ def main(argv=None) -> int:
                     help="selection method of the MAC-reduction run (default entropic)")
     ap.add_argument("--unshare-initializers", action="store_true",
                     help="diagnostic: resolve Identity(initializer) nodes before pruning (see unshare_initializers)")
+    ap.add_argument("--title", default="Coverage of timm CNNs", help="heading of the Markdown table")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -432,6 +451,7 @@ def main(argv=None) -> int:
     stems = sorted(p.name[:-5] for p in cache.glob("*.onnx"))
     failures_path = cache / "export_failures.json"
     failures = json.loads(failures_path.read_text()) if failures_path.exists() else {}
+    source = export_scripts(cache, stems)
     if args.only:  # in the order given
         stems = [s for s in dict.fromkeys(args.only) if s in stems]
     for stem, f in failures.items():
@@ -462,9 +482,9 @@ def main(argv=None) -> int:
             print(f"[{done}/{len(stems)}] {stem}: {r['seconds']} s, MACs -{_fmt_pct(r.get('macs_removed'))}, "
                   f"valid {r.get('valid')}, keep1 {r.get('keep1_max_rel_err')}, {_note(r)[:160]}", flush=True)
             out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-            write_markdown(results, out.with_name("COVERAGE.md"), args.method, args.unshare_initializers)
+            write_markdown(results, markdown_path(out), args.method, args.unshare_initializers, args.title, source)
     out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    print(write_markdown(results, out.with_name("COVERAGE.md"), args.method, args.unshare_initializers))
+    print(write_markdown(results, markdown_path(out), args.method, args.unshare_initializers, args.title, source))
     return 0
 
 

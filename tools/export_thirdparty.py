@@ -1,0 +1,368 @@
+"""Export PaddlePaddle and TensorFlow/Keras CNNs (random weights) to ONNX for the coverage benchmark.
+
+Issue 3 asks for exports from other frameworks than PyTorch. This runs in a venv of its own,
+never in the package's environment (see BENCHMARKS.md for how the venvs are made)::
+
+    /work/venv-paddle/bin/python tools/export_thirdparty.py --cache /work/thirdparty_onnx
+    /work/venv-tf/bin/python tools/export_thirdparty.py --cache /work/thirdparty_onnx [--only NAME ...] [--force]
+
+``--framework paddle|tf`` picks the framework (default: whichever of the two is importable).
+Every model is built with random weights (nothing is downloaded; the exporters must not touch
+the network either), its BatchNorm statistics set from one training-mode pass over random
+inputs (so that activations keep a trained network's scale), and written as ``<name>.onnx`` plus a sidecar ``<name>.json`` in the
+format of ``tools/export_timm.py`` (name, arch, exporter, input_name, input_shape, opset and
+the framework's versions), which ``tools/bench_coverage.py`` reads. ``input_shape`` is the
+ONNX input as it really is (NHWC for the TensorFlow exports that keep their layout).
+Failures go to ``export_failures.json`` in the cache, merged with the other framework's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# paddle2onnx switches polygraphy's pip auto-install on before its constant folding; polygraphy
+# reads the switch once, at import, so importing it first (with the switch off) keeps exports offline
+os.environ["POLYGRAPHY_AUTOINSTALL_DEPS"] = "0"
+
+NUM_CLASSES = 5  # segmentation classes of the two hand-written nets
+
+
+@dataclass(frozen=True)
+class Job:
+    """One export: ``stem`` names the files, ``arch`` the architecture as its framework calls it."""
+
+    stem: str
+    arch: str
+    build: Callable[[int], object]  # input size -> model with random weights
+    size: int = 96
+    opset: int = 13
+    nchw: bool = True  # TensorFlow only: ask tf2onnx for an NCHW input (inputs_as_nchw)
+
+
+# -- PaddlePaddle ------------------------------------------------------------------------------
+def paddle_vision(arch: str) -> Callable[[int], object]:
+    """A ``paddle.vision.models`` constructor with random weights."""
+
+    def build(size: int):
+        import paddle
+
+        return getattr(paddle.vision.models, arch)(pretrained=False)
+
+    return build
+
+
+def paddle_segnet(size: int):
+    """A small U-Net/FPN: Hardswish, SE, Conv2DTranspose and nearest/bilinear resizing,
+    Concat skips and an FPN-style lateral Add, then a 1x1 conv head."""
+    import paddle
+    from paddle import nn
+    import paddle.nn.functional as F
+
+    def cba(cin: int, cout: int, stride: int = 1, act: type = nn.Hardswish) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2D(cin, cout, 3, stride, 1, bias_attr=False), nn.BatchNorm2D(cout), act())
+
+    class SE(nn.Layer):
+        def __init__(self, c: int):
+            super().__init__()
+            self.pool = nn.AdaptiveAvgPool2D(1)
+            self.fc = nn.Sequential(nn.Conv2D(c, c // 4, 1), nn.ReLU(), nn.Conv2D(c // 4, c, 1), nn.Hardsigmoid())
+
+        def forward(self, x):
+            return x * self.fc(self.pool(x))
+
+    class SegNet(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.enc1 = nn.Sequential(cba(3, 16, act=nn.ReLU), cba(16, 16))
+            self.enc2 = nn.Sequential(cba(16, 32, 2), SE(32))
+            self.enc3 = nn.Sequential(cba(32, 64, 2), cba(64, 64), SE(64))
+            self.up2 = nn.Conv2DTranspose(64, 32, 2, stride=2)
+            self.dec2 = cba(64, 32)
+            self.dec1 = cba(48, 16)
+            self.lateral = nn.Conv2D(64, 16, 1)
+            self.head = nn.Conv2D(16, NUM_CLASSES, 1)
+
+        def forward(self, x):
+            e1 = self.enc1(x)
+            e2 = self.enc2(e1)
+            e3 = self.enc3(e2)
+            d2 = self.dec2(paddle.concat([self.up2(e3), e2], axis=1))
+            # sizes, not scale factors: paddle2onnx 2.1 refuses interpolate with a scale_factor
+            # ("the 0th elementwise MUST be ir::FloatAttribute"); PaddleSeg resizes to the skip's
+            # runtime shape like this (Shape -> Slice -> Resize sizes in ONNX)
+            up = F.interpolate(d2, size=paddle.shape(e1)[2:], mode="bilinear", align_corners=False)
+            d1 = self.dec1(paddle.concat([up, e1], axis=1))
+            top = F.interpolate(self.lateral(e3), size=e1.shape[2:], mode="nearest")  # a static size
+            return self.head(d1 + top)
+
+    return SegNet()
+
+
+def paddle_jobs() -> list[Job]:
+    """paddle.vision models at opset 13, two of them again at opset 11; GoogLeNet's auxiliary
+    heads (5x5/3 pooling into a fixed-size Linear) need 224x224."""
+    archs = [("mobilenet_v3_small", 96), ("mobilenet_v3_large", 96), ("mobilenet_v2", 96), ("resnet18", 96),
+             ("resnet50", 96), ("shufflenet_v2_x1_0", 96), ("densenet121", 96), ("squeezenet1_1", 96),
+             ("googlenet", 224), ("inception_v3", 96)]
+    jobs = [Job(f"paddle_{a}", a, paddle_vision(a), s) for a, s in archs]
+    jobs.append(Job("paddle_segnet", "segnet (U-Net/FPN)", paddle_segnet))
+    jobs += [Job("paddle_mobilenet_v3_large.op11", "mobilenet_v3_large", paddle_vision("mobilenet_v3_large"), opset=11),
+             Job("paddle_segnet.op11", "segnet (U-Net/FPN)", paddle_segnet, opset=11)]
+    return jobs
+
+
+def recalibrate_paddle_batchnorm(model, size: int, samples: int = 32) -> None:
+    """Set every BatchNorm's moving mean and variance to one training-mode batch of
+    standard-normal inputs, as ``recalibrate_keras_batchnorm`` does for Keras: the random MobileNets
+    and ShuffleNet otherwise end at logits of 1e-8 to 1e-5 (ResNet-50 at 1e3), where the
+    hard-sigmoid gates of SE blocks are constant and the network is nearly linear."""
+    import numpy as np
+    import paddle
+
+    # BatchNorm2D and the older paddle.nn.BatchNorm (DenseNet) share no public base class
+    bns = [layer for layer in model.sublayers() if hasattr(layer, "_momentum") and hasattr(layer, "_variance")]
+    x = paddle.to_tensor(np.random.default_rng(2).standard_normal((samples, 3, size, size)).astype("float32"))
+    momenta = [bn._momentum for bn in bns]
+    for bn in bns:
+        bn._momentum = 0.0  # the moving statistics become this batch's
+    model.train()
+    with paddle.no_grad():
+        model(x)
+    for bn, momentum in zip(bns, momenta):
+        bn._momentum = momentum
+
+
+def export_paddle(job: Job, path: Path) -> dict:
+    import paddle
+    import paddle2onnx
+    import polygraphy.config  # noqa: F401  (see POLYGRAPHY_AUTOINSTALL_DEPS above)
+
+    paddle.seed(0)
+    model = job.build(job.size)
+    recalibrate_paddle_batchnorm(model, job.size)
+    model.eval()
+    spec = [paddle.static.InputSpec([None, 3, job.size, job.size], "float32", "input")]  # dynamic batch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paddle.onnx.export(model, str(path.with_suffix("")), input_spec=spec, opset_version=job.opset)
+    return {"exporter": exporter_label("paddle", job), "framework": "paddlepaddle",
+            "framework_version": paddle.__version__, "exporter_version": paddle2onnx.__version__,
+            "batchnorm_statistics": "one training-mode pass, 32 N(0,1) inputs", "params": int(sum(int(p.numel()) for p in model.parameters()))}
+
+
+# -- TensorFlow / Keras -----------------------------------------------------------------------
+def keras_app(arch: str) -> Callable[[int], object]:
+    """A ``keras.applications`` constructor with random weights (weights=None)."""
+
+    def build(size: int):
+        import keras
+
+        return getattr(keras.applications, arch)(input_shape=(size, size, 3), weights=None)
+
+    return build
+
+
+def keras_unet(size: int):
+    """A small Keras U-Net: SE and hard-swish, Conv2DTranspose, bilinear and nearest
+    UpSampling2D, Concatenate skips, a 1x1 conv head."""
+    import keras
+    from keras import layers
+
+    def cba(x, c: int, act: str = "relu"):
+        x = layers.Conv2D(c, 3, padding="same", use_bias=False)(x)
+        return layers.Activation(act)(layers.BatchNormalization()(x))
+
+    def se(x, c: int):
+        s = layers.GlobalAveragePooling2D(keepdims=True)(x)
+        s = layers.Conv2D(c // 4, 1, activation="relu")(s)
+        return layers.Multiply()([x, layers.Conv2D(c, 1, activation="hard_sigmoid")(s)])
+
+    inp = keras.Input((size, size, 3), name="input")
+    c1 = cba(cba(inp, 16), 16)
+    c2 = se(cba(layers.MaxPooling2D()(c1), 32, "hard_swish"), 32)
+    c3 = se(cba(layers.MaxPooling2D()(c2), 64, "hard_swish"), 64)
+    u2 = cba(layers.Concatenate()([layers.Conv2DTranspose(32, 2, strides=2)(c3), c2]), 32)
+    u1 = cba(layers.Concatenate()([layers.UpSampling2D(2, interpolation="bilinear")(u2), c1]), 16)
+    top = layers.UpSampling2D(4, interpolation="nearest")(layers.Conv2D(16, 1)(c3))
+    out = layers.Conv2D(NUM_CLASSES, 1)(layers.Concatenate()([u1, top]))
+    return keras.Model(inp, out, name="unet")
+
+
+def tf_jobs() -> list[Job]:
+    """keras.applications models and the U-Net with an NCHW input at opset 13; three again with
+    the native NHWC input, one at opset 11."""
+    archs = ["MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "ResNet50", "EfficientNetB0", "DenseNet121"]
+    jobs = [Job(f"keras_{a}", a, keras_app(a)) for a in archs]
+    jobs.append(Job("keras_unet", "unet (Keras)", keras_unet))
+    jobs += [Job(f"keras_{a}.nhwc", a, keras_app(a), nchw=False) for a in ("MobileNetV3Small", "ResNet50")]
+    jobs += [Job("keras_unet.nhwc", "unet (Keras)", keras_unet, nchw=False),
+             Job("keras_MobileNetV3Large.op11", "MobileNetV3Large", keras_app("MobileNetV3Large"), opset=11)]
+    return jobs
+
+
+def freeze_captured_constants(proto, concrete) -> list[str]:
+    """Turn graph inputs that are tensors captured by the traced function into initializers.
+
+    tf2onnx freezes captured variables but leaves captured constant tensors as extra graph
+    inputs; Keras 3 keeps an unadapted ``Normalization`` layer's mean and variance that way
+    (EfficientNet's input normalisation), and so does Keras' own ``model.export(format="onnx")``.
+    Returns the names frozen.
+    """
+    import onnx.numpy_helper
+    import tensorflow as tf
+
+    values = {internal.name: external.numpy() for external, internal in concrete.graph.captures
+              if external.dtype != tf.resource}
+    frozen = [i for i in proto.graph.input if i.name in values]
+    for inp in frozen:
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(values[inp.name], inp.name))
+        proto.graph.input.remove(inp)
+    return [i.name for i in frozen]
+
+
+def recalibrate_keras_batchnorm(model, size: int, samples: int = 32) -> None:
+    """Set every BatchNormalization's moving mean and variance to the statistics of one
+    training-mode pass over standard-normal inputs (the benchmark's input distribution).
+
+    With Keras' random initialisation (moving variance 1, Glorot kernels) the activations of
+    MobileNet and EfficientNet shrink block by block: their logits have a standard deviation
+    of 1e-12 to 1e-8, the softmax output is uniform, and every output-error check would pass
+    trivially. Normalised activations, as in a trained network, keep the checks meaningful.
+    """
+    import keras
+    import numpy as np
+
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    x = np.random.default_rng(2).standard_normal((samples, size, size, 3)).astype("float32")
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0  # the moving statistics become this batch's
+    model(x, training=True)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+
+
+def export_tf(job: Job, path: Path) -> dict:
+    import keras
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    keras.utils.set_random_seed(0)
+    model = job.build(job.size)
+    recalibrate_keras_batchnorm(model, job.size)
+    spec = (tf.TensorSpec((None, job.size, job.size, 3), tf.float32, name="input"),)
+
+    # a tf.function rather than from_keras: tf2onnx's from_keras does not take Keras 3 models
+    @tf.function(input_signature=spec)
+    def forward(x):
+        return model(x, training=False)
+
+    proto, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=job.opset,
+                                             inputs_as_nchw=["input"] if job.nchw else None)
+    frozen = freeze_captured_constants(proto, forward.get_concrete_function())
+    onnx.save(proto, str(path))
+    return {"exporter": exporter_label("tf", job), "framework": "tensorflow",
+            "framework_version": tf.__version__, "keras_version": keras.__version__,
+            "exporter_version": tf2onnx.__version__, "layout": "NCHW" if job.nchw else "NHWC",
+            "frozen_captured_inputs": frozen, "batchnorm_statistics": "one training-mode pass, 32 N(0,1) inputs",
+            "params": int(model.count_params())}
+
+
+# -- common -----------------------------------------------------------------------------------
+def exporter_label(framework: str, job: Job) -> str:
+    """The benchmark table's exporter column (it has no opset or layout column)."""
+    if framework == "paddle":
+        return f"paddle2onnx, opset {job.opset}"
+    return f"tf2onnx, opset {job.opset}, {'NCHW' if job.nchw else 'NHWC'} input"
+
+
+FRAMEWORKS: dict[str, tuple[Callable[[], list[Job]], Callable[[Job, Path], dict]]] = {
+    "paddle": (paddle_jobs, export_paddle), "tf": (tf_jobs, export_tf)}
+
+
+def onnx_input(path: Path) -> tuple[str, list[int], int]:
+    """The model's first graph input (name, shape with a dynamic batch read as 1) and opset,
+    as written, so that the sidecar describes the file rather than the request."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    inp = next(i for i in proto.graph.input if i.name not in inits)
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inp.type.tensor_type.shape.dim]
+    if any(d <= 0 for d in dims[1:]):
+        raise ValueError(f"input {inp.name} has dynamic non-batch dimensions: {dims}")
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return inp.name, [1] + dims[1:], opset
+
+
+def export_one(job: Job, export: Callable[[Job, Path], dict], cache: Path) -> dict:
+    path = cache / f"{job.stem}.onnx"
+    t0 = time.perf_counter()
+    extra = export(job, path)
+    input_name, shape, opset = onnx_input(path)
+    meta = {"name": job.stem, "arch": job.arch, "exporter": extra.pop("exporter"), "input_name": input_name,
+            "input_shape": shape, "opset": opset, **extra, "made_by": "tools/export_thirdparty.py",
+            "export_seconds": round(time.perf_counter() - t0, 2)}
+    (cache / f"{job.stem}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def detect_framework() -> str:
+    for name, module in (("paddle", "paddle"), ("tf", "tensorflow")):
+        if importlib.util.find_spec(module) is not None:
+            return name
+    raise SystemExit("neither paddle nor tensorflow is importable: run this in /work/venv-paddle or /work/venv-tf")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache", default="/work/thirdparty_onnx")
+    ap.add_argument("--framework", choices=sorted(FRAMEWORKS), help="default: the importable one")
+    ap.add_argument("--only", nargs="*", help="export only these file stems (e.g. paddle_resnet18 keras_unet.nhwc)")
+    ap.add_argument("--force", action="store_true", help="re-export files that exist")
+    args = ap.parse_args(argv)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    framework = args.framework or detect_framework()
+    make_jobs, export = FRAMEWORKS[framework]
+    jobs = [j for j in make_jobs() if not args.only or j.stem in args.only]
+
+    fail_path = cache / "export_failures.json"
+    failures = json.loads(fail_path.read_text()) if fail_path.exists() else {}
+    for job in jobs:
+        if (cache / f"{job.stem}.onnx").exists() and (cache / f"{job.stem}.json").exists() and not args.force:
+            failures.pop(job.stem, None)
+            print(f"{job.stem}: exists", flush=True)
+            continue
+        try:
+            meta = export_one(job, export, cache)
+            failures.pop(job.stem, None)
+            print(f"{job.stem}: ok in {meta['export_seconds']} s (opset {meta['opset']}, input {meta['input_shape']})",
+                  flush=True)
+        except (Exception, SystemExit) as exc:  # record and go on (paddle2onnx calls sys.exit on a failure)
+            for ext in (".onnx", ".json", ".onnx.data"):
+                (cache / f"{job.stem}{ext}").unlink(missing_ok=True)
+            msg = str(exc).strip().splitlines()
+            failures[job.stem] = {"arch": job.arch, "exporter": exporter_label(framework, job),
+                                  "error": f"{type(exc).__name__}: {msg[0] if msg else ''}",
+                                  "traceback": traceback.format_exc()[-3000:]}
+            print(f"{job.stem}: FAILED {failures[job.stem]['error']}", flush=True)
+        fail_path.write_text(json.dumps(failures, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
