@@ -377,7 +377,10 @@ class Pruner:
                         return all_terms[g]
                     keeps[g] = self.choose(g, counts[g], rankings.get(g), terms_of)
                 if cfg.reconstruct:
-                    touched = sorted({c for g in gids for c in self.analysis.groups[g].consumers})
+                    # a consumer whose inputs all stay whole keeps its weights: a re-fit would
+                    # only add rounding, which compounds over a deep network (keep-ratio 1.0)
+                    touched = sorted({c for g in gids if self._shrunk(g, keeps)
+                                      for c in self.analysis.groups[g].consumers})
                     fitted = parallel_map(lambda c: self._refit(c, oneshot_stats[c], keeps, set(keeps)), touched,
                                           self._blas_threads)
                     refits.update(zip(touched, fitted))
@@ -420,9 +423,12 @@ class Pruner:
                 if cfg.reconstruct:
                     # a consumer reading several groups (after a Concat) is re-fitted once, when
                     # its last group is decided; until then its columns are only sliced
+                    # (nothing pruned so far: its input is the original one, its weights stay)
+                    decided = {**keeps, g: keep}
+                    changed = any(self._shrunk(h, decided) for h in decided)
                     for c in cidxs:
-                        if all(s[0] in keeps or s[0] == g or s[0] not in counts for s in consumers[c].segments):
-                            refits[c] = self._refit(c, stats[c], {**keeps, g: keep}, {g})
+                        if changed and all(s[0] in decided or s[0] not in counts for s in consumers[c].segments):
+                            refits[c] = self._refit(c, stats[c], decided, {g})
                 keeps[g] = keep
             with self.timer.phase("rewrite"):
                 model = build_pruned(self.model, self.analysis, keeps, refits)
@@ -456,6 +462,10 @@ class Pruner:
             idx = np.concatenate(pieces)
             slicers[name] = lambda v, idx=idx, ax=axis[name]: np.take(v, idx, axis=ax)
         return slicers
+
+    def _shrunk(self, gid: int, keeps: dict[int, np.ndarray]) -> bool:
+        """Whether group ``gid`` loses channels in ``keeps``."""
+        return gid in keeps and len(keeps[gid]) < self.analysis.groups[gid].channels
 
     def _refit(self, cidx: int, st: MomentStats, keeps: dict[int, np.ndarray], fresh: set[int]) -> Refit:
         """Re-fit consumer ``cidx`` on the features it keeps.

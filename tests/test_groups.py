@@ -249,3 +249,29 @@ def test_conv_transpose_consumer_rows_reproduce_its_output(kernel, stride, pads,
     rows = conv_patches(x, geo, pos) @ theta.T.astype(np.float32)
     expect = y.reshape(2, 4, -1).transpose(0, 2, 1)[np.arange(2)[:, None], pos].reshape(-1, 4)
     np.testing.assert_allclose(rows, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_nhwc_graph_input_leaves_the_stem_prunable():
+    """TensorFlow's NHWC input: scaled by per-channel constants on the last axis, then
+    transposed to NCHW for the stem Conv. The input's channels stay frozen, the stem's
+    output channels do not."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(3,)).astype(np.float32), "scale"),
+             numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "stem.w"),
+             numpy_helper.from_array(rng.normal(size=(4, 8, 3, 3)).astype(np.float32), "head.w")]
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["scaled"]),
+             helper.make_node("Transpose", ["scaled"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "stem.w"], ["stem"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["stem"], ["r"]),
+             helper.make_node("Conv", ["r", "head.w"], ["y"], name="head", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16, 16, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    shapes = probe_shapes(model, {"x": np.zeros((1, 16, 16, 3), np.float32)}, CPU)
+    analysis = analyze(model, shapes)
+    stem = group_produced_by(model, analysis, "stem")
+    assert stem.prunable and stem.channels == 8
+    assert [analysis.consumers[c].name for c in stem.consumers] == ["head"]
+    assert not any(g.prunable for g in analysis.groups if any(t == "x" for t, *_ in g.tensors))

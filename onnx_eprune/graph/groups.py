@@ -352,9 +352,7 @@ class _Analyzer:
                 self.freeze_all(node, index, f"op {node.op_type} is not understood by the channel analysis")
                 continue
             if node.op_type in CHANNELS_FIRST and self.axis(node.input[0]) != 1:
-                self.freeze_all(node, index, f"{_label(node, index)} reads channels on axis "
-                                             f"{self.axis(node.input[0])}, not 1")
-                continue
+                self.reread_channels_first(node, index)
             handler(node, index)
             for name in node.output:  # every output must end up with a layout
                 if name and name not in self.layouts and name not in self.consts:
@@ -362,6 +360,18 @@ class _Analyzer:
         for out in self.graph.output:
             self.freeze_layout(self.layout(out.name), "reaches a graph output")
         return self.collect()
+
+    def reread_channels_first(self, node: onnx.NodeProto, index: int) -> None:
+        """An op that needs channels on axis 1 reads a tensor whose followed channels sit on
+        another axis (e.g. an NHWC graph input, whose channel axis the analysis cannot know,
+        transposed to NCHW): those channels are frozen, and the tensor is read afresh as
+        frozen channels on axis 1, so that the op's own output channels stay prunable."""
+        x = node.input[0]
+        reason = f"{_label(node, index)} reads them on axis 1, not on axis {self.axis(x)}"
+        self.freeze_layout(self.layout(x), reason)
+        self.axes.pop(x)
+        c = self.channels(x)
+        self.layouts[x] = OPAQUE if c is None else self.create(f"t:{x}", c, None, reason)
 
     def passthrough(self, node: onnx.NodeProto, src: str, axis: int | None = None) -> object:
         """The first output carries the layout of ``src`` (on channel axis ``axis``, by
