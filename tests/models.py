@@ -389,6 +389,39 @@ def channels_last(seed: int = 0) -> onnx.ModelProto:
     return b.build(b.gemm(x, 16, CLASSES, name=OUTPUT), opset=13)
 
 
+def se_unflatten(seed: int = 0) -> onnx.ModelProto:
+    """Keras' SE block as tf2onnx writes it: conv1 (3->8) -> Relu = x; GAP -> Squeeze ->
+    Reshape to (-1, 8, 1, 1) -> se_reduce (8->4) -> Relu -> se_expand (4->8) -> Sigmoid ->
+    Mul with x -> conv2 (8->16) -> Relu -> GAP -> Flatten -> Gemm(16 -> 10)."""
+    b = _Builder(seed)
+    x = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 8, name="conv1")])
+    s = b.node("Squeeze", [b.node("GlobalAveragePool", [x]), b.const("sq_axes", np.array([2, 3], np.int64))])
+    s = b.node("Reshape", [s, b.const("se_shape", np.array([-1, 8, 1, 1], np.int64))])
+    s = b.node("Relu", [b.conv(s, 8, 4, k=1, name="se_reduce")])
+    s = b.node("Sigmoid", [b.conv(s, 4, 8, k=1, name="se_expand")])
+    h = b.node("Relu", [b.conv(b.node("Mul", [x, s]), 8, 16, name="conv2")])
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT), opset=13)
+
+
+def resize_to_skip(seed: int = 0) -> onnx.ModelProto:
+    """paddle2onnx's ``F.interpolate(x, size=paddle.shape(skip)[2:])``: conv1 (3->8) ->
+    Relu = e1; conv2 (8->16, stride 2) -> Relu = e2; Resize(e2, sizes=Concat(Slice(Shape(e2),
+    0, 2), Slice(Shape(e1), 2, 4))) -> Concat with e1 -> conv3 (24->16) -> Relu -> GAP ->
+    Flatten -> Gemm(16 -> 10). Both Shapes leave the channels prunable."""
+    b = _Builder(seed)
+    e1 = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 8, name="conv1")])
+    e2 = b.node("Relu", [b.node("Conv", [e1, b.weight("conv2.weight", (16, 8, 3, 3), 72), b.vector("conv2.bias", 16)],
+                                name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])])
+
+    def entries(tensor, lo, hi):
+        return b.node("Slice", [b.node("Shape", [tensor]), b.const(f"lo{lo}", np.array([lo], np.int64)),
+                                b.const(f"hi{hi}", np.array([hi], np.int64))])
+    sizes = b.node("Concat", [entries(e2, 0, 2), entries(e1, 2, 4)], axis=0)
+    up = b.node("Resize", [e2, "", "", sizes], mode="nearest")
+    h = b.node("Relu", [b.conv(b.node("Concat", [up, e1], axis=1), 24, 16, name="conv3")])
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT), opset=13)
+
+
 # name -> (builder, expected structure). ``prunable``: number of prunable groups;
 # ``producers``: sorted producer counts of the prunable groups; ``frozen``: a substring that
 # some frozen group's reasons must contain (or None).
@@ -438,6 +471,8 @@ ALL_BUILDERS = {
     "decoder": decoder,
     "depthwise_upsample": depthwise_upsample,
     "channels_last": channels_last,
+    "se_unflatten": se_unflatten,
+    "resize_to_skip": resize_to_skip,
     "grouped_wide": lambda: grouped(out_width=32),
 }
 
@@ -469,6 +504,8 @@ EXPECTED = {
     "depthwise_upsample": {"prunable": 2, "producers": [1, 1], "frozen": None},
     # conv1 + se_expand (the gate), se_reduce, conv2, conv3
     "channels_last": {"prunable": 4, "producers": [1, 1, 1, 2], "frozen": None},
+    "se_unflatten": {"prunable": 3, "producers": [1, 1, 2], "frozen": None},
+    "resize_to_skip": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
     "grouped_wide": {"prunable": 1, "producers": [1], "frozen": "with 32 outputs for 16 inputs"},
 }
 

@@ -9,10 +9,10 @@ import onnx
 import pytest
 
 import onnx_eprune
-from onnx_eprune import budget
 from models import (ALL_BUILDERS, FEATURE_OUTPUT, channels_last, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
-                    depthwise_upsample, grouped, initializer, intermediate_output, io_signature, node_by_name, relative_error, residual,
-                    run_model, wide_cnn)
+                    depthwise_upsample, grouped, initializer, intermediate_output, io_signature, node_by_name,
+                    relative_error, residual, run_model, se_unflatten, wide_cnn)
+from onnx_eprune import budget
 from onnx_eprune.calibrate.session import probe_shapes
 from onnx_eprune.errors import EPruneError, UsageError
 from onnx_eprune.graph.costs import build_cost_model
@@ -454,6 +454,13 @@ def test_channels_last_constants_and_concat_follow_their_channels(mode, calib, t
     assert kept == 4 and initializer(result.model, "conv1.bias_nhwc").shape == (kept,)
     assert initializer(result.model, "conv3.weight").shape[1] == kept + initializer(result.model,
                                                                                     "conv2.weight").shape[0]
+
+
+def test_se_unflatten_target_follows_the_channels(calib, test_x):
+    model = se_unflatten()
+    result = prune(model, calib, keep_ratio=0.5)
+    assert_valid(result.model, model, test_x)
+    assert list(initializer(result.model, "se_shape")) == [-1, 4, 1, 1]
 
 
 def test_rewrite_slices_added_bias_with_the_output(calib, test_x):

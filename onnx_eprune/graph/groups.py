@@ -248,6 +248,7 @@ class _Analyzer:
         for node in self.graph.node:
             for name in node.input:
                 self.use_count[name] = self.use_count.get(name, 0) + 1
+        self.producer_node = {name: node for node in self.graph.node for name in node.output}
         self.consumer_nodes: dict[str, list[onnx.NodeProto]] = {}
         for node in self.graph.node:
             for name in node.input:
@@ -659,6 +660,8 @@ class _Analyzer:
         shape_in, shape_out = self.shapes.get(x), self.shapes.get(node.output[0])
         layout = self.layout(x)
         spec = self.value(target)
+        if self.unflatten(node, index, shape_in, shape_out, layout, spec):
+            return
         # channels on another axis flatten channel-major only when every other axis but the
         # batch has size 1 (a channels-last global pooling before a classifier)
         ok = (self.axis(x) == 1 or (shape_in is not None and
@@ -678,6 +681,22 @@ class _Analyzer:
             elif pos == 0 and v not in (0, -1, shape_in[0]):
                 self.freeze_all(node, index, "Reshape with a fixed batch size that differs")
                 return
+
+    def unflatten(self, node: onnx.NodeProto, index: int, shape_in, shape_out, layout, spec) -> bool:
+        """(N, C) -> (N, C, 1, 1) by a constant target, as SE blocks written with Keras
+        reshape their pooled vector: the channels stay on axis 1 (the target's C follows
+        the kept channels). False when the Reshape is not of this kind."""
+        target = node.input[1]
+        if shape_in is None or shape_out is None or spec is None or len(shape_in) != 2 or len(shape_out) < 3 \
+                or tuple(shape_out[:2]) != tuple(shape_in) or any(d != 1 for d in shape_out[2:]) \
+                or not isinstance(layout, list) or any(seg.factor != 1 for seg in layout) or self.axis(node.input[0]) != 1 \
+                or self.use_count.get(target, 0) != 1 or len(spec) != len(shape_out) or spec[0] not in (0, -1, shape_in[0]):
+            return False
+        if spec[1] not in (0, -1):
+            for seg in layout:
+                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, 1, node.output[0]))
+        self.passthrough(node, node.input[0])
+        return True
 
     def op_Squeeze(self, node: onnx.NodeProto, index: int) -> None:
         self.rank_change(node, index)
@@ -767,13 +786,64 @@ class _Analyzer:
         end = rank if end is None else (int(end) + rank if int(end) < 0 else int(end))
         caxis = self.axis(node.input[0])
         skips_channels = rank > 1 and not (start <= caxis < end)
-        safe = skips_channels or all(
-            n.op_type == "Gather" and (v := self.value(n.input[1])) is not None and v.size == 1
-            and start + int(v.reshape(-1)[0]) % max(end - start, 1) != caxis and n.input[0] == node.output[0]
-            for n in self.consumer_nodes.get(node.output[0], []))
+        safe = skips_channels or all(self.reads_other_axes(n, node.output[0], start, end, caxis)
+                                     or self.resizes_itself(n, node.input[0])
+                                     for n in self.consumer_nodes.get(node.output[0], []))
         if not safe:
             self.freeze_layout(self.layout(node.input[0]), "its channel count is read by a Shape op")
         self.consts[node.output[0]] = None
+
+    def reads_other_axes(self, reader: onnx.NodeProto, shape: str, start: int, end: int, caxis: int) -> bool:
+        """Whether ``reader`` takes only entries of the shape vector ``shape`` (axes
+        ``start..end`` of a tensor) other than the channel axis ``caxis``: a Gather of one
+        entry, or a Slice with constant bounds (``Slice(Shape(skip), 2, 4)``: its H and W)."""
+        if reader.input[0] != shape:
+            return False
+        n = max(end - start, 1)
+        if reader.op_type == "Gather":
+            v = self.value(reader.input[1])
+            return v is not None and v.size == 1 and start + int(v.reshape(-1)[0]) % n != caxis
+        if reader.op_type == "Slice" and len(reader.input) >= 3:
+            bounds = [self.value(t) if t else None for t in list(reader.input[1:5]) + [""] * (5 - len(reader.input))]
+            lo, hi, axes, steps = bounds
+            if lo is None or hi is None or (len(reader.input) > 3 and reader.input[3] and axes is None) \
+                    or (len(reader.input) > 4 and reader.input[4] and (steps is None or np.any(steps != 1))):
+                return False
+            lo, hi = int(np.ravel(lo)[0]), int(np.ravel(hi)[0])
+            lo, hi = (lo + n if lo < 0 else lo), (hi + n if hi < 0 else hi)
+            lo, hi = max(0, min(lo, n)), max(0, min(hi, n))
+            return not start + lo <= caxis < start + hi
+        return False
+
+    def sizes_from_own_shape(self, sizes: str, x: str) -> bool:
+        """Whether a Resize's ``sizes`` is ``Concat(Slice(Shape(x), 0, 2), ...)`` of its own
+        input ``x`` (see :meth:`resizes_itself`)."""
+        concat = self.producer_node.get(sizes)
+        head = self.producer_node.get(concat.input[0]) if concat is not None and concat.op_type == "Concat" else None
+        shape = self.producer_node.get(head.input[0]) if head is not None else None
+        return shape is not None and shape.op_type == "Shape" and not shape.attribute and shape.input[0] == x \
+            and self.resizes_itself(head, x)
+
+    def resizes_itself(self, reader: onnx.NodeProto, x: str) -> bool:
+        """Whether ``reader`` of ``Shape(x)`` is ``Slice(Shape(x), 0, 2)`` feeding only
+        ``Concat`` s whose only readers are Resizes of ``x`` itself, taking them as ``sizes``:
+        ``Resize(x, sizes=Concat(Slice(Shape(x), 0, 2), hw))``, as paddle2onnx writes
+        ``F.interpolate(x, size=hw)``. Its channel entry is then always x's own count."""
+        if reader.op_type != "Slice" or len(reader.input) < 3 or self.axis(x) != 1:
+            return False
+        bounds = [self.value(t) if t else None for t in list(reader.input[1:5]) + [""] * (5 - len(reader.input))]
+        lo, hi, axes, steps = bounds
+        if lo is None or hi is None or np.ravel(lo).tolist() != [0] or np.ravel(hi).tolist() != [2] \
+                or (axes is not None and np.ravel(axes).tolist() != [0]) \
+                or (steps is not None and np.ravel(steps).tolist() != [1]) \
+                or (len(reader.input) > 3 and reader.input[3] and axes is None):
+            return False
+        concats = self.consumer_nodes.get(reader.output[0], [])
+        return bool(concats) and all(
+            c.op_type == "Concat" and c.input[0] == reader.output[0] and _attrs(c).get("axis") == 0
+            and all(r.op_type == "Resize" and r.input[0] == x and len(r.input) > 3 and r.input[3] == c.output[0]
+                    for r in self.consumer_nodes.get(c.output[0], [])) and self.consumer_nodes.get(c.output[0])
+            for c in concats)
 
     def binary_with_constant(self, node: onnx.NodeProto, index: int, act: str, const: str) -> None:
         """Element-wise op of an activation and a constant: slice the constant if per-channel."""
@@ -931,6 +1001,8 @@ class _Analyzer:
             self.freeze_all(node, index, f"{node.op_type} that changes the batch or channel count")
             return
         sizes = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        if sizes is not None and self.sizes_from_own_shape(sizes, x):
+            sizes = None  # computed from x's own shape at run time: always its channel count
         if sizes is not None:  # explicit output sizes spell out the channel count
             if self.value(sizes) is None or self.use_count.get(sizes, 0) > 1:
                 self.freeze_all(node, index, f"{node.op_type} with non-constant or shared sizes")
