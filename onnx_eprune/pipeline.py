@@ -340,7 +340,6 @@ class Pruner:
             return self._run()
 
     def _run(self) -> PruneResult:
-        cfg = self.config
         gids = [g.gid for g in self.analysis.prunable_groups()]
         if not gids:
             reasons = sorted({r for g in self.analysis.groups for r in g.frozen})

@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models import conv_bn_relu_pool_flatten_gemm, intermediate_output, random_input
+from models import conv_bn_relu_pool_flatten_gemm, intermediate_output
 from onnx_eprune.cli import main
 from onnx_eprune.errors import EPruneError, UsageError
 

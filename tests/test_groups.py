@@ -9,7 +9,7 @@ import pytest
 from models import ALL_BUILDERS, EXPECTED, FEATURE_OUTPUT, cnn_constant_weights, random_input
 from onnx_eprune.calibrate.session import probe_shapes
 from onnx_eprune.graph.groups import analyze
-from onnx_eprune.graph.model_io import constants_to_initializers, normalize
+from onnx_eprune.graph.model_io import constants_to_initializers
 
 CPU = ["CPUExecutionProvider"]
 

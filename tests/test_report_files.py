@@ -14,7 +14,6 @@ import pytest
 import onnx_eprune
 from models import conv_bn_relu_pool_flatten_gemm
 from onnx_eprune import files as atomic_files
-from onnx_eprune import report_files
 from onnx_eprune.cli import main
 from onnx_eprune.errors import EPruneError
 from onnx_eprune.report_files import markdown_report, write_report_dir
