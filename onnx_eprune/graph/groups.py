@@ -277,6 +277,27 @@ class _Analyzer:
         axis = self.axis(name)
         return shape[axis] if shape is not None and len(shape) > axis else None
 
+    def axes_of(self, node: onnx.NodeProto) -> np.ndarray | None:
+        """The ``axes`` of a Squeeze / Unsqueeze / Reduce op: its attribute, or its constant
+        second input (newer opsets); None when absent or not constant."""
+        axes = _attrs(node).get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = self.value(node.input[1])
+        return axes
+
+    def slice_inputs(self, node: onnx.NodeProto) -> tuple | None:
+        """(starts, ends, axes, steps) of a Slice (axes, steps None when absent), from its
+        inputs (opset >= 10) or attributes; None when a bound it has is not constant."""
+        if len(node.input) == 1:
+            attrs = _attrs(node)
+            starts, ends = attrs.get("starts"), attrs.get("ends")
+            return None if starts is None or ends is None else (starts, ends, attrs.get("axes"), None)
+        names = list(node.input[1:5]) + [""] * (5 - len(node.input))
+        values = [self.value(n) if n else None for n in names]
+        if values[0] is None or values[1] is None or any(n and v is None for n, v in zip(names, values)):
+            return None
+        return tuple(values)
+
     def freeze_layout(self, layout, reason: str) -> None:
         if isinstance(layout, list):
             for seg in layout:
@@ -709,9 +730,7 @@ class _Analyzer:
         x = node.input[0]
         si, so = self.shapes.get(x), self.shapes.get(node.output[0])
         layout = self.layout(x)
-        axes = _attrs(node).get("axes")
-        if axes is None and len(node.input) > 1 and node.input[1]:
-            axes = self.value(node.input[1])
+        axes = self.axes_of(node)
         if si is None or so is None or len(si) < 2 or len(so) < 2 or not isinstance(layout, list) or axes is None:
             self.freeze_all(node, index, f"{node.op_type} that moves the channel axis")
             return
@@ -720,10 +739,11 @@ class _Analyzer:
             gone = {int(a) % len(si) for a in np.ravel(axes)}
             new = caxis - sum(a < caxis for a in gone) if not gone & {0, caxis} else None
         else:
+            added = sorted(int(a) % len(so) for a in np.ravel(axes))
             new = caxis
-            for a in sorted(int(a) % len(so) for a in np.ravel(axes)):
+            for a in added:
                 new += a <= new
-            new = None if 0 in {int(a) % len(so) for a in np.ravel(axes)} else new
+            new = None if 0 in added else new
         if new is None or so[new] != si[caxis]:
             self.freeze_all(node, index, f"{node.op_type} that moves the channel axis")
             return
@@ -736,16 +756,13 @@ class _Analyzer:
         """A reduction over axes other than the batch and channel axes (e.g. global pooling)."""
         x = node.input[0]
         si = self.shapes.get(x)
-        attrs = _attrs(node)
-        axes = attrs.get("axes")
-        if axes is None and len(node.input) > 1 and node.input[1]:
-            axes = self.value(node.input[1])
+        axes = self.axes_of(node)
         caxis = self.axis(x)
         axes = None if axes is None or si is None else {int(a) % len(si) for a in np.ravel(axes)}
         if not axes or axes & {0, caxis}:
             self.freeze_all(node, index, f"{node.op_type} over the batch or channel axis")
             return
-        keep = int(attrs.get("keepdims", 1))
+        keep = int(_attrs(node).get("keepdims", 1))
         self.passthrough(node, x, caxis if keep else caxis - sum(a < caxis for a in axes))
 
     def op_Concat(self, node: onnx.NodeProto, index: int) -> None:
@@ -803,17 +820,11 @@ class _Analyzer:
         if reader.op_type == "Gather":
             v = self.value(reader.input[1])
             return v is not None and v.size == 1 and start + int(v.reshape(-1)[0]) % n != caxis
-        if reader.op_type == "Slice" and len(reader.input) >= 3:
-            bounds = [self.value(t) if t else None for t in list(reader.input[1:5]) + [""] * (5 - len(reader.input))]
-            lo, hi, axes, steps = bounds
-            if lo is None or hi is None or (len(reader.input) > 3 and reader.input[3] and axes is None) \
-                    or (len(reader.input) > 4 and reader.input[4] and (steps is None or np.any(steps != 1))):
-                return False
-            lo, hi = int(np.ravel(lo)[0]), int(np.ravel(hi)[0])
-            lo, hi = (lo + n if lo < 0 else lo), (hi + n if hi < 0 else hi)
-            lo, hi = max(0, min(lo, n)), max(0, min(hi, n))
-            return not start + lo <= caxis < start + hi
-        return False
+        bounds = self.slice_inputs(reader) if reader.op_type == "Slice" and len(reader.input) >= 3 else None
+        if bounds is None or (bounds[3] is not None and np.any(np.ravel(bounds[3]) != 1)):
+            return False
+        lo, hi = _clamp(int(np.ravel(bounds[0])[0]), int(np.ravel(bounds[1])[0]), n)
+        return not start + lo <= caxis < start + hi
 
     def sizes_from_own_shape(self, sizes: str, x: str) -> bool:
         """Whether a Resize's ``sizes`` is ``Concat(Slice(Shape(x), 0, 2), ...)`` of its own
@@ -829,14 +840,13 @@ class _Analyzer:
         ``Concat`` s whose only readers are Resizes of ``x`` itself, taking them as ``sizes``:
         ``Resize(x, sizes=Concat(Slice(Shape(x), 0, 2), hw))``, as paddle2onnx writes
         ``F.interpolate(x, size=hw)``. Its channel entry is then always x's own count."""
-        if reader.op_type != "Slice" or len(reader.input) < 3 or self.axis(x) != 1:
+        bounds = self.slice_inputs(reader) if reader.op_type == "Slice" and len(reader.input) >= 3 else None
+        if bounds is None or self.axis(x) != 1:
             return False
-        bounds = [self.value(t) if t else None for t in list(reader.input[1:5]) + [""] * (5 - len(reader.input))]
         lo, hi, axes, steps = bounds
-        if lo is None or hi is None or np.ravel(lo).tolist() != [0] or np.ravel(hi).tolist() != [2] \
+        if np.ravel(lo).tolist() != [0] or np.ravel(hi).tolist() != [2] \
                 or (axes is not None and np.ravel(axes).tolist() != [0]) \
-                or (steps is not None and np.ravel(steps).tolist() != [1]) \
-                or (len(reader.input) > 3 and reader.input[3] and axes is None):
+                or (steps is not None and np.ravel(steps).tolist() != [1]):
             return False
         concats = self.consumer_nodes.get(reader.output[0], [])
         return bool(concats) and all(
@@ -912,17 +922,11 @@ class _Analyzer:
         x = node.input[0]
         shape = self.shapes.get(x)
         layout = self.layout(x)
-        if len(node.input) > 1:  # opset >= 10: starts, ends, axes, steps as inputs
-            vals = [self.value(n) if n else None for n in list(node.input[1:5]) + [""] * (5 - len(node.input))]
-            starts, ends, axes, steps = vals
-        else:
-            attrs = _attrs(node)
-            starts, ends, axes, steps = attrs.get("starts"), attrs.get("ends"), attrs.get("axes"), None
-        if starts is None or ends is None or shape is None or not isinstance(layout, list) or \
-                (len(node.input) > 3 and node.input[3] and axes is None) or \
-                (len(node.input) > 4 and node.input[4] and steps is None):
+        bounds = self.slice_inputs(node)
+        if bounds is None or shape is None or not isinstance(layout, list):
             self.freeze_all(node, index, "Slice with non-constant bounds")
             return
+        starts, ends, axes, steps = bounds
         rank = len(shape)
         axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in np.ravel(axes)]
         steps = [1] * len(axes) if steps is None else [int(v) for v in np.ravel(steps)]
@@ -936,8 +940,7 @@ class _Analyzer:
             return
         a, b, step = spec[caxis]
         c = shape[caxis]
-        a, b = (a + c if a < 0 else a), (b + c if b < 0 else b)
-        a, b = max(0, min(a, c)), max(0, min(b, c))
+        a, b = _clamp(a, b, c)
         if step != 1 or any(seg.factor != 1 for seg in layout):
             self.freeze_all(node, index, "Slice of channels with a step, or of a flattened tensor")
             return
@@ -1137,6 +1140,13 @@ def _couple(spaces: _Spaces, a: list[Segment], b: list[Segment], cuts: list[tupl
     for sa, sb in zip(a, b):
         spaces.union(sa.space, sb.space)
     return True
+
+
+def _clamp(a: int, b: int, n: int) -> tuple[int, int]:
+    """Slice bounds ``a:b`` on an axis of ``n``: negative ones count from the end, both
+    clipped to ``[0, n]``."""
+    a, b = (a + n if a < 0 else a), (b + n if b < 0 else b)
+    return max(0, min(a, n)), max(0, min(b, n))
 
 
 def _bounds(layout: list[Segment]) -> set[int]:
