@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import EPruneError, UsageError
+from ..errors import UsageError
 from ..files import write_atomic
-from ..graph.model_io import light_copy, reference
+from ..graph.model_io import light_copy, reference_chunks
 from .data import CalibrationData
 from .sensitivity import SUBSET_MODULUS, SUBSET_SIZE
 from .stats import MomentStats
@@ -41,15 +41,8 @@ def fingerprint(model: onnx.ModelProto) -> str:
     light, sources = light_copy(model, lambda tensor: False)
     digest = hashlib.sha256(light.SerializeToString(deterministic=True))
     for index in sorted(sources):
-        path, offset, length = reference(sources[index])
-        with open(path, "rb") as f:
-            f.seek(offset)
-            while length > 0:
-                chunk = f.read(min(length, 64 << 20))
-                if not chunk:
-                    raise EPruneError(f"the weight file {path} is shorter than the model says")
-                digest.update(chunk)
-                length -= len(chunk)
+        for chunk in reference_chunks(sources[index]):
+            digest.update(chunk)
     return digest.hexdigest()
 
 

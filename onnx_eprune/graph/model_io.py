@@ -83,6 +83,20 @@ def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
     return numpy_helper.to_array(materialized(tensor))  # packed 4-bit types and the like
 
 
+def reference_chunks(tensor: onnx.TensorProto) -> Iterator[bytes]:
+    """The bytes of a reference (see :func:`reference`), read from its file in pieces of at
+    most ``_COPY_CHUNK``, so that a large tensor is never held whole."""
+    path, offset, left = reference(tensor)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while left:
+            chunk = f.read(min(left, _COPY_CHUNK))
+            if not chunk:
+                raise OSError(f"{path} ends before the data of tensor {tensor.name!r}")
+            yield chunk
+            left -= len(chunk)
+
+
 def materialized(tensor: onnx.TensorProto) -> onnx.TensorProto:
     """``tensor`` with its data inside (a new message for a reference, else ``tensor``)."""
     ref = reference(tensor)
@@ -421,19 +435,11 @@ class _Piece:
         self.length = length
 
     def write(self, out) -> None:
-        ref = reference(self.tensor)
-        if ref is None:
+        if reference(self.tensor) is None:
             out.write(self.tensor.raw_data)
             return
-        path, offset, left = ref
-        with open(path, "rb") as f:
-            f.seek(offset)
-            while left:
-                chunk = f.read(min(left, _COPY_CHUNK))
-                if not chunk:
-                    raise OSError(f"{path} ends before the data of tensor {self.tensor.name!r}")
-                out.write(chunk)
-                left -= len(chunk)
+        for chunk in reference_chunks(self.tensor):
+            out.write(chunk)
 
 
 def _external_form(model: onnx.ModelProto, location: str) -> tuple[onnx.ModelProto, list[_Piece]]:
