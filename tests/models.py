@@ -100,6 +100,12 @@ class _Builder:
             attrs["beta"] = beta
         return self.node("Gemm", inputs, name=name, **attrs)
 
+    def hard_swish(self, x: str) -> str:
+        """``x * clip(x + 3, 0, 6) / 6`` from primitives, as older exporters write it."""
+        t = self.node("Clip", [self.node("Add", [x, self.const("three", np.array(3.0, np.float32))]),
+                               self.const("lo", np.array(0.0, np.float32)), self.const("hi", np.array(6.0, np.float32))])
+        return self.node("Div", [self.node("Mul", [x, t]), self.const("six", np.array(6.0, np.float32))])
+
     def pool(self, x: str) -> str:
         return self.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
 
@@ -305,10 +311,7 @@ def composite_activations(seed: int = 0) -> onnx.ModelProto:
     InstanceNormalization -> PRelu (per-channel slope) -> Pad 1 -> Conv(8->16, no pad)
     -> HardSwish -> MaxPool -> SiLU as x*Sigmoid(x) -> GAP -> Gemm."""
     b = _Builder(seed)
-    x = b.conv(INPUT, IN_CHANNELS, 8, name="conv1")
-    t = b.node("Clip", [b.node("Add", [x, b.const("three", np.array(3.0, np.float32))]),
-                        b.const("lo", np.array(0.0, np.float32)), b.const("hi", np.array(6.0, np.float32))])
-    h = b.node("Div", [b.node("Mul", [x, t]), b.const("six", np.array(6.0, np.float32))])
+    h = b.hard_swish(b.conv(INPUT, IN_CHANNELS, 8, name="conv1"))
     h = b.node("Resize", [h, "", b.const("scales", np.array([1, 1, 2, 2], np.float32))], mode="nearest")
     h = b.node("InstanceNormalization", [h, b.vector("in.scale", 8, 0.5, 1.5), b.vector("in.bias", 8)])
     h = b.node("PRelu", [h, b.const("slope", b.rng.uniform(0.05, 0.3, (8, 1, 1)).astype(np.float32))])
@@ -347,9 +350,7 @@ def decoder(seed: int = 0, opset: int = 11) -> onnx.ModelProto:
     e1 = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 8, name="conv1")])
     x = b.node("Conv", [e1, b.weight("conv2.weight", (16, 8, 3, 3), 72), b.vector("conv2.bias", 16)],
                name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
-    t = b.node("Clip", [b.node("Add", [x, b.const("three", np.array(3.0, np.float32))]),
-                        b.const("lo", np.array(0.0, np.float32)), b.const("hi", np.array(6.0, np.float32))])
-    x = b.node("Div", [b.node("Mul", [x, t]), b.const("six", np.array(6.0, np.float32))])
+    x = b.hard_swish(x)
     s = b.node("Relu", [b.conv(b.node("GlobalAveragePool", [x]), 16, 4, k=1, name="se_reduce")])
     s = b.node("HardSigmoid", [b.conv(s, 4, 16, k=1, name="se_expand")], alpha=1 / 6, beta=0.5)
     e2 = b.node("Mul", [x, s], name="gate")
