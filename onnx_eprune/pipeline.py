@@ -412,7 +412,10 @@ class Pruner:
         consumers = self.analysis.consumers
         order = sorted(gids, key=lambda g: (max(consumers[c].node for c in groups[g].consumers), g))
         targets_of = {g: sorted({consumers[c].input for c in groups[g].consumers}) for g in order}
-        pruned = CachedNetwork(self.model, self.topo, self.data, self.providers, cfg.batch_size, self.space)
+        # the tensors whose channels the analysis lays out are the ones a stage can slice
+        sliceable = {t[0] for group in groups for t in group.tensors}
+        pruned = CachedNetwork(self.model, self.topo, self.data, self.providers, cfg.batch_size, self.space,
+                               frontier=sliceable)
         for stage, g in enumerate(order, start=1):
             cidxs = groups[g].consumers
             with self.timer.phase("calibrate"):

@@ -5,7 +5,10 @@ network pruned so far and in the original one. Re-running each network from its 
 every time would cost one full pass per group; instead :class:`CachedNetwork` keeps the
 tensors it computed (per batch), runs only the sub-graph between the nearest still-valid
 cached tensors and the new targets, slices cached tensors when their channels are pruned,
-and forgets tensors that a re-fitted layer made stale or that no later target needs.
+and forgets tensors that a re-fitted layer made stale or that no later target needs. It
+also keeps the *frontier* of each computed sub-graph (tensors that nodes outside it read,
+such as a residual stream between blocks), so that the next stage starts there rather
+than at the graph inputs.
 
 Cached values live in memory up to a byte budget that all networks of a run share
 (:class:`CacheSpace`) and beyond it in scratch files, read back one batch at a time, so that
@@ -214,20 +217,27 @@ class CachedNetwork:
     """One network (original or pruned) over the calibration batches, with a tensor cache."""
 
     def __init__(self, model: onnx.ModelProto, topo: Topology, data: CalibrationData, providers: list[str],
-                 batch_size: int, space: CacheSpace):
+                 batch_size: int, space: CacheSpace, frontier: set[str] | None = None):
+        """``frontier``: tensors that may be cached besides the targets when a sub-graph
+        that computes them is run and later nodes read them. Only tensors whose channel
+        layout the caller can slice belong here (never, say, a Shape output that counts the
+        channels, which slicing could not update)."""
         self.model = model
         self.topo = topo
         self.data = data
         self.providers = providers
         self.batch_size = batch_size
         self.space = space
+        self.frontier = frontier or set()
         self.cache: dict[str, _Stored] = {}
 
     def compute(self, targets: list[str], keep: bool = True) -> Iterator[dict[str, np.ndarray]]:
         """Yield, batch by batch, the values of ``targets``; cache them when ``keep`` (and
         when the cache space has room for them)."""
         available = {name: stored.dtype for name, stored in self.cache.items()}
-        sub, feeds = submodel(self.model, self.topo, [t for t in targets if t not in available], available)
+        missing = [t for t in targets if t not in available]
+        sub, feeds = submodel(self.model, self.topo, missing + self._frontier_of(missing, available) if keep
+                              else missing, available)
         session = make_session(sub, self.providers) if sub is not None else None
         out_names = [o.name for o in sub.graph.output] if sub is not None else []
         fresh: dict[str, _Stored | None] = {}
@@ -248,6 +258,15 @@ class CachedNetwork:
                 # another network's batches) must still find the values cached
                 self.cache.update({name: stored for name, stored in fresh.items() if stored is not None})
             yield {t: values[t] if t in values else self.cache[t][b] for t in targets}
+
+    def _frontier_of(self, missing: list[str], available: dict[str, np.dtype]) -> list[str]:
+        """Frontier tensors computed on the way to ``missing`` and read beyond that sub-graph."""
+        if not self.frontier or not missing:
+            return []
+        nodes = set(self.topo.cut(missing, set(available))[0])
+        return sorted({o for i in nodes for o in self.topo.outputs[i]
+                       if o in self.frontier and o not in missing
+                       and any(r not in nodes for r in self.topo.readers.get(o, []))})
 
     def update(self, model: onnx.ModelProto, stale: set[str],
                slicers: dict[str, Callable[[np.ndarray], np.ndarray]]) -> None:
