@@ -59,21 +59,27 @@ def _measure(model, topo, data, providers, tensors_by_group, delta, seed) -> dic
     feeds = next(data.batches(data.samples))
     keys = data.keys()
     outputs = [o.name for o in model.graph.output]
-    all_tensors = sorted({t for ts in tensors_by_group.values() for t in ts})
-    sess = make_session(model, providers, outputs=outputs + all_tensors)
-    values = dict(zip(outputs + all_tensors, run(sess, None, feeds)))
+    # each group's run starts at its tensors and at the nearest tensors the noise does not
+    # reach (a residual stream beside a block), not at the graph inputs
+    computed = set(topo.producer)
+    starts = {}
+    for gid, tensors in tensors_by_group.items():
+        clean = computed - topo.descendants({topo.producer[t] for t in tensors})
+        starts[gid] = topo.cut(outputs, clean | set(tensors))[1] | set(tensors)
+    fetched = sorted(set().union(*starts.values()) - set(outputs))
+    sess = make_session(model, providers, outputs=outputs + fetched)
+    values = dict(zip(outputs + fetched, run(sess, None, feeds)))
     ref = [values[o].astype(np.float64) for o in outputs]
     ref_var = sum(float(np.sum(np.var(r, axis=0))) for r in ref)
     gains: dict[int, float] = {}
     for gid, tensors in sorted(tensors_by_group.items()):
-        dtypes = {t: values[t].dtype for t in tensors}
-        sub, sub_feeds = submodel(model, topo, outputs, dtypes)
+        sub, sub_feeds = submodel(model, topo, outputs, {t: values[t].dtype for t in starts[gid] if t in values})
         if sub is None or ref_var <= 0:
             gains[gid] = 1.0
             continue
         inputs = {}
         for name in sub_feeds:
-            if name in dtypes:
+            if name in tensors:
                 z = values[name]
                 axes = tuple(i for i in range(z.ndim) if i != 1)
                 std = z.std(axis=axes, keepdims=True) if z.ndim > 1 else z.std()
@@ -81,7 +87,7 @@ def _measure(model, topo, data, providers, tensors_by_group, delta, seed) -> dic
                                   for k in keys])
                 inputs[name] = (z + delta * std * noise).astype(z.dtype)
             else:
-                inputs[name] = feeds[name]
+                inputs[name] = values[name] if name in values else feeds[name]
         got = run(make_session(sub, providers), outputs, inputs)
         mse = sum(float(np.sum(np.mean((g.astype(np.float64) - r) ** 2, axis=0))) for g, r in zip(got, ref))
         gains[gid] = mse / ref_var / delta ** 2
