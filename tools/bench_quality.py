@@ -21,12 +21,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
+from scipy.stats import binomtest
 
 import onnx_eprune
 from onnx_eprune.select import METHODS
 from onnx_eprune.datasets import fashion_mnist_available, load_fashion_mnist, preprocess
-from onnx_eprune.evaluate import accuracy
+from onnx_eprune.calibrate.data import load_calibration
+from onnx_eprune.evaluate import run_model
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 MODELS = {"lenet5": ("lenet5.onnx", "calib28.npy", 28), "vgg16": ("vgg16.onnx", "calib32.npy", 32),
@@ -35,15 +38,23 @@ PROVIDERS = ["CPUExecutionProvider"]
 
 
 def run_one(name: str, kind: str, target: float, method: str, mode: str, reconstruct: bool, test, samples,
-            reference: Path, round_to: int | None = None) -> dict:
+            reference: Path, round_to: int | None = None, stats: tuple | None = None) -> dict:
+    """One pruning run and its accuracy. ``stats``: (bundle, seconds) of a one-shot
+    calibration shared by the one-shot runs of this model; its seconds count in the run's."""
     file, calib, size = MODELS[name]
     model = onnx.load(str(reference / file))
+    options = dict(method=method, mode=mode, reconstruct=reconstruct, samples=samples, device="cpu",
+                   round_to=round_to, **{kind: target})
     t0 = time.perf_counter()
-    result = onnx_eprune.prune(model, str(reference / calib), method=method, mode=mode, reconstruct=reconstruct,
-                               samples=samples, device="cpu", round_to=round_to, **{kind: target})
-    seconds = time.perf_counter() - t0
+    if stats is not None:
+        result = onnx_eprune.prune(model, stats=[stats[0]], **options)
+    else:
+        result = onnx_eprune.prune(model, str(reference / calib), **options)
+    seconds = time.perf_counter() - t0 + (stats[1] if stats is not None else 0.0)
     x, y = test[size]
-    acc = accuracy(result.model, x, y, PROVIDERS)
+    logits = run_model(result.model, load_calibration(x, result.model), PROVIDERS)[0]
+    correct = logits.argmax(axis=1) == y
+    acc = float(np.mean(correct))
     card = json.loads((reference / file.replace(".onnx", ".json")).read_text())
     rep = result.report
     return {"model": name, "target_kind": kind, "target": target, "method": method, "mode": mode,
@@ -51,7 +62,23 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
             "accuracy_original": card["test_acc"], "drop_points": 100 * (card["test_acc"] - acc),
             "params_removed": rep["params"]["removed_fraction"], "macs_removed": rep["macs"]["removed_fraction"],
             "channels": [g["channels_after"] for g in rep["groups"] if not g["frozen"]],
-            "seconds": seconds, "phase_seconds": rep["seconds"]}
+            "seconds": seconds, "phase_seconds": rep["seconds"], "shared_calibration": stats is not None,
+            "test_images": len(correct), "correct": np.packbits(correct).tobytes().hex()}
+
+
+def mcnemar_p(a: dict, b: dict) -> float | None:
+    """Exact McNemar p-value (two-sided) of two runs' per-image correctness on the same
+    test images: how likely a split of the images only one of them gets right at least as
+    uneven as the one seen, were both equally accurate. None when a run lacks the record."""
+    if "correct" not in a or "correct" not in b:
+        return None
+    n = a["test_images"]
+    ca = np.unpackbits(np.frombuffer(bytes.fromhex(a["correct"]), np.uint8))[:n].astype(bool)
+    cb = np.unpackbits(np.frombuffer(bytes.fromhex(b["correct"]), np.uint8))[:n].astype(bool)
+    only_a, only_b = int(np.sum(ca & ~cb)), int(np.sum(cb & ~ca))
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -75,8 +102,9 @@ def pivot(rows: list[dict]) -> str:
     methods = [m for m in METHODS if any(k[4] == m and k[5] for k in latest)]
     if any(not k[5] for k in latest):
         methods.append("l1 (no re-fit)")
-    lines = ["| model | target | mode | " + " | ".join(methods) + " | MACs removed (entropic) |",
-             "|---|---|---|" + "---|" * (len(methods) + 1)]
+    lines = ["| model | target | mode | " + " | ".join(methods) + " | MACs removed (entropic) | "
+             "entropic vs the best other method: McNemar p |",
+             "|---|---|---|" + "---|" * (len(methods) + 2)]
     for key in sorted({k[:4] for k in latest}, key=lambda k: (k[0], k[1] != "sparsity", k[2], k[3] != "sequential")):
         cells = {}
         for m in methods:
@@ -86,8 +114,13 @@ def pivot(rows: list[dict]) -> str:
         text = [("-" if v is None else (f"**{v:.2f}**" if v == best else f"{v:.2f}")) for v in cells.values()]
         ent = latest.get(key + ("entropic", True))
         macs = "-" if ent is None else f"{ent['macs_removed']:.3f}"
+        others = [latest[key + (m, True)] for m in methods if m not in ("entropic", "l1 (no re-fit)")
+                  and key + (m, True) in latest]
+        rival = min(others, key=lambda r: r["drop_points"], default=None)
+        p = None if ent is None or rival is None else mcnemar_p(ent, rival)
+        test = "-" if p is None else f"{p:.2f} ({rival['method']})"
         kind = "sparsity" if key[1] == "sparsity" else "FLOPs"
-        lines.append(f"| {key[0]} | {kind} {key[2]:g} | {key[3]} | " + " | ".join(text) + f" | {macs} |")
+        lines.append(f"| {key[0]} | {kind} {key[2]:g} | {key[3]} | " + " | ".join(text) + f" | {macs} | {test} |")
     return "\n".join(lines)
 
 
@@ -121,12 +154,21 @@ def main() -> int:
     targets = [("sparsity", s) for s in args.sparsity] + [("flops_reduction", f) for f in args.flops]
     variants = [(m, True) for m in args.methods] + ([("l1", False)] if args.no_reconstruct else [])
     for name in args.models:
+        shared = None
+        if "oneshot" in args.modes:
+            # one-shot statistics do not depend on the method or the target: calibrate once
+            file, calib, _size = MODELS[name]
+            t0 = time.perf_counter()
+            bundle = onnx_eprune.calibrate(str(args.reference / file), str(args.reference / calib),
+                                           samples=args.samples, device="cpu")
+            shared = (bundle, time.perf_counter() - t0)
+            print(f"{name}: one-shot statistics in {shared[1]:.1f}s", flush=True)
         for kind, target in targets:
             for mode in args.modes:
                 for method, reconstruct in variants:
                     try:
                         row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples,
-                                      args.reference, args.round_to)
+                                      args.reference, args.round_to, shared if mode == "oneshot" else None)
                     except onnx_eprune.EPruneError as exc:  # e.g. a FLOPs target the prunable part cannot reach
                         print(f"{name} {kind}={target:g} {method} {mode}: {exc}", flush=True)
                         continue

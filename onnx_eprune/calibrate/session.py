@@ -67,6 +67,9 @@ def _options(threads: int | None = None) -> ort.SessionOptions:
     threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads:
         opts.intra_op_num_threads = threads
+    # the calibration alternates onnxruntime runs with numpy products on the same cores:
+    # pool threads that spin after a run would take the cores from numpy's threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
