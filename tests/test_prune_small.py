@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 import onnx_eprune
-from models import (ALL_BUILDERS, FEATURE_OUTPUT, channels_last, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
+from models import (ALL_BUILDERS, FEATURE_OUTPUT, OUTPUT, channels_last, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
                     depthwise_upsample, grouped, initializer, intermediate_output, io_signature, node_by_name,
                     relative_error, residual, run_model, se_unflatten, wide_cnn)
 from onnx_eprune import budget
@@ -546,6 +546,75 @@ def test_cached_network_without_room_computes_again(calib):
     first = np.concatenate([v[target] for v in net.compute([target])])
     assert not net.cache
     np.testing.assert_array_equal(np.concatenate([v[target] for v in net.compute([target])]), first)
+
+
+def test_cached_network_keeps_the_frontier_of_a_stage(calib):
+    """A sequential stage that computes the input of conv b also caches the stem's output,
+    which the residual Add outside that sub-graph reads: the next stage starts there, not
+    at the graph input, and gets the values of a whole run. Tensors outside the allowed
+    frontier (those whose layout the caller could not slice) are never kept."""
+    from onnx_eprune.calibrate.data import CalibrationData
+    from onnx_eprune.calibrate.engine import CacheSpace, CachedNetwork, Topology, submodel
+
+    model = residual()
+    constants_to_initializers(model)
+    topo = Topology(model)
+    stem = node_by_name(model, "stem").output[0]
+    r = next(n.output[0] for n in model.graph.node if n.op_type == "Relu" and n.input[0] == stem)
+    a_in = node_by_name(model, "conv_b").input[0]
+    add = node_by_name(model, "add").output[0]
+    data = CalibrationData({"x": calib})
+    for frontier, cached, nodes in (({r, a_in, add}, {a_in, r}, 2), ({a_in, add}, {a_in}, 4)):
+        net = CachedNetwork(model, topo, data, ["CPUExecutionProvider"], batch_size=16,
+                            space=CacheSpace(1 << 30, 0), frontier=frontier)
+        list(net.compute([a_in]))
+        assert set(net.cache) == cached
+        sub, feeds = submodel(model, topo, [add], {t: np.float32 for t in net.cache})
+        assert len(sub.graph.node) == nodes and [n.name for n in sub.graph.node][-2:] == ["conv_b", "add"]
+        assert set(feeds) - {"x"} == cached
+    got = np.concatenate([v[add] for v in net.compute([add])])
+    np.testing.assert_allclose(got, run_model_outputs(model, calib, add), rtol=1e-5, atol=1e-6)
+
+
+def test_output_gains_match_noise_added_inside_the_whole_network(calib):
+    """Each group's gain, measured from the nearest clean tensors, equals the relative
+    output error of the whole network with the same noise added at the group's tensors."""
+    from onnx import numpy_helper
+    from onnx_eprune.calibrate.data import CalibrationData
+    from onnx_eprune.calibrate.engine import Topology
+    from onnx_eprune.calibrate.sensitivity import output_gains
+
+    model = residual()
+    constants_to_initializers(model)
+    data = CalibrationData({"x": calib})
+    tensors = {0: [node_by_name(model, "conv_a").output[0]], 1: [node_by_name(model, "conv_b").output[0]],
+               2: [node_by_name(model, "stem").output[0]]}
+    delta = 0.05
+    gains = output_gains(model, Topology(model), data, ["CPUExecutionProvider"], tensors, delta=delta, seed=3)
+    keys = data.keys()
+    ref = run_model(model, calib)[OUTPUT].astype(np.float64)
+    for gid, (t,) in tensors.items():
+        z = run_model_outputs(model, calib, t)
+        std = z.std(axis=(0, 2, 3), keepdims=True)
+        noise = np.stack([np.random.default_rng([3, gid, int(k)]).standard_normal(z.shape[1:]) for k in keys])
+        noisy = onnx.ModelProto()
+        noisy.CopyFrom(model)
+        for node in noisy.graph.node:
+            node.input[:] = [f"{t}_noisy" if i == t else i for i in node.input]
+        noisy.graph.initializer.append(numpy_helper.from_array((delta * std * noise).astype(np.float32), "noise"))
+        at = next(i for i, n in enumerate(noisy.graph.node) if t in n.output) + 1
+        noisy.graph.node.insert(at, onnx.helper.make_node("Add", [t, "noise"], [f"{t}_noisy"]))
+        out = run_model(noisy, calib)[OUTPUT].astype(np.float64)
+        expected = np.sum(np.mean((out - ref) ** 2, axis=0)) / np.sum(np.var(ref, axis=0)) / delta ** 2
+        assert gains[gid] == pytest.approx(expected, rel=1e-3)
+
+
+def run_model_outputs(model: onnx.ModelProto, x: np.ndarray, name: str) -> np.ndarray:
+    """The values of tensor ``name`` of ``model`` on ``x``."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(onnx.ValueInfoProto(name=name))
+    return run_model(m, x)[name]
 
 
 def test_float16_model_is_pruned_in_its_own_dtype(calib):
