@@ -53,8 +53,10 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
     seconds = time.perf_counter() - t0 + (stats[1] if stats is not None else 0.0)
     x, y = test[size]
     logits = run_model(result.model, load_calibration(x, result.model), PROVIDERS)[0]
+    original = _original_logits(reference / file, x)
     correct = logits.argmax(axis=1) == y
     acc = float(np.mean(correct))
+    logits = logits.astype(np.float64)
     card = json.loads((reference / file.replace(".onnx", ".json")).read_text())
     rep = result.report
     return {"model": name, "target_kind": kind, "target": target, "method": method, "mode": mode,
@@ -63,7 +65,20 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
             "params_removed": rep["params"]["removed_fraction"], "macs_removed": rep["macs"]["removed_fraction"],
             "channels": [g["channels_after"] for g in rep["groups"] if not g["frozen"]],
             "seconds": seconds, "phase_seconds": rep["seconds"], "shared_calibration": stats is not None,
+            "test_agreement": float(np.mean(logits.argmax(axis=1) == original.argmax(axis=1))),
+            "test_relative_error": float(np.linalg.norm(logits - original) / np.linalg.norm(original)),
             "test_images": len(correct), "correct": np.packbits(correct).tobytes().hex()}
+
+
+_ORIGINAL: dict[Path, np.ndarray] = {}
+
+
+def _original_logits(path: Path, x) -> np.ndarray:
+    """The reference model's logits on the test images (computed once per model)."""
+    if path not in _ORIGINAL:
+        model = onnx.load(str(path))
+        _ORIGINAL[path] = run_model(model, load_calibration(x, model), PROVIDERS)[0].astype(np.float64)
+    return _ORIGINAL[path]
 
 
 def mcnemar_p(a: dict, b: dict) -> float | None:
@@ -93,34 +108,44 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def pivot(rows: list[dict]) -> str:
-    """One row per (model, target, mode), one column per method: the accuracy drop in points
-    (MACs removed by entropic in brackets), the best method in bold; repeated runs count once
-    (the last)."""
+# what a pivot cell shows: (row field, scale, better is smaller, header)
+METRICS = {"drop": ("drop_points", 1.0, True, "accuracy drop in points"),
+           "agreement": ("test_agreement", 100.0, False, "top-1 agreement with the original model, %"),
+           "error": ("test_relative_error", 100.0, True, "relative error of the logits, %")}
+
+
+def pivot(rows: list[dict], metric: str = "drop") -> str:
+    """One row per (model, target, mode), one column per method: the ``metric`` on the test
+    split (the best method in bold), the MACs removed by entropic and, for the accuracy
+    drop, the McNemar p of entropic against the best other method; repeated runs count
+    once (the last)."""
+    field, scale, smaller, header = METRICS[metric]
+    pick = min if smaller else max
     latest = {(r["model"], r["target_kind"], r["target"], r["mode"], r["method"], r["reconstruct"]): r
-              for r in rows}
+              for r in rows if field in r}
     methods = [m for m in METHODS if any(k[4] == m and k[5] for k in latest)]
     if any(not k[5] for k in latest):
         methods.append("l1 (no re-fit)")
-    lines = ["| model | target | mode | " + " | ".join(methods) + " | MACs removed (entropic) | "
-             "entropic vs the best other method: McNemar p |",
-             "|---|---|---|" + "---|" * (len(methods) + 2)]
+    lines = [f"{header}:", "", "| model | target | mode | " + " | ".join(methods) + " | MACs removed (entropic) |"
+             + (" entropic vs the best other method: McNemar p |" if metric == "drop" else ""),
+             "|---|---|---|" + "---|" * (len(methods) + 1 + (metric == "drop"))]
     for key in sorted({k[:4] for k in latest}, key=lambda k: (k[0], k[1] != "sparsity", k[2], k[3] != "sequential")):
         cells = {}
         for m in methods:
             r = latest.get(key + ((m, True) if m != "l1 (no re-fit)" else ("l1", False)))
-            cells[m] = None if r is None else r["drop_points"]
-        best = min(v for v in cells.values() if v is not None)
+            cells[m] = None if r is None else round(scale * r[field], 2)
+        best = pick(v for v in cells.values() if v is not None)
         text = [("-" if v is None else (f"**{v:.2f}**" if v == best else f"{v:.2f}")) for v in cells.values()]
         ent = latest.get(key + ("entropic", True))
-        macs = "-" if ent is None else f"{ent['macs_removed']:.3f}"
-        others = [latest[key + (m, True)] for m in methods if m not in ("entropic", "l1 (no re-fit)")
-                  and key + (m, True) in latest]
-        rival = min(others, key=lambda r: r["drop_points"], default=None)
-        p = None if ent is None or rival is None else mcnemar_p(ent, rival)
-        test = "-" if p is None else f"{p:.2f} ({rival['method']})"
-        kind = "sparsity" if key[1] == "sparsity" else "FLOPs"
-        lines.append(f"| {key[0]} | {kind} {key[2]:g} | {key[3]} | " + " | ".join(text) + f" | {macs} | {test} |")
+        line = f"| {key[0]} | {'sparsity' if key[1] == 'sparsity' else 'FLOPs'} {key[2]:g} | {key[3]} | " + \
+            " | ".join(text) + f" | {'-' if ent is None else format(ent['macs_removed'], '.3f')} |"
+        if metric == "drop":
+            others = [latest[key + (m, True)] for m in methods if m not in ("entropic", "l1 (no re-fit)")
+                      and key + (m, True) in latest]
+            rival = min(others, key=lambda r: r["drop_points"], default=None)
+            p = None if ent is None or rival is None else mcnemar_p(ent, rival)
+            line += " - |" if p is None else f" {p:.2f} ({rival['method']}) |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -140,10 +165,11 @@ def main() -> int:
     ap.add_argument("--pivot", action="store_true",
                     help="print --out at the end as one row per target and mode, one column per method "
                     "(without targets: print it and exit)")
+    ap.add_argument("--metric", choices=list(METRICS), default="drop", help="what --pivot shows")
     args = ap.parse_args()
     if not args.sparsity and not args.flops:  # nothing to run: print the tables of --out
         rows = json.loads(args.out.read_text())["runs"] if args.out and args.out.exists() else []
-        print(pivot(rows) if args.pivot else markdown(rows))
+        print(pivot(rows, args.metric) if args.pivot else markdown(rows))
         return 0
     if not fashion_mnist_available():
         print("needs the Fashion-MNIST test split: apt-get install dataset-fashion-mnist", file=sys.stderr)
@@ -183,7 +209,7 @@ def main() -> int:
     if args.markdown:
         print(markdown(rows))
     if args.pivot:
-        print(pivot(rows))
+        print(pivot(rows, args.metric))
     return 0
 
 
