@@ -1,4 +1,4 @@
-"""Independent solver work spread over threads.
+"""Independent work spread over threads.
 
 The solvers call LAPACK on one BLAS thread each (so that their results do not depend on the
 thread count, see ``Pruner.run``); LAPACK releases the GIL, so independent groups solved on
@@ -8,7 +8,7 @@ result is the same bytes as when solved alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -24,3 +24,20 @@ def parallel_map(fn: Callable[[T], object], items: Iterable[T], workers: int) ->
         return [fn(i) for i in items]
     with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
         return list(pool.map(fn, items))
+
+
+_END = object()
+
+
+def prefetched(items: Iterator[T]) -> Iterator[T]:
+    """The items of ``items``, each next one computed on a worker thread while the caller
+    works on the current one (onnxruntime runs and numpy products release the GIL, and
+    each leaves a core idle part of the time that the other can fill)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(next, items, _END)
+        while True:
+            item = ahead.result()
+            if item is _END:
+                return
+            ahead = pool.submit(next, items, _END)
+            yield item

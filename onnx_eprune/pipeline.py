@@ -32,7 +32,7 @@ from .graph.groups import Consumer, GraphAnalysis, analyze
 from .graph.model_io import as_model, check_model, initializer_map, normalize, save_model
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, producer_rows
-from .parallel import parallel_map
+from .parallel import parallel_map, prefetched
 from .progress import Progress
 from .select import DATA_METHODS, METHODS, baselines, entropic
 from .select.problem import ConsumerTerm, explained_curve, partial_out
@@ -189,8 +189,8 @@ class Pruner:
         targets = sorted({c.input for c in cons.values()})
         thetas = {c: consumer_matrix(self.inits, cons[c])[0].astype(np.float32) for c in cidxs}
         acc = {c: MomentAccumulator() for c in cidxs}
-        orig_iter = orig.compute(targets, keep=pruned is not None if keep_orig is None else keep_orig)
-        cur_iter = pruned.compute(targets) if pruned is not None else None
+        orig_iter = prefetched(orig.compute(targets, keep=pruned is not None if keep_orig is None else keep_orig))
+        cur_iter = prefetched(pruned.compute(targets)) if pruned is not None else None
         keys = self.data.keys()
         size = self.config.batch_size
         with self.progress.task(label, self.data.batch_count(size)) as task, \
