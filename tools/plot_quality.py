@@ -4,7 +4,8 @@
 
 One PNG per model (``quality_<model>.png``): accuracy drop in points against the fraction
 of parameters removed (and, beside it, of MACs removed when FLOPs targets were run), one
-line per method and mode (sequential with re-fit unless marked).
+line per method and mode (sequential with re-fit and the default channel rounding unless
+marked).
 Needs matplotlib (``pip install 'onnx-eprune[plots]'``).
 """
 
@@ -23,14 +24,35 @@ KINDS = {"sparsity": "fraction of parameters removed (--sparsity)",
 def series(runs: list[dict], kind: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
     """model -> label -> sorted (target, drop) points of the runs with target ``kind``; a
     run repeated in the inputs counts once (the last one)."""
-    latest = {(r["model"], r["target_kind"], r["target"], r["method"], r["mode"], r["reconstruct"]): r
-              for r in runs if r["target_kind"] == kind}
+    latest = {(r["model"], r["target_kind"], r["target"], r["method"], r["mode"], r["reconstruct"],
+               _any_count(r)): r for r in runs if r["target_kind"] == kind}
     out: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in latest.values():
         label = r["method"] + ("" if r["reconstruct"] else " (no re-fit)") + ("" if r["mode"] == "sequential"
-                                                                             else f", {r['mode']}")
+                                                                             else f", {r['mode']}") \
+            + (", any count" if _any_count(r) else "")
         out[r["model"]][label].append((r["target"], r["drop_points"]))
     return {m: {k: sorted(v) for k, v in d.items()} for m, d in out.items()}
+
+
+def _any_count(run: dict) -> bool:
+    """Whether the run allowed any channel count (``--round-to 1``; runs from before session
+    11 carry no ``round_to`` and had that default)."""
+    return run.get("round_to", 1) == 1
+
+
+METHOD_COLOURS = {"entropic": "C0", "lasso": "C1", "thinet": "C2", "l1": "C3", "random": "C4",
+                  "l1 (no re-fit)": "C5"}
+
+
+def _style(label: str) -> dict:
+    """One colour per method, the line per mode (solid: sequential, dashed: one-shot), open
+    markers for runs with any channel count."""
+    method = label.split(",")[0]
+    any_count = "any count" in label
+    return {"color": METHOD_COLOURS.get(method, "C7"), "linestyle": "--" if "oneshot" in label else "-",
+            "marker": "s" if any_count else "o", "markerfacecolor": "white" if any_count else None,
+            "linewidth": 2.2 if method == "entropic" else 1.2}
 
 
 def main() -> int:
@@ -52,7 +74,7 @@ def main() -> int:
         for ax, kind in zip(axes[0], kinds):
             for label, points in sorted(by_kind[kind][model].items()):
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o", label=label)
+                ax.plot(xs, ys, label=label, **_style(label))
             ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
             ax.set_xlabel(KINDS[kind])
             ax.set_ylabel("accuracy drop (points, full test split)")
