@@ -40,8 +40,9 @@ def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, providers: li
 
 def latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: list[str], threads: int | None = None,
                repeats: int = 20) -> float:
-    """Median wall time of one ``run`` in milliseconds, after a warm-up run."""
-    sess = make_session(model, providers, threads=threads)
+    """Median wall time of one ``run`` in milliseconds, after a warm-up run (onnxruntime's
+    default thread settings, as a deployment would run the model)."""
+    sess = make_session(model, providers, threads=threads, spinning=True)
     run(sess, None, feeds)  # warm-up, with onnxruntime errors reported in one line
     times = []
     for _ in range(repeats):

@@ -56,7 +56,7 @@ def _cuda_works() -> bool:
     return _cuda_ok
 
 
-def _options(threads: int | None = None) -> ort.SessionOptions:
+def _options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     # onnxruntime prints nothing of its own (its errors come back as one-line exceptions)
     # unless -v asks for details
@@ -67,21 +67,24 @@ def _options(threads: int | None = None) -> ort.SessionOptions:
     threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads:
         opts.intra_op_num_threads = threads
-    # the calibration alternates onnxruntime runs with numpy products on the same cores:
-    # pool threads that spin after a run would take the cores from numpy's threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not spinning:
+        # the calibration alternates onnxruntime runs with numpy products on the same cores:
+        # pool threads that spin after a run would take the cores from numpy's threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
 def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str] | None = None,
-                 threads: int | None = None) -> ort.InferenceSession:
+                 threads: int | None = None, spinning: bool = False) -> ort.InferenceSession:
     """A session for ``model``; ``outputs`` (any tensor names) replace the graph outputs.
+    Its pool threads sleep after a run unless ``spinning`` (onnxruntime's own default,
+    for timing the model as a deployment would run it).
 
     Weights left in the input's data file (model_io.reference) reach onnxruntime as
     external data in that file, which it maps into memory instead of copying it. A model
     above the protobuf limit cannot be serialised: its other large initializers go to
     onnxruntime as in-memory external initializers (no file is written)."""
-    options = _options(threads)
+    options = _options(threads, spinning)
     arrays: list[ort.OrtValue] = []
     large = model_io.model_bytes(model) >= model_io.EXTERNAL_DATA_THRESHOLD
     if large:
