@@ -21,10 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_eprune.calibrate.engine import CacheSpace, CachedNetwork
-from onnx_eprune.graph.weights import producer_rows
 from onnx_eprune.pipeline import PruneConfig, Pruner
-from onnx_eprune.select import baselines, entropic
 from onnx_eprune.select.problem import explained_curve
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
@@ -39,8 +36,7 @@ def main() -> int:
     calib = "calib28.npy" if args.model == "lenet5" else "calib32.npy"
     pruner = Pruner(str(REFERENCE / f"{args.model}.onnx"), str(REFERENCE / calib),
                     PruneConfig(keep_ratio=1.0, mode="oneshot", device="cpu"))
-    network = CachedNetwork(pruner.model, pruner.topo, pruner.data, pruner.providers, 64, CacheSpace(0, 0))
-    stats = pruner.collect(pruner._oneshot_consumers(), network, None, 0, "calibrate", keep_orig=False)
+    stats = pruner.calibrate().consumers
     keep = [(int(g), int(k)) for g, k in (pair.split(":") for pair in args.keep)]
     terms = pruner.group_terms(sorted({g for g, _k in keep}), stats, {})
     for gid, k in keep:
@@ -54,11 +50,10 @@ def main() -> int:
             order = np.array(kept + [c for c in range(group.channels) if c not in kept])
             return float(sum(explained_curve(t, order)[k] for t in terms[gid]))
 
-        A, b = baselines.contributions(terms[gid], pruner.config.entropic.max_features)
-        sets = {"entropic": entropic.ranking(terms[gid], pruner.config.entropic)[:k],
-                "lasso": baselines.lasso_ranking(A, b)[:k], "thinet": baselines.thinet_ranking(A)[:k],
-                "l1": baselines.l1_ranking([producer_rows(pruner.inits, p, group.channels).reshape(group.channels, -1)
-                                            for p in group.producers])[:k]}
+        sets = {}
+        for method in ("entropic", "lasso", "thinet", "l1"):
+            pruner.config.method = method
+            sets[method] = pruner.ranking(gid, terms[gid])[:k]
         best = min(itertools.combinations(range(group.channels), k), key=error)
         print(f"group {gid}: keep {k} of {group.channels}")
         for name, kept in [*sets.items(), ("best of all", best)]:
