@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 
 
@@ -24,6 +26,20 @@ def parallel_map(fn: Callable[[T], object], items: Iterable[T], workers: int) ->
         return [fn(i) for i in items]
     with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
         return list(pool.map(fn, items))
+
+
+def matmul_rows(a: np.ndarray, b: np.ndarray, workers: int, rows: int = 512) -> np.ndarray:
+    """``a @ b`` for ``a`` (R x K) and ``b`` (K x M), ``rows`` rows of ``a`` per product on
+    up to ``workers`` threads. Each product is a single-threaded BLAS call (the caller keeps
+    BLAS at one thread) of a shape that does not depend on ``workers``, so the result is the
+    same bytes for any number of workers, which a multithreaded BLAS call does not promise."""
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+
+    def product(start: int) -> None:
+        np.matmul(a[start:start + rows], b, out=out[start:start + rows])
+
+    parallel_map(product, range(0, a.shape[0], rows), workers)
+    return out
 
 
 _END = object()

@@ -7,6 +7,7 @@ of their consumers, ``select`` and ``budget`` decide keep-sets and new weights, 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -22,17 +23,18 @@ import onnx
 from . import budget
 from .calibrate.bundle import StatsBundle, fingerprint, merge_bundles
 from .calibrate.data import CalibrationData, load_calibration
-from .calibrate.engine import CacheSpace, CachedNetwork, Topology
+from .calibrate.engine import CacheSpace, CachedNetwork, StoredBatches, Topology
 from .calibrate.sensitivity import gain_subset, output_gains
 from .calibrate.session import choose_providers, make_session, probe_shapes, run
-from .calibrate.stats import ConvGeometry, MomentAccumulator, MomentStats, conv_patches, positions_per_sample, sample_positions
+from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, conv_patches,
+                              positions_per_sample, sample_positions)
 from .errors import EPruneError, UsageError
 from .graph.costs import CostModel, build_cost_model
 from .graph.groups import Consumer, GraphAnalysis, analyze
 from .graph.model_io import as_model, check_model, initializer_map, normalize, save_model
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, producer_rows
-from .parallel import parallel_map, prefetched
+from .parallel import matmul_rows, parallel_map, prefetched
 from .progress import Progress
 from .select import DATA_METHODS, METHODS, baselines, entropic
 from .select.problem import ConsumerTerm, explained_curve, partial_out
@@ -164,6 +166,7 @@ class Pruner:
         self.topo = Topology(self.model)
         self.paths: dict[int, list[entropic.PathPoint]] = {}  # entropic paths on one-shot statistics
         self.steps: dict[int, int] = {}  # group -> its kept counts are multiples of this (allocate)
+        self._targets: dict[int, StoredBatches] = {}  # consumer -> its target rows (collect)
         self.t0 = t0
 
     # -- statistics ----------------------------------------------------------------------
@@ -173,37 +176,89 @@ class Pruner:
             return conv_patches(x.astype(np.float32, copy=False), geo, positions)
         return x.reshape(x.shape[0], -1).astype(np.float32, copy=False)
 
-    def _positions(self, cons: Consumer, keys: np.ndarray, stage: int, cidx: int) -> np.ndarray | None:
+    def _positions(self, cons: Consumer, keys: np.ndarray, cidx: int) -> np.ndarray | None:
         if cons.kind not in ("conv", "convT"):
             return None
         n_pos = int(np.prod(self.shapes[cons.output][2:]))
         k = positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions)
-        return sample_positions(keys, hash((self.config.seed, stage, cidx)), n_pos, k)
+        return sample_positions(keys, hash((self.config.seed, 0, cidx)), n_pos, k)
 
-    def collect(self, cidxs: list[int], orig: CachedNetwork, pruned: CachedNetwork | None, stage: int,
-                label: str, keep_orig: bool | None = None) -> dict[int, MomentStats]:
-        """Stream the statistics of consumers ``cidxs``: current input from ``pruned`` (or the
-        original network in one-shot mode), target output from the original network, whose
-        values are cached when ``keep_orig`` (default: when ``pruned`` is given)."""
+    def collect(self, cidxs: list[int], orig: CachedNetwork, pruned: CachedNetwork | None, label: str,
+                record: bool = False) -> dict[int, MomentStats]:
+        """Stream the statistics of consumers ``cidxs``: current input from ``pruned`` (None:
+        the original network, as in one-shot mode), target output from the original network.
+
+        A consumer's rows are taken at the same sampled positions in every pass, so the
+        one-shot pass can ``record`` its target rows (the original output there) and later
+        passes read them back instead of running the original network again; the targets
+        that found no room in the cache space are computed again from ``orig``.
+        """
         cons = {c: self.analysis.consumers[c] for c in cidxs}
-        targets = sorted({c.input for c in cons.values()})
         thetas = {c: consumer_matrix(self.inits, cons[c])[0].astype(np.float32) for c in cidxs}
-        acc = {c: MomentAccumulator() for c in cidxs}
-        orig_iter = prefetched(orig.compute(targets, keep=pruned is not None if keep_orig is None else keep_orig))
-        cur_iter = prefetched(pruned.compute(targets)) if pruned is not None else None
+        stored = {c: self._targets[c] for c in cidxs if pruned is not None and c in self._targets}
+        fresh = [c for c in cidxs if c not in stored]
+        acc: dict[int, MomentAccumulator | PixelPairAccumulator] = {}
+        batches = self.data.batch_count(self.config.batch_size)
+        orig_inputs = sorted({cons[c].input for c in fresh})
+        orig_iter = prefetched(orig.compute(orig_inputs, keep=pruned is not None)) if orig_inputs \
+            else itertools.repeat({})
+        cur_iter = prefetched(pruned.compute(sorted({c.input for c in cons.values()}))) if pruned is not None \
+            else None
+        recording = set()
+        if record:
+            for c in cidxs:
+                store = StoredBatches.reserve(self.space, 4 * self._target_rows(cons[c]) * cons[c].out_channels)
+                if store is not None:
+                    self._targets[c] = store
+                    recording.add(c)
         keys = self.data.keys()
         size = self.config.batch_size
-        with self.progress.task(label, self.data.batch_count(size)) as task, \
-                self._blas.limit(limits=self._blas_threads, user_api="blas"):
-            for b, xo in enumerate(orig_iter):
+        # BLAS stays on one thread (see ``run``): the products are spread over threads here
+        with self.progress.task(label, batches) as task:
+            for b in range(batches):
+                xo = next(orig_iter)
                 xc = next(cur_iter) if cur_iter is not None else xo
                 for c in cidxs:
-                    pos = self._positions(cons[c], keys[b * size:(b + 1) * size], stage, c)
-                    rows_o = self._rows(cons[c], xo[cons[c].input], pos)
-                    rows_c = rows_o if cur_iter is None else self._rows(cons[c], xc[cons[c].input], pos)
-                    acc[c].add(rows_c, rows_o @ thetas[c].T)
+                    x = xc[cons[c].input].astype(np.float32, copy=False)
+                    if c not in acc:
+                        # one-shot: y is theta x, its moments follow from those of x
+                        acc[c] = self._accumulator(cons[c], x.shape[1:], thetas[c] if pruned is None else None)
+                    images = isinstance(acc[c], PixelPairAccumulator)
+                    pos = self._positions(cons[c], keys[b * size:(b + 1) * size], c)
+                    rows = None if images else self._rows(cons[c], x, pos)
+                    y = None
+                    if c in stored:
+                        y = stored[c][b]
+                    elif pruned is not None or c in recording:
+                        source = rows if pruned is None and rows is not None else \
+                            self._rows(cons[c], x if pruned is None else xo[cons[c].input], pos)
+                        y = matmul_rows(source, thetas[c].T, self._blas_threads)
+                        if c in recording:
+                            self._targets[c].append(y)
+                    acc[c].add(x if images else rows, None if pruned is None else y)
                 task.advance()
         return {c: a.result() for c, a in acc.items()}
+
+    def _accumulator(self, cons: Consumer, chw: tuple[int, ...], theta: np.ndarray | None
+                     ) -> MomentAccumulator | PixelPairAccumulator:
+        """The statistics accumulator of consumer ``cons`` for inputs of shape ``chw``: from
+        pixel pairs where a Conv's rows are taken at every output position and pairs save work."""
+        if cons.kind in ("conv", "convT"):
+            out_hw = self.shapes[cons.output][2:]
+            n_pos = int(np.prod(out_hw))
+            if positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions) >= n_pos:
+                pairs = PixelPairAccumulator.of(ConvGeometry.from_dict(cons.conv, out_hw), tuple(chw),
+                                                self._blas_threads, theta)
+                if pairs is not None:
+                    return pairs
+        return MomentAccumulator(self._blas_threads, theta)
+
+    def _target_rows(self, cons: Consumer) -> int:
+        """Rows that consumer ``cons`` contributes over the calibration set."""
+        if cons.kind not in ("conv", "convT"):
+            return self.data.samples
+        n_pos = int(np.prod(self.shapes[cons.output][2:]))
+        return self.data.samples * positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions)
 
     # -- per-group problems ----------------------------------------------------------------
     def _counts(self, keeps: dict[int, np.ndarray]) -> dict[int, int]:
@@ -332,10 +387,10 @@ class Pruner:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> PruneResult:
-        # OpenBLAS sums float64 products in an order that depends on its thread count; the
-        # solvers run on one thread so that the output is the same bytes on any machine
-        # (they are faster so anyway: their matrices are small). The statistics' float32
-        # GEMMs, which are thread-count invariant, get every thread back (collect).
+        # OpenBLAS sums products in an order that depends on its thread count; BLAS runs on
+        # one thread so that the output is the same bytes on any machine, and the work is
+        # spread over Python threads in pieces that do not depend on the thread count
+        # (independent groups for the solvers, fixed blocks for the statistics' products).
         with self._blas.limit(limits=1, user_api="blas"):
             return self._run()
 
@@ -359,9 +414,9 @@ class Pruner:
             oneshot_stats = self.bundle.consumers
         elif target.kind != "keep_ratio" or cfg.mode == "oneshot":
             with self.timer.phase("calibrate"):
-                # the sequential stages read the original network's consumer inputs again
-                oneshot_stats = self.collect(self._oneshot_consumers(), orig, None, 0, "calibrate",
-                                             keep_orig=cfg.mode == "sequential")
+                # the sequential stages read the original network's target rows again
+                oneshot_stats = self.collect(self._oneshot_consumers(), orig, None, "calibrate",
+                                             record=cfg.mode == "sequential")
         with self.timer.phase("select"):
             counts, rankings = self.allocate(gids, oneshot_stats)
         keeps: dict[int, np.ndarray] = {}
@@ -401,8 +456,8 @@ class Pruner:
         """One-shot statistics of every consumer of a prunable group, as a mergeable bundle."""
         orig = CachedNetwork(self.model, self.topo, self.data, self.providers, self.config.batch_size,
                              CacheSpace(0, 0))
-        with self.timer.phase("calibrate"):
-            consumers = self.collect(self._oneshot_consumers(), orig, None, 0, "calibrate", keep_orig=False)
+        with self.timer.phase("calibrate"), self._blas.limit(limits=1, user_api="blas"):
+            consumers = self.collect(self._oneshot_consumers(), orig, None, "calibrate")
         return StatsBundle.from_run(self.model, self.config.seed, self.config.positions, self.data, consumers)
 
     def _sequential(self, gids, counts, rankings, orig, keeps, refits) -> None:
@@ -419,7 +474,11 @@ class Pruner:
         for stage, g in enumerate(order, start=1):
             cidxs = groups[g].consumers
             with self.timer.phase("calibrate"):
-                stats = self.collect(cidxs, orig, pruned, stage, f"layer {stage}/{len(order)}")
+                stats = self.collect(cidxs, orig, pruned, f"layer {stage}/{len(order)}")
+                for c in cidxs:  # a consumer is decided with its (last) group
+                    if c in self._targets and all(s[0] in keeps or s[0] == g or s[0] not in counts
+                                                  for s in consumers[c].segments):
+                        self._targets.pop(c).discard()
             with self.timer.phase("select"):
                 keep = self.choose(g, counts[g], rankings.get(g), lambda: self.group_terms([g], stats, keeps)[g])
                 if cfg.reconstruct:

@@ -144,7 +144,7 @@ class CacheSpace:
             self._dir = None
 
 
-class _Stored:
+class StoredBatches:
     """The per-batch values of one tensor: a list in memory, or one scratch file."""
 
     def __init__(self, space: CacheSpace, nbytes: int, path: str | None):
@@ -157,7 +157,7 @@ class _Stored:
         self._end = 0                       # bytes written to the file so far
 
     @classmethod
-    def reserve(cls, space: CacheSpace, estimate: int) -> "_Stored | None":
+    def reserve(cls, space: CacheSpace, estimate: int) -> "StoredBatches | None":
         """Room for ``estimate`` bytes, in memory if they fit, else on disk; None if neither."""
         if estimate <= space.memory_left:
             space.memory_left -= estimate
@@ -189,14 +189,14 @@ class _Stored:
             f.seek(offset)
             return np.fromfile(f, self.dtype, int(np.prod(shape))).reshape(shape)
 
-    def transform(self, fn: Callable[[np.ndarray], np.ndarray]) -> "_Stored":
+    def transform(self, fn: Callable[[np.ndarray], np.ndarray]) -> "StoredBatches":
         """The values mapped through ``fn`` (channel slicing), in the same place; batch by
         batch, so that memory never holds the old and the new tensor whole."""
         if self.path is None:
             for b, value in enumerate(self.values):
                 self.values[b] = fn(value)
             return self
-        out = _Stored(self.space, self.bytes, self.space.new_file())  # takes over the reservation
+        out = StoredBatches(self.space, self.bytes, self.space.new_file())  # takes over the reservation
         for b in range(len(self)):
             out.append(fn(self[b]))
         self.discard(release=False)
@@ -229,7 +229,7 @@ class CachedNetwork:
         self.batch_size = batch_size
         self.space = space
         self.frontier = frontier or set()
-        self.cache: dict[str, _Stored] = {}
+        self.cache: dict[str, StoredBatches] = {}
 
     def compute(self, targets: list[str], keep: bool = True) -> Iterator[dict[str, np.ndarray]]:
         """Yield, batch by batch, the values of ``targets``; cache them when ``keep`` (and
@@ -240,7 +240,7 @@ class CachedNetwork:
                               else missing, available)
         session = make_session(sub, self.providers) if sub is not None else None
         out_names = [o.name for o in sub.graph.output] if sub is not None else []
-        fresh: dict[str, _Stored | None] = {}
+        fresh: dict[str, StoredBatches | None] = {}
         batches = self.data.batch_count(self.batch_size)
         for b, batch in enumerate(self.data.batches(self.batch_size)):
             values = {}
@@ -250,7 +250,7 @@ class CachedNetwork:
                 if keep:
                     for name in out_names:
                         if b == 0:
-                            fresh[name] = _Stored.reserve(self.space, values[name].nbytes * batches)
+                            fresh[name] = StoredBatches.reserve(self.space, values[name].nbytes * batches)
                         if fresh[name] is not None:
                             fresh[name].append(values[name])
             if keep and b == batches - 1:
