@@ -9,14 +9,6 @@ The one entry point is :func:`prune`::
 
 __version__ = "0.1.0"
 
-import os as _os
-
-# OpenBLAS's idle worker threads spin for about 2**28 cycles before they sleep, taking the
-# cores from onnxruntime and from the solvers' own threads between the statistics' products
-# (ResNet-18 sequential: 117 -> 93 s of user CPU, 85 -> 76 s wall). It reads this variable
-# when it loads, so it must be set before numpy is first imported; the user's value wins.
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
 from .errors import EPruneError, UsageError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .inspection import inspect  # noqa: E402

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -214,30 +215,32 @@ class Pruner:
         keys = self.data.keys()
         size = self.config.batch_size
         # BLAS stays on one thread (see ``run``): the products are spread over threads here
+        def step(c: int) -> None:  # batch b of consumer c; consumers run on parallel threads
+            x = xc[cons[c].input].astype(np.float32, copy=False)
+            if c not in acc:
+                # one-shot: y is theta x, its moments follow from those of x
+                acc[c] = self._accumulator(cons[c], x.shape[1:], thetas[c] if pruned is None else None)
+            images = isinstance(acc[c], PixelPairAccumulator)
+            pos = self._positions(cons[c], keys[b * size:(b + 1) * size], c)
+            rows = None if images else self._rows(cons[c], x, pos)
+            y = None
+            if c in stored:
+                y = stored[c][b]
+            elif pruned is not None or c in recording:
+                source = rows if pruned is None and rows is not None else \
+                    self._rows(cons[c], x if pruned is None else xo[cons[c].input], pos)
+                y = matmul_rows(source, thetas[c].T, self._blas_threads)
+                if c in recording:
+                    self._targets[c].append(y)
+            acc[c].add(x if images else rows, None if pruned is None else y)
+
         with self.progress.task(label, batches) as task:
             for b in range(batches):
                 xo = next(orig_iter)
                 xc = next(cur_iter) if cur_iter is not None else xo
-                for c in cidxs:
-                    x = xc[cons[c].input].astype(np.float32, copy=False)
-                    if c not in acc:
-                        # one-shot: y is theta x, its moments follow from those of x
-                        acc[c] = self._accumulator(cons[c], x.shape[1:], thetas[c] if pruned is None else None)
-                    images = isinstance(acc[c], PixelPairAccumulator)
-                    pos = self._positions(cons[c], keys[b * size:(b + 1) * size], c)
-                    rows = None if images else self._rows(cons[c], x, pos)
-                    y = None
-                    if c in stored:
-                        y = stored[c][b]
-                    elif pruned is not None or c in recording:
-                        source = rows if pruned is None and rows is not None else \
-                            self._rows(cons[c], x if pruned is None else xo[cons[c].input], pos)
-                        y = matmul_rows(source, thetas[c].T, self._blas_threads)
-                        if c in recording:
-                            self._targets[c].append(y)
-                    acc[c].add(x if images else rows, None if pruned is None else y)
+                parallel_map(step, cidxs, self._blas_threads)
                 task.advance()
-        return {c: a.result() for c, a in acc.items()}
+        return dict(zip(cidxs, parallel_map(lambda c: acc[c].result(), cidxs, self._blas_threads)))
 
     def _accumulator(self, cons: Consumer, chw: tuple[int, ...], theta: np.ndarray | None
                      ) -> MomentAccumulator | PixelPairAccumulator:
@@ -361,24 +364,27 @@ class Pruner:
                               for g in gids}
         if target.kind == "keep_ratio":
             return budget.uniform_counts(channels, target.value, steps), {}
-        rankings, curves = {}, {}
+        rankings, errors = {}, {}
         consumers = self.analysis.consumers
         gain_data = gain_subset(self.bundle.gain_data() if self.bundle is not None else self.data)
-        gains = output_gains(self.model, self.topo, gain_data, self.providers,
-                             {g: sorted({consumers[c].output for c in self.analysis.groups[g].consumers})
-                              for g in gids}, seed=self.config.seed)
-        self.gains = gains
-        all_terms = self.group_terms(gids, stats, {})
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # onnxruntime measures the gains on its own threads while the solvers rank: their
+            # LAPACK calls leave the cores part of the time
+            gains_run = pool.submit(output_gains, self.model, self.topo, gain_data, self.providers,
+                                    {g: sorted({consumers[c].output for c in self.analysis.groups[g].consumers})
+                                     for g in gids}, seed=self.config.seed)
+            all_terms = self.group_terms(gids, stats, {})
 
-        def rank(g: int) -> None:
-            rankings[g] = self.ranking(g, all_terms[g])
-            per_block = gains[g] * sum(explained_curve(t, rankings[g]) for t in all_terms[g])
-            curves[g] = per_block[np.arange(channels[g] + 1) // units[g]]  # indexed by channels kept
-            all_terms[g] = []  # free the group's covariances as soon as it is done
-            task.advance()
+            def rank(g: int) -> None:
+                rankings[g] = self.ranking(g, all_terms[g])
+                errors[g] = sum(explained_curve(t, rankings[g], workers=self._blas_threads) for t in all_terms[g])  # per blocks kept
+                all_terms[g] = []  # free the group's covariances as soon as it is done
+                task.advance()
 
-        with self.progress.task("rank", len(gids)) as task:
-            parallel_map(rank, sorted(gids, key=lambda g: -self._solve_cost(all_terms[g])), self._blas_threads)
+            with self.progress.task("rank", len(gids)) as task:
+                parallel_map(rank, sorted(gids, key=lambda g: -self._solve_cost(all_terms[g])), self._blas_threads)
+            self.gains = gains_run.result()
+        curves = {g: self.gains[g] * errors[g][np.arange(channels[g] + 1) // units[g]] for g in gids}  # by channels kept
         return budget.allocate(channels, curves, self.costs, target, steps), rankings
 
     def _solve_cost(self, terms: list[ConsumerTerm]) -> float:
@@ -544,9 +550,9 @@ class Pruner:
             orig_cols.append(((off + chosen)[:, None] * cons.s + np.arange(cons.s)).reshape(-1))
             offset += len(current)
         theta, bias = consumer_matrix(self.inits, cons)
-        orig = np.concatenate(orig_cols)
-        omega, new_bias = refit(st.cov, st.cross, st.mean_x, st.mean_y, bias, np.concatenate(kept_cols),
-                                theta[:, orig], self.config.refit_ridge)
+        kept = np.concatenate(kept_cols)
+        omega, new_bias = refit(st.covariance(kept), st.cross[kept], st.mean_x[kept], st.mean_y, bias,
+                                theta[:, np.concatenate(orig_cols)], self.config.refit_ridge, self._blas_threads)
         return Refit(omega, new_bias)
 
     # -- validation ------------------------------------------------------------------------

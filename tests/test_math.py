@@ -159,7 +159,7 @@ def test_refit_matches_augmented_least_squares():
     keep = np.array([0, 2, 3, 7])
     st = MomentStats.from_rows(X, Y)
     prior = theta[:, keep]
-    omega, new_bias = refit(st.cov, st.cross, st.mean_x, st.mean_y, bias, keep, prior, 0.05)
+    omega, new_bias = refit(st.covariance(keep), st.cross[keep], st.mean_x[keep], st.mean_y, bias, prior, 0.05)
     # brute force on centred data with rows that pull omega toward the prior
     Xc, Yc = X[:, keep] - X[:, keep].mean(0), Y - Y.mean(0)
     rho = ridge(st.cov[np.ix_(keep, keep)], 0.05)
@@ -179,7 +179,7 @@ def test_refit_handles_dead_and_constant_channels():
     theta = rng.normal(size=(3, 6))
     st = MomentStats.from_rows(X, X @ theta.T)
     keep = np.arange(6)
-    omega, new_bias = refit(st.cov, st.cross, st.mean_x, st.mean_y, np.zeros(3), keep, theta, 1e-6)
+    omega, new_bias = refit(st.covariance(keep), st.cross[keep], st.mean_x[keep], st.mean_y, np.zeros(3), theta, 1e-6)
     assert np.all(np.isfinite(omega)) and np.all(np.isfinite(new_bias))
     np.testing.assert_allclose(X @ omega.T + new_bias, X @ theta.T, atol=1e-6)
 

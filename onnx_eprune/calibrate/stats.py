@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..parallel import parallel_map
+from ..parallel import matmul_rows, parallel_map
 
 
 @dataclass
@@ -73,6 +73,11 @@ class MomentStats:
     def cov(self) -> np.ndarray:
         """Covariance of x' (D' x D')."""
         return self.cxx / max(self.n, 1)
+
+    def covariance(self, features: np.ndarray) -> np.ndarray:
+        """The covariance of the features ``features`` of x' only (len x len): no D' x D'
+        copy, as :attr:`cov` makes."""
+        return self.cxx[np.ix_(features, features)] / max(self.n, 1)
 
     @property
     def cross(self) -> np.ndarray:
@@ -188,11 +193,12 @@ class MomentAccumulator:
             for cols in self._spans[i + 1:]:
                 self.sxx[cols, rows] = self.sxx[rows, cols].T
         self._rx = self._ry = None
-        return _centred(self.n, self.kx, self.sx, self.sxx, self.ky, self.sy, self.sxy, self.syy, self.theta)
+        return _centred(self.n, self.kx, self.sx, self.sxx, self.ky, self.sy, self.sxy, self.syy, self.theta,
+                        self.threads)
 
 
 def _centred(n: int, kx: np.ndarray, sx: np.ndarray, sxx: np.ndarray, ky: np.ndarray, sy: np.ndarray,
-             sxy: np.ndarray, syy: np.ndarray, theta: np.ndarray | None) -> MomentStats:
+             sxy: np.ndarray, syy: np.ndarray, theta: np.ndarray | None, threads: int) -> MomentStats:
     """The centred moments from sums of rows shifted by ``kx`` / ``ky`` (``sxx`` full and
     symmetric, turned into the centred scatter in place); with ``theta``, those of
     ``y = theta x`` follow from the moments of x (y's sums are not used)."""
@@ -202,7 +208,7 @@ def _centred(n: int, kx: np.ndarray, sx: np.ndarray, sxx: np.ndarray, ky: np.nda
     mean_x = kx + dx
     if theta is not None:
         t = np.asarray(theta, np.float64)
-        cxy = sxx @ t.T
+        cxy = matmul_rows(sxx, t.T, threads)
         return MomentStats(n, mean_x, t @ mean_x, sxx, cxy, np.einsum("dm,md->m", cxy, t))
     dy = sy / n
     sxy -= n * np.outer(dx, dy)
@@ -327,7 +333,7 @@ class PixelPairAccumulator:
                 xx[:, b, :, a] = xx[:, a, :, b].T
         self._x = self._y = None
         return _centred(self.n, np.repeat(self.shift, self.taps), self.sx, self.sxx, self.ky, self.sy, self.sxy,
-                        self.syy, self.theta)
+                        self.syy, self.theta, self.threads)
 
 
 @dataclass(frozen=True)

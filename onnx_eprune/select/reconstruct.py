@@ -12,17 +12,17 @@ DEFAULT_RIDGE = 0.1
 
 
 def refit(G: np.ndarray, P: np.ndarray, mean_x: np.ndarray, mean_y: np.ndarray, bias: np.ndarray,
-          keep: np.ndarray, prior: np.ndarray, eps_ridge: float = DEFAULT_RIDGE) -> tuple[np.ndarray, np.ndarray]:
-    """New weights and bias of a consumer that reads only the features ``keep``.
+          prior: np.ndarray, eps_ridge: float = DEFAULT_RIDGE, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """New weights and bias of a consumer that reads only the S features it keeps, x'_S.
 
     Parameters
     ----------
-    G : (D', D') covariance of the consumer's current input features x'.
-    P : (D', M) cross-covariance of x' with the original output ``theta @ x``.
-    mean_x : (D',) mean of x'.  mean_y : (M,) mean of ``theta @ x``.
+    G : (S, S) covariance of the kept features of the consumer's current input x'.
+    P : (S, M) cross-covariance of x'_S with the original output ``theta @ x``.
+    mean_x : (S,) mean of x'_S.  mean_y : (M,) mean of ``theta @ x``.
     bias : (M,) the original bias (zeros if none).
-    keep : (S,) sorted feature indices to keep.
     prior : (M, S) the original weights of the kept features.
+    workers : threads for the factorisation of large systems.
 
     Returns ``omega`` (M x S) and the new bias (M,) minimising
 
@@ -33,8 +33,7 @@ def refit(G: np.ndarray, P: np.ndarray, mean_x: np.ndarray, mean_y: np.ndarray, 
     calibration data say little (few samples, dead or constant channels: a singular ``G``).
     The bias absorbs the means of the dropped features.
     """
-    Gs = G[np.ix_(keep, keep)]
-    rho = ridge(Gs, eps_ridge)
-    omega = cho_inverse_solve(Gs, rho, P[keep] + rho * prior.T).T
-    new_bias = bias + mean_y - omega @ mean_x[keep]
+    rho = ridge(G, eps_ridge)
+    omega = cho_inverse_solve(G, rho, P + rho * prior.T, workers).T
+    new_bias = bias + mean_y - omega @ mean_x
     return omega, new_bias
