@@ -377,14 +377,16 @@ class Pruner:
 
             def rank(g: int) -> None:
                 rankings[g] = self.ranking(g, all_terms[g])
-                errors[g] = sum(explained_curve(t, rankings[g], workers=self._blas_threads) for t in all_terms[g])  # per blocks kept
+                # the error of keeping the first k blocks of the ranking, k = 0 .. all
+                errors[g] = sum(explained_curve(t, rankings[g], workers=self._blas_threads) for t in all_terms[g])
                 all_terms[g] = []  # free the group's covariances as soon as it is done
                 task.advance()
 
             with self.progress.task("rank", len(gids)) as task:
                 parallel_map(rank, sorted(gids, key=lambda g: -self._solve_cost(all_terms[g])), self._blas_threads)
             self.gains = gains_run.result()
-        curves = {g: self.gains[g] * errors[g][np.arange(channels[g] + 1) // units[g]] for g in gids}  # by channels kept
+        # indexed by channels kept
+        curves = {g: self.gains[g] * errors[g][np.arange(channels[g] + 1) // units[g]] for g in gids}
         return budget.allocate(channels, curves, self.costs, target, steps), rankings
 
     def _solve_cost(self, terms: list[ConsumerTerm]) -> float:

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from onnx_eprune.calibrate.stats import ConvGeometry, MomentAccumulator, MomentStats, conv_patches, sample_positions
+from onnx_eprune.calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, conv_patches,
+                                         sample_positions)
 from onnx_eprune.select import entropic
-from onnx_eprune.select.problem import (ConsumerTerm, cholesky, compress, explained_curve, partial_out, reduce_outputs,
-                                         ridge)
+from onnx_eprune.select.problem import (ConsumerTerm, cho_inverse_solve, cholesky, compress, explained_curve,
+                                         partial_out, reduce_outputs, ridge)
 from onnx_eprune.select.reconstruct import refit
 
 
@@ -214,6 +215,91 @@ def test_streamed_moments_equal_one_pass_in_float64(monkeypatch, buffer_rows):
     for a, b in [(got.cov, ref.cov), (got.cross, ref.cross), (got.var_y, ref.var_y), (got.mean_x, ref.mean_x),
                  (got.mean_y, ref.mean_y)]:
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5 * np.abs(b).max())
+
+
+def test_moments_of_a_linear_map_follow_from_those_of_its_input():
+    """With ``theta`` the accumulator takes no y: the moments of y = x theta^T come from
+    those of x, as if y had been streamed; a thread count changes no byte."""
+    rng = np.random.default_rng(12)
+    X = (rng.normal(size=(700, 300)) * rng.uniform(0.1, 10, size=300) + 5.0).astype(np.float32)
+    theta = rng.normal(size=(7, 300)).astype(np.float32)
+    ref = MomentStats.from_rows(X.astype(np.float64), X.astype(np.float64) @ theta.T.astype(np.float64))
+    results = []
+    for threads in (1, 2):
+        acc = MomentAccumulator(threads, theta)
+        for chunk in np.array_split(np.arange(700), 3):
+            acc.add(X[chunk])
+        results.append(acc.result())
+    got = results[0]
+    for a, b in [(got.cov, ref.cov), (got.cross, ref.cross), (got.var_y, ref.var_y), (got.mean_y, ref.mean_y)]:
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5 * np.abs(b).max())
+    for a, b in [(results[0].cxx, results[1].cxx), (results[0].cxy, results[1].cxy), (results[0].syy, results[1].syy)]:
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("geo,hw", [
+    (ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (4, 4)), (4, 4)),
+    (ConvGeometry((3, 3), (1, 1), (0, 1, 2, 0), (1, 1), (4, 3)), (4, 4)),
+    (ConvGeometry((3, 3), (1, 1), (2, 2, 2, 2), (2, 2), (3, 3)), (3, 3)),
+    (ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (2, 2)), (2, 2)),
+    (ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (7, 7), (2, 2)), (4, 4)),   # a ConvTranspose
+])
+@pytest.mark.parametrize("linear", [False, True])
+def test_pixel_pair_moments_equal_the_moments_of_the_rows(geo, hw, linear):
+    """The scatter built from pixel pairs, the cross-moments built per tap, buffers that
+    batches straddle: the moments of the im2col rows at every position, to float32
+    accuracy; a thread count changes no byte."""
+    rng = np.random.default_rng(13)
+    C, M, N = 5, 3, 300
+    x = (rng.normal(size=(N, C) + hw) * rng.uniform(0.5, 3, size=(1, C, 1, 1)) + 4).astype(np.float32)
+    n_pos = geo.out_hw[0] * geo.out_hw[1]
+    rows = conv_patches(x, geo, np.broadcast_to(np.arange(n_pos), (N, n_pos)))
+    theta = rng.normal(size=(M, rows.shape[1])).astype(np.float32)
+    y = rows @ theta.T
+    ref = MomentStats.from_rows(rows.astype(np.float64), y.astype(np.float64))
+    results = []
+    for threads in (1, 2):
+        acc = PixelPairAccumulator.of(geo, (C,) + hw, threads, theta if linear else None)
+        assert acc is not None
+        acc.BUFFER_BYTES = 64 * 4 * (C * (hw[0] * hw[1] + 1) + n_pos * M)  # 64 images per buffer
+        for chunk in np.array_split(np.arange(N), 7):
+            acc.add(x[chunk], None if linear else y[chunk[0] * n_pos:(chunk[-1] + 1) * n_pos])
+        results.append(acc.result())
+    got = results[0]
+    assert got.n == ref.n
+    for a, b in [(got.cov, ref.cov), (got.cross, ref.cross), (got.var_y, ref.var_y), (got.mean_x, ref.mean_x),
+                 (got.mean_y, ref.mean_y)]:
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5 * np.abs(b).max())
+    for a, b in [(results[0].cxx, results[1].cxx), (results[0].cxy, results[1].cxy)]:
+        assert np.array_equal(a, b)
+
+
+def test_pixel_pairs_are_used_only_where_they_save_work():
+    one_by_one = ConvGeometry((1, 1), (1, 1), (0, 0, 0, 0), (1, 1), (4, 4))
+    downsampling = ConvGeometry((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), (2, 2))
+    assert PixelPairAccumulator.of(one_by_one, (8, 4, 4)) is None
+    assert PixelPairAccumulator.of(downsampling, (8, 4, 4)) is None
+    assert PixelPairAccumulator.of(ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (4, 4)), (8, 4, 4)) is not None
+
+
+def test_blocked_factor_and_solves_match_lapack(monkeypatch):
+    """Past BLOCKED_FROM rows the factor and the triangular solves go by blocks (here from
+    40 rows, blocks of 16 with a ragged last one): the same numbers as LAPACK to rounding,
+    and the same bytes for any number of threads."""
+    from onnx_eprune.select import problem
+    monkeypatch.setattr(problem, "BLOCKED_FROM", 40)
+    monkeypatch.setattr(problem, "BLOCK", 16)
+    rng = np.random.default_rng(14)
+    n = 90
+    X = rng.normal(size=(n + 10, n))
+    A, B = X.T @ X / n, rng.normal(size=(n, 7))
+    ref_L = np.linalg.cholesky(A + 1e-3 * np.eye(n))
+    got = [(cholesky(A, 1e-3, w), cho_inverse_solve(A, 1e-3, B, w)) for w in (1, 2)]
+    np.testing.assert_allclose(got[0][0], ref_L, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got[0][1], np.linalg.solve(A + 1e-3 * np.eye(n), B), rtol=1e-8)
+    assert np.array_equal(got[0][0], got[1][0]) and np.array_equal(got[0][1], got[1][1])
+    with pytest.raises(np.linalg.LinAlgError):
+        problem._factor(-np.eye(n), 2)
 
 
 @pytest.mark.parametrize("stride,pads,dil", [(1, (1, 1, 1, 1), 1), (2, (0, 1, 2, 0), 1), (1, (2, 2, 2, 2), 2)])
