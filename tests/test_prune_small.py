@@ -681,3 +681,44 @@ def test_api_refuses_constant_calibration_data():
     model = conv_bn_relu_pool_flatten_gemm(True)
     with pytest.raises(UsageError, match="constant"):
         onnx_eprune.prune(model, np.zeros((32, 3, 16, 16), np.float32), sparsity=0.4, device="cpu")
+
+
+def test_sequential_stages_read_the_recorded_targets_or_compute_them_again(calib, monkeypatch):
+    """The one-shot pass records each consumer's target rows for the sequential stages;
+    without room for them the stages compute them again from the original network, at the
+    same positions: the same model, byte for byte."""
+    from onnx_eprune import pipeline
+    from onnx_eprune.calibrate.engine import CacheSpace
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    with_room = onnx_eprune.prune(model, calib, sparsity=0.5).model.SerializeToString()
+    monkeypatch.setattr(pipeline, "_cache_space", lambda: CacheSpace(0, 0))
+    assert onnx_eprune.prune(model, calib, sparsity=0.5).model.SerializeToString() == with_room
+
+
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+def test_pixel_pair_statistics_choose_what_the_rows_choose(calib, monkeypatch, mode):
+    """With every output position sampled, the second Conv's statistics come from pixel
+    pairs; computed from the im2col rows instead they give the same channels and, to
+    float32 rounding, the same weights."""
+    from onnx_eprune.calibrate.stats import PixelPairAccumulator
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    built = []
+    real_of = PixelPairAccumulator.of
+
+    def counted(cls, *args, **kwargs):
+        accumulator = real_of(*args, **kwargs)
+        built.append(accumulator is not None)
+        return accumulator
+
+    monkeypatch.setattr(PixelPairAccumulator, "of", classmethod(counted))
+    pairs = onnx_eprune.prune(model, calib, sparsity=0.5, positions=64, mode=mode).model
+    assert any(built)
+    monkeypatch.setattr(PixelPairAccumulator, "of", classmethod(lambda cls, *a, **k: None))
+    rows = onnx_eprune.prune(model, calib, sparsity=0.5, positions=64, mode=mode).model
+    a, b = ({i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer} for m in (pairs, rows))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].shape == b[name].shape
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-4 * np.abs(b[name]).max())
