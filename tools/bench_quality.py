@@ -15,9 +15,12 @@ can be split over several invocations); ``--markdown`` prints the table for BENC
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,6 +71,18 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
             "test_agreement": float(np.mean(logits.argmax(axis=1) == original.argmax(axis=1))),
             "test_relative_error": float(np.linalg.norm(logits - original) / np.linalg.norm(original)),
             "test_images": len(correct), "correct": np.packbits(correct).tobytes().hex()}
+
+
+def append_run(path: Path, row: dict) -> None:
+    """Add ``row`` to the runs in ``path``, read again under a lock: several invocations
+    may append to one file at the same time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(tempfile.gettempdir()) / "bench_quality.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = json.loads(path.read_text())["runs"] if path.exists() else []
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"machine": platform.platform(), "runs": runs + [row]}, indent=1))
+        os.replace(tmp, path)
 
 
 _ORIGINAL: dict[Path, np.ndarray] = {}
@@ -204,8 +219,7 @@ def main() -> int:
                           f"{row['seconds']:.1f}s {row['channels']}", flush=True)
                     rows.append(row)
                     if args.out:
-                        args.out.parent.mkdir(parents=True, exist_ok=True)
-                        args.out.write_text(json.dumps({"machine": platform.platform(), "runs": rows}, indent=1))
+                        append_run(args.out, row)
     if args.markdown:
         print(markdown(rows))
     if args.pivot:
