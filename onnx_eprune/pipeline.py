@@ -182,6 +182,8 @@ class Pruner:
             return None
         n_pos = int(np.prod(self.shapes[cons.output][2:]))
         k = positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions)
+        # the same positions in every pass (the salt the one-shot pass has always used, so
+        # statistics files written before keep theirs)
         return sample_positions(keys, hash((self.config.seed, 0, cidx)), n_pos, k)
 
     def collect(self, cidxs: list[int], orig: CachedNetwork, pruned: CachedNetwork | None, label: str,
@@ -214,8 +216,10 @@ class Pruner:
                     recording.add(c)
         keys = self.data.keys()
         size = self.config.batch_size
-        # BLAS stays on one thread (see ``run``): the products are spread over threads here
-        def step(c: int) -> None:  # batch b of consumer c; consumers run on parallel threads
+
+        def step(c: int) -> None:
+            """Batch ``b`` of consumer ``c``. Consumers run on parallel threads, and each
+            spreads its products over threads too: BLAS stays on one thread (see ``run``)."""
             x = xc[cons[c].input].astype(np.float32, copy=False)
             if c not in acc:
                 # one-shot: y is theta x, its moments follow from those of x

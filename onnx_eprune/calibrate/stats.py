@@ -232,6 +232,7 @@ class PixelPairAccumulator:
 
     BUFFER_BYTES = 64 << 20          # images (and their y rows) per buffer
     MAX_PRODUCT_BYTES = 256 << 20    # float32 pair products held at once
+    MAX_PAIRS = 4096                 # past this, the per-pair Python work outweighs the saving
 
     def __init__(self, pix: np.ndarray, pairs: np.ndarray, threads: int = 1, theta: np.ndarray | None = None):
         self.pix, self.pairs, self.threads, self.theta = pix, pairs, threads, theta
@@ -247,7 +248,7 @@ class PixelPairAccumulator:
     def of(cls, geo: "ConvGeometry", chw: tuple[int, int, int], threads: int = 1, theta: np.ndarray | None = None
            ) -> "PixelPairAccumulator | None":
         """The accumulator for input images of shape ``chw``, or None where pairs save too
-        little (1x1 kernels, large maps) or their products would take too much memory."""
+        little (1x1 kernels, strides, large maps) or their products would take too much memory."""
         c, h, w = chw
         n_pos = geo.out_hw[0] * geo.out_hw[1]
         pix = tap_pixels(geo, (h, w), np.arange(n_pos)[None, :])[0]          # (positions, taps)
@@ -255,7 +256,8 @@ class PixelPairAccumulator:
         a, b = np.triu_indices(taps)
         lo, hi = np.minimum(pix[:, a], pix[:, b]), np.maximum(pix[:, a], pix[:, b])
         pairs = np.unique(np.stack([lo.reshape(-1), hi.reshape(-1)], axis=1), axis=0)
-        if 4 * len(pairs) > n_pos * taps * taps or 4 * len(pairs) * c * c > cls.MAX_PRODUCT_BYTES:
+        if (4 * len(pairs) > n_pos * taps * taps or len(pairs) > cls.MAX_PAIRS
+                or 4 * len(pairs) * c * c > cls.MAX_PRODUCT_BYTES):
             return None
         return cls(pix, pairs, threads, theta)
 
