@@ -197,16 +197,9 @@ class Pruner:
         that found no room in the cache space are computed again from ``orig``.
         """
         cons = {c: self.analysis.consumers[c] for c in cidxs}
-        thetas = {c: consumer_matrix(self.inits, cons[c])[0].astype(np.float32) for c in cidxs}
-        stored = {c: self._targets[c] for c in cidxs if pruned is not None and c in self._targets}
-        fresh = [c for c in cidxs if c not in stored]
-        acc: dict[int, MomentAccumulator | PixelPairAccumulator] = {}
-        batches = self.data.batch_count(self.config.batch_size)
-        orig_inputs = sorted({cons[c].input for c in fresh})
-        orig_iter = prefetched(orig.compute(orig_inputs, keep=pruned is not None)) if orig_inputs \
-            else itertools.repeat({})
-        cur_iter = prefetched(pruned.compute(sorted({c.input for c in cons.values()}))) if pruned is not None \
-            else None
+        linear = {c: consumer_matrix(self.inits, cons[c]) for c in cidxs}
+        thetas = {c: theta.astype(np.float32) for c, (theta, _bias) in linear.items()}
+        biases = {c: bias.astype(np.float32) for c, (_theta, bias) in linear.items()}
         recording = set()
         if record:
             for c in cidxs:
@@ -214,6 +207,18 @@ class Pruner:
                 if store is not None:
                     self._targets[c] = store
                     recording.add(c)
+        stored = {c: self._targets[c] for c in cidxs if pruned is not None and c in self._targets}
+        targeted = [c for c in cidxs if c not in stored and (pruned is not None or c in recording)]
+        # what the original network must give: the inputs in one-shot mode, and the targets
+        # (a Conv's output as onnxruntime computes it; a Gemm's input, for a product)
+        wanted = {cons[c].input for c in cidxs} if pruned is None else set()
+        wanted |= {cons[c].output if _from_output(cons[c]) else cons[c].input for c in targeted}
+        acc: dict[int, MomentAccumulator | PixelPairAccumulator] = {}
+        batches = self.data.batch_count(self.config.batch_size)
+        orig_iter = prefetched(orig.compute(sorted(wanted), keep=pruned is not None)) if wanted \
+            else itertools.repeat({})
+        cur_iter = prefetched(pruned.compute(sorted({c.input for c in cons.values()}))) if pruned is not None \
+            else None
         keys = self.data.keys()
         size = self.config.batch_size
 
@@ -230,10 +235,12 @@ class Pruner:
             y = None
             if c in stored:
                 y = stored[c][b]
-            elif pruned is not None or c in recording:
-                source = rows if pruned is None and rows is not None else \
-                    self._rows(cons[c], x if pruned is None else xo[cons[c].input], pos)
-                y = matmul_rows(source, thetas[c].T, self._blas_threads)
+            elif c in targeted:
+                if _from_output(cons[c]):
+                    y = _at_positions(xo[cons[c].output], pos) - biases[c]
+                else:
+                    source = rows if pruned is None else self._rows(cons[c], xo[cons[c].input], pos)
+                    y = matmul_rows(source, thetas[c].T, self._blas_threads)
                 if c in recording:
                     self._targets[c].append(y)
             acc[c].add(x if images else rows, None if pruned is None else y)
@@ -583,6 +590,21 @@ class Pruner:
                 entry["top1_agreement"] = float(np.mean(a.argmax(1) == b.argmax(1)))
             fidelity["outputs"][name] = entry
         return fidelity
+
+
+def _from_output(cons: Consumer) -> bool:
+    """Whether the original output of ``cons`` is read from onnxruntime's run (a Conv's
+    output at the sampled positions) rather than computed from its input rows (a Gemm's:
+    one row per image, where the product is cheap)."""
+    return cons.kind in ("conv", "convT")
+
+
+def _at_positions(out: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Rows of a Conv output ``out`` (N, M, H, W) at ``positions`` (N, k) flat indices:
+    (N*k, M) float32, image by image, like the im2col rows there."""
+    n, m = out.shape[:2]
+    picked = out.reshape(n, m, -1)[np.arange(n)[:, None], :, positions]     # (N, k, M)
+    return picked.reshape(-1, m).astype(np.float32, copy=False)
 
 
 def _channels_of(blocks: np.ndarray, unit: int) -> np.ndarray:

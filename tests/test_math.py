@@ -217,6 +217,19 @@ def test_streamed_moments_equal_one_pass_in_float64(monkeypatch, buffer_rows):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5 * np.abs(b).max())
 
 
+def test_covariance_is_normalised_once_and_then_frozen():
+    rng = np.random.default_rng(15)
+    X = rng.normal(size=(50, 4))
+    st = MomentStats.from_rows(X, X[:, :2])
+    first = st.cov.copy()
+    np.testing.assert_allclose(first, np.cov(X.T, bias=True), rtol=1e-12)
+    assert np.array_equal(st.cov, first) and np.array_equal(st.covariance(np.array([1, 3])), first[np.ix_([1, 3], [1, 3])])
+    with pytest.raises(RuntimeError):
+        st.merge(MomentStats.from_rows(X, X[:, :2]))
+    with pytest.raises(RuntimeError):
+        st.to_arrays("c0_")
+
+
 def test_moments_of_a_linear_map_follow_from_those_of_its_input():
     """With ``theta`` the accumulator takes no y: the moments of y = x theta^T come from
     those of x, as if y had been streamed; a thread count changes no byte."""
@@ -230,11 +243,11 @@ def test_moments_of_a_linear_map_follow_from_those_of_its_input():
         for chunk in np.array_split(np.arange(700), 3):
             acc.add(X[chunk])
         results.append(acc.result())
+    for a, b in [(results[0].cxx, results[1].cxx), (results[0].cxy, results[1].cxy), (results[0].syy, results[1].syy)]:
+        assert np.array_equal(a, b)
     got = results[0]
     for a, b in [(got.cov, ref.cov), (got.cross, ref.cross), (got.var_y, ref.var_y), (got.mean_y, ref.mean_y)]:
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5 * np.abs(b).max())
-    for a, b in [(results[0].cxx, results[1].cxx), (results[0].cxy, results[1].cxy), (results[0].syy, results[1].syy)]:
-        assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("geo,hw", [
@@ -265,13 +278,13 @@ def test_pixel_pair_moments_equal_the_moments_of_the_rows(geo, hw, linear):
         for chunk in np.array_split(np.arange(N), 7):
             acc.add(x[chunk], None if linear else y[chunk[0] * n_pos:(chunk[-1] + 1) * n_pos])
         results.append(acc.result())
+    for a, b in [(results[0].cxx, results[1].cxx), (results[0].cxy, results[1].cxy)]:
+        assert np.array_equal(a, b)
     got = results[0]
     assert got.n == ref.n
     for a, b in [(got.cov, ref.cov), (got.cross, ref.cross), (got.var_y, ref.var_y), (got.mean_x, ref.mean_x),
                  (got.mean_y, ref.mean_y)]:
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5 * np.abs(b).max())
-    for a, b in [(results[0].cxx, results[1].cxx), (results[0].cxy, results[1].cxy)]:
-        assert np.array_equal(a, b)
 
 
 def test_pixel_pairs_are_used_only_where_they_save_work():

@@ -13,7 +13,8 @@ up exactly (up to rounding) and memory does not grow with the number of samples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,9 +28,11 @@ class MomentStats:
     n: int
     mean_x: np.ndarray   # (D',) float64
     mean_y: np.ndarray   # (M,)  float64
-    cxx: np.ndarray      # (D', D') float64, sum of centred outer products
+    cxx: np.ndarray      # (D', D') float64, sum of centred outer products (divided by n: see cov)
     cxy: np.ndarray      # (D', M) float64
     syy: np.ndarray      # (M,) float64, sum of centred squares of each output
+    normalised: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def empty(cls, d: int, m: int) -> "MomentStats":
@@ -51,6 +54,8 @@ class MomentStats:
 
     def merge(self, other: "MomentStats") -> None:
         """In place: the statistics of the union of both row sets."""
+        if self.normalised or other.normalised:
+            raise RuntimeError("statistics whose covariance was used cannot be merged")
         if other.n == 0:
             return
         if self.n == 0:
@@ -71,13 +76,20 @@ class MomentStats:
     # Normalised views used by the solvers --------------------------------------------
     @property
     def cov(self) -> np.ndarray:
-        """Covariance of x' (D' x D')."""
-        return self.cxx / max(self.n, 1)
+        """Covariance of x' (D' x D').
+
+        The scatter is divided by n in place the first time (a D' x D' copy per use would
+        cost as much as the use on wide layers); the statistics can no longer be merged or
+        saved after that, which the pipeline does before it solves anything."""
+        with self._lock:
+            if not self.normalised:
+                self.cxx /= max(self.n, 1)
+                self.normalised = True
+        return self.cxx
 
     def covariance(self, features: np.ndarray) -> np.ndarray:
-        """The covariance of the features ``features`` of x' only (len x len): no D' x D'
-        copy, as :attr:`cov` makes."""
-        return self.cxx[np.ix_(features, features)] / max(self.n, 1)
+        """The covariance of the features ``features`` of x' only (len x len)."""
+        return self.cov[np.ix_(features, features)]
 
     @property
     def cross(self) -> np.ndarray:
@@ -90,6 +102,8 @@ class MomentStats:
         return self.syy / max(self.n, 1)
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        if self.normalised:
+            raise RuntimeError("statistics whose covariance was used cannot be saved")
         return {f"{prefix}n": np.array(self.n), f"{prefix}mean_x": self.mean_x, f"{prefix}mean_y": self.mean_y,
                 f"{prefix}cxx": self.cxx, f"{prefix}cxy": self.cxy, f"{prefix}syy": self.syy}
 
@@ -230,7 +244,9 @@ class PixelPairAccumulator:
     be; buffering, threads and ``theta`` as in :class:`MomentAccumulator`.
     """
 
-    BUFFER_BYTES = 64 << 20          # images (and their y rows) per buffer
+    # images (and their y rows) per buffer: 1024 images of a 4x4 map of 512 channels fit, so
+    # a run's block sums are added up once (they cost as much as the products of a buffer)
+    BUFFER_BYTES = 128 << 20
     MAX_PRODUCT_BYTES = 256 << 20    # float32 pair products held at once
     MAX_PAIRS = 4096                 # past this, the per-pair Python work outweighs the saving
 
