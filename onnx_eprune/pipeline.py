@@ -203,7 +203,10 @@ class Pruner:
         recording = set()
         if record:
             for c in cidxs:
-                store = StoredBatches.reserve(self.space, 4 * self._target_rows(cons[c]) * cons[c].out_channels)
+                # straight to a scratch file: each is read back once, in order, which the page
+                # cache serves as fast as memory, and the process does not grow with the samples
+                store = StoredBatches.reserve(self.space, 4 * self._target_rows(cons[c]) * cons[c].out_channels,
+                                              memory=False)
                 if store is not None:
                     self._targets[c] = store
                     recording.add(c)

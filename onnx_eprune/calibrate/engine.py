@@ -157,9 +157,10 @@ class StoredBatches:
         self._end = 0                       # bytes written to the file so far
 
     @classmethod
-    def reserve(cls, space: CacheSpace, estimate: int) -> "StoredBatches | None":
-        """Room for ``estimate`` bytes, in memory if they fit, else on disk; None if neither."""
-        if estimate <= space.memory_left:
+    def reserve(cls, space: CacheSpace, estimate: int, memory: bool = True) -> "StoredBatches | None":
+        """Room for ``estimate`` bytes, in memory if they fit (and ``memory``), else on disk;
+        None if neither."""
+        if memory and estimate <= space.memory_left:
             space.memory_left -= estimate
             return cls(space, estimate, None)
         if estimate <= space.disk_left:
