@@ -509,9 +509,11 @@ class Pruner:
                     # (nothing pruned so far: its input is the original one, its weights stay)
                     decided = {**keeps, g: keep}
                     changed = any(self._shrunk(h, decided) for h in decided)
-                    for c in cidxs:
-                        if changed and all(s[0] in decided or s[0] not in counts for s in consumers[c].segments):
-                            refits[c] = self._refit(c, stats[c], decided, {g})
+                    ready = [c for c in cidxs if changed and all(s[0] in decided or s[0] not in counts
+                                                                 for s in consumers[c].segments)]
+                    # independent solves (a residual stream feeds three or four consumers)
+                    refits.update(zip(ready, parallel_map(lambda c: self._refit(c, stats[c], decided, {g}), ready,
+                                                          self._blas_threads)))
                 keeps[g] = keep
             with self.timer.phase("rewrite"):
                 model = build_pruned(self.model, self.analysis, keeps, refits)

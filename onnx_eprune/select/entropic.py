@@ -27,8 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
 
+from . import lapack
 from .problem import ConsumerTerm, cho_inverse_solve, compress, reduce_outputs, ridge
 
 _W_FLOOR = 1e-300
@@ -87,8 +87,8 @@ def solve_w(A: np.ndarray, b: np.ndarray, eps: float, w0: np.ndarray | None = No
             break
         H = 2.0 * A + np.diag(eps / w)  # positive definite: eps > 0 and w > 0
         try:
-            cf = cho_factor(H, check_finite=False)
-            u, v = cho_solve(cf, g, check_finite=False), cho_solve(cf, ones, check_finite=False)
+            c = lapack.cholesky(H, lower=False, clean=False)
+            u, v = lapack.cho_solve(c, False, g), lapack.cho_solve(c, False, ones)
         except np.linalg.LinAlgError:
             u, v = np.linalg.lstsq(H, g, rcond=None)[0], np.linalg.lstsq(H, ones, rcond=None)[0]
         step = -(u - (ones @ u) / (ones @ v) * v)  # Newton step projected on sum(step) = 0

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 
 from ..parallel import matmul_rows, parallel_map
+from . import lapack
 
 
 @dataclass
@@ -149,9 +149,9 @@ def cholesky(A: np.ndarray, rho: float, workers: int = 1) -> np.ndarray:
 
 # Matrices of at least BLOCKED_FROM rows are factored and solved in blocks of BLOCK rows
 # whose products run on several threads: LAPACK runs on one BLAS thread (its sums would
-# depend on the thread count) and scipy's calls do not overlap on parallel Python threads,
-# numpy's products do. The blocks are fixed, so the result is the same bytes for any
-# number of threads (VGG-16's 4608-feature layers: 1.3 s -> 0.5 s on two cores).
+# depend on the thread count), so one large call would use one core. The blocks are fixed,
+# so the result is the same bytes for any number of threads (VGG-16's 4608-feature layers:
+# 1.3 s -> 0.5 s on two cores).
 BLOCKED_FROM = 1536
 BLOCK = 384
 
@@ -160,11 +160,11 @@ def _factor(A: np.ndarray, workers: int) -> np.ndarray:
     """The lower Cholesky factor of ``A`` (overwritten), right-looking by blocks."""
     n = A.shape[0]
     if n < BLOCKED_FROM:
-        return scipy.linalg.cholesky(A, lower=True, overwrite_a=True, check_finite=False)
+        return lapack.cholesky(A)
     starts = list(range(0, n, BLOCK))
     for j, j0 in enumerate(starts):
         j1 = min(j0 + BLOCK, n)
-        A[j0:j1, j0:j1] = scipy.linalg.cholesky(A[j0:j1, j0:j1], lower=True, check_finite=False)
+        A[j0:j1, j0:j1] = lapack.cholesky(A[j0:j1, j0:j1])
         A[j0:j1, j1:] = 0.0
         if j1 == n:
             break
@@ -181,7 +181,7 @@ def _factor(A: np.ndarray, workers: int) -> np.ndarray:
 
 
 def _lower_inverse(L: np.ndarray) -> np.ndarray:
-    return scipy.linalg.solve_triangular(L, np.eye(L.shape[0]), lower=True, check_finite=False)
+    return lapack.solve_triangular(L, np.eye(L.shape[0]))
 
 
 def solve_lower(L: np.ndarray, B: np.ndarray, workers: int = 1, transposed: bool = False) -> np.ndarray:
@@ -189,7 +189,7 @@ def solve_lower(L: np.ndarray, B: np.ndarray, workers: int = 1, transposed: bool
     systems by blocks, as :func:`_factor`."""
     n = L.shape[0]
     if n < BLOCKED_FROM:
-        return scipy.linalg.solve_triangular(L.T if transposed else L, B, lower=not transposed, check_finite=False)
+        return lapack.solve_triangular(L.T if transposed else L, B, lower=not transposed)
     X = np.array(B, dtype=np.float64)
     starts = list(range(0, n, BLOCK))
     for i0 in (starts[::-1] if transposed else starts):
@@ -199,8 +199,7 @@ def solve_lower(L: np.ndarray, B: np.ndarray, workers: int = 1, transposed: bool
             X[i0:i1] -= matmul_rows(L[i1:, i0:i1].T, X[i1:], workers, BLOCK // 4)
         elif not transposed and i0:
             X[i0:i1] -= matmul_rows(L[i0:i1, :i0], X[:i0], workers, BLOCK // 4)
-        X[i0:i1] = scipy.linalg.solve_triangular(L[i0:i1, i0:i1], X[i0:i1], lower=True, trans=int(transposed),
-                                                 check_finite=False)
+        X[i0:i1] = lapack.solve_triangular(L[i0:i1, i0:i1], X[i0:i1], trans=transposed)
     return X
 
 
