@@ -172,13 +172,13 @@ class Pruner:
 
     # -- statistics ----------------------------------------------------------------------
     def _rows(self, cons: Consumer, x: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
-        if cons.kind in ("conv", "convT"):
+        if cons.spatial:
             geo = ConvGeometry.from_dict(cons.conv, self.shapes[cons.output][2:])
             return conv_patches(x.astype(np.float32, copy=False), geo, positions)
         return x.reshape(x.shape[0], -1).astype(np.float32, copy=False)
 
     def _positions(self, cons: Consumer, keys: np.ndarray, cidx: int) -> np.ndarray | None:
-        if cons.kind not in ("conv", "convT"):
+        if not cons.spatial:
             return None
         n_pos = int(np.prod(self.shapes[cons.output][2:]))
         k = positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions)
@@ -260,7 +260,7 @@ class Pruner:
                      ) -> MomentAccumulator | PixelPairAccumulator:
         """The statistics accumulator of consumer ``cons`` for inputs of shape ``chw``: from
         pixel pairs where a Conv's rows are taken at every output position and pairs save work."""
-        if cons.kind in ("conv", "convT"):
+        if cons.spatial:
             out_hw = self.shapes[cons.output][2:]
             n_pos = int(np.prod(out_hw))
             if positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions) >= n_pos:
@@ -272,7 +272,7 @@ class Pruner:
 
     def _target_rows(self, cons: Consumer) -> int:
         """Rows that consumer ``cons`` contributes over the calibration set."""
-        if cons.kind not in ("conv", "convT"):
+        if not cons.spatial:
             return self.data.samples
         n_pos = int(np.prod(self.shapes[cons.output][2:]))
         return self.data.samples * positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions)
@@ -601,7 +601,7 @@ def _from_output(cons: Consumer) -> bool:
     """Whether the original output of ``cons`` is read from onnxruntime's run (a Conv's
     output at the sampled positions) rather than computed from its input rows (a Gemm's:
     one row per image, where the product is cheap)."""
-    return cons.kind in ("conv", "convT")
+    return cons.spatial
 
 
 def _at_positions(out: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -125,7 +125,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
         out_segs = segments(outputs.get(index, []), out_ch)
         if cons is not None:
             in_segs = [(gid if gid in prunable else None, n) for gid, _, n in cons.segments]
-            per = cons.s if cons.kind not in ("conv", "convT") else per_pair
+            per = cons.s if not cons.spatial else per_pair
         else:  # not a consumer: its input side is fixed; express its weight as out x in pairs
             in_segs, per = [(None, total_w // max(out_ch * per_pair, 1))], per_pair
         layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra))

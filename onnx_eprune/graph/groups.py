@@ -137,6 +137,12 @@ class Consumer:
     alpha: float = 1.0
     beta: float = 1.0
 
+    @property
+    def spatial(self) -> bool:
+        """Whether it slides over positions (a Conv or ConvTranspose: its rows are
+        im2col patches), rather than reading one row per sample (Gemm, MatMul)."""
+        return self.kind in ("conv", "convT")
+
 
 @dataclass
 class ChannelGroup:

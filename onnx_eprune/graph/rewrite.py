@@ -150,7 +150,7 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
             for g, off, _length in cons.segments:
                 if g != gid:
                     continue
-                if cons.kind in ("conv", "convT"):
+                if cons.spatial:
                     arrays.mask(cons.weight, 1 if cons.kind == "conv" else 0)[off + drop] = False
                 else:
                     axis = 1 if cons.kind == "gemm" and cons.gemm_trans_b else 0
