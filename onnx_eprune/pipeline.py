@@ -27,8 +27,8 @@ from .calibrate.data import CalibrationData, load_calibration
 from .calibrate.engine import CacheSpace, CachedNetwork, StoredBatches, Topology
 from .calibrate.sensitivity import gain_subset, output_gains
 from .calibrate.session import choose_providers, make_session, probe_shapes, run
-from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, conv_patches,
-                              positions_per_sample, sample_positions)
+from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, channel_bases,
+                              conv_patches, positions_per_sample, reduce_rows, sample_positions)
 from .errors import EPruneError, UsageError
 from .graph.costs import CostModel, build_cost_model
 from .graph.groups import Consumer, GraphAnalysis, analyze
@@ -168,6 +168,8 @@ class Pruner:
         self.paths: dict[int, list[entropic.PathPoint]] = {}  # entropic paths on one-shot statistics
         self.steps: dict[int, int] = {}  # group -> its kept counts are multiples of this (allocate)
         self._targets: dict[int, StoredBatches] = {}  # consumer -> its target rows (collect)
+        # consumer -> (C, s, r) bases of its channels' taps in the reduced first pass (collect)
+        self.bases: dict[int, np.ndarray] = {}
         self.t0 = t0
 
     # -- statistics ----------------------------------------------------------------------
@@ -187,7 +189,7 @@ class Pruner:
         return sample_positions(keys, hash((self.config.seed, 0, cidx)), n_pos, k)
 
     def collect(self, cidxs: list[int], orig: CachedNetwork, pruned: CachedNetwork | None, label: str,
-                record: bool = False) -> dict[int, MomentStats]:
+                record: bool = False, reduce: bool = False) -> dict[int, MomentStats]:
         """Stream the statistics of consumers ``cidxs``: current input from ``pruned`` (None:
         the original network, as in one-shot mode), target output from the original network.
 
@@ -195,6 +197,12 @@ class Pruner:
         one-shot pass can ``record`` its target rows (the original output there) and later
         passes read them back instead of running the original network again; the targets
         that found no room in the cache space are computed again from ``orig``.
+
+        With ``reduce`` (the first pass of the sequential mode, whose statistics only serve
+        the allocation), a convolution with more input features than the entropic solver
+        works on (``EntropicConfig.max_features``) has each input channel's taps reduced to
+        their leading principal directions, found on the first batch (``self.bases``): its
+        statistics are those of the reduced features against its original output.
         """
         cons = {c: self.analysis.consumers[c] for c in cidxs}
         linear = {c: consumer_matrix(self.inits, cons[c]) for c in cidxs}
@@ -211,7 +219,9 @@ class Pruner:
                     self._targets[c] = store
                     recording.add(c)
         stored = {c: self._targets[c] for c in cidxs if pruned is not None and c in self._targets}
-        targeted = [c for c in cidxs if c not in stored and (pruned is not None or c in recording)]
+        budget = self.config.entropic.max_features
+        reduced = {c for c in cidxs if reduce and pruned is None and _reducible(cons[c], budget)}
+        targeted = [c for c in cidxs if c not in stored and (pruned is not None or c in recording or c in reduced)]
         # what the original network must give: the inputs in one-shot mode, and the targets
         # (a Conv's output as onnxruntime computes it; a Gemm's input, for a product)
         wanted = {cons[c].input for c in cidxs} if pruned is None else set()
@@ -230,8 +240,9 @@ class Pruner:
             spreads its products over threads too: BLAS stays on one thread (see ``run``)."""
             x = xc[cons[c].input].astype(np.float32, copy=False)
             if c not in acc:
-                # one-shot: y is theta x, its moments follow from those of x
-                acc[c] = self._accumulator(cons[c], x.shape[1:], thetas[c] if pruned is None else None)
+                # one-shot: y is theta x, its moments follow from those of x (not of reduced x)
+                acc[c] = MomentAccumulator(self._blas_threads) if c in reduced else \
+                    self._accumulator(cons[c], x.shape[1:], thetas[c] if pruned is None else None)
             images = isinstance(acc[c], PixelPairAccumulator)
             pos = self._positions(cons[c], keys[b * size:(b + 1) * size], c)
             rows = None if images else self._rows(cons[c], x, pos)
@@ -246,6 +257,11 @@ class Pruner:
                     y = matmul_rows(source, thetas[c].T, self._blas_threads)
                 if c in recording:
                     self._targets[c].append(y)
+            if c in reduced:
+                if c not in self.bases:
+                    self.bases[c] = channel_bases(rows, cons[c].s, max(1, budget // cons[c].in_channels))
+                acc[c].add(reduce_rows(rows, self.bases[c]), y)
+                return
             acc[c].add(x if images else rows, None if pruned is None else y)
 
         with self.progress.task(label, batches) as task:
@@ -281,18 +297,20 @@ class Pruner:
     def _counts(self, keeps: dict[int, np.ndarray]) -> dict[int, int]:
         return {g.gid: (len(keeps[g.gid]) if g.gid in keeps else g.channels) for g in self.analysis.groups}
 
-    def terms(self, cidx: int, st: MomentStats, keeps: dict[int, np.ndarray], gids: set[int]
-              ) -> dict[int, ConsumerTerm]:
+    def terms(self, cidx: int, st: MomentStats, keeps: dict[int, np.ndarray], gids: set[int],
+              reduced: bool = False) -> dict[int, ConsumerTerm]:
         """The regressions of consumer ``cidx`` for each of the groups ``gids`` it reads, in
-        the current coordinates, the features of its other groups regressed out."""
+        the current coordinates, the features of its other groups regressed out; ``reduced``:
+        ``st`` holds the reduced first pass's statistics (see :meth:`collect`)."""
         cons = self.analysis.consumers[cidx]
+        s = self.bases[cidx].shape[2] if reduced and cidx in self.bases else cons.s
         counts = self._counts(keeps)
         parts: dict[int, list[np.ndarray]] = {}
         offset = 0
         for g, _off, _length in cons.segments:
             n = counts[g]
             if g in gids:
-                parts.setdefault(g, []).append(np.arange(offset * cons.s, (offset + n) * cons.s).reshape(n, cons.s))
+                parts.setdefault(g, []).append(np.arange(offset * s, (offset + n) * s).reshape(n, s))
             offset += n
         # a group read twice (a Concat of a tensor with its depthwise copy): the features of
         # both copies of a channel go together, as s more features of that channel
@@ -304,14 +322,15 @@ class Pruner:
         P, var_y = (st.cross, st.var_y) if rows is None else (st.cross[:, rows], st.var_y[rows])
         return partial_out(st.cov, P, var_y, blocks)
 
-    def group_terms(self, gids: list[int], stats: dict[int, MomentStats], keeps: dict[int, np.ndarray]
-                    ) -> dict[int, list[ConsumerTerm]]:
+    def group_terms(self, gids: list[int], stats: dict[int, MomentStats], keeps: dict[int, np.ndarray],
+                    reduced: bool = False) -> dict[int, list[ConsumerTerm]]:
         """The terms of every group in ``gids``, over all its consumers."""
         wanted = set(gids)
         out: dict[int, list[ConsumerTerm]] = {g: [] for g in gids}
         cidxs = sorted({c for g in gids for c in self.analysis.groups[g].consumers})
         per_consumer = parallel_map(
-            lambda c: self.terms(c, stats[c], keeps, {s[0] for s in self.analysis.consumers[c].segments} & wanted),
+            lambda c: self.terms(c, stats[c], keeps, {s[0] for s in self.analysis.consumers[c].segments} & wanted,
+                                 reduced),
             cidxs, self._blas_threads)
         for terms in per_consumer:
             for g, term in terms.items():
@@ -387,7 +406,7 @@ class Pruner:
             gains_run = pool.submit(output_gains, self.model, self.topo, gain_data, self.providers,
                                     {g: sorted({consumers[c].output for c in self.analysis.groups[g].consumers})
                                      for g in gids}, seed=self.config.seed)
-            all_terms = self.group_terms(gids, stats, {})
+            all_terms = self.group_terms(gids, stats, {}, reduced=self.config.mode == "sequential")
 
             def rank(g: int) -> None:
                 rankings[g] = self.ranking(g, all_terms[g])
@@ -438,7 +457,7 @@ class Pruner:
             with self.timer.phase("calibrate"):
                 # the sequential stages read the original network's target rows again
                 oneshot_stats = self.collect(self._oneshot_consumers(), orig, None, "calibrate",
-                                             record=cfg.mode == "sequential")
+                                             record=cfg.mode == "sequential", reduce=cfg.mode == "sequential")
         with self.timer.phase("select"):
             counts, rankings = self.allocate(gids, oneshot_stats)
         keeps: dict[int, np.ndarray] = {}
@@ -595,6 +614,12 @@ class Pruner:
                 entry["top1_agreement"] = float(np.mean(a.argmax(1) == b.argmax(1)))
             fidelity["outputs"][name] = entry
         return fidelity
+
+
+def _reducible(cons: Consumer, budget: int) -> bool:
+    """Whether the reduced first pass reduces the taps of consumer ``cons``: a convolution
+    with more than ``budget`` input features, where ``budget`` / channels is below its taps."""
+    return cons.spatial and cons.in_channels * cons.s > budget and budget // cons.in_channels < cons.s
 
 
 def _from_output(cons: Consumer) -> bool:

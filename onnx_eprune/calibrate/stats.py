@@ -354,6 +354,23 @@ class PixelPairAccumulator:
                         self.syy, self.theta, self.threads)
 
 
+def channel_bases(rows: np.ndarray, s: int, r: int) -> np.ndarray:
+    """The ``r`` leading principal directions of each channel's ``s`` features in ``rows``
+    (R x C*s, channel-major): (C, s, r) float32, the largest variance first."""
+    x = rows.reshape(rows.shape[0], -1, s).astype(np.float64)
+    x = x - x.mean(axis=0)
+    cov = np.einsum("ncs,nct->cst", x, x)                       # (C, s, s) per-channel scatter
+    _, vecs = np.linalg.eigh(cov)
+    return np.ascontiguousarray(vecs[:, :, ::-1][:, :, :r], dtype=np.float32)
+
+
+def reduce_rows(rows: np.ndarray, bases: np.ndarray) -> np.ndarray:
+    """``rows`` (R x C*s, channel-major) in the channels' ``bases`` (C, s, r): (R, C*r)."""
+    c, s, r = bases.shape
+    per_channel = rows.reshape(rows.shape[0], c, s).transpose(1, 0, 2)     # (C, R, s)
+    return np.ascontiguousarray(np.matmul(per_channel, bases).transpose(1, 0, 2)).reshape(rows.shape[0], c * r)
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
     """Where a Conv reads its input. A ConvTranspose is the Conv (stride 1, flipped kernel)
