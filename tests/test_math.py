@@ -329,10 +329,13 @@ def test_conv_patches_reproduce_the_convolution(stride, pads, dil):
             patch = xp[:, :, i * stride:i * stride + 2 * dil + 1:dil, j * stride:j * stride + 2 * dil + 1:dil]
             ref[:, :, i, j] = np.einsum("nchw,mchw->nm", patch, w)
     geo = ConvGeometry((3, 3), (stride, stride), pads, (dil, dil), (oh, ow))
-    pos = sample_positions(np.array([11, 12], dtype=np.uint64), 0, oh * ow, 5)
-    rows = conv_patches(x, geo, pos) @ w.reshape(4, -1).T
-    expect = ref.reshape(2, 4, -1).transpose(0, 2, 1)[np.arange(2)[:, None], pos].reshape(-1, 4)
-    np.testing.assert_allclose(rows, expect, rtol=1e-4, atol=1e-4)
+    # 3 positions x 9 taps read fewer values than the 72 pixels (taps gathered from x);
+    # every position reads more (the map transposed first)
+    for k in (3, oh * ow):
+        pos = sample_positions(np.array([11, 12], dtype=np.uint64), 0, oh * ow, k)
+        rows = conv_patches(x, geo, pos) @ w.reshape(4, -1).T
+        expect = ref.reshape(2, 4, -1).transpose(0, 2, 1)[np.arange(2)[:, None], pos].reshape(-1, 4)
+        np.testing.assert_allclose(rows, expect, rtol=1e-4, atol=1e-4)
 
 
 def test_compress_keeps_the_principal_within_channel_directions():
@@ -403,3 +406,22 @@ def test_reduced_outputs_give_the_same_w_step():
     for a, b in zip(entropic.quadratic_in_w(term, lam), entropic.quadratic_in_w(small, lam_small)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(np.sum(lam * lam), np.sum(lam_small * lam_small), rtol=1e-9)
+
+
+def test_channel_bases_are_each_channels_principal_directions():
+    from onnx_eprune.calibrate.stats import channel_bases, reduce_rows
+    rng = np.random.default_rng(3)
+    C, s, r, R = 5, 9, 2, 400
+    mix = rng.standard_normal((C, s, s)) * np.linspace(3, 0.1, s)[None, None, :]
+    rows = np.einsum("ncs,cts->nct", rng.standard_normal((R, C, s)), mix).reshape(R, C * s).astype(np.float32)
+    U = channel_bases(rows, s, r)
+    assert U.shape == (C, s, r) and U.dtype == np.float32
+    x = rows.reshape(R, C, s).astype(np.float64)
+    x -= x.mean(axis=0)
+    for c in range(C):
+        vals, vecs = np.linalg.eigh(x[:, c].T @ x[:, c])
+        top = vecs[:, ::-1][:, :r]
+        assert np.allclose(np.abs(top.T @ U[c]), np.eye(r), atol=1e-4)   # the same directions
+    reduced = reduce_rows(rows, U)
+    want = np.einsum("ncs,csk->nck", rows.reshape(R, C, s), U).reshape(R, C * r)
+    assert reduced.shape == (R, C * r) and np.allclose(reduced, want, atol=1e-5)

@@ -722,3 +722,43 @@ def test_pixel_pair_statistics_choose_what_the_rows_choose(calib, monkeypatch, m
     for name in a:
         assert a[name].shape == b[name].shape
         np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-4 * np.abs(b[name]).max())
+
+
+def test_sequential_first_pass_reduces_wide_convolutions(calib):
+    """In sequential mode the first pass (statistics for the allocation only) reduces the
+    taps of each convolution wider than the solver's feature budget to a few principal
+    directions per channel: its statistics are those of the reduced rows, the sequential
+    stages still see every tap, and the pruned model is valid and close to the original."""
+    from onnx_eprune import pipeline
+    from onnx_eprune.select.entropic import EntropicConfig
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    config = pipeline.PruneConfig(sparsity=0.5, device="cpu", entropic=EntropicConfig(max_features=48))
+    pruner = pipeline.Pruner(model, calib, config)
+    seen = {}
+    real_collect = pruner.collect
+
+    def collect(cidxs, orig, pruned, label, record=False, reduce=False):
+        stats = real_collect(cidxs, orig, pruned, label, record, reduce)
+        seen.setdefault(label, stats)
+        return stats
+
+    pruner.collect = collect
+    result = pruner.run()
+    consumers = pruner.analysis.consumers
+    assert pruner.bases    # the 8- and 16-channel 3x3 convolutions: 72 and 144 features > 48
+    for c, bases in pruner.bases.items():
+        cons = consumers[c]
+        assert cons.spatial and cons.in_channels * cons.s > 48
+        assert bases.shape == (cons.in_channels, cons.s, max(1, 48 // cons.in_channels))
+        assert seen["calibrate"][c].cov.shape[0] == cons.in_channels * bases.shape[2]
+        stages = [stats[c] for label, stats in seen.items() if label != "calibrate" and c in stats]
+        assert stages and all(st.cov.shape[0] % cons.s == 0 for st in stages)   # every tap there
+    onnx.checker.check_model(result.model, full_check=True)
+    x = calib[:64]
+    assert relative_error(run_model(model, x)[OUTPUT], run_model(result.model, x)[OUTPUT]) < 0.5
+    # one-shot mode decides on the first pass's statistics: they stay whole
+    oneshot = pipeline.Pruner(model, calib, pipeline.PruneConfig(sparsity=0.5, device="cpu", mode="oneshot",
+                                                                 entropic=EntropicConfig(max_features=48)))
+    oneshot.run()
+    assert not oneshot.bases

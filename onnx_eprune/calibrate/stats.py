@@ -438,11 +438,18 @@ def conv_patches(x: np.ndarray, geo: ConvGeometry, positions: np.ndarray) -> np.
     n, c, h, w = x.shape
     kh, kw = geo.kernel
     pixel = tap_pixels(geo, (h, w), positions)                              # (N, k, kh*kw)
-    xt = np.empty((n, h * w + 1, c), x.dtype)                               # N, pixels, C: whole channel vectors
-    xt[:, :h * w] = x.reshape(n, c, h * w).transpose(0, 2, 1)
-    xt[:, h * w] = 0
-    patches = xt[np.arange(n)[:, None, None], pixel]                        # (N, k, kh*kw, C)
     k = positions.shape[1]
+    if k * kh * kw < h * w:
+        # fewer taps read than pixels (a large map, few positions): gather the taps straight
+        # from x rather than transposing the whole map first
+        zero = pixel == h * w
+        patches = x.reshape(n, c, h * w)[np.arange(n)[:, None, None], :, np.where(zero, 0, pixel)]
+        patches[zero] = 0                                                   # (N, k, kh*kw, C)
+    else:
+        xt = np.empty((n, h * w + 1, c), x.dtype)                           # N, pixels, C: whole channel vectors
+        xt[:, :h * w] = x.reshape(n, c, h * w).transpose(0, 2, 1)
+        xt[:, h * w] = 0
+        patches = xt[np.arange(n)[:, None, None], pixel]                    # (N, k, kh*kw, C)
     return np.ascontiguousarray(patches.transpose(0, 1, 3, 2)).reshape(n * k, c * kh * kw)
 
 
