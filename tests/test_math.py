@@ -419,7 +419,7 @@ def test_channel_bases_are_each_channels_principal_directions():
     x = rows.reshape(R, C, s).astype(np.float64)
     x -= x.mean(axis=0)
     for c in range(C):
-        vals, vecs = np.linalg.eigh(x[:, c].T @ x[:, c])
+        _, vecs = np.linalg.eigh(x[:, c].T @ x[:, c])
         top = vecs[:, ::-1][:, :r]
         assert np.allclose(np.abs(top.T @ U[c]), np.eye(r), atol=1e-4)   # the same directions
     reduced = reduce_rows(rows, U)
