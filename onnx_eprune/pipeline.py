@@ -54,6 +54,8 @@ CACHE_MEMORY_BYTES = 512 << 20
 CACHE_DISK_SHARE = 0.5      # of the free space in the temporary directory
 CACHE_DISK_BYTES = 64 << 30  # at most
 
+VALIDATION_SAMPLES = 256    # calibration samples the pruned model is checked on
+
 
 @dataclass
 class PruneConfig:
@@ -170,6 +172,9 @@ class Pruner:
         self._targets: dict[int, StoredBatches] = {}  # consumer -> its target rows (collect)
         # consumer -> (C, s, r) bases of its channels' taps in the reduced first pass (collect)
         self.bases: dict[int, np.ndarray] = {}
+        # the original model's outputs on the first validation samples, per batch, taken in
+        # the pass over the original network so that validation need not run it again
+        self._reference: list[list[np.ndarray]] = []
         self.t0 = t0
 
     # -- statistics ----------------------------------------------------------------------
@@ -226,6 +231,10 @@ class Pruner:
         # (a Conv's output as onnxruntime computes it; a Gemm's input, for a product)
         wanted = {cons[c].input for c in cidxs} if pruned is None else set()
         wanted |= {cons[c].output if _from_output(cons[c]) else cons[c].input for c in targeted}
+        outputs = [o.name for o in self.model.graph.output]
+        reference = pruned is None and not self._reference
+        if reference:
+            wanted |= set(outputs)
         acc: dict[int, MomentAccumulator | PixelPairAccumulator] = {}
         batches = self.data.batch_count(self.config.batch_size)
         orig_iter = prefetched(orig.compute(sorted(wanted), keep=pruned is not None)) if wanted \
@@ -268,6 +277,8 @@ class Pruner:
             for b in range(batches):
                 xo = next(orig_iter)
                 xc = next(cur_iter) if cur_iter is not None else xo
+                if reference and b * size < VALIDATION_SAMPLES:
+                    self._reference.append([xo[o] for o in outputs])
                 parallel_map(step, cidxs, self._blas_threads)
                 task.advance()
         return dict(zip(cidxs, parallel_map(lambda c: acc[c].result(), cidxs, self._blas_threads)))
@@ -596,8 +607,12 @@ class Pruner:
     def validate(self, pruned: onnx.ModelProto) -> dict:
         """Check the pruned model and measure how close it stays on calibration samples."""
         check_model(pruned)
-        feeds = next(self.data.batches(min(256, self.data.samples)))
-        ref = run(make_session(self.model, self.providers), None, feeds)
+        n = min(VALIDATION_SAMPLES, self.data.samples)
+        feeds = next(self.data.batches(n))
+        if self._reference:
+            ref = [np.concatenate(parts)[:n] for parts in zip(*self._reference)]
+        else:  # from statistics files: no pass over the original network
+            ref = run(make_session(self.model, self.providers), None, feeds)
         sess = make_session(pruned, self.providers)
         got = run(sess, None, feeds)
         names = [o.name for o in self.model.graph.output]

@@ -382,6 +382,21 @@ def test_report_contents(calib):
     assert 0.0 <= fid["top1_agreement"] <= 1.0 and fid["relative_error"] >= 0.0
 
 
+@pytest.mark.parametrize("mode,target", [("sequential", {"sparsity": 0.3}), ("oneshot", {"sparsity": 0.3}),
+                                         ("sequential", {"keep_ratio": 0.5})])
+def test_reported_fidelity_is_that_of_the_saved_model(calib, mode, target):
+    # the original's outputs come from the statistics pass (in batches) when there is one,
+    # from a run of the original otherwise (keep-ratio sequential has no such pass)
+    original = ALL_BUILDERS["residual"]()
+    result = prune(original, calib, mode=mode, batch_size=8, **target)
+    ref, got = run_model(original, calib)["y"], run_model(result.model, calib)["y"]
+    fid = result.report["fidelity_on_calibration"]
+    assert fid["samples"] == len(calib)
+    want = np.linalg.norm(got.astype(np.float64) - ref) / np.linalg.norm(ref.astype(np.float64))
+    assert fid["outputs"]["y"]["relative_error"] == pytest.approx(want, rel=1e-4)
+    assert fid["outputs"]["y"]["top1_agreement"] == np.mean(got.argmax(1) == ref.argmax(1))
+
+
 def test_model_without_prunable_group_is_an_error(calib):
     from onnx import TensorProto, helper
 

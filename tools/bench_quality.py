@@ -10,6 +10,10 @@ files' cost model, seconds are wall-clock pruning time.
 
 Prints one line per run and writes all runs as JSON (appending to an existing file, so runs
 can be split over several invocations); ``--markdown`` prints the table for BENCHMARKS.md.
+
+The tables quote the reference calibration files. ``--calib-draws 1 2`` runs the same
+targets on other calibration sets, each 1024 train images drawn with that seed, to see how
+far a method's accuracy moves with the draw; ``--pivot --draws`` averages over the draws.
 """
 
 from __future__ import annotations
@@ -38,13 +42,25 @@ REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 MODELS = {"lenet5": ("lenet5.onnx", "calib28.npy", 28), "vgg16": ("vgg16.onnx", "calib32.npy", 32),
           "resnet18": ("resnet18.onnx", "calib32.npy", 32)}
 PROVIDERS = ["CPUExecutionProvider"]
+DRAW_SIZE = 1024   # images per drawn calibration set, as many as the reference files hold
+
+
+def calibration_set(name: str, draw: int, reference: Path):
+    """What the runs of model ``name`` calibrate on: draw 0 is the reference file (a path);
+    draw d > 0 is 1024 Fashion-MNIST train images chosen with seed d (an array)."""
+    file, calib, size = MODELS[name]
+    if draw == 0:
+        return str(reference / calib)
+    x, _ = load_fashion_mnist("train")
+    chosen = np.sort(np.random.default_rng(draw).choice(len(x), DRAW_SIZE, replace=False))
+    return preprocess(x[chosen], size)
 
 
 def run_one(name: str, kind: str, target: float, method: str, mode: str, reconstruct: bool, test, samples,
-            reference: Path, round_to: int | None = None, stats: tuple | None = None) -> dict:
+            reference: Path, round_to: int | None = None, stats: tuple | None = None, draw: int = 0) -> dict:
     """One pruning run and its accuracy. ``stats``: (bundle, seconds) of a one-shot
     calibration shared by the one-shot runs of this model; its seconds count in the run's."""
-    file, calib, size = MODELS[name]
+    file, _calib, size = MODELS[name]
     model = onnx.load(str(reference / file))
     options = dict(method=method, mode=mode, reconstruct=reconstruct, samples=samples, device="cpu",
                    round_to=round_to, **{kind: target})
@@ -52,7 +68,7 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
     if stats is not None:
         result = onnx_eprune.prune(model, stats=[stats[0]], **options)
     else:
-        result = onnx_eprune.prune(model, str(reference / calib), **options)
+        result = onnx_eprune.prune(model, calibration_set(name, draw, reference), **options)
     seconds = time.perf_counter() - t0 + (stats[1] if stats is not None else 0.0)
     x, y = test[size]
     logits = run_model(result.model, load_calibration(x, result.model), PROVIDERS)[0]
@@ -63,7 +79,7 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
     card = json.loads((reference / file.replace(".onnx", ".json")).read_text())
     rep = result.report
     return {"model": name, "target_kind": kind, "target": target, "method": method, "mode": mode,
-            "reconstruct": reconstruct, "round_to": rep["round_to"], "samples": rep["samples"], "accuracy": acc,
+            "reconstruct": reconstruct, "calib_draw": draw, "round_to": rep["round_to"], "samples": rep["samples"], "accuracy": acc,
             "accuracy_original": card["test_acc"], "drop_points": 100 * (card["test_acc"] - acc),
             "params_removed": rep["params"]["removed_fraction"], "macs_removed": rep["macs"]["removed_fraction"],
             "channels": [g["channels_after"] for g in rep["groups"] if not g["frozen"]],
@@ -129,34 +145,54 @@ METRICS = {"drop": ("drop_points", 1.0, True, "accuracy drop in points"),
            "error": ("test_relative_error", 100.0, True, "relative error of the logits, %")}
 
 
-def pivot(rows: list[dict], metric: str = "drop") -> str:
+def pivot(rows: list[dict], metric: str = "drop", draws: bool = False) -> str:
     """One row per (model, target, mode), one column per method: the ``metric`` on the test
     split (the best method in bold), the MACs removed by entropic and, for the accuracy
     drop, the McNemar p of entropic against the best other method; repeated runs count
-    once (the last)."""
+    once (the last). Only runs on the reference calibration files count, unless ``draws``:
+    then each cell is the mean over the calibration draws entropic ran on ("-" for a method
+    that missed one), and the last columns name the draws and count those in which entropic
+    was best (ties count)."""
     field, scale, smaller, header = METRICS[metric]
     pick = min if smaller else max
-    latest = {(r["model"], r["target_kind"], r["target"], r["mode"], r["method"], r["reconstruct"]): r
-              for r in rows if field in r}
+    latest = {(r["model"], r["target_kind"], r["target"], r["mode"], r["method"], r["reconstruct"],
+               r.get("calib_draw", 0)): r
+              for r in rows if field in r and (draws or r.get("calib_draw", 0) == 0)}
     methods = [m for m in METHODS if any(k[4] == m and k[5] for k in latest)]
     if any(not k[5] for k in latest):
         methods.append("l1 (no re-fit)")
+    variant = {m: (m, True) if m != "l1 (no re-fit)" else ("l1", False) for m in methods}
+    if draws:
+        header = f"{header}, mean over calibration draws"
+        tail = " draws | entropic best in |"
+    else:
+        tail = " entropic vs the best other method: McNemar p |" if metric == "drop" else ""
     lines = [f"{header}:", "", "| model | target | mode | " + " | ".join(methods) + " | MACs removed (entropic) |"
-             + (" entropic vs the best other method: McNemar p |" if metric == "drop" else ""),
-             "|---|---|---|" + "---|" * (len(methods) + 1 + (metric == "drop"))]
+             + tail, "|---|---|---|" + "---|" * (len(methods) + 1 + tail.count("|"))]
     for key in sorted({k[:4] for k in latest}, key=lambda k: (k[0], k[1] != "sparsity", k[2], k[3] != "sequential")):
-        cells = {}
-        for m in methods:
-            r = latest.get(key + ((m, True) if m != "l1 (no re-fit)" else ("l1", False)))
-            cells[m] = None if r is None else round(scale * r[field], 2)
+        ran = {m: {k[6] for k in latest if k[:6] == key + variant[m]} for m in methods}
+        # the draws entropic ran on (all draws of the row without it); a method that
+        # missed one of them shows "-"
+        common = sorted(ran.get("entropic") or set.union(*ran.values()))
+        per_draw = {m: [scale * latest[key + variant[m] + (d,)][field] for d in common]
+                    if ran[m] >= set(common) else None for m in methods}
+        cells = {m: None if v is None else round(float(np.mean(v)), 2) for m, v in per_draw.items()}
         best = pick(v for v in cells.values() if v is not None)
         text = [("-" if v is None else (f"**{v:.2f}**" if v == best else f"{v:.2f}")) for v in cells.values()]
-        ent = latest.get(key + ("entropic", True))
+        ent = latest.get(key + ("entropic", True, common[0]))
+        macs = [latest[key + ("entropic", True, d)]["macs_removed"] for d in common] if ent is not None else []
         line = f"| {key[0]} | {'sparsity' if key[1] == 'sparsity' else 'FLOPs'} {key[2]:g} | {key[3]} | " + \
-            " | ".join(text) + f" | {'-' if ent is None else format(ent['macs_removed'], '.3f')} |"
-        if metric == "drop":
-            others = [latest[key + (m, True)] for m in methods if m not in ("entropic", "l1 (no re-fit)")
-                      and key + (m, True) in latest]
+            " | ".join(text) + f" | {format(np.mean(macs), '.3f') if macs else '-'} |"
+        if draws:
+            wins = "-"
+            if per_draw.get("entropic") is not None:
+                won = sum(round(per_draw["entropic"][i], 2) == pick(round(v[i], 2) for v in per_draw.values() if v)
+                          for i in range(len(common)))
+                wins = f"{won} of {len(common)}"
+            line += f" {', '.join(map(str, common))} | {wins} |"
+        elif metric == "drop":
+            others = [latest[key + (m, True, 0)] for m in methods if m not in ("entropic", "l1 (no re-fit)")
+                      and key + (m, True, 0) in latest]
             rival = min(others, key=lambda r: r["drop_points"], default=None)
             p = None if ent is None or rival is None else mcnemar_p(ent, rival)
             line += " - |" if p is None else f" {p:.2f} ({rival['method']}) |"
@@ -176,15 +212,21 @@ def main() -> int:
     ap.add_argument("--round-to", type=int, help="channel count multiples (default: the tool's automatic rule)")
     ap.add_argument("--reference", type=Path, default=REFERENCE)
     ap.add_argument("--out", type=Path, help="JSON file to append the runs to")
+    ap.add_argument("--with", dest="also", nargs="+", type=Path, default=[],
+                    help="more result files whose runs the printed tables include")
     ap.add_argument("--markdown", action="store_true", help="print the Markdown table of --out at the end")
     ap.add_argument("--pivot", action="store_true",
                     help="print --out at the end as one row per target and mode, one column per method "
                     "(without targets: print it and exit)")
     ap.add_argument("--metric", choices=list(METRICS), default="drop", help="what --pivot shows")
+    ap.add_argument("--calib-draws", nargs="+", type=int, default=[0],
+                    help="calibration sets: 0 is the reference file, d > 0 is 1024 train images drawn with seed d")
+    ap.add_argument("--draws", action="store_true",
+                    help="--pivot averages each cell over the calibration draws (default: the reference file only)")
     args = ap.parse_args()
     if not args.sparsity and not args.flops:  # nothing to run: print the tables of --out
-        rows = json.loads(args.out.read_text())["runs"] if args.out and args.out.exists() else []
-        print(pivot(rows, args.metric) if args.pivot else markdown(rows))
+        rows = [r for f in [args.out, *args.also] if f and f.exists() for r in json.loads(f.read_text())["runs"]]
+        print(pivot(rows, args.metric, args.draws) if args.pivot else markdown(rows))
         return 0
     if not fashion_mnist_available():
         print("needs the Fashion-MNIST test split: apt-get install dataset-fashion-mnist", file=sys.stderr)
@@ -195,35 +237,38 @@ def main() -> int:
     targets = [("sparsity", s) for s in args.sparsity] + [("flops_reduction", f) for f in args.flops]
     variants = [(m, True) for m in args.methods] + ([("l1", False)] if args.no_reconstruct else [])
     for name in args.models:
-        shared = None
-        if "oneshot" in args.modes:
-            # one-shot statistics do not depend on the method or the target: calibrate once
-            file, calib, _size = MODELS[name]
-            t0 = time.perf_counter()
-            bundle = onnx_eprune.calibrate(str(args.reference / file), str(args.reference / calib),
-                                           samples=args.samples, device="cpu")
-            shared = (bundle, time.perf_counter() - t0)
-            print(f"{name}: one-shot statistics in {shared[1]:.1f}s", flush=True)
-        for kind, target in targets:
-            for mode in args.modes:
-                for method, reconstruct in variants:
-                    try:
-                        row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples,
-                                      args.reference, args.round_to, shared if mode == "oneshot" else None)
-                    except onnx_eprune.EPruneError as exc:  # e.g. a FLOPs target the prunable part cannot reach
-                        print(f"{name} {kind}={target:g} {method} {mode}: {exc}", flush=True)
-                        continue
-                    print(f"{name} {kind}={target:g} {method}{'' if reconstruct else '(no re-fit)'} {mode}: "
-                          f"acc {100 * row['accuracy']:.2f}% drop {row['drop_points']:+.2f} "
-                          f"params -{row['params_removed']:.3f} MACs -{row['macs_removed']:.3f} "
-                          f"{row['seconds']:.1f}s {row['channels']}", flush=True)
-                    rows.append(row)
-                    if args.out:
-                        append_run(args.out, row)
+        for draw in args.calib_draws:
+            shared = None
+            if "oneshot" in args.modes:
+                # one-shot statistics do not depend on the method or the target: calibrate once
+                t0 = time.perf_counter()
+                bundle = onnx_eprune.calibrate(str(args.reference / MODELS[name][0]),
+                                               calibration_set(name, draw, args.reference),
+                                               samples=args.samples, device="cpu")
+                shared = (bundle, time.perf_counter() - t0)
+                print(f"{name} draw {draw}: one-shot statistics in {shared[1]:.1f}s", flush=True)
+            for kind, target in targets:
+                for mode in args.modes:
+                    for method, reconstruct in variants:
+                        label = f"{name} draw {draw} {kind}={target:g} {method}{'' if reconstruct else '(no re-fit)'} {mode}"
+                        try:
+                            row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples,
+                                          args.reference, args.round_to, shared if mode == "oneshot" else None,
+                                          draw)
+                        except onnx_eprune.EPruneError as exc:  # e.g. a FLOPs target the prunable part cannot reach
+                            print(f"{label}: {exc}", flush=True)
+                            continue
+                        print(f"{label}: acc {100 * row['accuracy']:.2f}% drop {row['drop_points']:+.2f} "
+                              f"params -{row['params_removed']:.3f} MACs -{row['macs_removed']:.3f} "
+                              f"{row['seconds']:.1f}s {row['channels']}", flush=True)
+                        rows.append(row)
+                        if args.out:
+                            append_run(args.out, row)
+    rows += [r for f in args.also if f.exists() for r in json.loads(f.read_text())["runs"]]
     if args.markdown:
         print(markdown(rows))
     if args.pivot:
-        print(pivot(rows, args.metric))
+        print(pivot(rows, args.metric, args.draws))
     return 0
 
 
