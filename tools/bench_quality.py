@@ -176,6 +176,8 @@ def pivot(rows: list[dict], metric: str = "drop", draws: bool = False) -> str:
         common = sorted(ran.get("entropic") or set.union(*ran.values()))
         per_draw = {m: [scale * latest[key + variant[m] + (d,)][field] for d in common]
                     if ran[m] >= set(common) else None for m in methods}
+        if draws and sum(v is not None for v in per_draw.values()) < 2:
+            continue  # nothing to compare with
         cells = {m: None if v is None else round(float(np.mean(v)), 2) for m, v in per_draw.items()}
         best = pick(v for v in cells.values() if v is not None)
         text = [("-" if v is None else (f"**{v:.2f}**" if v == best else f"{v:.2f}")) for v in cells.values()]
