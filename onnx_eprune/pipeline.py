@@ -278,7 +278,8 @@ class Pruner:
                 xo = next(orig_iter)
                 xc = next(cur_iter) if cur_iter is not None else xo
                 if reference and b * size < VALIDATION_SAMPLES:
-                    self._reference.append([xo[o] for o in outputs])
+                    # copies: an output array can keep its session (and its memory arena) alive
+                    self._reference.append([np.array(xo[o]) for o in outputs])
                 parallel_map(step, cidxs, self._blas_threads)
                 task.advance()
         return dict(zip(cidxs, parallel_map(lambda c: acc[c].result(), cidxs, self._blas_threads)))
