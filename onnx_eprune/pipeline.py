@@ -361,18 +361,23 @@ class Pruner:
     def ranking(self, gid: int, terms: list[ConsumerTerm]) -> np.ndarray:
         """The blocks of group ``gid`` (its channels, or its conv groups: see
         ``ChannelGroup.unit``) from most to least important."""
-        group = self.analysis.groups[gid]
         method = self.config.method
-        blocks = group.channels // group.unit
         if method == "entropic":
             self.paths[gid] = []
             return entropic.ranking(terms, self.config.entropic, record=self.paths[gid])
-        if method == "l1":
-            return baselines.l1_ranking([producer_rows(self.inits, p, group.channels).reshape(blocks, -1)
-                                         for p in group.producers])
         if method in ("lasso", "thinet"):
             A, b = baselines.contributions(terms, self.config.entropic.max_features)
             return baselines.lasso_ranking(A, b) if method == "lasso" else baselines.thinet_ranking(A)
+        return self.weight_ranking(gid, method)
+
+    def weight_ranking(self, gid: int, method: str) -> np.ndarray:
+        """The blocks of group ``gid`` ranked by a method that reads no statistics: ``l1``
+        (filter norms) or ``random``."""
+        group = self.analysis.groups[gid]
+        blocks = group.channels // group.unit
+        if method == "l1":
+            return baselines.l1_ranking([producer_rows(self.inits, p, group.channels).reshape(blocks, -1)
+                                         for p in group.producers])
         return baselines.random_ranking(blocks, np.random.default_rng([self.config.seed, gid]))
 
     def choose(self, gid: int, k: int, ranking: np.ndarray | None, terms: Callable[[], list[ConsumerTerm]]

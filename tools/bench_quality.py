@@ -48,7 +48,7 @@ DRAW_SIZE = 1024   # images per drawn calibration set, as many as the reference 
 def calibration_set(name: str, draw: int, reference: Path):
     """What the runs of model ``name`` calibrate on: draw 0 is the reference file (a path);
     draw d > 0 is 1024 Fashion-MNIST train images chosen with seed d (an array)."""
-    file, calib, size = MODELS[name]
+    _file, calib, size = MODELS[name]
     if draw == 0:
         return str(reference / calib)
     x, _ = load_fashion_mnist("train")
@@ -57,9 +57,11 @@ def calibration_set(name: str, draw: int, reference: Path):
 
 
 def run_one(name: str, kind: str, target: float, method: str, mode: str, reconstruct: bool, test, samples,
-            reference: Path, round_to: int | None = None, stats: tuple | None = None, draw: int = 0) -> dict:
+            reference: Path, round_to: int | None = None, stats: tuple | None = None, draw: int = 0,
+            calib=None) -> dict:
     """One pruning run and its accuracy. ``stats``: (bundle, seconds) of a one-shot
-    calibration shared by the one-shot runs of this model; its seconds count in the run's."""
+    calibration shared by the one-shot runs of this model; its seconds count in the run's.
+    ``calib``: the calibration set of ``draw`` (:func:`calibration_set`; made here if None)."""
     file, _calib, size = MODELS[name]
     model = onnx.load(str(reference / file))
     options = dict(method=method, mode=mode, reconstruct=reconstruct, samples=samples, device="cpu",
@@ -68,7 +70,8 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
     if stats is not None:
         result = onnx_eprune.prune(model, stats=[stats[0]], **options)
     else:
-        result = onnx_eprune.prune(model, calibration_set(name, draw, reference), **options)
+        result = onnx_eprune.prune(model, calib if calib is not None else calibration_set(name, draw, reference),
+                                   **options)
     seconds = time.perf_counter() - t0 + (stats[1] if stats is not None else 0.0)
     x, y = test[size]
     logits = run_model(result.model, load_calibration(x, result.model), PROVIDERS)[0]
@@ -89,13 +92,18 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
             "test_images": len(correct), "correct": np.packbits(correct).tobytes().hex()}
 
 
+def read_runs(*paths: Path | None) -> list[dict]:
+    """The runs of the result files among ``paths`` that exist, in order."""
+    return [r for path in paths if path and path.exists() for r in json.loads(path.read_text())["runs"]]
+
+
 def append_run(path: Path, row: dict) -> None:
     """Add ``row`` to the runs in ``path``, read again under a lock: several invocations
     may append to one file at the same time."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(Path(tempfile.gettempdir()) / "bench_quality.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        runs = json.loads(path.read_text())["runs"] if path.exists() else []
+        runs = read_runs(path)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"machine": platform.platform(), "runs": runs + [row]}, indent=1))
         os.replace(tmp, path)
@@ -227,7 +235,7 @@ def main() -> int:
                     help="--pivot averages each cell over the calibration draws (default: the reference file only)")
     args = ap.parse_args()
     if not args.sparsity and not args.flops:  # nothing to run: print the tables of --out
-        rows = [r for f in [args.out, *args.also] if f and f.exists() for r in json.loads(f.read_text())["runs"]]
+        rows = read_runs(args.out, *args.also)
         print(pivot(rows, args.metric, args.draws) if args.pivot else markdown(rows))
         return 0
     if not fashion_mnist_available():
@@ -235,17 +243,17 @@ def main() -> int:
         return 2
     xt, yt = load_fashion_mnist("test")
     test = {28: (preprocess(xt, 28), yt), 32: (preprocess(xt, 32), yt)}
-    rows = json.loads(args.out.read_text())["runs"] if args.out and args.out.exists() else []
+    rows = read_runs(args.out)
     targets = [("sparsity", s) for s in args.sparsity] + [("flops_reduction", f) for f in args.flops]
     variants = [(m, True) for m in args.methods] + ([("l1", False)] if args.no_reconstruct else [])
     for name in args.models:
         for draw in args.calib_draws:
+            calib = calibration_set(name, draw, args.reference)   # read (or drawn) once per draw
             shared = None
             if "oneshot" in args.modes:
                 # one-shot statistics do not depend on the method or the target: calibrate once
                 t0 = time.perf_counter()
-                bundle = onnx_eprune.calibrate(str(args.reference / MODELS[name][0]),
-                                               calibration_set(name, draw, args.reference),
+                bundle = onnx_eprune.calibrate(str(args.reference / MODELS[name][0]), calib,
                                                samples=args.samples, device="cpu")
                 shared = (bundle, time.perf_counter() - t0)
                 print(f"{name} draw {draw}: one-shot statistics in {shared[1]:.1f}s", flush=True)
@@ -256,7 +264,7 @@ def main() -> int:
                         try:
                             row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples,
                                           args.reference, args.round_to, shared if mode == "oneshot" else None,
-                                          draw)
+                                          draw, calib)
                         except onnx_eprune.EPruneError as exc:  # e.g. a FLOPs target the prunable part cannot reach
                             print(f"{label}: {exc}", flush=True)
                             continue
@@ -266,7 +274,7 @@ def main() -> int:
                         rows.append(row)
                         if args.out:
                             append_run(args.out, row)
-    rows += [r for f in args.also if f.exists() for r in json.loads(f.read_text())["runs"]]
+    rows += read_runs(*args.also)
     if args.markdown:
         print(markdown(rows))
     if args.pivot:

@@ -23,9 +23,7 @@ import onnx
 import onnxruntime as ort
 
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
-from onnx_eprune.graph.weights import producer_rows
-from onnx_eprune.pipeline import Pruner, PruneConfig
-from onnx_eprune.select import baselines
+from onnx_eprune.pipeline import Pruner, PruneConfig, _channels_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import MODELS, REFERENCE  # noqa: E402
@@ -42,13 +40,8 @@ class MixedPruner(Pruner):
     def choose(self, gid, k, ranking, terms):
         keep = super().choose(gid, k, ranking, terms)
         if gid in self.swap:
-            group = self.analysis.groups[gid]
-            if self.swap_method == "l1":
-                order = baselines.l1_ranking([producer_rows(self.inits, p, group.channels).reshape(group.channels, -1)
-                                              for p in group.producers])
-            else:
-                order = baselines.random_ranking(group.channels, np.random.default_rng([self.config.seed, gid]))
-            keep = np.sort(order[:k])
+            unit = self.analysis.groups[gid].unit
+            keep = _channels_of(self.weight_ranking(gid, self.swap_method)[:k // unit], unit)
         self.kept[gid] = keep
         return keep
 
@@ -84,8 +77,7 @@ def main() -> int:
     logits = model.graph.output[0].name
     for label, swap in (("entropic", set()), (f"{args.method} on groups {sorted(args.swap)}", set(args.swap))):
         config = PruneConfig(sparsity=args.sparsity, mode=args.mode, device="cpu")
-        pruner = MixedPruner(model, str(REFERENCE / calib), config, swap=swap,
-                             method=args.method)
+        pruner = MixedPruner(model, str(REFERENCE / calib), config, swap=swap, method=args.method)
         result = pruner.run()
         got = layer_outputs(result.model, x)
         # a pruned output is compared on the channels it keeps: those of the group whose
