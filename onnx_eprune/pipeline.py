@@ -364,7 +364,7 @@ class Pruner:
         method = self.config.method
         if method == "entropic":
             self.paths[gid] = []
-            return entropic.ranking(terms, self.config.entropic, record=self.paths[gid])
+            return entropic.ranking(terms, self.config.entropic, record=self.paths[gid], workers=self._blas_threads)
         if method in ("lasso", "thinet"):
             A, b = baselines.contributions(terms, self.config.entropic.max_features)
             return baselines.lasso_ranking(A, b) if method == "lasso" else baselines.thinet_ranking(A)
@@ -396,7 +396,7 @@ class Pruner:
         if self.config.method == "entropic":
             # resume the path drawn on the one-shot statistics where 2k channels were alive
             start = entropic.resume_point(self.paths.get(gid, []), k)
-            return entropic.select(terms(), k, self.config.entropic, start)
+            return entropic.select(terms(), k, self.config.entropic, start, self._blas_threads)
         if self.config.method in DATA_METHODS:
             ranking = self.ranking(gid, terms())
         elif ranking is None:

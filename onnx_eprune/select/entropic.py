@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..parallel import parallel_map
 from . import lapack
 from .problem import ConsumerTerm, cho_inverse_solve, compress, reduce_outputs, ridge
 
@@ -174,24 +175,30 @@ class _Active:
         return _Active(terms, self.index[keep], self.scale, self.variances)
 
 
-def alternate(terms: list[ConsumerTerm] | _Active, eps: float, cfg: EntropicConfig, w0: np.ndarray | None = None
-              ) -> _State:
+def alternate(terms: list[ConsumerTerm] | _Active, eps: float, cfg: EntropicConfig, w0: np.ndarray | None = None,
+              workers: int = 1) -> _State:
     """Alternate Lambda- and w-steps at a fixed ``eps`` until L stops falling (at most
-    ``cfg.max_alternations`` times: along a warm-started path a few suffice)."""
+    ``cfg.max_alternations`` times: along a warm-started path a few suffice). The terms'
+    Lambda-steps run on up to ``workers`` threads; their shares are added in term order,
+    so the result does not depend on ``workers``."""
     problem = terms if isinstance(terms, _Active) else _Active.of(terms)
     C = problem.terms[0].channels
     w = np.full(C, 1.0 / C) if w0 is None else w0.copy()
     state = _State(w)
     for _ in range(cfg.max_alternations):
-        lams, A, b, fit = [], np.zeros((C, C)), np.zeros(C), 0.0
-        for term, var in zip(problem.terms, problem.variances):
+        def share(item: tuple[ConsumerTerm, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+            term, var = item
             rho = cfg.eps_ridge * var
             lam = lambda_step(term, np.repeat(problem.scale * w, term.s), cfg.eps_ridge, rho)
             At, bt = quadratic_in_w(term, lam, problem.scale)
+            return lam, At, bt, rho * float(np.sum(lam * lam)) / term.energy
+
+        lams, A, b, fit = [], np.zeros((C, C)), np.zeros(C), 0.0
+        for lam, At, bt, fit_t in parallel_map(share, list(zip(problem.terms, problem.variances)), workers):
             lams.append(lam)
             A += At
             b += bt
-            fit += rho * float(np.sum(lam * lam)) / term.energy
+            fit += fit_t
         A = 0.5 * (A + A.T)
         w = solve_w(A, b, eps, w)
         loss = float(w @ A @ w - 2 * b @ w + eps * np.sum(w * np.log(w))) + fit
@@ -236,9 +243,11 @@ class Path:
     channels) until at most one channel is alive. ``start`` resumes from a point of an
     earlier path (on similar statistics), skipping the part where nothing happens."""
 
-    def __init__(self, terms: list[ConsumerTerm], cfg: EntropicConfig, start: PathPoint | None = None):
-        self.terms, self.cfg = [reduce_outputs(compress(t, cfg.max_features)) for t in terms], cfg
-        self.start = start
+    def __init__(self, terms: list[ConsumerTerm], cfg: EntropicConfig, start: PathPoint | None = None,
+                 workers: int = 1):
+        self.terms = parallel_map(lambda t: reduce_outputs(compress(t, cfg.max_features)), terms, workers)
+        self.cfg = cfg
+        self.start, self.workers = start, workers
 
     def __iter__(self):
         cfg = self.cfg
@@ -254,7 +263,7 @@ class Path:
             point_cfg = replace(cfg, eps_ridge=ridge_)
             if len(keep) > cfg.wide:
                 point_cfg = replace(point_cfg, max_alternations=min(3, cfg.max_alternations))
-            local = alternate(problem, 10.0 ** log_eps, point_cfg, local / local.sum()).w
+            local = alternate(problem, 10.0 ** log_eps, point_cfg, local / local.sum(), self.workers).w
             w = np.zeros(C)
             w[problem.index] = local
             n = alive(w, cfg.threshold)
@@ -264,13 +273,14 @@ class Path:
 
 
 def ranking(terms: list[ConsumerTerm], cfg: EntropicConfig | None = None, stop_at: int = 1,
-            start: PathPoint | None = None, record: list[PathPoint] | None = None) -> np.ndarray:
+            start: PathPoint | None = None, record: list[PathPoint] | None = None, workers: int = 1) -> np.ndarray:
     """Channels from most to least important along the annealing path.
 
     A channel ranks by the last path point at which it is still alive (later = more
     important), ties by its weight there. The path stops once at most ``stop_at`` channels
     are alive, so the first ``stop_at`` entries are final by then. ``start`` resumes an
-    earlier path; ``record`` collects the points visited.
+    earlier path; ``record`` collects the points visited; ``workers``: threads for the
+    terms of a group with several consumers (the result does not depend on it).
     """
     cfg = cfg or EntropicConfig()
     C = terms[0].channels
@@ -278,7 +288,7 @@ def ranking(terms: list[ConsumerTerm], cfg: EntropicConfig | None = None, stop_a
     weight_then = np.zeros(C)
     if stop_at >= C:
         return np.arange(C)
-    for point in Path(terms, cfg, start):
+    for point in Path(terms, cfg, start, workers):
         if record is not None:
             record.append(point)
         up = C * point.w >= cfg.threshold
@@ -296,7 +306,7 @@ def resume_point(points: list[PathPoint], k: int, margin: float = 2.0) -> PathPo
 
 
 def select(terms: list[ConsumerTerm], k: int, cfg: EntropicConfig | None = None,
-           start: PathPoint | None = None) -> np.ndarray:
+           start: PathPoint | None = None, workers: int = 1) -> np.ndarray:
     """The ``k`` channels to keep (sorted): the first ``k`` of :func:`ranking`, following
     the path only until ``k`` channels are left alive."""
-    return np.sort(ranking(terms, cfg, stop_at=k, start=start)[:k])
+    return np.sort(ranking(terms, cfg, stop_at=k, start=start, workers=workers)[:k])

@@ -59,22 +59,29 @@ def _check(info: ctypes.c_int, routine: str) -> None:
         raise ValueError(f"{routine}: illegal value in argument {-info.value}")
 
 
-def cholesky(A: np.ndarray, lower: bool = True, clean: bool = True) -> np.ndarray:
+def cholesky(A: np.ndarray, lower: bool = True, clean: bool = True, overwrite: bool = False) -> np.ndarray:
     """The Cholesky factor of a symmetric positive definite float64 ``A`` (n x n), as
     ``scipy.linalg.cholesky(A, lower=lower, check_finite=False)`` (``clean``: the other
     triangle zeroed) or ``cho_factor(...)[0]`` (not ``clean``). An F-ordered copy of ``A``
-    is factored; raises ``np.linalg.LinAlgError`` where ``A`` is not positive definite."""
+    is factored (``A`` itself with ``overwrite`` when it is F-ordered and writeable);
+    raises ``np.linalg.LinAlgError`` where ``A`` is not positive definite."""
     A = np.asarray(A)
     if not _usable(A) or A.ndim != 2:
         return scipy.linalg.cholesky(A, lower=lower, check_finite=False) if clean else \
             scipy.linalg.cho_factor(A, lower=lower, check_finite=False)[0]
-    c = np.array(A, order="F")
+    c = A if overwrite and A.flags.f_contiguous and A.flags.writeable else np.array(A, order="F")
     info = _INT(0)
     _LIB.scipy_dpotrf_(b"L" if lower else b"U", *_ints(len(c)), _ptr(c), *_ints(len(c)), ctypes.byref(info),
                        ctypes.c_size_t(1))
     _check(info, "potrf")
     if clean:
-        c[np.triu_indices(len(c), 1) if lower else np.tril_indices(len(c), -1)] = 0.0
+        # column by column: each is contiguous in F order (an index array of the triangle
+        # cost twice the factorisation itself on 512 x 512)
+        for j in range(1, len(c)):
+            if lower:
+                c[:j, j] = 0.0
+            else:
+                c[j:, j - 1] = 0.0
     return c
 
 

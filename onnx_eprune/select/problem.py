@@ -137,9 +137,11 @@ def cholesky(A: np.ndarray, rho: float, workers: int = 1) -> np.ndarray:
     Large factors are computed block by block on up to ``workers`` threads (:func:`_factor`).
     """
     top = max(float(np.max(np.abs(np.diag(A)), initial=0.0)), 1e-30)
+    # a copy (A itself stays as it is), in the order LAPACK reads when it is factored whole
+    order = "C" if A.shape[0] >= BLOCKED_FROM else "F"
     for _ in range(12):
-        shifted = np.array(A, dtype=np.float64)   # a copy: A itself stays as it is
-        shifted.flat[::A.shape[0] + 1] += rho      # + rho I without a D x D identity
+        shifted = np.array(A, dtype=np.float64, order=order)
+        shifted.ravel(order="K")[::A.shape[0] + 1] += rho      # + rho I without a D x D identity
         try:
             return _factor(shifted, workers)
         except np.linalg.LinAlgError:
@@ -160,7 +162,7 @@ def _factor(A: np.ndarray, workers: int) -> np.ndarray:
     """The lower Cholesky factor of ``A`` (overwritten), right-looking by blocks."""
     n = A.shape[0]
     if n < BLOCKED_FROM:
-        return lapack.cholesky(A)
+        return lapack.cholesky(A, overwrite=True)
     starts = list(range(0, n, BLOCK))
     for j, j0 in enumerate(starts):
         j1 = min(j0 + BLOCK, n)
