@@ -22,8 +22,10 @@ def test_same_bytes_as_scipy(n, k):
     strided[:, ::2] = a
     for layout in (a, np.asfortranarray(a), strided[:, ::2]):
         for lower in (True, False):
-            assert np.array_equal(lapack.cholesky(layout, lower),
-                                  scipy.linalg.cholesky(layout, lower=lower, check_finite=False))
+            want = scipy.linalg.cholesky(layout, lower=lower, check_finite=False)
+            assert np.array_equal(lapack.cholesky(layout, lower), want)
+            inplace = np.array(layout, order="F")
+            assert lapack.cholesky(inplace, lower, overwrite=True) is inplace and np.array_equal(inplace, want)
             c = scipy.linalg.cho_factor(layout, lower=lower, check_finite=False)[0]
             assert np.array_equal(lapack.cholesky(layout, lower, clean=False), c)
             for b in (rng.standard_normal(n), rng.standard_normal((n, k))):

@@ -119,6 +119,17 @@ def test_entropic_drops_the_channels_that_do_not_matter():
     assert set(keep) == set(range(10)) - {0, 3, 7}
 
 
+def test_terms_on_parallel_threads_give_the_same_path():
+    rng = np.random.default_rng(9)
+    terms = [random_term(rng, C=10, weak=(0, 3, 7))[0] for _ in range(3)]
+    paths = {}
+    for workers in (1, 3):
+        paths[workers] = []
+        entropic.ranking(terms, record=paths[workers], workers=workers)
+    assert len(paths[1]) > 3 and len(paths[1]) == len(paths[3])
+    assert all(np.array_equal(a.w, b.w) for a, b in zip(paths[1], paths[3]))
+
+
 def test_explained_curve_matches_direct_refits():
     rng = np.random.default_rng(7)
     term, *_ = random_term(rng, C=6)
