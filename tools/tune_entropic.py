@@ -4,7 +4,9 @@
         "max_alternations=3" "eps_ridge=0.03" "threshold=0.5"
 
 Each variant is ``field=value[:field=value...]`` of ``onnx_eprune.select.entropic.EntropicConfig``
-or of ``onnx_eprune.PruneConfig`` (``mode``, ``samples``, ``positions``, ...; "" is the default). For every sparsity the reference model (../shared/reference) is pruned
+or of ``onnx_eprune.PruneConfig`` (``mode``, ``samples``, ``positions``, ...; "" is the default),
+or ``select_features=N``: the sequential stages select on up to N features per consumer
+while the allocation keeps the default ``max_features``. For every sparsity the reference model (../shared/reference) is pruned
 with that config and its accuracy measured on the full Fashion-MNIST test split; one line
 of drops (points) and pruning seconds per variant.
 """
@@ -17,13 +19,28 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import onnx_eprune
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
-from onnx_eprune.pipeline import PruneConfig
+from onnx_eprune.pipeline import Pruner, PruneConfig
+from onnx_eprune.select import entropic
 from onnx_eprune.select.entropic import EntropicConfig
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+class WiderSelection(Pruner):
+    """The default pipeline, except that the sequential stages' entropic selection works on
+    up to ``select_features`` features per consumer (None: ``max_features``, as always)."""
+
+    def __init__(self, *args, select_features: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.select_features = select_features
+
+    def _choose_blocks(self, gid, k, ranking, terms):
+        if self.select_features is None or self.config.mode != "sequential" or self.config.method != "entropic":
+            return super()._choose_blocks(gid, k, ranking, terms)
+        cfg = replace(self.config.entropic, max_features=self.select_features)
+        return entropic.select(terms(), k, cfg, entropic.resume_point(self.paths.get(gid, []), k), self._blas_threads)
 
 
 def main(argv: list[str]) -> int:
@@ -35,14 +52,16 @@ def main(argv: list[str]) -> int:
     default, run_default = EntropicConfig(), PruneConfig()
     for spec in variants:
         fields = dict(kv.split("=") for kv in spec.split(":") if kv)
+        select_features = int(fields.pop("select_features")) if "select_features" in fields else None
         cfg = replace(default, **{k: type(getattr(default, k))(v) for k, v in fields.items() if hasattr(default, k)})
         run = {k: (v if isinstance(getattr(run_default, k), str) else int(v)) for k, v in fields.items()
                if not hasattr(default, k)}
         drops, seconds = [], []
         for sparsity in sparsities:
             t0 = time.perf_counter()
-            result = onnx_eprune.prune(str(REFERENCE / f"{name}.onnx"), str(REFERENCE / calib), sparsity=sparsity,
-                                       device="cpu", entropic=cfg, **run)
+            config = PruneConfig(sparsity=sparsity, device="cpu", entropic=cfg, **run)
+            result = WiderSelection(str(REFERENCE / f"{name}.onnx"), str(REFERENCE / calib), config,
+                                    select_features=select_features).run()
             seconds.append(round(time.perf_counter() - t0, 1))
             drops.append(round(100 * (base - accuracy(result.model, x, labels, ["CPUExecutionProvider"])), 2))
         print(f"{spec or 'default':60s} drops {drops} seconds {seconds}", flush=True)
