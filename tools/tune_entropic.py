@@ -22,25 +22,26 @@ from pathlib import Path
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
 from onnx_eprune.pipeline import Pruner, PruneConfig
-from onnx_eprune.select import entropic
 from onnx_eprune.select.entropic import EntropicConfig
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 
 class WiderSelection(Pruner):
-    """The default pipeline, except that the sequential stages' entropic selection works on
-    up to ``select_features`` features per consumer (None: ``max_features``, as always)."""
+    """The default pipeline, except that once the allocation is decided, the selection of
+    the sequential stages works on up to ``select_features`` features per consumer (None:
+    ``max_features``, as always)."""
 
     def __init__(self, *args, select_features: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.select_features = select_features
 
-    def _choose_blocks(self, gid, k, ranking, terms):
-        if self.select_features is None or self.config.mode != "sequential" or self.config.method != "entropic":
-            return super()._choose_blocks(gid, k, ranking, terms)
-        cfg = replace(self.config.entropic, max_features=self.select_features)
-        return entropic.select(terms(), k, cfg, entropic.resume_point(self.paths.get(gid, []), k), self._blas_threads)
+    def allocate(self, gids, stats):
+        decided = super().allocate(gids, stats)
+        if self.select_features is not None:
+            self.config = replace(self.config, entropic=replace(self.config.entropic,
+                                                                max_features=self.select_features))
+        return decided
 
 
 def main(argv: list[str]) -> int:

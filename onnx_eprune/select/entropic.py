@@ -185,14 +185,16 @@ def alternate(terms: list[ConsumerTerm] | _Active, eps: float, cfg: EntropicConf
     C = problem.terms[0].channels
     w = np.full(C, 1.0 / C) if w0 is None else w0.copy()
     state = _State(w)
-    for _ in range(cfg.max_alternations):
-        def share(item: tuple[ConsumerTerm, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-            term, var = item
-            rho = cfg.eps_ridge * var
-            lam = lambda_step(term, np.repeat(problem.scale * w, term.s), cfg.eps_ridge, rho)
-            At, bt = quadratic_in_w(term, lam, problem.scale)
-            return lam, At, bt, rho * float(np.sum(lam * lam)) / term.energy
 
+    def share(item: tuple[ConsumerTerm, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """One term's Lambda-step at the current ``w`` and its share of A, b and the fit."""
+        term, var = item
+        rho = cfg.eps_ridge * var
+        lam = lambda_step(term, np.repeat(problem.scale * w, term.s), cfg.eps_ridge, rho)
+        At, bt = quadratic_in_w(term, lam, problem.scale)
+        return lam, At, bt, rho * float(np.sum(lam * lam)) / term.energy
+
+    for _ in range(cfg.max_alternations):
         lams, A, b, fit = [], np.zeros((C, C)), np.zeros(C), 0.0
         for lam, At, bt, fit_t in parallel_map(share, list(zip(problem.terms, problem.variances)), workers):
             lams.append(lam)
