@@ -4,11 +4,13 @@
         "max_alternations=3" "eps_ridge=0.03" "threshold=0.5"
 
 Each variant is ``field=value[:field=value...]`` of ``onnx_eprune.select.entropic.EntropicConfig``
-or of ``onnx_eprune.PruneConfig`` (``mode``, ``samples``, ``positions``, ...; "" is the default),
-or ``select_features=N``: the sequential stages select on up to N features per consumer
-while the allocation keeps the default ``max_features``. For every sparsity the reference model (../shared/reference) is pruned
-with that config and its accuracy measured on the full Fashion-MNIST test split; one line
-of drops (points) and pruning seconds per variant.
+or of ``onnx_eprune.PruneConfig`` (``mode``, ``method``, ``seed``, ``samples``, ``positions``,
+...; "" is the default), or ``select_features=N``: the sequential stages select on up to N
+features per consumer while the allocation keeps the default ``max_features``, or
+``cold=1``: the sequential stages draw each group's path from its start instead of
+resuming the allocation's. For every sparsity the reference model (../shared/reference)
+is pruned with that config and its accuracy measured on the full Fashion-MNIST test
+split; one line of drops (points) and pruning seconds per variant.
 """
 
 from __future__ import annotations
@@ -27,20 +29,23 @@ from onnx_eprune.select.entropic import EntropicConfig
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 
-class WiderSelection(Pruner):
+class SelectionVariant(Pruner):
     """The default pipeline, except that once the allocation is decided, the selection of
     the sequential stages works on up to ``select_features`` features per consumer (None:
-    ``max_features``, as always)."""
+    ``max_features``, as always) and, if ``cold``, starts every group's path afresh."""
 
-    def __init__(self, *args, select_features: int | None = None, **kwargs):
+    def __init__(self, *args, select_features: int | None = None, cold: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.select_features = select_features
+        self.cold = cold
 
     def allocate(self, gids, stats):
         decided = super().allocate(gids, stats)
         if self.select_features is not None:
             self.config = replace(self.config, entropic=replace(self.config.entropic,
                                                                 max_features=self.select_features))
+        if self.cold:
+            self.paths = {}  # entropic.resume_point finds nothing: each stage's path starts over
         return decided
 
 
@@ -54,6 +59,7 @@ def main(argv: list[str]) -> int:
     for spec in variants:
         fields = dict(kv.split("=") for kv in spec.split(":") if kv)
         select_features = int(fields.pop("select_features")) if "select_features" in fields else None
+        cold = bool(int(fields.pop("cold", "0")))
         cfg = replace(default, **{k: type(getattr(default, k))(v) for k, v in fields.items() if hasattr(default, k)})
         run = {k: (v if isinstance(getattr(run_default, k), str) else int(v)) for k, v in fields.items()
                if not hasattr(default, k)}
@@ -61,8 +67,8 @@ def main(argv: list[str]) -> int:
         for sparsity in sparsities:
             t0 = time.perf_counter()
             config = PruneConfig(sparsity=sparsity, device="cpu", entropic=cfg, **run)
-            result = WiderSelection(str(REFERENCE / f"{name}.onnx"), str(REFERENCE / calib), config,
-                                    select_features=select_features).run()
+            result = SelectionVariant(str(REFERENCE / f"{name}.onnx"), str(REFERENCE / calib), config,
+                                    select_features=select_features, cold=cold).run()
             seconds.append(round(time.perf_counter() - t0, 1))
             drops.append(round(100 * (base - accuracy(result.model, x, labels, ["CPUExecutionProvider"])), 2))
         print(f"{spec or 'default':60s} drops {drops} seconds {seconds}", flush=True)
