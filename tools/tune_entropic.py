@@ -8,9 +8,10 @@ or of ``onnx_eprune.PruneConfig`` (``mode``, ``method``, ``seed``, ``samples``, 
 ...; "" is the default), or ``select_features=N``: the sequential stages select on up to N
 features per consumer while the allocation keeps the default ``max_features``, or
 ``cold=1``: the sequential stages draw each group's path from its start instead of
-resuming the allocation's. For every sparsity the reference model (../shared/reference)
-is pruned with that config and its accuracy measured on the full Fashion-MNIST test
-split; one line of drops (points) and pruning seconds per variant.
+resuming the allocation's. At every level (a sparsity, or ``f`` and a FLOPs reduction:
+``f0.73``) the reference model (../shared/reference) is pruned with that config and its
+accuracy measured on the full Fashion-MNIST test split; one line of drops (points) and
+pruning seconds per variant.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class SelectionVariant(Pruner):
 
 
 def main(argv: list[str]) -> int:
-    name, sparsities, variants = argv[0], [float(x) for x in argv[1].split(",")], argv[2:] or [""]
+    name, levels, variants = argv[0], argv[1].split(","), argv[2:] or [""]
+    targets = [{"flops_reduction": float(v[1:])} if v.startswith("f") else {"sparsity": float(v)} for v in levels]
     size, calib = (28, "calib28.npy") if name == "lenet5" else (32, "calib32.npy")
     images, labels = load_fashion_mnist("test")
     x = preprocess(images, size)
@@ -64,9 +66,9 @@ def main(argv: list[str]) -> int:
         run = {k: (v if isinstance(getattr(run_default, k), str) else int(v)) for k, v in fields.items()
                if not hasattr(default, k)}
         drops, seconds = [], []
-        for sparsity in sparsities:
+        for target in targets:
             t0 = time.perf_counter()
-            config = PruneConfig(sparsity=sparsity, device="cpu", entropic=cfg, **run)
+            config = PruneConfig(**target, device="cpu", entropic=cfg, **run)
             result = SelectionVariant(str(REFERENCE / f"{name}.onnx"), str(REFERENCE / calib), config,
                                     select_features=select_features, cold=cold).run()
             seconds.append(round(time.perf_counter() - t0, 1))
