@@ -1,4 +1,4 @@
-"""Accuracy drop of the entropic selector under EntropicConfig variants (tuning record).
+"""Accuracy drop of the entropic selector (or a baseline) under config variants (tuning record).
 
     OMP_NUM_THREADS=1 python tools/tune_entropic.py lenet5 0.55,0.7,0.73,0.84 "" \\
         "max_alternations=3" "eps_ridge=0.03" "threshold=0.5"
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
             t0 = time.perf_counter()
             config = PruneConfig(**target, device="cpu", entropic=cfg, **run)
             result = SelectionVariant(str(REFERENCE / f"{name}.onnx"), str(REFERENCE / calib), config,
-                                    select_features=select_features, cold=cold).run()
+                                      select_features=select_features, cold=cold).run()
             seconds.append(round(time.perf_counter() - t0, 1))
             drops.append(round(100 * (base - accuracy(result.model, x, labels, ["CPUExecutionProvider"])), 2))
         print(f"{spec or 'default':60s} drops {drops} seconds {seconds}", flush=True)
