@@ -27,7 +27,8 @@ from onnx_eprune.evaluate import accuracy
 from onnx_eprune.pipeline import Pruner, PruneConfig
 from onnx_eprune.select.entropic import EntropicConfig
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quality import MODELS, REFERENCE  # noqa: E402
 
 
 class SelectionVariant(Pruner):
@@ -53,7 +54,7 @@ class SelectionVariant(Pruner):
 def main(argv: list[str]) -> int:
     name, levels, variants = argv[0], argv[1].split(","), argv[2:] or [""]
     targets = [{"flops_reduction": float(v[1:])} if v.startswith("f") else {"sparsity": float(v)} for v in levels]
-    size, calib = (28, "calib28.npy") if name == "lenet5" else (32, "calib32.npy")
+    onnx_file, calib, size = MODELS[name]
     images, labels = load_fashion_mnist("test")
     x = preprocess(images, size)
     base = json.loads((REFERENCE / f"{name}.json").read_text())["test_acc"]
@@ -69,7 +70,7 @@ def main(argv: list[str]) -> int:
         for target in targets:
             t0 = time.perf_counter()
             config = PruneConfig(**target, device="cpu", entropic=cfg, **run)
-            result = SelectionVariant(str(REFERENCE / f"{name}.onnx"), str(REFERENCE / calib), config,
+            result = SelectionVariant(str(REFERENCE / onnx_file), str(REFERENCE / calib), config,
                                       select_features=select_features, cold=cold).run()
             seconds.append(round(time.perf_counter() - t0, 1))
             drops.append(round(100 * (base - accuracy(result.model, x, labels, ["CPUExecutionProvider"])), 2))
