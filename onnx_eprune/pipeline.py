@@ -358,10 +358,11 @@ class Pruner:
             return None
         return np.setdiff1d(np.arange(cons.out_channels), np.concatenate(drop))
 
-    def ranking(self, gid: int, terms: list[ConsumerTerm]) -> np.ndarray:
+    def ranking(self, gid: int, terms: list[ConsumerTerm], method: str | None = None) -> np.ndarray:
         """The blocks of group ``gid`` (its channels, or its conv groups: see
-        ``ChannelGroup.unit``) from most to least important."""
-        method = self.config.method
+        ``ChannelGroup.unit``) from most to least important, by ``method`` (None: the
+        configured one; the methods of ``DATA_METHODS`` rank from ``terms``)."""
+        method = method or self.config.method
         if method == "entropic":
             self.paths[gid] = []
             return entropic.ranking(terms, self.config.entropic, record=self.paths[gid], workers=self._blas_threads)

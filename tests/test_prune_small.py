@@ -777,3 +777,26 @@ def test_sequential_first_pass_reduces_wide_convolutions(calib):
                                                                  entropic=EntropicConfig(max_features=48)))
     oneshot.run()
     assert not oneshot.bases
+
+
+def test_ranking_by_another_method_matches_that_methods_run(calib):
+    """``Pruner.ranking(gid, terms, method)`` (the diagnostics' way to ask one run for another
+    method's order) gives the order that a pruner configured with that method draws."""
+    from onnx_eprune import pipeline
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    pruners = {m: pipeline.Pruner(model, calib, pipeline.PruneConfig(sparsity=0.5, device="cpu", mode="oneshot",
+                                                                     method=m))
+               for m in ("entropic", "lasso", "l1")}
+    entropic = pruners["entropic"]
+    gids = [g.gid for g in entropic.analysis.prunable_groups()]
+    network = pipeline.CachedNetwork(entropic.model, entropic.topo, entropic.data, entropic.providers, 64,
+                                     pipeline.CacheSpace(0, 0))
+    terms = entropic.group_terms(gids, entropic.collect(entropic._oneshot_consumers(), network, None, "stats"), {})
+    differs = False
+    for g in gids:
+        lasso = pruners["lasso"].ranking(g, terms[g])
+        assert np.array_equal(entropic.ranking(g, terms[g], "lasso"), lasso)
+        assert np.array_equal(entropic.ranking(g, [], "l1"), pruners["l1"].ranking(g, []))
+        differs |= not np.array_equal(entropic.ranking(g, terms[g]), lasso)
+    assert differs  # the configured method is not what answered

@@ -3,6 +3,7 @@ baseline, then with each one's selection on the other's allocation (kept channel
 group), and measure all four on the full Fashion-MNIST test split.
 
     python tools/allocation_swap.py vgg16 --sparsity 0.5 --mode oneshot --method random
+    python tools/allocation_swap.py lenet5 --flops 0.73 --mode oneshot --method lasso
 
 Prints, per run, the accuracy drop in points against the original, the parameters removed
 and the kept channels of every prunable group.
@@ -39,7 +40,9 @@ class AllocatedPruner(Pruner):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", choices=list(MODELS))
-    ap.add_argument("--sparsity", type=float, required=True)
+    level = ap.add_mutually_exclusive_group(required=True)
+    level.add_argument("--sparsity", type=float)
+    level.add_argument("--flops", type=float, help="a FLOPs (MACs) reduction instead of a sparsity")
     ap.add_argument("--mode", default="sequential", choices=["sequential", "oneshot"])
     ap.add_argument("--method", default="random", choices=["l1", "random", "lasso", "thinet"])
     args = ap.parse_args()
@@ -52,7 +55,8 @@ def main() -> int:
     for method, allocation in [(args.method, None), ("entropic", None), ("entropic", args.method),
                                (args.method, "entropic")]:
         pruner = AllocatedPruner(str(path), str(calib),
-                                 PruneConfig(sparsity=args.sparsity, mode=args.mode, method=method),
+                                 PruneConfig(sparsity=args.sparsity, flops_reduction=args.flops, mode=args.mode,
+                                             method=method),
                                  counts=None if allocation is None else counts[allocation])
         result = pruner.run()
         kept = {g["id"]: g["channels_after"] for g in result.report["groups"] if not g.get("frozen")}
@@ -60,7 +64,7 @@ def main() -> int:
         drop = 100 * (base - accuracy(result.model, x, labels))
         label = method + ("" if allocation is None else f" on {allocation}'s allocation")
         print(f"{label:36s} drop {drop:6.2f} points, {100 * result.report['params']['removed_fraction']:.1f}% "
-              f"of the parameters removed, kept {list(kept.values())}", flush=True)
+              f"of the parameters and {100 * result.report['macs']['removed_fraction']:.1f}% of the MACs removed, kept {list(kept.values())}", flush=True)
     return 0
 
 

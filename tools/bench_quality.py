@@ -45,14 +45,16 @@ PROVIDERS = ["CPUExecutionProvider"]
 DRAW_SIZE = 1024   # images per drawn calibration set, as many as the reference files hold
 
 
-def calibration_set(name: str, draw: int, reference: Path):
+def calibration_set(name: str, draw: int, reference: Path, images: int = DRAW_SIZE):
     """What the runs of model ``name`` calibrate on: draw 0 is the reference file (a path);
-    draw d > 0 is 1024 Fashion-MNIST train images chosen with seed d (an array)."""
+    draw d > 0 is ``images`` Fashion-MNIST train images chosen with seed d (an array)."""
     _file, calib, size = MODELS[name]
     if draw == 0:
+        if images != DRAW_SIZE:
+            raise ValueError(f"the reference calibration files hold {DRAW_SIZE} images: draw another set")
         return str(reference / calib)
     x, _ = load_fashion_mnist("train")
-    chosen = np.sort(np.random.default_rng(draw).choice(len(x), DRAW_SIZE, replace=False))
+    chosen = np.sort(np.random.default_rng(draw).choice(len(x), images, replace=False))
     return preprocess(x[chosen], size)
 
 

@@ -6,10 +6,13 @@ against the original's, on the channels the pruned output keeps (found by the wi
 group: a diagnostic for models whose groups differ in width, as LeNet-5's do).
 
     python tools/mixed_selection.py lenet5 --sparsity 0.73 --swap 2 --method l1
+    python tools/mixed_selection.py lenet5 --flops 0.73 --mode oneshot --swap 1 --method lasso
 
-Group ids are those of the report (``groups[i]["id"]``); only ``l1`` and ``random`` (which
-rank without statistics) can be swapped in. ``--on calibration`` measures on the
-calibration images instead (agreement and errors only: they carry no labels).
+Group ids are those of the report (``groups[i]["id"]``). ``lasso`` and ``thinet`` rank the
+swapped group on the same statistics as entropic's selection of it (in one-shot mode the
+original network's; in sequential mode the stage's), cut at the same count. ``--on
+calibration`` measures on the calibration images instead (agreement and errors only: they
+carry no labels).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import onnxruntime as ort
 
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.pipeline import Pruner, PruneConfig, _channels_of
+from onnx_eprune.select import DATA_METHODS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import MODELS, REFERENCE  # noqa: E402
@@ -41,7 +45,8 @@ class MixedPruner(Pruner):
         keep = super().choose(gid, k, ranking, terms)
         if gid in self.swap:
             unit = self.analysis.groups[gid].unit
-            keep = _channels_of(self.weight_ranking(gid, self.swap_method)[:k // unit], unit)
+            order = self.ranking(gid, terms() if self.swap_method in DATA_METHODS else [], self.swap_method)
+            keep = _channels_of(order[:k // unit], unit)
         self.kept[gid] = keep
         return keep
 
@@ -60,10 +65,12 @@ def layer_outputs(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", choices=list(MODELS))
-    ap.add_argument("--sparsity", type=float, required=True)
+    level = ap.add_mutually_exclusive_group(required=True)
+    level.add_argument("--sparsity", type=float)
+    level.add_argument("--flops", type=float, help="a FLOPs (MACs) reduction instead of a sparsity")
     ap.add_argument("--mode", default="sequential", choices=["sequential", "oneshot"])
     ap.add_argument("--swap", nargs="+", type=int, required=True, help="group ids that take the other method's keep-set")
-    ap.add_argument("--method", default="l1", choices=["l1", "random"])
+    ap.add_argument("--method", default="l1", choices=["l1", "random", "lasso", "thinet"])
     ap.add_argument("--on", default="test", choices=["test", "calibration"])
     args = ap.parse_args()
     file, calib, size = MODELS[args.model]
@@ -76,7 +83,7 @@ def main() -> int:
     ref = layer_outputs(model, x)
     logits = model.graph.output[0].name
     for label, swap in (("entropic", set()), (f"{args.method} on groups {sorted(args.swap)}", set(args.swap))):
-        config = PruneConfig(sparsity=args.sparsity, mode=args.mode, device="cpu")
+        config = PruneConfig(sparsity=args.sparsity, flops_reduction=args.flops, mode=args.mode, device="cpu")
         pruner = MixedPruner(model, str(REFERENCE / calib), config, swap=swap, method=args.method)
         result = pruner.run()
         got = layer_outputs(result.model, x)

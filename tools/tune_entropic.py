@@ -8,10 +8,13 @@ or of ``onnx_eprune.PruneConfig`` (``mode``, ``method``, ``seed``, ``samples``, 
 ...; "" is the default), or ``select_features=N``: the sequential stages select on up to N
 features per consumer while the allocation keeps the default ``max_features``, or
 ``cold=1``: the sequential stages draw each group's path from its start instead of
-resuming the allocation's. At every level (a sparsity, or ``f`` and a FLOPs reduction:
-``f0.73``) the reference model (../shared/reference) is pruned with that config and its
-accuracy measured on the full Fashion-MNIST test split; one line of drops (points) and
-pruning seconds per variant.
+resuming the allocation's, or ``planned=1``: each consumer is regressed only on the
+outputs that its output group keeps (``SelectionVariant``), or ``images=N[:draw=D]``:
+calibrate on N Fashion-MNIST train images drawn with seed D (default 1;
+``bench_quality.calibration_set``) instead of the reference file's 1024. At every level
+(a sparsity, or ``f`` and a FLOPs reduction: ``f0.73``) the reference model
+(../shared/reference) is pruned with that config and its accuracy measured on the full
+Fashion-MNIST test split; one line of drops (points) and pruning seconds per variant.
 """
 
 from __future__ import annotations
@@ -22,39 +25,90 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
-from onnx_eprune.pipeline import Pruner, PruneConfig
+from onnx_eprune.pipeline import Pruner, PruneConfig, _channels_of
+from onnx_eprune.select import DATA_METHODS, entropic
 from onnx_eprune.select.entropic import EntropicConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import MODELS, REFERENCE  # noqa: E402
+from bench_quality import DRAW_SIZE, MODELS, REFERENCE, calibration_set  # noqa: E402
 
 
 class SelectionVariant(Pruner):
     """The default pipeline, except that once the allocation is decided, the selection of
     the sequential stages works on up to ``select_features`` features per consumer (None:
-    ``max_features``, as always) and, if ``cold``, starts every group's path afresh."""
+    ``max_features``, as always), if ``cold``, starts every group's path afresh, and if
+    ``planned``, regresses each consumer only on the outputs its own output group will keep.
 
-    def __init__(self, *args, select_features: int | None = None, cold: bool = False, **kwargs):
+    ``planned``: the pipeline fits a consumer's every output when it selects the channels
+    the consumer reads, although the group of its outputs loses most of them later. Here the
+    outputs are those of the output group's keep-set where it is decided, else of the
+    allocation's ranking cut at the allocated count (the one-shot keep-set). In one-shot
+    mode the groups are then chosen again on these regressions, last group first.
+    """
+
+    def __init__(self, *args, select_features: int | None = None, cold: bool = False, planned: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.select_features = select_features
         self.cold = cold
+        self.planned = planned
+        self.plan: dict[int, np.ndarray] = {}      # group -> the channels it is expected to keep
+        self.chosen: dict[int, np.ndarray] = {}   # one-shot, planned: group -> its blocks
 
     def allocate(self, gids, stats):
-        decided = super().allocate(gids, stats)
+        counts, rankings = super().allocate(gids, stats)
         if self.select_features is not None:
             self.config = replace(self.config, entropic=replace(self.config.entropic,
                                                                 max_features=self.select_features))
+        if self.planned:
+            for g in gids:
+                unit = self.analysis.groups[g].unit
+                order = rankings[g] if g in rankings else self.ranking(g, [])
+                self.plan[g] = _channels_of(order[:counts[g] // unit], unit)
+            self.allocated = (counts, stats)
         if self.cold:
             self.paths = {}  # entropic.resume_point finds nothing: each stage's path starts over
-        return decided
+        return counts, rankings
+
+    def _kept_outputs(self, cidx, keeps):
+        return super()._kept_outputs(cidx, {**self.plan, **keeps})
+
+    def choose(self, gid, k, ranking, terms):
+        keep = super().choose(gid, k, ranking, terms)
+        if self.planned:
+            self.plan[gid] = keep
+        return keep
+
+    def _choose_blocks(self, gid, k, ranking, terms):
+        if not (self.planned and self.config.mode == "oneshot"):
+            return super()._choose_blocks(gid, k, ranking, terms)
+        if not self.chosen:
+            counts, stats = self.allocated
+            groups, consumers = self.analysis.groups, self.analysis.consumers
+            for g in sorted(self.plan, key=lambda h: -max(consumers[c].node for c in groups[h].consumers)):
+                blocks = counts[g] // groups[g].unit
+                method = self.config.method
+                if method == "entropic":
+                    start = entropic.resume_point(self.paths.get(g, []), blocks)
+                    chosen = entropic.select(self.group_terms([g], stats, {})[g], blocks, self.config.entropic,
+                                             start, self._blas_threads)
+                elif method in DATA_METHODS:
+                    chosen = self.ranking(g, self.group_terms([g], stats, {})[g])[:blocks]
+                else:
+                    chosen = self.ranking(g, [])[:blocks]
+                self.chosen[g] = chosen
+                self.plan[g] = _channels_of(chosen, groups[g].unit)
+        return self.chosen[gid]
 
 
 def main(argv: list[str]) -> int:
     name, levels, variants = argv[0], argv[1].split(","), argv[2:] or [""]
     targets = [{"flops_reduction": float(v[1:])} if v.startswith("f") else {"sparsity": float(v)} for v in levels]
-    onnx_file, calib, size = MODELS[name]
+    onnx_file, _calib, size = MODELS[name]
     images, labels = load_fashion_mnist("test")
     x = preprocess(images, size)
     base = json.loads((REFERENCE / f"{name}.json").read_text())["test_acc"]
@@ -63,6 +117,10 @@ def main(argv: list[str]) -> int:
         fields = dict(kv.split("=") for kv in spec.split(":") if kv)
         select_features = int(fields.pop("select_features")) if "select_features" in fields else None
         cold = bool(int(fields.pop("cold", "0")))
+        planned = bool(int(fields.pop("planned", "0")))
+        n_images = int(fields.pop("images", DRAW_SIZE))
+        draw = int(fields.pop("draw", "1" if n_images != DRAW_SIZE else "0"))
+        calib_set = calibration_set(name, draw, REFERENCE, n_images)
         cfg = replace(default, **{k: type(getattr(default, k))(v) for k, v in fields.items() if hasattr(default, k)})
         run = {k: (v if isinstance(getattr(run_default, k), str) else int(v)) for k, v in fields.items()
                if not hasattr(default, k)}
@@ -70,8 +128,9 @@ def main(argv: list[str]) -> int:
         for target in targets:
             t0 = time.perf_counter()
             config = PruneConfig(**target, device="cpu", entropic=cfg, **run)
-            result = SelectionVariant(str(REFERENCE / onnx_file), str(REFERENCE / calib), config,
-                                      select_features=select_features, cold=cold).run()
+            result = SelectionVariant(str(REFERENCE / onnx_file), calib_set, config,
+                                      select_features=select_features, cold=cold,
+                                      planned=planned).run()
             seconds.append(round(time.perf_counter() - t0, 1))
             drops.append(round(100 * (base - accuracy(result.model, x, labels, ["CPUExecutionProvider"])), 2))
         print(f"{spec or 'default':60s} drops {drops} seconds {seconds}", flush=True)
