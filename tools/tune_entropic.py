@@ -58,6 +58,7 @@ class SelectionVariant(Pruner):
         self.planned = planned
         self.plan: dict[int, np.ndarray] = {}      # group -> the channels it is expected to keep
         self.chosen: dict[int, np.ndarray] = {}   # one-shot, planned: group -> its blocks
+        self.allocated: tuple[dict[int, int], dict] = ({}, {})   # kept counts, first-pass statistics
 
     def allocate(self, gids, stats):
         counts, rankings = super().allocate(gids, stats)
@@ -91,15 +92,12 @@ class SelectionVariant(Pruner):
             groups, consumers = self.analysis.groups, self.analysis.consumers
             for g in sorted(self.plan, key=lambda h: -max(consumers[c].node for c in groups[h].consumers)):
                 blocks = counts[g] // groups[g].unit
-                method = self.config.method
-                if method == "entropic":
+                terms = self.group_terms([g], stats, {})[g] if self.config.method in DATA_METHODS else []
+                if self.config.method == "entropic":
                     start = entropic.resume_point(self.paths.get(g, []), blocks)
-                    chosen = entropic.select(self.group_terms([g], stats, {})[g], blocks, self.config.entropic,
-                                             start, self._blas_threads)
-                elif method in DATA_METHODS:
-                    chosen = self.ranking(g, self.group_terms([g], stats, {})[g])[:blocks]
+                    chosen = entropic.select(terms, blocks, self.config.entropic, start, self._blas_threads)
                 else:
-                    chosen = self.ranking(g, [])[:blocks]
+                    chosen = self.ranking(g, terms)[:blocks]
                 self.chosen[g] = chosen
                 self.plan[g] = _channels_of(chosen, groups[g].unit)
         return self.chosen[gid]
