@@ -63,8 +63,9 @@ def main() -> int:
         counts.setdefault(method, kept)
         drop = 100 * (base - accuracy(result.model, x, labels))
         label = method + ("" if allocation is None else f" on {allocation}'s allocation")
-        print(f"{label:36s} drop {drop:6.2f} points, {100 * result.report['params']['removed_fraction']:.1f}% "
-              f"of the parameters and {100 * result.report['macs']['removed_fraction']:.1f}% of the MACs removed, kept {list(kept.values())}", flush=True)
+        params, macs = (100 * result.report[k]["removed_fraction"] for k in ("params", "macs"))
+        print(f"{label:36s} drop {drop:6.2f} points, {params:.1f}% of the parameters and {macs:.1f}% of the MACs "
+              f"removed, kept {list(kept.values())}", flush=True)
     return 0
 
 

@@ -30,7 +30,6 @@ import numpy as np
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
 from onnx_eprune.pipeline import Pruner, PruneConfig, _channels_of
-from onnx_eprune.select import DATA_METHODS, entropic
 from onnx_eprune.select.entropic import EntropicConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,13 +90,10 @@ class SelectionVariant(Pruner):
             counts, stats = self.allocated
             groups, consumers = self.analysis.groups, self.analysis.consumers
             for g in sorted(self.plan, key=lambda h: -max(consumers[c].node for c in groups[h].consumers)):
-                blocks = counts[g] // groups[g].unit
-                terms = self.group_terms([g], stats, {})[g] if self.config.method in DATA_METHODS else []
-                if self.config.method == "entropic":
-                    start = entropic.resume_point(self.paths.get(g, []), blocks)
-                    chosen = entropic.select(terms, blocks, self.config.entropic, start, self._blas_threads)
-                else:
-                    chosen = self.ranking(g, terms)[:blocks]
+                # without a ranking, the pipeline's own choice on these terms: entropic resumes
+                # the allocation's path, the others rank afresh
+                chosen = super()._choose_blocks(g, counts[g] // groups[g].unit, None,
+                                                lambda g=g: self.group_terms([g], stats, {})[g])
                 self.chosen[g] = chosen
                 self.plan[g] = _channels_of(chosen, groups[g].unit)
         return self.chosen[gid]
