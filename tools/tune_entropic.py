@@ -9,7 +9,9 @@ or of ``onnx_eprune.PruneConfig`` (``mode``, ``method``, ``seed``, ``samples``, 
 features per consumer while the allocation keeps the default ``max_features``, or
 ``cold=1``: the sequential stages draw each group's path from its start instead of
 resuming the allocation's, or ``planned=1``: each consumer is regressed only on the
-outputs that its output group keeps (``SelectionVariant``), or ``images=N[:draw=D]``:
+outputs that its output group keeps, or ``polish=F``: entropic picks ``k + ceil(F k)``
+channels and exact backward elimination on the group's full statistics drops the extra
+ones (``SelectionVariant``), or ``images=N[:draw=D]``:
 calibrate on N Fashion-MNIST train images drawn with seed D (default 1;
 ``bench_quality.calibration_set``) instead of the reference file's 1024. At every level
 (a sparsity, or ``f`` and a FLOPs reduction: ``f0.73``) the reference model
@@ -20,6 +22,7 @@ Fashion-MNIST test split; one line of drops (points) and pruning seconds per var
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -31,6 +34,7 @@ from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
 from onnx_eprune.pipeline import Pruner, PruneConfig, _channels_of
 from onnx_eprune.select.entropic import EntropicConfig
+from onnx_eprune.select.problem import CURVE_RIDGE, ConsumerTerm, ridge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import DRAW_SIZE, MODELS, REFERENCE, calibration_set  # noqa: E402
@@ -50,11 +54,12 @@ class SelectionVariant(Pruner):
     """
 
     def __init__(self, *args, select_features: int | None = None, cold: bool = False, planned: bool = False,
-                 **kwargs):
+                 polish: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.select_features = select_features
         self.cold = cold
         self.planned = planned
+        self.polish = polish
         self.plan: dict[int, np.ndarray] = {}      # group -> the channels it is expected to keep
         self.chosen: dict[int, np.ndarray] = {}   # one-shot, planned: group -> its blocks
         self.allocated: tuple[dict[int, int], dict] = ({}, {})   # kept counts, first-pass statistics
@@ -84,6 +89,12 @@ class SelectionVariant(Pruner):
         return keep
 
     def _choose_blocks(self, gid, k, ranking, terms):
+        if self.polish:
+            blocks = self.analysis.groups[gid].channels // self.analysis.groups[gid].unit
+            extra = min(math.ceil(self.polish * k), blocks - k)
+            if extra > 0 and k > 0:
+                wider = super()._choose_blocks(gid, k + extra, ranking, terms)
+                return np.sort(backward_elimination(terms(), wider, extra))
         if not (self.planned and self.config.mode == "oneshot"):
             return super()._choose_blocks(gid, k, ranking, terms)
         if not self.chosen:
@@ -99,6 +110,35 @@ class SelectionVariant(Pruner):
         return self.chosen[gid]
 
 
+def backward_elimination(terms: list[ConsumerTerm], kept: np.ndarray, drop: int) -> np.ndarray:
+    """``kept`` less the ``drop`` blocks whose removal, one at a time, raises the summed
+    relative re-fit error of ``terms`` least (exact, on the terms' full statistics)."""
+    kept = np.asarray(kept, dtype=int)
+    state = []
+    for t in terms:
+        cols = t.block_columns(kept)
+        G = t.G[np.ix_(cols, cols)]
+        H = np.linalg.inv(G + ridge(G, CURVE_RIDGE) * np.eye(len(cols)))
+        state.append([H, H @ t.P[cols], t.energy, t.s])
+    for _ in range(drop):
+        n = len(kept)
+        cost = np.zeros(n)
+        for H, B, e, s in state:
+            Hb = H.reshape(n, s, n, s)[np.arange(n), :, np.arange(n), :]     # (n, s, s) diagonal blocks
+            Bb = B.reshape(n, s, -1)
+            cost += np.einsum("nsm,nsm->n", Bb, np.linalg.solve(Hb, Bb)) / e
+        a = int(np.argmin(cost))
+        for st in state:
+            H, B, _e, s = st
+            idx = np.arange(a * s, (a + 1) * s)
+            rest = np.setdiff1d(np.arange(n * s), idx)
+            K = H[np.ix_(rest, idx)] @ np.linalg.inv(H[np.ix_(idx, idx)])
+            st[0] = H[np.ix_(rest, rest)] - K @ H[np.ix_(idx, rest)]
+            st[1] = B[rest] - K @ B[idx]
+        kept = np.delete(kept, a)
+    return kept
+
+
 def main(argv: list[str]) -> int:
     name, levels, variants = argv[0], argv[1].split(","), argv[2:] or [""]
     targets = [{"flops_reduction": float(v[1:])} if v.startswith("f") else {"sparsity": float(v)} for v in levels]
@@ -112,6 +152,7 @@ def main(argv: list[str]) -> int:
         select_features = int(fields.pop("select_features")) if "select_features" in fields else None
         cold = bool(int(fields.pop("cold", "0")))
         planned = bool(int(fields.pop("planned", "0")))
+        polish = float(fields.pop("polish", "0"))
         n_images = int(fields.pop("images", DRAW_SIZE))
         draw = int(fields.pop("draw", "1" if n_images != DRAW_SIZE else "0"))
         calib_set = calibration_set(name, draw, REFERENCE, n_images)
@@ -124,7 +165,7 @@ def main(argv: list[str]) -> int:
             config = PruneConfig(**target, device="cpu", entropic=cfg, **run)
             result = SelectionVariant(str(REFERENCE / onnx_file), calib_set, config,
                                       select_features=select_features, cold=cold,
-                                      planned=planned).run()
+                                      planned=planned, polish=polish).run()
             seconds.append(round(time.perf_counter() - t0, 1))
             drops.append(round(100 * (base - accuracy(result.model, x, labels, ["CPUExecutionProvider"])), 2))
         print(f"{spec or 'default':60s} drops {drops} seconds {seconds}", flush=True)
