@@ -43,8 +43,10 @@ from bench_quality import DRAW_SIZE, MODELS, REFERENCE, calibration_set  # noqa:
 class SelectionVariant(Pruner):
     """The default pipeline, except that once the allocation is decided, the selection of
     the sequential stages works on up to ``select_features`` features per consumer (None:
-    ``max_features``, as always), if ``cold``, starts every group's path afresh, and if
-    ``planned``, regresses each consumer only on the outputs its own output group will keep.
+    ``max_features``, as always), if ``cold``, starts every group's path afresh, if
+    ``planned``, regresses each consumer only on the outputs its own output group will keep,
+    and with ``polish`` F > 0, keeps ``k + ceil(F k)`` channels of the configured selection
+    and drops the extra ones by :func:`backward_elimination`.
 
     ``planned``: the pipeline fits a consumer's every output when it selects the channels
     the consumer reads, although the group of its outputs loses most of them later. Here the
@@ -114,6 +116,9 @@ def backward_elimination(terms: list[ConsumerTerm], kept: np.ndarray, drop: int)
     """``kept`` less the ``drop`` blocks whose removal, one at a time, raises the summed
     relative re-fit error of ``terms`` least (exact, on the terms' full statistics)."""
     kept = np.asarray(kept, dtype=int)
+    # per term: the inverse of the kept features' covariance (with explained_curve's light
+    # ridge, here of the kept features' mean variance), the re-fit coefficients, the output
+    # energy and the features per block; both are downdated as blocks leave
     state = []
     for t in terms:
         cols = t.block_columns(kept)
