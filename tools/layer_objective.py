@@ -22,6 +22,7 @@ that objective predict accuracy.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import sys
 from math import comb
@@ -52,6 +53,7 @@ class StageScores(Pruner):
     """The default pipeline, scoring every method's keep-set wherever a group is decided."""
 
     def _choose_blocks(self, gid, k, ranking, terms):
+        terms = functools.cache(terms)  # a sequential stage builds them on each call
         keep = super()._choose_blocks(gid, k, ranking, terms)
         group_terms = terms()
         blocks = group_terms[0].channels if group_terms else 0
@@ -77,10 +79,7 @@ def enumerate_groups(model: str, keep: list[tuple[int, int]]) -> None:
         if comb(group.channels, k) > MAX_SETS:
             print(f"group {gid}: {comb(group.channels, k)} keep-sets of {k} of {group.channels}: too many to enumerate")
             continue
-        sets = {}
-        for method in ("entropic", "lasso", "thinet", "l1"):
-            pruner.config.method = method
-            sets[method] = pruner.ranking(gid, terms[gid])[:k]
+        sets = {method: pruner.ranking(gid, terms[gid], method)[:k] for method in ("entropic", "lasso", "thinet", "l1")}
         best = min(itertools.combinations(range(group.channels), k),
                    key=lambda kept: layer_error(terms[gid], kept, group.channels))
         print(f"group {gid}: keep {k} of {group.channels}")

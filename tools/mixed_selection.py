@@ -18,6 +18,7 @@ carry no labels).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class MixedPruner(Pruner):
         self.kept: dict[int, np.ndarray] = {}
 
     def choose(self, gid, k, ranking, terms):
+        terms = functools.cache(terms)  # a sequential stage builds them on each call
         keep = super().choose(gid, k, ranking, terms)
         if gid in self.swap:
             unit = self.analysis.groups[gid].unit

@@ -21,6 +21,7 @@ Fashion-MNIST test split; one line of drops (points) and pruning seconds per var
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -95,6 +96,7 @@ class SelectionVariant(Pruner):
             blocks = self.analysis.groups[gid].channels // self.analysis.groups[gid].unit
             extra = min(math.ceil(self.polish * k), blocks - k)
             if extra > 0 and k > 0:
+                terms = functools.cache(terms)  # a sequential stage builds them on each call
                 wider = super()._choose_blocks(gid, k + extra, ranking, terms)
                 return np.sort(backward_elimination(terms(), wider, extra))
         if not (self.planned and self.config.mode == "oneshot"):
