@@ -9,6 +9,8 @@ result is the same bytes as when solved alone.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+import itertools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -20,12 +22,55 @@ T = TypeVar("T")
 def parallel_map(fn: Callable[[T], object], items: Iterable[T], workers: int) -> list:
     """``[fn(i) for i in items]`` on up to ``workers`` threads, results in ``items`` order.
 
-    The first exception raised by ``fn`` propagates (after the running calls finish)."""
+    The caller works through the items itself, helped by up to ``workers - 1`` threads of a
+    pool kept for the life of the process: the solvers and the statistics call this hundreds
+    of times per run (a new thread per call and item cost seconds of thread starts on a
+    busy machine), and calls nest (a group ranked on a thread spreads its terms). A helper
+    still queued when the caller runs out of items is cancelled, so a nested call never
+    waits for a pool thread, and the pool cannot deadlock. Every item runs; the exception of
+    the first failing item (in ``items`` order) propagates. An interrupt of the caller stops
+    the helpers after their current item."""
     items = list(items)
     if workers <= 1 or len(items) <= 1:
         return [fn(i) for i in items]
-    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-        return list(pool.map(fn, items))
+    results: list = [None] * len(items)
+    errors: dict[int, Exception] = {}
+    claimed = itertools.count()   # next() on it is atomic under the GIL: each item runs once
+    stopped = threading.Event()
+
+    def drain() -> None:
+        while not stopped.is_set() and (i := next(claimed)) < len(items):
+            try:
+                results[i] = fn(items[i])
+            except Exception as exc:  # re-raised by the caller, in items order
+                errors[i] = exc
+
+    helpers = [_pool().submit(drain) for _ in range(min(workers, len(items)) - 1)]
+    try:
+        drain()
+    except BaseException:  # an interrupt in the caller: the helpers stop after their item
+        stopped.set()
+        raise
+    for helper in helpers:
+        if not helper.cancel():
+            helper.result()
+    if errors:
+        raise errors[min(errors)]
+    return results
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The helper threads of :func:`parallel_map` (started as needed, kept for reuse)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            # enough for the nesting the pipeline does (groups x terms x blocks) on many cores
+            _POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="onnx-eprune")
+        return _POOL
 
 
 def matmul_rows(a: np.ndarray, b: np.ndarray, workers: int, rows: int = 512) -> np.ndarray:
