@@ -358,14 +358,20 @@ class Pruner:
             return None
         return np.setdiff1d(np.arange(cons.out_channels), np.concatenate(drop))
 
-    def ranking(self, gid: int, terms: list[ConsumerTerm], method: str | None = None) -> np.ndarray:
+    def ranking(self, gid: int, terms: list[ConsumerTerm], method: str | None = None, curve: bool = False
+                ) -> np.ndarray:
         """The blocks of group ``gid`` (its channels, or its conv groups: see
         ``ChannelGroup.unit``) from most to least important, by ``method`` (None: the
-        configured one; the methods of ``DATA_METHODS`` rank from ``terms``)."""
+        configured one; the methods of ``DATA_METHODS`` rank from ``terms``). ``curve``: the
+        ranking only draws an error curve and the stages' starting points (the sequential
+        allocation), so the entropic path may run fewer alternations (``curve_wide``)."""
         method = method or self.config.method
         if method == "entropic":
+            cfg = self.config.entropic
+            if curve:
+                cfg = replace(cfg, wide=min(cfg.wide, cfg.curve_wide))
             self.paths[gid] = []
-            return entropic.ranking(terms, self.config.entropic, record=self.paths[gid], workers=self._blas_threads)
+            return entropic.ranking(terms, cfg, record=self.paths[gid], workers=self._blas_threads)
         if method in ("lasso", "thinet"):
             A, b = baselines.contributions(terms, self.config.entropic.max_features)
             return baselines.lasso_ranking(A, b) if method == "lasso" else baselines.thinet_ranking(A)
@@ -427,7 +433,7 @@ class Pruner:
             all_terms = self.group_terms(gids, stats, {}, reduced=self.config.mode == "sequential")
 
             def rank(g: int) -> None:
-                rankings[g] = self.ranking(g, all_terms[g])
+                rankings[g] = self.ranking(g, all_terms[g], curve=self.config.mode == "sequential")
                 # the error of keeping the first k blocks of the ranking, k = 0 .. all
                 errors[g] = sum(explained_curve(t, rankings[g], workers=self._blas_threads) for t in all_terms[g])
                 all_terms[g] = []  # free the group's covariances as soon as it is done
@@ -447,9 +453,10 @@ class Pruner:
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> PruneResult:
         # OpenBLAS sums products in an order that depends on its thread count; BLAS runs on
-        # one thread so that the output is the same bytes on any machine, and the work is
-        # spread over Python threads in pieces that do not depend on the thread count
-        # (independent groups for the solvers, fixed blocks for the statistics' products).
+        # one thread so that the output is the same bytes for any core count (on one kind of
+        # CPU: OpenBLAS and onnxruntime pick other kernels for AVX-512 than for AVX2), and
+        # the work is spread over Python threads in pieces that do not depend on the thread
+        # count (independent groups for the solvers, fixed blocks for the statistics' products).
         with self._blas.limit(limits=1, user_api="blas"):
             return self._run()
 

@@ -324,6 +324,26 @@ def test_entropic_beats_random_on_calibration_fidelity(calib):
     assert err["entropic"] <= err["random"]
 
 
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+def test_only_the_sequential_first_pass_path_runs_fewer_alternations(mode, calib, monkeypatch):
+    """The sequential allocation's path only draws error curves and the stages' starting
+    points (``curve_wide``); one-shot keeps that path's ranking, and the stages select."""
+    from onnx_eprune import pipeline
+    from onnx_eprune.select.entropic import EntropicConfig
+    seen = []
+    real = pipeline.entropic.ranking
+
+    def ranking(terms, cfg=None, **kw):
+        seen.append(cfg.wide)
+        return real(terms, cfg, **kw)
+
+    monkeypatch.setattr(pipeline.entropic, "ranking", ranking)   # select() ranks through it too
+    prune(residual(), calib, sparsity=0.4, method="entropic", mode=mode,
+          entropic=EntropicConfig(wide=6, curve_wide=2))
+    # sequential: the allocation's paths narrowed, the stages' not; one-shot: none narrowed
+    assert set(seen) == ({2, 6} if mode == "sequential" else {6})
+
+
 @pytest.mark.parametrize("build,method,mode", [("residual", "entropic", "sequential"),
                                                ("residual", "entropic", "oneshot"),
                                                ("cnn_folded", "random", "oneshot"), ("cnn_folded", "l1", "sequential")])

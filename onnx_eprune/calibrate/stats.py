@@ -131,8 +131,9 @@ class MomentAccumulator:
 
     The products run on up to ``threads`` Python threads, each a single-threaded BLAS call
     of a fixed shape: a multithreaded BLAS product sums in an order that depends on the
-    thread count, a fixed set of single-threaded products gives the same bytes on any
-    machine. The caller keeps BLAS at one thread.
+    thread count, a fixed set of single-threaded products gives the same bytes for any
+    thread count (on one kind of CPU: AVX2 and AVX-512 kernels round differently). The
+    caller keeps BLAS at one thread.
     """
 
     # Rows per buffer: at most this many bytes, and at most MAX_ROWS rows (past a few
