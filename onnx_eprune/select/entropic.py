@@ -57,9 +57,9 @@ class EntropicConfig:
     max_features: int = 512       # wider consumers are compressed per channel for the path (problem.compress)
     wide: int = 256               # while more channels than this are in play, at most 3 alternations per
                                   # point: 4x faster on 512-channel groups for 0.03-0.06 points (BENCHMARKS.md)
-    curve_wide: int = 128         # the same from this many channels on the sequential mode's first-pass path,
+    curve_wide: int = 128         # the same past this many channels on the sequential mode's first-pass path,
                                   # which only draws the error curves and where the stages' paths start
-                                  # (ResNet-18 0.84: 3-5 s less of about a minute; BENCHMARKS.md, session 23)
+                                  # (ResNet-18 0.84: median 66.5 -> 60.6 s; BENCHMARKS.md, session 23)
 
 
 def solve_w(A: np.ndarray, b: np.ndarray, eps: float, w0: np.ndarray | None = None,
