@@ -8,9 +8,9 @@ result is the same bytes as when solved alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
 import itertools
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
