@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -138,6 +138,8 @@ class _Timer:
 class Pruner:
     """One pruning run; ``run()`` returns a :class:`PruneResult`."""
 
+    lean_stages = True  # see _lean_consumers
+
     def __init__(self, model, calib, config: PruneConfig, progress: Progress | None = None,
                  stats: StatsBundle | None = None):
         config.check()
@@ -194,7 +196,8 @@ class Pruner:
         return sample_positions(keys, hash((self.config.seed, 0, cidx)), n_pos, k)
 
     def collect(self, cidxs: list[int], orig: CachedNetwork, pruned: CachedNetwork | None, label: str,
-                record: bool = False, reduce: bool = False) -> dict[int, MomentStats]:
+                record: bool = False, reduce: Collection[int] = (), channels: dict[int, np.ndarray] | None = None
+                ) -> dict[int, MomentStats]:
         """Stream the statistics of consumers ``cidxs``: current input from ``pruned`` (None:
         the original network, as in one-shot mode), target output from the original network.
 
@@ -203,11 +206,16 @@ class Pruner:
         passes read them back instead of running the original network again; the targets
         that found no room in the cache space are computed again from ``orig``.
 
-        With ``reduce`` (the first pass of the sequential mode, whose statistics only serve
-        the allocation), a convolution with more input features than the entropic solver
-        works on (``EntropicConfig.max_features``) has each input channel's taps reduced to
-        their leading principal directions, found on the first batch (``self.bases``): its
-        statistics are those of the reduced features against its original output.
+        The convolutions in ``reduce`` have each input channel's taps reduced to their
+        ``EntropicConfig.max_features // channels`` leading principal directions, found on
+        this pass's first batch (``self.bases``): their statistics are those of the reduced
+        features against the original output. The sequential mode reduces the wide
+        convolutions (:func:`_reducible`) in its first pass, whose statistics only serve the
+        allocation, and in the stages of the entropic method (:meth:`_lean_consumers`).
+
+        ``channels`` (consumer -> sorted channel indices of its current input; convolutions,
+        with ``pruned`` only) restricts a consumer's statistics to those input channels: the
+        exact statistics of the channels a stage keeps, for their re-fit.
         """
         cons = {c: self.analysis.consumers[c] for c in cidxs}
         linear = {c: consumer_matrix(self.inits, cons[c]) for c in cidxs}
@@ -225,7 +233,10 @@ class Pruner:
                     recording.add(c)
         stored = {c: self._targets[c] for c in cidxs if pruned is not None and c in self._targets}
         budget = self.config.entropic.max_features
-        reduced = {c for c in cidxs if reduce and pruned is None and _reducible(cons[c], budget)}
+        reduced = set(reduce) & set(cidxs)
+        channels = channels or {}
+        if channels and pruned is None:  # one-shot statistics map x to y through theta, whole
+            raise ValueError("channels restricts the statistics of a pass over a pruned network only")
         targeted = [c for c in cidxs if c not in stored and (pruned is not None or c in recording or c in reduced)]
         # what the original network must give: the inputs in one-shot mode, and the targets
         # (a Conv's output as onnxruntime computes it; a Gemm's input, for a product)
@@ -248,6 +259,8 @@ class Pruner:
             """Batch ``b`` of consumer ``c``. Consumers run on parallel threads, and each
             spreads its products over threads too: BLAS stays on one thread (see ``run``)."""
             x = xc[cons[c].input].astype(np.float32, copy=False)
+            if c in channels:
+                x = x[:, channels[c]]
             if c not in acc:
                 # one-shot: y is theta x, its moments follow from those of x (not of reduced x)
                 acc[c] = MomentAccumulator(self._blas_threads) if c in reduced else \
@@ -267,7 +280,7 @@ class Pruner:
                 if c in recording:
                     self._targets[c].append(y)
             if c in reduced:
-                if c not in self.bases:
+                if b == 0:
                     self.bases[c] = channel_bases(rows, cons[c].s, max(1, budget // cons[c].in_channels))
                 acc[c].add(reduce_rows(rows, self.bases[c]), y)
                 return
@@ -313,9 +326,9 @@ class Pruner:
               reduced: bool = False) -> dict[int, ConsumerTerm]:
         """The regressions of consumer ``cidx`` for each of the groups ``gids`` it reads, in
         the current coordinates, the features of its other groups regressed out; ``reduced``:
-        ``st`` holds the reduced first pass's statistics (see :meth:`collect`)."""
+        ``st`` holds statistics of reduced features (see :meth:`collect`)."""
         cons = self.analysis.consumers[cidx]
-        s = self.bases[cidx].shape[2] if reduced and cidx in self.bases else cons.s
+        s = self.bases[cidx].shape[2] if reduced else cons.s
         counts = self._counts(keeps)
         parts: dict[int, list[np.ndarray]] = {}
         offset = 0
@@ -335,14 +348,15 @@ class Pruner:
         return partial_out(st.cov, P, var_y, blocks)
 
     def group_terms(self, gids: list[int], stats: dict[int, MomentStats], keeps: dict[int, np.ndarray],
-                    reduced: bool = False) -> dict[int, list[ConsumerTerm]]:
-        """The terms of every group in ``gids``, over all its consumers."""
+                    reduced: Collection[int] = ()) -> dict[int, list[ConsumerTerm]]:
+        """The terms of every group in ``gids``, over all its consumers (``reduced``: the
+        consumers whose ``stats`` are of reduced features)."""
         wanted = set(gids)
         out: dict[int, list[ConsumerTerm]] = {g: [] for g in gids}
         cidxs = sorted({c for g in gids for c in self.analysis.groups[g].consumers})
         per_consumer = parallel_map(
             lambda c: self.terms(c, stats[c], keeps, {s[0] for s in self.analysis.consumers[c].segments} & wanted,
-                                 reduced),
+                                 c in reduced),
             cidxs, self._blas_threads)
         for terms in per_consumer:
             for g, term in terms.items():
@@ -430,7 +444,7 @@ class Pruner:
             gains_run = pool.submit(output_gains, self.model, self.topo, gain_data, self.providers,
                                     {g: sorted({consumers[c].output for c in self.analysis.groups[g].consumers})
                                      for g in gids}, seed=self.config.seed)
-            all_terms = self.group_terms(gids, stats, {}, reduced=self.config.mode == "sequential")
+            all_terms = self.group_terms(gids, stats, {}, reduced=self.bases.keys())
 
             def rank(g: int) -> None:
                 rankings[g] = self.ranking(g, all_terms[g], curve=self.config.mode == "sequential")
@@ -481,8 +495,10 @@ class Pruner:
         elif target.kind != "keep_ratio" or cfg.mode == "oneshot":
             with self.timer.phase("calibrate"):
                 # the sequential stages read the original network's target rows again
-                oneshot_stats = self.collect(self._oneshot_consumers(), orig, None, "calibrate",
-                                             record=cfg.mode == "sequential", reduce=cfg.mode == "sequential")
+                cidxs = self._oneshot_consumers()
+                wide = [c for c in cidxs if _reducible(self.analysis.consumers[c], cfg.entropic.max_features)]
+                oneshot_stats = self.collect(cidxs, orig, None, "calibrate", record=cfg.mode == "sequential",
+                                             reduce=wide if cfg.mode == "sequential" else ())
         with self.timer.phase("select"):
             counts, rankings = self.allocate(gids, oneshot_stats)
         keeps: dict[int, np.ndarray] = {}
@@ -539,25 +555,33 @@ class Pruner:
                                frontier=sliceable)
         for stage, g in enumerate(order, start=1):
             cidxs = groups[g].consumers
+            label = f"layer {stage}/{len(order)}"
+            lean = self._lean_consumers(g, counts[g])
             with self.timer.phase("calibrate"):
-                stats = self.collect(cidxs, orig, pruned, f"layer {stage}/{len(order)}")
+                stats = self.collect(cidxs, orig, pruned, label, reduce=lean)
+            with self.timer.phase("select"):
+                keep = self.choose(g, counts[g], rankings.get(g),
+                                   lambda: self.group_terms([g], stats, keeps, reduced=lean)[g])
+            # a consumer reading several groups (after a Concat) is re-fitted once, when its
+            # last group is decided; until then its columns are only sliced (nothing pruned so
+            # far: its input is the original one, its weights stay)
+            decided = {**keeps, g: keep}
+            changed = cfg.reconstruct and any(self._shrunk(h, decided) for h in decided)
+            ready = [c for c in cidxs if changed and all(s[0] in decided or s[0] not in counts
+                                                         for s in consumers[c].segments)]
+            exact = [c for c in ready if c in lean]
+            with self.timer.phase("calibrate"):
+                if exact:
+                    # a lean consumer reads only this group, whose channels are all in its input
+                    stats.update(self.collect(exact, orig, pruned, label, channels={c: keep for c in exact}))
                 for c in cidxs:  # a consumer is decided with its (last) group
                     if c in self._targets and all(s[0] in keeps or s[0] == g or s[0] not in counts
                                                   for s in consumers[c].segments):
                         self._targets.pop(c).discard()
             with self.timer.phase("select"):
-                keep = self.choose(g, counts[g], rankings.get(g), lambda: self.group_terms([g], stats, keeps)[g])
-                if cfg.reconstruct:
-                    # a consumer reading several groups (after a Concat) is re-fitted once, when
-                    # its last group is decided; until then its columns are only sliced
-                    # (nothing pruned so far: its input is the original one, its weights stay)
-                    decided = {**keeps, g: keep}
-                    changed = any(self._shrunk(h, decided) for h in decided)
-                    ready = [c for c in cidxs if changed and all(s[0] in decided or s[0] not in counts
-                                                                 for s in consumers[c].segments)]
-                    # independent solves (a residual stream feeds three or four consumers)
-                    refits.update(zip(ready, parallel_map(lambda c: self._refit(c, stats[c], decided, {g}), ready,
-                                                          self._blas_threads)))
+                # independent solves (a residual stream feeds three or four consumers)
+                refits.update(zip(ready, parallel_map(lambda c: self._refit(c, stats[c], decided, {g}, c in exact),
+                                                      ready, self._blas_threads)))
                 keeps[g] = keep
             with self.timer.phase("rewrite"):
                 model = build_pruned(self.model, self.analysis, keeps, refits)
@@ -566,6 +590,28 @@ class Pruner:
                 future = [t for later in order[stage:] for t in targets_of[later]]
                 pruned.retain(future)
                 orig.retain(future)
+
+    def _lean_consumers(self, gid: int, keep: int) -> set[int]:
+        """The consumers whose statistics a sequential stage of group ``gid``, keeping
+        ``keep`` channels, reduces.
+
+        The entropic path works on at most ``max_features`` features per consumer, each
+        channel's taps compressed to their leading principal directions
+        (``problem.compress``), so the stage takes a wide convolution's statistics in such
+        directions (:meth:`collect`'s ``reduce``, the first pass's bases taken again on the
+        stage's first batch) rather than on every tap: a Gram product of ``C * r`` instead
+        of ``C * s`` features. The re-fit then gets the kept channels' exact statistics in a
+        second pass over the stage's cached inputs. Only consumers that read this group
+        alone qualify (their whole input is the group's channels), only for the entropic
+        method (the baselines keep their exact statistics), and not where ``lean_stages``
+        is turned off (the diagnostics in ``tools/`` that score choices on full statistics).
+        A group that keeps every channel has nothing to select: its stage takes the exact
+        statistics, which the re-fit needs whole, in one pass.
+        """
+        if not self.lean_stages or self.config.method != "entropic" or keep >= self.analysis.groups[gid].channels:
+            return set()
+        return {c for c in self.analysis.groups[gid].consumers
+                if c in self.bases and [s[0] for s in self.analysis.consumers[c].segments] == [gid]}
 
     def _slicers(self, gid: int, keeps: dict[int, np.ndarray]):
         """Functions that cut a cached tensor of group ``gid`` down to its kept channels
@@ -596,11 +642,13 @@ class Pruner:
         """Whether group ``gid`` loses channels in ``keeps``."""
         return gid in keeps and len(keeps[gid]) < self.analysis.groups[gid].channels
 
-    def _refit(self, cidx: int, st: MomentStats, keeps: dict[int, np.ndarray], fresh: set[int]) -> Refit:
+    def _refit(self, cidx: int, st: MomentStats, keeps: dict[int, np.ndarray], fresh: set[int],
+               kept_only: bool = False) -> Refit:
         """Re-fit consumer ``cidx`` on the features it keeps.
 
         ``st`` holds statistics of the consumer's input in which the groups in ``fresh`` are
-        still whole (the others already carry their kept channels only).
+        still whole (the others already carry their kept channels only), or with
+        ``kept_only`` those of the kept features alone (in the input's order).
         """
         cons = self.analysis.consumers[cidx]
         kept_cols, orig_cols, offset = [], [], 0
@@ -613,6 +661,8 @@ class Pruner:
             offset += len(current)
         theta, bias = consumer_matrix(self.inits, cons)
         kept = np.concatenate(kept_cols)
+        if kept_only:
+            kept = np.arange(len(kept))
         omega, new_bias = refit(st.covariance(kept), st.cross[kept], st.mean_x[kept], st.mean_y, bias,
                                 theta[:, np.concatenate(orig_cols)], self.config.refit_ridge, self._blas_threads)
         return Refit(omega, new_bias)

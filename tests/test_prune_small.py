@@ -759,36 +759,52 @@ def test_pixel_pair_statistics_choose_what_the_rows_choose(calib, monkeypatch, m
         np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-4 * np.abs(b[name]).max())
 
 
+def _stage_collects(pruner):
+    """Record every ``collect`` of ``pruner``: (label, reduce, channels, statistics)."""
+    seen = []
+    real_collect = pruner.collect
+
+    def collect(cidxs, orig, pruned, label, record=False, reduce=(), channels=None):
+        stats = real_collect(cidxs, orig, pruned, label, record, reduce, channels)
+        seen.append((label, set(reduce), dict(channels or {}), dict(stats)))  # a stage updates its dict
+        return stats
+
+    pruner.collect = collect
+    return seen
+
+
 def test_sequential_first_pass_reduces_wide_convolutions(calib):
     """In sequential mode the first pass (statistics for the allocation only) reduces the
     taps of each convolution wider than the solver's feature budget to a few principal
-    directions per channel: its statistics are those of the reduced rows, the sequential
-    stages still see every tap, and the pruned model is valid and close to the original."""
+    directions per channel: its statistics are those of the reduced rows. An entropic stage
+    reduces them too, then takes the kept channels' exact statistics (every tap) for the
+    re-fit; the pruned model is valid and close to the original."""
     from onnx_eprune import pipeline
     from onnx_eprune.select.entropic import EntropicConfig
 
     model = conv_bn_relu_pool_flatten_gemm(True)
-    config = pipeline.PruneConfig(sparsity=0.5, device="cpu", entropic=EntropicConfig(max_features=48))
+    # the FLOPs target makes the 8-channel group, read by a 72-feature convolution, lose channels
+    config = pipeline.PruneConfig(flops_reduction=0.5, device="cpu", entropic=EntropicConfig(max_features=48))
     pruner = pipeline.Pruner(model, calib, config)
-    seen = {}
-    real_collect = pruner.collect
-
-    def collect(cidxs, orig, pruned, label, record=False, reduce=False):
-        stats = real_collect(cidxs, orig, pruned, label, record, reduce)
-        seen.setdefault(label, stats)
-        return stats
-
-    pruner.collect = collect
+    seen = _stage_collects(pruner)
     result = pruner.run()
     consumers = pruner.analysis.consumers
     assert pruner.bases    # the 8- and 16-channel 3x3 convolutions: 72 and 144 features > 48
+    first = seen[0][3]
     for c, bases in pruner.bases.items():
         cons = consumers[c]
         assert cons.spatial and cons.in_channels * cons.s > 48
         assert bases.shape == (cons.in_channels, cons.s, max(1, 48 // cons.in_channels))
-        assert seen["calibrate"][c].cov.shape[0] == cons.in_channels * bases.shape[2]
-        stages = [stats[c] for label, stats in seen.items() if label != "calibrate" and c in stats]
-        assert stages and all(st.cov.shape[0] % cons.s == 0 for st in stages)   # every tap there
+        assert first[c].cov.shape[0] == cons.in_channels * bases.shape[2]
+    stages = seen[1:]
+    reduced = [(c, stats[c]) for _label, reduce, _ch, stats in stages for c in reduce]
+    exact = [(c, len(idx), stats[c]) for _label, _r, channels, stats in stages for c, idx in channels.items()]
+    assert reduced and exact
+    for c, st in reduced:
+        assert st.cov.shape[0] == consumers[c].in_channels * pruner.bases[c].shape[2]
+    for c, kept, st in exact:   # the kept channels, every tap
+        assert kept < consumers[c].in_channels and st.cov.shape[0] == kept * consumers[c].s
+    assert {c for c, _st in reduced} == {c for c, _k, _st in exact}
     onnx.checker.check_model(result.model, full_check=True)
     x = calib[:64]
     assert relative_error(run_model(model, x)[OUTPUT], run_model(result.model, x)[OUTPUT]) < 0.5
@@ -797,6 +813,63 @@ def test_sequential_first_pass_reduces_wide_convolutions(calib):
                                                                  entropic=EntropicConfig(max_features=48)))
     oneshot.run()
     assert not oneshot.bases
+
+
+class _FullStages:
+    lean_stages = False
+
+
+@pytest.mark.parametrize("method, lean", [("thinet", True), ("entropic", False)])
+def test_stages_keep_exact_statistics_for_baselines_and_when_lean_is_off(method, lean, calib):
+    """Only the entropic method's stages reduce statistics: a baseline, or a pruner with
+    ``lean_stages`` off (the diagnostics in tools/), gets every tap of every channel."""
+    from onnx_eprune import pipeline
+    from onnx_eprune.select.entropic import EntropicConfig
+
+    cls = pipeline.Pruner if lean else type("Full", (_FullStages, pipeline.Pruner), {})
+    pruner = cls(conv_bn_relu_pool_flatten_gemm(True), calib,
+                 pipeline.PruneConfig(flops_reduction=0.5, device="cpu", method=method,
+                                      entropic=EntropicConfig(max_features=48)))
+    seen = _stage_collects(pruner)
+    pruner.run()
+    assert pruner.bases and len(seen) > 1
+    for _label, reduce, channels, stats in seen[1:]:
+        assert not reduce and not channels
+        for c, st in stats.items():
+            cons = pruner.analysis.consumers[c]
+            assert st.cov.shape[0] == cons.in_channels * cons.s
+
+
+def test_refit_from_kept_channel_statistics_matches_the_full_statistics(calib):
+    """The re-fit of a consumer from the statistics of its kept channels alone
+    (``collect(..., channels=...)``) is the re-fit from its full statistics."""
+    from onnx_eprune import pipeline
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    pruner = pipeline.Pruner(model, calib, pipeline.PruneConfig(sparsity=0.5, device="cpu"))
+    space = pipeline.CacheSpace(1 << 30, 0)
+
+    def network():
+        return pipeline.CachedNetwork(pruner.model, pruner.topo, pruner.data, pruner.providers, 64, space)
+
+    orig, current = network(), network()
+    consumers = pruner.analysis.consumers
+    spatial = [c for c in pruner._oneshot_consumers()
+               if consumers[c].spatial and len(consumers[c].segments) == 1]
+    assert spatial
+    rng = np.random.default_rng(0)
+    keep = {c: np.sort(rng.choice(consumers[c].in_channels, consumers[c].in_channels // 2, replace=False))
+            for c in spatial}
+    with pruner._blas.limit(limits=1, user_api="blas"):
+        full = pruner.collect(spatial, orig, current, "full")
+        kept = pruner.collect(spatial, orig, current, "kept", channels=keep)
+    for c in spatial:
+        g = consumers[c].segments[0][0]
+        assert kept[c].cov.shape[0] == len(keep[c]) * consumers[c].s
+        a = pruner._refit(c, full[c], {g: keep[c]}, {g})
+        b = pruner._refit(c, kept[c], {g: keep[c]}, {g}, kept_only=True)
+        np.testing.assert_allclose(b.weight, a.weight, rtol=1e-4, atol=1e-5 * np.abs(a.weight).max())
+        np.testing.assert_allclose(b.bias, a.bias, rtol=1e-4, atol=1e-5 * np.abs(a.bias).max())
 
 
 def test_ranking_by_another_method_matches_that_methods_run(calib):

@@ -52,6 +52,8 @@ def layer_error(terms: list[ConsumerTerm], kept: np.ndarray, blocks: int) -> flo
 class StageScores(Pruner):
     """The default pipeline, scoring every method's keep-set wherever a group is decided."""
 
+    lean_stages = False  # the scores (and the baselines' rankings) read the stages' full statistics
+
     def _choose_blocks(self, gid, k, ranking, terms):
         terms = functools.cache(terms)  # a sequential stage builds them on each call
         keep = super()._choose_blocks(gid, k, ranking, terms)

@@ -37,6 +37,8 @@ from bench_quality import MODELS, REFERENCE  # noqa: E402
 class MixedPruner(Pruner):
     """Entropic selection, except that the groups in ``swap`` keep ``method``'s first k."""
 
+    lean_stages = False  # the swapped-in baselines rank on the stages' full statistics
+
     def __init__(self, *args, swap: set[int], method: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.swap, self.swap_method = swap, method

@@ -56,6 +56,10 @@ class SelectionVariant(Pruner):
     mode the groups are then chosen again on these regressions, last group first.
     """
 
+    # the variants compress the stages' full statistics themselves (select_features) and
+    # polish on them, as when their figures were measured
+    lean_stages = False
+
     def __init__(self, *args, select_features: int | None = None, cold: bool = False, planned: bool = False,
                  polish: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
