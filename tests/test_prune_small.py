@@ -611,6 +611,33 @@ def test_cached_network_keeps_the_frontier_of_a_stage(calib):
     np.testing.assert_allclose(got, run_model_outputs(model, calib, add), rtol=1e-5, atol=1e-6)
 
 
+def test_sessions_sharing_initializers_compute_the_same_bytes(calib, monkeypatch):
+    """Sessions that take a model's initializers as shared values (the output gains' runs of
+    the rest of the network, one session per group) compute exactly what sessions of the
+    serialised model compute, on the whole graph and on a sub-graph, and leave the model
+    as it was."""
+    from onnx_eprune.calibrate import session
+    from onnx_eprune.calibrate.engine import Topology, submodel
+
+    monkeypatch.setattr(session, "_LARGE_INITIALIZER", 256)   # the test model's weights are small
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    before = model.SerializeToString()
+    shared = session.shared_initializers(model)
+    sizes = {i.name: i.ByteSize() for i in model.graph.initializer}
+    assert shared and set(shared) == {name for name, size in sizes.items() if size >= 256}
+    cpu = ["CPUExecutionProvider"]
+    inner = model.graph.node[3].output[0]
+    feeds = {model.graph.input[0].name: calib[:16]}
+    plain = session.run(session.make_session(model, cpu, outputs=[OUTPUT, inner]), None, feeds)
+    given = session.run(session.make_session(model, cpu, outputs=[OUTPUT, inner], shared=shared), None, feeds)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, given))
+    sub, sub_feeds = submodel(model, Topology(model), [OUTPUT], {inner: np.dtype(np.float32)})
+    assert sub_feeds == [inner]
+    rest = [session.run(session.make_session(sub, cpu, shared=s), None, {inner: plain[1]}) for s in (None, shared)]
+    assert np.array_equal(rest[0][0], rest[1][0]) and np.array_equal(rest[0][0], plain[0])
+    assert model.SerializeToString() == before
+
+
 def test_output_gains_match_noise_added_inside_the_whole_network(calib):
     """Each group's gain, measured from the nearest clean tensors, equals the relative
     output error of the whole network with the same noise added at the group's tensors."""

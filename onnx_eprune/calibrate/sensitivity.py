@@ -24,7 +24,7 @@ import onnx
 
 from .data import CalibrationData
 from .engine import Topology, submodel
-from .session import make_session, run
+from .session import make_session, run, shared_initializers
 
 
 SUBSET_MODULUS = 8      # images whose key is 0 modulo this may measure gains ...
@@ -67,7 +67,10 @@ def _measure(model, topo, data, providers, tensors_by_group, delta, seed) -> dic
         clean = computed - topo.descendants({topo.producer[t] for t in tensors})
         starts[gid] = topo.cut(outputs, clean | set(tensors))[1] | set(tensors)
     fetched = sorted(set().union(*starts.values()) - set(outputs))
-    sess = make_session(model, providers, outputs=outputs + fetched)
+    # every group's session holds most of the weights: serialised once each, they cost
+    # more than some of the runs
+    shared = shared_initializers(model)
+    sess = make_session(model, providers, outputs=outputs + fetched, shared=shared)
     values = dict(zip(outputs + fetched, run(sess, None, feeds)))
     ref = [values[o].astype(np.float64) for o in outputs]
     ref_var = sum(float(np.sum(np.var(r, axis=0))) for r in ref)
@@ -88,7 +91,7 @@ def _measure(model, topo, data, providers, tensors_by_group, delta, seed) -> dic
                 inputs[name] = (z + delta * std * noise).astype(z.dtype)
             else:
                 inputs[name] = values[name] if name in values else feeds[name]
-        got = run(make_session(sub, providers), outputs, inputs)
+        got = run(make_session(sub, providers, shared=shared), outputs, inputs)
         mse = sum(float(np.sum(np.mean((g.astype(np.float64) - r) ** 2, axis=0))) for g, r in zip(got, ref))
         gains[gid] = mse / ref_var / delta ** 2
     return gains

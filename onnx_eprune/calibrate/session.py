@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
+from onnx.external_data_helper import uses_external_data
 
 from ..errors import EPruneError, UsageError
 from ..graph import model_io
@@ -75,10 +76,13 @@ def _options(threads: int | None = None, spinning: bool = False) -> ort.SessionO
 
 
 def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str] | None = None,
-                 threads: int | None = None, spinning: bool = False) -> ort.InferenceSession:
+                 threads: int | None = None, spinning: bool = False,
+                 shared: dict[str, ort.OrtValue] | None = None) -> ort.InferenceSession:
     """A session for ``model``; ``outputs`` (any tensor names) replace the graph outputs.
     Its pool threads sleep after a run unless ``spinning`` (onnxruntime's own default,
-    for timing the model as a deployment would run it).
+    for timing the model as a deployment would run it). ``shared`` (from
+    :func:`shared_initializers`) holds initializers that many sessions of one model read:
+    they reach onnxruntime as those values rather than serialised again for each session.
 
     Weights left in the input's data file (model_io.reference) reach onnxruntime as
     external data in that file, which it maps into memory instead of copying it. A model
@@ -97,6 +101,10 @@ def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str
         if values:
             options.add_external_initializers(list(values), list(values.values()))
         arrays = list(values.values())
+    elif shared:
+        model, names = _with_shared(model, shared)
+        options.add_external_initializers(names, [shared[n] for n in names])
+        arrays = [shared[n] for n in names]
     if outputs is not None:
         model = with_outputs(model, outputs)
     try:
@@ -136,6 +144,32 @@ def _without_large_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto
         placeholder.external_data.add(key="location", value="onnx-eprune-in-memory")
         values[source.name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(source)))
     return light, values, folder
+
+
+def shared_initializers(model: onnx.ModelProto) -> dict[str, ort.OrtValue]:
+    """The in-memory initializers of ``model`` of _LARGE_INITIALIZER bytes or more, as
+    values that sessions of ``model`` and of its sub-graphs can share (``make_session``'s
+    ``shared``); none for a model whose weights stay in files or that is above the protobuf
+    limit (its sessions already leave them out)."""
+    if model_io.model_bytes(model) >= model_io.EXTERNAL_DATA_THRESHOLD or \
+            any(model_io.reference(init) is not None for init in model.graph.initializer):
+        return {}
+    return {init.name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(init)))
+            for init in model.graph.initializer
+            if not uses_external_data(init) and init.ByteSize() >= _LARGE_INITIALIZER}
+
+
+def _with_shared(model: onnx.ModelProto, shared: dict[str, ort.OrtValue]) -> tuple[onnx.ModelProto, list[str]]:
+    """A light copy of ``model`` whose initializers found in ``shared`` are placeholders
+    marked as given in memory, and their names."""
+    light, sources = model_io.light_copy(model, lift=lambda t: t.name in shared)
+    names = []
+    for index, source in sources.items():
+        placeholder = light.graph.initializer[index]
+        placeholder.data_location = onnx.TensorProto.EXTERNAL
+        placeholder.external_data.add(key="location", value="onnx-eprune-in-memory")
+        names.append(source.name)
+    return light, names
 
 
 def run(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list:
