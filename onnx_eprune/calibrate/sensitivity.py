@@ -86,9 +86,13 @@ def _measure(model, topo, data, providers, tensors_by_group, delta, seed) -> dic
                 z = values[name]
                 axes = tuple(i for i in range(z.ndim) if i != 1)
                 std = z.std(axis=axes, keepdims=True) if z.ndim > 1 else z.std()
-                noise = np.stack([np.random.default_rng([seed, gid, int(k)]).standard_normal(z.shape[1:])
-                                  for k in keys])
-                inputs[name] = (z + delta * std * noise).astype(z.dtype)
+                noise = np.empty(z.shape)
+                for i, k in enumerate(keys):
+                    np.random.default_rng([seed, gid, int(k)]).standard_normal(out=noise[i, ...])
+                # z + delta * std * noise, in place: no second image-sized float64 array
+                noise *= delta * std
+                noise += z
+                inputs[name] = noise.astype(z.dtype)
             else:
                 inputs[name] = values[name] if name in values else feeds[name]
         got = run(make_session(sub, providers, shared=shared), outputs, inputs)
