@@ -13,7 +13,9 @@ can be split over several invocations); ``--markdown`` prints the table for BENC
 
 The tables quote the reference calibration files. ``--calib-draws 1 2`` runs the same
 targets on other calibration sets, each 1024 train images drawn with that seed, to see how
-far a method's accuracy moves with the draw; ``--pivot --draws`` averages over the draws.
+far a method's accuracy moves with the draw; ``--seeds 1 2`` runs them with other draws of
+the sampled convolution positions (the tool's ``--seed``); ``--pivot --draws`` averages
+over both kinds of draw.
 """
 
 from __future__ import annotations
@@ -60,14 +62,15 @@ def calibration_set(name: str, draw: int, reference: Path, images: int = DRAW_SI
 
 def run_one(name: str, kind: str, target: float, method: str, mode: str, reconstruct: bool, test, samples,
             reference: Path, round_to: int | None = None, stats: tuple | None = None, draw: int = 0,
-            calib=None) -> dict:
+            calib=None, seed: int = 0) -> dict:
     """One pruning run and its accuracy. ``stats``: (bundle, seconds) of a one-shot
-    calibration shared by the one-shot runs of this model; its seconds count in the run's.
-    ``calib``: the calibration set of ``draw`` (:func:`calibration_set`; made here if None)."""
+    calibration shared by the one-shot runs of this model and ``seed``; its seconds count
+    in the run's. ``calib``: the calibration set of ``draw`` (:func:`calibration_set`; made
+    here if None). ``seed``: the positions' (and ``random``'s) seed."""
     file, _calib, size = MODELS[name]
     model = onnx.load(str(reference / file))
     options = dict(method=method, mode=mode, reconstruct=reconstruct, samples=samples, device="cpu",
-                   round_to=round_to, **{kind: target})
+                   round_to=round_to, seed=seed, **{kind: target})
     t0 = time.perf_counter()
     if stats is not None:
         result = onnx_eprune.prune(model, stats=[stats[0]], **options)
@@ -84,7 +87,7 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
     card = json.loads((reference / file.replace(".onnx", ".json")).read_text())
     rep = result.report
     return {"model": name, "target_kind": kind, "target": target, "method": method, "mode": mode,
-            "reconstruct": reconstruct, "calib_draw": draw, "round_to": rep["round_to"], "samples": rep["samples"], "accuracy": acc,
+            "reconstruct": reconstruct, "calib_draw": draw, "seed": seed, "round_to": rep["round_to"], "samples": rep["samples"], "accuracy": acc,
             "accuracy_original": card["test_acc"], "drop_points": 100 * (card["test_acc"] - acc),
             "params_removed": rep["params"]["removed_fraction"], "macs_removed": rep["macs"]["removed_fraction"],
             "channels": [g["channels_after"] for g in rep["groups"] if not g["frozen"]],
@@ -155,19 +158,26 @@ METRICS = {"drop": ("drop_points", 1.0, True, "accuracy drop in points"),
            "error": ("test_relative_error", 100.0, True, "relative error of the logits, %")}
 
 
+def _draw(row: dict) -> tuple[int, int]:
+    """The draws behind a run: (calibration draw, position seed); runs recorded before
+    either existed used the reference file and seed 0."""
+    return row.get("calib_draw", 0), row.get("seed", 0)
+
+
 def pivot(rows: list[dict], metric: str = "drop", draws: bool = False) -> str:
     """One row per (model, target, mode), one column per method: the ``metric`` on the test
     split (the best method in bold), the MACs removed by entropic and, for the accuracy
     drop, the McNemar p of entropic against the best other method; repeated runs count
-    once (the last). Only runs on the reference calibration files count, unless ``draws``:
-    then each cell is the mean over the calibration draws entropic ran on ("-" for a method
-    that missed one), and the last columns name the draws and count those in which entropic
-    was best (ties count)."""
+    once (the last). Only runs on the reference calibration files with position seed 0
+    count, unless ``draws``: then each cell is the mean over the draws (calibration set and
+    position seed: ``1`` is calibration draw 1, ``0s2`` the reference file with seed 2)
+    entropic ran on ("-" for a method that missed one), and the last columns name the draws
+    and count those in which entropic was best (ties count)."""
     field, scale, smaller, header = METRICS[metric]
     pick = min if smaller else max
     latest = {(r["model"], r["target_kind"], r["target"], r["mode"], r["method"], r["reconstruct"],
-               r.get("calib_draw", 0)): r
-              for r in rows if field in r and (draws or r.get("calib_draw", 0) == 0)}
+               _draw(r)): r
+              for r in rows if field in r and (draws or _draw(r) == (0, 0))}
     methods = [m for m in METHODS if any(k[4] == m and k[5] for k in latest)]
     if any(not k[5] for k in latest):
         methods.append("l1 (no re-fit)")
@@ -201,10 +211,10 @@ def pivot(rows: list[dict], metric: str = "drop", draws: bool = False) -> str:
                 won = sum(round(per_draw["entropic"][i], 2) == pick(round(v[i], 2) for v in per_draw.values() if v)
                           for i in range(len(common)))
                 wins = f"{won} of {len(common)}"
-            line += f" {', '.join(map(str, common))} | {wins} |"
+            line += f" {', '.join(f'{d}s{s}' if s else str(d) for d, s in common)} | {wins} |"
         elif metric == "drop":
-            others = [latest[key + (m, True, 0)] for m in methods if m not in ("entropic", "l1 (no re-fit)")
-                      and key + (m, True, 0) in latest]
+            others = [latest[key + (m, True, (0, 0))] for m in methods if m not in ("entropic", "l1 (no re-fit)")
+                      and key + (m, True, (0, 0)) in latest]
             rival = min(others, key=lambda r: r["drop_points"], default=None)
             p = None if ent is None or rival is None else mcnemar_p(ent, rival)
             line += " - |" if p is None else f" {p:.2f} ({rival['method']}) |"
@@ -233,8 +243,11 @@ def main() -> int:
     ap.add_argument("--metric", choices=list(METRICS), default="drop", help="what --pivot shows")
     ap.add_argument("--calib-draws", nargs="+", type=int, default=[0],
                     help="calibration sets: 0 is the reference file, d > 0 is 1024 train images drawn with seed d")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+                    help="position seeds: which conv output positions give the statistics (and random's choice)")
     ap.add_argument("--draws", action="store_true",
-                    help="--pivot averages each cell over the calibration draws (default: the reference file only)")
+                    help="--pivot averages each cell over the calibration draws and seeds "
+                    "(default: the reference file with seed 0 only)")
     args = ap.parse_args()
     if not args.sparsity and not args.flops:  # nothing to run: print the tables of --out
         rows = read_runs(args.out, *args.also)
@@ -251,31 +264,33 @@ def main() -> int:
     for name in args.models:
         for draw in args.calib_draws:
             calib = calibration_set(name, draw, args.reference)   # read (or drawn) once per draw
-            shared = None
-            if "oneshot" in args.modes:
-                # one-shot statistics do not depend on the method or the target: calibrate once
-                t0 = time.perf_counter()
-                bundle = onnx_eprune.calibrate(str(args.reference / MODELS[name][0]), calib,
-                                               samples=args.samples, device="cpu")
-                shared = (bundle, time.perf_counter() - t0)
-                print(f"{name} draw {draw}: one-shot statistics in {shared[1]:.1f}s", flush=True)
-            for kind, target in targets:
-                for mode in args.modes:
-                    for method, reconstruct in variants:
-                        label = f"{name} draw {draw} {kind}={target:g} {method}{'' if reconstruct else '(no re-fit)'} {mode}"
-                        try:
-                            row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples,
-                                          args.reference, args.round_to, shared if mode == "oneshot" else None,
-                                          draw, calib)
-                        except onnx_eprune.EPruneError as exc:  # e.g. a FLOPs target the prunable part cannot reach
-                            print(f"{label}: {exc}", flush=True)
-                            continue
-                        print(f"{label}: acc {100 * row['accuracy']:.2f}% drop {row['drop_points']:+.2f} "
-                              f"params -{row['params_removed']:.3f} MACs -{row['macs_removed']:.3f} "
-                              f"{row['seconds']:.1f}s {row['channels']}", flush=True)
-                        rows.append(row)
-                        if args.out:
-                            append_run(args.out, row)
+            for seed in args.seeds:
+                shared = None
+                if "oneshot" in args.modes:
+                    # one-shot statistics do not depend on the method or the target: calibrate once
+                    t0 = time.perf_counter()
+                    bundle = onnx_eprune.calibrate(str(args.reference / MODELS[name][0]), calib,
+                                                   samples=args.samples, device="cpu", seed=seed)
+                    shared = (bundle, time.perf_counter() - t0)
+                    print(f"{name} draw {draw} seed {seed}: one-shot statistics in {shared[1]:.1f}s", flush=True)
+                for kind, target in targets:
+                    for mode in args.modes:
+                        for method, reconstruct in variants:
+                            label = (f"{name} draw {draw} seed {seed} {kind}={target:g} "
+                                     f"{method}{'' if reconstruct else '(no re-fit)'} {mode}")
+                            try:
+                                row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples,
+                                              args.reference, args.round_to, shared if mode == "oneshot" else None,
+                                              draw, calib, seed)
+                            except onnx_eprune.EPruneError as exc:  # e.g. a FLOPs target it cannot reach
+                                print(f"{label}: {exc}", flush=True)
+                                continue
+                            print(f"{label}: acc {100 * row['accuracy']:.2f}% drop {row['drop_points']:+.2f} "
+                                  f"params -{row['params_removed']:.3f} MACs -{row['macs_removed']:.3f} "
+                                  f"{row['seconds']:.1f}s {row['channels']}", flush=True)
+                            rows.append(row)
+                            if args.out:
+                                append_run(args.out, row)
     rows += read_runs(*args.also)
     if args.markdown:
         print(markdown(rows))
