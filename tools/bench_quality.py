@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import itertools
 import json
 import os
 import platform
@@ -273,24 +274,22 @@ def main() -> int:
                                                    samples=args.samples, device="cpu", seed=seed)
                     shared = (bundle, time.perf_counter() - t0)
                     print(f"{name} draw {draw} seed {seed}: one-shot statistics in {shared[1]:.1f}s", flush=True)
-                for kind, target in targets:
-                    for mode in args.modes:
-                        for method, reconstruct in variants:
-                            label = (f"{name} draw {draw} seed {seed} {kind}={target:g} "
-                                     f"{method}{'' if reconstruct else '(no re-fit)'} {mode}")
-                            try:
-                                row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples,
-                                              args.reference, args.round_to, shared if mode == "oneshot" else None,
-                                              draw, calib, seed)
-                            except onnx_eprune.EPruneError as exc:  # e.g. a FLOPs target it cannot reach
-                                print(f"{label}: {exc}", flush=True)
-                                continue
-                            print(f"{label}: acc {100 * row['accuracy']:.2f}% drop {row['drop_points']:+.2f} "
-                                  f"params -{row['params_removed']:.3f} MACs -{row['macs_removed']:.3f} "
-                                  f"{row['seconds']:.1f}s {row['channels']}", flush=True)
-                            rows.append(row)
-                            if args.out:
-                                append_run(args.out, row)
+                for (kind, target), mode, (method, reconstruct) in itertools.product(targets, args.modes, variants):
+                    label = (f"{name} draw {draw} seed {seed} {kind}={target:g} "
+                             f"{method}{'' if reconstruct else '(no re-fit)'} {mode}")
+                    try:
+                        row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples,
+                                      args.reference, args.round_to, shared if mode == "oneshot" else None,
+                                      draw, calib, seed)
+                    except onnx_eprune.EPruneError as exc:  # e.g. a FLOPs target the prunable part cannot reach
+                        print(f"{label}: {exc}", flush=True)
+                        continue
+                    print(f"{label}: acc {100 * row['accuracy']:.2f}% drop {row['drop_points']:+.2f} "
+                          f"params -{row['params_removed']:.3f} MACs -{row['macs_removed']:.3f} "
+                          f"{row['seconds']:.1f}s {row['channels']}", flush=True)
+                    rows.append(row)
+                    if args.out:
+                        append_run(args.out, row)
     rows += read_runs(*args.also)
     if args.markdown:
         print(markdown(rows))
