@@ -37,6 +37,7 @@ from scipy.stats import binomtest
 
 import onnx_eprune
 from onnx_eprune.select import METHODS
+from onnx_eprune.select.entropic import EntropicConfig
 from onnx_eprune.datasets import fashion_mnist_available, load_fashion_mnist, preprocess
 from onnx_eprune.calibrate.data import load_calibration
 from onnx_eprune.evaluate import run_model
@@ -63,15 +64,18 @@ def calibration_set(name: str, draw: int, reference: Path, images: int = DRAW_SI
 
 def run_one(name: str, kind: str, target: float, method: str, mode: str, reconstruct: bool, test, samples,
             reference: Path, round_to: int | None = None, stats: tuple | None = None, draw: int = 0,
-            calib=None, seed: int = 0) -> dict:
+            calib=None, seed: int = 0, entropic: dict | None = None) -> dict:
     """One pruning run and its accuracy. ``stats``: (bundle, seconds) of a one-shot
     calibration shared by the one-shot runs of this model and ``seed``; its seconds count
     in the run's. ``calib``: the calibration set of ``draw`` (:func:`calibration_set`; made
-    here if None). ``seed``: the positions' (and ``random``'s) seed."""
+    here if None). ``seed``: the positions' (and ``random``'s) seed. ``entropic``: fields of
+    :class:`EntropicConfig` that differ from the defaults (recorded in the row)."""
     file, _calib, size = MODELS[name]
     model = onnx.load(str(reference / file))
     options = dict(method=method, mode=mode, reconstruct=reconstruct, samples=samples, device="cpu",
                    round_to=round_to, seed=seed, **{kind: target})
+    if entropic:
+        options["entropic"] = EntropicConfig(**entropic)
     t0 = time.perf_counter()
     if stats is not None:
         result = onnx_eprune.prune(model, stats=[stats[0]], **options)
@@ -95,7 +99,8 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
             "seconds": seconds, "phase_seconds": rep["seconds"], "shared_calibration": stats is not None,
             "test_agreement": float(np.mean(logits.argmax(axis=1) == original.argmax(axis=1))),
             "test_relative_error": float(np.linalg.norm(logits - original) / np.linalg.norm(original)),
-            "test_images": len(correct), "correct": np.packbits(correct).tobytes().hex()}
+            "test_images": len(correct), "correct": np.packbits(correct).tobytes().hex(),
+            **({"entropic_config": entropic} if entropic else {})}
 
 
 def read_runs(*paths: Path | None) -> list[dict]:
@@ -223,6 +228,18 @@ def pivot(rows: list[dict], metric: str = "drop", draws: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _config_fields(items: list[str]) -> dict:
+    """``["wide=100000", ...]`` as EntropicConfig fields, each value of its default's type."""
+    defaults, fields = EntropicConfig(), {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not hasattr(defaults, key) or not value:
+            raise ValueError(f"--entropic {item}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(vars(defaults))}")
+        fields[key] = type(getattr(defaults, key))(value)
+    return fields
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -249,7 +266,14 @@ def main() -> int:
     ap.add_argument("--draws", action="store_true",
                     help="--pivot averages each cell over the calibration draws and seeds "
                     "(default: the reference file with seed 0 only)")
+    ap.add_argument("--entropic", nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="entropic selector settings other than the defaults (EntropicConfig fields); "
+                    "write such runs to their own --out, the pivot does not tell them apart")
     args = ap.parse_args()
+    try:
+        entropic = _config_fields(args.entropic)
+    except ValueError as exc:
+        ap.error(str(exc))
     if not args.sparsity and not args.flops:  # nothing to run: print the tables of --out
         rows = read_runs(args.out, *args.also)
         print(pivot(rows, args.metric, args.draws) if args.pivot else markdown(rows))
@@ -280,7 +304,7 @@ def main() -> int:
                     try:
                         row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples,
                                       args.reference, args.round_to, shared if mode == "oneshot" else None,
-                                      draw, calib, seed)
+                                      draw, calib, seed, entropic)
                     except onnx_eprune.EPruneError as exc:  # e.g. a FLOPs target the prunable part cannot reach
                         print(f"{label}: {exc}", flush=True)
                         continue
