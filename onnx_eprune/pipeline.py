@@ -39,7 +39,7 @@ from .parallel import matmul_rows, parallel_map, prefetched
 from .progress import Progress
 from .select import DATA_METHODS, METHODS, baselines, entropic
 from .select.problem import ConsumerTerm, explained_curve, partial_out
-from .select.reconstruct import refit
+from .select.reconstruct import DEFAULT_RIDGE, refit
 
 log = logging.getLogger("onnx_eprune")
 
@@ -78,7 +78,7 @@ class PruneConfig:
     positions: int | None = None        # conv output positions per image (None: automatic)
     round_to: int | None = None          # keep counts at multiples of this (None: budget.AUTO_ROUND)
     reconstruct: bool = True             # least-squares re-fit of the consumers
-    refit_ridge: float = 0.1             # ridge toward the original weights in the re-fit
+    refit_ridge: float = DEFAULT_RIDGE   # ridge toward the original weights in the re-fit
     entropic: entropic.EntropicConfig = field(default_factory=entropic.EntropicConfig)
 
     def target(self) -> budget.Target:

@@ -37,6 +37,7 @@ from scipy.stats import binomtest
 
 import onnx_eprune
 from onnx_eprune.select import METHODS
+from onnx_eprune.pipeline import PruneConfig
 from onnx_eprune.select.entropic import EntropicConfig
 from onnx_eprune.datasets import fashion_mnist_available, load_fashion_mnist, preprocess
 from onnx_eprune.calibrate.data import load_calibration
@@ -64,18 +65,22 @@ def calibration_set(name: str, draw: int, reference: Path, images: int = DRAW_SI
 
 def run_one(name: str, kind: str, target: float, method: str, mode: str, reconstruct: bool, test, samples,
             reference: Path, round_to: int | None = None, stats: tuple | None = None, draw: int = 0,
-            calib=None, seed: int = 0, entropic: dict | None = None) -> dict:
+            calib=None, seed: int = 0, entropic: dict | None = None, refit_ridge: float | None = None) -> dict:
     """One pruning run and its accuracy. ``stats``: (bundle, seconds) of a one-shot
     calibration shared by the one-shot runs of this model and ``seed``; its seconds count
     in the run's. ``calib``: the calibration set of ``draw`` (:func:`calibration_set`; made
     here if None). ``seed``: the positions' (and ``random``'s) seed. ``entropic``: fields of
-    :class:`EntropicConfig` that differ from the defaults (recorded in the row)."""
+    :class:`EntropicConfig` that differ from the defaults (recorded in the row).
+    ``refit_ridge``: the re-fit's ridge toward the original weights, None for the default
+    (recorded in the row when given)."""
     file, _calib, size = MODELS[name]
     model = onnx.load(str(reference / file))
     options = dict(method=method, mode=mode, reconstruct=reconstruct, samples=samples, device="cpu",
                    round_to=round_to, seed=seed, **{kind: target})
     if entropic:
         options["entropic"] = EntropicConfig(**entropic)
+    if refit_ridge is not None:
+        options["refit_ridge"] = refit_ridge
     t0 = time.perf_counter()
     if stats is not None:
         result = onnx_eprune.prune(model, stats=[stats[0]], **options)
@@ -100,7 +105,8 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
             "test_agreement": float(np.mean(logits.argmax(axis=1) == original.argmax(axis=1))),
             "test_relative_error": float(np.linalg.norm(logits - original) / np.linalg.norm(original)),
             "test_images": len(correct), "correct": np.packbits(correct).tobytes().hex(),
-            **({"entropic_config": entropic} if entropic else {})}
+            **({"entropic_config": entropic} if entropic else {}),
+            **({"refit_ridge": refit_ridge} if refit_ridge is not None else {})}
 
 
 def read_runs(*paths: Path | None) -> list[dict]:
@@ -269,7 +275,13 @@ def main() -> int:
     ap.add_argument("--entropic", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="entropic selector settings other than the defaults (EntropicConfig fields); "
                     "write such runs to their own --out, the pivot does not tell them apart")
+    ap.add_argument("--refit-ridge", type=float, metavar="R",
+                    help="the re-fit's ridge toward the original weights, relative to the mean kept-feature "
+                    f"variance (default {PruneConfig().refit_ridge:g}); for every method; write such runs to "
+                    "their own --out")
     args = ap.parse_args()
+    if args.refit_ridge is not None and args.refit_ridge < 0:
+        ap.error(f"--refit-ridge {args.refit_ridge:g}: expected a number >= 0")
     try:
         entropic = _config_fields(args.entropic)
     except ValueError as exc:
@@ -304,7 +316,7 @@ def main() -> int:
                     try:
                         row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples,
                                       args.reference, args.round_to, shared if mode == "oneshot" else None,
-                                      draw, calib, seed, entropic)
+                                      draw, calib, seed, entropic, args.refit_ridge)
                     except onnx_eprune.EPruneError as exc:  # e.g. a FLOPs target the prunable part cannot reach
                         print(f"{label}: {exc}", flush=True)
                         continue

@@ -150,6 +150,11 @@ def backward_elimination(terms: list[ConsumerTerm], kept: np.ndarray, drop: int)
     return kept
 
 
+def _value(default: object, text: str) -> object:
+    """``text`` as the type of a PruneConfig field's default (int where the default is None)."""
+    return text if isinstance(default, str) else float(text) if isinstance(default, float) else int(text)
+
+
 def main(argv: list[str]) -> int:
     name, levels, variants = argv[0], argv[1].split(","), argv[2:] or [""]
     targets = [{"flops_reduction": float(v[1:])} if v.startswith("f") else {"sparsity": float(v)} for v in levels]
@@ -168,8 +173,7 @@ def main(argv: list[str]) -> int:
         draw = int(fields.pop("draw", "1" if n_images != DRAW_SIZE else "0"))
         calib_set = calibration_set(name, draw, REFERENCE, n_images)
         cfg = replace(default, **{k: type(getattr(default, k))(v) for k, v in fields.items() if hasattr(default, k)})
-        run = {k: (v if isinstance(getattr(run_default, k), str) else int(v)) for k, v in fields.items()
-               if not hasattr(default, k)}
+        run = {k: _value(getattr(run_default, k), v) for k, v in fields.items() if not hasattr(default, k)}
         drops, seconds = [], []
         for target in targets:
             t0 = time.perf_counter()
