@@ -72,15 +72,14 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
     here if None). ``seed``: the positions' (and ``random``'s) seed. ``entropic``: fields of
     :class:`EntropicConfig` that differ from the defaults (recorded in the row).
     ``refit_ridge``: the re-fit's ridge toward the original weights, None for the default
-    (recorded in the row when given)."""
+    (the row records the value used)."""
     file, _calib, size = MODELS[name]
     model = onnx.load(str(reference / file))
+    refit_ridge = PruneConfig().refit_ridge if refit_ridge is None else refit_ridge
     options = dict(method=method, mode=mode, reconstruct=reconstruct, samples=samples, device="cpu",
-                   round_to=round_to, seed=seed, **{kind: target})
+                   round_to=round_to, seed=seed, refit_ridge=refit_ridge, **{kind: target})
     if entropic:
         options["entropic"] = EntropicConfig(**entropic)
-    if refit_ridge is not None:
-        options["refit_ridge"] = refit_ridge
     t0 = time.perf_counter()
     if stats is not None:
         result = onnx_eprune.prune(model, stats=[stats[0]], **options)
@@ -105,8 +104,16 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
             "test_agreement": float(np.mean(logits.argmax(axis=1) == original.argmax(axis=1))),
             "test_relative_error": float(np.linalg.norm(logits - original) / np.linalg.norm(original)),
             "test_images": len(correct), "correct": np.packbits(correct).tobytes().hex(),
-            **({"entropic_config": entropic} if entropic else {}),
-            **({"refit_ridge": refit_ridge} if refit_ridge is not None else {})}
+            "refit_ridge": refit_ridge, **({"entropic_config": entropic} if entropic else {})}
+
+
+# the re-fit ridge of the runs that do not record it (the default before session 27)
+LEGACY_REFIT_RIDGE = 0.1
+
+
+def at_ridge(rows: list[dict], refit_ridge: float) -> list[dict]:
+    """The runs whose re-fit used ``refit_ridge``."""
+    return [r for r in rows if r.get("refit_ridge", LEGACY_REFIT_RIDGE) == refit_ridge]
 
 
 def read_runs(*paths: Path | None) -> list[dict]:
@@ -277,8 +284,9 @@ def main() -> int:
                     "write such runs to their own --out, the pivot does not tell them apart")
     ap.add_argument("--refit-ridge", type=float, metavar="R",
                     help="the re-fit's ridge toward the original weights, relative to the mean kept-feature "
-                    f"variance (default {PruneConfig().refit_ridge:g}); for every method; write such runs to "
-                    "their own --out")
+                    f"variance (default {PruneConfig().refit_ridge:g}); for every method. Without targets: "
+                    "print only the runs made with R (runs that do not record it used "
+                    f"{LEGACY_REFIT_RIDGE:g})")
     args = ap.parse_args()
     if args.refit_ridge is not None and args.refit_ridge < 0:
         ap.error(f"--refit-ridge {args.refit_ridge:g}: expected a number >= 0")
@@ -288,6 +296,8 @@ def main() -> int:
         ap.error(str(exc))
     if not args.sparsity and not args.flops:  # nothing to run: print the tables of --out
         rows = read_runs(args.out, *args.also)
+        if args.refit_ridge is not None:
+            rows = at_ridge(rows, args.refit_ridge)
         print(pivot(rows, args.metric, args.draws) if args.pivot else markdown(rows))
         return 0
     if not fashion_mnist_available():

@@ -23,11 +23,13 @@ KINDS = {"sparsity": "fraction of parameters removed (--sparsity)",
 
 def series(runs: list[dict], kind: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
     """model -> label -> sorted (target, drop) points of the runs with target ``kind`` on
-    the reference calibration files with position seed 0 (not other draws); a run repeated
-    in the inputs counts once (the last one)."""
+    the reference calibration files with position seed 0 (not other draws) and the default
+    entropic settings (not ``--entropic`` variants); a run repeated in the inputs counts once
+    (the last one)."""
     latest = {(r["model"], r["target_kind"], r["target"], r["method"], r["mode"], r["reconstruct"],
                _any_count(r)): r for r in runs
-              if r["target_kind"] == kind and r.get("calib_draw", 0) == 0 and r.get("seed", 0) == 0}
+              if r["target_kind"] == kind and r.get("calib_draw", 0) == 0 and r.get("seed", 0) == 0
+              and "entropic_config" not in r}
     out: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in latest.values():
         label = r["method"] + ("" if r["reconstruct"] else " (no re-fit)") + ("" if r["mode"] == "sequential"
