@@ -7,12 +7,16 @@ group: a diagnostic for models whose groups differ in width, as LeNet-5's do).
 
     python tools/mixed_selection.py lenet5 --sparsity 0.73 --swap 2 --method l1
     python tools/mixed_selection.py lenet5 --flops 0.73 --mode oneshot --swap 1 --method lasso
+    python tools/mixed_selection.py lenet5 --sparsity 0.73 --swap all --method l1 --on calibration
 
-Group ids are those of the report (``groups[i]["id"]``). ``lasso`` and ``thinet`` rank the
+Group ids are those of the report (``groups[i]["id"]``); ``all`` swaps every group (the
+other method's selection on entropic's allocation). ``lasso`` and ``thinet`` rank the
 swapped group on the same statistics as entropic's selection of it (in one-shot mode the
 original network's; in sequential mode the stage's), cut at the same count. ``--on
 calibration`` measures on the calibration images instead (agreement and errors only: they
-carry no labels).
+carry no labels). Besides the top-1 agreement, the mean KL divergence of the pruned
+network's softmax from the original's (nats per image): a label-free score that weighs
+logit errors by how much they move the predicted probabilities.
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ from bench_quality import MODELS, REFERENCE  # noqa: E402
 
 
 class MixedPruner(Pruner):
-    """Entropic selection, except that the groups in ``swap`` keep ``method``'s first k."""
+    """Entropic selection, except that the groups in ``swap`` (every group if None) keep
+    ``method``'s first k."""
 
     lean_stages = False  # the swapped-in baselines rank on the stages' full statistics
 
-    def __init__(self, *args, swap: set[int], method: str, **kwargs):
+    def __init__(self, *args, swap: set[int] | None, method: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.swap, self.swap_method = swap, method
         self.kept: dict[int, np.ndarray] = {}
@@ -47,7 +52,7 @@ class MixedPruner(Pruner):
     def choose(self, gid, k, ranking, terms):
         terms = functools.cache(terms)  # a sequential stage builds them on each call
         keep = super().choose(gid, k, ranking, terms)
-        if gid in self.swap:
+        if self.swap is None or gid in self.swap:  # None: every group
             unit = self.analysis.groups[gid].unit
             order = self.ranking(gid, terms() if self.swap_method in DATA_METHODS else [], self.swap_method)
             keep = _channels_of(order[:k // unit], unit)
@@ -55,15 +60,51 @@ class MixedPruner(Pruner):
         return keep
 
 
-def layer_outputs(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Every Conv/Gemm/MatMul/Relu output of ``model`` on ``x`` (one input)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    names = [n.output[0] for n in m.graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "Relu")]
-    del m.graph.output[:]
-    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x})))
+def compare(model: onnx.ModelProto, pruned: onnx.ModelProto, x: np.ndarray,
+            kept_by_width: dict[int, np.ndarray] | None, batch: int = 500
+            ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Relative error of every Conv/Gemm/MatMul/Relu output of ``pruned`` against ``model``'s
+    on ``x`` (one input), on the channels the pruned output keeps (``kept_by_width``; None:
+    no layer errors), and both networks' logits. Batched, so VGG-16 on the test split fits."""
+    names = [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "Relu")]
+    logits = model.graph.output[0].name
+    wanted = names if kept_by_width is not None else []
+
+    def session(m: onnx.ModelProto) -> ort.InferenceSession:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(m)
+        copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n != logits)
+        return ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    sessions = session(model), session(pruned)
+    outs = [[o.name for o in sess.get_outputs()] for sess in sessions]
+    sums = {n: np.zeros(2) for n in wanted}  # squared error, squared reference
+    ref_logits, got_logits = [], []
+    for i in range(0, len(x), batch):
+        ref, got = (dict(zip(o, sess.run(None, {sess.get_inputs()[0].name: x[i:i + batch]})))
+                    for o, sess in zip(outs, sessions))
+        ref_logits.append(ref[logits])
+        got_logits.append(got[logits])
+        for name in wanted:
+            a, b = ref[name].astype(np.float64), got[name].astype(np.float64)
+            if a.shape != b.shape:
+                if a.shape[1] not in kept_by_width:
+                    sums.pop(name)
+                    wanted = [n for n in wanted if n != name]
+                    continue
+                a = np.take(a, kept_by_width[a.shape[1]], axis=1)
+            sums[name] += (np.sum((a - b) ** 2), np.sum(a * a))
+    errors = {n: float(np.sqrt(e / r)) for n, (e, r) in sums.items()}
+    return errors, np.concatenate(ref_logits), np.concatenate(got_logits)
+
+
+def softmax_kl(ref: np.ndarray, got: np.ndarray) -> float:
+    """Mean over rows of KL(softmax(ref) || softmax(got)), in nats; both (N, classes)."""
+    def log_softmax(z: np.ndarray) -> np.ndarray:
+        z = z.astype(np.float64) - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    lp, lq = log_softmax(ref), log_softmax(got)
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=1)))
 
 
 def main() -> int:
@@ -73,7 +114,8 @@ def main() -> int:
     level.add_argument("--sparsity", type=float)
     level.add_argument("--flops", type=float, help="a FLOPs (MACs) reduction instead of a sparsity")
     ap.add_argument("--mode", default="sequential", choices=["sequential", "oneshot"])
-    ap.add_argument("--swap", nargs="+", type=int, required=True, help="group ids that take the other method's keep-set")
+    ap.add_argument("--swap", nargs="+", required=True,
+                    help="group ids that take the other method's keep-set, or 'all'")
     ap.add_argument("--method", default="l1", choices=["l1", "random", "lasso", "thinet"])
     ap.add_argument("--on", default="test", choices=["test", "calibration"])
     args = ap.parse_args()
@@ -84,29 +126,29 @@ def main() -> int:
         x, y = preprocess(images, size), labels
     else:
         x, y = np.load(REFERENCE / calib), None
-    ref = layer_outputs(model, x)
-    logits = model.graph.output[0].name
-    for label, swap in (("entropic", set()), (f"{args.method} on groups {sorted(args.swap)}", set(args.swap))):
+    swapped = None if args.swap == ["all"] else {int(g) for g in args.swap}
+    for label, swap in (("entropic", set()), (f"{args.method} on groups {' '.join(args.swap)}", swapped)):
         config = PruneConfig(sparsity=args.sparsity, flops_reduction=args.flops, mode=args.mode, device="cpu")
         pruner = MixedPruner(model, str(REFERENCE / calib), config, swap=swap, method=args.method)
         result = pruner.run()
-        got = layer_outputs(result.model, x)
         # a pruned output is compared on the channels it keeps: those of the group whose
-        # producer made it (matched by width)
-        kept_by_width = {pruner.analysis.groups[g].channels: v for g, v in pruner.kept.items()}
+        # producer made it, matched by width (so only where no two groups share a width)
+        widths = [pruner.analysis.groups[g].channels for g in pruner.kept]
+        kept_by_width = ({pruner.analysis.groups[g].channels: v for g, v in pruner.kept.items()}
+                         if len(set(widths)) == len(widths) else None)
+        errors, ref, got = compare(model, result.model, x, kept_by_width)
         print(f"{label}: kept {[len(v) for _, v in sorted(pruner.kept.items())]}")
-        for name, a in ref.items():
-            b = got[name]
-            if a.shape != b.shape:
-                if a.shape[1] not in kept_by_width:
-                    continue
-                a = np.take(a, kept_by_width[a.shape[1]], axis=1)
-            err = np.linalg.norm((a - b).astype(np.float64)) / np.linalg.norm(a.astype(np.float64))
+        if kept_by_width is None:
+            print("  (groups share widths: no per-layer errors)")
+        for name, err in errors.items():
+            if name == model.graph.output[0].name:
+                continue  # on the line below
             print(f"  {name:28s} relative error {err:.4f}")
-        agree = np.mean(ref[logits].argmax(1) == got[logits].argmax(1))
-        acc = "" if y is None else f", accuracy {100 * np.mean(got[logits].argmax(1) == y):.2f}% " \
-            f"(original {100 * np.mean(ref[logits].argmax(1) == y):.2f}%)"
-        print(f"  top-1 agreement {100 * agree:.2f}%{acc}")
+        logit_err = np.linalg.norm((ref - got).astype(np.float64)) / np.linalg.norm(ref.astype(np.float64))
+        acc = "" if y is None else f", accuracy {100 * np.mean(got.argmax(1) == y):.2f}% " \
+            f"(original {100 * np.mean(ref.argmax(1) == y):.2f}%)"
+        print(f"  logits' relative error {logit_err:.4f}, top-1 agreement {100 * np.mean(ref.argmax(1) == got.argmax(1)):.2f}%, "
+              f"softmax KL to the original {softmax_kl(ref, got):.4g}{acc}")
     return 0
 
 
