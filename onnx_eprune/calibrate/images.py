@@ -22,7 +22,6 @@ from .data import model_inputs
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
-RESIZE_POLICIES = ("short-side-center-crop", "stretch")
 _RESIZE_ALIASES = {"crop": "short-side-center-crop", "short-side-center-crop": "short-side-center-crop",
                    "stretch": "stretch"}
 _CHANNELS = {"RGB": 3, "BGR": 3, "GRAY": 1}

@@ -55,8 +55,6 @@ class Segment:
     factor: int = 1  # features per channel along the channel axis
 
 
-Layout = "list[Segment] | str"
-
 
 @dataclass
 class Producer:
@@ -167,7 +165,6 @@ class ChannelGroup:
 class GraphAnalysis:
     groups: list[ChannelGroup]
     consumers: list[Consumer]
-    node_count: int
     split_sizes: list[SplitSizes] = field(default_factory=list)
     slice_bounds: list[SliceBound] = field(default_factory=list)
 
@@ -1104,8 +1101,8 @@ class _Analyzer:
                                     f"{MAX_CONSUMER_FEATURES}: a {width}x{width} Gram matrix takes "
                                     f"{8 * width * width / 2**30:.1f} GiB)")
                     break
-        return GraphAnalysis(groups=groups, consumers=self.consumers, node_count=len(self.graph.node),
-                             split_sizes=self.split_sizes, slice_bounds=self.slice_bounds)
+        return GraphAnalysis(groups=groups, consumers=self.consumers, split_sizes=self.split_sizes,
+                             slice_bounds=self.slice_bounds)
 
 
 def _offsets(layout: list[Segment]):
