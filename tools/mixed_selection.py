@@ -31,6 +31,7 @@ import onnx
 import onnxruntime as ort
 
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
+from onnx_eprune.evaluate import compare_outputs
 from onnx_eprune.pipeline import Pruner, PruneConfig, _channels_of
 from onnx_eprune.select import DATA_METHODS
 
@@ -60,42 +61,48 @@ class MixedPruner(Pruner):
         return keep
 
 
-def compare(model: onnx.ModelProto, pruned: onnx.ModelProto, x: np.ndarray,
-            kept_by_width: dict[int, np.ndarray] | None, batch: int = 500
-            ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Relative error of every Conv/Gemm/MatMul/Relu output of ``pruned`` against ``model``'s
-    on ``x`` (one input), on the channels the pruned output keeps (``kept_by_width``; None:
-    no layer errors), and both networks' logits. Batched, so VGG-16 on the test split fits."""
-    names = [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "Relu")]
+def compare(model: onnx.ModelProto, pruned: list[onnx.ModelProto], x: np.ndarray,
+            kept_by_width: list[dict[int, np.ndarray] | None], batch: int = 500
+            ) -> tuple[np.ndarray, list[tuple[dict[str, float], np.ndarray]]]:
+    """The original's logits on ``x`` (one input) and, per pruned model, the relative error
+    of every hidden Conv/Gemm/MatMul/Relu output against the original's, on the channels the
+    pruned output keeps (its ``kept_by_width``; None: no layer errors), with its logits.
+    One pass in batches, the original run once per batch, so VGG-16 on the test split fits."""
     logits = model.graph.output[0].name
-    wanted = names if kept_by_width is not None else []
+    hidden = [n.output[0] for n in model.graph.node
+              if n.op_type in ("Conv", "Gemm", "MatMul", "Relu") and n.output[0] != logits]
 
-    def session(m: onnx.ModelProto) -> ort.InferenceSession:
+    def session(m: onnx.ModelProto, names: list[str]) -> ort.InferenceSession:
         copy = onnx.ModelProto()
         copy.CopyFrom(m)
-        copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n != logits)
+        copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
         return ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
 
-    sessions = session(model), session(pruned)
-    outs = [[o.name for o in sess.get_outputs()] for sess in sessions]
-    sums = {n: np.zeros(2) for n in wanted}  # squared error, squared reference
-    ref_logits, got_logits = [], []
+    def outputs(sess: ort.InferenceSession, xb: np.ndarray) -> dict[str, np.ndarray]:
+        names = [o.name for o in sess.get_outputs()]
+        return dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: xb})))
+
+    wanted = [hidden if k is not None else [] for k in kept_by_width]
+    ref_sess = session(model, hidden if any(wanted) else [])
+    sessions = [session(m, w) for m, w in zip(pruned, wanted)]
+    sums = [{n: np.zeros(2) for n in w} for w in wanted]  # squared error, squared reference
+    ref_logits, got_logits = [], [[] for _ in pruned]
     for i in range(0, len(x), batch):
-        ref, got = (dict(zip(o, sess.run(None, {sess.get_inputs()[0].name: x[i:i + batch]})))
-                    for o, sess in zip(outs, sessions))
+        ref = outputs(ref_sess, x[i:i + batch])
         ref_logits.append(ref[logits])
-        got_logits.append(got[logits])
-        for name in wanted:
-            a, b = ref[name].astype(np.float64), got[name].astype(np.float64)
-            if a.shape != b.shape:
-                if a.shape[1] not in kept_by_width:
-                    sums.pop(name)
-                    wanted = [n for n in wanted if n != name]
-                    continue
-                a = np.take(a, kept_by_width[a.shape[1]], axis=1)
-            sums[name] += (np.sum((a - b) ** 2), np.sum(a * a))
-    errors = {n: float(np.sqrt(e / r)) for n, (e, r) in sums.items()}
-    return errors, np.concatenate(ref_logits), np.concatenate(got_logits)
+        for sess, kept, acc, out in zip(sessions, kept_by_width, sums, got_logits):
+            got = outputs(sess, x[i:i + batch])
+            out.append(got[logits])
+            for name in list(acc):
+                a, b = ref[name].astype(np.float64), got[name].astype(np.float64)
+                if a.shape != b.shape:
+                    if a.shape[1] not in kept:  # a width no decided group has: not comparable
+                        del acc[name]
+                        continue
+                    a = np.take(a, kept[a.shape[1]], axis=1)
+                acc[name] += (np.sum((a - b) ** 2), np.sum(a * a))
+    return np.concatenate(ref_logits), [({n: float(np.sqrt(e / r)) for n, (e, r) in acc.items()}, np.concatenate(out))
+                                        for acc, out in zip(sums, got_logits)]
 
 
 def softmax_kl(ref: np.ndarray, got: np.ndarray) -> float:
@@ -127,27 +134,27 @@ def main() -> int:
     else:
         x, y = np.load(REFERENCE / calib), None
     swapped = None if args.swap == ["all"] else {int(g) for g in args.swap}
+    runs = []
     for label, swap in (("entropic", set()), (f"{args.method} on groups {' '.join(args.swap)}", swapped)):
         config = PruneConfig(sparsity=args.sparsity, flops_reduction=args.flops, mode=args.mode, device="cpu")
         pruner = MixedPruner(model, str(REFERENCE / calib), config, swap=swap, method=args.method)
         result = pruner.run()
         # a pruned output is compared on the channels it keeps: those of the group whose
         # producer made it, matched by width (so only where no two groups share a width)
-        widths = [pruner.analysis.groups[g].channels for g in pruner.kept]
-        kept_by_width = ({pruner.analysis.groups[g].channels: v for g, v in pruner.kept.items()}
-                         if len(set(widths)) == len(widths) else None)
-        errors, ref, got = compare(model, result.model, x, kept_by_width)
-        print(f"{label}: kept {[len(v) for _, v in sorted(pruner.kept.items())]}")
+        kept_by_width = {pruner.analysis.groups[g].channels: v for g, v in pruner.kept.items()}
+        runs.append((label, pruner.kept, result.model, kept_by_width if len(kept_by_width) == len(pruner.kept) else None))
+    ref, compared = compare(model, [r[2] for r in runs], x, [r[3] for r in runs])
+    name = model.graph.output[0].name
+    for (label, kept, _, kept_by_width), (errors, got) in zip(runs, compared):
+        print(f"{label}: kept {[len(v) for _, v in sorted(kept.items())]}")
         if kept_by_width is None:
             print("  (groups share widths: no per-layer errors)")
-        for name, err in errors.items():
-            if name == model.graph.output[0].name:
-                continue  # on the line below
-            print(f"  {name:28s} relative error {err:.4f}")
-        logit_err = np.linalg.norm((ref - got).astype(np.float64)) / np.linalg.norm(ref.astype(np.float64))
+        for layer, err in errors.items():
+            print(f"  {layer:28s} relative error {err:.4f}")
+        fit = compare_outputs([name], [ref], [got])[name]
         acc = "" if y is None else f", accuracy {100 * np.mean(got.argmax(1) == y):.2f}% " \
             f"(original {100 * np.mean(ref.argmax(1) == y):.2f}%)"
-        print(f"  logits' relative error {logit_err:.4f}, top-1 agreement {100 * np.mean(ref.argmax(1) == got.argmax(1)):.2f}%, "
+        print(f"  logits' relative error {fit['relative_error']:.4f}, top-1 agreement {100 * fit['top1_agreement']:.2f}%, "
               f"softmax KL to the original {softmax_kl(ref, got):.4g}{acc}")
     return 0
 
