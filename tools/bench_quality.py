@@ -111,9 +111,13 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
 LEGACY_REFIT_RIDGE = 0.1
 
 
+def _ridge(row: dict) -> float:
+    return row.get("refit_ridge", LEGACY_REFIT_RIDGE)
+
+
 def at_ridge(rows: list[dict], refit_ridge: float) -> list[dict]:
-    """The runs whose re-fit used ``refit_ridge``."""
-    return [r for r in rows if r.get("refit_ridge", LEGACY_REFIT_RIDGE) == refit_ridge]
+    """The runs whose re-fit used ``refit_ridge``, and those without a re-fit."""
+    return [r for r in rows if _ridge(r) == refit_ridge or not r["reconstruct"]]
 
 
 def read_runs(*paths: Path | None) -> list[dict]:
@@ -144,15 +148,19 @@ def _original_logits(path: Path, x) -> np.ndarray:
     return _ORIGINAL[path]
 
 
+def _correct(run: dict) -> np.ndarray:
+    """A run's per-test-image correctness, shape (test images,), bool."""
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(run["correct"]), np.uint8))
+    return bits[:run["test_images"]].astype(bool)
+
+
 def mcnemar_p(a: dict, b: dict) -> float | None:
     """Exact McNemar p-value (two-sided) of two runs' per-image correctness on the same
     test images: how likely a split of the images only one of them gets right at least as
     uneven as the one seen, were both equally accurate. None when a run lacks the record."""
     if "correct" not in a or "correct" not in b:
         return None
-    n = a["test_images"]
-    ca = np.unpackbits(np.frombuffer(bytes.fromhex(a["correct"]), np.uint8))[:n].astype(bool)
-    cb = np.unpackbits(np.frombuffer(bytes.fromhex(b["correct"]), np.uint8))[:n].astype(bool)
+    ca, cb = _correct(a), _correct(b)
     only_a, only_b = int(np.sum(ca & ~cb)), int(np.sum(cb & ~ca))
     if only_a + only_b == 0:
         return 1.0
@@ -241,6 +249,45 @@ def pivot(rows: list[dict], metric: str = "drop", draws: bool = False) -> str:
     return "\n".join(lines)
 
 
+def head_to_head(rows: list[dict], draws: bool = False) -> str:
+    """Entropic against each other method, one at a time, over every (model, target, mode)
+    row both ran on the reference calibration file with position seed 0 (the last run of
+    each counts): in how many rows entropic gets more / as many / fewer test images right,
+    how many of those differences are significant (McNemar p < 0.05), the test images it
+    gets right more in total, and the two-sided sign-test p of the ahead/behind split (rows
+    as the units; neighbouring targets share most channels, so the rows are not independent
+    and the p-value flatters either side). With ``draws`` a row's difference is the mean
+    over the draws (calibration set, position seed) both ran, and only rows both ran on
+    two draws or more count; no McNemar then."""
+    latest = {(r["model"], r["target_kind"], r["target"], r["mode"], r["method"], r["reconstruct"], _draw(r)): r
+              for r in rows if "correct" in r and (draws or _draw(r) == (0, 0))}
+    variants = [(m, True) for m in METHODS if m != "entropic"] + [("l1", False)]
+    lines = ["| entropic against | rows | ahead | tied | behind | ahead, p < 0.05 | behind, p < 0.05 "
+             "| test images kept more, in total | sign test p |", "|---|---|---|---|---|---|---|---|---|"]
+    for method, reconstruct in variants:
+        diff, significant = [], []
+        for key in sorted({k[:4] for k in latest if k[4:6] == (method, reconstruct)}):
+            pairs = [(latest[key + ("entropic", True, d)], b) for k, b in latest.items()
+                     if k[:6] == key + (method, reconstruct) and key + ("entropic", True, k[6]) in latest
+                     for d in [k[6]]]
+            # a re-fitted baseline counts only against entropic with the same re-fit ridge
+            pairs = [(e, b) for e, b in pairs if not reconstruct or _ridge(e) == _ridge(b)]
+            if not pairs or (draws and len(pairs) < 2):
+                continue
+            diff.append(float(np.mean([_correct(e).sum() - _correct(b).sum() for e, b in pairs])))
+            if not draws and mcnemar_p(*pairs[0]) < 0.05:
+                significant.append(diff[-1])
+        if not diff:
+            continue
+        ahead, behind = sum(d > 0 for d in diff), sum(d < 0 for d in diff)
+        sign_p = binomtest(ahead, ahead + behind, 0.5).pvalue if ahead + behind else 1.0
+        sig = ("-", "-") if draws else (sum(d > 0 for d in significant), sum(d < 0 for d in significant))
+        lines.append(f"| {method + ('' if reconstruct else ' (no re-fit)')} | {len(diff)} | {ahead} | "
+                     f"{len(diff) - ahead - behind} | {behind} | {sig[0]} | {sig[1]} | {sum(diff):+.0f} | "
+                     f"{sign_p:.2g} |")
+    return "\n".join(lines)
+
+
 def _config_fields(items: list[str]) -> dict:
     """``["wide=100000", ...]`` as EntropicConfig fields, each value of its default's type."""
     defaults, fields = EntropicConfig(), {}
@@ -271,6 +318,10 @@ def main() -> int:
     ap.add_argument("--pivot", action="store_true",
                     help="print --out at the end as one row per target and mode, one column per method "
                     "(without targets: print it and exit)")
+    ap.add_argument("--head-to-head", action="store_true",
+                    help="print, for each other method, the rows where entropic keeps more / as much / less "
+                    "test accuracy than it (reference calibration files, position seed 0; with --draws: the "
+                    "mean over the draws both ran)")
     ap.add_argument("--metric", choices=list(METRICS), default="drop", help="what --pivot shows")
     ap.add_argument("--calib-draws", nargs="+", type=int, default=[0],
                     help="calibration sets: 0 is the reference file, d > 0 is 1024 train images drawn with seed d")
@@ -298,7 +349,10 @@ def main() -> int:
         rows = read_runs(args.out, *args.also)
         if args.refit_ridge is not None:
             rows = at_ridge(rows, args.refit_ridge)
-        print(pivot(rows, args.metric, args.draws) if args.pivot else markdown(rows))
+        if args.head_to_head:
+            print(head_to_head(rows, args.draws))
+        else:
+            print(pivot(rows, args.metric, args.draws) if args.pivot else markdown(rows))
         return 0
     if not fashion_mnist_available():
         print("needs the Fashion-MNIST test split: apt-get install dataset-fashion-mnist", file=sys.stderr)
@@ -341,6 +395,8 @@ def main() -> int:
         print(markdown(rows))
     if args.pivot:
         print(pivot(rows, args.metric, args.draws))
+    if args.head_to_head:
+        print(head_to_head(rows, args.draws))
     return 0
 
 
