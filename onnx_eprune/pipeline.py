@@ -31,7 +31,7 @@ from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, Pixe
                               conv_patches, positions_per_sample, reduce_rows, sample_positions)
 from .errors import EPruneError, UsageError
 from .graph.costs import CostModel, build_cost_model
-from .graph.groups import Consumer, GraphAnalysis, analyze
+from .graph.groups import QUANTIZED, Consumer, GraphAnalysis, analyze
 from .graph.model_io import as_model, check_model, initializer_map, normalize, save_model
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, producer_rows
@@ -478,7 +478,8 @@ class Pruner:
         gids = [g.gid for g in self.analysis.prunable_groups()]
         if not gids:
             reasons = sorted({r for g in self.analysis.groups for r in g.frozen})
-            raise EPruneError("no prunable channel group in this model (" + "; ".join(reasons[:3]) + ")")
+            hint = "; prune the float model, then quantize it" if any(QUANTIZED in r for r in reasons) else ""
+            raise EPruneError("no prunable channel group in this model (" + "; ".join(reasons[:3]) + ")" + hint)
         self.space = _cache_space()
         try:
             return self._run_with_cache(gids)

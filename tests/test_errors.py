@@ -216,6 +216,56 @@ def test_no_prunable_channels_is_a_runtime_error(case):
     case.fail(case.args(model=path, target=("--keep-ratio", "1.0")), code=1, contains="no prunable")
 
 
+def _quantized_weights_model() -> onnx.ModelProto:
+    """The small CNN with every Conv and Gemm weight stored as int8 behind DequantizeLinear,
+    as onnxruntime's QDQ quantization writes it."""
+    model = conv_bn_relu_pool_flatten_gemm()
+    weights = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    for init in [i for i in model.graph.initializer if i.name in weights]:
+        w = numpy_helper.to_array(init)
+        scale = np.float32(np.abs(w).max() / 127)
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        model.graph.initializer.remove(init)
+        model.graph.initializer.extend([numpy_helper.from_array(q, init.name + "_q"),
+                                        numpy_helper.from_array(np.array(scale), init.name + "_s")])
+        model.graph.node.insert(0, helper.make_node("DequantizeLinear", [init.name + "_q", init.name + "_s"],
+                                                    [init.name], name=init.name + "_dq"))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _qlinear_conv_model() -> onnx.ModelProto:
+    """x -> QuantizeLinear -> QLinearConv (8 channels) -> DequantizeLinear -> Relu -> Conv -> y:
+    the QOperator format of onnxruntime's quantize_static."""
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])
+    inits = [numpy_helper.from_array(v, n) for n, v in [
+        ("s", np.array(0.05, np.float32)), ("zp", np.array(0, np.uint8)),
+        ("wq", rng.integers(-60, 60, (8, 3, 3, 3)).astype(np.int8)), ("ws", np.array(0.01, np.float32)),
+        ("wzp", np.array(0, np.int8)), ("W2", rng.normal(size=(4, 8, 3, 3)).astype(np.float32))]]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+             helper.make_node("QLinearConv", ["xq", "s", "zp", "wq", "ws", "wzp", "s", "zp"], ["hq"], pads=[1] * 4),
+             helper.make_node("DequantizeLinear", ["hq", "s", "zp"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "W2"], ["y"], pads=[1] * 4)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("build", [_quantized_weights_model, _qlinear_conv_model], ids=["qdq", "qoperator"])
+def test_quantized_weights_name_the_remedy(case, build):
+    """A quantized model has no float weights to prune: the error says the weights are
+    quantized and to prune the float model first, instead of 'non-constant weights' or
+    'not understood'."""
+    path = case.save_model(build(), "quantized.onnx")
+    case.fail(case.args(model=path), code=1,
+              contains=("no prunable channel group", "quantized weights", "prune the float model"))
+
+
 # -- calibration data ------------------------------------------------------------------------
 
 def test_calibration_file_missing(case):

@@ -42,6 +42,11 @@ REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "Re
 CHANNELS_FIRST = SPATIAL_POOLS | {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "Gemm",
                                   "MatMul", "Flatten"}
 
+# frozen-group reason for weights behind DequantizeLinear: the remedy, pruning the float
+# model before quantizing it, is the user's to take (pipeline's error says so)
+QUANTIZED = "quantized weights"
+# the QOperator format's layers (onnxruntime's quantize_static with QuantFormat.QOperator)
+QUANTIZED_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"})
 OPAQUE = "opaque"  # layout of a non-constant tensor whose channels we cannot follow
 
 
@@ -258,6 +263,16 @@ class _Analyzer:
                 self.consumer_nodes.setdefault(name, []).append(node)
 
     # -- helpers -----------------------------------------------------------------------
+    def weights_reason(self, label: str, names: list[str | None]) -> str | None:
+        """Why ``label`` cannot be pruned through its weight operands ``names`` (None: all
+        are initializers). Quantized weights get their own reason (see ``QUANTIZED``)."""
+        missing = [n for n in names if n is not None and n not in self.init_by_name]
+        if not missing:
+            return None
+        if any(getattr(self.producer_node.get(n), "op_type", "") == "DequantizeLinear" for n in missing):
+            return f"{label} has {QUANTIZED} (DequantizeLinear)"
+        return f"{label} has non-constant weights"
+
     def value(self, name: str) -> np.ndarray | None:
         """Numeric value of a constant initializer (None when not an initializer)."""
         init = self.init_by_name.get(name)
@@ -374,7 +389,8 @@ class _Analyzer:
             if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
                 handler = None
             if handler is None:
-                self.freeze_all(node, index, f"op {node.op_type} is not understood by the channel analysis")
+                self.freeze_all(node, index, f"op {node.op_type} has {QUANTIZED}" if node.op_type in QUANTIZED_OPS
+                                else f"op {node.op_type} is not understood by the channel analysis")
                 continue
             if node.op_type in CHANNELS_FIRST and self.axis(node.input[0]) != 1:
                 self.reread_channels_first(node, index)
@@ -414,8 +430,9 @@ class _Analyzer:
         x, w = node.input[0], node.input[1]
         b = node.input[2] if len(node.input) > 2 and node.input[2] else None
         layout = self.layout(x)
-        if w not in self.init_by_name or (b is not None and b not in self.init_by_name):
-            self.freeze_all(node, index, f"{_label(node, index)} has non-constant weights")
+        reason = self.weights_reason(_label(node, index), [w, b])
+        if reason:
+            self.freeze_all(node, index, reason)
             return
         wshape = tuple(self.init_by_name[w].dims)
         attrs = _attrs(node)
@@ -464,8 +481,9 @@ class _Analyzer:
         b = node.input[2] if len(node.input) > 2 and node.input[2] else None
         label = _label(node, index)
         out = node.output[0]
-        if w not in self.init_by_name or (b is not None and b not in self.init_by_name):
-            self.freeze_all(node, index, f"{label} has non-constant weights")
+        reason = self.weights_reason(label, [w, b])
+        if reason:
+            self.freeze_all(node, index, reason)
             return
         wshape = tuple(self.init_by_name[w].dims)
         layout = self.layout(x)
@@ -559,8 +577,9 @@ class _Analyzer:
         attrs = _attrs(node)
         label = _label(node, index)
         layout = self.layout(a)
-        if attrs.get("transA", 0) or w not in self.init_by_name or (c is not None and c not in self.init_by_name):
-            self.freeze_all(node, index, f"{label}: Gemm with transA or non-constant operands")
+        reason = "Gemm with transA" if attrs.get("transA", 0) else self.weights_reason(label, [w, c])
+        if reason:
+            self.freeze_all(node, index, reason if reason.startswith(label) else f"{label}: {reason}")
             return
         wshape = tuple(self.init_by_name[w].dims)
         trans_b = bool(attrs.get("transB", 0))
