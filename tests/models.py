@@ -423,6 +423,27 @@ def resize_to_skip(seed: int = 0) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT), opset=13)
 
 
+def resize_to_input(seed: int = 0) -> onnx.ModelProto:
+    """torchvision's segmentation heads, ``F.interpolate(x, size=input.shape[-2:])``: conv1
+    (3->8, stride 2) -> Relu -> conv2 (8->8) -> Relu = h; Resize(h, sizes=Concat(Slice(Shape(h),
+    0, 2), Cast(Concat(Unsqueeze(Gather(Shape(x), 2)), Unsqueeze(Gather(Shape(x), 3)))))) ->
+    conv3 (8->16) -> Relu -> GAP -> Flatten -> Gemm(16 -> 10). The half of ``sizes`` taken
+    from the graph input is computed apart from every channel group."""
+    b = _Builder(seed)
+    h = b.node("Relu", [b.node("Conv", [INPUT, b.weight("conv1.weight", (8, 3, 3, 3), 27), b.vector("conv1.bias", 8)],
+                               name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])])
+    h = b.node("Relu", [b.conv(h, 8, 8, name="conv2")])
+    shape_x = b.node("Shape", [INPUT])
+    hw = [b.node("Unsqueeze", [b.node("Gather", [shape_x, b.const(f"axis{a}", np.array(a, np.int64))], axis=0),
+                               b.const(f"dim{a}", np.array([0], np.int64))]) for a in (2, 3)]
+    spatial = b.node("Cast", [b.node("Concat", hw, axis=0)], to=TensorProto.INT64)
+    head = b.node("Slice", [b.node("Shape", [h]), b.const("lo", np.array([0], np.int64)),
+                            b.const("hi", np.array([2], np.int64))])
+    up = b.node("Resize", [h, "", "", b.node("Concat", [head, spatial], axis=0)], mode="linear")
+    h = b.node("Relu", [b.conv(up, 8, 16, name="conv3")])
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT), opset=13)
+
+
 # name -> (builder, expected structure). ``prunable``: number of prunable groups;
 # ``producers``: sorted producer counts of the prunable groups; ``frozen``: a substring that
 # some frozen group's reasons must contain (or None).
@@ -474,6 +495,7 @@ ALL_BUILDERS = {
     "channels_last": channels_last,
     "se_unflatten": se_unflatten,
     "resize_to_skip": resize_to_skip,
+    "resize_to_input": resize_to_input,
     "grouped_wide": lambda: grouped(out_width=32),
 }
 
@@ -507,6 +529,7 @@ EXPECTED = {
     "channels_last": {"prunable": 4, "producers": [1, 1, 1, 2], "frozen": None},
     "se_unflatten": {"prunable": 3, "producers": [1, 1, 2], "frozen": None},
     "resize_to_skip": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
+    "resize_to_input": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
     "grouped_wide": {"prunable": 1, "producers": [1], "frozen": "with 32 outputs for 16 inputs"},
 }
 

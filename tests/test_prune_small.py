@@ -638,6 +638,35 @@ def test_sessions_sharing_initializers_compute_the_same_bytes(calib, monkeypatch
     assert model.SerializeToString() == before
 
 
+def test_submodel_recomputes_shape_tensors_instead_of_feeding_them():
+    """A Resize whose ``sizes`` concatenates the resized tensor's own shape with a cached
+    shape tensor does not load in onnxruntime when that cached tensor is fed (its length
+    unknown; torchvision's segmentation heads): sub-models feed only floating-point tensors
+    and compute integer ones again from the graph inputs."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx_eprune.calibrate.engine import Topology, submodel
+    from onnx_eprune.calibrate.session import make_session, run
+
+    h = helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              [("zero", [0]), ("two", [2]), ("hw", [2, 3])]]
+    nodes = [helper.make_node("Shape", ["h"], ["shape"]),
+             helper.make_node("Gather", ["shape", "hw"], ["spatial"]),
+             helper.make_node("Mul", ["spatial", "two"], ["doubled"]),
+             helper.make_node("Slice", ["shape", "zero", "two", "zero"], ["head"]),
+             helper.make_node("Concat", ["head", "doubled"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["h", "", "", "sizes"], ["y"], mode="linear")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [h], [y], consts),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sub, feeds = submodel(model, Topology(model), ["y"], {"doubled": np.dtype(np.int64)})
+    assert feeds == ["h"]
+    x = np.random.default_rng(0).normal(size=(2, 4, 8, 8)).astype(np.float32)
+    (out,) = run(make_session(sub, CPU), None, {"h": x})
+    assert out.shape == (2, 4, 16, 16)
+
+
 def test_output_gains_match_noise_added_inside_the_whole_network(calib):
     """Each group's gain, measured from the nearest clean tensors, equals the relative
     output error of the whole network with the same noise added at the group's tensors."""

@@ -99,8 +99,14 @@ def _implicit_inputs(node: onnx.NodeProto) -> set[str]:
 def submodel(model: onnx.ModelProto, topo: Topology, targets: list[str], available: dict[str, np.dtype]
              ) -> tuple[onnx.ModelProto | None, list[str]]:
     """A model computing ``targets`` from cached tensors (``available``: name -> dtype) and
-    the graph inputs. Returns (None, []) when every target is already available."""
-    nodes, used = topo.cut(targets, set(available))
+    the graph inputs. Returns (None, []) when every target is already available.
+
+    Only floating-point tensors are fed; integer and boolean ones (shape arithmetic) are
+    computed again from their sources. onnxruntime's shape inference reads their values and
+    lengths, which a fed input of unknown shape hides: a Resize whose ``sizes`` concatenates
+    a fed shape with a computed one fails to load (torchvision's segmentation heads)."""
+    fed = {name for name, dtype in available.items() if np.dtype(dtype).kind == "f"}
+    nodes, used = topo.cut(targets, fed)
     if not nodes:
         return None, []
     # an included multi-output node (Split) may recompute a cached tensor: use its own output

@@ -1,0 +1,157 @@
+"""Export torchvision's dense-prediction and detection CNNs (random weights) to ONNX for the
+coverage benchmark: graphs that are not classifiers (segmentation heads with dilated
+convolutions, pyramid pooling and bilinear upsampling; detectors with feature pyramids,
+anchors, TopK and NonMaxSuppression).
+
+Runs in a torch venv with torchvision, never in the package's environment::
+
+    python -m venv /work/venv-tv && /work/venv-tv/bin/pip install torch==2.14.1 torchvision==0.29.1 onnx
+    /work/venv-tv/bin/python tools/export_torchvision.py --cache /work/tv_onnx [--only NAME ...] [--force]
+    python tools/bench_coverage.py --cache /work/tv_onnx --out tools/coverage_torchvision.json \\
+        --title "Coverage of torchvision segmentation and detection models"
+
+Every model is built with ``weights=None, weights_backbone=None`` (nothing is downloaded),
+its BatchNorm statistics set from one training-mode pass over random inputs (so that
+activations keep a trained network's scale), and written with the TorchScript exporter
+(opset 17) as ``<name>.onnx`` plus the sidecar ``<name>.json`` of ``tools/export_timm.py``,
+which ``tools/bench_coverage.py`` reads. Segmentation models take a dynamic batch; the
+detectors take one image (torchvision exports them for a fixed batch of one) and return
+boxes, scores and labels. Failures go to ``export_failures.json`` in the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+# (torchvision builder, input height/width, kind)
+MODELS: list[tuple[str, int, str]] = [
+    ("fcn_resnet50", 128, "segmentation"),
+    ("deeplabv3_resnet50", 128, "segmentation"),
+    ("deeplabv3_mobilenet_v3_large", 128, "segmentation"),
+    ("lraspp_mobilenet_v3_large", 128, "segmentation"),
+    ("ssdlite320_mobilenet_v3_large", 320, "detection"),
+    ("ssd300_vgg16", 300, "detection"),
+    ("retinanet_resnet50_fpn", 256, "detection"),
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", 320, "detection"),
+]
+
+
+def build(name: str, kind: str):
+    import torch
+    import torchvision
+
+    kwargs = {"weights": None, "weights_backbone": None}
+    if kind == "segmentation":
+        kwargs.update(num_classes=21, aux_loss=False)
+    else:
+        kwargs.update(num_classes=91)
+    model = getattr(torchvision.models.detection if kind == "detection" else torchvision.models.segmentation,
+                    name)(**kwargs)
+    return model, torch
+
+
+def _tensor_output(model, torch):
+    """torchvision's segmentation models return {"out": tensor}; the exporter wants a tensor."""
+
+    class TensorOutput(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)["out"]
+
+    return TensorOutput(model)
+
+
+def _set_batchnorm_statistics(model, shape, torch) -> None:
+    """One training-mode pass over random inputs sets every BatchNorm's running statistics
+    (momentum 1), so that activations keep the scale a trained network's would have."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.momentum = 1.0
+    backbone = getattr(model, "backbone", model)
+    backbone.train()
+    with torch.no_grad():
+        backbone(torch.randn(4, *shape[1:]))
+    model.eval()
+
+
+def export_one(name: str, size: int, kind: str, cache: Path) -> dict:
+    model, torch = build(name, kind)
+    torch.manual_seed(0)
+    shape = [1, 3, size, size]
+    _set_batchnorm_statistics(model, shape, torch)
+    path = cache / f"{name}.onnx"
+    t0 = time.perf_counter()
+    x = torch.rand(*shape)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "segmentation":
+            torch.onnx.export(_tensor_output(model, torch), (x,), str(path), dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+        else:
+            # torchvision's detectors take a list of CHW images; exported for one image
+            torch.onnx.export(model, ([x[0]],), str(path), dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["boxes", "scores", "labels"])
+    import onnx
+    import torchvision
+
+    proto = onnx.load(str(path), load_external_data=False)
+    dims = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    meta = {"name": name, "arch": name, "exporter": "torchscript", "kind": kind, "input_name": "input",
+            "input_shape": dims, "opset": 17, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "export_seconds": round(time.perf_counter() - t0, 2),
+            "params": int(sum(p.numel() for p in model.parameters()))}
+    (cache / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache", default="/work/tv_onnx")
+    ap.add_argument("--only", nargs="*", help="export only these torchvision names")
+    ap.add_argument("--force", action="store_true", help="re-export files that exist")
+    args = ap.parse_args(argv)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.set_num_threads(2)
+    fail_path = cache / "export_failures.json"
+    failures = json.loads(fail_path.read_text()) if fail_path.exists() else {}
+    for name, size, kind in MODELS:
+        if args.only and name not in args.only:
+            continue
+        if (cache / f"{name}.onnx").exists() and (cache / f"{name}.json").exists() and not args.force:
+            failures.pop(name, None)
+            print(f"{name}: exists", flush=True)
+            continue
+        try:
+            meta = export_one(name, size, kind, cache)
+            failures.pop(name, None)
+            print(f"{name}: ok in {meta['export_seconds']} s, input {meta['input_shape']}", flush=True)
+        except Exception as exc:  # record and go on
+            for ext in (".onnx", ".json"):
+                (cache / f"{name}{ext}").unlink(missing_ok=True)
+            msg = str(exc).strip().splitlines()
+            failures[name] = {"arch": name, "exporter": "torchscript",
+                              "error": f"{type(exc).__name__}: {msg[0] if msg else ''}",
+                              "traceback": traceback.format_exc()[-3000:]}
+            print(f"{name}: FAILED {failures[name]['error']}", flush=True)
+        fail_path.write_text(json.dumps(failures, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
