@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from .calibrate.data import load_calibration
-from .calibrate.session import choose_providers, make_session, probe_shapes, run
+from .calibrate.session import choose_providers, fixed_batch, make_session, probe_shapes, run
 from .errors import UsageError
 from .graph.costs import build_cost_model
 from .graph.groups import analyze
@@ -95,7 +95,8 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
 
     Returns a dict: per output top-1 agreement, relative L2 error and mean cosine
     similarity; accuracy of both when ``labels`` (path or array of class indices) is given;
-    median latency (ms) of both at batch 1 and batch 32; file size, parameters and MACs.
+    median latency (ms) of both at batch 1 and batch 32 (at the model's batch size when its
+    export fixed one); file size, parameters and MACs.
     """
     a, b = as_model(original), as_model(pruned)
     for m in (a, b):
@@ -110,13 +111,12 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
         y = load_labels(labels, data_a.samples)
         result["accuracy"] = {"original": float(np.mean(out_a[0].argmax(1) == y)),
                               "pruned": float(np.mean(out_b[0].argmax(1) == y))}
-    one = data_a.first()
-    batch = next(data_a.batches(min(32, data_a.samples)))
-    result["latency_ms"] = {
-        "original": {"batch1": latency_ms(a, one, providers), f"batch{len(next(iter(batch.values())))}":
-                     latency_ms(a, batch, providers)},
-        "pruned": {"batch1": latency_ms(b, one, providers), f"batch{len(next(iter(batch.values())))}":
-                   latency_ms(b, batch, providers)}}
+    # a model exported for a fixed batch size runs at that size only
+    sizes = [fixed_batch(a)] if fixed_batch(a) else sorted({1, min(32, data_a.samples)})
+    feeds = {size: {k: np.resize(v, (size, *v.shape[1:])) for k, v in data_a.first().items()}
+             if size > data_a.samples else next(data_a.batches(size)) for size in sizes}
+    result["latency_ms"] = {which: {f"batch{size}": latency_ms(m, feeds[size], providers) for size in sizes}
+                            for which, m in (("original", a), ("pruned", b))}
     pa, ma = _counts(a, data_a, providers)
     pb, mb = _counts(b, data_a, providers)
     result["size"] = {"original": {"bytes": _size(a, original), "params": pa, "macs": ma},

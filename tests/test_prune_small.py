@@ -732,6 +732,36 @@ def test_float16_model_is_pruned_in_its_own_dtype(calib):
     assert relative_error(a, b) < 5e-3
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+def test_model_exported_for_a_fixed_batch_size(calib, batch, mode):
+    """An export without dynamic axes fixes the batch (input (b, 3, 16, 16), and the
+    flatten as Reshape to [b, -1]): every run feeds b samples at a time (the last piece
+    padded: 50 samples are not a multiple of 3), and the pruning equals that of the same
+    network with a free batch: same channels, same weights, the input still fixed at b."""
+    from onnx import numpy_helper
+
+    free = conv_bn_relu_pool_flatten_gemm(True, flatten="reshape0")
+    fixed = conv_bn_relu_pool_flatten_gemm(True, flatten="reshape0")
+    for vi in list(fixed.graph.input) + list(fixed.graph.output):
+        vi.type.tensor_type.shape.dim[0].Clear()
+        vi.type.tensor_type.shape.dim[0].dim_value = batch
+    shape = next(i for i in fixed.graph.initializer if i.name == "flat_shape")
+    shape.CopyFrom(numpy_helper.from_array(np.array([batch, -1], np.int64), "flat_shape"))
+    x = calib[:50]
+    a = prune(free, x, sparsity=0.4, mode=mode, method="entropic")
+    b = prune(fixed, x, sparsity=0.4, mode=mode, method="entropic")
+    onnx.checker.check_model(b.model, full_check=True)
+    assert b.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == batch
+    assert [g.get("kept_channels") for g in b.report["groups"]] == [g.get("kept_channels") for g in a.report["groups"]]
+    weights = {i.name: numpy_helper.to_array(i) for i in a.model.graph.initializer if i.name != "flat_shape"}
+    for init in b.model.graph.initializer:
+        if init.name in weights:
+            np.testing.assert_allclose(numpy_helper.to_array(init), weights[init.name], rtol=1e-4, atol=1e-6)
+    got = run_model(b.model, x[:batch])["y"]
+    np.testing.assert_allclose(got, run_model(a.model, x[:batch])["y"], rtol=1e-4, atol=1e-5)
+
+
 def test_inspect_and_evaluate_are_functions(tmp_path, calib):
     """``onnx_eprune.inspect`` lists the groups (as the command does) and
     ``onnx_eprune.evaluate`` compares a model with its pruned version."""

@@ -24,7 +24,7 @@ import onnx
 
 from .data import CalibrationData
 from .engine import Topology, submodel
-from .session import make_session, run, shared_initializers
+from .session import fixed_batch, make_session, run, shared_initializers
 
 
 SUBSET_MODULUS = 8      # images whose key is 0 modulo this may measure gains ...
@@ -95,7 +95,7 @@ def _measure(model, topo, data, providers, tensors_by_group, delta, seed) -> dic
                 inputs[name] = noise.astype(z.dtype)
             else:
                 inputs[name] = values[name] if name in values else feeds[name]
-        got = run(make_session(sub, providers, shared=shared), outputs, inputs)
+        got = run(make_session(sub, providers, shared=shared, batch=fixed_batch(model)), outputs, inputs)
         mse = sum(float(np.sum(np.mean((g.astype(np.float64) - r) ** 2, axis=0))) for g, r in zip(got, ref))
         gains[gid] = mse / ref_var / delta ** 2
     return gains

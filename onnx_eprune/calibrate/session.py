@@ -75,10 +75,28 @@ def _options(threads: int | None = None, spinning: bool = False) -> ort.SessionO
     return opts
 
 
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size ``model`` was exported for: the static first dimension its graph inputs
+    share (an export without dynamic axes fixes it, usually at 1), or None when it is free."""
+    constants = {init.name for init in model.graph.initializer}
+    sizes = set()
+    for vi in model.graph.input:
+        if vi.name in constants:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value < 1:
+            return None
+        sizes.add(dims[0].dim_value)
+    return sizes.pop() if len(sizes) == 1 else None
+
+
 def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str] | None = None,
                  threads: int | None = None, spinning: bool = False,
-                 shared: dict[str, ort.OrtValue] | None = None) -> ort.InferenceSession:
+                 shared: dict[str, ort.OrtValue] | None = None, batch: int | None = None) -> ort.InferenceSession:
     """A session for ``model``; ``outputs`` (any tensor names) replace the graph outputs.
+    ``batch``: the batch size every run must have (default :func:`fixed_batch` of
+    ``model``; give the whole model's for a sub-graph of it, whose reshapes may hold it):
+    :func:`run` splits its feeds into runs of that many samples.
     Its pool threads sleep after a run unless ``spinning`` (onnxruntime's own default,
     for timing the model as a deployment would run it). ``shared`` (from
     :func:`shared_initializers`) holds initializers that many sessions of one model read:
@@ -112,6 +130,7 @@ def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str
     except Exception as exc:
         raise EPruneError(f"onnxruntime cannot load the model: {_reason(exc)}") from None
     session._eprune_initializers = arrays  # onnxruntime asks that they outlive the session
+    session._eprune_batch = batch if batch is not None else fixed_batch(model)
     return session
 
 
@@ -173,7 +192,29 @@ def _with_shared(model: onnx.ModelProto, shared: dict[str, ort.OrtValue]) -> tup
 
 
 def run(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list:
-    """``session.run`` with onnxruntime's failures turned into one-line EPruneErrors."""
+    """``session.run`` with onnxruntime's failures turned into one-line EPruneErrors.
+
+    A session of a model with a fixed batch size runs the feeds (samples on axis 0) in
+    pieces of that size, the last one padded with copies of its last sample; outputs with
+    the batch on axis 0 come back concatenated (padding removed), others (shapes) from the
+    first piece."""
+    batch = getattr(session, "_eprune_batch", None)
+    n = len(next(iter(feeds.values()))) if feeds else 0
+    if batch is None or n == batch:
+        return _run_once(session, outputs, feeds)
+    pieces = []
+    for start in range(0, n, batch):
+        piece = {k: v[start:start + batch] for k, v in feeds.items()}
+        real = len(next(iter(piece.values())))
+        if real < batch:
+            piece = {k: np.concatenate([v, np.repeat(v[-1:], batch - real, axis=0)]) for k, v in piece.items()}
+        pieces.append((real, _run_once(session, outputs, piece)))
+    return [np.concatenate([values[i][:real] for real, values in pieces])
+            if isinstance(first, np.ndarray) and first.ndim and len(first) == batch else first
+            for i, first in enumerate(pieces[0][1])]
+
+
+def _run_once(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list:
     try:
         return session.run(outputs, feeds)
     except Exception as exc:
@@ -210,6 +251,9 @@ def probe_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers
     """Concrete shapes of every tensor, by running the model once on ``feeds``."""
     names = [o for n in model.graph.node for o in n.output if o]
     names = list(dict.fromkeys(names))
+    batch = fixed_batch(model)
+    if batch is not None:  # the shapes of one real run: reshapes may hold the batch size
+        feeds = {k: np.resize(v, (batch, *v.shape[1:])) for k, v in feeds.items()}
     sess = make_session(model, providers, outputs=names)
     values = run(sess, None, feeds)
     shapes = {k: tuple(v.shape) for k, v in feeds.items()}
