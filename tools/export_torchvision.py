@@ -1,7 +1,8 @@
-"""Export torchvision's dense-prediction and detection CNNs (random weights) to ONNX for the
-coverage benchmark: graphs that are not classifiers (segmentation heads with dilated
-convolutions, pyramid pooling and bilinear upsampling; detectors with feature pyramids,
-anchors, TopK and NonMaxSuppression).
+"""Export torchvision CNNs (random weights) to ONNX for the coverage benchmark: graphs that
+are not classifiers (segmentation heads with dilated convolutions, pyramid pooling and
+bilinear upsampling; detectors with feature pyramids, anchors, TopK and NonMaxSuppression),
+and classifiers exported for a fixed batch of one (no dynamic axes: the input is (1, 3, H, W)
+and the exporter may write the batch into reshapes).
 
 Runs in a torch venv with torchvision, never in the package's environment::
 
@@ -14,9 +15,9 @@ Every model is built with ``weights=None, weights_backbone=None`` (nothing is do
 its BatchNorm statistics set from one training-mode pass over random inputs (so that
 activations keep a trained network's scale), and written with the TorchScript exporter
 (opset 17) as ``<name>.onnx`` plus the sidecar ``<name>.json`` of ``tools/export_timm.py``,
-which ``tools/bench_coverage.py`` reads. Segmentation models take a dynamic batch; the
-detectors take one image (torchvision exports them for a fixed batch of one) and return
-boxes, scores and labels. Failures go to ``export_failures.json`` in the cache.
+which ``tools/bench_coverage.py`` reads (``<name>.batch1`` for the fixed-batch exports). The
+detectors take one image without a batch axis, (3, H, W), and return boxes, scores and
+labels. Failures go to ``export_failures.json`` in the cache.
 """
 
 from __future__ import annotations
@@ -32,31 +33,48 @@ from pathlib import Path
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-# (torchvision builder, input height/width, kind)
-MODELS: list[tuple[str, int, str]] = [
-    ("fcn_resnet50", 128, "segmentation"),
-    ("deeplabv3_resnet50", 128, "segmentation"),
-    ("deeplabv3_mobilenet_v3_large", 128, "segmentation"),
-    ("lraspp_mobilenet_v3_large", 128, "segmentation"),
-    ("ssdlite320_mobilenet_v3_large", 320, "detection"),
-    ("ssd300_vgg16", 300, "detection"),
-    ("retinanet_resnet50_fpn", 256, "detection"),
-    ("fasterrcnn_mobilenet_v3_large_320_fpn", 320, "detection"),
+# (torchvision builder, input height/width, kind, batch): batch None exports a dynamic
+# batch axis, 1 a fixed batch of one (an export without dynamic axes, as many are)
+MODELS: list[tuple[str, int, str, int | None]] = [
+    ("fcn_resnet50", 128, "segmentation", None),
+    ("deeplabv3_resnet50", 128, "segmentation", None),
+    ("deeplabv3_mobilenet_v3_large", 128, "segmentation", None),
+    ("lraspp_mobilenet_v3_large", 128, "segmentation", None),
+    ("lraspp_mobilenet_v3_large", 128, "segmentation", 1),
+    ("resnet18", 96, "classification", 1),
+    ("mobilenet_v3_small", 96, "classification", 1),
+    ("efficientnet_b0", 96, "classification", 1),
+    ("regnet_y_400mf", 96, "classification", 1),
+    ("squeezenet1_1", 96, "classification", 1),
+    ("googlenet", 96, "classification", 1),
+    ("densenet121", 96, "classification", 1),
+    ("shufflenet_v2_x1_0", 96, "classification", 1),
+    ("mnasnet1_0", 96, "classification", 1),
+    ("ssdlite320_mobilenet_v3_large", 320, "detection", None),
+    ("ssd300_vgg16", 300, "detection", None),
+    ("retinanet_resnet50_fpn", 256, "detection", None),
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", 320, "detection", None),
 ]
+
+
+def stem(name: str, batch: int | None) -> str:
+    return name if batch is None else f"{name}.batch{batch}"
 
 
 def build(name: str, kind: str):
     import torch
     import torchvision
 
-    kwargs = {"weights": None, "weights_backbone": None}
+    kwargs = {"weights": None}
     if kind == "segmentation":
-        kwargs.update(num_classes=21, aux_loss=False)
-    else:
-        kwargs.update(num_classes=91)
-    model = getattr(torchvision.models.detection if kind == "detection" else torchvision.models.segmentation,
-                    name)(**kwargs)
-    return model, torch
+        kwargs.update(weights_backbone=None, num_classes=21, aux_loss=False)
+    elif kind == "detection":
+        kwargs.update(weights_backbone=None, num_classes=91)
+    elif name == "googlenet":
+        kwargs.update(aux_logits=False, init_weights=True)
+    module = {"segmentation": torchvision.models.segmentation, "detection": torchvision.models.detection,
+              "classification": torchvision.models}[kind]
+    return getattr(module, name)(**kwargs), torch
 
 
 def _tensor_output(model, torch):
@@ -86,34 +104,36 @@ def _set_batchnorm_statistics(model, shape, torch) -> None:
     model.eval()
 
 
-def export_one(name: str, size: int, kind: str, cache: Path) -> dict:
+def export_one(name: str, size: int, kind: str, batch: int | None, cache: Path) -> dict:
     model, torch = build(name, kind)
     torch.manual_seed(0)
-    shape = [1, 3, size, size]
+    shape = [batch or 1, 3, size, size]
     _set_batchnorm_statistics(model, shape, torch)
-    path = cache / f"{name}.onnx"
+    path = cache / f"{stem(name, batch)}.onnx"
     t0 = time.perf_counter()
     x = torch.rand(*shape)
+    dynamic = None if batch else {"input": {0: "batch"}, "output": {0: "batch"}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if kind == "segmentation":
-            torch.onnx.export(_tensor_output(model, torch), (x,), str(path), dynamo=False, opset_version=17,
-                              input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-        else:
+        if kind == "detection":
             # torchvision's detectors take a list of CHW images; exported for one image
             torch.onnx.export(model, ([x[0]],), str(path), dynamo=False, opset_version=17,
                               input_names=["input"], output_names=["boxes", "scores", "labels"])
+        else:
+            net = _tensor_output(model, torch) if kind == "segmentation" else model
+            torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                              output_names=["output"], dynamic_axes=dynamic)
     import onnx
     import torchvision
 
     proto = onnx.load(str(path), load_external_data=False)
     dims = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    meta = {"name": name, "arch": name, "exporter": "torchscript", "kind": kind, "input_name": "input",
+    meta = {"name": stem(name, batch), "arch": name, "kind": kind,
+            "exporter": "torchscript" + (f", fixed batch {batch}" if batch else ""), "input_name": "input",
             "input_shape": dims, "opset": 17, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "export_seconds": round(time.perf_counter() - t0, 2),
             "params": int(sum(p.numel() for p in model.parameters()))}
-    (cache / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (cache / f"{stem(name, batch)}.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 
 
@@ -130,25 +150,26 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     fail_path = cache / "export_failures.json"
     failures = json.loads(fail_path.read_text()) if fail_path.exists() else {}
-    for name, size, kind in MODELS:
-        if args.only and name not in args.only:
+    for name, size, kind, batch in MODELS:
+        key = stem(name, batch)
+        if args.only and name not in args.only and key not in args.only:
             continue
-        if (cache / f"{name}.onnx").exists() and (cache / f"{name}.json").exists() and not args.force:
-            failures.pop(name, None)
-            print(f"{name}: exists", flush=True)
+        if (cache / f"{key}.onnx").exists() and (cache / f"{key}.json").exists() and not args.force:
+            failures.pop(key, None)
+            print(f"{key}: exists", flush=True)
             continue
         try:
-            meta = export_one(name, size, kind, cache)
-            failures.pop(name, None)
-            print(f"{name}: ok in {meta['export_seconds']} s, input {meta['input_shape']}", flush=True)
+            meta = export_one(name, size, kind, batch, cache)
+            failures.pop(key, None)
+            print(f"{key}: ok in {meta['export_seconds']} s, input {meta['input_shape']}", flush=True)
         except Exception as exc:  # record and go on
             for ext in (".onnx", ".json"):
-                (cache / f"{name}{ext}").unlink(missing_ok=True)
+                (cache / f"{key}{ext}").unlink(missing_ok=True)
             msg = str(exc).strip().splitlines()
-            failures[name] = {"arch": name, "exporter": "torchscript",
-                              "error": f"{type(exc).__name__}: {msg[0] if msg else ''}",
-                              "traceback": traceback.format_exc()[-3000:]}
-            print(f"{name}: FAILED {failures[name]['error']}", flush=True)
+            failures[key] = {"arch": name, "exporter": "torchscript",
+                             "error": f"{type(exc).__name__}: {msg[0] if msg else ''}",
+                             "traceback": traceback.format_exc()[-3000:]}
+            print(f"{key}: FAILED {failures[key]['error']}", flush=True)
         fail_path.write_text(json.dumps(failures, indent=1) + "\n")
     return 0
 

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from ..errors import UsageError
+from .session import fixed_batch
 
 log = logging.getLogger("onnx_eprune")
 
@@ -93,6 +94,8 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
         arrays = dict(source)
     else:
         raise UsageError(f"calibration data must be a .npy/.npz path, an array or a dict, not {type(source).__name__}")
+    if not probe:
+        _check_batch_axis(model, inputs)
     arrays = _validate(arrays, inputs)
     n = next(iter(arrays.values())).shape[0]
     if samples is not None:
@@ -105,6 +108,18 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
             log.warning("only %d calibration samples: statistics will be noisy (a few hundred are advised)", n)
         check_values(arrays)
     return CalibrationData(arrays)
+
+
+def _check_batch_axis(model: onnx.ModelProto, inputs) -> None:
+    """Refuse inputs whose fixed first dimension is not a batch axis: samples go on axis 0."""
+    if fixed_batch(model) is not None:
+        return
+    for vi in inputs:
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if dims and dims[0] is not None:
+            raise UsageError(f"model input {vi.name!r} has no batch axis: its shape {_fmt(dims)} is fixed and the "
+                             "outputs do not share its first dimension (a detector taking one image?); export "
+                             "the model with a batch axis first")
 
 
 def check_values(arrays: dict[str, np.ndarray]) -> None:

@@ -77,7 +77,10 @@ def _options(threads: int | None = None, spinning: bool = False) -> ort.SessionO
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:
     """The batch size ``model`` was exported for: the static first dimension its graph inputs
-    share (an export without dynamic axes fixes it, usually at 1), or None when it is free."""
+    share (an export without dynamic axes fixes it, usually at 1), or None when it is free.
+    Graph outputs that state a first dimension must state the same one: a static first
+    input dimension read otherwise is no batch (torchvision's detectors take one image,
+    (3, H, W), and return a box per row)."""
     constants = {init.name for init in model.graph.initializer}
     sizes = set()
     for vi in model.graph.input:
@@ -87,6 +90,10 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
         if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value < 1:
             return None
         sizes.add(dims[0].dim_value)
+    for vi in model.graph.output:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and (dims[0].dim_value or None) not in sizes:
+            return None
     return sizes.pop() if len(sizes) == 1 else None
 
 
