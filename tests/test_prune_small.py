@@ -760,6 +760,10 @@ def test_model_exported_for_a_fixed_batch_size(calib, batch, mode):
             np.testing.assert_allclose(numpy_helper.to_array(init), weights[init.name], rtol=1e-4, atol=1e-6)
     got = run_model(b.model, x[:batch])["y"]
     np.testing.assert_allclose(got, run_model(a.model, x[:batch])["y"], rtol=1e-4, atol=1e-5)
+    report = onnx_eprune.evaluate(fixed, b.model, x, device="cpu")   # timed at its own batch size
+    assert set(report["latency_ms"]["pruned"]) == {f"batch{batch}"}
+    assert report["outputs"]["y"]["relative_error"] == pytest.approx(
+        onnx_eprune.evaluate(free, a.model, x, device="cpu")["outputs"]["y"]["relative_error"], rel=1e-3)
 
 
 def test_inspect_and_evaluate_are_functions(tmp_path, calib):

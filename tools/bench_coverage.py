@@ -72,13 +72,22 @@ def _io(model) -> tuple[list[str], list[str]]:
     return ([i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output])
 
 
-def _session(model):
+def _run(model, feeds: dict) -> list:
+    """The model's outputs on ``feeds`` in a plain onnxruntime CPU session; a model exported
+    for a fixed batch size runs that many samples at a time (``len(feeds)`` is a multiple)."""
+    import numpy as np
     import onnxruntime as ort
+
+    from onnx_eprune.calibrate.session import fixed_batch
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 2
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    n = len(next(iter(feeds.values())))
+    step = fixed_batch(model) or n
+    pieces = [sess.run(None, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n, step)]
+    return [np.concatenate(parts) for parts in zip(*pieces)]
 
 
 def _check_pruned(orig_outs, model, inputs: dict, out_names: list[str], in_names: list[str], res: dict,
@@ -96,7 +105,7 @@ def _check_pruned(orig_outs, model, inputs: dict, out_names: list[str], in_names
     try:
         p_in, p_out = _io(model)
         same_io = p_in == in_names and p_out == out_names
-        outs = _session(model).run(None, inputs)
+        outs = _run(model, inputs)
         same_shapes = [o.shape for o in outs] == [o.shape for o in orig_outs]
         finite = all(bool(np.all(np.isfinite(o))) for o in outs)
         res[f"{prefix}runs"] = True
@@ -226,7 +235,7 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
     in_names, out_names = _io(orig)
     feeds = {in_names[0]: check}
     try:
-        orig_outs = _session(orig).run(None, feeds)
+        orig_outs = _run(orig, feeds)
     except Exception as exc:  # noqa: BLE001
         res["original_error"] = _error(exc)
         save()

@@ -1,28 +1,30 @@
-"""Export torchvision CNNs (random weights) to ONNX for the coverage benchmark: graphs that
-are not classifiers (segmentation heads with dilated convolutions, pyramid pooling and
-bilinear upsampling; detectors with feature pyramids, anchors, TopK and NonMaxSuppression),
-and classifiers exported for a fixed batch of one (no dynamic axes: the input is (1, 3, H, W)
-and the exporter may write the batch into reshapes).
+"""Export torchvision CNNs and Ultralytics YOLO detectors (random weights) to ONNX for the
+coverage benchmark: graphs that are not classifiers (segmentation heads with dilated
+convolutions, pyramid pooling and bilinear upsampling; YOLO's feature pyramid, C2f / C3k2
+blocks, attention (YOLO11's C2PSA) and box decoding), and classifiers exported for a fixed
+batch of one (no dynamic axes: the input is (1, 3, H, W) and the exporter may write the
+batch into reshapes).
 
 Runs in a torch venv with torchvision, never in the package's environment::
 
-    python -m venv /work/venv-tv && /work/venv-tv/bin/pip install torch==2.14.1 torchvision==0.29.1 onnx
+    python -m venv /work/venv-tv && /work/venv-tv/bin/pip install torch==2.14.1 torchvision==0.29.1 onnx ultralytics
     /work/venv-tv/bin/python tools/export_torchvision.py --cache /work/tv_onnx [--only NAME ...] [--force]
     python tools/bench_coverage.py --cache /work/tv_onnx --out tools/coverage_torchvision.json \\
-        --title "Coverage of torchvision segmentation and detection models"
+        --title "Coverage of torchvision and Ultralytics exports" --jobs 2
 
-Every model is built with ``weights=None, weights_backbone=None`` (nothing is downloaded),
-its BatchNorm statistics set from one training-mode pass over random inputs (so that
-activations keep a trained network's scale), and written with the TorchScript exporter
-(opset 17) as ``<name>.onnx`` plus the sidecar ``<name>.json`` of ``tools/export_timm.py``,
-which ``tools/bench_coverage.py`` reads (``<name>.batch1`` for the fixed-batch exports). The
-detectors take one image without a batch axis, (3, H, W), and return boxes, scores and
-labels. Failures go to ``export_failures.json`` in the cache.
+Every torchvision model is built with ``weights=None`` (and ``weights_backbone=None``;
+nothing is downloaded), its BatchNorm statistics set from one training-mode pass over random
+inputs (so that activations keep a trained network's scale), and written with the
+TorchScript exporter (opset 17); the YOLOs come from their configs through Ultralytics'
+exporter. Each is written as ``<name>.onnx`` plus the sidecar ``<name>.json`` of
+``tools/export_timm.py``, which ``tools/bench_coverage.py`` reads (``<name>.batch1`` for
+the fixed-batch exports). Failures go to ``export_failures.json`` in the cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -50,10 +52,12 @@ MODELS: list[tuple[str, int, str, int | None]] = [
     ("densenet121", 96, "classification", 1),
     ("shufflenet_v2_x1_0", 96, "classification", 1),
     ("mnasnet1_0", 96, "classification", 1),
-    ("ssdlite320_mobilenet_v3_large", 320, "detection", None),
-    ("ssd300_vgg16", 300, "detection", None),
-    ("retinanet_resnet50_fpn", 256, "detection", None),
-    ("fasterrcnn_mobilenet_v3_large_320_fpn", 320, "detection", None),
+    # torchvision's detectors take one (3, H, W) image without a batch axis and return one
+    # row per box: onnx-eprune refuses them ("no batch axis"), so they are not exported here
+    # Ultralytics' YOLO detectors from their model configs (``pip install ultralytics`` in the
+    # same venv; skipped without it): raw head outputs (batch, 4 + classes, anchors), no NMS
+    ("yolov8n", 160, "ultralytics", None),
+    ("yolo11n", 160, "ultralytics", None),
 ]
 
 
@@ -68,12 +72,9 @@ def build(name: str, kind: str):
     kwargs = {"weights": None}
     if kind == "segmentation":
         kwargs.update(weights_backbone=None, num_classes=21, aux_loss=False)
-    elif kind == "detection":
-        kwargs.update(weights_backbone=None, num_classes=91)
     elif name == "googlenet":
         kwargs.update(aux_logits=False, init_weights=True)
-    module = {"segmentation": torchvision.models.segmentation, "detection": torchvision.models.detection,
-              "classification": torchvision.models}[kind]
+    module = torchvision.models.segmentation if kind == "segmentation" else torchvision.models
     return getattr(module, name)(**kwargs), torch
 
 
@@ -105,6 +106,8 @@ def _set_batchnorm_statistics(model, shape, torch) -> None:
 
 
 def export_one(name: str, size: int, kind: str, batch: int | None, cache: Path) -> dict:
+    if kind == "ultralytics":
+        return export_ultralytics(name, size, cache)
     model, torch = build(name, kind)
     torch.manual_seed(0)
     shape = [batch or 1, 3, size, size]
@@ -115,14 +118,9 @@ def export_one(name: str, size: int, kind: str, batch: int | None, cache: Path) 
     dynamic = None if batch else {"input": {0: "batch"}, "output": {0: "batch"}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if kind == "detection":
-            # torchvision's detectors take a list of CHW images; exported for one image
-            torch.onnx.export(model, ([x[0]],), str(path), dynamo=False, opset_version=17,
-                              input_names=["input"], output_names=["boxes", "scores", "labels"])
-        else:
-            net = _tensor_output(model, torch) if kind == "segmentation" else model
-            torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"],
-                              output_names=["output"], dynamic_axes=dynamic)
+        net = _tensor_output(model, torch) if kind == "segmentation" else model
+        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["output"], dynamic_axes=dynamic)
     import onnx
     import torchvision
 
@@ -134,6 +132,29 @@ def export_one(name: str, size: int, kind: str, batch: int | None, cache: Path) 
             "export_seconds": round(time.perf_counter() - t0, 2),
             "params": int(sum(p.numel() for p in model.parameters()))}
     (cache / f"{stem(name, batch)}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def export_ultralytics(name: str, size: int, cache: Path) -> dict:
+    """A YOLO built from its config (random weights, nothing downloaded), exported by
+    Ultralytics' own exporter with a dynamic batch and image size."""
+    os.environ["YOLO_OFFLINE"] = "1"
+    import shutil
+
+    import torch
+    import ultralytics
+
+    t0 = time.perf_counter()
+    model = ultralytics.YOLO(f"{name}.yaml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written = model.export(format="onnx", imgsz=size, dynamic=True, simplify=False, opset=17)
+    shutil.move(written, cache / f"{name}.onnx")
+    meta = {"name": name, "arch": name, "kind": "detection", "exporter": f"ultralytics {ultralytics.__version__}",
+            "input_name": "images", "input_shape": [1, 3, size, size], "opset": 17, "torch": torch.__version__,
+            "export_seconds": round(time.perf_counter() - t0, 2),
+            "params": int(sum(p.numel() for p in model.model.parameters()))}
+    (cache / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 
 
@@ -150,9 +171,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     fail_path = cache / "export_failures.json"
     failures = json.loads(fail_path.read_text()) if fail_path.exists() else {}
+    has_ultralytics = importlib.util.find_spec("ultralytics") is not None
     for name, size, kind, batch in MODELS:
         key = stem(name, batch)
-        if args.only and name not in args.only and key not in args.only:
+        if (args.only and name not in args.only and key not in args.only) or \
+                (kind == "ultralytics" and not has_ultralytics):
             continue
         if (cache / f"{key}.onnx").exists() and (cache / f"{key}.json").exists() and not args.force:
             failures.pop(key, None)
