@@ -126,7 +126,7 @@ def export_one(name: str, size: int, kind: str, batch: int | None, cache: Path) 
 
     proto = onnx.load(str(path), load_external_data=False)
     dims = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    meta = {"name": stem(name, batch), "arch": name, "kind": kind,
+    meta = {"name": stem(name, batch), "arch": name, "kind": kind, "made_by": "tools/export_torchvision.py",
             "exporter": "torchscript" + (f", fixed batch {batch}" if batch else ""), "input_name": "input",
             "input_shape": dims, "opset": 17, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "export_seconds": round(time.perf_counter() - t0, 2),
@@ -150,7 +150,7 @@ def export_ultralytics(name: str, size: int, cache: Path) -> dict:
         warnings.simplefilter("ignore")
         written = model.export(format="onnx", imgsz=size, dynamic=True, simplify=False, opset=17)
     shutil.move(written, cache / f"{name}.onnx")
-    meta = {"name": name, "arch": name, "kind": "detection", "exporter": f"ultralytics {ultralytics.__version__}",
+    meta = {"name": name, "arch": name, "kind": "detection", "made_by": "tools/export_torchvision.py", "exporter": f"ultralytics {ultralytics.__version__}",
             "input_name": "images", "input_shape": [1, 3, size, size], "opset": 17, "torch": torch.__version__,
             "export_seconds": round(time.perf_counter() - t0, 2),
             "params": int(sum(p.numel() for p in model.model.parameters()))}
