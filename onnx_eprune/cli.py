@@ -532,11 +532,13 @@ def _shapes_input(model, args: argparse.Namespace):
 
 def _probe_sample(model, args: argparse.Namespace):
     from .calibrate.data import load_calibration, model_inputs
+    from .calibrate.session import unbatched_inputs
 
     if args.calib:
         _check_calib_file(args.calib)
         return load_calibration(args.calib, model, samples=1, probe=True)
     inputs = model_inputs(model)
+    unbatched = unbatched_inputs(model)
     arrays = {}
     for i, vi in enumerate(inputs):
         dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
@@ -549,6 +551,8 @@ def _probe_sample(model, args: argparse.Namespace):
             dims[0] = 1
         if any(d is None for d in dims):
             raise UsageError(f"input {vi.name!r} has dynamic dimensions {dims}; give --input-shape or --calib")
+        if vi.name in unbatched:  # one sample on an extra axis
+            dims = [1, *dims]
         arrays[vi.name] = np.zeros(dims, dtype=np.float32)
     return load_calibration(arrays, model, samples=1, probe=True)
 

@@ -11,16 +11,20 @@ import numpy as np
 import onnx
 
 from .calibrate.data import load_calibration
-from .calibrate.session import choose_providers, fixed_batch, make_session, probe_shapes, run
+from .calibrate.engine import Topology
+from .calibrate.sensitivity import comparison_outputs
+from .calibrate.session import choose_providers, fixed_batch, make_session, probe_shapes, run, unbatched_inputs
 from .errors import UsageError
 from .graph.costs import build_cost_model
 from .graph.groups import analyze
 from .graph.model_io import as_model, model_bytes, normalize
 
 
-def run_model(model: onnx.ModelProto, data, providers: list[str], batch_size: int = 256) -> list[np.ndarray]:
-    """All outputs of ``model`` over ``data`` (a CalibrationData), concatenated over batches."""
-    sess = make_session(model, providers)
+def run_model(model: onnx.ModelProto, data, providers: list[str], batch_size: int = 256,
+              outputs: list[str] | None = None) -> list[np.ndarray]:
+    """The graph outputs of ``model`` (or the tensors ``outputs``) over ``data`` (a
+    CalibrationData), concatenated over batches."""
+    sess = make_session(model, providers, outputs=outputs)
     outs: list[list[np.ndarray]] = []
     for batch in data.batches(batch_size):
         for i, value in enumerate(run(sess, None, batch)):
@@ -41,8 +45,9 @@ def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, providers: li
 def latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: list[str], threads: int | None = None,
                repeats: int = 20) -> float:
     """Median wall time of one ``run`` in milliseconds, after a warm-up run (onnxruntime's
-    default thread settings, as a deployment would run the model)."""
-    sess = make_session(model, providers, threads=threads, spinning=True)
+    default thread settings, as a deployment would run the model). ``feeds`` are what one
+    run takes (inputs without a batch axis without a sample axis)."""
+    sess = make_session(model, providers, threads=threads, spinning=True, unbatched=frozenset())
     run(sess, None, feeds)  # warm-up, with onnxruntime errors reported in one line
     times = []
     for _ in range(repeats):
@@ -104,17 +109,24 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     providers = choose_providers(device)
     data_a = load_calibration(data, a)
     load_calibration(data_a.arrays, b)  # the pruned model must take the same inputs
-    out_a, out_b = run_model(a, data_a, providers), run_model(b, data_a, providers)
+    # a detector without a batch axis is compared on its raw predictions (pipeline.comparison_outputs)
+    names = None
+    if unbatched_inputs(a):
+        names = comparison_outputs(a, analyze(a, probe_shapes(a, data_a.first(), providers)), Topology(a))
+    out_a, out_b = run_model(a, data_a, providers, outputs=names), run_model(b, data_a, providers, outputs=names)
     result: dict = {"samples": data_a.samples, "provider": providers[0],
-                    "outputs": compare_outputs([o.name for o in a.graph.output], out_a, out_b)}
+                    "outputs": compare_outputs(names or [o.name for o in a.graph.output], out_a, out_b)}
     if labels is not None:
         y = load_labels(labels, data_a.samples)
         result["accuracy"] = {"original": float(np.mean(out_a[0].argmax(1) == y)),
                               "pruned": float(np.mean(out_b[0].argmax(1) == y))}
-    # a model exported for a fixed batch size runs at that size only
-    sizes = [fixed_batch(a)] if fixed_batch(a) else sorted({1, min(32, data_a.samples)})
+    # a model exported for a fixed batch size runs at that size only, one without a batch
+    # axis one image at a time
+    squeeze = unbatched_inputs(a)
+    sizes = [1] if squeeze else [fixed_batch(a)] if fixed_batch(a) else sorted({1, min(32, data_a.samples)})
     feeds = {size: {k: np.resize(v, (size, *v.shape[1:])) for k, v in data_a.first().items()}
              if size > data_a.samples else next(data_a.batches(size)) for size in sizes}
+    feeds = {size: {k: v[0] if k in squeeze else v for k, v in f.items()} for size, f in feeds.items()}
     result["latency_ms"] = {which: {f"batch{size}": latency_ms(m, feeds[size], providers) for size in sizes}
                             for which, m in (("original", a), ("pruned", b))}
     pa, ma = _counts(a, data_a, providers)

@@ -25,7 +25,7 @@ from . import budget
 from .calibrate.bundle import StatsBundle, fingerprint, merge_bundles
 from .calibrate.data import CalibrationData, load_calibration
 from .calibrate.engine import CacheSpace, CachedNetwork, StoredBatches, Topology
-from .calibrate.sensitivity import gain_subset, output_gains
+from .calibrate.sensitivity import comparison_outputs, gain_subset, output_gains
 from .calibrate.session import choose_providers, make_session, probe_shapes, run
 from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, channel_bases,
                               conv_patches, positions_per_sample, reduce_rows, sample_positions)
@@ -169,6 +169,7 @@ class Pruner:
             self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes)
         self.inits = initializer_map(self.model)
         self.topo = Topology(self.model)
+        self.outputs = comparison_outputs(self.model, self.analysis, self.topo)
         self.paths: dict[int, list[entropic.PathPoint]] = {}  # entropic paths on one-shot statistics
         self.steps: dict[int, int] = {}  # group -> its kept counts are multiples of this (allocate)
         self._targets: dict[int, StoredBatches] = {}  # consumer -> its target rows (collect)
@@ -242,7 +243,7 @@ class Pruner:
         # (a Conv's output as onnxruntime computes it; a Gemm's input, for a product)
         wanted = {cons[c].input for c in cidxs} if pruned is None else set()
         wanted |= {cons[c].output if _from_output(cons[c]) else cons[c].input for c in targeted}
-        outputs = [o.name for o in self.model.graph.output]
+        outputs = self.outputs
         reference = pruned is None and not self._reference
         if reference:
             wanted |= set(outputs)
@@ -443,7 +444,7 @@ class Pruner:
             # LAPACK calls leave the cores part of the time
             gains_run = pool.submit(output_gains, self.model, self.topo, gain_data, self.providers,
                                     {g: sorted({consumers[c].output for c in self.analysis.groups[g].consumers})
-                                     for g in gids}, seed=self.config.seed)
+                                     for g in gids}, seed=self.config.seed, outputs=self.outputs)
             all_terms = self.group_terms(gids, stats, {}, reduced=self.bases.keys())
 
             def rank(g: int) -> None:
@@ -674,15 +675,17 @@ class Pruner:
         check_model(pruned)
         n = min(VALIDATION_SAMPLES, self.data.samples)
         feeds = next(self.data.batches(n))
+        names = self.outputs
         if self._reference:
             ref = [np.concatenate(parts)[:n] for parts in zip(*self._reference)]
         else:  # from statistics files: no pass over the original network
-            ref = run(make_session(self.model, self.providers), None, feeds)
-        sess = make_session(pruned, self.providers)
-        got = run(sess, None, feeds)
-        names = [o.name for o in self.model.graph.output]
-        if [o.name for o in sess.get_outputs()] != names:
+            ref = run(make_session(self.model, self.providers, outputs=names), None, feeds)
+        if [o.name for o in pruned.graph.output] != [o.name for o in self.model.graph.output]:
             raise EPruneError("internal error: the pruned model's outputs differ from the original's")
+        if names != [o.name for o in self.model.graph.output]:
+            # the graph outputs are not compared (their size depends on the data): run them once
+            run(make_session(pruned, self.providers), None, {k: v[:1] for k, v in feeds.items()})
+        got = run(make_session(pruned, self.providers, outputs=names), None, feeds)
         fidelity = {"samples": int(next(iter(feeds.values())).shape[0]), "outputs": {}}
         for name, a, b in zip(names, ref, got):
             if a.shape != b.shape or a.dtype != b.dtype:

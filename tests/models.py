@@ -444,6 +444,28 @@ def resize_to_input(seed: int = 0) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT), opset=13)
 
 
+def one_image_detector(seed: int = 0) -> onnx.ModelProto:
+    """torchvision's detectors in small: one (3, 16, 16) image without a batch axis ->
+    Unsqueeze -> conv1 (3->8) -> Relu -> conv2 (8->16) -> Relu -> head (16->4, 1x1) ->
+    Reshape(-1) = scores -> Gather(scores, NonZero(scores > 0)) = ``y``, one value per
+    "detection": its length depends on the image."""
+    b = _Builder(seed)
+    x = b.node("Unsqueeze", [INPUT, b.const("axis0", np.array([0], np.int64))])
+    h = b.node("Relu", [b.conv(x, IN_CHANNELS, 8, name="conv1")])
+    h = b.node("Relu", [b.conv(h, 8, 16, name="conv2")])
+    scores = b.node("Reshape", [b.conv(h, 16, 4, k=1, name="head"), b.const("flat", np.array([-1], np.int64))])
+    found = b.node("Reshape", [b.node("NonZero", [b.node("Greater", [scores, b.const("zero", np.array(0.0, np.float32))])]),
+                               b.const("flat_idx", np.array([-1], np.int64))])
+    b.node("Gather", [scores, found], name=OUTPUT)
+    inp = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [IN_CHANNELS, HW, HW])
+    out = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["detections"])
+    graph = helper.make_graph(b.nodes, "one_image", [inp], [out], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 # name -> (builder, expected structure). ``prunable``: number of prunable groups;
 # ``producers``: sorted producer counts of the prunable groups; ``frozen``: a substring that
 # some frozen group's reasons must contain (or None).

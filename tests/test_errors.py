@@ -266,25 +266,6 @@ def test_quantized_weights_name_the_remedy(case, build):
               contains=("no prunable channel group", "quantized weights", "prune the float model"))
 
 
-def test_input_without_batch_axis_is_named(case):
-    """A model taking one image without a batch axis ((3, 16, 16), made (1, 3, 16, 16)
-    inside, one output row per detection) cannot take samples on axis 0: the error says so
-    instead of onnxruntime's complaint about dimensions."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 16, 16])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["detections"])
-    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "W")
-    axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
-    flat = numpy_helper.from_array(np.array([-1], np.int64), "flat")
-    nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["batched"]),
-             helper.make_node("Conv", ["batched", "W"], ["h"]),
-             helper.make_node("Reshape", ["h", "flat"], ["y"])]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w, axes, flat]),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = case.save_model(model, "one_image.onnx")
-    case.fail(case.args(model=path), code=2, contains=("no batch axis", "(3, 16, 16)"))
-
-
 # -- calibration data ------------------------------------------------------------------------
 
 def test_calibration_file_missing(case):

@@ -11,7 +11,7 @@ import pytest
 import onnx_eprune
 from models import (ALL_BUILDERS, FEATURE_OUTPUT, OUTPUT, channels_last, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
                     depthwise_upsample, grouped, initializer, intermediate_output, io_signature, node_by_name,
-                    relative_error, residual, run_model, se_unflatten, wide_cnn)
+                    one_image_detector, relative_error, residual, run_model, se_unflatten, wide_cnn)
 from onnx_eprune import budget
 from onnx_eprune.calibrate.session import probe_shapes
 from onnx_eprune.errors import EPruneError, UsageError
@@ -764,6 +764,31 @@ def test_model_exported_for_a_fixed_batch_size(calib, batch, mode):
     assert set(report["latency_ms"]["pruned"]) == {f"batch{batch}"}
     assert report["outputs"]["y"]["relative_error"] == pytest.approx(
         onnx_eprune.evaluate(free, a.model, x, device="cpu")["outputs"]["y"]["relative_error"], rel=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+def test_model_without_batch_axis(calib, mode):
+    """A detector taking one (3, H, W) image, whose output has one row per detection: the
+    calibration holds samples on an extra axis 0 and runs one image at a time, fidelity and
+    output sensitivities are measured on the head's raw output (the graph output's length
+    depends on the image), and the pruned model takes one image as before; keep-ratio 1.0
+    gives back the same detections."""
+    model = one_image_detector()
+    x = calib[:40]
+    result = prune(model, x, sparsity=0.4, mode=mode, method="entropic")
+    onnx.checker.check_model(result.model, full_check=True)
+    assert list(result.report["fidelity_on_calibration"]["outputs"]) == [node_by_name(model, "head").output[0]]
+    assert any(g["channels_after"] < g["channels_before"] for g in result.report["groups"] if not g["frozen"])
+    assert [d.dim_value for d in result.model.graph.input[0].type.tensor_type.shape.dim] == [3, 16, 16]
+    same = prune(model, x, keep_ratio=1.0).model
+    for image in x[:4]:
+        np.testing.assert_array_equal(run_model(same, image)["y"], run_model(model, image)["y"])
+        run_model(result.model, image)
+    report = onnx_eprune.evaluate(model, result.model, x, device="cpu")
+    assert list(report["outputs"]) == list(result.report["fidelity_on_calibration"]["outputs"])
+    assert set(report["latency_ms"]["pruned"]) == {"batch1"}
+    with pytest.raises(UsageError, match=r"\(\?, 3, 16, 16\)"):
+        prune(model, x[0])   # one image without its sample axis
 
 
 def test_inspect_and_evaluate_are_functions(tmp_path, calib):

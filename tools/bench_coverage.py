@@ -74,19 +74,22 @@ def _io(model) -> tuple[list[str], list[str]]:
 
 def _run(model, feeds: dict) -> list:
     """The model's outputs on ``feeds`` in a plain onnxruntime CPU session; a model exported
-    for a fixed batch size runs that many samples at a time (``len(feeds)`` is a multiple)."""
+    for a fixed batch size runs that many samples at a time (``len(feeds)`` is a multiple),
+    one without a batch axis one sample at a time (its outputs' rows concatenated)."""
     import numpy as np
     import onnxruntime as ort
 
-    from onnx_eprune.calibrate.session import fixed_batch
+    from onnx_eprune.calibrate.session import fixed_batch, unbatched_inputs
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 2
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     n = len(next(iter(feeds.values())))
-    step = fixed_batch(model) or n
-    pieces = [sess.run(None, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n, step)]
+    squeeze = unbatched_inputs(model)
+    step = 1 if squeeze else fixed_batch(model) or n
+    pieces = [sess.run(None, {k: v[i] if k in squeeze else v[i:i + step] for k, v in feeds.items()})
+              for i in range(0, n, step)]
     return [np.concatenate(parts) for parts in zip(*pieces)]
 
 
@@ -105,8 +108,12 @@ def _check_pruned(orig_outs, model, inputs: dict, out_names: list[str], in_names
     try:
         p_in, p_out = _io(model)
         same_io = p_in == in_names and p_out == out_names
+        from onnx_eprune.calibrate.session import unbatched_inputs
+
         outs = _run(model, inputs)
-        same_shapes = [o.shape for o in outs] == [o.shape for o in orig_outs]
+        # without a batch axis the outputs' rows are per-detection: only their width must stay
+        cut = 1 if unbatched_inputs(model) else 0
+        same_shapes = [o.shape[cut:] for o in outs] == [o.shape[cut:] for o in orig_outs]
         finite = all(bool(np.all(np.isfinite(o))) for o in outs)
         res[f"{prefix}runs"] = True
         res[f"{prefix}same_io_names"] = same_io
@@ -119,9 +126,13 @@ def _check_pruned(orig_outs, model, inputs: dict, out_names: list[str], in_names
         return None
 
 
-def _rel_err(a_list, b_list) -> float:
+def _rel_err(a_list, b_list) -> float | None:
+    """The largest per-sample relative error over the outputs (None when an output's
+    length changed: a detector's rows)."""
     import numpy as np
 
+    if any(a.shape != b.shape for a, b in zip(a_list, b_list)):
+        return None
     worst = 0.0
     for a, b in zip(a_list, b_list):
         a64 = a.astype(np.float64).reshape(a.shape[0], -1)
@@ -220,9 +231,11 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
         result_path.write_text(json.dumps(res, indent=1))
 
     shape = [int(d) for d in meta["input_shape"]]
+    # one sample's shape; an input without a batch axis (meta "batch_axis": false) is one whole
+    sample = shape if meta.get("batch_axis", True) is False else shape[1:]
     rng = np.random.default_rng(0)
-    calib = rng.standard_normal((CALIB_SAMPLES, *shape[1:])).astype(np.float32)
-    check = np.random.default_rng(1).standard_normal((CHECK_SAMPLES, *shape[1:])).astype(np.float32)
+    calib = rng.standard_normal((CALIB_SAMPLES, *sample)).astype(np.float32)
+    check = np.random.default_rng(1).standard_normal((CHECK_SAMPLES, *sample)).astype(np.float32)
     tmp = Path(tempfile.mkdtemp(prefix="eprune_cov_"))
     calib_path = tmp / "calib.npy"
     np.save(calib_path, calib)

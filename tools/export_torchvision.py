@@ -1,9 +1,10 @@
 """Export torchvision CNNs and Ultralytics YOLO detectors (random weights) to ONNX for the
 coverage benchmark: graphs that are not classifiers (segmentation heads with dilated
-convolutions, pyramid pooling and bilinear upsampling; YOLO's feature pyramid, C2f / C3k2
-blocks, attention (YOLO11's C2PSA) and box decoding), and classifiers exported for a fixed
-batch of one (no dynamic axes: the input is (1, 3, H, W) and the exporter may write the
-batch into reshapes).
+convolutions, pyramid pooling and bilinear upsampling; torchvision's detectors, which take
+one (3, H, W) image without a batch axis and return one row per box, with anchors, TopK and
+NonMaxSuppression in the graph; YOLO's feature pyramid, C2f / C3k2 blocks, attention
+(YOLO11's C2PSA) and box decoding), and classifiers exported for a fixed batch of one (no
+dynamic axes: the input is (1, 3, H, W) and the exporter may write the batch into reshapes).
 
 Runs in a torch venv with torchvision, never in the package's environment::
 
@@ -18,7 +19,8 @@ inputs (so that activations keep a trained network's scale), and written with th
 TorchScript exporter (opset 17); the YOLOs come from their configs through Ultralytics'
 exporter. Each is written as ``<name>.onnx`` plus the sidecar ``<name>.json`` of
 ``tools/export_timm.py``, which ``tools/bench_coverage.py`` reads (``<name>.batch1`` for
-the fixed-batch exports). Failures go to ``export_failures.json`` in the cache.
+the fixed-batch exports; ``"batch_axis": false`` for the detectors). Failures go to
+``export_failures.json`` in the cache.
 """
 
 from __future__ import annotations
@@ -53,7 +55,11 @@ MODELS: list[tuple[str, int, str, int | None]] = [
     ("shufflenet_v2_x1_0", 96, "classification", 1),
     ("mnasnet1_0", 96, "classification", 1),
     # torchvision's detectors take one (3, H, W) image without a batch axis and return one
-    # row per box: onnx-eprune refuses them ("no batch axis"), so they are not exported here
+    # row per box found
+    ("ssdlite320_mobilenet_v3_large", 320, "detection", None),
+    ("ssd300_vgg16", 300, "detection", None),
+    ("retinanet_resnet50_fpn", 256, "detection", None),
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", 320, "detection", None),
     # Ultralytics' YOLO detectors from their model configs (``pip install ultralytics`` in the
     # same venv; skipped without it): raw head outputs (batch, 4 + classes, anchors), no NMS
     ("yolov8n", 160, "ultralytics", None),
@@ -74,7 +80,10 @@ def build(name: str, kind: str):
         kwargs.update(weights_backbone=None, num_classes=21, aux_loss=False)
     elif name == "googlenet":
         kwargs.update(aux_logits=False, init_weights=True)
-    module = torchvision.models.segmentation if kind == "segmentation" else torchvision.models
+    if kind == "detection":
+        kwargs.update(weights_backbone=None, num_classes=91)
+    module = {"segmentation": torchvision.models.segmentation, "detection": torchvision.models.detection,
+              "classification": torchvision.models}[kind]
     return getattr(module, name)(**kwargs), torch
 
 
@@ -118,9 +127,13 @@ def export_one(name: str, size: int, kind: str, batch: int | None, cache: Path) 
     dynamic = None if batch else {"input": {0: "batch"}, "output": {0: "batch"}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        net = _tensor_output(model, torch) if kind == "segmentation" else model
-        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"],
-                          output_names=["output"], dynamic_axes=dynamic)
+        if kind == "detection":  # a list of CHW images; exported for one
+            torch.onnx.export(model, ([x[0]],), str(path), dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["boxes", "scores", "labels"])
+        else:
+            net = _tensor_output(model, torch) if kind == "segmentation" else model
+            torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                              output_names=["output"], dynamic_axes=dynamic)
     import onnx
     import torchvision
 
@@ -130,7 +143,8 @@ def export_one(name: str, size: int, kind: str, batch: int | None, cache: Path) 
             "exporter": "torchscript" + (f", fixed batch {batch}" if batch else ""), "input_name": "input",
             "input_shape": dims, "opset": 17, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "export_seconds": round(time.perf_counter() - t0, 2),
-            "params": int(sum(p.numel() for p in model.parameters()))}
+            "params": int(sum(p.numel() for p in model.parameters())),
+            **({"batch_axis": False} if kind == "detection" else {})}
     (cache / f"{stem(name, batch)}.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from ..errors import UsageError
-from .session import fixed_batch
+from .session import unbatched_inputs
 
 log = logging.getLogger("onnx_eprune")
 
@@ -94,9 +94,7 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
         arrays = dict(source)
     else:
         raise UsageError(f"calibration data must be a .npy/.npz path, an array or a dict, not {type(source).__name__}")
-    if not probe:
-        _check_batch_axis(model, inputs)
-    arrays = _validate(arrays, inputs)
+    arrays = _validate(arrays, inputs, unbatched_inputs(model))
     n = next(iter(arrays.values())).shape[0]
     if samples is not None:
         if samples < 1:
@@ -108,18 +106,6 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
             log.warning("only %d calibration samples: statistics will be noisy (a few hundred are advised)", n)
         check_values(arrays)
     return CalibrationData(arrays)
-
-
-def _check_batch_axis(model: onnx.ModelProto, inputs) -> None:
-    """Refuse inputs whose fixed first dimension is not a batch axis: samples go on axis 0."""
-    if fixed_batch(model) is not None:
-        return
-    for vi in inputs:
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-        if dims and dims[0] is not None:
-            raise UsageError(f"model input {vi.name!r} has no batch axis: its shape {_fmt(dims)} is fixed and the "
-                             "outputs do not share its first dimension (a detector taking one image?); export "
-                             "the model with a batch axis first")
 
 
 def check_values(arrays: dict[str, np.ndarray]) -> None:
@@ -191,7 +177,10 @@ def _single(array: np.ndarray, inputs, what: str) -> dict[str, np.ndarray]:
     return {inputs[0].name: array}
 
 
-def _validate(arrays: dict[str, np.ndarray], inputs) -> dict[str, np.ndarray]:
+def _validate(arrays: dict[str, np.ndarray], inputs, unbatched: frozenset[str] = frozenset()
+              ) -> dict[str, np.ndarray]:
+    """The arrays checked against the inputs (samples on axis 0; for the ``unbatched``
+    inputs, which have no batch axis, on an extra axis 0) and cast to their float type."""
     wanted = {vi.name: vi for vi in inputs}
     missing = [n for n in wanted if n not in arrays]
     if missing:
@@ -209,6 +198,8 @@ def _validate(arrays: dict[str, np.ndarray], inputs) -> dict[str, np.ndarray]:
         if a.dtype.kind not in "fiu" and a.dtype != np.bool_:
             raise UsageError(f"calibration array for {name!r} has dtype {a.dtype}, expected numbers")
         dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
+        if name in unbatched:  # one sample is the whole input: samples on an extra axis
+            dims = [None] + dims
         if ttype.HasField("shape") and a.ndim != len(dims):
             raise UsageError(f"calibration array for {name!r} has shape {a.shape}, but the model expects rank "
                              f"{len(dims)} ({_fmt(dims)}) with samples on axis 0")

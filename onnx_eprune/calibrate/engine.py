@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from .data import CalibrationData, model_inputs
-from .session import fixed_batch, make_session, run
+from .session import fixed_batch, make_session, run, unbatched_inputs
 
 
 class Topology:
@@ -236,7 +236,9 @@ class CachedNetwork:
         self.batch_size = batch_size
         self.space = space
         self.frontier = frontier or set()
-        self.batch = fixed_batch(model)   # sub-graphs' reshapes may hold the model's fixed batch
+        # sub-graphs' reshapes may hold the model's fixed batch; inputs without a batch axis
+        # are fed one sample at a time
+        self.batch, self.unbatched = fixed_batch(model), unbatched_inputs(model)
         self.cache: dict[str, StoredBatches] = {}
 
     def compute(self, targets: list[str], keep: bool = True) -> Iterator[dict[str, np.ndarray]]:
@@ -246,7 +248,7 @@ class CachedNetwork:
         missing = [t for t in targets if t not in available]
         sub, feeds = submodel(self.model, self.topo, missing + self._frontier_of(missing, available) if keep
                               else missing, available)
-        session = make_session(sub, self.providers, batch=self.batch) if sub is not None else None
+        session = make_session(sub, self.providers, batch=self.batch, unbatched=self.unbatched) if sub is not None else None
         out_names = [o.name for o in sub.graph.output] if sub is not None else []
         fresh: dict[str, StoredBatches | None] = {}
         batches = self.data.batch_count(self.batch_size)

@@ -22,9 +22,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..graph.groups import GraphAnalysis
 from .data import CalibrationData
 from .engine import Topology, submodel
-from .session import fixed_batch, make_session, run, shared_initializers
+from .session import fixed_batch, make_session, run, shared_initializers, unbatched_inputs
 
 
 SUBSET_MODULUS = 8      # images whose key is 0 modulo this may measure gains ...
@@ -44,21 +45,22 @@ def gain_subset(data: CalibrationData) -> CalibrationData:
 
 def output_gains(model: onnx.ModelProto, topo: Topology, data: CalibrationData, providers: list[str],
                  tensors_by_group: dict[int, list[str]], delta: float = 0.05, seed: int = 0,
-                 max_measured: int = 24) -> dict[int, float]:
-    """``gain`` per group: relative output MSE per unit of relative MSE at its tensors."""
+                 max_measured: int = 24, outputs: list[str] | None = None) -> dict[int, float]:
+    """``gain`` per group: relative output MSE per unit of relative MSE at its tensors;
+    ``outputs``: the tensors measured (default: the graph outputs)."""
     position = {g: min(topo.producer[t] for t in ts) for g, ts in tensors_by_group.items()}
     ordered = sorted(tensors_by_group, key=lambda g: (position[g], g))
     picks = sorted({ordered[int(i)] for i in np.linspace(0, len(ordered) - 1, min(max_measured, len(ordered)))},
                    key=lambda g: (position[g], g))
-    measured = _measure(model, topo, data, providers, {g: tensors_by_group[g] for g in picks}, delta, seed)
+    measured = _measure(model, topo, data, providers, {g: tensors_by_group[g] for g in picks}, delta, seed,
+                        outputs or [o.name for o in model.graph.output])
     return {g: measured[min(picks, key=lambda p: (abs(position[p] - position[g]), position[p]))]
             for g in tensors_by_group}
 
 
-def _measure(model, topo, data, providers, tensors_by_group, delta, seed) -> dict[int, float]:
+def _measure(model, topo, data, providers, tensors_by_group, delta, seed, outputs) -> dict[int, float]:
     feeds = next(data.batches(data.samples))
     keys = data.keys()
-    outputs = [o.name for o in model.graph.output]
     # each group's run starts at its tensors and at the nearest tensors the noise does not
     # reach (a residual stream beside a block), not at the graph inputs
     computed = set(topo.producer)
@@ -95,7 +97,20 @@ def _measure(model, topo, data, providers, tensors_by_group, delta, seed) -> dic
                 inputs[name] = noise.astype(z.dtype)
             else:
                 inputs[name] = values[name] if name in values else feeds[name]
-        got = run(make_session(sub, providers, shared=shared, batch=fixed_batch(model)), outputs, inputs)
+        got = run(make_session(sub, providers, shared=shared, batch=fixed_batch(model),
+                               unbatched=unbatched_inputs(model)), outputs, inputs)
         mse = sum(float(np.sum(np.mean((g.astype(np.float64) - r) ** 2, axis=0))) for g, r in zip(got, ref))
         gains[gid] = mse / ref_var / delta ** 2
     return gains
+
+
+def comparison_outputs(model: onnx.ModelProto, analysis: GraphAnalysis, topo: Topology) -> list[str]:
+    """The tensors whose fidelity stands for the model's: its graph outputs; for a model
+    whose inputs have no batch axis (a detector taking one image, whose outputs hold one row
+    per box found), the outputs of its last weighted layers (no Conv, Gemm or MatMul reads
+    anything computed from them): the raw predictions before the post-processing."""
+    if not unbatched_inputs(model):
+        return [o.name for o in model.graph.output]
+    inputs = {c.input for c in analysis.consumers}
+    last = {c.output for c in analysis.consumers if not topo.descendants({topo.producer[c.output]}) & inputs}
+    return sorted(last, key=lambda name: topo.producer[name])

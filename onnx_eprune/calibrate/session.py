@@ -97,13 +97,28 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def unbatched_inputs(model: onnx.ModelProto) -> frozenset[str]:
+    """The graph inputs of ``model`` without a batch axis: those whose first dimension is
+    fixed, unless the model has a :func:`fixed_batch` (torchvision's detectors take one
+    (3, H, W) image). Calibration arrays for them hold samples on an extra axis 0."""
+    if fixed_batch(model) is not None:
+        return frozenset()
+    constants = {init.name for init in model.graph.initializer}
+    return frozenset(vi.name for vi in model.graph.input if vi.name not in constants and
+                     vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_value > 0)
+
+
 def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str] | None = None,
                  threads: int | None = None, spinning: bool = False,
-                 shared: dict[str, ort.OrtValue] | None = None, batch: int | None = None) -> ort.InferenceSession:
+                 shared: dict[str, ort.OrtValue] | None = None, batch: int | None = None,
+                 unbatched: frozenset[str] | None = None) -> ort.InferenceSession:
     """A session for ``model``; ``outputs`` (any tensor names) replace the graph outputs.
     ``batch``: the batch size every run must have (default :func:`fixed_batch` of
     ``model``; give the whole model's for a sub-graph of it, whose reshapes may hold it):
-    :func:`run` splits its feeds into runs of that many samples.
+    :func:`run` splits its feeds into runs of that many samples. ``unbatched``: inputs
+    without a batch axis (default :func:`unbatched_inputs` of ``model``; give the whole
+    model's for a sub-graph): :func:`run` then feeds one sample per run, those inputs
+    without their sample axis and the others (a sub-graph's cached tensors) with one.
     Its pool threads sleep after a run unless ``spinning`` (onnxruntime's own default,
     for timing the model as a deployment would run it). ``shared`` (from
     :func:`shared_initializers`) holds initializers that many sessions of one model read:
@@ -113,6 +128,8 @@ def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str
     external data in that file, which it maps into memory instead of copying it. A model
     above the protobuf limit cannot be serialised: its other large initializers go to
     onnxruntime as in-memory external initializers (no file is written)."""
+    batch = batch if batch is not None else fixed_batch(model)
+    unbatched = unbatched if unbatched is not None else unbatched_inputs(model)
     options = _options(threads, spinning)
     arrays: list[ort.OrtValue] = []
     large = model_io.model_bytes(model) >= model_io.EXTERNAL_DATA_THRESHOLD
@@ -137,7 +154,8 @@ def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str
     except Exception as exc:
         raise EPruneError(f"onnxruntime cannot load the model: {_reason(exc)}") from None
     session._eprune_initializers = arrays  # onnxruntime asks that they outlive the session
-    session._eprune_batch = batch if batch is not None else fixed_batch(model)
+    session._eprune_batch = 1 if unbatched else batch
+    session._eprune_unbatched = unbatched
     return session
 
 
@@ -206,8 +224,9 @@ def run(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[st
     the batch on axis 0 come back concatenated (padding removed), others (shapes) from the
     first piece."""
     batch = getattr(session, "_eprune_batch", None)
+    squeeze = getattr(session, "_eprune_unbatched", frozenset())
     n = len(next(iter(feeds.values()))) if feeds else 0
-    if batch is None or n == batch:
+    if batch is None or (n == batch and not squeeze):
         return _run_once(session, outputs, feeds)
     pieces = []
     for start in range(0, n, batch):
@@ -215,10 +234,24 @@ def run(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[st
         real = len(next(iter(piece.values())))
         if real < batch:
             piece = {k: np.concatenate([v, np.repeat(v[-1:], batch - real, axis=0)]) for k, v in piece.items()}
+        piece = {k: v[0] if k in squeeze else v for k, v in piece.items()}
         pieces.append((real, _run_once(session, outputs, piece)))
-    return [np.concatenate([values[i][:real] for real, values in pieces])
-            if isinstance(first, np.ndarray) and first.ndim and len(first) == batch else first
-            for i, first in enumerate(pieces[0][1])]
+    return [_joined([values[i] for _, values in pieces], [real for real, _ in pieces], batch, bool(squeeze))
+            for i in range(len(pieces[0][1]))]
+
+
+def _joined(values: list, reals: list[int], batch: int, rows: bool):
+    """One output over the pieces of a run: values with the batch on axis 0 concatenated
+    (padding removed); without a batch axis (``rows``), arrays of one shape but for axis 0
+    (a detector's boxes) concatenated as rows; anything else (shapes) from the first piece."""
+    first = values[0]
+    if not isinstance(first, np.ndarray) or not first.ndim:
+        return first
+    if len(first) == batch and all(v.shape == first.shape for v in values):
+        return np.concatenate([v[:real] for v, real in zip(values, reals)])
+    if rows and all(v.shape[1:] == first.shape[1:] for v in values):
+        return np.concatenate(values)
+    return first
 
 
 def _run_once(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list:
@@ -258,12 +291,14 @@ def probe_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers
     """Concrete shapes of every tensor, by running the model once on ``feeds``."""
     names = [o for n in model.graph.node for o in n.output if o]
     names = list(dict.fromkeys(names))
-    batch = fixed_batch(model)
-    if batch is not None:  # the shapes of one real run: reshapes may hold the batch size
+    batch, squeeze = fixed_batch(model), unbatched_inputs(model)
+    if squeeze:  # the shapes of one real run, of one sample
+        feeds = {k: v[:1] for k, v in feeds.items()}
+    elif batch is not None:  # the shapes of one real run: reshapes may hold the batch size
         feeds = {k: np.resize(v, (batch, *v.shape[1:])) for k, v in feeds.items()}
     sess = make_session(model, providers, outputs=names)
     values = run(sess, None, feeds)
-    shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+    shapes = {k: tuple(v.shape[1:] if k in squeeze else v.shape) for k, v in feeds.items()}
     for name, value in zip(names, values):
         if isinstance(value, np.ndarray):
             shapes[name] = tuple(int(d) for d in value.shape)
