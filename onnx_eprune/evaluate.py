@@ -65,7 +65,7 @@ def _size(model: onnx.ModelProto, path) -> int:
 
 def _counts(model: onnx.ModelProto, data, providers) -> tuple[int, int]:
     shapes = probe_shapes(model, data.first(), providers)
-    costs = build_cost_model(model, analyze(model, shapes), shapes)
+    costs = build_cost_model(model, analyze(model, shapes, bool(unbatched_inputs(model))), shapes)
     return costs.params(), costs.macs()
 
 
@@ -112,7 +112,8 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     # a detector without a batch axis is compared on its raw predictions (pipeline.comparison_outputs)
     names = None
     if unbatched_inputs(a):
-        names = comparison_outputs(a, analyze(a, probe_shapes(a, data_a.first(), providers)), Topology(a))
+        shapes = probe_shapes(a, data_a.first(), providers)
+        names = comparison_outputs(a, analyze(a, shapes, per_image=True), Topology(a), shapes)
     out_a, out_b = run_model(a, data_a, providers, outputs=names), run_model(b, data_a, providers, outputs=names)
     result: dict = {"samples": data_a.samples, "provider": providers[0],
                     "outputs": compare_outputs(names or [o.name for o in a.graph.output], out_a, out_b)}

@@ -26,7 +26,7 @@ from .calibrate.bundle import StatsBundle, fingerprint, merge_bundles
 from .calibrate.data import CalibrationData, load_calibration
 from .calibrate.engine import CacheSpace, CachedNetwork, StoredBatches, Topology
 from .calibrate.sensitivity import comparison_outputs, gain_subset, output_gains
-from .calibrate.session import choose_providers, make_session, probe_shapes, run
+from .calibrate.session import choose_providers, make_session, probe_shapes, run, unbatched_inputs
 from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, channel_bases,
                               conv_patches, positions_per_sample, reduce_rows, sample_positions)
 from .errors import EPruneError, UsageError
@@ -165,11 +165,11 @@ class Pruner:
         log.info("onnxruntime provider: %s", self.providers[0])
         with self.timer.phase("analyze"):
             self.shapes = probe_shapes(self.model, self.data.first(), self.providers)
-            self.analysis: GraphAnalysis = analyze(self.model, self.shapes)
+            self.analysis: GraphAnalysis = analyze(self.model, self.shapes, bool(unbatched_inputs(self.model)))
             self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes)
         self.inits = initializer_map(self.model)
         self.topo = Topology(self.model)
-        self.outputs = comparison_outputs(self.model, self.analysis, self.topo)
+        self.outputs = comparison_outputs(self.model, self.analysis, self.topo, self.shapes)
         self.paths: dict[int, list[entropic.PathPoint]] = {}  # entropic paths on one-shot statistics
         self.steps: dict[int, int] = {}  # group -> its kept counts are multiples of this (allocate)
         self._targets: dict[int, StoredBatches] = {}  # consumer -> its target rows (collect)

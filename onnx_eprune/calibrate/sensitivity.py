@@ -104,13 +104,16 @@ def _measure(model, topo, data, providers, tensors_by_group, delta, seed, output
     return gains
 
 
-def comparison_outputs(model: onnx.ModelProto, analysis: GraphAnalysis, topo: Topology) -> list[str]:
+def comparison_outputs(model: onnx.ModelProto, analysis: GraphAnalysis, topo: Topology,
+                       shapes: dict[str, tuple[int, ...]]) -> list[str]:
     """The tensors whose fidelity stands for the model's: its graph outputs; for a model
     whose inputs have no batch axis (a detector taking one image, whose outputs hold one row
-    per box found), the outputs of its last weighted layers (no Conv, Gemm or MatMul reads
-    anything computed from them): the raw predictions before the post-processing."""
+    per box found; ``shapes`` of one image), the outputs of its last weighted layers with
+    one row per image (no such Conv, Gemm or MatMul reads anything computed from them): the
+    raw predictions before the post-processing (a two-stage detector's region proposals)."""
     if not unbatched_inputs(model):
         return [o.name for o in model.graph.output]
-    inputs = {c.input for c in analysis.consumers}
-    last = {c.output for c in analysis.consumers if not topo.descendants({topo.producer[c.output]}) & inputs}
+    per_image = [c for c in analysis.consumers if shapes.get(c.output, (1,))[:1] == (1,)]
+    inputs = {c.input for c in per_image}
+    last = {c.output for c in per_image if not topo.descendants({topo.producer[c.output]}) & inputs}
     return sorted(last, key=lambda name: topo.producer[name])

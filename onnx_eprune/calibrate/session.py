@@ -225,16 +225,22 @@ def run(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[st
     first piece."""
     batch = getattr(session, "_eprune_batch", None)
     squeeze = getattr(session, "_eprune_unbatched", frozenset())
-    n = len(next(iter(feeds.values()))) if feeds else 0
+    # the samples: the longest first axis; a feed without it (a scalar, anchors) goes whole
+    n = max((len(v) for v in feeds.values() if np.ndim(v)), default=0)
     if batch is None or (n == batch and not squeeze):
         return _run_once(session, outputs, feeds)
+    samples = {k for k, v in feeds.items() if np.ndim(v) and len(v) == n}
     pieces = []
     for start in range(0, n, batch):
-        piece = {k: v[start:start + batch] for k, v in feeds.items()}
-        real = len(next(iter(piece.values())))
-        if real < batch:
-            piece = {k: np.concatenate([v, np.repeat(v[-1:], batch - real, axis=0)]) for k, v in piece.items()}
-        piece = {k: v[0] if k in squeeze else v for k, v in piece.items()}
+        real = min(batch, n - start)
+        piece = {}
+        for k, v in feeds.items():
+            if k in samples:
+                v = v[start:start + batch]
+                if real < batch:
+                    v = np.concatenate([v, np.repeat(v[-1:], batch - real, axis=0)])
+                v = v[0] if k in squeeze else v
+            piece[k] = v
         pieces.append((real, _run_once(session, outputs, piece)))
     return [_joined([values[i] for _, values in pieces], [real for real, _ in pieces], batch, bool(squeeze))
             for i in range(len(pieces[0][1]))]

@@ -1195,7 +1195,7 @@ for _op in REDUCE_OPS:
     setattr(_Analyzer, f"op_{_op}", _Analyzer.reduce)
 
 
-def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> GraphAnalysis:
+def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], per_image: bool = False) -> GraphAnalysis:
     """Find the channel groups of a model.
 
     Parameters
@@ -1204,6 +1204,10 @@ def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> Graph
         The model, with constant weights as initializers (see ``constants_to_initializers``).
     shapes : dict
         Concrete shape of every tensor at the calibration input shape (batch may be 1).
+    per_image : bool
+        The model takes one sample without a batch axis and ``shapes`` are those of one
+        sample: groups on tensors with other than one row there (a two-stage detector's
+        features per region) are frozen, as their statistics cannot be told by image.
     """
     cuts: dict[str, set[int]] = {}
     for _ in range(6):
@@ -1211,7 +1215,13 @@ def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> Graph
         result = walker.run()
         new = walker.propagated_cuts()
         if all(pos in cuts.get(key, set()) for key, pos in new):
-            return result
+            break
         for key, pos in new:
             cuts.setdefault(key, set()).add(pos)
-    return result  # cuts keep appearing: the partial segments left are frozen
+    # else: cuts keep appearing, and the partial segments left are frozen
+    if per_image:
+        for group in result.groups:
+            rows = [(name, shapes[name][0]) for name, *_ in group.tensors if shapes.get(name, (1,))[:1] != (1,)]
+            if rows:
+                group.frozen.append(f"{rows[0][0]} has {rows[0][1]} rows per image (per-region features)")
+    return result
