@@ -69,6 +69,16 @@ def _counts(model: onnx.ModelProto, data, providers) -> tuple[int, int]:
     return costs.params(), costs.macs()
 
 
+def compared_outputs(model: onnx.ModelProto, data, providers: list[str]) -> list[str] | None:
+    """The tensors to compare ``model``'s pruned versions on: None for its graph outputs,
+    or, for a model without a batch axis (a detector, whose outputs' length depends on the
+    image), the raw predictions of :func:`calibrate.sensitivity.comparison_outputs`."""
+    if not unbatched_inputs(model):
+        return None
+    shapes = probe_shapes(model, data.first(), providers)
+    return comparison_outputs(model, analyze(model, shapes, per_image=True), Topology(model), shapes)
+
+
 def compare_outputs(names: list[str], out_a: list[np.ndarray], out_b: list[np.ndarray]) -> dict:
     """Per output: relative L2 error and mean cosine similarity of ``out_b`` to ``out_a``
     (arrays with samples on axis 0), and top-1 agreement for (N, classes) outputs."""
@@ -109,11 +119,7 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     providers = choose_providers(device)
     data_a = load_calibration(data, a)
     load_calibration(data_a.arrays, b)  # the pruned model must take the same inputs
-    # a detector without a batch axis is compared on its raw predictions (pipeline.comparison_outputs)
-    names = None
-    if unbatched_inputs(a):
-        shapes = probe_shapes(a, data_a.first(), providers)
-        names = comparison_outputs(a, analyze(a, shapes, per_image=True), Topology(a), shapes)
+    names = compared_outputs(a, data_a, providers)
     out_a, out_b = run_model(a, data_a, providers, outputs=names), run_model(b, data_a, providers, outputs=names)
     result: dict = {"samples": data_a.samples, "provider": providers[0],
                     "outputs": compare_outputs(names or [o.name for o in a.graph.output], out_a, out_b)}

@@ -17,7 +17,7 @@ import onnx
 from .calibrate.data import load_calibration
 from .calibrate.session import choose_providers
 from .errors import UsageError
-from .evaluate import compare_outputs, load_labels, run_model
+from .evaluate import compare_outputs, compared_outputs, load_labels, run_model
 from .graph.model_io import as_model, normalize
 from .pipeline import PruneConfig, calibrate, prune
 from .progress import Progress
@@ -81,8 +81,9 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
     else:
         held_out = load_calibration({k: v[:CALIBRATION_CHECK] for k, v in arrays.items()}, original, probe=True)
         on = f"the first {held_out.samples} calibration samples"
-    names = [o.name for o in original.graph.output]
-    reference = run_model(original, held_out, providers)
+    compared = compared_outputs(original, held_out, providers)
+    names = compared or [o.name for o in original.graph.output]
+    reference = run_model(original, held_out, providers, outputs=compared)
     y = load_labels(labels, held_out.samples) if labels is not None else None
     stats = [calibrate(original, arrays, base, progress)] if base.mode == "oneshot" else None
     points = []
@@ -92,7 +93,7 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
         t0 = time.perf_counter()
         result = prune(original, None if stats else arrays, config, progress, stats=stats)
         seconds = time.perf_counter() - t0
-        got = run_model(result.model, held_out, providers)
+        got = run_model(result.model, held_out, providers, outputs=compared)
         accuracy = None if y is None else {"original": float((reference[0].argmax(1) == y).mean()),
                                            "pruned": float((got[0].argmax(1) == y).mean())}
         rep = result.report

@@ -275,3 +275,40 @@ def test_nhwc_graph_input_leaves_the_stem_prunable():
     assert stem.prunable and stem.channels == 8
     assert [analysis.consumers[c].name for c in stem.consumers] == ["head"]
     assert not any(g.prunable for g in analysis.groups if any(t == "x" for t, *_ in g.tensors))
+
+
+def test_per_region_rows_freeze_a_model_without_batch_axis():
+    """A model taking one image without a batch axis whose later layers work on rows of
+    their own (a detector's regions; here one row per pixel): ``per_image`` freezes the
+    groups on those rows, whose statistics cannot be told by image, and the comparison
+    outputs are the last weighted layer with one row per image."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_eprune.calibrate.engine import Topology
+    from onnx_eprune.calibrate.sensitivity import comparison_outputs
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(v, n) for n, v in [
+        ("axis0", np.array([0], np.int64)), ("rows", np.array([-1, 8], np.int64)),
+        ("w1", rng.normal(size=(8, 3, 3, 3)).astype(np.float32)),
+        ("g1", rng.normal(size=(16, 8)).astype(np.float32)), ("g2", rng.normal(size=(4, 16)).astype(np.float32))]]
+    nodes = [helper.make_node("Unsqueeze", ["x", "axis0"], ["b"]),
+             helper.make_node("Conv", ["b", "w1"], ["c1"], pads=[1] * 4, name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Transpose", ["r1"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["t", "rows"], ["pixels"]),
+             helper.make_node("Gemm", ["pixels", "g1"], ["h"], transB=1, name="gemm1"),
+             helper.make_node("Relu", ["h"], ["r2"]),
+             helper.make_node("Gemm", ["r2", "g2"], ["y"], transB=1, name="gemm2")]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["pixels", 4])], inits),
+        opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    shapes = probe_shapes(model, {"x": random_input(1)}, CPU)   # one image, its sample axis dropped
+    assert shapes["x"] == (3, 16, 16) and shapes["h"] == (256, 16)
+    assert group_produced_by(model, analyze(model, shapes), "gemm1").prunable
+    analysis = analyze(model, shapes, per_image=True)
+    hidden = group_produced_by(model, analysis, "gemm1")
+    assert not hidden.prunable and "256 rows per image" in hidden.frozen[-1]
+    assert comparison_outputs(model, analysis, Topology(model), shapes) == ["c1"]

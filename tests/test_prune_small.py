@@ -789,6 +789,9 @@ def test_model_without_batch_axis(calib, mode):
     assert set(report["latency_ms"]["pruned"]) == {"batch1"}
     with pytest.raises(UsageError, match=r"\(\?, 3, 16, 16\)"):
         prune(model, x[0])   # one image without its sample axis
+    if mode == "sequential":
+        (point,) = onnx_eprune.sweep(model, x, [0.4], data=x[:8], device="cpu", method="l1")
+        assert list(point.fidelity) == list(report["outputs"])
 
 
 def test_inspect_and_evaluate_are_functions(tmp_path, calib):
