@@ -164,8 +164,8 @@ def export_ultralytics(name: str, size: int, cache: Path) -> dict:
         warnings.simplefilter("ignore")
         written = model.export(format="onnx", imgsz=size, dynamic=True, simplify=False, opset=17)
     shutil.move(written, cache / f"{name}.onnx")
-    meta = {"name": name, "arch": name, "kind": "detection", "made_by": "tools/export_torchvision.py", "exporter": f"ultralytics {ultralytics.__version__}",
-            "input_name": "images", "input_shape": [1, 3, size, size], "opset": 17, "torch": torch.__version__,
+    meta = {"name": name, "arch": name, "kind": "detection", "made_by": "tools/export_torchvision.py",
+            "exporter": f"ultralytics {ultralytics.__version__}", "input_name": "images", "input_shape": [1, 3, size, size], "opset": 17, "torch": torch.__version__,
             "export_seconds": round(time.perf_counter() - t0, 2),
             "params": int(sum(p.numel() for p in model.model.parameters()))}
     (cache / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")

@@ -248,7 +248,8 @@ class CachedNetwork:
         missing = [t for t in targets if t not in available]
         sub, feeds = submodel(self.model, self.topo, missing + self._frontier_of(missing, available) if keep
                               else missing, available)
-        session = make_session(sub, self.providers, batch=self.batch, unbatched=self.unbatched) if sub is not None else None
+        session = None if sub is None else make_session(sub, self.providers, batch=self.batch,
+                                                        unbatched=self.unbatched)
         out_names = [o.name for o in sub.graph.output] if sub is not None else []
         fresh: dict[str, StoredBatches | None] = {}
         batches = self.data.batch_count(self.batch_size)
@@ -256,7 +257,8 @@ class CachedNetwork:
             values = {}
             if session is not None:
                 inputs = {name: batch[name] if name in batch else self.cache[name][b] for name in feeds}
-                values = dict(zip(out_names, run(session, out_names, inputs)))
+                samples = len(next(iter(batch.values())))
+                values = dict(zip(out_names, run(session, out_names, inputs, samples)))
                 if keep:
                     for name in out_names:
                         if b == 0:

@@ -73,7 +73,7 @@ def _measure(model, topo, data, providers, tensors_by_group, delta, seed, output
     # more than some of the runs
     shared = shared_initializers(model)
     sess = make_session(model, providers, outputs=outputs + fetched, shared=shared)
-    values = dict(zip(outputs + fetched, run(sess, None, feeds)))
+    values = dict(zip(outputs + fetched, run(sess, None, feeds, data.samples)))
     ref = [values[o].astype(np.float64) for o in outputs]
     ref_var = sum(float(np.sum(np.var(r, axis=0))) for r in ref)
     gains: dict[int, float] = {}
@@ -98,7 +98,7 @@ def _measure(model, topo, data, providers, tensors_by_group, delta, seed, output
             else:
                 inputs[name] = values[name] if name in values else feeds[name]
         got = run(make_session(sub, providers, shared=shared, batch=fixed_batch(model),
-                               unbatched=unbatched_inputs(model)), outputs, inputs)
+                               unbatched=unbatched_inputs(model)), outputs, inputs, data.samples)
         mse = sum(float(np.sum(np.mean((g.astype(np.float64) - r) ** 2, axis=0))) for g, r in zip(got, ref))
         gains[gid] = mse / ref_var / delta ** 2
     return gains

@@ -216,17 +216,18 @@ def _with_shared(model: onnx.ModelProto, shared: dict[str, ort.OrtValue]) -> tup
     return light, names
 
 
-def run(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list:
+def run(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[str, np.ndarray],
+        samples: int | None = None) -> list:
     """``session.run`` with onnxruntime's failures turned into one-line EPruneErrors.
 
-    A session of a model with a fixed batch size runs the feeds (samples on axis 0) in
-    pieces of that size, the last one padded with copies of its last sample; outputs with
-    the batch on axis 0 come back concatenated (padding removed), others (shapes) from the
-    first piece."""
+    A session of a model with a fixed batch size runs the feeds (``samples`` on axis 0;
+    default: the longest first axis) in pieces of that size, the last one padded with copies
+    of its last sample; feeds without that axis (a scalar, anchors) go whole to every piece.
+    Outputs with the batch on axis 0 come back concatenated (padding removed), others
+    (shapes) from the first piece."""
     batch = getattr(session, "_eprune_batch", None)
     squeeze = getattr(session, "_eprune_unbatched", frozenset())
-    # the samples: the longest first axis; a feed without it (a scalar, anchors) goes whole
-    n = max((len(v) for v in feeds.values() if np.ndim(v)), default=0)
+    n = samples if samples is not None else max((len(v) for v in feeds.values() if np.ndim(v)), default=0)
     if batch is None or (n == batch and not squeeze):
         return _run_once(session, outputs, feeds)
     samples = {k for k, v in feeds.items() if np.ndim(v) and len(v) == n}
