@@ -16,7 +16,7 @@ from .calibrate.sensitivity import comparison_outputs
 from .calibrate.session import choose_providers, fixed_batch, make_session, probe_shapes, run, unbatched_inputs
 from .errors import UsageError
 from .graph.costs import build_cost_model
-from .graph.groups import analyze
+from .graph.groups import GraphAnalysis, analyze
 from .graph.model_io import as_model, model_bytes, normalize
 
 
@@ -63,9 +63,14 @@ def _size(model: onnx.ModelProto, path) -> int:
     return model_bytes(model)
 
 
-def _counts(model: onnx.ModelProto, data, providers) -> tuple[int, int]:
+def _analysis(model: onnx.ModelProto, data, providers) -> tuple[dict, GraphAnalysis]:
+    """The shapes of ``model``'s tensors on ``data``'s first sample and its channel groups."""
     shapes = probe_shapes(model, data.first(), providers)
-    costs = build_cost_model(model, analyze(model, shapes, bool(unbatched_inputs(model))), shapes)
+    return shapes, analyze(model, shapes)
+
+
+def _counts(model: onnx.ModelProto, shapes: dict, analysis: GraphAnalysis) -> tuple[int, int]:
+    costs = build_cost_model(model, analysis, shapes)
     return costs.params(), costs.macs()
 
 
@@ -75,8 +80,8 @@ def compared_outputs(model: onnx.ModelProto, data, providers: list[str]) -> list
     image), the raw predictions of :func:`calibrate.sensitivity.comparison_outputs`."""
     if not unbatched_inputs(model):
         return None
-    shapes = probe_shapes(model, data.first(), providers)
-    return comparison_outputs(model, analyze(model, shapes, per_image=True), Topology(model), shapes)
+    shapes, analysis = _analysis(model, data, providers)
+    return comparison_outputs(model, analysis, Topology(model), shapes)
 
 
 def compare_outputs(names: list[str], out_a: list[np.ndarray], out_b: list[np.ndarray]) -> dict:
@@ -119,10 +124,11 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     providers = choose_providers(device)
     data_a = load_calibration(data, a)
     load_calibration(data_a.arrays, b)  # the pruned model must take the same inputs
-    names = compared_outputs(a, data_a, providers)
+    shapes_a, analysis_a = _analysis(a, data_a, providers)
+    names = comparison_outputs(a, analysis_a, Topology(a), shapes_a)
     out_a, out_b = run_model(a, data_a, providers, outputs=names), run_model(b, data_a, providers, outputs=names)
     result: dict = {"samples": data_a.samples, "provider": providers[0],
-                    "outputs": compare_outputs(names or [o.name for o in a.graph.output], out_a, out_b)}
+                    "outputs": compare_outputs(names, out_a, out_b)}
     if labels is not None:
         y = load_labels(labels, data_a.samples)
         result["accuracy"] = {"original": float(np.mean(out_a[0].argmax(1) == y)),
@@ -130,14 +136,15 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     # a model exported for a fixed batch size runs at that size only, one without a batch
     # axis one image at a time
     squeeze = unbatched_inputs(a)
-    sizes = [1] if squeeze else [fixed_batch(a)] if fixed_batch(a) else sorted({1, min(32, data_a.samples)})
+    fixed = fixed_batch(a)
+    sizes = [1] if squeeze else [fixed] if fixed else sorted({1, min(32, data_a.samples)})
     feeds = {size: {k: np.resize(v, (size, *v.shape[1:])) for k, v in data_a.first().items()}
              if size > data_a.samples else next(data_a.batches(size)) for size in sizes}
     feeds = {size: {k: v[0] if k in squeeze else v for k, v in f.items()} for size, f in feeds.items()}
     result["latency_ms"] = {which: {f"batch{size}": latency_ms(m, feeds[size], providers) for size in sizes}
                             for which, m in (("original", a), ("pruned", b))}
-    pa, ma = _counts(a, data_a, providers)
-    pb, mb = _counts(b, data_a, providers)
+    pa, ma = _counts(a, shapes_a, analysis_a)
+    pb, mb = _counts(b, *_analysis(b, data_a, providers))
     result["size"] = {"original": {"bytes": _size(a, original), "params": pa, "macs": ma},
                       "pruned": {"bytes": _size(b, pruned), "params": pb, "macs": mb}}
     return result

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 
 from .calibrate.data import load_calibration
-from .calibrate.session import choose_providers, probe_shapes, unbatched_inputs
+from .calibrate.session import choose_providers, probe_shapes
 from .graph.costs import build_cost_model
 from .graph.groups import analyze
 from .graph.model_io import load_model, normalize
@@ -32,7 +32,7 @@ def inspect(model: onnx.ModelProto | str, sample=None) -> dict:
     normalize(model)
     data = load_calibration(sample if sample is not None else _zeros(model), model, samples=1, probe=True)
     shapes = probe_shapes(model, data.first(), choose_providers("cpu"))
-    analysis = analyze(model, shapes, bool(unbatched_inputs(model)))
+    analysis = analyze(model, shapes)
     costs = build_cost_model(model, analysis, shapes)
     nodes = model.graph.node
     rows = []

@@ -26,7 +26,7 @@ from .calibrate.bundle import StatsBundle, fingerprint, merge_bundles
 from .calibrate.data import CalibrationData, load_calibration
 from .calibrate.engine import CacheSpace, CachedNetwork, StoredBatches, Topology
 from .calibrate.sensitivity import comparison_outputs, gain_subset, output_gains
-from .calibrate.session import choose_providers, make_session, probe_shapes, run, unbatched_inputs
+from .calibrate.session import choose_providers, make_session, probe_shapes, run
 from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, channel_bases,
                               conv_patches, positions_per_sample, reduce_rows, sample_positions)
 from .errors import EPruneError, UsageError
@@ -165,7 +165,7 @@ class Pruner:
         log.info("onnxruntime provider: %s", self.providers[0])
         with self.timer.phase("analyze"):
             self.shapes = probe_shapes(self.model, self.data.first(), self.providers)
-            self.analysis: GraphAnalysis = analyze(self.model, self.shapes, bool(unbatched_inputs(self.model)))
+            self.analysis: GraphAnalysis = analyze(self.model, self.shapes)
             self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes)
         self.inits = initializer_map(self.model)
         self.topo = Topology(self.model)

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from ..errors import UsageError
-from .session import unbatched_inputs
+from ..graph.model_io import model_inputs, unbatched_inputs
 
 log = logging.getLogger("onnx_eprune")
 
@@ -59,12 +59,6 @@ class CalibrationData:
                 keys[i] = (hi << 32) | lo
             self._keys = keys
         return self._keys
-
-
-def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The real graph inputs (initializers that old exporters list as inputs excluded)."""
-    inits = {i.name for i in model.graph.initializer}
-    return [vi for vi in model.graph.input if vi.name not in inits]
 
 
 def load_calibration(source, model: onnx.ModelProto, samples: int | None = None, probe: bool = False

@@ -72,6 +72,8 @@ def _measure(model, topo, data, providers, tensors_by_group, delta, seed, output
     # every group's session holds most of the weights: serialised once each, they cost
     # more than some of the runs
     shared = shared_initializers(model)
+    # the sub-graphs run as the whole model must: at its fixed batch, one image at a time
+    batching = {"batch": fixed_batch(model), "unbatched": unbatched_inputs(model)}
     sess = make_session(model, providers, outputs=outputs + fetched, shared=shared)
     values = dict(zip(outputs + fetched, run(sess, None, feeds, data.samples)))
     ref = [values[o].astype(np.float64) for o in outputs]
@@ -97,8 +99,7 @@ def _measure(model, topo, data, providers, tensors_by_group, delta, seed, output
                 inputs[name] = noise.astype(z.dtype)
             else:
                 inputs[name] = values[name] if name in values else feeds[name]
-        got = run(make_session(sub, providers, shared=shared, batch=fixed_batch(model),
-                               unbatched=unbatched_inputs(model)), outputs, inputs, data.samples)
+        got = run(make_session(sub, providers, shared=shared, **batching), outputs, inputs, data.samples)
         mse = sum(float(np.sum(np.mean((g.astype(np.float64) - r) ** 2, axis=0))) for g, r in zip(got, ref))
         gains[gid] = mse / ref_var / delta ** 2
     return gains

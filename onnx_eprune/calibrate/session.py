@@ -14,6 +14,7 @@ from onnx.external_data_helper import uses_external_data
 
 from ..errors import EPruneError, UsageError
 from ..graph import model_io
+from ..graph.model_io import fixed_batch, unbatched_inputs
 
 log = logging.getLogger("onnx_eprune")
 
@@ -73,39 +74,6 @@ def _options(threads: int | None = None, spinning: bool = False) -> ort.SessionO
         # pool threads that spin after a run would take the cores from numpy's threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
-
-
-def fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The batch size ``model`` was exported for: the static first dimension its graph inputs
-    share (an export without dynamic axes fixes it, usually at 1), or None when it is free.
-    Graph outputs that state a first dimension must state the same one: a static first
-    input dimension read otherwise is no batch (torchvision's detectors take one image,
-    (3, H, W), and return a box per row)."""
-    constants = {init.name for init in model.graph.initializer}
-    sizes = set()
-    for vi in model.graph.input:
-        if vi.name in constants:
-            continue
-        dims = vi.type.tensor_type.shape.dim
-        if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value < 1:
-            return None
-        sizes.add(dims[0].dim_value)
-    for vi in model.graph.output:
-        dims = vi.type.tensor_type.shape.dim
-        if dims and (dims[0].dim_value or None) not in sizes:
-            return None
-    return sizes.pop() if len(sizes) == 1 else None
-
-
-def unbatched_inputs(model: onnx.ModelProto) -> frozenset[str]:
-    """The graph inputs of ``model`` without a batch axis: those whose first dimension is
-    fixed, unless the model has a :func:`fixed_batch` (torchvision's detectors take one
-    (3, H, W) image). Calibration arrays for them hold samples on an extra axis 0."""
-    if fixed_batch(model) is not None:
-        return frozenset()
-    constants = {init.name for init in model.graph.initializer}
-    return frozenset(vi.name for vi in model.graph.input if vi.name not in constants and
-                     vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_value > 0)
 
 
 def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str] | None = None,

@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .model_io import unbatched_inputs
+
 # Ops that act on each element independently: channel c in is channel c out.
 ELEMENTWISE_UNARY = frozenset({
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
@@ -1195,7 +1197,8 @@ for _op in REDUCE_OPS:
     setattr(_Analyzer, f"op_{_op}", _Analyzer.reduce)
 
 
-def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], per_image: bool = False) -> GraphAnalysis:
+def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], per_image: bool | None = None
+            ) -> GraphAnalysis:
     """Find the channel groups of a model.
 
     Parameters
@@ -1204,10 +1207,11 @@ def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], per_imag
         The model, with constant weights as initializers (see ``constants_to_initializers``).
     shapes : dict
         Concrete shape of every tensor at the calibration input shape (batch may be 1).
-    per_image : bool
+    per_image : bool, optional
         The model takes one sample without a batch axis and ``shapes`` are those of one
         sample: groups on tensors with other than one row there (a two-stage detector's
         features per region) are frozen, as their statistics cannot be told by image.
+        Default: whether the model has inputs without a batch axis (``unbatched_inputs``).
     """
     cuts: dict[str, set[int]] = {}
     for _ in range(6):
@@ -1219,7 +1223,7 @@ def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], per_imag
         for key, pos in new:
             cuts.setdefault(key, set()).add(pos)
     # else: cuts keep appearing, and the partial segments left are frozen
-    if per_image:
+    if per_image if per_image is not None else unbatched_inputs(model):
         for group in result.groups:
             rows = [(name, shapes[name][0]) for name, *_ in group.tensors if shapes.get(name, (1,))[:1] != (1,)]
             if rows:

@@ -545,3 +545,38 @@ def _referenced_names(graph: onnx.GraphProto) -> set[str]:
 def initializer_map(model: onnx.ModelProto) -> Mapping[str, onnx.TensorProto]:
     """Initializers by name, each with its data inside (references are read on access)."""
     return _Initializers(model)
+
+
+def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The real graph inputs (initializers that old exporters list as inputs excluded)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size ``model`` was exported for: the static first dimension its graph inputs
+    share (an export without dynamic axes fixes it, usually at 1), or None when it is free.
+    Graph outputs that state a first dimension must state the same one: a static first
+    input dimension read otherwise is no batch (torchvision's detectors take one image,
+    (3, H, W), and return a box per row)."""
+    sizes = set()
+    for vi in model_inputs(model):
+        dims = vi.type.tensor_type.shape.dim
+        if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value < 1:
+            return None
+        sizes.add(dims[0].dim_value)
+    for vi in model.graph.output:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and (dims[0].dim_value or None) not in sizes:
+            return None
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def unbatched_inputs(model: onnx.ModelProto) -> frozenset[str]:
+    """The graph inputs of ``model`` without a batch axis: those whose first dimension is
+    fixed, unless the model has a :func:`fixed_batch` (torchvision's detectors take one
+    (3, H, W) image). Calibration arrays for them hold samples on an extra axis 0."""
+    if fixed_batch(model) is not None:
+        return frozenset()
+    return frozenset(vi.name for vi in model_inputs(model)
+                     if vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_value > 0)
