@@ -236,7 +236,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for position sampling and random selection")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="onnxruntime device for calibration (default: CUDA when usable)")
-    p.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default: 64)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="calibration samples per run, at most (default: 64; fewer where they would fetch over 1 GiB)")
     p.add_argument("--positions", type=int, metavar="K",
                    help="conv output positions sampled per image (default: automatic)")
     p.add_argument("--round-to", type=int, metavar="N",
@@ -311,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
     p.add_argument("--seed", type=int, default=0, help="seed for position sampling (same for all shards)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default: 64)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="calibration samples per run, at most (default: 64; fewer where they would fetch over 1 GiB)")
     p.add_argument("--positions", type=int, metavar="K", help="conv output positions sampled per image")
     _add_common(p)
 

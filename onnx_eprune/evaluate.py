@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import onnx
 from .calibrate.data import load_calibration
 from .calibrate.engine import Topology
 from .calibrate.sensitivity import comparison_outputs
-from .calibrate.session import choose_providers, fixed_batch, make_session, probe_shapes, run, unbatched_inputs
+from .calibrate.session import (choose_providers, fixed_batch, make_session, probe_shapes, run, samples_per_batch,
+                                unbatched_inputs)
 from .errors import UsageError
 from .graph.costs import build_cost_model
 from .graph.groups import GraphAnalysis, analyze
@@ -74,31 +76,79 @@ def _counts(model: onnx.ModelProto, shapes: dict, analysis: GraphAnalysis) -> tu
     return costs.params(), costs.macs()
 
 
-def compared_outputs(model: onnx.ModelProto, data, providers: list[str]) -> list[str] | None:
-    """The tensors to compare ``model``'s pruned versions on: None for its graph outputs,
-    or, for a model without a batch axis (a detector, whose outputs' length depends on the
+def compared_outputs(model: onnx.ModelProto, data, providers: list[str]) -> tuple[list[str], int]:
+    """The tensors to compare ``model``'s pruned versions on, and how many samples of
+    ``data`` a batch of them may hold (256 at most). The tensors are the graph outputs, or,
+    for a model without a batch axis (a detector, whose outputs' length depends on the
     image), the raw predictions of :func:`calibrate.sensitivity.comparison_outputs`."""
-    if not unbatched_inputs(model):
-        return None
-    shapes, analysis = _analysis(model, data, providers)
-    return comparison_outputs(model, analysis, Topology(model), shapes)
+    return _compared(model, *_analysis(model, data, providers))
+
+
+def _compared(model: onnx.ModelProto, shapes: dict, analysis: GraphAnalysis) -> tuple[list[str], int]:
+    names = comparison_outputs(model, analysis, Topology(model), shapes)
+    # batch by batch: a segmentation or detection model's outputs take MBs per image
+    return names, samples_per_batch(model, shapes, names, 256)
+
+
+def measure_against(reference: Iterable[list[np.ndarray]], model: onnx.ModelProto, data, names: list[str],
+                    size: int, providers: list[str], labels: np.ndarray | None = None) -> tuple[dict, dict | None]:
+    """How close ``model``'s ``names`` stay to ``reference`` (their values in the original,
+    one list per batch of ``size`` samples of ``data``): the :class:`OutputComparison`
+    result, and with ``labels`` (class indices) the top-1 accuracy of the first output in
+    both ({"original": ..., "pruned": ...}, else None)."""
+    session = make_session(model, providers, outputs=names)
+    comparison, right = OutputComparison(names), np.zeros(2)
+    for start, batch, ref in zip(range(0, data.samples, size), data.batches(size), reference):
+        got = run(session, None, batch)
+        comparison.add(ref, got)
+        if labels is not None:
+            right += [np.sum(out[0].argmax(1) == labels[start:start + len(out[0])]) for out in (ref, got)]
+    accuracy = None if labels is None else {"original": float(right[0] / len(labels)),
+                                            "pruned": float(right[1] / len(labels))}
+    return comparison.result(), accuracy
+
+
+class OutputComparison:
+    """Fidelity of ``out_b`` to ``out_a`` (arrays with samples on axis 0), given batch by
+    batch so that neither model's outputs need be held whole: per output the relative L2
+    error, the mean cosine similarity of the samples and, for (N, classes) outputs, the
+    top-1 agreement."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        # per output: squared error, squared norm, summed cosines, agreements, rows
+        self.sums = {name: np.zeros(5) for name in names}
+        self.classes: dict[str, bool] = {}
+
+    def add(self, out_a: list[np.ndarray], out_b: list[np.ndarray]) -> None:
+        for name, ya, yb in zip(self.names, out_a, out_b):
+            if ya.shape != yb.shape:
+                raise UsageError(f"output {name!r} has shape {ya.shape} in the original and {yb.shape} "
+                                 "in the pruned model")
+            fa, fb = ya.reshape(len(ya), -1).astype(np.float64), yb.reshape(len(yb), -1).astype(np.float64)
+            norms = np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)
+            cos = np.sum(fa * fb, 1) / np.maximum(norms, 1e-30)
+            self.classes[name] = ya.ndim == 2 and ya.shape[1] > 1
+            agree = np.sum(ya.argmax(1) == yb.argmax(1)) if self.classes[name] else 0
+            self.sums[name] += [np.sum((fa - fb) ** 2), np.sum(fa ** 2), np.sum(cos), agree, len(ya)]
+
+    def result(self) -> dict:
+        result = {}
+        for name in self.names:
+            diff, norm, cos, agree, rows = self.sums[name]
+            entry = {"relative_error": float(np.sqrt(diff) / max(np.sqrt(norm), 1e-30)),
+                     "cosine": float(cos / max(rows, 1))}
+            if self.classes.get(name):
+                entry["top1_agreement"] = float(agree / max(rows, 1))
+            result[name] = entry
+        return result
 
 
 def compare_outputs(names: list[str], out_a: list[np.ndarray], out_b: list[np.ndarray]) -> dict:
-    """Per output: relative L2 error and mean cosine similarity of ``out_b`` to ``out_a``
-    (arrays with samples on axis 0), and top-1 agreement for (N, classes) outputs."""
-    result = {}
-    for name, ya, yb in zip(names, out_a, out_b):
-        if ya.shape != yb.shape:
-            raise UsageError(f"output {name!r} has shape {ya.shape} in the original and {yb.shape} in the pruned model")
-        fa, fb = ya.reshape(len(ya), -1).astype(np.float64), yb.reshape(len(yb), -1).astype(np.float64)
-        cos = np.sum(fa * fb, 1) / np.maximum(np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1), 1e-30)
-        entry = {"relative_error": float(np.linalg.norm(fa - fb) / max(np.linalg.norm(fa), 1e-30)),
-                 "cosine": float(np.mean(cos))}
-        if ya.ndim == 2 and ya.shape[1] > 1:
-            entry["top1_agreement"] = float(np.mean(ya.argmax(1) == yb.argmax(1)))
-        result[name] = entry
-    return result
+    """:class:`OutputComparison` of whole outputs."""
+    comparison = OutputComparison(names)
+    comparison.add(out_a, out_b)
+    return comparison.result()
 
 
 def load_labels(labels, samples: int) -> np.ndarray:
@@ -125,14 +175,14 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     data_a = load_calibration(data, a)
     load_calibration(data_a.arrays, b)  # the pruned model must take the same inputs
     shapes_a, analysis_a = _analysis(a, data_a, providers)
-    names = comparison_outputs(a, analysis_a, Topology(a), shapes_a)
-    out_a, out_b = run_model(a, data_a, providers, outputs=names), run_model(b, data_a, providers, outputs=names)
-    result: dict = {"samples": data_a.samples, "provider": providers[0],
-                    "outputs": compare_outputs(names, out_a, out_b)}
-    if labels is not None:
-        y = load_labels(labels, data_a.samples)
-        result["accuracy"] = {"original": float(np.mean(out_a[0].argmax(1) == y)),
-                              "pruned": float(np.mean(out_b[0].argmax(1) == y))}
+    names, size = _compared(a, shapes_a, analysis_a)
+    y = load_labels(labels, data_a.samples) if labels is not None else None
+    original_session = make_session(a, providers, outputs=names)
+    reference = (run(original_session, None, batch) for batch in data_a.batches(size))
+    fidelity, accuracy = measure_against(reference, b, data_a, names, size, providers, y)
+    result: dict = {"samples": data_a.samples, "provider": providers[0], "outputs": fidelity}
+    if accuracy is not None:
+        result["accuracy"] = accuracy
     # a model exported for a fixed batch size runs at that size only, one without a batch
     # axis one image at a time
     squeeze = unbatched_inputs(a)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +24,7 @@ from .calibrate.bundle import StatsBundle, fingerprint, merge_bundles
 from .calibrate.data import CalibrationData, load_calibration
 from .calibrate.engine import CacheSpace, CachedNetwork, StoredBatches, Topology
 from .calibrate.sensitivity import comparison_outputs, gain_subset, output_gains
-from .calibrate.session import choose_providers, make_session, probe_shapes, run
+from .calibrate.session import BATCH_BYTES, choose_providers, make_session, probe_shapes, run, samples_per_batch
 from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, channel_bases,
                               conv_patches, positions_per_sample, reduce_rows, sample_positions)
 from .errors import EPruneError, UsageError
@@ -46,15 +44,8 @@ log = logging.getLogger("onnx_eprune")
 MODES = ("sequential", "oneshot")
 
 
-# Activations cached between passes (the original network's consumer inputs from the
-# one-shot pass, each network's tensors from one sequential stage to the next) stay in
-# memory up to this many bytes and go to scratch files beyond it, so that peak memory does
-# not grow with the number of samples; past the disk share they are computed again.
-CACHE_MEMORY_BYTES = 512 << 20
-CACHE_DISK_SHARE = 0.5      # of the free space in the temporary directory
-CACHE_DISK_BYTES = 64 << 30  # at most
-
-VALIDATION_SAMPLES = 256    # calibration samples the pruned model is checked on
+VALIDATION_SAMPLES = 256    # calibration samples the pruned model is checked on ...
+VALIDATION_BYTES = 256 << 20  # ... at most as many as whose compared outputs take this many bytes
 
 
 @dataclass
@@ -170,6 +161,16 @@ class Pruner:
         self.inits = initializer_map(self.model)
         self.topo = Topology(self.model)
         self.outputs = comparison_outputs(self.model, self.analysis, self.topo, self.shapes)
+        consumers = [self.analysis.consumers[c] for c in self._oneshot_consumers()]
+        # config.batch_size at most: high-resolution inputs fetch GBs per sample
+        self.batch_size = samples_per_batch(self.model, self.shapes, [c.input for c in consumers]
+                                            + [c.output for c in consumers] + self.outputs, config.batch_size)
+        if self.batch_size < config.batch_size:
+            log.info("calibration runs %d sample(s) at a time: %d would fetch over %.1f GiB of tensors",
+                     self.batch_size, config.batch_size, BATCH_BYTES / 2 ** 30)
+        # the pruned model is compared with the original on this many calibration samples
+        self.validation_samples = samples_per_batch(self.model, self.shapes, self.outputs,
+                                                    min(VALIDATION_SAMPLES, self.data.samples), VALIDATION_BYTES)
         self.paths: dict[int, list[entropic.PathPoint]] = {}  # entropic paths on one-shot statistics
         self.steps: dict[int, int] = {}  # group -> its kept counts are multiples of this (allocate)
         self._targets: dict[int, StoredBatches] = {}  # consumer -> its target rows (collect)
@@ -248,13 +249,13 @@ class Pruner:
         if reference:
             wanted |= set(outputs)
         acc: dict[int, MomentAccumulator | PixelPairAccumulator] = {}
-        batches = self.data.batch_count(self.config.batch_size)
+        batches = self.data.batch_count(self.batch_size)
         orig_iter = prefetched(orig.compute(sorted(wanted), keep=pruned is not None)) if wanted \
             else itertools.repeat({})
         cur_iter = prefetched(pruned.compute(sorted({c.input for c in cons.values()}))) if pruned is not None \
             else None
         keys = self.data.keys()
-        size = self.config.batch_size
+        size = self.batch_size
 
         def step(c: int) -> None:
             """Batch ``b`` of consumer ``c``. Consumers run on parallel threads, and each
@@ -291,7 +292,7 @@ class Pruner:
             for b in range(batches):
                 xo = next(orig_iter)
                 xc = next(cur_iter) if cur_iter is not None else xo
-                if reference and b * size < VALIDATION_SAMPLES:
+                if reference and b * size < self.validation_samples:
                     # copies: an output array can keep its session (and its memory arena) alive
                     self._reference.append([np.array(xo[o]) for o in outputs])
                 parallel_map(step, cidxs, self._blas_threads)
@@ -444,7 +445,8 @@ class Pruner:
             # LAPACK calls leave the cores part of the time
             gains_run = pool.submit(output_gains, self.model, self.topo, gain_data, self.providers,
                                     {g: sorted({consumers[c].output for c in self.analysis.groups[g].consumers})
-                                     for g in gids}, seed=self.config.seed, outputs=self.outputs)
+                                     for g in gids}, self.shapes, self.space, seed=self.config.seed,
+                                    outputs=self.outputs)
             all_terms = self.group_terms(gids, stats, {}, reduced=self.bases.keys())
 
             def rank(g: int) -> None:
@@ -481,7 +483,7 @@ class Pruner:
             reasons = sorted({r for g in self.analysis.groups for r in g.frozen})
             hint = "; prune the float model, then quantize it" if any(QUANTIZED in r for r in reasons) else ""
             raise EPruneError("no prunable channel group in this model (" + "; ".join(reasons[:3]) + ")" + hint)
-        self.space = _cache_space()
+        self.space = CacheSpace.default()
         try:
             return self._run_with_cache(gids)
         finally:
@@ -489,7 +491,7 @@ class Pruner:
 
     def _run_with_cache(self, gids: list[int]) -> PruneResult:
         cfg = self.config
-        orig = CachedNetwork(self.model, self.topo, self.data, self.providers, cfg.batch_size, self.space)
+        orig = CachedNetwork(self.model, self.topo, self.data, self.providers, self.batch_size, self.space)
         target = cfg.target()
         oneshot_stats = None
         if self.bundle is not None:
@@ -538,7 +540,7 @@ class Pruner:
 
     def calibrate(self) -> StatsBundle:
         """One-shot statistics of every consumer of a prunable group, as a mergeable bundle."""
-        orig = CachedNetwork(self.model, self.topo, self.data, self.providers, self.config.batch_size,
+        orig = CachedNetwork(self.model, self.topo, self.data, self.providers, self.batch_size,
                              CacheSpace(0, 0))
         with self.timer.phase("calibrate"), self._blas.limit(limits=1, user_api="blas"):
             consumers = self.collect(self._oneshot_consumers(), orig, None, "calibrate")
@@ -553,7 +555,7 @@ class Pruner:
         targets_of = {g: sorted({consumers[c].input for c in groups[g].consumers}) for g in order}
         # the tensors whose channels the analysis lays out are the ones a stage can slice
         sliceable = {t[0] for group in groups for t in group.tensors}
-        pruned = CachedNetwork(self.model, self.topo, self.data, self.providers, cfg.batch_size, self.space,
+        pruned = CachedNetwork(self.model, self.topo, self.data, self.providers, self.batch_size, self.space,
                                frontier=sliceable)
         for stage, g in enumerate(order, start=1):
             cidxs = groups[g].consumers
@@ -673,7 +675,7 @@ class Pruner:
     def validate(self, pruned: onnx.ModelProto) -> dict:
         """Check the pruned model and measure how close it stays on calibration samples."""
         check_model(pruned)
-        n = min(VALIDATION_SAMPLES, self.data.samples)
+        n = self.validation_samples
         feeds = next(self.data.batches(n))
         names = self.outputs
         if self._reference:
@@ -723,14 +725,6 @@ def _at_positions(out: np.ndarray, positions: np.ndarray) -> np.ndarray:
 def _channels_of(blocks: np.ndarray, unit: int) -> np.ndarray:
     """The sorted channels of blocks of ``unit`` consecutive channels."""
     return (np.sort(np.asarray(blocks))[:, None] * unit + np.arange(unit)).reshape(-1)
-
-
-def _cache_space() -> CacheSpace:
-    try:
-        free = shutil.disk_usage(tempfile.gettempdir()).free
-    except OSError:
-        free = 0
-    return CacheSpace(CACHE_MEMORY_BYTES, int(min(CACHE_DISK_BYTES, CACHE_DISK_SHARE * free)))
 
 
 def prune(model, calib=None, config: PruneConfig | None = None, progress: Progress | None = None,

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, replace
 import onnx
 
 from .calibrate.data import load_calibration
+from .calibrate.engine import CacheSpace, CachedNetwork, Topology
 from .calibrate.session import choose_providers
 from .errors import UsageError
-from .evaluate import compare_outputs, compared_outputs, load_labels, run_model
+from .evaluate import compared_outputs, load_labels, measure_against
 from .graph.model_io import as_model, normalize
 from .pipeline import PruneConfig, calibrate, prune
 from .progress import Progress
@@ -81,23 +82,26 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
     else:
         held_out = load_calibration({k: v[:CALIBRATION_CHECK] for k, v in arrays.items()}, original, probe=True)
         on = f"the first {held_out.samples} calibration samples"
-    compared = compared_outputs(original, held_out, providers)
-    names = compared or [o.name for o in original.graph.output]
-    reference = run_model(original, held_out, providers, outputs=compared)
+    names, size = compared_outputs(original, held_out, providers)
     y = load_labels(labels, held_out.samples) if labels is not None else None
     stats = [calibrate(original, arrays, base, progress)] if base.mode == "oneshot" else None
+    # the original's outputs, computed once and kept (in scratch files past the memory share)
+    space = CacheSpace.default()
+    reference = CachedNetwork(original, Topology(original), held_out, providers, size, space)
     points = []
-    for value in sorted(targets):
-        config = replace(base, **{kind: float(value)})
-        config.target()  # out of range: fails before any work
-        t0 = time.perf_counter()
-        result = prune(original, None if stats else arrays, config, progress, stats=stats)
-        seconds = time.perf_counter() - t0
-        got = run_model(result.model, held_out, providers, outputs=compared)
-        accuracy = None if y is None else {"original": float((reference[0].argmax(1) == y).mean()),
-                                           "pruned": float((got[0].argmax(1) == y).mean())}
-        rep = result.report
-        points.append(SweepPoint(kind, float(value), rep["params"]["removed_fraction"],
-                                 rep["macs"]["removed_fraction"], compare_outputs(names, reference, got), on,
-                                 seconds, accuracy, rep, result.model))
+    try:
+        for value in sorted(targets):
+            config = replace(base, **{kind: float(value)})
+            config.target()  # out of range: fails before any work
+            t0 = time.perf_counter()
+            result = prune(original, None if stats else arrays, config, progress, stats=stats)
+            seconds = time.perf_counter() - t0
+            fidelity, accuracy = measure_against(([values[n] for n in names] for values in reference.compute(names)),
+                                                 result.model, held_out, names, size, providers, y)
+            rep = result.report
+            points.append(SweepPoint(kind, float(value), rep["params"]["removed_fraction"],
+                                     rep["macs"]["removed_fraction"], fidelity, on, seconds, accuracy, rep,
+                                     result.model))
+    finally:
+        space.close()
     return points

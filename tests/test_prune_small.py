@@ -385,6 +385,27 @@ def test_samples_limits_calibration(calib):
     assert result.report["samples"] == 20
 
 
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+def test_batches_shrink_to_the_memory_budget(calib, mode, monkeypatch, caplog):
+    """A batch whose tensors would exceed the budget (high-resolution inputs) is cut down,
+    here to one sample, with a line saying so; the pruning is that of --batch-size 1. The
+    validation compares as many samples as its own budget holds."""
+    import logging
+    from onnx_eprune import pipeline
+    from onnx_eprune.calibrate import session
+
+    model = residual()
+    one = prune(model, calib, sparsity=0.4, mode=mode, batch_size=1)
+    monkeypatch.setattr(session, "BATCH_BYTES", 1)
+    monkeypatch.setattr(pipeline, "VALIDATION_BYTES", 1)
+    with caplog.at_level(logging.INFO, logger="onnx_eprune"):
+        auto = prune(model, calib, sparsity=0.4, mode=mode)
+    assert "calibration runs 1 sample(s) at a time: 64 would fetch" in caplog.text
+    assert auto.model.SerializeToString(deterministic=True) == one.model.SerializeToString(deterministic=True)
+    assert auto.report["fidelity_on_calibration"]["samples"] == 1
+    assert one.report["fidelity_on_calibration"]["samples"] == min(pipeline.VALIDATION_SAMPLES, len(calib))
+
+
 def test_report_contents(calib):
     result = prune(ALL_BUILDERS["residual"](), calib, sparsity=0.3, method="l1")
     r = result.report
@@ -667,12 +688,16 @@ def test_submodel_recomputes_shape_tensors_instead_of_feeding_them():
     assert out.shape == (2, 4, 16, 16)
 
 
-def test_output_gains_match_noise_added_inside_the_whole_network(calib):
+@pytest.mark.parametrize("budget", [None, 20_000])
+def test_output_gains_match_noise_added_inside_the_whole_network(calib, budget, monkeypatch):
     """Each group's gain, measured from the nearest clean tensors, equals the relative
-    output error of the whole network with the same noise added at the group's tensors."""
+    output error of the whole network with the same noise added at the group's tensors;
+    also when the tensors the runs start from fit a batch of a few images only (the channels'
+    spread then comes from every batch, and the start tensors from the cache space)."""
     from onnx import numpy_helper
+    from onnx_eprune.calibrate import session
     from onnx_eprune.calibrate.data import CalibrationData
-    from onnx_eprune.calibrate.engine import Topology
+    from onnx_eprune.calibrate.engine import CacheSpace, Topology
     from onnx_eprune.calibrate.sensitivity import output_gains
 
     model = residual()
@@ -681,7 +706,13 @@ def test_output_gains_match_noise_added_inside_the_whole_network(calib):
     tensors = {0: [node_by_name(model, "conv_a").output[0]], 1: [node_by_name(model, "conv_b").output[0]],
                2: [node_by_name(model, "stem").output[0]]}
     delta = 0.05
-    gains = output_gains(model, Topology(model), data, ["CPUExecutionProvider"], tensors, delta=delta, seed=3)
+    if budget is not None:
+        monkeypatch.setattr(session, "BATCH_BYTES", budget)
+    shapes = session.probe_shapes(model, {"x": calib[:1]}, CPU)
+    space = CacheSpace(budget or 1 << 30, 1 << 30)
+    gains = output_gains(model, Topology(model), data, CPU, tensors, shapes, space, delta=delta, seed=3)
+    assert space.memory_left == (budget or 1 << 30) and space.disk_left == 1 << 30  # handed back
+    space.close()
     keys = data.keys()
     ref = run_model(model, calib)[OUTPUT].astype(np.float64)
     for gid, (t,) in tensors.items():
@@ -840,12 +871,11 @@ def test_sequential_stages_read_the_recorded_targets_or_compute_them_again(calib
     """The one-shot pass records each consumer's target rows for the sequential stages;
     without room for them the stages compute them again from the original network, at the
     same positions: the same model, byte for byte."""
-    from onnx_eprune import pipeline
     from onnx_eprune.calibrate.engine import CacheSpace
 
     model = conv_bn_relu_pool_flatten_gemm(True)
     with_room = onnx_eprune.prune(model, calib, sparsity=0.5).model.SerializeToString()
-    monkeypatch.setattr(pipeline, "_cache_space", lambda: CacheSpace(0, 0))
+    monkeypatch.setattr(CacheSpace, "default", classmethod(lambda cls: cls(0, 0)))
     assert onnx_eprune.prune(model, calib, sparsity=0.5).model.SerializeToString() == with_room
 
 

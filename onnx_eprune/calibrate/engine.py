@@ -127,6 +127,14 @@ def submodel(model: onnx.ModelProto, topo: Topology, targets: list[str], availab
     return m, feeds
 
 
+# Activations cached between passes (the original network's consumer inputs from the
+# one-shot pass, each network's tensors from one sequential stage to the next) stay in
+# memory up to this many bytes and go to scratch files beyond it, so that peak memory does
+# not grow with the number of samples; past the disk share they are computed again.
+CACHE_MEMORY_BYTES = 512 << 20
+CACHE_DISK_SHARE = 0.5      # of the free space in the temporary directory
+CACHE_DISK_BYTES = 64 << 30  # at most
+
 class CacheSpace:
     """Bytes that cached tensors may take in memory and on disk, shared by every network of a
     run; tensors that fit neither are not cached (and computed again when needed)."""
@@ -136,6 +144,16 @@ class CacheSpace:
         self.disk_left = disk_bytes
         self._dir: str | None = None
         self._files = 0
+
+    @classmethod
+    def default(cls) -> "CacheSpace":
+        """CACHE_MEMORY_BYTES in memory, and scratch files in the temporary directory up to
+        CACHE_DISK_SHARE of its free space."""
+        try:
+            free = shutil.disk_usage(tempfile.gettempdir()).free
+        except OSError:
+            free = 0
+        return cls(CACHE_MEMORY_BYTES, int(min(CACHE_DISK_BYTES, CACHE_DISK_SHARE * free)))
 
     def new_file(self) -> str:
         if self._dir is None:

@@ -24,8 +24,9 @@ import onnx
 
 from ..graph.groups import GraphAnalysis
 from .data import CalibrationData
-from .engine import Topology, submodel
-from .session import fixed_batch, make_session, run, shared_initializers, unbatched_inputs
+from .engine import CacheSpace, CachedNetwork, Topology, submodel
+from .session import (fixed_batch, make_session, run, samples_per_batch, shared_initializers,
+                      unbatched_inputs)
 
 
 SUBSET_MODULUS = 8      # images whose key is 0 modulo this may measure gains ...
@@ -44,22 +45,54 @@ def gain_subset(data: CalibrationData) -> CalibrationData:
 
 
 def output_gains(model: onnx.ModelProto, topo: Topology, data: CalibrationData, providers: list[str],
-                 tensors_by_group: dict[int, list[str]], delta: float = 0.05, seed: int = 0,
-                 max_measured: int = 24, outputs: list[str] | None = None) -> dict[int, float]:
+                 tensors_by_group: dict[int, list[str]], shapes: dict[str, tuple[int, ...]], space: CacheSpace,
+                 delta: float = 0.05, seed: int = 0, max_measured: int = 24, outputs: list[str] | None = None
+                 ) -> dict[int, float]:
     """``gain`` per group: relative output MSE per unit of relative MSE at its tensors;
-    ``outputs``: the tensors measured (default: the graph outputs)."""
+    ``outputs``: the tensors measured (default: the graph outputs). ``shapes`` (of
+    :func:`probe_shapes`) size the batches; the tensors every group's run starts from are
+    kept in ``space`` between the runs (computed again where it has no room)."""
     position = {g: min(topo.producer[t] for t in ts) for g, ts in tensors_by_group.items()}
     ordered = sorted(tensors_by_group, key=lambda g: (position[g], g))
     picks = sorted({ordered[int(i)] for i in np.linspace(0, len(ordered) - 1, min(max_measured, len(ordered)))},
                    key=lambda g: (position[g], g))
-    measured = _measure(model, topo, data, providers, {g: tensors_by_group[g] for g in picks}, delta, seed,
-                        outputs or [o.name for o in model.graph.output])
+    measured = _measure(model, topo, data, providers, {g: tensors_by_group[g] for g in picks}, shapes, space,
+                        delta, seed, outputs or [o.name for o in model.graph.output])
     return {g: measured[min(picks, key=lambda p: (abs(position[p] - position[g]), position[p]))]
             for g in tensors_by_group}
 
 
-def _measure(model, topo, data, providers, tensors_by_group, delta, seed, outputs) -> dict[int, float]:
-    feeds = next(data.batches(data.samples))
+class _Spread:
+    """Mean and variance over axis 0 of arrays given in batches (float64; Chan et al.'s
+    pairwise update, so that a batch of a million values adds no cancellation)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: np.ndarray | float = 0.0
+        self.m2: np.ndarray | float = 0.0
+
+    def add(self, x: np.ndarray) -> None:
+        n = len(x)
+        mean = x.mean(axis=0)
+        m2 = ((x - mean) ** 2).sum(axis=0)
+        delta = mean - self.mean
+        total = self.n + n
+        self.m2 = self.m2 + m2 + delta ** 2 * (self.n * n / total)
+        self.mean = self.mean + delta * (n / total)
+        self.n = total
+
+    def variance(self) -> np.ndarray:
+        return self.m2 / self.n
+
+
+def _channels_last(z: np.ndarray) -> np.ndarray:
+    """(N, C, ...) as rows of C (N * positions, C), float64: one row per value of a channel."""
+    return np.moveaxis(z, 1, -1).reshape(-1, z.shape[1]).astype(np.float64) if z.ndim > 1 else \
+        z.reshape(-1, 1).astype(np.float64)
+
+
+def _measure(model, topo, data, providers, tensors_by_group, shapes, space, delta, seed, outputs
+             ) -> dict[int, float]:
     keys = data.keys()
     # each group's run starts at its tensors and at the nearest tensors the noise does not
     # reach (a residual stream beside a block), not at the graph inputs
@@ -69,39 +102,57 @@ def _measure(model, topo, data, providers, tensors_by_group, delta, seed, output
         clean = computed - topo.descendants({topo.producer[t] for t in tensors})
         starts[gid] = topo.cut(outputs, clean | set(tensors))[1] | set(tensors)
     fetched = sorted(set().union(*starts.values()) - set(outputs))
+    size = samples_per_batch(model, shapes, outputs + fetched, data.samples)
+    network = CachedNetwork(model, topo, data, providers, size, space)
+    # the spread of the outputs over the images, and of every noised channel
+    noised = sorted({t for ts in tensors_by_group.values() for t in ts})
+    ref, spread = [_Spread() for _ in outputs], {t: _Spread() for t in noised}
+    dtypes: dict[str, np.dtype] = {}
+    for values in network.compute(outputs + fetched):
+        for acc, name in zip(ref, outputs):
+            acc.add(values[name].astype(np.float64))
+        for name in noised:
+            spread[name].add(_channels_last(values[name]))
+        dtypes = {name: value.dtype for name, value in values.items()}
+    ref_var = sum(float(np.sum(acc.variance())) for acc in ref)
+    std = {t: np.sqrt(acc.variance()) for t, acc in spread.items()}
     # every group's session holds most of the weights: serialised once each, they cost
     # more than some of the runs
     shared = shared_initializers(model)
     # the sub-graphs run as the whole model must: at its fixed batch, one image at a time
     batching = {"batch": fixed_batch(model), "unbatched": unbatched_inputs(model)}
-    sess = make_session(model, providers, outputs=outputs + fetched, shared=shared)
-    values = dict(zip(outputs + fetched, run(sess, None, feeds, data.samples)))
-    ref = [values[o].astype(np.float64) for o in outputs]
-    ref_var = sum(float(np.sum(np.var(r, axis=0))) for r in ref)
     gains: dict[int, float] = {}
-    for gid, tensors in sorted(tensors_by_group.items()):
-        sub, sub_feeds = submodel(model, topo, outputs, {t: values[t].dtype for t in starts[gid] if t in values})
-        if sub is None or ref_var <= 0:
-            gains[gid] = 1.0
-            continue
-        inputs = {}
-        for name in sub_feeds:
-            if name in tensors:
-                z = values[name]
-                axes = tuple(i for i in range(z.ndim) if i != 1)
-                std = z.std(axis=axes, keepdims=True) if z.ndim > 1 else z.std()
-                noise = np.empty(z.shape)
-                for i, k in enumerate(keys):
-                    np.random.default_rng([seed, gid, int(k)]).standard_normal(out=noise[i, ...])
-                # z + delta * std * noise, in place: no second image-sized float64 array
-                noise *= delta * std
-                noise += z
-                inputs[name] = noise.astype(z.dtype)
-            else:
-                inputs[name] = values[name] if name in values else feeds[name]
-        got = run(make_session(sub, providers, shared=shared, **batching), outputs, inputs, data.samples)
-        mse = sum(float(np.sum(np.mean((g.astype(np.float64) - r) ** 2, axis=0))) for g, r in zip(got, ref))
-        gains[gid] = mse / ref_var / delta ** 2
+    try:
+        for gid, tensors in sorted(tensors_by_group.items()):
+            sub, sub_feeds = submodel(model, topo, outputs, {t: dtypes[t] for t in starts[gid] if t in dtypes})
+            if sub is None or ref_var <= 0:
+                gains[gid] = 1.0
+                continue
+            session = make_session(sub, providers, shared=shared, **batching)
+            cached = [name for name in sub_feeds if name in dtypes]
+            squared = 0.0
+            batches = zip(data.batches(size), network.compute(outputs + cached, keep=False))
+            for b, (batch, values) in enumerate(batches):
+                inputs = {}
+                for name in sub_feeds:
+                    if name not in tensors:
+                        inputs[name] = values[name] if name in values else batch[name]
+                        continue
+                    z = values[name]
+                    scale = (delta * std[name]).reshape((1, -1) + (1,) * (z.ndim - 2)) if z.ndim > 1 else \
+                        delta * std[name]
+                    noise = np.empty(z.shape)
+                    for i, k in enumerate(keys[b * size:b * size + len(z)]):
+                        np.random.default_rng([seed, gid, int(k)]).standard_normal(out=noise[i, ...])
+                    # z + delta * std * noise, in place: no second image-sized float64 array
+                    noise *= scale
+                    noise += z
+                    inputs[name] = noise.astype(z.dtype)
+                got = run(session, outputs, inputs, len(next(iter(batch.values()))))
+                squared += sum(float(np.sum((g.astype(np.float64) - values[o]) ** 2)) for g, o in zip(got, outputs))
+            gains[gid] = squared / data.samples / ref_var / delta ** 2
+    finally:
+        network.retain([])  # hand the room of the cached tensors back to the space
     return gains
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -280,3 +281,20 @@ def probe_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers
     for init in model.graph.initializer:
         shapes[init.name] = tuple(init.dims)
     return shapes
+
+
+# The tensors that one calibration batch fetches (every consumer's input, the compared
+# outputs) may take this many bytes. 64 samples of a classifier take tens of MB; 64 images
+# of a detector that works at 800x800 took 80 GB (torchvision's RetinaNet: 1.3 GB each).
+BATCH_BYTES = 1 << 30
+
+
+def samples_per_batch(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], names: Iterable[str],
+                      most: int, budget: int | None = None) -> int:
+    """The samples a batch may hold, 1 to ``most``, so that the values of ``names`` (their
+    :func:`probe_shapes` ``shapes``, 4 bytes an element) take at most ``budget`` bytes
+    (default :data:`BATCH_BYTES`)."""
+    budget = BATCH_BYTES if budget is None else budget
+    # probe_shapes ran one sample, or the whole fixed batch
+    per_sample = sum(4 * int(np.prod(shapes[n])) for n in set(names) if n in shapes) / (fixed_batch(model) or 1)
+    return max(1, min(most, int(budget // per_sample) if per_sample else most))
