@@ -562,6 +562,34 @@ def test_biasless_consumers_without_reconstruction(calib, test_x):
 
 
 
+@pytest.mark.skipif(os.name != "posix", reason="processes are probed with signal 0")
+def test_scratch_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
+    """A run killed for memory cannot remove its scratch folder; the next run on the host
+    that writes scratch files removes it, and leaves those of live processes, of other hosts
+    and of other names alone."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    from onnx_eprune.calibrate.engine import CacheSpace
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    host = socket.gethostname()
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    names = [f"onnx-eprune-cache-{gone}@{host}@a1", f"onnx-eprune-cache-{os.getppid()}@{host}@b2",
+             f"onnx-eprune-cache-{gone}@{host}x@c3", "onnx-eprune-cache-d4"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "1.bin").write_bytes(b"cached")
+    space = CacheSpace(0, 1 << 20)
+    path = space.new_file()
+    assert [n for n in names if (tmp_path / n).exists()] == names[1:]
+    assert os.path.basename(os.path.dirname(path)).startswith(f"onnx-eprune-cache-{os.getpid()}@{host}@")
+    space.close()
+    assert not os.path.exists(os.path.dirname(path))
+
+
 @pytest.mark.parametrize("memory,disk", [(1 << 30, 0), (0, 1 << 30)])
 def test_cached_network_keeps_values_when_read_in_step_with_another(calib, memory, disk):
     """The sequential stages read two networks batch by batch in step (``next()`` on one

@@ -236,7 +236,7 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
     rng = np.random.default_rng(0)
     calib = rng.standard_normal((CALIB_SAMPLES, *sample)).astype(np.float32)
     check = np.random.default_rng(1).standard_normal((CHECK_SAMPLES, *sample)).astype(np.float32)
-    tmp = Path(tempfile.mkdtemp(prefix="eprune_cov_"))
+    tmp = result_path.parent  # the driver's temporary folder: removed after the run, even a killed one
     calib_path = tmp / "calib.npy"
     np.save(calib_path, calib)
 

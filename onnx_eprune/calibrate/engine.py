@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 
@@ -157,7 +158,8 @@ class CacheSpace:
 
     def new_file(self) -> str:
         if self._dir is None:
-            self._dir = tempfile.mkdtemp(prefix="onnx-eprune-cache-")
+            remove_abandoned_scratch()
+            self._dir = tempfile.mkdtemp(prefix=f"{_SCRATCH}{os.getpid()}@{socket.gethostname()}@")
         self._files += 1
         return os.path.join(self._dir, f"{self._files}.bin")
 
@@ -166,6 +168,39 @@ class CacheSpace:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+# Scratch folders are named onnx-eprune-cache-PID@HOST@XXXX (no host name holds an @): a
+# run that ends removes its own; one that was killed (out of memory) cannot, and the next
+# run on the host removes it.
+_SCRATCH = "onnx-eprune-cache-"
+
+
+def remove_abandoned_scratch() -> list[str]:
+    """Remove the scratch folders that runs on this host left when killed (their process is
+    gone); returns their paths. Only where a process can be probed without signalling it
+    (POSIX)."""
+    if os.name != "posix":
+        return []
+    host = socket.gethostname()
+    removed = []
+    for entry in os.scandir(tempfile.gettempdir()):
+        parts = entry.name[len(_SCRATCH):].split("@") if entry.name.startswith(_SCRATCH) else []
+        if len(parts) == 3 and parts[0].isdigit() and parts[1] == host and entry.is_dir(follow_symlinks=False) \
+                and not _running(int(parts[0])):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 class StoredBatches:
