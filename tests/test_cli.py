@@ -297,6 +297,28 @@ def test_evaluate_json(files, pruned_pair, capsys):
     assert result["size"]["pruned"]["params"] < result["size"]["original"]["params"]
 
 
+def test_evaluate_batch_by_batch_gives_the_figures_of_the_whole_outputs(files, pruned_pair, monkeypatch):
+    """With room for 7 samples' outputs per batch (segmentation outputs take MBs a sample),
+    the fidelity and accuracy come out as computed on all 40 samples' outputs at once."""
+    import onnx_eprune
+    from onnx_eprune.calibrate import session
+
+    original, pruned = pruned_pair
+    data = np.load(files / "data.npy")
+    labels = np.arange(40) % 10
+    ref = run_model(onnx.load(str(original)), data)["y"].astype(np.float64)
+    got = run_model(onnx.load(str(pruned)), data)["y"].astype(np.float64)
+    monkeypatch.setattr(session, "BATCH_BYTES", 7 * 4 * ref.shape[1])
+    result = onnx_eprune.evaluate(str(original), str(pruned), data, labels=labels, device="cpu")
+    fid = result["outputs"]["y"]
+    assert fid["relative_error"] == pytest.approx(np.linalg.norm(got - ref) / np.linalg.norm(ref), rel=1e-9)
+    cosine = np.sum(ref * got, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    assert fid["cosine"] == pytest.approx(np.mean(cosine), rel=1e-9)
+    assert fid["top1_agreement"] == np.mean(ref.argmax(1) == got.argmax(1))
+    assert result["accuracy"] == {"original": np.mean(ref.argmax(1) == labels),
+                                  "pruned": np.mean(got.argmax(1) == labels)}
+
+
 def test_evaluate_table_and_identity(files, pruned_pair, capsys):
     original, pruned = pruned_pair
     assert main(["evaluate", str(original), str(original), "--data", str(files / "data.npy"),

@@ -14,8 +14,13 @@ from onnx_eprune.cli import main
 from test_cli import run_error
 
 
-@pytest.mark.parametrize("mode", ["oneshot", "sequential"])
-def test_sweep_prunes_at_every_target_and_measures_on_held_out_data(calib, mode):
+@pytest.mark.parametrize("mode,budget", [("oneshot", None), ("sequential", None), ("oneshot", 400)])
+def test_sweep_prunes_at_every_target_and_measures_on_held_out_data(calib, mode, budget, monkeypatch):
+    """Also when a batch holds 10 of the 48 held-out samples' outputs only (400 bytes): the
+    outputs are compared batch by batch, the original's from the cache."""
+    if budget is not None:
+        from onnx_eprune.calibrate import session
+        monkeypatch.setattr(session, "BATCH_BYTES", budget)
     model = conv_bn_relu_pool_flatten_gemm(True)
     data = random_input(48, seed=9)
     labels = run_model(model, data)["y"].argmax(1)  # the original's own predictions: its accuracy is 1
