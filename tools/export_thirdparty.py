@@ -24,11 +24,13 @@ import json
 import os
 import sys
 import time
-import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from export_jobs import ExportJob, export_each, load_failures  # noqa: E402
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -340,27 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     make_jobs, export = FRAMEWORKS[framework]
     jobs = [j for j in make_jobs() if not args.only or j.stem in args.only]
 
-    fail_path = cache / "export_failures.json"
-    failures = json.loads(fail_path.read_text()) if fail_path.exists() else {}
-    for job in jobs:
-        if (cache / f"{job.stem}.onnx").exists() and (cache / f"{job.stem}.json").exists() and not args.force:
-            failures.pop(job.stem, None)
-            print(f"{job.stem}: exists", flush=True)
-            continue
-        try:
-            meta = export_one(job, export, cache)
-            failures.pop(job.stem, None)
-            print(f"{job.stem}: ok in {meta['export_seconds']} s (opset {meta['opset']}, input {meta['input_shape']})",
-                  flush=True)
-        except (Exception, SystemExit) as exc:  # record and go on (paddle2onnx calls sys.exit on a failure)
-            for ext in (".onnx", ".json", ".onnx.data"):
-                (cache / f"{job.stem}{ext}").unlink(missing_ok=True)
-            msg = str(exc).strip().splitlines()
-            failures[job.stem] = {"arch": job.arch, "exporter": exporter_label(framework, job),
-                                  "error": f"{type(exc).__name__}: {msg[0] if msg else ''}",
-                                  "traceback": traceback.format_exc()[-3000:]}
-            print(f"{job.stem}: FAILED {failures[job.stem]['error']}", flush=True)
-        fail_path.write_text(json.dumps(failures, indent=1) + "\n")
+    # paddle2onnx calls sys.exit on a failure
+    export_each(cache, [ExportJob(job.stem, job.arch, exporter_label(framework, job),
+                                  lambda job=job: export_one(job, export, cache)) for job in jobs],
+                args.force, load_failures(cache), catch=(Exception, SystemExit))
     return 0
 
 

@@ -18,9 +18,11 @@ import json
 import os
 import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from export_jobs import ExportJob, export_each, load_failures  # noqa: E402
 
 # (timm name, input height/width): 96 unless the architecture needs more (vgg's ConvMlp head
 # needs 7x7 features: the TorchScript exporter refuses adaptive_avg_pool2d 3x3 -> 7x7)
@@ -102,39 +104,20 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(2)
     known = set(timm.list_models())
-    fail_path = cache / "export_failures.json"
-    failures = json.loads(fail_path.read_text()) if fail_path.exists() else {}
+    failures = load_failures(cache)
     jobs = [(n, s, False) for n, s in MODELS] + ([] if args.no_dynamo else
                                                  [(n, s, True) for n, s in MODELS if n in DYNAMO])
     if args.only:
         jobs = [j for j in jobs if j[0] in args.only]
-    for name, size, dynamo in jobs:
-        stem = f"{name}.dynamo" if dynamo else name
+    for name, _, dynamo in jobs:
         if name not in known:
+            stem = f"{name}.dynamo" if dynamo else name
             failures[stem] = {"arch": name, "exporter": "dynamo" if dynamo else "torchscript",
                               "error": "not in timm.list_models()"}
             print(f"{stem}: not in timm", flush=True)
-            continue
-        if (cache / f"{stem}.onnx").exists() and (cache / f"{stem}.json").exists() and not args.force:
-            failures.pop(stem, None)
-            print(f"{stem}: exists", flush=True)
-            continue
-        try:
-            meta = export_one(name, size, dynamo, cache)
-            failures.pop(stem, None)
-            print(f"{stem}: ok in {meta['export_seconds']} s (opset {meta['opset']})", flush=True)
-        except Exception as exc:  # record and go on
-            for ext in (".onnx", ".json", ".onnx.data"):
-                p = cache / f"{stem}{ext}"
-                if p.exists():
-                    p.unlink()
-            msg = str(exc).strip().splitlines()
-            failures[stem] = {"arch": name, "exporter": "dynamo" if dynamo else "torchscript",
-                              "error": f"{type(exc).__name__}: {msg[0] if msg else ''}",
-                              "traceback": traceback.format_exc()[-3000:]}
-            print(f"{stem}: FAILED {failures[stem]['error']}", flush=True)
-        fail_path.write_text(json.dumps(failures, indent=1) + "\n")
-    fail_path.write_text(json.dumps(failures, indent=1) + "\n")
+    export_each(cache, [ExportJob(f"{name}.dynamo" if dynamo else name, name, "dynamo" if dynamo else "torchscript",
+                                  lambda name=name, size=size, dynamo=dynamo: export_one(name, size, dynamo, cache))
+                        for name, size, dynamo in jobs if name in known], args.force, failures)
     return 0
 
 

@@ -31,9 +31,11 @@ import json
 import os
 import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from export_jobs import ExportJob, export_each, load_failures  # noqa: E402
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
@@ -165,7 +167,8 @@ def export_ultralytics(name: str, size: int, cache: Path) -> dict:
         written = model.export(format="onnx", imgsz=size, dynamic=True, simplify=False, opset=17)
     shutil.move(written, cache / f"{name}.onnx")
     meta = {"name": name, "arch": name, "kind": "detection", "made_by": "tools/export_torchvision.py",
-            "exporter": f"ultralytics {ultralytics.__version__}", "input_name": "images", "input_shape": [1, 3, size, size], "opset": 17, "torch": torch.__version__,
+            "exporter": f"ultralytics {ultralytics.__version__}", "input_name": "images",
+            "input_shape": [1, 3, size, size], "opset": 17, "torch": torch.__version__,
             "export_seconds": round(time.perf_counter() - t0, 2),
             "params": int(sum(p.numel() for p in model.model.parameters()))}
     (cache / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -183,31 +186,13 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    fail_path = cache / "export_failures.json"
-    failures = json.loads(fail_path.read_text()) if fail_path.exists() else {}
     has_ultralytics = importlib.util.find_spec("ultralytics") is not None
-    for name, size, kind, batch in MODELS:
-        key = stem(name, batch)
-        if (args.only and name not in args.only and key not in args.only) or \
-                (kind == "ultralytics" and not has_ultralytics):
-            continue
-        if (cache / f"{key}.onnx").exists() and (cache / f"{key}.json").exists() and not args.force:
-            failures.pop(key, None)
-            print(f"{key}: exists", flush=True)
-            continue
-        try:
-            meta = export_one(name, size, kind, batch, cache)
-            failures.pop(key, None)
-            print(f"{key}: ok in {meta['export_seconds']} s, input {meta['input_shape']}", flush=True)
-        except Exception as exc:  # record and go on
-            for ext in (".onnx", ".json"):
-                (cache / f"{key}{ext}").unlink(missing_ok=True)
-            msg = str(exc).strip().splitlines()
-            failures[key] = {"arch": name, "exporter": "torchscript",
-                             "error": f"{type(exc).__name__}: {msg[0] if msg else ''}",
-                             "traceback": traceback.format_exc()[-3000:]}
-            print(f"{key}: FAILED {failures[key]['error']}", flush=True)
-        fail_path.write_text(json.dumps(failures, indent=1) + "\n")
+    jobs = [ExportJob(stem(name, batch), name, "torchscript",
+                      lambda name=name, size=size, kind=kind, batch=batch: export_one(name, size, kind, batch, cache))
+            for name, size, kind, batch in MODELS
+            if not (args.only and name not in args.only and stem(name, batch) not in args.only)
+            and not (kind == "ultralytics" and not has_ultralytics)]
+    export_each(cache, jobs, args.force, load_failures(cache))
     return 0
 
 

@@ -136,6 +136,7 @@ CACHE_MEMORY_BYTES = 512 << 20
 CACHE_DISK_SHARE = 0.5      # of the free space in the temporary directory
 CACHE_DISK_BYTES = 64 << 30  # at most
 
+
 class CacheSpace:
     """Bytes that cached tensors may take in memory and on disk, shared by every network of a
     run; tensors that fit neither are not cached (and computed again when needed)."""
