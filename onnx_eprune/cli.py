@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__
 from .select import METHODS
+from .select.reconstruct import DEFAULT_RIDGE
 from .errors import EPruneError, UsageError
 
 log = logging.getLogger("onnx_eprune")
@@ -245,6 +246,23 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "convolution outputs of 64 channels or more, which CPU and GPU kernels run faster)")
     p.add_argument("--no-reconstruct", action="store_true",
                    help="slice the kept weights without the least-squares re-fit")
+    p.add_argument("--refit-ridge", type=refit_ridge_arg, default=DEFAULT_RIDGE, metavar="R|auto",
+                   help=f"ridge toward the original weights in the re-fit, relative to the mean feature "
+                        f"variance (default {DEFAULT_RIDGE:g}); auto: chosen per layer by generalised "
+                        f"cross-validation, which helps with fewer samples than a layer has inputs")
+
+
+def refit_ridge_arg(text: str) -> float | str:
+    """``--refit-ridge``: a number >= 0, or ``auto`` (also parses ``tools/bench_quality.py``'s)."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', not {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', not {text!r}")
+    return value
 
 
 def _run_config(args: argparse.Namespace, **target):
@@ -252,7 +270,8 @@ def _run_config(args: argparse.Namespace, **target):
 
     config = PruneConfig(method=args.method, mode=args.mode, samples=args.samples, seed=args.seed,
                          device=args.device, batch_size=args.batch_size, positions=args.positions,
-                         round_to=args.round_to, reconstruct=not args.no_reconstruct, **target)
+                         round_to=args.round_to, reconstruct=not args.no_reconstruct,
+                         refit_ridge=args.refit_ridge, **target)
     config.check()
     return config
 
@@ -485,7 +504,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise _no_prunable_hint(exc, args.model) from None
     del calib
     record = {"input": str(args.model), "method": config.method, "mode": config.mode,
-              "runs": [p.as_dict() for p in points]}
+              "refit_ridge": config.refit_ridge, "runs": [p.as_dict() for p in points]}
     written = write_sweep_dir(record, folder)
     if args.save_models:
         for p in points:

@@ -37,7 +37,7 @@ from .parallel import matmul_rows, parallel_map, prefetched
 from .progress import Progress
 from .select import DATA_METHODS, METHODS, baselines, entropic
 from .select.problem import ConsumerTerm, explained_curve, partial_out
-from .select.reconstruct import DEFAULT_RIDGE, refit
+from .select.reconstruct import DEFAULT_RIDGE, auto_ridge, refit
 
 log = logging.getLogger("onnx_eprune")
 
@@ -69,7 +69,9 @@ class PruneConfig:
     positions: int | None = None        # conv output positions per image (None: automatic)
     round_to: int | None = None          # keep counts at multiples of this (None: budget.AUTO_ROUND)
     reconstruct: bool = True             # least-squares re-fit of the consumers
-    refit_ridge: float = DEFAULT_RIDGE   # ridge toward the original weights in the re-fit
+    # ridge toward the original weights in the re-fit, relative to the mean kept-feature
+    # variance; "auto": chosen per consumer by generalised cross-validation
+    refit_ridge: float | str = DEFAULT_RIDGE
     entropic: entropic.EntropicConfig = field(default_factory=entropic.EntropicConfig)
 
     def target(self) -> budget.Target:
@@ -93,6 +95,9 @@ class PruneConfig:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.batch_size < 1 or (self.round_to is not None and self.round_to < 1):
             raise UsageError("batch size and --round-to must be positive")
+        if self.refit_ridge != "auto" and (isinstance(self.refit_ridge, (str, bool))
+                                           or not np.isfinite(self.refit_ridge) or self.refit_ridge < 0):
+            raise UsageError(f"--refit-ridge must be a number >= 0 or 'auto', not {self.refit_ridge!r}")
 
 
 @dataclass
@@ -176,6 +181,7 @@ class Pruner:
         self._targets: dict[int, StoredBatches] = {}  # consumer -> its target rows (collect)
         # consumer -> (C, s, r) bases of its channels' taps in the reduced first pass (collect)
         self.bases: dict[int, np.ndarray] = {}
+        self.auto_ridges: dict[int, float] = {}  # consumer -> its re-fit ridge (refit_ridge "auto")
         # the original model's outputs on the first validation samples, per batch, taken in
         # the pass over the original network so that validation need not run it again
         self._reference: list[list[np.ndarray]] = []
@@ -667,8 +673,11 @@ class Pruner:
         kept = np.concatenate(kept_cols)
         if kept_only:
             kept = np.arange(len(kept))
-        omega, new_bias = refit(st.covariance(kept), st.cross[kept], st.mean_x[kept], st.mean_y, bias,
-                                theta[:, np.concatenate(orig_cols)], self.config.refit_ridge, self._blas_threads)
+        G, P, prior = st.covariance(kept), st.cross[kept], theta[:, np.concatenate(orig_cols)]
+        eps = self.config.refit_ridge
+        if eps == "auto":
+            eps = self.auto_ridges[cidx] = auto_ridge(G, P, st.var_y, prior, st.n)
+        omega, new_bias = refit(G, P, st.mean_x[kept], st.mean_y, bias, prior, eps, self._blas_threads)
         return Refit(omega, new_bias)
 
     # -- validation ------------------------------------------------------------------------

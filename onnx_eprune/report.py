@@ -47,6 +47,7 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
         "method": cfg.method,
         "mode": cfg.mode,
         "reconstruct": cfg.reconstruct,
+        "refit_ridge": cfg.refit_ridge,
         "round_to": cfg.round_to if cfg.round_to is not None else "auto",
         "target": {"kind": target.kind, "value": target.value},
         "seed": cfg.seed,
@@ -57,6 +58,9 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
         "groups": groups,
         "prunable_groups": sum(1 for g in analysis.groups if g.prunable),
         "fidelity_on_calibration": fidelity,
+        # refit_ridge "auto": the ridge each re-fitted consumer got
+        **({"refit_ridges": {analysis.consumers[c].name: eps for c, eps in sorted(pruner.auto_ridges.items())}}
+           if pruner.auto_ridges else {}),
         "seconds": {k: round(v, 3) for k, v in pruner.timer.seconds.items()},
     }
 

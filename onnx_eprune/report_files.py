@@ -85,13 +85,25 @@ def _write_all(folder: Path, contents: list[tuple[str, bytes]], plotted: bool) -
     return written
 
 
+def _refit_text(report: dict) -> str:
+    """``yes (ridge 0.01)``, ``yes (ridge auto: 0.01-0.3)`` or ``no``."""
+    if not report.get("reconstruct", True):
+        return "no"
+    chosen = list(report.get("refit_ridges", {}).values())
+    ridge = report.get("refit_ridge", "?")
+    if chosen:
+        ridge = f"{ridge}: {min(chosen):g}-{max(chosen):g}"
+    return f"yes (ridge {ridge})"
+
+
 def markdown_sweep(sweep: dict) -> str:
     """A sweep as Markdown: run details, then one row per target."""
     runs = sweep.get("runs", [])
     on = runs[0]["fidelity_on"] if runs else "?"
     lines = ["# onnx-eprune sweep", "",
              f"- model: `{sweep.get('input', '?')}`",
-             f"- method: {sweep.get('method', '?')}, mode: {sweep.get('mode', '?')}",
+             f"- method: {sweep.get('method', '?')}, mode: {sweep.get('mode', '?')}, re-fit ridge: "
+             f"{sweep.get('refit_ridge', '?')}",
              f"- fidelity measured on: {on}", "",
              "| target | params removed | MACs removed | relative error | top-1 agreement | accuracy | seconds |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -123,7 +135,7 @@ def markdown_report(report: dict) -> str:
     target = report.get("target") or {}
     lines += [
         f"- method: {report.get('method', '?')}, mode: {report.get('mode', '?')}, "
-        f"re-fit: {'yes' if report.get('reconstruct', True) else 'no'}, seed: {report.get('seed', '?')}",
+        f"re-fit: {_refit_text(report)}, seed: {report.get('seed', '?')}",
         f"- target: {target.get('kind', '?')} {target.get('value', '?')}",
         f"- provider: {report.get('provider', '?')}",
         f"- calibration samples: {report.get('samples', '?')}",

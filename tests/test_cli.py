@@ -109,9 +109,29 @@ def test_bad_target(files, capsys, target):
 
 
 @pytest.mark.parametrize("extra", [["--method", "magic"], ["--mode", "twice"], ["--samples", "0"],
-                                   ["--batch-size", "0"], ["--device", "tpu"], ["--bogus-flag"]])
+                                   ["--batch-size", "0"], ["--device", "tpu"], ["--bogus-flag"],
+                                   ["--refit-ridge", "-1"], ["--refit-ridge", "nan"], ["--refit-ridge", "some"]])
 def test_bad_options(files, capsys, extra):
     run_error(capsys, prune_args(files, "--keep-ratio", "0.5", *extra))
+
+
+@pytest.mark.parametrize("value", [-0.1, float("inf"), "some", True])
+def test_bad_refit_ridge_from_python(value):
+    from onnx_eprune.errors import UsageError
+    from onnx_eprune.pipeline import PruneConfig
+
+    with pytest.raises(UsageError, match="refit-ridge"):
+        PruneConfig(sparsity=0.5, refit_ridge=value).check()
+
+
+def test_auto_refit_ridge_reaches_the_report(files, capsys):
+    argv = prune_args(files, "--sparsity", "0.4", "--refit-ridge", "auto", "--report-dir", str(files / "rep"), "-q")
+    argv[argv.index("--method") + 1] = "entropic"
+    assert main(argv) == 0
+    report = json.loads((files / "rep" / "report.json").read_text())
+    from onnx_eprune.select.reconstruct import AUTO_RIDGES
+    assert report["refit_ridge"] == "auto" and set(report["refit_ridges"].values()) <= set(AUTO_RIDGES)
+    assert "re-fit: yes (ridge auto: " in (files / "rep" / "report.md").read_text()
 
 
 def test_output_is_the_input(files, capsys):

@@ -53,6 +53,21 @@ def test_entropic_beats_random_at_equal_sparsity(lenet, pruned55):
     assert ent > accuracy(rnd.model, test_x, test_y, ["CPUExecutionProvider"])
 
 
+def test_auto_refit_ridge_keeps_more_with_few_samples(lenet):
+    """With 100 samples the classifier's Gemm layers (400, 120 and 84 inputs) see fewer
+    rows than features; cross-validated ridges keep more accuracy than the fixed default
+    (measured 1.1 and 1.4 points more on this slice) and are reported per consumer."""
+    model, calib, test_x, test_y = lenet
+    for sparsity in (0.5, 0.7):
+        fixed = onnx_eprune.prune(model, calib[:100], sparsity=sparsity, device="cpu")
+        auto = onnx_eprune.prune(model, calib[:100], sparsity=sparsity, refit_ridge="auto", device="cpu")
+        assert auto.report["refit_ridge"] == "auto" and "refit_ridges" not in fixed.report
+        assert auto.report["refit_ridges"] and all(v > 0.01 for v in auto.report["refit_ridges"].values())
+        gain = accuracy(auto.model, test_x, test_y, ["CPUExecutionProvider"]) - \
+            accuracy(fixed.model, test_x, test_y, ["CPUExecutionProvider"])
+        assert gain >= 0.005
+
+
 def test_demo_command(tmp_path, capsys):
     out = tmp_path / "demo.onnx"
     assert main(["demo", "-o", str(out), "-q"]) == 0

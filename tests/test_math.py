@@ -9,7 +9,7 @@ from onnx_eprune.calibrate.stats import (ConvGeometry, MomentAccumulator, Moment
 from onnx_eprune.select import entropic
 from onnx_eprune.select.problem import (ConsumerTerm, cho_inverse_solve, cholesky, compress, explained_curve,
                                          partial_out, reduce_outputs, ridge)
-from onnx_eprune.select.reconstruct import refit
+from onnx_eprune.select.reconstruct import AUTO_RIDGES, auto_ridge, gcv_scores, refit
 
 
 def random_term(rng, C=8, s=3, M=5, T=400, weak=(0, 1), extra=0):
@@ -194,6 +194,46 @@ def test_refit_handles_dead_and_constant_channels():
     omega, new_bias = refit(st.covariance(keep), st.cross[keep], st.mean_x[keep], st.mean_y, np.zeros(3), theta, 1e-6)
     assert np.all(np.isfinite(omega)) and np.all(np.isfinite(new_bias))
     np.testing.assert_allclose(X @ omega.T + new_bias, X @ theta.T, atol=1e-6)
+
+
+@pytest.mark.parametrize("n, S", [(300, 12), (40, 30)])
+def test_gcv_scores_match_the_hat_matrix(n, S):
+    """The moments-only GCV score equals RSS / (1 - tr(H) / n)^2 computed from the rows:
+    H the hat matrix of the ridge fit toward the prior on centred data, plus one for the
+    bias; also with fewer rows than features."""
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(n, S)) @ (np.eye(S) + 0.3 * rng.normal(size=(S, S)))
+    theta = rng.normal(size=(4, S))
+    Y = X @ theta.T + 0.5 * rng.normal(size=(n, 4))
+    prior = theta + 0.3 * rng.normal(size=theta.shape)
+    st = MomentStats.from_rows(X, Y)
+    keep = np.arange(S)
+    G, P = st.covariance(keep), st.cross[keep]
+    got = gcv_scores(G, P, st.var_y, prior, n)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    for eps, score in zip(AUTO_RIDGES, got):
+        omega, bias = refit(G, P, st.mean_x, st.mean_y, np.zeros(4), prior, eps)
+        rss = np.sum((Y - X @ omega.T - bias) ** 2) / n
+        H = Xc @ np.linalg.solve(Xc.T @ Xc + n * ridge(G, eps) * np.eye(S), Xc.T)
+        df = 1 + np.trace(H)
+        assert score == (pytest.approx(rss / (1 - df / n) ** 2, rel=1e-6) if df < n else np.inf)
+    assert auto_ridge(G, P, st.var_y, prior, n) == AUTO_RIDGES[int(np.argmin(got))]
+
+
+def test_auto_ridge_shrinks_more_with_fewer_rows():
+    """Many rows of a well-determined fit choose a light ridge; the same problem seen through
+    fewer rows than features a heavy one."""
+    rng = np.random.default_rng(12)
+    S = 40
+    theta = rng.normal(size=(3, S))
+    prior = theta + 0.3 * rng.normal(size=theta.shape)  # optimal rho ~ noise / (rows * 0.3**2)
+    chosen = []
+    for n in (4000, 30):
+        X = rng.normal(size=(n, S))
+        st = MomentStats.from_rows(X, X @ theta.T + rng.normal(size=(n, 3)))
+        keep = np.arange(S)
+        chosen.append(auto_ridge(st.covariance(keep), st.cross[keep], st.var_y, prior, n))
+    assert chosen[0] <= 0.003 and chosen[1] >= 0.1
 
 
 def test_moment_stats_merge_equals_one_pass():

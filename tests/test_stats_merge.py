@@ -8,10 +8,11 @@ from models import ALL_BUILDERS, random_input
 from onnx_eprune.cli import main
 
 
-@pytest.mark.parametrize("name", ["cnn_bn", "concat", "residual"])
-def test_four_shards_equal_one_run(name, tmp_path):
+@pytest.mark.parametrize("name, samples", [("cnn_bn", 256), ("concat", 256), ("residual", 256), ("residual", 64)])
+def test_four_shards_equal_one_run(name, samples, tmp_path):
     model = ALL_BUILDERS[name]()
-    x = random_input(256, seed=3)  # enough that about 32 images qualify to measure gains
+    # 256: about 32 images qualify to measure gains; 64: fewer than 16, so the 16 smallest keys do
+    x = random_input(samples, seed=3)
     paths = []
     for i, part in enumerate(np.array_split(x, 4)):
         path = tmp_path / f"shard{i}.npz"
@@ -28,6 +29,24 @@ def test_four_shards_equal_one_run(name, tmp_path):
         va, vb = numpy_helper.to_array(a[n]).astype(np.float64), numpy_helper.to_array(b[n]).astype(np.float64)
         assert va.shape == vb.shape
         assert np.abs(va - vb).max() <= 1e-5 * max(1.0, np.abs(va).max()), n
+
+
+@pytest.mark.parametrize("samples", [8, 32, 100, 1024])
+def test_gain_subset_of_shards_is_that_of_all_images(samples):
+    from onnx_eprune.calibrate.data import CalibrationData
+    from onnx_eprune.calibrate.sensitivity import gain_candidates, gain_subset
+
+    x = random_input(samples, seed=7)
+    whole = gain_subset(CalibrationData({"x": x}))
+    keys = whole.keys()
+    assert np.all(np.diff(keys.astype(np.float64)) > 0)  # key order
+    all_keys = np.sort(CalibrationData({"x": x}).keys())
+    qualified = all_keys[all_keys % 8 == 0]
+    expected = qualified[:128] if len(qualified) >= 16 else all_keys[:16]
+    assert list(keys) == list(expected)
+    kept = [part[gain_candidates(CalibrationData({"x": part}).keys())] for part in np.array_split(x, 3)]
+    merged = gain_subset(CalibrationData({"x": np.concatenate(kept)}))
+    assert np.array_equal(merged.arrays["x"], whole.arrays["x"])
 
 
 def test_cli_calibrate_then_prune(tmp_path, capsys):

@@ -151,8 +151,11 @@ def backward_elimination(terms: list[ConsumerTerm], kept: np.ndarray, drop: int)
 
 
 def _value(default: object, text: str) -> object:
-    """``text`` as the type of a PruneConfig field's default (int where the default is None)."""
-    return text if isinstance(default, str) else float(text) if isinstance(default, float) else int(text)
+    """``text`` as the type of a PruneConfig field's default (int where the default is None;
+    ``auto`` as it is, for ``refit_ridge``)."""
+    if isinstance(default, str) or text == "auto":
+        return text
+    return float(text) if isinstance(default, float) else int(text)
 
 
 def main(argv: list[str]) -> int:

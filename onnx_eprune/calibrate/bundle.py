@@ -7,8 +7,8 @@ sampled conv positions and the images that measure layer sensitivities are chose
 image's content, so the result does not depend on how the images were split.
 
 A bundle holds, besides the moments of every consumer's input, up to 8 images to probe
-shapes and validate the output, and the shard's images eligible for measuring sensitivities
-(about one in eight, see ``sensitivity.gain_subset``).
+shapes and validate the output, and the shard's images that may measure sensitivities
+(about one in eight, see ``sensitivity.gain_candidates``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ..errors import UsageError
 from ..files import write_atomic
 from ..graph.model_io import light_copy, reference_chunks
 from .data import CalibrationData
-from .sensitivity import SUBSET_MODULUS, SUBSET_SIZE
+from .sensitivity import gain_candidates
 from .stats import MomentStats
 
 FORMAT = "onnx-eprune-stats/1"
@@ -54,17 +54,15 @@ class StatsBundle:
     samples: int
     consumers: dict[int, MomentStats]  # consumer index -> moments of its input
     probe: dict[str, np.ndarray]       # input name -> up to 8 images
-    gain_images: dict[str, np.ndarray]  # input name -> images eligible to measure gains
+    gain_images: dict[str, np.ndarray]  # input name -> images that may measure gains
 
     @classmethod
     def from_run(cls, model: onnx.ModelProto, seed: int, positions: int | None, data: CalibrationData,
                  consumers: dict[int, MomentStats]) -> "StatsBundle":
-        keys = data.keys()
-        eligible = np.flatnonzero(keys % SUBSET_MODULUS == 0)
-        eligible = eligible[np.argsort(keys[eligible], kind="stable")][:SUBSET_SIZE]
+        candidates = gain_candidates(data.keys())
         return cls(fingerprint(model), seed, positions, data.samples, consumers,
                    {k: np.asarray(v[:8]) for k, v in data.arrays.items()},
-                   {k: np.asarray(v[eligible]) for k, v in data.arrays.items()})
+                   {k: np.asarray(v[candidates]) for k, v in data.arrays.items()})
 
     def merge(self, other: "StatsBundle") -> None:
         """In place: the bundle of both shards' images (which must be disjoint)."""

@@ -30,17 +30,36 @@ from .session import (fixed_batch, make_session, run, samples_per_batch, shared_
 
 
 SUBSET_MODULUS = 8      # images whose key is 0 modulo this may measure gains ...
-SUBSET_SIZE = 128       # ... the ones with the smallest keys, at most this many
+SUBSET_SIZE = 128       # ... the ones with the smallest keys, at most this many ...
+SUBSET_FLOOR = 16       # ... or, where fewer qualify, this many with the smallest keys
+
+
+def _key_order(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of ``keys`` (N,) in key order, and the first 128 of them whose key is 0
+    modulo 8."""
+    order = np.argsort(keys, kind="stable")
+    return order, order[keys[order] % SUBSET_MODULUS == 0][:SUBSET_SIZE]
+
+
+def gain_candidates(keys: np.ndarray) -> np.ndarray:
+    """Indices, in key order, of every image :func:`gain_subset` may pick from ``keys``
+    (N,) or from any larger set that holds them: the 128 smallest keys that are 0 modulo
+    8 and the 16 smallest keys. A statistics file keeps these of its shard, so the subset
+    of merged shards is that of one run over all their images."""
+    order, qualified = _key_order(keys)
+    chosen = np.union1d(qualified, order[:SUBSET_FLOOR])
+    return chosen[np.argsort(keys[chosen], kind="stable")]
 
 
 def gain_subset(data: CalibrationData) -> CalibrationData:
     """The images that measure the gains: among those whose content key is 0 modulo 8, the
-    128 with the smallest keys (all images when fewer than 16 qualify), in key order."""
-    keys = data.keys()
-    chosen = np.flatnonzero(keys % SUBSET_MODULUS == 0)
-    if len(chosen) < 16:
-        chosen = np.arange(len(keys))
-    chosen = chosen[np.argsort(keys[chosen], kind="stable")][:SUBSET_SIZE]
+    128 with the smallest keys; where fewer than 16 qualify, the 16 smallest keys (all
+    images when there are fewer); in key order. (A set of 32 images measures on 16, not
+    32: each image costs up to 24 runs of the rest of the network, which on a large
+    detector take most of the pruning time.)"""
+    order, chosen = _key_order(data.keys())
+    if len(chosen) < SUBSET_FLOOR:
+        chosen = order[:SUBSET_FLOOR]
     return CalibrationData({k: np.ascontiguousarray(v[chosen]) for k, v in data.arrays.items()})
 
 

@@ -15,6 +15,44 @@ from .problem import cho_inverse_solve, ridge
 # curves assume (problem.CURVE_RIDGE)
 DEFAULT_RIDGE = 0.01
 
+# the relative ridges ``refit_ridge="auto"`` chooses from, per consumer
+AUTO_RIDGES = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def gcv_scores(G: np.ndarray, P: np.ndarray, var_y: np.ndarray, prior: np.ndarray, rows: int,
+               ridges: tuple[float, ...] = AUTO_RIDGES) -> np.ndarray:
+    """Generalised cross-validation score of :func:`refit` at each relative ridge (len(ridges),).
+
+    ``G`` (S, S), ``P`` (S, M) and ``prior`` (M, S) as for :func:`refit`; ``var_y`` (M,) the
+    variance of each original output; ``rows`` the number of rows behind the statistics
+    (samples, times the sampled positions of a convolution). The score is Golub, Heath and
+    Wahba's ``RSS / (1 - df / rows)**2``: the mean squared residual of the fit, summed over
+    the outputs, inflated by the degrees of freedom ``df`` the fit spends (one for the bias
+    plus ``sum(l / (l + rho))`` over the eigenvalues ``l`` of ``G``). It approximates the
+    leave-one-out error from the moments alone, so it needs no held-out data. Ridges at
+    which ``df >= rows`` score infinity.
+    """
+    Q = P - G @ prior.T                  # cross-covariance with the residual y - prior x
+    residual = float(var_y.sum() - 2.0 * np.sum(prior * P.T) + np.sum((prior @ G) * prior))
+    lam, V = np.linalg.eigh(G)
+    lam = np.clip(lam, 0.0, None)
+    energy = np.sum((V.T @ Q) ** 2, axis=1)
+    scores = np.full(len(ridges), np.inf)
+    for i, eps in enumerate(ridges):
+        rho = ridge(G, eps)
+        rss = residual - float(np.sum(energy * (lam + 2.0 * rho) / (lam + rho) ** 2))
+        df = 1.0 + float(np.sum(lam / (lam + rho)))
+        if df < rows:
+            scores[i] = max(rss, 0.0) / (1.0 - df / rows) ** 2
+    return scores
+
+
+def auto_ridge(G: np.ndarray, P: np.ndarray, var_y: np.ndarray, prior: np.ndarray, rows: int) -> float:
+    """The relative ridge of ``AUTO_RIDGES`` with the lowest :func:`gcv_scores` (the largest
+    when every one spends more degrees of freedom than there are rows)."""
+    scores = gcv_scores(G, P, var_y, prior, rows)
+    return AUTO_RIDGES[int(np.argmin(scores))] if np.isfinite(scores).any() else AUTO_RIDGES[-1]
+
 
 def refit(G: np.ndarray, P: np.ndarray, mean_x: np.ndarray, mean_y: np.ndarray, bias: np.ndarray,
           prior: np.ndarray, eps_ridge: float = DEFAULT_RIDGE, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
