@@ -20,7 +20,7 @@ import numpy as np
 
 from . import __version__
 from .select import METHODS
-from .select.reconstruct import DEFAULT_RIDGE
+from .select.reconstruct import DEFAULT_RIDGE, valid_ridge
 from .errors import EPruneError, UsageError
 
 log = logging.getLogger("onnx_eprune")
@@ -254,13 +254,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def refit_ridge_arg(text: str) -> float | str:
     """``--refit-ridge``: a number >= 0, or ``auto`` (also parses ``tools/bench_quality.py``'s)."""
-    if text == "auto":
-        return text
     try:
-        value = float(text)
+        value = text if text == "auto" else float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', not {text!r}") from None
-    if not np.isfinite(value) or value < 0:
+        value = None
+    if not valid_ridge(value):
         raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', not {text!r}")
     return value
 

@@ -37,7 +37,7 @@ from .parallel import matmul_rows, parallel_map, prefetched
 from .progress import Progress
 from .select import DATA_METHODS, METHODS, baselines, entropic
 from .select.problem import ConsumerTerm, explained_curve, partial_out
-from .select.reconstruct import DEFAULT_RIDGE, auto_ridge, refit
+from .select.reconstruct import DEFAULT_RIDGE, auto_ridge, refit, valid_ridge
 
 log = logging.getLogger("onnx_eprune")
 
@@ -95,8 +95,7 @@ class PruneConfig:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.batch_size < 1 or (self.round_to is not None and self.round_to < 1):
             raise UsageError("batch size and --round-to must be positive")
-        if self.refit_ridge != "auto" and (isinstance(self.refit_ridge, (str, bool))
-                                           or not np.isfinite(self.refit_ridge) or self.refit_ridge < 0):
+        if not valid_ridge(self.refit_ridge):
             raise UsageError(f"--refit-ridge must be a number >= 0 or 'auto', not {self.refit_ridge!r}")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .problem import cho_inverse_solve, ridge
@@ -17,6 +19,15 @@ DEFAULT_RIDGE = 0.01
 
 # the relative ridges ``refit_ridge="auto"`` chooses from, per consumer
 AUTO_RIDGES = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def valid_ridge(value: object) -> bool:
+    """Whether ``value`` can be a re-fit ridge (``refit_ridge``): a finite number >= 0, or
+    ``"auto"``."""
+    if value == "auto":
+        return True
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and bool(np.isfinite(value) and value >= 0)
 
 
 def gcv_scores(G: np.ndarray, P: np.ndarray, var_y: np.ndarray, prior: np.ndarray, rows: int,
