@@ -20,7 +20,7 @@ import numpy as np
 
 from . import __version__
 from .select import METHODS
-from .select.reconstruct import DEFAULT_RIDGE, valid_ridge
+from .select.reconstruct import DEFAULT_RIDGE, THIN, THIN_MAX_FEATURES, THIN_ROWS, valid_ridge
 from .errors import EPruneError, UsageError
 
 log = logging.getLogger("onnx_eprune")
@@ -246,20 +246,23 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "convolution outputs of 64 channels or more, which CPU and GPU kernels run faster)")
     p.add_argument("--no-reconstruct", action="store_true",
                    help="slice the kept weights without the least-squares re-fit")
-    p.add_argument("--refit-ridge", type=refit_ridge_arg, default=DEFAULT_RIDGE, metavar="R|auto",
+    p.add_argument("--refit-ridge", type=refit_ridge_arg, default=THIN, metavar="R|auto|auto-thin",
                    help=f"ridge toward the original weights in the re-fit, relative to the mean feature "
-                        f"variance (default {DEFAULT_RIDGE:g}); auto: chosen per layer by generalised "
-                        f"cross-validation, which helps with fewer samples than a layer has inputs")
+                        f"variance; auto: chosen per layer by generalised cross-validation, which helps with "
+                        f"fewer samples than a layer has inputs; auto-thin (default): {DEFAULT_RIDGE:g}, "
+                        f"chosen as by auto on layers with fewer than {THIN_ROWS:g} calibration rows per kept "
+                        f"input and at most {THIN_MAX_FEATURES} inputs")
 
 
 def refit_ridge_arg(text: str) -> float | str:
-    """``--refit-ridge``: a number >= 0, or ``auto`` (also parses ``tools/bench_quality.py``'s)."""
+    """``--refit-ridge``: a number >= 0, ``auto`` or ``auto-thin`` (also parses
+    ``tools/bench_quality.py``'s)."""
     try:
-        value = text if text == "auto" else float(text)
+        value = text if text in ("auto", THIN) else float(text)
     except ValueError:
         value = None
     if not valid_ridge(value):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', not {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, 'auto' or 'auto-thin', not {text!r}")
     return value
 
 

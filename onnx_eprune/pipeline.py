@@ -37,7 +37,7 @@ from .parallel import matmul_rows, parallel_map, prefetched
 from .progress import Progress
 from .select import DATA_METHODS, METHODS, baselines, entropic
 from .select.problem import ConsumerTerm, explained_curve, partial_out
-from .select.reconstruct import DEFAULT_RIDGE, auto_ridge, refit, valid_ridge
+from .select.reconstruct import THIN, THIN_ROWS, auto_ridge, fixed_ridge, refit, thin, valid_ridge
 
 log = logging.getLogger("onnx_eprune")
 
@@ -70,8 +70,9 @@ class PruneConfig:
     round_to: int | None = None          # keep counts at multiples of this (None: budget.AUTO_ROUND)
     reconstruct: bool = True             # least-squares re-fit of the consumers
     # ridge toward the original weights in the re-fit, relative to the mean kept-feature
-    # variance; "auto": chosen per consumer by generalised cross-validation
-    refit_ridge: float | str = DEFAULT_RIDGE
+    # variance; "auto": chosen per consumer by generalised cross-validation; "auto-thin":
+    # 0.01, chosen so where a consumer has few rows per kept feature (reconstruct.fixed_ridge)
+    refit_ridge: float | str = THIN
     entropic: entropic.EntropicConfig = field(default_factory=entropic.EntropicConfig)
 
     def target(self) -> budget.Target:
@@ -96,7 +97,7 @@ class PruneConfig:
         if self.batch_size < 1 or (self.round_to is not None and self.round_to < 1):
             raise UsageError("batch size and --round-to must be positive")
         if not valid_ridge(self.refit_ridge):
-            raise UsageError(f"--refit-ridge must be a number >= 0 or 'auto', not {self.refit_ridge!r}")
+            raise UsageError(f"--refit-ridge must be a number >= 0, 'auto' or 'auto-thin', not {self.refit_ridge!r}")
 
 
 @dataclass
@@ -180,7 +181,8 @@ class Pruner:
         self._targets: dict[int, StoredBatches] = {}  # consumer -> its target rows (collect)
         # consumer -> (C, s, r) bases of its channels' taps in the reduced first pass (collect)
         self.bases: dict[int, np.ndarray] = {}
-        self.auto_ridges: dict[int, float] = {}  # consumer -> its re-fit ridge (refit_ridge "auto")
+        self.auto_ridges: dict[int, float] = {}  # consumer -> its cross-validated re-fit ridge
+        self.thin_refits: dict[int, tuple[int, int]] = {}  # consumer -> (rows, kept features), fixed ridge
         # the original model's outputs on the first validation samples, per batch, taken in
         # the pass over the original network so that validation need not run it again
         self._reference: list[list[np.ndarray]] = []
@@ -536,6 +538,12 @@ class Pruner:
         with self.timer.phase("validate"):
             fidelity = self.validate(pruned)
         self.timer.seconds["total"] = time.perf_counter() - self.t0
+        if self.thin_refits:  # a fixed ridge may overfit these: name the fewest rows per input
+            worst = min(self.thin_refits, key=lambda c: self.thin_refits[c][0] / self.thin_refits[c][1])
+            log.info("%d layer(s) were re-fitted on fewer than %g calibration rows per kept input (%s: %d rows, "
+                     "%d inputs); --refit-ridge auto chooses their ridge by cross-validation, which can keep more "
+                     "accuracy with few samples (an eigendecomposition per layer: seconds on wide ones)", len(self.thin_refits), THIN_ROWS,
+                     self.analysis.consumers[worst].name, *self.thin_refits[worst])
         from .report import build_report
         report = build_report(self, keeps, counts, fidelity)
         return PruneResult(pruned, report)
@@ -673,9 +681,11 @@ class Pruner:
         if kept_only:
             kept = np.arange(len(kept))
         G, P, prior = st.covariance(kept), st.cross[kept], theta[:, np.concatenate(orig_cols)]
-        eps = self.config.refit_ridge
-        if eps == "auto":
+        eps = fixed_ridge(self.config.refit_ridge, st.n, len(kept))
+        if eps is None:
             eps = self.auto_ridges[cidx] = auto_ridge(G, P, st.var_y, prior, st.n)
+        elif thin(st.n, len(kept)):
+            self.thin_refits[cidx] = (int(st.n), len(kept))
         omega, new_bias = refit(G, P, st.mean_x[kept], st.mean_y, bias, prior, eps, self._blas_threads)
         return Refit(omega, new_bias)
 

@@ -58,9 +58,13 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
         "groups": groups,
         "prunable_groups": sum(1 for g in analysis.groups if g.prunable),
         "fidelity_on_calibration": fidelity,
-        # refit_ridge "auto": the ridge each re-fitted consumer got
+        # the ridge each cross-validated consumer got ("auto", or "auto-thin" where thin)
         **({"refit_ridges": {analysis.consumers[c].name: eps for c, eps in sorted(pruner.auto_ridges.items())}}
            if pruner.auto_ridges else {}),
+        # a fixed ridge on fewer than reconstruct.THIN_ROWS rows per kept feature
+        **({"thin_refits": {analysis.consumers[c].name: {"rows": rows, "features": features}
+                            for c, (rows, features) in sorted(pruner.thin_refits.items())}}
+           if pruner.thin_refits else {}),
         "seconds": {k: round(v, 3) for k, v in pruner.timer.seconds.items()},
     }
 

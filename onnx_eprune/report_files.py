@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import EPruneError
 from .files import write_atomic
+from .select.reconstruct import THIN_ROWS
 
 log = logging.getLogger("onnx_eprune")
 
@@ -96,6 +97,17 @@ def _refit_text(report: dict) -> str:
     return f"yes (ridge {ridge})"
 
 
+def _thin_lines(report: dict) -> list[str]:
+    """A line naming the layers re-fitted on few rows per kept input, if any."""
+    thin = report.get("thin_refits", {})
+    if not thin:
+        return []
+    named = ", ".join(f"`{name}` ({v['rows']} rows, {v['features']} inputs)" for name, v in list(thin.items())[:3])
+    more = f" and {len(thin) - 3} more" if len(thin) > 3 else ""
+    return [f"- re-fitted on fewer than {THIN_ROWS:g} rows per kept input: {named}{more}; "
+            "`--refit-ridge auto` chooses their ridge by cross-validation"]
+
+
 def markdown_sweep(sweep: dict) -> str:
     """A sweep as Markdown: run details, then one row per target."""
     runs = sweep.get("runs", [])
@@ -139,6 +151,7 @@ def markdown_report(report: dict) -> str:
         f"- target: {target.get('kind', '?')} {target.get('value', '?')}",
         f"- provider: {report.get('provider', '?')}",
         f"- calibration samples: {report.get('samples', '?')}",
+        *_thin_lines(report),
         f"- tool: {report.get('tool', 'onnx-eprune')} {report.get('version', '')}".rstrip(),
         "",
         "## Summary",

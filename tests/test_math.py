@@ -9,7 +9,8 @@ from onnx_eprune.calibrate.stats import (ConvGeometry, MomentAccumulator, Moment
 from onnx_eprune.select import entropic
 from onnx_eprune.select.problem import (ConsumerTerm, cho_inverse_solve, cholesky, compress, explained_curve,
                                          partial_out, reduce_outputs, ridge)
-from onnx_eprune.select.reconstruct import AUTO_RIDGES, auto_ridge, gcv_scores, refit
+from onnx_eprune.select.reconstruct import (AUTO_RIDGES, DEFAULT_RIDGE, THIN_MAX_FEATURES, auto_ridge, fixed_ridge,
+                                           gcv_scores, refit)
 
 
 def random_term(rng, C=8, s=3, M=5, T=400, weak=(0, 1), extra=0):
@@ -218,6 +219,15 @@ def test_gcv_scores_match_the_hat_matrix(n, S):
         df = 1 + np.trace(H)
         assert score == (pytest.approx(rss / (1 - df / n) ** 2, rel=1e-6) if df < n else np.inf)
     assert auto_ridge(G, P, st.var_y, prior, n) == AUTO_RIDGES[int(np.argmin(got))]
+
+
+def test_fixed_ridge_rules():
+    """auto-thin cross-validates a consumer with fewer than 2 rows per kept feature and at
+    most THIN_MAX_FEATURES of them; a number is fixed everywhere, auto nowhere."""
+    assert fixed_ridge("auto-thin", 100, 51) is None and fixed_ridge("auto-thin", 100, 50) == DEFAULT_RIDGE
+    assert fixed_ridge("auto-thin", 4000, THIN_MAX_FEATURES) is None
+    assert fixed_ridge("auto-thin", 4000, THIN_MAX_FEATURES + 1) == DEFAULT_RIDGE
+    assert fixed_ridge(0.3, 10, 1000) == 0.3 and fixed_ridge("auto", 10**6, 3) is None
 
 
 def test_auto_ridge_shrinks_more_with_fewer_rows():

@@ -360,10 +360,10 @@ def main() -> int:
     ap.add_argument("--entropic", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="entropic selector settings other than the defaults (EntropicConfig fields); "
                     "write such runs to their own --out, the pivot does not tell them apart")
-    ap.add_argument("--refit-ridge", type=refit_ridge_arg, metavar="R|auto",
+    ap.add_argument("--refit-ridge", type=refit_ridge_arg, metavar="R|auto|auto-thin",
                     help="the re-fit's ridge toward the original weights, relative to the mean kept-feature "
-                    f"variance (default {PruneConfig().refit_ridge:g}), or auto (cross-validated per "
-                    "consumer); for every method. Without targets: print only the runs made with R (runs "
+                    f"variance, auto (cross-validated per consumer) or auto-thin (default {PruneConfig().refit_ridge}: "
+                    "cross-validated where a consumer has few rows per feature); for every method. Without targets: print only the runs made with R (runs "
                     f"that do not record it used {LEGACY_REFIT_RIDGE:g})")
     args = ap.parse_args()
     try:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnx_eprune.cli import refit_ridge_arg
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
 from onnx_eprune.pipeline import Pruner, PruneConfig, _channels_of
@@ -150,10 +151,12 @@ def backward_elimination(terms: list[ConsumerTerm], kept: np.ndarray, drop: int)
     return kept
 
 
-def _value(default: object, text: str) -> object:
-    """``text`` as the type of a PruneConfig field's default (int where the default is None;
-    ``auto`` as it is, for ``refit_ridge``)."""
-    if isinstance(default, str) or text == "auto":
+def _value(name: str, default: object, text: str) -> object:
+    """``text`` as the type of PruneConfig field ``name``'s default (int where the default
+    is None; ``refit_ridge`` as ``--refit-ridge`` reads it)."""
+    if name == "refit_ridge":
+        return refit_ridge_arg(text)
+    if isinstance(default, str):
         return text
     return float(text) if isinstance(default, float) else int(text)
 
@@ -176,7 +179,7 @@ def main(argv: list[str]) -> int:
         draw = int(fields.pop("draw", "1" if n_images != DRAW_SIZE else "0"))
         calib_set = calibration_set(name, draw, REFERENCE, n_images)
         cfg = replace(default, **{k: type(getattr(default, k))(v) for k, v in fields.items() if hasattr(default, k)})
-        run = {k: _value(getattr(run_default, k), v) for k, v in fields.items() if not hasattr(default, k)}
+        run = {k: _value(k, getattr(run_default, k), v) for k, v in fields.items() if not hasattr(default, k)}
         drops, seconds = [], []
         for target in targets:
             t0 = time.perf_counter()

@@ -20,11 +20,40 @@ DEFAULT_RIDGE = 0.01
 # the relative ridges ``refit_ridge="auto"`` chooses from, per consumer
 AUTO_RIDGES = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 
+# "auto-thin", the default re-fit ridge: DEFAULT_RIDGE, except that a consumer fitted on
+# fewer than THIN_ROWS rows per kept feature, and on at most THIN_MAX_FEATURES of them, gets
+# the ridge "auto" would choose. LeNet-5 with 100-500 samples (3 draws x 5 sparsities):
+# cross-validating just these consumers cut the mean accuracy drop from 2.99 points (0.01
+# everywhere) to 2.13, "auto" everywhere to 2.09, and only below one row per feature to 2.59
+# (BENCHMARKS.md, session 34). The cap bounds the eigendecomposition "auto" needs: 1.7 s at
+# 2304 features but 10.5 s at 4608 on two cores, where VGG-16's 2x2 block-5 convolutions
+# (4 rows per image) are thin at low sparsity and chose 0.01 or less anyway. A consumer that
+# is thin but not cross-validated is named in the report (``thin_refits``).
+THIN = "auto-thin"
+THIN_ROWS = 2.0
+THIN_MAX_FEATURES = 2048
+
+
+def thin(rows: int, features: int) -> bool:
+    """Whether a re-fit on ``features`` kept features from ``rows`` rows has few rows for a
+    fixed ridge (fewer than ``THIN_ROWS`` per feature)."""
+    return rows < THIN_ROWS * features
+
+
+def fixed_ridge(refit_ridge: float | str, rows: int, features: int) -> float | None:
+    """The relative ridge a consumer re-fitted on ``features`` kept features from ``rows``
+    rows gets under ``refit_ridge``, or None where :func:`auto_ridge` chooses it."""
+    if refit_ridge == "auto":
+        return None
+    if refit_ridge == THIN:
+        return None if thin(rows, features) and features <= THIN_MAX_FEATURES else DEFAULT_RIDGE
+    return float(refit_ridge)
+
 
 def valid_ridge(value: object) -> bool:
-    """Whether ``value`` can be a re-fit ridge (``refit_ridge``): a finite number >= 0, or
-    ``"auto"``."""
-    if value == "auto":
+    """Whether ``value`` can be a re-fit ridge (``refit_ridge``): a finite number >= 0,
+    ``"auto"`` or ``"auto-thin"``."""
+    if value in ("auto", THIN):
         return True
     return isinstance(value, numbers.Real) and not isinstance(value, bool) \
         and bool(np.isfinite(value) and value >= 0)
