@@ -71,7 +71,7 @@ class PruneConfig:
     reconstruct: bool = True             # least-squares re-fit of the consumers
     # ridge toward the original weights in the re-fit, relative to the mean kept-feature
     # variance; "auto": chosen per consumer by generalised cross-validation; "auto-thin":
-    # 0.01, chosen so where a consumer has few rows per kept feature (reconstruct.fixed_ridge)
+    # 0.01, or auto's choice where a consumer has few rows per kept feature (fixed_ridge)
     refit_ridge: float | str = THIN
     entropic: entropic.EntropicConfig = field(default_factory=entropic.EntropicConfig)
 
@@ -541,9 +541,9 @@ class Pruner:
         if self.thin_refits:  # a fixed ridge may overfit these: name the fewest rows per input
             worst = min(self.thin_refits, key=lambda c: self.thin_refits[c][0] / self.thin_refits[c][1])
             log.info("%d layer(s) were re-fitted on fewer than %g calibration rows per kept input (%s: %d rows, "
-                     "%d inputs); --refit-ridge auto chooses their ridge by cross-validation, which can keep more "
-                     "accuracy with few samples (an eigendecomposition per layer: seconds on wide ones)", len(self.thin_refits), THIN_ROWS,
-                     self.analysis.consumers[worst].name, *self.thin_refits[worst])
+                     "%d inputs); --refit-ridge auto chooses their ridge by cross-validation, which can keep "
+                     "more accuracy with few samples (an eigendecomposition per layer: seconds on wide ones)",
+                     len(self.thin_refits), THIN_ROWS, self.analysis.consumers[worst].name, *self.thin_refits[worst])
         from .report import build_report
         report = build_report(self, keeps, counts, fidelity)
         return PruneResult(pruned, report)

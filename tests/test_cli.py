@@ -147,7 +147,8 @@ def test_few_rows_per_input(files, capsys):
     assert main(prune_args(files, "--sparsity", "0.4", "--report-dir", str(files / "a"), output="a.onnx")) == 0
     assert "--refit-ridge auto" not in capsys.readouterr().err
     report = json.loads((files / "a" / "report.json").read_text())
-    assert report["refit_ridge"] == "auto-thin" and "thin_refits" not in report and set(report["refit_ridges"]) == set(thin)
+    assert report["refit_ridge"] == "auto-thin" and "thin_refits" not in report
+    assert set(report["refit_ridges"]) == set(thin)
     assert "re-fit: yes (ridge auto-thin: " in (files / "a" / "report.md").read_text()
 
 

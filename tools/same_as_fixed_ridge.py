@@ -37,7 +37,8 @@ def main() -> int:
             equal = fixed.model.SerializeToString() == default.model.SerializeToString()
             same += equal
             crossed = ", ".join(default.report.get("refit_ridges", {}))
-            print(f"{mode} {kind} {value:g}: " + ("same" if equal else f"DIFFERENT (cross-validated: {crossed or '-'})"))
+            verdict = "same" if equal else f"DIFFERENT (cross-validated: {crossed or '-'})"
+            print(f"{mode} {kind} {value:g}: {verdict}")
     total = len(args.modes) * len(targets)
     print(f"{same} of {total} runs give the same bytes as --refit-ridge {args.ridge:g}")
     return 0 if same == total else 1
