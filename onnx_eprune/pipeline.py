@@ -182,7 +182,7 @@ class Pruner:
         # consumer -> (C, s, r) bases of its channels' taps in the reduced first pass (collect)
         self.bases: dict[int, np.ndarray] = {}
         self.auto_ridges: dict[int, float] = {}  # consumer -> its cross-validated re-fit ridge
-        self.thin_refits: dict[int, tuple[int, int]] = {}  # consumer -> (rows, kept features), fixed ridge
+        self.thin_refits: dict[int, tuple[int, int]] = {}  # consumer -> (rows, kept features), if thin
         # the original model's outputs on the first validation samples, per batch, taken in
         # the pass over the original network so that validation need not run it again
         self._reference: list[list[np.ndarray]] = []
@@ -538,12 +538,13 @@ class Pruner:
         with self.timer.phase("validate"):
             fidelity = self.validate(pruned)
         self.timer.seconds["total"] = time.perf_counter() - self.t0
-        if self.thin_refits:  # a fixed ridge may overfit these: name the fewest rows per input
-            worst = min(self.thin_refits, key=lambda c: self.thin_refits[c][0] / self.thin_refits[c][1])
+        fixed = {c: v for c, v in self.thin_refits.items() if c not in self.auto_ridges}
+        if fixed:  # a fixed ridge may overfit these: name the fewest rows per input
+            worst = min(fixed, key=lambda c: fixed[c][0] / fixed[c][1])
             log.info("%d layer(s) were re-fitted on fewer than %g calibration rows per kept input (%s: %d rows, "
                      "%d inputs); --refit-ridge auto chooses their ridge by cross-validation, which can keep "
                      "more accuracy with few samples (an eigendecomposition per layer: seconds on wide ones)",
-                     len(self.thin_refits), THIN_ROWS, self.analysis.consumers[worst].name, *self.thin_refits[worst])
+                     len(fixed), THIN_ROWS, self.analysis.consumers[worst].name, *fixed[worst])
         from .report import build_report
         report = build_report(self, keeps, counts, fidelity)
         return PruneResult(pruned, report)
@@ -684,7 +685,7 @@ class Pruner:
         eps = fixed_ridge(self.config.refit_ridge, st.n, len(kept))
         if eps is None:
             eps = self.auto_ridges[cidx] = auto_ridge(G, P, st.var_y, prior, st.n)
-        elif thin(st.n, len(kept)):
+        if thin(st.n, len(kept)):
             self.thin_refits[cidx] = (int(st.n), len(kept))
         omega, new_bias = refit(G, P, st.mean_x[kept], st.mean_y, bias, prior, eps, self._blas_threads)
         return Refit(omega, new_bias)

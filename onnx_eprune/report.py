@@ -11,6 +11,7 @@ import numpy as np
 from . import __version__
 from .errors import EPruneError
 from .files import write_atomic
+from .select.reconstruct import THIN_ROWS
 
 
 def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], fidelity: dict) -> dict:
@@ -61,8 +62,10 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
         # the ridge each cross-validated consumer got ("auto", or "auto-thin" where thin)
         **({"refit_ridges": {analysis.consumers[c].name: eps for c, eps in sorted(pruner.auto_ridges.items())}}
            if pruner.auto_ridges else {}),
-        # a fixed ridge on fewer than reconstruct.THIN_ROWS rows per kept feature
-        **({"thin_refits": {analysis.consumers[c].name: {"rows": rows, "features": features}
+        # re-fits on fewer than reconstruct.THIN_ROWS rows per kept feature: their ridge was
+        # cross-validated (then also in refit_ridges) or fixed
+        **({"thin_refits": {analysis.consumers[c].name: {"rows": rows, "features": features,
+                                                         "cross_validated": c in pruner.auto_ridges}
                             for c, (rows, features) in sorted(pruner.thin_refits.items())}}
            if pruner.thin_refits else {}),
         "seconds": {k: round(v, 3) for k, v in pruner.timer.seconds.items()},
@@ -91,9 +94,19 @@ def summary_table(report: dict) -> str:
         extra = f", top-1 agreement {100 * f['top1_agreement']:.1f}%" if "top1_agreement" in f else ""
         lines.append(f"output {name}: relative error {f['relative_error']:.4f}{extra} "
                      f"on {report['fidelity_on_calibration']['samples']} calibration samples")
+    if report.get("thin_refits"):
+        lines.append(optimism_note(report))
     secs = report["seconds"]
     lines.append("seconds " + ", ".join(f"{k} {v:.2f}" for k, v in secs.items()) + f"  [{report['provider']}]")
     return "\n".join(lines)
+
+
+def optimism_note(report: dict) -> str:
+    """Why the fidelity on calibration samples overstates that on new data, for a report
+    with ``thin_refits``."""
+    return (f"(the re-fit was fitted to these samples, {len(report['thin_refits'])} layer(s) on fewer than "
+            f"{THIN_ROWS:g} rows per kept input: expect less on new data, and measure it with "
+            "onnx-eprune evaluate --data)")
 
 
 def write_json(report: dict, path: str | os.PathLike) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import EPruneError
 from .files import write_atomic
+from .report import optimism_note
 from .select.reconstruct import THIN_ROWS
 
 log = logging.getLogger("onnx_eprune")
@@ -98,8 +99,8 @@ def _refit_text(report: dict) -> str:
 
 
 def _thin_lines(report: dict) -> list[str]:
-    """A line naming the layers re-fitted on few rows per kept input, if any."""
-    thin = report.get("thin_refits", {})
+    """A line naming the layers re-fitted with a fixed ridge on few rows per kept input, if any."""
+    thin = {name: v for name, v in report.get("thin_refits", {}).items() if not v.get("cross_validated")}
     if not thin:
         return []
     named = ", ".join(f"`{name}` ({v['rows']} rows, {v['features']} inputs)" for name, v in list(thin.items())[:3])
@@ -173,7 +174,8 @@ def markdown_report(report: dict) -> str:
     fidelity = report.get("fidelity_on_calibration") or {}
     if fidelity.get("outputs"):
         lines += ["## Fidelity on calibration samples", "",
-                  f"Pruned against original model on {fidelity.get('samples', '?')} calibration samples.", "",
+                  f"Pruned against original model on {fidelity.get('samples', '?')} calibration samples"
+                  + (f" {optimism_note(report)}." if report.get("thin_refits") else "."), "",
                   "| output | relative error | top-1 agreement |", "|---|---:|---:|"]
         for name, f in fidelity["outputs"].items():
             top1 = _pct(f["top1_agreement"]) if "top1_agreement" in f else "-"

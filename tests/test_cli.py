@@ -137,19 +137,25 @@ def test_auto_refit_ridge_reaches_the_report(files, capsys):
 def test_few_rows_per_input(files, capsys):
     """64 samples for a Gemm reading 16 features per kept channel: under a fixed ridge the
     report, report.md and the log name it and suggest --refit-ridge auto; the default
-    cross-validates its ridge instead."""
+    cross-validates its ridge instead. Either way the fidelity on calibration samples comes
+    with the note that the re-fit was fitted to them."""
     argv = prune_args(files, "--sparsity", "0.4", "--refit-ridge", "0.01", "--report-dir", str(files / "rep"))
     assert main(argv) == 0
-    assert "--refit-ridge auto chooses their ridge" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "--refit-ridge auto chooses their ridge" in err and "the re-fit was fitted to these samples" in out
     thin = json.loads((files / "rep" / "report.json").read_text())["thin_refits"]
-    assert thin and all(v["rows"] == 64 and v["rows"] < 2 * v["features"] for v in thin.values())
-    assert "re-fitted on fewer than 2 rows per kept input: `" in (files / "rep" / "report.md").read_text()
+    assert thin and all(v["rows"] == 64 < 2 * v["features"] and not v["cross_validated"] for v in thin.values())
+    markdown = (files / "rep" / "report.md").read_text()
+    assert "re-fitted on fewer than 2 rows per kept input: `" in markdown
+    assert "calibration samples (the re-fit was fitted to these samples" in markdown
     assert main(prune_args(files, "--sparsity", "0.4", "--report-dir", str(files / "a"), output="a.onnx")) == 0
-    assert "--refit-ridge auto" not in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "--refit-ridge auto" not in err and "the re-fit was fitted to these samples" in out
     report = json.loads((files / "a" / "report.json").read_text())
-    assert report["refit_ridge"] == "auto-thin" and "thin_refits" not in report
-    assert set(report["refit_ridges"]) == set(thin)
-    assert "re-fit: yes (ridge auto-thin: " in (files / "a" / "report.md").read_text()
+    assert report["refit_ridge"] == "auto-thin" and set(report["refit_ridges"]) == set(report["thin_refits"]) == set(thin)
+    assert all(v["cross_validated"] for v in report["thin_refits"].values())
+    markdown = (files / "a" / "report.md").read_text()
+    assert "re-fit: yes (ridge auto-thin: " in markdown and "re-fitted on fewer than" not in markdown
 
 
 def test_output_is_the_input(files, capsys):
