@@ -112,7 +112,7 @@ def _thin_lines(report: dict) -> list[str]:
 def markdown_sweep(sweep: dict) -> str:
     """A sweep as Markdown: run details, then one row per target."""
     runs = sweep.get("runs", [])
-    on = runs[0]["fidelity_on"] if runs else "?"
+    on = "; ".join(dict.fromkeys(r["fidelity_on"] for r in runs)) or "?"  # per target, when thin layers vary
     lines = ["# onnx-eprune sweep", "",
              f"- model: `{sweep.get('input', '?')}`",
              f"- method: {sweep.get('method', '?')}, mode: {sweep.get('mode', '?')}, re-fit ridge: "

@@ -22,6 +22,7 @@ from .evaluate import compared_outputs, load_labels, measure_against
 from .graph.model_io import as_model, normalize
 from .pipeline import PruneConfig, calibrate, prune
 from .progress import Progress
+from .report import optimism_note
 
 KINDS = ("sparsity", "flops_reduction")
 CALIBRATION_CHECK = 256  # without held-out data, fidelity is measured on this many calibration samples
@@ -99,8 +100,10 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
             fidelity, accuracy = measure_against(([values[n] for n in names] for values in reference.compute(names)),
                                                  result.model, held_out, names, size, providers, y)
             rep = result.report
+            # calibration samples that thin layers were fitted to flatter the pruned model
+            point_on = f"{on} {optimism_note(rep)}" if data is None and rep.get("thin_refits") else on
             points.append(SweepPoint(kind, float(value), rep["params"]["removed_fraction"],
-                                     rep["macs"]["removed_fraction"], fidelity, on, seconds, accuracy, rep,
+                                     rep["macs"]["removed_fraction"], fidelity, point_on, seconds, accuracy, rep,
                                      result.model))
     finally:
         space.close()

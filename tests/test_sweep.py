@@ -40,8 +40,11 @@ def test_sweep_prunes_at_every_target_and_measures_on_held_out_data(calib, mode,
 
 
 def test_sweep_without_data_measures_on_calibration_samples(calib):
+    """... and says so, with a note when the re-fit fitted a layer to fewer than 2 of them
+    per kept input (the Gemm: 64 samples for 16 features per kept channel)."""
     points = onnx_eprune.sweep(conv_bn_relu_pool_flatten_gemm(True), calib, [0.4], mode="oneshot", method="l1")
     assert points[0].fidelity_on.startswith(f"the first {min(256, len(calib))} calibration samples")
+    assert "the re-fit was fitted to these samples" in points[0].fidelity_on and points[0].report["thin_refits"]
     assert points[0].accuracy is None
 
 
