@@ -20,7 +20,7 @@ import numpy as np
 
 from . import __version__
 from .select import METHODS
-from .select.reconstruct import DEFAULT_RIDGE, THIN, THIN_MAX_FEATURES, THIN_ROWS, valid_ridge
+from .select.reconstruct import DEFAULT_RIDGE, RIDGE_MODES, THIN, THIN_MAX_FEATURES, THIN_ROWS, valid_ridge
 from .errors import EPruneError, UsageError
 
 log = logging.getLogger("onnx_eprune")
@@ -258,7 +258,7 @@ def refit_ridge_arg(text: str) -> float | str:
     """``--refit-ridge``: a number >= 0, ``auto`` or ``auto-thin`` (also parses
     ``tools/bench_quality.py``'s)."""
     try:
-        value = text if text in ("auto", THIN) else float(text)
+        value = text if text in RIDGE_MODES else float(text)
     except ValueError:
         value = None
     if not valid_ridge(value):

@@ -362,9 +362,10 @@ def main() -> int:
                     "write such runs to their own --out, the pivot does not tell them apart")
     ap.add_argument("--refit-ridge", type=refit_ridge_arg, metavar="R|auto|auto-thin",
                     help="the re-fit's ridge toward the original weights, relative to the mean kept-feature "
-                    f"variance, auto (cross-validated per consumer) or auto-thin (default {PruneConfig().refit_ridge}: "
-                    "cross-validated where a consumer has few rows per feature); for every method. Without targets: print only the runs made with R (runs "
-                    f"that do not record it used {LEGACY_REFIT_RIDGE:g})")
+                    f"variance, auto (cross-validated per consumer) or auto-thin (default "
+                    f"{PruneConfig().refit_ridge}: cross-validated where a consumer has few rows per feature); "
+                    "for every method. Without targets: print only the runs made with R (runs that do not "
+                    f"record it used {LEGACY_REFIT_RIDGE:g})")
     args = ap.parse_args()
     try:
         entropic = _config_fields(args.entropic)

@@ -33,6 +33,8 @@ THIN = "auto-thin"
 THIN_ROWS = 2.0
 THIN_MAX_FEATURES = 2048
 
+RIDGE_MODES = ("auto", THIN)  # the refit_ridge values that are not a number
+
 
 def thin(rows: int, features: int) -> bool:
     """Whether a re-fit on ``features`` kept features from ``rows`` rows has few rows for a
@@ -53,7 +55,7 @@ def fixed_ridge(refit_ridge: float | str, rows: int, features: int) -> float | N
 def valid_ridge(value: object) -> bool:
     """Whether ``value`` can be a re-fit ridge (``refit_ridge``): a finite number >= 0,
     ``"auto"`` or ``"auto-thin"``."""
-    if value in ("auto", THIN):
+    if value in RIDGE_MODES:
         return True
     return isinstance(value, numbers.Real) and not isinstance(value, bool) \
         and bool(np.isfinite(value) and value >= 0)
