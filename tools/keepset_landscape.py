@@ -34,22 +34,19 @@ from onnx import numpy_helper
 from scipy.stats import spearmanr
 
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
+from onnx_eprune.evaluate import accuracy
 from onnx_eprune.pipeline import PruneConfig, prune
 from onnx_eprune.select.reconstruct import refit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import REFERENCE, calibration_set  # noqa: E402
+from mixed_selection import softmax_kl  # noqa: E402
 
 FEATURES = "/Flatten_output_0"  # fc1's input: conv2's 16 channels x 5 x 5, channel-major
 PER_CHANNEL = 25
 CONV2_GROUP = 2  # conv2's group id in the report
 METHODS = ("entropic", "lasso", "thinet", "l1", "random")
 TOP = (1, 5, 20, 100)
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 class LeNetTail:
@@ -62,6 +59,7 @@ class LeNetTail:
         probe.CopyFrom(model)
         probe.graph.output.append(onnx.helper.make_tensor_value_info(FEATURES, onnx.TensorProto.FLOAT, None))
         self.session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        self.channels = len(self.w["c2.weight"])  # conv2's output channels
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(features (N, 400), logits (N, 10)) of the original network."""
@@ -111,30 +109,27 @@ def method_sets(path: Path, calib: np.ndarray, target: dict, ridge: float, mode:
         for group in result.report["groups"]:
             if group["id"] != CONV2_GROUP and group.get("channels_after", 0) != group.get("channels_before", 0):
                 raise SystemExit(f"{method} prunes group {group['id']} too: pick a target that prunes conv2 alone")
-        session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
-        logits = session.run(None, {session.get_inputs()[0].name: x_test})[0]
         found[method] = (tuple(result.report["groups"][CONV2_GROUP]["kept_channels"]),
-                         float((logits.argmax(1) == y_test).mean()))
+                         accuracy(result.model, x_test, y_test, ["CPUExecutionProvider"]))
     return found
 
 
-def landscape(tail: LeNetTail, calib: np.ndarray, k: int, ridge: float, sequential: bool, x_test: np.ndarray,
+def landscape(tail: LeNetTail, calib: np.ndarray, k: int, ridge: float, sequential: bool, f_test: np.ndarray,
               y_test: np.ndarray) -> dict[str, np.ndarray]:
     """Scores of every k-subset of conv2's channels (arrays over the subsets, in
     ``itertools.combinations`` order): ``objective`` (fc1's relative re-fit error on the
     calibration images), ``logit_error``, ``kl`` (nats per image), ``agreement`` (all three
-    on the calibration images against the original), ``accuracy`` on the test split."""
+    on the calibration images against the original), ``accuracy`` on the test split, whose
+    features (fc1's input) are ``f_test``."""
     f_cal, l_cal = tail.run(calib)
-    f_test, _ = tail.run(x_test)
     w1, b1 = tail.w["f1.weight"], tail.w["f1.bias"]
     target = f_cal @ w1.T  # fc1's original output without its bias
     G, P, mean_x, mean_y = moments(f_cal, target)
     spread = ((target - mean_y) ** 2).sum()
-    p_cal = softmax(l_cal)
     logit_spread = ((l_cal - l_cal.mean(0)) ** 2).sum()
     top1 = l_cal.argmax(1)
     scores = {name: [] for name in ("objective", "logit_error", "kl", "agreement", "accuracy")}
-    for subset in itertools.combinations(range(f_cal.shape[1] // PER_CHANNEL), k):
+    for subset in itertools.combinations(range(tail.channels), k):
         idx = np.concatenate([np.arange(c * PER_CHANNEL, (c + 1) * PER_CHANNEL) for c in subset])
         omega, bias = refit(G[np.ix_(idx, idx)], P[idx], mean_x[idx], mean_y, b1, w1[:, idx], ridge)
         out = f_cal[:, idx] @ omega.T + bias
@@ -142,7 +137,7 @@ def landscape(tail: LeNetTail, calib: np.ndarray, k: int, ridge: float, sequenti
         logits = tail.logits(out, head)
         scores["objective"].append(((out - target - b1) ** 2).sum() / spread)
         scores["logit_error"].append(((logits - l_cal) ** 2).sum() / logit_spread)
-        scores["kl"].append(float((p_cal * (np.log(p_cal) - np.log(softmax(logits)))).sum(1).mean()))
+        scores["kl"].append(softmax_kl(l_cal, logits))
         scores["agreement"].append(float((logits.argmax(1) == top1).mean()))
         test_logits = tail.logits(f_test[:, idx] @ omega.T + bias, head)
         scores["accuracy"].append(float((test_logits.argmax(1) == y_test).mean()))
@@ -168,11 +163,13 @@ def main() -> int:
     sets = method_sets(path, calib, chosen, args.ridge, args.mode, x_test, y_test)
     k = len(sets["entropic"][0])
     tail = LeNetTail(onnx.load(str(path)))
-    s = landscape(tail, calib, k, args.ridge, args.mode == "sequential", x_test, y_test)
-    subsets = list(itertools.combinations(range(16), k))
+    f_test, l_test = tail.run(x_test)
+    s = landscape(tail, calib, k, args.ridge, args.mode == "sequential", f_test, y_test)
+    subsets = list(itertools.combinations(range(tail.channels), k))
     acc = s["accuracy"]
-    original = float((tail.run(x_test)[1].argmax(1) == y_test).mean())
-    print(f"LeNet-5 {chosen}, {args.mode}, calibration draw {args.draw}, ridge {args.ridge:g}: conv2 keeps {k} of 16, "
+    original = float((l_test.argmax(1) == y_test).mean())
+    print(f"LeNet-5 {chosen}, {args.mode}, calibration draw {args.draw}, ridge {args.ridge:g}: conv2 keeps {k} of "
+          f"{tail.channels}, "
           f"{len(subsets)} keep-sets; original accuracy {100 * original:.2f}%")
     print(f"test accuracy over all keep-sets: min {100 * acc.min():.2f}%, median {100 * np.median(acc):.2f}%, "
           f"max {100 * acc.max():.2f}%")
