@@ -20,7 +20,8 @@ import numpy as np
 
 from . import __version__
 from .select import METHODS
-from .select.reconstruct import DEFAULT_RIDGE, RIDGE_MODES, THIN, THIN_MAX_FEATURES, THIN_ROWS, valid_ridge
+from .select.reconstruct import (DEFAULT_RIDGE, RIDGE_CHOICES, RIDGE_MODES, THIN, THIN_MAX_FEATURES, THIN_ROWS,
+                                 valid_ridge)
 from .errors import EPruneError, UsageError
 
 log = logging.getLogger("onnx_eprune")
@@ -262,7 +263,7 @@ def refit_ridge_arg(text: str) -> float | str:
     except ValueError:
         value = None
     if not valid_ridge(value):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, 'auto' or 'auto-thin', not {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {RIDGE_CHOICES}, not {text!r}")
     return value
 
 

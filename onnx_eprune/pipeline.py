@@ -37,7 +37,7 @@ from .parallel import matmul_rows, parallel_map, prefetched
 from .progress import Progress
 from .select import DATA_METHODS, METHODS, baselines, entropic
 from .select.problem import ConsumerTerm, explained_curve, partial_out
-from .select.reconstruct import THIN, THIN_ROWS, auto_ridge, fixed_ridge, refit, thin, valid_ridge
+from .select.reconstruct import RIDGE_CHOICES, THIN, THIN_ROWS, auto_ridge, fixed_ridge, refit, thin, valid_ridge
 
 log = logging.getLogger("onnx_eprune")
 
@@ -97,7 +97,7 @@ class PruneConfig:
         if self.batch_size < 1 or (self.round_to is not None and self.round_to < 1):
             raise UsageError("batch size and --round-to must be positive")
         if not valid_ridge(self.refit_ridge):
-            raise UsageError(f"--refit-ridge must be a number >= 0, 'auto' or 'auto-thin', not {self.refit_ridge!r}")
+            raise UsageError(f"--refit-ridge must be {RIDGE_CHOICES}, not {self.refit_ridge!r}")
 
 
 @dataclass

@@ -9,10 +9,15 @@ the full test split, and prints
 
 * the spread of test accuracy over the keep-sets, and over the n best by each label-free
   score computed on the calibration images: the re-fit objective (fc1's relative error,
-  which entropic, LASSO and ThiNet minimise), the logits' relative error, the softmax KL to
-  the original, top-1 agreement with the original;
+  which entropic, LASSO and ThiNet minimise), the same two-fold cross-validated (each half's
+  re-fit scored on the other half), the logits' relative error, the softmax KL to the
+  original, top-1 agreement with the original; and by the objective measured on the test
+  images themselves (calibration re-fit), an oracle for a calibration set without limit;
+* how much of the accuracy differences belong to the keep-set rather than to the test
+  images: accuracy on the even-numbered test images against the odd ones;
 * where each method's keep-set (the pipeline's, same target) ranks by the objective and by
-  test accuracy; its accuracy here is checked against the pruned ONNX model's.
+  test accuracy, also on each half; its accuracy here is checked against the pruned ONNX
+  model's.
 
     python tools/keepset_landscape.py --flops 0.3
     python tools/keepset_landscape.py --flops 0.3 --draw 1
@@ -128,7 +133,13 @@ def landscape(tail: LeNetTail, calib: np.ndarray, k: int, ridge: float, sequenti
     spread = ((target - mean_y) ** 2).sum()
     logit_spread = ((l_cal - l_cal.mean(0)) ** 2).sum()
     top1 = l_cal.argmax(1)
-    scores = {name: [] for name in ("objective", "logit_error", "kl", "agreement", "accuracy")}
+    halves = [np.arange(len(f_cal)) % 2 == h for h in (0, 1)]
+    half_moments = [moments(f_cal[half], target[half]) for half in halves]
+    target_test = f_test @ w1.T
+    spread_test = ((target_test - target_test.mean(0)) ** 2).sum()
+    test_halves = [np.arange(len(f_test)) % 2 == h for h in (0, 1)]
+    scores = {name: [] for name in ("objective", "objective_cv", "objective_test", "logit_error", "kl",
+                                    "agreement", "accuracy", "accuracy_even", "accuracy_odd")}
     for subset in itertools.combinations(range(tail.channels), k):
         idx = np.concatenate([np.arange(c * PER_CHANNEL, (c + 1) * PER_CHANNEL) for c in subset])
         omega, bias = refit(G[np.ix_(idx, idx)], P[idx], mean_x[idx], mean_y, b1, w1[:, idx], ridge)
@@ -136,11 +147,21 @@ def landscape(tail: LeNetTail, calib: np.ndarray, k: int, ridge: float, sequenti
         head = refit_head(tail, out, target + b1, ridge) if sequential else None
         logits = tail.logits(out, head)
         scores["objective"].append(((out - target - b1) ** 2).sum() / spread)
+        # Two-fold: each half's re-fit scored on the other half, the error a set makes on images it was not fitted to.
+        cv = 0.0
+        for (G_h, P_h, mx_h, my_h), held_out in zip(half_moments, halves[::-1]):
+            om_h, b_h = refit(G_h[np.ix_(idx, idx)], P_h[idx], mx_h[idx], my_h, b1, w1[:, idx], ridge)
+            cv += ((f_cal[held_out][:, idx] @ om_h.T + b_h - target[held_out] - b1) ** 2).sum()
+        scores["objective_cv"].append(cv / spread)
         scores["logit_error"].append(((logits - l_cal) ** 2).sum() / logit_spread)
         scores["kl"].append(softmax_kl(l_cal, logits))
         scores["agreement"].append(float((logits.argmax(1) == top1).mean()))
-        test_logits = tail.logits(f_test[:, idx] @ omega.T + bias, head)
-        scores["accuracy"].append(float((test_logits.argmax(1) == y_test).mean()))
+        out_test = f_test[:, idx] @ omega.T + bias
+        scores["objective_test"].append(((out_test - target_test - b1) ** 2).sum() / spread_test)
+        hits = tail.logits(out_test, head).argmax(1) == y_test
+        scores["accuracy"].append(float(hits.mean()))
+        scores["accuracy_even"].append(float(hits[test_halves[0]].mean()))
+        scores["accuracy_odd"].append(float(hits[test_halves[1]].mean()))
     return {name: np.asarray(values) for name, values in scores.items()}
 
 
@@ -176,21 +197,32 @@ def main() -> int:
     print("\nthe n keep-sets a label-free score ranks best, their test accuracy (min / mean / max, %):\n")
     print("| score (calibration images) | Spearman with accuracy | " + " | ".join(f"n = {n}" for n in TOP) + " |")
     print("|---|---|" + "---|" * len(TOP))
-    for name, higher_better in (("objective", False), ("logit_error", False), ("kl", False), ("agreement", True)):
+    for name, higher_better in (("objective", False), ("objective_cv", False), ("objective_test", False),
+                                ("logit_error", False), ("kl", False), ("agreement", True)):
         order = np.argsort(-s[name] if higher_better else s[name], kind="stable")
         rho = spearmanr(s[name] if higher_better else -s[name], acc)[0]  # ties (agreement) get mean ranks
         cells = [f"{100 * acc[order[:n]].min():.2f} / {100 * acc[order[:n]].mean():.2f} / "
                  f"{100 * acc[order[:n]].max():.2f}" for n in TOP]
         print(f"| {name} | {rho:+.3f} | " + " | ".join(cells) + " |")
+    even, odd = s["accuracy_even"], s["accuracy_odd"]
+    best = np.argsort(s["objective"], kind="stable")[:100]
+    print(f"\nhow much of the test accuracy is the set, not the test images: Spearman of accuracy on the even "
+          f"and the odd test images {spearmanr(even, odd)[0]:+.3f} over all sets, "
+          f"{spearmanr(even[best], odd[best])[0]:+.3f} over the objective's 100 best; the 20 best on the even "
+          f"images score {100 * odd[np.argsort(-even, kind='stable')[:20]].mean():.2f}% on the odd "
+          f"(all sets' mean {100 * odd.mean():.2f}%, the objective's 20 best "
+          f"{100 * odd[best[:20]].mean():.2f}%)")
     print("\neach method's keep-set:\n")
-    print("| method | conv2 keep-set | objective (rank) | test accuracy here (rank) | pruned model's |")
-    print("|---|---|---|---|---|")
+    print("| method | conv2 keep-set | objective (rank) | test accuracy here (rank) | even / odd test images (ranks) "
+          "| pruned model's |")
+    print("|---|---|---|---|---|---|")
     for method, (kept, model_acc) in sets.items():
         i = subsets.index(kept)
         obj_rank = int((s["objective"] < s["objective"][i]).sum()) + 1
-        acc_rank = int((acc > acc[i]).sum()) + 1
+        acc_rank, even_rank, odd_rank = (int((a > a[i]).sum()) + 1 for a in (acc, even, odd))
         print(f"| {method} | {list(kept)} | {s['objective'][i]:.5f} ({obj_rank}) | "
-              f"{100 * acc[i]:.2f}% ({acc_rank}) | {100 * model_acc:.2f}% |")
+              f"{100 * acc[i]:.2f}% ({acc_rank}) | {100 * even[i]:.2f} / {100 * odd[i]:.2f}% ({even_rank} / {odd_rank}) "
+              f"| {100 * model_acc:.2f}% |")
     return 0
 
 

@@ -34,6 +34,8 @@ THIN_ROWS = 2.0
 THIN_MAX_FEATURES = 2048
 
 RIDGE_MODES = ("auto", THIN)  # the refit_ridge values that are not a number
+# what a re-fit ridge may be, for error messages
+RIDGE_CHOICES = "a number >= 0, " + " or ".join(repr(mode) for mode in RIDGE_MODES)
 
 
 def thin(rows: int, features: int) -> bool:
