@@ -22,7 +22,7 @@ the full test split, and prints
     python tools/keepset_landscape.py --flops 0.3
     python tools/keepset_landscape.py --flops 0.3 --draw 1
 
-One thread enumerates the 11440 keep-sets of k = 9 in about 15 minutes.
+One thread enumerates the 11440 keep-sets of k = 9 in about 16 minutes.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def main() -> int:
     print(f"test accuracy over all keep-sets: min {100 * acc.min():.2f}%, median {100 * np.median(acc):.2f}%, "
           f"max {100 * acc.max():.2f}%")
     print("\nthe n keep-sets a label-free score ranks best, their test accuracy (min / mean / max, %):\n")
-    print("| score (calibration images) | Spearman with accuracy | " + " | ".join(f"n = {n}" for n in TOP) + " |")
+    print("| score (calibration images; objective_test: test images) | Spearman with accuracy | " + " | ".join(f"n = {n}" for n in TOP) + " |")
     print("|---|---|" + "---|" * len(TOP))
     for name, higher_better in (("objective", False), ("objective_cv", False), ("objective_test", False),
                                 ("logit_error", False), ("kl", False), ("agreement", True)):
