@@ -90,6 +90,12 @@ def moments(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return centred.T @ centred / len(x), centred.T @ (y - mean_y) / len(x), mean_x, mean_y
 
 
+def even_odd(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the even- and the odd-numbered of ``n`` rows."""
+    even = np.arange(n) % 2 == 0
+    return even, ~even
+
+
 def refit_head(tail: LeNetTail, fc1_out: np.ndarray, fc1_original: np.ndarray,
                ridge: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """fc2 and fc3 re-fitted, one after the other, to the original network's outputs from
@@ -123,9 +129,12 @@ def landscape(tail: LeNetTail, calib: np.ndarray, k: int, ridge: float, sequenti
               y_test: np.ndarray) -> dict[str, np.ndarray]:
     """Scores of every k-subset of conv2's channels (arrays over the subsets, in
     ``itertools.combinations`` order): ``objective`` (fc1's relative re-fit error on the
-    calibration images), ``logit_error``, ``kl`` (nats per image), ``agreement`` (all three
-    on the calibration images against the original), ``accuracy`` on the test split, whose
-    features (fc1's input) are ``f_test``."""
+    calibration images), ``objective_cv`` (the same, two-fold cross-validated on them),
+    ``objective_test`` (the calibration re-fit's relative error on the test images),
+    ``logit_error``, ``kl`` (nats per image), ``agreement`` (all three on the calibration
+    images against the original), ``accuracy`` on the test split, whose features (fc1's
+    input) are ``f_test``, and ``accuracy_even`` / ``accuracy_odd`` on its even- / odd-
+    numbered images."""
     f_cal, l_cal = tail.run(calib)
     w1, b1 = tail.w["f1.weight"], tail.w["f1.bias"]
     target = f_cal @ w1.T  # fc1's original output without its bias
@@ -133,11 +142,12 @@ def landscape(tail: LeNetTail, calib: np.ndarray, k: int, ridge: float, sequenti
     spread = ((target - mean_y) ** 2).sum()
     logit_spread = ((l_cal - l_cal.mean(0)) ** 2).sum()
     top1 = l_cal.argmax(1)
-    halves = [np.arange(len(f_cal)) % 2 == h for h in (0, 1)]
-    half_moments = [moments(f_cal[half], target[half]) for half in halves]
+    # the two folds: the moments of one half, and the features and biased target of the other
+    folds = [(moments(f_cal[fit], target[fit]), f_cal[held_out], target[held_out] + b1)
+             for fit, held_out in itertools.permutations(even_odd(len(f_cal)))]
     target_test = f_test @ w1.T
     spread_test = ((target_test - target_test.mean(0)) ** 2).sum()
-    test_halves = [np.arange(len(f_test)) % 2 == h for h in (0, 1)]
+    even_test, odd_test = even_odd(len(f_test))
     scores = {name: [] for name in ("objective", "objective_cv", "objective_test", "logit_error", "kl",
                                     "agreement", "accuracy", "accuracy_even", "accuracy_odd")}
     for subset in itertools.combinations(range(tail.channels), k):
@@ -149,9 +159,9 @@ def landscape(tail: LeNetTail, calib: np.ndarray, k: int, ridge: float, sequenti
         scores["objective"].append(((out - target - b1) ** 2).sum() / spread)
         # Two-fold: each half's re-fit scored on the other half, the error a set makes on images it was not fitted to.
         cv = 0.0
-        for (G_h, P_h, mx_h, my_h), held_out in zip(half_moments, halves[::-1]):
+        for (G_h, P_h, mx_h, my_h), f_held, y_held in folds:
             om_h, b_h = refit(G_h[np.ix_(idx, idx)], P_h[idx], mx_h[idx], my_h, b1, w1[:, idx], ridge)
-            cv += ((f_cal[held_out][:, idx] @ om_h.T + b_h - target[held_out] - b1) ** 2).sum()
+            cv += ((f_held[:, idx] @ om_h.T + b_h - y_held) ** 2).sum()
         scores["objective_cv"].append(cv / spread)
         scores["logit_error"].append(((logits - l_cal) ** 2).sum() / logit_spread)
         scores["kl"].append(softmax_kl(l_cal, logits))
@@ -160,8 +170,8 @@ def landscape(tail: LeNetTail, calib: np.ndarray, k: int, ridge: float, sequenti
         scores["objective_test"].append(((out_test - target_test - b1) ** 2).sum() / spread_test)
         hits = tail.logits(out_test, head).argmax(1) == y_test
         scores["accuracy"].append(float(hits.mean()))
-        scores["accuracy_even"].append(float(hits[test_halves[0]].mean()))
-        scores["accuracy_odd"].append(float(hits[test_halves[1]].mean()))
+        scores["accuracy_even"].append(float(hits[even_test].mean()))
+        scores["accuracy_odd"].append(float(hits[odd_test].mean()))
     return {name: np.asarray(values) for name, values in scores.items()}
 
 
@@ -195,7 +205,8 @@ def main() -> int:
     print(f"test accuracy over all keep-sets: min {100 * acc.min():.2f}%, median {100 * np.median(acc):.2f}%, "
           f"max {100 * acc.max():.2f}%")
     print("\nthe n keep-sets a label-free score ranks best, their test accuracy (min / mean / max, %):\n")
-    print("| score (calibration images; objective_test: test images) | Spearman with accuracy | " + " | ".join(f"n = {n}" for n in TOP) + " |")
+    print("| score (calibration images; objective_test: test images) | Spearman with accuracy | "
+          + " | ".join(f"n = {n}" for n in TOP) + " |")
     print("|---|---|" + "---|" * len(TOP))
     for name, higher_better in (("objective", False), ("objective_cv", False), ("objective_test", False),
                                 ("logit_error", False), ("kl", False), ("agreement", True)):
@@ -221,8 +232,8 @@ def main() -> int:
         obj_rank = int((s["objective"] < s["objective"][i]).sum()) + 1
         acc_rank, even_rank, odd_rank = (int((a > a[i]).sum()) + 1 for a in (acc, even, odd))
         print(f"| {method} | {list(kept)} | {s['objective'][i]:.5f} ({obj_rank}) | "
-              f"{100 * acc[i]:.2f}% ({acc_rank}) | {100 * even[i]:.2f} / {100 * odd[i]:.2f}% ({even_rank} / {odd_rank}) "
-              f"| {100 * model_acc:.2f}% |")
+              f"{100 * acc[i]:.2f}% ({acc_rank}) | {100 * even[i]:.2f} / {100 * odd[i]:.2f}% "
+              f"({even_rank} / {odd_rank}) | {100 * model_acc:.2f}% |")
     return 0
 
 
