@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .select import METHODS
 from .select.reconstruct import (DEFAULT_RIDGE, RIDGE_CHOICES, RIDGE_MODES, THIN, THIN_MAX_FEATURES, THIN_ROWS,
                                  valid_ridge)
@@ -651,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         _setup_logging(args)
+        keep_freed_memory()
         with warnings.catch_warnings():
             if not args.verbose:  # numerical warnings are details; -v shows them
                 warnings.simplefilter("ignore")

@@ -608,12 +608,12 @@ def test_cached_network_keeps_values_when_read_in_step_with_another(calib, memor
     it = net.compute([target])
     values = [next(it)[target] for _ in range(data.batch_count(16))]
     assert target in net.cache and len(net.cache[target]) == len(values)
-    assert (net.cache[target].path is None) == (disk == 0)
+    assert (net.cache[target].file is None) == (disk == 0)
     np.testing.assert_array_equal(np.concatenate(list(net.cache[target])), np.concatenate(values))
     # channel slicing keeps the values where they are
     net.update(model, set(), {target: lambda v: v[:, :2]})
     np.testing.assert_array_equal(np.concatenate(list(net.cache[target])), np.concatenate(values)[:, :2])
-    path = net.cache[target].path
+    path = net.cache[target].file and net.cache[target].file.path
     space.close()
     assert path is None or not os.path.exists(path)
 

@@ -134,7 +134,10 @@ def _child(model: str, samples: int, out: str) -> None:
     """One pruning run in this process (``model``: a reference name or ``width:W``); prints
     its JSON result."""
     import onnx_eprune
+    from onnx_eprune.allocator import keep_freed_memory
     from onnx_eprune.datasets import load_fashion_mnist, preprocess
+
+    keep_freed_memory()  # as the command-line program does
 
     if model.startswith("width:"):
         source, size = width_model(int(model.split(":")[1])), 32

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from .data import CalibrationData, model_inputs
+from .scratch import ScratchFile
 from .session import fixed_batch, make_session, run, unbatched_inputs
 
 
@@ -210,11 +211,10 @@ class StoredBatches:
     def __init__(self, space: CacheSpace, nbytes: int, path: str | None):
         self.space = space
         self.bytes = nbytes                 # reserved in the space (memory when path is None)
-        self.path = path
+        self.file = None if path is None else ScratchFile(path)
         self.values: list[np.ndarray] = []
-        self.index: list[tuple[int, tuple[int, ...]]] = []   # offset and shape of each batch on disk
+        self.records: list[tuple[int, tuple[int, ...], np.dtype]] = []   # each batch's place on disk
         self.dtype: np.dtype | None = None
-        self._end = 0                       # bytes written to the file so far
 
     @classmethod
     def reserve(cls, space: CacheSpace, estimate: int, memory: bool = True) -> "StoredBatches | None":
@@ -230,30 +230,21 @@ class StoredBatches:
 
     def append(self, value: np.ndarray) -> None:
         self.dtype = value.dtype
-        if self.path is None:
+        if self.file is None:
             self.values.append(value)
-            return
-        value = np.ascontiguousarray(value)
-        with open(self.path, "ab") as f:
-            value.tofile(f)
-        self.index.append((self._end, value.shape))
-        self._end += value.nbytes
+        else:
+            self.records.append(self.file.append(value))
 
     def __len__(self) -> int:
-        return len(self.values) if self.path is None else len(self.index)
+        return len(self.values) if self.file is None else len(self.records)
 
     def __getitem__(self, b: int) -> np.ndarray:
-        if self.path is None:
-            return self.values[b]
-        offset, shape = self.index[b]
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            return np.fromfile(f, self.dtype, int(np.prod(shape))).reshape(shape)
+        return self.values[b] if self.file is None else self.file.read(self.records[b])
 
     def transform(self, fn: Callable[[np.ndarray], np.ndarray]) -> "StoredBatches":
         """The values mapped through ``fn`` (channel slicing), in the same place; batch by
         batch, so that memory never holds the old and the new tensor whole."""
-        if self.path is None:
+        if self.file is None:
             for b, value in enumerate(self.values):
                 self.values[b] = fn(value)
             return self
@@ -265,12 +256,12 @@ class StoredBatches:
 
     def discard(self, release: bool = True) -> None:
         if release:
-            if self.path is None:
+            if self.file is None:
                 self.space.memory_left += self.bytes
             else:
                 self.space.disk_left += self.bytes
-        if self.path is not None and os.path.exists(self.path):
-            os.remove(self.path)
+        if self.file is not None:
+            self.file.remove()
         self.values = []
 
 
