@@ -9,7 +9,8 @@ platform and file system allow it, the files are opened with ``O_DIRECT``; elsew
 (tmpfs, macOS, Windows) the same calls go through the page cache.
 
 Direct I/O moves whole blocks from block-aligned memory to block-aligned file offsets, so
-each record starts at a multiple of :data:`ALIGN` bytes and is padded to one.
+each record starts at a multiple of :data:`ALIGN` bytes and is padded to one, and goes
+through a copy in aligned memory.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ class ScratchFile:
         self.path = path
         self.direct = bool(_DIRECT)
         self._end = 0
-        self._staging = aligned_empty(0)
 
     def _opener(self, path: str, flags: int) -> int:
         return os.open(path, flags | (_DIRECT if self.direct else 0), 0o600)
@@ -54,9 +54,9 @@ class ScratchFile:
         """Write ``value``; returns its record (file offset, shape, dtype)."""
         value = np.ascontiguousarray(value)
         size = _padded(value.nbytes)
-        if self._staging.nbytes < size:
-            self._staging = aligned_empty(size)
-        block = memoryview(self._staging[:size])
+        # a copy in aligned memory, freed after the write: a buffer kept per file would hold
+        # a batch's bytes for every tensor in scratch files
+        block = memoryview(aligned_empty(size))
         block[:value.nbytes] = memoryview(value.reshape(-1).view(np.uint8))
         try:
             self._write(block)
@@ -92,6 +92,5 @@ class ScratchFile:
 
     def remove(self) -> None:
         """Delete the file."""
-        self._staging = aligned_empty(0)
         if os.path.exists(self.path):
             os.remove(self.path)
