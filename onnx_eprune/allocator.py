@@ -18,6 +18,12 @@ within -3% to +6% of the default's); the process only stops shrinking after its 
 and cannot all be undone (glibc fixes its arena limit when it first needs it), so only
 the command-line program, whose process ends with the run, calls this; a program using
 the Python API may set the same through glibc's environment variables (README).
+
+It does so for sequential-mode runs only, whose stages allocate and free the same arrays
+over and over (ResNet-18 0.84: 35.1 s against 45.8 s). A one-shot run holds every
+consumer's statistics at once, and in one heap without ``mmap`` the gaps between them
+raised its peak by 15% (3.11 against 2.70 GB) for no time gained (39.6 against 40.6 s;
+one run each, session 37).
 """
 
 from __future__ import annotations

@@ -652,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         _setup_logging(args)
-        keep_freed_memory()
+        if getattr(args, "mode", None) == "sequential" and not getattr(args, "stats", None):
+            keep_freed_memory()  # one-shot runs gain nothing and peak higher (allocator.py)
         with warnings.catch_warnings():
             if not args.verbose:  # numerical warnings are details; -v shows them
                 warnings.simplefilter("ignore")

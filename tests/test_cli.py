@@ -78,6 +78,18 @@ def test_prune_options_reach_the_report(files, capsys):
     assert (report["method"], report["mode"], report["samples"], report["seed"]) == ("random", "oneshot", 32, 4)
 
 
+@pytest.mark.parametrize("mode,tuned", [("sequential", True), ("oneshot", False)])
+def test_prune_keeps_freed_memory_in_sequential_mode_only(files, capsys, monkeypatch, mode, tuned):
+    """The malloc settings (allocator.py) go with sequential runs, where the stages reuse
+    freed arrays; one-shot runs peak higher with them and gain no time."""
+    import onnx_eprune.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(mode))
+    assert main(prune_args(files, "--keep-ratio", "0.5", "--mode", mode, "-q")) == 0
+    assert calls == ([mode] if tuned else [])
+
+
 def test_missing_model(files, capsys):
     argv = prune_args(files, "--sparsity", "0.4")
     argv[1] = str(files / "nope.onnx")
