@@ -76,6 +76,26 @@ def test_scratch_file_falls_back_when_direct_io_is_refused(tmp_path, monkeypatch
     np.testing.assert_array_equal(f.read(record), a)
 
 
+def test_scratch_file_reads_without_direct_io_when_only_reads_are_refused(tmp_path, monkeypatch):
+    """Written with direct I/O, read back through the page cache if a direct read is
+    refused (EINVAL)."""
+    f = ScratchFile(str(tmp_path / "1.bin"))
+    a = np.arange(5000, dtype=np.float64).reshape(50, 100)
+    record = f.append(a)
+    if not f.direct:
+        pytest.skip("this file system refuses O_DIRECT")
+    real_opener = f._opener
+
+    def opener(path, flags):
+        if f.direct and not flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_opener(path, flags)
+
+    monkeypatch.setattr(f, "_opener", opener)
+    np.testing.assert_array_equal(f.read(record), a)
+    assert not f.direct
+
+
 def test_aligned_empty_is_aligned():
     for n in (1, ALIGN - 1, ALIGN, 3 * ALIGN + 5):
         block = aligned_empty(n)

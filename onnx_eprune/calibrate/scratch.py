@@ -6,7 +6,7 @@ of the cache, and on virtual machines that hand freed memory back to their host
 (free-page reporting) a fresh page costs a host fault, which measured 8-16 s per GiB on
 this project's benchmark host against 0.8 s per GiB for direct I/O to its disk. Where the
 platform and file system allow it, the files are opened with ``O_DIRECT``; elsewhere
-(tmpfs, macOS, Windows) the same calls go through the page cache.
+(tmpfs before Linux 6.6, macOS, Windows) the same calls go through the page cache.
 
 Direct I/O moves whole blocks from block-aligned memory to block-aligned file offsets, so
 each record starts at a multiple of :data:`ALIGN` bytes and is padded to one, and goes
@@ -60,7 +60,7 @@ class ScratchFile:
         block[:value.nbytes] = memoryview(value.reshape(-1).view(np.uint8))
         try:
             self._write(block)
-        except OSError as e:  # tmpfs refuses O_DIRECT files; some file systems, their I/O
+        except OSError as e:  # older tmpfs refuses O_DIRECT files; some file systems, their I/O
             if not self.direct or e.errno != errno.EINVAL:
                 raise
             self.direct = False
@@ -80,7 +80,16 @@ class ScratchFile:
         offset, shape, dtype = record
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         block = aligned_empty(nbytes)
-        view = memoryview(block)
+        try:
+            self._read(offset, memoryview(block))
+        except OSError as e:  # as in append: direct I/O refused
+            if not self.direct or e.errno != errno.EINVAL:
+                raise
+            self.direct = False
+            self._read(offset, memoryview(block))
+        return block[:nbytes].view(dtype).reshape(shape)
+
+    def _read(self, offset: int, view: memoryview) -> None:
         with open(self.path, "rb", buffering=0, opener=self._opener) as f:
             f.seek(offset)
             while len(view):
@@ -88,7 +97,6 @@ class ScratchFile:
                 if not n:
                     raise OSError(errno.EIO, f"scratch file {self.path} ends early")
                 view = view[n:]
-        return block[:nbytes].view(dtype).reshape(shape)
 
     def remove(self) -> None:
         """Delete the file."""
