@@ -14,10 +14,11 @@ took 8-16 s against 0.2 s for memory freed just before.
 ``mmap`` arrays, and never return the heap's top to the kernel, so that a freed batch's
 pages serve the next batch. Peak resident memory is still that of the largest set of
 arrays alive at once, plus the heap's fragmentation (ResNet-18 and VGG-16 runs peaked
-within -3% to +6% of the default's); the process only stops shrinking after its peak. The settings apply to the whole process
-and cannot all be undone (glibc fixes its arena limit when it first needs it), so only
-the command-line program, whose process ends with the run, calls this; a program using
-the Python API may set the same through glibc's environment variables (README).
+within -3% to +6% of the default's); the process only stops shrinking after its peak.
+The settings apply to the whole process and cannot all be undone (glibc fixes its arena
+limit when it first needs it), so only the command-line program, whose process ends with
+the run, calls this; a program using the Python API may set the same through glibc's
+environment variables (README).
 
 It does so for sequential-mode runs only, whose stages allocate and free the same arrays
 over and over (ResNet-18 0.84: 35.1 s against 45.8 s). A one-shot run holds every

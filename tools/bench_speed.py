@@ -137,7 +137,7 @@ def _child(model: str, samples: int, out: str) -> None:
     from onnx_eprune.allocator import keep_freed_memory
     from onnx_eprune.datasets import load_fashion_mnist, preprocess
 
-    keep_freed_memory()  # as the command-line program does
+    keep_freed_memory()  # as the command-line program does for sequential runs (these are)
 
     if model.startswith("width:"):
         source, size = width_model(int(model.split(":")[1])), 32
