@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import platform
 import shutil
@@ -108,7 +109,7 @@ def test_keep_freed_memory_serves_large_arrays_from_the_heap():
     its own (glibc's mallinfo2 counts mapped bytes), and freeing it leaves the heap's pages
     with the process; without it, the array is mapped and unmapped."""
     probe = """
-import ctypes, sys, threading
+import ctypes, json, sys, threading
 import numpy as np
 from onnx_eprune.allocator import keep_freed_memory
 class Info(ctypes.Structure):
@@ -128,17 +129,18 @@ def work():
     seen.append((libc.mallinfo2().hblkhd, libc.mallinfo2().arena))
 work()
 t = threading.Thread(target=work); t.start(); t.join()
-print(seen)
+print(json.dumps(seen))
 """
     results = {}
     for tuned in ("0", "1"):
         out = subprocess.run([sys.executable, "-c", probe, tuned], capture_output=True, text=True, check=True).stdout
         if out.strip() == "skip":
             pytest.skip("glibc without mallinfo2")
-        results[tuned] = eval(out)
+        results[tuned] = json.loads(out)
     mib64 = 64 << 20
     # default: each array is a mapping of its own, gone when freed
     assert all(mapped >= mib64 for mapped, _ in results["0"][0::2])
+    assert all(mapped < mib64 for mapped, _ in results["0"][1::2])
     # tuned: no mapping; the main heap holds the array and keeps its pages after the free
     assert all(mapped < mib64 for mapped, _ in results["1"])
     assert all(heap >= mib64 for _, heap in results["1"])
