@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -58,16 +59,21 @@ class ScratchFile:
         # a batch's bytes for every tensor in scratch files
         block = memoryview(aligned_empty(size))
         block[:value.nbytes] = memoryview(value.reshape(-1).view(np.uint8))
-        try:
-            self._write(block)
-        except OSError as e:  # older tmpfs refuses O_DIRECT files; some file systems, their I/O
-            if not self.direct or e.errno != errno.EINVAL:
-                raise
-            self.direct = False
-            self._write(block)
+        self._io(self._write, block)
         record = (self._end, value.shape, value.dtype)
         self._end += size
         return record
+
+    def _io(self, operation: Callable[..., None], *args) -> None:
+        """``operation(*args)``, again through the page cache if direct I/O is refused: older
+        tmpfs refuses O_DIRECT files when opening them, some file systems their reads or writes."""
+        try:
+            operation(*args)
+        except OSError as e:
+            if not self.direct or e.errno != errno.EINVAL:
+                raise
+            self.direct = False
+            operation(*args)
 
     def _write(self, block: memoryview) -> None:
         with open(self.path, "r+b" if self._end else "wb", buffering=0, opener=self._opener) as f:
@@ -80,13 +86,7 @@ class ScratchFile:
         offset, shape, dtype = record
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         block = aligned_empty(nbytes)
-        try:
-            self._read(offset, memoryview(block))
-        except OSError as e:  # as in append: direct I/O refused
-            if not self.direct or e.errno != errno.EINVAL:
-                raise
-            self.direct = False
-            self._read(offset, memoryview(block))
+        self._io(self._read, offset, memoryview(block))
         return block[:nbytes].view(dtype).reshape(shape)
 
     def _read(self, offset: int, view: memoryview) -> None:
