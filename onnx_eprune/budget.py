@@ -52,17 +52,26 @@ def step(channels: int, round_to: int | None = None, unit: int = 1, conv: bool =
     return math.lcm(max(1, round_to), max(1, unit))
 
 
-def levels(channels: int, step: int = 1) -> np.ndarray:
+def levels(channels: int, step: int = 1, least: int = 1) -> np.ndarray:
     """The keep counts allowed for a group of ``channels``, ascending: the multiples of
-    ``step`` (see :func:`step`) and the whole group."""
-    return np.unique(np.append(np.arange(step, channels, step), channels))
+    ``step`` (see :func:`step`) from ``least`` on, and the whole group."""
+    first = max(step, -(-least // step) * step)
+    return np.unique(np.append(np.arange(first, channels, step), channels))
 
 
-def uniform_counts(channels: dict[int, int], ratio: float, steps: dict[int, int] | None = None) -> dict[int, int]:
+def least_counts(channels: dict[int, int], min_keep: float) -> dict[int, int]:
+    """The fewest channels each group may keep under ``--min-keep``: ``ceil(min_keep*C)``
+    (at least one)."""
+    # the small tolerance keeps a product like 0.3 * 10 from rounding up to 4
+    return {g: max(1, math.ceil(min_keep * c - 1e-9)) for g, c in channels.items()}
+
+
+def uniform_counts(channels: dict[int, int], ratio: float, steps: dict[int, int] | None = None,
+                   least: dict[int, int] | None = None) -> dict[int, int]:
     """The allowed count nearest to ``round(ratio*C)`` in every group (see :func:`levels`)."""
     out = {}
     for g, c in channels.items():
-        allowed = levels(c, (steps or {}).get(g, 1))
+        allowed = levels(c, (steps or {}).get(g, 1), (least or {}).get(g, 1))
         out[g] = int(allowed[np.argmin(np.abs(allowed - round(ratio * c)))])
     return out
 
@@ -71,9 +80,9 @@ class _Greedy:
     """Keep counts, their cost, and the cost/damage trade-off of one step per group."""
 
     def __init__(self, channels: dict[int, int], damage: dict[int, np.ndarray], costs: CostModel, metric: str,
-                 steps: dict[int, int]):
+                 steps: dict[int, int], least: dict[int, int]):
         self.channels, self.damage, self.metric = channels, damage, metric
-        self.levels = {g: levels(c, steps.get(g, 1)) for g, c in channels.items()}
+        self.levels = {g: levels(c, steps.get(g, 1), least.get(g, 1)) for g, c in channels.items()}
         self.floor = {g: int(lv[0]) for g, lv in self.levels.items()}
         self.layers = {g: costs.layers_of(g) for g in channels}
         self.neighbours = {g: sorted({h for layer in self.layers[g] for h in layer.groups()} & set(channels))
@@ -160,7 +169,7 @@ class _Greedy:
 
 
 def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: CostModel, target: Target,
-             steps: dict[int, int] | None = None) -> dict[int, int]:
+             steps: dict[int, int] | None = None, least: dict[int, int] | None = None) -> dict[int, int]:
     """Greedy allocation of keep counts for a global parameter or MAC target.
 
     Parameters
@@ -170,6 +179,7 @@ def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: Cos
         (weighted relative reconstruction error over its consumers); made non-increasing.
     costs : the model's cost terms. target : the global target (sparsity or flops).
     steps : group id -> keep counts are multiples of this (or the whole group); see :func:`step`.
+    least : group id -> the group keeps at least this many channels (see :func:`least_counts`).
     """
     if not channels:
         raise EPruneError("the model has no prunable channel group; nothing to remove")
@@ -177,7 +187,7 @@ def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: Cos
     full = costs.total(metric)
     goal = (1.0 - target.value) * full
     damage = {g: np.minimum.accumulate(np.asarray(curves[g], np.float64)) for g in channels}
-    state = _Greedy(channels, damage, costs, metric, steps or {})
+    state = _Greedy(channels, damage, costs, metric, steps or {}, least or {})
     reachable = 1.0 - costs.total(metric, state.floor) / full
     if reachable < target.value:
         raise EPruneError(f"{target.kind} {target.value:g} is out of reach: pruning every prunable group to "

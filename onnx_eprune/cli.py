@@ -248,12 +248,22 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "convolution outputs of 64 channels or more, which CPU and GPU kernels run faster)")
     p.add_argument("--no-reconstruct", action="store_true",
                    help="slice the kept weights without the least-squares re-fit")
+    _add_exclude(p)
+    p.add_argument("--min-keep", type=float, default=0.0, metavar="F",
+                   help="every channel group keeps at least the fraction F of its channels (default: 0, "
+                        "at least one channel)")
     p.add_argument("--refit-ridge", type=refit_ridge_arg, default=THIN, metavar="R|auto|auto-thin",
                    help=f"ridge toward the original weights in the re-fit, relative to the mean feature "
                         f"variance; auto: chosen per layer by generalised cross-validation, which helps with "
                         f"fewer samples than a layer has inputs; auto-thin (default): {DEFAULT_RIDGE:g}, "
                         f"chosen as by auto on layers with fewer than {THIN_ROWS:g} calibration rows per kept "
                         f"input and at most {THIN_MAX_FEATURES} inputs")
+
+
+def _add_exclude(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="keep the output channels of the nodes whose names match PATTERN (* and ? match "
+                        "any characters; repeat for more), and of the layers coupled with them")
 
 
 def refit_ridge_arg(text: str) -> float | str:
@@ -274,7 +284,8 @@ def _run_config(args: argparse.Namespace, **target):
     config = PruneConfig(method=args.method, mode=args.mode, samples=args.samples, seed=args.seed,
                          device=args.device, batch_size=args.batch_size, positions=args.positions,
                          round_to=args.round_to, reconstruct=not args.no_reconstruct,
-                         refit_ridge=args.refit_ridge, **target)
+                         refit_ridge=args.refit_ridge, exclude=tuple(args.exclude), min_keep=args.min_keep,
+                         **target)
     config.check()
     return config
 
@@ -345,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL.onnx")
     p.add_argument("--calib", metavar="CALIB", help="sample input (needed when the input shape is not fixed)")
     p.add_argument("--input-shape", metavar="N,C,H,W", help="input shape for models with dynamic dimensions")
+    _add_exclude(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_common(p)
 
@@ -507,7 +519,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise _no_prunable_hint(exc, args.model) from None
     del calib
     record = {"input": str(args.model), "method": config.method, "mode": config.mode,
-              "refit_ridge": config.refit_ridge, "runs": [p.as_dict() for p in points]}
+              "refit_ridge": config.refit_ridge, "exclude": list(config.exclude), "min_keep": config.min_keep,
+              "runs": [p.as_dict() for p in points]}
     written = write_sweep_dir(record, folder)
     if args.save_models:
         for p in points:
@@ -585,7 +598,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .inspection import inspect
 
     model = _input_model(args.model)
-    summary = inspect(model, _shapes_input(model, args).first())
+    summary = inspect(model, _shapes_input(model, args).first(), exclude=args.exclude)
     rows, total = summary["groups"], summary["macs"]
     prunable = [r for r in rows if r["prunable"]]
     if args.json:

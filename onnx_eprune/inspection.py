@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 
 from .calibrate.data import load_calibration
 from .calibrate.session import choose_providers, probe_shapes
 from .graph.costs import build_cost_model
-from .graph.groups import analyze
+from .graph.exclude import exclude_groups
+from .graph.groups import analyze, node_label
 from .graph.model_io import load_model, normalize
 
 
-def inspect(model: onnx.ModelProto | str, sample=None) -> dict:
+def inspect(model: onnx.ModelProto | str, sample=None, exclude: Sequence[str] = ()) -> dict:
     """Channel groups of ``model`` and how much of it pruning can reach.
 
     Parameters
@@ -21,6 +24,7 @@ def inspect(model: onnx.ModelProto | str, sample=None) -> dict:
     sample : one input to probe shapes with: an array (first axis = samples), a dict of
         input name -> array, or a .npy/.npz path; only its first sample is used. ``None``
         takes zeros of the model's input shape (which must then be fixed, batch aside).
+    exclude : node-name patterns whose channel groups stay whole, as ``PruneConfig.exclude``.
 
     Returns a dict: ``groups`` (one entry per group with producers or consumers: ``id``,
     ``channels``, ``prunable``, ``producers``, ``consumers`` (node names) and ``frozen``
@@ -33,6 +37,7 @@ def inspect(model: onnx.ModelProto | str, sample=None) -> dict:
     data = load_calibration(sample if sample is not None else _zeros(model), model, samples=1, probe=True)
     shapes = probe_shapes(model, data.first(), choose_providers("cpu"))
     analysis = analyze(model, shapes)
+    exclude_groups(analysis, model.graph.node, exclude)
     costs = build_cost_model(model, analysis, shapes)
     nodes = model.graph.node
     rows = []
@@ -41,7 +46,7 @@ def inspect(model: onnx.ModelProto | str, sample=None) -> dict:
             continue
         rows.append({
             "id": g.gid, "channels": g.channels, "prunable": g.prunable,
-            "producers": [nodes[p.node].name or f"{nodes[p.node].op_type}#{p.node}" for p in g.producers],
+            "producers": [node_label(nodes[p.node], p.node) for p in g.producers],
             "consumers": [analysis.consumers[c].name for c in g.consumers],
             "frozen": "; ".join(g.frozen) if g.frozen else None})
     prunable = {g.gid for g in analysis.groups if g.prunable}

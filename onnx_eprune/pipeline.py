@@ -29,6 +29,7 @@ from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, Pixe
                               conv_patches, positions_per_sample, reduce_rows, sample_positions)
 from .errors import EPruneError, UsageError
 from .graph.costs import CostModel, build_cost_model
+from .graph.exclude import exclude_groups
 from .graph.groups import QUANTIZED, Consumer, GraphAnalysis, analyze
 from .graph.model_io import as_model, check_model, initializer_map, normalize, save_model
 from .graph.rewrite import Refit, build_pruned
@@ -74,6 +75,9 @@ class PruneConfig:
     # 0.01, or auto's choice where a consumer has few rows per kept feature (fixed_ridge)
     refit_ridge: float | str = THIN
     entropic: entropic.EntropicConfig = field(default_factory=entropic.EntropicConfig)
+    # node-name patterns (shell-style: * and ?) whose channel groups stay whole (graph/exclude.py)
+    exclude: tuple[str, ...] = ()
+    min_keep: float = 0.0                # every group keeps at least ceil(min_keep * C) channels
 
     def target(self) -> budget.Target:
         given = [(k, v) for k, v in (("sparsity", self.sparsity), ("flops", self.flops_reduction),
@@ -98,6 +102,10 @@ class PruneConfig:
             raise UsageError("batch size and --round-to must be positive")
         if not valid_ridge(self.refit_ridge):
             raise UsageError(f"--refit-ridge must be {RIDGE_CHOICES}, not {self.refit_ridge!r}")
+        if not 0.0 <= self.min_keep <= 1.0:  # also refuses NaN
+            raise UsageError(f"--min-keep must be in [0, 1], not {self.min_keep:g}")
+        if isinstance(self.exclude, str) or not all(isinstance(p, str) and p for p in self.exclude):
+            raise UsageError(f"--exclude takes non-empty node-name patterns, not {self.exclude!r}")
 
 
 @dataclass
@@ -162,6 +170,10 @@ class Pruner:
         with self.timer.phase("analyze"):
             self.shapes = probe_shapes(self.model, self.data.first(), self.providers)
             self.analysis: GraphAnalysis = analyze(self.model, self.shapes)
+            excluded = exclude_groups(self.analysis, self.model.graph.node, config.exclude)
+            if excluded:
+                log.info("--exclude keeps %d channel group(s) whole: %s", len(excluded),
+                         ", ".join(map(str, excluded)))
             self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes)
         self.inits = initializer_map(self.model)
         self.topo = Topology(self.model)
@@ -442,8 +454,9 @@ class Pruner:
         steps = self.steps = {g: budget.step(channels[g], self.config.round_to, units[g],
                                              any(p.kind == "conv" for p in self.analysis.groups[g].producers))
                               for g in gids}
+        least = budget.least_counts(channels, self.config.min_keep)
         if target.kind == "keep_ratio":
-            return budget.uniform_counts(channels, target.value, steps), {}
+            return budget.uniform_counts(channels, target.value, steps, least), {}
         rankings, errors = {}, {}
         consumers = self.analysis.consumers
         gain_data = gain_subset(self.bundle.gain_data() if self.bundle is not None else self.data)
@@ -468,7 +481,12 @@ class Pruner:
             self.gains = gains_run.result()
         # indexed by channels kept
         curves = {g: self.gains[g] * errors[g][np.arange(channels[g] + 1) // units[g]] for g in gids}
-        return budget.allocate(channels, curves, self.costs, target, steps), rankings
+        try:
+            return budget.allocate(channels, curves, self.costs, target, steps, least), rankings
+        except EPruneError as exc:
+            if self.config.min_keep or self.config.exclude:
+                raise EPruneError(f"{exc} (with the --exclude and --min-keep given)") from None
+            raise
 
     def _solve_cost(self, terms: list[ConsumerTerm]) -> float:
         """Rough cost of ranking a group (cubic in its features), to start the largest first."""
@@ -780,7 +798,8 @@ def calibrate(model, calib, config: PruneConfig | None = None, progress: Progres
     """The statistics :func:`prune` needs, as a bundle to ``save()`` and merge later.
 
     Only ``samples``, ``seed``, ``device``, ``batch_size`` and ``positions`` of the config
-    matter; shards must use the same ``seed`` and ``positions``.
+    matter; shards must use the same ``seed`` and ``positions``. The statistics cover every
+    group the analysis can prune, whatever ``exclude`` says, so one bundle serves any exclusion.
     """
     config = config or PruneConfig(**options)
-    return Pruner(model, calib, config, progress).calibrate()
+    return Pruner(model, calib, replace(config, exclude=()), progress).calibrate()

@@ -11,6 +11,7 @@ import numpy as np
 from . import __version__
 from .errors import EPruneError
 from .files import write_atomic
+from .graph.groups import node_label
 from .select.reconstruct import THIN_ROWS
 
 
@@ -21,7 +22,7 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
     producers_of = {}
     nodes = pruner.model.graph.node
     for g in analysis.groups:
-        producers_of[g.gid] = [nodes[p.node].name or f"{nodes[p.node].op_type}#{p.node}" for p in g.producers]
+        producers_of[g.gid] = [node_label(nodes[p.node], p.node) for p in g.producers]
     groups = []
     for g in analysis.groups:
         if not g.producers and not g.consumers:
@@ -50,6 +51,8 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
         "reconstruct": cfg.reconstruct,
         "refit_ridge": cfg.refit_ridge,
         "round_to": cfg.round_to if cfg.round_to is not None else "auto",
+        "exclude": list(cfg.exclude),
+        "min_keep": cfg.min_keep,
         "target": {"kind": target.kind, "value": target.value},
         "seed": cfg.seed,
         "provider": pruner.providers[0],

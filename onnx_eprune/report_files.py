@@ -109,6 +109,16 @@ def _thin_lines(report: dict) -> list[str]:
             "`--refit-ridge auto` chooses their ridge by cross-validation"]
 
 
+def _limit_lines(record: dict) -> list[str]:
+    """What the user kept out of reach of the pruning (``--exclude``, ``--min-keep``), if anything."""
+    lines = []
+    if record.get("exclude"):
+        lines.append("- excluded (kept whole): " + ", ".join(f"`{p}`" for p in record["exclude"]))
+    if record.get("min_keep"):
+        lines.append(f"- every group keeps at least {_pct(record['min_keep'])} of its channels")
+    return lines
+
+
 def markdown_sweep(sweep: dict) -> str:
     """A sweep as Markdown: run details, then one row per target."""
     runs = sweep.get("runs", [])
@@ -117,6 +127,7 @@ def markdown_sweep(sweep: dict) -> str:
              f"- model: `{sweep.get('input', '?')}`",
              f"- method: {sweep.get('method', '?')}, mode: {sweep.get('mode', '?')}, re-fit ridge: "
              f"{sweep.get('refit_ridge', '?')}",
+             *_limit_lines(sweep),
              f"- fidelity measured on: {on}", "",
              "| target | params removed | MACs removed | relative error | top-1 agreement | accuracy | seconds |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -150,6 +161,7 @@ def markdown_report(report: dict) -> str:
         f"- method: {report.get('method', '?')}, mode: {report.get('mode', '?')}, "
         f"re-fit: {_refit_text(report)}, seed: {report.get('seed', '?')}",
         f"- target: {target.get('kind', '?')} {target.get('value', '?')}",
+        *_limit_lines(report),
         f"- provider: {report.get('provider', '?')}",
         f"- calibration samples: {report.get('samples', '?')}",
         *_thin_lines(report),

@@ -211,7 +211,7 @@ def test_gcv_scores_match_the_hat_matrix(n, S):
     keep = np.arange(S)
     G, P = st.covariance(keep), st.cross[keep]
     got = gcv_scores(G, P, st.var_y, prior, n)
-    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    Xc = X - X.mean(0)
     for eps, score in zip(AUTO_RIDGES, got):
         omega, bias = refit(G, P, st.mean_x, st.mean_y, np.zeros(4), prior, eps)
         rss = np.sum((Y - X @ omega.T - bias) ** 2) / n

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .groups import GraphAnalysis
+from .groups import GraphAnalysis, node_label
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -86,7 +86,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
         bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
         bias_shape = inits.get(bias_name) if bias_name else None
         out_shape = shapes.get(node.output[0], ())
-        label = node.name or f"{node.op_type}#{index}"
+        label = node_label(node, index)
         spatial = int(np.prod(out_shape[2:], dtype=np.int64)) if len(out_shape) > 2 else 1
         if node.op_type == "ConvTranspose":  # each input pixel meets each weight element once
             in_shape = shapes.get(node.input[0], ())

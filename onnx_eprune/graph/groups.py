@@ -224,7 +224,8 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _label(node: onnx.NodeProto, index: int) -> str:
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """How reports and messages name the ``index``-th node: its name, or ``OpType#index``."""
     return node.name or f"{node.op_type}#{index}"
 
 
@@ -410,7 +411,7 @@ class _Analyzer:
         transposed to NCHW): those channels are frozen, and the tensor is read afresh as
         frozen channels on axis 1, so that the op's own output channels stay prunable."""
         x = node.input[0]
-        reason = f"{_label(node, index)} reads them on axis 1, not on axis {self.axis(x)}"
+        reason = f"{node_label(node, index)} reads them on axis 1, not on axis {self.axis(x)}"
         self.freeze_layout(self.layout(x), reason)
         self.axes.pop(x)
         c = self.channels(x)
@@ -432,7 +433,7 @@ class _Analyzer:
         x, w = node.input[0], node.input[1]
         b = node.input[2] if len(node.input) > 2 and node.input[2] else None
         layout = self.layout(x)
-        reason = self.weights_reason(_label(node, index), [w, b])
+        reason = self.weights_reason(node_label(node, index), [w, b])
         if reason:
             self.freeze_all(node, index, reason)
             return
@@ -441,7 +442,7 @@ class _Analyzer:
         group = int(attrs.get("group", 1))
         cin = self.channels(x)
         out = node.output[0]
-        label = _label(node, index)
+        label = node_label(node, index)
         if len(wshape) != 4 or cin is None or not isinstance(layout, list):
             self.freeze_all(node, index, f"{label}: only 2-D convolutions on NCHW tensors are handled")
             return
@@ -461,7 +462,7 @@ class _Analyzer:
         inputs in each group of ``width`` channels: output channel c reads only the group
         holding input channel c, so both sides are one set of channels, removable a whole
         group at a time (weight and bias lose the group's rows along axis 0)."""
-        label = _label(node, index)
+        label = node_label(node, index)
         if self.use_count.get(w, 0) > 1 or (b is not None and self.use_count.get(b, 0) > 1):
             self.freeze_all(node, index, f"{label}: grouped weights are shared")
             return
@@ -481,7 +482,7 @@ class _Analyzer:
         grouped with as many outputs as inputs, a pass-through (:meth:`pass_groups`)."""
         x, w = node.input[0], node.input[1]
         b = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        label = _label(node, index)
+        label = node_label(node, index)
         out = node.output[0]
         reason = self.weights_reason(label, [w, b])
         if reason:
@@ -559,7 +560,7 @@ class _Analyzer:
 
     def add_consumer(self, node, index, kind, x, out, w, b, m, cin, s, layout, conv=None,
                      trans_b=True, alpha=1.0, beta=1.0) -> None:
-        label = _label(node, index)
+        label = node_label(node, index)
         if self.use_count.get(w, 0) > 1:
             self.freeze_layout(layout, f"weight {w!r} of {label} is shared by several nodes")
             return
@@ -577,7 +578,7 @@ class _Analyzer:
         a, w = node.input[0], node.input[1]
         c = node.input[2] if len(node.input) > 2 and node.input[2] else None
         attrs = _attrs(node)
-        label = _label(node, index)
+        label = node_label(node, index)
         layout = self.layout(a)
         reason = "Gemm with transA" if attrs.get("transA", 0) else self.weights_reason(label, [w, c])
         if reason:
@@ -603,7 +604,7 @@ class _Analyzer:
 
     def op_MatMul(self, node: onnx.NodeProto, index: int) -> None:
         a, w = node.input[0], node.input[1]
-        label = _label(node, index)
+        label = node_label(node, index)
         layout = self.layout(a)
         shape_a = self.shapes.get(a)
         if w not in self.init_by_name or len(self.init_by_name[w].dims) != 2 or not isinstance(layout, list) \
@@ -645,7 +646,7 @@ class _Analyzer:
 
     def op_BatchNormalization(self, node: onnx.NodeProto, index: int) -> None:
         layout = self.layout(node.input[0])
-        label = _label(node, index)
+        label = node_label(node, index)
         params = node.input[1:5]
         if len(node.output) > 1 and any(o for o in node.output[1:]) or not isinstance(layout, list) \
                 or not all(p in self.init_by_name for p in params):
@@ -658,7 +659,7 @@ class _Analyzer:
 
     def op_InstanceNormalization(self, node: onnx.NodeProto, index: int) -> None:
         layout = self.layout(node.input[0])
-        label = _label(node, index)
+        label = node_label(node, index)
         if not isinstance(layout, list) or not all(p in self.init_by_name for p in node.input[1:3]):
             self.freeze_all(node, index, f"{label}: InstanceNormalization with non-constant parameters")
             return
@@ -882,7 +883,7 @@ class _Analyzer:
     def binary_with_constant(self, node: onnx.NodeProto, index: int, act: str, const: str) -> None:
         """Element-wise op of an activation and a constant: slice the constant if per-channel."""
         layout = self.layout(act)
-        label = _label(node, index)
+        label = node_label(node, index)
         out_shape = self.shapes.get(node.output[0])
         c_shape = self.shapes.get(const) or (tuple(self.init_by_name[const].dims) if const in self.init_by_name else None)
         if not isinstance(layout, list) or out_shape is None or c_shape is None:

@@ -1,0 +1,43 @@
+"""Layers the user keeps whole: ``--exclude`` patterns freeze the channel groups they produce."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+
+import onnx
+
+from ..errors import UsageError
+from .groups import GraphAnalysis, node_label
+
+log = logging.getLogger("onnx_eprune")
+
+
+def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], patterns: Sequence[str]) -> list[int]:
+    """Freeze every channel group that a node matching one of ``patterns`` produces (in place).
+
+    A pattern is matched, shell-style and case-sensitively, against each node's label: its
+    name, or ``OpType#index`` for an unnamed node (the names ``onnx-eprune inspect`` and the
+    report print). A group is a unit: excluding one of its producers keeps the others whole too
+    (the convolutions feeding one residual sum, say). The inputs of an excluded layer may still
+    lose channels, to the groups of the layers before it. Returns the ids of the groups frozen
+    here; a pattern that matches no node is refused, as a mistyped name would otherwise prune
+    the layer it meant to protect.
+    """
+    labels = [node_label(node, i) for i, node in enumerate(nodes)]
+    frozen: list[int] = []
+    for pattern in patterns:
+        matched = {i for i, label in enumerate(labels) if fnmatchcase(label, pattern)}
+        if not matched:
+            raise UsageError(f"--exclude {pattern!r} matches no node of the model (node names as "
+                             f"'onnx-eprune inspect MODEL' lists them; * and ? match any characters)")
+        hits = [g for g in analysis.groups if any(p.node in matched for p in g.producers)]
+        if not hits:
+            log.warning("--exclude %r matches %d node(s), none of which produces prunable channels", pattern,
+                        len(matched))
+        for g in hits:
+            if g.prunable:
+                frozen.append(g.gid)
+            g.frozen.append(f"excluded by {pattern!r}")
+    return sorted(set(frozen))
