@@ -83,7 +83,6 @@ class _Greedy:
                  steps: dict[int, int], least: dict[int, int]):
         self.channels, self.damage, self.metric = channels, damage, metric
         self.levels = {g: levels(c, steps.get(g, 1), least.get(g, 1)) for g, c in channels.items()}
-        self.floor = {g: int(lv[0]) for g, lv in self.levels.items()}
         self.layers = {g: costs.layers_of(g) for g in channels}
         self.neighbours = {g: sorted({h for layer in self.layers[g] for h in layer.groups()} & set(channels))
                            for g in channels}
@@ -168,6 +167,19 @@ class _Greedy:
             self.apply(best, best_step)
 
 
+def check_reachable(channels: dict[int, int], costs: CostModel, target: Target, steps: dict[int, int] | None = None,
+                    least: dict[int, int] | None = None) -> None:
+    """Raise :class:`EPruneError` when ``target`` is out of reach even with every group at its
+    smallest allowed count (see :func:`levels`)."""
+    if not channels:
+        raise EPruneError("the model has no prunable channel group; nothing to remove")
+    floor = {g: int(levels(c, (steps or {}).get(g, 1), (least or {}).get(g, 1))[0]) for g, c in channels.items()}
+    reachable = 1.0 - costs.total(target.metric, floor) / costs.total(target.metric)
+    if reachable < target.value:
+        raise EPruneError(f"{target.kind} {target.value:g} is out of reach: pruning every prunable group to "
+                          f"its minimum removes {reachable:.3f} of the {target.metric}")
+
+
 def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: CostModel, target: Target,
              steps: dict[int, int] | None = None, least: dict[int, int] | None = None) -> dict[int, int]:
     """Greedy allocation of keep counts for a global parameter or MAC target.
@@ -181,17 +193,12 @@ def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: Cos
     steps : group id -> keep counts are multiples of this (or the whole group); see :func:`step`.
     least : group id -> the group keeps at least this many channels (see :func:`least_counts`).
     """
-    if not channels:
-        raise EPruneError("the model has no prunable channel group; nothing to remove")
+    check_reachable(channels, costs, target, steps, least)
     metric = target.metric
     full = costs.total(metric)
     goal = (1.0 - target.value) * full
     damage = {g: np.minimum.accumulate(np.asarray(curves[g], np.float64)) for g in channels}
     state = _Greedy(channels, damage, costs, metric, steps or {}, least or {})
-    reachable = 1.0 - costs.total(metric, state.floor) / full
-    if reachable < target.value:
-        raise EPruneError(f"{target.kind} {target.value:g} is out of reach: pruning every prunable group to "
-                          f"its minimum removes {reachable:.3f} of the {metric}")
     state.shrink(goal)
     state.give_back(goal)
     tolerance = 0.005 * full

@@ -446,15 +446,34 @@ class Pruner:
         return ranking[:k]
 
     # -- allocation ------------------------------------------------------------------------
+    def group_limits(self, gids: list[int]) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+        """Per group: its channels, the step its kept counts take (``--round-to``, conv
+        groups) and the fewest it may keep (``--min-keep``)."""
+        channels = {g: self.analysis.groups[g].channels for g in gids}
+        steps = {g: budget.step(channels[g], self.config.round_to, self.analysis.groups[g].unit,
+                                any(p.kind == "conv" for p in self.analysis.groups[g].producers)) for g in gids}
+        return channels, steps, budget.least_counts(channels, self.config.min_keep)
+
+    def check_target(self, gids: list[int]) -> None:
+        """Refuse a parameter or MAC target that the prunable groups cannot reach, before any
+        calibration."""
+        target = self.config.target()
+        if target.kind == "keep_ratio":
+            return
+        channels, steps, least = self.group_limits(gids)
+        try:
+            budget.check_reachable(channels, self.costs, target, steps, least)
+        except EPruneError as exc:
+            if self.config.min_keep or self.config.exclude:
+                raise EPruneError(f"{exc} (with the --exclude and --min-keep given)") from None
+            raise
+
     def allocate(self, gids: list[int], stats: dict[int, MomentStats] | None
                  ) -> tuple[dict[int, int], dict[int, np.ndarray]]:
         target = self.config.target()
-        channels = {g: self.analysis.groups[g].channels for g in gids}
+        channels, steps, least = self.group_limits(gids)
+        self.steps = steps
         units = {g: self.analysis.groups[g].unit for g in gids}
-        steps = self.steps = {g: budget.step(channels[g], self.config.round_to, units[g],
-                                             any(p.kind == "conv" for p in self.analysis.groups[g].producers))
-                              for g in gids}
-        least = budget.least_counts(channels, self.config.min_keep)
         if target.kind == "keep_ratio":
             return budget.uniform_counts(channels, target.value, steps, least), {}
         rankings, errors = {}, {}
@@ -481,12 +500,7 @@ class Pruner:
             self.gains = gains_run.result()
         # indexed by channels kept
         curves = {g: self.gains[g] * errors[g][np.arange(channels[g] + 1) // units[g]] for g in gids}
-        try:
-            return budget.allocate(channels, curves, self.costs, target, steps, least), rankings
-        except EPruneError as exc:
-            if self.config.min_keep or self.config.exclude:
-                raise EPruneError(f"{exc} (with the --exclude and --min-keep given)") from None
-            raise
+        return budget.allocate(channels, curves, self.costs, target, steps, least), rankings
 
     def _solve_cost(self, terms: list[ConsumerTerm]) -> float:
         """Rough cost of ranking a group (cubic in its features), to start the largest first."""
@@ -508,6 +522,7 @@ class Pruner:
             reasons = sorted({r for g in self.analysis.groups for r in g.frozen})
             hint = "; prune the float model, then quantize it" if any(QUANTIZED in r for r in reasons) else ""
             raise EPruneError("no prunable channel group in this model (" + "; ".join(reasons[:3]) + ")" + hint)
+        self.check_target(gids)
         self.space = CacheSpace.default()
         try:
             return self._run_with_cache(gids)

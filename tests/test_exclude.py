@@ -19,7 +19,7 @@ from onnx_eprune.graph.costs import build_cost_model
 from onnx_eprune.graph.exclude import exclude_groups
 from onnx_eprune.graph.groups import analyze
 from onnx_eprune.inspection import inspect
-from onnx_eprune.pipeline import PruneConfig
+from onnx_eprune.pipeline import PruneConfig, Pruner
 
 X = random_input(4, seed=9)
 
@@ -166,9 +166,16 @@ def test_everything_excluded_says_so(calib):
         prune(conv_bn_relu_pool_flatten_gemm(True), calib, sparsity=0.3, device="cpu", exclude=("*",))
 
 
-def test_unreachable_target_names_the_limits(calib):
-    with pytest.raises(EPruneError, match="out of reach.*--exclude and --min-keep"):
-        prune(conv_bn_relu_pool_flatten_gemm(True), calib, sparsity=0.5, method="l1", device="cpu", min_keep=0.8)
+def test_unreachable_target_names_the_limits_before_any_calibration(calib, monkeypatch):
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibrated for a target out of reach")
+
+    monkeypatch.setattr(Pruner, "collect", no_calibration)
+    for mode in ("sequential", "oneshot"):
+        with pytest.raises(EPruneError, match="out of reach.*--exclude and --min-keep"):
+            prune(conv_bn_relu_pool_flatten_gemm(True), calib, sparsity=0.5, mode=mode, device="cpu", min_keep=0.8)
+    with pytest.raises(EPruneError, match=r"out of reach: .* removes 0\.\d+ of the macs$"):
+        prune(conv_bn_relu_pool_flatten_gemm(True), calib, flops_reduction=0.99, device="cpu")
 
 
 @pytest.mark.parametrize("field, value", [("min_keep", -0.1), ("min_keep", 1.5), ("min_keep", float("nan")),
