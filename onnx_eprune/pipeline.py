@@ -31,7 +31,7 @@ from .errors import EPruneError, UsageError
 from .graph.costs import CostModel, build_cost_model
 from .graph.exclude import exclude_groups
 from .graph.groups import QUANTIZED, Consumer, GraphAnalysis, analyze
-from .graph.model_io import as_model, check_model, initializer_map, normalize, save_model
+from .graph.model_io import as_model, check_model, initializer_map, normalize, record_provenance, save_model
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, producer_rows
 from .parallel import matmul_rows, parallel_map, prefetched
@@ -578,8 +578,9 @@ class Pruner:
                      "%d inputs); --refit-ridge auto chooses their ridge by cross-validation, which can keep "
                      "more accuracy with few samples (an eigendecomposition per layer: seconds on wide ones)",
                      len(fixed), THIN_ROWS, self.analysis.consumers[worst].name, *fixed[worst])
-        from .report import build_report
+        from .report import build_report, provenance
         report = build_report(self, keeps, counts, fidelity)
+        record_provenance(pruned, provenance(report))
         return PruneResult(pruned, report)
 
     def _oneshot_consumers(self) -> list[int]:

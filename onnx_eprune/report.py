@@ -80,6 +80,16 @@ def _before_after(before: int, after: int) -> dict:
             "removed_fraction": round(1.0 - after / before, 6) if before else 0.0}
 
 
+def provenance(report: dict) -> dict:
+    """What a run did, for the pruned model's metadata (:func:`~onnx_eprune.graph.model_io.record_provenance`):
+    tool version, method, mode, target, limits, calibration samples and seed, parameters and
+    MACs before and after."""
+    entry = {key: report[key] for key in ("version", "method", "mode", "target", "exclude", "min_keep",
+                                          "refit_ridge", "samples", "seed")}
+    entry.update({key: [report[key]["before"], report[key]["after"]] for key in ("params", "macs")})
+    return entry
+
+
 def summary_table(report: dict) -> str:
     """A plain-text table of the groups and the totals."""
     lines = [f"{'group':>5}  {'channels':>13}  {'producers':<40}  note"]

@@ -164,3 +164,41 @@ def test_cli_report_dir_quiet_says_nothing(files, capsys, no_matplotlib):
     assert _prune(files, "--report-dir", str(files / "rep"), "-q") == 0
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+# -- provenance in the pruned model's metadata ------------------------------------------------
+
+def _provenance(model: onnx.ModelProto) -> list:
+    from onnx_eprune.graph.model_io import PROVENANCE_KEY
+
+    values = [p.value for p in model.metadata_props if p.key == PROVENANCE_KEY]
+    assert len(values) == 1
+    return json.loads(values[0])
+
+
+def test_pruned_model_says_how_it_was_made_and_keeps_the_exporters_metadata(calib):
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    onnx.helper.set_model_props(model, {"author": "exporter"})
+    first = onnx_eprune.prune(model, calib, sparsity=0.4, method="l1", device="cpu", exclude=("conv_1",))
+    [entry] = _provenance(first.model)
+    report = first.report
+    assert entry == {"version": onnx_eprune.__version__, "method": "l1", "mode": "sequential",
+                     "target": {"kind": "sparsity", "value": 0.4}, "exclude": ["conv_1"], "min_keep": 0.0,
+                     "refit_ridge": report["refit_ridge"], "samples": len(calib), "seed": 0,
+                     "params": [report["params"]["before"], report["params"]["after"]],
+                     "macs": [report["macs"]["before"], report["macs"]["after"]]}
+    assert {p.key: p.value for p in first.model.metadata_props}["author"] == "exporter"
+    assert not model.metadata_props[1:]  # the input is left alone
+    second = onnx_eprune.prune(first.model, calib, keep_ratio=0.5, method="random", device="cpu")
+    runs = _provenance(second.model)
+    assert runs[0] == entry and runs[1]["method"] == "random" and runs[1]["target"]["kind"] == "keep_ratio"
+    assert runs[1]["params"][0] == entry["params"][1]  # the second run starts where the first ended
+
+
+def test_provenance_keeps_a_foreign_value_as_the_first_entry():
+    from onnx_eprune.graph.model_io import PROVENANCE_KEY, record_provenance
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    onnx.helper.set_model_props(model, {PROVENANCE_KEY: "not json {"})
+    record_provenance(model, {"method": "entropic"})
+    assert _provenance(model) == ["not json {", {"method": "entropic"}]

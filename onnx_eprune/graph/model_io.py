@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -580,3 +581,26 @@ def unbatched_inputs(model: onnx.ModelProto) -> frozenset[str]:
         return frozenset()
     return frozenset(vi.name for vi in model_inputs(model)
                      if vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_value > 0)
+
+
+# the metadata_props key of a pruned model: a JSON list with one entry per pruning run
+PROVENANCE_KEY = "onnx_eprune"
+
+
+def record_provenance(model: onnx.ModelProto, entry: dict) -> None:
+    """Append ``entry`` (JSON-ready: what a pruning run did) to ``model``'s ``metadata_props``
+    under :data:`PROVENANCE_KEY`, in place, so that the file itself says how it was made. A
+    model pruned before keeps its earlier entries (a value this tool did not write stays, as
+    the first entry); other metadata stays as the exporter wrote it."""
+    props = {p.key: p for p in model.metadata_props}
+    runs: list = []
+    if PROVENANCE_KEY in props:
+        try:
+            runs = list(json.loads(props[PROVENANCE_KEY].value))
+        except (ValueError, TypeError):
+            runs = [props[PROVENANCE_KEY].value]
+    value = json.dumps(runs + [entry], separators=(",", ":"))
+    if PROVENANCE_KEY in props:
+        props[PROVENANCE_KEY].value = value
+    else:
+        model.metadata_props.add(key=PROVENANCE_KEY, value=value)
