@@ -611,7 +611,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               f"{', '.join(r['consumers'])[:36]:<36}" + (f"  ({r['frozen']})" if r["frozen"] else ""))
     print(f"{len(prunable)} prunable groups; params {summary['params']:,}; MACs {total:,}; "
           f"prunable MAC fraction {summary['prunable_mac_fraction']:.3f}")
+    for run in summary["pruned_before"]:
+        print(f"pruned before: {_describe_run(run)}")
     return 0
+
+
+def _describe_run(run) -> str:
+    """One line for a pruning run recorded in a model's metadata (``inspect``)."""
+    if not isinstance(run, dict):
+        return str(run)
+    target = run.get("target") or {}
+    text = f"{target.get('kind', '?')} {target.get('value', '?')}, {run.get('method', '?')} {run.get('mode', '?')}"
+    if isinstance(run.get("params"), list) and len(run["params"]) == 2:
+        text += f", params {run['params'][0]:,} -> {run['params'][1]:,}"
+    if run.get("exclude"):
+        text += f", excluding {', '.join(map(str, run['exclude']))}"
+    if run.get("min_keep"):
+        text += f", min-keep {run['min_keep']}"
+    return text + f" (onnx-eprune {run.get('version', '?')})"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

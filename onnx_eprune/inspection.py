@@ -12,7 +12,7 @@ from .calibrate.session import choose_providers, probe_shapes
 from .graph.costs import build_cost_model
 from .graph.exclude import exclude_groups
 from .graph.groups import analyze, node_label
-from .graph.model_io import load_model, normalize
+from .graph.model_io import load_model, normalize, read_provenance
 
 
 def inspect(model: onnx.ModelProto | str, sample=None, exclude: Sequence[str] = ()) -> dict:
@@ -30,7 +30,8 @@ def inspect(model: onnx.ModelProto | str, sample=None, exclude: Sequence[str] = 
     ``channels``, ``prunable``, ``producers``, ``consumers`` (node names) and ``frozen``
     (the reasons, or None)), ``prunable_groups``, ``params`` and ``macs`` (Conv /
     ConvTranspose / Gemm / MatMul, MACs per sample at the probed shape) and
-    ``prunable_mac_fraction`` (MACs of layers with a prunable group on either side).
+    ``prunable_mac_fraction`` (MACs of layers with a prunable group on either side) and
+    ``pruned_before`` (the pruning runs this tool recorded in the model's metadata, oldest first).
     """
     model = load_model(model) if isinstance(model, str) else _copy(model)
     normalize(model)
@@ -53,7 +54,7 @@ def inspect(model: onnx.ModelProto | str, sample=None, exclude: Sequence[str] = 
     total = costs.macs()
     touched = sum(layer.macs({}) for layer in costs.layers if layer.groups() & prunable)
     return {"groups": rows, "prunable_groups": len(prunable), "macs": total, "params": costs.params(),
-            "prunable_mac_fraction": touched / total if total else 0.0}
+            "prunable_mac_fraction": touched / total if total else 0.0, "pruned_before": read_provenance(model)}
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -202,3 +202,16 @@ def test_provenance_keeps_a_foreign_value_as_the_first_entry():
     onnx.helper.set_model_props(model, {PROVENANCE_KEY: "not json {"})
     record_provenance(model, {"method": "entropic"})
     assert _provenance(model) == ["not json {", {"method": "entropic"}]
+
+
+def test_inspect_lists_the_runs_a_model_went_through(calib, tmp_path, capsys):
+    first = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), calib, sparsity=0.4, method="l1", device="cpu",
+                              exclude=("conv_1",), min_keep=0.25)
+    assert onnx_eprune.inspect(conv_bn_relu_pool_flatten_gemm(True))["pruned_before"] == []
+    assert onnx_eprune.inspect(first.model)["pruned_before"] == _provenance(first.model)
+    first.save(tmp_path / "pruned.onnx")
+    assert main(["inspect", str(tmp_path / "pruned.onnx")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    params = first.report["params"]
+    assert line == (f"pruned before: sparsity 0.4, l1 sequential, params {params['before']:,} -> "
+                    f"{params['after']:,}, excluding conv_1, min-keep 0.25 (onnx-eprune {onnx_eprune.__version__})")

@@ -593,14 +593,21 @@ def record_provenance(model: onnx.ModelProto, entry: dict) -> None:
     model pruned before keeps its earlier entries (a value this tool did not write stays, as
     the first entry); other metadata stays as the exporter wrote it."""
     props = {p.key: p for p in model.metadata_props}
-    runs: list = []
-    if PROVENANCE_KEY in props:
-        try:
-            runs = list(json.loads(props[PROVENANCE_KEY].value))
-        except (ValueError, TypeError):
-            runs = [props[PROVENANCE_KEY].value]
-    value = json.dumps(runs + [entry], separators=(",", ":"))
+    value = json.dumps(read_provenance(model) + [entry], separators=(",", ":"))
     if PROVENANCE_KEY in props:
         props[PROVENANCE_KEY].value = value
     else:
         model.metadata_props.add(key=PROVENANCE_KEY, value=value)
+
+
+def read_provenance(model: onnx.ModelProto) -> list:
+    """The pruning runs recorded in ``model``'s metadata (:func:`record_provenance`), oldest
+    first; a value this tool did not write comes back as one string entry."""
+    values = [p.value for p in model.metadata_props if p.key == PROVENANCE_KEY]
+    if not values:
+        return []
+    try:
+        runs = json.loads(values[-1])
+    except ValueError:
+        return [values[-1]]
+    return runs if isinstance(runs, list) else [values[-1]]
