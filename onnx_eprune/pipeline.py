@@ -170,10 +170,7 @@ class Pruner:
         with self.timer.phase("analyze"):
             self.shapes = probe_shapes(self.model, self.data.first(), self.providers)
             self.analysis: GraphAnalysis = analyze(self.model, self.shapes)
-            excluded = exclude_groups(self.analysis, self.model.graph.node, config.exclude)
-            if excluded:
-                log.info("--exclude keeps %d channel group(s) whole: %s", len(excluded),
-                         ", ".join(map(str, excluded)))
+            exclude_groups(self.analysis, self.model.graph.node, config.exclude)
             self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes)
         self.inits = initializer_map(self.model)
         self.topo = Topology(self.model)

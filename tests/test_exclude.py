@@ -48,10 +48,12 @@ def test_exclusion_freezes_the_groups_of_matching_producers_only():
         assert analysis.groups[g].frozen == ["excluded by 'conv_?'"]
 
 
-def test_excluding_one_producer_of_a_residual_sum_keeps_the_whole_sum():
+def test_excluding_one_producer_of_a_residual_sum_keeps_the_whole_sum(caplog):
     model = residual()
     analysis, _ = _analysis(model)
-    frozen = exclude_groups(analysis, model.graph.node, ["conv_b"])
+    with caplog.at_level(logging.INFO, logger="onnx_eprune"):
+        frozen = exclude_groups(analysis, model.graph.node, ["conv_b"])
+    assert "--exclude 'conv_b' keeps 2 layer(s) whole: stem, conv_b" in caplog.text  # the coupled one named too
     assert len(frozen) == 1
     names = {model.graph.node[p.node].name for p in analysis.groups[frozen[0]].producers}
     assert names == {"stem", "conv_b"}  # coupled by the Add: they go together or not at all

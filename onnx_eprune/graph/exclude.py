@@ -13,6 +13,8 @@ from .groups import GraphAnalysis, node_label
 
 log = logging.getLogger("onnx_eprune")
 
+SHOWN = 8  # layers named in the log line of a pattern
+
 
 def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], patterns: Sequence[str]) -> list[int]:
     """Freeze every channel group that a node matching one of ``patterns`` produces (in place).
@@ -33,11 +35,16 @@ def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], pat
             raise UsageError(f"--exclude {pattern!r} matches no node of the model (node names as "
                              f"'onnx-eprune inspect MODEL' lists them; * and ? match any characters)")
         hits = [g for g in analysis.groups if any(p.node in matched for p in g.producers)]
+        newly = [g for g in hits if g.prunable]
         if not hits:
             log.warning("--exclude %r matches %d node(s), none of which produces prunable channels", pattern,
                         len(matched))
+        elif newly:
+            # coupled producers stay too: name them all, so that a surprise shows before the run
+            kept = [labels[p.node] for g in newly for p in g.producers]
+            log.info("--exclude %r keeps %d layer(s) whole: %s%s", pattern, len(kept), ", ".join(kept[:SHOWN]),
+                     f" and {len(kept) - SHOWN} more" if len(kept) > SHOWN else "")
         for g in hits:
-            if g.prunable:
-                frozen.append(g.gid)
             g.frozen.append(f"excluded by {pattern!r}")
-    return sorted(set(frozen))
+        frozen += [g.gid for g in newly]
+    return sorted(frozen)
