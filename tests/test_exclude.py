@@ -59,10 +59,12 @@ def test_excluding_one_producer_of_a_residual_sum_keeps_the_whole_sum(caplog):
     assert names == {"stem", "conv_b"}  # coupled by the Add: they go together or not at all
 
 
-def test_exclusion_of_an_already_frozen_group_adds_its_reason_and_counts_nothing():
+def test_exclusion_of_an_already_frozen_group_adds_its_reason_and_counts_nothing(caplog):
     model = conv_bn_relu_pool_flatten_gemm(True)
     analysis, _ = _analysis(model)
-    assert exclude_groups(analysis, model.graph.node, ["y"]) == []  # the output layer is frozen anyway
+    with caplog.at_level(logging.WARNING, logger="onnx_eprune"):
+        assert exclude_groups(analysis, model.graph.node, ["y"]) == []  # the output layer is frozen anyway
+    assert "'y' matches only layers that stay whole anyway (reaches a graph output)" in caplog.text
     output_group = next(g for g in analysis.groups if any(model.graph.node[p.node].name == "y" for p in g.producers))
     assert output_group.frozen == ["reaches a graph output", "excluded by 'y'"]
 

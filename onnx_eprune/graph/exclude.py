@@ -39,7 +39,10 @@ def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], pat
         if not hits:
             log.warning("--exclude %r matches %d node(s), none of which produces prunable channels", pattern,
                         len(matched))
-        elif newly:
+        elif not newly:
+            log.warning("--exclude %r matches only layers that stay whole anyway (%s)", pattern,
+                        "; ".join(dict.fromkeys(r for g in hits for r in g.frozen)))
+        else:
             # coupled producers stay too: name them all, so that a surprise shows before the run
             kept = [labels[p.node] for g in newly for p in g.producers]
             log.info("--exclude %r keeps %d layer(s) whole: %s%s", pattern, len(kept), ", ".join(kept[:SHOWN]),
