@@ -105,7 +105,8 @@ class PruneConfig:
         if not 0.0 <= self.min_keep <= 1.0:  # also refuses NaN
             raise UsageError(f"--min-keep must be in [0, 1], not {self.min_keep:g}")
         if isinstance(self.exclude, str) or not all(isinstance(p, str) and p for p in self.exclude):
-            raise UsageError(f"--exclude takes non-empty node-name patterns, not {self.exclude!r}")
+            raise UsageError("--exclude takes non-empty node-name patterns (in Python a sequence of them, e.g. "
+                             f"('conv1*',)), not {self.exclude!r}")
 
 
 @dataclass
