@@ -29,7 +29,7 @@ from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, Pixe
                               conv_patches, positions_per_sample, reduce_rows, sample_positions)
 from .errors import EPruneError, UsageError
 from .graph.costs import CostModel, build_cost_model
-from .graph.exclude import exclude_groups
+from .graph.exclude import check_patterns, exclude_groups
 from .graph.groups import QUANTIZED, Consumer, GraphAnalysis, analyze
 from .graph.model_io import as_model, check_model, initializer_map, normalize, record_provenance, save_model
 from .graph.rewrite import Refit, build_pruned
@@ -104,9 +104,7 @@ class PruneConfig:
             raise UsageError(f"--refit-ridge must be {RIDGE_CHOICES}, not {self.refit_ridge!r}")
         if not 0.0 <= self.min_keep <= 1.0:  # also refuses NaN
             raise UsageError(f"--min-keep must be in [0, 1], not {self.min_keep:g}")
-        if isinstance(self.exclude, str) or not all(isinstance(p, str) and p for p in self.exclude):
-            raise UsageError("--exclude takes non-empty node-name patterns (in Python a sequence of them, e.g. "
-                             f"('conv1*',)), not {self.exclude!r}")
+        check_patterns(self.exclude)
 
 
 @dataclass

@@ -199,6 +199,12 @@ def test_statistics_cover_excluded_groups_so_one_file_serves_any_exclusion(calib
     assert _out_channels(excluded.model, "conv_4") == 16
 
 
+@pytest.mark.parametrize("patterns", ["stem", ["stem", ""], [None], 3])
+def test_inspect_refuses_what_is_not_a_sequence_of_patterns(patterns):
+    with pytest.raises(UsageError, match="--exclude takes non-empty node-name patterns"):
+        inspect(residual(), X, exclude=patterns)
+
+
 def test_inspect_shows_the_exclusion():
     model = residual()
     rows = {tuple(r["producers"]): r for r in inspect(model, X, exclude=["stem"])["groups"] if r["producers"]}

@@ -16,6 +16,15 @@ log = logging.getLogger("onnx_eprune")
 SHOWN = 8  # layers named in the log line of a pattern
 
 
+def check_patterns(patterns: object) -> None:
+    """Refuse anything but a sequence of non-empty strings (a bare string would be read as
+    one pattern per character)."""
+    if isinstance(patterns, str) or not isinstance(patterns, Sequence) or \
+            not all(isinstance(p, str) and p for p in patterns):
+        raise UsageError("--exclude takes non-empty node-name patterns (in Python a sequence of them, e.g. "
+                         f"('conv1*',)), not {patterns!r}")
+
+
 def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], patterns: Sequence[str]) -> list[int]:
     """Freeze every channel group that a node matching one of ``patterns`` produces (in place).
 
@@ -27,6 +36,7 @@ def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], pat
     here; a pattern that matches no node is refused, as a mistyped name would otherwise prune
     the layer it meant to protect.
     """
+    check_patterns(patterns)
     labels = [node_label(node, i) for i, node in enumerate(nodes)]
     frozen: list[int] = []
     for pattern in patterns:
