@@ -618,17 +618,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _describe_run(run) -> str:
     """One line for a pruning run recorded in a model's metadata (``inspect``)."""
-    if not isinstance(run, dict):
-        return str(run)
-    target = run.get("target") or {}
-    text = f"{target.get('kind', '?')} {target.get('value', '?')}, {run.get('method', '?')} {run.get('mode', '?')}"
-    if isinstance(run.get("params"), list) and len(run["params"]) == 2:
-        text += f", params {run['params'][0]:,} -> {run['params'][1]:,}"
-    if run.get("exclude"):
-        text += f", excluding {', '.join(map(str, run['exclude']))}"
-    if run.get("min_keep"):
-        text += f", min-keep {run['min_keep']}"
-    return text + f" (onnx-eprune {run.get('version', '?')})"
+    try:
+        target = run["target"]
+        text = f"{target['kind']} {target['value']}, {run['method']} {run['mode']}, params " \
+               f"{run['params'][0]:,} -> {run['params'][1]:,}"
+        if run.get("exclude"):
+            text += f", excluding {', '.join(map(str, run['exclude']))}"
+        if run.get("min_keep"):
+            text += f", min-keep {run['min_keep']}"
+        return text + f" (onnx-eprune {run['version']})"
+    except (TypeError, KeyError, IndexError, ValueError):  # not written by this tool: show it as it is
+        return json.dumps(run)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

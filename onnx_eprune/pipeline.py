@@ -460,8 +460,10 @@ class Pruner:
         try:
             budget.check_reachable(channels, self.costs, target, steps, least)
         except EPruneError as exc:
-            if self.config.min_keep or self.config.exclude:
-                raise EPruneError(f"{exc} (with the --exclude and --min-keep given)") from None
+            limits = [name for name, given in (("--exclude", self.config.exclude), ("--min-keep", self.config.min_keep))
+                      if given]
+            if limits:
+                raise EPruneError(f"{exc} (with the {' and '.join(limits)} given)") from None
             raise
 
     def allocate(self, gids: list[int], stats: dict[int, MomentStats] | None
@@ -512,13 +514,19 @@ class Pruner:
         with self._blas.limit(limits=1, user_api="blas"):
             return self._run()
 
-    def _run(self) -> PruneResult:
+    def preflight(self) -> list[int]:
+        """The ids of the prunable groups, once it is clear that the run can reach its target:
+        what fails here fails before any calibration."""
         gids = [g.gid for g in self.analysis.prunable_groups()]
         if not gids:
             reasons = sorted({r for g in self.analysis.groups for r in g.frozen})
             hint = "; prune the float model, then quantize it" if any(QUANTIZED in r for r in reasons) else ""
             raise EPruneError("no prunable channel group in this model (" + "; ".join(reasons[:3]) + ")" + hint)
         self.check_target(gids)
+        return gids
+
+    def _run(self) -> PruneResult:
+        gids = self.preflight()
         self.space = CacheSpace.default()
         try:
             return self._run_with_cache(gids)
@@ -788,7 +796,8 @@ def prune(model, calib=None, config: PruneConfig | None = None, progress: Progre
     config : a :class:`PruneConfig`; or pass its fields as keyword arguments, e.g.
         ``prune("m.onnx", "calib.npy", sparsity=0.5)``.
     stats : instead of ``calib``, paths of statistics files written by :func:`calibrate`
-        on disjoint shards of the calibration set; they are added up (one-shot mode).
+        on disjoint shards of the calibration set, or the bundles it returned; they are added
+        up (one-shot mode), the bundles left as they were.
 
     Returns
     -------

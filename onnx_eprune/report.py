@@ -56,7 +56,8 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
         "target": {"kind": target.kind, "value": target.value},
         "seed": cfg.seed,
         "provider": pruner.providers[0],
-        "samples": pruner.data.samples,
+        # with statistics files, the images they were computed on (pruner.data holds a few probes)
+        "samples": pruner.bundle.samples if pruner.bundle is not None else pruner.data.samples,
         "params": _before_after(*params),
         "macs": _before_after(*macs),
         "groups": groups,

@@ -20,7 +20,7 @@ from .calibrate.session import choose_providers
 from .errors import UsageError
 from .evaluate import compared_outputs, load_labels, measure_against
 from .graph.model_io import as_model, normalize
-from .pipeline import PruneConfig, calibrate, prune
+from .pipeline import PruneConfig, Pruner, calibrate, prune
 from .progress import Progress
 from .report import optimism_note
 
@@ -85,6 +85,11 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
         on = f"the first {held_out.samples} calibration samples"
     names, size = compared_outputs(original, held_out, providers)
     y = load_labels(labels, held_out.samples) if labels is not None else None
+    # a target out of range or out of reach, or a mistyped --exclude, fails now, not after
+    # calibrating or pruning the smaller targets (the largest is the hardest to reach)
+    for value in targets:
+        replace(base, **{kind: float(value)}).target()
+    Pruner(original, arrays, replace(base, **{kind: float(max(targets))})).preflight()
     stats = [calibrate(original, arrays, base, progress)] if base.mode == "oneshot" else None
     # the original's outputs, computed once and kept (in scratch files past the memory share)
     space = CacheSpace.default()
@@ -93,7 +98,6 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
     try:
         for value in sorted(targets):
             config = replace(base, **{kind: float(value)})
-            config.target()  # out of range: fails before any work
             t0 = time.perf_counter()
             result = prune(original, None if stats else arrays, config, progress, stats=stats)
             seconds = time.perf_counter() - t0

@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
-from models import conv_bn_relu_pool_flatten_gemm, initializer, node_by_name, random_input, residual, run_model
+from models import (conv_bn_relu_pool_flatten_gemm, depthwise, grouped, initializer, node_by_name, random_input,
+                    residual, run_model, split_channels)
 from onnx_eprune import budget, calibrate, prune
 from onnx_eprune.calibrate.session import probe_shapes
 from onnx_eprune.cli import main
@@ -53,10 +54,35 @@ def test_excluding_one_producer_of_a_residual_sum_keeps_the_whole_sum(caplog):
     analysis, _ = _analysis(model)
     with caplog.at_level(logging.INFO, logger="onnx_eprune"):
         frozen = exclude_groups(analysis, model.graph.node, ["conv_b"])
-    assert "--exclude 'conv_b' keeps 2 layer(s) whole: stem, conv_b" in caplog.text  # the coupled one named too
+    assert "--exclude 'conv_b' keeps whole the output channels of stem, conv_b" in caplog.text  # coupled: named too
     assert len(frozen) == 1
     names = {model.graph.node[p.node].name for p in analysis.groups[frozen[0]].producers}
     assert names == {"stem", "conv_b"}  # coupled by the Add: they go together or not at all
+
+
+@pytest.mark.parametrize("build, name, before", [(depthwise, "dw", "conv1"), (grouped, "grouped", "conv1"),
+                                                (lambda: conv_bn_relu_pool_flatten_gemm(False), "bn_*", "conv_1")])
+def test_excluding_a_layer_that_passes_channels_on_keeps_them(calib, build, name, before, caplog):
+    """A depthwise or channel-preserving grouped convolution, or a BatchNormalization, holds its
+    group's channels as weights of its own: excluding it keeps them, and so the layer before."""
+    model = build()
+    if name == "bn_*":
+        assert any(n.op_type == "BatchNormalization" and n.name.startswith("bn_") for n in model.graph.node)
+    with caplog.at_level(logging.INFO, logger="onnx_eprune"):
+        result = prune(model, calib, keep_ratio=0.5, method="l1", device="cpu", exclude=(name,))
+    assert f"keeps whole the output channels of {before}" in caplog.text
+    assert _out_channels(result.model, before) == _out_channels(model, before)
+    assert any(g["channels_after"] < g["channels_before"] for g in result.report["groups"])  # the rest is pruned
+
+
+def test_a_producer_cut_into_several_groups_is_named_once(caplog):
+    model = split_channels()
+    analysis, _ = _analysis(model)
+    producer = "conv_in"
+    assert sum(model.graph.node[p.node].name == producer for g in analysis.groups for p in g.producers) > 1
+    with caplog.at_level(logging.INFO, logger="onnx_eprune"):
+        assert len(exclude_groups(analysis, model.graph.node, [producer])) > 1
+    assert f"keeps whole the output channels of {producer}\n" in caplog.text + "\n"
 
 
 def test_exclusion_of_an_already_frozen_group_adds_its_reason_and_counts_nothing(caplog):
@@ -83,7 +109,7 @@ def test_a_pattern_matching_only_non_producers_warns(caplog):
     analysis, _ = _analysis(model)
     with caplog.at_level(logging.WARNING, logger="onnx_eprune"):
         assert exclude_groups(analysis, model.graph.node, ["relu_*"]) == []
-    assert "none of which produces prunable channels" in caplog.text
+    assert "none of which produces or passes on prunable channels" in caplog.text
     assert len(analysis.prunable_groups()) == 3
 
 
@@ -176,10 +202,29 @@ def test_unreachable_target_names_the_limits_before_any_calibration(calib, monke
 
     monkeypatch.setattr(Pruner, "collect", no_calibration)
     for mode in ("sequential", "oneshot"):
-        with pytest.raises(EPruneError, match="out of reach.*--exclude and --min-keep"):
+        with pytest.raises(EPruneError, match=r"out of reach.*\(with the --min-keep given\)$"):
             prune(conv_bn_relu_pool_flatten_gemm(True), calib, sparsity=0.5, mode=mode, device="cpu", min_keep=0.8)
     with pytest.raises(EPruneError, match=r"out of reach: .* removes 0\.\d+ of the macs$"):
         prune(conv_bn_relu_pool_flatten_gemm(True), calib, flops_reduction=0.99, device="cpu")
+    with pytest.raises(EPruneError, match=r"\(with the --exclude given\)$"):
+        prune(conv_bn_relu_pool_flatten_gemm(True), calib, sparsity=0.9, device="cpu", exclude=("conv_4", "gemm_8"))
+
+
+@pytest.mark.parametrize("limits", [{"min_keep": 0.9}, {"exclude": ("conv_9",)}])
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+def test_sweep_refuses_a_target_out_of_reach_or_a_bad_pattern_before_any_calibration(calib, monkeypatch, limits,
+                                                                                     mode):
+    from onnx_eprune import sweep
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibrated before refusing")
+
+    monkeypatch.setattr(Pruner, "collect", no_calibration)
+    with pytest.raises(EPruneError, match="out of reach|matches no node"):
+        sweep(conv_bn_relu_pool_flatten_gemm(True), calib, [0.2, 0.5], method="l1", mode=mode, device="cpu",
+              **limits)
+    with pytest.raises(UsageError, match="in \\[0, 1\\)"):
+        sweep(conv_bn_relu_pool_flatten_gemm(True), calib, [0.2, 1.5], method="l1", mode=mode, device="cpu")
 
 
 @pytest.mark.parametrize("field, value", [("min_keep", -0.1), ("min_keep", 1.5), ("min_keep", float("nan")),
@@ -199,10 +244,12 @@ def test_statistics_cover_excluded_groups_so_one_file_serves_any_exclusion(calib
     assert _out_channels(excluded.model, "conv_4") == 16
 
 
-@pytest.mark.parametrize("patterns", ["stem", ["stem", ""], [None], 3])
-def test_inspect_refuses_what_is_not_a_sequence_of_patterns(patterns):
-    with pytest.raises(UsageError, match="--exclude takes non-empty node-name patterns"):
+@pytest.mark.parametrize("patterns, shown", [("stem", "'stem'"), (["stem", ""], "['stem', '']"),
+                                             (("stem", ""), "['stem', '']"), ([None], "[None]"), (3, "3")])
+def test_inspect_refuses_what_is_not_a_sequence_of_patterns(patterns, shown):
+    with pytest.raises(UsageError, match="--exclude takes non-empty node-name patterns") as raised:
         inspect(residual(), X, exclude=patterns)
+    assert str(raised.value).endswith(f"not {shown}")
 
 
 def test_inspect_shows_the_exclusion():

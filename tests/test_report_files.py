@@ -215,3 +215,27 @@ def test_inspect_lists_the_runs_a_model_went_through(calib, tmp_path, capsys):
     params = first.report["params"]
     assert line == (f"pruned before: sparsity 0.4, l1 sequential, params {params['before']:,} -> "
                     f"{params['after']:,}, excluding conv_1, min-keep 0.25 (onnx-eprune {onnx_eprune.__version__})")
+
+
+def test_provenance_of_a_run_from_statistics_files_counts_their_images(calib):
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    halves = [onnx_eprune.calibrate(model, part, device="cpu") for part in (calib[:40], calib[40:])]
+    result = onnx_eprune.prune(model, None, onnx_eprune.PruneConfig(sparsity=0.3, method="l1", device="cpu"),
+                               stats=halves)
+    assert result.report["samples"] == len(calib)
+    assert _provenance(result.model)[0]["samples"] == len(calib)
+
+
+@pytest.mark.parametrize("value", ['[{"params": ["a", "b"], "target": "x"}]', '[{"params": [1.5, null]}]', '[3]',
+                                   '{"a": 1}'])
+def test_inspect_shows_metadata_it_cannot_read_as_it_is(tmp_path, capsys, value):
+    from onnx_eprune.graph.model_io import PROVENANCE_KEY
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    onnx.helper.set_model_props(model, {PROVENANCE_KEY: value})
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    assert main(["inspect", str(tmp_path / "m.onnx")]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "error" not in captured.err
+    line = captured.out.strip().splitlines()[-1]
+    assert line.startswith("pruned before: ") and len(line) > len("pruned before: ")

@@ -31,6 +31,22 @@ def test_four_shards_equal_one_run(name, samples, tmp_path):
         assert np.abs(va - vb).max() <= 1e-5 * max(1.0, np.abs(va).max()), n
 
 
+def test_bundles_in_memory_merge_like_files(tmp_path):
+    """Bundles passed as objects are added into a copy: the first one is left as it was."""
+    model = ALL_BUILDERS["residual"]()
+    x = random_input(96, seed=3)
+    shards = [onnx_eprune.calibrate(model, part, device="cpu") for part in np.array_split(x, 3)]
+    for i, bundle in enumerate(shards):
+        bundle.save(tmp_path / f"shard{i}.npz")
+    first = {c: st.cxx.copy() for c, st in shards[0].consumers.items()}
+    in_memory = onnx_eprune.prune(model, stats=shards, sparsity=0.4, device="cpu")
+    from_files = onnx_eprune.prune(model, stats=[tmp_path / f"shard{i}.npz" for i in range(3)], sparsity=0.4,
+                                   device="cpu")
+    assert in_memory.report["samples"] == from_files.report["samples"] == len(x)
+    assert in_memory.model.graph.initializer == from_files.model.graph.initializer
+    assert shards[0].samples == 32 and all(np.array_equal(first[c], st.cxx) for c, st in shards[0].consumers.items())
+
+
 @pytest.mark.parametrize("samples", [8, 32, 100, 1024])
 def test_gain_subset_of_shards_is_that_of_all_images(samples):
     from onnx_eprune.calibrate.data import CalibrationData

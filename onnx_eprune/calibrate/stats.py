@@ -34,6 +34,16 @@ class MomentStats:
     normalised: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
+    def __getstate__(self) -> dict:
+        # a lock cannot be copied: a deep copy (merge_bundles of bundles in memory) gets its own
+        state = dict(vars(self))
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        vars(self).update(state)
+        self._lock = threading.Lock()
+
     @classmethod
     def empty(cls, d: int, m: int) -> "MomentStats":
         return cls(0, np.zeros(d), np.zeros(m), np.zeros((d, d)), np.zeros((d, m)), np.zeros(m))

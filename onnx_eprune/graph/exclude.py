@@ -1,4 +1,4 @@
-"""Layers the user keeps whole: ``--exclude`` patterns freeze the channel groups they produce."""
+"""Layers the user keeps whole: ``--exclude`` patterns freeze the channel groups they produce or pass on."""
 
 from __future__ import annotations
 
@@ -21,17 +21,20 @@ def check_patterns(patterns: object) -> None:
     one pattern per character)."""
     if isinstance(patterns, str) or not isinstance(patterns, Sequence) or \
             not all(isinstance(p, str) and p for p in patterns):
+        shown = repr(patterns) if isinstance(patterns, str) or not isinstance(patterns, Sequence) \
+            else repr(list(patterns))
         raise UsageError("--exclude takes non-empty node-name patterns (in Python a sequence of them, e.g. "
-                         f"('conv1*',)), not {patterns!r}")
+                         f"('conv1*',)), not {shown}")
 
 
 def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], patterns: Sequence[str]) -> list[int]:
-    """Freeze every channel group that a node matching one of ``patterns`` produces (in place).
+    """Freeze every channel group that a node matching one of ``patterns`` produces, or passes
+    on with per-channel weights of its own (a depthwise convolution, a BatchNormalization), in place.
 
     A pattern is matched, shell-style and case-sensitively, against each node's label: its
     name, or ``OpType#index`` for an unnamed node (the names ``onnx-eprune inspect`` and the
-    report print). A group is a unit: excluding one of its producers keeps the others whole too
-    (the convolutions feeding one residual sum, say). The inputs of an excluded layer may still
+    report print). A group is a unit: excluding one of its layers keeps the others whole too
+    (the convolutions feeding one residual sum, say; the convolution before a depthwise one). The inputs of an excluded layer may still
     lose channels, to the groups of the layers before it. Returns the ids of the groups frozen
     here; a pattern that matches no node is refused, as a mistyped name would otherwise prune
     the layer it meant to protect.
@@ -44,19 +47,21 @@ def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], pat
         if not matched:
             raise UsageError(f"--exclude {pattern!r} matches no node of the model (node names as "
                              f"'onnx-eprune inspect MODEL' lists them; * and ? match any characters)")
-        hits = [g for g in analysis.groups if any(p.node in matched for p in g.producers)]
+        # a group is hit through its producers, and through the per-channel parameters of the
+        # layers that pass it on (a depthwise convolution, a BatchNormalization)
+        hits = [g for g in analysis.groups if any(p.node in matched for p in [*g.producers, *g.params])]
         newly = [g for g in hits if g.prunable]
         if not hits:
-            log.warning("--exclude %r matches %d node(s), none of which produces prunable channels", pattern,
-                        len(matched))
+            log.warning("--exclude %r matches %d node(s), none of which produces or passes on prunable channels "
+                        "with weights of its own", pattern, len(matched))
         elif not newly:
             log.warning("--exclude %r matches only layers that stay whole anyway (%s)", pattern,
                         "; ".join(dict.fromkeys(r for g in hits for r in g.frozen)))
         else:
             # coupled producers stay too: name them all, so that a surprise shows before the run
-            kept = [labels[p.node] for g in newly for p in g.producers]
-            log.info("--exclude %r keeps %d layer(s) whole: %s%s", pattern, len(kept), ", ".join(kept[:SHOWN]),
-                     f" and {len(kept) - SHOWN} more" if len(kept) > SHOWN else "")
+            kept = list(dict.fromkeys(labels[p.node] for g in newly for p in g.producers))
+            log.info("--exclude %r keeps whole the output channels of %s%s", pattern, ", ".join(kept[:SHOWN]),
+                     f" and {len(kept) - SHOWN} more layers" if len(kept) > SHOWN else "")
         for g in hits:
             g.frozen.append(f"excluded by {pattern!r}")
         frozen += [g.gid for g in newly]
