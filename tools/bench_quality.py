@@ -67,20 +67,21 @@ def calibration_set(name: str, draw: int, reference: Path, images: int = DRAW_SI
 def run_one(name: str, kind: str, target: float, method: str, mode: str, reconstruct: bool, test, samples,
             reference: Path, round_to: int | None = None, stats: tuple | None = None, draw: int = 0,
             calib=None, seed: int = 0, entropic: dict | None = None, refit_ridge: float | str | None = None,
-            min_keep: float = 0.0) -> dict:
+            min_keep: float = 0.0, exclude: tuple[str, ...] = ()) -> dict:
     """One pruning run and its accuracy. ``stats``: (bundle, seconds) of a one-shot
     calibration shared by the one-shot runs of this model and ``seed``; its seconds count
     in the run's. ``calib``: the calibration set of ``draw`` (:func:`calibration_set`; made
     here if None). ``seed``: the positions' (and ``random``'s) seed. ``entropic``: fields of
     :class:`EntropicConfig` that differ from the defaults (recorded in the row).
     ``refit_ridge``: the re-fit's ridge toward the original weights, None for the default
-    (the row records the value used). ``min_keep``: the tool's ``--min-keep`` (recorded when
-    not 0)."""
+    (the row records the value used). ``min_keep``, ``exclude``: the tool's ``--min-keep`` and
+    ``--exclude`` (recorded when given)."""
     file, _calib, size = MODELS[name]
     model = onnx.load(str(reference / file))
     refit_ridge = PruneConfig().refit_ridge if refit_ridge is None else refit_ridge
     options = dict(method=method, mode=mode, reconstruct=reconstruct, samples=samples, device="cpu",
-                   round_to=round_to, seed=seed, refit_ridge=refit_ridge, min_keep=min_keep, **{kind: target})
+                   round_to=round_to, seed=seed, refit_ridge=refit_ridge, min_keep=min_keep, exclude=exclude,
+                   **{kind: target})
     if entropic:
         options["entropic"] = EntropicConfig(**entropic)
     t0 = time.perf_counter()
@@ -108,7 +109,7 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
             "test_relative_error": float(np.linalg.norm(logits - original) / np.linalg.norm(original)),
             "test_images": len(correct), "correct": np.packbits(correct).tobytes().hex(),
             "refit_ridge": refit_ridge, **({"entropic_config": entropic} if entropic else {}),
-            **({"min_keep": min_keep} if min_keep else {})}
+            **({"min_keep": min_keep} if min_keep else {}), **({"exclude": list(exclude)} if exclude else {})}
 
 
 # the re-fit ridge of the runs that do not record it (the default before session 27)
@@ -176,7 +177,8 @@ def markdown(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         method = r["method"] + ("" if r["reconstruct"] else " (no re-fit)") + \
-            (f" (min-keep {r['min_keep']:g})" if r.get("min_keep") else "")
+            (f" (min-keep {r['min_keep']:g})" if r.get("min_keep") else "") + \
+            (f" (excluding {', '.join(r['exclude'])})" if r.get("exclude") else "")
         target = f"{'sparsity' if r['target_kind'] == 'sparsity' else 'FLOPs'} {r['target']:g}"
         lines.append(f"| {r['model']} | {target} | {method} | {r['mode']} | {100 * r['accuracy']:.2f}% | "
                      f"{r['drop_points']:+.2f} | {r['params_removed']:.3f} | {r['macs_removed']:.3f} | "
@@ -366,6 +368,8 @@ def main() -> int:
                     "write such runs to their own --out, the pivot does not tell them apart")
     ap.add_argument("--min-keep", type=float, default=0.0,
                     help="the tool's --min-keep for every run (write such runs to their own --out, as for --entropic)")
+    ap.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+                    help="the tool's --exclude patterns for every run (their own --out, as for --min-keep)")
     ap.add_argument("--refit-ridge", type=refit_ridge_arg, metavar="R|auto|auto-thin",
                     help="the re-fit's ridge toward the original weights, relative to the mean kept-feature "
                     f"variance, auto (cross-validated per consumer) or auto-thin (default "
@@ -412,7 +416,8 @@ def main() -> int:
                     try:
                         row = run_one(name, kind, target, method, mode, reconstruct, test, args.samples,
                                       args.reference, args.round_to, shared if mode == "oneshot" else None,
-                                      draw, calib, seed, entropic, args.refit_ridge, args.min_keep)
+                                      draw, calib, seed, entropic, args.refit_ridge, args.min_keep,
+                                      tuple(args.exclude))
                     except onnx_eprune.EPruneError as exc:  # e.g. a FLOPs target the prunable part cannot reach
                         print(f"{label}: {exc}", flush=True)
                         continue
