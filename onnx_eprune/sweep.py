@@ -9,7 +9,10 @@ shared by all targets; in sequential mode every target is a full run.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import onnx
@@ -72,6 +75,35 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
         raise UsageError("labels need --data: the inputs they label")
     base = config if config is not None else PruneConfig(**options)
     base = replace(base, sparsity=None, flops_reduction=None, keep_ratio=None)
+    with _info_once():
+        return _sweep(model, calib, targets, kind, data, labels, base, progress)
+
+
+@contextmanager
+def _info_once() -> Iterator[None]:
+    """Drop the info lines that a sweep already printed: every target's run would repeat the
+    provider and the exclusions."""
+    seen: set[str] = set()
+
+    def once(record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        message = record.getMessage()
+        fresh = message not in seen
+        seen.add(message)
+        return fresh
+
+    logger = logging.getLogger("onnx_eprune")
+    logger.addFilter(once)
+    try:
+        yield
+    finally:
+        logger.removeFilter(once)
+
+
+def _sweep(model, calib, targets: list[float], kind: str, data, labels, base: PruneConfig,
+           progress: Progress | None) -> list[SweepPoint]:
+    """:func:`sweep` once its arguments are checked (``base``: the config without a target)."""
     original = as_model(model)
     normalize(original)
     # loaded once: an iterable or a data reader would be spent after the first target

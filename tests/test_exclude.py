@@ -317,3 +317,17 @@ def test_keep_ratio_one_with_exclusions_gives_back_the_same_function(calib):
     model = conv_bn_relu_pool_flatten_gemm(True)
     result = prune(model, calib, keep_ratio=1.0, device="cpu", exclude=("conv_1",))
     np.testing.assert_allclose(run_model(result.model, X)["y"], run_model(model, X)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_sweep_says_each_exclusion_once(calib, caplog):
+    from onnx_eprune import sweep
+
+    with caplog.at_level(logging.INFO, logger="onnx_eprune"):
+        points = sweep(conv_bn_relu_pool_flatten_gemm(True), calib, [0.2, 0.3, 0.4], method="l1", device="cpu",
+                       exclude=("conv_4",))
+    assert len(points) == 3
+    assert caplog.text.count("--exclude 'conv_4' keeps whole") == 1
+    assert caplog.text.count("onnxruntime provider") == 1
+    with caplog.at_level(logging.INFO, logger="onnx_eprune"):
+        logging.getLogger("onnx_eprune").info("onnxruntime provider: CPUExecutionProvider")
+    assert caplog.text.count("onnxruntime provider") == 2  # the filter went with the sweep
