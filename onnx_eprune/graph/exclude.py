@@ -28,16 +28,16 @@ def check_patterns(patterns: object) -> None:
 
 
 def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], patterns: Sequence[str]) -> list[int]:
-    """Freeze every channel group that a node matching one of ``patterns`` produces, or passes
-    on with per-channel weights of its own (a depthwise convolution, a BatchNormalization), in place.
+    """Freeze, in place, every channel group that a node matching one of ``patterns`` produces
+    or passes on with per-channel weights of its own (a depthwise convolution, a BatchNormalization).
 
     A pattern is matched, shell-style and case-sensitively, against each node's label: its
     name, or ``OpType#index`` for an unnamed node (the names ``onnx-eprune inspect`` and the
     report print). A group is a unit: excluding one of its layers keeps the others whole too
-    (the convolutions feeding one residual sum, say; the convolution before a depthwise one). The inputs of an excluded layer may still
-    lose channels, to the groups of the layers before it. Returns the ids of the groups frozen
-    here; a pattern that matches no node is refused, as a mistyped name would otherwise prune
-    the layer it meant to protect.
+    (the convolutions feeding one residual sum, say; the convolution before a depthwise one).
+    The inputs of an excluded layer may still lose channels, to the groups of the layers
+    before it. Returns the ids of the groups frozen here; a pattern that matches no node is
+    refused, as a mistyped name would otherwise prune the layer it meant to protect.
     """
     check_patterns(patterns)
     labels = [node_label(node, i) for i, node in enumerate(nodes)]
