@@ -1,13 +1,17 @@
 """onnx-eprune: structured channel pruning of ONNX CNNs by entropic sparse regression.
 
-The one entry point is :func:`prune`::
+The entry point is :func:`prune`::
 
     import onnx_eprune
     result = onnx_eprune.prune("model.onnx", "calib.npy", sparsity=0.5)
-    onnx.save(result.model, "model.pruned.onnx")
+    result.save("model.pruned.onnx")
+
+:func:`calibrate` computes its statistics in shards, :func:`sweep` prunes at several
+targets, :func:`inspect` and :func:`evaluate` do what the commands of the same name do.
 """
 
 __version__ = "0.1.0"
+"""The package version, as ``onnx-eprune --version`` prints it."""
 
 from .errors import EPruneError, UsageError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402

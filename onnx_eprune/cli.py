@@ -236,10 +236,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="sequential", choices=["sequential", "oneshot"],
                    help="sequential: each layer is fitted on the already-pruned network (default)")
     p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
-    p.add_argument("--seed", type=int, default=0, help="seed for position sampling and random selection")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for position sampling and random selection")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="onnxruntime device for calibration (default: CUDA when usable)")
-    p.add_argument("--batch-size", type=int, default=64,
+    p.add_argument("--batch-size", type=int, default=64, metavar="B",
                    help="calibration samples per run, at most (default: 64; fewer where they would fetch over 1 GiB)")
     p.add_argument("--positions", type=int, metavar="K",
                    help="conv output positions sampled per image (default: automatic)")
@@ -251,7 +251,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     _add_exclude(p)
     p.add_argument("--min-keep", type=float, default=0.0, metavar="F",
                    help="every channel group keeps at least the fraction F of its channels (default: 0, "
-                        "at least one channel)")
+                        "down to the group's smallest --round-to step)")
     p.add_argument("--refit-ridge", type=refit_ridge_arg, default=THIN, metavar="R|auto|auto-thin",
                    help=f"ridge toward the original weights in the re-fit, relative to the mean feature "
                         f"variance; auto: chosen per layer by generalised cross-validation, which helps with "
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DATA", help="held-out inputs (.npy/.npz) to measure fidelity on")
     p.add_argument("--labels", metavar="LABELS.npy", help="class indices of --data, for accuracy")
     p.add_argument("--save-models", action="store_true",
-                   help="also write each pruned model into DIR as pruned_<target>.onnx")
+                   help="also write each pruned model into DIR as pruned_<kind>_<target>.onnx")
     _add_run_options(p)
     _add_common(p)
 
@@ -343,9 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_and_calibration(p)
     p.add_argument("--stats-out", required=True, metavar="STATS.npz", help="where to write the statistics")
     p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
-    p.add_argument("--seed", type=int, default=0, help="seed for position sampling (same for all shards)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for position sampling (same for all shards)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=64,
+    p.add_argument("--batch-size", type=int, default=64, metavar="B",
                    help="calibration samples per run, at most (default: 64; fewer where they would fetch over 1 GiB)")
     p.add_argument("--positions", type=int, metavar="K", help="conv output positions sampled per image")
     _add_common(p)
@@ -354,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List the channel groups of MODEL: producers, consumers, channels, and "
                        "whether each is prunable or frozen (and why).")
     p.add_argument("model", metavar="MODEL.onnx")
-    p.add_argument("--calib", metavar="CALIB", help="sample input (needed when the input shape is not fixed)")
-    p.add_argument("--input-shape", metavar="N,C,H,W", help="input shape for models with dynamic dimensions")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--calib", metavar="CALIB", help="sample input (needed when the input shape is not fixed)")
+    shape.add_argument("--input-shape", metavar="N,C,H,W", help="input shape for models with dynamic dimensions")
     _add_exclude(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_common(p)
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="prune the shipped LeNet-5 (Fashion-MNIST) and show what it costs",
                        description="Prune the LeNet-5 that ships with onnx-eprune and print its accuracy and "
                        "size before and after.")
-    p.add_argument("--sparsity", type=_fraction, default=0.55, help="parameter sparsity (default: 0.55)")
+    p.add_argument("--sparsity", type=_fraction, default=0.55, metavar="S", help="parameter sparsity (default: 0.55)")
     p.add_argument("--method", default="entropic", choices=list(METHODS))
     p.add_argument("-o", "--output", default="lenet5_fmnist.pruned.onnx", metavar="OUT.onnx",
                    help="where to write the pruned model (default: ./lenet5_fmnist.pruned.onnx)")
@@ -577,7 +578,7 @@ def _probe_sample(model, args: argparse.Namespace):
     inputs = model_inputs(model)
     unbatched = unbatched_inputs(model)
     arrays = {}
-    for i, vi in enumerate(inputs):
+    for vi in inputs:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
         if args.input_shape:
             try:

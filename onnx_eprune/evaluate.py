@@ -161,7 +161,8 @@ def load_labels(labels, samples: int) -> np.ndarray:
 
 
 def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
-    """Fidelity of ``pruned`` to ``original`` on ``data`` (path, array or dict of arrays).
+    """Fidelity of ``pruned`` to ``original`` on ``data`` (a .npy/.npz path, an array or a
+    dict of arrays, samples on axis 0).
 
     Returns a dict: per output top-1 agreement, relative L2 error and mean cosine
     similarity; accuracy of both when ``labels`` (path or array of class indices) is given;

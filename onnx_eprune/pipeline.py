@@ -51,11 +51,24 @@ VALIDATION_BYTES = 256 << 20  # ... at most as many as whose compared outputs ta
 
 @dataclass
 class PruneConfig:
-    """Everything that steers a pruning run (see the CLI reference for each knob).
+    """Everything that steers a pruning run (the CLI option of the same name says more).
 
-    Exactly one of ``sparsity`` (fraction of Conv/Gemm/MatMul parameters to remove),
-    ``flops_reduction`` (fraction of their multiply-accumulates to remove) and
-    ``keep_ratio`` (fraction of channels to keep in every prunable group) must be set.
+    Target, exactly one of: ``sparsity`` (fraction in [0, 1) of the Conv/ConvTranspose/
+    Gemm/MatMul parameters to remove), ``flops_reduction`` (fraction in [0, 1) of their
+    multiply-accumulates at the calibration input shape) and ``keep_ratio`` (fraction in
+    (0, 1] of the channels every prunable group keeps).
+
+    ``method``: "entropic", "lasso", "thinet", "l1" or "random"; ``mode``: "sequential"
+    or "oneshot"; ``samples``: use the first N calibration samples (None: all); ``seed``:
+    conv position sampling and ``random``'s choice; ``device``: "auto", "cpu" or "cuda";
+    ``batch_size``: calibration samples per onnxruntime run, at most; ``positions``: conv
+    output positions sampled per image (None: automatic); ``round_to``: kept counts are
+    multiples of this (None: 8 for convolution outputs of 64 channels or more, else 1);
+    ``reconstruct``: re-fit the consumers by least squares; ``refit_ridge``: the re-fit's
+    ridge relative to the mean kept-feature variance (a number >= 0, "auto" or
+    "auto-thin"); ``entropic``: the entropic selector's knobs; ``exclude``: node-name
+    patterns whose channel groups stay whole; ``min_keep``: fraction in [0, 1] of its
+    channels every prunable group keeps at least.
     """
 
     sparsity: float | None = None
@@ -80,6 +93,7 @@ class PruneConfig:
     min_keep: float = 0.0                # every group keeps at least ceil(min_keep * C) channels
 
     def target(self) -> budget.Target:
+        """The one target set, checked; :class:`UsageError` if none, several or out of range."""
         given = [(k, v) for k, v in (("sparsity", self.sparsity), ("flops", self.flops_reduction),
                                      ("keep_ratio", self.keep_ratio)) if v is not None]
         if len(given) != 1:
@@ -94,6 +108,7 @@ class PruneConfig:
         return budget.Target(kind, float(value))
 
     def check(self) -> None:
+        """Raise :class:`UsageError` for a field out of its range (the target: :meth:`target`)."""
         if self.method not in METHODS:
             raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.mode not in MODES:
@@ -164,6 +179,9 @@ class Pruner:
             # with statistics files, the few images they carry serve to probe shapes and validate
             self.data: CalibrationData = load_calibration(calib, self.model, config.samples) if stats is None \
                 else CalibrationData(dict(stats.probe))
+            # the pruned model is compared with the original on these: from statistics files, the
+            # images they keep to measure sensitivities (at least 16 a shard), not the 8 probes
+            self.validation_data = self.data if stats is None else stats.gain_data()
             self.providers = choose_providers(config.device)
         log.info("onnxruntime provider: %s", self.providers[0])
         with self.timer.phase("analyze"):
@@ -183,7 +201,8 @@ class Pruner:
                      self.batch_size, config.batch_size, BATCH_BYTES / 2 ** 30)
         # the pruned model is compared with the original on this many calibration samples
         self.validation_samples = samples_per_batch(self.model, self.shapes, self.outputs,
-                                                    min(VALIDATION_SAMPLES, self.data.samples), VALIDATION_BYTES)
+                                                    min(VALIDATION_SAMPLES, self.validation_data.samples),
+                                                    VALIDATION_BYTES)
         self.paths: dict[int, list[entropic.PathPoint]] = {}  # entropic paths on one-shot statistics
         self.steps: dict[int, int] = {}  # group -> its kept counts are multiples of this (allocate)
         self._targets: dict[int, StoredBatches] = {}  # consumer -> its target rows (collect)
@@ -733,7 +752,7 @@ class Pruner:
         """Check the pruned model and measure how close it stays on calibration samples."""
         check_model(pruned)
         n = self.validation_samples
-        feeds = next(self.data.batches(n))
+        feeds = next(self.validation_data.batches(n))
         names = self.outputs
         if self._reference:
             ref = [np.concatenate(parts)[:n] for parts in zip(*self._reference)]
@@ -792,9 +811,11 @@ def prune(model, calib=None, config: PruneConfig | None = None, progress: Progre
     ----------
     model : onnx.ModelProto or path to an .onnx file (never modified).
     calib : calibration inputs: a path to .npy (single-input model) or .npz (input name ->
-        array), an array of shape (N, ...) or a dict of such arrays; N samples on axis 0.
+        array), an array of shape (N, ...) or a dict of such arrays (N samples on axis 0),
+        any iterable of such batches, or an ``onnxruntime.quantization.CalibrationDataReader``.
     config : a :class:`PruneConfig`; or pass its fields as keyword arguments, e.g.
         ``prune("m.onnx", "calib.npy", sparsity=0.5)``.
+    progress : where progress lines go (``progress.Progress``; None: none).
     stats : instead of ``calib``, paths of statistics files written by :func:`calibrate`
         on disjoint shards of the calibration set, or the bundles it returned; they are added
         up (one-shot mode), the bundles left as they were.
@@ -816,9 +837,10 @@ def prune(model, calib=None, config: PruneConfig | None = None, progress: Progre
 
 def calibrate(model, calib, config: PruneConfig | None = None, progress: Progress | None = None, **options
               ) -> StatsBundle:
-    """The statistics :func:`prune` needs, as a bundle to ``save()`` and merge later.
+    """The statistics :func:`prune` needs, as a bundle to ``save(path)`` (an .npz) and pass
+    to ``prune(model, stats=[...])`` later, alone or with other shards' bundles or files.
 
-    Only ``samples``, ``seed``, ``device``, ``batch_size`` and ``positions`` of the config
+    ``calib`` takes what :func:`prune` takes. Only ``samples``, ``seed``, ``device``, ``batch_size`` and ``positions`` of the config
     matter; shards must use the same ``seed`` and ``positions``. The statistics cover every
     group the analysis can prune, whatever ``exclude`` says, so one bundle serves any exclusion.
     """

@@ -35,6 +35,8 @@ CALIBRATION_CHECK = 256  # without held-out data, fidelity is measured on this m
 class SweepPoint:
     """One target of a sweep: what was removed and how close the pruned model stays.
 
+    ``target``, ``params_removed``, ``macs_removed``: fractions in [0, 1] (``kind`` says
+    which one the target is: "sparsity" or "flops_reduction").
     ``fidelity``: output name -> relative_error, cosine, top1_agreement (on ``data``, or on
     calibration samples when ``fidelity_on`` says so); ``accuracy``: pruned and original
     top-1 accuracy when labels were given; ``seconds``: wall time of the pruning run.

@@ -45,6 +45,9 @@ def test_bundles_in_memory_merge_like_files(tmp_path):
     assert in_memory.report["samples"] == from_files.report["samples"] == len(x)
     assert in_memory.model.graph.initializer == from_files.model.graph.initializer
     assert shards[0].samples == 32 and all(np.array_equal(first[c], st.cxx) for c, st in shards[0].consumers.items())
+    # validated on the images the shards keep for the gains (16 or more each), not on the 8 probes
+    kept = sum(len(next(iter(b.gain_images.values()))) for b in shards)
+    assert in_memory.report["fidelity_on_calibration"]["samples"] == kept >= 3 * 16
 
 
 @pytest.mark.parametrize("samples", [8, 32, 100, 1024])
