@@ -113,8 +113,14 @@ class PruneConfig:
             raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.mode not in MODES:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.batch_size < 1 or (self.round_to is not None and self.round_to < 1):
-            raise UsageError("batch size and --round-to must be positive")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be positive, not {self.batch_size}")
+        if self.round_to is not None and self.round_to < 1:
+            raise UsageError(f"--round-to must be positive, not {self.round_to}")
+        if self.positions is not None and self.positions < 1:
+            raise UsageError(f"--positions must be positive, not {self.positions}")
+        if self.seed < 0:  # numpy's generators take none below 0
+            raise UsageError(f"--seed must be 0 or more, not {self.seed}")
         if not valid_ridge(self.refit_ridge):
             raise UsageError(f"--refit-ridge must be {RIDGE_CHOICES}, not {self.refit_ridge!r}")
         if not 0.0 <= self.min_keep <= 1.0:  # also refuses NaN
@@ -331,7 +337,17 @@ class Pruner:
                     self._reference.append([np.array(xo[o]) for o in outputs])
                 parallel_map(step, cidxs, self._blas_threads)
                 task.advance()
-        return dict(zip(cidxs, parallel_map(lambda c: acc[c].result(), cidxs, self._blas_threads)))
+        return self._finite(dict(zip(cidxs, parallel_map(lambda c: acc[c].result(), cidxs, self._blas_threads))))
+
+    def _finite(self, stats: dict[int, MomentStats]) -> dict[int, MomentStats]:
+        """``stats``, refused where a moment is Inf or NaN: no selection or re-fit means
+        anything there, and the pruned model would carry NaN weights."""
+        bad = [c for c, st in stats.items() if not st.finite()]
+        if bad:
+            raise EPruneError(f"the statistics of layer {self.analysis.consumers[bad[0]].name!r} are not finite "
+                              "(Inf or NaN): the network overflows on the calibration data or the statistics "
+                              "files are damaged; check the inputs' scale (and recompute the files)")
+        return stats
 
     def _accumulator(self, cons: Consumer, chw: tuple[int, ...], theta: np.ndarray | None
                      ) -> MomentAccumulator | PixelPairAccumulator:
@@ -558,7 +574,7 @@ class Pruner:
         target = cfg.target()
         oneshot_stats = None
         if self.bundle is not None:
-            oneshot_stats = self.bundle.consumers
+            oneshot_stats = self._finite(self.bundle.consumers)
         elif target.kind != "keep_ratio" or cfg.mode == "oneshot":
             with self.timer.phase("calibrate"):
                 # the sequential stages read the original network's target rows again
@@ -644,27 +660,52 @@ class Pruner:
             changed = cfg.reconstruct and any(self._shrunk(h, decided) for h in decided)
             ready = [c for c in cidxs if changed and all(s[0] in decided or s[0] not in counts
                                                          for s in consumers[c].segments)]
-            exact = [c for c in ready if c in lean]
-            with self.timer.phase("calibrate"):
-                if exact:
+            waves = self._waves(ready)
+            exact = [c for c in waves[0] if c in lean] if waves else []
+            if exact:
+                with self.timer.phase("calibrate"):
                     # a lean consumer reads only this group, whose channels are all in its input
                     stats.update(self.collect(exact, orig, pruned, label, channels={c: keep for c in exact}))
-                for c in cidxs:  # a consumer is decided with its (last) group
-                    if c in self._targets and all(s[0] in keeps or s[0] == g or s[0] not in counts
-                                                  for s in consumers[c].segments):
-                        self._targets.pop(c).discard()
-            with self.timer.phase("select"):
-                # independent solves (a residual stream feeds three or four consumers)
-                refits.update(zip(ready, parallel_map(lambda c: self._refit(c, stats[c], decided, {g}, c in exact),
-                                                      ready, self._blas_threads)))
-                keeps[g] = keep
+            stale = self.topo.descendants({consumers[c].node for c in cidxs}) if cfg.reconstruct else set()
+            slicers = self._slicers(g, decided)
+            for i, wave in enumerate(waves):
+                if i:
+                    # the waves before changed this one's inputs: statistics of the network with
+                    # their re-fits, in which this group carries its kept channels only
+                    with self.timer.phase("rewrite"):
+                        pruned.update(build_pruned(self.model, self.analysis, decided, refits), stale, slicers)
+                        stale, slicers = self.topo.descendants({consumers[c].node for c in wave}), {}
+                    with self.timer.phase("calibrate"):
+                        stats.update(self.collect(wave, orig, pruned, label))
+                with self.timer.phase("select"):
+                    # independent solves (a residual stream feeds three or four consumers)
+                    refits.update(zip(wave, parallel_map(
+                        lambda c: self._refit(c, stats[c], decided, set() if i else {g}, c in exact),
+                        wave, self._blas_threads)))
+            keeps[g] = keep
+            for c in cidxs:  # a consumer is decided with its (last) group
+                if c in self._targets and all(s[0] in keeps or s[0] not in counts for s in consumers[c].segments):
+                    self._targets.pop(c).discard()
             with self.timer.phase("rewrite"):
                 model = build_pruned(self.model, self.analysis, keeps, refits)
-                stale = self.topo.descendants({consumers[c].node for c in cidxs}) if cfg.reconstruct else set()
-                pruned.update(model, stale, self._slicers(g, keeps))
+                pruned.update(model, stale, slicers)
                 future = [t for later in order[stage:] for t in targets_of[later]]
                 pruned.retain(future)
                 orig.retain(future)
+
+    def _waves(self, ready: list[int]) -> list[list[int]]:
+        """``ready`` (the consumers a sequential stage re-fits) in the order their re-fits
+        must happen: a consumer downstream of another one of the stage (a later block reading
+        the same residual stream) waits for that one's re-fit, so that its statistics see the
+        input it will get rather than one the same stage is about to change."""
+        consumers = self.analysis.consumers
+        below = {c: self.topo.descendants({consumers[c].node}) for c in ready}
+        waves, left = [], list(ready)
+        while left:
+            wave = [c for c in left if not any(consumers[c].input in below[d] for d in left if d != c)]
+            waves.append(wave)
+            left = [c for c in left if c not in wave]
+        return waves
 
     def _lean_consumers(self, gid: int, keep: int) -> set[int]:
         """The consumers whose statistics a sequential stage of group ``gid``, keeping

@@ -109,13 +109,16 @@ def submodel(model: onnx.ModelProto, topo: Topology, targets: list[str], availab
     a fed shape with a computed one fails to load (torchvision's segmentation heads)."""
     fed = {name for name, dtype in available.items() if np.dtype(dtype).kind == "f"}
     nodes, used = topo.cut(targets, fed)
-    if not nodes:
+    # a target no node computes and no cache holds is an initializer (a constant graph
+    # output, such as a detector's anchors, once normalisation folded it) or a graph input
+    sourced = [t for t in targets if t not in fed and t not in topo.producer]
+    if not nodes and not sourced:
         return None, []
     # an included multi-output node (Split) may recompute a cached tensor: use its own output
     used -= {o for i in nodes for o in topo.outputs[i]}
     graph = model.graph
     # inputs of the current nodes: a re-fit may have given a node a new bias initializer
-    needed = {n for i in nodes for n in list(graph.node[i].input) + topo.node_inputs[i] if n}
+    needed = {n for i in nodes for n in list(graph.node[i].input) + topo.node_inputs[i] if n} | set(sourced)
     graph_inputs = [vi for vi in model_inputs(model) if vi.name in needed]
     feeds = [vi.name for vi in graph_inputs] + sorted(used)
     sub = onnx.helper.make_graph(

@@ -181,9 +181,12 @@ def comparison_outputs(model: onnx.ModelProto, analysis: GraphAnalysis, topo: To
     whose inputs have no batch axis (a detector taking one image, whose outputs hold one row
     per box found; ``shapes`` of one image), the outputs of its last weighted layers with
     one row per image (no such Conv, Gemm or MatMul reads anything computed from them): the
-    raw predictions before the post-processing (a two-stage detector's region proposals)."""
+    raw predictions before the post-processing (a two-stage detector's region proposals).
+    A constant graph output (a detector's anchors, an initializer once normalised) never
+    changes and has no batch axis to join batches on: it is left out."""
     if not unbatched_inputs(model):
-        return [o.name for o in model.graph.output]
+        constants = {i.name for i in model.graph.initializer}
+        return [o.name for o in model.graph.output if o.name not in constants]
     per_image = [c for c in analysis.consumers if shapes.get(c.output, (1,))[:1] == (1,)]
     inputs = {c.input for c in per_image}
     last = {c.output for c in per_image if not topo.descendants({topo.producer[c.output]}) & inputs}

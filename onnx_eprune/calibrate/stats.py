@@ -44,6 +44,10 @@ class MomentStats:
         vars(self).update(state)
         self._lock = threading.Lock()
 
+    def finite(self) -> bool:
+        """Whether every moment is finite (Inf or NaN: the network overflowed on the data)."""
+        return all(bool(np.isfinite(a).all()) for a in (self.mean_x, self.mean_y, self.cxx, self.cxy, self.syy))
+
     @classmethod
     def empty(cls, d: int, m: int) -> "MomentStats":
         return cls(0, np.zeros(d), np.zeros(m), np.zeros((d, d)), np.zeros((d, m)), np.zeros(m))

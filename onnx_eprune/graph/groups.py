@@ -16,6 +16,7 @@ spaces) and :class:`Consumer` objects; nothing here does arithmetic on weights.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -82,7 +83,8 @@ class ParamSlice:
     node: int
     tensor: str
     axis: int
-    offset: int  # index along ``axis`` where the group's channel 0 sits
+    offset: int      # index along ``axis`` where the group's channel 0 starts
+    factor: int = 1  # entries per channel along ``axis`` (H*W for a BatchNormalization behind a Flatten)
 
 
 @dataclass
@@ -260,6 +262,7 @@ class _Analyzer:
             for name in node.input:
                 self.use_count[name] = self.use_count.get(name, 0) + 1
         self.producer_node = {name: node for node in self.graph.node for name in node.output}
+        self.graph_outputs = {out.name for out in self.graph.output}
         self.consumer_nodes: dict[str, list[onnx.NodeProto]] = {}
         for node in self.graph.node:
             for name in node.input:
@@ -368,9 +371,9 @@ class _Analyzer:
             self.freeze_layout(layout, f"per-channel constant {tensor!r} of {reason_node} is shared")
             return False
         offset = 0
-        for seg in layout:
-            self.params.setdefault(seg.space, []).append(ParamSlice(node_index, tensor, axis, offset))
-            offset += seg.length
+        for seg in layout:  # in entries, not channels: a flattened layout has ``factor`` per channel
+            self.params.setdefault(seg.space, []).append(ParamSlice(node_index, tensor, axis, offset, seg.factor))
+            offset += seg.length * seg.factor
         return True
 
     # -- the walk ----------------------------------------------------------------------
@@ -632,17 +635,22 @@ class _Analyzer:
                           onnx.TensorProto.BFLOAT16):
                 self.freeze_all(node, index, "Cast to a non-float type")
                 return
-        if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1] and \
-                self.consumer_nodes.get(node.output[1]):
-            self.freeze_all(node, index, "Dropout mask is used")
+        if node.op_type == "Dropout" and self.secondary_output_used(node):
+            self.freeze_all(node, index, "Dropout mask is read by a node or is a graph output")
             return
         self.passthrough(node, node.input[0])
 
     def pool(self, node: onnx.NodeProto, index: int) -> None:
-        if len(node.output) > 1 and node.output[1] and self.consumer_nodes.get(node.output[1]):
-            self.freeze_all(node, index, "MaxPool indices are used")
+        if self.secondary_output_used(node):
+            self.freeze_all(node, index, "MaxPool indices are read by a node or are a graph output")
             return
         self.passthrough(node, node.input[0])
+
+    def secondary_output_used(self, node: onnx.NodeProto) -> bool:
+        """Whether an output after the first (MaxPool's Indices, Dropout's mask) is read or
+        leaves the graph: it has the input's channels too (MaxPool's indices even encode
+        the channel count), and the pass-through follows only the first output."""
+        return any(out and (self.consumer_nodes.get(out) or out in self.graph_outputs) for out in node.output[1:])
 
     def op_BatchNormalization(self, node: onnx.NodeProto, index: int) -> None:
         layout = self.layout(node.input[0])
@@ -706,6 +714,8 @@ class _Analyzer:
         shape_in, shape_out = self.shapes.get(x), self.shapes.get(node.output[0])
         layout = self.layout(x)
         spec = self.value(target)
+        if spec is None:
+            spec = self.batch_target(target, x)
         if self.unflatten(node, index, shape_in, shape_out, layout, spec):
             return
         # channels on another axis flatten channel-major only when every other axis but the
@@ -727,6 +737,41 @@ class _Analyzer:
             elif pos == 0 and v not in (0, -1, shape_in[0]):
                 self.freeze_all(node, index, "Reshape with a fixed batch size that differs")
                 return
+
+    def batch_target(self, target: str, x: str) -> np.ndarray | None:
+        """The value of a Reshape target ``Concat(batch, [-1])`` that starts with ``x``'s own
+        batch size (PyTorch's ``x.view(x.size(0), -1)``), the batch entry written as 0 (a
+        Reshape reads 0 as "x's size there"). None when the target is built otherwise, or
+        holds a feature count: only a constant target can be rewritten."""
+        concat = self.producer_node.get(target)
+        if concat is None or concat.op_type != "Concat" or not self.reads_batch_size(concat.input[0], x):
+            return None
+        rest = [self.value(part) for part in concat.input[1:]]
+        if any(v is None for v in rest):
+            return None
+        tail = [int(v) for part in rest for v in np.ravel(part)]
+        return np.array([0, *tail], dtype=np.int64) if all(v == -1 for v in tail) else None
+
+    def reads_batch_size(self, name: str, x: str) -> bool:
+        """Whether ``name`` is the 1-element vector ``x.shape[0]``: ``Unsqueeze(Gather(Shape(x), 0))``,
+        ``Gather(Shape(x), [0])`` or ``Slice(Shape(x), 0, 1)``. That no other entry of the
+        Shape (the channel count) goes anywhere is :meth:`op_Shape`'s check."""
+        node = self.producer_node.get(name)
+        if node is not None and node.op_type == "Unsqueeze" and self.shapes.get(name) == (1,):
+            node = self.producer_node.get(node.input[0])
+        if node is None or node.op_type not in ("Gather", "Slice") or self.shapes.get(node.output[0]) not in ((), (1,)):
+            return False
+        shape = self.producer_node.get(node.input[0])
+        rank = len(self.shapes.get(x, ()))
+        if shape is None or shape.op_type != "Shape" or shape.input[0] != x or rank == 0 \
+                or int(_attrs(shape).get("start", 0)) % rank != 0:
+            return False
+        if node.op_type == "Gather":
+            index = self.value(node.input[1])
+            return index is not None and index.size == 1 and int(index.reshape(-1)[0]) == 0
+        bounds = self.slice_inputs(node)  # one entry, from 0 with step 1: entry 0
+        return bounds is not None and int(np.ravel(bounds[0])[0]) == 0 \
+            and (bounds[3] is None or int(np.ravel(bounds[3])[0]) == 1)
 
     def unflatten(self, node: onnx.NodeProto, index: int, shape_in, shape_out, layout, spec) -> bool:
         """(N, C) -> (N, C, 1, 1) by a constant target, as SE blocks written with Keras
@@ -874,9 +919,11 @@ class _Analyzer:
                 or (steps is not None and np.ravel(steps).tolist() != [1]):
             return False
         concats = self.consumer_nodes.get(reader.output[0], [])
+        rank = len(self.shapes.get(x, ()))
         return bool(concats) and all(
             c.op_type == "Concat" and c.input[0] == reader.output[0] and _attrs(c).get("axis") == 0
             and all(r.op_type == "Resize" and r.input[0] == x and len(r.input) > 3 and r.input[3] == c.output[0]
+                    and _resize_axes(r, rank)[:2] == [0, 1]  # sizes[:2] are x's batch and channels
                     for r in self.consumer_nodes.get(c.output[0], [])) and self.consumer_nodes.get(c.output[0])
             for c in concats)
 
@@ -1029,14 +1076,16 @@ class _Analyzer:
             self.freeze_all(node, index, f"{node.op_type} that changes the batch or channel count")
             return
         sizes = node.input[3] if len(node.input) > 3 and node.input[3] else None
-        if sizes is not None and self.sizes_from_own_shape(sizes, x):
-            sizes = None  # computed from x's own shape at run time: always its channel count
+        axes = _resize_axes(node, len(si))
+        entry = axes.index(caxis) if caxis in axes else None  # sizes[entry] is the channel count
+        if sizes is not None and (entry is None or self.sizes_from_own_shape(sizes, x)):
+            sizes = None  # it leaves the channel axis out, or reads x's own channel count at run time
         if sizes is not None:  # explicit output sizes spell out the channel count
             if self.value(sizes) is None or self.use_count.get(sizes, 0) > 1:
                 self.freeze_all(node, index, f"{node.op_type} with non-constant or shared sizes")
                 return
             for seg in layout:
-                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, sizes, caxis, node.output[0]))
+                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, sizes, entry, node.output[0]))
         self.passthrough(node, x)
 
     def op_Upsample(self, node: onnx.NodeProto, index: int) -> None:
@@ -1068,8 +1117,32 @@ class _Analyzer:
                     out.append((key, start + pos))
         return out
 
+    def edited_constants(self) -> Iterator[tuple[str, int]]:
+        """(initializer, space) pairs: the constants the rewrite changes when channels of
+        the space go (producer rows, per-channel constants, consumer columns and re-fitted
+        weights, Reshape/Resize/Split sizes, Slice bounds)."""
+        for sid, producers in self.producers.items():
+            yield from ((name, sid) for p in producers for name in (p.weight, p.bias) if name)
+        for table in (self.params, self.shape_params):
+            for sid, entries in table.items():
+                yield from ((entry.tensor, sid) for entry in entries)
+        for cons in self.consumers:
+            yield from ((name, sid) for sid, _off, _n in cons.segments for name in (cons.weight, cons.bias) if name)
+        for split in self.split_sizes:
+            if split.tensor:
+                yield from ((split.tensor, seg.space) for out in split.outputs for seg in self.layouts[out])
+        for bound in self.slice_bounds:
+            yield from ((bound.tensor, seg.space) for seg in self.layouts[bound.source])
+
+    def freeze_exported_constants(self) -> None:
+        """An initializer that is also a graph output must keep its value and shape."""
+        for name, sid in self.edited_constants():
+            if name in self.graph_outputs:
+                self.spaces.freeze(sid, f"initializer {name!r} is a graph output")
+
     def collect(self) -> GraphAnalysis:
         sp = self.spaces
+        self.freeze_exported_constants()
         for layout in self.layouts.values():  # a space only partly present cannot be pruned
             if isinstance(layout, list):
                 for seg in layout:
@@ -1181,6 +1254,13 @@ def _bounds(layout: list[Segment]) -> set[int]:
         off += seg.length
         out.add(off)
     return out
+
+
+def _resize_axes(node: onnx.NodeProto, rank: int) -> list[int]:
+    """The axes that the entries of a Resize's ``scales`` or ``sizes`` stand for: its
+    ``axes`` attribute (opset >= 18, negative ones counted from the end), else every axis."""
+    axes = _attrs(node).get("axes")
+    return list(range(rank)) if axes is None else [int(a) % rank for a in axes]
 
 
 def _bias_vector_len(dims) -> int:

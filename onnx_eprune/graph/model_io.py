@@ -497,15 +497,33 @@ def normalize(model: onnx.ModelProto) -> None:
     place): Constant nodes become initializers, constant Identity/Cast/... chains are folded,
     initializers nothing reads any more are dropped, and tensors (not scalars) read by
     several nodes are copied per reader, so that pruning one reader does not break another
-    (exporters de-duplicate equal constants, e.g. identical BatchNorm parameters)."""
+    (exporters de-duplicate equal constants, e.g. identical BatchNorm parameters). A model of
+    IR version below 4 lists its new initializers as graph inputs, as that version requires."""
     constants_to_initializers(model)
     if fold_constants(model):
-        used = _referenced_names(model.graph) | {o.name for o in model.graph.output}
+        # an initializer listed as a graph input stays: without it that input would become
+        # one the caller must feed
+        used = _referenced_names(model.graph) | {o.name for o in model.graph.output} | \
+            {i.name for i in model.graph.input}
         kept = [i for i in model.graph.initializer if i.name in used]
         if len(kept) < len(model.graph.initializer):
             del model.graph.initializer[:]
             model.graph.initializer.extend(kept)
     _unshare_initializers(model)
+    list_initializers_as_inputs(model)
+
+
+def list_initializers_as_inputs(model: onnx.ModelProto) -> None:
+    """In a model of IR version below 4, which requires every initializer to be a graph
+    input too, give each initializer that lacks one (made here of a Constant node, or by
+    the rewrite: a new bias) a graph input of its type and shape, in place. The IR version
+    stays: the runtimes such a model was exported for may not read a newer one."""
+    if model.ir_version >= 4:
+        return
+    listed = {vi.name for vi in model.graph.input}
+    for init in model.graph.initializer:
+        if init.name not in listed:
+            model.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
 
 
 def _unshare_initializers(model: onnx.ModelProto) -> None:

@@ -10,7 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from .groups import Consumer, GraphAnalysis
-from .model_io import reference, tensor_array
+from .model_io import list_initializers_as_inputs, reference, tensor_array
 from .weights import transposed_to_conv
 
 
@@ -142,7 +142,8 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
             if bias is not None and arrays.get(bias).size == arrays.get(p.weight).shape[p.weight_axis]:
                 arrays.mask(bias, _vector_axis(arrays.get(bias)))[p.offset + drop] = False
         for prm in group.params:
-            arrays.mask(prm.tensor, prm.axis)[prm.offset + drop] = False
+            entries = prm.offset + drop[:, None] * prm.factor + np.arange(prm.factor)
+            arrays.mask(prm.tensor, prm.axis)[entries.reshape(-1)] = False
         for cidx in group.consumers:
             if cidx in refits:
                 continue
@@ -161,6 +162,7 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
     _update_conv_groups(out, arrays)
     if arrays.values:  # shapes recorded by the exporter may no longer hold anywhere downstream
         del out.graph.value_info[:]
+    list_initializers_as_inputs(out)  # a re-fit's new bias, in an IR 3 model
     return out
 
 
