@@ -1,7 +1,8 @@
 """The ``onnx-eprune`` command: prune, inspect, evaluate, demo.
 
-Exit status: 0 on success, 2 for usage errors, 1 for runtime errors, 130 when interrupted;
-failures print one line on stderr (a traceback only with ``--debug``).
+Exit status: 0 on success, 2 for usage errors, 1 for runtime errors, 130 when interrupted
+(Ctrl-C), 143 when terminated (SIGTERM); failures print one line on stderr (a traceback
+instead with ``--debug``, the exit status the same).
 """
 
 from __future__ import annotations
@@ -10,10 +11,16 @@ import argparse
 import errno
 import json
 import logging
+import math
 import os
+import signal
 import sys
+import threading
+import traceback
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +30,7 @@ from .allocator import keep_freed_memory
 from .select import METHODS
 from .select.reconstruct import (DEFAULT_RIDGE, RIDGE_CHOICES, RIDGE_MODES, THIN, THIN_MAX_FEATURES, THIN_ROWS,
                                  valid_ridge)
-from .errors import EPruneError, UsageError
+from .errors import EPruneError, Terminated, UsageError
 
 log = logging.getLogger("onnx_eprune")
 
@@ -54,6 +61,14 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number such as 0.5 or 1/255, got {text!r}") from None
 
 
+def _scale(text: str) -> float:
+    """--scale: a number or fraction, finite and not 0 (which would make every image constant)."""
+    value = _number(text)
+    if value == 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite, non-zero factor such as 1/255, got {text!r}")
+    return value
+
+
 def _numbers(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(","))
@@ -70,6 +85,17 @@ def _image_size(text: str) -> tuple[int, int]:
     if len(parts) not in (1, 2) or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"expected H or H,W in pixels such as 224 or 224,160, got {text!r}")
     return (parts[0], parts[-1])
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """--input-shape: positive whole numbers separated by commas."""
+    try:
+        dims = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        dims = ()
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive dimensions such as 1,3,224,224, got {text!r}")
+    return dims
 
 
 def _positive_int(text: str) -> int:
@@ -94,7 +120,7 @@ def _add_calib_sources(p: argparse.ArgumentParser, source) -> None:
     g = p.add_argument_group("image options (with --calib-images)")
     g.add_argument("--size", type=_image_size, metavar="H[,W]",
                    help="image height and width; required when the model's are dynamic (also for --calib-random)")
-    g.add_argument("--scale", type=_number, metavar="S", help="pixel scale factor (default: 1/255)")
+    g.add_argument("--scale", type=_scale, metavar="S", help="pixel scale factor (default: 1/255)")
     g.add_argument("--mean", type=_numbers, metavar="M[,M,M]",
                    help="subtracted after scaling: (pixel * scale - mean) / std; one value or one per channel "
                    "(default: 0)")
@@ -142,7 +168,11 @@ def _check_calib_file(path: str) -> None:
     p = Path(path)
     if not p.is_file():
         return  # load_calibration says "not found" / "is a directory"
-    with open(p, "rb") as f:
+    try:
+        f = open(p, "rb")
+    except OSError as exc:  # permissions: the user's to fix, as for an unreadable model
+        raise UsageError(f"cannot read calibration file {p}: {exc.strerror or exc}") from None
+    with f:
         head = f.read(6)
         if head == b"\x93NUMPY":
             f.seek(0)
@@ -190,6 +220,8 @@ def _calib_source(args: argparse.Namespace, model):
     if args.calib_random is not None:
         from .calibrate.images import random_calibration
 
+        if args.size is not None:
+            _check_random_size(model, args.size)
         print("onnx-eprune: WARNING: --calib-random calibrates on random noise, not real inputs: the pruned model's "
               "accuracy will suffer; use --calib or --calib-images for real work", file=sys.stderr)
         source = random_calibration(model, args.calib_random, args.seed, size=args.size)
@@ -212,6 +244,28 @@ def _calib_source(args: argparse.Namespace, model):
     finally:
         log.removeFilter(mute)
     return data.arrays
+
+
+def _check_random_size(model, size: tuple[int, int]) -> None:
+    """--size with --calib-random fills the dynamic height and width of image (rank-4)
+    inputs; refuse one that it cannot apply to or that the model fixes otherwise, as
+    --calib-images does, rather than ignore it."""
+    from .calibrate.data import model_inputs
+
+    images = 0
+    for vi in model_inputs(model):
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in vi.type.tensor_type.shape.dim]
+        if len(dims) != 4:
+            continue
+        images += 1
+        nhwc = dims[3] in (1, 3) and dims[1] not in (1, 3)  # the layout as random_calibration guesses it
+        for axis, fixed, want in zip(("height", "width"), dims[1:3] if nhwc else dims[2:4], size):
+            if fixed is not None and fixed != want:
+                raise UsageError(f"--size {size[0]},{size[1]} disagrees with the model, whose input {vi.name!r} "
+                                 f"fixes the {axis} to {fixed}")
+    if not images:
+        raise UsageError("--size sets the height and width of image inputs (rank 4), and the model has none")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -252,7 +306,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-keep", type=float, default=0.0, metavar="F",
                    help="every channel group keeps at least the fraction F of its channels (default: 0, "
                         "down to the group's smallest --round-to step)")
-    p.add_argument("--refit-ridge", type=refit_ridge_arg, default=THIN, metavar="R|auto|auto-thin",
+    # default None: an explicit value with --no-reconstruct is refused (_run_config)
+    p.add_argument("--refit-ridge", type=refit_ridge_arg, metavar="R|auto|auto-thin",
                    help=f"ridge toward the original weights in the re-fit, relative to the mean feature "
                         f"variance; auto: chosen per layer by generalised cross-validation, which helps with "
                         f"fewer samples than a layer has inputs; auto-thin (default): {DEFAULT_RIDGE:g}, "
@@ -281,11 +336,13 @@ def refit_ridge_arg(text: str) -> float | str:
 def _run_config(args: argparse.Namespace, **target):
     from .pipeline import PruneConfig
 
+    if args.no_reconstruct and args.refit_ridge is not None:
+        raise UsageError("--refit-ridge sets the ridge of the re-fit, which --no-reconstruct skips; drop one of them")
     config = PruneConfig(method=args.method, mode=args.mode, samples=args.samples, seed=args.seed,
                          device=args.device, batch_size=args.batch_size, positions=args.positions,
                          round_to=args.round_to, reconstruct=not args.no_reconstruct,
-                         refit_ridge=args.refit_ridge, exclude=tuple(args.exclude), min_keep=args.min_keep,
-                         **target)
+                         refit_ridge=THIN if args.refit_ridge is None else args.refit_ridge,
+                         exclude=tuple(args.exclude), min_keep=args.min_keep, **target)
     config.check()
     return config
 
@@ -356,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL.onnx")
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--calib", metavar="CALIB", help="sample input (needed when the input shape is not fixed)")
-    shape.add_argument("--input-shape", metavar="N,C,H,W", help="input shape for models with dynamic dimensions")
+    shape.add_argument("--input-shape", type=_shape, metavar="N,C,H,W",
+                       help="input shape for models with dynamic dimensions")
     _add_exclude(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_common(p)
@@ -397,14 +455,38 @@ def _setup_logging(args: argparse.Namespace) -> None:
         ort.set_default_logger_severity(3)
 
 
-def _check_output(model: str, output: str) -> None:
-    """Refuse before any work: overwriting the input, or an output that cannot be written."""
+def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The files the command reads, each with how a message names it: no output may be one."""
+    named = [("the input model", getattr(args, "model", None)), ("the --calib file", getattr(args, "calib", None)),
+             ("the --data file", getattr(args, "data", None)), ("the --labels file", getattr(args, "labels", None))]
+    named += [("a --stats file", path) for path in getattr(args, "stats", None) or []]
+    return [(what, path) for what, path in named if path]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same path once resolved, or, where both
+    exist, the same device and inode (a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:  # unreadable: the checks that follow, or the read, say so
+        return False
+
+
+def _check_output(output: str, option: str, inputs: list[tuple[str, str]]) -> None:
+    """Refuse before any work: an output that is one of ``inputs`` (by any path), that exists
+    but is no regular file (a device or a pipe would be replaced by a file), or that cannot
+    be written."""
     out = Path(output)
-    if out.exists() and Path(model).exists() and out.resolve() == Path(model).resolve():
-        raise UsageError(f"the output path {out} is the input model; choose another file (the input is never "
-                         "overwritten)")
+    for what, path in inputs:
+        if _same_file(out, Path(path)):
+            raise UsageError(f"{option} {out} is {what}; choose another file (inputs are never overwritten)")
     if out.is_dir():
-        raise UsageError(f"output path is a directory: {out}; give a file name")
+        raise UsageError(f"{option} {out} is a directory; give a file name")
+    if out.exists() and not out.is_file():
+        raise UsageError(f"{option} {out} exists and is not a regular file (a device, pipe or socket); give the "
+                         "path of a file")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError(f"output folder does not exist: {folder}; create it first or choose another path")
@@ -413,11 +495,11 @@ def _check_output(model: str, output: str) -> None:
 
 
 def _check_report_dir(args: argparse.Namespace) -> None:
-    """--report-dir: a folder (created if missing) whose files clash with neither the model nor the outputs."""
+    """--report-dir: a folder (created if missing) whose files clash with neither the inputs nor the outputs."""
     from .report_files import NAMES
 
     folder = Path(args.report_dir)
-    _check_folder(args.model, folder, NAMES)
+    _check_folder(folder, NAMES, _inputs(args))
     taken = {Path(p).resolve(): opt for p, opt in ((args.output, "-o"), (args.report, "--report")) if p}
     for name in NAMES:
         clash = taken.get((folder / name).resolve())
@@ -425,15 +507,15 @@ def _check_report_dir(args: argparse.Namespace) -> None:
             raise UsageError(f"{clash} names {folder / name}, a file that --report-dir writes; choose another path")
 
 
-def _check_folder(model: str, folder: Path, names) -> None:
-    """A --report-dir that exists (writable, none of ``names`` the input model) or can be created."""
+def _check_folder(folder: Path, names, inputs: list[tuple[str, str]]) -> None:
+    """A --report-dir that exists (writable, none of ``names`` one of ``inputs``) or can be created."""
     if folder.exists():
         if not folder.is_dir():
             raise UsageError(f"--report-dir {folder} is a file; name a folder (it is created if missing)")
         if not os.access(folder, os.W_OK):
             raise UsageError(f"--report-dir {folder} is not writable; choose another folder or fix its permissions")
         for name in names:
-            _check_output(model, str(folder / name))
+            _check_output(str(folder / name), "--report-dir file", inputs)
     else:
         parent = folder.parent if str(folder.parent) else Path(".")
         if not parent.is_dir():
@@ -442,10 +524,46 @@ def _check_folder(model: str, folder: Path, names) -> None:
             raise UsageError(f"cannot create --report-dir {folder}: {parent} is not writable; choose another folder")
 
 
+class _Outputs:
+    """The files a command writes, each atomically: if the command fails or is interrupted
+    before it ends, the ones already written go again, and ``new_dir`` (a report folder this
+    run creates) too if that leaves it empty: a failed run leaves no output, partial or whole."""
+
+    def __init__(self, new_dir: Path | None = None):
+        self.new_dir = new_dir
+        self.written: list[Path] = []
+
+    def __enter__(self) -> _Outputs:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            return
+        for path in self.written:
+            path.unlink(missing_ok=True)
+        if self.new_dir is not None and self.new_dir.is_dir() and not any(self.new_dir.iterdir()):
+            self.new_dir.rmdir()
+
+
+def _new_folder(path: str | None) -> Path | None:
+    """``path`` if it names a folder that the run will create, else None."""
+    return Path(path) if path and not Path(path).exists() else None
+
+
 def _no_prunable_hint(exc: EPruneError, model: str) -> EPruneError:
     if "no prunable channel group" in str(exc):
         return type(exc)(f"{exc}; nothing was written: 'onnx-eprune inspect {model}' shows why each group is frozen")
     return exc
+
+
+def _check_stats_options(args: argparse.Namespace) -> None:
+    """With --stats the samples and their positions were chosen by 'calibrate': refuse the
+    options that would otherwise be ignored."""
+    given = [option for option, value in (("--samples", args.samples), ("--positions", args.positions))
+             if value is not None]
+    if given:
+        raise UsageError(f"{' and '.join(given)} belong{'s' if len(given) == 1 else ''} to 'onnx-eprune calibrate' "
+                         "and do nothing with --stats: the statistics files hold the samples they were computed on")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -456,9 +574,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .report_files import write_report_dir
 
     _check_image_options(args)
-    _check_output(args.model, args.output)
+    if args.stats:
+        _check_stats_options(args)
+    inputs = _inputs(args)
+    _check_output(args.output, "-o", inputs)
     if args.report:
-        _check_output(args.model, args.report)
+        _check_output(args.report, "--report", inputs)
         if Path(args.report).resolve() == Path(args.output).resolve():
             raise UsageError("--report and -o name the same file; give the report its own path")
     if args.report_dir:
@@ -473,25 +594,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise _no_prunable_hint(exc, args.model) from None
     del calib
     report = dict(result.report, input=str(args.model), output=str(args.output))
-    written: list[Path] = []
-    new_dir = Path(args.report_dir) if args.report_dir and not Path(args.report_dir).exists() else None
-    try:  # each file is written atomically; if one fails, the others of this run go too
+    with _Outputs(_new_folder(args.report_dir)) as outputs:
         save_model(result.model, args.output)
-        written.append(Path(args.output))
+        outputs.written.append(Path(args.output))
         if args.report:
             write_json(report, args.report)
-            written.append(Path(args.report))
+            outputs.written.append(Path(args.report))
         if args.report_dir:
-            written += write_report_dir(report, args.report_dir)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        if new_dir is not None and new_dir.is_dir() and not any(new_dir.iterdir()):
-            new_dir.rmdir()
-        raise
+            outputs.written += write_report_dir(report, args.report_dir)
     if not args.quiet:
         print(summary_table(report))
-        print("wrote " + ", ".join(str(p) for p in written))
+        print("wrote " + ", ".join(str(p) for p in outputs.written))
     return 0
 
 
@@ -503,15 +616,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     _check_image_options(args)
     kind, targets = ("sparsity", args.sparsity) if args.sparsity else ("flops_reduction", args.flops_reduction)
+    repeated = sorted({t for t in targets if targets.count(t) > 1})
+    if repeated:
+        raise UsageError(f"--{kind.replace('_', '-')} lists {', '.join(f'{t:g}' for t in repeated)} more than once; "
+                         "give each target once")
     config = _run_config(args)
     for value in targets:  # a target out of range fails here, before any work
         _run_config(args, **{kind: value}).target()
     folder = Path(args.report_dir)
     names = [SWEEP_JSON, SWEEP_MARKDOWN, SWEEP_PLOT] + ([_sweep_model_name(kind, t) for t in targets]
                                                           if args.save_models else [])
-    _check_folder(args.model, folder, names)
+    _check_folder(folder, names, _inputs(args))
     if args.labels and not args.data:
         raise UsageError("--labels needs --data: the inputs they label")
+    new_dir = _new_folder(args.report_dir)
     calib = _calib_source(args, _input_model(args.model, weights=False))
     try:
         points = sweep(args.model, calib, targets, kind, data=args.data, labels=args.labels, config=config,
@@ -522,18 +640,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     record = {"input": str(args.model), "method": config.method, "mode": config.mode,
               "refit_ridge": config.refit_ridge, "exclude": list(config.exclude), "min_keep": config.min_keep,
               "runs": [p.as_dict() for p in points]}
-    written = write_sweep_dir(record, folder)
-    if args.save_models:
-        for p in points:
-            path = folder / _sweep_model_name(kind, p.target)
-            save_model(p.model, str(path))
-            written.append(path)
+    with _Outputs(new_dir) as outputs:
+        outputs.written += write_sweep_dir(record, folder)
+        if args.save_models:
+            for p in points:
+                path = folder / _sweep_model_name(kind, p.target)
+                save_model(p.model, str(path))
+                outputs.written.append(path)
     if not args.quiet:
         from .report_files import markdown_sweep
 
         table = markdown_sweep(record).splitlines()
         print("\n".join(line for line in table if line.startswith("|")))
-        print("wrote " + ", ".join(str(p) for p in written))
+        print("wrote " + ", ".join(str(p) for p in outputs.written))
     return 0
 
 
@@ -546,7 +665,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .progress import Progress
 
     _check_image_options(args)
-    _check_output(args.model, args.stats_out)
+    _check_output(args.stats_out, "--stats-out", _inputs(args))
     config = PruneConfig(samples=args.samples, seed=args.seed, device=args.device, batch_size=args.batch_size,
                          positions=args.positions)
     config.check()
@@ -581,10 +700,7 @@ def _probe_sample(model, args: argparse.Namespace):
     for vi in inputs:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
         if args.input_shape:
-            try:
-                dims = [int(x) for x in args.input_shape.split(",")]
-            except ValueError:
-                raise UsageError(f"--input-shape must look like 1,3,224,224, not {args.input_shape!r}") from None
+            dims = _fitted_shape(args.input_shape, vi, vi.name in unbatched)
         if dims and dims[0] is None:
             dims[0] = 1
         if any(d is None for d in dims):
@@ -593,6 +709,21 @@ def _probe_sample(model, args: argparse.Namespace):
             dims = [1, *dims]
         arrays[vi.name] = np.zeros(dims, dtype=np.float32)
     return load_calibration(arrays, model, samples=1, probe=True)
+
+
+def _fitted_shape(shape: tuple[int, ...], vi, unbatched: bool) -> list[int]:
+    """--input-shape for the input ``vi``, refused (naming the option, not the array it
+    becomes) unless it has the input's rank and the dimensions the input fixes; the batch
+    axis may differ (a model exported for batch 1 is probed as such anyway)."""
+    ttype = vi.type.tensor_type
+    fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in ttype.shape.dim]
+    first = 0 if unbatched else 1
+    if ttype.HasField("shape") and (len(shape) != len(fixed) or any(
+            want is not None and got != want for got, want in zip(shape[first:], fixed[first:]))):
+        text = ",".join(map(str, shape))
+        model_shape = ",".join("?" if d is None else str(d) for d in fixed)
+        raise UsageError(f"--input-shape {text} does not fit input {vi.name!r}, whose shape is ({model_shape})")
+    return list(shape)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -641,9 +772,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import run_demo, shipped_inputs
 
-    _check_output("", args.output)
+    _check_output(args.output, "-o", shipped_inputs())
     run_demo(args.output, sparsity=args.sparsity, method=args.method, device=args.device, quiet=args.quiet)
     return 0
 
@@ -655,7 +786,14 @@ COMMANDS = {"prune": cmd_prune, "sweep": cmd_sweep, "calibrate": cmd_calibrate, 
 _OS_HINTS = {errno.ENOSPC: "free some disk space and run again", errno.EDQUOT: "free some space and run again",
              errno.EACCES: "check the permissions or choose another path",
              errno.EPERM: "check the permissions or choose another path",
-             errno.EROFS: "choose a path on a writable file system"}
+             errno.EROFS: "choose a path on a writable file system",
+             errno.EFBIG: "the file system or a size limit (ulimit -f) allows no larger file"}
+
+# what to try when memory runs out, for the commands whose options change how much they hold
+_MEMORY_HINTS = {"prune": "try fewer --samples or a smaller --batch-size",
+                 "sweep": "try fewer --samples, a smaller --batch-size or less --data",
+                 "calibrate": "try fewer --samples or a smaller --batch-size (or split the data into shards)",
+                 "evaluate": "try fewer samples in --data"}
 
 
 def _error_line(exc: EPruneError) -> str:
@@ -673,49 +811,70 @@ def _os_error_line(exc: OSError) -> str:
     return f"{where}{exc.strerror or exc}; {hint}"
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a scheduler's time limit) unwinds the run as Ctrl-C does, through the
+    same clean-up of temporary and already-written files; Python's default would end the
+    process on the spot and leave them. Only the main thread may set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(code: int, line: str, debug: bool) -> int:
+    """Report the exception being handled: its one line, or with --debug its traceback; the
+    exit status is ``code`` either way."""
+    if debug:
+        traceback.print_exc()
+    else:
+        print(line, file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    command = None
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if not args.command:
-            parser.print_help()
-            return 2
-        _setup_logging(args)
-        if getattr(args, "mode", None) == "sequential" and not getattr(args, "stats", None):
-            keep_freed_memory()  # one-shot runs gain nothing and peak higher (allocator.py)
-        with warnings.catch_warnings():
-            if not args.verbose:  # numerical warnings are details; -v shows them
-                warnings.simplefilter("ignore")
-            return COMMANDS[args.command](args)
+        with _sigterm_as_interrupt():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            command = args.command
+            if not command:
+                parser.print_help()
+                return 2
+            _setup_logging(args)
+            if getattr(args, "mode", None) == "sequential" and not getattr(args, "stats", None):
+                keep_freed_memory()  # one-shot runs gain nothing and peak higher (allocator.py)
+            with warnings.catch_warnings():
+                if not args.verbose:  # numerical warnings are details; -v shows them
+                    warnings.simplefilter("ignore")
+                return COMMANDS[command](args)
+    except Terminated:
+        return _fail(143, "onnx-eprune: error: terminated (SIGTERM); no partial output was left and the input is "
+                     "untouched", debug)
     except KeyboardInterrupt:
-        if debug:
-            raise
-        print("onnx-eprune: error: interrupted; no partial output was left and the input is untouched",
-              file=sys.stderr)
-        return 130
+        return _fail(130, "onnx-eprune: error: interrupted; no partial output was left and the input is untouched",
+                     debug)
     except EPruneError as exc:
-        if debug:
-            raise
-        print(f"onnx-eprune: error: {_error_line(exc)}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(exc.exit_code, f"onnx-eprune: error: {_error_line(exc)}", debug)
     except MemoryError:
-        if debug:
-            raise
-        print("onnx-eprune: error: out of memory; try fewer --samples or a smaller --batch-size", file=sys.stderr)
-        return 1
+        hint = _MEMORY_HINTS.get(command, "close other programs or use a machine with more memory")
+        return _fail(1, f"onnx-eprune: error: out of memory; {hint}", debug)
     except OSError as exc:  # a read or write the code did not expect to fail
-        if debug:
-            raise
-        print(f"onnx-eprune: error: {_os_error_line(exc)}", file=sys.stderr)
-        return 1
+        return _fail(1, f"onnx-eprune: error: {_os_error_line(exc)}", debug)
     except Exception as exc:  # a bug: say so in one line, full details with --debug
-        if debug:
-            raise
-        print(f"onnx-eprune: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
-              file=sys.stderr)
-        return 1
+        return _fail(1, f"onnx-eprune: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+                     debug)
 
 
 if __name__ == "__main__":

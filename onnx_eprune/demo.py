@@ -24,6 +24,12 @@ def shipped(name: str):
     return resources.files("onnx_eprune.models") / name
 
 
+def shipped_inputs() -> list[tuple[str, str]]:
+    """The shipped files that the demo reads, each with how a message names it (its -o must
+    be neither: they are part of the installation)."""
+    return [("the shipped model", str(shipped(MODEL_FILE))), ("the shipped sample data", str(shipped(SAMPLE_FILE)))]
+
+
 def run_demo(output: str, sparsity: float = 0.55, method: str = "entropic", device: str = "auto",
              quiet: bool = False) -> dict:
     """Prune the shipped model to ``sparsity`` and print what it costs; returns the numbers."""

@@ -11,3 +11,8 @@ class UsageError(EPruneError):
     """The command or its arguments are wrong (exit status 2)."""
 
     exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt so that both unwind through the
+    same clean-up (exit status 143 rather than 130)."""

@@ -76,18 +76,25 @@ def _counts(model: onnx.ModelProto, shapes: dict, analysis: GraphAnalysis) -> tu
     return costs.params(), costs.macs()
 
 
-def compared_outputs(model: onnx.ModelProto, data, providers: list[str]) -> tuple[list[str], int]:
-    """The tensors to compare ``model``'s pruned versions on, and how many samples of
-    ``data`` a batch of them may hold (256 at most). The tensors are the graph outputs, or,
-    for a model without a batch axis (a detector, whose outputs' length depends on the
-    image), the raw predictions of :func:`calibrate.sensitivity.comparison_outputs`."""
+def compared_outputs(model: onnx.ModelProto, data, providers: list[str]) -> tuple[list[str], int, int | None]:
+    """The tensors to compare ``model``'s pruned versions on, how many samples of ``data`` a
+    batch of them may hold (256 at most), and the number of classes that accuracy can tell
+    apart (see :func:`_classes`). The tensors are the graph outputs, or, for a model without
+    a batch axis (a detector, whose outputs' length depends on the image), the raw
+    predictions of :func:`calibrate.sensitivity.comparison_outputs`."""
     return _compared(model, *_analysis(model, data, providers))
 
 
-def _compared(model: onnx.ModelProto, shapes: dict, analysis: GraphAnalysis) -> tuple[list[str], int]:
+def _compared(model: onnx.ModelProto, shapes: dict, analysis: GraphAnalysis) -> tuple[list[str], int, int | None]:
     names = comparison_outputs(model, analysis, Topology(model), shapes)
     # batch by batch: a segmentation or detection model's outputs take MBs per image
-    return names, samples_per_batch(model, shapes, names, 256)
+    return names, samples_per_batch(model, shapes, names, 256), _classes(shapes.get(names[0], ()))
+
+
+def _classes(shape: tuple[int, ...]) -> int | None:
+    """The classes of a (samples, classes) output, whose argmax over axis 1 accuracy takes;
+    None for another shape."""
+    return shape[1] if len(shape) == 2 else None
 
 
 def measure_against(reference: Iterable[list[np.ndarray]], model: onnx.ModelProto, data, names: list[str],
@@ -151,12 +158,48 @@ def compare_outputs(names: list[str], out_a: list[np.ndarray], out_b: list[np.nd
     return comparison.result()
 
 
-def load_labels(labels, samples: int) -> np.ndarray:
-    """Class indices (path to .npy or array), one per sample."""
-    y = np.load(labels) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
+def load_labels(labels, samples: int, classes: int | None = None) -> np.ndarray:
+    """Class indices (path to .npy or array), one per sample, as int64.
+
+    Refused unless they are whole numbers from 0 to ``classes`` - 1 (the model's output
+    width, when known): booleans, fractions, NaN, negative or too large labels would give a
+    plausible but meaningless accuracy (0% or 10%) rather than an error."""
+    what = f"labels file {labels}" if isinstance(labels, (str, os.PathLike)) else "labels"
+    y = _read_labels(Path(labels)) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
+    if y.ndim > 1 and y.size != len(y):
+        raise UsageError(f"{what} has shape {y.shape}; give one class index per sample (of one-hot rows, their "
+                         "argmax(1))")
     y = y.reshape(-1)
     if len(y) != samples:
         raise UsageError(f"{len(y)} labels for {samples} samples")
+    if y.dtype.kind not in "iuf":  # booleans, strings, dates: not class indices
+        raise UsageError(f"{what} holds {y.dtype} values; give integer class indices")
+    whole = np.isfinite(y) & (y == np.round(y)) if y.dtype.kind == "f" else np.ones(len(y), bool)
+    if not whole.all():
+        raise UsageError(f"{what} holds {y[~whole][0]:g}, not a class index; give integer class indices")
+    if len(y) and y.min() < 0:
+        raise UsageError(f"{what} holds the negative label {y.min():g}; class indices start at 0")
+    if classes is not None and len(y) and y.max() >= classes:
+        raise UsageError(f"{what} holds the label {y.max():g}, but the model's output has {classes} classes "
+                         f"(0 to {classes - 1})")
+    return y.astype(np.int64)
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    """The array in a .npy labels file; any other file is a usage error."""
+    if not path.exists():
+        raise UsageError(f"labels file not found: {path}")
+    if path.is_dir():
+        raise UsageError(f"labels path is a directory, expected a .npy file: {path}")
+    try:
+        y = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises several unrelated types on text, pickles and damaged files
+        raise UsageError(f"cannot read labels file {path} as .npy ({type(exc).__name__}: {exc}); save the class "
+                         "indices with numpy.save") from None
+    if not isinstance(y, np.ndarray):
+        y.close()
+        raise UsageError(f"labels file {path} is an .npz archive; save the class indices as one array with "
+                         "numpy.save")
     return y
 
 
@@ -172,12 +215,13 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     a, b = as_model(original), as_model(pruned)
     for m in (a, b):
         normalize(m)
+    _check_same_outputs(a, b, _described(original, "original"), _described(pruned, "pruned"))
     providers = choose_providers(device)
-    data_a = load_calibration(data, a)
-    load_calibration(data_a.arrays, b)  # the pruned model must take the same inputs
+    data_a = _fitted(data, a, _described(original, "original"))
+    _fitted(data_a.arrays, b, _described(pruned, "pruned"))  # the pruned model must take the same inputs
     shapes_a, analysis_a = _analysis(a, data_a, providers)
-    names, size = _compared(a, shapes_a, analysis_a)
-    y = load_labels(labels, data_a.samples) if labels is not None else None
+    names, size, classes = _compared(a, shapes_a, analysis_a)
+    y = load_labels(labels, data_a.samples, classes) if labels is not None else None
     original_session = make_session(a, providers, outputs=names)
     reference = (run(original_session, None, batch) for batch in data_a.batches(size))
     fidelity, accuracy = measure_against(reference, b, data_a, names, size, providers, y)
@@ -199,6 +243,27 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     result["size"] = {"original": {"bytes": _size(a, original), "params": pa, "macs": ma},
                       "pruned": {"bytes": _size(b, pruned), "params": pb, "macs": mb}}
     return result
+
+
+def _described(source, which: str) -> str:
+    """How messages name the ``which`` ("original" or "pruned") model: with its path if it has one."""
+    return f"the {which} model {source}" if isinstance(source, (str, os.PathLike)) else f"the {which} model"
+
+
+def _check_same_outputs(a: onnx.ModelProto, b: onnx.ModelProto, name_a: str, name_b: str) -> None:
+    """The two models are compared output by output, by name: refuse models whose outputs differ."""
+    outs_a, outs_b = [o.name for o in a.graph.output], [o.name for o in b.graph.output]
+    if set(outs_a) != set(outs_b):
+        raise UsageError(f"the models' outputs differ: {name_a} has {', '.join(outs_a)}, {name_b} has "
+                         f"{', '.join(outs_b)}; compare a model with a pruned version of it")
+
+
+def _fitted(data, model: onnx.ModelProto, name: str):
+    """``data`` checked against ``model``'s inputs, its errors naming the model and --data."""
+    try:
+        return load_calibration(data, model)
+    except UsageError as exc:
+        raise UsageError(f"--data for {name}: {exc}") from None
 
 
 def format_evaluation(r: dict) -> str:

@@ -110,15 +110,19 @@ def _sweep(model, calib, targets: list[float], kind: str, data, labels, base: Pr
     normalize(original)
     # loaded once: an iterable or a data reader would be spent after the first target
     arrays = load_calibration(calib, original, base.samples).arrays
+    base = replace(base, samples=None)  # the arrays hold the first --samples: no run need cut (and warn) again
     providers = choose_providers(base.device)
     if data is not None:
-        held_out = load_calibration(data, original)
+        try:
+            held_out = load_calibration(data, original)
+        except UsageError as exc:  # its messages speak of calibration data
+            raise UsageError(f"--data: {exc}") from None
         on = f"{held_out.samples} held-out samples"
     else:
         held_out = load_calibration({k: v[:CALIBRATION_CHECK] for k, v in arrays.items()}, original, probe=True)
         on = f"the first {held_out.samples} calibration samples"
-    names, size = compared_outputs(original, held_out, providers)
-    y = load_labels(labels, held_out.samples) if labels is not None else None
+    names, size, classes = compared_outputs(original, held_out, providers)
+    y = load_labels(labels, held_out.samples, classes) if labels is not None else None
     # a target out of range or out of reach, or a mistyped --exclude, fails now, not after
     # calibrating or pruning the smaller targets (the largest is the hardest to reach)
     for value in targets:

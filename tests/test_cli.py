@@ -127,6 +127,58 @@ def test_bad_options(files, capsys, extra):
     run_error(capsys, prune_args(files, "--keep-ratio", "0.5", *extra))
 
 
+@pytest.mark.parametrize("extra, words", [
+    (["--batch-size", "0"], "--batch-size"), (["--round-to", "0"], "--round-to"),
+    (["--scale", "0"], "--scale"), (["--scale", "nan"], "--scale"),
+    (["--no-reconstruct", "--refit-ridge", "0.1"], "--no-reconstruct"),
+    (["--calib-random", "8", "--size", "32"], "fixes the height to 16"),
+])
+def test_bad_options_are_named(files, capsys, extra, words):
+    argv = prune_args(files, "--keep-ratio", "0.5", *extra)
+    if "--calib-random" in extra:
+        del argv[argv.index("--calib"):argv.index("--calib") + 2]
+    assert words in run_error(capsys, argv)
+    assert not (files / "out.onnx").exists()
+
+
+def test_more_samples_than_there_are(files, capsys):
+    assert main(prune_args(files, "--keep-ratio", "0.5", "--samples", "1000")) == 0
+    assert "--samples 1000: the calibration data holds 64 samples; using all 64" in capsys.readouterr().err
+
+
+def test_no_reconstruct_takes_no_ridge_but_runs(files, capsys):
+    assert main(prune_args(files, "--keep-ratio", "0.5", "--no-reconstruct", "-q")) == 0
+
+
+@pytest.mark.parametrize("command, words", [("inspect", "more memory"), ("prune", "--samples")])
+def test_out_of_memory_hint_fits_the_command(files, capsys, monkeypatch, command, words):
+    import onnx_eprune.cli as cli
+
+    def exhausted(args):
+        raise MemoryError
+    monkeypatch.setitem(cli.COMMANDS, command, exhausted)
+    argv = ["inspect", str(files / "model.onnx")] if command == "inspect" else prune_args(files, "--sparsity", "0.4")
+    line = run_error(capsys, argv, code=1)
+    assert "out of memory" in line and words in line
+    assert command != "inspect" or "--batch-size" not in line
+
+
+def test_a_failed_scratch_write_names_the_file(files, capsys, monkeypatch):
+    """A write() failure carries no file name (File too large, from ulimit -f): the
+    scratch file adds its own."""
+    import errno
+
+    from onnx_eprune.calibrate import engine
+    from onnx_eprune.calibrate.scratch import ScratchFile
+
+    def too_large(self, block):
+        raise OSError(errno.EFBIG, "File too large")
+    monkeypatch.setattr(engine, "CACHE_MEMORY_BYTES", 0)  # every cached tensor goes to a scratch file
+    monkeypatch.setattr(ScratchFile, "_write", too_large)
+    line = run_error(capsys, prune_args(files, "--sparsity", "0.4"), code=1)
+    assert ".bin: File too large" in line and "ulimit" in line
+
+
 @pytest.mark.parametrize("value", [-0.1, float("inf"), "some", True])
 def test_bad_refit_ridge_from_python(value):
     from onnx_eprune.errors import UsageError
@@ -328,6 +380,11 @@ def test_inspect_errors(files, capsys):
     run_error(capsys, ["inspect", str(files / "model.onnx"), "--input-shape", "a,b"])
 
 
+@pytest.mark.parametrize("shape", ["1,3,-16,16", "1,3,0,16", "1,1,16,16", "1,3,16"])
+def test_inspect_input_shape_errors_name_the_option(files, capsys, shape):
+    assert "--input-shape" in run_error(capsys, ["inspect", str(files / "model.onnx"), "--input-shape", shape])
+
+
 # -- evaluate --------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -397,10 +454,69 @@ def test_evaluate_errors(files, pruned_pair, capsys):
     run_error(capsys, ["evaluate", str(original), str(pruned)])  # --data is required
 
 
+@pytest.mark.parametrize("labels, words", [
+    (np.full(40, 0.5), "0.5"), (np.full(40, -1), "negative"), (np.full(40, 10), "10 classes"),
+    (np.full(40, np.nan), "nan"), (np.array(["cat"] * 40), "integer"), (np.ones(40, bool), "bool"),
+    (np.eye(10)[np.arange(40) % 10], "one class index per sample"),
+])
+def test_evaluate_refuses_labels_that_are_no_class_indices(files, pruned_pair, capsys, labels, words):
+    np.save(files / "labels.npy", labels)
+    line = run_error(capsys, ["evaluate", *map(str, pruned_pair), "--data", str(files / "data.npy"), "--labels",
+                              str(files / "labels.npy"), "--device", "cpu"])
+    assert words in line
+
+
+@pytest.mark.parametrize("name, content", [
+    ("labels.npz", None), ("labels.txt", b"1 2 3\n"), ("objects.npy", None), ("missing.npy", None),
+])
+def test_evaluate_refuses_label_files_it_cannot_read(files, pruned_pair, capsys, name, content):
+    path = files / name
+    if name.endswith(".npz"):
+        np.savez(path, y=np.arange(40) % 10)
+    elif name == "objects.npy":
+        np.save(path, np.array([1, None] * 20, dtype=object), allow_pickle=True)
+    elif content is not None:
+        path.write_bytes(content)
+    line = run_error(capsys, ["evaluate", *map(str, pruned_pair), "--data", str(files / "data.npy"), "--labels",
+                              str(path), "--device", "cpu"])
+    assert name in line
+
+
+def test_evaluate_names_the_model_that_does_not_fit(files, pruned_pair, capsys):
+    original, pruned = pruned_pair
+    renamed = onnx.load(str(pruned))
+    renamed.graph.output[0].name = "probs"
+    renamed.graph.node[-1].output[0] = "probs"
+    onnx.save(renamed, str(files / "renamed.onnx"))
+    line = run_error(capsys, ["evaluate", str(original), str(files / "renamed.onnx"), "--data",
+                              str(files / "data.npy")])
+    assert "outputs differ" in line and "probs" in line and "renamed.onnx" in line
+    wide = onnx.load(str(pruned))
+    for axis in (2, 3):
+        wide.graph.input[0].type.tensor_type.shape.dim[axis].dim_value = 32
+    onnx.save(wide, str(files / "wide.onnx"))
+    line = run_error(capsys, ["evaluate", str(original), str(files / "wide.onnx"), "--data", str(files / "data.npy")])
+    assert line.startswith("onnx-eprune: error: --data for the pruned model ") and "wide.onnx" in line
+
+
 # -- demo (the full demo prunes LeNet-5 for several seconds: only its refusals here) ---------
 
 def test_demo_refuses_a_missing_output_folder(tmp_path, capsys):
     assert "folder" in run_error(capsys, ["demo", "-o", str(tmp_path / "none" / "lenet.onnx"), "--device", "cpu"])
+
+
+@pytest.mark.parametrize("name", ["lenet5_fmnist.onnx", "fashion_mnist_sample.npz"])
+def test_demo_never_writes_over_its_shipped_files(tmp_path, capsys, monkeypatch, name):
+    """Copies stand in for the shipped files: the real ones are never written to."""
+    from onnx_eprune import demo
+
+    for shipped in ("lenet5_fmnist.onnx", "fashion_mnist_sample.npz"):
+        (tmp_path / shipped).write_bytes(demo.shipped(shipped).read_bytes())
+    monkeypatch.setattr(demo, "shipped", lambda file: tmp_path / file)
+    before = (tmp_path / name).read_bytes()
+    (tmp_path / "sub").mkdir()
+    assert "shipped" in run_error(capsys, ["demo", "-o", str(tmp_path / "sub" / ".." / name), "--device", "cpu"])
+    assert (tmp_path / name).read_bytes() == before
 
 
 def test_demo_refuses_a_bad_sparsity(tmp_path, capsys):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import time
 
 import numpy as np
 import onnx
@@ -16,7 +18,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models import conv_bn_relu_pool_flatten_gemm, intermediate_output
 from onnx_eprune.cli import main
-from onnx_eprune.errors import EPruneError, UsageError
 
 
 def _tree(folder):
@@ -398,6 +399,74 @@ def test_target_the_prunable_part_cannot_reach(case):
     assert 0.0 < reach < 0.9
 
 
+def test_npz_member_with_python_objects(case):
+    path = case.save_calib("objects.npz", x=np.array([1, "a", None], dtype=object))
+    case.fail(case.args(calib=path), contains=("objects.npz", "Object arrays"))
+
+
+def test_unreadable_calibration_file_is_a_usage_error(case, monkeypatch):
+    """Like an unreadable model (exit 2), with the permissions hint."""
+    import onnx_eprune.cli as cli
+
+    real_open = open
+
+    def refuse(path, *args, **kwargs):
+        if str(path) == str(case.calib):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(cli, "open", refuse, raising=False)
+    case.fail(case.args(), contains=("calib.npy", "Permission denied", "permissions"))
+
+
+# -- statistics files ------------------------------------------------------------------------
+
+@pytest.fixture
+def stats(case):
+    """A statistics file of case's model and calibration data."""
+    path = case.dir / "s.npz"
+    case.succeed(["calibrate", str(case.model), "--calib", str(case.calib), "--stats-out", str(path),
+                  "--device", "cpu", "-q"])
+    return path
+
+
+def _stats_args(case, *paths, extra=()):
+    argv = case.args(*extra)
+    at = argv.index("--calib")
+    argv[at:at + 2] = [a for p in paths for a in ("--stats", str(p))]
+    return argv
+
+
+def test_the_same_statistics_twice(case, stats):
+    """By the same path or as a copy: its samples would count twice."""
+    case.fail(_stats_args(case, stats, stats), contains=("same shard", "twice"))
+    copy = case.dir / "copy.npz"
+    copy.write_bytes(stats.read_bytes())
+    case.fail(_stats_args(case, stats, copy), contains=("s.npz", "copy.npz", "same shard"))
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("truncate", "BadZipFile"), ("calibration", "single array"), ("moment shape", "shapes"), ("rows", "rows"),
+])
+def test_damaged_statistics_file(case, stats, damage, words):
+    if damage == "truncate":
+        stats.write_bytes(stats.read_bytes()[:len(stats.read_bytes()) // 2])
+    elif damage == "calibration":
+        stats = case.calib
+    else:
+        with np.load(stats) as f:
+            arrays = dict(f)
+        key = next(k for k in arrays if k.endswith(".cxx" if damage == "moment shape" else ".n"))
+        arrays[key] = np.zeros((3, 3)) if damage == "moment shape" else np.array(-5)
+        np.savez(stats, **arrays)
+    case.fail(_stats_args(case, stats), contains=words)
+
+
+def test_samples_and_positions_belong_to_calibrate(case, stats):
+    for extra in (["--samples", "16"], ["--positions", "3"]):
+        case.fail(_stats_args(case, stats, extra=(None, None, ("--sparsity", "0.4"), *extra)),
+                  contains=(extra[0], "calibrate"))
+
+
 # -- the output ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("out", ["model.onnx", "sub/../model.onnx", "./model.onnx"])
@@ -450,6 +519,39 @@ def test_output_refused_by_the_file_system(case, monkeypatch):
     monkeypatch.setattr(model_io.tempfile, "mkstemp", refuse)
     assert model_io.tempfile is tempfile
     case.fail(case.args(), code=1, contains=("Permission denied", "permissions"))
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["prune", "{m}", "-o", "{d}/calib.npy", "--calib", "{d}/calib.npy"], "-o"),
+    (["prune", "{m}", "-o", "{d}/out.onnx", "--report", "{d}/calib.npy", "--calib", "{d}/calib.npy"], "--report"),
+    (["prune", "{m}", "-o", "{d}/out.onnx", "--report-dir", "{d}/rep", "--calib", "{d}/rep/report.md"], "--report-dir"),
+    (["prune", "{m}", "-o", "{d}/hard.npy", "--calib", "{d}/calib.npy"], "-o"),  # a hard link to --calib
+    (["prune", "{m}", "-o", "{d}/s.npz", "--stats", "{d}/s.npz"], "--stats"),
+    (["calibrate", "{m}", "--calib", "{d}/calib.npy", "--stats-out", "{d}/calib.npy"], "--stats-out"),
+    (["sweep", "{m}", "--calib", "{d}/calib.npy", "--report-dir", "{d}/rep", "--data", "{d}/rep/sweep.json"],
+     "--data"),
+    (["sweep", "{m}", "--calib", "{d}/calib.npy", "--report-dir", "{d}/rep", "--data", "{d}/calib.npy", "--labels",
+      "{d}/rep/sweep.md"], "--labels"),
+])
+def test_no_output_may_be_an_input(case, argv, words):
+    """The calibration, statistics, data and label files are inputs as much as the model."""
+    (case.dir / "rep").mkdir()
+    for name in ("rep/report.md", "rep/sweep.json", "rep/sweep.md", "s.npz"):
+        (case.dir / name).write_bytes(case.calib.read_bytes())
+    os.link(case.calib, case.dir / "hard.npy")
+    target = ["--sparsity", "0.4"] if argv[0] != "calibrate" else []
+    line = case.fail([a.format(m=case.model, d=case.dir) for a in argv] + target + ["--device", "cpu", "-q"],
+                     contains=(words, "never overwritten"))
+    assert "is the" in line or "is a --stats file" in line
+
+
+def test_output_that_is_not_a_regular_file(case):
+    """A FIFO (or a device such as /dev/null) would be replaced by a regular file."""
+    os.mkfifo(case.dir / "pipe")
+    case.fail(case.args(out=case.dir / "pipe"), contains=("-o", "not a regular file"))
+    case.fail(case.args(None, None, ("--sparsity", "0.4"), "--report", str(case.dir / "pipe")),
+              contains="--report")
+    assert (case.dir / "pipe").is_fifo()
 
 
 @pytest.mark.parametrize("option", ["--report", "--report-dir"])
@@ -565,6 +667,37 @@ def test_interrupted_after_the_model_was_written(case, monkeypatch):
               contains="interrupted")
 
 
+def _terminate_self(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises in the main thread before this ends
+
+
+def test_terminated_during_the_run(case, monkeypatch):
+    """SIGTERM unwinds like Ctrl-C (the same clean-up), exits 143 and puts the previous
+    handler back."""
+    from onnx_eprune.pipeline import Pruner
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(Pruner, "run", _terminate_self)
+    case.fail(case.args(), code=143, contains="terminated")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_terminated_while_writing_leaves_no_temporary_file(case, monkeypatch):
+    from onnx_eprune import files
+
+    real_open = open
+
+    def open_then_terminate(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if "w" in mode and "report.md" in str(path):  # the model and report.json are written by now
+            _terminate_self()
+        return f
+    monkeypatch.setattr(files, "open", open_then_terminate, raising=False)
+    case.fail(case.args(None, None, ("--sparsity", "0.4"), "--report-dir", str(case.dir / "rep")), code=143,
+              contains="terminated")
+
+
 def test_existing_output_survives_a_failed_write(case, monkeypatch):
     """Writing goes to a temporary file renamed into place: an old OUT stays whole."""
     from onnx_eprune import files
@@ -577,12 +710,16 @@ def test_existing_output_survives_a_failed_write(case, monkeypatch):
 
 # -- --debug, stderr without -q, other commands ----------------------------------------------
 
-def test_debug_shows_the_exception(case):
-    with pytest.raises(UsageError):
-        main(case.args(model=case.dir / "nope.onnx") + ["--debug"])
-    with pytest.raises(EPruneError, match="out of reach"):
-        main(case.args(model=case.save_model(intermediate_output(), "feat.onnx"), target=("--sparsity", "0.9"))
-             + ["--debug"])
+@pytest.mark.parametrize("argv, code, words", [
+    (lambda case: case.args(model=case.dir / "nope.onnx"), 2, "UsageError: model file not found"),
+    (lambda case: case.args() + ["--bogus-flag"], 2, "UsageError: unrecognized arguments"),
+    (lambda case: case.args(model=case.save_model(intermediate_output(), "feat.onnx"), target=("--sparsity", "0.9")),
+     1, "out of reach"),
+])
+def test_debug_shows_the_traceback_and_keeps_the_exit_status(case, argv, code, words):
+    assert main(argv(case) + ["--debug"]) == code
+    err = case.capsys.readouterr().err
+    assert err.startswith("Traceback") and words in err.splitlines()[-1]
 
 
 def test_without_quiet_the_error_is_the_last_and_only_error_line(case, capsys):

@@ -83,3 +83,48 @@ def test_cli_sweep_errors_are_one_line(tmp_path, calib, capsys):
     assert "is a file" in run_error(capsys, base + ["--sparsity", "0.3", "--report-dir", str(tmp_path / "file")])
     run_error(capsys, base + ["--sparsity", "1.5", "--report-dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def sweep_files(tmp_path, calib):
+    onnx.save(conv_bn_relu_pool_flatten_gemm(True), str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "c.npy", calib)
+    np.save(tmp_path / "data.npy", random_input(20, seed=3))
+    return tmp_path
+
+
+def _sweep_args(folder, *extra):
+    return ["sweep", str(folder / "m.onnx"), "--calib", str(folder / "c.npy"), "--report-dir", str(folder / "out"),
+            "--mode", "oneshot", "--method", "l1", "--device", "cpu", "-q", *extra]
+
+
+def test_cli_sweep_refuses_a_target_twice(sweep_files, capsys):
+    line = run_error(capsys, _sweep_args(sweep_files, "--sparsity", "0.3", "0.5", "0.3"))
+    assert "0.3 more than once" in line
+    assert not (sweep_files / "out").exists()
+
+
+@pytest.mark.parametrize("labels, words", [(np.full(20, 10), "10 classes"), (np.full(20, 2.5), "2.5")])
+def test_cli_sweep_refuses_labels_that_are_no_class_indices(sweep_files, capsys, labels, words):
+    np.save(sweep_files / "labels.npy", labels)
+    line = run_error(capsys, _sweep_args(sweep_files, "--sparsity", "0.3", "--data", str(sweep_files / "data.npy"),
+                                         "--labels", str(sweep_files / "labels.npy")))
+    assert words in line
+
+
+@pytest.mark.parametrize("during", ["sweep.md", "pruned_"])
+def test_interrupted_sweep_leaves_no_files_and_no_folder(sweep_files, capsys, monkeypatch, during):
+    """Interrupted while writing the sweep files or, after them, the models: the files
+    already written and the folder the sweep created go."""
+    from onnx_eprune import files
+
+    real_open = open
+
+    def interrupting(path, mode="r", *args, **kwargs):
+        if "w" in mode and during in str(path):
+            raise KeyboardInterrupt
+        return real_open(path, mode, *args, **kwargs)
+    monkeypatch.setattr(files, "open", interrupting, raising=False)
+    assert main(_sweep_args(sweep_files, "--sparsity", "0.3", "--save-models")) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not (sweep_files / "out").exists()

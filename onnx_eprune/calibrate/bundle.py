@@ -103,7 +103,15 @@ class StatsBundle:
         if not p.is_file():
             raise UsageError(f"statistics file not found: {p}")
         try:
-            with np.load(p, allow_pickle=False) as f:
+            f = np.load(p, allow_pickle=False)
+        except Exception as exc:  # numpy and zipfile raise several unrelated types on a damaged file
+            raise UsageError(f"{p} is not an onnx-eprune statistics file, or a damaged one ({type(exc).__name__}: "
+                             f"{exc}); write it again with 'onnx-eprune calibrate'") from None
+        if isinstance(f, np.ndarray):
+            raise UsageError(f"{p} holds a single array, not statistics written by 'onnx-eprune calibrate' "
+                             "(calibration data goes to --calib)")
+        try:
+            with f:
                 meta = json.loads(str(f["meta"]))
                 if meta.get("format") != FORMAT:
                     raise ValueError(f"format {meta.get('format')!r}")
@@ -111,18 +119,52 @@ class StatsBundle:
                 names = meta["inputs"]
                 probe = {n: f[f"probe{i}"] for i, n in enumerate(names)}
                 gains = {n: f[f"gain{i}"] for i, n in enumerate(names)}
-        except (OSError, ValueError, KeyError) as exc:
-            raise UsageError(f"{p} is not an onnx-eprune statistics file ({exc})") from None
-        return cls(meta["model"], meta["seed"], meta["positions"], meta["samples"], consumers, probe, gains)
+        except Exception as exc:  # a missing key, a damaged member, a malformed meta record
+            raise UsageError(f"{p} is not an onnx-eprune statistics file ({type(exc).__name__}: {exc})") from None
+        bundle = cls(meta["model"], meta["seed"], meta["positions"], meta["samples"], consumers, probe, gains)
+        bundle._check(p)
+        return bundle
+
+    def _check(self, path: Path) -> None:
+        """Refuse a file whose numbers cannot be a run's (edited, or damaged in a way the
+        format does not notice): the moments of each layer must agree in shape, and count
+        samples."""
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise UsageError(f"{path} is damaged: it counts {self.samples!r} samples; write it again with "
+                             "'onnx-eprune calibrate'")
+        for c, st in self.consumers.items():
+            d, m = st.mean_x.shape[:1], st.mean_y.shape[:1]
+            shapes = (st.mean_x.shape, st.mean_y.shape, st.cxx.shape, st.cxy.shape, st.syy.shape)
+            if st.n < 1 or shapes != (d, m, d + d, d + m, m) or not d or not m:
+                raise UsageError(f"{path} is damaged: the moments of layer {c} have shapes {shapes} over {st.n} rows; "
+                                 "write it again with 'onnx-eprune calibrate'")
 
 
 def merge_bundles(paths: list) -> StatsBundle:
     """Load and add up the statistics files ``paths`` (or bundles already loaded; a single
-    bundle is returned as it is, several are added into a copy of the first)."""
+    bundle is returned as it is, several are added into a copy of the first). The same
+    shard given twice (one file, or copies of it) is refused: its samples would count twice."""
     bundles = [p if isinstance(p, StatsBundle) else StatsBundle.load(p) for p in paths]
+    _refuse_repeats([str(p) if not isinstance(p, StatsBundle) else f"#{i + 1}" for i, p in enumerate(paths)],
+                    bundles)
     if len(bundles) == 1:
         return bundles[0]
     bundle = copy.deepcopy(bundles[0]) if isinstance(paths[0], StatsBundle) else bundles[0]
     for other in bundles[1:]:
         bundle.merge(other)
     return bundle
+
+
+def _refuse_repeats(names: list[str], bundles: list[StatsBundle]) -> None:
+    """Refuse two bundles of the same samples. Their first images and the images kept for
+    the sensitivities, with the sample count, identify a shard: disjoint shards share none."""
+    seen: dict[str, int] = {}
+    for i, bundle in enumerate(bundles):
+        digest = hashlib.sha256(str(bundle.samples).encode())
+        for images in (bundle.probe, bundle.gain_images):
+            for key in sorted(images):
+                digest.update(np.ascontiguousarray(images[key]).tobytes())
+        first = seen.setdefault(digest.hexdigest(), i)
+        if first != i:
+            raise UsageError(f"statistics files {names[first]} and {names[i]} hold the same shard (one file given "
+                             "twice, or a copy); give each shard once, or its samples count twice")

@@ -93,6 +93,8 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
     if samples is not None:
         if samples < 1:
             raise UsageError(f"--samples must be at least 1, not {samples}")
+        if samples > n:  # asked for more than there are: say so rather than run on fewer unnoticed
+            log.warning("--samples %d: the calibration data holds %d samples; using all %d", samples, n, n)
         n = min(n, samples)
         arrays = {k: v[:n] for k, v in arrays.items()}
     if not probe:
@@ -160,7 +162,14 @@ def _read(path: Path, inputs) -> dict[str, np.ndarray]:
     if isinstance(loaded, np.ndarray):
         return _single(loaded, inputs, str(path))
     with loaded:
-        return {k: loaded[k] for k in loaded.files}
+        arrays = {}
+        for k in loaded.files:  # read on access: a damaged or pickled member fails here
+            try:
+                arrays[k] = loaded[k]
+            except Exception as exc:  # zipfile, zlib and numpy raise several unrelated types
+                raise UsageError(f"cannot read array {k!r} of calibration file {path} ({type(exc).__name__}: "
+                                 f"{exc}); save numeric arrays with numpy.savez") from None
+        return arrays
 
 
 def _single(array: np.ndarray, inputs, what: str) -> dict[str, np.ndarray]:

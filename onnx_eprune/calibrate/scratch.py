@@ -68,12 +68,17 @@ class ScratchFile:
         """``operation(*args)``, again through the page cache if direct I/O is refused: older
         tmpfs refuses O_DIRECT files when opening them, some file systems their reads or writes."""
         try:
-            operation(*args)
+            try:
+                operation(*args)
+            except OSError as e:
+                if not self.direct or e.errno != errno.EINVAL:
+                    raise
+                self.direct = False
+                operation(*args)
         except OSError as e:
-            if not self.direct or e.errno != errno.EINVAL:
-                raise
-            self.direct = False
-            operation(*args)
+            if e.filename is None:  # a failed write() names no file ("File too large"): name it
+                raise OSError(e.errno, e.strerror or str(e), self.path) from e
+            raise
 
     def _write(self, block: memoryview) -> None:
         with open(self.path, "r+b" if self._end else "wb", buffering=0, opener=self._opener) as f:
