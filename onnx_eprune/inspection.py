@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import onnx
 
-from .calibrate.data import load_calibration
+from .calibrate.data import load_calibration, model_inputs
 from .calibrate.session import choose_providers, probe_shapes
+from .errors import UsageError
 from .graph.costs import build_cost_model
-from .graph.exclude import exclude_groups
+from .graph.exclude import check_patterns, exclude_groups
 from .graph.groups import analyze, node_label
-from .graph.model_io import load_model, normalize, read_provenance
+from .graph.model_io import as_model, normalize, read_provenance
+from .graph.model_io import check_model_arg
 
 
-def inspect(model: onnx.ModelProto | str, sample=None, exclude: Sequence[str] = ()) -> dict:
+def inspect(model: onnx.ModelProto | str | os.PathLike, sample=None, exclude: Sequence[str] = ()) -> dict:
     """Channel groups of ``model`` and how much of it pruning can reach.
 
     Parameters
     ----------
-    model : onnx.ModelProto or path (never modified)
+    model : onnx.ModelProto or path (str or os.PathLike; never modified)
     sample : one input to probe shapes with: an array (first axis = samples), a dict of
         input name -> array, or a .npy/.npz path; only its first sample is used. ``None``
         takes zeros of the model's input shape (which must then be fixed, batch aside).
-    exclude : node-name patterns whose channel groups stay whole, as ``PruneConfig.exclude``.
+    exclude : node-name patterns whose channel groups stay whole, as ``PruneConfig.exclude``
+        (a list or tuple: a bare string is refused).
 
     Returns a dict: ``groups`` (one entry per group with producers or consumers: ``id``,
     ``channels``, ``prunable``, ``producers``, ``consumers`` (node names) and ``frozen``
@@ -33,7 +37,9 @@ def inspect(model: onnx.ModelProto | str, sample=None, exclude: Sequence[str] = 
     ``prunable_mac_fraction`` (MACs of layers with a prunable group on either side) and
     ``pruned_before`` (the pruning runs this tool recorded in the model's metadata, oldest first).
     """
-    model = load_model(model) if isinstance(model, str) else _copy(model)
+    check_model_arg(model)
+    check_patterns(exclude)  # before the model is read and run
+    model = as_model(model)
     normalize(model)
     data = load_calibration(sample if sample is not None else _zeros(model), model, samples=1, probe=True)
     shapes = probe_shapes(model, data.first(), choose_providers("cpu"))
@@ -57,22 +63,14 @@ def inspect(model: onnx.ModelProto | str, sample=None, exclude: Sequence[str] = 
             "prunable_mac_fraction": touched / total if total else 0.0, "pruned_before": read_provenance(model)}
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
-
-
 def _zeros(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    from .calibrate.data import model_inputs
-    from .errors import UsageError
-
     arrays = {}
     for vi in model_inputs(model):
         dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
         if dims and dims[0] is None:
             dims[0] = 1
         if any(d is None for d in dims):
-            raise UsageError(f"input {vi.name!r} has dynamic dimensions {dims}; give a sample input")
+            raise UsageError(f"input {vi.name!r} has dynamic dimensions {dims}; give sample= (one input of the "
+                             "shape to inspect)")
         arrays[vi.name] = np.zeros(dims, dtype=np.float32)
     return arrays

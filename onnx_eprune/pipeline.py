@@ -7,13 +7,16 @@ of their consumers, ``select`` and ``budget`` decide keep-sets and new weights, 
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import logging
+import numbers
 import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -31,7 +34,7 @@ from .errors import EPruneError, UsageError
 from .graph.costs import CostModel, build_cost_model
 from .graph.exclude import check_patterns, exclude_groups
 from .graph.groups import QUANTIZED, Consumer, GraphAnalysis, analyze
-from .graph.model_io import as_model, check_model, initializer_map, normalize, record_provenance, save_model
+from .graph.model_io import as_model, check_model, check_model_arg, initializer_map, normalize, record_provenance, save_model
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, producer_rows
 from .parallel import matmul_rows, parallel_map, prefetched
@@ -97,8 +100,10 @@ class PruneConfig:
         given = [(k, v) for k, v in (("sparsity", self.sparsity), ("flops", self.flops_reduction),
                                      ("keep_ratio", self.keep_ratio)) if v is not None]
         if len(given) != 1:
-            raise UsageError("give exactly one of --sparsity, --flops-reduction, --keep-ratio")
+            # the command line's parser already asks for exactly one: only Python callers get here
+            raise UsageError("give exactly one target: sparsity, flops_reduction or keep_ratio")
         kind, value = given[0]
+        _require_number({"flops": "flops_reduction"}.get(kind, kind), value)
         if not np.isfinite(value):
             raise UsageError(f"the {kind} target must be a finite number")
         if kind == "keep_ratio" and not 0.0 < value <= 1.0:
@@ -108,7 +113,19 @@ class PruneConfig:
         return budget.Target(kind, float(value))
 
     def check(self) -> None:
-        """Raise :class:`UsageError` for a field out of its range (the target: :meth:`target`)."""
+        """Raise :class:`UsageError` for a field of the wrong type or out of its range (the
+        target: :meth:`target`)."""
+        # types first: the command line's parser guarantees them, Python callers may pass anything
+        for name in ("seed", "batch_size"):
+            _require_int(name, getattr(self, name))
+        for name in ("samples", "positions", "round_to"):
+            _require_int(name, getattr(self, name), optional=True)
+        _require_number("min_keep", self.min_keep)
+        if not isinstance(self.reconstruct, (bool, np.bool_)):  # "no" or 0 would read as a truth value
+            raise UsageError(f"reconstruct must be True or False, not {self.reconstruct!r}")
+        if not isinstance(self.entropic, entropic.EntropicConfig):
+            raise UsageError("entropic must be an onnx_eprune.select.entropic.EntropicConfig, not "
+                             f"{type(self.entropic).__name__}")
         if self.method not in METHODS:
             raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.mode not in MODES:
@@ -128,17 +145,103 @@ class PruneConfig:
         check_patterns(self.exclude)
 
 
+def _require_int(name: str, value: object, optional: bool = False) -> None:
+    """Refuse a ``value`` that is not an integer (``None`` too, where ``optional``): a float
+    would fail deep inside numpy, and ``True`` would silently read as 1."""
+    if optional and value is None:
+        return
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+        raise UsageError(f"{name} must be an integer{' or None' if optional else ''}, not {value!r}")
+
+
+def _require_number(name: str, value: object) -> None:
+    """Refuse a ``value`` that is not a real number (a string such as "0.5", or a bool)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise UsageError(f"{name} must be a number, not {value!r}")
+
+
+_OPTIONS = tuple(f.name for f in fields(PruneConfig))
+
+
+def make_config(config: PruneConfig | None, options: dict) -> PruneConfig:
+    """The checked config of an entry point that takes ``config`` or ``**options`` (its
+    fields as keywords): :class:`UsageError` for both, a config of another type, an unknown
+    option (a typo would otherwise raise the dataclass's TypeError) or a bad field."""
+    if config is not None and not isinstance(config, PruneConfig):
+        raise UsageError(f"config must be a PruneConfig, not {type(config).__name__} (or pass its fields as "
+                         "keyword options, e.g. sparsity=0.5)")
+    if config is not None and options:
+        raise UsageError("pass either a PruneConfig or keyword options, not both")
+    unknown = [name for name in options if name not in _OPTIONS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], _OPTIONS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"unknown option {unknown[0]!r}{hint}; the options are {', '.join(_OPTIONS)}")
+    config = config if config is not None else PruneConfig(**options)
+    config.check()
+    return config
+
+
+def check_progress(progress: object) -> None:
+    """Refuse a ``progress`` that is neither None nor a ``Progress`` (it would fail mid-run)."""
+    if progress is not None and not isinstance(progress, Progress):
+        raise UsageError(f"progress must be an onnx_eprune.progress.Progress or None, not {type(progress).__name__}")
+
+
+def _stats_sources(stats: object) -> list:
+    """``stats`` as a list of statistics file paths or bundles; a bare path is refused, as a
+    string would otherwise be read as one file name per character."""
+    if isinstance(stats, (str, bytes, os.PathLike, StatsBundle, dict)) or not isinstance(stats, Iterable):
+        raise UsageError(f"stats must be a list of statistics files or bundles (e.g. stats=['shard0.npz']), "
+                         f"not {type(stats).__name__}")
+    sources = list(stats)
+    for i, source in enumerate(sources):
+        if not isinstance(source, (str, os.PathLike, StatsBundle)):
+            raise UsageError(f"stats[{i}] must be the path of a statistics file or a bundle from calibrate(), "
+                             f"not {type(source).__name__}")
+    return sources
+
+
+def _input_files(model: object, calib: object, stats: list | None) -> tuple[Path, ...]:
+    """The files a run reads, which :meth:`PruneResult.save` will not overwrite."""
+    named = [model, calib, *(stats or [])]
+    return tuple(Path(p) for p in named if isinstance(p, (str, os.PathLike)))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same path once resolved, or a hard link."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:  # unreadable: save_model says so
+        return False
+
+
 @dataclass
 class PruneResult:
-    """The pruned model and the report (a JSON-ready dict, see ``report.py``)."""
+    """The pruned model and the report (a JSON-ready dict, see ``report.py``).
+
+    ``inputs``: the files the run read (model, calibration data, statistics files), which
+    :meth:`save` refuses to overwrite, as the command line does.
+    """
 
     model: onnx.ModelProto
     report: dict
+    inputs: tuple[Path, ...] = field(default=(), repr=False)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model atomically, with its weights in ``<path>.data`` when it is above
         the 2 GB protobuf limit. Use this rather than ``onnx.save``: the pruned model of a
-        large input still reads its unchanged weights from the input's data file."""
+        large input still reads its unchanged weights from the input's data file.
+
+        :class:`UsageError` for a path that is not a str or path, in a missing folder, or
+        one of :attr:`inputs` (the original would be lost).
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise UsageError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+        for source in self.inputs:
+            if _same_file(Path(path), source):
+                raise UsageError(f"refusing to overwrite {source}, an input of this run; save the pruned model "
+                                 "to another path")
         save_model(self.model, path)
 
 
@@ -850,30 +953,40 @@ def prune(model, calib=None, config: PruneConfig | None = None, progress: Progre
 
     Parameters
     ----------
-    model : onnx.ModelProto or path to an .onnx file (never modified).
+    model : onnx.ModelProto or path (str or os.PathLike) of an .onnx file (never modified);
+        bytes are refused (``onnx.load_from_string`` makes them a ModelProto).
     calib : calibration inputs: a path to .npy (single-input model) or .npz (input name ->
-        array), an array of shape (N, ...) or a dict of such arrays (N samples on axis 0),
-        any iterable of such batches, or an ``onnxruntime.quantization.CalibrationDataReader``.
+        array), an array of shape (N, ...) or a dict of such arrays (N samples on axis 0;
+        anything ``numpy.asarray`` takes, such as a CPU torch tensor, counts as an array),
+        any other iterable (a list, a generator) of such batches, concatenated on axis 0, or
+        an ``onnxruntime.quantization.CalibrationDataReader``.
     config : a :class:`PruneConfig`; or pass its fields as keyword arguments, e.g.
-        ``prune("m.onnx", "calib.npy", sparsity=0.5)``.
+        ``prune("m.onnx", "calib.npy", sparsity=0.5)``; an unknown keyword is refused.
     progress : where progress lines go (``progress.Progress``; None: none).
-    stats : instead of ``calib``, paths of statistics files written by :func:`calibrate`
-        on disjoint shards of the calibration set, or the bundles it returned; they are added
-        up (one-shot mode), the bundles left as they were.
+    stats : instead of ``calib``, a list of paths of statistics files written by
+        :func:`calibrate` on disjoint shards of the calibration set, or of the bundles it
+        returned; they are added up (one-shot mode), the bundles left as they were.
 
     Returns
     -------
     PruneResult with ``model`` (the pruned ``onnx.ModelProto``, same inputs and outputs)
     and ``report`` (dict: groups, params and MACs before/after, fidelity, seconds).
+
+    Raises
+    ------
+    UsageError for an argument of the wrong type or value: before the model is read, except
+    for the target (missing, several, of the wrong type or out of range) and the data, which
+    are checked once it is read, still before any calibration.
     """
-    if config is None:
-        config = PruneConfig(**options)
-    elif options:
-        raise UsageError("pass either a PruneConfig or keyword options, not both")
-    if (calib is None) == (not stats):
-        raise UsageError("give calibration data or statistics files (--calib or --stats), not both or neither")
-    bundle = merge_bundles(list(stats)) if stats else None
-    return Pruner(model, calib, config, progress, stats=bundle).run()
+    config = make_config(config, options)  # the target is checked once the model is read (preflight)
+    check_model_arg(model)
+    check_progress(progress)
+    sources = _stats_sources(stats) if stats is not None else []
+    if (calib is None) == (not sources):
+        raise UsageError("give calib (calibration data) or stats (statistics files), not both or neither")
+    bundle = merge_bundles(sources) if sources else None
+    result = Pruner(model, calib, config, progress, stats=bundle).run()
+    return replace(result, inputs=_input_files(model, calib, sources))
 
 
 def calibrate(model, calib, config: PruneConfig | None = None, progress: Progress | None = None, **options
@@ -881,9 +994,12 @@ def calibrate(model, calib, config: PruneConfig | None = None, progress: Progres
     """The statistics :func:`prune` needs, as a bundle to ``save(path)`` (an .npz) and pass
     to ``prune(model, stats=[...])`` later, alone or with other shards' bundles or files.
 
-    ``calib`` takes what :func:`prune` takes. Only ``samples``, ``seed``, ``device``, ``batch_size`` and ``positions`` of the config
-    matter; shards must use the same ``seed`` and ``positions``. The statistics cover every
+    ``model`` and ``calib`` take what :func:`prune` takes. Only ``samples``, ``seed``,
+    ``device``, ``batch_size`` and ``positions`` of the config matter (the others are
+    checked, then ignored); shards must use the same ``seed`` and ``positions``. The statistics cover every
     group the analysis can prune, whatever ``exclude`` says, so one bundle serves any exclusion.
     """
-    config = config or PruneConfig(**options)
+    config = make_config(config, options)
+    check_model_arg(model)
+    check_progress(progress)
     return Pruner(model, calib, replace(config, exclude=()), progress).calibrate()

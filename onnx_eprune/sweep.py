@@ -10,8 +10,9 @@ shared by all targets; in sequential mode every target is a full run.
 from __future__ import annotations
 
 import logging
+import numbers
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -23,11 +24,13 @@ from .calibrate.session import choose_providers
 from .errors import UsageError
 from .evaluate import compared_outputs, load_labels, measure_against
 from .graph.model_io import as_model, normalize
-from .pipeline import PruneConfig, Pruner, calibrate, prune
+from .graph.model_io import check_model_arg
+from .pipeline import PruneConfig, Pruner, calibrate, check_progress, make_config, prune
 from .progress import Progress
 from .report import optimism_note
 
 KINDS = ("sparsity", "flops_reduction")
+TARGET_FIELDS = ("sparsity", "flops_reduction", "keep_ratio")  # the PruneConfig fields a sweep sets itself
 CALIBRATION_CHECK = 256  # without held-out data, fidelity is measured on this many calibration samples
 
 
@@ -62,23 +65,50 @@ class SweepPoint:
 
 def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None, labels=None,
           config: PruneConfig | None = None, progress: Progress | None = None, **options) -> list[SweepPoint]:
-    """Prune ``model`` at each of ``targets`` (fractions of parameters for ``kind="sparsity"``,
-    of MACs for ``"flops_reduction"``) and measure every result.
+    """Prune ``model`` at each of ``targets`` (a list of fractions in [0, 1), each given
+    once: of parameters for ``kind="sparsity"``, of MACs for ``"flops_reduction"``) and
+    measure every result; the points come back in ascending order of target.
 
-    ``data``: held-out inputs (as for ``calib``) to measure fidelity on; ``labels``: their
-    class indices (path or array) for accuracy. ``config`` or keyword options set the rest
-    of the run as for :func:`onnx_eprune.prune` (its target fields are ignored).
+    ``model`` and ``calib`` as for :func:`onnx_eprune.prune`; ``data``: held-out inputs (as
+    for ``calib``) to measure fidelity on; ``labels``: their class indices (path or array,
+    shape (N,)) for accuracy, only with ``data``. ``config`` or keyword options set the rest
+    of the run as for :func:`onnx_eprune.prune`: a config's target fields are ignored, target
+    keywords (``sparsity=``...) refused, as the targets are ``targets``.
     """
     if kind not in KINDS:
         raise UsageError(f"a sweep runs over one of {', '.join(KINDS)}, not {kind!r}")
-    if not targets:
-        raise UsageError("give at least one target to sweep over")
+    targets = _checked_targets(targets)
     if labels is not None and data is None:
-        raise UsageError("labels need --data: the inputs they label")
-    base = config if config is not None else PruneConfig(**options)
-    base = replace(base, sparsity=None, flops_reduction=None, keep_ratio=None)
+        raise UsageError("labels need data: the inputs they label")
+    given = [name for name in TARGET_FIELDS if name in options]
+    if given:
+        raise UsageError(f"a sweep takes its targets in targets=[...], not {given[0]}=")
+    base = replace(make_config(config, options), sparsity=None, flops_reduction=None, keep_ratio=None)
+    check_model_arg(model)
+    check_progress(progress)
+    # a target out of range fails now, not after calibrating or pruning the smaller ones
+    for value in targets:
+        replace(base, **{kind: value}).target()
     with _info_once():
         return _sweep(model, calib, targets, kind, data, labels, base, progress)
+
+
+def _checked_targets(targets: object) -> list[float]:
+    """``targets`` as a list of floats: :class:`UsageError` for a bare number or string (a
+    string would be read character by character), an empty list, a non-number or a repeat."""
+    if isinstance(targets, (str, bytes)) or not isinstance(targets, Iterable):
+        raise UsageError(f"targets must be a list of fractions, e.g. [0.3, 0.5], not {targets!r}")
+    values = list(targets)
+    if not values:
+        raise UsageError("give at least one target to sweep over")
+    for value in values:
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise UsageError(f"targets must be numbers, not {value!r}")
+    values = [float(v) for v in values]
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise UsageError(f"targets lists {', '.join(f'{v:g}' for v in repeated)} more than once; give each once")
+    return values
 
 
 @contextmanager
@@ -123,11 +153,9 @@ def _sweep(model, calib, targets: list[float], kind: str, data, labels, base: Pr
         on = f"the first {held_out.samples} calibration samples"
     names, size, classes = compared_outputs(original, held_out, providers)
     y = load_labels(labels, held_out.samples, classes) if labels is not None else None
-    # a target out of range or out of reach, or a mistyped --exclude, fails now, not after
-    # calibrating or pruning the smaller targets (the largest is the hardest to reach)
-    for value in targets:
-        replace(base, **{kind: float(value)}).target()
-    Pruner(original, arrays, replace(base, **{kind: float(max(targets))})).preflight()
+    # a target out of reach, or a mistyped --exclude, fails now, not after calibrating or
+    # pruning the smaller targets (the largest is the hardest to reach)
+    Pruner(original, arrays, replace(base, **{kind: max(targets)})).preflight()
     stats = [calibrate(original, arrays, base, progress)] if base.mode == "oneshot" else None
     # the original's outputs, computed once and kept (in scratch files past the memory share)
     space = CacheSpace.default()
@@ -135,7 +163,7 @@ def _sweep(model, calib, targets: list[float], kind: str, data, labels, base: Pr
     points = []
     try:
         for value in sorted(targets):
-            config = replace(base, **{kind: float(value)})
+            config = replace(base, **{kind: value})
             t0 = time.perf_counter()
             result = prune(original, None if stats else arrays, config, progress, stats=stats)
             seconds = time.perf_counter() - t0
@@ -144,7 +172,7 @@ def _sweep(model, calib, targets: list[float], kind: str, data, labels, base: Pr
             rep = result.report
             # calibration samples that thin layers were fitted to flatter the pruned model
             point_on = f"{on} {optimism_note(rep)}" if data is None and rep.get("thin_refits") else on
-            points.append(SweepPoint(kind, float(value), rep["params"]["removed_fraction"],
+            points.append(SweepPoint(kind, value, rep["params"]["removed_fraction"],
                                      rep["macs"]["removed_fraction"], fidelity, point_on, seconds, accuracy, rep,
                                      result.model))
     finally:

@@ -74,8 +74,14 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
     model accepts) and the first ``samples`` rows are kept; data that does not vary at all is
     refused (:func:`check_values`). ``probe``: the data only probes shapes (no value checks,
     no warning about few samples).
+
+    An object with ``__array__`` (a CPU torch tensor, say) counts as an array, not as an
+    iterable of batches: iterating one would yield single samples. Exceptions that the
+    user's iterable or reader raises propagate unchanged: they are the caller's own.
     """
     inputs = model_inputs(model)
+    if _array_like(source):
+        source = _as_array(source, "the calibration data")
     if hasattr(source, "get_next"):  # onnxruntime.quantization.CalibrationDataReader
         source = _batches(iter(source.get_next, None), inputs, samples)
     elif not isinstance(source, (str, os.PathLike, np.ndarray, dict, bytes)) and hasattr(source, "__iter__"):
@@ -87,7 +93,8 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
     elif isinstance(source, dict):
         arrays = dict(source)
     else:
-        raise UsageError(f"calibration data must be a .npy/.npz path, an array or a dict, not {type(source).__name__}")
+        raise UsageError("calibration data must be a .npy/.npz path, an array, a dict of arrays, an iterable of "
+                         f"batches or a CalibrationDataReader, not {type(source).__name__}")
     arrays = _validate(arrays, inputs, unbatched_inputs(model))
     n = next(iter(arrays.values())).shape[0]
     if samples is not None:
@@ -131,15 +138,20 @@ def _batches(batches, inputs, samples: int | None) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {}
     rows = 0
     for batch in batches:
+        if _array_like(batch):
+            batch = _as_array(batch, "a calibration batch")
         if isinstance(batch, np.ndarray):
             batch = _single(batch, inputs, "a batch")
         if not isinstance(batch, dict) or not batch:
             raise UsageError(f"calibration batches must be arrays or dicts of arrays, not {type(batch).__name__}")
         if parts and set(batch) != set(parts):
             raise UsageError(f"calibration batches disagree on their inputs: {sorted(batch)} vs {sorted(parts)}")
-        for name, value in batch.items():
-            parts.setdefault(name, []).append(np.asarray(value))
-        rows += len(next(iter(batch.values())))
+        arrays = {name: _as_array(value, f"a calibration batch of {name!r}") for name, value in batch.items()}
+        for name, value in arrays.items():
+            if value.ndim == 0:  # no samples axis to count or concatenate on
+                raise UsageError(f"calibration batches need samples on axis 0; one of {name!r} is a scalar")
+            parts.setdefault(name, []).append(value)
+        rows += len(next(iter(arrays.values())))
         if samples is not None and rows >= samples:
             break
     if not parts:
@@ -148,6 +160,21 @@ def _batches(batches, inputs, samples: int | None) -> dict[str, np.ndarray]:
         return {name: np.concatenate(values) for name, values in parts.items()}
     except ValueError as exc:
         raise UsageError(f"calibration batches do not stack: {exc}") from None
+
+
+def _array_like(value: object) -> bool:
+    """Whether ``value`` converts to one array (a torch tensor, say) rather than being one."""
+    return hasattr(value, "__array__") and not isinstance(value, np.ndarray)
+
+
+def _as_array(value: object, what: str) -> np.ndarray:
+    """``numpy.asarray(value)``, with a one-line :class:`UsageError` where it fails (ragged
+    nested lists, a tensor on a GPU)."""
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"{what} does not convert to an array ({reason})") from None
 
 
 def _read(path: Path, inputs) -> dict[str, np.ndarray]:
@@ -192,8 +219,8 @@ def _validate(arrays: dict[str, np.ndarray], inputs, unbatched: frozenset[str] =
     out, counts = {}, set()
     for name, vi in wanted.items():
         a = arrays[name]
-        if not isinstance(a, np.ndarray):
-            a = np.asarray(a)
+        if not isinstance(a, np.ndarray):  # a memory-mapped .npy stays one
+            a = _as_array(a, f"the calibration data for {name!r}")
         ttype = vi.type.tensor_type
         dtype = _FLOAT_TYPES.get(ttype.elem_type)
         if dtype is None:

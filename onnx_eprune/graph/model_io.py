@@ -264,8 +264,19 @@ def _subgraphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
     return list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
 
 
+def check_model_arg(model: object) -> None:
+    """Refuse a ``model`` that is neither an ``onnx.ModelProto`` nor a path. Bytes are refused
+    rather than guessed at: they could be a serialised model or a path in bytes."""
+    if isinstance(model, (onnx.ModelProto, str, os.PathLike)):
+        return
+    hint = " (for a serialised model, pass onnx.load_from_string(data))" if isinstance(model, bytes) else ""
+    raise UsageError(f"model must be an onnx.ModelProto or the path of an .onnx file, not "
+                     f"{type(model).__name__}{hint}")
+
+
 def as_model(model_or_path: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     """Accept a ModelProto or a path; always return a private copy that may be modified."""
+    check_model_arg(model_or_path)
     if isinstance(model_or_path, onnx.ModelProto):
         copy = onnx.ModelProto()
         copy.CopyFrom(model_or_path)
