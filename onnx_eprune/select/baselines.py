@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .entropic import lambda_step, quadratic_in_w
-from .problem import CURVE_RIDGE, ConsumerTerm, compress
+from .problem import CURVE_RIDGE, ConsumerTerm, compress, inert_channels, twin_channels
 
 
 def l1_ranking(producer_rows: list[np.ndarray]) -> np.ndarray:
@@ -45,12 +45,29 @@ def contributions(terms: list[ConsumerTerm], max_features: int) -> tuple[np.ndar
     path, ``problem.compress``)."""
     C = terms[0].channels
     A, b = np.zeros((C, C)), np.zeros(C)
+    # twins (a channel whose features are a multiple of another's, problem.twin_channels)
+    # are left out of the least-squares weights, which give their partner the pair's whole
+    # contribution (a least-squares solution as good as the ridge's even split): a twin
+    # then contributes nothing, and both rankings drop it before its partner
+    twin = twin_channels(terms, inert_channels(terms))
+    unique = np.flatnonzero(twin < 0)
     for term in terms:
         term = compress(term, max_features)
+        if len(unique) < C:
+            term = term.restrict(unique)
         lam = lambda_step(term, np.ones(term.G.shape[0]), CURVE_RIDGE)
         At, bt = quadratic_in_w(term, lam, scale=1)
-        A += At
-        b += bt
+        if len(unique) < C:
+            A[np.ix_(unique, unique)] += At
+            b[unique] += bt
+        else:
+            A += At
+            b += bt
+    if len(unique) < C:
+        # a twin's own energy is a token above zero (the smallest normal float), so that a
+        # dead channel, whose contribution is zero in every statistic, still goes before it
+        twins = np.flatnonzero(twin >= 0)
+        A[twins, twins] = np.finfo(np.float64).tiny
     return 0.5 * (A + A.T), b
 
 
@@ -78,12 +95,16 @@ def lasso_ranking(A: np.ndarray, b: np.ndarray, steps: int = 40, iters: int = 30
     Minimises ``beta^T A beta - 2 b^T beta + lam * |beta|_1`` along a geometric path of
     ``lam`` from where every ``beta`` is zero down to 1e-4 of it (FISTA, warm started). A
     channel ranks by the largest ``lam`` at which its coefficient is non-zero (earlier =
-    more important), ties by its coefficient at the end of the path.
+    more important), ties by its coefficient at the end of the path. A channel with a zero
+    ``b`` (a twin, see :func:`contributions`) ranks after the live channels that never
+    entered, and one that contributes nothing at all (a zero row of ``A`` too: a dead
+    channel) last.
     """
     C = len(b)
     lam_max = 2.0 * float(np.max(np.abs(b)))
     if lam_max <= 0.0:
         return np.arange(C)
+    nothing = ~A.any(axis=1) & (b == 0.0)
     lipschitz = 2.0 * max(float(np.linalg.eigvalsh(A)[-1]), 1e-30)
     step = 1.0 / lipschitz
     beta = np.zeros(C)
@@ -100,4 +121,4 @@ def lasso_ranking(A: np.ndarray, b: np.ndarray, steps: int = 40, iters: int = 30
                 break
             prev, t = beta.copy(), t_next
         entered[(beta != 0.0) & (entered == steps)] = i
-    return np.lexsort((-np.abs(beta), entered))
+    return np.lexsort((-np.abs(beta), entered, b == 0.0, nothing))

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..parallel import parallel_map
 from . import lapack
-from .problem import ConsumerTerm, cho_inverse_solve, compress, reduce_outputs, ridge
+from .problem import (ConsumerTerm, cho_inverse_solve, compress, inert_channels, last_the_free, reduce_outputs,
+                      ridge, twin_channels)
 
 _W_FLOOR = 1e-300
 
@@ -286,20 +287,52 @@ def ranking(terms: list[ConsumerTerm], cfg: EntropicConfig | None = None, stop_a
     are alive, so the first ``stop_at`` entries are final by then. ``start`` resumes an
     earlier path; ``record`` collects the points visited; ``workers``: threads for the
     terms of a group with several consumers (the result does not depend on it).
+
+    Channels that cost nothing to drop rank last (``problem.last_the_free``): inert ones
+    (dead) do not count as alive for ``stop_at``, and twins (a channel whose features are a
+    multiple of another's) are left out of the path, whose symmetric steps would keep or
+    drop both together; their partner takes their place in it.
     """
     cfg = cfg or EntropicConfig()
     C = terms[0].channels
-    last_alive = np.full(C, -1)
-    weight_then = np.zeros(C)
     if stop_at >= C:
         return np.arange(C)
+    inert = inert_channels(terms)
+    twin = twin_channels(terms, inert)
+    unique = np.flatnonzero(twin < 0)
+    if stop_at >= int(np.sum(~inert[unique])):   # nothing to choose among the channels that matter
+        return last_the_free(np.arange(C), inert, twin)
+    if len(unique) == C:
+        return last_the_free(_path_ranking(terms, cfg, stop_at, start, record, workers, inert), inert, twin)
+    sub_start = None
+    if start is not None and start.w[unique].sum() > 0:
+        w = start.w[unique] / start.w[unique].sum()
+        sub_start = PathPoint(start.step, alive(w, cfg.threshold), w)
+    points: list[PathPoint] = []
+    order = unique[_path_ranking([t.restrict(unique) for t in terms], cfg, stop_at, sub_start, points, workers,
+                                 inert[unique])]
+    if record is not None:
+        for p in points:
+            w = np.zeros(C)
+            w[unique] = p.w
+            record.append(PathPoint(p.step, p.alive, w))
+    return last_the_free(np.concatenate([order, np.flatnonzero(twin >= 0)]), inert, twin)
+
+
+def _path_ranking(terms: list[ConsumerTerm], cfg: EntropicConfig, stop_at: int, start: PathPoint | None,
+                  record: list[PathPoint] | None, workers: int, inert: np.ndarray) -> np.ndarray:
+    """:func:`ranking` by the path alone, stopped once at most ``stop_at`` channels that
+    are not ``inert`` are alive."""
+    C = terms[0].channels
+    last_alive = np.full(C, -1)
+    weight_then = np.zeros(C)
     for point in Path(terms, cfg, start, workers):
         if record is not None:
             record.append(point)
         up = C * point.w >= cfg.threshold
         last_alive[up] = point.step
         weight_then[up] = point.w[up]
-        if point.alive <= stop_at:
+        if np.sum(up & ~inert) <= stop_at:
             break
     return np.lexsort((-weight_then, -last_alive))
 

@@ -42,6 +42,101 @@ class ConsumerTerm:
         """Feature columns of ``channels``, in that order."""
         return (np.asarray(channels)[:, None] * self.s + np.arange(self.s)).reshape(-1)
 
+    def restrict(self, channels: np.ndarray) -> "ConsumerTerm":
+        """The same regression on ``channels`` only (the others' features left out)."""
+        cols = self.block_columns(channels)
+        return ConsumerTerm(self.G[np.ix_(cols, cols)], self.P[cols], self.var_y, self.s)
+
+
+# -- channels that cost nothing to drop ---------------------------------------------------
+# Real networks and calibration sets have them: a ReLU channel that never fires (or a zero
+# filter) has features that are exactly zero, hence no covariance with anything; two
+# filters that are equal (or multiples of each other) give features of which the re-fit
+# needs only one. The selectors find them from the statistics (a selector's own path can
+# mistake them: the entropic path keeps a pair of twins alive together, since nothing breaks
+# their symmetry, and lets a dead channel outlive live channels that a rank-deficient
+# covariance makes redundant; LASSO never lets a dead channel enter, and ranks it with
+# the live channels that never entered either) and rank them last.
+
+# Two channels are twins where, in every term, the trace correlation of their taps (the
+# sum of the covariances of tap i of one with tap i of the other, over the square root of
+# the product of their summed variances) is within this of +-1: one's features are a
+# multiple of the other's. The statistics of equal features agree to rounding (float32
+# products), far inside it; distinct trained channels stay far outside it (LeNet-5's
+# closest pair: 0.956).
+TWIN_TOL = 1e-6
+
+
+def inert_channels(terms: list[ConsumerTerm]) -> np.ndarray:
+    """(C,) bool: the channels whose features have exactly zero covariance with every other
+    feature of the group and with every output, in every term (dead ReLU channels, zero
+    filters; regressing out other groups keeps the zeros, a ridge on the diagonal aside)."""
+    C = terms[0].channels
+    inert = np.ones(C, bool)
+    for t in terms:
+        s = t.s
+        inert &= ~t.P.reshape(C, -1).any(axis=1)
+        for c in np.flatnonzero(inert):
+            rows = t.G[c * s:(c + 1) * s]
+            inert[c] = not (rows[:, :c * s].any() or rows[:, (c + 1) * s:].any())
+    return inert
+
+
+def twin_channels(terms: list[ConsumerTerm], inert: np.ndarray | None = None) -> np.ndarray:
+    """(C,) int: for a channel whose features are, in every term, a multiple of those of a
+    lower-numbered channel (to :data:`TWIN_TOL`), that channel (the lowest of the set);
+    -1 for every other channel. ``inert`` channels (:func:`inert_channels`) are no one's twin.
+
+    Where the statistics are degenerate as a whole (a covariance of rank one, from two
+    samples or a single informative one, makes every pair of channels collinear), pairs
+    say nothing about the channels and none is a twin: the channels left once the twins are
+    set aside must be far from collinear (their correlation matrix's smallest eigenvalue at
+    least ``10 * TWIN_TOL``)."""
+    C = terms[0].channels
+    twin = np.full(C, -1)
+    candidate = np.ones((C, C), bool)
+    live = np.ones(C, bool) if inert is None else ~inert
+    traces = []
+    for t in terms:
+        s = t.s
+        T = t.G[0::s, 0::s].copy()          # T[c, d]: sum over taps i of cov(x_c,i, x_d,i)
+        for i in range(1, s):
+            T += t.G[i::s, i::s]
+        d = np.sqrt(np.clip(np.diag(T), 0.0, None))
+        ok = live & (d > 0)
+        candidate &= (np.abs(T) >= (1.0 - TWIN_TOL) * np.outer(d, d)) & ok[:, None] & ok[None, :]
+        if not np.triu(candidate, 1).any():
+            return twin
+        traces.append((T, d))
+    np.fill_diagonal(candidate, False)
+    for c in range(C):
+        if twin[c] >= 0:
+            continue
+        for e in np.flatnonzero(candidate[c, c + 1:]) + c + 1:
+            if twin[e] < 0:
+                twin[e] = c
+    rest = np.flatnonzero((twin < 0) & live)
+    for T, d in traces:
+        dr = d[rest]
+        if not np.all(dr > 0):
+            return np.full(C, -1)
+        R = T[np.ix_(rest, rest)] / np.outer(dr, dr)
+        if len(rest) < 2 or np.linalg.eigvalsh(0.5 * (R + R.T))[0] < 10.0 * TWIN_TOL:
+            return np.full(C, -1)
+    return twin
+
+
+def last_the_free(order: np.ndarray, inert: np.ndarray, twin: np.ndarray) -> np.ndarray:
+    """``order`` (a ranking of channels, most important first) with the twins moved after
+    the other channels, in the order of their partners, and the inert channels after them:
+    either goes at no cost to the re-fit while the channel it duplicates stays."""
+    order = np.asarray(order)
+    is_twin = (twin[order] >= 0) & ~inert[order]
+    position = {int(c): i for i, c in enumerate(order)}
+    twins = sorted(order[is_twin], key=lambda c: position.get(int(twin[c]), len(order)))
+    rest = order[~is_twin & ~inert[order]]
+    return np.concatenate([rest, np.asarray(twins, dtype=order.dtype), order[inert[order]]]).astype(order.dtype)
+
 
 def partial_out(G: np.ndarray, P: np.ndarray, var_y: np.ndarray, blocks: dict[int, np.ndarray],
                 eps_ridge: float = 1e-4) -> dict[int, ConsumerTerm]:
