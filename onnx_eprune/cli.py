@@ -31,6 +31,7 @@ from .select import METHODS
 from .select.reconstruct import (DEFAULT_RIDGE, RIDGE_CHOICES, RIDGE_MODES, THIN, THIN_MAX_FEATURES, THIN_ROWS,
                                  valid_ridge)
 from .errors import EPruneError, Terminated, UsageError
+from .files import same_file
 
 log = logging.getLogger("onnx_eprune")
 
@@ -463,24 +464,13 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [(what, path) for what, path in named if path]
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` are one file: the same path once resolved, or, where both
-    exist, the same device and inode (a hard link)."""
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:  # unreadable: the checks that follow, or the read, say so
-        return False
-
-
 def _check_output(output: str, option: str, inputs: list[tuple[str, str]]) -> None:
     """Refuse before any work: an output that is one of ``inputs`` (by any path), that exists
     but is no regular file (a device or a pipe would be replaced by a file), or that cannot
     be written."""
     out = Path(output)
     for what, path in inputs:
-        if _same_file(out, Path(path)):
+        if same_file(out, Path(path)):
             raise UsageError(f"{option} {out} is {what}; choose another file (inputs are never overwritten)")
     if out.is_dir():
         raise UsageError(f"{option} {out} is a directory; give a file name")
@@ -612,11 +602,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .graph.model_io import save_model
     from .progress import Progress
     from .report_files import SWEEP_JSON, SWEEP_MARKDOWN, SWEEP_PLOT, write_sweep_dir
-    from .sweep import sweep
+    from .sweep import repeated_targets, sweep
 
     _check_image_options(args)
     kind, targets = ("sparsity", args.sparsity) if args.sparsity else ("flops_reduction", args.flops_reduction)
-    repeated = sorted({t for t in targets if targets.count(t) > 1})
+    repeated = repeated_targets(targets)
     if repeated:
         raise UsageError(f"--{kind.replace('_', '-')} lists {', '.join(f'{t:g}' for t in repeated)} more than once; "
                          "give each target once")

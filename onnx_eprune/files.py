@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file in the target folder, then a rename."""
+"""Atomic file writes (a temporary file in the target folder, then a rename), and whether
+two paths name one file."""
 
 from __future__ import annotations
 
@@ -45,3 +46,13 @@ def temporary_beside(target: Path) -> str:
     os.umask(mask)
     os.chmod(tmp, 0o666 & ~mask)
     return tmp
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same path once resolved, or, where both
+    exist, the same device and inode (a hard link). An unreadable path counts as another
+    file: the read or write that follows reports it."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False

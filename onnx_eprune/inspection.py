@@ -14,8 +14,7 @@ from .errors import UsageError
 from .graph.costs import build_cost_model
 from .graph.exclude import check_patterns, exclude_groups
 from .graph.groups import analyze, node_label
-from .graph.model_io import as_model, normalize, read_provenance
-from .graph.model_io import check_model_arg
+from .graph.model_io import as_model, check_model_arg, normalize, read_provenance
 
 
 def inspect(model: onnx.ModelProto | str | os.PathLike, sample=None, exclude: Sequence[str] = ()) -> dict:

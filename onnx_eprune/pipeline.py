@@ -31,6 +31,7 @@ from .calibrate.session import BATCH_BYTES, choose_providers, make_session, prob
 from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, channel_bases,
                               conv_patches, positions_per_sample, reduce_rows, sample_positions)
 from .errors import EPruneError, UsageError
+from .files import same_file
 from .graph.costs import CostModel, build_cost_model
 from .graph.exclude import check_patterns, exclude_groups
 from .graph.groups import QUANTIZED, Consumer, GraphAnalysis, analyze
@@ -208,14 +209,6 @@ def _input_files(model: object, calib: object, stats: list | None) -> tuple[Path
     return tuple(Path(p) for p in named if isinstance(p, (str, os.PathLike)))
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` are one file: the same path once resolved, or a hard link."""
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:  # unreadable: save_model says so
-        return False
-
-
 @dataclass
 class PruneResult:
     """The pruned model and the report (a JSON-ready dict, see ``report.py``).
@@ -239,7 +232,7 @@ class PruneResult:
         if not isinstance(path, (str, os.PathLike)):
             raise UsageError(f"path must be a str or os.PathLike, not {type(path).__name__}")
         for source in self.inputs:
-            if _same_file(Path(path), source):
+            if same_file(Path(path), source):
                 raise UsageError(f"refusing to overwrite {source}, an input of this run; save the pruned model "
                                  "to another path")
         save_model(self.model, path)

@@ -23,8 +23,7 @@ from .calibrate.engine import CacheSpace, CachedNetwork, Topology
 from .calibrate.session import choose_providers
 from .errors import UsageError
 from .evaluate import compared_outputs, load_labels, measure_against
-from .graph.model_io import as_model, normalize
-from .graph.model_io import check_model_arg
+from .graph.model_io import as_model, check_model_arg, normalize
 from .pipeline import PruneConfig, Pruner, calibrate, check_progress, make_config, prune
 from .progress import Progress
 from .report import optimism_note
@@ -105,10 +104,15 @@ def _checked_targets(targets: object) -> list[float]:
         if not isinstance(value, numbers.Real) or isinstance(value, bool):
             raise UsageError(f"targets must be numbers, not {value!r}")
     values = [float(v) for v in values]
-    repeated = sorted({v for v in values if values.count(v) > 1})
+    repeated = repeated_targets(values)
     if repeated:
         raise UsageError(f"targets lists {', '.join(f'{v:g}' for v in repeated)} more than once; give each once")
     return values
+
+
+def repeated_targets(values: list[float]) -> list[float]:
+    """The targets ``values`` lists more than once, ascending (a repeat would run twice)."""
+    return sorted({v for v in values if values.count(v) > 1})
 
 
 @contextmanager
