@@ -184,6 +184,7 @@ def main() -> int:
     parser.add_argument("--ridge", type=float, default=0.01, help="the re-fit's relative ridge")
     parser.add_argument("--mode", choices=("sequential", "oneshot"), default="sequential",
                         help="sequential also re-fits fc2 and fc3 (as the pipeline does); oneshot fc1 alone")
+    parser.add_argument("--dump", type=Path, help="also save every keep-set's scores (.npz) for later analysis")
     args = parser.parse_args()
     path = REFERENCE / "lenet5.onnx"
     calib = calibration_set("lenet5", args.draw, REFERENCE)
@@ -197,6 +198,12 @@ def main() -> int:
     f_test, l_test = tail.run(x_test)
     s = landscape(tail, calib, k, args.ridge, args.mode == "sequential", f_test, y_test)
     subsets = list(itertools.combinations(range(tail.channels), k))
+    # a data-free score: the summed L1 norm of the kept conv2 filters, what `l1` ranks by
+    norms = np.abs(tail.w["c2.weight"]).reshape(tail.channels, -1).sum(1)
+    s["filter_norm"] = np.array([norms[list(subset)].sum() for subset in subsets])
+    if args.dump:
+        np.savez(args.dump, subsets=np.array(subsets), **s,
+                 **{f"set_{m}": np.array(kept) for m, (kept, _) in sets.items()})
     acc = s["accuracy"]
     original = float((l_test.argmax(1) == y_test).mean())
     print(f"LeNet-5 {chosen}, {args.mode}, calibration draw {args.draw}, ridge {args.ridge:g}: conv2 keeps {k} of "
@@ -209,7 +216,8 @@ def main() -> int:
           + " | ".join(f"n = {n}" for n in TOP) + " |")
     print("|---|---|" + "---|" * len(TOP))
     for name, higher_better in (("objective", False), ("objective_cv", False), ("objective_test", False),
-                                ("logit_error", False), ("kl", False), ("agreement", True)):
+                                ("logit_error", False), ("kl", False), ("agreement", True),
+                                ("filter_norm", True)):
         order = np.argsort(-s[name] if higher_better else s[name], kind="stable")
         rho = spearmanr(s[name] if higher_better else -s[name], acc)[0]  # ties (agreement) get mean ranks
         cells = [f"{100 * acc[order[:n]].min():.2f} / {100 * acc[order[:n]].mean():.2f} / "
