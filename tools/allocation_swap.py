@@ -4,6 +4,7 @@ group), and measure all four on the full Fashion-MNIST test split.
 
     python tools/allocation_swap.py vgg16 --sparsity 0.5 --mode oneshot --method random
     python tools/allocation_swap.py lenet5 --flops 0.73 --mode oneshot --method lasso
+    python tools/allocation_swap.py resnet18 --flops 0.5 --method random --refit-ridge 0.01
 
 Prints, per run, the accuracy drop in points against the original, the parameters removed
 and the kept channels of every prunable group.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import onnx
 
+from onnx_eprune.cli import refit_ridge_arg
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
 from onnx_eprune.pipeline import Pruner, PruneConfig
@@ -45,7 +47,10 @@ def main() -> int:
     level.add_argument("--flops", type=float, help="a FLOPs (MACs) reduction instead of a sparsity")
     ap.add_argument("--mode", default="sequential", choices=["sequential", "oneshot"])
     ap.add_argument("--method", default="random", choices=["l1", "random", "lasso", "thinet"])
+    ap.add_argument("--refit-ridge", type=refit_ridge_arg, metavar="R|auto|auto-thin",
+                    help="the re-fit's ridge (default: the tool's; the benchmark tables use 0.01)")
     args = ap.parse_args()
+    ridge = {} if args.refit_ridge is None else {"refit_ridge": args.refit_ridge}
     onnx_file, calib_file, size = MODELS[args.model]
     path, calib = REFERENCE / onnx_file, REFERENCE / calib_file
     images, labels = load_fashion_mnist("test")
@@ -56,7 +61,7 @@ def main() -> int:
                                (args.method, "entropic")]:
         pruner = AllocatedPruner(str(path), str(calib),
                                  PruneConfig(sparsity=args.sparsity, flops_reduction=args.flops, mode=args.mode,
-                                             method=method),
+                                             method=method, **ridge),
                                  counts=None if allocation is None else counts[allocation])
         result = pruner.run()
         kept = {g["id"]: g["channels_after"] for g in result.report["groups"] if not g.get("frozen")}
