@@ -139,7 +139,7 @@ class Consumer:
     out_channels: int
     s: int                      # features per input channel
     segments: list[tuple[int, int, int]] = field(default_factory=list)  # (group, offset, length)
-    factor: int = 1             # input tensor channels per group channel (behind a channel multiplier)
+    factor: int = 1             # a Conv's input tensor channels per group channel (m behind a channel multiplier)
     conv: dict | None = None    # kernel, strides, pads, dilations for a Conv
     gemm_trans_b: bool = True   # weight stored as (M, D) when True, (D, M) otherwise
     alpha: float = 1.0
