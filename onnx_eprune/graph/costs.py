@@ -3,6 +3,7 @@ number of channels kept in each group."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +35,13 @@ class LayerCost:
     def groups(self) -> set[int]:
         return {g for g, _ in self.out_segments + self.in_segments if g is not None}
 
-    def params(self, keep: dict[int, int]) -> int:
+    def params(self, keep: dict[int, int], gains_bias: bool = False) -> int:
+        """Parameters at the kept counts ``keep``; ``gains_bias``: the layer was re-fitted,
+        which gives it a bias per output channel (replacing any other bias)."""
         out, cin = self._counts(keep)
         weights = out * self.per_pair if self.depthwise else out * cin * self.per_pair
+        if gains_bias:
+            return weights + out
         return weights + (out if self.bias else 0) + self.extra_params
 
     def macs(self, keep: dict[int, int]) -> int:
@@ -49,8 +54,10 @@ class LayerCost:
 class CostModel:
     layers: list[LayerCost]
 
-    def params(self, keep: dict[int, int] | None = None) -> int:
-        return sum(layer.params(keep or {}) for layer in self.layers)
+    def params(self, keep: dict[int, int] | None = None, refitted: Collection[str] = ()) -> int:
+        """Parameters at the kept counts ``keep`` (None: all), with the layers named in
+        ``refitted`` biased (a re-fit gives a layer without a bias one)."""
+        return sum(layer.params(keep or {}, layer.name in refitted) for layer in self.layers)
 
     def macs(self, keep: dict[int, int] | None = None) -> int:
         return sum(layer.macs(keep or {}) for layer in self.layers)
