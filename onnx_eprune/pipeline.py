@@ -290,7 +290,7 @@ class Pruner:
             self.shapes = probe_shapes(self.model, self.data.first(), self.providers)
             self.analysis: GraphAnalysis = analyze(self.model, self.shapes)
             exclude_groups(self.analysis, self.model.graph.node, config.exclude)
-            self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes)
+            self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes, config.reconstruct)
         self.inits = initializer_map(self.model)
         self.topo = Topology(self.model)
         self.outputs = comparison_outputs(self.model, self.analysis, self.topo, self.shapes)
@@ -714,7 +714,7 @@ class Pruner:
                      "more accuracy with few samples (an eigendecomposition per layer: seconds on wide ones)",
                      len(fixed), THIN_ROWS, self.analysis.consumers[worst].name, *fixed[worst])
         from .report import build_report, provenance
-        report = build_report(self, keeps, counts, fidelity, set(refits))
+        report = build_report(self, keeps, counts, fidelity)
         record_provenance(pruned, provenance(report))
         return PruneResult(pruned, report)
 

@@ -3,7 +3,6 @@ number of channels kept in each group."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +27,7 @@ class LayerCost:
     spatial: int                # output positions per sample: MACs per weight element
     extra_params: int = 0       # e.g. a constant bias that is not per channel
     out_factor: int = 1         # output channels per group channel (a depthwise channel multiplier)
+    gains_bias: bool = False    # without a per-output bias, it gets one when re-fitted (an input group shrinks)
 
     def _counts(self, keep: dict[int, int]) -> tuple[int, int]:
         return self.out_factor * _count(self.out_segments, keep), _count(self.in_segments, keep)
@@ -35,13 +35,11 @@ class LayerCost:
     def groups(self) -> set[int]:
         return {g for g, _ in self.out_segments + self.in_segments if g is not None}
 
-    def params(self, keep: dict[int, int], gains_bias: bool = False) -> int:
-        """Parameters at the kept counts ``keep``; ``gains_bias``: the layer was re-fitted,
-        which gives it a bias per output channel (replacing any other bias)."""
+    def params(self, keep: dict[int, int]) -> int:
         out, cin = self._counts(keep)
         weights = out * self.per_pair if self.depthwise else out * cin * self.per_pair
-        if gains_bias:
-            return weights + out
+        if self.gains_bias and any(g is not None and keep.get(g, n) < n for g, n in self.in_segments):
+            return weights + out  # the re-fit's bias replaces any other
         return weights + (out if self.bias else 0) + self.extra_params
 
     def macs(self, keep: dict[int, int]) -> int:
@@ -54,10 +52,8 @@ class LayerCost:
 class CostModel:
     layers: list[LayerCost]
 
-    def params(self, keep: dict[int, int] | None = None, refitted: Collection[str] = ()) -> int:
-        """Parameters at the kept counts ``keep`` (None: all), with the layers named in
-        ``refitted`` biased (a re-fit gives a layer without a bias one)."""
-        return sum(layer.params(keep or {}, layer.name in refitted) for layer in self.layers)
+    def params(self, keep: dict[int, int] | None = None) -> int:
+        return sum(layer.params(keep or {}) for layer in self.layers)
 
     def macs(self, keep: dict[int, int] | None = None) -> int:
         return sum(layer.macs(keep or {}) for layer in self.layers)
@@ -73,9 +69,11 @@ def _count(segments: list[tuple[int | None, int]], keep: dict[int, int]) -> int:
     return sum(keep.get(g, n) if g is not None else n for g, n in segments)
 
 
-def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: dict[str, tuple[int, ...]]
-                     ) -> CostModel:
-    """Cost terms of every weighted layer; groups that are frozen count as fixed."""
+def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: dict[str, tuple[int, ...]],
+                     refits: bool = False) -> CostModel:
+    """Cost terms of every weighted layer; groups that are frozen count as fixed.
+    ``refits``: a consumer whose input channels shrink is re-fitted, which gives it a bias
+    per output if it has none (a Conv before an unfolded BatchNormalization, a MatMul)."""
     inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
     prunable = {g.gid for g in analysis.groups if g.prunable}
     outputs: dict[int, list[tuple[int, int, int]]] = {}   # node -> (offset, group, channels)
@@ -142,7 +140,8 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
             per = cons.s
         else:  # not a consumer: its input side is fixed; express its weight as out x in pairs
             in_segs, per = [(None, total_w // max(out_ch * per_pair, 1))], per_pair
-        layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra))
+        layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra,
+                                gains_bias=refits and cons is not None and not has_bias))
     return CostModel(layers)
 
 
