@@ -290,7 +290,7 @@ class Pruner:
             self.shapes = probe_shapes(self.model, self.data.first(), self.providers)
             self.analysis: GraphAnalysis = analyze(self.model, self.shapes)
             exclude_groups(self.analysis, self.model.graph.node, config.exclude)
-            self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes)
+            self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes, config.reconstruct)
         self.inits = initializer_map(self.model)
         self.topo = Topology(self.model)
         self.outputs = comparison_outputs(self.model, self.analysis, self.topo, self.shapes)

@@ -203,6 +203,19 @@ def grouped(width: int = 16, groups: int = 4, out_width: int | None = None, seed
     return b.build(b.gemm(b.gap_flatten(h), 2 * width, CLASSES, name=OUTPUT))
 
 
+def depthwise_multiplier(width: int = 6, multiplier: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """A depthwise Conv with a channel multiplier (Keras' ``depth_multiplier``, FastViT's
+    expansions): Conv(3->w) -> Relu -> depthwise Conv(w -> m*w, group=w, with bias) -> BN
+    -> Relu -> Conv(m*w -> 16) -> Relu -> GAP -> Flatten -> Gemm(16 -> 10). Input channel c
+    of the depthwise Conv writes its outputs m*c .. m*c + m - 1."""
+    b = _Builder(seed)
+    h = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, width, name="conv1")])
+    h = b.node("Relu", [b.bn(b.conv(h, width, multiplier * width, group=width, name="dw"), multiplier * width,
+                             name="dw_bn")])
+    h = b.node("Relu", [b.conv(h, multiplier * width, 16, name="conv2")])
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT))
+
+
 def depthwise_upsample(width: int = 8, seed: int = 0) -> onnx.ModelProto:
     """Conv(3->w) -> Relu -> depthwise ConvTranspose(w, 4x4, stride 2, pads 1: a learned
     bilinear upsampling) -> Conv(w->2w) -> Relu -> GAP -> Flatten -> Gemm(2w -> 10)."""
@@ -519,6 +532,7 @@ ALL_BUILDERS = {
     "resize_to_skip": resize_to_skip,
     "resize_to_input": resize_to_input,
     "grouped_wide": lambda: grouped(out_width=32),
+    "depthwise_multiplier": depthwise_multiplier,
 }
 
 EXPECTED = {
@@ -552,7 +566,9 @@ EXPECTED = {
     "se_unflatten": {"prunable": 3, "producers": [1, 1, 2], "frozen": None},
     "resize_to_skip": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
     "resize_to_input": {"prunable": 3, "producers": [1, 1, 1], "frozen": None},
-    "grouped_wide": {"prunable": 1, "producers": [1], "frozen": "with 32 outputs for 16 inputs"},
+    # each conv group of 4 inputs writes 8 outputs: a channel multiplier of 2
+    "grouped_wide": {"prunable": 2, "producers": [1, 1], "frozen": None},
+    "depthwise_multiplier": {"prunable": 2, "producers": [1, 1], "frozen": None},
 }
 
 

@@ -8,9 +8,10 @@ shape ``[N, 10]``. Its body is 2 to 6 random blocks:
   unfolded BatchNormalization, then an activation;
 * ``residual``: Conv - act - Conv (same width) + Add of the block input;
 * ``concat``: two parallel Convs joined by Concat on the channel axis;
-* ``depthwise``: Conv with ``group = C``;
+* ``depthwise``: Conv with ``group = C``, in 30% of the cases with a channel multiplier of 2
+  (2C outputs);
 * ``grouped``: Conv with ``group`` 2 or 4, half the time as many outputs as inputs (even
-  input and output widths);
+  input and output widths; a multiple of the inputs is a channel multiplier);
 * ``se``: squeeze-and-excitation, GAP -> 1x1 Conv -> Relu -> 1x1 Conv -> Sigmoid -> Mul;
 * ``pool``: MaxPool or AveragePool 2x2, stride 2;
 * ``ghost``: GhostNet's module on an even width C: a 1x1 Conv to C/2 channels, an
@@ -201,10 +202,11 @@ def _block(g: _Graph, kind: str, x: str, c: int, hw: int) -> tuple[str, int, int
     if kind == "depthwise":
         stride = 2 if hw >= 4 and ch.chance(0.2) else 1
         use_bn = ch.chance(0.5)
-        y = g.conv(x, c, c, 3, stride, group=c, bias=not use_bn)
+        cout = 2 * c if ch.chance(0.3) else c
+        y = g.conv(x, c, cout, 3, stride, group=c, bias=not use_bn)
         if use_bn:
-            y = g.bn(y, c)
-        return g.activation(y), c, (hw + stride - 1) // stride
+            y = g.bn(y, cout)
+        return g.activation(y), cout, (hw + stride - 1) // stride
     if kind == "grouped":
         if c % 2:
             return _block(g, "conv", x, c, hw)

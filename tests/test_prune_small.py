@@ -10,7 +10,7 @@ import pytest
 
 import onnx_eprune
 from models import (ALL_BUILDERS, FEATURE_OUTPUT, OUTPUT, channels_last, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
-                    depthwise_upsample, grouped, initializer, intermediate_output, io_signature, node_by_name,
+                    depthwise_multiplier, depthwise_upsample, grouped, initializer, intermediate_output, io_signature, node_by_name,
                     one_image_detector, random_input, relative_error, residual, run_model, se_unflatten, wide_cnn)
 from onnx_eprune import budget
 from onnx_eprune.calibrate.session import probe_shapes
@@ -198,7 +198,7 @@ def _best_window_exists(analysis, costs, metric, target, width=0.01) -> bool:
     k = {g.gid: grid for g, grid in zip(groups, grids)}
     total = np.zeros_like(grids[0])
     for layer in costs.layers:
-        out = sum(k.get(g, n) if g is not None else n for g, n in layer.out_segments)
+        out = layer.out_factor * sum(k.get(g, n) if g is not None else n for g, n in layer.out_segments)
         cin = sum(k.get(g, n) if g is not None else n for g, n in layer.in_segments)
         weights = out * layer.per_pair if layer.depthwise else out * cin * layer.per_pair
         if metric == "params":
@@ -488,6 +488,73 @@ def test_grouped_conv_loses_whole_groups(method, kw, calib, test_x):
     blocks = [b for b in range(4) if any(np.array_equal(original[4 * b:4 * b + 4], weight[i:i + 4])
                                           for i in range(0, kept, 4))]
     assert len(blocks) == kept // 4  # whole original groups, unchanged
+
+
+@pytest.mark.parametrize("name", sorted(ALL_BUILDERS))
+def test_reported_params_are_the_written_models(name, calib):
+    """The report's parameter counts are those of the weighted layers in the files, before
+    and after pruning: a grouped Conv's weight counted once (its bias doubled it before),
+    the bias a re-fit gives a Conv without one (BatchNormalization not folded) or a MatMul
+    counted."""
+    def weighted_params(m: onnx.ModelProto) -> int:  # Conv / ConvTranspose / Gemm / MatMul weights and biases
+        m = onnx.ModelProto.FromString(m.SerializeToString())
+        constants_to_initializers(m)
+        sizes = {i.name: int(np.prod(i.dims)) for i in m.graph.initializer}
+        return sum(sizes.get(name, 0) for n in m.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+                   for name in n.input[1:])
+
+    model = ALL_BUILDERS[name]()
+    result = prune(model, calib, keep_ratio=0.5)
+    assert result.report["params"]["before"] == weighted_params(model)
+    assert result.report["params"]["after"] == weighted_params(result.model)
+
+
+def test_channel_multiplier_goes_with_its_input_channel(calib, test_x):
+    """Pruning input channel c of a depthwise Conv with multiplier m removes its outputs
+    m*c .. m*c + m - 1, their BatchNormalization entries and the next Conv's input
+    columns; without re-fits the result equals the original whose dropped channels are
+    zero (filters, biases and BN shifts zeroed so that nothing reaches the next Conv)."""
+    model = depthwise_multiplier(width=6, multiplier=3)
+    analysis = _analysis(model, calib)
+    g = next(g for g in analysis.groups if g.prunable and model.graph.node[g.producers[0].node].name == "conv1")
+    keep = np.array([0, 2, 5])
+    drop = np.array([1, 3, 4])
+    pruned = build_pruned(model, analysis, {g.gid: keep}, {})
+    onnx.checker.check_model(pruned, full_check=True)
+    outputs = (3 * keep[:, None] + np.arange(3)).reshape(-1)
+    original_dw = initializer(model, "dw.weight")
+    assert np.array_equal(initializer(pruned, "dw.weight"), original_dw[outputs])
+    assert next(a.i for a in node_by_name(pruned, "dw").attribute if a.name == "group") == 3
+    assert np.array_equal(initializer(pruned, "conv2.weight"), initializer(model, "conv2.weight")[:, outputs])
+    assert initializer(pruned, "dw_bn.scale").shape == (9,)
+
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(model)
+    dropped_outputs = (3 * drop[:, None] + np.arange(3)).reshape(-1)
+    for name, rows in (("conv1.weight", drop), ("conv1.bias", drop), ("dw.bias", dropped_outputs),
+                       ("dw_bn.shift", dropped_outputs), ("dw_bn.mean", dropped_outputs)):
+        init = next(i for i in zeroed.graph.initializer if i.name == name)
+        value = onnx.numpy_helper.to_array(init).copy()
+        value[rows] = 0
+        init.CopyFrom(onnx.numpy_helper.from_array(value, name))
+    np.testing.assert_allclose(run_model(pruned, test_x)[OUTPUT], run_model(zeroed, test_x)[OUTPUT],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+@pytest.mark.parametrize("kw", [dict(keep_ratio=0.5), dict(flops_reduction=0.5), dict(sparsity=0.6)])
+def test_channel_multiplier_is_pruned_and_refitted(mode, kw, calib, test_x):
+    model = depthwise_multiplier(width=6, multiplier=3)
+    result = prune(model, calib, mode=mode, **kw)
+    assert_valid(result.model, model, test_x)
+    kept = initializer(result.model, "conv1.weight").shape[0]
+    assert initializer(result.model, "dw.weight").shape == (3 * kept, 1, 3, 3)
+    assert next(a.i for a in node_by_name(result.model, "dw").attribute if a.name == "group") == kept
+    assert initializer(result.model, "conv2.weight").shape[1] == 3 * kept
+    if "keep_ratio" in kw:
+        assert kept == 3
+    # the re-fit keeps the pruned network close to the original
+    assert relative_error(run_model(result.model, test_x)[OUTPUT], run_model(model, test_x)[OUTPUT]) < 0.2
 
 
 def test_depthwise_conv_transpose_follows_its_input(calib, test_x):

@@ -26,9 +26,11 @@ class LayerCost:
     bias: bool
     spatial: int                # output positions per sample: MACs per weight element
     extra_params: int = 0       # e.g. a constant bias that is not per channel
+    out_factor: int = 1         # output channels per group channel (a depthwise channel multiplier)
+    gains_bias: bool = False    # without a per-output bias, it gets one when re-fitted (an input group shrinks)
 
     def _counts(self, keep: dict[int, int]) -> tuple[int, int]:
-        return _count(self.out_segments, keep), _count(self.in_segments, keep)
+        return self.out_factor * _count(self.out_segments, keep), _count(self.in_segments, keep)
 
     def groups(self) -> set[int]:
         return {g for g, _ in self.out_segments + self.in_segments if g is not None}
@@ -36,6 +38,8 @@ class LayerCost:
     def params(self, keep: dict[int, int]) -> int:
         out, cin = self._counts(keep)
         weights = out * self.per_pair if self.depthwise else out * cin * self.per_pair
+        if self.gains_bias and any(g is not None and keep.get(g, n) < n for g, n in self.in_segments):
+            return weights + out  # the re-fit's bias replaces any other
         return weights + (out if self.bias else 0) + self.extra_params
 
     def macs(self, keep: dict[int, int]) -> int:
@@ -65,18 +69,25 @@ def _count(segments: list[tuple[int | None, int]], keep: dict[int, int]) -> int:
     return sum(keep.get(g, n) if g is not None else n for g, n in segments)
 
 
-def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: dict[str, tuple[int, ...]]
-                     ) -> CostModel:
-    """Cost terms of every weighted layer; groups that are frozen count as fixed."""
+def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: dict[str, tuple[int, ...]],
+                     refits: bool = False) -> CostModel:
+    """Cost terms of every weighted layer; groups that are frozen count as fixed.
+    ``refits``: a consumer whose input channels shrink is re-fitted, which gives it a bias
+    per output if it has none (a Conv before an unfolded BatchNormalization, a MatMul)."""
     inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
     prunable = {g.gid for g in analysis.groups if g.prunable}
     outputs: dict[int, list[tuple[int, int, int]]] = {}   # node -> (offset, group, channels)
-    depthwise: dict[int, list[tuple[int, int, int]]] = {}
+    depthwise: dict[int, list[tuple[int, int, int]]] = {}  # node -> (offset, group, channels), in group channels
+    multiplier: dict[int, int] = {}                        # node -> output channels per group channel
     for g in analysis.groups:
         for p in g.producers:
             outputs.setdefault(p.node, []).append((p.offset, g.gid, g.channels))
         for prm in g.params:
-            depthwise.setdefault(prm.node, []).append((prm.offset, g.gid, g.channels))
+            node = model.graph.node[prm.node]
+            # a grouped Conv's weight, not its bias (both are sliced alike: counted once)
+            if node.op_type in ("Conv", "ConvTranspose") and node.input[1] == prm.tensor:
+                depthwise.setdefault(prm.node, []).append((prm.offset // prm.factor, g.gid, g.channels))
+                multiplier[prm.node] = prm.factor
     consumer_of = {c.node: c for c in analysis.consumers}
     layers = []
     for index, node in enumerate(model.graph.node):
@@ -119,16 +130,18 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
         cons = consumer_of.get(index)
         if dw:  # per output channel: its group's inputs times the kernel
             per_pair = int(np.prod(wshape[1:], dtype=np.int64))
-            layers.append(LayerCost(label, node.op_type, segments(depthwise[index], out_ch), [], per_pair, True,
-                                    has_bias, spatial, extra))
+            factor = multiplier[index]
+            layers.append(LayerCost(label, node.op_type, segments(depthwise[index], out_ch // factor), [], per_pair,
+                                    True, has_bias, spatial, extra, factor))
             continue
         out_segs = segments(outputs.get(index, []), out_ch)
         if cons is not None:
             in_segs = [(gid if gid in prunable else None, n) for gid, _, n in cons.segments]
-            per = cons.s if not cons.spatial else per_pair
+            per = cons.s
         else:  # not a consumer: its input side is fixed; express its weight as out x in pairs
             in_segs, per = [(None, total_w // max(out_ch * per_pair, 1))], per_pair
-        layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra))
+        layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra,
+                                gains_bias=refits and cons is not None and not has_bias))
     return CostModel(layers)
 
 

@@ -139,6 +139,7 @@ class Consumer:
     out_channels: int
     s: int                      # features per input channel
     segments: list[tuple[int, int, int]] = field(default_factory=list)  # (group, offset, length)
+    factor: int = 1             # a Conv's input tensor channels per group channel (m behind a channel multiplier)
     conv: dict | None = None    # kernel, strides, pads, dilations for a Conv
     gemm_trans_b: bool = True   # weight stored as (M, D) when True, (D, M) otherwise
     alpha: float = 1.0
@@ -453,18 +454,20 @@ class _Analyzer:
             self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin,
                               wshape[2] * wshape[3], layout, conv=self.conv_geometry(node, attrs, wshape, x, out))
             self.layouts[out] = self.create(f"n:{index}", wshape[0], Producer(index, "conv", w, 0, b))
-        elif wshape[0] == cin and wshape[1] * group == cin:
-            self.pass_groups(node, index, layout, w, b, wshape[1])
+        elif wshape[1] * group == cin and wshape[0] % cin == 0:
+            self.pass_groups(node, index, layout, w, b, wshape[1], wshape[0] // cin)
         else:
             self.freeze_all(node, index, f"{label}: grouped convolution (group={group}) with {wshape[0]} outputs "
                                          f"for {cin} inputs is not pruned")
 
     def pass_groups(self, node: onnx.NodeProto, index: int, layout: list[Segment], w: str, b: str | None,
-                    width: int) -> None:
-        """A depthwise (``width`` 1) or grouped Conv / ConvTranspose with as many outputs as
-        inputs in each group of ``width`` channels: output channel c reads only the group
-        holding input channel c, so both sides are one set of channels, removable a whole
-        group at a time (weight and bias lose the group's rows along axis 0)."""
+                    width: int, multiplier: int = 1) -> None:
+        """A depthwise (``width`` 1) or grouped Conv / ConvTranspose whose groups of
+        ``width`` input channels each write ``multiplier * width`` outputs: the outputs of
+        a group read only that group's inputs, so both sides are one set of channels,
+        removable a whole group at a time (weight and bias lose the group's rows along axis
+        0). With a channel multiplier, input channel c stands for outputs ``c * multiplier``
+        to ``c * multiplier + multiplier - 1`` (the output layout's ``factor``)."""
         label = node_label(node, index)
         if self.use_count.get(w, 0) > 1 or (b is not None and self.use_count.get(b, 0) > 1):
             self.freeze_all(node, index, f"{label}: grouped weights are shared")
@@ -472,12 +475,16 @@ class _Analyzer:
         if any(off % width or seg.length % width for seg, off in _offsets(layout)):
             self.freeze_all(node, index, f"{label}: its groups of {width} channels straddle channel groups")
             return
+        if (width > 1 or multiplier > 1) and any(seg.factor != 1 for seg in layout):
+            self.freeze_all(node, index, f"{label}: its input channels are already multiplied")
+            return
         for seg in layout:
             self.spaces.require_unit(seg.space, width)
-        self.add_param(layout, index, w, 0, label)
+        out = [Segment(seg.space, seg.start, seg.length, seg.factor * multiplier) for seg in layout]
+        self.add_param(out, index, w, 0, label)
         if b is not None:
-            self.add_param(layout, index, b, 0, label)
-        self.layouts[node.output[0]] = layout
+            self.add_param(out, index, b, 0, label)
+        self.layouts[node.output[0]] = out
 
     def op_ConvTranspose(self, node: onnx.NodeProto, index: int) -> None:
         """A producer of its output channels (weight axis 1) and a consumer of its input
@@ -567,14 +574,17 @@ class _Analyzer:
         if self.use_count.get(w, 0) > 1:
             self.freeze_layout(layout, f"weight {w!r} of {label} is shared by several nodes")
             return
-        expected = 1 if kind in ("conv", "convT") else s
+        # a Conv behind a channel multiplier reads ``factor`` adjacent tensor channels per
+        # channel, whose taps are adjacent in its weight too: ``factor * kh * kw`` features
+        factor = layout[0].factor if kind == "conv" and layout else 1
+        expected = factor if kind in ("conv", "convT") else s
         if any(seg.factor != expected for seg in layout):
             self.freeze_layout(layout, f"{label}: input channels do not map to contiguous features")
             return
         self.consumers.append(Consumer(
             node=index, name=label, kind=kind, input=x, output=out, weight=w, bias=b,
-            in_channels=cin, out_channels=m, s=s, conv=conv, gemm_trans_b=trans_b,
-            alpha=alpha, beta=beta,
+            in_channels=cin // factor, out_channels=m, s=s * factor, conv=conv, gemm_trans_b=trans_b,
+            alpha=alpha, beta=beta, factor=factor,
             segments=[(seg.space, off, seg.length) for seg, off in _offsets(layout)]))
 
     def op_Gemm(self, node: onnx.NodeProto, index: int) -> None:

@@ -152,14 +152,16 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
                 if g != gid:
                     continue
                 if cons.spatial:
-                    arrays.mask(cons.weight, 1 if cons.kind == "conv" else 0)[off + drop] = False
+                    cols = ((off + drop)[:, None] * cons.factor + np.arange(cons.factor)).reshape(-1)
+                    arrays.mask(cons.weight, 1 if cons.kind == "conv" else 0)[cols] = False
                 else:
                     axis = 1 if cons.kind == "gemm" and cons.gemm_trans_b else 0
                     cols = ((off + drop)[:, None] * cons.s + np.arange(cons.s)).reshape(-1)
                     arrays.mask(cons.weight, axis)[cols] = False
     _update_shape_params(analysis, keeps, arrays, out)
+    rows = {name: arrays.get(name).shape[0] for name, axis in arrays.masks if axis == 0}
     arrays.commit()
-    _update_conv_groups(out, arrays)
+    _update_conv_groups(out, arrays, rows)
     if arrays.values:  # shapes recorded by the exporter may no longer hold anywhere downstream
         del out.graph.value_info[:]
     list_initializers_as_inputs(out)  # a re-fit's new bias, in an IR 3 model
@@ -171,16 +173,16 @@ def _current_bias(node: onnx.NodeProto) -> str | None:
         else None
 
 
-def _update_conv_groups(model: onnx.ModelProto, arrays: _Arrays) -> None:
-    """A grouped Conv or ConvTranspose that lost whole groups (its weight has as many output
-    channels as inputs: ``group`` x ``C/group`` along axis 0) counts its groups again."""
+def _update_conv_groups(model: onnx.ModelProto, arrays: _Arrays, rows: dict[str, int]) -> None:
+    """A grouped Conv or ConvTranspose that lost whole groups counts its groups again: each
+    group kept its rows of the weight's axis 0 (``rows``: their number before)."""
     for node in model.graph.node:
         if node.op_type not in ("Conv", "ConvTranspose") or (node.input[1], 0) not in arrays.masks:
             continue
-        shape = arrays.get(node.input[1]).shape
+        now = arrays.get(node.input[1]).shape[0]
         for attr in node.attribute:
             if attr.name == "group" and attr.i > 1:
-                attr.i = int(shape[0] // shape[1])
+                attr.i = int(now // (rows[node.input[1]] // attr.i))
 
 
 def _vector_axis(value: np.ndarray) -> int:
