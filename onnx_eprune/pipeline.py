@@ -897,10 +897,17 @@ class Pruner:
             ref = run(make_session(self.model, self.providers, outputs=names), None, feeds)
         if [o.name for o in pruned.graph.output] != [o.name for o in self.model.graph.output]:
             raise EPruneError("internal error: the pruned model's outputs differ from the original's")
-        if names != [o.name for o in self.model.graph.output]:
-            # the graph outputs are not compared (their size depends on the data): run them once
-            run(make_session(pruned, self.providers), None, {k: v[:1] for k, v in feeds.items()})
-        got = run(make_session(pruned, self.providers, outputs=names), None, feeds)
+        try:
+            if names != [o.name for o in self.model.graph.output]:
+                # the graph outputs are not compared (their size depends on the data): run them once
+                run(make_session(pruned, self.providers), None, {k: v[:1] for k, v in feeds.items()})
+            got = run(make_session(pruned, self.providers, outputs=names), None, feeds)
+        except EPruneError as exc:
+            # the original ran on these samples: the pruning made the graph fail on one (a
+            # detector whose pruned network finds no box, and whose post-processing cannot
+            # take none, for one)
+            raise EPruneError(f"the pruned model fails on calibration samples that the original runs on ({exc}); "
+                              "prune less, or --exclude the layers that lead to the failing node") from None
         fidelity = {"samples": int(next(iter(feeds.values())).shape[0]), "outputs": {}}
         for name, a, b in zip(names, ref, got):
             if a.shape != b.shape or a.dtype != b.dtype:

@@ -749,3 +749,46 @@ def test_inspect_says_nothing_about_few_samples(case):
     """inspect probes shapes with one sample: no "few samples" warning."""
     assert main(["inspect", str(case.model), "-q"]) == 0
     assert case.capsys.readouterr().err == ""
+
+
+def test_a_pruned_model_that_fails_where_the_original_runs_is_refused(monkeypatch, tmp_path, capsys):
+    """If onnxruntime fails on the pruned model for calibration samples the original ran on
+    (a detector whose pruned network finds no box), the run is refused with an error that
+    says so, and nothing is written."""
+    import onnx_eprune.pipeline as pipeline
+    from onnx_eprune.errors import EPruneError
+
+    real_run = pipeline.run
+
+    def failing(session, *args, **kwargs):
+        if session is pruned_session[0]:
+            raise EPruneError("onnxruntime failed to run the model: Reshape: input shape {0,364}")
+        return real_run(session, *args, **kwargs)
+
+    pruned_session: list = [None]
+    real_build = pipeline.build_pruned
+    real_make = pipeline.make_session
+
+    def make(model, *args, **kwargs):
+        session = real_make(model, *args, **kwargs)
+        if model is built[-1]:
+            pruned_session[0] = session
+        return session
+
+    built: list = [None]
+
+    def build(*args, **kwargs):
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(pipeline, "run", failing)
+    monkeypatch.setattr(pipeline, "make_session", make)
+    monkeypatch.setattr(pipeline, "build_pruned", build)
+    model_path, calib_path, out = tmp_path / "m.onnx", tmp_path / "c.npy", tmp_path / "out.onnx"
+    onnx.save(conv_bn_relu_pool_flatten_gemm(), str(model_path))
+    np.save(calib_path, np.random.default_rng(0).normal(size=(32, 3, 16, 16)).astype(np.float32))
+    code = main(["prune", str(model_path), "-o", str(out), "--calib", str(calib_path), "--sparsity", "0.5", "-q"])
+    err = capsys.readouterr().err
+    assert code != 0 and not out.exists()
+    assert "the pruned model fails on calibration samples that the original runs on" in err
+    assert "Reshape" in err and "Traceback" not in err
