@@ -714,7 +714,7 @@ class Pruner:
                      "more accuracy with few samples (an eigendecomposition per layer: seconds on wide ones)",
                      len(fixed), THIN_ROWS, self.analysis.consumers[worst].name, *fixed[worst])
         from .report import build_report, provenance
-        report = build_report(self, keeps, counts, fidelity)
+        report = build_report(self, keeps, counts, fidelity, set(refits))
         record_provenance(pruned, provenance(report))
         return PruneResult(pruned, report)
 

@@ -15,8 +15,10 @@ from .graph.groups import node_label
 from .select.reconstruct import THIN_ROWS
 
 
-def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], fidelity: dict) -> dict:
-    """Collect what a run did. ``pruner`` is the finished :class:`~onnx_eprune.pipeline.Pruner`."""
+def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], fidelity: dict,
+                 refitted: set[int]) -> dict:
+    """Collect what a run did. ``pruner`` is the finished :class:`~onnx_eprune.pipeline.Pruner`;
+    ``refitted``: the consumers it re-fitted."""
     analysis, costs, cfg = pruner.analysis, pruner.costs, pruner.config
     kept = {g: len(k) for g, k in keeps.items()}
     producers_of = {}
@@ -41,7 +43,7 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
             entry["kept_channels"] = [int(c) for c in keeps[g.gid]]
         groups.append(entry)
     target = cfg.target()
-    params = (costs.params(), costs.params(kept))
+    params = (costs.params(), costs.params(kept, {analysis.consumers[c].name for c in refitted}))
     macs = (costs.macs(), costs.macs(kept))
     return {
         "tool": "onnx-eprune",

@@ -82,6 +82,17 @@ def assert_valid(pruned: onnx.ModelProto, original: onnx.ModelProto, context: st
             assert np.isfinite(got[name]).all(), context
 
 
+def added_biases(original: onnx.ModelProto, pruned: onnx.ModelProto) -> int:
+    """Bias entries of Conv / Gemm nodes of ``pruned`` whose node in ``original`` (same
+    position: the rewrite keeps the node list) has no bias: those a re-fit added."""
+    sizes = {i.name: int(np.prod(i.dims)) for i in pruned.graph.initializer}
+
+    def bias(node: onnx.NodeProto) -> str:
+        return node.input[2] if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 else ""
+
+    return sum(sizes.get(bias(b), 0) for a, b in zip(original.graph.node, pruned.graph.node) if bias(b) and not bias(a))
+
+
 def prune(model, **kw):
     return onnx_eprune.prune(model, CALIB, device="cpu", samples=len(CALIB), **kw)
 
@@ -133,7 +144,8 @@ def test_pruned_random_graphs_are_valid_and_keep_all_is_identity():
         else:
             assert_valid(result.model, model, context)
             params = result.report["params"]
-            assert params["after"] <= params["before"], context
+            # only the biases a re-fit gives layers without one can outweigh what was removed
+            assert params["after"] <= params["before"] + added_biases(model, result.model), context
             outcomes["pruned" if params["after"] < params["before"] else "unchanged"] += 1
         assert model.SerializeToString() == before, f"prune modified its input; {context}"
 

@@ -3,6 +3,7 @@ number of channels kept in each group."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,10 +36,14 @@ class LayerCost:
     def groups(self) -> set[int]:
         return {g for g, _ in self.out_segments + self.in_segments if g is not None}
 
-    def params(self, keep: dict[int, int]) -> int:
+    def params(self, keep: dict[int, int], refitted: bool | None = None) -> int:
+        """Parameters at the kept counts ``keep``. ``refitted``: whether the layer was
+        re-fitted (None: as it will be when an input group shrinks, if ``gains_bias``)."""
         out, cin = self._counts(keep)
         weights = out * self.per_pair if self.depthwise else out * cin * self.per_pair
-        if self.gains_bias and any(g is not None and keep.get(g, n) < n for g, n in self.in_segments):
+        if refitted is None:
+            refitted = self.gains_bias and any(g is not None and keep.get(g, n) < n for g, n in self.in_segments)
+        if refitted and not self.bias:
             return weights + out  # the re-fit's bias replaces any other
         return weights + (out if self.bias else 0) + self.extra_params
 
@@ -52,8 +57,12 @@ class LayerCost:
 class CostModel:
     layers: list[LayerCost]
 
-    def params(self, keep: dict[int, int] | None = None) -> int:
-        return sum(layer.params(keep or {}) for layer in self.layers)
+    def params(self, keep: dict[int, int] | None = None, refitted: Collection[str] | None = None) -> int:
+        """Parameters at the kept counts ``keep`` (None: all). ``refitted``: the names of
+        the layers a run re-fitted (None: those whose input groups shrink, if re-fits are
+        on); a sequential run also re-fits layers whose own inputs stay whole."""
+        return sum(layer.params(keep or {}, None if refitted is None else layer.name in refitted)
+                   for layer in self.layers)
 
     def macs(self, keep: dict[int, int] | None = None) -> int:
         return sum(layer.macs(keep or {}) for layer in self.layers)
