@@ -34,7 +34,7 @@ from .errors import EPruneError, UsageError
 from .files import same_file
 from .graph.costs import CostModel, build_cost_model
 from .graph.exclude import check_patterns, exclude_groups
-from .graph.groups import QUANTIZED, Consumer, GraphAnalysis, analyze
+from .graph.groups import QUANTIZED, Consumer, GraphAnalysis, analyze, spread
 from .graph.model_io import as_model, check_model, check_model_arg, initializer_map, normalize, record_provenance, save_model
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, producer_rows
@@ -841,8 +841,7 @@ class Pruner:
             for _offset, g, factor in sorted(layout[name]):
                 width = counts[g] * factor
                 if g == gid:
-                    kept = ((start + np.asarray(keeps[gid]) * factor)[:, None] + np.arange(factor)).reshape(-1)
-                    pieces.append(kept)
+                    pieces.append(start + spread(keeps[gid], factor))
                 else:
                     pieces.append(np.arange(start, start + width))
                 start += width
@@ -868,8 +867,8 @@ class Pruner:
             current = np.asarray(keeps[g]) if g in keeps and g not in fresh else np.arange(length)
             chosen = np.asarray(keeps[g]) if g in keeps else np.arange(length)
             position = np.searchsorted(current, chosen)  # where the kept channels sit in x'
-            kept_cols.append(((offset + position)[:, None] * cons.s + np.arange(cons.s)).reshape(-1))
-            orig_cols.append(((off + chosen)[:, None] * cons.s + np.arange(cons.s)).reshape(-1))
+            kept_cols.append(spread(offset + position, cons.s))
+            orig_cols.append(spread(off + chosen, cons.s))
             offset += len(current)
         theta, bias = consumer_matrix(self.inits, cons)
         kept = np.concatenate(kept_cols)
@@ -944,7 +943,7 @@ def _at_positions(out: np.ndarray, positions: np.ndarray) -> np.ndarray:
 
 def _channels_of(blocks: np.ndarray, unit: int) -> np.ndarray:
     """The sorted channels of blocks of ``unit`` consecutive channels."""
-    return (np.sort(np.asarray(blocks))[:, None] * unit + np.arange(unit)).reshape(-1)
+    return spread(np.sort(np.asarray(blocks)), unit)
 
 
 def prune(model, calib=None, config: PruneConfig | None = None, progress: Progress | None = None,

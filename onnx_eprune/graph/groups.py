@@ -1210,6 +1210,13 @@ class _Analyzer:
                              slice_bounds=self.slice_bounds)
 
 
+def spread(indices: np.ndarray, width: int) -> np.ndarray:
+    """The entries of items that each span ``width`` consecutive entries (a channel's
+    features, a flattened or multiplied channel's entries, a conv group's channels): item i
+    covers ``i * width`` to ``i * width + width - 1``; items in the order given."""
+    return (np.asarray(indices)[:, None] * width + np.arange(width)).reshape(-1)
+
+
 def _offsets(layout: list[Segment]):
     off = 0
     for seg in layout:

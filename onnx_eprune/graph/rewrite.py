@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .groups import Consumer, GraphAnalysis
+from .groups import Consumer, GraphAnalysis, spread
 from .model_io import list_initializers_as_inputs, reference, tensor_array
 from .weights import transposed_to_conv
 
@@ -142,8 +142,7 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
             if bias is not None and arrays.get(bias).size == arrays.get(p.weight).shape[p.weight_axis]:
                 arrays.mask(bias, _vector_axis(arrays.get(bias)))[p.offset + drop] = False
         for prm in group.params:
-            entries = prm.offset + drop[:, None] * prm.factor + np.arange(prm.factor)
-            arrays.mask(prm.tensor, prm.axis)[entries.reshape(-1)] = False
+            arrays.mask(prm.tensor, prm.axis)[prm.offset + spread(drop, prm.factor)] = False
         for cidx in group.consumers:
             if cidx in refits:
                 continue
@@ -151,13 +150,11 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
             for g, off, _length in cons.segments:
                 if g != gid:
                     continue
-                if cons.spatial:
-                    cols = ((off + drop)[:, None] * cons.factor + np.arange(cons.factor)).reshape(-1)
-                    arrays.mask(cons.weight, 1 if cons.kind == "conv" else 0)[cols] = False
-                else:
-                    axis = 1 if cons.kind == "gemm" and cons.gemm_trans_b else 0
-                    cols = ((off + drop)[:, None] * cons.s + np.arange(cons.s)).reshape(-1)
-                    arrays.mask(cons.weight, axis)[cols] = False
+                if cons.spatial:  # weight axes (out, in, kh, kw); behind a multiplier ``factor`` inputs a channel
+                    axis, width = (1 if cons.kind == "conv" else 0), cons.factor
+                else:  # a matrix whose input axis holds ``s`` features per channel
+                    axis, width = (1 if cons.kind == "gemm" and cons.gemm_trans_b else 0), cons.s
+                arrays.mask(cons.weight, axis)[spread(off + drop, width)] = False
     _update_shape_params(analysis, keeps, arrays, out)
     rows = {name: arrays.get(name).shape[0] for name, axis in arrays.masks if axis == 0}
     arrays.commit()
