@@ -896,17 +896,10 @@ class Pruner:
             ref = run(make_session(self.model, self.providers, outputs=names), None, feeds)
         if [o.name for o in pruned.graph.output] != [o.name for o in self.model.graph.output]:
             raise EPruneError("internal error: the pruned model's outputs differ from the original's")
-        try:
-            if names != [o.name for o in self.model.graph.output]:
-                # the graph outputs are not compared (their size depends on the data): run them once
-                run(make_session(pruned, self.providers), None, {k: v[:1] for k, v in feeds.items()})
-            got = run(make_session(pruned, self.providers, outputs=names), None, feeds)
-        except EPruneError as exc:
-            # the original ran on these samples: the pruning made the graph fail on one (a
-            # detector whose pruned network finds no box, and whose post-processing cannot
-            # take none, for one)
-            raise EPruneError(f"the pruned model fails on calibration samples that the original runs on ({exc}); "
-                              "prune less, or --exclude the layers that lead to the failing node") from None
+        if names != [o.name for o in self.model.graph.output]:
+            # the graph outputs are not compared (their size depends on the data): run them once
+            _run_pruned(make_session(pruned, self.providers), {k: v[:1] for k, v in feeds.items()})
+        got = _run_pruned(make_session(pruned, self.providers, outputs=names), feeds)
         fidelity = {"samples": int(next(iter(feeds.values())).shape[0]), "outputs": {}}
         for name, a, b in zip(names, ref, got):
             if a.shape != b.shape or a.dtype != b.dtype:
@@ -918,6 +911,17 @@ class Pruner:
                 entry["top1_agreement"] = float(np.mean(a.argmax(1) == b.argmax(1)))
             fidelity["outputs"][name] = entry
         return fidelity
+
+
+def _run_pruned(session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``run`` on the pruned model, whose failure on samples the original ran on is the
+    pruning's (a detector whose pruned network finds no box, and whose post-processing
+    cannot take none, for one)."""
+    try:
+        return run(session, None, feeds)
+    except EPruneError as exc:
+        raise EPruneError(f"the pruned model fails on calibration samples that the original runs on ({exc}); "
+                          "prune less, or --exclude the layers that lead to the failing node") from None
 
 
 def _reducible(cons: Consumer, budget: int) -> bool:
