@@ -17,6 +17,7 @@ from .calibrate.sensitivity import comparison_outputs
 from .calibrate.session import (choose_providers, fixed_batch, make_session, probe_shapes, run, samples_per_batch,
                                 unbatched_inputs)
 from .errors import UsageError
+from .files import require_file
 from .graph.costs import build_cost_model
 from .graph.groups import GraphAnalysis, analyze
 from .graph.model_io import as_model, model_bytes, normalize
@@ -187,10 +188,7 @@ def load_labels(labels, samples: int, classes: int | None = None) -> np.ndarray:
 
 def _read_labels(path: Path) -> np.ndarray:
     """The array in a .npy labels file; any other file is a usage error."""
-    if not path.exists():
-        raise UsageError(f"labels file not found: {path}")
-    if path.is_dir():
-        raise UsageError(f"labels path is a directory, expected a .npy file: {path}")
+    require_file(path, "labels", "a .npy file")
     try:
         y = np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy raises several unrelated types on text, pickles and damaged files

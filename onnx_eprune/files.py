@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import EPruneError
+from .errors import EPruneError, UsageError
 
 
 def write_atomic(target: Path, write: Callable[[BinaryIO], None], label: str | None = None) -> None:
@@ -46,6 +46,15 @@ def temporary_beside(target: Path) -> str:
     os.umask(mask)
     os.chmod(tmp, 0o666 & ~mask)
     return tmp
+
+
+def require_file(path: Path, what: str, expected: str) -> None:
+    """Refuse a ``path`` to read that does not exist or is a folder, with a one-line
+    :class:`UsageError` naming ``what`` it should hold and the ``expected`` kind of file."""
+    if not path.exists():
+        raise UsageError(f"{what} file not found: {path}")
+    if path.is_dir():
+        raise UsageError(f"{what} path is a directory, expected {expected}: {path}")
 
 
 def same_file(a: Path, b: Path) -> bool:

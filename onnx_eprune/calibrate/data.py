@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from ..errors import UsageError
+from ..files import require_file
 from ..graph.model_io import model_inputs, unbatched_inputs
 
 log = logging.getLogger("onnx_eprune")
@@ -178,10 +179,7 @@ def _as_array(value: object, what: str) -> np.ndarray:
 
 
 def _read(path: Path, inputs) -> dict[str, np.ndarray]:
-    if not path.exists():
-        raise UsageError(f"calibration file not found: {path}")
-    if path.is_dir():
-        raise UsageError(f"calibration path is a directory, expected a .npy or .npz file: {path}")
+    require_file(path, "calibration", "a .npy or .npz file")
     try:
         loaded = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:

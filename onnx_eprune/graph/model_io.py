@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
 
 from ..errors import EPruneError, UsageError
-from ..files import temporary_beside, write_atomic
+from ..files import require_file, temporary_beside, write_atomic
 
 # Protobuf refuses to serialise a message above 2 GiB; stay well below it. Models whose
 # weights (external data included) reach this size are written with external data, and
@@ -183,10 +183,7 @@ def load_model(path: str | os.PathLike, weights: bool = True) -> onnx.ModelProto
     Raises UsageError for a missing path, a directory or a file that is not ONNX.
     """
     p = Path(path)
-    if not p.exists():
-        raise UsageError(f"model file not found: {p}")
-    if p.is_dir():
-        raise UsageError(f"model path is a directory, expected an .onnx file: {p}")
+    require_file(p, "model", "an .onnx file")
     try:
         model = onnx.load(str(p), load_external_data=False)
         if weights:
