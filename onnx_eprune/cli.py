@@ -252,11 +252,11 @@ def _check_random_size(model, size: tuple[int, int]) -> None:
     inputs; refuse one that it cannot apply to or that the model fixes otherwise, as
     --calib-images does, rather than ignore it."""
     from .calibrate.data import model_inputs
+    from .graph.model_io import fixed_dims
 
     images = 0
     for vi in model_inputs(model):
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                for d in vi.type.tensor_type.shape.dim]
+        dims = fixed_dims(vi) or []
         if len(dims) != 4:
             continue
         images += 1
@@ -705,10 +705,11 @@ def _fitted_shape(shape: tuple[int, ...], vi, unbatched: bool) -> list[int]:
     """--input-shape for the input ``vi``, refused (naming the option, not the array it
     becomes) unless it has the input's rank and the dimensions the input fixes; the batch
     axis may differ (a model exported for batch 1 is probed as such anyway)."""
-    ttype = vi.type.tensor_type
-    fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in ttype.shape.dim]
+    from .graph.model_io import fixed_dims
+
+    fixed = fixed_dims(vi)
     first = 0 if unbatched else 1
-    if ttype.HasField("shape") and (len(shape) != len(fixed) or any(
+    if fixed is not None and (len(shape) != len(fixed) or any(
             want is not None and got != want for got, want in zip(shape[first:], fixed[first:]))):
         text = ",".join(map(str, shape))
         model_shape = ",".join("?" if d is None else str(d) for d in fixed)

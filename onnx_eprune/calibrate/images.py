@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from ..errors import UsageError
+from ..graph.model_io import fixed_dims
 from .data import model_inputs
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def random_calibration(model: onnx.ModelProto, n: int, seed: int = 0, *, size=No
     rng = np.random.default_rng(seed)
     out = {}
     for vi in model_inputs(model):
-        dims = _dims(vi)
+        dims = fixed_dims(vi)
         if dims is None:
             raise UsageError(f"input {vi.name!r} has no declared shape; random calibration needs one")
         dims = [n] + dims[1:]
@@ -240,15 +241,8 @@ def _resize(img, target: tuple[int, int], policy: str, Image):
     return img.resize((w, h), Image.BILINEAR, box=(left, top, left + box_w, top + box_h))
 
 
-def _dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
-    ttype = vi.type.tensor_type
-    if not ttype.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in ttype.shape.dim]
-
-
 def _image_shape(vi: onnx.ValueInfoProto, *, size, layout, channels) -> dict:
-    dims = _dims(vi)
+    dims = fixed_dims(vi)
     if dims is None or len(dims) != 4:
         got = "no declared shape" if dims is None else f"shape {_fmt(dims)}"
         raise UsageError(f"model input {vi.name!r} has {got}; images need a rank-4 NCHW or NHWC input")

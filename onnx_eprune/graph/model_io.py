@@ -580,6 +580,15 @@ def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [vi for vi in model.graph.input if vi.name not in inits]
 
 
+def fixed_dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
+    """The dimensions an input declares, None for each one it leaves free (a name, or no
+    positive value); None when it declares no shape at all."""
+    ttype = vi.type.tensor_type
+    if not ttype.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in ttype.shape.dim]
+
+
 def fixed_batch(model: onnx.ModelProto) -> int | None:
     """The batch size ``model`` was exported for: the static first dimension its graph inputs
     share (an export without dynamic axes fixes it, usually at 1), or None when it is free.
