@@ -514,7 +514,7 @@ class Pruner:
     def _kept_outputs(self, cidx: int, keeps: dict[int, np.ndarray]) -> np.ndarray | None:
         """Original output rows of consumer ``cidx`` still present (None: all of them)."""
         cons = self.analysis.consumers[cidx]
-        drop = [p.offset + np.setdiff1d(np.arange(g.channels), keeps[g.gid])
+        drop = [p.offset + spread(np.setdiff1d(np.arange(g.channels), keeps[g.gid]), p.factor)
                 for g in self.analysis.groups if g.gid in keeps for p in g.producers if p.node == cons.node]
         if not drop:
             return None

@@ -216,6 +216,29 @@ def depthwise_multiplier(width: int = 6, multiplier: int = 3, seed: int = 0) -> 
     return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT))
 
 
+def multiplier_sum(width: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """FastViT's downsampling: outputs of channel multipliers added to ordinary Convs'.
+
+    conv1(3->w) -> Relu (x); d = dw7(x) + dw3(x), depthwise Convs writing 2 outputs per
+    input (w -> 2w, group w); e = Relu(BN(d) + Conv1x1(d, 2w -> 2w)): the 1x1 Conv's
+    outputs go two rows per channel of x; f = Relu(dwm(e) + Conv(e, 2w -> 4w)), a depthwise
+    multiplier of 2 on e (four outputs per channel of x) added to a Conv whose outputs go
+    four rows per channel; a layer scale (a per-channel constant Mul) -> GAP -> Flatten ->
+    Gemm(4w -> 10). Every tensor after conv1 holds its channels 2 or 4 entries each.
+    """
+    b = _Builder(seed)
+    x = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, width, name="conv1")])
+    d = b.node("Add", [b.conv(x, width, 2 * width, k=7, group=width, name="dw7"),
+                       b.conv(x, width, 2 * width, k=3, group=width, name="dw3")], name="reparam")
+    e = b.node("Relu", [b.node("Add", [b.bn(d, 2 * width, name="identity_bn"),
+                                       b.conv(d, 2 * width, 2 * width, k=1, name="pw")], name="block")])
+    f = b.node("Add", [b.conv(e, 2 * width, 4 * width, group=2 * width, name="dwm"),
+                       b.conv(e, 2 * width, 4 * width, name="wide")], name="expand")
+    scale = b.const("layer_scale", b.rng.uniform(0.5, 1.5, (4 * width, 1, 1)).astype(np.float32))
+    f = b.node("Mul", [b.node("Relu", [f]), scale], name="scale")
+    return b.build(b.gemm(b.gap_flatten(f), 4 * width, CLASSES, name=OUTPUT))
+
+
 def depthwise_upsample(width: int = 8, seed: int = 0) -> onnx.ModelProto:
     """Conv(3->w) -> Relu -> depthwise ConvTranspose(w, 4x4, stride 2, pads 1: a learned
     bilinear upsampling) -> Conv(w->2w) -> Relu -> GAP -> Flatten -> Gemm(2w -> 10)."""
@@ -533,6 +556,7 @@ ALL_BUILDERS = {
     "resize_to_input": resize_to_input,
     "grouped_wide": lambda: grouped(out_width=32),
     "depthwise_multiplier": depthwise_multiplier,
+    "multiplier_sum": multiplier_sum,
 }
 
 EXPECTED = {
@@ -569,6 +593,8 @@ EXPECTED = {
     # each conv group of 4 inputs writes 8 outputs: a channel multiplier of 2
     "grouped_wide": {"prunable": 2, "producers": [1, 1], "frozen": None},
     "depthwise_multiplier": {"prunable": 2, "producers": [1, 1], "frozen": None},
+    # conv1, pw and wide (2 and 4 rows per channel of conv1) in one group
+    "multiplier_sum": {"prunable": 1, "producers": [3], "frozen": None},
 }
 
 

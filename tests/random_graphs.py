@@ -9,7 +9,7 @@ shape ``[N, 10]``. Its body is 2 to 6 random blocks:
 * ``residual``: Conv - act - Conv (same width) + Add of the block input;
 * ``concat``: two parallel Convs joined by Concat on the channel axis;
 * ``depthwise``: Conv with ``group = C``, in 30% of the cases with a channel multiplier of 2
-  (2C outputs);
+  (2C outputs), half of those added to an ordinary Conv of the block input (FastViT);
 * ``grouped``: Conv with ``group`` 2 or 4, half the time as many outputs as inputs (even
   input and output widths; a multiple of the inputs is a channel multiplier);
 * ``se``: squeeze-and-excitation, GAP -> 1x1 Conv -> Relu -> 1x1 Conv -> Sigmoid -> Mul;
@@ -204,6 +204,8 @@ def _block(g: _Graph, kind: str, x: str, c: int, hw: int) -> tuple[str, int, int
         use_bn = ch.chance(0.5)
         cout = 2 * c if ch.chance(0.3) else c
         y = g.conv(x, c, cout, 3, stride, group=c, bias=not use_bn)
+        if cout > c and ch.chance(0.5):  # FastViT: an ordinary Conv's outputs added to the multiplier's
+            y = g.node("Add", [y, g.conv(x, c, cout, ch.choice([3, 1]), stride)])
         if use_bn:
             y = g.bn(y, cout)
         return g.activation(y), cout, (hw + stride - 1) // stride

@@ -10,7 +10,7 @@ import pytest
 
 import onnx_eprune
 from models import (ALL_BUILDERS, FEATURE_OUTPUT, OUTPUT, channels_last, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
-                    depthwise_multiplier, depthwise_upsample, grouped, initializer, intermediate_output, io_signature, node_by_name,
+                    depthwise_multiplier, depthwise_upsample, grouped, multiplier_sum, initializer, intermediate_output, io_signature, node_by_name,
                     one_image_detector, random_input, relative_error, residual, run_model, se_unflatten, wide_cnn)
 from onnx_eprune import budget
 from onnx_eprune.calibrate.session import probe_shapes
@@ -541,6 +541,58 @@ def test_channel_multiplier_goes_with_its_input_channel(calib, test_x):
         init.CopyFrom(onnx.numpy_helper.from_array(value, name))
     np.testing.assert_allclose(run_model(pruned, test_x)[OUTPUT], run_model(zeroed, test_x)[OUTPUT],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_outputs_added_to_a_multiplier_go_in_blocks(calib, test_x):
+    """An ordinary Conv whose outputs are added to a channel multiplier's loses them in
+    blocks: dropping channel c of conv1 removes rows 2c, 2c+1 of pw (added to the 2
+    outputs per channel of dw7 + dw3) and rows 4c .. 4c+3 of wide (added to dwm's 4 per
+    channel); without re-fits the result equals the original whose dropped entries are
+    zero wherever an ordinary Conv or the Gemm reads them."""
+    model = multiplier_sum(width=4)
+    analysis = _analysis(model, calib)
+    g = next(g for g in analysis.groups if g.prunable)
+    assert {model.graph.node[p.node].name: p.factor for p in g.producers} == {"conv1": 1, "pw": 2, "wide": 4}
+    keep, drop = np.array([1, 2]), np.array([0, 3])
+    pruned = build_pruned(model, analysis, {g.gid: keep}, {})
+    onnx.checker.check_model(pruned, full_check=True)
+    two, four = (2 * keep[:, None] + np.arange(2)).reshape(-1), (4 * keep[:, None] + np.arange(4)).reshape(-1)
+    assert np.array_equal(initializer(pruned, "pw.weight"), initializer(model, "pw.weight")[two][:, two])
+    assert np.array_equal(initializer(pruned, "wide.weight"), initializer(model, "wide.weight")[four][:, two])
+    assert np.array_equal(initializer(pruned, "dwm.weight"), initializer(model, "dwm.weight")[four])
+    assert initializer(pruned, "layer_scale").shape == (8, 1, 1)
+    assert initializer(pruned, OUTPUT + ".weight").shape == (10, 8)
+
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(model)
+    two_off, four_off = (2 * drop[:, None] + np.arange(2)).reshape(-1), (4 * drop[:, None] + np.arange(4)).reshape(-1)
+    for name, rows in (("conv1.weight", drop), ("conv1.bias", drop), ("dw7.bias", two_off), ("dw3.bias", two_off),
+                       ("identity_bn.shift", two_off), ("identity_bn.mean", two_off), ("pw.weight", two_off),
+                       ("pw.bias", two_off), ("dwm.bias", four_off), ("wide.weight", four_off),
+                       ("wide.bias", four_off)):
+        init = next(i for i in zeroed.graph.initializer if i.name == name)
+        value = onnx.numpy_helper.to_array(init).copy()
+        value[rows] = 0
+        init.CopyFrom(onnx.numpy_helper.from_array(value, name))
+    np.testing.assert_allclose(run_model(pruned, test_x)[OUTPUT], run_model(zeroed, test_x)[OUTPUT],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+@pytest.mark.parametrize("kw", [dict(keep_ratio=0.5), dict(flops_reduction=0.5), dict(sparsity=0.6)])
+def test_multiplier_sums_are_pruned_and_refitted(mode, kw, calib, test_x):
+    model = multiplier_sum(width=4)
+    result = prune(model, calib, mode=mode, **kw)
+    assert_valid(result.model, model, test_x)
+    kept = initializer(result.model, "conv1.weight").shape[0]
+    assert kept < 4
+    assert initializer(result.model, "pw.weight").shape[:2] == (2 * kept, 2 * kept)
+    assert initializer(result.model, "wide.weight").shape[:2] == (4 * kept, 2 * kept)
+    assert initializer(result.model, "dwm.weight").shape[0] == 4 * kept
+    # the re-fit recovers most of what the same channels lose without it
+    plain = prune(model, calib, mode=mode, reconstruct=False, **kw).model
+    error = relative_error(run_model(result.model, test_x)[OUTPUT], run_model(model, test_x)[OUTPUT])
+    assert error < 0.25 * relative_error(run_model(plain, test_x)[OUTPUT], run_model(model, test_x)[OUTPUT])
 
 
 @pytest.mark.parametrize("mode", ["sequential", "oneshot"])

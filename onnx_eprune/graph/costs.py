@@ -27,7 +27,7 @@ class LayerCost:
     bias: bool
     spatial: int                # output positions per sample: MACs per weight element
     extra_params: int = 0       # e.g. a constant bias that is not per channel
-    out_factor: int = 1         # output channels per group channel (a depthwise channel multiplier)
+    out_factor: int = 1         # output channels per group channel (a channel multiplier, or outputs added to its)
     gains_bias: bool = False    # without a per-output bias, it gets one when re-fitted (an input group shrinks)
 
     def _counts(self, keep: dict[int, int]) -> tuple[int, int]:
@@ -85,12 +85,14 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
     per output if it has none (a Conv before an unfolded BatchNormalization, a MatMul)."""
     inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
     prunable = {g.gid for g in analysis.groups if g.prunable}
-    outputs: dict[int, list[tuple[int, int, int]]] = {}   # node -> (offset, group, channels)
+    outputs: dict[int, list[tuple[int, int, int]]] = {}   # node -> (offset, group, channels), in group channels
+    rows: dict[int, int] = {}                              # node -> output rows per group channel
     depthwise: dict[int, list[tuple[int, int, int]]] = {}  # node -> (offset, group, channels), in group channels
     multiplier: dict[int, int] = {}                        # node -> output channels per group channel
     for g in analysis.groups:
         for p in g.producers:
-            outputs.setdefault(p.node, []).append((p.offset, g.gid, g.channels))
+            outputs.setdefault(p.node, []).append((p.offset // p.factor, g.gid, g.channels))
+            rows[p.node] = p.factor
         for prm in g.params:
             node = model.graph.node[prm.node]
             # a grouped Conv's weight, not its bias (both are sliced alike: counted once)
@@ -143,14 +145,15 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
             layers.append(LayerCost(label, node.op_type, segments(depthwise[index], out_ch // factor), [], per_pair,
                                     True, has_bias, spatial, extra, factor))
             continue
-        out_segs = segments(outputs.get(index, []), out_ch)
+        factor = rows.get(index, 1)
+        out_segs = segments(outputs.get(index, []), out_ch // factor)
         if cons is not None:
             in_segs = [(gid if gid in prunable else None, n) for gid, _, n in cons.segments]
             per = cons.s
         else:  # not a consumer: its input side is fixed; express its weight as out x in pairs
             in_segs, per = [(None, total_w // max(out_ch * per_pair, 1))], per_pair
         layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra,
-                                gains_bias=refits and cons is not None and not has_bias))
+                                factor, gains_bias=refits and cons is not None and not has_bias))
     return CostModel(layers)
 
 

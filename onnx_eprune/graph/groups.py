@@ -39,6 +39,9 @@ SPATIAL_POOLS = frozenset({
 # Widest consumer input (channels x kernel taps, or x positions behind a Flatten) whose
 # statistics are gathered: its float64 Gram matrix alone takes 2 GiB.
 MAX_CONSUMER_FEATURES = 16384
+# Walks over the graph at most: each may find Split/Slice cuts or multiplier blocks that
+# the next aligns (FastViT's stages, each a channel multiplier deeper, take five).
+MAX_WALKS = 10
 ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum"})
 REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
 # Ops whose first input must hold its channels on axis 1 (NCHW or (N, features)).
@@ -73,7 +76,8 @@ class Producer:
     weight: str          # initializer name
     weight_axis: int     # axis of the weight that indexes output channels
     bias: str | None     # initializer name of a per-output bias, if any
-    offset: int = 0      # first output channel of the group (a Split may cut one output in parts)
+    offset: int = 0      # first output row of the group (a Split may cut one output in parts)
+    factor: int = 1      # output rows per group channel (outputs added to a channel multiplier's)
 
 
 @dataclass
@@ -236,14 +240,18 @@ class _Analyzer:
     """One walk over the graph. ``cuts`` (origin key -> channel positions) splits the
     channels an op creates into several spaces, so that Split/Slice on the channel axis
     see whole spaces; a walk that meets a cut it was not given records it in ``new_cuts``
-    and :func:`analyze` walks again."""
+    and :func:`analyze` walks again. ``blocks`` (origin key -> k) has a producer's outputs
+    go k adjacent rows per channel, so that they can be added to a channel multiplier's
+    outputs (``new_blocks`` records the ones a walk finds it needs)."""
 
     def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
-                 cuts: dict[str, set[int]] | None = None):
+                 cuts: dict[str, set[int]] | None = None, blocks: dict[str, int] | None = None):
         self.graph = model.graph
         self.cuts = cuts or {}
+        self.blocks = blocks or {}
         self.origin: dict[int, tuple[str, int]] = {}    # space -> (origin key, first channel there)
         self.new_cuts: list[tuple[int, int]] = []       # (space, position within the space)
+        self.new_blocks: dict[str, int] = {}            # origin key -> rows per channel it should get
         self.shapes = shapes
         self.consts: dict[str, np.ndarray | None] = {}  # constant tensors (value if small)
         for init in self.graph.initializer:
@@ -334,16 +342,44 @@ class _Analyzer:
         self.layouts[name] = OPAQUE if c is None else self.create(f"t:{name}", c, None, reason)
 
     def create(self, key: str, size: int, producer: Producer | None, reason: str | None = None) -> list[Segment]:
-        """The layout of ``size`` new channels: one space, or several where cuts fall."""
+        """The layout of ``size`` new channels: one space, or several where cuts fall; where
+        ``blocks`` has the key, channels of k adjacent rows each (``size / k`` of them)."""
+        k = self.blocks.get(key, 1)
+        size //= k
         bounds = [0] + sorted(c for c in self.cuts.get(key, ()) if 0 < c < size) + [size]
         layout = []
         for start, stop in zip(bounds[:-1], bounds[1:]):
             sid = self.spaces.new(stop - start, reason)
             self.origin[sid] = (key, start)
             if producer is not None:
-                self.producers.setdefault(sid, []).append(replace(producer, offset=start))
-            layout.append(Segment(sid, 0, stop - start))
+                self.producers.setdefault(sid, []).append(replace(producer, offset=start * k, factor=k))
+            layout.append(Segment(sid, 0, stop - start, k))
         return layout
+
+    def request_blocks(self, a: list[Segment], b: list[Segment]) -> bool:
+        """Two layouts an element-wise op adds that hold the same entries but with other
+        factors (a channel multiplier's outputs, m per input channel, and an ordinary
+        Conv's): where the one with fewer entries per channel is a producer's whole output
+        as it created it, record that its rows should go in blocks of the other's factor,
+        so that the next walk can couple the two. Whether it did."""
+        if len(a) != len(b):
+            return False
+        wanted = {}
+        for sa, sb in zip(a, b):
+            if sa.length * sa.factor != sb.length * sb.factor:
+                return False
+            if sa.factor == sb.factor:
+                continue
+            lo, hi = (sa, sb) if sa.factor < sb.factor else (sb, sa)
+            key, start = self.origin.get(lo.space, (None, 0))
+            whole = lo.start == 0 and lo.length == self.spaces.size[lo.space] and start == 0
+            if key is None or not self.producers.get(lo.space) or not whole or self.cuts.get(key) \
+                    or hi.factor % lo.factor or lo.factor != self.blocks.get(key, 1):
+                return False
+            wanted[key] = hi.factor
+        for key, k in wanted.items():
+            self.new_blocks.setdefault(key, k)
+        return bool(wanted)
 
     def take(self, layout: list[Segment], a: int, b: int) -> list[Segment]:
         """Channels ``[a, b)`` of a layout; records a cut where a space is split."""
@@ -475,7 +511,9 @@ class _Analyzer:
         if any(off % width or seg.length % width for seg, off in _offsets(layout)):
             self.freeze_all(node, index, f"{label}: its groups of {width} channels straddle channel groups")
             return
-        if (width > 1 or multiplier > 1) and any(seg.factor != 1 for seg in layout):
+        # a depthwise Conv keeps a channel's entries adjacent (its m outputs per input too),
+        # a wider conv group would interleave several channels' entries
+        if width > 1 and any(seg.factor != 1 for seg in layout):
             self.freeze_all(node, index, f"{label}: its input channels are already multiplied")
             return
         for seg in layout:
@@ -946,7 +984,7 @@ class _Analyzer:
         if not isinstance(layout, list) or out_shape is None or c_shape is None:
             self.freeze_all(node, index, f"{label}: operand shapes unknown")
             return
-        cin = sum(seg.length for seg in layout)
+        entries = sum(seg.length * seg.factor for seg in layout)  # a channel's entries are adjacent
         if tuple(self.shapes.get(act, ())) != tuple(out_shape):
             self.freeze_all(node, index, f"{label}: the constant broadcasts the activation to a new shape")
             return
@@ -954,7 +992,7 @@ class _Analyzer:
         if aligned < 0 or c_shape[aligned] == 1:
             self.passthrough(node, act)
             return
-        if c_shape[aligned] != cin or const not in self.init_by_name or any(seg.factor != 1 for seg in layout):
+        if c_shape[aligned] != entries or const not in self.init_by_name:
             self.freeze_all(node, index, f"{label}: constant operand indexes channels in a way not handled")
             return
         if self.add_param(layout, index, const, aligned, label):
@@ -991,6 +1029,10 @@ class _Analyzer:
             a, b = layouts
             if not _couple(self.spaces, a, b, self.new_cuts):
                 self.freeze_all(node, index, f"{node.op_type} couples channels with different structure")
+                if self.request_blocks(a, b):
+                    # the next walk couples them: until then the output carries (frozen) the
+                    # factors it will have, so that the blocks further on are found now too
+                    self.passthrough(node, acts[0] if a[0].factor >= b[0].factor else acts[1])
                 return
             self.passthrough(node, acts[0])
         elif len(full) == 1 and len(bcast) == 1 and out_shape[caxis] > 1:
@@ -1312,15 +1354,18 @@ def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], per_imag
         Default: whether the model has inputs without a batch axis (``unbatched_inputs``).
     """
     cuts: dict[str, set[int]] = {}
-    for _ in range(6):
-        walker = _Analyzer(model, shapes, cuts)
+    blocks: dict[str, int] = {}
+    for _ in range(MAX_WALKS):
+        walker = _Analyzer(model, shapes, cuts, blocks)
         result = walker.run()
         new = walker.propagated_cuts()
-        if all(pos in cuts.get(key, set()) for key, pos in new):
+        new_blocks = {key: k for key, k in walker.new_blocks.items() if blocks.get(key) != k}
+        if all(pos in cuts.get(key, set()) for key, pos in new) and not new_blocks:
             break
         for key, pos in new:
             cuts.setdefault(key, set()).add(pos)
-    # else: cuts keep appearing, and the partial segments left are frozen
+        blocks.update(new_blocks)
+    # else: cuts or blocks keep appearing, and what they would have aligned stays frozen
     if per_image if per_image is not None else unbatched_inputs(model):
         for group in result.groups:
             rows = [(name, shapes[name][0]) for name, *_ in group.tensors if shapes.get(name, (1,))[:1] != (1,)]

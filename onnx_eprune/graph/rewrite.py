@@ -137,10 +137,11 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
         if len(drop) == 0:
             continue
         for p in group.producers:
-            arrays.mask(p.weight, p.weight_axis)[p.offset + drop] = False
+            rows = p.offset + spread(drop, p.factor)
+            arrays.mask(p.weight, p.weight_axis)[rows] = False
             bias = _current_bias(out.graph.node[p.node])  # a re-fit may have added one
             if bias is not None and arrays.get(bias).size == arrays.get(p.weight).shape[p.weight_axis]:
-                arrays.mask(bias, _vector_axis(arrays.get(bias)))[p.offset + drop] = False
+                arrays.mask(bias, _vector_axis(arrays.get(bias)))[rows] = False
         for prm in group.params:
             arrays.mask(prm.tensor, prm.axis)[prm.offset + spread(drop, prm.factor)] = False
         for cidx in group.consumers:

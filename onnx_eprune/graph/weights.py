@@ -34,10 +34,10 @@ def consumer_matrix(inits: dict[str, onnx.TensorProto], cons: Consumer) -> tuple
 
 
 def producer_rows(inits: dict[str, onnx.TensorProto], prod: Producer, channels: int) -> np.ndarray:
-    """The ``channels`` weight rows of a producer that belong to its group (from
-    ``prod.offset``), flattened to (channels, -1)."""
+    """The weight rows of a producer that belong to its ``channels`` group channels (from
+    ``prod.offset``, ``prod.factor`` rows per channel), flattened to (channels, -1)."""
     w = np.moveaxis(_array(inits, prod.weight), prod.weight_axis, 0)
-    return w[prod.offset:prod.offset + channels].reshape(channels, -1)
+    return w[prod.offset:prod.offset + channels * prod.factor].reshape(channels, -1)
 
 
 def transposed_to_conv(w: np.ndarray) -> np.ndarray:
