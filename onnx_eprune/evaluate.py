@@ -14,12 +14,12 @@ import onnx
 from .calibrate.data import load_calibration
 from .calibrate.engine import Topology
 from .calibrate.sensitivity import comparison_outputs
-from .calibrate.session import (choose_providers, fixed_batch, make_session, probe_shapes, run, samples_per_batch,
+from .calibrate.session import (choose_providers, fixed_batch, make_session, probe_groups, run, samples_per_batch,
                                 unbatched_inputs)
 from .errors import UsageError
 from .files import require_file
 from .graph.costs import build_cost_model
-from .graph.groups import GraphAnalysis, analyze
+from .graph.groups import GraphAnalysis
 from .graph.model_io import as_model, model_bytes, normalize
 
 
@@ -66,12 +66,6 @@ def _size(model: onnx.ModelProto, path) -> int:
     return model_bytes(model)
 
 
-def _analysis(model: onnx.ModelProto, data, providers) -> tuple[dict, GraphAnalysis]:
-    """The shapes of ``model``'s tensors on ``data``'s first sample and its channel groups."""
-    shapes = probe_shapes(model, data.first(), providers)
-    return shapes, analyze(model, shapes)
-
-
 def _counts(model: onnx.ModelProto, shapes: dict, analysis: GraphAnalysis) -> tuple[int, int]:
     costs = build_cost_model(model, analysis, shapes)
     return costs.params(), costs.macs()
@@ -83,7 +77,7 @@ def compared_outputs(model: onnx.ModelProto, data, providers: list[str]) -> tupl
     apart (see :func:`_classes`). The tensors are the graph outputs, or, for a model without
     a batch axis (a detector, whose outputs' length depends on the image), the raw
     predictions of :func:`calibrate.sensitivity.comparison_outputs`."""
-    return _compared(model, *_analysis(model, data, providers))
+    return _compared(model, *probe_groups(model, data.first(), providers))
 
 
 def _compared(model: onnx.ModelProto, shapes: dict, analysis: GraphAnalysis) -> tuple[list[str], int, int | None]:
@@ -217,7 +211,7 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     providers = choose_providers(device)
     data_a = _fitted(data, a, _described(original, "original"))
     _fitted(data_a.arrays, b, _described(pruned, "pruned"))  # the pruned model must take the same inputs
-    shapes_a, analysis_a = _analysis(a, data_a, providers)
+    shapes_a, analysis_a = probe_groups(a, data_a.first(), providers)
     names, size, classes = _compared(a, shapes_a, analysis_a)
     y = load_labels(labels, data_a.samples, classes) if labels is not None else None
     original_session = make_session(a, providers, outputs=names)
@@ -237,7 +231,7 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     result["latency_ms"] = {which: {f"batch{size}": latency_ms(m, feeds[size], providers) for size in sizes}
                             for which, m in (("original", a), ("pruned", b))}
     pa, ma = _counts(a, shapes_a, analysis_a)
-    pb, mb = _counts(b, *_analysis(b, data_a, providers))
+    pb, mb = _counts(b, *probe_groups(b, data_a.first(), providers))
     result["size"] = {"original": {"bytes": _size(a, original), "params": pa, "macs": ma},
                       "pruned": {"bytes": _size(b, pruned), "params": pb, "macs": mb}}
     return result

@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 
 from .calibrate.data import load_calibration, model_inputs
-from .calibrate.session import choose_providers, probe_shapes
+from .calibrate.session import choose_providers, probe_groups
 from .errors import UsageError
 from .graph.costs import build_cost_model
 from .graph.exclude import check_patterns, exclude_groups
-from .graph.groups import analyze, node_label
+from .graph.groups import node_label
 from .graph.model_io import as_model, check_model_arg, normalize, read_provenance
 
 
@@ -41,8 +41,7 @@ def inspect(model: onnx.ModelProto | str | os.PathLike, sample=None, exclude: Se
     model = as_model(model)
     normalize(model)
     data = load_calibration(sample if sample is not None else _zeros(model), model, samples=1, probe=True)
-    shapes = probe_shapes(model, data.first(), choose_providers("cpu"))
-    analysis = analyze(model, shapes)
+    shapes, analysis = probe_groups(model, data.first(), choose_providers("cpu"))
     exclude_groups(analysis, model.graph.node, exclude)
     costs = build_cost_model(model, analysis, shapes)
     nodes = model.graph.node

@@ -27,14 +27,14 @@ from .calibrate.bundle import StatsBundle, fingerprint, merge_bundles
 from .calibrate.data import CalibrationData, load_calibration
 from .calibrate.engine import CacheSpace, CachedNetwork, StoredBatches, Topology
 from .calibrate.sensitivity import comparison_outputs, gain_subset, output_gains
-from .calibrate.session import BATCH_BYTES, choose_providers, make_session, probe_shapes, run, samples_per_batch
+from .calibrate.session import BATCH_BYTES, choose_providers, make_session, probe_groups, run, samples_per_batch
 from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, channel_bases,
                               conv_patches, positions_per_sample, reduce_rows, sample_positions)
 from .errors import EPruneError, UsageError
 from .files import same_file
 from .graph.costs import CostModel, build_cost_model
 from .graph.exclude import check_patterns, exclude_groups
-from .graph.groups import QUANTIZED, Consumer, GraphAnalysis, analyze, spread
+from .graph.groups import QUANTIZED, Consumer, spread
 from .graph.model_io import as_model, check_model, check_model_arg, initializer_map, normalize, record_provenance, save_model
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, producer_rows
@@ -287,8 +287,7 @@ class Pruner:
             self.providers = choose_providers(config.device)
         log.info("onnxruntime provider: %s", self.providers[0])
         with self.timer.phase("analyze"):
-            self.shapes = probe_shapes(self.model, self.data.first(), self.providers)
-            self.analysis: GraphAnalysis = analyze(self.model, self.shapes)
+            self.shapes, self.analysis = probe_groups(self.model, self.data.first(), self.providers)
             exclude_groups(self.analysis, self.model.graph.node, config.exclude)
             self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes, config.reconstruct)
         self.inits = initializer_map(self.model)

@@ -239,6 +239,31 @@ def multiplier_sum(width: int = 4, seed: int = 0) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(f), 4 * width, CLASSES, name=OUTPUT))
 
 
+def computed_pads(channels: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """TensorFlow-style "same" padding, its pads computed from the input's size (timm's
+    ``tf_`` models, NFNets): Conv(3->8) -> Relu (h); one = H / H from ``Shape(h)[2:4]``;
+    Pad(h, Concat([0, 0], one, [0, 0], one)) pads H and W at their end (with ``channels``,
+    ``Concat([0], one[:1], [0, 0], [0], one[:1], [0, 0])`` pads the channel axis instead,
+    to 10 channels) -> Conv(-> 16, 3x3 without padding) -> Relu -> GAP -> Flatten ->
+    Gemm(16 -> 10)."""
+    b = _Builder(seed)
+    h = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 8, name="conv1")])
+    hw = b.node("Slice", [b.node("Shape", [h]), b.const("two", np.array([2])), b.const("four", np.array([4]))])
+    one = b.node("Div", [hw, hw])
+    zeros = b.const("zeros", np.array([0, 0]))
+    if channels:
+        zero, first = b.const("zero", np.array([0])), b.node("Slice", [one, b.const("start", np.array([0])),
+                                                                        b.const("stop", np.array([1]))])
+        pads = b.node("Concat", [zero, first, zeros, zero, first, zeros], axis=0)
+    else:
+        pads = b.node("Concat", [zeros, one, zeros, one], axis=0)
+    h = b.node("Pad", [h, pads], name="same_pad")
+    width = 10 if channels else 8
+    w = b.weight("conv2.weight", (16, width, 3, 3), width * 9)
+    h = b.node("Relu", [b.node("Conv", [h, w, b.vector("conv2.bias", 16)], name="conv2", kernel_shape=[3, 3])])
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT))
+
+
 def depthwise_upsample(width: int = 8, seed: int = 0) -> onnx.ModelProto:
     """Conv(3->w) -> Relu -> depthwise ConvTranspose(w, 4x4, stride 2, pads 1: a learned
     bilinear upsampling) -> Conv(w->2w) -> Relu -> GAP -> Flatten -> Gemm(2w -> 10)."""
@@ -557,6 +582,8 @@ ALL_BUILDERS = {
     "grouped_wide": lambda: grouped(out_width=32),
     "depthwise_multiplier": depthwise_multiplier,
     "multiplier_sum": multiplier_sum,
+    "computed_pads": computed_pads,
+    "computed_channel_pads": lambda: computed_pads(channels=True),
 }
 
 EXPECTED = {
@@ -595,6 +622,8 @@ EXPECTED = {
     "depthwise_multiplier": {"prunable": 2, "producers": [1, 1], "frozen": None},
     # conv1, pw and wide (2 and 4 rows per channel of conv1) in one group
     "multiplier_sum": {"prunable": 1, "producers": [3], "frozen": None},
+    "computed_pads": {"prunable": 2, "producers": [1, 1], "frozen": None},
+    "computed_channel_pads": {"prunable": 1, "producers": [1], "frozen": "Pad on the batch or channel axis"},
 }
 
 

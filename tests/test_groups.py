@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from models import ALL_BUILDERS, EXPECTED, FEATURE_OUTPUT, cnn_constant_weights, random_input
-from onnx_eprune.calibrate.session import probe_shapes
+from onnx_eprune.calibrate.session import probe_groups, probe_shapes
 from onnx_eprune.graph.groups import analyze
 from onnx_eprune.graph.model_io import constants_to_initializers
 
@@ -17,8 +17,7 @@ CPU = ["CPUExecutionProvider"]
 def analysis_of(model: onnx.ModelProto, convert: bool = True):
     if convert:
         constants_to_initializers(model)
-    shapes = probe_shapes(model, {"x": random_input(1)}, CPU)
-    return model, analyze(model, shapes)
+    return model, probe_groups(model, {"x": random_input(1)}, CPU)[1]
 
 
 def producer_names(model, group) -> list[str]:

@@ -13,7 +13,7 @@ from models import (ALL_BUILDERS, FEATURE_OUTPUT, OUTPUT, channels_last, conv_bn
                     depthwise_multiplier, depthwise_upsample, grouped, multiplier_sum, initializer, intermediate_output, io_signature, node_by_name,
                     one_image_detector, random_input, relative_error, residual, run_model, se_unflatten, wide_cnn)
 from onnx_eprune import budget
-from onnx_eprune.calibrate.session import probe_shapes
+from onnx_eprune.calibrate.session import probe_groups, probe_shapes
 from onnx_eprune.errors import EPruneError, UsageError
 from onnx_eprune.graph.costs import build_cost_model
 from onnx_eprune.graph.groups import analyze
@@ -453,8 +453,7 @@ def test_model_without_prunable_group_is_an_error(calib):
 
 def _analysis(model, calib):
     constants_to_initializers(model)
-    shapes = probe_shapes(model, {"x": calib[:1]}, CPU)
-    return analyze(model, shapes)
+    return probe_groups(model, {"x": calib[:1]}, CPU)[1]
 
 
 def test_rewrite_updates_depthwise_group_attribute(calib, test_x):

@@ -245,8 +245,10 @@ class _Analyzer:
     outputs (``new_blocks`` records the ones a walk finds it needs)."""
 
     def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
-                 cuts: dict[str, set[int]] | None = None, blocks: dict[str, int] | None = None):
+                 cuts: dict[str, set[int]] | None = None, blocks: dict[str, int] | None = None,
+                 probed: dict[str, np.ndarray] | None = None):
         self.graph = model.graph
+        self.probed = probed or {}   # computed tensor -> its value at the probed shapes
         self.cuts = cuts or {}
         self.blocks = blocks or {}
         self.origin: dict[int, tuple[str, int]] = {}    # space -> (origin key, first channel there)
@@ -292,6 +294,16 @@ class _Analyzer:
         """Numeric value of a constant initializer (None when not an initializer)."""
         init = self.init_by_name.get(name)
         return None if init is None else numpy_helper.to_array(init)
+
+    def known(self, name: str) -> np.ndarray | None:
+        """The value of a constant: an initializer's, or, for one computed from constants
+        and shapes alone, its value at the probed shapes (TensorFlow-style "same" padding
+        computes its pads from the input's size); None for any other tensor. A Shape op
+        that reads a prunable channel count freezes it, so such a value does not change
+        when channels go."""
+        if name in self.init_by_name:
+            return self.value(name)
+        return self.probed.get(name) if name in self.consts else None
 
     def is_const(self, name: str) -> bool:
         return name == "" or name in self.consts
@@ -731,12 +743,13 @@ class _Analyzer:
         x = node.input[0]
         rank = len(self.shapes.get(x, ()))
         if len(node.input) > 1 and node.input[1]:
-            pads = self.value(node.input[1])
-            axes = self.value(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+            axes_input = node.input[3] if len(node.input) > 3 else ""
+            pads = self.known(node.input[1])
+            axes = self.known(axes_input) if axes_input else None
         else:
-            pads = np.array(_attrs(node).get("pads", []))
+            pads, axes_input = np.array(_attrs(node).get("pads", [])), ""
             axes = None
-        if pads is None or rank < 2:
+        if pads is None or (axes_input and axes is None) or rank < 2:
             self.freeze_all(node, index, "Pad with non-constant pads")
             return
         axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
@@ -1337,8 +1350,8 @@ for _op in REDUCE_OPS:
     setattr(_Analyzer, f"op_{_op}", _Analyzer.reduce)
 
 
-def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], per_image: bool | None = None
-            ) -> GraphAnalysis:
+def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], per_image: bool | None = None,
+            probed: dict[str, np.ndarray] | None = None) -> GraphAnalysis:
     """Find the channel groups of a model.
 
     Parameters
@@ -1352,11 +1365,14 @@ def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], per_imag
         sample: groups on tensors with other than one row there (a two-stage detector's
         features per region) are frozen, as their statistics cannot be told by image.
         Default: whether the model has inputs without a batch axis (``unbatched_inputs``).
+    probed : dict, optional
+        Values of small computed integer tensors at the same shapes (``probe_shapes``'
+        ``values``): where a Pad's pads are computed, they show which axes it pads.
     """
     cuts: dict[str, set[int]] = {}
     blocks: dict[str, int] = {}
     for _ in range(MAX_WALKS):
-        walker = _Analyzer(model, shapes, cuts, blocks)
+        walker = _Analyzer(model, shapes, cuts, blocks, probed)
         result = walker.run()
         new = walker.propagated_cuts()
         new_blocks = {key: k for key, k in walker.new_blocks.items() if blocks.get(key) != k}
