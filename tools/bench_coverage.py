@@ -421,7 +421,7 @@ def write_markdown(results: dict, path: Path, method: str = "entropic", unshare:
                 else "") + ").", "",
              summary, "",
              "onnx_eprune version(s): " + ", ".join(sorted({str(r.get("package")) for r in rows if r.get("package")}))
-             + "; timings with two models run at once on a shared 2-core machine.", "",
+             + "; timings on a shared 2-core machine, one or two models at once (BENCHMARKS.md says which).", "",
              "| model | exporter | method | valid | runs | MACs removed | prunable MAC fraction | keep-1.0 max rel err | seconds | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
