@@ -522,24 +522,35 @@ def test_channel_multiplier_goes_with_its_input_channel(calib, test_x):
     drop = np.array([1, 3, 4])
     pruned = build_pruned(model, analysis, {g.gid: keep}, {})
     onnx.checker.check_model(pruned, full_check=True)
-    outputs = (3 * keep[:, None] + np.arange(3)).reshape(-1)
+    outputs = _blocks(keep, 3)
     original_dw = initializer(model, "dw.weight")
     assert np.array_equal(initializer(pruned, "dw.weight"), original_dw[outputs])
     assert next(a.i for a in node_by_name(pruned, "dw").attribute if a.name == "group") == 3
     assert np.array_equal(initializer(pruned, "conv2.weight"), initializer(model, "conv2.weight")[:, outputs])
     assert initializer(pruned, "dw_bn.scale").shape == (9,)
 
-    zeroed = onnx.ModelProto()
-    zeroed.CopyFrom(model)
-    dropped_outputs = (3 * drop[:, None] + np.arange(3)).reshape(-1)
-    for name, rows in (("conv1.weight", drop), ("conv1.bias", drop), ("dw.bias", dropped_outputs),
-                       ("dw_bn.shift", dropped_outputs), ("dw_bn.mean", dropped_outputs)):
-        init = next(i for i in zeroed.graph.initializer if i.name == name)
-        value = onnx.numpy_helper.to_array(init).copy()
-        value[rows] = 0
-        init.CopyFrom(onnx.numpy_helper.from_array(value, name))
+    dropped_outputs = _blocks(drop, 3)
+    zeroed = _zeroed(model, {"conv1.weight": drop, "conv1.bias": drop, "dw.bias": dropped_outputs,
+                             "dw_bn.shift": dropped_outputs, "dw_bn.mean": dropped_outputs})
     np.testing.assert_allclose(run_model(pruned, test_x)[OUTPUT], run_model(zeroed, test_x)[OUTPUT],
                                rtol=1e-5, atol=1e-5)
+
+
+def _blocks(channels: np.ndarray, m: int) -> np.ndarray:
+    """Rows m*c .. m*c + m - 1 of every channel c."""
+    return (m * channels[:, None] + np.arange(m)).reshape(-1)
+
+
+def _zeroed(model: onnx.ModelProto, rows: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` with the given rows (axis 0) of the named initializers zero."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for init in out.graph.initializer:
+        if init.name in rows:
+            value = onnx.numpy_helper.to_array(init).copy()
+            value[rows[init.name]] = 0
+            init.CopyFrom(onnx.numpy_helper.from_array(value, init.name))
+    return out
 
 
 def test_outputs_added_to_a_multiplier_go_in_blocks(calib, test_x):
@@ -555,24 +566,17 @@ def test_outputs_added_to_a_multiplier_go_in_blocks(calib, test_x):
     keep, drop = np.array([1, 2]), np.array([0, 3])
     pruned = build_pruned(model, analysis, {g.gid: keep}, {})
     onnx.checker.check_model(pruned, full_check=True)
-    two, four = (2 * keep[:, None] + np.arange(2)).reshape(-1), (4 * keep[:, None] + np.arange(4)).reshape(-1)
+    two, four = _blocks(keep, 2), _blocks(keep, 4)
     assert np.array_equal(initializer(pruned, "pw.weight"), initializer(model, "pw.weight")[two][:, two])
     assert np.array_equal(initializer(pruned, "wide.weight"), initializer(model, "wide.weight")[four][:, two])
     assert np.array_equal(initializer(pruned, "dwm.weight"), initializer(model, "dwm.weight")[four])
     assert initializer(pruned, "layer_scale").shape == (8, 1, 1)
     assert initializer(pruned, OUTPUT + ".weight").shape == (10, 8)
 
-    zeroed = onnx.ModelProto()
-    zeroed.CopyFrom(model)
-    two_off, four_off = (2 * drop[:, None] + np.arange(2)).reshape(-1), (4 * drop[:, None] + np.arange(4)).reshape(-1)
-    for name, rows in (("conv1.weight", drop), ("conv1.bias", drop), ("dw7.bias", two_off), ("dw3.bias", two_off),
-                       ("identity_bn.shift", two_off), ("identity_bn.mean", two_off), ("pw.weight", two_off),
-                       ("pw.bias", two_off), ("dwm.bias", four_off), ("wide.weight", four_off),
-                       ("wide.bias", four_off)):
-        init = next(i for i in zeroed.graph.initializer if i.name == name)
-        value = onnx.numpy_helper.to_array(init).copy()
-        value[rows] = 0
-        init.CopyFrom(onnx.numpy_helper.from_array(value, name))
+    two_off, four_off = _blocks(drop, 2), _blocks(drop, 4)
+    zeroed = _zeroed(model, {"conv1.weight": drop, "conv1.bias": drop, "dw7.bias": two_off, "dw3.bias": two_off,
+                             "identity_bn.shift": two_off, "identity_bn.mean": two_off, "pw.weight": two_off,
+                             "pw.bias": two_off, "dwm.bias": four_off, "wide.weight": four_off, "wide.bias": four_off})
     np.testing.assert_allclose(run_model(pruned, test_x)[OUTPUT], run_model(zeroed, test_x)[OUTPUT],
                                rtol=1e-5, atol=1e-5)
 
