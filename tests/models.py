@@ -239,6 +239,24 @@ def multiplier_sum(width: int = 4, seed: int = 0) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(f), 4 * width, CLASSES, name=OUTPUT))
 
 
+def multiplier_sum_concat(seed: int = 0) -> onnx.ModelProto:
+    """Where a multiplier's blocks would freeze more than they free: conv1(3->4) -> Relu
+    (x); d = depthwise multiplier Conv(x, 4 -> 8, group 4); p = Conv1x1(d, 8 -> 8);
+    e = Relu(d + p); u = Conv(e, 8 -> 24); Concat(p, u) -> Conv(32 -> 16) -> Relu -> GAP ->
+    Flatten -> Gemm(16 -> 10). Blocking p's rows two per channel of conv1 (to couple it
+    with d) would put a tensor of 2 entries per channel beside u's single ones in the
+    Concat, which freezes both, u's 24 channels included; without the blocks, conv1, d
+    and p stay frozen (the sum) and u's channels prune."""
+    b = _Builder(seed)
+    x = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 4, name="conv1")])
+    d = b.conv(x, 4, 8, group=4, name="dw")
+    p = b.conv(d, 8, 8, k=1, name="pw")
+    e = b.node("Relu", [b.node("Add", [d, p], name="sum")])
+    u = b.conv(e, 8, 24, name="conv_u")
+    h = b.node("Relu", [b.conv(b.node("Concat", [p, u], name="join", axis=1), 32, 16, name="conv_out")])
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT))
+
+
 def computed_pads(channels: bool = False, seed: int = 0) -> onnx.ModelProto:
     """TensorFlow-style "same" padding, its pads computed from the input's size (timm's
     ``tf_`` models, NFNets): Conv(3->8) -> Relu (h); one = H / H from ``Shape(h)[2:4]``;
@@ -582,6 +600,7 @@ ALL_BUILDERS = {
     "grouped_wide": lambda: grouped(out_width=32),
     "depthwise_multiplier": depthwise_multiplier,
     "multiplier_sum": multiplier_sum,
+    "multiplier_sum_concat": multiplier_sum_concat,
     "computed_pads": computed_pads,
     "computed_channel_pads": lambda: computed_pads(channels=True),
 }
@@ -622,6 +641,8 @@ EXPECTED = {
     "depthwise_multiplier": {"prunable": 2, "producers": [1, 1], "frozen": None},
     # conv1, pw and wide (2 and 4 rows per channel of conv1) in one group
     "multiplier_sum": {"prunable": 1, "producers": [3], "frozen": None},
+    # conv_u and conv_out: blocking pw would freeze conv_u in the Concat (see the builder)
+    "multiplier_sum_concat": {"prunable": 2, "producers": [1, 1], "frozen": "different structure"},
     "computed_pads": {"prunable": 2, "producers": [1, 1], "frozen": None},
     "computed_channel_pads": {"prunable": 1, "producers": [1], "frozen": "Pad on the batch or channel axis"},
 }

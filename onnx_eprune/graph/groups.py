@@ -1350,6 +1350,31 @@ for _op in REDUCE_OPS:
     setattr(_Analyzer, f"op_{_op}", _Analyzer.reduce)
 
 
+def _walks(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], probed: dict[str, np.ndarray] | None,
+           blocking: bool) -> tuple[GraphAnalysis, bool]:
+    """The analysis after as many walks as its cuts (and, if ``blocking``, multiplier
+    blocks) need; whether it blocks any producer."""
+    cuts: dict[str, set[int]] = {}
+    blocks: dict[str, int] = {}
+    for _ in range(MAX_WALKS):
+        walker = _Analyzer(model, shapes, cuts, blocks, probed)
+        result = walker.run()
+        new = walker.propagated_cuts()
+        new_blocks = {key: k for key, k in walker.new_blocks.items() if blocks.get(key) != k} if blocking else {}
+        if all(pos in cuts.get(key, set()) for key, pos in new) and not new_blocks:
+            break
+        for key, pos in new:
+            cuts.setdefault(key, set()).add(pos)
+        blocks.update(new_blocks)
+    # else: cuts or blocks keep appearing, and what they would have aligned stays frozen
+    return result, bool(blocks)
+
+
+def _prunable_rows(analysis: GraphAnalysis) -> int:
+    """Producer weight rows in prunable groups."""
+    return sum(g.channels * p.factor for g in analysis.prunable_groups() for p in g.producers)
+
+
 def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], per_image: bool | None = None,
             probed: dict[str, np.ndarray] | None = None) -> GraphAnalysis:
     """Find the channel groups of a model.
@@ -1369,19 +1394,14 @@ def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], per_imag
         Values of small computed integer tensors at the same shapes (``probe_shapes``'
         ``values``): where a Pad's pads are computed, they show which axes it pads.
     """
-    cuts: dict[str, set[int]] = {}
-    blocks: dict[str, int] = {}
-    for _ in range(MAX_WALKS):
-        walker = _Analyzer(model, shapes, cuts, blocks, probed)
-        result = walker.run()
-        new = walker.propagated_cuts()
-        new_blocks = {key: k for key, k in walker.new_blocks.items() if blocks.get(key) != k}
-        if all(pos in cuts.get(key, set()) for key, pos in new) and not new_blocks:
-            break
-        for key, pos in new:
-            cuts.setdefault(key, set()).add(pos)
-        blocks.update(new_blocks)
-    # else: cuts or blocks keep appearing, and what they would have aligned stays frozen
+    result, blocked = _walks(model, shapes, probed, blocking=True)
+    if blocked:
+        # a producer's blocks hold wherever its outputs go: where they meet something that
+        # takes single channels only (a Concat with an ordinary tensor), they freeze layers
+        # that were prunable without them. Keep them only if they free more weight rows.
+        plain, _ = _walks(model, shapes, probed, blocking=False)
+        if _prunable_rows(plain) > _prunable_rows(result):
+            result = plain
     if per_image if per_image is not None else unbatched_inputs(model):
         for group in result.groups:
             rows = [(name, shapes[name][0]) for name, *_ in group.tensors if shapes.get(name, (1,))[:1] != (1,)]
