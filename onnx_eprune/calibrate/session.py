@@ -293,7 +293,9 @@ def probe_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers
     for name, value in zip(names, outputs):
         if value.is_tensor():
             shapes[name] = tuple(int(d) for d in value.shape())
-            if values is not None and value.data_type() == "tensor(int64)" \
+            # shape arithmetic runs on the CPU under any provider; a value left on a GPU is
+            # not copied back for this
+            if values is not None and value.data_type() == "tensor(int64)" and value.device_name() == "cpu" \
                     and np.prod(shapes[name], dtype=np.int64) <= SMALL_INTEGERS:
                 values[name] = value.numpy()
     for init in model.graph.initializer:
