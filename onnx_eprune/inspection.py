@@ -30,7 +30,9 @@ def inspect(model: onnx.ModelProto | str | os.PathLike, sample=None, exclude: Se
         (a list or tuple: a bare string is refused).
 
     Returns a dict: ``groups`` (one entry per group with producers or consumers: ``id``,
-    ``channels``, ``prunable``, ``producers``, ``consumers`` (node names) and ``frozen``
+    ``channels``, ``prunable``, ``producers``, ``producer_rows`` (each producer's output
+    rows per channel of the group: 1, or m where its outputs are added to a channel
+    multiplier's), ``consumers`` (node names) and ``frozen``
     (the reasons, or None)), ``prunable_groups``, ``params`` and ``macs`` (Conv /
     ConvTranspose / Gemm / MatMul, MACs per sample at the probed shape) and
     ``prunable_mac_fraction`` (MACs of layers with a prunable group on either side) and
@@ -52,6 +54,7 @@ def inspect(model: onnx.ModelProto | str | os.PathLike, sample=None, exclude: Se
         rows.append({
             "id": g.gid, "channels": g.channels, "prunable": g.prunable,
             "producers": [node_label(nodes[p.node], p.node) for p in g.producers],
+            "producer_rows": [p.factor for p in g.producers],
             "consumers": [analysis.consumers[c].name for c in g.consumers],
             "frozen": "; ".join(g.frozen) if g.frozen else None})
     prunable = {g.gid for g in analysis.groups if g.prunable}

@@ -373,6 +373,20 @@ def test_inspect_frozen_reason(tmp_path, capsys):
     assert any(g["frozen"] and "LRN" in g["frozen"] for g in summary["groups"])
 
 
+def test_inspect_shows_rows_per_channel_of_blocked_producers(tmp_path, capsys):
+    """Producers added to a channel multiplier's outputs go m rows per channel: the table
+    marks them (x m), the JSON lists every producer's rows."""
+    from models import multiplier_sum
+
+    onnx.save(multiplier_sum(width=4), str(tmp_path / "m.onnx"))
+    assert main(["inspect", str(tmp_path / "m.onnx")]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "prunable" in line.split())
+    assert "conv1, pw (x2), wide (x4)" in row
+    assert main(["inspect", str(tmp_path / "m.onnx"), "--json"]) == 0
+    group = next(g for g in json.loads(capsys.readouterr().out)["groups"] if g["prunable"])
+    assert dict(zip(group["producers"], group["producer_rows"])) == {"conv1": 1, "pw": 2, "wide": 4}
+
+
 def test_inspect_errors(files, capsys):
     run_error(capsys, ["inspect", str(files / "missing.onnx")])
     (files / "bad.onnx").write_bytes(b"\x01\x02garbage")
