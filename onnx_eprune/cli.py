@@ -719,6 +719,7 @@ def _fitted_shape(shape: tuple[int, ...], vi, unbatched: bool) -> list[int]:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .inspection import inspect
+    from .report_files import producer_labels
 
     model = _input_model(args.model)
     summary = inspect(model, _shapes_input(model, args).first(), exclude=args.exclude)
@@ -730,9 +731,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{'group':>5} {'channels':>8}  {'status':<8} {'producers':<36} {'consumers':<36}")
     for r in rows:
         status = "prunable" if r["prunable"] else "frozen"
-        producers = ", ".join(name + (f" (x{rows})" if rows > 1 else "")
-                              for name, rows in zip(r["producers"], r["producer_rows"]))
-        print(f"{r['id']:>5} {r['channels']:>8}  {status:<8} {producers[:36]:<36} "
+        print(f"{r['id']:>5} {r['channels']:>8}  {status:<8} {', '.join(producer_labels(r))[:36]:<36} "
               f"{', '.join(r['consumers'])[:36]:<36}" + (f"  ({r['frozen']})" if r["frozen"] else ""))
     print(f"{len(prunable)} prunable groups; params {summary['params']:,}; MACs {total:,}; "
           f"prunable MAC fraction {summary['prunable_mac_fraction']:.3f}")

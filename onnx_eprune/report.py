@@ -32,6 +32,8 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
         entry = {
             "id": g.gid,
             "producers": producers_of[g.gid],
+            # a producer added to a channel multiplier's outputs writes r rows per channel
+            "producer_rows": [p.factor for p in g.producers],
             "consumers": [analysis.consumers[c].name for c in g.consumers],
             "channels_before": g.channels,
             "channels_after": kept.get(g.gid, g.channels),
@@ -39,7 +41,7 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
         }
         if g.gid in pruner.steps:  # kept counts are multiples of this (--round-to, conv groups)
             entry["step"] = pruner.steps[g.gid]
-        if g.gid in keeps:  # which of the original channels (indices into the producers' outputs) stay
+        if g.gid in keeps:  # which of the original channels stay (channel c: rows r*c .. r*c + r - 1 of a producer)
             entry["kept_channels"] = [int(c) for c in keeps[g.gid]]
         groups.append(entry)
     target = cfg.target()

@@ -202,7 +202,7 @@ def markdown_report(report: dict) -> str:
               f"{report.get('prunable_groups', len(prunable))} prunable of {len(groups)} groups.", "",
               "| group | producers | consumers | channels |", "|---:|---|---|---|"]
     for g in groups:
-        producers = ", ".join(g["producers"]) or "(graph input)"
+        producers = ", ".join(producer_labels(g)) or "(graph input)"
         consumers = ", ".join(g["consumers"]) or "(graph output)"
         if g.get("frozen"):
             chans = f"{g['channels_before']} (frozen: {g['frozen']})"
@@ -300,3 +300,10 @@ def _sweep_figure(Figure, sweep: dict):
     ax.set_title(f"Agreement on {runs[0]['fidelity_on'] if runs else '?'}", fontsize=9)
     ax.legend(loc="lower left")
     return fig
+
+
+def producer_labels(group: dict) -> list[str]:
+    """The producers of a group entry (a report's or ``inspect``'s), each marked with its
+    output rows per channel where that is more than one: ``"pw (x2)"``."""
+    rows = group.get("producer_rows") or [1] * len(group["producers"])
+    return [name + (f" (x{r})" if r > 1 else "") for name, r in zip(group["producers"], rows)]

@@ -387,6 +387,21 @@ def test_inspect_shows_rows_per_channel_of_blocked_producers(tmp_path, capsys):
     assert dict(zip(group["producers"], group["producer_rows"])) == {"conv1": 1, "pw": 2, "wide": 4}
 
 
+def test_report_shows_rows_per_channel_of_blocked_producers(tmp_path, calib):
+    """The pruning report lists each producer's rows per channel, and report.md marks them."""
+    from models import multiplier_sum
+
+    onnx.save(multiplier_sum(width=4), str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "calib.npy", calib)
+    assert main(["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx"), "--calib",
+                 str(tmp_path / "calib.npy"), "--keep-ratio", "0.5", "--method", "l1", "--device", "cpu", "-q",
+                 "--report-dir", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    group = next(g for g in report["groups"] if "kept_channels" in g)
+    assert dict(zip(group["producers"], group["producer_rows"])) == {"conv1": 1, "pw": 2, "wide": 4}
+    assert "conv1, pw (x2), wide (x4)" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_inspect_errors(files, capsys):
     run_error(capsys, ["inspect", str(files / "missing.onnx")])
     (files / "bad.onnx").write_bytes(b"\x01\x02garbage")
