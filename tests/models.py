@@ -257,6 +257,15 @@ def multiplier_sum_concat(seed: int = 0) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT))
 
 
+def flatten_bias(seed: int = 0) -> onnx.ModelProto:
+    """A per-feature constant after a Flatten: Conv(3->4) -> Relu -> MaxPool -> Flatten
+    (4 x 8 x 8 = 256 features, 64 per channel) -> Add([256] constant) -> Gemm(256 -> 10)."""
+    b = _Builder(seed)
+    h = b.node("Flatten", [b.pool(b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 4, name="conv1")]))], axis=1)
+    h = b.node("Add", [h, b.vector("feature_bias", 4 * (HW // 2) ** 2)], name="feature_add")
+    return b.build(b.gemm(h, 4 * (HW // 2) ** 2, CLASSES, name=OUTPUT))
+
+
 def computed_pads(channels: bool = False, seed: int = 0) -> onnx.ModelProto:
     """TensorFlow-style "same" padding, its pads computed from the input's size (timm's
     ``tf_`` models, NFNets): Conv(3->8) -> Relu (h); one = H / H from ``Shape(h)[2:4]``;
@@ -601,6 +610,7 @@ ALL_BUILDERS = {
     "depthwise_multiplier": depthwise_multiplier,
     "multiplier_sum": multiplier_sum,
     "multiplier_sum_concat": multiplier_sum_concat,
+    "flatten_bias": flatten_bias,
     "computed_pads": computed_pads,
     "computed_channel_pads": lambda: computed_pads(channels=True),
 }
@@ -643,6 +653,7 @@ EXPECTED = {
     "multiplier_sum": {"prunable": 1, "producers": [3], "frozen": None},
     # conv_u and conv_out: blocking pw would freeze conv_u in the Concat (see the builder)
     "multiplier_sum_concat": {"prunable": 2, "producers": [1, 1], "frozen": "different structure"},
+    "flatten_bias": {"prunable": 1, "producers": [1], "frozen": None},
     "computed_pads": {"prunable": 2, "producers": [1, 1], "frozen": None},
     "computed_channel_pads": {"prunable": 1, "producers": [1], "frozen": "Pad on the batch or channel axis"},
 }

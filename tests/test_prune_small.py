@@ -10,7 +10,7 @@ import pytest
 
 import onnx_eprune
 from models import (ALL_BUILDERS, FEATURE_OUTPUT, OUTPUT, channels_last, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
-                    depthwise_multiplier, depthwise_upsample, grouped, multiplier_sum, initializer, intermediate_output, io_signature, node_by_name,
+                    depthwise_multiplier, depthwise_upsample, flatten_bias, grouped, multiplier_sum, initializer, intermediate_output, io_signature, node_by_name,
                     one_image_detector, random_input, relative_error, residual, run_model, se_unflatten, wide_cnn)
 from onnx_eprune import budget
 from onnx_eprune.calibrate.session import probe_groups, probe_shapes
@@ -551,6 +551,22 @@ def _zeroed(model: onnx.ModelProto, rows: dict[str, np.ndarray]) -> onnx.ModelPr
             value[rows[init.name]] = 0
             init.CopyFrom(onnx.numpy_helper.from_array(value, init.name))
     return out
+
+
+def test_per_feature_constant_after_flatten_goes_with_its_channel(calib, test_x):
+    """A constant of one entry per flattened feature loses the 64 entries of every dropped
+    channel; without re-fits the result equals the original with those channels' filters
+    and constant entries zero."""
+    model = flatten_bias()
+    analysis = _analysis(model, calib)
+    g = next(g for g in analysis.groups if g.prunable)
+    keep, drop = np.array([0, 2]), np.array([1, 3])
+    pruned = build_pruned(model, analysis, {g.gid: keep}, {})
+    onnx.checker.check_model(pruned, full_check=True)
+    assert np.array_equal(initializer(pruned, "feature_bias"), initializer(model, "feature_bias")[_blocks(keep, 64)])
+    zeroed = _zeroed(model, {"conv1.weight": drop, "conv1.bias": drop, "feature_bias": _blocks(drop, 64)})
+    np.testing.assert_allclose(run_model(pruned, test_x)[OUTPUT], run_model(zeroed, test_x)[OUTPUT],
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_outputs_added_to_a_multiplier_go_in_blocks(calib, test_x):
