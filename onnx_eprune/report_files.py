@@ -305,5 +305,4 @@ def _sweep_figure(Figure, sweep: dict):
 def producer_labels(group: dict) -> list[str]:
     """The producers of a group entry (a report's or ``inspect``'s), each marked with its
     output rows per channel where that is more than one: ``"pw (x2)"``."""
-    rows = group.get("producer_rows") or [1] * len(group["producers"])
-    return [name + (f" (x{r})" if r > 1 else "") for name, r in zip(group["producers"], rows)]
+    return [name + (f" (x{r})" if r > 1 else "") for name, r in zip(group["producers"], group["producer_rows"])]
