@@ -18,7 +18,7 @@ from onnx_eprune.cli import main
 from onnx_eprune.errors import EPruneError, UsageError
 from onnx_eprune.graph.costs import build_cost_model
 from onnx_eprune.graph.exclude import exclude_groups
-from onnx_eprune.graph.groups import analyze
+from onnx_eprune.graph.analysis import analyze
 from onnx_eprune.inspection import inspect
 from onnx_eprune.pipeline import PruneConfig, Pruner
 

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_eprune
 from models import count_params, initializer, io_signature, relative_error, run_model
 from onnx_eprune.calibrate.session import probe_shapes
-from onnx_eprune.graph.groups import analyze
+from onnx_eprune.graph.analysis import analyze
 from onnx_eprune.graph.rewrite import build_pruned
 
 CPU = ["CPUExecutionProvider"]

@@ -8,7 +8,7 @@ import pytest
 
 from models import ALL_BUILDERS, EXPECTED, FEATURE_OUTPUT, cnn_constant_weights, random_input
 from onnx_eprune.calibrate.session import probe_groups, probe_shapes
-from onnx_eprune.graph.groups import analyze
+from onnx_eprune.graph.analysis import analyze
 from onnx_eprune.graph.model_io import constants_to_initializers
 
 CPU = ["CPUExecutionProvider"]
@@ -207,10 +207,10 @@ def test_analysis_does_not_depend_on_probe_batch():
 def test_consumer_too_wide_for_statistics_freezes_its_group(monkeypatch):
     """A consumer whose Gram matrix would not fit (here: limit lowered to 100 features)
     freezes the groups it reads, with the width in the reason; narrower ones stay prunable."""
-    from onnx_eprune.graph import groups as groups_module
+    from onnx_eprune.graph import analysis as analysis_module
     from models import conv_bn_relu_pool_flatten_gemm
 
-    monkeypatch.setattr(groups_module, "MAX_CONSUMER_FEATURES", 100)
+    monkeypatch.setattr(analysis_module, "MAX_CONSUMER_FEATURES", 100)
     model, analysis = analysis_of(conv_bn_relu_pool_flatten_gemm(True))
     conv1, conv2 = (group_produced_by(model, analysis, n) for n in ("conv_1", "conv_4"))
     assert conv1.prunable  # conv1 feeds conv2: 8 channels x 9 taps = 72 features

@@ -16,7 +16,7 @@ from onnx_eprune import budget
 from onnx_eprune.calibrate.session import probe_groups, probe_shapes
 from onnx_eprune.errors import EPruneError, UsageError
 from onnx_eprune.graph.costs import build_cost_model
-from onnx_eprune.graph.groups import analyze
+from onnx_eprune.graph.analysis import analyze
 from onnx_eprune.graph.model_io import constants_to_initializers
 from onnx_eprune.graph.rewrite import Refit, build_pruned
 from onnx_eprune.graph.weights import consumer_matrix

@@ -15,7 +15,8 @@ from onnx.external_data_helper import uses_external_data
 
 from ..errors import EPruneError, UsageError
 from ..graph import model_io
-from ..graph.groups import GraphAnalysis, analyze
+from ..graph.analysis import analyze
+from ..graph.groups import GraphAnalysis
 from ..graph.model_io import fixed_batch, unbatched_inputs
 
 log = logging.getLogger("onnx_eprune")

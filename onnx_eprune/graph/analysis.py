@@ -1,0 +1,1178 @@
+"""Channel-group analysis: which channels of which tensors must be removed together.
+
+Every non-constant tensor gets a *layout*: the list of channel segments along its channel
+axis (axis 1, or where a Transpose moved it: TensorFlow exports compute between convolutions
+in NHWC, with Transposes around every Conv). A segment names a channel *space* (the channels one producer creates) and
+how many features each channel spans there (``factor``: 1 for NCHW tensors, H*W behind a
+Flatten). Pass-through ops copy layouts, Concat joins them, element-wise ops on two
+activations unite their spaces (a union-find), producers (Conv/Gemm/MatMul outputs) create
+new spaces, and consumers (Conv/Gemm/MatMul inputs) record which features belong to which
+space. Anything not understood freezes the spaces it touches, with the reason.
+
+The result, a ``groups.GraphAnalysis``, lists ``ChannelGroup`` objects (one per union of
+spaces) and ``Consumer`` objects; the layouts and their union-find are in ``layout``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .groups import (QUANTIZED, ChannelGroup, Consumer, GraphAnalysis, ParamSlice, Producer, ShapeParam, SliceBound,
+                     SplitSizes, node_label)
+from .layout import Segment, Spaces, couple, flatten, offsets
+from .model_io import unbatched_inputs
+
+# Ops that act on each element independently: channel c in is channel c out.
+ELEMENTWISE_UNARY = frozenset({
+    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt",
+    "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Dropout",
+    "ThresholdedRelu", "Shrink", "Clip", "Cast",
+})
+# Ops that mix values only within one channel's spatial plane.
+SPATIAL_POOLS = frozenset({
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool",
+})
+# Widest consumer input (channels x kernel taps, or x positions behind a Flatten) whose
+# statistics are gathered: its float64 Gram matrix alone takes 2 GiB.
+MAX_CONSUMER_FEATURES = 16384
+# Walks over the graph at most: each may find Split/Slice cuts or multiplier blocks that
+# the next aligns (FastViT's stages, each a channel multiplier deeper, take five).
+MAX_WALKS = 10
+ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum"})
+REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
+# Ops whose first input must hold its channels on axis 1 (NCHW or (N, features)).
+CHANNELS_FIRST = SPATIAL_POOLS | {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "Gemm",
+                                  "MatMul", "Flatten"}
+
+# the QOperator format's layers (onnxruntime's quantize_static with QuantFormat.QOperator)
+QUANTIZED_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"})
+OPAQUE = "opaque"  # layout of a non-constant tensor whose channels we cannot follow
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+class _Analyzer:
+    """One walk over the graph. ``cuts`` (origin key -> channel positions) splits the
+    channels an op creates into several spaces, so that Split/Slice on the channel axis
+    see whole spaces; a walk that meets a cut it was not given records it in ``new_cuts``
+    and :func:`analyze` walks again. ``blocks`` (origin key -> k) has a producer's outputs
+    go k adjacent rows per channel, so that they can be added to a channel multiplier's
+    outputs (``new_blocks`` records the ones a walk finds it needs)."""
+
+    def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                 cuts: dict[str, set[int]] | None = None, blocks: dict[str, int] | None = None,
+                 probed: dict[str, np.ndarray] | None = None):
+        self.graph = model.graph
+        self.probed = probed or {}   # computed tensor -> its value at the probed shapes
+        self.cuts = cuts or {}
+        self.blocks = blocks or {}
+        self.origin: dict[int, tuple[str, int]] = {}    # space -> (origin key, first channel there)
+        self.new_cuts: list[tuple[int, int]] = []       # (space, position within the space)
+        self.new_blocks: dict[str, int] = {}            # origin key -> rows per channel it should get
+        self.shapes = shapes
+        self.consts: dict[str, np.ndarray | None] = {}  # constant tensors (value if small)
+        for init in self.graph.initializer:
+            self.consts[init.name] = None
+        self.init_by_name = {init.name: init for init in self.graph.initializer}
+        self.layouts: dict[str, object] = {}
+        self.axes: dict[str, int] = {}   # channel axis of a tensor, where it is not 1
+        self.spaces = Spaces()
+        self.producers: dict[int, list[Producer]] = {}
+        self.params: dict[int, list[ParamSlice]] = {}
+        self.shape_params: dict[int, list[ShapeParam]] = {}
+        self.consumers: list[Consumer] = []
+        self.split_sizes: list[SplitSizes] = []
+        self.slice_bounds: list[SliceBound] = []
+        self.use_count: dict[str, int] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                self.use_count[name] = self.use_count.get(name, 0) + 1
+        self.producer_node = {name: node for node in self.graph.node for name in node.output}
+        self.graph_outputs = {out.name for out in self.graph.output}
+        self.consumer_nodes: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                self.consumer_nodes.setdefault(name, []).append(node)
+
+    # -- helpers -----------------------------------------------------------------------
+    def weights_reason(self, label: str, names: list[str | None]) -> str | None:
+        """Why ``label`` cannot be pruned through its weight operands ``names`` (None: all
+        are initializers). Quantized weights get their own reason (see ``QUANTIZED``)."""
+        missing = [n for n in names if n is not None and n not in self.init_by_name]
+        if not missing:
+            return None
+        if any(getattr(self.producer_node.get(n), "op_type", "") == "DequantizeLinear" for n in missing):
+            return f"{label} has {QUANTIZED} (DequantizeLinear)"
+        return f"{label} has non-constant weights"
+
+    def value(self, name: str) -> np.ndarray | None:
+        """Numeric value of a constant initializer (None when not an initializer)."""
+        init = self.init_by_name.get(name)
+        return None if init is None else numpy_helper.to_array(init)
+
+    def known(self, name: str) -> np.ndarray | None:
+        """The value of a constant: an initializer's, or, for one computed from constants
+        and shapes alone, its value at the probed shapes (TensorFlow-style "same" padding
+        computes its pads from the input's size); None for any other tensor. A Shape op
+        that reads a prunable channel count freezes it, so such a value does not change
+        when channels go."""
+        if name in self.init_by_name:
+            return self.value(name)
+        return self.probed.get(name) if name in self.consts else None
+
+    def is_const(self, name: str) -> bool:
+        return name == "" or name in self.consts
+
+    def layout(self, name: str):
+        if name in self.layouts:
+            return self.layouts[name]
+        return None if self.is_const(name) else OPAQUE
+
+    def axis(self, name: str) -> int:
+        """The channel axis of tensor ``name``."""
+        return self.axes.get(name, 1)
+
+    def channels(self, name: str) -> int | None:
+        shape = self.shapes.get(name)
+        axis = self.axis(name)
+        return shape[axis] if shape is not None and len(shape) > axis else None
+
+    def axes_of(self, node: onnx.NodeProto) -> np.ndarray | None:
+        """The ``axes`` of a Squeeze / Unsqueeze / Reduce op: its attribute, or its constant
+        second input (newer opsets); None when absent or not constant."""
+        axes = _attrs(node).get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = self.value(node.input[1])
+        return axes
+
+    def slice_inputs(self, node: onnx.NodeProto) -> tuple | None:
+        """(starts, ends, axes, steps) of a Slice (axes, steps None when absent), from its
+        inputs (opset >= 10) or attributes; None when a bound it has is not constant."""
+        if len(node.input) == 1:
+            attrs = _attrs(node)
+            starts, ends = attrs.get("starts"), attrs.get("ends")
+            return None if starts is None or ends is None else (starts, ends, attrs.get("axes"), None)
+        names = list(node.input[1:5]) + [""] * (5 - len(node.input))
+        values = [self.value(n) if n else None for n in names]
+        if values[0] is None or values[1] is None or any(n and v is None for n, v in zip(names, values)):
+            return None
+        return tuple(values)
+
+    def freeze_layout(self, layout, reason: str) -> None:
+        if isinstance(layout, list):
+            for seg in layout:
+                self.spaces.freeze(seg.space, reason)
+
+    def opaque_output(self, name: str, reason: str) -> None:
+        """Give an output we cannot follow a fresh frozen space, so couplings see it."""
+        c = self.channels(name)
+        self.layouts[name] = OPAQUE if c is None else self.create(f"t:{name}", c, None, reason)
+
+    def create(self, key: str, size: int, producer: Producer | None, reason: str | None = None) -> list[Segment]:
+        """The layout of ``size`` new channels: one space, or several where cuts fall; where
+        ``blocks`` has the key, channels of k adjacent rows each (``size / k`` of them)."""
+        k = self.blocks.get(key, 1)
+        size //= k
+        bounds = [0] + sorted(c for c in self.cuts.get(key, ()) if 0 < c < size) + [size]
+        layout = []
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            sid = self.spaces.new(stop - start, reason)
+            self.origin[sid] = (key, start)
+            if producer is not None:
+                self.producers.setdefault(sid, []).append(replace(producer, offset=start * k, factor=k))
+            layout.append(Segment(sid, 0, stop - start, k))
+        return layout
+
+    def request_blocks(self, a: list[Segment], b: list[Segment]) -> bool:
+        """Two layouts an element-wise op adds that hold the same entries but with other
+        factors (a channel multiplier's outputs, m per input channel, and an ordinary
+        Conv's): where the one with fewer entries per channel is a producer's whole output
+        as it created it, record that its rows should go in blocks of the other's factor,
+        so that the next walk can couple the two. Whether it did."""
+        if len(a) != len(b):
+            return False
+        wanted = {}
+        for sa, sb in zip(a, b):
+            if sa.length * sa.factor != sb.length * sb.factor:
+                return False
+            if sa.factor == sb.factor:
+                continue
+            lo, hi = (sa, sb) if sa.factor < sb.factor else (sb, sa)
+            key, start = self.origin.get(lo.space, (None, 0))
+            whole = lo.start == 0 and lo.length == self.spaces.size[lo.space] and start == 0
+            if key is None or not self.producers.get(lo.space) or not whole or self.cuts.get(key) \
+                    or hi.factor % lo.factor or lo.factor != self.blocks.get(key, 1):
+                return False
+            wanted[key] = hi.factor
+        for key, k in wanted.items():
+            self.new_blocks.setdefault(key, k)
+        return bool(wanted)
+
+    def take(self, layout: list[Segment], a: int, b: int) -> list[Segment]:
+        """Channels ``[a, b)`` of a layout; records a cut where a space is split."""
+        out, off = [], 0
+        for seg in layout:
+            lo, hi = max(a, off), min(b, off + seg.length)
+            if lo < hi:
+                if lo > off:
+                    self.new_cuts.append((seg.space, seg.start + lo - off))
+                if hi < off + seg.length:
+                    self.new_cuts.append((seg.space, seg.start + hi - off))
+                out.append(Segment(seg.space, seg.start + lo - off, hi - lo, seg.factor))
+            off += seg.length
+        return out
+
+    def freeze_all(self, node: onnx.NodeProto, index: int, reason: str) -> None:
+        for name in node.input:
+            self.freeze_layout(self.layout(name), reason)
+        for name in node.output:
+            if name:
+                self.opaque_output(name, reason)
+
+    def add_param(self, layout, node_index: int, tensor: str, axis: int, reason_node: str) -> bool:
+        """Record a per-channel constant to slice with the layout; freeze if shared."""
+        if self.use_count.get(tensor, 0) > 1:
+            self.freeze_layout(layout, f"per-channel constant {tensor!r} of {reason_node} is shared")
+            return False
+        offset = 0
+        for seg in layout:  # in entries, not channels: a flattened layout has ``factor`` per channel
+            self.params.setdefault(seg.space, []).append(ParamSlice(node_index, tensor, axis, offset, seg.factor))
+            offset += seg.length * seg.factor
+        return True
+
+    # -- the walk ----------------------------------------------------------------------
+    def run(self) -> GraphAnalysis:
+        for inp in self.graph.input:
+            if inp.name in self.consts:
+                continue
+            c = self.channels(inp.name)
+            self.layouts[inp.name] = OPAQUE if c is None else self.create(f"in:{inp.name}", c, None, "graph input")
+        for index, node in enumerate(self.graph.node):
+            if all(self.is_const(n) for n in node.input) and node.op_type != "Shape":
+                # pure constant arithmetic (shape computations, folded weights)
+                for name in node.output:
+                    self.consts[name] = None
+                continue
+            handler = getattr(self, f"op_{node.op_type}", None)
+            if node.domain not in ("", "ai.onnx"):
+                handler = None
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                handler = None
+            if handler is None:
+                self.freeze_all(node, index, f"op {node.op_type} has {QUANTIZED}" if node.op_type in QUANTIZED_OPS
+                                else f"op {node.op_type} is not understood by the channel analysis")
+                continue
+            if node.op_type in CHANNELS_FIRST and self.axis(node.input[0]) != 1:
+                self.reread_channels_first(node, index)
+            handler(node, index)
+            for name in node.output:  # every output must end up with a layout
+                if name and name not in self.layouts and name not in self.consts:
+                    self.opaque_output(name, f"output {name!r} of {node.op_type}")
+        for out in self.graph.output:
+            self.freeze_layout(self.layout(out.name), "reaches a graph output")
+        return self.collect()
+
+    def reread_channels_first(self, node: onnx.NodeProto, index: int) -> None:
+        """An op that needs channels on axis 1 reads a tensor whose followed channels sit on
+        another axis (e.g. an NHWC graph input, whose channel axis the analysis cannot know,
+        transposed to NCHW): those channels are frozen, and the tensor is read afresh as
+        frozen channels on axis 1, so that the op's own output channels stay prunable."""
+        x = node.input[0]
+        reason = f"{node_label(node, index)} reads them on axis 1, not on axis {self.axis(x)}"
+        self.freeze_layout(self.layout(x), reason)
+        self.axes.pop(x)
+        c = self.channels(x)
+        self.layouts[x] = OPAQUE if c is None else self.create(f"t:{x}", c, None, reason)
+
+    def passthrough(self, node: onnx.NodeProto, src: str, axis: int | None = None) -> object:
+        """The first output carries the layout of ``src`` (on channel axis ``axis``, by
+        default the axis of ``src``)."""
+        layout = self.layout(src)
+        axis = self.axis(src) if axis is None else axis
+        for name in node.output[:1]:
+            self.layouts[name] = layout
+            if axis != 1:
+                self.axes[name] = axis
+        return layout
+
+    # -- producers and consumers -------------------------------------------------------
+    def op_Conv(self, node: onnx.NodeProto, index: int) -> None:
+        x, w = node.input[0], node.input[1]
+        b = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        layout = self.layout(x)
+        reason = self.weights_reason(node_label(node, index), [w, b])
+        if reason:
+            self.freeze_all(node, index, reason)
+            return
+        wshape = tuple(self.init_by_name[w].dims)
+        attrs = _attrs(node)
+        group = int(attrs.get("group", 1))
+        cin = self.channels(x)
+        out = node.output[0]
+        label = node_label(node, index)
+        if len(wshape) != 4 or cin is None or not isinstance(layout, list):
+            self.freeze_all(node, index, f"{label}: only 2-D convolutions on NCHW tensors are handled")
+            return
+        if group == 1:
+            self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin,
+                              wshape[2] * wshape[3], layout, conv=self.conv_geometry(node, attrs, wshape, x, out))
+            self.layouts[out] = self.create(f"n:{index}", wshape[0], Producer(index, "conv", w, 0, b))
+        elif wshape[1] * group == cin and wshape[0] % cin == 0:
+            self.pass_groups(node, index, layout, w, b, wshape[1], wshape[0] // cin)
+        else:
+            self.freeze_all(node, index, f"{label}: grouped convolution (group={group}) with {wshape[0]} outputs "
+                                         f"for {cin} inputs is not pruned")
+
+    def pass_groups(self, node: onnx.NodeProto, index: int, layout: list[Segment], w: str, b: str | None,
+                    width: int, multiplier: int = 1) -> None:
+        """A depthwise (``width`` 1) or grouped Conv / ConvTranspose whose groups of
+        ``width`` input channels each write ``multiplier * width`` outputs: the outputs of
+        a group read only that group's inputs, so both sides are one set of channels,
+        removable a whole group at a time (weight and bias lose the group's rows along axis
+        0). With a channel multiplier, input channel c stands for outputs ``c * multiplier``
+        to ``c * multiplier + multiplier - 1`` (the output layout's ``factor``)."""
+        label = node_label(node, index)
+        if self.use_count.get(w, 0) > 1 or (b is not None and self.use_count.get(b, 0) > 1):
+            self.freeze_all(node, index, f"{label}: grouped weights are shared")
+            return
+        if any(off % width or seg.length % width for seg, off in offsets(layout)):
+            self.freeze_all(node, index, f"{label}: its groups of {width} channels straddle channel groups")
+            return
+        # a depthwise Conv keeps a channel's entries adjacent (its m outputs per input too),
+        # a wider conv group would interleave several channels' entries
+        if width > 1 and any(seg.factor != 1 for seg in layout):
+            self.freeze_all(node, index, f"{label}: its input channels are already multiplied")
+            return
+        for seg in layout:
+            self.spaces.require_unit(seg.space, width)
+        out = [Segment(seg.space, seg.start, seg.length, seg.factor * multiplier) for seg in layout]
+        self.add_param(out, index, w, 0, label)
+        if b is not None:
+            self.add_param(out, index, b, 0, label)
+        self.layouts[node.output[0]] = out
+
+    def op_ConvTranspose(self, node: onnx.NodeProto, index: int) -> None:
+        """A producer of its output channels (weight axis 1) and a consumer of its input
+        channels (weight axis 0), read as the Conv it equals (see :meth:`transposed_geometry`);
+        grouped with as many outputs as inputs, a pass-through (:meth:`pass_groups`)."""
+        x, w = node.input[0], node.input[1]
+        b = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        label = node_label(node, index)
+        out = node.output[0]
+        reason = self.weights_reason(label, [w, b])
+        if reason:
+            self.freeze_all(node, index, reason)
+            return
+        wshape = tuple(self.init_by_name[w].dims)
+        layout = self.layout(x)
+        group = int(_attrs(node).get("group", 1))
+        if len(wshape) != 4 or not isinstance(layout, list) or self.channels(x) != wshape[0]:
+            self.freeze_all(node, index, f"{label}: only 2-D ConvTranspose on NCHW tensors is pruned")
+            return
+        if group > 1 and wshape[1] * group == wshape[0]:  # e.g. a depthwise bilinear upsampling
+            self.pass_groups(node, index, layout, w, b, wshape[1])
+            return
+        if group > 1:
+            self.freeze_all(node, index, f"{label}: grouped ConvTranspose (group={group}) with "
+                                         f"{wshape[1] * group} outputs for {wshape[0]} inputs is not pruned")
+            return
+        if self.use_count.get(w, 0) > 1 or (b is not None and self.use_count.get(b, 0) > 1):
+            self.freeze_all(node, index, f"{label}: its weights are shared by several nodes")
+            return
+        geometry = self.transposed_geometry(node, wshape, x, out)
+        if geometry is None:
+            self.freeze_layout(layout, f"{label}: the inputs of a ConvTranspose with output_shape or auto_pad "
+                                       "are not pruned")
+        else:
+            self.add_consumer(node, index, "convT", x, out, w, b, wshape[1], wshape[0], wshape[2] * wshape[3],
+                              layout, conv=geometry)
+        self.layouts[out] = self.create(f"n:{index}", wshape[1], Producer(index, "conv", w, 1, b))
+
+    def transposed_geometry(self, node, wshape, x, out) -> dict | None:
+        """The Conv that equals a ConvTranspose: stride 1 over the input with ``stride - 1``
+        zeros between pixels, padded by ``dilation * (k - 1) - pad`` (plus output_padding at
+        the end), with the kernel flipped and its two channel axes swapped. None when the
+        padding is implicit (``auto_pad``, ``output_shape``) or the shapes disagree."""
+        attrs = _attrs(node)
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        if (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) != "NOTSET" or "output_shape" in attrs:
+            return None
+        kernel = (wshape[2], wshape[3])
+        strides = list(attrs.get("strides", [1, 1]))
+        dil = list(attrs.get("dilations", [1, 1]))
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        extra = list(attrs.get("output_padding", [0, 0]))
+        in_hw = self.shapes[x][2:]
+        eff = [d * (k - 1) for d, k in zip(dil, kernel)]
+        conv_pads = [eff[0] - pads[0], eff[1] - pads[1], eff[0] - pads[2] + extra[0], eff[1] - pads[3] + extra[1]]
+        out_hw = tuple((n - 1) * s + 1 + conv_pads[i] + conv_pads[i + 2] - eff[i]
+                       for i, (n, s) in enumerate(zip(in_hw, strides)))
+        if out not in self.shapes or tuple(self.shapes[out][2:]) != out_hw:
+            return None
+        return {"kernel": kernel, "strides": (1, 1), "dilations": tuple(dil), "pads": tuple(conv_pads),
+                "in_hw": tuple(in_hw), "out_hw": out_hw, "upsample": tuple(strides)}
+
+    def conv_geometry(self, node, attrs, wshape, x, out) -> dict:
+        kh, kw = wshape[2], wshape[3]
+        strides = list(attrs.get("strides", [1, 1]))
+        dil = list(attrs.get("dilations", [1, 1]))
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        in_hw = self.shapes[x][2:]
+        out_hw = self.shapes[out][2:] if out in self.shapes else None
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [0, 0, 0, 0]
+            for i, (n_in, k, s, d) in enumerate(zip(in_hw, (kh, kw), strides, dil)):
+                n_out = -(-n_in // s)
+                total = max(0, (n_out - 1) * s + (k - 1) * d + 1 - n_in)
+                small, big = total // 2, total - total // 2
+                pads[i], pads[i + 2] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+        elif auto_pad == "VALID":
+            pads = [0, 0, 0, 0]
+        return {"kernel": (kh, kw), "strides": tuple(strides), "dilations": tuple(dil),
+                "pads": tuple(pads), "in_hw": tuple(in_hw), "out_hw": tuple(out_hw) if out_hw else None}
+
+    def add_consumer(self, node, index, kind, x, out, w, b, m, cin, s, layout, conv=None,
+                     trans_b=True, alpha=1.0, beta=1.0) -> None:
+        label = node_label(node, index)
+        if self.use_count.get(w, 0) > 1:
+            self.freeze_layout(layout, f"weight {w!r} of {label} is shared by several nodes")
+            return
+        # a Conv behind a channel multiplier reads ``factor`` adjacent tensor channels per
+        # channel, whose taps are adjacent in its weight too: ``factor * kh * kw`` features
+        factor = layout[0].factor if kind == "conv" and layout else 1
+        expected = factor if kind in ("conv", "convT") else s
+        if any(seg.factor != expected for seg in layout):
+            self.freeze_layout(layout, f"{label}: input channels do not map to contiguous features")
+            return
+        self.consumers.append(Consumer(
+            node=index, name=label, kind=kind, input=x, output=out, weight=w, bias=b,
+            in_channels=cin // factor, out_channels=m, s=s * factor, conv=conv, gemm_trans_b=trans_b,
+            alpha=alpha, beta=beta, factor=factor,
+            segments=[(seg.space, off, seg.length) for seg, off in offsets(layout)]))
+
+    def op_Gemm(self, node: onnx.NodeProto, index: int) -> None:
+        a, w = node.input[0], node.input[1]
+        c = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        attrs = _attrs(node)
+        label = node_label(node, index)
+        layout = self.layout(a)
+        reason = "Gemm with transA" if attrs.get("transA", 0) else self.weights_reason(label, [w, c])
+        if reason:
+            self.freeze_all(node, index, reason if reason.startswith(label) else f"{label}: {reason}")
+            return
+        wshape = tuple(self.init_by_name[w].dims)
+        trans_b = bool(attrs.get("transB", 0))
+        m, d = (wshape[0], wshape[1]) if trans_b else (wshape[1], wshape[0])
+        bias_ok = c is None or _bias_vector_len(self.init_by_name[c].dims) in (m, 1)
+        if not isinstance(layout, list) or not bias_ok:
+            self.freeze_all(node, index, f"{label}: Gemm input or bias layout not understood")
+            return
+        cin = sum(seg.length for seg in layout)
+        factor = layout[0].factor if layout else 1
+        if cin * factor != d:
+            self.freeze_all(node, index, f"{label}: Gemm input features do not match its weight")
+            return
+        self.add_consumer(node, index, "gemm", a, node.output[0], w, c, m, cin, factor, layout,
+                          trans_b=trans_b, alpha=float(attrs.get("alpha", 1.0)), beta=float(attrs.get("beta", 1.0)))
+        bias = c if c is not None and _bias_vector_len(self.init_by_name[c].dims) == m else None
+        prod = Producer(index, "gemm", w, 0 if trans_b else 1, bias)
+        self.layouts[node.output[0]] = self.create(f"n:{index}", m, prod)
+
+    def op_MatMul(self, node: onnx.NodeProto, index: int) -> None:
+        a, w = node.input[0], node.input[1]
+        label = node_label(node, index)
+        layout = self.layout(a)
+        shape_a = self.shapes.get(a)
+        if w not in self.init_by_name or len(self.init_by_name[w].dims) != 2 or not isinstance(layout, list) \
+                or shape_a is None or len(shape_a) != 2:
+            self.freeze_all(node, index, f"{label}: only MatMul of a 2-D activation by a constant matrix is handled")
+            return
+        d, m = tuple(self.init_by_name[w].dims)
+        cin = sum(seg.length for seg in layout)
+        factor = layout[0].factor if layout else 1
+        if cin * factor != d:
+            self.freeze_all(node, index, f"{label}: MatMul input features do not match its weight")
+            return
+        self.add_consumer(node, index, "matmul", a, node.output[0], w, None, m, cin, factor, layout, trans_b=False)
+        self.layouts[node.output[0]] = self.create(f"n:{index}", m, Producer(index, "matmul", w, 1, None))
+
+    # -- pass-through ops --------------------------------------------------------------
+    def unary(self, node: onnx.NodeProto, index: int) -> None:
+        for extra in node.input[1:]:  # Clip min/max, Dropout ratio: must be constants
+            if extra and not self.is_const(extra):
+                self.freeze_all(node, index, f"{node.op_type} with a non-constant parameter")
+                return
+        if node.op_type == "Cast":
+            to = _attrs(node).get("to")
+            if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                          onnx.TensorProto.BFLOAT16):
+                self.freeze_all(node, index, "Cast to a non-float type")
+                return
+        if node.op_type == "Dropout" and self.secondary_output_used(node):
+            self.freeze_all(node, index, "Dropout mask is read by a node or is a graph output")
+            return
+        self.passthrough(node, node.input[0])
+
+    def pool(self, node: onnx.NodeProto, index: int) -> None:
+        if self.secondary_output_used(node):
+            self.freeze_all(node, index, "MaxPool indices are read by a node or are a graph output")
+            return
+        self.passthrough(node, node.input[0])
+
+    def secondary_output_used(self, node: onnx.NodeProto) -> bool:
+        """Whether an output after the first (MaxPool's Indices, Dropout's mask) is read or
+        leaves the graph: it has the input's channels too (MaxPool's indices even encode
+        the channel count), and the pass-through follows only the first output."""
+        return any(out and (self.consumer_nodes.get(out) or out in self.graph_outputs) for out in node.output[1:])
+
+    def op_BatchNormalization(self, node: onnx.NodeProto, index: int) -> None:
+        layout = self.layout(node.input[0])
+        label = node_label(node, index)
+        params = node.input[1:5]
+        if len(node.output) > 1 and any(o for o in node.output[1:]) or not isinstance(layout, list) \
+                or not all(p in self.init_by_name for p in params):
+            self.freeze_all(node, index, f"{label}: BatchNormalization in training mode or with non-constant parameters")
+            return
+        for p in params:
+            if not self.add_param(layout, index, p, 0, label):
+                return
+        self.passthrough(node, node.input[0])
+
+    def op_InstanceNormalization(self, node: onnx.NodeProto, index: int) -> None:
+        layout = self.layout(node.input[0])
+        label = node_label(node, index)
+        if not isinstance(layout, list) or not all(p in self.init_by_name for p in node.input[1:3]):
+            self.freeze_all(node, index, f"{label}: InstanceNormalization with non-constant parameters")
+            return
+        for p in node.input[1:3]:
+            if not self.add_param(layout, index, p, 0, label):
+                return
+        self.passthrough(node, node.input[0])
+
+    def op_PRelu(self, node: onnx.NodeProto, index: int) -> None:
+        self.binary_with_constant(node, index, node.input[0], node.input[1])
+
+    def op_Pad(self, node: onnx.NodeProto, index: int) -> None:
+        x = node.input[0]
+        rank = len(self.shapes.get(x, ()))
+        if len(node.input) > 1 and node.input[1]:
+            axes_input = node.input[3] if len(node.input) > 3 else ""
+            pads = self.known(node.input[1])
+            axes = self.known(axes_input) if axes_input else None
+        else:
+            pads, axes_input = np.array(_attrs(node).get("pads", [])), ""
+            axes = None
+        if pads is None or (axes_input and axes is None) or rank < 2:
+            self.freeze_all(node, index, "Pad with non-constant pads")
+            return
+        axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+        pads = pads.reshape(2, -1)
+        touched = {ax for ax, (lo, hi) in zip(axes, pads.T) if lo or hi}
+        if touched & {0, self.axis(x)}:
+            self.freeze_all(node, index, "Pad on the batch or channel axis")
+            return
+        self.passthrough(node, x)
+
+    def op_Flatten(self, node: onnx.NodeProto, index: int) -> None:
+        x = node.input[0]
+        shape = self.shapes.get(x)
+        axis = int(_attrs(node).get("axis", 1))
+        layout = self.layout(x)
+        if shape is None or axis not in (1, 1 - len(shape)) or not isinstance(layout, list):
+            self.freeze_all(node, index, "Flatten that does not keep the batch axis alone")
+            return
+        self.layouts[node.output[0]] = flatten(layout, int(np.prod(shape[2:], dtype=np.int64)))
+
+    def op_Reshape(self, node: onnx.NodeProto, index: int) -> None:
+        x, target = node.input[0], node.input[1]
+        shape_in, shape_out = self.shapes.get(x), self.shapes.get(node.output[0])
+        layout = self.layout(x)
+        spec = self.value(target)
+        if spec is None:
+            spec = self.batch_target(target, x)
+        if self.unflatten(node, index, shape_in, shape_out, layout, spec):
+            return
+        # channels on another axis flatten channel-major only when every other axis but the
+        # batch has size 1 (a channels-last global pooling before a classifier)
+        ok = (self.axis(x) == 1 or (shape_in is not None and
+                                   int(np.prod(shape_in[1:], dtype=np.int64)) == shape_in[self.axis(x)])) and \
+            shape_in is not None and shape_out is not None and isinstance(layout, list) and \
+            len(shape_in) >= 2 and len(shape_out) == 2 and shape_out[0] == shape_in[0] and spec is not None \
+            and len(spec) == 2 and self.use_count.get(target, 0) == 1
+        if not ok:
+            self.freeze_all(node, index, "Reshape other than flattening (N, C, ...) to (N, features)")
+            return
+        spatial = int(np.prod(shape_in[1:], dtype=np.int64)) // max(shape_in[self.axis(x)], 1)
+        self.layouts[node.output[0]] = flatten(layout, spatial)
+        for pos, v in enumerate(spec):
+            if v not in (0, -1) and pos == 1:
+                for seg in layout:
+                    self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, 1, node.output[0]))
+            elif pos == 0 and v not in (0, -1, shape_in[0]):
+                self.freeze_all(node, index, "Reshape with a fixed batch size that differs")
+                return
+
+    def batch_target(self, target: str, x: str) -> np.ndarray | None:
+        """The value of a Reshape target ``Concat(batch, [-1])`` that starts with ``x``'s own
+        batch size (PyTorch's ``x.view(x.size(0), -1)``), the batch entry written as 0 (a
+        Reshape reads 0 as "x's size there"). None when the target is built otherwise, or
+        holds a feature count: only a constant target can be rewritten."""
+        concat = self.producer_node.get(target)
+        if concat is None or concat.op_type != "Concat" or not self.reads_batch_size(concat.input[0], x):
+            return None
+        rest = [self.value(part) for part in concat.input[1:]]
+        if any(v is None for v in rest):
+            return None
+        tail = [int(v) for part in rest for v in np.ravel(part)]
+        return np.array([0, *tail], dtype=np.int64) if all(v == -1 for v in tail) else None
+
+    def reads_batch_size(self, name: str, x: str) -> bool:
+        """Whether ``name`` is the 1-element vector ``x.shape[0]``: ``Unsqueeze(Gather(Shape(x), 0))``,
+        ``Gather(Shape(x), [0])`` or ``Slice(Shape(x), 0, 1)``. That no other entry of the
+        Shape (the channel count) goes anywhere is :meth:`op_Shape`'s check."""
+        node = self.producer_node.get(name)
+        if node is not None and node.op_type == "Unsqueeze" and self.shapes.get(name) == (1,):
+            node = self.producer_node.get(node.input[0])
+        if node is None or node.op_type not in ("Gather", "Slice") or self.shapes.get(node.output[0]) not in ((), (1,)):
+            return False
+        shape = self.producer_node.get(node.input[0])
+        rank = len(self.shapes.get(x, ()))
+        if shape is None or shape.op_type != "Shape" or shape.input[0] != x or rank == 0 \
+                or int(_attrs(shape).get("start", 0)) % rank != 0:
+            return False
+        if node.op_type == "Gather":
+            index = self.value(node.input[1])
+            return index is not None and index.size == 1 and int(index.reshape(-1)[0]) == 0
+        bounds = self.slice_inputs(node)  # one entry, from 0 with step 1: entry 0
+        return bounds is not None and int(np.ravel(bounds[0])[0]) == 0 \
+            and (bounds[3] is None or int(np.ravel(bounds[3])[0]) == 1)
+
+    def unflatten(self, node: onnx.NodeProto, index: int, shape_in, shape_out, layout, spec) -> bool:
+        """(N, C) -> (N, C, 1, 1) by a constant target, as SE blocks written with Keras
+        reshape their pooled vector: the channels stay on axis 1 (the target's C follows
+        the kept channels). False when the Reshape is not of this kind."""
+        target = node.input[1]
+        if shape_in is None or shape_out is None or spec is None or len(shape_in) != 2 or len(shape_out) < 3 \
+                or tuple(shape_out[:2]) != tuple(shape_in) or any(d != 1 for d in shape_out[2:]) \
+                or not isinstance(layout, list) or any(seg.factor != 1 for seg in layout) or self.axis(node.input[0]) != 1 \
+                or self.use_count.get(target, 0) != 1 or len(spec) != len(shape_out) or spec[0] not in (0, -1, shape_in[0]):
+            return False
+        if spec[1] not in (0, -1):
+            for seg in layout:
+                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, 1, node.output[0]))
+        self.passthrough(node, node.input[0])
+        return True
+
+    def op_Squeeze(self, node: onnx.NodeProto, index: int) -> None:
+        self.rank_change(node, index)
+
+    def op_Unsqueeze(self, node: onnx.NodeProto, index: int) -> None:
+        self.rank_change(node, index)
+
+    def rank_change(self, node: onnx.NodeProto, index: int) -> None:
+        """Squeeze/Unsqueeze of axes other than the batch and channel axes (which may shift)."""
+        x = node.input[0]
+        si, so = self.shapes.get(x), self.shapes.get(node.output[0])
+        layout = self.layout(x)
+        axes = self.axes_of(node)
+        if si is None or so is None or len(si) < 2 or len(so) < 2 or not isinstance(layout, list) or axes is None:
+            self.freeze_all(node, index, f"{node.op_type} that moves the channel axis")
+            return
+        caxis = self.axis(x)
+        if node.op_type == "Squeeze":
+            gone = {int(a) % len(si) for a in np.ravel(axes)}
+            new = caxis - sum(a < caxis for a in gone) if not gone & {0, caxis} else None
+        else:
+            added = sorted(int(a) % len(so) for a in np.ravel(axes))
+            new = caxis
+            for a in added:
+                new += a <= new
+            new = None if 0 in added else new
+        if new is None or so[new] != si[caxis]:
+            self.freeze_all(node, index, f"{node.op_type} that moves the channel axis")
+            return
+        if len(so) == 2 and len(si) > 2 and any(seg.factor != 1 for seg in layout):
+            self.freeze_all(node, index, f"{node.op_type} of a flattened tensor")
+            return
+        self.passthrough(node, x, new)
+
+    def reduce(self, node: onnx.NodeProto, index: int) -> None:
+        """A reduction over axes other than the batch and channel axes (e.g. global pooling)."""
+        x = node.input[0]
+        si = self.shapes.get(x)
+        axes = self.axes_of(node)
+        caxis = self.axis(x)
+        axes = None if axes is None or si is None else {int(a) % len(si) for a in np.ravel(axes)}
+        if not axes or axes & {0, caxis}:
+            self.freeze_all(node, index, f"{node.op_type} over the batch or channel axis")
+            return
+        keep = int(_attrs(node).get("keepdims", 1))
+        self.passthrough(node, x, caxis if keep else caxis - sum(a < caxis for a in axes))
+
+    def op_Concat(self, node: onnx.NodeProto, index: int) -> None:
+        out = node.output[0]
+        rank = len(self.shapes.get(out, ()))
+        axis = int(_attrs(node).get("axis", 0))
+        caxes = {self.axis(n) for n in node.input if not self.is_const(n)}
+        if rank < 2 or len(caxes) != 1 or axis % rank != caxes.pop():
+            self.freeze_all(node, index, "Concat along an axis other than channels")
+            return
+        axis %= rank
+        joined: list[Segment] = []
+        for name in node.input:
+            layout = self.layout(name)
+            if layout is None:  # constant channels are never pruned
+                shape = self.shapes.get(name)
+                c = shape[axis] if shape is not None and len(shape) > axis else 0
+                layout = self.create(f"t:{name}", c, None, "constant channels in a Concat") if c else []
+            if not isinstance(layout, list):
+                self.freeze_all(node, index, "Concat of a tensor whose channels cannot be followed")
+                return
+            joined.extend(layout)
+        if len({seg.factor for seg in joined}) > 1:
+            self.freeze_all(node, index, "Concat of flattened tensors with different spatial sizes")
+            return
+        self.layouts[out] = joined
+        if axis != 1:
+            self.axes[out] = axis
+
+    def op_Shape(self, node: onnx.NodeProto, index: int) -> None:
+        # Exporters read the batch or spatial sizes to build Reshape targets; reading the
+        # channel count would bake it into the graph. Accepted: Shape with start/end that
+        # skip axis 1, or whose every reader Gathers another axis.
+        rank = len(self.shapes.get(node.input[0], ()))
+        attrs = _attrs(node)
+        start, end = int(attrs.get("start", 0)), attrs.get("end")
+        start = start + rank if start < 0 else start
+        end = rank if end is None else (int(end) + rank if int(end) < 0 else int(end))
+        caxis = self.axis(node.input[0])
+        skips_channels = rank > 1 and not (start <= caxis < end)
+        safe = skips_channels or all(self.reads_other_axes(n, node.output[0], start, end, caxis)
+                                     or self.resizes_itself(n, node.input[0])
+                                     for n in self.consumer_nodes.get(node.output[0], []))
+        if not safe:
+            self.freeze_layout(self.layout(node.input[0]), "its channel count is read by a Shape op")
+        self.consts[node.output[0]] = None
+
+    def reads_other_axes(self, reader: onnx.NodeProto, shape: str, start: int, end: int, caxis: int) -> bool:
+        """Whether ``reader`` takes only entries of the shape vector ``shape`` (axes
+        ``start..end`` of a tensor) other than the channel axis ``caxis``: a Gather of one
+        entry, or a Slice with constant bounds (``Slice(Shape(skip), 2, 4)``: its H and W)."""
+        if reader.input[0] != shape:
+            return False
+        n = max(end - start, 1)
+        if reader.op_type == "Gather":
+            v = self.value(reader.input[1])
+            return v is not None and v.size == 1 and start + int(v.reshape(-1)[0]) % n != caxis
+        bounds = self.slice_inputs(reader) if reader.op_type == "Slice" and len(reader.input) >= 3 else None
+        if bounds is None or (bounds[3] is not None and np.any(np.ravel(bounds[3]) != 1)):
+            return False
+        lo, hi = _clamp(int(np.ravel(bounds[0])[0]), int(np.ravel(bounds[1])[0]), n)
+        return not start + lo <= caxis < start + hi
+
+    def sizes_from_own_shape(self, sizes: str, x: str) -> bool:
+        """Whether a Resize's ``sizes`` is ``Concat(Slice(Shape(x), 0, 2), ...)`` of its own
+        input ``x`` (see :meth:`resizes_itself`)."""
+        concat = self.producer_node.get(sizes)
+        head = self.producer_node.get(concat.input[0]) if concat is not None and concat.op_type == "Concat" else None
+        shape = self.producer_node.get(head.input[0]) if head is not None else None
+        return shape is not None and shape.op_type == "Shape" and not shape.attribute and shape.input[0] == x \
+            and self.resizes_itself(head, x)
+
+    def resizes_itself(self, reader: onnx.NodeProto, x: str) -> bool:
+        """Whether ``reader`` of ``Shape(x)`` is ``Slice(Shape(x), 0, 2)`` feeding only
+        ``Concat`` s whose only readers are Resizes of ``x`` itself, taking them as ``sizes``:
+        ``Resize(x, sizes=Concat(Slice(Shape(x), 0, 2), hw))``, as paddle2onnx writes
+        ``F.interpolate(x, size=hw)``. Its channel entry is then always x's own count."""
+        bounds = self.slice_inputs(reader) if reader.op_type == "Slice" and len(reader.input) >= 3 else None
+        if bounds is None or self.axis(x) != 1:
+            return False
+        lo, hi, axes, steps = bounds
+        if np.ravel(lo).tolist() != [0] or np.ravel(hi).tolist() != [2] \
+                or (axes is not None and np.ravel(axes).tolist() != [0]) \
+                or (steps is not None and np.ravel(steps).tolist() != [1]):
+            return False
+        concats = self.consumer_nodes.get(reader.output[0], [])
+        rank = len(self.shapes.get(x, ()))
+        return bool(concats) and all(
+            c.op_type == "Concat" and c.input[0] == reader.output[0] and _attrs(c).get("axis") == 0
+            and all(r.op_type == "Resize" and r.input[0] == x and len(r.input) > 3 and r.input[3] == c.output[0]
+                    and _resize_axes(r, rank)[:2] == [0, 1]  # sizes[:2] are x's batch and channels
+                    for r in self.consumer_nodes.get(c.output[0], [])) and self.consumer_nodes.get(c.output[0])
+            for c in concats)
+
+    def binary_with_constant(self, node: onnx.NodeProto, index: int, act: str, const: str) -> None:
+        """Element-wise op of an activation and a constant: slice the constant if per-channel."""
+        layout = self.layout(act)
+        label = node_label(node, index)
+        out_shape = self.shapes.get(node.output[0])
+        c_shape = self.shapes.get(const) or (tuple(self.init_by_name[const].dims) if const in self.init_by_name else None)
+        if not isinstance(layout, list) or out_shape is None or c_shape is None:
+            self.freeze_all(node, index, f"{label}: operand shapes unknown")
+            return
+        entries = sum(seg.length * seg.factor for seg in layout)  # a channel's entries are adjacent
+        if tuple(self.shapes.get(act, ())) != tuple(out_shape):
+            self.freeze_all(node, index, f"{label}: the constant broadcasts the activation to a new shape")
+            return
+        aligned = len(c_shape) - len(out_shape) + self.axis(act)  # axis of the constant facing channels
+        if aligned < 0 or c_shape[aligned] == 1:
+            self.passthrough(node, act)
+            return
+        if c_shape[aligned] != entries or const not in self.init_by_name:
+            self.freeze_all(node, index, f"{label}: constant operand indexes channels in a way not handled")
+            return
+        if self.add_param(layout, index, const, aligned, label):
+            self.passthrough(node, act)
+
+    def elementwise_binary(self, node: onnx.NodeProto, index: int) -> None:
+        acts = [n for n in node.input if not self.is_const(n)]
+        consts = [n for n in node.input if self.is_const(n) and n]
+        if node.op_type in ("Sum", "Max", "Min") and len(node.input) > 2:
+            self.freeze_all(node, index, f"{node.op_type} of more than two inputs")
+            return
+        if len(acts) == 1 and len(consts) == 1:
+            if node.op_type == "Pow" and node.input[0] != acts[0]:
+                self.freeze_all(node, index, "Pow with an activation exponent")
+                return
+            self.binary_with_constant(node, index, acts[0], consts[0])
+            return
+        if len(acts) != 2:
+            self.freeze_all(node, index, f"{node.op_type} operands not understood")
+            return
+        out_shape = self.shapes.get(node.output[0])
+        layouts = [self.layout(a) for a in acts]
+        shapes = [self.shapes.get(a) for a in acts]
+        caxes = {self.axis(a) for a in acts}
+        if out_shape is None or any(s is None for s in shapes) or not all(isinstance(l, list) for l in layouts) \
+                or len(caxes) != 1:
+            self.freeze_all(node, index, f"{node.op_type} of tensors whose channels cannot be followed")
+            return
+        caxis = caxes.pop()
+        full = [i for i, s in enumerate(shapes) if len(s) == len(out_shape) and s[caxis] == out_shape[caxis]]
+        bcast = [i for i, s in enumerate(shapes) if i not in full and
+                 (len(s) < len(out_shape) - caxis or s[len(s) - len(out_shape) + caxis] == 1)]
+        if len(full) == 2:
+            a, b = layouts
+            if not couple(self.spaces, a, b, self.new_cuts):
+                self.freeze_all(node, index, f"{node.op_type} couples channels with different structure")
+                if self.request_blocks(a, b):
+                    # the next walk couples them: until then the output carries (frozen) the
+                    # factors it will have, so that the blocks further on are found now too
+                    self.passthrough(node, acts[0] if a[0].factor >= b[0].factor else acts[1])
+                return
+            self.passthrough(node, acts[0])
+        elif len(full) == 1 and len(bcast) == 1 and out_shape[caxis] > 1:
+            # e.g. spatial attention: the broadcast operand does not index channels
+            self.freeze_layout(layouts[bcast[0]], f"{node.op_type} broadcasts it over channels")
+            self.passthrough(node, acts[full[0]])
+        else:
+            self.freeze_all(node, index, f"{node.op_type} with a broadcast not handled")
+
+    def op_Slice(self, node: onnx.NodeProto, index: int) -> None:
+        x = node.input[0]
+        shape = self.shapes.get(x)
+        layout = self.layout(x)
+        bounds = self.slice_inputs(node)
+        if bounds is None or shape is None or not isinstance(layout, list):
+            self.freeze_all(node, index, "Slice with non-constant bounds")
+            return
+        starts, ends, axes, steps = bounds
+        rank = len(shape)
+        axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in np.ravel(axes)]
+        steps = [1] * len(axes) if steps is None else [int(v) for v in np.ravel(steps)]
+        spec = dict(zip(axes, zip(np.ravel(starts).tolist(), np.ravel(ends).tolist(), steps)))
+        if 0 in spec and spec[0][:2] != (0, shape[0]) and spec[0][1] < 2 ** 62:
+            self.freeze_all(node, index, "Slice of the batch axis")
+            return
+        caxis = self.axis(x)
+        if caxis not in spec:
+            self.passthrough(node, x)
+            return
+        a, b, step = spec[caxis]
+        c = shape[caxis]
+        a, b = _clamp(a, b, c)
+        if step != 1 or any(seg.factor != 1 for seg in layout):
+            self.freeze_all(node, index, "Slice of channels with a step, or of a flattened tensor")
+            return
+        if len(node.input) > 1:  # the bounds change with pruning: they must be our own constants
+            pos = axes.index(caxis)
+            for tensor, value in ((node.input[1], a), (node.input[2], b)):
+                if self.use_count.get(tensor, 0) > 1:
+                    self.freeze_all(node, index, "Slice bounds shared with other nodes")
+                    return
+                if value < c:
+                    self.slice_bounds.append(SliceBound(index, tensor, pos, x, value))
+        else:
+            self.freeze_all(node, index, "Slice of channels with bounds as attributes (opset < 10)")
+            return
+        self.layouts[node.output[0]] = self.take(layout, a, b)
+        if caxis != 1:
+            self.axes[node.output[0]] = caxis
+
+    def op_Split(self, node: onnx.NodeProto, index: int) -> None:
+        x = node.input[0]
+        shape = self.shapes.get(x)
+        layout = self.layout(x)
+        attrs = _attrs(node)
+        axis = int(attrs.get("axis", 0))
+        if shape is None or not isinstance(layout, list):
+            self.freeze_all(node, index, "Split of a tensor whose channels cannot be followed")
+            return
+        axis %= len(shape)
+        caxis = self.axis(x)
+        if caxis != 1:
+            for out in node.output:
+                self.axes[out] = caxis
+        if axis != caxis:
+            if axis == 0:
+                self.freeze_all(node, index, "Split of the batch axis")
+                return
+            for out in node.output:
+                self.layouts[out] = layout
+            return
+        sizes = [self.shapes[o][caxis] if o in self.shapes else None for o in node.output]
+        if None in sizes or sum(sizes) != shape[caxis] or any(seg.factor != 1 for seg in layout):
+            self.freeze_all(node, index, "Split of channels with unknown sizes")
+            return
+        tensor = node.input[1] if len(node.input) > 1 and node.input[1] else None
+        if tensor is not None and (self.value(tensor) is None or self.use_count.get(tensor, 0) > 1):
+            self.freeze_all(node, index, "Split with non-constant or shared sizes")
+            return
+        self.split_sizes.append(SplitSizes(index, tensor, list(node.output)))
+        start = 0
+        for out, n in zip(node.output, sizes):
+            self.layouts[out] = self.take(layout, start, start + n)
+            start += n
+
+    def op_Resize(self, node: onnx.NodeProto, index: int) -> None:
+        x = node.input[0]
+        si, so = self.shapes.get(x), self.shapes.get(node.output[0])
+        layout = self.layout(x)
+        caxis = self.axis(x)
+        if si is None or so is None or len(si) < 3 or len(so) != len(si) or si[0] != so[0] \
+                or si[caxis] != so[caxis] or not isinstance(layout, list):
+            self.freeze_all(node, index, f"{node.op_type} that changes the batch or channel count")
+            return
+        sizes = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        axes = _resize_axes(node, len(si))
+        entry = axes.index(caxis) if caxis in axes else None  # sizes[entry] is the channel count
+        if sizes is not None and (entry is None or self.sizes_from_own_shape(sizes, x)):
+            sizes = None  # it leaves the channel axis out, or reads x's own channel count at run time
+        if sizes is not None:  # explicit output sizes spell out the channel count
+            if self.value(sizes) is None or self.use_count.get(sizes, 0) > 1:
+                self.freeze_all(node, index, f"{node.op_type} with non-constant or shared sizes")
+                return
+            for seg in layout:
+                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, sizes, entry, node.output[0]))
+        self.passthrough(node, x)
+
+    def op_Upsample(self, node: onnx.NodeProto, index: int) -> None:
+        self.op_Resize(node, index)
+
+    def op_Transpose(self, node: onnx.NodeProto, index: int) -> None:
+        """Moves the channel axis (NCHW <-> NHWC); the batch axis must stay first."""
+        x = node.input[0]
+        perm = [int(p) for p in _attrs(node).get("perm", [])]
+        caxis = self.axis(x)
+        if not perm or perm[0] != 0 or caxis not in perm or not isinstance(self.layout(x), list) \
+                or any(seg.factor != 1 for seg in self.layout(x)):
+            self.freeze_all(node, index, "Transpose that moves the batch axis, or of a flattened tensor")
+            return
+        self.passthrough(node, x, perm.index(caxis))
+
+    # -- results -----------------------------------------------------------------------
+    def propagated_cuts(self) -> list[tuple[str, int]]:
+        """The recorded cuts, carried to every space coupled with the cut one, as
+        (origin key, position) pairs."""
+        out = []
+        members: dict[int, list[int]] = {}
+        for sid in self.origin:
+            members.setdefault(self.spaces.find(sid), []).append(sid)
+        for sid, pos in self.new_cuts:
+            for other in members.get(self.spaces.find(sid), [sid]):
+                key, start = self.origin.get(other, (None, 0))
+                if key is not None:
+                    out.append((key, start + pos))
+        return out
+
+    def edited_constants(self) -> Iterator[tuple[str, int]]:
+        """(initializer, space) pairs: the constants the rewrite changes when channels of
+        the space go (producer rows, per-channel constants, consumer columns and re-fitted
+        weights, Reshape/Resize/Split sizes, Slice bounds)."""
+        for sid, producers in self.producers.items():
+            yield from ((name, sid) for p in producers for name in (p.weight, p.bias) if name)
+        for table in (self.params, self.shape_params):
+            for sid, entries in table.items():
+                yield from ((entry.tensor, sid) for entry in entries)
+        for cons in self.consumers:
+            yield from ((name, sid) for sid, _off, _n in cons.segments for name in (cons.weight, cons.bias) if name)
+        for split in self.split_sizes:
+            if split.tensor:
+                yield from ((split.tensor, seg.space) for out in split.outputs for seg in self.layouts[out])
+        for bound in self.slice_bounds:
+            yield from ((bound.tensor, seg.space) for seg in self.layouts[bound.source])
+
+    def freeze_exported_constants(self) -> None:
+        """An initializer that is also a graph output must keep its value and shape."""
+        for name, sid in self.edited_constants():
+            if name in self.graph_outputs:
+                self.spaces.freeze(sid, f"initializer {name!r} is a graph output")
+
+    def collect(self) -> GraphAnalysis:
+        sp = self.spaces
+        self.freeze_exported_constants()
+        for layout in self.layouts.values():  # a space only partly present cannot be pruned
+            if isinstance(layout, list):
+                for seg in layout:
+                    if seg.start != 0 or seg.length != sp.size[seg.space]:
+                        sp.freeze(seg.space, "cut by a Slice/Split at a position that cannot be aligned")
+        roots: dict[int, ChannelGroup] = {}
+        order: list[int] = []
+        for sid in range(len(sp.parent)):
+            root = sp.find(sid)
+            if root not in roots:
+                roots[root] = ChannelGroup(gid=-1, channels=sp.size[root])
+                order.append(root)
+        gid_of_root = {root: i for i, root in enumerate(order)}
+        groups = [roots[r] for r in order]
+        for g, root in zip(groups, order):
+            g.gid = gid_of_root[root]
+        for sid in range(len(sp.parent)):
+            g = roots[sp.find(sid)]
+            g.producers.extend(self.producers.get(sid, []))
+            g.params.extend(self.params.get(sid, []))
+            g.shape_params.extend(self.shape_params.get(sid, []))
+            g.unit = math.lcm(g.unit, sp.unit.get(sid, 1))
+            for reason in sp.frozen.get(sid, []):
+                if reason not in g.frozen:
+                    g.frozen.append(reason)
+        for cidx, cons in enumerate(self.consumers):
+            cons.segments = [(gid_of_root[sp.find(space)], off, length) for space, off, length in cons.segments]
+            for gid in sorted({s[0] for s in cons.segments}):
+                groups[gid].consumers.append(cidx)
+        for name, layout in self.layouts.items():
+            if isinstance(layout, list):
+                for seg, off in offsets(layout):
+                    groups[gid_of_root[sp.find(seg.space)]].tensors.append((name, off, seg.factor, self.axis(name)))
+        for g in groups:
+            if g.channels % g.unit:
+                g.frozen.append(f"grouped convolutions need blocks of {g.unit} of its {g.channels} channels")
+            if not g.producers and not g.frozen:
+                g.frozen.append("no producer")
+            elif not g.consumers and not g.frozen:
+                g.frozen.append("no consumer reads these channels")
+            if g.frozen:
+                continue
+            if any(p.bias and self.use_count.get(p.bias, 0) > 1 for p in g.producers) or \
+                    any(self.use_count.get(p.weight, 0) > 1 for p in g.producers):
+                g.frozen.append("a producer's weights are shared by several nodes")
+            for cidx in g.consumers:
+                cons = self.consumers[cidx]
+                width = cons.in_channels * cons.s
+                if width > MAX_CONSUMER_FEATURES:
+                    g.frozen.append(f"consumer {cons.name} reads {width} features (statistics stop at "
+                                    f"{MAX_CONSUMER_FEATURES}: a {width}x{width} Gram matrix takes "
+                                    f"{8 * width * width / 2**30:.1f} GiB)")
+                    break
+        return GraphAnalysis(groups=groups, consumers=self.consumers, split_sizes=self.split_sizes,
+                             slice_bounds=self.slice_bounds)
+
+
+def _clamp(a: int, b: int, n: int) -> tuple[int, int]:
+    """Slice bounds ``a:b`` on an axis of ``n``: negative ones count from the end, both
+    clipped to ``[0, n]``."""
+    a, b = (a + n if a < 0 else a), (b + n if b < 0 else b)
+    return max(0, min(a, n)), max(0, min(b, n))
+
+
+def _resize_axes(node: onnx.NodeProto, rank: int) -> list[int]:
+    """The axes that the entries of a Resize's ``scales`` or ``sizes`` stand for: its
+    ``axes`` attribute (opset >= 18, negative ones counted from the end), else every axis."""
+    axes = _attrs(node).get("axes")
+    return list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+
+
+def _bias_vector_len(dims) -> int:
+    dims = [d for d in dims if d != 1]
+    return dims[0] if len(dims) == 1 else (1 if not dims else -1)
+
+
+for _op in ELEMENTWISE_UNARY:
+    setattr(_Analyzer, f"op_{_op}", _Analyzer.unary)
+for _op in SPATIAL_POOLS:
+    setattr(_Analyzer, f"op_{_op}", _Analyzer.pool)
+for _op in ELEMENTWISE_BINARY:
+    setattr(_Analyzer, f"op_{_op}", _Analyzer.elementwise_binary)
+for _op in REDUCE_OPS:
+    setattr(_Analyzer, f"op_{_op}", _Analyzer.reduce)
+
+
+def _walks(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], probed: dict[str, np.ndarray] | None,
+           blocking: bool) -> tuple[GraphAnalysis, bool]:
+    """The analysis after as many walks as its cuts (and, if ``blocking``, multiplier
+    blocks) need; whether it blocks any producer."""
+    cuts: dict[str, set[int]] = {}
+    blocks: dict[str, int] = {}
+    for _ in range(MAX_WALKS):
+        walker = _Analyzer(model, shapes, cuts, blocks, probed)
+        result = walker.run()
+        new = walker.propagated_cuts()
+        new_blocks = {key: k for key, k in walker.new_blocks.items() if blocks.get(key) != k} if blocking else {}
+        if all(pos in cuts.get(key, set()) for key, pos in new) and not new_blocks:
+            break
+        for key, pos in new:
+            cuts.setdefault(key, set()).add(pos)
+        blocks.update(new_blocks)
+    # else: cuts or blocks keep appearing, and what they would have aligned stays frozen
+    return result, bool(blocks)
+
+
+def _prunable_rows(analysis: GraphAnalysis) -> int:
+    """Producer weight rows in prunable groups."""
+    return sum(g.channels * p.factor for g in analysis.prunable_groups() for p in g.producers)
+
+
+def analyze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], per_image: bool | None = None,
+            probed: dict[str, np.ndarray] | None = None) -> GraphAnalysis:
+    """Find the channel groups of a model.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The model, with constant weights as initializers (see ``constants_to_initializers``).
+    shapes : dict
+        Concrete shape of every tensor at the calibration input shape (batch may be 1).
+    per_image : bool, optional
+        The model takes one sample without a batch axis and ``shapes`` are those of one
+        sample: groups on tensors with other than one row there (a two-stage detector's
+        features per region) are frozen, as their statistics cannot be told by image.
+        Default: whether the model has inputs without a batch axis (``unbatched_inputs``).
+    probed : dict, optional
+        Values of small computed integer tensors at the same shapes (``probe_shapes``'
+        ``values``): where a Pad's pads are computed, they show which axes it pads.
+    """
+    result, blocked = _walks(model, shapes, probed, blocking=True)
+    if blocked:
+        # a producer's blocks hold wherever its outputs go: where they meet something that
+        # takes single channels only (a Concat with an ordinary tensor), they freeze layers
+        # that were prunable without them. Keep them only if they free more weight rows.
+        plain, _ = _walks(model, shapes, probed, blocking=False)
+        if _prunable_rows(plain) > _prunable_rows(result):
+            result = plain
+    if per_image if per_image is not None else unbatched_inputs(model):
+        for group in result.groups:
+            rows = [(name, shapes[name][0]) for name, *_ in group.tensors if shapes.get(name, (1,))[:1] != (1,)]
+            if rows:
+                group.frozen.append(f"{rows[0][0]} has {rows[0][1]} rows per image (per-region features)")
+    return result
