@@ -16,7 +16,8 @@ __version__ = "0.1.0"
 from .errors import EPruneError, UsageError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .inspection import inspect  # noqa: E402
-from .pipeline import PruneConfig, PruneResult, calibrate, prune  # noqa: E402
+from .config import PruneConfig  # noqa: E402
+from .pipeline import PruneResult, calibrate, prune  # noqa: E402
 from .sweep import SweepPoint, sweep  # noqa: E402
 
 __all__ = ["prune", "calibrate", "sweep", "inspect", "evaluate", "PruneConfig", "PruneResult", "SweepPoint",

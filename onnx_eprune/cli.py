@@ -335,7 +335,7 @@ def refit_ridge_arg(text: str) -> float | str:
 
 
 def _run_config(args: argparse.Namespace, **target):
-    from .pipeline import PruneConfig
+    from .config import PruneConfig
 
     if args.no_reconstruct and args.refit_ridge is not None:
         raise UsageError("--refit-ridge sets the ridge of the re-fit, which --no-reconstruct skips; drop one of them")
@@ -651,7 +651,8 @@ def _sweep_model_name(kind: str, target: float) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .pipeline import PruneConfig, calibrate
+    from .config import PruneConfig
+    from .pipeline import calibrate
     from .progress import Progress
 
     _check_image_options(args)

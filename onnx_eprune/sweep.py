@@ -24,7 +24,8 @@ from .calibrate.session import choose_providers
 from .errors import UsageError
 from .evaluate import compared_outputs, load_labels, measure_against
 from .graph.model_io import as_model, check_model_arg, normalize
-from .pipeline import PruneConfig, Pruner, calibrate, check_progress, make_config, prune
+from .config import PruneConfig, check_progress, make_config
+from .pipeline import Pruner, calibrate, prune
 from .progress import Progress
 from .report import optimism_note
 

@@ -182,7 +182,7 @@ def test_a_failed_scratch_write_names_the_file(files, capsys, monkeypatch):
 @pytest.mark.parametrize("value", [-0.1, float("inf"), "some", True])
 def test_bad_refit_ridge_from_python(value):
     from onnx_eprune.errors import UsageError
-    from onnx_eprune.pipeline import PruneConfig
+    from onnx_eprune.config import PruneConfig
 
     with pytest.raises(UsageError, match="refit-ridge"):
         PruneConfig(sparsity=0.5, refit_ridge=value).check()

@@ -16,11 +16,12 @@ from onnx_eprune import budget, calibrate, prune
 from onnx_eprune.calibrate.session import probe_shapes
 from onnx_eprune.cli import main
 from onnx_eprune.errors import EPruneError, UsageError
+from onnx_eprune.graph.analysis import analyze
 from onnx_eprune.graph.costs import build_cost_model
 from onnx_eprune.graph.exclude import exclude_groups
-from onnx_eprune.graph.analysis import analyze
 from onnx_eprune.inspection import inspect
-from onnx_eprune.pipeline import PruneConfig, Pruner
+from onnx_eprune.config import PruneConfig
+from onnx_eprune.pipeline import Pruner
 
 X = random_input(4, seed=9)
 

@@ -14,9 +14,10 @@ from models import (ALL_BUILDERS, FEATURE_OUTPUT, OUTPUT, channels_last, conv_bn
                     one_image_detector, random_input, relative_error, residual, run_model, se_unflatten, wide_cnn)
 from onnx_eprune import budget
 from onnx_eprune.calibrate.session import probe_groups, probe_shapes
+from onnx_eprune.config import PruneConfig
 from onnx_eprune.errors import EPruneError, UsageError
-from onnx_eprune.graph.costs import build_cost_model
 from onnx_eprune.graph.analysis import analyze
+from onnx_eprune.graph.costs import build_cost_model
 from onnx_eprune.graph.model_io import constants_to_initializers
 from onnx_eprune.graph.rewrite import Refit, build_pruned
 from onnx_eprune.graph.weights import consumer_matrix
@@ -1100,7 +1101,7 @@ def test_sequential_first_pass_reduces_wide_convolutions(calib):
 
     model = conv_bn_relu_pool_flatten_gemm(True)
     # the FLOPs target makes the 8-channel group, read by a 72-feature convolution, lose channels
-    config = pipeline.PruneConfig(flops_reduction=0.5, device="cpu", entropic=EntropicConfig(max_features=48))
+    config = PruneConfig(flops_reduction=0.5, device="cpu", entropic=EntropicConfig(max_features=48))
     pruner = pipeline.Pruner(model, calib, config)
     seen = _stage_collects(pruner)
     result = pruner.run()
@@ -1125,7 +1126,7 @@ def test_sequential_first_pass_reduces_wide_convolutions(calib):
     x = calib[:64]
     assert relative_error(run_model(model, x)[OUTPUT], run_model(result.model, x)[OUTPUT]) < 0.5
     # one-shot mode decides on the first pass's statistics: they stay whole
-    oneshot = pipeline.Pruner(model, calib, pipeline.PruneConfig(sparsity=0.5, device="cpu", mode="oneshot",
+    oneshot = pipeline.Pruner(model, calib, PruneConfig(sparsity=0.5, device="cpu", mode="oneshot",
                                                                  entropic=EntropicConfig(max_features=48)))
     oneshot.run()
     assert not oneshot.bases
@@ -1144,7 +1145,7 @@ def test_stages_keep_exact_statistics_for_baselines_and_when_lean_is_off(method,
 
     cls = pipeline.Pruner if lean else type("Full", (_FullStages, pipeline.Pruner), {})
     pruner = cls(conv_bn_relu_pool_flatten_gemm(True), calib,
-                 pipeline.PruneConfig(flops_reduction=0.5, device="cpu", method=method,
+                 PruneConfig(flops_reduction=0.5, device="cpu", method=method,
                                       entropic=EntropicConfig(max_features=48)))
     seen = _stage_collects(pruner)
     pruner.run()
@@ -1162,7 +1163,7 @@ def test_refit_from_kept_channel_statistics_matches_the_full_statistics(calib):
     from onnx_eprune import pipeline
 
     model = conv_bn_relu_pool_flatten_gemm(True)
-    pruner = pipeline.Pruner(model, calib, pipeline.PruneConfig(sparsity=0.5, device="cpu"))
+    pruner = pipeline.Pruner(model, calib, PruneConfig(sparsity=0.5, device="cpu"))
     space = pipeline.CacheSpace(1 << 30, 0)
 
     def network():
@@ -1194,7 +1195,7 @@ def test_ranking_by_another_method_matches_that_methods_run(calib):
     from onnx_eprune import pipeline
 
     model = conv_bn_relu_pool_flatten_gemm(True)
-    pruners = {m: pipeline.Pruner(model, calib, pipeline.PruneConfig(sparsity=0.5, device="cpu", mode="oneshot",
+    pruners = {m: pipeline.Pruner(model, calib, PruneConfig(sparsity=0.5, device="cpu", mode="oneshot",
                                                                      method=m))
                for m in ("entropic", "lasso", "l1")}
     entropic = pruners["entropic"]

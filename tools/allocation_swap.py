@@ -21,7 +21,8 @@ import onnx
 from onnx_eprune.cli import refit_ridge_arg
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
-from onnx_eprune.pipeline import Pruner, PruneConfig
+from onnx_eprune.config import PruneConfig
+from onnx_eprune.pipeline import Pruner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import MODELS, REFERENCE  # noqa: E402

@@ -40,7 +40,8 @@ from scipy.stats import spearmanr
 
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
-from onnx_eprune.pipeline import PruneConfig, prune
+from onnx_eprune.config import PruneConfig
+from onnx_eprune.pipeline import prune
 from onnx_eprune.select.reconstruct import refit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_eprune.pipeline import PruneConfig, Pruner
+from onnx_eprune.config import PruneConfig
+from onnx_eprune.pipeline import Pruner
 from onnx_eprune.select import DATA_METHODS
 from onnx_eprune.select.problem import ConsumerTerm, explained_curve
 

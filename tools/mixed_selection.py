@@ -32,7 +32,8 @@ import onnxruntime as ort
 
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import compare_outputs
-from onnx_eprune.pipeline import Pruner, PruneConfig, _channels_of
+from onnx_eprune.config import PruneConfig
+from onnx_eprune.pipeline import Pruner, _channels_of
 from onnx_eprune.select import DATA_METHODS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -34,7 +34,8 @@ import numpy as np
 from onnx_eprune.cli import refit_ridge_arg
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
-from onnx_eprune.pipeline import Pruner, PruneConfig, _channels_of
+from onnx_eprune.config import PruneConfig
+from onnx_eprune.pipeline import Pruner, _channels_of
 from onnx_eprune.select.entropic import EntropicConfig
 from onnx_eprune.select.problem import CURVE_RIDGE, ConsumerTerm, ridge
 
