@@ -14,7 +14,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_mentions_every_cli_option():
-    from onnx_eprune.cli import build_parser
+    from onnx_eprune.cli_parser import build_parser
 
     readme = (ROOT / "README.md").read_text()
     parser = build_parser()
@@ -40,7 +40,7 @@ def _synopsis(readme: str) -> dict[str, str]:
 
 
 def test_readme_synopsis_lists_each_subcommands_options():
-    from onnx_eprune.cli import _IMAGE_OPTIONS, build_parser
+    from onnx_eprune.cli_parser import IMAGE_OPTIONS, build_parser
 
     synopsis = _synopsis((ROOT / "README.md").read_text())
     sub = next(a for a in build_parser()._actions if a.dest == "command")
@@ -50,6 +50,6 @@ def test_readme_synopsis_lists_each_subcommands_options():
         text = synopsis[name] + (synopsis["prune"] if "as for prune" in synopsis[name] else "")
         for action in p._actions:
             opts = [o for o in action.option_strings if o not in ("-h", "--help")]
-            if opts and opts[-1].lstrip("-") not in _IMAGE_OPTIONS:
+            if opts and opts[-1].lstrip("-") not in IMAGE_OPTIONS:
                 assert any(f"{o} " in text or f"{o}]" in text or f"{o}\n" in text for o in opts), \
                     f"onnx-eprune {name}: {opts} missing from the README synopsis"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx
 
-from onnx_eprune.cli import refit_ridge_arg
+from onnx_eprune.cli_parser import refit_ridge_arg
 from onnx_eprune.datasets import load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
 from onnx_eprune.config import PruneConfig

@@ -37,7 +37,7 @@ from scipy.stats import binomtest
 
 import onnx_eprune
 from onnx_eprune.select import METHODS
-from onnx_eprune.cli import refit_ridge_arg
+from onnx_eprune.cli_parser import refit_ridge_arg
 from onnx_eprune.config import PruneConfig
 from onnx_eprune.select.entropic import EntropicConfig
 from onnx_eprune.datasets import fashion_mnist_available, load_fashion_mnist, preprocess
