@@ -1,0 +1,237 @@
+"""Constructs that some exporters write and the other tests' models do not.
+
+* Convolutions padded by ``auto_pad`` (TensorFlow's "SAME" and "VALID", kept by tf2onnx
+  and older converters): the statistics' patches must follow the pads onnxruntime applies.
+* Splits whose sizes are an attribute (opset < 13), or that split evenly without sizes
+  (any opset, and ``num_outputs`` from opset 18): the rewrite must write the kept sizes in
+  the form the opset allows.
+* Slice and Split of spatial axes, Upsample (opset 9), and a Transpose before a channel
+  Slice / Split: channels pass through, and the groups stay prunable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_eprune
+from models import CLASSES, INPUT, IN_CHANNELS, OUTPUT, _Builder, io_signature, random_input, relative_error, run_model
+from onnx_eprune.calibrate.session import probe_groups, probe_shapes
+from onnx_eprune.calibrate.stats import ConvGeometry, conv_patches, sample_positions
+from onnx_eprune.graph.analysis import analyze
+from onnx_eprune.graph.weights import consumer_matrix
+
+CPU = ["CPUExecutionProvider"]
+CALIB = random_input(48, seed=4)
+FRESH = random_input(5, seed=5)
+
+
+def check_pruned(model: onnx.ModelProto, **target) -> onnx_eprune.PruneResult:
+    """Prune ``model`` to ``target``; the result passes the full checker, keeps the model's
+    inputs and outputs and runs on a batch of another size; the input is left unchanged."""
+    before = model.SerializeToString()
+    result = onnx_eprune.prune(model, CALIB, device="cpu", **target)
+    assert model.SerializeToString() == before
+    onnx.checker.check_model(result.model, full_check=True)
+    assert io_signature(result.model) == io_signature(model)
+    assert run_model(result.model, FRESH)[OUTPUT].shape == (len(FRESH), CLASSES)
+    return result
+
+
+def assert_keep_all_is_identity(model: onnx.ModelProto) -> None:
+    """``keep_ratio=1.0`` prunes nothing and gives the original outputs."""
+    result = check_pruned(model, keep_ratio=1.0)
+    assert result.report["params"]["after"] == result.report["params"]["before"]
+    assert relative_error(run_model(model, FRESH)[OUTPUT], run_model(result.model, FRESH)[OUTPUT]) < 1e-5
+
+
+def kept_counts(result: onnx_eprune.PruneResult) -> dict[str, int]:
+    """Channels kept per prunable group of the report, by the group's first producer."""
+    return {g["producers"][0]: g["channels_after"] for g in result.report["groups"] if g["frozen"] is None}
+
+
+def node_of(model: onnx.ModelProto, op: str) -> onnx.NodeProto:
+    node, = (n for n in model.graph.node if n.op_type == op)
+    return node
+
+
+# -- auto_pad ---------------------------------------------------------------------------
+
+# onnxruntime runs dilated convolutions with VALID padding only
+AUTO_PAD_CASES = [(pad, k, s, 1, n) for pad in ("SAME_UPPER", "SAME_LOWER", "VALID")
+                  for k, s, n in ((3, 1, 16), (4, 1, 16), (4, 2, 16), (2, 2, 15), (5, 3, 15))] + [("VALID", 3, 2, 2, 15)]
+
+
+@pytest.mark.parametrize("auto_pad,kernel,stride,dil,size", AUTO_PAD_CASES)
+def test_auto_pad_conv_rows_reproduce_its_output(auto_pad, kernel, stride, dil, size):
+    """The statistics' patches of a Conv padded by ``auto_pad``, times its weight, give
+    onnxruntime's output at every sampled position (even kernels and odd sizes make the
+    SAME pads uneven: UPPER puts the extra one at the end, LOWER at the start)."""
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(4, 3, kernel, kernel)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[kernel, kernel], strides=[stride] * 2,
+                            dilations=[dil] * 2, auto_pad=auto_pad)
+    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = rng.normal(size=(2, 3, size, size)).astype(np.float32)
+    y = run_model(model, x)["y"]
+    cons, = analyze(model, probe_shapes(model, {"x": x[:1]}, CPU)).consumers
+    theta, _ = consumer_matrix({"w": model.graph.initializer[0]}, cons)
+    geo = ConvGeometry.from_dict(cons.conv, y.shape[2:])
+    n_pos = y.shape[2] * y.shape[3]
+    pos = sample_positions(np.array([5, 6], dtype=np.uint64), 0, n_pos, min(40, n_pos))
+    rows = conv_patches(x, geo, pos) @ theta.T.astype(np.float32)
+    expect = y.reshape(2, 4, -1).transpose(0, 2, 1)[np.arange(2)[:, None], pos].reshape(-1, 4)
+    np.testing.assert_allclose(rows, expect, rtol=1e-4, atol=1e-4)
+
+
+def auto_pad_cnn(auto_pad: str) -> onnx.ModelProto:
+    """Conv(3->16, 3x3, stride 2, ``auto_pad``) -> Relu -> Conv(16->16, 3x3, ``auto_pad``)
+    -> Relu -> GAP -> Gemm."""
+    b = _Builder(3)
+    h = b.node("Conv", [INPUT, b.weight("c1.weight", (16, IN_CHANNELS, 3, 3), 27), b.vector("c1.bias", 16)],
+               name="c1", kernel_shape=[3, 3], strides=[2, 2], auto_pad=auto_pad)
+    h = b.node("Conv", [b.node("Relu", [h]), b.weight("c2.weight", (16, 16, 3, 3), 144), b.vector("c2.bias", 16)],
+               name="c2", kernel_shape=[3, 3], auto_pad=auto_pad)
+    return b.build(b.gemm(b.gap_flatten(b.node("Relu", [h])), 16, CLASSES, name=OUTPUT))
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_auto_pad_cnn_prunes_with_a_close_fit(auto_pad):
+    """Both groups of a CNN padded by ``auto_pad`` are pruned, and at half of c1's channels
+    the re-fit keeps the logits close (they would not be if the patches were misaligned)."""
+    model = auto_pad_cnn(auto_pad)
+    assert_keep_all_is_identity(model)
+    result = check_pruned(model, keep_ratio=0.5)
+    assert kept_counts(result) == {"c1": 8, "c2": 8}
+    kept = check_pruned(model, keep_ratio=0.75)
+    err_half, err_most = (relative_error(run_model(model, FRESH)[OUTPUT], run_model(r.model, FRESH)[OUTPUT])
+                          for r in (result, kept))
+    assert err_most < err_half < 0.5
+
+
+# -- Split sizes in every form ----------------------------------------------------------
+
+def split_cnn(form: str) -> onnx.ModelProto:
+    """Conv(3->16) -> Relu -> Split on channels -> Conv on the first part -> Concat with the
+    second -> Conv(16->16) -> Relu -> GAP -> Gemm, the Split written as ``form``:
+    "attribute" (opset 11, ``split=[10, 6]``), "even11" / "even13" (8 + 8 without sizes,
+    opset 11 / 13) or "num_outputs" (8 + 8, opset 18)."""
+    b = _Builder(5)
+    h = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 16, name="conv_in")])
+    first_size = 10 if form == "attribute" else 8
+    attrs = {"axis": 1}
+    if form == "attribute":
+        attrs["split"] = [first_size, 16 - first_size]
+    elif form == "num_outputs":
+        attrs["num_outputs"] = 2
+    first = b.node("Split", [h], name="split", n_out=2, **attrs)
+    a = b.node("Relu", [b.conv(first, first_size, first_size, name="conv_half")])
+    h = b.node("Relu", [b.conv(b.node("Concat", [a, "split_out1"], name="concat", axis=1), 16, 16, name="conv_out")])
+    opset = {"attribute": 11, "even11": 11, "even13": 13, "num_outputs": 18}[form]
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT), opset=opset)
+
+
+def split_sizes(model: onnx.ModelProto) -> list[int]:
+    """The sizes the model's Split writes: its sizes input or ``split`` attribute."""
+    node = node_of(model, "Split")
+    if len(node.input) > 1 and node.input[1]:
+        sizes, = (numpy_helper.to_array(i) for i in model.graph.initializer if i.name == node.input[1])
+        return sizes.tolist()
+    return list(next(a.ints for a in node.attribute if a.name == "split"))
+
+
+@pytest.mark.parametrize("form", ["attribute", "even11", "even13", "num_outputs"])
+def test_split_sizes_follow_the_kept_channels(form):
+    """Each part of a Split is its own group; after pruning, the Split's sizes (an attribute
+    below opset 13, an input from 13 on, where ``num_outputs`` goes) are the parts' kept
+    counts, in order, and ``conv_half`` reads the first of them."""
+    model = split_cnn(form)
+    _, analysis = probe_groups(model, {INPUT: CALIB[:1]}, CPU)
+    parts = [g for g in analysis.prunable_groups() if any(model.graph.node[p.node].name == "conv_in"
+                                                          for p in g.producers)]
+    before = split_sizes(model) if form == "attribute" else [8, 8]
+    assert [g.channels for g in parts] == before
+    assert_keep_all_is_identity(model)
+    result = check_pruned(model, keep_ratio=0.5)
+    pruned = result.model
+    sizes = split_sizes(pruned)
+    assert sizes == [n // 2 for n in before]
+    split = node_of(pruned, "Split")
+    assert not any(a.name == "num_outputs" for a in split.attribute)
+    conv_half, = (n for n in pruned.graph.node if n.name == "conv_half")
+    weight, = (numpy_helper.to_array(i) for i in pruned.graph.initializer if i.name == conv_half.input[1])
+    assert weight.shape[1] == sizes[0]
+
+
+# -- channels pass through spatial Slice / Split, Upsample and Transposes -------------------
+
+def spatial_cnn(op: str) -> onnx.ModelProto:
+    """Conv(3->8) -> Relu -> ``op`` on the spatial axes -> Conv(8->8) -> Relu -> GAP -> Gemm:
+    "slice" crops H and W to 2:14, "split" halves W and adds the halves, "upsample" is an
+    opset-9 Upsample x2 (nearest)."""
+    b = _Builder(6)
+    h = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 8, name="conv_a")])
+    if op == "slice":
+        h = b.node("Slice", [h, b.const("starts", np.array([2, 2], np.int64)), b.const("ends", np.array([14, 14], np.int64)),
+                             b.const("axes", np.array([2, 3], np.int64))], name="crop")
+        opset = 17
+    elif op == "split":
+        left = b.node("Split", [h, b.const("halves", np.array([8, 8], np.int64))], name="split_w", n_out=2, axis=3)
+        h = b.node("Add", [left, "split_w_out1"], name="fold")
+        opset = 17
+    else:
+        h = b.node("Upsample", [h, b.const("scales", np.array([1, 1, 2, 2], np.float32))], name="up", mode="nearest")
+        opset = 9
+    h = b.node("Relu", [b.conv(h, 8, 8, name="conv_b")])
+    return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT), opset=opset)
+
+
+@pytest.mark.parametrize("op", ["slice", "split", "upsample"])
+def test_spatial_ops_pass_channels_through(op):
+    """A Slice or Split of the spatial axes and an Upsample keep channel identity: conv_a's
+    channels form one prunable group that conv_b reads, and pruning it gives a valid model."""
+    model = spatial_cnn(op)
+    _, analysis = probe_groups(model, {INPUT: CALIB[:1]}, CPU)
+    group, = (g for g in analysis.groups if any(model.graph.node[p.node].name == "conv_a" for p in g.producers))
+    assert group.prunable and group.channels == 8
+    assert [analysis.consumers[c].name for c in group.consumers] == ["conv_b"]
+    assert_keep_all_is_identity(model)
+    result = check_pruned(model, keep_ratio=0.5)
+    assert kept_counts(result) == {"conv_a": 4, "conv_b": 4}
+
+
+def transposed_cut(op: str) -> onnx.ModelProto:
+    """Conv(3->16) -> Relu -> Transpose to NHWC -> ``op`` ("slice": channels 0:8, "split":
+    8 + 8, the first half used) on the last axis -> Transpose back -> Conv(8->8) -> Relu ->
+    GAP -> Gemm, as TensorFlow exports cut channels between their layout Transposes."""
+    b = _Builder(8)
+    h = b.node("Transpose", [b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 16, name="conv_a")])], perm=[0, 2, 3, 1])
+    if op == "slice":
+        h = b.node("Slice", [h, b.const("s", np.array([0], np.int64)), b.const("e", np.array([8], np.int64)),
+                             b.const("ax", np.array([3], np.int64))], name="cut")
+    else:
+        h = b.node("Split", [h, b.const("sizes", np.array([8, 8], np.int64))], name="cut", n_out=2, axis=-1)
+    h = b.node("Transpose", [h], perm=[0, 3, 1, 2])
+    h = b.node("Relu", [b.conv(h, 8, 8, name="conv_b")])
+    return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
+
+
+@pytest.mark.parametrize("op", ["slice", "split"])
+def test_channel_cut_behind_a_transpose(op):
+    """A channel Slice / Split on the last axis of an NHWC tensor cuts conv_a's channels
+    like one on axis 1: the used half is a prunable group read by conv_b, and the pruned
+    model's cut still selects that half's kept channels."""
+    model = transposed_cut(op)
+    _, analysis = probe_groups(model, {INPUT: CALIB[:1]}, CPU)
+    used, unused = (g for g in analysis.groups if any(model.graph.node[p.node].name == "conv_a" for p in g.producers))
+    assert used.prunable and used.channels == 8
+    assert [analysis.consumers[c].name for c in used.consumers] == ["conv_b"]
+    assert unused.frozen == ["no consumer reads these channels"]
+    assert_keep_all_is_identity(model)
+    result = check_pruned(model, keep_ratio=0.5)
+    assert kept_counts(result) == {"conv_a": 4, "conv_b": 4}
