@@ -7,6 +7,7 @@ leaves no output file and no temporary file behind.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import time
@@ -458,6 +459,44 @@ def test_damaged_statistics_file(case, stats, damage, words):
         key = next(k for k in arrays if k.endswith(".cxx" if damage == "moment shape" else ".n"))
         arrays[key] = np.zeros((3, 3)) if damage == "moment shape" else np.array(-5)
         np.savez(stats, **arrays)
+    case.fail(_stats_args(case, stats), contains=words)
+
+
+@pytest.mark.parametrize("difference, words", [
+    (("--seed", "1"), ("different --seed or --positions",)), (("--positions", "3"), ("different --seed or --positions",)),
+    ("model", ("different models",)),
+])
+def test_shards_that_do_not_add_up(case, stats, difference, words):
+    """Shards calibrated with another seed, other positions or on another model cannot be
+    added to this one: their rows were sampled differently or come from other layers."""
+    other, calib = case.dir / "other.npz", case.dir / "other.npy"
+    np.save(calib, np.load(case.calib)[::-1] + 0.5)  # other samples: another shard, not a copy
+    model = case.model
+    if difference == "model":
+        model = case.dir / "other.onnx"
+        onnx.save(conv_bn_relu_pool_flatten_gemm(False), str(model))
+        difference = ()
+    case.succeed(["calibrate", str(model), "--calib", str(calib), "--stats-out", str(other), "--device", "cpu",
+                  "-q", *difference])
+    case.fail(_stats_args(case, stats, other), contains=words)
+
+
+@pytest.mark.parametrize("edit, words", [
+    ("format", ("not an onnx-eprune statistics file", "format")), ("samples", ("damaged", "0 samples")),
+    ("meta", ("not an onnx-eprune statistics file", "KeyError")),
+])
+def test_statistics_file_with_a_wrong_record(case, stats, edit, words):
+    """A statistics file whose record of what it holds is missing, of another format or
+    counts no samples is refused by name."""
+    with np.load(stats) as f:
+        arrays = dict(f)
+    meta = json.loads(str(arrays["meta"]))
+    if edit == "meta":
+        del arrays["meta"]
+    else:
+        meta.update({"format": 99} if edit == "format" else {"samples": 0})
+        arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(stats, **arrays)
     case.fail(_stats_args(case, stats), contains=words)
 
 

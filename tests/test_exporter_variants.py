@@ -21,6 +21,7 @@ from models import CLASSES, INPUT, IN_CHANNELS, OUTPUT, _Builder, io_signature, 
 from onnx_eprune.calibrate.session import probe_groups, probe_shapes
 from onnx_eprune.calibrate.stats import ConvGeometry, conv_patches, sample_positions
 from onnx_eprune.graph.analysis import analyze
+from onnx_eprune.graph.model_io import constants_to_initializers
 from onnx_eprune.graph.weights import consumer_matrix
 
 CPU = ["CPUExecutionProvider"]
@@ -235,3 +236,46 @@ def test_channel_cut_behind_a_transpose(op):
     assert_keep_all_is_identity(model)
     result = check_pruned(model, keep_ratio=0.5)
     assert kept_counts(result) == {"conv_a": 4, "conv_b": 4}
+
+
+# -- Constant nodes in every spelling -----------------------------------------------------
+
+def constant_spellings() -> onnx.ModelProto:
+    """Constants as exporters spell them, as Constant nodes with ``value_float`` (a scale),
+    ``value_int`` (an exponent), ``value_ints`` (Reshape's shape, Unsqueeze's axes) and
+    ``value_floats`` (a per-channel shift): Conv(3->8) -> Mul 0.5 -> Relu -> Pow 1 -> GAP ->
+    Reshape to (N, 8) -> Add shift -> Unsqueeze to (N, 8, 1, 1) -> Conv 1x1 (8->12) ->
+    Relu -> Flatten -> Gemm."""
+    b = _Builder(9)
+
+    def constant(name: str, **value) -> str:
+        b.nodes.append(helper.make_node("Constant", [], [name], name=f"const_{name}", **value))
+        return name
+
+    h = b.node("Mul", [b.conv(INPUT, IN_CHANNELS, 8, name="conv_a"), constant("half", value_float=0.5)])
+    h = b.node("Pow", [b.node("Relu", [h]), constant("one", value_int=1)])
+    h = b.node("Reshape", [b.node("GlobalAveragePool", [h]), constant("shape", value_ints=[0, -1])])
+    h = b.node("Add", [h, constant("shift", value_floats=[0.1 * i for i in range(8)])])
+    h = b.node("Unsqueeze", [h, constant("axes", value_ints=[2, 3])])
+    h = b.node("Relu", [b.conv(h, 8, 12, k=1, name="conv_b")])
+    return b.build(b.gemm(b.node("Flatten", [h], axis=1), 12, CLASSES, name=OUTPUT))
+
+
+def test_constant_nodes_in_every_spelling_are_read():
+    """The analysis reads each spelling of a Constant node: conv_a's channels pass the
+    scale, the exponent, the Reshape, the per-channel shift and the Unsqueeze to conv_b,
+    and pruning them shortens the shift."""
+    model = constant_spellings()
+    converted = onnx.ModelProto()
+    converted.CopyFrom(model)
+    constants_to_initializers(converted)  # as a run does before the analysis
+    assert not any(n.op_type == "Constant" for n in converted.graph.node)
+    _, analysis = probe_groups(converted, {INPUT: CALIB[:1]}, CPU)
+    group, = (g for g in analysis.groups if any(converted.graph.node[p.node].name == "conv_a" for p in g.producers))
+    assert group.prunable and [analysis.consumers[c].name for c in group.consumers] == ["conv_b"]
+    assert_keep_all_is_identity(model)
+    result = check_pruned(model, keep_ratio=0.5)
+    assert kept_counts(result) == {"conv_a": 4, "conv_b": 6}
+    add = node_of(result.model, "Add")
+    shift, = (numpy_helper.to_array(i) for i in result.model.graph.initializer if i.name == add.input[1])
+    assert shift.shape == (4,)
