@@ -402,6 +402,57 @@ def test_report_shows_rows_per_channel_of_blocked_producers(tmp_path, calib):
     assert "conv1, pw (x2), wide (x4)" in (tmp_path / "report" / "report.md").read_text()
 
 
+@pytest.mark.parametrize("option, value", [
+    ("--scale", "1/0"), ("--scale", "0"), ("--scale", "inf"), ("--scale", "abc"), ("--mean", "0.5,a"),
+    ("--std", "x"), ("--size", "0"), ("--size", "16,16,3"), ("--size", "a"), ("--calib-random", "0"),
+    ("--calib-random", "many"),
+])
+def test_image_option_values_are_checked(files, capsys, option, value):
+    """A value the image options cannot read is a one-line usage error that names the option
+    and the value, before any model is read."""
+    argv = ["prune", str(files / "missing.onnx"), "-o", str(files / "out.onnx"), "--sparsity", "0.5"]
+    argv += ["--calib-random", value] if option == "--calib-random" else ["--calib-images", str(files), option, value]
+    line = run_error(capsys, argv)
+    assert option in line and repr(value) in line
+    assert not (files / "out.onnx").exists()
+
+
+def test_image_option_values_are_read():
+    """``--scale`` takes a fraction, ``--mean`` / ``--std`` one value or one per channel and
+    ``--size`` H or H,W."""
+    from onnx_eprune.cli_parser import build_parser
+
+    args = build_parser().parse_args(["prune", "m.onnx", "-o", "o.onnx", "--calib-images", "d", "--sparsity", "0.5",
+                                      "--scale", "1/127.5", "--mean", "0.485,0.456,0.406", "--std", "0.5",
+                                      "--size", "224,160"])
+    assert args.scale == 1 / 127.5 and args.mean == (0.485, 0.456, 0.406) and args.std == (0.5,)
+    assert args.size == (224, 160)
+    assert build_parser().parse_args(["prune", "m.onnx", "-o", "o.onnx", "--calib-images", "d", "--sparsity", "0.5",
+                                      "--size", "96"]).size == (96, 96)
+
+
+def test_inspect_of_dynamic_input_needs_a_shape(tmp_path, capsys):
+    """A model whose input height and width are dynamic cannot be inspected without
+    --input-shape or --calib: the error names the input and its dimensions."""
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    onnx.save(model, str(tmp_path / "dyn.onnx"))
+    line = run_error(capsys, ["inspect", str(tmp_path / "dyn.onnx")])
+    assert "'x'" in line and "--input-shape" in line and "dynamic" in line
+    assert main(["inspect", str(tmp_path / "dyn.onnx"), "--input-shape", "1,3,16,16", "-q"]) == 0
+
+
+def test_calibrate_says_what_it_wrote(files, capsys):
+    """Without -q, calibrate prints how many layers and samples its statistics cover."""
+    out = files / "s.npz"
+    assert main(["calibrate", str(files / "model.onnx"), "--calib", str(files / "calib.npy"), "--stats-out", str(out),
+                 "--device", "cpu"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    samples = len(np.load(files / "calib.npy"))
+    assert line.startswith("wrote statistics of ") and f"over {samples} samples to {out}" in line
+
+
 def test_inspect_errors(files, capsys):
     run_error(capsys, ["inspect", str(files / "missing.onnx")])
     (files / "bad.onnx").write_bytes(b"\x01\x02garbage")

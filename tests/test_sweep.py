@@ -72,6 +72,21 @@ def test_cli_sweep_writes_the_sweep_folder(tmp_path, calib, capsys):
         onnx.checker.check_model(onnx.load(str(out / f"pruned_flops_reduction_{t}.onnx")))
 
 
+def test_cli_sweep_prints_its_table(tmp_path, calib, capsys):
+    """Without -q the command prints the Markdown table's rows, one per target, and the
+    files it wrote."""
+    model = tmp_path / "m.onnx"
+    onnx.save(conv_bn_relu_pool_flatten_gemm(True), str(model))
+    np.save(tmp_path / "c.npy", calib)
+    status = main(["sweep", str(model), "--calib", str(tmp_path / "c.npy"), "--sparsity", "0.2", "0.4",
+                   "--report-dir", str(tmp_path / "sweep"), "--method", "l1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert status == 0
+    rows = [line for line in out.splitlines() if line.startswith("| sparsity")]
+    assert [row.split("|")[1].strip() for row in rows] == ["sparsity 0.2", "sparsity 0.4"]
+    assert "wrote " in out and str(tmp_path / "sweep" / "sweep.json") in out
+
+
 def test_cli_sweep_errors_are_one_line(tmp_path, calib, capsys):
     model = tmp_path / "m.onnx"
     onnx.save(conv_bn_relu_pool_flatten_gemm(True), str(model))
