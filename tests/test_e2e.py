@@ -9,7 +9,7 @@ import pytest
 
 import onnx_eprune
 from onnx_eprune.cli import main
-from onnx_eprune.datasets import preprocess
+from onnx_eprune.datasets import fashion_mnist_available, load_fashion_mnist, preprocess
 from onnx_eprune.demo import MODEL_FILE, SAMPLE_FILE, shipped
 from onnx_eprune.evaluate import accuracy
 
@@ -80,6 +80,33 @@ def test_demo_command(tmp_path, capsys):
     out = tmp_path / "demo.onnx"
     assert main(["demo", "-o", str(out), "-q"]) == 0
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+@pytest.mark.parametrize("dataset", [True, False])
+def test_demo_prints_the_accuracy_it_measured(tmp_path, capsys, monkeypatch, dataset):
+    """The demo's accuracy line is the written model's accuracy on the test images it names:
+    the full test split when Fashion-MNIST is installed, else the shipped slice."""
+    from onnx_eprune import demo
+
+    if not dataset:
+        monkeypatch.setattr(demo, "fashion_mnist_available", lambda: False)
+    elif not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST is not installed")
+    out = tmp_path / "demo.onnx"
+    assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    line, = (ln for ln in printed.splitlines() if ln.strip().startswith("accuracy"))
+    after = float(line.split("->")[1].split("%")[0])
+    if dataset:
+        test_x, test_y = load_fashion_mnist("test")
+        assert "full Fashion-MNIST test split (10,000 images)" in line
+    else:
+        sample = np.load(str(shipped(SAMPLE_FILE)))
+        test_x, test_y = sample["test_x"], sample["test_y"]
+        assert f"shipped test slice ({len(test_y):,} images" in line
+    measured = accuracy(onnx.load(str(out)), preprocess(test_x), test_y, ["CPUExecutionProvider"])
+    assert after == pytest.approx(100 * measured, abs=0.005)
+    assert f"wrote {out}" in printed
 
 
 def test_cli_prune_report_on_lenet(tmp_path, lenet, capsys):
