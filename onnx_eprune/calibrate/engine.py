@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import onnx
 
+from ..graph.model_io import implicit_inputs
 from .data import CalibrationData, model_inputs
 from .scratch import ScratchFile
 from .session import fixed_batch, make_session, run, unbatched_inputs
@@ -39,7 +40,7 @@ class Topology:
         self.readers: dict[str, list[int]] = {}
         self.node_inputs: list[list[str]] = []
         for index, node in enumerate(model.graph.node):
-            names = [n for n in node.input if n] + sorted(_implicit_inputs(node))
+            names = [n for n in node.input if n] + sorted(implicit_inputs(node))
             self.node_inputs.append(names)
             for name in names:
                 self.readers.setdefault(name, []).append(index)
@@ -82,20 +83,6 @@ class Topology:
             nodes.add(node)
             stack.extend(self.node_inputs[node])
         return sorted(nodes), used
-
-
-def _implicit_inputs(node: onnx.NodeProto) -> set[str]:
-    """Outer-scope names read inside a node's sub-graphs (If/Loop/Scan)."""
-    names: set[str] = set()
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for g in graphs:
-            produced = {o for n in g.node for o in n.output} | {i.name for i in g.input} | \
-                {i.name for i in g.initializer}
-            for n in g.node:
-                names.update(i for i in n.input if i and i not in produced)
-                names.update(_implicit_inputs(n) - produced)
-    return names
 
 
 def submodel(model: onnx.ModelProto, topo: Topology, targets: list[str], available: dict[str, np.dtype]

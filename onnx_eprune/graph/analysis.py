@@ -26,7 +26,7 @@ from onnx import numpy_helper
 from .groups import (QUANTIZED, ChannelGroup, Consumer, GraphAnalysis, ParamSlice, Producer, ShapeParam, SliceBound,
                      SplitSizes, node_label)
 from .layout import Segment, Spaces, couple, flatten, offsets
-from .model_io import unbatched_inputs
+from .model_io import implicit_inputs, unbatched_inputs
 
 # Ops that act on each element independently: channel c in is channel c out.
 ELEMENTWISE_UNARY = frozenset({
@@ -232,7 +232,7 @@ class _Analyzer:
         return out
 
     def freeze_all(self, node: onnx.NodeProto, index: int, reason: str) -> None:
-        for name in node.input:
+        for name in [*node.input, *sorted(implicit_inputs(node))]:  # what a sub-graph reads, too
             self.freeze_layout(self.layout(name), reason)
         for name in node.output:
             if name:
@@ -257,7 +257,7 @@ class _Analyzer:
             c = self.channels(inp.name)
             self.layouts[inp.name] = OPAQUE if c is None else self.create(f"in:{inp.name}", c, None, "graph input")
         for index, node in enumerate(self.graph.node):
-            if all(self.is_const(n) for n in node.input) and node.op_type != "Shape":
+            if all(self.is_const(n) for n in [*node.input, *implicit_inputs(node)]) and node.op_type != "Shape":
                 # pure constant arithmetic (shape computations, folded weights)
                 for name in node.output:
                     self.consts[name] = None

@@ -261,6 +261,20 @@ def _subgraphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
     return list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
 
 
+def implicit_inputs(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope names read inside a node's sub-graphs (If/Loop/Scan), at any depth: the
+    tensors it reads besides its inputs."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for g in _subgraphs(attr):
+            produced = {o for n in g.node for o in n.output} | {i.name for i in g.input} | \
+                {i.name for i in g.initializer}
+            for n in g.node:
+                names.update(i for i in n.input if i and i not in produced)
+                names.update(implicit_inputs(n) - produced)
+    return names
+
+
 def check_model_arg(model: object) -> None:
     """Refuse a ``model`` that is neither an ``onnx.ModelProto`` nor a path. Bytes are refused
     rather than guessed at: they could be a serialised model or a path in bytes."""
