@@ -22,7 +22,13 @@ shape ``[N, 10]``. Its body is 2 to 6 random blocks:
   depthwise, kernel 4), then an activation;
 * ``nhwc``: TensorFlow's layout: Transpose to NHWC, Add or Mul of a per-channel constant
   ``[C]``, an activation, half the time an SE-style gate ``y * sigmoid(ReduceMean(y))``
-  over H and W, Transpose back.
+  over H and W, Transpose back;
+* ``split`` (on an even width C): CSP's channel split, by Split (sizes as an input, as an
+  attribute below opset 13, or ``num_outputs`` from opset 18) or by two Slices: a Conv
+  on the first half, Concat with the second, and half the time an Add of the block input;
+* ``opaque``: something the channel analysis does not follow, so that frozen channels meet
+  prunable ones: LRN, Softmax over the channels, or an If whose branches read the block
+  input from the outer scope (Relu or Identity of it, on the sign of its mean).
 
 Activations are Relu, LeakyRelu, Clip(0, 6) (bounds as inputs, opset >= 11), SiLU as
 ``Mul(x, Sigmoid(x))``, HardSwish (opset >= 14 only) and ``Mul(x, HardSigmoid(x))``. The
@@ -51,7 +57,8 @@ IN_CHANNELS = 3
 HW = 16
 CLASSES = 10
 OPSETS = (11, 13, 14, 17, 18, 21)
-BLOCKS = ("conv", "residual", "concat", "depthwise", "grouped", "se", "pool", "ghost", "upsample", "nhwc")
+BLOCKS = ("conv", "residual", "concat", "depthwise", "grouped", "se", "pool", "ghost", "upsample", "nhwc", "split",
+          "opaque")
 ACTIVATIONS = ("relu", "leaky_relu", "clip", "silu", "hard_swish", "hard_sigmoid_mul")
 
 
@@ -257,6 +264,42 @@ def _block(g: _Graph, kind: str, x: str, c: int, hw: int) -> tuple[str, int, int
                 s = g.node("ReduceMean", [y], axes=[1, 2], keepdims=1)
             y = g.node("Mul", [y, g.node("Sigmoid", [s])])
         return g.node("Transpose", [y], perm=[0, 3, 1, 2]), c, hw
+    if kind == "split":
+        if c % 2:
+            return _block(g, "conv", x, c, hw)
+        half = c // 2
+        form = ch.choice(["input", "slices", "attribute" if g.opset < 13 else "num_outputs" if g.opset >= 18 else "input"])
+        if form == "slices":
+            bounds = [[0, half], [half, c]]
+            a, b = (g.node("Slice", [x, g.const("starts", [lo], np.int64), g.const("ends", [hi], np.int64),
+                                     g.const("axes", [1], np.int64)]) for lo, hi in bounds)
+        else:
+            if form == "input" and g.opset >= 13:
+                inputs, attrs = [x, g.const("sizes", [half, half], np.int64)], {}
+            elif form == "num_outputs":
+                inputs, attrs = [x], {"num_outputs": 2}
+            else:  # sizes as an attribute (opset < 13)
+                inputs, attrs = [x], {"split": [half, half]}
+            a = g.fresh("split")
+            b = f"{a}_second"
+            g.nodes.append(helper.make_node("Split", inputs, [a, b], name=g._node_name(a), axis=1, **attrs))
+        y = g.node("Concat", [g.activation(g.conv(a, half, half, ch.choice([3, 1]))), b], axis=1)
+        if ch.chance(0.5):
+            y = g.node("Add", [y, x])
+        return y, c, hw
+    if kind == "opaque":
+        op = ch.choice(["LRN", "Softmax", "If"])
+        if op == "LRN":
+            return g.node("LRN", [x], size=3), c, hw
+        if op == "Softmax":
+            return g.node("Softmax", [x], axis=1), c, hw
+        cond = g.node("Greater", [g.node("ReduceMean", [x], keepdims=0), g.const("zero", np.float32(0.0))])
+        out = g.fresh("if")
+        branches = {key: helper.make_graph([helper.make_node(branch_op, [x], [f"{out}_{key}"])], f"{out}_{key}", [],
+                                           [helper.make_tensor_value_info(f"{out}_{key}", TensorProto.FLOAT, None)])
+                    for key, branch_op in (("then_branch", "Relu"), ("else_branch", "Identity"))}
+        g.nodes.append(helper.make_node("If", [cond], [out], name=g._node_name(out), **branches))
+        return out, c, hw
     if kind == "pool":
         if hw < 4:
             return _block(g, "conv", x, c, hw)
