@@ -523,6 +523,19 @@ def test_evaluate_table_and_identity(files, pruned_pair, capsys):
     assert "top-1 agreement" in capsys.readouterr().out
 
 
+def test_evaluate_table_states_the_accuracy(files, pruned_pair, capsys):
+    """With --labels the table's accuracy line gives both models' accuracy, as --json does."""
+    original, pruned = pruned_pair
+    np.save(files / "labels.npy", np.arange(40) % 10)
+    argv = ["evaluate", str(original), str(pruned), "--data", str(files / "data.npy"), "--labels",
+            str(files / "labels.npy"), "--device", "cpu"]
+    assert main([*argv, "--json"]) == 0
+    acc = json.loads(capsys.readouterr().out)["accuracy"]
+    assert main(argv) == 0
+    line, = (ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("accuracy:"))
+    assert f"original {100 * acc['original']:.2f}%, pruned {100 * acc['pruned']:.2f}%" in line
+
+
 def test_evaluate_errors(files, pruned_pair, capsys):
     original, pruned = pruned_pair
     data = str(files / "data.npy")

@@ -377,6 +377,21 @@ def test_multiple_graph_inputs(case, calib):
     assert case.succeed(case.args(model=model, calib=case.save_calib("both.npz", x=calib, x2=calib[::-1]))) == ""
 
 
+def test_integer_model_input(case, calib):
+    """A model whose input is an integer tensor (a Cast to float inside) cannot be
+    calibrated: the error names the input, whatever type the calibration array has."""
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    x = model.graph.input[0]
+    x.type.tensor_type.elem_type = onnx.TensorProto.INT64
+    model.graph.node.insert(0, onnx.helper.make_node("Cast", [x.name], ["x_float"], to=onnx.TensorProto.FLOAT))
+    for node in model.graph.node[1:]:
+        node.input[:] = ["x_float" if i == x.name else i for i in node.input]
+    path = case.save_model(model, "ints.onnx")
+    for data in (calib, np.round(calib).astype(np.int64)):
+        case.fail(case.args(model=path, calib=case.save_calib("c.npy", data)),
+                  contains=(f"model input {x.name!r} is not a float tensor",))
+
+
 # -- targets ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", [("--sparsity", "1.2"), ("--sparsity", "-0.5"), ("--sparsity", "1"),

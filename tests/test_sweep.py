@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 import onnx_eprune
-from models import conv_bn_relu_pool_flatten_gemm, random_input, run_model
+from models import CLASSES, conv_bn_relu_pool_flatten_gemm, random_input, run_model
 from onnx_eprune.cli import main
 from test_cli import run_error
 
@@ -125,6 +125,27 @@ def test_cli_sweep_refuses_labels_that_are_no_class_indices(sweep_files, capsys,
     line = run_error(capsys, _sweep_args(sweep_files, "--sparsity", "0.3", "--data", str(sweep_files / "data.npy"),
                                          "--labels", str(sweep_files / "labels.npy")))
     assert words in line
+
+
+def test_cli_sweep_with_labels_plots_the_accuracy(sweep_files, capsys):
+    """With --data and --labels every target gets both models' accuracy on the data, and,
+    with matplotlib, the plot (which then draws the accuracy too) is written."""
+    import importlib.util
+
+    np.save(sweep_files / "labels.npy", np.arange(20) % CLASSES)
+    assert main(_sweep_args(sweep_files, "--sparsity", "0.3", "0.5", "--data", str(sweep_files / "data.npy"),
+                            "--labels", str(sweep_files / "labels.npy"))) == 0
+    runs = json.loads((sweep_files / "out" / "sweep.json").read_text())["runs"]
+    assert [set(r["accuracy"]) for r in runs] == [{"original", "pruned"}] * 2
+    assert (sweep_files / "out" / "sweep.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+def test_cli_sweep_names_the_data_option_in_its_errors(sweep_files, capsys):
+    """Held-out data the model cannot take is refused with a message that starts with --data."""
+    np.save(sweep_files / "bad.npy", random_input(20, seed=3)[:, :2])
+    line = run_error(capsys, _sweep_args(sweep_files, "--sparsity", "0.3", "--data", str(sweep_files / "bad.npy")))
+    assert line.startswith("onnx-eprune: error: --data: ")
+    assert not (sweep_files / "out").exists()
 
 
 @pytest.mark.parametrize("during", ["sweep.md", "pruned_"])
