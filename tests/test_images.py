@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import onnx
@@ -261,6 +262,26 @@ def test_bad_mean_or_std(folder, kw):
         load_image_folder(folder[0], NCHW_RGB, **kw)
 
 
+@pytest.mark.parametrize("kw, words", [
+    ({"limit": 0}, "at least 1"), ({"layout": "CHW"}, "layout must be NCHW or NHWC"),
+    ({"channels": "RGBA"}, "channels must be RGB, BGR or GRAY"), ({"size": (8, 0)}, "must be positive"),
+    ({"size": "big"}, "an int or (height, width)"), ({"mean": float("nan")}, "finite"),
+])
+def test_bad_arguments_are_named(folder, kw, words):
+    """Each argument load_image_folder cannot use is refused with a message that names it."""
+    with pytest.raises(UsageError, match=re.escape(words)):
+        load_image_folder(folder[0], DYNAMIC if "size" in kw else NCHW_RGB, **kw)
+
+
+@pytest.mark.parametrize("shape, words", [([1, 3, 8], "rank-4"), (None, "no declared shape")])
+def test_inputs_that_take_no_images(folder, shape, words):
+    """An input of another rank, or one without a declared shape, takes no images."""
+    model = _conv_model([1, 3, 8, 8])
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, shape))
+    with pytest.raises(UsageError, match=words):
+        load_image_folder(folder[0], model)
+
+
 def test_several_inputs_need_an_npz(folder):
     model = _conv_model([1, 3, 8, 8])
     model.graph.input.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 3, 8, 8]))
@@ -297,6 +318,12 @@ def test_random_calibration_shapes_and_seed():
     assert random_calibration(DYNAMIC, 2, size=(4, 6))["x"].shape == (2, 3, 4, 6)
     with pytest.raises(UsageError, match="dynamic"):
         random_calibration(DYNAMIC, 2)
+    with pytest.raises(UsageError, match="at least 1"):
+        random_calibration(NCHW_RGB, 0)
+    shapeless = _conv_model([1, 3, 8, 8])
+    shapeless.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, None))
+    with pytest.raises(UsageError, match="no declared shape"):
+        random_calibration(shapeless, 2)
 
 
 # -- command line ----------------------------------------------------------------------
