@@ -25,6 +25,7 @@ from onnx import numpy_helper
 
 from .groups import (QUANTIZED, ChannelGroup, Consumer, GraphAnalysis, ParamSlice, Producer, ShapeParam, SliceBound,
                      SplitSizes, node_label)
+from .geometry import conv_geometry, transposed_geometry
 from .layout import Segment, Spaces, couple, flatten, offsets
 from .model_io import implicit_inputs, unbatched_inputs
 
@@ -323,8 +324,9 @@ class _Analyzer:
             self.freeze_all(node, index, f"{label}: only 2-D convolutions on NCHW tensors are handled")
             return
         if group == 1:
-            self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin,
-                              wshape[2] * wshape[3], layout, conv=self.conv_geometry(node, attrs, wshape, x, out))
+            geometry = conv_geometry(attrs, wshape, self.shapes[x][2:], self.shapes.get(out))
+            self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin, wshape[2] * wshape[3], layout,
+                              conv=geometry)
             self.layouts[out] = self.create(f"n:{index}", wshape[0], Producer(index, "conv", w, 0, b))
         elif wshape[1] * group == cin and wshape[0] % cin == 0:
             self.pass_groups(node, index, layout, w, b, wshape[1], wshape[0] // cin)
@@ -362,7 +364,7 @@ class _Analyzer:
 
     def op_ConvTranspose(self, node: onnx.NodeProto, index: int) -> None:
         """A producer of its output channels (weight axis 1) and a consumer of its input
-        channels (weight axis 0), read as the Conv it equals (see :meth:`transposed_geometry`);
+        channels (weight axis 0), read as the Conv it equals (see ``geometry.transposed_geometry``);
         grouped with as many outputs as inputs, a pass-through (:meth:`pass_groups`)."""
         x, w = node.input[0], node.input[1]
         b = node.input[2] if len(node.input) > 2 and node.input[2] else None
@@ -388,7 +390,7 @@ class _Analyzer:
         if self.use_count.get(w, 0) > 1 or (b is not None and self.use_count.get(b, 0) > 1):
             self.freeze_all(node, index, f"{label}: its weights are shared by several nodes")
             return
-        geometry = self.transposed_geometry(node, wshape, x, out)
+        geometry = transposed_geometry(_attrs(node), wshape, self.shapes[x][2:], self.shapes.get(out))
         if geometry is None:
             self.freeze_layout(layout, f"{label}: the inputs of a ConvTranspose with output_shape or auto_pad "
                                        "are not pruned")
@@ -396,51 +398,6 @@ class _Analyzer:
             self.add_consumer(node, index, "convT", x, out, w, b, wshape[1], wshape[0], wshape[2] * wshape[3],
                               layout, conv=geometry)
         self.layouts[out] = self.create(f"n:{index}", wshape[1], Producer(index, "conv", w, 1, b))
-
-    def transposed_geometry(self, node, wshape, x, out) -> dict | None:
-        """The Conv that equals a ConvTranspose: stride 1 over the input with ``stride - 1``
-        zeros between pixels, padded by ``dilation * (k - 1) - pad`` (plus output_padding at
-        the end), with the kernel flipped and its two channel axes swapped. None when the
-        padding is implicit (``auto_pad``, ``output_shape``) or the shapes disagree."""
-        attrs = _attrs(node)
-        auto_pad = attrs.get("auto_pad", b"NOTSET")
-        if (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) != "NOTSET" or "output_shape" in attrs:
-            return None
-        kernel = (wshape[2], wshape[3])
-        strides = list(attrs.get("strides", [1, 1]))
-        dil = list(attrs.get("dilations", [1, 1]))
-        pads = list(attrs.get("pads", [0, 0, 0, 0]))
-        extra = list(attrs.get("output_padding", [0, 0]))
-        in_hw = self.shapes[x][2:]
-        eff = [d * (k - 1) for d, k in zip(dil, kernel)]
-        conv_pads = [eff[0] - pads[0], eff[1] - pads[1], eff[0] - pads[2] + extra[0], eff[1] - pads[3] + extra[1]]
-        out_hw = tuple((n - 1) * s + 1 + conv_pads[i] + conv_pads[i + 2] - eff[i]
-                       for i, (n, s) in enumerate(zip(in_hw, strides)))
-        if out not in self.shapes or tuple(self.shapes[out][2:]) != out_hw:
-            return None
-        return {"kernel": kernel, "strides": (1, 1), "dilations": tuple(dil), "pads": tuple(conv_pads),
-                "in_hw": tuple(in_hw), "out_hw": out_hw, "upsample": tuple(strides)}
-
-    def conv_geometry(self, node, attrs, wshape, x, out) -> dict:
-        kh, kw = wshape[2], wshape[3]
-        strides = list(attrs.get("strides", [1, 1]))
-        dil = list(attrs.get("dilations", [1, 1]))
-        pads = list(attrs.get("pads", [0, 0, 0, 0]))
-        auto_pad = attrs.get("auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-        in_hw = self.shapes[x][2:]
-        out_hw = self.shapes[out][2:] if out in self.shapes else None
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            pads = [0, 0, 0, 0]
-            for i, (n_in, k, s, d) in enumerate(zip(in_hw, (kh, kw), strides, dil)):
-                n_out = -(-n_in // s)
-                total = max(0, (n_out - 1) * s + (k - 1) * d + 1 - n_in)
-                small, big = total // 2, total - total // 2
-                pads[i], pads[i + 2] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
-        elif auto_pad == "VALID":
-            pads = [0, 0, 0, 0]
-        return {"kernel": (kh, kw), "strides": tuple(strides), "dilations": tuple(dil),
-                "pads": tuple(pads), "in_hw": tuple(in_hw), "out_hw": tuple(out_hw) if out_hw else None}
 
     def add_consumer(self, node, index, kind, x, out, w, b, m, cin, s, layout, conv=None,
                      trans_b=True, alpha=1.0, beta=1.0) -> None:
