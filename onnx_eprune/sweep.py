@@ -21,10 +21,10 @@ import onnx
 from .calibrate.data import load_calibration
 from .calibrate.engine import CacheSpace, CachedNetwork, Topology
 from .calibrate.session import choose_providers
+from .config import PruneConfig, check_progress, make_config
 from .errors import UsageError
 from .evaluate import compared_outputs, load_labels, measure_against
 from .graph.model_io import as_model, check_model_arg, normalize
-from .config import PruneConfig, check_progress, make_config
 from .pipeline import Pruner, calibrate, prune
 from .progress import Progress
 from .report import optimism_note
