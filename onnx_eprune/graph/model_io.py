@@ -359,7 +359,10 @@ def fold_constants(model: onnx.ModelProto) -> int:
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    graph_inputs = {i.name for i in graph.input}
+    # an initializer that is also a graph input is a default the caller may override, except
+    # below IR 4, where every initializer must be listed as an input and runtimes hold them
+    # constant (onnxruntime refuses to be fed one)
+    graph_inputs = {i.name for i in graph.input} if model.ir_version >= 4 else set()
     opset = [o for o in model.opset_import]
     kept, folded = [], 0
     for node in graph.node:

@@ -102,7 +102,7 @@ def _install_refit(model: onnx.ModelProto, arrays: _Arrays, cons: Consumer, refi
         for attr in node.attribute:
             if attr.name in ("alpha", "beta"):
                 attr.f = 1.0
-    if cons.bias is not None and tuple(arrays.get(cons.bias).shape) == (M,):
+    if cons.bias is not None:  # a broadcast bias, (1, M) or (1,), becomes the (M,) vector
         arrays.set(cons.bias, refit.bias)
         return
     name = _unique(model, f"{cons.weight}.eprune_bias")
