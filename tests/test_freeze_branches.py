@@ -336,11 +336,14 @@ def mul_identity_constant() -> onnx.ModelProto:
     return _model(b, _tail(b, b.node("Mul", [h, scale], name="scaled"), WIDTH))
 
 
-def sum_of_three() -> onnx.ModelProto:
-    """Sum("h", conv_c("h"), conv_d("h")) -> conv_t."""
+def sum_of_three(broadcast: bool = False) -> onnx.ModelProto:
+    """Sum("h", conv_c("h"), conv_d("h")) -> conv_t (``broadcast``: the third operand is
+    GlobalAveragePool(conv_d("h")), a [N, 8, 1, 1] tensor broadcast over H and W)."""
     b = _Builder()
     h = _stem(b)
     c, d = (b.conv(h, WIDTH, WIDTH, name=name) for name in ("conv_c", "conv_d"))
+    if broadcast:
+        d = b.node("GlobalAveragePool", [d], name="gap_d")
     return _model(b, _tail(b, b.node("Sum", [h, c, d], name="sum"), WIDTH))
 
 
@@ -566,8 +569,12 @@ CASES: dict[str, Case] = {
                                     {"h": "the constant broadcasts the activation to a new shape"}),
     "mul_computed_constant": Case(mul_identity_constant,
                                   {"h": "scaled: constant operand indexes channels in a way not handled"}),
-    "sum_of_three": Case(sum_of_three, {"h": "Sum of more than two inputs", "conv_c": "Sum of more than two inputs"}),
-    "sum_of_one": Case(sum_of_one, {"h": "Sum operands not understood"}),
+    # variadic Sum: three activations of one shape are coupled, one is copied, a broadcast one freezes
+    "sum_of_three": Case(sum_of_three, {}, prunable=("a", "h", "conv_c", "conv_d", "t")),
+    "sum_of_one": Case(sum_of_one, {}, prunable=("a", "h", "t")),
+    "sum_of_three_broadcast": Case(lambda: sum_of_three(broadcast=True),
+                                   {"h": "Sum of 3 inputs that are not all activations of its output's shape",
+                                    "conv_c": "Sum of 3 inputs that are not all activations of its output's shape"}),
     "pow_activation_exponent": Case(pow_activation_exponent, {"h": "Pow with an activation exponent"}),
     "add_nchw_nhwc": Case(add_channel_axes_differ, {"h": "Add of tensors whose channels cannot be followed",
                                                     "nhwc": "Add of tensors whose channels cannot be followed"}),

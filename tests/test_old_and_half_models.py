@@ -9,9 +9,9 @@ property tests (opsets 11-21, float32) do not reach.
   bounds (opset < 10), MaxPool with ``storage_order``, Sum, Add residuals, Concat, Reshape
   to a constant shape or Flatten, and Gemm, whose bias input these opsets require. The
   same network spelled at opset 13 must prune to the same channels and outputs. Gemm
-  biases of shape (1, M) or (1,), weights behind Identity / Cast at IR 3, and the old
-  constructs the analysis does not follow (Sum of three inputs, a channel Slice with
-  attribute bounds) have tests of their own.
+  biases of shape (1, M) or (1,), weights behind Identity / Cast at IR 3, a Sum of three
+  inputs (coupled) and a channel Slice with attribute bounds (not followed: frozen) have
+  tests of their own.
 * float16 models (weights and activations) at opsets 13 and 17, calibrated with float32
   and with float16 data: the README prunes them "as they are".
 * Mixed precision: a float16 network whose classifier runs in float32 after a Cast, and a
@@ -231,11 +231,11 @@ def weight_behind(op: str, opset: int) -> onnx.ModelProto:
     return _finish(b, b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT), opset)
 
 
-def unfollowed(construct: str) -> onnx.ModelProto:
-    """A construct the analysis does not follow between conv1 (3->8) and conv2 (8->16):
-    "sum3" (opset 8), Sum of conv1's, conv1b's and conv1c's Relu outputs; "channel_slice"
-    (opset 7), Slice of conv1's first 4 channels with attribute bounds. Then Relu -> GAP ->
-    Flatten -> Gemm(16 -> 10); conv2's group stays prunable."""
+def old_construct(construct: str) -> onnx.ModelProto:
+    """An old exporter's construct between conv1 (3->8) and conv2 (8->16): "sum3" (opset 8),
+    Sum of conv1's, conv1b's and conv1c's Relu outputs, which couples them; "channel_slice"
+    (opset 7), Slice of conv1's first 4 channels with attribute bounds, which the analysis
+    does not follow. Then Relu -> GAP -> Flatten -> Gemm(16 -> 10)."""
     b = _TypedBuilder(6)
     h = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 8, name="conv1")])
     if construct == "sum3":
@@ -410,17 +410,21 @@ def test_weight_behind_constant_op_is_pruned(op, opset):
     assert pruned_groups(result) == [("conv1",), ("conv2",)]
 
 
-@pytest.mark.parametrize("construct,frozen,reason", [
-    ("sum3", [("conv1",), ("conv1b",), ("conv1c",)], "Sum of more than two inputs"),
-    ("channel_slice", [("conv1",)], "Slice of channels with bounds as attributes (opset < 10)"),
-], ids=["sum3", "channel_slice"])
-def test_unfollowed_old_construct_is_frozen_with_its_reason(construct, frozen, reason):
-    """An unfollowed construct freezes the groups it touches, with its reason, and the rest still prunes."""
-    model = unfollowed(construct)
+def test_unfollowed_old_construct_is_frozen_with_its_reason():
+    """A channel Slice with attribute bounds freezes conv1's group, with its reason, and conv2 still prunes."""
+    model = old_construct("channel_slice")
     prunable, reasons = analysis_groups(model)
     assert prunable == [("conv2",)]
-    assert all(reason in reasons[g] for g in frozen), reasons
+    assert "Slice of channels with bounds as attributes (opset < 10)" in reasons[("conv1",)], reasons
     assert pruned_groups(pruned(Case(lambda: model, prunable), keep_ratio=0.5)) == [("conv2",)]
+
+
+def test_sum_of_three_couples_its_inputs():
+    """A Sum of three activations puts their producers in one group, pruned together."""
+    model = old_construct("sum3")
+    prunable, _ = analysis_groups(model)
+    assert prunable == [("conv1", "conv1b", "conv1c"), ("conv2",)]
+    assert pruned_groups(pruned(Case(lambda: model, prunable), keep_ratio=0.5)) == prunable
 
 
 # -- float16 ----------------------------------------------------------------------------

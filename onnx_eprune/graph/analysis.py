@@ -795,8 +795,8 @@ class _Analyzer:
     def elementwise_binary(self, node: onnx.NodeProto, index: int) -> None:
         acts = [n for n in node.input if not self.is_const(n)]
         consts = [n for n in node.input if self.is_const(n) and n]
-        if node.op_type in ("Sum", "Max", "Min") and len(node.input) > 2:
-            self.freeze_all(node, index, f"{node.op_type} of more than two inputs")
+        if node.op_type in ("Sum", "Max", "Min") and len(node.input) != 2:
+            self.variadic(node, index, acts)
             return
         if len(acts) == 1 and len(consts) == 1:
             if node.op_type == "Pow" and node.input[0] != acts[0]:
@@ -835,6 +835,22 @@ class _Analyzer:
             self.passthrough(node, acts[full[0]])
         else:
             self.freeze_all(node, index, f"{node.op_type} with a broadcast not handled")
+
+    def variadic(self, node: onnx.NodeProto, index: int, acts: list[str]) -> None:
+        """Sum / Max / Min of one tensor (a copy of it) or of three or more: coupled like a
+        chain of two-input ops when every operand is an activation of the output's shape."""
+        out_shape = self.shapes.get(node.output[0])
+        layouts = [self.layout(a) for a in acts]
+        if len(acts) != len(node.input) or out_shape is None or \
+                any(tuple(self.shapes.get(a, ())) != tuple(out_shape) for a in acts) or \
+                not all(isinstance(layout, list) for layout in layouts) or len({self.axis(a) for a in acts}) != 1:
+            self.freeze_all(node, index, f"{node.op_type} of {len(node.input)} inputs that are not all activations "
+                                         "of its output's shape")
+            return
+        if not all(couple(self.spaces, layouts[0], other, self.new_cuts) for other in layouts[1:]):
+            self.freeze_all(node, index, f"{node.op_type} couples channels with different structure")
+            return
+        self.passthrough(node, acts[0])
 
     def op_Slice(self, node: onnx.NodeProto, index: int) -> None:
         x = node.input[0]
