@@ -6,7 +6,8 @@ shape ``[N, 10]``. Its body is 2 to 6 random blocks:
 
 * ``conv``: Conv 3x3 or 1x1 (width 4-16, stride 1 or 2, with or without bias), an optional
   unfolded BatchNormalization, then an activation;
-* ``residual``: Conv - act - Conv (same width) + Add of the block input;
+* ``residual``: Conv - act - Conv (same width) + the block input, by Add, by Sum, or by a
+  Sum with a third branch (a 1x1 Conv of the block input);
 * ``concat``: two parallel Convs joined by Concat on the channel axis;
 * ``depthwise``: Conv with ``group = C``, in 30% of the cases with a channel multiplier of 2
   (2C outputs), half of those added to an ordinary Conv of the block input (FastViT);
@@ -196,7 +197,11 @@ def _block(g: _Graph, kind: str, x: str, c: int, hw: int) -> tuple[str, int, int
     if kind == "residual":
         y = g.activation(g.conv(x, c, c, ch.choice([3, 1])))
         y = g.conv(y, c, c, ch.choice([3, 1]), bias=True, gain=0.5)
-        y = g.node("Add", [x, y] if ch.chance(0.5) else [y, x])
+        join = ch.choice(["Add", "Add", "Sum", "Sum3"])
+        if join == "Sum3":  # a third branch into one Sum, as Caffe2 and MXNet exports write it
+            y = g.node("Sum", [x, y, g.conv(x, c, c, 1, gain=0.5)])
+        else:
+            y = g.node(join, [x, y] if ch.chance(0.5) else [y, x])
         return (g.activation(y) if ch.chance(0.5) else y), c, hw
     if kind == "concat":
         a, b = ch.integer(2, 8), ch.integer(2, 8)
