@@ -1,7 +1,7 @@
 """Constructs that some exporters write and the other tests' models do not.
 
 * Convolutions padded by ``auto_pad`` (TensorFlow's "SAME" and "VALID", kept by tf2onnx
-  and older converters): the statistics' patches must follow the pads onnxruntime applies.
+  and older converters) are pruned with a close fit (their patches: ``test_groups.py``).
 * Splits whose sizes are an attribute (opset < 13), or that split evenly without sizes
   (any opset, and ``num_outputs`` from opset 18): the rewrite must write the kept sizes in
   the form the opset allows.
@@ -14,15 +14,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import onnx_eprune
 from models import CLASSES, INPUT, IN_CHANNELS, OUTPUT, _Builder, io_signature, random_input, relative_error, run_model
-from onnx_eprune.calibrate.session import probe_groups, probe_shapes
-from onnx_eprune.calibrate.stats import ConvGeometry, conv_patches, sample_positions
-from onnx_eprune.graph.analysis import analyze
+from onnx_eprune.calibrate.session import probe_groups
 from onnx_eprune.graph.model_io import constants_to_initializers
-from onnx_eprune.graph.weights import consumer_matrix
 
 CPU = ["CPUExecutionProvider"]
 CALIB = random_input(48, seed=4)
@@ -59,36 +56,6 @@ def node_of(model: onnx.ModelProto, op: str) -> onnx.NodeProto:
 
 
 # -- auto_pad ---------------------------------------------------------------------------
-
-# onnxruntime runs dilated convolutions with VALID padding only
-AUTO_PAD_CASES = [(pad, k, s, 1, n) for pad in ("SAME_UPPER", "SAME_LOWER", "VALID")
-                  for k, s, n in ((3, 1, 16), (4, 1, 16), (4, 2, 16), (2, 2, 15), (5, 3, 15))] + [("VALID", 3, 2, 2, 15)]
-
-
-@pytest.mark.parametrize("auto_pad,kernel,stride,dil,size", AUTO_PAD_CASES)
-def test_auto_pad_conv_rows_reproduce_its_output(auto_pad, kernel, stride, dil, size):
-    """The statistics' patches of a Conv padded by ``auto_pad``, times its weight, give
-    onnxruntime's output at every sampled position (even kernels and odd sizes make the
-    SAME pads uneven: UPPER puts the extra one at the end, LOWER at the start)."""
-    rng = np.random.default_rng(7)
-    w = rng.normal(size=(4, 3, kernel, kernel)).astype(np.float32)
-    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[kernel, kernel], strides=[stride] * 2,
-                            dilations=[dil] * 2, auto_pad=auto_pad)
-    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, size, size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    x = rng.normal(size=(2, 3, size, size)).astype(np.float32)
-    y = run_model(model, x)["y"]
-    cons, = analyze(model, probe_shapes(model, {"x": x[:1]}, CPU)).consumers
-    theta, _ = consumer_matrix({"w": model.graph.initializer[0]}, cons)
-    geo = ConvGeometry.from_dict(cons.conv, y.shape[2:])
-    n_pos = y.shape[2] * y.shape[3]
-    pos = sample_positions(np.array([5, 6], dtype=np.uint64), 0, n_pos, min(40, n_pos))
-    rows = conv_patches(x, geo, pos) @ theta.T.astype(np.float32)
-    expect = y.reshape(2, 4, -1).transpose(0, 2, 1)[np.arange(2)[:, None], pos].reshape(-1, 4)
-    np.testing.assert_allclose(rows, expect, rtol=1e-4, atol=1e-4)
-
 
 def auto_pad_cnn(auto_pad: str) -> onnx.ModelProto:
     """Conv(3->16, 3x3, stride 2, ``auto_pad``) -> Relu -> Conv(16->16, 3x3, ``auto_pad``)

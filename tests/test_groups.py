@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from models import ALL_BUILDERS, EXPECTED, FEATURE_OUTPUT, cnn_constant_weights, random_input
+from models import ALL_BUILDERS, EXPECTED, FEATURE_OUTPUT, cnn_constant_weights, random_input, run_model
 from onnx_eprune.calibrate.session import probe_groups, probe_shapes
 from onnx_eprune.graph.analysis import analyze
 from onnx_eprune.graph.model_io import constants_to_initializers
@@ -217,37 +217,64 @@ def test_consumer_too_wide_for_statistics_freezes_its_group(monkeypatch):
     assert not conv2.prunable and any("reads 256 features" in r for r in conv2.frozen)
 
 
-@pytest.mark.parametrize("kernel,stride,pads,extra,dil", [(2, 2, 0, 0, 1), (3, 2, 1, 1, 1), (3, 1, 1, 0, 1),
-                                                          (4, 2, 3, 0, 1), (3, 3, 0, 2, 2)])
-def test_conv_transpose_consumer_rows_reproduce_its_output(kernel, stride, pads, extra, dil):
-    """The patches of the Conv that a ConvTranspose equals, times its flipped weight, give
-    onnxruntime's output at every sampled position (pads beyond the kernel crop)."""
+def consumer_rows_reproduce_output(node: onnx.NodeProto, w: np.ndarray, size: int):
+    """Run the one-node model of ``node`` (input "x" [n, 3, size, size], weight "w") in
+    onnxruntime and check that its consumer's statistics patches at 40 sampled positions,
+    times its weight matrix, give the output there; returns the consumer."""
     from onnx import TensorProto, helper, numpy_helper
 
     from onnx_eprune.calibrate.stats import ConvGeometry, conv_patches, sample_positions
     from onnx_eprune.graph.weights import consumer_matrix
 
-    rng = np.random.default_rng(3)
-    w = rng.normal(size=(3, 4, kernel, kernel)).astype(np.float32)
-    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[kernel, kernel], strides=[stride] * 2,
-                            pads=[pads] * 4, output_padding=[extra] * 2, dilations=[dil] * 2)
-    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
+    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, size, size])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    x = rng.normal(size=(2, 3, 16, 16)).astype(np.float32)
-    import onnxruntime as ort
-    y = ort.InferenceSession(model.SerializeToString(), providers=CPU).run(None, {"x": x})[0]
-    shapes = probe_shapes(model, {"x": x[:1]}, CPU)
-    cons, = analyze(model, shapes).consumers
-    assert cons.kind == "convT" and cons.in_channels == 3 and cons.out_channels == 4
+    x = np.random.default_rng(3).normal(size=(2, 3, size, size)).astype(np.float32)
+    y = run_model(model, x)["y"]
+    cons, = analyze(model, probe_shapes(model, {"x": x[:1]}, CPU)).consumers
     theta, _ = consumer_matrix({"w": model.graph.initializer[0]}, cons)
     geo = ConvGeometry.from_dict(cons.conv, y.shape[2:])
     n_pos = y.shape[2] * y.shape[3]
     pos = sample_positions(np.array([5, 6], dtype=np.uint64), 0, n_pos, min(40, n_pos))
     rows = conv_patches(x, geo, pos) @ theta.T.astype(np.float32)
-    expect = y.reshape(2, 4, -1).transpose(0, 2, 1)[np.arange(2)[:, None], pos].reshape(-1, 4)
+    m = y.shape[1]
+    expect = y.reshape(2, m, -1).transpose(0, 2, 1)[np.arange(2)[:, None], pos].reshape(-1, m)
     np.testing.assert_allclose(rows, expect, rtol=1e-4, atol=1e-4)
+    return cons
+
+
+@pytest.mark.parametrize("kernel,stride,pads,extra,dil", [(2, 2, 0, 0, 1), (3, 2, 1, 1, 1), (3, 1, 1, 0, 1),
+                                                          (4, 2, 3, 0, 1), (3, 3, 0, 2, 2)])
+def test_conv_transpose_consumer_rows_reproduce_its_output(kernel, stride, pads, extra, dil):
+    """The patches of the Conv that a ConvTranspose equals, times its flipped weight, give
+    onnxruntime's output at every sampled position (pads beyond the kernel crop)."""
+    from onnx import helper
+
+    w = np.random.default_rng(3).normal(size=(3, 4, kernel, kernel)).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[kernel, kernel], strides=[stride] * 2,
+                            pads=[pads] * 4, output_padding=[extra] * 2, dilations=[dil] * 2)
+    cons = consumer_rows_reproduce_output(node, w, 16)
+    assert cons.kind == "convT" and cons.in_channels == 3 and cons.out_channels == 4
+
+
+# onnxruntime runs dilated convolutions with VALID padding only
+AUTO_PAD_CASES = [(pad, k, s, 1, n) for pad in ("SAME_UPPER", "SAME_LOWER", "VALID")
+                  for k, s, n in ((3, 1, 16), (4, 1, 16), (4, 2, 16), (2, 2, 15), (5, 3, 15))] + [("VALID", 3, 2, 2, 15)]
+
+
+@pytest.mark.parametrize("auto_pad,kernel,stride,dil,size", AUTO_PAD_CASES)
+def test_auto_pad_conv_rows_reproduce_its_output(auto_pad, kernel, stride, dil, size):
+    """The statistics' patches of a Conv padded by ``auto_pad``, times its weight, give
+    onnxruntime's output at every sampled position (even kernels and odd sizes make the
+    SAME pads uneven: UPPER puts the extra one at the end, LOWER at the start)."""
+    from onnx import helper
+
+    w = np.random.default_rng(7).normal(size=(4, 3, kernel, kernel)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[kernel, kernel], strides=[stride] * 2,
+                            dilations=[dil] * 2, auto_pad=auto_pad)
+    cons = consumer_rows_reproduce_output(node, w, size)
+    assert cons.kind == "conv" and cons.in_channels == 3 and cons.out_channels == 4
 
 
 def test_nhwc_graph_input_leaves_the_stem_prunable():
