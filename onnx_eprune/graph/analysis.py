@@ -95,13 +95,13 @@ class _Analyzer:
         self.slice_bounds: list[SliceBound] = []
         self.use_count: dict[str, int] = {}
         for node in self.graph.node:
-            for name in node.input:
+            for name in [*node.input, *implicit_inputs(node)]:  # a sub-graph's reads count too
                 self.use_count[name] = self.use_count.get(name, 0) + 1
         self.producer_node = {name: node for node in self.graph.node for name in node.output}
         self.graph_outputs = {out.name for out in self.graph.output}
         self.consumer_nodes: dict[str, list[onnx.NodeProto]] = {}
         for node in self.graph.node:
-            for name in node.input:
+            for name in [*node.input, *implicit_inputs(node)]:
                 self.consumer_nodes.setdefault(name, []).append(node)
 
     # -- helpers -----------------------------------------------------------------------
@@ -715,9 +715,10 @@ class _Analyzer:
         end = rank if end is None else (int(end) + rank if int(end) < 0 else int(end))
         caxis = self.axis(node.input[0])
         skips_channels = rank > 1 and not (start <= caxis < end)
-        safe = skips_channels or all(self.reads_other_axes(n, node.output[0], start, end, caxis)
-                                     or self.resizes_itself(n, node.input[0])
-                                     for n in self.consumer_nodes.get(node.output[0], []))
+        # a graph output that holds the channel count would change with the pruning
+        safe = skips_channels or node.output[0] not in self.graph_outputs and all(
+            self.reads_other_axes(n, node.output[0], start, end, caxis) or self.resizes_itself(n, node.input[0])
+            for n in self.consumer_nodes.get(node.output[0], []))
         if not safe:
             self.freeze_layout(self.layout(node.input[0]), "its channel count is read by a Shape op")
         self.consts[node.output[0]] = None
