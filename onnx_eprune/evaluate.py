@@ -40,7 +40,7 @@ def run_model(model: onnx.ModelProto, data, providers: list[str], batch_size: in
 def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, providers: list[str] | None = None) -> float:
     """Top-1 accuracy of the first output of a single-input classifier."""
     model = as_model(model)
-    data = load_calibration(x, model)
+    data = load_calibration(x, model, held_out=True)
     logits = run_model(model, data, providers or choose_providers("auto"))[0]
     return float(np.mean(logits.argmax(axis=1) == np.asarray(y).reshape(-1)))
 
@@ -153,12 +153,18 @@ def compare_outputs(names: list[str], out_a: list[np.ndarray], out_b: list[np.nd
     return comparison.result()
 
 
-def load_labels(labels, samples: int, classes: int | None = None) -> np.ndarray:
-    """Class indices (path to .npy or array), one per sample, as int64.
+def load_labels(labels, samples: int, classes: int | None, output: str) -> np.ndarray:
+    """Class indices (path to .npy or array), one per sample, as int64, for the accuracy of
+    the compared tensor ``output`` (the first graph output), which has ``classes`` columns.
 
-    Refused unless they are whole numbers from 0 to ``classes`` - 1 (the model's output
-    width, when known): booleans, fractions, NaN, negative or too large labels would give a
-    plausible but meaningless accuracy (0% or 10%) rather than an error."""
+    Refused unless they are whole numbers from 0 to ``classes`` - 1: booleans, fractions,
+    NaN, negative or too large labels would give a plausible but meaningless accuracy (0% or
+    10%) rather than an error. Refused too when ``output`` is no (samples, classes) array
+    (``classes`` None: a segmentation map, an int64 label), whose argmax over axis 1 is no
+    class per sample."""
+    if classes is None:
+        raise UsageError(f"labels give the accuracy of the model's first output, {output!r}, which holds no "
+                         "(samples, classes) scores; measure without labels, or put the classifier output first")
     what = f"labels file {labels}" if isinstance(labels, (str, os.PathLike)) else "labels"
     y = _read_labels(Path(labels)) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
     if y.ndim > 1 and y.size != len(y):
@@ -174,7 +180,7 @@ def load_labels(labels, samples: int, classes: int | None = None) -> np.ndarray:
         raise UsageError(f"{what} holds {y[~whole][0]:g}, not a class index; give integer class indices")
     if len(y) and y.min() < 0:
         raise UsageError(f"{what} holds the negative label {y.min():g}; class indices start at 0")
-    if classes is not None and len(y) and y.max() >= classes:
+    if len(y) and y.max() >= classes:
         raise UsageError(f"{what} holds the label {y.max():g}, but the model's output has {classes} classes "
                          f"(0 to {classes - 1})")
     return y.astype(np.int64)
@@ -213,7 +219,7 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     _fitted(data_a.arrays, b, _described(pruned, "pruned"))  # the pruned model must take the same inputs
     shapes_a, analysis_a = probe_groups(a, data_a.first(), providers)
     names, size, classes = _compared(a, shapes_a, analysis_a)
-    y = load_labels(labels, data_a.samples, classes) if labels is not None else None
+    y = load_labels(labels, data_a.samples, classes, names[0]) if labels is not None else None
     original_session = make_session(a, providers, outputs=names)
     reference = (run(original_session, None, batch) for batch in data_a.batches(size))
     fidelity, accuracy = measure_against(reference, b, data_a, names, size, providers, y)
@@ -253,7 +259,7 @@ def _check_same_outputs(a: onnx.ModelProto, b: onnx.ModelProto, name_a: str, nam
 def _fitted(data, model: onnx.ModelProto, name: str):
     """``data`` checked against ``model``'s inputs, its errors naming the model and --data."""
     try:
-        return load_calibration(data, model)
+        return load_calibration(data, model, held_out=True)
     except UsageError as exc:
         raise UsageError(f"--data for {name}: {exc}") from None
 

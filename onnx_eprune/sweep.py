@@ -149,7 +149,7 @@ def _sweep(model, calib, targets: list[float], kind: str, data, labels, base: Pr
     providers = choose_providers(base.device)
     if data is not None:
         try:
-            held_out = load_calibration(data, original)
+            held_out = load_calibration(data, original, held_out=True)
         except UsageError as exc:  # its messages speak of calibration data
             raise UsageError(f"--data: {exc}") from None
         on = f"{held_out.samples} held-out samples"
@@ -157,7 +157,7 @@ def _sweep(model, calib, targets: list[float], kind: str, data, labels, base: Pr
         held_out = load_calibration({k: v[:CALIBRATION_CHECK] for k, v in arrays.items()}, original, probe=True)
         on = f"the first {held_out.samples} calibration samples"
     names, size, classes = compared_outputs(original, held_out, providers)
-    y = load_labels(labels, held_out.samples, classes) if labels is not None else None
+    y = load_labels(labels, held_out.samples, classes, names[0]) if labels is not None else None
     # a target out of reach, or a mistyped --exclude, fails now, not after calibrating or
     # pruning the smaller targets (the largest is the hardest to reach)
     Pruner(original, arrays, replace(base, **{kind: max(targets)})).preflight()

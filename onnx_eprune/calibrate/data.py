@@ -62,8 +62,8 @@ class CalibrationData:
         return self._keys
 
 
-def load_calibration(source, model: onnx.ModelProto, samples: int | None = None, probe: bool = False
-                     ) -> CalibrationData:
+def load_calibration(source, model: onnx.ModelProto, samples: int | None = None, probe: bool = False,
+                     held_out: bool = False) -> CalibrationData:
     """Calibration data from a path (``.npy`` / ``.npz``), an array, a dict of arrays, an
     iterable of batches, or an ``onnxruntime.quantization.CalibrationDataReader``.
 
@@ -74,7 +74,8 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
     against the model inputs (rank, fixed dimensions, finite values, a float dtype the
     model accepts) and the first ``samples`` rows are kept; data that does not vary at all is
     refused (:func:`check_values`). ``probe``: the data only probes shapes (no value checks,
-    no warning about few samples).
+    no warning about few samples). ``held_out``: the data measures a model rather than
+    calibrating it (checked, but no warning about few samples).
 
     An object with ``__array__`` (a CPU torch tensor, say) counts as an array, not as an
     iterable of batches: iterating one would yield single samples. Exceptions that the
@@ -106,7 +107,7 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
         n = min(n, samples)
         arrays = {k: v[:n] for k, v in arrays.items()}
     if not probe:
-        if n < 16:
+        if n < 16 and not held_out:
             log.warning("only %d calibration samples: statistics will be noisy (a few hundred are advised)", n)
         check_values(arrays)
     return CalibrationData(arrays)
