@@ -93,16 +93,16 @@ class _Analyzer:
         self.consumers: list[Consumer] = []
         self.split_sizes: list[SplitSizes] = []
         self.slice_bounds: list[SliceBound] = []
+        # what each node reads: its inputs, and what its sub-graphs read from this scope
+        self.reads = [[*node.input, *sorted(implicit_inputs(node))] for node in self.graph.node]
         self.use_count: dict[str, int] = {}
-        for node in self.graph.node:
-            for name in [*node.input, *implicit_inputs(node)]:  # a sub-graph's reads count too
+        self.consumer_nodes: dict[str, list[onnx.NodeProto]] = {}
+        for node, names in zip(self.graph.node, self.reads):
+            for name in names:
                 self.use_count[name] = self.use_count.get(name, 0) + 1
+                self.consumer_nodes.setdefault(name, []).append(node)
         self.producer_node = {name: node for node in self.graph.node for name in node.output}
         self.graph_outputs = {out.name for out in self.graph.output}
-        self.consumer_nodes: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.graph.node:
-            for name in [*node.input, *implicit_inputs(node)]:
-                self.consumer_nodes.setdefault(name, []).append(node)
 
     # -- helpers -----------------------------------------------------------------------
     def weights_reason(self, label: str, names: list[str | None]) -> str | None:
@@ -233,7 +233,7 @@ class _Analyzer:
         return out
 
     def freeze_all(self, node: onnx.NodeProto, index: int, reason: str) -> None:
-        for name in [*node.input, *sorted(implicit_inputs(node))]:  # what a sub-graph reads, too
+        for name in self.reads[index]:  # what a sub-graph reads, too
             self.freeze_layout(self.layout(name), reason)
         for name in node.output:
             if name:
@@ -258,7 +258,7 @@ class _Analyzer:
             c = self.channels(inp.name)
             self.layouts[inp.name] = OPAQUE if c is None else self.create(f"in:{inp.name}", c, None, "graph input")
         for index, node in enumerate(self.graph.node):
-            if all(self.is_const(n) for n in [*node.input, *implicit_inputs(node)]) and node.op_type != "Shape":
+            if all(self.is_const(n) for n in self.reads[index]) and node.op_type != "Shape":
                 # pure constant arithmetic (shape computations, folded weights)
                 for name in node.output:
                     self.consts[name] = None
