@@ -38,11 +38,14 @@ def run_model(model: onnx.ModelProto, data, providers: list[str], batch_size: in
 
 
 def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, providers: list[str] | None = None) -> float:
-    """Top-1 accuracy of the first output of a single-input classifier."""
+    """Top-1 accuracy (a fraction) of the first output of a single-input classifier on
+    inputs ``x`` and class indices ``y`` (one per sample; checked as :func:`load_labels`
+    checks them, so a shape or label mismatch is a UsageError, not a wrong figure)."""
     model = as_model(model)
     data = load_calibration(x, model, held_out=True)
     logits = run_model(model, data, providers or choose_providers("auto"))[0]
-    return float(np.mean(logits.argmax(axis=1) == np.asarray(y).reshape(-1)))
+    labels = load_labels(y, len(logits), _classes(logits.shape), model.graph.output[0].name)
+    return float(np.mean(logits.argmax(axis=1) == labels))
 
 
 def latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: list[str], threads: int | None = None,

@@ -46,6 +46,20 @@ def test_sparsity_055_keeps_accuracy(lenet, pruned55):
     assert before - after <= 0.01
 
 
+@pytest.mark.parametrize("labels, message", [
+    (lambda y: y[:-1], "labels for"),
+    (lambda y: y + 10, "classes"),
+    (lambda y: np.eye(10)[y][:, :5], "shape"),
+])
+def test_accuracy_refuses_labels_that_do_not_fit(lenet, labels, message):
+    """accuracy() checks its labels as evaluate does: a short, out-of-range or wrongly
+    shaped label array is a UsageError, not a wrong figure (argmax == y broadcast or
+    compared against impossible classes)."""
+    model, _, test_x, test_y = lenet
+    with pytest.raises(onnx_eprune.UsageError, match=message):
+        accuracy(model, test_x, labels(test_y), ["CPUExecutionProvider"])
+
+
 def test_entropic_beats_random_at_equal_sparsity(lenet, pruned55):
     model, calib, test_x, test_y = lenet
     rnd = onnx_eprune.prune(model, calib, sparsity=0.55, method="random", device="cpu")
