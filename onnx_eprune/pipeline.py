@@ -34,7 +34,8 @@ from .files import same_file
 from .graph.costs import CostModel, build_cost_model
 from .graph.exclude import exclude_groups
 from .graph.groups import QUANTIZED, Consumer, spread
-from .graph.model_io import as_model, check_model, check_model_arg, initializer_map, normalize, record_provenance, save_model
+from .graph.model_io import (as_model, check_model, check_model_arg, initializer_map, normalize, record_provenance,
+                             save_model, share_equal_copies)
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, producer_rows
 from .parallel import matmul_rows, parallel_map, prefetched
@@ -136,7 +137,7 @@ class Pruner:
         t0 = time.perf_counter()
         with self.timer.phase("load"):
             self.model = as_model(model)
-            normalize(self.model)
+            self.copies = normalize(self.model)
             if stats is not None and stats.model != fingerprint(self.model):
                 raise UsageError("the statistics files were computed for another model")
             # with statistics files, the few images they carry serve to probe shapes and validate
@@ -563,6 +564,7 @@ class Pruner:
             self._sequential(gids, counts, rankings, orig, keeps, refits)
         with self.timer.phase("rewrite"):
             pruned = build_pruned(self.model, self.analysis, keeps, refits)
+            share_equal_copies(pruned, self.copies)
         with self.timer.phase("validate"):
             fidelity = self.validate(pruned)
         self.timer.seconds["total"] = time.perf_counter() - self.t0

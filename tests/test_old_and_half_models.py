@@ -410,6 +410,42 @@ def test_weight_behind_constant_op_is_pruned(op, opset):
     assert pruned_groups(result) == [("conv1",), ("conv2",)]
 
 
+def listing_initializers(model: onnx.ModelProto, names: Callable[[set[str]], set[str]]) -> onnx.ModelProto:
+    """``model`` (IR >= 4) with the initializers ``names(all of them)`` listed as graph inputs too."""
+    inits = {i.name: i for i in model.graph.initializer}
+    for name in sorted(names(set(inits))):
+        init = inits[name]
+        model.graph.input.append(helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_every_initializer_listed_as_an_input_prunes_at_ir4():
+    """An IR >= 4 export listing every initializer as an input (older PyTorch's
+    ``keep_initializers_as_inputs``) prunes as the same model without the listing, its
+    listed weights' declared shapes following the pruned ones."""
+    plain, listed = (pruned(Case(lambda f=f: f(old_exporter_cnn(13, "reshape")), OLD_CNN_GROUPS), keep_ratio=0.5)
+                     for f in (lambda m: m, lambda m: listing_initializers(m, lambda names: names)))
+    assert pruned_groups(listed) == sorted(OLD_CNN_GROUPS)
+    assert relative_error(outputs(plain.model, FRESH), outputs(listed.model, FRESH)) <= 1e-6
+    declared = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in listed.model.graph.input}
+    assert all(declared[i.name] == list(i.dims) for i in listed.model.graph.initializer if i.name in declared)
+
+
+def test_an_initializer_listed_as_an_input_alone_is_a_default_that_stays():
+    """At IR >= 4 an initializer that only some are, listed as a graph input, is a default the
+    caller may feed: the layer reading it is frozen with that reason, its declared shape and
+    value stay, and the rest of the model prunes."""
+    model = listing_initializers(old_exporter_cnn(13, "reshape"), lambda names: {"conv_d.weight"})
+    prunable, reasons = analysis_groups(model)
+    assert ("conv_d",) not in prunable and prunable
+    assert any("'conv_d.weight' is also a graph input" in r for rs in reasons.values() for r in rs), reasons
+    result = pruned(Case(lambda: model, prunable), keep_ratio=0.5)
+    assert pruned_groups(result) == prunable
+    weight = {i.name: i for i in result.model.graph.initializer}["conv_d.weight"]
+    assert weight == {i.name: i for i in model.graph.initializer}["conv_d.weight"]
+
+
 def test_unfollowed_old_construct_is_frozen_with_its_reason():
     """A channel Slice with attribute bounds freezes conv1's group, with its reason, and conv2 still prunes."""
     model = old_construct("channel_slice")

@@ -27,7 +27,7 @@ from .groups import (QUANTIZED, ChannelGroup, Consumer, GraphAnalysis, ParamSlic
                      SplitSizes, node_label)
 from .geometry import conv_geometry, transposed_geometry
 from .layout import Segment, Spaces, couple, flatten, offsets
-from .model_io import implicit_inputs, unbatched_inputs
+from .model_io import implicit_inputs, overridable_initializers, unbatched_inputs
 
 # Ops that act on each element independently: channel c in is channel c out.
 ELEMENTWISE_UNARY = frozenset({
@@ -80,10 +80,11 @@ class _Analyzer:
         self.new_cuts: list[tuple[int, int]] = []       # (space, position within the space)
         self.new_blocks: dict[str, int] = {}            # origin key -> rows per channel it should get
         self.shapes = shapes
-        self.consts: dict[str, np.ndarray | None] = {}  # constant tensors (value if small)
-        for init in self.graph.initializer:
-            self.consts[init.name] = None
-        self.init_by_name = {init.name: init for init in self.graph.initializer}
+        # a default the caller may override is no constant (fold_constants leaves it alone too)
+        self.overridable = overridable_initializers(model)
+        self.init_by_name = {init.name: init for init in self.graph.initializer
+                             if init.name not in self.overridable}
+        self.consts: dict[str, np.ndarray | None] = dict.fromkeys(self.init_by_name)  # constant tensors
         self.layouts: dict[str, object] = {}
         self.axes: dict[str, int] = {}   # channel axis of a tensor, where it is not 1
         self.spaces = Spaces()
@@ -113,6 +114,9 @@ class _Analyzer:
             return None
         if any(getattr(self.producer_node.get(n), "op_type", "") == "DequantizeLinear" for n in missing):
             return f"{label} has {QUANTIZED} (DequantizeLinear)"
+        inputs = [n for n in missing if n in self.overridable]
+        if inputs:
+            return f"{label}'s weight {inputs[0]!r} is also a graph input, which the caller may override"
         return f"{label} has non-constant weights"
 
     def value(self, name: str) -> np.ndarray | None:

@@ -10,8 +10,7 @@ import numpy as np
 import onnx
 
 from .groups import GraphAnalysis, node_label
-
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+from .model_io import WEIGHTED_OPS
 
 
 @dataclass
@@ -29,6 +28,7 @@ class LayerCost:
     extra_params: int = 0       # e.g. a constant bias that is not per channel
     out_factor: int = 1         # output channels per group channel (a channel multiplier, or outputs added to its)
     gains_bias: bool = False    # without a per-output bias, it gets one when re-fitted (an input group shrinks)
+    weight_counted: bool = True  # False for a weight an earlier layer shares (counted there; its groups frozen)
 
     def _counts(self, keep: dict[int, int]) -> tuple[int, int]:
         return self.out_factor * _count(self.out_segments, keep), _count(self.in_segments, keep)
@@ -41,6 +41,7 @@ class LayerCost:
         re-fitted (None: as it will be when an input group shrinks, if ``gains_bias``)."""
         out, cin = self._counts(keep)
         weights = out * self.per_pair if self.depthwise else out * cin * self.per_pair
+        weights *= self.weight_counted
         if refitted is None:
             refitted = self.gains_bias and any(g is not None and keep.get(g, n) < n for g, n in self.in_segments)
         if refitted and not self.bias:
@@ -100,10 +101,13 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
                 depthwise.setdefault(prm.node, []).append((prm.offset // prm.factor, g.gid, g.channels))
                 multiplier[prm.node] = prm.factor
     consumer_of = {c.node: c for c in analysis.consumers}
-    layers = []
+    layers: list[LayerCost] = []
+    counted: set[str] = set()  # weights shared by several layers count once, as the file holds them
     for index, node in enumerate(model.graph.node):
         if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or node.input[1] not in inits:
             continue
+        first = node.input[1] not in counted
+        counted.add(node.input[1])
         wshape = inits[node.input[1]]
         bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
         bias_shape = inits.get(bias_name) if bias_name else None
@@ -143,7 +147,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
             per_pair = int(np.prod(wshape[1:], dtype=np.int64))
             factor = multiplier[index]
             layers.append(LayerCost(label, node.op_type, segments(depthwise[index], out_ch // factor), [], per_pair,
-                                    True, has_bias, spatial, extra, factor))
+                                    True, has_bias, spatial, extra, factor, weight_counted=first))
             continue
         factor = rows.get(index, 1)
         out_segs = segments(outputs.get(index, []), out_ch // factor)
@@ -153,7 +157,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
         else:  # not a consumer: its input side is fixed; express its weight as out x in pairs
             in_segs, per = [(None, total_w // max(out_ch * per_pair, 1))], per_pair
         layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra,
-                                factor, gains_bias=refits and cons is not None and not has_bias))
+                                factor, gains_bias=refits and cons is not None and not has_bias, weight_counted=first))
     return CostModel(layers)
 
 

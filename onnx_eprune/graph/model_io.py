@@ -17,6 +17,8 @@ from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_t
 from ..errors import EPruneError, UsageError
 from ..files import require_file, temporary_beside, write_atomic
 
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers whose weights are counted and pruned
+
 # Protobuf refuses to serialise a message above 2 GiB; stay well below it. Models whose
 # weights (external data included) reach this size are written with external data, and
 # their large external tensors are not read into memory (see load_model).
@@ -347,6 +349,18 @@ _NOT_FOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", 
                            "Multinomial", "Bernoulli", "If", "Loop", "Scan", "Dropout"})
 
 
+def overridable_initializers(model: onnx.ModelProto) -> set[str]:
+    """The initializers that are defaults the caller may override: those listed as graph
+    inputs too, from IR 4 on. Below IR 4 every initializer must be listed as an input and
+    runtimes hold them constant (onnxruntime refuses to be fed one); an export that lists
+    every initializer as an input (PyTorch's ``keep_initializers_as_inputs``, the default of
+    its older versions) follows that convention at any IR version, and its weights are
+    weights too (onnxruntime would accept a fed one, but nothing feeds it)."""
+    inits = {i.name for i in model.graph.initializer}
+    listed = {i.name for i in model.graph.input} & inits
+    return set() if model.ir_version < 4 or listed == inits else listed
+
+
 def fold_constants(model: onnx.ModelProto) -> int:
     """Replace main-graph nodes whose inputs are all initializers by initializers.
 
@@ -359,10 +373,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    # an initializer that is also a graph input is a default the caller may override, except
-    # below IR 4, where every initializer must be listed as an input and runtimes hold them
-    # constant (onnxruntime refuses to be fed one)
-    graph_inputs = {i.name for i in graph.input} if model.ir_version >= 4 else set()
+    graph_inputs = overridable_initializers(model)
     opset = [o for o in model.opset_import]
     kept, folded = [], 0
     for node in graph.node:
@@ -517,13 +528,15 @@ def _embedded(model: onnx.ModelProto) -> onnx.ModelProto:
     return full
 
 
-def normalize(model: onnx.ModelProto) -> None:
+def normalize(model: onnx.ModelProto) -> dict[str, str]:
     """Put every constant weight of the main graph into an initializer of its own (in
     place): Constant nodes become initializers, constant Identity/Cast/... chains are folded,
     initializers nothing reads any more are dropped, and tensors (not scalars) read by
     several nodes are copied per reader, so that pruning one reader does not break another
-    (exporters de-duplicate equal constants, e.g. identical BatchNorm parameters). A model of
-    IR version below 4 lists its new initializers as graph inputs, as that version requires."""
+    (exporters de-duplicate equal constants, e.g. identical BatchNorm parameters); layers'
+    weights stay shared. A model of IR version below 4 lists its new initializers as graph
+    inputs, as that version requires. Returns the copies made (copy name -> original name),
+    for :func:`share_equal_copies`."""
     constants_to_initializers(model)
     if fold_constants(model):
         # an initializer listed as a graph input stays: without it that input would become
@@ -534,8 +547,9 @@ def normalize(model: onnx.ModelProto) -> None:
         if len(kept) < len(model.graph.initializer):
             del model.graph.initializer[:]
             model.graph.initializer.extend(kept)
-    _unshare_initializers(model)
+    copies = _unshare_initializers(model)
     list_initializers_as_inputs(model)
+    return copies
 
 
 def list_initializers_as_inputs(model: onnx.ModelProto) -> None:
@@ -551,12 +565,19 @@ def list_initializers_as_inputs(model: onnx.ModelProto) -> None:
             model.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
 
 
-def _unshare_initializers(model: onnx.ModelProto) -> None:
+def _unshare_initializers(model: onnx.ModelProto) -> dict[str, str]:
+    """Copy each initializer (not a scalar) that several main-graph nodes read, once per
+    reader after the first, in place; returns copy name -> original name. A weight that a
+    Conv / ConvTranspose / Gemm / MatMul reads stays shared: several layers applying one
+    weight are one module applied twice (the analysis freezes its channels), and copies
+    would make the model bigger."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    protected = {i.name for i in graph.input} | {o.name for o in graph.output}
-    taken = set(inits) | {o for n in graph.node for o in n.output}
+    protected = {i.name for i in graph.input} | {o.name for o in graph.output} | {
+        name for node in graph.node if node.op_type in WEIGHTED_OPS for name in node.input[:2] if name in inits}
+    taken = defined_names(graph)
     seen: set[str] = set()
+    copies: dict[str, str] = {}
     for node in graph.node:
         for pos, name in enumerate(node.input):
             init = inits.get(name)
@@ -572,8 +593,63 @@ def _unshare_initializers(model: onnx.ModelProto) -> None:
             copy.CopyFrom(init)
             copy.name = f"{name}.{i}"
             taken.add(copy.name)
+            copies[copy.name] = name
             graph.initializer.append(copy)
             node.input[pos] = copy.name
+    return copies
+
+
+def share_equal_copies(model: onnx.ModelProto, copies: Mapping[str, str]) -> None:
+    """Undo :func:`normalize`'s copies (``copies``: copy name -> original name) that pruning
+    left equal to their original, or to an earlier copy of it, in place: their readers read
+    that tensor again and the copy goes, so that a layer left whole costs no more bytes."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    kept: dict[str, list[str]] = {}  # original -> the family's distinct tensors so far
+    rename: dict[str, str] = {}
+    for copy, origin in copies.items():
+        if copy not in inits:
+            continue
+        family = kept.setdefault(origin, [origin] if origin in inits else [])
+        same = next((n for n in family if _same_tensor(inits[n], inits[copy])), None)
+        if same is None:
+            family.append(copy)
+        else:
+            rename[copy] = same
+    if not rename:
+        return
+    for node in graph.node:
+        for pos, name in enumerate(node.input):
+            if name in rename:
+                node.input[pos] = rename[name]
+    remaining = [i for i in graph.initializer if i.name not in rename]
+    del graph.initializer[:]
+    graph.initializer.extend(remaining)
+    listed = [vi for vi in graph.input if vi.name not in rename]  # below IR 4 copies are listed as inputs
+    del graph.input[:]
+    graph.input.extend(listed)
+
+
+def _same_tensor(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
+    if a.data_type != b.data_type or list(a.dims) != list(b.dims):
+        return False
+    ref_a, ref_b = reference(a), reference(b)
+    if ref_a is not None and ref_a == ref_b:
+        return True
+    return tensor_array(a).tobytes() == tensor_array(b).tobytes()
+
+
+def defined_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name ``graph`` and its sub-graphs define or read (initializers, inputs,
+    outputs, node inputs and outputs): the names a new tensor must not take."""
+    names = {i.name for i in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+        for attr in node.attribute:
+            for g in _subgraphs(attr):
+                names |= defined_names(g)
+    return names
 
 
 def _referenced_names(graph: onnx.GraphProto) -> set[str]:

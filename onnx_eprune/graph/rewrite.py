@@ -10,7 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from .groups import Consumer, GraphAnalysis, spread
-from .model_io import list_initializers_as_inputs, reference, tensor_array
+from .model_io import defined_names, list_initializers_as_inputs, reference, tensor_array
 from .weights import transposed_to_conv
 
 
@@ -76,8 +76,9 @@ class _Arrays:
 
 
 def _unique(model: onnx.ModelProto, base: str) -> str:
-    taken = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | \
-        {i.name for i in model.graph.input}
+    """``base``, or ``base_1``, ``base_2``, ...: the first name no tensor of the model (its
+    sub-graphs included, which must not shadow it either) has."""
+    taken = defined_names(model.graph)
     name, i = base, 0
     while name in taken:
         i += 1
