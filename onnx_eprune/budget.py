@@ -176,7 +176,7 @@ def check_reachable(channels: dict[int, int], costs: CostModel, target: Target, 
     floor = {g: int(levels(c, (steps or {}).get(g, 1), (least or {}).get(g, 1))[0]) for g, c in channels.items()}
     reachable = 1.0 - costs.total(target.metric, floor) / costs.total(target.metric)
     if reachable < target.value:
-        raise EPruneError(f"{target.kind} {target.value:g} is out of reach: pruning every prunable group to "
+        raise EPruneError(f"{target.kind} {target.value!r} is out of reach: pruning every prunable group to "
                           f"its minimum removes {reachable:.3f} of the {target.metric}")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -58,7 +58,7 @@ class PruneConfig:
     # 0.01, or auto's choice where a consumer has few rows per kept feature (fixed_ridge)
     refit_ridge: float | str = THIN
     entropic: entropic.EntropicConfig = field(default_factory=entropic.EntropicConfig)
-    # node-name patterns (shell-style: * and ?) whose channel groups stay whole (graph/exclude.py)
+    # node-name patterns (wildcards * and ?) whose channel groups stay whole (graph/exclude.py)
     exclude: tuple[str, ...] = ()
     min_keep: float = 0.0                # every group keeps at least ceil(min_keep * C) channels
 
@@ -74,9 +74,9 @@ class PruneConfig:
         if not np.isfinite(value):
             raise UsageError(f"the {kind} target must be a finite number")
         if kind == "keep_ratio" and not 0.0 < value <= 1.0:
-            raise UsageError(f"--keep-ratio must be in (0, 1], not {value:g}")
+            raise UsageError(f"--keep-ratio must be in (0, 1], not {value!r}")
         if kind != "keep_ratio" and not 0.0 <= value < 1.0:
-            raise UsageError(f"the {kind} target must be in [0, 1), not {value:g}")
+            raise UsageError(f"the {kind} target must be in [0, 1), not {value!r}")
         return budget.Target(kind, float(value))
 
     def check(self) -> None:
@@ -108,7 +108,7 @@ class PruneConfig:
         if not valid_ridge(self.refit_ridge):
             raise UsageError(f"--refit-ridge must be {RIDGE_CHOICES}, not {self.refit_ridge!r}")
         if not 0.0 <= self.min_keep <= 1.0:  # also refuses NaN
-            raise UsageError(f"--min-keep must be in [0, 1], not {self.min_keep:g}")
+            raise UsageError(f"--min-keep must be in [0, 1], not {self.min_keep!r}")
         check_patterns(self.exclude)
 
 
@@ -146,7 +146,19 @@ def make_config(config: PruneConfig | None, options: dict) -> PruneConfig:
         raise UsageError(f"unknown option {unknown[0]!r}{hint}; the options are {', '.join(_OPTIONS)}")
     config = config if config is not None else PruneConfig(**options)
     config.check()
-    return config
+    return _plain_numbers(config)
+
+
+def _plain_numbers(config: PruneConfig) -> PruneConfig:
+    """``config`` with numpy scalars (np.float32(0.25), np.int64(0)) as Python numbers: the
+    report and the model's provenance, which hold them, are written as JSON, which takes no
+    numpy type, and a run must not fail at its end over the type of a number it was given."""
+    plain = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, (np.integer, np.floating)):
+            plain[f.name] = value.item()
+    return replace(config, **plain) if plain else config
 
 
 def check_progress(progress: object) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
-from fnmatch import fnmatchcase
 
 import onnx
 
@@ -31,7 +31,9 @@ def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], pat
     """Freeze, in place, every channel group that a node matching one of ``patterns`` produces
     or passes on with per-channel weights of its own (a depthwise convolution, a BatchNormalization).
 
-    A pattern is matched, shell-style and case-sensitively, against each node's label: its
+    A pattern is matched case-sensitively against each node's label, ``*`` standing for
+    any characters and ``?`` for one (every other character for itself: exporters' names
+    hold brackets, ``model/block[1]/conv``, which a shell glob would read as a set): its
     name, or ``OpType#index`` for an unnamed node (the names ``onnx-eprune inspect`` and the
     report print). A group is a unit: excluding one of its layers keeps the others whole too
     (the convolutions feeding one residual sum, say; the convolution before a depthwise one).
@@ -43,7 +45,8 @@ def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], pat
     labels = [node_label(node, i) for i, node in enumerate(nodes)]
     frozen: list[int] = []
     for pattern in patterns:
-        matched = {i for i, label in enumerate(labels) if fnmatchcase(label, pattern)}
+        regex = _wildcards(pattern)
+        matched = {i for i, label in enumerate(labels) if regex.fullmatch(label)}
         if not matched:
             raise UsageError(f"--exclude {pattern!r} matches no node of the model (node names as "
                              f"'onnx-eprune inspect MODEL' lists them; * and ? match any characters)")
@@ -66,3 +69,8 @@ def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], pat
             g.frozen.append(f"excluded by {pattern!r}")
         frozen += [g.gid for g in newly]
     return sorted(frozen)
+
+
+def _wildcards(pattern: str) -> re.Pattern:
+    """``pattern`` as a regular expression in which only ``*`` and ``?`` are wildcards."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.DOTALL)
