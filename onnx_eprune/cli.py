@@ -28,7 +28,7 @@ import numpy as np
 from .allocator import keep_freed_memory
 from .cli_parser import IMAGE_OPTIONS, build_parser
 from .errors import EPruneError, Terminated, UsageError
-from .files import same_file
+from .files import Replacing, same_file
 from .select.reconstruct import THIN
 
 log = logging.getLogger("onnx_eprune")
@@ -232,6 +232,11 @@ def _check_report_dir(args: argparse.Namespace) -> None:
     folder = Path(args.report_dir)
     _check_folder(folder, NAMES, _inputs(args))
     taken = {Path(p).resolve(): opt for p, opt in ((args.output, "-o"), (args.report, "--report")) if p}
+    where = folder.resolve()
+    for path, opt in taken.items():
+        if path == where or path in where.parents:  # the run would write a file where the folder must be
+            raise UsageError(f"{opt} names {path}, which --report-dir {folder} needs as a folder; choose "
+                             "another path")
     for name in NAMES:
         clash = taken.get((folder / name).resolve())
         if clash:
@@ -253,27 +258,6 @@ def _check_folder(folder: Path, names, inputs: list[tuple[str, str]]) -> None:
             raise UsageError(f"cannot create --report-dir {folder}: {parent} does not exist; create it first")
         if not os.access(parent, os.W_OK):
             raise UsageError(f"cannot create --report-dir {folder}: {parent} is not writable; choose another folder")
-
-
-class _Outputs:
-    """The files a command writes, each atomically: if the command fails or is interrupted
-    before it ends, the ones already written go again, and ``new_dir`` (a report folder this
-    run creates) too if that leaves it empty: a failed run leaves no output, partial or whole."""
-
-    def __init__(self, new_dir: Path | None = None):
-        self.new_dir = new_dir
-        self.written: list[Path] = []
-
-    def __enter__(self) -> _Outputs:
-        return self
-
-    def __exit__(self, kind, exc, tb) -> None:
-        if kind is None:
-            return
-        for path in self.written:
-            path.unlink(missing_ok=True)
-        if self.new_dir is not None and self.new_dir.is_dir() and not any(self.new_dir.iterdir()):
-            self.new_dir.rmdir()
 
 
 def _new_folder(path: str | None) -> Path | None:
@@ -302,7 +286,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .pipeline import prune
     from .progress import Progress
     from .report import summary_table, write_json
-    from .report_files import write_report_dir
+    from .report_files import NAMES, write_report_dir
 
     _check_image_options(args)
     if args.stats:
@@ -325,17 +309,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise _no_prunable_hint(exc, args.model) from None
     del calib
     report = dict(result.report, input=str(args.model), output=str(args.output))
-    with _Outputs(_new_folder(args.report_dir)) as outputs:
-        save_model(result.model, args.output)
-        outputs.written.append(Path(args.output))
+    # a failure or an interrupt anywhere here leaves every output as it was before the run
+    with Replacing(_new_folder(args.report_dir)) as outputs:
+        save_model(result.model, outputs.claim(args.output))
+        outputs.claim(f"{args.output}.data")  # where a model above 2 GB keeps its weights
+        written = [Path(args.output)]
         if args.report:
-            write_json(report, args.report)
-            outputs.written.append(Path(args.report))
+            write_json(report, outputs.claim(args.report))
+            written.append(Path(args.report))
         if args.report_dir:
-            outputs.written += write_report_dir(report, args.report_dir)
+            for name in NAMES:
+                outputs.claim(Path(args.report_dir) / name)
+            written += write_report_dir(report, args.report_dir)
     if not args.quiet:
         print(summary_table(report))
-        print("wrote " + ", ".join(str(p) for p in outputs.written))
+        print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -371,19 +359,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     record = {"input": str(args.model), "method": config.method, "mode": config.mode,
               "refit_ridge": config.refit_ridge, "exclude": list(config.exclude), "min_keep": config.min_keep,
               "runs": [p.as_dict() for p in points]}
-    with _Outputs(new_dir) as outputs:
-        outputs.written += write_sweep_dir(record, folder)
+    with Replacing(new_dir) as outputs:
+        for name in names:
+            outputs.claim(folder / name)
+        written = write_sweep_dir(record, folder)
         if args.save_models:
             for p in points:
                 path = folder / _sweep_model_name(kind, p.target)
-                save_model(p.model, str(path))
-                outputs.written.append(path)
+                save_model(p.model, outputs.claim(path))
+                outputs.claim(f"{path}.data")
+                written.append(path)
     if not args.quiet:
         from .report_files import markdown_sweep
 
         table = markdown_sweep(record).splitlines()
         print("\n".join(line for line in table if line.startswith("|")))
-        print("wrote " + ", ".join(str(p) for p in outputs.written))
+        print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -509,7 +500,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo, shipped_inputs
 
     _check_output(args.output, "-o", shipped_inputs())
-    run_demo(args.output, sparsity=args.sparsity, method=args.method, device=args.device, quiet=args.quiet)
+    with Replacing() as outputs:
+        run_demo(outputs.claim(args.output), sparsity=args.sparsity, method=args.method, device=args.device,
+                 quiet=args.quiet)
     return 0
 
 

@@ -1,12 +1,15 @@
-"""Atomic file writes (a temporary file in the target folder, then a rename), and whether
-two paths name one file."""
+"""Atomic file writes (a temporary file in the target folder, then a rename), several files
+written as one (:class:`Replacing`), and whether two paths name one file."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import BinaryIO
 
 from .errors import EPruneError, UsageError
@@ -34,6 +37,74 @@ def write_atomic(target: Path, write: Callable[[BinaryIO], None], label: str | N
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class Replacing:
+    """Files written as one: each is claimed (:meth:`claim`) before it is written, and if
+    the block fails or is interrupted, every claimed file goes back to what it was: a file
+    that existed is restored from the hard link made when it was claimed (a copy where the
+    file system has no links), a new one is removed, and so is ``new_dir``, a folder the
+    block created, once empty again. An old file thus survives a failure anywhere in the
+    block, also after a new one was renamed over it."""
+
+    def __init__(self, new_dir: Path | None = None):
+        self.new_dir = new_dir
+        self.claims: dict[Path, str | None] = {}  # path -> where its old version waits, if it had one
+
+    def claim(self, path: str | os.PathLike) -> Path:
+        """Note that ``path`` is about to be written; returns it as a Path."""
+        path = Path(path)
+        if path not in self.claims:
+            self.claims[path] = _keep_aside(path) if path.is_file() else None
+        return path
+
+    def __enter__(self) -> Replacing:
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        for path, old in reversed(list(self.claims.items())):
+            if kind is None or old is None:
+                _remove(old if kind is None else path)
+                continue
+            if _same(old, path):  # never replaced (a rename between two names of one file does nothing)
+                _remove(old)
+                continue
+            try:
+                os.replace(old, path)
+            except Exception:  # best effort: the error that ended the block is the one to report
+                pass
+        if kind is not None and self.new_dir is not None and self.new_dir.is_dir() and \
+                not any(self.new_dir.iterdir()):
+            self.new_dir.rmdir()
+
+
+def _remove(path: str | Path | None) -> None:
+    try:
+        if path is not None:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _same(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _keep_aside(path: Path) -> str:
+    """A second name for ``path``'s current content, beside it (a hard link: no copy)."""
+    while True:
+        aside = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.old")
+        try:
+            os.link(path, aside)
+            return aside
+        except FileExistsError:
+            continue
+        except OSError:  # a file system without hard links
+            shutil.copy2(path, aside)
+            return aside
 
 
 def temporary_beside(target: Path) -> str:

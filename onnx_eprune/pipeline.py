@@ -867,4 +867,5 @@ def calibrate(model, calib, config: PruneConfig | None = None, progress: Progres
     config = make_config(config, options)
     check_model_arg(model)
     check_progress(progress)
-    return Pruner(model, calib, replace(config, exclude=()), progress).calibrate()
+    bundle = Pruner(model, calib, replace(config, exclude=()), progress).calibrate()
+    return replace(bundle, inputs=_input_files(model, calib, None))

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from .errors import EPruneError
-from .files import write_atomic
+from .files import Replacing, write_atomic
 from .report import optimism_note
 from .select.reconstruct import THIN_ROWS
 
@@ -34,7 +34,8 @@ def write_report_dir(report: dict, directory: str | os.PathLike) -> list[Path]:
 
     Without matplotlib only the JSON and Markdown files are written, and one info line
     says so. Raises :class:`EPruneError` if a file cannot be written; the files this call
-    wrote before the failure are removed again.
+    wrote before the failure are then as they were before it (removed, or their old
+    content back).
     """
     return _write_folder(directory, report, (JSON_NAME, MARKDOWN_NAME, markdown_report),
                          [(CHANNELS_PLOT, _channels_figure), (ALLOCATION_PLOT, _allocation_figure)])
@@ -72,19 +73,13 @@ def _folder(directory: str | os.PathLike) -> Path:
 
 
 def _write_all(folder: Path, contents: list[tuple[str, bytes]], plotted: bool) -> list[Path]:
-    """Write every (name, bytes) atomically; on a failure remove what this call wrote."""
+    """Write every (name, bytes) atomically; on a failure each file is as it was before."""
     if not plotted:
         log.info("matplotlib is not installed: wrote no plots (pip install 'onnx-eprune[plots]' for them)")
-    written: list[Path] = []
-    try:
+    with Replacing() as replacing:
         for name, data in contents:
-            write_atomic(folder / name, lambda f, data=data: f.write(data), f"report {folder / name}")
-            written.append(folder / name)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
-    return written
+            write_atomic(replacing.claim(folder / name), lambda f, data=data: f.write(data), f"report {folder / name}")
+    return list(replacing.claims)
 
 
 def _refit_text(report: dict) -> str:

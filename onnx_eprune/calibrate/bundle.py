@@ -17,14 +17,14 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from ..errors import UsageError
-from ..files import write_atomic
+from ..files import same_file, write_atomic
 from ..graph.model_io import light_copy, reference_chunks
 from .data import CalibrationData
 from .sensitivity import gain_candidates
@@ -55,6 +55,7 @@ class StatsBundle:
     consumers: dict[int, MomentStats]  # consumer index -> moments of its input
     probe: dict[str, np.ndarray]       # input name -> up to 8 images
     gain_images: dict[str, np.ndarray]  # input name -> images that may measure gains
+    inputs: tuple[Path, ...] = field(default=(), repr=False)  # the files it was computed from, which save() must not overwrite
 
     @classmethod
     def from_run(cls, model: onnx.ModelProto, seed: int, positions: int | None, data: CalibrationData,
@@ -81,7 +82,12 @@ class StatsBundle:
         return CalibrationData(dict(self.gain_images))
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically as .npz."""
+        """Write atomically as .npz; :class:`UsageError` for a path in a missing folder or
+        one of :attr:`inputs` (the model or calibration file it was computed from)."""
+        for source in self.inputs:
+            if same_file(Path(path), source):
+                raise UsageError(f"refusing to overwrite {source}, an input of this run; save the statistics "
+                                 "to another path")
         arrays: dict[str, np.ndarray] = {}
         meta = {"format": FORMAT, "model": self.model, "seed": self.seed, "positions": self.positions,
                 "samples": self.samples, "consumers": sorted(self.consumers), "inputs": sorted(self.probe)}

@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..errors import EPruneError
+
 ALIGN = 4096  # a multiple of every common logical block size (512 B and 4 KiB sectors)
 _DIRECT = getattr(os, "O_DIRECT", 0)
 
@@ -75,10 +77,10 @@ class ScratchFile:
                     raise
                 self.direct = False
                 operation(*args)
-        except OSError as e:
-            if e.filename is None:  # a failed write() names no file ("File too large"): name it
-                raise OSError(e.errno, e.strerror or str(e), self.path) from e
-            raise
+        except OSError as e:  # the CLI adds the hint of the errno (e.g. free some disk space)
+            verb = "write" if operation == self._write else "read"
+            raise EPruneError(f"cannot {verb} scratch file {self.path}: {e.strerror or e} (it caches activations "
+                              "in the folder TMPDIR names)") from e
 
     def _write(self, block: memoryview) -> None:
         with open(self.path, "r+b" if self._end else "wb", buffering=0, opener=self._opener) as f:

@@ -235,6 +235,8 @@ def _joined(values: list, reals: list[int], batch: int, rows: bool):
 def _run_once(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list:
     try:
         return session.run(outputs, feeds)
+    except MemoryError:  # the out-of-memory message and its hints, not a fault of the model
+        raise
     except Exception as exc:
         raise EPruneError(f"onnxruntime failed to run the model: {_reason(exc)}") from None
 

@@ -317,8 +317,11 @@ def check_model(model: onnx.ModelProto) -> None:
                 with open(path, "wb") as f:
                     f.write(light.SerializeToString(deterministic=True))
                 onnx.checker.check_model(path, full_check=True)
+    except MemoryError:  # the checker's copies of a large model: no fault of the model
+        raise
     except Exception as exc:
-        raise EPruneError(f"model does not pass onnx.checker: {str(exc).splitlines()[0]}") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EPruneError(f"model does not pass onnx.checker: {reason}") from None
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> int:
