@@ -144,3 +144,27 @@ def test_fingerprint_counts_referenced_weights_by_content(large, external, tmp_p
     data[-1] ^= 0xFF
     (moved / "weights.bin").write_bytes(bytes(data))
     assert fingerprint(model_io.load_model(moved / "model.onnx")) != before
+
+
+def test_a_failed_write_leaves_the_old_model_and_its_data_file(large, external, tmp_path, monkeypatch, calib):
+    """A write that fails after the data file was renamed into place, before the model file
+    was, puts the old data file back: the old model still reads its own weights."""
+    import os
+
+    from onnx_eprune.errors import EPruneError
+
+    result = prune(str(external), calib, keep_ratio=0.5, device="cpu").model
+    out = tmp_path / "old.onnx"
+    model_io.save_model(prune(str(external), calib, keep_ratio=0.75, device="cpu").model, out)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    real = os.replace
+
+    def model_rename_fails(src, dst):
+        if Path(dst) == out:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", model_rename_fails)
+    with pytest.raises(EPruneError, match="No space left"):
+        model_io.save_model(result, out)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    onnx.checker.check_model(str(out), full_check=True)

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
 
 from ..errors import EPruneError, UsageError
-from ..files import require_file, temporary_beside, write_atomic
+from ..files import Replacing, require_file, temporary_beside, write_atomic
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers whose weights are counted and pruned
 
@@ -456,8 +456,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
             f.write(light.SerializeToString(deterministic=True))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp_data, data)
-        os.replace(tmp, target)
+        with Replacing() as replacing:  # a failed second rename puts the old data file back
+            os.replace(tmp_data, replacing.claim(data))
+            os.replace(tmp, replacing.claim(target))
     except OSError as exc:
         raise EPruneError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
