@@ -20,7 +20,7 @@ from .errors import UsageError
 from .files import require_file
 from .graph.costs import build_cost_model
 from .graph.groups import GraphAnalysis
-from .graph.model_io import as_model, model_bytes, normalize
+from .graph.model_io import as_model, normalize, saved_size
 
 
 def run_model(model: onnx.ModelProto, data, providers: list[str], batch_size: int = 256,
@@ -64,9 +64,12 @@ def latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: 
 
 
 def _size(model: onnx.ModelProto, path) -> int:
+    """Bytes of the model's file, or of the file save_model would write for a model in
+    memory (above the 2 GB limit, where that is a graph and a data file, their sum
+    estimated part by part)."""
     if isinstance(path, (str, os.PathLike)):
         return Path(path).stat().st_size
-    return model_bytes(model)
+    return saved_size(model)
 
 
 def _counts(model: onnx.ModelProto, shapes: dict, analysis: GraphAnalysis) -> tuple[int, int]:

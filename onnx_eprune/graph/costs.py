@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from .groups import GraphAnalysis, node_label
-from .model_io import WEIGHTED_OPS
+from .model_io import WEIGHTED_OPS, fixed_batch
 
 
 @dataclass
@@ -103,7 +103,13 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
     consumer_of = {c.node: c for c in analysis.consumers}
     layers: list[LayerCost] = []
     counted: set[str] = set()  # weights shared by several layers count once, as the file holds them
+    batch = fixed_batch(model) or 1  # the samples the shapes were probed with
     for index, node in enumerate(model.graph.node):
+        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[0] in inits and \
+                node.input[1] not in inits:
+            layers.append(_left_matmul(node, index, inits[node.input[0]], shapes, batch, node.input[0] not in counted))
+            counted.add(node.input[0])
+            continue
         if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or node.input[1] not in inits:
             continue
         first = node.input[1] not in counted
@@ -114,6 +120,8 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
         out_shape = shapes.get(node.output[0], ())
         label = node_label(node, index)
         spatial = int(np.prod(out_shape[2:], dtype=np.int64)) if len(out_shape) > 2 else 1
+        if node.op_type in ("Gemm", "MatMul") and len(out_shape) == 2:
+            spatial = max(out_shape[0] // batch, 1)  # rows per sample: pixels, after a Reshape to (N*H*W, C)
         if node.op_type == "ConvTranspose":  # each input pixel meets each weight element once
             in_shape = shapes.get(node.input[0], ())
             spatial = int(np.prod(in_shape[2:], dtype=np.int64)) if len(in_shape) > 2 else 1
@@ -159,6 +167,19 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
         layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra,
                                 factor, gains_bias=refits and cons is not None and not has_bias, weight_counted=first))
     return CostModel(layers)
+
+
+def _left_matmul(node: onnx.NodeProto, index: int, wshape: tuple[int, ...], shapes: dict[str, tuple[int, ...]],
+                 batch: int, first: bool) -> LayerCost:
+    """``W @ x`` with a constant W (M, K) on the left: a layer whose channels the analysis
+    does not follow (fixed), counted for its M * K weights, each used once per column of the
+    output per sample."""
+    out_shape = shapes.get(node.output[0], ())
+    rows, cols = (wshape[-2], wshape[-1]) if len(wshape) >= 2 else (1, wshape[0] if wshape else 1)
+    total = int(np.prod(wshape, dtype=np.int64))
+    per_sample = int(np.prod(out_shape, dtype=np.int64)) // max(rows * batch, 1) if out_shape else 1
+    return LayerCost(node_label(node, index), node.op_type, [(None, rows)], [(None, total // max(rows, 1))], 1,
+                     False, False, max(per_sample, 1), weight_counted=first)
 
 
 def _group(node: onnx.NodeProto) -> int:

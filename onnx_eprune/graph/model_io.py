@@ -16,6 +16,7 @@ from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_t
 
 from ..errors import EPruneError, UsageError
 from ..files import Replacing, require_file, temporary_beside, write_atomic
+from .groups import node_label
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers whose weights are counted and pruned
 
@@ -43,6 +44,13 @@ def model_bytes(model: onnx.ModelProto) -> int:
     parts = [graph.initializer, graph.sparse_initializer, graph.node, model.functions]
     inline = sum(item.ByteSize() for part in parts for item in part) + 4096  # names, I/O, metadata
     return inline + sum(ref[2] for ref in map(reference, graph.initializer) if ref is not None)
+
+
+def saved_size(model: onnx.ModelProto) -> int:
+    """The bytes :func:`save_model` writes for ``model``: exact below the protobuf limit; above
+    it (a graph file and a data file) :func:`model_bytes`'s estimate."""
+    size = model_bytes(model)
+    return _embedded(model).ByteSize() if size < EXTERNAL_DATA_THRESHOLD else size
 
 
 # -- references: large tensors left in the input's data file ---------------------------------
@@ -539,8 +547,13 @@ def normalize(model: onnx.ModelProto) -> dict[str, str]:
     several nodes are copied per reader, so that pruning one reader does not break another
     (exporters de-duplicate equal constants, e.g. identical BatchNorm parameters); layers'
     weights stay shared. A model of IR version below 4 lists its new initializers as graph
-    inputs, as that version requires. Returns the copies made (copy name -> original name),
-    for :func:`share_equal_copies`."""
+    inputs, as that version requires. An unnamed node is named as reports label it,
+    ``OpType#index`` with its index in the input (which folding changes), so that the
+    report, ``--exclude`` and the written model call it by that name. Returns the copies
+    made (copy name -> original name), for :func:`share_equal_copies`."""
+    for index, node in enumerate(model.graph.node):  # before nodes go: the label of the input's index
+        if not node.name:
+            node.name = node_label(node, index)
     constants_to_initializers(model)
     if fold_constants(model):
         # an initializer listed as a graph input stays: without it that input would become
