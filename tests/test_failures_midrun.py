@@ -764,3 +764,30 @@ def test_api_sweep_failing_mid_run(ws: Workspace, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(KeyboardInterrupt if failure == "interrupt" else (MemoryError, EPruneError)):
         onnx_eprune.sweep(str(ws.model), str(ws.calib), [0.3, 0.5], method="l1", device="cpu", batch_size=16)
     _api_clean(ws, before)
+
+
+# -- files.Replacing on its own ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_replacing_puts_old_files_back_and_removes_new_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            links: bool) -> None:
+    """A failed block restores the old file (from a hard link, or a copy where the file system
+    has none), removes the new one and the folder it created; a good block leaves no second name."""
+    from onnx_eprune.files import Replacing, write_atomic
+
+    if not links:
+        def no_links(src: object, dst: object) -> None:
+            raise OSError(errno.EPERM, "Operation not permitted")
+        monkeypatch.setattr(os, "link", no_links)
+    old, new_dir = tmp_path / "old.onnx", tmp_path / "new"
+    old.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with Replacing(new_dir) as replacing:
+            write_atomic(replacing.claim(old), lambda f: f.write(b"replaced"))
+            new_dir.mkdir()
+            write_atomic(replacing.claim(new_dir / "report.json"), lambda f: f.write(b"{}"))
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.onnx"] and old.read_bytes() == b"old"
+    with Replacing() as replacing:
+        write_atomic(replacing.claim(old), lambda f: f.write(b"replaced"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.onnx"] and old.read_bytes() == b"replaced"
