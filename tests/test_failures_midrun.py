@@ -395,6 +395,20 @@ def test_interrupt_right_after_a_rename(ws: Workspace, monkeypatch: pytest.Monke
 
 # -- calibrate -------------------------------------------------------------------------------------
 
+def _break_at(monkeypatch: pytest.MonkeyPatch, point: str, exc: ExcFactory, serializer: object, name: str) -> None:
+    """A run that writes the file ``name`` (through ``serializer``'s module) breaks at
+    ``point``: one of MID_RUN, "serialize", "fsync" or "rename"."""
+    if point in MID_RUN:
+        owner, attr, call, only = MID_RUN[point]
+        _inject(monkeypatch, owner, attr, exc, call, only)
+    elif point == "serialize":
+        _serialize_fails(monkeypatch, serializer, exc)
+    elif point == "fsync":
+        _inject(monkeypatch, os, "fsync", exc)
+    else:
+        _inject(monkeypatch, os, "replace", exc, only=_named(name))
+
+
 @pytest.mark.parametrize("point, failure", [
     ("onnxruntime batch", "interrupt"), ("onnxruntime batch", "disk-full"),
     ("onnxruntime batch", "memory"),
@@ -407,15 +421,7 @@ def test_calibrate_failing_keeps_the_old_statistics_file(ws: Workspace, monkeypa
     stats_file = ws.dir / "s.npz"
     stats_file.write_bytes(OLD)
     exc, code, words = FAILURES[failure]
-    if point in MID_RUN:
-        owner, name, call, only = MID_RUN[point]
-        _inject(monkeypatch, owner, name, exc, call, only)
-    elif point == "serialize":
-        _serialize_fails(monkeypatch, bundle_module, exc)
-    elif point == "fsync":
-        _inject(monkeypatch, os, "fsync", exc)
-    else:
-        _inject(monkeypatch, os, "replace", exc, only=_named("s.npz"))
+    _break_at(monkeypatch, point, exc, bundle_module, "s.npz")
     ws.fail(ws.calibrate(stats_file), code, words)
 
 
@@ -479,13 +485,7 @@ def test_demo_failing_before_or_while_writing(ws: Workspace, monkeypatch: pytest
     out = ws.dir / "demo.onnx"
     out.write_bytes(OLD)
     exc, code, words = FAILURES[failure]
-    if point in MID_RUN:
-        owner, name, call, only = MID_RUN[point]
-        _inject(monkeypatch, owner, name, exc, call, only)
-    elif point == "fsync":
-        _inject(monkeypatch, os, "fsync", exc)
-    else:
-        _serialize_fails(monkeypatch, model_io, exc)
+    _break_at(monkeypatch, point, exc, model_io, "demo.onnx")
     ws.fail(_demo(out), code, words)
     _unchanged(shipped)
 
