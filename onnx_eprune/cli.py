@@ -18,7 +18,6 @@ import sys
 import threading
 import traceback
 import warnings
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,47 +64,6 @@ def _input_model(path: str, weights: bool = True):
     return model
 
 
-def _check_calib_file(path: str) -> None:
-    """Refuse, with a clear message, a --calib file that is neither .npy nor .npz, or one cut short."""
-    p = Path(path)
-    if not p.is_file():
-        return  # load_calibration says "not found" / "is a directory"
-    try:
-        f = open(p, "rb")
-    except OSError as exc:  # permissions: the user's to fix, as for an unreadable model
-        raise UsageError(f"cannot read calibration file {p}: {exc.strerror or exc}") from None
-    with f:
-        head = f.read(6)
-        if head == b"\x93NUMPY":
-            f.seek(0)
-            try:
-                version = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0
-                shape, _fortran, dtype = read(f)
-            except Exception:
-                raise UsageError(f"calibration file {p} has a damaged .npy header; write it again with "
-                                 "numpy.save") from None
-            if dtype.hasobject:
-                raise UsageError(f"calibration file {p} holds Python objects; save a numeric array "
-                                 "(e.g. float32) with numpy.save") from None
-            expected = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            size = p.stat().st_size
-            if size < expected:
-                raise UsageError(f"calibration file {p} is truncated ({size:,} of {expected:,} bytes); write it "
-                                 "again with numpy.save")
-            return
-    if head.startswith(b"PK"):
-        try:
-            with zipfile.ZipFile(p):
-                return
-        except (zipfile.BadZipFile, OSError):
-            raise UsageError(f"calibration file {p} is a damaged .npz (truncated?); write it again with "
-                             "numpy.savez") from None
-    raise UsageError(f"calibration file {p} is not a .npy or .npz file; save the inputs with numpy.save (one "
-                     "input) or numpy.savez (input name -> array)")
-
-
 class _Mute(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return False
@@ -119,13 +77,13 @@ def _calib_source(args: argparse.Namespace, model):
         return None
     from .calibrate.data import load_calibration
 
+    if args.samples is not None and args.samples < 1:  # before --calib-images reads it as its image count
+        raise UsageError(f"--samples must be at least 1, not {args.samples}")
     if args.calib_random is not None:
         from .calibrate.images import random_calibration
 
         if args.size is not None:
             _check_random_size(model, args.size)
-        print("onnx-eprune: WARNING: --calib-random calibrates on random noise, not real inputs: the pruned model's "
-              "accuracy will suffer; use --calib or --calib-images for real work", file=sys.stderr)
         source = random_calibration(model, args.calib_random, args.seed, size=args.size)
     elif args.calib_images is not None:
         from .calibrate.images import load_image_folder
@@ -138,13 +96,15 @@ def _calib_source(args: argparse.Namespace, model):
                                    limit=args.samples)
     else:
         source = args.calib
-        _check_calib_file(source)
     mute = _Mute()
     log.addFilter(mute)  # the pipeline validates the arrays again and says the same things once
     try:
         data = load_calibration(source, model, samples=args.samples)
     finally:
         log.removeFilter(mute)
+    if args.calib_random is not None:  # once the data is good: a failed run prints its error line alone
+        print("onnx-eprune: WARNING: --calib-random calibrates on random noise, not real inputs: the pruned model's "
+              "accuracy will suffer; use --calib or --calib-images for real work", file=sys.stderr)
     return data.arrays
 
 
@@ -415,7 +375,6 @@ def _probe_sample(model, args: argparse.Namespace):
     from .calibrate.session import unbatched_inputs
 
     if args.calib:
-        _check_calib_file(args.calib)
         return load_calibration(args.calib, model, samples=1, probe=True)
     inputs = model_inputs(model)
     unbatched = unbatched_inputs(model)

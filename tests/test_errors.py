@@ -422,7 +422,7 @@ def test_npz_member_with_python_objects(case):
 
 def test_unreadable_calibration_file_is_a_usage_error(case, monkeypatch):
     """Like an unreadable model (exit 2), with the permissions hint."""
-    import onnx_eprune.cli as cli
+    from onnx_eprune.calibrate import data
 
     real_open = open
 
@@ -430,7 +430,7 @@ def test_unreadable_calibration_file_is_a_usage_error(case, monkeypatch):
         if str(path) == str(case.calib):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
-    monkeypatch.setattr(cli, "open", refuse, raising=False)
+    monkeypatch.setattr(data, "open", refuse, raising=False)
     case.fail(case.args(), contains=("calib.npy", "Permission denied", "permissions"))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -82,14 +83,18 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
     user's iterable or reader raises propagate unchanged: they are the caller's own.
     """
     inputs = model_inputs(model)
-    if _array_like(source):
+    if isinstance(source, os.PathLike) and isinstance(os.fspath(source), bytes):
+        raise UsageError("give the calibration file's path as a str or pathlib.Path, not bytes")
+    if isinstance(source, str):  # before the arrays: numpy's str_ is a str that converts to an array
+        source = str(source)
+    elif _array_like(source):
         source = _as_array(source, "the calibration data")
     if hasattr(source, "get_next"):  # onnxruntime.quantization.CalibrationDataReader
         source = _batches(iter(source.get_next, None), inputs, samples)
     elif not isinstance(source, (str, os.PathLike, np.ndarray, dict, bytes)) and hasattr(source, "__iter__"):
         source = _batches(iter(source), inputs, samples)
     if isinstance(source, (str, os.PathLike)):
-        arrays = _read(Path(source), inputs)
+        arrays = _read(Path(source), inputs, "data" if held_out else "calibration")
     elif isinstance(source, np.ndarray):
         arrays = _single(source, inputs, "the array")
     elif isinstance(source, dict):
@@ -139,9 +144,12 @@ def _batches(batches, inputs, samples: int | None) -> dict[str, np.ndarray]:
     ``samples`` rows are in."""
     parts: dict[str, list[np.ndarray]] = {}
     rows = 0
-    for batch in batches:
+    for index, batch in enumerate(batches):
         if _array_like(batch):
             batch = _as_array(batch, "a calibration batch")
+        elif isinstance(batch, (list, tuple)):  # nested lists are arrays too; a pair of arrays is not
+            batch = _as_array(batch, f"calibration batch {index}, a {type(batch).__name__} (of inputs and labels? "
+                                     "yield the inputs alone),")
         if isinstance(batch, np.ndarray):
             batch = _single(batch, inputs, "a batch")
         if not isinstance(batch, dict) or not batch:
@@ -153,6 +161,10 @@ def _batches(batches, inputs, samples: int | None) -> dict[str, np.ndarray]:
             if value.ndim == 0:  # no samples axis to count or concatenate on
                 raise UsageError(f"calibration batches need samples on axis 0; one of {name!r} is a scalar")
             parts.setdefault(name, []).append(value)
+        counts = {name: len(value) for name, value in arrays.items()}
+        if len(set(counts.values())) > 1:  # concatenated, its rows would pair with another batch's
+            raise UsageError(f"calibration batch {index} holds different numbers of samples for its inputs: "
+                             + ", ".join(f"{name} {n}" for name, n in counts.items()))
         rows += len(next(iter(arrays.values())))
         if samples is not None and rows >= samples:
             break
@@ -165,8 +177,10 @@ def _batches(batches, inputs, samples: int | None) -> dict[str, np.ndarray]:
 
 
 def _array_like(value: object) -> bool:
-    """Whether ``value`` converts to one array (a torch tensor, say) rather than being one."""
-    return hasattr(value, "__array__") and not isinstance(value, np.ndarray)
+    """Whether ``value`` converts to one array (a torch tensor, a buffer, an object with
+    numpy's array interface) rather than being one."""
+    return not isinstance(value, np.ndarray) and (
+        isinstance(value, memoryview) or any(hasattr(value, a) for a in ("__array__", "__array_interface__")))
 
 
 def _as_array(value: object, what: str) -> np.ndarray:
@@ -179,12 +193,54 @@ def _as_array(value: object, what: str) -> np.ndarray:
         raise UsageError(f"{what} does not convert to an array ({reason})") from None
 
 
-def _read(path: Path, inputs) -> dict[str, np.ndarray]:
-    require_file(path, "calibration", "a .npy or .npz file")
+def check_array_file(p: Path, what: str = "calibration") -> None:
+    """Refuse, with a clear message, a ``what`` file that is neither .npy nor .npz, or one cut
+    short (numpy would call a text file pickled data, and read a short one lazily)."""
+    if not p.is_file():
+        return  # load_calibration says "not found" / "is a directory"
+    try:
+        f = open(p, "rb")
+    except OSError as exc:  # permissions: the user's to fix, as for an unreadable model
+        raise UsageError(f"cannot read {what} file {p}: {exc.strerror or exc}") from None
+    with f:
+        head = f.read(6)
+        if head == b"\x93NUMPY":
+            f.seek(0)
+            try:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _fortran, dtype = read(f)
+            except Exception:
+                raise UsageError(f"{what} file {p} has a damaged .npy header; write it again with "
+                                 "numpy.save") from None
+            if dtype.hasobject:
+                raise UsageError(f"{what} file {p} holds Python objects; save a numeric array "
+                                 "(e.g. float32) with numpy.save") from None
+            expected = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            size = p.stat().st_size
+            if size < expected:
+                raise UsageError(f"{what} file {p} is truncated ({size:,} of {expected:,} bytes); write it "
+                                 "again with numpy.save")
+            return
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(p):
+                return
+        except (zipfile.BadZipFile, OSError):
+            raise UsageError(f"{what} file {p} is a damaged .npz (truncated?); write it again with "
+                             "numpy.savez") from None
+    raise UsageError(f"{what} file {p} is not a .npy or .npz file; save the inputs with numpy.save (one "
+                     "input) or numpy.savez (input name -> array)")
+
+
+def _read(path: Path, inputs, what: str) -> dict[str, np.ndarray]:
+    require_file(path, what, "a .npy or .npz file")
+    check_array_file(path, what)
     try:
         loaded = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
-        raise UsageError(f"cannot read calibration file {path} as .npy/.npz ({type(exc).__name__}: {exc})") from None
+        raise UsageError(f"cannot read {what} file {path} as .npy/.npz ({type(exc).__name__}: {exc})") from None
     if isinstance(loaded, np.ndarray):
         return _single(loaded, inputs, str(path))
     with loaded:
@@ -193,7 +249,7 @@ def _read(path: Path, inputs) -> dict[str, np.ndarray]:
             try:
                 arrays[k] = loaded[k]
             except Exception as exc:  # zipfile, zlib and numpy raise several unrelated types
-                raise UsageError(f"cannot read array {k!r} of calibration file {path} ({type(exc).__name__}: "
+                raise UsageError(f"cannot read array {k!r} of {what} file {path} ({type(exc).__name__}: "
                                  f"{exc}); save numeric arrays with numpy.savez") from None
         return arrays
 
@@ -237,6 +293,8 @@ def _validate(arrays: dict[str, np.ndarray], inputs, unbatched: frozenset[str] =
                 raise UsageError(f"calibration array for {name!r} has shape {a.shape}, the model expects {_fmt(dims)}")
         if a.shape[0] == 0:
             raise UsageError(f"calibration array for {name!r} holds no samples")
+        if a.size == 0:
+            raise UsageError(f"calibration array for {name!r} has shape {a.shape}: its samples hold no values")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise UsageError(f"calibration array for {name!r} contains NaN or Inf values")
         if a.dtype != dtype:

@@ -100,7 +100,7 @@ def load_image_folder(directory, model: onnx.ModelProto, *, size=None, scale: fl
             break
         try:
             with Image.open(path) as img:
-                img = _oriented(img)
+                img = _eight_bit(_oriented(img), Image)
                 img = img.convert("L" if channels == "GRAY" else "RGB")
                 img = _resize(img, (h, w), policy, Image)
                 pixels = np.asarray(img, dtype=np.float32)
@@ -224,6 +224,18 @@ def _oriented(img):
         return ImageOps.exif_transpose(img)
     except Exception:
         return img
+
+
+def _eight_bit(img, Image):
+    """A 16-bit grayscale image (PNG, TIFF: Pillow's "I;16" modes, or "I" holding values
+    above 255) scaled to the 0..255 range of the 8-bit images the pixel scale expects;
+    Pillow's own conversion would clip every value above 255 to white."""
+    if not (img.mode.startswith("I;16") or img.mode == "I"):
+        return img
+    pixels = np.asarray(img, dtype=np.float32)
+    if img.mode.startswith("I;16") or pixels.max(initial=0) > 255:
+        pixels = np.round(pixels / 257)
+    return Image.fromarray(pixels, "F")
 
 
 def _resize(img, target: tuple[int, int], policy: str, Image):
