@@ -50,14 +50,12 @@ def _input_model(path: str, weights: bool = True):
     from .graph.model_io import load_model
 
     p = Path(path)
-    try:
-        model = load_model(p, weights)
-    except UsageError as exc:
-        if p.is_file():  # it exists but is not ONNX, or is cut short
-            raise UsageError(f"{exc}; give a complete .onnx file (export or copy it again)") from None
-        raise
+    model = load_model(p, weights)
     try:  # structure only (no shape inference): undefined inputs, unknown ops, opsets, IR version
-        onnx.checker.check_model(str(p))
+        # the proto read once (a pipe cannot be read twice; onnx takes no path that is not
+        # UTF-8); a model with external data from its path, where the checker finds the data
+        external = any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
+        onnx.checker.check_model(str(p) if external else model)
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise UsageError(f"{p} is not a valid ONNX model ({reason}); fix the exporter or export it again") from None
@@ -168,27 +166,36 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
 def _check_output(output: str, option: str, inputs: list[tuple[str, str]]) -> None:
     """Refuse before any work: an output that is one of ``inputs`` (by any path), that exists
     but is no regular file (a device or a pipe would be replaced by a file), or that cannot
-    be written."""
+    be written (a name too long for the file system, a folder that is gone: also the current
+    one, deleted under the shell)."""
+    if not output:
+        raise UsageError(f"{option} is empty; give a file name")
     out = Path(output)
-    for what, path in inputs:
-        if same_file(out, Path(path)):
-            raise UsageError(f"{option} {out} is {what}; choose another file (inputs are never overwritten)")
-    if out.is_dir():
-        raise UsageError(f"{option} {out} is a directory; give a file name")
-    if out.exists() and not out.is_file():
-        raise UsageError(f"{option} {out} exists and is not a regular file (a device, pipe or socket); give the "
-                         "path of a file")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise UsageError(f"output folder does not exist: {folder}; create it first or choose another path")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"output folder is not writable: {folder}; choose another path or fix its permissions")
+    try:
+        for what, path in inputs:
+            if same_file(out, Path(path)):
+                raise UsageError(f"{option} {out} is {what}; choose another file (inputs are never overwritten)")
+        if out.is_dir():
+            raise UsageError(f"{option} {out} is a directory; give a file name")
+        if out.exists() and not out.is_file():
+            raise UsageError(f"{option} {out} exists and is not a regular file (a device, pipe or socket); give "
+                             "the path of a file")
+        folder = out.parent if str(out.parent) else Path(".")
+        if not folder.is_dir():
+            raise UsageError(f"output folder does not exist: {folder}; create it first or choose another path")
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"output folder is not writable: {folder}; choose another path or fix its permissions")
+        folder.resolve(strict=True)  # a deleted current folder still answers is_dir(), but not getcwd()
+    except OSError as exc:
+        raise UsageError(f"{option} {out}: {exc.strerror or exc}; choose another path") from None
 
 
 def _check_report_dir(args: argparse.Namespace) -> None:
     """--report-dir: a folder (created if missing) whose files clash with neither the inputs nor the outputs."""
     from .report_files import NAMES
 
+    if not args.report_dir:
+        raise UsageError("--report-dir is empty; give a folder name (it is created if missing)")
     folder = Path(args.report_dir)
     _check_folder(folder, NAMES, _inputs(args))
     taken = {Path(p).resolve(): opt for p, opt in ((args.output, "-o"), (args.report, "--report")) if p}
@@ -253,11 +260,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
         _check_stats_options(args)
     inputs = _inputs(args)
     _check_output(args.output, "-o", inputs)
-    if args.report:
+    if args.report is not None:
         _check_output(args.report, "--report", inputs)
         if Path(args.report).resolve() == Path(args.output).resolve():
             raise UsageError("--report and -o name the same file; give the report its own path")
-    if args.report_dir:
+    if args.report_dir is not None:
         _check_report_dir(args)
     config = _run_config(args, sparsity=args.sparsity, flops_reduction=args.flops_reduction,
                          keep_ratio=args.keep_ratio)
@@ -412,6 +419,7 @@ def _fitted_shape(shape: tuple[int, ...], vi, unbatched: bool) -> list[int]:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .inspection import inspect
     from .report_files import producer_labels
+    from .report import printable
 
     model = _input_model(args.model)
     summary = inspect(model, _shapes_input(model, args).first(), exclude=args.exclude)
@@ -423,8 +431,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{'group':>5} {'channels':>8}  {'status':<8} {'producers':<36} {'consumers':<36}")
     for r in rows:
         status = "prunable" if r["prunable"] else "frozen"
-        print(f"{r['id']:>5} {r['channels']:>8}  {status:<8} {', '.join(producer_labels(r))[:36]:<36} "
-              f"{', '.join(r['consumers'])[:36]:<36}" + (f"  ({r['frozen']})" if r["frozen"] else ""))
+        print(f"{r['id']:>5} {r['channels']:>8}  {status:<8} {printable(', '.join(producer_labels(r)))[:36]:<36} "
+              f"{printable(', '.join(r['consumers']))[:36]:<36}" + (f"  ({printable(r['frozen'])})" if r["frozen"]
+                                                                     else ""))
     print(f"{len(prunable)} prunable groups; params {summary['params']:,}; MACs {total:,}; "
           f"prunable MAC fraction {summary['prunable_mac_fraction']:.3f}")
     for run in summary["pruned_before"]:
@@ -556,6 +565,12 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         hint = _MEMORY_HINTS.get(command, "close other programs or use a machine with more memory")
         return _fail(1, f"onnx-eprune: error: out of memory; {hint}", debug)
+    except BrokenPipeError:  # the reader of stdout left (| head): what it had asked for is done
+        try:  # no second error when the interpreter flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stream without a descriptor (a test's capture)
+            pass
+        return 0
     except OSError as exc:  # a read or write the code did not expect to fail
         return _fail(1, f"onnx-eprune: error: {_os_error_line(exc)}", debug)
     except Exception as exc:  # a bug: say so in one line, full details with --debug

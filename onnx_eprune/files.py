@@ -96,7 +96,7 @@ def _same(a: str | Path, b: str | Path) -> bool:
 def _keep_aside(path: Path) -> str:
     """A second name for ``path``'s current content, beside it (a hard link: no copy)."""
     while True:
-        aside = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.old")
+        aside = str(path.parent / f".{_stem(path)}.{secrets.token_hex(4)}.old")
         try:
             os.link(path, aside)
             return aside
@@ -107,11 +107,20 @@ def _keep_aside(path: Path) -> str:
             return aside
 
 
+def _stem(path: Path) -> str:
+    """``path``'s name, cut to leave room for the dot, the random part and the suffix that
+    a temporary name beside it adds within the 255 bytes a file name may hold."""
+    name = path.name
+    while len(os.fsencode(name)) > 200:
+        name = name[:-1]
+    return name
+
+
 def temporary_beside(target: Path) -> str:
     """A new empty temporary file in ``target``'s folder, with the permissions a plain
     ``open()`` would give ``target`` (mkstemp's are owner-only: a model written that way
     could not be read by the server that loads it)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_stem(target)}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     mask = os.umask(0)
     os.umask(mask)

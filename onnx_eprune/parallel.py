@@ -12,6 +12,7 @@ import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 import numpy as np
@@ -93,12 +94,32 @@ _END = object()
 def prefetched(items: Iterator[T]) -> Iterator[T]:
     """The items of ``items``, each next one computed on a worker thread while the caller
     works on the current one (onnxruntime runs and numpy products release the GIL, and
-    each leaves a core idle part of the time that the other can fill)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        ahead = pool.submit(next, items, _END)
+    each leaves a core idle part of the time that the other can fill).
+
+    Closing it early (a failed run) does not wait for the item being computed: a generator
+    left open is closed by the garbage collector, which may run inside threading's own
+    locks (a thread starting), where joining a thread deadlocks. Callers close it."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    ahead = pool.submit(next, items, _END)
+    try:
         while True:
             item = ahead.result()
             if item is _END:
                 return
             ahead = pool.submit(next, items, _END)
             yield item
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextmanager
+def closing_all(*iterators: object) -> Iterator[None]:
+    """Close every generator among ``iterators`` when the block ends, also on an error: a
+    :func:`prefetched` one then stops now, not when the garbage collector gets to it."""
+    try:
+        yield
+    finally:
+        for it in iterators:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()

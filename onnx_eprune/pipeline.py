@@ -38,7 +38,7 @@ from .graph.model_io import (as_model, check_model, check_model_arg, initializer
                              save_model, share_equal_copies)
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, producer_rows
-from .parallel import matmul_rows, parallel_map, prefetched
+from .parallel import closing_all, matmul_rows, parallel_map, prefetched
 from .progress import Progress
 from .select import DATA_METHODS, baselines, entropic
 from .select.problem import ConsumerTerm, explained_curve, partial_out
@@ -285,7 +285,7 @@ class Pruner:
                 return
             acc[c].add(x if images else rows, None if pruned is None else y)
 
-        with self.progress.task(label, batches) as task:
+        with self.progress.task(label, batches) as task, closing_all(orig_iter, cur_iter):
             for b in range(batches):
                 xo = next(orig_iter)
                 xc = next(cur_iter) if cur_iter is not None else xo

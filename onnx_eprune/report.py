@@ -95,6 +95,12 @@ def provenance(report: dict) -> dict:
     return entry
 
 
+def printable(text: object) -> str:
+    """``text`` for one line of a terminal table: characters that are not printable (line
+    breaks, tabs, other control characters in a node's name) as their escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def summary_table(report: dict) -> str:
     """A plain-text table of the groups and the totals."""
     lines = [f"{'group':>5}  {'channels':>13}  {'producers':<40}  note"]
@@ -102,15 +108,15 @@ def summary_table(report: dict) -> str:
         if g["frozen"] and not g["producers"]:
             continue
         chans = f"{g['channels_before']} -> {g['channels_after']}"
-        prod = ", ".join(g["producers"])[:40]
-        note = f"frozen: {g['frozen']}" if g["frozen"] else ""
+        prod = printable(", ".join(g["producers"]))[:40]
+        note = f"frozen: {printable(g['frozen'])}" if g["frozen"] else ""
         lines.append(f"{g['id']:>5}  {chans:>13}  {prod:<40}  {note}")
     p, m = report["params"], report["macs"]
     lines.append(f"params  {p['before']:>12,} -> {p['after']:>12,}  (-{100 * p['removed_fraction']:.1f}%)")
     lines.append(f"MACs    {m['before']:>12,} -> {m['after']:>12,}  (-{100 * m['removed_fraction']:.1f}%)")
     for name, f in report["fidelity_on_calibration"]["outputs"].items():
         extra = f", top-1 agreement {100 * f['top1_agreement']:.1f}%" if "top1_agreement" in f else ""
-        lines.append(f"output {name}: relative error {f['relative_error']:.4f}{extra} "
+        lines.append(f"output {printable(name)}: relative error {f['relative_error']:.4f}{extra} "
                      f"on {report['fidelity_on_calibration']['samples']} calibration samples")
     if report.get("thin_refits"):
         lines.append(optimism_note(report))

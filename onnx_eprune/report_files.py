@@ -54,7 +54,7 @@ def _write_folder(directory, record: dict, texts: tuple, plots: list) -> list[Pa
     with matplotlib, the ``plots`` ((name, figure builder) pairs), all written atomically."""
     json_name, markdown_name, render = texts
     folder = _folder(directory)
-    contents = [(json_name, (json.dumps(record, indent=1) + "\n").encode()), (markdown_name, render(record).encode())]
+    contents = [(json_name, (json.dumps(record, indent=1) + "\n").encode()), (markdown_name, render(record).encode("utf-8", "backslashreplace"))]
     figure = _figure_class()
     if figure is not None:
         contents += [(name, _png(build(figure, record))) for name, build in plots]
@@ -139,7 +139,8 @@ def markdown_sweep(sweep: dict) -> str:
 # -- Markdown --------------------------------------------------------------------------------
 
 def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """``text`` for a Markdown table cell: pipes escaped, every kind of line break a space."""
+    return " ".join(str(text).replace("|", "\\|").splitlines())
 
 
 def _pct(fraction: float) -> str:

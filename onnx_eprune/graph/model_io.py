@@ -198,8 +198,14 @@ def load_model(path: str | os.PathLike, weights: bool = True) -> onnx.ModelProto
         model = onnx.load(str(p), load_external_data=False)
         if weights:
             _read_external_data(model, p.parent)
+    except UsageError:
+        raise
+    except OSError as exc:  # the file is there, but not for us to read
+        raise UsageError(f"cannot read model file {exc.filename or p}: {exc.strerror or exc}; check the permissions "
+                         "or choose another path") from None
     except Exception as exc:  # protobuf raises several unrelated types on garbage
-        raise UsageError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        raise UsageError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc}); give a complete .onnx "
+                         "file (export or copy it again)") from None
     if not model.graph.node:
         raise UsageError(f"{p} holds no graph nodes: not an ONNX model, or an empty one")
     return model
