@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from onnx_eprune.parallel import matmul_rows, parallel_map
+from onnx_eprune.parallel import matmul_rows, parallel_map, prefetched
 
 
 @pytest.mark.parametrize("workers", [1, 2, 5])
@@ -98,3 +98,23 @@ def test_matmul_rows_matches_one_product_for_any_worker_count():
     np.testing.assert_allclose(one, a @ b, rtol=1e-5, atol=1e-5)
     for workers in (2, 3):
         assert np.array_equal(matmul_rows(a, b, workers, rows=256), one)
+
+
+def test_closing_a_prefetched_generator_does_not_wait_for_its_worker():
+    """A prefetched generator closed while its worker computes the next item returns at once:
+    the garbage collector may close it inside threading's own locks, where a join deadlocks."""
+    release = threading.Event()
+
+    def items():
+        yield 1
+        release.wait(30)  # the next item, still being computed when the consumer stops
+        yield 2
+    gen = prefetched(items())
+    assert next(gen) == 1
+    closer = threading.Thread(target=gen.close)
+    closer.start()
+    closer.join(10)
+    waited = closer.is_alive()
+    release.set()
+    closer.join()
+    assert not waited
