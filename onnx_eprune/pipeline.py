@@ -137,7 +137,7 @@ class Pruner:
         t0 = time.perf_counter()
         with self.timer.phase("load"):
             self.model = as_model(model)
-            self.copies = normalize(self.model)
+            self.normalized = normalize(self.model)
             if stats is not None and stats.model != fingerprint(self.model):
                 raise UsageError("the statistics files were computed for another model")
             # with statistics files, the few images they carry serve to probe shapes and validate
@@ -150,7 +150,7 @@ class Pruner:
         log.info("onnxruntime provider: %s", self.providers[0])
         with self.timer.phase("analyze"):
             self.shapes, self.analysis = probe_groups(self.model, self.data.first(), self.providers)
-            exclude_groups(self.analysis, self.model.graph.node, config.exclude)
+            exclude_groups(self.analysis, self.model.graph.node, config.exclude, self.normalized.folded)
             self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes, config.reconstruct)
         self.inits = initializer_map(self.model)
         self.topo = Topology(self.model)
@@ -564,7 +564,7 @@ class Pruner:
             self._sequential(gids, counts, rankings, orig, keeps, refits)
         with self.timer.phase("rewrite"):
             pruned = build_pruned(self.model, self.analysis, keeps, refits)
-            share_equal_copies(pruned, self.copies)
+            share_equal_copies(pruned, self.normalized.copies)
         with self.timer.phase("validate"):
             fidelity = self.validate(pruned)
         self.timer.seconds["total"] = time.perf_counter() - self.t0

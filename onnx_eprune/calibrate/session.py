@@ -120,10 +120,23 @@ def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str
         arrays = [shared[n] for n in names]
     if outputs is not None:
         model = with_outputs(model, outputs)
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-    except Exception as exc:
-        raise EPruneError(f"onnxruntime cannot load the model: {_reason(exc)}") from None
+    serialized = model.SerializeToString()
+    failure = None
+    # onnxruntime's own optimisers may break a valid graph that asks for intermediate
+    # tensors (1.31's layout pass fuses an Add into a biased Conv of a width that is no
+    # multiple of 4 and loses the Conv's requested output): try again with fewer of them
+    first = options.graph_optimization_level
+    for level in (first, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC):
+        if int(level) > int(first):
+            continue
+        options.graph_optimization_level = level
+        try:
+            session = ort.InferenceSession(serialized, options, providers=providers)
+            break
+        except Exception as exc:
+            failure = failure or exc
+    else:
+        raise EPruneError(f"onnxruntime cannot load the model: {_reason(failure)}") from None
     session._eprune_initializers = arrays  # onnxruntime asks that they outlive the session
     session._eprune_batch = 1 if unbatched else batch
     session._eprune_unbatched = unbatched

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import onnx
 
@@ -27,7 +27,8 @@ def check_patterns(patterns: object) -> None:
                          f"('conv1*',)), not {shown}")
 
 
-def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], patterns: Sequence[str]) -> list[int]:
+def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], patterns: Sequence[str],
+                   folded: Collection[str] = ()) -> list[int]:
     """Freeze, in place, every channel group that a node matching one of ``patterns`` produces
     or passes on with per-channel weights of its own (a depthwise convolution, a BatchNormalization).
 
@@ -39,7 +40,9 @@ def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], pat
     (the convolutions feeding one residual sum, say; the convolution before a depthwise one).
     The inputs of an excluded layer may still lose channels, to the groups of the layers
     before it. Returns the ids of the groups frozen here; a pattern that matches no node is
-    refused, as a mistyped name would otherwise prune the layer it meant to protect.
+    refused, as a mistyped name would otherwise prune the layer it meant to protect; one that
+    matches only ``folded`` nodes (the input's nodes that became constants: an Identity or a
+    Cast on a weight) gets a warning, as those carry no channels of their own.
     """
     check_patterns(patterns)
     labels = [node_label(node, i) for i, node in enumerate(nodes)]
@@ -47,6 +50,11 @@ def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], pat
     for pattern in patterns:
         regex = _wildcards(pattern)
         matched = {i for i, label in enumerate(labels) if regex.fullmatch(label)}
+        constants = [name for name in folded if regex.fullmatch(name)]
+        if not matched and constants:
+            log.warning("--exclude %r matches only %s, folded into constants: nodes without channels of their own",
+                        pattern, ", ".join(sorted(constants)[:SHOWN]))
+            continue
         if not matched:
             raise UsageError(f"--exclude {pattern!r} matches no node of the model (node names as "
                              f"'onnx-eprune inspect MODEL' lists them; * and ? match any characters)")

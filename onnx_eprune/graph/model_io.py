@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -546,7 +547,14 @@ def _embedded(model: onnx.ModelProto) -> onnx.ModelProto:
     return full
 
 
-def normalize(model: onnx.ModelProto) -> dict[str, str]:
+class Normalized(NamedTuple):
+    """What :func:`normalize` did that later steps need to know."""
+
+    copies: dict[str, str]  # copy name -> original name, for share_equal_copies
+    folded: set[str]        # names of the input's nodes folded into constants (Constant, Identity on a weight)
+
+
+def normalize(model: onnx.ModelProto) -> Normalized:
     """Put every constant weight of the main graph into an initializer of its own (in
     place): Constant nodes become initializers, constant Identity/Cast/... chains are folded,
     initializers nothing reads any more are dropped, and tensors (not scalars) read by
@@ -556,10 +564,11 @@ def normalize(model: onnx.ModelProto) -> dict[str, str]:
     inputs, as that version requires. An unnamed node is named as reports label it,
     ``OpType#index`` with its index in the input (which folding changes), so that the
     report, ``--exclude`` and the written model call it by that name. Returns the copies
-    made (copy name -> original name), for :func:`share_equal_copies`."""
+    made and the nodes folded away (:class:`Normalized`)."""
     for index, node in enumerate(model.graph.node):  # before nodes go: the label of the input's index
         if not node.name:
             node.name = node_label(node, index)
+    names = {node.name for node in model.graph.node}
     constants_to_initializers(model)
     if fold_constants(model):
         # an initializer listed as a graph input stays: without it that input would become
@@ -572,7 +581,7 @@ def normalize(model: onnx.ModelProto) -> dict[str, str]:
             model.graph.initializer.extend(kept)
     copies = _unshare_initializers(model)
     list_initializers_as_inputs(model)
-    return copies
+    return Normalized(copies, names - {node.name for node in model.graph.node})
 
 
 def list_initializers_as_inputs(model: onnx.ModelProto) -> None:
