@@ -139,6 +139,19 @@ def _cli_fails(capsys: pytest.CaptureFixture, argv: list[str], code: int = 2, co
     return lines[0]
 
 
+def _pass_data(entry: str, model: onnx.ModelProto, data: np.ndarray, calib: np.ndarray) -> None:
+    """``data`` given where ``entry`` takes it: prune's or calibrate()'s calibration data,
+    evaluate()'s or sweep()'s held-out data (sweep calibrating on ``calib``)."""
+    if entry == "prune":
+        _prune(data, model)
+    elif entry == "calibrate":
+        onnx_eprune.calibrate(model, data, device="cpu")
+    elif entry == "evaluate":
+        onnx_eprune.evaluate(model, model, data, device="cpu")
+    else:
+        onnx_eprune.sweep(model, calib, [0.3], data=data, **FAST)
+
+
 def _prune_argv(model: Path, out: Path, *source: Any) -> list[Any]:
     return ["prune", model, "-o", out, *source, "--sparsity", "0.4", "--method", "l1", "--device", "cpu", "-q"]
 
@@ -275,12 +288,7 @@ def test_wrong_shapes_are_refused_by_every_entry_point(x: np.ndarray, entry: str
     bad = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     model = _cnn()
     with pytest.raises(UsageError, match=r"shape \(") as info:
-        if entry == "calibrate":
-            onnx_eprune.calibrate(model, bad, device="cpu")
-        elif entry == "evaluate":
-            onnx_eprune.evaluate(model, model, bad, device="cpu")
-        else:
-            onnx_eprune.sweep(model, x, [0.3], data=bad, **FAST)
+        _pass_data(entry, model, bad, x)
     assert "\n" not in str(info.value)
 
 
@@ -323,14 +331,7 @@ def test_a_single_nan_or_inf_is_refused_everywhere(x: np.ndarray, entry: str, dt
     bad[17, 2, 5, 9] = value
     model = _cnn()
     with pytest.raises(UsageError, match="NaN or Inf"):
-        if entry == "prune":
-            _prune(bad)
-        elif entry == "calibrate":
-            onnx_eprune.calibrate(model, bad, device="cpu")
-        elif entry == "evaluate":
-            onnx_eprune.evaluate(model, model, bad, device="cpu")
-        else:
-            onnx_eprune.sweep(model, x, [0.3], data=bad, **FAST)
+        _pass_data(entry, model, bad, x)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
@@ -381,12 +382,7 @@ def test_all_zero_samples_are_refused_by_every_entry_point(x: np.ndarray, entry:
     """All-zero data is refused as constant wherever it is passed."""
     zeros, model = np.zeros_like(x), _cnn()
     with pytest.raises(UsageError, match=r"constant \(every value is 0\)"):
-        if entry == "calibrate":
-            onnx_eprune.calibrate(model, zeros, device="cpu")
-        elif entry == "evaluate":
-            onnx_eprune.evaluate(model, model, zeros, device="cpu")
-        else:
-            onnx_eprune.sweep(model, x, [0.3], data=zeros, **FAST)
+        _pass_data(entry, model, zeros, x)
 
 
 def test_some_all_zero_samples_are_fine(x: np.ndarray) -> None:
