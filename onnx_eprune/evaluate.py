@@ -275,7 +275,8 @@ def format_evaluation(r: dict) -> str:
     lines = [f"{r['samples']} samples on {r['provider']}"]
     for name, e in r["outputs"].items():
         agree = f", top-1 agreement {100 * e['top1_agreement']:.2f}%" if "top1_agreement" in e else ""
-        lines.append(f"output {printable(name)}: relative error {e['relative_error']:.4f}, cosine {e['cosine']:.5f}{agree}")
+        lines.append(f"output {printable(name)}: relative error {e['relative_error']:.4f}, "
+                     f"cosine {e['cosine']:.5f}{agree}")
     if "accuracy" in r:
         acc = r["accuracy"]
         lines.append(f"accuracy: original {100 * acc['original']:.2f}%, pruned {100 * acc['pruned']:.2f}% "

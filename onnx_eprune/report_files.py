@@ -54,7 +54,9 @@ def _write_folder(directory, record: dict, texts: tuple, plots: list) -> list[Pa
     with matplotlib, the ``plots`` ((name, figure builder) pairs), all written atomically."""
     json_name, markdown_name, render = texts
     folder = _folder(directory)
-    contents = [(json_name, (json.dumps(record, indent=1) + "\n").encode()), (markdown_name, render(record).encode("utf-8", "backslashreplace"))]
+    # backslashreplace: a path that is not UTF-8 (its bytes as surrogates) stays readable
+    contents = [(json_name, (json.dumps(record, indent=1) + "\n").encode()),
+                (markdown_name, render(record).encode("utf-8", "backslashreplace"))]
     figure = _figure_class()
     if figure is not None:
         contents += [(name, _png(build(figure, record))) for name, build in plots]

@@ -55,7 +55,8 @@ class StatsBundle:
     consumers: dict[int, MomentStats]  # consumer index -> moments of its input
     probe: dict[str, np.ndarray]       # input name -> up to 8 images
     gain_images: dict[str, np.ndarray]  # input name -> images that may measure gains
-    inputs: tuple[Path, ...] = field(default=(), repr=False)  # the files it was computed from, which save() must not overwrite
+    # the files it was computed from, which save() must not overwrite
+    inputs: tuple[Path, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_run(cls, model: onnx.ModelProto, seed: int, positions: int | None, data: CalibrationData,

@@ -193,11 +193,10 @@ def _as_array(value: object, what: str) -> np.ndarray:
         raise UsageError(f"{what} does not convert to an array ({reason})") from None
 
 
-def check_array_file(p: Path, what: str = "calibration") -> None:
-    """Refuse, with a clear message, a ``what`` file that is neither .npy nor .npz, or one cut
-    short (numpy would call a text file pickled data, and read a short one lazily)."""
-    if not p.is_file():
-        return  # load_calibration says "not found" / "is a directory"
+def _check_array_file(p: Path, what: str) -> None:
+    """Refuse, with a clear message, a ``what`` file (one that exists) that is neither .npy
+    nor .npz, or one cut short (numpy would call a text file pickled data, and read a short
+    one lazily)."""
     try:
         f = open(p, "rb")
     except OSError as exc:  # permissions: the user's to fix, as for an unreadable model
@@ -236,7 +235,7 @@ def check_array_file(p: Path, what: str = "calibration") -> None:
 
 def _read(path: Path, inputs, what: str) -> dict[str, np.ndarray]:
     require_file(path, what, "a .npy or .npz file")
-    check_array_file(path, what)
+    _check_array_file(path, what)
     try:
         loaded = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:

@@ -126,9 +126,8 @@ def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str
     # tensors (1.31's layout pass fuses an Add into a biased Conv of a width that is no
     # multiple of 4 and loses the Conv's requested output): try again with fewer of them
     first = options.graph_optimization_level
-    for level in (first, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC):
-        if int(level) > int(first):
-            continue
+    fewer = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    for level in [first, *(level for level in fewer if int(level) < int(first))]:
         options.graph_optimization_level = level
         try:
             session = ort.InferenceSession(serialized, options, providers=providers)

@@ -175,7 +175,7 @@ def _left_matmul(node: onnx.NodeProto, index: int, wshape: tuple[int, ...], shap
     does not follow (fixed), counted for its M * K weights, each used once per column of the
     output per sample."""
     out_shape = shapes.get(node.output[0], ())
-    rows, cols = (wshape[-2], wshape[-1]) if len(wshape) >= 2 else (1, wshape[0] if wshape else 1)
+    rows = wshape[-2] if len(wshape) >= 2 else 1
     total = int(np.prod(wshape, dtype=np.int64))
     per_sample = int(np.prod(out_shape, dtype=np.int64)) // max(rows * batch, 1) if out_shape else 1
     return LayerCost(node_label(node, index), node.op_type, [(None, rows)], [(None, total // max(rows, 1))], 1,
