@@ -419,14 +419,14 @@ def _fitted_shape(shape: tuple[int, ...], vi, unbatched: bool) -> list[int]:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .inspection import inspect
     from .report_files import producer_labels
-    from .report import printable
+    from .report import printable, to_json
 
     model = _input_model(args.model)
     summary = inspect(model, _shapes_input(model, args).first(), exclude=args.exclude)
     rows, total = summary["groups"], summary["macs"]
     prunable = [r for r in rows if r["prunable"]]
     if args.json:
-        print(json.dumps(summary, indent=1))
+        print(to_json(summary))
         return 0
     print(f"{'group':>5} {'channels':>8}  {'status':<8} {'producers':<36} {'consumers':<36}")
     for r in rows:
@@ -458,9 +458,10 @@ def _describe_run(run) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_evaluation
+    from .report import to_json
 
     result = evaluate(args.original, args.pruned, args.data, labels=args.labels, device=args.device)
-    print(json.dumps(result, indent=1) if args.json else format_evaluation(result))
+    print(to_json(result) if args.json else format_evaluation(result))
     return 0
 
 

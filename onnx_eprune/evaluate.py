@@ -20,7 +20,7 @@ from .errors import UsageError
 from .files import require_file
 from .graph.costs import build_cost_model
 from .graph.groups import GraphAnalysis
-from .graph.model_io import as_model, normalize, saved_size
+from .graph.model_io import as_model, normalize, saved_size, size_on_disk
 from .report import printable
 
 
@@ -65,11 +65,11 @@ def latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: 
 
 
 def _size(model: onnx.ModelProto, path) -> int:
-    """Bytes of the model's file, or of the file save_model would write for a model in
-    memory (above the 2 GB limit, where that is a graph and a data file, their sum
-    estimated part by part)."""
+    """Bytes of the model's file and its external data files, or of what save_model would
+    write for a model in memory (above the 2 GB limit, where that is a graph and a data
+    file, their sum estimated part by part)."""
     if isinstance(path, (str, os.PathLike)):
-        return Path(path).stat().st_size
+        return size_on_disk(path)
     return saved_size(model)
 
 
@@ -95,8 +95,8 @@ def _compared(model: onnx.ModelProto, shapes: dict, analysis: GraphAnalysis) -> 
 
 def _classes(shape: tuple[int, ...]) -> int | None:
     """The classes of a (samples, classes) output, whose argmax over axis 1 accuracy takes;
-    None for another shape."""
-    return shape[1] if len(shape) == 2 else None
+    None for another shape, and for one column (a single score: its argmax is always 0)."""
+    return shape[1] if len(shape) == 2 and shape[1] > 1 else None
 
 
 def measure_against(reference: Iterable[list[np.ndarray]], model: onnx.ModelProto, data, names: list[str],
@@ -136,7 +136,9 @@ class OutputComparison:
                                  "in the pruned model")
             fa, fb = ya.reshape(len(ya), -1).astype(np.float64), yb.reshape(len(yb), -1).astype(np.float64)
             norms = np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)
-            cos = np.sum(fa * fb, 1) / np.maximum(norms, 1e-30)
+            # two zero rows are the same row (cosine 1); a zero row against another, 0
+            same_zero = (norms == 0) & ~fa.any(1) & ~fb.any(1)
+            cos = np.where(same_zero, 1.0, np.sum(fa * fb, 1) / np.maximum(norms, 1e-30))
             self.classes[name] = ya.ndim == 2 and ya.shape[1] > 1
             agree = np.sum(ya.argmax(1) == yb.argmax(1)) if self.classes[name] else 0
             self.sums[name] += [np.sum((fa - fb) ** 2), np.sum(fa ** 2), np.sum(cos), agree, len(ya)]
@@ -224,6 +226,7 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     providers = choose_providers(device)
     data_a = _fitted(data, a, _described(original, "original"))
     _fitted(data_a.arrays, b, _described(pruned, "pruned"))  # the pruned model must take the same inputs
+    _check_same_batching(a, b, _described(original, "original"), _described(pruned, "pruned"))
     shapes_a, analysis_a = probe_groups(a, data_a.first(), providers)
     names, size, classes = _compared(a, shapes_a, analysis_a)
     y = load_labels(labels, data_a.samples, classes, names[0]) if labels is not None else None
@@ -237,7 +240,7 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     # axis one image at a time
     squeeze = unbatched_inputs(a)
     fixed = fixed_batch(a)
-    sizes = [1] if squeeze else [fixed] if fixed else sorted({1, min(32, data_a.samples)})
+    sizes = [1] if squeeze else [fixed] if fixed else [1, 32]
     feeds = {size: {k: np.resize(v, (size, *v.shape[1:])) for k, v in data_a.first().items()}
              if size > data_a.samples else next(data_a.batches(size)) for size in sizes}
     feeds = {size: {k: v[0] if k in squeeze else v for k, v in f.items()} for size, f in feeds.items()}
@@ -261,6 +264,18 @@ def _check_same_outputs(a: onnx.ModelProto, b: onnx.ModelProto, name_a: str, nam
     if set(outs_a) != set(outs_b):
         raise UsageError(f"the models' outputs differ: {name_a} has {', '.join(outs_a)}, {name_b} has "
                          f"{', '.join(outs_b)}; compare a model with a pruned version of it")
+
+
+def _check_same_batching(a: onnx.ModelProto, b: onnx.ModelProto, name_a: str, name_b: str) -> None:
+    """Both models are fed the same batches: refuse a pair whose batch axes differ (one
+    exported for a fixed batch size, or without a batch axis, the other not)."""
+    def batching(m: onnx.ModelProto) -> str:
+        fixed, squeeze = fixed_batch(m), unbatched_inputs(m)
+        return f"batches of {fixed}" if fixed else "one sample at a time" if squeeze else "batches of any size"
+
+    if batching(a) != batching(b):
+        raise UsageError(f"{name_a} takes {batching(a)}, {name_b} {batching(b)}; compare a model with a pruned "
+                         "version of it, exported the same way")
 
 
 def _fitted(data, model: onnx.ModelProto, name: str):

@@ -95,6 +95,23 @@ def provenance(report: dict) -> dict:
     return entry
 
 
+def to_json(value: object, indent: int | None = 1) -> str:
+    """``value`` as strict JSON (RFC 8259): a figure that is NaN or infinite (a model whose
+    outputs hold NaN) becomes null, where json.dumps would write the bare tokens NaN and
+    Infinity that JSON parsers other than Python's refuse."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def printable(text: object) -> str:
     """``text`` for one line of a terminal table: characters that are not printable (line
     breaks, tabs, other control characters in a node's name) as their escapes."""
@@ -139,5 +156,5 @@ def write_json(report: dict, path: str | os.PathLike) -> None:
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise EPruneError(f"report folder does not exist: {folder}")
-    write_atomic(target, lambda f: f.write((json.dumps(report, indent=1, sort_keys=False) + "\n").encode()),
+    write_atomic(target, lambda f: f.write((to_json(report) + "\n").encode()),
                  f"report {target}")

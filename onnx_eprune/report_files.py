@@ -11,14 +11,13 @@ temporary file in the folder and renamed into place, so a failure leaves no part
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 from pathlib import Path
 
 from .errors import EPruneError
 from .files import Replacing, write_atomic
-from .report import optimism_note
+from .report import optimism_note, to_json
 from .select.reconstruct import THIN_ROWS
 
 log = logging.getLogger("onnx_eprune")
@@ -55,7 +54,7 @@ def _write_folder(directory, record: dict, texts: tuple, plots: list) -> list[Pa
     json_name, markdown_name, render = texts
     folder = _folder(directory)
     # backslashreplace: a path that is not UTF-8 (its bytes as surrogates) stays readable
-    contents = [(json_name, (json.dumps(record, indent=1) + "\n").encode()),
+    contents = [(json_name, (to_json(record) + "\n").encode()),
                 (markdown_name, render(record).encode("utf-8", "backslashreplace"))]
     figure = _figure_class()
     if figure is not None:

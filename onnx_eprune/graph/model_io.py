@@ -54,6 +54,16 @@ def saved_size(model: onnx.ModelProto) -> int:
     return _embedded(model).ByteSize() if size < EXTERNAL_DATA_THRESHOLD else size
 
 
+def size_on_disk(path: str | os.PathLike) -> int:
+    """Bytes the ONNX file at ``path`` takes with its external data files (each file counted
+    once, however many tensors it holds)."""
+    p = Path(path)
+    model = load_model(p, weights=False)
+    files = {os.path.realpath(p.parent / ExternalDataInfo(t).location)
+             for t in _all_tensors(model.graph) if uses_external_data(t)}
+    return p.stat().st_size + sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+
+
 # -- references: large tensors left in the input's data file ---------------------------------
 
 def reference(tensor: onnx.TensorProto) -> tuple[str, int, int] | None:
