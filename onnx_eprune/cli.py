@@ -45,20 +45,10 @@ def _input_model(path: str, weights: bool = True):
     """Load MODEL and check its structure before any work: a file that is not a complete,
     valid ONNX model is a usage error (exit 2). ``weights=False`` leaves external weight
     files unread (the commands that only need the inputs' names and shapes)."""
-    import onnx
+    from .graph.model_io import check_structure, load_model
 
-    from .graph.model_io import load_model
-
-    p = Path(path)
-    model = load_model(p, weights)
-    try:  # structure only (no shape inference): undefined inputs, unknown ops, opsets, IR version
-        # the proto read once (a pipe cannot be read twice; onnx takes no path that is not
-        # UTF-8); a model with external data from its path, where the checker finds the data
-        external = any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
-        onnx.checker.check_model(str(p) if external else model)
-    except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise UsageError(f"{p} is not a valid ONNX model ({reason}); fix the exporter or export it again") from None
+    model = load_model(Path(path), weights)
+    check_structure(model, Path(path))
     return model
 
 

@@ -71,6 +71,7 @@ class PruneConfig:
             raise UsageError("give exactly one target: sparsity, flops_reduction or keep_ratio")
         kind, value = given[0]
         _require_number({"flops": "flops_reduction"}.get(kind, kind), value)
+        value = float(value)
         if not np.isfinite(value):
             raise UsageError(f"the {kind} target must be a finite number")
         if kind == "keep_ratio" and not 0.0 < value <= 1.0:
@@ -150,14 +151,21 @@ def make_config(config: PruneConfig | None, options: dict) -> PruneConfig:
 
 
 def _plain_numbers(config: PruneConfig) -> PruneConfig:
-    """``config`` with numpy scalars (np.float32(0.25), np.int64(0)) as Python numbers: the
-    report and the model's provenance, which hold them, are written as JSON, which takes no
-    numpy type, and a run must not fail at its end over the type of a number it was given."""
+    """``config`` with other numbers (np.float32(0.25), np.int64(0), np.bool_(True),
+    Fraction(1, 4)) as Python's bool, int and float: the report and the model's provenance,
+    which hold them, are written as JSON, which takes no other type, and a run must not
+    fail at its end over the type of a number it was given."""
     plain = {}
     for f in fields(config):
         value = getattr(config, f.name)
-        if isinstance(value, (np.integer, np.floating)):
+        if isinstance(value, np.bool_):
+            plain[f.name] = bool(value)
+        elif isinstance(value, (np.integer, np.floating)):
             plain[f.name] = value.item()
+        elif isinstance(value, numbers.Integral) and type(value) not in (int, bool):
+            plain[f.name] = int(value)
+        elif isinstance(value, numbers.Real) and not isinstance(value, (int, float)):
+            plain[f.name] = float(value)
     return replace(config, **plain) if plain else config
 
 

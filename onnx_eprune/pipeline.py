@@ -65,10 +65,27 @@ def _stats_sources(stats: object) -> list:
     return sources
 
 
+def _config_for_stats(config: PruneConfig, stats: StatsBundle) -> PruneConfig:
+    """``config`` for a run from statistics files: one-shot, with the files' seed (their conv
+    positions were drawn with it, so a run from the same samples with that seed gives the
+    same model); the options that choose samples and positions belong to calibrate()."""
+    given = [name for name in ("samples", "positions") if getattr(config, name) is not None]
+    if given:
+        raise UsageError(f"{' and '.join(given)} belong{'s' if len(given) == 1 else ''} to calibrate and do nothing "
+                         "with statistics files: they hold the samples they were computed on")
+    if config.seed not in (0, stats.seed):
+        raise UsageError(f"the statistics files were computed with seed {stats.seed}, not {config.seed}: leave the "
+                         "seed out, or calibrate again with it")
+    if config.mode != "oneshot":
+        log.info("pruning from statistics files: one-shot mode")
+    return replace(config, mode="oneshot", seed=stats.seed)
+
+
 def _input_files(model: object, calib: object, stats: list | None) -> tuple[Path, ...]:
-    """The files a run reads, which :meth:`PruneResult.save` will not overwrite."""
+    """The files a run reads, which :meth:`PruneResult.save` will not overwrite: absolute,
+    so that a later change of the working folder does not move them."""
     named = [model, calib, *(stats or [])]
-    return tuple(Path(p) for p in named if isinstance(p, (str, os.PathLike)))
+    return tuple(Path(os.path.abspath(p)) for p in named if isinstance(p, (str, os.PathLike)))
 
 
 @dataclass
@@ -82,6 +99,13 @@ class PruneResult:
     model: onnx.ModelProto
     report: dict
     inputs: tuple[Path, ...] = field(default=(), repr=False)
+
+    def __repr__(self) -> str:
+        # the model and the report grow with the network: show what the run removed
+        r = self.report
+        return (f"PruneResult({r['method']} {r['mode']}, {r['target']['kind']} {r['target']['value']:g}: params "
+                f"{r['params']['before']:,} -> {r['params']['after']:,}, MACs {r['macs']['before']:,} -> "
+                f"{r['macs']['after']:,})")
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model atomically, with its weights in ``<path>.data`` when it is above
@@ -125,9 +149,8 @@ class Pruner:
     def __init__(self, model, calib, config: PruneConfig, progress: Progress | None = None,
                  stats: StatsBundle | None = None):
         config.check()
-        if stats is not None and config.mode != "oneshot":
-            log.info("pruning from statistics files: one-shot mode")
-            config = replace(config, mode="oneshot")
+        if stats is not None:
+            config = _config_for_stats(config, stats)
         self.config = config
         self.progress = progress or Progress(enabled=False)
         self._blas = ThreadpoolController()
@@ -865,6 +888,8 @@ def calibrate(model, calib, config: PruneConfig | None = None, progress: Progres
     group the analysis can prune, whatever ``exclude`` says, so one bundle serves any exclusion.
     """
     config = make_config(config, options)
+    if (config.sparsity, config.flops_reduction, config.keep_ratio) != (None, None, None):
+        config.target()  # ignored, but checked as prune checks it
     check_model_arg(model)
     check_progress(progress)
     bundle = Pruner(model, calib, replace(config, exclude=()), progress).calibrate()

@@ -52,9 +52,10 @@ class StatsBundle:
     seed: int
     positions: int | None
     samples: int
-    consumers: dict[int, MomentStats]  # consumer index -> moments of its input
-    probe: dict[str, np.ndarray]       # input name -> up to 8 images
-    gain_images: dict[str, np.ndarray]  # input name -> images that may measure gains
+    # arrays, left out of the repr (megabytes of moments)
+    consumers: dict[int, MomentStats] = field(repr=False)    # consumer index -> moments of its input
+    probe: dict[str, np.ndarray] = field(repr=False)         # input name -> up to 8 images
+    gain_images: dict[str, np.ndarray] = field(repr=False)   # input name -> images that may measure gains
     # the files it was computed from, which save() must not overwrite
     inputs: tuple[Path, ...] = field(default=(), repr=False)
 

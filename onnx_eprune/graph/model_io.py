@@ -217,8 +217,6 @@ def load_model(path: str | os.PathLike, weights: bool = True) -> onnx.ModelProto
     except Exception as exc:  # protobuf raises several unrelated types on garbage
         raise UsageError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc}); give a complete .onnx "
                          "file (export or copy it again)") from None
-    if not model.graph.node:
-        raise UsageError(f"{p} holds no graph nodes: not an ONNX model, or an empty one")
     return model
 
 
@@ -305,21 +303,53 @@ def implicit_inputs(node: onnx.NodeProto) -> set[str]:
 def check_model_arg(model: object) -> None:
     """Refuse a ``model`` that is neither an ``onnx.ModelProto`` nor a path. Bytes are refused
     rather than guessed at: they could be a serialised model or a path in bytes."""
-    if isinstance(model, (onnx.ModelProto, str, os.PathLike)):
+    if isinstance(model, (onnx.ModelProto, str)) or isinstance(model, os.PathLike) and \
+            isinstance(os.fspath(model), str):
         return
-    hint = " (for a serialised model, pass onnx.load_from_string(data))" if isinstance(model, bytes) else ""
+    hint = " (for a serialised model, pass onnx.load_from_string(data))" if isinstance(model, bytes) else \
+        " whose path is bytes (pass os.fsdecode(path))" if isinstance(model, os.PathLike) else ""
     raise UsageError(f"model must be an onnx.ModelProto or the path of an .onnx file, not "
                      f"{type(model).__name__}{hint}")
 
 
 def as_model(model_or_path: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
-    """Accept a ModelProto or a path; always return a private copy that may be modified."""
+    """Accept a ModelProto or a path; always return a private copy that may be modified,
+    its structure checked (:func:`check_structure`)."""
     check_model_arg(model_or_path)
     if isinstance(model_or_path, onnx.ModelProto):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model_or_path)
-        return copy
-    return load_model(model_or_path)
+        model = onnx.ModelProto()
+        model.CopyFrom(model_or_path)
+    else:
+        model = load_model(model_or_path)
+    check_structure(model, model_or_path)
+    return model
+
+
+def check_structure(model: onnx.ModelProto, source: onnx.ModelProto | str | os.PathLike) -> None:
+    """Refuse, with a :class:`UsageError`, a model that is empty or fails onnx's checker on
+    its structure (no shape inference: undefined inputs, unknown ops, opsets, IR version).
+    ``source``, the path ``model`` was read from, is what the checker reads where the
+    weights are external data; a model held in memory above the protobuf limit cannot be
+    checked whole and is checked once written (:func:`check_model`)."""
+    what = f"{source}" if isinstance(source, (str, os.PathLike)) else "the model"
+    if not model.graph.node:
+        raise UsageError(f"{what} holds no graph nodes: not an ONNX model, or an empty one")
+    # the proto read once (a pipe cannot be read twice; onnx takes no path that is not
+    # UTF-8); a model with external data from its path, where the checker finds the data
+    external = any(uses_external_data(t) for t in model.graph.initializer)
+    if external and isinstance(source, (str, os.PathLike)):
+        target: onnx.ModelProto | str = os.fspath(source)
+    elif model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
+        target = model
+    else:
+        return
+    try:
+        onnx.checker.check_model(target)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UsageError(f"{what} is not a valid ONNX model ({reason}); fix the exporter or export it again") from None
 
 
 def check_model(model: onnx.ModelProto) -> None:

@@ -60,7 +60,7 @@ def valid_ridge(value: object) -> bool:
     if value in RIDGE_MODES:
         return True
     return isinstance(value, numbers.Real) and not isinstance(value, bool) \
-        and bool(np.isfinite(value) and value >= 0)
+        and bool(np.isfinite(float(value)) and value >= 0)
 
 
 def gcv_scores(G: np.ndarray, P: np.ndarray, var_y: np.ndarray, prior: np.ndarray, rows: int,
