@@ -22,7 +22,7 @@ import onnx
 
 from . import budget
 from .calibrate.bundle import StatsBundle, fingerprint, merge_bundles
-from .calibrate.data import CalibrationData, load_calibration
+from .calibrate.data import FEW_SAMPLES, CalibrationData, load_calibration
 from .calibrate.engine import CacheSpace, CachedNetwork, StoredBatches, Topology
 from .calibrate.sensitivity import comparison_outputs, gain_subset, output_gains
 from .calibrate.session import BATCH_BYTES, choose_providers, make_session, probe_groups, run, samples_per_batch
@@ -79,6 +79,20 @@ def _config_for_stats(config: PruneConfig, stats: StatsBundle) -> PruneConfig:
     if config.mode != "oneshot":
         log.info("pruning from statistics files: one-shot mode")
     return replace(config, mode="oneshot", seed=stats.seed)
+
+
+def _bundle_images(images: dict[str, np.ndarray], model: onnx.ModelProto, bundle: StatsBundle) -> CalibrationData:
+    """Images that statistics files carry (to probe shapes, or measure sensitivities),
+    checked against the model's inputs as calibration data is."""
+    try:
+        data = load_calibration(dict(images), model, probe=True)
+    except UsageError as exc:
+        raise UsageError(f"the images in {bundle.described()} do not fit the model ({exc}): damaged; write them "
+                         "again with 'onnx-eprune calibrate'") from None
+    if not data.samples:
+        raise UsageError(f"{bundle.described()} hold no images: damaged; write them again with 'onnx-eprune "
+                         "calibrate'")
+    return data
 
 
 def _input_files(model: object, calib: object, stats: list | None) -> tuple[Path, ...]:
@@ -162,19 +176,24 @@ class Pruner:
             self.model = as_model(model)
             self.normalized = normalize(self.model)
             if stats is not None and stats.model != fingerprint(self.model):
-                raise UsageError("the statistics files were computed for another model")
+                raise UsageError(f"{stats.described()} were computed for another model")
             # with statistics files, the few images they carry serve to probe shapes and validate
             self.data: CalibrationData = load_calibration(calib, self.model, config.samples) if stats is None \
-                else CalibrationData(dict(stats.probe))
+                else _bundle_images(stats.probe, self.model, stats)
             # the pruned model is compared with the original on these: from statistics files, the
             # images they keep to measure sensitivities (at least 16 a shard), not the 8 probes
-            self.validation_data = self.data if stats is None else stats.gain_data()
+            self.validation_data = self.data if stats is None else _bundle_images(stats.gain_images, self.model, stats)
+            if stats is not None and stats.samples < FEW_SAMPLES:
+                log.warning("only %d calibration samples in %s: statistics will be noisy (a few hundred are advised)",
+                            stats.samples, stats.described())
             self.providers = choose_providers(config.device)
         log.info("onnxruntime provider: %s", self.providers[0])
         with self.timer.phase("analyze"):
             self.shapes, self.analysis = probe_groups(self.model, self.data.first(), self.providers)
             exclude_groups(self.analysis, self.model.graph.node, config.exclude, self.normalized.folded)
             self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes, config.reconstruct)
+        if stats is not None:
+            self._check_bundle(stats)
         self.inits = initializer_map(self.model)
         self.topo = Topology(self.model)
         self.outputs = comparison_outputs(self.model, self.analysis, self.topo, self.shapes)
@@ -602,6 +621,19 @@ class Pruner:
         report = build_report(self, keeps, counts, fidelity, set(refits))
         record_provenance(pruned, provenance(report))
         return PruneResult(pruned, report)
+
+    def _check_bundle(self, bundle: StatsBundle) -> None:
+        """Refuse statistics files whose layers do not fit the model's consumers: made for
+        this model (its fingerprint), they were edited or damaged."""
+        for c in self._oneshot_consumers():
+            cons, st = self.analysis.consumers[c], bundle.consumers.get(c)
+            want = (cons.in_channels * cons.s, cons.out_channels)
+            got = None if st is None else (st.mean_x.shape[0], st.mean_y.shape[0])
+            if got != want:
+                held = "no moments" if got is None else f"moments of {got[0]} inputs and {got[1]} outputs"
+                raise UsageError(f"{bundle.described()} hold {held} for layer {cons.name!r}, which has {want[0]} "
+                                 f"inputs and {want[1]} outputs: damaged; write them again with 'onnx-eprune "
+                                 "calibrate'")
 
     def _oneshot_consumers(self) -> list[int]:
         return sorted({c for g in self.analysis.prunable_groups() for c in g.consumers})

@@ -17,7 +17,7 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ import onnx
 
 from ..errors import UsageError
 from ..files import same_file, write_atomic
-from ..graph.model_io import light_copy, reference_chunks
+from ..graph.model_io import all_tensors, light_copy, reference_chunks
 from .data import CalibrationData
 from .sensitivity import gain_candidates
 from .stats import MomentStats
@@ -39,6 +39,10 @@ def fingerprint(model: onnx.ModelProto) -> str:
     Weights left in the input's data file (large models, see ``model_io.reference``) count
     by their bytes, not their file's path, so a moved model keeps its fingerprint."""
     light, sources = light_copy(model, lambda tensor: False)
+    for tensor in all_tensors(light.graph):
+        # set to DEFAULT where the weights were read from a data file, absent where they were inline
+        if tensor.data_location == onnx.TensorProto.DEFAULT:
+            tensor.ClearField("data_location")
     digest = hashlib.sha256(light.SerializeToString(deterministic=True))
     for index in sorted(sources):
         for chunk in reference_chunks(sources[index]):
@@ -58,6 +62,8 @@ class StatsBundle:
     gain_images: dict[str, np.ndarray] = field(repr=False)   # input name -> images that may measure gains
     # the files it was computed from, which save() must not overwrite
     inputs: tuple[Path, ...] = field(default=(), repr=False)
+    # the statistics files (or "bundle #i") it was loaded and merged from, for messages
+    sources: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_run(cls, model: onnx.ModelProto, seed: int, positions: int | None, data: CalibrationData,
@@ -80,12 +86,20 @@ class StatsBundle:
         self.samples += other.samples
         self.gain_images = {k: np.concatenate([v, other.gain_images[k]]) for k, v in self.gain_images.items()}
 
+    def described(self) -> str:
+        """How messages name the files the bundle comes from."""
+        if not self.sources:
+            return "the statistics"
+        return f"statistics file{'s' if len(self.sources) > 1 else ''} {', '.join(self.sources)}"
+
     def gain_data(self) -> CalibrationData:
         return CalibrationData(dict(self.gain_images))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically as .npz; :class:`UsageError` for a path in a missing folder or
         one of :attr:`inputs` (the model or calibration file it was computed from)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise UsageError(f"path must be a str or os.PathLike, not {type(path).__name__}")
         for source in self.inputs:
             if same_file(Path(path), source):
                 raise UsageError(f"refusing to overwrite {source}, an input of this run; save the statistics "
@@ -108,6 +122,9 @@ class StatsBundle:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "StatsBundle":
         p = Path(path)
+        if p.is_dir():
+            raise UsageError(f"statistics file {p} is a directory; give the .npz files that 'onnx-eprune calibrate' "
+                             "wrote")
         if not p.is_file():
             raise UsageError(f"statistics file not found: {p}")
         try:
@@ -122,13 +139,14 @@ class StatsBundle:
             with f:
                 meta = json.loads(str(f["meta"]))
                 if meta.get("format") != FORMAT:
-                    raise ValueError(f"format {meta.get('format')!r}")
+                    raise ValueError(f"format {meta.get('format')!r}, this version reads {FORMAT!r}")
                 consumers = {c: MomentStats.from_arrays(f, f"c{c}.") for c in meta["consumers"]}
                 names = meta["inputs"]
                 probe = {n: f[f"probe{i}"] for i, n in enumerate(names)}
                 gains = {n: f[f"gain{i}"] for i, n in enumerate(names)}
         except Exception as exc:  # a missing key, a damaged member, a malformed meta record
-            raise UsageError(f"{p} is not an onnx-eprune statistics file ({type(exc).__name__}: {exc})") from None
+            raise UsageError(f"{p} is not an onnx-eprune statistics file of this version, or a damaged one "
+                             f"({type(exc).__name__}: {exc}); write it again with 'onnx-eprune calibrate'") from None
         bundle = cls(meta["model"], meta["seed"], meta["positions"], meta["samples"], consumers, probe, gains)
         bundle._check(p)
         return bundle
@@ -146,21 +164,25 @@ class StatsBundle:
             if st.n < 1 or shapes != (d, m, d + d, d + m, m) or not d or not m:
                 raise UsageError(f"{path} is damaged: the moments of layer {c} have shapes {shapes} over {st.n} rows; "
                                  "write it again with 'onnx-eprune calibrate'")
+            if not st.finite():  # calibrate refuses to write moments that are not
+                raise UsageError(f"{path} is damaged: the moments of layer {c} hold Inf or NaN; write it again with "
+                                 "'onnx-eprune calibrate'")
 
 
 def merge_bundles(paths: list) -> StatsBundle:
-    """Load and add up the statistics files ``paths`` (or bundles already loaded; a single
-    bundle is returned as it is, several are added into a copy of the first). The same
-    shard given twice (one file, or copies of it) is refused: its samples would count twice."""
+    """Load and add up the statistics files ``paths`` (or bundles already loaded, left as
+    they were: the sum goes into a copy). The same shard given twice (one file, or copies
+    of it) is refused: its samples would count twice."""
     bundles = [p if isinstance(p, StatsBundle) else StatsBundle.load(p) for p in paths]
-    _refuse_repeats([str(p) if not isinstance(p, StatsBundle) else f"#{i + 1}" for i, p in enumerate(paths)],
-                    bundles)
-    if len(bundles) == 1:
-        return bundles[0]
+    names = [str(p) if not isinstance(p, StatsBundle) else f"bundle #{i + 1}" for i, p in enumerate(paths)]
+    _refuse_repeats(names, bundles)
     bundle = copy.deepcopy(bundles[0]) if isinstance(paths[0], StatsBundle) else bundles[0]
-    for other in bundles[1:]:
-        bundle.merge(other)
-    return bundle
+    for name, other in zip(names[1:], bundles[1:]):
+        try:
+            bundle.merge(other)
+        except UsageError as exc:
+            raise UsageError(f"{name} does not add up with {names[0]}: {exc}") from None
+    return replace(bundle, sources=tuple(names))
 
 
 def _refuse_repeats(names: list[str], bundles: list[StatsBundle]) -> None:

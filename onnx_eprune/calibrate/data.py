@@ -19,6 +19,9 @@ from ..graph.model_io import model_inputs, unbatched_inputs
 
 log = logging.getLogger("onnx_eprune")
 
+# below this many calibration samples a run warns that its statistics will be noisy
+FEW_SAMPLES = 16
+
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
                 onnx.TensorProto.DOUBLE: np.float64}
 
@@ -112,7 +115,7 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
         n = min(n, samples)
         arrays = {k: v[:n] for k, v in arrays.items()}
     if not probe:
-        if n < 16 and not held_out:
+        if n < FEW_SAMPLES and not held_out:
             log.warning("only %d calibration samples: statistics will be noisy (a few hundred are advised)", n)
         check_values(arrays)
     return CalibrationData(arrays)

@@ -60,7 +60,7 @@ def size_on_disk(path: str | os.PathLike) -> int:
     p = Path(path)
     model = load_model(p, weights=False)
     files = {os.path.realpath(p.parent / ExternalDataInfo(t).location)
-             for t in _all_tensors(model.graph) if uses_external_data(t)}
+             for t in all_tensors(model.graph) if uses_external_data(t)}
     return p.stat().st_size + sum(os.path.getsize(f) for f in files if os.path.isfile(f))
 
 
@@ -233,7 +233,7 @@ def _read_external_data(model: onnx.ModelProto, folder: Path) -> None:
         span = spans.get(init.name)
         if large and span is not None and span[2] >= REFERENCE_MIN_BYTES:
             point_to(init, *span)
-    for tensor in _all_tensors(model.graph):
+    for tensor in all_tensors(model.graph):
         if uses_external_data(tensor) and reference(tensor) is None:
             load_external_data_for_tensor(tensor, str(folder))
 
@@ -264,7 +264,7 @@ def _graph_initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield from _graph_initializers(sub)
 
 
-def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+def all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     """Every tensor of ``graph``: initializers (sub-graphs' included), then attributes'."""
     yield from _graph_initializers(graph)
     yield from _attribute_tensors(graph)
