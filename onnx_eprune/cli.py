@@ -12,6 +12,7 @@ import argparse
 import errno
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -29,6 +30,9 @@ from .cli_parser import IMAGE_OPTIONS, build_parser
 from .errors import EPruneError, Terminated, UsageError
 from .files import Replacing, same_file
 from .select.reconstruct import THIN
+
+# inspect probes the model on one zero sample: one above this many float32s (4 GiB) is a mistake
+PROBE_ELEMENTS = 2 ** 30
 
 log = logging.getLogger("onnx_eprune")
 
@@ -370,6 +374,7 @@ def _shapes_input(model, args: argparse.Namespace):
 def _probe_sample(model, args: argparse.Namespace):
     from .calibrate.data import load_calibration, model_inputs
     from .calibrate.session import unbatched_inputs
+    from .graph.model_io import fixed_dims
 
     if args.calib:
         return load_calibration(args.calib, model, samples=1, probe=True)
@@ -377,7 +382,7 @@ def _probe_sample(model, args: argparse.Namespace):
     unbatched = unbatched_inputs(model)
     arrays = {}
     for vi in inputs:
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        dims = fixed_dims(vi) or []
         if args.input_shape:
             dims = _fitted_shape(args.input_shape, vi, vi.name in unbatched)
         if dims and dims[0] is None:
@@ -386,6 +391,9 @@ def _probe_sample(model, args: argparse.Namespace):
             raise UsageError(f"input {vi.name!r} has dynamic dimensions {dims}; give --input-shape or --calib")
         if vi.name in unbatched:  # one sample on an extra axis
             dims = [1, *dims]
+        if math.prod(dims) > PROBE_ELEMENTS:
+            raise UsageError(f"input {vi.name!r} of shape {tuple(dims)} is too large to probe (over "
+                             f"{PROBE_ELEMENTS * 4 / 2 ** 30:g} GiB); give --input-shape with the shape it takes")
         arrays[vi.name] = np.zeros(dims, dtype=np.float32)
     return load_calibration(arrays, model, samples=1, probe=True)
 
@@ -421,14 +429,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{'group':>5} {'channels':>8}  {'status':<8} {'producers':<36} {'consumers':<36}")
     for r in rows:
         status = "prunable" if r["prunable"] else "frozen"
-        print(f"{r['id']:>5} {r['channels']:>8}  {status:<8} {printable(', '.join(producer_labels(r)))[:36]:<36} "
-              f"{printable(', '.join(r['consumers']))[:36]:<36}" + (f"  ({printable(r['frozen'])})" if r["frozen"]
-                                                                     else ""))
+        print(f"{r['id']:>5} {r['channels']:>8}  {status:<8} {_cell(producer_labels(r))} {_cell(r['consumers'])}"
+              + (f"  ({printable(r['frozen'])})" if r["frozen"] else ""))
     print(f"{len(prunable)} prunable groups; params {summary['params']:,}; MACs {total:,}; "
           f"prunable MAC fraction {summary['prunable_mac_fraction']:.3f}")
     for run in summary["pruned_before"]:
         print(f"pruned before: {_describe_run(run)}")
     return 0
+
+
+def _cell(names: list[str], width: int = 36) -> str:
+    """``names`` in a table column ``width`` wide: a cut cell ends in "..." so that no cut
+    name reads as a node's name (they are what --exclude takes)."""
+    from .report import printable
+
+    text = printable(", ".join(names))
+    return f"{text:<{width}}" if len(text) <= width else text[:width - 3] + "..."
 
 
 def _describe_run(run) -> str:

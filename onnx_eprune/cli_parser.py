@@ -110,7 +110,7 @@ def _add_calib_sources(p: argparse.ArgumentParser, source) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="print details, onnxruntime messages included")
     p.add_argument("--debug", action="store_true", help="show a traceback on failure")
 
@@ -158,8 +158,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def _add_exclude(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                   help="keep the output channels of the nodes whose names match PATTERN (* and ? match "
-                        "any characters; repeat for more), and of the layers coupled with them")
+                   help="keep the output channels of the nodes whose names match PATTERN (* matches any "
+                        "characters, ? one; repeat for more), and of the layers coupled with them")
 
 
 def refit_ridge_arg(text: str) -> float | str:

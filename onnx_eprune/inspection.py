@@ -14,7 +14,7 @@ from .errors import UsageError
 from .graph.costs import build_cost_model
 from .graph.exclude import check_patterns, exclude_groups
 from .graph.groups import node_label
-from .graph.model_io import as_model, check_model_arg, normalize, read_provenance
+from .graph.model_io import as_model, check_model_arg, fixed_dims, normalize, read_provenance
 
 
 def inspect(model: onnx.ModelProto | str | os.PathLike, sample=None, exclude: Sequence[str] = ()) -> dict:
@@ -67,7 +67,7 @@ def inspect(model: onnx.ModelProto | str | os.PathLike, sample=None, exclude: Se
 def _zeros(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     arrays = {}
     for vi in model_inputs(model):
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        dims = fixed_dims(vi) or []
         if dims and dims[0] is None:
             dims[0] = 1
         if any(d is None for d in dims):

@@ -86,6 +86,9 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
     user's iterable or reader raises propagate unchanged: they are the caller's own.
     """
     inputs = model_inputs(model)
+    if not inputs:
+        raise UsageError("the model has no graph inputs: its outputs are constants, there is nothing to calibrate "
+                         "or prune")
     if isinstance(source, os.PathLike) and isinstance(os.fspath(source), bytes):
         raise UsageError("give the calibration file's path as a str or pathlib.Path, not bytes")
     if isinstance(source, str):  # before the arrays: numpy's str_ is a str that converts to an array

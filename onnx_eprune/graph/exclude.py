@@ -57,7 +57,7 @@ def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], pat
             continue
         if not matched:
             raise UsageError(f"--exclude {pattern!r} matches no node of the model (node names as "
-                             f"'onnx-eprune inspect MODEL' lists them; * and ? match any characters)")
+                             f"'onnx-eprune inspect MODEL' lists them; * matches any characters, ? one)")
         # a group is hit through its producers, and through the per-channel parameters of the
         # layers that pass it on (a depthwise convolution, a BatchNormalization)
         hits = [g for g in analysis.groups if any(p.node in matched for p in [*g.producers, *g.params])]
