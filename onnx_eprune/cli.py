@@ -188,10 +188,7 @@ def _check_report_dir(args: argparse.Namespace) -> None:
     """--report-dir: a folder (created if missing) whose files clash with neither the inputs nor the outputs."""
     from .report_files import NAMES
 
-    if not args.report_dir:
-        raise UsageError("--report-dir is empty; give a folder name (it is created if missing)")
-    folder = Path(args.report_dir)
-    _check_folder(folder, NAMES, _inputs(args))
+    folder = _check_folder(args.report_dir, NAMES, _inputs(args))
     taken = {Path(p).resolve(): opt for p, opt in ((args.output, "-o"), (args.report, "--report")) if p}
     where = folder.resolve()
     for path, opt in taken.items():
@@ -204,8 +201,11 @@ def _check_report_dir(args: argparse.Namespace) -> None:
             raise UsageError(f"{clash} names {folder / name}, a file that --report-dir writes; choose another path")
 
 
-def _check_folder(folder: Path, names, inputs: list[tuple[str, str]]) -> None:
+def _check_folder(text: str, names, inputs: list[tuple[str, str]]) -> Path:
     """A --report-dir that exists (writable, none of ``names`` one of ``inputs``) or can be created."""
+    if not text:
+        raise UsageError("--report-dir is empty; give a folder name (it is created if missing)")
+    folder = Path(text)
     if folder.exists():
         if not folder.is_dir():
             raise UsageError(f"--report-dir {folder} is a file; name a folder (it is created if missing)")
@@ -215,10 +215,13 @@ def _check_folder(folder: Path, names, inputs: list[tuple[str, str]]) -> None:
             _check_output(str(folder / name), "--report-dir file", inputs)
     else:
         parent = folder.parent if str(folder.parent) else Path(".")
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"cannot create --report-dir {folder}: {parent} is a file; choose another folder")
         if not parent.is_dir():
             raise UsageError(f"cannot create --report-dir {folder}: {parent} does not exist; create it first")
         if not os.access(parent, os.W_OK):
             raise UsageError(f"cannot create --report-dir {folder}: {parent} is not writable; choose another folder")
+    return folder
 
 
 def _new_folder(path: str | None) -> Path | None:
@@ -303,10 +306,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     config = _run_config(args)
     for value in targets:  # a target out of range fails here, before any work
         _run_config(args, **{kind: value}).target()
-    folder = Path(args.report_dir)
     names = [SWEEP_JSON, SWEEP_MARKDOWN, SWEEP_PLOT] + ([_sweep_model_name(kind, t) for t in targets]
                                                           if args.save_models else [])
-    _check_folder(folder, names, _inputs(args))
+    folder = _check_folder(args.report_dir, names, _inputs(args))
     if args.labels and not args.data:
         raise UsageError("--labels needs --data: the inputs they label")
     new_dir = _new_folder(args.report_dir)
@@ -318,7 +320,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise _no_prunable_hint(exc, args.model) from None
     del calib
     record = {"input": str(args.model), "method": config.method, "mode": config.mode,
-              "refit_ridge": config.refit_ridge, "exclude": list(config.exclude), "min_keep": config.min_keep,
+              "reconstruct": config.reconstruct, "refit_ridge": config.refit_ridge if config.reconstruct else None,
+              "exclude": list(config.exclude), "min_keep": config.min_keep,
               "runs": [p.as_dict() for p in points]}
     with Replacing(new_dir) as outputs:
         for name in names:
@@ -340,7 +343,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _sweep_model_name(kind: str, target: float) -> str:
-    return f"pruned_{kind}_{target:g}.onnx"
+    from .report_files import target_text
+
+    return f"pruned_{kind}_{target_text(target)}.onnx"
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

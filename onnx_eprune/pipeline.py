@@ -22,7 +22,7 @@ import onnx
 
 from . import budget
 from .calibrate.bundle import StatsBundle, fingerprint, merge_bundles
-from .calibrate.data import FEW_SAMPLES, CalibrationData, load_calibration
+from .calibrate.data import CalibrationData, load_calibration, warn_if_few
 from .calibrate.engine import CacheSpace, CachedNetwork, StoredBatches, Topology
 from .calibrate.sensitivity import comparison_outputs, gain_subset, output_gains
 from .calibrate.session import BATCH_BYTES, choose_providers, make_session, probe_groups, run, samples_per_batch
@@ -183,9 +183,8 @@ class Pruner:
             # the pruned model is compared with the original on these: from statistics files, the
             # images they keep to measure sensitivities (at least 16 a shard), not the 8 probes
             self.validation_data = self.data if stats is None else _bundle_images(stats.gain_images, self.model, stats)
-            if stats is not None and stats.samples < FEW_SAMPLES:
-                log.warning("only %d calibration samples in %s: statistics will be noisy (a few hundred are advised)",
-                            stats.samples, stats.described())
+            if stats is not None:
+                warn_if_few(stats.samples)
             self.providers = choose_providers(config.device)
         log.info("onnxruntime provider: %s", self.providers[0])
         with self.timer.phase("analyze"):

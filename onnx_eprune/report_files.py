@@ -59,7 +59,9 @@ def _write_folder(directory, record: dict, texts: tuple, plots: list) -> list[Pa
     figure = _figure_class()
     if figure is not None:
         contents += [(name, _png(build(figure, record))) for name, build in plots]
-    return _write_all(folder, contents, figure is not None)
+    # without matplotlib, an earlier run's plots would show figures this record does not hold
+    stale = [] if figure is not None else [name for name, _ in plots]
+    return _write_all(folder, contents, stale)
 
 
 def _folder(directory: str | os.PathLike) -> Path:
@@ -73,14 +75,19 @@ def _folder(directory: str | os.PathLike) -> Path:
     return folder
 
 
-def _write_all(folder: Path, contents: list[tuple[str, bytes]], plotted: bool) -> list[Path]:
-    """Write every (name, bytes) atomically; on a failure each file is as it was before."""
-    if not plotted:
+def _write_all(folder: Path, contents: list[tuple[str, bytes]], stale: list[str]) -> list[Path]:
+    """Write every (name, bytes) atomically and remove the ``stale`` plots (names); on a
+    failure each file is as it was before."""
+    if stale:
         log.info("matplotlib is not installed: wrote no plots (pip install 'onnx-eprune[plots]' for them)")
     with Replacing() as replacing:
         for name, data in contents:
             write_atomic(replacing.claim(folder / name), lambda f, data=data: f.write(data), f"report {folder / name}")
-    return list(replacing.claims)
+        for name in stale:
+            if (folder / name).is_file():
+                log.info("removed %s, a plot of an earlier run", folder / name)
+                os.unlink(replacing.claim(folder / name))
+    return [path for path in replacing.claims if path.exists()]
 
 
 def _refit_text(report: dict) -> str:
@@ -115,14 +122,20 @@ def _limit_lines(record: dict) -> list[str]:
     return lines
 
 
+def target_text(value: float) -> str:
+    """A sweep target as short as it reads, yet as precise as it is: "0.3", and
+    "0.3000001" for a target beside it (file names and table rows must tell them apart)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
 def markdown_sweep(sweep: dict) -> str:
     """A sweep as Markdown: run details, then one row per target."""
     runs = sweep.get("runs", [])
     on = "; ".join(dict.fromkeys(r["fidelity_on"] for r in runs)) or "?"  # per target, when thin layers vary
     lines = ["# onnx-eprune sweep", "",
              f"- model: `{sweep.get('input', '?')}`",
-             f"- method: {sweep.get('method', '?')}, mode: {sweep.get('mode', '?')}, re-fit ridge: "
-             f"{sweep.get('refit_ridge', '?')}",
+             f"- method: {sweep.get('method', '?')}, mode: {sweep.get('mode', '?')}, re-fit: {_refit_text(sweep)}",
              *_limit_lines(sweep),
              f"- fidelity measured on: {on}", "",
              "| target | params removed | MACs removed | relative error | top-1 agreement | accuracy | seconds |",
@@ -132,7 +145,7 @@ def markdown_sweep(sweep: dict) -> str:
         top1 = _pct(first["top1_agreement"]) if "top1_agreement" in first else "-"
         acc = r.get("accuracy")
         acc_text = f"{_pct(acc['pruned'])} (original {_pct(acc['original'])})" if acc else "-"
-        lines.append(f"| {r['kind']} {r['target']:g} | {_pct(r['params_removed'])} | {_pct(r['macs_removed'])} | "
+        lines.append(f"| {r['kind']} {target_text(r['target'])} | {_pct(r['params_removed'])} | {_pct(r['macs_removed'])} | "
                      f"{first.get('relative_error', float('nan')):.4f} | {top1} | {acc_text} | {r['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 

@@ -89,7 +89,7 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
     # a target out of range fails now, not after calibrating or pruning the smaller ones
     for value in targets:
         replace(base, **{kind: value}).target()
-    with _info_once():
+    with _once():
         return _sweep(model, calib, targets, kind, data, labels, base, progress)
 
 
@@ -117,13 +117,13 @@ def repeated_targets(values: list[float]) -> list[float]:
 
 
 @contextmanager
-def _info_once() -> Iterator[None]:
-    """Drop the info lines that a sweep already printed: every target's run would repeat the
-    provider and the exclusions."""
+def _once() -> Iterator[None]:
+    """Drop the info and warning lines that a sweep already printed: every target's run
+    would repeat the provider, the exclusions and the calibration data's warnings."""
     seen: set[str] = set()
 
     def once(record: logging.LogRecord) -> bool:
-        if record.levelno > logging.INFO:
+        if record.levelno > logging.WARNING:
             return True
         message = record.getMessage()
         fresh = message not in seen

@@ -88,9 +88,7 @@ class StatsBundle:
 
     def described(self) -> str:
         """How messages name the files the bundle comes from."""
-        if not self.sources:
-            return "the statistics"
-        return f"statistics file{'s' if len(self.sources) > 1 else ''} {', '.join(self.sources)}"
+        return f"the statistics ({', '.join(self.sources)})" if self.sources else "the statistics"
 
     def gain_data(self) -> CalibrationData:
         return CalibrationData(dict(self.gain_images))

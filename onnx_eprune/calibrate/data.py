@@ -118,10 +118,16 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
         n = min(n, samples)
         arrays = {k: v[:n] for k, v in arrays.items()}
     if not probe:
-        if n < FEW_SAMPLES and not held_out:
-            log.warning("only %d calibration samples: statistics will be noisy (a few hundred are advised)", n)
+        if not held_out:
+            warn_if_few(n)
         check_values(arrays)
     return CalibrationData(arrays)
+
+
+def warn_if_few(samples: int) -> None:
+    """Warn that statistics over fewer than FEW_SAMPLES calibration samples are noisy."""
+    if samples < FEW_SAMPLES:
+        log.warning("only %d calibration samples: statistics will be noisy (a few hundred are advised)", samples)
 
 
 def check_values(arrays: dict[str, np.ndarray]) -> None:
