@@ -101,6 +101,10 @@ class _Greedy:
         i = int(np.searchsorted(lv, self.keep[g], side="right"))
         return int(lv[i] - self.keep[g]) if i < len(lv) else None
 
+    def harm(self) -> float:
+        """The summed damage of the current counts."""
+        return float(sum(self.damage[g][k] for g, k in self.keep.items()))
+
     def local(self, g: int) -> int:
         if self.metric == "params":
             return sum(layer.params(self.keep) for layer in self.layers[g])
@@ -214,7 +218,10 @@ def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: Cos
             trial.__dict__.update(state.__dict__, keep=dict(state.keep))
             trial.apply(g, step)
             trial.shrink(goal, frozen=g)
-            if trial.total <= goal and trial.total > (best.total if best else state.total):
+            # closer to the goal, and no more damage: a trade that lands closer by removing
+            # channels that matter more (a live one for a dead one) is no improvement
+            if trial.total <= goal and trial.total > (best.total if best else state.total) and \
+                    trial.harm() <= state.harm():
                 best = trial
         if best is None:
             break

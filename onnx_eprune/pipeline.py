@@ -37,7 +37,7 @@ from .graph.groups import QUANTIZED, Consumer, spread
 from .graph.model_io import (as_model, check_model, check_model_arg, initializer_map, normalize, record_provenance,
                              save_model, share_equal_copies)
 from .graph.rewrite import Refit, build_pruned
-from .graph.weights import consumer_matrix, producer_rows
+from .graph.weights import consumer_matrix, folded_producer_rows
 from .parallel import closing_all, matmul_rows, parallel_map, prefetched
 from .progress import Progress
 from .select import DATA_METHODS, baselines, entropic
@@ -447,7 +447,8 @@ class Pruner:
         group = self.analysis.groups[gid]
         blocks = group.channels // group.unit
         if method == "l1":
-            return baselines.l1_ranking([producer_rows(self.inits, p, group.channels).reshape(blocks, -1)
+            nodes = self.model.graph.node
+            return baselines.l1_ranking([folded_producer_rows(nodes, self.inits, group, p).reshape(blocks, -1)
                                          for p in group.producers])
         return baselines.random_ranking(blocks, np.random.default_rng([self.config.seed, gid]))
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .groups import Consumer, Producer
+from .groups import ChannelGroup, Consumer, Producer
 
 
 def _array(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray:
@@ -38,6 +38,27 @@ def producer_rows(inits: dict[str, onnx.TensorProto], prod: Producer, channels: 
     ``prod.offset``, ``prod.factor`` rows per channel), flattened to (channels, -1)."""
     w = np.moveaxis(_array(inits, prod.weight), prod.weight_axis, 0)
     return w[prod.offset:prod.offset + channels * prod.factor].reshape(channels, -1)
+
+
+def folded_producer_rows(nodes, inits: dict[str, onnx.TensorProto], group: ChannelGroup, prod: Producer
+                         ) -> np.ndarray:
+    """:func:`producer_rows`, each channel's row scaled as a BatchNormalization that reads
+    the producer's output directly scales it (by ``scale / sqrt(var + epsilon)``): the
+    filters of the network with that BatchNormalization folded in, as another exporter
+    writes it, so that a ranking by filter norm does not depend on the exporter."""
+    rows = producer_rows(inits, prod, group.channels)
+    out = nodes[prod.node].output[0]
+    for param in group.params:
+        bn = nodes[param.node]
+        if bn.op_type != "BatchNormalization" or bn.input[0] != out or param.tensor != bn.input[1] or \
+                param.factor != 1 or prod.factor != 1:
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        span = slice(param.offset, param.offset + group.channels)
+        scale = _array(inits, bn.input[1]).reshape(-1)[span] / np.sqrt(_array(inits, bn.input[4]).reshape(-1)[span]
+                                                                         + eps)
+        return rows * scale[:, None]
+    return rows
 
 
 def transposed_to_conv(w: np.ndarray) -> np.ndarray:
