@@ -218,10 +218,11 @@ def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: Cos
             trial.__dict__.update(state.__dict__, keep=dict(state.keep))
             trial.apply(g, step)
             trial.shrink(goal, frozen=g)
-            # closer to the goal, and no more damage: a trade that lands closer by removing
-            # channels that matter more (a live one for a dead one) is no improvement
+            # closer to the goal; within a point of it, only with no more damage: a trade that
+            # lands closer by removing channels that matter more (a live one for a dead one)
+            # is no improvement once the target is met as closely as the README promises
             if trial.total <= goal and trial.total > (best.total if best else state.total) and \
-                    trial.harm() <= state.harm():
+                    (goal - state.total > 0.01 * full or trial.harm() <= state.harm()):
                 best = trial
         if best is None:
             break
