@@ -164,6 +164,8 @@ def _check_output(output: str, option: str, inputs: list[tuple[str, str]]) -> No
     one, deleted under the shell)."""
     if not output:
         raise UsageError(f"{option} is empty; give a file name")
+    if output.endswith(("/", os.sep)):  # Path() would drop the slash that says "a folder"
+        raise UsageError(f"{option} {output} names a folder; give a file name")
     out = Path(output)
     try:
         for what, path in inputs:
@@ -477,12 +479,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo, shipped_inputs
+    from .config import PruneConfig
+    from .demo import format_demo, run_demo, shipped_inputs
 
     _check_output(args.output, "-o", shipped_inputs())
+    PruneConfig(sparsity=args.sparsity).target()  # a target out of range fails here, before any work
     with Replacing() as outputs:
-        run_demo(outputs.claim(args.output), sparsity=args.sparsity, method=args.method, device=args.device,
-                 quiet=args.quiet)
+        numbers = run_demo(outputs.claim(args.output), sparsity=args.sparsity, method=args.method,
+                           device=args.device, quiet=args.quiet)
+    if not args.quiet:  # after the block: a reader that leaves early must not undo the written model
+        print(format_demo(numbers))
     return 0
 
 

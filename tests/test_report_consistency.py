@@ -1066,11 +1066,11 @@ def test_demo_prints_measured_accuracy_and_counted_size(tmp_path: Path, capsys: 
         load_fashion_mnist,
         preprocess,
     )
-    from onnx_eprune.demo import MODEL_FILE, SAMPLE_FILE, run_demo, shipped
+    from onnx_eprune.demo import MODEL_FILE, SAMPLE_FILE, format_demo, run_demo, shipped
 
     out = tmp_path / "demo.onnx"
     numbers = run_demo(str(out), sparsity=0.55, method="l1", device="cpu")
-    printed = capsys.readouterr().out
+    printed = format_demo(numbers)
     original = onnx.load(str(shipped(MODEL_FILE)))
     sample = np.load(str(shipped(SAMPLE_FILE)))
     x, y = load_fashion_mnist("test") if fashion_mnist_available() else (sample["test_x"], sample["test_y"])
