@@ -74,7 +74,7 @@ def _config_for_stats(config: PruneConfig, stats: StatsBundle) -> PruneConfig:
         raise UsageError(f"{' and '.join(given)} belong{'s' if len(given) == 1 else ''} to calibrate and do nothing "
                          "with statistics files: they hold the samples they were computed on")
     if config.seed not in (0, stats.seed):
-        raise UsageError(f"the statistics files were computed with seed {stats.seed}, not {config.seed}: leave the "
+        raise UsageError(f"{stats.described()} were computed with seed {stats.seed}, not {config.seed}: leave the "
                          "seed out, or calibrate again with it")
     if config.mode != "oneshot":
         log.info("pruning from statistics files: one-shot mode")

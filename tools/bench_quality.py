@@ -85,8 +85,8 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
     if entropic:
         options["entropic"] = EntropicConfig(**entropic)
     t0 = time.perf_counter()
-    if stats is not None:
-        result = onnx_eprune.prune(model, stats=[stats[0]], **options)
+    if stats is not None:  # the statistics hold their samples: no --samples to give
+        result = onnx_eprune.prune(model, stats=[stats[0]], **dict(options, samples=None))
     else:
         result = onnx_eprune.prune(model, calib if calib is not None else calibration_set(name, draw, reference),
                                    **options)
