@@ -29,6 +29,9 @@ from .session import (fixed_batch, make_session, run, samples_per_batch, shared_
                       unbatched_inputs)
 
 
+# graph output element types that are no numbers to compare
+NOT_NUMBERS = (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING)
+
 SUBSET_MODULUS = 8      # images whose key is 0 modulo this may measure gains ...
 SUBSET_SIZE = 128       # ... the ones with the smallest keys, at most this many ...
 SUBSET_FLOOR = 16       # ... or, where fewer qualify, this many with the smallest keys
@@ -175,19 +178,35 @@ def _measure(model, topo, data, providers, tensors_by_group, shapes, space, delt
     return gains
 
 
+def _per_sample(output: onnx.ValueInfoProto, shapes: dict[str, tuple[int, ...]], batch: int) -> bool:
+    """Whether a graph output holds numbers with the samples on axis 0, as far as the probe
+    (``shapes`` of ``batch`` samples) tells: a scalar (a mean over the batch), a sequence,
+    strings or a list of (box, class, index) rows have no row per sample to compare."""
+    kind = output.type
+    if not kind.HasField("tensor_type") or kind.tensor_type.elem_type in NOT_NUMBERS:
+        return False
+    shape = shapes.get(output.name, ())
+    return len(shape) >= 1 and shape[0] == batch
+
+
 def comparison_outputs(model: onnx.ModelProto, analysis: GraphAnalysis, topo: Topology,
                        shapes: dict[str, tuple[int, ...]]) -> list[str]:
-    """The tensors whose fidelity stands for the model's: its graph outputs; for a model
-    whose inputs have no batch axis (a detector taking one image, whose outputs hold one row
-    per box found; ``shapes`` of one image), the outputs of its last weighted layers with
-    one row per image (no such Conv, Gemm or MatMul reads anything computed from them): the
-    raw predictions before the post-processing (a two-stage detector's region proposals).
-    A constant graph output (a detector's anchors, an initializer once normalised) never
-    changes and has no batch axis to join batches on: it is left out."""
+    """The tensors whose fidelity stands for the model's: its graph outputs with a row per
+    sample (:func:`_per_sample`; a constant graph output, such as a detector's anchors,
+    never changes and has no batch axis to join batches on). For a model whose inputs have
+    no batch axis (a detector taking one image, whose outputs hold one row per box found;
+    ``shapes`` of one image), or none of whose outputs has a row per sample (a mean over the
+    batch), the outputs of its last weighted layers with one row per image (no such Conv,
+    Gemm or MatMul reads anything computed from them): the raw predictions before the
+    post-processing (a two-stage detector's region proposals)."""
+    batch = 1
     if not unbatched_inputs(model):
         constants = {i.name for i in model.graph.initializer}
-        return [o.name for o in model.graph.output if o.name not in constants]
-    per_image = [c for c in analysis.consumers if shapes.get(c.output, (1,))[:1] == (1,)]
+        batch = fixed_batch(model) or 1
+        outputs = [o.name for o in model.graph.output if o.name not in constants and _per_sample(o, shapes, batch)]
+        if outputs:
+            return outputs
+    per_image = [c for c in analysis.consumers if shapes.get(c.output, (batch,))[:1] == (batch,)]
     inputs = {c.input for c in per_image}
     last = {c.output for c in per_image if not topo.descendants({topo.producer[c.output]}) & inputs}
     return sorted(last, key=lambda name: topo.producer[name])
