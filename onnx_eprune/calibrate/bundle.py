@@ -184,14 +184,14 @@ def merge_bundles(paths: list) -> StatsBundle:
 
 
 def _refuse_repeats(names: list[str], bundles: list[StatsBundle]) -> None:
-    """Refuse two bundles of the same samples. Their first images and the images kept for
-    the sensitivities, with the sample count, identify a shard: disjoint shards share none."""
+    """Refuse two bundles of the same samples. The images kept for the sensitivities (chosen
+    and ordered by their content: the same in any order of the samples), with the sample
+    count, identify a shard: disjoint shards share none."""
     seen: dict[str, int] = {}
     for i, bundle in enumerate(bundles):
         digest = hashlib.sha256(str(bundle.samples).encode())
-        for images in (bundle.probe, bundle.gain_images):
-            for key in sorted(images):
-                digest.update(np.ascontiguousarray(images[key]).tobytes())
+        for key in sorted(bundle.gain_images):
+            digest.update(np.ascontiguousarray(bundle.gain_images[key]).tobytes())
         first = seen.setdefault(digest.hexdigest(), i)
         if first != i:
             raise UsageError(f"statistics files {names[first]} and {names[i]} hold the same shard (one file given "

@@ -69,7 +69,7 @@ def _options(threads: int | None = None, spinning: bool = False) -> ort.SessionO
     ort.set_default_logger_severity(opts.log_severity_level)  # kernel failures log here
     # OMP_NUM_THREADS, the usual way to share a machine between jobs, also caps
     # onnxruntime's own pool (numpy's BLAS already follows it)
-    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    threads = threads or _omp_threads()
     if threads:
         opts.intra_op_num_threads = threads
     if not spinning:
@@ -77,6 +77,18 @@ def _options(threads: int | None = None, spinning: bool = False) -> ort.SessionO
         # pool threads that spin after a run would take the cores from numpy's threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
+
+
+def _omp_threads() -> int:
+    """The thread count OMP_NUM_THREADS sets (its first level, "4,2" giving 4), 0 where it
+    is unset or not a positive number (onnxruntime then picks its own, as OpenMP ignores it)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) < 1:
+        log.warning("OMP_NUM_THREADS=%r is no thread count: onnxruntime picks its own", os.environ["OMP_NUM_THREADS"])
+        return 0
+    return int(value)
 
 
 def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str] | None = None,

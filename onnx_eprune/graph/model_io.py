@@ -236,6 +236,9 @@ def _read_external_data(model: onnx.ModelProto, folder: Path) -> None:
     for tensor in all_tensors(model.graph):
         if uses_external_data(tensor) and reference(tensor) is None:
             load_external_data_for_tensor(tensor, str(folder))
+            # onnx sets the location to DEFAULT explicitly: cleared, the tensor is written as
+            # an inline one is (the same bytes out of the same model, whichever form it came in)
+            tensor.ClearField("data_location")
 
 
 def _external_span(tensor: onnx.TensorProto, folder: Path) -> tuple[str, int, int]:
