@@ -163,7 +163,7 @@ def _add_exclude(p: argparse.ArgumentParser) -> None:
 
 
 def refit_ridge_arg(text: str) -> float | str:
-    """``--refit-ridge``: a number >= 0, ``auto`` or ``auto-thin`` (also parses
+    """``--refit-ridge``: a number from 0 to 1e6, ``auto`` or ``auto-thin`` (also parses
     ``tools/bench_quality.py``'s)."""
     try:
         value = text if text in RIDGE_MODES else float(text)

@@ -35,7 +35,7 @@ class PruneConfig:
     output positions sampled per image (None: automatic); ``round_to``: kept counts are
     multiples of this (None: 8 for convolution outputs of 64 channels or more, else 1);
     ``reconstruct``: re-fit the consumers by least squares; ``refit_ridge``: the re-fit's
-    ridge relative to the mean kept-feature variance (a number >= 0, "auto" or
+    ridge relative to the mean kept-feature variance (a number from 0 to 1e6, "auto" or
     "auto-thin"); ``entropic``: the entropic selector's knobs; ``exclude``: node-name
     patterns whose channel groups stay whole; ``min_keep``: fraction in [0, 1] of its
     channels every prunable group keeps at least.
@@ -94,6 +94,7 @@ class PruneConfig:
         if not isinstance(self.entropic, entropic.EntropicConfig):
             raise UsageError("entropic must be an onnx_eprune.select.entropic.EntropicConfig, not "
                              f"{type(self.entropic).__name__}")
+        self.entropic.check()
         if self.method not in METHODS:
             raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.mode not in MODES:

@@ -24,10 +24,13 @@ a given ``eps`` land in worse local minima of this non-convex problem.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..errors import UsageError
 from ..parallel import parallel_map
 from . import lapack
 from .problem import (ConsumerTerm, cho_inverse_solve, compress, inert_channels, last_the_free, reduce_outputs,
@@ -61,6 +64,28 @@ class EntropicConfig:
     curve_wide: int = 128         # the same past this many channels on the sequential mode's first-pass path,
                                   # which only draws the error curves and where the stages' paths start
                                   # (ResNet-18 0.84: median 66.5 -> 60.6 s; BENCHMARKS.md, session 23)
+
+    def check(self) -> None:
+        """Raise :class:`UsageError`, naming the field, for a knob of the wrong type or out of
+        its range (a NaN or negative tolerance would spin or end the path at once, a
+        fractional count fails deep inside the solver)."""
+        counts = {"max_alternations": 1, "path_steps": 1, "max_features": 1, "wide": 0, "curve_wide": 0}
+        for name, least in counts.items():
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < least:
+                raise UsageError(f"EntropicConfig.{name} must be an integer >= {least}, not {value!r}")
+        reals = {"eps_ridge": "> 0", "threshold": "in (0, 1)", "tol": ">= 0", "log_eps_start": "finite",
+                 "log_eps_stop": "finite", "ridge_growth": "> 1"}
+        for name, rule in reals.items():
+            value = getattr(self, name)
+            number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and \
+                math.isfinite(value)
+            if not number or not {"> 0": value > 0, "in (0, 1)": 0 < value < 1, ">= 0": value >= 0,
+                                  "finite": True, "> 1": value > 1}[rule]:
+                raise UsageError(f"EntropicConfig.{name} must be a finite number {rule}, not {value!r}")
+        if self.log_eps_stop > self.log_eps_start:
+            raise UsageError(f"EntropicConfig.log_eps_stop ({self.log_eps_stop!r}) must not be above log_eps_start "
+                             f"({self.log_eps_start!r}): the path anneals eps downwards")
 
 
 def solve_w(A: np.ndarray, b: np.ndarray, eps: float, w0: np.ndarray | None = None,

@@ -225,7 +225,14 @@ def reduce_outputs(term: ConsumerTerm, rtol: float = 1e-10) -> ConsumerTerm:
 
 
 def cholesky(A: np.ndarray, rho: float, workers: int = 1) -> np.ndarray:
-    """Lower Cholesky factor of ``A + rho I`` for a symmetric positive semi-definite ``A``.
+    """Lower Cholesky factor of ``A + rho' I`` (:func:`shifted_cholesky`; ``rho' = rho``
+    unless ``A + rho I`` is not numerically positive definite)."""
+    return shifted_cholesky(A, rho, workers)[0]
+
+
+def shifted_cholesky(A: np.ndarray, rho: float, workers: int = 1) -> tuple[np.ndarray, float]:
+    """Lower Cholesky factor of ``A + rho' I`` for a symmetric positive semi-definite ``A``,
+    and the shift ``rho'`` it took: ``rho`` where that factors.
 
     Covariances from few samples, zero-padded patches or dead channels are singular, and
     their rounding errors scale with the largest variance, not the mean one that ``rho`` is
@@ -245,7 +252,7 @@ def cholesky(A: np.ndarray, rho: float, workers: int = 1) -> np.ndarray:
         shifted = np.array(A, dtype=np.float64, order=order)
         shifted.ravel(order="K")[::A.shape[0] + 1] += rho      # + rho I without a D x D identity
         try:
-            return _factor(shifted, workers)
+            return _factor(shifted, workers), rho
         except np.linalg.LinAlgError:
             rho = max(10.0 * rho, 1e-10 * top)
     raise np.linalg.LinAlgError("covariance is not finite")

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .problem import cho_inverse_solve, ridge
+from .problem import ridge, shifted_cholesky, solve_lower
 
 # Ridge toward the original weights, relative to the mean kept-feature variance. Session 1
 # chose 0.1 on LeNet-5 at sparsity 0.55 alone; on the wide layers of VGG-16 / ResNet-18 it
@@ -34,8 +34,11 @@ THIN_ROWS = 2.0
 THIN_MAX_FEATURES = 2048
 
 RIDGE_MODES = ("auto", THIN)  # the refit_ridge values that are not a number
+# the largest numeric ridge: the kept weights then stay the original ones to about 1e-6,
+# and a larger one overflows times a large feature variance (inf / inf in the re-fit)
+MAX_RIDGE = 1e6
 # what a re-fit ridge may be, for error messages
-RIDGE_CHOICES = "a number >= 0, " + " or ".join(repr(mode) for mode in RIDGE_MODES)
+RIDGE_CHOICES = f"a number from 0 to {MAX_RIDGE:g}, " + " or ".join(repr(mode) for mode in RIDGE_MODES)
 
 
 def thin(rows: int, features: int) -> bool:
@@ -55,12 +58,11 @@ def fixed_ridge(refit_ridge: float | str, rows: int, features: int) -> float | N
 
 
 def valid_ridge(value: object) -> bool:
-    """Whether ``value`` can be a re-fit ridge (``refit_ridge``): a finite number >= 0,
-    ``"auto"`` or ``"auto-thin"``."""
+    """Whether ``value`` can be a re-fit ridge (``refit_ridge``): a number from 0 to
+    MAX_RIDGE, ``"auto"`` or ``"auto-thin"``."""
     if value in RIDGE_MODES:
         return True
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) \
-        and bool(np.isfinite(float(value)) and value >= 0)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= float(value) <= MAX_RIDGE
 
 
 def gcv_scores(G: np.ndarray, P: np.ndarray, var_y: np.ndarray, prior: np.ndarray, rows: int,
@@ -121,6 +123,14 @@ def refit(G: np.ndarray, P: np.ndarray, mean_x: np.ndarray, mean_y: np.ndarray, 
     The bias absorbs the means of the dropped features.
     """
     rho = ridge(G, eps_ridge)
-    omega = cho_inverse_solve(G, rho, P + rho * prior.T, workers).T
+    L, shift = shifted_cholesky(G, rho, workers)
+    if shift == rho:
+        omega = solve_lower(L, solve_lower(L, P + rho * prior.T, workers), workers, transposed=True).T
+    else:
+        # G + rho I was singular (a ridge of 0 on few samples): the shift the factor took must
+        # also hold the weights near the original ones, not near zero, so solve for the change
+        # (G + shift I) (omega - prior)^T = P - G prior^T
+        change = solve_lower(L, solve_lower(L, P - G @ prior.T, workers), workers, transposed=True)
+        omega = prior + change.T
     new_bias = bias + mean_y - omega @ mean_x
     return omega, new_bias
