@@ -398,23 +398,21 @@ def test_config_and_sweep_point_reprs_name_their_fields(model, x):
 @pytest.mark.parametrize("what", ["result", "bundle"])
 def test_result_and_bundle_reprs_stay_short(model, x, what):
     """Expected: typing the returned object in a REPL or notebook shows a short summary
-    (SweepPoint already hides its report and model from repr). Instead ``StatsBundle``'s
-    dataclass repr prints all its numpy moments and ``PruneResult``'s the full report with
-    every kept-channel list, which grows with the model. Cause:
-    calibrate/bundle.py:StatsBundle and pipeline.py:PruneResult (fields without repr=False)."""
+    (SweepPoint already hides its report and model from repr). Was: ``StatsBundle``'s dataclass
+    repr printed all its numpy moments and ``PruneResult``'s the full report, every kept-channel
+    list included."""
     obj = onnx_eprune.prune(model, x, sparsity=0.5, **FAST) if what == "result" else \
         onnx_eprune.calibrate(model, x, device="cpu")
     assert len(repr(obj)) < 1000
 
 
-# -- bugs ---------------------------------------------------------------------------------------
+# -- fixed bugs ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("entry", ["prune", "sweep"])
 def test_a_numpy_bool_option_still_gives_a_json_ready_report(model, x, entry):
-    """Expected: ``reconstruct=np.bool_(True)`` is accepted (config.check allows numpy bools,
-    as numpy numbers are) and the report stays JSON-ready, as the README and PruneResult's
-    docstring promise. Instead the report holds the numpy bool and ``json.dumps`` fails.
-    Cause: config.py:_plain_numbers converts np.integer and np.floating, not np.bool_."""
+    """Expected: ``reconstruct=np.bool_(True)`` is accepted (as numpy numbers are) and the
+    report stays JSON-ready, as the README and PruneResult's docstring promise. Was: the report
+    held the numpy bool and ``json.dumps`` failed."""
     if entry == "prune":
         report = onnx_eprune.prune(model, x, sparsity=0.5, reconstruct=np.bool_(True), **FAST).report
     else:
@@ -428,11 +426,10 @@ def test_a_numpy_bool_option_still_gives_a_json_ready_report(model, x, entry):
                                      {"sparsity": 0.5, "min_keep": fractions.Fraction(1, 4)}],
                          ids=["sparsity", "keep_ratio", "refit_ridge", "min_keep"])
 def test_a_fraction_is_taken_as_a_number_or_refused_cleanly(model, x, options):
-    """Expected: a ``numbers.Real`` that the type check accepts either works (with a
-    JSON-ready report) or is refused with a ``UsageError``. Instead ``np.isfinite`` raises
-    a numpy TypeError for the target and ridge, and ``min_keep`` runs the whole pruning and
-    then fails writing the model's provenance JSON. Cause: config.py:_require_number accepts
-    any numbers.Real but _plain_numbers only converts numpy scalars to float."""
+    """Expected: a ``numbers.Real`` that the type check accepts either works (with a JSON-ready
+    report) or is refused with a ``UsageError``. Was: a numpy TypeError from ``np.isfinite`` for
+    the target and ridge, and for ``min_keep`` a failure writing the provenance JSON after the
+    whole pruning."""
     try:
         result = onnx_eprune.prune(model, x, **options, **FAST)
     except UsageError:
@@ -443,10 +440,9 @@ def test_a_fraction_is_taken_as_a_number_or_refused_cleanly(model, x, options):
 @pytest.mark.parametrize("options", [{"sparsity": "0.5"}, {"sparsity": 0.5, "keep_ratio": 0.5},
                                      {"flops_reduction": 7.0}], ids=["type", "two-targets", "range"])
 def test_calibrate_checks_the_options_it_ignores(model, x, options):
-    """Expected, per calibrate's docstring ("the others are checked, then ignored"): a target
-    of the wrong type, out of range or given twice is a ``UsageError``, as in ``prune``.
-    Instead calibrate runs and returns a bundle. Cause: config.py:PruneConfig.check leaves
-    the target to PruneConfig.target(), which only prune's preflight calls."""
+    """Expected, per calibrate's docstring ("the others are checked, then ignored"): a target of
+    the wrong type, out of range or given twice is a ``UsageError``, as in ``prune``. Was:
+    calibrate ran and returned a bundle."""
     with pytest.raises(UsageError):
         onnx_eprune.calibrate(model, x, device="cpu", **options)
 
@@ -455,8 +451,8 @@ def test_calibrate_checks_the_options_it_ignores(model, x, options):
 def test_options_that_do_nothing_with_stats_are_refused_as_on_the_command_line(model, x, option):
     """Expected: as the README says of ``--samples``/``--positions`` with ``--stats`` (a usage
     error: they go to ``calibrate``), ``prune(model, stats=[...], samples=10)`` is a
-    ``UsageError``: the caller believes the run used 10 samples. Instead the option is
-    ignored. Cause: the check lives in cli.py (_calib_source), not in pipeline.py:prune."""
+    ``UsageError`` naming the option, or the caller would believe the run used 10 samples. Was:
+    the option was silently ignored."""
     bundle = onnx_eprune.calibrate(model, x, device="cpu")
     with pytest.raises(UsageError, match=next(iter(option))):
         onnx_eprune.prune(model, stats=[bundle], sparsity=0.5, method="l1", **option)
@@ -465,10 +461,9 @@ def test_options_that_do_nothing_with_stats_are_refused_as_on_the_command_line(m
 @pytest.mark.parametrize("entry", ["prune", "calibrate", "inspect"])
 def test_a_model_that_fails_the_checker_is_a_usage_error_as_on_the_command_line(model, x, tmp_path, entry):
     """Expected: the README lists "a model that fails onnx.checker (undefined inputs, unknown
-    ops...)" among the usage errors and says the API raises UsageError for bad input, so the
-    API refuses such a model, given as a proto or a path, as the CLI does. Instead the API
-    skips the checker and onnxruntime's load failure comes back as a runtime EPruneError.
-    Cause: the checker runs in cli.py:_input_model only, not in graph/model_io.py:as_model."""
+    ops...)" among the usage errors and says the API raises UsageError for bad input, so the API
+    refuses such a model, given as a proto or a path, as the CLI does. Was: the API skipped the
+    checker, and onnxruntime's load failure came back as a runtime EPruneError."""
     bad = _unknown_op_model(model)
     path = tmp_path / "bad.onnx"
     onnx.save(bad, path)
@@ -482,11 +477,9 @@ def test_a_model_that_fails_the_checker_is_a_usage_error_as_on_the_command_line(
 
 @pytest.mark.parametrize("entry", ["prune", "calibrate", "inspect"])
 def test_an_empty_model_proto_is_refused_like_an_empty_file(x, tmp_path, entry):
-    """Expected: ``onnx.ModelProto()`` is refused as its file is ("holds no graph nodes: not
-    an ONNX model, or an empty one"), a UsageError. Instead inspect() leaks a bare
-    StopIteration (not even an EPruneError; inside a generator it becomes RuntimeError),
-    and prune()/calibrate() blame the calibration data. Cause: the empty-graph check is in
-    graph/model_io.py:load_model (paths only); inspection.py:_zeros calls next() on no inputs."""
+    """Expected: ``onnx.ModelProto()`` is refused as its file is ("holds no graph nodes: not an
+    ONNX model, or an empty one"), a UsageError. Was: inspect() leaked a bare StopIteration, and
+    prune()/calibrate() blamed the calibration data."""
     call = {"prune": lambda m: onnx_eprune.prune(m, x, sparsity=0.5, **FAST),
             "calibrate": lambda m: onnx_eprune.calibrate(m, x, device="cpu"),
             "inspect": lambda m: onnx_eprune.inspect(m)}[entry]
@@ -499,9 +492,8 @@ def test_an_empty_model_proto_is_refused_like_an_empty_file(x, tmp_path, entry):
 
 def test_a_bytes_pathlike_model_is_a_usage_error(model, x, tmp_path):
     """Expected: like a bytes calibration path ("give the calibration file's path as a str or
-    pathlib.Path, not bytes") and like plain bytes as the model, a PathLike returning bytes
-    is a one-line UsageError. Instead pathlib raises TypeError deep inside loading. Cause:
-    graph/model_io.py:check_model_arg accepts every os.PathLike without looking at fspath."""
+    pathlib.Path, not bytes") and like plain bytes as the model, a PathLike returning bytes is a
+    one-line UsageError. Was: pathlib raised TypeError deep inside loading."""
     onnx.save(model, tmp_path / "m.onnx")
     with pytest.raises(UsageError):
         onnx_eprune.prune(_PathLike(os.fsencode(tmp_path / "m.onnx")), x, sparsity=0.5, **FAST)
@@ -512,10 +504,8 @@ def test_a_bytes_pathlike_model_is_a_usage_error(model, x, tmp_path):
 def test_save_never_overwrites_an_input_after_a_change_of_folder(model, x, tmp_path, monkeypatch, what, victim):
     """Expected: ``PruneResult.save`` and ``StatsBundle.save`` refuse to overwrite a file the
     run read "by any path" (README), whatever the working folder is when save is called (a
-    notebook's %cd between the two cells). Instead the inputs are kept as relative paths and
-    resolved against the new folder, so ``save('../m.onnx')`` replaces the original model
-    with the pruned one. Cause: pipeline.py:_input_files stores Path(p) without resolving it
-    (files.py:same_file then resolves it against the current folder)."""
+    notebook's %cd between the two cells). Was: the inputs were kept as relative paths, so after
+    a change of folder ``save('../m.onnx')`` replaced the original model with the pruned one."""
     onnx.save(model, tmp_path / "m.onnx")
     np.save(tmp_path / "c.npy", x)
     originals = {name: (tmp_path / name).read_bytes() for name in ("m.onnx", "c.npy")}

@@ -277,9 +277,8 @@ def test_demo_with_a_missing_or_damaged_shipped_file(tmp_path: Path, capsys: pyt
     """A broken installation (the shipped model or sample missing, garbage or cut short) is one
     ``onnx-eprune: error:`` line that names the file (never an "internal error"), and no output.
 
-    Where it fails (the sample .npz damaged): np.load's BadZipFile reaches cli.main's catch-all
-    and is reported as an internal error without the file's name; likely cause
-    onnx_eprune/demo.py:run_demo, which reads the sample with a bare np.load."""
+    Was: a damaged sample .npz gave np.load's BadZipFile as an internal error, without the
+    file's name."""
     folder = _copy_shipped(tmp_path, monkeypatch)
     path = folder / name
     if damage == "missing":
@@ -310,17 +309,14 @@ def _fake_fashion_mnist(root: Path, images: int = 120, labels: int = 120) -> Non
 @pytest.mark.parametrize("damage", ["truncated", "not gzip", "empty", "fewer images than labels", "partial image"])
 def test_demo_with_a_damaged_fashion_mnist(tmp_path: Path, capsys: pytest.CaptureFixture,
                                            monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
-    """An installed Fashion-MNIST whose test images file is damaged: the demo either falls back to
-    the shipped test slice (and says so on stderr, naming the file) or fails with one
-    ``onnx-eprune: error:`` line that names the damaged file; never an internal error, no output left.
+    """An installed Fashion-MNIST whose test images file is damaged: the demo either falls back
+    to the shipped test slice (and says so on stderr, naming the file) or fails with one
+    ``onnx-eprune: error:`` line that names the damaged file; never an internal error, no output
+    left.
 
-    What happens: truncated gzip -> "internal error: EOFError", empty file -> "internal error:
-    ValueError: offset must be non-negative", a cut image -> "internal error: ValueError: cannot
-    reshape", not gzip -> "Not a gzipped file (b'he')" without the file's name, fewer images than
-    labels -> "10000 labels for 100 samples" after the whole pruning, as a usage error (exit 2).
-    Likely cause: onnx_eprune/datasets.py:load_fashion_mnist reads the idx files without checking
-    their headers or catching gzip errors, and onnx_eprune/demo.py:run_demo trusts
-    fashion_mnist_available(), which only checks that the files exist."""
+    Was: internal errors (EOFError, ValueError) for a truncated, empty or cut file, a gzip error
+    without the file's name, and for fewer images than labels a usage error only after the whole
+    pruning."""
     root = tmp_path / "fashion-mnist"
     _fake_fashion_mnist(root, *((100, 120) if damage == "fewer images than labels" else (120, 120)))
     images = root / "t10k-images-idx3-ubyte.gz"
@@ -383,13 +379,11 @@ def test_demo_interrupted_while_reading_the_test_split(tmp_path: Path, capsys: p
 
 def test_demo_refuses_a_bad_sparsity_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """README: usage errors are found before any work. ``demo --sparsity 1.5`` is refused (exit 2,
-    naming the sparsity) before the shipped model or any data is read.
+    """README: usage errors are found before any work. ``demo --sparsity 1.5`` is refused (exit
+    2, naming the sparsity) before the shipped model or any data is read.
 
-    What happens: run_demo loads the model, the calibration sample and the 10,000 test images,
-    and only pipeline.prune's config check refuses the target. Likely cause:
-    onnx_eprune/cli.py:cmd_demo checks only -o, not ``PruneConfig(sparsity=...).target()`` as
-    cmd_prune does."""
+    Was: the model, the calibration sample and the 10,000 test images were loaded before
+    pruning's config check refused the target."""
     def work(*args: object, **kwargs: object) -> None:
         raise AssertionError("the demo started reading before it checked its options")
     monkeypatch.setattr(demo_module, "load_model", work)
@@ -453,10 +447,8 @@ def test_demo_into_a_closed_pipe_keeps_its_output(tmp_path: Path, monkeypatch: p
     """README: exit 0 "also when the reader of its standard output leaves early, as | head does:
     the run itself is done". The run's model must then be there.
 
-    What happens (also from a shell: ``PYTHONUNBUFFERED=1 onnx-eprune demo -o x.onnx | true``):
-    exit 0 and x.onnx is gone. Likely cause: onnx_eprune/cli.py:cmd_demo calls run_demo, which
-    prints its table and lines, inside ``with Replacing()``: the BrokenPipeError of a print undoes
-    the written file before cli.main turns it into exit 0 (cmd_prune prints after its block)."""
+    Was: exit 0, but the model was gone (also from a shell: ``PYTHONUNBUFFERED=1 onnx-eprune
+    demo -o x.onnx | true``)."""
     out = tmp_path / "demo.onnx"
     monkeypatch.setattr(sys, "stdout", _ClosedPipe())
     assert main(["demo", "-o", str(out), "--device", "cpu", "--method", "l1"]) == 0
@@ -630,13 +622,11 @@ def test_prune_device_auto_falls_back_and_says_which(small: tuple[Path, Path], t
 @pytest.mark.parametrize("option", ["-o", "--report"])
 def test_output_spelled_as_a_folder_is_refused(small: tuple[Path, Path], tmp_path: Path,
                                                capsys: pytest.CaptureFixture, option: str) -> None:
-    """``-o results/`` (or ``--report results/``) with no such folder: the trailing slash says the
-    user means a folder, which open() itself refuses (EISDIR). Expected: a usage error (exit 2)
-    naming the option, and no file called ``results`` appears.
+    """``-o results/`` (or ``--report results/``) with no such folder: the trailing slash says
+    the user means a folder, which open() itself refuses (EISDIR). Expected: a usage error (exit
+    2) naming the option, and no file called ``results`` appears.
 
-    What happens: the run succeeds and writes a file named ``results``. Likely cause:
-    onnx_eprune/cli.py:_check_output turns the text into a Path, which drops the trailing slash,
-    before any check (``Path('results/').is_dir()`` is False for a missing folder)."""
+    Was: the run succeeded and wrote a file named ``results``."""
     model, calib = small
     argv = ["prune", str(model), "-o", str(tmp_path / "out.onnx"), "--calib", str(calib), "--keep-ratio", "0.5",
             "--method", "l1", "--device", "cpu", "-q"]

@@ -222,9 +222,8 @@ def test_worker_count_does_not_change_the_bytes(x, monkeypatch, case):
 def test_an_openmp_thread_list_in_omp_num_threads_is_understood(files, capsys, monkeypatch):
     """OpenMP accepts a comma-separated list of thread counts per nesting level
     (OMP_NUM_THREADS=2,1); the README tells users to set the variable to share a machine.
-    Expected: the run works and gives the bytes of OMP_NUM_THREADS=2. What happens: exit 1,
-    'onnx-eprune: internal error: ValueError: invalid literal for int() with base 10: '2,1''.
-    Cause: calibrate/session.py:_options parses the variable with a bare int()."""
+    Expected: the run works and gives the bytes of OMP_NUM_THREADS=2. Was: exit 1, 'onnx-eprune:
+    internal error: ValueError: invalid literal for int() with base 10: '2,1''."""
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert main(_prune_argv(files / "wide.onnx", files / "two.onnx", files / "calib.npy")) == 0
     monkeypatch.setenv("OMP_NUM_THREADS", "2,1")
@@ -235,10 +234,9 @@ def test_an_openmp_thread_list_in_omp_num_threads_is_understood(files, capsys, m
 
 
 def test_a_malformed_omp_num_threads_is_not_an_internal_error(files, capsys, monkeypatch):
-    """Expected: a value that is no thread count is ignored (as OpenBLAS and OpenMP runtimes
-    do) or refused as a usage error naming OMP_NUM_THREADS (exit 2), never an internal error.
-    What happens: exit 1, 'internal error: ValueError: invalid literal for int()'.
-    Cause: calibrate/session.py:_options, int(os.environ['OMP_NUM_THREADS'])."""
+    """Expected: a value that is no thread count is ignored (as OpenBLAS and OpenMP runtimes do)
+    or refused as a usage error naming OMP_NUM_THREADS (exit 2), never an internal error. Was:
+    exit 1, 'internal error: ValueError: invalid literal for int()'."""
     monkeypatch.setenv("OMP_NUM_THREADS", "abc")
     code = main(_prune_argv(files / "wide.onnx", files / "out.onnx", files / "calib.npy"))
     err = capsys.readouterr().err
@@ -319,13 +317,11 @@ def test_calibrate_on_shuffled_samples_keeps_the_same_sensitivity_images(x):
 
 
 def test_the_same_shard_shuffled_is_refused_as_the_same_shard(x):
-    """README: 'the same shard twice, as one file or a copy, is refused' because its
-    samples would count twice. A shard calibrated again from the same samples in another
-    order (a loader that shuffles) is the same shard: its sensitivity images are even the
-    same bytes. Expected: UsageError 'hold the same shard'. What happens: the merge goes
-    through and the report counts 96 samples for 48. Cause: calibrate/bundle.py:
-    _refuse_repeats digests the first 8 images (probe), which depend on the order, instead of
-    only order-free content (the key-ordered gain images, the sample count)."""
+    """README: 'the same shard twice, as one file or a copy, is refused' because its samples
+    would count twice. A shard calibrated again from the same samples in another order (a loader
+    that shuffles) is the same shard: its sensitivity images are even the same bytes. Expected:
+    UsageError 'hold the same shard'. Was: the merge went through and the report counted 96
+    samples for 48."""
     model = ALL_BUILDERS["residual"]()
     perm = np.random.default_rng(7).permutation(len(x))
     a = onnx_eprune.calibrate(model, x, device="cpu")
@@ -576,11 +572,9 @@ def test_external_data_prunes_to_the_same_model(external):
 
 def test_external_data_and_inline_inputs_give_the_same_output_bytes(external, capsys):
     """Expected: the same output file whether the input kept its weights inline or in an
-    external data file (below 2 GB both outputs are written inline). What happens: the
-    weights pruning leaves unchanged keep the explicit data_location=DEFAULT that
-    onnx.load_external_data_for_model sets, so the files differ in bytes though every value
-    is equal. Cause: graph/model_io.py (loading/saving) does not clear the field, as
-    calibrate/bundle.py:fingerprint does for the same reason."""
+    external data file (below 2 GB both outputs are written inline). Was: the weights that
+    pruning left unchanged kept the explicit data_location=DEFAULT set on loading, so the files
+    differed in bytes though every value was equal."""
     for name, model in (("inline", external / "inline.onnx"), ("ext", external / "ext" / "model.onnx")):
         assert main(_prune_argv(model, external / f"{name}.pruned.onnx", external / "calib.npy")) == 0
     assert (external / "ext.pruned.onnx").read_bytes() == (external / "inline.pruned.onnx").read_bytes()

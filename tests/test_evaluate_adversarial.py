@@ -208,9 +208,9 @@ def test_latency_figures_are_positive_and_plausible(pair, capsys):
 
 
 def test_latency_is_at_batch_32_even_with_few_samples(pair, capsys, tmp_path):
-    """README: evaluate gives the "median latency at batch 1 and 32". With 5 samples in --data
-    the keys were batch1 and batch5: evaluate.py:evaluate used min(32, samples) for a dynamic
-    batch, although it already repeated samples (np.resize) to fill a fixed batch."""
+    """README: evaluate gives the "median latency at batch 1 and 32", also with only 5 samples
+    in --data. Was: the keys were batch1 and batch5 (a dynamic batch was cut to the sample
+    count)."""
     shutil.copy(pair / "a.onnx", tmp_path / "a.onnx")
     shutil.copy(pair / "b.onnx", tmp_path / "b.onnx")
     np.save(tmp_path / "data.npy", np.load(pair / "data.npy")[:5])
@@ -244,10 +244,10 @@ def test_the_same_file_twice_is_perfect_agreement(pair, capsys):
 
 @pytest.mark.parametrize("kind", ["relu_scores", "class_index"])
 def test_identical_models_have_cosine_one_also_on_zero_rows(tmp_path, capsys, kind):
-    """A model compared with itself must get cosine 1 for every output. When an output row is
-    all zeros in both (a Relu head on a blank image; an ArgMax output that says class 0), the
-    row's cosine was taken as 0/1e-30 = 0, so the mean dropped (0.75 with 5 of 20 zero rows;
-    evaluate.py:OutputComparison.add)."""
+    """A model compared with itself gets cosine 1 for every output, also where an output row is
+    all zeros in both (a Relu head on a blank image; an ArgMax output that says class 0). Was:
+    such a row's cosine was taken as 0/1e-30 = 0, so the mean dropped (0.75 with 5 of 20 zero
+    rows)."""
     if kind == "relu_scores":
         model = tiny(relu_out=True, bias=False)
         x = inputs8(20)
@@ -337,11 +337,10 @@ def test_segmentation_output_gets_no_fake_top1_and_refuses_labels(tmp_path, caps
 
 
 def test_labels_for_a_single_logit_output_are_refused(tmp_path, capsys):
-    """A (samples, 1) output holds one score, no class scores to take the argmax of: labels
-    (all 0, the only index below its "1 class") must be refused as for a segmentation map
-    (README: labels "given for a model whose first output holds no class scores" are a usage
-    error). Both models got accuracy 1.0 whatever they computed: evaluate.py:_classes
-    returned shape[1] = 1, where OutputComparison already treated 1 column as no classes."""
+    """A (samples, 1) output holds one score, no class scores to take the argmax of: labels (all
+    0, the only index below its "1 class") are refused as for a segmentation map (README: labels
+    "given for a model whose first output holds no class scores" are a usage error). Was: both
+    models got accuracy 1.0 whatever they computed."""
     save(tiny(0, classes=1), tmp_path / "a.onnx")
     save(tiny(1, classes=1), tmp_path / "b.onnx")
     np.save(tmp_path / "data.npy", inputs8(20))
@@ -353,10 +352,10 @@ def test_labels_for_a_single_logit_output_are_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("op", ["Log", "Reciprocal"])
 def test_json_stays_valid_when_outputs_hold_nan_or_inf(tmp_path, capsys, op):
-    """Outputs with NaN (Log of negative scores) or Inf (1/0): --json must still be JSON that a
+    """Outputs with NaN (Log of negative scores) or Inf (1/0): --json is still JSON that a
     strict parser (RFC 8259; jq, JavaScript's JSON.parse) reads, e.g. null for an undefined
-    figure, or the run must be refused with a one-line error. json.dumps wrote the bare
-    tokens NaN / Infinity (cli.py:cmd_evaluate)."""
+    figure, or the run is refused with a one-line error. Was: json.dumps wrote the bare tokens
+    NaN / Infinity."""
     # Log(y): NaN where a score is negative; Reciprocal(Relu(y)): Inf where it is not positive
     extra = [helper.make_node("Relu", ["y"], ["ry"], name="ry"),
              helper.make_node(op, ["y" if op == "Log" else "ry"], ["out"], name="op")]
@@ -408,11 +407,10 @@ def test_a_renamed_input_is_refused_naming_the_pruned_model(pair, capsys, tmp_pa
 
 
 def test_pruned_model_with_a_fixed_batch_is_measured_or_refused_clearly(pair, capsys, tmp_path):
-    """PRUNED exported with a fixed batch of 1 beside a dynamic ORIGINAL: evaluate must either
-    measure it (one sample at a time, as it does when ORIGINAL has the fixed batch) or refuse
-    with a one-line usage error naming the pruned model. It ran PRUNED on batches of 40
-    samples and onnxruntime's INVALID_ARGUMENT escaped as "internal error": evaluate.py:evaluate
-    sized the batches and latency feeds from ORIGINAL only."""
+    """PRUNED exported with a fixed batch of 1 beside a dynamic ORIGINAL: evaluate either
+    measures it (one sample at a time, as it does when ORIGINAL has the fixed batch) or refuses
+    with a one-line usage error naming the pruned model. Was: PRUNED ran on batches of 40
+    samples and onnxruntime's INVALID_ARGUMENT escaped as "internal error"."""
     model = onnx.load(str(pair / "b.onnx"))
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
     model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
@@ -535,10 +533,9 @@ def test_external_data_models_are_measured_like_embedded_ones(pair, external, ca
 
 
 def test_external_data_size_counts_the_data_file(external, capsys):
-    """A model whose weights live in NAME.data: its size on disk is the .onnx plus the data
-    file (what save_model writes, and what evaluate.py:_size already sums for a model in
-    memory above 2 GB). Only the .onnx (the graph) was counted, so the sizes and their ratio
-    said nothing (evaluate.py:_size)."""
+    """A model whose weights live in NAME.data: its size on disk is the .onnx plus the data file
+    (what save_model writes, and what evaluate sums for a model in memory above 2 GB). Was: only
+    the .onnx (the graph) was counted, so the sizes and their ratio said nothing."""
     r = evaluate_json(capsys, external)
     for name, which in (("a", "original"), ("b", "pruned")):
         on_disk = os.path.getsize(external / f"{name}.onnx") + os.path.getsize(external / f"{name}.data")

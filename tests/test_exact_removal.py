@@ -848,16 +848,13 @@ def test_target_at_the_dead_fraction_removes_only_dead_channels(method):
 
 @pytest.mark.parametrize("kind, below", [("sparsity", 0.006), ("flops_reduction", 0.009)])
 def test_target_within_a_point_below_the_dead_fraction_keeps_every_live_channel(kind, below):
-    """Expected: sparsity (or flops_reduction) a fraction of a point below what removing
-    exactly the dead channels gives is met by removing only dead channels (zero damage,
-    within the README's "lands within 1 point of S"), so the outputs stay the same.
+    """Expected: sparsity (or flops_reduction) a fraction of a point below what removing exactly
+    the dead channels gives is met by removing only dead channels (zero damage, within the
+    README's "lands within 1 point of S"), so the outputs stay the same.
 
-    Was: on the chain (dead-only removal 0.7047 of the params / 0.6016 of the MACs)
-    sparsity 0.6987 kept a dead conv channel and removed live Gemm channel 0 (landing on
-    0.6995, 4.9% output error); flops_reduction 0.5926 kept one dead conv1 channel and
-    removed 3 of c2's 4 live channels (0.5963, 19% error): budget.allocate's loop that
-    brings an overshoot closer to the goal took the closest trial whatever damage it added.
-    """
+    Was: on the chain (dead-only removal: 0.7047 of the params, 0.6016 of the MACs), sparsity
+    0.6987 removed live Gemm channel 0 (4.9% output error) and flops_reduction 0.5926 three of
+    c2's four live channels (19% error)."""
     model, dead = chain()
     target = dead_only(model)[kind] - below
     result = onnx_eprune.prune(model, CALIB, round_to=1, device="cpu", **{kind: target})
@@ -870,14 +867,13 @@ def test_target_within_a_point_below_the_dead_fraction_keeps_every_live_channel(
 
 def test_l1_ranking_is_the_same_for_folded_and_unfolded_batchnorm():
     """Expected: ``method="l1"`` (filter norm) picks the same channels in a Conv ->
-    BatchNormalization model as in the same function with the BN folded into the Conv (the
-    usual difference between exporters): the BN's scale multiplies each filter. Here the BN
-    scale is 0 on half the channels: folded, those filters are zero and l1 removes them
-    (exact); unfolded, they must be removed too.
+    BatchNormalization model as in the same function with the BN folded into the Conv (the usual
+    difference between exporters): the BN's scale multiplies each filter. Here the BN scale is 0
+    on half the channels: folded, those filters are zero and l1 removes them (exact); unfolded,
+    they must be removed too.
 
-    Was: unfolded, l1 kept [1, 2, 3, 7] (live are [0, 2, 5, 7]), 8-20% output error: it
-    ranked the Conv's raw filters, without the BatchNormalization's scale.
-    """
+    Was: unfolded, l1 kept [1, 2, 3, 7] (live are [0, 2, 5, 7]), 8-20% output error: it ranked
+    the Conv's raw filters, without the BatchNormalization's scale."""
     unfolded, dead = bn_scale_zero()
     inits = {i.name: numpy_helper.to_array(i) for i in unfolded.graph.initializer}
     bn = next(n for n in unfolded.graph.node if n.op_type == "BatchNormalization")

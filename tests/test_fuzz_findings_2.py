@@ -30,9 +30,10 @@ that read the channel count.
 
 The fuzzing that found the bugs below (a random composer over these constructs and
 ``random_graphs``' blocks, with random targets, methods and modes) ran outside the
-repository; only the smallest reproducer of each bug is kept. All bugs found are in the
-handling of graph outputs that are not (batch, ...) numeric tensors. The channel
-analysis froze or followed every construct correctly.
+repository; only the smallest reproducer of each bug is kept. All bugs found were in the
+handling of graph outputs that are not (batch, ...) numeric tensors; they are fixed, and
+each test pins the fixed behaviour. The channel analysis froze or followed every construct
+correctly.
 """
 
 from __future__ import annotations
@@ -592,7 +593,7 @@ def test_construct_survives_every_target_method_and_mode(name: str, option: str)
             assert rel_err(a.astype(np.float64), b.astype(np.float64)) < 1e-4
 
 
-# -- bugs: graph outputs that are not (batch, ...) numeric tensors --------------------------
+# -- fixed bugs: graph outputs that are not (batch, ...) numeric tensors --------------------
 
 def _extra_output(kind: str) -> Construct:
     """conv1's activation goes on, and an extra graph output is computed beside it."""
@@ -633,14 +634,10 @@ def _prune_and_check(kind: str, options: dict) -> None:
 def test_scalar_graph_output_does_not_crash(options: dict) -> None:
     """A model with an extra rank-0 output (a mean over the whole batch, as a score or
     regulariser; checker-valid, onnxruntime runs it) prunes, or is refused with a clear
-    EPruneError. (keep_ratio in sequential mode already prunes it.)
+    EPruneError. (keep_ratio in sequential mode pruned it even before the fix.)
 
-    Happens: ``sparsity`` -> TypeError 'len() of unsized object' from
-    calibrate/sensitivity.py _Spread.add (``len(x)`` of the 0-d output in _measure);
-    ``mode="oneshot"`` -> ValueError 'zero-dimensional arrays cannot be concatenated' from
-    pipeline.py validate (``np.concatenate(parts)`` of the per-batch references). Both take
-    every graph output to have a batch axis 0; the CLI prints 'internal error'. Likely fix:
-    leave outputs without a batch axis out of comparison_outputs (as constant outputs are)."""
+    Was: an internal error, from a TypeError ('len() of unsized object') with ``sparsity`` and a
+    ValueError ('zero-dimensional arrays cannot be concatenated') with ``mode="oneshot"``."""
     _prune_and_check("scalar", options)
 
 
@@ -648,11 +645,8 @@ def test_sequence_graph_output_does_not_crash() -> None:
     """A model with an extra ``seq(tensor(float))`` graph output (SequenceConstruct of an
     activation) prunes, or is refused with a clear EPruneError.
 
-    Happens: AttributeError "'list' object has no attribute 'shape'" from pipeline.py
-    validate (``a.shape`` of the list onnxruntime returns for a sequence); with a sparsity
-    target already "'list' object has no attribute 'nbytes'" in calibrate/engine.py
-    CachedNetwork.compute. Cause: calibrate/sensitivity.py comparison_outputs returns
-    every graph output whatever its type."""
+    Was: AttributeError "'list' object has no attribute 'shape'" ('nbytes' with a sparsity
+    target)."""
     _prune_and_check("sequence", dict(keep_ratio=0.5))
 
 
@@ -660,25 +654,20 @@ def test_string_graph_output_does_not_crash() -> None:
     """A model with an extra (N,) string output (Cast of a score to STRING) prunes, or is
     refused with a clear EPruneError.
 
-    Happens: TypeError "unsupported operand type(s) for -: 'float' and 'str'" from
-    calibrate/sensitivity.py _measure (``g.astype(np.float64) - values[o]`` on the output
-    gains of every graph output). keep_ratio and one-shot runs pass. Cause: the output
-    gains compare every graph output numerically; non-numeric outputs should be skipped."""
+    Was: with a sparsity target, TypeError "unsupported operand type(s) for -: 'float' and
+    'str'" from the output gains (keep_ratio and one-shot runs passed)."""
     _prune_and_check("string", dict(sparsity=0.3))
 
 
 @pytest.mark.parametrize("options", [dict(sparsity=0.3), dict(keep_ratio=0.5, mode="oneshot")],
                          ids=["sparsity", "oneshot"])
 def test_output_without_leading_batch_axis_prunes(options: dict) -> None:
-    """A batched model with an extra NonMaxSuppression output ``selected_indices`` (K, 3),
-    K data-dependent (SSD-style exports), prunes: the NMS reads only frozen channels, so
-    its output does not even change.
+    """A batched model with an extra NonMaxSuppression output ``selected_indices`` (K, 3), K
+    data-dependent (SSD-style exports), prunes: the NMS reads only frozen channels, so its
+    output does not even change.
 
-    Happens: EPruneError "internal error: output 'nonmaxsuppression..' changed shape
-    (48, 3) -> (240, 3)". pipeline.py validate cuts the reference to its first n rows,
-    ``np.concatenate(parts)[:n]``, taking axis 0 of every output as the batch; here it
-    holds 240 selected boxes for the 48 calibration images. The same happens for a (C, N)
-    transposed output or NonZero indices with several calibration batches."""
+    Was: EPruneError "internal error: output 'nonmaxsuppression..' changed shape (48, 3) ->
+    (240, 3)": axis 0 of every output was taken as the batch."""
     _prune_and_check("nms", options)
 
 

@@ -212,10 +212,9 @@ def test_json_stdout_holds_only_json_while_warnings_go_to_stderr(tmp_path, capsy
 def test_a_truncated_table_cell_is_marked_and_shows_no_false_name(tmp_path, capsys):
     """Expected: a group with more producers than the column holds shows only real producer
     names, or says the cell was cut (an ellipsis), so that a name copied from the table for
-    --exclude (README: 'Names are those onnx-eprune inspect lists') is one of the model's.
-    Happens: the cell ends in 'conv_b', a prefix of 'conv_b_second_layer_of_the_block'
-    and no node's name. Cause: cli.cmd_inspect slices ``printable(...)[:36]`` without a mark
-    (the consumers column likewise)."""
+    --exclude (README: 'Names are those onnx-eprune inspect lists') is one of the model's. Was:
+    the cell ended in 'conv_b', a prefix of 'conv_b_second_layer_of_the_block' and no node's
+    name."""
     model = residual()
     names = {"stem": "stem_block_first_convolution", "conv_b": "conv_b_second_layer_of_the_block"}
     for node in model.graph.node:
@@ -255,11 +254,9 @@ def test_a_model_without_weights(tmp_path, capsys):
 
 def test_a_model_without_inputs_is_inspected_or_refused_in_one_line(tmp_path, capsys):
     """Expected: a model whose graph has no inputs (it computes from constants) is either
-    inspected (exit 0) or refused with a one-line usage error that says it has no inputs;
-    from Python an EPruneError, never a raw exception.
-    Happens: 'onnx-eprune: internal error: StopIteration' and exit 1; the API raises StopIteration.
-    Cause: calibrate/data.py:load_calibration takes ``next(iter(arrays.values()))`` of an
-    empty dict (cli._probe_sample / inspection._zeros build no arrays for no inputs)."""
+    inspected (exit 0) or refused with a one-line usage error that says it has no inputs; from
+    Python an EPruneError, never a raw exception. Was: 'onnx-eprune: internal error:
+    StopIteration' (exit 1), and a raw StopIteration from the API."""
     path = _save(_no_inputs(), tmp_path / "m.onnx")
     status = main(["inspect", path])
     out, err = capsys.readouterr()
@@ -331,10 +328,8 @@ def test_unreadable_input_shapes_are_usage_errors(tmp_path, capsys, shape):
 
 def test_an_input_shape_too_large_for_any_array_is_a_usage_error(tmp_path, capsys):
     """Expected: a dimension that no array can have is a one-line usage error (exit 2) that
-    names --input-shape. Happens: 'internal error: ValueError: Maximum allowed dimension
-    exceeded', exit 1. Cause: cli_parser._shape accepts any positive int and
-    cli._probe_sample passes it to np.zeros unchecked (the batch is not even needed: inspect
-    probes one sample)."""
+    names --input-shape. Was: 'internal error: ValueError: Maximum allowed dimension exceeded',
+    exit 1."""
     path = _save(conv_bn_relu_pool_flatten_gemm(True), tmp_path / "m.onnx")
     line = _usage_error(capsys, ["inspect", path, "--input-shape", "99999999999999999999,3,16,16"])
     assert "--input-shape" in line
@@ -342,10 +337,9 @@ def test_an_input_shape_too_large_for_any_array_is_a_usage_error(tmp_path, capsy
 
 def test_a_batch_dimension_written_as_minus_one_counts_as_dynamic(tmp_path, capsys):
     """Expected: an input declared (-1, 3, 16, 16) (onnx.checker accepts it; some converters
-    write -1 for 'any') is inspected like (?, 3, 16, 16), as graph/model_io.fixed_dims
-    already reads it. Happens: 'internal error: ValueError: negative dimensions are not
-    allowed' (exit 1); onnx_eprune.inspect raises the raw ValueError. Cause:
-    cli._probe_sample and inspection._zeros take dim_value as fixed without checking > 0."""
+    write -1 for 'any') is inspected like (?, 3, 16, 16), as graph/model_io.fixed_dims reads it.
+    Was: 'internal error: ValueError: negative dimensions are not allowed' (exit 1), and the raw
+    ValueError from onnx_eprune.inspect."""
     model = conv_bn_relu_pool_flatten_gemm(True)
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
     onnx.checker.check_model(model)
@@ -438,10 +432,9 @@ def test_metadata_this_tool_did_not_write_is_shown_as_it_is(tmp_path, capsys, va
 # -- quiet and help ------------------------------------------------------------------------------
 
 def test_quiet_prints_only_errors_as_its_help_says(tmp_path, capsys):
-    """Expected: with -q, stderr holds nothing but errors, as '-q, --quiet  print only
-    errors' says (or the help says that warnings stay). Happens: '--exclude 'y' matches only
-    layers that stay whole anyway' is printed with -q. Cause: cli._setup_logging sets
-    WARNING for -q while cli_parser._add_common documents 'print only errors'."""
+    """Expected: with -q, stderr holds nothing but errors, as '-q, --quiet  print only errors'
+    says (or the help says that warnings stay). Was: the warning '--exclude 'y' matches only
+    layers that stay whole anyway' was printed with -q."""
     path = _save(conv_bn_relu_pool_flatten_gemm(True), tmp_path / "m.onnx")
     out, err = _ok(capsys, ["inspect", path, "-q", "--exclude", OUTPUT])
     assert "prunable groups" in out  # the result itself is still printed
@@ -452,9 +445,8 @@ def test_quiet_prints_only_errors_as_its_help_says(tmp_path, capsys):
 
 def test_exclude_help_says_what_a_question_mark_matches(tmp_path, capsys):
     """Expected: --help says ? matches one character (README: '* matches any characters, /
-    included, and ? one'). Happens: '* and ? match any characters' in the help of every
-    command and in the 'matches no node' error, while 'conv?' does not match 'conv_1'.
-    Cause: cli_parser._add_exclude's help text and graph/exclude.py's message."""
+    included, and ? one'), and so does the 'matches no node' error. Was: both said '* and ?
+    match any characters', although 'conv?' never matched 'conv_1'."""
     path = _save(conv_bn_relu_pool_flatten_gemm(True), tmp_path / "m.onnx")
     _ok(capsys, ["inspect", path, "--exclude", "conv?1"])  # one character: matches conv_1
     line = _usage_error(capsys, ["inspect", path, "--exclude", "conv?"])  # no character after 'conv?'

@@ -23,6 +23,10 @@ LAPACK wrappers; test_exact_removal.py duplicated channels at ``refit_ridge=0``)
 
 Every pruned model must keep finite weights that do not explode (at most 1e3 times the
 original's largest magnitude, biases aside where the data's own scale sets them).
+
+The bugs this file found are fixed, and their tests pin the fixed behaviour. Three tests stay
+strict xfails marked "KNOWN LIMIT", the numeric limits the README lists under Known limits:
+tiny activations, float64 activations far from zero, and float16 overflow hidden by a ReLU.
 """
 
 from __future__ import annotations
@@ -181,13 +185,12 @@ def test_power_of_two_input_scale_is_exact(exponent):
 @pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: activations near 1e-15 (normal float32) change the keep-set: "
                                        "absolute 1e-30 floors in problem.ConsumerTerm.energy / problem.ridge")
 def test_tiny_activations_choose_like_unit_ones():
-    """Expected: inputs scaled by 2**-50 (about 9e-16, far above float32's smallest normal
-    1.2e-38; outputs' variances about 1e-31) give the same keep-sets as unscaled ones, as
-    2**-46 still does. What happens: the second group's keep-set changes. Cause:
+    """Known limit (README, Known limits): inputs scaled by 2**-50 (about 9e-16, far above
+    float32's smallest normal; output variances about 1e-31) should give the keep-sets of
+    unscaled ones, as 2**-46 still does, but the second group's keep-set changes.
     ``select/problem.py`` floors a consumer's output energy (``ConsumerTerm.energy``) and the
     ridge's mean variance (``ridge``) at an absolute 1e-30, so the objective stops being
-    scale-free once the variances fall below it (the docstring of ``ridge`` says
-    "scale-free")."""
+    scale-free below it."""
     model, x = bias_free(), images()
     base = onnx_eprune.prune(model, x, keep_ratio=0.5, positions=256, **FAST)
     tiny = onnx_eprune.prune(model, (x * 2.0 ** -50).astype(np.float32), keep_ratio=0.5, positions=256, **FAST)
@@ -317,14 +320,11 @@ def test_float64_model_is_pruned_in_float64():
 @pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: a float64 model whose activations sit at 1e9 + O(1) is pruned on "
                                        "float32 statistics: output error 17x the output (0.3 without the offset)")
 def test_float64_activations_keep_float64_precision():
-    """Expected: hidden activations at 1e9 + N(0, 1) are exact in a float64 model (the offset
-    is cancelled in the next layer's bias), so pruning it must do about as well as without
-    the offset (relative error 0.30-0.31). What happens: the keep-set becomes channels
-    0..7 (every channel looks constant) and the one-shot model's relative output error is
-    17.4 (sequential 0.59). Cause: ``calibrate/stats.py`` (MomentAccumulator._start/add)
-    shifts and multiplies rows in float32 whatever the model's type: at 1e9 float32's step
-    is 64, so the O(1) variation is lost and the means that the re-fitted biases absorb are
-    rounded by tens."""
+    """Known limit (README, Known limits): hidden activations at 1e9 + N(0, 1) are exact in a
+    float64 model (the next layer's bias cancels the offset), so pruning it should do about as
+    well as without the offset (relative error 0.30-0.31). It does not: every channel looks
+    constant and the one-shot model's relative output error is 17.4 (sequential 0.59), because
+    ``calibrate/stats.py`` accumulates in float32, whose step at 1e9 is 64."""
     x = np.random.default_rng(1).normal(size=(256, 12))
     held = np.random.default_rng(2).normal(size=(256, 12))
     plain = mlp(np.float64, TensorProto.DOUBLE)
@@ -434,14 +434,13 @@ def test_float16_activations_near_the_top_of_the_range():
 @pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: a float16 network whose layer output overflows to -Inf on the "
                                        "calibration data is pruned silently (top-1 agreement 3%)")
 def test_float16_overflow_inside_the_network_is_reported(caplog):
-    """Expected: gemm1's output channel 3 (weights x1e5) overflows float16 to -Inf on 38 of
-    64 calibration samples (the ReLU after it hides that from the graph output); the run
-    must say so, as it does for float32 statistics that overflow: an EPruneError naming the
-    overflow, or at least a warning. What happens: no error and no warning; the sequential
-    model agrees with the original on 3% of the top-1 answers (relative error 0.39, 0.99 on
-    new images). Cause: the one-shot moments of a consumer's output are computed from its
-    input and weights in float64 (calibrate/stats.py: _centred with theta), which never
-    overflow, so pipeline._finite never sees the Inf that the float16 network computes."""
+    """Known limit (README, Known limits): gemm1's output channel 3 (weights x1e5) overflows
+    float16 to -Inf on 38 of 64 calibration samples (the ReLU after it hides that from the graph
+    output). The run should say so, as it does for float32 statistics that overflow (an
+    EPruneError naming the overflow, or at least a warning), but it prunes silently: the
+    sequential model agrees with the original on 3% of the top-1 answers. The one-shot moments
+    of a consumer's output are computed in float64 from its input and weights, so the float16
+    network's Inf never shows."""
     model = probe(fp16=True)
     for init in model.graph.initializer:
         if init.name == "g1.w":
@@ -526,14 +525,9 @@ def test_one_to_three_samples_one_position_each(samples):
 
 def test_zero_ridge_on_a_singular_refit_behaves_like_a_vanishing_one():
     """Expected: ``refit_ridge=0`` is the limit of a vanishing ridge; where the covariance is
-    singular (3 samples: rank 2 for gemm2's 10 kept inputs) it must give about what 1e-12
-    gives, not weights that blow up. What happens: sequential mode, gemm2's re-fitted
-    weights reach 11.1 (original 0.67; 0.44 at 1e-12) and the relative error on 200 new
-    images is 2.02, worse than outputting zeros (0.52 at 1e-12). Cause:
-    ``select/problem.py:cholesky`` factors G + 0*I when rounding leaves it barely positive
-    (or adds a shift of 1e-10 of the largest variance, pulling toward zero rather than to the
-    original weights, as ``reconstruct.refit``'s ridge would), so the solve amplifies
-    rounding noise in the null space."""
+    singular (3 samples: rank 2 for gemm2's 10 kept inputs) it gives about what 1e-12 gives, not
+    weights that blow up. Was: in sequential mode gemm2's re-fitted weights reached 11.1
+    (original 0.67; 0.44 at 1e-12) and the relative error on new images 2.02 (0.52 at 1e-12)."""
     model = probe()
     x = images(3)
     held = images(200, seed=9)
@@ -556,14 +550,10 @@ def test_extreme_finite_ridges_give_valid_models(ridge):
 
 
 def test_largest_finite_ridge_is_refused_or_harmless(tmp_path, capsys):
-    """Expected: ``--refit-ridge 1e308`` is "a number >= 0" and so either gives the
-    original kept weights (the limit of a huge ridge), or, if refused, a one-line usage error
-    (exit 2). What happens: one-shot mode exits 0 and writes a model whose gemm1 and gemm2
-    weights are NaN (the report: "relative error nan"); sequential mode fails with "the
-    statistics of layer 'gemm2' are not finite ... the network overflows on the calibration
-    data", which is false. Cause: ``select/problem.py:ridge`` returns eps * mean variance =
-    inf once the variance exceeds 1.8, and ``reconstruct.refit`` solves (G + inf I) w = P +
-    inf * prior (inf/inf = NaN); ``reconstruct.valid_ridge`` only checks finiteness."""
+    """Expected: ``--refit-ridge 1e308`` is "a number >= 0" and so either gives the original
+    kept weights (the limit of a huge ridge) or is refused with a one-line usage error (exit 2).
+    Was: one-shot mode wrote a model with NaN weights, and sequential mode failed with a false
+    "the network overflows" message."""
     onnx.save(probe(), str(tmp_path / "m.onnx"))
     np.save(tmp_path / "x.npy", images(64) * 10)
     out = tmp_path / "out.onnx"
@@ -587,15 +577,12 @@ BAD_KNOBS = [("eps_ridge", -1.0), ("eps_ridge", math.nan), ("eps_ridge", math.in
 
 @pytest.mark.parametrize("field, value", BAD_KNOBS, ids=[f"{f}={v!r}" for f, v in BAD_KNOBS])
 def test_invalid_entropic_knobs_are_refused_by_name(field, value):
-    """Expected (README: "Every argument is checked on entry, before any work: a wrong type
-    ..., a value out of range ... is a one-line UsageError that names the argument"): a
-    negative, NaN or infinite ridge or tolerance, a non-integer or non-positive count of
-    path steps or alternations, a bool for an int, a string for a number, zero features are
-    refused with a UsageError naming the field. What happens: most are accepted and the run
-    ends normally (eps_ridge=-1, NaN threshold, path_steps=0, ...); path_steps=-1 raises
-    numpy's ValueError, path_steps=1.5 / max_alternations=2.5 / eps_ridge="0.1" a raw
-    TypeError from inside the solver. Cause: ``config.PruneConfig.check`` only checks that
-    ``entropic`` is an EntropicConfig (select/entropic.py: EntropicConfig has no checks)."""
+    """Expected (README: "Every argument is checked on entry, before any work: a wrong type ...,
+    a value out of range ... is a one-line UsageError that names the argument"): a negative, NaN
+    or infinite ridge or tolerance, a non-integer or non-positive count of path steps or
+    alternations, a bool for an int, a string for a number, zero features are refused with a
+    UsageError naming the field. Was: most were accepted and the run ended normally; the rest
+    raised numpy's ValueError or a raw TypeError from inside the solver."""
     model, x = probe(), images(16)
     knobs = {"max_alternations": 1, "path_steps": 1, field: value}   # short paths: NaN knobs spin for seconds
     with pytest.raises(UsageError, match=field):

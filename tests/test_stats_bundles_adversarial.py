@@ -160,10 +160,9 @@ def test_mode_sequential_with_stats_runs_oneshot_and_says_so(ws, capsys):
 
 def test_reported_seed_is_that_of_the_statistics(ws, capsys):
     """Shards calibrated with --seed 3 give the model of a one-shot --calib run with --seed 3
-    (their conv positions were drawn with it), so the provenance must say seed 3 when
-    prune gets no --seed: a user who reruns with the recorded seed 0 gets another model.
-    What happens: ``seed: 0`` in report and metadata (prune's argparse default).
-    Likely cause: pipeline.py Pruner/report take ``config.seed`` and ignore ``bundle.seed``."""
+    (their conv positions were drawn with it), so the provenance says seed 3 when prune gets no
+    --seed, and a rerun with the recorded seed gives the same model. Was: ``seed: 0`` (prune's
+    default) in the report and metadata."""
     d = ws["dir"]
     for i in range(2):
         run_ok(capsys, ["calibrate", ws["model"], "--calib", d / f"c{i}.npy", "--stats-out", d / f"seed3_{i}.npz",
@@ -214,11 +213,8 @@ def test_a_moved_model_keeps_its_statistics(ws, capsys, tmp_path):
 
 def test_the_same_model_with_external_data_takes_the_statistics(ws, capsys, tmp_path):
     """Saving the same model with ``save_as_external_data`` changes nothing it computes, and
-    fingerprint()'s docstring promises that weights in a data file count by their bytes.
-    What happens: 'the statistics files were computed for another model'.
-    Likely cause: calibrate/bundle.py:fingerprint serialises the tensors' ``data_location``,
-    which graph/model_io.py:_read_external_data sets explicitly (to DEFAULT) on load, so the
-    serialised bytes differ from the inline copy's."""
+    fingerprint()'s docstring promises that weights in a data file count by their bytes: the
+    statistics files fit it. Was: 'the statistics files were computed for another model'."""
     ext = tmp_path / "ext" / "model.onnx"
     ext.parent.mkdir()
     onnx.save(onnx.load(str(ws["model"])), str(ext), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -227,10 +223,9 @@ def test_the_same_model_with_external_data_takes_the_statistics(ws, capsys, tmp_
 
 
 def test_the_shard_of_another_model_is_named(ws, capsys, tmp_path):
-    """With many shards, the one computed on another model must be named so the user knows
-    which to recompute. What happens: 'statistics files come from different models (or a
-    different model than given)', no file named. Likely cause: calibrate/bundle.py
-    StatsBundle.merge raises without the names that merge_bundles has."""
+    """With many shards, the one computed on another model is named so the user knows which to
+    recompute. Was: 'statistics files come from different models (or a different model than
+    given)', no file named."""
     other = tmp_path / "other.onnx"
     onnx.save(ALL_BUILDERS["cnn_bn"](), str(other))
     run_ok(capsys, ["calibrate", other, "--calib", ws["dir"] / "c1.npy", "--stats-out", tmp_path / "foreign.npz",
@@ -315,10 +310,9 @@ def _bad_json(ws, path):
 @pytest.mark.parametrize("damage", [_crc, _old_format, _bad_json], ids=["crc", "older-format", "bad-meta-json"])
 def test_a_damaged_or_older_file_error_says_what_to_do(ws, capsys, tmp_path, damage):
     """README: the error line names the problem and what to do. A file damaged inside (a
-    member's CRC), of an older format version or with an unreadable record is refused with
-    exit 2 and the file's name, but without the remedy that the other load errors give.
-    Likely cause: calibrate/bundle.py StatsBundle.load, the second ``except`` (and the
-    format check, which should also name both format versions)."""
+    member's CRC), of an older format version or with an unreadable record is refused with exit
+    2, the file's name and the remedy (``onnx-eprune calibrate``); an older file's error names
+    its format. Was: the file was named but no remedy given."""
     path = tmp_path / "damaged.npz"
     damage(ws, path)
     line = run_error(capsys, prune_argv(ws, path, out="damaged.onnx"))
@@ -351,13 +345,10 @@ def _probe_of_another_shape(arrays, meta):
 @pytest.mark.parametrize("edit", [_drop_layer, _swap_layers, _no_gain_images, _probe_of_another_shape],
                          ids=["layer-dropped", "layers-swapped", "no-gain-images", "probe-shape"])
 def test_a_file_that_does_not_fit_the_model_is_a_usage_error(ws, capsys, tmp_path, edit):
-    """README: a damaged statistics file is a usage error (exit 2) found before any work, on
-    one line. What happens: dropped layer -> 'internal error: KeyError: 3'; swapped layers ->
-    'internal error: IndexError'; no gain images -> 'internal error: ZeroDivisionError';
-    probe images of another shape -> exit 1 'onnxruntime failed to run the model'.
-    Likely cause: calibrate/bundle.py StatsBundle._check checks the moments only against
-    each other, and pipeline.py Pruner never checks the bundle's layers, their feature
-    counts and its images against the model's consumers and inputs."""
+    """README: a damaged statistics file is a usage error (exit 2) found before any work, on one
+    line that names the file: a layer dropped or swapped, no gain images, probe images of
+    another shape. Was: internal errors (KeyError, IndexError, ZeroDivisionError), or for the
+    probe images exit 1 'onnxruntime failed to run the model'."""
     path = edited(ws["s0"], tmp_path / "unfit.npz", edit)
     line = run_error(capsys, prune_argv(ws, path, out="unfit.onnx"))
     assert "unfit.npz" in line
@@ -365,12 +356,9 @@ def test_a_file_that_does_not_fit_the_model_is_a_usage_error(ws, capsys, tmp_pat
 
 
 def test_a_file_with_non_finite_moments_is_named(ws, capsys, tmp_path):
-    """calibrate never writes non-finite moments (it refuses an overflowing network), so a
-    NaN in a file means it was damaged: a usage error (exit 2) naming the file among the
-    shards. What happens: exit 1, "the statistics of layer 'gemm_8' are not finite ...
-    or the statistics files are damaged", no file named.
-    Likely cause: calibrate/bundle.py StatsBundle._check does not test finiteness;
-    pipeline.py Pruner._finite finds it after the merge."""
+    """calibrate never writes non-finite moments (it refuses an overflowing network), so a NaN
+    in a file means it was damaged: a usage error (exit 2) naming the file among the shards.
+    Was: exit 1, "the statistics of layer 'gemm_8' are not finite ...", no file named."""
     def poison(arrays, meta):
         cxx = arrays["c2.cxx"].copy()
         cxx[0, 0] = np.nan
@@ -381,9 +369,8 @@ def test_a_file_with_non_finite_moments_is_named(ws, capsys, tmp_path):
 
 
 def test_stats_that_is_a_directory_is_called_one(ws, capsys, tmp_path):
-    """As for the model and --calib ('... path is a directory'), a folder given to --stats
-    should be called a directory, not missing. Likely cause: calibrate/bundle.py
-    StatsBundle.load tests only ``is_file()``."""
+    """As for the model and --calib ('... path is a directory'), a folder given to --stats is
+    called a directory, not missing. Was: it was reported as not found."""
     (tmp_path / "shards").mkdir()
     line = run_error(capsys, prune_argv(ws, tmp_path / "shards", out="dir.onnx"))
     assert "is a directory" in line and "not found" not in line
@@ -402,19 +389,17 @@ def test_stats_with_another_calibration_source_is_refused(ws, capsys, source):
 
 @pytest.mark.parametrize("option", [{"samples": 10}, {"positions": 3}])
 def test_api_refuses_calibration_options_with_stats(ws, option):
-    """The command line refuses --samples and --positions with --stats (they belong to
-    calibrate and would do nothing); ``prune(stats=[...], samples=10)`` runs on all 20
-    samples of the file and says nothing. Likely cause: pipeline.py prune does not apply
-    cli._check_stats_options' rule."""
+    """The command line refuses --samples and --positions with --stats (they belong to calibrate
+    and would do nothing), and so does ``prune(stats=[...], samples=10)``, naming the option.
+    Was: it ran on all 20 samples of the file and said nothing."""
     with pytest.raises(UsageError, match=next(iter(option))):
         onnx_eprune.prune(ws["model"], stats=[ws["s0"]], sparsity=0.4, device="cpu", **option)
 
 
 def test_few_samples_in_all_the_files_warn(ws, capsys, tmp_path):
     """README: fewer than 16 samples work, with a warning, and shards must hold together at
-    least ~128 images. prune --stats over files of 4 samples in all says nothing (only the
-    calibrate run did, for its shard). Likely cause: pipeline.py Pruner checks the sample
-    count only in load_calibration, which a --stats run skips."""
+    least ~128 images. prune --stats over files of 4 samples in all warns. Was: only the
+    calibrate run warned, for its shard."""
     np.save(tmp_path / "c4.npy", ws["x"][:4])
     run_ok(capsys, ["calibrate", ws["model"], "--calib", tmp_path / "c4.npy", "--stats-out", tmp_path / "s4.npz",
                     "--device", "cpu", "-q"])
@@ -474,11 +459,9 @@ def test_stats_out_replaces_an_old_file_whole(ws, capsys, tmp_path):
 # -- Python API -------------------------------------------------------------------------------------
 
 def test_a_single_bundle_is_left_as_it_was(ws, tmp_path):
-    """prune's docstring: the bundles are 'left as they were'. With one bundle, its scatter
-    matrices are divided by n in place and marked normalised: ``bundle.save`` then raises
-    RuntimeError('statistics whose covariance was used cannot be saved') and a later merge
-    fails the same way. Likely cause: calibrate/bundle.py merge_bundles returns a single
-    bundle as it is instead of a copy (as it makes for several)."""
+    """prune's docstring: the bundles are 'left as they were'. A single bundle keeps its moments
+    and can still be saved and merged after the run. Was: its scatter matrices were divided by n
+    in place and marked normalised, so ``bundle.save`` and later merges raised RuntimeError."""
     bundle = onnx_eprune.calibrate(ws["model"], ws["x"][:20], device="cpu")
     before = {c: {n: getattr(st, n).copy() for n in MOMENTS} for c, st in bundle.consumers.items()}
     first = onnx_eprune.prune(ws["model"], stats=[bundle], sparsity=0.4, device="cpu")
@@ -515,9 +498,8 @@ def test_bundle_save_refuses_its_inputs_and_missing_folders(ws, tmp_path):
 
 def test_bundle_save_checks_its_argument(ws):
     """README: a wrong argument type is a one-line UsageError that names the argument, as
-    ``PruneResult.save`` does ('path must be a str or os.PathLike, not int'). What happens:
-    TypeError('expected str, bytes or os.PathLike object, not int') from pathlib.
-    Likely cause: calibrate/bundle.py StatsBundle.save has no type check."""
+    ``PruneResult.save`` does ('path must be a str or os.PathLike, not int'). Was: pathlib's
+    TypeError('expected str, bytes or os.PathLike object, not int')."""
     bundle = onnx_eprune.calibrate(ws["model"], ws["x"][:20], device="cpu")
     with pytest.raises(UsageError, match=r"path must be a str or os\.PathLike, not int"):
         bundle.save(3)

@@ -232,12 +232,10 @@ def test_odd_spellings_of_flops_targets_name_their_models_plainly(ws):
 
 
 def test_targets_that_print_alike_do_not_share_a_model_file(ws):
-    """Expected: two distinct targets give two model files (each holding the model of its
-    own target), or the command refuses them up front (exit 2, nothing written). What
-    happens: both names are ``pruned_sparsity_0.3.onnx`` (``{target:g}`` keeps 6
-    significant digits), the 0.3000001 model overwrites the 0.3 one and the ``wrote`` line
-    names the file twice. Cause: onnx_eprune/cli.py:_sweep_model_name (``:g``) and
-    cmd_sweep, which checks repeats by float equality only."""
+    """Expected: two distinct targets give two model files (each holding the model of its own
+    target), or the command refuses them up front (exit 2, nothing written). Was: both were
+    named ``pruned_sparsity_0.3.onnx`` (``{target:g}``), so the 0.3000001 model overwrote the
+    0.3 one."""
     status, _, _ = _run(_args(ws, "--sparsity", "0.3", "0.3000001", "--save-models"))
     if status == 2:
         assert not (ws / "out").exists()
@@ -249,9 +247,8 @@ def test_targets_that_print_alike_do_not_share_a_model_file(ws):
 
 
 def test_sweep_md_tells_close_targets_apart(ws):
-    """Expected: every row of sweep.md names its own target, so two targets give two
-    different first cells. What happens: both read ``sparsity 0.3``. Cause:
-    onnx_eprune/report_files.py:markdown_sweep formats the target with ``:g``."""
+    """Expected: every row of sweep.md names its own target, so two targets give two different
+    first cells. Was: both read ``sparsity 0.3``."""
     status, _, err = _run(_args(ws, "--sparsity", "0.3", "0.3000001"))
     assert status == 0, err
     md = (ws / "out" / "sweep.md").read_text()
@@ -303,12 +300,9 @@ def test_malformed_command_lines_exit_2(ws, capsys, argv):
 
 
 def test_a_warning_about_the_calibration_data_is_printed_once(ws):
-    """Expected: one warning about 10 calibration samples for the whole sweep, as the
-    sweep already does for its info lines (and as --samples beyond the data warns once).
-    What happens: it comes 3 times (one-shot mode; 5 in sequential). Cause: the arrays are
-    validated again by onnx_eprune/sweep.py:_sweep's load_calibration, the preflight's
-    pipeline.Pruner.__init__, then calibrate() (one-shot) or every prune() (sequential),
-    and sweep.py:_info_once lets every WARNING through."""
+    """Expected: one warning about 10 calibration samples for the whole sweep, as the sweep
+    already does for its info lines (and as --samples beyond the data warns once). Was: it came
+    3 times in one-shot mode, 5 in sequential."""
     np.save(ws / "c10.npy", np.load(ws / "c.npy")[:10])
     argv = _args(ws, "--sparsity", "0.2", "0.3", "0.4")
     argv[argv.index("--calib") + 1] = str(ws / "c10.npy")
@@ -369,10 +363,9 @@ def test_a_report_dir_whose_parent_is_missing_is_refused_and_not_created(ws, cap
 
 
 def test_an_empty_report_dir_is_refused(ws, capsys, monkeypatch):
-    """Expected: exit 2, ``--report-dir is empty`` as ``prune`` says, nothing written (an
-    empty value is what an unset shell variable gives). What happens: exit 0 and the sweep
-    files land in the current folder. Cause: onnx_eprune/cli.py:cmd_sweep calls
-    _check_folder(Path('')) (= '.') without the emptiness check of _check_report_dir."""
+    """Expected: exit 2, ``--report-dir is empty`` as ``prune`` says, nothing written (an empty
+    value is what an unset shell variable gives). Was: exit 0, with the sweep files in the
+    current folder."""
     cwd = ws / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -382,10 +375,8 @@ def test_an_empty_report_dir_is_refused(ws, capsys, monkeypatch):
 
 
 def test_a_report_dir_under_a_file_is_refused_with_a_true_reason(ws, capsys):
-    """Expected: exit 2 with a line saying that m.onnx is a file / not a folder. What
-    happens: exit 2 with ``m.onnx does not exist; create it first``, which is false and
-    whose advice cannot be followed. Cause: onnx_eprune/cli.py:_check_folder treats every
-    parent that is no directory as missing."""
+    """Expected: exit 2 with a line saying that m.onnx is a file / not a folder. Was: ``m.onnx
+    does not exist; create it first``, which was false and whose advice could not be followed."""
     line = run_error(capsys, _args(ws, "--sparsity", "0.3", out=str(ws / "m.onnx" / "sub")))
     assert "does not exist" not in line and ("not a directory" in line or "is a file" in line or
                                              "not a folder" in line)
@@ -402,11 +393,9 @@ def test_sweep_without_matplotlib_writes_no_plot_and_says_so(ws, monkeypatch):
 
 
 def test_a_sweep_without_matplotlib_leaves_no_stale_plot(ws, monkeypatch):
-    """Expected: after a successful sweep the folder's sweep files all describe that sweep,
-    so an old sweep.png (which matplotlib is not there to redraw) goes. What happens: the
-    old plot stays beside the new sweep.json and sweep.md and contradicts them. Cause:
-    onnx_eprune/report_files.py:_write_folder writes only the plots it draws and leaves
-    the others' old files."""
+    """Expected: after a successful sweep the folder's sweep files all describe that sweep, so
+    an old sweep.png (which matplotlib is not there to redraw) goes. Was: the old plot stayed
+    beside the new sweep.json and sweep.md and contradicted them."""
     (ws / "out").mkdir()
     (ws / "out" / "sweep.png").write_bytes(OLD)
     monkeypatch.setattr(report_files, "_figure_class", lambda: None)
@@ -575,11 +564,8 @@ def test_no_reconstruct_saves_plain_slices_of_the_original_weights(ws):
 
 def test_no_reconstruct_sweep_files_do_not_claim_a_refit(ws):
     """Expected: sweep.json and sweep.md say that the weights were sliced without a re-fit
-    (report.md of ``prune`` says ``re-fit: no``), with no ridge. What happens: both report
-    ``refit_ridge: auto-thin``, the default, as if it had been used. Cause:
-    onnx_eprune/cli.py:cmd_sweep records config.refit_ridge (set to THIN by _run_config
-    when --refit-ridge is absent) and not config.reconstruct; report_files.markdown_sweep
-    prints it as is."""
+    (report.md of ``prune`` says ``re-fit: no``), with no ridge. Was: both reported
+    ``refit_ridge: auto-thin``, the default, as if it had been used."""
     status, _, err = _run(_args(ws, "--sparsity", "0.3", "--no-reconstruct"))
     assert status == 0, err
     record = json.loads((ws / "out" / "sweep.json").read_text())
