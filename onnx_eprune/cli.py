@@ -154,6 +154,10 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
     named = [("the input model", getattr(args, "model", None)), ("the --calib file", getattr(args, "calib", None)),
              ("the --data file", getattr(args, "data", None)), ("the --labels file", getattr(args, "labels", None))]
     named += [("a --stats file", path) for path in getattr(args, "stats", None) or []]
+    if getattr(args, "model", None):
+        from .graph.model_io import data_files
+
+        named += [("a data file of the input model", path) for path in data_files(args.model)]
     return [(what, path) for what, path in named if path]
 
 
@@ -186,12 +190,32 @@ def _check_output(output: str, option: str, inputs: list[tuple[str, str]]) -> No
         raise UsageError(f"{option} {out}: {exc.strerror or exc}; choose another path") from None
 
 
+def _check_data_file(output: str, model: str, inputs: list[tuple[str, str]]) -> None:
+    """A pruned model above 2 GB keeps its weights in ``<output>.data``: refuse, before any
+    work, an input there (an input's own weights), and for a large input (whose output is
+    likely large) a path there that cannot be written."""
+    from .graph.model_io import EXTERNAL_DATA_THRESHOLD, size_on_disk
+
+    try:
+        large = size_on_disk(model) >= EXTERNAL_DATA_THRESHOLD
+    except OSError:  # the model's own checks report it
+        return
+    if not large:  # pruning makes no model larger: its output is one file
+        return
+    data = Path(f"{output}.data")
+    for what, path in inputs:
+        if same_file(data, Path(path)):
+            raise UsageError(f"-o {output} would keep its weights in {data}, {what}; choose another output name")
+    _check_output(str(data), "-o's data file", inputs)
+
+
 def _check_report_dir(args: argparse.Namespace) -> None:
     """--report-dir: a folder (created if missing) whose files clash with neither the inputs nor the outputs."""
     from .report_files import NAMES
 
     folder = _check_folder(args.report_dir, NAMES, _inputs(args))
-    taken = {Path(p).resolve(): opt for p, opt in ((args.output, "-o"), (args.report, "--report")) if p}
+    taken = {Path(p).resolve(): opt for p, opt in ((args.output, "-o"), (f"{args.output}.data", "-o's data file"),
+                                                   (args.report, "--report")) if p}
     where = folder.resolve()
     for path, opt in taken.items():
         if path == where or path in where.parents:  # the run would write a file where the folder must be
@@ -259,10 +283,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         _check_stats_options(args)
     inputs = _inputs(args)
     _check_output(args.output, "-o", inputs)
+    _check_data_file(args.output, args.model, inputs)
     if args.report is not None:
         _check_output(args.report, "--report", inputs)
         if Path(args.report).resolve() == Path(args.output).resolve():
             raise UsageError("--report and -o name the same file; give the report its own path")
+        if Path(args.report).resolve() == Path(f"{args.output}.data").resolve():
+            raise UsageError(f"--report names {args.output}.data, where a model above 2 GB keeps its weights; give "
+                             "the report its own path")
     if args.report_dir is not None:
         _check_report_dir(args)
     config = _run_config(args, sparsity=args.sparsity, flops_reduction=args.flops_reduction,
@@ -277,8 +305,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     report = dict(result.report, input=str(args.model), output=str(args.output))
     # a failure or an interrupt anywhere here leaves every output as it was before the run
     with Replacing(_new_folder(args.report_dir)) as outputs:
-        save_model(result.model, outputs.claim(args.output))
-        outputs.claim(f"{args.output}.data")  # where a model above 2 GB keeps its weights
+        outputs.claim(f"{args.output}.data")  # where a model above 2 GB keeps its weights (before it is written)
+        save_model(result.model, outputs.claim(args.output), keep=[path for _, path in inputs])
         written = [Path(args.output)]
         if args.report:
             write_json(report, outputs.claim(args.report))
@@ -311,6 +339,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     names = [SWEEP_JSON, SWEEP_MARKDOWN, SWEEP_PLOT] + ([_sweep_model_name(kind, t) for t in targets]
                                                           if args.save_models else [])
     folder = _check_folder(args.report_dir, names, _inputs(args))
+    for target in targets if args.save_models else []:
+        _check_data_file(str(folder / _sweep_model_name(kind, target)), args.model, _inputs(args))
     if args.labels and not args.data:
         raise UsageError("--labels needs --data: the inputs they label")
     new_dir = _new_folder(args.report_dir)
@@ -332,8 +362,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.save_models:
             for p in points:
                 path = folder / _sweep_model_name(kind, p.target)
-                save_model(p.model, outputs.claim(path))
-                outputs.claim(f"{path}.data")
+                outputs.claim(f"{path}.data")  # before it is written, so that a failure puts the old one back
+                save_model(p.model, outputs.claim(path), keep=[path for _, path in _inputs(args)])
                 written.append(path)
     if not args.quiet:
         from .report_files import markdown_sweep

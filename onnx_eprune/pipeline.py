@@ -34,8 +34,8 @@ from .files import same_file
 from .graph.costs import CostModel, build_cost_model
 from .graph.exclude import exclude_groups
 from .graph.groups import QUANTIZED, Consumer, spread
-from .graph.model_io import (as_model, check_model, check_model_arg, initializer_map, normalize, record_provenance,
-                             save_model, share_equal_copies)
+from .graph.model_io import (as_model, check_model, check_model_arg, data_files, initializer_map, normalize,
+                             record_provenance, save_model, share_equal_copies)
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, folded_producer_rows
 from .parallel import closing_all, matmul_rows, parallel_map, prefetched
@@ -99,6 +99,7 @@ def _input_files(model: object, calib: object, stats: list | None) -> tuple[Path
     """The files a run reads, which :meth:`PruneResult.save` will not overwrite: absolute,
     so that a later change of the working folder does not move them."""
     named = [model, calib, *(stats or [])]
+    named += data_files(model) if isinstance(model, (str, os.PathLike)) else []  # the model's weights
     return tuple(Path(os.path.abspath(p)) for p in named if isinstance(p, (str, os.PathLike)))
 
 
@@ -132,10 +133,11 @@ class PruneResult:
         if not isinstance(path, (str, os.PathLike)):
             raise UsageError(f"path must be a str or os.PathLike, not {type(path).__name__}")
         for source in self.inputs:
-            if same_file(Path(path), source):
+            # above 2 GB the weights go to <path>.data: that must not be an input either
+            if same_file(Path(path), source) or same_file(Path(f"{os.fspath(path)}.data"), source):
                 raise UsageError(f"refusing to overwrite {source}, an input of this run; save the pruned model "
                                  "to another path")
-        save_model(self.model, path)
+        save_model(self.model, path, keep=self.inputs)
 
 
 class _Timer:

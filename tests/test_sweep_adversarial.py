@@ -435,7 +435,7 @@ def test_a_failure_saving_the_third_model_restores_every_file(ws, capsys, monkey
     _old_outputs(ws / "out", names)
     real, calls = model_io.save_model, []
 
-    def third_fails(model, path):
+    def third_fails(model, path, keep=()):
         calls.append(Path(path).name)
         if len(calls) == 3:
             raise EPruneError(f"cannot write {path}: No space left on device")

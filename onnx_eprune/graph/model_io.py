@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,8 +17,10 @@ from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
 
 from ..errors import EPruneError, UsageError
-from ..files import Replacing, require_file, temporary_beside, write_atomic
+from ..files import Replacing, require_file, same_file, temporary_beside, write_atomic
 from .groups import node_label
+
+log = logging.getLogger("onnx_eprune")
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers whose weights are counted and pruned
 
@@ -57,11 +60,19 @@ def saved_size(model: onnx.ModelProto) -> int:
 def size_on_disk(path: str | os.PathLike) -> int:
     """Bytes the ONNX file at ``path`` takes with its external data files (each file counted
     once, however many tensors it holds)."""
+    return Path(path).stat().st_size + sum(os.path.getsize(f) for f in data_files(path) if os.path.isfile(f))
+
+
+def data_files(path: str | os.PathLike) -> list[str]:
+    """The external data files the ONNX file at ``path`` names (absolute, each once; a
+    missing one too); none for a file that is no model."""
     p = Path(path)
-    model = load_model(p, weights=False)
-    files = {os.path.realpath(p.parent / ExternalDataInfo(t).location)
-             for t in all_tensors(model.graph) if uses_external_data(t)}
-    return p.stat().st_size + sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception:  # not a model: the commands that read it say so
+        return []
+    return sorted({os.path.realpath(p.parent / ExternalDataInfo(t).location)
+                   for t in all_tensors(model.graph) if uses_external_data(t)})
 
 
 # -- references: large tensors left in the input's data file ---------------------------------
@@ -339,7 +350,7 @@ def check_structure(model: onnx.ModelProto, source: onnx.ModelProto | str | os.P
         raise UsageError(f"{what} holds no graph nodes: not an ONNX model, or an empty one")
     # the proto read once (a pipe cannot be read twice; onnx takes no path that is not
     # UTF-8); a model with external data from its path, where the checker finds the data
-    external = any(uses_external_data(t) for t in model.graph.initializer)
+    external = any(uses_external_data(t) for t in all_tensors(model.graph))
     if external and isinstance(source, (str, os.PathLike)):
         target: onnx.ModelProto | str = os.fspath(source)
     elif model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
@@ -478,13 +489,15 @@ def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return None  # sparse tensors and strings stay Constant nodes
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, keep: Collection[str | os.PathLike] = ()) -> None:
     """Write a model atomically: temporary files in the target folder, then renames.
 
     Models above the protobuf limit are written with their weights as external data in
     ``<name>.data`` beside the file, laid out as onnx.save_model lays them out (every
     initializer of 991 bytes or more, one after the other); references are copied from
     their file piece by piece, never held in memory. Nothing is left behind if writing fails.
+    A smaller model written over one that kept its weights in ``<name>.data`` removes that
+    file, unless it is one of ``keep`` (the files a run read).
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
@@ -494,7 +507,15 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
         raise UsageError(f"output folder is not writable: {folder}")
     if model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
         embedded = _embedded(model)
+        # the data file of a large model this one replaces would be left behind, unread
+        stale = folder / (target.name + ".data")
+        if not target.is_file() or str(stale.resolve()) not in data_files(target) or \
+                any(same_file(stale, Path(k)) for k in keep):
+            stale = None
         write_atomic(target, lambda f: f.write(embedded.SerializeToString(deterministic=True)))
+        if stale is not None:
+            log.info("removed %s, the data file of the model %s replaced", stale, target)
+            stale.unlink(missing_ok=True)
         return
     data = folder / (target.name + ".data")
     if any(os.path.exists(data) and os.path.samefile(ref[0], data)
