@@ -670,7 +670,7 @@ def test_disk_full_while_writing_the_model(case, monkeypatch):
 def test_disk_full_raised_by_the_model_writer(case, monkeypatch):
     from onnx_eprune.graph import model_io
 
-    def full(model, path):
+    def full(model, path, keep=()):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
     monkeypatch.setattr(model_io, "save_model", full)
     case.fail(case.args(), code=1, contains=("out.onnx", "No space left on device", "free some disk space"))
