@@ -306,7 +306,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     # a failure or an interrupt anywhere here leaves every output as it was before the run
     with Replacing(_new_folder(args.report_dir)) as outputs:
         outputs.claim(f"{args.output}.data")  # where a model above 2 GB keeps its weights (before it is written)
-        save_model(result.model, outputs.claim(args.output), keep=[path for _, path in inputs])
+        save_model(result.model, outputs.claim(args.output), keep=[source for _, source in inputs])
         written = [Path(args.output)]
         if args.report:
             write_json(report, outputs.claim(args.report))
@@ -338,9 +338,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _run_config(args, **{kind: value}).target()
     names = [SWEEP_JSON, SWEEP_MARKDOWN, SWEEP_PLOT] + ([_sweep_model_name(kind, t) for t in targets]
                                                           if args.save_models else [])
-    folder = _check_folder(args.report_dir, names, _inputs(args))
+    inputs = _inputs(args)
+    folder = _check_folder(args.report_dir, names, inputs)
     for target in targets if args.save_models else []:
-        _check_data_file(str(folder / _sweep_model_name(kind, target)), args.model, _inputs(args))
+        _check_data_file(str(folder / _sweep_model_name(kind, target)), args.model, inputs)
     if args.labels and not args.data:
         raise UsageError("--labels needs --data: the inputs they label")
     new_dir = _new_folder(args.report_dir)
@@ -363,7 +364,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             for p in points:
                 path = folder / _sweep_model_name(kind, p.target)
                 outputs.claim(f"{path}.data")  # before it is written, so that a failure puts the old one back
-                save_model(p.model, outputs.claim(path), keep=[path for _, path in _inputs(args)])
+                save_model(p.model, outputs.claim(path), keep=[source for _, source in inputs])
                 written.append(path)
     if not args.quiet:
         from .report_files import markdown_sweep

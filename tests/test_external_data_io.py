@@ -147,11 +147,8 @@ def test_output_whose_data_file_would_be_the_inputs_is_refused(large, tmp_path, 
 
 def test_data_file_clash_is_found_before_any_work(large, tmp_path, calib_file, capsys, monkeypatch):
     """README: usage errors (an output that is one of the inputs) are found before any work.
-    Expected: ``-o b.onnx`` beside an input whose weights are in ``b.onnx.data`` is refused
-    before pruning starts. What happens: the model is pruned (seconds to hours on a model
-    above 2 GB), and only save_model refuses. Cause: cli.py:cmd_prune/_check_output compare
-    the output with the input files, not ``<output>.data`` with the input's data files; the
-    check lives only in model_io.save_model."""
+    ``-o b.onnx`` beside an input whose weights are in ``b.onnx.data`` is refused before
+    pruning starts. Was: the model was pruned first, and only the save refused."""
     from onnx_eprune import pipeline
 
     a = save_external(tmp_path / "m" / "a.onnx", "b.onnx.data")
@@ -178,11 +175,9 @@ def test_small_output_leaves_an_input_data_file_of_its_data_name_alone(tmp_path,
 
 def test_input_data_file_holding_only_small_tensors_is_not_overwritten(large, tmp_path, calib_file, capsys):
     """The input's large weights are in ``big.bin``, its biases (below the reference size, so
-    read into memory) in ``b.onnx.data``; ``-o b.onnx`` (a large output) must not write
-    ``b.onnx.data``. What happens: the run succeeds and replaces the input's ``b.onnx.data``
-    with the output's weights, so ``a.onnx`` now reads other bytes. Cause:
-    model_io.save_model compares ``<out>.data`` only with the files of references
-    (``reference(init)``), not with every data file the input model was read from."""
+    read into memory) in ``b.onnx.data``; ``-o b.onnx`` (a large output) is refused (usage
+    error) and ``b.onnx.data`` is not written. Was: the run succeeded and replaced the input's
+    ``b.onnx.data`` with the output's weights."""
     model = frozen_head_model()
     for init in model.graph.initializer:
         init.raw_data = onnx.numpy_helper.to_array(init).tobytes()
@@ -203,9 +198,8 @@ def test_input_data_file_holding_only_small_tensors_is_not_overwritten(large, tm
 def test_output_onto_the_inputs_data_file_is_refused(tmp_path, calib_file, capsys, monkeypatch, size):
     """``-o in/w.bin`` where ``in/m.onnx`` keeps its weights in ``w.bin``: the output is an input
     file of the run (README: an output that is one of the inputs, by any path, is a usage error).
-    What happens: exit 0, ``w.bin`` becomes the pruned model and ``m.onnx`` is lost. Cause:
-    cli.py:_inputs lists the model file but not its external data files (nor does
-    PruneResult.inputs)."""
+    Refused with a usage error naming ``w.bin``; no input file changes. Was: exit 0, ``w.bin``
+    became the pruned model and ``m.onnx`` lost its weights."""
     if size == "large":
         monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 4096)
         monkeypatch.setattr(model_io, "REFERENCE_MIN_BYTES", 1024)
@@ -220,8 +214,8 @@ def test_output_onto_the_inputs_data_file_is_refused(tmp_path, calib_file, capsy
 
 def test_api_save_onto_the_inputs_data_file_is_refused(tmp_path, calib):
     """README: ``result.save(path)`` refuses to overwrite a file the run read (the model ...).
-    The model's data file is read too. What happens: it is overwritten. Cause:
-    pipeline.PruneResult.inputs holds the model's path, not its data files."""
+    The model's data file is read too, so saving onto it raises UsageError and changes
+    nothing. Was: it was overwritten."""
     m = save_external(tmp_path / "in" / "m.onnx", "w.bin")
     before = snapshot(m.parent)
     result = onnx_eprune.prune(str(m), calib, keep_ratio=0.5, method="l1", device="cpu")
@@ -232,10 +226,9 @@ def test_api_save_onto_the_inputs_data_file_is_refused(tmp_path, calib):
 
 def test_report_named_as_the_outputs_data_file_is_refused(large, tmp_path, calib_file, capsys):
     """``-o out.onnx --report out.onnx.data`` for a large output: the report and the model's
-    data file are one path. Expected: refused before any work (as ``--report`` = ``-o`` is).
-    What happens: the model's data are written, then the JSON report over them; exit 0 and
-    ``out.onnx`` no longer loads. Cause: cli.py:cmd_prune compares --report with -o only, not
-    with ``<-o>.data``, which save_model writes for a large model."""
+    data file are one path. Refused (usage error) before any work, as ``--report`` = ``-o``
+    is; no ``out.onnx`` is written. Was: the report was written over the model's data, exit 0,
+    and ``out.onnx`` no longer loaded."""
     m = save_external(tmp_path / "in" / "m.onnx")
     out = tmp_path / "out.onnx"
     status = main(prune_argv(m, out, calib_file, "--report", str(tmp_path / "out.onnx.data")))
@@ -248,11 +241,9 @@ def test_report_named_as_the_outputs_data_file_is_refused(large, tmp_path, calib
 @pytest.mark.parametrize("case", ["folder", "long name"])
 def test_an_unwritable_data_file_path_is_named(large, tmp_path, calib_file, capsys, case):
     """``<out>.data`` exists as a folder, or ``<out>`` takes 252 bytes so that ``<out>.data``
-    takes 257 (over NAME_MAX): ``-o`` itself is fine. Expected: a usage error (as for ``-o``
-    itself) that names the data file. What happens: exit 1 after pruning with ``cannot write
-    <out>: Is a directory / File name too long``, naming the model's path, which is neither.
-    Cause: cli.py:_check_output checks ``-o`` only; model_io.save_model reports the data file's
-    OSError under the model's name."""
+    takes 257 (over NAME_MAX): ``-o`` itself is fine. A usage error (as for ``-o`` itself), in
+    one line that names the data file; nothing is written. Was: exit 1 after pruning, with an
+    error that named the model's path instead of the data file."""
     m = save_external(tmp_path / "in" / "m.onnx")
     (tmp_path / "o").mkdir()
     out = tmp_path / "o" / ("p.onnx" if case == "folder" else "n" * 247 + ".onnx")
@@ -359,13 +350,9 @@ def test_missing_data_file_is_named(tmp_path, calib_file, capsys):
 
 def test_constant_nodes_with_external_data(tmp_path, calib_file, capsys, monkeypatch):
     """onnx.save_model(..., convert_attribute=True) puts Constant nodes' values in the data file
-    too; onnx's checker and onnxruntime accept the model from any working directory. Expected:
-    ``onnx-eprune prune /abs/m.onnx`` works from another folder (inspect and the Python API
-    already do). What happens: exit 2, ``not a valid ONNX model (... should be stored in w.bin,
-    but it is not regular file)``. Cause: model_io.check_structure looks for external data in
-    ``graph.initializer`` only, so a model with none there (its weights are Constant nodes)
-    is checked in memory, where onnx resolves ``w.bin`` against the working directory
-    (cli._input_model reads it with ``weights=False``); all_tensors() would find them."""
+    too; onnx's checker and onnxruntime accept the model from any working directory, and so do
+    ``onnx-eprune inspect`` and ``prune /abs/m.onnx`` run from another folder; the output runs.
+    Was: prune exited 2 with ``not a valid ONNX model (... should be stored in w.bin ...)``."""
     m = save_external(tmp_path / "in" / "m.onnx", model=cnn_constant_weights(), convert_attribute=True,
                       size_threshold=1024)  # the Reshape's shape stays inline, for shape inference
     onnx.checker.check_model(str(m), full_check=True)
@@ -522,11 +509,8 @@ def test_failed_report_after_a_large_output_keeps_the_old_output_and_its_data(la
                                                                              monkeypatch):
     """README: a failure leaves every output as it was before the run. An earlier large output
     ``p.onnx`` + ``p.onnx.data`` exists; a new run writes the model, then fails writing its
-    --report (disk full). Expected: both old files back. What happens: ``p.onnx`` is restored but
-    ``p.onnx.data`` holds the new run's weights, which the old model reads at wrong offsets
-    (onnxruntime refuses it). Cause: cli.py:cmd_prune claims ``<output>.data`` in the Replacing
-    block only after save_model has replaced it (``outputs.claim(f"{args.output}.data")`` comes
-    after ``save_model``), so what it keeps aside is the new file; same in cmd_sweep."""
+    --report (disk full): both old files are back and the old model runs as before. Was:
+    ``p.onnx`` was restored but ``p.onnx.data`` kept the new run's weights."""
     from onnx_eprune import report
 
     m = save_external(tmp_path / "in" / "m.onnx")
@@ -547,13 +531,10 @@ def test_failed_report_after_a_large_output_keeps_the_old_output_and_its_data(la
 
 def test_a_small_output_over_an_old_large_one_removes_its_data_file(large, tmp_path, calib_file, capsys, monkeypatch):
     """``-o p.onnx`` where an earlier run wrote a large ``p.onnx`` + ``p.onnx.data``; the new
-    output is small (one file). Expected: the old data file, part of the old output that is
-    being replaced and read by nothing now, goes with it (as sweep removes an earlier run's
-    plot that the new run does not write; a leftover ``p.onnx.data`` beside a self-contained
-    ``p.onnx`` suggests they belong together and wastes up to the size of the model). What
-    happens: it stays. Cause: model_io.save_model's small-model branch and cli.py:cmd_prune
-    never remove ``<output>.data``. (An input's own data file of that name must stay: see
-    test_small_output_leaves_an_input_data_file_of_its_data_name_alone.)"""
+    output is small (one file). The old data file, part of the old output that is being
+    replaced and read by nothing now, goes with it (as sweep removes an earlier run's plot
+    that the new run does not write). (An input's own data file of that name must stay: see
+    test_small_output_leaves_an_input_data_file_of_its_data_name_alone.) Was: it stayed."""
     m = save_external(tmp_path / "in" / "m.onnx")
     out = tmp_path / "out" / "p.onnx"
     out.parent.mkdir()
