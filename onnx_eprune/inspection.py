@@ -13,7 +13,7 @@ from .calibrate.session import choose_providers, probe_groups
 from .errors import UsageError
 from .graph.costs import build_cost_model
 from .graph.exclude import check_patterns, exclude_groups
-from .graph.groups import node_label
+from .graph.groups import QUANTIZED, node_label
 from .graph.model_io import as_model, check_model_arg, fixed_dims, normalize, read_provenance
 
 
@@ -49,7 +49,9 @@ def inspect(model: onnx.ModelProto | str | os.PathLike, sample=None, exclude: Se
     nodes = model.graph.node
     rows = []
     for g in analysis.groups:
-        if not g.producers and not g.consumers:
+        # a channel space no layer writes or reads says nothing, unless quantized layers froze it:
+        # then it is where a quantized model shows why it cannot be pruned
+        if not g.producers and not g.consumers and not any(QUANTIZED in reason for reason in g.frozen):
             continue
         rows.append({
             "id": g.gid, "channels": g.channels, "prunable": g.prunable,

@@ -271,7 +271,8 @@ def _reason(exc: Exception) -> str:
     characters, so that the reason itself survives the cut."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
-    text = re.sub(r"^\S+\.(cc|h|cpp):\d+\s+(\S+\([^)]*\)\s*)?", "", text)
+    # the location, then the function's signature (with a return type: "void f(...) reason")
+    text = re.sub(r"^\S+\.(cc|h|cpp):\d+\s+((\w[\w:<>,* ]*\s)?\S+\([^)]*\)\s*(const\s*)?)?", "", text)
     return text[:300]
 
 

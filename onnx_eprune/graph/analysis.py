@@ -455,6 +455,10 @@ class _Analyzer:
         label = node_label(node, index)
         layout = self.layout(a)
         shape_a = self.shapes.get(a)
+        quantized = self.weights_reason(label, [w])
+        if quantized and QUANTIZED in quantized:  # the remedy (prune the float model) goes with it
+            self.freeze_all(node, index, quantized)
+            return
         if w not in self.init_by_name or len(self.init_by_name[w].dims) != 2 or not isinstance(layout, list) \
                 or shape_a is None or len(shape_a) != 2:
             self.freeze_all(node, index, f"{label}: only MatMul of a 2-D activation by a constant matrix is handled")

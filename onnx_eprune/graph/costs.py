@@ -85,6 +85,10 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
     ``refits``: a consumer whose input channels shrink is re-fitted, which gives it a bias
     per output if it has none (a Conv before an unfolded BatchNormalization, a MatMul)."""
     inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    # a quantized weight (DequantizeLinear of a stored integer tensor) is a weight too: its
+    # layer is frozen, but its parameters and MACs are part of the model's
+    inits.update({n.output[0]: inits[n.input[0]] for n in model.graph.node
+                  if n.op_type == "DequantizeLinear" and n.input[0] in inits})
     prunable = {g.gid for g in analysis.groups if g.prunable}
     outputs: dict[int, list[tuple[int, int, int]]] = {}   # node -> (offset, group, channels), in group channels
     rows: dict[int, int] = {}                              # node -> output rows per group channel

@@ -416,9 +416,12 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
     return converted
 
 
-# Never evaluated ahead of time: random ops differ per run, control flow holds sub-graphs.
+# Never evaluated ahead of time: random ops differ per run, control flow holds sub-graphs,
+# and a quantized weight's DequantizeLinear is what keeps it quantized (folded, the int8
+# weight would come out as a float one, and the layer would no longer read as quantized).
 _NOT_FOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                           "Multinomial", "Bernoulli", "If", "Loop", "Scan", "Dropout"})
+                           "Multinomial", "Bernoulli", "If", "Loop", "Scan", "Dropout",
+                           "DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"})
 
 
 def overridable_initializers(model: onnx.ModelProto) -> set[str]:
