@@ -65,6 +65,10 @@ def _calib_source(args: argparse.Namespace, model):
     """The calibration arrays to pass to prune()/calibrate(), read and checked against
     ``model`` up front: from --calib, from --calib-images, or random noise for
     --calib-random (with a warning); None with --stats."""
+    if getattr(args, "exclude", None):  # a mistyped name is refused before the data is read
+        from .graph.exclude import check_matches
+
+        check_matches(model.graph.node, args.exclude)
     if getattr(args, "stats", None):
         return None
     from .calibrate.data import load_calibration
@@ -95,8 +99,8 @@ def _calib_source(args: argparse.Namespace, model):
     finally:
         log.removeFilter(mute)
     if args.calib_random is not None:  # once the data is good: a failed run prints its error line alone
-        print("onnx-eprune: WARNING: --calib-random calibrates on random noise, not real inputs: the pruned model's "
-              "accuracy will suffer; use --calib or --calib-images for real work", file=sys.stderr)
+        log.warning("--calib-random calibrates on random noise, not real inputs: the pruned model's accuracy will "
+                    "suffer; use --calib or --calib-images for real work")
     return data.arrays
 
 
@@ -136,10 +140,22 @@ def _run_config(args: argparse.Namespace, **target):
     return config
 
 
+class _LineFormatter(logging.Formatter):
+    """One line per message, ``onnx-eprune: warning: ...`` for warnings: line breaks in a
+    path or a node's name are shown as escapes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from .report import printable
+
+        kind = "warning: " if record.levelno >= logging.WARNING else ""
+        return f"onnx-eprune: {kind}{printable(record.getMessage())}"
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("onnx-eprune: %(message)s"))
+    # with stderr closed, messages go nowhere rather than into stdout's results
+    handler = logging.StreamHandler(sys.stderr) if sys.stderr is not None else logging.NullHandler()
+    handler.setFormatter(_LineFormatter())
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
@@ -577,22 +593,26 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def _fail(code: int, line: str, debug: bool) -> int:
     """Report the exception being handled: its one line, or with --debug its traceback; the
     exit status is ``code`` either way."""
+    if sys.stderr is None:  # no stream to report on (stdout holds results only)
+        return code
     if debug:
         traceback.print_exc()
     else:
-        print(line, file=sys.stderr)
+        from .report import printable
+
+        print(printable(line), file=sys.stderr)  # one line, whatever a path or message holds
     return code
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
+    debug = "--debug" in argv  # for a command line that does not parse; once it does, the option itself
     command = None
     try:
         with _sigterm_as_interrupt():
             parser = build_parser()
             args = parser.parse_args(argv)
-            command = args.command
+            command, debug = args.command, getattr(args, "debug", False)
             if not command:
                 parser.print_help()
                 return 2

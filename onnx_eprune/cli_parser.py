@@ -109,8 +109,8 @@ def _add_calib_sources(p: argparse.ArgumentParser, source) -> None:
                    help="crop: short side to size, then centre crop (default); stretch: resize to size")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
+def _add_common(p: argparse.ArgumentParser, quiet: str = "print only warnings and errors") -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help=quiet)
     p.add_argument("-v", "--verbose", action="store_true", help="print details, onnxruntime messages included")
     p.add_argument("--debug", action="store_true", help="show a traceback on failure")
 
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="input shape for models with dynamic dimensions")
     _add_exclude(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_common(p)
+    _add_common(p, quiet="print the table (or JSON) and warnings and errors, no info lines")
 
     p = sub.add_parser("evaluate", help="compare a pruned model with its original",
                        description="Fidelity (top-1 agreement, relative error, cosine), accuracy when labels are "
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", metavar="LABELS.npy", help="integer class labels for accuracy")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_common(p)
+    _add_common(p, quiet="print the figures (or JSON) and warnings and errors, no info lines")
 
     p = sub.add_parser("demo", help="prune the shipped LeNet-5 (Fashion-MNIST) and show what it costs",
                        description="Prune the LeNet-5 that ships with onnx-eprune and print its accuracy and "

@@ -387,7 +387,7 @@ def test_cli_calib_random_warns(cnn_file, tmp_path, capsys):
                "--device", "cpu", "--method", "l1", "-q"])
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "WARNING" in err and "random" in err and "accuracy will suffer" in err
+    assert "warning:" in err and "random" in err and "accuracy will suffer" in err
     assert out.exists()
 
 

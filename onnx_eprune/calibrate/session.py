@@ -82,13 +82,19 @@ def _options(threads: int | None = None, spinning: bool = False) -> ort.SessionO
 def _omp_threads() -> int:
     """The thread count OMP_NUM_THREADS sets (its first level, "4,2" giving 4), 0 where it
     is unset or not a positive number (onnxruntime then picks its own, as OpenMP ignores it)."""
-    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    raw = os.environ.get("OMP_NUM_THREADS", "")
+    value = raw.split(",")[0].strip()
     if not value:
         return 0
     if not value.isdigit() or int(value) < 1:
-        log.warning("OMP_NUM_THREADS=%r is no thread count: onnxruntime picks its own", os.environ["OMP_NUM_THREADS"])
+        if raw not in _WARNED:  # every session reads it: say so once
+            _WARNED.add(raw)
+            log.warning("OMP_NUM_THREADS=%r is no thread count: onnxruntime picks its own", raw)
         return 0
     return int(value)
+
+
+_WARNED: set[str] = set()  # the OMP_NUM_THREADS values already warned about
 
 
 def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str] | None = None,
@@ -267,13 +273,14 @@ def _run_once(session: ort.InferenceSession, outputs: list[str] | None, feeds: d
 
 def _reason(exc: Exception) -> str:
     """The first line of an onnxruntime error without its C++ source location prefix
-    (``[ONNXRuntimeError] : 1 : FAIL : .../file.cc:123 Function(...) reason``), cut to 300
-    characters, so that the reason itself survives the cut."""
+    (``[ONNXRuntimeError] : 1 : FAIL : .../file.cc:123 Function(...) reason``), cut to about
+    300 characters in the middle, so that the reason and what to do survive the cut."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
     # the location, then the function's signature (with a return type: "void f(...) reason")
     text = re.sub(r"^\S+\.(cc|h|cpp):\d+\s+((\w[\w:<>,* ]*\s)?\S+\([^)]*\)\s*(const\s*)?)?", "", text)
-    return text[:300]
+    # cut in the middle: onnxruntime ends its longer messages with what to do
+    return text if len(text) <= 300 else f"{text[:150]} ... {text[-145:]}"
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

@@ -56,8 +56,7 @@ def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], pat
                         pattern, ", ".join(sorted(constants)[:SHOWN]))
             continue
         if not matched:
-            raise UsageError(f"--exclude {pattern!r} matches no node of the model (node names as "
-                             f"'onnx-eprune inspect MODEL' lists them; * matches any characters, ? one)")
+            raise _no_match(pattern)
         # a group is hit through its producers, and through the per-channel parameters of the
         # layers that pass it on (a depthwise convolution, a BatchNormalization)
         hits = [g for g in analysis.groups if any(p.node in matched for p in [*g.producers, *g.params])]
@@ -77,6 +76,22 @@ def exclude_groups(analysis: GraphAnalysis, nodes: Sequence[onnx.NodeProto], pat
             g.frozen.append(f"excluded by {pattern!r}")
         frozen += [g.gid for g in newly]
     return sorted(frozen)
+
+
+def check_matches(nodes: Sequence[onnx.NodeProto], patterns: Sequence[str]) -> None:
+    """Refuse, before any work, a pattern that matches none of ``nodes`` (the model as the
+    user gave it: unnamed nodes as ``OpType#index``), as :func:`exclude_groups` would later."""
+    check_patterns(patterns)
+    labels = [node_label(node, i) for i, node in enumerate(nodes)]
+    for pattern in patterns:
+        regex = _wildcards(pattern)
+        if not any(regex.fullmatch(label) for label in labels):
+            raise _no_match(pattern)
+
+
+def _no_match(pattern: str) -> UsageError:
+    return UsageError(f"--exclude {pattern!r} matches no node of the model (node names as 'onnx-eprune inspect "
+                      "MODEL' lists them; * matches any characters, ? one)")
 
 
 def _wildcards(pattern: str) -> re.Pattern:
