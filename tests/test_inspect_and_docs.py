@@ -44,6 +44,7 @@ from models import (
 )
 from onnx_eprune.cli import main
 from onnx_eprune.cli_parser import build_parser
+from test_docs import _synopsis
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -466,17 +467,6 @@ def _options(parser) -> set[str]:
     return {o for a in parser._actions for o in a.option_strings}
 
 
-def _synopsis() -> dict[str, str]:
-    block = README.split("## Command line", 1)[1].split("```\n", 1)[1].split("\n```", 1)[0]
-    lines: dict[str, str] = {}
-    name = None
-    for line in block.splitlines():
-        if line.startswith("onnx-eprune "):
-            name = line.split()[1]
-        lines[name] = lines.get(name, "") + " " + line
-    return lines
-
-
 def _option_table() -> list[tuple[str, str]]:
     """The README's option table: (first cell, meaning)."""
     section = README.split("## Command line", 1)[1].split("To keep some layers", 1)[0]
@@ -491,7 +481,7 @@ def _option_table() -> list[tuple[str, str]]:
 def test_every_option_in_the_readme_synopsis_exists_for_that_command():
     """The reverse of test_docs: no option the synopsis gives a command is unknown to it."""
     subs = _subparsers()
-    for name, text in _synopsis().items():
+    for name, text in _synopsis(README).items():
         named = set(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", text))
         assert named, name
         assert named <= _options(subs[name]), f"onnx-eprune {name}: {named - _options(subs[name])} not accepted"
@@ -584,7 +574,7 @@ def test_inspect_help_matches_the_readme_synopsis(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "[--calib CALIB | --input-shape N,C,H,W]" in text
-    assert "[--calib CALIB | --input-shape N,C,H,W]" in _synopsis()["inspect"]
+    assert "[--calib CALIB | --input-shape N,C,H,W]" in _synopsis(README)["inspect"]
     for option in ("--exclude", "--json", "-q", "-v", "--debug"):
         assert option in text
 
