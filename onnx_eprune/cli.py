@@ -206,18 +206,20 @@ def _check_output(output: str, option: str, inputs: list[tuple[str, str]]) -> No
         raise UsageError(f"{option} {out}: {exc.strerror or exc}; choose another path") from None
 
 
-def _check_data_file(output: str, model: str, inputs: list[tuple[str, str]]) -> None:
-    """A pruned model above 2 GB keeps its weights in ``<output>.data``: refuse, before any
-    work, an input there (an input's own weights), and for a large input (whose output is
-    likely large) a path there that cannot be written."""
+def _large(model: str) -> bool:
+    """Whether the model file with its data files reaches the 2 GB protobuf limit: only then
+    may its pruned model (never larger) keep its weights in a data file of its own."""
     from .graph.model_io import EXTERNAL_DATA_THRESHOLD, size_on_disk
 
     try:
-        large = size_on_disk(model) >= EXTERNAL_DATA_THRESHOLD
+        return size_on_disk(model) >= EXTERNAL_DATA_THRESHOLD
     except OSError:  # the model's own checks report it
-        return
-    if not large:  # pruning makes no model larger: its output is one file
-        return
+        return False
+
+
+def _check_data_file(output: str, inputs: list[tuple[str, str]]) -> None:
+    """A pruned model above 2 GB keeps its weights in ``<output>.data``: refuse, before any
+    work, an input there (an input's own weights) or a path there that cannot be written."""
     data = Path(f"{output}.data")
     for what, path in inputs:
         if same_file(data, Path(path)):
@@ -299,7 +301,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         _check_stats_options(args)
     inputs = _inputs(args)
     _check_output(args.output, "-o", inputs)
-    _check_data_file(args.output, args.model, inputs)
+    if _large(args.model):
+        _check_data_file(args.output, inputs)
     if args.report is not None:
         _check_output(args.report, "--report", inputs)
         if Path(args.report).resolve() == Path(args.output).resolve():
@@ -356,8 +359,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                                           if args.save_models else [])
     inputs = _inputs(args)
     folder = _check_folder(args.report_dir, names, inputs)
-    for target in targets if args.save_models else []:
-        _check_data_file(str(folder / _sweep_model_name(kind, target)), args.model, inputs)
+    for target in targets if args.save_models and _large(args.model) else []:
+        _check_data_file(str(folder / _sweep_model_name(kind, target)), inputs)
     if args.labels and not args.data:
         raise UsageError("--labels needs --data: the inputs they label")
     new_dir = _new_folder(args.report_dir)

@@ -508,19 +508,17 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, keep: Collection
         raise UsageError(f"output folder does not exist: {folder}")
     if not os.access(folder, os.W_OK):
         raise UsageError(f"output folder is not writable: {folder}")
+    data = folder / (target.name + ".data")  # where a large model's weights go
     if model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
         embedded = _embedded(model)
         # the data file of a large model this one replaces would be left behind, unread
-        stale = folder / (target.name + ".data")
-        if not target.is_file() or str(stale.resolve()) not in data_files(target) or \
-                any(same_file(stale, Path(k)) for k in keep):
-            stale = None
+        stale = target.is_file() and str(data.resolve()) in data_files(target) and \
+            not any(same_file(data, Path(k)) for k in keep)
         write_atomic(target, lambda f: f.write(embedded.SerializeToString(deterministic=True)))
-        if stale is not None:
-            log.info("removed %s, the data file of the model %s replaced", stale, target)
-            stale.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %s, the data file of the model %s replaced", data, target)
+            data.unlink(missing_ok=True)
         return
-    data = folder / (target.name + ".data")
     if any(os.path.exists(data) and os.path.samefile(ref[0], data)
            for ref in map(reference, model.graph.initializer) if ref is not None):
         raise UsageError(f"cannot write {target}: its data file {data} holds the input model's weights; "

@@ -316,7 +316,11 @@ def solve_lower(L: np.ndarray, B: np.ndarray, workers: int = 1, transposed: bool
 
 def cho_inverse_solve(A: np.ndarray, rho: float, B: np.ndarray, workers: int = 1) -> np.ndarray:
     """``(A + rho I)^-1 B`` through :func:`cholesky`."""
-    L = cholesky(A, rho, workers)
+    return cho_solve(cholesky(A, rho, workers), B, workers)
+
+
+def cho_solve(L: np.ndarray, B: np.ndarray, workers: int = 1) -> np.ndarray:
+    """``(L L^T)^-1 B`` for a lower Cholesky factor ``L``."""
     return solve_lower(L, solve_lower(L, B, workers), workers, transposed=True)
 
 

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .problem import ridge, shifted_cholesky, solve_lower
+from .problem import cho_solve, ridge, shifted_cholesky
 
 # Ridge toward the original weights, relative to the mean kept-feature variance. Session 1
 # chose 0.1 on LeNet-5 at sparsity 0.55 alone; on the wide layers of VGG-16 / ResNet-18 it
@@ -125,12 +125,11 @@ def refit(G: np.ndarray, P: np.ndarray, mean_x: np.ndarray, mean_y: np.ndarray, 
     rho = ridge(G, eps_ridge)
     L, shift = shifted_cholesky(G, rho, workers)
     if shift == rho:
-        omega = solve_lower(L, solve_lower(L, P + rho * prior.T, workers), workers, transposed=True).T
+        omega = cho_solve(L, P + rho * prior.T, workers).T
     else:
         # G + rho I was singular (a ridge of 0 on few samples): the shift the factor took must
         # also hold the weights near the original ones, not near zero, so solve for the change
         # (G + shift I) (omega - prior)^T = P - G prior^T
-        change = solve_lower(L, solve_lower(L, P - G @ prior.T, workers), workers, transposed=True)
-        omega = prior + change.T
+        omega = prior + cho_solve(L, P - G @ prior.T, workers).T
     new_bias = bias + mean_y - omega @ mean_x
     return omega, new_bias
