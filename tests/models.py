@@ -707,3 +707,21 @@ def node_by_name(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
         if node.name == name:
             return node
     raise KeyError(name)
+
+
+def conv_gemm_costs(model: onnx.ModelProto) -> tuple[int, int]:
+    """Parameters (weights and biases of every Conv and Gemm) and MACs per sample, counted on
+    the file with ONNX's own shape inference, independently of the library: a Conv costs
+    its weight's size per output position, a Gemm its weight's size."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in [*inferred.graph.value_info, *inferred.graph.output]}
+    params = macs = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        w = inits[node.input[1]]
+        params += w.size + (inits[node.input[2]].size if len(node.input) > 2 and node.input[2] else 0)
+        macs += w.size * (int(np.prod(shapes[node.output[0]][2:])) if node.op_type == "Conv" else 1)
+    return params, macs

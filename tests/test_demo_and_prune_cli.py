@@ -35,7 +35,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from models import conv_bn_relu_pool_flatten_gemm, io_signature, random_input
+from models import conv_bn_relu_pool_flatten_gemm, conv_gemm_costs, io_signature, random_input
 from onnx_eprune import datasets
 from onnx_eprune import demo as demo_module
 from onnx_eprune.calibrate.session import choose_providers
@@ -77,24 +77,6 @@ def provenance(path: Path) -> list[dict]:
 
 def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-
-
-def counted(model: onnx.ModelProto) -> tuple[int, int]:
-    """Parameters (weights and biases of every Conv and Gemm) and MACs per sample, counted on
-    the file with ONNX's own shape inference: a Conv costs its weight's size per output
-    position, a Gemm its weight's size."""
-    inits = weights(model)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
-              for vi in [*inferred.graph.value_info, *inferred.graph.output]}
-    params = macs = 0
-    for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm"):
-            continue
-        w = inits[node.input[1]]
-        params += w.size + (inits[node.input[2]].size if len(node.input) > 2 and node.input[2] else 0)
-        macs += w.size * (int(np.prod(shapes[node.output[0]][2:])) if node.op_type == "Conv" else 1)
-    return params, macs
 
 
 def out_width(model: onnx.ModelProto, name: str) -> int:
@@ -178,7 +160,7 @@ def test_demo_reaches_the_readme_sparsity_and_says_so_in_the_model(demo_run: dic
     counted on the files), and the printed params line and table say the same."""
     shipped = onnx.load(str(demo_module.shipped(demo_module.MODEL_FILE)))
     pruned = onnx.load(str(demo_run["out"]))
-    (pb, mb), (pa, ma) = counted(shipped), counted(pruned)
+    (pb, mb), (pa, ma) = conv_gemm_costs(shipped), conv_gemm_costs(pruned)
     assert 0.55 <= 1 - pa / pb <= 0.56
     [run] = provenance(demo_run["out"])
     assert (run["method"], run["mode"]) == ("entropic", "sequential")
@@ -483,7 +465,7 @@ def test_prune_lenet_summary_reports_and_metadata_hold_the_counted_figures(
     assert model.read_bytes() == before
     original, pruned = onnx.load(str(model)), onnx.load(str(out))
     onnx.checker.check_model(pruned, full_check=True)
-    (pb, mb), (pa, ma) = counted(original), counted(pruned)
+    (pb, mb), (pa, ma) = conv_gemm_costs(original), conv_gemm_costs(pruned)
     assert (pb, mb) == (61706, 416520)  # the model card's parameter count; MACs by hand for its layers
     report = json.loads(rep.read_text())
     assert json.loads((rdir / "report.json").read_text()) == report
@@ -529,7 +511,7 @@ def test_prune_its_own_output_records_both_runs(lenet: tuple[Path, Path], tmp_pa
         assert (run["method"], run["mode"], run["target"]) == (rep["method"], rep["mode"], rep["target"])
     assert runs[1]["params"][0] == runs[0]["params"][1] and runs[1]["macs"][0] == runs[0]["macs"][1]
     assert (runs[0]["method"], runs[1]["mode"]) == ("l1", "oneshot")
-    assert runs[1]["params"][1] == counted(onnx.load(str(twice)))[0]
+    assert runs[1]["params"][1] == conv_gemm_costs(onnx.load(str(twice)))[0]
     capsys.readouterr()
     assert main(["inspect", str(twice)]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pruned before: ")]

@@ -33,6 +33,7 @@ import onnx_eprune
 from models import (
     CLASSES,
     conv_bn_relu_pool_flatten_gemm,
+    conv_gemm_costs,
     io_signature,
     random_input,
     run_model,
@@ -77,23 +78,6 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
     finally:
         log.handlers[:], log.level, log.propagate = saved
     return status, out.getvalue(), err.getvalue()
-
-
-def _costs(model: onnx.ModelProto) -> tuple[int, int]:
-    """Parameters (Conv/Gemm weights and biases) and MACs per sample, counted from the model."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
-              for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    params = macs = 0
-    for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm"):
-            continue
-        w = inits[node.input[1]]
-        params += w.size + (inits[node.input[2]].size if len(node.input) > 2 and node.input[2] else 0)
-        macs += int(np.prod(shapes[node.output[0]][1:])) * int(np.prod(w.shape[1:])) if node.op_type == "Conv" \
-            else w.size
-    return params, macs
 
 
 def _provenance(model: onnx.ModelProto) -> dict:
@@ -178,9 +162,9 @@ def test_each_saved_model_is_valid_and_was_made_at_the_target_its_name_gives(ful
 
 def test_sweep_json_costs_match_the_saved_models(full_sweep):
     """params_removed / macs_removed = 1 - after/before, both counted from the weights."""
-    params0, macs0 = _costs(onnx.load(str(full_sweep["dir"] / "m.onnx")))
+    params0, macs0 = conv_gemm_costs(onnx.load(str(full_sweep["dir"] / "m.onnx")))
     for run in full_sweep["record"]["runs"]:
-        params, macs = _costs(onnx.load(str(full_sweep["out"] / f"pruned_sparsity_{run['target']:g}.onnx")))
+        params, macs = conv_gemm_costs(onnx.load(str(full_sweep["out"] / f"pruned_sparsity_{run['target']:g}.onnx")))
         assert run["params_removed"] == pytest.approx(1 - params / params0, abs=2e-6)
         assert run["macs_removed"] == pytest.approx(1 - macs / macs0, abs=2e-6)
         assert run["params_removed"] >= run["target"]
@@ -595,13 +579,13 @@ def test_api_sweep_leaves_the_model_alone_and_its_points_tell_the_truth(calib, t
                                method="l1", device="cpu")
     assert model.SerializeToString() == before
     assert [p.target for p in points] == sorted(p.target for p in points) and len(points) == 2
-    params0, macs0 = _costs(model)
+    params0, macs0 = conv_gemm_costs(model)
     ref = run_model(model, test_x)["y"].astype(np.float64)
     for p in points:
         json.dumps(p.as_dict())  # JSON-ready, whatever number types the targets came as
         onnx.checker.check_model(p.model, full_check=True)
         assert _provenance(p.model)["target"]["value"] == p.target
-        params, macs = _costs(p.model)
+        params, macs = conv_gemm_costs(p.model)
         assert p.params_removed == pytest.approx(1 - params / params0, abs=2e-6)
         assert p.macs_removed == pytest.approx(1 - macs / macs0, abs=2e-6)
         got = run_model(p.model, test_x)["y"]
