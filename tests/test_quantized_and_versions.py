@@ -13,8 +13,8 @@
 * Fully quantized models (hand-made QDQ CNNs at opsets 13-21, onnxruntime's
   ``quantize_static`` QDQ output for an MLP of MatMuls and for a CNN) are refused on one line
   that says the weights are quantized and to prune the float model, then quantize it;
-  ``inspect --json`` lists the frozen groups and counts the quantized weights. QOperator
-  models (QLinearConv, ConvInteger) are a known limit of ``inspect``'s counts.
+  ``inspect --json`` lists the frozen groups and counts the quantized weights, QOperator
+  models (QLinearConv, ConvInteger) included.
 * Versions. Every opset from 7 to 21 (at the lowest IR version it allows) spells one network
   of BatchNormalization (``spatial`` below 9), Pad and Clip (attributes below 11), Upsample
   (7-9) or Resize (10, 11, 13, 18, 19), Squeeze / Unsqueeze (``axes`` attribute below 13) and
@@ -327,16 +327,12 @@ def test_ort_partially_quantized_cnn_prunes_its_float_layers(tmp_path):
     assert {n: kept.get(n) for n in names} == {n: inits[n] for n in names}
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: a fake-quantized weight (float initializer -> QuantizeLinear -> "
-                   "DequantizeLinear -> Conv) is left out of the params/MACs count, so 'before' is 3202 instead of "
-                   "4370 and sparsity 0.3 removes only 22% of the real parameters")
 def test_report_counts_a_fake_quantized_layer():
-    """Expected: conv2's weight, a float initializer behind QuantizeLinear -> DequantizeLinear
-    (per channel), counts as a weight as an int8 one behind DequantizeLinear does, so the
+    """conv2's weight, a float initializer behind QuantizeLinear -> DequantizeLinear (per
+    channel), counts as a weight as an int8 one behind DequantizeLinear does, so the
     report's 'before' equals the independent count and the 0.3 target is met on the real
-    total. Happens: the layer is skipped, 'before' lacks its 1168 parameters and the run
-    stops at 22% of the real parameters. Likely cause: graph/costs.py:build_cost_model maps
-    only a DequantizeLinear whose input is an initializer to its weight shape."""
+    total (once, the layer was skipped: 'before' lacked its 1168 parameters and the run
+    stopped at 22% of the real parameters)."""
     model = one_quantized("fakequant", 21)
     result = prune(model, sparsity=0.3)
     params, macs = independent_costs(model)
@@ -527,13 +523,10 @@ def test_qoperator_model_is_refused_with_the_remedy(tmp_path, capsys):
     assert "quantized weights" in line and "prune the float model" in line, line
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: a QOperator model (QLinearConv, ConvInteger) is frozen at its "
-                   "first QuantizeLinear; inspect lists that group only and counts no parameters or MACs")
 def test_inspect_json_of_a_qoperator_model_counts_its_weights(capsys, tmp_path):
-    """Expected: inspect --json of a QLinearConv / ConvInteger model lists its groups frozen
-    for 'quantized weights' and counts the 8*27 + 16*72 weights and their MACs. Happens: no
-    parameters or MACs. Cause: graph/costs.py counts Conv/Gemm/MatMul (and DequantizeLinear
-    weights) only, not the QOperator ops."""
+    """inspect --json of a QLinearConv / ConvInteger model lists its groups frozen for
+    'quantized weights' and counts the 8*27 + 16*72 weights and their MACs (once it counted
+    no parameters or MACs: graph/costs.py knew only the float ops)."""
     info = inspect_json(capsys, tmp_path, qoperator_model())
     assert any(g["frozen"] and "quantized weights" in g["frozen"] for g in info["groups"])
     assert info["params"] == 8 * 27 + 16 * 72
@@ -762,16 +755,11 @@ def _function_model(kind: str) -> onnx.ModelProto:
     return model
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: a Conv whose weight a local function computes from an initializer "
-                   "is left out of params and MACs (2138 / 497824 instead of 3014 / 719008)")
 def test_report_counts_a_conv_whose_weight_a_function_computes():
-    """Expected: conv2 (8->12, 3x3 on 16x16), whose weight ``local.Double(W)`` computes from an
+    """conv2 (8->12, 3x3 on 16x16), whose weight ``local.Double(W)`` computes from an
     initializer, counts its 864 weights and 12 biases and its 221184 MACs in the report's
     'before', as any Conv does (README: --sparsity is a fraction of all Conv weights and
-    biases). Happens: the layer is skipped because its weight is not an initializer, so
-    the target is met against a smaller total. Likely cause: graph/costs.py:build_cost_model
-    skips every layer whose weight is neither an initializer nor DequantizeLinear of one
-    (its shape is known from the probe's shapes)."""
+    biases); once it was skipped, and the target was met against a smaller total."""
     result = prune(_function_model("weight_fn"), sparsity=0.3)
     assert result.report["params"]["before"] == 2138 + 12 * 72 + 12
     assert result.report["macs"]["before"] == 497824 + 12 * 72 * HW * HW

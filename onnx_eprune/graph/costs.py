@@ -84,11 +84,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
     """Cost terms of every weighted layer; groups that are frozen count as fixed.
     ``refits``: a consumer whose input channels shrink is re-fitted, which gives it a bias
     per output if it has none (a Conv before an unfolded BatchNormalization, a MatMul)."""
-    inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    # a quantized weight (DequantizeLinear of a stored integer tensor) is a weight too: its
-    # layer is frozen, but its parameters and MACs are part of the model's
-    inits.update({n.output[0]: inits[n.input[0]] for n in model.graph.node
-                  if n.op_type == "DequantizeLinear" and n.input[0] in inits})
+    inits = _constant_shapes(model, shapes)
     prunable = {g.gid for g in analysis.groups if g.prunable}
     outputs: dict[int, list[tuple[int, int, int]]] = {}   # node -> (offset, group, channels), in group channels
     rows: dict[int, int] = {}                              # node -> output rows per group channel
@@ -109,33 +105,35 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
     counted: set[str] = set()  # weights shared by several layers count once, as the file holds them
     batch = fixed_batch(model) or 1  # the samples the shapes were probed with
     for index, node in enumerate(model.graph.node):
-        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[0] in inits and \
-                node.input[1] not in inits:
+        kind = _FLOAT_KIND.get(node.op_type, node.op_type)
+        at = _WEIGHT_INPUT.get(node.op_type, 1)
+        if kind == "MatMul" and len(node.input) >= 2 and node.input[0] in inits and node.input[at] not in inits:
             layers.append(_left_matmul(node, index, inits[node.input[0]], shapes, batch, node.input[0] not in counted))
             counted.add(node.input[0])
             continue
-        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or node.input[1] not in inits:
+        if kind not in WEIGHTED_OPS or len(node.input) <= at or node.input[at] not in inits:
             continue
-        first = node.input[1] not in counted
-        counted.add(node.input[1])
-        wshape = inits[node.input[1]]
-        bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        first = node.input[at] not in counted
+        counted.add(node.input[at])
+        wshape = inits[node.input[at]]
+        bias_at = _BIAS_INPUT.get(node.op_type)
+        bias_name = node.input[bias_at] if bias_at is not None and len(node.input) > bias_at else None
         bias_shape = inits.get(bias_name) if bias_name else None
         out_shape = shapes.get(node.output[0], ())
         label = node_label(node, index)
         spatial = int(np.prod(out_shape[2:], dtype=np.int64)) if len(out_shape) > 2 else 1
-        if node.op_type in ("Gemm", "MatMul") and len(out_shape) == 2:
+        if kind in ("Gemm", "MatMul") and len(out_shape) == 2:
             spatial = max(out_shape[0] // batch, 1)  # rows per sample: pixels, after a Reshape to (N*H*W, C)
-        if node.op_type == "ConvTranspose":  # each input pixel meets each weight element once
+        if kind == "ConvTranspose":  # each input pixel meets each weight element once
             in_shape = shapes.get(node.input[0], ())
             spatial = int(np.prod(in_shape[2:], dtype=np.int64)) if len(in_shape) > 2 else 1
-        if node.op_type == "MatMul" and len(out_shape) > 2:
+        if kind == "MatMul" and len(out_shape) > 2:
             spatial = int(np.prod(out_shape[:-1], dtype=np.int64)) // max(out_shape[0], 1)
-        if node.op_type in ("Conv", "ConvTranspose"):
+        if kind in ("Conv", "ConvTranspose"):
             per_pair = int(np.prod(wshape[2:], dtype=np.int64))
-            out_ch = wshape[0] if node.op_type == "Conv" else wshape[1] * _group(node)
+            out_ch = wshape[0] if kind == "Conv" else wshape[1] * _group(node)
         else:
-            trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+            trans_b = kind == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
             out_ch = wshape[0] if trans_b else wshape[-1]
             per_pair = 1
         total_w = int(np.prod(wshape, dtype=np.int64))
@@ -171,6 +169,26 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
         layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra,
                                 factor, gains_bias=refits and cons is not None and not has_bias, weight_counted=first))
     return CostModel(layers)
+
+
+# Quantized (QOperator) layers: frozen, but their weights are the model's too; counted as
+# the float layer they compute
+_FLOAT_KIND = {"QLinearConv": "Conv", "ConvInteger": "Conv", "QLinearMatMul": "MatMul", "MatMulInteger": "MatMul"}
+_WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3}   # else input 1
+_BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "QLinearConv": 8}
+
+
+def _constant_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the tensors that hold weights: the initializers and every tensor computed
+    from them alone (a fake-quantized or int8 weight behind DequantizeLinear, a weight a
+    local function computes), their shapes from ``shapes``. A layer with such a weight is
+    frozen if the analysis cannot slice it, but its parameters and MACs are the model's."""
+    constant = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    for node in model.graph.node:
+        inputs = [name for name in node.input if name]
+        if inputs and all(name in constant for name in inputs):
+            constant.update({o: shapes[o] for o in node.output if o in shapes})
+    return constant
 
 
 def _left_matmul(node: onnx.NodeProto, index: int, wshape: tuple[int, ...], shapes: dict[str, tuple[int, ...]],
