@@ -24,9 +24,10 @@ LAPACK wrappers; test_exact_removal.py duplicated channels at ``refit_ridge=0``)
 Every pruned model must keep finite weights that do not explode (at most 1e3 times the
 original's largest magnitude, biases aside where the data's own scale sets them).
 
-The bugs this file found are fixed, and their tests pin the fixed behaviour. Three tests stay
-strict xfails marked "KNOWN LIMIT", the numeric limits the README lists under Known limits:
-tiny activations, float64 activations far from zero, and float16 overflow hidden by a ReLU.
+The bugs this file found are fixed, and their tests pin the fixed behaviour (tiny
+activations and a float16 overflow hidden by a ReLU were known limits once). One test stays a
+strict xfail marked "KNOWN LIMIT", the numeric limit the README lists under Known limits:
+float64 activations far from zero.
 """
 
 from __future__ import annotations
@@ -182,18 +183,16 @@ def test_power_of_two_input_scale_is_exact(exponent):
         np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6 * np.abs(want).max(), err_msg=name)
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: activations near 1e-15 (normal float32) change the keep-set: "
-                                       "absolute 1e-30 floors in problem.ConsumerTerm.energy / problem.ridge")
-def test_tiny_activations_choose_like_unit_ones():
-    """Known limit (README, Known limits): inputs scaled by 2**-50 (about 9e-16, far above
-    float32's smallest normal; output variances about 1e-31) should give the keep-sets of
-    unscaled ones, as 2**-46 still does, but the second group's keep-set changes.
-    ``select/problem.py`` floors a consumer's output energy (``ConsumerTerm.energy``) and the
-    ridge's mean variance (``ridge``) at an absolute 1e-30, so the objective stops being
-    scale-free below it."""
+@pytest.mark.parametrize("exponent", [-50, -56])
+def test_tiny_activations_choose_like_unit_ones(exponent):
+    """Inputs scaled by 2**-50 (about 9e-16, far above float32's smallest normal; output
+    variances about 1e-31) or 2**-56 (variances near 1e-34) give the keep-sets of unscaled
+    ones. Once ``select/problem.py`` floored a consumer's output energy and the ridge's mean
+    variance at an absolute 1e-30, so the objective stopped being scale-free below it and
+    the second group's keep-set changed at 2**-50."""
     model, x = bias_free(), images()
     base = onnx_eprune.prune(model, x, keep_ratio=0.5, positions=256, **FAST)
-    tiny = onnx_eprune.prune(model, (x * 2.0 ** -50).astype(np.float32), keep_ratio=0.5, positions=256, **FAST)
+    tiny = onnx_eprune.prune(model, (x * 2.0 ** exponent).astype(np.float32), keep_ratio=0.5, positions=256, **FAST)
     assert kept(tiny) == kept(base)
 
 
@@ -430,17 +429,14 @@ def test_float16_activations_near_the_top_of_the_range():
         assert errors[1e4, mode] <= 1.5 * errors[1.0, mode], errors
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # numpy's, from the Inf in calibrate/sensitivity.py
-@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: a float16 network whose layer output overflows to -Inf on the "
-                                       "calibration data is pruned silently (top-1 agreement 3%)")
 def test_float16_overflow_inside_the_network_is_reported(caplog):
-    """Known limit (README, Known limits): gemm1's output channel 3 (weights x1e5) overflows
-    float16 to -Inf on 38 of 64 calibration samples (the ReLU after it hides that from the graph
-    output). The run should say so, as it does for float32 statistics that overflow (an
-    EPruneError naming the overflow, or at least a warning), but it prunes silently: the
-    sequential model agrees with the original on 3% of the top-1 answers. The one-shot moments
-    of a consumer's output are computed in float64 from its input and weights, so the float16
-    network's Inf never shows."""
+    """gemm1's output channel 3 (weights x1e5) overflows float16 to -Inf on 38 of 64
+    calibration samples (the ReLU after it hides that from the graph output). The run must
+    say so, as it does for float32 statistics that overflow (an EPruneError naming the
+    overflow, or at least a warning). Once it pruned silently (the sequential model agreed
+    with the original on 3% of the top-1 answers): the one-shot moments of a consumer's
+    output are computed in float64 from its input and weights, so the Inf never shows there;
+    the output-gain runs, which fetch the layer outputs, now warn."""
     model = probe(fp16=True)
     for init in model.graph.initializer:
         if init.name == "g1.w":

@@ -19,6 +19,8 @@ a run over statistics merged from shards (each keeping its part of the subset) a
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 
@@ -31,6 +33,8 @@ from .session import (fixed_batch, make_session, run, samples_per_batch, shared_
 
 # graph output element types that are no numbers to compare
 NOT_NUMBERS = (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING)
+
+log = logging.getLogger("onnx_eprune")
 
 SUBSET_MODULUS = 8      # images whose key is 0 modulo this may measure gains ...
 SUBSET_SIZE = 128       # ... the ones with the smallest keys, at most this many ...
@@ -130,12 +134,23 @@ def _measure(model, topo, data, providers, tensors_by_group, shapes, space, delt
     noised = sorted({t for ts in tensors_by_group.values() for t in ts})
     ref, spread = [_Spread() for _ in outputs], {t: _Spread() for t in noised}
     dtypes: dict[str, np.dtype] = {}
+    overflowed: set[str] = set()
     for values in network.compute(outputs + fetched):
         for acc, name in zip(ref, outputs):
             acc.add(values[name].astype(np.float64))
         for name in noised:
-            spread[name].add(_channels_last(values[name]))
+            rows = _channels_last(values[name])
+            if not np.isfinite(rows).all():
+                overflowed.add(name)
+                rows = np.where(np.isfinite(rows), rows, 0.0)  # noise scaled to the finite values
+            spread[name].add(rows)
         dtypes = {name: value.dtype for name, value in values.items()}
+    if overflowed:
+        # the original hides it (a ReLU after a float16 overflow to -Inf); the statistics
+        # cannot: the pruned model may compute something else there
+        log.warning("tensor %r holds Inf or NaN on the calibration data (the network overflows inside, e.g. in "
+                    "float16): the channels there are chosen on statistics that cannot show it; check the "
+                    "pruned model's fidelity", min(overflowed))
     ref_var = sum(float(np.sum(acc.variance())) for acc in ref)
     std = {t: np.sqrt(acc.variance()) for t, acc in spread.items()}
     # every group's session holds most of the weights: serialised once each, they cost

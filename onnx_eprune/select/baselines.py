@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .entropic import lambda_step, quadratic_in_w
-from .problem import CURVE_RIDGE, ConsumerTerm, compress, inert_channels, twin_channels
+from .problem import CURVE_RIDGE, TINY, ConsumerTerm, compress, inert_channels, twin_channels
 
 
 def l1_ranking(producer_rows: list[np.ndarray]) -> np.ndarray:
@@ -105,7 +105,7 @@ def lasso_ranking(A: np.ndarray, b: np.ndarray, steps: int = 40, iters: int = 30
     if lam_max <= 0.0:
         return np.arange(C)
     nothing = ~A.any(axis=1) & (b == 0.0)
-    lipschitz = 2.0 * max(float(np.linalg.eigvalsh(A)[-1]), 1e-30)
+    lipschitz = 2.0 * max(float(np.linalg.eigvalsh(A)[-1]), TINY)
     step = 1.0 / lipschitz
     beta = np.zeros(C)
     entered = np.full(C, steps)
@@ -117,7 +117,7 @@ def lasso_ranking(A: np.ndarray, b: np.ndarray, steps: int = 40, iters: int = 30
             beta = np.sign(z) * np.maximum(np.abs(z) - step * lam, 0.0)
             t_next = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
             y = beta + ((t - 1.0) / t_next) * (beta - prev)
-            if np.max(np.abs(beta - prev)) <= 1e-9 * max(float(np.max(np.abs(beta))), 1e-30):
+            if np.max(np.abs(beta - prev)) <= 1e-9 * max(float(np.max(np.abs(beta))), TINY):
                 break
             prev, t = beta.copy(), t_next
         entered[(beta != 0.0) & (entered == steps)] = i

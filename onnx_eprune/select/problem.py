@@ -20,6 +20,11 @@ import numpy as np
 from ..parallel import matmul_rows, parallel_map
 from . import lapack
 
+# the floor of a variance or energy that divides: below any variance float32 statistics
+# hold (1e-45 and up), so the objective stays scale-free for the smallest activations, yet
+# a ridge of 1e-3 of it, squared, is still a normal float64 (the GCV divides by it)
+TINY = 1e-150
+
 
 @dataclass
 class ConsumerTerm:
@@ -36,7 +41,7 @@ class ConsumerTerm:
 
     @property
     def energy(self) -> float:
-        return max(float(self.var_y.sum()), 1e-30)
+        return max(float(self.var_y.sum()), TINY)
 
     def block_columns(self, channels: np.ndarray) -> np.ndarray:
         """Feature columns of ``channels``, in that order."""
@@ -242,7 +247,7 @@ def shifted_cholesky(A: np.ndarray, rho: float, workers: int = 1) -> tuple[np.nd
     variances), so that every caller with a finite ``A`` gets a factor. Large factors are
     computed block by block on up to ``workers`` threads (:func:`_factor`).
     """
-    top = max(float(np.max(np.abs(np.diag(A)), initial=0.0)), 1e-30)
+    top = max(float(np.max(np.abs(np.diag(A)), initial=0.0)), TINY)
     # a copy (A itself stays as it is), in the order LAPACK reads when it is factored whole
     order = "C" if A.shape[0] >= BLOCKED_FROM else "F"
     for attempt in range(13):
@@ -327,7 +332,7 @@ def cho_solve(L: np.ndarray, B: np.ndarray, workers: int = 1) -> np.ndarray:
 def ridge(G: np.ndarray, eps: float) -> float:
     """Ridge strength ``eps`` times the mean feature variance (scale-free)."""
     d = G.shape[0]
-    return eps * max(float(np.trace(G)) / max(d, 1), 1e-30)
+    return eps * max(float(np.trace(G)) / max(d, 1), TINY)
 
 
 # A light ridge for error curves: enough to factor singular covariances, small enough not
