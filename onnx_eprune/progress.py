@@ -7,6 +7,20 @@ import threading
 import time
 
 
+# the bar now on the screen, if any: an error line must not be written after it
+_shown: "Progress | None" = None
+
+
+def end_line() -> None:
+    """Erase a bar left on the screen (an interrupt as it was drawn: its task's ``with``
+    block never began, so its exit did not erase it)."""
+    global _shown
+    if _shown is not None:
+        _shown.stream.write("\r\x1b[2K")
+        _shown.stream.flush()
+        _shown = None
+
+
 class Progress:
     """``with progress.task("calibrate", total) as t: t.advance()`` draws one line."""
 
@@ -35,9 +49,11 @@ class _Task:
             self._draw()
 
     def __exit__(self, *exc) -> None:
+        global _shown
         if self.progress.enabled:
             self.progress.stream.write("\r\x1b[2K")
             self.progress.stream.flush()
+            _shown = None
 
     def _draw(self) -> None:
         if not self.progress.enabled:
@@ -46,5 +62,7 @@ class _Task:
         frac = self.done / self.total
         eta = f"{elapsed / frac - elapsed:5.1f}s left" if frac > 0 else "        "
         bar = "#" * int(24 * frac)
+        global _shown
+        _shown = self.progress
         self.progress.stream.write(f"\r{self.label:<14} [{bar:<24}] {self.done}/{self.total} {eta}")
         self.progress.stream.flush()

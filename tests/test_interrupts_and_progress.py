@@ -318,18 +318,12 @@ def _assert_stopped(ws: Workspace, run: Run, before: dict, code: int, message: s
 
 # -- signals at chosen phases ---------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: Ctrl-C while the package imports prints a KeyboardInterrupt traceback "
-                                       "and the process dies of SIGINT instead of exiting 130")
 def test_ctrl_c_during_start_up_is_one_line(ws):
-    """Expected: Ctrl-C pressed right after starting the command (while numpy/onnx are
-    imported, about a second on a cold or busy machine) ends it with the one interrupt line
-    and status 130, as anywhere else. What happens: Python's own traceback through
-    ``onnx_eprune/__init__.py`` -> ``evaluate.py`` -> ``import onnx`` and a death by SIGINT
-    (status -2). Cause: the console script and ``onnx_eprune/__main__.py`` import
-    ``onnx_eprune.cli`` (and the package ``__init__``, which imports onnx, numpy,
-    onnxruntime) at module level, outside the ``try`` of ``cli.main`` that turns
-    KeyboardInterrupt into the error line; the entry point needs a light module that
-    handles KeyboardInterrupt around the heavy imports."""
+    """Ctrl-C pressed right after starting the command (while onnx is imported, about a
+    second on a cold or busy machine) ends it with the one interrupt line and status 130,
+    as anywhere else: the package loads onnx and onnxruntime on first use, inside
+    ``cli.main``'s handling (once the console script's import of the package loaded them,
+    and the interrupt was Python's traceback and a death by SIGINT)."""
     before = ws.snapshot()
     run = _launch(ws, _prune(), points="import", signals=(signal.SIGINT,))
     _assert_stopped(ws, run, before, 130, INTERRUPTED)
@@ -436,16 +430,12 @@ def test_ctrl_c_on_a_terminal_erases_the_bar_before_the_error_line(ws):
     _assert_stopped(ws, run, before, 130, INTERRUPTED)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a signal that lands just after a bar is drawn (inside "
-                                       "_Task.__enter__) leaves the bar on screen and glues the error line to it")
 def test_ctrl_c_as_a_bar_appears_leaves_no_bar_on_screen(ws):
-    """Expected: however the interrupt falls, the error line stands alone on the screen.
-    What happens: about half the time, pressing Ctrl-C as a new bar ("calibrate ... 0/N")
-    appears, the screen shows ``calibrate [   ] 0/1024   onnx-eprune: error: interrupted...``
-    on one line (the launcher pauses right after the first draw to hit this every time).
-    Cause: progress.py:_Task.__enter__ draws the bar before the ``with`` block is entered,
-    so a KeyboardInterrupt raised there never reaches ``__exit__``, which erases it; and
-    cli.py:_fail prints the error line without ending a bar still on the line."""
+    """However the interrupt falls, the error line stands alone on the screen: Ctrl-C as a
+    new bar ("calibrate ... 0/N") appears (the launcher pauses right after the first draw)
+    once left ``calibrate [   ] 0/1024   onnx-eprune: error: interrupted...`` on one line,
+    since the interrupt came before the ``with`` block whose exit erases the bar;
+    cli.py:_fail now erases a bar left on the line first."""
     before = ws.snapshot()
     run = _launch(ws, _prune(), points="enter:calibrate", signals=(signal.SIGINT,), stderr_tty=True)
     assert run.status == 130
