@@ -655,14 +655,10 @@ def test_flops_reduction_lands_within_one_point() -> None:
 
 # -- bugs: MACs ----------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: a Conv applied to frames folded into the batch axis counts one "
-                                       "frame per sample (497,784 MACs reported, 553,080 true)")
 def test_conv_on_frames_folded_into_the_batch_counts_every_frame() -> None:
-    """Expected: MACs per sample count every image the Conv sees: a clip of 2 frames reshaped
-    to (2N, 3, H, W) runs c1 twice per sample (inspect, evaluate, prunable fraction).
-    Happens: c1 is counted once, so MACs and the prunable MAC fraction (0.889 vs 0.800) are off.
-    Cause (guess): onnx_eprune/graph/costs.py:build_cost_model takes ``spatial`` as
-    prod(out_shape[2:]) for a Conv, ignoring out_shape[0] / the probed batch."""
+    """MACs per sample count every image a Conv sees: a clip of 2 frames reshaped to (2N, 3,
+    H, W) runs c1 twice per sample, in inspect's MACs and prunable MAC fraction (c1 used to
+    count once, as if axis 0 were the batch)."""
     model, x = frames()
     probe = x[:2]
     costs = layer_costs(model, probe)
@@ -672,14 +668,10 @@ def test_conv_on_frames_folded_into_the_batch_counts_every_frame() -> None:
     assert summary["prunable_mac_fraction"] == pytest.approx(touched / totals(model, probe)[1], abs=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --flops-reduction 0.5 on a per-frame Conv model writes a model "
-                                       "with only 0.467 of its MACs removed (report says 0.519)")
 def test_flops_target_is_met_on_frames_folded_into_the_batch() -> None:
-    """Expected: "remove at least the fraction F of the MACs per sample": the written model
-    has at most half the MACs of the input, and the report says how many.
-    Happens: the report claims 0.519 removed, the file has 0.467 removed (per-frame MACs
-    undercounted, so the fixed part looks smaller than it is).
-    Cause (guess): onnx_eprune/graph/costs.py:build_cost_model, Conv ``spatial`` per image, not per sample."""
+    """--flops-reduction 0.5 on a per-frame Conv model writes a model with at most half the
+    input's MACs per sample, and the report says how many (the per-frame MACs used to be
+    undercounted, so the report overstated the removed fraction)."""
     model, x = frames()
     result = prune(model, x, flops_reduction=0.5)
     _, mb = totals(model, x[:2])
@@ -688,12 +680,9 @@ def test_flops_target_is_met_on_frames_folded_into_the_batch() -> None:
     assert_report_is_true(result.report, model, result.model, x[:2])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: evaluate's sizes count a per-frame Conv once per sample "
-                                       "(MACs 497,784 instead of 553,080)")
 def test_evaluate_sizes_count_every_frame() -> None:
-    """Expected: evaluate's size.original / size.pruned params and MACs are the files' counts.
-    Happens: MACs are short by one frame of c1 in both.
-    Cause (guess): onnx_eprune/graph/costs.py:build_cost_model (evaluate._counts uses it)."""
+    """evaluate's size.original / size.pruned params and MACs are the files' counts, every
+    frame of a per-frame Conv included (used to be short by one frame of c1)."""
     model, x = frames()
     result = prune(model, x, sparsity=0.4, mode="oneshot")
     size = onnx_eprune.evaluate(model, result.model, x[:8], device="cpu")["size"]
@@ -701,54 +690,34 @@ def test_evaluate_sizes_count_every_frame() -> None:
     assert (size["pruned"]["params"], size["pruned"]["macs"]) == totals(result.model, x[:2])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a ConvTranspose applied to frames folded into the batch axis "
-                                       "counts one frame per sample")
 def test_conv_transpose_on_frames_counts_every_frame() -> None:
-    """Expected: a per-frame ConvTranspose on (2N, 4, 8, 8) costs weight.size per input pixel
-    of both frames of a sample (inspect and the prune report).
-    Happens: one frame's worth (351,864 MACs instead of 358,008).
-    Cause (guess): onnx_eprune/graph/costs.py:build_cost_model, ConvTranspose ``spatial`` =
-    prod(in_shape[2:]) without in_shape[0] / batch."""
+    """A per-frame ConvTranspose on (2N, 4, 8, 8) costs weight.size per input pixel of both
+    frames of a sample, in inspect and the prune report (used to count one frame)."""
     model, x = frames(transpose=True)
     assert onnx_eprune.inspect(model, x[:1])["macs"] == totals(model, x[:2])[1]
     result = prune(model, x, sparsity=0.3, mode="oneshot")
     assert_report_is_true(result.report, model, result.model, x[:2])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: MatMul on sequence-first (T, N, C) tokens counts one row per "
-                                       "sample instead of T (14,040 MACs reported, 20,088 true)")
 def test_matmul_on_sequence_first_tokens_counts_every_row() -> None:
-    """Expected (README): "a Gemm or MatMul counts every row it multiplies": (64, N, 8) x (8, 12)
-    multiplies 64 rows per sample.
-    Happens: 1 row per sample (96 MACs instead of 6,144).
-    Cause (guess): onnx_eprune/graph/costs.py:build_cost_model divides prod(out[:-1]) by
-    out_shape[0], assuming axis 0 is the batch; it should divide by the probed sample count."""
+    """README: "a Gemm or MatMul counts every row it multiplies": (64, N, 8) x (8, 12)
+    multiplies 64 rows per sample (axis 0 used to be taken for the batch: 1 row)."""
     model, x = seq_first_matmul()
     assert onnx_eprune.inspect(model, x[:1])["macs"] == totals(model, x[:2])[1]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: MatMul by a batched (2, 4, 6) weight counts every head's weight "
-                                       "on every row (MACs doubled for that layer)")
 def test_matmul_by_a_batched_weight_counts_each_head_once() -> None:
-    """Expected: (N, 2, 64, 4) x (2, 4, 6) costs 2 * 64 * 4 * 6 = 3,072 MACs per sample (each
-    head's rows meet their own (4, 6) matrix).
-    Happens: 6,144 (all 48 weight elements times all 128 rows).
-    Cause (guess): onnx_eprune/graph/costs.py:build_cost_model multiplies the whole weight
-    (out_ch x total_w / out_ch) by prod(out[:-1]) / batch for a MatMul with a >2-D weight."""
+    """(N, 2, 64, 4) x (2, 4, 6) costs 2 * 64 * 4 * 6 = 3,072 MACs per sample: each head's
+    rows meet their own (4, 6) matrix (every head's weight used to count on every row)."""
     model, x = per_head_matmul()
     assert layer_costs(model, x[:2])["mm"] == (48, 3072)
     assert onnx_eprune.inspect(model, x[:1])["macs"] == totals(model, x[:2])[1]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a Gemm whose constant weight is operand A is not counted "
-                                       "(params 394 instead of 522)")
 def test_gemm_with_constant_a_operand_is_counted() -> None:
-    """Expected (README): --sparsity counts "all Conv/ConvTranspose/Gemm/MatMul weights"; a
-    Gemm(W, x, transB=1) applies the constant W (16, 8) to every sample, as the left MatMul
-    README names does.
-    Happens: its 128 weights and 128 MACs are missing from params and MACs.
-    Cause (guess): onnx_eprune/graph/costs.py:build_cost_model handles a constant left
-    operand only for MatMul (``_left_matmul``), and skips a Gemm whose input[1] is no initializer."""
+    """README: --sparsity counts "all Conv/ConvTranspose/Gemm/MatMul weights": a Gemm(W, x,
+    transB=1) applies the constant W (16, 8) to every sample and counts in params and MACs
+    like a left MatMul's (it used to be skipped)."""
     model, x = gemm_constant_a()
     summary = onnx_eprune.inspect(model, x[:1])
     assert (summary["params"], summary["macs"]) == totals(model, x[:2])
@@ -756,58 +725,39 @@ def test_gemm_with_constant_a_operand_is_counted() -> None:
 
 # -- bugs: shared tensors -----------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: a bias initializer that two convs share is counted twice "
-                                       "(inspect / report params before 2,730, file 2,722)")
 def test_shared_bias_counts_once() -> None:
-    """Expected (README): "a weight that several layers share counts once" - biases too (the
-    zero bias an exporter de-duplicates): inspect and the report's "before".
-    Happens: counted once per layer, so params before and removed_fraction are overstated.
-    Cause (guess): onnx_eprune/graph/costs.py:build_cost_model adds only node.input[1] to
-    ``counted``; the bias of a second user is always counted (LayerCost.params)."""
+    """README: "a weight that several layers share counts once" - biases too (the zero bias
+    an exporter de-duplicates): in inspect and the report's "before", and "after" counts the
+    biases the written file holds (the second reader's used to count again)."""
     model, x = shared(None, share_bias=True, share_weight=False)
     assert onnx_eprune.inspect(model, x[:1])["params"] == totals(model, x[:2])[0]
     result = prune(model, x, sparsity=0.4, mode="oneshot")
     assert_report_is_true(result.report, model, result.model, x[:2])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with a weight and bias shared by two convs the bias counts "
-                                       "twice, before and after (2,154 / 1,490 reported, files 2,146 / 1,482)")
 def test_shared_weight_and_bias_report_is_true() -> None:
-    """Expected: a module applied twice (weight and bias shared, its channels frozen) counts
-    its tensors once in the report before and after, as the files hold them.
-    Happens: the shared bias counts twice in both.
-    Cause (guess): onnx_eprune/graph/costs.py:build_cost_model - ``weight_counted`` is False for
-    the second user but its bias is still added (LayerCost.params)."""
+    """A module applied twice (weight and bias shared, its channels frozen) counts its
+    tensors once in the report before and after, as the files hold them (the shared bias
+    used to count twice)."""
     model, x = shared(None, share_bias=True, share_weight=True)
     result = prune(model, x, sparsity=0.3, mode="oneshot")
     assert_valid(result.model, model, x[:4])
     assert_report_is_true(result.report, model, result.model, x[:2])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a weight shared through an Identity is counted twice "
-                                       "(inspect params 2,730, file 2,154)")
 def test_weight_shared_through_identity_counts_once() -> None:
-    """Expected: conv ca reads ``ws`` and conv cb reads Identity(ws): one tensor in the file,
-    counted once (as when cb reads ``ws`` directly or through Cast).
-    Happens: counted twice, 576 parameters too many.
-    Cause (guess): onnx_eprune/graph/model_io.py:normalize folds the Identity into a separate
-    initializer (``ws_alias``) copying ``ws``, which graph/costs.py then counts as a second weight."""
+    """Conv ca reads ``ws`` and conv cb reads Identity(ws): one tensor in the file, counted
+    once, as when cb reads ``ws`` directly or through Cast (normalize used to fold the
+    Identity into a copy of ``ws``, counted as a second weight)."""
     model, x = shared("Identity", share_bias=False)
     assert onnx_eprune.inspect(model, x[:1])["params"] == totals(model, x[:2])[0]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --sparsity 0.2 on a model whose weight is shared through an "
-                                       "Identity writes a model with MORE parameters (2,169 vs 2,154)")
 def test_sparsity_target_met_with_a_weight_shared_through_identity() -> None:
-    """Expected: --sparsity 0.2 writes a model with at most 80% of the input's parameters
-    (README: shared weights count once; such a weight freezes its channels); the report's
-    figures are those of the files.
-    Happens: the shared weight is un-shared into two copies (``ws`` and ``ws_alias``) and
-    pruned separately; the written model has 0.7% more parameters than the input while
-    the report claims 0.205 removed (before: 2,730, counting the copy).
-    Cause (guess): onnx_eprune/graph/model_io.py:normalize copies the Identity's constant
-    instead of pointing cb at ``ws``, so the analysis (graph/analysis.py) never sees the
-    sharing and graph/costs.py counts both copies."""
+    """--sparsity 0.2 writes a model with at most 80% of the input's parameters when a
+    weight is shared through an Identity (README: shared weights count once and freeze their
+    channels), and the report's figures are those of the files (the Identity used to be
+    folded into a copy, pruned apart: the output had more parameters than the input)."""
     model, x = shared("Identity", share_bias=False)
     result = prune(model, x, sparsity=0.2, mode="oneshot")
     pb, _ = totals(model, x[:2])

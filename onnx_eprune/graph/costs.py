@@ -4,13 +4,13 @@ number of channels kept in each group."""
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from .groups import GraphAnalysis, node_label
-from .model_io import WEIGHTED_OPS, fixed_batch
+from .model_io import WEIGHTED_OPS, copy_origin, fixed_batch, initializer_map, tensor_array
 
 
 @dataclass
@@ -24,11 +24,12 @@ class LayerCost:
     per_pair: int               # weight elements per (output, input) channel pair
     depthwise: bool             # weight is per channel (C x per_pair), not per pair
     bias: bool
-    spatial: int                # output positions per sample: MACs per weight element
+    spatial: int                # uses of each weight element per sample: MACs per weight element
     extra_params: int = 0       # e.g. a constant bias that is not per channel
     out_factor: int = 1         # output channels per group channel (a channel multiplier, or outputs added to its)
-    gains_bias: bool = False    # without a per-output bias, it gets one when re-fitted (an input group shrinks)
+    refit: bool = False         # re-fitted when an input group shrinks (re-fits on; a consumer): a new bias
     weight_counted: bool = True  # False for a weight an earlier layer shares (counted there; its groups frozen)
+    shared_bias: SharedBias | None = field(default=None, repr=False, compare=False)  # a bias other layers read too
 
     def _counts(self, keep: dict[int, int]) -> tuple[int, int]:
         return self.out_factor * _count(self.out_segments, keep), _count(self.in_segments, keep)
@@ -36,22 +37,54 @@ class LayerCost:
     def groups(self) -> set[int]:
         return {g for g, _ in self.out_segments + self.in_segments if g is not None}
 
-    def params(self, keep: dict[int, int], refitted: bool | None = None) -> int:
-        """Parameters at the kept counts ``keep``. ``refitted``: whether the layer was
-        re-fitted (None: as it will be when an input group shrinks, if ``gains_bias``)."""
+    def is_refitted(self, keep: dict[int, int], refitted: Collection[str] | None = None) -> bool:
+        """Whether the layer is re-fitted at the kept counts ``keep``: it is among the layer
+        names ``refitted``, or (None) it will be as an input group shrinks, if ``refit``."""
+        if refitted is not None:
+            return self.name in refitted
+        return self.refit and any(g is not None and keep.get(g, n) < n for g, n in self.in_segments)
+
+    def params(self, keep: dict[int, int], refitted: Collection[str] | None = None) -> int:
+        """Parameters at the kept counts ``keep``. ``refitted``: the names of the re-fitted
+        layers (None: as :meth:`is_refitted` foresees)."""
         out, cin = self._counts(keep)
         weights = out * self.per_pair if self.depthwise else out * cin * self.per_pair
         weights *= self.weight_counted
-        if refitted is None:
-            refitted = self.gains_bias and any(g is not None and keep.get(g, n) < n for g, n in self.in_segments)
-        if refitted and not self.bias:
-            return weights + out  # the re-fit's bias replaces any other
-        return weights + (out if self.bias else 0) + self.extra_params
+        if not self.bias:  # the re-fit's bias replaces any other
+            return weights + (out if self.is_refitted(keep, refitted) else self.extra_params)
+        bias = out if self.shared_bias is None else self.shared_bias.held_by(self, keep, refitted)
+        return weights + bias + self.extra_params
 
     def macs(self, keep: dict[int, int]) -> int:
         out, cin = self._counts(keep)
         weights = out * self.per_pair if self.depthwise else out * cin * self.per_pair
         return weights * self.spatial
+
+
+@dataclass(eq=False)
+class SharedBias:
+    """A bias (``size`` elements) that several layers read: one tensor in the input, which
+    normalize copies per reader and the rewrite shares again where copies stay equal. The
+    readers left as they were share it; one whose outputs shrink or that is re-fitted holds
+    its own, unless (``uniform``: one value throughout, an exporter's de-duplicated zero
+    bias) an earlier reader holds an equally long slice."""
+
+    size: int
+    uniform: bool
+    readers: list[LayerCost]
+
+    def held_by(self, layer: LayerCost, keep: dict[int, int], refitted: Collection[str] | None) -> int:
+        """The elements ``layer``'s bias adds at ``keep``: none where an earlier reader holds
+        an equal tensor (:meth:`LayerCost.params` counts every reader's this way)."""
+        def tensor(reader: LayerCost) -> tuple[tuple[str, int], int]:  # (what tells equal tensors apart, size)
+            out = reader._counts(keep)[0]
+            if reader.is_refitted(keep, refitted) or not (self.uniform or out == self.size):
+                return ("own", id(reader)), out
+            return ("slice", out), out
+
+        mine, size = tensor(layer)
+        earlier = self.readers[:self.readers.index(layer)]
+        return 0 if any(tensor(reader)[0] == mine for reader in earlier) else size
 
 
 @dataclass
@@ -62,8 +95,7 @@ class CostModel:
         """Parameters at the kept counts ``keep`` (None: all). ``refitted``: the names of
         the layers a run re-fitted (None: those whose input groups shrink, if re-fits are
         on); a sequential run also re-fits layers whose own inputs stay whole."""
-        return sum(layer.params(keep or {}, None if refitted is None else layer.name in refitted)
-                   for layer in self.layers)
+        return sum(layer.params(keep or {}, refitted) for layer in self.layers)
 
     def macs(self, keep: dict[int, int] | None = None) -> int:
         return sum(layer.macs(keep or {}) for layer in self.layers)
@@ -72,7 +104,11 @@ class CostModel:
         return self.params(keep) if metric == "params" else self.macs(keep)
 
     def layers_of(self, gid: int) -> list[LayerCost]:
-        return [layer for layer in self.layers if gid in layer.groups()]
+        """The layers whose parameters or MACs depend on group ``gid``'s count: those it
+        touches, and every reader of a bias that one of them shares (which holds it depends)."""
+        readers = {id(reader) for layer in self.layers if gid in layer.groups() and layer.shared_bias
+                   for reader in layer.shared_bias.readers}
+        return [layer for layer in self.layers if gid in layer.groups() or id(layer) in readers]
 
 
 def _count(segments: list[tuple[int | None, int]], keep: dict[int, int]) -> int:
@@ -85,6 +121,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
     ``refits``: a consumer whose input channels shrink is re-fitted, which gives it a bias
     per output if it has none (a Conv before an unfolded BatchNormalization, a MatMul)."""
     inits = _constant_shapes(model, shapes)
+    values = initializer_map(model)
     prunable = {g.gid for g in analysis.groups if g.prunable}
     outputs: dict[int, list[tuple[int, int, int]]] = {}   # node -> (offset, group, channels), in group channels
     rows: dict[int, int] = {}                              # node -> output rows per group channel
@@ -102,33 +139,32 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
                 multiplier[prm.node] = prm.factor
     consumer_of = {c.node: c for c in analysis.consumers}
     layers: list[LayerCost] = []
-    counted: set[str] = set()  # weights shared by several layers count once, as the file holds them
+    counted: set[str] = set()  # tensors shared by several layers count once, as the file holds them
+    bias_readers: dict[str, list[LayerCost]] = {}  # a per-output bias (its origin) -> the layers reading it
     batch = fixed_batch(model) or 1  # the samples the shapes were probed with
     for index, node in enumerate(model.graph.node):
         kind = _FLOAT_KIND.get(node.op_type, node.op_type)
         at = _WEIGHT_INPUT.get(node.op_type, 1)
-        if kind == "MatMul" and len(node.input) >= 2 and node.input[0] in inits and node.input[at] not in inits:
-            layers.append(_left_matmul(node, index, inits[node.input[0]], shapes, batch, node.input[0] not in counted))
-            counted.add(node.input[0])
+        bias_at = _BIAS_INPUT.get(node.op_type)
+        bias_name = node.input[bias_at] if bias_at is not None and len(node.input) > bias_at else None
+        bias_shape = inits.get(bias_name) if bias_name else None
+        bias_origin = copy_origin(values, bias_name) if bias_shape is not None else None
+        if kind in ("MatMul", "Gemm") and len(node.input) > at and node.input[0] in inits and \
+                node.input[at] not in inits:
+            # a Gemm's C broadcast over a constant A's rows is no per-channel bias
+            extra = int(np.prod(bias_shape, dtype=np.int64)) if bias_origin not in counted | {None} else 0
+            layers.append(_left_operand(node, index, inits[node.input[0]], shapes, batch,
+                                        node.input[0] not in counted, extra))
+            counted.update({node.input[0], bias_origin} - {None})
             continue
         if kind not in WEIGHTED_OPS or len(node.input) <= at or node.input[at] not in inits:
             continue
         first = node.input[at] not in counted
         counted.add(node.input[at])
         wshape = inits[node.input[at]]
-        bias_at = _BIAS_INPUT.get(node.op_type)
-        bias_name = node.input[bias_at] if bias_at is not None and len(node.input) > bias_at else None
-        bias_shape = inits.get(bias_name) if bias_name else None
         out_shape = shapes.get(node.output[0], ())
         label = node_label(node, index)
-        spatial = int(np.prod(out_shape[2:], dtype=np.int64)) if len(out_shape) > 2 else 1
-        if kind in ("Gemm", "MatMul") and len(out_shape) == 2:
-            spatial = max(out_shape[0] // batch, 1)  # rows per sample: pixels, after a Reshape to (N*H*W, C)
-        if kind == "ConvTranspose":  # each input pixel meets each weight element once
-            in_shape = shapes.get(node.input[0], ())
-            spatial = int(np.prod(in_shape[2:], dtype=np.int64)) if len(in_shape) > 2 else 1
-        if kind == "MatMul" and len(out_shape) > 2:
-            spatial = int(np.prod(out_shape[:-1], dtype=np.int64)) // max(out_shape[0], 1)
+        spatial = _uses_per_sample(kind, out_shape, shapes.get(node.input[0], ()), wshape, batch)
         if kind in ("Conv", "ConvTranspose"):
             per_pair = int(np.prod(wshape[2:], dtype=np.int64))
             out_ch = wshape[0] if kind == "Conv" else wshape[1] * _group(node)
@@ -138,7 +174,10 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
             per_pair = 1
         total_w = int(np.prod(wshape, dtype=np.int64))
         has_bias = bias_shape is not None and int(np.prod(bias_shape, dtype=np.int64)) == out_ch
-        extra = int(np.prod(bias_shape, dtype=np.int64)) if bias_shape is not None and not has_bias else 0
+        extra = int(np.prod(bias_shape, dtype=np.int64)) if bias_shape is not None and not has_bias and \
+            bias_origin not in counted else 0
+        if extra:
+            counted.add(bias_origin)
 
         def segments(entries, total):
             segs, pos = [], 0
@@ -158,6 +197,8 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
             factor = multiplier[index]
             layers.append(LayerCost(label, node.op_type, segments(depthwise[index], out_ch // factor), [], per_pair,
                                     True, has_bias, spatial, extra, factor, weight_counted=first))
+            if has_bias:
+                bias_readers.setdefault(bias_origin, []).append(layers[-1])
             continue
         factor = rows.get(index, 1)
         out_segs = segments(outputs.get(index, []), out_ch // factor)
@@ -167,8 +208,39 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
         else:  # not a consumer: its input side is fixed; express its weight as out x in pairs
             in_segs, per = [(None, total_w // max(out_ch * per_pair, 1))], per_pair
         layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra,
-                                factor, gains_bias=refits and cons is not None and not has_bias, weight_counted=first))
+                                factor, refit=refits and cons is not None, weight_counted=first))
+        if has_bias:
+            bias_readers.setdefault(bias_origin, []).append(layers[-1])
+    for origin, readers in bias_readers.items():
+        if len(readers) > 1:
+            _share_bias(readers, values.get(origin))
     return CostModel(layers)
+
+
+def _share_bias(readers: list[LayerCost], tensor: onnx.TensorProto | None) -> None:
+    """Mark ``readers`` as the layers reading one bias (``tensor``, its initializer where it
+    is one: None for a computed one), which the file holds once (:class:`SharedBias`)."""
+    value = tensor_array(tensor) if tensor is not None else None
+    uniform = value is not None and value.size > 0 and bool(np.all(value == value.flat[0]))
+    shared = SharedBias(readers[0].out_factor * _count(readers[0].out_segments, {}), uniform, readers)
+    for reader in readers:
+        reader.shared_bias = shared
+
+
+def _uses_per_sample(kind: str, out_shape: tuple[int, ...], in_shape: tuple[int, ...], wshape: tuple[int, ...],
+                     batch: int) -> int:
+    """How often a layer multiplies each weight element per sample (shapes probed on
+    ``batch`` samples): a Conv at every output position of every image it sees (frames
+    folded into the batch axis count each), a ConvTranspose at every input position, a
+    Gemm or MatMul on every row it multiplies (pixels reshaped to rows, sequence-first
+    tokens; each matrix of a batched (..., K, M) weight on its own rows)."""
+    if kind == "Conv":
+        uses = int(np.prod(out_shape[:1] + out_shape[2:], dtype=np.int64))
+    elif kind == "ConvTranspose":
+        uses = int(np.prod(in_shape[:1] + in_shape[2:], dtype=np.int64))
+    else:
+        uses = int(np.prod(out_shape[:-1], dtype=np.int64)) // max(int(np.prod(wshape[:-2], dtype=np.int64)), 1)
+    return max(uses // batch, 1)
 
 
 # Quantized (QOperator) layers: frozen, but their weights are the model's too; counted as
@@ -191,17 +263,20 @@ def _constant_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]])
     return constant
 
 
-def _left_matmul(node: onnx.NodeProto, index: int, wshape: tuple[int, ...], shapes: dict[str, tuple[int, ...]],
-                 batch: int, first: bool) -> LayerCost:
-    """``W @ x`` with a constant W (M, K) on the left: a layer whose channels the analysis
-    does not follow (fixed), counted for its M * K weights, each used once per column of the
-    output per sample."""
+def _left_operand(node: onnx.NodeProto, index: int, wshape: tuple[int, ...], shapes: dict[str, tuple[int, ...]],
+                  batch: int, first: bool, extra: int) -> LayerCost:
+    """``W @ x`` (MatMul, or Gemm with its A) with a constant W (M, K) on the left (K, M
+    for a Gemm's transA; (..., M, K) batched): a layer whose channels the analysis does not
+    follow (fixed), counted for its weights, each used once per column of the output per
+    sample, and ``extra`` parameters (a Gemm's C)."""
     out_shape = shapes.get(node.output[0], ())
-    rows = wshape[-2] if len(wshape) >= 2 else 1
+    trans_a = node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute)
+    rows = (wshape[-1] if trans_a else wshape[-2]) if len(wshape) >= 2 else 1
     total = int(np.prod(wshape, dtype=np.int64))
-    per_sample = int(np.prod(out_shape, dtype=np.int64)) // max(rows * batch, 1) if out_shape else 1
+    matrices = int(np.prod(wshape[:-2], dtype=np.int64))  # of a batched W, each on its own columns
+    per_sample = int(np.prod(out_shape, dtype=np.int64)) // max(rows * matrices * batch, 1) if out_shape else 1
     return LayerCost(node_label(node, index), node.op_type, [(None, rows)], [(None, total // max(rows, 1))], 1,
-                     False, False, max(per_sample, 1), weight_counted=first)
+                     False, False, max(per_sample, 1), extra, weight_counted=first)
 
 
 def _group(node: onnx.NodeProto) -> int:
