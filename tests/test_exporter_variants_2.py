@@ -721,19 +721,14 @@ WEIGHTED_MODELS = {
 
 @pytest.mark.parametrize("name", [
     *[n for n in WEIGHTED_MODELS if n != "convnext_mlp"],
-    pytest.param("convnext_mlp", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: a MatMul of a 4-D NHWC activation (ConvNeXt's Linear) is in no report group: its "
-        "output channels are neither pruned nor listed as frozen with a reason")))])
+    "convnext_mlp"])
 def test_every_weighted_layer_appears_in_the_report(name):
     """Reports tell the truth: every (ungrouped) Conv / ConvTranspose / Gemm / MatMul with a
     constant weight appears in a report group, as the producer of its output channels (pruned, or
-    frozen with the reason). Expected for ConvNeXt: pw1's 16 hidden channels (Linear ->
-    Relu -> Linear, the block's widest layer) prune like a 1x1 Conv's, or are listed frozen.
-    What happens: the analysis freezes the MatMul as "only MatMul of a 2-D activation by a
-    constant matrix is handled" (graph/analysis.py: op_MatMul -> freeze_all), which makes
-    its outputs opaque, so no group names pw1 or pw2; ``inspect`` and the report are silent
-    about a third of the model's MACs (likely cause: freeze_all / opaque_output create no
-    group for a weighted layer's outputs)."""
+    frozen with the reason). For ConvNeXt, pw1's 16 hidden channels (Linear -> Relu ->
+    Linear, the block's widest layer, on NHWC pixels) are listed frozen with the MatMul's
+    reason (once its outputs were opaque, so no group named pw1 or pw2, and ``inspect`` and
+    the report were silent about a third of the model's MACs)."""
     build, calib = WEIGHTED_MODELS[name]
     model = build()
     result = prune_checked(model, calib, keep_ratio=0.5)
@@ -745,18 +740,13 @@ def test_every_weighted_layer_appears_in_the_report(name):
     assert [w for w in weighted if w not in producers] == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a frozen group's reason says a layer reads the channels on axis 1 "
-                                       "when it reads them where they are (NHWC input, ConvNeXt's MatMul)")
 @pytest.mark.parametrize("case", ["nhwc_graph_input", "matmul_on_nhwc"])
 def test_frozen_reasons_name_the_real_cause(case):
-    """Expected: the group of the NHWC graph input read by conv1 is frozen as a "graph input"
-    (as it is for an NCHW input); conv1's group read by ConvNeXt's pw1 is pruned, or frozen
-    with a reason about the MatMul. What happens: "conv1 reads them on axis 1, not on axis
-    2" and "pw1 reads them on axis 1, not on axis 3", both false (conv1 reads the transposed
-    input's axis 1, where its 3 channels are; a MatMul reads the last axis, where conv1's
-    channels are). Likely cause: graph/analysis.py: run() lists MatMul in CHANNELS_FIRST and
-    reread_channels_first replaces the layout's reason with the axis message; the graph
-    input's layout is made from dimension 1 of the NHWC input (its height)."""
+    """The group of the NHWC graph input read by conv1 is frozen as a "graph input" (as it
+    is for an NCHW input); conv1's group read by ConvNeXt's pw1 is pruned, or frozen with a
+    reason about the MatMul. Once they read "conv1 reads them on axis 1, not on axis 2" and
+    "pw1 reads them on axis 1, not on axis 3", both false (conv1 reads the transposed
+    input's axis 1, where its 3 channels are; a MatMul reads the last axis)."""
     if case == "nhwc_graph_input":
         report = prune_checked(tf_classifier(1), CALIB_NHWC, keep_ratio=0.5).report
         group = next(g for g in report["groups"] if g["consumers"] == ["conv1"])

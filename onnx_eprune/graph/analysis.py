@@ -50,7 +50,7 @@ ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow",
 REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
 # Ops whose first input must hold its channels on axis 1 (NCHW or (N, features)).
 CHANNELS_FIRST = SPATIAL_POOLS | {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "Gemm",
-                                  "MatMul", "Flatten"}
+                                  "Flatten"}  # (MatMul reads its last axis: op_MatMul)
 
 # the QOperator format's layers (onnxruntime's quantize_static with QuantFormat.QOperator)
 QUANTIZED_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"})
@@ -292,11 +292,15 @@ class _Analyzer:
         transposed to NCHW): those channels are frozen, and the tensor is read afresh as
         frozen channels on axis 1, so that the op's own output channels stay prunable."""
         x = node.input[0]
+        old = self.layout(x)
+        # channels already frozen for a cause (a graph input, NHWC) keep naming it
+        known = [r for seg in old for r in self.spaces.frozen.get(seg.space, [])] if isinstance(old, list) else []
         reason = f"{node_label(node, index)} reads them on axis 1, not on axis {self.axis(x)}"
-        self.freeze_layout(self.layout(x), reason)
+        self.freeze_layout(old, reason)
         self.axes.pop(x)
         c = self.channels(x)
-        self.layouts[x] = OPAQUE if c is None else self.create(f"t:{x}", c, None, reason)
+        self.layouts[x] = OPAQUE if c is None else self.create(f"t:{x}", c, None, "; ".join(dict.fromkeys(known))
+                                                                or reason)
 
     def passthrough(self, node: onnx.NodeProto, src: str, axis: int | None = None) -> object:
         """The first output carries the layout of ``src`` (on channel axis ``axis``, by
@@ -459,10 +463,17 @@ class _Analyzer:
         if quantized and QUANTIZED in quantized:  # the remedy (prune the float model) goes with it
             self.freeze_all(node, index, quantized)
             return
+        if w in self.init_by_name and len(self.init_by_name[w].dims) == 2 and shape_a is not None \
+                and len(shape_a) > 2 and self.axis(a) == len(shape_a) - 1:
+            self.frozen_linear(node, index, w, f"{label}: MatMul of a {len(shape_a)}-D activation (channels last)")
+            return
         if w not in self.init_by_name or len(self.init_by_name[w].dims) != 2 or not isinstance(layout, list) \
                 or shape_a is None or len(shape_a) != 2:
             self.freeze_all(node, index, f"{label}: only MatMul of a 2-D activation by a constant matrix is handled")
             return
+        if self.axis(a) != 1:  # a 2-D MatMul reads its features on axis 1
+            self.reread_channels_first(node, index)
+            layout = self.layout(a)
         d, m = tuple(self.init_by_name[w].dims)
         cin = sum(seg.length for seg in layout)
         factor = layout[0].factor if layout else 1
@@ -471,6 +482,16 @@ class _Analyzer:
             return
         self.add_consumer(node, index, "matmul", a, node.output[0], w, None, m, cin, factor, layout, trans_b=False)
         self.layouts[node.output[0]] = self.create(f"n:{index}", m, Producer(index, "matmul", w, 1, None))
+
+    def frozen_linear(self, node: onnx.NodeProto, index: int, w: str, reason: str) -> None:
+        """A layer on the last axis that the statistics cannot follow (a Linear on NHWC
+        pixels): its inputs and outputs keep their channels, and its output channels are a
+        group of its own that names it, frozen for ``reason``."""
+        self.freeze_all(node, index, reason)
+        out = node.output[0]
+        self.layouts[out] = self.create(f"n:{index}", int(self.init_by_name[w].dims[1]),
+                                        Producer(index, "matmul", w, 1, None), reason)
+        self.axes[out] = len(self.shapes[out]) - 1 if out in self.shapes else 1
 
     # -- pass-through ops --------------------------------------------------------------
     def unary(self, node: onnx.NodeProto, index: int) -> None:
