@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -174,6 +175,13 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
         from .graph.model_io import data_files
 
         named += [("a data file of the input model", path) for path in data_files(args.model)]
+    if getattr(args, "calib_images", None):
+        from .calibrate.images import list_images
+
+        try:
+            named += [("one of the --calib-images images", str(path)) for path in list_images(args.calib_images)]
+        except UsageError:  # no folder, or no image in it: the loader says so, after the output checks
+            pass
     return [(what, path) for what, path in named if path]
 
 
@@ -325,7 +333,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     # a failure or an interrupt anywhere here leaves every output as it was before the run
     with Replacing(_new_folder(args.report_dir)) as outputs:
         outputs.claim(f"{args.output}.data")  # where a model above 2 GB keeps its weights (before it is written)
-        save_model(result.model, outputs.claim(args.output), keep=[source for _, source in inputs])
+        try:
+            save_model(result.model, outputs.claim(args.output), keep=[source for _, source in inputs])
+        except UsageError as exc:
+            raise _folder_gone(exc, args.output) from None
         written = [Path(args.output)]
         if args.report:
             write_json(report, outputs.claim(args.report))
@@ -335,9 +346,31 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 outputs.claim(Path(args.report_dir) / name)
             written += write_report_dir(report, args.report_dir)
     if not args.quiet:
-        print(summary_table(report))
-        print("wrote " + ", ".join(str(p) for p in written))
+        _print_after_writing(summary_table(report) + "\nwrote " + ", ".join(str(p) for p in written), written)
     return 0
+
+
+def _folder_gone(exc: UsageError, output: str) -> EPruneError:
+    """``exc``, raised while writing ``output`` after the work, as what it then is: a runtime
+    failure (exit 1, like a full disk) when ``output``'s folder, there when the run began,
+    has gone since; ``exc`` itself otherwise."""
+    folder = Path(output).parent
+    if folder.is_dir():
+        return exc
+    return EPruneError(f"cannot write {output}: its folder {folder} was removed during the run")
+
+
+def _print_after_writing(text: str, written: list[Path]) -> None:
+    """Print ``text`` once the files ``written`` are committed. They are whole and stay when
+    standard output fails, as with a reader that leaves early (``| head``): a full disk
+    under ``> file`` fails the run in one line that says they were written."""
+    try:
+        print(text, flush=True)  # flushed here: a failure at exit would come without that line
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise EPruneError(f"wrote {', '.join(map(str, written))}, but could not print the summary to standard "
+                          f"output: {exc.strerror or exc}") from exc
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -411,8 +444,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                          positions=args.positions)
     config.check()
     calib = _calib_source(args, _input_model(args.model, weights=False))
-    bundle = calibrate(args.model, calib, config, progress=Progress(enabled=not args.quiet))
-    bundle.save(args.stats_out)
+    try:
+        bundle = calibrate(args.model, calib, config, progress=Progress(enabled=not args.quiet))
+    except EPruneError as exc:
+        raise _no_prunable_hint(exc, args.model) from None
+    try:
+        bundle.save(args.stats_out)
+    except UsageError as exc:
+        raise _folder_gone(exc, args.stats_out) from None
     if not args.quiet:
         print(f"wrote statistics of {len(bundle.consumers)} layers over {bundle.samples} samples to {args.stats_out}")
     return 0
@@ -506,6 +545,8 @@ def _cell(names: list[str], width: int = 36) -> str:
 
 def _describe_run(run) -> str:
     """One line for a pruning run recorded in a model's metadata (``inspect``)."""
+    from .report import printable
+
     try:
         target = run["target"]
         text = f"{target['kind']} {target['value']}, {run['method']} {run['mode']}, params " \
@@ -514,7 +555,7 @@ def _describe_run(run) -> str:
             text += f", excluding {', '.join(map(str, run['exclude']))}"
         if run.get("min_keep"):
             text += f", min-keep {run['min_keep']}"
-        return text + f" (onnx-eprune {run['version']})"
+        return printable(text + f" (onnx-eprune {run['version']})")  # a pattern may hold a line break
     except (TypeError, KeyError, IndexError, ValueError):  # not written by this tool: show it as it is
         return json.dumps(run)
 
@@ -535,10 +576,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _check_output(args.output, "-o", shipped_inputs())
     PruneConfig(sparsity=args.sparsity).target()  # a target out of range fails here, before any work
     with Replacing() as outputs:
-        numbers = run_demo(outputs.claim(args.output), sparsity=args.sparsity, method=args.method,
-                           device=args.device, quiet=args.quiet)
+        try:
+            numbers = run_demo(outputs.claim(args.output), sparsity=args.sparsity, method=args.method,
+                               device=args.device, quiet=args.quiet)
+        except UsageError as exc:
+            raise _folder_gone(exc, args.output) from None
     if not args.quiet:  # after the block: a reader that leaves early must not undo the written model
-        print(format_demo(numbers))
+        _print_after_writing(format_demo(numbers), [Path(args.output)])
     return 0
 
 
@@ -574,6 +618,64 @@ def _os_error_line(exc: OSError) -> str:
     return f"{where}{exc.strerror or exc}; {hint}"
 
 
+class _StandardOutput:
+    """``sys.stdout`` while a command runs: a write or flush that fails names standard output
+    as the file it could not write (an OSError from a stream names none, and ``inspect --json
+    > file`` on a full disk must not read like a failure of one of the command's files)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> object:  # encoding, isatty, fileno: the stream's own
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        with self._named():
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        with self._named():
+            self._stream.flush()
+
+    @contextmanager
+    def _named(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            exc.filename = exc.filename or "standard output"
+            _discard_output(self._stream)
+            raise
+
+
+def _discard_output(stream: TextIO) -> None:
+    """Point ``stream``'s descriptor at the null device: what it still holds goes there when
+    the interpreter flushes it at exit, rather than failing a second time ("Exception
+    ignored", exit 120) after the run's own line."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+    except (OSError, ValueError):  # a stream without a descriptor (a test's capture)
+        pass
+
+
+@contextmanager
+def _standard_output() -> Iterator[None]:
+    """Run a command with :class:`_StandardOutput` as ``sys.stdout``, flushed at its end: a
+    failed write of buffered output comes here, rather than at exit, where Python would
+    print "Exception ignored" and exit 120."""
+    stream = sys.stdout
+    if stream is None:  # closed (>&-): print() writes nothing
+        yield
+        return
+    sys.stdout = _StandardOutput(stream)
+    try:
+        yield
+        sys.stdout.flush()
+    finally:
+        sys.stdout = stream
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
@@ -598,6 +700,9 @@ def _fail(code: int, line: str, debug: bool) -> int:
     exit status is ``code`` either way."""
     if sys.stderr is None:  # no stream to report on (stdout holds results only)
         return code
+    from .progress import end_line
+
+    end_line()
     if debug:
         traceback.print_exc()
     else:
@@ -612,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv  # for a command line that does not parse; once it does, the option itself
     command = None
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _standard_output():
             parser = build_parser()
             args = parser.parse_args(argv)
             command, debug = args.command, getattr(args, "debug", False)
@@ -638,10 +743,6 @@ def main(argv: list[str] | None = None) -> int:
         hint = _MEMORY_HINTS.get(command, "close other programs or use a machine with more memory")
         return _fail(1, f"onnx-eprune: error: out of memory; {hint}", debug)
     except BrokenPipeError:  # the reader of stdout left (| head): what it had asked for is done
-        try:  # no second error when the interpreter flushes stdout at exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):  # a stream without a descriptor (a test's capture)
-            pass
         return 0
     except OSError as exc:  # a read or write the code did not expect to fail
         return _fail(1, f"onnx-eprune: error: {_os_error_line(exc)}", debug)

@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
+import stat
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -52,16 +56,21 @@ class Replacing:
         self.claims: dict[Path, str | None] = {}  # path -> where its old version waits, if it had one
 
     def claim(self, path: str | os.PathLike) -> Path:
-        """Note that ``path`` is about to be written; returns it as a Path."""
+        """Note that ``path`` is about to be written; returns it as a Path. A symbolic link
+        there, also one whose target does not exist (yet), is kept as the link it is."""
         path = Path(path)
         if path not in self.claims:
-            self.claims[path] = _keep_aside(path) if path.is_file() else None
+            self.claims[path] = _keep_aside(path) if path.is_file() or path.is_symlink() else None
         return path
 
     def __enter__(self) -> Replacing:
         return self
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        with _signals_held():  # a second Ctrl-C must not stop the undo half-way
+            self._finish(kind)
+
+    def _finish(self, kind: type | None) -> None:
         for path, old in reversed(list(self.claims.items())):
             if kind is None or old is None:
                 _remove(old if kind is None else path)
@@ -78,6 +87,27 @@ class Replacing:
             self.new_dir.rmdir()
 
 
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back until the block ends (milliseconds of renames), then
+    raise the first that came. Python's handlers are swapped, not the signal mask: a
+    signal sent to the process reaches whichever thread does not mask it (onnxruntime's
+    and BLAS's). Outside the main thread, where handlers cannot be set, the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = {sig: signal.signal(sig, lambda number, frame: came.append(number))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if came:
+            signal.raise_signal(came[0])
+
+
 def _remove(path: str | Path | None) -> None:
     try:
         if path is not None:
@@ -87,14 +117,19 @@ def _remove(path: str | Path | None) -> None:
 
 
 def _same(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` are names of one file; links are compared as links (a link
+    and the file it points to are two files here)."""
     try:
-        return os.path.samefile(a, b)
+        first, second = os.lstat(a), os.lstat(b)
     except OSError:
         return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 def _keep_aside(path: Path) -> str:
-    """A second name for ``path``'s current content, beside it (a hard link: no copy)."""
+    """A second name for ``path``'s current content, beside it (a hard link: no copy; of a
+    symbolic link, the link itself). Where no link can be made, a copy; a copy that fails
+    (a full disk) is removed and raises EPruneError ``cannot write <path>: ...``."""
     while True:
         aside = str(path.parent / f".{_stem(path)}.{secrets.token_hex(4)}.old")
         try:
@@ -102,9 +137,15 @@ def _keep_aside(path: Path) -> str:
             return aside
         except FileExistsError:
             continue
-        except OSError:  # a file system without hard links
-            shutil.copy2(path, aside)
+        except OSError:  # a file system without hard links, or protected_hardlinks
+            pass
+        try:
+            shutil.copy2(path, aside, follow_symlinks=False)
             return aside
+        except OSError as exc:
+            _remove(aside)  # a half-written copy
+            raise EPruneError(f"cannot write {path}: its old version could not be copied aside: "
+                              f"{exc.strerror or exc}") from exc
 
 
 def _stem(path: Path) -> str:
@@ -118,14 +159,28 @@ def _stem(path: Path) -> str:
 
 def temporary_beside(target: Path) -> str:
     """A new empty temporary file in ``target``'s folder, with the permissions a plain
-    ``open()`` would give ``target`` (mkstemp's are owner-only: a model written that way
-    could not be read by the server that loads it)."""
+    ``open()`` would give ``target``: those of the file it replaces (a private 0600 model
+    stays private), else 0666 less the umask (mkstemp's are owner-only: a model written that
+    way could not be read by the server that loads it)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{_stem(target)}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
+    try:
+        os.chmod(tmp, _open_mode(target))
+    except OSError:  # no chmod here (vfat, CIFS, some FUSE): the file stays owner-only, never more open
+        pass
     return tmp
+
+
+def _open_mode(target: Path) -> int:
+    """The permission bits ``open(target, 'wb')`` leaves: the existing file's (through a
+    link, as open follows it; without set-id or sticky bits, which a write clears), else
+    0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode) & 0o777
+    except OSError:  # no such file (or an unreadable path: the write that follows says so)
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def require_file(path: Path, what: str, expected: str) -> None:
@@ -143,5 +198,5 @@ def same_file(a: Path, b: Path) -> bool:
     file: the read or write that follows reports it."""
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop, before Python 3.13
         return False

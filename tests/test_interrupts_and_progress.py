@@ -57,12 +57,12 @@ LAUNCHER = textwrap.dedent('''
     """Runs the onnx-eprune command line as its console script does, pausing (sleeping in
     the main thread) at the points EPRUNE_TEST_PAUSE lists, comma-separated, each once and
     in that order: the n-th pause writes the file EPRUNE_TEST_MARK.n, then sleeps until a
-    signal ends it (or HOLD seconds pass)."""
+    signal ends it (or EPRUNE_TEST_HOLD seconds pass)."""
     import os, sys, threading, time
 
     MARK = os.environ["EPRUNE_TEST_MARK"]
     POINTS = os.environ["EPRUNE_TEST_PAUSE"].split(",")
-    HOLD = 30.0
+    HOLD = float(os.environ["EPRUNE_TEST_HOLD"])
     done = []
 
 
@@ -148,9 +148,9 @@ class Workspace:
         np.save(self.work / "calib.npy", calib[:64])
         np.save(self.work / "calib_all.npy", calib)
 
-    def env(self, points: str = "") -> dict[str, str]:
+    def env(self, points: str = "", hold: float = 30.0) -> dict[str, str]:
         env = dict(os.environ, TMPDIR=str(self.tmp), EPRUNE_TEST_MARK=str(self.ctl / "mark"),
-                   EPRUNE_TEST_PAUSE=points, PYTHONUNBUFFERED="1")
+                   EPRUNE_TEST_PAUSE=points, EPRUNE_TEST_HOLD=str(hold), PYTHONUNBUFFERED="1")
         return env
 
     def snapshot(self) -> dict[str, bytes | None]:
@@ -209,10 +209,11 @@ def _drain_fd(fd: int, chunks: list[bytes]) -> None:
 
 def _launch(ws: Workspace, argv: list[str], points: str = "", signals: tuple[int, ...] = (),
             stderr_tty: bool = False, stdout_tty: bool = False, wait_for: bytes | None = None,
-            signal_on_text: int | None = None, timeout: float = 90) -> Run:
+            signal_on_text: int | None = None, timeout: float = 90, hold: float = 30.0) -> Run:
     """Run ``argv`` (through the launcher when ``points`` is given, else the plain script)
     in work/, send ``signals[i]`` once pause point i+1 is reached (or ``signal_on_text``
-    once ``wait_for`` shows up on stderr), and collect everything."""
+    once ``wait_for`` shows up on stderr), and collect everything; a pause that no signal
+    ends lasts ``hold`` seconds."""
     cmd = [sys.executable, str(ws.ctl / "launch.py"), *argv] if points else [*_script(), *argv]
     ends: dict[str, tuple[object, int | None]] = {}
     for name, tty in (("out", stdout_tty), ("err", stderr_tty)):
@@ -221,7 +222,7 @@ def _launch(ws: Workspace, argv: list[str], points: str = "", signals: tuple[int
             ends[name] = (slave, master)
         else:
             ends[name] = (subprocess.PIPE, None)
-    proc = subprocess.Popen(cmd, cwd=ws.work, env=ws.env(points), stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=ws.work, env=ws.env(points, hold), stdin=subprocess.DEVNULL,
                             stdout=ends["out"][0], stderr=ends["err"][0])
     chunks: dict[str, list[bytes]] = {"out": [], "err": []}
     readers = []
@@ -369,23 +370,17 @@ def test_signal_while_writing_outputs_restores_the_old_ones(ws, point, sig, extr
     _assert_stopped(ws, run, before, *STOPPED[sig])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a second Ctrl-C while the first one's clean-up restores the outputs "
-                                       "leaves hidden .out.onnx.*.old files and can leave the new model in place "
-                                       "of the old one")
 @pytest.mark.parametrize("first", ["fsync:out", "replaced:out.onnx"])
 def test_second_ctrl_c_during_the_clean_up_loses_nothing(ws, first):
-    """Expected: an impatient user's second Ctrl-C, arriving while the first one's clean-up
-    puts the earlier outputs back, still ends with the earlier ``out.onnx`` in place and no
-    stray files (the clean-up takes milliseconds: it can shield itself from signals). What
-    happens: the clean-up stops half-way: after a rename the new pruned model stays as
-    ``out.onnx`` and the old one is left as a hidden ``.out.onnx.<hex>.old``; before it,
-    the ``.old`` hard link stays behind; and the message still says "no partial output was
-    left". Cause: files.py:Replacing.__exit__ restores in a loop that catches only
-    ``Exception`` around os.replace and does nothing against a KeyboardInterrupt raised in
-    it (no signal masking / retry of the remaining claims)."""
+    """An impatient user's second Ctrl-C, arriving while the first one's clean-up puts the
+    earlier outputs back, still ends with the earlier ``out.onnx`` in place and no stray
+    files: the clean-up (milliseconds) holds SIGINT and SIGTERM back. Once it stopped
+    half-way: after a rename the new pruned model stayed as ``out.onnx`` and the old one was
+    left as a hidden ``.out.onnx.<hex>.old``."""
     (ws.work / "out.onnx").write_bytes(OLD)
     before = ws.snapshot()
-    run = _launch(ws, _prune("--method", "l1"), points=f"{first},restore", signals=(signal.SIGINT, signal.SIGINT))
+    run = _launch(ws, _prune("--method", "l1"), points=f"{first},restore", signals=(signal.SIGINT, signal.SIGINT),
+                  hold=2.0)  # the clean-up holds the second signal back: its pause ends on its own
     _assert_stopped(ws, run, before, 130, INTERRUPTED)
 
 

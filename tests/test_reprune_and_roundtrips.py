@@ -500,15 +500,11 @@ def test_nodes_out_of_order_are_a_usage_error(x, tmp_path, capsys):
     assert path.read_bytes() == before and not (tmp_path / "out.onnx").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the checker's message is cut at its first line: "
-                                       "\"...input 'relu_9' of node: )\" names no node")
 def test_nodes_out_of_order_error_names_the_node(x, tmp_path, capsys):
-    """Expected: the one-line error names the node that reads a tensor before it is made (the
-    output Gemm 'y' reads 'relu_9'), so the user knows what to move. What happens: onnx's
-    checker writes 'however input 'relu_9' of node: \\nname: y OpType: Gemm\\n is not output of
-    any previous nodes.' and only the first line is kept, so the message ends 'of node: );'.
-    Likely cause: graph/model_io.py:check_structure keeps ``splitlines()[0]`` of the checker's
-    message instead of joining its lines."""
+    """The one-line error names the node that reads a tensor before it is made (the output
+    Gemm 'y' reads 'relu_9'), so the user knows what to move: onnx's checker names it on the
+    lines after its first, which the line joins (once it kept the first line only, which
+    ended 'of node: ')."""
     path, calib = _out_of_order(tmp_path, x)
     line = _error_line(capsys, ["prune", str(path), "-o", str(tmp_path / "out.onnx"), "--calib", str(calib),
                                 "--sparsity", "0.3", "--device", "cpu"], 2)
@@ -584,14 +580,10 @@ def test_overwritten_provenance_does_not_stop_a_second_run(chain, x):
     assert onnx_eprune.inspect(again.model)["pruned_before"] == runs
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: inspect's 'pruned before:' line breaks at a line break in an "
-                                       "--exclude pattern of the recorded run")
 def test_inspect_keeps_each_recorded_run_on_one_line(x, tmp_path, capsys):
-    """Expected: every 'pruned before:' line of inspect stays one line, a line break in a recorded
+    """Every 'pruned before:' line of inspect stays one line, a line break in a recorded
     --exclude pattern (an exact node name holding one) escaped as the group table escapes node
-    names. What happens: the line is cut in two at the pattern's line break. Likely cause:
-    cli.py:_describe_run joins run['exclude'] without report.printable (cmd_inspect prints it
-    as it is)."""
+    names (once the line was cut in two at the pattern's line break)."""
     model = wide_cnn()
     next(n for n in model.graph.node if n.name == "conv_1").name = "stem\nconv"
     onnx_eprune.prune(model, x, sparsity=0.3, exclude=["stem\nconv"], **FAST).save(tmp_path / "p.onnx")

