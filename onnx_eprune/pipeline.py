@@ -553,12 +553,17 @@ class Pruner:
     def preflight(self) -> list[int]:
         """The ids of the prunable groups, once it is clear that the run can reach its target:
         what fails here fails before any calibration."""
+        gids = self.prunable_gids()
+        self.check_target(gids)
+        return gids
+
+    def prunable_gids(self) -> list[int]:
+        """The ids of the prunable groups; a model without one fails, naming why."""
         gids = [g.gid for g in self.analysis.prunable_groups()]
         if not gids:
             reasons = sorted({r for g in self.analysis.groups for r in g.frozen})
             hint = "; prune the float model, then quantize it" if any(QUANTIZED in r for r in reasons) else ""
             raise EPruneError("no prunable channel group in this model (" + "; ".join(reasons[:3]) + ")" + hint)
-        self.check_target(gids)
         return gids
 
     def _run(self) -> PruneResult:
@@ -642,6 +647,7 @@ class Pruner:
 
     def calibrate(self) -> StatsBundle:
         """One-shot statistics of every consumer of a prunable group, as a mergeable bundle."""
+        self.prunable_gids()  # statistics of no layer serve no later run
         orig = CachedNetwork(self.model, self.topo, self.data, self.providers, self.batch_size,
                              CacheSpace(0, 0))
         with self.timer.phase("calibrate"), self._blas.limit(limits=1, user_api="blas"):

@@ -197,9 +197,9 @@ def test_image_folder_shards_prune_like_one_folder_and_like_one_oneshot_run(ws, 
     assert {r["mode"] for r in reports.values()} == {"oneshot"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with the default --refit-ridge auto-thin, the shards' files re-fit "
-                                       "gemm_8 with ridge 10 where one run over the same 42 photos picks 0.003: "
-                                       "weights differ by 2%")
+@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: with the default --refit-ridge auto-thin, the shards' files "
+                                       "re-fit gemm_8 with ridge 10 where one run over the same 42 photos picks "
+                                       "0.003: weights differ by 2% (README: give a fixed --refit-ridge)")
 def test_image_folder_shards_match_one_run_with_the_default_ridge(ws, photos, photo_stats, capsys, tmp_path):
     """README: shards give one one-shot run over all the images 'up to float rounding (the
     same channels; re-fitted weights within about 1e-5, relative)'. With the default
@@ -280,16 +280,11 @@ def test_calibration_in_the_wrong_layout_is_refused_without_a_file(ws, capsys, t
 
 # -- shards that cannot be one run -------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: shards of a dynamic-size model at two resolutions crash with internal "
-                                       "error ValueError (exit 1) in the merge")
 def test_shards_at_two_resolutions_are_refused_by_name(capsys, tmp_path):
     """A model with dynamic height and width, one shard calibrated at 16x16 and one at 24x24:
-    their conv rows come from other positions and their images do not stack. Expected: exit
-    2, one line naming the shard that does not add up, no output (the API: UsageError).
-    Happens: 'internal error: ValueError: all the input array dimensions except for the
-    concatenation axis must match exactly', exit 1. Cause: calibrate/bundle.py
-    StatsBundle.merge concatenates gain_images without checking their shapes (and the
-    bundle records no input shape to compare)."""
+    their conv rows come from other positions and their images do not stack: exit 2, one
+    line naming the shard that does not add up, no output (the API: UsageError). Once it
+    was an internal ValueError from concatenating the images."""
     model = tmp_path / "dyn.onnx"
     onnx.save(dynamic_hw(residual()), str(model))
     rng = np.random.default_rng(0)
@@ -335,16 +330,12 @@ def test_one_dynamic_size_shard_prunes_at_its_resolution(capsys, tmp_path):
     assert kept(one.report) == kept(report)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: shards that share images (one a subset of the other) are merged "
-                                       "silently; the report counts 112 samples of 64 images")
 def test_overlapping_shards_are_refused(ws, capsys, tmp_path):
     """README: the same shard twice is refused, 'or its samples count twice'. A shard of all
     64 images and one of its first 48 (``--samples 48`` of the same file) share 48 images,
     among them images both files keep for the sensitivities (chosen by content, so detectable).
-    Expected: exit 2 naming both files, nothing written. Happens: exit 0, report and metadata
-    say 112 samples, the shared images weigh twice in every moment. Cause:
-    calibrate/bundle.py _refuse_repeats compares a digest of each whole shard only, not
-    the individual images kept for the sensitivities."""
+    Exit 2 naming both files, nothing written (once the report and metadata said 112
+    samples, and the shared images weighed twice in every moment)."""
     np.save(tmp_path / "c.npy", ws["x"][:64])
     run_ok(capsys, calibrate_argv(ws["model"], tmp_path / "whole.npz", "--calib", tmp_path / "c.npy"))
     run_ok(capsys, calibrate_argv(ws["model"], tmp_path / "part.npz", "--calib", tmp_path / "c.npy",
@@ -367,17 +358,13 @@ def _other_seed(arrays, meta):
     meta["seed"] = 7
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a statistics file whose sample count, moments or seed were edited is "
-                                       "accepted (exit 0) and its numbers reported as true")
 @pytest.mark.parametrize("edit", [_more_samples, _scaled_moment, _other_seed], ids=["samples", "moment", "seed"])
 def test_an_edited_statistics_file_is_refused(ws, capsys, tmp_path, edit):
     """README: 'a file that is damaged, edited, of another version or for another model is
     refused by name'. A file whose record says 50x the samples it was computed on (its
     Gemm layer's row count still says 40), whose scatter matrix was doubled, or whose seed
-    was changed: expected exit 2 naming the file, nothing written. Happens: exit 0; the
-    report and the model's metadata claim 2000 samples or seed 7. Cause: calibrate/bundle.py
-    StatsBundle.load/_check verify shapes and finiteness only (no checksum of the contents,
-    no check of the sample count against a fully connected layer's rows)."""
+    was changed: exit 2 naming the file, nothing written (the file's digest no longer
+    matches; once the report and the model's metadata claimed 2000 samples or seed 7)."""
     path = edited(ws["s0"], tmp_path / "edited.npz", edit)
     line = run_error(capsys, prune_stats_argv(ws["model"], tmp_path / "p.onnx", path))
     assert "edited.npz" in line
@@ -471,23 +458,16 @@ def test_shards_of_fixed_and_batchless_models_add_up(build, tmp_path):
 # -- files mixed up, seeds, models changed after calibration -----------------------------------------
 
 @pytest.mark.parametrize("wrong", [
-    pytest.param("stats-file-to-calib", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: a statistics file given to --calib is refused as 'calibration data lacks model "
-                            "input(s) x (has: meta, c1.n, ...)', never pointing to --stats")),
-    pytest.param("npz-calibration-to-stats", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: calibration .npz given to --stats is called a damaged statistics file; the error "
-                            "never says it belongs to --calib")),
+    "stats-file-to-calib",
+    "npz-calibration-to-stats",
     "npy-calibration-to-stats",
 ])
 def test_a_file_given_to_the_wrong_option_says_which_option_it_belongs_to(ws, capsys, tmp_path, wrong):
     """README: the error line names the problem and what to do. A file that belongs to the
-    other option says so, as an .npy given to --stats already does ('calibration data goes
-    to --calib'). Happens: a statistics file given to --calib gets 'calibration data lacks
-    model input(s) x (has: meta, c1.n, c1.mean_x, ...)' (cause: calibrate/data.py
-    load_calibration does not recognise the statistics format); calibration .npz given to
-    --stats gets '... is not an onnx-eprune statistics file of this version, or a damaged one
-    (KeyError ...); write it again' (cause: calibrate/bundle.py StatsBundle.load only
-    recognises a single-array .npy as calibration data)."""
+    other option says so, as an .npy given to --stats does ('calibration data goes to
+    --calib'). Once a statistics file given to --calib got 'calibration data lacks model
+    input(s) x (has: meta, c1.n, ...)' and a calibration .npz given to --stats was called a
+    damaged statistics file."""
     if wrong == "stats-file-to-calib":
         argv = ["prune", ws["model"], "-o", tmp_path / "p.onnx", "--calib", ws["s0"], "--sparsity", "0.4",
                 "--device", "cpu", "-q"]
@@ -575,15 +555,11 @@ def _no_prunable_model() -> onnx.ModelProto:
     return model
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: calibrate on a model with no prunable channel group exits 0 and writes "
-                                       "'statistics of 0 layers'")
 def test_calibrate_on_a_model_with_nothing_to_prune_fails_and_writes_nothing(ws, capsys, tmp_path):
     """README: a model with no prunable channel group is a runtime error: 'the run fails and
-    writes nothing, and onnx-eprune inspect MODEL shows why'. Expected for calibrate: exit 1
-    with that line, no --stats-out. Happens: exit 0, 'wrote statistics of 0 layers over 20
-    samples', a file that every later prune --stats rejects. Cause: pipeline.py
-    Pruner.calibrate (and cli.py cmd_calibrate) never check that the analysis found a
-    prunable group (Pruner.preflight does, for prune)."""
+    writes nothing, and onnx-eprune inspect MODEL shows why'. calibrate too exits 1 with
+    that line and writes no --stats-out (once it wrote 'statistics of 0 layers', a file
+    every later prune --stats rejects)."""
     model = tmp_path / "frozen.onnx"
     onnx.save(_no_prunable_model(), str(model))
     line = run_error(capsys, calibrate_argv(model, tmp_path / "s.npz", "--calib", ws["dir"] / "c0.npy"), code=1)
@@ -591,15 +567,12 @@ def test_calibrate_on_a_model_with_nothing_to_prune_fails_and_writes_nothing(ws,
     assert not (tmp_path / "s.npz").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --stats-out / -o naming one of the --calib-images photos overwrites "
-                                       "the photo")
 @pytest.mark.parametrize("command", ["calibrate", "prune"])
 def test_an_output_never_replaces_an_input_image(ws, Image, capsys, tmp_path, command):
     """Rule: the input is never overwritten. The photos under --calib-images are inputs: an
     output path that names one of them (a slip of tab completion) is refused with exit 2
-    before any work, and the photo keeps its bytes. Happens: exit 0 and the photo is replaced
-    by the statistics (or the model). Cause: cli.py _inputs lists the model, --calib, --data,
-    --labels and --stats files, not the images load_image_folder reads."""
+    before any work, and the photo keeps its bytes (once the photo was replaced by the
+    statistics or the model)."""
     folder = tmp_path / "photos"
     folder.mkdir()
     for i in range(4):

@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from .sensitivity import gain_candidates
 from .stats import MomentStats
 
 FORMAT = "onnx-eprune-stats/1"
+MEMBER = r"meta|c\d+\.\w+|probe\d+|gain\d+"  # the names of a statistics file's arrays
 
 
 def fingerprint(model: onnx.ModelProto) -> str:
@@ -81,6 +83,10 @@ class StatsBundle:
             raise UsageError("statistics files were computed with different --seed or --positions")
         if set(other.consumers) != set(self.consumers):
             raise UsageError("statistics files cover different layers")
+        for name, images in self.probe.items():
+            if other.probe[name].shape[1:] != images.shape[1:]:
+                raise UsageError(f"statistics files were computed on inputs of other shapes ({name!r}: "
+                                 f"{_dims(other.probe[name])} and {_dims(images)}); calibrate every shard at one size")
         for c, st in other.consumers.items():
             self.consumers[c].merge(st)
         self.samples += other.samples
@@ -95,7 +101,9 @@ class StatsBundle:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically as .npz; :class:`UsageError` for a path in a missing folder or
-        one of :attr:`inputs` (the model or calibration file it was computed from)."""
+        one of :attr:`inputs` (the model or calibration file it was computed from),
+        EPruneError with the OS's reason for one that cannot be written (a read-only folder,
+        a full disk)."""
         if not isinstance(path, (str, os.PathLike)):
             raise UsageError(f"path must be a str or os.PathLike, not {type(path).__name__}")
         for source in self.inputs:
@@ -103,14 +111,14 @@ class StatsBundle:
                 raise UsageError(f"refusing to overwrite {source}, an input of this run; save the statistics "
                                  "to another path")
         arrays: dict[str, np.ndarray] = {}
-        meta = {"format": FORMAT, "model": self.model, "seed": self.seed, "positions": self.positions,
-                "samples": self.samples, "consumers": sorted(self.consumers), "inputs": sorted(self.probe)}
-        arrays["meta"] = np.array(json.dumps(meta))
         for c, st in self.consumers.items():
             arrays.update(st.to_arrays(f"c{c}."))
         for i, name in enumerate(sorted(self.probe)):
             arrays[f"probe{i}"] = self.probe[name]
             arrays[f"gain{i}"] = self.gain_images[name]
+        meta = {"format": FORMAT, "model": self.model, "seed": self.seed, "positions": self.positions,
+                "samples": self.samples, "consumers": sorted(self.consumers), "inputs": sorted(self.probe)}
+        arrays["meta"] = np.array(json.dumps({**meta, "digest": _digest(meta, arrays)}))
         target = Path(path)
         folder = target.parent if str(target.parent) else Path(".")
         if not folder.is_dir():
@@ -133,20 +141,30 @@ class StatsBundle:
         if isinstance(f, np.ndarray):
             raise UsageError(f"{p} holds a single array, not statistics written by 'onnx-eprune calibrate' "
                              "(calibration data goes to --calib)")
+        if not any(re.fullmatch(MEMBER, k) for k in f.files):
+            with f:
+                raise UsageError(f"{p} is not an onnx-eprune statistics file: it holds arrays ({', '.join(f.files[:4])}"
+                                 f"{', ...' if len(f.files) > 4 else ''}) and no record (calibration data goes to "
+                                 "--calib)")
         try:
             with f:
-                meta = json.loads(str(f["meta"]))
-                if meta.get("format") != FORMAT:
-                    raise ValueError(f"format {meta.get('format')!r}, this version reads {FORMAT!r}")
-                consumers = {c: MomentStats.from_arrays(f, f"c{c}.") for c in meta["consumers"]}
-                names = meta["inputs"]
-                probe = {n: f[f"probe{i}"] for i, n in enumerate(names)}
-                gains = {n: f[f"gain{i}"] for i, n in enumerate(names)}
+                arrays = {k: f[k] for k in f.files}
+            meta = json.loads(str(arrays.pop("meta")))
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, this version reads {FORMAT!r}")
+            consumers = {c: MomentStats.from_arrays(arrays, f"c{c}.") for c in meta["consumers"]}
+            names = meta["inputs"]
+            probe = {n: arrays[f"probe{i}"] for i, n in enumerate(names)}
+            gains = {n: arrays[f"gain{i}"] for i, n in enumerate(names)}
+            digest = meta.pop("digest")
         except Exception as exc:  # a missing key, a damaged member, a malformed meta record
             raise UsageError(f"{p} is not an onnx-eprune statistics file of this version, or a damaged one "
                              f"({type(exc).__name__}: {exc}); write it again with 'onnx-eprune calibrate'") from None
         bundle = cls(meta["model"], meta["seed"], meta["positions"], meta["samples"], consumers, probe, gains)
         bundle._check(p)
+        if digest != _digest(meta, arrays):  # after the checks that name what is wrong
+            raise UsageError(f"{p} was edited or damaged: its contents do not match the digest it was written with; "
+                             "write it again with 'onnx-eprune calibrate'")
         return bundle
 
     def _check(self, path: Path) -> None:
@@ -165,6 +183,33 @@ class StatsBundle:
             if not st.finite():  # calibrate refuses to write moments that are not
                 raise UsageError(f"{path} is damaged: the moments of layer {c} hold Inf or NaN; write it again with "
                                  "'onnx-eprune calibrate'")
+
+
+def _digest(meta: dict, arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of a file's record and arrays (names, dtypes, shapes and bytes): an edited
+    count, moment or seed no longer matches it."""
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _image_digests(images: dict[str, np.ndarray]) -> list[str]:
+    """One digest per sample of ``images`` (its rows of every input)."""
+    n = len(next(iter(images.values()))) if images else 0
+    rows = []
+    for i in range(n):
+        digest = hashlib.sha256()
+        for key in sorted(images):
+            digest.update(np.ascontiguousarray(images[key][i]).tobytes())
+        rows.append(digest.hexdigest())
+    return rows
+
+
+def _dims(images: np.ndarray) -> str:
+    return "x".join(str(d) for d in images.shape[1:])
 
 
 def merge_bundles(paths: list) -> StatsBundle:
@@ -188,6 +233,7 @@ def _refuse_repeats(names: list[str], bundles: list[StatsBundle]) -> None:
     and ordered by their content: the same in any order of the samples), with the sample
     count, identify a shard: disjoint shards share none."""
     seen: dict[str, int] = {}
+    owner: dict[str, int] = {}  # the digest of each image kept for the sensitivities -> its bundle
     for i, bundle in enumerate(bundles):
         digest = hashlib.sha256(str(bundle.samples).encode())
         for key in sorted(bundle.gain_images):
@@ -196,3 +242,10 @@ def _refuse_repeats(names: list[str], bundles: list[StatsBundle]) -> None:
         if first != i:
             raise UsageError(f"statistics files {names[first]} and {names[i]} hold the same shard (one file given "
                              "twice, or a copy); give each shard once, or its samples count twice")
+        for image in _image_digests(bundle.gain_images):
+            first = owner.setdefault(image, i)
+            if first != i:
+                # shards that overlap (one a part of another) share these: drawn by content
+                raise UsageError(f"statistics files {names[first]} and {names[i]} share calibration images; give "
+                                 "disjoint shards, or the shared samples count twice (a set with duplicate "
+                                 "images: calibrate it in one run)")

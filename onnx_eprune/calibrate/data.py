@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -255,6 +256,10 @@ def _read(path: Path, inputs, what: str) -> dict[str, np.ndarray]:
     if isinstance(loaded, np.ndarray):
         return _single(loaded, inputs, str(path))
     with loaded:
+        stats = "meta" in loaded.files and any(re.fullmatch(r"c\d+\.n", k) for k in loaded.files)
+        if stats and not any(vi.name in loaded.files for vi in inputs):
+            raise UsageError(f"{path} holds statistics written by 'onnx-eprune calibrate', not calibration data: "
+                             "give it to --stats")
         arrays = {}
         for k in loaded.files:  # read on access: a damaged or pickled member fails here
             try:
