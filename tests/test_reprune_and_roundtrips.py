@@ -528,19 +528,13 @@ def test_unnamed_nodes_keep_their_generated_names_through_two_runs(x):
     assert [n.name for n in twice.model.graph.node] == [n.name for n in once.model.graph.node]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an unnamed node is named OpType#index even when that name is taken: "
-                                       "'two nodes with same node name (Conv#0)', exit 1")
 @pytest.mark.parametrize("entry", ["prune", "inspect"])
 def test_an_unnamed_node_added_to_a_pruned_model_does_not_clash_with_the_names_given_before(x, tmp_path, capsys,
                                                                                             entry):
-    """Expected: a model that onnx.checker and onnxruntime accept is pruned (and inspected):
-    here a model the tool pruned from an unnamed export (its nodes now named Conv#0, Relu#1,
-    ...) with an unnamed 1x1 colour Conv put in front by hand. What happens: the new node is
-    labelled 'Conv#0' too (its index in this file), onnxruntime refuses the renamed copy the tool
-    runs ('two nodes with same node name (Conv#0)'), and prune and inspect fail with exit 1,
-    blaming onnxruntime. Likely cause: graph/model_io.py:normalize (via graph/groups.py:
-    node_label) names unnamed nodes OpType#index without checking the names already in the
-    graph."""
+    """A model that onnx.checker and onnxruntime accept is pruned (and inspected): here a
+    model the tool pruned from an unnamed export (its nodes now named Conv#0, Relu#1, ...)
+    with an unnamed 1x1 colour Conv put in front by hand, which is named 'Conv#0.1' (once it
+    was 'Conv#0' too, and onnxruntime refused the copy the tool runs: exit 1)."""
     model = wide_cnn()
     for node in model.graph.node:
         node.name = ""

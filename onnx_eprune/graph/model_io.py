@@ -649,12 +649,19 @@ def normalize(model: onnx.ModelProto) -> Normalized:
     (exporters de-duplicate equal constants, e.g. identical BatchNorm parameters); layers'
     weights stay shared. A model of IR version below 4 lists its new initializers as graph
     inputs, as that version requires. An unnamed node is named as reports label it,
-    ``OpType#index`` with its index in the input (which folding changes), so that the
-    report, ``--exclude`` and the written model call it by that name. Returns the copies
+    ``OpType#index`` with its index in the input (which folding changes; ``OpType#index.k``
+    where another node has that name), so that the report, ``--exclude`` and the written
+    model call it by that name. Returns the copies
     made and the nodes folded away (:class:`Normalized`)."""
+    taken = {node.name for node in model.graph.node if node.name}
     for index, node in enumerate(model.graph.node):  # before nodes go: the label of the input's index
         if not node.name:
-            node.name = node_label(node, index)
+            # a node named so by hand (or by an earlier run, before one was put in front) keeps it
+            label, k = node_label(node, index), 1
+            while label in taken:
+                label, k = f"{node_label(node, index)}.{k}", k + 1
+            node.name = label
+            taken.add(label)
     names = {node.name for node in model.graph.node}
     constants_to_initializers(model)
     if fold_constants(model):
