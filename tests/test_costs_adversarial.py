@@ -638,15 +638,12 @@ def test_sparsity_lands_within_one_point(mode: str) -> None:
         assert s <= 1 - pa / pb <= s + 0.01, s
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --flops-reduction 0.5 on the 16/32/64-channel CNN lands at 0.513 "
-                                       "though 0.500-0.510 is reachable with --round-to 1")
 def test_flops_reduction_lands_within_one_point() -> None:
-    """Expected: --flops-reduction is "the same" as --sparsity for MACs, landing within 1
-    point of F where channel granularity allows; on this model keeping (16, 11, 40) channels
-    removes 0.5002 of the MACs (the classifier's 64 channels cost 0.04% each).
-    Happens: every method lands at 0.5133 (conv2 kept at 10 of 32, fc1 whole).
-    Cause (guess): onnx_eprune/budget.py:allocate, whose swap search adds back one step of a
-    group and re-shrinks the others, never trading a conv2 channel for ~24 fc1 channels."""
+    """--flops-reduction is "the same" as --sparsity for MACs, landing within 1 point of F
+    where channel granularity allows; on this model keeping (16, 11, 40) channels removes
+    0.5002 of the MACs (the classifier's 64 channels cost 0.04% each). Every method once
+    landed at 0.5133 (conv2 kept at 10 of 32, fc1 whole): the allocator's one-step trades
+    never traded a conv2 channel for ~24 fc1 channels."""
     model, x = wide_cnn(), random_input(48, seed=1)
     _, mb = totals(model, x[:2])
     _, ma = totals(prune(model, x, flops_reduction=0.5, mode="oneshot", round_to=1).model, x[:2])
