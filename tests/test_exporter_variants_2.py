@@ -788,19 +788,14 @@ def test_paddle_affine_blocks_prune():
     assert sliced["conv1.bias"] == sliced["conv1.scale"] == sliced["conv1.shift"] == (1, 4, 1, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the re-fit gives a layer whose bias the exporter wrote as the next Add "
-                                       "(Paddle Conv + Add, tf2onnx/PyTorch MatMul + Add) a second bias in front of it")
 @pytest.mark.parametrize("exporter", ["paddle_conv_add", "tf_dense_matmul_add"])
 def test_refit_bias_goes_into_the_exporters_add(exporter):
-    """Expected: a re-fitted layer that is followed by an Add of a per-output constant (its
-    bias, as paddle2onnx writes every Conv's and tf2onnx / PyTorch every Dense / Linear's)
-    gets its new bias folded into that Add: the written model has no bias input on such a
-    layer, as the original had none. What happens: conv2 (Paddle) and dense1 / dense2 / fc
-    (MatMul, rewritten to Gemm) get a new ``<weight>.eprune_bias`` input, so two biases run in
-    series, each such layer carrying one wasted vector that the report counts as kept
-    parameters (README: "a layer without a bias ... gets a bias per output"). Likely
-    cause: select/reconstruct.py / graph/rewrite.py add the re-fit bias to the node without
-    looking for a following constant Add."""
+    """A re-fitted layer that is followed by an Add of a per-output constant (its bias, as
+    paddle2onnx writes every Conv's and tf2onnx / PyTorch every Dense / Linear's) gets its
+    new bias folded into that Add: the written model has no bias input on such a layer, as
+    the original had none, and the report counts no extra vector. Once conv2 (Paddle) and
+    dense1 / dense2 / fc (MatMul, rewritten to Gemm) got a new ``<weight>.eprune_bias``
+    input, two biases in series."""
     model, calib = (paddle_block(), CALIB) if exporter == "paddle_conv_add" else (tf_classifier(1), CALIB_NHWC)
     result = prune_checked(model, calib, keep_ratio=0.5)
     pruned = result.model

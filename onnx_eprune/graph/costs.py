@@ -11,6 +11,7 @@ import onnx
 
 from .groups import GraphAnalysis, node_label
 from .model_io import WEIGHTED_OPS, copy_origin, fixed_batch, initializer_map, tensor_array
+from .weights import bias_after
 
 
 @dataclass
@@ -29,6 +30,7 @@ class LayerCost:
     out_factor: int = 1         # output channels per group channel (a channel multiplier, or outputs added to its)
     refit: bool = False         # re-fitted when an input group shrinks (re-fits on; a consumer): a new bias
     weight_counted: bool = True  # False for a weight an earlier layer shares (counted there; its groups frozen)
+    bias_after: bool = False    # its re-fit's bias goes into the exporter's bias Add after it (weights.bias_after)
     shared_bias: SharedBias | None = field(default=None, repr=False, compare=False)  # a bias other layers read too
 
     def _counts(self, keep: dict[int, int]) -> tuple[int, int]:
@@ -51,7 +53,8 @@ class LayerCost:
         weights = out * self.per_pair if self.depthwise else out * cin * self.per_pair
         weights *= self.weight_counted
         if not self.bias:  # the re-fit's bias replaces any other
-            return weights + (out if self.is_refitted(keep, refitted) else self.extra_params)
+            gains = self.is_refitted(keep, refitted) and not self.bias_after
+            return weights + (out if gains else self.extra_params)
         bias = out if self.shared_bias is None else self.shared_bias.held_by(self, keep, refitted)
         return weights + bias + self.extra_params
 
@@ -207,8 +210,10 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
             per = cons.s
         else:  # not a consumer: its input side is fixed; express its weight as out x in pairs
             in_segs, per = [(None, total_w // max(out_ch * per_pair, 1))], per_pair
+        after = cons is not None and not has_bias and \
+            bias_after(model.graph, index, out_ch, len(out_shape) or 2) is not None
         layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra,
-                                factor, refit=refits and cons is not None, weight_counted=first))
+                                factor, refit=refits and cons is not None, weight_counted=first, bias_after=after))
         if has_bias:
             bias_readers.setdefault(bias_origin, []).append(layers[-1])
     for origin, readers in bias_readers.items():

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from .groups import Consumer, GraphAnalysis, spread
 from .model_io import defined_names, list_initializers_as_inputs, reference, tensor_array
-from .weights import transposed_to_conv
+from .weights import bias_after, transposed_to_conv
 
 
 @dataclass
@@ -105,6 +105,12 @@ def _install_refit(model: onnx.ModelProto, arrays: _Arrays, cons: Consumer, refi
                 attr.f = 1.0
     if cons.bias is not None:  # a broadcast bias, (1, M) or (1,), becomes the (M,) vector
         arrays.set(cons.bias, refit.bias)
+        return
+    rank = 2 + len(cons.conv["kernel"]) if cons.kind in ("conv", "convT") else 2
+    after = bias_after(model.graph, cons.node, M, rank)
+    if after is not None:  # the exporter's bias Add takes the re-fit's bias too
+        value = arrays.get(after)
+        arrays.set(after, value + refit.bias.reshape(value.shape).astype(value.dtype))
         return
     name = _unique(model, f"{cons.weight}.eprune_bias")
     arrays.add(name, refit.bias, like=cons.weight)
