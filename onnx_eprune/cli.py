@@ -110,11 +110,11 @@ def _check_random_size(model, size: tuple[int, int]) -> None:
     inputs; refuse one that it cannot apply to or that the model fixes otherwise, as
     --calib-images does, rather than ignore it."""
     from .calibrate.data import model_inputs
-    from .graph.model_io import fixed_dims
+    from .calibrate.images import batched_dims
 
     images = 0
     for vi in model_inputs(model):
-        dims = fixed_dims(vi) or []
+        dims = batched_dims(model, vi) or []
         if len(dims) != 4:
             continue
         images += 1

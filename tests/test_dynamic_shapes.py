@@ -402,20 +402,13 @@ def test_evaluate_refuses_a_fixed_batch_model_against_a_free_one(tmp_path, capsy
     assert "batches of 1" in line and "any size" in line
 
 
-@pytest.mark.xfail(strict=True, raises=UsageError,
-                   reason="BUG: a fixed-batch-1 classifier with a constant graph output (anchors [4, 2]) is taken "
-                          "for a model without a batch axis: (N, 3, 16, 16) refused, rank 5 demanded")
 def test_fixed_batch_model_with_a_constant_output_keeps_its_batch_axis():
-    """Expected: input [1, 3, 16, 16], outputs y [1, 10] and a constant ``anchors`` [4, 2]
-    (a detector's priors: the same for every image) is a model exported for a fixed batch
-    of one (README: "input (1, 3, H, W), an export without dynamic axes"); y shares the
-    batch dimension, and a constant output has no row per sample anyway. So (N, 3, 16, 16)
-    calibration arrays prune it, and the input stays [1, 3, 16, 16]. Happens: UsageError
-    "calibration array for 'x' has shape (64, 3, 16, 16), but the model expects rank 5
-    ((?, 1, 3, 16, 16))"; evaluate --data refuses the same way. Likely cause:
-    onnx_eprune/graph/model_io.py:fixed_batch requires every graph output's first dimension
-    to equal the inputs', constants included, so unbatched_inputs then treats 'x' as an
-    input without a batch axis."""
+    """Input [1, 3, 16, 16], outputs y [1, 10] and a constant ``anchors`` [4, 2] (a
+    detector's priors: the same for every image) is a model exported for a fixed batch of
+    one (README: "input (1, 3, H, W), an export without dynamic axes"); y shares the batch
+    dimension, and a constant output has no row per sample anyway. So (N, 3, 16, 16)
+    calibration arrays prune it, and the input stays [1, 3, 16, 16]. (Once the constant
+    output made it a model without a batch axis, and rank 5 was demanded.)"""
     model = _fixed_batch(constant_output_model("constant"), 1)
     assert _dims(model.graph.output[1]) == [4, 2]
     result = onnx_eprune.prune(model, _rand(64, 16, 16), keep_ratio=0.5, **CPU)
@@ -467,16 +460,10 @@ def test_dynamic_size_detector_prunes_at_one_size_and_runs_at_others():
         assert run_model(half.model, x)[OUTPUT].ndim == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --calib-random on a (3, 16, 16) model without batch axis draws "
-                                       "(16, 16, 16) noise and refuses it as 'calibration array ... rank 4'")
 def test_calib_random_on_a_model_without_batch_axis(tmp_path, capsys):
-    """Expected: --calib-random 16 on a fully fixed (3, 16, 16) input (torchvision's
-    detectors' form, which --calib takes as (16, 3, 16, 16)) draws 16 images of (3, 16, 16)
-    and prunes. Happens: exit 2 "calibration array for 'x' has shape (16, 16, 16), but the
-    model expects rank 4 ((?, 3, 16, 16))", an error about an array the user never gave.
-    Likely cause: onnx_eprune/calibrate/images.py:random_calibration builds
-    ``[n] + dims[1:]``, replacing the channel axis of an input in unbatched_inputs instead
-    of adding a samples axis before it."""
+    """--calib-random 16 on a fully fixed (3, 16, 16) input (torchvision's detectors' form,
+    which --calib takes as (16, 3, 16, 16)) draws 16 images of (3, 16, 16) and prunes (once
+    it drew (16, 16, 16), replacing the channel axis, and refused its own array)."""
     path, out, report = _save(one_image_detector(), tmp_path / "det.onnx"), tmp_path / "p.onnx", tmp_path / "r.json"
     _ok(capsys, ["prune", path, "-o", str(out), "--calib-random", "16", "--keep-ratio", "0.5", "--device", "cpu",
                  "--report", str(report), "-q"])
@@ -484,17 +471,10 @@ def test_calib_random_on_a_model_without_batch_axis(tmp_path, capsys):
     assert _dims(onnx.load(str(out)).graph.input[0]) == [3, 16, 16]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --calib-random on a (3, H, W) model asks for --size, and --size is "
-                                       "then refused: 'image inputs (rank 4), and the model has none'")
 def test_calib_random_size_on_a_dynamic_model_without_batch_axis(tmp_path, capsys):
-    """Expected: a (3, H, W) image input is an image input; --calib-random 16 --size 20,12
-    fills H and W and prunes (MACs at 20x12), as it does for (N, 3, H, W). Happens: without
-    --size, exit 2 "random calibration needs fixed ones (give --size for the height and
-    width of an image input)"; with it, exit 2 "--size sets the height and width of image
-    inputs (rank 4), and the model has none": the two messages send the user in a circle.
-    Likely cause: onnx_eprune/cli.py:_check_random_size and
-    onnx_eprune/calibrate/images.py:random_calibration accept rank-4 inputs only and ignore
-    unbatched_inputs (rank 3 plus the samples axis)."""
+    """A (3, H, W) image input is an image input; --calib-random 16 --size 20,12 fills H
+    and W and prunes (MACs at 20x12), as it does for (N, 3, H, W). (Once the messages sent
+    the user in a circle: give --size; --size has no image input to apply to.)"""
     path, out, report = _save(dynamic_detector(), tmp_path / "det.onnx"), tmp_path / "p.onnx", tmp_path / "r.json"
     _ok(capsys, ["prune", path, "-o", str(out), "--calib-random", "16", "--size", "20,12", "--keep-ratio", "0.5",
                  "--device", "cpu", "--report", str(report), "-q"])
@@ -502,15 +482,10 @@ def test_calib_random_size_on_a_dynamic_model_without_batch_axis(tmp_path, capsy
     assert _signature(onnx.load(str(out))) == _signature(dynamic_detector())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --calib-images refuses a (3, H, W) image input without batch axis: "
-                                       "'images need a rank-4 NCHW or NHWC input'")
 def test_calib_images_on_a_model_without_batch_axis(tmp_path, capsys):
-    """Expected: a folder of photos calibrates a model that takes one (3, 16, 16) image
-    (torchvision's detectors, which the README lists as pruned); the images are read as
-    (N, 3, 16, 16), as --calib takes them for this model. Happens: exit 2 "model input 'x'
-    has shape (3, 16, 16); images need a rank-4 NCHW or NHWC input". Likely cause:
-    onnx_eprune/calibrate/images.py:_image_shape (via image_shape) reads the layout from a
-    rank-4 input only and does not consult unbatched_inputs."""
+    """A folder of photos calibrates a model that takes one (3, 16, 16) image (torchvision's
+    detectors, which the README lists as pruned); the images are read as (N, 3, 16, 16), as
+    --calib takes them for this model (once: "images need a rank-4 NCHW or NHWC input")."""
     image = pytest.importorskip("PIL.Image")
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from ..errors import UsageError
-from ..graph.model_io import fixed_dims
+from ..graph.model_io import fixed_dims, unbatched_inputs
 from .data import model_inputs
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def random_calibration(model: onnx.ModelProto, n: int, seed: int = 0, *, size=No
     rng = np.random.default_rng(seed)
     out = {}
     for vi in model_inputs(model):
-        dims = fixed_dims(vi)
+        dims = batched_dims(model, vi)
         if dims is None:
             raise UsageError(f"input {vi.name!r} has no declared shape; random calibration needs one")
         dims = [n] + dims[1:]
@@ -184,7 +184,20 @@ def image_shape(model: onnx.ModelProto, *, size=None, layout: str | None = None,
         names = ", ".join(vi.name for vi in inputs)
         raise UsageError(f"the model has {len(inputs)} inputs ({names}); images can feed only a single-input model: "
                          "give an .npz with one array per input name instead")
-    return _image_shape(inputs[0], size=size, layout=layout, channels=channels)
+    dims = fixed_dims(inputs[0])
+    if dims is not None and len(dims) == 3:  # one image, (3, H, W), without a batch axis
+        dims = batched_dims(model, inputs[0])
+    return _image_shape(inputs[0], dims, size=size, layout=layout, channels=channels)
+
+
+def batched_dims(model: onnx.ModelProto, vi: onnx.ValueInfoProto) -> list[int | None] | None:
+    """The dims of input ``vi`` with a batch axis first (None where dynamic): as declared,
+    or, for an input without one (one (3, H, W) image: see ``unbatched_inputs``), with a
+    dynamic one put in front. None when the input declares no shape."""
+    dims = fixed_dims(vi)
+    if dims is None or vi.name not in unbatched_inputs(model):
+        return dims
+    return [None] + dims
 
 
 def list_images(directory) -> list[Path]:
@@ -253,8 +266,7 @@ def _resize(img, target: tuple[int, int], policy: str, Image):
     return img.resize((w, h), Image.BILINEAR, box=(left, top, left + box_w, top + box_h))
 
 
-def _image_shape(vi: onnx.ValueInfoProto, *, size, layout, channels) -> dict:
-    dims = fixed_dims(vi)
+def _image_shape(vi: onnx.ValueInfoProto, dims: list[int | None] | None, *, size, layout, channels) -> dict:
     if dims is None or len(dims) != 4:
         got = "no declared shape" if dims is None else f"shape {_fmt(dims)}"
         raise UsageError(f"model input {vi.name!r} has {got}; images need a rank-4 NCHW or NHWC input")

@@ -830,11 +830,27 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
         if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value < 1:
             return None
         sizes.add(dims[0].dim_value)
+    computed = _from_inputs(model)
     for vi in model.graph.output:
         dims = vi.type.tensor_type.shape.dim
-        if dims and (dims[0].dim_value or None) not in sizes:
+        # a constant output (anchors, class names) has no rows per sample to compare, and a
+        # first dimension left undeclared says nothing
+        known = dims and (dims[0].HasField("dim_value") or dims[0].HasField("dim_param"))
+        if known and vi.name in computed and (dims[0].dim_value or None) not in sizes:
             return None
     return sizes.pop() if len(sizes) == 1 else None
+
+
+def _from_inputs(model: onnx.ModelProto) -> set[str]:
+    """The tensors of the main graph that depend on a graph input (the others are constants)."""
+    found = {vi.name for vi in model_inputs(model)}
+    for node in model.graph.node:
+        # a node without inputs that is no constant (RandomNormal) varies too, as does one
+        # whose sub-graph may read a graph input by name
+        sub = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        if sub or any(name in found for name in node.input) or (not node.input and node.op_type != "Constant"):
+            found.update(name for name in node.output if name)
+    return found
 
 
 def unbatched_inputs(model: onnx.ModelProto) -> frozenset[str]:
