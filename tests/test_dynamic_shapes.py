@@ -47,7 +47,6 @@ from models import (
     resize_to_skip,
     run_model,
 )
-from onnx_eprune import UsageError
 from onnx_eprune.cli import main
 
 CPU = {"device": "cpu"}
