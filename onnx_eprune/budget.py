@@ -237,8 +237,9 @@ def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: Cos
 def _wider_trades(state: _Greedy, goal: float, within: float) -> _Greedy:
     """Counts closer to ``goal`` than the one-step trades found, for a state still more than
     ``within`` below it: one group up by one to three steps, the others shrunk to the goal
-    and then given back what still fits (a group two steps up and another one down, or one
-    channel of a wide convolution for many of a classifier's). Only proximity counts here:
+    (greedily, or one of them alone) and then given back what still fits (a group two steps
+    up and another one down, or one channel of a wide convolution for many of a
+    classifier's). Only proximity counts here:
     the README promises a target met within a point where the channels allow it."""
     for _ in range(2 * len(state.channels)):
         if goal - state.total <= within:
@@ -251,15 +252,31 @@ def _wider_trades(state: _Greedy, goal: float, within: float) -> _Greedy:
                 if up is None:
                     break
                 grown.apply(g, up)
-                trial = _copy(grown)
-                trial.shrink(goal, frozen=g)
-                trial.give_back(goal)
-                if trial.total <= goal and trial.total > (best.total if best else state.total):
-                    best = trial
+                for trial in _shrunk_to(grown, goal, g):
+                    trial.give_back(goal)
+                    if trial.total <= goal and trial.total > (best.total if best else state.total):
+                        best = trial
         if best is None:
             break
         state = best
     return state
+
+
+def _shrunk_to(state: _Greedy, goal: float, frozen: int) -> list[_Greedy]:
+    """Copies of ``state`` brought down to ``goal`` without touching group ``frozen``: by the
+    greedy order, and by each other group alone (where that one can get there)."""
+    greedy = _copy(state)
+    greedy.shrink(goal, frozen=frozen)
+    found = [greedy]
+    for h in state.channels:
+        if h == frozen:
+            continue
+        alone = _copy(state)
+        while alone.total > goal and alone.below(h) is not None:
+            alone.apply(h, -alone.below(h))
+        if alone.total <= goal:
+            found.append(alone)
+    return found
 
 
 def _copy(state: _Greedy) -> _Greedy:
