@@ -182,8 +182,9 @@ def check_reachable(channels: dict[int, int], costs: CostModel, target: Target, 
     floor = {g: int(levels(c, (steps or {}).get(g, 1), (least or {}).get(g, 1))[0]) for g, c in channels.items()}
     reachable = 1.0 - costs.total(target.metric, floor) / costs.total(target.metric)
     if reachable < target.value:
+        shown = math.floor(reachable * 1000) / 1000  # rounded down: never shown as the target itself
         raise EPruneError(f"{target.kind} {target.value!r} is out of reach: pruning every prunable group to "
-                          f"its minimum removes {reachable:.3f} of the {target.metric}")
+                          f"its minimum removes {shown:.3f} of the {target.metric}")
 
 
 def allocate(channels: dict[int, int], curves: dict[int, np.ndarray], costs: CostModel, target: Target,

@@ -132,7 +132,7 @@ def _run_config(args: argparse.Namespace, **target):
 
     if args.no_reconstruct and args.refit_ridge is not None:
         raise UsageError("--refit-ridge sets the ridge of the re-fit, which --no-reconstruct skips; drop one of them")
-    config = PruneConfig(method=args.method, mode=args.mode, samples=args.samples, seed=args.seed,
+    config = PruneConfig(method=args.method, mode=args.mode or "sequential", samples=args.samples, seed=args.seed,
                          device=args.device, batch_size=args.batch_size, positions=args.positions,
                          round_to=args.round_to, reconstruct=not args.no_reconstruct,
                          refit_ridge=THIN if args.refit_ridge is None else args.refit_ridge,
@@ -295,6 +295,9 @@ def _check_stats_options(args: argparse.Namespace) -> None:
     if given:
         raise UsageError(f"{' and '.join(given)} belong{'s' if len(given) == 1 else ''} to 'onnx-eprune calibrate' "
                          "and do nothing with --stats: the statistics files hold the samples they were computed on")
+    if args.mode == "sequential":
+        raise UsageError("--mode sequential fits each layer on the network pruned so far, which needs the samples; "
+                         "statistics files hold one-shot statistics: drop --mode, or give --calib instead of --stats")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -407,6 +410,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     record = {"input": str(args.model), "method": config.method, "mode": config.mode,
               "reconstruct": config.reconstruct, "refit_ridge": config.refit_ridge if config.reconstruct else None,
               "exclude": list(config.exclude), "min_keep": config.min_keep,
+              "round_to": config.round_to if config.round_to is not None else "auto", "seed": config.seed,
               "runs": [p.as_dict() for p in points]}
     with Replacing(new_dir) as outputs:
         for name in names:
@@ -721,9 +725,8 @@ def main(argv: list[str] | None = None) -> int:
             parser = build_parser()
             args = parser.parse_args(argv)
             command, debug = args.command, getattr(args, "debug", False)
-            if not command:
-                parser.print_help()
-                return 2
+            if not command:  # a usage error like any other: one line on stderr, stdout left for results
+                raise UsageError(f"give a command ({', '.join(COMMANDS)}); onnx-eprune --help lists them")
             _setup_logging(args)
             if getattr(args, "mode", None) == "sequential" and not getattr(args, "stats", None):
                 keep_freed_memory()  # one-shot runs gain nothing and peak higher (allocator.py)

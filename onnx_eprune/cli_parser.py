@@ -128,10 +128,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="entropic", choices=list(METHODS),
                    help="channel selection: entropic (default), or the baselines l1 (filter norm), random, "
                    "lasso (He et al. 2017), thinet (Luo et al. 2017)")
-    p.add_argument("--mode", default="sequential", choices=["sequential", "oneshot"],
+    p.add_argument("--mode", choices=["sequential", "oneshot"],  # None: sequential, unless --stats (one-shot)
                    help="sequential: each layer is fitted on the already-pruned network (default)")
     p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for position sampling and random selection")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed for position sampling and random selection (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="onnxruntime device for calibration (default: CUDA when usable)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B",
@@ -191,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calib_sources(p, source)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--sparsity", type=_fraction, metavar="S",
-                        help="remove at least this fraction of the Conv/Gemm/MatMul parameters")
+                        help="remove at least this fraction of the Conv/ConvTranspose/Gemm/MatMul parameters")
     target.add_argument("--flops-reduction", type=_fraction, metavar="F",
                         help="remove at least this fraction of their multiply-accumulates")
     target.add_argument("--keep-ratio", type=_fraction, metavar="R",
@@ -227,8 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_and_calibration(p)
     p.add_argument("--stats-out", required=True, metavar="STATS.npz", help="where to write the statistics")
     p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for position sampling (same for all shards)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed for position sampling, the same for all shards (default: 0)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="onnxruntime device for calibration (default: CUDA when usable)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B",
                    help="calibration samples per run, at most (default: 64; fewer where they would fetch over 1 GiB)")
     p.add_argument("--positions", type=int, metavar="K", help="conv output positions sampled per image")
@@ -253,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pruned", metavar="PRUNED.onnx")
     p.add_argument("--data", required=True, metavar="DATA", help=".npy or .npz inputs, as for --calib")
     p.add_argument("--labels", metavar="LABELS.npy", help="integer class labels for accuracy")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="onnxruntime device that runs and times both models (default: CUDA when usable)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_common(p, quiet="print the figures (or JSON) and warnings and errors, no info lines")
 
@@ -261,9 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Prune the LeNet-5 that ships with onnx-eprune and print its accuracy and "
                        "size before and after.")
     p.add_argument("--sparsity", type=_fraction, default=0.55, metavar="S", help="parameter sparsity (default: 0.55)")
-    p.add_argument("--method", default="entropic", choices=list(METHODS))
+    p.add_argument("--method", default="entropic", choices=list(METHODS),
+                   help="channel selection: entropic (default), or one of the baselines l1, random, lasso, "
+                   "thinet (see 'onnx-eprune prune --help')")
     p.add_argument("-o", "--output", default="lenet5_fmnist.pruned.onnx", metavar="OUT.onnx",
                    help="where to write the pruned model (default: ./lenet5_fmnist.pruned.onnx)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="onnxruntime device for calibration and the accuracy test (default: CUDA when usable)")
     _add_common(p)
     return parser

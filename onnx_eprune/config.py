@@ -72,12 +72,14 @@ class PruneConfig:
         kind, value = given[0]
         _require_number({"flops": "flops_reduction"}.get(kind, kind), value)
         value = float(value)
+        # the user's spelling, Python's or the command line's, not budget.Target's internal kind 'flops'
+        name = {"flops": "flops_reduction (--flops-reduction)"}.get(kind, kind)
         if not np.isfinite(value):
-            raise UsageError(f"the {kind} target must be a finite number")
+            raise UsageError(f"the {name} target must be a finite number")
         if kind == "keep_ratio" and not 0.0 < value <= 1.0:
             raise UsageError(f"--keep-ratio must be in (0, 1], not {value!r}")
         if kind != "keep_ratio" and not 0.0 <= value < 1.0:
-            raise UsageError(f"the {kind} target must be in [0, 1), not {value!r}")
+            raise UsageError(f"the {name} target must be in [0, 1), not {value!r}")
         return budget.Target(kind, float(value))
 
     def check(self) -> None:
@@ -109,6 +111,9 @@ class PruneConfig:
             raise UsageError(f"--seed must be 0 or more, not {self.seed}")
         if not valid_ridge(self.refit_ridge):
             raise UsageError(f"--refit-ridge must be {RIDGE_CHOICES}, not {self.refit_ridge!r}")
+        if not self.reconstruct and self.refit_ridge != THIN:  # as the command line refuses the pair
+            raise UsageError(f"refit_ridge={self.refit_ridge!r} sets the ridge of the re-fit, which "
+                             "reconstruct=False skips; drop one of them")
         if not 0.0 <= self.min_keep <= 1.0:  # also refuses NaN
             raise UsageError(f"--min-keep must be in [0, 1], not {self.min_keep!r}")
         check_patterns(self.exclude)

@@ -215,9 +215,10 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     dict of arrays, samples on axis 0).
 
     Returns a dict: per output top-1 agreement, relative L2 error and mean cosine
-    similarity; accuracy of both when ``labels`` (path or array of class indices) is given;
-    median latency (ms) of both at batch 1 and batch 32 (at the model's batch size when its
-    export fixed one); file size, parameters and MACs.
+    similarity; the top-1 accuracy of both, a fraction in [0, 1] ({"original": ...,
+    "pruned": ...}), when ``labels`` (path or array of class indices, shape (N,) for the N
+    samples of ``data``) is given; median latency (ms) of both at batch 1 and batch 32 (at
+    the model's batch size when its export fixed one); file size, parameters and MACs.
     """
     a, b = as_model(original), as_model(pruned)
     for m in (a, b):

@@ -490,17 +490,19 @@ class Pruner:
         """Refuse a parameter or MAC target that the prunable groups cannot reach, before any
         calibration."""
         target = self.config.target()
-        if target.kind == "keep_ratio":
-            return
         channels, steps, least = self.group_limits(gids)
+        limits = [name for name, given in (("--exclude", self.config.exclude), ("--min-keep", self.config.min_keep),
+                                           ("--round-to", self.config.round_to is not None)) if given]
+        given = f" (with the {' and '.join(limits)} given)" if limits else ""
+        if target.kind == "keep_ratio":
+            if target.value < 1 and budget.uniform_counts(channels, target.value, steps, least) == channels:
+                log.warning("--keep-ratio %s removes no channel: every group keeps its whole count%s",
+                            target.value, given)
+            return
         try:
             budget.check_reachable(channels, self.costs, target, steps, least)
         except EPruneError as exc:
-            limits = [name for name, given in (("--exclude", self.config.exclude), ("--min-keep", self.config.min_keep))
-                      if given]
-            if limits:
-                raise EPruneError(f"{exc} (with the {' and '.join(limits)} given)") from None
-            raise
+            raise EPruneError(f"{exc}{given}") from None
 
     def allocate(self, gids: list[int], stats: dict[int, MomentStats] | None
                  ) -> tuple[dict[int, int], dict[int, np.ndarray]]:

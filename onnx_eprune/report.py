@@ -53,7 +53,7 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
         "method": cfg.method,
         "mode": cfg.mode,
         "reconstruct": cfg.reconstruct,
-        "refit_ridge": cfg.refit_ridge,
+        "refit_ridge": cfg.refit_ridge if cfg.reconstruct else None,  # no re-fit, no ridge
         "round_to": cfg.round_to if cfg.round_to is not None else "auto",
         "exclude": list(cfg.exclude),
         "min_keep": cfg.min_keep,

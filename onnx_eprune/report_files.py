@@ -113,12 +113,15 @@ def _thin_lines(report: dict) -> list[str]:
 
 
 def _limit_lines(record: dict) -> list[str]:
-    """What the user kept out of reach of the pruning (``--exclude``, ``--min-keep``), if anything."""
+    """What the user kept out of reach of the pruning (``--exclude``, ``--min-keep``) and the
+    steps of the kept counts (``--round-to``), where given."""
     lines = []
     if record.get("exclude"):
         lines.append("- excluded (kept whole): " + ", ".join(f"`{p}`" for p in record["exclude"]))
     if record.get("min_keep"):
         lines.append(f"- every group keeps at least {_pct(record['min_keep'])} of its channels")
+    if record.get("round_to") not in (None, "auto"):
+        lines.append(f"- kept counts rounded to multiples of {record['round_to']} (--round-to)")
     return lines
 
 

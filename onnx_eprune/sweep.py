@@ -42,7 +42,8 @@ class SweepPoint:
     which one the target is: "sparsity" or "flops_reduction").
     ``fidelity``: output name -> relative_error, cosine, top1_agreement (on ``data``, or on
     calibration samples when ``fidelity_on`` says so); ``accuracy``: pruned and original
-    top-1 accuracy when labels were given; ``seconds``: wall time of the pruning run.
+    top-1 accuracy, fractions in [0, 1] ({"original": ..., "pruned": ...}), when labels were
+    given, else None; ``seconds``: wall time of the pruning run.
     """
 
     kind: str

@@ -333,36 +333,20 @@ def test_auto_thin_cross_validates_exactly_the_thin_layers(models):
     assert not any(e["cross_validated"] for e in fixed["thin_refits"].values())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: prune(reconstruct=False, refit_ridge=5.0) runs and reports ridge 5.0; "
-                                       "the CLI refuses the same combination")
 def test_api_refuses_a_ridge_without_reconstruction(models):
-    """Expected: `reconstruct=False` with an explicit numeric or "auto" `refit_ridge` is a
-    UsageError, as `--no-reconstruct --refit-ridge` is on the command line (README: options
-    that would do nothing are refused).
-
-    What happens: the run goes through and its report and provenance carry
-    `refit_ridge: 5.0` for a model that was never re-fitted.
-
-    Likely cause: config.py:PruneConfig.check does not test reconstruct against refit_ridge
-    (only cli.py:_run_config does; the API could refuse any value other than the default)."""
+    """`reconstruct=False` with an explicit numeric or "auto" `refit_ridge` is a UsageError,
+    as `--no-reconstruct --refit-ridge` is on the command line (once the run went through
+    and its report carried `refit_ridge: 5.0` for a model never re-fitted)."""
     with pytest.raises(onnx_eprune.UsageError, match="reconstruct"):
         onnx_eprune.prune(models["folded"], CALIB, keep_ratio=0.5, reconstruct=False, refit_ridge=5.0,
                           device="cpu")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a --no-reconstruct run reports and records refit_ridge 'auto-thin' "
-                                       "(its provenance cannot tell it from a re-fitted model)")
 def test_no_reconstruct_run_records_no_ridge(models):
-    """Expected: a run without the re-fit says so wherever it records its ridge: the report's
-    `refit_ridge` is null (as sweep.json already writes it for `--no-reconstruct`) and the
-    model's provenance entry either says `reconstruct: false` or carries no ridge.
-
-    What happens: report and provenance hold `refit_ridge: "auto-thin"`; the provenance has no
-    `reconstruct` key, so a classic sliced model reads as a re-fitted one.
-
-    Likely cause: report.py:build_report copies cfg.refit_ridge regardless of
-    cfg.reconstruct, and report.py:provenance copies it from there (cli.py:cmd_sweep does
-    `config.refit_ridge if config.reconstruct else None`)."""
+    """A run without the re-fit says so wherever it records its ridge: the report's
+    `refit_ridge` is null (as sweep.json writes it for `--no-reconstruct`), and so is the
+    model's provenance entry's (once both held "auto-thin", so a classic sliced model read
+    as a re-fitted one)."""
     result = onnx_eprune.prune(models["folded"], CALIB, keep_ratio=0.5, reconstruct=False, device="cpu")
     assert result.report["refit_ridge"] is None
     entry = provenance(result.model)[-1]
@@ -387,18 +371,11 @@ def test_flops_target_lands_within_a_point_with_every_method(models, method, tar
     assert target <= removed <= target + 0.01
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: 'flops 0.7 is out of reach: ... removes 0.700 of the macs' - the "
-                                       "reachable fraction is rounded up to the target")
 def test_out_of_reach_message_shows_a_reachable_figure_below_the_target():
-    """Expected: the one-line error for a target the floors leave out of reach shows how much
-    can be removed as a figure below the target (so the user knows what to ask for).
-
-    What happens: depthwise model, --flops-reduction 0.7 --min-keep 0.5: at most 0.69991 of
-    the MACs can go (0.6999 runs), and the message says "removes 0.700", equal to the
-    target it refuses (0.69995 and 0.6999999 get the same text).
-
-    Likely cause: budget.py:check_reachable formats `reachable` with `:.3f`, which rounds up;
-    it should round down (or print more digits when the rounded figure reaches the target)."""
+    """The one-line error for a target the floors leave out of reach shows how much can be
+    removed as a figure below the target, so the user knows what to ask for (depthwise
+    model, --flops-reduction 0.7 --min-keep 0.5: at most 0.69991 of the MACs can go; the
+    message once said "removes 0.700", equal to the target it refused)."""
     with pytest.raises(onnx_eprune.EPruneError) as info:
         onnx_eprune.prune(depthwise(), CALIB, flops_reduction=0.7, min_keep=0.5, method="l1", device="cpu")
     figure = float(re.search(r"removes ([0-9.]+)", str(info.value)).group(1))
@@ -416,38 +393,22 @@ def test_unreachable_target_names_the_min_keep_and_exclude_that_caused_it(tmp_pa
     assert (tmp_path / "out.onnx").read_bytes() == b"old output"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with --round-to 8 on 8-channel groups the out-of-reach error does not "
-                                       "name --round-to, the option that made the target unreachable")
 def test_unreachable_target_names_round_to(tmp_path, capsys):
-    """Expected: `--sparsity 0.3 --round-to 8` on the residual model (groups of 8 channels,
-    which a step of 8 keeps whole) fails with one line that names --round-to, as it names
-    --exclude and --min-keep when they are given.
-
-    What happens: "sparsity 0.3 is out of reach: pruning every prunable group to its minimum
-    removes 0.000 of the params", with nothing on the cause (the same run without --round-to
-    removes 30%).
-
-    Likely cause: pipeline.py:Pruner.check_target lists only exclude and min_keep in the
-    options it appends to budget.check_reachable's message."""
+    """`--sparsity 0.3 --round-to 8` on the residual model (groups of 8 channels, which a
+    step of 8 keeps whole) fails with one line that names --round-to, as it names --exclude
+    and --min-keep when they are given (once it said nothing of the cause; the same run
+    without --round-to removes 30%)."""
     files = _files(tmp_path, residual())
     line = run_error(capsys, prune_args(files, "--sparsity", "0.3", "--round-to", "8"), code=1)
     assert "--round-to" in line
     assert not (tmp_path / "out.onnx").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --keep-ratio 0.5 that --round-to or --min-keep 1 turns into a no-op "
-                                       "exits 0 with no warning, writing the unpruned model")
 @pytest.mark.parametrize("limit", [["--round-to", "32"], ["--min-keep", "1"]], ids=["round-to", "min-keep"])
 def test_keep_ratio_that_the_limits_cancel_is_not_silent(tmp_path, capsys, limit):
-    """Expected: a run whose other options leave its --keep-ratio nothing to remove (every
-    group whole) says so: a one-line error, as the same limits give for --sparsity ("out
-    of reach", exit 1), or at least a warning naming the option.
-
-    What happens: exit 0, stderr only "onnxruntime provider", and a "pruned" model with every
-    channel (removed fraction 0).
-
-    Likely cause: pipeline.py:Pruner.check_target returns early for keep_ratio, and
-    budget.py:uniform_counts silently takes the whole group when no smaller level exists."""
+    """A run whose other options leave its --keep-ratio nothing to remove (every group
+    whole) says so in a warning naming the option, or fails on one line as the same limits
+    do for --sparsity (once: exit 0, nothing said, a "pruned" model with every channel)."""
     files = _files(tmp_path)
     status = main(prune_args(files, "--keep-ratio", "0.5", *limit))
     err = capsys.readouterr().err
@@ -546,18 +507,10 @@ def test_report_files_record_every_option_given(tmp_path, capsys):
         == ("thinet", "oneshot", 0.5, ["conv_1"], 0.25, 3)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: report.md never mentions --round-to (report.json has round_to)")
 def test_markdown_report_records_round_to(tmp_path, capsys):
-    """Expected: report.md, "the same as a readable Markdown summary" of report.json, says
-    which --round-to the kept counts were rounded to (it decides them as much as --min-keep,
-    which it does list).
-
-    What happens: the run-details lines give method, mode, re-fit, seed, target, exclusions
-    and the floor, not the step; a reader of report.md cannot tell `--round-to 4` from the
-    default.
-
-    Likely cause: report_files.py:markdown_report (and _limit_lines) has no line for
-    report["round_to"]."""
+    """report.md, "the same as a readable Markdown summary" of report.json, says which
+    --round-to the kept counts were rounded to (it decides them as much as --min-keep, which
+    it lists); once a reader could not tell `--round-to 4` from the default."""
     files = _files(tmp_path)
     assert main(prune_args(files, "--keep-ratio", "0.5", "--round-to", "4", "--report-dir", str(files / "rd"),
                            "-q")) == 0
@@ -565,18 +518,9 @@ def test_markdown_report_records_round_to(tmp_path, capsys):
     assert re.search(r"round[- _]?to|multiples? of 4", md, re.IGNORECASE), md
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: sweep.json records method, mode, ridge, exclude and min_keep but not "
-                                       "--round-to or --seed")
 def test_sweep_json_records_round_to_and_seed(tmp_path, capsys):
-    """Expected: sweep.json's run details carry every option that changed the pruned models,
-    as prune's report does: with `--method random --seed 2 --round-to 4`, the seed (which
-    picked the channels) and the step (which fixed their counts).
-
-    What happens: the record holds input, method, mode, reconstruct, refit_ridge, exclude
-    and min_keep only.
-
-    Likely cause: cli.py:cmd_sweep builds `record` from a fixed list of config fields
-    without round_to and seed (and sweep.md, report_files.py:markdown_sweep, likewise)."""
+    """sweep.json records the run's --round-to and --seed beside its method, mode, ridge,
+    exclusions and floor (once it left those two out)."""
     files = _files(tmp_path)
     argv = ["sweep", str(files / "model.onnx"), "--calib", str(files / "calib.npy"), "--sparsity", "0.3", "0.5",
             "--report-dir", str(files / "sw"), "--device", "cpu", "--method", "random", "--seed", "2",
@@ -623,20 +567,11 @@ def test_stats_files_give_the_oneshot_run_under_every_option(models, options):
         np.testing.assert_allclose(ws[name], wd[name], rtol=1e-4, atol=1e-5 * max(1.0, np.abs(wd[name]).max()))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: prune --stats --mode sequential runs one-shot with exit 0 instead of "
-                                       "refusing the mode it cannot honour")
 def test_stats_with_an_explicit_sequential_mode_is_refused(tmp_path, capsys):
-    """Expected: `--mode sequential` given with `--stats` is a usage error (exit 2, one line
-    naming --mode), like `--samples` and `--positions` with `--stats` and `--refit-ridge`
-    with `--no-reconstruct` (README: options that would do nothing are refused). The
-    statistics files can only give a one-shot run, so the mode asked for cannot be honoured.
-
-    What happens: exit 0; an info line (hidden by -q) says "pruning from statistics files:
-    one-shot mode", and the report says mode "oneshot" although sequential was asked for.
-
-    Likely cause: cli_parser.py gives --mode the default "sequential", so cli.py cannot
-    tell an explicit one from the default (--refit-ridge defaults to None for this reason);
-    pipeline.py:_config_for_stats only logs."""
+    """`--mode sequential` given with `--stats` is a usage error (exit 2, one line naming
+    --mode), like `--samples` and `--positions` with `--stats`: the statistics files can
+    only give a one-shot run (once it ran one-shot with exit 0, the report saying "oneshot"
+    although sequential was asked for)."""
     files = _files(tmp_path)
     assert main(["calibrate", str(files / "model.onnx"), "--calib", str(files / "calib.npy"), "--stats-out",
                  str(files / "s.npz"), "--device", "cpu", "-q"]) == 0

@@ -92,14 +92,9 @@ def _flat(text: str) -> str:
 
 # -- CLI reference: --help ---------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG (--help): calibrate/evaluate/demo --device and demo --method have no "
-                   "help text, so their --help lists them unexplained (cli_parser.py:build_parser)")
 def test_every_option_of_every_command_has_a_help_text():
-    """Expected: each option that ``onnx-eprune <cmd> --help`` lists says what it does.
-    Was: ``calibrate --device``, ``evaluate --device``, ``demo --device`` and ``demo --method``
-    are listed bare (prune's and sweep's --device say 'onnxruntime device for calibration
-    (default: CUDA when usable)'). Cause: cli_parser.py:build_parser adds them without
-    ``help=``."""
+    """Each option that ``onnx-eprune <cmd> --help`` lists says what it does (calibrate's,
+    evaluate's and demo's --device and demo's --method used to be listed bare)."""
     bare = [f"{name} {opts[-1]}" for name, p in _subparsers().items() for opts, a in _options(p)
             if not (a.help or "").strip()]
     assert bare == []
@@ -131,14 +126,10 @@ def test_defaults_that_help_texts_state_are_the_parsers():
     assert checked >= 8  # batch-size x3, min-keep x2, method x2, mode x2, demo sparsity and -o
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (--help): --seed of prune, sweep and calibrate defaults to 0 but its "
-                   "help does not say so; every other option with a default states it (cli_parser.py)")
 def test_an_option_with_a_default_says_which_in_its_help():
-    """Expected: an explained option whose value, left out, is not 'none' (None, False, an
-    empty list) names its default in --help, as --batch-size, --min-keep, --method and demo's
-    --sparsity and -o do. Was: ``--seed N  seed for position sampling and random selection``
-    (prune, sweep) and '... (same for all shards)' (calibrate) without the 0 it defaults to.
-    Cause: cli_parser.py:_add_run_options and build_parser (calibrate)."""
+    """An explained option whose value, left out, is not 'none' (None, False, an empty list)
+    names its default in --help, as --batch-size, --min-keep, --method, --seed and demo's
+    --sparsity and -o do (--seed's 0 used to go unstated)."""
     missing = [f"{name} {opts[-1]}={action.default!r}" for name, p in _subparsers().items()
                for opts, action in _options(p)
                if not _trivial(action.default) and action.help and "default" not in action.help]
@@ -168,14 +159,10 @@ def test_choices_in_the_synopsis_and_prose_are_the_parsers():
     assert checked >= 12
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (--help): prune --sparsity's help counts 'Conv/Gemm/MatMul' "
-                   "parameters, README and PruneConfig count Conv/ConvTranspose/Gemm/MatMul (cli_parser.py)")
 def test_sparsity_help_counts_the_layers_the_readme_counts():
-    """Expected: --sparsity's help names the layer types whose parameters the target counts,
-    as the README ('all Conv/ConvTranspose/Gemm/MatMul weights and biases') and PruneConfig's
-    docstring do. Was: 'remove at least this fraction of the Conv/Gemm/MatMul parameters', so
-    a user with a decoder reads that its ConvTranspose weights do not count (they do).
-    Cause: cli_parser.py:build_parser, the --sparsity help."""
+    """--sparsity's help names the layer types whose parameters the target counts, as the
+    README ('all Conv/ConvTranspose/Gemm/MatMul weights and biases') and PruneConfig's
+    docstring do (it used to leave out ConvTranspose, whose weights count)."""
     row = _table_row("`--sparsity S`")
     assert "Conv/ConvTranspose/Gemm/MatMul" in row
     assert "Conv/ConvTranspose/" in onnx_eprune.PruneConfig.__doc__
@@ -185,14 +172,10 @@ def test_sparsity_help_counts_the_layers_the_readme_counts():
 
 # -- CLI reference: the README ---------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG (README): --version, -q/--quiet and inspect's --input-shape appear "
-                   "nowhere in the README outside the synopsis, so what they do is undocumented")
 def test_every_option_is_explained_outside_the_synopsis():
-    """Expected: every option of ``onnx-eprune --help`` and of each command's --help is
-    explained in the README's prose or tables, not only listed in the synopsis. Was:
-    ``--version`` (top level) is not in the README at all; ``-q``/``--quiet`` (what it keeps:
-    warnings and errors, and for inspect/evaluate the result) and ``--input-shape`` appear only
-    in the synopsis. Cause: README.md, Command line."""
+    """Every option of ``onnx-eprune --help`` and of each command's --help is explained in
+    the README's prose or tables, not only listed in the synopsis (``--version``,
+    ``-q``/``--quiet`` and ``--input-shape`` used to be explained nowhere)."""
     prose = _prose()
     parsers = {"(top level)": build_parser(), **_subparsers()}
     unexplained = sorted({opts[-1] for name, p in parsers.items() for opts, _ in _options(p)
@@ -205,22 +188,16 @@ def test_every_option_is_explained_outside_the_synopsis():
     pytest.param("`--method`", "--method", "`entropic` (default)", id="method"),
     pytest.param("`--round-to N`", "--round-to", "default: multiples of 8 for convolution outputs of 64 channels "
                  "or more", id="round-to"),
-    pytest.param(None, "--seed", "0", id="seed", marks=pytest.mark.xfail(
-        strict=True, reason="BUG (README): --seed (default 0) has no table row; its default and meaning are "
-        "not stated")),
-    pytest.param("`--device`", "--device", "(default)", id="device", marks=pytest.mark.xfail(
-        strict=True, reason="BUG (README): the --device row does not say that auto is the default")),
-    pytest.param(None, "demo -o", "lenet5_fmnist.pruned.onnx", id="demo-output", marks=pytest.mark.xfail(
-        strict=True, reason="BUG (README): demo writes ./lenet5_fmnist.pruned.onnx unless -o is given; the "
-        "README never says so")),
+    pytest.param(None, "--seed", "0", id="seed"),
+    pytest.param("`--device`", "--device", "(default)", id="device"),
+    pytest.param(None, "demo -o", "lenet5_fmnist.pruned.onnx", id="demo-output"),
 ])
 def test_the_readme_states_each_default(where, option, default):
-    """Expected: the README states what an option does when left out, in its table row or, for
-    an option without one, next to its name. Was (xfails): ``--seed`` has no row and its default 0
-    is stated nowhere; the ``--device`` row explains ``auto`` but not that it is the default;
-    ``onnx-eprune demo`` writes ``./lenet5_fmnist.pruned.onnx`` into the current folder unless
-    ``-o`` is given (its --help says so), which the README never mentions. Cause: README.md,
-    Command line (the values are cli_parser.py's)."""
+    """The README states what an option does when left out, in its table row or, for an
+    option without a fixed row, in a sentence that names it: --seed's 0, ``auto`` as
+    --device's default, and demo's ``lenet5_fmnist.pruned.onnx`` in the current folder
+    unless ``-o`` is given (the three used to be stated nowhere). The values are
+    cli_parser.py's."""
     parser_default = {"--batch-size": 64, "--method": "entropic", "--round-to": None, "--seed": 0,
                       "--device": "auto", "demo -o": "lenet5_fmnist.pruned.onnx"}[option]
     command, opt = ("demo", "-o") if option == "demo -o" else ("prune", option)
@@ -295,14 +272,11 @@ def test_the_error_classes_carry_the_documented_exit_statuses(tmp_path, capsys, 
     assert not (tmp_path / "o.onnx").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: bare 'onnx-eprune' exits 2 printing the 18-line help on stdout and "
-                   "nothing on stderr (cli.py:main, 'if not command: parser.print_help(); return 2')")
 def test_a_command_line_without_a_command_is_a_one_line_usage_error(capsys):
-    """Expected (README, Exit status): a usage error is exit 2 and 'one line on stderr,
-    onnx-eprune: error: ...' that names the problem and what to do (give a command; see
-    --help), with stdout left for results. Was: exit 2 with the whole --help on stdout and
-    stderr empty, so a script that logs stderr records nothing. Cause: cli.py:main prints the
-    help instead of raising UsageError when no command is given."""
+    """README, Exit status: a bare ``onnx-eprune`` is a usage error like any other, exit 2
+    and one line on stderr, 'onnx-eprune: error: ...', that names the problem and what to do
+    (give a command; see --help), with stdout left empty (it used to print the whole --help
+    on stdout and nothing on stderr)."""
     assert main([]) == 2
     out, err = capsys.readouterr()
     lines = [line for line in err.splitlines() if line.strip()]
@@ -324,12 +298,9 @@ def test_every_public_name_but_the_version_is_documented():
         assert re.search(rf"(?<![\w.]){name}\b|onnx_eprune\.{name}\b", section), name
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (README): onnx_eprune.__version__ is in __all__ but the README never "
-                   "mentions it (nor `onnx-eprune --version`)")
 def test___version___is_documented():
-    """Expected: the public ``__version__`` (what ``onnx-eprune --version`` prints and the
-    report's and metadata's ``version`` hold) is documented. Was: the README names neither
-    ``__version__`` nor ``--version``. Cause: README.md, Python API."""
+    """The public ``__version__`` (what ``onnx-eprune --version`` prints and the report's and
+    metadata's ``version`` hold) is documented in the README, which used to name neither."""
     version = next(a for a in build_parser()._actions if "--version" in a.option_strings)
     assert version.version == f"onnx-eprune {onnx_eprune.__version__}"  # what --version prints
     assert "__version__" in README
@@ -374,14 +345,11 @@ def test_the_ranges_the_docstring_gives_are_the_ranges_checked(keyword, bad, goo
         config.target()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an out-of-range flops_reduction / --flops-reduction is refused as "
-                   "'the flops target must be in [0, 1)', naming neither spelling (config.py:PruneConfig.target)")
 def test_an_out_of_range_target_error_names_the_argument(tmp_path, capsys, calib):
-    """Expected (README: 'a value out of range ... is a one-line UsageError that names the
-    argument'): the message names ``flops_reduction`` (Python) or ``--flops-reduction`` (the
-    command line), as those of sparsity, keep_ratio and every other field do. Was: 'the flops
-    target must be in [0, 1), not 1.0' from both. Cause: config.py:PruneConfig.target formats
-    the message with the internal kind 'flops' (budget.Target), not the option's name."""
+    """README: 'a value out of range ... is a one-line UsageError that names the argument':
+    an out-of-range flops target names ``flops_reduction`` (Python) and ``--flops-reduction``
+    (the command line), as the messages of sparsity, keep_ratio and every other field name
+    theirs (it used to name the internal kind 'flops')."""
     with pytest.raises(onnx_eprune.UsageError) as exc:
         onnx_eprune.PruneConfig(flops_reduction=1.0).target()
     assert "flops_reduction" in str(exc.value) or "--flops-reduction" in str(exc.value), str(exc.value)
@@ -403,16 +371,11 @@ def test_docstrings_state_units_of_what_they_return():
     assert "relative to the mean kept-feature variance" in _flat(onnx_eprune.PruneConfig.__doc__)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (docstring): evaluate takes labels without saying their shape and "
-                   "returns accuracies, as does SweepPoint, without saying fraction or percent (evaluate.py, "
-                   "sweep.py)")
 def test_docstrings_state_the_labels_shape_and_the_accuracy_unit():
-    """Expected: a function that takes a labels array states its shape, as sweep's does
-    ('shape (N,)'), and an accuracy says whether it is a fraction or a percentage (the command
-    line prints percentages, the dicts hold fractions in [0, 1]). Was: evaluate's docstring
-    says 'labels (path or array of class indices)' and 'accuracy of both', SweepPoint's
-    'pruned and original top-1 accuracy', without either. Cause: evaluate.py:evaluate and
-    sweep.py:SweepPoint docstrings."""
+    """A function that takes a labels array states its shape, as sweep's does ('shape (N,)'),
+    and an accuracy says whether it is a fraction or a percentage (the command line prints
+    percentages, the dicts hold fractions in [0, 1]): evaluate's and SweepPoint's docstrings
+    used to say neither."""
     evaluate = _flat(onnx_eprune.evaluate.__doc__)
     assert re.search(r"shape \(N,\)|\(N,\)", evaluate)
     for doc in (evaluate, _flat(onnx_eprune.SweepPoint.__doc__)):
@@ -508,19 +471,14 @@ def test_every_documented_report_field_is_in_a_real_report(run):
     assert report["fidelity_on_calibration"]["samples"] == SAMPLES
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (README): the --report field list omits fields every report.json "
-                   "holds: tool, version, method, mode, reconstruct, refit_ridge, round_to, target, seed, "
-                   "prunable_groups, input, output, a group's step, params/macs removed_fraction")
 def test_every_field_of_a_real_report_is_documented(run):
-    """Expected: each key of a real report.json (top level, per group, in params/macs) is
-    named in the README's report documentation, the --report row ('JSON report: per group
-    producers ..., consumers, channels before/after ...; params and MACs before/after;
-    samples; provider; the exclude patterns and min_keep; seconds per phase') and the
-    sentences about the report's fidelity, refit_ridges and thin_refits. Was: the row leaves
-    out the run's settings (tool, version, method, mode, reconstruct, refit_ridge, round_to,
-    target, seed), prunable_groups, the input and output paths, each group's ``step`` and
-    params'/macs' ``removed_fraction``, so a user cannot tell which fields are stable.
-    Cause: README.md, the --report row (the fields come from report.py:build_report)."""
+    """Each key of a real report.json (top level, per group, in params/macs) is named in the
+    README's report documentation: the --report row (the run's settings, the input and output
+    paths, per group producers ..., its ``step`` ...; prunable_groups; params and MACs
+    before/after and the fraction removed; ...) and the sentences about the report's
+    fidelity, refit_ridges and thin_refits (the row used to leave out the settings,
+    prunable_groups, the paths, ``step`` and ``removed_fraction``). The fields come from
+    report.py:build_report and cli.py."""
     report = run["report"]
     docs = _report_docs()
     keys = set(report) | {k for g in report["groups"] for k in g} | set(report["params"]) | set(report["macs"])

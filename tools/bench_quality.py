@@ -80,7 +80,8 @@ def run_one(name: str, kind: str, target: float, method: str, mode: str, reconst
     model = onnx.load(str(reference / file))
     refit_ridge = PruneConfig().refit_ridge if refit_ridge is None else refit_ridge
     options = dict(method=method, mode=mode, reconstruct=reconstruct, samples=samples, device="cpu",
-                   round_to=round_to, seed=seed, refit_ridge=refit_ridge, min_keep=min_keep, exclude=exclude,
+                   round_to=round_to, seed=seed, min_keep=min_keep, exclude=exclude,
+                   refit_ridge=refit_ridge if reconstruct else PruneConfig().refit_ridge,  # no re-fit, no ridge
                    **{kind: target})
     if entropic:
         options["entropic"] = EntropicConfig(**entropic)
