@@ -221,6 +221,8 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     the model's batch size when its export fixed one); file size, parameters and MACs.
     """
     a, b = as_model(original), as_model(pruned)
+    # the sizes of the files as read: one replaced during the run must not lend its size
+    file_bytes = {"original": _size(a, original), "pruned": _size(b, pruned)}
     for m in (a, b):
         normalize(m)
     _check_same_outputs(a, b, _described(original, "original"), _described(pruned, "pruned"))
@@ -249,8 +251,8 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
                             for which, m in (("original", a), ("pruned", b))}
     pa, ma = _counts(a, shapes_a, analysis_a)
     pb, mb = _counts(b, *probe_groups(b, data_a.first(), providers))
-    result["size"] = {"original": {"bytes": _size(a, original), "params": pa, "macs": ma},
-                      "pruned": {"bytes": _size(b, pruned), "params": pb, "macs": mb}}
+    result["size"] = {"original": {"bytes": file_bytes["original"], "params": pa, "macs": ma},
+                      "pruned": {"bytes": file_bytes["pruned"], "params": pb, "macs": mb}}
     return result
 
 

@@ -20,6 +20,35 @@ import numpy as np
 T = TypeVar("T")
 
 
+_BLAS_LOCK = threading.Lock()
+_blas_runs = 0          # runs in this process that need BLAS on one thread
+_blas_limiter = None    # threadpoolctl's limiter, set by the first of them
+
+
+@contextmanager
+def blas_on_one_thread(controller) -> Iterator[None]:
+    """BLAS on one thread while the block runs (``controller``: a threadpoolctl
+    ThreadpoolController). The limit is the process's: runs on several threads share one,
+    set by the first that enters and lifted by the last that leaves, so that no run is left
+    unpinned by another's end and the caller's thread count comes back afterwards."""
+    global _blas_runs, _blas_limiter
+    with _BLAS_LOCK:
+        # every run sets it (the OpenBLAS that numpy bundles can keep a count per thread);
+        # the first one's limiter holds the caller's counts to put back
+        limiter = controller.limit(limits=1, user_api="blas")
+        if _blas_runs == 0:
+            _blas_limiter = limiter
+        _blas_runs += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_runs -= 1
+            if _blas_runs == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
+
+
 def parallel_map(fn: Callable[[T], object], items: Iterable[T], workers: int) -> list:
     """``[fn(i) for i in items]`` on up to ``workers`` threads, results in ``items`` order.
 

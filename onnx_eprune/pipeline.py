@@ -38,7 +38,7 @@ from .graph.model_io import (as_model, check_model, check_model_arg, data_files,
                              record_provenance, save_model, share_equal_copies)
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, folded_producer_rows
-from .parallel import closing_all, matmul_rows, parallel_map, prefetched
+from .parallel import blas_on_one_thread, closing_all, matmul_rows, parallel_map, prefetched
 from .progress import Progress
 from .select import DATA_METHODS, baselines, entropic
 from .select.problem import ConsumerTerm, explained_curve, partial_out
@@ -549,7 +549,7 @@ class Pruner:
         # CPU: OpenBLAS and onnxruntime pick other kernels for AVX-512 than for AVX2), and
         # the work is spread over Python threads in pieces that do not depend on the thread
         # count (independent groups for the solvers, fixed blocks for the statistics' products).
-        with self._blas.limit(limits=1, user_api="blas"):
+        with blas_on_one_thread(self._blas):
             return self._run()
 
     def preflight(self) -> list[int]:
@@ -652,7 +652,7 @@ class Pruner:
         self.prunable_gids()  # statistics of no layer serve no later run
         orig = CachedNetwork(self.model, self.topo, self.data, self.providers, self.batch_size,
                              CacheSpace(0, 0))
-        with self.timer.phase("calibrate"), self._blas.limit(limits=1, user_api="blas"):
+        with self.timer.phase("calibrate"), blas_on_one_thread(self._blas):
             consumers = self.collect(self._oneshot_consumers(), orig, None, "calibrate")
         return StatsBundle.from_run(self.model, self.config.seed, self.config.positions, self.data, consumers)
 

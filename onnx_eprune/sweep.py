@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -122,9 +123,10 @@ def _once() -> Iterator[None]:
     """Drop the info and warning lines that a sweep already printed: every target's run
     would repeat the provider, the exclusions and the calibration data's warnings."""
     seen: set[str] = set()
+    mine = threading.get_ident()  # the sweep's own lines: a run on another thread logs as it would
 
     def once(record: logging.LogRecord) -> bool:
-        if record.levelno > logging.WARNING:
+        if record.levelno > logging.WARNING or record.thread != mine:
             return True
         message = record.getMessage()
         fresh = message not in seen
