@@ -473,16 +473,11 @@ def entropic_versions(cnn):
     return v1, v2, [onnx_eprune.prune(cnn, v, sparsity=0.5, device="cpu") for v in (v1, v2)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a calibration .npy rewritten in place mid-run gives a model that "
-                                       "matches neither version (it is memory-mapped and read again later)")
 def test_calibration_file_rewritten_in_place_mid_run_gives_one_versions_model(cnn, entropic_versions, tmp_path):
-    """Expected: the model equals what one version of the calibration data gives (the one
-    that was read, or the new one). What happens: ``numpy.save`` over the file while the
-    run ranks its groups (phase 2) yields a model equal to neither: the statistics of the
-    first pass come from the old samples, the sequential stages' from the new ones. Cause:
-    calibrate/data.py ``_read`` opens a .npy with ``mmap_mode="r"`` and keeps the map; a
-    rewrite that reuses the file's inode changes what later passes read (copy the data
-    into memory at load, or check the file is unchanged)."""
+    """The model equals what one version of the calibration data gives (the one that was
+    read): a calibration file up to data.IN_MEMORY_BYTES is read once. Once ``numpy.save``
+    over the memory-mapped file while the run ranked its groups yielded a model equal to
+    neither version."""
     v1, v2, (r1, r2) = entropic_versions
     path = tmp_path / "calib.npy"
     np.save(path, v1)
@@ -491,15 +486,10 @@ def test_calibration_file_rewritten_in_place_mid_run_gives_one_versions_model(cn
     assert _bytes(result.model) in (_bytes(r1.model), _bytes(r2.model))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a calibration .npy rewritten in place late in a run gives the old "
-                                       "version's model with fidelity figures measured on the new samples")
 def test_calibration_file_rewritten_late_keeps_the_report_true_to_the_model(cnn, entropic_versions, tmp_path):
-    """Expected: a report whose fidelity figures are those of the samples the model was
-    pruned on. What happens: rewritten at the start of the second sequential stage, the
-    model equals the first version's (its activations were cached), but the validation
-    reads the memory-mapped file again and reports the fidelity on the second version's
-    samples. Cause: calibrate/data.py ``_read`` (``mmap_mode="r"``), read again by
-    pipeline.py ``Pruner.validate``."""
+    """A report whose fidelity figures are those of the samples the model was pruned on
+    (once the validation read the memory-mapped file again and reported the fidelity on
+    the second version's samples)."""
     v1, v2, (r1, _) = entropic_versions
     path = tmp_path / "calib.npy"
     np.save(path, v1)
@@ -633,15 +623,11 @@ def test_a_process_reads_a_model_that_another_process_is_writing(cli_files, cnn,
     assert _leftovers(folder, {"model.onnx", "calib.npy", "stage.onnx", "final.onnx"}) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a calibration .npy truncated by another writer mid-run kills the "
-                                       "process with SIGBUS: no error line, no exit status the README lists")
 def test_calibration_file_truncated_mid_run_is_an_error_not_a_crash(cli_files):
-    """Expected: a run whose calibration file is rewritten shorter while it works either
-    finishes on the samples it read or fails with exit status 1 and one ``onnx-eprune:
-    error:`` line, leaving no output. What happens: the process dies of SIGBUS (exit -7 /
-    135 in a shell) with nothing on stderr. Cause: calibrate/data.py ``_read`` memory-maps
-    the .npy (``mmap_mode="r"``) and reads it again in later passes; pages past the new end
-    of the file fault."""
+    """A run whose calibration file is rewritten shorter while it works either finishes on
+    the samples it read or fails with exit status 1 and one ``onnx-eprune: error:`` line,
+    leaving no output (once the process died of SIGBUS, reading pages of the memory-mapped
+    file past its new end)."""
     folder = cli_files
     script = (
         "import sys, numpy as np\n"

@@ -118,11 +118,20 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
             log.warning("--samples %d: the calibration data holds %d samples; using all %d", samples, n, n)
         n = min(n, samples)
         arrays = {k: v[:n] for k, v in arrays.items()}
+    if sum(v.nbytes for v in arrays.values() if isinstance(v, np.memmap)) <= IN_MEMORY_BYTES:
+        # read once: a file rewritten or cut by another program during the run cannot
+        # change the samples between passes (or end the process with SIGBUS)
+        arrays = {k: np.array(v) if isinstance(v, np.memmap) else v for k, v in arrays.items()}
     if not probe:
         if not held_out:
             warn_if_few(n)
         check_values(arrays)
     return CalibrationData(arrays)
+
+
+# Calibration files up to this size are read into memory once; larger ones stay
+# memory-mapped, read from the disk at each pass (the sequential mode makes several).
+IN_MEMORY_BYTES = 1 << 30
 
 
 def warn_if_few(samples: int) -> None:
