@@ -333,19 +333,12 @@ def test_two_inputs_sharing_their_size_prune_at_another_common_size(tmp_path, ca
     assert _signature(onnx.load(str(out))) == _signature(model)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: inputs that share the symbols H, W given 16x16 and 24x24 fail in "
-                                       "onnxruntime (exit 1, 'failed to run the model ... 16 by 24') instead of a "
-                                       "usage error naming the inputs")
 def test_two_inputs_sharing_their_size_given_different_sizes_is_a_usage_error(tmp_path, capsys):
-    """Expected: ``x`` at 16x16 and ``x2`` at 24x24, where the model declares both
-    ``[N, C, H, W]`` with the same H and W, is calibration data of the wrong shape: a usage
-    error (exit 2) found before any work, naming the inputs and the symbol they disagree on,
-    as unequal sample counts are. Happens: the arrays go to onnxruntime, whose broadcast
-    failure in the Add node comes back as exit 1 'onnxruntime failed to run the model:
-    ... Attempting to broadcast an axis by a dimension other than 1. 16 by 24', naming
-    neither the inputs nor the file. Likely cause: onnx_eprune/calibrate/data.py
-    (load_calibration's shape check) compares arrays with the fixed dimensions only and
-    never checks that dimensions sharing a dim_param agree across inputs."""
+    """``x`` at 16x16 and ``x2`` at 24x24, where the model declares both ``[N, C, H, W]``
+    with the same H and W, is calibration data of the wrong shape: a usage error (exit 2)
+    found before any work, naming the inputs and the symbol they disagree on, as unequal
+    sample counts are (once onnxruntime's broadcast failure came back as exit 1, naming
+    neither the inputs nor the file)."""
     path = _save(_shared_size_two_images(), tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", x=_rand(32, 16, 16), **{IMAGE2: _rand(32, 24, 24, seed=2, c=1)})
     line = _usage_error(capsys, ["prune", path, "-o", str(tmp_path / "p.onnx"), "--calib", str(tmp_path / "c.npz"),

@@ -297,6 +297,7 @@ def _validate(arrays: dict[str, np.ndarray], inputs, unbatched: frozenset[str] =
         raise UsageError(f"calibration data lacks model input(s) {', '.join(missing)} "
                          f"(has: {', '.join(arrays) or 'nothing'})")
     out, counts = {}, set()
+    symbols: dict[str, tuple[int, str]] = {}  # a named dimension -> (its size, the input that set it)
     for name, vi in wanted.items():
         a = arrays[name]
         if not isinstance(a, np.ndarray):  # a memory-mapped .npy stays one
@@ -316,6 +317,14 @@ def _validate(arrays: dict[str, np.ndarray], inputs, unbatched: frozenset[str] =
         for axis, (got, want) in enumerate(zip(a.shape, dims)):
             if axis > 0 and want is not None and got != want:
                 raise UsageError(f"calibration array for {name!r} has shape {a.shape}, the model expects {_fmt(dims)}")
+        named = [d.dim_param if d.HasField("dim_param") else "" for d in ttype.shape.dim]
+        for axis, (symbol, got) in enumerate(zip(named, a.shape[1:] if name in unbatched else a.shape)):
+            if not symbol or (axis == 0 and name not in unbatched):
+                continue  # the batch axis: the sample counts are compared below
+            size, where = symbols.setdefault(symbol, (got, name))
+            if size != got:
+                raise UsageError(f"calibration arrays for {where!r} and {name!r} disagree on the model's dimension "
+                                 f"{symbol!r} ({size} and {got}); give them one size")
         if a.shape[0] == 0:
             raise UsageError(f"calibration array for {name!r} holds no samples")
         if a.size == 0:
