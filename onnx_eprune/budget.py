@@ -240,12 +240,17 @@ def _wider_trades(state: _Greedy, goal: float, within: float) -> _Greedy:
     ``within`` below it: one group up by one to three steps, the others shrunk to the goal
     (greedily, or one of them alone) and then given back what still fits (a group two steps
     up and another one down, or one channel of a wide convolution for many of a
-    classifier's). Only proximity counts here:
-    the README promises a target met within a point where the channels allow it."""
+    classifier's). Of the counts that land within ``within`` (the README promises a target
+    met within a point where the channels allow it), the least damaging; else the closest."""
+    def rank(trial: _Greedy) -> tuple:
+        if goal - trial.total <= within:
+            return 0, trial.harm(), -trial.total
+        return 1, -trial.total
+
     for _ in range(2 * len(state.channels)):
         if goal - state.total <= within:
             break
-        best = None
+        best = state
         for g in state.channels:
             grown = _copy(state)
             for _ in range(3):
@@ -255,9 +260,9 @@ def _wider_trades(state: _Greedy, goal: float, within: float) -> _Greedy:
                 grown.apply(g, up)
                 for trial in _shrunk_to(grown, goal, g):
                     trial.give_back(goal)
-                    if trial.total <= goal and trial.total > (best.total if best else state.total):
+                    if trial.total <= goal and rank(trial) < rank(best):
                         best = trial
-        if best is None:
+        if best is state:
             break
         state = best
     return state

@@ -728,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
             if not command:  # a usage error like any other: one line on stderr, stdout left for results
                 raise UsageError(f"give a command ({', '.join(COMMANDS)}); onnx-eprune --help lists them")
             _setup_logging(args)
-            if getattr(args, "mode", None) == "sequential" and not getattr(args, "stats", None):
+            if hasattr(args, "mode") and args.mode in (None, "sequential") and not getattr(args, "stats", None):
                 keep_freed_memory()  # one-shot runs gain nothing and peak higher (allocator.py)
             with warnings.catch_warnings():
                 if not args.verbose:  # numerical warnings are details; -v shows them

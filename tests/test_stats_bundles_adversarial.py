@@ -146,11 +146,12 @@ def test_cli_uneven_shards_prune_like_one_oneshot_run(ws, capsys):
             assert np.abs(got[name] - value).max() <= 1e-5 * max(1.0, np.abs(value).max()), name
 
 
-def test_mode_sequential_with_stats_runs_oneshot_and_says_so(ws, capsys):
-    """README: --stats implies --mode oneshot. An explicit --mode sequential is overridden
-    with an info line, and the report and metadata record what really ran."""
+def test_stats_without_mode_runs_oneshot_and_says_so(ws, capsys):
+    """README: --stats implies --mode oneshot (an explicit --mode sequential is refused:
+    tests/test_option_matrix.py). The run says so in an info line, and the report and
+    metadata record what really ran."""
     report = ws["dir"] / "seq.json"
-    argv = prune_argv(ws, ws["s0"], ws["s1"], out="seq.onnx", extra=("--mode", "sequential", "--report", report))
+    argv = prune_argv(ws, ws["s0"], ws["s1"], out="seq.onnx", extra=("--report", report))
     argv.remove("-q")
     captured = run_ok(capsys, argv)
     assert "one-shot mode" in captured.err
