@@ -522,45 +522,25 @@ def test_float16_stored_weights_prune_into_a_model_that_computes_like_the_origin
 
 
 @pytest.mark.parametrize("opset", [
-    pytest.param(13, marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: a BatchNormalization of constants at opset < 14 is folded by onnx's reference evaluator, "
-        "which gets it wrong: keep_ratio=1.0 changes the outputs by 5%"))),
-    17,
+    13, 17,
 ])
 def test_constant_subgraph_keeps_its_value(opset):
-    """Expected (README: ``R = 1.0`` gives back the same function): the pruned model at
-    keep_ratio 1.0 computes the original's outputs in onnxruntime, whatever the constant
-    computations in the graph.
-
-    What happens at opset 13: normalisation folds ``BatchNormalization(prior, ...)``, whose
-    inputs are all initializers, with ``onnx.reference.ReferenceEvaluator``; its
-    BatchNormalization for opsets 9-13 does not compute what onnxruntime (and the ONNX
-    spec, in inference mode) computes, so the folded prior is wrong and every output moves
-    (relative error 0.05; opset 17 is exact).
-
-    Likely cause: onnx_eprune/graph/model_io.py:fold_constants trusts the reference
-    evaluator; folding with onnxruntime (the runtime the tool validates on), or not
-    folding nodes no weight depends on, would keep the value.
-    """
+    """README: ``R = 1.0`` gives back the same function: the pruned model at keep_ratio 1.0
+    computes the original's outputs in onnxruntime, whatever the constant computations in
+    the graph. At opset 13 normalisation once folded ``BatchNormalization(prior, ...)``, whose
+    inputs are all initializers, with onnx's reference evaluator, which computes opsets 9-13
+    otherwise than onnxruntime and the spec (relative error 0.05); model_io folds it itself."""
     original = constant_prior_cnn(opset)
     pruned = onnx_eprune.prune(original, CALIB, device="cpu", keep_ratio=1.0, mode="oneshot").model
     assert relative_error(ort_outputs(original, FRESH)[0], ort_outputs(pruned, FRESH)[0]) < 1e-5
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: report's fidelity_on_calibration says relative error 0.0 while the "
-                                       "written model's outputs differ from the input's by 5%")
 def test_report_fidelity_is_measured_against_the_input_as_given():
-    """Expected (reports tell the truth): ``fidelity_on_calibration`` compares the written
-    model with the model the user passed in, so a run whose output differs from the input
-    (the opset-13 constant BatchNormalization above) reports that error.
-
-    What happens: the report says relative error 0.0 and top-1 agreement 1.0 on the
-    calibration samples, while onnxruntime's outputs of the written model differ from the
-    input's by 5% relative on those very samples.
-
-    Likely cause: onnx_eprune/pipeline.py measures fidelity against the normalised model
-    (after graph/model_io.py:normalize -> fold_constants), not against the input model.
-    """
+    """Reports tell the truth: ``fidelity_on_calibration`` agrees with onnxruntime's outputs
+    of the model the user passed in and of the written one. The run measures against the
+    normalised model, so this holds as long as normalisation is exact: on the opset-13
+    constant BatchNormalization above the report once said 0.0 while the written model
+    differed from the input by 5%."""
     original = constant_prior_cnn(13)
     result = onnx_eprune.prune(original, CALIB, device="cpu", keep_ratio=1.0, mode="oneshot")
     reported = result.report["fidelity_on_calibration"]["outputs"][OUTPUT]["relative_error"]
@@ -578,25 +558,12 @@ def conv_without_bias() -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a re-fit's new bias is not listed as a graph input in a "
-                                       "keep_initializers_as_inputs model; the pruned model cannot be pruned again")
 @pytest.mark.parametrize("build", [conv_without_bias, M.gemm_matmul], ids=["conv_without_bias", "matmul_head"])
 def test_new_bias_of_an_initializers_as_inputs_model_is_listed_and_it_prunes_again(build):
-    """Expected: in a model that lists every initializer as a graph input (PyTorch's
-    ``keep_initializers_as_inputs``, IR 8) the pruned model keeps that convention, new
-    re-fit biases included, so that it works wherever the original does: onnx-eprune
-    itself prunes it a second time (README: "a model pruned twice lists both runs").
-
-    What happens: the re-fit's new bias (``conv2.weight.eprune_bias``, or the bias that
-    turns the MatMul into a Gemm) is an initializer without a graph input; the second run
-    then takes every listed weight for an overridable default and fails with "no prunable
-    channel group in this model (conv1's weight 'conv1.weight' is also a graph input, which
-    the caller may override; ...)".
-
-    Likely cause: onnx_eprune/graph/rewrite.py:build_pruned -> model_io.py:
-    list_initializers_as_inputs returns early from IR 4 on, even for a model whose every
-    initializer was listed (the convention overridable_initializers recognises).
-    """
+    """A PyTorch export with ``keep_initializers_as_inputs=True`` (every initializer listed
+    as a graph input) keeps the convention: a re-fit's new bias is listed too, so the pruned
+    model prunes again (once the unlisted bias made the second run take every listed weight
+    for an overridable default: "no prunable channel group")."""
     original = inits_as_inputs(build())
     pruned = onnx_eprune.prune(original, CALIB, device="cpu", sparsity=0.4).model
     listed = {vi.name for vi in pruned.graph.input}
@@ -605,22 +572,11 @@ def test_new_bias_of_an_initializers_as_inputs_model_is_listed_and_it_prunes_aga
     assert again.report["params"]["after"] < again.report["params"]["before"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: keep_initializers_as_inputs export with a Cast weight: 'no prunable "
-                                       "channel group' (every bias taken for an overridable input)")
 def test_initializers_as_inputs_with_a_cast_weight_prune():
-    """Expected: a PyTorch export with ``keep_initializers_as_inputs=True`` (every
-    initializer listed as a graph input, IR 8) whose two conv weights are stored as float16
-    behind a Cast prunes like the same export with plain weights (which works), into a
-    model whose initializers are all still listed as inputs.
-
-    What happens: EPruneError "no prunable channel group in this model (conv_a's weight
-    'conv_a.bias' is also a graph input, which the caller may override; ...)".
-
-    Likely cause: onnx_eprune/graph/model_io.py:normalize -> fold_constants adds the folded
-    float32 weights as initializers that are not listed as graph inputs (list_initializers_
-    as_inputs only lists them below IR 4); overridable_initializers then sees "listed !=
-    all initializers" and takes every listed weight for an overridable default.
-    """
+    """A ``keep_initializers_as_inputs=True`` export whose two conv weights are stored as
+    float16 behind a Cast prunes like the same export with plain weights, into a model whose
+    initializers are all still listed as inputs (once the folded weights went unlisted, and
+    every listed bias was taken for an overridable input: "no prunable channel group")."""
     original = M.residual()
     graph = original.graph
     for name in ("conv_a.weight", "conv_b.weight"):

@@ -474,9 +474,12 @@ def fold_constants(model: onnx.ModelProto) -> int:
             folded += 1
             continue
         try:
-            sub = onnx.helper.make_graph([node], "fold", [], [onnx.ValueInfoProto(name=o) for o in node.output],
-                                         [materialized(inits[n]) for n in dict.fromkeys(names)])
-            values = ReferenceEvaluator(onnx.helper.make_model(sub, opset_imports=opset)).run(None, {})
+            if node.op_type == "BatchNormalization":  # the reference gets opsets 9-13 wrong
+                values = [_batch_norm(node, [tensor_array(inits[n]) for n in node.input[:5]])]
+            else:
+                sub = onnx.helper.make_graph([node], "fold", [], [onnx.ValueInfoProto(name=o) for o in node.output],
+                                             [materialized(inits[n]) for n in dict.fromkeys(names)])
+                values = ReferenceEvaluator(onnx.helper.make_model(sub, opset_imports=opset)).run(None, {})
         except Exception:  # leave anything the reference cannot evaluate to the runtime
             kept.append(node)
             continue
@@ -493,6 +496,23 @@ def fold_constants(model: onnx.ModelProto) -> int:
         del graph.value_info[:]
         graph.value_info.extend(infos)
     return folded
+
+
+def _batch_norm(node: onnx.NodeProto, arrays: list[np.ndarray]) -> np.ndarray:
+    """BatchNormalization in inference mode, as the spec and onnxruntime compute it: ``x``
+    (N, C, ...) normalised by per-channel ``mean`` and ``var`` (for ``spatial=0`` before
+    opset 9, per element of a sample), then scaled and shifted, in ``x``'s dtype."""
+    x, scale, bias, mean, var = arrays
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if len(node.output) > 1 and any(node.output[1:]) or attrs.get("training_mode"):
+        raise ValueError("BatchNormalization in training mode")
+
+    def shaped(p: np.ndarray) -> np.ndarray:  # per channel on axis 1, or per element of a sample
+        return p.reshape((1, -1) + (1,) * (x.ndim - 2)) if p.ndim == 1 else p.reshape((1,) + p.shape)
+
+    eps = float(attrs.get("epsilon", 1e-5))
+    y = (x.astype(np.float64) - shaped(mean)) / np.sqrt(shaped(var) + eps) * shaped(scale) + shaped(bias)
+    return y.astype(x.dtype)
 
 
 def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
@@ -663,27 +683,43 @@ def normalize(model: onnx.ModelProto) -> Normalized:
             node.name = label
             taken.add(label)
     names = {node.name for node in model.graph.node}
+    convention = lists_initializers(model)
     constants_to_initializers(model)
     if fold_constants(model):
-        # an initializer listed as a graph input stays: without it that input would become
-        # one the caller must feed
-        used = _referenced_names(model.graph) | {o.name for o in model.graph.output} | \
-            {i.name for i in model.graph.input}
+        # an initializer listed as a graph input stays, without it that input would become
+        # one the caller must feed; unless every initializer is listed (the convention of
+        # old exporters), where the listed ones are weights and an unused one goes too
+        used = _referenced_names(model.graph) | {o.name for o in model.graph.output}
+        if not convention:
+            used |= {i.name for i in model.graph.input}
         kept = [i for i in model.graph.initializer if i.name in used]
         if len(kept) < len(model.graph.initializer):
+            gone = {i.name for i in model.graph.initializer} - {i.name for i in kept}
             del model.graph.initializer[:]
             model.graph.initializer.extend(kept)
+            inputs = [vi for vi in model.graph.input if vi.name not in gone]
+            del model.graph.input[:]
+            model.graph.input.extend(inputs)
     copies = _unshare_initializers(model)
-    list_initializers_as_inputs(model)
+    list_initializers_as_inputs(model, convention)
     return Normalized(copies, names - {node.name for node in model.graph.node})
 
 
-def list_initializers_as_inputs(model: onnx.ModelProto) -> None:
-    """In a model of IR version below 4, which requires every initializer to be a graph
-    input too, give each initializer that lacks one (made here of a Constant node, or by
-    the rewrite: a new bias) a graph input of its type and shape, in place. The IR version
+def lists_initializers(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` lists every initializer as a graph input too: IR versions below 4
+    require it, and old exporters (PyTorch's ``keep_initializers_as_inputs``) follow it at
+    any version (see :func:`overridable_initializers`)."""
+    inits = {i.name for i in model.graph.initializer}
+    return model.ir_version < 4 or bool(inits) and inits <= {i.name for i in model.graph.input}
+
+
+def list_initializers_as_inputs(model: onnx.ModelProto, convention: bool) -> None:
+    """Where ``model`` followed the convention of listing every initializer as a graph input
+    too (``convention``: :func:`lists_initializers` of it before the change), give each
+    initializer that lacks one (made here of a Constant node or a folded weight, or by the
+    rewrite: a new bias) a graph input of its type and shape, in place. The IR version
     stays: the runtimes such a model was exported for may not read a newer one."""
-    if model.ir_version >= 4:
+    if not convention:
         return
     listed = {vi.name for vi in model.graph.input}
     for init in model.graph.initializer:

@@ -10,7 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from .groups import Consumer, GraphAnalysis, spread
-from .model_io import defined_names, list_initializers_as_inputs, reference, tensor_array
+from .model_io import defined_names, list_initializers_as_inputs, lists_initializers, reference, tensor_array
 from .weights import bias_after, transposed_to_conv
 
 
@@ -169,7 +169,7 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
     _update_conv_groups(out, arrays, rows)
     if arrays.values:  # shapes recorded by the exporter may no longer hold anywhere downstream
         del out.graph.value_info[:]
-    list_initializers_as_inputs(out)  # a re-fit's new bias, in an IR 3 model
+    list_initializers_as_inputs(out, lists_initializers(model))  # a re-fit's new bias
     return out
 
 
