@@ -208,14 +208,9 @@ def test_untouched_initializers_identical_and_order_kept() -> None:
     assert len(after["conv_1.weight"].float_data) == 8 * 3 * 3 * 3
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a sliced or re-fitted initializer loses its doc_string and "
-                                       "metadata_props (rebuilt from the array alone)")
 def test_pruned_initializers_keep_doc_string_and_metadata() -> None:
-    """Expected: a weight that pruning slices or re-fits is still the same named tensor with
-    its exporter annotations (doc_string, metadata_props); only dims and values change.
-    Happens: every changed initializer comes back with an empty doc_string and no metadata.
-    Cause: graph/rewrite.py:_Arrays.commit does ``init.CopyFrom(numpy_helper.from_array(...))``,
-    which replaces the whole TensorProto instead of its dims and data only."""
+    """A sliced or re-fitted initializer keeps its doc_string and metadata_props (once it was
+    rebuilt from the array alone)."""
     model, pruned = decorated_pair()
     before, after = by_name(model.graph.initializer), by_name(pruned.graph.initializer)
     for name in ("conv_4.weight", "conv_4.bias", "gemm_8.weight", "y.weight"):
@@ -231,15 +226,11 @@ def test_graph_inputs_and_outputs_identical() -> None:
     assert list(pruned.graph.output) == list(model.graph.output)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the pruned model drops every value_info entry, also those of "
-                                       "tensors whose shape pruning did not change")
 def test_value_info_of_untouched_tensors_kept() -> None:
-    """Expected: the exporter's value_info of tensors pruning left alone (the excluded conv_1's
-    output, its Relu and MaxPool, the contrib op's output) stays as it was, doc strings too,
-    and what does stay agrees with the shapes onnxruntime computes.
-    Happens: graph.value_info is empty whenever any tensor changed.
-    Cause: graph/rewrite.py:build_pruned does ``del out.graph.value_info[:]`` instead of
-    dropping only the entries downstream of a changed tensor."""
+    """The exporter's value_info of tensors pruning left alone (the excluded conv_1's output,
+    its Relu and MaxPool, the contrib op's output) stays as it was, doc strings too, and what
+    does stay agrees with the shapes onnxruntime computes (once every entry went whenever
+    any tensor changed)."""
     model, pruned = decorated_pair()
     before, after = by_name(model.graph.value_info), by_name(pruned.graph.value_info)
     for name in UNTOUCHED_TENSORS:
@@ -264,18 +255,13 @@ def _inferred(builder: str) -> onnx.ModelProto:
 
 @pytest.mark.parametrize("builder", [
     "decorated", "residual", "gemm_matmul", "ghost", "conv_transpose",
-    *[pytest.param(name, marks=pytest.mark.xfail(
-        strict=True, reason="BUG: keep_ratio=1.0 removes nothing, yet the model's value_info is dropped "
-                            "(Split sizes / Slice bounds / Reshape targets rewritten to the same values)"))
-      for name in ("split", "slice", "cnn_reshape_explicit")],
+    "split", "slice", "cnn_reshape_explicit",
 ])
 def test_keep_ratio_one_returns_the_input_plus_provenance(builder: str) -> None:
     """README: ``--keep-ratio 1.0`` gives back the same function. Demanded here: the same model,
-    bytes included, but for the provenance entry.
-    Where it fails (a Split, a channel Slice, an explicit Reshape target): the value_info
-    goes. Cause: graph/rewrite.py:_update_shape_params sets the Split sizes, Slice bounds and
-    Reshape targets even when they keep their values, so ``arrays.values`` is non-empty and build_pruned deletes
-    all value_info (same cause as test_value_info_of_untouched_tensors_kept)."""
+    bytes included, but for the provenance entry (once a Split, a channel Slice or an
+    explicit Reshape target had its constant rewritten to the same values, and the
+    value_info went)."""
     model = _inferred(builder)
     pruned = prune(model, keep_ratio=1.0).model
     assert len(provenance(pruned)) == 1

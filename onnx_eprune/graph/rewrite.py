@@ -44,6 +44,12 @@ class _Arrays:
         self.values[name] = value
         self.changed.add(name)
 
+    def update(self, name: str, value: np.ndarray) -> None:
+        """:meth:`set`, where ``value`` differs from the tensor's current value: a constant
+        that keeps its value stays as the exporter stored it."""
+        if not np.array_equal(self.get(name), value):
+            self.set(name, value)
+
     def mask(self, name: str, axis: int) -> np.ndarray:
         key = (name, axis)
         if key not in self.masks:
@@ -67,6 +73,10 @@ class _Arrays:
                 continue  # read (for its shape or values) but left as it was
             dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
             new = numpy_helper.from_array(np.ascontiguousarray(value).astype(dtype), name)
+            if init.HasField("doc_string"):  # what the exporter wrote about the tensor stays
+                new.doc_string = init.doc_string
+            if hasattr(new, "metadata_props"):
+                new.metadata_props.extend(init.metadata_props)
             init.CopyFrom(new)
             if name in graph_inputs:  # old-style models list initializers as inputs too
                 shape = graph_inputs[name].type.tensor_type.shape
@@ -167,10 +177,43 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
     rows = {name: arrays.get(name).shape[0] for name, axis in arrays.masks if axis == 0}
     arrays.commit()
     _update_conv_groups(out, arrays, rows)
-    if arrays.values:  # shapes recorded by the exporter may no longer hold anywhere downstream
-        del out.graph.value_info[:]
+    if arrays.changed:  # shapes recorded by the exporter may no longer hold downstream
+        _keep_true_value_info(out)
     list_initializers_as_inputs(out, lists_initializers(model))  # a re-fit's new bias
     return out
+
+
+def _keep_true_value_info(model: onnx.ModelProto) -> None:
+    """Drop the exporter's value_info entries that the pruned graph no longer bears out, in
+    place: an entry stays where onnx's shape inference of the graph without them gives its
+    tensor the same element type and every dimension it states (the tensors pruning left
+    alone); all go where inference fails (a model above 2 GB, an op it does not know)."""
+    old = list(model.graph.value_info)
+    del model.graph.value_info[:]
+    if not old:
+        return
+    try:
+        inferred = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    except Exception:
+        return
+    model.graph.value_info.extend(vi for vi in old if vi.name in inferred and _bears_out(vi, inferred[vi.name]))
+
+
+def _bears_out(stated: onnx.ValueInfoProto, inferred: onnx.ValueInfoProto) -> bool:
+    """Whether ``inferred`` confirms every element type and dimension ``stated`` gives."""
+    a, b = stated.type.tensor_type, inferred.type.tensor_type
+    if not stated.type.HasField("tensor_type") or a.elem_type != b.elem_type:
+        return False
+    if not a.HasField("shape"):
+        return True
+    if not b.HasField("shape") or len(a.shape.dim) != len(b.shape.dim):
+        return False
+    for da, db in zip(a.shape.dim, b.shape.dim):
+        if da.HasField("dim_value") and (not db.HasField("dim_value") or db.dim_value != da.dim_value):
+            return False
+        if da.HasField("dim_param") and db.HasField("dim_value"):
+            return False
+    return True
 
 
 def _current_bias(node: onnx.NodeProto) -> str | None:
@@ -210,16 +253,16 @@ def _update_shape_params(analysis: GraphAnalysis, keeps: dict[int, np.ndarray], 
         for sp in g.shape_params:
             shape = arrays.get(sp.tensor).copy()
             shape[sp.index] = features[sp.output]
-            arrays.set(sp.tensor, shape)
+            arrays.update(sp.tensor, shape)
     for sb in analysis.slice_bounds:
         bound = arrays.get(sb.tensor).copy()
         bound.reshape(-1)[sb.index] = sum(k for off, k in segments[sb.source] if off < sb.position)
-        arrays.set(sb.tensor, bound)
+        arrays.update(sb.tensor, bound)
     for split in analysis.split_sizes:
         sizes = np.array([features[o] for o in split.outputs], dtype=np.int64)
         node = model.graph.node[split.node]
         if split.tensor is not None:
-            arrays.set(split.tensor, sizes.astype(arrays.get(split.tensor).dtype))
+            arrays.update(split.tensor, sizes.astype(arrays.get(split.tensor).dtype))
             continue
         attrs = [a for a in node.attribute if a.name not in ("split", "num_outputs")]
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
