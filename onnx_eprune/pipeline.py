@@ -35,7 +35,7 @@ from .graph.costs import CostModel, build_cost_model
 from .graph.exclude import exclude_groups
 from .graph.groups import QUANTIZED, Consumer, spread
 from .graph.model_io import (as_model, check_model, check_model_arg, data_files, initializer_map, normalize,
-                             record_provenance, save_model, share_equal_copies)
+                             record_provenance, save_model, share_equal_copies, store_narrowed)
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import consumer_matrix, folded_producer_rows
 from .parallel import blas_on_one_thread, closing_all, matmul_rows, parallel_map, prefetched
@@ -616,6 +616,7 @@ class Pruner:
         with self.timer.phase("rewrite"):
             pruned = build_pruned(self.model, self.analysis, keeps, refits)
             share_equal_copies(pruned, self.normalized.copies)
+            store_narrowed(pruned, self.normalized.narrowed)
         with self.timer.phase("validate"):
             fidelity = self.validate(pruned)
         self.timer.seconds["total"] = time.perf_counter() - self.t0

@@ -357,16 +357,11 @@ def _cast_stored(dtype: int) -> onnx.ModelProto:
     return model
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: weights stored as float16/bfloat16 behind a Cast come back as "
-                                       "float32 initializers, Cast removed, also for untouched layers")
 @pytest.mark.parametrize("dtype", [TensorProto.FLOAT16, TensorProto.BFLOAT16], ids=["float16", "bfloat16"])
 def test_cast_stored_weights_of_untouched_layers_keep_their_storage(dtype: int) -> None:
-    """Expected: the excluded conv_1's weight and bias stay the float16 / bfloat16 tensors they
-    were, read through their Cast nodes (nothing about that layer changed).
-    Happens: they become float32 initializers read directly by the Conv; the Casts are gone.
-    Cause: graph/model_io.py:fold_constants evaluates Cast(initializer) into a float32
-    initializer for the analysis, and nothing restores the stored form of tensors that
-    pruning did not change (share_equal_copies only undoes normalize's copies)."""
+    """The excluded conv_1's weight and bias stay the float16 / bfloat16 tensors they were,
+    read through their Cast nodes (nothing about that layer changed); once they came back
+    as float32 initializers read directly by the Conv."""
     model = _cast_stored(dtype)
     pruned = prune(model, keep_ratio=0.5, exclude=["conv_1"]).model
     before, after = by_name(model.graph.initializer), by_name(pruned.graph.initializer)
@@ -376,13 +371,10 @@ def test_cast_stored_weights_of_untouched_layers_keep_their_storage(dtype: int) 
     assert nodes["cast_conv_1.weight"] == by_name(model.graph.node)["cast_conv_1.weight"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: at keep_ratio=1.0 a model with float16-stored weights comes back "
-                                       "about twice as large (its weights widened to float32)")
 def test_cast_stored_float16_model_does_not_grow_when_nothing_is_pruned() -> None:
-    """Expected: keep_ratio=1.0 (nothing removed) gives a model no larger than the input.
-    Happens: every float16 weight behind a Cast is written as float32, and the file grows
-    by about the size of the weights.
-    Cause: graph/model_io.py:fold_constants (see the test above)."""
+    """keep_ratio=1.0 (nothing removed) gives a model no larger than the input (once every
+    float16 weight behind a Cast was written as float32, and the file grew by about the
+    size of the weights)."""
     model = _cast_stored(TensorProto.FLOAT16)
     pruned = prune(model, keep_ratio=1.0).model
     assert len(without_provenance(pruned).SerializeToString()) <= len(model.SerializeToString())

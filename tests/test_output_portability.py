@@ -486,22 +486,12 @@ def test_lenet5_from_the_cli_runs_from_its_path(tmp_path, capsys):
 
 # -- defects ------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: fp16-stored weights behind Cast are folded to float32: the 'pruned' "
-                                       "file is larger than the original")
 def test_float16_stored_weights_stay_float16_and_the_file_shrinks():
-    """Expected (README: a model that is "smaller ... in any runtime"): a network whose
-    weights are stored as float16 and Cast to float32 where read keeps them float16, so that
-    removing 30% of the parameters makes the file smaller, and ``keep_ratio=1.0`` leaves its
-    size alone.
-
-    What happens: normalisation folds every Cast into a float32 initializer; the pruned
-    file at sparsity 0.3 is about 36% larger than the original (21.3 kB -> 29.0 kB), and
-    at keep_ratio 1.0 about twice its size, with no float16 tensor left.
-
-    Likely cause: onnx_eprune/graph/model_io.py:fold_constants evaluates the Cast and stores
-    its float32 result; graph/rewrite.py writes every tensor in the folded dtype instead of
-    putting the kept weights back behind a Cast of a float16 initializer.
-    """
+    """README: a model that is "smaller ... in any runtime": a network whose weights are
+    stored as float16 and Cast to float32 where read keeps them float16, so removing 30% of
+    the parameters makes the file smaller, and ``keep_ratio=1.0`` leaves its size alone
+    (once every Cast was folded into a float32 initializer for good: 21.3 kB -> 29.0 kB at
+    sparsity 0.3, twice the size at keep_ratio 1.0)."""
     original = fp16_storage_cnn()
     size = len(original.SerializeToString())
     pruned = onnx_eprune.prune(original, CALIB, device="cpu", sparsity=0.3).model

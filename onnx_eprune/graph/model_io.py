@@ -437,7 +437,8 @@ def overridable_initializers(model: onnx.ModelProto) -> set[str]:
     return set() if model.ir_version < 4 or listed == inits else listed
 
 
-def fold_constants(model: onnx.ModelProto) -> int:
+def fold_constants(model: onnx.ModelProto, narrowed: dict[str, tuple[onnx.NodeProto, onnx.TensorProto]] | None = None
+                   ) -> int:
     """Replace main-graph nodes whose inputs are all initializers by initializers.
 
     Exporters put Identity (de-duplicated weights), Cast (half-precision weights) and whole
@@ -445,8 +446,10 @@ def fold_constants(model: onnx.ModelProto) -> int:
     that uses it; evaluating them once (with onnx's reference implementation) lets the
     analysis see those weights as the constants they are. An Identity of an initializer
     goes instead, its readers reading that initializer (unless its output is a graph output
-    or read inside a sub-graph): a weight shared through it stays one tensor. Returns the
-    number of nodes folded.
+    or read inside a sub-graph): a weight shared through it stays one tensor. ``narrowed``,
+    if given, receives each Cast to float of a float16 / bfloat16 initializer: its output ->
+    (the node, the initializer), for :func:`store_narrowed`. Returns the number of nodes
+    folded.
     """
     from onnx.reference import ReferenceEvaluator
 
@@ -483,6 +486,12 @@ def fold_constants(model: onnx.ModelProto) -> int:
         except Exception:  # leave anything the reference cannot evaluate to the runtime
             kept.append(node)
             continue
+        if narrowed is not None and node.op_type == "Cast" and inits[names[0]].data_type in _NARROW and \
+                any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute):
+            cast, source = onnx.NodeProto(), onnx.TensorProto()
+            cast.CopyFrom(node)
+            source.CopyFrom(inits[names[0]])
+            narrowed[node.output[0]] = (cast, source)
         for name, value in zip(node.output, values):
             tensor = numpy_helper.from_array(np.asarray(value), name)
             graph.initializer.append(tensor)
@@ -659,6 +668,7 @@ class Normalized(NamedTuple):
 
     copies: dict[str, str]  # copy name -> original name, for share_equal_copies
     folded: set[str]        # names of the input's nodes folded into constants (Constant, Identity on a weight)
+    narrowed: dict[str, tuple[onnx.NodeProto, onnx.TensorProto]]  # weights stored narrower behind a Cast
 
 
 def normalize(model: onnx.ModelProto) -> Normalized:
@@ -685,7 +695,8 @@ def normalize(model: onnx.ModelProto) -> Normalized:
     names = {node.name for node in model.graph.node}
     convention = lists_initializers(model)
     constants_to_initializers(model)
-    if fold_constants(model):
+    narrowed: dict[str, tuple[onnx.NodeProto, onnx.TensorProto]] = {}
+    if fold_constants(model, narrowed):
         # an initializer listed as a graph input stays, without it that input would become
         # one the caller must feed; unless every initializer is listed (the convention of
         # old exporters), where the listed ones are weights and an unused one goes too
@@ -702,7 +713,50 @@ def normalize(model: onnx.ModelProto) -> Normalized:
             model.graph.input.extend(inputs)
     copies = _unshare_initializers(model)
     list_initializers_as_inputs(model, convention)
-    return Normalized(copies, names - {node.name for node in model.graph.node})
+    return Normalized(copies, names - {node.name for node in model.graph.node}, narrowed)
+
+
+# storage types narrower than float32 that exporters keep weights in, behind a Cast
+_NARROW = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def store_narrowed(model: onnx.ModelProto, narrowed: Mapping[str, tuple[onnx.NodeProto, onnx.TensorProto]]) -> None:
+    """Put back the narrow storage :func:`normalize` widened (``narrowed``: weight -> the Cast
+    that read it from a float16 / bfloat16 initializer, and that initializer), in place: each
+    such weight the model still holds is stored in that type again (as it was, where pruning
+    left it as it was), under the name it had where that is free, and read through its Cast,
+    so a model stored in half precision stays half its size (re-fitted weights are rounded
+    to that type, as the original's were)."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    taken = defined_names(graph)
+    casts = []
+    for name, (cast, source) in narrowed.items():
+        if name not in inits:
+            continue
+        stored = source.name
+        while stored in taken:
+            stored += "_stored"
+        taken.add(stored)
+        value = tensor_array(inits[name])
+        original = tensor_array(source)
+        if original.shape == value.shape and np.array_equal(original.astype(value.dtype), value):
+            inits[name].CopyFrom(source)
+        else:
+            inits[name].CopyFrom(numpy_helper.from_array(value.astype(original.dtype), source.name))
+        inits[name].name = stored
+        for vi in graph.input:  # listed as an input too (an IR 3 model, an old exporter's convention)
+            if vi.name == name:
+                vi.name = stored
+                vi.type.tensor_type.elem_type = source.data_type
+        node = onnx.NodeProto()
+        node.CopyFrom(cast)
+        node.input[0] = stored
+        casts.append(node)
+    if casts:  # before every node: their readers come later
+        nodes = casts + list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes)
 
 
 def lists_initializers(model: onnx.ModelProto) -> bool:
