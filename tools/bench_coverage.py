@@ -445,6 +445,12 @@ def _as_done(pool, fn, items):
         yield fut.result()
 
 
+def _usage_error(message: str) -> int:
+    """One line on stderr and the usage-error status."""
+    print(f"bench_coverage.py: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="coverage benchmark of onnx-eprune on exported timm CNNs")
     ap.add_argument("--cache", default="/work/timm_onnx")
@@ -473,6 +479,13 @@ def main(argv=None) -> int:
     stems = sorted(p.name[:-5] for p in cache.glob("*.onnx"))
     failures_path = cache / "export_failures.json"
     failures = json.loads(failures_path.read_text()) if failures_path.exists() else {}
+    if not stems and not failures:  # a mistyped --cache must not overwrite --out with empty results
+        return _usage_error(f"--cache {cache}: no exported model (*.onnx) and no export_failures.json there; "
+                            "run tools/export_timm.py (or another export tool) into it first")
+    try:  # before the work: hours of results must not be lost to a missing folder
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _usage_error(f"--out {out}: cannot make its folder ({exc.strerror})")
     source = export_scripts(cache, stems)
     if args.only:  # in the order given
         stems = [s for s in dict.fromkeys(args.only) if s in stems]

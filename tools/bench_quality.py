@@ -38,7 +38,7 @@ from scipy.stats import binomtest
 import onnx_eprune
 from onnx_eprune.select import METHODS
 from onnx_eprune.cli_parser import refit_ridge_arg
-from onnx_eprune.config import PruneConfig
+from onnx_eprune.config import MODES, PruneConfig
 from onnx_eprune.select.entropic import EntropicConfig
 from onnx_eprune.datasets import fashion_mnist_available, load_fashion_mnist, preprocess
 from onnx_eprune.calibrate.data import load_calibration
@@ -127,8 +127,43 @@ def at_ridge(rows: list[dict], refit_ridge: float | str) -> list[dict]:
 
 
 def read_runs(*paths: Path | None) -> list[dict]:
-    """The runs of the result files among ``paths`` that exist, in order."""
-    return [r for path in paths if path and path.exists() for r in json.loads(path.read_text())["runs"]]
+    """The runs of the result files among ``paths`` that exist, in order; ValueError naming
+    the file if one is not a whole results file (cut short, or not this tool's JSON)."""
+    runs = []
+    for path in paths:
+        if path and path.exists():
+            try:
+                runs += json.loads(path.read_text())["runs"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path} is not a results file of this tool ({type(exc).__name__}: {exc})") from None
+    return runs
+
+
+def _read_for_report(*paths: Path | None) -> list[dict]:
+    """:func:`read_runs` of ``paths``, every one of which must exist (a typo in a name must
+    not pass for a table without its rows); ValueError naming the first missing one."""
+    missing = [path for path in paths if path and not path.is_file()]
+    if missing:
+        raise ValueError(f"no results file {missing[0]}")
+    return read_runs(*paths)
+
+
+def print_tables(rows: list[dict], args: argparse.Namespace) -> None:
+    """Print each table asked for (--markdown, --pivot, --head-to-head, --bar), in that order."""
+    if args.markdown:
+        print(markdown(rows))
+    if args.pivot:
+        print(pivot(rows, args.metric, args.draws))
+    if args.head_to_head:
+        print(head_to_head(rows, args.draws))
+    if args.bar:
+        print(bar_table(rows))
+
+
+def _usage_error(message: str) -> int:
+    """One line on stderr and the usage-error status (argparse's usage lines would bury it)."""
+    print(f"bench_quality.py: error: {message}", file=sys.stderr)
+    return 2
 
 
 def append_run(path: Path, row: dict) -> None:
@@ -391,7 +426,7 @@ def main() -> int:
     ap.add_argument("--sparsity", nargs="*", type=float, default=[])
     ap.add_argument("--flops", nargs="*", type=float, default=[])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--modes", nargs="+", default=["sequential"])
+    ap.add_argument("--modes", nargs="+", default=["sequential"], choices=list(MODES))
     ap.add_argument("--no-reconstruct", action="store_true", help="also run l1 without the re-fit")
     ap.add_argument("--samples", type=int, help="calibration samples (default: all 1024)")
     ap.add_argument("--round-to", type=int, help="channel count multiples (default: the tool's automatic rule)")
@@ -436,25 +471,30 @@ def main() -> int:
         entropic = _config_fields(args.entropic)
     except ValueError as exc:
         ap.error(str(exc))
-    if not args.sparsity and not args.flops:  # nothing to run: print the tables of --out
-        rows = read_runs(args.out, *args.also)
+    targets = [("sparsity", s) for s in args.sparsity] + [("flops_reduction", f) for f in args.flops]
+    try:
+        for kind, target in targets:  # refused before any work, as the runs would refuse each
+            PruneConfig(**{kind: target}).target()
+        also = _read_for_report(*args.also)
+        # the runs are appended to --out, which need not exist yet; a report reads it
+        rows = read_runs(args.out) if targets else _read_for_report(args.out)
+    except (onnx_eprune.UsageError, ValueError) as exc:
+        return _usage_error(str(exc))
+    if not targets:  # nothing to run: print the tables of --out (the Markdown table unless told)
+        rows += also
         if args.refit_ridge is not None:
             rows = at_ridge(rows, args.refit_ridge)
-        if args.head_to_head:
-            print(head_to_head(rows, args.draws))
-        elif args.bar:
-            print(bar_table(rows))
-        else:
-            print(pivot(rows, args.metric, args.draws) if args.pivot else markdown(rows))
+        if not (args.pivot or args.head_to_head or args.bar):
+            args.markdown = True
+        print_tables(rows, args)
         return 0
     if not fashion_mnist_available():
         print("needs the Fashion-MNIST test split: apt-get install dataset-fashion-mnist", file=sys.stderr)
         return 2
     xt, yt = load_fashion_mnist("test")
     test = {28: (preprocess(xt, 28), yt), 32: (preprocess(xt, 32), yt)}
-    rows = read_runs(args.out)
-    targets = [("sparsity", s) for s in args.sparsity] + [("flops_reduction", f) for f in args.flops]
     variants = [(m, True) for m in args.methods] + ([("l1", False)] if args.no_reconstruct else [])
+    made = 0
     for name in args.models:
         for draw in args.calib_draws:
             calib = calibration_set(name, draw, args.reference)   # read (or drawn) once per draw
@@ -482,18 +522,12 @@ def main() -> int:
                           f"params -{row['params_removed']:.3f} MACs -{row['macs_removed']:.3f} "
                           f"{row['seconds']:.1f}s {row['channels']}", flush=True)
                     rows.append(row)
+                    made += 1
                     if args.out:
                         append_run(args.out, row)
-    rows += read_runs(*args.also)
-    if args.markdown:
-        print(markdown(rows))
-    if args.pivot:
-        print(pivot(rows, args.metric, args.draws))
-    if args.head_to_head:
-        print(head_to_head(rows, args.draws))
-    if args.bar:
-        print(bar_table(rows))
-    return 0
+    rows += also
+    print_tables(rows, args)
+    return 0 if made else 1  # every run refused: a script chaining runs must not carry on
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ the MAC reduction (the issue's bar: >= 0.8 at batch 32, 1 thread).
 
 ``samples``: prunes one model with N calibration images from the Fashion-MNIST train split
 (the first N of a fixed seeded permutation) in a fresh process per N, and records wall
-time and peak resident memory (``ru_maxrss`` of the child). ``width``: the same for plain
-VGG-style chains of growing width (:func:`width_model`, random weights: time and memory,
-not accuracy). Both prune with ``flops_reduction=0.5``.
+time and peak resident memory (``VmHWM`` of the child: not ``ru_maxrss``, which Linux
+carries across ``exec``, so it would report this process's peak whenever it is higher).
+``width``: the same for plain VGG-style chains of growing width (:func:`width_model`,
+random weights: time and memory, not accuracy). Both prune with ``flops_reduction=0.5``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -93,7 +93,7 @@ def latency(args) -> list[dict]:
                            "macs_removed": macs, "latency_removed": lat, "ratio": lat / macs if macs else None,
                            "channels": [g["channels_after"] for g in reports[label]["groups"] if not g["frozen"]]}
                     print(f"{name} {label} batch {batch} threads {threads}: {ms['original']:.2f} -> "
-                          f"{ms[label]:.2f} ms, latency -{lat:.3f} vs MACs -{macs:.3f} (ratio {row['ratio']:.2f})",
+                          f"{ms[label]:.2f} ms, latency {-lat:+.3f} vs MACs -{macs:.3f} (ratio {row['ratio']:.2f})",
                           flush=True)
                     rows.append(row)
     return rows
@@ -153,13 +153,27 @@ def _child(model: str, samples: int, out: str) -> None:
     onnx.save(result.model, out)
     print(json.dumps({"seconds": seconds, "phase_seconds": result.report["seconds"],
                       "params": result.report["params"]["before"], "macs": result.report["macs"]["before"],
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mib": _peak_rss_kib() / 1024}))
+
+
+def _peak_rss_kib() -> int:
+    """This process's own peak resident set in KiB (``VmHWM``; reset at ``exec``, unlike
+    ``ru_maxrss``, which keeps the forking process's peak when that is higher)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
 
 
 def _run_child(model: str, samples: int) -> dict:
+    """One pruning run in a fresh process (:func:`_child`): its JSON result; SystemExit with
+    the child's own last error line if it fails."""
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run([sys.executable, __file__, "_child", model, str(samples), str(Path(tmp) / "m.onnx")],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True)
+    if proc.returncode != 0:
+        # the reason is the child's last stderr line (its exception), not the command line
+        reason = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "no error output")
+        raise SystemExit(f"bench_speed.py: pruning {model} on {samples} samples failed "
+                         f"(exit {proc.returncode}): {reason.strip()}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -41,6 +41,16 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+if __name__ == "__main__":
+    # the models below subclass nn.Module, so torch is needed before argparse can run: say
+    # what to install in one line rather than with an ImportError traceback
+    try:
+        import torch  # noqa: F401
+        import torch_pruning  # noqa: F401
+    except ImportError as exc:
+        sys.exit(f"bench_torch_pruning.py: {exc.name or exc} is not importable: "
+                 "pip install torch==2.13.0 torch-pruning (tools only)")
+
 import numpy as np
 import torch
 import torch.nn as nn

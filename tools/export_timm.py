@@ -95,12 +95,15 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="re-export files that exist")
     ap.add_argument("--no-dynamo", action="store_true")
     args = ap.parse_args(argv)
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    try:
+        import timm
+        import torch
+    except ImportError as exc:  # before the cache is made: nothing to clean up
+        sys.exit(f"export_timm.py: {exc.name or exc} is not importable: run this in /work/venv-timm "
+                 "(pip install torch timm onnx)")
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-
-    import timm
-    import torch
 
     torch.set_num_threads(2)
     known = set(timm.list_models())

@@ -181,9 +181,14 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="export only these torchvision names")
     ap.add_argument("--force", action="store_true", help="re-export files that exist")
     args = ap.parse_args(argv)
+    try:
+        import torch
+        import torchvision  # noqa: F401  (every export needs it: refuse here, not once per model)
+    except ImportError as exc:  # before the cache is made: nothing to clean up
+        sys.exit(f"export_torchvision.py: {exc.name or exc} is not importable: run this in /work/venv-tv "
+                 "(pip install torch torchvision onnx)")
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    import torch
 
     torch.set_num_threads(2)
     has_ultralytics = importlib.util.find_spec("ultralytics") is not None

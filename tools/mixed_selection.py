@@ -115,6 +115,12 @@ def softmax_kl(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=1)))
 
 
+def _usage_error(message: str) -> int:
+    """One line on stderr and the usage-error status."""
+    print(f"mixed_selection.py: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", choices=list(MODELS))
@@ -134,11 +140,21 @@ def main() -> int:
         x, y = preprocess(images, size), labels
     else:
         x, y = np.load(REFERENCE / calib), None
-    swapped = None if args.swap == ["all"] else {int(g) for g in args.swap}
+    try:
+        swapped = None if args.swap == ["all"] else {int(g) for g in args.swap}
+    except ValueError:
+        return _usage_error(f"--swap {' '.join(args.swap)}: expected group ids (integers) or 'all'")
+    config = PruneConfig(sparsity=args.sparsity, flops_reduction=args.flops, mode=args.mode, device="cpu")
+    pruners = [(label, MixedPruner(model, str(REFERENCE / calib), config, swap=swap, method=args.method))
+               for label, swap in (("entropic", set()), (f"{args.method} on groups {' '.join(args.swap)}", swapped))]
+    # checked before any pruning: a mistyped id would pass for a result (plain entropic relabelled)
+    prunable = sorted(g.gid for g in pruners[0][1].analysis.prunable_groups())
+    unknown = sorted((swapped or set()) - set(prunable))
+    if unknown:
+        return _usage_error(f"--swap {' '.join(map(str, unknown))}: not a prunable group of {args.model} "
+                            f"(its groups: {' '.join(map(str, prunable))})")
     runs = []
-    for label, swap in (("entropic", set()), (f"{args.method} on groups {' '.join(args.swap)}", swapped)):
-        config = PruneConfig(sparsity=args.sparsity, flops_reduction=args.flops, mode=args.mode, device="cpu")
-        pruner = MixedPruner(model, str(REFERENCE / calib), config, swap=swap, method=args.method)
+    for label, pruner in pruners:
         result = pruner.run()
         # a pruned output is compared on the channels it keeps: those of the group whose
         # producer made it, matched by width (so only where no two groups share a width)

@@ -64,7 +64,10 @@ def main() -> int:
     ap.add_argument("inputs", nargs="+", type=Path)
     ap.add_argument("--out-dir", type=Path, default=Path("bench"))
     args = ap.parse_args()
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("plot_quality.py: matplotlib is not importable: pip install 'onnx-eprune[plots]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -279,7 +279,10 @@ def main(argv=None):
     ap.add_argument("--data-dir", type=Path, default=DATA_DIR)
     args = ap.parse_args(argv)
 
-    import torch
+    try:
+        import torch
+    except ImportError:
+        sys.exit("train_reference.py: torch is not importable: pip install torch (the CPU build is fine)")
 
     torch.manual_seed(0)
     np.random.seed(0)

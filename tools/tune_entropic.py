@@ -21,6 +21,7 @@ Fashion-MNIST test split; one line of drops (points) and pruning seconds per var
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import math
@@ -162,9 +163,26 @@ def _value(name: str, default: object, text: str) -> object:
     return float(text) if isinstance(default, float) else int(text)
 
 
+def _levels(text: str) -> list[dict]:
+    """``0.55,f0.73`` as PruneConfig targets: a sparsity, or ``f`` and a FLOPs reduction."""
+    try:
+        return [{"flops_reduction": float(v[1:])} if v.startswith("f") else {"sparsity": float(v)}
+                for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of levels like 0.55,f0.73: {text!r}") from None
+
+
 def main(argv: list[str]) -> int:
-    name, levels, variants = argv[0], argv[1].split(","), argv[2:] or [""]
-    targets = [{"flops_reduction": float(v[1:])} if v.startswith("f") else {"sparsity": float(v)} for v in levels]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # no choices: an unknown model stays the KeyError of MODELS[name] that
+    # tests/test_quoted_commands.py's checker expects of this tool
+    ap.add_argument("model", metavar="MODEL", help=f"reference model (../shared/reference): {', '.join(MODELS)}")
+    ap.add_argument("levels", metavar="LEVELS", type=_levels,
+                    help="comma-separated sparsities, or f and a FLOPs reduction: 0.55,f0.73")
+    ap.add_argument("variants", metavar="VARIANT", nargs="*", default=[""],
+                    help='field=value[:field=value...] each ("" is the default config)')
+    args = ap.parse_args(argv)
+    name, targets, variants = args.model, args.levels, args.variants
     onnx_file, _calib, size = MODELS[name]
     images, labels = load_fashion_mnist("test")
     x = preprocess(images, size)
