@@ -3,6 +3,7 @@ Reshape targets, and install the re-fitted consumer weights. Pure slicing and co
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,8 @@ from onnx import numpy_helper
 from .groups import Consumer, GraphAnalysis, spread
 from .model_io import defined_names, list_initializers_as_inputs, lists_initializers, reference, tensor_array
 from .weights import bias_after, transposed_to_conv
+
+log = logging.getLogger("onnx_eprune")
 
 
 @dataclass
@@ -179,8 +182,23 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
     _update_conv_groups(out, arrays, rows)
     if arrays.changed:  # shapes recorded by the exporter may no longer hold downstream
         _keep_true_value_info(out)
+        _drop_stale_training_info(out, arrays.changed)
     list_initializers_as_inputs(out, lists_initializers(model))  # a re-fit's new bias
     return out
+
+
+def _drop_stale_training_info(model: onnx.ModelProto, changed: set[str]) -> None:
+    """Drop, in place and with a warning, each training_info entry that binds a tensor the
+    pruning changed: its algorithm would install or update weights of the unpruned shapes."""
+    stale = [t for t in model.training_info
+             if {b.key for b in list(t.initialization_binding) + list(t.update_binding)} & changed]
+    if not stale:
+        return
+    kept = [t for t in model.training_info if t not in stale]
+    del model.training_info[:]
+    model.training_info.extend(kept)
+    log.warning("dropped %d training_info entr%s that bind pruned weights (they would restore the unpruned shapes)",
+                len(stale), "y" if len(stale) == 1 else "ies")
 
 
 def _keep_true_value_info(model: onnx.ModelProto) -> None:
