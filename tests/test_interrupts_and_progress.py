@@ -42,6 +42,7 @@ import numpy as np
 import onnx
 import pytest
 
+from cli_helpers import screen as _screen
 import onnx_eprune
 
 SHIPPED = Path(onnx_eprune.__file__).resolve().parent.parent / "models"
@@ -268,35 +269,6 @@ def _launch(ws: Workspace, argv: list[str], points: str = "", signals: tuple[int
             os.close(ends[name][1])
     return Run(proc.returncode, b"".join(chunks["out"]).decode(errors="replace"),
                b"".join(chunks["err"]).decode(errors="replace"), 0.0 if sent is None else ended - sent, stderr_tty)
-
-
-def _screen(raw: str) -> list[str]:
-    """What a terminal shows after ``raw``: carriage returns go back to column 0, ESC[2K
-    erases the line, newlines open a new one. Returns the non-empty lines."""
-    lines: list[list[str]] = [[]]
-    col = 0
-    i = 0
-    while i < len(raw):
-        if raw.startswith("\x1b[2K", i):
-            lines[-1] = []
-            i += 4
-            continue
-        c = raw[i]
-        if c == "\r":
-            col = 0
-        elif c == "\n":
-            lines.append([])
-            col = 0
-        else:
-            line = lines[-1]
-            line.extend(" " * max(0, col - len(line)))
-            if col < len(line):
-                line[col] = c
-            else:
-                line.append(c)
-            col += 1
-        i += 1
-    return [text for text in ("".join(line).rstrip() for line in lines) if text]
 
 
 def _assert_stopped(ws: Workspace, run: Run, before: dict, code: int, message: str) -> None:

@@ -36,6 +36,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from cli_helpers import screen as _screen
 import onnx_eprune
 from models import conv_bn_relu_pool_flatten_gemm, intermediate_output, random_input
 from onnx_eprune.cli import main
@@ -85,35 +86,6 @@ class _Terminal(io.StringIO):
 
     def isatty(self) -> bool:
         return True
-
-
-def _screen(raw: str) -> list[str]:
-    """What a terminal shows after ``raw``: carriage returns go back to column 0, ESC[2K
-    erases the line, newlines open a new one. Returns the non-empty lines."""
-    lines: list[list[str]] = [[]]
-    col = 0
-    i = 0
-    while i < len(raw):
-        if raw.startswith("\x1b[2K", i):
-            lines[-1] = []
-            i += 4
-            continue
-        c = raw[i]
-        if c == "\r":
-            col = 0
-        elif c == "\n":
-            lines.append([])
-            col = 0
-        else:
-            line = lines[-1]
-            line.extend(" " * max(0, col - len(line)))
-            if col < len(line):
-                line[col] = c
-            else:
-                line.append(c)
-            col += 1
-        i += 1
-    return [text for text in ("".join(line).rstrip() for line in lines) if text]
 
 
 def _script() -> list[str]:

@@ -32,6 +32,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from cli_helpers import run_error, run_ok
 import onnx_eprune
 from models import ALL_BUILDERS, random_input
 from onnx_eprune import UsageError
@@ -42,24 +43,6 @@ MOMENTS = ("mean_x", "mean_y", "cxx", "cxy", "syy")
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-def run_ok(capsys, argv):
-    status = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    assert status == 0, captured.err
-    return captured
-
-
-def run_error(capsys, argv, code=2):
-    """A failing command: its exit status, one error line, no traceback; returns the line."""
-    status = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert status == code, err
-    assert "Traceback" not in err and "internal error" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("onnx-eprune: error: "), err
-    return lines[-1]
-
 
 def prune_argv(ws, *stats, out="p.onnx", model=None, extra=()):
     argv = ["prune", model or ws["model"], "-o", ws["dir"] / out]
