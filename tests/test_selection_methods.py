@@ -185,20 +185,14 @@ def test_every_method_is_valid_at_keep_1_c_minus_1_and_c(method, name):
             assert relative_error(run_model(model, x)["y"], y) <= 1e-5, method
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: random at keep 1 (seed 0, sequential) writes y.weight/y.bias of "
-                                       "+-inf (re-fit gives ~1e136) and the model outputs NaN; exit status 0")
 def test_keep_one_never_writes_non_finite_weights():
-    """Expected: keeping one channel per group (the smallest keep count) with any seed of
-    ``random`` gives finite weights and finite outputs, and a finite fidelity in the
-    report. Happens: with seed 0 in the default sequential mode the single kept unit of
-    gemm_8 is constant in the pruned network (the conv channel kept before it never fires
-    there), so the output layer's re-fit sees a kept-feature covariance of exactly 0 and a
-    cross-covariance of rounding residue (~1e-16); divided by a ridge of eps * TINY that
-    gives weights of ~1e136, +-inf in float32, NaN outputs, and the report's
-    relative_error is NaN: the run succeeds silently. Likely cause:
-    onnx_eprune/select/reconstruct.py:refit with problem.py:ridge (a ridge relative to the
-    mean kept-feature variance is ~0 when every kept feature is constant; the
-    cross-covariance of a zero-variance feature should be taken as 0, Cauchy-Schwarz)."""
+    """Keeping one channel per group (the smallest keep count) with any seed of ``random``
+    gives finite weights, finite outputs and a finite fidelity in the report. With seed 0
+    in the sequential mode the single kept unit of gemm_8 is constant in the pruned
+    network, so the output layer's re-fit sees a kept-feature covariance of 0 and a
+    cross-covariance of rounding residue (~1e-16); once a ridge of eps * TINY divided it
+    into weights of ~1e136 (+-inf in float32) and the run succeeded silently. The re-fit's
+    ridge is now at least the moments' rounding (reconstruct.ROUNDING)."""
     model, x = conv_bn_relu_pool_flatten_gemm(True), random_input(48, seed=1)
     for seed in range(4):
         result = _prune(model, x, keep_ratio=0.01, method="random", seed=seed, round_to=1)

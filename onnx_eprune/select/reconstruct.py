@@ -100,6 +100,10 @@ def auto_ridge(G: np.ndarray, P: np.ndarray, var_y: np.ndarray, prior: np.ndarra
     return AUTO_RIDGES[int(np.argmin(scores))] if np.isfinite(scores).any() else AUTO_RIDGES[-1]
 
 
+# the relative rounding of the statistics: float32 products, summed in float64
+ROUNDING = 1e-7
+
+
 def refit(G: np.ndarray, P: np.ndarray, mean_x: np.ndarray, mean_y: np.ndarray, bias: np.ndarray,
           prior: np.ndarray, eps_ridge: float = DEFAULT_RIDGE, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """New weights and bias of a consumer that reads only the S features it keeps, x'_S.
@@ -117,12 +121,15 @@ def refit(G: np.ndarray, P: np.ndarray, mean_x: np.ndarray, mean_y: np.ndarray, 
 
         E|| theta x + bias - (omega x'_S + new_bias) ||^2 + rho ||omega - prior||^2,
 
-    with ``rho`` = ``eps_ridge`` times the mean kept-feature variance. Shrinking toward the
+    with ``rho`` = ``eps_ridge`` times the mean kept-feature variance (at least ``ROUNDING``
+    times their mean square: below it a variance is rounding). Shrinking toward the
     original weights rather than toward zero keeps what training learnt where the
     calibration data say little (few samples, dead or constant channels: a singular ``G``).
     The bias absorbs the means of the dropped features.
     """
-    rho = ridge(G, eps_ridge)
+    # at least the rounding of the moments (float32 products): features that vary less than
+    # that are constants, and their cross-covariance with the output is rounding too
+    rho = max(ridge(G, eps_ridge), ROUNDING * float(np.mean(mean_x ** 2 + np.diag(G)))) if len(G) else 0.0
     L, shift = shifted_cholesky(G, rho, workers)
     if shift == rho:
         omega = cho_solve(L, P + rho * prior.T, workers).T
