@@ -590,7 +590,7 @@ CASES: dict[str, Case] = {
     "slice_opset9": Case(slice_opset9, {"h": "Slice of channels with bounds as attributes (opset < 10)"}),
     # op_Split
     "split_batch": Case(split_batch, {"h": "Split of the batch axis"}),
-    "split_flattened": Case(split_flattened, {"h": "Split of channels with unknown sizes"}, prunable=("a",)),
+    "split_flattened": Case(split_flattened, {"h": "Split of channels that hold several entries each"}, prunable=("a",)),
     "split_shared_sizes": Case(split_shared_sizes, {"h": "Split with non-constant or shared sizes"}),
     # op_Resize, op_Transpose
     "resize_channels": Case(resize_channels, {"h": "Resize that changes the batch or channel count"}),

@@ -726,8 +726,10 @@ class _Analyzer:
                 self.freeze_all(node, index, "Concat of a tensor whose channels cannot be followed")
                 return
             joined.extend(layout)
-        if len({seg.factor for seg in joined}) > 1:
-            self.freeze_all(node, index, "Concat of flattened tensors with different spatial sizes")
+        if len({seg.factor for seg in joined}) > 1:  # a Flatten's or a channel multiplier's entries
+            self.freeze_all(node, index, "Concat of tensors whose channels hold different numbers of entries (a "
+                                         "channel multiplier's outputs beside others, or maps of other sizes after a "
+                                         "Flatten)")
             return
         self.layouts[out] = joined
         if axis != 1:
@@ -906,7 +908,8 @@ class _Analyzer:
         c = shape[caxis]
         a, b = _clamp(a, b, c)
         if step != 1 or any(seg.factor != 1 for seg in layout):
-            self.freeze_all(node, index, "Slice of channels with a step, or of a flattened tensor")
+            self.freeze_all(node, index, "Slice of channels with a step, or of channels that hold several entries "
+                                         "each (a channel multiplier's outputs, or a map after a Flatten)")
             return
         if len(node.input) > 1:  # the bounds change with pruning: they must be our own constants
             pos = axes.index(caxis)
@@ -945,8 +948,12 @@ class _Analyzer:
                 self.layouts[out] = layout
             return
         sizes = [self.shapes[o][caxis] if o in self.shapes else None for o in node.output]
-        if None in sizes or sum(sizes) != shape[caxis] or any(seg.factor != 1 for seg in layout):
+        if None in sizes or sum(sizes) != shape[caxis]:
             self.freeze_all(node, index, "Split of channels with unknown sizes")
+            return
+        if any(seg.factor != 1 for seg in layout):
+            self.freeze_all(node, index, "Split of channels that hold several entries each (a channel multiplier's "
+                                         "outputs, or a map after a Flatten)")
             return
         tensor = node.input[1] if len(node.input) > 1 and node.input[1] else None
         if tensor is not None and (self.value(tensor) is None or self.use_count.get(tensor, 0) > 1):
