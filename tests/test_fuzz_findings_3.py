@@ -658,25 +658,17 @@ def ghost_multiplier(n: Net, t: str) -> str:
     return n.node("Relu", [n.conv(y, 12, 8, 1)])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: channels frozen behind a channel multiplier get false reasons "
-                                       "('Split of channels with unknown sizes', 'Concat of flattened tensors "
-                                       "with different spatial sizes')")
 @pytest.mark.parametrize("construct, false_words", [(multiplier_split, "unknown sizes"),
                                                     (ghost_multiplier, "flattened")],
                          ids=["split_after_multiplier", "ghost_concat_with_multiplier"])
 def test_frozen_reason_behind_a_channel_multiplier_is_true(construct, false_words: str) -> None:
-    """Expected: where a channel multiplier's outputs (depthwise conv, group = C, 2C outputs) meet
-    a Split or a Concat that the analysis does not follow, the channels freeze (a valid model,
-    as it is) with a reason that says what happened, e.g. that the operand's channels are
-    multiplied: ``inspect`` exists to tell the user why a group is frozen.
-
-    Happens: the Split's sizes are constant [5, 11] and known, yet the reason is 'Split of
-    channels with unknown sizes'; in the GhostNet block both Concat operands are 4-D maps of the
-    same 16 x 12 size, yet the reason is 'Concat of flattened tensors with different spatial
-    sizes'. (The Slice case reads 'Slice of channels with a step, or of a flattened tensor'.)
-
-    Cause (graph/analysis.py): ``op_Split`` / ``op_Concat`` / ``op_Slice`` test ``seg.factor != 1``,
-    which a channel multiplier sets as well as a Flatten, and report the Flatten / size case."""
+    """Where a channel multiplier's outputs (depthwise conv, group = C, 2C outputs) meet a
+    Split or a Concat that the analysis does not follow, the channels freeze (a valid model,
+    as it is) with a reason that says what happened: ``inspect`` exists to tell the user why
+    a group is frozen. Once the Split of constant sizes [5, 11] read 'Split of channels with
+    unknown sizes', and the GhostNet Concat of two 16 x 12 maps 'Concat of flattened tensors
+    with different spatial sizes' (graph/analysis.py tested ``seg.factor != 1``, which a
+    channel multiplier sets as well as a Flatten, and named the Flatten case only)."""
     n = Net(17)
     t = n.node("Relu", [n.conv("x", 3, 8, 3, name="stem")])
     model = n.model(head_gap(n, construct(n, t), 8, *HW))
