@@ -584,7 +584,7 @@ def test_concat_with_an_nchw_opaque_branch_keeps_the_other_branch_prunable() -> 
     assert group_of(result.report, "conv_a")["channels_after"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: conv_a is frozen as 'Concat along an axis other than channels' "
+@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: conv_a is frozen as 'Concat along an axis other than channels' "
                                        "although the Concat is on the channel axis")
 def test_concat_with_an_nhwc_opaque_branch_keeps_the_other_branch_prunable() -> None:
     """Expected: as with the NCHW Softmax above, conv_a stays prunable (the LayerNormalization
@@ -622,7 +622,7 @@ def nhwc_input_concat() -> onnx.ModelProto:
     return n.model(head_gap(n, y, 8, *HW), x_shape=("N",) + HW + (3,))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: conv_a frozen as 'Concat along an axis other than channels' "
+@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: conv_a frozen as 'Concat along an axis other than channels' "
                                        "when concatenated with an NHWC graph input on axis 3")
 def test_nhwc_concat_with_the_input_image_keeps_the_conv_prunable() -> None:
     """Expected: conv_a's channels are followed through the Transposes to the NHWC Concat on

