@@ -73,8 +73,9 @@ def _size(model: onnx.ModelProto, path) -> int:
     return saved_size(model)
 
 
-def _counts(model: onnx.ModelProto, shapes: dict, analysis: GraphAnalysis) -> tuple[int, int]:
-    costs = build_cost_model(model, analysis, shapes)
+def _counts(model: onnx.ModelProto, copies: dict[str, str], shapes: dict, analysis: GraphAnalysis
+            ) -> tuple[int, int]:
+    costs = build_cost_model(model, analysis, shapes, copies=copies)
     return costs.params(), costs.macs()
 
 
@@ -223,8 +224,7 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     a, b = as_model(original), as_model(pruned)
     # the sizes of the files as read: one replaced during the run must not lend its size
     file_bytes = {"original": _size(a, original), "pruned": _size(b, pruned)}
-    for m in (a, b):
-        normalize(m)
+    copies = [normalize(m).copies for m in (a, b)]
     _check_same_outputs(a, b, _described(original, "original"), _described(pruned, "pruned"))
     providers = choose_providers(device)
     data_a = _fitted(data, a, _described(original, "original"))
@@ -249,8 +249,8 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     feeds = {size: {k: v[0] if k in squeeze else v for k, v in f.items()} for size, f in feeds.items()}
     result["latency_ms"] = {which: {f"batch{size}": latency_ms(m, feeds[size], providers) for size in sizes}
                             for which, m in (("original", a), ("pruned", b))}
-    pa, ma = _counts(a, shapes_a, analysis_a)
-    pb, mb = _counts(b, *probe_groups(b, data_a.first(), providers))
+    pa, ma = _counts(a, copies[0], shapes_a, analysis_a)
+    pb, mb = _counts(b, copies[1], *probe_groups(b, data_a.first(), providers))
     result["size"] = {"original": {"bytes": file_bytes["original"], "params": pa, "macs": ma},
                       "pruned": {"bytes": file_bytes["pruned"], "params": pb, "macs": mb}}
     return result

@@ -41,11 +41,11 @@ def inspect(model: onnx.ModelProto | str | os.PathLike, sample=None, exclude: Se
     check_model_arg(model)
     check_patterns(exclude)  # before the model is read and run
     model = as_model(model)
-    folded = normalize(model).folded
+    normalized = normalize(model)
     data = load_calibration(sample if sample is not None else _zeros(model), model, samples=1, probe=True)
     shapes, analysis = probe_groups(model, data.first(), choose_providers("cpu"))
-    exclude_groups(analysis, model.graph.node, exclude, folded)
-    costs = build_cost_model(model, analysis, shapes)
+    exclude_groups(analysis, model.graph.node, exclude, normalized.folded)
+    costs = build_cost_model(model, analysis, shapes, copies=normalized.copies)
     nodes = model.graph.node
     rows = []
     for g in analysis.groups:

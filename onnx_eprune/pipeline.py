@@ -192,7 +192,8 @@ class Pruner:
         with self.timer.phase("analyze"):
             self.shapes, self.analysis = probe_groups(self.model, self.data.first(), self.providers)
             exclude_groups(self.analysis, self.model.graph.node, config.exclude, self.normalized.folded)
-            self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes, config.reconstruct)
+            self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes, config.reconstruct,
+                                                     self.normalized.copies)
         if stats is not None:
             self._check_bundle(stats)
         self.inits = initializer_map(self.model)

@@ -3,14 +3,14 @@ number of channels kept in each group."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from .groups import GraphAnalysis, node_label
-from .model_io import WEIGHTED_OPS, copy_origin, fixed_batch, initializer_map, tensor_array
+from .model_io import WEIGHTED_OPS, fixed_batch, initializer_map, tensor_array
 from .weights import bias_after
 
 
@@ -119,10 +119,13 @@ def _count(segments: list[tuple[int | None, int]], keep: dict[int, int]) -> int:
 
 
 def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: dict[str, tuple[int, ...]],
-                     refits: bool = False) -> CostModel:
+                     refits: bool = False, copies: Mapping[str, str] | None = None) -> CostModel:
     """Cost terms of every weighted layer; groups that are frozen count as fixed.
     ``refits``: a consumer whose input channels shrink is re-fitted, which gives it a bias
-    per output if it has none (a Conv before an unfolded BatchNormalization, a MatMul)."""
+    per output if it has none (a Conv before an unfolded BatchNormalization, a MatMul).
+    ``copies``: :func:`model_io.normalize`'s copies (copy -> original), so that a constant
+    the input holds once (a bias several layers read) counts once."""
+    copies = copies or {}
     inits = _constant_shapes(model, shapes)
     values = initializer_map(model)
     prunable = {g.gid for g in analysis.groups if g.prunable}
@@ -151,7 +154,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
         bias_at = _BIAS_INPUT.get(node.op_type)
         bias_name = node.input[bias_at] if bias_at is not None and len(node.input) > bias_at else None
         bias_shape = inits.get(bias_name) if bias_name else None
-        bias_origin = copy_origin(values, bias_name) if bias_shape is not None else None
+        bias_origin = copies.get(bias_name, bias_name) if bias_shape is not None else None
         if kind in ("MatMul", "Gemm") and len(node.input) > at and node.input[0] in inits and \
                 node.input[at] not in inits:
             # a Gemm's C broadcast over a constant A's rows is no per-channel bias

@@ -815,16 +815,6 @@ def _unshare_initializers(model: onnx.ModelProto) -> dict[str, str]:
     return copies
 
 
-def copy_origin(inits: Mapping[str, onnx.TensorProto], name: str) -> str:
-    """The initializer of which ``name`` is a copy that :func:`normalize` made (named
-    ``{origin}.{i}`` and still equal to it), found in a normalized model's ``inits``; else
-    ``name``. What costs need to count a de-duplicated constant once, as the input holds it."""
-    origin, dot, suffix = name.rpartition(".")
-    if dot and suffix.isdigit() and origin in inits and name in inits and _same_tensor(inits[origin], inits[name]):
-        return origin
-    return name
-
-
 def share_equal_copies(model: onnx.ModelProto, copies: Mapping[str, str]) -> None:
     """Undo :func:`normalize`'s copies (``copies``: copy name -> original name) that pruning
     left equal to their original, or to an earlier copy of it, in place: their readers read
