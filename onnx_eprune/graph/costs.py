@@ -11,7 +11,7 @@ import onnx
 
 from .groups import GraphAnalysis, node_label
 from .model_io import WEIGHTED_OPS, fixed_batch, initializer_map, tensor_array
-from .weights import bias_after
+from .weights import BiasAdds
 
 
 @dataclass
@@ -30,7 +30,7 @@ class LayerCost:
     out_factor: int = 1         # output channels per group channel (a channel multiplier, or outputs added to its)
     refit: bool = False         # re-fitted when an input group shrinks (re-fits on; a consumer): a new bias
     weight_counted: bool = True  # False for a weight an earlier layer shares (counted there; its groups frozen)
-    bias_after: bool = False    # its re-fit's bias goes into the exporter's bias Add after it (weights.bias_after)
+    bias_after: bool = False    # its re-fit's bias goes into the exporter's bias Add after it (weights.BiasAdds)
     shared_bias: SharedBias | None = field(default=None, repr=False, compare=False)  # a bias other layers read too
 
     def _counts(self, keep: dict[int, int]) -> tuple[int, int]:
@@ -148,6 +148,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
     counted: set[str] = set()  # tensors shared by several layers count once, as the file holds them
     bias_readers: dict[str, list[LayerCost]] = {}  # a per-output bias (its origin) -> the layers reading it
     batch = fixed_batch(model) or 1  # the samples the shapes were probed with
+    bias_adds = BiasAdds(model.graph)
     for index, node in enumerate(model.graph.node):
         kind = _FLOAT_KIND.get(node.op_type, node.op_type)
         at = _WEIGHT_INPUT.get(node.op_type, 1)
@@ -213,8 +214,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
             per = cons.s
         else:  # not a consumer: its input side is fixed; express its weight as out x in pairs
             in_segs, per = [(None, total_w // max(out_ch * per_pair, 1))], per_pair
-        after = cons is not None and not has_bias and \
-            bias_after(model.graph, index, out_ch, len(out_shape) or 2) is not None
+        after = cons is not None and not has_bias and bias_adds.of(index, out_ch, len(out_shape) or 2) is not None
         layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra,
                                 factor, refit=refits and cons is not None, weight_counted=first, bias_after=after))
         if has_bias:

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from .groups import Consumer, GraphAnalysis, spread
 from .model_io import defined_names, list_initializers_as_inputs, lists_initializers, reference, tensor_array
-from .weights import bias_after, transposed_to_conv
+from .weights import BiasAdds, transposed_to_conv
 
 log = logging.getLogger("onnx_eprune")
 
@@ -99,7 +99,8 @@ def _unique(model: onnx.ModelProto, base: str) -> str:
     return name
 
 
-def _install_refit(model: onnx.ModelProto, arrays: _Arrays, cons: Consumer, refit: Refit) -> None:
+def _install_refit(model: onnx.ModelProto, arrays: _Arrays, cons: Consumer, refit: Refit, bias_adds: BiasAdds
+                   ) -> None:
     node = model.graph.node[cons.node]
     M = refit.weight.shape[0]
     if cons.kind == "conv":
@@ -120,7 +121,7 @@ def _install_refit(model: onnx.ModelProto, arrays: _Arrays, cons: Consumer, refi
         arrays.set(cons.bias, refit.bias)
         return
     rank = 2 + len(cons.conv["kernel"]) if cons.kind in ("conv", "convT") else 2
-    after = bias_after(model.graph, cons.node, M, rank)
+    after = bias_adds.of(cons.node, M, rank)
     if after is not None:  # the exporter's bias Add takes the re-fit's bias too
         value = arrays.get(after)
         arrays.set(after, value + refit.bias.reshape(value.shape).astype(value.dtype))
@@ -149,8 +150,9 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
     out = onnx.ModelProto()
     out.CopyFrom(model)
     arrays = _Arrays(out)
+    bias_adds = BiasAdds(out.graph)  # before the re-fits add their own biases
     for cidx, refit in refits.items():
-        _install_refit(out, arrays, analysis.consumers[cidx], refit)
+        _install_refit(out, arrays, analysis.consumers[cidx], refit, bias_adds)
     for gid, keep in keeps.items():
         group = analysis.groups[gid]
         drop = np.setdiff1d(np.arange(group.channels), keep)

@@ -61,28 +61,40 @@ def folded_producer_rows(nodes, inits: dict[str, onnx.TensorProto], group: Chann
     return rows
 
 
-def bias_after(graph: onnx.GraphProto, index: int, outputs: int, rank: int) -> str | None:
-    """The constant an exporter adds to node ``index``'s output (``rank`` axes, ``outputs``
-    channels on axis 1) as its bias (paddle2onnx's Conv + Add, tf2onnx's and PyTorch's
-    MatMul + Add): the other input of the one Add that alone reads the output, an
-    initializer nothing else reads, that broadcasts one value per channel ((M,) or (1, M)
-    for a matrix, (M, 1, 1) or (1, M, 1, 1) for a map). A re-fit's bias goes into it instead
-    of a second bias before it; None when there is no such constant."""
-    out = graph.node[index].output[0]
-    readers = [n for n in graph.node if out in n.input]
-    if len(readers) != 1 or readers[0].op_type != "Add" or out in {o.name for o in graph.output}:
-        return None
-    other = [name for name in readers[0].input if name != out]
-    inits = {init.name: init for init in graph.initializer}
-    if len(other) != 1 or other[0] not in inits or sum(other[0] in n.input for n in graph.node) != 1:
-        return None
-    dims = list(inits[other[0]].dims)
-    if len(dims) > rank or rank < 2:
-        return None
-    aligned = [1] * (rank - len(dims)) + dims  # broadcasting aligns the last axes
-    if aligned[1] != outputs or any(d != 1 for i, d in enumerate(aligned) if i != 1):
-        return None
-    return other[0]
+class BiasAdds:
+    """The constants an exporter adds to layers' outputs as their biases (paddle2onnx's
+    Conv + Add, tf2onnx's and PyTorch's MatMul + Add), read off ``graph`` with one pass over
+    its nodes for every layer asked about."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.readers: dict[str, list[onnx.NodeProto]] = {}  # tensor -> the nodes that read it
+        for node in graph.node:
+            for name in dict.fromkeys(node.input):
+                self.readers.setdefault(name, []).append(node)
+        self.inits = {init.name: init for init in graph.initializer}
+        self.outputs = {o.name for o in graph.output}
+
+    def of(self, index: int, outputs: int, rank: int) -> str | None:
+        """The bias constant of node ``index``'s output (``rank`` axes, ``outputs`` channels on
+        axis 1): the other input of the one Add that alone reads the output, an initializer
+        nothing else reads, that broadcasts one value per channel ((M,) or (1, M) for a
+        matrix, (M, 1, 1) or (1, M, 1, 1) for a map). A re-fit's bias goes into it instead of
+        a second bias before it; None when there is no such constant."""
+        out = self.graph.node[index].output[0]
+        readers = self.readers.get(out, [])
+        if len(readers) != 1 or readers[0].op_type != "Add" or out in self.outputs:
+            return None
+        other = [name for name in readers[0].input if name != out]
+        if len(other) != 1 or other[0] not in self.inits or len(self.readers.get(other[0], [])) != 1:
+            return None
+        dims = list(self.inits[other[0]].dims)
+        if len(dims) > rank or rank < 2:
+            return None
+        aligned = [1] * (rank - len(dims)) + dims  # broadcasting aligns the last axes
+        if aligned[1] != outputs or any(d != 1 for i, d in enumerate(aligned) if i != 1):
+            return None
+        return other[0]
 
 
 def transposed_to_conv(w: np.ndarray) -> np.ndarray:
