@@ -14,11 +14,16 @@ _shown: "Progress | None" = None
 def end_line() -> None:
     """Erase a bar left on the screen (an interrupt as it was drawn: its task's ``with``
     block never began, so its exit did not erase it)."""
-    global _shown
     if _shown is not None:
-        _shown.stream.write("\r\x1b[2K")
-        _shown.stream.flush()
-        _shown = None
+        _erase(_shown)
+
+
+def _erase(progress: "Progress") -> None:
+    """Erase ``progress``'s line, which then shows no bar."""
+    global _shown
+    progress.stream.write("\r\x1b[2K")
+    progress.stream.flush()
+    _shown = None
 
 
 class Progress:
@@ -49,11 +54,8 @@ class _Task:
             self._draw()
 
     def __exit__(self, *exc) -> None:
-        global _shown
         if self.progress.enabled:
-            self.progress.stream.write("\r\x1b[2K")
-            self.progress.stream.flush()
-            _shown = None
+            _erase(self.progress)
 
     def _draw(self) -> None:
         if not self.progress.enabled:
