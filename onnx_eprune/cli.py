@@ -132,13 +132,19 @@ def _run_config(args: argparse.Namespace, **target):
 
     if args.no_reconstruct and args.refit_ridge is not None:
         raise UsageError("--refit-ridge sets the ridge of the re-fit, which --no-reconstruct skips; drop one of them")
-    config = PruneConfig(method=args.method, mode=args.mode or "sequential", samples=args.samples, seed=args.seed,
+    config = PruneConfig(method=args.method, mode=_run_mode(args), samples=args.samples, seed=args.seed,
                          device=args.device, batch_size=args.batch_size, positions=args.positions,
                          round_to=args.round_to, reconstruct=not args.no_reconstruct,
                          refit_ridge=THIN if args.refit_ridge is None else args.refit_ridge,
                          exclude=tuple(args.exclude), min_keep=args.min_keep, **target)
     config.check()
     return config
+
+
+def _run_mode(args: argparse.Namespace) -> str:
+    """The mode a prune or sweep runs in: ``--mode``, sequential when it is left out (the
+    parser leaves it None, so that an explicit one can be refused with --stats)."""
+    return args.mode or "sequential"
 
 
 class _LineFormatter(logging.Formatter):
@@ -336,10 +342,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     # a failure or an interrupt anywhere here leaves every output as it was before the run
     with Replacing(_new_folder(args.report_dir)) as outputs:
         outputs.claim(f"{args.output}.data")  # where a model above 2 GB keeps its weights (before it is written)
-        try:
+        with _written_after_the_checks(args.output):
             save_model(result.model, outputs.claim(args.output), keep=[source for _, source in inputs])
-        except UsageError as exc:
-            raise _folder_gone(exc, args.output) from None
         written = [Path(args.output)]
         if args.report:
             write_json(report, outputs.claim(args.report))
@@ -353,14 +357,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _folder_gone(exc: UsageError, output: str) -> EPruneError:
-    """``exc``, raised while writing ``output`` after the work, as what it then is: a runtime
-    failure (exit 1, like a full disk) when ``output``'s folder, there when the run began,
-    has gone since; ``exc`` itself otherwise."""
-    folder = Path(output).parent
-    if folder.is_dir():
-        return exc
-    return EPruneError(f"cannot write {output}: its folder {folder} was removed during the run")
+@contextmanager
+def _written_after_the_checks(output: str) -> Iterator[None]:
+    """The block writes ``output``, whose folder the checks before the work found: a
+    UsageError for a missing folder is then what it is, a runtime failure (exit 1, like a
+    full disk) of a folder removed during the run."""
+    try:
+        yield
+    except UsageError:
+        folder = Path(output).parent
+        if folder.is_dir():
+            raise
+        raise EPruneError(f"cannot write {output}: its folder {folder} was removed during the run") from None
 
 
 def _print_after_writing(text: str, written: list[Path]) -> None:
@@ -452,10 +460,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         bundle = calibrate(args.model, calib, config, progress=Progress(enabled=not args.quiet))
     except EPruneError as exc:
         raise _no_prunable_hint(exc, args.model) from None
-    try:
+    with _written_after_the_checks(args.stats_out):
         bundle.save(args.stats_out)
-    except UsageError as exc:
-        raise _folder_gone(exc, args.stats_out) from None
     if not args.quiet:
         print(f"wrote statistics of {len(bundle.consumers)} layers over {bundle.samples} samples to {args.stats_out}")
     return 0
@@ -580,11 +586,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _check_output(args.output, "-o", shipped_inputs())
     PruneConfig(sparsity=args.sparsity).target()  # a target out of range fails here, before any work
     with Replacing() as outputs:
-        try:
+        with _written_after_the_checks(args.output):
             numbers = run_demo(outputs.claim(args.output), sparsity=args.sparsity, method=args.method,
                                device=args.device, quiet=args.quiet)
-        except UsageError as exc:
-            raise _folder_gone(exc, args.output) from None
     if not args.quiet:  # after the block: a reader that leaves early must not undo the written model
         _print_after_writing(format_demo(numbers), [Path(args.output)])
     return 0
@@ -728,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
             if not command:  # a usage error like any other: one line on stderr, stdout left for results
                 raise UsageError(f"give a command ({', '.join(COMMANDS)}); onnx-eprune --help lists them")
             _setup_logging(args)
-            if hasattr(args, "mode") and args.mode in (None, "sequential") and not getattr(args, "stats", None):
+            if hasattr(args, "mode") and _run_mode(args) == "sequential" and not getattr(args, "stats", None):
                 keep_freed_memory()  # one-shot runs gain nothing and peak higher (allocator.py)
             with warnings.catch_warnings():
                 if not args.verbose:  # numerical warnings are details; -v shows them
