@@ -17,7 +17,6 @@ import copy
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,12 +26,11 @@ import onnx
 from ..errors import UsageError
 from ..files import same_file, write_atomic
 from ..graph.model_io import all_tensors, light_copy, reference_chunks
-from .data import CalibrationData
+from .data import STATS_MEMBER, CalibrationData
 from .sensitivity import gain_candidates
 from .stats import MomentStats
 
 FORMAT = "onnx-eprune-stats/1"
-MEMBER = r"meta|c\d+\.\w+|probe\d+|gain\d+"  # the names of a statistics file's arrays
 
 
 def fingerprint(model: onnx.ModelProto) -> str:
@@ -141,7 +139,7 @@ class StatsBundle:
         if isinstance(f, np.ndarray):
             raise UsageError(f"{p} holds a single array, not statistics written by 'onnx-eprune calibrate' "
                              "(calibration data goes to --calib)")
-        if not any(re.fullmatch(MEMBER, k) for k in f.files):
+        if not any(STATS_MEMBER.fullmatch(k) for k in f.files):
             with f:
                 raise UsageError(f"{p} is not an onnx-eprune statistics file: it holds arrays ({', '.join(f.files[:4])}"
                                  f"{', ...' if len(f.files) > 4 else ''}) and no record (calibration data goes to "

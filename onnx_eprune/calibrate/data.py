@@ -129,6 +129,10 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
     return CalibrationData(arrays)
 
 
+# the names of the arrays in a statistics file ('onnx-eprune calibrate'), told apart from
+# calibration data given to the wrong option (here, and in bundle.StatsBundle.load)
+STATS_MEMBER = re.compile(r"meta|c\d+\.\w+|probe\d+|gain\d+")
+
 # Calibration files up to this size are read into memory once; larger ones stay
 # memory-mapped, read from the disk at each pass (the sequential mode makes several).
 IN_MEMORY_BYTES = 1 << 30
@@ -265,7 +269,7 @@ def _read(path: Path, inputs, what: str) -> dict[str, np.ndarray]:
     if isinstance(loaded, np.ndarray):
         return _single(loaded, inputs, str(path))
     with loaded:
-        stats = "meta" in loaded.files and any(re.fullmatch(r"c\d+\.n", k) for k in loaded.files)
+        stats = "meta" in loaded.files and any(STATS_MEMBER.fullmatch(k) for k in loaded.files if k != "meta")
         if stats and not any(vi.name in loaded.files for vi in inputs):
             raise UsageError(f"{path} holds statistics written by 'onnx-eprune calibrate', not calibration data: "
                              "give it to --stats")
