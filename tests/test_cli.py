@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 from models import conv_bn_relu_pool_flatten_gemm, io_signature, random_input, run_model
+from cli_helpers import run_error
 from onnx_eprune.cli import main
 
 
@@ -26,17 +27,6 @@ def files(tmp_path, calib):
 def prune_args(files, *extra, output="out.onnx"):
     return ["prune", str(files / "model.onnx"), "-o", str(files / output), "--calib", str(files / "calib.npy"),
             "--device", "cpu", "--method", "l1", *extra]
-
-
-def run_error(capsys, argv, code=2):
-    """Run a failing command: exit status, one error line, no traceback."""
-    status = main(argv)
-    err = capsys.readouterr().err
-    assert status == code, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("onnx-eprune: error: "), err
-    return lines[-1]
 
 
 # -- prune -----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import onnx
 import pytest
 from onnx import numpy_helper, shape_inference
 
+from cli_helpers import run_error
 import onnx_eprune
 from models import (
     conv_bn_relu_pool_flatten_gemm,
@@ -430,17 +431,6 @@ def _files(tmp_path, model: onnx.ModelProto | None = None):
 def prune_args(files, *extra):
     return ["prune", str(files / "model.onnx"), "-o", str(files / "out.onnx"), "--calib", str(files / "calib.npy"),
             "--device", "cpu", "--method", "l1", *extra]
-
-
-def run_error(capsys, argv, code=2):
-    """Run a failing command: its exit status, one error line, no traceback; the line."""
-    status = main(argv)
-    err = capsys.readouterr().err
-    assert status == code, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("onnx-eprune: error: "), err
-    return lines[-1]
 
 
 @pytest.mark.parametrize("command", ["prune", "sweep"])
