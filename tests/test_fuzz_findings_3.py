@@ -28,7 +28,8 @@ The fuzzing itself (about 350 random chains of 2-4 of ~60 constructs with random
 methods, modes, ``round_to``, ``min_keep`` and re-fit options) ran outside the repository;
 every chain it drew passed those checks. The failures it found are all in the channel
 analysis' bookkeeping of *frozen* channels: which axis they sit on, and the reason the
-report gives. Each is pinned below as a strict xfail with the smallest graph that shows it.
+report gives. Each is pinned below with the smallest graph that shows it (the two NHWC
+Concat findings were strict xfails until session 46 mended them).
 """
 
 from __future__ import annotations
@@ -584,30 +585,44 @@ def test_concat_with_an_nchw_opaque_branch_keeps_the_other_branch_prunable() -> 
     assert group_of(result.report, "conv_a")["channels_after"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: conv_a is frozen as 'Concat along an axis other than channels' "
-                                       "although the Concat is on the channel axis")
 def test_concat_with_an_nhwc_opaque_branch_keeps_the_other_branch_prunable() -> None:
-    """Expected: as with the NCHW Softmax above, conv_a stays prunable (the LayerNormalization
-    branch's channels are frozen, conv_a's are simply concatenated beside them), and no group
-    gives the false reason 'Concat along an axis other than channels' (the Concat is on axis 1,
-    where both operands hold their channels).
+    """As with the NCHW Softmax above, conv_a stays prunable (the LayerNormalization branch's
+    channels are frozen, conv_a's are simply concatenated beside them), and no group gives the
+    false reason 'Concat along an axis other than channels' (the Concat is on axis 1, where
+    both operands hold their channels).
 
-    Happens: conv_a is frozen with that reason, so a ViT/ConvNeXt-style branch next to a Concat
-    costs the other branch its pruning. (The model is still valid; in a model whose only group
-    such a branch freezes, the 'no prunable channel group' error names a false reason too:
-    'globalaveragepool.. reads them on axis 1, not on axis 2'.)
-
-    Cause (graph/analysis.py): ``freeze_all`` -> ``opaque_output`` gives the output of an op the
-    analysis does not understand a fresh frozen space on ``axis(name)``, the default 1, although
-    its input held the channels on axis 3 (NHWC); the Transpose back then moves that 'channel
-    axis' to 2 and ``op_Concat`` sees operands with channel axes {1, 2}. opaque_output should
-    carry over the input's channel axis (when rank and the channel dim are unchanged)."""
+    Once conv_a was frozen with that reason (graph/analysis.py): ``freeze_all`` gave the output
+    of the op it does not understand a fresh frozen space on the default axis 1, although its
+    input held the channels on axis 3 (NHWC); the Transpose back moved that 'channel axis' to
+    2 and ``op_Concat`` saw operands with channel axes {1, 2}. An opaque output of the same
+    shape as its one input now keeps the input's channel axis."""
     model = concat_with_nhwc_layernorm("LayerNormalization")
     result = check_pruned(model, dict(keep_ratio=0.5, method="l1"))
     reasons = [g["frozen"] or "" for g in result.report["groups"]]
     assert not any("axis other than channels" in r for r in reasons), reasons
     assert group_of(result.report, "conv_a")["frozen"] is None
     assert group_of(result.report, "conv_a")["channels_after"] == 2
+
+
+def test_an_nhwc_opaque_output_keeps_its_channel_axis() -> None:
+    """stem -> Relu -> t; b = Transpose(LayerNormalization over NHWC's last axis (t)) back to
+    NCHW; b + side (a 1x1 conv of t) -> conv_b. The LayerNormalization's output holds its
+    channels on axis 3 as its input does, so after the Transpose back the Add aligns them with
+    side's: side is frozen for the true cause (it is added to channels the LayerNormalization
+    makes), and the Add's output is the same group. Once the opaque output was given axis 1 (H),
+    the Add found operands on axes {2, 1} and froze side with 'Add of tensors whose channels
+    cannot be followed'."""
+    n = Net(17)
+    t = n.node("Relu", [n.conv("x", 3, 8, 3, name="stem")])
+    b = n.node("Transpose", [t], perm=[0, 2, 3, 1])
+    b = n.node("LayerNormalization", [b, n.const(np.ones(8)), n.const(np.zeros(8))], axis=-1)
+    b = n.node("Add", [n.node("Transpose", [b], perm=[0, 3, 1, 2]), n.conv(t, 8, 8, 1, name="side")])
+    y = n.node("Relu", [n.conv(b, 8, 6, 3, name="conv_b")])
+    result = check_pruned(n.model(head_gap(n, y, 6, *HW)), dict(keep_ratio=0.5, method="l1"))
+    reasons = [g["frozen"] for g in result.report["groups"] if g["frozen"]]
+    assert not any("cannot be followed" in r for r in reasons), reasons
+    assert "LayerNormalization" in group_of(result.report, "side")["frozen"]
+    assert group_of(result.report, "conv_b")["channels_after"] == 3
 
 
 def nhwc_input_concat() -> onnx.ModelProto:
@@ -622,20 +637,17 @@ def nhwc_input_concat() -> onnx.ModelProto:
     return n.model(head_gap(n, y, 8, *HW), x_shape=("N",) + HW + (3,))
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT: conv_a frozen as 'Concat along an axis other than channels' "
-                                       "when concatenated with an NHWC graph input on axis 3")
 def test_nhwc_concat_with_the_input_image_keeps_the_conv_prunable() -> None:
-    """Expected: conv_a's channels are followed through the Transposes to the NHWC Concat on
-    axis 3 (README: TensorFlow exports, 'Concat on axis 3', are followed); the input image's 3
-    channels are frozen beside them, and conv_a stays prunable. The same Concat of the input in
-    NCHW (``Concat([conv_a, Transpose(x)], axis=1)``) keeps conv_a prunable.
+    """conv_a's channels are followed through the Transposes to the NHWC Concat on axis 3
+    (README: TensorFlow exports, 'Concat on axis 3', are followed); the input image's 3
+    channels are frozen beside them, and conv_a stays prunable, as with the same Concat of the
+    input in NCHW (``Concat([conv_a, Transpose(x)], axis=1)``).
 
-    Happens: conv_a is frozen with 'Concat along an axis other than channels', a false reason.
-
-    Cause (graph/analysis.py): ``run`` creates a graph input's layout on the default channel
-    axis 1 (for an NHWC input that is H), so ``op_Concat`` finds channel axes {3, 1} among its
-    operands; an operand whose channels are frozen anyway (a graph input, an opaque output)
-    could take the Concat's axis instead of freezing the whole Concat."""
+    Once conv_a was frozen with 'Concat along an axis other than channels', a false reason:
+    ``run`` creates a graph input's layout on the default channel axis 1 (for an NHWC input
+    that is H), so ``op_Concat`` found channel axes {3, 1} among its operands. An operand whose
+    channels are all frozen anyway (a graph input, an opaque output) now joins as frozen
+    channels along the Concat's axis."""
     model = nhwc_input_concat()
     calib = np.random.default_rng(0).normal(size=(40,) + HW + (3,)).astype(np.float32)
     groups = onnx_eprune.inspect(model, calib[:1])["groups"]

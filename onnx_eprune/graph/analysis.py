@@ -239,9 +239,23 @@ class _Analyzer:
     def freeze_all(self, node: onnx.NodeProto, index: int, reason: str) -> None:
         for name in self.reads[index]:  # what a sub-graph reads, too
             self.freeze_layout(self.layout(name), reason)
+        acts = {n for n in node.input if n and not self.is_const(n)}
         for name in node.output:
             if name:
+                # an op that keeps its one input's shape (a LayerNormalization over NHWC's
+                # last axis) keeps its channel axis too, so that a Transpose back to NCHW
+                # puts the frozen channels where the other operands of a Concat hold theirs
+                if len(acts) == 1 and self.shapes.get(name) is not None \
+                        and self.shapes.get(name) == self.shapes.get(next(iter(acts))) \
+                        and self.axis(next(iter(acts))) != 1:
+                    self.axes[name] = self.axis(next(iter(acts)))
                 self.opaque_output(name, reason)
+
+    def wholly_frozen(self, name: str) -> bool:
+        """Whether every channel of tensor ``name`` is frozen already (a graph input, the
+        output of an op the analysis does not follow)."""
+        layout = self.layout(name)
+        return isinstance(layout, list) and all(self.spaces.is_frozen(seg.space) for seg in layout)
 
     def add_param(self, layout, node_index: int, tensor: str, axis: int, reason_node: str) -> bool:
         """Record a per-channel constant to slice with the layout; freeze if shared."""
@@ -710,7 +724,11 @@ class _Analyzer:
         out = node.output[0]
         rank = len(self.shapes.get(out, ()))
         axis = int(_attrs(node).get("axis", 0))
-        caxes = {self.axis(n) for n in node.input if not self.is_const(n)}
+        acts = [n for n in node.input if not self.is_const(n)]
+        # operands frozen anyway (an NHWC graph input, whose channel axis the analysis
+        # cannot know) join as frozen channels along the axis the followed ones hold theirs on
+        followed = [n for n in acts if not self.wholly_frozen(n)] or acts
+        caxes = {self.axis(n) for n in followed}
         if rank < 2 or len(caxes) != 1 or axis % rank != caxes.pop():
             self.freeze_all(node, index, "Concat along an axis other than channels")
             return
@@ -718,10 +736,16 @@ class _Analyzer:
         joined: list[Segment] = []
         for name in node.input:
             layout = self.layout(name)
-            if layout is None:  # constant channels are never pruned
+            if layout is None or (name not in followed and self.axis(name) != axis):
+                # constant channels, or frozen ones read on another axis: never pruned
+                known = [] if layout is None else \
+                    [r for seg in layout for r in self.spaces.frozen.get(seg.space, [])]
                 shape = self.shapes.get(name)
                 c = shape[axis] if shape is not None and len(shape) > axis else 0
-                layout = self.create(f"t:{name}", c, None, "constant channels in a Concat") if c else []
+                reason = "; ".join(dict.fromkeys(known)) or ("constant channels in a Concat" if layout is None else
+                                                             f"{node_label(node, index)} joins them on axis {axis}, "
+                                                             f"not on their axis {self.axis(name)}")
+                layout = self.create(f"t:{name}", c, None, reason) if c else []
             if not isinstance(layout, list):
                 self.freeze_all(node, index, "Concat of a tensor whose channels cannot be followed")
                 return

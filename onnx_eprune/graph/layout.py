@@ -57,6 +57,11 @@ class Spaces:
         """Channels of ``sid`` go in whole blocks of a multiple of ``width``."""
         self.unit[sid] = math.lcm(self.unit.get(sid, 1), width)
 
+    def is_frozen(self, sid: int) -> bool:
+        """Whether a space united with ``sid`` (or ``sid`` itself) is frozen."""
+        root = self.find(sid)
+        return any(self.find(s) == root for s in self.frozen)
+
     def freeze(self, sid: int, reason: str) -> None:
         reasons = self.frozen.setdefault(sid, [])
         if reason not in reasons:
