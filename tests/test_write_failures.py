@@ -46,6 +46,8 @@ from onnx_eprune import pipeline, report_files
 from onnx_eprune.cli import main
 from onnx_eprune.graph import model_io
 
+sweep_module = importlib.import_module("onnx_eprune.sweep")  # the package exports a function of this name
+
 demo_module = importlib.import_module("onnx_eprune.demo")
 files_module = importlib.import_module("onnx_eprune.files")
 
@@ -335,6 +337,7 @@ FOLDER_MID_RUN = {
     "prune -o, folder deleted": "prune-deleted",
     "calibrate --stats-out, folder deleted": "calibrate-deleted",
     "demo -o, folder turned read-only": "demo-locked",
+    "sweep --report-dir --save-models, folder turned read-only": "sweep-locked",
 }
 
 
@@ -349,14 +352,15 @@ def test_output_folder_that_changes_during_the_run_is_a_runtime_error(ws: Worksp
     folder = ws.dir / "outs"
     folder.mkdir()
     command, change = case.split("-")
-    out = folder / ("s.npz" if command == "calibrate" else "o.onnx")
-    argv = {"prune": ws.prune(out=out), "calibrate": ws.calibrate(out), "demo": ws.demo(out)}[command]
+    out = folder / {"calibrate": "s.npz", "sweep": "sweep.json"}.get(command, "o.onnx")
+    argv = {"prune": ws.prune(out=out), "calibrate": ws.calibrate(out), "demo": ws.demo(out),
+            "sweep": ws.sweep(folder, "--save-models")}[command]
     if change == "locked":
         then = lambda: _lock(monkeypatch, folder)
     else:
         then = lambda: folder.rmdir()
     owner, name = {"prune": (pipeline, "prune"), "calibrate": (pipeline, "calibrate"),
-                   "demo": (demo_module, "prune")}[command]
+                   "demo": (demo_module, "prune"), "sweep": (sweep_module, "sweep")}[command]
     _after_the_work(monkeypatch, owner, name, then)
     ws.capsys.readouterr()
     status = main(argv)
@@ -364,8 +368,29 @@ def test_output_folder_that_changes_during_the_run_is_a_runtime_error(ws: Worksp
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(PREFIX) and "Traceback" not in err, err
     assert str(folder) in lines[0]
-    assert not out.exists()
+    assert not out.exists() and not (folder.is_dir() and any(folder.iterdir()))
     assert status == 1, err
+
+
+@pytest.mark.parametrize("command", ["sweep", "prune"])
+def test_report_folder_deleted_during_the_run_is_made_again(ws: Workspace, monkeypatch: pytest.MonkeyPatch,
+                                                            command: str) -> None:
+    """A --report-dir is a folder the run makes when it is missing, so one deleted while
+    the run works is made again, as if it had not been there: exit 0 and every file in it
+    (sweep's models with --save-models too), whole."""
+    folder = ws.dir / "rep"
+    folder.mkdir()
+    argv = ws.sweep(folder, "--save-models") if command == "sweep" else ws.prune("--report-dir", str(folder))
+    owner = sweep_module if command == "sweep" else pipeline
+    _after_the_work(monkeypatch, owner, command, folder.rmdir)
+    assert main(argv) == 0, ws.capsys.readouterr().err
+    names = sorted(p.name for p in folder.iterdir())
+    expected = (["pruned_sparsity_0.3.onnx", "pruned_sparsity_0.5.onnx", "sweep.json", "sweep.md"] if command == "sweep"
+                else ["report.json", "report.md"])
+    assert set(expected) <= set(names) and not [n for n in names if n.endswith(".tmp")], names
+    for name in expected:
+        if name.endswith(".onnx"):
+            onnx.checker.check_model(onnx.load(str(folder / name)), full_check=True)
 
 
 # -- a stale plot that cannot be removed ---------------------------------------------------
