@@ -464,14 +464,18 @@ class Pruner:
 
     def _choose_blocks(self, gid: int, k: int, ranking: np.ndarray | None,
                        terms: Callable[[], list[ConsumerTerm]]) -> np.ndarray:
+        cfg = self.config.entropic
         if self.config.mode == "oneshot" and ranking is not None:
             # the ranking was drawn on these very statistics (the entropic path stopped at k
             # channels keeps the k it ranks first)
+            if self.config.method == "entropic" and len(ranking) <= cfg.exchange_below:
+                return entropic.exchange(terms(), ranking[:k], cfg)
             return ranking[:k]
         if self.config.method == "entropic":
             # resume the path drawn on the one-shot statistics where 2k channels were alive
             start = entropic.resume_point(self.paths.get(gid, []), k)
-            return entropic.select(terms(), k, self.config.entropic, start, self._blas_threads)
+            group_terms = terms()
+            return entropic.exchange(group_terms, entropic.select(group_terms, k, cfg, start, self._blas_threads), cfg)
         if self.config.method in DATA_METHODS:
             ranking = self.ranking(gid, terms())
         elif ranking is None:

@@ -1,8 +1,9 @@
 """Freeze branches of the channel analysis, one tiny model per construct it does not follow.
 
 Each case builds a model with ``onnx.helper`` whose channels meet one construct that
-``graph/analysis.py`` freezes (a foreign op domain, a 1-D Conv, shared weights, a Slice
-with a step, a Resize that changes the channel count, ...). The tests check that the
+``graph/analysis.py`` freezes (a foreign op domain, shared weights, a Slice with a step, a
+Resize that changes the channel count, ...; and, since session 46, follows: a 1-D Conv or
+ConvTranspose over squeezed rows). The tests check that the
 analysis freezes the groups touching the construct, with the reason it gives for it, and
 keeps a group elsewhere prunable (the freeze is local); and that ``onnx_eprune.prune``
 still returns a valid model with the original's outputs: the rule is "never break a graph".
@@ -527,7 +528,8 @@ CASES: dict[str, Case] = {
                                              "h": "op If is not understood by the channel analysis"},
                                             prunable=("a", "c", "t")),
     # op_Conv, pass_groups, add_consumer, collect's shared producer weights
-    "conv_1d": Case(conv1d, {"h": "conv1d: only 2-D convolutions on NCHW tensors are handled"}),
+    # 1-D convolutions were frozen before session 46; the Squeeze / Unsqueeze around them are followed
+    "conv_1d": Case(conv1d, {}, prunable=("a", "h", "t")),
     "conv_depthwise_shared": Case(shared_depthwise, {"h": "dw1: grouped weights are shared"}),
     "conv_grouped_after_multiplier": Case(grouped_after_multiplier,
                                           {"h": "grouped: its input channels are already multiplied"}),
@@ -536,7 +538,7 @@ CASES: dict[str, Case] = {
                                                    "d": "a producer's weights are shared by several nodes"}),
     # op_ConvTranspose, transposed_geometry
     "convT_identity_weight": Case(conv_transpose_identity_weight, {"h": "up has non-constant weights"}),
-    "convT_1d": Case(conv_transpose1d, {"h": "up1d: only 2-D ConvTranspose on NCHW tensors is pruned"}),
+    "convT_1d": Case(conv_transpose1d, {}, prunable=("a", "h", "t")),
     "convT_grouped_widening": Case(conv_transpose_grouped_widening,
                                    {"h": "up: grouped ConvTranspose (group=4) with 16 outputs for 8 inputs"}),
     "convT_shared_weight": Case(conv_transpose_shared, {"h": "up1: its weights are shared by several nodes"}),

@@ -1,5 +1,8 @@
 """The numerical core against brute force on small random problems."""
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize
@@ -7,7 +10,7 @@ from scipy.optimize import minimize
 from onnx_eprune.calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, conv_patches,
                                          sample_positions)
 from onnx_eprune.select import entropic
-from onnx_eprune.select.problem import (ConsumerTerm, cho_inverse_solve, cholesky, compress, explained_curve,
+from onnx_eprune.select.problem import (CURVE_RIDGE, ConsumerTerm, cho_inverse_solve, cholesky, compress, explained_curve,
                                          partial_out, reduce_outputs, ridge)
 from onnx_eprune.select.reconstruct import (AUTO_RIDGES, DEFAULT_RIDGE, THIN_MAX_FEATURES, auto_ridge, fixed_ridge,
                                            gcv_scores, refit)
@@ -129,6 +132,48 @@ def test_terms_on_parallel_threads_give_the_same_path():
         entropic.ranking(terms, record=paths[workers], workers=workers)
     assert len(paths[1]) > 3 and len(paths[1]) == len(paths[3])
     assert all(np.array_equal(a.w, b.w) for a, b in zip(paths[1], paths[3]))
+
+
+def _exchange_terms(seed: int, C: int = 7):
+    """Two consumers of one group of C channels (s = 2 features each), channels 1 and 4 weak."""
+    rng = np.random.default_rng(seed)
+    return [random_term(rng, C=C, s=2, M=m, T=300, weak=(1, 4))[0] for m in (3, 4)]
+
+
+def _brute_refit_error(terms, keep) -> float:
+    """refit_error by hand: per term, the ridge solve on the kept features, the explained share."""
+    total = 0.0
+    for t in terms:
+        cols = np.concatenate([np.arange(c * t.s, (c + 1) * t.s) for c in keep])
+        G, P = t.G[np.ix_(cols, cols)], t.P[cols]
+        rho = CURVE_RIDGE * np.trace(t.G) / t.G.shape[0]
+        lam = np.linalg.solve(G + rho * np.eye(len(cols)), P)
+        total += 1.0 - np.trace(P.T @ lam) / t.var_y.sum()
+    return total
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exchange_leaves_no_improving_swap(seed):
+    """``entropic.exchange``: its objective is the ridge re-fit error computed by hand; its
+    result admits no single swap that lowers it (and at keep 1 and C-1, where every set is
+    one swap away, is the brute-force optimum); groups wider than ``exchange_below`` keep
+    the given set."""
+    terms = _exchange_terms(seed)
+    C = terms[0].channels
+    for keep in ([0, 1, 2], [1, 4], [2]):
+        assert entropic.refit_error(terms, keep) == pytest.approx(_brute_refit_error(terms, keep), rel=1e-9, abs=1e-12)
+    for k in (1, 3, C - 1):
+        start = list(range(k))   # the weak channel 1 among them: a poor start
+        got = [int(c) for c in entropic.exchange(terms, np.array(start))]
+        err = entropic.refit_error(terms, got)
+        for i in got:
+            for j in set(range(C)) - set(got):
+                assert entropic.refit_error(terms, sorted(set(got) - {i} | {j})) >= err * (1 - 1e-6) - 1e-12
+        if k in (1, C - 1):
+            best = min(itertools.combinations(range(C), k), key=lambda S: entropic.refit_error(terms, S))
+            assert tuple(got) == best
+    narrow = entropic.EntropicConfig(exchange_below=C - 1)
+    assert list(entropic.exchange(terms, np.array([3, 0, 1]), narrow)) == [0, 1, 3]
 
 
 def test_explained_curve_matches_direct_refits():
@@ -317,16 +362,18 @@ def test_moments_of_a_linear_map_follow_from_those_of_its_input():
     (ConvGeometry((3, 3), (1, 1), (2, 2, 2, 2), (2, 2), (3, 3)), (3, 3)),
     (ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (2, 2)), (2, 2)),
     (ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (7, 7), (2, 2)), (4, 4)),   # a ConvTranspose
+    (ConvGeometry((5,), (1,), (2, 2), (1,), (4,), (1,)), (4,)),                       # 1-D
+    (ConvGeometry((3, 2, 3), (1, 1, 1), (1, 0, 1, 1, 1, 1), (1, 1, 1), (2, 4, 3), (1, 1, 1)), (2, 3, 3)),  # 3-D
 ])
 @pytest.mark.parametrize("linear", [False, True])
 def test_pixel_pair_moments_equal_the_moments_of_the_rows(geo, hw, linear):
     """The scatter built from pixel pairs, the cross-moments built per tap, buffers that
     batches straddle: the moments of the im2col rows at every position, to float32
-    accuracy; a thread count changes no byte."""
+    accuracy, for 1-, 2- and 3-D kernels; a thread count changes no byte."""
     rng = np.random.default_rng(13)
     C, M, N = 5, 3, 300
-    x = (rng.normal(size=(N, C) + hw) * rng.uniform(0.5, 3, size=(1, C, 1, 1)) + 4).astype(np.float32)
-    n_pos = geo.out_hw[0] * geo.out_hw[1]
+    x = (rng.normal(size=(N, C) + hw) * rng.uniform(0.5, 3, size=(1, C) + (1,) * len(hw)) + 4).astype(np.float32)
+    n_pos = math.prod(geo.out_hw)
     rows = conv_patches(x, geo, np.broadcast_to(np.arange(n_pos), (N, n_pos)))
     theta = rng.normal(size=(M, rows.shape[1])).astype(np.float32)
     y = rows @ theta.T
@@ -335,7 +382,7 @@ def test_pixel_pair_moments_equal_the_moments_of_the_rows(geo, hw, linear):
     for threads in (1, 2):
         acc = PixelPairAccumulator.of(geo, (C,) + hw, threads, theta if linear else None)
         assert acc is not None
-        acc.BUFFER_BYTES = 64 * 4 * (C * (hw[0] * hw[1] + 1) + n_pos * M)  # 64 images per buffer
+        acc.BUFFER_BYTES = 64 * 4 * (C * (math.prod(hw) + 1) + n_pos * M)  # 64 images per buffer
         for chunk in np.array_split(np.arange(N), 7):
             acc.add(x[chunk], None if linear else y[chunk[0] * n_pos:(chunk[-1] + 1) * n_pos])
         results.append(acc.result())

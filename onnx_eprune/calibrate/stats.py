@@ -13,6 +13,8 @@ up exactly (up to rounding) and memory does not grow with the number of samples.
 
 from __future__ import annotations
 
+import math
+
 import threading
 from dataclasses import dataclass, field
 
@@ -276,13 +278,13 @@ class PixelPairAccumulator:
                        for a in range(self.taps) for b in range(a, self.taps)}
 
     @classmethod
-    def of(cls, geo: "ConvGeometry", chw: tuple[int, int, int], threads: int = 1, theta: np.ndarray | None = None
+    def of(cls, geo: "ConvGeometry", chw: tuple[int, ...], threads: int = 1, theta: np.ndarray | None = None
            ) -> "PixelPairAccumulator | None":
-        """The accumulator for input images of shape ``chw``, or None where pairs save too
-        little (1x1 kernels, strides, large maps) or their products would take too much memory."""
-        c, h, w = chw
-        n_pos = geo.out_hw[0] * geo.out_hw[1]
-        pix = tap_pixels(geo, (h, w), np.arange(n_pos)[None, :])[0]          # (positions, taps)
+        """The accumulator for input images of shape ``chw`` (C, *spatial), or None where pairs
+        save too little (1x1 kernels, strides, large maps) or their products would take too much memory."""
+        c, spatial = chw[0], tuple(chw[1:])
+        n_pos = math.prod(geo.out_hw)
+        pix = tap_pixels(geo, spatial, np.arange(n_pos)[None, :])[0]         # (positions, taps)
         taps = pix.shape[1]
         a, b = np.triu_indices(taps)
         lo, hi = np.minimum(pix[:, a], pix[:, b]), np.maximum(pix[:, a], pix[:, b])
@@ -293,7 +295,7 @@ class PixelPairAccumulator:
         return cls(pix, pairs, threads, theta)
 
     def add(self, image: np.ndarray, y: np.ndarray | None = None) -> None:
-        """Add images ``image`` (N, C, H, W) and the y rows of their positions ``y``
+        """Add images ``image`` (N, C, *spatial) and the y rows of their positions ``y``
         (N * positions x M, image by image; None with ``theta``)."""
         n = image.shape[0]
         if n == 0:
@@ -316,12 +318,12 @@ class PixelPairAccumulator:
                 self._flush()
 
     def _start(self, image: np.ndarray, y: np.ndarray | None) -> None:
-        c, pixels = image.shape[1], image.shape[2] * image.shape[3]
+        c, pixels = image.shape[1], math.prod(image.shape[2:])
         m = 0 if y is None else y.shape[1]
         d = c * self.taps
         images = max(1, self.BUFFER_BYTES // (4 * (c * (pixels + 1) + self.positions * m)))
         self.channels = c
-        self.shift = image.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+        self.shift = image.mean(axis=(0, *range(2, image.ndim)), dtype=np.float64).astype(np.float32)
         self.ky = np.zeros(m, np.float32) if y is None else y.mean(axis=0).astype(np.float32)
         self._x = np.empty((pixels + 1, images, c), np.float32)     # pixel-major, + the zero pixel
         self._y = np.empty((self.positions, images, m), np.float32)  # position-major
@@ -393,17 +395,18 @@ class ConvGeometry:
     (``dilation * (k - 1) - pad``, plus ``output_padding`` at the end) may be negative,
     which crops."""
 
-    kernel: tuple[int, int]
-    strides: tuple[int, int]
-    pads: tuple[int, int, int, int]   # top, left, bottom, right (ONNX order)
-    dilations: tuple[int, int]
-    out_hw: tuple[int, int]
-    upsample: tuple[int, int] = (1, 1)
+    # one entry per spatial axis (L; H, W; or D, H, W), pads two (every start, then every end: ONNX order)
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    out_hw: tuple[int, ...]
+    upsample: tuple[int, ...] = (1, 1)
 
     @classmethod
-    def from_dict(cls, d: dict, out_hw: tuple[int, int]) -> "ConvGeometry":
+    def from_dict(cls, d: dict, out_hw: tuple[int, ...]) -> "ConvGeometry":
         return cls(tuple(d["kernel"]), tuple(d["strides"]), tuple(d["pads"]), tuple(d["dilations"]), tuple(out_hw),
-                   tuple(d.get("upsample", (1, 1))))
+                   tuple(d.get("upsample", (1,) * len(d["kernel"]))))
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -427,45 +430,47 @@ def sample_positions(keys: np.ndarray, salt: int, n_positions: int, per_sample: 
     return np.sort(np.argpartition(scores, per_sample - 1, axis=1)[:, :per_sample], axis=1)
 
 
-def tap_pixels(geo: ConvGeometry, hw: tuple[int, int], positions: np.ndarray) -> np.ndarray:
-    """The input pixel (flat index into H x W) that each tap reads at output positions
-    ``positions`` (N, k): (N, k, kh*kw) ints; ``H * W`` where the tap reads a zero (a
-    padding pixel, or one of the zeros a ConvTranspose inserts)."""
-    h, w = hw
-    kh, kw = geo.kernel
-    (sh, sw), top, left = geo.upsample, geo.pads[0], geo.pads[1]
-    oy, ox = np.divmod(positions, geo.out_hw[1])                            # (N, k)
-    ky, kx = np.meshgrid(np.arange(kh) * geo.dilations[0], np.arange(kw) * geo.dilations[1], indexing="ij")
-    ys = oy[..., None] * geo.strides[0] + ky.reshape(-1) - top             # (N, k, kh*kw), spread rows
-    xs = ox[..., None] * geo.strides[1] + kx.reshape(-1) - left
-    valid = (ys >= 0) & (xs >= 0) & (ys % sh == 0) & (xs % sw == 0) & (ys // sh < h) & (xs // sw < w)
-    return np.where(valid, (ys // sh) * w + xs // sw, h * w)
+def tap_pixels(geo: ConvGeometry, hw: tuple[int, ...], positions: np.ndarray) -> np.ndarray:
+    """The input pixel (flat index into the spatial size ``hw``: L; H, W; or D, H, W) that
+    each tap reads at output positions ``positions`` (N, k): (N, k, taps) ints, taps in the
+    kernel's C order; ``prod(hw)`` where the tap reads a zero (a padding pixel, or one of
+    the zeros a ConvTranspose inserts)."""
+    nd = len(hw)
+    out = np.unravel_index(positions, geo.out_hw)                              # nd x (N, k)
+    grids = np.meshgrid(*(np.arange(k) * d for k, d in zip(geo.kernel, geo.dilations)), indexing="ij")
+    flat, valid = 0, True
+    for i in range(nd):
+        at = out[i][..., None] * geo.strides[i] + grids[i].reshape(-1) - geo.pads[i]   # (N, k, taps), spread axis i
+        up = geo.upsample[i]
+        valid = valid & (at >= 0) & (at % up == 0) & (at // up < hw[i])
+        flat = flat * hw[i] + at // up
+    return np.where(valid, flat, math.prod(hw))
 
 
 def conv_patches(x: np.ndarray, geo: ConvGeometry, positions: np.ndarray) -> np.ndarray:
-    """im2col rows of ``x`` (N, C, H, W) at output positions ``positions`` (N, k).
+    """im2col rows of ``x`` (N, C, *spatial) at output positions ``positions`` (N, k).
 
-    Returns (N*k, C*kh*kw) float32, columns ordered like a Conv weight (C, kh, kw) flattened.
+    Returns (N*k, C*taps) float32, columns ordered like a Conv weight (C, *kernel) flattened.
     Each tap is read straight from ``x``: a tap on a padding pixel, or on one of the zeros a
     ConvTranspose inserts, reads an extra zero pixel, so the padded (or spread) input is
     never built (it would be a copy of the whole tensor for the few positions sampled).
     """
-    n, c, h, w = x.shape
-    kh, kw = geo.kernel
-    pixel = tap_pixels(geo, (h, w), positions)                              # (N, k, kh*kw)
+    n, c = x.shape[:2]
+    pixels, taps = math.prod(x.shape[2:]), math.prod(geo.kernel)
+    pixel = tap_pixels(geo, x.shape[2:], positions)                          # (N, k, taps)
     k = positions.shape[1]
-    if k * kh * kw < h * w:
+    if k * taps < pixels:
         # fewer taps read than pixels (a large map, few positions): gather the taps straight
         # from x rather than transposing the whole map first
-        zero = pixel == h * w
-        patches = x.reshape(n, c, h * w)[np.arange(n)[:, None, None], :, np.where(zero, 0, pixel)]
-        patches[zero] = 0                                                   # (N, k, kh*kw, C)
+        zero = pixel == pixels
+        patches = x.reshape(n, c, pixels)[np.arange(n)[:, None, None], :, np.where(zero, 0, pixel)]
+        patches[zero] = 0                                                   # (N, k, taps, C)
     else:
-        xt = np.empty((n, h * w + 1, c), x.dtype)                           # N, pixels, C: whole channel vectors
-        xt[:, :h * w] = x.reshape(n, c, h * w).transpose(0, 2, 1)
-        xt[:, h * w] = 0
-        patches = xt[np.arange(n)[:, None, None], pixel]                    # (N, k, kh*kw, C)
-    return np.ascontiguousarray(patches.transpose(0, 1, 3, 2)).reshape(n * k, c * kh * kw)
+        xt = np.empty((n, pixels + 1, c), x.dtype)                          # N, pixels, C: whole channel vectors
+        xt[:, :pixels] = x.reshape(n, c, pixels).transpose(0, 2, 1)
+        xt[:, pixels] = 0
+        patches = xt[np.arange(n)[:, None, None], pixel]                    # (N, k, taps, C)
+    return np.ascontiguousarray(patches.transpose(0, 1, 3, 2)).reshape(n * k, c * taps)
 
 
 def positions_per_sample(n_positions: int, features: int, setting: int | None) -> int:

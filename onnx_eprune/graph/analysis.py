@@ -342,12 +342,13 @@ class _Analyzer:
         cin = self.channels(x)
         out = node.output[0]
         label = node_label(node, index)
-        if len(wshape) != 4 or cin is None or not isinstance(layout, list):
-            self.freeze_all(node, index, f"{label}: only 2-D convolutions on NCHW tensors are handled")
+        if not self.channels_first_conv(x, wshape) or cin is None or not isinstance(layout, list):
+            self.freeze_all(node, index, f"{label}: only 1-D, 2-D and 3-D convolutions on channels-first tensors "
+                                         "are handled")
             return
         if group == 1:
             geometry = conv_geometry(attrs, wshape, self.shapes[x][2:], self.shapes.get(out))
-            self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin, wshape[2] * wshape[3], layout,
+            self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin, math.prod(wshape[2:]), layout,
                               conv=geometry)
             self.layouts[out] = self.create(f"n:{index}", wshape[0], Producer(index, "conv", w, 0, b))
         elif wshape[1] * group == cin and wshape[0] % cin == 0:
@@ -355,6 +356,12 @@ class _Analyzer:
         else:
             self.freeze_all(node, index, f"{label}: grouped convolution (group={group}) with {wshape[0]} outputs "
                                          f"for {cin} inputs is not pruned")
+
+    def channels_first_conv(self, x: str, wshape: tuple[int, ...]) -> bool:
+        """Whether a convolution with weight shape ``wshape`` reads ``x`` as 1-, 2- or 3-D
+        maps with the channels on axis 1 (the input's rank is the weight's, its sizes known)."""
+        shape = self.shapes.get(x)
+        return 3 <= len(wshape) <= 5 and shape is not None and len(shape) == len(wshape) and self.axis(x) == 1
 
     def pass_groups(self, node: onnx.NodeProto, index: int, layout: list[Segment], w: str, b: str | None,
                     width: int, multiplier: int = 1) -> None:
@@ -399,8 +406,9 @@ class _Analyzer:
         wshape = tuple(self.init_by_name[w].dims)
         layout = self.layout(x)
         group = int(_attrs(node).get("group", 1))
-        if len(wshape) != 4 or not isinstance(layout, list) or self.channels(x) != wshape[0]:
-            self.freeze_all(node, index, f"{label}: only 2-D ConvTranspose on NCHW tensors is pruned")
+        if not self.channels_first_conv(x, wshape) or not isinstance(layout, list) or self.channels(x) != wshape[0]:
+            self.freeze_all(node, index, f"{label}: only 1-D, 2-D and 3-D ConvTranspose on channels-first tensors "
+                                         "is pruned")
             return
         if group > 1 and wshape[1] * group == wshape[0]:  # e.g. a depthwise bilinear upsampling
             self.pass_groups(node, index, layout, w, b, wshape[1])
@@ -417,7 +425,7 @@ class _Analyzer:
             self.freeze_layout(layout, f"{label}: the inputs of a ConvTranspose with output_shape or auto_pad "
                                        "are not pruned")
         else:
-            self.add_consumer(node, index, "convT", x, out, w, b, wshape[1], wshape[0], wshape[2] * wshape[3],
+            self.add_consumer(node, index, "convT", x, out, w, b, wshape[1], wshape[0], math.prod(wshape[2:]),
                               layout, conv=geometry)
         self.layouts[out] = self.create(f"n:{index}", wshape[1], Producer(index, "conv", w, 1, b))
 

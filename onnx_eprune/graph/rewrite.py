@@ -104,11 +104,9 @@ def _install_refit(model: onnx.ModelProto, arrays: _Arrays, cons: Consumer, refi
     node = model.graph.node[cons.node]
     M = refit.weight.shape[0]
     if cons.kind == "conv":
-        kh, kw = cons.conv["kernel"]
-        arrays.set(cons.weight, refit.weight.reshape(M, -1, kh, kw))
+        arrays.set(cons.weight, refit.weight.reshape(M, -1, *cons.conv["kernel"]))
     elif cons.kind == "convT":
-        kh, kw = cons.conv["kernel"]
-        arrays.set(cons.weight, transposed_to_conv(refit.weight.reshape(M, -1, kh, kw)))
+        arrays.set(cons.weight, transposed_to_conv(refit.weight.reshape(M, -1, *cons.conv["kernel"])))
     elif cons.kind == "gemm" and cons.gemm_trans_b:
         arrays.set(cons.weight, refit.weight)
     else:

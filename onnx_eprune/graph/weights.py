@@ -98,6 +98,7 @@ class BiasAdds:
 
 
 def transposed_to_conv(w: np.ndarray) -> np.ndarray:
-    """A ConvTranspose weight (C_in, C_out, kh, kw) as the weight (C_out, C_in, kh, kw) of
-    the equivalent Conv: channel axes swapped, kernel flipped. Its own inverse."""
-    return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    """A ConvTranspose weight (C_in, C_out, *kernel) as the weight (C_out, C_in, *kernel) of
+    the equivalent Conv: channel axes swapped, kernel flipped along every axis. Its own inverse."""
+    flipped = (slice(None), slice(None)) + (slice(None, None, -1),) * (w.ndim - 2)
+    return np.ascontiguousarray(np.swapaxes(w, 0, 1)[flipped])

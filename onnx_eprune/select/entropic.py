@@ -33,8 +33,8 @@ import numpy as np
 from ..errors import UsageError
 from ..parallel import parallel_map
 from . import lapack
-from .problem import (ConsumerTerm, cho_inverse_solve, compress, inert_channels, last_the_free, reduce_outputs,
-                      ridge, twin_channels)
+from .problem import (CURVE_RIDGE, ConsumerTerm, cho_inverse_solve, cholesky, compress, inert_channels,
+                      last_the_free, reduce_outputs, ridge, solve_lower, twin_channels)
 
 _W_FLOOR = 1e-300
 
@@ -64,12 +64,15 @@ class EntropicConfig:
     curve_wide: int = 128         # the same past this many channels on the sequential mode's first-pass path,
                                   # which only draws the error curves and where the stages' paths start
                                   # (ResNet-18 0.84: median 66.5 -> 60.6 s; BENCHMARKS.md, session 23)
+    exchange_below: int = 32      # groups of at most this many channels polish their keep-set by exchanges
+                                  # (:func:`exchange`; 0: never): the path can miss a small layer's optimum
 
     def check(self) -> None:
         """Raise :class:`UsageError`, naming the field, for a knob of the wrong type or out of
         its range (a NaN or negative tolerance would spin or end the path at once, a
         fractional count fails deep inside the solver)."""
-        counts = {"max_alternations": 1, "path_steps": 1, "max_features": 1, "wide": 0, "curve_wide": 0}
+        counts = {"max_alternations": 1, "path_steps": 1, "max_features": 1, "wide": 0, "curve_wide": 0,
+                  "exchange_below": 0}
         for name, least in counts.items():
             value = getattr(self, name)
             if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < least:
@@ -373,3 +376,42 @@ def select(terms: list[ConsumerTerm], k: int, cfg: EntropicConfig | None = None,
     """The ``k`` channels to keep (sorted): the first ``k`` of :func:`ranking`, following
     the path only until ``k`` channels are left alive."""
     return np.sort(ranking(terms, cfg, stop_at=k, start=start, workers=workers)[:k])
+
+
+def refit_error(terms: list[ConsumerTerm], keep) -> float:
+    """The summed relative re-fit error of the consumers on channels ``keep`` alone (the
+    objective of the error curves: a least-squares fit with the light ridge ``CURVE_RIDGE``
+    of the whole group's mean variance, the same for every ``keep``: a ridge relative to
+    the kept channels' own variance would favour keeping a dead channel)."""
+    total = 0.0
+    for term in terms:
+        sub = term.restrict(np.asarray(keep))
+        z = solve_lower(cholesky(sub.G, ridge(term.G, CURVE_RIDGE)), sub.P)
+        total += 1.0 - float(np.einsum("ij,ij->", z, z)) / term.energy
+    return total
+
+
+def exchange(terms: list[ConsumerTerm], keep: np.ndarray, cfg: EntropicConfig | None = None) -> np.ndarray:
+    """``keep`` (k of the group's C channels), polished: while exchanging one kept channel
+    for one dropped channel lowers :func:`refit_error`, make the exchange that lowers it
+    most. Returned sorted. Only groups of at most ``cfg.exchange_below`` channels: there a
+    pass costs k(C - k) small re-fits, and there the path was measured to miss the best
+    single channel, the best channel to drop, or a channel that only it can stand for
+    (tests/test_selection_methods.py); on wide groups the path's sets re-fit their
+    consumers as well as any baseline's (BENCHMARKS.md, session 12)."""
+    cfg = cfg or EntropicConfig()
+    C, k = terms[0].channels, len(keep)
+    keep = sorted(int(c) for c in keep)
+    if not 0 < k < C or C > cfg.exchange_below:
+        return np.asarray(keep)
+    error = refit_error(terms, keep)
+    for _ in range(k * (C - k)):  # each exchange lowers the error, so none repeats; a bound all the same
+        dropped = [c for c in range(C) if c not in keep]
+        trials = [(refit_error(terms, sorted(keep[:i] + keep[i + 1:] + [j])), i, j)
+                  for i in range(k) for j in dropped]
+        best, i, j = min(trials)
+        # a material gain only: rounding must not swap channels that re-fit alike (twins)
+        if not best < error * (1.0 - 1e-6) - 1e-12:
+            break
+        keep, error = sorted(keep[:i] + keep[i + 1:] + [j]), best
+    return np.asarray(keep)
