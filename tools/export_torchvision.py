@@ -3,8 +3,10 @@ coverage benchmark: graphs that are not classifiers (segmentation heads with dil
 convolutions, pyramid pooling and bilinear upsampling; torchvision's detectors, which take
 one (3, H, W) image without a batch axis and return one row per box, with anchors, TopK and
 NonMaxSuppression in the graph; YOLO's feature pyramid, C2f / C3k2 blocks, attention
-(YOLO11's C2PSA) and box decoding), and classifiers exported for a fixed batch of one (no
-dynamic axes: the input is (1, 3, H, W) and the exporter may write the batch into reshapes).
+(YOLO11's C2PSA) and box decoding), classifiers exported for a fixed batch of one (no
+dynamic axes: the input is (1, 3, H, W) and the exporter may write the batch into reshapes),
+torchvision's video classifiers (3-D convolutions on (N, 3, 8, 56, 56) clips) and two 1-D
+CNNs written here (M5 on raw audio, a 1-D ResNet-18 on 12-lead ECG).
 
 Runs in a torch venv with torchvision, never in the package's environment::
 
@@ -66,7 +68,22 @@ MODELS: list[tuple[str, int, str, int | None]] = [
     # same venv; skipped without it): raw head outputs (batch, 4 + classes, anchors), no NMS
     ("yolov8n", 160, "ultralytics", None),
     ("yolo11n", 160, "ultralytics", None),
+    # torchvision's video classifiers: 3-D convolutions (r3d_18: 3x3x3 throughout; mc3_18:
+    # 3-D in the first stage, (1, 3, 3) after it; r2plus1d_18: (1, 3, 3) then (3, 1, 1) with
+    # a computed middle width) on clips of 8 frames of 56 x 56 (the size is the frame size)
+    ("r3d_18", 56, "video", None),
+    ("mc3_18", 56, "video", None),
+    ("r2plus1d_18", 56, "video", None),
+    # 1-D CNNs written here in plain torch (torchaudio has no build for this torch): M5 on
+    # raw audio (Dai et al. 2017; 8000 samples, 0.5 s at 16 kHz) and a 1-D ResNet-18 on
+    # 12-lead ECG (1000 samples; the size is the sequence length)
+    ("m5_audio", 8000, "sequence", None),
+    ("resnet1d18_ecg", 1000, "sequence", None),
 ]
+
+# frames of the video clips; channels of the 1-D inputs
+VIDEO_FRAMES = 8
+SEQUENCE_CHANNELS = {"m5_audio": 1, "resnet1d18_ecg": 12}
 
 
 def stem(name: str, batch: int | None) -> str:
@@ -77,6 +94,10 @@ def build(name: str, kind: str):
     import torch
     import torchvision
 
+    if kind == "sequence":
+        return _sequence_model(name, torch), torch
+    if kind == "video":
+        return torchvision.models.video.__dict__[name](weights=None), torch
     kwargs = {"weights": None}
     if kind == "segmentation":
         kwargs.update(weights_backbone=None, num_classes=21, aux_loss=False)
@@ -87,6 +108,49 @@ def build(name: str, kind: str):
     module = {"segmentation": torchvision.models.segmentation, "detection": torchvision.models.detection,
               "classification": torchvision.models}[kind]
     return getattr(module, name)(**kwargs), torch
+
+
+def _sequence_model(name: str, torch):
+    """M5 (four Conv1d + BatchNorm1d + ReLU + MaxPool1d blocks, the first with an 80-sample
+    kernel of stride 4; global average pool; 35 classes as in Speech Commands) or a 1-D
+    ResNet-18 (basic blocks of two 3-tap Conv1d with BatchNorm1d, strided 1x1 shortcuts, a
+    15-tap stem; 5 classes)."""
+    nn = torch.nn
+
+    def conv_bn(cin, cout, k, stride=1):
+        return [nn.Conv1d(cin, cout, k, stride, padding=k // 2, bias=False), nn.BatchNorm1d(cout)]
+
+    if name == "m5_audio":
+        layers, cin = [], SEQUENCE_CHANNELS[name]
+        for cout, k, stride in ((128, 80, 4), (128, 3, 1), (256, 3, 1), (512, 3, 1)):
+            layers += conv_bn(cin, cout, k, stride) + [nn.ReLU(), nn.MaxPool1d(4)]
+            cin = cout
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(512, 35))
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(*conv_bn(cin, cout, 3, stride), nn.ReLU(), *conv_bn(cout, cout, 3))
+            self.short = nn.Sequential(*conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout else \
+                nn.Identity()
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.short(x))
+
+    blocks, cin = [], 64
+    for cout, stride in ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)):
+        blocks.append(Block(cin, cout, stride))
+        cin = cout
+    return nn.Sequential(*conv_bn(SEQUENCE_CHANNELS[name], 64, 15, 2), nn.ReLU(), nn.MaxPool1d(3, 2, 1), *blocks,
+                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(512, 5))
+
+
+def _input_shape(name: str, size: int, kind: str, batch: int | None) -> list[int]:
+    if kind == "video":
+        return [batch or 1, 3, VIDEO_FRAMES, size, size]
+    if kind == "sequence":
+        return [batch or 1, SEQUENCE_CHANNELS[name], size]
+    return [batch or 1, 3, size, size]
 
 
 def _tensor_output(model, torch):
@@ -121,7 +185,7 @@ def export_one(name: str, size: int, kind: str, batch: int | None, cache: Path) 
         return export_ultralytics(name, size, cache)
     model, torch = build(name, kind)
     torch.manual_seed(0)
-    shape = [batch or 1, 3, size, size]
+    shape = _input_shape(name, size, kind, batch)
     _set_batchnorm_statistics(model, shape, torch)
     path = cache / f"{stem(name, batch)}.onnx"
     t0 = time.perf_counter()
