@@ -7,7 +7,9 @@ as 2-D ones are.
   dilations, asymmetric pads, ``auto_pad`` and ``output_padding``: the brute force here is
   the runtime itself.
 * Small 1-D and 3-D networks (BatchNorm, pools, a depthwise and a transposed convolution, a
-  Flatten into a Gemm) are pruned in both modes by every method: the output passes the full
+  Flatten into a Gemm; a 3-D U-Net with its skip Concat, reflect Pad, residual Add and
+  Resize; a 1-D temporal net with a channel Split, causal Pads and a linear Resize) are
+  pruned in both modes by every method: the output passes the full
   checker and runs, ``keep_ratio=1.0`` gives back the same function, the report's parameter
   count is the written file's, and a layer that reads only three of its input channels gets
   exactly those back from every data-driven method, with the output reproduced.
@@ -42,7 +44,8 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def _model(nodes, inits, x_shape, y_shape, opset: int = 17) -> onnx.ModelProto:
     graph = H.make_graph(nodes, "m", [H.make_tensor_value_info("x", TP.FLOAT, list(x_shape))],
                          [H.make_tensor_value_info("y", TP.FLOAT, list(y_shape))],
-                         [NH.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+                         [NH.from_array(np.asarray(v) if np.asarray(v).dtype.kind in "iu" else
+                                        np.asarray(v, np.float32), k) for k, v in inits.items()])
     model = H.make_model(graph, opset_imports=[H.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
@@ -184,6 +187,85 @@ def reads_three_1d() -> tuple[onnx.ModelProto, tuple[int, ...]]:
     t = n.conv(t, 8, 4, "c2", reads=TRUE)
     n.nodes[-1].output[0] = "y"
     return _model(n.nodes, n.inits, ["N", 6, 24], ["N", 4, 24]), (6, 24)
+
+
+def unet_3d() -> tuple[onnx.ModelProto, tuple[int, ...]]:
+    """A 3-D U-Net (volumes): Conv3d 2->8 (skip), MaxPool3d /2, Conv3d 8->12, a depthwise
+    Conv3d, ConvTranspose3d 12->8 (x2, output_padding 0), Concat with the skip (16
+    channels), Pad (1 voxel, reflect) and Conv3d 16->8 without padding, a residual Add with a
+    1x1x1 Conv3d of the skip, Resize (nearest, x1 on D, x2 on H and W) and a 1x1x1 Conv3d to
+    3 classes per voxel: the segmentation output y (N, 3, 4, 16, 16)."""
+    n = Net(3)
+    skip = n.node("Relu", [n.conv("x", 2, 8, "c1")], "r1")
+    t = n.node("MaxPool", [skip], "pool", kernel_shape=[2, 2, 2], strides=[2, 2, 2])
+    t = n.node("Relu", [n.conv(t, 8, 12, "c2")], "r2")
+    t = n.node("Relu", [n.conv(t, 12, 12, "dw", group=12)], "r3")
+    t = n.node("Relu", [n.conv(t, 12, 8, "up", k=2, transposed=True, strides=[2, 2, 2], pads=[0] * 6)], "r4")
+    t = n.node("Concat", [t, skip], "cat", axis=1)
+    t = n.node("Pad", [t, n.const("pads", np.array([0, 0, 1, 1, 1, 0, 0, 1, 1, 1], np.int64))], "pad",
+               mode="reflect")
+    t = n.conv(t, 16, 8, "c3", pads=[0] * 6)
+    t = n.node("Relu", [n.node("Add", [t, n.conv(skip, 8, 8, "side", k=1, pads=[0] * 6)], "add")], "r5")
+    t = n.node("Resize", [t, "", n.const("scales", np.array([1, 1, 1, 2, 2], np.float32))], "resize", mode="nearest")
+    t = n.conv(t, 8, 3, "head", k=1, pads=[0] * 6)
+    n.nodes[-1].output[0] = "y"
+    return _model(n.nodes, n.inits, ["N", 2, 4, 8, 8], ["N", 3, 4, 16, 16]), (2, 4, 8, 8)
+
+
+def test_a_3d_unet_is_pruned_through_its_skips_pads_and_resizes() -> None:
+    """Every group of the 3-D U-Net but the input and the output is pruned; the output's
+    shape holds and it stays close to the original (the re-fit on the calibration volumes)."""
+    model, shape = unet_3d()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(48,) + shape).astype(np.float32)
+    for mode in ("sequential", "oneshot"):
+        result = onnx_eprune.prune(model, x, keep_ratio=0.75, mode=mode)
+        onnx.checker.check_model(result.model, full_check=True)
+        groups = {tuple(g["producers"]): g for g in result.report["groups"]}
+        frozen = {k: g["frozen"] for k, g in groups.items() if g["frozen"]}
+        assert set(frozen) == {(), ("head",)}, frozen       # the input and the output
+        assert all(g["channels_after"] < g["channels_before"] for g in groups.values() if not g["frozen"])
+        y, y0 = _run(result.model, x[:8]), _run(model, x[:8])
+        assert y.shape == y0.shape and np.linalg.norm(y - y0) < 0.5 * np.linalg.norm(y0), mode
+    same = onnx_eprune.prune(model, x, keep_ratio=1.0)
+    np.testing.assert_allclose(_run(same.model, x[:8]), _run(model, x[:8]), rtol=1e-4, atol=1e-5)
+
+
+def tcn_1d() -> tuple[onnx.ModelProto, tuple[int, ...]]:
+    """A 1-D temporal net: Conv1d 4->12, Split of its channels [4, 8], a dilated Conv1d on
+    each part (causal: Pad 2 / 4 on the left only), Concat (12), residual Add with the
+    Conv1d's output, Resize (linear, x2 in time), a strided Conv1d 12->6, Flatten into a Gemm."""
+    n = Net(1)
+    t = n.node("Relu", [n.conv("x", 4, 12, "c1")], "r1")
+    n.nodes.append(H.make_node("Split", [t, n.const("sizes", np.array([4, 8], np.int64))], ["p", "q"], name="split",
+                               axis=1))
+    parts = []
+    for name, src, cin, dil in (("ca", "p", 4, 2), ("cb", "q", 8, 4)):
+        padded = n.node("Pad", [src, n.const(f"{name}.pads", np.array([0, 0, 2 * dil, 0, 0, 0], np.int64))],
+                        f"{name}.pad")
+        parts.append(n.node("Relu", [n.conv(padded, cin, cin, name, pads=[0, 0], dilations=[dil])], f"{name}.r"))
+    t = n.node("Add", [n.node("Concat", parts, "cat", axis=1), t], "add")
+    t = n.node("Resize", [t, "", n.const("scales", np.array([1, 1, 2], np.float32))], "resize", mode="linear")
+    t = n.node("Relu", [n.conv(t, 12, 6, "c2", strides=[2])], "r2")
+    n.gemm(n.node("Flatten", [t], "flat"), 6 * 32)
+    return _model(n.nodes, n.inits, ["N", 4, 32], ["N", 10]), (4, 32)
+
+
+def test_a_1d_temporal_net_is_pruned_through_its_split_pads_and_resize() -> None:
+    """The Split parts are pruned separately and the Concat and the residual Add couple them
+    back with c1's channels; the causal Pads and the linear Resize pass the channels on."""
+    model, shape = tcn_1d()
+    x = np.random.default_rng(6).normal(size=(64,) + shape).astype(np.float32)
+    for mode in ("sequential", "oneshot"):
+        result = onnx_eprune.prune(model, x, keep_ratio=0.5, mode=mode)
+        onnx.checker.check_model(result.model, full_check=True)
+        pruned = [g for g in result.report["groups"] if not g["frozen"]]
+        assert sorted(g["channels_before"] for g in pruned) == [4, 6, 8], result.report["groups"]
+        assert all(g["channels_after"] == g["channels_before"] // 2 for g in pruned)
+        y, y0 = _run(result.model, x[:8]), _run(model, x[:8])
+        assert y.shape == y0.shape and np.all(np.isfinite(y))
+    same = onnx_eprune.prune(model, x, keep_ratio=1.0)
+    np.testing.assert_allclose(_run(same.model, x[:8]), _run(model, x[:8]), rtol=1e-4, atol=1e-5)
 
 
 def _params(model: onnx.ModelProto) -> int:
