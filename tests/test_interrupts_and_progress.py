@@ -208,6 +208,15 @@ def _drain_fd(fd: int, chunks: list[bytes]) -> None:
         chunks.append(chunk)
 
 
+def _interruptible() -> None:
+    """In the child before it runs: Ctrl-C back to its default. A test runner started in the
+    background by a shell without job control (``pytest &`` in a script) ignores SIGINT, its
+    children inherit that, and Python then installs no KeyboardInterrupt handler: every run
+    here would ignore the signal the tests send, as the program rightly does when its user
+    started it that way."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _launch(ws: Workspace, argv: list[str], points: str = "", signals: tuple[int, ...] = (),
             stderr_tty: bool = False, stdout_tty: bool = False, wait_for: bytes | None = None,
             signal_on_text: int | None = None, timeout: float = 90, hold: float = 30.0) -> Run:
@@ -224,7 +233,7 @@ def _launch(ws: Workspace, argv: list[str], points: str = "", signals: tuple[int
         else:
             ends[name] = (subprocess.PIPE, None)
     proc = subprocess.Popen(cmd, cwd=ws.work, env=ws.env(points, hold), stdin=subprocess.DEVNULL,
-                            stdout=ends["out"][0], stderr=ends["err"][0])
+                            stdout=ends["out"][0], stderr=ends["err"][0], preexec_fn=_interruptible)
     chunks: dict[str, list[bytes]] = {"out": [], "err": []}
     readers = []
     for name in ("out", "err"):
