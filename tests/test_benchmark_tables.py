@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 from decimal import ROUND_HALF_UP, Decimal
 import functools
-import importlib.util
 import io
 import json
 import re
@@ -35,6 +34,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tool_modules import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -53,10 +54,7 @@ SIX = SIX_WITH + " --refit-ridge 0.01"
 # ----------------------------------------------------------------------------- helpers
 @functools.lru_cache(maxsize=None)
 def _tool():
-    spec = importlib.util.spec_from_file_location("_bench_quality_under_test", ROOT / "tools" / "bench_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_quality", "_bench_quality_under_test")
 
 
 def _flat(text: str) -> str:

@@ -61,7 +61,6 @@ import argparse
 import ast
 import contextlib
 import functools
-import importlib.util
 import io
 import itertools
 import re
@@ -76,6 +75,7 @@ import pytest
 from onnx_eprune.cli_parser import build_parser
 from onnx_eprune.config import MODES
 from onnx_eprune.errors import UsageError
+from tool_modules import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
@@ -355,16 +355,7 @@ def _stop_after_parsing():
 
 @functools.lru_cache(maxsize=None)
 def _module(stem: str):
-    path = TOOLS / f"{stem}.py"
-    spec = importlib.util.spec_from_file_location(f"_quoted_tool_{stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    saved = list(sys.path)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved
-    return module
+    return load_tool(stem, f"_quoted_tool_{stem}")
 
 
 def _imports_torch(path: Path) -> bool:

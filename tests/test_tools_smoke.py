@@ -47,6 +47,7 @@ import onnx_eprune
 from onnx_eprune.datasets import fashion_mnist_available, load_fashion_mnist, preprocess
 
 from models import conv_bn_relu_pool_flatten_gemm, conv_gemm_costs
+import tool_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
@@ -122,14 +123,7 @@ def run_tool(name: str, *argv, block: tuple[str, ...] = ()) -> Ran:
 
 def load_tool(name: str):
     """tools/NAME.py as a module of its own (for patching one of its functions)."""
-    spec = importlib.util.spec_from_file_location(f"_tools_smoke_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    saved = list(sys.path)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved
-    return module
+    return tool_modules.load_tool(name, f"_tools_smoke_{name}")
 
 
 def correct_bits(row: dict) -> np.ndarray:
