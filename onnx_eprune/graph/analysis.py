@@ -172,6 +172,12 @@ class _Analyzer:
             return None
         return tuple(values)
 
+    def frozen_reasons(self, layout) -> list[str]:
+        """The reasons recorded on the spaces of ``layout`` themselves, each once, in order."""
+        if not isinstance(layout, list):
+            return []
+        return list(dict.fromkeys(r for seg in layout for r in self.spaces.frozen.get(seg.space, [])))
+
     def freeze_layout(self, layout, reason: str) -> None:
         if isinstance(layout, list):
             for seg in layout:
@@ -240,15 +246,15 @@ class _Analyzer:
         for name in self.reads[index]:  # what a sub-graph reads, too
             self.freeze_layout(self.layout(name), reason)
         acts = {n for n in node.input if n and not self.is_const(n)}
+        src = next(iter(acts)) if len(acts) == 1 else None
         for name in node.output:
             if name:
                 # an op that keeps its one input's shape (a LayerNormalization over NHWC's
                 # last axis) keeps its channel axis too, so that a Transpose back to NCHW
                 # puts the frozen channels where the other operands of a Concat hold theirs
-                if len(acts) == 1 and self.shapes.get(name) is not None \
-                        and self.shapes.get(name) == self.shapes.get(next(iter(acts))) \
-                        and self.axis(next(iter(acts))) != 1:
-                    self.axes[name] = self.axis(next(iter(acts)))
+                if src is not None and self.shapes.get(name) is not None \
+                        and self.shapes.get(name) == self.shapes.get(src) and self.axis(src) != 1:
+                    self.axes[name] = self.axis(src)
                 self.opaque_output(name, reason)
 
     def wholly_frozen(self, name: str) -> bool:
@@ -308,13 +314,12 @@ class _Analyzer:
         x = node.input[0]
         old = self.layout(x)
         # channels already frozen for a cause (a graph input, NHWC) keep naming it
-        known = [r for seg in old for r in self.spaces.frozen.get(seg.space, [])] if isinstance(old, list) else []
+        known = self.frozen_reasons(old)
         reason = f"{node_label(node, index)} reads them on axis 1, not on axis {self.axis(x)}"
         self.freeze_layout(old, reason)
         self.axes.pop(x)
         c = self.channels(x)
-        self.layouts[x] = OPAQUE if c is None else self.create(f"t:{x}", c, None, "; ".join(dict.fromkeys(known))
-                                                                or reason)
+        self.layouts[x] = OPAQUE if c is None else self.create(f"t:{x}", c, None, "; ".join(known) or reason)
 
     def passthrough(self, node: onnx.NodeProto, src: str, axis: int | None = None) -> object:
         """The first output carries the layout of ``src`` (on channel axis ``axis``, by
@@ -746,13 +751,11 @@ class _Analyzer:
             layout = self.layout(name)
             if layout is None or (name not in followed and self.axis(name) != axis):
                 # constant channels, or frozen ones read on another axis: never pruned
-                known = [] if layout is None else \
-                    [r for seg in layout for r in self.spaces.frozen.get(seg.space, [])]
                 shape = self.shapes.get(name)
                 c = shape[axis] if shape is not None and len(shape) > axis else 0
-                reason = "; ".join(dict.fromkeys(known)) or ("constant channels in a Concat" if layout is None else
-                                                             f"{node_label(node, index)} joins them on axis {axis}, "
-                                                             f"not on their axis {self.axis(name)}")
+                reason = "; ".join(self.frozen_reasons(layout)) or (
+                    "constant channels in a Concat" if layout is None else
+                    f"{node_label(node, index)} joins them on axis {axis}, not on their axis {self.axis(name)}")
                 layout = self.create(f"t:{name}", c, None, reason) if c else []
             if not isinstance(layout, list):
                 self.freeze_all(node, index, "Concat of a tensor whose channels cannot be followed")

@@ -407,11 +407,10 @@ def exchange(terms: list[ConsumerTerm], keep: np.ndarray, cfg: EntropicConfig | 
     error = refit_error(terms, keep)
     for _ in range(k * (C - k)):  # each exchange lowers the error, so none repeats; a bound all the same
         dropped = [c for c in range(C) if c not in keep]
-        trials = [(refit_error(terms, sorted(keep[:i] + keep[i + 1:] + [j])), i, j)
-                  for i in range(k) for j in dropped]
-        best, i, j = min(trials)
+        swaps = [sorted(keep[:i] + keep[i + 1:] + [j]) for i in range(k) for j in dropped]
+        best, n = min((refit_error(terms, s), n) for n, s in enumerate(swaps))   # ties: the first swap
         # a material gain only: rounding must not swap channels that re-fit alike (twins)
         if not best < error * (1.0 - 1e-6) - 1e-12:
             break
-        keep, error = sorted(keep[:i] + keep[i + 1:] + [j]), best
+        keep, error = swaps[n], best
     return np.asarray(keep)
