@@ -37,7 +37,7 @@ from .graph.groups import QUANTIZED, Consumer, spread
 from .graph.model_io import (as_model, check_model, check_model_arg, data_files, initializer_map, normalize,
                              record_provenance, save_model, share_equal_copies, store_narrowed)
 from .graph.rewrite import Refit, build_pruned
-from .graph.weights import consumer_matrix, folded_producer_rows
+from .graph.weights import all_zero, consumer_matrix, folded_producer_rows
 from .parallel import blas_on_one_thread, closing_all, matmul_rows, parallel_map, prefetched
 from .progress import Progress
 from .select import DATA_METHODS, baselines, entropic
@@ -197,6 +197,8 @@ class Pruner:
         if stats is not None:
             self._check_bundle(stats)
         self.inits = initializer_map(self.model)
+        # consumers computing their bias alone: sliced, never re-fitted (weights.all_zero)
+        self.zero_weights = {c for c, cons in enumerate(self.analysis.consumers) if all_zero(self.inits, cons.weight)}
         self.topo = Topology(self.model)
         self.outputs = comparison_outputs(self.model, self.analysis, self.topo, self.shapes)
         consumers = [self.analysis.consumers[c] for c in self._oneshot_consumers()]
@@ -612,7 +614,7 @@ class Pruner:
                     # a consumer whose inputs all stay whole keeps its weights: a re-fit would
                     # only add rounding, which compounds over a deep network (keep-ratio 1.0)
                     touched = sorted({c for g in gids if self._shrunk(g, keeps)
-                                      for c in self.analysis.groups[g].consumers})
+                                      for c in self.analysis.groups[g].consumers} - self.zero_weights)
                     fitted = parallel_map(lambda c: self._refit(c, oneshot_stats[c], keeps, set(keeps)), touched,
                                           self._blas_threads)
                     refits.update(zip(touched, fitted))
@@ -687,8 +689,8 @@ class Pruner:
             # far: its input is the original one, its weights stay)
             decided = {**keeps, g: keep}
             changed = cfg.reconstruct and any(self._shrunk(h, decided) for h in decided)
-            ready = [c for c in cidxs if changed and all(s[0] in decided or s[0] not in counts
-                                                         for s in consumers[c].segments)]
+            ready = [c for c in cidxs if changed and c not in self.zero_weights
+                     and all(s[0] in decided or s[0] not in counts for s in consumers[c].segments)]
             waves = self._waves(ready)
             exact = [c for c in waves[0] if c in lean] if waves else []
             if exact:

@@ -750,14 +750,71 @@ def test_weight_shared_through_identity_counts_once() -> None:
     assert onnx_eprune.inspect(model, x[:1])["params"] == totals(model, x[:2])[0]
 
 
-def test_sparsity_target_met_with_a_weight_shared_through_identity() -> None:
-    """--sparsity 0.2 writes a model with at most 80% of the input's parameters when a
-    weight is shared through an Identity (README: shared weights count once and freeze their
-    channels), and the report's figures are those of the files (the Identity used to be
-    folded into a copy, pruned apart: the output had more parameters than the input)."""
+@pytest.mark.parametrize("mode", ["oneshot", "sequential"])
+@pytest.mark.parametrize("sparsity", [0.2, 0.5])
+def test_sparsity_target_met_with_a_weight_shared_through_identity(mode: str, sparsity: float) -> None:
+    """A weight read through an Identity is an exporter's de-duplication: the two layers
+    prune apart (README), each holding its own copy once pruned, and ``--sparsity`` still
+    writes a model with at most 1 - sparsity of the input's parameters, which held the
+    weight once; the report's figures are those of the files (the Identity was once folded
+    into an uncounted copy: the output had more parameters than the input)."""
     model, x = shared("Identity", share_bias=False)
-    result = prune(model, x, sparsity=0.2, mode="oneshot")
+    result = prune(model, x, sparsity=sparsity, mode=mode)
     pb, _ = totals(model, x[:2])
     pa, _ = totals(result.model, x[:2])
-    assert 1 - pa / pb >= 0.2
+    assert 1 - pa / pb >= sparsity
     assert_report_is_true(result.report, model, result.model, x[:2])
+    groups = {g["producers"][0]: g for g in result.report["groups"] if len(g["producers"]) == 1}
+    assert not groups["ca"]["frozen"] and not groups["cb"]["frozen"]
+
+
+def zero_blocks(alias: bool):
+    """c1 -> two residual blocks ``r + za(relu(ca(r)))`` whose last convs za, zb have one
+    all-zero (8, 8, 3, 3) weight and zero bias (a zero-initialised BatchNormalization folded
+    into them, as untrained timm ResNets export), zb reading both through Identity
+    (``alias``: an exporter's de-duplication) or directly (a module applied twice)."""
+    nodes = [conv("c1", "x", kernel_shape=[3, 3], pads=[1] * 4), N("Relu", ["c1"], ["r0"])]
+    weights = {"c1.w": w(8, 3, 3, 3), "c1.b": w(8), "zw": np.zeros((8, 8, 3, 3)), "zbias": np.zeros(8)}
+    zw, zbias = "zw", "zbias"
+    for i, block in enumerate("ab"):
+        if block == "b" and alias:
+            nodes += [N("Identity", ["zw"], ["zw_alias"], name="alias_w"),
+                      N("Identity", ["zbias"], ["zbias_alias"], name="alias_b")]
+            zw, zbias = "zw_alias", "zbias_alias"
+        nodes += [conv(f"c{block}", f"r{i}", kernel_shape=[3, 3], pads=[1] * 4), N("Relu", [f"c{block}"], [f"h{block}"]),
+                  N("Conv", [f"h{block}", zw, zbias], [f"z{block}"], name=f"z{block}", kernel_shape=[3, 3],
+                    pads=[1] * 4),
+                  N("Add", [f"r{i}", f"z{block}"], [f"s{block}"]), N("Relu", [f"s{block}"], [f"r{i + 1}"])]
+        weights.update({f"c{block}.w": w(8, 8, 3, 3, seed=i + 1), f"c{block}.b": w(8, seed=i + 1)})
+    head(nodes, weights, "r2", 8)
+    return build(nodes, weights, ["N", 3, 16, 16]), rnd((48, 3, 16, 16))
+
+
+def test_deduplicated_zero_weights_prune_apart_and_are_counted_as_the_files_hold_them() -> None:
+    """The zero weight and bias two blocks' last convs read, the second through Identity,
+    are one tensor each in the input (counted once by inspect) and do not freeze the blocks:
+    every group prunes; at keep ratio 1.0 the output holds each once again (the copies are
+    shared back, the same bytes as the input's); pruned, the report counts every tensor
+    the written file holds (slices of the zero weight of one shape are one tensor)."""
+    model, x = zero_blocks(alias=True)
+    assert onnx_eprune.inspect(model, x[:1])["params"] == totals(model, x[:2])[0]
+    whole = prune(model, x, keep_ratio=1.0)
+    assert sorted(i.name for i in whole.model.graph.initializer) == sorted(i.name for i in model.graph.initializer)
+    assert_report_is_true(whole.report, model, whole.model, x[:2])
+    for options in ({"sparsity": 0.3, "mode": "oneshot"}, {"sparsity": 0.5}, {"flops_reduction": 0.4},
+                    {"keep_ratio": 0.5, "mode": "oneshot"}):
+        result = prune(model, x, **options)
+        assert all(not g["frozen"] for g in result.report["groups"] if g["producers"] not in ([], ["fc"]))
+        assert_valid(result.model, model, x[:4])
+        assert_report_is_true(result.report, model, result.model, x[:2])
+        if "sparsity" in options:
+            pb, pa = totals(model, x[:2])[0], totals(result.model, x[:2])[0]
+            assert 1 - pa / pb >= options["sparsity"]
+
+
+def test_zero_weight_applied_twice_directly_stays_shared() -> None:
+    """Without an Identity the two convs apply one module: its channels freeze (README),
+    here every group of the model, which says so."""
+    model, x = zero_blocks(alias=False)
+    with pytest.raises(onnx_eprune.EPruneError, match="no prunable channel group.*shared by several nodes"):
+        prune(model, x, sparsity=0.3, mode="oneshot")

@@ -11,7 +11,7 @@ import onnx
 
 from .groups import GraphAnalysis, node_label
 from .model_io import WEIGHTED_OPS, fixed_batch, initializer_map, tensor_array
-from .weights import BiasAdds
+from .weights import BiasAdds, all_zero
 
 
 @dataclass
@@ -31,13 +31,22 @@ class LayerCost:
     refit: bool = False         # re-fitted when an input group shrinks (re-fits on; a consumer): a new bias
     weight_counted: bool = True  # False for a weight an earlier layer shares (counted there; its groups frozen)
     bias_after: bool = False    # its re-fit's bias goes into the exporter's bias Add after it (weights.BiasAdds)
-    shared_bias: SharedBias | None = field(default=None, repr=False, compare=False)  # a bias other layers read too
+    shared_weight: SharedCopies | None = field(default=None, repr=False, compare=False)  # copies of one weight
+    shared_bias: SharedCopies | None = field(default=None, repr=False, compare=False)  # a bias other layers read too
 
     def _counts(self, keep: dict[int, int]) -> tuple[int, int]:
         return self.out_factor * _count(self.out_segments, keep), _count(self.in_segments, keep)
 
     def groups(self) -> set[int]:
         return {g for g, _ in self.out_segments + self.in_segments if g is not None}
+
+    def shape(self, keep: dict[int, int], weight: bool) -> tuple[tuple[int, ...], int]:
+        """The shape (output, input channels) of its weight (``weight``), or (outputs,) of its
+        bias, at the kept counts ``keep``, and the elements that tensor holds."""
+        out, cin = self._counts(keep)
+        if not weight:
+            return (out,), out
+        return (out, cin), out * self.per_pair if self.depthwise else out * cin * self.per_pair
 
     def is_refitted(self, keep: dict[int, int], refitted: Collection[str] | None = None) -> bool:
         """Whether the layer is re-fitted at the kept counts ``keep``: it is among the layer
@@ -49,9 +58,11 @@ class LayerCost:
     def params(self, keep: dict[int, int], refitted: Collection[str] | None = None) -> int:
         """Parameters at the kept counts ``keep``. ``refitted``: the names of the re-fitted
         layers (None: as :meth:`is_refitted` foresees)."""
-        out, cin = self._counts(keep)
-        weights = out * self.per_pair if self.depthwise else out * cin * self.per_pair
-        weights *= self.weight_counted
+        out = self._counts(keep)[0]
+        if self.shared_weight is not None:
+            weights = self.shared_weight.held_by(self, keep, refitted)
+        else:
+            weights = self.shape(keep, weight=True)[1] * self.weight_counted
         if not self.bias:  # the re-fit's bias replaces any other
             gains = self.is_refitted(keep, refitted) and not self.bias_after
             return weights + (out if gains else self.extra_params)
@@ -65,25 +76,26 @@ class LayerCost:
 
 
 @dataclass(eq=False)
-class SharedBias:
-    """A bias (``size`` elements) that several layers read: one tensor in the input, which
-    normalize copies per reader and the rewrite shares again where copies stay equal. The
-    readers left as they were share it; one whose outputs shrink or that is re-fitted holds
-    its own, unless (``uniform``: one value throughout, an exporter's de-duplicated zero
-    bias) an earlier reader holds an equally long slice."""
+class SharedCopies:
+    """A weight (``weight``) or a bias that several layers read: one tensor in the input,
+    which normalize copies per reader (a bias; a weight an exporter de-duplicated) and the
+    rewrite shares again where copies stay equal. The readers left as they were share it;
+    one whose channels shrink or that is re-fitted holds its own, unless (``uniform``: one
+    value throughout, an exporter's de-duplicated zero tensor) an earlier reader holds a
+    slice of the same shape."""
 
-    size: int
+    weight: bool
     uniform: bool
     readers: list[LayerCost]
 
     def held_by(self, layer: LayerCost, keep: dict[int, int], refitted: Collection[str] | None) -> int:
-        """The elements ``layer``'s bias adds at ``keep``: none where an earlier reader holds
+        """The elements ``layer``'s copy adds at ``keep``: none where an earlier reader holds
         an equal tensor (:meth:`LayerCost.params` counts every reader's this way)."""
-        def tensor(reader: LayerCost) -> tuple[tuple[str, int], int]:  # (what tells equal tensors apart, size)
-            out = reader._counts(keep)[0]
-            if reader.is_refitted(keep, refitted) or not (self.uniform or out == self.size):
-                return ("own", id(reader)), out
-            return ("slice", out), out
+        def tensor(reader: LayerCost) -> tuple[tuple, int]:  # (what tells equal tensors apart, size)
+            shape, size = reader.shape(keep, self.weight)
+            if reader.is_refitted(keep, refitted) or not (self.uniform or shape == reader.shape({}, self.weight)[0]):
+                return ("own", id(reader)), size
+            return ("slice", shape), size
 
         mine, size = tensor(layer)
         earlier = self.readers[:self.readers.index(layer)]
@@ -108,9 +120,10 @@ class CostModel:
 
     def layers_of(self, gid: int) -> list[LayerCost]:
         """The layers whose parameters or MACs depend on group ``gid``'s count: those it
-        touches, and every reader of a bias that one of them shares (which holds it depends)."""
-        readers = {id(reader) for layer in self.layers if gid in layer.groups() and layer.shared_bias
-                   for reader in layer.shared_bias.readers}
+        touches, and every reader of a weight or bias that one of them shares (which holds it
+        depends)."""
+        readers = {id(reader) for layer in self.layers if gid in layer.groups()
+                   for shared in (layer.shared_weight, layer.shared_bias) if shared for reader in shared.readers}
         return [layer for layer in self.layers if gid in layer.groups() or id(layer) in readers]
 
 
@@ -147,6 +160,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
     layers: list[LayerCost] = []
     counted: set[str] = set()  # tensors shared by several layers count once, as the file holds them
     bias_readers: dict[str, list[LayerCost]] = {}  # a per-output bias (its origin) -> the layers reading it
+    weight_readers: dict[str, list[LayerCost]] = {}  # a weight (its origin) -> the layers holding a copy
     batch = fixed_batch(model) or 1  # the samples the shapes were probed with
     bias_adds = BiasAdds(model.graph)
     for index, node in enumerate(model.graph.node):
@@ -204,35 +218,41 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
             factor = multiplier[index]
             layers.append(LayerCost(label, node.op_type, segments(depthwise[index], out_ch // factor), [], per_pair,
                                     True, has_bias, spatial, extra, factor, weight_counted=first))
-            if has_bias:
-                bias_readers.setdefault(bias_origin, []).append(layers[-1])
-            continue
-        factor = rows.get(index, 1)
-        out_segs = segments(outputs.get(index, []), out_ch // factor)
-        if cons is not None:
-            in_segs = [(gid if gid in prunable else None, n) for gid, _, n in cons.segments]
-            per = cons.s
-        else:  # not a consumer: its input side is fixed; express its weight as out x in pairs
-            in_segs, per = [(None, total_w // max(out_ch * per_pair, 1))], per_pair
-        after = cons is not None and not has_bias and bias_adds.of(index, out_ch, len(out_shape) or 2) is not None
-        layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra,
-                                factor, refit=refits and cons is not None, weight_counted=first, bias_after=after))
+        else:
+            factor = rows.get(index, 1)
+            out_segs = segments(outputs.get(index, []), out_ch // factor)
+            if cons is not None:
+                in_segs = [(gid if gid in prunable else None, n) for gid, _, n in cons.segments]
+                per = cons.s
+            else:  # not a consumer: its input side is fixed; express its weight as out x in pairs
+                in_segs, per = [(None, total_w // max(out_ch * per_pair, 1))], per_pair
+            after = cons is not None and not has_bias and bias_adds.of(index, out_ch, len(out_shape) or 2) is not None
+            layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra,
+                                    factor, refit=refits and cons is not None and not all_zero(values, node.input[at]),
+                                    weight_counted=first, bias_after=after))
+        if first:
+            weight_readers.setdefault(copies.get(node.input[at], node.input[at]), []).append(layers[-1])
         if has_bias:
             bias_readers.setdefault(bias_origin, []).append(layers[-1])
-    for origin, readers in bias_readers.items():
-        if len(readers) > 1:
-            _share_bias(readers, values.get(origin))
+    for weight, readers_of in ((True, weight_readers), (False, bias_readers)):
+        for origin, readers in readers_of.items():
+            if len(readers) > 1:
+                _share_copies(readers, values.get(origin), weight)
     return CostModel(layers)
 
 
-def _share_bias(readers: list[LayerCost], tensor: onnx.TensorProto | None) -> None:
-    """Mark ``readers`` as the layers reading one bias (``tensor``, its initializer where it
-    is one: None for a computed one), which the file holds once (:class:`SharedBias`)."""
+def _share_copies(readers: list[LayerCost], tensor: onnx.TensorProto | None, weight: bool) -> None:
+    """Mark ``readers`` as the layers reading copies of one weight (``weight``) or bias
+    (``tensor``, its initializer where it is one: None for a computed bias), which the file
+    holds once (:class:`SharedCopies`)."""
     value = tensor_array(tensor) if tensor is not None else None
     uniform = value is not None and value.size > 0 and bool(np.all(value == value.flat[0]))
-    shared = SharedBias(readers[0].out_factor * _count(readers[0].out_segments, {}), uniform, readers)
+    shared = SharedCopies(weight, uniform, readers)
     for reader in readers:
-        reader.shared_bias = shared
+        if weight:
+            reader.shared_weight = shared
+        else:
+            reader.shared_bias = shared
 
 
 def _uses_per_sample(kind: str, out_shape: tuple[int, ...], in_shape: tuple[int, ...], wshape: tuple[int, ...],

@@ -437,8 +437,8 @@ def overridable_initializers(model: onnx.ModelProto) -> set[str]:
     return set() if model.ir_version < 4 or listed == inits else listed
 
 
-def fold_constants(model: onnx.ModelProto, narrowed: dict[str, tuple[onnx.NodeProto, onnx.TensorProto]] | None = None
-                   ) -> int:
+def fold_constants(model: onnx.ModelProto, narrowed: dict[str, tuple[onnx.NodeProto, onnx.TensorProto]] | None = None,
+                   aliased: set[tuple[str, int]] | None = None) -> int:
     """Replace main-graph nodes whose inputs are all initializers by initializers.
 
     Exporters put Identity (de-duplicated weights), Cast (half-precision weights) and whole
@@ -446,10 +446,10 @@ def fold_constants(model: onnx.ModelProto, narrowed: dict[str, tuple[onnx.NodePr
     that uses it; evaluating them once (with onnx's reference implementation) lets the
     analysis see those weights as the constants they are. An Identity of an initializer
     goes instead, its readers reading that initializer (unless its output is a graph output
-    or read inside a sub-graph): a weight shared through it stays one tensor. ``narrowed``,
-    if given, receives each Cast to float of a float16 / bfloat16 initializer: its output ->
-    (the node, the initializer), for :func:`store_narrowed`. Returns the number of nodes
-    folded.
+    or read inside a sub-graph), and ``aliased``, if given, receives each input that read one
+    (its node's first output, the input's position). ``narrowed``, if given, receives each
+    Cast to float of a float16 / bfloat16 initializer: its output -> (the node, the
+    initializer), for :func:`store_narrowed`. Returns the number of nodes folded.
     """
     from onnx.reference import ReferenceEvaluator
 
@@ -465,14 +465,16 @@ def fold_constants(model: onnx.ModelProto, narrowed: dict[str, tuple[onnx.NodePr
         for pos, name in enumerate(node.input):
             if name in aliases:
                 node.input[pos] = aliases[name]
+                if aliased is not None and node.output:
+                    aliased.add((node.output[0], pos))
         names = [n for n in node.input if n]
         if node.op_type in _NOT_FOLDABLE or node.domain not in ("", "ai.onnx") or not names or \
                 any(n not in inits or n in graph_inputs for n in names):
             kept.append(node)
             continue
         if node.op_type == "Identity" and node.output[0] not in pinned:
-            # an exporter's de-duplicated weight: its readers read the initializer itself, so
-            # that the sharing stays visible (a copy would be pruned and counted apart)
+            # an exporter's de-duplicated constant (equal values of distinct parameters): its
+            # readers read the initializer itself, and normalize copies it per layer
             aliases[node.output[0]] = names[0]
             folded += 1
             continue
@@ -696,7 +698,8 @@ def normalize(model: onnx.ModelProto) -> Normalized:
     convention = lists_initializers(model)
     constants_to_initializers(model)
     narrowed: dict[str, tuple[onnx.NodeProto, onnx.TensorProto]] = {}
-    if fold_constants(model, narrowed):
+    aliased: set[tuple[str, int]] = set()
+    if fold_constants(model, narrowed, aliased):
         # an initializer listed as a graph input stays, without it that input would become
         # one the caller must feed; unless every initializer is listed (the convention of
         # old exporters), where the listed ones are weights and an unused one goes too
@@ -711,7 +714,7 @@ def normalize(model: onnx.ModelProto) -> Normalized:
             inputs = [vi for vi in model.graph.input if vi.name not in gone]
             del model.graph.input[:]
             model.graph.input.extend(inputs)
-    copies = _unshare_initializers(model)
+    copies = _unshare_initializers(model, aliased)
     list_initializers_as_inputs(model, convention)
     return Normalized(copies, names - {node.name for node in model.graph.node}, narrowed)
 
@@ -781,23 +784,31 @@ def list_initializers_as_inputs(model: onnx.ModelProto, convention: bool) -> Non
             model.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
 
 
-def _unshare_initializers(model: onnx.ModelProto) -> dict[str, str]:
+def _unshare_initializers(model: onnx.ModelProto, aliased: Collection[tuple[str, int]] = ()) -> dict[str, str]:
     """Copy each initializer (not a scalar) that several main-graph nodes read, once per
     reader after the first, in place; returns copy name -> original name. A weight that a
-    Conv / ConvTranspose / Gemm / MatMul reads stays shared: several layers applying one
-    weight are one module applied twice (the analysis freezes its channels), and copies
-    would make the model bigger."""
+    Conv / ConvTranspose / Gemm / MatMul reads directly stays shared: several layers
+    applying one weight are one module applied twice (the analysis freezes its channels),
+    and copies would make the model bigger. A layer that read it through an Identity
+    (``aliased``: (node's first output, input position), from :func:`fold_constants`) gets
+    a copy: that is an exporter's de-duplication of distinct parameters with equal values
+    (the zero-initialised last convolutions of residual blocks, folded with their
+    BatchNormalization, in untrained exports), which prune apart. The first reader keeps
+    the original where no layer reads it directly."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    protected = {i.name for i in graph.input} | {o.name for o in graph.output} | {
-        name for node in graph.node if node.op_type in WEIGHTED_OPS for name in node.input[:2] if name in inits}
+    layer_reads = [(node, pos) for node in graph.node if node.op_type in WEIGHTED_OPS
+                   for pos, name in enumerate(node.input[:2]) if name in inits]
+    direct = {node.input[pos] for node, pos in layer_reads if (node.output[0], pos) not in aliased}
+    pinned = {i.name for i in graph.input} | {o.name for o in graph.output}
     taken = defined_names(graph)
-    seen: set[str] = set()
+    seen = set(direct)  # a layer reading it directly keeps the original
     copies: dict[str, str] = {}
     for node in graph.node:
         for pos, name in enumerate(node.input):
             init = inits.get(name)
-            if init is None or name in protected or int(np.prod(init.dims, dtype=np.int64)) <= 1:
+            if init is None or name in pinned or int(np.prod(init.dims, dtype=np.int64)) <= 1 or \
+                    name in direct and (node.output[0], pos) not in aliased:
                 continue
             if name not in seen:
                 seen.add(name)

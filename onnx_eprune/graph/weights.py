@@ -7,10 +7,20 @@ import onnx
 from onnx import numpy_helper
 
 from .groups import ChannelGroup, Consumer, Producer
+from .model_io import tensor_array
 
 
 def _array(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray:
     return numpy_helper.to_array(inits[name]).astype(np.float64)
+
+
+def all_zero(inits: dict[str, onnx.TensorProto], name: str) -> bool:
+    """Whether initializer ``name`` holds zeros only. A layer with such a weight computes its
+    bias alone, whatever its input: losing input channels leaves its output as it was, with
+    nothing to re-fit (the zero-initialised last convolution of a residual block, folded
+    with its BatchNormalization, in an untrained export)."""
+    tensor = inits.get(name)
+    return tensor is not None and not np.any(tensor_array(tensor))
 
 
 def consumer_matrix(inits: dict[str, onnx.TensorProto], cons: Consumer) -> tuple[np.ndarray, np.ndarray]:
