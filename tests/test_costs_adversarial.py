@@ -790,13 +790,19 @@ def zero_blocks(alias: bool):
     return build(nodes, weights, ["N", 3, 16, 16]), rnd((48, 3, 16, 16))
 
 
-def test_deduplicated_zero_weights_prune_apart_and_are_counted_as_the_files_hold_them() -> None:
+@pytest.mark.parametrize("listed", [False, True])
+def test_deduplicated_zero_weights_prune_apart_and_are_counted_as_the_files_hold_them(listed: bool) -> None:
     """The zero weight and bias two blocks' last convs read, the second through Identity,
     are one tensor each in the input (counted once by inspect) and do not freeze the blocks:
     every group prunes; at keep ratio 1.0 the output holds each once again (the copies are
     shared back, the same bytes as the input's); pruned, the report counts every tensor
-    the written file holds (slices of the zero weight of one shape are one tensor)."""
+    the written file holds (slices of the zero weight of one shape are one tensor). The
+    same with every initializer listed as a graph input (``listed``, old PyTorch exports),
+    which used to keep every constant shared: nothing pruned."""
     model, x = zero_blocks(alias=True)
+    if listed:
+        model.graph.input.extend(helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+                                 for i in model.graph.initializer)
     assert onnx_eprune.inspect(model, x[:1])["params"] == totals(model, x[:2])[0]
     whole = prune(model, x, keep_ratio=1.0)
     assert sorted(i.name for i in whole.model.graph.initializer) == sorted(i.name for i in model.graph.initializer)

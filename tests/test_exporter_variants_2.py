@@ -588,6 +588,64 @@ def test_expand_of_a_gate_freezes_with_a_reason():
     assert group_of(result.report, "conv2")["channels_after"] == 8
 
 
+# -- weights standardised in the graph (NF-Nets' ScaledStdConv) ---------------------------------
+
+def standardised_conv(n: Net, x: str, cin: int, cout: int, name: str) -> str:
+    """A 3x3 Conv whose weight timm's ScaledStdConv computes in the graph, as the TorchScript
+    exporter writes it: Reshape(w, (1, cout, -1)) -> BatchNormalization(training_mode=1,
+    momentum 1, running statistics from ReduceMean, its running outputs unread) -> Reshape
+    back."""
+    w = n.const(n.rng.normal(0.1, 0.5, (cout, cin, 3, 3)), name=f"{name}.w_raw")
+    flat = n.node("Reshape", [w, n.const(np.array([1, cout, -1]), np.int64)])
+    mean = n.node("ReduceMean", [w], axes=[1, 2, 3], keepdims=0)
+    var = n.node("ReduceMean", [n.node("Mul", [w, w])], axes=[1, 2, 3], keepdims=0)
+    n.nodes.append(H.make_node("BatchNormalization", [flat, n.const(np.ones(cout)), n.const(np.zeros(cout)),
+                                                      mean, var],
+                               [f"{name}.std", f"{name}.running_mean", f"{name}.running_var"], name=f"{name}.bn",
+                               epsilon=1e-5, momentum=1.0, training_mode=1))
+    weight = n.node("Reshape", [f"{name}.std", n.const(np.array([cout, cin, 3, 3]), np.int64)])
+    return n.node("Conv", [x, weight, n.const(n.rng.uniform(-0.1, 0.1, cout))], name=name, kernel_shape=[3, 3],
+                  pads=[1] * 4)
+
+
+def test_weights_standardised_in_the_graph_are_constants():
+    """NF-Nets standardise each conv's weight with a training-mode BatchNormalization of the
+    reshaped weight: folded by the spec (the weight's own per-channel mean and population
+    variance), the layers prune and keep ratio 1.0 gives the original's outputs (a
+    training-mode BatchNormalization was left to the runtime: every layer frozen with
+    'non-constant weights', NF-ResNet-26 0% prunable)."""
+    n = Net(21)
+    h = n.node("Relu", [standardised_conv(n, "x", 3, 8, "conv1")])
+    h = n.node("Relu", [standardised_conv(n, h, 8, 16, "conv2")])
+    model = n.build(n.head(h, 16))
+    assert onnx_eprune.inspect(model, CALIB[:1])["prunable_mac_fraction"] == 1.0
+    assert_identity_and_close(model, tol=0.3)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_folded_batch_normalization_is_onnxruntimes(training: bool):
+    """Normalisation folds a BatchNormalization of constants by the spec; all its outputs
+    (in training mode the running mean and variance moved by 1 - momentum) equal
+    onnxruntime's on the same inputs."""
+    from onnx_eprune.graph.model_io import _batch_norm
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)
+    params = [rng.uniform(0.5, 1.5, 4).astype(np.float32) for _ in range(4)]
+    names = ["y", "running_mean", "running_var"][:3 if training else 1]
+    node = H.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], names, epsilon=1e-3, momentum=0.7,
+                       training_mode=int(training))
+    graph = H.make_graph([node], "bn", [H.make_tensor_value_info("x", TP.FLOAT, list(x.shape))],
+                         [H.make_tensor_value_info(name, TP.FLOAT, None) for name in names],
+                         [NH.from_array(p, k) for p, k in zip(params, "sbmv")])
+    model = H.make_model(graph, opset_imports=[H.make_opsetid("", 15)])
+    model.ir_version = 8
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    folded = _batch_norm(node, [x] + params)
+    assert len(folded) == len(expected)
+    for got, want in zip(folded, expected):
+        assert got.dtype == want.dtype and np.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 # -- de-duplicated constants, checked by dead channels -------------------------------------------
 
 @pytest.mark.parametrize("shared", ["bn_statistics", "mul_scale"])

@@ -143,37 +143,6 @@ def _rel_err(a_list, b_list) -> float | None:
     return worst
 
 
-def unshare_initializers(model) -> int:
-    """Diagnostic variant (``--unshare-initializers``): replace each ``Identity`` whose input is
-    an initializer by a private copy of that initializer under the Identity's output name.
-
-    The TorchScript exporter deduplicates byte-identical initializers and reads the copies
-    through Identity nodes (with random weights: the zero biases of BN-folded convs, the
-    all-zero weights of zero-initialised last BNs); this removes that pattern so that the
-    analysis behind it can be seen. Returns the number of Identity nodes removed.
-    """
-    import onnx
-
-    inits = {i.name: i for i in model.graph.initializer}
-    keep, removed = [], 0
-    for node in model.graph.node:
-        if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input[0] in inits:
-            copy = onnx.TensorProto()
-            copy.CopyFrom(inits[node.input[0]])
-            copy.name = node.output[0]
-            model.graph.initializer.append(copy)
-            removed += 1
-        else:
-            keep.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    used = {n for node in model.graph.node for n in node.input} | {o.name for o in model.graph.output}
-    unused = [i for i in model.graph.initializer if i.name not in used]
-    for i in unused:
-        model.graph.initializer.remove(i)
-    return removed
-
-
 class _ProgressFile:
     """A stream for onnx_eprune's Progress that keeps its last line in a file, so that a
     killed worker still tells where it was (which phase, how many groups done)."""
@@ -216,8 +185,61 @@ def package_version() -> str:
     return onnx_eprune.__version__ + (f" ({head}{'+dirty' if dirty else ''})" if head else "")
 
 
-def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entropic",
-           unshare: bool = False) -> None:
+def inspect_model(model_path: Path, shape: list[int]) -> dict:
+    """``onnx-eprune inspect MODEL --input-shape SHAPE --json`` (the CLI, as a user would
+    run it): the row's ``prunable_mac_fraction``, ``prunable_groups``, ``groups_total``,
+    ``macs_total`` and ``inspect_frozen_reasons``, or its ``inspect_error``; and
+    ``inspect_seconds``."""
+    t0 = time.perf_counter()
+    exe = shutil.which("onnx-eprune")
+    cmd = ([exe] if exe else [sys.executable, "-m", "onnx_eprune.cli"]) + ["inspect", str(model_path),
+           "--input-shape", ",".join(map(str, shape)), "--json", "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    res: dict = {"inspect_seconds": round(time.perf_counter() - t0, 2)}
+    if proc.returncode == 0:
+        try:
+            info = json.loads(proc.stdout)
+            res.update(prunable_mac_fraction=info["prunable_mac_fraction"], prunable_groups=info["prunable_groups"],
+                       groups_total=len(info["groups"]), macs_total=info["macs"],
+                       inspect_frozen_reasons=_reasons(info["groups"]))
+        except Exception as exc:  # noqa: BLE001
+            res["inspect_error"] = {"type": type(exc).__name__, "message": _first_line(exc)}
+    else:
+        res["inspect_error"] = {"type": "CLIError", "message": (proc.stderr.strip().splitlines() or [""])[-1][:400]}
+    return res
+
+
+# what --check compares: a change of the analysis or the cost model shows in one of these
+CHECKED = ("prunable_mac_fraction", "prunable_groups", "macs_total", "inspect_error")
+
+
+def check_rows(cache: Path, stems: list[str], results: dict) -> int:
+    """``--check``: inspect each export ``stems`` of ``cache`` again and compare the
+    :data:`CHECKED` figures with its row in ``results`` (the prunable share to 1e-4, an
+    error by its message); prints every difference. Returns the number of exports that
+    differ from their rows or have none."""
+    differ = 0
+    for stem in stems:
+        meta = json.loads((cache / f"{stem}.json").read_text())
+        now = inspect_model(cache / f"{stem}.onnx", [int(d) for d in meta["input_shape"]])
+        row = results.get(stem, {})
+
+        def figures(r: dict) -> dict:
+            f = {k: r.get(k) for k in CHECKED}
+            f["prunable_mac_fraction"] = None if f["prunable_mac_fraction"] is None else \
+                round(f["prunable_mac_fraction"], 4)
+            f["inspect_error"] = (f["inspect_error"] or {}).get("message")
+            return f
+
+        if figures(now) != figures(row):
+            differ += 1
+            changed = {k: (figures(row)[k], figures(now)[k]) for k in CHECKED if figures(row)[k] != figures(now)[k]}
+            print(f"{stem}: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), flush=True)
+    print(f"{len(stems) - differ} of {len(stems)} exports inspect as their rows say")
+    return differ
+
+
+def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entropic") -> None:
     import numpy as np
     import onnx
 
@@ -241,10 +263,6 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
     np.save(calib_path, calib)
 
     orig = onnx.load(str(model_path))
-    if unshare:
-        res["unshared_identities"] = unshare_initializers(orig)
-        model_path = tmp / model_path.name
-        onnx.save(orig, str(model_path))
     in_names, out_names = _io(orig)
     feeds = {in_names[0]: check}
     try:
@@ -254,25 +272,7 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
         save()
         return
 
-    # inspect (CLI, as a user would)
-    t0 = time.perf_counter()
-    exe = shutil.which("onnx-eprune")
-    cmd = ([exe] if exe else [sys.executable, "-m", "onnx_eprune.cli"]) + ["inspect", str(model_path),
-           "--input-shape", ",".join(map(str, shape)), "--json", "-q"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    res["inspect_seconds"] = round(time.perf_counter() - t0, 2)
-    if proc.returncode == 0:
-        try:
-            info = json.loads(proc.stdout)
-            res["prunable_mac_fraction"] = info["prunable_mac_fraction"]
-            res["prunable_groups"] = info["prunable_groups"]
-            res["groups_total"] = len(info["groups"])
-            res["macs_total"] = info["macs"]
-            res["inspect_frozen_reasons"] = _reasons(info["groups"])
-        except Exception as exc:  # noqa: BLE001
-            res["inspect_error"] = {"type": type(exc).__name__, "message": _first_line(exc)}
-    else:
-        res["inspect_error"] = {"type": "CLIError", "message": (proc.stderr.strip().splitlines() or [""])[-1][:400]}
+    res.update(inspect_model(model_path, shape))
     save()
 
     # keep_ratio = 1.0: must reproduce the original
@@ -396,7 +396,7 @@ def markdown_path(out: Path) -> Path:
     return out.with_name("COVERAGE.md") if out.name == "coverage_results.json" else out.with_suffix(".md")
 
 
-def write_markdown(results: dict, path: Path, method: str = "entropic", unshare: bool = False,
+def write_markdown(results: dict, path: Path, method: str = "entropic",
                    title: str = "Coverage of timm CNNs", source: str = "`tools/export_timm.py`") -> str:
     rows = sorted(results.values(), key=lambda r: (r.get("arch", ""), r.get("exporter", "")))
     exported = [r for r in rows if r.get("exported", True)]
@@ -416,9 +416,7 @@ def write_markdown(results: dict, path: Path, method: str = "entropic", unshare:
     lines = [f"# {title}", "",
              f"Made by `tools/bench_coverage.py` on models from {source} (random weights, "
              f"32 random calibration samples, `flops_reduction=0.3`, method {method} unless the method column "
-             "says otherwise, mode sequential, CPU"
-             + (", Identity(initializer) nodes resolved first (`--unshare-initializers`, a diagnostic)" if unshare
-                else "") + ").", "",
+             "says otherwise, mode sequential, CPU).", "",
              summary, "",
              "onnx_eprune version(s): " + ", ".join(sorted({str(r.get("package")) for r in rows if r.get("package")}))
              + "; timings on a shared 2-core machine, one or two models at once (BENCHMARKS.md says which).", "",
@@ -460,8 +458,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="models run at once (default 1)")
     ap.add_argument("--method", default="entropic", choices=["entropic", "l1", "random"],
                     help="selection method of the MAC-reduction run (default entropic)")
-    ap.add_argument("--unshare-initializers", action="store_true",
-                    help="diagnostic: resolve Identity(initializer) nodes before pruning (see unshare_initializers)")
+    ap.add_argument("--check", action="store_true",
+                    help="inspect every cached export (no pruning) and compare its prunable MAC share, prunable "
+                         "groups and MAC total with its row in --out; exit 1 if any differs")
     ap.add_argument("--title", default="Coverage of timm CNNs", help="heading of the Markdown table")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -469,11 +468,10 @@ def main(argv=None) -> int:
 
     if args.worker:
         path = Path(args.worker)
-        worker(path, json.loads(path.with_suffix(".json").read_text()), Path(args.result), args.method,
-               args.unshare_initializers)
+        worker(path, json.loads(path.with_suffix(".json").read_text()), Path(args.result), args.method)
         return 0
 
-    extra = ["--method", args.method] + (["--unshare-initializers"] if args.unshare_initializers else [])
+    extra = ["--method", args.method]
     cache, out = Path(args.cache), Path(args.out)
     results = json.loads(out.read_text()) if out.exists() and args.only else {}
     stems = sorted(p.name[:-5] for p in cache.glob("*.onnx"))
@@ -489,6 +487,8 @@ def main(argv=None) -> int:
     source = export_scripts(cache, stems)
     if args.only:  # in the order given
         stems = [s for s in dict.fromkeys(args.only) if s in stems]
+    if args.check:
+        return 1 if check_rows(cache, stems, json.loads(out.read_text()) if out.exists() else {}) else 0
     for stem, f in failures.items():
         if (not args.only or stem in args.only) and stem not in stems:
             results[stem] = {"name": stem, "arch": f["arch"], "exporter": f["exporter"], "exported": False,
@@ -517,9 +517,9 @@ def main(argv=None) -> int:
             print(f"[{done}/{len(stems)}] {stem}: {r['seconds']} s, MACs -{_fmt_pct(r.get('macs_removed'))}, "
                   f"valid {r.get('valid')}, keep1 {r.get('keep1_max_rel_err')}, {_note(r)[:160]}", flush=True)
             out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-            write_markdown(results, markdown_path(out), args.method, args.unshare_initializers, args.title, source)
+            write_markdown(results, markdown_path(out), args.method, args.title, source)
     out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    print(write_markdown(results, markdown_path(out), args.method, args.unshare_initializers, args.title, source))
+    print(write_markdown(results, markdown_path(out), args.method, args.title, source))
     return 0
 
 

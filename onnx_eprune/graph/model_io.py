@@ -480,7 +480,7 @@ def fold_constants(model: onnx.ModelProto, narrowed: dict[str, tuple[onnx.NodePr
             continue
         try:
             if node.op_type == "BatchNormalization":  # the reference gets opsets 9-13 wrong
-                values = [_batch_norm(node, [tensor_array(inits[n]) for n in node.input[:5]])]
+                values = _batch_norm(node, [tensor_array(inits[n]) for n in node.input[:5]])
             else:
                 sub = onnx.helper.make_graph([node], "fold", [], [onnx.ValueInfoProto(name=o) for o in node.output],
                                              [materialized(inits[n]) for n in dict.fromkeys(names)])
@@ -495,6 +495,8 @@ def fold_constants(model: onnx.ModelProto, narrowed: dict[str, tuple[onnx.NodePr
             source.CopyFrom(inits[names[0]])
             narrowed[node.output[0]] = (cast, source)
         for name, value in zip(node.output, values):
+            if not name:  # an optional output left out
+                continue
             tensor = numpy_helper.from_array(np.asarray(value), name)
             graph.initializer.append(tensor)
             inits[name] = graph.initializer[-1]
@@ -509,21 +511,34 @@ def fold_constants(model: onnx.ModelProto, narrowed: dict[str, tuple[onnx.NodePr
     return folded
 
 
-def _batch_norm(node: onnx.NodeProto, arrays: list[np.ndarray]) -> np.ndarray:
-    """BatchNormalization in inference mode, as the spec and onnxruntime compute it: ``x``
-    (N, C, ...) normalised by per-channel ``mean`` and ``var`` (for ``spatial=0`` before
-    opset 9, per element of a sample), then scaled and shifted, in ``x``'s dtype."""
+def _batch_norm(node: onnx.NodeProto, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """BatchNormalization's outputs as the spec and onnxruntime compute them, in ``x``'s
+    dtype. In inference mode ``x`` (N, C, ...) is normalised by per-channel ``mean`` and
+    ``var`` (for ``spatial=0`` before opset 9, per element of a sample), then scaled and
+    shifted. With ``training_mode`` (opset 14 on; the weight standardisation of NF-Nets'
+    ScaledStdConv, exported as a batch norm of the weight) by ``x``'s own per-channel mean
+    and (population) variance, and the running ``mean`` and ``var`` outputs, if any, move
+    toward those by ``1 - momentum``."""
     x, scale, bias, mean, var = arrays
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if len(node.output) > 1 and any(node.output[1:]) or attrs.get("training_mode"):
-        raise ValueError("BatchNormalization in training mode")
+    training = bool(attrs.get("training_mode"))
+    if len(node.output) > (3 if training else 1) and any(node.output[1:]):
+        raise ValueError("BatchNormalization with the outputs of opsets before 14's training")
 
     def shaped(p: np.ndarray) -> np.ndarray:  # per channel on axis 1, or per element of a sample
         return p.reshape((1, -1) + (1,) * (x.ndim - 2)) if p.ndim == 1 else p.reshape((1,) + p.shape)
 
     eps = float(attrs.get("epsilon", 1e-5))
-    y = (x.astype(np.float64) - shaped(mean)) / np.sqrt(shaped(var) + eps) * shaped(scale) + shaped(bias)
-    return y.astype(x.dtype)
+    x64, running = x.astype(np.float64), mean.dtype
+    outputs = []
+    if training:
+        axes = (0,) + tuple(range(2, x.ndim))
+        current_mean, current_var = x64.mean(axis=axes), x64.var(axis=axes)
+        momentum = float(attrs.get("momentum", 0.9))
+        outputs = [mean * momentum + current_mean * (1 - momentum), var * momentum + current_var * (1 - momentum)]
+        mean, var = current_mean, current_var
+    y = (x64 - shaped(mean)) / np.sqrt(shaped(var) + eps) * shaped(scale) + shaped(bias)
+    return [y.astype(x.dtype)] + [a.astype(running) for a in outputs[:len(node.output) - 1]]
 
 
 def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
@@ -800,7 +815,9 @@ def _unshare_initializers(model: onnx.ModelProto, aliased: Collection[tuple[str,
     layer_reads = [(node, pos) for node in graph.node if node.op_type in WEIGHTED_OPS
                    for pos, name in enumerate(node.input[:2]) if name in inits]
     direct = {node.input[pos] for node, pos in layer_reads if (node.output[0], pos) not in aliased}
-    pinned = {i.name for i in graph.input} | {o.name for o in graph.output}
+    # a default the caller may override stays one tensor (an export listing every
+    # initializer as an input, as old exporters did, overrides none: its weights are copied)
+    pinned = overridable_initializers(model) | {o.name for o in graph.output}
     taken = defined_names(graph)
     seen = set(direct)  # a layer reading it directly keeps the original
     copies: dict[str, str] = {}
