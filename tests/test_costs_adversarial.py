@@ -818,6 +818,27 @@ def test_deduplicated_zero_weights_prune_apart_and_are_counted_as_the_files_hold
             assert 1 - pa / pb >= options["sparsity"]
 
 
+def test_deduplicated_float16_weights_stay_float16() -> None:
+    """Weights stored as float16 and Cast where read (README) stay float16 in the output
+    when an exporter hands one on through Identity: the copy of the second block is
+    stored as narrow as its original (it was written as float32, doubling its bytes)."""
+    model, x = zero_blocks(alias=True)
+    graph = model.graph
+    for init in list(graph.initializer):
+        value = numpy_helper.to_array(init)
+        if value.size > 10:
+            graph.initializer.remove(init)
+            graph.initializer.append(numpy_helper.from_array(value.astype(np.float16), f"{init.name}_fp16"))
+            graph.node.insert(0, N("Cast", [f"{init.name}_fp16"], [init.name], to=TensorProto.FLOAT,
+                                   name=f"cast_{init.name}"))
+    for options in ({"sparsity": 0.3, "mode": "oneshot"}, {"sparsity": 0.3}):
+        result = prune(model, x, **options)
+        assert_valid(result.model, model, x[:4])
+        wide = [t.name for t in result.model.graph.initializer if t.data_type != TensorProto.FLOAT16
+                and int(np.prod(t.dims)) > 10]
+        assert not wide
+
+
 def test_zero_weight_applied_twice_directly_stays_shared() -> None:
     """Without an Identity the two convs apply one module: its channels freeze (README),
     here every group of the model, which says so."""

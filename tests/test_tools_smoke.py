@@ -671,6 +671,33 @@ def test_bench_coverage_tiny_run(tmp_path):
     assert f"| tiny_cnn | onnx.helper | entropic | yes | yes | {100 * r['macs_removed']:.1f}% |" in md
 
 
+def test_bench_coverage_check_finds_rows_the_code_no_longer_gives(tmp_path):
+    """``--check`` prunes nothing and leaves ``--out`` alone: the tiny export inspects as its
+    fresh row says (exit 0); with the row's prunable groups and MAC total changed, as a
+    change of the analysis or cost model would make them, it names both figures and exits 1.
+    A row run again (``--only``) without ``--title`` keeps the table's heading (it was
+    replaced by the timm default)."""
+    cache = _coverage_cache(tmp_path / "cache")
+    out = tmp_path / "cov.json"
+    assert run_tool("bench_coverage", "--cache", cache, "--out", out, "--title", "Tiny exports").code == 0
+    ran = run_tool("bench_coverage", "--cache", cache, "--out", out, "--check")
+    assert ran.exc is None and ran.code == 0, ran.message
+    assert "1 of 1 exports inspect as their rows say" in ran.out
+    rows = json.loads(out.read_text())
+    rows["tiny"]["prunable_groups"] += 1
+    rows["tiny"]["macs_total"] *= 2
+    out.write_text(json.dumps(rows))
+    saved = out.read_bytes()
+    ran = run_tool("bench_coverage", "--cache", cache, "--out", out, "--check")
+    assert ran.exc is None and ran.code == 1
+    line = next(x for x in ran.out.splitlines() if x.startswith("tiny:"))
+    assert "prunable_groups" in line and "macs_total" in line and "prunable_mac_fraction" not in line
+    assert "0 of 1 exports inspect as their rows say" in ran.out
+    assert out.read_bytes() == saved
+    assert run_tool("bench_coverage", "--cache", cache, "--out", out, "--only", "tiny").code == 0
+    assert out.with_suffix(".md").read_text().startswith("# Tiny exports\n")
+
+
 def test_bench_coverage_empty_cache_keeps_earlier_results(tmp_path):
     """A ``--cache`` without any exported model (a typo, or the venv's cache not made yet) is
     refused with a one-line error, and the existing ``--out`` and its Markdown keep their

@@ -18,6 +18,12 @@ For each ``<name>.onnx`` in the cache (with its sidecar ``<name>.json`` from
 
 The timeout covers all three steps; what finished before it is kept.
 
+``--check`` prunes nothing: it inspects every cached export again (a minute or two for a
+hundred) and prints each one whose prunable MAC share, prunable groups, MAC total or
+inspect error differs from its row in ``--out``, exiting 1 if any does. Run it after a
+change to the analysis, normalisation or cost model: rows run on older code are not
+re-checked otherwise (sessions 45-46 froze 18 timm exports' layers unnoticed).
+
 Results go to ``--out`` (JSON, merged with an existing file when ``--only`` is given) and a
 Markdown table beside it: ``COVERAGE.md`` for the default ``coverage_results.json``, else the
 ``--out`` name with ``.md`` (``tools/coverage_thirdparty.md`` for the PaddlePaddle and
@@ -396,6 +402,16 @@ def markdown_path(out: Path) -> Path:
     return out.with_name("COVERAGE.md") if out.name == "coverage_results.json" else out.with_suffix(".md")
 
 
+def heading(path: Path) -> str | None:
+    """The title of an existing Markdown table (its first line, ``# title``): a run of a few
+    models (``--only``) keeps it unless ``--title`` is given."""
+    try:
+        first = path.read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return first[2:].strip() if first.startswith("# ") else None
+
+
 def write_markdown(results: dict, path: Path, method: str = "entropic",
                    title: str = "Coverage of timm CNNs", source: str = "`tools/export_timm.py`") -> str:
     rows = sorted(results.values(), key=lambda r: (r.get("arch", ""), r.get("exporter", "")))
@@ -461,7 +477,8 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true",
                     help="inspect every cached export (no pruning) and compare its prunable MAC share, prunable "
                          "groups and MAC total with its row in --out; exit 1 if any differs")
-    ap.add_argument("--title", default="Coverage of timm CNNs", help="heading of the Markdown table")
+    ap.add_argument("--title", help="heading of the Markdown table (default: the heading it has, else "
+                                    "'Coverage of timm CNNs')")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -485,6 +502,7 @@ def main(argv=None) -> int:
     except OSError as exc:
         return _usage_error(f"--out {out}: cannot make its folder ({exc.strerror})")
     source = export_scripts(cache, stems)
+    title = args.title or heading(markdown_path(out)) or "Coverage of timm CNNs"
     if args.only:  # in the order given
         stems = [s for s in dict.fromkeys(args.only) if s in stems]
     if args.check:
@@ -517,9 +535,9 @@ def main(argv=None) -> int:
             print(f"[{done}/{len(stems)}] {stem}: {r['seconds']} s, MACs -{_fmt_pct(r.get('macs_removed'))}, "
                   f"valid {r.get('valid')}, keep1 {r.get('keep1_max_rel_err')}, {_note(r)[:160]}", flush=True)
             out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-            write_markdown(results, markdown_path(out), args.method, args.title, source)
+            write_markdown(results, markdown_path(out), args.method, title, source)
     out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    print(write_markdown(results, markdown_path(out), args.method, args.title, source))
+    print(write_markdown(results, markdown_path(out), args.method, title, source))
     return 0
 
 

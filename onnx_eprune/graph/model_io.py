@@ -730,6 +730,14 @@ def normalize(model: onnx.ModelProto) -> Normalized:
             del model.graph.input[:]
             model.graph.input.extend(inputs)
     copies = _unshare_initializers(model, aliased)
+    for copy, origin in copies.items():  # a copy of a narrow weight is stored as narrow as it
+        if origin in narrowed:
+            cast, source = narrowed[origin]
+            twin = onnx.NodeProto()
+            twin.CopyFrom(cast)
+            twin.output[0] = copy
+            twin.name = f"{cast.name}{copy[len(origin):]}" if cast.name else ""
+            narrowed[copy] = (twin, source)
     list_initializers_as_inputs(model, convention)
     return Normalized(copies, names - {node.name for node in model.graph.node}, narrowed)
 
