@@ -48,6 +48,12 @@ log = logging.getLogger("onnx_eprune")
 
 VALIDATION_SAMPLES = 256    # calibration samples the pruned model is checked on ...
 VALIDATION_BYTES = 256 << 20  # ... at most as many as whose compared outputs take this many bytes
+# a parameter or MAC target warns when layers pruning cannot reach hold at least this share
+# of the metric and the target takes more than TAKEN_WARN of what the others hold: the
+# accuracy then goes with layers emptied, whatever the selection
+FROZEN_WARN = 0.25
+TAKEN_WARN = 0.8
+_METRIC_WORDS = {"params": "parameters", "macs": "MACs"}
 
 
 
@@ -510,6 +516,15 @@ class Pruner:
             budget.check_reachable(channels, self.costs, target, steps, least)
         except EPruneError as exc:
             raise EPruneError(f"{exc}{given}") from None
+        # a target within reach only by emptying the few layers pruning can touch: say so
+        full = self.costs.total(target.metric)
+        frozen = self.costs.total(target.metric, {g: 0 for g in gids}) / full
+        if frozen >= FROZEN_WARN and target.value > TAKEN_WARN * (1 - frozen):
+            words = _METRIC_WORDS[target.metric]
+            log.warning("%.0f%% of the %s lie in layers that pruning cannot reach%s: removing %.0f%% of the %s "
+                        "takes %.0f%% of the rest; expect a large loss of accuracy (`onnx-eprune inspect` lists the "
+                        "frozen groups and why)", 100 * frozen, words, given, 100 * target.value, words,
+                        100 * target.value / (1 - frozen))
 
     def allocate(self, gids: list[int], stats: dict[int, MomentStats] | None
                  ) -> tuple[dict[int, int], dict[int, np.ndarray]]:

@@ -96,6 +96,25 @@ def test_exclusion_of_an_already_frozen_group_adds_its_reason_and_counts_nothing
     assert output_group.frozen == ["reaches a graph output", "excluded by 'y'"]
 
 
+@pytest.mark.parametrize("flops, warns", [(0.05, True), (0.02, False)])
+def test_a_target_that_empties_the_few_prunable_layers_warns(calib, caplog, flops, warns):
+    """With both convolutions excluded, 94% of the MACs are out of reach: a 5% MAC target
+    takes 81% of the rest and says so (README, Known limits), naming the --exclude; 2% takes
+    34% and runs without the warning. The frozen share is inspect's (MACs of the layers
+    without a prunable side)."""
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    with caplog.at_level(logging.WARNING, logger="onnx_eprune"):
+        prune(model, calib, flops_reduction=flops, method="l1", device="cpu", exclude=("conv_?",))
+    said = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    if not warns:
+        assert not said
+        return
+    assert round(100 * (1 - inspect(model, calib[:1], exclude=("conv_?",))["prunable_mac_fraction"])) == 94
+    assert said == ["94% of the MACs lie in layers that pruning cannot reach (with the --exclude given): removing 5% "
+                    "of the MACs takes 81% of the rest; expect a large loss of accuracy (`onnx-eprune inspect` lists "
+                    "the frozen groups and why)"]
+
+
 def test_a_pattern_matching_no_node_is_refused():
     model = conv_bn_relu_pool_flatten_gemm(True)
     analysis, _ = _analysis(model)
