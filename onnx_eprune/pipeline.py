@@ -26,8 +26,8 @@ from .calibrate.data import CalibrationData, load_calibration, warn_if_few
 from .calibrate.engine import CacheSpace, CachedNetwork, StoredBatches, Topology
 from .calibrate.sensitivity import comparison_outputs, gain_subset, output_gains
 from .calibrate.session import BATCH_BYTES, choose_providers, make_session, probe_groups, run, samples_per_batch
-from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, channel_bases,
-                              conv_patches, positions_per_sample, reduce_rows, sample_positions)
+from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, PooledStats,
+                              channel_bases, conv_patches, positions_per_sample, reduce_rows, sample_positions)
 from .config import PruneConfig, check_progress, make_config
 from .errors import EPruneError, UsageError
 from .files import same_file
@@ -205,6 +205,11 @@ class Pruner:
         self.inits = initializer_map(self.model)
         # consumers computing their bias alone: sliced, never re-fitted (weights.all_zero)
         self.zero_weights = {c for c, cons in enumerate(self.analysis.consumers) if all_zero(self.inits, cons.weight)}
+        # consumers applying one weight (analysis' tie_conv): re-fitted once, on their rows together
+        readers: dict[str, list[int]] = {}
+        for c, cons in enumerate(self.analysis.consumers):
+            readers.setdefault(cons.weight, []).append(c)
+        self.families = {c: family for family in readers.values() if len(family) > 1 for c in family}
         self.topo = Topology(self.model)
         self.outputs = comparison_outputs(self.model, self.analysis, self.topo, self.shapes)
         consumers = [self.analysis.consumers[c] for c in self._oneshot_consumers()]
@@ -630,9 +635,8 @@ class Pruner:
                     # only add rounding, which compounds over a deep network (keep-ratio 1.0)
                     touched = sorted({c for g in gids if self._shrunk(g, keeps)
                                       for c in self.analysis.groups[g].consumers} - self.zero_weights)
-                    fitted = parallel_map(lambda c: self._refit(c, oneshot_stats[c], keeps, set(keeps)), touched,
-                                          self._blas_threads)
-                    refits.update(zip(touched, fitted))
+                    refits.update(self._fit_once(touched, lambda c: self._refit(
+                        c, self._family_stats(c, oneshot_stats), keeps, set(keeps))))
         else:
             self._sequential(gids, counts, rankings, orig, keeps, refits)
         with self.timer.phase("rewrite"):
@@ -708,6 +712,7 @@ class Pruner:
                      and all(s[0] in decided or s[0] not in counts for s in consumers[c].segments)]
             waves = self._waves(ready)
             exact = [c for c in waves[0] if c in lean] if waves else []
+            exact = [c for c in exact if all(d in exact for d in self.families.get(c, [c]))]  # pooled alike
             if exact:
                 with self.timer.phase("calibrate"):
                     # a lean consumer reads only this group, whose channels are all in its input
@@ -725,9 +730,8 @@ class Pruner:
                         stats.update(self.collect(wave, orig, pruned, label))
                 with self.timer.phase("select"):
                     # independent solves (a residual stream feeds three or four consumers)
-                    refits.update(zip(wave, parallel_map(
-                        lambda c: self._refit(c, stats[c], decided, set() if i else {g}, c in exact),
-                        wave, self._blas_threads)))
+                    refits.update(self._fit_once(wave, lambda c: self._refit(
+                        c, self._family_stats(c, stats), decided, set() if i else {g}, c in exact)))
             keeps[g] = keep
             for c in cidxs:  # a consumer is decided with its (last) group
                 if c in self._targets and all(s[0] in keeps or s[0] not in counts for s in consumers[c].segments):
@@ -751,7 +755,25 @@ class Pruner:
             wave = [c for c in left if not any(consumers[c].input in below[d] for d in left if d != c)]
             waves.append(wave)
             left = [c for c in left if c not in wave]
-        return waves
+        # the applications of one weight are re-fitted together, in the wave of the last
+        last = {c: max(i for i, wave in enumerate(waves) for d in self.families.get(c, [c]) if d in wave)
+                for c in ready}
+        return [w for w in ([c for c in ready if last[c] == i] for i in range(len(waves))) if w]
+
+    def _family_stats(self, cidx: int, stats: dict[int, MomentStats]) -> MomentStats | PooledStats:
+        """The statistics consumer ``cidx`` is re-fitted on: its own, or those of every
+        application of its weight together (one weight serves them all)."""
+        family = self.families.get(cidx)
+        return stats[cidx] if family is None else PooledStats([stats[d] for d in family])
+
+    def _fit_once(self, cidxs: list[int], fit: Callable[[int], Refit]) -> dict[int, Refit]:
+        """``fit`` of each consumer of ``cidxs``, computed once per family of consumers that
+        apply one weight (the first of them stands for the others), in parallel."""
+        first: dict[tuple[int, ...], int] = {}
+        for c in cidxs:
+            first.setdefault(tuple(self.families.get(c, [c])), c)
+        fitted = dict(zip(first.values(), parallel_map(fit, list(first.values()), self._blas_threads)))
+        return {c: fitted[first[tuple(self.families.get(c, [c]))]] for c in cidxs}
 
     def _lean_consumers(self, gid: int, keep: int) -> set[int]:
         """The consumers whose statistics a sequential stage of group ``gid``, keeping
@@ -803,7 +825,7 @@ class Pruner:
         """Whether group ``gid`` loses channels in ``keeps``."""
         return gid in keeps and len(keeps[gid]) < self.analysis.groups[gid].channels
 
-    def _refit(self, cidx: int, st: MomentStats, keeps: dict[int, np.ndarray], fresh: set[int],
+    def _refit(self, cidx: int, st: MomentStats | PooledStats, keeps: dict[int, np.ndarray], fresh: set[int],
                kept_only: bool = False) -> Refit:
         """Re-fit consumer ``cidx`` on the features it keeps.
 

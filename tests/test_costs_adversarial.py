@@ -839,9 +839,76 @@ def test_deduplicated_float16_weights_stay_float16() -> None:
         assert not wide
 
 
-def test_zero_weight_applied_twice_directly_stays_shared() -> None:
-    """Without an Identity the two convs apply one module: its channels freeze (README),
-    here every group of the model, which says so."""
+def test_zero_weight_applied_twice_directly_prunes_as_one_module() -> None:
+    """Without an Identity the two convs apply one module (README): their inputs and their
+    outputs are coupled, every group prunes, the written model holds the weight once, read
+    by both, and the report counts what the file holds."""
     model, x = zero_blocks(alias=False)
-    with pytest.raises(onnx_eprune.EPruneError, match="no prunable channel group.*shared by several nodes"):
-        prune(model, x, sparsity=0.3, mode="oneshot")
+    result = prune(model, x, sparsity=0.3, mode="oneshot")
+    assert all(not g["frozen"] for g in result.report["groups"] if g["producers"] not in ([], ["fc"]))
+    readers = [n.input[1] for n in result.model.graph.node if n.name in ("za", "zb")]
+    assert readers == ["zw", "zw"] and [i.name for i in result.model.graph.initializer].count("zw") == 1
+    assert_valid(result.model, model, x[:4])
+    assert_report_is_true(result.report, model, result.model, x[:2])
+
+
+def pyramid(levels: int = 3):
+    """A detector-like head shared across levels: c1 (3->8) and stride-2 convs d1, d2 make
+    ``levels`` maps, each read by one head (``head{i}``: 3x3 8->8 weight ``hw``, bias
+    ``hb``) and one output conv (``out{i}``: 1x1 8->6, ``ow``, ``ob``), as torchvision's
+    RetinaNet / Faster R-CNN exports apply their heads to every pyramid level; the pooled
+    outputs are concatenated."""
+    nodes = [conv("c1", "x", kernel_shape=[3, 3], pads=[1] * 4), N("Relu", ["c1"], ["r0"])]
+    weights = {"c1.w": w(8, 3, 3, 3), "c1.b": w(8), "hw": w(8, 8, 3, 3, seed=5), "hb": w(8, seed=6),
+               "ow": w(6, 8, 1, 1, seed=7), "ob": w(6, seed=8)}
+    for i in range(1, levels):
+        nodes += [conv(f"d{i}", f"r{i - 1}", kernel_shape=[3, 3], pads=[1] * 4, strides=[2, 2]),
+                  N("Relu", [f"d{i}"], [f"r{i}"])]
+        weights.update({f"d{i}.w": w(8, 8, 3, 3, seed=10 + i), f"d{i}.b": w(8, seed=20 + i)})
+    for i in range(levels):
+        nodes += [N("Conv", [f"r{i}", "hw", "hb"], [f"h{i}"], name=f"head{i}", kernel_shape=[3, 3], pads=[1] * 4),
+                  N("Relu", [f"h{i}"], [f"hr{i}"]),
+                  N("Conv", [f"hr{i}", "ow", "ob"], [f"o{i}"], name=f"out{i}", kernel_shape=[1, 1]),
+                  N("GlobalAveragePool", [f"o{i}"], [f"g{i}"]), N("Flatten", [f"g{i}"], [f"f{i}"])]
+    nodes.append(N("Concat", [f"f{i}" for i in range(levels)], ["y"], axis=1))
+    return build(nodes, weights, ["N", 3, 16, 16], out_shape=("N", 6 * levels)), rnd((48, 3, 16, 16))
+
+
+def test_a_head_shared_across_levels_prunes_as_one_module() -> None:
+    """The head's applications take the same input channels (the three maps are one group)
+    and give the same outputs (one group, each application a producer): every group but
+    the graph's input and output prunes, and keep ratio 1.0 gives the original's outputs and
+    tensors back."""
+    model, x = pyramid()
+    summary = onnx_eprune.inspect(model, x[:1])
+    assert summary["prunable_mac_fraction"] == 1.0
+    groups = {tuple(g["producers"]): g for g in summary["groups"]}
+    assert groups[("c1", "d1", "d2")]["prunable"] and groups[("head0", "head1", "head2")]["prunable"]
+    whole = prune(model, x, keep_ratio=1.0)
+    assert sorted(i.name for i in whole.model.graph.initializer) == sorted(i.name for i in model.graph.initializer)
+    outs = [ort.InferenceSession(m.SerializeToString(), providers=CPU).run(None, {"x": x[:8]})[0]
+            for m in (model, whole.model)]
+    assert np.abs(outs[1] - outs[0]).max() <= 1e-5 * np.abs(outs[0]).max()
+
+
+@pytest.mark.parametrize("options", [{"sparsity": 0.3, "mode": "oneshot"}, {"sparsity": 0.5},
+                                     {"flops_reduction": 0.4, "method": "entropic"},
+                                     {"flops_reduction": 0.4, "method": "entropic", "mode": "oneshot"},
+                                     {"keep_ratio": 0.5, "method": "thinet"}])
+def test_a_head_shared_across_levels_stays_one_module(options: dict) -> None:
+    """Pruned, the head is still one tensor of each kind (``hw``, ``hb``, ``ow``, ``ob``, read by
+    every level: the same channels go at every level and the applications are re-fitted
+    once, on their rows together), the model is valid and close to the original, the
+    report counts what the file holds and the target is met."""
+    model, x = pyramid()
+    result = prune(model, x, **options)
+    assert sorted(i.name for i in result.model.graph.initializer) == sorted(i.name for i in model.graph.initializer)
+    assert [n.input[1] for n in result.model.graph.node if n.name.startswith("head")] == ["hw"] * 3
+    assert any(g["channels_after"] < g["channels_before"] for g in result.report["groups"]
+               if g["producers"][:1] == ["head0"] or g["producers"][:1] == ["c1"])
+    assert_valid(result.model, model, x[:4])
+    assert_report_is_true(result.report, model, result.model, x[:2])
+    if "sparsity" in options:
+        pb, pa = totals(model, x[:2])[0], totals(result.model, x[:2])[0]
+        assert 1 - pa / pb >= options["sparsity"]
+    assert result.report["fidelity_on_calibration"]["outputs"]["y"]["relative_error"] < 0.5

@@ -533,9 +533,9 @@ CASES: dict[str, Case] = {
     "conv_depthwise_shared": Case(shared_depthwise, {"h": "dw1: grouped weights are shared"}),
     "conv_grouped_after_multiplier": Case(grouped_after_multiplier,
                                           {"h": "grouped: its input channels are already multiplied"}),
-    "conv_shared_weight": Case(shared_conv_weight, {"h": "weight 'shared.weight' of conv_c is shared by several nodes",
-                                                   "c": "weight 'shared.weight' of conv_d is shared by several nodes",
-                                                   "d": "a producer's weights are shared by several nodes"}),
+    "conv_shared_weight": Case(shared_conv_weight, {"h": "weight 'shared.weight' is applied to its own outputs",
+                                                   "c": "weight 'shared.weight' is applied to its own outputs",
+                                                   "d": "weight 'shared.weight' is applied to its own outputs"}),
     # op_ConvTranspose, transposed_geometry
     "convT_identity_weight": Case(conv_transpose_identity_weight, {"h": "up has non-constant weights"}),
     "convT_1d": Case(conv_transpose1d, {}, prunable=("a", "h", "t")),

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from onnx_eprune.calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, conv_patches,
-                                         sample_positions)
+from onnx_eprune.calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, PooledStats,
+                                         conv_patches, sample_positions)
 from onnx_eprune.select import entropic
 from onnx_eprune.select.problem import (CURVE_RIDGE, ConsumerTerm, cho_inverse_solve, cholesky, compress, explained_curve,
                                          partial_out, reduce_outputs, ridge)
@@ -302,6 +302,24 @@ def test_moment_stats_merge_equals_one_pass():
                  (whole.mean_x, parts.mean_x)]:
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(whole.cov, np.cov(X.T, bias=True), rtol=1e-6)
+
+
+def test_pooled_stats_equal_the_moments_of_all_rows():
+    """The applications of one shared weight are re-fitted on their rows together:
+    PooledStats of three row sets (different sizes and means, each normalised as the
+    solvers leave them) gives the one-pass moments of their union."""
+    rng = np.random.default_rng(12)
+    parts = [(rng.normal(i, 1 + i, (n, 6)), rng.normal(-3 * i, 1, (n, 2))) for i, n in enumerate((40, 9, 120))]
+    members = [MomentStats.from_rows(x, y) for x, y in parts]
+    for m in members:
+        m.cov  # normalised in place, as after selection
+    whole = MomentStats.from_rows(np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]))
+    pooled = PooledStats(members)
+    features = np.array([0, 3, 5])
+    assert pooled.n == whole.n
+    for a, b in [(pooled.covariance(features), whole.covariance(features)), (pooled.cross, whole.cross),
+                 (pooled.var_y, whole.var_y), (pooled.mean_x, whole.mean_x), (pooled.mean_y, whole.mean_y)]:
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("buffer_rows", [4096, 100])

@@ -447,7 +447,8 @@ def shared_conv_weight() -> onnx.ModelProto:
 
 def test_shared_weight_is_counted_once() -> None:
     """A weight read by two Convs stays one tensor and counts once: keep-all adds nothing, the
-    report counts the input's parameters, and the channels it touches are frozen as shared."""
+    report counts the input's parameters, and the channels it touches are frozen: conv_d
+    applies it to conv_c's outputs (one module applied to its own outputs)."""
     model = shared_conv_weight()
     params = count_params(model)
     assert count_params(prune(model, keep_ratio=1.0).model) == params
@@ -457,7 +458,8 @@ def test_shared_weight_is_counted_once() -> None:
     readers = [n.name for n in result.model.graph.node if "shared.weight" in n.input]
     assert readers == ["conv_c", "conv_d"]
     assert [i.name for i in result.model.graph.initializer].count("shared.weight") == 1
-    assert any("shared by several nodes" in (g.get("frozen") or "") for g in result.report["groups"])
+    assert any("'shared.weight' is applied to its own outputs" in (g.get("frozen") or "")
+               for g in result.report["groups"])
 
 
 def shared_bn_constants() -> onnx.ModelProto:

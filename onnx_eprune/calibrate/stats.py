@@ -130,6 +130,34 @@ class MomentStats:
                    np.array(arrays[f"{prefix}cxy"], np.float64), np.array(arrays[f"{prefix}syy"], np.float64))
 
 
+class PooledStats:
+    """The moments of the rows of several :class:`MomentStats` taken together (the
+    applications of one shared weight, re-fitted once), from each one's normalised views,
+    with the interface the re-fit reads: ``n``, ``mean_x``, ``mean_y``, ``covariance``,
+    ``cross`` and ``var_y``, equal to those of the merged rows."""
+
+    def __init__(self, members: list[MomentStats]):
+        self.members = members
+        self.n = sum(m.n for m in members)
+        self.weights = [m.n / max(self.n, 1) for m in members]
+        self.mean_x = sum(w * m.mean_x for w, m in zip(self.weights, members))
+        self.mean_y = sum(w * m.mean_y for w, m in zip(self.weights, members))
+
+    def covariance(self, features: np.ndarray) -> np.ndarray:
+        return sum(w * (m.covariance(features) + np.outer(m.mean_x[features] - self.mean_x[features],
+                                                          m.mean_x[features] - self.mean_x[features]))
+                   for w, m in zip(self.weights, self.members))
+
+    @property
+    def cross(self) -> np.ndarray:
+        return sum(w * (m.cross + np.outer(m.mean_x - self.mean_x, m.mean_y - self.mean_y))
+                   for w, m in zip(self.weights, self.members))
+
+    @property
+    def var_y(self) -> np.ndarray:
+        return sum(w * (m.var_y + (m.mean_y - self.mean_y) ** 2) for w, m in zip(self.weights, self.members))
+
+
 class MomentAccumulator:
     """Streams rows into :class:`MomentStats` without allocating a D' x D' array per batch.
 

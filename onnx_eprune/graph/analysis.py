@@ -103,6 +103,8 @@ class _Analyzer:
                 self.use_count[name] = self.use_count.get(name, 0) + 1
                 self.consumer_nodes.setdefault(name, []).append(node)
         self.producer_node = {name: node for node in self.graph.node for name in node.output}
+        # a weight several Convs apply -> (its first application's input layout, output layout)
+        self.tied: dict[str, tuple[list[Segment], list[Segment]]] = {}
         self.graph_outputs = {out.name for out in self.graph.output}
 
     # -- helpers -----------------------------------------------------------------------
@@ -351,7 +353,9 @@ class _Analyzer:
             self.freeze_all(node, index, f"{label}: only 1-D, 2-D and 3-D convolutions on channels-first tensors "
                                          "are handled")
             return
-        if group == 1:
+        if group == 1 and self.use_count.get(w, 0) > 1:
+            self.tie_conv(node, index, layout, wshape, cin)
+        elif group == 1:
             geometry = conv_geometry(attrs, wshape, self.shapes[x][2:], self.shapes.get(out))
             self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin, math.prod(wshape[2:]), layout,
                               conv=geometry)
@@ -361,6 +365,47 @@ class _Analyzer:
         else:
             self.freeze_all(node, index, f"{label}: grouped convolution (group={group}) with {wshape[0]} outputs "
                                          f"for {cin} inputs is not pruned")
+
+    def tie_conv(self, node: onnx.NodeProto, index: int, layout: list[Segment], wshape: tuple[int, ...],
+                 cin: int) -> None:
+        """A Conv whose weight other Convs apply too (one module applied to several inputs:
+        a detector's head on every pyramid level). Its applications keep the same input
+        channels and the same output channels: their inputs are coupled, and every
+        application produces the first one's output spaces (each a producer, so that its
+        own bias copy and its MACs follow). Only where every reader of the weight is such a
+        Conv reading it as its weight, and not one applied to its own outputs (checked in
+        :meth:`collect`); otherwise the channels it touches freeze."""
+        x, w, out = node.input[0], node.input[1], node.output[0]
+        b = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        label = node_label(node, index)
+        readers = self.consumer_nodes.get(w, [])
+        if any(r.op_type != "Conv" or list(r.input[1:2]) != [w] or w in r.input[2:]
+               or int(_attrs(r).get("group", 1)) != 1 for r in readers) or len(readers) != self.use_count[w] \
+                or (b is not None and self.use_count.get(b, 0) > 1):
+            self.freeze_all(node, index, f"{label}: its weights are shared by several nodes")
+            return
+        producer = Producer(index, "conv", w, 0, b)
+        if w not in self.tied:
+            self.tied[w] = (layout, self.create(f"n:{index}", wshape[0], producer))
+            geometry = conv_geometry(_attrs(node), wshape, self.shapes[x][2:], self.shapes.get(out))
+            self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin, math.prod(wshape[2:]), layout,
+                              conv=geometry)
+            self.layouts[out] = self.tied[w][1]
+            return
+        first_in, first_out = self.tied[w]
+        if not couple(self.spaces, first_in, layout, self.new_cuts):
+            reason = f"{label}: the inputs of the layers sharing weight {w!r} do not align"
+            for frozen in (first_in, layout, first_out):
+                self.freeze_layout(frozen, reason)
+            self.opaque_output(out, reason)
+            return
+        geometry = conv_geometry(_attrs(node), wshape, self.shapes[x][2:], self.shapes.get(out))
+        self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin, math.prod(wshape[2:]), layout,
+                          conv=geometry)
+        for seg, off in offsets(first_out):
+            self.producers.setdefault(seg.space, []).append(replace(producer, offset=off * seg.factor,
+                                                                    factor=seg.factor))
+        self.layouts[out] = first_out
 
     def channels_first_conv(self, x: str, wshape: tuple[int, ...]) -> bool:
         """Whether a convolution with weight shape ``wshape`` reads ``x`` as 1-, 2- or 3-D
@@ -437,7 +482,7 @@ class _Analyzer:
     def add_consumer(self, node, index, kind, x, out, w, b, m, cin, s, layout, conv=None,
                      trans_b=True, alpha=1.0, beta=1.0) -> None:
         label = node_label(node, index)
-        if self.use_count.get(w, 0) > 1:
+        if self.use_count.get(w, 0) > 1 and w not in self.tied:
             self.freeze_layout(layout, f"weight {w!r} of {label} is shared by several nodes")
             return
         # a Conv behind a channel multiplier reads ``factor`` adjacent tensor channels per
@@ -1077,6 +1122,11 @@ class _Analyzer:
     def collect(self) -> GraphAnalysis:
         sp = self.spaces
         self.freeze_exported_constants()
+        for w, (inputs, outputs) in self.tied.items():
+            # applied to its own outputs (a recurrence): one re-fit cannot serve every step
+            if {sp.find(s.space) for s in inputs} & {sp.find(s.space) for s in outputs}:
+                for layout in (inputs, outputs):
+                    self.freeze_layout(layout, f"weight {w!r} is applied to its own outputs")
         for layout in self.layouts.values():  # a space only partly present cannot be pruned
             if isinstance(layout, list):
                 for seg in layout:
@@ -1120,7 +1170,7 @@ class _Analyzer:
             if g.frozen:
                 continue
             if any(p.bias and self.use_count.get(p.bias, 0) > 1 for p in g.producers) or \
-                    any(self.use_count.get(p.weight, 0) > 1 for p in g.producers):
+                    any(self.use_count.get(p.weight, 0) > 1 and p.weight not in self.tied for p in g.producers):
                 g.frozen.append("a producer's weights are shared by several nodes")
             for cidx in g.consumers:
                 cons = self.consumers[cidx]

@@ -3,6 +3,7 @@ number of channels kept in each group."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ class LayerCost:
     refit: bool = False         # re-fitted when an input group shrinks (re-fits on; a consumer): a new bias
     weight_counted: bool = True  # False for a weight an earlier layer shares (counted there; its groups frozen)
     bias_after: bool = False    # its re-fit's bias goes into the exporter's bias Add after it (weights.BiasAdds)
+    tie: str | None = None      # the weight it applies with other layers (one module applied several times)
     shared_weight: SharedCopies | None = field(default=None, repr=False, compare=False)  # copies of one weight
     shared_bias: SharedCopies | None = field(default=None, repr=False, compare=False)  # a bias other layers read too
 
@@ -93,6 +95,8 @@ class SharedCopies:
         an equal tensor (:meth:`LayerCost.params` counts every reader's this way)."""
         def tensor(reader: LayerCost) -> tuple[tuple, int]:  # (what tells equal tensors apart, size)
             shape, size = reader.shape(keep, self.weight)
+            if reader.tie is not None:  # the applications of one weight are cut and re-fitted alike
+                return ("tied", reader.tie), size
             if reader.is_refitted(keep, refitted) or not (self.uniform or shape == reader.shape({}, self.weight)[0]):
                 return ("own", id(reader)), size
             return ("slice", shape), size
@@ -162,6 +166,8 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
     bias_readers: dict[str, list[LayerCost]] = {}  # a per-output bias (its origin) -> the layers reading it
     weight_readers: dict[str, list[LayerCost]] = {}  # a weight (its origin) -> the layers holding a copy
     batch = fixed_batch(model) or 1  # the samples the shapes were probed with
+    applications = Counter(node.input[1] for node in model.graph.node
+                           if node.op_type in WEIGHTED_OPS and len(node.input) > 1)
     bias_adds = BiasAdds(model.graph)
     for index, node in enumerate(model.graph.node):
         kind = _FLOAT_KIND.get(node.op_type, node.op_type)
@@ -230,6 +236,8 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
             layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra,
                                     factor, refit=refits and cons is not None and not all_zero(values, node.input[at]),
                                     weight_counted=first, bias_after=after))
+        if applications[node.input[at]] > 1:
+            layers[-1].tie = node.input[at]
         if first:
             weight_readers.setdefault(copies.get(node.input[at], node.input[at]), []).append(layers[-1])
         if has_bias:
