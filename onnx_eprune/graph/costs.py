@@ -30,7 +30,7 @@ class LayerCost:
     extra_params: int = 0       # e.g. a constant bias that is not per channel
     out_factor: int = 1         # output channels per group channel (a channel multiplier, or outputs added to its)
     refit: bool = False         # re-fitted when an input group shrinks (re-fits on; a consumer): a new bias
-    weight_counted: bool = True  # False for a weight an earlier layer shares (counted there; its groups frozen)
+    weight_counted: bool = True  # False for a weight an earlier layer applies too (counted there)
     bias_after: bool = False    # its re-fit's bias goes into the exporter's bias Add after it (weights.BiasAdds)
     tie: str | None = None      # the weight it applies with other layers (one module applied several times)
     shared_weight: SharedCopies | None = field(default=None, repr=False, compare=False)  # copies of one weight
