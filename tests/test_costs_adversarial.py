@@ -912,3 +912,41 @@ def test_a_head_shared_across_levels_stays_one_module(options: dict) -> None:
         pb, pa = totals(model, x[:2])[0], totals(result.model, x[:2])[0]
         assert 1 - pa / pb >= options["sparsity"]
     assert result.report["fidelity_on_calibration"]["outputs"]["y"]["relative_error"] < 0.5
+
+
+def pyramid_without_bias():
+    """The shared head of :func:`pyramid` at two levels without biases, each application
+    followed by its own (unfolded) BatchNormalization, as exports of Conv + BatchNorm
+    without folding write it."""
+    nodes = [conv("c1", "x", kernel_shape=[3, 3], pads=[1] * 4), N("Relu", ["c1"], ["r0"]),
+             conv("d1", "r0", kernel_shape=[3, 3], pads=[1] * 4, strides=[2, 2]), N("Relu", ["d1"], ["r1"])]
+    weights = {"c1.w": w(8, 3, 3, 3), "c1.b": w(8), "d1.w": w(8, 8, 3, 3, seed=3), "d1.b": w(8, seed=4),
+               "hw": w(8, 8, 3, 3, seed=5), "ow": w(6, 8, 1, 1, seed=7)}
+    for i in range(2):
+        nodes += [N("Conv", [f"r{i}", "hw"], [f"h{i}"], name=f"head{i}", kernel_shape=[3, 3], pads=[1] * 4),
+                  N("BatchNormalization", [f"h{i}", f"s{i}", f"b{i}", f"m{i}", f"v{i}"], [f"n{i}"], name=f"bn{i}"),
+                  N("Relu", [f"n{i}"], [f"hr{i}"]), N("Conv", [f"hr{i}", "ow"], [f"o{i}"], name=f"out{i}",
+                                                      kernel_shape=[1, 1]),
+                  N("GlobalAveragePool", [f"o{i}"], [f"g{i}"]), N("Flatten", [f"g{i}"], [f"f{i}"])]
+        weights.update({f"s{i}": np.abs(w(8, seed=30 + i)) + 0.5, f"b{i}": w(8, seed=40 + i),
+                        f"m{i}": w(8, seed=50 + i), f"v{i}": np.abs(w(8, seed=60 + i)) + 0.5})
+    nodes.append(N("Concat", ["f0", "f1"], ["y"], axis=1))
+    return build(nodes, weights, ["N", 3, 16, 16], out_shape=("N", 12)), rnd((48, 3, 16, 16))
+
+
+@pytest.mark.parametrize("mode", ["oneshot", "sequential"])
+def test_shared_weights_without_bias_share_the_refits_new_bias(mode: str) -> None:
+    """A re-fit gives a bias-less layer a bias: the applications of one weight, re-fitted
+    once, read one new bias tensor (each used to get an equal one of its own), and the
+    report and the targets count it once."""
+    model, x = pyramid_without_bias()
+    result = prune(model, x, sparsity=0.4, mode=mode)
+    new = [i.name for i in result.model.graph.initializer if "eprune_bias" in i.name]
+    assert new and len(new) == len({n.split(".")[0] for n in new})
+    for weight in ("hw", "ow"):
+        biases = {n.input[2] for n in result.model.graph.node if n.op_type == "Conv" and n.input[1] == weight
+                  and len(n.input) > 2}
+        assert len(biases) <= 1
+    assert_valid(result.model, model, x[:4])
+    assert_report_is_true(result.report, model, result.model, x[:2])
+    assert 1 - totals(result.model, x[:2])[0] / totals(model, x[:2])[0] >= 0.4

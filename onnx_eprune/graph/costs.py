@@ -65,8 +65,8 @@ class LayerCost:
             weights = self.shared_weight.held_by(self, keep, refitted)
         else:
             weights = self.shape(keep, weight=True)[1] * self.weight_counted
-        if not self.bias:  # the re-fit's bias replaces any other
-            gains = self.is_refitted(keep, refitted) and not self.bias_after
+        if not self.bias:  # the re-fit's bias replaces any other (one for all the applications of a weight)
+            gains = self.is_refitted(keep, refitted) and not self.bias_after and self.weight_counted
             return weights + (out if gains else self.extra_params)
         bias = out if self.shared_bias is None else self.shared_bias.held_by(self, keep, refitted)
         return weights + bias + self.extra_params

@@ -99,8 +99,11 @@ def _unique(model: onnx.ModelProto, base: str) -> str:
     return name
 
 
-def _install_refit(model: onnx.ModelProto, arrays: _Arrays, cons: Consumer, refit: Refit, bias_adds: BiasAdds
-                   ) -> None:
+def _install_refit(model: onnx.ModelProto, arrays: _Arrays, cons: Consumer, refit: Refit, bias_adds: BiasAdds,
+                   new_biases: dict[str, str]) -> None:
+    """Write ``refit`` into consumer ``cons``: its weight, and its bias (the layer's own, the
+    exporter's bias Add after it, or a new one, which the applications of one weight share:
+    ``new_biases``, weight -> the bias added for it)."""
     node = model.graph.node[cons.node]
     M = refit.weight.shape[0]
     if cons.kind == "conv":
@@ -124,8 +127,10 @@ def _install_refit(model: onnx.ModelProto, arrays: _Arrays, cons: Consumer, refi
         value = arrays.get(after)
         arrays.set(after, value + refit.bias.reshape(value.shape).astype(value.dtype))
         return
-    name = _unique(model, f"{cons.weight}.eprune_bias")
-    arrays.add(name, refit.bias, like=cons.weight)
+    name = new_biases.get(cons.weight)
+    if name is None:  # the other applications of the weight share this re-fit, and so its bias
+        name = new_biases[cons.weight] = _unique(model, f"{cons.weight}.eprune_bias")
+        arrays.add(name, refit.bias, like=cons.weight)
     if cons.kind == "matmul":  # a 2-D MatMul by a constant is a Gemm without transB
         node.op_type = "Gemm"
         del node.attribute[:]
@@ -149,8 +154,9 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
     out.CopyFrom(model)
     arrays = _Arrays(out)
     bias_adds = BiasAdds(out.graph)  # before the re-fits add their own biases
+    new_biases: dict[str, str] = {}
     for cidx, refit in refits.items():
-        _install_refit(out, arrays, analysis.consumers[cidx], refit, bias_adds)
+        _install_refit(out, arrays, analysis.consumers[cidx], refit, bias_adds, new_biases)
     for gid, keep in keeps.items():
         group = analysis.groups[gid]
         drop = np.setdiff1d(np.arange(group.channels), keep)
