@@ -22,7 +22,7 @@ The timeout covers all three steps; what finished before it is kept.
 hundred) and prints each one whose prunable MAC share, prunable groups, MAC total or
 inspect error differs from its row in ``--out``, exiting 1 if any does. Run it after a
 change to the analysis, normalisation or cost model: rows run on older code are not
-re-checked otherwise (sessions 45-46 froze 18 timm exports' layers unnoticed).
+re-checked otherwise (session 45 froze layers of 18 timm exports, unnoticed until session 47).
 
 Results go to ``--out`` (JSON, merged with an existing file when ``--only`` is given) and a
 Markdown table beside it: ``COVERAGE.md`` for the default ``coverage_results.json``, else the
