@@ -219,6 +219,16 @@ def inspect_model(model_path: Path, shape: list[int]) -> dict:
 CHECKED = ("prunable_mac_fraction", "prunable_groups", "macs_total", "inspect_error")
 
 
+def _checked(row: dict) -> dict:
+    """The :data:`CHECKED` figures of a row as ``--check`` compares them: the prunable share
+    to 1e-4, an inspect error by its message."""
+    figures = {k: row.get(k) for k in CHECKED}
+    if figures["prunable_mac_fraction"] is not None:
+        figures["prunable_mac_fraction"] = round(figures["prunable_mac_fraction"], 4)
+    figures["inspect_error"] = (figures["inspect_error"] or {}).get("message")
+    return figures
+
+
 def check_rows(cache: Path, stems: list[str], results: dict) -> int:
     """``--check``: inspect each export ``stems`` of ``cache`` again and compare the
     :data:`CHECKED` figures with its row in ``results`` (the prunable share to 1e-4, an
@@ -228,19 +238,11 @@ def check_rows(cache: Path, stems: list[str], results: dict) -> int:
     for stem in stems:
         meta = json.loads((cache / f"{stem}.json").read_text())
         now = inspect_model(cache / f"{stem}.onnx", [int(d) for d in meta["input_shape"]])
-        row = results.get(stem, {})
-
-        def figures(r: dict) -> dict:
-            f = {k: r.get(k) for k in CHECKED}
-            f["prunable_mac_fraction"] = None if f["prunable_mac_fraction"] is None else \
-                round(f["prunable_mac_fraction"], 4)
-            f["inspect_error"] = (f["inspect_error"] or {}).get("message")
-            return f
-
-        if figures(now) != figures(row):
+        was, found = _checked(results.get(stem, {})), _checked(now)
+        if found != was:
             differ += 1
-            changed = {k: (figures(row)[k], figures(now)[k]) for k in CHECKED if figures(row)[k] != figures(now)[k]}
-            print(f"{stem}: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), flush=True)
+            print(f"{stem}: " + ", ".join(f"{k} {was[k]} -> {found[k]}" for k in CHECKED if was[k] != found[k]),
+                  flush=True)
     print(f"{len(stems) - differ} of {len(stems)} exports inspect as their rows say")
     return differ
 

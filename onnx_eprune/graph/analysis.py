@@ -385,15 +385,11 @@ class _Analyzer:
             self.freeze_all(node, index, f"{label}: its weights are shared by several nodes")
             return
         producer = Producer(index, "conv", w, 0, b)
-        if w not in self.tied:
+        first = w not in self.tied
+        if first:
             self.tied[w] = (layout, self.create(f"n:{index}", wshape[0], producer))
-            geometry = conv_geometry(_attrs(node), wshape, self.shapes[x][2:], self.shapes.get(out))
-            self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin, math.prod(wshape[2:]), layout,
-                              conv=geometry)
-            self.layouts[out] = self.tied[w][1]
-            return
         first_in, first_out = self.tied[w]
-        if not couple(self.spaces, first_in, layout, self.new_cuts):
+        if not first and not couple(self.spaces, first_in, layout, self.new_cuts):
             reason = f"{label}: the inputs of the layers sharing weight {w!r} do not align"
             for frozen in (first_in, layout, first_out):
                 self.freeze_layout(frozen, reason)
@@ -402,9 +398,10 @@ class _Analyzer:
         geometry = conv_geometry(_attrs(node), wshape, self.shapes[x][2:], self.shapes.get(out))
         self.add_consumer(node, index, "conv", x, out, w, b, wshape[0], cin, math.prod(wshape[2:]), layout,
                           conv=geometry)
-        for seg, off in offsets(first_out):
-            self.producers.setdefault(seg.space, []).append(replace(producer, offset=off * seg.factor,
-                                                                    factor=seg.factor))
+        if not first:  # create() made the first application the producer of these spaces
+            for seg, off in offsets(first_out):
+                self.producers.setdefault(seg.space, []).append(replace(producer, offset=off * seg.factor,
+                                                                        factor=seg.factor))
         self.layouts[out] = first_out
 
     def channels_first_conv(self, x: str, wshape: tuple[int, ...]) -> bool:

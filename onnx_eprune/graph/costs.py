@@ -82,9 +82,10 @@ class SharedCopies:
     """A weight (``weight``) or a bias that several layers read: one tensor in the input,
     which normalize copies per reader (a bias; a weight an exporter de-duplicated) and the
     rewrite shares again where copies stay equal. The readers left as they were share it;
-    one whose channels shrink or that is re-fitted holds its own, unless (``uniform``: one
-    value throughout, an exporter's de-duplicated zero tensor) an earlier reader holds a
-    slice of the same shape."""
+    so do the applications of one weight (``LayerCost.tie``), which are cut and re-fitted
+    alike; any other reader whose channels shrink or that is re-fitted holds its own, unless
+    (``uniform``: one value throughout, an exporter's de-duplicated zero tensor) an earlier
+    reader holds a slice of the same shape."""
 
     weight: bool
     uniform: bool
