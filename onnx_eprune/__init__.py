@@ -7,7 +7,8 @@ The entry point is :func:`prune`::
     result.save("model.pruned.onnx")
 
 :func:`calibrate` computes its statistics in shards, :func:`sweep` prunes at several
-targets, :func:`inspect` and :func:`evaluate` do what the commands of the same name do.
+targets, :func:`search` finds the largest target within an accuracy or fidelity tolerance,
+:func:`inspect` and :func:`evaluate` do what the commands of the same name do.
 """
 
 __version__ = "0.1.0"
@@ -25,12 +26,13 @@ if TYPE_CHECKING:
     from .evaluate import evaluate
     from .inspection import inspect
     from .pipeline import PruneResult, calibrate, prune
+    from .search import SearchResult, search
     from .sweep import SweepPoint, sweep
 
 # the public names, imported on first use: onnx and onnxruntime take about a second to load,
 # which the command line spends inside its own error handling (an early Ctrl-C is one line)
 _LAZY = {"prune": ".pipeline", "calibrate": ".pipeline", "PruneResult": ".pipeline", "sweep": ".sweep",
-         "SweepPoint": ".sweep", "inspect": ".inspection", "evaluate": ".evaluate", "PruneConfig": ".config"}
+         "SweepPoint": ".sweep", "search": ".search", "SearchResult": ".search", "inspect": ".inspection", "evaluate": ".evaluate", "PruneConfig": ".config"}
 
 
 def __getattr__(name: str):
@@ -46,8 +48,8 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """The package module: the subpackage ``calibrate`` and the modules ``evaluate`` and
-    ``sweep`` share a name with a public function, which keeps it when the import system
+    """The package module: the subpackage ``calibrate`` and the modules ``evaluate``,
+    ``search`` and ``sweep`` share a name with a public function, which keeps it when the import system
     binds the submodule on its first load."""
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -59,5 +61,5 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
-__all__ = ["prune", "calibrate", "sweep", "inspect", "evaluate", "PruneConfig", "PruneResult", "SweepPoint",
-           "EPruneError", "UsageError", "__version__"]
+__all__ = ["prune", "calibrate", "sweep", "search", "inspect", "evaluate", "PruneConfig", "PruneResult", "SweepPoint",
+           "SearchResult", "EPruneError", "UsageError", "__version__"]

@@ -173,14 +173,22 @@ class _Greedy:
             self.apply(best, best_step)
 
 
+def reach(channels: dict[int, int], costs: CostModel, metric: str, steps: dict[int, int] | None = None,
+          least: dict[int, int] | None = None) -> float:
+    """The fraction of ``metric`` ("params" or "macs") removed with every group of
+    ``channels`` at its smallest allowed count (see :func:`levels`): the largest target
+    within reach."""
+    floor = {g: int(levels(c, (steps or {}).get(g, 1), (least or {}).get(g, 1))[0]) for g, c in channels.items()}
+    return 1.0 - costs.total(metric, floor) / costs.total(metric)
+
+
 def check_reachable(channels: dict[int, int], costs: CostModel, target: Target, steps: dict[int, int] | None = None,
                     least: dict[int, int] | None = None) -> None:
     """Raise :class:`EPruneError` when ``target`` is out of reach even with every group at its
     smallest allowed count (see :func:`levels`)."""
     if not channels:
         raise EPruneError("the model has no prunable channel group; nothing to remove")
-    floor = {g: int(levels(c, (steps or {}).get(g, 1), (least or {}).get(g, 1))[0]) for g, c in channels.items()}
-    reachable = 1.0 - costs.total(target.metric, floor) / costs.total(target.metric)
+    reachable = reach(channels, costs, target.metric, steps, least)
     if reachable < target.value:
         shown = math.floor(reachable * 1000) / 1000  # rounded down: never shown as the target itself
         raise EPruneError(f"{target.kind} {target.value!r} is out of reach: pruning every prunable group to "

@@ -1,4 +1,4 @@
-"""The ``onnx-eprune`` command: prune, sweep, calibrate, inspect, evaluate, demo (their options:
+"""The ``onnx-eprune`` command: prune, sweep, search, calibrate, inspect, evaluate, demo (their options:
 ``cli_parser``).
 
 Exit status: 0 on success, 2 for usage errors, 1 for runtime errors, 130 when interrupted
@@ -241,19 +241,21 @@ def _check_data_file(output: str, inputs: list[tuple[str, str]]) -> None:
     _check_output(str(data), "-o's data file", inputs)
 
 
-def _check_report_dir(args: argparse.Namespace) -> None:
-    """--report-dir: a folder (created if missing) whose files clash with neither the inputs nor the outputs."""
+def _check_report_dir(args: argparse.Namespace, names: tuple[str, ...] | None = None) -> None:
+    """--report-dir: a folder (created if missing) whose files (``names``, default: a prune's
+    report files) clash with neither the inputs nor the outputs."""
     from .report_files import NAMES
 
-    folder = _check_folder(args.report_dir, NAMES, _inputs(args))
+    names = names or NAMES
+    folder = _check_folder(args.report_dir, names, _inputs(args))
     taken = {Path(p).resolve(): opt for p, opt in ((args.output, "-o"), (f"{args.output}.data", "-o's data file"),
-                                                   (args.report, "--report")) if p}
+                                                   (getattr(args, "report", None), "--report")) if p}
     where = folder.resolve()
     for path, opt in taken.items():
         if path == where or path in where.parents:  # the run would write a file where the folder must be
             raise UsageError(f"{opt} names {path}, which --report-dir {folder} needs as a folder; choose "
                              "another path")
-    for name in NAMES:
+    for name in names:
         clash = taken.get((folder / name).resolve())
         if clash:
             raise UsageError(f"{clash} names {folder / name}, a file that --report-dir writes; choose another path")
@@ -415,11 +417,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except EPruneError as exc:
         raise _no_prunable_hint(exc, args.model) from None
     del calib
-    record = {"input": str(args.model), "method": config.method, "mode": config.mode,
-              "reconstruct": config.reconstruct, "refit_ridge": config.refit_ridge if config.reconstruct else None,
-              "exclude": list(config.exclude), "min_keep": config.min_keep,
-              "round_to": config.round_to if config.round_to is not None else "auto", "seed": config.seed,
-              "runs": [p.as_dict() for p in points]}
+    record = dict(_run_record(args, config), runs=[p.as_dict() for p in points])
     with Replacing(new_dir) as outputs:
         for name in names:
             outputs.claim(folder / name)
@@ -436,6 +434,69 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         table = markdown_sweep(record).splitlines()
         print("\n".join(line for line in table if line.startswith("|")))
         print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _run_record(args: argparse.Namespace, config) -> dict:
+    """The settings a sweep or search record starts with."""
+    return {"input": str(args.model), "method": config.method, "mode": config.mode,
+            "reconstruct": config.reconstruct, "refit_ridge": config.refit_ridge if config.reconstruct else None,
+            "exclude": list(config.exclude), "min_keep": config.min_keep,
+            "round_to": config.round_to if config.round_to is not None else "auto", "seed": config.seed}
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .graph.model_io import save_model
+    from .progress import Progress
+    from .report import summary_table
+    from .report_files import NAMES, SEARCH_NAMES, markdown_sweep, write_report_dir, write_search_dir
+    from .search import search
+
+    _check_image_options(args)
+    inputs = _inputs(args)
+    _check_output(args.output, "-o", inputs)
+    if _large(args.model):
+        _check_data_file(args.output, inputs)
+    if args.report_dir is not None:
+        _check_report_dir(args, NAMES + SEARCH_NAMES)
+    if args.labels and not args.data:
+        raise UsageError("--labels needs --data: the inputs they label")
+    if args.max_drop is not None and not args.labels:
+        raise UsageError("--max-drop compares accuracy: give --data and its --labels, or use --min-agreement or "
+                         "--max-error, which need no labels")
+    kind = args.by.replace("-", "_")
+    config = _run_config(args)
+    calib = _calib_source(args, _input_model(args.model, weights=False))
+    try:
+        result = search(args.model, calib, max_drop=args.max_drop, min_agreement=args.min_agreement,
+                        max_error=args.max_error, kind=kind, data=args.data, labels=args.labels,
+                        resolution=args.resolution, config=config, progress=Progress(enabled=not args.quiet))
+    except EPruneError as exc:
+        raise _no_prunable_hint(exc, args.model) from None
+    del calib
+    record = dict(_run_record(args, config), search=result.as_dict(),
+                  runs=[dict(p.as_dict(), within_tolerance=result.within(p)) for p in result.points])
+    table = "\n".join(line for line in markdown_sweep(record).splitlines() if line.startswith("|"))
+    if result.best is None:
+        smallest = result.points[0]
+        raise EPruneError(f"no target met the tolerance: {args.by} {smallest.target:g}, the smallest step, gives "
+                          f"{result.measured(smallest)}; nothing was written (loosen the tolerance or give a smaller "
+                          "--resolution)")
+    report = dict(result.best.report, input=str(args.model), output=str(args.output))
+    with Replacing(_new_folder(args.report_dir)) as outputs:
+        outputs.claim(f"{args.output}.data")  # where a model above 2 GB keeps its weights (before it is written)
+        with _written_after_the_checks(args.output):
+            save_model(result.model, outputs.claim(args.output), keep=[source for _, source in inputs])
+        written = [Path(args.output)]
+        if args.report_dir:
+            for name in NAMES + SEARCH_NAMES:
+                outputs.claim(Path(args.report_dir) / name)
+            written += write_search_dir(record, args.report_dir) + write_report_dir(report, args.report_dir)
+    if not args.quiet:
+        from .report_files import search_line
+
+        _print_after_writing(f"{table}\n{search_line(result.as_dict())[2:]}\n{summary_table(report)}\nwrote "
+                             + ", ".join(str(p) for p in written), written)
     return 0
 
 
@@ -594,7 +655,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prune": cmd_prune, "sweep": cmd_sweep, "calibrate": cmd_calibrate, "inspect": cmd_inspect,
+COMMANDS = {"prune": cmd_prune, "sweep": cmd_sweep, "search": cmd_search, "calibrate": cmd_calibrate,
+            "inspect": cmd_inspect,
             "evaluate": cmd_evaluate, "demo": cmd_demo}
 
 
@@ -607,6 +669,7 @@ _OS_HINTS = {errno.ENOSPC: "free some disk space and run again", errno.EDQUOT: "
 # what to try when memory runs out, for the commands whose options change how much they hold
 _MEMORY_HINTS = {"prune": "try fewer --samples or a smaller --batch-size",
                  "sweep": "try fewer --samples, a smaller --batch-size or less --data",
+                 "search": "try fewer --samples, a smaller --batch-size or less --data",
                  "calibrate": "try fewer --samples or a smaller --batch-size (or split the data into shards)",
                  "evaluate": "try fewer samples in --data"}
 

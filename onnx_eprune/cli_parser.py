@@ -221,6 +221,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     _add_common(p)
 
+    p = sub.add_parser("search", help="find the largest target within an accuracy or fidelity tolerance",
+                       description="Bisect the target between 0 and the largest the prunable groups reach, one "
+                       "pruning run per step tried, and write the pruned model at the largest target that stays "
+                       "within the tolerance to OUT; with --report-dir, also search.json, search.md, search.png "
+                       "(every target tried) and the chosen run's report files.")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the pruned model")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--calib", metavar="CALIB", help=".npy or .npz, as for prune")
+    _add_calib_sources(p, source)
+    tolerance = p.add_mutually_exclusive_group(required=True)
+    tolerance.add_argument("--max-drop", type=_fraction, metavar="POINTS",
+                           help="top-1 accuracy lost on --data, in percentage points (needs --labels)")
+    tolerance.add_argument("--min-agreement", type=_fraction, metavar="F",
+                           help="top-1 agreement with the original's predictions, a fraction such as 0.99")
+    tolerance.add_argument("--max-error", type=_fraction, metavar="E",
+                           help="relative L2 error of the first output, a fraction such as 0.05")
+    p.add_argument("--by", choices=["sparsity", "flops-reduction"], default="sparsity",
+                   help="what the target removes: sparsity, parameters (default), or flops-reduction, "
+                   "multiply-accumulates")
+    p.add_argument("--resolution", type=_fraction, default=0.01, metavar="R",
+                   help="targets are multiples of R (default: 0.01)")
+    p.add_argument("--data", metavar="DATA", help="held-out inputs (.npy/.npz) to measure on (default: the first "
+                   "256 calibration samples, in-sample and so optimistic)")
+    p.add_argument("--labels", metavar="LABELS.npy", help="class indices of --data, for --max-drop")
+    p.add_argument("--report-dir", metavar="DIR", help="write the search files and the chosen run's report files "
+                   "into DIR (created if missing)")
+    _add_run_options(p)
+    _add_common(p)
+
     p = sub.add_parser("calibrate", help="compute mergeable calibration statistics",
                        description="Stream the statistics that pruning needs over CALIB and write them to "
                        "STATS.npz. Files from disjoint shards of a calibration set add up: 'prune --stats A "

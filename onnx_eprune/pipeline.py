@@ -101,9 +101,10 @@ def _bundle_images(images: dict[str, np.ndarray], model: onnx.ModelProto, bundle
     return data
 
 
-def _input_files(model: object, calib: object, stats: list | None) -> tuple[Path, ...]:
-    """The files a run reads, which :meth:`PruneResult.save` will not overwrite: absolute,
-    so that a later change of the working folder does not move them."""
+def input_files(model: object, calib: object, stats: list | None) -> tuple[Path, ...]:
+    """The files a run reads (``stats``: any further ones), which :meth:`PruneResult.save`
+    will not overwrite: absolute, so that a later change of the working folder does not move
+    them."""
     named = [model, calib, *(stats or [])]
     named += data_files(model) if isinstance(model, (str, os.PathLike)) else []  # the model's weights
     return tuple(Path(os.path.abspath(p)) for p in named if isinstance(p, (str, os.PathLike)))
@@ -586,6 +587,12 @@ class Pruner:
         self.check_target(gids)
         return gids
 
+    def reach(self, gids: list[int]) -> float:
+        """The largest fraction of the target's metric (parameters or MACs) that pruning the
+        groups ``gids`` can remove: each at its smallest count that the config allows."""
+        channels, steps, least = self.group_limits(gids)
+        return budget.reach(channels, self.costs, self.config.target().metric, steps, least)
+
     def prunable_gids(self) -> list[int]:
         """The ids of the prunable groups; a model without one fails, naming why."""
         gids = [g.gid for g in self.analysis.prunable_groups()]
@@ -961,7 +968,7 @@ def prune(model, calib=None, config: PruneConfig | None = None, progress: Progre
         raise UsageError("give calib (calibration data) or stats (statistics files), not both or neither")
     bundle = merge_bundles(sources) if sources else None
     result = Pruner(model, calib, config, progress, stats=bundle).run()
-    return replace(result, inputs=_input_files(model, calib, sources))
+    return replace(result, inputs=input_files(model, calib, sources))
 
 
 def calibrate(model, calib, config: PruneConfig | None = None, progress: Progress | None = None, **options
@@ -980,4 +987,4 @@ def calibrate(model, calib, config: PruneConfig | None = None, progress: Progres
     check_model_arg(model)
     check_progress(progress)
     bundle = Pruner(model, calib, replace(config, exclude=()), progress).calibrate()
-    return replace(bundle, inputs=_input_files(model, calib, None))
+    return replace(bundle, inputs=input_files(model, calib, None))

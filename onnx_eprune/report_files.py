@@ -26,6 +26,7 @@ JSON_NAME, MARKDOWN_NAME = "report.json", "report.md"
 CHANNELS_PLOT, ALLOCATION_PLOT = "channels.png", "allocation.png"
 NAMES = (JSON_NAME, MARKDOWN_NAME, CHANNELS_PLOT, ALLOCATION_PLOT)
 SWEEP_JSON, SWEEP_MARKDOWN, SWEEP_PLOT = "sweep.json", "sweep.md", "sweep.png"
+SEARCH_NAMES = ("search.json", "search.md", "search.png")
 
 
 def write_report_dir(report: dict, directory: str | os.PathLike) -> list[Path]:
@@ -46,6 +47,14 @@ def write_sweep_dir(sweep: dict, directory: str | os.PathLike) -> list[Path]:
     (fidelity, and accuracy when measured, against the fraction removed). Same guarantees as
     :func:`write_report_dir`."""
     return _write_folder(directory, sweep, (SWEEP_JSON, SWEEP_MARKDOWN, markdown_sweep), [(SWEEP_PLOT, _sweep_figure)])
+
+
+def write_search_dir(search: dict, directory: str | os.PathLike) -> list[Path]:
+    """Write a search (a sweep record of the targets tried, with ``search``: the
+    :meth:`SearchResult.as_dict`) into ``directory``: ``search.json``, ``search.md`` and,
+    with matplotlib, ``search.png``. Same guarantees as :func:`write_report_dir`."""
+    json_name, markdown_name, plot_name = SEARCH_NAMES
+    return _write_folder(directory, search, (json_name, markdown_name, markdown_sweep), [(plot_name, _sweep_figure)])
 
 
 def _write_folder(directory, record: dict, texts: tuple, plots: list) -> list[Path]:
@@ -136,21 +145,39 @@ def markdown_sweep(sweep: dict) -> str:
     """A sweep as Markdown: run details, then one row per target."""
     runs = sweep.get("runs", [])
     on = "; ".join(dict.fromkeys(r["fidelity_on"] for r in runs)) or "?"  # per target, when thin layers vary
-    lines = ["# onnx-eprune sweep", "",
+    searched = sweep.get("search")
+    lines = [f"# onnx-eprune {'search' if searched else 'sweep'}", "",
              f"- model: `{sweep.get('input', '?')}`",
              f"- method: {sweep.get('method', '?')}, mode: {sweep.get('mode', '?')}, re-fit: {_refit_text(sweep)}",
              *_limit_lines(sweep),
+             *([search_line(searched)] if searched else []),
              f"- fidelity measured on: {on}", "",
-             "| target | params removed | MACs removed | relative error | top-1 agreement | accuracy | seconds |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| target | params removed | MACs removed | relative error | top-1 agreement | accuracy | seconds |"
+             + (" within tolerance |" if searched else ""),
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---|" if searched else "")]
     for r in runs:
         first = next(iter(r["fidelity"].values()), {})
         top1 = _pct(first["top1_agreement"]) if "top1_agreement" in first else "-"
         acc = r.get("accuracy")
-        acc_text = f"{_pct(acc['pruned'])} (original {_pct(acc['original'])})" if acc else "-"
+        # two decimals: a drop of half a point is the kind of tolerance a sweep is read for
+        acc_text = f"{100 * acc['pruned']:.2f}% (original {100 * acc['original']:.2f}%)" if acc else "-"
         lines.append(f"| {r['kind']} {target_text(r['target'])} | {_pct(r['params_removed'])} | {_pct(r['macs_removed'])} | "
-                     f"{first.get('relative_error', float('nan')):.4f} | {top1} | {acc_text} | {r['seconds']:.1f} |")
+                     f"{first.get('relative_error', float('nan')):.4f} | {top1} | {acc_text} | {r['seconds']:.1f} |"
+                     + ((" yes |" if r["within_tolerance"] else " no |") if searched else ""))
     return "\n".join(lines) + "\n"
+
+
+_TOLERANCES = {"max_drop": "accuracy drop <= {:g} points", "min_agreement": "top-1 agreement >= {:.2%}",
+               "max_error": "relative output error <= {:g}"}
+
+
+def search_line(search: dict) -> str:
+    """A search's outcome in a Markdown list line: the tolerance, the target found, the grid."""
+    kind = search["kind"].replace("_", " ")
+    found = f"**{target_text(search['best'])}**" if search["best"] is not None else "none"
+    return (f"- search: the largest {kind} with {_TOLERANCES[search['criterion']].format(search['tolerance'])}: "
+            f"{found} (bisection on multiples of {search['resolution']:g}; the prunable groups reach "
+            f"{search['reach']:.3f})")
 
 
 # -- Markdown --------------------------------------------------------------------------------
@@ -308,6 +335,9 @@ def _sweep_figure(Figure, sweep: dict):
     if all(r.get("accuracy") for r in runs) and runs:
         ax.plot(xs, [r["accuracy"]["pruned"] for r in runs], marker="s", label="accuracy (pruned)")
         ax.axhline(runs[0]["accuracy"]["original"], color="grey", linestyle=":", label="accuracy (original)")
+    best = next((r for r in runs if r["target"] == (sweep.get("search") or {}).get("best")), None)
+    if best is not None:
+        ax.axvline(best[key], color="green", linestyle="--", label="chosen")
     ax.set_xlabel(label)
     ax.set_ylabel("fraction")
     ax.set_title(f"Agreement on {runs[0]['fidelity_on'] if runs else '?'}", fontsize=9)

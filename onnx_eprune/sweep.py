@@ -91,7 +91,7 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
     # a target out of range fails now, not after calibrating or pruning the smaller ones
     for value in targets:
         replace(base, **{kind: value}).target()
-    with _once():
+    with quiet_repeats():
         return _sweep(model, calib, targets, kind, data, labels, base, progress)
 
 
@@ -119,7 +119,7 @@ def repeated_targets(values: list[float]) -> list[float]:
 
 
 @contextmanager
-def _once() -> Iterator[None]:
+def quiet_repeats() -> Iterator[None]:
     """Drop the info and warning lines that a sweep already printed: every target's run
     would repeat the provider, the exclusions and the calibration data's warnings."""
     seen: set[str] = set()
@@ -144,45 +144,73 @@ def _once() -> Iterator[None]:
 def _sweep(model, calib, targets: list[float], kind: str, data, labels, base: PruneConfig,
            progress: Progress | None) -> list[SweepPoint]:
     """:func:`sweep` once its arguments are checked (``base``: the config without a target)."""
-    original = as_model(model)
-    normalize(original)
-    # loaded once: an iterable or a data reader would be spent after the first target
-    arrays = load_calibration(calib, original, base.samples).arrays
-    base = replace(base, samples=None)  # the arrays hold the first --samples: no run need cut (and warn) again
-    providers = choose_providers(base.device)
-    if data is not None:
-        try:
-            held_out = load_calibration(data, original, held_out=True)
-        except UsageError as exc:  # its messages speak of calibration data
-            raise UsageError(f"--data: {exc}") from None
-        on = f"{held_out.samples} held-out samples"
-    else:
-        held_out = load_calibration({k: v[:CALIBRATION_CHECK] for k, v in arrays.items()}, original, probe=True)
-        on = f"the first {held_out.samples} calibration samples"
-    names, size, classes = compared_outputs(original, held_out, providers)
-    y = load_labels(labels, held_out.samples, classes, names[0]) if labels is not None else None
-    # a target out of reach, or a mistyped --exclude, fails now, not after calibrating or
-    # pruning the smaller targets (the largest is the hardest to reach)
-    Pruner(original, arrays, replace(base, **{kind: max(targets)})).preflight()
-    stats = [calibrate(original, arrays, base, progress)] if base.mode == "oneshot" else None
-    # the original's outputs, computed once and kept (in scratch files past the memory share)
-    space = CacheSpace.default()
-    reference = CachedNetwork(original, Topology(original), held_out, providers, size, space)
-    points = []
-    try:
-        for value in sorted(targets):
-            config = replace(base, **{kind: value})
-            t0 = time.perf_counter()
-            result = prune(original, None if stats else arrays, config, progress, stats=stats)
-            seconds = time.perf_counter() - t0
-            fidelity, accuracy = measure_against(([values[n] for n in names] for values in reference.compute(names)),
-                                                 result.model, held_out, names, size, providers, y)
-            rep = result.report
-            # calibration samples that thin layers were fitted to flatter the pruned model
-            point_on = f"{on} {optimism_note(rep)}" if data is None and rep.get("thin_refits") else on
-            points.append(SweepPoint(kind, value, rep["params"]["removed_fraction"],
-                                     rep["macs"]["removed_fraction"], fidelity, point_on, seconds, accuracy, rep,
-                                     result.model))
-    finally:
-        space.close()
-    return points
+    with Measurer(model, calib, kind, data, labels, base, progress, hardest=max(targets)) as measurer:
+        return [measurer.point(value) for value in sorted(targets)]
+
+
+class Measurer:
+    """Prunes one model at targets of one ``kind`` and measures each result against the
+    original, sharing between targets what does not depend on them: the calibration arrays,
+    the held-out data and labels, the original's outputs on them (cached, in scratch files
+    past the memory share) and, in one-shot mode, the statistics.
+
+    Arguments as for :func:`sweep` (``base``: the config without a target); ``hardest``: the
+    largest target that will be asked for, checked for reach (and a mistyped ``--exclude``)
+    before any calibration. A context manager: leaving it removes the scratch files.
+    """
+
+    def __init__(self, model, calib, kind: str, data, labels, base: PruneConfig, progress: Progress | None,
+                 hardest: float) -> None:
+        self.kind, self.progress, self.in_sample = kind, progress, data is None
+        self.original = as_model(model)
+        normalize(self.original)
+        # loaded once: an iterable or a data reader would be spent after the first target
+        self.arrays = load_calibration(calib, self.original, base.samples).arrays
+        self.base = replace(base, samples=None)  # the arrays hold the first --samples: no run need cut (and warn) again
+        self.providers = choose_providers(base.device)
+        if data is not None:
+            try:
+                self.held_out = load_calibration(data, self.original, held_out=True)
+            except UsageError as exc:  # its messages speak of calibration data
+                raise UsageError(f"--data: {exc}") from None
+            self.on = f"{self.held_out.samples} held-out samples"
+        else:
+            self.held_out = load_calibration({k: v[:CALIBRATION_CHECK] for k, v in self.arrays.items()},
+                                             self.original, probe=True)
+            self.on = f"the first {self.held_out.samples} calibration samples"
+        self.names, size, self.classes = compared_outputs(self.original, self.held_out, self.providers)
+        self.size = size
+        self.labels = (load_labels(labels, self.held_out.samples, self.classes, self.names[0])
+                       if labels is not None else None)
+        # a target out of reach, or a mistyped --exclude, fails now, not after calibrating or
+        # pruning the smaller targets (the largest is the hardest to reach)
+        pruner = Pruner(self.original, self.arrays, replace(self.base, **{kind: hardest}))
+        self.reach = pruner.reach(pruner.preflight())
+        self.stats: list | None = None  # one-shot statistics, computed for the first target
+        self.space = CacheSpace.default()
+        self.reference = CachedNetwork(self.original, Topology(self.original), self.held_out, self.providers, size,
+                                       self.space)
+
+    def __enter__(self) -> Measurer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.space.close()
+
+    def point(self, value: float) -> SweepPoint:
+        """Prune at ``value`` (a fraction of this measurer's ``kind``) and measure the result."""
+        config = replace(self.base, **{self.kind: value})
+        if self.base.mode == "oneshot" and self.stats is None:
+            self.stats = [calibrate(self.original, self.arrays, self.base, self.progress)]
+        t0 = time.perf_counter()
+        result = prune(self.original, None if self.stats else self.arrays, config, self.progress, stats=self.stats)
+        seconds = time.perf_counter() - t0
+        names = self.names
+        fidelity, accuracy = measure_against(([values[n] for n in names] for values in self.reference.compute(names)),
+                                             result.model, self.held_out, names, self.size, self.providers,
+                                             self.labels)
+        rep = result.report
+        # calibration samples that thin layers were fitted to flatter the pruned model
+        on = f"{self.on} {optimism_note(rep)}" if self.in_sample and rep.get("thin_refits") else self.on
+        return SweepPoint(self.kind, value, rep["params"]["removed_fraction"], rep["macs"]["removed_fraction"],
+                          fidelity, on, seconds, accuracy, rep, result.model)

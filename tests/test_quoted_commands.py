@@ -660,6 +660,7 @@ def test_report_commands_read_committed_files():
 
 MINIMAL = {"prune": ["M.onnx", "-o", "O.onnx", "--calib", "C.npy", "--sparsity", "0.5"],
            "sweep": ["M.onnx", "--calib", "C.npy", "--sparsity", "0.5", "--report-dir", "D"],
+           "search": ["M.onnx", "-o", "O.onnx", "--calib", "C.npy", "--max-error", "0.1"],
            "calibrate": ["M.onnx", "--calib", "C.npy", "--stats-out", "S.npz"],
            "inspect": ["M.onnx"], "evaluate": ["A.onnx", "B.onnx", "--data", "D.npy"], "demo": []}
 

@@ -220,13 +220,14 @@ def _block(api, index: int) -> dict:
 
 
 def test_the_readme_examples_are_the_ones_this_file_runs():
-    """Three Python blocks (prune / save; calibrate shards; inspect, evaluate, sweep) and six
-    command lines: if the README gains an example, this file must run it too."""
-    assert len(PY_BLOCKS) == 3
+    """Four Python blocks (prune / save; calibrate shards; inspect, evaluate, sweep; search)
+    and seven command lines: if the README gains an example, this file must run it too."""
+    assert len(PY_BLOCKS) == 4
     assert 'onnx_eprune.prune("model.onnx", calib, sparsity=0.5)' in PY_BLOCKS[0]
     assert "onnx_eprune.calibrate(" in PY_BLOCKS[1]
     assert "onnx_eprune.sweep(" in PY_BLOCKS[2]
-    assert [c.split()[1] for c in COMMANDS] == ["demo", "inspect", "prune", "prune", "calibrate", "prune"]
+    assert "onnx_eprune.search(" in PY_BLOCKS[3]
+    assert [c.split()[1] for c in COMMANDS] == ["demo", "inspect", "prune", "search", "prune", "calibrate", "prune"]
     # the demo is run by the demo's own tests (about 10 s)
     assert 'main(["demo"' in (ROOT / "tests" / "test_demo_and_prune_cli.py").read_text()
 
@@ -411,6 +412,27 @@ def test_sweep_block_figures_match_a_recomputation(api):
         assert p.accuracy["pruned"] == pytest.approx(pruned_acc)
 
 
+# -- block 3: search ----------------------------------------------------------------------------------
+
+def test_search_block_finds_saves_and_prints_the_largest_target_within_half_a_point(api):
+    """``# the largest sparsity within half a point``: the target found loses at most 0.5
+    points on val.npy against val_labels.npy (recomputed from the saved file), the next grid
+    step, where tried, loses more, and the printed line is the target and the fraction removed."""
+    run = _block(api, 3)
+    found, folder = run["ns"]["found"], api["folder"]
+    assert found.best is not None and run["printed"].splitlines() == [
+        f"{found.best.target} {found.best.params_removed}"]
+    saved = onnx.load(str(folder / "model.searched.onnx"))
+    assert saved.graph == found.model.graph
+    x, labels = np.load(folder / "val.npy"), np.load(folder / "val_labels.npy")
+    correct = [np.sum(run_model(m, x)["y"].argmax(1) == labels) for m in (_stand_in_model(), saved)]
+    assert 100 * (correct[0] - correct[1]) / len(labels) <= 0.5
+    assert found.best.params_removed == pytest.approx(1 - count_params(saved) / count_params(_stand_in_model()),
+                                                      abs=1e-6)
+    following = [p for p in found.points if p.target == pytest.approx(found.best.target + 0.01)]
+    assert all(not found.within(p) for p in following)
+
+
 # -- the command lines -----------------------------------------------------------------------------
 
 @pytest.fixture
@@ -459,6 +481,22 @@ def test_prune_example_with_exclude_and_min_keep(folder, capsys):
         assert after[name].shape[0] >= math.ceil(0.25 * before[name].shape[0]), name
     assert _macs(pruned) <= 0.5 * _macs(_stand_in_model())
     assert onnx.load(str(folder / "model.onnx")).graph == _stand_in_model().graph
+
+
+def test_search_example_writes_the_model_and_the_search_folder(folder, capsys):
+    """``onnx-eprune search model.onnx -o pruned.onnx --calib calib.npy --data val.npy --labels
+    val_labels.npy --max-drop 0.5 --report-dir search/``: pruned.onnx, valid, at the target
+    that search.json names, which lost at most half a point on val.npy; the folder holds the
+    search files and the chosen run's report."""
+    out, _ = _run(capsys, _argv(_command("onnx-eprune search")))
+    pruned = _check_output_model(folder / "pruned.onnx")
+    record = json.loads((folder / "search" / "search.json").read_text())
+    chosen = next(r for r in record["runs"] if r["target"] == record["search"]["best"])
+    assert chosen["within_tolerance"] and 100 * (chosen["accuracy"]["original"] - chosen["accuracy"]["pruned"]) <= 0.5
+    assert chosen["params_removed"] == pytest.approx(1 - count_params(pruned) / count_params(_stand_in_model()),
+                                                     abs=1e-6)
+    assert {"search.json", "search.md", "report.json", "report.md"} <= {p.name for p in (folder / "search").iterdir()}
+    assert "wrote pruned.onnx" in out
 
 
 def test_the_metadata_one_liner_reads_what_the_readme_lists(folder, capsys):

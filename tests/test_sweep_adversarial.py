@@ -197,7 +197,7 @@ def test_sweep_md_says_what_sweep_json_says(full_sweep):
         assert row == [f"sparsity {run['target']:g}", f"{100 * run['params_removed']:.1f}%",
                        f"{100 * run['macs_removed']:.1f}%", f"{run['fidelity']['y']['relative_error']:.4f}",
                        f"{100 * run['fidelity']['y']['top1_agreement']:.1f}%",
-                       f"{100 * acc['pruned']:.1f}% (original {100 * acc['original']:.1f}%)", f"{run['seconds']:.1f}"]
+                       f"{100 * acc['pruned']:.2f}% (original {100 * acc['original']:.2f}%)", f"{run['seconds']:.1f}"]
     assert "- method: l1, mode: oneshot" in md
     assert "- fidelity measured on: 40 held-out samples" in md
 
