@@ -308,20 +308,26 @@ def _check_stats_options(args: argparse.Namespace) -> None:
                          "statistics files hold one-shot statistics: drop --mode, or give --calib instead of --stats")
 
 
+def _checked_inputs_and_output(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The files a command that writes one model (``-o``) reads, once the image options
+    and the output, with its data file for a model above 2 GB, are checked against them."""
+    _check_image_options(args)
+    inputs = _inputs(args)
+    _check_output(args.output, "-o", inputs)
+    if _large(args.model):
+        _check_data_file(args.output, inputs)
+    return inputs
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .graph.model_io import save_model
     from .pipeline import prune
     from .progress import Progress
     from .report import summary_table, write_json
     from .report_files import NAMES, write_report_dir
 
-    _check_image_options(args)
     if args.stats:
         _check_stats_options(args)
-    inputs = _inputs(args)
-    _check_output(args.output, "-o", inputs)
-    if _large(args.model):
-        _check_data_file(args.output, inputs)
+    inputs = _checked_inputs_and_output(args)
     if args.report is not None:
         _check_output(args.report, "--report", inputs)
         if Path(args.report).resolve() == Path(args.output).resolve():
@@ -343,10 +349,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     report = dict(result.report, input=str(args.model), output=str(args.output))
     # a failure or an interrupt anywhere here leaves every output as it was before the run
     with Replacing(_new_folder(args.report_dir)) as outputs:
-        outputs.claim(f"{args.output}.data")  # where a model above 2 GB keeps its weights (before it is written)
-        with _written_after_the_checks(args.output):
-            save_model(result.model, outputs.claim(args.output), keep=[source for _, source in inputs])
-        written = [Path(args.output)]
+        written = [_write_model(outputs, result.model, args.output, inputs)]
         if args.report:
             write_json(report, outputs.claim(args.report))
             written.append(Path(args.report))
@@ -357,6 +360,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not args.quiet:
         _print_after_writing(summary_table(report) + "\nwrote " + ", ".join(str(p) for p in written), written)
     return 0
+
+
+def _write_model(outputs: Replacing, model, output: str, inputs: list[tuple[str, str]]) -> Path:
+    """Write ``model`` to ``output`` among the ``outputs`` that a failure puts back."""
+    from .graph.model_io import save_model
+
+    outputs.claim(f"{output}.data")  # where a model above 2 GB keeps its weights (before it is written)
+    with _written_after_the_checks(output):
+        save_model(model, outputs.claim(output), keep=[source for _, source in inputs])
+    return Path(output)
 
 
 @contextmanager
@@ -387,7 +400,6 @@ def _print_after_writing(text: str, written: list[Path]) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .graph.model_io import save_model
     from .progress import Progress
     from .report_files import SWEEP_JSON, SWEEP_MARKDOWN, SWEEP_PLOT, write_sweep_dir
     from .sweep import repeated_targets, sweep
@@ -423,11 +435,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             outputs.claim(folder / name)
         written = write_sweep_dir(record, folder)
         if args.save_models:
-            for p in points:
-                path = folder / _sweep_model_name(kind, p.target)
-                outputs.claim(f"{path}.data")  # before it is written, so that a failure puts the old one back
-                save_model(p.model, outputs.claim(path), keep=[source for _, source in inputs])
-                written.append(path)
+            written += [_write_model(outputs, p.model, str(folder / _sweep_model_name(kind, p.target)), inputs)
+                        for p in points]
     if not args.quiet:
         from .report_files import markdown_sweep
 
@@ -446,17 +455,12 @@ def _run_record(args: argparse.Namespace, config) -> dict:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .graph.model_io import save_model
     from .progress import Progress
     from .report import summary_table
     from .report_files import NAMES, SEARCH_NAMES, markdown_sweep, write_report_dir, write_search_dir
     from .search import search
 
-    _check_image_options(args)
-    inputs = _inputs(args)
-    _check_output(args.output, "-o", inputs)
-    if _large(args.model):
-        _check_data_file(args.output, inputs)
+    inputs = _checked_inputs_and_output(args)
     if args.report_dir is not None:
         _check_report_dir(args, NAMES + SEARCH_NAMES)
     if args.labels and not args.data:
@@ -484,10 +488,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                           "--resolution)")
     report = dict(result.best.report, input=str(args.model), output=str(args.output))
     with Replacing(_new_folder(args.report_dir)) as outputs:
-        outputs.claim(f"{args.output}.data")  # where a model above 2 GB keeps its weights (before it is written)
-        with _written_after_the_checks(args.output):
-            save_model(result.model, outputs.claim(args.output), keep=[source for _, source in inputs])
-        written = [Path(args.output)]
+        written = [_write_model(outputs, result.model, args.output, inputs)]
         if args.report_dir:
             for name in NAMES + SEARCH_NAMES:
                 outputs.claim(Path(args.report_dir) / name)

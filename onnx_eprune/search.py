@@ -16,17 +16,16 @@ import logging
 import math
 import numbers
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
-from .config import PruneConfig, check_progress, make_config
+from .config import PruneConfig
 from .errors import EPruneError, UsageError
-from .graph.model_io import check_model_arg
 from .pipeline import PruneResult, input_files
 from .progress import Progress
-from .sweep import CALIBRATION_CHECK, KINDS, TARGET_FIELDS, Measurer, SweepPoint, quiet_repeats
+from .sweep import CALIBRATION_CHECK, KINDS, Measurer, SweepPoint, quiet_repeats, untargeted_config
 
 log = logging.getLogger("onnx_eprune")
 
@@ -111,19 +110,12 @@ def search(model, calib, *, max_drop: float | None = None, min_agreement: float 
         raise UsageError(f"a search runs over one of {', '.join(KINDS)}, not {kind!r}")
     if not isinstance(resolution, numbers.Real) or isinstance(resolution, bool) or not 0 < resolution <= 0.5:
         raise UsageError(f"resolution (--resolution) must be a number in (0, 0.5], not {resolution!r}")
-    if labels is not None and data is None:
-        raise UsageError("labels need data: the inputs they label")
+    base = untargeted_config(model, config, options, data, labels, progress, "a search chooses its own targets")
     if criterion == "max_drop" and labels is None:
         raise UsageError("max_drop compares accuracy, which needs data and their labels")
-    given = [name for name in TARGET_FIELDS if name in options]
-    if given:
-        raise UsageError(f"a search chooses its own targets; drop {given[0]}=")
-    base = replace(make_config(config, options), sparsity=None, flops_reduction=None, keep_ratio=None)
-    check_model_arg(model)
     if data is None:
         log.warning("no held-out data: the tolerance is measured on the first %d calibration samples, which the "
                     "layers were fitted to, and so the target found is optimistic", CALIBRATION_CHECK)
-    check_progress(progress)
     with quiet_repeats(), Measurer(model, calib, kind, data, labels, base, progress, hardest=0.0) as measurer:
         if criterion == "min_agreement" and measurer.classes is None:
             raise UsageError(f"min_agreement compares top-1 predictions, but output {measurer.names[0]!r} holds no "

@@ -80,19 +80,30 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
     if kind not in KINDS:
         raise UsageError(f"a sweep runs over one of {', '.join(KINDS)}, not {kind!r}")
     targets = _checked_targets(targets)
-    if labels is not None and data is None:
-        raise UsageError("labels need data: the inputs they label")
-    given = [name for name in TARGET_FIELDS if name in options]
-    if given:
-        raise UsageError(f"a sweep takes its targets in targets=[...], not {given[0]}=")
-    base = replace(make_config(config, options), sparsity=None, flops_reduction=None, keep_ratio=None)
-    check_model_arg(model)
-    check_progress(progress)
+    base = untargeted_config(model, config, options, data, labels, progress,
+                             "a sweep takes its targets in targets=[...]")
     # a target out of range fails now, not after calibrating or pruning the smaller ones
     for value in targets:
         replace(base, **{kind: value}).target()
     with quiet_repeats():
         return _sweep(model, calib, targets, kind, data, labels, base, progress)
+
+
+def untargeted_config(model, config: PruneConfig | None, options: dict, data, labels, progress: Progress | None,
+                      targets_from: str) -> PruneConfig:
+    """The config of a run over several targets, without a target, once the arguments that
+    every such run shares are checked: :class:`UsageError` for labels without data, a
+    target among the keyword ``options`` (``targets_from`` says where they come from
+    instead), a model or progress argument of the wrong kind."""
+    if labels is not None and data is None:
+        raise UsageError("labels need data: the inputs they label")
+    given = [name for name in TARGET_FIELDS if name in options]
+    if given:
+        raise UsageError(f"{targets_from}, not {given[0]}=")
+    base = replace(make_config(config, options), sparsity=None, flops_reduction=None, keep_ratio=None)
+    check_model_arg(model)
+    check_progress(progress)
+    return base
 
 
 def _checked_targets(targets: object) -> list[float]:

@@ -1029,8 +1029,8 @@ def test_cli_sweep_files_hold_measured_figures(calib: np.ndarray, tmp_path: Path
                     "pruned": float(np.mean(yb.argmax(1) == labels))}
         assert run["accuracy"] == accuracy and run["fidelity_on"] == "40 held-out samples"
         row = (f"| flops_reduction {run['target']:g} | {pct(removed(pb, pa))} | {pct(removed(mb, ma))} | "
-               f"{own['relative_error']:.4f} | {pct(own['top1_agreement'])} | {pct(accuracy['pruned'])} "
-               f"(original {pct(accuracy['original'])}) |")
+               f"{own['relative_error']:.4f} | {pct(own['top1_agreement'])} | {100 * accuracy['pruned']:.2f}% "
+               f"(original {100 * accuracy['original']:.2f}%) |")
         assert any(line.startswith(row) for line in md) and any(line.startswith(row) for line in printed)
         out = tmp_path / f"alone_{run['target']:g}.onnx"
         assert main(["prune", path, "-o", str(out), "--calib", calib_path, "--flops-reduction", f"{run['target']:g}",
