@@ -496,7 +496,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.quiet:
         from .report_files import search_line
 
-        _print_after_writing(f"{table}\n{search_line(result.as_dict())[2:]}\n{summary_table(report)}\nwrote "
+        _print_after_writing(f"{table}\n{search_line(result.as_dict())[2:].replace('**', '')}\n{summary_table(report)}\nwrote "
                              + ", ".join(str(p) for p in written), written)
     return 0
 

@@ -73,12 +73,7 @@ class SearchResult:
 
     def measured(self, point: SweepPoint) -> str:
         """What ``point`` measured of the tolerance's quantity, in words."""
-        first = next(iter(point.fidelity.values()))
-        if self.criterion == "max_drop":
-            return f"an accuracy drop of {100 * (point.accuracy['original'] - point.accuracy['pruned']):.2f} points"
-        if self.criterion == "min_agreement":
-            return f"a top-1 agreement of {first['top1_agreement']:.2%}"
-        return f"a relative output error of {first['relative_error']:.4g}"
+        return _measured(point, self.criterion)
 
     def as_dict(self) -> dict:
         """JSON-ready (without the models and the full reports)."""
@@ -125,7 +120,7 @@ def search(model, calib, *, max_drop: float | None = None, min_agreement: float 
             raise EPruneError(f"the prunable groups can remove only {measurer.reach:.4f} of the "
                               f"{'parameters' if kind == 'sparsity' else 'MACs'}, less than one resolution step "
                               f"({resolution:g})")
-        points = _bisect(measurer, steps, resolution, lambda p: _meets(p, criterion, tolerance))
+        points = _bisect(measurer, steps, resolution, lambda p: _judged(p, criterion, tolerance))
     passed = [p for p in points if _meets(p, criterion, tolerance)]
     return SearchResult(kind, criterion, tolerance, measurer.reach, float(resolution),
                         sorted(points, key=lambda p: p.target), max(passed, key=lambda p: p.target, default=None),
@@ -148,6 +143,23 @@ def _criterion(max_drop, min_agreement, max_error) -> tuple[str, float]:
     if name == "max_error" and not value > 0:
         raise UsageError(f"{named} is a relative error above 0, not {value!r}")
     return name, float(value)
+
+
+def _measured(point: SweepPoint, criterion: str) -> str:
+    first = next(iter(point.fidelity.values()))
+    if criterion == "max_drop":
+        return f"an accuracy drop of {100 * (point.accuracy['original'] - point.accuracy['pruned']):.2f} points"
+    if criterion == "min_agreement":
+        return f"a top-1 agreement of {first['top1_agreement']:.2%}"
+    return f"a relative output error of {first['relative_error']:.4g}"
+
+
+def _judged(point: SweepPoint, criterion: str, tolerance: float) -> bool:
+    """:func:`_meets`, with an info line: a search runs for minutes, one target at a time."""
+    meets = _meets(point, criterion, tolerance)
+    log.info("%s %g gives %s: %s the tolerance", point.kind.replace("_", " "), point.target,
+             _measured(point, criterion), "within" if meets else "beyond")
+    return meets
 
 
 def _meets(point: SweepPoint, criterion: str, tolerance: float) -> bool:

@@ -925,3 +925,46 @@ def test_peer_ranges_quoted_in_the_readme():
     assert "lose 15-83 points at 73% of the parameters" in readme
     assert ("the best of them loses 1.2-44 points on LeNet-5 and 18-83 on VGG-16 and ResNet-18, entropic 1.0-9.0 "
             "and -0.07-1.12 (sequential; -0.01-1.75 in one-shot mode)") in readme
+
+
+# ----------------------------------------------------------------------------- search
+def _search_rows() -> dict[tuple[str, str], dict]:
+    return {(r["model"], r["split"]): r for r in json.loads((BENCH / "search.json").read_text())}
+
+
+def test_search_table_is_what_the_tool_prints():
+    """BENCHMARKS.md's Search table is ``tools/bench_search.py --out bench/search.json
+    --markdown`` of the committed rows, and each row's target is the largest tried that kept
+    within half a point, with the next step tried and beyond it."""
+    tool = load_tool("bench_search", "_bench_search_under_test")
+    rows = json.loads((BENCH / "search.json").read_text())
+    assert "python tools/bench_search.py --out bench/search.json --markdown" in BENCHMARKS
+    assert tool.markdown(rows) in BENCHMARKS
+    for r in rows:
+        drops = {t["target"]: 100 * (t["accuracy"]["original"] - t["accuracy"]["pruned"]) for t in r["tried"]}
+        within = [t for t, d in drops.items() if d <= r["max_drop"] + 1e-9]
+        assert r["best"] == max(within)
+        after = round(r["best"] + r["resolution"], 12)
+        assert after in drops and drops[after] > r["max_drop"], r["model"]
+
+
+def test_search_figures_quoted_in_the_summaries():
+    """The README's and the at-a-glance row's search figures are the committed rows'."""
+    rows = _search_rows()
+
+    def drop(row: dict, test: bool) -> str:
+        if test:
+            return f"{100 * (row['test_original'] - row['test_pruned']):.2f}"
+        chosen = next(t for t in row["tried"] if t["target"] == row["best"])["accuracy"]
+        return f"{100 * (chosen['original'] - chosen['pruned']):.2f}"
+
+    on_test = [rows[(m, "test")] for m in ("lenet5", "vgg16", "resnet18")]
+    on_train = [rows[(m, "train")] for m in ("lenet5", "vgg16", "resnet18")]
+    found = ", ".join(f"{name} {100 * r['best']:.0f}% ({drop(r, True)})"
+                      for name, r in zip(("LeNet-5", "VGG-16", "ResNet-18"), on_test))
+    assert f"`onnx-eprune search --max-drop 0.5` on the test split finds {found}" in _flat(README)
+    assert f"to the step of 0.01 (session 48): {found}" in _flat(BENCHMARKS)
+    train = " / ".join(f"{100 * r['best']:.0f}%" for r in on_train)
+    losses = " / ".join(drop(r, True) for r in on_train)
+    assert f"searched on 5000 held-out train images instead, {train}, which lose {losses} points" in _flat(README)
+    assert f"finds {train} sparsity, which lose {losses} points on the test split" in _flat(README)

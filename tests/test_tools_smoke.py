@@ -158,7 +158,7 @@ def fmnist_test():
 
 # -- 1. --help without torch ------------------------------------------------------------------
 
-HELP_WITHOUT_TORCH = ["bench_quality", "bench_speed", "bench_large", "bench_coverage", "plot_quality",
+HELP_WITHOUT_TORCH = ["bench_quality", "bench_search", "bench_speed", "bench_large", "bench_coverage", "plot_quality",
                       "keepset_landscape", "layer_objective", "mixed_selection", "allocation_swap",
                       "same_as_fixed_ridge", "export_timm", "export_torchvision", "export_thirdparty",
                       "train_reference"]
@@ -444,6 +444,32 @@ def test_bench_quality_prints_every_table_asked_for(tmp_path):
     assert ran.exc is None and ran.code == 0
     assert "| entropic against |" in ran.out
     assert "| model | target | mode |" in ran.out
+
+
+@needs_reference
+@needs_dataset
+def test_bench_search_tiny_run(tmp_path):
+    """``tools/bench_search.py --models lenet5 --splits train --validation 500 --resolution
+    0.25``: one row, searched on 500 train images that are not calibration images, the model
+    found measured on the full test split, and the table row printed; ``--markdown`` prints
+    the row again without running."""
+    out = tmp_path / "search.json"
+    ran = run_tool("bench_search", "--models", "lenet5", "--splits", "train", "--validation", "500",
+                   "--resolution", "0.25", "--out", out)
+    assert ran.code == 0 and ran.exc is None, ran.message
+    (row,) = json.loads(out.read_text())
+    assert (row["model"], row["split"], row["held_out"]) == ("lenet5", "train", 500)
+    assert row["best"] is not None and row["test_original"] == pytest.approx(card_accuracy("lenet5"), abs=1e-4)
+    chosen = next(t for t in row["tried"] if t["target"] == row["best"])
+    assert chosen["within"] and 100 * (chosen["accuracy"]["original"] - chosen["accuracy"]["pruned"]) <= 0.5
+    assert {t["target"] for t in row["tried"]} <= {0.25, 0.5, 0.75}
+    tool = load_tool("bench_search")
+    calib = np.load(CALIB28)
+    x, _ = tool.validation_set(calib, 28, 500)
+    calibrated = {c.tobytes() for c in calib}
+    assert not any(image.tobytes() in calibrated for image in x)
+    again = run_tool("bench_search", "--out", out, "--markdown")
+    assert again.code == 0 and ran.out.splitlines()[-1] == again.out.splitlines()[-1]
 
 
 # -- 3. bench_speed.py ---------------------------------------------------------------------------

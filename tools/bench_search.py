@@ -8,8 +8,9 @@ most ``--max-drop`` points of top-1 accuracy, measured on:
   tolerance that the quality tables ask for, found to the step instead of on their grid.
 - ``train``: ``--validation`` Fashion-MNIST train images that are not in the calibration
   file (a user's held-out labelled set; the reference models were trained on these images,
-  so their accuracy there is near 100% and a drop reads differently); the model found is
-  then measured on the full test split, which the search never saw.
+  so their accuracy there is 1.5-2.5 points above the test split's and a drop reads
+  differently); the model found is then measured on the full test split, which the search
+  never saw.
 
     python tools/bench_search.py --models lenet5 vgg16 resnet18 --out bench/search.json
     python tools/bench_search.py --out bench/search.json --markdown   # the table of an earlier run
