@@ -962,7 +962,7 @@ def test_search_figures_quoted_in_the_summaries():
     on_train = [rows[(m, "train")] for m in ("lenet5", "vgg16", "resnet18")]
     found = ", ".join(f"{name} {100 * r['best']:.0f}% ({drop(r, True)})"
                       for name, r in zip(("LeNet-5", "VGG-16", "ResNet-18"), on_test))
-    assert f"`onnx-eprune search --max-drop 0.5` on the test split finds {found}" in _flat(README)
+    assert f"`onnx-eprune search ... --max-drop 0.5` on the test split finds {found}" in _flat(README)
     assert f"to the step of 0.01 (session 48): {found}" in _flat(BENCHMARKS)
     train = " / ".join(f"{100 * r['best']:.0f}%" for r in on_train)
     losses = " / ".join(drop(r, True) for r in on_train)

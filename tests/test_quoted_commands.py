@@ -211,12 +211,15 @@ FIELD_VALUE = {"N": "256", "K": "8", "D": "1", "R": "0.01", "E": "0.03", "P": "1
 def _elided(command: str, shown: list[str]) -> list[str]:
     """What ``onnx-eprune COMMAND ...`` leaves out: the model and output, and the
     calibration source and target where the quote does not show them."""
-    head = {"prune": ["MODEL.onnx", "-o", "OUT.onnx"], "sweep": ["MODEL.onnx", "--report-dir", "DIR"],
+    head = {"prune": ["MODEL.onnx", "-o", "OUT.onnx"], "search": ["MODEL.onnx", "-o", "OUT.onnx"],
+            "sweep": ["MODEL.onnx", "--report-dir", "DIR"],
             "calibrate": ["MODEL.onnx", "--stats-out", "STATS.npz"], "inspect": ["MODEL.onnx"],
             "evaluate": ["ORIGINAL.onnx", "PRUNED.onnx", "--data", "DATA.npy"]}.get(command, [])
-    if command in ("prune", "sweep", "calibrate") and \
+    if command in ("prune", "sweep", "search", "calibrate") and \
             not {"--calib", "--stats", "--calib-images", "--calib-random"} & set(shown):
         head += ["--calib", "CALIB.npy"]
+    if command == "search" and not {"--max-drop", "--min-agreement", "--max-error"} & set(shown):
+        head += ["--max-error", "0.05"]
     if command in ("prune", "sweep") and not {"--sparsity", "--flops-reduction", "--keep-ratio"} & set(shown):
         head += ["--sparsity", "0.5"]
     return head
