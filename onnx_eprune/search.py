@@ -41,7 +41,8 @@ class SearchResult:
     in percentage points), "min_agreement" (top-1 agreement with the original, a fraction) or
     "max_error" (relative L2 error of the first compared output, a fraction), with its
     ``tolerance``; ``reach``: the largest target the prunable groups can reach (a fraction);
-    ``resolution``: the grid step; ``points``: every target tried, ascending; ``best``: the
+    ``resolution``: the grid step; ``points``: every target tried, ascending (their ``model``
+    None but for ``best``, to spare the memory); ``best``: the
     largest target among them that met the tolerance, or None when none did; ``inputs``: the
     files the search read, which :meth:`save` refuses to overwrite.
     """
@@ -175,14 +176,19 @@ def _meets(point: SweepPoint, criterion: str, tolerance: float) -> bool:
 def _bisect(measurer: Measurer, steps: int, resolution: float, meets) -> list[SweepPoint]:
     """Bisect over the targets ``i * resolution``, ``i`` in 1..``steps``: the original (step
     0) meets any tolerance, and step ``steps + 1`` stands for out of reach. Returns the
-    points tried, in the order tried."""
-    low, high, points = 0, steps + 1, []
+    points tried, in the order tried; only the last that met the tolerance, the largest,
+    keeps its model (a large model's every pruned copy would otherwise stay in memory)."""
+    low, high, points, best = 0, steps + 1, [], None
     while high - low > 1:
         middle = (low + high) // 2
         point = measurer.point(min(round(middle * resolution, 12), measurer.reach))
         points.append(point)
         if meets(point):
             low = middle
+            if best is not None:
+                best.model = None
+            best = point
         else:
             high = middle
+            point.model = None
     return points

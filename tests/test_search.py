@@ -62,6 +62,7 @@ def test_search_keeps_the_largest_target_within_the_agreement(calib, test_x, mod
     if best.target + 0.05 <= result.reach:
         assert following and following[0].fidelity["y"]["top1_agreement"] < 0.8
     assert [p.target for p in result.points] == sorted(p.target for p in result.points)
+    assert [p.model is not None for p in result.points] == [p is best for p in result.points]
     assert all(result.within(p) == (p.fidelity["y"]["top1_agreement"] >= 0.8) for p in result.points)
     assert 0 < result.reach < 1 and result.as_dict()["best"] == best.target
 
