@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -142,6 +143,8 @@ def test_cli_search_writes_the_model_and_the_folder(tmp_path, calib, test_x, cap
     assert json.loads((folder / "report.json").read_text())["params"]["removed_fraction"] == pytest.approx(
         chosen[0]["params_removed"])
     assert f"**{best:g}**" in (folder / "search.md").read_text() and "| within tolerance |" in printed
+    plots = importlib.util.find_spec("matplotlib") is not None
+    assert all((folder / name).exists() == plots for name in ("search.png", "channels.png", "allocation.png"))
     assert f"accuracy drop <= 10 points: {best:g} (" in printed and f"wrote {out}" in printed
 
 
