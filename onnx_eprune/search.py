@@ -42,9 +42,9 @@ class SearchResult:
     "max_error" (relative L2 error of the first compared output, a fraction), with its
     ``tolerance``; ``reach``: the largest target the prunable groups can reach (a fraction);
     ``resolution``: the grid step; ``points``: every target tried, ascending (their ``model``
-    None but for ``best``, to spare the memory); ``best``: the
-    largest target among them that met the tolerance, or None when none did; ``inputs``: the
-    files the search read, which :meth:`save` refuses to overwrite.
+    None but for ``best``, to spare the memory); ``best``: the largest target among them that
+    met the tolerance, or None when none did; ``inputs``: the files the search read, which
+    :meth:`save` refuses to overwrite.
     """
 
     kind: str
@@ -110,8 +110,8 @@ def search(model, calib, *, max_drop: float | None = None, min_agreement: float 
     if criterion == "max_drop" and labels is None:
         raise UsageError("max_drop compares accuracy, which needs data and their labels")
     if data is None:
-        log.warning("no held-out data: the tolerance is measured on the first %d calibration samples, which the "
-                    "layers were fitted to, and so the target found is optimistic", CALIBRATION_CHECK)
+        log.warning("no held-out data: the tolerance is measured on the calibration samples (the first %d at "
+                    "most), which the layers were fitted to, and so the target found is optimistic", CALIBRATION_CHECK)
     with quiet_repeats(), Measurer(model, calib, kind, data, labels, base, progress, hardest=0.0) as measurer:
         if criterion == "min_agreement" and measurer.classes is None:
             raise UsageError(f"min_agreement compares top-1 predictions, but output {measurer.names[0]!r} holds no "
