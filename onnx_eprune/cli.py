@@ -496,8 +496,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.quiet:
         from .report_files import search_line
 
-        _print_after_writing(f"{table}\n{search_line(result.as_dict())[2:].replace('**', '')}\n{summary_table(report)}\nwrote "
-                             + ", ".join(str(p) for p in written), written)
+        found = search_line(result.as_dict())[2:].replace("**", "")  # a list line, printed as plain text
+        _print_after_writing(f"{table}\n{found}\n{summary_table(report)}\nwrote " + ", ".join(map(str, written)),
+                             written)
     return 0
 
 
@@ -657,8 +658,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"prune": cmd_prune, "sweep": cmd_sweep, "search": cmd_search, "calibrate": cmd_calibrate,
-            "inspect": cmd_inspect,
-            "evaluate": cmd_evaluate, "demo": cmd_demo}
+            "inspect": cmd_inspect, "evaluate": cmd_evaluate, "demo": cmd_demo}
 
 
 _OS_HINTS = {errno.ENOSPC: "free some disk space and run again", errno.EDQUOT: "free some space and run again",

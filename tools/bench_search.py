@@ -46,7 +46,8 @@ def validation_set(calib: np.ndarray, size: int, count: int, seed: int = 0) -> t
     calibrated = {row.tobytes() for row in calib.astype(images.dtype)}
     outside = np.array([i for i in range(len(images)) if images[i].tobytes() not in calibrated])
     if len(images) - len(outside) != len(calib):
-        raise SystemExit(f"found {len(images) - len(outside)} of the {len(calib)} calibration images in the train split")
+        raise SystemExit(f"found {len(images) - len(outside)} of the {len(calib)} calibration images in the "
+                         "train split")
     chosen = np.sort(np.random.default_rng(seed).choice(outside, count, replace=False))
     return images[chosen], y[chosen]
 
