@@ -116,7 +116,7 @@ def _add_common(p: argparse.ArgumentParser, quiet: str = "print only warnings an
 
 
 def _add_model_and_calibration(p: argparse.ArgumentParser) -> None:
-    """MODEL and one calibration source (sweep and calibrate)."""
+    """MODEL and one calibration source (sweep, search and calibrate)."""
     p.add_argument("model", metavar="MODEL.onnx")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--calib", metavar="CALIB", help=".npy or .npz, as for prune")
@@ -226,11 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "pruning run per step tried, and write the pruned model at the largest target that stays "
                        "within the tolerance to OUT; with --report-dir, also search.json, search.md, search.png "
                        "(every target tried) and the chosen run's report files.")
-    p.add_argument("model", metavar="MODEL.onnx")
+    _add_model_and_calibration(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the pruned model")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--calib", metavar="CALIB", help=".npy or .npz, as for prune")
-    _add_calib_sources(p, source)
     tolerance = p.add_mutually_exclusive_group(required=True)
     tolerance.add_argument("--max-drop", type=_fraction, metavar="POINTS",
                            help="top-1 accuracy lost on --data, in percentage points (needs --labels)")

@@ -121,11 +121,9 @@ def search(model, calib, *, max_drop: float | None = None, min_agreement: float 
             raise EPruneError(f"the prunable groups can remove only {measurer.reach:.4f} of the "
                               f"{'parameters' if kind == 'sparsity' else 'MACs'}, less than one resolution step "
                               f"({resolution:g})")
-        points = _bisect(measurer, steps, resolution, lambda p: _judged(p, criterion, tolerance))
-    passed = [p for p in points if _meets(p, criterion, tolerance)]
+        points, best = _bisect(measurer, steps, resolution, lambda p: _judged(p, criterion, tolerance))
     return SearchResult(kind, criterion, tolerance, measurer.reach, float(resolution),
-                        sorted(points, key=lambda p: p.target), max(passed, key=lambda p: p.target, default=None),
-                        input_files(model, calib, [data, labels]))
+                        sorted(points, key=lambda p: p.target), best, input_files(model, calib, [data, labels]))
 
 
 def _criterion(max_drop, min_agreement, max_error) -> tuple[str, float]:
@@ -173,11 +171,12 @@ def _meets(point: SweepPoint, criterion: str, tolerance: float) -> bool:
     return first["relative_error"] <= tolerance
 
 
-def _bisect(measurer: Measurer, steps: int, resolution: float, meets) -> list[SweepPoint]:
+def _bisect(measurer: Measurer, steps: int, resolution: float, meets) -> tuple[list[SweepPoint], SweepPoint | None]:
     """Bisect over the targets ``i * resolution``, ``i`` in 1..``steps``: the original (step
     0) meets any tolerance, and step ``steps + 1`` stands for out of reach. Returns the
-    points tried, in the order tried; only the last that met the tolerance, the largest,
-    keeps its model (a large model's every pruned copy would otherwise stay in memory)."""
+    points tried, in the order tried, and the last that met the tolerance (the largest, as
+    the lower bound only rises), or None; only that one keeps its model (a large model's
+    every pruned copy would otherwise stay in memory)."""
     low, high, points, best = 0, steps + 1, [], None
     while high - low > 1:
         middle = (low + high) // 2
@@ -191,4 +190,4 @@ def _bisect(measurer: Measurer, steps: int, resolution: float, meets) -> list[Sw
         else:
             high = middle
             point.model = None
-    return points
+    return points, best

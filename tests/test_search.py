@@ -37,8 +37,9 @@ def test_bisection_finds_the_largest_passing_step_in_log_time(steps):
     resolution = 0.01
     for limit_step in range(steps + 1):
         fake = _Threshold((limit_step + 0.5) * resolution)
-        points = _bisect(fake, steps, resolution, lambda p: p.target <= fake.limit)
+        points, best = _bisect(fake, steps, resolution, lambda p: p.target <= fake.limit)
         passing = [p.target for p in points if p.target <= fake.limit]
+        assert (best.target if best else None) == (max(passing) if passing else None)
         expected = max((i * resolution for i in range(1, steps + 1) if i * resolution <= fake.limit), default=None)
         assert (max(passing) if passing else None) == pytest.approx(expected) if expected else not passing
         assert len(points) <= math.ceil(math.log2(steps + 1))
