@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import json
 import logging
 import math
 import os
+import pkgutil
 import signal
 import sys
 import threading
@@ -28,8 +30,9 @@ import numpy as np
 
 from .allocator import keep_freed_memory
 from .cli_parser import IMAGE_OPTIONS, build_parser
-from .errors import EPruneError, Terminated, UsageError
+from .errors import INTERRUPTED, TERMINATED, EPruneError, Terminated, UsageError
 from .files import Replacing, same_file
+from .signals import signals_held
 from .select.reconstruct import THIN
 
 # inspect probes the model on one zero sample: one above this many float32s (4 GiB) is a mistake
@@ -156,6 +159,21 @@ class _LineFormatter(logging.Formatter):
 
         kind = "warning: " if record.levelno >= logging.WARNING else ""
         return f"onnx-eprune: {kind}{printable(record.getMessage())}"
+
+
+def _load_libraries() -> None:
+    """What the commands import (onnx, onnxruntime and this package's modules: about a
+    second), loaded with Ctrl-C and SIGTERM held back; see signals.py. An interrupt inside
+    the creation of one of the package's own classes is no better: Python reports it as
+    "RuntimeError: Error calling __set_name__". Not before the command line parsed, so that
+    ``--help`` and usage errors stay instant."""
+    package = sys.modules[__package__]
+    with signals_held():
+        for name in ("onnx", "onnx.reference", "onnxruntime"):
+            importlib.import_module(name)
+        for module in pkgutil.walk_packages(package.__path__, f"{__package__}."):
+            if module.name != f"{__package__}.__main__":  # which would run the command line again
+                importlib.import_module(module.name)
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
@@ -795,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
             command, debug = args.command, getattr(args, "debug", False)
             if not command:  # a usage error like any other: one line on stderr, stdout left for results
                 raise UsageError(f"give a command ({', '.join(COMMANDS)}); onnx-eprune --help lists them")
+            _load_libraries()
             _setup_logging(args)
             if hasattr(args, "mode") and _run_mode(args) == "sequential" and not getattr(args, "stats", None):
                 keep_freed_memory()  # one-shot runs gain nothing and peak higher (allocator.py)
@@ -803,11 +822,9 @@ def main(argv: list[str] | None = None) -> int:
                     warnings.simplefilter("ignore")
                 return COMMANDS[command](args)
     except Terminated:
-        return _fail(143, "onnx-eprune: error: terminated (SIGTERM); no partial output was left and the input is "
-                     "untouched", debug)
+        return _fail(143, TERMINATED, debug)
     except KeyboardInterrupt:
-        return _fail(130, "onnx-eprune: error: interrupted; no partial output was left and the input is untouched",
-                     debug)
+        return _fail(130, INTERRUPTED, debug)
     except EPruneError as exc:
         return _fail(exc.exit_code, f"onnx-eprune: error: {_error_line(exc)}", debug)
     except MemoryError:

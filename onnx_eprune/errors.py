@@ -16,3 +16,10 @@ class UsageError(EPruneError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt so that both unwind through the
     same clean-up (exit status 143 rather than 130)."""
+
+
+INTERRUPTED = "onnx-eprune: error: interrupted; no partial output was left and the input is untouched"
+"""The one line a run stopped by Ctrl-C ends with (exit status 130)."""
+
+TERMINATED = "onnx-eprune: error: terminated (SIGTERM); no partial output was left and the input is untouched"
+"""The one line a run stopped by SIGTERM ends with (exit status 143)."""

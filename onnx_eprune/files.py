@@ -6,17 +6,15 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import stat
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
 from .errors import EPruneError, UsageError
+from .signals import signals_held
 
 
 def write_atomic(target: Path, write: Callable[[BinaryIO], None], label: str | None = None) -> None:
@@ -67,7 +65,7 @@ class Replacing:
         return self
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        with _signals_held():  # a second Ctrl-C must not stop the undo half-way
+        with signals_held():  # a second Ctrl-C must not stop the undo half-way
             self._finish(kind)
 
     def _finish(self, kind: type | None) -> None:
@@ -85,27 +83,6 @@ class Replacing:
         if kind is not None and self.new_dir is not None and self.new_dir.is_dir() and \
                 not any(self.new_dir.iterdir()):
             self.new_dir.rmdir()
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back until the block ends (milliseconds of renames), then
-    raise the first that came. Python's handlers are swapped, not the signal mask: a
-    signal sent to the process reaches whichever thread does not mask it (onnxruntime's
-    and BLAS's). Outside the main thread, where handlers cannot be set, the block runs as is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    came: list[int] = []
-    previous = {sig: signal.signal(sig, lambda number, frame: came.append(number))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        if came:
-            signal.raise_signal(came[0])
 
 
 def _remove(path: str | Path | None) -> None:

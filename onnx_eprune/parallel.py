@@ -11,11 +11,13 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
 import numpy as np
+
+from .signals import signals_held
 
 T = TypeVar("T")
 
@@ -75,8 +77,9 @@ def parallel_map(fn: Callable[[T], object], items: Iterable[T], workers: int) ->
             except Exception as exc:  # re-raised by the caller, in items order
                 errors[i] = exc
 
-    helpers = [_pool().submit(drain) for _ in range(min(workers, len(items)) - 1)]
+    helpers: list[Future] = []
     try:
+        helpers.extend(submit(_pool(), drain) for _ in range(min(workers, len(items)) - 1))
         drain()
     except BaseException:  # an interrupt in the caller: the helpers stop after their item
         stopped.set()
@@ -117,6 +120,16 @@ def matmul_rows(a: np.ndarray, b: np.ndarray, workers: int, rows: int = 512) -> 
     return out
 
 
+def submit(pool: ThreadPoolExecutor, fn: Callable[..., T], /, *args: object, **kwargs: object) -> Future:
+    """``pool.submit(fn, *args, **kwargs)`` with Ctrl-C and SIGTERM held back until it returns.
+
+    Submitting may start a thread, and the pool registers a thread for its shutdown at exit
+    only once the start returns: an interrupt while the start waits would leave a thread
+    that no shutdown wakes, waiting for work, and the process could never exit."""
+    with signals_held():
+        return pool.submit(fn, *args, **kwargs)
+
+
 _END = object()
 
 
@@ -128,14 +141,14 @@ def prefetched(items: Iterator[T]) -> Iterator[T]:
     Closing it early (a failed run) does not wait for the item being computed: a generator
     left open is closed by the garbage collector, which may run inside threading's own
     locks (a thread starting), where joining a thread deadlocks. Callers close it."""
-    pool = ThreadPoolExecutor(max_workers=1)
-    ahead = pool.submit(next, items, _END)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx-eprune-prefetch")
     try:
+        ahead = submit(pool, next, items, _END)
         while True:
             item = ahead.result()
             if item is _END:
                 return
-            ahead = pool.submit(next, items, _END)
+            ahead = submit(pool, next, items, _END)
             yield item
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

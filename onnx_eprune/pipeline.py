@@ -38,7 +38,7 @@ from .graph.model_io import (as_model, check_model, check_model_arg, data_files,
                              record_provenance, save_model, share_equal_copies, store_narrowed)
 from .graph.rewrite import Refit, build_pruned
 from .graph.weights import all_zero, consumer_matrix, folded_producer_rows
-from .parallel import blas_on_one_thread, closing_all, matmul_rows, parallel_map, prefetched
+from .parallel import blas_on_one_thread, closing_all, matmul_rows, parallel_map, prefetched, submit
 from .progress import Progress
 from .select import DATA_METHODS, baselines, entropic
 from .select.problem import ConsumerTerm, explained_curve, partial_out
@@ -543,10 +543,10 @@ class Pruner:
         rankings, errors = {}, {}
         consumers = self.analysis.consumers
         gain_data = gain_subset(self.bundle.gain_data() if self.bundle is not None else self.data)
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx-eprune-gains") as pool:
             # onnxruntime measures the gains on its own threads while the solvers rank: their
             # LAPACK calls leave the cores part of the time
-            gains_run = pool.submit(output_gains, self.model, self.topo, gain_data, self.providers,
+            gains_run = submit(pool, output_gains, self.model, self.topo, gain_data, self.providers,
                                     {g: sorted({consumers[c].output for c in self.analysis.groups[g].consumers})
                                      for g in gids}, self.shapes, self.space, seed=self.config.seed,
                                     outputs=self.outputs)

@@ -19,6 +19,7 @@ from .errors import EPruneError
 from .files import Replacing, write_atomic
 from .report import optimism_note, to_json
 from .select.reconstruct import THIN_ROWS
+from .signals import signals_held
 
 log = logging.getLogger("onnx_eprune")
 
@@ -257,7 +258,8 @@ def markdown_report(report: dict) -> str:
 def _figure_class():
     """matplotlib's Figure (drawn without pyplot, so no GUI backend), or None."""
     try:
-        from matplotlib.figure import Figure
+        with signals_held():  # see signals.py: an interrupted extension import fails as if missing
+            from matplotlib.figure import Figure
     except ImportError:
         return None
     return Figure

@@ -18,6 +18,7 @@ import onnx
 
 from ..errors import UsageError
 from ..graph.model_io import fixed_dims, unbatched_inputs
+from ..signals import signals_held
 from .data import model_inputs
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,8 @@ def list_images(directory) -> list[Path]:
 # -- helpers ----------------------------------------------------------------------------
 def _pillow():
     try:
-        from PIL import Image
+        with signals_held():  # see signals.py: an interrupted extension import fails as if missing
+            from PIL import Image
     except ImportError:
         raise UsageError("reading images needs Pillow: pip install pillow") from None
     return Image
