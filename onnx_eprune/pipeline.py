@@ -164,17 +164,42 @@ class _Timer:
         return _Phase()
 
 
+@dataclass
+class Rankings:
+    """What :meth:`Pruner.allocate` draws from the first pass over the original network,
+    the same at any target of one kind (runs at several targets share it: ``sweep`` and
+    ``search``). Per group: its blocks from most to least important, the error of keeping
+    the first k of them (k = 0 .. all), the sensitivity of the model's outputs to it, and
+    its entropic path (where the sequential stages resume). ``config``: the run's, without
+    its target; another config's runs may not use it."""
+
+    config: PruneConfig
+    order: dict[int, np.ndarray]
+    errors: dict[int, np.ndarray]
+    gains: dict[int, float]
+    paths: dict[int, list[entropic.PathPoint]]
+
+
+def _untargeted(config: PruneConfig) -> PruneConfig:
+    return replace(config, sparsity=None, flops_reduction=None, keep_ratio=None)
+
+
 class Pruner:
-    """One pruning run; ``run()`` returns a :class:`PruneResult`."""
+    """One pruning run; ``run()`` returns a :class:`PruneResult`. ``rankings``: those of an
+    earlier run of the same model, data and config at another target of the same kind
+    (``self.rankings`` after its run), which this run then does not draw again."""
 
     lean_stages = True  # see _lean_consumers
 
     def __init__(self, model, calib, config: PruneConfig, progress: Progress | None = None,
-                 stats: StatsBundle | None = None):
+                 stats: StatsBundle | None = None, rankings: Rankings | None = None):
         config.check()
         if stats is not None:
             config = _config_for_stats(config, stats)
+        if rankings is not None and rankings.config != _untargeted(config):
+            raise ValueError("rankings drawn for another configuration")
         self.config = config
+        self.rankings = rankings
         self.progress = progress or Progress(enabled=False)
         self._blas = ThreadpoolController()
         self._blas_threads = max([i["num_threads"] for i in self._blas.info() if i["user_api"] == "blas"] or [1])
@@ -540,6 +565,16 @@ class Pruner:
         units = {g: self.analysis.groups[g].unit for g in gids}
         if target.kind == "keep_ratio":
             return budget.uniform_counts(channels, target.value, steps, least), {}
+        if self.rankings is None:
+            self.rankings = self._rank(gids, stats)
+        shared = self.rankings
+        self.paths = dict(shared.paths)  # a ranking drawn later replaces its group's path here only
+        # indexed by channels kept
+        curves = {g: shared.gains[g] * shared.errors[g][np.arange(channels[g] + 1) // units[g]] for g in gids}
+        return budget.allocate(channels, curves, self.costs, target, steps, least), shared.order
+
+    def _rank(self, gids: list[int], stats: dict[int, MomentStats] | None) -> Rankings:
+        """The :class:`Rankings` of the groups ``gids``, from the first pass's ``stats``."""
         rankings, errors = {}, {}
         consumers = self.analysis.consumers
         gain_data = gain_subset(self.bundle.gain_data() if self.bundle is not None else self.data)
@@ -547,9 +582,9 @@ class Pruner:
             # onnxruntime measures the gains on its own threads while the solvers rank: their
             # LAPACK calls leave the cores part of the time
             gains_run = submit(pool, output_gains, self.model, self.topo, gain_data, self.providers,
-                                    {g: sorted({consumers[c].output for c in self.analysis.groups[g].consumers})
-                                     for g in gids}, self.shapes, self.space, seed=self.config.seed,
-                                    outputs=self.outputs)
+                               {g: sorted({consumers[c].output for c in self.analysis.groups[g].consumers})
+                                for g in gids}, self.shapes, self.space, seed=self.config.seed,
+                               outputs=self.outputs)
             all_terms = self.group_terms(gids, stats, {}, reduced=self.bases.keys())
 
             def rank(g: int) -> None:
@@ -561,10 +596,8 @@ class Pruner:
 
             with self.progress.task("rank", len(gids)) as task:
                 parallel_map(rank, sorted(gids, key=lambda g: -self._solve_cost(all_terms[g])), self._blas_threads)
-            self.gains = gains_run.result()
-        # indexed by channels kept
-        curves = {g: self.gains[g] * errors[g][np.arange(channels[g] + 1) // units[g]] for g in gids}
-        return budget.allocate(channels, curves, self.costs, target, steps, least), rankings
+            gains = gains_run.result()
+        return Rankings(_untargeted(self.config), rankings, errors, gains, self.paths)
 
     def _solve_cost(self, terms: list[ConsumerTerm]) -> float:
         """Rough cost of ranking a group (cubic in its features), to start the largest first."""

@@ -26,7 +26,8 @@ from .config import PruneConfig, check_progress, make_config
 from .errors import UsageError
 from .evaluate import compared_outputs, load_labels, measure_against
 from .graph.model_io import as_model, check_model_arg, normalize
-from .pipeline import Pruner, calibrate, prune
+from .calibrate.bundle import StatsBundle, merge_bundles
+from .pipeline import Pruner, Rankings, calibrate
 from .progress import Progress
 from .report import optimism_note
 
@@ -163,7 +164,8 @@ class Measurer:
     """Prunes one model at targets of one ``kind`` and measures each result against the
     original, sharing between targets what does not depend on them: the calibration arrays,
     the held-out data and labels, the original's outputs on them (cached, in scratch files
-    past the memory share) and, in one-shot mode, the statistics.
+    past the memory share), the groups' rankings (:class:`Rankings`) and, in one-shot mode,
+    the statistics. Each result is the same bytes as a run of ``prune`` at its target.
 
     Arguments as for :func:`sweep` (``base``: the config without a target); ``hardest``: the
     largest target that will be asked for, checked for reach (and a mistyped ``--exclude``)
@@ -197,7 +199,8 @@ class Measurer:
         # pruning the smaller targets (the largest is the hardest to reach)
         pruner = Pruner(self.original, self.arrays, replace(self.base, **{kind: hardest}))
         self.reach = pruner.reach(pruner.preflight())
-        self.stats: list | None = None  # one-shot statistics, computed for the first target
+        self.stats: StatsBundle | None = None  # one-shot statistics, computed for the first target
+        self.rankings: Rankings | None = None  # drawn by the first target's run
         self.space = CacheSpace.default()
         self.reference = CachedNetwork(self.original, Topology(self.original), self.held_out, self.providers, size,
                                        self.space)
@@ -212,9 +215,12 @@ class Measurer:
         """Prune at ``value`` (a fraction of this measurer's ``kind``) and measure the result."""
         config = replace(self.base, **{self.kind: value})
         if self.base.mode == "oneshot" and self.stats is None:
-            self.stats = [calibrate(self.original, self.arrays, self.base, self.progress)]
+            self.stats = merge_bundles([calibrate(self.original, self.arrays, self.base, self.progress)])
         t0 = time.perf_counter()
-        result = prune(self.original, None if self.stats else self.arrays, config, self.progress, stats=self.stats)
+        pruner = Pruner(self.original, None if self.stats else self.arrays, config, self.progress, stats=self.stats,
+                        rankings=self.rankings)
+        result = pruner.run()
+        self.rankings = pruner.rankings
         seconds = time.perf_counter() - t0
         names = self.names
         fidelity, accuracy = measure_against(([values[n] for n in names] for values in self.reference.compute(names)),

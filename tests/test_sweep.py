@@ -39,6 +39,42 @@ def test_sweep_prunes_at_every_target_and_measures_on_held_out_data(calib, mode,
         assert p.fidelity_on == "48 held-out samples"
 
 
+@pytest.mark.parametrize("mode, kind", [("sequential", "sparsity"), ("oneshot", "flops_reduction")])
+def test_sweep_and_search_points_are_the_models_prune_writes(mode, kind):
+    """The runs of a sweep (and a search) share the groups' rankings, drawn by their first
+    run: each point is still the same bytes as ``prune`` at its target, whatever target
+    came first (entropic on the shipped LeNet-5, whose groups all rank from statistics)."""
+    from onnx_eprune.datasets import preprocess
+    from onnx_eprune.demo import MODEL_FILE, SAMPLE_FILE, shipped
+
+    model = onnx.load(str(shipped(MODEL_FILE)))
+    calib = preprocess(np.load(str(shipped(SAMPLE_FILE)))["calib"][:96])
+    options = dict(mode=mode, device="cpu")
+
+    def alone(target: float) -> bytes:
+        return onnx_eprune.prune(model, calib, **{kind: target}, **options).model.SerializeToString()
+
+    expected = {t: alone(t) for t in (0.2, 0.5)}
+    for targets in ([0.5, 0.2], [0.2, 0.5]):  # the smaller target ranks first either way
+        points = onnx_eprune.sweep(model, calib, targets, kind=kind, **options)
+        assert {p.target: p.model.SerializeToString() for p in points} == expected
+    found = onnx_eprune.search(model, calib, kind=kind, max_error=0.5, resolution=0.1, **options)
+    assert len(found.points) > 1 and found.best is not None
+    assert found.best.model.SerializeToString() == alone(found.best.target)
+
+
+def test_rankings_of_another_configuration_are_refused(calib):
+    from onnx_eprune.pipeline import Pruner
+
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    first = Pruner(model, calib, onnx_eprune.PruneConfig(sparsity=0.3, device="cpu"))
+    first.run()
+    again = Pruner(model, calib, onnx_eprune.PruneConfig(sparsity=0.6, device="cpu"), rankings=first.rankings)
+    assert again.run().model is not None
+    with pytest.raises(ValueError, match="another configuration"):
+        Pruner(model, calib, onnx_eprune.PruneConfig(sparsity=0.6, seed=1, device="cpu"), rankings=first.rankings)
+
+
 def test_sweep_without_data_measures_on_calibration_samples(calib):
     """... and says so, with a note when the re-fit fitted a layer to fewer than 2 of them
     per kept input (the Gemm: 64 samples for 16 features per kept channel)."""

@@ -264,7 +264,7 @@ def test_bad_target_lists_are_usage_errors_before_any_work(ws, capsys, monkeypat
 def test_a_target_out_of_reach_fails_before_calibrating_or_pruning(ws, capsys, monkeypatch):
     """The largest target, unreachable with --min-keep 0.5: exit 1, how far it can go, nothing written."""
     work = []
-    monkeypatch.setattr(sweep_module, "prune", lambda *a, **k: work.append("prune"))
+    monkeypatch.setattr(sweep_module.Pruner, "run", lambda self: work.append("prune"))
     monkeypatch.setattr(sweep_module, "calibrate", lambda *a, **k: work.append("calibrate"))
     line = run_error(capsys, _args(ws, "--sparsity", "0.2", "0.9", "--min-keep", "0.5"), code=1)
     assert "0.9" in line and "out of reach" in line and re.search(r"removes 0\.\d+", line)
@@ -399,14 +399,14 @@ def _old_outputs(folder: Path, names: list[str]) -> None:
 def test_a_failure_at_the_third_target_keeps_the_old_outputs(ws, capsys, monkeypatch):
     names = ["sweep.json", "sweep.md", "sweep.png", "pruned_sparsity_0.1.onnx", "pruned_sparsity_0.3.onnx"]
     _old_outputs(ws / "out", names)
-    real, calls = sweep_module.prune, []
+    real, calls = sweep_module.Pruner.run, []
 
-    def third_fails(*args, **kwargs):
+    def third_fails(self):
         calls.append(1)
         if len(calls) == 3:
             raise EPruneError("simulated failure while pruning the third target")
-        return real(*args, **kwargs)
-    monkeypatch.setattr(sweep_module, "prune", third_fails)
+        return real(self)
+    monkeypatch.setattr(sweep_module.Pruner, "run", third_fails)
     line = run_error(capsys, _args(ws, "--sparsity", "0.3", "0.1", "0.2", "--save-models"), code=1)
     assert "third target" in line and len(calls) == 3
     assert sorted(p.name for p in (ws / "out").iterdir()) == sorted(names)
@@ -445,7 +445,7 @@ def test_a_failure_saving_the_third_model_restores_every_file(ws, capsys, monkey
 ], ids=["short", "long", "negative", "bool", "strings", "one-hot", "nan"])
 def test_bad_labels_are_usage_errors_before_pruning(ws, capsys, monkeypatch, labels, words):
     work = []
-    monkeypatch.setattr(sweep_module, "prune", lambda *a, **k: work.append("prune"))
+    monkeypatch.setattr(sweep_module.Pruner, "run", lambda self: work.append("prune"))
     monkeypatch.setattr(sweep_module, "calibrate", lambda *a, **k: work.append("calibrate"))
     np.save(ws / "bad.npy", labels)
     line = run_error(capsys, _args(ws, "--sparsity", "0.3", "--data", str(ws / "data.npy"), "--labels",
@@ -602,7 +602,7 @@ def test_api_bad_targets_are_refused_before_reading_the_model(targets, calib):
 
 
 def test_api_labels_of_the_wrong_length_are_refused_before_pruning(calib, test_x, monkeypatch):
-    monkeypatch.setattr(sweep_module, "prune", lambda *a, **k: pytest.fail("pruned"))
+    monkeypatch.setattr(sweep_module.Pruner, "run", lambda self: pytest.fail("pruned"))
     monkeypatch.setattr(sweep_module, "calibrate", lambda *a, **k: pytest.fail("calibrated"))
     with pytest.raises(UsageError, match=f"{len(test_x) - 1} labels for {len(test_x)} samples"):
         onnx_eprune.sweep(conv_bn_relu_pool_flatten_gemm(True), calib, [0.3], data=test_x,
