@@ -575,7 +575,7 @@ class Pruner:
 
     def _rank(self, gids: list[int], stats: dict[int, MomentStats] | None) -> Rankings:
         """The :class:`Rankings` of the groups ``gids``, from the first pass's ``stats``."""
-        rankings, errors = {}, {}
+        order, errors = {}, {}
         consumers = self.analysis.consumers
         gain_data = gain_subset(self.bundle.gain_data() if self.bundle is not None else self.data)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx-eprune-gains") as pool:
@@ -588,16 +588,16 @@ class Pruner:
             all_terms = self.group_terms(gids, stats, {}, reduced=self.bases.keys())
 
             def rank(g: int) -> None:
-                rankings[g] = self.ranking(g, all_terms[g], curve=self.config.mode == "sequential")
+                order[g] = self.ranking(g, all_terms[g], curve=self.config.mode == "sequential")
                 # the error of keeping the first k blocks of the ranking, k = 0 .. all
-                errors[g] = sum(explained_curve(t, rankings[g], workers=self._blas_threads) for t in all_terms[g])
+                errors[g] = sum(explained_curve(t, order[g], workers=self._blas_threads) for t in all_terms[g])
                 all_terms[g] = []  # free the group's covariances as soon as it is done
                 task.advance()
 
             with self.progress.task("rank", len(gids)) as task:
                 parallel_map(rank, sorted(gids, key=lambda g: -self._solve_cost(all_terms[g])), self._blas_threads)
             gains = gains_run.result()
-        return Rankings(_untargeted(self.config), rankings, errors, gains, self.paths)
+        return Rankings(_untargeted(self.config), order, errors, gains, self.paths)
 
     def _solve_cost(self, terms: list[ConsumerTerm]) -> float:
         """Rough cost of ranking a group (cubic in its features), to start the largest first."""
