@@ -32,8 +32,8 @@ from .allocator import keep_freed_memory
 from .cli_parser import IMAGE_OPTIONS, build_parser
 from .errors import INTERRUPTED, TERMINATED, EPruneError, Terminated, UsageError
 from .files import Replacing, same_file
-from .signals import signals_held
 from .select.reconstruct import THIN
+from .signals import signals_held
 
 # inspect probes the model on one zero sample: one above this many float32s (4 GiB) is a mistake
 PROBE_ELEMENTS = 2 ** 30

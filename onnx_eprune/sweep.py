@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import onnx
 
+from .calibrate.bundle import StatsBundle, merge_bundles
 from .calibrate.data import load_calibration
 from .calibrate.engine import CacheSpace, CachedNetwork, Topology
 from .calibrate.session import choose_providers
@@ -26,7 +27,6 @@ from .config import PruneConfig, check_progress, make_config
 from .errors import UsageError
 from .evaluate import compared_outputs, load_labels, measure_against
 from .graph.model_io import as_model, check_model_arg, normalize
-from .calibrate.bundle import StatsBundle, merge_bundles
 from .pipeline import Pruner, Rankings, calibrate
 from .progress import Progress
 from .report import optimism_note
