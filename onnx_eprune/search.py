@@ -144,10 +144,15 @@ def _criterion(max_drop, min_agreement, max_error) -> tuple[str, float]:
     return name, float(value)
 
 
+def _drop(point: SweepPoint) -> float:
+    """The top-1 accuracy ``point`` lost against the original, in percentage points."""
+    return 100 * (point.accuracy["original"] - point.accuracy["pruned"])
+
+
 def _measured(point: SweepPoint, criterion: str) -> str:
     first = next(iter(point.fidelity.values()))
     if criterion == "max_drop":
-        return f"an accuracy drop of {100 * (point.accuracy['original'] - point.accuracy['pruned']):.2f} points"
+        return f"an accuracy drop of {_drop(point):.2f} points"
     if criterion == "min_agreement":
         return f"a top-1 agreement of {first['top1_agreement']:.2%}"
     return f"a relative output error of {first['relative_error']:.4g}"
@@ -165,7 +170,7 @@ def _meets(point: SweepPoint, criterion: str, tolerance: float) -> bool:
     """Whether ``point`` stays within ``tolerance`` of ``criterion`` (its first compared output)."""
     first = next(iter(point.fidelity.values()))
     if criterion == "max_drop":
-        return 100 * (point.accuracy["original"] - point.accuracy["pruned"]) <= tolerance + 1e-9
+        return _drop(point) <= tolerance + 1e-9
     if criterion == "min_agreement":
         return first["top1_agreement"] >= tolerance
     return first["relative_error"] <= tolerance
