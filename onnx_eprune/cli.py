@@ -422,6 +422,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .report_files import SWEEP_JSON, SWEEP_MARKDOWN, SWEEP_PLOT, write_sweep_dir
     from .sweep import repeated_targets, sweep
 
+    if args.stats:
+        _check_stats_options(args)
     _check_image_options(args)
     kind, targets = ("sparsity", args.sparsity) if args.sparsity else ("flops_reduction", args.flops_reduction)
     repeated = repeated_targets(targets)
@@ -443,11 +445,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     calib = _calib_source(args, _input_model(args.model, weights=False))
     try:
         points = sweep(args.model, calib, targets, kind, data=args.data, labels=args.labels, config=config,
-                       progress=Progress(enabled=not args.quiet))
+                       progress=Progress(enabled=not args.quiet), stats=args.stats)
     except EPruneError as exc:
         raise _no_prunable_hint(exc, args.model) from None
     del calib
-    record = dict(_run_record(args, config), runs=[p.as_dict() for p in points])
+    record = dict(_run_record(args, config, points[0]), runs=[p.as_dict() for p in points])
     with Replacing(new_dir) as outputs:
         for name in names:
             outputs.claim(folder / name)
@@ -464,12 +466,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_record(args: argparse.Namespace, config) -> dict:
-    """The settings a sweep or search record starts with."""
-    return {"input": str(args.model), "method": config.method, "mode": config.mode,
+def _run_record(args: argparse.Namespace, config, point) -> dict:
+    """The settings a sweep or search record starts with; the mode and seed as ``point`` (a
+    SweepPoint) ran with: one-shot and the files' seed with --stats."""
+    return {"input": str(args.model), "method": config.method, "mode": point.report["mode"],
             "reconstruct": config.reconstruct, "refit_ridge": config.refit_ridge if config.reconstruct else None,
             "exclude": list(config.exclude), "min_keep": config.min_keep,
-            "round_to": config.round_to if config.round_to is not None else "auto", "seed": config.seed}
+            "round_to": config.round_to if config.round_to is not None else "auto", "seed": point.report["seed"]}
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -478,6 +481,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .report_files import NAMES, SEARCH_NAMES, markdown_sweep, write_report_dir, write_search_dir
     from .search import search
 
+    if args.stats:
+        _check_stats_options(args)
     inputs = _checked_inputs_and_output(args)
     if args.report_dir is not None:
         _check_report_dir(args, NAMES + SEARCH_NAMES)
@@ -492,11 +497,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         result = search(args.model, calib, max_drop=args.max_drop, min_agreement=args.min_agreement,
                         max_error=args.max_error, kind=kind, data=args.data, labels=args.labels,
-                        resolution=args.resolution, config=config, progress=Progress(enabled=not args.quiet))
+                        resolution=args.resolution, config=config, progress=Progress(enabled=not args.quiet),
+                        stats=args.stats)
     except EPruneError as exc:
         raise _no_prunable_hint(exc, args.model) from None
     del calib
-    record = dict(_run_record(args, config), search=result.as_dict(),
+    record = dict(_run_record(args, config, result.points[0]), search=result.as_dict(),
                   runs=[dict(p.as_dict(), within_tolerance=result.within(p)) for p in result.points])
     table = "\n".join(line for line in markdown_sweep(record).splitlines() if line.startswith("|"))
     if result.best is None:

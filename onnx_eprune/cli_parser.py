@@ -115,12 +115,20 @@ def _add_common(p: argparse.ArgumentParser, quiet: str = "print only warnings an
     p.add_argument("--debug", action="store_true", help="show a traceback on failure")
 
 
-def _add_model_and_calibration(p: argparse.ArgumentParser) -> None:
-    """MODEL and one calibration source (sweep, search and calibrate)."""
+def _add_model_and_calibration(p: argparse.ArgumentParser, stats: bool = True) -> None:
+    """MODEL and one calibration source (sweep, search and, without ``stats``, calibrate)."""
     p.add_argument("model", metavar="MODEL.onnx")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--calib", metavar="CALIB", help=".npy or .npz, as for prune")
+    if stats:
+        _add_stats(source)
     _add_calib_sources(p, source)
+
+
+def _add_stats(source) -> None:
+    """--stats in the calibration source group ``source`` (prune, sweep and search)."""
+    source.add_argument("--stats", action="append", metavar="STATS.npz",
+                        help="statistics written by 'onnx-eprune calibrate' (repeat to add up shards; one-shot mode)")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -187,8 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--calib", metavar="CALIB",
                         help=".npy (first axis = samples; single-input models) or .npz (input name -> array)")
-    source.add_argument("--stats", action="append", metavar="STATS.npz",
-                        help="statistics written by 'onnx-eprune calibrate' (repeat to add up shards; one-shot mode)")
+    _add_stats(source)
     _add_calib_sources(p, source)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--sparsity", type=_fraction, metavar="S",
@@ -241,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=_fraction, default=0.01, metavar="R",
                    help="targets are multiples of R (default: 0.01)")
     p.add_argument("--data", metavar="DATA", help="held-out inputs (.npy/.npz) to measure on (default: the first "
-                   "256 calibration samples, in-sample and so optimistic)")
+                   "256 calibration samples, or of those that --stats files keep: in-sample and so optimistic)")
     p.add_argument("--labels", metavar="LABELS.npy", help="class indices of --data, for --max-drop")
     p.add_argument("--report-dir", metavar="DIR", help="write the search files and the chosen run's report files "
                    "into DIR (created if missing)")
@@ -252,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Stream the statistics that pruning needs over CALIB and write them to "
                        "STATS.npz. Files from disjoint shards of a calibration set add up: 'prune --stats A "
                        "--stats B ...' gives the same result as one run over all the samples (one-shot mode).")
-    _add_model_and_calibration(p)
+    _add_model_and_calibration(p, stats=False)
     p.add_argument("--stats-out", required=True, metavar="STATS.npz", help="where to write the statistics")
     p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
     p.add_argument("--seed", type=int, default=0, metavar="N",

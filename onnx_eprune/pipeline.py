@@ -57,6 +57,16 @@ _METRIC_WORDS = {"params": "parameters", "macs": "MACs"}
 
 
 
+def stats_bundle(calib: object, stats: object) -> tuple[list, StatsBundle | None]:
+    """The statistics a run takes instead of calibration data: ``stats`` (None, or a list of
+    statistics file paths or bundles) as its sources and their merged bundle, ([], None)
+    without; :class:`UsageError` unless exactly one of ``calib`` and ``stats`` is given."""
+    sources = _stats_sources(stats) if stats is not None else []
+    if (calib is None) == (not sources):
+        raise UsageError("give calib (calibration data) or stats (statistics files), not both or neither")
+    return sources, merge_bundles(sources) if sources else None
+
+
 def _stats_sources(stats: object) -> list:
     """``stats`` as a list of statistics file paths or bundles; a bare path is refused, as a
     string would otherwise be read as one file name per character."""
@@ -71,7 +81,7 @@ def _stats_sources(stats: object) -> list:
     return sources
 
 
-def _config_for_stats(config: PruneConfig, stats: StatsBundle) -> PruneConfig:
+def config_for_stats(config: PruneConfig, stats: StatsBundle) -> PruneConfig:
     """``config`` for a run from statistics files: one-shot, with the files' seed (their conv
     positions were drawn with it, so a run from the same samples with that seed gives the
     same model); the options that choose samples and positions belong to calibrate()."""
@@ -195,7 +205,7 @@ class Pruner:
                  stats: StatsBundle | None = None, rankings: Rankings | None = None):
         config.check()
         if stats is not None:
-            config = _config_for_stats(config, stats)
+            config = config_for_stats(config, stats)
         if rankings is not None and rankings.config != _untargeted(config):
             raise ValueError("rankings drawn for another configuration")
         self.config = config
@@ -996,10 +1006,7 @@ def prune(model, calib=None, config: PruneConfig | None = None, progress: Progre
     config = make_config(config, options)  # the target is checked once the model is read (preflight)
     check_model_arg(model)
     check_progress(progress)
-    sources = _stats_sources(stats) if stats is not None else []
-    if (calib is None) == (not sources):
-        raise UsageError("give calib (calibration data) or stats (statistics files), not both or neither")
-    bundle = merge_bundles(sources) if sources else None
+    sources, bundle = stats_bundle(calib, stats)
     result = Pruner(model, calib, config, progress, stats=bundle).run()
     return replace(result, inputs=input_files(model, calib, sources))
 

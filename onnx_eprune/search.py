@@ -23,7 +23,7 @@ import onnx
 
 from .config import PruneConfig
 from .errors import EPruneError, UsageError
-from .pipeline import PruneResult, input_files
+from .pipeline import PruneResult, input_files, stats_bundle
 from .progress import Progress
 from .sweep import CALIBRATION_CHECK, KINDS, Measurer, SweepPoint, quiet_repeats, untargeted_config
 
@@ -85,7 +85,7 @@ class SearchResult:
 def search(model, calib, *, max_drop: float | None = None, min_agreement: float | None = None,
            max_error: float | None = None, kind: str = "sparsity", data=None, labels=None,
            resolution: float = DEFAULT_RESOLUTION, config: PruneConfig | None = None,
-           progress: Progress | None = None, **options) -> SearchResult:
+           progress: Progress | None = None, stats: list | None = None, **options) -> SearchResult:
     """Find the largest target of ``kind`` ("sparsity": a fraction of the parameters;
     "flops_reduction": of the MACs) at which the pruned ``model`` stays within one tolerance:
 
@@ -96,10 +96,11 @@ def search(model, calib, *, max_drop: float | None = None, min_agreement: float 
     - ``max_error``: relative L2 error of the first compared output, a fraction > 0.
 
     Without ``data`` the label-free tolerances are measured on the first 256 calibration
-    samples, in-sample and so optimistic. Targets are multiples of ``resolution`` (in
-    (0, 0.5]) up to the largest the prunable groups reach. ``model``, ``calib``, ``config``
-    and keyword options as for :func:`onnx_eprune.sweep`. Returns a :class:`SearchResult`;
-    its ``model`` is the pruned model at the target found.
+    samples (with ``stats``: on up to 256 of those the files keep), in-sample and so
+    optimistic. Targets are multiples of ``resolution`` (in (0, 0.5]) up to the largest the
+    prunable groups reach. ``model``, ``calib``, ``stats``, ``config`` and keyword options as
+    for :func:`onnx_eprune.sweep`. Returns a :class:`SearchResult`; its ``model`` is the
+    pruned model at the target found.
     """
     criterion, tolerance = _criterion(max_drop, min_agreement, max_error)
     if kind not in KINDS:
@@ -109,10 +110,13 @@ def search(model, calib, *, max_drop: float | None = None, min_agreement: float 
     base = untargeted_config(model, config, options, data, labels, progress, "a search chooses its own targets")
     if criterion == "max_drop" and labels is None:
         raise UsageError("max_drop compares accuracy, which needs data and their labels")
+    sources, bundle = stats_bundle(calib, stats)
     if data is None:
-        log.warning("no held-out data: the tolerance is measured on the calibration samples (the first %d at "
-                    "most), which the layers were fitted to, and so the target found is optimistic", CALIBRATION_CHECK)
-    with quiet_repeats(), Measurer(model, calib, kind, data, labels, base, progress, hardest=0.0) as measurer:
+        which = "of those the statistics files keep, up to" if bundle else "the first"
+        log.warning("no held-out data: the tolerance is measured on the calibration samples (%s %d), which the "
+                    "layers were fitted to, and so the target found is optimistic", which, CALIBRATION_CHECK)
+    with quiet_repeats(), Measurer(model, calib, kind, data, labels, base, progress, hardest=0.0,
+                                   stats=bundle) as measurer:
         if criterion == "min_agreement" and measurer.classes is None:
             raise UsageError(f"min_agreement compares top-1 predictions, but output {measurer.names[0]!r} holds no "
                              "(samples, classes) scores; use max_error")
@@ -123,7 +127,7 @@ def search(model, calib, *, max_drop: float | None = None, min_agreement: float 
                               f"({resolution:g})")
         points, best = _bisect(measurer, steps, resolution, lambda p: _judged(p, criterion, tolerance))
     return SearchResult(kind, criterion, tolerance, measurer.reach, float(resolution),
-                        sorted(points, key=lambda p: p.target), best, input_files(model, calib, [data, labels]))
+                        sorted(points, key=lambda p: p.target), best, input_files(model, calib, [*sources, data, labels]))
 
 
 def _criterion(max_drop, min_agreement, max_error) -> tuple[str, float]:

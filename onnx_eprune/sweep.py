@@ -20,14 +20,14 @@ from dataclasses import dataclass, field, replace
 import onnx
 
 from .calibrate.bundle import StatsBundle, merge_bundles
-from .calibrate.data import load_calibration
+from .calibrate.data import CalibrationData, load_calibration
 from .calibrate.engine import CacheSpace, CachedNetwork, Topology
 from .calibrate.session import choose_providers
 from .config import PruneConfig, check_progress, make_config
 from .errors import UsageError
 from .evaluate import compared_outputs, load_labels, measure_against
 from .graph.model_io import as_model, check_model_arg, normalize
-from .pipeline import Pruner, Rankings, calibrate
+from .pipeline import Pruner, Rankings, calibrate, config_for_stats, stats_bundle
 from .progress import Progress
 from .report import optimism_note
 
@@ -67,16 +67,19 @@ class SweepPoint:
 
 
 def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None, labels=None,
-          config: PruneConfig | None = None, progress: Progress | None = None, **options) -> list[SweepPoint]:
+          config: PruneConfig | None = None, progress: Progress | None = None, stats: list | None = None,
+          **options) -> list[SweepPoint]:
     """Prune ``model`` at each of ``targets`` (a list of fractions in [0, 1), each given
     once: of parameters for ``kind="sparsity"``, of MACs for ``"flops_reduction"``) and
     measure every result; the points come back in ascending order of target.
 
-    ``model`` and ``calib`` as for :func:`onnx_eprune.prune`; ``data``: held-out inputs (as
-    for ``calib``) to measure fidelity on; ``labels``: their class indices (path or array,
-    shape (N,)) for accuracy, only with ``data``. ``config`` or keyword options set the rest
-    of the run as for :func:`onnx_eprune.prune`: a config's target fields are ignored, target
-    keywords (``sparsity=``...) refused, as the targets are ``targets``.
+    ``model`` and ``calib`` as for :func:`onnx_eprune.prune`, or ``stats`` instead of
+    ``calib`` as there (one-shot runs from the statistics files, no calibration); ``data``:
+    held-out inputs (as for ``calib``) to measure fidelity on; ``labels``: their class
+    indices (path or array, shape (N,)) for accuracy, only with ``data``. ``config`` or
+    keyword options set the rest of the run as for :func:`onnx_eprune.prune`: a config's
+    target fields are ignored, target keywords (``sparsity=``...) refused, as the targets are
+    ``targets``.
     """
     if kind not in KINDS:
         raise UsageError(f"a sweep runs over one of {', '.join(KINDS)}, not {kind!r}")
@@ -86,8 +89,10 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
     # a target out of range fails now, not after calibrating or pruning the smaller ones
     for value in targets:
         replace(base, **{kind: value}).target()
-    with quiet_repeats():
-        return _sweep(model, calib, targets, kind, data, labels, base, progress)
+    bundle = stats_bundle(calib, stats)[1]
+    with quiet_repeats(), Measurer(model, calib, kind, data, labels, base, progress, hardest=max(targets),
+                                   stats=bundle) as measurer:
+        return [measurer.point(value) for value in sorted(targets)]
 
 
 def untargeted_config(model, config: PruneConfig | None, options: dict, data, labels, progress: Progress | None,
@@ -153,11 +158,10 @@ def quiet_repeats() -> Iterator[None]:
         logger.removeFilter(once)
 
 
-def _sweep(model, calib, targets: list[float], kind: str, data, labels, base: PruneConfig,
-           progress: Progress | None) -> list[SweepPoint]:
-    """:func:`sweep` once its arguments are checked (``base``: the config without a target)."""
-    with Measurer(model, calib, kind, data, labels, base, progress, hardest=max(targets)) as measurer:
-        return [measurer.point(value) for value in sorted(targets)]
+def _first(arrays: dict) -> CalibrationData:
+    """The first :data:`CALIBRATION_CHECK` samples of calibration ``arrays`` (already checked
+    against the model), to measure fidelity on without held-out data."""
+    return CalibrationData({k: v[:CALIBRATION_CHECK] for k, v in arrays.items()})
 
 
 class Measurer:
@@ -167,19 +171,28 @@ class Measurer:
     past the memory share), the groups' rankings (:class:`Rankings`) and, in one-shot mode,
     the statistics. Each result is the same bytes as a run of ``prune`` at its target.
 
-    Arguments as for :func:`sweep` (``base``: the config without a target); ``hardest``: the
-    largest target that will be asked for, checked for reach (and a mistyped ``--exclude``)
-    before any calibration. A context manager: leaving it removes the scratch files.
+    Arguments as for :func:`sweep` (``base``: the config without a target; ``stats``: the
+    merged statistics files, with ``calib`` None); ``hardest``: the largest target that will
+    be asked for, checked for reach (and a mistyped ``--exclude``) before any calibration. A
+    context manager: leaving it removes the scratch files.
     """
 
     def __init__(self, model, calib, kind: str, data, labels, base: PruneConfig, progress: Progress | None,
-                 hardest: float) -> None:
+                 hardest: float, stats: StatsBundle | None = None) -> None:
         self.kind, self.progress, self.in_sample = kind, progress, data is None
         self.original = as_model(model)
         normalize(self.original)
-        # loaded once: an iterable or a data reader would be spent after the first target
-        self.arrays = load_calibration(calib, self.original, base.samples).arrays
+        if stats is not None:
+            base = config_for_stats(base, stats)
+            self.arrays = None
+        else:  # loaded once: an iterable or a data reader would be spent after the first target
+            self.arrays = load_calibration(calib, self.original, base.samples).arrays
         self.base = replace(base, samples=None)  # the arrays hold the first --samples: no run need cut (and warn) again
+        # a target out of reach, a mistyped --exclude or statistics files of another model
+        # fail now, not after calibrating or pruning the smaller targets (the largest is the
+        # hardest to reach)
+        pruner = Pruner(self.original, self.arrays, replace(self.base, **{kind: hardest}), stats=stats)
+        self.reach = pruner.reach(pruner.preflight())
         self.providers = choose_providers(base.device)
         if data is not None:
             try:
@@ -187,19 +200,17 @@ class Measurer:
             except UsageError as exc:  # its messages speak of calibration data
                 raise UsageError(f"--data: {exc}") from None
             self.on = f"{self.held_out.samples} held-out samples"
+        elif stats is not None:  # the images the files keep to measure sensitivities (about one in eight)
+            self.held_out = _first(pruner.validation_data.arrays)
+            self.on = f"{self.held_out.samples} of the calibration samples that the statistics files keep"
         else:
-            self.held_out = load_calibration({k: v[:CALIBRATION_CHECK] for k, v in self.arrays.items()},
-                                             self.original, probe=True)
+            self.held_out = _first(self.arrays)
             self.on = f"the first {self.held_out.samples} calibration samples"
         self.names, size, self.classes = compared_outputs(self.original, self.held_out, self.providers)
         self.size = size
         self.labels = (load_labels(labels, self.held_out.samples, self.classes, self.names[0])
                        if labels is not None else None)
-        # a target out of reach, or a mistyped --exclude, fails now, not after calibrating or
-        # pruning the smaller targets (the largest is the hardest to reach)
-        pruner = Pruner(self.original, self.arrays, replace(self.base, **{kind: hardest}))
-        self.reach = pruner.reach(pruner.preflight())
-        self.stats: StatsBundle | None = None  # one-shot statistics, computed for the first target
+        self.stats = stats  # one-shot statistics: the files', or computed for the first target
         self.rankings: Rankings | None = None  # drawn by the first target's run
         self.space = CacheSpace.default()
         self.reference = CachedNetwork(self.original, Topology(self.original), self.held_out, self.providers, size,
@@ -216,6 +227,8 @@ class Measurer:
         config = replace(self.base, **{self.kind: value})
         if self.base.mode == "oneshot" and self.stats is None:
             self.stats = merge_bundles([calibrate(self.original, self.arrays, self.base, self.progress)])
+        if self.stats is not None:
+            config = replace(config, positions=None)  # the statistics were computed at them
         t0 = time.perf_counter()
         pruner = Pruner(self.original, None if self.stats else self.arrays, config, self.progress, stats=self.stats,
                         rankings=self.rankings)

@@ -16,8 +16,10 @@ cover equal shards, damaged files, the plain refusals and interrupted writes):
   the files keep, parameters and MACs against a count on the written model (at the shards'
   resolution for a dynamic model), targets other than the one ``calibrate()`` was given,
   ``--keep-ratio 1.0`` as the identity, fixed-batch and batch-less models;
+* ``sweep --stats`` and ``search --stats``: each model the bytes of ``prune --stats`` at its
+  target, fidelity on the images the files keep, the options the files cannot serve refused;
 * files mixed up between options (a statistics file to ``--calib``, calibration data to
-  ``--stats``, ``sweep --stats``), ``--seed`` against the files' seed, a model re-saved or
+  ``--stats``), ``--seed`` against the files' seed, a model re-saved or
   edited after calibration, a model with nothing to prune, an output over one of the
   ``--calib-images`` inputs.
 """
@@ -465,19 +467,71 @@ def test_a_file_given_to_the_wrong_option_says_which_option_it_belongs_to(ws, ca
     assert not (tmp_path / "p.onnx").exists()
 
 
-@pytest.mark.parametrize("argv", [
-    lambda ws, d: ["sweep", ws["model"], "--stats", ws["s0"], "--sparsity", "0.3", "--report-dir", d / "sw"],
-    lambda ws, d: ["sweep", ws["model"], "--calib", ws["dir"] / "c0.npy", "--stats", ws["s0"], "--sparsity", "0.3",
-                   "--report-dir", d / "sw"],
-], ids=["instead-of-calib", "with-calib"])
-def test_sweep_takes_no_statistics_files(ws, capsys, tmp_path, argv):
-    """sweep's synopsis has no --stats: refused with exit 2 on one line, no folder made; the
-    API refuses ``stats=`` by name."""
-    line = run_error(capsys, argv(ws, tmp_path))
-    assert "--calib" in line or "--stats" in line
-    assert not (tmp_path / "sw").exists()
-    with pytest.raises(UsageError, match="stats"):
-        onnx_eprune.sweep(str(ws["model"]), None, [0.3], stats=[ws["s0"]])
+# -- sweep and search from statistics files -------------------------------------------------------
+
+def test_sweep_and_search_from_statistics_files_write_what_prune_writes(ws, capsys, tmp_path):
+    """sweep --stats over two shards, without held-out data: at each target the bytes that
+    prune --stats writes, recorded as one-shot, its fidelity measured on the images the
+    files keep (an independent recomputation agrees). search --stats with held-out data:
+    prune --stats's model at the target it finds."""
+    shards = ("--stats", ws["s0"], "--stats", ws["s1"])
+    sw = tmp_path / "sw"
+    run_ok(capsys, ["sweep", ws["model"], *shards, "--sparsity", "0.5", "0.3", "--report-dir", sw, "--save-models",
+                    "--device", "cpu", "-q"])
+    record = json.loads((sw / "sweep.json").read_text())
+    assert record["mode"] == "oneshot" and [r["target"] for r in record["runs"]] == [0.3, 0.5]
+    images = np.concatenate([np.load(f)["gain0"] for f in (ws["s0"], ws["s1"])])[:256]
+    original = run_model(onnx.load(str(ws["model"])), images)["y"].astype(np.float64)
+    for run in record["runs"]:
+        target = f"{run['target']:g}"
+        run_ok(capsys, prune_stats_argv(ws["model"], tmp_path / "p.onnx", ws["s0"], ws["s1"],
+                                        target=("--sparsity", target)))
+        swept = sw / f"pruned_sparsity_{target}.onnx"
+        assert swept.read_bytes() == (tmp_path / "p.onnx").read_bytes()
+        assert run["fidelity_on"].startswith(f"{len(images)} of the calibration samples that the statistics files")
+        pruned = run_model(onnx.load(str(swept)), images)["y"].astype(np.float64)
+        assert run["fidelity"]["y"]["relative_error"] == pytest.approx(
+            np.linalg.norm(pruned - original) / np.linalg.norm(original), rel=1e-6)
+    np.save(tmp_path / "held.npy", random_input(32, seed=77))
+    run_ok(capsys, ["search", ws["model"], *shards, "-o", tmp_path / "s.onnx", "--max-error", "0.3", "--resolution",
+                    "0.1", "--data", tmp_path / "held.npy", "--report-dir", tmp_path / "sr", "--device", "cpu", "-q"])
+    found = json.loads((tmp_path / "sr" / "search.json").read_text())
+    assert found["mode"] == "oneshot" and found["runs"][0]["fidelity_on"] == "32 held-out samples"
+    run_ok(capsys, prune_stats_argv(ws["model"], tmp_path / "p.onnx", ws["s0"], ws["s1"],
+                                    target=("--sparsity", f"{found['search']['best']:g}")))
+    assert (tmp_path / "s.onnx").read_bytes() == (tmp_path / "p.onnx").read_bytes()
+
+
+def test_sweep_and_search_from_statistics_files_through_the_api(ws):
+    """``stats=`` as for prune: the same models as prune(stats=...); calibration data as
+    well, or neither, refused by name; the search counts the files among its inputs."""
+    model, shards = str(ws["model"]), [ws["s0"], ws["s1"]]
+    points = onnx_eprune.sweep(model, None, [0.4], stats=shards, device="cpu")
+    alone = onnx_eprune.prune(model, stats=shards, sparsity=0.4, device="cpu")
+    assert points[0].model.SerializeToString() == alone.model.SerializeToString()
+    found = onnx_eprune.search(model, None, max_error=0.3, resolution=0.2, stats=shards, device="cpu")
+    assert {Path(ws["s0"]).resolve(), Path(ws["s1"]).resolve()} <= {p.resolve() for p in found.inputs}
+    for call in (lambda: onnx_eprune.sweep(model, ws["x"], [0.4], stats=shards),
+                 lambda: onnx_eprune.search(model, None, max_error=0.3),
+                 lambda: onnx_eprune.search(model, None, max_error=0.3, stats=ws["s0"])):
+        with pytest.raises(UsageError, match="stats"):
+            call()
+
+
+@pytest.mark.parametrize("command", ["sweep", "search"])
+@pytest.mark.parametrize("extra, words", [(("--calib", "c0.npy"), "not allowed with"),
+                                          (("--mode", "sequential"), "--mode sequential"),
+                                          (("--positions", "3"), "--positions"),
+                                          (("--samples", "8"), "--samples")],
+                         ids=["with-calib", "sequential", "positions", "samples"])
+def test_sweep_and_search_refuse_what_statistics_files_cannot_do(ws, capsys, tmp_path, command, extra, words):
+    """Exit 2 on one line that names the option, before any work: no folder, no model."""
+    extra = [ws["dir"] / v if v.endswith(".npy") else v for v in extra]
+    argv = [command, ws["model"], "--stats", ws["s0"], *extra, "--report-dir", tmp_path / "out", "--device", "cpu"]
+    argv += ["--sparsity", "0.3"] if command == "sweep" else ["-o", tmp_path / "p.onnx", "--max-error", "0.3"]
+    line = run_error(capsys, argv)
+    assert words in line, line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "p.onnx").exists()
 
 
 def test_an_explicit_other_seed_is_refused_and_the_files_seed_is_used(ws, capsys, tmp_path):
@@ -493,6 +547,10 @@ def test_an_explicit_other_seed_is_refused_and_the_files_seed_is_used(ws, capsys
     run_ok(capsys, prune_stats_argv(ws["model"], tmp_path / "p.onnx", *shards,
                                     extra=("--seed", "3", "--report", tmp_path / "r.json")))
     assert json.loads((tmp_path / "r.json").read_text())["seed"] == 3
+    # a sweep without --seed records the files' seed too
+    run_ok(capsys, ["sweep", ws["model"], "--stats", shards[0], "--stats", shards[1], "--sparsity", "0.4",
+                    "--report-dir", tmp_path / "sw", "--device", "cpu", "-q"])
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["seed"] == 3
 
 
 def test_a_resaved_model_keeps_its_files_and_a_pruned_one_does_not(ws, capsys, tmp_path):

@@ -221,13 +221,14 @@ def _block(api, index: int) -> dict:
 
 def test_the_readme_examples_are_the_ones_this_file_runs():
     """Four Python blocks (prune / save; calibrate shards; inspect, evaluate, sweep; search)
-    and seven command lines: if the README gains an example, this file must run it too."""
+    and eight command lines: if the README gains an example, this file must run it too."""
     assert len(PY_BLOCKS) == 4
     assert 'onnx_eprune.prune("model.onnx", calib, sparsity=0.5)' in PY_BLOCKS[0]
     assert "onnx_eprune.calibrate(" in PY_BLOCKS[1]
     assert "onnx_eprune.sweep(" in PY_BLOCKS[2]
     assert "onnx_eprune.search(" in PY_BLOCKS[3]
-    assert [c.split()[1] for c in COMMANDS] == ["demo", "inspect", "prune", "search", "prune", "calibrate", "prune"]
+    assert [c.split()[1] for c in COMMANDS] == ["demo", "inspect", "prune", "search", "prune", "calibrate", "prune",
+                                                  "search"]
     # the demo is run by the demo's own tests (about 10 s)
     assert 'main(["demo"' in (ROOT / "tests" / "test_demo_and_prune_cli.py").read_text()
 
@@ -488,7 +489,7 @@ def test_search_example_writes_the_model_and_the_search_folder(folder, capsys):
     val_labels.npy --max-drop 0.5 --report-dir search/``: pruned.onnx, valid, at the target
     that search.json names, which lost at most half a point on val.npy; the folder holds the
     search files and the chosen run's report."""
-    out, _ = _run(capsys, _argv(_command("onnx-eprune search")))
+    out, _ = _run(capsys, _argv(_command("onnx-eprune search model.onnx -o pruned.onnx --calib")))
     pruned = _check_output_model(folder / "pruned.onnx")
     record = json.loads((folder / "search" / "search.json").read_text())
     chosen = next(r for r in record["runs"] if r["target"] == record["search"]["best"])
@@ -558,6 +559,18 @@ def test_calibrate_on_shards_then_prune_from_the_statistics(folder, capsys):
     protected = _weights(onnx.load(str(folder / "protected.onnx")))
     assert protected["/stem/conv/Conv"].shape[0] == 4
     assert protected["/features/conv/Conv"].shape[0] >= 8
+    # 'sweep and search take the same files': the search example, on them, writes the bytes
+    # that prune --stats writes at the target it found, which lost at most half a point
+    out, _ = _run(capsys, _argv(_command("onnx-eprune search model.onnx -o pruned.onnx --stats"))
+                  + ["--report-dir", "found"])
+    record = json.loads((folder / "found" / "search.json").read_text())
+    chosen = next(r for r in record["runs"] if r["target"] == record["search"]["best"])
+    assert record["mode"] == "oneshot" and chosen["within_tolerance"]
+    assert 100 * (chosen["accuracy"]["original"] - chosen["accuracy"]["pruned"]) <= 0.5
+    argv = _argv(_command("onnx-eprune prune model.onnx -o pruned.onnx --stats"))
+    argv[argv.index("pruned.onnx")], argv[argv.index("0.5")] = "again.onnx", f"{chosen['target']:g}"
+    _run(capsys, argv)
+    assert (folder / "again.onnx").read_bytes() == (folder / "pruned.onnx").read_bytes()
 
 
 def test_the_calibrate_function_writes_what_the_command_writes(folder, capsys):

@@ -39,17 +39,20 @@ def test_sweep_prunes_at_every_target_and_measures_on_held_out_data(calib, mode,
         assert p.fidelity_on == "48 held-out samples"
 
 
-@pytest.mark.parametrize("mode, kind", [("sequential", "sparsity"), ("oneshot", "flops_reduction")])
-def test_sweep_and_search_points_are_the_models_prune_writes(mode, kind):
+@pytest.mark.parametrize("mode, kind, positions", [("sequential", "sparsity", None),
+                                                   ("oneshot", "flops_reduction", None), ("oneshot", "sparsity", 3)])
+def test_sweep_and_search_points_are_the_models_prune_writes(mode, kind, positions):
     """The runs of a sweep (and a search) share the groups' rankings, drawn by their first
     run: each point is still the same bytes as ``prune`` at its target, whatever target
-    came first (entropic on the shipped LeNet-5, whose groups all rank from statistics)."""
+    came first (entropic on the shipped LeNet-5, whose groups all rank from statistics).
+    One-shot runs share statistics too, computed at ``positions`` (once refused: the shared
+    statistics were taken for statistics files, whose positions are the files')."""
     from onnx_eprune.datasets import preprocess
     from onnx_eprune.demo import MODEL_FILE, SAMPLE_FILE, shipped
 
     model = onnx.load(str(shipped(MODEL_FILE)))
     calib = preprocess(np.load(str(shipped(SAMPLE_FILE)))["calib"][:96])
-    options = dict(mode=mode, device="cpu")
+    options = dict(mode=mode, device="cpu", positions=positions)
 
     def alone(target: float) -> bytes:
         return onnx_eprune.prune(model, calib, **{kind: target}, **options).model.SerializeToString()
