@@ -188,6 +188,21 @@ class Rankings:
     errors: dict[int, np.ndarray]
     gains: dict[int, float]
     paths: dict[int, list[entropic.PathPoint]]
+    first_pass: FirstPass | None = None
+
+
+@dataclass
+class FirstPass:
+    """What the sequential mode's first pass over the original network leaves its stages,
+    kept for the runs that share its :class:`Rankings` when the pass recorded into a cache
+    space that outlives its run (``Pruner(records=...)``): they then make no such pass.
+    ``targets``: consumer -> the original output rows at its sampled positions, per batch;
+    ``bases``: consumer -> the (C, s, r) bases of its reduced taps; ``reference``: the
+    original outputs on the first validation samples, per batch."""
+
+    targets: dict[int, StoredBatches]
+    bases: dict[int, np.ndarray]
+    reference: list[list[np.ndarray]]
 
 
 def _untargeted(config: PruneConfig) -> PruneConfig:
@@ -197,12 +212,17 @@ def _untargeted(config: PruneConfig) -> PruneConfig:
 class Pruner:
     """One pruning run; ``run()`` returns a :class:`PruneResult`. ``rankings``: those of an
     earlier run of the same model, data and config at another target of the same kind
-    (``self.rankings`` after its run), which this run then does not draw again."""
+    (``self.rankings`` after its run), which this run then does not draw again.
+    ``records``: a cache space that outlives the run, which the sequential first pass
+    records the original target rows into and where they stay (the run's own space
+    otherwise, where its stages release them); its rankings then carry the
+    :class:`FirstPass`, and a later run given them and the same space makes no first pass."""
 
     lean_stages = True  # see _lean_consumers
 
     def __init__(self, model, calib, config: PruneConfig, progress: Progress | None = None,
-                 stats: StatsBundle | None = None, rankings: Rankings | None = None):
+                 stats: StatsBundle | None = None, rankings: Rankings | None = None,
+                 records: CacheSpace | None = None):
         config.check()
         if stats is not None:
             config = config_for_stats(config, stats)
@@ -210,6 +230,7 @@ class Pruner:
             raise ValueError("rankings drawn for another configuration")
         self.config = config
         self.rankings = rankings
+        self.records = records
         self.progress = progress or Progress(enabled=False)
         self._blas = ThreadpoolController()
         self._blas_threads = max([i["num_threads"] for i in self._blas.info() if i["user_api"] == "blas"] or [1])
@@ -318,8 +339,8 @@ class Pruner:
             for c in cidxs:
                 # straight to a scratch file: each is read back once, in order, which the page
                 # cache serves as fast as memory, and the process does not grow with the samples
-                store = StoredBatches.reserve(self.space, 4 * self._target_rows(cons[c]) * cons[c].out_channels,
-                                              memory=False)
+                store = StoredBatches.reserve(self.records or self.space,
+                                              4 * self._target_rows(cons[c]) * cons[c].out_channels, memory=False)
                 if store is not None:
                     self._targets[c] = store
                     recording.add(c)
@@ -658,8 +679,14 @@ class Pruner:
         orig = CachedNetwork(self.model, self.topo, self.data, self.providers, self.batch_size, self.space)
         target = cfg.target()
         oneshot_stats = None
+        first_pass = self.rankings.first_pass if self.rankings is not None and self.records is not None else None
         if self.bundle is not None:
             oneshot_stats = self._finite(self.bundle.consumers)
+        elif first_pass is not None and cfg.mode == "sequential":
+            # an earlier run's pass over the original network: its statistics served the
+            # rankings, which this run shares; its records serve the stages
+            self._targets, self.bases = dict(first_pass.targets), dict(first_pass.bases)
+            self._reference = first_pass.reference
         elif target.kind != "keep_ratio" or cfg.mode == "oneshot":
             with self.timer.phase("calibrate"):
                 # the sequential stages read the original network's target rows again
@@ -669,6 +696,8 @@ class Pruner:
                                              reduce=wide if cfg.mode == "sequential" else ())
         with self.timer.phase("select"):
             counts, rankings = self.allocate(gids, oneshot_stats)
+        if self.records is not None and self._targets and self.rankings.first_pass is None:
+            self.rankings.first_pass = FirstPass(dict(self._targets), dict(self.bases), self._reference)
         keeps: dict[int, np.ndarray] = {}
         refits: dict[int, Refit] = {}
         if cfg.mode == "oneshot":
@@ -785,7 +814,9 @@ class Pruner:
             keeps[g] = keep
             for c in cidxs:  # a consumer is decided with its (last) group
                 if c in self._targets and all(s[0] in keeps or s[0] not in counts for s in consumers[c].segments):
-                    self._targets.pop(c).discard()
+                    done = self._targets.pop(c)
+                    if self.records is None:  # kept for the runs that share this one's first pass
+                        done.discard()
             with self.timer.phase("rewrite"):
                 model = build_pruned(self.model, self.analysis, keeps, refits)
                 pruned.update(model, stale, slicers)

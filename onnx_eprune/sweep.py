@@ -168,8 +168,9 @@ class Measurer:
     """Prunes one model at targets of one ``kind`` and measures each result against the
     original, sharing between targets what does not depend on them: the calibration arrays,
     the held-out data and labels, the original's outputs on them (cached, in scratch files
-    past the memory share), the groups' rankings (:class:`Rankings`) and, in one-shot mode,
-    the statistics. Each result is the same bytes as a run of ``prune`` at its target.
+    past the memory share), the groups' rankings (:class:`Rankings`) and, in sequential mode,
+    what the first pass over the original network recorded for the stages (its target
+    rows, in scratch files) or, in one-shot mode, the statistics. Each result is the same bytes as a run of ``prune`` at its target.
 
     Arguments as for :func:`sweep` (``base``: the config without a target; ``stats``: the
     merged statistics files, with ``calib`` None); ``hardest``: the largest target that will
@@ -213,6 +214,7 @@ class Measurer:
         self.stats = stats  # one-shot statistics: the files', or computed for the first target
         self.rankings: Rankings | None = None  # drawn by the first target's run
         self.space = CacheSpace.default()
+        self.records = CacheSpace.default()  # the sequential first pass's, kept for every target's run
         self.reference = CachedNetwork(self.original, Topology(self.original), self.held_out, self.providers, size,
                                        self.space)
 
@@ -221,6 +223,7 @@ class Measurer:
 
     def __exit__(self, *exc: object) -> None:
         self.space.close()
+        self.records.close()
 
     def point(self, value: float) -> SweepPoint:
         """Prune at ``value`` (a fraction of this measurer's ``kind``) and measure the result."""
@@ -231,7 +234,7 @@ class Measurer:
             config = replace(config, positions=None)  # the statistics were computed at them
         t0 = time.perf_counter()
         pruner = Pruner(self.original, None if self.stats else self.arrays, config, self.progress, stats=self.stats,
-                        rankings=self.rankings)
+                        rankings=self.rankings, records=self.records)
         result = pruner.run()
         self.rankings = pruner.rankings
         seconds = time.perf_counter() - t0

@@ -39,28 +39,47 @@ def test_sweep_prunes_at_every_target_and_measures_on_held_out_data(calib, mode,
         assert p.fidelity_on == "48 held-out samples"
 
 
-@pytest.mark.parametrize("mode, kind, positions", [("sequential", "sparsity", None),
-                                                   ("oneshot", "flops_reduction", None), ("oneshot", "sparsity", 3)])
-def test_sweep_and_search_points_are_the_models_prune_writes(mode, kind, positions):
+@pytest.mark.parametrize("mode, kind, positions, reduced", [
+    ("sequential", "sparsity", None, False), ("sequential", "sparsity", None, True),
+    ("oneshot", "flops_reduction", None, False), ("oneshot", "sparsity", 3, False)])
+def test_sweep_and_search_points_are_the_models_prune_writes(mode, kind, positions, reduced, monkeypatch):
     """The runs of a sweep (and a search) share the groups' rankings, drawn by their first
     run: each point is still the same bytes as ``prune`` at its target, whatever target
     came first (entropic on the shipped LeNet-5, whose groups all rank from statistics).
-    One-shot runs share statistics too, computed at ``positions`` (once refused: the shared
+    In sequential mode they share the first pass over the original network too: only the
+    first run makes one; its recorded target rows and, with ``reduced`` (conv2's 150 taps
+    above a feature budget of 64), the bases of the reduced taps serve every later run.
+    One-shot runs share statistics, computed at ``positions`` (once refused: the shared
     statistics were taken for statistics files, whose positions are the files')."""
     from onnx_eprune.datasets import preprocess
     from onnx_eprune.demo import MODEL_FILE, SAMPLE_FILE, shipped
+    from onnx_eprune.pipeline import Pruner
+    from onnx_eprune.select.entropic import EntropicConfig
 
     model = onnx.load(str(shipped(MODEL_FILE)))
     calib = preprocess(np.load(str(shipped(SAMPLE_FILE)))["calib"][:96])
     options = dict(mode=mode, device="cpu", positions=positions)
+    if reduced:
+        options["entropic"] = EntropicConfig(max_features=64)
 
     def alone(target: float) -> bytes:
         return onnx_eprune.prune(model, calib, **{kind: target}, **options).model.SerializeToString()
 
     expected = {t: alone(t) for t in (0.2, 0.5)}
+    collect, passes = Pruner.collect, []
+
+    def counted(self, cidxs, orig, pruned, label, **kw):
+        passes.append((pruned is None, bool(self.bases)))
+        return collect(self, cidxs, orig, pruned, label, **kw)
+
+    monkeypatch.setattr(Pruner, "collect", counted)
     for targets in ([0.5, 0.2], [0.2, 0.5]):  # the smaller target ranks first either way
+        passes.clear()
         points = onnx_eprune.sweep(model, calib, targets, kind=kind, **options)
         assert {p.target: p.model.SerializeToString() for p in points} == expected
+        if mode == "sequential":
+            assert [first for first, _ in passes].count(True) == 1 and passes[0][0]
+            assert all(bases == reduced for first, bases in passes if not first)
     found = onnx_eprune.search(model, calib, kind=kind, max_error=0.5, resolution=0.1, **options)
     assert len(found.points) > 1 and found.best is not None
     assert found.best.model.SerializeToString() == alone(found.best.target)
