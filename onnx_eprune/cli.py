@@ -445,7 +445,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     calib = _calib_source(args, _input_model(args.model, weights=False))
     try:
         points = sweep(args.model, calib, targets, kind, data=args.data, labels=args.labels, config=config,
-                       progress=Progress(enabled=not args.quiet), stats=args.stats)
+                       progress=Progress(enabled=not args.quiet), stats=args.stats, latency=args.latency)
     except EPruneError as exc:
         raise _no_prunable_hint(exc, args.model) from None
     del calib
@@ -498,7 +498,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         result = search(args.model, calib, max_drop=args.max_drop, min_agreement=args.min_agreement,
                         max_error=args.max_error, kind=kind, data=args.data, labels=args.labels,
                         resolution=args.resolution, config=config, progress=Progress(enabled=not args.quiet),
-                        stats=args.stats)
+                        stats=args.stats, latency=args.latency)
     except EPruneError as exc:
         raise _no_prunable_hint(exc, args.model) from None
     del calib

@@ -125,6 +125,13 @@ def _add_model_and_calibration(p: argparse.ArgumentParser, stats: bool = True) -
     _add_calib_sources(p, source)
 
 
+def _add_latency(p: argparse.ArgumentParser) -> None:
+    """--latency (sweep and search)."""
+    p.add_argument("--latency", action="store_true",
+                   help="also time each pruned model against the original (median ms at batch 1 and 32, on "
+                   "--data or the calibration samples)")
+
+
 def _add_stats(source) -> None:
     """--stats in the calibration source group ``source`` (prune, sweep and search)."""
     source.add_argument("--stats", action="append", metavar="STATS.npz",
@@ -225,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", metavar="LABELS.npy", help="class indices of --data, for accuracy")
     p.add_argument("--save-models", action="store_true",
                    help="also write each pruned model into DIR as pruned_<kind>_<target>.onnx")
+    _add_latency(p)
     _add_run_options(p)
     _add_common(p)
 
@@ -252,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", metavar="LABELS.npy", help="class indices of --data, for --max-drop")
     p.add_argument("--report-dir", metavar="DIR", help="write the search files and the chosen run's report files "
                    "into DIR (created if missing)")
+    _add_latency(p)
     _add_run_options(p)
     _add_common(p)
 

@@ -64,6 +64,27 @@ def latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: 
     return statistics.median(times)
 
 
+def latency_feeds(model: onnx.ModelProto, data) -> dict[int, dict[str, np.ndarray]]:
+    """What one run takes at each batch size latency is measured at (from the first samples
+    of ``data``, CalibrationData, repeated where it holds fewer): 1 and 32; the batch size of
+    a model exported with a fixed one; one image for inputs without a batch axis."""
+    squeeze = unbatched_inputs(model)
+    fixed = fixed_batch(model)
+    sizes = [1] if squeeze else [fixed] if fixed else [1, 32]
+    feeds = {size: {k: np.resize(v, (size, *v.shape[1:])) for k, v in data.first().items()}
+             if size > data.samples else next(data.batches(size)) for size in sizes}
+    return {size: {k: v[0] if k in squeeze else v for k, v in f.items()} for size, f in feeds.items()}
+
+
+def latencies(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[int, dict[str, np.ndarray]],
+              providers: list[str]) -> dict[str, dict[str, float]]:
+    """Median latency in ms of both models on ``feeds`` (:func:`latency_feeds`), measured
+    one after the other so that both see the same machine load: {"original": {"batch1":
+    ...}, "pruned": {...}}."""
+    return {which: {f"batch{size}": latency_ms(m, feeds[size], providers) for size in feeds}
+            for which, m in (("original", original), ("pruned", pruned))}
+
+
 def _size(model: onnx.ModelProto, path) -> int:
     """Bytes of the model's file and its external data files, or of what save_model would
     write for a model in memory (above the 2 GB limit, where that is a graph and a data
@@ -239,16 +260,7 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     result: dict = {"samples": data_a.samples, "provider": providers[0], "outputs": fidelity}
     if accuracy is not None:
         result["accuracy"] = accuracy
-    # a model exported for a fixed batch size runs at that size only, one without a batch
-    # axis one image at a time
-    squeeze = unbatched_inputs(a)
-    fixed = fixed_batch(a)
-    sizes = [1] if squeeze else [fixed] if fixed else [1, 32]
-    feeds = {size: {k: np.resize(v, (size, *v.shape[1:])) for k, v in data_a.first().items()}
-             if size > data_a.samples else next(data_a.batches(size)) for size in sizes}
-    feeds = {size: {k: v[0] if k in squeeze else v for k, v in f.items()} for size, f in feeds.items()}
-    result["latency_ms"] = {which: {f"batch{size}": latency_ms(m, feeds[size], providers) for size in sizes}
-                            for which, m in (("original", a), ("pruned", b))}
+    result["latency_ms"] = latencies(a, b, latency_feeds(a, data_a), providers)
     pa, ma = _counts(a, copies[0], shapes_a, analysis_a)
     pb, mb = _counts(b, copies[1], *probe_groups(b, data_a.first(), providers))
     result["size"] = {"original": {"bytes": file_bytes["original"], "params": pa, "macs": ma},

@@ -146,6 +146,7 @@ def markdown_sweep(sweep: dict) -> str:
     """A sweep as Markdown: run details, then one row per target."""
     runs = sweep.get("runs", [])
     on = "; ".join(dict.fromkeys(r["fidelity_on"] for r in runs)) or "?"  # per target, when thin layers vary
+    timed = next((r["latency_ms"] for r in runs if r.get("latency_ms")), None)
     searched = sweep.get("search")
     lines = [f"# onnx-eprune {'search' if searched else 'sweep'}", "",
              f"- model: `{sweep.get('input', '?')}`",
@@ -154,8 +155,8 @@ def markdown_sweep(sweep: dict) -> str:
              *([search_line(searched)] if searched else []),
              f"- fidelity measured on: {on}", "",
              "| target | params removed | MACs removed | relative error | top-1 agreement | accuracy | seconds |"
-             + (" within tolerance |" if searched else ""),
-             "|---|---:|---:|---:|---:|---:|---:|" + ("---|" if searched else "")]
+             + (f" {_latency_header(timed)} |" if timed else "") + (" within tolerance |" if searched else ""),
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if timed else "") + ("---|" if searched else "")]
     for r in runs:
         first = next(iter(r["fidelity"].values()), {})
         top1 = _pct(first["top1_agreement"]) if "top1_agreement" in first else "-"
@@ -164,8 +165,23 @@ def markdown_sweep(sweep: dict) -> str:
         acc_text = f"{100 * acc['pruned']:.2f}% (original {100 * acc['original']:.2f}%)" if acc else "-"
         lines.append(f"| {r['kind']} {target_text(r['target'])} | {_pct(r['params_removed'])} | {_pct(r['macs_removed'])} | "
                      f"{first.get('relative_error', float('nan')):.4f} | {top1} | {acc_text} | {r['seconds']:.1f} |"
+                     + (f" {_latency_text(r.get('latency_ms'))} |" if timed else "")
                      + ((" yes |" if r["within_tolerance"] else " no |") if searched else ""))
     return "\n".join(lines) + "\n"
+
+
+def _latency_header(timed: dict) -> str:
+    """The latency column's header: the batch sizes of a timed run's ``latency_ms``."""
+    sizes = " / ".join(key.removeprefix("batch") for key in timed["pruned"])
+    return f"latency, ms at batch {sizes}"
+
+
+def _latency_text(latency: dict | None) -> str:
+    """A point's latencies, pruned then the original's, or "-" when not measured."""
+    if not latency:
+        return "-"
+    pruned, original = (" / ".join(f"{ms:.3g}" for ms in latency[k].values()) for k in ("pruned", "original"))
+    return f"{pruned} (original {original})"
 
 
 _TOLERANCES = {"max_drop": "accuracy drop <= {:g} points", "min_agreement": "top-1 agreement >= {:.2%}",
@@ -325,13 +341,15 @@ def _sweep_figure(Figure, sweep: dict):
                   else ("macs_removed", "fraction of MACs removed"))
     xs = [r[key] for r in runs]
     first = [next(iter(r["fidelity"].values()), {}) for r in runs]
-    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
-    ax = fig.add_subplot(1, 2, 1)
+    timed = [r for r in runs if r.get("latency_ms")]
+    panels = 3 if timed else 2
+    fig = Figure(figsize=(5.0 * panels, 4.0), layout="constrained")
+    ax = fig.add_subplot(1, panels, 1)
     ax.plot(xs, [f.get("relative_error", float("nan")) for f in first], marker="o", color="#d62728")
     ax.set_xlabel(label)
     ax.set_ylabel("relative output error")
     ax.set_title("Output error of the pruned model")
-    ax = fig.add_subplot(1, 2, 2)
+    ax = fig.add_subplot(1, panels, 2)
     if any("top1_agreement" in f for f in first):
         ax.plot(xs, [f.get("top1_agreement", float("nan")) for f in first], marker="o", label="top-1 agreement")
     if all(r.get("accuracy") for r in runs) and runs:
@@ -344,6 +362,16 @@ def _sweep_figure(Figure, sweep: dict):
     ax.set_ylabel("fraction")
     ax.set_title(f"Agreement on {runs[0]['fidelity_on'] if runs else '?'}", fontsize=9)
     ax.legend(loc="lower left")
+    if timed:
+        ax = fig.add_subplot(1, panels, 3)
+        for size in timed[0]["latency_ms"]["pruned"]:
+            ax.plot([r[key] for r in timed], [r["latency_ms"]["original"][size] / r["latency_ms"]["pruned"][size]
+                                              for r in timed], marker="o", label=size.replace("batch", "batch "))
+        ax.axhline(1.0, color="grey", linestyle=":")
+        ax.set_xlabel(label)
+        ax.set_ylabel("original latency / pruned latency")
+        ax.set_title("Speed-up (onnxruntime, median)")
+        ax.legend(loc="upper left")
     return fig
 
 

@@ -85,7 +85,8 @@ class SearchResult:
 def search(model, calib, *, max_drop: float | None = None, min_agreement: float | None = None,
            max_error: float | None = None, kind: str = "sparsity", data=None, labels=None,
            resolution: float = DEFAULT_RESOLUTION, config: PruneConfig | None = None,
-           progress: Progress | None = None, stats: list | None = None, **options) -> SearchResult:
+           progress: Progress | None = None, stats: list | None = None, latency: bool = False,
+           **options) -> SearchResult:
     """Find the largest target of ``kind`` ("sparsity": a fraction of the parameters;
     "flops_reduction": of the MACs) at which the pruned ``model`` stays within one tolerance:
 
@@ -98,8 +99,8 @@ def search(model, calib, *, max_drop: float | None = None, min_agreement: float 
     Without ``data`` the label-free tolerances are measured on the first 256 calibration
     samples (with ``stats``: on up to 256 of those the files keep), in-sample and so
     optimistic. Targets are multiples of ``resolution`` (in (0, 0.5]) up to the largest the
-    prunable groups reach. ``model``, ``calib``, ``stats``, ``config`` and keyword options as
-    for :func:`onnx_eprune.sweep`. Returns a :class:`SearchResult`; its ``model`` is the
+    prunable groups reach. ``model``, ``calib``, ``stats``, ``config``, ``latency`` and
+    keyword options as for :func:`onnx_eprune.sweep`. Returns a :class:`SearchResult`; its ``model`` is the
     pruned model at the target found.
     """
     criterion, tolerance = _criterion(max_drop, min_agreement, max_error)
@@ -116,7 +117,7 @@ def search(model, calib, *, max_drop: float | None = None, min_agreement: float 
         log.warning("no held-out data: the tolerance is measured on the calibration samples (%s %d), which the "
                     "layers were fitted to, and so the target found is optimistic", which, CALIBRATION_CHECK)
     with quiet_repeats(), Measurer(model, calib, kind, data, labels, base, progress, hardest=0.0,
-                                   stats=bundle) as measurer:
+                                   stats=bundle, latency=latency) as measurer:
         if criterion == "min_agreement" and measurer.classes is None:
             raise UsageError(f"min_agreement compares top-1 predictions, but output {measurer.names[0]!r} holds no "
                              "(samples, classes) scores; use max_error")

@@ -25,7 +25,7 @@ from .calibrate.engine import CacheSpace, CachedNetwork, Topology
 from .calibrate.session import choose_providers
 from .config import PruneConfig, check_progress, make_config
 from .errors import UsageError
-from .evaluate import compared_outputs, load_labels, measure_against
+from .evaluate import compared_outputs, latencies, latency_feeds, load_labels, measure_against
 from .graph.model_io import as_model, check_model_arg, normalize
 from .pipeline import Pruner, Rankings, calibrate, config_for_stats, stats_bundle
 from .progress import Progress
@@ -45,7 +45,10 @@ class SweepPoint:
     ``fidelity``: output name -> relative_error, cosine, top1_agreement (on ``data``, or on
     calibration samples when ``fidelity_on`` says so); ``accuracy``: pruned and original
     top-1 accuracy, fractions in [0, 1] ({"original": ..., "pruned": ...}), when labels were
-    given, else None; ``seconds``: wall time of the pruning run.
+    given, else None; ``seconds``: wall time of the pruning run; ``latency_ms``: when asked
+    for, the median latency in milliseconds of the original and the pruned model, measured
+    one after the other ({"original": {"batch1": ..., "batch32": ...}, "pruned": {...}}, as
+    :func:`onnx_eprune.evaluate` gives it), else None.
     """
 
     kind: str
@@ -56,6 +59,7 @@ class SweepPoint:
     fidelity_on: str
     seconds: float
     accuracy: dict | None = None
+    latency_ms: dict | None = None
     report: dict = field(default_factory=dict, repr=False)
     model: onnx.ModelProto | None = field(default=None, repr=False)
 
@@ -63,12 +67,12 @@ class SweepPoint:
         """JSON-ready (without the model and the full report)."""
         return {"kind": self.kind, "target": self.target, "params_removed": self.params_removed,
                 "macs_removed": self.macs_removed, "fidelity": self.fidelity, "fidelity_on": self.fidelity_on,
-                "accuracy": self.accuracy, "seconds": self.seconds}
+                "accuracy": self.accuracy, "seconds": self.seconds, "latency_ms": self.latency_ms}
 
 
 def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None, labels=None,
           config: PruneConfig | None = None, progress: Progress | None = None, stats: list | None = None,
-          **options) -> list[SweepPoint]:
+          latency: bool = False, **options) -> list[SweepPoint]:
     """Prune ``model`` at each of ``targets`` (a list of fractions in [0, 1), each given
     once: of parameters for ``kind="sparsity"``, of MACs for ``"flops_reduction"``) and
     measure every result; the points come back in ascending order of target.
@@ -79,7 +83,8 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
     indices (path or array, shape (N,)) for accuracy, only with ``data``. ``config`` or
     keyword options set the rest of the run as for :func:`onnx_eprune.prune`: a config's
     target fields are ignored, target keywords (``sparsity=``...) refused, as the targets are
-    ``targets``.
+    ``targets``. ``latency``: also time every pruned model against the original (each
+    point's ``latency_ms``), on the first samples of ``data`` (or of the calibration data).
     """
     if kind not in KINDS:
         raise UsageError(f"a sweep runs over one of {', '.join(KINDS)}, not {kind!r}")
@@ -91,7 +96,7 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
         replace(base, **{kind: value}).target()
     bundle = stats_bundle(calib, stats)[1]
     with quiet_repeats(), Measurer(model, calib, kind, data, labels, base, progress, hardest=max(targets),
-                                   stats=bundle) as measurer:
+                                   stats=bundle, latency=latency) as measurer:
         return [measurer.point(value) for value in sorted(targets)]
 
 
@@ -173,13 +178,14 @@ class Measurer:
     rows, in scratch files) or, in one-shot mode, the statistics. Each result is the same bytes as a run of ``prune`` at its target.
 
     Arguments as for :func:`sweep` (``base``: the config without a target; ``stats``: the
-    merged statistics files, with ``calib`` None); ``hardest``: the largest target that will
+    merged statistics files, with ``calib`` None; ``latency``: time each pruned model against
+    the original, on the feeds of :func:`latency_feeds`); ``hardest``: the largest target that will
     be asked for, checked for reach (and a mistyped ``--exclude``) before any calibration. A
     context manager: leaving it removes the scratch files.
     """
 
     def __init__(self, model, calib, kind: str, data, labels, base: PruneConfig, progress: Progress | None,
-                 hardest: float, stats: StatsBundle | None = None) -> None:
+                 hardest: float, stats: StatsBundle | None = None, latency: bool = False) -> None:
         self.kind, self.progress, self.in_sample = kind, progress, data is None
         self.original = as_model(model)
         normalize(self.original)
@@ -211,6 +217,7 @@ class Measurer:
         self.size = size
         self.labels = (load_labels(labels, self.held_out.samples, self.classes, self.names[0])
                        if labels is not None else None)
+        self.feeds = latency_feeds(self.original, self.held_out) if latency else None
         self.stats = stats  # one-shot statistics: the files', or computed for the first target
         self.rankings: Rankings | None = None  # drawn by the first target's run
         self.space = CacheSpace.default()
@@ -245,5 +252,6 @@ class Measurer:
         rep = result.report
         # calibration samples that thin layers were fitted to flatter the pruned model
         on = f"{self.on} {optimism_note(rep)}" if self.in_sample and rep.get("thin_refits") else self.on
+        latency = latencies(self.original, result.model, self.feeds, self.providers) if self.feeds else None
         return SweepPoint(self.kind, value, rep["params"]["removed_fraction"], rep["macs"]["removed_fraction"],
-                          fidelity, on, seconds, accuracy, rep, result.model)
+                          fidelity, on, seconds, accuracy, latency, rep, result.model)

@@ -207,8 +207,8 @@ def test_sweep_points_come_in_ascending_order_of_the_targets_given(model, x):
     assert [(p.kind, p.target) for p in points] == [("sparsity", 0.3), ("sparsity", 0.5)]
     for p in points:
         assert set(p.as_dict()) == {"kind", "target", "params_removed", "macs_removed", "fidelity", "fidelity_on",
-                                    "accuracy", "seconds"}
-        assert p.params_removed >= p.target and p.accuracy is None and p.model is not None
+                                    "accuracy", "seconds", "latency_ms"}
+        assert p.params_removed >= p.target and p.accuracy is None and p.latency_ms is None and p.model is not None
 
 
 def test_inspect_takes_paths_of_any_kind_and_refuses_a_bare_exclude_string(tmp_path, model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -106,6 +107,42 @@ def test_sweep_without_data_measures_on_calibration_samples(calib):
     assert points[0].accuracy is None
 
 
+@pytest.mark.parametrize("batch", [None, 4])
+def test_sweep_with_latency_times_every_pruned_model_against_the_original(calib, batch, monkeypatch):
+    """``latency=True``: per point the median latency of the original and of the pruned
+    model, timed one after the other on the held-out data's first samples (batch 1 and 32;
+    only its own batch for a model exported with a fixed one). The timing is the one
+    ``latency_ms`` measures (counted here: two models per batch size per point)."""
+    evaluate = importlib.import_module("onnx_eprune.evaluate")  # the module (the package exports the function)
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    if batch:
+        for vi in [*model.graph.input, *model.graph.output]:
+            vi.type.tensor_type.shape.dim[0].dim_value = batch
+    data = random_input(8 if batch else 48, seed=9)
+    timed, latency_ms = [], evaluate.latency_ms
+
+    def counted(m, feeds, providers, **kw):
+        timed.append(next(iter(feeds.values())).shape[0])
+        return latency_ms(m, feeds, providers, **kw)
+
+    monkeypatch.setattr(evaluate, "latency_ms", counted)
+    points = onnx_eprune.sweep(model, calib, [0.3, 0.6], data=data, mode="oneshot", method="l1", device="cpu",
+                               latency=True)
+    sizes = [batch] if batch else [1, 32]
+    assert timed == sizes * 4
+    for p in points:
+        assert set(p.latency_ms) == {"original", "pruned"}
+        for which in p.latency_ms.values():
+            assert list(which) == [f"batch{s}" for s in sizes] and all(ms > 0 for ms in which.values())
+        assert p.as_dict()["latency_ms"] == p.latency_ms
+    from onnx_eprune.report_files import markdown_sweep
+
+    table = markdown_sweep({"runs": [p.as_dict() for p in points]})
+    header = f"latency, ms at batch {' / '.join(map(str, sizes))}"
+    assert header in table and f"(original {points[0].latency_ms['original'][f'batch{sizes[0]}']:.3g}" in table
+    assert "latency" not in markdown_sweep({"runs": [dict(p.as_dict(), latency_ms=None) for p in points]})
+
+
 def test_sweep_refuses_labels_without_data_and_unknown_kinds(calib):
     model = conv_bn_relu_pool_flatten_gemm(True)
     with pytest.raises(onnx_eprune.UsageError, match="labels need"):
@@ -196,6 +233,34 @@ def test_cli_sweep_with_labels_plots_the_accuracy(sweep_files, capsys):
     runs = json.loads((sweep_files / "out" / "sweep.json").read_text())["runs"]
     assert [set(r["accuracy"]) for r in runs] == [{"original", "pruned"}] * 2
     assert (sweep_files / "out" / "sweep.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+@pytest.mark.parametrize("command", ["sweep", "search"])
+def test_cli_latency_adds_the_timings_to_the_record_the_table_and_the_plot(sweep_files, capsys, command):
+    """--latency: every run of the record holds both models' latencies, the printed table
+    and the Markdown file a latency column, the plot (with matplotlib) a third panel."""
+    import importlib.util
+
+    if command == "sweep":
+        argv = _sweep_args(sweep_files, "--sparsity", "0.3", "0.5", "--latency")
+        record = sweep_files / "out" / "sweep.json"
+    else:
+        argv = ["search", str(sweep_files / "m.onnx"), "--calib", str(sweep_files / "c.npy"), "-o",
+                str(sweep_files / "p.onnx"), "--max-error", "0.5", "--resolution", "0.2", "--report-dir",
+                str(sweep_files / "out"), "--method", "l1", "--device", "cpu", "--latency"]
+        record = sweep_files / "out" / "search.json"
+    argv = [a for a in argv if a != "-q"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    runs = json.loads(record.read_text())["runs"]
+    assert runs and all(set(r["latency_ms"]) == {"original", "pruned"} for r in runs)
+    assert "latency, ms at batch 1 / 32" in out
+    assert "latency, ms at batch 1 / 32" in record.with_suffix(".md").read_text()
+    if importlib.util.find_spec("matplotlib") is not None:
+        from PIL import Image
+
+        width, height = Image.open(record.with_suffix(".png")).size
+        assert width > 3 * height  # three panels side by side (two: 10 by 4 inches)
 
 
 def test_cli_sweep_names_the_data_option_in_its_errors(sweep_files, capsys):
