@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -180,8 +181,16 @@ def _latency_text(latency: dict | None) -> str:
     """A point's latencies, pruned then the original's, or "-" when not measured."""
     if not latency:
         return "-"
-    pruned, original = (" / ".join(f"{ms:.3g}" for ms in latency[k].values()) for k in ("pruned", "original"))
+    pruned, original = (" / ".join(map(_ms, latency[k].values())) for k in ("pruned", "original"))
     return f"{pruned} (original {original})"
+
+
+def _ms(value: float) -> str:
+    """Milliseconds to three significant digits, trailing zeros kept: 6.00, 129, 0.0243."""
+    if not value > 0 or not math.isfinite(value):
+        return str(value)
+    value = float(f"{value:.3g}")  # rounded first: 9.996 is 10.0, not 10.00
+    return f"{value:.{max(0, 2 - math.floor(math.log10(value)))}f}"
 
 
 _TOLERANCES = {"max_drop": "accuracy drop <= {:g} points", "min_agreement": "top-1 agreement >= {:.2%}",

@@ -135,11 +135,13 @@ def test_sweep_with_latency_times_every_pruned_model_against_the_original(calib,
         for which in p.latency_ms.values():
             assert list(which) == [f"batch{s}" for s in sizes] and all(ms > 0 for ms in which.values())
         assert p.as_dict()["latency_ms"] == p.latency_ms
-    from onnx_eprune.report_files import markdown_sweep
+    from onnx_eprune.report_files import _ms, markdown_sweep
 
     table = markdown_sweep({"runs": [p.as_dict() for p in points]})
     header = f"latency, ms at batch {' / '.join(map(str, sizes))}"
-    assert header in table and f"(original {points[0].latency_ms['original'][f'batch{sizes[0]}']:.3g}" in table
+    first = points[0].latency_ms
+    assert header in table and f"{' / '.join(map(_ms, first['pruned'].values()))} (original " in table
+    assert [_ms(v) for v in (6.0, 129.4, 0.02431, 9.996, 1234.5)] == ["6.00", "129", "0.0243", "10.0", "1230"]
     assert "latency" not in markdown_sweep({"runs": [dict(p.as_dict(), latency_ms=None) for p in points]})
 
 
