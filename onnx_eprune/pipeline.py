@@ -337,8 +337,9 @@ class Pruner:
         recording = set()
         if record:
             for c in cidxs:
-                # straight to a scratch file: each is read back once, in order, which the page
-                # cache serves as fast as memory, and the process does not grow with the samples
+                # straight to a scratch file: each is read back in order (once per run that
+                # shares it), which the page cache serves as fast as memory, and the process
+                # does not grow with the samples
                 store = StoredBatches.reserve(self.records or self.space,
                                               4 * self._target_rows(cons[c]) * cons[c].out_channels, memory=False)
                 if store is not None:

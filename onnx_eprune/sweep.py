@@ -3,8 +3,10 @@
 Choosing a sparsity means weighing size against fidelity. :func:`sweep` prunes at every
 target and measures each pruned model against the original on held-out ``data`` (with
 ``labels``: accuracy too); without ``data`` it measures on the first 256 calibration
-samples (in-sample: a weaker check). In one-shot mode the statistics are computed once and
-shared by all targets; in sequential mode every target is a full run.
+samples (in-sample: a weaker check). The targets' runs share what does not depend on the
+target (:class:`Measurer`): in one-shot mode the statistics, computed once or read from
+statistics files; in sequential mode the first pass over the original network, after which
+every target runs its own sequential stages.
 """
 
 from __future__ import annotations
