@@ -214,8 +214,8 @@ class Pruner:
     earlier run of the same model, data and config at another target of the same kind
     (``self.rankings`` after its run), which this run then does not draw again.
     ``records``: a cache space that outlives the run, which the sequential first pass
-    records the original target rows into and where they stay (the run's own space
-    otherwise, where its stages release them); its rankings then carry the
+    records the original target rows into, where they stay, when they all fit there (the
+    run's own space otherwise, where its stages release them); its rankings then carry the
     :class:`FirstPass`, and a later run given them and the same space makes no first pass."""
 
     lean_stages = True  # see _lean_consumers
@@ -336,12 +336,16 @@ class Pruner:
         biases = {c: bias.astype(np.float32) for c, (_theta, bias) in linear.items()}
         recording = set()
         if record:
+            sizes = {c: 4 * self._target_rows(cons[c]) * cons[c].out_channels for c in cidxs}
+            if self.records is not None and sum(sizes.values()) > self.records.disk_left:
+                # all or nothing: with part of the rows, the later runs would compute the rest
+                # again, unlike this run; this one records into its own space, as prune does
+                self.records = None
             for c in cidxs:
                 # straight to a scratch file: each is read back in order (once per run that
                 # shares it), which the page cache serves as fast as memory, and the process
                 # does not grow with the samples
-                store = StoredBatches.reserve(self.records or self.space,
-                                              4 * self._target_rows(cons[c]) * cons[c].out_channels, memory=False)
+                store = StoredBatches.reserve(self.records or self.space, sizes[c], memory=False)
                 if store is not None:
                     self._targets[c] = store
                     recording.add(c)

@@ -86,6 +86,37 @@ def test_sweep_and_search_points_are_the_models_prune_writes(mode, kind, positio
     assert found.best.model.SerializeToString() == alone(found.best.target)
 
 
+def test_a_sweep_without_room_for_the_first_pass_records_makes_it_in_every_run(monkeypatch):
+    """When the records of the first pass do not all fit in the sweep's scratch space (no
+    disk at all here), every run makes its own first pass into its own space, as prune
+    does: the same bytes as prune, a pass per target, no rows shared."""
+    from onnx_eprune.calibrate.engine import CACHE_MEMORY_BYTES, CacheSpace
+    from onnx_eprune.datasets import preprocess
+    from onnx_eprune.demo import MODEL_FILE, SAMPLE_FILE, shipped
+    from onnx_eprune.pipeline import Pruner
+
+    model = onnx.load(str(shipped(MODEL_FILE)))
+    calib = preprocess(np.load(str(shipped(SAMPLE_FILE)))["calib"][:96])
+    expected = {t: onnx_eprune.prune(model, calib, sparsity=t, device="cpu").model.SerializeToString()
+                for t in (0.2, 0.5)}
+    sweep_module = importlib.import_module("onnx_eprune.sweep")  # the module (the package exports the function)
+    # the sweep's own spaces only: the runs' spaces are made in pipeline.py
+    monkeypatch.setattr(sweep_module, "CacheSpace", type("NoDisk", (CacheSpace,), {
+        "default": classmethod(lambda cls: CacheSpace(CACHE_MEMORY_BYTES, 0))}))
+    collect, firsts = Pruner.collect, []
+
+    def counted(self, cidxs, orig, pruned, label, **kw):
+        stats = collect(self, cidxs, orig, pruned, label, **kw)
+        if pruned is None:  # a first pass: it recorded the target rows all the same
+            firsts.append(sorted(self._targets) == sorted(cidxs))
+        return stats
+
+    monkeypatch.setattr(Pruner, "collect", counted)
+    points = onnx_eprune.sweep(model, calib, [0.2, 0.5], device="cpu")
+    assert {p.target: p.model.SerializeToString() for p in points} == expected
+    assert firsts == [True, True]
+
+
 def test_rankings_of_another_configuration_are_refused(calib):
     from onnx_eprune.pipeline import Pruner
 
