@@ -336,16 +336,11 @@ class Pruner:
         biases = {c: bias.astype(np.float32) for c, (_theta, bias) in linear.items()}
         recording = set()
         if record:
-            sizes = {c: 4 * self._target_rows(cons[c]) * cons[c].out_channels for c in cidxs}
-            if self.records is not None and sum(sizes.values()) > self.records.disk_left:
-                # all or nothing: with part of the rows, the later runs would compute the rest
-                # again, unlike this run; this one records into its own space, as prune does
-                self.records = None
             for c in cidxs:
                 # straight to a scratch file: each is read back in order (once per run that
                 # shares it), which the page cache serves as fast as memory, and the process
                 # does not grow with the samples
-                store = StoredBatches.reserve(self.records or self.space, sizes[c], memory=False)
+                store = StoredBatches.reserve(self.records or self.space, self._target_bytes(cons[c]), memory=False)
                 if store is not None:
                     self._targets[c] = store
                     recording.add(c)
@@ -439,12 +434,14 @@ class Pruner:
                     return pairs
         return MomentAccumulator(self._blas_threads, theta)
 
-    def _target_rows(self, cons: Consumer) -> int:
-        """Rows that consumer ``cons`` contributes over the calibration set."""
-        if not cons.spatial:
-            return self.data.samples
-        n_pos = int(np.prod(self.shapes[cons.output][2:]))
-        return self.data.samples * positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions)
+    def _target_bytes(self, cons: Consumer) -> int:
+        """Bytes of the target rows (float32) that consumer ``cons`` contributes over the
+        calibration set."""
+        rows = self.data.samples
+        if cons.spatial:
+            n_pos = int(np.prod(self.shapes[cons.output][2:]))
+            rows *= positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions)
+        return 4 * rows * cons.out_channels
 
     # -- per-group problems ----------------------------------------------------------------
     def _counts(self, keeps: dict[int, np.ndarray]) -> dict[int, int]:
@@ -696,6 +693,11 @@ class Pruner:
             with self.timer.phase("calibrate"):
                 # the sequential stages read the original network's target rows again
                 cidxs = self._oneshot_consumers()
+                if cfg.mode == "sequential" and self.records is not None and sum(
+                        self._target_bytes(self.analysis.consumers[c]) for c in cidxs) > self.records.disk_left:
+                    # all or nothing: with part of the rows, the later runs would compute the
+                    # rest again, unlike this run; this one records into its own space, as prune does
+                    self.records = None
                 wide = [c for c in cidxs if _reducible(self.analysis.consumers[c], cfg.entropic.max_features)]
                 oneshot_stats = self.collect(cidxs, orig, None, "calibrate", record=cfg.mode == "sequential",
                                              reduce=wide if cfg.mode == "sequential" else ())

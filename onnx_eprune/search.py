@@ -100,8 +100,8 @@ def search(model, calib, *, max_drop: float | None = None, min_agreement: float 
     samples (with ``stats``: on up to 256 of those the files keep), in-sample and so
     optimistic. Targets are multiples of ``resolution`` (in (0, 0.5]) up to the largest the
     prunable groups reach. ``model``, ``calib``, ``stats``, ``config``, ``latency`` and
-    keyword options as for :func:`onnx_eprune.sweep`. Returns a :class:`SearchResult`; its ``model`` is the
-    pruned model at the target found.
+    keyword options as for :func:`onnx_eprune.sweep`. Returns a :class:`SearchResult`; its
+    ``model`` is the pruned model at the target found.
     """
     criterion, tolerance = _criterion(max_drop, min_agreement, max_error)
     if kind not in KINDS:

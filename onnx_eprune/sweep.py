@@ -177,13 +177,14 @@ class Measurer:
     the held-out data and labels, the original's outputs on them (cached, in scratch files
     past the memory share), the groups' rankings (:class:`Rankings`) and, in sequential mode,
     what the first pass over the original network recorded for the stages (its target
-    rows, in scratch files) or, in one-shot mode, the statistics. Each result is the same bytes as a run of ``prune`` at its target.
+    rows, in scratch files) or, in one-shot mode, the statistics. Each result is the same
+    bytes as a run of ``prune`` at its target.
 
     Arguments as for :func:`sweep` (``base``: the config without a target; ``stats``: the
     merged statistics files, with ``calib`` None; ``latency``: time each pruned model against
-    the original, on the feeds of :func:`latency_feeds`); ``hardest``: the largest target that will
-    be asked for, checked for reach (and a mistyped ``--exclude``) before any calibration. A
-    context manager: leaving it removes the scratch files.
+    the original, on the feeds of :func:`latency_feeds`); ``hardest``: the largest target
+    that will be asked for, checked for reach (and a mistyped ``--exclude``) before any
+    calibration. A context manager: leaving it removes the scratch files.
     """
 
     def __init__(self, model, calib, kind: str, data, labels, base: PruneConfig, progress: Progress | None,
