@@ -425,7 +425,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.stats:
         _check_stats_options(args)
     _check_image_options(args)
-    kind, targets = ("sparsity", args.sparsity) if args.sparsity else ("flops_reduction", args.flops_reduction)
+    kind, targets = next((k, v) for k in ("sparsity", "flops_reduction", "keep_ratio")
+                         if (v := getattr(args, k)) is not None)
     repeated = repeated_targets(targets)
     if repeated:
         raise UsageError(f"--{kind.replace('_', '-')} lists {', '.join(f'{t:g}' for t in repeated)} more than once; "

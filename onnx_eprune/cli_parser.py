@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--sparsity", type=_fraction, nargs="+", metavar="S", help="parameter sparsities to try")
     target.add_argument("--flops-reduction", type=_fraction, nargs="+", metavar="F", help="MAC reductions to try")
+    target.add_argument("--keep-ratio", type=_fraction, nargs="+", metavar="R",
+                        help="uniform keep ratios to try (round(R*C) channels in every prunable group)")
     p.add_argument("--report-dir", required=True, metavar="DIR", help="where the sweep files go (created if missing)")
     p.add_argument("--data", metavar="DATA", help="held-out inputs (.npy/.npz) to measure fidelity on")
     p.add_argument("--labels", metavar="LABELS.npy", help="class indices of --data, for accuracy")

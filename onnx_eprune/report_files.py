@@ -346,8 +346,8 @@ def _allocation_figure(Figure, report: dict):
 def _sweep_figure(Figure, sweep: dict):
     runs = sweep.get("runs", [])
     kind = runs[0]["kind"] if runs else "sparsity"
-    key, label = (("params_removed", "fraction of parameters removed") if kind == "sparsity"
-                  else ("macs_removed", "fraction of MACs removed"))
+    key, label = (("macs_removed", "fraction of MACs removed") if kind == "flops_reduction"
+                  else ("params_removed", "fraction of parameters removed"))
     xs = [r[key] for r in runs]
     first = [next(iter(r["fidelity"].values()), {}) for r in runs]
     timed = [r for r in runs if r.get("latency_ms")]

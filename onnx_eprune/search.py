@@ -25,11 +25,12 @@ from .config import PruneConfig
 from .errors import EPruneError, UsageError
 from .pipeline import PruneResult, input_files, stats_bundle
 from .progress import Progress
-from .sweep import CALIBRATION_CHECK, KINDS, Measurer, SweepPoint, quiet_repeats, untargeted_config
+from .sweep import CALIBRATION_CHECK, Measurer, SweepPoint, quiet_repeats, untargeted_config
 
 log = logging.getLogger("onnx_eprune")
 
 CRITERIA = ("max_drop", "min_agreement", "max_error")
+KINDS = ("sparsity", "flops_reduction")  # bisected from 0 up: what they remove grows with them
 DEFAULT_RESOLUTION = 0.01
 
 

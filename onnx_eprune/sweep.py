@@ -33,7 +33,6 @@ from .pipeline import Pruner, Rankings, calibrate, config_for_stats, stats_bundl
 from .progress import Progress
 from .report import optimism_note
 
-KINDS = ("sparsity", "flops_reduction")
 TARGET_FIELDS = ("sparsity", "flops_reduction", "keep_ratio")  # the PruneConfig fields a sweep sets itself
 CALIBRATION_CHECK = 256  # without held-out data, fidelity is measured on this many calibration samples
 
@@ -43,7 +42,7 @@ class SweepPoint:
     """One target of a sweep: what was removed and how close the pruned model stays.
 
     ``target``, ``params_removed``, ``macs_removed``: fractions in [0, 1] (``kind`` says
-    which one the target is: "sparsity" or "flops_reduction").
+    which one the target is: "sparsity", "flops_reduction" or "keep_ratio").
     ``fidelity``: output name -> relative_error, cosine, top1_agreement (on ``data``, or on
     calibration samples when ``fidelity_on`` says so); ``accuracy``: pruned and original
     top-1 accuracy, fractions in [0, 1] ({"original": ..., "pruned": ...}), when labels were
@@ -75,9 +74,11 @@ class SweepPoint:
 def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None, labels=None,
           config: PruneConfig | None = None, progress: Progress | None = None, stats: list | None = None,
           latency: bool = False, **options) -> list[SweepPoint]:
-    """Prune ``model`` at each of ``targets`` (a list of fractions in [0, 1), each given
-    once: of parameters for ``kind="sparsity"``, of MACs for ``"flops_reduction"``) and
-    measure every result; the points come back in ascending order of target.
+    """Prune ``model`` at each of ``targets`` (a list of fractions, each given once: of
+    parameters to remove for ``kind="sparsity"`` and of MACs for ``"flops_reduction"``, in
+    [0, 1); of the channels every prunable group keeps for ``"keep_ratio"``, in (0, 1]) and
+    measure every result; the points come back from the lightest pruning to the heaviest
+    (ascending targets; descending keep ratios).
 
     ``model`` and ``calib`` as for :func:`onnx_eprune.prune`, or ``stats`` instead of
     ``calib`` as there (one-shot runs from the statistics files, no calibration); ``data``:
@@ -88,8 +89,8 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
     ``targets``. ``latency``: also time every pruned model against the original (each
     point's ``latency_ms``), on the first samples of ``data`` (or of the calibration data).
     """
-    if kind not in KINDS:
-        raise UsageError(f"a sweep runs over one of {', '.join(KINDS)}, not {kind!r}")
+    if kind not in TARGET_FIELDS:
+        raise UsageError(f"a sweep runs over one of {', '.join(TARGET_FIELDS)}, not {kind!r}")
     targets = _checked_targets(targets)
     base = untargeted_config(model, config, options, data, labels, progress,
                              "a sweep takes its targets in targets=[...]")
@@ -97,9 +98,10 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
     for value in targets:
         replace(base, **{kind: value}).target()
     bundle = stats_bundle(calib, stats)[1]
-    with quiet_repeats(), Measurer(model, calib, kind, data, labels, base, progress, hardest=max(targets),
+    lightest_first = sorted(targets, reverse=kind == "keep_ratio")
+    with quiet_repeats(), Measurer(model, calib, kind, data, labels, base, progress, hardest=lightest_first[-1],
                                    stats=bundle, latency=latency) as measurer:
-        return [measurer.point(value) for value in sorted(targets)]
+        return [measurer.point(value) for value in lightest_first]
 
 
 def untargeted_config(model, config: PruneConfig | None, options: dict, data, labels, progress: Progress | None,
@@ -182,9 +184,10 @@ class Measurer:
 
     Arguments as for :func:`sweep` (``base``: the config without a target; ``stats``: the
     merged statistics files, with ``calib`` None; ``latency``: time each pruned model against
-    the original, on the feeds of :func:`latency_feeds`); ``hardest``: the largest target
-    that will be asked for, checked for reach (and a mistyped ``--exclude``) before any
-    calibration. A context manager: leaving it removes the scratch files.
+    the original, on the feeds of :func:`latency_feeds`); ``hardest``: of the targets that
+    will be asked for, the one that removes the most, checked for reach (and a mistyped
+    ``--exclude``) before any calibration. A context manager: leaving it removes the scratch
+    files.
     """
 
     def __init__(self, model, calib, kind: str, data, labels, base: PruneConfig, progress: Progress | None,
@@ -199,8 +202,7 @@ class Measurer:
             self.arrays = load_calibration(calib, self.original, base.samples).arrays
         self.base = replace(base, samples=None)  # the arrays hold the first --samples: no run need cut (and warn) again
         # a target out of reach, a mistyped --exclude or statistics files of another model
-        # fail now, not after calibrating or pruning the smaller targets (the largest is the
-        # hardest to reach)
+        # fail now, not after calibrating or pruning at the lighter targets
         pruner = Pruner(self.original, self.arrays, replace(self.base, **{kind: hardest}), stats=stats)
         self.reach = pruner.reach(pruner.preflight())
         self.providers = choose_providers(base.device)

@@ -180,8 +180,32 @@ def test_sweep_refuses_labels_without_data_and_unknown_kinds(calib):
     model = conv_bn_relu_pool_flatten_gemm(True)
     with pytest.raises(onnx_eprune.UsageError, match="labels need"):
         onnx_eprune.sweep(model, calib, [0.3], labels=np.zeros(4))
-    with pytest.raises(onnx_eprune.UsageError, match="one of"):
-        onnx_eprune.sweep(model, calib, [0.3], kind="keep_ratio")
+    with pytest.raises(onnx_eprune.UsageError, match="one of sparsity, flops_reduction, keep_ratio, not 'keep'"):
+        onnx_eprune.sweep(model, calib, [0.3], kind="keep")
+    # a bisection from 0 up needs a target that removes more as it grows
+    with pytest.raises(onnx_eprune.UsageError, match="one of sparsity, flops_reduction, not 'keep_ratio'"):
+        onnx_eprune.search(model, calib, kind="keep_ratio", max_error=0.1)
+    with pytest.raises(onnx_eprune.UsageError, match=r"keep-ratio must be in \(0, 1\]"):
+        onnx_eprune.sweep(model, calib, [0.5, 0.0], kind="keep_ratio")
+
+
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+def test_a_keep_ratio_sweep_runs_from_the_lightest_pruning_and_writes_what_prune_writes(mode):
+    """Keep ratios come back in descending order (the lightest pruning first), each point
+    the bytes of ``prune --keep-ratio``, every prunable group at round(R*C) channels."""
+    from onnx_eprune.datasets import preprocess
+    from onnx_eprune.demo import MODEL_FILE, SAMPLE_FILE, shipped
+
+    model = onnx.load(str(shipped(MODEL_FILE)))
+    calib = preprocess(np.load(str(shipped(SAMPLE_FILE)))["calib"][:64])
+    points = onnx_eprune.sweep(model, calib, [0.5, 1.0, 0.75], kind="keep_ratio", mode=mode, device="cpu")
+    assert [p.kind for p in points] == ["keep_ratio"] * 3 and [p.target for p in points] == [1.0, 0.75, 0.5]
+    assert points[0].params_removed == 0.0 < points[1].params_removed < points[2].params_removed
+    for p in points:
+        alone = onnx_eprune.prune(model, calib, keep_ratio=p.target, mode=mode, device="cpu")
+        assert p.model.SerializeToString() == alone.model.SerializeToString()
+        kept = [(g["channels_before"], g["channels_after"]) for g in p.report["groups"] if not g["frozen"]]
+        assert kept and all(k == round(p.target * c) for c, k in kept)
 
 
 def test_cli_sweep_writes_the_sweep_folder(tmp_path, calib, capsys):
@@ -198,6 +222,26 @@ def test_cli_sweep_writes_the_sweep_folder(tmp_path, calib, capsys):
     assert "| flops_reduction 0.4 |" in (out / "sweep.md").read_text()
     for t in ("0.2", "0.4"):
         onnx.checker.check_model(onnx.load(str(out / f"pruned_flops_reduction_{t}.onnx")))
+
+
+def test_cli_sweep_over_keep_ratios(sweep_files, capsys):
+    """--keep-ratio sweeps uniform keep ratios: rows from the lightest pruning on, one model
+    per ratio with --save-models; a ratio out of (0, 1] fails before any work."""
+    out = sweep_files / "out"
+    assert main(_sweep_args(sweep_files, "--keep-ratio", "0.5", "0.8", "--save-models")) == 0, \
+        capsys.readouterr().err
+    record = json.loads((out / "sweep.json").read_text())
+    assert [(r["kind"], r["target"]) for r in record["runs"]] == [("keep_ratio", 0.8), ("keep_ratio", 0.5)]
+    assert 0 < record["runs"][0]["params_removed"] < record["runs"][1]["params_removed"]
+    assert "| keep_ratio 0.5 |" in (out / "sweep.md").read_text()
+    for t in ("0.5", "0.8"):
+        onnx.checker.check_model(onnx.load(str(out / f"pruned_keep_ratio_{t}.onnx")))
+    assert "--keep-ratio must be in (0, 1]" in run_error(capsys, _sweep_args(sweep_files, "--keep-ratio", "0.5",
+                                                                             "0", "--report-dir",
+                                                                             str(sweep_files / "o2")))
+    assert "0.5 more than once" in run_error(capsys, _sweep_args(sweep_files, "--keep-ratio", "0.5", "0.5",
+                                                                 "--report-dir", str(sweep_files / "o2")))
+    assert not (sweep_files / "o2").exists()
 
 
 def test_cli_sweep_prints_its_table(tmp_path, calib, capsys):
