@@ -43,10 +43,38 @@ log = logging.getLogger("onnx_eprune")
 
 def _check_image_options(args: argparse.Namespace) -> None:
     given = [f"--{name}" for name in IMAGE_OPTIONS if getattr(args, name) is not None]
-    if args.calib_images is None:
-        wrong = [o for o in given if o != "--size" or args.calib_random is None]
+    readers = [option for option in ("--calib-images", "--data-images") if hasattr(args, option[2:].replace("-", "_"))]
+    if all(getattr(args, option[2:].replace("-", "_")) is None for option in readers):
+        wrong = [o for o in given if o != "--size" or getattr(args, "calib_random", None) is None]
         if wrong:
-            raise UsageError(f"{', '.join(wrong)} only appl{'ies' if len(wrong) == 1 else 'y'} with --calib-images")
+            raise UsageError(f"{', '.join(wrong)} only appl{'ies' if len(wrong) == 1 else 'y'} with "
+                             f"{' or '.join(readers)}")
+
+
+def _image_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of the image readers that the image options give."""
+    return {"size": args.size, "scale": 1 / 255 if args.scale is None else args.scale,
+            "mean": (0.0,) if args.mean is None else args.mean, "std": (1.0,) if args.std is None else args.std,
+            "layout": args.layout, "channels": args.channels, "resize": args.resize or "crop"}
+
+
+def _held_out(args: argparse.Namespace, model) -> tuple[object, object]:
+    """The held-out inputs and labels to measure on (sweep, search, evaluate): --data and
+    --labels as given, or the --data-images images read for ``model`` and, with
+    --folder-labels, the indices of their class folders (None, None without either)."""
+    if args.folder_labels and args.data_images is None:
+        raise UsageError("--folder-labels needs --data-images: a folder with one subfolder of images per class")
+    if args.labels and args.data is None and args.data_images is None:
+        raise UsageError("--labels needs --data: the inputs they label")
+    if args.data_images is None:
+        return args.data, args.labels
+    from .calibrate.images import list_images, load_image_folder, load_labelled_image_folder
+
+    list_images(args.data_images, "--data-images")  # a file or an empty folder, named by this option
+    if args.folder_labels:
+        images, labels, _classes = load_labelled_image_folder(args.data_images, model, **_image_options(args))
+        return images, labels
+    return load_image_folder(args.data_images, model, **_image_options(args)), args.labels
 
 
 def _input_model(path: str, weights: bool = True):
@@ -88,12 +116,7 @@ def _calib_source(args: argparse.Namespace, model):
     elif args.calib_images is not None:
         from .calibrate.images import load_image_folder
 
-        source = load_image_folder(args.calib_images, model, size=args.size,
-                                   scale=1 / 255 if args.scale is None else args.scale,
-                                   mean=(0.0,) if args.mean is None else args.mean,
-                                   std=(1.0,) if args.std is None else args.std,
-                                   layout=args.layout, channels=args.channels, resize=args.resize or "crop",
-                                   limit=args.samples)
+        source = load_image_folder(args.calib_images, model, limit=args.samples, **_image_options(args))
     else:
         source = args.calib
     mute = _Mute()
@@ -199,13 +222,15 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
         from .graph.model_io import data_files
 
         named += [("a data file of the input model", path) for path in data_files(args.model)]
-    if getattr(args, "calib_images", None):
-        from .calibrate.images import list_images
+    for option in ("--calib-images", "--data-images"):
+        folder = getattr(args, option[2:].replace("-", "_"), None)
+        if folder:
+            from .calibrate.images import list_images
 
-        try:
-            named += [("one of the --calib-images images", str(path)) for path in list_images(args.calib_images)]
-        except UsageError:  # no folder, or no image in it: the loader says so, after the output checks
-            pass
+            try:
+                named += [(f"one of the {option} images", str(path)) for path in list_images(folder)]
+            except UsageError:  # no folder, or no image in it: the loader says so, after the output checks
+                pass
     return [(what, path) for what, path in named if path]
 
 
@@ -440,12 +465,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     folder = _check_folder(args.report_dir, names, inputs)
     for target in targets if args.save_models and _large(args.model) else []:
         _check_data_file(str(folder / _sweep_model_name(kind, target)), inputs)
-    if args.labels and not args.data:
-        raise UsageError("--labels needs --data: the inputs they label")
+    model = _input_model(args.model, weights=False)
+    data, labels = _held_out(args, model)
     new_dir = _new_folder(args.report_dir)
-    calib = _calib_source(args, _input_model(args.model, weights=False))
+    calib = _calib_source(args, model)
     try:
-        points = sweep(args.model, calib, targets, kind, data=args.data, labels=args.labels, config=config,
+        points = sweep(args.model, calib, targets, kind, data=data, labels=labels, config=config,
                        progress=Progress(enabled=not args.quiet), stats=args.stats, latency=args.latency)
     except EPruneError as exc:
         raise _no_prunable_hint(exc, args.model) from None
@@ -487,17 +512,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     inputs = _checked_inputs_and_output(args)
     if args.report_dir is not None:
         _check_report_dir(args, NAMES + SEARCH_NAMES)
-    if args.labels and not args.data:
-        raise UsageError("--labels needs --data: the inputs they label")
-    if args.max_drop is not None and not args.labels:
-        raise UsageError("--max-drop compares accuracy: give --data and its --labels, or use --min-agreement or "
-                         "--max-error, which need no labels")
+    if args.max_drop is not None and not (args.labels or args.folder_labels):
+        raise UsageError("--max-drop compares accuracy: give --data and its --labels (or --data-images with "
+                         "--folder-labels), or use --min-agreement or --max-error, which need no labels")
     kind = args.by.replace("-", "_")
     config = _run_config(args)
-    calib = _calib_source(args, _input_model(args.model, weights=False))
+    model = _input_model(args.model, weights=False)
+    data, labels = _held_out(args, model)
+    calib = _calib_source(args, model)
     try:
         result = search(args.model, calib, max_drop=args.max_drop, min_agreement=args.min_agreement,
-                        max_error=args.max_error, kind=kind, data=args.data, labels=args.labels,
+                        max_error=args.max_error, kind=kind, data=data, labels=labels,
                         resolution=args.resolution, config=config, progress=Progress(enabled=not args.quiet),
                         stats=args.stats, latency=args.latency)
     except EPruneError as exc:
@@ -662,7 +687,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_evaluation
     from .report import to_json
 
-    result = evaluate(args.original, args.pruned, args.data, labels=args.labels, device=args.device)
+    _check_image_options(args)
+    data, labels = _held_out(args, _input_model(args.original, weights=False) if args.data_images else None)
+    result = evaluate(args.original, args.pruned, data, labels=labels, device=args.device)
     print(to_json(result) if args.json else format_evaluation(result))
     return 0
 

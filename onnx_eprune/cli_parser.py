@@ -94,9 +94,27 @@ def _add_calib_sources(p: argparse.ArgumentParser, source) -> None:
                         help="a folder of images (.png .jpg .jpeg .bmp .webp .tif .tiff, recursive, in path order)")
     source.add_argument("--calib-random", type=_positive_int, metavar="N",
                         help="N samples of random normal noise: smoke tests only, accuracy will suffer")
-    g = p.add_argument_group("image options (with --calib-images)")
+
+
+def _add_held_out(p: argparse.ArgumentParser, data_help: str, labels_help: str, required: bool = False) -> None:
+    """--data or --data-images, and --labels or --folder-labels (sweep, search, evaluate)."""
+    data = p.add_mutually_exclusive_group(required=required)
+    data.add_argument("--data", metavar="DATA", help=data_help)
+    data.add_argument("--data-images", metavar="DIR",
+                      help="held-out images instead: a folder of images, or with --folder-labels of class folders")
+    labels = p.add_mutually_exclusive_group()
+    labels.add_argument("--labels", metavar="LABELS.npy", help=labels_help)
+    labels.add_argument("--folder-labels", action="store_true",
+                        help="label each --data-images image by its class folder: the k-th subfolder in name "
+                        "order is class k (torchvision's ImageFolder rule)")
+
+
+def _add_image_options(p: argparse.ArgumentParser, title: str, calibration: bool = True) -> None:
+    """How images are read and normalised (with --calib-images and --data-images)."""
+    g = p.add_argument_group(title)
     g.add_argument("--size", type=_image_size, metavar="H[,W]",
-                   help="image height and width; required when the model's are dynamic (also for --calib-random)")
+                   help="image height and width; required when the model's are dynamic"
+                   + (" (also for --calib-random)" if calibration else ""))
     g.add_argument("--scale", type=_scale, metavar="S", help="pixel scale factor (default: 1/255)")
     g.add_argument("--mean", type=_numbers, metavar="M[,M,M]",
                    help="subtracted after scaling: (pixel * scale - mean) / std; one value or one per channel "
@@ -115,14 +133,17 @@ def _add_common(p: argparse.ArgumentParser, quiet: str = "print only warnings an
     p.add_argument("--debug", action="store_true", help="show a traceback on failure")
 
 
-def _add_model_and_calibration(p: argparse.ArgumentParser, stats: bool = True) -> None:
-    """MODEL and one calibration source (sweep, search and, without ``stats``, calibrate)."""
+def _add_model_and_calibration(p: argparse.ArgumentParser, stats: bool = True, held_out: bool = True) -> None:
+    """MODEL and one calibration source (sweep, search and, without ``stats`` and
+    ``held_out`` data, calibrate)."""
     p.add_argument("model", metavar="MODEL.onnx")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--calib", metavar="CALIB", help=".npy or .npz, as for prune")
     if stats:
         _add_stats(source)
     _add_calib_sources(p, source)
+    _add_image_options(p, "image options (with --calib-images or --data-images)" if held_out
+                       else "image options (with --calib-images)")
 
 
 def _add_latency(p: argparse.ArgumentParser) -> None:
@@ -204,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=".npy (first axis = samples; single-input models) or .npz (input name -> array)")
     _add_stats(source)
     _add_calib_sources(p, source)
+    _add_image_options(p, "image options (with --calib-images)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--sparsity", type=_fraction, metavar="S",
                         help="remove at least this fraction of the Conv/ConvTranspose/Gemm/MatMul parameters")
@@ -230,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--keep-ratio", type=_fraction, nargs="+", metavar="R",
                         help="uniform keep ratios to try (round(R*C) channels in every prunable group)")
     p.add_argument("--report-dir", required=True, metavar="DIR", help="where the sweep files go (created if missing)")
-    p.add_argument("--data", metavar="DATA", help="held-out inputs (.npy/.npz) to measure fidelity on")
-    p.add_argument("--labels", metavar="LABELS.npy", help="class indices of --data, for accuracy")
+    _add_held_out(p, "held-out inputs (.npy/.npz) to measure fidelity on",
+                  "class indices of --data (or of --data-images, in path order), for accuracy")
     p.add_argument("--save-models", action="store_true",
                    help="also write each pruned model into DIR as pruned_<kind>_<target>.onnx")
     _add_latency(p)
@@ -257,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "multiply-accumulates")
     p.add_argument("--resolution", type=_fraction, default=0.01, metavar="R",
                    help="targets are multiples of R (default: 0.01)")
-    p.add_argument("--data", metavar="DATA", help="held-out inputs (.npy/.npz) to measure on (default: the first "
-                   "256 calibration samples, or of those that --stats files keep: in-sample and so optimistic)")
-    p.add_argument("--labels", metavar="LABELS.npy", help="class indices of --data, for --max-drop")
+    _add_held_out(p, "held-out inputs (.npy/.npz) to measure on (default: the first 256 calibration samples, or "
+                  "of those that --stats files keep: in-sample and so optimistic)",
+                  "class indices of --data (or of --data-images, in path order), for --max-drop")
     p.add_argument("--report-dir", metavar="DIR", help="write the search files and the chosen run's report files "
                    "into DIR (created if missing)")
     _add_latency(p)
@@ -270,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Stream the statistics that pruning needs over CALIB and write them to "
                        "STATS.npz. Files from disjoint shards of a calibration set add up: 'prune --stats A "
                        "--stats B ...' gives the same result as one run over all the samples (one-shot mode).")
-    _add_model_and_calibration(p, stats=False)
+    _add_model_and_calibration(p, stats=False, held_out=False)
     p.add_argument("--stats-out", required=True, metavar="STATS.npz", help="where to write the statistics")
     p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
     p.add_argument("--seed", type=int, default=0, metavar="N",
@@ -299,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "given, latency and size of ORIGINAL and PRUNED on the same data.")
     p.add_argument("original", metavar="ORIGINAL.onnx")
     p.add_argument("pruned", metavar="PRUNED.onnx")
-    p.add_argument("--data", required=True, metavar="DATA", help=".npy or .npz inputs, as for --calib")
-    p.add_argument("--labels", metavar="LABELS.npy", help="integer class labels for accuracy")
+    _add_held_out(p, ".npy or .npz inputs, as for --calib",
+                  "integer class labels of --data (or of --data-images, in path order), for accuracy", required=True)
+    _add_image_options(p, "image options (with --data-images)", calibration=False)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="onnxruntime device that runs and times both models (default: CUDA when usable)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

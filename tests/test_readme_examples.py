@@ -221,14 +221,14 @@ def _block(api, index: int) -> dict:
 
 def test_the_readme_examples_are_the_ones_this_file_runs():
     """Four Python blocks (prune / save; calibrate shards; inspect, evaluate, sweep; search)
-    and eight command lines: if the README gains an example, this file must run it too."""
+    and nine command lines: if the README gains an example, this file must run it too."""
     assert len(PY_BLOCKS) == 4
     assert 'onnx_eprune.prune("model.onnx", calib, sparsity=0.5)' in PY_BLOCKS[0]
     assert "onnx_eprune.calibrate(" in PY_BLOCKS[1]
     assert "onnx_eprune.sweep(" in PY_BLOCKS[2]
     assert "onnx_eprune.search(" in PY_BLOCKS[3]
-    assert [c.split()[1] for c in COMMANDS] == ["demo", "inspect", "prune", "search", "prune", "calibrate", "prune",
-                                                  "search"]
+    assert [c.split()[1] for c in COMMANDS] == ["demo", "inspect", "prune", "search", "prune", "evaluate",
+                                                  "calibrate", "prune", "search"]
     # the demo is run by the demo's own tests (about 10 s)
     assert 'main(["demo"' in (ROOT / "tests" / "test_demo_and_prune_cli.py").read_text()
 
@@ -535,6 +535,34 @@ def test_calib_images_example(folder, capsys):
     assert report["samples"] == IMAGES
     assert report["macs"]["after"] == _macs(pruned) <= 0.5 * report["macs"]["before"]
     assert report["output"] == "pruned.onnx"
+
+
+def test_data_images_example(folder, capsys):
+    """``onnx-eprune evaluate model.onnx pruned.onnx --data-images val/ --folder-labels --mean
+    ... --std ...`` after the --calib-images example: every image of the class folders
+    compared, and the accuracy that of the folders' classes (k-th folder in name order:
+    class k), recomputed here from the images as ``--calib-images`` reads them."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from onnx_eprune.calibrate.images import load_image_folder
+
+    _write_photos(folder)
+    _run(capsys, _argv(_command("onnx-eprune prune model.onnx -o pruned.onnx --calib-images photos/")))
+    rng = np.random.default_rng(1)
+    for k in range(CLASSES):
+        (folder / "val" / f"class_{k}").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                folder / "val" / f"class_{k}" / f"{i}.png")
+    out, _ = _run(capsys, _argv(_command("onnx-eprune evaluate")) + ["--json"])
+    result = json.loads(out)
+    assert result["samples"] == 2 * CLASSES
+    x = load_image_folder(folder / "val", _stand_in_model(), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    labels = np.repeat(np.arange(CLASSES), 2)
+    for name, path in (("original", "model.onnx"), ("pruned", "pruned.onnx")):
+        predicted = run_model(onnx.load(str(folder / path)), x)["y"].argmax(1)
+        assert result["accuracy"][name] == pytest.approx(np.mean(predicted == labels))
 
 
 def test_calibrate_on_shards_then_prune_from_the_statistics(folder, capsys):

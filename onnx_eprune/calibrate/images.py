@@ -1,4 +1,5 @@
-"""Calibration inputs from a folder of images, or (for smoke tests only) random noise.
+"""Calibration inputs from a folder of images, or (for smoke tests only) random noise;
+held-out inputs and their class indices from a folder of class folders.
 
 The target shape comes from the model's single graph input: its layout (NCHW or NHWC),
 channel count (1 = grayscale, 3 = colour) and, where the model fixes them, its height and
@@ -80,6 +81,79 @@ def load_image_folder(directory, model: onnx.ModelProto, *, size=None, scale: fl
         a model with several inputs or a non-image input shape; dynamic height or width
         without ``size``; a mean or std of the wrong length, or a zero std.
     """
+    return _read_images(list_images(directory), directory, model, size=size, scale=scale, mean=mean, std=std,
+                        layout=layout, channels=channels, resize=resize, limit=limit)[0]
+
+
+def load_labelled_image_folder(directory, model: onnx.ModelProto, *, size=None, scale: float = 1 / 255,
+                               mean: float | Sequence[float] = (0.0,), std: float | Sequence[float] = (1.0,),
+                               layout: str | None = None, channels: str | None = None,
+                               resize: str = "short-side-center-crop") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read a folder of labelled images: one subfolder per class (the layout of
+    torchvision's ``ImageFolder``: ``val/cat/1.jpg``, ``val/dog/7.png``).
+
+    The class index of an image is the position of its subfolder's name among the sorted
+    names of every subfolder of ``directory`` (``ImageFolder``'s rule: ``"10"`` comes
+    before ``"2"``), also of subfolders without images, so that each keeps its index.
+    Images inside a class folder are read recursively, in path order, with the preprocessing
+    of :func:`load_image_folder` (same parameters); an unreadable one is skipped with a
+    logged warning, and so is its label.
+
+    Returns
+    -------
+    images : ndarray of float32, (N, C, H, W) for NCHW or (N, H, W, C) for NHWC
+    labels : ndarray of int64, (N,)
+        The class index of each image.
+    classes : list of str
+        The class folder names; ``classes[k]`` is class ``k``.
+
+    Raises
+    ------
+    UsageError
+        As :func:`load_image_folder`; also for image files directly in ``directory``
+        (outside every class folder), which have no class.
+    """
+    files = list_images(directory, "--data-images")
+    root = Path(directory)
+    loose = [f for f in files if f.parent == root]
+    if loose:
+        raise UsageError(f"{loose[0]} is directly in {root}, outside every class folder; put each image in the "
+                         "subfolder of its class")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    _check_class_count(model, classes, directory)
+    index = {name: k for k, name in enumerate(classes)}
+    images, read = _read_images(files, directory, model, size=size, scale=scale, mean=mean, std=std, layout=layout,
+                                channels=channels, resize=resize)
+    labels = np.array([index[path.relative_to(root).parts[0]] for path in read], dtype=np.int64)
+    by_value = sorted(classes, key=int) if all(name.isdigit() for name in classes) else classes
+    moved = next((k for k, (a, b) in enumerate(zip(classes, by_value)) if a != b), None)
+    if moved is not None:  # a user who named the folders by class index may expect their values
+        log.warning("the class folders of %s are numbers, taken in name order as torchvision's ImageFolder takes "
+                    "them, not by value: folder %s is class %d", directory, classes[moved], moved)
+    return images, labels, classes
+
+
+def _check_class_count(model: onnx.ModelProto, classes: list[str], directory) -> None:
+    """Refuse more class folders than the classes ``model``'s first output scores, where its
+    shape says (accuracy compares that output); warn of fewer: folder k is taken as class k,
+    which is wrong when the folders are some of the classes."""
+    dims = fixed_dims(model.graph.output[0]) if model.graph.output else None
+    scored = dims[1] if dims is not None and len(dims) == 2 else None
+    if scored is None:
+        return
+    if len(classes) > scored:
+        raise UsageError(f"{directory} has {len(classes)} class folders, but the model's first output scores "
+                         f"{scored} classes")
+    if len(classes) < scored:
+        log.warning("%s has %d class folders and the model scores %d classes: the k-th folder in name order is "
+                    "taken as class k, which is wrong if the folders are only some of the classes (give --labels "
+                    "then)", directory, len(classes), scored)
+
+
+def _read_images(files: list[Path], directory, model: onnx.ModelProto, *, size, scale, mean, std, layout, channels,
+                 resize, limit: int | None = None) -> tuple[np.ndarray, list[Path]]:
+    """The images of ``files`` (found under ``directory``) as one array for ``model``, and
+    the files they came from (the unreadable ones skipped); see :func:`load_image_folder`."""
     Image = _pillow()
     shape = image_shape(model, size=size, layout=layout, channels=channels)
     layout, channels, (h, w) = shape["layout"], shape["channels"], shape["size"]
@@ -94,8 +168,7 @@ def load_image_folder(directory, model: onnx.ModelProto, *, size=None, scale: fl
     if limit is not None and limit < 1:
         raise UsageError(f"the number of images to read must be at least 1, not {limit}")
 
-    files = list_images(directory)
-    images, skipped = [], 0
+    images, read, skipped = [], [], 0
     for path in files:
         if limit is not None and len(images) >= limit:
             break
@@ -114,6 +187,7 @@ def load_image_folder(directory, model: onnx.ModelProto, *, size=None, scale: fl
         elif channels == "BGR":
             pixels = pixels[:, :, ::-1]
         images.append(pixels)
+        read.append(path)
     if not images:
         raise UsageError(f"none of the {len(files)} image files under {directory} could be read")
     batch = np.stack(images)  # (N, H, W, C), 0..255
@@ -124,7 +198,7 @@ def load_image_folder(directory, model: onnx.ModelProto, *, size=None, scale: fl
     log.info("read %d images from %s%s: %s %s %s", len(images), directory,
              f" ({skipped} unreadable skipped)" if skipped else "", "x".join(map(str, batch.shape)), layout,
              channels)
-    return batch
+    return batch, read
 
 
 def random_calibration(model: onnx.ModelProto, n: int, seed: int = 0, *, size=None) -> dict[str, np.ndarray]:
@@ -201,14 +275,15 @@ def batched_dims(model: onnx.ModelProto, vi: onnx.ValueInfoProto) -> list[int | 
     return [None] + dims
 
 
-def list_images(directory) -> list[Path]:
+def list_images(directory, option: str = "--calib-images") -> list[Path]:
     """Image files under ``directory``, recursively, sorted by relative path (see
-    :func:`load_image_folder`). Raises UsageError when there are none."""
+    :func:`load_image_folder`). Raises UsageError when there are none (naming the option
+    ``option`` where it is given a file)."""
     root = Path(directory)
     if not root.exists():
         raise UsageError(f"image folder not found: {root}")
     if not root.is_dir():
-        raise UsageError(f"--calib-images expects a folder of images, not a file: {root}")
+        raise UsageError(f"{option} expects a folder of images, not a file: {root}")
     found = []
     for folder, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
