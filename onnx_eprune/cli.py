@@ -58,23 +58,23 @@ def _image_options(args: argparse.Namespace) -> dict:
             "layout": args.layout, "channels": args.channels, "resize": args.resize or "crop"}
 
 
-def _held_out(args: argparse.Namespace, model) -> tuple[object, object]:
+def _held_out(args: argparse.Namespace, model) -> tuple[object, object, list[str] | None]:
     """The held-out inputs and labels to measure on (sweep, search, evaluate): --data and
     --labels as given, or the --data-images images read for ``model`` and, with
-    --folder-labels, the indices of their class folders (None, None without either)."""
+    --folder-labels, the indices of their class folders, whose names come third (None
+    otherwise); None, None, None without either."""
     if args.folder_labels and args.data_images is None:
         raise UsageError("--folder-labels needs --data-images: a folder with one subfolder of images per class")
     if args.labels and args.data is None and args.data_images is None:
         raise UsageError("--labels needs --data: the inputs they label")
     if args.data_images is None:
-        return args.data, args.labels
+        return args.data, args.labels, None
     from .calibrate.images import list_images, load_image_folder, load_labelled_image_folder
 
     list_images(args.data_images, "--data-images")  # a file or an empty folder, named by this option
     if args.folder_labels:
-        images, labels, _classes = load_labelled_image_folder(args.data_images, model, **_image_options(args))
-        return images, labels
-    return load_image_folder(args.data_images, model, **_image_options(args)), args.labels
+        return load_labelled_image_folder(args.data_images, model, **_image_options(args))
+    return load_image_folder(args.data_images, model, **_image_options(args)), args.labels, None
 
 
 def _input_model(path: str, weights: bool = True):
@@ -466,7 +466,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for target in targets if args.save_models and _large(args.model) else []:
         _check_data_file(str(folder / _sweep_model_name(kind, target)), inputs)
     model = _input_model(args.model, weights=False)
-    data, labels = _held_out(args, model)
+    data, labels, _names = _held_out(args, model)
     new_dir = _new_folder(args.report_dir)
     calib = _calib_source(args, model)
     try:
@@ -518,7 +518,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     kind = args.by.replace("-", "_")
     config = _run_config(args)
     model = _input_model(args.model, weights=False)
-    data, labels = _held_out(args, model)
+    data, labels, _names = _held_out(args, model)
     calib = _calib_source(args, model)
     try:
         result = search(args.model, calib, max_drop=args.max_drop, min_agreement=args.min_agreement,
@@ -688,9 +688,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .report import to_json
 
     _check_image_options(args)
-    data, labels = _held_out(args, _input_model(args.original, weights=False) if args.data_images else None)
+    data, labels, names = _held_out(args, _input_model(args.original, weights=False) if args.data_images else None)
     result = evaluate(args.original, args.pruned, data, labels=labels, device=args.device)
-    print(to_json(result) if args.json else format_evaluation(result))
+    if names is not None:  # the class folders, which the per-class accuracy is indexed by
+        result["accuracy"]["class_names"] = names
+    print(to_json(result) if args.json else format_evaluation(result, names))
     return 0
 
 

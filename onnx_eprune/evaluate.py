@@ -122,20 +122,33 @@ def _classes(shape: tuple[int, ...]) -> int | None:
 
 
 def measure_against(reference: Iterable[list[np.ndarray]], model: onnx.ModelProto, data, names: list[str],
-                    size: int, providers: list[str], labels: np.ndarray | None = None) -> tuple[dict, dict | None]:
+                    size: int, providers: list[str], labels: np.ndarray | None = None,
+                    classes: int | None = None) -> tuple[dict, dict | None]:
     """How close ``model``'s ``names`` stay to ``reference`` (their values in the original,
     one list per batch of ``size`` samples of ``data``): the :class:`OutputComparison`
     result, and with ``labels`` (class indices) the top-1 accuracy of the first output in
-    both ({"original": ..., "pruned": ...}, else None)."""
+    both ({"original": ..., "pruned": ...}, else None). With ``classes`` (the first
+    output's class count) the accuracy also holds ``per_class``: the ``samples`` of each
+    class and both models' accuracy on them (lists indexed by class; None for a class
+    without samples)."""
     session = make_session(model, providers, outputs=names)
-    comparison, right = OutputComparison(names), np.zeros(2)
+    comparison, right = OutputComparison(names), np.zeros((2, classes or 1))
     for start, batch, ref in zip(range(0, data.samples, size), data.batches(size), reference):
         got = run(session, None, batch)
         comparison.add(ref, got)
         if labels is not None:
-            right += [np.sum(out[0].argmax(1) == labels[start:start + len(out[0])]) for out in (ref, got)]
-    accuracy = None if labels is None else {"original": float(right[0] / len(labels)),
-                                            "pruned": float(right[1] / len(labels))}
+            truth = labels[start:start + len(got[0])]
+            for row, out in zip(right, (ref, got)):
+                row += np.bincount(truth if classes else np.zeros_like(truth), out[0].argmax(1) == truth,
+                                   len(row))
+    if labels is None:
+        return comparison.result(), None
+    accuracy = {"original": float(right[0].sum() / len(labels)), "pruned": float(right[1].sum() / len(labels))}
+    if classes:
+        samples = np.bincount(labels, minlength=classes)
+        accuracy["per_class"] = {"samples": samples.tolist(), **{
+            which: [float(r / n) if n else None for r, n in zip(row, samples)]
+            for which, row in (("original", right[0]), ("pruned", right[1]))}}
     return comparison.result(), accuracy
 
 
@@ -238,8 +251,11 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
 
     Returns a dict: per output top-1 agreement, relative L2 error and mean cosine
     similarity; the top-1 accuracy of both, a fraction in [0, 1] ({"original": ...,
-    "pruned": ...}), when ``labels`` (path or array of class indices, shape (N,) for the N
-    samples of ``data``) is given; median latency (ms) of both at batch 1 and batch 32 (at
+    "pruned": ..., "per_class": ...}), when ``labels`` (path or array of class indices,
+    shape (N,) for the N samples of ``data``) is given, where ``per_class`` holds the
+    ``samples`` of each class and both models' accuracy on them ({"samples": [...],
+    "original": [...], "pruned": [...]}, lists indexed by class, None for a class without
+    samples); median latency (ms) of both at batch 1 and batch 32 (at
     the model's batch size when its export fixed one); file size, parameters and MACs.
     """
     a, b = as_model(original), as_model(pruned)
@@ -256,7 +272,7 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     y = load_labels(labels, data_a.samples, classes, names[0]) if labels is not None else None
     original_session = make_session(a, providers, outputs=names)
     reference = (run(original_session, None, batch) for batch in data_a.batches(size))
-    fidelity, accuracy = measure_against(reference, b, data_a, names, size, providers, y)
+    fidelity, accuracy = measure_against(reference, b, data_a, names, size, providers, y, classes)
     result: dict = {"samples": data_a.samples, "provider": providers[0], "outputs": fidelity}
     if accuracy is not None:
         result["accuracy"] = accuracy
@@ -301,7 +317,17 @@ def _fitted(data, model: onnx.ModelProto, name: str):
         raise UsageError(f"--data for {name}: {exc}") from None
 
 
-def format_evaluation(r: dict) -> str:
+def _worst_class(per_class: dict | None) -> int | None:
+    """The class whose accuracy fell most (the first of equals), among those with samples,
+    where there are two or more of them."""
+    if not per_class:
+        return None
+    drops = [(o - p, -k) for k, (o, p) in enumerate(zip(per_class["original"], per_class["pruned"])) if o is not None]
+    return -max(drops)[1] if len(drops) > 1 else None
+
+
+def format_evaluation(r: dict, class_names: list[str] | None = None) -> str:
+    """:func:`evaluate`'s result as text lines; ``class_names[k]`` names class k where given."""
     lines = [f"{r['samples']} samples on {r['provider']}"]
     for name, e in r["outputs"].items():
         agree = f", top-1 agreement {100 * e['top1_agreement']:.2f}%" if "top1_agreement" in e else ""
@@ -311,6 +337,15 @@ def format_evaluation(r: dict) -> str:
         acc = r["accuracy"]
         lines.append(f"accuracy: original {100 * acc['original']:.2f}%, pruned {100 * acc['pruned']:.2f}% "
                      f"({100 * (acc['pruned'] - acc['original']):+.2f} points)")
+        worst, per = _worst_class(acc.get("per_class")), acc.get("per_class")
+        if worst is not None and per["pruned"][worst] >= per["original"][worst]:
+            lines.append("no class lost accuracy")
+        elif worst is not None:
+            names = class_names or []
+            named = f" ({printable(names[worst])})" if worst < len(names) else ""
+            before, after = per["original"][worst], per["pruned"][worst]
+            lines.append(f"largest drop of one class: class {worst}{named}, {100 * before:.2f}% -> {100 * after:.2f}% "
+                         f"({100 * (after - before):+.2f} points on {per['samples'][worst]} samples)")
     for which in ("original", "pruned"):
         lat = ", ".join(f"{k} {v:.2f} ms" for k, v in r["latency_ms"][which].items())
         s = r["size"][which]

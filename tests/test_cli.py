@@ -476,7 +476,7 @@ def test_evaluate_json(files, pruned_pair, capsys):
     agreement = result["outputs"]["y"]["top1_agreement"]
     assert 0.0 <= agreement <= 1.0
     assert result["outputs"]["y"]["relative_error"] >= 0.0
-    assert set(result["accuracy"]) == {"original", "pruned"}
+    assert set(result["accuracy"]) == {"original", "pruned", "per_class"}
     assert result["size"]["pruned"]["params"] < result["size"]["original"]["params"]
 
 
@@ -498,8 +498,10 @@ def test_evaluate_batch_by_batch_gives_the_figures_of_the_whole_outputs(files, p
     cosine = np.sum(ref * got, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
     assert fid["cosine"] == pytest.approx(np.mean(cosine), rel=1e-9)
     assert fid["top1_agreement"] == np.mean(ref.argmax(1) == got.argmax(1))
+    per_class = {"samples": [4] * 10, **{which: [float(np.mean(out.argmax(1)[labels == k] == k)) for k in range(10)]
+                                         for which, out in (("original", ref), ("pruned", got))}}
     assert result["accuracy"] == {"original": np.mean(ref.argmax(1) == labels),
-                                  "pruned": np.mean(got.argmax(1) == labels)}
+                                  "pruned": np.mean(got.argmax(1) == labels), "per_class": per_class}
 
 
 def test_evaluate_table_and_identity(files, pruned_pair, capsys):
@@ -524,6 +526,34 @@ def test_evaluate_table_states_the_accuracy(files, pruned_pair, capsys):
     assert main(argv) == 0
     line, = (ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("accuracy:"))
     assert f"original {100 * acc['original']:.2f}%, pruned {100 * acc['pruned']:.2f}%" in line
+
+
+def test_evaluate_names_the_class_that_lost_most(files, pruned_pair, capsys):
+    """The per-class accuracy (a class without samples: null) and the text line naming the
+    class whose accuracy fell most, the first of equals; where none fell, it says so."""
+    original, pruned = pruned_pair
+    data = np.load(files / "data.npy")
+    ref, got = (run_model(onnx.load(str(m)), data)["y"].argmax(1) for m in (original, pruned))
+    labels = ref.copy()  # what the original predicts: the classes the pruned model disagrees on lose accuracy
+    labels[labels == 9] = 8  # no sample of class 9
+    np.save(files / "labels.npy", labels)
+    argv = ["evaluate", str(original), str(pruned), "--data", str(files / "data.npy"), "--labels",
+            str(files / "labels.npy"), "--device", "cpu"]
+    assert main([*argv, "--json"]) == 0
+    per = json.loads(capsys.readouterr().out)["accuracy"]["per_class"]
+    assert per["samples"] == np.bincount(labels, minlength=10).tolist() and per["samples"][9] == 0
+    assert per["original"][9] is None and per["pruned"][9] is None
+    drops = [(np.mean(ref[labels == k] == k) - np.mean(got[labels == k] == k), k) for k in range(9)
+             if np.any(labels == k)]
+    worst = min(drops, key=lambda d: (-d[0], d[1]))
+    assert worst[0] > 0
+    assert main(argv) == 0
+    line, = (ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("largest drop of one class:"))
+    assert line.startswith(f"largest drop of one class: class {worst[1]}, ")
+    assert f"({-100 * worst[0]:+.2f} points on {per['samples'][worst[1]]} samples)" in line
+    assert main(["evaluate", str(original), str(original), "--data", str(files / "data.npy"), "--labels",
+                 str(files / "labels.npy"), "--device", "cpu"]) == 0
+    assert "no class lost accuracy" in capsys.readouterr().out
 
 
 def test_evaluate_errors(files, pruned_pair, capsys):

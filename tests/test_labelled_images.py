@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import onnx
@@ -129,7 +130,13 @@ def test_cli_evaluate_on_class_folders_equals_evaluate_on_arrays(files, capsys):
         results.append(json.loads(capsys.readouterr().out))
     for r in results:
         del r["latency_ms"]
-    assert results[0] == results[1] and results[0]["samples"] == 24 and results[0]["accuracy"]
+    # the class folders name the classes that the per-class accuracy is indexed by
+    assert results[0]["accuracy"].pop("class_names") == ["c0", "c1", "c2", "c3"]
+    assert results[0] == results[1] and results[0]["samples"] == 24
+    assert results[0]["accuracy"]["per_class"]["samples"] == [6, 5, 7, 6] + [0] * (CLASSES - 4)
+    assert main(_in(files, ["evaluate", "m.onnx", "p.onnx", "--device", "cpu", *IMAGES])) == 0
+    worst = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("largest drop of one class")]
+    assert not worst or re.match(r"largest drop of one class: class (\d) \(c\1\), ", worst[0])
 
 
 def test_cli_sweep_and_search_on_class_folders(files, capsys):
