@@ -398,3 +398,20 @@ def test_cli_calibrate_from_images(cnn_file, tmp_path, capsys):
                "-q"])
     assert rc == 0, capsys.readouterr().err
     assert stats.exists()
+
+
+def test_linked_folders_are_followed_but_not_around_a_loop(tmp_path):
+    """A folder of links into a dataset reads the linked images; a link back to a folder
+    it lies in is not walked (it would never end)."""
+    data = tmp_path / "data"
+    a = _write(data / "cats" / "a.png", _rgb(1))
+    b = _write(data / "dogs" / "b.png", _rgb(2))
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "cats").symlink_to(data / "cats", target_is_directory=True)
+    (tree / "dogs").symlink_to(data / "dogs", target_is_directory=True)
+    (data / "dogs" / "up").symlink_to(tree, target_is_directory=True)  # tree/dogs/up is tree again
+    (data / "dogs" / "self").symlink_to(data / "dogs", target_is_directory=True)
+    assert [p.relative_to(tree).as_posix() for p in list_images(tree)] == ["cats/a.png", "dogs/b.png"]
+    np.testing.assert_array_equal(load_image_folder(tree, NCHW_RGB, scale=1.0),
+                                  np.stack([a, b]).transpose(0, 3, 1, 2).astype(np.float32))

@@ -40,10 +40,10 @@ def load_image_folder(directory, model: onnx.ModelProto, *, size=None, scale: fl
     ----------
     directory : str or path-like
         Folder searched recursively for ``.png .jpg .jpeg .bmp .webp .tif .tiff`` files
-        (suffix case ignored; files and folders whose names start with ``.`` are skipped).
-        Images are taken in the order of their path relative to ``directory``, so the
-        result does not depend on the file system. Unreadable files are skipped with a
-        logged warning.
+        (suffix case ignored; files and folders whose names start with ``.`` are skipped;
+        linked folders are followed, but not a link to a folder it lies in). Images are
+        taken in the order of their path relative to ``directory``, so the result does not
+        depend on the file system. Unreadable files are skipped with a logged warning.
     model : onnx.ModelProto
         Model with exactly one real graph input of rank 4 (initializers listed as inputs do
         not count); its shape gives the layout, the channel count and, where fixed, the
@@ -285,8 +285,10 @@ def list_images(directory, option: str = "--calib-images") -> list[Path]:
     if not root.is_dir():
         raise UsageError(f"{option} expects a folder of images, not a file: {root}")
     found = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    # linked folders are followed (a class tree of links into a dataset), except a link back
+    # to a folder it lies in, which would be walked without end
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not _loops(Path(folder) / d)]
         for name in names:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 path = Path(folder) / name
@@ -297,6 +299,14 @@ def list_images(directory, option: str = "--calib-images") -> list[Path]:
 
 
 # -- helpers ----------------------------------------------------------------------------
+def _loops(folder: Path) -> bool:
+    """Whether ``folder`` is a link to itself or to a folder it lies in."""
+    if not folder.is_symlink():
+        return False
+    target = folder.resolve()
+    return any(target == parent.resolve() for parent in folder.parents)
+
+
 def _pillow():
     try:
         with signals_held():  # see signals.py: an interrupted extension import fails as if missing
