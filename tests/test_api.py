@@ -189,7 +189,7 @@ def test_calibrate_refuses_bad_options(call, match, x):
     ([0.5, True], {}, r"^targets must be numbers, not True$"),
     ([0.3, 0.5, 0.3], {}, r"^targets lists 0\.3 more than once"),
     ([0.3, 1.5], {}, r"the sparsity target must be in \[0, 1\), not 1\.5"),
-    ([0.5], {"kind": "flops"}, r"^a sweep runs over one of sparsity, flops_reduction, not 'flops'$"),
+    ([0.5], {"kind": "flops"}, r"^a sweep runs over one of sparsity, flops_reduction, keep_ratio, not 'flops'$"),
     ([0.5], {"labels": np.zeros(4)}, r"^labels need data"),
     ([0.5], {"sparsity": 0.3}, r"^a sweep takes its targets in targets=\[\.\.\.\], not sparsity=$"),
     ([0.5], {"sed": 1}, r"^unknown option 'sed'"),

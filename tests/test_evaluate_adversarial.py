@@ -166,7 +166,8 @@ def test_json_figures_match_an_independent_recomputation(pair, capsys):
     for key, value in want.items():
         assert r["outputs"]["y"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     assert r["accuracy"] == {"original": pytest.approx(np.mean(ref.argmax(1) == labels)),
-                             "pruned": pytest.approx(np.mean(got.argmax(1) == labels))}
+                             "pruned": pytest.approx(np.mean(got.argmax(1) == labels)),
+                             "per_class": r["accuracy"]["per_class"]}  # recomputed in test_report_consistency
     for which, name in (("original", "a.onnx"), ("pruned", "b.onnx")):
         model = onnx.load(str(pair / name))
         assert r["size"][which]["bytes"] == os.path.getsize(pair / name)
@@ -441,8 +442,9 @@ def test_original_with_a_fixed_batch_measures_every_sample(tmp_path, capsys):
     ref, got = ort_outputs(tmp_path / "a_dyn.onnx", x)["y"], ort_outputs(tmp_path / "b_dyn.onnx", x)["y"]
     assert r["samples"] == 6
     assert r["outputs"]["y"] == pytest.approx(fidelity(ref, got), rel=1e-6)
-    assert r["accuracy"] == pytest.approx({"original": np.mean(ref.argmax(1) == labels),
-                                           "pruned": np.mean(got.argmax(1) == labels)})
+    assert {k: r["accuracy"][k] for k in ("original", "pruned")} == pytest.approx(
+        {"original": np.mean(ref.argmax(1) == labels), "pruned": np.mean(got.argmax(1) == labels)})
+    assert sum(r["accuracy"]["per_class"]["samples"]) == 6  # every sample, batches of 4
     assert set(r["latency_ms"]["original"]) == {"batch4"}
 
 

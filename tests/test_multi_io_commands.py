@@ -179,7 +179,7 @@ def test_evaluate_vector_output_model() -> None:
     assert list(result["outputs"]) == [OUTPUT, "gemm_v"]
     assert result["outputs"]["gemm_v"]["relative_error"] <= 1e-6  # gemm_v is frozen: the output is untouched
     assert all("top1_agreement" in result["outputs"][name] for name in (OUTPUT, "gemm_v"))
-    assert set(result["accuracy"]) == {"original", "pruned"}
+    assert set(result["accuracy"]) == {"original", "pruned", "per_class"}
     assert result["size"]["pruned"]["params"] < result["size"]["original"]["params"]
 
 

@@ -890,7 +890,11 @@ def test_evaluate_figures_are_measured(calib: np.ndarray, tmp_path: Path, capsys
     data = random_input(300, seed=11)
     ya, yb = run_tensors(model, {INPUT: data})[OUTPUT], run_tensors(pruned, {INPUT: data})[OUTPUT]
     labels = (ya.argmax(1) + (np.arange(300) % 4 == 0)) % CLASSES  # the original right on 3 of 4
-    accuracy = {"original": float(np.mean(ya.argmax(1) == labels)), "pruned": float(np.mean(yb.argmax(1) == labels))}
+    accuracy = {"original": float(np.mean(ya.argmax(1) == labels)), "pruned": float(np.mean(yb.argmax(1) == labels)),
+                # per class: its samples, and the share of them each model gets right
+                "per_class": {"samples": [int(np.sum(labels == k)) for k in range(CLASSES)],
+                              **{which: [float(np.mean(y.argmax(1)[labels == k] == k)) if np.any(labels == k) else None
+                                         for k in range(CLASSES)] for which, y in (("original", ya), ("pruned", yb))}}}
     own = fidelity(ya, yb)
     size = {which: {"bytes": Path(p).stat().st_size, **dict(zip(("params", "macs"), totals(m, {INPUT: data[:1]})))}
             for which, p, m in (("original", a_path, model), ("pruned", b_path, pruned))}
@@ -898,7 +902,9 @@ def test_evaluate_figures_are_measured(calib: np.ndarray, tmp_path: Path, capsys
     result = onnx_eprune.evaluate(a_path, str(b_path), data, labels=labels, device="cpu")
     assert result["samples"] == 300
     assert_fidelity(result["outputs"][OUTPUT], own)
-    assert result["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    assert result["accuracy"]["per_class"] == accuracy["per_class"]  # ratios of counts: exact
+    assert {k: result["accuracy"][k] for k in ("original", "pruned")} == pytest.approx(
+        {k: accuracy[k] for k in ("original", "pruned")}, abs=1e-12)
     assert result["size"] == size
 
     argv = ["evaluate", a_path, str(b_path), "--data", str(_npy(tmp_path / "d.npy", data)), "--labels",
@@ -932,8 +938,10 @@ def test_evaluate_measures_every_output_on_the_data(calib: np.ndarray) -> None:
     result = onnx_eprune.evaluate(model, pruned, data, labels=np.arange(40) % CLASSES, device="cpu")
     ya, yb = (outputs_over(m, {INPUT: data}, [OUTPUT], batch=2)[OUTPUT] for m in (model, pruned))
     assert_fidelity(result["outputs"][OUTPUT], fidelity(ya, yb))
-    assert result["accuracy"] == {"original": float(np.mean(ya.argmax(1) == np.arange(40) % CLASSES)),
-                                  "pruned": float(np.mean(yb.argmax(1) == np.arange(40) % CLASSES))}
+    assert {k: result["accuracy"][k] for k in ("original", "pruned")} == {
+        "original": float(np.mean(ya.argmax(1) == np.arange(40) % CLASSES)),
+        "pruned": float(np.mean(yb.argmax(1) == np.arange(40) % CLASSES))}
+    assert result["accuracy"]["per_class"]["samples"] == [40 // CLASSES] * CLASSES  # every sample, batches of 2
     assert list(result["latency_ms"]["original"]) == ["batch2"]
 
 

@@ -273,11 +273,12 @@ def test_a_target_out_of_reach_fails_before_calibrating_or_pruning(ws, capsys, m
 
 @pytest.mark.parametrize("argv", [
     lambda ws: ["sweep", str(ws / "m.onnx"), "--calib", str(ws / "c.npy"), "--sparsity", "0.3"],
-    lambda ws: _args(ws, "--keep-ratio", "0.5"),
+    lambda ws: _args(ws, "--keep-ratio", "0.5", "0"),
     lambda ws: _args(ws, "--sparsity"),
     lambda ws: _args(ws, "--sparsity", "0.3", "--flops-reduction", "0.3"),
+    lambda ws: _args(ws, "--keep-ratio", "0.5", "--sparsity", "0.3"),
     lambda ws: _args(ws, "--sparsity", "0.3", "--stats", str(ws / "c.npy")),
-], ids=["no-report-dir", "keep-ratio", "no-target-values", "two-kinds", "stats"])
+], ids=["no-report-dir", "keep-ratio-zero", "no-target-values", "two-kinds", "keep-ratio-and-sparsity", "stats"])
 def test_malformed_command_lines_exit_2(ws, capsys, argv):
     run_error(capsys, argv(ws))
     assert not (ws / "out").exists()
