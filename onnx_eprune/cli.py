@@ -30,7 +30,7 @@ import numpy as np
 
 from .allocator import keep_freed_memory
 from .cli_parser import IMAGE_OPTIONS, build_parser
-from .errors import INTERRUPTED, TERMINATED, EPruneError, Terminated, UsageError
+from .errors import INTERRUPTED, TERMINATED, EPruneError, Terminated, TooManyImages, UsageError
 from .files import Replacing, same_file
 from .select.reconstruct import THIN
 from .signals import signals_held
@@ -62,19 +62,46 @@ def _held_out(args: argparse.Namespace, model) -> tuple[object, object, list[str
     """The held-out inputs and labels to measure on (sweep, search, evaluate): --data and
     --labels as given, or the --data-images images read for ``model`` and, with
     --folder-labels, the indices of their class folders, whose names come third (None
-    otherwise); None, None, None without either."""
+    otherwise); None, None, None without either. With --data-samples, that many of them,
+    spread evenly (``model`` reads an array file's inputs then)."""
     if args.folder_labels and args.data_images is None:
         raise UsageError("--folder-labels needs --data-images: a folder with one subfolder of images per class")
     if args.labels and args.data is None and args.data_images is None:
         raise UsageError("--labels needs --data: the inputs they label")
+    if args.data_samples is not None and args.data is None and args.data_images is None:
+        raise UsageError("--data-samples needs --data or --data-images: the samples it takes some of")
     if args.data_images is None:
-        return args.data, args.labels, None
+        if args.data is None or args.data_samples is None:
+            return args.data, args.labels, None
+        return (*_spread(args.data, args.labels, args.data_samples, model), None)
     from .calibrate.images import list_images, load_image_folder, load_labelled_image_folder
 
     list_images(args.data_images, "--data-images")  # a file or an empty folder, named by this option
-    if args.folder_labels:
-        return load_labelled_image_folder(args.data_images, model, **_image_options(args))
-    return load_image_folder(args.data_images, model, **_image_options(args)), args.labels, None
+    options = dict(_image_options(args), limit=args.data_samples)
+    try:
+        if args.folder_labels:
+            return load_labelled_image_folder(args.data_images, model, **options)
+        return load_image_folder(args.data_images, model, **options), args.labels, None
+    except TooManyImages as exc:
+        raise UsageError(exc.described("--data-samples N")) from None
+
+
+def _spread(data: str, labels: str | None, n: int, model) -> tuple[dict, object]:
+    """``n`` samples of the array file ``data``, evenly spaced, and their labels (of the
+    labels file ``labels``, checked to hold one per sample first)."""
+    from .calibrate.data import load_calibration
+    from .evaluate import read_labels
+
+    arrays = load_calibration(data, model, held_out=True).arrays
+    total = len(next(iter(arrays.values())))
+    rows = np.unique(np.arange(min(n, total)) * total // min(n, total))
+    picked = {k: np.asarray(v[rows]) for k, v in arrays.items()}
+    if labels is None:
+        return picked, None
+    y = read_labels(labels)
+    if len(y) != total:
+        raise UsageError(f"{len(y)} labels for {total} samples")
+    return picked, y[rows]
 
 
 def _input_model(path: str, weights: bool = True):
@@ -116,7 +143,10 @@ def _calib_source(args: argparse.Namespace, model):
     elif args.calib_images is not None:
         from .calibrate.images import load_image_folder
 
-        source = load_image_folder(args.calib_images, model, limit=args.samples, **_image_options(args))
+        try:
+            source = load_image_folder(args.calib_images, model, limit=args.samples, **_image_options(args))
+        except TooManyImages as exc:
+            raise UsageError(exc.described("--samples N")) from None
     else:
         source = args.calib
     mute = _Mute()
@@ -688,7 +718,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .report import to_json
 
     _check_image_options(args)
-    data, labels, names = _held_out(args, _input_model(args.original, weights=False) if args.data_images else None)
+    needs_model = args.data_images is not None or args.data_samples is not None
+    data, labels, names = _held_out(args, _input_model(args.original, weights=False) if needs_model else None)
     result = evaluate(args.original, args.pruned, data, labels=labels, device=args.device)
     if names is not None:  # the class folders, which the per-class accuracy is indexed by
         result["accuracy"]["class_names"] = names

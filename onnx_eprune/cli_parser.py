@@ -102,6 +102,9 @@ def _add_held_out(p: argparse.ArgumentParser, data_help: str, labels_help: str, 
     data.add_argument("--data", metavar="DATA", help=data_help)
     data.add_argument("--data-images", metavar="DIR",
                       help="held-out images instead: a folder of images, or with --folder-labels of class folders")
+    p.add_argument("--data-samples", type=_positive_int, metavar="N",
+                   help="measure on N of the held-out samples, spread evenly over them (over the folder's path "
+                   "order for --data-images: every class folder gets its share)")
     labels = p.add_mutually_exclusive_group()
     labels.add_argument("--labels", metavar="LABELS.npy", help=labels_help)
     labels.add_argument("--folder-labels", action="store_true",

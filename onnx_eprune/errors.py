@@ -13,6 +13,20 @@ class UsageError(EPruneError):
     exit_code = 2
 
 
+class TooManyImages(UsageError):
+    """A folder holds more images than memory does, decoded: ``count`` images (those asked
+    for) would take ``needed`` bytes, against ``available``; the command line names its
+    option that reads fewer."""
+
+    def __init__(self, directory, count: int, needed: int, available: int):
+        self.directory, self.count, self.needed, self.available = directory, count, needed, available
+        super().__init__(self.described("the limit argument"))
+
+    def described(self, option: str) -> str:
+        return (f"the {self.count} images of {self.directory} take {self.needed / 2**30:.1f} GiB decoded, more than the "
+                f"{self.available / 2**30:.1f} GiB of memory available; read fewer with {option}")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt so that both unwind through the
     same clean-up (exit status 143 rather than 130)."""

@@ -210,7 +210,7 @@ def load_labels(labels, samples: int, classes: int | None, output: str) -> np.nd
         raise UsageError(f"labels give the accuracy of the model's first output, {output!r}, which holds no "
                          "(samples, classes) scores; measure without labels, or put the classifier output first")
     what = f"labels file {labels}" if isinstance(labels, (str, os.PathLike)) else "labels"
-    y = _read_labels(Path(labels)) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
+    y = read_labels(labels) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
     if y.ndim > 1 and y.size != len(y):
         raise UsageError(f"{what} has shape {y.shape}; give one class index per sample (of one-hot rows, their "
                          "argmax(1))")
@@ -230,8 +230,9 @@ def load_labels(labels, samples: int, classes: int | None, output: str) -> np.nd
     return y.astype(np.int64)
 
 
-def _read_labels(path: Path) -> np.ndarray:
-    """The array in a .npy labels file; any other file is a usage error."""
+def read_labels(path) -> np.ndarray:
+    """The array in a .npy labels file (a path); any other file is a usage error."""
+    path = Path(path)
     require_file(path, "labels", "a .npy file")
     try:
         y = np.load(path, allow_pickle=False)

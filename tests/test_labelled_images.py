@@ -116,7 +116,7 @@ ARRAYS = ["--data", "x.npy", "--labels", "y.npy"]
 
 
 def _in(folder, args: list[str]) -> list[str]:
-    return [str(folder / a) if a in ("val", "x.npy", "y.npy", "short.npy", "m.onnx", "calib.npy", "p.onnx", "out", "s.onnx") else a
+    return [str(folder / a) if a in ("val", "x.npy", "y.npy", "y1.npy", "short.npy", "m.onnx", "calib.npy", "p.onnx", "out", "s.onnx") else a
             for a in args]
 
 
@@ -175,3 +175,73 @@ def test_cli_sweep_and_search_on_class_folders(files, capsys):
 def test_cli_held_out_image_errors_are_one_line(files, capsys, args, words):
     assert words in run_error(capsys, _in(files, args))
     assert not (files / "out").exists() and not (files / "s.onnx").exists()
+
+
+def test_a_limited_read_spreads_over_the_folder(tmp_path):
+    """``limit`` cuts the path-ordered files into runs and reads the first readable image of
+    each: every class gets its share (the first paths would all be one class's), and an
+    unreadable image gives its place to the next one of its run."""
+    root, _ = _class_folders(tmp_path / "val", {"a": 4, "b": 4, "c": 4})
+    every = load_image_folder(root, MODEL)
+    images, labels, _ = load_labelled_image_folder(root, MODEL, limit=3)
+    assert labels.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(images, every[[0, 4, 8]])
+    (root / "b" / "00.png").write_bytes(b"broken")
+    images, labels, _ = load_labelled_image_folder(root, MODEL, limit=6)  # runs of two files
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+    np.testing.assert_array_equal(images, every[[0, 2, 5, 6, 8, 10]])  # b/01.png stands in for b/00.png
+    assert len(load_image_folder(root, MODEL, limit=50)) == 11  # more than there are: every readable one
+
+
+def test_a_folder_larger_than_memory_is_refused_before_decoding(tmp_path, monkeypatch, capsys):
+    """The decoded images' bytes are checked against the memory available before any is
+    read: a one-line error naming the option that reads fewer, not an out-of-memory kill."""
+    from onnx_eprune.calibrate import images as images_module
+    from onnx_eprune.errors import TooManyImages
+
+    root, _ = _class_folders(tmp_path / "val", {"a": 3, "b": 3})
+    one = 3 * HW * HW * 4
+    monkeypatch.setattr(images_module, "_available_memory", lambda: 5 * one)
+    opened = []
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a))
+    with pytest.raises(TooManyImages, match=r"the 6 images of .* take 0\.0 GiB decoded, more than the 0\.0 GiB of "
+                                            "memory available; read fewer with the limit argument"):
+        load_labelled_image_folder(root, MODEL)
+    assert opened == []
+    monkeypatch.undo()
+    monkeypatch.setattr(images_module, "_available_memory", lambda: 5 * one)
+    assert len(load_image_folder(root, MODEL, limit=5)) == 5
+    onnx.save(MODEL, str(tmp_path / "m.onnx"))
+    line = run_error(capsys, ["evaluate", str(tmp_path / "m.onnx"), str(tmp_path / "m.onnx"), "--data-images",
+                              str(root), "--folder-labels"])
+    assert line.endswith("read fewer with --data-samples N")
+    line = run_error(capsys, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "p.onnx"), "--calib-images",
+                              str(root), "--sparsity", "0.3"])
+    assert line.endswith("read fewer with --samples N") and not (tmp_path / "p.onnx").exists()
+
+
+def test_data_samples_measure_on_a_spread_of_the_held_out_samples(files, capsys):
+    """--data-samples N: evenly spaced samples of an array file, with their labels, or a
+    spread read of an image folder: the figures of those samples given in full."""
+    x, y = np.load(files / "x.npy"), np.load(files / "y.npy")
+    rows = np.arange(8) * 24 // 8
+    np.save(files / "x8.npy", x[rows])
+    np.save(files / "y8.npy", y[rows])
+    results = []
+    for args in (["--data", "x.npy", "--labels", "y.npy", "--data-samples", "8"],
+                 ["--data", "x8.npy", "--labels", "y8.npy"], [*IMAGES, "--data-samples", "8"]):
+        args = [str(files / a) if a in ("x8.npy", "y8.npy") else a for a in args]
+        assert main(_in(files, ["evaluate", "m.onnx", "m.onnx", "--json", "--device", "cpu", *args])) == 0
+        result = json.loads(capsys.readouterr().out)
+        del result["latency_ms"]
+        result["accuracy"].pop("class_names", None)
+        results.append(result)
+    assert results[0] == results[1] == results[2] and results[0]["samples"] == 8
+    assert results[2]["accuracy"]["per_class"]["samples"][:4] == [2, 2, 2, 2]  # every class folder's share
+    np.save(files / "y1.npy", y[:1])
+    line = run_error(capsys, _in(files, ["evaluate", "m.onnx", "m.onnx", "--data", "x.npy", "--labels", "y1.npy",
+                                         "--data-samples", "8"]))
+    assert "1 labels for 24 samples" in line  # checked against every sample, before the spread is taken
+    line = run_error(capsys, _in(files, ["sweep", "m.onnx", "--calib", "calib.npy", "--sparsity", "0.3",
+                                         "--report-dir", "out", "--data-samples", "8"]))
+    assert "--data-samples needs --data or --data-images" in line and not (files / "out").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import UsageError
+from ..errors import TooManyImages, UsageError
 from ..graph.model_io import fixed_dims, unbatched_inputs
 from ..signals import signals_held
 from .data import model_inputs
@@ -67,7 +67,9 @@ def load_image_folder(directory, model: onnx.ModelProto, *, size=None, scale: fl
         ratio, until it covers the target, then crops the centre; ``"stretch"`` resizes to
         the target directly. Both filter bilinearly.
     limit : int, optional
-        Read at most this many (readable) images.
+        Read at most this many images, spread over the folder: the files, in path order,
+        are cut into ``limit`` runs of consecutive ones, and the first readable image of
+        each run is read (so a folder of class folders gives every class its share).
 
     Returns
     -------
@@ -80,6 +82,8 @@ def load_image_folder(directory, model: onnx.ModelProto, *, size=None, scale: fl
         Pillow missing; directory missing, not a directory, or without readable images;
         a model with several inputs or a non-image input shape; dynamic height or width
         without ``size``; a mean or std of the wrong length, or a zero std.
+    TooManyImages
+        (a UsageError) The images, decoded, would take more memory than is available.
     """
     return _read_images(list_images(directory), directory, model, size=size, scale=scale, mean=mean, std=std,
                         layout=layout, channels=channels, resize=resize, limit=limit)[0]
@@ -88,7 +92,8 @@ def load_image_folder(directory, model: onnx.ModelProto, *, size=None, scale: fl
 def load_labelled_image_folder(directory, model: onnx.ModelProto, *, size=None, scale: float = 1 / 255,
                                mean: float | Sequence[float] = (0.0,), std: float | Sequence[float] = (1.0,),
                                layout: str | None = None, channels: str | None = None,
-                               resize: str = "short-side-center-crop") -> tuple[np.ndarray, np.ndarray, list[str]]:
+                               resize: str = "short-side-center-crop", limit: int | None = None
+                               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read a folder of labelled images: one subfolder per class (the layout of
     torchvision's ``ImageFolder``: ``val/cat/1.jpg``, ``val/dog/7.png``).
 
@@ -96,8 +101,9 @@ def load_labelled_image_folder(directory, model: onnx.ModelProto, *, size=None, 
     names of every subfolder of ``directory`` (``ImageFolder``'s rule: ``"10"`` comes
     before ``"2"``), also of subfolders without images, so that each keeps its index.
     Images inside a class folder are read recursively, in path order, with the preprocessing
-    of :func:`load_image_folder` (same parameters); an unreadable one is skipped with a
-    logged warning, and so is its label.
+    of :func:`load_image_folder` (same parameters, ``limit`` too: a limited read takes
+    every class's share); an unreadable one is skipped with a logged warning, and so is its
+    label.
 
     Returns
     -------
@@ -123,7 +129,7 @@ def load_labelled_image_folder(directory, model: onnx.ModelProto, *, size=None, 
     _check_class_count(model, classes, directory)
     index = {name: k for k, name in enumerate(classes)}
     images, read = _read_images(files, directory, model, size=size, scale=scale, mean=mean, std=std, layout=layout,
-                                channels=channels, resize=resize)
+                                channels=channels, resize=resize, limit=limit)
     labels = np.array([index[path.relative_to(root).parts[0]] for path in read], dtype=np.int64)
     by_value = sorted(classes, key=int) if all(name.isdigit() for name in classes) else classes
     moved = next((k for k, (a, b) in enumerate(zip(classes, by_value)) if a != b), None)
@@ -153,7 +159,10 @@ def _check_class_count(model: onnx.ModelProto, classes: list[str], directory) ->
 def _read_images(files: list[Path], directory, model: onnx.ModelProto, *, size, scale, mean, std, layout, channels,
                  resize, limit: int | None = None) -> tuple[np.ndarray, list[Path]]:
     """The images of ``files`` (found under ``directory``) as one array for ``model``, and
-    the files they came from (the unreadable ones skipped); see :func:`load_image_folder`."""
+    the files they came from; see :func:`load_image_folder`. With ``limit``, the files are
+    cut into ``limit`` runs of consecutive paths and the first readable image of each run is
+    read: a sample spread over the whole folder (each class folder gets its share), where
+    the first ``limit`` paths would all come from the first folders."""
     Image = _pillow()
     shape = image_shape(model, size=size, layout=layout, channels=channels)
     layout, channels, (h, w) = shape["layout"], shape["channels"], shape["size"]
@@ -167,38 +176,52 @@ def _read_images(files: list[Path], directory, model: onnx.ModelProto, *, size, 
         raise UsageError(f"resize policy must be one of crop, short-side-center-crop, stretch, not {resize!r}")
     if limit is not None and limit < 1:
         raise UsageError(f"the number of images to read must be at least 1, not {limit}")
-
-    images, read, skipped = [], [], 0
-    for path in files:
-        if limit is not None and len(images) >= limit:
+    count = len(files) if limit is None else min(limit, len(files))
+    edges = [len(files) * i // count for i in range(count + 1)]
+    needed = count * c * h * w * 4
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise TooManyImages(directory, count, needed, available)
+    # decoded straight into the result, in the model's layout: no second copy of the images
+    batch = np.empty((count, c, h, w) if layout == "NCHW" else (count, h, w, c), np.float32)
+    read, skipped = [], 0
+    for start, stop in zip(edges[:-1], edges[1:]):
+        for path in files[start:stop]:
+            try:
+                with Image.open(path) as img:
+                    img = _eight_bit(_oriented(img), Image)
+                    img = img.convert("L" if channels == "GRAY" else "RGB")
+                    img = _resize(img, (h, w), policy, Image)
+                    pixels = np.asarray(img, dtype=np.float32)
+            except Exception as exc:  # Pillow raises many unrelated types on broken files
+                skipped += 1
+                log.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
+                continue
+            pixels = pixels[:, :, None] if channels == "GRAY" else pixels[:, :, ::-1] if channels == "BGR" else pixels
+            pixels = (pixels * np.float32(scale) - mean_v) / std_v
+            batch[len(read)] = pixels.transpose(2, 0, 1) if layout == "NCHW" else pixels
+            read.append(path)
             break
-        try:
-            with Image.open(path) as img:
-                img = _eight_bit(_oriented(img), Image)
-                img = img.convert("L" if channels == "GRAY" else "RGB")
-                img = _resize(img, (h, w), policy, Image)
-                pixels = np.asarray(img, dtype=np.float32)
-        except Exception as exc:  # Pillow raises many unrelated types on broken files
-            skipped += 1
-            log.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
-            continue
-        if channels == "GRAY":
-            pixels = pixels[:, :, None]
-        elif channels == "BGR":
-            pixels = pixels[:, :, ::-1]
-        images.append(pixels)
-        read.append(path)
-    if not images:
+    if not read:
         raise UsageError(f"none of the {len(files)} image files under {directory} could be read")
-    batch = np.stack(images)  # (N, H, W, C), 0..255
-    batch = (batch * np.float32(scale) - mean_v) / std_v
-    if layout == "NCHW":
-        batch = batch.transpose(0, 3, 1, 2)
-    batch = np.ascontiguousarray(batch, dtype=np.float32)
-    log.info("read %d images from %s%s: %s %s %s", len(images), directory,
+    batch = batch[:len(read)]
+    log.info("read %d images from %s%s: %s %s %s", len(read), directory,
              f" ({skipped} unreadable skipped)" if skipped else "", "x".join(map(str, batch.shape)), layout,
              channels)
     return batch, read
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory the system can give without swapping (Linux's MemAvailable), or
+    None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def random_calibration(model: onnx.ModelProto, n: int, seed: int = 0, *, size=None) -> dict[str, np.ndarray]:
