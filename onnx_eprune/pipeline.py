@@ -31,6 +31,7 @@ from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, Pixe
 from .config import PruneConfig, check_progress, make_config
 from .errors import EPruneError, UsageError
 from .files import same_file
+from .graph import analysis as channel_analysis
 from .graph.costs import CostModel, build_cost_model
 from .graph.exclude import exclude_groups
 from .graph.groups import QUANTIZED, Consumer, spread
@@ -255,6 +256,9 @@ class Pruner:
         with self.timer.phase("analyze"):
             self.shapes, self.analysis = probe_groups(self.model, self.data.first(), self.providers)
             exclude_groups(self.analysis, self.model.graph.node, config.exclude, self.normalized.folded)
+            if stats is not None or config.mode != "sequential" or config.method != "entropic" or \
+                    not self.lean_stages:
+                self._freeze_wide()
             self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes, config.reconstruct,
                                                      self.normalized.copies)
         if stats is not None:
@@ -287,6 +291,7 @@ class Pruner:
         self.bases: dict[int, np.ndarray] = {}
         self.auto_ridges: dict[int, float] = {}  # consumer -> its cross-validated re-fit ridge
         self.thin_refits: dict[int, tuple[int, int]] = {}  # consumer -> (rows, kept features), if thin
+        self.unfitted: dict[int, int] = {}  # consumer -> its kept features, too many to re-fit (_unfit)
         # the original model's outputs on the first validation samples, per batch, taken in
         # the pass over the original network so that validation need not run it again
         self._reference: list[list[np.ndarray]] = []
@@ -326,8 +331,8 @@ class Pruner:
         convolutions (:func:`_reducible`) in its first pass, whose statistics only serve the
         allocation, and in the stages of the entropic method (:meth:`_lean_consumers`).
 
-        ``channels`` (consumer -> sorted channel indices of its current input; convolutions,
-        with ``pruned`` only) restricts a consumer's statistics to those input channels: the
+        ``channels`` (consumer -> sorted channel indices of its current input; with
+        ``pruned`` only) restricts a consumer's statistics to those input channels: the
         exact statistics of the channels a stage keeps, for their re-fit.
         """
         cons = {c: self.analysis.consumers[c] for c in cidxs}
@@ -372,8 +377,9 @@ class Pruner:
             """Batch ``b`` of consumer ``c``. Consumers run on parallel threads, and each
             spreads its products over threads too: BLAS stays on one thread (see ``run``)."""
             x = xc[cons[c].input].astype(np.float32, copy=False)
-            if c in channels:
-                x = x[:, channels[c]]
+            if c in channels:  # a Gemm's input holds each channel's s features in a row
+                x = x[:, channels[c]] if cons[c].spatial else \
+                    x.reshape(len(x), -1)[:, spread(channels[c], cons[c].s)]
             if c not in acc:
                 # one-shot: y is theta x, its moments follow from those of x (not of reduced x)
                 acc[c] = MomentAccumulator(self._blas_threads) if c in reduced else \
@@ -760,8 +766,17 @@ class Pruner:
     def _oneshot_consumers(self) -> list[int]:
         return sorted({c for g in self.analysis.prunable_groups() for c in g.consumers})
 
+    def _freeze_wide(self) -> None:
+        """Freeze the groups that only reduced statistics can prune (``analysis.wide``): a
+        one-shot run, statistics files and the baselines take every feature's statistics."""
+        for gid, reason in self.analysis.wide.items():
+            self.analysis.groups[gid].frozen.append(f"{reason}; the default sequential entropic mode, which reduces "
+                                                    "them, can prune its input channels")
+        self.analysis.wide.clear()
+
     def calibrate(self) -> StatsBundle:
         """One-shot statistics of every consumer of a prunable group, as a mergeable bundle."""
+        self._freeze_wide()
         self.prunable_gids()  # statistics of no layer serve no later run
         orig = CachedNetwork(self.model, self.topo, self.data, self.providers, self.batch_size,
                              CacheSpace(0, 0))
@@ -797,6 +812,7 @@ class Pruner:
             ready = [c for c in cidxs if changed and c not in self.zero_weights
                      and all(s[0] in decided or s[0] not in counts for s in consumers[c].segments)]
             waves = self._waves(ready)
+            waves = [w for w in ([c for c in wave if not self._unfit(c, keep, i)] for i, wave in enumerate(waves)) if w]
             exact = [c for c in waves[0] if c in lean] if waves else []
             exact = [c for c in exact if all(d in exact for d in self.families.get(c, [c]))]  # pooled alike
             if exact:
@@ -830,6 +846,21 @@ class Pruner:
                 future = [t for later in order[stage:] for t in targets_of[later]]
                 pruned.retain(future)
                 orig.retain(future)
+
+    def _unfit(self, cidx: int, keep: np.ndarray, wave: int) -> bool:
+        """Whether consumer ``cidx``, re-fitted in ``wave`` of the stage that keeps ``keep``,
+        is too wide to re-fit: its kept features' statistics would pass the size limit, or
+        it would need them over every feature in a later wave (see :func:`_too_wide`). It is
+        then sliced, with its original weights and bias (``self.unfitted``)."""
+        cons = self.analysis.consumers[cidx]
+        features = len(keep) * cons.s
+        if not _too_wide(cons) or (wave == 0 and features <= channel_analysis.MAX_CONSUMER_FEATURES):
+            return False
+        self.unfitted[cidx] = features
+        log.warning("layer %s keeps %d input features, more than the %d a re-fit's statistics take: its kept "
+                    "weights stay the original ones (pruning more of its input channels lets it be re-fitted)",
+                    cons.name, features, channel_analysis.MAX_CONSUMER_FEATURES)
+        return True
 
     def _waves(self, ready: list[int]) -> list[list[int]]:
         """``ready`` (the consumers a sequential stage re-fits) in the order their re-fits
@@ -878,12 +909,16 @@ class Pruner:
         method (the baselines keep their exact statistics), and not where ``lean_stages``
         is turned off (the diagnostics in ``tools/`` that score choices on full statistics).
         A group that keeps every channel has nothing to select: its stage takes the exact
-        statistics, which the re-fit needs whole, in one pass.
+        statistics, which the re-fit needs whole, in one pass. A consumer too wide for
+        statistics of every feature (:func:`_too_wide`; a group read by one is pruned only
+        by this method, in this mode) is always reduced.
         """
+        consumers = self.analysis.consumers
+        wide = {c for c in self.analysis.groups[gid].consumers if _too_wide(consumers[c])}
         if not self.lean_stages or self.config.method != "entropic" or keep >= self.analysis.groups[gid].channels:
-            return set()
-        return {c for c in self.analysis.groups[gid].consumers
-                if c in self.bases and [s[0] for s in self.analysis.consumers[c].segments] == [gid]}
+            return wide
+        return wide | {c for c in self.analysis.groups[gid].consumers
+                       if c in self.bases and [s[0] for s in consumers[c].segments] == [gid]}
 
     def _slicers(self, gid: int, keeps: dict[int, np.ndarray]):
         """Functions that cut a cached tensor of group ``gid`` down to its kept channels
@@ -986,8 +1021,17 @@ def _run_pruned(session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 def _reducible(cons: Consumer, budget: int) -> bool:
     """Whether the reduced first pass reduces the taps of consumer ``cons``: a convolution
-    with more than ``budget`` input features, where ``budget`` / channels is below its taps."""
-    return cons.spatial and cons.in_channels * cons.s > budget and budget // cons.in_channels < cons.s
+    with more than ``budget`` input features, where ``budget`` / channels is below its taps,
+    and any consumer too wide for statistics of every feature (:func:`_too_wide`)."""
+    return (cons.spatial or _too_wide(cons)) and cons.in_channels * cons.s > budget and \
+        budget // cons.in_channels < cons.s
+
+
+def _too_wide(cons: Consumer) -> bool:
+    """Whether consumer ``cons`` reads more features than statistics of every feature take
+    (``graph.analysis.MAX_CONSUMER_FEATURES``): its statistics are always reduced, and it is re-fitted only
+    where its kept features fit (see ``GraphAnalysis.wide``)."""
+    return cons.in_channels * cons.s > channel_analysis.MAX_CONSUMER_FEATURES
 
 
 def _from_output(cons: Consumer) -> bool:

@@ -76,6 +76,9 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
                                                          "cross_validated": c in pruner.auto_ridges}
                             for c, (rows, features) in sorted(pruner.thin_refits.items())}}
            if pruner.thin_refits else {}),
+        # consumers too wide to re-fit on the features they keep: sliced, original weights
+        **({"unfitted": {analysis.consumers[c].name: {"features": features}
+                         for c, features in sorted(pruner.unfitted.items())}} if pruner.unfitted else {}),
         "seconds": {k: round(v, 3) for k, v in pruner.timer.seconds.items()},
     }
 

@@ -204,17 +204,24 @@ def test_analysis_does_not_depend_on_probe_batch():
     assert np.array_equal([g.channels for g in one.groups], [g.channels for g in four.groups])
 
 
-def test_consumer_too_wide_for_statistics_freezes_its_group(monkeypatch):
-    """A consumer whose Gram matrix would not fit (here: limit lowered to 100 features)
-    freezes the groups it reads, with the width in the reason; narrower ones stay prunable."""
+def test_consumer_too_wide_for_statistics_leaves_its_group_to_reduced_statistics(monkeypatch):
+    """A consumer whose Gram matrix would not fit (here: limit lowered to 100 features) that
+    reads one group, in its own weight, leaves that group prunable, listed in ``wide`` with
+    the width (only a run on reduced statistics prunes it: tests/test_wide_consumers.py);
+    one that reads two groups (behind a Concat) freezes both, with the width in the reason.
+    Narrower consumers change nothing."""
     from onnx_eprune.graph import analysis as analysis_module
-    from models import conv_bn_relu_pool_flatten_gemm
+    from models import concat_branches, conv_bn_relu_pool_flatten_gemm
 
     monkeypatch.setattr(analysis_module, "MAX_CONSUMER_FEATURES", 100)
     model, analysis = analysis_of(conv_bn_relu_pool_flatten_gemm(True))
     conv1, conv2 = (group_produced_by(model, analysis, n) for n in ("conv_1", "conv_4"))
-    assert conv1.prunable  # conv1 feeds conv2: 8 channels x 9 taps = 72 features
-    assert not conv2.prunable and any("reads 256 features" in r for r in conv2.frozen)
+    assert conv1.prunable and conv1.gid not in analysis.wide  # conv1 feeds conv2: 8 channels x 9 taps = 72 features
+    assert conv2.prunable and "reads 256 features" in analysis.wide[conv2.gid]
+    model, analysis = analysis_of(concat_branches())
+    a, b = (group_produced_by(model, analysis, n) for n in ("branch_a", "branch_b"))
+    for g in (a, b):  # conv_cat reads 16 channels x 9 taps = 144 features, of two groups
+        assert not g.prunable and any("reads 144 features" in r for r in g.frozen) and g.gid not in analysis.wide
 
 
 def consumer_rows_reproduce_output(node: onnx.NodeProto, w: np.ndarray, size: int):

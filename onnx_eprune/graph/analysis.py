@@ -1157,6 +1157,7 @@ class _Analyzer:
             if isinstance(layout, list):
                 for seg, off in offsets(layout):
                     groups[gid_of_root[sp.find(seg.space)]].tensors.append((name, off, seg.factor, self.axis(name)))
+        wide: dict[int, str] = {}
         for g in groups:
             if g.channels % g.unit:
                 g.frozen.append(f"grouped convolutions need blocks of {g.unit} of its {g.channels} channels")
@@ -1172,13 +1173,25 @@ class _Analyzer:
             for cidx in g.consumers:
                 cons = self.consumers[cidx]
                 width = cons.in_channels * cons.s
-                if width > MAX_CONSUMER_FEATURES:
-                    g.frozen.append(f"consumer {cons.name} reads {width} features (statistics stop at "
-                                    f"{MAX_CONSUMER_FEATURES}: a {width}x{width} Gram matrix takes "
-                                    f"{8 * width * width / 2**30:.1f} GiB)")
+                if width <= MAX_CONSUMER_FEATURES:
+                    continue
+                reason = (f"consumer {cons.name} reads {width} features (statistics stop at {MAX_CONSUMER_FEATURES}: "
+                          f"a {width}x{width} Gram matrix takes {8 * width * width / 2**30:.1f} GiB)")
+                if self._lean_wide(cons, g.gid):
+                    wide.setdefault(g.gid, reason)
+                else:
+                    g.frozen.append(reason)
                     break
         return GraphAnalysis(groups=groups, consumers=self.consumers, split_sizes=self.split_sizes,
-                             slice_bounds=self.slice_bounds)
+                             slice_bounds=self.slice_bounds, wide={g: r for g, r in wide.items() if groups[g].prunable})
+
+    def _lean_wide(self, cons: Consumer, gid: int) -> bool:
+        """Whether a consumer too wide for statistics of every feature can still let group
+        ``gid`` go, on statistics of its channels' leading principal directions (a
+        sequential entropic stage: :attr:`GraphAnalysis.wide`): it reads that group alone,
+        in its own weight, with at most MAX_CONSUMER_FEATURES channels."""
+        return ([s[0] for s in cons.segments] == [gid] and cons.in_channels <= MAX_CONSUMER_FEATURES
+                and self.use_count.get(cons.weight, 0) == 1)
 
 
 def _clamp(a: int, b: int, n: int) -> tuple[int, int]:

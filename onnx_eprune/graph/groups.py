@@ -135,6 +135,9 @@ class GraphAnalysis:
     consumers: list[Consumer]
     split_sizes: list[SplitSizes] = field(default_factory=list)
     slice_bounds: list[SliceBound] = field(default_factory=list)
+    # prunable groups read by a consumer too wide for statistics of every feature (group ->
+    # the reason): only a run that takes reduced statistics can prune them, others freeze them
+    wide: dict[int, str] = field(default_factory=dict)
 
     def prunable_groups(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable]

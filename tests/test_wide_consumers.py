@@ -1,0 +1,126 @@
+"""Consumers too wide for statistics of every feature (a Gemm behind the Flatten of a large
+map: VGG-16's 25,088 inputs at 224x224): the sequential entropic mode prunes the channels
+they read on reduced statistics and re-fits them where their kept features fit; other runs
+freeze those channels. The limit is lowered here so that a small model has such a consumer
+(gemm_8 reads 16 channels x 16 positions = 256 features)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import onnx_eprune
+from models import conv_bn_relu_pool_flatten_gemm, random_input, run_model
+from onnx_eprune.calibrate import stats as stats_module
+from onnx_eprune.calibrate.session import probe_groups
+from onnx_eprune.graph import analysis
+from onnx_eprune.graph.model_io import normalize
+from onnx_eprune.select.entropic import EntropicConfig
+from onnx_eprune.select.reconstruct import refit
+
+LIMIT = 200
+NARROW = EntropicConfig(max_features=64)  # 4 directions per channel of gemm_8's 16 positions
+CALIB = random_input(128, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def low_limit(monkeypatch):
+    monkeypatch.setattr(analysis, "MAX_CONSUMER_FEATURES", LIMIT)
+
+
+@pytest.fixture
+def widths(monkeypatch):
+    """The feature count of every moment accumulator the run starts."""
+    seen = []
+    start = stats_module.MomentAccumulator._start
+
+    def recorded(self, x, y):
+        seen.append(x.shape[1])
+        start(self, x, y)
+
+    monkeypatch.setattr(stats_module.MomentAccumulator, "_start", recorded)
+    return seen
+
+
+def _group_of(report: dict, consumer: str) -> dict:
+    return next(g for g in report["groups"] if consumer in g["consumers"])
+
+
+def test_the_analysis_lists_the_group_instead_of_freezing_it():
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    normalize(model)
+    _, result = probe_groups(model, {"x": CALIB[:1]}, ["CPUExecutionProvider"])
+    gid = next(g.gid for g in result.groups if 2 in g.consumers)  # gemm_8 is consumer 2
+    assert result.groups[gid].prunable and "reads 256 features" in result.wide[gid]
+
+
+def test_sequential_entropic_prunes_the_wide_group_on_statistics_within_the_limit(widths):
+    """The group read by gemm_8 loses channels; no statistics wider than the limit are
+    taken; gemm_8 is re-fitted exactly on the features it keeps (recomputed here from the
+    pruned network's input to it and the original's output of it)."""
+    result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), CALIB, sparsity=0.5, device="cpu",
+                               entropic=NARROW)
+    group = _group_of(result.report, "gemm_8")
+    assert not group["frozen"] and group["channels_after"] < 16 and "unfitted" not in result.report
+    assert widths and max(widths) <= LIMIT
+    onnx.checker.check_model(result.model)
+
+    kept = np.asarray(group["kept_channels"])
+    original, pruned = conv_bn_relu_pool_flatten_gemm(True), result.model
+    for m in (original, pruned):  # the Gemm's input, as a graph output
+        m.graph.output.append(helper.make_tensor_value_info("flatten_7", onnx.TensorProto.FLOAT, None))
+    x = run_model(pruned, CALIB)["flatten_7"].astype(np.float64)
+    assert x.shape[1] == 16 * len(kept)
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in original.graph.initializer}
+    w_name, b_name = next(n for n in original.graph.node if n.name == "gemm_8").input[1:3]
+    theta, bias = weights[w_name].astype(np.float64), weights[b_name].astype(np.float64)
+    y = run_model(original, CALIB)["flatten_7"].astype(np.float64) @ theta.T  # without the bias
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    prior = theta[:, (kept[:, None] * 16 + np.arange(16)).reshape(-1)]
+    eps = result.report.get("refit_ridges", {}).get("gemm_8", 0.01)
+    omega, new_bias = refit(xc.T @ xc / len(x), xc.T @ yc / len(x), x.mean(0), y.mean(0), bias, prior, eps)
+    got = {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    rows = np.asarray(_group_of(result.report, "y")["kept_channels"])  # gemm_8's outputs that stay
+    gemm = next(n for n in pruned.graph.node if n.name == "gemm_8")
+    np.testing.assert_allclose(got[gemm.input[1]], omega[rows], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(got[gemm.input[2]], new_bias[rows], rtol=1e-3, atol=1e-4)
+
+
+def test_a_wide_consumer_that_keeps_too_many_features_keeps_its_weights(caplog):
+    """At keep ratio 0.9 gemm_8 keeps 14 x 16 = 224 features, above the limit: its kept
+    columns stay the original weights, with a warning and the report's ``unfitted``."""
+    with caplog.at_level(logging.WARNING, logger="onnx_eprune"):
+        result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), CALIB, keep_ratio=0.9, device="cpu",
+                                   entropic=NARROW)
+    assert result.report["unfitted"] == {"gemm_8": {"features": 224}}
+    assert any("gemm_8 keeps 224 input features" in r.getMessage() for r in caplog.records)
+    original = conv_bn_relu_pool_flatten_gemm(True)
+    kept = np.asarray(_group_of(result.report, "gemm_8")["kept_channels"])
+    rows = np.asarray(_group_of(result.report, "y")["kept_channels"])
+    w_name = next(n for n in original.graph.node if n.name == "gemm_8").input[1]
+    theta = onnx.numpy_helper.to_array(next(t for t in original.graph.initializer if t.name == w_name))
+    gemm = next(n for n in result.model.graph.node if n.name == "gemm_8")
+    got = onnx.numpy_helper.to_array(next(t for t in result.model.graph.initializer if t.name == gemm.input[1]))
+    np.testing.assert_array_equal(got, theta[rows][:, (kept[:, None] * 16 + np.arange(16)).reshape(-1)])
+
+
+@pytest.mark.parametrize("options", [dict(mode="oneshot"), dict(method="l1"), dict(method="thinet")])
+def test_runs_that_take_every_feature_freeze_the_wide_group(options, widths):
+    result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), CALIB, sparsity=0.3, device="cpu",
+                               entropic=NARROW, **options)
+    group = _group_of(result.report, "gemm_8")
+    assert group["channels_after"] == 16 and "the default sequential entropic mode" in group["frozen"]
+    assert max(widths) <= LIMIT
+
+
+def test_statistics_files_leave_the_wide_group_out(tmp_path, widths):
+    """``calibrate`` takes one-shot statistics: the wide group is frozen there, and in a
+    prune from the files."""
+    bundle = onnx_eprune.calibrate(conv_bn_relu_pool_flatten_gemm(True), CALIB, device="cpu")
+    assert max(widths) <= LIMIT
+    result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), stats=[bundle], sparsity=0.3)
+    assert "the default sequential entropic mode" in _group_of(result.report, "gemm_8")["frozen"]

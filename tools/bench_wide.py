@@ -1,0 +1,100 @@
+"""What pruning the channels of a too-wide consumer gives, on bench/models/wide_fmnist.onnx.
+
+That model (``tools/train_wide.py``) flattens its last convolution's 96 channels x 14 x 14
+positions into a Gemm that reads 18,816 features, more than the 16,384 whose statistics
+onnx-eprune gathers in full. The default sequential entropic mode prunes
+those 96 channels on reduced statistics and re-fits the Gemm where its kept features fit;
+before, and still in one-shot mode and for the baselines, they were frozen. Each target
+runs three ways, on the 1024 calibration images of ``../shared/reference/calib28.npy``:
+
+- ``entropic``: the default run;
+- ``entropic, frozen``: the same with the last convolution excluded (``--exclude``), which
+  keeps its channels as the freeze did;
+- ``l1, frozen``: the ``l1`` baseline, which freezes them itself.
+
+and is measured on the full Fashion-MNIST test split (accuracy), with the parameters and
+MACs removed from the output files, the channels the wide group keeps, whether the Gemm
+was re-fitted, and the pruning seconds.
+
+    python tools/bench_wide.py --out bench/wide.json
+    python tools/bench_wide.py --out bench/wide.json --markdown   # the table of an earlier run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import onnx_eprune
+from onnx_eprune.datasets import fashion_mnist_available, load_fashion_mnist, preprocess
+from onnx_eprune.evaluate import accuracy
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "bench" / "models" / "wide_fmnist.onnx"
+CALIB = ROOT.parent / "shared" / "reference" / "calib28.npy"
+WIDE_CONV = "/4/Conv"  # the convolution whose channels the wide Gemm reads (torch.nn.Sequential index 4)
+RUNS = {"entropic": {}, "entropic, frozen": {"exclude": [WIDE_CONV]}, "l1, frozen": {"method": "l1"}}
+
+
+def measure(target: float, run: str, x: np.ndarray, y: np.ndarray, calib: np.ndarray) -> dict:
+    t0 = time.perf_counter()
+    result = onnx_eprune.prune(str(MODEL), calib, sparsity=target, **RUNS[run])
+    seconds = time.perf_counter() - t0
+    report = result.report
+    wide = next(g for g in report["groups"] if g["producers"] and g["producers"][0] == WIDE_CONV)
+    return {"target": target, "run": run, "accuracy": accuracy(result.model, x, y),
+            "params_removed": report["params"]["removed_fraction"], "macs_removed": report["macs"]["removed_fraction"],
+            "wide_channels": wide["channels_after"], "wide_frozen": wide["frozen"],
+            "gemm_refitted": "unfitted" not in report, "seconds": seconds}
+
+
+def markdown(record: dict) -> str:
+    lines = [f"Original: {100 * record['original']:.2f}% on the {record['test_images']} test images.", "",
+             "| sparsity | run | accuracy (drop, points) | params removed | MACs removed | last conv keeps | "
+             "Gemm re-fitted | seconds |", "|---|---|---:|---:|---:|---:|---|---:|"]
+    for r in record["rows"]:
+        drop = 100 * (record["original"] - r["accuracy"])
+        lines.append(f"| {r['target']:g} | {r['run']} | {100 * r['accuracy']:.2f}% ({drop:.2f}) | "
+                     f"{100 * r['params_removed']:.1f}% | {100 * r['macs_removed']:.1f}% | {r['wide_channels']} / 96 | "
+                     f"{'yes' if r['gemm_refitted'] else 'no'} | {r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--sparsity", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.8, 0.9])
+    ap.add_argument("--markdown", action="store_true", help="print the table of an earlier run")
+    args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return 0
+    if not fashion_mnist_available():
+        print("needs dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist)", file=sys.stderr)
+        return 2
+    images, labels = load_fashion_mnist("test")
+    x, y = preprocess(images), labels.astype(np.int64)
+    calib = np.load(CALIB)
+    import onnx
+
+    record = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+              "onnx_eprune": onnx_eprune.__version__, "test_images": len(y),
+              "original": accuracy(onnx.load(str(MODEL)), x, y), "rows": []}
+    for target in args.sparsity:
+        for run in RUNS:
+            record["rows"].append(measure(target, run, x, y, calib))
+            print(json.dumps(record["rows"][-1]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    print(markdown(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
