@@ -968,3 +968,28 @@ def test_search_figures_quoted_in_the_summaries():
     losses = " / ".join(drop(r, True) for r in on_train)
     assert f"searched on 5000 held-out train images instead, {train}, which lose {losses} points" in _flat(README)
     assert f"finds {train} sparsity, which lose {losses} points on the test split" in _flat(README)
+
+
+# ----------------------------------------------------------------------------- wide consumers
+def test_wide_table_and_its_quoted_figures():
+    """BENCHMARKS.md's table of the wide model is ``tools/bench_wide.py --out bench/wide.json
+    --markdown`` of the committed rows; the README's drops are theirs; every row met its
+    sparsity, the default run pruned the wide group from 0.5 on and re-fitted the Gemm
+    wherever it kept at most 16,384 of its 18,816 features."""
+    tool = load_tool("bench_wide", "_bench_wide_under_test")
+    record = json.loads((BENCH / "wide.json").read_text())
+    assert "python tools/bench_wide.py --out bench/wide.json" in BENCHMARKS
+    assert tool.markdown(record) in BENCHMARKS
+    rows = {(r["target"], r["run"]): r for r in record["rows"]}
+    drops = {k: f"{100 * (record['original'] - r['accuracy']):.2f}" for k, r in rows.items()}
+    readme = " ".join(README.split())
+    assert (f"{drops[0.7, 'entropic']} / {drops[0.8, 'entropic']} / {drops[0.9, 'entropic']} points against "
+            f"{drops[0.7, 'entropic, frozen']} / {drops[0.8, 'entropic, frozen']} / {drops[0.9, 'entropic, frozen']}"
+            ) in readme
+    for (target, run), r in rows.items():
+        assert r["params_removed"] >= target
+        if run == "entropic":
+            assert (r["wide_channels"] < 96) == (target >= 0.5) and not r["wide_frozen"]
+            assert r["gemm_refitted"] == (r["wide_channels"] * 14 * 14 <= 16384)
+        else:
+            assert r["wide_channels"] == 96 and r["wide_frozen"]
