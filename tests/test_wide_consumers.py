@@ -162,3 +162,14 @@ def test_the_trained_wide_model_at_the_real_limit(monkeypatch, widths):
     frozen = onnx_eprune.prune(str(WIDE_MODEL), calib, sparsity=0.8, device="cpu", exclude=["/4/Conv"])
     original, pruned, kept = (accuracy(m, x, y) for m in (onnx.load(str(WIDE_MODEL)), result.model, frozen.model))
     assert original - pruned < 0.05 and pruned - kept > 0.05, (original, pruned, kept)
+
+
+def test_a_sweep_shares_the_reduced_first_pass_and_writes_what_prune_writes():
+    """The sweep's runs share the first pass, whose bases of the wide Gemm's channels serve
+    every later run: each point is the bytes of ``prune`` at its target."""
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    points = onnx_eprune.sweep(model, CALIB, [0.6, 0.4], device="cpu", entropic=NARROW)
+    for p in points:
+        alone = onnx_eprune.prune(model, CALIB, sparsity=p.target, device="cpu", entropic=NARROW)
+        assert p.model.SerializeToString() == alone.model.SerializeToString()
+    assert all(_group_of(p.report, "gemm_8")["channels_after"] < 16 for p in points)
