@@ -173,3 +173,29 @@ def test_a_sweep_shares_the_reduced_first_pass_and_writes_what_prune_writes():
         alone = onnx_eprune.prune(model, CALIB, sparsity=p.target, device="cpu", entropic=NARROW)
         assert p.model.SerializeToString() == alone.model.SerializeToString()
     assert all(_group_of(p.report, "gemm_8")["channels_after"] < 16 for p in points)
+
+
+def _conv_mlp() -> onnx.ModelProto:
+    """Conv(3->16) -> Relu -> MaxPool (8x8) -> Conv(16->24, 8x8 kernel, one output position:
+    16 x 64 = 1024 features, timm's ConvMlp of VGG) -> Relu -> Flatten -> Gemm(24->10)."""
+    from models import CLASSES, _Builder
+
+    b = _Builder(3)
+    h = b.pool(b.node("Relu", [b.conv("x", 3, 16, name="stem")]))
+    w = b.weight("mlp.weight", (24, 16, 8, 8), 16 * 64)
+    h = b.node("Relu", [b.node("Conv", [h, w, b.vector("mlp.bias", 24)], name="mlp", kernel_shape=[8, 8])])
+    return b.build(b.gemm(b.node("Flatten", [h], axis=1), 24, CLASSES, name="y"))
+
+
+def test_a_wide_convolution_prunes_its_input_channels_too(monkeypatch, widths):
+    """A convolution that reads more features than the limit (an 8x8 kernel on an 8x8 map,
+    as timm writes VGG's classifier) lets its input channels go in the same way: statistics
+    within the limit, re-fitted exactly where its kept features fit, a valid model."""
+    monkeypatch.setattr(analysis, "MAX_CONSUMER_FEATURES", 600)
+    model = _conv_mlp()
+    result = onnx_eprune.prune(model, CALIB, keep_ratio=0.5, device="cpu", entropic=NARROW)
+    group = _group_of(result.report, "mlp")
+    assert not group["frozen"] and group["channels_after"] == 8 and "unfitted" not in result.report  # 512 features
+    assert max(widths) <= 600
+    onnx.checker.check_model(result.model, full_check=True)
+    assert run_model(result.model, CALIB[:4])["y"].shape == (4, 10)
