@@ -73,17 +73,22 @@ def _held_out(args: argparse.Namespace, model) -> tuple[object, object, list[str
     if args.data_images is None:
         if args.data is None or args.data_samples is None:
             return args.data, args.labels, None
-        return (*_spread(args.data, args.labels, args.data_samples, model), None)
-    from .calibrate.images import list_images, load_image_folder, load_labelled_image_folder
+        held_out = (*_spread(args.data, args.labels, args.data_samples, model), None)
+    else:
+        from .calibrate.images import list_images, load_image_folder, load_labelled_image_folder
 
-    list_images(args.data_images, "--data-images")  # a file or an empty folder, named by this option
-    options = dict(_image_options(args), limit=args.data_samples)
-    try:
-        if args.folder_labels:
-            return load_labelled_image_folder(args.data_images, model, **options)
-        return load_image_folder(args.data_images, model, **options), args.labels, None
-    except TooManyImages as exc:
-        raise UsageError(exc.described("--data-samples N")) from None
+        list_images(args.data_images, "--data-images")  # a file or an empty folder, named by this option
+        options = dict(_image_options(args), limit=args.data_samples)
+        try:
+            held_out = load_labelled_image_folder(args.data_images, model, **options) if args.folder_labels \
+                else (load_image_folder(args.data_images, model, **options), args.labels, None)
+        except TooManyImages as exc:
+            raise UsageError(exc.described("--data-samples N")) from None
+    first = held_out[0] if isinstance(held_out[0], np.ndarray) else next(iter(held_out[0].values()))
+    if args.data_samples is not None and len(first) < args.data_samples:  # as --samples says of calibration data
+        log.warning("--data-samples %d: the held-out data holds %d samples; using all %d", args.data_samples,
+                    len(first), len(first))
+    return held_out
 
 
 def _spread(data: str, labels: str | None, n: int, model) -> tuple[dict, object]:

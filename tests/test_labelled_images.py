@@ -238,6 +238,12 @@ def test_data_samples_measure_on_a_spread_of_the_held_out_samples(files, capsys)
         results.append(result)
     assert results[0] == results[1] == results[2] and results[0]["samples"] == 8
     assert results[2]["accuracy"]["per_class"]["samples"][:4] == [2, 2, 2, 2]  # every class folder's share
+    for held_out in (["--data", "x.npy", "--labels", "y.npy"], IMAGES):  # more than there are: all, with a warning
+        assert main(_in(files, ["evaluate", "m.onnx", "m.onnx", "--json", "--device", "cpu", "--data-samples", "30",
+                                *held_out])) == 0
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["samples"] == 24
+        assert "--data-samples 30: the held-out data holds 24 samples; using all 24" in captured.err
     np.save(files / "y1.npy", y[:1])
     line = run_error(capsys, _in(files, ["evaluate", "m.onnx", "m.onnx", "--data", "x.npy", "--labels", "y1.npy",
                                          "--data-samples", "8"]))
