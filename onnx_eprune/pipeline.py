@@ -292,6 +292,8 @@ class Pruner:
         self.auto_ridges: dict[int, float] = {}  # consumer -> its cross-validated re-fit ridge
         self.thin_refits: dict[int, tuple[int, int]] = {}  # consumer -> (rows, kept features), if thin
         self.unfitted: dict[int, int] = {}  # consumer -> its kept features, too many to re-fit (_unfit)
+        # consumer -> (kept channels, s, r) bases of the directions a subspace re-fit works in
+        self.subspaces: dict[int, np.ndarray] = {}
         # the original model's outputs on the first validation samples, per batch, taken in
         # the pass over the original network so that validation need not run it again
         self._reference: list[list[np.ndarray]] = []
@@ -314,8 +316,8 @@ class Pruner:
         return sample_positions(keys, hash((self.config.seed, 0, cidx)), n_pos, k)
 
     def collect(self, cidxs: list[int], orig: CachedNetwork, pruned: CachedNetwork | None, label: str,
-                record: bool = False, reduce: Collection[int] = (), channels: dict[int, np.ndarray] | None = None
-                ) -> dict[int, MomentStats]:
+                record: bool = False, reduce: Collection[int] = (), channels: dict[int, np.ndarray] | None = None,
+                subspace: dict[int, int] | None = None) -> dict[int, MomentStats]:
         """Stream the statistics of consumers ``cidxs``: current input from ``pruned`` (None:
         the original network, as in one-shot mode), target output from the original network.
 
@@ -334,6 +336,12 @@ class Pruner:
         ``channels`` (consumer -> sorted channel indices of its current input; with
         ``pruned`` only) restricts a consumer's statistics to those input channels: the
         exact statistics of the channels a stage keeps, for their re-fit.
+
+        ``subspace`` (consumer -> r, with ``channels``) takes, for a consumer whose kept
+        features are still too many for their statistics (:meth:`_subspace_refit`), each
+        kept channel's features along its ``r`` leading principal directions (found on this
+        pass's first batch: ``self.subspaces``) against the residual of the original
+        weights, ``y - x_kept @ theta_kept.T``.
         """
         cons = {c: self.analysis.consumers[c] for c in cidxs}
         linear = {c: consumer_matrix(self.inits, cons[c]) for c in cidxs}
@@ -352,7 +360,8 @@ class Pruner:
         stored = {c: self._targets[c] for c in cidxs if pruned is not None and c in self._targets}
         budget = self.config.entropic.max_features
         reduced = set(reduce) & set(cidxs)
-        channels = channels or {}
+        channels, subspace = channels or {}, subspace or {}
+        priors = {c: thetas[c][:, spread(channels[c], cons[c].s)] for c in subspace}
         if channels and pruned is None:  # one-shot statistics map x to y through theta, whole
             raise ValueError("channels restricts the statistics of a pass over a pruned network only")
         targeted = [c for c in cidxs if c not in stored and (pruned is not None or c in recording or c in reduced)]
@@ -382,7 +391,7 @@ class Pruner:
                     x.reshape(len(x), -1)[:, spread(channels[c], cons[c].s)]
             if c not in acc:
                 # one-shot: y is theta x, its moments follow from those of x (not of reduced x)
-                acc[c] = MomentAccumulator(self._blas_threads) if c in reduced else \
+                acc[c] = MomentAccumulator(self._blas_threads) if c in reduced or c in subspace else \
                     self._accumulator(cons[c], x.shape[1:], thetas[c] if pruned is None else None)
             images = isinstance(acc[c], PixelPairAccumulator)
             pos = self._positions(cons[c], keys[b * size:(b + 1) * size], c)
@@ -402,6 +411,11 @@ class Pruner:
                 if b == 0:
                     self.bases[c] = channel_bases(rows, cons[c].s, max(1, budget // cons[c].in_channels))
                 acc[c].add(reduce_rows(rows, self.bases[c]), y)
+                return
+            if c in subspace:
+                if b == 0:
+                    self.subspaces[c] = channel_bases(rows, cons[c].s, subspace[c])
+                acc[c].add(reduce_rows(rows, self.subspaces[c]), y - matmul_rows(rows, priors[c].T, 1))
                 return
             acc[c].add(x if images else rows, None if pruned is None else y)
 
@@ -816,9 +830,12 @@ class Pruner:
             exact = [c for c in waves[0] if c in lean] if waves else []
             exact = [c for c in exact if all(d in exact for d in self.families.get(c, [c]))]  # pooled alike
             if exact:
+                limit = channel_analysis.MAX_CONSUMER_FEATURES
+                subspace = {c: limit // len(keep) for c in exact if len(keep) * consumers[c].s > limit}
                 with self.timer.phase("calibrate"):
                     # a lean consumer reads only this group, whose channels are all in its input
-                    stats.update(self.collect(exact, orig, pruned, label, channels={c: keep for c in exact}))
+                    stats.update(self.collect(exact, orig, pruned, label, channels={c: keep for c in exact},
+                                              subspace=subspace))
             stale = self.topo.descendants({consumers[c].node for c in cidxs}) if cfg.reconstruct else set()
             slicers = self._slicers(g, decided)
             for i, wave in enumerate(waves):
@@ -832,7 +849,8 @@ class Pruner:
                         stats.update(self.collect(wave, orig, pruned, label))
                 with self.timer.phase("select"):
                     # independent solves (a residual stream feeds three or four consumers)
-                    refits.update(self._fit_once(wave, lambda c: self._refit(
+                    refits.update(self._fit_once(wave, lambda c: self._subspace_refit(c, stats[c], keep)
+                                                 if c in self.subspaces else self._refit(
                         c, self._family_stats(c, stats), decided, set() if i else {g}, c in exact)))
             keeps[g] = keep
             for c in cidxs:  # a consumer is decided with its (last) group
@@ -849,18 +867,41 @@ class Pruner:
 
     def _unfit(self, cidx: int, keep: np.ndarray, wave: int) -> bool:
         """Whether consumer ``cidx``, re-fitted in ``wave`` of the stage that keeps ``keep``,
-        is too wide to re-fit: its kept features' statistics would pass the size limit, or
-        it would need them over every feature in a later wave (see :func:`_too_wide`). It is
-        then sliced, with its original weights and bias (``self.unfitted``)."""
+        is too wide to re-fit: it would need statistics of every feature in a later wave
+        (see :func:`_too_wide`; in the first, the stage's second pass takes those of its
+        kept features, or of their leading directions, :meth:`_subspace_refit`). It is then
+        sliced, with its original weights and bias (``self.unfitted``)."""
         cons = self.analysis.consumers[cidx]
-        features = len(keep) * cons.s
-        if not _too_wide(cons) or (wave == 0 and features <= channel_analysis.MAX_CONSUMER_FEATURES):
+        if not _too_wide(cons) or wave == 0:
             return False
-        self.unfitted[cidx] = features
-        log.warning("layer %s keeps %d input features, more than the %d a re-fit's statistics take: its kept "
-                    "weights stay the original ones (pruning more of its input channels lets it be re-fitted)",
-                    cons.name, features, channel_analysis.MAX_CONSUMER_FEATURES)
+        self.unfitted[cidx] = len(keep) * cons.s
+        log.warning("layer %s is re-fitted after another layer that reads the same channels, on more features than "
+                    "statistics take: its kept weights stay the original ones", cons.name)
         return True
+
+    def _subspace_refit(self, cidx: int, st: MomentStats, keep: np.ndarray) -> Refit:
+        """Re-fit consumer ``cidx`` (too wide, reading only the group that keeps ``keep``)
+        where its kept features are more than statistics take: each kept channel's weights
+        change only along the leading principal directions of its features
+        (``self.subspaces[cidx]``, (k, s, r)), by the ridge regression of the original
+        weights' residual on the features in those directions (``st``: see :meth:`collect`'s
+        ``subspace``), shrunk toward no change; the rest of each weight stays the original.
+        With every direction (r = s) this is the exact re-fit."""
+        cons = self.analysis.consumers[cidx]
+        theta, bias = consumer_matrix(self.inits, cons)
+        bases = self.subspaces[cidx]
+        k, s, r = bases.shape
+        prior = theta[:, spread(cons.segments[0][1] + np.asarray(keep), s)]
+        G, P = st.cov, st.cross
+        no_change = np.zeros((theta.shape[0], k * r))
+        eps = fixed_ridge(self.config.refit_ridge, st.n, k * r)
+        if eps is None:
+            eps = self.auto_ridges[cidx] = auto_ridge(G, P, st.var_y, no_change, st.n)
+        if thin(st.n, k * r):
+            self.thin_refits[cidx] = (int(st.n), k * r)
+        delta, new_bias = refit(G, P, st.mean_x, st.mean_y, bias, no_change, eps, self._blas_threads)
+        change = np.einsum("mkr,ksr->mks", delta.reshape(-1, k, r), bases.astype(np.float64)).reshape(-1, k * s)
+        return Refit(prior + change, new_bias)
 
     def _waves(self, ready: list[int]) -> list[list[int]]:
         """``ready`` (the consumers a sequential stage re-fits) in the order their re-fits

@@ -76,6 +76,10 @@ def build_report(pruner, keeps: dict[int, np.ndarray], counts: dict[int, int], f
                                                          "cross_validated": c in pruner.auto_ridges}
                             for c, (rows, features) in sorted(pruner.thin_refits.items())}}
            if pruner.thin_refits else {}),
+        # consumers re-fitted along their kept channels' leading directions (too many kept features)
+        **({"subspace_refits": {analysis.consumers[c].name: {"features": b.shape[0] * b.shape[1],
+                                                             "directions": b.shape[0] * b.shape[2]}
+                                for c, b in sorted(pruner.subspaces.items())}} if pruner.subspaces else {}),
         # consumers too wide to re-fit on the features they keep: sliced, original weights
         **({"unfitted": {analysis.consumers[c].name: {"features": features}
                          for c, features in sorted(pruner.unfitted.items())}} if pruner.unfitted else {}),

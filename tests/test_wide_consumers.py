@@ -6,7 +6,6 @@ freeze those channels. The limit is lowered here so that a small model has such 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -97,14 +96,23 @@ def test_sequential_entropic_prunes_the_wide_group_on_statistics_within_the_limi
     np.testing.assert_allclose(got[gemm.input[2]], new_bias[rows], rtol=1e-3, atol=1e-4)
 
 
-def test_a_wide_consumer_that_keeps_too_many_features_keeps_its_weights(caplog):
-    """At keep ratio 0.9 gemm_8 keeps 14 x 16 = 224 features, above the limit: its kept
-    columns stay the original weights, with a warning and the report's ``unfitted``."""
-    with caplog.at_level(logging.WARNING, logger="onnx_eprune"):
-        result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), CALIB, keep_ratio=0.9, device="cpu",
-                                   entropic=NARROW)
-    assert result.report["unfitted"] == {"gemm_8": {"features": 224}}
-    assert any("gemm_8 keeps 224 input features" in r.getMessage() for r in caplog.records)
+def _pruner(**options):
+    from onnx_eprune.config import PruneConfig
+    from onnx_eprune.pipeline import Pruner
+
+    return Pruner(conv_bn_relu_pool_flatten_gemm(True), CALIB, PruneConfig(device="cpu", entropic=NARROW, **options))
+
+
+def test_too_many_kept_features_are_re_fitted_along_their_leading_directions(monkeypatch):
+    """At keep ratio 0.9 gemm_8 keeps 14 x 16 = 224 features, above the limit: each kept
+    channel's weights change only along its 200 // 14 = 14 leading directions (of 16), which
+    the report names; that re-fit keeps the network closer to the original than keeping the
+    original weights (the stage's fallback for a later wave) does."""
+    pruner = _pruner(keep_ratio=0.9)
+    result = pruner.run()
+    assert result.report["subspace_refits"] == {"gemm_8": {"features": 224, "directions": 14 * 14}}
+    assert "unfitted" not in result.report
+    bases = pruner.subspaces[2].astype(np.float64)  # gemm_8 is consumer 2: (14, 16, 14)
     original = conv_bn_relu_pool_flatten_gemm(True)
     kept = np.asarray(_group_of(result.report, "gemm_8")["kept_channels"])
     rows = np.asarray(_group_of(result.report, "y")["kept_channels"])
@@ -112,7 +120,58 @@ def test_a_wide_consumer_that_keeps_too_many_features_keeps_its_weights(caplog):
     theta = onnx.numpy_helper.to_array(next(t for t in original.graph.initializer if t.name == w_name))
     gemm = next(n for n in result.model.graph.node if n.name == "gemm_8")
     got = onnx.numpy_helper.to_array(next(t for t in result.model.graph.initializer if t.name == gemm.input[1]))
-    np.testing.assert_array_equal(got, theta[rows][:, (kept[:, None] * 16 + np.arange(16)).reshape(-1)])
+    change = (got - theta[rows][:, (kept[:, None] * 16 + np.arange(16)).reshape(-1)]).reshape(len(rows), 14, 16)
+    outside = change - np.einsum("mks,ksr,ktr->mkt", change, bases, bases)  # the change off the directions
+    assert np.abs(change).max() > 1e-3 and np.abs(outside).max() < 1e-5
+
+    from onnx_eprune.pipeline import Pruner
+    monkeypatch.setattr(Pruner, "_unfit", _unfit_every_wide)
+    kept_weights = _pruner(keep_ratio=0.9).run().report
+    assert kept_weights["unfitted"] == {"gemm_8": {"features": 224}}
+    error = result.report["fidelity_on_calibration"]["outputs"]["y"]["relative_error"]
+    assert error < kept_weights["fidelity_on_calibration"]["outputs"]["y"]["relative_error"]
+
+
+def _unfit_every_wide(pruner, cidx: int, keep: np.ndarray, wave: int) -> bool:
+    """``Pruner._unfit`` taking the stage's fallback (the original weights kept) for every
+    too-wide consumer, in any wave."""
+    from onnx_eprune.pipeline import _too_wide
+
+    cons = pruner.analysis.consumers[cidx]
+    if _too_wide(cons):
+        pruner.unfitted[cidx] = len(keep) * cons.s
+    return _too_wide(cons)
+
+
+def test_the_subspace_re_fit_with_every_direction_is_the_exact_re_fit():
+    """Along all s directions of each channel (an orthonormal basis), the subspace re-fit
+    of the residual gives the weights of the exact re-fit on every kept feature."""
+    from onnx_eprune.calibrate.stats import MomentStats, reduce_rows
+
+    pruner = _pruner(keep_ratio=0.9)
+    cons = pruner.analysis.consumers[2]
+    gid = cons.segments[0][0]
+    keep = np.sort(np.random.default_rng(0).choice(16, 14, replace=False))
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, 14 * 16)) @ rng.normal(size=(14 * 16, 14 * 16)) * 0.1
+    theta, bias = (np.asarray(a, np.float64) for a in _theta_bias(pruner, cons))
+    y = x @ theta[:, (keep[:, None] * 16 + np.arange(16)).reshape(-1)].T + rng.normal(size=(3000, 32)) * 0.3
+    bases = np.stack([np.linalg.qr(rng.normal(size=(16, 16)))[0] for _ in range(14)])
+    prior = theta[:, (keep[:, None] * 16 + np.arange(16)).reshape(-1)]
+    pruner.subspaces[2] = bases.astype(np.float32)
+    st = MomentStats.from_rows(reduce_rows(x, bases), y - x @ prior.T)
+    subspace = pruner._subspace_refit(2, st, keep)
+    whole = np.zeros((3000, 16 * 16))
+    whole[:, (keep[:, None] * 16 + np.arange(16)).reshape(-1)] = x
+    exact = pruner._refit(2, MomentStats.from_rows(whole, y), {gid: keep}, {gid})
+    np.testing.assert_allclose(subspace.weight, exact.weight, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(subspace.bias, exact.bias, rtol=1e-6, atol=1e-8)
+
+
+def _theta_bias(pruner, cons):
+    from onnx_eprune.graph.weights import consumer_matrix
+
+    return consumer_matrix(pruner.inits, cons)
 
 
 @pytest.mark.parametrize("options", [dict(mode="oneshot"), dict(method="l1"), dict(method="thinet")])
