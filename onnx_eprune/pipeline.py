@@ -415,7 +415,8 @@ class Pruner:
             if c in subspace:
                 if b == 0:
                     self.subspaces[c] = channel_bases(rows, cons[c].s, subspace[c])
-                acc[c].add(reduce_rows(rows, self.subspaces[c]), y - matmul_rows(rows, priors[c].T, 1))
+                residual = y - matmul_rows(rows, priors[c].T, self._blas_threads)
+                acc[c].add(reduce_rows(rows, self.subspaces[c]), residual)
                 return
             acc[c].add(x if images else rows, None if pruned is None else y)
 
