@@ -1081,8 +1081,8 @@ def _stage_collects(pruner):
     seen = []
     real_collect = pruner.collect
 
-    def collect(cidxs, orig, pruned, label, record=False, reduce=(), channels=None):
-        stats = real_collect(cidxs, orig, pruned, label, record, reduce, channels)
+    def collect(cidxs, orig, pruned, label, record=False, reduce=(), channels=None, subspace=None):
+        stats = real_collect(cidxs, orig, pruned, label, record, reduce, channels, subspace)
         seen.append((label, set(reduce), dict(channels or {}), dict(stats)))  # a stage updates its dict
         return stats
 
