@@ -256,8 +256,7 @@ class Pruner:
         with self.timer.phase("analyze"):
             self.shapes, self.analysis = probe_groups(self.model, self.data.first(), self.providers)
             exclude_groups(self.analysis, self.model.graph.node, config.exclude, self.normalized.folded)
-            if stats is not None or config.mode != "sequential" or config.method != "entropic" or \
-                    not self.lean_stages:
+            if stats is not None or config.mode != "sequential" or not self.lean_stages:
                 self._freeze_wide()
             self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes, config.reconstruct,
                                                      self.normalized.copies)
@@ -783,10 +782,10 @@ class Pruner:
 
     def _freeze_wide(self) -> None:
         """Freeze the groups that only reduced statistics can prune (``analysis.wide``): a
-        one-shot run, statistics files and the baselines take every feature's statistics."""
+        one-shot run and statistics files take every feature's statistics."""
         for gid, reason in self.analysis.wide.items():
-            self.analysis.groups[gid].frozen.append(f"{reason}; the default sequential entropic mode, which reduces "
-                                                    "them, can prune its input channels")
+            self.analysis.groups[gid].frozen.append(f"{reason}; the default sequential mode, which reduces them, "
+                                                    "can prune its input channels")
         self.analysis.wide.clear()
 
     def calibrate(self) -> StatsBundle:
@@ -952,8 +951,9 @@ class Pruner:
         is turned off (the diagnostics in ``tools/`` that score choices on full statistics).
         A group that keeps every channel has nothing to select: its stage takes the exact
         statistics, which the re-fit needs whole, in one pass. A consumer too wide for
-        statistics of every feature (:func:`_too_wide`; a group read by one is pruned only
-        by this method, in this mode) is always reduced.
+        statistics of every feature (:func:`_too_wide`; a group read by one is pruned only in
+        this mode) is always reduced, for every method (the baselines compress its terms
+        per channel all the same: ``baselines.contributions``).
         """
         consumers = self.analysis.consumers
         wide = {c for c in self.analysis.groups[gid].consumers if _too_wide(consumers[c])}

@@ -1,8 +1,9 @@
 """Consumers too wide for statistics of every feature (a Gemm behind the Flatten of a large
-map: VGG-16's 25,088 inputs at 224x224): the sequential entropic mode prunes the channels
-they read on reduced statistics and re-fits them where their kept features fit; other runs
-freeze those channels. The limit is lowered here so that a small model has such a consumer
-(gemm_8 reads 16 channels x 16 positions = 256 features)."""
+map: VGG-16's 25,088 inputs at 224x224): the sequential mode prunes the channels they read
+on reduced statistics and re-fits them on their kept features (along leading directions
+where those are still too many); one-shot runs and statistics files freeze those channels.
+The limit is lowered here so that a small model has such a consumer (gemm_8 reads 16
+channels x 16 positions = 256 features)."""
 
 from __future__ import annotations
 
@@ -174,13 +175,24 @@ def _theta_bias(pruner, cons):
     return consumer_matrix(pruner.inits, cons)
 
 
-@pytest.mark.parametrize("options", [dict(mode="oneshot"), dict(method="l1"), dict(method="thinet")])
-def test_runs_that_take_every_feature_freeze_the_wide_group(options, widths):
+def test_one_shot_runs_freeze_the_wide_group(widths):
     result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), CALIB, sparsity=0.3, device="cpu",
-                               entropic=NARROW, **options)
+                               entropic=NARROW, mode="oneshot")
     group = _group_of(result.report, "gemm_8")
-    assert group["channels_after"] == 16 and "the default sequential entropic mode" in group["frozen"]
+    assert group["channels_after"] == 16 and "the default sequential mode" in group["frozen"]
     assert max(widths) <= LIMIT
+
+
+@pytest.mark.parametrize("method", ["l1", "thinet", "lasso", "random"])
+def test_the_baselines_prune_the_wide_group_in_sequential_mode(method, widths):
+    """The baselines' stages take the wide Gemm's statistics reduced too (their terms are
+    compressed per channel all the same): the group loses channels, nothing passes the
+    limit, the Gemm is re-fitted on what it keeps."""
+    result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), CALIB, keep_ratio=0.5, device="cpu",
+                               entropic=NARROW, method=method)
+    assert _group_of(result.report, "gemm_8")["channels_after"] == 8  # 128 features, within the limit
+    assert max(widths) <= LIMIT and "unfitted" not in result.report and "subspace_refits" not in result.report
+    onnx.checker.check_model(result.model)
 
 
 def test_statistics_files_leave_the_wide_group_out(tmp_path, widths):
@@ -189,7 +201,7 @@ def test_statistics_files_leave_the_wide_group_out(tmp_path, widths):
     bundle = onnx_eprune.calibrate(conv_bn_relu_pool_flatten_gemm(True), CALIB, device="cpu")
     assert max(widths) <= LIMIT
     result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), stats=[bundle], sparsity=0.3)
-    assert "the default sequential entropic mode" in _group_of(result.report, "gemm_8")["frozen"]
+    assert "the default sequential mode" in _group_of(result.report, "gemm_8")["frozen"]
 
 
 WIDE_MODEL = Path(__file__).resolve().parents[1] / "bench" / "models" / "wide_fmnist.onnx"

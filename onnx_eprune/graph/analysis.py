@@ -1188,7 +1188,7 @@ class _Analyzer:
     def _lean_wide(self, cons: Consumer, gid: int) -> bool:
         """Whether a consumer too wide for statistics of every feature can still let group
         ``gid`` go, on statistics of its channels' leading principal directions (a
-        sequential entropic stage: :attr:`GraphAnalysis.wide`): it reads that group alone,
+        sequential stage: :attr:`GraphAnalysis.wide`): it reads that group alone,
         in its own weight, with at most MAX_CONSUMER_FEATURES channels."""
         return ([s[0] for s in cons.segments] == [gid] and cons.in_channels <= MAX_CONSUMER_FEATURES
                 and self.use_count.get(cons.weight, 0) == 1)
