@@ -41,10 +41,14 @@ PROBE_ELEMENTS = 2 ** 30
 log = logging.getLogger("onnx_eprune")
 
 
+# the options that read a folder of images, and their attribute names
+IMAGE_FOLDERS = {"--calib-images": "calib_images", "--data-images": "data_images"}
+
+
 def _check_image_options(args: argparse.Namespace) -> None:
     given = [f"--{name}" for name in IMAGE_OPTIONS if getattr(args, name) is not None]
-    readers = [option for option in ("--calib-images", "--data-images") if hasattr(args, option[2:].replace("-", "_"))]
-    if all(getattr(args, option[2:].replace("-", "_")) is None for option in readers):
+    readers = [option for option, attr in IMAGE_FOLDERS.items() if hasattr(args, attr)]
+    if all(getattr(args, IMAGE_FOLDERS[option]) is None for option in readers):
         wrong = [o for o in given if o != "--size" or getattr(args, "calib_random", None) is None]
         if wrong:
             raise UsageError(f"{', '.join(wrong)} only appl{'ies' if len(wrong) == 1 else 'y'} with "
@@ -77,11 +81,13 @@ def _held_out(args: argparse.Namespace, model) -> tuple[object, object, list[str
     else:
         from .calibrate.images import list_images, load_image_folder, load_labelled_image_folder
 
-        list_images(args.data_images, "--data-images")  # a file or an empty folder, named by this option
         options = dict(_image_options(args), limit=args.data_samples)
         try:
-            held_out = load_labelled_image_folder(args.data_images, model, **options) if args.folder_labels \
-                else (load_image_folder(args.data_images, model, **options), args.labels, None)
+            if args.folder_labels:  # its loader names --data-images in its errors
+                held_out = load_labelled_image_folder(args.data_images, model, **options)
+            else:
+                list_images(args.data_images, "--data-images")  # a file given: named by this option, not --calib-images
+                held_out = load_image_folder(args.data_images, model, **options), args.labels, None
         except TooManyImages as exc:
             raise UsageError(exc.described("--data-samples N")) from None
     first = held_out[0] if isinstance(held_out[0], np.ndarray) else next(iter(held_out[0].values()))
@@ -257,8 +263,8 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
         from .graph.model_io import data_files
 
         named += [("a data file of the input model", path) for path in data_files(args.model)]
-    for option in ("--calib-images", "--data-images"):
-        folder = getattr(args, option[2:].replace("-", "_"), None)
+    for option, attr in IMAGE_FOLDERS.items():
+        folder = getattr(args, attr, None)
         if folder:
             from .calibrate.images import list_images
 
