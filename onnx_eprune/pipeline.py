@@ -34,7 +34,7 @@ from .files import same_file
 from .graph import analysis as channel_analysis
 from .graph.costs import CostModel, build_cost_model
 from .graph.exclude import exclude_groups
-from .graph.groups import QUANTIZED, Consumer, spread
+from .graph.groups import QUANTIZED, Consumer, channel_major, position_columns, spread
 from .graph.model_io import (as_model, check_model, check_model_arg, data_files, initializer_map, normalize,
                              record_provenance, save_model, share_equal_copies, store_narrowed)
 from .graph.rewrite import Refit, build_pruned
@@ -303,7 +303,8 @@ class Pruner:
         if cons.spatial:
             geo = ConvGeometry.from_dict(cons.conv, self.shapes[cons.output][2:])
             return conv_patches(x.astype(np.float32, copy=False), geo, positions)
-        return x.reshape(x.shape[0], -1).astype(np.float32, copy=False)
+        rows = x.reshape(x.shape[0], -1)
+        return (channel_major(rows, cons.s) if cons.positions_last else rows).astype(np.float32, copy=False)
 
     def _positions(self, cons: Consumer, keys: np.ndarray, cidx: int) -> np.ndarray | None:
         if not cons.spatial:
@@ -386,8 +387,7 @@ class Pruner:
             spreads its products over threads too: BLAS stays on one thread (see ``run``)."""
             x = xc[cons[c].input].astype(np.float32, copy=False)
             if c in channels:  # a Gemm's input holds each channel's s features in a row
-                x = x[:, channels[c]] if cons[c].spatial else \
-                    x.reshape(len(x), -1)[:, spread(channels[c], cons[c].s)]
+                x = x[:, channels[c]] if cons[c].spatial else x.reshape(len(x), -1)[:, _columns(cons[c], channels[c], x)]
             if c not in acc:
                 # one-shot: y is theta x, its moments follow from those of x (not of reduced x)
                 acc[c] = MomentAccumulator(self._blas_threads) if c in reduced or c in subspace else \
@@ -974,8 +974,10 @@ class Pruner:
                 axis[name] = channel_axis
         slicers = {}
         for name in sorted({t[0] for t in self.analysis.groups[gid].tensors}):
+            positions = self.analysis.position_major.get(name)
             pieces, start = [], 0
             for _offset, g, factor in sorted(layout[name]):
+                factor = 1 if positions else factor  # position-major: channels first, then their entries
                 width = counts[g] * factor
                 if g == gid:
                     pieces.append(start + spread(keeps[gid], factor))
@@ -983,6 +985,8 @@ class Pruner:
                     pieces.append(np.arange(start, start + width))
                 start += width
             idx = np.concatenate(pieces)
+            if positions:
+                idx = position_columns(idx, positions, start)
             slicers[name] = lambda v, idx=idx, ax=axis[name]: np.take(v, idx, axis=ax)
         return slicers
 
@@ -1074,6 +1078,14 @@ def _too_wide(cons: Consumer) -> bool:
     (``graph.analysis.MAX_CONSUMER_FEATURES``): its statistics are always reduced, and it is re-fitted only
     where its kept features fit (see ``GraphAnalysis.wide``)."""
     return cons.in_channels * cons.s > channel_analysis.MAX_CONSUMER_FEATURES
+
+
+def _columns(cons: Consumer, channels: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The columns of ``channels`` in the rows of a Gemm's or MatMul's current input ``x``
+    (N, ...), in the order it holds them (position-major behind a channels-last Flatten)."""
+    if cons.positions_last:
+        return position_columns(channels, cons.s, int(np.prod(x.shape[1:])) // cons.s)
+    return spread(channels, cons.s)
 
 
 def _from_output(cons: Consumer) -> bool:

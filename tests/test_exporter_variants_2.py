@@ -361,15 +361,15 @@ def test_calib_images_read_as_nhwc_for_an_nhwc_model(tmp_path, capsys):
     assert pruned.graph.input == model.graph.input
 
 
-def test_keras_flatten_of_an_nhwc_map_freezes_with_a_reason():
+def test_keras_flatten_of_an_nhwc_map_prunes():
     """Keras' Flatten of an NHWC map (Reshape to (-1, H*W*C) after the Transpose) orders the
-    features (h, w, c): conv2's group is kept whole with a report reason naming the Reshape,
-    conv1 still prunes, and the model stays valid."""
+    features (h, w, c): conv2's group prunes all the same, dense1 reading its features
+    position by position (tests/test_channels_last_flatten.py), at a fixed batch too."""
     model = tf_classifier(1, flatten=True)
     result = assert_identity_and_close(model, CALIB_NHWC, FRESH_NHWC, tol=0.5)
-    conv2 = group_of(result.report, "conv2")
-    assert conv2["channels_after"] == 16 and "Reshape" in conv2["frozen"]
-    assert group_of(result.report, "conv1")["channels_after"] == 4
+    kept = {p: group_of(result.report, p)["channels_after"] for p in ("conv1", "conv2", "dense1")}
+    assert kept == {"conv1": 4, "conv2": 8, "dense1": 16}
+    assert_costs_match(model, result)
 
 
 # -- Relu6 and the hard activations ----------------------------------------------------------

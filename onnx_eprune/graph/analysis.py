@@ -49,8 +49,11 @@ MAX_WALKS = 10
 ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum"})
 REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
 # Ops whose first input must hold its channels on axis 1 (NCHW or (N, features)).
-CHANNELS_FIRST = SPATIAL_POOLS | {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "Gemm",
-                                  "Flatten"}  # (MatMul reads its last axis: op_MatMul)
+CHANNELS_FIRST = SPATIAL_POOLS | {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization",
+                                  "Gemm"}  # (MatMul reads its last axis: op_MatMul; Flatten: op_Flatten)
+# Ops that may read a map flattened channels last (``_Analyzer.position_major``): the
+# layers that consume it, and element-wise ops on it alone, which keep its order.
+POSITION_MAJOR_READERS = ELEMENTWISE_UNARY | {"Gemm", "MatMul"}
 
 # the QOperator format's layers (onnxruntime's quantize_static with QuantFormat.QOperator)
 QUANTIZED_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"})
@@ -87,6 +90,10 @@ class _Analyzer:
         self.consts: dict[str, np.ndarray | None] = dict.fromkeys(self.init_by_name)  # constant tensors
         self.layouts: dict[str, object] = {}
         self.axes: dict[str, int] = {}   # channel axis of a tensor, where it is not 1
+        # a map flattened channels last (Keras' Flatten of an NHWC map) -> its positions P:
+        # feature p * C + c holds position p of channel c, where its layout's ``factor`` P
+        # otherwise means channel-major entries
+        self.position_major: dict[str, int] = {}
         self.spaces = Spaces()
         self.producers: dict[int, list[Producer]] = {}
         self.params: dict[int, list[ParamSlice]] = {}
@@ -300,7 +307,16 @@ class _Analyzer:
                 continue
             if node.op_type in CHANNELS_FIRST and self.axis(node.input[0]) != 1:
                 self.reread_channels_first(node, index)
+            flat = [self.position_major[n] for n in node.input if n in self.position_major]
+            if flat and node.op_type not in POSITION_MAJOR_READERS:
+                self.freeze_all(node, index, f"{node_label(node, index)} reads a map flattened channels last "
+                                "(position by position: Keras' Flatten of an NHWC map), where the analysis follows only "
+                                "element-wise ops on it alone and the Gemm or MatMul that reads it")
+                continue
             handler(node, index)
+            if flat and node.op_type in ELEMENTWISE_UNARY and node.output[0] in self.layouts \
+                    and self.layouts[node.output[0]] is self.layouts.get(node.input[0]):
+                self.position_major[node.output[0]] = flat[0]
             for name in node.output:  # every output must end up with a layout
                 if name and name not in self.layouts and name not in self.consts:
                     self.opaque_output(name, f"output {name!r} of {node.op_type}")
@@ -492,7 +508,7 @@ class _Analyzer:
         self.consumers.append(Consumer(
             node=index, name=label, kind=kind, input=x, output=out, weight=w, bias=b,
             in_channels=cin // factor, out_channels=m, s=s * factor, conv=conv, gemm_trans_b=trans_b,
-            alpha=alpha, beta=beta, factor=factor,
+            alpha=alpha, beta=beta, factor=factor, positions_last=x in self.position_major,
             segments=[(seg.space, off, seg.length) for seg, off in offsets(layout)]))
 
     def op_Gemm(self, node: onnx.NodeProto, index: int) -> None:
@@ -643,11 +659,24 @@ class _Analyzer:
         x = node.input[0]
         shape = self.shapes.get(x)
         axis = int(_attrs(node).get("axis", 1))
-        layout = self.layout(x)
-        if shape is None or axis not in (1, 1 - len(shape)) or not isinstance(layout, list):
+        if shape is None or axis not in (1, 1 - len(shape)) or not isinstance(self.layout(x), list):
             self.freeze_all(node, index, "Flatten that does not keep the batch axis alone")
             return
-        self.layouts[node.output[0]] = flatten(layout, int(np.prod(shape[2:], dtype=np.int64)))
+        if self.axis(x) not in (1, len(shape) - 1):
+            self.reread_channels_first(node, index)
+        elif self.axis(x) != 1 and any(seg.factor != 1 for seg in self.layout(x)):
+            self.freeze_all(node, index, "Flatten of a flattened tensor whose channels are not on axis 1")
+            return
+        self.flatten_map(node.output[0], x)
+
+    def flatten_map(self, out: str, x: str) -> None:
+        """``out`` is map ``x`` (N, ...) flattened to (N, features): channel-major where its
+        channels are on axis 1, position by position where they are last (NHWC)."""
+        shape = self.shapes[x]
+        positions = int(np.prod(shape[1:], dtype=np.int64)) // max(shape[self.axis(x)], 1)
+        self.layouts[out] = flatten(self.layout(x), positions)
+        if self.axis(x) != 1 and positions > 1:
+            self.position_major[out] = positions
 
     def op_Reshape(self, node: onnx.NodeProto, index: int) -> None:
         x, target = node.input[0], node.input[1]
@@ -658,18 +687,20 @@ class _Analyzer:
             spec = self.batch_target(target, x)
         if self.unflatten(node, index, shape_in, shape_out, layout, spec):
             return
-        # channels on another axis flatten channel-major only when every other axis but the
-        # batch has size 1 (a channels-last global pooling before a classifier)
-        ok = (self.axis(x) == 1 or (shape_in is not None and
-                                   int(np.prod(shape_in[1:], dtype=np.int64)) == shape_in[self.axis(x)])) and \
-            shape_in is not None and shape_out is not None and isinstance(layout, list) and \
+        # channels on another axis than 1 or the last flatten in an order the consumers do not
+        # follow, unless every other axis but the batch has size 1
+        ok = shape_in is not None and (self.axis(x) in (1, len(shape_in) - 1) or int(
+            np.prod(shape_in[1:], dtype=np.int64)) == shape_in[self.axis(x)]) and \
+            shape_out is not None and isinstance(layout, list) and \
             len(shape_in) >= 2 and len(shape_out) == 2 and shape_out[0] == shape_in[0] and spec is not None \
             and len(spec) == 2 and self.use_count.get(target, 0) == 1
         if not ok:
             self.freeze_all(node, index, "Reshape other than flattening (N, C, ...) to (N, features)")
             return
-        spatial = int(np.prod(shape_in[1:], dtype=np.int64)) // max(shape_in[self.axis(x)], 1)
-        self.layouts[node.output[0]] = flatten(layout, spatial)
+        if self.axis(x) != 1 and any(seg.factor != 1 for seg in layout):
+            self.freeze_all(node, index, "Reshape of a flattened tensor whose channels are not on axis 1")
+            return
+        self.flatten_map(node.output[0], x)
         for pos, v in enumerate(spec):
             if v not in (0, -1) and pos == 1:
                 for seg in layout:
@@ -1183,7 +1214,9 @@ class _Analyzer:
                     g.frozen.append(reason)
                     break
         return GraphAnalysis(groups=groups, consumers=self.consumers, split_sizes=self.split_sizes,
-                             slice_bounds=self.slice_bounds, wide={g: r for g, r in wide.items() if groups[g].prunable})
+                             slice_bounds=self.slice_bounds, wide={g: r for g, r in wide.items() if groups[g].prunable},
+                             position_major={t: p for t, p in self.position_major.items()
+                                             if isinstance(self.layouts.get(t), list)})
 
     def _lean_wide(self, cons: Consumer, gid: int) -> bool:
         """Whether a consumer too wide for statistics of every feature can still let group

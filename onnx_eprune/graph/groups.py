@@ -83,7 +83,10 @@ class Consumer:
     Its input features are channel-major: feature ``f`` of input channel ``c`` is column
     ``c * s + f`` of the flattened weight ``theta`` (M x C*s), with ``s = kh*kw`` for a
     Conv and ``H*W`` for a Gemm behind a Flatten. A ConvTranspose's ``theta`` is the weight
-    of the Conv it equals (``conv`` holds that Conv's geometry).
+    of the Conv it equals (``conv`` holds that Conv's geometry). A Gemm or MatMul behind the
+    Flatten of an NHWC map (``positions_last``) reads them position-major, column ``f * C + c``
+    of its weight: the statistics, ``theta`` and re-fits are channel-major all the same
+    (:func:`channel_major`), only its stored weight is not.
     """
 
     node: int
@@ -102,6 +105,7 @@ class Consumer:
     gemm_trans_b: bool = True   # weight stored as (M, D) when True, (D, M) otherwise
     alpha: float = 1.0
     beta: float = 1.0
+    positions_last: bool = False  # features position-major (see above)
 
     @property
     def spatial(self) -> bool:
@@ -138,6 +142,9 @@ class GraphAnalysis:
     # prunable groups read by a consumer too wide for statistics of every feature (group ->
     # the reason): only a run that takes reduced statistics can prune them, others freeze them
     wide: dict[int, str] = field(default_factory=dict)
+    # tensors that hold a map flattened channels last (Keras' Flatten of an NHWC map) -> the
+    # positions P of each channel: position p of channel c is entry p * C + c of a row
+    position_major: dict[str, int] = field(default_factory=dict)
 
     def prunable_groups(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable]
@@ -146,6 +153,26 @@ class GraphAnalysis:
 def node_label(node: onnx.NodeProto, index: int) -> str:
     """How reports and messages name the ``index``-th node: its name, or ``OpType#index``."""
     return node.name or f"{node.op_type}#{index}"
+
+
+def channel_major(a: np.ndarray, s: int) -> np.ndarray:
+    """``a`` (..., s * C), its last axis position-major (entry ``p * C + c``), with that axis
+    channel-major (entry ``c * s + p``)."""
+    lead = a.shape[:-1]
+    return a.reshape(*lead, s, -1).swapaxes(-1, -2).reshape(*lead, -1)
+
+
+def position_major(a: np.ndarray, s: int) -> np.ndarray:
+    """The inverse of :func:`channel_major`: ``a`` (..., C * s) channel-major, its last axis
+    position-major."""
+    lead = a.shape[:-1]
+    return a.reshape(*lead, -1, s).swapaxes(-1, -2).reshape(*lead, -1)
+
+
+def position_columns(channels: np.ndarray, s: int, total: int) -> np.ndarray:
+    """The entries of ``channels`` (each at ``s`` positions) in a row that holds ``total``
+    channels position-major (entry ``p * total + c``), position by position."""
+    return (np.arange(s)[:, None] * total + np.asarray(channels)[None, :]).reshape(-1)
 
 
 def spread(indices: np.ndarray, width: int) -> np.ndarray:

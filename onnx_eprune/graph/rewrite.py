@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .groups import Consumer, GraphAnalysis, spread
+from .groups import Consumer, GraphAnalysis, position_columns, position_major, spread
 from .model_io import defined_names, list_initializers_as_inputs, lists_initializers, reference, tensor_array
 from .weights import BiasAdds, transposed_to_conv
 
@@ -106,14 +106,15 @@ def _install_refit(model: onnx.ModelProto, arrays: _Arrays, cons: Consumer, refi
     ``new_biases``, weight -> the bias added for it)."""
     node = model.graph.node[cons.node]
     M = refit.weight.shape[0]
+    weight = position_major(refit.weight, cons.s) if cons.positions_last else refit.weight
     if cons.kind == "conv":
         arrays.set(cons.weight, refit.weight.reshape(M, -1, *cons.conv["kernel"]))
     elif cons.kind == "convT":
         arrays.set(cons.weight, transposed_to_conv(refit.weight.reshape(M, -1, *cons.conv["kernel"])))
     elif cons.kind == "gemm" and cons.gemm_trans_b:
-        arrays.set(cons.weight, refit.weight)
+        arrays.set(cons.weight, weight)
     else:
-        arrays.set(cons.weight, refit.weight.T)
+        arrays.set(cons.weight, weight.T)
     if cons.kind == "gemm":  # alpha and beta are folded into the new weights
         for attr in node.attribute:
             if attr.name in ("alpha", "beta"):
@@ -181,7 +182,9 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
                     axis, width = (1 if cons.kind == "conv" else 0), cons.factor
                 else:  # a matrix whose input axis holds ``s`` features per channel
                     axis, width = (1 if cons.kind == "gemm" and cons.gemm_trans_b else 0), cons.s
-                arrays.mask(cons.weight, axis)[spread(off + drop, width)] = False
+                columns = position_columns(off + drop, cons.s, cons.in_channels) if cons.positions_last \
+                    else spread(off + drop, width)
+                arrays.mask(cons.weight, axis)[columns] = False
     _update_shape_params(analysis, keeps, arrays, out)
     rows = {name: arrays.get(name).shape[0] for name, axis in arrays.masks if axis == 0}
     arrays.commit()

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .groups import ChannelGroup, Consumer, Producer
+from .groups import ChannelGroup, Consumer, Producer, channel_major
 from .model_io import tensor_array
 
 
@@ -35,6 +35,8 @@ def consumer_matrix(inits: dict[str, onnx.TensorProto], cons: Consumer) -> tuple
         theta = w * cons.alpha
     else:
         theta = w.T * cons.alpha
+    if cons.positions_last:
+        theta = channel_major(theta, cons.s)
     M = theta.shape[0]
     bias = np.zeros(M)
     if cons.bias is not None:
