@@ -994,3 +994,26 @@ def test_wide_table_and_its_quoted_figures():
             assert r["gemm_refit"] == ("exact" if r["wide_channels"] * 14 * 14 <= 16384 else "subspace")
         else:
             assert r["wide_channels"] == 96 and "excluded" in r["wide_frozen"] and r["gemm_refit"] == "exact"
+
+
+def test_keras_flatten_table_and_its_quoted_figures():
+    """BENCHMARKS.md's table of the Keras model is ``tools/bench_wide.py --model
+    keras_flatten --out bench/keras_flatten.json --markdown`` of the committed rows; the
+    README's drops are theirs; every row met its sparsity, the runs that prune the last
+    convolution's group took channels from it from 0.5 on, the frozen runs none."""
+    tool = load_tool("bench_wide", "_bench_wide_under_test")
+    record = json.loads((BENCH / "keras_flatten.json").read_text())
+    assert record["model"] == "keras_flatten" and record["channels"] == 64
+    assert "python tools/bench_wide.py --model keras_flatten --out bench/keras_flatten.json" in _flat(BENCHMARKS)
+    assert tool.markdown(record) in BENCHMARKS
+    rows = {(r["target"], r["run"]): r for r in record["rows"]}
+    drops = {k: f"{100 * (record['original'] - r['accuracy']):.2f}" for k, r in rows.items()}
+    assert (f"loses {drops[0.8, 'entropic']} / {drops[0.9, 'entropic']} points against "
+            f"{drops[0.8, 'entropic, frozen']} / {drops[0.9, 'entropic, frozen']}") in _flat(README)
+    assert f"Original: {100 * record['original']:.2f}%" in BENCHMARKS and "90.10%" in _flat(README)
+    for (target, run), r in rows.items():
+        assert r["params_removed"] >= target
+        if "frozen" in run:
+            assert r["wide_channels"] == 64 and "excluded" in r["wide_frozen"]
+        else:
+            assert not r["wide_frozen"] and (r["wide_channels"] < 64) == (target >= 0.5 or run == "l1")

@@ -16,6 +16,14 @@ seconds.
 
     python tools/bench_wide.py --out bench/wide.json
     python tools/bench_wide.py --out bench/wide.json --markdown   # the table of an earlier run
+
+``--model keras_flatten`` runs the same four ways on bench/models/keras_flatten_fmnist.onnx
+(``tools/train_keras_flatten.py``: Keras' tutorial CNN exported by tf2onnx, NHWC input
+``x / 255``), whose Dense layer reads the last convolution's 64 channels x 7 x 7 through
+the Flatten of an NHWC map, position by position: those channels froze until session 52.
+"frozen" excludes that convolution, as the freeze kept it::
+
+    python tools/bench_wide.py --model keras_flatten --out bench/keras_flatten.json
 """
 
 from __future__ import annotations
@@ -25,28 +33,52 @@ import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import onnx_eprune
-from onnx_eprune.datasets import fashion_mnist_available, load_fashion_mnist, preprocess
+from onnx_eprune.datasets import MEAN, STD, fashion_mnist_available, load_fashion_mnist, preprocess
 from onnx_eprune.evaluate import accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "bench" / "models" / "wide_fmnist.onnx"
 CALIB = ROOT.parent / "shared" / "reference" / "calib28.npy"
-WIDE_CONV = "/4/Conv"  # the convolution whose channels the wide Gemm reads (torch.nn.Sequential index 4)
-RUNS = {"entropic": {}, "entropic, frozen": {"exclude": [WIDE_CONV]}, "l1": {"method": "l1"},
-        "l1, frozen": {"method": "l1", "exclude": [WIDE_CONV]}}
 
 
-def measure(target: float, run: str, x: np.ndarray, y: np.ndarray, calib: np.ndarray) -> dict:
+@dataclass(frozen=True)
+class Model:
+    """A benchmark model: its file, the convolution whose channels the Gemm or MatMul reads
+    (and its channel count), and whether it takes NHWC images scaled to [0, 1] (Keras) rather
+    than the reference models' normalised NCHW ones."""
+
+    path: Path
+    conv: str
+    channels: int
+    keras: bool = False
+
+    def images(self, x: np.ndarray) -> np.ndarray:
+        """``x``, preprocessed as ``datasets.preprocess`` does, in this model's form."""
+        return np.ascontiguousarray((x * STD + MEAN).transpose(0, 2, 3, 1)) if self.keras else x
+
+
+MODELS = {
+    # the convolution torch.nn.Sequential calls /4/Conv (its index 4)
+    "wide": Model(ROOT / "bench" / "models" / "wide_fmnist.onnx", "/4/Conv", 96),
+    "keras_flatten": Model(ROOT / "bench" / "models" / "keras_flatten_fmnist.onnx",
+                           "keras_flatten_fmnist_1/conv2d_1_2/BiasAdd", 64, keras=True),
+}
+RUNS = {"entropic": {}, "entropic, frozen": {"exclude": ["CONV"]}, "l1": {"method": "l1"},
+        "l1, frozen": {"method": "l1", "exclude": ["CONV"]}}
+
+
+def measure(model: Model, target: float, run: str, x: np.ndarray, y: np.ndarray, calib: np.ndarray) -> dict:
+    options = {k: [model.conv] if k == "exclude" else v for k, v in RUNS[run].items()}
     t0 = time.perf_counter()
-    result = onnx_eprune.prune(str(MODEL), calib, sparsity=target, **RUNS[run])
+    result = onnx_eprune.prune(str(model.path), calib, sparsity=target, **options)
     seconds = time.perf_counter() - t0
     report = result.report
-    wide = next(g for g in report["groups"] if g["producers"] and g["producers"][0] == WIDE_CONV)
+    wide = next(g for g in report["groups"] if g["producers"] and g["producers"][0] == model.conv)
     return {"target": target, "run": run, "accuracy": accuracy(result.model, x, y),
             "params_removed": report["params"]["removed_fraction"], "macs_removed": report["macs"]["removed_fraction"],
             "wide_channels": wide["channels_after"], "wide_frozen": wide["frozen"],
@@ -61,7 +93,8 @@ def markdown(record: dict) -> str:
     for r in record["rows"]:
         drop = 100 * (record["original"] - r["accuracy"])
         lines.append(f"| {r['target']:g} | {r['run']} | {100 * r['accuracy']:.2f}% ({drop:.2f}) | "
-                     f"{100 * r['params_removed']:.1f}% | {100 * r['macs_removed']:.1f}% | {r['wide_channels']} / 96 | "
+                     f"{100 * r['params_removed']:.1f}% | {100 * r['macs_removed']:.1f}% | {r['wide_channels']} / "
+                     f"{record.get('channels', 96)} | "
                      f"{r['gemm_refit']} | {r['seconds']:.1f} |")
     return "\n".join(lines)
 
@@ -69,6 +102,7 @@ def markdown(record: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--model", choices=sorted(MODELS), default="wide")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.8, 0.9])
     ap.add_argument("--markdown", action="store_true", help="print the table of an earlier run")
     args = ap.parse_args()
@@ -78,17 +112,18 @@ def main() -> int:
     if not fashion_mnist_available():
         print("needs dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist)", file=sys.stderr)
         return 2
+    model = MODELS[args.model]
     images, labels = load_fashion_mnist("test")
-    x, y = preprocess(images), labels.astype(np.int64)
-    calib = np.load(CALIB)
+    x, y = model.images(preprocess(images)), labels.astype(np.int64)
+    calib = model.images(np.load(CALIB))
     import onnx
 
     record = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}",
-              "onnx_eprune": onnx_eprune.__version__, "test_images": len(y),
-              "original": accuracy(onnx.load(str(MODEL)), x, y), "rows": []}
+              "onnx_eprune": onnx_eprune.__version__, "model": args.model, "channels": model.channels,
+              "test_images": len(y), "original": accuracy(onnx.load(str(model.path)), x, y), "rows": []}
     for target in args.sparsity:
         for run in RUNS:
-            record["rows"].append(measure(target, run, x, y, calib))
+            record["rows"].append(measure(model, target, run, x, y, calib))
             print(json.dumps(record["rows"][-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")

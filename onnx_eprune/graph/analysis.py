@@ -27,7 +27,7 @@ from .groups import (QUANTIZED, ChannelGroup, Consumer, GraphAnalysis, ParamSlic
                      SplitSizes, node_label)
 from .geometry import conv_geometry, transposed_geometry
 from .layout import Segment, Spaces, couple, flatten, offsets
-from .model_io import implicit_inputs, overridable_initializers, unbatched_inputs
+from .model_io import fixed_batch, implicit_inputs, overridable_initializers, unbatched_inputs
 
 # Ops that act on each element independently: channel c in is channel c out.
 ELEMENTWISE_UNARY = frozenset({
@@ -113,6 +113,10 @@ class _Analyzer:
         # a weight several Convs apply -> (its first application's input layout, output layout)
         self.tied: dict[str, tuple[list[Segment], list[Segment]]] = {}
         self.graph_outputs = {out.name for out in self.graph.output}
+        # a batch of any size: the shapes were probed at one sample, so a constant 1 where
+        # the batch size goes (a Slice to the first sample) cuts the batch all the same
+        self.free_batch = fixed_batch(model) is None and not unbatched_inputs(model)
+        self.batch_cut: dict[str, str] = {}  # tensor -> the op after which its first axis is no batch
 
     # -- helpers -----------------------------------------------------------------------
     def weights_reason(self, label: str, names: list[str | None]) -> str | None:
@@ -314,6 +318,7 @@ class _Analyzer:
                                 "element-wise ops on it alone and the Gemm or MatMul that reads it")
                 continue
             handler(node, index)
+            self.follow_batch_cut(node, index)
             if flat and node.op_type in ELEMENTWISE_UNARY and node.output[0] in self.layouts \
                     and self.layouts[node.output[0]] is self.layouts.get(node.input[0]):
                 self.position_major[node.output[0]] = flat[0]
@@ -323,6 +328,30 @@ class _Analyzer:
         for out in self.graph.output:
             self.freeze_layout(self.layout(out.name), "reaches a graph output")
         return self.collect()
+
+    def cut_batch(self, node: onnx.NodeProto, index: int, reason: str) -> None:
+        """``node`` changes the batch axis (keeps some samples, or sets the batch size): its
+        channels freeze, and so do those of every tensor computed from its outputs, whose
+        rows are no longer one per sample (:meth:`follow_batch_cut`)."""
+        self.freeze_all(node, index, reason)
+        for name in node.output:
+            if name:
+                self.batch_cut[name] = f"{node_label(node, index)} ({reason})"
+
+    def follow_batch_cut(self, node: onnx.NodeProto, index: int) -> None:
+        """Freeze the outputs of ``node`` where it reads a tensor whose batch was cut."""
+        cut = next((self.batch_cut[n] for n in self.reads[index] if n in self.batch_cut), None)
+        if cut is None:
+            return
+        for name in node.output:
+            if name and name not in self.batch_cut:
+                self.batch_cut[name] = cut
+                self.freeze_layout(self.layout(name), f"computed after {cut}: no row per sample")
+
+    def sets_batch(self, v: int, probed: int) -> bool:
+        """Whether a constant ``v`` given as a tensor's first dimension (a Reshape target's,
+        a Resize's size) makes it other than the batch of ``probed`` samples it had."""
+        return v not in (0, -1, probed) or (self.free_batch and v > 0)
 
     def reread_channels_first(self, node: onnx.NodeProto, index: int) -> None:
         """An op that needs channels on axis 1 reads a tensor whose followed channels sit on
@@ -682,9 +711,9 @@ class _Analyzer:
         x, target = node.input[0], node.input[1]
         shape_in, shape_out = self.shapes.get(x), self.shapes.get(node.output[0])
         layout = self.layout(x)
-        spec = self.value(target)
+        spec, count = self.value(target), (target, 1)  # count: where the target's feature count is stored
         if spec is None:
-            spec = self.batch_target(target, x)
+            spec, count = self.batch_target(target, x)
         if self.unflatten(node, index, shape_in, shape_out, layout, spec):
             return
         # channels on another axis than 1 or the last flatten in an order the consumers do not
@@ -704,45 +733,79 @@ class _Analyzer:
         for pos, v in enumerate(spec):
             if v not in (0, -1) and pos == 1:
                 for seg in layout:
-                    self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, 1, node.output[0]))
-            elif pos == 0 and v not in (0, -1, shape_in[0]):
-                self.freeze_all(node, index, "Reshape with a fixed batch size that differs")
+                    self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, *count, node.output[0]))
+            elif pos == 0 and self.sets_batch(int(v), shape_in[0]):
+                self.cut_batch(node, index, "Reshape that sets the batch size")
                 return
 
-    def batch_target(self, target: str, x: str) -> np.ndarray | None:
-        """The value of a Reshape target ``Concat(batch, [-1])`` that starts with ``x``'s own
-        batch size (PyTorch's ``x.view(x.size(0), -1)``), the batch entry written as 0 (a
-        Reshape reads 0 as "x's size there"). None when the target is built otherwise, or
-        holds a feature count: only a constant target can be rewritten."""
+    def batch_target(self, target: str, x: str) -> tuple[np.ndarray | None, tuple[str, int] | None]:
+        """The value of a Reshape target ``Concat(batch, [k])`` (behind Casts) that starts
+        with ``x``'s own batch size (PyTorch's ``x.view(x.size(0), -1)``; tf2onnx's Keras
+        Flatten, ``[N, H*W*C]``), the batch entry written as 0 (a Reshape reads 0 as "x's
+        size there"), and where its feature count k is stored: a constant of its own, which
+        the rewrite edits (None for -1). (None, None) when the target is built otherwise."""
         concat = self.producer_node.get(target)
-        if concat is None or concat.op_type != "Concat" or not self.reads_batch_size(concat.input[0], x):
-            return None
+        while concat is not None and concat.op_type == "Cast":
+            concat = self.producer_node.get(concat.input[0])
+        if concat is None or concat.op_type != "Concat" or int(_attrs(concat).get("axis", 0)) not in (0, -1) \
+                or not self.reads_batch_size(concat.input[0], x):
+            return None, None
         rest = [self.value(part) for part in concat.input[1:]]
         if any(v is None for v in rest):
-            return None
+            return None, None
         tail = [int(v) for part in rest for v in np.ravel(part)]
-        return np.array([0, *tail], dtype=np.int64) if all(v == -1 for v in tail) else None
+        if all(v == -1 for v in tail):
+            return np.array([0, *tail], dtype=np.int64), None
+        stored = concat.input[1]
+        if len(tail) == 1 and tail[0] > 0 and stored in self.init_by_name and self.use_count.get(stored, 0) == 1:
+            return np.array([0, tail[0]], dtype=np.int64), (stored, 0)
+        return None, None
 
     def reads_batch_size(self, name: str, x: str) -> bool:
-        """Whether ``name`` is the 1-element vector ``x.shape[0]``: ``Unsqueeze(Gather(Shape(x), 0))``,
-        ``Gather(Shape(x), [0])`` or ``Slice(Shape(x), 0, 1)``. That no other entry of the
-        Shape (the channel count) goes anywhere is :meth:`op_Shape`'s check."""
+        """Whether ``name`` is the batch size of ``x`` as a scalar or 1-element vector: taken
+        from ``Shape(x)`` (or the Shape of a tensor that a Transpose keeping the batch axis
+        first turns into ``x``) by Gather, Slice, Cast, Unsqueeze and Squeeze. That no other
+        entry of the Shape (the channel count) goes anywhere is :meth:`op_Shape`'s check."""
+        return self.shapes.get(name) in ((), (1,)) and 0 in self.batch_entries(name, x)
+
+    def batch_entries(self, name: str, x: str, depth: int = 0) -> set[int]:
+        """The entries of the shape-valued tensor ``name`` that hold ``x``'s batch size."""
         node = self.producer_node.get(name)
-        if node is not None and node.op_type == "Unsqueeze" and self.shapes.get(name) == (1,):
-            node = self.producer_node.get(node.input[0])
-        if node is None or node.op_type not in ("Gather", "Slice") or self.shapes.get(node.output[0]) not in ((), (1,)):
-            return False
-        shape = self.producer_node.get(node.input[0])
-        rank = len(self.shapes.get(x, ()))
-        if shape is None or shape.op_type != "Shape" or shape.input[0] != x or rank == 0 \
-                or int(_attrs(shape).get("start", 0)) % rank != 0:
-            return False
-        if node.op_type == "Gather":
-            index = self.value(node.input[1])
-            return index is not None and index.size == 1 and int(index.reshape(-1)[0]) == 0
-        bounds = self.slice_inputs(node)  # one entry, from 0 with step 1: entry 0
-        return bounds is not None and int(np.ravel(bounds[0])[0]) == 0 \
-            and (bounds[3] is None or int(np.ravel(bounds[3])[0]) == 1)
+        if node is None or depth > 16:
+            return set()
+        src = node.input[0] if node.input else ""
+        if node.op_type == "Shape":
+            rank = len(self.shapes.get(src, ()))
+            keeps_batch = rank and int(_attrs(node).get("start", 0)) % rank == 0 and self.batch_of(src, x)
+            return {0} if keeps_batch else set()
+        if node.op_type in ("Cast", "Identity") or (node.op_type in ("Unsqueeze", "Squeeze")
+                                                     and self.shapes.get(src) in ((), (1,))):
+            return self.batch_entries(src, x, depth + 1)
+        entries = self.batch_entries(src, x, depth + 1)
+        if not entries:
+            return set()
+        if node.op_type == "Gather" and int(_attrs(node).get("axis", 0)) == 0:
+            taken = self.value(node.input[1])
+            return set() if taken is None else {j for j, i in enumerate(np.ravel(taken)) if int(i) in entries}
+        bounds = self.slice_inputs(node) if node.op_type == "Slice" else None
+        if bounds is None or (bounds[3] is not None and np.any(np.ravel(bounds[3]) != 1)) \
+                or (bounds[2] is not None and np.ravel(bounds[2]).tolist() not in ([0], [-1])):
+            return set()
+        lo, hi = _clamp(int(np.ravel(bounds[0])[0]), int(np.ravel(bounds[1])[0]), self.shapes.get(src, (0,))[0])
+        return {j - lo for j in entries if lo <= j < hi}
+
+    def batch_of(self, y: str, x: str) -> bool:
+        """Whether tensor ``y``'s first axis is ``x``'s batch axis: ``y`` is ``x``, or ``x``
+        is ``y`` through Transposes that keep the first axis first (tf2onnx reads the shape
+        of a map before the Transpose to NHWC that the Reshape flattens)."""
+        for _ in range(16):
+            if x == y:
+                return True
+            node = self.producer_node.get(x)
+            if node is None or node.op_type != "Transpose" or [int(p) for p in _attrs(node).get("perm", [])][:1] != [0]:
+                return False
+            x = node.input[0]
+        return False
 
     def unflatten(self, node: onnx.NodeProto, index: int, shape_in, shape_out, layout, spec) -> bool:
         """(N, C) -> (N, C, 1, 1) by a constant target, as SE blocks written with Keras
@@ -752,7 +815,8 @@ class _Analyzer:
         if shape_in is None or shape_out is None or spec is None or len(shape_in) != 2 or len(shape_out) < 3 \
                 or tuple(shape_out[:2]) != tuple(shape_in) or any(d != 1 for d in shape_out[2:]) \
                 or not isinstance(layout, list) or any(seg.factor != 1 for seg in layout) or self.axis(node.input[0]) != 1 \
-                or self.use_count.get(target, 0) != 1 or len(spec) != len(shape_out) or spec[0] not in (0, -1, shape_in[0]):
+                or self.use_count.get(target, 0) != 1 or len(spec) != len(shape_out) \
+                or self.sets_batch(int(spec[0]), shape_in[0]):
             return False
         if spec[1] not in (0, -1):
             for seg in layout:
@@ -856,27 +920,43 @@ class _Analyzer:
         skips_channels = rank > 1 and not (start <= caxis < end)
         # a graph output that holds the channel count would change with the pruning
         safe = skips_channels or node.output[0] not in self.graph_outputs and all(
-            self.reads_other_axes(n, node.output[0], start, end, caxis) or self.resizes_itself(n, node.input[0])
-            for n in self.consumer_nodes.get(node.output[0], []))
+            self.reads_other_axes(n, node.output[0], {caxis - start}, max(end - start, 1))
+            or self.resizes_itself(n, node.input[0]) for n in self.consumer_nodes.get(node.output[0], []))
         if not safe:
             self.freeze_layout(self.layout(node.input[0]), "its channel count is read by a Shape op")
         self.consts[node.output[0]] = None
 
-    def reads_other_axes(self, reader: onnx.NodeProto, shape: str, start: int, end: int, caxis: int) -> bool:
-        """Whether ``reader`` takes only entries of the shape vector ``shape`` (axes
-        ``start..end`` of a tensor) other than the channel axis ``caxis``: a Gather of one
-        entry, or a Slice with constant bounds (``Slice(Shape(skip), 2, 4)``: its H and W)."""
+    def reads_other_axes(self, reader: onnx.NodeProto, shape: str, channel: set[int], n: int,
+                         depth: int = 0) -> bool:
+        """Whether ``reader`` takes only entries of the shape vector ``shape`` (``n`` entries)
+        other than those in ``channel`` (which hold a channel count): a Gather of entries, or
+        a Slice with constant bounds (``Slice(Shape(skip), 2, 4)``: its H and W), or a Cast;
+        where what it takes still holds a channel count, every reader of its output must
+        take only other entries in turn (tf2onnx's ``Slice(Cast(Gather(Shape(x), perm)), 0,
+        1)``: the batch size of the NHWC map)."""
         if reader.input[0] != shape:
             return False
-        n = max(end - start, 1)
-        if reader.op_type == "Gather":
+        if reader.op_type in ("Cast", "Identity"):
+            taken = list(range(n))
+        elif reader.op_type == "Gather" and int(_attrs(reader).get("axis", 0)) == 0:
             v = self.value(reader.input[1])
-            return v is not None and v.size == 1 and start + int(v.reshape(-1)[0]) % n != caxis
-        bounds = self.slice_inputs(reader) if reader.op_type == "Slice" and len(reader.input) >= 3 else None
-        if bounds is None or (bounds[3] is not None and np.any(np.ravel(bounds[3]) != 1)):
+            if v is None:
+                return False
+            taken = [int(i) % n for i in np.ravel(v)]
+        else:
+            bounds = self.slice_inputs(reader) if reader.op_type == "Slice" and len(reader.input) >= 3 else None
+            if bounds is None or (bounds[3] is not None and np.any(np.ravel(bounds[3]) != 1)):
+                return False
+            lo, hi = _clamp(int(np.ravel(bounds[0])[0]), int(np.ravel(bounds[1])[0]), n)
+            taken = list(range(lo, hi))
+        held = {j for j, i in enumerate(taken) if i in channel}
+        out = reader.output[0]
+        if not held:
+            return True
+        if depth >= 16 or out in self.graph_outputs:
             return False
-        lo, hi = _clamp(int(np.ravel(bounds[0])[0]), int(np.ravel(bounds[1])[0]), n)
-        return not start + lo <= caxis < start + hi
+        return all(self.reads_other_axes(r, out, held, max(len(taken), 1), depth + 1)
+                   for r in self.consumer_nodes.get(out, []))
 
     def sizes_from_own_shape(self, sizes: str, x: str) -> bool:
         """Whether a Resize's ``sizes`` is ``Concat(Slice(Shape(x), 0, 2), ...)`` of its own
@@ -1005,8 +1085,8 @@ class _Analyzer:
         axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in np.ravel(axes)]
         steps = [1] * len(axes) if steps is None else [int(v) for v in np.ravel(steps)]
         spec = dict(zip(axes, zip(np.ravel(starts).tolist(), np.ravel(ends).tolist(), steps)))
-        if 0 in spec and spec[0][:2] != (0, shape[0]) and spec[0][1] < 2 ** 62:
-            self.freeze_all(node, index, "Slice of the batch axis")
+        if 0 in spec and (spec[0][:2] != (0, shape[0]) or self.free_batch) and spec[0][1] < 2 ** 31 - 1:
+            self.cut_batch(node, index, "Slice of the batch axis")
             return
         caxis = self.axis(x)
         if caxis not in spec:
@@ -1084,6 +1164,10 @@ class _Analyzer:
             return
         sizes = node.input[3] if len(node.input) > 3 and node.input[3] else None
         axes = _resize_axes(node, len(si))
+        value = self.value(sizes) if sizes is not None and 0 in axes else None
+        if value is not None and self.sets_batch(int(np.ravel(value)[axes.index(0)]), si[0]):
+            self.cut_batch(node, index, f"{node.op_type} that sets the batch size")
+            return
         entry = axes.index(caxis) if caxis in axes else None  # sizes[entry] is the channel count
         if sizes is not None and (entry is None or self.sizes_from_own_shape(sizes, x)):
             sizes = None  # it leaves the channel axis out, or reads x's own channel count at run time
