@@ -209,14 +209,16 @@ def load_labels(labels, samples: int, classes: int | None, output: str) -> np.nd
     if classes is None:
         raise UsageError(f"labels give the accuracy of the model's first output, {output!r}, which holds no "
                          "(samples, classes) scores; measure without labels, or put the classifier output first")
-    what = f"labels file {labels}" if isinstance(labels, (str, os.PathLike)) else "labels"
-    y = read_labels(labels) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
+    path = isinstance(labels, (str, os.PathLike))
+    what = f"labels file {labels}" if path else "labels"
+    y = read_labels(labels) if path else np.asarray(labels)
     if y.ndim > 1 and y.size != len(y):
         raise UsageError(f"{what} has shape {y.shape}; give one class index per sample (of one-hot rows, their "
                          "argmax(1))")
     y = y.reshape(-1)
     if len(y) != samples:
-        raise UsageError(f"{len(y)} labels for {samples} samples")
+        holder = f"{what} holds " if path else ""  # the file to fix, where there is one
+        raise UsageError(f"{holder}{len(y)} labels for {samples} samples")
     if y.dtype.kind not in "iuf":  # booleans, strings, dates: not class indices
         raise UsageError(f"{what} holds {y.dtype} values; give integer class indices")
     whole = np.isfinite(y) & (y == np.round(y)) if y.dtype.kind == "f" else np.ones(len(y), bool)

@@ -18,8 +18,9 @@ CALIB = np.random.default_rng(5).normal(size=(64, 3, 8, 8)).astype(np.float32)
 
 
 def _cut_model(cut: str, batch: int | str = "N") -> onnx.ModelProto:
-    """conv0 (3->8) -> Relu -> conv1 (8->8) -> Relu -> ``cut`` -> conv2 (8->8) -> Relu ->
-    conv3 (8->8) -> Relu -> GlobalAveragePool -> Flatten -> fc (8->10) = y."""
+    """conv0 (3->8) -> Relu -> conv1 (8->8) -> Relu -> ``cut`` [-> LRN, an op the analysis
+    does not follow: ``cut`` "slice_lrn"] -> conv2 (8->8) -> Relu -> conv3 (8->8) -> Relu ->
+    GlobalAveragePool -> Flatten -> fc (8->10) = y."""
     rng = np.random.default_rng(0)
     inits, nodes = [], []
 
@@ -35,13 +36,17 @@ def _cut_model(cut: str, batch: int | str = "N") -> onnx.ModelProto:
         return f"{name}.r"
 
     h = conv(conv("x", 3, "conv0"), 8, "conv1")
-    if cut == "slice":
+    if cut.startswith("slice"):
         nodes.append(helper.make_node("Slice", [h, const("lo", [0], np.int64), const("hi", [1], np.int64),
                                                 const("ax", [0], np.int64)], ["cut"], name="cut"))
     else:
         nodes.append(helper.make_node("Resize", [h, "", "", const("sizes", [1, 8, 8, 8], np.int64)], ["cut"],
                                       name="cut", mode="nearest"))
-    h = conv(conv("cut", 8, "conv2"), 8, "conv3")
+    h = "cut"
+    if cut == "slice_lrn":
+        nodes.append(helper.make_node("LRN", ["cut"], ["lrn"], size=3))
+        h = "lrn"
+    h = conv(conv(h, 8, "conv2"), 8, "conv3")
     nodes.append(helper.make_node("GlobalAveragePool", [h], ["gap"]))
     nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], axis=1))
     nodes.append(helper.make_node("Gemm", ["flat", const("fc.w", rng.normal(0, 0.3, (10, 8))),
@@ -59,7 +64,7 @@ def _group(report: dict, producer: str) -> dict:
     return next(g for g in report["groups"] if producer in g["producers"])
 
 
-@pytest.mark.parametrize("cut", ["slice", "resize"])
+@pytest.mark.parametrize("cut", ["slice", "resize", "slice_lrn"])
 def test_a_batch_cut_freezes_what_it_reads_and_everything_after_it(cut):
     """conv3 reads conv2's channels one row per batch: its statistics would meet 1 image
     where 64 positions' keys were drawn (a raw ValueError before session 52)."""

@@ -169,6 +169,29 @@ def test_crop_scales_a_larger_image(tmp_path):
     np.testing.assert_allclose(x[0], np.asarray(half, np.float32).transpose(2, 0, 1), atol=1.0)
 
 
+def test_crop_takes_every_image_size_to_every_target():
+    """The centred box of a source whose aspect differs from the target's can come out a
+    rounding error outside the image (770x440 to 224: top = -2.8e-14), which Pillow refuses."""
+    from onnx_eprune.calibrate.images import _resize
+
+    grid = [(w, h) for w in range(1, 400, 13) for h in range(1, 400, 11)]
+    photos = [(770, 440), (130, 97), (640, 480), (1024, 768), (800, 600), (1920, 1080), (1280, 720), (854, 480),
+              (3000, 2000), (1500, 1000), (600, 400)]
+    for w, h in grid + photos:
+        img = Image.new("L", (w, h))
+        for target in [(224, 224), (28, 28), (32, 32), (299, 299), (24, 40)]:
+            assert _resize(img, target, "short-side-center-crop", Image).size == target[::-1], (w, h, target)
+
+
+def test_crop_reads_sizes_that_once_failed(tmp_path, caplog):
+    for w, h in [(770, 440), (130, 97)]:
+        _write(tmp_path / "odd" / f"{w}x{h}.png", _rgb(w, h, w))
+    with caplog.at_level(logging.WARNING):
+        x = load_image_folder(tmp_path / "odd", DYNAMIC, size=224)
+    assert x.shape == (2, 3, 224, 224)
+    assert "skipping" not in caplog.text
+
+
 def test_stretch_keeps_the_sides(tmp_path):
     x = load_image_folder(_stripes(tmp_path), NCHW_RGB, resize="stretch")
     assert x.shape == (1, 3, 8, 8)

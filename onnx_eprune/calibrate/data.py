@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import re
 import zipfile
@@ -83,7 +84,9 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
     calibrating it (checked, but no warning about few samples).
 
     An object with ``__array__`` (a CPU torch tensor, say) counts as an array, not as an
-    iterable of batches: iterating one would yield single samples. Exceptions that the
+    iterable of batches: iterating one would yield single samples; so does a list or tuple
+    of nested lists of numbers (``array.tolist()``), while a list holding arrays is a list
+    of batches (:func:`_nested_numbers`). Exceptions that the
     user's iterable or reader raises propagate unchanged: they are the caller's own.
     """
     inputs = model_inputs(model)
@@ -94,7 +97,7 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
         raise UsageError("give the calibration file's path as a str or pathlib.Path, not bytes")
     if isinstance(source, str):  # before the arrays: numpy's str_ is a str that converts to an array
         source = str(source)
-    elif _array_like(source):
+    elif _array_like(source) or _nested_numbers(source):
         source = _as_array(source, "the calibration data")
     if hasattr(source, "get_next"):  # onnxruntime.quantization.CalibrationDataReader
         source = _batches(iter(source.get_next, None), inputs, samples)
@@ -125,7 +128,7 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
     if not probe:
         if not held_out:
             warn_if_few(n)
-        check_values(arrays)
+        check_values(arrays, held_out)
     return CalibrationData(arrays)
 
 
@@ -144,25 +147,28 @@ def warn_if_few(samples: int) -> None:
         log.warning("only %d calibration samples: statistics will be noisy (a few hundred are advised)", samples)
 
 
-def check_values(arrays: dict[str, np.ndarray]) -> None:
+def check_values(arrays: dict[str, np.ndarray], held_out: bool = False) -> None:
     """Inputs that do not vary carry no information to choose channels from; values that
-    overflowed when cast to the model's float type would poison the statistics."""
+    overflowed when cast to the model's float type would poison the statistics. ``held_out``:
+    the arrays are held-out data (``--data``), which the messages then name as such."""
+    what = "held-out" if held_out else "calibration"
     constant = []
     for name, a in arrays.items():
         if a.dtype.kind != "f" or a.size == 0:
             continue
         lo, hi = np.min(a), np.max(a)
         if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise UsageError(f"calibration array for {name!r} has values beyond the range of {a.dtype} (the "
+            raise UsageError(f"{what} array for {name!r} has values beyond the range of {a.dtype} (the "
                              "model's input type); rescale the data the way the model expects")
         if lo == hi:
             constant.append((name, float(lo)))
     if constant and len(constant) == len(arrays):
         name, value = constant[0]
-        raise UsageError(f"calibration array for {name!r} is constant (every value is {value:g}); calibrate on "
-                         "real, varying inputs (check how the file was made)")
+        advice = "measure on" if held_out else "calibrate on"
+        raise UsageError(f"{what} array for {name!r} is constant (every value is {value:g}); {advice} real, varying "
+                         "inputs (check how the file was made)")
     for name, value in constant:
-        log.warning("calibration input %r is constant (every value is %g)", name, value)
+        log.warning("%s input %r is constant (every value is %g)", what, name, value)
 
 
 def _batches(batches, inputs, samples: int | None) -> dict[str, np.ndarray]:
@@ -207,6 +213,23 @@ def _array_like(value: object) -> bool:
     numpy's array interface) rather than being one."""
     return not isinstance(value, np.ndarray) and (
         isinstance(value, memoryview) or any(hasattr(value, a) for a in ("__array__", "__array_interface__")))
+
+
+def _nested_numbers(value: object) -> bool:
+    """Whether ``value`` is a list or tuple of numbers and of such lists at any depth (what
+    ``array.tolist()`` gives): one array, as numpy reads it, not a list of batches, which
+    would cut it into single samples. A list holding an array (or a tensor) at any depth is
+    a list of batches."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    pending = [value]
+    while pending:
+        for item in pending.pop():
+            if isinstance(item, (list, tuple)):
+                pending.append(item)
+            elif not isinstance(item, numbers.Number):
+                return False
+    return True
 
 
 def _as_array(value: object, what: str) -> np.ndarray:
@@ -311,7 +334,8 @@ def _validate(arrays: dict[str, np.ndarray], inputs, unbatched: frozenset[str] =
         if dtype is None:
             raise UsageError(f"model input {name!r} is not a float tensor; only float inputs can be calibrated")
         if a.dtype.kind not in "fiu" and a.dtype != np.bool_:
-            raise UsageError(f"calibration array for {name!r} has dtype {a.dtype}, expected numbers")
+            kind = "real numbers" if a.dtype.kind == "c" else "numbers"  # a complex array holds numbers too
+            raise UsageError(f"calibration array for {name!r} has dtype {a.dtype}, expected {kind}")
         dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
         if name in unbatched:  # one sample is the whole input: samples on an extra axis
             dims = [None] + dims

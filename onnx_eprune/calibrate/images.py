@@ -369,8 +369,10 @@ def _resize(img, target: tuple[int, int], policy: str, Image):
     if policy == "stretch":
         return img.resize((w, h), Image.BILINEAR)
     f = max(h / src_h, w / src_w)  # scale at which the image just covers the target
-    box_w, box_h = w / f, h / f  # the centred part of the source that lands in the target
-    left, top = (src_w - box_w) / 2, (src_h - box_h) / 2
+    # the centred part of the source that lands in the target; w / f can come out a hair
+    # over src_w (770x440 to 224: top = -2.8e-14), and Pillow refuses a box outside the image
+    box_w, box_h = min(w / f, src_w), min(h / f, src_h)
+    left, top = max((src_w - box_w) / 2, 0.0), max((src_h - box_h) / 2, 0.0)
     if f == 1.0 and left == int(left) and top == int(top):
         return img.crop((int(left), int(top), int(left) + w, int(top) + h))
     return img.resize((w, h), Image.BILINEAR, box=(left, top, left + box_w, top + box_h))

@@ -300,34 +300,38 @@ class _Analyzer:
                 for name in node.output:
                     self.consts[name] = None
                 continue
-            handler = getattr(self, f"op_{node.op_type}", None)
-            if node.domain not in ("", "ai.onnx"):
-                handler = None
-            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-                handler = None
-            if handler is None:
-                self.freeze_all(node, index, f"op {node.op_type} has {QUANTIZED}" if node.op_type in QUANTIZED_OPS
-                                else f"op {node.op_type} is not understood by the channel analysis")
-                continue
-            if node.op_type in CHANNELS_FIRST and self.axis(node.input[0]) != 1:
-                self.reread_channels_first(node, index)
-            flat = [self.position_major[n] for n in node.input if n in self.position_major]
-            if flat and node.op_type not in POSITION_MAJOR_READERS:
-                self.freeze_all(node, index, f"{node_label(node, index)} reads a map flattened channels last "
-                                "(position by position: Keras' Flatten of an NHWC map), where the analysis follows only "
-                                "element-wise ops on it alone and the Gemm or MatMul that reads it")
-                continue
-            handler(node, index)
-            self.follow_batch_cut(node, index)
-            if flat and node.op_type in ELEMENTWISE_UNARY and node.output[0] in self.layouts \
-                    and self.layouts[node.output[0]] is self.layouts.get(node.input[0]):
-                self.position_major[node.output[0]] = flat[0]
+            self.visit(node, index)
             for name in node.output:  # every output must end up with a layout
                 if name and name not in self.layouts and name not in self.consts:
                     self.opaque_output(name, f"output {name!r} of {node.op_type}")
+            self.follow_batch_cut(node, index)
         for out in self.graph.output:
             self.freeze_layout(self.layout(out.name), "reaches a graph output")
         return self.collect()
+
+    def visit(self, node: onnx.NodeProto, index: int) -> None:
+        """Give the outputs of ``node``, which reads an activation, their layouts."""
+        handler = getattr(self, f"op_{node.op_type}", None)
+        if node.domain not in ("", "ai.onnx"):
+            handler = None
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            handler = None
+        if handler is None:
+            self.freeze_all(node, index, f"op {node.op_type} has {QUANTIZED}" if node.op_type in QUANTIZED_OPS
+                            else f"op {node.op_type} is not understood by the channel analysis")
+            return
+        if node.op_type in CHANNELS_FIRST and self.axis(node.input[0]) != 1:
+            self.reread_channels_first(node, index)
+        flat = [self.position_major[n] for n in node.input if n in self.position_major]
+        if flat and node.op_type not in POSITION_MAJOR_READERS:
+            self.freeze_all(node, index, f"{node_label(node, index)} reads a map flattened channels last "
+                            "(position by position: Keras' Flatten of an NHWC map), where the analysis follows only "
+                            "element-wise ops on it alone and the Gemm or MatMul that reads it")
+            return
+        handler(node, index)
+        if flat and node.op_type in ELEMENTWISE_UNARY and node.output[0] in self.layouts \
+                and self.layouts[node.output[0]] is self.layouts.get(node.input[0]):
+            self.position_major[node.output[0]] = flat[0]
 
     def cut_batch(self, node: onnx.NodeProto, index: int, reason: str) -> None:
         """``node`` changes the batch axis (keeps some samples, or sets the batch size): its
