@@ -30,10 +30,10 @@ import numpy as np
 
 from .allocator import keep_freed_memory
 from .cli_parser import IMAGE_OPTIONS, build_parser
-from .errors import INTERRUPTED, TERMINATED, EPruneError, Terminated, TooManyImages, UsageError
-from .files import Replacing, same_file
+from .errors import EPruneError, TooManyImages, UsageError, stopped
+from .files import Replacing, forget_commits, outputs_committed, same_file
 from .select.reconstruct import THIN
-from .signals import signals_held
+from .signals import raise_terminated, signals_held
 
 # inspect probes the model on one zero sample: one above this many float32s (4 GiB) is a mistake
 PROBE_ELEMENTS = 2 ** 30
@@ -275,11 +275,12 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [(what, path) for what, path in named if path]
 
 
-def _check_output(output: str, option: str, inputs: list[tuple[str, str]]) -> None:
+def _check_output(output: str, option: str, inputs: list[tuple[str, str]], created: Path | None = None) -> None:
     """Refuse before any work: an output that is one of ``inputs`` (by any path), that exists
     but is no regular file (a device or a pipe would be replaced by a file), or that cannot
     be written (a name too long for the file system, a folder that is gone: also the current
-    one, deleted under the shell)."""
+    one, deleted under the shell). ``created``: a folder the run creates (a new
+    ``--report-dir``), where an output may go too."""
     if not output:
         raise UsageError(f"{option} is empty; give a file name")
     if output.endswith(("/", os.sep)):  # Path() would drop the slash that says "a folder"
@@ -295,6 +296,8 @@ def _check_output(output: str, option: str, inputs: list[tuple[str, str]]) -> No
             raise UsageError(f"{option} {out} exists and is not a regular file (a device, pipe or socket); give "
                              "the path of a file")
         folder = out.parent if str(out.parent) else Path(".")
+        if created is not None and folder.resolve() == created.resolve():
+            return  # _check_folder checked that it can be created
         if not folder.is_dir():
             raise UsageError(f"output folder does not exist: {folder}; create it first or choose another path")
         if not os.access(folder, os.W_OK):
@@ -315,14 +318,15 @@ def _large(model: str) -> bool:
         return False
 
 
-def _check_data_file(output: str, inputs: list[tuple[str, str]]) -> None:
+def _check_data_file(output: str, inputs: list[tuple[str, str]], created: Path | None) -> None:
     """A pruned model above 2 GB keeps its weights in ``<output>.data``: refuse, before any
-    work, an input there (an input's own weights) or a path there that cannot be written."""
+    work, an input there (an input's own weights) or a path there that cannot be written
+    (``created``: as :func:`_check_output`'s)."""
     data = Path(f"{output}.data")
     for what, path in inputs:
         if same_file(data, Path(path)):
             raise UsageError(f"-o {output} would keep its weights in {data}, {what}; choose another output name")
-    _check_output(str(data), "-o's data file", inputs)
+    _check_output(str(data), "-o's data file", inputs, created)
 
 
 def _check_report_dir(args: argparse.Namespace, names: tuple[str, ...] | None = None) -> None:
@@ -397,9 +401,10 @@ def _checked_inputs_and_output(args: argparse.Namespace) -> list[tuple[str, str]
     and the output, with its data file for a model above 2 GB, are checked against them."""
     _check_image_options(args)
     inputs = _inputs(args)
-    _check_output(args.output, "-o", inputs)
+    created = _new_folder(getattr(args, "report_dir", None))  # where the outputs may go too
+    _check_output(args.output, "-o", inputs, created)
     if _large(args.model):
-        _check_data_file(args.output, inputs)
+        _check_data_file(args.output, inputs, created)
     return inputs
 
 
@@ -413,7 +418,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         _check_stats_options(args)
     inputs = _checked_inputs_and_output(args)
     if args.report is not None:
-        _check_output(args.report, "--report", inputs)
+        _check_output(args.report, "--report", inputs, _new_folder(args.report_dir))
         if Path(args.report).resolve() == Path(args.output).resolve():
             raise UsageError("--report and -o name the same file; give the report its own path")
         if Path(args.report).resolve() == Path(f"{args.output}.data").resolve():
@@ -432,7 +437,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     del calib
     report = dict(result.report, input=str(args.model), output=str(args.output))
     # a failure or an interrupt anywhere here leaves every output as it was before the run
-    with Replacing(_new_folder(args.report_dir)) as outputs:
+    new_dir = _new_folder(args.report_dir)
+    with Replacing(new_dir) as outputs:
+        if new_dir is not None:
+            new_dir.mkdir()  # -o and --report may go into it too
         written = [_write_model(outputs, result.model, args.output, inputs)]
         if args.report:
             write_json(report, outputs.claim(args.report))
@@ -505,7 +513,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     inputs = _inputs(args)
     folder = _check_folder(args.report_dir, names, inputs)
     for target in targets if args.save_models and _large(args.model) else []:
-        _check_data_file(str(folder / _sweep_model_name(kind, target)), inputs)
+        _check_data_file(str(folder / _sweep_model_name(kind, target)), inputs, _new_folder(args.report_dir))
     model = _input_model(args.model, weights=False)
     data, labels, _names = _held_out(args, model)
     new_dir = _new_folder(args.report_dir)
@@ -524,6 +532,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.save_models:
             written += [_write_model(outputs, p.model, str(folder / _sweep_model_name(kind, p.target)), inputs)
                         for p in points]
+    earlier = sorted(set(folder.glob("pruned_*.onnx")) - set(written))
+    if earlier:  # an earlier sweep's: easy to take for this one's, which sweep.json describes
+        shown = ", ".join(p.name for p in earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+        log.warning("%s also holds %d model(s) that this sweep did not write (%s): sweep.json does not describe "
+                    "them", folder, len(earlier), shown)
     if not args.quiet:
         from .report_files import markdown_sweep
 
@@ -569,8 +582,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     except EPruneError as exc:
         raise _no_prunable_hint(exc, args.model) from None
     del calib
-    record = dict(_run_record(args, config, result.points[0]), search=result.as_dict(),
-                  runs=[dict(p.as_dict(), within_tolerance=result.within(p)) for p in result.points])
+    summary = result.as_dict()
+    runs = summary.pop("points")  # search.json keeps them as a sweep.json does, beside the summary
+    record = dict(_run_record(args, config, result.points[0]), search=summary, runs=runs)
     table = "\n".join(line for line in markdown_sweep(record).splitlines() if line.startswith("|"))
     if result.best is None:
         smallest = result.points[0]
@@ -578,7 +592,10 @@ def cmd_search(args: argparse.Namespace) -> int:
                           f"{result.measured(smallest)}; nothing was written (loosen the tolerance or give a smaller "
                           "--resolution)")
     report = dict(result.best.report, input=str(args.model), output=str(args.output))
-    with Replacing(_new_folder(args.report_dir)) as outputs:
+    new_dir = _new_folder(args.report_dir)
+    with Replacing(new_dir) as outputs:
+        if new_dir is not None:
+            new_dir.mkdir()  # -o may go into it too
         written = [_write_model(outputs, result.model, args.output, inputs)]
         if args.report_dir:
             for name in NAMES + SEARCH_NAMES:
@@ -587,7 +604,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.quiet:
         from .report_files import search_line
 
-        found = search_line(result.as_dict())[2:].replace("**", "")  # a list line, printed as plain text
+        found = search_line(summary)[2:].replace("**", "")  # a list line, printed as plain text
         _print_after_writing(f"{table}\n{found}\n{summary_table(report)}\nwrote " + ", ".join(map(str, written)),
                              written)
     return 0
@@ -845,10 +862,6 @@ def _standard_output() -> Iterator[None]:
         sys.stdout = stream
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (kill, a scheduler's time limit) unwinds the run as Ctrl-C does, through the
@@ -857,7 +870,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:
@@ -885,6 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv  # for a command line that does not parse; once it does, the option itself
     command = None
+    forget_commits()
     try:
         with _sigterm_as_interrupt(), _standard_output():
             parser = build_parser()
@@ -900,10 +914,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.verbose:  # numerical warnings are details; -v shows them
                     warnings.simplefilter("ignore")
                 return COMMANDS[command](args)
-    except Terminated:
-        return _fail(143, TERMINATED, debug)
-    except KeyboardInterrupt:
-        return _fail(130, INTERRUPTED, debug)
+    except KeyboardInterrupt as exc:  # SIGTERM too (Terminated)
+        return _fail(*stopped(exc, outputs_committed()), debug)
     except EPruneError as exc:
         return _fail(exc.exit_code, f"onnx-eprune: error: {_error_line(exc)}", debug)
     except MemoryError:

@@ -1,5 +1,15 @@
 """Exceptions that the command line turns into one-line messages and exit codes."""
 
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class EPruneError(Exception):
     """A runtime failure the user can act on (exit status 1)."""
@@ -37,3 +47,43 @@ INTERRUPTED = "onnx-eprune: error: interrupted; no partial output was left and t
 
 TERMINATED = "onnx-eprune: error: terminated (SIGTERM); no partial output was left and the input is untouched"
 """The one line a run stopped by SIGTERM ends with (exit status 143)."""
+
+
+def stopped(exc: KeyboardInterrupt, committed: bool) -> tuple[int, str]:
+    """The exit status and the one line of a run that Ctrl-C or SIGTERM (``exc``) stopped:
+    130 or 143 with :data:`INTERRUPTED` or :data:`TERMINATED`, or, where its outputs were
+    already in place (``committed``: it was printing its summary, or returning), 0 and a
+    line that says they hold its complete results."""
+    terminated = isinstance(exc, Terminated)
+    if committed:
+        return 0, (f"onnx-eprune: {'terminated' if terminated else 'interrupted'} after the outputs were written; "
+                   "they hold this run's complete results")
+    return (143, TERMINATED) if terminated else (130, INTERRUPTED)
+
+
+def checked_arguments(func: Callable[..., T]) -> Callable[..., T]:
+    """``func``, with arguments that do not fit its signature (a misspelt keyword, one too
+    many positional arguments, a required one missing) refused as a one-line
+    :class:`UsageError` naming the closest parameter, as ``prune`` refuses an unknown option,
+    rather than Python's TypeError."""
+    signature = inspect.signature(func)
+    named = [p.name for p in signature.parameters.values()
+             if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    listed = ", ".join(named) + (", and options by keyword" if any(
+        p.kind == inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()) else "")
+
+    @functools.wraps(func)
+    def checked(*args: object, **kwargs: object) -> T:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            unknown = [k for k in kwargs if k not in named]
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], named, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise UsageError(f"{func.__name__}() has no argument {unknown[0]!r}{hint}; its arguments are "
+                                 f"{listed}") from None
+            raise UsageError(f"{func.__name__}(): {exc}; its arguments are {listed}") from None
+        return func(*args, **kwargs)
+
+    return checked

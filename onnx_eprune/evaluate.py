@@ -16,7 +16,7 @@ from .calibrate.engine import Topology
 from .calibrate.sensitivity import comparison_outputs
 from .calibrate.session import (choose_providers, fixed_batch, make_session, probe_groups, run, samples_per_batch,
                                 unbatched_inputs)
-from .errors import UsageError
+from .errors import UsageError, checked_arguments
 from .files import require_file
 from .graph.costs import build_cost_model
 from .graph.groups import GraphAnalysis
@@ -248,6 +248,7 @@ def read_labels(path) -> np.ndarray:
     return y
 
 
+@checked_arguments
 def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     """Fidelity of ``pruned`` to ``original`` on ``data`` (a .npy/.npz path, an array or a
     dict of arrays, samples on axis 0).

@@ -17,15 +17,39 @@ from .errors import EPruneError, UsageError
 from .signals import signals_held
 
 
+def output_path(path: str | os.PathLike, what: str = "path") -> Path:
+    """``path`` as the Path of a file to write, or a one-line :class:`UsageError`: not a str
+    or path, empty, a folder, something other than a regular file (a device or a pipe,
+    which the rename would replace by a file: ``/dev/null`` itself, as root), or in a
+    folder that does not exist. ``what`` names it in the message."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError(f"{what} must be a str or os.PathLike, not {type(path).__name__}")
+    text = os.fspath(path)
+    if not text:
+        raise UsageError(f"{what} is empty; give a file name")
+    target = Path(text)
+    if text.endswith(("/", os.sep)) or target.is_dir():
+        raise UsageError(f"{what} {text} is a directory; give a file name")
+    if target.exists() and not target.is_file():
+        raise UsageError(f"{what} {text} exists and is not a regular file (a device, pipe or socket); give the "
+                         "path of a file")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"output folder does not exist: {folder}")
+    return target
+
+
 def write_atomic(target: Path, write: Callable[[BinaryIO], None], label: str | None = None) -> None:
     """Write ``target`` through ``write(file)`` so that it either appears whole or not at all.
 
     The data go to a temporary file beside ``target`` (same file system, so the final
     ``os.replace`` is atomic), flushed to disk first. A failed write raises EPruneError
     ``cannot write <label>: <reason>`` (``label`` defaults to the path) and leaves nothing
-    behind; the OSError stays attached as its context for the caller's hints.
+    behind; the OSError stays attached as its context for the caller's hints. A ``target``
+    that :func:`output_path` refuses is refused the same way, before anything is written.
     """
     label = label or str(target)
+    output_path(target, label)
     tmp = None
     try:
         tmp = temporary_beside(target)
@@ -52,6 +76,7 @@ class Replacing:
     def __init__(self, new_dir: Path | None = None):
         self.new_dir = new_dir
         self.claims: dict[Path, str | None] = {}  # path -> where its old version waits, if it had one
+        self.settled = False  # the new files made final, or the old ones back
 
     def claim(self, path: str | os.PathLike) -> Path:
         """Note that ``path`` is about to be written; returns it as a Path. A symbolic link
@@ -65,10 +90,18 @@ class Replacing:
         return self
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        with signals_held():  # a second Ctrl-C must not stop the undo half-way
-            self._finish(kind)
+        try:
+            with signals_held():  # a second Ctrl-C must not stop the commit or the undo half-way
+                self._finish(kind)
+        except BaseException:
+            if not self.settled:  # a signal came before it was held: the block was interrupted after all
+                with signals_held():
+                    self._finish(KeyboardInterrupt)
+            raise
 
     def _finish(self, kind: type | None) -> None:
+        """Make the claimed files final (``kind`` None: the block succeeded) or put the old
+        ones back (the exception type that ended it)."""
         for path, old in reversed(list(self.claims.items())):
             if kind is None or old is None:
                 _remove(old if kind is None else path)
@@ -83,6 +116,24 @@ class Replacing:
         if kind is not None and self.new_dir is not None and self.new_dir.is_dir() and \
                 not any(self.new_dir.iterdir()):
             self.new_dir.rmdir()
+        self.settled = True
+        if kind is None and self.claims:
+            _COMMITTED.append(tuple(self.claims))
+
+
+# the files of the Replacing blocks that were made final since forget_commits(): an interrupt
+# that comes after them (the command prints its summary) has nothing left to stop or undo
+_COMMITTED: list[tuple[Path, ...]] = []
+
+
+def outputs_committed() -> bool:
+    """Whether a :class:`Replacing` block made its files final since :func:`forget_commits`."""
+    return bool(_COMMITTED)
+
+
+def forget_commits() -> None:
+    """Start a new run: no outputs committed yet."""
+    _COMMITTED.clear()
 
 
 def _remove(path: str | Path | None) -> None:

@@ -10,13 +10,14 @@ import onnx
 
 from .calibrate.data import load_calibration, model_inputs
 from .calibrate.session import choose_providers, probe_groups
-from .errors import UsageError
+from .errors import UsageError, checked_arguments
 from .graph.costs import build_cost_model
 from .graph.exclude import check_patterns, exclude_groups
 from .graph.groups import QUANTIZED, node_label
 from .graph.model_io import as_model, check_model_arg, fixed_dims, normalize, read_provenance
 
 
+@checked_arguments
 def inspect(model: onnx.ModelProto | str | os.PathLike, sample=None, exclude: Sequence[str] = ()) -> dict:
     """Channel groups of ``model`` and how much of it pruning can reach.
 

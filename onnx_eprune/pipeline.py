@@ -29,8 +29,8 @@ from .calibrate.session import BATCH_BYTES, choose_providers, make_session, prob
 from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, PooledStats,
                               channel_bases, conv_patches, positions_per_sample, reduce_rows, sample_positions)
 from .config import PruneConfig, check_progress, make_config
-from .errors import EPruneError, UsageError
-from .files import same_file
+from .errors import EPruneError, UsageError, checked_arguments
+from .files import output_path, same_file
 from .graph import analysis as channel_analysis
 from .graph.costs import CostModel, build_cost_model
 from .graph.exclude import exclude_groups
@@ -53,6 +53,8 @@ VALIDATION_BYTES = 256 << 20  # ... at most as many as whose compared outputs ta
 # of the metric and the target takes more than TAKEN_WARN of what the others hold: the
 # accuracy then goes with layers emptied, whatever the selection
 FROZEN_WARN = 0.25
+# the options that change what calibrate() computes (the others are prune's)
+CALIBRATE_OPTIONS = ("samples", "seed", "device", "batch_size", "positions")
 TAKEN_WARN = 0.8
 _METRIC_WORDS = {"params": "parameters", "macs": "MACs"}
 
@@ -145,8 +147,9 @@ class PruneResult:
         the 2 GB protobuf limit. Use this rather than ``onnx.save``: the pruned model of a
         large input still reads its unchanged weights from the input's data file.
 
-        :class:`UsageError` for a path that is not a str or path, in a missing folder, or
-        one of :attr:`inputs` (the original would be lost).
+        :class:`UsageError` for a path that is not a str or path, empty, a folder, an
+        existing device or pipe, in a missing folder, or one of :attr:`inputs` (the original
+        would be lost).
         """
         if not isinstance(path, (str, os.PathLike)):
             raise UsageError(f"path must be a str or os.PathLike, not {type(path).__name__}")
@@ -155,6 +158,7 @@ class PruneResult:
             if same_file(Path(path), source) or same_file(Path(f"{os.fspath(path)}.data"), source):
                 raise UsageError(f"refusing to overwrite {source}, an input of this run; save the pruned model "
                                  "to another path")
+        output_path(path)
         save_model(self.model, path, keep=self.inputs)
 
 
@@ -276,9 +280,10 @@ class Pruner:
         # config.batch_size at most: high-resolution inputs fetch GBs per sample
         self.batch_size = samples_per_batch(self.model, self.shapes, [c.input for c in consumers]
                                             + [c.output for c in consumers] + self.outputs, config.batch_size)
-        if self.batch_size < config.batch_size:
-            log.info("calibration runs %d sample(s) at a time: %d would fetch over %.1f GiB of tensors",
-                     self.batch_size, config.batch_size, BATCH_BYTES / 2 ** 30)
+        wanted = min(config.batch_size, self.data.samples)  # a run holding fewer samples is not cut down by the cap
+        if self.batch_size < wanted:
+            log.debug("calibration runs %d sample(s) at a time: %d would fetch over %.1f GiB of tensors",
+                      self.batch_size, wanted, BATCH_BYTES / 2 ** 30)
         # the pruned model is compared with the original on this many calibration samples
         self.validation_samples = samples_per_batch(self.model, self.shapes, self.outputs,
                                                     min(VALIDATION_SAMPLES, self.validation_data.samples),
@@ -1108,6 +1113,7 @@ def _channels_of(blocks: np.ndarray, unit: int) -> np.ndarray:
     return spread(np.sort(np.asarray(blocks)), unit)
 
 
+@checked_arguments
 def prune(model, calib=None, config: PruneConfig | None = None, progress: Progress | None = None,
           stats: list | None = None, **options) -> PruneResult:
     """Prune whole channels of an ONNX CNN, choosing them from calibration data.
@@ -1147,17 +1153,24 @@ def prune(model, calib=None, config: PruneConfig | None = None, progress: Progre
     return replace(result, inputs=input_files(model, calib, sources))
 
 
+@checked_arguments
 def calibrate(model, calib, config: PruneConfig | None = None, progress: Progress | None = None, **options
               ) -> StatsBundle:
     """The statistics :func:`prune` needs, as a bundle to ``save(path)`` (an .npz) and pass
     to ``prune(model, stats=[...])`` later, alone or with other shards' bundles or files.
 
     ``model`` and ``calib`` take what :func:`prune` takes. Only ``samples``, ``seed``,
-    ``device``, ``batch_size`` and ``positions`` of the config matter (the others are
-    checked, then ignored); shards must use the same ``seed`` and ``positions``. The statistics cover every
-    group the analysis can prune, whatever ``exclude`` says, so one bundle serves any exclusion.
+    ``device``, ``batch_size`` and ``positions`` of the config matter: other keyword options
+    (a target, a method) would do nothing and are refused, as the command line refuses them,
+    while a ``config`` shared with :func:`prune` has its other fields checked, then ignored.
+    Shards must use the same ``seed`` and ``positions``. The statistics cover every group the
+    analysis can prune, whatever ``exclude`` says, so one bundle serves any exclusion.
     """
-    config = make_config(config, options)
+    config = make_config(config, options)  # an unknown option first: a typo gets its "did you mean"
+    idle = [name for name in options if name not in CALIBRATE_OPTIONS]
+    if idle:
+        raise UsageError(f"{idle[0]} does nothing in calibrate, which takes {', '.join(CALIBRATE_OPTIONS)}; "
+                         "give it to prune, which reads the statistics")
     if (config.sparsity, config.flops_reduction, config.keep_ratio) != (None, None, None):
         config.target()  # ignored, but checked as prune checks it
     check_model_arg(model)

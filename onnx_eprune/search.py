@@ -22,7 +22,7 @@ from pathlib import Path
 import onnx
 
 from .config import PruneConfig
-from .errors import EPruneError, UsageError
+from .errors import EPruneError, UsageError, checked_arguments
 from .pipeline import PruneResult, input_files, stats_bundle
 from .progress import Progress
 from .sweep import CALIBRATION_CHECK, Measurer, SweepPoint, quiet_repeats, untargeted_config
@@ -78,11 +78,15 @@ class SearchResult:
         return _measured(point, self.criterion)
 
     def as_dict(self) -> dict:
-        """JSON-ready (without the models and the full reports)."""
+        """JSON-ready (without the models and the full reports): the search's settings, the
+        ``best`` target (or None) and ``points``, each tried target's
+        :meth:`SweepPoint.as_dict` with ``within_tolerance``."""
         return {"kind": self.kind, "criterion": self.criterion, "tolerance": self.tolerance, "reach": self.reach,
-                "resolution": self.resolution, "best": None if self.best is None else self.best.target}
+                "resolution": self.resolution, "best": None if self.best is None else self.best.target,
+                "points": [dict(p.as_dict(), within_tolerance=self.within(p)) for p in self.points]}
 
 
+@checked_arguments
 def search(model, calib, *, max_drop: float | None = None, min_agreement: float | None = None,
            max_error: float | None = None, kind: str = "sparsity", data=None, labels=None,
            resolution: float = DEFAULT_RESOLUTION, config: PruneConfig | None = None,

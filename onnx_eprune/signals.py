@@ -35,3 +35,11 @@ def signals_held() -> Iterator[None]:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         if came:
             signal.raise_signal(came[0])
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler that raises :class:`~onnx_eprune.errors.Terminated`, so that a
+    terminated run unwinds through the clean-up of an interrupted one."""
+    from .errors import Terminated
+
+    raise Terminated

@@ -26,7 +26,7 @@ from .calibrate.data import CalibrationData, load_calibration
 from .calibrate.engine import CacheSpace, CachedNetwork, Topology
 from .calibrate.session import choose_providers
 from .config import PruneConfig, check_progress, make_config
-from .errors import UsageError
+from .errors import UsageError, checked_arguments
 from .evaluate import compared_outputs, latencies, latency_feeds, load_labels, measure_against
 from .graph.model_io import as_model, check_model_arg, normalize
 from .pipeline import Pruner, Rankings, calibrate, config_for_stats, stats_bundle
@@ -71,6 +71,7 @@ class SweepPoint:
                 "accuracy": self.accuracy, "seconds": self.seconds, "latency_ms": self.latency_ms}
 
 
+@checked_arguments
 def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None, labels=None,
           config: PruneConfig | None = None, progress: Progress | None = None, stats: list | None = None,
           latency: bool = False, **options) -> list[SweepPoint]:

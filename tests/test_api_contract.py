@@ -439,11 +439,19 @@ def test_a_fraction_is_taken_as_a_number_or_refused_cleanly(model, x, options):
 
 @pytest.mark.parametrize("options", [{"sparsity": "0.5"}, {"sparsity": 0.5, "keep_ratio": 0.5},
                                      {"flops_reduction": 7.0}], ids=["type", "two-targets", "range"])
-def test_calibrate_checks_the_options_it_ignores(model, x, options):
-    """Expected, per calibrate's docstring ("the others are checked, then ignored"): a target of
-    the wrong type, out of range or given twice is a ``UsageError``, as in ``prune``. Was:
-    calibrate ran and returned a bundle."""
+def test_calibrate_refuses_the_options_it_would_ignore(model, x, options):
+    """A target (of the wrong type, out of range, given twice, or valid) does nothing in
+    ``calibrate``: a ``UsageError``, as the command line refuses ``calibrate --sparsity``.
+    Was: calibrate ran and returned a bundle; then, until session 52, a valid one was
+    checked and ignored."""
     with pytest.raises(UsageError):
+        onnx_eprune.calibrate(model, x, device="cpu", **options)
+
+
+@pytest.mark.parametrize("options", [{"sparsity": 0.5}, {"method": "l1"}, {"mode": "oneshot"},
+                                     {"exclude": ["conv*"]}, {"min_keep": 0.5}])
+def test_calibrate_names_the_option_that_does_nothing(model, x, options):
+    with pytest.raises(UsageError, match=f"^{next(iter(options))} does nothing in calibrate"):
         onnx_eprune.calibrate(model, x, device="cpu", **options)
 
 

@@ -222,8 +222,14 @@ def _structured(x: np.ndarray) -> np.ndarray:
 ], ids=["complex128", "object", "structured", "datetime64", "timedelta64"])
 def test_non_numeric_arrays_are_refused_by_dtype(x: np.ndarray, make: Any) -> None:
     """Complex, object, structured and date/time arrays are a UsageError that names the dtype."""
-    with pytest.raises(UsageError, match=r"has dtype .*expected numbers"):
+    with pytest.raises(UsageError, match=r"has dtype .*expected (real )?numbers"):
         _prune(make(x))
+
+
+def test_complex_arrays_ask_for_real_numbers(x: np.ndarray) -> None:
+    """Complex values are numbers: the message asks for real ones."""
+    with pytest.raises(UsageError, match=r"has dtype complex64, expected real numbers"):
+        _prune(x.astype(np.complex64))
 
 
 def test_structured_npy_file_is_refused_on_the_command_line(files: Path, x: np.ndarray,
@@ -556,6 +562,19 @@ def test_list_of_nested_list_batches(x: np.ndarray, reference: onnx_eprune.Prune
     assert _weights(_prune([x[:16].tolist(), x[16:].tolist()])) == _weights(reference)
 
 
+@pytest.mark.parametrize("form", ["list", "tuple"])
+def test_nested_lists_are_one_array(x: np.ndarray, reference: onnx_eprune.PruneResult, form: str) -> None:
+    """README: nested lists (x.tolist()) are what numpy.asarray takes as one array, not 32 batches of one
+    sample each (was: refused with a shape (96, 16, 16) the caller never passed)."""
+    nested = x.tolist() if form == "list" else tuple(x.tolist())
+    assert _weights(_prune(nested)) == _weights(reference)
+
+
+def test_a_list_holding_an_array_is_a_list_of_batches(x: np.ndarray, reference: onnx_eprune.PruneResult) -> None:
+    """An array among the items makes the list one of batches: a nested-list batch and an array batch."""
+    assert _weights(_prune([x[:16].tolist(), x[16:]])) == _weights(reference)
+
+
 def test_list_of_single_samples_is_not_read_as_samples(x: np.ndarray) -> None:
     """list(x) is 32 batches of shape (3, 16, 16) (batches go on axis 0): refused, with the rank named."""
     with pytest.raises(UsageError, match=r"shape \(96, 16, 16\).*rank 4"):
@@ -684,6 +703,24 @@ def test_more_samples_than_available_in_calibrate_and_sweep(x: np.ndarray, caplo
         points = onnx_eprune.sweep(_cnn(), x, [0.3], samples=1000, **FAST)
     assert points[0].report["samples"] == 32
     assert "--samples 1000: the calibration data holds 32 samples; using all 32" in caplog.text
+
+
+def test_memory_cap_is_reported_only_where_it_cuts_the_batch(x: np.ndarray, caplog: pytest.LogCaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: fewer samples per run than --batch-size when the tensors would pass 1 GiB, "-v says when".
+    A huge --batch-size over 32 samples runs them all at once: nothing to say (was an info line naming
+    the cap); a cap below the 32 samples is a debug line, what -v shows."""
+    from onnx_eprune.calibrate import session
+
+    with caplog.at_level(logging.DEBUG, logger="onnx_eprune"):
+        onnx_eprune.calibrate(_cnn(), x, batch_size=10 ** 9, device="cpu")
+    assert "at a time" not in caplog.text
+    monkeypatch.setattr(session, "BATCH_BYTES", 1)
+    with caplog.at_level(logging.DEBUG, logger="onnx_eprune"):
+        onnx_eprune.calibrate(_cnn(), x, batch_size=10 ** 9, device="cpu")
+    [line] = [r for r in caplog.records if "at a time" in r.getMessage()]
+    assert line.levelno == logging.DEBUG
+    assert line.getMessage().startswith("calibration runs 1 sample(s) at a time: 32 would fetch")
 
 
 @pytest.mark.parametrize("batch_size", [1, 5, 32, 1000])

@@ -478,6 +478,16 @@ def test_bad_data_files_are_usage_errors(pair, capsys, tmp_path, case, words):
     assert words in line
 
 
+def test_constant_data_is_refused_as_held_out_data(pair, capsys, tmp_path):
+    """Constant --data is named held-out data, not calibration data (was: "calibration array ...
+    calibrate on real, varying inputs", for a file that calibrates nothing)."""
+    np.save(tmp_path / "data.npy", np.ones_like(np.load(pair / "data.npy")))
+    line = run_error(capsys, ["evaluate", pair / "a.onnx", pair / "b.onnx", "--data", tmp_path / "data.npy",
+                              "--device", "cpu"])
+    assert "held-out array for 'x' is constant" in line and "measure on real" in line
+    assert "calibrat" not in line
+
+
 def test_npz_uses_the_array_named_by_the_input(pair, capsys, tmp_path):
     """An .npz with the input 'x' and unrelated arrays of other lengths: 'x' is what is measured."""
     x = np.load(pair / "data.npy")
@@ -511,6 +521,17 @@ def test_labels_of_wrong_shape_or_range_are_refused(pair, capsys, tmp_path, labe
     line = run_error(capsys, ["evaluate", pair / "a.onnx", pair / "b.onnx", "--data", pair / "data.npy",
                               "--labels", tmp_path / "labels.npy", "--device", "cpu", "--json"])
     assert words in line
+
+
+def test_labels_of_the_wrong_count_name_their_file(pair, capsys, tmp_path):
+    """The count mismatch names the labels file, the one to fix; an array passed to the API has no name to give."""
+    np.save(tmp_path / "short.npy", np.zeros(7, np.int64))
+    line = run_error(capsys, ["evaluate", pair / "a.onnx", pair / "b.onnx", "--data", pair / "data.npy",
+                              "--labels", tmp_path / "short.npy", "--device", "cpu"])
+    assert f"labels file {tmp_path / 'short.npy'} holds 7 labels for 40 samples" in line
+    with pytest.raises(onnx_eprune.UsageError, match=r"^7 labels for 40 samples$"):
+        onnx_eprune.evaluate(pair / "a.onnx", pair / "b.onnx", pair / "data.npy", labels=np.zeros(7, np.int64),
+                             device="cpu")
 
 
 # -- external data ----------------------------------------------------------------------------------

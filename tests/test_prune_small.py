@@ -399,7 +399,7 @@ def test_batches_shrink_to_the_memory_budget(calib, mode, monkeypatch, caplog):
     one = prune(model, calib, sparsity=0.4, mode=mode, batch_size=1)
     monkeypatch.setattr(session, "BATCH_BYTES", 1)
     monkeypatch.setattr(pipeline, "VALIDATION_BYTES", 1)
-    with caplog.at_level(logging.INFO, logger="onnx_eprune"):
+    with caplog.at_level(logging.DEBUG, logger="onnx_eprune"):
         auto = prune(model, calib, sparsity=0.4, mode=mode)
     assert "calibration runs 1 sample(s) at a time: 64 would fetch" in caplog.text
     assert auto.model.SerializeToString(deterministic=True) == one.model.SerializeToString(deterministic=True)

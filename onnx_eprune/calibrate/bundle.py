@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from ..errors import UsageError
-from ..files import same_file, write_atomic
+from ..files import output_path, same_file, write_atomic
 from ..graph.model_io import all_tensors, light_copy, reference_chunks
 from .data import STATS_MEMBER, CalibrationData
 from .sensitivity import gain_candidates
@@ -108,6 +108,7 @@ class StatsBundle:
             if same_file(Path(path), source):
                 raise UsageError(f"refusing to overwrite {source}, an input of this run; save the statistics "
                                  "to another path")
+        output_path(path)
         arrays: dict[str, np.ndarray] = {}
         for c, st in self.consumers.items():
             arrays.update(st.to_arrays(f"c{c}."))
@@ -117,11 +118,7 @@ class StatsBundle:
         meta = {"format": FORMAT, "model": self.model, "seed": self.seed, "positions": self.positions,
                 "samples": self.samples, "consumers": sorted(self.consumers), "inputs": sorted(self.probe)}
         arrays["meta"] = np.array(json.dumps({**meta, "digest": _digest(meta, arrays)}))
-        target = Path(path)
-        folder = target.parent if str(target.parent) else Path(".")
-        if not folder.is_dir():
-            raise UsageError(f"output folder does not exist: {folder}")
-        write_atomic(target, lambda f: np.savez(f, **arrays))
+        write_atomic(Path(path), lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "StatsBundle":

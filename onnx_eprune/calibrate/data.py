@@ -84,9 +84,9 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
     calibrating it (checked, but no warning about few samples).
 
     An object with ``__array__`` (a CPU torch tensor, say) counts as an array, not as an
-    iterable of batches: iterating one would yield single samples; so does a list or tuple
-    of nested lists of numbers (``array.tolist()``), while a list holding arrays is a list
-    of batches (:func:`_nested_numbers`). Exceptions that the
+    iterable of batches: iterating one would yield single samples; so do nested lists of
+    numbers as deep as the input's rank (``array.tolist()``), while lists nested deeper or
+    holding arrays are lists of batches (:func:`_one_nested_array`). Exceptions that the
     user's iterable or reader raises propagate unchanged: they are the caller's own.
     """
     inputs = model_inputs(model)
@@ -97,7 +97,7 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
         raise UsageError("give the calibration file's path as a str or pathlib.Path, not bytes")
     if isinstance(source, str):  # before the arrays: numpy's str_ is a str that converts to an array
         source = str(source)
-    elif _array_like(source) or _nested_numbers(source):
+    elif _array_like(source) or _one_nested_array(source, inputs, unbatched_inputs(model)):
         source = _as_array(source, "the calibration data")
     if hasattr(source, "get_next"):  # onnxruntime.quantization.CalibrationDataReader
         source = _batches(iter(source.get_next, None), inputs, samples)
@@ -215,12 +215,19 @@ def _array_like(value: object) -> bool:
         isinstance(value, memoryview) or any(hasattr(value, a) for a in ("__array__", "__array_interface__")))
 
 
-def _nested_numbers(value: object) -> bool:
-    """Whether ``value`` is a list or tuple of numbers and of such lists at any depth (what
-    ``array.tolist()`` gives): one array, as numpy reads it, not a list of batches, which
-    would cut it into single samples. A list holding an array (or a tensor) at any depth is
-    a list of batches."""
-    if not isinstance(value, (list, tuple)) or not value:
+def _one_nested_array(value: object, inputs, unbatched: frozenset[str]) -> bool:
+    """Whether ``value`` is one array for the model's single input spelled as nested lists
+    (``array.tolist()``), not a list of batches, which would cut it into single samples: lists
+    or tuples of numbers nested as deep as the input's rank (to any depth where it declares
+    no shape). Nested one level deeper they are a list of nested-list batches, and holding an
+    array (or a tensor) anywhere, a list of array batches; both are read as batches."""
+    if len(inputs) != 1 or not isinstance(value, (list, tuple)) or not value:
+        return False
+    depth, item = 0, value
+    while isinstance(item, (list, tuple)) and item:
+        depth, item = depth + 1, item[0]
+    ttype = inputs[0].type.tensor_type
+    if ttype.HasField("shape") and depth != len(ttype.shape.dim) + (inputs[0].name in unbatched):
         return False
     pending = [value]
     while pending:
