@@ -77,6 +77,7 @@ class Replacing:
         self.new_dir = new_dir
         self.claims: dict[Path, str | None] = {}  # path -> where its old version waits, if it had one
         self.settled = False  # the new files made final, or the old ones back
+        self.committed = False  # settled as final
 
     def claim(self, path: str | os.PathLike) -> Path:
         """Note that ``path`` is about to be written; returns it as a Path. A symbolic link
@@ -87,6 +88,7 @@ class Replacing:
         return path
 
     def __enter__(self) -> Replacing:
+        _OPEN.append(self)
         return self
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -98,6 +100,11 @@ class Replacing:
                 with signals_held():
                     self._finish(KeyboardInterrupt)
             raise
+        finally:
+            _OPEN.remove(self)
+            # a block inside another (the report files of a command's outputs) is final only with it
+            if self.settled and self.committed and not _OPEN:
+                _COMMITTED.append(tuple(self.claims))
 
     def _finish(self, kind: type | None) -> None:
         """Make the claimed files final (``kind`` None: the block succeeded) or put the old
@@ -117,12 +124,13 @@ class Replacing:
                 not any(self.new_dir.iterdir()):
             self.new_dir.rmdir()
         self.settled = True
-        if kind is None and self.claims:
-            _COMMITTED.append(tuple(self.claims))
+        self.committed = kind is None and bool(self.claims)
 
 
-# the files of the Replacing blocks that were made final since forget_commits(): an interrupt
-# that comes after them (the command prints its summary) has nothing left to stop or undo
+# the blocks being written, innermost last, and the files of the outermost blocks made final
+# since forget_commits(): an interrupt that comes after them (the command prints its summary)
+# has nothing left to stop or undo
+_OPEN: list[Replacing] = []
 _COMMITTED: list[tuple[Path, ...]] = []
 
 

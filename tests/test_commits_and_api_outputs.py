@@ -90,6 +90,25 @@ def test_a_signal_during_the_commit_comes_after_it(tmp_path, monkeypatch):
     assert files.outputs_committed()
 
 
+def test_a_block_inside_another_is_final_only_with_it(tmp_path):
+    """The report files a command writes in a block of their own, inside the block of all
+    its outputs: when the outer one fails after the inner one committed, nothing is final
+    (an interrupt then reports the outputs undone, which they are)."""
+    files.forget_commits()
+    with pytest.raises(KeyboardInterrupt):
+        with files.Replacing() as outputs:
+            outputs.claim(tmp_path / "a.txt")  # as the commands claim their report files first
+            with files.Replacing() as inner:
+                files.write_atomic(inner.claim(tmp_path / "a.txt"), lambda f: f.write(b"a"))
+            raise KeyboardInterrupt
+    assert not files.outputs_committed() and not (tmp_path / "a.txt").exists()
+    with files.Replacing() as outputs:
+        outputs.claim(tmp_path / "a.txt")
+        with files.Replacing() as inner:
+            files.write_atomic(inner.claim(tmp_path / "a.txt"), lambda f: f.write(b"a"))
+    assert files.outputs_committed() and (tmp_path / "a.txt").read_bytes() == b"a"
+
+
 @pytest.mark.parametrize("signal_kind, word", [(KeyboardInterrupt, "interrupted"), (Terminated, "terminated")])
 def test_an_interrupt_once_the_outputs_are_written_ends_with_status_0(tmp_path, monkeypatch, capsys, calib,
                                                                        signal_kind, word):
