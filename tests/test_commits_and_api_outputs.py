@@ -45,6 +45,15 @@ def _leftovers(folder: Path) -> list[str]:
 
 # -- Replacing ----------------------------------------------------------------------------------
 
+def _write_interrupted(target: Path) -> None:
+    """Write "new" to ``target`` in a :class:`Replacing` block that ends in KeyboardInterrupt
+    (a patched part of the block raises it), in a run with nothing committed yet."""
+    files.forget_commits()
+    with pytest.raises(KeyboardInterrupt):
+        with files.Replacing() as outputs:
+            files.write_atomic(outputs.claim(target), lambda f: f.write(b"new"))
+
+
 def test_a_signal_before_the_commit_is_held_undoes_the_block(tmp_path, monkeypatch):
     """Ctrl-C landing in ``__exit__`` before the handlers are swapped: the old file is back
     and its second name gone (before, both the new file and the ``.old`` name stayed)."""
@@ -62,10 +71,7 @@ def test_a_signal_before_the_commit_is_held_undoes_the_block(tmp_path, monkeypat
             yield
 
     monkeypatch.setattr(files, "signals_held", interrupted_first)
-    files.forget_commits()
-    with pytest.raises(KeyboardInterrupt):
-        with files.Replacing() as outputs:
-            files.write_atomic(outputs.claim(target), lambda f: f.write(b"new"))
+    _write_interrupted(target)
     assert target.read_text() == "old" and _leftovers(tmp_path) == []
     assert not files.outputs_committed()
 
@@ -82,10 +88,7 @@ def test_a_signal_during_the_commit_comes_after_it(tmp_path, monkeypatch):
         signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(files, "_remove", remove_then_interrupt)
-    files.forget_commits()
-    with pytest.raises(KeyboardInterrupt):
-        with files.Replacing() as outputs:
-            files.write_atomic(outputs.claim(target), lambda f: f.write(b"new"))
+    _write_interrupted(target)
     assert target.read_text() == "new" and _leftovers(tmp_path) == []
     assert files.outputs_committed()
 
