@@ -459,6 +459,17 @@ def resize_channels() -> onnx.ModelProto:
     return _model(b, _tail(b, b.node("Resize", [_stem(b), "", scales], name="resized"), 2 * WIDTH))
 
 
+def resize_crop_channels() -> onnx.ModelProto:
+    """Resize of "h" in tf_crop_and_resize mode whose roi crops the channels to [0.25, 0.75]
+    (the spec interpolates between channels; onnxruntime's CPU kernel leaves them)."""
+    b = _Builder()
+    roi = b.const("roi", np.array([0, 0.25, 0, 0, 1, 0.75, 1, 1], np.float32))
+    scales = b.const("scales", np.array([1, 1, 2, 2], np.float32))
+    cropped = b.node("Resize", [_stem(b), roi, scales], name="cropped", mode="linear",
+                     coordinate_transformation_mode="tf_crop_and_resize")
+    return _model(b, _tail(b, cropped, WIDTH))
+
+
 def resize_computed_sizes() -> onnx.ModelProto:
     """Resize of "h" to sizes Concat(N, 8, 2 * (H, W) of the input), computed at run time."""
     b = _Builder()
@@ -597,6 +608,8 @@ CASES: dict[str, Case] = {
     "split_shared_sizes": Case(split_shared_sizes, {"h": "Split with non-constant or shared sizes"}),
     # op_Resize, op_Transpose
     "resize_channels": Case(resize_channels, {"h": "Resize that changes the batch or channel count"}),
+    "resize_crop_channels": Case(resize_crop_channels, {"h": "Resize whose crop (roi) reaches into the channel "
+                                                             "axis"}),
     "resize_computed_sizes": Case(resize_computed_sizes, {"h": "Resize with non-constant or shared sizes"}),
     "transpose_batch": Case(transpose_batch, {"h": "Transpose that moves the batch axis"}),
     # collect(): a block conflict of the first walk that the cut resolves; a group nothing reads

@@ -1173,6 +1173,12 @@ class _Analyzer:
             self.cut_batch(node, index, f"{node.op_type} that sets the batch size")
             return
         entry = axes.index(caxis) if caxis in axes else None  # sizes[entry] is the channel count
+        if node.op_type == "Resize" and _attrs(node).get("coordinate_transformation_mode") == b"tf_crop_and_resize" \
+                and entry is not None and not self.whole_roi(node, entry, len(axes)):
+            # a crop along the channels interpolates between them (the spec; onnxruntime's CPU
+            # kernel leaves an axis of scale 1 alone, another runtime need not)
+            self.freeze_all(node, index, "Resize whose crop (roi) reaches into the channel axis")
+            return
         if sizes is not None and (entry is None or self.sizes_from_own_shape(sizes, x)):
             sizes = None  # it leaves the channel axis out, or reads x's own channel count at run time
         if sizes is not None:  # explicit output sizes spell out the channel count
@@ -1182,6 +1188,15 @@ class _Analyzer:
             for seg in layout:
                 self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, sizes, entry, node.output[0]))
         self.passthrough(node, x)
+
+    def whole_roi(self, node: onnx.NodeProto, entry: int, n: int) -> bool:
+        """Whether a Resize's constant ``roi`` (starts, then ends, over its ``n`` axes) spans
+        the whole of axis ``entry``: from 0 to 1."""
+        roi = self.value(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        if roi is None or np.size(roi) != 2 * n:
+            return False
+        roi = np.ravel(roi)
+        return float(roi[entry]) == 0.0 and float(roi[n + entry]) == 1.0
 
     def op_Upsample(self, node: onnx.NodeProto, index: int) -> None:
         self.op_Resize(node, index)
