@@ -24,7 +24,8 @@ POSITIONS = 8 * 8  # conv2's map, stride 2 on 16 x 16
 def keras_flatten(form: str, seed: int = 3) -> onnx.ModelProto:
     """x (N, 16, 16, 3) NHWC -> Transpose -> conv1 (3->8) -> Relu -> conv2 (8->16, stride 2)
     -> Relu [-> Concat with conv3 (8->8, stride 2): ``concat``] -> Transpose to NHWC ->
-    Reshape to (-1, features) by a constant [or Flatten: ``flatten``] [-> Dropout:
+    Reshape to (-1, features) by a constant [or Flatten: ``flatten``; to (N, -1), N read from
+    the input's Shape: ``input_batch``] [-> Dropout:
     ``dropout``; -> Mul by a constant per feature: ``scaled``] -> dense1 MatMul + Add (-> 32)
     -> Relu -> dense2 MatMul + Add (-> 10) = y (logits)."""
     n = Net(seed)
@@ -38,6 +39,11 @@ def keras_flatten(form: str, seed: int = 3) -> onnx.ModelProto:
     h = n.node("Transpose", [h], perm=NHWC, name="to_nhwc")
     if form == "flatten":
         h = n.node("Flatten", [h], axis=1, name="flat")
+    elif form == "input_batch":  # PyTorch's h.view(x.size(0), -1), x the model's input
+        batch = n.node("Gather", [n.node("Shape", ["x"]), n.const(0, np.int64)], axis=0)
+        target = n.node("Concat", [n.node("Unsqueeze", [batch, n.const([0], np.int64)]), n.const([-1], np.int64)],
+                        axis=0)
+        h = n.node("Reshape", [h, target], name="flat")
     else:
         h = n.node("Reshape", [h, n.const([-1, features], np.int64)], name="flat")
     if form == "dropout":
@@ -84,7 +90,7 @@ def test_the_orders_invert_each_other():
     np.testing.assert_array_equal(channel_major(row, 4), [10 * p + c for c in range(3) for p in range(4)])
 
 
-@pytest.mark.parametrize("form", ["reshape", "flatten", "concat", "dropout"])
+@pytest.mark.parametrize("form", ["reshape", "flatten", "concat", "dropout", "input_batch"])
 @pytest.mark.parametrize("options", [
     dict(keep_ratio=0.5), dict(sparsity=0.6), dict(keep_ratio=0.5, mode="oneshot"),
     dict(sparsity=0.5, method="l1"), dict(keep_ratio=0.5, reconstruct=False)], ids=str)

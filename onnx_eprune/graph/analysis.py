@@ -113,6 +113,7 @@ class _Analyzer:
         # a weight several Convs apply -> (its first application's input layout, output layout)
         self.tied: dict[str, tuple[list[Segment], list[Segment]]] = {}
         self.graph_outputs = {out.name for out in self.graph.output}
+        self.graph_inputs = {inp.name for inp in self.graph.input if inp.name not in self.consts}
         # a batch of any size: the shapes were probed at one sample, so a constant 1 where
         # the batch size goes (a Slice to the first sample) cuts the batch all the same
         self.free_batch = fixed_batch(model) is None and not unbatched_inputs(model)
@@ -801,7 +802,11 @@ class _Analyzer:
     def batch_of(self, y: str, x: str) -> bool:
         """Whether tensor ``y``'s first axis is ``x``'s batch axis: ``y`` is ``x``, or ``x``
         is ``y`` through Transposes that keep the first axis first (tf2onnx reads the shape
-        of a map before the Transpose to NHWC that the Reshape flattens)."""
+        of a map before the Transpose to NHWC that the Reshape flattens), or ``y`` is a graph
+        input of a model whose inputs share a free batch and nothing cut it on the way to
+        ``x`` (PyTorch's ``h.view(x.size(0), -1)`` with ``x`` the model's input)."""
+        if y in self.graph_inputs and self.free_batch and x not in self.batch_cut:
+            return True
         for _ in range(16):
             if x == y:
                 return True
