@@ -706,7 +706,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{'group':>5} {'channels':>8}  {'status':<8} {'producers':<36} {'consumers':<36}")
     for r in rows:
         status = "prunable" if r["prunable"] else "frozen"
-        note = r["frozen"] or (f"sequential mode only: {r['sequential_only']}" if r["sequential_only"] else None)
+        note = r["frozen"] or (f"calibration data only: {r['data_only']}" if r["data_only"] else None)
         print(f"{r['id']:>5} {r['channels']:>8}  {status:<8} {_cell(producer_labels(r))} {_cell(r['consumers'])}"
               + (f"  ({printable(note)})" if note else ""))
     print(f"{len(prunable)} prunable groups; params {summary['params']:,}; MACs {total:,}; "

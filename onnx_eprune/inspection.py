@@ -34,8 +34,8 @@ def inspect(model: onnx.ModelProto | str | os.PathLike, sample=None, exclude: Se
     ``channels``, ``prunable``, ``producers``, ``producer_rows`` (each producer's output
     rows per channel of the group: 1, or m where its outputs are added to a channel
     multiplier's), ``consumers`` (node names), ``frozen`` (the reasons, or None) and
-    ``sequential_only`` (why only the default sequential mode prunes the group, a consumer
-    too wide for statistics of every feature, or None)),
+    ``data_only`` (why only a run from calibration data prunes the group, not one from
+    statistics files: a consumer too wide for statistics of every feature, or None)),
     ``prunable_groups``, ``params`` and ``macs`` (Conv /
     ConvTranspose / Gemm / MatMul, MACs per sample at the probed shape) and
     ``prunable_mac_fraction`` (MACs of layers with a prunable group on either side) and
@@ -62,7 +62,7 @@ def inspect(model: onnx.ModelProto | str | os.PathLike, sample=None, exclude: Se
             "producer_rows": [p.factor for p in g.producers],
             "consumers": [analysis.consumers[c].name for c in g.consumers],
             "frozen": "; ".join(g.frozen) if g.frozen else None,
-            "sequential_only": analysis.wide.get(g.gid) if g.prunable else None})
+            "data_only": analysis.wide.get(g.gid) if g.prunable else None})
     prunable = {g.gid for g in analysis.groups if g.prunable}
     total = costs.macs()
     touched = sum(layer.macs({}) for layer in costs.layers if layer.groups() & prunable)

@@ -260,7 +260,7 @@ class Pruner:
         with self.timer.phase("analyze"):
             self.shapes, self.analysis = probe_groups(self.model, self.data.first(), self.providers)
             exclude_groups(self.analysis, self.model.graph.node, config.exclude, self.normalized.folded)
-            if stats is not None or config.mode != "sequential" or not self.lean_stages:
+            if stats is not None or not self.lean_stages:
                 self._freeze_wide()
             self.costs: CostModel = build_cost_model(self.model, self.analysis, self.shapes, config.reconstruct,
                                                      self.normalized.copies)
@@ -367,9 +367,10 @@ class Pruner:
         reduced = set(reduce) & set(cidxs)
         channels, subspace = channels or {}, subspace or {}
         priors = {c: thetas[c][:, spread(channels[c], cons[c].s)] for c in subspace}
-        if channels and pruned is None:  # one-shot statistics map x to y through theta, whole
-            raise ValueError("channels restricts the statistics of a pass over a pruned network only")
-        targeted = [c for c in cidxs if c not in stored and (pruned is not None or c in recording or c in reduced)]
+        # the consumers whose target rows this pass computes (a one-shot pass maps x to y
+        # through theta, whole, where no channels are cut away)
+        targeted = [c for c in cidxs if c not in stored and (pruned is not None or c in recording or c in reduced
+                                                             or c in channels)]
         # what the original network must give: the inputs in one-shot mode, and the targets
         # (a Conv's output as onnxruntime computes it; a Gemm's input, for a product)
         wanted = {cons[c].input for c in cidxs} if pruned is None else set()
@@ -394,9 +395,9 @@ class Pruner:
             if c in channels:  # a Gemm's input holds each channel's s features in a row
                 x = x[:, channels[c]] if cons[c].spatial else x.reshape(len(x), -1)[:, _columns(cons[c], channels[c], x)]
             if c not in acc:
-                # one-shot: y is theta x, its moments follow from those of x (not of reduced x)
+                # one-shot: y is theta x, its moments follow from those of x (not of reduced or cut x)
                 acc[c] = MomentAccumulator(self._blas_threads) if c in reduced or c in subspace else \
-                    self._accumulator(cons[c], x.shape[1:], thetas[c] if pruned is None else None)
+                    self._accumulator(cons[c], x.shape[1:], thetas[c] if pruned is None and c not in channels else None)
             images = isinstance(acc[c], PixelPairAccumulator)
             pos = self._positions(cons[c], keys[b * size:(b + 1) * size], c)
             rows = None if images else self._rows(cons[c], x, pos)
@@ -407,7 +408,8 @@ class Pruner:
                 if _from_output(cons[c]):
                     y = _at_positions(xo[cons[c].output], pos) - biases[c]
                 else:
-                    source = rows if pruned is None else self._rows(cons[c], xo[cons[c].input], pos)
+                    whole = pruned is None and c not in channels  # rows of the original input, uncut
+                    source = rows if whole else self._rows(cons[c], xo[cons[c].input], pos)
                     y = matmul_rows(source, thetas[c].T, self._blas_threads)
                 if c in recording:
                     self._targets[c].append(y)
@@ -422,7 +424,7 @@ class Pruner:
                 residual = y - matmul_rows(rows, priors[c].T, self._blas_threads)
                 acc[c].add(reduce_rows(rows, self.subspaces[c]), residual)
                 return
-            acc[c].add(x if images else rows, None if pruned is None else y)
+            acc[c].add(x if images else rows, None if pruned is None and c not in channels else y)
 
         with self.progress.task(label, batches) as task, closing_all(orig_iter, cur_iter):
             for b in range(batches):
@@ -723,9 +725,13 @@ class Pruner:
                     # all or nothing: with part of the rows, the later runs would compute the
                     # rest again, unlike this run; this one records into its own space, as prune does
                     self.records = None
-                wide = [c for c in cidxs if _reducible(self.analysis.consumers[c], cfg.entropic.max_features)]
+                # the sequential first pass serves the allocation alone: it reduces every wide
+                # convolution; a one-shot pass, whose statistics the selection and re-fit use,
+                # only the consumers too wide for statistics of every feature
+                reduced = _reducible if cfg.mode == "sequential" else lambda cons, _budget: _too_wide(cons)
+                wide = [c for c in cidxs if reduced(self.analysis.consumers[c], cfg.entropic.max_features)]
                 oneshot_stats = self.collect(cidxs, orig, None, "calibrate", record=cfg.mode == "sequential",
-                                             reduce=wide if cfg.mode == "sequential" else ())
+                                             reduce=wide)
         with self.timer.phase("select"):
             counts, rankings = self.allocate(gids, oneshot_stats)
         if self.records is not None and self._targets and self.rankings.first_pass is None:
@@ -738,7 +744,7 @@ class Pruner:
                 for g in gids:
                     def terms_of(g=g):
                         if not all_terms:
-                            all_terms.update(self.group_terms(gids, oneshot_stats, {}))
+                            all_terms.update(self.group_terms(gids, oneshot_stats, {}, reduced=self.bases.keys()))
                         return all_terms[g]
                     keeps[g] = self.choose(g, counts[g], rankings.get(g), terms_of)
                 if cfg.reconstruct:
@@ -746,8 +752,13 @@ class Pruner:
                     # only add rounding, which compounds over a deep network (keep-ratio 1.0)
                     touched = sorted({c for g in gids if self._shrunk(g, keeps)
                                       for c in self.analysis.groups[g].consumers} - self.zero_weights)
-                    refits.update(self._fit_once(touched, lambda c: self._refit(
-                        c, self._family_stats(c, oneshot_stats), keeps, set(keeps))))
+                    wide = [c for c in touched if c in self.bases]
+                    if wide:
+                        with self.timer.phase("calibrate"):
+                            oneshot_stats = {**oneshot_stats, **self._kept_stats(wide, orig, keeps)}
+                    refits.update(self._fit_once(touched, lambda c: self._subspace_refit(
+                        c, oneshot_stats[c], self._kept(c, keeps)) if c in self.subspaces else self._refit(
+                        c, self._family_stats(c, oneshot_stats), keeps, set(keeps), c in wide)))
         else:
             self._sequential(gids, counts, rankings, orig, keeps, refits)
         with self.timer.phase("rewrite"):
@@ -786,12 +797,29 @@ class Pruner:
         return sorted({c for g in self.analysis.prunable_groups() for c in g.consumers})
 
     def _freeze_wide(self) -> None:
-        """Freeze the groups that only reduced statistics can prune (``analysis.wide``): a
-        one-shot run and statistics files take every feature's statistics."""
+        """Freeze the groups that only reduced statistics can prune (``analysis.wide``):
+        statistics files take every feature's statistics (each shard would reduce them along
+        directions of its own), and so do the diagnostics that turn ``lean_stages`` off."""
         for gid, reason in self.analysis.wide.items():
-            self.analysis.groups[gid].frozen.append(f"{reason}; the default sequential mode, which reduces them, "
+            self.analysis.groups[gid].frozen.append(f"{reason}; a run from calibration data, which reduces them, "
                                                     "can prune its input channels")
         self.analysis.wide.clear()
+
+    def _kept(self, cidx: int, keeps: dict[int, np.ndarray]) -> np.ndarray:
+        """The kept channels of the one group that consumer ``cidx`` (too wide: see
+        ``GraphAnalysis.wide``) reads."""
+        return keeps[self.analysis.consumers[cidx].segments[0][0]]
+
+    def _kept_stats(self, cidxs: list[int], orig: CachedNetwork, keeps: dict[int, np.ndarray]
+                    ) -> dict[int, MomentStats]:
+        """One-shot statistics of the kept features of the too-wide consumers ``cidxs``, for
+        their re-fit, from a second pass over the original network: of every kept feature
+        where they fit the limit, else of each kept channel's leading directions against the
+        original weights' residual (:meth:`collect`'s ``subspace``)."""
+        limit = channel_analysis.MAX_CONSUMER_FEATURES
+        kept = {c: self._kept(c, keeps) for c in cidxs}
+        subspace = {c: limit // len(kept[c]) for c in cidxs if len(kept[c]) * self.analysis.consumers[c].s > limit}
+        return self.collect(cidxs, orig, None, "re-fit", channels=kept, subspace=subspace)
 
     def calibrate(self) -> StatsBundle:
         """One-shot statistics of every consumer of a prunable group, as a mergeable bundle."""

@@ -180,7 +180,8 @@ class Measurer:
     the held-out data and labels, the original's outputs on them (cached, in scratch files
     past the memory share), the groups' rankings (:class:`Rankings`) and, in sequential mode,
     what the first pass over the original network recorded for the stages (its target
-    rows, in scratch files) or, in one-shot mode, the statistics. Each result is the same
+    rows, in scratch files) or, in one-shot mode, the statistics (but for a model with a
+    consumer too wide for statistics of every feature). Each result is the same
     bytes as a run of ``prune`` at its target.
 
     Arguments as for :func:`sweep` (``base``: the config without a target; ``stats``: the
@@ -206,6 +207,10 @@ class Measurer:
         # fail now, not after calibrating or pruning at the lighter targets
         pruner = Pruner(self.original, self.arrays, replace(self.base, **{kind: hardest}), stats=stats)
         self.reach = pruner.reach(pruner.preflight())
+        # statistics files would freeze the groups of consumers too wide for statistics of
+        # every feature, which a run from the calibration data prunes: such a one-shot sweep
+        # computes its statistics at every target, so that each is the bytes of prune's
+        self.shared_stats = not pruner.analysis.wide
         self.providers = choose_providers(base.device)
         if data is not None:
             try:
@@ -241,7 +246,7 @@ class Measurer:
     def point(self, value: float) -> SweepPoint:
         """Prune at ``value`` (a fraction of this measurer's ``kind``) and measure the result."""
         config = replace(self.base, **{self.kind: value})
-        if self.base.mode == "oneshot" and self.stats is None:
+        if self.base.mode == "oneshot" and self.stats is None and self.shared_stats:
             self.stats = merge_bundles([calibrate(self.original, self.arrays, self.base, self.progress)])
         if self.stats is not None:
             config = replace(config, positions=None)  # the statistics were computed at them

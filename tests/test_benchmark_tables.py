@@ -996,6 +996,26 @@ def test_wide_table_and_its_quoted_figures():
             assert r["wide_channels"] == 96 and "excluded" in r["wide_frozen"] and r["gemm_refit"] == "exact"
 
 
+def test_one_shot_wide_table_and_its_quoted_figures():
+    """BENCHMARKS.md's one-shot table of the wide model is ``tools/bench_wide.py --mode
+    oneshot ... --markdown`` of the committed rows, the README's one-shot drops are theirs,
+    and the runs that prune the group took channels from it at every sparsity."""
+    tool = load_tool("bench_wide", "_bench_wide_under_test")
+    record = json.loads((BENCH / "wide_oneshot.json").read_text())
+    assert record["mode"] == "oneshot"
+    assert ("python tools/bench_wide.py --mode oneshot --sparsity 0.5 0.7 0.8 0.9 --out bench/wide_oneshot.json"
+            in _flat(BENCHMARKS))
+    assert tool.markdown(record) in BENCHMARKS
+    rows = {(r["target"], r["run"]): r for r in record["rows"]}
+    drops = {k: f"{100 * (record['original'] - r['accuracy']):.2f}" for k, r in rows.items()}
+    assert (f"(one-shot: {drops[0.7, 'entropic']} / {drops[0.8, 'entropic']} / {drops[0.9, 'entropic']} against "
+            f"{drops[0.7, 'entropic, frozen']} / {drops[0.8, 'entropic, frozen']} / {drops[0.9, 'entropic, frozen']}"
+            ) in _flat(README)
+    for (target, run), r in rows.items():
+        assert r["params_removed"] >= target
+        assert (r["wide_channels"] < 96) != ("frozen" in run)
+
+
 def test_keras_flatten_table_and_its_quoted_figures():
     """BENCHMARKS.md's table of the Keras model is ``tools/bench_wide.py --model
     keras_flatten --out bench/keras_flatten.json --markdown`` of the committed rows; the

@@ -49,7 +49,7 @@ from test_docs import _synopsis
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 GROUP_KEYS = {"id", "channels", "prunable", "producers", "producer_rows", "consumers", "frozen",
-              "sequential_only"}
+              "data_only"}
 TOP_KEYS = {"groups", "prunable_groups", "macs", "params", "prunable_mac_fraction", "pruned_before"}
 FAST = {"method": "l1", "mode": "oneshot", "device": "cpu"}
 

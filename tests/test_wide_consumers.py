@@ -1,7 +1,8 @@
 """Consumers too wide for statistics of every feature (a Gemm behind the Flatten of a large
 map: VGG-16's 25,088 inputs at 224x224): the sequential mode prunes the channels they read
 on reduced statistics and re-fits them on their kept features (along leading directions
-where those are still too many); one-shot runs and statistics files freeze those channels.
+where those are still too many), and so does one-shot mode, from a second pass for the
+re-fit; statistics files freeze those channels.
 The limit is lowered here so that a small model has such a consumer (gemm_8 reads 16
 channels x 16 positions = 256 features)."""
 
@@ -65,12 +66,14 @@ def test_the_analysis_lists_the_group_instead_of_freezing_it():
     assert result.groups[gid].prunable and "reads 256 features" in result.wide[gid]
 
 
-def test_sequential_entropic_prunes_the_wide_group_on_statistics_within_the_limit(widths):
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+def test_entropic_prunes_the_wide_group_on_statistics_within_the_limit(widths, mode):
     """The group read by gemm_8 loses channels; no statistics wider than the limit are
-    taken; gemm_8 is re-fitted exactly on the features it keeps (recomputed here from the
-    pruned network's input to it and the original's output of it)."""
+    taken; gemm_8 is re-fitted exactly on the features it keeps (recomputed here from its
+    input in the pruned network, or in one-shot mode in the original one, and the
+    original's output of it)."""
     result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), CALIB, sparsity=0.5, device="cpu",
-                               entropic=NARROW)
+                               entropic=NARROW, mode=mode)
     group = _group_of(result.report, "gemm_8")
     assert not group["frozen"] and group["channels_after"] < 16 and "unfitted" not in result.report
     assert widths and max(widths) <= LIMIT
@@ -80,7 +83,10 @@ def test_sequential_entropic_prunes_the_wide_group_on_statistics_within_the_limi
     original, pruned = conv_bn_relu_pool_flatten_gemm(True), result.model
     for m in (original, pruned):  # the Gemm's input, as a graph output
         m.graph.output.append(helper.make_tensor_value_info("flatten_7", onnx.TensorProto.FLOAT, None))
-    x = run_model(pruned, CALIB)["flatten_7"].astype(np.float64)
+    if mode == "sequential":
+        x = run_model(pruned, CALIB)["flatten_7"].astype(np.float64)
+    else:
+        x = run_model(original, CALIB)["flatten_7"].astype(np.float64)[:, (kept[:, None] * 16 + np.arange(16)).ravel()]
     assert x.shape[1] == 16 * len(kept)
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in original.graph.initializer}
     w_name, b_name = next(n for n in original.graph.node if n.name == "gemm_8").input[1:3]
@@ -175,12 +181,33 @@ def _theta_bias(pruner, cons):
     return consumer_matrix(pruner.inits, cons)
 
 
-def test_one_shot_runs_freeze_the_wide_group(widths):
-    result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), CALIB, sparsity=0.3, device="cpu",
-                               entropic=NARROW, mode="oneshot")
+@pytest.mark.parametrize("keep_ratio, refit", [(0.5, "exact"), (0.9, "subspace")])
+def test_one_shot_runs_prune_the_wide_group(widths, keep_ratio, refit):
+    """One-shot mode takes the wide Gemm's statistics reduced for the selection, and those of
+    its kept features (0.5: 128, within the limit) or of their leading directions (0.9: 224
+    features, 14 of each channel's 16) from a second pass for its re-fit: nothing passes the
+    limit, the group loses channels, and the re-fit keeps the network closer to the
+    original than the kept channels with their original weights (no re-fit) do."""
+    options = dict(keep_ratio=keep_ratio, device="cpu", entropic=NARROW, mode="oneshot")
+    result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), CALIB, **options)
     group = _group_of(result.report, "gemm_8")
-    assert group["channels_after"] == 16 and "the default sequential mode" in group["frozen"]
-    assert max(widths) <= LIMIT
+    assert not group["frozen"] and group["channels_after"] == round(16 * keep_ratio)
+    assert max(widths) <= LIMIT and "unfitted" not in result.report
+    assert ("subspace_refits" in result.report) == (refit == "subspace")
+    sliced = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), CALIB, reconstruct=False, **options)
+    error = {r: x.report["fidelity_on_calibration"]["outputs"]["y"]["relative_error"] for r, x in
+             (("refit", result), ("sliced", sliced))}
+    assert error["refit"] < error["sliced"], error
+
+
+def test_a_one_shot_sweep_of_a_wide_model_writes_what_prune_writes():
+    """Statistics files would freeze the wide group: the one-shot sweep computes its
+    statistics per target, and each point is prune's bytes."""
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    points = onnx_eprune.sweep(model, CALIB, [0.6, 0.4], device="cpu", entropic=NARROW, mode="oneshot")
+    for p in points:
+        alone = onnx_eprune.prune(model, CALIB, sparsity=p.target, device="cpu", entropic=NARROW, mode="oneshot")
+        assert p.model.SerializeToString() == alone.model.SerializeToString()
 
 
 @pytest.mark.parametrize("method", ["l1", "thinet", "lasso", "random"])
@@ -201,7 +228,7 @@ def test_statistics_files_leave_the_wide_group_out(tmp_path, widths):
     bundle = onnx_eprune.calibrate(conv_bn_relu_pool_flatten_gemm(True), CALIB, device="cpu")
     assert max(widths) <= LIMIT
     result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), stats=[bundle], sparsity=0.3)
-    assert "the default sequential mode" in _group_of(result.report, "gemm_8")["frozen"]
+    assert "a run from calibration data" in _group_of(result.report, "gemm_8")["frozen"]
 
 
 WIDE_MODEL = Path(__file__).resolve().parents[1] / "bench" / "models" / "wide_fmnist.onnx"

@@ -24,6 +24,11 @@ the Flatten of an NHWC map, position by position: those channels froze until ses
 "frozen" excludes that convolution, as the freeze kept it::
 
     python tools/bench_wide.py --model keras_flatten --out bench/keras_flatten.json
+
+``--mode oneshot`` prunes in one-shot mode, which froze the wide model's group until
+session 52 (as its "frozen" rows still do)::
+
+    python tools/bench_wide.py --mode oneshot --sparsity 0.5 0.7 0.8 0.9 --out bench/wide_oneshot.json
 """
 
 from __future__ import annotations
@@ -72,8 +77,10 @@ RUNS = {"entropic": {}, "entropic, frozen": {"exclude": ["CONV"]}, "l1": {"metho
         "l1, frozen": {"method": "l1", "exclude": ["CONV"]}}
 
 
-def measure(model: Model, target: float, run: str, x: np.ndarray, y: np.ndarray, calib: np.ndarray) -> dict:
+def measure(model: Model, target: float, run: str, x: np.ndarray, y: np.ndarray, calib: np.ndarray,
+            mode: str = "sequential") -> dict:
     options = {k: [model.conv] if k == "exclude" else v for k, v in RUNS[run].items()}
+    options["mode"] = mode
     t0 = time.perf_counter()
     result = onnx_eprune.prune(str(model.path), calib, sparsity=target, **options)
     seconds = time.perf_counter() - t0
@@ -104,6 +111,7 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", choices=sorted(MODELS), default="wide")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.8, 0.9])
+    ap.add_argument("--mode", choices=["sequential", "oneshot"], default="sequential")
     ap.add_argument("--markdown", action="store_true", help="print the table of an earlier run")
     args = ap.parse_args()
     if args.markdown:
@@ -120,10 +128,11 @@ def main() -> int:
 
     record = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}",
               "onnx_eprune": onnx_eprune.__version__, "model": args.model, "channels": model.channels,
-              "test_images": len(y), "original": accuracy(onnx.load(str(model.path)), x, y), "rows": []}
+              "mode": args.mode, "test_images": len(y), "original": accuracy(onnx.load(str(model.path)), x, y),
+              "rows": []}
     for target in args.sparsity:
         for run in RUNS:
-            record["rows"].append(measure(model, target, run, x, y, calib))
+            record["rows"].append(measure(model, target, run, x, y, calib, args.mode))
             print(json.dumps(record["rows"][-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
