@@ -338,9 +338,10 @@ class Pruner:
         convolutions (:func:`_reducible`) in its first pass, whose statistics only serve the
         allocation, and in the stages of the entropic method (:meth:`_lean_consumers`).
 
-        ``channels`` (consumer -> sorted channel indices of its current input; with
-        ``pruned`` only) restricts a consumer's statistics to those input channels: the
-        exact statistics of the channels a stage keeps, for their re-fit.
+        ``channels`` (consumer -> sorted channel indices of its current input) restricts a
+        consumer's statistics to those input channels: the exact statistics of the channels
+        a stage keeps, for their re-fit (of the original network's, without ``pruned``: the
+        one-shot re-fit of a consumer too wide for them all, :meth:`_kept_stats`).
 
         ``subspace`` (consumer -> r, with ``channels``) takes, for a consumer whose kept
         features are still too many for their statistics (:meth:`_subspace_refit`), each
@@ -984,9 +985,9 @@ class Pruner:
         is turned off (the diagnostics in ``tools/`` that score choices on full statistics).
         A group that keeps every channel has nothing to select: its stage takes the exact
         statistics, which the re-fit needs whole, in one pass. A consumer too wide for
-        statistics of every feature (:func:`_too_wide`; a group read by one is pruned only in
-        this mode) is always reduced, for every method (the baselines compress its terms
-        per channel all the same: ``baselines.contributions``).
+        statistics of every feature (:func:`_too_wide`) is always reduced, for every method
+        (the baselines compress its terms per channel all the same:
+        ``baselines.contributions``).
         """
         consumers = self.analysis.consumers
         wide = {c for c in self.analysis.groups[gid].consumers if _too_wide(consumers[c])}
