@@ -520,12 +520,14 @@ def se_model(form: str) -> onnx.ModelProto:
     n = Net(6)
     x = n.node("Relu", [n.conv("x", 3, 8, name="conv1")])
     batch, opset = "N", 13
-    if form in ("reducemean13", "reducemean18"):
+    if form in ("reducemean13", "reducemean18", "keras_reshape"):
         if form == "reducemean18":
             s, opset = n.node("ReduceMean", [x, n.const([2, 3], np.int64)], keepdims=1), 18
         else:
             s = n.node("ReduceMean", [x], axes=[2, 3], keepdims=1)
         s = n.node("Relu", [n.conv(s, 8, 4, k=1, name="se_reduce")])
+        if form == "keras_reshape":  # tf2onnx: a Reshape to the shape it has, (-1, C, 1, 1), before each Conv
+            s = n.node("Reshape", [s, n.const([-1, 4, 1, 1], np.int64)])
         s = n.node("HardSigmoid", [n.conv(s, 4, 8, k=1, name="se_expand")], alpha=1 / 6, beta=0.5)
         gated = n.node("Mul", [s, x])
     else:
@@ -545,7 +547,7 @@ def se_model(form: str) -> onnx.ModelProto:
     return n.build(n.head(h, 16), in_shape=(batch, 3, 16, 16), out_shape=(batch, 10), opset=opset)
 
 
-@pytest.mark.parametrize("form", ["reducemean13", "reducemean18", "linear_unsqueeze", "reshape_fixed"])
+@pytest.mark.parametrize("form", ["reducemean13", "reducemean18", "linear_unsqueeze", "reshape_fixed", "keras_reshape"])
 def test_squeeze_excitation_spellings(form):
     """The gate's expanding layer joins conv1's group (channel c of the gate scales channel
     c of x); the group, the bottleneck and conv2 all prune to half."""

@@ -719,7 +719,8 @@ class _Analyzer:
         spec, count = self.value(target), (target, 1)  # count: where the target's feature count is stored
         if spec is None:
             spec, count = self.batch_target(target, x)
-        if self.unflatten(node, index, shape_in, shape_out, layout, spec):
+        if self.unflatten(node, index, shape_in, shape_out, layout, spec) or \
+                self.same_shape(node, index, shape_in, shape_out, layout, spec):
             return
         # channels on another axis than 1 or the last flatten in an order the consumers do not
         # follow, unless every other axis but the batch has size 1
@@ -830,6 +831,26 @@ class _Analyzer:
         if spec[1] not in (0, -1):
             for seg in layout:
                 self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, 1, node.output[0]))
+        self.passthrough(node, node.input[0])
+        return True
+
+    def same_shape(self, node: onnx.NodeProto, index: int, shape_in, shape_out, layout, spec) -> bool:
+        """A Reshape to the shape its input has, by a constant target (tf2onnx writes one
+        before the convolutions of Keras' SE blocks, ``[-1, C, 1, 1]``): the channels pass
+        through, and a channel count the target spells out follows the kept ones. False
+        when the Reshape is not of this kind."""
+        target = node.input[1]
+        if shape_in is None or shape_out is None or spec is None or tuple(shape_in) != tuple(shape_out) \
+                or len(spec) != len(shape_in) or len(shape_in) < 2 or not isinstance(layout, list) \
+                or any(seg.factor != 1 for seg in layout) or self.use_count.get(target, 0) != 1:
+            return False
+        caxis = self.axis(node.input[0])
+        if caxis == 0 or self.sets_batch(int(spec[0]), shape_in[0]) or any(
+                int(v) not in (0, -1, d) for i, (v, d) in enumerate(zip(spec, shape_in)) if i not in (0, caxis)):
+            return False
+        if int(spec[caxis]) not in (0, -1):
+            for seg in layout:
+                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, caxis, node.output[0]))
         self.passthrough(node, node.input[0])
         return True
 
