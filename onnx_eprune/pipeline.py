@@ -748,15 +748,16 @@ class Pruner:
                             all_terms.update(self.group_terms(gids, oneshot_stats, {}, reduced=self.bases.keys()))
                         return all_terms[g]
                     keeps[g] = self.choose(g, counts[g], rankings.get(g), terms_of)
-                if cfg.reconstruct:
-                    # a consumer whose inputs all stay whole keeps its weights: a re-fit would
-                    # only add rounding, which compounds over a deep network (keep-ratio 1.0)
-                    touched = sorted({c for g in gids if self._shrunk(g, keeps)
-                                      for c in self.analysis.groups[g].consumers} - self.zero_weights)
-                    wide = [c for c in touched if c in self.bases]
-                    if wide:
-                        with self.timer.phase("calibrate"):
-                            oneshot_stats = {**oneshot_stats, **self._kept_stats(wide, orig, keeps)}
+            if cfg.reconstruct:
+                # a consumer whose inputs all stay whole keeps its weights: a re-fit would
+                # only add rounding, which compounds over a deep network (keep-ratio 1.0)
+                touched = sorted({c for g in gids if self._shrunk(g, keeps)
+                                  for c in self.analysis.groups[g].consumers} - self.zero_weights)
+                wide = [c for c in touched if c in self.bases]
+                if wide:
+                    with self.timer.phase("calibrate"):
+                        oneshot_stats = {**oneshot_stats, **self._kept_stats(wide, orig, keeps)}
+                with self.timer.phase("select"):
                     refits.update(self._fit_once(touched, lambda c: self._subspace_refit(
                         c, oneshot_stats[c], self._kept(c, keeps)) if c in self.subspaces else self._refit(
                         c, self._family_stats(c, oneshot_stats), keeps, set(keeps), c in wide)))
