@@ -31,7 +31,7 @@ import numpy as np
 from .allocator import keep_freed_memory
 from .cli_parser import IMAGE_OPTIONS, build_parser
 from .errors import EPruneError, TooManyImages, UsageError, stopped
-from .files import Replacing, forget_commits, outputs_committed, same_file
+from .files import Replacing, forget_commits, output_path, outputs_committed, same_file
 from .select.reconstruct import THIN
 from .signals import raise_terminated, signals_held
 
@@ -290,16 +290,10 @@ def _check_output(output: str, option: str, inputs: list[tuple[str, str]], creat
         for what, path in inputs:
             if same_file(out, Path(path)):
                 raise UsageError(f"{option} {out} is {what}; choose another file (inputs are never overwritten)")
-        if out.is_dir():
-            raise UsageError(f"{option} {out} is a directory; give a file name")
-        if out.exists() and not out.is_file():
-            raise UsageError(f"{option} {out} exists and is not a regular file (a device, pipe or socket); give "
-                             "the path of a file")
+        output_path(out, option, created)
         folder = out.parent if str(out.parent) else Path(".")
-        if created is not None and folder.resolve() == created.resolve():
-            return  # _check_folder checked that it can be created
         if not folder.is_dir():
-            raise UsageError(f"output folder does not exist: {folder}; create it first or choose another path")
+            return  # ``created``, which _check_folder checked can be created
         if not os.access(folder, os.W_OK):
             raise UsageError(f"output folder is not writable: {folder}; choose another path or fix its permissions")
         folder.resolve(strict=True)  # a deleted current folder still answers is_dir(), but not getcwd()

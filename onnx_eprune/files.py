@@ -17,11 +17,12 @@ from .errors import EPruneError, UsageError
 from .signals import signals_held
 
 
-def output_path(path: str | os.PathLike, what: str = "path") -> Path:
+def output_path(path: str | os.PathLike, what: str = "path", created: Path | None = None) -> Path:
     """``path`` as the Path of a file to write, or a one-line :class:`UsageError`: not a str
     or path, empty, a folder, something other than a regular file (a device or a pipe,
     which the rename would replace by a file: ``/dev/null`` itself, as root), or in a
-    folder that does not exist. ``what`` names it in the message."""
+    folder that does not exist (other than ``created``, one the caller is about to
+    create). ``what`` names it in the message."""
     if not isinstance(path, (str, os.PathLike)):
         raise UsageError(f"{what} must be a str or os.PathLike, not {type(path).__name__}")
     text = os.fspath(path)
@@ -34,8 +35,8 @@ def output_path(path: str | os.PathLike, what: str = "path") -> Path:
         raise UsageError(f"{what} {text} exists and is not a regular file (a device, pipe or socket); give the "
                          "path of a file")
     folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise UsageError(f"output folder does not exist: {folder}")
+    if not folder.is_dir() and (created is None or folder.resolve() != created.resolve()):
+        raise UsageError(f"output folder does not exist: {folder}; create it first or choose another path")
     return target
 
 

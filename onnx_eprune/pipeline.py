@@ -53,9 +53,9 @@ VALIDATION_BYTES = 256 << 20  # ... at most as many as whose compared outputs ta
 # of the metric and the target takes more than TAKEN_WARN of what the others hold: the
 # accuracy then goes with layers emptied, whatever the selection
 FROZEN_WARN = 0.25
+TAKEN_WARN = 0.8
 # the options that change what calibrate() computes (the others are prune's)
 CALIBRATE_OPTIONS = ("samples", "seed", "device", "batch_size", "positions")
-TAKEN_WARN = 0.8
 _METRIC_WORDS = {"params": "parameters", "macs": "MACs"}
 
 
@@ -393,8 +393,10 @@ class Pruner:
             """Batch ``b`` of consumer ``c``. Consumers run on parallel threads, and each
             spreads its products over threads too: BLAS stays on one thread (see ``run``)."""
             x = xc[cons[c].input].astype(np.float32, copy=False)
-            if c in channels:  # a Gemm's input holds each channel's s features in a row
-                x = x[:, channels[c]] if cons[c].spatial else x.reshape(len(x), -1)[:, _columns(cons[c], channels[c], x)]
+            if c in channels and cons[c].spatial:
+                x = x[:, channels[c]]
+            elif c in channels:  # a Gemm's input holds each channel's s features in a row
+                x = x.reshape(len(x), -1)[:, _columns(cons[c], channels[c], x)]
             if c not in acc:
                 # one-shot: y is theta x, its moments follow from those of x (not of reduced or cut x)
                 acc[c] = MomentAccumulator(self._blas_threads) if c in reduced or c in subspace else \
@@ -729,8 +731,8 @@ class Pruner:
                 # the sequential first pass serves the allocation alone: it reduces every wide
                 # convolution; a one-shot pass, whose statistics the selection and re-fit use,
                 # only the consumers too wide for statistics of every feature
-                reduced = _reducible if cfg.mode == "sequential" else lambda cons, _budget: _too_wide(cons)
-                wide = [c for c in cidxs if reduced(self.analysis.consumers[c], cfg.entropic.max_features)]
+                wide = [c for c in cidxs if (_reducible(self.analysis.consumers[c], cfg.entropic.max_features)
+                                             if cfg.mode == "sequential" else _too_wide(self.analysis.consumers[c]))]
                 oneshot_stats = self.collect(cidxs, orig, None, "calibrate", record=cfg.mode == "sequential",
                                              reduce=wide)
         with self.timer.phase("select"):
@@ -818,10 +820,15 @@ class Pruner:
         their re-fit, from a second pass over the original network: of every kept feature
         where they fit the limit, else of each kept channel's leading directions against the
         original weights' residual (:meth:`collect`'s ``subspace``)."""
-        limit = channel_analysis.MAX_CONSUMER_FEATURES
         kept = {c: self._kept(c, keeps) for c in cidxs}
-        subspace = {c: limit // len(kept[c]) for c in cidxs if len(kept[c]) * self.analysis.consumers[c].s > limit}
-        return self.collect(cidxs, orig, None, "re-fit", channels=kept, subspace=subspace)
+        return self.collect(cidxs, orig, None, "re-fit", channels=kept, subspace=self._directions(kept))
+
+    def _directions(self, kept: dict[int, np.ndarray]) -> dict[int, int]:
+        """For the consumers of ``kept`` (consumer -> the channels it keeps) whose kept
+        features are still more than statistics take, the leading directions per kept
+        channel that their subspace re-fit works in (:meth:`collect`'s ``subspace``)."""
+        limit = channel_analysis.MAX_CONSUMER_FEATURES
+        return {c: limit // len(k) for c, k in kept.items() if len(k) * self.analysis.consumers[c].s > limit}
 
     def calibrate(self) -> StatsBundle:
         """One-shot statistics of every consumer of a prunable group, as a mergeable bundle."""
@@ -865,12 +872,11 @@ class Pruner:
             exact = [c for c in waves[0] if c in lean] if waves else []
             exact = [c for c in exact if all(d in exact for d in self.families.get(c, [c]))]  # pooled alike
             if exact:
-                limit = channel_analysis.MAX_CONSUMER_FEATURES
-                subspace = {c: limit // len(keep) for c in exact if len(keep) * consumers[c].s > limit}
+                kept = {c: keep for c in exact}
                 with self.timer.phase("calibrate"):
                     # a lean consumer reads only this group, whose channels are all in its input
-                    stats.update(self.collect(exact, orig, pruned, label, channels={c: keep for c in exact},
-                                              subspace=subspace))
+                    stats.update(self.collect(exact, orig, pruned, label, channels=kept,
+                                              subspace=self._directions(kept)))
             stale = self.topo.descendants({consumers[c].node for c in cidxs}) if cfg.reconstruct else set()
             slicers = self._slicers(g, decided)
             for i, wave in enumerate(waves):

@@ -698,19 +698,22 @@ class _Analyzer:
             return
         if self.axis(x) not in (1, len(shape) - 1):
             self.reread_channels_first(node, index)
-        elif self.axis(x) != 1 and any(seg.factor != 1 for seg in self.layout(x)):
-            self.freeze_all(node, index, "Flatten of a flattened tensor whose channels are not on axis 1")
-            return
-        self.flatten_map(node.output[0], x)
+        self.flatten_map(node, index, x)
 
-    def flatten_map(self, out: str, x: str) -> None:
-        """``out`` is map ``x`` (N, ...) flattened to (N, features): channel-major where its
-        channels are on axis 1, position by position where they are last (NHWC)."""
+    def flatten_map(self, node: onnx.NodeProto, index: int, x: str) -> bool:
+        """``node``'s output is map ``x`` (N, ...) flattened to (N, features): channel-major
+        where its channels are on axis 1, position by position where they are last (NHWC).
+        Whether it could follow them: channels already flattened (several entries each)
+        flatten in no order a consumer reads unless they are on axis 1."""
+        if self.axis(x) != 1 and any(seg.factor != 1 for seg in self.layout(x)):
+            self.freeze_all(node, index, f"{node.op_type} of a flattened tensor whose channels are not on axis 1")
+            return False
         shape = self.shapes[x]
         positions = int(np.prod(shape[1:], dtype=np.int64)) // max(shape[self.axis(x)], 1)
-        self.layouts[out] = flatten(self.layout(x), positions)
+        self.layouts[node.output[0]] = flatten(self.layout(x), positions)
         if self.axis(x) != 1 and positions > 1:
-            self.position_major[out] = positions
+            self.position_major[node.output[0]] = positions
+        return True
 
     def op_Reshape(self, node: onnx.NodeProto, index: int) -> None:
         x, target = node.input[0], node.input[1]
@@ -732,10 +735,8 @@ class _Analyzer:
         if not ok:
             self.freeze_all(node, index, "Reshape other than flattening (N, C, ...) to (N, features)")
             return
-        if self.axis(x) != 1 and any(seg.factor != 1 for seg in layout):
-            self.freeze_all(node, index, "Reshape of a flattened tensor whose channels are not on axis 1")
+        if not self.flatten_map(node, index, x):
             return
-        self.flatten_map(node.output[0], x)
         for pos, v in enumerate(spec):
             if v not in (0, -1) and pos == 1:
                 for seg in layout:
@@ -788,17 +789,26 @@ class _Analyzer:
                                                      and self.shapes.get(src) in ((), (1,))):
             return self.batch_entries(src, x, depth + 1)
         entries = self.batch_entries(src, x, depth + 1)
-        if not entries:
-            return set()
-        if node.op_type == "Gather" and int(_attrs(node).get("axis", 0)) == 0:
-            taken = self.value(node.input[1])
-            return set() if taken is None else {j for j, i in enumerate(np.ravel(taken)) if int(i) in entries}
+        taken = self.taken_entries(node, self.shapes.get(src, (0,))[0]) if entries else None
+        return set() if taken is None else {j for j, i in enumerate(taken) if i in entries}
+
+    def taken_entries(self, node: onnx.NodeProto, n: int) -> list[int] | None:
+        """Which entries of its first input, a shape vector of ``n`` entries, each entry of
+        ``node``'s output holds: a Cast or Identity holds them all, a Gather by constant
+        indices the ones they name (as given, a negative index not wrapped) and a Slice by
+        constant bounds with step 1 the ones it picks. None for any other op, or indices and
+        bounds that are not constant."""
+        if node.op_type in ("Cast", "Identity"):
+            return list(range(n))
+        if node.op_type == "Gather" and int(_attrs(node).get("axis", 0)) in (0, -1):  # the vector's one axis
+            v = self.value(node.input[1])
+            return None if v is None else [int(i) for i in np.ravel(v)]
         bounds = self.slice_inputs(node) if node.op_type == "Slice" else None
         if bounds is None or (bounds[3] is not None and np.any(np.ravel(bounds[3]) != 1)) \
                 or (bounds[2] is not None and np.ravel(bounds[2]).tolist() not in ([0], [-1])):
-            return set()
-        lo, hi = _clamp(int(np.ravel(bounds[0])[0]), int(np.ravel(bounds[1])[0]), self.shapes.get(src, (0,))[0])
-        return {j - lo for j in entries if lo <= j < hi}
+            return None
+        lo, hi = _clamp(int(np.ravel(bounds[0])[0]), int(np.ravel(bounds[1])[0]), n)
+        return list(range(lo, hi))
 
     def batch_of(self, y: str, x: str) -> bool:
         """Whether tensor ``y``'s first axis is ``x``'s batch axis: ``y`` is ``x``, or ``x``
@@ -964,22 +974,12 @@ class _Analyzer:
         where what it takes still holds a channel count, every reader of its output must
         take only other entries in turn (tf2onnx's ``Slice(Cast(Gather(Shape(x), perm)), 0,
         1)``: the batch size of the NHWC map)."""
-        if reader.input[0] != shape:
+        # a Slice with its bounds as attributes (opset < 10) is not followed here
+        taken = self.taken_entries(reader, n) if reader.input[0] == shape and (
+            reader.op_type != "Slice" or len(reader.input) >= 3) else None
+        if taken is None:
             return False
-        if reader.op_type in ("Cast", "Identity"):
-            taken = list(range(n))
-        elif reader.op_type == "Gather" and int(_attrs(reader).get("axis", 0)) == 0:
-            v = self.value(reader.input[1])
-            if v is None:
-                return False
-            taken = [int(i) % n for i in np.ravel(v)]
-        else:
-            bounds = self.slice_inputs(reader) if reader.op_type == "Slice" and len(reader.input) >= 3 else None
-            if bounds is None or (bounds[3] is not None and np.any(np.ravel(bounds[3]) != 1)):
-                return False
-            lo, hi = _clamp(int(np.ravel(bounds[0])[0]), int(np.ravel(bounds[1])[0]), n)
-            taken = list(range(lo, hi))
-        held = {j for j, i in enumerate(taken) if i in channel}
+        held = {j for j, i in enumerate(taken) if i % n in channel}
         out = reader.output[0]
         if not held:
             return True
