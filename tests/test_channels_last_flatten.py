@@ -25,9 +25,11 @@ def keras_flatten(form: str, seed: int = 3) -> onnx.ModelProto:
     """x (N, 16, 16, 3) NHWC -> Transpose -> conv1 (3->8) -> Relu -> conv2 (8->16, stride 2)
     -> Relu [-> Concat with conv3 (8->8, stride 2): ``concat``] -> Transpose to NHWC ->
     Reshape to (-1, features) by a constant [or Flatten: ``flatten``; to (N, -1), N read from
-    the input's Shape: ``input_batch``] [-> Dropout:
-    ``dropout``; -> Mul by a constant per feature: ``scaled``] -> dense1 MatMul + Add (-> 32)
-    -> Relu -> dense2 MatMul + Add (-> 10) = y (logits)."""
+    the input's Shape: ``input_batch``] [-> Dropout: ``dropout``; -> Mul and Add by
+    constants per feature (Keras' BatchNormalization as tf2onnx folds it): ``affine``; ->
+    BatchNormalization: ``batchnorm``; -> x * Sigmoid(x): ``swish``; -> Reshape to (N, P, C)
+    and back: ``unflatten``] -> dense1
+    MatMul + Add (-> 32) -> Relu -> dense2 MatMul + Add (-> 10) = y (logits)."""
     n = Net(seed)
     h1 = n.node("Relu", [n.conv(n.node("Transpose", ["x"], perm=NCHW), 3, 8, name="conv1")])
     h = n.node("Relu", [n.conv(h1, 8, 16, name="conv2", strides=[2, 2])])
@@ -48,8 +50,18 @@ def keras_flatten(form: str, seed: int = 3) -> onnx.ModelProto:
         h = n.node("Reshape", [h, n.const([-1, features], np.int64)], name="flat")
     if form == "dropout":
         h = n.node("Dropout", [h])
-    if form == "scaled":
-        h = n.node("Mul", [h, n.const(n.rng.uniform(0.5, 1.5, features))])
+    if form == "affine":  # Keras' BatchNormalization of the features, as tf2onnx folds it
+        h = n.node("Mul", [h, n.const(n.rng.uniform(0.5, 1.5, features), name="f.scale")])
+        h = n.node("Add", [n.const(n.rng.uniform(-0.2, 0.2, (1, features)), name="f.shift"), h])
+    if form == "batchnorm":
+        h = n.node("BatchNormalization", [h] + [n.const(v, name=f"f.{k}") for k, v in (
+            ("gamma", n.rng.uniform(0.5, 1.5, features)), ("beta", n.rng.uniform(-0.2, 0.2, features)),
+            ("mean", n.rng.uniform(-0.2, 0.2, features)), ("var", n.rng.uniform(0.5, 1.5, features)))])
+    if form == "swish":  # two operands flattened alike
+        h = n.node("Mul", [h, n.node("Sigmoid", [h])])
+    if form == "unflatten":
+        h = n.node("Reshape", [n.node("Reshape", [h, n.const([-1, POSITIONS, channels], np.int64)]),
+                               n.const([-1, features], np.int64)])
     h = n.node("MatMul", [h, n.const(n.rng.normal(0, 1 / np.sqrt(features), (features, 32)), name="d1.w")],
                name="dense1")
     h = n.node("Relu", [n.node("Add", [h, n.const(n.rng.uniform(-0.1, 0.1, 32), name="d1.b")])])
@@ -59,8 +71,8 @@ def keras_flatten(form: str, seed: int = 3) -> onnx.ModelProto:
 
 
 def channel_major_twin(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` without the Transpose to NHWC before its flatten, dense1's weight rows in
-    channel-major order: the same function."""
+    """``model`` without the Transpose to NHWC before its flatten, dense1's weight rows and
+    the per-feature constants in channel-major order: the same function."""
     twin = onnx.ModelProto()
     twin.CopyFrom(model)
     graph = twin.graph
@@ -70,6 +82,10 @@ def channel_major_twin(model: onnx.ModelProto) -> onnx.ModelProto:
     weight = next(t for t in graph.initializer if t.name == "d1.w")
     value = numpy_helper.to_array(weight)
     weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(channel_major(value.T, POSITIONS).T), "d1.w"))
+    for tensor in graph.initializer:
+        if tensor.name.startswith("f."):
+            value = numpy_helper.to_array(tensor)
+            tensor.CopyFrom(numpy_helper.from_array(channel_major(value, POSITIONS), tensor.name))
     return twin
 
 
@@ -90,7 +106,8 @@ def test_the_orders_invert_each_other():
     np.testing.assert_array_equal(channel_major(row, 4), [10 * p + c for c in range(3) for p in range(4)])
 
 
-@pytest.mark.parametrize("form", ["reshape", "flatten", "concat", "dropout", "input_batch"])
+@pytest.mark.parametrize("form", ["reshape", "flatten", "concat", "dropout", "input_batch", "affine", "batchnorm",
+                                  "swish"])
 @pytest.mark.parametrize("options", [
     dict(keep_ratio=0.5), dict(sparsity=0.6), dict(keep_ratio=0.5, mode="oneshot"),
     dict(sparsity=0.5, method="l1"), dict(keep_ratio=0.5, reconstruct=False)], ids=str)
@@ -116,9 +133,10 @@ def test_keep_ratio_one_gives_back_the_original():
 
 
 def test_an_op_that_does_not_keep_the_order_freezes_the_map_with_a_reason():
-    """A Mul by one constant per feature behind the flatten would need its constant cut
-    position by position: conv2's channels stay, named by the reason; conv1 still prunes."""
-    model = keras_flatten("scaled")
+    """A Reshape of the flattened features to (N, positions, channels), which the
+    analysis does not follow position by position: conv2's channels stay, named by the
+    reason; conv1 still prunes."""
+    model = keras_flatten("unflatten")
     result = onnx_eprune.prune(model, CALIB_NHWC, device="cpu", keep_ratio=0.5)
     onnx.checker.check_model(result.model, full_check=True)
     conv2 = group_of(result.report, "conv2")

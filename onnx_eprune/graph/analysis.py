@@ -52,8 +52,11 @@ REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "Re
 CHANNELS_FIRST = SPATIAL_POOLS | {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization",
                                   "Gemm"}  # (MatMul reads its last axis: op_MatMul; Flatten: op_Flatten)
 # Ops that may read a map flattened channels last (``_Analyzer.position_major``): the
-# layers that consume it, and element-wise ops on it alone, which keep its order.
+# layers that consume it, and element-wise ops on it alone, which keep its order, or on
+# such maps and constants per feature (Keras' BatchNormalization of the flattened
+# features), which are cut position by position.
 POSITION_MAJOR_READERS = ELEMENTWISE_UNARY | {"Gemm", "MatMul"}
+POSITION_MAJOR_AFFINE = ELEMENTWISE_BINARY | {"BatchNormalization", "PRelu"}
 
 # the QOperator format's layers (onnxruntime's quantize_static with QuantFormat.QOperator)
 QUANTIZED_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"})
@@ -277,15 +280,20 @@ class _Analyzer:
         layout = self.layout(name)
         return isinstance(layout, list) and all(self.spaces.is_frozen(seg.space) for seg in layout)
 
-    def add_param(self, layout, node_index: int, tensor: str, axis: int, reason_node: str) -> bool:
-        """Record a per-channel constant to slice with the layout; freeze if shared."""
+    def add_param(self, layout, node_index: int, tensor: str, axis: int, reason_node: str,
+                  act: str | None = None) -> bool:
+        """Record a per-channel constant to slice with the layout of activation ``act``;
+        freeze if shared."""
         if self.use_count.get(tensor, 0) > 1:
             self.freeze_layout(layout, f"per-channel constant {tensor!r} of {reason_node} is shared")
             return False
+        # behind a channels-last flatten the channels interleave, position by position
+        interleave = sum(seg.length for seg in layout) if act in self.position_major else 0
         offset = 0
-        for seg in layout:  # in entries, not channels: a flattened layout has ``factor`` per channel
-            self.params.setdefault(seg.space, []).append(ParamSlice(node_index, tensor, axis, offset, seg.factor))
-            offset += seg.length * seg.factor
+        for seg in layout:  # else in entries, not channels: a flattened layout has ``factor`` per channel
+            self.params.setdefault(seg.space, []).append(
+                ParamSlice(node_index, tensor, axis, offset, seg.factor, interleave))
+            offset += seg.length if interleave else seg.length * seg.factor
         return True
 
     # -- the walk ----------------------------------------------------------------------
@@ -323,16 +331,18 @@ class _Analyzer:
             return
         if node.op_type in CHANNELS_FIRST and self.axis(node.input[0]) != 1:
             self.reread_channels_first(node, index)
-        flat = [self.position_major[n] for n in node.input if n in self.position_major]
-        if flat and node.op_type not in POSITION_MAJOR_READERS:
+        flat = [n for n in node.input if n in self.position_major]
+        acts = [n for n in node.input if n and not self.is_const(n)]
+        if flat and not (node.op_type in POSITION_MAJOR_READERS or node.op_type in POSITION_MAJOR_AFFINE
+                         and set(acts) <= set(flat) and len({self.position_major[n] for n in flat}) == 1):
             self.freeze_all(node, index, f"{node_label(node, index)} reads a map flattened channels last "
                             "(position by position: Keras' Flatten of an NHWC map), where the analysis follows only "
-                            "element-wise ops on it alone and the Gemm or MatMul that reads it")
+                            "element-wise ops on such maps and constants and the Gemm or MatMul that reads it")
             return
         handler(node, index)
-        if flat and node.op_type in ELEMENTWISE_UNARY and node.output[0] in self.layouts \
-                and self.layouts[node.output[0]] is self.layouts.get(node.input[0]):
-            self.position_major[node.output[0]] = flat[0]
+        if flat and node.op_type not in ("Gemm", "MatMul") and node.output[0] in self.layouts \
+                and self.layouts[node.output[0]] is self.layouts.get(flat[0]):
+            self.position_major[node.output[0]] = self.position_major[flat[0]]
 
     def cut_batch(self, node: onnx.NodeProto, index: int, reason: str) -> None:
         """``node`` changes the batch axis (keeps some samples, or sets the batch size): its
@@ -650,7 +660,7 @@ class _Analyzer:
             self.freeze_all(node, index, f"{label}: BatchNormalization in training mode or with non-constant parameters")
             return
         for p in params:
-            if not self.add_param(layout, index, p, 0, label):
+            if not self.add_param(layout, index, p, 0, label, node.input[0]):
                 return
         self.passthrough(node, node.input[0])
 
@@ -1039,7 +1049,7 @@ class _Analyzer:
         if c_shape[aligned] != entries or const not in self.init_by_name:
             self.freeze_all(node, index, f"{label}: constant operand indexes channels in a way not handled")
             return
-        if self.add_param(layout, index, const, aligned, label):
+        if self.add_param(layout, index, const, aligned, label, act):
             self.passthrough(node, act)
 
     def elementwise_binary(self, node: onnx.NodeProto, index: int) -> None:

@@ -43,6 +43,15 @@ class ParamSlice:
     axis: int
     offset: int      # index along ``axis`` where the group's channel 0 starts
     factor: int = 1  # entries per channel along ``axis`` (H*W for a BatchNormalization behind a Flatten)
+    # behind the Flatten of an NHWC map: the map's channel count, the entries position-major
+    # (channel c at position p is entry ``p * interleave + offset + c``; ``offset`` in channels)
+    interleave: int = 0
+
+    def entries(self, channels: np.ndarray) -> np.ndarray:
+        """The entries along ``axis`` that hold the group's ``channels``."""
+        if self.interleave:
+            return position_columns(self.offset + np.asarray(channels), self.factor, self.interleave)
+        return self.offset + spread(channels, self.factor)
 
 
 @dataclass

@@ -170,7 +170,7 @@ def build_pruned(model: onnx.ModelProto, analysis: GraphAnalysis, keeps: dict[in
             if bias is not None and arrays.get(bias).size == arrays.get(p.weight).shape[p.weight_axis]:
                 arrays.mask(bias, _vector_axis(arrays.get(bias)))[rows] = False
         for prm in group.params:
-            arrays.mask(prm.tensor, prm.axis)[prm.offset + spread(drop, prm.factor)] = False
+            arrays.mask(prm.tensor, prm.axis)[prm.entries(drop)] = False
         for cidx in group.consumers:
             if cidx in refits:
                 continue
