@@ -1037,3 +1037,29 @@ def test_keras_flatten_table_and_its_quoted_figures():
             assert r["wide_channels"] == 64 and "excluded" in r["wide_frozen"]
         else:
             assert not r["wide_frozen"] and (r["wide_channels"] < 64) == (target >= 0.5 or run == "l1")
+
+
+def test_keras_flatten_batchnorm_table_and_its_quoted_figures():
+    """The same for the Keras model with a BatchNormalization of the flattened features
+    (``--model keras_flatten_bn``): its table, the README's drops, and the group pruned at
+    every sparsity by the runs that may prune it."""
+    tool = load_tool("bench_wide", "_bench_wide_under_test")
+    record = json.loads((BENCH / "keras_flatten_bn.json").read_text())
+    assert record["model"] == "keras_flatten_bn" and record["channels"] == 64
+    assert ("python tools/bench_wide.py --model keras_flatten_bn --out bench/keras_flatten_bn.json"
+            in _flat(BENCHMARKS))
+    assert tool.markdown(record) in BENCHMARKS
+    rows = {(r["target"], r["run"]): r for r in record["rows"]}
+    drops = {k: f"{100 * (record['original'] - r['accuracy']):.2f}" for k, r in rows.items()}
+    assert (f"it loses {drops[0.8, 'entropic']} / {drops[0.9, 'entropic']} points against "
+            f"{drops[0.8, 'entropic, frozen']} / {drops[0.9, 'entropic, frozen']}") in _flat(README)
+    assert (f"entropic loses {drops[0.7, 'entropic']} / {drops[0.8, 'entropic']} / {drops[0.9, 'entropic']} points "
+            f"against {drops[0.7, 'entropic, frozen']} / {drops[0.8, 'entropic, frozen']} / "
+            f"{drops[0.9, 'entropic, frozen']}") in _flat(BENCHMARKS)
+    assert f"{100 * record['original']:.2f}%" == "91.47%" and "91.47%" in _flat(README)
+    for (target, run), r in rows.items():
+        assert r["params_removed"] >= target
+        if "frozen" in run:
+            assert r["wide_channels"] == 64 and "excluded" in r["wide_frozen"]
+        else:
+            assert not r["wide_frozen"] and r["wide_channels"] < 64

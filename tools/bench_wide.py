@@ -25,6 +25,13 @@ the Flatten of an NHWC map, position by position: those channels froze until ses
 
     python tools/bench_wide.py --model keras_flatten --out bench/keras_flatten.json
 
+``--model keras_flatten_bn`` is the same CNN with a BatchNormalization of the flattened
+features before the Dense layer (``train_keras_flatten.py --head batchnorm``; tf2onnx folds
+it into a Mul and an Add by a constant per feature, in the same channels-last order), whose
+channels froze until session 53::
+
+    python tools/bench_wide.py --model keras_flatten_bn --out bench/keras_flatten_bn.json
+
 ``--mode oneshot`` prunes in one-shot mode, which froze the wide model's group until
 session 52 (as its "frozen" rows still do)::
 
@@ -72,6 +79,8 @@ MODELS = {
     "wide": Model(ROOT / "bench" / "models" / "wide_fmnist.onnx", "/4/Conv", 96),
     "keras_flatten": Model(ROOT / "bench" / "models" / "keras_flatten_fmnist.onnx",
                            "keras_flatten_fmnist_1/conv2d_1_2/BiasAdd", 64, keras=True),
+    "keras_flatten_bn": Model(ROOT / "bench" / "models" / "keras_flatten_bn_fmnist.onnx",
+                              "keras_flatten_bn_fmnist_1/conv2d_1_2/BiasAdd", 64, keras=True),
 }
 RUNS = {"entropic": {}, "entropic, frozen": {"exclude": ["CONV"]}, "l1": {"method": "l1"},
         "l1, frozen": {"method": "l1", "exclude": ["CONV"]}}
