@@ -16,7 +16,8 @@ other than 1.
 Every figure is compared with a count written here from the ONNX file alone: parameters are
 the elements of every distinct constant tensor (initializer or Constant node, followed
 through Identity / Cast) that a Conv / ConvTranspose / Gemm / MatMul uses as its weight or
-bias (README: "a weight that several layers share counts once"); MACs per sample come from
+bias, or that the one Add after such a bias-less layer adds as its bias (README: "a weight
+that several layers share counts once"); MACs per sample come from
 the tensor shapes of a real onnxruntime run on two samples (or the fixed batch): a Conv
 does ``weight.size`` MACs per output position of every image it sees, a ConvTranspose
 ``weight.size`` per input position, a Gemm / MatMul ``inner dim`` MACs per output element.
@@ -99,6 +100,8 @@ def layer_costs(model: onnx.ModelProto, x: np.ndarray) -> dict[str, tuple[int, i
         else:
             continue
         used = [weight] + ([node.input[2]] if len(node.input) > 2 and node.input[2] in sources else [])
+        if len(node.input) < 3:
+            used += bias_add(model, node.output[0], shapes)
         params = 0
         for name in used:
             value, origin = sources[name]
@@ -118,6 +121,23 @@ def layer_costs(model: onnx.ModelProto, x: np.ndarray) -> dict[str, tuple[int, i
         assert macs % len(x) == 0
         costs[node.name or f"{node.op_type}#{index}"] = (params, macs // len(x))
     return costs
+
+
+def bias_add(model: onnx.ModelProto, out: str, shapes: dict) -> list[str]:
+    """[the bias an exporter adds to a bias-less layer's output ``out``] or []: the
+    initializer, read by nothing else, that the one Add reading ``out`` adds, one value per
+    output channel (axis 1; tf2onnx's MatMul + Add, paddle2onnx's Conv + Add)."""
+    readers = [n for n in model.graph.node if out in n.input]
+    if len(readers) != 1 or readers[0].op_type != "Add" or out in {o.name for o in model.graph.output}:
+        return []
+    other = [i for i in readers[0].input if i != out]
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    if len(other) != 1 or other[0] not in inits or sum(other[0] in n.input for n in model.graph.node) != 1:
+        return []
+    dims, rank = inits[other[0]].shape, len(shapes[out])
+    aligned = (1,) * (rank - len(dims)) + dims
+    return [other[0]] if len(dims) <= rank and aligned[1] == shapes[out][1] and math.prod(aligned) == aligned[1] \
+        else []
 
 
 def totals(model: onnx.ModelProto, x: np.ndarray) -> tuple[int, int]:
@@ -456,6 +476,22 @@ def gemm_constant_a():
     return build(nodes, weights, ["N", 3, 16, 16]), rnd((8, 3, 16, 16))
 
 
+def bias_adds():
+    """Biases an exporter adds after bias-less layers: a Conv + Add of (1, 16, 1, 1)
+    (paddle2onnx), MatMul + Add of (16,) and of (1, 10) (tf2onnx); a Conv + Add of a
+    constant that is no per-channel bias ((1, 1, 8, 8): not counted)."""
+    nodes = [conv("c1", "x", bias=False, kernel_shape=[3, 3], pads=[1] * 4), N("Add", ["c1", "c1.add"], ["a1"]),
+             N("Relu", ["a1"], ["r1"]),
+             conv("c2", "r1", bias=False, kernel_shape=[3, 3], pads=[1] * 4, strides=[2, 2]),
+             N("Add", ["pos", "c2"], ["a2"]), N("Relu", ["a2"], ["r2"]),
+             N("GlobalAveragePool", ["r2"], ["gap"]), N("Flatten", ["gap"], ["flat"]),
+             N("MatMul", ["flat", "m1.w"], ["m1"], name="m1"), N("Add", ["m1", "m1.b"], ["a3"]),
+             N("Relu", ["a3"], ["r3"]), N("MatMul", ["r3", "m2.w"], ["m2"], name="m2"), N("Add", ["m2", "m2.b"], ["y"])]
+    weights = {"c1.w": w(16, 3, 3, 3), "c1.add": w(1, 16, 1, 1), "c2.w": w(24, 16, 3, 3), "pos": w(1, 1, 8, 8),
+               "m1.w": w(24, 16), "m1.b": w(16), "m2.w": w(16, 10), "m2.b": w(1, 10)}
+    return build(nodes, weights, ["N", 3, 16, 16], opset=13), rnd((48, 3, 16, 16))
+
+
 def with_other_parameters():
     """Unfolded BatchNormalization, a PRelu slope, a per-channel Mul: none of them counts."""
     nodes = [conv("c1", "x", bias=False, kernel_shape=[3, 3], pads=[1] * 4),
@@ -488,12 +524,13 @@ GEOMETRY = {
     "pixel_rows_fixed_batch_3": lambda: pixel_rows(3),
     "left_matmul_fixed_batch_4": left_matmul_fixed_batch,
     "constant_value_floats": constant_node_scalars,
+    "bias_adds_after_biasless_layers": bias_adds,
 }
 
 PRUNABLE = ["dilated_strided_asymmetric_pads", "weights_as_constant_nodes", "auto_pad_same_upper_lower_valid",
             "grouped_conv", "depthwise_stride2_no_bias", "channel_multiplier", "conv_transpose_grouped_asymmetric",
             "conv_transpose_multiplier", "gemm_transA_transB_C_variants", "pixel_rows_fixed_batch_3",
-            "constant_value_floats"]
+            "constant_value_floats", "bias_adds_after_biasless_layers"]
 
 
 def fixed_batch_of(model: onnx.ModelProto) -> int:

@@ -31,7 +31,6 @@ class LayerCost:
     out_factor: int = 1         # output channels per group channel (a channel multiplier, or outputs added to its)
     refit: bool = False         # re-fitted when an input group shrinks (re-fits on; a consumer): a new bias
     weight_counted: bool = True  # False for a weight an earlier layer applies too (counted there)
-    bias_after: bool = False    # its re-fit's bias goes into the exporter's bias Add after it (weights.BiasAdds)
     tie: str | None = None      # the weight it applies with other layers (one module applied several times)
     shared_weight: SharedCopies | None = field(default=None, repr=False, compare=False)  # copies of one weight
     shared_bias: SharedCopies | None = field(default=None, repr=False, compare=False)  # a bias other layers read too
@@ -66,7 +65,7 @@ class LayerCost:
         else:
             weights = self.shape(keep, weight=True)[1] * self.weight_counted
         if not self.bias:  # the re-fit's bias replaces any other (one for all the applications of a weight)
-            gains = self.is_refitted(keep, refitted) and not self.bias_after and self.weight_counted
+            gains = self.is_refitted(keep, refitted) and self.weight_counted
             return weights + (out if gains else self.extra_params)
         bias = out if self.shared_bias is None else self.shared_bias.held_by(self, keep, refitted)
         return weights + bias + self.extra_params
@@ -206,6 +205,9 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
             bias_origin not in counted else 0
         if extra:
             counted.add(bias_origin)
+        # an exporter's bias Add after the layer (tf2onnx's MatMul + Add, paddle2onnx's Conv +
+        # Add) holds its bias, and a re-fit's bias goes into it (weights.BiasAdds)
+        counts_bias = has_bias or bias_adds.of(index, out_ch, len(out_shape) or 2) is not None
 
         def segments(entries, total):
             segs, pos = [], 0
@@ -224,7 +226,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
             per_pair = int(np.prod(wshape[1:], dtype=np.int64))
             factor = multiplier[index]
             layers.append(LayerCost(label, node.op_type, segments(depthwise[index], out_ch // factor), [], per_pair,
-                                    True, has_bias, spatial, extra, factor, weight_counted=first))
+                                    True, counts_bias, spatial, extra, factor, weight_counted=first))
         else:
             factor = rows.get(index, 1)
             out_segs = segments(outputs.get(index, []), out_ch // factor)
@@ -233,10 +235,9 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
                 per = cons.s
             else:  # not a consumer: its input side is fixed; express its weight as out x in pairs
                 in_segs, per = [(None, total_w // max(out_ch * per_pair, 1))], per_pair
-            after = cons is not None and not has_bias and bias_adds.of(index, out_ch, len(out_shape) or 2) is not None
-            layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, has_bias, spatial, extra,
+            layers.append(LayerCost(label, node.op_type, out_segs, in_segs, per, False, counts_bias, spatial, extra,
                                     factor, refit=refits and cons is not None and not all_zero(values, node.input[at]),
-                                    weight_counted=first, bias_after=after))
+                                    weight_counted=first))
         if applications[node.input[at]] > 1:
             layers[-1].tie = node.input[at]
         if first:
