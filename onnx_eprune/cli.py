@@ -896,7 +896,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _sigterm_as_interrupt(), _standard_output():
             parser = build_parser()
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
+            if extra:  # argparse would point to the top-level help, not the command's
+                raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see 'onnx-eprune "
+                                 f"{args.command + ' ' if args.command else ''}--help')")
             command, debug = args.command, getattr(args, "debug", False)
             if not command:  # a usage error like any other: one line on stderr, stdout left for results
                 raise UsageError(f"give a command ({', '.join(COMMANDS)}); onnx-eprune --help lists them")

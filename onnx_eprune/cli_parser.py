@@ -158,8 +158,9 @@ def _add_latency(p: argparse.ArgumentParser) -> None:
 
 def _add_stats(source) -> None:
     """--stats in the calibration source group ``source`` (prune, sweep and search)."""
-    source.add_argument("--stats", action="append", metavar="STATS.npz",
-                        help="statistics written by 'onnx-eprune calibrate' (repeat to add up shards; one-shot mode)")
+    source.add_argument("--stats", action="extend", nargs="+", metavar="STATS.npz",
+                        help="statistics written by 'onnx-eprune calibrate' (several files, or the option repeated, "
+                             "add up shards; one-shot mode)")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

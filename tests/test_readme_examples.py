@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import io
 import json
 import math
@@ -141,8 +142,9 @@ def _command(prefix: str) -> str:
 
 
 def _argv(command: str, **placeholders: str) -> list[str]:
-    """The command's arguments after ``onnx-eprune``, placeholders in file names filled in and
-    the "..." of "and more files" dropped."""
+    """The command's arguments after ``onnx-eprune``, placeholders in file names filled in,
+    the "..." of "and more files" dropped and file patterns expanded, as a shell does, in
+    the working folder."""
     args = shlex.split(command)
     assert args[0] == "onnx-eprune"
     out = []
@@ -151,7 +153,7 @@ def _argv(command: str, **placeholders: str) -> list[str]:
             continue
         for key, value in placeholders.items():
             arg = arg.replace(key, value)
-        out.append(arg)
+        out.extend(sorted(glob.glob(arg)) or [arg] if "*" in arg else [arg])
     return out
 
 
@@ -567,8 +569,8 @@ def test_data_images_example(folder, capsys):
 
 def test_calibrate_on_shards_then_prune_from_the_statistics(folder, capsys):
     """``onnx-eprune calibrate model.onnx --calib shard_k.npy --stats-out stats_k.npz --seed 0``
-    for k = 0, 1, then ``onnx-eprune prune model.onnx -o pruned.onnx --stats stats_0.npz --stats
-    stats_1.npz ... --sparsity 0.5``: the statistics files and the model are written; the run is
+    for k = 0, 1, then ``onnx-eprune prune model.onnx -o pruned.onnx --stats stats_*.npz
+    --sparsity 0.5``: the statistics files and the model are written; the run is
     one-shot over both shards' samples with their seed; and the same files serve a prune with
     ``--exclude`` and ``--min-keep`` ('one set of files serves any of them')."""
     calibrate = _command("onnx-eprune calibrate")

@@ -74,21 +74,17 @@ class StatsBundle:
                    {k: np.asarray(v[candidates]) for k, v in data.arrays.items()})
 
     def merge(self, other: "StatsBundle") -> None:
-        """In place: the bundle of both shards' images (which must be disjoint)."""
-        if other.model != self.model:
-            raise UsageError("statistics files come from different models (or a different model than given)")
-        if (other.seed, other.positions) != (self.seed, self.positions):
-            raise UsageError("statistics files were computed with different --seed or --positions")
+        """In place: the bundle of both shards' images (which must be disjoint); the images
+        kept in content-key order, whatever the order of the shards."""
+        self.compatible(other)
         if set(other.consumers) != set(self.consumers):
             raise UsageError("statistics files cover different layers")
-        for name, images in self.probe.items():
-            if other.probe[name].shape[1:] != images.shape[1:]:
-                raise UsageError(f"statistics files were computed on inputs of other shapes ({name!r}: "
-                                 f"{_dims(other.probe[name])} and {_dims(images)}); calibrate every shard at one size")
         for c, st in other.consumers.items():
             self.consumers[c].merge(st)
         self.samples += other.samples
-        self.gain_images = {k: np.concatenate([v, other.gain_images[k]]) for k, v in self.gain_images.items()}
+        images = CalibrationData({k: np.concatenate([v, other.gain_images[k]]) for k, v in self.gain_images.items()})
+        order = np.argsort(images.keys(), kind="stable")
+        self.gain_images = {k: np.ascontiguousarray(v[order]) for k, v in images.arrays.items()}
 
     def described(self) -> str:
         """How messages name the files the bundle comes from."""
@@ -123,24 +119,7 @@ class StatsBundle:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "StatsBundle":
         p = Path(path)
-        if p.is_dir():
-            raise UsageError(f"statistics file {p} is a directory; give the .npz files that 'onnx-eprune calibrate' "
-                             "wrote")
-        if not p.is_file():
-            raise UsageError(f"statistics file not found: {p}")
-        try:
-            f = np.load(p, allow_pickle=False)
-        except Exception as exc:  # numpy and zipfile raise several unrelated types on a damaged file
-            raise UsageError(f"{p} is not an onnx-eprune statistics file, or a damaged one ({type(exc).__name__}: "
-                             f"{exc}); write it again with 'onnx-eprune calibrate'") from None
-        if isinstance(f, np.ndarray):
-            raise UsageError(f"{p} holds a single array, not statistics written by 'onnx-eprune calibrate' "
-                             "(calibration data goes to --calib)")
-        if not any(STATS_MEMBER.fullmatch(k) for k in f.files):
-            with f:
-                raise UsageError(f"{p} is not an onnx-eprune statistics file: it holds arrays ({', '.join(f.files[:4])}"
-                                 f"{', ...' if len(f.files) > 4 else ''}) and no record (calibration data goes to "
-                                 "--calib)")
+        f = _open(p)
         try:
             with f:
                 arrays = {k: f[k] for k in f.files}
@@ -153,14 +132,44 @@ class StatsBundle:
             gains = {n: arrays[f"gain{i}"] for i, n in enumerate(names)}
             digest = meta.pop("digest")
         except Exception as exc:  # a missing key, a damaged member, a malformed meta record
-            raise UsageError(f"{p} is not an onnx-eprune statistics file of this version, or a damaged one "
-                             f"({type(exc).__name__}: {exc}); write it again with 'onnx-eprune calibrate'") from None
+            raise _damaged(p, exc) from None
         bundle = cls(meta["model"], meta["seed"], meta["positions"], meta["samples"], consumers, probe, gains)
         bundle._check(p)
         if digest != _digest(meta, arrays):  # after the checks that name what is wrong
             raise UsageError(f"{p} was edited or damaged: its contents do not match the digest it was written with; "
                              "write it again with 'onnx-eprune calibrate'")
         return bundle
+
+    @classmethod
+    def head(cls, path: str | os.PathLike) -> "StatsBundle":
+        """The bundle of file ``path`` without its moments (``consumers`` empty): its record
+        and images only, read without the layers' moments, which :meth:`load` reads and
+        checks. Enough to tell shards apart and find files that cannot add up."""
+        p = Path(path)
+        f = _open(p)
+        try:
+            with f:
+                meta = json.loads(str(f["meta"]))
+                if meta.get("format") != FORMAT:
+                    raise ValueError(f"format {meta.get('format')!r}, this version reads {FORMAT!r}")
+                names = meta["inputs"]
+                probe = {n: f[f"probe{i}"] for i, n in enumerate(names)}
+                gains = {n: f[f"gain{i}"] for i, n in enumerate(names)}
+            return cls(meta["model"], meta["seed"], meta["positions"], meta["samples"], {}, probe, gains)
+        except Exception as exc:
+            raise _damaged(p, exc) from None
+
+    def compatible(self, other: "StatsBundle") -> None:
+        """:class:`UsageError` unless ``other``'s statistics can add up with these: the same
+        model, seed and positions, inputs of the same shapes."""
+        if other.model != self.model:
+            raise UsageError("statistics files come from different models (or a different model than given)")
+        if (other.seed, other.positions) != (self.seed, self.positions):
+            raise UsageError("statistics files were computed with different --seed or --positions")
+        for name, images in self.probe.items():
+            if other.probe[name].shape[1:] != images.shape[1:]:
+                raise UsageError(f"statistics files were computed on inputs of other shapes ({name!r}: "
+                                 f"{_dims(other.probe[name])} and {_dims(images)}); calibrate every shard at one size")
 
     def _check(self, path: Path) -> None:
         """Refuse a file whose numbers cannot be a run's (edited, or damaged in a way the
@@ -178,6 +187,35 @@ class StatsBundle:
             if not st.finite():  # calibrate refuses to write moments that are not
                 raise UsageError(f"{path} is damaged: the moments of layer {c} hold Inf or NaN; write it again with "
                                  "'onnx-eprune calibrate'")
+
+
+def _open(p: Path) -> np.lib.npyio.NpzFile:
+    """Statistics file ``p`` opened (its arrays read on access); :class:`UsageError` for a
+    path that is no such file."""
+    if p.is_dir():
+        raise UsageError(f"statistics file {p} is a directory; give the .npz files that 'onnx-eprune calibrate' "
+                         "wrote")
+    if not p.is_file():
+        raise UsageError(f"statistics file not found: {p}")
+    try:
+        f = np.load(p, allow_pickle=False)
+    except Exception as exc:  # numpy and zipfile raise several unrelated types on a damaged file
+        raise UsageError(f"{p} is not an onnx-eprune statistics file, or a damaged one ({type(exc).__name__}: "
+                         f"{exc}); write it again with 'onnx-eprune calibrate'") from None
+    if isinstance(f, np.ndarray):
+        raise UsageError(f"{p} holds a single array, not statistics written by 'onnx-eprune calibrate' "
+                         "(calibration data goes to --calib)")
+    if not any(STATS_MEMBER.fullmatch(k) for k in f.files):
+        with f:
+            raise UsageError(f"{p} is not an onnx-eprune statistics file: it holds arrays ({', '.join(f.files[:4])}"
+                             f"{', ...' if len(f.files) > 4 else ''}) and no record (calibration data goes to "
+                             "--calib)")
+    return f
+
+
+def _damaged(p: Path, exc: Exception) -> UsageError:
+    return UsageError(f"{p} is not an onnx-eprune statistics file of this version, or a damaged one "
+                      f"({type(exc).__name__}: {exc}); write it again with 'onnx-eprune calibrate'")
 
 
 def _digest(meta: dict, arrays: dict[str, np.ndarray]) -> str:
@@ -210,23 +248,38 @@ def _dims(images: np.ndarray) -> str:
 def merge_bundles(paths: list) -> StatsBundle:
     """Load and add up the statistics files ``paths`` (or bundles already loaded, left as
     they were: the sum goes into a copy). The same shard given twice (one file, or copies
-    of it) is refused: its samples would count twice."""
-    bundles = [p if isinstance(p, StatsBundle) else StatsBundle.load(p) for p in paths]
+    of it) is refused: its samples would count twice. Every file's record is checked
+    against the others' before any moments are read; the files are then read one at a
+    time, in an order set by their contents (the sum is the same bytes in any order of
+    ``paths``), each added up and let go, so memory holds two files' moments at most."""
     names = [str(p) if not isinstance(p, StatsBundle) else f"bundle #{i + 1}" for i, p in enumerate(paths)]
-    _refuse_repeats(names, bundles)
-    bundle = copy.deepcopy(bundles[0]) if isinstance(paths[0], StatsBundle) else bundles[0]
-    for name, other in zip(names[1:], bundles[1:]):
+    heads = [p if isinstance(p, StatsBundle) else StatsBundle.head(p) for p in paths]
+    digests = _refuse_repeats(names, heads)
+    for name, head in zip(names[1:], heads[1:]):
         try:
-            bundle.merge(other)
+            heads[0].compatible(head)
         except UsageError as exc:
             raise UsageError(f"{name} does not add up with {names[0]}: {exc}") from None
+    order = sorted(range(len(paths)), key=digests.__getitem__)
+    bundle: StatsBundle | None = None
+    for i in order:
+        other = paths[i] if isinstance(paths[i], StatsBundle) else StatsBundle.load(paths[i])
+        if bundle is None:
+            bundle, first = (copy.deepcopy(other) if other is paths[i] else other), i
+        else:
+            try:
+                bundle.merge(other)
+            except UsageError as exc:
+                raise UsageError(f"{names[i]} does not add up with {names[first]}: {exc}") from None
+        del other  # its moments go before the next file's are read
     return replace(bundle, sources=tuple(names))
 
 
-def _refuse_repeats(names: list[str], bundles: list[StatsBundle]) -> None:
+def _refuse_repeats(names: list[str], bundles: list[StatsBundle]) -> list[str]:
     """Refuse two bundles of the same samples. The images kept for the sensitivities (chosen
     and ordered by their content: the same in any order of the samples), with the sample
-    count, identify a shard: disjoint shards share none."""
+    count, identify a shard: disjoint shards share none. Returns each bundle's identity
+    (a digest)."""
     seen: dict[str, int] = {}
     owner: dict[str, int] = {}  # the digest of each image kept for the sensitivities -> its bundle
     for i, bundle in enumerate(bundles):
@@ -244,3 +297,4 @@ def _refuse_repeats(names: list[str], bundles: list[StatsBundle]) -> None:
                 raise UsageError(f"statistics files {names[first]} and {names[i]} share calibration images; give "
                                  "disjoint shards, or the shared samples count twice (a set with duplicate "
                                  "images: calibrate it in one run)")
+    return list(seen)
