@@ -150,7 +150,7 @@ def _calib_source(args: argparse.Namespace, model):
 
         if args.size is not None:
             _check_random_size(model, args.size)
-        source = random_calibration(model, args.calib_random, args.seed, size=args.size)
+        source = random_calibration(model, args.calib_random, args.seed or 0, size=args.size)
     elif args.calib_images is not None:
         from .calibrate.images import load_image_folder
 
@@ -199,7 +199,7 @@ def _run_config(args: argparse.Namespace, **target):
 
     if args.no_reconstruct and args.refit_ridge is not None:
         raise UsageError("--refit-ridge sets the ridge of the re-fit, which --no-reconstruct skips; drop one of them")
-    config = PruneConfig(method=args.method, mode=_run_mode(args), samples=args.samples, seed=args.seed,
+    config = PruneConfig(method=args.method, mode=_run_mode(args), samples=args.samples, seed=args.seed or 0,
                          device=args.device, batch_size=args.batch_size, positions=args.positions,
                          round_to=args.round_to, reconstruct=not args.no_reconstruct,
                          refit_ridge=THIN if args.refit_ridge is None else args.refit_ridge,
@@ -388,6 +388,13 @@ def _check_stats_options(args: argparse.Namespace) -> None:
     if args.mode == "sequential":
         raise UsageError("--mode sequential fits each layer on the network pruned so far, which needs the samples; "
                          "statistics files hold one-shot statistics: drop --mode, or give --calib instead of --stats")
+    if args.seed is not None:  # the API cannot tell a seed of 0 given from its default; the command line can
+        from .calibrate.bundle import StatsBundle
+
+        seed = StatsBundle.head(args.stats[0]).seed
+        if args.seed != seed:
+            raise UsageError(f"the statistics ({args.stats[0]}) were computed with seed {seed}, not {args.seed}: leave "
+                             "--seed out, or calibrate again with it")
 
 
 def _checked_inputs_and_output(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -535,8 +542,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from .report_files import markdown_sweep
 
         table = markdown_sweep(record).splitlines()
-        print("\n".join(line for line in table if line.startswith("|")))
-        print("wrote " + ", ".join(str(p) for p in written))
+        _print_after_writing("\n".join(line for line in table if line.startswith("|")) + "\nwrote "
+                             + ", ".join(str(p) for p in written), written)
     return 0
 
 
@@ -628,7 +635,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     with _written_after_the_checks(args.stats_out):
         bundle.save(args.stats_out)
     if not args.quiet:
-        print(f"wrote statistics of {len(bundle.consumers)} layers over {bundle.samples} samples to {args.stats_out}")
+        _print_after_writing(f"wrote statistics of {len(bundle.consumers)} layers over {bundle.samples} samples to "
+                             f"{args.stats_out}", [Path(args.stats_out)])
     return 0
 
 

@@ -171,8 +171,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["sequential", "oneshot"],  # None: sequential, unless --stats (one-shot)
                    help="sequential: each layer is fitted on the already-pruned network (default)")
     p.add_argument("--samples", type=int, metavar="N", help="use the first N calibration samples")
-    p.add_argument("--seed", type=int, default=0, metavar="N",
-                   help="seed for position sampling and random selection (default: 0)")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="seed for position sampling and random selection (default: 0; with --stats, the files' seed)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="onnxruntime device for calibration (default: CUDA when usable)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B",

@@ -139,8 +139,7 @@ def measure_against(reference: Iterable[list[np.ndarray]], model: onnx.ModelProt
         if labels is not None:
             truth = labels[start:start + len(got[0])]
             for row, out in zip(right, (ref, got)):
-                row += np.bincount(truth if classes else np.zeros_like(truth), out[0].argmax(1) == truth,
-                                   len(row))
+                row += np.bincount(truth if classes else np.zeros_like(truth), _hits(out[0], truth), len(row))
     if labels is None:
         return comparison.result(), None
     accuracy = {"original": float(right[0].sum() / len(labels)), "pruned": float(right[1].sum() / len(labels))}
@@ -150,6 +149,14 @@ def measure_against(reference: Iterable[list[np.ndarray]], model: onnx.ModelProt
             which: [float(r / n) if n else None for r, n in zip(row, samples)]
             for which, row in (("original", right[0]), ("pruned", right[1]))}}
     return comparison.result(), accuracy
+
+
+def _hits(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """1.0 where the top-1 class of ``scores`` (samples, classes) is ``truth``, else 0.0;
+    NaN for a row holding NaN, whose top-1 class is undefined (and so is any figure that
+    counts it: accuracy and agreement are NaN, null in JSON, and no tolerance holds)."""
+    hits = (scores.argmax(1) == truth).astype(np.float64)
+    return np.where(np.isnan(scores).any(axis=1), np.nan, hits) if scores.dtype.kind == "f" else hits
 
 
 class OutputComparison:
@@ -175,7 +182,10 @@ class OutputComparison:
             same_zero = (norms == 0) & ~fa.any(1) & ~fb.any(1)
             cos = np.where(same_zero, 1.0, np.sum(fa * fb, 1) / np.maximum(norms, 1e-30))
             self.classes[name] = ya.ndim == 2 and ya.shape[1] > 1
-            agree = np.sum(ya.argmax(1) == yb.argmax(1)) if self.classes[name] else 0
+            agree = 0
+            if self.classes[name]:  # a row holding NaN has no top-1 class: the agreement is undefined
+                undefined = np.isnan(fa).any(axis=1) | np.isnan(fb).any(axis=1)
+                agree = np.nan if undefined.any() else np.sum(ya.argmax(1) == yb.argmax(1))
             self.sums[name] += [np.sum((fa - fb) ** 2), np.sum(fa ** 2), np.sum(cos), agree, len(ya)]
 
     def result(self) -> dict:
@@ -326,21 +336,27 @@ def _worst_class(per_class: dict | None) -> int | None:
     where there are two or more of them."""
     if not per_class:
         return None
-    drops = [(o - p, -k) for k, (o, p) in enumerate(zip(per_class["original"], per_class["pruned"])) if o is not None]
+    drops = [(o - p, -k) for k, (o, p) in enumerate(zip(per_class["original"], per_class["pruned"]))
+             if o is not None and np.isfinite(o - p)]
     return -max(drops)[1] if len(drops) > 1 else None
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.2f}%" if np.isfinite(fraction) else "undefined (outputs hold NaN)"
 
 
 def format_evaluation(r: dict, class_names: list[str] | None = None) -> str:
     """:func:`evaluate`'s result as text lines; ``class_names[k]`` names class k where given."""
     lines = [f"{r['samples']} samples on {r['provider']}"]
     for name, e in r["outputs"].items():
-        agree = f", top-1 agreement {100 * e['top1_agreement']:.2f}%" if "top1_agreement" in e else ""
+        agree = f", top-1 agreement {_percent(e['top1_agreement'])}" if "top1_agreement" in e else ""
         lines.append(f"output {printable(name)}: relative error {e['relative_error']:.4f}, "
                      f"cosine {e['cosine']:.5f}{agree}")
     if "accuracy" in r:
         acc = r["accuracy"]
-        lines.append(f"accuracy: original {100 * acc['original']:.2f}%, pruned {100 * acc['pruned']:.2f}% "
-                     f"({100 * (acc['pruned'] - acc['original']):+.2f} points)")
+        change = acc["pruned"] - acc["original"]
+        lines.append(f"accuracy: original {_percent(acc['original'])}, pruned {_percent(acc['pruned'])}"
+                     + (f" ({100 * change:+.2f} points)" if np.isfinite(change) else ""))
         worst, per = _worst_class(acc.get("per_class")), acc.get("per_class")
         if worst is not None and per["pruned"][worst] >= per["original"][worst]:
             lines.append("no class lost accuracy")

@@ -241,6 +241,7 @@ class Pruner:
         self._blas_threads = max([i["num_threads"] for i in self._blas.info() if i["user_api"] == "blas"] or [1])
         self.timer = _Timer()
         self.bundle = stats
+        self.wide_frozen: list[int] = []  # groups frozen as only reduced statistics can prune them (_freeze_wide)
         t0 = time.perf_counter()
         with self.timer.phase("load"):
             self.model = as_model(model)
@@ -609,6 +610,10 @@ class Pruner:
         try:
             budget.check_reachable(channels, self.costs, target, steps, least)
         except EPruneError as exc:
+            if self.bundle is not None and self.wide_frozen:
+                given += (f"; the statistics files keep group{'s' if len(self.wide_frozen) > 1 else ''} "
+                          f"{', '.join(map(str, self.wide_frozen))} whole (read by a consumer too wide for statistics "
+                          "of every feature), which a run from calibration data (--calib) can prune")
             raise EPruneError(f"{exc}{given}") from None
         # a target within reach only by emptying the few layers pruning can touch: say so
         full = self.costs.total(target.metric)
@@ -807,6 +812,7 @@ class Pruner:
         for gid, reason in self.analysis.wide.items():
             self.analysis.groups[gid].frozen.append(f"{reason}; a run from calibration data, which reduces them, "
                                                     "can prune its input channels")
+        self.wide_frozen = sorted(self.analysis.wide)
         self.analysis.wide.clear()
 
     def _kept(self, cidx: int, keeps: dict[int, np.ndarray]) -> np.ndarray:

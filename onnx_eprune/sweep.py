@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import onnx
 
 from .calibrate.bundle import StatsBundle, merge_bundles
@@ -92,6 +93,7 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
     """
     if kind not in TARGET_FIELDS:
         raise UsageError(f"a sweep runs over one of {', '.join(TARGET_FIELDS)}, not {kind!r}")
+    check_latency(latency)
     targets = _checked_targets(targets)
     base = untargeted_config(model, config, options, data, labels, progress,
                              "a sweep takes its targets in targets=[...]")
@@ -166,6 +168,12 @@ def quiet_repeats() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(once)
+
+
+def check_latency(latency: object) -> None:
+    """:class:`UsageError` unless ``latency`` is True or False ("no" would read as true)."""
+    if not isinstance(latency, (bool, np.bool_)):
+        raise UsageError(f"latency must be True or False, not {latency!r}")
 
 
 def _first(arrays: dict) -> CalibrationData:

@@ -133,6 +133,8 @@ def test_errors_derive_from_one_documented_base():
     pytest.param(lambda m, x: onnx_eprune.inspect(m, sample=x[:1, :, :8]), id="inspect-sample-shape"),
     pytest.param(lambda m, x: onnx_eprune.evaluate(m, m, x, labels=np.full(len(x), 99)), id="labels-range"),
     pytest.param(lambda m, x: onnx_eprune.sweep(m, x, [0.5], data=x[:, :, :8], **FAST), id="sweep-data-shape"),
+    pytest.param(lambda m, x: onnx_eprune.sweep(m, x, [0.5], latency="no", **FAST), id="sweep-latency-str"),
+    pytest.param(lambda m, x: onnx_eprune.search(m, x, max_error=0.1, latency="no", **FAST), id="search-latency-str"),
     pytest.param(lambda m, x: onnx_eprune.prune(m, x, sparsity=0.5, **FAST).save(tempfile.gettempdir()),
                  id="save-to-a-folder"),
 ])

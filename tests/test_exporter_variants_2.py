@@ -176,10 +176,12 @@ def assert_identity_and_close(model: onnx.ModelProto, calib: np.ndarray = CALIB,
 
 
 def independent_costs(model: onnx.ModelProto) -> tuple[int, int]:
-    """Parameters (weights and biases) and MACs per sample of every Conv, ConvTranspose,
-    Gemm and MatMul with a constant weight, from ONNX's own shape inference: a Conv costs its
-    weight per output position, a ConvTranspose per input position, a Gemm/MatMul per row
-    of its output (divided by the fixed batch)."""
+    """Parameters (weights and biases, a bias-less layer's bias being the constant that the
+    one Add after it adds, one value per output channel: tf2onnx's MatMul + Add,
+    paddle2onnx's Conv + Add) and MACs per sample of every Conv, ConvTranspose, Gemm and
+    MatMul with a constant weight, from ONNX's own shape inference: a Conv costs its weight
+    per output position, a ConvTranspose per input position, a Gemm/MatMul per row of its
+    output (divided by the fixed batch)."""
     inits = {t.name: NH.to_array(t) for t in model.graph.initializer}
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     shapes = {vi.name: [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]
@@ -191,6 +193,13 @@ def independent_costs(model: onnx.ModelProto) -> tuple[int, int]:
             continue
         w = inits[node.input[1]]
         params += w.size + (inits[node.input[2]].size if len(node.input) > 2 and node.input[2] else 0)
+        readers = [n for n in model.graph.node if node.output[0] in n.input]
+        if len(node.input) < 3 and len(readers) == 1 and readers[0].op_type == "Add":
+            bias = [i for i in readers[0].input if i != node.output[0] and i in inits]
+            out = shapes[node.output[0]]
+            if bias and inits[bias[0]].size == out[1] and ([1] * len(out) + list(inits[bias[0]].shape))[-len(out):][1] \
+                    == out[1] and sum(bias[0] in n.input for n in model.graph.node) == 1:
+                params += out[1]
         if node.op_type == "Conv":
             macs += w.size * int(np.prod(shapes[node.output[0]][2:]))
         elif node.op_type == "ConvTranspose":

@@ -156,6 +156,15 @@ def test_reported_seed_is_that_of_the_statistics(ws, capsys):
                               extra=("--report", report)))
     assert json.loads(report.read_text())["seed"] == 3
     assert metadata_record(d / "seed3.onnx")["seed"] == 3
+    # a --seed given is checked against the files', 0 as any other (the API cannot tell a
+    # seed of 0 from its default, and passes it over)
+    for seed in ("0", "4"):
+        err = run_error(capsys, prune_argv(ws, d / "seed3_0.npz", d / "seed3_1.npz", out="s.onnx",
+                                           extra=("--seed", seed)), 2)
+        assert f"computed with seed 3, not {seed}" in err
+    assert not (d / "s.onnx").exists()
+    run_ok(capsys, prune_argv(ws, d / "seed3_0.npz", d / "seed3_1.npz", out="s.onnx", extra=("--seed", "3")))
+    assert (d / "s.onnx").read_bytes() == (d / "seed3.onnx").read_bytes()
 
 
 # -- the bundle belongs to one model ---------------------------------------------------------------

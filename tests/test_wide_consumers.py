@@ -228,7 +228,14 @@ def test_statistics_files_leave_the_wide_group_out(tmp_path, widths):
     bundle = onnx_eprune.calibrate(conv_bn_relu_pool_flatten_gemm(True), CALIB, device="cpu")
     assert max(widths) <= LIMIT
     result = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), stats=[bundle], sparsity=0.3)
-    assert "a run from calibration data" in _group_of(result.report, "gemm_8")["frozen"]
+    group = _group_of(result.report, "gemm_8")
+    assert "a run from calibration data" in group["frozen"]
+    # a target only the calibration data reaches: the error says that the files are why
+    reach = onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), CALIB, sparsity=0.97, device="cpu")
+    assert reach.report["params"]["removed_fraction"] >= 0.97
+    with pytest.raises(onnx_eprune.EPruneError, match=f"out of reach: .*; the statistics files keep group "
+                                                      f"{group['id']} whole .* a run from calibration data"):
+        onnx_eprune.prune(conv_bn_relu_pool_flatten_gemm(True), stats=[bundle], sparsity=0.97)
 
 
 WIDE_MODEL = Path(__file__).resolve().parents[1] / "bench" / "models" / "wide_fmnist.onnx"
