@@ -198,7 +198,8 @@ def test_the_readme_states_each_default(where, option, default):
     --device's default, and demo's ``lenet5_fmnist.pruned.onnx`` in the current folder
     unless ``-o`` is given (the three used to be stated nowhere). The values are
     cli_parser.py's."""
-    parser_default = {"--batch-size": 64, "--method": "entropic", "--round-to": None, "--seed": 0,
+    # --seed: None, read as 0 (as the README says), or with --stats as the files' seed
+    parser_default = {"--batch-size": 64, "--method": "entropic", "--round-to": None, "--seed": None,
                       "--device": "auto", "demo -o": "lenet5_fmnist.pruned.onnx"}[option]
     command, opt = ("demo", "-o") if option == "demo -o" else ("prune", option)
     actual = next(a.default for opts, a in _options(_subparsers()[command]) if opt in opts)

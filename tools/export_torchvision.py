@@ -183,8 +183,10 @@ def _set_batchnorm_statistics(model, shape, torch) -> None:
 def export_one(name: str, size: int, kind: str, batch: int | None, cache: Path) -> dict:
     if kind == "ultralytics":
         return export_ultralytics(name, size, cache)
+    import torch
+
+    torch.manual_seed(0)  # before the weights are drawn: the same export whatever ran before it
     model, torch = build(name, kind)
-    torch.manual_seed(0)
     shape = _input_shape(name, size, kind, batch)
     _set_batchnorm_statistics(model, shape, torch)
     path = cache / f"{stem(name, batch)}.onnx"
