@@ -81,8 +81,16 @@ def latencies(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[in
     """Median latency in ms of both models on ``feeds`` (:func:`latency_feeds`), measured
     one after the other so that both see the same machine load: {"original": {"batch1":
     ...}, "pruned": {...}}."""
-    return {which: {f"batch{size}": latency_ms(m, feeds[size], providers) for size in feeds}
+    return {which: {f"batch{size}": latency_ms(m, _typed(m, feeds[size]), providers) for size in feeds}
             for which, m in (("original", original), ("pruned", pruned))}
+
+
+def _typed(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feeds`` in the element types of ``model``'s inputs (a float16 copy of a float32
+    model takes the same data as float16)."""
+    types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input
+             if i.type.tensor_type.elem_type}
+    return {k: v.astype(types[k], copy=False) if k in types else v for k, v in feeds.items()}
 
 
 def _size(model: onnx.ModelProto, path) -> int:
@@ -279,20 +287,21 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     _check_same_outputs(a, b, _described(original, "original"), _described(pruned, "pruned"))
     providers = choose_providers(device)
     data_a = _fitted(data, a, _described(original, "original"))
-    _fitted(data_a.arrays, b, _described(pruned, "pruned"))  # the pruned model must take the same inputs
+    # the pruned model must take the same inputs, each in the type it declares
+    data_b = _fitted(data_a.arrays, b, _described(pruned, "pruned"))
     _check_same_batching(a, b, _described(original, "original"), _described(pruned, "pruned"))
     shapes_a, analysis_a = probe_groups(a, data_a.first(), providers)
     names, size, classes = _compared(a, shapes_a, analysis_a)
     y = load_labels(labels, data_a.samples, classes, names[0]) if labels is not None else None
     original_session = make_session(a, providers, outputs=names)
     reference = (run(original_session, None, batch) for batch in data_a.batches(size))
-    fidelity, accuracy = measure_against(reference, b, data_a, names, size, providers, y, classes)
+    fidelity, accuracy = measure_against(reference, b, data_b, names, size, providers, y, classes)
     result: dict = {"samples": data_a.samples, "provider": providers[0], "outputs": fidelity}
     if accuracy is not None:
         result["accuracy"] = accuracy
     result["latency_ms"] = latencies(a, b, latency_feeds(a, data_a), providers)
     pa, ma = _counts(a, copies[0], shapes_a, analysis_a)
-    pb, mb = _counts(b, copies[1], *probe_groups(b, data_a.first(), providers))
+    pb, mb = _counts(b, copies[1], *probe_groups(b, data_b.first(), providers))
     result["size"] = {"original": {"bytes": file_bytes["original"], "params": pa, "macs": ma},
                       "pruned": {"bytes": file_bytes["pruned"], "params": pb, "macs": mb}}
     return result

@@ -402,6 +402,27 @@ def test_nan_scores_leave_agreement_and_accuracy_undefined(tmp_path, capsys):
     assert "top-1 agreement undefined (outputs hold NaN)" in out and "pruned undefined (outputs hold NaN)" in out
 
 
+def test_a_float16_copy_is_fed_its_own_type(tmp_path, capsys):
+    """The original against a float16 copy of it (weights, input and output in float16):
+    each model gets the data in the type its input declares, and the two agree. Was:
+    onnxruntime's "Unexpected input data type" (exit 1) after the input check had passed."""
+    model = tiny(0)
+    half = onnx.ModelProto()
+    half.CopyFrom(model)
+    for t in half.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for value in (*half.graph.input, *half.graph.output):
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    save(model, tmp_path / "a.onnx")
+    save(half, tmp_path / "b.onnx")
+    np.save(tmp_path / "data.npy", inputs8(40))
+    out, _ = run_ok(capsys, ["evaluate", tmp_path / "a.onnx", tmp_path / "b.onnx", "--data", tmp_path / "data.npy",
+                             "--device", "cpu", "--json"])
+    result = strict_json(out)
+    assert result["outputs"]["y"]["relative_error"] < 1e-2 and result["outputs"]["y"]["top1_agreement"] >= 0.9
+    assert result["size"]["pruned"]["bytes"] < result["size"]["original"]["bytes"]
+
+
 # -- models that do not fit each other ----------------------------------------------------------
 
 def test_outputs_of_other_shapes_are_refused(tmp_path, capsys):
