@@ -383,8 +383,10 @@ def _check_stats_options(args: argparse.Namespace) -> None:
     given = [option for option, value in (("--samples", args.samples), ("--positions", args.positions))
              if value is not None]
     if given:
-        raise UsageError(f"{' and '.join(given)} belong{'s' if len(given) == 1 else ''} to 'onnx-eprune calibrate' "
-                         "and do nothing with --stats: the statistics files hold the samples they were computed on")
+        one = len(given) == 1
+        raise UsageError(f"{' and '.join(given)} belong{'s' if one else ''} to 'onnx-eprune calibrate' and "
+                         f"do{'es' if one else ''} nothing with --stats: the statistics files hold the samples they "
+                         "were computed on")
     if args.mode == "sequential":
         raise UsageError("--mode sequential fits each layer on the network pruned so far, which needs the samples; "
                          "statistics files hold one-shot statistics: drop --mode, or give --calib instead of --stats")

@@ -77,7 +77,7 @@ class PruneConfig:
         if not np.isfinite(value):
             raise UsageError(f"the {name} target must be a finite number")
         if kind == "keep_ratio" and not 0.0 < value <= 1.0:
-            raise UsageError(f"--keep-ratio must be in (0, 1], not {value!r}")
+            raise UsageError(f"keep_ratio (--keep-ratio) must be in (0, 1], not {value!r}")
         if kind != "keep_ratio" and not 0.0 <= value < 1.0:
             raise UsageError(f"the {name} target must be in [0, 1), not {value!r}")
         return budget.Target(kind, float(value))
@@ -98,24 +98,24 @@ class PruneConfig:
                              f"{type(self.entropic).__name__}")
         self.entropic.check()
         if self.method not in METHODS:
-            raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
+            raise UsageError(f"method (--method) must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.mode not in MODES:
-            raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+            raise UsageError(f"mode (--mode) must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be positive, not {self.batch_size}")
+            raise UsageError(f"batch_size (--batch-size) must be positive, not {self.batch_size}")
         if self.round_to is not None and self.round_to < 1:
-            raise UsageError(f"--round-to must be positive, not {self.round_to}")
+            raise UsageError(f"round_to (--round-to) must be positive, not {self.round_to}")
         if self.positions is not None and self.positions < 1:
-            raise UsageError(f"--positions must be positive, not {self.positions}")
+            raise UsageError(f"positions (--positions) must be positive, not {self.positions}")
         if self.seed < 0:  # numpy's generators take none below 0
-            raise UsageError(f"--seed must be 0 or more, not {self.seed}")
+            raise UsageError(f"seed (--seed) must be 0 or more, not {self.seed}")
         if not valid_ridge(self.refit_ridge):
-            raise UsageError(f"--refit-ridge must be {RIDGE_CHOICES}, not {self.refit_ridge!r}")
+            raise UsageError(f"refit_ridge (--refit-ridge) must be {RIDGE_CHOICES}, not {self.refit_ridge!r}")
         if not self.reconstruct and self.refit_ridge != THIN:  # as the command line refuses the pair
             raise UsageError(f"refit_ridge={self.refit_ridge!r} sets the ridge of the re-fit, which "
                              "reconstruct=False skips; drop one of them")
         if not 0.0 <= self.min_keep <= 1.0:  # also refuses NaN
-            raise UsageError(f"--min-keep must be in [0, 1], not {self.min_keep!r}")
+            raise UsageError(f"min_keep (--min-keep) must be in [0, 1], not {self.min_keep!r}")
         check_patterns(self.exclude)
 
 

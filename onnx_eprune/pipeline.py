@@ -90,8 +90,9 @@ def config_for_stats(config: PruneConfig, stats: StatsBundle) -> PruneConfig:
     same model); the options that choose samples and positions belong to calibrate()."""
     given = [name for name in ("samples", "positions") if getattr(config, name) is not None]
     if given:
-        raise UsageError(f"{' and '.join(given)} belong{'s' if len(given) == 1 else ''} to calibrate and do nothing "
-                         "with statistics files: they hold the samples they were computed on")
+        one = len(given) == 1
+        raise UsageError(f"{' and '.join(given)} belong{'s' if one else ''} to calibrate and do{'es' if one else ''} "
+                         "nothing with statistics files: they hold the samples they were computed on")
     if config.seed not in (0, stats.seed):
         raise UsageError(f"{stats.described()} were computed with seed {stats.seed}, not {config.seed}: leave the "
                          "seed out, or calibrate again with it")

@@ -70,12 +70,12 @@ def test_prune_refuses_a_bad_target_before_calibrating(model, x, options, match)
     ({"sparsity": 0.5, "min_keep": "0.1"}, r"^min_keep must be a number"),
     ({"sparsity": 0.5, "reconstruct": "no"}, r"^reconstruct must be True or False"),
     ({"sparsity": 0.5, "entropic": {}}, r"^entropic must be an onnx_eprune\.select\.entropic\.EntropicConfig"),
-    ({"sparsity": 0.5, "method": "L1"}, r"--method must be one of entropic, lasso, thinet, l1, random, not 'L1'"),
-    ({"sparsity": 0.5, "mode": None}, r"--mode must be one of"),
+    ({"sparsity": 0.5, "method": "L1"}, r"method \(--method\) must be one of entropic, lasso, thinet, l1, random, not 'L1'"),
+    ({"sparsity": 0.5, "mode": None}, r"mode \(--mode\) must be one of"),
     ({"sparsity": 0.5, "exclude": "conv*"}, r"--exclude takes non-empty node-name patterns.* not 'conv\*'"),
     ({"sparsity": 0.5, "exclude": ["a", 3]}, r"--exclude takes"),
-    ({"sparsity": 0.5, "refit_ridge": -1}, r"--refit-ridge must be"),
-    ({"sparsity": 0.5, "seed": -1}, r"--seed must be 0 or more"),
+    ({"sparsity": 0.5, "refit_ridge": -1}, r"refit_ridge \(--refit-ridge\) must be"),
+    ({"sparsity": 0.5, "seed": -1}, r"seed \(--seed\) must be 0 or more"),
     ({"sparsty": 0.5}, r"^unknown option 'sparsty' \(did you mean 'sparsity'\?\); the options are sparsity, "),
     ({"config": {"sparsity": 0.5}}, r"^config must be a PruneConfig, not dict"),
     ({"config": PruneConfig(sparsity=0.5), "seed": 1}, r"^pass either a PruneConfig or keyword options"),
@@ -174,7 +174,7 @@ def test_prune_from_stats_takes_a_list_and_refuses_a_bare_bundle(tmp_path, model
     (lambda x: onnx_eprune.calibrate(MISSING, x, sed=1), r"^unknown option 'sed' \(did you mean 'seed'\?\)"),
     (lambda x: onnx_eprune.calibrate(MISSING, x, PruneConfig(), seed=1), r"^pass either a PruneConfig"),
     (lambda x: onnx_eprune.calibrate(MISSING, x, config={"seed": 1}), r"^config must be a PruneConfig"),
-    (lambda x: onnx_eprune.calibrate(MISSING, x, seed=-1), r"--seed must be 0 or more"),
+    (lambda x: onnx_eprune.calibrate(MISSING, x, seed=-1), r"seed \(--seed\) must be 0 or more"),
 ])
 def test_calibrate_refuses_bad_options(call, match, x):
     with pytest.raises(UsageError, match=match):

@@ -316,7 +316,7 @@ def test_cli_sweep_records_the_limits(files, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [(["--exclude", "conv1"], "'conv1' matches no node"),
-                                            (["--min-keep", "2"], "--min-keep must be in"),
+                                            (["--min-keep", "2"], "min_keep (--min-keep) must be in"),
                                             (["--min-keep", "x"], "invalid float value")])
 def test_cli_bad_limits_are_one_line_errors(files, capsys, extra, message):
     argv = ["prune", str(files / "model.onnx"), "-o", str(files / "out.onnx"), "--calib", str(files / "calib.npy"),

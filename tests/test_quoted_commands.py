@@ -616,7 +616,7 @@ def test_placeholders_and_optional_parts():
     ("tools/tune_entropic.py", ["lenet6", "0.5"], "KeyError"),
     ("tools/tune_entropic.py", ["lenet5", "0.5", "no_such_field=1"], "no_such_field"),
     ("tools/tune_entropic.py", ["lenet5", "1.5"], "sparsity target must be in [0, 1)"),
-    ("tools/tune_entropic.py", ["lenet5", "0.5", "mode=one-shot"], "--mode must be one of"),
+    ("tools/tune_entropic.py", ["lenet5", "0.5", "mode=one-shot"], "mode (--mode) must be one of"),
     ("tools/same_as_fixed_ridge.py", ["m.onnx", "c.npy"], "give --sparsity and/or --flops"),
     ("tools/bench_qualty.py", [], "does not exist"),
     ("onnx-eprune", ["prune", "m.onnx", "--calib", "c.npy", "--sparsity", "0.5"], "-o/--output"),

@@ -185,7 +185,7 @@ def test_sweep_refuses_labels_without_data_and_unknown_kinds(calib):
     # a bisection from 0 up needs a target that removes more as it grows
     with pytest.raises(onnx_eprune.UsageError, match="one of sparsity, flops_reduction, not 'keep_ratio'"):
         onnx_eprune.search(model, calib, kind="keep_ratio", max_error=0.1)
-    with pytest.raises(onnx_eprune.UsageError, match=r"keep-ratio must be in \(0, 1\]"):
+    with pytest.raises(onnx_eprune.UsageError, match=r"keep_ratio \(--keep-ratio\) must be in \(0, 1\]"):
         onnx_eprune.sweep(model, calib, [0.5, 0.0], kind="keep_ratio")
 
 
@@ -236,7 +236,7 @@ def test_cli_sweep_over_keep_ratios(sweep_files, capsys):
     assert "| keep_ratio 0.5 |" in (out / "sweep.md").read_text()
     for t in ("0.5", "0.8"):
         onnx.checker.check_model(onnx.load(str(out / f"pruned_keep_ratio_{t}.onnx")))
-    assert "--keep-ratio must be in (0, 1]" in run_error(capsys, _sweep_args(sweep_files, "--keep-ratio", "0.5",
+    assert "keep_ratio (--keep-ratio) must be in (0, 1]" in run_error(capsys, _sweep_args(sweep_files, "--keep-ratio", "0.5",
                                                                              "0", "--report-dir",
                                                                              str(sweep_files / "o2")))
     assert "0.5 more than once" in run_error(capsys, _sweep_args(sweep_files, "--keep-ratio", "0.5", "0.5",

@@ -116,7 +116,7 @@ def load_calibration(source, model: onnx.ModelProto, samples: int | None = None,
     n = next(iter(arrays.values())).shape[0]
     if samples is not None:
         if samples < 1:
-            raise UsageError(f"--samples must be at least 1, not {samples}")
+            raise UsageError(f"samples (--samples) must be at least 1, not {samples}")
         if samples > n:  # asked for more than there are: say so rather than run on fewer unnoticed
             log.warning("--samples %d: the calibration data holds %d samples; using all %d", samples, n, n)
         n = min(n, samples)
@@ -301,8 +301,9 @@ def _read(path: Path, inputs, what: str) -> dict[str, np.ndarray]:
     with loaded:
         stats = "meta" in loaded.files and any(STATS_MEMBER.fullmatch(k) for k in loaded.files if k != "meta")
         if stats and not any(vi.name in loaded.files for vi in inputs):
-            raise UsageError(f"{path} holds statistics written by 'onnx-eprune calibrate', not calibration data: "
-                             "give it to --stats")
+            raise UsageError(f"{path} holds statistics written by 'onnx-eprune calibrate', not "
+                             + ("inputs to measure on: give --data the held-out inputs (.npy/.npz)" if what == "data"
+                                else "calibration data: give it to --stats"))
         arrays = {}
         for k in loaded.files:  # read on access: a damaged or pickled member fails here
             try:

@@ -32,7 +32,7 @@ def choose_providers(device: str = "auto") -> list[str]:
     (the provider is listed even when the CUDA libraries are missing), else the CPU.
     """
     if device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda, not {device!r}")
+        raise UsageError(f"device (--device) must be auto, cpu or cuda, not {device!r}")
     if device == "cpu":
         return [_CPU]
     if _CUDA in ort.get_available_providers() and _cuda_works():
