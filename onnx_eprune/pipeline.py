@@ -248,7 +248,8 @@ class Pruner:
             self.model = as_model(model)
             self.normalized = normalize(self.model)
             if stats is not None and stats.model != fingerprint(self.model):
-                raise UsageError(f"{stats.described()} were computed for another model")
+                raise UsageError(f"{stats.described()} were computed for another model (this model's graph, "
+                                 "weights or metadata differ from the one calibrated): calibrate it again")
             # with statistics files, the few images they carry serve to probe shapes and validate
             self.data: CalibrationData = load_calibration(calib, self.model, config.samples) if stats is None \
                 else _bundle_images(stats.probe, self.model, stats)
