@@ -971,18 +971,26 @@ def test_search_figures_quoted_in_the_summaries():
 
 
 # ----------------------------------------------------------------------------- wide consumers
+def _wide_rows(name: str, command: str) -> tuple[dict, dict, dict]:
+    """The committed ``bench/<name>.json`` of ``tools/bench_wide.py``, whose ``command``
+    BENCHMARKS.md quotes and whose ``--markdown`` table it holds: the record, its rows by
+    (target, run) and their accuracy drops in points as the documents print them."""
+    tool = load_tool("bench_wide", "_bench_wide_under_test")
+    record = json.loads((BENCH / f"{name}.json").read_text())
+    assert command in _flat(BENCHMARKS)
+    assert tool.markdown(record) in BENCHMARKS
+    rows = {(r["target"], r["run"]): r for r in record["rows"]}
+    drops = {k: f"{100 * (record['original'] - r['accuracy']):.2f}" for k, r in rows.items()}
+    return record, rows, drops
+
+
 def test_wide_table_and_its_quoted_figures():
     """BENCHMARKS.md's table of the wide model is ``tools/bench_wide.py --out bench/wide.json
     --markdown`` of the committed rows; the README's drops are theirs; every row met its
     sparsity, the entropic and l1 runs pruned the wide group from 0.5 on and re-fitted the Gemm
     exactly wherever it kept at most 16,384 of its 18,816 features, along leading
     directions elsewhere."""
-    tool = load_tool("bench_wide", "_bench_wide_under_test")
-    record = json.loads((BENCH / "wide.json").read_text())
-    assert "python tools/bench_wide.py --out bench/wide.json" in " ".join(BENCHMARKS.split())
-    assert tool.markdown(record) in BENCHMARKS
-    rows = {(r["target"], r["run"]): r for r in record["rows"]}
-    drops = {k: f"{100 * (record['original'] - r['accuracy']):.2f}" for k, r in rows.items()}
+    _, rows, drops = _wide_rows("wide", "python tools/bench_wide.py --out bench/wide.json")
     readme = " ".join(README.split())
     assert (f"{drops[0.7, 'entropic']} / {drops[0.8, 'entropic']} / {drops[0.9, 'entropic']} points against "
             f"{drops[0.7, 'entropic, frozen']} / {drops[0.8, 'entropic, frozen']} / {drops[0.9, 'entropic, frozen']}"
@@ -1000,14 +1008,10 @@ def test_one_shot_wide_table_and_its_quoted_figures():
     """BENCHMARKS.md's one-shot table of the wide model is ``tools/bench_wide.py --mode
     oneshot ... --markdown`` of the committed rows, the README's one-shot drops are theirs,
     and the runs that prune the group took channels from it at every sparsity."""
-    tool = load_tool("bench_wide", "_bench_wide_under_test")
-    record = json.loads((BENCH / "wide_oneshot.json").read_text())
+    record, rows, drops = _wide_rows(
+        "wide_oneshot", "python tools/bench_wide.py --mode oneshot --sparsity 0.5 0.7 0.8 0.9 --out "
+        "bench/wide_oneshot.json")
     assert record["mode"] == "oneshot"
-    assert ("python tools/bench_wide.py --mode oneshot --sparsity 0.5 0.7 0.8 0.9 --out bench/wide_oneshot.json"
-            in _flat(BENCHMARKS))
-    assert tool.markdown(record) in BENCHMARKS
-    rows = {(r["target"], r["run"]): r for r in record["rows"]}
-    drops = {k: f"{100 * (record['original'] - r['accuracy']):.2f}" for k, r in rows.items()}
     assert (f"(one-shot: {drops[0.7, 'entropic']} / {drops[0.8, 'entropic']} / {drops[0.9, 'entropic']} against "
             f"{drops[0.7, 'entropic, frozen']} / {drops[0.8, 'entropic, frozen']} / {drops[0.9, 'entropic, frozen']}"
             ) in _flat(README)
@@ -1021,13 +1025,9 @@ def test_keras_flatten_table_and_its_quoted_figures():
     keras_flatten --out bench/keras_flatten.json --markdown`` of the committed rows; the
     README's drops are theirs; every row met its sparsity, the runs that prune the last
     convolution's group took channels from it from 0.5 on, the frozen runs none."""
-    tool = load_tool("bench_wide", "_bench_wide_under_test")
-    record = json.loads((BENCH / "keras_flatten.json").read_text())
+    record, rows, drops = _wide_rows(
+        "keras_flatten", "python tools/bench_wide.py --model keras_flatten --out bench/keras_flatten.json")
     assert record["model"] == "keras_flatten" and record["channels"] == 64
-    assert "python tools/bench_wide.py --model keras_flatten --out bench/keras_flatten.json" in _flat(BENCHMARKS)
-    assert tool.markdown(record) in BENCHMARKS
-    rows = {(r["target"], r["run"]): r for r in record["rows"]}
-    drops = {k: f"{100 * (record['original'] - r['accuracy']):.2f}" for k, r in rows.items()}
     assert (f"loses {drops[0.8, 'entropic']} / {drops[0.9, 'entropic']} points against "
             f"{drops[0.8, 'entropic, frozen']} / {drops[0.9, 'entropic, frozen']}") in _flat(README)
     assert f"Original: {100 * record['original']:.2f}%" in BENCHMARKS and "90.10%" in _flat(README)
@@ -1043,14 +1043,9 @@ def test_keras_flatten_batchnorm_table_and_its_quoted_figures():
     """The same for the Keras model with a BatchNormalization of the flattened features
     (``--model keras_flatten_bn``): its table, the README's drops, and the group pruned at
     every sparsity by the runs that may prune it."""
-    tool = load_tool("bench_wide", "_bench_wide_under_test")
-    record = json.loads((BENCH / "keras_flatten_bn.json").read_text())
+    record, rows, drops = _wide_rows(
+        "keras_flatten_bn", "python tools/bench_wide.py --model keras_flatten_bn --out bench/keras_flatten_bn.json")
     assert record["model"] == "keras_flatten_bn" and record["channels"] == 64
-    assert ("python tools/bench_wide.py --model keras_flatten_bn --out bench/keras_flatten_bn.json"
-            in _flat(BENCHMARKS))
-    assert tool.markdown(record) in BENCHMARKS
-    rows = {(r["target"], r["run"]): r for r in record["rows"]}
-    drops = {k: f"{100 * (record['original'] - r['accuracy']):.2f}" for k, r in rows.items()}
     assert (f"it loses {drops[0.8, 'entropic']} / {drops[0.9, 'entropic']} points against "
             f"{drops[0.8, 'entropic, frozen']} / {drops[0.9, 'entropic, frozen']}") in _flat(README)
     assert (f"entropic loses {drops[0.7, 'entropic']} / {drops[0.8, 'entropic']} / {drops[0.9, 'entropic']} points "
