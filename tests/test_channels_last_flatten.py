@@ -166,3 +166,40 @@ def test_a_consumer_too_wide_for_its_statistics_prunes_as_its_twin(monkeypatch, 
     assert ("subspace_refits" in result.report) == (keep_ratio == 0.9) and "unfitted" not in result.report
     assert kept(result.report) == kept(twin.report)
     assert rel(outputs(result.model, FRESH_NHWC), outputs(twin.model, FRESH_NHWC)) < 1e-5
+
+
+def two_flattens(shared: bool, nhwc: bool = True) -> onnx.ModelProto:
+    """Keras' ``Add()([Flatten()(a), Flatten()(b)])`` as tf2onnx writes it: conv2 and conv3
+    (8 -> 16, stride 2) each flattened by a Reshape to ``Concat(batch, [F])``, the two
+    targets sharing the one ``[F]`` constant (``shared``), added, then dense1."""
+    n = Net(5)
+    h1 = n.node("Relu", [n.conv(n.node("Transpose", ["x"], perm=NCHW), 3, 8, name="conv1")])
+    features = 16 * POSITIONS
+    count = n.const([features], np.int64, name="count")
+    flats = []
+    for name in ("conv2", "conv3"):
+        h = n.node("Relu", [n.conv(h1, 8, 16, name=name, strides=[2, 2])])
+        h = n.node("Transpose", [h], perm=NHWC) if nhwc else h
+        batch = n.node("Slice", [n.node("Shape", [h]), n.const([0], np.int64), n.const([1], np.int64)])
+        target = n.node("Concat", [batch, count if shared else n.const([features], np.int64)], axis=0)
+        flats.append(n.node("Reshape", [h, target]))
+    h = n.node("MatMul", [n.node("Add", flats), n.const(n.rng.normal(0, 1 / np.sqrt(features), (features, 10)))],
+               name="dense1")
+    h = n.node("Add", [h, n.const(n.rng.uniform(-0.1, 0.1, 10))], out="y")
+    return n.build(h, in_shape=("N", 16, 16, 3), opset=13)
+
+
+@pytest.mark.parametrize("nhwc", [True, False], ids=["channels-last", "channel-major"])
+def test_flattens_sharing_their_feature_count_constant_prune(nhwc):
+    """The shared ``[F]`` of two Reshape targets is copied per Reshape, as other shared
+    constants are: the added maps' channels (one group) prune exactly as in the model
+    whose targets have a constant each. Was: both frozen, "Reshape other than flattening"."""
+    results = [onnx_eprune.prune(two_flattens(shared, nhwc), CALIB_NHWC, device="cpu", keep_ratio=0.5)
+               for shared in (True, False)]
+    onnx.checker.check_model(results[0].model, full_check=True)
+    conv2 = group_of(results[0].report, "conv2")
+    assert not conv2["frozen"] and conv2["channels_after"] == 8
+    assert kept(results[0].report) == kept(results[1].report)
+    assert rel(outputs(results[0].model, FRESH_NHWC), outputs(results[1].model, FRESH_NHWC)) < 1e-6
+    whole = onnx_eprune.prune(two_flattens(True, nhwc), CALIB_NHWC, device="cpu", keep_ratio=1.0)
+    assert rel(outputs(whole.model, FRESH_NHWC), outputs(two_flattens(True, nhwc), FRESH_NHWC)) < 1e-6

@@ -807,8 +807,16 @@ def list_initializers_as_inputs(model: onnx.ModelProto, convention: bool) -> Non
             model.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
 
 
+def _scalar_value(init: onnx.TensorProto) -> bool:
+    """A float of one element (an epsilon, a scale), which pruning never edits. A
+    one-element integer tensor may be a shape entry that it does (the feature count of a
+    Reshape target, a Slice bound), and is copied like a tensor."""
+    return int(np.prod(init.dims, dtype=np.int64)) <= 1 and init.data_type not in (
+        onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+
+
 def _unshare_initializers(model: onnx.ModelProto, aliased: Collection[tuple[str, int]] = ()) -> dict[str, str]:
-    """Copy each initializer (not a scalar) that several main-graph nodes read, once per
+    """Copy each initializer (not a float scalar) that several main-graph nodes read, once per
     reader after the first, in place; returns copy name -> original name. A weight that a
     Conv / ConvTranspose / Gemm / MatMul reads directly stays shared: several layers
     applying one weight are one module applied twice (the analysis freezes its channels),
@@ -832,7 +840,7 @@ def _unshare_initializers(model: onnx.ModelProto, aliased: Collection[tuple[str,
     for node in graph.node:
         for pos, name in enumerate(node.input):
             init = inits.get(name)
-            if init is None or name in pinned or int(np.prod(init.dims, dtype=np.int64)) <= 1 or \
+            if init is None or name in pinned or _scalar_value(init) or \
                     name in direct and (node.output[0], pos) not in aliased:
                 continue
             if name not in seen:
