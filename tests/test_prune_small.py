@@ -1252,5 +1252,5 @@ def test_overflowing_calibration_is_refused_not_written_as_nan():
 
 @pytest.mark.parametrize("option, value", [("seed", -1), ("positions", 0), ("batch_size", 0), ("round_to", 0)])
 def test_out_of_range_run_options_name_themselves(option, value):
-    with pytest.raises(UsageError, match=f"--{option.replace('_', '-')} must"):
+    with pytest.raises(UsageError, match=fr"{option} \(--{option.replace('_', '-')}\) must"):
         onnx_eprune.prune(residual(), random_input(16), keep_ratio=0.5, device="cpu", **{option: value})
