@@ -886,6 +886,10 @@ class _Analyzer:
         si, so = self.shapes.get(x), self.shapes.get(node.output[0])
         layout = self.layout(x)
         axes = self.axes_of(node)
+        if axes is None and node.op_type == "Squeeze" and si is not None and len(node.input) < 2:
+            # without axes (before opset 13: an attribute left out) every axis of size 1 goes,
+            # at the probed shapes; one that is the batch axis there freezes below
+            axes = [a for a, size in enumerate(si) if size == 1]
         if si is None or so is None or len(si) < 2 or len(so) < 2 or not isinstance(layout, list) or axes is None:
             self.freeze_all(node, index, f"{node.op_type} that moves the channel axis")
             return
@@ -984,9 +988,7 @@ class _Analyzer:
         where what it takes still holds a channel count, every reader of its output must
         take only other entries in turn (tf2onnx's ``Slice(Cast(Gather(Shape(x), perm)), 0,
         1)``: the batch size of the NHWC map)."""
-        # a Slice with its bounds as attributes (opset < 10) is not followed here
-        taken = self.taken_entries(reader, n) if reader.input[0] == shape and (
-            reader.op_type != "Slice" or len(reader.input) >= 3) else None
+        taken = self.taken_entries(reader, n) if reader.input[0] == shape else None
         if taken is None:
             return False
         held = {j for j, i in enumerate(taken) if i % n in channel}

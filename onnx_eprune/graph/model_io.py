@@ -348,6 +348,11 @@ def check_structure(model: onnx.ModelProto, source: onnx.ModelProto | str | os.P
     what = f"{source}" if isinstance(source, (str, os.PathLike)) else "the model"
     if not model.graph.node:
         raise UsageError(f"{what} holds no graph nodes: not an ONNX model, or an empty one")
+    if model.graph.sparse_initializer:  # onnx's full checker refuses them too, as would the pruned model's check
+        names = ", ".join(t.values.name for t in model.graph.sparse_initializer[:3])
+        raise UsageError(f"{what} stores weights as sparse initializers ({names}"
+                         f"{', ...' if len(model.graph.sparse_initializer) > 3 else ''}), which this tool does not "
+                         "read: store them as dense initializers and export it again")
     # the proto read once (a pipe cannot be read twice; onnx takes no path that is not
     # UTF-8); a model with external data from its path, where the checker finds the data
     external = any(uses_external_data(t) for t in all_tensors(model.graph))
