@@ -115,3 +115,21 @@ def test_sparse_initializers_are_refused_in_one_line():
                  lambda: onnx_eprune.inspect(model, x[:1])):
         with pytest.raises(onnx_eprune.UsageError, match=r"sparse initializers \(fc\.w\).*dense initializers"):
             call()
+
+
+def test_an_attribute_slice_that_keeps_every_channel_is_followed():
+    """A crop written before opset 10 with bounds for every axis (``axes`` left out), whole
+    on the batch and channel axes: conv1's channels prune through it. Was: frozen, "Slice of
+    channels with bounds as attributes"."""
+    nodes, inits = _conv("conv1", "x", 3, 8)
+    big = 2 ** 62
+    nodes += [N("Slice", ["conv1.r"], ["c"], starts=[0, 0, 1, 1], ends=[big, big, -1, -1]),
+              N("GlobalAveragePool", ["c"], ["g"]), N("Flatten", ["g"], ["f"]),
+              N("Gemm", ["f", "fc.w", "fc.b"], ["y"], name="fc", transB=1)]
+    inits.update({"fc.w": ((10, 8), None), "fc.b": ((10,), None)})
+    model = _model(nodes, inits, "N", 9)
+    x = np.random.default_rng(3).normal(size=(32, 3, 8, 8)).astype(np.float32)
+    result = onnx_eprune.prune(model, x, keep_ratio=0.5, device="cpu")
+    onnx.checker.check_model(result.model, full_check=True)
+    assert _group(result.report, "conv1")["channels_after"] == 4
+    assert _run(result.model, x[:4]).shape == (4, 10)

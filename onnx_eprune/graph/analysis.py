@@ -1137,6 +1137,9 @@ class _Analyzer:
         a, b, step = spec[caxis]
         c = shape[caxis]
         a, b = _clamp(a, b, c)
+        if (a, b, step) == (0, c, 1):  # every channel, at any count pruning leaves: no bound to edit
+            self.passthrough(node, x)
+            return
         if step != 1 or any(seg.factor != 1 for seg in layout):
             self.freeze_all(node, index, "Slice of channels with a step, or of channels that hold several entries "
                                          "each (a channel multiplier's outputs, or a map after a Flatten)")
