@@ -7,7 +7,7 @@ a ReLU), a BatchNormalization / InstanceNormalization whose scale is 0 and whose
 <= 0 before a ReLU, a ReLU behind a bias of -1000, or a consumer whose weights reading the
 channel are all zero. Exactly half of the channels of every prunable group are dead, so
 ``keep_ratio=0.5`` asks for exactly the live count. Then, for many graph patterns (plain
-chains, BatchNormalization folded and not, residual Adds and Sums, Concat, Split and Slice
+chains, BatchNormalization folded and not, residual Adds, Sums and Means, Concat, Split and Slice
 on the channel axis, depthwise / grouped / channel-multiplier convolutions,
 ConvTranspose, Gemm / MatMul heads after Flatten, Reshape, GlobalAveragePool, ReduceMean
 and Squeeze, SE blocks, PRelu, Pad, Resize / Upsample, InstanceNormalization, Max / Min /
@@ -206,6 +206,16 @@ def sum3():
     b = g.conv(a, 8, 8, "b", D8)
     c = g.conv(a, 8, 8, "c", D8, k=1)
     g.gap_head(g.relu(g.op("Sum", [a, b, c])), 8)
+    return g.build()
+
+
+def mean3():
+    """Mean of three coupled tensors (as sum3): a dead channel is 0 in each, so in their mean."""
+    g = Net()
+    a = g.relu(g.conv("x", 3, 8, "a", D8))
+    b = g.conv(a, 8, 8, "b", D8)
+    c = g.conv(a, 8, 8, "c", D8, k=1)
+    g.gap_head(g.relu(g.op("Mean", [a, b, c])), 8)
     return g.build()
 
 
@@ -544,7 +554,7 @@ def reused_multiplier_sum():
 
 PATTERNS = {
     "chain": chain, "bn_unfolded": bn_unfolded, "bn_scale_zero": bn_scale_zero, "bias_killed": bias_killed,
-    "consumer_zero": consumer_zero, "residual": residual, "sum3": sum3, "concat": concat,
+    "consumer_zero": consumer_zero, "residual": residual, "sum3": sum3, "mean3": mean3, "concat": concat,
     "concat_with_input": concat_with_input, "dense": dense,
     "split": lambda: split_channels("split"), "split18": lambda: split_channels("split18"),
     "slice": lambda: split_channels("slice"), "slice_open": lambda: split_channels("slice_open"),

@@ -46,7 +46,7 @@ MAX_CONSUMER_FEATURES = 16384
 # Walks over the graph at most: each may find Split/Slice cuts or multiplier blocks that
 # the next aligns (FastViT's stages, each a channel multiplier deeper, take five).
 MAX_WALKS = 10
-ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum"})
+ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean"})
 REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
 # Ops whose first input must hold its channels on axis 1 (NCHW or (N, features)).
 CHANNELS_FIRST = SPATIAL_POOLS | {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization",
@@ -1057,7 +1057,7 @@ class _Analyzer:
     def elementwise_binary(self, node: onnx.NodeProto, index: int) -> None:
         acts = [n for n in node.input if not self.is_const(n)]
         consts = [n for n in node.input if self.is_const(n) and n]
-        if node.op_type in ("Sum", "Max", "Min") and len(node.input) != 2:
+        if node.op_type in ("Sum", "Mean", "Max", "Min") and len(node.input) != 2:
             self.variadic(node, index, acts)
             return
         if len(acts) == 1 and len(consts) == 1:
@@ -1099,7 +1099,7 @@ class _Analyzer:
             self.freeze_all(node, index, f"{node.op_type} with a broadcast not handled")
 
     def variadic(self, node: onnx.NodeProto, index: int, acts: list[str]) -> None:
-        """Sum / Max / Min of one tensor (a copy of it) or of three or more: coupled like a
+        """Sum / Mean / Max / Min of one tensor (a copy of it) or of three or more: coupled like a
         chain of two-input ops when every operand is an activation of the output's shape."""
         out_shape = self.shapes.get(node.output[0])
         layouts = [self.layout(a) for a in acts]
