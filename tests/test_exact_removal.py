@@ -199,23 +199,14 @@ def residual():
     return g.build()
 
 
-def sum3():
-    """Sum of three coupled tensors (a, Conv 3x3 of a, Conv 1x1 of a)."""
+def three_coupled(op: str):
+    """``op`` (Sum or Mean) of three coupled tensors (a, Conv 3x3 of a, Conv 1x1 of a): a
+    dead channel is 0 in each, so in their sum and mean."""
     g = Net()
     a = g.relu(g.conv("x", 3, 8, "a", D8))
     b = g.conv(a, 8, 8, "b", D8)
     c = g.conv(a, 8, 8, "c", D8, k=1)
-    g.gap_head(g.relu(g.op("Sum", [a, b, c])), 8)
-    return g.build()
-
-
-def mean3():
-    """Mean of three coupled tensors (as sum3): a dead channel is 0 in each, so in their mean."""
-    g = Net()
-    a = g.relu(g.conv("x", 3, 8, "a", D8))
-    b = g.conv(a, 8, 8, "b", D8)
-    c = g.conv(a, 8, 8, "c", D8, k=1)
-    g.gap_head(g.relu(g.op("Mean", [a, b, c])), 8)
+    g.gap_head(g.relu(g.op(op, [a, b, c])), 8)
     return g.build()
 
 
@@ -554,7 +545,8 @@ def reused_multiplier_sum():
 
 PATTERNS = {
     "chain": chain, "bn_unfolded": bn_unfolded, "bn_scale_zero": bn_scale_zero, "bias_killed": bias_killed,
-    "consumer_zero": consumer_zero, "residual": residual, "sum3": sum3, "mean3": mean3, "concat": concat,
+    "consumer_zero": consumer_zero, "residual": residual, "sum3": lambda: three_coupled("Sum"),
+    "mean3": lambda: three_coupled("Mean"), "concat": concat,
     "concat_with_input": concat_with_input, "dense": dense,
     "split": lambda: split_channels("split"), "split18": lambda: split_channels("split18"),
     "slice": lambda: split_channels("slice"), "slice_open": lambda: split_channels("slice_open"),
