@@ -440,10 +440,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     del calib
     report = dict(result.report, input=str(args.model), output=str(args.output))
     # a failure or an interrupt anywhere here leaves every output as it was before the run
-    new_dir = _new_folder(args.report_dir)
-    with Replacing(new_dir) as outputs:
-        if new_dir is not None:
-            new_dir.mkdir()  # -o and --report may go into it too
+    with Replacing(_new_folder(args.report_dir)) as outputs:  # -o and --report may go into the new folder
         written = [_write_model(outputs, result.model, args.output, inputs)]
         if args.report:
             write_json(report, outputs.claim(args.report))
@@ -595,10 +592,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                           f"{result.measured(smallest)}; nothing was written (loosen the tolerance or give a smaller "
                           "--resolution)")
     report = dict(result.best.report, input=str(args.model), output=str(args.output))
-    new_dir = _new_folder(args.report_dir)
-    with Replacing(new_dir) as outputs:
-        if new_dir is not None:
-            new_dir.mkdir()  # -o may go into it too
+    with Replacing(_new_folder(args.report_dir)) as outputs:  # -o may go into the new folder
         written = [_write_model(outputs, result.model, args.output, inputs)]
         if args.report_dir:
             for name in NAMES + SEARCH_NAMES:

@@ -91,8 +91,7 @@ class PruneConfig:
         for name in ("samples", "positions", "round_to"):
             _require_int(name, getattr(self, name), optional=True)
         _require_number("min_keep", self.min_keep)
-        if not isinstance(self.reconstruct, (bool, np.bool_)):  # "no" or 0 would read as a truth value
-            raise UsageError(f"reconstruct must be True or False, not {self.reconstruct!r}")
+        require_bool("reconstruct", self.reconstruct)
         if not isinstance(self.entropic, entropic.EntropicConfig):
             raise UsageError("entropic must be an onnx_eprune.select.entropic.EntropicConfig, not "
                              f"{type(self.entropic).__name__}")
@@ -126,6 +125,12 @@ def _require_int(name: str, value: object, optional: bool = False) -> None:
         return
     if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
         raise UsageError(f"{name} must be an integer{' or None' if optional else ''}, not {value!r}")
+
+
+def require_bool(name: str, value: object) -> None:
+    """Refuse a ``value`` that is not True or False: "no" or 0 would read as a truth value."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise UsageError(f"{name} must be True or False, not {value!r}")
 
 
 def _require_number(name: str, value: object) -> None:

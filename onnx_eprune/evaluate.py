@@ -77,20 +77,14 @@ def latency_feeds(model: onnx.ModelProto, data) -> dict[int, dict[str, np.ndarra
 
 
 def latencies(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[int, dict[str, np.ndarray]],
-              providers: list[str]) -> dict[str, dict[str, float]]:
-    """Median latency in ms of both models on ``feeds`` (:func:`latency_feeds`), measured
-    one after the other so that both see the same machine load: {"original": {"batch1":
-    ...}, "pruned": {...}}."""
-    return {which: {f"batch{size}": latency_ms(m, _typed(m, feeds[size]), providers) for size in feeds}
-            for which, m in (("original", original), ("pruned", pruned))}
-
-
-def _typed(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``feeds`` in the element types of ``model``'s inputs (a float16 copy of a float32
-    model takes the same data as float16)."""
-    types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input
-             if i.type.tensor_type.elem_type}
-    return {k: v.astype(types[k], copy=False) if k in types else v for k, v in feeds.items()}
+              providers: list[str], pruned_feeds: dict[int, dict[str, np.ndarray]] | None = None
+              ) -> dict[str, dict[str, float]]:
+    """Median latency in ms of both models on ``feeds`` (:func:`latency_feeds`; the pruned
+    model on ``pruned_feeds`` where its inputs take another type), measured one after the
+    other so that both see the same machine load: {"original": {"batch1": ...}, "pruned":
+    {...}}."""
+    return {which: {f"batch{size}": latency_ms(m, f[size], providers) for size in f}
+            for which, m, f in (("original", original, feeds), ("pruned", pruned, pruned_feeds or feeds))}
 
 
 def _size(model: onnx.ModelProto, path) -> int:
@@ -147,7 +141,7 @@ def measure_against(reference: Iterable[list[np.ndarray]], model: onnx.ModelProt
         if labels is not None:
             truth = labels[start:start + len(got[0])]
             for row, out in zip(right, (ref, got)):
-                row += np.bincount(truth if classes else np.zeros_like(truth), _hits(out[0], truth), len(row))
+                row += np.bincount(truth if classes else np.zeros_like(truth), _hits(_top1(out[0]), truth), len(row))
     if labels is None:
         return comparison.result(), None
     accuracy = {"original": float(right[0].sum() / len(labels)), "pruned": float(right[1].sum() / len(labels))}
@@ -159,12 +153,18 @@ def measure_against(reference: Iterable[list[np.ndarray]], model: onnx.ModelProt
     return comparison.result(), accuracy
 
 
-def _hits(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """1.0 where the top-1 class of ``scores`` (samples, classes) is ``truth``, else 0.0;
-    NaN for a row holding NaN, whose top-1 class is undefined (and so is any figure that
-    counts it: accuracy and agreement are NaN, null in JSON, and no tolerance holds)."""
-    hits = (scores.argmax(1) == truth).astype(np.float64)
-    return np.where(np.isnan(scores).any(axis=1), np.nan, hits) if scores.dtype.kind == "f" else hits
+def _top1(scores: np.ndarray) -> np.ndarray:
+    """The top-1 class of each row of ``scores`` (samples, classes), as floats: NaN for a
+    row holding NaN, whose top-1 class is undefined (and so is any figure that counts it:
+    accuracy and agreement are NaN, null in JSON, and no tolerance holds)."""
+    top = scores.argmax(1).astype(np.float64)
+    return np.where(np.isnan(scores).any(axis=1), np.nan, top) if scores.dtype.kind == "f" else top
+
+
+def _hits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1.0 where the classes ``a`` and ``b`` (samples,) agree, else 0.0; NaN where either
+    is NaN (:func:`_top1`)."""
+    return np.where(np.isnan(a) | np.isnan(b), np.nan, (a == b).astype(np.float64))
 
 
 class OutputComparison:
@@ -190,10 +190,7 @@ class OutputComparison:
             same_zero = (norms == 0) & ~fa.any(1) & ~fb.any(1)
             cos = np.where(same_zero, 1.0, np.sum(fa * fb, 1) / np.maximum(norms, 1e-30))
             self.classes[name] = ya.ndim == 2 and ya.shape[1] > 1
-            agree = 0
-            if self.classes[name]:  # a row holding NaN has no top-1 class: the agreement is undefined
-                undefined = np.isnan(fa).any(axis=1) | np.isnan(fb).any(axis=1)
-                agree = np.nan if undefined.any() else np.sum(ya.argmax(1) == yb.argmax(1))
+            agree = np.sum(_hits(_top1(ya), _top1(yb))) if self.classes[name] else 0
             self.sums[name] += [np.sum((fa - fb) ** 2), np.sum(fa ** 2), np.sum(cos), agree, len(ya)]
 
     def result(self) -> dict:
@@ -299,7 +296,7 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     result: dict = {"samples": data_a.samples, "provider": providers[0], "outputs": fidelity}
     if accuracy is not None:
         result["accuracy"] = accuracy
-    result["latency_ms"] = latencies(a, b, latency_feeds(a, data_a), providers)
+    result["latency_ms"] = latencies(a, b, latency_feeds(a, data_a), providers, latency_feeds(b, data_b))
     pa, ma = _counts(a, copies[0], shapes_a, analysis_a)
     pb, mb = _counts(b, copies[1], *probe_groups(b, data_b.first(), providers))
     result["size"] = {"original": {"bytes": file_bytes["original"], "params": pa, "macs": ma},

@@ -71,8 +71,8 @@ class Replacing:
     the block fails or is interrupted, every claimed file goes back to what it was: a file
     that existed is restored from the hard link made when it was claimed (a copy where the
     file system has no links), a new one is removed, and so is ``new_dir``, a folder the
-    block created, once empty again. An old file thus survives a failure anywhere in the
-    block, also after a new one was renamed over it."""
+    block creates on entry (its files may go in it), once empty again. An old file thus
+    survives a failure anywhere in the block, also after a new one was renamed over it."""
 
     def __init__(self, new_dir: Path | None = None):
         self.new_dir = new_dir
@@ -89,6 +89,8 @@ class Replacing:
         return path
 
     def __enter__(self) -> Replacing:
+        if self.new_dir is not None:
+            self.new_dir.mkdir(exist_ok=True)
         _OPEN.append(self)
         return self
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import onnx
 
-from .config import PruneConfig
+from .config import PruneConfig, require_bool
 from .errors import EPruneError, UsageError, checked_arguments
 from .pipeline import PruneResult, input_files, stats_bundle
 from .progress import Progress
-from .sweep import CALIBRATION_CHECK, Measurer, SweepPoint, check_latency, quiet_repeats, untargeted_config
+from .sweep import CALIBRATION_CHECK, Measurer, SweepPoint, quiet_repeats, untargeted_config
 
 log = logging.getLogger("onnx_eprune")
 
@@ -109,7 +109,7 @@ def search(model, calib, *, max_drop: float | None = None, min_agreement: float 
     ``model`` is the pruned model at the target found.
     """
     criterion, tolerance = _criterion(max_drop, min_agreement, max_error)
-    check_latency(latency)
+    require_bool("latency", latency)
     if kind not in KINDS:
         raise UsageError(f"a search runs over one of {', '.join(KINDS)}, not {kind!r}")
     if not isinstance(resolution, numbers.Real) or isinstance(resolution, bool) or not 0 < resolution <= 0.5:

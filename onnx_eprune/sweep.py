@@ -19,14 +19,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import onnx
 
 from .calibrate.bundle import StatsBundle, merge_bundles
 from .calibrate.data import CalibrationData, load_calibration
 from .calibrate.engine import CacheSpace, CachedNetwork, Topology
 from .calibrate.session import choose_providers
-from .config import PruneConfig, check_progress, make_config
+from .config import PruneConfig, check_progress, make_config, require_bool
 from .errors import UsageError, checked_arguments
 from .evaluate import compared_outputs, latencies, latency_feeds, load_labels, measure_against
 from .graph.model_io import as_model, check_model_arg, normalize
@@ -93,7 +92,7 @@ def sweep(model, calib, targets: list[float], kind: str = "sparsity", data=None,
     """
     if kind not in TARGET_FIELDS:
         raise UsageError(f"a sweep runs over one of {', '.join(TARGET_FIELDS)}, not {kind!r}")
-    check_latency(latency)
+    require_bool("latency", latency)
     targets = _checked_targets(targets)
     base = untargeted_config(model, config, options, data, labels, progress,
                              "a sweep takes its targets in targets=[...]")
@@ -168,12 +167,6 @@ def quiet_repeats() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(once)
-
-
-def check_latency(latency: object) -> None:
-    """:class:`UsageError` unless ``latency`` is True or False ("no" would read as true)."""
-    if not isinstance(latency, (bool, np.bool_)):
-        raise UsageError(f"latency must be True or False, not {latency!r}")
 
 
 def _first(arrays: dict) -> CalibrationData:

@@ -774,7 +774,8 @@ def test_api_sweep_failing_mid_run(ws: Workspace, monkeypatch: pytest.MonkeyPatc
 def test_replacing_puts_old_files_back_and_removes_new_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             links: bool) -> None:
     """A failed block restores the old file (from a hard link, or a copy where the file system
-    has none), removes the new one and the folder it created; a good block leaves no second name."""
+    has none), removes the new one and the folder it created on entry; a good block leaves no
+    second name."""
     from onnx_eprune.files import Replacing, write_atomic
 
     if not links:
@@ -786,7 +787,7 @@ def test_replacing_puts_old_files_back_and_removes_new_ones(tmp_path: Path, monk
     with pytest.raises(KeyboardInterrupt):
         with Replacing(new_dir) as replacing:
             write_atomic(replacing.claim(old), lambda f: f.write(b"replaced"))
-            new_dir.mkdir()
+            assert new_dir.is_dir()  # made on entry
             write_atomic(replacing.claim(new_dir / "report.json"), lambda f: f.write(b"{}"))
             raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.onnx"] and old.read_bytes() == b"old"
