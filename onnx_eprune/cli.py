@@ -199,7 +199,7 @@ def _run_config(args: argparse.Namespace, **target):
 
     if args.no_reconstruct and args.refit_ridge is not None:
         raise UsageError("--refit-ridge sets the ridge of the re-fit, which --no-reconstruct skips; drop one of them")
-    config = PruneConfig(method=args.method, mode=_run_mode(args), samples=args.samples, seed=args.seed or 0,
+    config = PruneConfig(method=args.method, mode=_run_mode(args), samples=args.samples, seed=args.seed,
                          device=args.device, batch_size=args.batch_size, positions=args.positions,
                          round_to=args.round_to, reconstruct=not args.no_reconstruct,
                          refit_ridge=THIN if args.refit_ridge is None else args.refit_ridge,
@@ -390,13 +390,6 @@ def _check_stats_options(args: argparse.Namespace) -> None:
     if args.mode == "sequential":
         raise UsageError("--mode sequential fits each layer on the network pruned so far, which needs the samples; "
                          "statistics files hold one-shot statistics: drop --mode, or give --calib instead of --stats")
-    if args.seed is not None:  # the API cannot tell a seed of 0 given from its default; the command line can
-        from .calibrate.bundle import StatsBundle
-
-        seed = StatsBundle.head(args.stats[0]).seed
-        if args.seed != seed:
-            raise UsageError(f"the statistics ({args.stats[0]}) were computed with seed {seed}, not {args.seed}: leave "
-                             "--seed out, or calibrate again with it")
 
 
 def _checked_inputs_and_output(args: argparse.Namespace) -> list[tuple[str, str]]:

@@ -30,7 +30,8 @@ class PruneConfig:
 
     ``method``: "entropic", "lasso", "thinet", "l1" or "random"; ``mode``: "sequential"
     or "oneshot"; ``samples``: use the first N calibration samples (None: all); ``seed``:
-    conv position sampling and ``random``'s choice; ``device``: "auto", "cpu" or "cuda";
+    conv position sampling and ``random``'s choice (None: 0, or the seed of the statistics
+    files a run is given, which any other seed must equal); ``device``: "auto", "cpu" or "cuda";
     ``batch_size``: calibration samples per onnxruntime run, at most; ``positions``: conv
     output positions sampled per image (None: automatic); ``round_to``: kept counts are
     multiples of this (None: 8 for convolution outputs of 64 channels or more, else 1);
@@ -47,7 +48,7 @@ class PruneConfig:
     method: str = "entropic"
     mode: str = "sequential"
     samples: int | None = None
-    seed: int = 0
+    seed: int | None = None              # None: 0, or that of the statistics files
     device: str = "auto"
     batch_size: int = 64
     positions: int | None = None        # conv output positions per image (None: automatic)
@@ -86,9 +87,8 @@ class PruneConfig:
         """Raise :class:`UsageError` for a field of the wrong type or out of its range (the
         target: :meth:`target`)."""
         # types first: the command line's parser guarantees them, Python callers may pass anything
-        for name in ("seed", "batch_size"):
-            _require_int(name, getattr(self, name))
-        for name in ("samples", "positions", "round_to"):
+        _require_int("batch_size", self.batch_size)
+        for name in ("samples", "seed", "positions", "round_to"):
             _require_int(name, getattr(self, name), optional=True)
         _require_number("min_keep", self.min_keep)
         require_bool("reconstruct", self.reconstruct)
@@ -106,7 +106,7 @@ class PruneConfig:
             raise UsageError(f"round_to (--round-to) must be positive, not {self.round_to}")
         if self.positions is not None and self.positions < 1:
             raise UsageError(f"positions (--positions) must be positive, not {self.positions}")
-        if self.seed < 0:  # numpy's generators take none below 0
+        if self.seed is not None and self.seed < 0:  # numpy's generators take none below 0
             raise UsageError(f"seed (--seed) must be 0 or more, not {self.seed}")
         if not valid_ridge(self.refit_ridge):
             raise UsageError(f"refit_ridge (--refit-ridge) must be {RIDGE_CHOICES}, not {self.refit_ridge!r}")

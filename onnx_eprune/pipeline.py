@@ -93,7 +93,7 @@ def config_for_stats(config: PruneConfig, stats: StatsBundle) -> PruneConfig:
         one = len(given) == 1
         raise UsageError(f"{' and '.join(given)} belong{'s' if one else ''} to calibrate and do{'es' if one else ''} "
                          "nothing with statistics files: they hold the samples they were computed on")
-    if config.seed not in (0, stats.seed):
+    if config.seed not in (None, stats.seed):
         raise UsageError(f"{stats.described()} were computed with seed {stats.seed}, not {config.seed}: leave the "
                          "seed out, or calibrate again with it")
     if config.mode != "oneshot":
@@ -232,6 +232,8 @@ class Pruner:
         config.check()
         if stats is not None:
             config = config_for_stats(config, stats)
+        elif config.seed is None:
+            config = replace(config, seed=0)
         if rankings is not None and rankings.config != _untargeted(config):
             raise ValueError("rankings drawn for another configuration")
         self.config = config

@@ -551,6 +551,11 @@ def test_an_explicit_other_seed_is_refused_and_the_files_seed_is_used(ws, capsys
     run_ok(capsys, ["sweep", ws["model"], "--stats", shards[0], "--stats", shards[1], "--sparsity", "0.4",
                     "--report-dir", tmp_path / "sw", "--device", "cpu", "-q"])
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["seed"] == 3
+    # the API tells an explicit seed of 0 from none given, as the command line does
+    for seed in (0, 5):
+        with pytest.raises(UsageError, match=f"seed 3, not {seed}"):
+            onnx_eprune.prune(str(ws["model"]), stats=list(shards), sparsity=0.4, seed=seed, device="cpu")
+    assert onnx_eprune.prune(str(ws["model"]), stats=list(shards), sparsity=0.4, device="cpu").report["seed"] == 3
 
 
 def test_a_resaved_model_keeps_its_files_and_a_pruned_one_does_not(ws, capsys, tmp_path):
