@@ -8,7 +8,7 @@ What this file attacks (the tables that ``bench_quality.py`` prints from the com
   unimportable: the tools that need them must say what to install in one line instead of
   dying with an ImportError traceback; those that do not must not need them;
 * tiny real runs (LeNet-5 from ``../shared/reference``, one target, one or two methods) of
-  ``bench_quality.py``, ``bench_speed.py``, ``tune_entropic.py``, ``layer_objective.py``,
+  ``bench_quality.py``, ``bench_speed.py``, ``bench_runtimes.py`` (onnxruntime only), ``tune_entropic.py``, ``layer_objective.py``,
   ``same_as_fixed_ridge.py``, ``bench_coverage.py`` (a tiny model of ``tests/models.py``)
   and ``plot_quality.py`` (the docs' command, into ``tmp_path``): the JSON
   they write carries the documented fields and its figures match an independent
@@ -27,6 +27,7 @@ makes it (and the other blocked packages) unimportable for the run.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.abc
 import importlib.util
@@ -158,7 +159,8 @@ def fmnist_test():
 
 # -- 1. --help without torch ------------------------------------------------------------------
 
-HELP_WITHOUT_TORCH = ["bench_quality", "bench_search", "bench_speed", "bench_large", "bench_coverage", "plot_quality",
+HELP_WITHOUT_TORCH = ["bench_quality", "bench_search", "bench_speed", "bench_large", "bench_coverage", "bench_runtimes",
+                      "plot_quality",
                       "keepset_landscape", "layer_objective", "mixed_selection", "allocation_swap",
                       "same_as_fixed_ridge", "export_timm", "export_torchvision", "export_thirdparty",
                       "train_reference"]
@@ -749,3 +751,76 @@ def test_bench_coverage_out_in_a_missing_folder(tmp_path):
     ran = run_tool("bench_coverage", "--cache", cache, "--out", out)
     assert ran.exc is None and ran.code == 0, ran.message
     assert json.loads(out.read_text())["broken"]["exported"] is False
+
+
+# -- 7. bench_runtimes.py ----------------------------------------------------------------------------
+
+@needs_reference
+@needs_dataset
+def test_bench_runtimes_onnxruntime_tiny_run(tmp_path, fmnist_test):
+    """``bench_runtimes.py --models lenet5 --runtimes onnxruntime --batches 1 4``: a row per
+    batch with the accuracies of the original (the model card's) and of the model that
+    ``prune`` writes at the bar's 0.55, recomputed here on the full test split; onnxruntime
+    agrees with itself exactly; the speed-up is the ratio of the medians; the MACs and
+    parameters removed are the report's; ``--markdown`` prints one line per row."""
+    out = tmp_path / "runtimes.json"
+    ran = run_tool("bench_runtimes", "--models", "lenet5", "--runtimes", "onnxruntime", "--batches", "1", "4",
+                   "--repeats", "2", "--out", out, "--markdown")
+    assert ran.exc is None and ran.code == 0, ran.message
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["runtime"], r["batch"], r["threads"]) for r in rows] == \
+        [("lenet5", "onnxruntime", 1, 1), ("lenet5", "onnxruntime", 4, 1)]
+    x, y = fmnist_test
+    pruned = onnx_eprune.prune(str(LENET), str(CALIB28), sparsity=0.55, device="cpu")
+    accuracy = float(np.mean(lenet_logits(pruned.model, x).argmax(1) == y))
+    for r in rows:
+        assert r["accuracy_original"] == pytest.approx(card_accuracy("lenet5"), abs=1e-4)
+        assert r["accuracy_pruned"] == accuracy and r["test_images"] == 10_000
+        assert (r["agreement_original"], r["agreement_pruned"], r["max_abs_diff_pruned"]) == (1.0, 1.0, 0.0)
+        assert r["speedup"] == pytest.approx(r["ms_original"] / r["ms_pruned"])
+        assert r["macs_removed"] == pruned.report["macs"]["removed_fraction"]
+        assert r["params_removed"] == pruned.report["params"]["removed_fraction"]
+    table = [line for line in ran.out.splitlines() if line.startswith("| lenet5 | onnxruntime |")]
+    assert len(table) == 2 and f"{accuracy:.2%}" in table[0]
+    again = run_tool("bench_runtimes", "--table", out)
+    assert again.code == 0 and again.out.strip().splitlines()[-2:] == table
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text("{")
+    bad = run_tool("bench_runtimes", "--table", damaged)
+    assert bad.exc is None and bad.code not in (0, None) and str(damaged) in bad.message
+
+
+def test_bench_runtimes_without_a_runtime_says_what_to_install(tmp_path):
+    """With OpenVINO or onnx2torch not installed, asking for that runtime exits non-zero with
+    one line naming the package, before any pruning: no --out is written."""
+    for runtime, package in (("openvino", "openvino"), ("torch", "onnx2torch")):
+        out = tmp_path / f"{runtime}.json"
+        ran = run_tool("bench_runtimes", "--models", "lenet5", "--runtimes", runtime, "--out", out,
+                       block=("openvino", "onnx2torch", *TORCH_STACK))
+        assert ran.exc is None, repr(ran.exc)
+        assert ran.code not in (0, None)
+        msg = ran.message.strip()
+        assert len(msg.splitlines()) == 1 and f"pip install {package}" in msg, msg
+        assert not out.exists()
+
+
+@needs_reference
+@needs_dataset
+def test_bench_runtimes_keeps_the_rows_of_runtimes_that_work(tmp_path, fmnist_test):
+    """A runtime that refuses a model is a row with its error (and a table line that says
+    so), and the runtimes after it still run: one failure must not lose the benchmark."""
+    tool = load_tool("bench_runtimes")
+
+    def refuses(model, batch, threads, args):
+        raise RuntimeError("Cannot create Conv layer\nsecond line")
+
+    tool.LOADERS["openvino"] = refuses
+    args = argparse.Namespace(sparsity=0.3, reference=REFERENCE, save=None, runtimes=["openvino", "onnxruntime"],
+                              batches=[2], threads=[1], repeats=1, ov_precision="f32")
+    with contextlib.redirect_stdout(io.StringIO()):
+        rows = tool.bench_model("lenet5", args, fmnist_test)
+    assert [r["runtime"] for r in rows] == ["onnxruntime", "openvino"]
+    assert rows[1] == {"model": "lenet5", "runtime": "openvino", "sparsity": 0.3,
+                       "error": "RuntimeError: Cannot create Conv layer"}
+    assert rows[0]["batch"] == 2 and "error" not in rows[0]
+    assert "| lenet5 | openvino | failed: RuntimeError: Cannot create Conv layer |" in tool.markdown(rows)
