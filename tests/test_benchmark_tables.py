@@ -1058,3 +1058,44 @@ def test_keras_flatten_batchnorm_table_and_its_quoted_figures():
             assert r["wide_channels"] == 64 and "excluded" in r["wide_frozen"]
         else:
             assert not r["wide_frozen"] and r["wide_channels"] < 64
+
+
+# ----------------------------------------------------------------------------- other runtimes
+def test_runtimes_table_and_its_quoted_figures():
+    """BENCHMARKS.md's runtimes table is ``tools/bench_runtimes.py --out bench/runtimes.json
+    --markdown`` of the committed rows; the figures the text and the README quote are theirs:
+    the accuracy the same in every runtime, full top-1 agreement, the speed-ups and their
+    ranges, the parameters and their float32 megabytes."""
+    tool = load_tool("bench_runtimes", "_bench_runtimes_under_test")
+    record = json.loads((BENCH / "runtimes.json").read_text())
+    rows = record["rows"]
+    assert "python tools/bench_runtimes.py --out bench/runtimes.json --markdown" in BENCHMARKS
+    assert tool.markdown(rows) in BENCHMARKS
+    assert {(r["model"], r["sparsity"]) for r in rows} == {("lenet5", 0.55), ("vgg16", 0.89), ("resnet18", 0.84)}
+    assert {r["runtime"] for r in rows} == {"onnxruntime", "openvino", "torch"} and not any("error" in r for r in rows)
+    for r in rows:
+        same = next(o for o in rows if o["model"] == r["model"] and o["runtime"] == "onnxruntime")
+        assert (r["accuracy_original"], r["accuracy_pruned"]) == (same["accuracy_original"], same["accuracy_pruned"])
+        assert r["agreement_original"] == r["agreement_pruned"] == 1.0 and r["test_images"] == 10_000
+    speed = {(r["model"], r["runtime"], r["batch"]): r["speedup"] for r in rows}
+
+    def span(model_names, batch) -> str:
+        values = [v for (m, _, b), v in speed.items() if m in model_names and b == batch]
+        return f"{min(values):.1f}-{max(values):.1f}"
+
+    text, readme = _flat(BENCHMARKS), _flat(README)
+    assert f"run {span(('vgg16', 'resnet18'), 32)} times as fast at batch 32 in all three runtimes, and " \
+           f"{span(('vgg16', 'resnet18'), 1)} times at batch 1" in text
+    assert f"runs at the same speed (x{min(v for (m, _, _), v in speed.items() if m == 'lenet5'):.2f}-" \
+           f"{max(v for (m, _, _), v in speed.items() if m == 'lenet5'):.2f})" in text
+    for name in ("vgg16", "resnet18"):
+        quoted = " / ".join(f"{speed[name, rt, 32]:.2f}" for rt in ("onnxruntime", "openvino", "torch"))
+        assert quoted in readme, name
+    params = {r["model"]: r["params"] for r in rows}
+    assert (f"hold {params['vgg16']['after'] / 1e6:.2f} and {params['resnet18']['after'] / 1e6:.2f} million "
+            f"parameters, {4 * params['vgg16']['after'] / 1e6:.1f} and {4 * params['resnet18']['after'] / 1e6:.1f} MB "
+            f"in float32, against {4 * params['vgg16']['before'] / 1e6:.0f} and "
+            f"{4 * params['resnet18']['before'] / 1e6:.0f} MB") in text
+    lenet_macs = next(r for r in rows if r["model"] == "lenet5")["macs_removed"]
+    assert f"loses only {100 * lenet_macs:.0f}% of its MACs" in text and f"loses {100 * lenet_macs:.0f}% of its MACs" \
+        in readme

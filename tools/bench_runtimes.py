@@ -14,7 +14,7 @@ and the pruned model in each runtime: onnxruntime (CPU), OpenVINO (CPU plugin) a
   and max abs logit difference with onnxruntime on the same model (so a runtime that reads
   the pruned graph differently shows up even where the accuracy does not move);
 * latency: median ms per run at each ``--batches`` x ``--threads``, over ``--repeats`` runs
-  after a warm-up, the original and the pruned model interleaved so that machine noise hits
+  (more where they would take under ``--min-seconds``) after a warm-up, the original and the pruned model interleaved so that machine noise hits
   both alike; the speed-up is original ms / pruned ms, next to the MACs the report removed.
 
 OpenVINO runs on static input shapes (reshaped to the batch, as a deployment would) and by
@@ -109,18 +109,24 @@ def _torch(model: onnx.ModelProto, batch: int, threads: int, args) -> Runner:
 LOADERS = {"onnxruntime": _onnxruntime, "openvino": _openvino, "torch": _torch}
 
 
-def _timings(runners: dict[str, Runner], x: np.ndarray, repeats: int) -> dict[str, float]:
-    """Median milliseconds per run of each runner on ``x``, runs interleaved after a warm-up."""
+def _timings(runners: dict[str, Runner], x: np.ndarray, repeats: int, min_seconds: float) -> tuple[dict, int]:
+    """Median milliseconds per run of each runner on ``x``, runs interleaved after a warm-up,
+    and the runs each made: ``repeats``, or more where that takes under ``min_seconds`` (a
+    LeNet-5 run of 0.1 ms is within a scheduler hiccup of twice that: 20 runs are not enough)."""
+    slowest = 0.0
     for run in runners.values():
         for _ in range(3):   # first runs allocate and pick kernels
+            t0 = time.perf_counter()
             run(x)
+        slowest = max(slowest, time.perf_counter() - t0)
+    repeats = max(repeats, min(10_000, int(min_seconds / max(slowest, 1e-6))))
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
             t0 = time.perf_counter()
             run(x)
             times[name].append(1000.0 * (time.perf_counter() - t0))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in times.items()}, repeats
 
 
 def _logits(runtime: str, model: onnx.ModelProto, x: np.ndarray, args) -> np.ndarray:
@@ -185,9 +191,9 @@ def _bench_runtime(name: str, runtime: str, models: dict[str, onnx.ModelProto], 
         xb = np.ascontiguousarray(x[:batch])
         for threads in args.threads:
             runners = {label: LOADERS[runtime](model, batch, threads, args) for label, model in models.items()}
-            ms = _timings(runners, xb, args.repeats)
+            ms, repeats = _timings(runners, xb, args.repeats, args.min_seconds)
             row = {"model": name, "runtime": runtime, "sparsity": sparsity, "batch": batch, "threads": threads,
-                   "repeats": args.repeats, "ms_original": ms["original"], "ms_pruned": ms["pruned"],
+                   "repeats": repeats, "ms_original": ms["original"], "ms_pruned": ms["pruned"],
                    "speedup": ms["original"] / ms["pruned"], "macs_removed": rep["macs"]["removed_fraction"],
                    "params_removed": rep["params"]["removed_fraction"], "params": rep["params"],
                    "macs": rep["macs"], "prune_seconds": prune_s, "test_images": len(y), **quality}
@@ -241,7 +247,9 @@ def main() -> int:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     ap.add_argument("--threads", nargs="+", type=int, default=[1], help="e.g. 1 %d for all threads too" % (
         os.cpu_count() or 1))
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=20, help="timed runs of each model, at least (default 20)")
+    ap.add_argument("--min-seconds", type=float, default=2.0,
+                    help="more runs where --repeats of the slowest model take less (default 2 s)")
     ap.add_argument("--ov-precision", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--reference", type=Path, default=REFERENCE)
     ap.add_argument("--save", type=Path, help="folder to write the pruned models to (to inspect them)")
