@@ -16,7 +16,11 @@ model that
 * works whatever the form of the weights: raw_data, typed fields (float_data, int64_data),
   Constant nodes holding ``value``, ``value_floats``, ``value_ints`` or ``sparse_value``;
 * is the same bytes when the same call runs twice, leaves the ``ModelProto`` passed in as
-  it was, and computes exactly the input's outputs at targets that remove nothing.
+  it was, and computes exactly the input's outputs at targets that remove nothing;
+* runs in a second runtime, OpenVINO (CPU, f32), with the outputs onnxruntime gives: a
+  rewrite that only onnxruntime tolerates (a stale attribute or shape constant) is a broken
+  graph for every user of another runtime (skipped where openvino is not installed; the
+  test extra installs it).
 
 The tests marked ``xfail(strict=True)`` are defects found this way; each reason says what
 goes wrong.
@@ -226,6 +230,59 @@ def test_random_graphs_prune_often_enough() -> None:
     """Most random graphs really prune, so the random-graph invariants are not checked vacuously."""
     pruned = [pruned_random(seed)[1] is not None for seed in RANDOM_SEEDS]
     assert sum(pruned) >= 0.6 * len(pruned)
+
+
+# -- a second runtime ----------------------------------------------------------------------------
+
+OPENVINO_TOLERANCE = 1e-5  # largest |difference| over the largest |output| (observed: below 1e-6)
+
+
+def openvino_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Every graph output of ``model`` on ``feeds`` in OpenVINO's CPU plugin, in graph order,
+    compiled for the feeds' shapes in f32 (its default on CPUs with bf16 units is bf16,
+    whose rounding would hide nothing and flag everything)."""
+    ov = pytest.importorskip("openvino")
+    core = ov.Core()
+    net = core.read_model(model.SerializeToString(), b"")
+    net.reshape({i.get_any_name(): list(feeds[i.get_any_name()].shape) for i in net.inputs})
+    compiled = core.compile_model(net, "CPU", {ov.properties.hint.inference_precision(): ov.Type.f32})
+    request = compiled.create_infer_request()
+    request.infer(feeds)
+    return [request.get_tensor(o).data.copy() for o in compiled.outputs]
+
+
+def assert_openvino_agrees(model: onnx.ModelProto) -> None:
+    """``model`` compiles and runs in OpenVINO and gives onnxruntime's outputs."""
+    feeds = feeds_for(model, FRESH)
+    expected = run(model, feeds)
+    got = openvino_outputs(model, feeds)
+    assert len(got) == len(expected)
+    for (name, want), have in zip(expected.items(), got):
+        assert have.shape == want.shape, name
+        error = float(np.max(np.abs(have - want)) / (np.max(np.abs(want)) + 1e-12))
+        assert error <= OPENVINO_TOLERANCE, f"{name}: relative error {error:.1e} in OpenVINO"
+
+
+@pytest.mark.parametrize("name", list(ALL_BUILDERS))
+def test_builder_pruned_runs_in_openvino_as_in_onnxruntime(name: str) -> None:
+    """Each models.py builder, original and pruned, gives onnxruntime's outputs in OpenVINO."""
+    original, pruned = pruned_builder(name)
+    assert_openvino_agrees(original)
+    assert_openvino_agrees(pruned)
+
+
+def test_random_graphs_pruned_run_in_openvino_as_in_onnxruntime() -> None:
+    """The random graphs that prune give, pruned, onnxruntime's outputs in OpenVINO too."""
+    for seed in RANDOM_SEEDS:
+        original, pruned = pruned_random(seed)
+        if pruned is not None:
+            try:
+                assert_openvino_agrees(pruned)
+            except AssertionError as exc:
+                raise AssertionError(f"seed {seed}: {exc}; {random_graphs.describe(original)}") from None
+            except Exception as exc:  # OpenVINO refusing the graph: the finding, not a crash of the test
+                raise AssertionError(f"seed {seed}: OpenVINO refuses the pruned graph: {exc}; "
+                                     f"{random_graphs.describe(original)}") from None
 
 
 # -- model fields, metadata and symbolic dims ---------------------------------------------------
