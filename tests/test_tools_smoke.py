@@ -8,7 +8,8 @@ What this file attacks (the tables that ``bench_quality.py`` prints from the com
   unimportable: the tools that need them must say what to install in one line instead of
   dying with an ImportError traceback; those that do not must not need them;
 * tiny real runs (LeNet-5 from ``../shared/reference``, one target, one or two methods) of
-  ``bench_quality.py``, ``bench_speed.py``, ``bench_runtimes.py`` (onnxruntime only), ``tune_entropic.py``, ``layer_objective.py``,
+  ``bench_quality.py``, ``bench_speed.py``, ``bench_runtimes.py`` (onnxruntime only),
+  ``tune_entropic.py``, ``layer_objective.py``,
   ``same_as_fixed_ridge.py``, ``bench_coverage.py`` (a tiny model of ``tests/models.py``)
   and ``plot_quality.py`` (the docs' command, into ``tmp_path``): the JSON
   they write carries the documented fields and its figures match an independent
@@ -753,6 +754,191 @@ def test_bench_coverage_out_in_a_missing_folder(tmp_path):
     assert json.loads(out.read_text())["broken"]["exported"] is False
 
 
+def test_bench_coverage_openvino_not_installed(tmp_path):
+    """``--openvino`` where OpenVINO is not installed (CI) is refused before any work, with
+    one line naming the install command; nothing is written, not even ``--out``'s folder."""
+    cache = _coverage_cache(tmp_path / "cache")
+    out = tmp_path / "results" / "cov.json"
+    ran = run_tool("bench_coverage", "--cache", cache, "--out", out, "--openvino", block=("openvino",))
+    assert ran.exc is None, repr(ran.exc)
+    assert ran.code == 2, ran.message
+    lines = ran.message.strip().splitlines()
+    assert len(lines) == 1 and "pip install openvino" in lines[0], ran.message
+    assert not (tmp_path / "results").exists()
+
+
+F32 = "Type.f32 (fake)"
+OV_REFUSAL = "Check 'input_shape' failed at src/core/src/op/convolution.cpp:88: Conv got 5 channels, expected 8"
+
+
+def _fake_openvino(refuse_below: int, compiled: list):
+    """A stand-in for the ``openvino`` module, as much of it as the tool uses: ``Core`` reads
+    an ONNX file, ``compile_model`` refuses a model with fewer than ``refuse_below`` weights
+    (a pruned one) with OpenVINO's kind of message (the location line first) and otherwise
+    runs it in onnxruntime, its outputs listed in reverse (they must be found by name); each
+    compile's device, configuration and the shapes it was reshaped to go to ``compiled``."""
+    import types
+
+    import onnxruntime as ort
+
+    class Port:
+        def __init__(self, name):
+            self.name = name
+
+        def get_names(self):
+            return {self.name}
+
+    class Model:
+        def __init__(self, path):
+            self.proto, self.shapes = onnx.load(str(path)), None
+
+        def reshape(self, shapes):
+            self.shapes = {k: list(v) for k, v in shapes.items()}
+
+    class Compiled:
+        def __init__(self, model, config):
+            self.sess = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+            self.config, self.shapes = config, model.shapes
+            self.outputs = [Port(o.name) for o in self.sess.get_outputs()][::-1]
+
+        def get_property(self, key):
+            return self.config.get(key, "Type.bf16 (fake)")
+
+        def __call__(self, feeds):
+            assert {k: list(v.shape) for k, v in feeds.items()} == self.shapes
+            return dict(enumerate(self.sess.run([p.name for p in self.outputs], feeds)))
+
+    class Core:
+        def read_model(self, path):
+            return Model(path)
+
+        def compile_model(self, model, device, config):
+            compiled.append((device, dict(config), model.shapes))
+            if sum(int(np.prod(t.dims)) for t in model.proto.graph.initializer) < refuse_below:
+                raise RuntimeError(f"Exception from src/inference/src/cpp/core.cpp:112:\n{OV_REFUSAL}\n"
+                                   "Exception from src/plugins/intel_cpu/src/plugin.cpp:40:\n")
+            return Compiled(model, config)
+
+    hint = types.SimpleNamespace(inference_precision=lambda: "INFERENCE_PRECISION_HINT")
+    return types.SimpleNamespace(__version__="2099.1.0-1-fake", Core=Core, Type=types.SimpleNamespace(f32=F32),
+                                 properties=types.SimpleNamespace(hint=hint,
+                                                                  inference_num_threads=lambda: "NUM_THREADS"))
+
+
+def _coverage_row(tool, **extra) -> dict:
+    row = {"name": "tiny", "arch": "tiny_cnn", "exporter": "onnx.helper", "exported": True, "method": "entropic",
+           "package": "0.1.0", "keep1_ok": True, "keep1_max_rel_err": 0.0, "pruned_ok": True, "valid": True,
+           "runs": True, "same_io_names": True, "same_output_shapes": True, "finite": True, "macs_removed": 0.3,
+           "prunable_mac_fraction": 1.0, "inspect_frozen_reasons": [], "seconds": 1.5, "timed_out": False, **extra}
+    row["verdict"] = tool._verdict(row)
+    return row
+
+
+def test_bench_coverage_openvino_records_a_refused_pruned_model(tmp_path, monkeypatch):
+    """With a fake OpenVINO that compiles the original and refuses the pruned model: the row
+    records the original as run (its error against onnxruntime's outputs: 0, the fake runs
+    onnxruntime) and the pruned model's refusal by the first line of the message that says
+    something, both compiled for f32 (OpenVINO's CPU default is bf16) at the check inputs'
+    static shape; the table gains an OpenVINO column that shows the refusal (and the error in
+    the note), "-" for a row run without ``--openvino``; without any such row the table is
+    the one it always was."""
+    tool = load_tool("bench_coverage")
+    orig = conv_bn_relu_pool_flatten_gemm()
+    path = tmp_path / "tiny.onnx"
+    onnx.save(orig, str(path))
+    calib = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    pruned = onnx_eprune.prune(orig, calib, flops_reduction=0.3, seed=0).model
+    feeds = {"x": np.random.default_rng(1).standard_normal((8, 3, 16, 16)).astype(np.float32)}
+    orig_outs, pruned_outs = tool._run(orig, feeds), tool._run(pruned, feeds)
+    compiled: list = []
+    weights = sum(int(np.prod(t.dims)) for t in orig.graph.initializer)
+    monkeypatch.setattr(tool, "_load_openvino", lambda: _fake_openvino(weights, compiled))
+    saved: list = []
+    row: dict = {}
+    got = tool.openvino_compare(orig, path, orig_outs, pruned, pruned_outs, feeds, tmp_path, row,
+                                lambda: saved.append(dict(row)))
+    assert got is row
+    assert row["version"] == "2099.1.0-1-fake"
+    assert row["original_ok"] is True and row["original_rel_err"] == 0.0
+    assert row["pruned_ok"] is False and row["pruned_rel_err"] is None
+    assert row["error"] == f"pruned: RuntimeError: {OV_REFUSAL}"
+    assert "running" not in row and [r["running"] for r in saved] == ["original", "pruned"]
+    assert compiled == [("CPU", {"INFERENCE_PRECISION_HINT": F32, "NUM_THREADS": 2}, {"x": [8, 3, 16, 16]})] * 2
+
+    plain = {"tiny": _coverage_row(tool), "other": _coverage_row(tool, name="other", arch="other_cnn")}
+    md = tmp_path / "cov.md"
+    tool.write_markdown(plain, md, title="Tiny exports")
+    before = md.read_text()
+    assert "OpenVINO" not in before
+    assert ("| model | exporter | method | valid | runs | MACs removed | prunable MAC fraction | "
+            "keep-1.0 max rel err | seconds | note |\n|---|---|---|---|---|---|---|---|---|---|\n") in before
+    assert "| tiny_cnn | onnx.helper | entropic | yes | yes | 30.0% | 100.0% | 0.0e+00 | 1.5 |  |\n" in before
+
+    tool.write_markdown(dict(plain, tiny=_coverage_row(tool, openvino=row)), md, title="Tiny exports")
+    after = md.read_text()
+    assert ("| keep-1.0 max rel err | OpenVINO | seconds | note |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+            in after)
+    assert (f"| tiny_cnn | onnx.helper | entropic | yes | yes | 30.0% | 100.0% | 0.0e+00 | **refuses pruned** | "
+            f"1.5 | openvino: pruned: RuntimeError: {OV_REFUSAL} |\n") in after
+    assert "| other_cnn | onnx.helper | entropic | yes | yes | 30.0% | 100.0% | 0.0e+00 | - | 1.5 |  |\n" in after
+    assert "OpenVINO 2099.1.0 (`--openvino`" in after and "**0 of 1** pruned models" in after
+    assert "1 refused (original or pruned), 0 differ." in after
+    # the rest of the page is as it was
+    lines = after.splitlines()
+    at = next(i for i, x in enumerate(lines) if x.startswith("OpenVINO "))
+    assert lines[at - 1] == lines[at + 1] == "" and lines[at - 2].startswith("**2 of 2** exported models reach")
+    del lines[at:at + 2]
+
+    def rest(page_lines):
+        return [x for x in page_lines if not x.startswith(("| tiny_cnn", "| other_cnn", "| model", "|---"))]
+    assert rest(lines) == rest(before.splitlines())
+
+
+def test_bench_coverage_openvino_cells():
+    """The OpenVINO column: "yes (ERR)" while the pruned model's error stays within
+    max(10 x the original's, 1e-4) (the original's shown where it is above 1e-4), else
+    "differs"; a refused original or pruned model; no error where a detector's row counts
+    differ between the runtimes."""
+    tool = load_tool("bench_coverage")
+
+    def cell(**o):
+        base = {"version": "1", "original_ok": True, "pruned_ok": True, "original_rel_err": 1e-6,
+                "pruned_rel_err": 3e-6, "error": None}
+        return tool._openvino_cell({"openvino": dict(base, **o)})
+
+    assert cell() == "yes (3e-06)"
+    assert cell(pruned_rel_err=9e-5) == "yes (9e-05)"               # under the 1e-4 floor
+    assert cell(pruned_rel_err=2e-4).startswith("**differs** (2e-04")
+    assert cell(original_rel_err=1e-3, pruned_rel_err=9e-3) == "yes (9e-03, original 1e-03)"  # within 10 x
+    assert cell(original_rel_err=1e-3, pruned_rel_err=2e-2).startswith("**differs**")
+    assert cell(pruned_ok=False, pruned_rel_err=None) == "**refuses pruned**"
+    assert cell(original_ok=False, original_rel_err=None) == "**refuses original**"
+    assert cell(pruned_rel_err=None) == "yes (not compared)"
+    assert tool._openvino_cell({"runs": True, "openvino": {"original_ok": True, "pruned_ok": True}}) \
+        == "yes (row counts differ)"
+    assert tool._openvino_cell({}) == "-"
+
+
+def test_bench_coverage_openvino_tiny_run(tmp_path):
+    """With OpenVINO installed (not in CI): the tiny export's row records both models compiled
+    and run in OpenVINO, agreeing with onnxruntime to float rounding (f32, not bf16's ~1e-2),
+    and the table shows it; the other figures are those of a run without ``--openvino``."""
+    ov = pytest.importorskip("openvino")
+    cache = _coverage_cache(tmp_path / "cache")
+    out = tmp_path / "cov.json"
+    ran = run_tool("bench_coverage", "--cache", cache, "--out", out, "--openvino", "--timeout", "300")
+    assert ran.exc is None and ran.code == 0, ran.message
+    r = json.loads(out.read_text())["tiny"]
+    o = r["openvino"]
+    assert o["version"] == ov.__version__ and o["error"] is None
+    assert o["original_ok"] is True and o["pruned_ok"] is True
+    assert o["original_rel_err"] <= 1e-5 and o["pruned_rel_err"] <= 1e-5
+    assert r["valid"] and r["runs"] and r["keep1_max_rel_err"] <= 1e-4 and 0.2 <= r["macs_removed"] <= 0.35
+    md = out.with_suffix(".md").read_text()
+    assert f"| 0.0e+00 | yes ({o['pruned_rel_err']:.0e}) | {r['seconds']} |" in md
+    assert "**1 of 1** pruned models compile, run and agree with onnxruntime" in md
+
+
 # -- 7. bench_runtimes.py ----------------------------------------------------------------------------
 
 @needs_reference
@@ -765,7 +951,7 @@ def test_bench_runtimes_onnxruntime_tiny_run(tmp_path, fmnist_test):
     parameters removed are the report's; ``--markdown`` prints one line per row."""
     out = tmp_path / "runtimes.json"
     ran = run_tool("bench_runtimes", "--models", "lenet5", "--runtimes", "onnxruntime", "--batches", "1", "4",
-                   "--repeats", "2", "--out", out, "--markdown")
+                   "--repeats", "2", "--min-seconds", "0.05", "--out", out, "--markdown")
     assert ran.exc is None and ran.code == 0, ran.message
     rows = json.loads(out.read_text())["rows"]
     assert [(r["model"], r["runtime"], r["batch"], r["threads"]) for r in rows] == \
@@ -778,6 +964,8 @@ def test_bench_runtimes_onnxruntime_tiny_run(tmp_path, fmnist_test):
         assert r["accuracy_pruned"] == accuracy and r["test_images"] == 10_000
         assert (r["agreement_original"], r["agreement_pruned"], r["max_abs_diff_pruned"]) == (1.0, 1.0, 0.0)
         assert r["speedup"] == pytest.approx(r["ms_original"] / r["ms_pruned"])
+        # a LeNet-5 run takes well under a millisecond: more than 2 runs fill the 0.05 s asked for
+        assert 2 < r["repeats"] <= 10_000
         assert r["macs_removed"] == pruned.report["macs"]["removed_fraction"]
         assert r["params_removed"] == pruned.report["params"]["removed_fraction"]
     table = [line for line in ran.out.splitlines() if line.startswith("| lenet5 | onnxruntime |")]
@@ -816,7 +1004,7 @@ def test_bench_runtimes_keeps_the_rows_of_runtimes_that_work(tmp_path, fmnist_te
 
     tool.LOADERS["openvino"] = refuses
     args = argparse.Namespace(sparsity=0.3, reference=REFERENCE, save=None, runtimes=["openvino", "onnxruntime"],
-                              batches=[2], threads=[1], repeats=1, ov_precision="f32")
+                              batches=[2], threads=[1], repeats=1, min_seconds=0.0, ov_precision="f32")
     with contextlib.redirect_stdout(io.StringIO()):
         rows = tool.bench_model("lenet5", args, fmnist_test)
     assert [r["runtime"] for r in rows] == ["onnxruntime", "openvino"]

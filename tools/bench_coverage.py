@@ -18,6 +18,16 @@ For each ``<name>.onnx`` in the cache (with its sidecar ``<name>.json`` from
 
 The timeout covers all three steps; what finished before it is kept.
 
+``--openvino`` (optional: ``pip install openvino``; refused up front without it) adds a
+fourth step: the original and the pruned model are compiled in OpenVINO's CPU plugin with
+f32 inference forced (the plugin defaults to bf16 on CPUs that have it, off by ~1e-2 on any
+model), reshaped to the check inputs' static shape and run on them; the row's ``openvino``
+records whether each compiled and ran and the largest relative output error against
+onnxruntime's outputs of the same model (the first line of any error, never the row lost),
+and the table gains an OpenVINO column: ``yes (ERR)``, ``refuses pruned``, or ``differs``
+when the pruned model's error exceeds ``max(10 x the original's, 1e-4)``. It catches a
+pruned graph that only onnxruntime accepts.
+
 ``--check`` prunes nothing: it inspects every cached export again (a minute or two for a
 hundred) and prints each one whose prunable MAC share, prunable groups, MAC total or
 inspect error differs from its row in ``--out``, exiting 1 if any does. Run it after a
@@ -85,18 +95,23 @@ def _run(model, feeds: dict) -> list:
     import numpy as np
     import onnxruntime as ort
 
-    from onnx_eprune.calibrate.session import fixed_batch, unbatched_inputs
-
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 2
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    pieces = [sess.run(None, piece) for piece in _pieces(model, feeds)]
+    return [np.concatenate(parts) for parts in zip(*pieces)]
+
+
+def _pieces(model, feeds: dict) -> list[dict]:
+    """``feeds`` cut into the runs :func:`_run` makes: all at once, a fixed batch's worth at a
+    time, or one sample at a time (without its batch axis) for an input that has none."""
+    from onnx_eprune.calibrate.session import fixed_batch, unbatched_inputs
+
     n = len(next(iter(feeds.values())))
     squeeze = unbatched_inputs(model)
     step = 1 if squeeze else fixed_batch(model) or n
-    pieces = [sess.run(None, {k: v[i] if k in squeeze else v[i:i + step] for k, v in feeds.items()})
-              for i in range(0, n, step)]
-    return [np.concatenate(parts) for parts in zip(*pieces)]
+    return [{k: v[i] if k in squeeze else v[i:i + step] for k, v in feeds.items()} for i in range(0, n, step)]
 
 
 def _check_pruned(orig_outs, model, inputs: dict, out_names: list[str], in_names: list[str], res: dict,
@@ -147,6 +162,119 @@ def _rel_err(a_list, b_list) -> float | None:
         den = np.maximum(np.linalg.norm(a64, axis=1), 1e-30)
         worst = max(worst, float(np.max(num / den)))
     return worst
+
+
+# -- --openvino: the original and the pruned model in OpenVINO's CPU plugin ------------------------
+OV_FACTOR, OV_FLOOR = 10.0, 1e-4  # the pruned model "differs" above max(10 x the original's error, 1e-4)
+
+
+def _load_openvino():
+    """The ``openvino`` module (ImportError when it is not installed; a test puts a fake here)."""
+    import openvino
+
+    return openvino
+
+
+def _ov_message(exc: BaseException) -> str:
+    """The first line of an OpenVINO error that says something: its messages open with
+    ``Exception from src/...cpp:LINE:`` lines."""
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+    told = [x for x in lines if not (x.startswith("Exception from ") and x.endswith(":"))]
+    return f"{type(exc).__name__}: {(told or lines or [''])[0][:400]}"
+
+
+def _openvino_outputs(ov, core, path: Path, model, feeds: dict) -> list:
+    """The ONNX file ``path`` (``model``) compiled in OpenVINO's CPU plugin with f32 inference
+    (it defaults to bf16 where the CPU has it), reshaped to the static shape of the runs
+    :func:`_run` makes and run on them, inputs fed by name; the outputs in ``model``'s order,
+    the runs' concatenated as :func:`_run` does."""
+    import numpy as np
+
+    pieces = _pieces(model, feeds)
+    ov_model = core.read_model(str(path))
+    ov_model.reshape({name: list(arr.shape) for name, arr in pieces[0].items()})
+    compiled = core.compile_model(ov_model, "CPU", {ov.properties.hint.inference_precision(): ov.Type.f32,
+                                                    ov.properties.inference_num_threads(): 2})
+    precision = compiled.get_property(ov.properties.hint.inference_precision())
+    if precision != ov.Type.f32:
+        raise RuntimeError(f"OpenVINO compiled for {precision}, not f32")
+    ports = [port.get_names() for port in compiled.outputs]
+    order = [next((i for i, names in enumerate(ports) if o.name in names), k) for k, o in enumerate(model.graph.output)]
+    runs = [compiled(piece) for piece in pieces]
+    return [np.concatenate([np.array(run[i]) for run in runs]) for i in order]
+
+
+def openvino_compare(orig, orig_path: Path, orig_outs: list, pruned, pruned_outs: list | None, feeds: dict,
+                     folder: Path, row: dict | None = None, save=None) -> dict:
+    """``--openvino``: the original ``orig`` (the file ``orig_path``) and the ``pruned`` model
+    (saved into ``folder``; None when pruning failed) compiled and run in OpenVINO on
+    ``feeds``. Fills and returns ``row``: ``version``, ``original_ok`` / ``pruned_ok``
+    (compiled and ran; None: not tried), ``original_rel_err`` / ``pruned_rel_err`` (the largest
+    per-sample relative error of an output against onnxruntime's ``orig_outs`` /
+    ``pruned_outs``, None when a detector's rows differ in number or onnxruntime gave none),
+    ``error`` (the first line of each failure, or None) and ``seconds``. Nothing raises; the
+    model under way is ``row["running"]`` whenever ``save`` (called before each) writes the
+    row, so that the driver can tell a worker that OpenVINO killed."""
+    import onnx
+
+    row = {} if row is None else row
+    t0 = time.perf_counter()
+    row.update(version=None, original_ok=None, pruned_ok=None, original_rel_err=None, pruned_rel_err=None,
+               error=None)
+    errors = []
+    try:
+        ov = _load_openvino()
+        row["version"] = str(ov.__version__)
+        core = ov.Core()
+    except Exception as exc:  # noqa: BLE001
+        row["error"] = _ov_message(exc)
+        return row
+    for which, model, path, ref in (("original", orig, orig_path, orig_outs), ("pruned", pruned, None, pruned_outs)):
+        if model is None:
+            continue
+        row["running"] = which
+        if save is not None:
+            save()
+        try:
+            if path is None:
+                path = folder / "pruned_for_openvino.onnx"
+                onnx.save(model, str(path))
+            outs = _openvino_outputs(ov, core, path, model, feeds)
+            row[f"{which}_ok"] = True
+            row[f"{which}_rel_err"] = None if ref is None else _rel_err(ref, outs)
+        except Exception as exc:  # noqa: BLE001
+            row[f"{which}_ok"] = False
+            errors.append(f"{which}: {_ov_message(exc)}")
+    row.pop("running", None)
+    row["error"] = " / ".join(errors) or None
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def openvino_differs(o: dict) -> bool:
+    """The pruned model's OpenVINO error exceeds ``max(OV_FACTOR x the original's, OV_FLOOR)``."""
+    p, q = o.get("pruned_rel_err"), o.get("original_rel_err")
+    return p is not None and p > max(OV_FACTOR * (q or 0.0), OV_FLOOR)
+
+
+def _openvino_cell(r: dict) -> str:
+    """The OpenVINO column: the pruned model's error against onnxruntime, with the original's
+    where that is above the floor (a detector's rows: near-tie detections reorder or change
+    label between runtimes, in the original as much)."""
+    o = r.get("openvino")
+    if not o:
+        return "-"
+    if o.get("original_ok") is False:
+        return "**refuses original**"
+    if o.get("pruned_ok") is False:
+        return "**refuses pruned**"
+    if not o.get("pruned_ok"):
+        return "-"
+    p, q = o.get("pruned_rel_err"), o.get("original_rel_err")
+    if p is None:  # onnxruntime gave no outputs, or (a detector) another number of rows
+        return "yes (row counts differ)" if r.get("runs") else "yes (not compared)"
+    base = f", original {q:.0e}" if q is not None and q > OV_FLOOR else ""
+    return f"**differs** ({p:.0e}, original {q or 0:.0e})" if openvino_differs(o) else f"yes ({p:.0e}{base})"
 
 
 class _ProgressFile:
@@ -247,7 +375,8 @@ def check_rows(cache: Path, stems: list[str], results: dict) -> int:
     return differ
 
 
-def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entropic") -> None:
+def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entropic",
+           openvino: bool = False) -> None:
     import numpy as np
     import onnx
 
@@ -300,6 +429,7 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
 
     # the 30 % MAC reduction run
     t0 = time.perf_counter()
+    pruned = pruned_outs = None
     try:
         result = onnx_eprune.prune(str(model_path), calib, flops_reduction=FLOPS_TARGET, seed=0,
                                   method=method, progress=_progress(result_path, "flops run"))
@@ -314,12 +444,18 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
         outs = _check_pruned(orig_outs, result.model, feeds, out_names, in_names, res, "")
         if outs is not None:
             res["pruned_rel_err"] = _rel_err(orig_outs, outs)
+        pruned, pruned_outs = result.model, outs
         del result
     except Exception as exc:  # noqa: BLE001
         res["pruned_ok"] = False
         res["prune_error"] = _error(exc)
     res["prune_seconds"] = round(time.perf_counter() - t0, 2)
     save()
+
+    if openvino:  # both models in OpenVINO, last: a crash there leaves the figures above saved
+        res["openvino"] = {}
+        openvino_compare(orig, model_path, orig_outs, pruned, pruned_outs, feeds, tmp, res["openvino"], save)
+        save()
 
 
 # -- driver -----------------------------------------------------------------------------------
@@ -340,14 +476,24 @@ def run_model(model_path: Path, meta: dict, timeout: float, extra: list[str]) ->
             _, stderr = proc.communicate()
         res = json.loads(result_path.read_text()) if result_path.exists() else {}
         res["seconds"] = round(time.perf_counter() - t0, 2)
+        rc = proc.returncode
+        ov = res.get("openvino") or {}
+        if "running" in ov and (timed_out or rc not in (0, None)):
+            # OpenVINO killed the worker (or took the time left) after the figures were saved: its failure
+            which = ov.pop("running")
+            ov[f"{which}_ok"] = False
+            how = f"timeout after {timeout:.0f} s" if timed_out else f"worker exit {rc}"
+            ov["error"] = " / ".join(filter(None, [ov.get("error"), f"{which}: {how} in OpenVINO"]))
+            ov["stderr_tail"] = (stderr or "")[-1500:]
+            timed_out, rc = False, 0
         res["timed_out"] = timed_out
         if timed_out:
             res["timeout_s"] = timeout
             progress = Path(str(result_path) + ".progress")
             if progress.exists():
                 res["timeout_in"] = progress.read_text()
-        if proc.returncode not in (0, None) and not timed_out:
-            res["worker_exit"] = proc.returncode
+        if rc not in (0, None) and not timed_out:
+            res["worker_exit"] = rc
             res["worker_stderr_tail"] = (stderr or "")[-1500:]
         return res
 
@@ -440,16 +586,34 @@ def write_markdown(results: dict, path: Path, method: str = "entropic",
              + "; timings on a shared 2-core machine, one or two models at once (BENCHMARKS.md says which).", "",
              "| model | exporter | method | valid | runs | MACs removed | prunable MAC fraction | keep-1.0 max rel err | seconds | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    with_ov = [r for r in rows if "openvino" in r]
+    if with_ov:  # the column and a paragraph only where a row was run with --openvino
+        o = [r["openvino"] for r in with_ov]
+        refused = sum(1 for x in o if x.get("original_ok") is False or x.get("pruned_ok") is False)
+        agree = sum(1 for x in o if x.get("original_ok") and x.get("pruned_ok") and not openvino_differs(x))
+        versions = ", ".join(sorted({str(x.get("version")).split("-")[0] for x in o}))
+        lines[-2] = lines[-2].replace("| seconds |", "| OpenVINO | seconds |")
+        lines[-1] += "---|"
+        lines[-4:-4] = [f"OpenVINO {versions} (`--openvino`: CPU plugin, f32 inference, the same check inputs): "
+                        f"**{agree} of {len(o)}** pruned models compile, run and agree with onnxruntime as closely "
+                        f"as their original does (relative error <= max({OV_FACTOR:g} x the original's, "
+                        f"{OV_FLOOR:g})); {refused} refused (original or pruned), "
+                        f"{sum(1 for x in o if openvino_differs(x))} differ. A detector's outputs compare row by "
+                        "row: detections with near-tie scores come in another order or with another label, in the "
+                        "original as much.", ""]
     for r in rows:
         def yn(v):
             return "-" if v is None else ("yes" if v else "**no**")
         k1 = r.get("keep1_max_rel_err")
         k1s = "-" if k1 is None else (f"{k1:.1e}" if k1 <= KEEP1_TOL else f"**{k1:.1e}**")
         runs = r["verdict"]["runnable"] if r.get("pruned_ok") else None
+        note = _note(r)
+        if (r.get("openvino") or {}).get("error"):
+            note = " / ".join(filter(None, [note, "openvino: " + r["openvino"]["error"].replace("|", "/")]))
         lines.append(f"| {r.get('arch')} | {r.get('exporter')} | {r.get('method', 'entropic')} | {yn(r.get('valid'))} | "
                      f"{yn(runs)} | "
                      f"{_fmt_pct(r.get('macs_removed'))} | {_fmt_pct(r.get('prunable_mac_fraction'))} | {k1s} | "
-                     f"{r.get('seconds', '-')} | {_note(r)} |")
+                     f"{_openvino_cell(r) + ' | ' if with_ov else ''}{r.get('seconds', '-')} | {note} |")
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return summary
@@ -481,16 +645,25 @@ def main(argv=None) -> int:
                          "groups and MAC total with its row in --out; exit 1 if any differs")
     ap.add_argument("--title", help="heading of the Markdown table (default: the heading it has, else "
                                     "'Coverage of timm CNNs')")
+    ap.add_argument("--openvino", action="store_true",
+                    help="also compile and run the original and the pruned model in OpenVINO (CPU, f32) and "
+                         "compare with onnxruntime (needs: pip install openvino)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
         path = Path(args.worker)
-        worker(path, json.loads(path.with_suffix(".json").read_text()), Path(args.result), args.method)
+        worker(path, json.loads(path.with_suffix(".json").read_text()), Path(args.result), args.method,
+               args.openvino)
         return 0
 
-    extra = ["--method", args.method]
+    if args.openvino:  # before anything is written
+        try:
+            _load_openvino()
+        except ImportError:
+            return _usage_error("--openvino needs OpenVINO, which is not installed here: pip install openvino")
+    extra = ["--method", args.method] + (["--openvino"] if args.openvino else [])
     cache, out = Path(args.cache), Path(args.out)
     results = json.loads(out.read_text()) if out.exists() and args.only else {}
     stems = sorted(p.name[:-5] for p in cache.glob("*.onnx"))

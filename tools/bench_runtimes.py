@@ -14,8 +14,9 @@ and the pruned model in each runtime: onnxruntime (CPU), OpenVINO (CPU plugin) a
   and max abs logit difference with onnxruntime on the same model (so a runtime that reads
   the pruned graph differently shows up even where the accuracy does not move);
 * latency: median ms per run at each ``--batches`` x ``--threads``, over ``--repeats`` runs
-  (more where they would take under ``--min-seconds``) after a warm-up, the original and the pruned model interleaved so that machine noise hits
-  both alike; the speed-up is original ms / pruned ms, next to the MACs the report removed.
+  (more where they would take under ``--min-seconds``) after a warm-up, the original and
+  the pruned model interleaved so that machine noise hits both alike; the speed-up is
+  original ms / pruned ms, next to the MACs the report removed.
 
 OpenVINO runs on static input shapes (reshaped to the batch, as a deployment would) and by
 default in f32 (``--ov-precision``): on CPUs with AVX512_BF16 or AMX its default is bf16,
