@@ -380,13 +380,9 @@ def _no_prunable_hint(exc: EPruneError, model: str) -> EPruneError:
 def _check_stats_options(args: argparse.Namespace) -> None:
     """With --stats the samples and their positions were chosen by 'calibrate': refuse the
     options that would otherwise be ignored."""
-    given = [option for option, value in (("--samples", args.samples), ("--positions", args.positions))
-             if value is not None]
-    if given:
-        one = len(given) == 1
-        raise UsageError(f"{' and '.join(given)} belong{'s' if one else ''} to 'onnx-eprune calibrate' and "
-                         f"do{'es' if one else ''} nothing with --stats: the statistics files hold the samples they "
-                         "were computed on")
+    from .pipeline import refuse_calibrate_options
+
+    refuse_calibrate_options(args.samples, args.positions)
     if args.mode == "sequential":
         raise UsageError("--mode sequential fits each layer on the network pruned so far, which needs the samples; "
                          "statistics files hold one-shot statistics: drop --mode, or give --calib instead of --stats")

@@ -84,15 +84,24 @@ def _stats_sources(stats: object) -> list:
     return sources
 
 
+def refuse_calibrate_options(samples: int | None, positions: int | None) -> None:
+    """:class:`UsageError` for either option given to a run from statistics files: they
+    choose the samples and their positions, which calibrate() chose for the files. The
+    command line calls it before any work, the API once the files are read."""
+    given = [f"{name} (--{name})" for name, value in (("samples", samples), ("positions", positions))
+             if value is not None]
+    if given:
+        one = len(given) == 1
+        raise UsageError(f"{' and '.join(given)} belong{'s' if one else ''} to calibrate ('onnx-eprune calibrate') "
+                         f"and do{'es' if one else ''} nothing with statistics files (--stats): they hold the samples "
+                         "they were computed on")
+
+
 def config_for_stats(config: PruneConfig, stats: StatsBundle) -> PruneConfig:
     """``config`` for a run from statistics files: one-shot, with the files' seed (their conv
     positions were drawn with it, so a run from the same samples with that seed gives the
     same model); the options that choose samples and positions belong to calibrate()."""
-    given = [name for name in ("samples", "positions") if getattr(config, name) is not None]
-    if given:
-        one = len(given) == 1
-        raise UsageError(f"{' and '.join(given)} belong{'s' if one else ''} to calibrate and do{'es' if one else ''} "
-                         "nothing with statistics files: they hold the samples they were computed on")
+    refuse_calibrate_options(config.samples, config.positions)
     if config.seed not in (None, stats.seed):
         raise UsageError(f"{stats.described()} were computed with seed {stats.seed}, not {config.seed}: leave the "
                          "seed out, or calibrate again with it")
