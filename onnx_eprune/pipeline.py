@@ -32,6 +32,7 @@ from .config import PruneConfig, check_progress, make_config
 from .errors import EPruneError, UsageError, checked_arguments
 from .files import output_path, same_file
 from .graph import analysis as channel_analysis
+from .graph.contrib import fuse_again, unfuse
 from .graph.costs import CostModel, build_cost_model
 from .graph.exclude import exclude_groups
 from .graph.groups import QUANTIZED, Consumer, channel_major, position_columns, spread
@@ -258,6 +259,11 @@ class Pruner:
         with self.timer.phase("load"):
             self.model = as_model(model)
             self.normalized = normalize(self.model)
+            self.fusions = unfuse(self.model)
+            if self.fusions:
+                log.info("%d onnxruntime fused node(s) (%s) are pruned as the standard ops they compute and "
+                         "written back fused", len(self.fusions),
+                         ", ".join(sorted({f.node.op_type for f in self.fusions})))
             if stats is not None and stats.model != fingerprint(self.model):
                 raise UsageError(f"{stats.described()} were computed for another model (this model's graph, "
                                  "weights or metadata differ from the one calibrated): calibrate it again")
@@ -787,6 +793,7 @@ class Pruner:
             pruned = build_pruned(self.model, self.analysis, keeps, refits)
             share_equal_copies(pruned, self.normalized.copies)
             store_narrowed(pruned, self.normalized.narrowed)
+            fuse_again(pruned, self.fusions)
         with self.timer.phase("validate"):
             fidelity = self.validate(pruned)
         self.timer.seconds["total"] = time.perf_counter() - self.t0

@@ -939,6 +939,24 @@ def test_bench_coverage_openvino_tiny_run(tmp_path):
     assert "**1 of 1** pruned models compile, run and agree with onnxruntime" in md
 
 
+def test_bench_coverage_ort_optimized_tiny_run(tmp_path):
+    """``--ort-optimized``: the row is that of the tiny export as onnxruntime's optimizer saves
+    it (its Conv + Relu pairs fused): the fused ops are recorded for the input and both
+    pruned outputs, which hold the same, and the run is as good as the plain one."""
+    cache = _coverage_cache(tmp_path / "cache")
+    out = tmp_path / "cov.json"
+    ran = run_tool("bench_coverage", "--cache", cache, "--out", out, "--ort-optimized", "--timeout", "300")
+    assert ran.exc is None and ran.code == 0, ran.message
+    r = json.loads(out.read_text())["tiny"]
+    assert r["fused_ops"].get("FusedConv", 0) >= 1
+    assert r["keep1_fused_ops"] == r["pruned_fused_ops"] == r["fused_ops"]
+    assert r["valid"] and r["runs"] and r["keep1_max_rel_err"] <= 1e-4 and 0.2 <= r["macs_removed"] <= 0.35
+    md = out.with_suffix(".md").read_text()
+    assert "**1 of 1** pruned models (both runs) hold the fused ops their input held" in md
+    cell = ", ".join(f"{op} {n}" for op, n in r["fused_ops"].items())
+    assert f"| {cell} | {r['seconds']} |" in md
+
+
 # -- 7. bench_runtimes.py ----------------------------------------------------------------------------
 
 @needs_reference
@@ -976,6 +994,29 @@ def test_bench_runtimes_onnxruntime_tiny_run(tmp_path, fmnist_test):
     damaged.write_text("{")
     bad = run_tool("bench_runtimes", "--table", damaged)
     assert bad.exc is None and bad.code not in (0, None) and str(damaged) in bad.message
+
+
+@needs_reference
+@needs_dataset
+def test_bench_runtimes_ort_optimized_tiny_run(tmp_path, fmnist_test):
+    """``--ort-optimized``: LeNet-5 as onnxruntime's optimizer saves it (FusedConv, FusedGemm)
+    is the original; its accuracy is the model card's, the pruned model holds the same fused
+    ops and keeps the accuracy of the same model pruned in standard form."""
+    out = tmp_path / "runtimes.json"
+    ran = run_tool("bench_runtimes", "--models", "lenet5", "--runtimes", "onnxruntime", "--batches", "4",
+                   "--repeats", "2", "--min-seconds", "0.05", "--ort-optimized", "--out", out, "--markdown")
+    assert ran.exc is None and ran.code == 0, ran.message
+    [row] = json.loads(out.read_text())["rows"]
+    assert set(row["fused_ops_original"]) == {"FusedConv", "FusedGemm"}
+    assert row["fused_ops_pruned"] == row["fused_ops_original"]
+    assert row["accuracy_original"] == pytest.approx(card_accuracy("lenet5"), abs=1e-4)
+    x, y = fmnist_test
+    standard = onnx_eprune.prune(str(LENET), str(CALIB28), sparsity=0.55, device="cpu")
+    assert row["accuracy_pruned"] == pytest.approx(float(np.mean(lenet_logits(standard.model, x).argmax(1) == y)),
+                                                   abs=5e-4)
+    cell = " -> ".join(", ".join(f"{op} {n}" for op, n in row[f"fused_ops_{k}"].items()) for k in ("original", "pruned"))
+    assert any(line.startswith("| lenet5 | onnxruntime |") and line.endswith(f"| {cell} |")
+               for line in ran.out.splitlines())
 
 
 def test_bench_runtimes_without_a_runtime_says_what_to_install(tmp_path):

@@ -375,8 +375,30 @@ def check_rows(cache: Path, stems: list[str], results: dict) -> int:
     return differ
 
 
+def ort_optimized(model_path: Path, folder: Path) -> Path:
+    """``model_path`` as onnxruntime's graph optimizer saves it at its extended level (fused
+    ``com.microsoft`` ops), written into ``folder``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(folder / model_path.name)
+    options.log_severity_level = 3  # its notes on initializers it drops
+    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return folder / model_path.name
+
+
+def fused_ops(model) -> dict[str, int]:
+    """How many nodes of each onnxruntime fused op (domain com.microsoft) ``model`` holds."""
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.domain == "com.microsoft":
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return dict(sorted(ops.items()))
+
+
 def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entropic",
-           openvino: bool = False) -> None:
+           openvino: bool = False, optimized: bool = False) -> None:
     import numpy as np
     import onnx
 
@@ -399,7 +421,16 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
     calib_path = tmp / "calib.npy"
     np.save(calib_path, calib)
 
+    if optimized:  # the export as onnxruntime's optimizer saves it is the model of this row
+        try:
+            model_path = ort_optimized(model_path, tmp)
+        except Exception as exc:  # noqa: BLE001
+            res["original_error"] = _error(exc)
+            save()
+            return
     orig = onnx.load(str(model_path))
+    if optimized:
+        res["fused_ops"] = fused_ops(orig)
     in_names, out_names = _io(orig)
     feeds = {in_names[0]: check}
     try:
@@ -418,6 +449,8 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
         result = onnx_eprune.prune(str(model_path), calib, keep_ratio=1.0, seed=0,
                                   progress=_progress(result_path, "keep_ratio=1.0 run"))
         res["keep1_ok"] = True
+        if optimized:
+            res["keep1_fused_ops"] = fused_ops(result.model)
         outs = _check_pruned(orig_outs, result.model, feeds, out_names, in_names, res, "keep1_")
         if outs is not None:
             res["keep1_max_rel_err"] = _rel_err(orig_outs, outs)
@@ -434,6 +467,8 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
         result = onnx_eprune.prune(str(model_path), calib, flops_reduction=FLOPS_TARGET, seed=0,
                                   method=method, progress=_progress(result_path, "flops run"))
         res["pruned_ok"] = True
+        if optimized:
+            res["pruned_fused_ops"] = fused_ops(result.model)
         rep = result.report
         res["macs_removed"] = rep["macs"]["removed_fraction"]
         res["params_removed"] = rep["params"]["removed_fraction"]
@@ -601,6 +636,15 @@ def write_markdown(results: dict, path: Path, method: str = "entropic",
                         f"{sum(1 for x in o if openvino_differs(x))} differ. A detector's outputs compare row by "
                         "row: detections with near-tie scores come in another order or with another label, in the "
                         "original as much.", ""]
+    with_fused = [r for r in rows if "fused_ops" in r]
+    if with_fused:  # --ort-optimized: the fused ops of each input, and whether both outputs hold the same
+        kept = sum(1 for r in with_fused if r.get("pruned_fused_ops") == r["fused_ops"] == r.get("keep1_fused_ops"))
+        lines[-2] = lines[-2].replace("| seconds |", "| fused ops | seconds |")
+        lines[-1] += "---|"
+        lines[-4:-4] = [f"Every export was first saved by onnxruntime's graph optimizer at its extended level "
+                        f"(`--ort-optimized`); the fused ops column counts the `com.microsoft` ops it wrote "
+                        f"(FusedConv, FusedGemm, QuickGelu, Gelu, ...): **{kept} of {len(with_fused)}** pruned "
+                        "models (both runs) hold the fused ops their input held.", ""]
     for r in rows:
         def yn(v):
             return "-" if v is None else ("yes" if v else "**no**")
@@ -613,10 +657,22 @@ def write_markdown(results: dict, path: Path, method: str = "entropic",
         lines.append(f"| {r.get('arch')} | {r.get('exporter')} | {r.get('method', 'entropic')} | {yn(r.get('valid'))} | "
                      f"{yn(runs)} | "
                      f"{_fmt_pct(r.get('macs_removed'))} | {_fmt_pct(r.get('prunable_mac_fraction'))} | {k1s} | "
-                     f"{_openvino_cell(r) + ' | ' if with_ov else ''}{r.get('seconds', '-')} | {note} |")
+                     f"{_openvino_cell(r) + ' | ' if with_ov else ''}{_fused_cell(r) + ' | ' if with_fused else ''}"
+                     f"{r.get('seconds', '-')} | {note} |")
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return summary
+
+
+def _fused_cell(r: dict) -> str:
+    """The fused ops of an --ort-optimized row's input, with the pruned outputs' where they differ."""
+    if "fused_ops" not in r:
+        return "-"
+    cell = ", ".join(f"{op} {n}" for op, n in r["fused_ops"].items()) or "none"
+    for key, run in (("keep1_fused_ops", "keep-1.0"), ("pruned_fused_ops", "pruned")):
+        if key in r and r[key] != r["fused_ops"]:
+            cell += f"; **{run}: " + (", ".join(f"{op} {n}" for op, n in r[key].items()) or "none") + "**"
+    return cell
 
 
 def _as_done(pool, fn, items):
@@ -648,6 +704,9 @@ def main(argv=None) -> int:
     ap.add_argument("--openvino", action="store_true",
                     help="also compile and run the original and the pruned model in OpenVINO (CPU, f32) and "
                          "compare with onnxruntime (needs: pip install openvino)")
+    ap.add_argument("--ort-optimized", action="store_true",
+                    help="run each export as onnxruntime's graph optimizer saves it (extended level: fused "
+                         "com.microsoft ops such as FusedConv), and record the fused ops of the input and outputs")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -655,7 +714,7 @@ def main(argv=None) -> int:
     if args.worker:
         path = Path(args.worker)
         worker(path, json.loads(path.with_suffix(".json").read_text()), Path(args.result), args.method,
-               args.openvino)
+               args.openvino, args.ort_optimized)
         return 0
 
     if args.openvino:  # before anything is written
@@ -663,7 +722,8 @@ def main(argv=None) -> int:
             _load_openvino()
         except ImportError:
             return _usage_error("--openvino needs OpenVINO, which is not installed here: pip install openvino")
-    extra = ["--method", args.method] + (["--openvino"] if args.openvino else [])
+    extra = ["--method", args.method] + (["--openvino"] if args.openvino else []) \
+        + (["--ort-optimized"] if args.ort_optimized else [])
     cache, out = Path(args.cache), Path(args.out)
     results = json.loads(out.read_text()) if out.exists() and args.only else {}
     stems = sorted(p.name[:-5] for p in cache.glob("*.onnx"))

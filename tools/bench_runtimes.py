@@ -2,6 +2,8 @@
 
     python tools/bench_runtimes.py --out bench/runtimes.json --markdown
     python tools/bench_runtimes.py --table bench/runtimes.json      # the table of earlier results
+    python tools/bench_runtimes.py --ort-optimized --runtimes onnxruntime \\
+        --out bench/runtimes_ort_optimized.json --markdown
     python tools/bench_runtimes.py --models vgg16 --sparsity 0.8 --runtimes onnxruntime openvino \\
         --batches 1 32 --threads 1 2 --repeats 20
 
@@ -17,6 +19,13 @@ and the pruned model in each runtime: onnxruntime (CPU), OpenVINO (CPU plugin) a
   (more where they would take under ``--min-seconds``) after a warm-up, the original and
   the pruned model interleaved so that machine noise hits both alike; the speed-up is
   original ms / pruned ms, next to the MACs the report removed.
+
+``--ort-optimized`` first passes each reference model through onnxruntime's graph
+optimizer at its extended level (``SessionOptions.optimized_model_filepath``), as a
+deployment that saves the optimized model does; that model, with its fused
+``com.microsoft`` ops (FusedConv, FusedGemm), is the original then, pruned and compared
+(onnxruntime only: the other runtimes do not read those ops). The rows then also count the
+fused ops of the original and of the pruned model.
 
 OpenVINO runs on static input shapes (reshaped to the batch, as a deployment would) and by
 default in f32 (``--ov-precision``): on CPUs with AVX512_BF16 or AMX its default is bf16,
@@ -39,6 +48,9 @@ from typing import Callable
 
 import numpy as np
 import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_coverage import fused_ops, ort_optimized  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 MODELS = {"lenet5": ("lenet5.onnx", "calib28.npy", 28), "vgg16": ("vgg16.onnx", "calib32.npy", 32),
@@ -144,9 +156,11 @@ def bench_model(name: str, args, test: tuple[np.ndarray, np.ndarray]) -> list[di
 
     file, calib, _size = MODELS[name]
     sparsity = args.sparsity if args.sparsity is not None else BAR[name]
+    with tempfile.TemporaryDirectory(prefix="bench_runtimes_") as folder:
+        source = ort_optimized(args.reference / file, Path(folder)) if args.ort_optimized else args.reference / file
+        original = onnx.load(str(source))
     t0 = time.perf_counter()
-    result = onnx_eprune.prune(str(args.reference / file), str(args.reference / calib), sparsity=sparsity,
-                               device="cpu")
+    result = onnx_eprune.prune(original, str(args.reference / calib), sparsity=sparsity, device="cpu")
     prune_s = time.perf_counter() - t0
     rep = result.report
     print(f"{name}: pruned at sparsity {sparsity} in {prune_s:.0f} s: params -{rep['params']['removed_fraction']:.3f},"
@@ -154,14 +168,18 @@ def bench_model(name: str, args, test: tuple[np.ndarray, np.ndarray]) -> list[di
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
         result.save(args.save / f"{name}.pruned.onnx")
-    models = {"original": onnx.load(str(args.reference / file)), "pruned": result.model}
+    models = {"original": original, "pruned": result.model}
+    fused = {f"fused_ops_{label}": fused_ops(model) for label, model in models.items()} if args.ort_optimized else {}
+    if fused:
+        print(f"  fused ops: {fused['fused_ops_original']} -> {fused['fused_ops_pruned']}", flush=True)
     # onnxruntime first: it is the reference the other runtimes are compared with
     runtimes = sorted(args.runtimes, key=lambda r: r != "onnxruntime")
     ref: dict[str, np.ndarray] = {}
     rows = []
     for runtime in runtimes:
         try:
-            rows += _bench_runtime(name, runtime, models, rep, sparsity, prune_s, test, ref, args)
+            rows += [{**row, **fused} for row in _bench_runtime(name, runtime, models, rep, sparsity, prune_s, test,
+                                                                ref, args)]
         except Exception as exc:   # one runtime refusing a model must not lose the others' rows
             error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             print(f"  {runtime}: FAILED: {error}", flush=True)
@@ -209,8 +227,10 @@ def _bench_runtime(name: str, runtime: str, models: dict[str, onnx.ModelProto], 
 def markdown(rows: list[dict]) -> str:
     """The table for BENCHMARKS.md, one line per model x runtime x batch x threads."""
     threads = len({r["threads"] for r in rows if "threads" in r}) > 1
+    fused = any("fused_ops_original" in r for r in rows)   # --ort-optimized
     head = ["model", "runtime", "accuracy original -> pruned", "agreement with onnxruntime (orig / pruned)", "batch",
-            *(["threads"] if threads else []), "ms original", "ms pruned", "speed-up", "MACs removed"]
+            *(["threads"] if threads else []), "ms original", "ms pruned", "speed-up", "MACs removed",
+            *(["fused ops original -> pruned"] if fused else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:   # a runtime that refused the model: say so in the table, not only in the JSON
@@ -220,6 +240,9 @@ def markdown(rows: list[dict]) -> str:
         cells = [r["model"], r["runtime"], f"{r['accuracy_original']:.2%} -> {r['accuracy_pruned']:.2%}", agree,
                  str(r["batch"]), *([str(r["threads"])] if threads else []), f"{r['ms_original']:.3f}",
                  f"{r['ms_pruned']:.3f}", f"x{r['speedup']:.2f}", f"{r['macs_removed']:.1%}"]
+        if fused:
+            cells.append(" -> ".join(", ".join(f"{op} {n}" for op, n in r.get(f"fused_ops_{label}", {}).items()) or "-"
+                                     for label in ("original", "pruned")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -253,6 +276,8 @@ def main() -> int:
                     help="more runs where --repeats of the slowest model take less (default 2 s)")
     ap.add_argument("--ov-precision", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--reference", type=Path, default=REFERENCE)
+    ap.add_argument("--ort-optimized", action="store_true",
+                    help="prune the models as onnxruntime's optimizer saves them (extended level: fused ops)")
     ap.add_argument("--save", type=Path, help="folder to write the pruned models to (to inspect them)")
     ap.add_argument("--out", type=Path, help="JSON file to write")
     ap.add_argument("--markdown", action="store_true", help="print the table for BENCHMARKS.md")

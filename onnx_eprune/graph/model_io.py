@@ -927,6 +927,11 @@ def _referenced_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
+def onnx_opset(model: onnx.ModelProto) -> int:
+    """The version of the default (``ai.onnx``) operator set ``model`` imports; 13 where it imports none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+
+
 def initializer_map(model: onnx.ModelProto) -> Mapping[str, onnx.TensorProto]:
     """Initializers by name, each with its data inside (references are read on access)."""
     return _Initializers(model)

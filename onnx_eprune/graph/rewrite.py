@@ -11,7 +11,8 @@ import onnx
 from onnx import numpy_helper
 
 from .groups import Consumer, GraphAnalysis, position_columns, position_major, spread
-from .model_io import defined_names, list_initializers_as_inputs, lists_initializers, reference, tensor_array
+from .model_io import (defined_names, list_initializers_as_inputs, lists_initializers, onnx_opset, reference,
+                       tensor_array)
 from .weights import BiasAdds, transposed_to_conv
 
 log = logging.getLogger("onnx_eprune")
@@ -292,8 +293,7 @@ def _update_shape_params(analysis: GraphAnalysis, keeps: dict[int, np.ndarray], 
             arrays.update(split.tensor, sizes.astype(arrays.get(split.tensor).dtype))
             continue
         attrs = [a for a in node.attribute if a.name not in ("split", "num_outputs")]
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-        if opset >= 13:  # sizes as an input; an equal split spelled by num_outputs no longer holds
+        if onnx_opset(model) >= 13:  # sizes as an input; an equal split spelled by num_outputs no longer holds
             name = _unique(model, f"{node.name or 'split'}.eprune_sizes")
             model.graph.initializer.append(numpy_helper.from_array(sizes, name))
             while len(node.input) < 2:
