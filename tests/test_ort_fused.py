@@ -145,9 +145,10 @@ def test_pruned_fused_model_holds_the_fused_ops():
     assert c2.op_type == "FusedConv" and len(c2.input) == 4 and c2.input[2] and c2.input[3] == "c1"
 
 
-def _ort_optimized(model: onnx.ModelProto, path) -> onnx.ModelProto:
+def _ort_optimized(model: onnx.ModelProto, path, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+                   ) -> onnx.ModelProto:
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.graph_optimization_level = level
     options.optimized_model_filepath = str(path)
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return onnx.load(str(path))
@@ -173,3 +174,16 @@ def test_models_onnxruntime_optimized(build, tmp_path):
     original = run_model(model, FRESH)[OUTPUT]
     error, error_reference = (relative_error(original, run_model(m, FRESH)[OUTPUT]) for m in (pruned, reference))
     assert error < 1.5 * error_reference + 0.01
+
+
+def test_layout_of_the_all_level_is_refused_with_the_way_out(tmp_path):
+    """A model saved at ORT_ENABLE_ALL holds onnxruntime's NCHWc layout ops (on CPUs with
+    AVX2 or wider), tied to the CPU it ran on: the groups of its convolutions freeze, and
+    the reason says to prune the original or a model saved at the extended level."""
+    optimized = _ort_optimized(conv_bn_relu_pool_flatten_gemm(), tmp_path / "all.onnx",
+                               ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    if not any(n.domain == "com.microsoft.nchwc" for n in optimized.graph.node):
+        pytest.skip("onnxruntime wrote no NCHWc op on this CPU")
+    layout = [g for g in onnx_eprune.inspect(optimized, CALIB)["groups"]
+              if "onnxruntime's NCHWc layout" in (g["frozen"] or "") and "ORT_ENABLE_EXTENDED" in g["frozen"]]
+    assert layout and not any(g["prunable"] for g in layout)

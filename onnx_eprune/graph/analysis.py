@@ -67,6 +67,9 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+# the domain of the blocked-layout ops onnxruntime's ORT_ENABLE_ALL level writes for x86 CPUs
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+
 class _Analyzer:
     """One walk over the graph. ``cuts`` (origin key -> channel positions) splits the
     channels an op creates into several spaces, so that Split/Slice on the channel axis
@@ -326,8 +329,14 @@ class _Analyzer:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             handler = None
         if handler is None:
-            self.freeze_all(node, index, f"op {node.op_type} has {QUANTIZED}" if node.op_type in QUANTIZED_OPS
-                            else f"op {node.op_type} is not understood by the channel analysis")
+            if node.op_type in QUANTIZED_OPS:
+                reason = f"op {node.op_type} has {QUANTIZED}"
+            elif node.domain == NCHWC_DOMAIN:
+                reason = (f"op {node.op_type} is in onnxruntime's NCHWc layout (a model saved at level "
+                          "ORT_ENABLE_ALL, for the CPU it ran on): prune the original or one saved at ORT_ENABLE_EXTENDED")
+            else:
+                reason = f"op {node.op_type} is not understood by the channel analysis"
+            self.freeze_all(node, index, reason)
             return
         if node.op_type in CHANNELS_FIRST and self.axis(node.input[0]) != 1:
             self.reread_channels_first(node, index)
