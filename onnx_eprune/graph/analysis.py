@@ -25,6 +25,7 @@ from onnx import numpy_helper
 
 from .groups import (QUANTIZED, ChannelGroup, Consumer, GraphAnalysis, ParamSlice, Producer, ShapeParam, SliceBound,
                      SplitSizes, node_label)
+from .contrib import CONTRIB_UNARY, MS_DOMAIN
 from .geometry import conv_geometry, transposed_geometry
 from .layout import Segment, Spaces, couple, flatten, offsets
 from .model_io import fixed_batch, implicit_inputs, overridable_initializers, unbatched_inputs
@@ -323,9 +324,10 @@ class _Analyzer:
 
     def visit(self, node: onnx.NodeProto, index: int) -> None:
         """Give the outputs of ``node``, which reads an activation, their layouts."""
-        handler = getattr(self, f"op_{node.op_type}", None)
-        if node.domain not in ("", "ai.onnx"):
-            handler = None
+        if node.domain in ("", "ai.onnx"):
+            handler = getattr(self, f"op_{node.op_type}", None)
+        else:
+            handler = self.unary if node.domain == MS_DOMAIN and node.op_type in CONTRIB_UNARY else None
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             handler = None
         if handler is None:
