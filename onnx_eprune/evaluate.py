@@ -18,9 +18,9 @@ from .calibrate.session import (choose_providers, fixed_batch, make_session, pro
                                 unbatched_inputs)
 from .errors import UsageError, checked_arguments
 from .files import require_file
+from .graph.contrib import unfuse
 from .graph.costs import build_cost_model
 from .graph.groups import GraphAnalysis
-from .graph.contrib import unfuse
 from .graph.model_io import as_model, normalize, saved_size, size_on_disk
 from .report import printable
 

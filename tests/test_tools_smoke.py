@@ -1014,7 +1014,8 @@ def test_bench_runtimes_ort_optimized_tiny_run(tmp_path, fmnist_test):
     standard = onnx_eprune.prune(str(LENET), str(CALIB28), sparsity=0.55, device="cpu")
     assert row["accuracy_pruned"] == pytest.approx(float(np.mean(lenet_logits(standard.model, x).argmax(1) == y)),
                                                    abs=5e-4)
-    cell = " -> ".join(", ".join(f"{op} {n}" for op, n in row[f"fused_ops_{k}"].items()) for k in ("original", "pruned"))
+    cell = " -> ".join(", ".join(f"{op} {n}" for op, n in row[f"fused_ops_{k}"].items())
+                       for k in ("original", "pruned"))
     assert any(line.startswith("| lenet5 | onnxruntime |") and line.endswith(f"| {cell} |")
                for line in ran.out.splitlines())
 

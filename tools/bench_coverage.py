@@ -421,24 +421,19 @@ def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entro
     calib_path = tmp / "calib.npy"
     np.save(calib_path, calib)
 
-    if optimized:  # the export as onnxruntime's optimizer saves it is the model of this row
-        try:
-            model_path = ort_optimized(model_path, tmp)
-        except Exception as exc:  # noqa: BLE001
-            res["original_error"] = _error(exc)
-            save()
-            return
-    orig = onnx.load(str(model_path))
-    if optimized:
-        res["fused_ops"] = fused_ops(orig)
-    in_names, out_names = _io(orig)
-    feeds = {in_names[0]: check}
     try:
+        if optimized:  # the export as onnxruntime's optimizer saves it is the model of this row
+            model_path = ort_optimized(model_path, tmp)
+        orig = onnx.load(str(model_path))
+        in_names, out_names = _io(orig)
+        feeds = {in_names[0]: check}
         orig_outs = _run(orig, feeds)
     except Exception as exc:  # noqa: BLE001
         res["original_error"] = _error(exc)
         save()
         return
+    if optimized:
+        res["fused_ops"] = fused_ops(orig)
 
     res.update(inspect_model(model_path, shape))
     save()

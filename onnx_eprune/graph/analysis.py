@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .contrib import CONTRIB_UNARY, MS_DOMAIN, NCHWC_DOMAIN
 from .groups import (QUANTIZED, ChannelGroup, Consumer, GraphAnalysis, ParamSlice, Producer, ShapeParam, SliceBound,
                      SplitSizes, node_label)
-from .contrib import CONTRIB_UNARY, MS_DOMAIN
 from .geometry import conv_geometry, transposed_geometry
 from .layout import Segment, Spaces, couple, flatten, offsets
 from .model_io import fixed_batch, implicit_inputs, overridable_initializers, unbatched_inputs
@@ -67,9 +67,6 @@ OPAQUE = "opaque"  # layout of a non-constant tensor whose channels we cannot fo
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
-
-# the domain of the blocked-layout ops onnxruntime's ORT_ENABLE_ALL level writes for x86 CPUs
-NCHWC_DOMAIN = "com.microsoft.nchwc"
 
 class _Analyzer:
     """One walk over the graph. ``cuts`` (origin key -> channel positions) splits the
@@ -335,7 +332,8 @@ class _Analyzer:
                 reason = f"op {node.op_type} has {QUANTIZED}"
             elif node.domain == NCHWC_DOMAIN:
                 reason = (f"op {node.op_type} is in onnxruntime's NCHWc layout (a model saved at level "
-                          "ORT_ENABLE_ALL, for the CPU it ran on): prune the original or one saved at ORT_ENABLE_EXTENDED")
+                          "ORT_ENABLE_ALL, for the CPU it ran on): prune the original or one saved at "
+                          "ORT_ENABLE_EXTENDED")
             else:
                 reason = f"op {node.op_type} is not understood by the channel analysis"
             self.freeze_all(node, index, reason)

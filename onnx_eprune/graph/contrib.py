@@ -25,6 +25,8 @@ from .groups import node_label
 from .model_io import initializer_map, onnx_opset
 
 MS_DOMAIN = "com.microsoft"
+# the domain of the blocked-layout ops onnxruntime's ORT_ENABLE_ALL level writes for x86 CPUs
+NCHWC_DOMAIN = "com.microsoft.nchwc"
 # onnxruntime's element-wise activations of one input: channel c in is channel c out
 CONTRIB_UNARY = frozenset({"QuickGelu", "Gelu"})
 
