@@ -90,9 +90,10 @@ def shared_bn_scale() -> onnx.ModelProto:
 
 
 def foreign_domain() -> onnx.ModelProto:
-    """onnxruntime's com.microsoft Gelu (a name the analysis knows in the default domain)."""
+    """onnxruntime's com.microsoft Pad (a name the analysis knows in the default domain)."""
     b = _Builder()
-    h = b.node("Gelu", [_stem(b)], name="gelu", domain="com.microsoft")
+    h = b.node("Pad", [_stem(b), b.const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))], name="pad",
+               domain="com.microsoft")
     return _model(b, _tail(b, h, WIDTH), domains=("com.microsoft",))
 
 
@@ -528,7 +529,7 @@ CASES: dict[str, Case] = {
     "bn_shared_scale": Case(shared_bn_scale, {"h": "per-channel constant 'bn.scale' of bn1 is shared",
                                               "conv_c": "per-channel constant 'bn.scale' of bn2 is shared"}),
     # run(): foreign domain, sub-graph attribute
-    "com_microsoft_gelu": Case(foreign_domain, {"h": "op Gelu is not understood by the channel analysis"}),
+    "com_microsoft_pad": Case(foreign_domain, {"h": "op Pad is not understood by the channel analysis"}),
     "if_node": Case(if_node, {"branch": "op If is not understood by the channel analysis", "h": ""}),
     # the branches read "h" from the outer scope: it stays whole, or the If's output would change
     "if_reads_prunable": Case(if_reads_prunable, {"cat@0": "op If is not understood by the channel analysis",

@@ -1046,7 +1046,8 @@ def test_bench_runtimes_keeps_the_rows_of_runtimes_that_work(tmp_path, fmnist_te
 
     tool.LOADERS["openvino"] = refuses
     args = argparse.Namespace(sparsity=0.3, reference=REFERENCE, save=None, runtimes=["openvino", "onnxruntime"],
-                              batches=[2], threads=[1], repeats=1, min_seconds=0.0, ov_precision="f32")
+                              batches=[2], threads=[1], repeats=1, min_seconds=0.0, ov_precision="f32",
+                              ort_optimized=False)
     with contextlib.redirect_stdout(io.StringIO()):
         rows = tool.bench_model("lenet5", args, fmnist_test)
     assert [r["runtime"] for r in rows] == ["onnxruntime", "openvino"]
