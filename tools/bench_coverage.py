@@ -397,6 +397,11 @@ def fused_ops(model) -> dict[str, int]:
     return dict(sorted(ops.items()))
 
 
+def fused_text(ops: dict[str, int]) -> str:
+    """``fused_ops``' counts as the tables write them ("FusedConv 9, FusedGemm 1"; "" for none)."""
+    return ", ".join(f"{op} {n}" for op, n in ops.items())
+
+
 def worker(model_path: Path, meta: dict, result_path: Path, method: str = "entropic",
            openvino: bool = False, optimized: bool = False) -> None:
     import numpy as np
@@ -663,10 +668,10 @@ def _fused_cell(r: dict) -> str:
     """The fused ops of an --ort-optimized row's input, with the pruned outputs' where they differ."""
     if "fused_ops" not in r:
         return "-"
-    cell = ", ".join(f"{op} {n}" for op, n in r["fused_ops"].items()) or "none"
+    cell = fused_text(r["fused_ops"]) or "none"
     for key, run in (("keep1_fused_ops", "keep-1.0"), ("pruned_fused_ops", "pruned")):
         if key in r and r[key] != r["fused_ops"]:
-            cell += f"; **{run}: " + (", ".join(f"{op} {n}" for op, n in r[key].items()) or "none") + "**"
+            cell += f"; **{run}: {fused_text(r[key]) or 'none'}**"
     return cell
 
 

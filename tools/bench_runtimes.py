@@ -50,7 +50,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_coverage import fused_ops, ort_optimized  # noqa: E402
+from bench_coverage import fused_ops, fused_text, ort_optimized  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 MODELS = {"lenet5": ("lenet5.onnx", "calib28.npy", 28), "vgg16": ("vgg16.onnx", "calib32.npy", 32),
@@ -241,7 +241,7 @@ def markdown(rows: list[dict]) -> str:
                  str(r["batch"]), *([str(r["threads"])] if threads else []), f"{r['ms_original']:.3f}",
                  f"{r['ms_pruned']:.3f}", f"x{r['speedup']:.2f}", f"{r['macs_removed']:.1%}"]
         if fused:
-            cells.append(" -> ".join(", ".join(f"{op} {n}" for op, n in r.get(f"fused_ops_{label}", {}).items()) or "-"
+            cells.append(" -> ".join(fused_text(r.get(f"fused_ops_{label}", {})) or "-"
                                      for label in ("original", "pruned")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .groups import node_label
-from .model_io import initializer_map, onnx_opset
+from .model_io import defined_names, initializer_map, onnx_opset, remove_initializers
 
 MS_DOMAIN = "com.microsoft"
 # the domain of the blocked-layout ops onnxruntime's ORT_ENABLE_ALL level writes for x86 CPUs
@@ -134,14 +134,7 @@ def fuse_again(model: onnx.ModelProto, fusions: list[Fusion]) -> None:
     kept = [replaced.get(i, node) for i, node in enumerate(graph.node) if i not in dropped]
     del graph.node[:]
     graph.node.extend(kept)
-    gone = unused - {name for node in graph.node for name in node.input}
-    if gone:
-        inits = [init for init in graph.initializer if init.name not in gone]
-        del graph.initializer[:]
-        graph.initializer.extend(inits)
-        inputs = [vi for vi in graph.input if vi.name not in gone]  # IR < 4 lists initializers as inputs
-        del graph.input[:]
-        graph.input.extend(inputs)
+    remove_initializers(graph, unused - {name for node in graph.node for name in node.input})
 
 
 def _standard(node: onnx.NodeProto, index: int, inits, opset: int,
@@ -223,10 +216,6 @@ def _gemm_activation(activation: str, attrs: dict) -> tuple | None:
 
 
 def _names(graph: onnx.GraphProto) -> set[str]:
-    """Every node and value name of ``graph``: new ones must differ from them."""
-    names = {node.name for node in graph.node} | {i.name for i in graph.initializer}
-    names |= {vi.name for vi in (*graph.input, *graph.output, *graph.value_info)}
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-    return names
+    """Every tensor name ``graph`` and its sub-graphs use, its value_info's and its node
+    names: new ones must differ from them."""
+    return defined_names(graph) | {vi.name for vi in graph.value_info} | {node.name for node in graph.node}

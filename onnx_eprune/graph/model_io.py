@@ -726,14 +726,7 @@ def normalize(model: onnx.ModelProto) -> Normalized:
         used = _referenced_names(model.graph) | {o.name for o in model.graph.output}
         if not convention:
             used |= {i.name for i in model.graph.input}
-        kept = [i for i in model.graph.initializer if i.name in used]
-        if len(kept) < len(model.graph.initializer):
-            gone = {i.name for i in model.graph.initializer} - {i.name for i in kept}
-            del model.graph.initializer[:]
-            model.graph.initializer.extend(kept)
-            inputs = [vi for vi in model.graph.input if vi.name not in gone]
-            del model.graph.input[:]
-            model.graph.input.extend(inputs)
+        remove_initializers(model.graph, {i.name for i in model.graph.initializer} - used)
     copies = _unshare_initializers(model, aliased)
     for copy, origin in copies.items():  # a copy of a narrow weight is stored as narrow as it
         if origin in narrowed:
@@ -887,10 +880,18 @@ def share_equal_copies(model: onnx.ModelProto, copies: Mapping[str, str]) -> Non
         for pos, name in enumerate(node.input):
             if name in rename:
                 node.input[pos] = rename[name]
-    remaining = [i for i in graph.initializer if i.name not in rename]
+    remove_initializers(graph, set(rename))
+
+
+def remove_initializers(graph: onnx.GraphProto, names: Collection[str]) -> None:
+    """Drop the initializers named ``names`` from ``graph``, in place, and their listing as
+    graph inputs (below IR 4 every initializer is listed so)."""
+    if not names:
+        return
+    kept = [i for i in graph.initializer if i.name not in names]
     del graph.initializer[:]
-    graph.initializer.extend(remaining)
-    listed = [vi for vi in graph.input if vi.name not in rename]  # below IR 4 copies are listed as inputs
+    graph.initializer.extend(kept)
+    listed = [vi for vi in graph.input if vi.name not in names]
     del graph.input[:]
     graph.input.extend(listed)
 
