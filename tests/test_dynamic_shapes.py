@@ -225,6 +225,23 @@ def test_shape_computing_graphs_give_the_original_at_other_sizes(name):
         assert run_model(half, x)[OUTPUT].shape == run_model(model, x)[OUTPUT].shape
 
 
+@pytest.mark.parametrize("attrs", [{"start": 0}, {"start": -4}, {"start": 0, "end": 9}, {"end": -2}])
+def test_resize_sizes_from_a_shape_with_start_and_end(attrs):
+    """onnxruntime's optimizer writes the Shape of ``Resize(h, Concat(Slice(Shape(h), 0, 2),
+    hw))`` with ``start=0`` spelled out: any start and end whose range begins at axis 0 and
+    holds axes 0 and 1 still give h's own batch and channel count, so h's channels stay
+    prunable (they froze as "non-constant or shared sizes")."""
+    model = _with_dims(resize_to_input(), inp=["N", None, "H", "W"])
+    shape = next(n for n in model.graph.node if n.op_type == "Shape" and n.input[0] != INPUT)
+    shape.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
+    model.opset_import[0].version = 15  # Shape's start and end
+    groups = {g["producers"][0]: g for g in onnx_eprune.inspect(model, _rand(2, 16, 16))["groups"] if g["producers"]}
+    assert groups["conv2"]["prunable"], groups["conv2"]["frozen"]
+    pruned = onnx_eprune.prune(model, _rand(24, 16, 16), keep_ratio=0.5, **CPU).model
+    assert {i.name: i for i in pruned.graph.initializer}["conv2.weight"].dims[0] == 4
+    assert run_model(pruned, _rand(2, 20, 12))[OUTPUT].shape == (2, 10)
+
+
 def test_channels_last_dynamic_input_with_calib_random_size(tmp_path, capsys):
     """An ``[N, H, W, 3]`` input: --calib-random 16 --size 20,12 fills H and W (not the
     channel axis), MACs are counted at 20x12 and the pruned input stays ``[N, H, W, 3]``."""

@@ -802,7 +802,8 @@ class _Analyzer:
         src = node.input[0] if node.input else ""
         if node.op_type == "Shape":
             rank = len(self.shapes.get(src, ()))
-            keeps_batch = rank and int(_attrs(node).get("start", 0)) % rank == 0 and self.batch_of(src, x)
+            start, end = _shape_range(node, rank)
+            keeps_batch = start == 0 < end and self.batch_of(src, x)
             return {0} if keeps_batch else set()
         if node.op_type in ("Cast", "Identity") or (node.op_type in ("Unsqueeze", "Squeeze")
                                                      and self.shapes.get(src) in ((), (1,))):
@@ -975,16 +976,13 @@ class _Analyzer:
         # channel count would bake it into the graph. Accepted: Shape with start/end that
         # skip axis 1, or whose every reader Gathers another axis.
         rank = len(self.shapes.get(node.input[0], ()))
-        attrs = _attrs(node)
-        start, end = int(attrs.get("start", 0)), attrs.get("end")
-        start = start + rank if start < 0 else start
-        end = rank if end is None else (int(end) + rank if int(end) < 0 else int(end))
+        start, end = _shape_range(node, rank)
         caxis = self.axis(node.input[0])
         skips_channels = rank > 1 and not (start <= caxis < end)
         # a graph output that holds the channel count would change with the pruning
         safe = skips_channels or node.output[0] not in self.graph_outputs and all(
             self.reads_other_axes(n, node.output[0], {caxis - start}, max(end - start, 1))
-            or self.resizes_itself(n, node.input[0]) for n in self.consumer_nodes.get(node.output[0], []))
+            or (start == 0 and self.resizes_itself(n, node.input[0])) for n in self.consumer_nodes.get(node.output[0], []))
         if not safe:
             self.freeze_layout(self.layout(node.input[0]), "its channel count is read by a Shape op")
         self.consts[node.output[0]] = None
@@ -1015,8 +1013,9 @@ class _Analyzer:
         concat = self.producer_node.get(sizes)
         head = self.producer_node.get(concat.input[0]) if concat is not None and concat.op_type == "Concat" else None
         shape = self.producer_node.get(head.input[0]) if head is not None else None
-        return shape is not None and shape.op_type == "Shape" and not shape.attribute and shape.input[0] == x \
-            and self.resizes_itself(head, x)
+        # onnxruntime's optimizer writes Shape(x) with start=0 spelled out
+        return shape is not None and shape.op_type == "Shape" and shape.input[0] == x \
+            and _shape_range(shape, len(self.shapes.get(x, ())))[0] == 0 and self.resizes_itself(head, x)
 
     def resizes_itself(self, reader: onnx.NodeProto, x: str) -> bool:
         """Whether ``reader`` of ``Shape(x)`` is ``Slice(Shape(x), 0, 2)`` feeding only
@@ -1385,6 +1384,16 @@ def _clamp(a: int, b: int, n: int) -> tuple[int, int]:
     clipped to ``[0, n]``."""
     a, b = (a + n if a < 0 else a), (b + n if b < 0 else b)
     return max(0, min(a, n)), max(0, min(b, n))
+
+
+def _shape_range(node: onnx.NodeProto, rank: int) -> tuple[int, int]:
+    """The axes ``start:end`` of its input (of ``rank`` axes) that a Shape node reads: its
+    ``start`` and ``end`` attributes (opset 15), negative ones counted from the end, clamped
+    as the spec clamps them; ``(0, rank)`` without them."""
+    attrs = _attrs(node)
+    start, end = int(attrs.get("start", 0)), int(attrs.get("end", rank))
+    start, end = (start + rank if start < 0 else start), (end + rank if end < 0 else end)
+    return min(max(start, 0), rank), min(max(end, 0), rank)
 
 
 def _resize_axes(node: onnx.NodeProto, rank: int) -> list[int]:
