@@ -199,19 +199,13 @@ def _run_config(args: argparse.Namespace, **target):
 
     if args.no_reconstruct and args.refit_ridge is not None:
         raise UsageError("--refit-ridge sets the ridge of the re-fit, which --no-reconstruct skips; drop one of them")
-    config = PruneConfig(method=args.method, mode=_run_mode(args), samples=args.samples, seed=args.seed,
+    config = PruneConfig(method=args.method, mode=args.mode, samples=args.samples, seed=args.seed,
                          device=args.device, batch_size=args.batch_size, positions=args.positions,
                          round_to=args.round_to, reconstruct=not args.no_reconstruct,
                          refit_ridge=THIN if args.refit_ridge is None else args.refit_ridge,
                          exclude=tuple(args.exclude), min_keep=args.min_keep, **target)
     config.check()
     return config
-
-
-def _run_mode(args: argparse.Namespace) -> str:
-    """The mode a prune or sweep runs in: ``--mode``, sequential when it is left out (the
-    parser leaves it None, so that an explicit one can be refused with --stats)."""
-    return args.mode or "sequential"
 
 
 class _LineFormatter(logging.Formatter):
@@ -378,14 +372,11 @@ def _no_prunable_hint(exc: EPruneError, model: str) -> EPruneError:
 
 
 def _check_stats_options(args: argparse.Namespace) -> None:
-    """With --stats the samples and their positions were chosen by 'calibrate': refuse the
-    options that would otherwise be ignored."""
-    from .pipeline import refuse_calibrate_options
+    """With --stats the samples and their positions were chosen by 'calibrate', and the run
+    is one-shot: refuse the options that the files cannot serve."""
+    from .pipeline import refuse_stats_options
 
-    refuse_calibrate_options(args.samples, args.positions)
-    if args.mode == "sequential":
-        raise UsageError("--mode sequential fits each layer on the network pruned so far, which needs the samples; "
-                         "statistics files hold one-shot statistics: drop --mode, or give --calib instead of --stats")
+    refuse_stats_options(args.samples, args.positions, args.mode)
 
 
 def _checked_inputs_and_output(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -898,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"give a command ({', '.join(COMMANDS)}); onnx-eprune --help lists them")
             _load_libraries()
             _setup_logging(args)
-            if hasattr(args, "mode") and _run_mode(args) == "sequential" and not getattr(args, "stats", None):
+            if hasattr(args, "mode") and args.mode != "oneshot" and not getattr(args, "stats", None):
                 keep_freed_memory()  # one-shot runs gain nothing and peak higher (allocator.py)
             with warnings.catch_warnings():
                 if not args.verbose:  # numerical warnings are details; -v shows them

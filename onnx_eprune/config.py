@@ -29,7 +29,8 @@ class PruneConfig:
     (0, 1] of the channels every prunable group keeps).
 
     ``method``: "entropic", "lasso", "thinet", "l1" or "random"; ``mode``: "sequential"
-    or "oneshot"; ``samples``: use the first N calibration samples (None: all); ``seed``:
+    or "oneshot" (None: sequential, one-shot from statistics files, which refuse
+    "sequential"); ``samples``: use the first N calibration samples (None: all); ``seed``:
     conv position sampling and ``random``'s choice (None: 0, or the seed of the statistics
     files a run is given, which any other seed must equal); ``device``: "auto", "cpu" or "cuda";
     ``batch_size``: calibration samples per onnxruntime run, at most; ``positions``: conv
@@ -46,7 +47,7 @@ class PruneConfig:
     flops_reduction: float | None = None
     keep_ratio: float | None = None
     method: str = "entropic"
-    mode: str = "sequential"
+    mode: str | None = None              # None: sequential, or one-shot from statistics files
     samples: int | None = None
     seed: int | None = None              # None: 0, or that of the statistics files
     device: str = "auto"
@@ -98,7 +99,7 @@ class PruneConfig:
         self.entropic.check()
         if self.method not in METHODS:
             raise UsageError(f"method (--method) must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.mode not in MODES:
+        if self.mode is not None and self.mode not in MODES:
             raise UsageError(f"mode (--mode) must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.batch_size < 1:
             raise UsageError(f"batch_size (--batch-size) must be positive, not {self.batch_size}")

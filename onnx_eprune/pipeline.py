@@ -85,10 +85,15 @@ def _stats_sources(stats: object) -> list:
     return sources
 
 
-def refuse_calibrate_options(samples: int | None, positions: int | None) -> None:
-    """:class:`UsageError` for either option given to a run from statistics files: they
-    choose the samples and their positions, which calibrate() chose for the files. The
-    command line calls it before any work, the API once the files are read."""
+def refuse_stats_options(samples: int | None, positions: int | None, mode: str | None) -> None:
+    """:class:`UsageError` for an option given to a run from statistics files that they
+    cannot serve: the samples and their positions, which calibrate() chose for the files,
+    and the sequential mode, which needs the samples. The command line calls it before
+    any work, the API once the files are read."""
+    if mode == "sequential":
+        raise UsageError("mode 'sequential' (--mode sequential) fits each layer on the network pruned so far, which needs the "
+                         "samples; statistics files hold one-shot statistics: leave the mode out, or calibrate on "
+                         "data instead of statistics files")
     given = [f"{name} (--{name})" for name, value in (("samples", samples), ("positions", positions))
              if value is not None]
     if given:
@@ -102,11 +107,11 @@ def config_for_stats(config: PruneConfig, stats: StatsBundle) -> PruneConfig:
     """``config`` for a run from statistics files: one-shot, with the files' seed (their conv
     positions were drawn with it, so a run from the same samples with that seed gives the
     same model); the options that choose samples and positions belong to calibrate()."""
-    refuse_calibrate_options(config.samples, config.positions)
+    refuse_stats_options(config.samples, config.positions, config.mode)
     if config.seed not in (None, stats.seed):
         raise UsageError(f"{stats.described()} were computed with seed {stats.seed}, not {config.seed}: leave the "
                          "seed out, or calibrate again with it")
-    if config.mode != "oneshot":
+    if config.mode is None:
         log.info("pruning from statistics files: one-shot mode")
     return replace(config, mode="oneshot", seed=stats.seed)
 
@@ -242,8 +247,8 @@ class Pruner:
         config.check()
         if stats is not None:
             config = config_for_stats(config, stats)
-        elif config.seed is None:
-            config = replace(config, seed=0)
+        else:
+            config = replace(config, mode=config.mode or "sequential", seed=config.seed or 0)
         if rankings is not None and rankings.config != _untargeted(config):
             raise ValueError("rankings drawn for another configuration")
         self.config = config

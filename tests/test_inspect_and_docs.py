@@ -513,8 +513,11 @@ def test_the_readme_defaults_are_the_parsers_and_the_configs():
     assert "`auto-thin` (default)" in meaning["--refit-ridge"]
     assert "55% parameter sparsity" in README
     config = onnx_eprune.PruneConfig()
+    # mode None: sequential, or one-shot from statistics files (the report says which ran)
     assert (config.batch_size, config.method, config.mode, config.min_keep, config.refit_ridge) == \
-        (64, "entropic", "sequential", 0.0, "auto-thin")
+        (64, "entropic", None, 0.0, "auto-thin")
+    assert onnx_eprune.prune(residual(), random_input(16), keep_ratio=1.0, device="cpu").report["mode"] == \
+        "sequential"
     subs = _subparsers()
     for name in ("prune", "sweep", "calibrate"):
         defaults = {a.dest: a.default for a in subs[name]._actions}

@@ -569,3 +569,22 @@ def test_stats_with_an_explicit_sequential_mode_is_refused(tmp_path, capsys):
             "--keep-ratio", "0.5", "--mode", "sequential", "--device", "cpu", "-q"]
     assert "--mode" in run_error(capsys, argv)
     assert not (files / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("call", ["prune", "sweep", "search"])
+def test_api_with_statistics_refuses_an_explicit_sequential_mode(tmp_path, call):
+    """``mode="sequential"`` given to the API with statistics files is refused as on the
+    command line (it ran one-shot: PruneConfig's default was "sequential" and could not be
+    told from it); left out, the run is one-shot and its report says so."""
+    bundle = onnx_eprune.calibrate(conv_bn_relu_pool_flatten_gemm(True), CALIB, device="cpu")
+    model = conv_bn_relu_pool_flatten_gemm(True)
+    run = {"prune": lambda **kw: onnx_eprune.prune(model, stats=[bundle], keep_ratio=0.5, **kw),
+           "sweep": lambda **kw: onnx_eprune.sweep(model, None, [0.5], kind="keep_ratio", stats=[bundle], **kw),
+           "search": lambda **kw: onnx_eprune.search(model, None, max_error=0.5, stats=[bundle], **kw)}[call]
+    with pytest.raises(onnx_eprune.UsageError, match="mode 'sequential'"):
+        run(mode="sequential", device="cpu")
+    if call == "prune":
+        with pytest.raises(onnx_eprune.UsageError, match="mode 'sequential'"):
+            onnx_eprune.prune(model, stats=[bundle],
+                              config=onnx_eprune.PruneConfig(keep_ratio=0.5, mode="sequential", device="cpu"))
+        assert run(device="cpu").report["mode"] == run(mode="oneshot", device="cpu").report["mode"] == "oneshot"
