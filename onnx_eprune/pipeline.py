@@ -34,7 +34,7 @@ from .files import output_path, same_file
 from .graph import analysis as channel_analysis
 from .graph.contrib import fuse_again, unfuse
 from .graph.costs import CostModel, build_cost_model
-from .graph.exclude import exclude_groups
+from .graph.exclude import check_matches, exclude_groups
 from .graph.groups import QUANTIZED, Consumer, channel_major, position_columns, spread
 from .graph.model_io import (as_model, check_model, check_model_arg, data_files, initializer_map, normalize,
                              record_provenance, save_model, share_equal_copies, store_narrowed)
@@ -1229,9 +1229,10 @@ def calibrate(model, calib, config: PruneConfig | None = None, progress: Progres
     ``model`` and ``calib`` take what :func:`prune` takes. Only ``samples``, ``seed``,
     ``device``, ``batch_size`` and ``positions`` of the config matter: other keyword options
     (a target, a method) would do nothing and are refused, as the command line refuses them,
-    while a ``config`` shared with :func:`prune` has its other fields checked, then ignored.
-    Shards must use the same ``seed`` and ``positions``. The statistics cover every group the
-    analysis can prune, whatever ``exclude`` says, so one bundle serves any exclusion.
+    while a ``config`` shared with :func:`prune` has its other fields checked, then ignored
+    (its ``exclude`` patterns must each match a node, as prune requires). Shards must use
+    the same ``seed`` and ``positions``. The statistics cover every group the analysis can
+    prune, whatever ``exclude`` says, so one bundle serves any exclusion.
     """
     config = make_config(config, options)  # an unknown option first: a typo gets its "did you mean"
     idle = [name for name in options if name not in CALIBRATE_OPTIONS]
@@ -1242,5 +1243,7 @@ def calibrate(model, calib, config: PruneConfig | None = None, progress: Progres
         config.target()  # ignored, but checked as prune checks it
     check_model_arg(model)
     check_progress(progress)
+    if config.exclude:  # a mistyped name would only be refused by the prune that reads the bundle
+        check_matches(as_model(model).graph.node, config.exclude)
     bundle = Pruner(model, calib, replace(config, exclude=()), progress).calibrate()
     return replace(bundle, inputs=input_files(model, calib, None))

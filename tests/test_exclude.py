@@ -265,6 +265,13 @@ def test_statistics_cover_excluded_groups_so_one_file_serves_any_exclusion(calib
     assert _out_channels(excluded.model, "conv_4") == 16
 
 
+def test_calibrate_refuses_a_shared_exclusion_that_matches_no_node(calib):
+    """calibrate ignores a shared config's exclusion, but not a mistyped one: the prune that
+    reads the bundle would refuse it after the calibration's work (it checked the syntax only)."""
+    with pytest.raises(UsageError, match="--exclude 'conv_9' matches no node"):
+        calibrate(conv_bn_relu_pool_flatten_gemm(True), calib, PruneConfig(exclude=("conv_4", "conv_9"), device="cpu"))
+
+
 @pytest.mark.parametrize("patterns, shown", [("stem", "'stem'"), (["stem", ""], "['stem', '']"),
                                              (("stem", ""), "['stem', '']"), ([None], "[None]"), (3, "3")])
 def test_inspect_refuses_what_is_not_a_sequence_of_patterns(patterns, shown):
