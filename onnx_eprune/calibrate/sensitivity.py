@@ -27,7 +27,7 @@ import onnx
 from ..graph.groups import GraphAnalysis
 from .data import CalibrationData
 from .engine import CacheSpace, CachedNetwork, Topology, submodel
-from .session import (fixed_batch, make_session, run, samples_per_batch, shared_initializers,
+from .session import (fixed_batch, make_session, probe_batch, run, samples_per_batch, shared_initializers,
                       unbatched_inputs)
 
 
@@ -217,7 +217,7 @@ def comparison_outputs(model: onnx.ModelProto, analysis: GraphAnalysis, topo: To
     batch = 1
     if not unbatched_inputs(model):
         constants = {i.name for i in model.graph.initializer}
-        batch = fixed_batch(model) or 1
+        batch = probe_batch(model)
         outputs = [o.name for o in model.graph.output if o.name not in constants and _per_sample(o, shapes, batch)]
         if outputs:
             return outputs

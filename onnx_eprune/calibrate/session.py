@@ -17,7 +17,7 @@ from ..errors import EPruneError, UsageError
 from ..graph import model_io
 from ..graph.analysis import analyze
 from ..graph.groups import GraphAnalysis
-from ..graph.model_io import fixed_batch, unbatched_inputs
+from ..graph.model_io import fixed_batch, least_batch, probe_batch, unbatched_inputs
 
 log = logging.getLogger("onnx_eprune")
 
@@ -157,6 +157,7 @@ def make_session(model: onnx.ModelProto, providers: list[str], outputs: list[str
     session._eprune_initializers = arrays  # onnxruntime asks that they outlive the session
     session._eprune_batch = 1 if unbatched else batch
     session._eprune_unbatched = unbatched
+    session._eprune_least = least_batch(model)
     return session
 
 
@@ -225,10 +226,13 @@ def run(session: ort.InferenceSession, outputs: list[str] | None, feeds: dict[st
     default: the longest first axis) in pieces of that size, the last one padded with copies
     of its last sample; feeds without that axis (a scalar, anchors) go whole to every piece.
     Outputs with the batch on axis 0 come back concatenated (padding removed), others
-    (shapes) from the first piece."""
+    (shapes) from the first piece. A session of a model that needs :func:`least_batch`
+    samples runs fewer as one piece padded so."""
     batch = getattr(session, "_eprune_batch", None)
     squeeze = getattr(session, "_eprune_unbatched", frozenset())
     n = samples if samples is not None else max((len(v) for v in feeds.values() if np.ndim(v)), default=0)
+    if batch is None and 0 < n < getattr(session, "_eprune_least", 1):
+        batch = session._eprune_least
     if batch is None or (n == batch and not squeeze):
         return _run_once(session, outputs, feeds)
     samples = {k for k, v in feeds.items() if np.ndim(v) and len(v) == n}
@@ -310,10 +314,10 @@ def probe_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers
     ``SMALL_INTEGERS`` elements."""
     names = [o for n in model.graph.node for o in n.output if o]
     names = list(dict.fromkeys(names))
-    batch, squeeze = fixed_batch(model), unbatched_inputs(model)
+    batch, squeeze = probe_batch(model), unbatched_inputs(model)
     if squeeze:  # the shapes of one real run, of one sample
         feeds = {k: v[:1] for k, v in feeds.items()}
-    elif batch is not None:  # the shapes of one real run: reshapes may hold the batch size
+    elif batch > 1:  # the shapes of one real run: reshapes may hold the batch size
         feeds = {k: np.resize(v, (batch, *v.shape[1:])) for k, v in feeds.items()}
     sess = make_session(model, providers, outputs=names)
     shapes = {k: tuple(v.shape[1:] if k in squeeze else v.shape) for k, v in feeds.items()}
@@ -359,6 +363,6 @@ def samples_per_batch(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
     :func:`probe_shapes` ``shapes``, 4 bytes an element) take at most ``budget`` bytes
     (default :data:`BATCH_BYTES`)."""
     budget = BATCH_BYTES if budget is None else budget
-    # probe_shapes ran one sample, or the whole fixed batch
-    per_sample = sum(4 * int(np.prod(shapes[n])) for n in set(names) if n in shapes) / (fixed_batch(model) or 1)
+    # probe_shapes ran one sample, the whole fixed batch, or least_batch's two
+    per_sample = sum(4 * int(np.prod(shapes[n])) for n in set(names) if n in shapes) / probe_batch(model)
     return max(1, min(most, int(budget // per_sample) if per_sample else most))

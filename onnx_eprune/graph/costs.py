@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from .groups import GraphAnalysis, node_label
-from .model_io import WEIGHTED_OPS, fixed_batch, initializer_map, tensor_array
+from .model_io import WEIGHTED_OPS, initializer_map, probe_batch, tensor_array
 from .weights import BiasAdds, all_zero
 
 
@@ -165,7 +165,7 @@ def build_cost_model(model: onnx.ModelProto, analysis: GraphAnalysis, shapes: di
     counted: set[str] = set()  # tensors shared by several layers count once, as the file holds them
     bias_readers: dict[str, list[LayerCost]] = {}  # a per-output bias (its origin) -> the layers reading it
     weight_readers: dict[str, list[LayerCost]] = {}  # a weight (its origin) -> the layers holding a copy
-    batch = fixed_batch(model) or 1  # the samples the shapes were probed with
+    batch = probe_batch(model)  # the samples the shapes were probed with
     applications = Counter(node.input[1] for node in model.graph.node
                            if node.op_type in WEIGHTED_OPS and len(node.input) > 1)
     bias_adds = BiasAdds(model.graph)

@@ -998,6 +998,23 @@ def unbatched_inputs(model: onnx.ModelProto) -> frozenset[str]:
                      if vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_value > 0)
 
 
+def least_batch(model: onnx.ModelProto) -> int:
+    """The fewest samples one run of ``model`` may take: 2 for a model with a free batch and a
+    Squeeze without axes in its main graph (PyTorch's ``x.squeeze()`` after a global
+    pooling), which at one sample drops the batch axis too, so that the one sample's channels
+    would read as samples; else 1."""
+    if fixed_batch(model) is not None or unbatched_inputs(model):
+        return 1
+    return 2 if any(node.op_type == "Squeeze" and not (len(node.input) > 1 and node.input[1])
+                    and not any(a.name == "axes" for a in node.attribute) for node in model.graph.node) else 1
+
+
+def probe_batch(model: onnx.ModelProto) -> int:
+    """The samples the shapes of ``model``'s tensors are probed with: its fixed batch, or
+    :func:`least_batch` (1 for a model whose inputs have no batch axis: one image)."""
+    return fixed_batch(model) or least_batch(model)
+
+
 # the metadata_props key of a pruned model: a JSON list with one entry per pruning run
 PROVENANCE_KEY = "onnx_eprune"
 
