@@ -579,6 +579,28 @@ def ghost(width: int = 4, seed: int = 0) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 2 * width, CLASSES, name=OUTPUT))
 
 
+def group_norm_layer(b: _Builder, x: str, channels: int, groups: int, name: str) -> str:
+    """PyTorch's ``nn.GroupNorm(groups, channels)`` as its exporters write it: Reshape(x,
+    [0, G, -1]) -> InstanceNormalization(scale, bias of G) -> Reshape(Shape(x)) -> Mul by the
+    per-channel weight -> Add the per-channel bias (random, so that slicing them shows)."""
+    r = b.node("Reshape", [x, b.const(f"{name}.groups", np.array([0, groups, -1], np.int64))], name=f"{name}.split")
+    n = b.node("InstanceNormalization", [r, b.vector(f"{name}.in_scale", groups, 0.5, 1.5),
+                                         b.vector(f"{name}.in_bias", groups)], name=f"{name}.norm", epsilon=1e-5)
+    y = b.node("Reshape", [n, b.node("Shape", [x], name=f"{name}.shape")], name=f"{name}.back")
+    gamma = b.const(f"{name}.weight", b.rng.uniform(0.5, 1.5, size=(channels, 1, 1)).astype(np.float32))
+    beta = b.const(f"{name}.bias", b.rng.uniform(-0.1, 0.1, size=(channels, 1, 1)).astype(np.float32))
+    return b.node("Add", [b.node("Mul", [y, gamma]), beta])
+
+
+def group_norm(width: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """conv1 (3->width) -> GroupNorm(4 groups) -> Relu -> conv2 (width->width) ->
+    GroupNorm(2 groups) -> Relu -> GAP -> Flatten -> Gemm(width -> 10)."""
+    b = _Builder(seed)
+    h = b.node("Relu", [group_norm_layer(b, b.conv(INPUT, IN_CHANNELS, width, name="conv1"), width, 4, "gn1")])
+    h = b.node("Relu", [group_norm_layer(b, b.conv(h, width, width, name="conv2"), width, 2, "gn2")])
+    return b.build(b.gemm(b.gap_flatten(h), width, CLASSES, name=OUTPUT), opset=13)
+
+
 ALL_BUILDERS = {
     "cnn_folded": lambda: conv_bn_relu_pool_flatten_gemm(True),
     "cnn_bn": lambda: conv_bn_relu_pool_flatten_gemm(False),
@@ -613,6 +635,7 @@ ALL_BUILDERS = {
     "flatten_bias": flatten_bias,
     "computed_pads": computed_pads,
     "computed_channel_pads": lambda: computed_pads(channels=True),
+    "group_norm": group_norm,
 }
 
 EXPECTED = {
@@ -656,6 +679,8 @@ EXPECTED = {
     "flatten_bias": {"prunable": 1, "producers": [1], "frozen": None},
     "computed_pads": {"prunable": 2, "producers": [1, 1], "frozen": None},
     "computed_channel_pads": {"prunable": 1, "producers": [1], "frozen": "Pad on the batch or channel axis"},
+    # conv1 in blocks of 4 channels, conv2 of 8
+    "group_norm": {"prunable": 2, "producers": [1, 1], "frozen": None},
 }
 
 

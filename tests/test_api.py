@@ -71,7 +71,7 @@ def test_prune_refuses_a_bad_target_before_calibrating(model, x, options, match)
     ({"sparsity": 0.5, "reconstruct": "no"}, r"^reconstruct must be True or False"),
     ({"sparsity": 0.5, "entropic": {}}, r"^entropic must be an onnx_eprune\.select\.entropic\.EntropicConfig"),
     ({"sparsity": 0.5, "method": "L1"}, r"method \(--method\) must be one of entropic, lasso, thinet, l1, random, not 'L1'"),
-    ({"sparsity": 0.5, "mode": None}, r"mode \(--mode\) must be one of"),
+    ({"sparsity": 0.5, "mode": "Sequential"}, r"mode \(--mode\) must be one of sequential, oneshot, not 'Sequential'"),
     ({"sparsity": 0.5, "exclude": "conv*"}, r"--exclude takes non-empty node-name patterns.* not 'conv\*'"),
     ({"sparsity": 0.5, "exclude": ["a", 3]}, r"--exclude takes"),
     ({"sparsity": 0.5, "refit_ridge": -1}, r"refit_ridge \(--refit-ridge\) must be"),

@@ -24,8 +24,8 @@ import onnx
 from onnx import numpy_helper
 
 from .contrib import CONTRIB_UNARY, MS_DOMAIN, NCHWC_DOMAIN
-from .groups import (QUANTIZED, ChannelGroup, Consumer, GraphAnalysis, ParamSlice, Producer, ShapeParam, SliceBound,
-                     SplitSizes, node_label)
+from .groups import (QUANTIZED, ChannelGroup, Consumer, GraphAnalysis, GroupCount, ParamSlice, Producer, ShapeParam,
+                     SliceBound, SplitSizes, node_label)
 from .geometry import conv_geometry, transposed_geometry
 from .layout import Segment, Spaces, couple, flatten, offsets
 from .model_io import fixed_batch, implicit_inputs, overridable_initializers, unbatched_inputs
@@ -49,9 +49,10 @@ MAX_CONSUMER_FEATURES = 16384
 MAX_WALKS = 10
 ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean"})
 REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
-# Ops whose first input must hold its channels on axis 1 (NCHW or (N, features)).
+# Ops whose first input must hold its channels on axis 1 (NCHW or (N, features)); MatMul
+# reads its last axis (op_MatMul), Flatten any (op_Flatten).
 CHANNELS_FIRST = SPATIAL_POOLS | {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization",
-                                  "Gemm"}  # (MatMul reads its last axis: op_MatMul; Flatten: op_Flatten)
+                                  "GroupNormalization", "Gemm"}
 # Ops that may read a map flattened channels last (``_Analyzer.position_major``): the
 # layers that consume it, and element-wise ops on it alone, which keep its order, or on
 # such maps and constants per feature (Keras' BatchNormalization of the flattened
@@ -105,6 +106,7 @@ class _Analyzer:
         self.consumers: list[Consumer] = []
         self.split_sizes: list[SplitSizes] = []
         self.slice_bounds: list[SliceBound] = []
+        self.group_counts: list[GroupCount] = []
         # what each node reads: its inputs, and what its sub-graphs read from this scope
         self.reads = [[*node.input, *sorted(implicit_inputs(node))] for node in self.graph.node]
         self.use_count: dict[str, int] = {}
@@ -122,6 +124,8 @@ class _Analyzer:
         # the batch size goes (a Slice to the first sample) cuts the batch all the same
         self.free_batch = fixed_batch(model) is None and not unbatched_inputs(model)
         self.batch_cut: dict[str, str] = {}  # tensor -> the op after which its first axis is no batch
+        # a GroupNorm's grouped tensors (see group_norm) -> (its input, channels per group)
+        self.group_norms: dict[str, tuple[str, int]] = {}
 
     # -- helpers -----------------------------------------------------------------------
     def weights_reason(self, label: str, names: list[str | None]) -> str | None:
@@ -674,6 +678,9 @@ class _Analyzer:
         self.passthrough(node, node.input[0])
 
     def op_InstanceNormalization(self, node: onnx.NodeProto, index: int) -> None:
+        if node.input[0] in self.group_norms:
+            self.group_norm_scale(node, index)
+            return
         layout = self.layout(node.input[0])
         label = node_label(node, index)
         if not isinstance(layout, list) or not all(p in self.init_by_name for p in node.input[1:3]):
@@ -683,6 +690,107 @@ class _Analyzer:
             if not self.add_param(layout, index, p, 0, label):
                 return
         self.passthrough(node, node.input[0])
+
+    def group_norm(self, node: onnx.NodeProto) -> tuple[onnx.NodeProto, onnx.NodeProto, int] | None:
+        """PyTorch's GroupNorm as its TorchScript exporter writes it, from its first Reshape
+        ``node``: ``Reshape(InstanceNormalization(Reshape(x, [0, G, -1]), scale, bias),
+        Shape(x))``, a scale and bias of G constants (the per-channel affine Mul and Add
+        follow). Each of the G groups of C/G adjacent channels is normalised over its own
+        entries, so a group kept whole is normalised as before: channels go a whole group
+        at a time. Returns (the InstanceNormalization, the Reshape back, C/G), or None where
+        ``node`` does not start one."""
+        x, target = node.input[0], node.input[1] if len(node.input) > 1 else ""
+        shape_in, spec, layout = self.shapes.get(x), self.value(target), self.layout(x)
+        if node.op_type != "Reshape" or shape_in is None or len(shape_in) < 3 or self.axis(x) != 1 \
+                or spec is None or np.size(spec) != 3 or self.use_count.get(target, 0) != 1 \
+                or not isinstance(layout, list) or any(seg.factor != 1 for seg in layout):
+            return None
+        batch, groups, rest = (int(v) for v in np.ravel(spec))
+        channels = shape_in[1]
+        if groups < 1 or channels % groups or self.sets_batch(batch, shape_in[0]) \
+                or rest not in (-1, int(np.prod(shape_in[1:], dtype=np.int64)) // groups):
+            return None
+        norm = self.only_reader(node.output[0], "InstanceNormalization")
+        back = self.only_reader(norm.output[0], "Reshape") if norm is not None else None
+        if back is None or not all(p in self.init_by_name and self.shapes.get(p) == (groups,)
+                                   for p in norm.input[1:3]):
+            return None
+        shape = self.producer_node.get(back.input[1])
+        if shape is None or shape.op_type != "Shape" or shape.input[0] != x \
+                or _shape_range(shape, len(shape_in)) != (0, len(shape_in)):
+            return None
+        return norm, back, channels // groups
+
+    def only_reader(self, name: str, op: str) -> onnx.NodeProto | None:
+        """The one node that reads ``name`` (no graph output), as its first input, where it
+        is a standard ``op``."""
+        readers = self.consumer_nodes.get(name, [])
+        if len(readers) != 1 or name in self.graph_outputs:
+            return None
+        reader = readers[0]
+        return reader if reader.op_type == op and reader.domain in ("", "ai.onnx") and reader.input[0] == name \
+            and name not in reader.input[1:] else None
+
+    def group_blocks(self, node: onnx.NodeProto, index: int, x: str, width: int) -> bool:
+        """The channels of ``x`` (a layout) go in blocks of ``width``, a GroupNorm's groups;
+        False, with ``node`` frozen, where a group holds channels of two channel groups."""
+        layout = self.layout(x)
+        if any(off % width or seg.length % width for seg, off in offsets(layout)):
+            self.freeze_all(node, index, f"GroupNorm whose groups of {width} channels straddle channel groups")
+            return False
+        for seg in layout:
+            self.spaces.require_unit(seg.space, width)
+        return True
+
+    def op_GroupNormalization(self, node: onnx.NodeProto, index: int) -> None:
+        """GroupNormalization (opset 21: a scale and bias per channel), whose groups of C/G
+        adjacent channels go whole (:meth:`group_norm`); its ``num_groups`` follows them."""
+        x, params = node.input[0], node.input[1:3]
+        shape, layout, label = self.shapes.get(x), self.layout(x), node_label(node, index)
+        groups = int(_attrs(node).get("num_groups", 0))
+        if shape is None or len(shape) < 3 or not isinstance(layout, list) or any(seg.factor != 1 for seg in layout) \
+                or groups < 1 or shape[1] % groups \
+                or not all(p in self.init_by_name and self.shapes.get(p) == (shape[1],) for p in params):
+            self.freeze_all(node, index, f"{label}: GroupNormalization without a constant scale and bias per channel")
+            return
+        if not self.group_blocks(node, index, x, shape[1] // groups):
+            return
+        for p in params:
+            if not self.add_param(layout, index, p, 0, label):
+                return
+        self.group_counts.append(GroupCount(index, x, shape[1] // groups))
+        self.passthrough(node, x)
+
+    def group_norm_start(self, node: onnx.NodeProto, index: int, width: int) -> None:
+        """The first Reshape of a GroupNorm (:meth:`group_norm`) over ``x``: x's channels go
+        in blocks of ``width`` (C/G), and the target's G follows the kept groups."""
+        x = node.input[0]
+        if not self.group_blocks(node, index, x, width):
+            return
+        for seg in self.layout(x):
+            self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, node.input[1], 1, x, per=width))
+        self.group_norms[node.output[0]] = (x, width)
+        self.layouts[node.output[0]] = OPAQUE  # its G axis is followed by the scale and the Reshape back
+
+    def group_norm_scale(self, node: onnx.NodeProto, index: int) -> None:
+        """The InstanceNormalization of a GroupNorm: its scale and bias hold one entry per group."""
+        x, width = self.group_norms[node.input[0]]
+        label = node_label(node, index)
+        if any(self.use_count.get(p, 0) > 1 for p in node.input[1:3]):
+            self.freeze_all(node, index, f"{label}: GroupNorm's scale or bias is shared")
+            return
+        for seg, off in offsets(self.layout(x)):
+            for p in node.input[1:3]:
+                self.params.setdefault(seg.space, []).append(ParamSlice(index, p, 0, off // width, divisor=width))
+        self.group_norms[node.output[0]] = (x, width)
+        self.layouts[node.output[0]] = OPAQUE
+
+    def reshapes_back(self, reader: onnx.NodeProto, x: str) -> bool:
+        """Whether ``reader`` of ``Shape(x)`` is the Reshape back of a GroupNorm over x."""
+        norm = self.producer_node.get(reader.input[0]) if reader.op_type == "Reshape" else None
+        first = self.producer_node.get(norm.input[0]) if norm is not None else None
+        found = self.group_norm(first) if first is not None and first.input[0] == x else None
+        return found is not None and found[1] is reader
 
     def op_PRelu(self, node: onnx.NodeProto, index: int) -> None:
         self.binary_with_constant(node, index, node.input[0], node.input[1])
@@ -736,6 +844,13 @@ class _Analyzer:
 
     def op_Reshape(self, node: onnx.NodeProto, index: int) -> None:
         x, target = node.input[0], node.input[1]
+        if x in self.group_norms:  # the Reshape back of a GroupNorm: x's channels again
+            self.passthrough(node, self.group_norms[x][0])
+            return
+        found = self.group_norm(node)
+        if found is not None:
+            self.group_norm_start(node, index, found[2])
+            return
         shape_in, shape_out = self.shapes.get(x), self.shapes.get(node.output[0])
         layout = self.layout(x)
         spec, count = self.value(target), (target, 1)  # count: where the target's feature count is stored
@@ -974,7 +1089,8 @@ class _Analyzer:
     def op_Shape(self, node: onnx.NodeProto, index: int) -> None:
         # Exporters read the batch or spatial sizes to build Reshape targets; reading the
         # channel count would bake it into the graph. Accepted: Shape with start/end that
-        # skip axis 1, or whose every reader Gathers another axis.
+        # skip axis 1, or whose every reader Gathers another axis, or puts back x's own
+        # shape (a Resize's sizes, a GroupNorm's Reshape back).
         rank = len(self.shapes.get(node.input[0], ()))
         start, end = _shape_range(node, rank)
         caxis = self.axis(node.input[0])
@@ -982,7 +1098,8 @@ class _Analyzer:
         # a graph output that holds the channel count would change with the pruning
         safe = skips_channels or node.output[0] not in self.graph_outputs and all(
             self.reads_other_axes(n, node.output[0], {caxis - start}, max(end - start, 1))
-            or (start == 0 and self.resizes_itself(n, node.input[0])) for n in self.consumer_nodes.get(node.output[0], []))
+            or (start == 0 and self.resizes_itself(n, node.input[0])) or self.reshapes_back(n, node.input[0])
+            for n in self.consumer_nodes.get(node.output[0], []))
         if not safe:
             self.freeze_layout(self.layout(node.input[0]), "its channel count is read by a Shape op")
         self.consts[node.output[0]] = None
@@ -1366,7 +1483,7 @@ class _Analyzer:
                     g.frozen.append(reason)
                     break
         return GraphAnalysis(groups=groups, consumers=self.consumers, split_sizes=self.split_sizes,
-                             slice_bounds=self.slice_bounds, wide={g: r for g, r in wide.items() if groups[g].prunable},
+                             slice_bounds=self.slice_bounds, group_counts=self.group_counts, wide={g: r for g, r in wide.items() if groups[g].prunable},
                              position_major={t: p for t, p in self.position_major.items()
                                              if isinstance(self.layouts.get(t), list)})
 

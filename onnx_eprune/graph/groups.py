@@ -46,9 +46,14 @@ class ParamSlice:
     # behind the Flatten of an NHWC map: the map's channel count, the entries position-major
     # (channel c at position p is entry ``p * interleave + offset + c``; ``offset`` in channels)
     interleave: int = 0
+    # channels per entry: a GroupNorm's per-group scale, whose entry ``offset + c // divisor``
+    # its group of ``divisor`` adjacent channels shares (they go together: ``ChannelGroup.unit``)
+    divisor: int = 1
 
     def entries(self, channels: np.ndarray) -> np.ndarray:
         """The entries along ``axis`` that hold the group's ``channels``."""
+        if self.divisor > 1:
+            return self.offset + np.unique(np.asarray(channels) // self.divisor)
         if self.interleave:
             return position_columns(self.offset + np.asarray(channels), self.factor, self.interleave)
         return self.offset + spread(channels, self.factor)
@@ -62,6 +67,16 @@ class ShapeParam:
     tensor: str
     index: int   # position in the shape vector holding the feature count
     output: str  # the Reshape output, whose features the target must match
+    per: int = 1  # features per entry (a GroupNorm's target holds its group count: C/G channels each)
+
+
+@dataclass
+class GroupCount:
+    """A GroupNormalization's ``num_groups``, which must follow the kept groups."""
+
+    node: int
+    source: str  # its input, whose kept channels it normalises
+    per: int     # channels per group
 
 
 @dataclass
@@ -148,6 +163,7 @@ class GraphAnalysis:
     consumers: list[Consumer]
     split_sizes: list[SplitSizes] = field(default_factory=list)
     slice_bounds: list[SliceBound] = field(default_factory=list)
+    group_counts: list[GroupCount] = field(default_factory=list)
     # prunable groups read by a consumer too wide for statistics of every feature (group ->
     # the reason): only a run that takes reduced statistics can prune them, others freeze them
     wide: dict[int, str] = field(default_factory=dict)

@@ -269,7 +269,8 @@ def _vector_axis(value: np.ndarray) -> int:
 def _update_shape_params(analysis: GraphAnalysis, keeps: dict[int, np.ndarray], arrays: _Arrays,
                          model: onnx.ModelProto) -> None:
     """Constants that spell out channel counts follow the kept channels: Reshape targets,
-    Resize sizes, Split sizes and Slice bounds on the channel axis."""
+    Resize sizes, Split sizes, Slice bounds on the channel axis and GroupNormalization's
+    group counts."""
     features: dict[str, int] = {}
     segments: dict[str, list[tuple[int, int]]] = {}
     for g in analysis.groups:
@@ -280,8 +281,12 @@ def _update_shape_params(analysis: GraphAnalysis, keeps: dict[int, np.ndarray], 
     for g in analysis.groups:
         for sp in g.shape_params:
             shape = arrays.get(sp.tensor).copy()
-            shape[sp.index] = features[sp.output]
+            shape[sp.index] = features[sp.output] // sp.per
             arrays.update(sp.tensor, shape)
+    for count in analysis.group_counts:
+        for attr in model.graph.node[count.node].attribute:
+            if attr.name == "num_groups":
+                attr.i = features[count.source] // count.per
     for sb in analysis.slice_bounds:
         bound = arrays.get(sb.tensor).copy()
         bound.reshape(-1)[sb.index] = sum(k for off, k in segments[sb.source] if off < sb.position)
