@@ -476,6 +476,17 @@ def activations_more():
     return g.build(opset=20)
 
 
+def activations_24():
+    """Swish (opset 24), Atan, Asinh: they map 0 to 0 too."""
+    g = Net()
+    h, dead = "x", D8
+    for i, act in enumerate(("Swish", "Atan", "Asinh")):
+        h = g.op(act, [g.conv(h, 3 if i == 0 else 8, 8, f"c{i}", dead)])
+        dead = D8B if dead == D8 else D8
+    g.gap_head(h, 8)
+    return g.build(opset=24)
+
+
 def passthrough_misc():
     """Cast to float16 and back, Identity, Dropout, a strided dilated Conv."""
     g = Net()
@@ -560,6 +571,7 @@ PATTERNS = {
     "pad_reflect_resize": lambda: pad_resize("reflect"), "pad_edge_resize": lambda: pad_resize("edge"),
     "upsample": upsample, "instance_norm": instance_norm, "per_channel_arith": per_channel_arith, "nhwc": nhwc,
     "nhwc_concat": nhwc_concat, "activations": activations, "activations_more": activations_more,
+    "activations_24": activations_24,
     "passthrough_misc": passthrough_misc, "fp16_chain": lambda: chain(np.float16),
     "fp16_bn_scale_zero": lambda: bn_scale_zero(np.float16), "fp16_concat_bn": fp16_concat_bn,
     "reused_residual": reused_residual, "reused_multiplier": reused_multiplier,

@@ -35,7 +35,8 @@ ELEMENTWISE_UNARY = frozenset({
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
     "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt",
     "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Dropout",
-    "ThresholdedRelu", "Shrink", "Clip", "Cast",
+    "ThresholdedRelu", "Shrink", "Clip", "Cast", "Swish", "Tan", "Atan", "Asin", "Acos", "Sinh", "Cosh", "Asinh",
+    "Acosh", "Atanh",
 })
 # Ops that mix values only within one channel's spatial plane.
 SPATIAL_POOLS = frozenset({
