@@ -1365,6 +1365,30 @@ class _Analyzer:
         roi = np.ravel(roi)
         return float(roi[entry]) == 0.0 and float(roi[n + entry]) == 1.0
 
+    def op_DepthToSpace(self, node: onnx.NodeProto, index: int) -> None:
+        """PyTorch's PixelShuffle, DepthToSpace in CRD mode: its output channel c spreads the
+        r*r adjacent input channels c*r*r .. c*r*r + r*r - 1 over blocks of r x r pixels, so
+        each of its channels is a block of r*r input channels: a producer's rows in blocks
+        of r*r, which another walk finds, as for a channel multiplier. DCR mode (TensorFlow's)
+        interleaves the blocks' channels instead."""
+        x = node.input[0]
+        layout, attrs = self.layout(x), _attrs(node)
+        r, mode = int(attrs.get("blocksize", 0)), attrs.get("mode", b"DCR")
+        k = r * r
+        if mode not in (b"CRD", "CRD"):
+            self.freeze_all(node, index, "DepthToSpace in DCR mode (the channels of a block interleave)")
+            return
+        if r < 1 or self.axis(x) != 1 or not isinstance(layout, list):
+            self.freeze_all(node, index, "DepthToSpace of channels not followed on axis 1")
+            return
+        if any(seg.factor % k for seg in layout):
+            self.freeze_all(node, index, f"DepthToSpace whose blocks of {k} channels are not a producer's rows")
+            if all(seg.length * seg.factor % k == 0 for seg in layout):
+                self.request_blocks(layout, [Segment(seg.space, seg.start, seg.length * seg.factor // k, k)
+                                             for seg in layout])
+            return
+        self.layouts[node.output[0]] = [Segment(seg.space, seg.start, seg.length, seg.factor // k) for seg in layout]
+
     def op_Upsample(self, node: onnx.NodeProto, index: int) -> None:
         self.op_Resize(node, index)
 
