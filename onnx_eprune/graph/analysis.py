@@ -1059,6 +1059,9 @@ class _Analyzer:
         # cannot know) join as frozen channels along the axis the followed ones hold theirs on
         followed = [n for n in acts if not self.wholly_frozen(n)] or acts
         caxes = {self.axis(n) for n in followed}
+        if rank >= 3 and len(caxes) == 1 and axis % rank not in (0, *caxes):
+            self.concat_positions(node, index)
+            return
         if rank < 2 or len(caxes) != 1 or axis % rank != caxes.pop():
             self.freeze_all(node, index, "Concat along an axis other than channels")
             return
@@ -1086,6 +1089,19 @@ class _Analyzer:
         self.layouts[out] = joined
         if axis != 1:
             self.axes[out] = axis
+
+    def concat_positions(self, node: onnx.NodeProto, index: int) -> None:
+        """A Concat along a spatial axis (the wrap-around of PyTorch's circular padding):
+        channel c of its output is channel c of every operand, which it couples as a sum
+        does; a constant operand, whose channels would stay, freezes them."""
+        layouts = [self.layout(name) for name in node.input]
+        if not all(isinstance(layout, list) for layout in layouts):
+            self.freeze_all(node, index, "Concat along a spatial axis of a constant or of channels not followed")
+            return
+        if not all(couple(self.spaces, layouts[0], other, self.new_cuts) for other in layouts[1:]):
+            self.freeze_all(node, index, "Concat along a spatial axis of tensors whose channels differ in structure")
+            return
+        self.passthrough(node, node.input[0])
 
     def op_Shape(self, node: onnx.NodeProto, index: int) -> None:
         # Exporters read the batch or spatial sizes to build Reshape targets; reading the
@@ -1162,7 +1178,9 @@ class _Analyzer:
         layout = self.layout(act)
         label = node_label(node, index)
         out_shape = self.shapes.get(node.output[0])
-        c_shape = self.shapes.get(const) or (tuple(self.init_by_name[const].dims) if const in self.init_by_name else None)
+        c_shape = self.shapes.get(const)  # () for a scalar computed from shapes (a pixel count)
+        if c_shape is None and const in self.init_by_name:
+            c_shape = tuple(self.init_by_name[const].dims)
         if not isinstance(layout, list) or out_shape is None or c_shape is None:
             self.freeze_all(node, index, f"{label}: operand shapes unknown")
             return

@@ -1,0 +1,92 @@
+"""PyTorch idioms whose channels froze though nothing in them mixes channels: circular
+padding (``padding_mode="circular"``: Slices and a Concat along H and W) and a scalar
+computed from the map's size (``x.std(dim=(2, 3))``: its pixel count, Shape -> Gather ->
+ReduceProd -> Cast, a 0-d tensor)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import onnx_eprune
+from models import CLASSES, INPUT, OUTPUT, _Builder, random_input, run_model
+
+CPU = {"device": "cpu"}
+
+
+def _slice(b: _Builder, x: str, lo: int, hi: int, axis: int) -> str:
+    return b.node("Slice", [x, b.const(b.name("lo"), np.array([lo], np.int64)),
+                            b.const(b.name("hi"), np.array([hi], np.int64)),
+                            b.const(b.name("ax"), np.array([axis], np.int64))])
+
+
+def circular(second: bool = False, constant: bool = False) -> onnx.ModelProto:
+    """conv1 (3->8) -> Relu -> circular padding by one pixel (W, then H) -> conv2 (8->8, no
+    padding) -> Relu -> GAP -> Gemm. ``second``: the W wrap-around takes its columns from
+    conv1b (3->8) instead, a second tensor with the same channels; ``constant``: a zero
+    column of 8 channels is joined instead."""
+    b = _Builder(seed=8)
+    x = b.node("Relu", [b.conv(INPUT, 3, 8, name="conv1")], name="h")
+    other = b.node("Relu", [b.conv(INPUT, 3, 8, name="conv1b")]) if second else x
+    right = b.const("zeros", np.zeros((1, 8, 16, 1), np.float32)) if constant else _slice(b, other, -1, 2 ** 62, 3)
+    h = b.node("Concat", [right, x, _slice(b, other, 0, 1, 3)], name="wrap_w", axis=3)
+    h = b.node("Concat", [_slice(b, h, -1, 2 ** 62, 2), h, _slice(b, h, 0, 1, 2)], name="wrap_h", axis=2)
+    w = b.weight("conv2.weight", (8, 8, 3, 3), 72)
+    h = b.node("Relu", [b.node("Conv", [h, w, b.vector("conv2.bias", 8)], name="conv2", kernel_shape=[3, 3])])
+    return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
+
+
+def _values(model: onnx.ModelProto, name: str, x: np.ndarray) -> np.ndarray:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return run_model(m, x)[name]
+
+
+def _groups(model: onnx.ModelProto) -> dict[str, dict]:
+    return {p: g for g in onnx_eprune.inspect(model)["groups"] for p in g["producers"]}
+
+
+def test_circular_padding_carries_the_channels():
+    """conv1's channels were frozen ("Concat along an axis other than channels"); pruned
+    without re-fit, the padded map holds exactly the original's kept channels."""
+    model, x = circular(), random_input(64)
+    assert _groups(model)["conv1"]["prunable"]
+    result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv2",), **CPU)
+    onnx.checker.check_model(result.model, full_check=True)
+    kept = next(g for g in result.report["groups"] if g["producers"] == ["conv1"])["kept_channels"]
+    assert len(kept) == 4
+    np.testing.assert_array_equal(_values(result.model, "wrap_h", x), _values(model, "wrap_h", x)[:, kept])
+    full = onnx_eprune.prune(model, x, keep_ratio=0.5, **CPU).model
+    assert run_model(full, x)[OUTPUT].shape == (64, CLASSES)
+
+
+def test_a_spatial_concat_couples_the_channels_of_its_operands():
+    groups = _groups(circular(second=True))
+    assert groups["conv1"] is groups["conv1b"] and groups["conv1"]["prunable"]
+
+
+def test_a_constant_joined_along_a_spatial_axis_freezes_the_channels():
+    groups = _groups(circular(constant=True))
+    assert not groups["conv1"]["prunable"]
+    assert "Concat along a spatial axis of a constant" in groups["conv1"]["frozen"]
+
+
+@pytest.mark.parametrize("op", ["Mul", "Div"])
+def test_a_scalar_computed_from_the_map_size_leaves_the_channels_prunable(op):
+    """``h * count`` (or ``/``) with ``count = Cast(ReduceProd(Gather(Shape(h), [2, 3])))``, a
+    0-d tensor: its shape () read as no shape froze the channels ("operand shapes
+    unknown")."""
+    b = _Builder(seed=9)
+    h = b.node("Relu", [b.conv(INPUT, 3, 8, name="conv1")])
+    hw = b.node("Gather", [b.node("Shape", [h]), b.const("hw", np.array([2, 3], np.int64))], axis=0)
+    count = b.node("Cast", [b.node("ReduceProd", [hw], keepdims=0)], to=TensorProto.FLOAT)
+    h = b.node("Relu", [b.conv(b.node(op, [h, count], name="scaled"), 8, 8, name="conv2")])
+    model = b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
+    assert _groups(model)["conv1"]["prunable"]
+    x = random_input(64)
+    result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv2",), **CPU)
+    kept = next(g for g in result.report["groups"] if g["producers"] == ["conv1"])["kept_channels"]
+    np.testing.assert_allclose(_values(result.model, "scaled", x), _values(model, "scaled", x)[:, kept], rtol=1e-6)
