@@ -1,7 +1,7 @@
 """PyTorch idioms whose channels froze though nothing in them mixes channels: circular
-padding (``padding_mode="circular"``: Slices and a Concat along H and W) and a scalar
+padding (``padding_mode="circular"``: Slices and a Concat along H and W), a scalar
 computed from the map's size (``x.std(dim=(2, 3))``: its pixel count, Shape -> Gather ->
-ReduceProd -> Cast, a 0-d tensor)."""
+ReduceProd -> Cast, a 0-d tensor) and ``torch.where`` with comparisons."""
 
 from __future__ import annotations
 
@@ -90,3 +90,22 @@ def test_a_scalar_computed_from_the_map_size_leaves_the_channels_prunable(op):
     result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv2",), **CPU)
     kept = next(g for g in result.report["groups"] if g["producers"] == ["conv1"])["kept_channels"]
     np.testing.assert_allclose(_values(result.model, "scaled", x), _values(model, "scaled", x)[:, kept], rtol=1e-6)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_where_and_comparisons_are_element_wise(per_channel):
+    """``torch.where(h > t, h, 0.1 * h)`` (a hand-written leaky ReLU; Softshrink is written
+    so too): Greater and Where froze as not understood. With a threshold per channel, it is
+    sliced with the kept channels."""
+    b = _Builder(seed=10)
+    h = b.conv(INPUT, 3, 8, name="conv1")
+    t = b.const("t", (np.linspace(-0.5, 0.5, 8).reshape(8, 1, 1) if per_channel else np.array(0.0)).astype(np.float32))
+    h = b.node("Where", [b.node("Greater", [h, t]), h, b.node("Mul", [h, b.const("a", np.array(0.1, np.float32))])],
+               name="leaky")
+    h = b.node("Relu", [b.conv(h, 8, 8, name="conv2")])
+    model = b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
+    assert _groups(model)["conv1"]["prunable"]
+    x = random_input(64)
+    result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv2",), **CPU)
+    kept = next(g for g in result.report["groups"] if g["producers"] == ["conv1"])["kept_channels"]
+    np.testing.assert_array_equal(_values(result.model, "leaky", x), _values(model, "leaky", x)[:, kept])

@@ -305,11 +305,11 @@ def reduce_channels() -> onnx.ModelProto:
     return _model(b, _tail(b, b.node("ReduceMean", [_stem(b)], name="mean", axes=[1]), 1))
 
 
-def concat_spatial() -> onnx.ModelProto:
-    """Concat of "h" with itself along H."""
+def concat_spatial(axis: int = 2) -> onnx.ModelProto:
+    """Concat of "h" with itself along H (or ``axis``: 0, the batch)."""
     b = _Builder()
     h = _stem(b)
-    return _model(b, _tail(b, b.node("Concat", [h, h], name="cat", axis=2), WIDTH))
+    return _model(b, _tail(b, b.node("Concat", [h, h], name="cat", axis=axis), WIDTH))
 
 
 def concat_coordinates() -> onnx.ModelProto:
@@ -575,7 +575,8 @@ CASES: dict[str, Case] = {
     "squeeze_multiplied": Case(squeeze_multiplied, {"h": "Squeeze of a flattened tensor"}, prunable=("a",)),
     "reduce_mean_channels": Case(reduce_channels, {"h": "ReduceMean over the batch or channel axis"}),
     # op_Concat
-    "concat_along_h": Case(concat_spatial, {"h": "Concat along an axis other than channels"}),
+    "concat_along_batch": Case(lambda: concat_spatial(axis=0), {"h": "Concat along an axis other than channels"}),
+    "concat_along_h": Case(concat_spatial, {}, prunable=("a", "h", "t")),
     "concat_constant_channels": Case(concat_coordinates, {"cat@8": "constant channels in a Concat"},
                                      prunable=("a", "h", "t")),
     # binary_with_constant, elementwise_binary
@@ -587,8 +588,8 @@ CASES: dict[str, Case] = {
     "sum_of_three": Case(sum_of_three, {}, prunable=("a", "h", "conv_c", "conv_d", "t")),
     "sum_of_one": Case(sum_of_one, {}, prunable=("a", "h", "t")),
     "sum_of_three_broadcast": Case(lambda: sum_of_three(broadcast=True),
-                                   {"h": "Sum of 3 inputs that are not all activations of its output's shape",
-                                    "conv_c": "Sum of 3 inputs that are not all activations of its output's shape"}),
+                                   {"h": "Sum of 3 inputs whose activations are not all of its output's shape",
+                                    "conv_c": "Sum of 3 inputs whose activations are not all of its output's shape"}),
     "pow_activation_exponent": Case(pow_activation_exponent, {"h": "Pow with an activation exponent"}),
     "add_nchw_nhwc": Case(add_channel_axes_differ, {"h": "Add of tensors whose channels cannot be followed",
                                                     "nhwc": "Add of tensors whose channels cannot be followed"}),

@@ -36,7 +36,7 @@ ELEMENTWISE_UNARY = frozenset({
     "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt",
     "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Dropout",
     "ThresholdedRelu", "Shrink", "Clip", "Cast", "Swish", "Tan", "Atan", "Asin", "Acos", "Sinh", "Cosh", "Asinh",
-    "Acosh", "Atanh",
+    "Acosh", "Atanh", "Not", "IsNaN", "IsInf",
 })
 # Ops that mix values only within one channel's spatial plane.
 SPATIAL_POOLS = frozenset({
@@ -48,7 +48,8 @@ MAX_CONSUMER_FEATURES = 16384
 # Walks over the graph at most: each may find Split/Slice cuts or multiplier blocks that
 # the next aligns (FastViT's stages, each a channel multiplier deeper, take five).
 MAX_WALKS = 10
-ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean"})
+ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean", "Mod", "Greater",
+                                "Less", "Equal", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor"})
 REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
 # Ops whose first input must hold its channels on axis 1 (NCHW or (N, features)); MatMul
 # reads its last axis (op_MatMul), Flatten any (op_Flatten).
@@ -1175,6 +1176,13 @@ class _Analyzer:
 
     def binary_with_constant(self, node: onnx.NodeProto, index: int, act: str, const: str) -> None:
         """Element-wise op of an activation and a constant: slice the constant if per-channel."""
+        if self.constant_operand(node, index, act, const):
+            self.passthrough(node, act)
+
+    def constant_operand(self, node: onnx.NodeProto, index: int, act: str, const: str) -> bool:
+        """Whether the constant operand ``const`` of an element-wise ``node`` on activation
+        ``act`` leaves act's channels to its output: one value for every channel, or one per
+        channel, recorded to slice; else ``node`` is frozen."""
         layout = self.layout(act)
         label = node_label(node, index)
         out_shape = self.shapes.get(node.output[0])
@@ -1183,26 +1191,24 @@ class _Analyzer:
             c_shape = tuple(self.init_by_name[const].dims)
         if not isinstance(layout, list) or out_shape is None or c_shape is None:
             self.freeze_all(node, index, f"{label}: operand shapes unknown")
-            return
+            return False
         entries = sum(seg.length * seg.factor for seg in layout)  # a channel's entries are adjacent
         if tuple(self.shapes.get(act, ())) != tuple(out_shape):
             self.freeze_all(node, index, f"{label}: the constant broadcasts the activation to a new shape")
-            return
+            return False
         aligned = len(c_shape) - len(out_shape) + self.axis(act)  # axis of the constant facing channels
         if aligned < 0 or c_shape[aligned] == 1:
-            self.passthrough(node, act)
-            return
+            return True
         if c_shape[aligned] != entries or const not in self.init_by_name:
             self.freeze_all(node, index, f"{label}: constant operand indexes channels in a way not handled")
-            return
-        if self.add_param(layout, index, const, aligned, label, act):
-            self.passthrough(node, act)
+            return False
+        return self.add_param(layout, index, const, aligned, label, act)
 
     def elementwise_binary(self, node: onnx.NodeProto, index: int) -> None:
         acts = [n for n in node.input if not self.is_const(n)]
         consts = [n for n in node.input if self.is_const(n) and n]
         if node.op_type in ("Sum", "Mean", "Max", "Min") and len(node.input) != 2:
-            self.variadic(node, index, acts)
+            self.variadic(node, index)
             return
         if len(acts) == 1 and len(consts) == 1:
             if node.op_type == "Pow" and node.input[0] != acts[0]:
@@ -1242,21 +1248,28 @@ class _Analyzer:
         else:
             self.freeze_all(node, index, f"{node.op_type} with a broadcast not handled")
 
-    def variadic(self, node: onnx.NodeProto, index: int, acts: list[str]) -> None:
-        """Sum / Mean / Max / Min of one tensor (a copy of it) or of three or more: coupled like a
-        chain of two-input ops when every operand is an activation of the output's shape."""
+    def variadic(self, node: onnx.NodeProto, index: int) -> None:
+        """Sum / Mean / Max / Min of one tensor (a copy of it) or of three or more, and
+        Where(condition, a, b) (``torch.where(x > 0, x, 0.1 * x)``): its activations, all of
+        the output's shape, coupled like a chain of two-input ops; each constant operand a
+        value for every channel or one per channel (:meth:`constant_operand`)."""
+        acts = [n for n in node.input if not self.is_const(n)]
+        consts = [n for n in node.input if self.is_const(n)]
         out_shape = self.shapes.get(node.output[0])
         layouts = [self.layout(a) for a in acts]
-        if len(acts) != len(node.input) or out_shape is None or \
-                any(tuple(self.shapes.get(a, ())) != tuple(out_shape) for a in acts) or \
+        if not acts or out_shape is None or any(tuple(self.shapes.get(a, ())) != tuple(out_shape) for a in acts) or \
                 not all(isinstance(layout, list) for layout in layouts) or len({self.axis(a) for a in acts}) != 1:
-            self.freeze_all(node, index, f"{node.op_type} of {len(node.input)} inputs that are not all activations "
+            self.freeze_all(node, index, f"{node.op_type} of {len(node.input)} inputs whose activations are not all "
                                          "of its output's shape")
             return
         if not all(couple(self.spaces, layouts[0], other, self.new_cuts) for other in layouts[1:]):
             self.freeze_all(node, index, f"{node.op_type} couples channels with different structure")
             return
-        self.passthrough(node, acts[0])
+        if all(self.constant_operand(node, index, acts[0], c) for c in consts):
+            self.passthrough(node, acts[0])
+
+    def op_Where(self, node: onnx.NodeProto, index: int) -> None:
+        self.variadic(node, index)
 
     def op_Slice(self, node: onnx.NodeProto, index: int) -> None:
         x = node.input[0]
