@@ -109,3 +109,23 @@ def test_where_and_comparisons_are_element_wise(per_channel):
     result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv2",), **CPU)
     kept = next(g for g in result.report["groups"] if g["producers"] == ["conv1"])["kept_channels"]
     np.testing.assert_array_equal(_values(result.model, "leaky", x), _values(model, "leaky", x)[:, kept])
+
+
+def test_grid_sample_carries_the_channels_it_warps_and_keeps_its_coordinates():
+    """A spatial transformer's warp, ``F.grid_sample(h, tanh(loc(h)).permute(0, 2, 3, 1))``:
+    h's channels pass through GridSample (they froze as not understood); the two channels
+    of the layer that computes the coordinates stay."""
+    b = _Builder(seed=11)
+    h = b.node("Relu", [b.conv(INPUT, 3, 8, name="conv1")])
+    grid = b.node("Transpose", [b.node("Tanh", [b.conv(h, 8, 2, name="loc")])], perm=[0, 2, 3, 1])
+    h = b.node("Relu", [b.conv(b.node("GridSample", [h, grid], name="warp"), 8, 8, name="conv2")])
+    model = b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT), opset=16)
+    groups = _groups(model)
+    assert groups["conv1"]["prunable"] and groups["conv2"]["prunable"]
+    assert "warp reads them as sampling coordinates" in groups["loc"]["frozen"]
+    x = random_input(64)
+    np.testing.assert_array_equal(run_model(onnx_eprune.prune(model, x, keep_ratio=1.0, **CPU).model, x)[OUTPUT],
+                                  run_model(model, x)[OUTPUT])
+    pruned = onnx_eprune.prune(model, x, keep_ratio=0.5, **CPU).model
+    onnx.checker.check_model(pruned, full_check=True)
+    assert next(i.dims for i in pruned.graph.initializer if i.name == "loc.weight")[:2] == [2, 4]

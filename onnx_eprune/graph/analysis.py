@@ -54,7 +54,7 @@ REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "Re
 # Ops whose first input must hold its channels on axis 1 (NCHW or (N, features)); MatMul
 # reads its last axis (op_MatMul), Flatten any (op_Flatten).
 CHANNELS_FIRST = SPATIAL_POOLS | {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization",
-                                  "GroupNormalization", "Gemm"}
+                                  "GroupNormalization", "GridSample", "Gemm"}
 # Ops that may read a map flattened channels last (``_Analyzer.position_major``): the
 # layers that consume it, and element-wise ops on it alone, which keep its order, or on
 # such maps and constants per feature (Keras' BatchNormalization of the flattened
@@ -1419,6 +1419,17 @@ class _Analyzer:
                                              for seg in layout])
             return
         self.layouts[node.output[0]] = [Segment(seg.space, seg.start, seg.length, seg.factor // k) for seg in layout]
+
+    def op_GridSample(self, node: onnx.NodeProto, index: int) -> None:
+        """GridSample (a spatial transformer's warp) samples every channel of X at the grid's
+        positions: X's channels pass through; the grid's last axis holds coordinates, which
+        stay whole (the channels of the layer that computed them)."""
+        x, grid = node.input[0], node.input[1]
+        self.freeze_layout(self.layout(grid), f"{node_label(node, index)} reads them as sampling coordinates")
+        if not isinstance(self.layout(x), list):
+            self.freeze_all(node, index, "GridSample of channels not followed")
+            return
+        self.passthrough(node, x)
 
     def op_Upsample(self, node: onnx.NodeProto, index: int) -> None:
         self.op_Resize(node, index)
