@@ -164,7 +164,7 @@ HELP_WITHOUT_TORCH = ["bench_quality", "bench_search", "bench_speed", "bench_lar
                       "plot_quality",
                       "keepset_landscape", "layer_objective", "mixed_selection", "allocation_swap",
                       "same_as_fixed_ridge", "export_timm", "export_torchvision", "export_thirdparty",
-                      "train_reference"]
+                      "export_idioms", "train_reference"]
 
 
 @pytest.mark.parametrize("tool", HELP_WITHOUT_TORCH)
@@ -210,7 +210,8 @@ def test_train_reference_without_torch_says_what_to_install(tmp_path):
     assert not (tmp_path / "models").exists()
 
 
-@pytest.mark.parametrize("tool, needs", [("export_timm", "timm"), ("export_torchvision", "torch")])
+@pytest.mark.parametrize("tool, needs", [("export_timm", "timm"), ("export_torchvision", "torch"),
+                                         ("export_idioms", "torch")])
 def test_export_tools_without_their_framework_say_what_to_install(tmp_path, tool, needs):
     """Run outside their torch venv, the export tools exit non-zero with one line naming what
     is missing, the venv to use and what to install, as ``export_thirdparty.py`` does; the
