@@ -247,6 +247,18 @@ def _identity(n: Net, a: str):
 
 
 # name -> (construct, opset, head, tolerance of the oracle)
+def _groupnorm(n: Net, a: str):
+    """Two groups of four: conv1's dead channels 4..7 are the second, which goes whole."""
+    return n.node("GroupNormalization", [a, n.const(n.rng.uniform(0.5, 1.5, C)), n.const(np.zeros(C))],
+                  num_groups=2), C
+
+
+def _where(n: Net, a: str):
+    """A condition per channel, sliced with the kept channels."""
+    cond = np.array([True, False] * (C // 2)).reshape(1, C, 1, 1)
+    return n.node("Where", [n.const(cond, bool), a, n.const(np.float32(0))]), C
+
+
 PASSTHROUGH: dict[str, tuple] = {
     "baseline": (_identity, 17, gap_head, 1e-4),
     "mul_C11": (_const_op("Mul", (C, 1, 1)), 17, gap_head, 1e-4),
@@ -277,6 +289,9 @@ PASSTHROUGH: dict[str, tuple] = {
     "head_dyn_flatten_slice_4x4": (_identity, 17, _dyn_flatten("slice", 4), 1e-4),
     "head_squeeze": (_identity, 17, _squeeze_head, 1e-4),
     "head_nhwc_reducemean_matmul": (_identity, 18, _nhwc_matmul_head, 1e-4),
+    # read as mixing channels before session 56
+    "groupnorm_op21": (_groupnorm, 21, gap_head, 1e-4),
+    "where_per_channel_condition": (_where, 17, gap_head, 1e-4),
 }
 
 
@@ -339,11 +354,6 @@ def _layernorm_nhwc(n: Net, a: str):
     return n.node("Transpose", [t], perm=[0, 3, 1, 2]), C
 
 
-def _groupnorm(n: Net, a: str):
-    return n.node("GroupNormalization", [a, n.const(n.rng.uniform(0.5, 1.5, C)), n.const(np.zeros(C))],
-                  num_groups=2), C
-
-
 def _depth_to_space(mode: str) -> Construct:
     def f(n: Net, a: str):
         return n.node("SpaceToDepth", [n.node("DepthToSpace", [a], blocksize=2, mode=mode)], blocksize=2), C
@@ -368,11 +378,6 @@ def _topk_output(n: Net, a: str):
 def _argmax_output(n: Net, a: str):
     n.output(n.node("ArgMax", [a], axis=1, keepdims=0), TP.INT64, ["N", 16, 16])
     return a, C
-
-
-def _where(n: Net, a: str):
-    cond = np.array([True, False] * (C // 2)).reshape(1, C, 1, 1)
-    return n.node("Where", [n.const(cond, bool), a, n.const(np.float32(0))]), C
 
 
 def _dropout_mask_output(n: Net, a: str):
@@ -476,14 +481,13 @@ MIXING: dict[str, tuple] = {
     "lpnormalization_axis1": (_axis_op("LpNormalization", axis=1), 17, (), "LpNormalization"),
     "layernorm_axis1_nchw": (_layernorm_nchw, 17, (), "LayerNormalization"),
     "layernorm_lastaxis_nhwc": (_layernorm_nhwc, 17, (), "LayerNormalization"),
-    "groupnorm_op21": (_groupnorm, 21, (), "GroupNormalization"),
     "depth_to_space_dcr": (_depth_to_space("DCR"), 17, (), "DepthToSpace"),
-    "depth_to_space_crd": (_depth_to_space("CRD"), 17, (), "DepthToSpace"),
+    # CRD (PixelShuffle) is followed since session 56: the SpaceToDepth behind it freezes
+    "depth_to_space_crd": (_depth_to_space("CRD"), 17, (), "SpaceToDepth"),
     "tile_channels": (_tile, 17, (), "Tile"),
     "cumsum_axis1_reverse": (_cumsum, 17, (), "CumSum"),
     "topk_axis1_outputs": (_topk_output, 17, (), "TopK"),
     "argmax_axis1_output": (_argmax_output, 17, (), "ArgMax"),
-    "where_per_channel_condition": (_where, 17, (), "Where"),
     "dropout_mask_output": (_dropout_mask_output, 13, (), "Dropout"),
     "cast_to_int": (_cast_int, 17, (), "Cast"),
     "pow_activation_exponent": (_pow_activation_exponent, 17, (), "Pow"),

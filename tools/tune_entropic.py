@@ -155,10 +155,10 @@ def backward_elimination(terms: list[ConsumerTerm], kept: np.ndarray, drop: int)
 
 def _value(name: str, default: object, text: str) -> object:
     """``text`` as the type of PruneConfig field ``name``'s default (int where the default
-    is None; ``refit_ridge`` as ``--refit-ridge`` reads it)."""
+    is None, but for ``mode``, a string; ``refit_ridge`` as ``--refit-ridge`` reads it)."""
     if name == "refit_ridge":
         return refit_ridge_arg(text)
-    if isinstance(default, str):
+    if isinstance(default, str) or name == "mode":
         return text
     return float(text) if isinstance(default, float) else int(text)
 
