@@ -91,9 +91,9 @@ def refuse_stats_options(samples: int | None, positions: int | None, mode: str |
     and the sequential mode, which needs the samples. The command line calls it before
     any work, the API once the files are read."""
     if mode == "sequential":
-        raise UsageError("mode 'sequential' (--mode sequential) fits each layer on the network pruned so far, which "
-                         "needs the samples; statistics files hold one-shot statistics: leave the mode out, or calibrate "
-                         "on data instead of statistics files")
+        raise UsageError("mode 'sequential' (--mode sequential) fits each layer on the network pruned so far, "
+                         "which needs the samples; statistics files hold one-shot statistics: leave the mode out, or "
+                         "calibrate on data instead of statistics files")
     given = [f"{name} (--{name})" for name, value in (("samples", samples), ("positions", positions))
              if value is not None]
     if given:

@@ -1550,7 +1550,8 @@ class _Analyzer:
                     g.frozen.append(reason)
                     break
         return GraphAnalysis(groups=groups, consumers=self.consumers, split_sizes=self.split_sizes,
-                             slice_bounds=self.slice_bounds, group_counts=self.group_counts, wide={g: r for g, r in wide.items() if groups[g].prunable},
+                             slice_bounds=self.slice_bounds, group_counts=self.group_counts,
+                             wide={g: r for g, r in wide.items() if groups[g].prunable},
                              position_major={t: p for t, p in self.position_major.items()
                                              if isinstance(self.layouts.get(t), list)})
 
