@@ -700,6 +700,14 @@ def run_model(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: x})))
 
 
+def tensor_values(model: onnx.ModelProto, name: str, x: np.ndarray) -> np.ndarray:
+    """Tensor ``name`` of ``model`` on ``x``, read as a graph output of a copy."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return run_model(m, x)[name]
+
+
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     return float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(a64), 1e-30))

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 import onnx_eprune
-from models import CLASSES, INPUT, OUTPUT, _Builder, random_input, run_model
+from models import CLASSES, INPUT, OUTPUT, _Builder, random_input, run_model, tensor_values
 
 CPU = {"device": "cpu"}
 
@@ -38,13 +38,6 @@ def circular(second: bool = False, constant: bool = False) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
 
 
-def _values(model: onnx.ModelProto, name: str, x: np.ndarray) -> np.ndarray:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    return run_model(m, x)[name]
-
-
 def _groups(model: onnx.ModelProto) -> dict[str, dict]:
     return {p: g for g in onnx_eprune.inspect(model)["groups"] for p in g["producers"]}
 
@@ -58,7 +51,7 @@ def test_circular_padding_carries_the_channels():
     onnx.checker.check_model(result.model, full_check=True)
     kept = next(g for g in result.report["groups"] if g["producers"] == ["conv1"])["kept_channels"]
     assert len(kept) == 4
-    np.testing.assert_array_equal(_values(result.model, "wrap_h", x), _values(model, "wrap_h", x)[:, kept])
+    np.testing.assert_array_equal(tensor_values(result.model, "wrap_h", x), tensor_values(model, "wrap_h", x)[:, kept])
     full = onnx_eprune.prune(model, x, keep_ratio=0.5, **CPU).model
     assert run_model(full, x)[OUTPUT].shape == (64, CLASSES)
 
@@ -89,7 +82,7 @@ def test_a_scalar_computed_from_the_map_size_leaves_the_channels_prunable(op):
     x = random_input(64)
     result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv2",), **CPU)
     kept = next(g for g in result.report["groups"] if g["producers"] == ["conv1"])["kept_channels"]
-    np.testing.assert_allclose(_values(result.model, "scaled", x), _values(model, "scaled", x)[:, kept], rtol=1e-6)
+    np.testing.assert_allclose(tensor_values(result.model, "scaled", x), tensor_values(model, "scaled", x)[:, kept], rtol=1e-6)
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -108,7 +101,7 @@ def test_where_and_comparisons_are_element_wise(per_channel):
     x = random_input(64)
     result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv2",), **CPU)
     kept = next(g for g in result.report["groups"] if g["producers"] == ["conv1"])["kept_channels"]
-    np.testing.assert_array_equal(_values(result.model, "leaky", x), _values(model, "leaky", x)[:, kept])
+    np.testing.assert_array_equal(tensor_values(result.model, "leaky", x), tensor_values(model, "leaky", x)[:, kept])
 
 
 def test_grid_sample_carries_the_channels_it_warps_and_keeps_its_coordinates():

@@ -8,24 +8,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 import onnx_eprune
-from models import CLASSES, INPUT, OUTPUT, _Builder, group_norm, group_norm_layer, random_input, run_model
+from models import (CLASSES, INPUT, OUTPUT, _Builder, group_norm, group_norm_layer, initializer, random_input,
+                    run_model, tensor_values)
 
 CPU = {"device": "cpu"}
-
-
-def _array(model: onnx.ModelProto, name: str) -> np.ndarray:
-    return numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
-
-
-def _values(model: onnx.ModelProto, name: str, x: np.ndarray) -> np.ndarray:
-    """Tensor ``name`` of ``model`` on ``x``, as a graph output of a copy."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    return run_model(m, x)[name]
 
 
 def _groups(model: onnx.ModelProto) -> dict[str, dict]:
@@ -47,13 +36,13 @@ def test_whole_groups_go_and_the_kept_ones_are_normalised_as_before():
         blocks = kept.reshape(-1, width)
         assert (blocks == blocks[:, :1] + np.arange(width)).all() and (blocks[:, 0] % width == 0).all()
         groups = blocks[:, 0] // width
-        assert _array(pruned, f"{gn}.groups").tolist() == [0, len(groups), -1]
+        assert initializer(pruned, f"{gn}.groups").tolist() == [0, len(groups), -1]
         for name in (f"{gn}.in_scale", f"{gn}.in_bias"):
-            np.testing.assert_array_equal(_array(pruned, name), _array(model, name)[groups])
-        np.testing.assert_array_equal(_array(pruned, f"{gn}.weight"), _array(model, f"{gn}.weight")[kept])
+            np.testing.assert_array_equal(initializer(pruned, name), initializer(model, name)[groups])
+        np.testing.assert_array_equal(initializer(pruned, f"{gn}.weight"), initializer(model, f"{gn}.weight")[kept])
         out = next(n.output[0] for n in model.graph.node if n.op_type == "Add" and n.input[1] == f"{gn}.bias")
         if conv == "conv1":  # conv2's inputs lost channels too: its outputs differ without a re-fit
-            np.testing.assert_array_equal(_values(pruned, out, x), _values(model, out, x)[:, kept])
+            np.testing.assert_array_equal(tensor_values(pruned, out, x), tensor_values(model, out, x)[:, kept])
 
 
 @pytest.mark.parametrize("mode", ["sequential", "oneshot"])
@@ -99,8 +88,8 @@ def test_coupled_group_norms_take_blocks_of_both_widths():
     result = onnx_eprune.prune(model, random_input(64), keep_ratio=0.5, **CPU)
     group = next(g for g in result.report["groups"] if "conv1" in g["producers"])
     assert group["step"] == 8 and len(group["kept_channels"]) == 8
-    assert _array(result.model, "gn1.groups").tolist() == [0, 2, -1]
-    assert _array(result.model, "gn2.groups").tolist() == [0, 1, -1]
+    assert initializer(result.model, "gn1.groups").tolist() == [0, 2, -1]
+    assert initializer(result.model, "gn2.groups").tolist() == [0, 1, -1]
 
 
 def test_a_reshape_back_to_a_constant_shape_still_freezes():
@@ -138,8 +127,8 @@ def test_group_normalization_ops_keep_whole_groups_and_count_them_again():
         kept = np.array(report[conv]["kept_channels"])
         assert report[conv]["step"] == width and len(kept) == 8 and (kept.reshape(-1, width)[:, 0] % width == 0).all()
         assert _attribute(result.model, gn, "num_groups") == 8 // width
-        np.testing.assert_array_equal(_array(result.model, f"{gn}.scale"), _array(model, f"{gn}.scale")[kept])
+        np.testing.assert_array_equal(initializer(result.model, f"{gn}.scale"), initializer(model, f"{gn}.scale")[kept])
     # the kept groups are normalised as before
     kept = report["conv1"]["kept_channels"]
-    np.testing.assert_allclose(_values(result.model, "gn1", x), _values(model, "gn1", x)[:, kept], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tensor_values(result.model, "gn1", x), tensor_values(model, "gn1", x)[:, kept], rtol=1e-5, atol=1e-5)
     assert run_model(onnx_eprune.prune(model, x, flops_reduction=0.5, **CPU).model, x)[OUTPUT].shape == (64, CLASSES)

@@ -8,10 +8,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import onnx_eprune
-from models import CLASSES, INPUT, OUTPUT, _Builder, random_input, run_model
+from models import CLASSES, INPUT, OUTPUT, _Builder, initializer, random_input, run_model, tensor_values
 
 CPU = {"device": "cpu"}
 
@@ -28,17 +27,6 @@ def pixel_shuffle(mode: str = "CRD", bn: bool = False) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
 
 
-def _values(model: onnx.ModelProto, name: str, x: np.ndarray) -> np.ndarray:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    return run_model(m, x)[name]
-
-
-def _array(model: onnx.ModelProto, name: str) -> np.ndarray:
-    return numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
-
-
 @pytest.mark.parametrize("bn", [False, True])
 def test_a_shuffled_channel_goes_with_its_block_of_producer_rows(bn):
     """conv2's 16 rows are 4 channels of 4 rows; without re-fit (conv1 kept whole) the
@@ -50,10 +38,10 @@ def test_a_shuffled_channel_goes_with_its_block_of_producer_rows(bn):
     onnx.checker.check_model(result.model, full_check=True)
     kept = next(g for g in result.report["groups"] if g["producers"] == ["conv2"])["kept_channels"]
     rows = (4 * np.array(kept)[:, None] + np.arange(4)).ravel()
-    np.testing.assert_array_equal(_array(result.model, "conv2.weight"), _array(model, "conv2.weight")[rows])
+    np.testing.assert_array_equal(initializer(result.model, "conv2.weight"), initializer(model, "conv2.weight")[rows])
     if bn:
-        np.testing.assert_array_equal(_array(result.model, "bn2.scale"), _array(model, "bn2.scale")[rows])
-    np.testing.assert_allclose(_values(result.model, "shuffle", x), _values(model, "shuffle", x)[:, kept], rtol=1e-6,
+        np.testing.assert_array_equal(initializer(result.model, "bn2.scale"), initializer(model, "bn2.scale")[rows])
+    np.testing.assert_allclose(tensor_values(result.model, "shuffle", x), tensor_values(model, "shuffle", x)[:, kept], rtol=1e-6,
                                atol=1e-6)
 
 
