@@ -288,9 +288,10 @@ class _Analyzer:
         return isinstance(layout, list) and all(self.spaces.is_frozen(seg.space) for seg in layout)
 
     def add_param(self, layout, node_index: int, tensor: str, axis: int, reason_node: str,
-                  act: str | None = None) -> bool:
-        """Record a per-channel constant to slice with the layout of activation ``act``;
-        freeze if shared."""
+                  act: str | None = None, divisor: int = 1) -> bool:
+        """Record a per-channel constant to slice with the layout of activation ``act`` (one
+        entry per block of ``divisor`` channels: a GroupNorm's per-group scale); freeze if
+        shared."""
         if self.use_count.get(tensor, 0) > 1:
             self.freeze_layout(layout, f"per-channel constant {tensor!r} of {reason_node} is shared")
             return False
@@ -299,7 +300,7 @@ class _Analyzer:
         offset = 0
         for seg in layout:  # else in entries, not channels: a flattened layout has ``factor`` per channel
             self.params.setdefault(seg.space, []).append(
-                ParamSlice(node_index, tensor, axis, offset, seg.factor, interleave))
+                ParamSlice(node_index, tensor, axis, offset // divisor, seg.factor, interleave, divisor))
             offset += seg.length if interleave else seg.length * seg.factor
         return True
 
@@ -777,13 +778,9 @@ class _Analyzer:
     def group_norm_scale(self, node: onnx.NodeProto, index: int) -> None:
         """The InstanceNormalization of a GroupNorm: its scale and bias hold one entry per group."""
         x, width = self.group_norms[node.input[0]]
-        label = node_label(node, index)
-        if any(self.use_count.get(p, 0) > 1 for p in node.input[1:3]):
-            self.freeze_all(node, index, f"{label}: GroupNorm's scale or bias is shared")
-            return
-        for seg, off in offsets(self.layout(x)):
-            for p in node.input[1:3]:
-                self.params.setdefault(seg.space, []).append(ParamSlice(index, p, 0, off // width, divisor=width))
+        for p in node.input[1:3]:
+            if not self.add_param(self.layout(x), index, p, 0, node_label(node, index), divisor=width):
+                return
         self.group_norms[node.output[0]] = (x, width)
         self.layouts[node.output[0]] = OPAQUE
 

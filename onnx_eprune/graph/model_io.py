@@ -1003,10 +1003,10 @@ def least_batch(model: onnx.ModelProto) -> int:
     Squeeze without axes in its main graph (PyTorch's ``x.squeeze()`` after a global
     pooling), which at one sample drops the batch axis too, so that the one sample's channels
     would read as samples; else 1."""
-    if fixed_batch(model) is not None or unbatched_inputs(model):
-        return 1
-    return 2 if any(node.op_type == "Squeeze" and not (len(node.input) > 1 and node.input[1])
-                    and not any(a.name == "axes" for a in node.attribute) for node in model.graph.node) else 1
+    squeezes_all = any(node.op_type == "Squeeze" and not (len(node.input) > 1 and node.input[1])
+                       and not any(a.name == "axes" for a in node.attribute) for node in model.graph.node)
+    # the batch checks walk the graph: only for the rare model that needs them
+    return 2 if squeezes_all and fixed_batch(model) is None and not unbatched_inputs(model) else 1
 
 
 def probe_batch(model: onnx.ModelProto) -> int:
