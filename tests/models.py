@@ -708,6 +708,13 @@ def tensor_values(model: onnx.ModelProto, name: str, x: np.ndarray) -> np.ndarra
     return run_model(m, x)[name]
 
 
+def producer_groups(model: onnx.ModelProto) -> dict[str, dict]:
+    """``onnx_eprune.inspect``'s groups of ``model``, by each of their producers' names."""
+    import onnx_eprune
+
+    return {p: g for g in onnx_eprune.inspect(model)["groups"] for p in g["producers"]}
+
+
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     return float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(a64), 1e-30))

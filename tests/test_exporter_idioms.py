@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto
 
 import onnx_eprune
-from models import CLASSES, INPUT, OUTPUT, _Builder, random_input, run_model, tensor_values
+from models import CLASSES, INPUT, OUTPUT, _Builder, random_input, producer_groups, run_model, tensor_values
 
 CPU = {"device": "cpu"}
 
@@ -38,15 +38,11 @@ def circular(second: bool = False, constant: bool = False) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
 
 
-def _groups(model: onnx.ModelProto) -> dict[str, dict]:
-    return {p: g for g in onnx_eprune.inspect(model)["groups"] for p in g["producers"]}
-
-
 def test_circular_padding_carries_the_channels():
     """conv1's channels were frozen ("Concat along an axis other than channels"); pruned
     without re-fit, the padded map holds exactly the original's kept channels."""
     model, x = circular(), random_input(64)
-    assert _groups(model)["conv1"]["prunable"]
+    assert producer_groups(model)["conv1"]["prunable"]
     result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv2",), **CPU)
     onnx.checker.check_model(result.model, full_check=True)
     kept = next(g for g in result.report["groups"] if g["producers"] == ["conv1"])["kept_channels"]
@@ -57,12 +53,12 @@ def test_circular_padding_carries_the_channels():
 
 
 def test_a_spatial_concat_couples_the_channels_of_its_operands():
-    groups = _groups(circular(second=True))
+    groups = producer_groups(circular(second=True))
     assert groups["conv1"] is groups["conv1b"] and groups["conv1"]["prunable"]
 
 
 def test_a_constant_joined_along_a_spatial_axis_freezes_the_channels():
-    groups = _groups(circular(constant=True))
+    groups = producer_groups(circular(constant=True))
     assert not groups["conv1"]["prunable"]
     assert "Concat along a spatial axis of a constant" in groups["conv1"]["frozen"]
 
@@ -78,7 +74,7 @@ def test_a_scalar_computed_from_the_map_size_leaves_the_channels_prunable(op):
     count = b.node("Cast", [b.node("ReduceProd", [hw], keepdims=0)], to=TensorProto.FLOAT)
     h = b.node("Relu", [b.conv(b.node(op, [h, count], name="scaled"), 8, 8, name="conv2")])
     model = b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
-    assert _groups(model)["conv1"]["prunable"]
+    assert producer_groups(model)["conv1"]["prunable"]
     x = random_input(64)
     result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv2",), **CPU)
     kept = next(g for g in result.report["groups"] if g["producers"] == ["conv1"])["kept_channels"]
@@ -97,7 +93,7 @@ def test_where_and_comparisons_are_element_wise(per_channel):
                name="leaky")
     h = b.node("Relu", [b.conv(h, 8, 8, name="conv2")])
     model = b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
-    assert _groups(model)["conv1"]["prunable"]
+    assert producer_groups(model)["conv1"]["prunable"]
     x = random_input(64)
     result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv2",), **CPU)
     kept = next(g for g in result.report["groups"] if g["producers"] == ["conv1"])["kept_channels"]
@@ -113,7 +109,7 @@ def test_grid_sample_carries_the_channels_it_warps_and_keeps_its_coordinates():
     grid = b.node("Transpose", [b.node("Tanh", [b.conv(h, 8, 2, name="loc")])], perm=[0, 2, 3, 1])
     h = b.node("Relu", [b.conv(b.node("GridSample", [h, grid], name="warp"), 8, 8, name="conv2")])
     model = b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT), opset=16)
-    groups = _groups(model)
+    groups = producer_groups(model)
     assert groups["conv1"]["prunable"] and groups["conv2"]["prunable"]
     assert "warp reads them as sampling coordinates" in groups["loc"]["frozen"]
     x = random_input(64)

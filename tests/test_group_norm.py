@@ -11,14 +11,10 @@ import pytest
 from onnx import numpy_helper
 
 import onnx_eprune
-from models import (CLASSES, INPUT, OUTPUT, _Builder, group_norm, group_norm_layer, initializer, random_input,
-                    run_model, tensor_values)
+from models import (CLASSES, INPUT, OUTPUT, _Builder, group_norm, group_norm_layer, initializer, producer_groups,
+                    random_input, run_model, tensor_values)
 
 CPU = {"device": "cpu"}
-
-
-def _groups(model: onnx.ModelProto) -> dict[str, dict]:
-    return {g["producers"][0]: g for g in onnx_eprune.inspect(model)["groups"] if g["producers"]}
 
 
 def test_whole_groups_go_and_the_kept_ones_are_normalised_as_before():
@@ -66,7 +62,7 @@ def _straddling() -> onnx.ModelProto:
 
 
 def test_groups_that_straddle_two_channel_groups_freeze():
-    groups = _groups(_straddling())
+    groups = producer_groups(_straddling())
     for conv in ("conv_a", "conv_b"):
         assert not groups[conv]["prunable"]
         assert "GroupNorm whose groups of 4 channels straddle channel groups" in groups[conv]["frozen"]
@@ -99,8 +95,8 @@ def test_a_reshape_back_to_a_constant_shape_still_freezes():
     back = next(n for n in model.graph.node if n.name == "gn1.back")
     back.input[1] = "gn1.const_shape"
     model.graph.initializer.append(numpy_helper.from_array(np.array([-1, 16, 16, 16], np.int64), "gn1.const_shape"))
-    assert not _groups(model)["conv1"]["prunable"]
-    assert _groups(model)["conv2"]["prunable"]
+    assert not producer_groups(model)["conv1"]["prunable"]
+    assert producer_groups(model)["conv2"]["prunable"]
 
 
 def _group_normalization(groups: tuple[int, int] = (4, 2)) -> onnx.ModelProto:

@@ -10,7 +10,8 @@ import onnx
 import pytest
 
 import onnx_eprune
-from models import CLASSES, INPUT, OUTPUT, _Builder, initializer, random_input, run_model, tensor_values
+from models import (CLASSES, INPUT, OUTPUT, _Builder, initializer, producer_groups, random_input, run_model,
+                    tensor_values)
 
 CPU = {"device": "cpu"}
 
@@ -32,7 +33,7 @@ def test_a_shuffled_channel_goes_with_its_block_of_producer_rows(bn):
     """conv2's 16 rows are 4 channels of 4 rows; without re-fit (conv1 kept whole) the
     shuffled map holds exactly the original's kept channels."""
     model, x = pixel_shuffle(bn=bn), random_input(64)
-    groups = {g["producers"][0]: g for g in onnx_eprune.inspect(model)["groups"] if g["producers"]}
+    groups = producer_groups(model)
     assert groups["conv2"]["prunable"] and groups["conv2"]["channels"] == 4 and groups["conv2"]["producer_rows"] == [4]
     result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv1",), **CPU)
     onnx.checker.check_model(result.model, full_check=True)
@@ -54,6 +55,6 @@ def test_a_run_with_re_fit_reaches_its_target(mode):
 
 
 def test_dcr_mode_interleaves_and_freezes():
-    groups = {g["producers"][0]: g for g in onnx_eprune.inspect(pixel_shuffle("DCR"))["groups"] if g["producers"]}
+    groups = producer_groups(pixel_shuffle("DCR"))
     assert "DepthToSpace in DCR mode" in groups["conv2"]["frozen"]
     assert groups["conv1"]["prunable"] and groups["conv3"]["prunable"]

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 import onnx_eprune
-from models import CLASSES, INPUT, OUTPUT, _Builder, random_input, run_model
+from models import CLASSES, INPUT, OUTPUT, _Builder, random_input, producer_groups, run_model
 from onnx_eprune.graph.model_io import least_batch, probe_batch
 
 CPU = {"device": "cpu"}
@@ -32,10 +32,6 @@ def squeeze_head(opset: int = 13, axes: bool = False, flatten: bool = False) -> 
     return b.build(b.gemm(h, 16, CLASSES, name=OUTPUT), opset=opset)
 
 
-def _groups(model: onnx.ModelProto) -> dict[str, dict]:
-    return {g["producers"][0]: g for g in onnx_eprune.inspect(model)["groups"] if g["producers"]}
-
-
 def _out_channels(model: onnx.ModelProto, conv: str) -> int:
     return next(i.dims[0] for i in model.graph.initializer if i.name == f"{conv}.weight")
 
@@ -46,7 +42,7 @@ def test_channels_behind_a_squeeze_without_axes_stay_prunable(opset):
     sample are those of the same model with a Flatten."""
     model = squeeze_head(opset)
     assert (least_batch(model), probe_batch(model)) == (2, 2)
-    groups = _groups(model)
+    groups = producer_groups(model)
     assert groups["conv2"]["prunable"], groups["conv2"]["frozen"]
     assert onnx_eprune.inspect(model)["macs"] == onnx_eprune.inspect(squeeze_head(opset, flatten=True))["macs"]
     pruned = onnx_eprune.prune(model, random_input(64), keep_ratio=0.5, **CPU)
