@@ -601,6 +601,48 @@ def group_norm(width: int = 16, seed: int = 0) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), width, CLASSES, name=OUTPUT), opset=13)
 
 
+def split_group_norm_layer(b: _Builder, x: str, channels: int, groups: int, name: str, back: str = "concat") -> str:
+    """Keras' ``GroupNormalization(groups)`` over the NHWC map ``x`` (16x16) as tf2onnx writes
+    it: Reshape(x, [-1, 16, 16, G, C/G]) -> mean and variance over axes 1, 2, 4 -> scale
+    ``gamma * rsqrt(var + eps)`` and shift ``beta - mean * scale`` with gamma and beta of
+    shape (1, 1, 1, G, C/G) -> Reshape back to (N, 16, 16, C), whose target is
+    ``Concat(batch, [16], [16], [C])`` with the batch sliced from the Shape of the map before
+    its Transpose to NHWC (``back="concat"``), or the constant [-1, 16, 16, C]."""
+    width = channels // groups
+    r = b.node("Reshape", [x, b.const(f"{name}.split_shape", np.array([-1, HW, HW, groups, width], np.int64))],
+               name=f"{name}.split")
+    mean = b.node("ReduceMean", [r], axes=[1, 2, 4], keepdims=1, name=f"{name}.mean")
+    d = b.node("Sub", [r, mean])
+    var = b.node("ReduceMean", [b.node("Mul", [d, d])], axes=[1, 2, 4], keepdims=1, name=f"{name}.var")
+    inv = b.node("Reciprocal", [b.node("Sqrt", [b.node("Add", [var, b.const(f"{name}.eps", np.array(1e-3, np.float32))])])])
+    shape5 = (1, 1, 1, groups, width)
+    scale = b.node("Mul", [inv, b.const(f"{name}.gamma", b.rng.uniform(0.5, 1.5, size=shape5).astype(np.float32))])
+    beta = b.const(f"{name}.beta", b.rng.uniform(-0.1, 0.1, size=shape5).astype(np.float32))
+    y = b.node("Add", [b.node("Mul", [r, scale]), b.node("Sub", [beta, b.node("Mul", [mean, scale])])])
+    if back == "concat":
+        conv_out = b.nodes[[n.output[0] for n in b.nodes].index(x)].input[0]  # the map before its Transpose
+        shape = b.node("Gather", [b.node("Shape", [conv_out]), b.const(f"{name}.perm", np.array([0, 2, 3, 1]))])
+        batch = b.node("Slice", [shape, b.const(f"{name}.lo", np.array([0])), b.const(f"{name}.hi", np.array([1]))])
+        target = b.node("Concat", [batch, b.const(f"{name}.h", np.array([HW])), b.const(f"{name}.w", np.array([HW])),
+                                   b.const(f"{name}.c", np.array([channels]))], axis=0)
+    else:
+        target = b.const(f"{name}.c", np.array([-1, HW, HW, channels], np.int64))
+    return b.node("Reshape", [y, target], name=f"{name}.back")
+
+
+def keras_group_norm(seed: int = 0) -> onnx.ModelProto:
+    """conv1 (3->16) -> NHWC -> Keras GroupNorm (4 groups, Concat target) -> Relu -> NCHW ->
+    conv2 (16->16) -> NHWC -> GroupNorm (2 groups, constant target) -> Relu -> NCHW -> GAP ->
+    Flatten -> Gemm(16 -> 10)."""
+    b = _Builder(seed)
+    h = INPUT
+    for i, (cin, groups, back) in enumerate(((IN_CHANNELS, 4, "concat"), (16, 2, "const")), start=1):
+        h = b.node("Transpose", [b.conv(h, cin, 16, name=f"conv{i}")], perm=[0, 2, 3, 1])
+        h = b.node("Relu", [split_group_norm_layer(b, h, 16, groups, f"gn{i}", back)])
+        h = b.node("Transpose", [h], perm=[0, 3, 1, 2])
+    return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT), opset=13)
+
+
 ALL_BUILDERS = {
     "cnn_folded": lambda: conv_bn_relu_pool_flatten_gemm(True),
     "cnn_bn": lambda: conv_bn_relu_pool_flatten_gemm(False),
@@ -625,6 +667,7 @@ ALL_BUILDERS = {
     "decoder": decoder,
     "depthwise_upsample": depthwise_upsample,
     "channels_last": channels_last,
+    "keras_group_norm": keras_group_norm,
     "se_unflatten": se_unflatten,
     "resize_to_skip": resize_to_skip,
     "resize_to_input": resize_to_input,
@@ -681,6 +724,7 @@ EXPECTED = {
     "computed_channel_pads": {"prunable": 1, "producers": [1], "frozen": "Pad on the batch or channel axis"},
     # conv1 in blocks of 4 channels, conv2 of 8
     "group_norm": {"prunable": 2, "producers": [1, 1], "frozen": None},
+    "keras_group_norm": {"prunable": 2, "producers": [1, 1], "frozen": None},
 }
 
 

@@ -246,3 +246,35 @@ def test_constant_nodes_in_every_spelling_are_read():
     add = node_of(result.model, "Add")
     shift, = (numpy_helper.to_array(i) for i in result.model.graph.initializer if i.name == add.input[1])
     assert shift.shape == (4,)
+
+
+def inception_resnet_chain(blocks: int) -> onnx.ModelProto:
+    """Inception-ResNet's stream: stem = Concat(conv_a: 4, conv_b: 4), then ``blocks`` times
+    ``h = Relu(h + 0.2 * up_i(Concat(branch convs of h)))``: each sum adds a Conv's whole
+    output to channels that two convolutions made, so every ``up_i`` is cut in two."""
+    b = _Builder(seed=6)
+    h = b.node("Concat", [b.conv(INPUT, IN_CHANNELS, 4, name="conv_a"), b.conv(INPUT, IN_CHANNELS, 4, name="conv_b")],
+               axis=1)
+    for i in range(blocks):
+        mixed = b.node("Concat", [b.node("Relu", [b.conv(h, 8, 4, k=1, name=f"b{i}_1")]),
+                                  b.node("Relu", [b.conv(h, 8, 4, name=f"b{i}_2")])], axis=1)
+        up = b.node("Mul", [b.conv(mixed, 8, 8, k=1, name=f"up{i}"), b.const(f"scale{i}", np.array(0.2, np.float32))])
+        h = b.node("Relu", [b.node("Add", [h, up])])
+    return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
+
+
+def test_a_long_chain_of_sums_with_a_concat_is_cut_in_one_more_walk():
+    """Each failed coupling passes the operand cut at more places on (frozen, in that walk),
+    so that the next sum asks for its cut in the same walk: the whole stream aligns in two
+    walks however long it is. Before, each block took a walk of its own and the blocks
+    past the tenth stayed frozen (Inception-ResNet-v2: 195 of 204 groups, 97.6% of the
+    MACs)."""
+    model = inception_resnet_chain(14)
+    _, analysis = probe_groups(model, {INPUT: CALIB[:1]}, CPU)
+    names = {model.graph.node[p.node].name for g in analysis.groups if g.prunable for p in g.producers}
+    assert {f"up{i}" for i in range(14)} | {"conv_a", "conv_b"} <= names
+    result = check_pruned(model, keep_ratio=0.5)
+    stream = {g["producers"][0]: g for g in result.report["groups"] if g["producers"][:1] in (["conv_a"], ["conv_b"])}
+    for group in stream.values():  # each stem conv with its cut of every up_i
+        assert group["frozen"] is None and group["producers"].count("up13") == 1 and len(group["producers"]) == 15
+        assert group["channels_after"] < group["channels_before"] == 4

@@ -202,15 +202,39 @@ def keras_unet(size: int):
     return keras.Model(inp, out, name="unet")
 
 
+def keras_groupnorm(size: int):
+    """A small Keras CNN with GroupNormalization after each convolution and a residual block."""
+    import keras
+    from keras import layers
+
+    def cgr(x, c: int, groups: int, stride: int = 1):
+        x = layers.Conv2D(c, 3, strides=stride, padding="same", use_bias=False)(x)
+        return layers.Activation("relu")(layers.GroupNormalization(groups)(x))
+
+    inp = keras.Input((size, size, 3), name="input")
+    x = cgr(inp, 16, 4)
+    x = cgr(x, 32, 8, 2)
+    x = layers.Add()([x, cgr(cgr(x, 32, 8), 32, 4)])
+    x = cgr(x, 64, 16, 2)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, layers.Dense(10)(x), name="groupnorm_cnn")
+
+
 def tf_jobs() -> list[Job]:
-    """keras.applications models and the U-Net with an NCHW input at opset 13; three again with
-    the native NHWC input, one at opset 11."""
+    """keras.applications models, the U-Net and the GroupNorm CNN with an NCHW input at opset
+    13; three again with the native NHWC input, one at opset 11."""
     archs = ["MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "ResNet50", "EfficientNetB0", "DenseNet121"]
     jobs = [Job(f"keras_{a}", a, keras_app(a)) for a in archs]
     jobs.append(Job("keras_unet", "unet (Keras)", keras_unet))
     jobs += [Job(f"keras_{a}.nhwc", a, keras_app(a), nchw=False) for a in ("MobileNetV3Small", "ResNet50")]
     jobs += [Job("keras_unet.nhwc", "unet (Keras)", keras_unet, nchw=False),
              Job("keras_MobileNetV3Large.op11", "MobileNetV3Large", keras_app("MobileNetV3Large"), opset=11)]
+    # ConvNeXtTiny is left out: tf2onnx 1.17 leaves Keras 3's depthwise Conv2D (groups=C) a
+    # StatefulPartitionedCall, which no ONNX runtime runs
+    more = ["Xception", "InceptionV3", "InceptionResNetV2", "EfficientNetV2B0", "NASNetMobile", "VGG16", "ResNet50V2"]
+    jobs += [Job(f"keras_{a}", a, keras_app(a)) for a in more]
+    jobs += [Job("keras_groupnorm", "GroupNorm CNN (Keras)", keras_groupnorm),
+             Job("keras_groupnorm.nhwc", "GroupNorm CNN (Keras)", keras_groupnorm, nchw=False)]
     return jobs
 
 

@@ -41,6 +41,7 @@ MODELS: list[tuple[str, int]] = [
     ("xception41", 96), ("darknet53", 96), ("ese_vovnet19b_dw", 96), ("ecaresnet26t", 96),
     ("seresnext26d_32x4d", 96), ("mobileone_s0", 96), ("fastvit_t8", 96),
     ("resnet50_gn", 96), ("resnetv2_50x1_bit", 96),  # GroupNorm (with weight standardisation in BiT)
+    ("inception_resnet_v2", 96),  # residual sums of a Conv and a Concat, block after block
 ]
 # exported a second time with torch.export (dynamo=True)
 DYNAMO = ["resnet18", "mobilenetv2_100", "efficientnet_b0", "densenet121", "regnety_002", "mobilenetv3_small_100",

@@ -128,6 +128,9 @@ class _Analyzer:
         self.batch_cut: dict[str, str] = {}  # tensor -> the op after which its first axis is no batch
         # a GroupNorm's grouped tensors (see group_norm) -> (its input, channels per group)
         self.group_norms: dict[str, tuple[str, int]] = {}
+        # the nodes of a GroupNorm over a split channel axis (see split_group_norm) -> its
+        # input, channels per group and the axis that indexes its groups
+        self.split_norm_nodes: dict[int, tuple[str, int, int]] = {}
 
     # -- helpers -----------------------------------------------------------------------
     def weights_reason(self, label: str, names: list[str | None]) -> str | None:
@@ -328,6 +331,9 @@ class _Analyzer:
 
     def visit(self, node: onnx.NodeProto, index: int) -> None:
         """Give the outputs of ``node``, which reads an activation, their layouts."""
+        if index in self.split_norm_nodes:
+            self.split_norm_step(node, index)
+            return
         if node.domain in ("", "ai.onnx"):
             handler = getattr(self, f"op_{node.op_type}", None)
         else:
@@ -791,6 +797,140 @@ class _Analyzer:
         found = self.group_norm(first) if first is not None and first.input[0] == x else None
         return found is not None and found[1] is reader
 
+    def split_group_norm(self, node: onnx.NodeProto, index: int) -> bool:
+        """A GroupNorm that splits x's channel axis k in two, as tf2onnx writes Keras'
+        GroupNormalization: ``Reshape(x, [.., G, C/G, ..])`` (G at axis k), then element-wise
+        ops on the grouped tensors and on constants with one entry per group (or the same
+        for all) at axis k, and reductions that keep axes 0 and k (the group's mean and
+        variance), ending in Reshapes back to x's shape. No group mixes with another, so a
+        group kept whole is normalised as before: x's channels go C/G at a time, the
+        constants lose the entries of the groups that go, and the targets' G and C follow.
+        Whether ``node`` starts one (where it does, its nodes are recorded for the walk)."""
+        found = self.split_norm_region(node, index)
+        if found is None:
+            return False
+        x, k, width, region, backs = found
+        if not self.group_blocks(node, index, x, width):
+            return True
+        layout = self.layout(x)
+        for seg in layout:
+            self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, node.input[1], k, x, per=width))
+            for back, target, entry in backs:
+                if target is not None:
+                    self.shape_params.setdefault(seg.space, []).append(ShapeParam(back, target, entry, x))
+        self.group_norms[node.output[0]] = (x, width)
+        self.layouts[node.output[0]] = OPAQUE
+        for i in region:
+            self.split_norm_nodes[i] = (x, width, k)
+        return True
+
+    def split_norm_region(self, node: onnx.NodeProto, index: int) -> tuple | None:
+        """For :meth:`split_group_norm`: (x, k, C/G, the indices of the nodes between the
+        Reshapes, the Reshapes back as (index, target tensor to edit or None, entry)), or
+        None where ``node`` does not start such a GroupNorm."""
+        x, target = node.input[0], node.input[1] if len(node.input) > 1 else ""
+        shape_in, out, spec, layout = self.shapes.get(x), node.output[0], self.value(target), self.layout(x)
+        if node.op_type != "Reshape" or shape_in is None or spec is None or len(shape_in) < 3 \
+                or not isinstance(layout, list) or any(seg.factor != 1 for seg in layout) \
+                or self.use_count.get(target, 0) != 1:
+            return None
+        k, rank = self.axis(x), len(shape_in) + 1
+        shape_out = self.shapes.get(out)
+        if shape_out is None or len(shape_out) != rank or np.size(spec) != rank or k == 0:
+            return None
+        groups, width = shape_out[k], shape_out[k + 1]
+        if groups * width != shape_in[k] or tuple(shape_out[:k]) != tuple(shape_in[:k]) \
+                or tuple(shape_out[k + 2:]) != tuple(shape_in[k + 1:]) or int(np.ravel(spec)[k]) != groups \
+                or self.sets_batch(int(np.ravel(spec)[0]), shape_in[0]):
+            return None
+        grouped, region, backs = {out}, [], []
+        for i in range(index + 1, len(self.graph.node)):  # in topological order: a node's inputs come first
+            reader = self.graph.node[i]
+            if not grouped.intersection(self.reads[i]):
+                continue
+            if reader.op_type == "Reshape" and reader.input[0] in grouped \
+                    and tuple(self.shapes.get(reader.output[0], ())) == tuple(shape_in):
+                back = self.reshape_back_target(reader, x, k, shape_in)
+                if back is None:
+                    return None
+                backs.append((i, *back))
+            elif self.splits_alike(reader, grouped, k, groups):
+                region.append(i)
+                grouped.update(reader.output)
+            else:
+                return None
+        if grouped & self.graph_outputs:
+            return None
+        return (x, k, width, region, backs) if backs else None
+
+    def splits_alike(self, node: onnx.NodeProto, grouped: set[str], k: int, groups: int) -> bool:
+        """Whether ``node`` keeps a split GroupNorm's groups apart: an element-wise op whose
+        activations are all grouped tensors and whose constants hold one entry per group or
+        one for all at axis k, or a reduction with keepdims over axes other than 0 and k;
+        its output still has the G groups at axis k."""
+        shape = self.shapes.get(node.output[0]) if len(node.output) == 1 else None
+        if node.domain not in ("", "ai.onnx") or shape is None or len(shape) <= k + 1 or shape[k] != groups:
+            return False
+        acts = [n for n in node.input if n and not self.is_const(n)]
+        if not set(acts) <= grouped:
+            return False
+        if node.op_type in REDUCE_OPS:
+            axes = self.axes_of(node)
+            axes = set() if axes is None else {int(a) % len(shape) for a in np.ravel(axes)}
+            return bool(axes) and not axes & {0, k} and int(_attrs(node).get("keepdims", 1)) == 1
+        if node.op_type in ELEMENTWISE_UNARY:
+            return True
+        if node.op_type not in ELEMENTWISE_BINARY or node.op_type == "Pow" and node.input[0] not in grouped:
+            return False
+        for const in (n for n in node.input if n and self.is_const(n)):
+            c_shape = self.shapes.get(const, tuple(self.init_by_name[const].dims) if const in self.init_by_name
+                                      else None)
+            aligned = None if c_shape is None else len(c_shape) - len(shape) + k
+            if c_shape is None or aligned >= 0 and c_shape[aligned] != 1 and (
+                    c_shape[aligned] != groups or const not in self.init_by_name):
+                return False
+        return True
+
+    def reshape_back_target(self, node: onnx.NodeProto, x: str, k: int,
+                            shape_in: tuple[int, ...]) -> tuple[str | None, int] | None:
+        """Where the target of a split GroupNorm's Reshape back to x's shape holds x's channel
+        count (tensor, entry; None where it spells -1 there), or None where the analysis
+        cannot edit it: a constant, or tf2onnx's ``Concat(batch, H, W, C)``."""
+        target = node.input[1]
+        spec, count = self.value(target), (target, k)
+        if spec is None:
+            concat = self.producer_node.get(target)
+            while concat is not None and concat.op_type == "Cast":
+                concat = self.producer_node.get(concat.input[0])
+            if concat is None or concat.op_type != "Concat" or int(_attrs(concat).get("axis", 0)) not in (0, -1) \
+                    or len(concat.input) != len(shape_in) or not self.reads_batch_size(concat.input[0], x):
+                return None
+            rest = [self.value(part) for part in concat.input[1:]]
+            if any(v is None or np.size(v) != 1 for v in rest):
+                return None
+            spec, count = np.array([0, *(int(np.ravel(v)[0]) for v in rest)]), (concat.input[k], 0)
+        spec = [int(v) for v in np.ravel(spec)]
+        if len(spec) != len(shape_in) or self.sets_batch(spec[0], shape_in[0]) or any(
+                v not in (0, -1, d) for v, d in zip(spec[1:], shape_in[1:])):
+            return None
+        if spec[k] in (0, -1):
+            return None if spec[k] == 0 else (None, 0)
+        return count if self.use_count.get(count[0], 0) == 1 else None
+
+    def split_norm_step(self, node: onnx.NodeProto, index: int) -> None:
+        """A node inside a split GroupNorm (:meth:`split_group_norm`): its constants with
+        one entry per group lose those of the groups that go."""
+        x, width, k = self.split_norm_nodes[index]
+        rank = len(self.shapes[node.output[0]])
+        for const in (n for n in node.input if n and self.is_const(n) and n in self.init_by_name):
+            c_shape = tuple(self.init_by_name[const].dims)
+            aligned = len(c_shape) - rank + k
+            if aligned >= 0 and c_shape[aligned] != 1 \
+                    and not self.add_param(self.layout(x), index, const, aligned, node_label(node, index), divisor=width):
+                return
+        self.group_norms[node.output[0]] = (x, width)
+        self.layouts[node.output[0]] = OPAQUE
+
     def op_PRelu(self, node: onnx.NodeProto, index: int) -> None:
         self.binary_with_constant(node, index, node.input[0], node.input[1])
 
@@ -849,6 +989,8 @@ class _Analyzer:
         found = self.group_norm(node)
         if found is not None:
             self.group_norm_start(node, index, found[2])
+            return
+        if self.split_group_norm(node, index):
             return
         shape_in, shape_out = self.shapes.get(x), self.shapes.get(node.output[0])
         layout = self.layout(x)
@@ -1230,12 +1372,15 @@ class _Analyzer:
                  (len(s) < len(out_shape) - caxis or s[len(s) - len(out_shape) + caxis] == 1)]
         if len(full) == 2:
             a, b = layouts
+            cuts_before = len(self.new_cuts)
             if not couple(self.spaces, a, b, self.new_cuts):
                 self.freeze_all(node, index, f"{node.op_type} couples channels with different structure")
                 if self.request_blocks(a, b):
                     # the next walk couples them: until then the output carries (frozen) the
                     # factors it will have, so that the blocks further on are found now too
                     self.passthrough(node, acts[0] if a[0].factor >= b[0].factor else acts[1])
+                elif len(self.new_cuts) > cuts_before:
+                    self.pass_finer(node, acts)
                 return
             self.passthrough(node, acts[0])
         elif len(full) == 1 and len(bcast) == 1 and out_shape[caxis] > 1:
@@ -1244,6 +1389,13 @@ class _Analyzer:
             self.passthrough(node, acts[full[0]])
         else:
             self.freeze_all(node, index, f"{node.op_type} with a broadcast not handled")
+
+    def pass_finer(self, node: onnx.NodeProto, acts: list[str]) -> None:
+        """After a coupling of ``acts`` that asked the next walk for cuts: the output carries
+        (frozen) the operand cut at the most places, so that the cuts further on are found
+        in this walk too. A chain of residual blocks that each add a Conv's output to a
+        Concat (Inception-ResNet) would otherwise need one walk per block."""
+        self.passthrough(node, max(acts, key=lambda a: len(self.layout(a))))
 
     def variadic(self, node: onnx.NodeProto, index: int) -> None:
         """Sum / Mean / Max / Min of one tensor (a copy of it) or of three or more, and
@@ -1259,8 +1411,11 @@ class _Analyzer:
             self.freeze_all(node, index, f"{node.op_type} of {len(node.input)} inputs whose activations are not all "
                                          "of its output's shape")
             return
-        if not all(couple(self.spaces, layouts[0], other, self.new_cuts) for other in layouts[1:]):
+        cuts_before = len(self.new_cuts)
+        if not all([couple(self.spaces, layouts[0], other, self.new_cuts) for other in layouts[1:]]):
             self.freeze_all(node, index, f"{node.op_type} couples channels with different structure")
+            if len(self.new_cuts) > cuts_before:
+                self.pass_finer(node, acts)
             return
         if all(self.constant_operand(node, index, acts[0], c) for c in consts):
             self.passthrough(node, acts[0])
