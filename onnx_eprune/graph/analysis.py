@@ -925,8 +925,9 @@ class _Analyzer:
         for const in (n for n in node.input if n and self.is_const(n) and n in self.init_by_name):
             c_shape = tuple(self.init_by_name[const].dims)
             aligned = len(c_shape) - rank + k
+            label = node_label(node, index)
             if aligned >= 0 and c_shape[aligned] != 1 \
-                    and not self.add_param(self.layout(x), index, const, aligned, node_label(node, index), divisor=width):
+                    and not self.add_param(self.layout(x), index, const, aligned, label, divisor=width):
                 return
         self.group_norms[node.output[0]] = (x, width)
         self.layouts[node.output[0]] = OPAQUE
