@@ -259,6 +259,13 @@ def _where(n: Net, a: str):
     return n.node("Where", [n.const(cond, bool), a, n.const(np.float32(0))]), C
 
 
+def _depth_to_space(mode: str) -> Construct:
+    """DepthToSpace(2) then SpaceToDepth(2): the same C channels again."""
+    def f(n: Net, a: str):
+        return n.node("SpaceToDepth", [n.node("DepthToSpace", [a], blocksize=2, mode=mode)], blocksize=2), C
+    return f
+
+
 PASSTHROUGH: dict[str, tuple] = {
     "baseline": (_identity, 17, gap_head, 1e-4),
     "mul_C11": (_const_op("Mul", (C, 1, 1)), 17, gap_head, 1e-4),
@@ -312,6 +319,25 @@ def test_channel_preserving_construct_prunes_exactly_the_dead_channels(name: str
     assert rel_err(got[0], ref[0]) < tol
 
 
+BLOCKS = {f"depth_to_space_{mode.lower()}": _depth_to_space(mode) for mode in ("CRD", "DCR")}
+
+
+@pytest.mark.parametrize("mode", ["CRD", "DCR"])
+def test_depth_to_space_then_space_to_depth_goes_in_blocks(mode: str) -> None:
+    """DepthToSpace(2) makes 2 channels of conv1's 8 rows: rows 0..3 and 4..7 in CRD mode,
+    so the dead rows go and the outputs are the original's; rows c, c + 2, c + 4, c + 6 in
+    DCR mode (coupled blocks), so dead and live rows go together and the model stays valid.
+    SpaceToDepth froze both before session 57."""
+    model = build(BLOCKS[f"depth_to_space_{mode.lower()}"])
+    result = onnx_eprune.prune(model, CALIB, device="cpu", keep_ratio=0.5, method="l1")
+    group = group_of(result.report, "conv1")
+    assert group["frozen"] is None and group["channels_before"] == 2 and len(group["kept_channels"]) == 1
+    assert conv_rows(result.model, "conv1.w") == 4
+    got, ref = assert_valid(result.model, model)
+    if mode == "CRD":
+        assert group["kept_channels"] == [0] and rel_err(got[0], ref[0]) < 1e-4
+
+
 # -- constructs that mix channels: conv1's group must freeze ---------------------------------
 
 def _reduce_attention(op: str, keepdims: int, axes_as_input: bool, opset: int) -> Construct:
@@ -352,12 +378,6 @@ def _layernorm_nhwc(n: Net, a: str):
     t = n.node("Transpose", [a], perm=[0, 2, 3, 1])
     t = n.node("LayerNormalization", [t, n.const(n.rng.uniform(0.5, 1.5, C)), n.const(np.zeros(C))], axis=-1)
     return n.node("Transpose", [t], perm=[0, 3, 1, 2]), C
-
-
-def _depth_to_space(mode: str) -> Construct:
-    def f(n: Net, a: str):
-        return n.node("SpaceToDepth", [n.node("DepthToSpace", [a], blocksize=2, mode=mode)], blocksize=2), C
-    return f
 
 
 def _tile(n: Net, a: str):
@@ -481,9 +501,6 @@ MIXING: dict[str, tuple] = {
     "lpnormalization_axis1": (_axis_op("LpNormalization", axis=1), 17, (), "LpNormalization"),
     "layernorm_axis1_nchw": (_layernorm_nchw, 17, (), "LayerNormalization"),
     "layernorm_lastaxis_nhwc": (_layernorm_nhwc, 17, (), "LayerNormalization"),
-    "depth_to_space_dcr": (_depth_to_space("DCR"), 17, (), "DepthToSpace"),
-    # CRD (PixelShuffle) is followed since session 56: the SpaceToDepth behind it freezes
-    "depth_to_space_crd": (_depth_to_space("CRD"), 17, (), "SpaceToDepth"),
     "tile_channels": (_tile, 17, (), "Tile"),
     "cumsum_axis1_reverse": (_cumsum, 17, (), "CumSum"),
     "topk_axis1_outputs": (_topk_output, 17, (), "TopK"),
@@ -565,12 +582,14 @@ OPTIONS = {
 }
 SMOKE = ["baseline", "nhwc_C", "identity_cast_fp16_double_chain", "unsqueeze_squeeze_axis1", "dropout_op12",
          "head_dyn_flatten_gather1_4x4", "reducesum_axis1_keep1_input_op13", "softmax_axis1_op13",
-         "layernorm_lastaxis_nhwc", "groupnorm_op21", "depth_to_space_crd", "topk_axis1_outputs",
+         "layernorm_lastaxis_nhwc", "groupnorm_op21", "depth_to_space_crd", "depth_to_space_dcr", "topk_axis1_outputs",
          "where_per_channel_condition",
          "if_reads_outer_scope", "loop_reads_outer_scope", "ms_pad", "sequence_construct_concat"]
 
 
 def _smoke_model(name: str) -> onnx.ModelProto:
+    if name in BLOCKS:
+        return build(BLOCKS[name])
     if name in PASSTHROUGH:
         construct, opset, head, _ = PASSTHROUGH[name]
         return build(construct, opset, head)

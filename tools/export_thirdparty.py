@@ -117,7 +117,8 @@ def paddle_jobs() -> list[Job]:
     heads (5x5/3 pooling into a fixed-size Linear) need 224x224."""
     archs = [("mobilenet_v3_small", 96), ("mobilenet_v3_large", 96), ("mobilenet_v2", 96), ("resnet18", 96),
              ("resnet50", 96), ("shufflenet_v2_x1_0", 96), ("densenet121", 96), ("squeezenet1_1", 96),
-             ("googlenet", 224), ("inception_v3", 96)]
+             ("googlenet", 224), ("inception_v3", 96), ("mobilenet_v1", 96), ("resnext50_32x4d", 96),
+             ("wide_resnet50_2", 96), ("shufflenet_v2_swish", 96), ("vgg16", 224), ("alexnet", 224)]
     jobs = [Job(f"paddle_{a}", a, paddle_vision(a), s) for a, s in archs]
     jobs.append(Job("paddle_segnet", "segnet (U-Net/FPN)", paddle_segnet))
     jobs += [Job("paddle_mobilenet_v3_large.op11", "mobilenet_v3_large", paddle_vision("mobilenet_v3_large"), opset=11),

@@ -999,7 +999,8 @@ class _Analyzer:
         if spec is None:
             spec, count = self.batch_target(target, x)
         if self.unflatten(node, index, shape_in, shape_out, layout, spec) or \
-                self.same_shape(node, index, shape_in, shape_out, layout, spec):
+                self.same_shape(node, index, shape_in, shape_out, layout, spec) or \
+                self.after_channels(node, index, shape_in, shape_out, layout, spec):
             return
         # channels on another axis than 1 or the last flatten in an order the consumers do not
         # follow, unless every other axis but the batch has size 1
@@ -1020,6 +1021,33 @@ class _Analyzer:
             elif pos == 0 and self.sets_batch(int(v), shape_in[0]):
                 self.cut_batch(node, index, "Reshape that sets the batch size")
                 return
+
+    def after_channels(self, node: onnx.NodeProto, index: int, shape_in, shape_out, layout, spec) -> bool:
+        """A Reshape by a constant target of a map with its channels on axis 1 that keeps
+        axis 0 and either keeps the channel axis, rearranging only the axes after it
+        (PixelUnshuffle's split of H and W: (N, C, H/r, r, W/r, r)), or merges it with the
+        axes that follow (its Reshape back after a Transpose: (N, C*r*r, H/r, W/r)): each
+        channel's entries stay one block along axis 1, ``factor`` times as many when
+        merged. The target's count on axis 1 follows the kept channels. False when the
+        Reshape is not of this kind (a flatten to (N, features) is :meth:`flatten_map`'s)."""
+        target = node.input[1]
+        if shape_in is None or shape_out is None or spec is None or len(shape_in) < 3 or len(shape_out) < 3 \
+                or not isinstance(layout, list) or self.axis(node.input[0]) != 1 or len(spec) != len(shape_out) \
+                or self.use_count.get(target, 0) != 1 or shape_out[0] != shape_in[0] \
+                or self.sets_batch(int(spec[0]), shape_in[0]):
+            return False
+        merged, j = 1, 1  # axes 1..j of the input make axis 1 of the output
+        while shape_in[1] * merged < shape_out[1] and j + 1 < len(shape_in):
+            j += 1
+            merged *= shape_in[j]
+        if shape_in[1] * merged != shape_out[1] or (merged > 1 and tuple(shape_in[j + 1:]) != tuple(shape_out[2:])) \
+                or int(spec[1]) not in (-1, shape_out[1]) + ((0,) if merged == 1 else ()):
+            return False
+        if int(spec[1]) > 0:
+            for seg in layout:
+                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, 1, node.output[0]))
+        self.layouts[node.output[0]] = [replace(seg, factor=seg.factor * merged) for seg in layout]
+        return True
 
     def batch_target(self, target: str, x: str) -> tuple[np.ndarray | None, tuple[str, int] | None]:
         """The value of a Reshape target ``Concat(batch, [k])`` (behind Casts) that starts
@@ -1553,17 +1581,18 @@ class _Analyzer:
         """PyTorch's PixelShuffle, DepthToSpace in CRD mode: its output channel c spreads the
         r*r adjacent input channels c*r*r .. c*r*r + r*r - 1 over blocks of r x r pixels, so
         each of its channels is a block of r*r input channels: a producer's rows in blocks
-        of r*r, which another walk finds, as for a channel multiplier. DCR mode (TensorFlow's)
-        interleaves the blocks' channels instead."""
+        of r*r, which another walk finds, as for a channel multiplier. In DCR mode
+        (TensorFlow's ``depth_to_space``) it takes channel c of each of r*r blocks of C/(r*r)
+        input channels: the blocks are coupled as the operands of a sum are."""
         x = node.input[0]
         layout, attrs = self.layout(x), _attrs(node)
         r, mode = int(attrs.get("blocksize", 0)), attrs.get("mode", b"DCR")
         k = r * r
-        if mode not in (b"CRD", "CRD"):
-            self.freeze_all(node, index, "DepthToSpace in DCR mode (the channels of a block interleave)")
-            return
         if r < 1 or self.axis(x) != 1 or not isinstance(layout, list):
             self.freeze_all(node, index, "DepthToSpace of channels not followed on axis 1")
+            return
+        if mode not in (b"CRD", "CRD"):
+            self.depth_to_space_dcr(node, index, layout, k)
             return
         if any(seg.factor % k for seg in layout):
             self.freeze_all(node, index, f"DepthToSpace whose blocks of {k} channels are not a producer's rows")
@@ -1572,6 +1601,35 @@ class _Analyzer:
                                              for seg in layout])
             return
         self.layouts[node.output[0]] = [Segment(seg.space, seg.start, seg.length, seg.factor // k) for seg in layout]
+
+    def depth_to_space_dcr(self, node: onnx.NodeProto, index: int, layout: list[Segment], k: int) -> None:
+        """DepthToSpace in DCR mode (see :meth:`op_DepthToSpace`): channel c of its output is
+        channel c of every block of C/k input channels; a block boundary inside a space
+        asks the next walk for a cut there."""
+        if any(seg.factor != 1 for seg in layout):
+            self.freeze_all(node, index, "DepthToSpace in DCR mode of channels that hold several entries each")
+            return
+        n = sum(seg.length for seg in layout) // k
+        cuts_before = len(self.new_cuts)
+        blocks = [self.take(layout, b * n, (b + 1) * n) for b in range(k)]
+        if len(self.new_cuts) > cuts_before or not all([couple(self.spaces, blocks[0], other, self.new_cuts)
+                                                        for other in blocks[1:]]):
+            self.freeze_all(node, index, f"DepthToSpace in DCR mode whose {k} blocks of channels differ in structure")
+            if len(self.new_cuts) > cuts_before:
+                self.layouts[node.output[0]] = blocks[0]  # frozen until the next walk, which cuts them
+            return
+        self.layouts[node.output[0]] = blocks[0]
+
+    def op_SpaceToDepth(self, node: onnx.NodeProto, index: int) -> None:
+        """SpaceToDepth (TensorFlow's ``space_to_depth``; the stem of YOLOv5's Focus as one op):
+        output channel (i * r + j) * C + c is pixel (i, j) of each r x r block of input
+        channel c, so its channels are r*r copies of the input's, in order."""
+        x = node.input[0]
+        layout, r = self.layout(x), int(_attrs(node).get("blocksize", 0))
+        if r < 1 or self.axis(x) != 1 or not isinstance(layout, list):
+            self.freeze_all(node, index, "SpaceToDepth of channels not followed on axis 1")
+            return
+        self.layouts[node.output[0]] = layout * (r * r)
 
     def op_GridSample(self, node: onnx.NodeProto, index: int) -> None:
         """GridSample (a spatial transformer's warp) samples every channel of X at the grid's
