@@ -14,6 +14,7 @@ import io
 import logging
 import math
 import os
+from collections import Counter
 from pathlib import Path
 
 from .errors import EPruneError
@@ -386,5 +387,9 @@ def _sweep_figure(Figure, sweep: dict):
 
 def producer_labels(group: dict) -> list[str]:
     """The producers of a group entry (a report's or ``inspect``'s), each marked with its
-    output rows per channel where that is more than one: ``"pw (x2)"``."""
-    return [name + (f" (x{r})" if r > 1 else "") for name, r in zip(group["producers"], group["producer_rows"])]
+    output rows per channel where that is more than one: ``"pw (x2)"``, and named once
+    where it writes the group's channels in several blocks (the r*r blocks before a
+    DepthToSpace in DCR mode): ``"up (4 blocks)"``."""
+    labels = [name + (f" (x{r})" if r > 1 else "") for name, r in zip(group["producers"], group["producer_rows"])]
+    counts = Counter(labels)
+    return [label + (f" ({counts[label]} blocks)" if counts[label] > 1 else "") for label in dict.fromkeys(labels)]

@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 import onnx_eprune
+from onnx_eprune.report_files import producer_labels
 from models import (CLASSES, INPUT, OUTPUT, _Builder, initializer, producer_groups, random_input, run_model,
                     tensor_values)
 
@@ -63,6 +64,7 @@ def test_dcr_mode_couples_the_blocks_and_keeps_the_kept_channels_exactly():
     model, x = pixel_shuffle("DCR", bn=True), random_input(64)
     groups = producer_groups(model)
     assert groups["conv2"]["prunable"] and groups["conv2"]["channels"] == 4
+    assert producer_labels(groups["conv2"]) == ["conv2 (4 blocks)"]  # as inspect's table names it
     result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv1",), **CPU)
     onnx.checker.check_model(result.model, full_check=True)
     kept = np.array(next(g for g in result.report["groups"] if "conv2" in g["producers"])["kept_channels"])

@@ -1,7 +1,8 @@
 """Export small PyTorch CNNs (random weights) built around idioms of hand-written models to
 ONNX for the coverage benchmark: ``x.squeeze()`` after pooling, GroupNorm, PixelShuffle
 (super-resolution), circular padding, mean/std pooling, ``torch.where`` activations and a
-spatial transformer's ``grid_sample``. Each froze channels before session 56.
+spatial transformer's ``grid_sample`` froze channels before session 56; PixelUnshuffle
+(downsampling in restoration networks) before session 57.
 
 Runs in a torch venv (the timm one has onnxscript, for the torch.export exporter), never in
 the package's environment::
@@ -31,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_jobs import ExportJob, export_each, load_failures  # noqa: E402
 
 SIZE = 32  # input height and width
-NAMES = ["squeeze_head", "groupnorm_resnet", "edsr_x2", "circular_cnn", "std_pool_cnn", "where_cnn", "stn_cnn"]
-DYNAMO = ["groupnorm_resnet", "edsr_x2"]
+NAMES = ["squeeze_head", "groupnorm_resnet", "edsr_x2", "circular_cnn", "std_pool_cnn", "where_cnn", "stn_cnn",
+         "unshuffle_cnn"]
+DYNAMO = ["groupnorm_resnet", "edsr_x2", "unshuffle_cnn"]
 
 
 def build(name: str):
@@ -130,6 +132,11 @@ def build(name: str):
         return Classifier(nn.Sequential(Lambda(lambda x: torch.where(x > 0, x, 0.1 * x)), nn.Softshrink(0.05)))
     if name == "stn_cnn":
         return Classifier(STN())
+    if name == "unshuffle_cnn":  # the second stage downsamples by PixelUnshuffle: 4x the channels at half size
+        stages = nn.ModuleList([nn.Sequential(block(3, 32), block(32, 32)),
+                                nn.Sequential(nn.PixelUnshuffle(2), block(128, 64), block(64, 64)),
+                                nn.Sequential(block(64, 128, 2), block(128, 128))])
+        return Classifier(stages=stages)
     raise ValueError(f"unknown network {name!r}")
 
 

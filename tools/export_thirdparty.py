@@ -203,6 +203,26 @@ def keras_unet(size: int):
     return keras.Model(inp, out, name="unet")
 
 
+def keras_space_to_depth(size: int):
+    """A small Keras CNN that downsamples by ``tf.nn.space_to_depth`` and upsamples by
+    ``tf.nn.depth_to_space`` (TensorFlow's DCR order) between its convolutions."""
+    import keras
+    import tensorflow as tf
+    from keras import layers
+
+    def cbr(x, c: int):
+        x = layers.Conv2D(c, 3, padding="same", use_bias=False)(x)
+        return layers.Activation("relu")(layers.BatchNormalization()(x))
+
+    inp = keras.Input((size, size, 3), name="input")
+    x = cbr(inp, 16)
+    x = cbr(layers.Lambda(lambda t: tf.nn.space_to_depth(t, 2))(x), 32)
+    x = cbr(x, 64)
+    x = cbr(layers.Lambda(lambda t: tf.nn.depth_to_space(t, 2))(x), 16)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, layers.Dense(10)(x), name="space_to_depth_cnn")
+
+
 def keras_groupnorm(size: int):
     """A small Keras CNN with GroupNormalization after each convolution and a residual block."""
     import keras
@@ -235,7 +255,8 @@ def tf_jobs() -> list[Job]:
     more = ["Xception", "InceptionV3", "InceptionResNetV2", "EfficientNetV2B0", "NASNetMobile", "VGG16", "ResNet50V2"]
     jobs += [Job(f"keras_{a}", a, keras_app(a)) for a in more]
     jobs += [Job("keras_groupnorm", "GroupNorm CNN (Keras)", keras_groupnorm),
-             Job("keras_groupnorm.nhwc", "GroupNorm CNN (Keras)", keras_groupnorm, nchw=False)]
+             Job("keras_groupnorm.nhwc", "GroupNorm CNN (Keras)", keras_groupnorm, nchw=False),
+             Job("keras_space_to_depth", "space_to_depth CNN (Keras)", keras_space_to_depth)]
     return jobs
 
 
