@@ -278,3 +278,22 @@ def test_a_long_chain_of_sums_with_a_concat_is_cut_in_one_more_walk():
     for group in stream.values():  # each stem conv with its cut of every up_i
         assert group["frozen"] is None and group["producers"].count("up13") == 1 and len(group["producers"]) == 15
         assert group["channels_after"] < group["channels_before"] == 4
+
+
+def test_a_target_computed_from_the_batch_size_freezes_without_an_error():
+    """``h.view(h.size(0) * k, -1)`` (MobileViT's patches): the target's first entry is
+    computed from the scalar batch size, which the analysis read as a vector (an internal
+    IndexError). Now the Reshape is not a flatten it follows: conv_a's channels freeze,
+    conv_b's stay prunable."""
+    b = _Builder(seed=7)
+    h = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 8, name="conv_a")])
+    batch = b.node("Gather", [b.node("Shape", [h]), b.const("zero", np.array(0, np.int64))], axis=0)
+    rows = b.node("Unsqueeze", [b.node("Mul", [batch, b.const("one", np.array(1, np.int64))]),
+                                b.const("axes0", np.array([0], np.int64))])
+    flat = b.node("Reshape", [h, b.node("Concat", [rows, b.const("rest", np.array([-1], np.int64))], axis=0)])
+    h = b.node("Relu", [b.gemm(flat, 8 * 16 * 16, 16, name="conv_b")])
+    model = b.build(b.gemm(h, 16, CLASSES, name=OUTPUT))
+    _, analysis = probe_groups(model, {INPUT: CALIB[:1]}, CPU)
+    state = {model.graph.node[p.node].name: g.prunable for g in analysis.groups for p in g.producers}
+    assert state["conv_a"] is False and state["conv_b"] is True
+    assert_keep_all_is_identity(model)

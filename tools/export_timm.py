@@ -42,6 +42,10 @@ MODELS: list[tuple[str, int]] = [
     ("seresnext26d_32x4d", 96), ("mobileone_s0", 96), ("fastvit_t8", 96),
     ("resnet50_gn", 96), ("resnetv2_50x1_bit", 96),  # GroupNorm (with weight standardisation in BiT)
     ("inception_resnet_v2", 96),  # residual sums of a Conv and a Concat, block after block
+    ("inception_v4", 96), ("tresnet_m", 96), ("hgnet_tiny", 96), ("hgnetv2_b0", 96), ("ghostnetv2_100", 96),
+    ("repghostnet_100", 96), ("mobilenetv4_conv_small", 96), ("efficientnetv2_rw_t", 96), ("regnetz_b16", 96),
+    ("mixnet_m", 96), ("vovnet39a", 96), ("dla60x", 96), ("cs3darknet_s", 96), ("res2next50", 96),
+    ("poolformer_s12", 96), ("eca_nfnet_l0", 96), ("resnest14d", 96), ("mobilevit_xxs", 96),
 ]
 # exported a second time with torch.export (dynamo=True)
 DYNAMO = ["resnet18", "mobilenetv2_100", "efficientnet_b0", "densenet121", "regnety_002", "mobilenetv3_small_100",

@@ -1094,7 +1094,8 @@ class _Analyzer:
                                                      and self.shapes.get(src) in ((), (1,))):
             return self.batch_entries(src, x, depth + 1)
         entries = self.batch_entries(src, x, depth + 1)
-        taken = self.taken_entries(node, self.shapes.get(src, (0,))[0]) if entries else None
+        vector = self.shapes.get(src, ())  # what is computed from a scalar batch size (B * 4) holds no entry of it
+        taken = self.taken_entries(node, vector[0]) if entries and len(vector) == 1 else None
         return set() if taken is None else {j for j, i in enumerate(taken) if i in entries}
 
     def taken_entries(self, node: onnx.NodeProto, n: int) -> list[int] | None:
