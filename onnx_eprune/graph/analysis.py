@@ -1268,7 +1268,7 @@ class _Analyzer:
         if not all(isinstance(layout, list) for layout in layouts):
             self.freeze_all(node, index, "Concat along a spatial axis of a constant or of channels not followed")
             return
-        if not all(couple(self.spaces, layouts[0], other, self.new_cuts) for other in layouts[1:]):
+        if not self.couple_all(layouts):
             self.freeze_all(node, index, "Concat along a spatial axis of tensors whose channels differ in structure")
             return
         self.passthrough(node, node.input[0])
@@ -1420,6 +1420,11 @@ class _Analyzer:
         else:
             self.freeze_all(node, index, f"{node.op_type} with a broadcast not handled")
 
+    def couple_all(self, layouts: list[list[Segment]]) -> bool:
+        """Couple the first layout with each other one (every pair tried, so that one walk
+        asks for all the cuts they need); whether all aligned."""
+        return all([couple(self.spaces, layouts[0], other, self.new_cuts) for other in layouts[1:]])
+
     def pass_finer(self, node: onnx.NodeProto, acts: list[str]) -> None:
         """After a coupling of ``acts`` that asked the next walk for cuts: the output carries
         (frozen) the operand cut at the most places, so that the cuts further on are found
@@ -1442,7 +1447,7 @@ class _Analyzer:
                                          "of its output's shape")
             return
         cuts_before = len(self.new_cuts)
-        if not all([couple(self.spaces, layouts[0], other, self.new_cuts) for other in layouts[1:]]):
+        if not self.couple_all(layouts):
             self.freeze_all(node, index, f"{node.op_type} couples channels with different structure")
             if len(self.new_cuts) > cuts_before:
                 self.pass_finer(node, acts)
@@ -1613,8 +1618,7 @@ class _Analyzer:
         n = sum(seg.length for seg in layout) // k
         cuts_before = len(self.new_cuts)
         blocks = [self.take(layout, b * n, (b + 1) * n) for b in range(k)]
-        if len(self.new_cuts) > cuts_before or not all([couple(self.spaces, blocks[0], other, self.new_cuts)
-                                                        for other in blocks[1:]]):
+        if len(self.new_cuts) > cuts_before or not self.couple_all(blocks):
             self.freeze_all(node, index, f"DepthToSpace in DCR mode whose {k} blocks of channels differ in structure")
             if len(self.new_cuts) > cuts_before:
                 self.layouts[node.output[0]] = blocks[0]  # frozen until the next walk, which cuts them
