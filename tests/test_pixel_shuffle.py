@@ -102,24 +102,6 @@ def space_to_depth() -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
 
 
-def test_space_to_depth_repeats_its_input_channels():
-    """conv1's channel c is input channel b * 4 + c of conv2 for every pixel b of a 2x2 block:
-    pruning it removes those four columns, and the rearranged map holds the original's."""
-    model, x = space_to_depth(), random_input(64)
-    groups = producer_groups(model)
-    assert groups["conv1"]["prunable"] and groups["conv1"]["channels"] == 4
-    result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv2",), **CPU)
-    onnx.checker.check_model(result.model, full_check=True)
-    kept = np.array(next(g for g in result.report["groups"] if g["producers"] == ["conv1"])["kept_channels"])
-    columns = (4 * np.arange(4)[:, None] + kept).ravel()
-    np.testing.assert_array_equal(initializer(result.model, "conv2.weight"),
-                                  initializer(model, "conv2.weight")[:, columns])
-    np.testing.assert_allclose(tensor_values(result.model, "s2d", x), tensor_values(model, "s2d", x)[:, columns],
-                               rtol=1e-6, atol=1e-6)
-    full = onnx_eprune.prune(model, x, keep_ratio=0.5, **CPU)
-    assert run_model(full.model, x)[OUTPUT].shape == (64, CLASSES)
-
-
 def pixel_unshuffle() -> onnx.ModelProto:
     """conv1 (3->4) -> Relu -> PixelUnshuffle(2) as PyTorch's exporters write it: Reshape to
     (N, 4, 8, 2, 8, 2), Transpose (0, 1, 3, 5, 2, 4), Reshape to (N, 16, 8, 8) -> conv2 (16->8)
@@ -133,21 +115,27 @@ def pixel_unshuffle() -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
 
 
-def test_pixel_unshuffle_spreads_each_channel_over_adjacent_inputs():
-    """conv1's channel c is conv2's inputs 4c .. 4c + 3: pruning it removes those columns,
-    both targets' channel counts follow, and the rearranged map holds the original's."""
-    model, x = pixel_unshuffle(), random_input(64)
+@pytest.mark.parametrize("form", ["space_to_depth", "pixel_unshuffle"])
+def test_a_channel_spread_over_several_inputs_takes_them_all(form):
+    """conv1's channel c is conv2's input b * 4 + c for each pixel b of a 2x2 block behind a
+    SpaceToDepth, its inputs 4c .. 4c + 3 behind a PixelUnshuffle: pruning it removes those
+    columns, the Reshape targets' channel counts follow, and the rearranged map holds the
+    original's."""
+    model, x = (space_to_depth if form == "space_to_depth" else pixel_unshuffle)(), random_input(64)
     groups = producer_groups(model)
     assert groups["conv1"]["prunable"] and groups["conv1"]["channels"] == 4
     result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv2",), **CPU)
     onnx.checker.check_model(result.model, full_check=True)
     kept = np.array(next(g for g in result.report["groups"] if g["producers"] == ["conv1"])["kept_channels"])
-    columns = (4 * kept[:, None] + np.arange(4)).ravel()
-    assert initializer(result.model, "split").tolist() == [-1, 2, 8, 2, 8, 2]
-    assert initializer(result.model, "merge").tolist() == [-1, 8, 8, 8]
+    if form == "space_to_depth":
+        columns, out = (4 * np.arange(4)[:, None] + kept).ravel(), "s2d"
+    else:
+        columns, out = (4 * kept[:, None] + np.arange(4)).ravel(), "unshuffle"
+        assert initializer(result.model, "split").tolist() == [-1, 2, 8, 2, 8, 2]
+        assert initializer(result.model, "merge").tolist() == [-1, 8, 8, 8]
     np.testing.assert_array_equal(initializer(result.model, "conv2.weight"),
                                   initializer(model, "conv2.weight")[:, columns])
-    np.testing.assert_allclose(tensor_values(result.model, "unshuffle", x),
-                               tensor_values(model, "unshuffle", x)[:, columns], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(tensor_values(result.model, out, x), tensor_values(model, out, x)[:, columns],
+                               rtol=1e-6, atol=1e-6)
     full = onnx_eprune.prune(model, x, flops_reduction=0.4, **CPU)
     assert run_model(full.model, x)[OUTPUT].shape == (64, CLASSES)
