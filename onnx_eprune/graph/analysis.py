@@ -1626,9 +1626,9 @@ class _Analyzer:
         self.layouts[node.output[0]] = blocks[0]
 
     def op_SpaceToDepth(self, node: onnx.NodeProto, index: int) -> None:
-        """SpaceToDepth (TensorFlow's ``space_to_depth``; the stem of YOLOv5's Focus as one op):
-        output channel (i * r + j) * C + c is pixel (i, j) of each r x r block of input
-        channel c, so its channels are r*r copies of the input's, in order."""
+        """SpaceToDepth (TensorFlow's ``space_to_depth``): output channel (i * r + j) * C + c
+        is pixel (i, j) of each r x r block of input channel c, so its channels are r*r
+        copies of the input's, in order."""
         x = node.input[0]
         layout, r = self.layout(x), int(_attrs(node).get("blocksize", 0))
         if r < 1 or self.axis(x) != 1 or not isinstance(layout, list):
