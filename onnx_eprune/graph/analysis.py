@@ -899,15 +899,10 @@ class _Analyzer:
         target = node.input[1]
         spec, count = self.value(target), (target, k)
         if spec is None:
-            concat = self.producer_node.get(target)
-            while concat is not None and concat.op_type == "Cast":
-                concat = self.producer_node.get(concat.input[0])
-            if concat is None or concat.op_type != "Concat" or int(_attrs(concat).get("axis", 0)) not in (0, -1) \
-                    or len(concat.input) != len(shape_in) or not self.reads_batch_size(concat.input[0], x):
+            found = self.batch_concat(target, x)
+            if found is None or len(found[0].input) != len(shape_in) or any(np.size(v) != 1 for v in found[1]):
                 return None
-            rest = [self.value(part) for part in concat.input[1:]]
-            if any(v is None or np.size(v) != 1 for v in rest):
-                return None
+            concat, rest = found
             spec, count = np.array([0, *(int(np.ravel(v)[0]) for v in rest)]), (concat.input[k], 0)
         spec = [int(v) for v in np.ravel(spec)]
         if len(spec) != len(shape_in) or self.sets_batch(spec[0], shape_in[0]) or any(
@@ -1055,15 +1050,10 @@ class _Analyzer:
         Flatten, ``[N, H*W*C]``), the batch entry written as 0 (a Reshape reads 0 as "x's
         size there"), and where its feature count k is stored: a constant of its own, which
         the rewrite edits (None for -1). (None, None) when the target is built otherwise."""
-        concat = self.producer_node.get(target)
-        while concat is not None and concat.op_type == "Cast":
-            concat = self.producer_node.get(concat.input[0])
-        if concat is None or concat.op_type != "Concat" or int(_attrs(concat).get("axis", 0)) not in (0, -1) \
-                or not self.reads_batch_size(concat.input[0], x):
+        found = self.batch_concat(target, x)
+        if found is None:
             return None, None
-        rest = [self.value(part) for part in concat.input[1:]]
-        if any(v is None for v in rest):
-            return None, None
+        concat, rest = found
         tail = [int(v) for part in rest for v in np.ravel(part)]
         if all(v == -1 for v in tail):
             return np.array([0, *tail], dtype=np.int64), None
@@ -1071,6 +1061,19 @@ class _Analyzer:
         if len(tail) == 1 and tail[0] > 0 and stored in self.init_by_name and self.use_count.get(stored, 0) == 1:
             return np.array([0, tail[0]], dtype=np.int64), (stored, 0)
         return None, None
+
+    def batch_concat(self, target: str, x: str) -> tuple[onnx.NodeProto, list[np.ndarray]] | None:
+        """A Reshape target built as ``Concat(batch, part, ...)`` (behind Casts) whose first
+        part is ``x``'s own batch size and the others constants: (the Concat, the values of
+        the others); None when it is built otherwise."""
+        concat = self.producer_node.get(target)
+        while concat is not None and concat.op_type == "Cast":
+            concat = self.producer_node.get(concat.input[0])
+        if concat is None or concat.op_type != "Concat" or int(_attrs(concat).get("axis", 0)) not in (0, -1) \
+                or not self.reads_batch_size(concat.input[0], x):
+            return None
+        rest = [self.value(part) for part in concat.input[1:]]
+        return None if any(v is None for v in rest) else (concat, rest)
 
     def reads_batch_size(self, name: str, x: str) -> bool:
         """Whether ``name`` is the batch size of ``x`` as a scalar or 1-element vector: taken
