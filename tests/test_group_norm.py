@@ -128,3 +128,21 @@ def test_group_normalization_ops_keep_whole_groups_and_count_them_again():
     kept = report["conv1"]["kept_channels"]
     np.testing.assert_allclose(tensor_values(result.model, "gn1", x), tensor_values(model, "gn1", x)[:, kept], rtol=1e-5, atol=1e-5)
     assert run_model(onnx_eprune.prune(model, x, flops_reduction=0.5, **CPU).model, x)[OUTPUT].shape == (64, CLASSES)
+
+
+@pytest.mark.parametrize("form", ["reshapes", "op21"])
+def test_a_group_norm_with_one_group_freezes(form):
+    """GroupNorm(1, C) (PoolFormer's; a LayerNorm over C, H and W) normalises every channel
+    with all the others: none can go alone, so its channels freeze with that reason (they
+    counted as a prunable group whose one block was all of them); conv2's stay prunable."""
+    if form == "op21":
+        model = _group_normalization(groups=(1, 2))
+    else:
+        b = _Builder(seed=3)
+        h = b.node("Relu", [group_norm_layer(b, b.conv(INPUT, 3, 16, name="conv1"), 16, 1, "gn1")])
+        h = b.node("Relu", [group_norm_layer(b, b.conv(h, 16, 16, name="conv2"), 16, 2, "gn2")])
+        model = b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT), opset=13)
+    groups = producer_groups(model)
+    assert not groups["conv1"]["prunable"]
+    assert "GroupNorm with one group" in groups["conv1"]["frozen"]
+    assert groups["conv2"]["prunable"]

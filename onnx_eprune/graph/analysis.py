@@ -742,8 +742,14 @@ class _Analyzer:
 
     def group_blocks(self, node: onnx.NodeProto, index: int, x: str, width: int) -> bool:
         """The channels of ``x`` (a layout) go in blocks of ``width``, a GroupNorm's groups;
-        False, with ``node`` frozen, where a group holds channels of two channel groups."""
+        False, with ``node`` frozen, where a group holds channels of two channel groups or
+        all of x's channels."""
         layout = self.layout(x)
+        if width >= sum(seg.length for seg in layout):
+            # one group (PoolFormer's GroupNorm(1, C), a LayerNorm over C, H and W): every
+            # channel is normalised with all the others, so none can go alone
+            self.freeze_all(node, index, "GroupNorm with one group (each channel normalised with all the others)")
+            return False
         if any(off % width or seg.length % width for seg, off in offsets(layout)):
             self.freeze_all(node, index, f"GroupNorm whose groups of {width} channels straddle channel groups")
             return False
