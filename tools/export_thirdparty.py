@@ -177,15 +177,19 @@ def keras_app(arch: str) -> Callable[[int], object]:
     return build
 
 
+def keras_cba(x, c: int, act: str = "relu"):
+    """Keras' 3x3 Conv2D (no bias) -> BatchNormalization -> activation ``act`` on ``x``."""
+    from keras import layers
+
+    x = layers.Conv2D(c, 3, padding="same", use_bias=False)(x)
+    return layers.Activation(act)(layers.BatchNormalization()(x))
+
+
 def keras_unet(size: int):
     """A small Keras U-Net: SE and hard-swish, Conv2DTranspose, bilinear and nearest
     UpSampling2D, Concatenate skips, a 1x1 conv head."""
     import keras
     from keras import layers
-
-    def cba(x, c: int, act: str = "relu"):
-        x = layers.Conv2D(c, 3, padding="same", use_bias=False)(x)
-        return layers.Activation(act)(layers.BatchNormalization()(x))
 
     def se(x, c: int):
         s = layers.GlobalAveragePooling2D(keepdims=True)(x)
@@ -193,11 +197,11 @@ def keras_unet(size: int):
         return layers.Multiply()([x, layers.Conv2D(c, 1, activation="hard_sigmoid")(s)])
 
     inp = keras.Input((size, size, 3), name="input")
-    c1 = cba(cba(inp, 16), 16)
-    c2 = se(cba(layers.MaxPooling2D()(c1), 32, "hard_swish"), 32)
-    c3 = se(cba(layers.MaxPooling2D()(c2), 64, "hard_swish"), 64)
-    u2 = cba(layers.Concatenate()([layers.Conv2DTranspose(32, 2, strides=2)(c3), c2]), 32)
-    u1 = cba(layers.Concatenate()([layers.UpSampling2D(2, interpolation="bilinear")(u2), c1]), 16)
+    c1 = keras_cba(keras_cba(inp, 16), 16)
+    c2 = se(keras_cba(layers.MaxPooling2D()(c1), 32, "hard_swish"), 32)
+    c3 = se(keras_cba(layers.MaxPooling2D()(c2), 64, "hard_swish"), 64)
+    u2 = keras_cba(layers.Concatenate()([layers.Conv2DTranspose(32, 2, strides=2)(c3), c2]), 32)
+    u1 = keras_cba(layers.Concatenate()([layers.UpSampling2D(2, interpolation="bilinear")(u2), c1]), 16)
     top = layers.UpSampling2D(4, interpolation="nearest")(layers.Conv2D(16, 1)(c3))
     out = layers.Conv2D(NUM_CLASSES, 1)(layers.Concatenate()([u1, top]))
     return keras.Model(inp, out, name="unet")
@@ -210,15 +214,11 @@ def keras_space_to_depth(size: int):
     import tensorflow as tf
     from keras import layers
 
-    def cbr(x, c: int):
-        x = layers.Conv2D(c, 3, padding="same", use_bias=False)(x)
-        return layers.Activation("relu")(layers.BatchNormalization()(x))
-
     inp = keras.Input((size, size, 3), name="input")
-    x = cbr(inp, 16)
-    x = cbr(layers.Lambda(lambda t: tf.nn.space_to_depth(t, 2))(x), 32)
-    x = cbr(x, 64)
-    x = cbr(layers.Lambda(lambda t: tf.nn.depth_to_space(t, 2))(x), 16)
+    x = keras_cba(inp, 16)
+    x = keras_cba(layers.Lambda(lambda t: tf.nn.space_to_depth(t, 2))(x), 32)
+    x = keras_cba(x, 64)
+    x = keras_cba(layers.Lambda(lambda t: tf.nn.depth_to_space(t, 2))(x), 16)
     x = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inp, layers.Dense(10)(x), name="space_to_depth_cnn")
 
