@@ -304,8 +304,9 @@ def depthwise_upsample(width: int = 8, seed: int = 0) -> onnx.ModelProto:
 
 def unknown_op(op: str = "LRN", seed: int = 0) -> onnx.ModelProto:
     """Conv(3->8) -> ``op`` (LRN, or Softmax over channels) -> Conv(8->16) -> Relu -> GAP
-    -> Flatten -> Gemm(16 -> 10): the first conv's group touches an op the analysis does
-    not understand and must stay whole."""
+    -> Flatten -> Gemm(16 -> 10): the first conv's group touches an op that mixes its
+    channels (one the analysis does not understand, or a Softmax over them) and must stay
+    whole."""
     b = _Builder(seed)
     h = b.conv(INPUT, IN_CHANNELS, 8, name="conv1")
     if op == "LRN":
@@ -644,6 +645,47 @@ def keras_group_norm(seed: int = 0) -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 16, CLASSES, name=OUTPUT), opset=13)
 
 
+def _count_entry(b: _Builder, x: str, axis: int, divisor: int = 1) -> str:
+    """Entry ``axis`` of ``Shape(x)`` (divided by ``divisor``) as a 1-element vector, as
+    PyTorch's tracer writes ``x.shape[axis] // divisor`` into a Reshape target."""
+    v = b.node("Gather", [b.node("Shape", [x]), b.const(b.name("axis"), np.array(axis, np.int64))], axis=0)
+    if divisor != 1:
+        v = b.node("Cast", [b.node("Div", [v, b.const(b.name("divisor"), np.array(divisor, np.int64))])], to=7)
+    return b.node("Unsqueeze", [v, b.const(b.name("at"), np.array([0], np.int64))])
+
+
+def split_attention(width: int = 8, radix: int = 2, seed: int = 0) -> onnx.ModelProto:
+    """conv1 (3->8) -> split conv (8 -> radix*width) -> ResNeSt's split attention as timm's
+    SplitAttn exports it: the map reshaped to (N, radix, width, H, W) by a target computed
+    from its Shape (``RC // radix``), summed over the radix axis, pooled -> fc1 (width->4)
+    -> fc2 (4 -> radix*width) -> (N, 1, radix, -1) -> Transpose -> Softmax over the radix
+    axis -> (N, -1) -> (N, -1, 1, 1) -> (N, radix, RC // radix, 1, 1) -> times the map,
+    summed over the radix axis -> conv3 (width->8) -> GAP -> Gemm(8 -> 10)."""
+    b = _Builder(seed)
+    h = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 8, name="conv1")])
+    x = b.node("Relu", [b.conv(h, 8, radix * width, name="split")])
+    batch = _count_entry(b, x, 0)
+    five = [batch, b.const("radix", np.array([radix], np.int64)), _count_entry(b, x, 1, radix)]
+    x5 = b.node("Reshape", [x, b.node("Concat", five + [_count_entry(b, x, 2), _count_entry(b, x, 3)], axis=0)],
+                name="split_blocks")
+    gap = b.node("ReduceMean", [b.node("ReduceSum", [x5, b.const("radix_axis", np.array([1], np.int64))],
+                                       keepdims=0)], axes=[2, 3], keepdims=1)
+    a = b.conv(b.node("Relu", [b.conv(gap, width, 4, k=1, name="fc1")]), 4, radix * width, k=1, name="fc2")
+    grouped = b.node("Concat", [_count_entry(b, a, 0), b.const("card_radix_rest", np.array([1, radix, -1], np.int64))],
+                     axis=0)
+    a = b.node("Transpose", [b.node("Reshape", [a, grouped])], perm=[0, 2, 1, 3])
+    a = b.node("Softmax", [a], axis=1, name="rsoftmax")
+    a = b.node("Reshape", [a, b.node("Concat", [_count_entry(b, a, 0), b.const("rest", np.array([-1], np.int64))],
+                                     axis=0)])
+    a = b.node("Reshape", [a, b.node("Concat", [batch, b.const("rest11", np.array([-1, 1, 1], np.int64))], axis=0)])
+    a = b.node("Reshape", [a, b.node("Concat", five + [b.const("ones", np.array([1, 1], np.int64))], axis=0)],
+               name="attn_blocks")
+    y = b.node("ReduceSum", [b.node("Mul", [x5, a]), b.const("radix_axis2", np.array([1], np.int64))], keepdims=0,
+               name="attended")
+    h = b.node("Relu", [b.conv(y, width, 8, name="conv3")])
+    return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT), opset=13)
+
+
 ALL_BUILDERS = {
     "cnn_folded": lambda: conv_bn_relu_pool_flatten_gemm(True),
     "cnn_bn": lambda: conv_bn_relu_pool_flatten_gemm(False),
@@ -680,6 +722,7 @@ ALL_BUILDERS = {
     "computed_pads": computed_pads,
     "computed_channel_pads": lambda: computed_pads(channels=True),
     "group_norm": group_norm,
+    "split_attention": split_attention,
 }
 
 EXPECTED = {
@@ -726,6 +769,8 @@ EXPECTED = {
     # conv1 in blocks of 4 channels, conv2 of 8
     "group_norm": {"prunable": 2, "producers": [1, 1], "frozen": None},
     "keras_group_norm": {"prunable": 2, "producers": [1, 1], "frozen": None},
+    # conv1, split + fc2 (each in its two radix blocks), fc1, conv3
+    "split_attention": {"prunable": 4, "producers": [1, 1, 1, 4], "frozen": None},
 }
 
 

@@ -266,6 +266,10 @@ def _depth_to_space(mode: str) -> Construct:
     return f
 
 
+def _axis_op(op: str, **attrs) -> Construct:
+    return lambda n, a: (n.node(op, [a], **attrs), C)
+
+
 PASSTHROUGH: dict[str, tuple] = {
     "baseline": (_identity, 17, gap_head, 1e-4),
     "mul_C11": (_const_op("Mul", (C, 1, 1)), 17, gap_head, 1e-4),
@@ -299,6 +303,9 @@ PASSTHROUGH: dict[str, tuple] = {
     # read as mixing channels before session 56
     "groupnorm_op21": (_groupnorm, 21, gap_head, 1e-4),
     "where_per_channel_condition": (_where, 17, gap_head, 1e-4),
+    # read as mixing channels before session 58: before opset 13 a Softmax over the last
+    # axis normalizes along W alone (each dead channel turns into 1/16 everywhere)
+    "softmax_lastaxis_op11": (_axis_op("Softmax", axis=-1), 11, gap_head, 3e-2),
 }
 
 
@@ -363,10 +370,6 @@ def _gather_elements(n: Net, a: str):
     idx = np.broadcast_to(np.array([1, 0, 3, 2, 5, 4, 7, 6]).reshape(1, C, 1, 1), (1, C, 16, 16))
     full = n.node("Expand", [n.const(idx, np.int64), n.node("Shape", [a])])
     return n.node("GatherElements", [a, full], axis=1), C
-
-
-def _axis_op(op: str, **attrs) -> Construct:
-    return lambda n, a: (n.node(op, [a], **attrs), C)
 
 
 def _layernorm_nchw(n: Net, a: str):
@@ -495,7 +498,6 @@ MIXING: dict[str, tuple] = {
     "reducel2_axis1_keep1_input_op18": (_reduce_attention("ReduceL2", 1, True, 18), 18, (), "ReduceL2"),
     "reducemean_axis1_keep0_input_op18": (_reduce_attention("ReduceMean", 0, True, 18), 18, (), "ReduceMean"),
     "softmax_axis1_op13": (_axis_op("Softmax", axis=1), 13, (), "Softmax"),
-    "softmax_lastaxis_op11": (_axis_op("Softmax", axis=-1), 11, (), "Softmax"),  # flattens C*H*W below 13
     "logsoftmax_axis1_op11": (_axis_op("LogSoftmax", axis=1), 11, (), "LogSoftmax"),
     "hardmax_axis1": (_axis_op("Hardmax", axis=1), 13, (), "Hardmax"),
     "lpnormalization_axis1": (_axis_op("LpNormalization", axis=1), 17, (), "LpNormalization"),
@@ -543,8 +545,9 @@ def test_channel_mixing_construct_freezes_conv1_with_a_reason(name: str) -> None
 
 def _reads_channel_count(form: str) -> Head:
     """A flatten whose feature count is read from the tensor's shape (its channel entry):
-    Gather([1]), Gather([-3]), Shape(start=1, end=2), Size / batch. Pruning conv2 would
-    leave a Reshape target that no longer matches, so conv2's group must freeze."""
+    Gather([1]), Gather([-3]), Shape(start=1, end=2), Size / batch. A count Gathered from
+    the Shape is the kept one at run time (followed since session 58); the others are not
+    followed, so conv2's group must freeze."""
     def head(n: Net, y: str) -> None:
         t = n.node("GlobalAveragePool", [y])
         batch = _unsq(n, n.node("Gather", [n.node("Shape", [t]), n.const(np.array(0), np.int64)], axis=0), [0])
@@ -559,7 +562,17 @@ def _reads_channel_count(form: str) -> Head:
     return head
 
 
-@pytest.mark.parametrize("form", ["gather1", "gather-3", "shape_start", "size"])
+@pytest.mark.parametrize("form", ["gather1", "gather-3"])
+def test_flatten_by_a_gathered_channel_count_loses_the_dead_channels(form: str) -> None:
+    model = build(_identity, 17, _reads_channel_count(form))
+    result = onnx_eprune.prune(model, CALIB, device="cpu", keep_ratio=0.5, method="l1")
+    assert group_of(result.report, "conv2")["kept_channels"] == LIVE
+    assert conv_rows(result.model, "conv2.w") == len(LIVE)
+    got, ref = assert_valid(result.model, model)
+    assert rel_err(got[0], ref[0]) < 1e-4
+
+
+@pytest.mark.parametrize("form", ["shape_start", "size"])
 def test_flatten_that_reads_the_channel_count_freezes_that_group(form: str) -> None:
     model = build(_identity, 17, _reads_channel_count(form))
     result = onnx_eprune.prune(model, CALIB, device="cpu", keep_ratio=0.5, method="l1")

@@ -28,7 +28,7 @@ from .groups import (QUANTIZED, ChannelGroup, Consumer, GraphAnalysis, GroupCoun
                      SliceBound, SplitSizes, node_label)
 from .geometry import conv_geometry, transposed_geometry
 from .layout import Segment, Spaces, couple, flatten, offsets
-from .model_io import fixed_batch, implicit_inputs, overridable_initializers, unbatched_inputs
+from .model_io import fixed_batch, implicit_inputs, onnx_opset, overridable_initializers, unbatched_inputs
 
 # Ops that act on each element independently: channel c in is channel c out.
 ELEMENTWISE_UNARY = frozenset({
@@ -51,6 +51,8 @@ MAX_WALKS = 10
 ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean", "Mod", "Greater",
                                 "Less", "Equal", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor"})
 REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
+# Ops that normalize along one axis (before opset 13: over every axis from it on)
+AXIS_NORMALIZERS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 # Ops whose first input must hold its channels on axis 1 (NCHW or (N, features)); MatMul
 # reads its last axis (op_MatMul), Flatten any (op_Flatten).
 CHANNELS_FIRST = SPATIAL_POOLS | {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization",
@@ -83,6 +85,7 @@ class _Analyzer:
                  cuts: dict[str, set[int]] | None = None, blocks: dict[str, int] | None = None,
                  probed: dict[str, np.ndarray] | None = None):
         self.graph = model.graph
+        self.opset = onnx_opset(model)
         self.probed = probed or {}   # computed tensor -> its value at the probed shapes
         self.cuts = cuts or {}
         self.blocks = blocks or {}
@@ -131,6 +134,10 @@ class _Analyzer:
         # the nodes of a GroupNorm over a split channel axis (see split_group_norm) -> its
         # input, channels per group and the axis that indexes its groups
         self.split_norm_nodes: dict[int, tuple[str, int, int]] = {}
+        # a Reshape target computed from channel counts (see counts_into_targets) -> the
+        # tensors whose counts it reads; the Reshapes that read it, once followed
+        self.count_reads: dict[str, set[str]] = {}
+        self.counted: set[int] = set()
 
     # -- helpers -----------------------------------------------------------------------
     def weights_reason(self, label: str, names: list[str | None]) -> str | None:
@@ -325,6 +332,10 @@ class _Analyzer:
                 if name and name not in self.layouts and name not in self.consts:
                     self.opaque_output(name, f"output {name!r} of {node.op_type}")
             self.follow_batch_cut(node, index)
+        for target, sources in self.count_reads.items():
+            if any(id(r) not in self.counted for r in self.consumer_nodes.get(target, [])):
+                for z in sources:  # a Reshape of a constant by it was never followed
+                    self.freeze_layout(self.layout(z), "its channel count is read by a Shape op")
         for out in self.graph.output:
             self.freeze_layout(self.layout(out.name), "reaches a graph output")
         return self.collect()
@@ -355,7 +366,8 @@ class _Analyzer:
             self.reread_channels_first(node, index)
         flat = [n for n in node.input if n in self.position_major]
         acts = [n for n in node.input if n and not self.is_const(n)]
-        if flat and not (node.op_type in POSITION_MAJOR_READERS or node.op_type in POSITION_MAJOR_AFFINE
+        if flat and not (node.op_type in POSITION_MAJOR_READERS or node.op_type == "Reshape"
+                         or node.op_type in POSITION_MAJOR_AFFINE
                          and set(acts) <= set(flat) and len({self.position_major[n] for n in flat}) == 1):
             self.freeze_all(node, index, f"{node_label(node, index)} reads a map flattened channels last "
                             "(position by position: Keras' Flatten of an NHWC map), where the analysis follows only "
@@ -988,6 +1000,19 @@ class _Analyzer:
         if x in self.group_norms:  # the Reshape back of a GroupNorm: x's channels again
             self.passthrough(node, self.group_norms[x][0])
             return
+        if target in self.count_reads:
+            self.counted.add(id(node))
+            if not self.split_reshape(node, index, self.count_reads[target]):
+                for z in self.count_reads[target]:
+                    self.freeze_layout(self.layout(z), "its channel count is read by a Shape op")
+                self.freeze_all(node, index, "Reshape by a target computed from channel counts other than into "
+                                             "blocks of channels")
+            return
+        if x in self.position_major:
+            if not self.split_reshape(node, index):
+                self.freeze_all(node, index, f"{node_label(node, index)} reads a map flattened channels last "
+                                             "(position by position) into a shape other than its channel blocks")
+            return
         found = self.group_norm(node)
         if found is not None:
             self.group_norm_start(node, index, found[2])
@@ -1011,7 +1036,8 @@ class _Analyzer:
             len(shape_in) >= 2 and len(shape_out) == 2 and shape_out[0] == shape_in[0] and spec is not None \
             and len(spec) == 2 and self.use_count.get(target, 0) == 1
         if not ok:
-            self.freeze_all(node, index, "Reshape other than flattening (N, C, ...) to (N, features)")
+            if not self.split_reshape(node, index):
+                self.freeze_all(node, index, "Reshape other than flattening (N, C, ...) to (N, features)")
             return
         if not self.flatten_map(node, index, x):
             return
@@ -1022,6 +1048,95 @@ class _Analyzer:
             elif pos == 0 and self.sets_batch(int(v), shape_in[0]):
                 self.cut_batch(node, index, "Reshape that sets the batch size")
                 return
+
+    def split_reshape(self, node: onnx.NodeProto, index: int, sources: set[str] = frozenset()) -> bool:
+        """A Reshape of channels on axis 1 into blocks (:meth:`split_blocks`), or of a map by
+        a target computed from its own channel count that keeps that count on axis 1
+        (``x.view(B, C, -1)``: :meth:`after_channels`); a map flattened channels last reads
+        as its positions' copies of its channels, one after another. ``sources``: the
+        tensors whose channel counts the target must read (:meth:`counts_into_targets`).
+        Whether it followed the channels."""
+        x, out = node.input[0], node.output[0]
+        layout = self.layout(x)
+        if not isinstance(layout, list):
+            return False
+        if x in self.position_major:
+            layout = [replace(seg, factor=1) for seg in layout] * self.position_major[x]
+        parsed = self.target_spec(node.input[1])
+        if parsed is None or not sources <= {z for z, _ in parsed[1].values()}:
+            return False
+        spec, counts = parsed
+        shape_in, shape_out = self.shapes.get(x), self.shapes.get(out)
+        if counts == {1: (x, 1)} and x not in self.position_major:
+            own = spec.copy()
+            own[1] = 0  # the Reshape reads 0 as x's size there: the count it computes
+            if self.after_channels(node, index, shape_in, shape_out, layout, own):
+                return True
+        return self.split_blocks(node, index, layout, spec, counts)
+
+    def target_spec(self, target: str) -> tuple[np.ndarray, dict[int, tuple[str, int]]] | None:
+        """A Reshape target's value at the probed shapes, with a batch size read from a
+        Shape as its first entry written 0 (a Reshape reads 0 as "the input's size there"),
+        and its entries computed from channel counts: position -> (z, k) for the count of
+        ``z``'s channels divided by k. None when the value is not known."""
+        spec = self.known(target)
+        if spec is None:
+            return None
+        spec = np.array(spec, dtype=np.int64).reshape(-1)
+        counts: dict[int, tuple[str, int]] = {}
+        concat = self.producer_node.get(target)
+        if concat is None or concat.op_type != "Concat":
+            return spec, counts
+        pos = 0
+        for part in concat.input:
+            size = int(np.prod(self.shapes.get(part, (1,)), dtype=np.int64))
+            entry = self.shape_entry(part) if size == 1 else None
+            if entry is not None and entry[1] == self.axis(entry[0]):
+                counts[pos] = (entry[0], entry[2])
+            elif entry is not None and pos == entry[1] == 0 and entry[2] == 1 and entry[0] not in self.batch_cut:
+                spec[0] = 0
+            pos += size
+        return spec, counts
+
+    def split_blocks(self, node: onnx.NodeProto, index: int, layout: list[Segment], spec: np.ndarray,
+                     counts: dict[int, tuple[str, int]]) -> bool:
+        """A Reshape of (N, k*m, *S) with channels on axis 1 to (N, *K, m, *S), the sizes K
+        multiplying to k and S kept (or only ones on both sides), whose target gives m as -1
+        or as a channel count divided by k (``counts``): channel c of its output is channel c
+        of each of the k blocks of m input channels, which are coupled as the operands of a
+        sum are (ResNeSt's ``x.reshape(B, radix, RC // radix, H, W)``; k = 1 moves the
+        channels between axes of size 1: ``v.view(B, -1, 1, 1)``). A count read from
+        another tensor couples that tensor's channels with these, so that it stays theirs.
+        Every other entry of the target must be a fixed size (or 0 for the batch). Whether
+        it followed the channels."""
+        x, out = node.input[0], node.output[0]
+        si, so = self.shapes.get(x), self.shapes.get(out)
+        at = list(counts) or [pos for pos, v in enumerate(spec) if v == -1]
+        if si is None or so is None or len(si) < 2 or len(spec) != len(so) or self.axis(x) != 1 \
+                or any(seg.factor != 1 for seg in layout) or len(at) != 1 or at[0] < 1:
+            return False
+        p = at[0]
+        k, m = int(np.prod(so[1:p], dtype=np.int64)), so[p]
+        rest_in, rest_out = tuple(si[2:]), tuple(so[p + 1:])
+        if k * m != si[1] or not (rest_in == rest_out or all(d == 1 for d in rest_in + rest_out)) \
+                or any(v < 1 for pos, v in enumerate(spec) if pos not in (0, p)) \
+                or (spec[0] != 0 and self.sets_batch(int(spec[0]), si[0])):
+            return False
+        source = self.layout(counts[p][0]) if counts and counts[p][0] != x else layout
+        if counts and (counts[p][1] != k or not isinstance(source, list)
+                       or sum(seg.length for seg in source) != si[1]):
+            return False
+        cuts_before = len(self.new_cuts)
+        blocks = [self.take(layout, b * m, (b + 1) * m) for b in range(k)]
+        if len(self.new_cuts) > cuts_before or not self.couple_all(blocks) \
+                or (source is not layout and not couple(self.spaces, source, layout, self.new_cuts)):
+            self.freeze_all(node, index, f"Reshape into {k} blocks of channels that differ in structure")
+            if len(self.new_cuts) == cuts_before:
+                return True
+        self.layouts[out] = blocks[0]  # frozen above until the next walk cuts the blocks
+        if p != 1:
+            self.axes[out] = p
+        return True
 
     def after_channels(self, node: onnx.NodeProto, index: int, shape_in, shape_out, layout, spec) -> bool:
         """A Reshape by a constant target of a map with its channels on axis 1 that keeps
@@ -1229,6 +1344,22 @@ class _Analyzer:
         keep = int(_attrs(node).get("keepdims", 1))
         self.passthrough(node, x, caxis if keep else caxis - sum(a < caxis for a in axes))
 
+    def normalize_along(self, node: onnx.NodeProto, index: int) -> None:
+        """Softmax, LogSoftmax or Hardmax along an axis other than the batch and channel axes
+        (ResNeSt's softmax over its radix axis): each channel's values are normalized among
+        themselves. Before opset 13 the op normalizes over every axis from ``axis`` on, which
+        must then all lie after the channel axis."""
+        x = node.input[0]
+        rank = len(self.shapes.get(x, ()))
+        axis = int(_attrs(node).get("axis", -1 if self.opset >= 13 else 1))
+        axis = axis + rank if axis < 0 else axis
+        caxis = self.axis(x)
+        mixed = {axis} if self.opset >= 13 else set(range(axis, rank))
+        if rank < 2 or not isinstance(self.layout(x), list) or mixed & {0, caxis} or not 0 <= axis < rank:
+            self.freeze_all(node, index, f"{node.op_type} over the batch or channel axis")
+            return
+        self.passthrough(node, x)
+
     def op_Concat(self, node: onnx.NodeProto, index: int) -> None:
         out = node.output[0]
         rank = len(self.shapes.get(out, ()))
@@ -1295,10 +1426,73 @@ class _Analyzer:
         safe = skips_channels or node.output[0] not in self.graph_outputs and all(
             self.reads_other_axes(n, node.output[0], {caxis - start}, max(end - start, 1))
             or (start == 0 and self.resizes_itself(n, node.input[0])) or self.reshapes_back(n, node.input[0])
+            or self.counts_into_targets(n, node, caxis - start, max(end - start, 1))
             for n in self.consumer_nodes.get(node.output[0], []))
         if not safe:
             self.freeze_layout(self.layout(node.input[0]), "its channel count is read by a Shape op")
         self.consts[node.output[0]] = None
+
+    def counts_into_targets(self, reader: onnx.NodeProto, shape: onnx.NodeProto, channel: int, n: int) -> bool:
+        """Whether ``reader`` of ``shape``, a Shape op, is a Gather of its channel entry alone
+        whose value goes only into Reshape targets (:meth:`count_targets`), as ResNeSt's
+        ``x.reshape(B, radix, RC // radix, H, W)`` does: those Reshapes must then follow the
+        count (:meth:`split_reshape`), or the channels freeze. Records the targets. ``n``:
+        the entries of the shape vector."""
+        taken = self.taken_entries(reader, n) if reader.op_type == "Gather" and reader.input[0] == shape.output[0] \
+            else None
+        targets = self.count_targets(reader.output[0]) if taken is not None and len(taken) == 1 \
+            and taken[0] % n == channel and self.shapes.get(reader.output[0]) in ((), (1,)) else None
+        for target in targets or ():
+            self.count_reads.setdefault(target, set()).add(shape.input[0])
+        return bool(targets)
+
+    def count_targets(self, name: str, depth: int = 0) -> set[str] | None:
+        """The Reshape targets a channel count ``name`` goes into, through Cast, Identity,
+        Squeeze, Unsqueeze and Div by a constant: Concats along axis 0 that Reshapes alone
+        read, as their target. None when it goes anywhere else."""
+        readers = self.consumer_nodes.get(name, [])
+        if depth > 16 or name in self.graph_outputs or not readers:
+            return None
+        found: set[str] = set()
+        for r in readers:
+            out = r.output[0]
+            if r.input[0] == name and (r.op_type in ("Cast", "Identity", "Squeeze", "Unsqueeze")
+                                       or r.op_type == "Div" and self.is_const(r.input[1])):
+                more = self.count_targets(out, depth + 1)
+            elif r.op_type == "Concat" and int(_attrs(r).get("axis", 0)) in (0, -1) and out not in self.graph_outputs \
+                    and self.consumer_nodes.get(out) and all(
+                        c.op_type == "Reshape" and list(c.input[1:]) == [out] for c in self.consumer_nodes[out]):
+                more = {out}
+            else:
+                return None
+            if more is None:
+                return None
+            found |= more
+        return found
+
+    def shape_entry(self, name: str, depth: int = 0) -> tuple[str, int, int] | None:
+        """(z, i, k) when the one-element value ``name`` is entry i of ``Shape(z)`` divided by
+        the constant k (1 when not divided), read back through Cast, Identity, Squeeze,
+        Unsqueeze and Div; None for anything else."""
+        node = self.producer_node.get(name)
+        if node is None or depth > 16:
+            return None
+        if node.op_type in ("Cast", "Identity", "Squeeze", "Unsqueeze"):
+            return self.shape_entry(node.input[0], depth + 1)
+        if node.op_type == "Div":
+            k, found = self.known(node.input[1]), self.shape_entry(node.input[0], depth + 1)
+            if found is None or k is None or np.size(k) != 1 or int(np.ravel(k)[0]) < 1 \
+                    or float(np.ravel(k)[0]) != int(np.ravel(k)[0]):
+                return None
+            return found[0], found[1], found[2] * int(np.ravel(k)[0])
+        shape = self.producer_node.get(node.input[0]) if node.op_type == "Gather" else None
+        if shape is None or shape.op_type != "Shape" or int(_attrs(node).get("axis", 0)) not in (0, -1):
+            return None
+        start, end = _shape_range(shape, len(self.shapes.get(shape.input[0], ())))
+        taken = self.taken_entries(node, end - start)
+        if taken is None or len(taken) != 1:
+            return None
+        return shape.input[0], start + taken[0] % max(end - start, 1), 1
 
     def reads_other_axes(self, reader: onnx.NodeProto, shape: str, channel: set[int], n: int,
                          depth: int = 0) -> bool:
@@ -1826,6 +2020,8 @@ for _op in ELEMENTWISE_BINARY:
     setattr(_Analyzer, f"op_{_op}", _Analyzer.elementwise_binary)
 for _op in REDUCE_OPS:
     setattr(_Analyzer, f"op_{_op}", _Analyzer.reduce)
+for _op in AXIS_NORMALIZERS:
+    setattr(_Analyzer, f"op_{_op}", _Analyzer.normalize_along)
 
 
 def _walks(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], probed: dict[str, np.ndarray] | None,

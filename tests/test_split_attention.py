@@ -1,0 +1,125 @@
+"""Reshape targets computed from a channel count, as PyTorch's tracer writes them: ResNeSt's
+split attention reshapes its map to (N, radix, RC // radix, H, W) with RC read by a Shape
+op, normalizes its attention by a Softmax over the radix axis and multiplies the map by it.
+All of it froze ("its channel count is read by a Shape op"); now the radix blocks of
+channels are coupled as a sum's operands are, the computed targets follow the kept channels
+by themselves, and a Softmax along an axis other than the channels' passes them through."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import onnx_eprune
+from models import (CLASSES, INPUT, OUTPUT, _Builder, _count_entry, initializer, producer_groups, random_input,
+                    run_model, split_attention, tensor_values)
+
+CPU = {"device": "cpu"}
+
+
+def test_the_radix_blocks_and_the_attention_are_one_group():
+    groups = producer_groups(split_attention())
+    assert groups["split"] is groups["fc2"] and groups["split"]["producers"] == ["split", "split", "fc2", "fc2"]
+    assert all(groups[p]["prunable"] for p in ("conv1", "split", "fc1", "conv3"))
+    assert onnx_eprune.inspect(split_attention())["prunable_mac_fraction"] == 1.0
+
+
+def test_channels_that_carry_nothing_go_and_the_output_is_the_original():
+    """The split conv's channels 1, 4 and 6 (in both radix blocks) write zeros: removing them
+    leaves every other value as it was, through both computed targets and the Softmax."""
+    model, x = split_attention(), random_input(32)
+    dead = [1, 4, 6]
+    for name in ("split.weight", "split.bias"):
+        init = next(i for i in model.graph.initializer if i.name == name)
+        value = onnx.numpy_helper.to_array(init).copy()
+        value[dead + [8 + c for c in dead]] = 0.0
+        init.CopyFrom(onnx.numpy_helper.from_array(value, name))
+    result = onnx_eprune.prune(model, x, keep_ratio=5 / 8, method="l1", reconstruct=False,
+                               exclude=["conv1", "fc1", "conv3"], **CPU)
+    pruned = result.model
+    onnx.checker.check_model(pruned, full_check=True)
+    kept = next(g for g in result.report["groups"] if "split" in g["producers"])["kept_channels"]
+    assert kept == [0, 2, 3, 5, 7]
+    assert initializer(pruned, "split.weight").shape[0] == initializer(pruned, "fc2.weight").shape[0] == 10
+    np.testing.assert_allclose(tensor_values(pruned, "attended", x), tensor_values(model, "attended", x)[:, kept],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_model(pruned, x)[OUTPUT], run_model(model, x)[OUTPUT], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+def test_a_run_with_re_fit_prunes_to_the_target(mode):
+    model, x = split_attention(), random_input(96)
+    result = onnx_eprune.prune(model, x, flops_reduction=0.4, mode=mode, **CPU)
+    assert result.report["macs"]["after"] <= 0.62 * result.report["macs"]["before"]
+    test = random_input(16, seed=7)
+    assert run_model(result.model, test)[OUTPUT].shape == (16, CLASSES)
+
+
+def _count_read_by(change: str) -> onnx.ModelProto:
+    """conv1 (3->8) -> Relu -> a Reshape of it by a target computed from its channel count,
+    written as ``change`` says -> ... -> GAP -> Gemm(8 -> 10)."""
+    b = _Builder(seed=5)
+    h = b.node("Relu", [b.conv(INPUT, 3, 8, name="conv1")])
+    batch = _count_entry(b, h, 0)
+    if change == "view_c_rest":  # x.view(B, C, -1), a mean over the positions, back to (B, C, 1, 1)
+        v = b.node("Reshape", [h, b.node("Concat", [batch, _count_entry(b, h, 1), b.const("rest", np.array([-1]))],
+                                         axis=0)], name="view")
+        v = b.node("ReduceMean", [v], axes=[2], keepdims=1)
+        h = b.node("Mul", [h, b.node("Sigmoid", [b.node("Unsqueeze", [v, b.const("at3", np.array([3]))])])])
+    elif change == "radix_last":  # (B, C/2, 2, H, W): the blocks interleave, which is not followed
+        target = [batch, _count_entry(b, h, 1, 2), b.const("two", np.array([2])), b.const("hw", np.array([16, 16]))]
+        h = b.node("ReduceSum", [b.node("Reshape", [h, b.node("Concat", target, axis=0)]), b.const("ax", np.array([2]))],
+                   keepdims=0)
+        h = b.node("Concat", [h, h], axis=1)
+    elif change == "count_scaled":  # the count goes through a Mul: anything may come of it
+        c = b.node("Mul", [_count_entry(b, h, 1), b.const("one", np.array([1]))])
+        h = b.node("Reshape", [h, b.node("Concat", [batch, c, b.const("hw", np.array([16, 16]))], axis=0)])
+    elif change == "constant_reshaped":  # a constant reshaped by the count would keep all 8 values
+        c = b.node("Reshape", [b.const("table", np.ones(8, np.float32)),
+                               b.node("Concat", [b.const("lead", np.array([1])), _count_entry(b, h, 1),
+                                                 b.const("ones", np.array([1, 1]))], axis=0)])
+        h = b.node("Mul", [h, c])
+    h = b.node("Relu", [b.conv(h, 8, 8, name="conv2")])
+    return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT), opset=13)
+
+
+def test_a_view_by_its_own_count_keeps_the_channels_on_axis_1():
+    model, x = _count_read_by("view_c_rest"), random_input(32)
+    assert producer_groups(model)["conv1"]["prunable"]
+    result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, **CPU)
+    kept = next(g for g in result.report["groups"] if "conv1" in g["producers"])["kept_channels"]
+    name = result.model.graph.node[[n.name for n in result.model.graph.node].index("view")].output[0]
+    np.testing.assert_allclose(tensor_values(result.model, name, x), tensor_values(model, name, x)[:, kept],
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("change", ["radix_last", "count_scaled", "constant_reshaped"])
+def test_other_uses_of_a_computed_count_freeze(change):
+    model = _count_read_by(change)
+    group = producer_groups(model)["conv1"]
+    assert not group["prunable"] and "its channel count is read by a Shape op" in group["frozen"]
+    result = onnx_eprune.prune(model, random_input(16), keep_ratio=0.5, **CPU)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert run_model(result.model, random_input(4))[OUTPUT].shape == (4, CLASSES)
+
+
+@pytest.mark.parametrize("opset, axis, follows", [(13, 2, True), (13, 1, False), (11, 3, True), (11, 2, True),
+                                                  (11, 1, False)])
+def test_softmax_follows_the_channels_unless_it_normalizes_over_them(opset, axis, follows):
+    """Before opset 13 a Softmax normalizes over every axis from ``axis`` on."""
+    b = _Builder(seed=2)
+    h = b.node("Softmax", [b.conv(INPUT, 3, 8, name="conv1")], axis=axis)
+    h = b.node("Relu", [b.conv(h, 8, 8, name="conv2")])
+    model = b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT), opset=opset)
+    group = producer_groups(model)["conv1"]
+    assert group["prunable"] == follows
+    if not follows:
+        assert "Softmax over the batch or channel axis" in group["frozen"]
+        return
+    x = random_input(16)
+    result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, **CPU)
+    kept = next(g for g in result.report["groups"] if "conv1" in g["producers"])["kept_channels"]
+    soft = next(n for n in model.graph.node if n.op_type == "Softmax").output[0]
+    np.testing.assert_allclose(tensor_values(result.model, soft, x), tensor_values(model, soft, x)[:, kept],
+                               rtol=1e-5, atol=1e-6)
