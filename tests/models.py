@@ -671,12 +671,11 @@ def split_attention(width: int = 8, radix: int = 2, seed: int = 0) -> onnx.Model
     gap = b.node("ReduceMean", [b.node("ReduceSum", [x5, b.const("radix_axis", np.array([1], np.int64))],
                                        keepdims=0)], axes=[2, 3], keepdims=1)
     a = b.conv(b.node("Relu", [b.conv(gap, width, 4, k=1, name="fc1")]), 4, radix * width, k=1, name="fc2")
-    grouped = b.node("Concat", [_count_entry(b, a, 0), b.const("card_radix_rest", np.array([1, radix, -1], np.int64))],
-                     axis=0)
+    rbatch = _count_entry(b, a, 0)  # RadixSoftmax reads the batch size once, from its input
+    grouped = b.node("Concat", [rbatch, b.const("card_radix_rest", np.array([1, radix, -1], np.int64))], axis=0)
     a = b.node("Transpose", [b.node("Reshape", [a, grouped])], perm=[0, 2, 1, 3])
     a = b.node("Softmax", [a], axis=1, name="rsoftmax")
-    a = b.node("Reshape", [a, b.node("Concat", [_count_entry(b, a, 0), b.const("rest", np.array([-1], np.int64))],
-                                     axis=0)])
+    a = b.node("Reshape", [a, b.node("Concat", [rbatch, b.const("rest", np.array([-1], np.int64))], axis=0)])
     a = b.node("Reshape", [a, b.node("Concat", [batch, b.const("rest11", np.array([-1, 1, 1], np.int64))], axis=0)])
     a = b.node("Reshape", [a, b.node("Concat", five + [b.const("ones", np.array([1, 1], np.int64))], axis=0)],
                name="attn_blocks")

@@ -1062,7 +1062,7 @@ class _Analyzer:
             return False
         if x in self.position_major:
             layout = [replace(seg, factor=1) for seg in layout] * self.position_major[x]
-        parsed = self.target_spec(node.input[1])
+        parsed = self.target_spec(node.input[1], x)
         if parsed is None or not sources <= {z for z, _ in parsed[1].values()}:
             return False
         spec, counts = parsed
@@ -1074,11 +1074,12 @@ class _Analyzer:
                 return True
         return self.split_blocks(node, index, layout, spec, counts)
 
-    def target_spec(self, target: str) -> tuple[np.ndarray, dict[int, tuple[str, int]]] | None:
-        """A Reshape target's value at the probed shapes, with a batch size read from a
-        Shape as its first entry written 0 (a Reshape reads 0 as "the input's size there"),
-        and its entries computed from channel counts: position -> (z, k) for the count of
-        ``z``'s channels divided by k. None when the value is not known."""
+    def target_spec(self, target: str, x: str) -> tuple[np.ndarray, dict[int, tuple[str, int]]] | None:
+        """A Reshape target's value at the probed shapes, with the batch size of ``x``, the
+        Reshape's input, read from a Shape (:meth:`batch_part`) as its first entry written 0
+        (a Reshape reads 0 as "the input's size there"), and its entries computed from
+        channel counts: position -> (z, k) for the count of ``z``'s channels divided by k.
+        None when the value is not known."""
         spec = self.known(target)
         if spec is None:
             return None
@@ -1093,7 +1094,7 @@ class _Analyzer:
             entry = self.shape_entry(part) if size == 1 else None
             if entry is not None and entry[1] == self.axis(entry[0]):
                 counts[pos] = (entry[0], entry[2])
-            elif entry is not None and pos == entry[1] == 0 and entry[2] == 1 and entry[0] not in self.batch_cut:
+            elif pos == 0 and self.batch_part(part, x):
                 spec[0] = 0
             pos += size
         return spec, counts
@@ -1191,10 +1192,21 @@ class _Analyzer:
         while concat is not None and concat.op_type == "Cast":
             concat = self.producer_node.get(concat.input[0])
         if concat is None or concat.op_type != "Concat" or int(_attrs(concat).get("axis", 0)) not in (0, -1) \
-                or not self.reads_batch_size(concat.input[0], x):
+                or not self.batch_part(concat.input[0], x):
             return None
         rest = [self.value(part) for part in concat.input[1:]]
         return None if any(v is None for v in rest) else (concat, rest)
+
+    def batch_part(self, name: str, x: str) -> bool:
+        """Whether ``name`` is the batch size of ``x`` (:meth:`reads_batch_size`), or entry 0 of
+        the Shape of another tensor with one row per sample and as many rows as ``x`` at the
+        probed shapes (timm's RadixSoftmax reshapes its softmax by the batch size it read
+        from its input)."""
+        if self.reads_batch_size(name, x):
+            return True
+        entry = self.shape_entry(name)
+        return entry is not None and entry[1:] == (0, 1) and entry[0] not in self.batch_cut \
+            and self.shapes.get(entry[0], ())[:1] == self.shapes.get(x, (None,))[:1]
 
     def reads_batch_size(self, name: str, x: str) -> bool:
         """Whether ``name`` is the batch size of ``x`` as a scalar or 1-element vector: taken
