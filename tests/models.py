@@ -654,33 +654,41 @@ def _count_entry(b: _Builder, x: str, axis: int, divisor: int = 1) -> str:
     return b.node("Unsqueeze", [v, b.const(b.name("at"), np.array([0], np.int64))])
 
 
-def split_attention(width: int = 8, radix: int = 2, seed: int = 0) -> onnx.ModelProto:
+def split_attention(width: int = 8, radix: int = 2, constant: bool = False, seed: int = 0) -> onnx.ModelProto:
     """conv1 (3->8) -> split conv (8 -> radix*width) -> ResNeSt's split attention as timm's
     SplitAttn exports it: the map reshaped to (N, radix, width, H, W) by a target computed
     from its Shape (``RC // radix``), summed over the radix axis, pooled -> fc1 (width->4)
     -> fc2 (4 -> radix*width) -> (N, 1, radix, -1) -> Transpose -> Softmax over the radix
     axis -> (N, -1) -> (N, -1, 1, 1) -> (N, radix, RC // radix, 1, 1) -> times the map,
-    summed over the radix axis -> conv3 (width->8) -> GAP -> Gemm(8 -> 10)."""
+    summed over the radix axis -> conv3 (width->8) -> GAP -> Gemm(8 -> 10). ``constant``:
+    every target a constant of its own that spells out the channel counts, with -1 for the
+    batch (as a static export writes them)."""
     b = _Builder(seed)
     h = b.node("Relu", [b.conv(INPUT, IN_CHANNELS, 8, name="conv1")])
     x = b.node("Relu", [b.conv(h, 8, radix * width, name="split")])
-    batch = _count_entry(b, x, 0)
-    five = [batch, b.const("radix", np.array([radix], np.int64)), _count_entry(b, x, 1, radix)]
-    x5 = b.node("Reshape", [x, b.node("Concat", five + [_count_entry(b, x, 2), _count_entry(b, x, 3)], axis=0)],
+
+    def target(name: str, computed, spelled: list[int]) -> str:
+        if constant:
+            return b.const(name, np.array([-1, *spelled], np.int64))
+        return b.node("Concat", computed(), axis=0, name=name)
+
+    def entries(values: list[int]) -> str:
+        return b.const(b.name("entries"), np.array(values, np.int64))
+
+    batch, count = (None, None) if constant else (_count_entry(b, x, 0), _count_entry(b, x, 1, radix))
+    x5 = b.node("Reshape", [x, target("blocks_shape", lambda: [batch, entries([radix]), count, _count_entry(b, x, 2),
+                                                              _count_entry(b, x, 3)], [radix, width, HW, HW])],
                 name="split_blocks")
-    gap = b.node("ReduceMean", [b.node("ReduceSum", [x5, b.const("radix_axis", np.array([1], np.int64))],
-                                       keepdims=0)], axes=[2, 3], keepdims=1)
+    gap = b.node("ReduceMean", [b.node("ReduceSum", [x5, entries([1])], keepdims=0)], axes=[2, 3], keepdims=1)
     a = b.conv(b.node("Relu", [b.conv(gap, width, 4, k=1, name="fc1")]), 4, radix * width, k=1, name="fc2")
-    rbatch = _count_entry(b, a, 0)  # RadixSoftmax reads the batch size once, from its input
-    grouped = b.node("Concat", [rbatch, b.const("card_radix_rest", np.array([1, radix, -1], np.int64))], axis=0)
-    a = b.node("Transpose", [b.node("Reshape", [a, grouped])], perm=[0, 2, 1, 3])
-    a = b.node("Softmax", [a], axis=1, name="rsoftmax")
-    a = b.node("Reshape", [a, b.node("Concat", [rbatch, b.const("rest", np.array([-1], np.int64))], axis=0)])
-    a = b.node("Reshape", [a, b.node("Concat", [batch, b.const("rest11", np.array([-1, 1, 1], np.int64))], axis=0)])
-    a = b.node("Reshape", [a, b.node("Concat", five + [b.const("ones", np.array([1, 1], np.int64))], axis=0)],
-               name="attn_blocks")
-    y = b.node("ReduceSum", [b.node("Mul", [x5, a]), b.const("radix_axis2", np.array([1], np.int64))], keepdims=0,
-               name="attended")
+    rbatch = None if constant else _count_entry(b, a, 0)  # RadixSoftmax reads the batch size once, from its input
+    a = b.node("Reshape", [a, target("card_shape", lambda: [rbatch, entries([1, radix, -1])], [1, radix, width])])
+    a = b.node("Softmax", [b.node("Transpose", [a], perm=[0, 2, 1, 3])], axis=1, name="rsoftmax")
+    a = b.node("Reshape", [a, target("flat_shape", lambda: [rbatch, entries([-1])], [radix * width])])
+    a = b.node("Reshape", [a, target("map_shape", lambda: [batch, entries([-1, 1, 1])], [radix * width, 1, 1])])
+    a = b.node("Reshape", [a, target("attn_shape", lambda: [batch, entries([radix]), count, entries([1, 1])],
+                                     [radix, width, 1, 1])], name="attn_blocks")
+    y = b.node("ReduceSum", [b.node("Mul", [x5, a]), entries([1])], keepdims=0, name="attended")
     h = b.node("Relu", [b.conv(y, width, 8, name="conv3")])
     return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT), opset=13)
 
@@ -722,6 +730,7 @@ ALL_BUILDERS = {
     "computed_channel_pads": lambda: computed_pads(channels=True),
     "group_norm": group_norm,
     "split_attention": split_attention,
+    "split_attention_constant": lambda: split_attention(constant=True),
 }
 
 EXPECTED = {
@@ -770,6 +779,7 @@ EXPECTED = {
     "keras_group_norm": {"prunable": 2, "producers": [1, 1], "frozen": None},
     # conv1, split + fc2 (each in its two radix blocks), fc1, conv3
     "split_attention": {"prunable": 4, "producers": [1, 1, 1, 4], "frozen": None},
+    "split_attention_constant": {"prunable": 4, "producers": [1, 1, 1, 4], "frozen": None},
 }
 
 

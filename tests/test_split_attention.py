@@ -18,17 +18,20 @@ from models import (CLASSES, INPUT, OUTPUT, _Builder, _count_entry, initializer,
 CPU = {"device": "cpu"}
 
 
-def test_the_radix_blocks_and_the_attention_are_one_group():
-    groups = producer_groups(split_attention())
+@pytest.mark.parametrize("constant", [False, True])
+def test_the_radix_blocks_and_the_attention_are_one_group(constant):
+    groups = producer_groups(split_attention(constant=constant))
     assert groups["split"] is groups["fc2"] and groups["split"]["producers"] == ["split", "split", "fc2", "fc2"]
     assert all(groups[p]["prunable"] for p in ("conv1", "split", "fc1", "conv3"))
-    assert onnx_eprune.inspect(split_attention())["prunable_mac_fraction"] == 1.0
+    assert onnx_eprune.inspect(split_attention(constant=constant))["prunable_mac_fraction"] == 1.0
 
 
-def test_channels_that_carry_nothing_go_and_the_output_is_the_original():
+@pytest.mark.parametrize("constant", [False, True])
+def test_channels_that_carry_nothing_go_and_the_output_is_the_original(constant):
     """The split conv's channels 1, 4 and 6 (in both radix blocks) write zeros: removing them
-    leaves every other value as it was, through both computed targets and the Softmax."""
-    model, x = split_attention(), random_input(32)
+    leaves every other value as it was, through the targets (computed, or constants that
+    follow the kept channels) and the Softmax."""
+    model, x = split_attention(constant=constant), random_input(32)
     dead = [1, 4, 6]
     for name in ("split.weight", "split.bias"):
         init = next(i for i in model.graph.initializer if i.name == name)
@@ -45,6 +48,9 @@ def test_channels_that_carry_nothing_go_and_the_output_is_the_original():
     np.testing.assert_allclose(tensor_values(pruned, "attended", x), tensor_values(model, "attended", x)[:, kept],
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(run_model(pruned, x)[OUTPUT], run_model(model, x)[OUTPUT], rtol=1e-5, atol=1e-6)
+    if constant:
+        assert [initializer(pruned, t).tolist() for t in ("blocks_shape", "card_shape", "attn_shape")] == \
+            [[-1, 2, 5, 16, 16], [-1, 1, 2, 5], [-1, 2, 5, 1, 1]]
 
 
 @pytest.mark.parametrize("mode", ["sequential", "oneshot"])
@@ -123,3 +129,44 @@ def test_softmax_follows_the_channels_unless_it_normalizes_over_them(opset, axis
     soft = next(n for n in model.graph.node if n.op_type == "Softmax").output[0]
     np.testing.assert_allclose(tensor_values(result.model, soft, x), tensor_values(model, soft, x)[:, kept],
                                rtol=1e-5, atol=1e-6)
+
+
+def _channel_shuffle() -> onnx.ModelProto:
+    """conv1 (3->8) -> conv_a, conv_b (8->8 each) -> Concat -> ShuffleNet's channel shuffle
+    with constant targets, (N, 2, 8, H, W) -> Transpose(0, 2, 1, 3, 4) -> (N, 16, H, W)
+    -> conv3 (16->8) -> GAP -> Gemm(8 -> 10)."""
+    b = _Builder(seed=4)
+    h = b.node("Relu", [b.conv(INPUT, 3, 8, name="conv1")])
+    both = b.node("Concat", [b.node("Relu", [b.conv(h, 8, 8, name=n)]) for n in ("conv_a", "conv_b")], axis=1)
+    blocks = b.node("Reshape", [both, b.const("blocks_shape", np.array([-1, 2, 8, 16, 16], np.int64))])
+    shuffled = b.node("Reshape", [b.node("Transpose", [blocks], perm=[0, 2, 1, 3, 4]),
+                                  b.const("back_shape", np.array([-1, 16, 16, 16], np.int64))], name="shuffled")
+    h = b.node("Relu", [b.conv(shuffled, 16, 8, name="conv3")])
+    return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT), opset=13)
+
+
+def test_a_channel_shuffle_couples_the_halves_it_interleaves():
+    """Channel c of each half lands beside the other's: the two are one group, and removing
+    channels that write zeros in both leaves conv3's input as it was, less their entries."""
+    model, x = _channel_shuffle(), random_input(32)
+    groups = producer_groups(model)
+    assert groups["conv_a"] is groups["conv_b"] and groups["conv_a"]["prunable"]
+    dead = [1, 5]
+    for conv in ("conv_a", "conv_b"):
+        for name in (f"{conv}.weight", f"{conv}.bias"):
+            init = next(i for i in model.graph.initializer if i.name == name)
+            value = onnx.numpy_helper.to_array(init).copy()
+            value[dead] = 0.0
+            init.CopyFrom(onnx.numpy_helper.from_array(value, name))
+    result = onnx_eprune.prune(model, x, keep_ratio=6 / 8, method="l1", reconstruct=False,
+                               exclude=["conv1", "conv3"], **CPU)
+    pruned = result.model
+    onnx.checker.check_model(pruned, full_check=True)
+    kept = next(g for g in result.report["groups"] if "conv_a" in g["producers"])["kept_channels"]
+    assert kept == [0, 2, 3, 4, 6, 7]
+    assert initializer(pruned, "blocks_shape").tolist() == [-1, 2, 6, 16, 16]
+    assert initializer(pruned, "back_shape").tolist() == [-1, 12, 16, 16]
+    entries = [2 * c + half for c in kept for half in (0, 1)]
+    np.testing.assert_allclose(tensor_values(pruned, "shuffled", x), tensor_values(model, "shuffled", x)[:, entries],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_model(pruned, x)[OUTPUT], run_model(model, x)[OUTPUT], rtol=1e-5, atol=1e-6)

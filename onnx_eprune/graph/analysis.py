@@ -1102,26 +1102,32 @@ class _Analyzer:
     def split_blocks(self, node: onnx.NodeProto, index: int, layout: list[Segment], spec: np.ndarray,
                      counts: dict[int, tuple[str, int]]) -> bool:
         """A Reshape of (N, k*m, *S) with channels on axis 1 to (N, *K, m, *S), the sizes K
-        multiplying to k and S kept (or only ones on both sides), whose target gives m as -1
-        or as a channel count divided by k (``counts``): channel c of its output is channel c
-        of each of the k blocks of m input channels, which are coupled as the operands of a
-        sum are (ResNeSt's ``x.reshape(B, radix, RC // radix, H, W)``; k = 1 moves the
-        channels between axes of size 1: ``v.view(B, -1, 1, 1)``). A count read from
-        another tensor couples that tensor's channels with these, so that it stays theirs.
-        Every other entry of the target must be a fixed size (or 0 for the batch). Whether
-        it followed the channels."""
-        x, out = node.input[0], node.output[0]
+        multiplying to k and S kept (or only ones on both sides): channel c of its output is
+        channel c of each of the k blocks of m input channels, which are coupled as the
+        operands of a sum are (ResNeSt's ``x.reshape(B, radix, RC // radix, H, W)``,
+        ShuffleNet's channel shuffle; k = 1 moves the channels between axes of size 1:
+        ``v.view(B, -1, 1, 1)``). The target gives m as a channel count divided by k
+        (``counts``), as -1, or as a constant of its own, which follows the kept channels.
+        A count read from another tensor couples that tensor's channels with these, so that
+        it stays theirs. Every other entry of the target must be a fixed size (0 or -1 for
+        the batch). Whether it followed the channels."""
+        x, out, target = node.input[0], node.output[0], node.input[1]
         si, so = self.shapes.get(x), self.shapes.get(out)
-        at = list(counts) or [pos for pos, v in enumerate(spec) if v == -1]
         if si is None or so is None or len(si) < 2 or len(spec) != len(so) or self.axis(x) != 1 \
-                or any(seg.factor != 1 for seg in layout) or len(at) != 1 or at[0] < 1:
+                or any(seg.factor != 1 for seg in layout):
+            return False
+        at = list(counts) or [pos for pos, v in enumerate(spec) if v == -1 and pos > 0]
+        stored = not at and target in self.init_by_name and self.use_count.get(target, 0) == 1
+        if stored:  # the first axis where the output's sizes have multiplied up to the channels
+            at = [pos for pos in range(1, len(so)) if np.prod(so[1:pos + 1], dtype=np.int64) == si[1]][:1]
+        if len(at) != 1:
             return False
         p = at[0]
         k, m = int(np.prod(so[1:p], dtype=np.int64)), so[p]
         rest_in, rest_out = tuple(si[2:]), tuple(so[p + 1:])
         if k * m != si[1] or not (rest_in == rest_out or all(d == 1 for d in rest_in + rest_out)) \
-                or any(v < 1 for pos, v in enumerate(spec) if pos not in (0, p)) \
-                or (spec[0] != 0 and self.sets_batch(int(spec[0]), si[0])):
+                or any(v < 1 for pos, v in enumerate(spec) if pos not in (0, p)) or (stored and spec[p] != m) \
+                or (spec[0] not in (0, -1) and self.sets_batch(int(spec[0]), si[0])) or (spec[0] == -1 and not stored):
             return False
         source = self.layout(counts[p][0]) if counts and counts[p][0] != x else layout
         if counts and (counts[p][1] != k or not isinstance(source, list)
@@ -1134,6 +1140,9 @@ class _Analyzer:
             self.freeze_all(node, index, f"Reshape into {k} blocks of channels that differ in structure")
             if len(self.new_cuts) == cuts_before:
                 return True
+        elif stored:
+            for seg in blocks[0]:
+                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, p, out))
         self.layouts[out] = blocks[0]  # frozen above until the next walk cuts the blocks
         if p != 1:
             self.axes[out] = p
@@ -1456,14 +1465,14 @@ class _Analyzer:
             and taken[0] % n == channel and self.shapes.get(reader.output[0]) in ((), (1,)) else None
         for target in targets or ():
             self.count_reads.setdefault(target, set()).add(shape.input[0])
-        return bool(targets)
+        return targets is not None
 
     def count_targets(self, name: str, depth: int = 0) -> set[str] | None:
         """The Reshape targets a channel count ``name`` goes into, through Cast, Identity,
         Squeeze, Unsqueeze and Div by a constant: Concats along axis 0 that Reshapes alone
-        read, as their target. None when it goes anywhere else."""
+        read, as their target (none where it goes nowhere). None when it goes anywhere else."""
         readers = self.consumer_nodes.get(name, [])
-        if depth > 16 or name in self.graph_outputs or not readers:
+        if depth > 16 or name in self.graph_outputs:
             return None
         found: set[str] = set()
         for r in readers:
