@@ -1131,7 +1131,7 @@ class _Analyzer:
             return False
         source = self.layout(counts[p][0]) if counts and counts[p][0] != x else layout
         if counts and (counts[p][1] != k or not isinstance(source, list)
-                       or sum(seg.length for seg in source) != si[1]):
+                       or any(seg.factor != 1 for seg in source) or sum(seg.length for seg in source) != si[1]):
             return False
         cuts_before = len(self.new_cuts)
         blocks = [self.take(layout, b * m, (b + 1) * m) for b in range(k)]
