@@ -75,8 +75,8 @@ def _count_read_by(change: str) -> onnx.ModelProto:
         h = b.node("Mul", [h, b.node("Sigmoid", [b.node("Unsqueeze", [v, b.const("at3", np.array([3]))])])])
     elif change == "radix_last":  # (B, C/2, 2, H, W): the blocks interleave, which is not followed
         target = [batch, _count_entry(b, h, 1, 2), b.const("two", np.array([2])), b.const("hw", np.array([16, 16]))]
-        h = b.node("ReduceSum", [b.node("Reshape", [h, b.node("Concat", target, axis=0)]), b.const("ax", np.array([2]))],
-                   keepdims=0)
+        blocks = b.node("Reshape", [h, b.node("Concat", target, axis=0)])
+        h = b.node("ReduceSum", [blocks, b.const("ax", np.array([2]))], keepdims=0)
         h = b.node("Concat", [h, h], axis=1)
     elif change == "count_scaled":  # the count goes through a Mul: anything may come of it
         c = b.node("Mul", [_count_entry(b, h, 1), b.const("one", np.array([1]))])

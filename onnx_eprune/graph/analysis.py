@@ -1133,20 +1133,32 @@ class _Analyzer:
         if counts and (counts[p][1] != k or not isinstance(source, list)
                        or any(seg.factor != 1 for seg in source) or sum(seg.length for seg in source) != si[1]):
             return False
-        cuts_before = len(self.new_cuts)
-        blocks = [self.take(layout, b * m, (b + 1) * m) for b in range(k)]
-        if len(self.new_cuts) > cuts_before or not self.couple_all(blocks) \
-                or (source is not layout and not couple(self.spaces, source, layout, self.new_cuts)):
-            self.freeze_all(node, index, f"Reshape into {k} blocks of channels that differ in structure")
-            if len(self.new_cuts) == cuts_before:
-                return True
-        elif stored:
-            for seg in blocks[0]:
+        also = None if source is layout else source
+        if self.couple_blocks(node, index, layout, k, "Reshape into channel blocks", p, also) and stored:
+            for seg in self.layouts[out]:
                 self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, p, out))
-        self.layouts[out] = blocks[0]  # frozen above until the next walk cuts the blocks
-        if p != 1:
-            self.axes[out] = p
         return True
+
+    def couple_blocks(self, node: onnx.NodeProto, index: int, layout: list[Segment], k: int, what: str,
+                      axis: int = 1, also: list[Segment] | None = None) -> bool:
+        """Couple the k equal blocks of ``layout`` (and the layout ``also``, as a whole) as the
+        operands of a sum are: ``node``'s output carries the first block on ``axis``. Whether
+        they aligned; if not, the node froze, and where a block boundary asked the next walk
+        for a cut the output still carries the first block (frozen until then), so that the
+        cuts further on are found in this walk too."""
+        n = sum(seg.length for seg in layout) // k
+        cuts_before = len(self.new_cuts)
+        blocks = [self.take(layout, b * n, (b + 1) * n) for b in range(k)]
+        aligned = len(self.new_cuts) == cuts_before and self.couple_all(blocks) \
+            and (also is None or couple(self.spaces, also, layout, self.new_cuts))
+        if not aligned:
+            self.freeze_all(node, index, f"{what}: its {k} blocks of channels differ in structure")
+            if len(self.new_cuts) == cuts_before:
+                return False
+        self.layouts[node.output[0]] = blocks[0]
+        if axis != 1:
+            self.axes[node.output[0]] = axis
+        return aligned
 
     def after_channels(self, node: onnx.NodeProto, index: int, shape_in, shape_out, layout, spec) -> bool:
         """A Reshape by a constant target of a map with its channels on axis 1 that keeps
@@ -1839,15 +1851,7 @@ class _Analyzer:
         if any(seg.factor != 1 for seg in layout):
             self.freeze_all(node, index, "DepthToSpace in DCR mode of channels that hold several entries each")
             return
-        n = sum(seg.length for seg in layout) // k
-        cuts_before = len(self.new_cuts)
-        blocks = [self.take(layout, b * n, (b + 1) * n) for b in range(k)]
-        if len(self.new_cuts) > cuts_before or not self.couple_all(blocks):
-            self.freeze_all(node, index, f"DepthToSpace in DCR mode whose {k} blocks of channels differ in structure")
-            if len(self.new_cuts) > cuts_before:
-                self.layouts[node.output[0]] = blocks[0]  # frozen until the next walk, which cuts them
-            return
-        self.layouts[node.output[0]] = blocks[0]
+        self.couple_blocks(node, index, layout, k, "DepthToSpace in DCR mode")
 
     def op_SpaceToDepth(self, node: onnx.NodeProto, index: int) -> None:
         """SpaceToDepth (TensorFlow's ``space_to_depth``): output channel (i * r + j) * C + c
