@@ -49,7 +49,7 @@ MODELS: list[tuple[str, int]] = [
 ]
 # exported a second time with torch.export (dynamo=True)
 DYNAMO = ["resnet18", "mobilenetv2_100", "efficientnet_b0", "densenet121", "regnety_002", "mobilenetv3_small_100",
-          "convnext_atto", "resnet50_gn"]
+          "convnext_atto", "resnet50_gn", "skresnet18"]
 
 
 def export_one(name: str, size: int, dynamo: bool, cache: Path) -> dict:

@@ -1113,7 +1113,7 @@ class _Analyzer:
         the batch). Whether it followed the channels."""
         x, out, target = node.input[0], node.output[0], node.input[1]
         si, so = self.shapes.get(x), self.shapes.get(out)
-        if si is None or so is None or len(si) < 2 or len(spec) != len(so) or self.axis(x) != 1 \
+        if si is None or so is None or len(si) < 2 or len(spec) != len(so) or so[0] != si[0] or self.axis(x) != 1 \
                 or any(seg.factor != 1 for seg in layout):
             return False
         at = list(counts) or [pos for pos, v in enumerate(spec) if v == -1 and pos > 0]
