@@ -1127,7 +1127,7 @@ class _Analyzer:
         rest_in, rest_out = tuple(si[2:]), tuple(so[p + 1:])
         if k * m != si[1] or not (rest_in == rest_out or all(d == 1 for d in rest_in + rest_out)) \
                 or any(v < 1 for pos, v in enumerate(spec) if pos not in (0, p)) or (stored and spec[p] != m) \
-                or (spec[0] not in (0, -1) and self.sets_batch(int(spec[0]), si[0])) or (spec[0] == -1 and not stored):
+                or (spec[0] not in (0, -1) and self.sets_batch(int(spec[0]), si[0])):
             return False
         source = self.layout(counts[p][0]) if counts and counts[p][0] != x else layout
         if counts and (counts[p][1] != k or not isinstance(source, list)
