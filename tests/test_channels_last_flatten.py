@@ -28,7 +28,7 @@ def keras_flatten(form: str, seed: int = 3) -> onnx.ModelProto:
     the input's Shape: ``input_batch``] [-> Dropout: ``dropout``; -> Mul and Add by
     constants per feature (Keras' BatchNormalization as tf2onnx folds it): ``affine``; ->
     BatchNormalization: ``batchnorm``; -> x * Sigmoid(x): ``swish``; -> Reshape to (N, P, C)
-    and back: ``unflatten``] -> dense1
+    and back: ``unflatten``; -> Softmax over the features: ``softmax``] -> dense1
     MatMul + Add (-> 32) -> Relu -> dense2 MatMul + Add (-> 10) = y (logits)."""
     n = Net(seed)
     h1 = n.node("Relu", [n.conv(n.node("Transpose", ["x"], perm=NCHW), 3, 8, name="conv1")])
@@ -62,6 +62,8 @@ def keras_flatten(form: str, seed: int = 3) -> onnx.ModelProto:
     if form == "unflatten":
         h = n.node("Reshape", [n.node("Reshape", [h, n.const([-1, POSITIONS, channels], np.int64)]),
                                n.const([-1, features], np.int64)])
+    if form == "softmax":
+        h = n.node("Softmax", [h], axis=1)
     h = n.node("MatMul", [h, n.const(n.rng.normal(0, 1 / np.sqrt(features), (features, 32)), name="d1.w")],
                name="dense1")
     h = n.node("Relu", [n.node("Add", [h, n.const(n.rng.uniform(-0.1, 0.1, 32), name="d1.b")])])
@@ -132,11 +134,24 @@ def test_keep_ratio_one_gives_back_the_original():
     assert rel(outputs(result.model, FRESH_NHWC), outputs(model, FRESH_NHWC)) < 1e-6
 
 
-def test_an_op_that_does_not_keep_the_order_freezes_the_map_with_a_reason():
-    """A Reshape of the flattened features to (N, positions, channels), which the
-    analysis does not follow position by position: conv2's channels stay, named by the
-    reason; conv1 still prunes."""
-    model = keras_flatten("unflatten")
+def test_a_reshape_to_positions_and_channels_and_back_prunes_as_the_plain_flatten():
+    """The flattened features reshaped to (N, positions, channels) and back (since session
+    58: the positions' copies of the channels, one block each): the same channels go as
+    from the plain flatten, both targets follow, and the outputs are the same."""
+    model, plain = keras_flatten("unflatten"), keras_flatten("reshape")
+    result = onnx_eprune.prune(model, CALIB_NHWC, device="cpu", keep_ratio=0.5)
+    twin = onnx_eprune.prune(plain, CALIB_NHWC, device="cpu", keep_ratio=0.5)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert kept(result.report) == kept(twin.report) and group_of(result.report, "conv2")["channels_after"] == 8
+    shapes = [numpy_helper.to_array(i).tolist() for i in result.model.graph.initializer if i.data_type == 7]
+    assert [-1, POSITIONS, 8] in shapes
+    assert rel(outputs(result.model, FRESH_NHWC), outputs(twin.model, FRESH_NHWC)) < 1e-6
+
+
+def test_an_op_that_mixes_the_features_freezes_the_map_with_a_reason():
+    """A Softmax over the flattened features mixes every channel: conv2's channels stay,
+    named by the reason; conv1 still prunes."""
+    model = keras_flatten("softmax")
     result = onnx_eprune.prune(model, CALIB_NHWC, device="cpu", keep_ratio=0.5)
     onnx.checker.check_model(result.model, full_check=True)
     conv2 = group_of(result.report, "conv2")
