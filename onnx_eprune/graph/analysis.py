@@ -371,7 +371,8 @@ class _Analyzer:
                          and set(acts) <= set(flat) and len({self.position_major[n] for n in flat}) == 1):
             self.freeze_all(node, index, f"{node_label(node, index)} reads a map flattened channels last "
                             "(position by position: Keras' Flatten of an NHWC map), where the analysis follows only "
-                            "element-wise ops on such maps and constants and the Gemm or MatMul that reads it")
+                            "element-wise ops on such maps and constants, Reshapes into its channel blocks and the "
+                            "Gemm or MatMul that reads it")
             return
         handler(node, index)
         if flat and node.op_type not in ("Gemm", "MatMul") and node.output[0] in self.layouts \
@@ -1161,7 +1162,8 @@ class _Analyzer:
         return aligned
 
     def after_channels(self, node: onnx.NodeProto, index: int, shape_in, shape_out, layout, spec) -> bool:
-        """A Reshape by a constant target of a map with its channels on axis 1 that keeps
+        """A Reshape by a constant target (``spec``; or one that reads the map's own channel
+        count, written 0) of a map with its channels on axis 1 that keeps
         axis 0 and either keeps the channel axis, rearranging only the axes after it
         (PixelUnshuffle's split of H and W: (N, C, H/r, r, W/r, r)), or merges it with the
         axes that follow (its Reshape back after a Transpose: (N, C*r*r, H/r, W/r)): each
