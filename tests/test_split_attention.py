@@ -170,3 +170,23 @@ def test_a_channel_shuffle_couples_the_halves_it_interleaves():
     np.testing.assert_allclose(tensor_values(pruned, "shuffled", x), tensor_values(model, "shuffled", x)[:, entries],
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(run_model(pruned, x)[OUTPUT], run_model(model, x)[OUTPUT], rtol=1e-5, atol=1e-6)
+
+
+def test_a_count_read_from_another_tensor_couples_its_channels():
+    """conv1 (3->16) = x; fc (16->16) on x's pooled map, reshaped to (N, 2, RC // 2, 1, 1)
+    with RC read from x's Shape, summed over the blocks; nothing else ties fc's channels to
+    x's: the count does, or the pruned model would reshape fc's kept channels by x's."""
+    b = _Builder(seed=6)
+    x = b.node("Relu", [b.conv(INPUT, 3, 16, name="conv1")])
+    pooled = b.node("GlobalAveragePool", [x])
+    a = b.conv(pooled, 16, 16, k=1, name="fc")
+    target = b.node("Concat", [_count_entry(b, a, 0), b.const("two", np.array([2])), _count_entry(b, x, 1, 2),
+                               b.const("ones", np.array([1, 1]))], axis=0)
+    halves = b.node("ReduceSum", [b.node("Reshape", [a, target]), b.const("ax", np.array([1]))], keepdims=0)
+    both = b.node("Concat", [b.node("Flatten", [pooled]), b.node("Flatten", [halves])], axis=1)
+    model = b.build(b.gemm(both, 24, CLASSES, name=OUTPUT), opset=13)
+    groups = producer_groups(model)
+    assert groups["conv1"] is groups["fc"] and groups["conv1"]["prunable"]
+    result = onnx_eprune.prune(model, random_input(32), keep_ratio=0.5, **CPU)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert run_model(result.model, random_input(4))[OUTPUT].shape == (4, CLASSES)
