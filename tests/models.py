@@ -807,6 +807,18 @@ def tensor_values(model: onnx.ModelProto, name: str, x: np.ndarray) -> np.ndarra
     return run_model(m, x)[name]
 
 
+def zeroed(model: onnx.ModelProto, rows: dict[str, np.ndarray | list[int]]) -> onnx.ModelProto:
+    """A copy of ``model`` with the given rows (axis 0) of the named initializers zero."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for init in out.graph.initializer:
+        if init.name in rows:
+            value = numpy_helper.to_array(init).copy()
+            value[rows[init.name]] = 0
+            init.CopyFrom(numpy_helper.from_array(value, init.name))
+    return out
+
+
 def producer_groups(model: onnx.ModelProto) -> dict[str, dict]:
     """``onnx_eprune.inspect``'s groups of ``model``, by each of their producers' names."""
     import onnx_eprune

@@ -11,7 +11,8 @@ import pytest
 import onnx_eprune
 from models import (ALL_BUILDERS, FEATURE_OUTPUT, OUTPUT, channels_last, conv_bn_relu_pool_flatten_gemm, count_params, depthwise,
                     depthwise_multiplier, depthwise_upsample, flatten_bias, grouped, multiplier_sum, initializer, intermediate_output, io_signature, node_by_name,
-                    one_image_detector, random_input, relative_error, residual, run_model, se_unflatten, wide_cnn)
+                    one_image_detector, random_input, relative_error, residual, run_model, se_unflatten, wide_cnn,
+                    zeroed)
 from onnx_eprune import budget
 from onnx_eprune.calibrate.session import probe_groups, probe_shapes
 from onnx_eprune.config import PruneConfig
@@ -531,27 +532,15 @@ def test_channel_multiplier_goes_with_its_input_channel(calib, test_x):
     assert initializer(pruned, "dw_bn.scale").shape == (9,)
 
     dropped_outputs = _blocks(drop, 3)
-    zeroed = _zeroed(model, {"conv1.weight": drop, "conv1.bias": drop, "dw.bias": dropped_outputs,
+    silenced = zeroed(model, {"conv1.weight": drop, "conv1.bias": drop, "dw.bias": dropped_outputs,
                              "dw_bn.shift": dropped_outputs, "dw_bn.mean": dropped_outputs})
-    np.testing.assert_allclose(run_model(pruned, test_x)[OUTPUT], run_model(zeroed, test_x)[OUTPUT],
+    np.testing.assert_allclose(run_model(pruned, test_x)[OUTPUT], run_model(silenced, test_x)[OUTPUT],
                                rtol=1e-5, atol=1e-5)
 
 
 def _blocks(channels: np.ndarray, m: int) -> np.ndarray:
     """Rows m*c .. m*c + m - 1 of every channel c."""
     return (m * channels[:, None] + np.arange(m)).reshape(-1)
-
-
-def _zeroed(model: onnx.ModelProto, rows: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` with the given rows (axis 0) of the named initializers zero."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for init in out.graph.initializer:
-        if init.name in rows:
-            value = onnx.numpy_helper.to_array(init).copy()
-            value[rows[init.name]] = 0
-            init.CopyFrom(onnx.numpy_helper.from_array(value, init.name))
-    return out
 
 
 def test_per_feature_constant_after_flatten_goes_with_its_channel(calib, test_x):
@@ -565,8 +554,8 @@ def test_per_feature_constant_after_flatten_goes_with_its_channel(calib, test_x)
     pruned = build_pruned(model, analysis, {g.gid: keep}, {})
     onnx.checker.check_model(pruned, full_check=True)
     assert np.array_equal(initializer(pruned, "feature_bias"), initializer(model, "feature_bias")[_blocks(keep, 64)])
-    zeroed = _zeroed(model, {"conv1.weight": drop, "conv1.bias": drop, "feature_bias": _blocks(drop, 64)})
-    np.testing.assert_allclose(run_model(pruned, test_x)[OUTPUT], run_model(zeroed, test_x)[OUTPUT],
+    silenced = zeroed(model, {"conv1.weight": drop, "conv1.bias": drop, "feature_bias": _blocks(drop, 64)})
+    np.testing.assert_allclose(run_model(pruned, test_x)[OUTPUT], run_model(silenced, test_x)[OUTPUT],
                                rtol=1e-5, atol=1e-5)
 
 
@@ -591,10 +580,10 @@ def test_outputs_added_to_a_multiplier_go_in_blocks(calib, test_x):
     assert initializer(pruned, OUTPUT + ".weight").shape == (10, 8)
 
     two_off, four_off = _blocks(drop, 2), _blocks(drop, 4)
-    zeroed = _zeroed(model, {"conv1.weight": drop, "conv1.bias": drop, "dw7.bias": two_off, "dw3.bias": two_off,
+    silenced = zeroed(model, {"conv1.weight": drop, "conv1.bias": drop, "dw7.bias": two_off, "dw3.bias": two_off,
                              "identity_bn.shift": two_off, "identity_bn.mean": two_off, "pw.weight": two_off,
                              "pw.bias": two_off, "dwm.bias": four_off, "wide.weight": four_off, "wide.bias": four_off})
-    np.testing.assert_allclose(run_model(pruned, test_x)[OUTPUT], run_model(zeroed, test_x)[OUTPUT],
+    np.testing.assert_allclose(run_model(pruned, test_x)[OUTPUT], run_model(silenced, test_x)[OUTPUT],
                                rtol=1e-5, atol=1e-5)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import onnx_eprune
 from models import (CLASSES, INPUT, OUTPUT, _Builder, _count_entry, initializer, producer_groups, random_input,
-                    run_model, split_attention, tensor_values)
+                    run_model, split_attention, tensor_values, zeroed)
 
 CPU = {"device": "cpu"}
 
@@ -31,13 +31,8 @@ def test_channels_that_carry_nothing_go_and_the_output_is_the_original(constant)
     """The split conv's channels 1, 4 and 6 (in both radix blocks) write zeros: removing them
     leaves every other value as it was, through the targets (computed, or constants that
     follow the kept channels) and the Softmax."""
-    model, x = split_attention(constant=constant), random_input(32)
-    dead = [1, 4, 6]
-    for name in ("split.weight", "split.bias"):
-        init = next(i for i in model.graph.initializer if i.name == name)
-        value = onnx.numpy_helper.to_array(init).copy()
-        value[dead + [8 + c for c in dead]] = 0.0
-        init.CopyFrom(onnx.numpy_helper.from_array(value, name))
+    dead = [1, 4, 6, 9, 12, 14]  # channels 1, 4 and 6 of both radix blocks of 8
+    model, x = zeroed(split_attention(constant=constant), {"split.weight": dead, "split.bias": dead}), random_input(32)
     result = onnx_eprune.prune(model, x, keep_ratio=5 / 8, method="l1", reconstruct=False,
                                exclude=["conv1", "fc1", "conv3"], **CPU)
     pruned = result.model
@@ -148,16 +143,12 @@ def _channel_shuffle() -> onnx.ModelProto:
 def test_a_channel_shuffle_couples_the_halves_it_interleaves():
     """Channel c of each half lands beside the other's: the two are one group, and removing
     channels that write zeros in both leaves conv3's input as it was, less their entries."""
-    model, x = _channel_shuffle(), random_input(32)
-    groups = producer_groups(model)
+    groups = producer_groups(_channel_shuffle())
     assert groups["conv_a"] is groups["conv_b"] and groups["conv_a"]["prunable"]
     dead = [1, 5]
-    for conv in ("conv_a", "conv_b"):
-        for name in (f"{conv}.weight", f"{conv}.bias"):
-            init = next(i for i in model.graph.initializer if i.name == name)
-            value = onnx.numpy_helper.to_array(init).copy()
-            value[dead] = 0.0
-            init.CopyFrom(onnx.numpy_helper.from_array(value, name))
+    rows = {f"{conv}.{param}": dead for conv in ("conv_a", "conv_b") for param in ("weight", "bias")}
+    model = zeroed(_channel_shuffle(), rows)
+    x = random_input(32)
     result = onnx_eprune.prune(model, x, keep_ratio=6 / 8, method="l1", reconstruct=False,
                                exclude=["conv1", "conv3"], **CPU)
     pruned = result.model
