@@ -51,6 +51,9 @@ MAX_WALKS = 10
 ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean", "Mod", "Greater",
                                 "Less", "Equal", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor"})
 REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1"})
+# Ops that carry a one-element value read from a Shape (a channel count) on unchanged:
+# ``count_targets`` follows a count forward through them, ``shape_entry`` back
+SHAPE_VALUE_COPIES = frozenset({"Cast", "Identity", "Squeeze", "Unsqueeze"})
 # Ops that normalize along one axis (before opset 13: over every axis from it on)
 AXIS_NORMALIZERS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 # Ops whose first input must hold its channels on axis 1 (NCHW or (N, features)); MatMul
@@ -313,6 +316,13 @@ class _Analyzer:
                 ParamSlice(node_index, tensor, axis, offset // divisor, seg.factor, interleave, divisor))
             offset += seg.length if interleave else seg.length * seg.factor
         return True
+
+    def follow_count(self, layout: list[Segment], param: ShapeParam) -> None:
+        """The shape entry ``param`` (of a Reshape target, a Resize's sizes) follows the
+        channels of ``layout``: when they go, the rewrite writes there the features of
+        ``param.output`` that stay (divided by ``param.per``)."""
+        for seg in layout:
+            self.shape_params.setdefault(seg.space, []).append(param)
 
     # -- the walk ----------------------------------------------------------------------
     def run(self) -> GraphAnalysis:
@@ -795,8 +805,7 @@ class _Analyzer:
         x = node.input[0]
         if not self.group_blocks(node, index, x, width):
             return
-        for seg in self.layout(x):
-            self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, node.input[1], 1, x, per=width))
+        self.follow_count(self.layout(x), ShapeParam(index, node.input[1], 1, x, per=width))
         self.group_norms[node.output[0]] = (x, width)
         self.layouts[node.output[0]] = OPAQUE  # its G axis is followed by the scale and the Reshape back
 
@@ -832,11 +841,10 @@ class _Analyzer:
         if not self.group_blocks(node, index, x, width):
             return True
         layout = self.layout(x)
-        for seg in layout:
-            self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, node.input[1], k, x, per=width))
-            for back, target, entry in backs:
-                if target is not None:
-                    self.shape_params.setdefault(seg.space, []).append(ShapeParam(back, target, entry, x))
+        self.follow_count(layout, ShapeParam(index, node.input[1], k, x, per=width))
+        for back, target, entry in backs:
+            if target is not None:
+                self.follow_count(layout, ShapeParam(back, target, entry, x))
         self.group_norms[node.output[0]] = (x, width)
         self.layouts[node.output[0]] = OPAQUE
         for i in region:
@@ -1044,8 +1052,7 @@ class _Analyzer:
             return
         for pos, v in enumerate(spec):
             if v not in (0, -1) and pos == 1:
-                for seg in layout:
-                    self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, *count, node.output[0]))
+                self.follow_count(layout, ShapeParam(index, *count, node.output[0]))
             elif pos == 0 and self.sets_batch(int(v), shape_in[0]):
                 self.cut_batch(node, index, "Reshape that sets the batch size")
                 return
@@ -1136,8 +1143,7 @@ class _Analyzer:
             return False
         also = None if source is layout else source
         if self.couple_blocks(node, index, layout, k, "Reshape into channel blocks", p, also) and stored:
-            for seg in self.layouts[out]:
-                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, p, out))
+            self.follow_count(self.layouts[out], ShapeParam(index, target, p, out))
         return True
 
     def couple_blocks(self, node: onnx.NodeProto, index: int, layout: list[Segment], k: int, what: str,
@@ -1184,8 +1190,7 @@ class _Analyzer:
                 or int(spec[1]) not in (-1, shape_out[1]) + ((0,) if merged == 1 else ()):
             return False
         if int(spec[1]) > 0:
-            for seg in layout:
-                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, 1, node.output[0]))
+            self.follow_count(layout, ShapeParam(index, target, 1, node.output[0]))
         self.layouts[node.output[0]] = [replace(seg, factor=seg.factor * merged) for seg in layout]
         return True
 
@@ -1304,8 +1309,7 @@ class _Analyzer:
                 or self.sets_batch(int(spec[0]), shape_in[0]):
             return False
         if spec[1] not in (0, -1):
-            for seg in layout:
-                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, 1, node.output[0]))
+            self.follow_count(layout, ShapeParam(index, target, 1, node.output[0]))
         self.passthrough(node, node.input[0])
         return True
 
@@ -1324,8 +1328,7 @@ class _Analyzer:
                 int(v) not in (0, -1, d) for i, (v, d) in enumerate(zip(spec, shape_in)) if i not in (0, caxis)):
             return False
         if int(spec[caxis]) not in (0, -1):
-            for seg in layout:
-                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, target, caxis, node.output[0]))
+            self.follow_count(layout, ShapeParam(index, target, caxis, node.output[0]))
         self.passthrough(node, node.input[0])
         return True
 
@@ -1491,7 +1494,7 @@ class _Analyzer:
         found: set[str] = set()
         for r in readers:
             out = r.output[0]
-            if r.input[0] == name and (r.op_type in ("Cast", "Identity", "Squeeze", "Unsqueeze")
+            if r.input[0] == name and (r.op_type in SHAPE_VALUE_COPIES
                                        or r.op_type == "Div" and self.is_const(r.input[1])):
                 more = self.count_targets(out, depth + 1)
             elif r.op_type == "Concat" and int(_attrs(r).get("axis", 0)) in (0, -1) and out not in self.graph_outputs \
@@ -1512,7 +1515,7 @@ class _Analyzer:
         node = self.producer_node.get(name)
         if node is None or depth > 16:
             return None
-        if node.op_type in ("Cast", "Identity", "Squeeze", "Unsqueeze"):
+        if node.op_type in SHAPE_VALUE_COPIES:
             return self.shape_entry(node.input[0], depth + 1)
         if node.op_type == "Div":
             k, found = self.known(node.input[1]), self.shape_entry(node.input[0], depth + 1)
@@ -1808,8 +1811,7 @@ class _Analyzer:
             if self.value(sizes) is None or self.use_count.get(sizes, 0) > 1:
                 self.freeze_all(node, index, f"{node.op_type} with non-constant or shared sizes")
                 return
-            for seg in layout:
-                self.shape_params.setdefault(seg.space, []).append(ShapeParam(index, sizes, entry, node.output[0]))
+            self.follow_count(layout, ShapeParam(index, sizes, entry, node.output[0]))
         self.passthrough(node, x)
 
     def whole_roi(self, node: onnx.NodeProto, entry: int, n: int) -> bool:
