@@ -61,17 +61,32 @@ GEOMETRIES = {
     "3d": dict(spatial=(5, 6, 4), kernel=(2, 3, 3), attrs=dict(pads=[1, 1, 0, 0, 1, 2], strides=[1, 2, 1],
                                                                  dilations=[2, 1, 1])),
     "3d-same": dict(spatial=(4, 5, 5), kernel=(3, 3, 2), attrs=dict(auto_pad="SAME_UPPER")),
+    "2d-valid": dict(spatial=(5, 4), kernel=(3, 2), attrs=dict(auto_pad="VALID", strides=[2, 1])),
+    "2d-same-lower": dict(spatial=(5, 4), kernel=(3, 4), attrs=dict(auto_pad="SAME_LOWER", strides=[2, 3])),
+}
+
+# a ConvTranspose's output_shape (odd and even total paddings), and the auto_pad that goes
+# with it: the odd pad at the start (NOTSET) or at the end (SAME_UPPER)
+OUTPUT_SHAPES = {
+    "1d": ([26], "NOTSET"),
+    "1d-same": ([28], "NOTSET"),
+    "2d": ([14, 10], "NOTSET"),
+    "3d": ([6, 11, 5], "NOTSET"),
+    "3d-same": ([5, 6, 6], "NOTSET"),
+    "2d-valid": ([10, 5], "NOTSET"),
+    "2d-same-lower": ([9, 12], "SAME_UPPER"),
 }
 
 
-@pytest.mark.parametrize("transposed", [False, True], ids=["Conv", "ConvTranspose"])
+@pytest.mark.parametrize("transposed", [False, True, "output_shape"], ids=["Conv", "ConvTranspose", "output_shape"])
 @pytest.mark.parametrize("case", list(GEOMETRIES))
-def test_rows_times_weights_are_the_runtime_outputs(case: str, transposed: bool) -> None:
+def test_rows_times_weights_are_the_runtime_outputs(case: str, transposed: bool | str) -> None:
     spec = GEOMETRIES[case]
     spatial, kernel, attrs = spec["spatial"], spec["kernel"], dict(spec["attrs"])
-    if transposed:
-        if "auto_pad" in attrs:
-            pytest.skip("a ConvTranspose with auto_pad is not re-fitted (transposed_geometry: None)")
+    if transposed == "output_shape":
+        attrs.pop("pads", None)
+        attrs["output_shape"], attrs["auto_pad"] = OUTPUT_SHAPES[case]
+    elif transposed:
         attrs["output_padding"] = [1 if s > 1 else 0 for s in attrs.get("strides", [1] * len(kernel))]
     rng = np.random.default_rng(len(case))
     c, m = 3, 4
@@ -189,6 +204,20 @@ def reads_three_1d() -> tuple[onnx.ModelProto, tuple[int, ...]]:
     return _model(n.nodes, n.inits, ["N", 6, 24], ["N", 4, 24]), (6, 24)
 
 
+def reads_three_transposed() -> tuple[onnx.ModelProto, tuple[int, ...]]:
+    """``reads_three_1d`` with a ConvTranspose1d 8->4 (stride 2) in place of c2, its padding
+    given by ``output_shape`` (48 of the 49 outputs: one pad, at the start): only its input
+    channels 1, 4, 6 are not zero."""
+    n = Net(1)
+    t = n.conv("x", 6, 8, "c1")
+    n.inits["c1.w"][[c for c in range(8) if c not in TRUE]] *= 4.0
+    n.conv(t, 8, 4, "c2", transposed=True, strides=[2], output_shape=[48])
+    del n.nodes[-1].attribute[[a.name for a in n.nodes[-1].attribute].index("pads")]   # output_shape stands for them
+    n.inits["c2.w"][[c for c in range(8) if c not in TRUE]] = 0.0
+    n.nodes[-1].output[0] = "y"
+    return _model(n.nodes, n.inits, ["N", 6, 24], ["N", 4, 48]), (6, 24)
+
+
 def unet_3d() -> tuple[onnx.ModelProto, tuple[int, ...]]:
     """A 3-D U-Net (volumes): Conv3d 2->8 (skip), MaxPool3d /2, Conv3d 8->12, a depthwise
     Conv3d, ConvTranspose3d 12->8 (x2, output_padding 0), Concat with the skip (16
@@ -301,7 +330,7 @@ def test_keep_ratio_one_gives_back_the_same_function(build) -> None:
     np.testing.assert_allclose(_run(result.model, x), _run(model, x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("build", [reads_three_1d, net_3d], ids=["1d", "3d"])
+@pytest.mark.parametrize("build", [reads_three_1d, reads_three_transposed, net_3d], ids=["1d", "1d-transposed", "3d"])
 @pytest.mark.parametrize("method", ["entropic", "lasso", "thinet"])
 @pytest.mark.parametrize("mode", ["sequential", "oneshot"])
 def test_data_methods_find_the_channels_a_layer_reads(build, mode: str, method: str) -> None:
@@ -311,13 +340,13 @@ def test_data_methods_find_the_channels_a_layer_reads(build, mode: str, method: 
     model, shape = build()
     x = np.random.default_rng(3).normal(size=(64,) + shape).astype(np.float32)
     options = dict(method=method, mode=mode)
-    if build is reads_three_1d:
+    if build is not net_3d:
         options["keep_ratio"] = 3 / 8
     else:  # c1 alone is cut to its three channels; c2 and c3 stay whole
         options.update(keep_ratio=3 / 8, exclude=["c2", "c3"])
     result = onnx_eprune.prune(model, x, **options)
     c1 = next(g for g in result.report["groups"] if g["producers"] == ["c1"])
     assert c1["kept_channels"] == TRUE, c1
-    if build is reads_three_1d:   # linear: the re-fit reproduces the output exactly
+    if build is not net_3d:   # linear: the re-fit reproduces the output exactly
         y0 = _run(model, x)
         assert np.linalg.norm(_run(result.model, x) - y0) <= 1e-4 * np.linalg.norm(y0)

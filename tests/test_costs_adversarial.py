@@ -529,7 +529,8 @@ GEOMETRY = {
 
 PRUNABLE = ["dilated_strided_asymmetric_pads", "weights_as_constant_nodes", "auto_pad_same_upper_lower_valid",
             "grouped_conv", "depthwise_stride2_no_bias", "channel_multiplier", "conv_transpose_grouped_asymmetric",
-            "conv_transpose_multiplier", "gemm_transA_transB_C_variants", "pixel_rows_fixed_batch_3",
+            "conv_transpose_multiplier", "conv_transpose_1d_dilated", "gemm_transA_transB_C_variants",
+            "pixel_rows_fixed_batch_3",
             "constant_value_floats", "bias_adds_after_biasless_layers"]
 
 

@@ -201,17 +201,19 @@ def conv_transpose_shared() -> onnx.ModelProto:
 
 
 def conv_transpose_auto_pad() -> onnx.ModelProto:
-    """A ConvTranspose with auto_pad SAME_UPPER: its inputs freeze, its outputs do not."""
+    """A ConvTranspose with auto_pad SAME_UPPER (stride 2, kernel 3: an odd total padding)."""
     b = _Builder()
     w = b.weight("up.weight", (WIDTH, WIDTH, 3, 3), WIDTH * 9)
     return _model(b, _tail(b, _up(b, _stem(b), w, "up", kernel_shape=[3, 3], auto_pad="SAME_UPPER"), WIDTH))
 
 
-def conv_transpose_output_shape() -> onnx.ModelProto:
-    """A ConvTranspose with an output_shape attribute: its inputs freeze, its outputs do not."""
+def conv_transpose_output_shape(**attrs) -> onnx.ModelProto:
+    """A ConvTranspose with an output_shape attribute (stride 2, kernel 3: an odd total
+    padding), and ``attrs``."""
     b = _Builder()
     w = b.weight("up.weight", (WIDTH, WIDTH, 3, 3), WIDTH * 9)
-    return _model(b, _tail(b, _up(b, _stem(b), w, "up", kernel_shape=[3, 3], output_shape=[32, 32]), WIDTH))
+    attrs = {"kernel_shape": [3, 3], "output_shape": [32, 32], **attrs}
+    return _model(b, _tail(b, _up(b, _stem(b), w, "up", **attrs), WIDTH))
 
 
 def shared_conv_weight() -> onnx.ModelProto:
@@ -554,11 +556,16 @@ CASES: dict[str, Case] = {
     "convT_grouped_widening": Case(conv_transpose_grouped_widening,
                                    {"h": "up: grouped ConvTranspose (group=4) with 16 outputs for 8 inputs"}),
     "convT_shared_weight": Case(conv_transpose_shared, {"h": "up1: its weights are shared by several nodes"}),
-    "convT_auto_pad": Case(conv_transpose_auto_pad, {"h": "up: the inputs of a ConvTranspose with output_shape"},
-                           prunable=("a", "up", "t")),
-    "convT_output_shape": Case(conv_transpose_output_shape,
-                               {"h": "up: the inputs of a ConvTranspose with output_shape or auto_pad"},
-                               prunable=("a", "up", "t")),
+    # implicit padding is read since session 59; an output_shape with explicit pads as well,
+    # or beyond what the input gives, still freezes the inputs
+    "convT_auto_pad": Case(conv_transpose_auto_pad, {}, prunable=("a", "h", "up", "t")),
+    "convT_output_shape": Case(conv_transpose_output_shape, {}, prunable=("a", "h", "up", "t")),
+    "convT_output_shape_and_pads": Case(lambda: conv_transpose_output_shape(pads=[1, 1, 0, 0]),
+                                        {"h": "up: the padding that its output_shape or auto_pad stands for"},
+                                        prunable=("a", "up", "t")),
+    "convT_output_shape_beyond": Case(lambda: conv_transpose_output_shape(output_shape=[34, 34]),
+                                      {"h": "up: the padding that its output_shape or auto_pad stands for"},
+                                      prunable=("a", "up", "t")),
     # op_Gemm, op_MatMul
     "gemm_per_sample_bias": Case(gemm_per_sample_bias, {"h": "y: Gemm input or bias layout not understood"},
                                  prunable=("a",), batch=2),

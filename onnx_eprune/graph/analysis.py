@@ -574,8 +574,8 @@ class _Analyzer:
             return
         geometry = transposed_geometry(_attrs(node), wshape, self.shapes[x][2:], self.shapes.get(out))
         if geometry is None:
-            self.freeze_layout(layout, f"{label}: the inputs of a ConvTranspose with output_shape or auto_pad "
-                                       "are not pruned")
+            self.freeze_layout(layout, f"{label}: the padding that its output_shape or auto_pad stands for is "
+                                       "not known at the probed size (its inputs are not pruned)")
         else:
             self.add_consumer(node, index, "convT", x, out, w, b, wshape[1], wshape[0], math.prod(wshape[2:]),
                               layout, conv=geometry)

@@ -44,17 +44,21 @@ def transposed_geometry(attrs: dict, wshape: tuple[int, ...], in_hw: tuple[int, 
     """The Conv that equals a 1-, 2- or 3-D ConvTranspose (weight shape ``wshape`` (C, M/g,
     *kernel)): stride 1 over the input with ``stride - 1`` zeros between pixels, padded by
     ``dilation * (k - 1) - pad`` (plus output_padding at the end), with the kernel flipped
-    and its two channel axes swapped. None when the padding is implicit (``auto_pad``,
-    ``output_shape``) or the probed ``out_shape`` disagrees."""
-    if _auto_pad(attrs) != "NOTSET" or "output_shape" in attrs:
-        return None
+    and its two channel axes swapped. Implicit pads (``auto_pad``, ``output_shape``) are
+    those :func:`_implicit_transposed_pads` gives. None when they cannot be told or the
+    probed ``out_shape`` disagrees."""
     kernel = tuple(wshape[2:])
     nd = len(kernel)
     strides = list(attrs.get("strides", [1] * nd))
     dil = list(attrs.get("dilations", [1] * nd))
-    pads = list(attrs.get("pads", [0] * 2 * nd))
     extra = list(attrs.get("output_padding", [0] * nd))
     eff = [d * (k - 1) for d, k in zip(dil, kernel)]
+    if _auto_pad(attrs) != "NOTSET" or "output_shape" in attrs:
+        pads = _implicit_transposed_pads(attrs, eff, strides, extra, in_hw)
+        if pads is None:
+            return None
+    else:
+        pads = list(attrs.get("pads", [0] * 2 * nd))
     conv_pads = [eff[i] - pads[i] for i in range(nd)] + [eff[i] - pads[i + nd] + extra[i] for i in range(nd)]
     out_hw = tuple((n - 1) * s + 1 + conv_pads[i] + conv_pads[i + nd] - eff[i]
                    for i, (n, s) in enumerate(zip(in_hw, strides)))
@@ -62,3 +66,33 @@ def transposed_geometry(attrs: dict, wshape: tuple[int, ...], in_hw: tuple[int, 
         return None
     return {"kernel": kernel, "strides": (1,) * nd, "dilations": tuple(dil), "pads": tuple(conv_pads),
             "in_hw": tuple(in_hw), "out_hw": out_hw, "upsample": tuple(strides)}
+
+
+def _implicit_transposed_pads(attrs: dict, eff: list[int], strides: list[int], extra: list[int],
+                              in_hw: tuple[int, ...]) -> list[int] | None:
+    """The pads (ONNX order) that a ConvTranspose's ``auto_pad`` or ``output_shape`` stand
+    for at input size ``in_hw``, ``eff`` its dilated kernel extents less one: the spec's
+    ``total_padding = stride * (n - 1) + output_padding + eff + 1 - output size``, the
+    output size ``output_shape`` or, for SAME_UPPER / SAME_LOWER, ``n * stride``; the odd
+    pad at the end for SAME_UPPER, at the start otherwise (as onnxruntime splits it); VALID
+    none. None for an ``output_shape`` that has not one entry per spatial axis or comes with
+    explicit pads, and for a negative total (more outputs than the input gives, which
+    onnxruntime either refuses or fills otherwise)."""
+    nd = len(eff)
+    auto_pad = _auto_pad(attrs)
+    if auto_pad == "VALID" and "output_shape" not in attrs:
+        return [0] * 2 * nd
+    if "output_shape" in attrs:
+        if "pads" in attrs or len(attrs["output_shape"]) != nd:
+            return None
+        sizes = list(attrs["output_shape"])
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        sizes = [n * s for n, s in zip(in_hw, strides)]
+    else:
+        return None
+    totals = [s * (n - 1) + x + e + 1 - size for n, s, x, e, size in zip(in_hw, strides, extra, eff, sizes)]
+    if any(t < 0 for t in totals):
+        return None
+    if auto_pad == "SAME_UPPER":
+        return [t // 2 for t in totals] + [t - t // 2 for t in totals]
+    return [t - t // 2 for t in totals] + [t // 2 for t in totals]
