@@ -723,6 +723,44 @@ def test_conv_transpose_consumer(kind):
     assert_costs_match(model, result)
 
 
+def keras_crop_model() -> onnx.ModelProto:
+    """tf2onnx's Conv2DTranspose(padding="same") on an input of unknown H and W: the
+    ConvTranspose (8 -> 6, stride 2, no pads: 2H + 1 rows) is cropped to 2H x 2W by a Slice
+    along H and W whose ends come from the Shape of its input, then Relu -> conv2 (6 -> 16)
+    -> GAP -> Gemm. ``down``'s channels 1 and 5 are zero after its Relu (zero weights, bias
+    -0.3: a constant would not do, since a transposed convolution spreads it unevenly over
+    the output, nor a padded one at its borders), and so is ``up``'s output 2."""
+    n = Net(21)
+    h = n.node("Relu", [n.conv("x", 3, 8, name="down", strides=[2, 2], pads=[1, 1, 1, 1], dead=[1, 5])])
+    bias = next(t for t in n.inits if t.name == "down.b")
+    bias.CopyFrom(NH.from_array(np.where(np.isin(np.arange(8), [1, 5]), -0.3, NH.to_array(bias)).astype(np.float32),
+                                "down.b"))
+    w = n.rng.normal(0, 0.3, (8, 6, 3, 3))
+    w[:, 2] = 0.0
+    bias = n.const([.2, .2, -.2, .2, .2, .2], name="up.b")
+    up = n.node("ConvTranspose", [h, n.const(w, name="up.w"), bias], name="up", kernel_shape=[3, 3], strides=[2, 2])
+    ends = n.node("Mul", [n.node("Slice", [n.node("Shape", [h]), n.const([2], np.int64), n.const([4], np.int64)]),
+                          n.const([2, 2], np.int64)])
+    crop = n.node("Slice", [up, n.const([0, 0], np.int64), ends, n.const([2, 3], np.int64)], name="crop")
+    return n.build(n.head(n.node("Relu", [n.conv(n.node("Relu", [crop]), 6, 16, name="conv2")]), 16),
+                   in_shape=("N", 3, "H", "W"))
+
+
+def test_a_crop_to_a_computed_size_passes_the_channels():
+    """The Slice's bounds are computed at run time, its axes are H and W: it passes the
+    channels on (it froze both groups before session 59). Pruned to their live channels,
+    both groups lose exactly the dead ones and the model gives the original's outputs at
+    the calibration size and at others."""
+    model = keras_crop_model()
+    assert_identity_and_close(model, tol=0.5)
+    result = prune_checked(model, keep_ratio=0.8, exclude=["conv2"])   # 8 -> 6, 6 -> 5: the live counts
+    down, up = group_of(result.report, "down"), group_of(result.report, "up")
+    assert down["kept_channels"] == [0, 2, 3, 4, 6, 7] and up["kept_channels"] == [0, 1, 3, 4, 5]
+    for size in (16, 20, 11):
+        x = np.random.default_rng(size).normal(size=(4, 3, size, size + 3)).astype(np.float32)
+        assert rel(outputs(result.model, x), outputs(model, x)) < 1e-5, size
+
+
 # -- Resize ------------------------------------------------------------------------------------
 
 def resize_model(form: str) -> onnx.ModelProto:

@@ -388,12 +388,17 @@ def add_rank_mismatch() -> onnx.ModelProto:
     return _model(b, _tail(b, g, 1))
 
 
-def slice_computed_bounds() -> onnx.ModelProto:
-    """U-Net crop: Slice of "h" to the H, W of a pooled tensor, read by Shape."""
+def slice_computed_bounds(axes: list[int] | None = None) -> onnx.ModelProto:
+    """U-Net crop: Slice of "h" to the H, W of a pooled tensor, read by Shape, along
+    ``axes`` (H and W; None: no axes input, so every leading axis)."""
     b = _Builder()
     h = _stem(b)
     size = b.node("Slice", [b.node("Shape", [b.pool(h)]), _ints(b, "two", [2]), _ints(b, "four", [4])])
-    crop = b.node("Slice", [h, _ints(b, "origin", [0, 0]), size, _ints(b, "hw", [2, 3])], name="crop")
+    bounds = [_ints(b, "origin", [0, 0]), size] + ([] if axes is None else [_ints(b, "axes", axes)])
+    if axes == [1, 2]:  # the C and H of the pooled tensor: its channels, which pooling keeps
+        size = b.node("Slice", [b.node("Shape", [b.pool(h)]), _ints(b, "one", [1]), _ints(b, "three", [3])])
+        bounds[1] = size
+    crop = b.node("Slice", [h] + bounds, name="crop")
     return _model(b, _tail(b, crop, WIDTH))
 
 
@@ -605,7 +610,12 @@ CASES: dict[str, Case] = {
     "add_rank_mismatch": Case(add_rank_mismatch, {"conv_g": "Add with a broadcast not handled"},
                               prunable=("a", "h", "t")),
     # op_Slice
-    "slice_computed_bounds": Case(slice_computed_bounds, {"h": "Slice with non-constant bounds"}),
+    # computed bounds on H and W alone pass the channels on (session 59); on the channels,
+    # or on axes not given, they freeze them
+    "slice_computed_bounds": Case(lambda: slice_computed_bounds([2, 3]), {}, prunable=("a", "h", "t")),
+    "slice_computed_bounds_channels": Case(lambda: slice_computed_bounds([1, 2]),
+                                           {"h": "Slice with non-constant bounds"}),
+    "slice_computed_bounds_no_axes": Case(slice_computed_bounds, {"h": "Slice with non-constant bounds"}),
     # what is computed after a batch cut has no row per sample to calibrate on: frozen too
     "slice_batch": Case(slice_batch, {"h": "Slice of the batch axis", "t": "no row per sample"}, prunable=("a",)),
     "slice_step2": Case(slice_step, {"h": "Slice of channels with a step"}),

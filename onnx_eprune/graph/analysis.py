@@ -209,6 +209,17 @@ class _Analyzer:
             return None
         return tuple(values)
 
+    def crops_other_axes(self, node: onnx.NodeProto, x: str) -> bool:
+        """Whether a Slice whose bounds are computed at run time (a crop to a size read from a
+        Shape: tf2onnx's transposed convolution on inputs of unknown size) names constant
+        axes that are neither the batch's nor ``x``'s channels', which it then passes on
+        whatever the bounds."""
+        if len(node.input) < 4 or not node.input[3]:
+            return False
+        axes = self.value(node.input[3])
+        rank = len(self.shapes[x])
+        return axes is not None and not {0, self.axis(x)} & {int(a) % rank for a in np.ravel(axes)}
+
     def frozen_reasons(self, layout) -> list[str]:
         """The reasons recorded on the spaces of ``layout`` themselves, each once, in order."""
         if not isinstance(layout, list):
@@ -1704,6 +1715,9 @@ class _Analyzer:
         shape = self.shapes.get(x)
         layout = self.layout(x)
         bounds = self.slice_inputs(node)
+        if bounds is None and shape is not None and isinstance(layout, list) and self.crops_other_axes(node, x):
+            self.passthrough(node, x)
+            return
         if bounds is None or shape is None or not isinstance(layout, list):
             self.freeze_all(node, index, "Slice with non-constant bounds")
             return
