@@ -51,6 +51,7 @@ class Job:
     size: int = 96
     opset: int = 13
     nchw: bool = True  # TensorFlow only: ask tf2onnx for an NCHW input (inputs_as_nchw)
+    any_size: bool = False  # TensorFlow only: an input of unknown height and width (probed at ``size``)
 
 
 # -- PaddlePaddle ------------------------------------------------------------------------------
@@ -207,6 +208,22 @@ def keras_unet(size: int):
     return keras.Model(inp, out, name="unet")
 
 
+def keras_decoder(size: int | None):
+    """A small Keras encoder-decoder for inputs of any size (``size`` None: unknown height
+    and width): two poolings, two Conv2DTranspose(padding="same") with Concatenate skips, a
+    1x1 conv head; no UpSampling2D, whose bilinear mode Keras cannot trace at unknown sizes."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((size, size, 3), name="input")
+    c1 = keras_cba(inp, 16)
+    c2 = keras_cba(layers.MaxPooling2D()(c1), 32)
+    c3 = keras_cba(layers.MaxPooling2D()(c2), 64)
+    u2 = keras_cba(layers.Concatenate()([layers.Conv2DTranspose(32, 3, strides=2, padding="same")(c3), c2]), 32)
+    u1 = keras_cba(layers.Concatenate()([layers.Conv2DTranspose(16, 4, strides=2, padding="same")(u2), c1]), 16)
+    return keras.Model(inp, layers.Conv2D(NUM_CLASSES, 1)(u1), name="decoder")
+
+
 def keras_space_to_depth(size: int):
     """A small Keras CNN that downsamples by ``tf.nn.space_to_depth`` and upsamples by
     ``tf.nn.depth_to_space`` (TensorFlow's DCR order) between its convolutions."""
@@ -256,7 +273,10 @@ def tf_jobs() -> list[Job]:
     jobs += [Job(f"keras_{a}", a, keras_app(a)) for a in more]
     jobs += [Job("keras_groupnorm", "GroupNorm CNN (Keras)", keras_groupnorm),
              Job("keras_groupnorm.nhwc", "GroupNorm CNN (Keras)", keras_groupnorm, nchw=False),
-             Job("keras_space_to_depth", "space_to_depth CNN (Keras)", keras_space_to_depth)]
+             Job("keras_space_to_depth", "space_to_depth CNN (Keras)", keras_space_to_depth),
+             # tf2onnx crops the Conv2DTranspose of an input of unknown size to a size read from a Shape
+             Job("keras_decoder", "decoder (Keras)", keras_decoder),
+             Job("keras_decoder.any_size", "decoder (Keras)", keras_decoder, any_size=True)]
     return jobs
 
 
@@ -309,9 +329,10 @@ def export_tf(job: Job, path: Path) -> dict:
     import tf2onnx
 
     keras.utils.set_random_seed(0)
-    model = job.build(job.size)
+    size = None if job.any_size else job.size
+    model = job.build(size)
     recalibrate_keras_batchnorm(model, job.size)
-    spec = (tf.TensorSpec((None, job.size, job.size, 3), tf.float32, name="input"),)
+    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="input"),)
 
     # a tf.function rather than from_keras: tf2onnx's from_keras does not take Keras 3 models
     @tf.function(input_signature=spec)
@@ -334,22 +355,26 @@ def exporter_label(framework: str, job: Job) -> str:
     """The benchmark table's exporter column (it has no opset or layout column)."""
     if framework == "paddle":
         return f"paddle2onnx, opset {job.opset}"
-    return f"tf2onnx, opset {job.opset}, {'NCHW' if job.nchw else 'NHWC'} input"
+    size = ", any H x W" if job.any_size else ""
+    return f"tf2onnx, opset {job.opset}, {'NCHW' if job.nchw else 'NHWC'} input{size}"
 
 
 FRAMEWORKS: dict[str, tuple[Callable[[], list[Job]], Callable[[Job, Path], dict]]] = {
     "paddle": (paddle_jobs, export_paddle), "tf": (tf_jobs, export_tf)}
 
 
-def onnx_input(path: Path) -> tuple[str, list[int], int]:
-    """The model's first graph input (name, shape with a dynamic batch read as 1) and opset,
-    as written, so that the sidecar describes the file rather than the request."""
+def onnx_input(path: Path, size: int | None = None) -> tuple[str, list[int], int]:
+    """The model's first graph input (name, shape with a dynamic batch read as 1 and, given
+    ``size``, dynamic height and width read as ``size``) and opset, as written, so that the
+    sidecar describes the file rather than the request."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in proto.graph.initializer}
     inp = next(i for i in proto.graph.input if i.name not in inits)
     dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inp.type.tensor_type.shape.dim]
+    if size is not None:
+        dims = [dims[0]] + [d or size for d in dims[1:]]
     if any(d <= 0 for d in dims[1:]):
         raise ValueError(f"input {inp.name} has dynamic non-batch dimensions: {dims}")
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
@@ -360,7 +385,7 @@ def export_one(job: Job, export: Callable[[Job, Path], dict], cache: Path) -> di
     path = cache / f"{job.stem}.onnx"
     t0 = time.perf_counter()
     extra = export(job, path)
-    input_name, shape, opset = onnx_input(path)
+    input_name, shape, opset = onnx_input(path, job.size if job.any_size else None)
     meta = {"name": job.stem, "arch": job.arch, "exporter": extra.pop("exporter"), "input_name": input_name,
             "input_shape": shape, "opset": opset, **extra, "made_by": "tools/export_thirdparty.py",
             "export_seconds": round(time.perf_counter() - t0, 2)}
