@@ -113,15 +113,44 @@ def paddle_segnet(size: int):
     return SegNet()
 
 
+def paddle_decoder(size: int):
+    """A small encoder-decoder whose two Conv2DTranspose layers pad "SAME" (paddle2onnx
+    writes ``auto_pad`` SAME_UPPER), with Concat skips and a 1x1 conv head."""
+    import paddle
+    from paddle import nn
+
+    def cba(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2D(cin, cout, 3, stride, 1, bias_attr=False), nn.BatchNorm2D(cout), nn.ReLU())
+
+    class Decoder(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.enc1, self.enc2, self.enc3 = cba(3, 16), cba(16, 32, 2), cba(32, 64, 2)
+            self.up2 = nn.Conv2DTranspose(64, 32, 3, stride=2, padding="SAME")
+            self.up1 = nn.Conv2DTranspose(32, 16, 4, stride=2, padding="SAME")
+            self.dec2, self.dec1 = cba(64, 32), cba(32, 16)
+            self.head = nn.Conv2D(16, NUM_CLASSES, 1)
+
+        def forward(self, x):
+            e1 = self.enc1(x)
+            e2 = self.enc2(e1)
+            d2 = self.dec2(paddle.concat([self.up2(self.enc3(e2)), e2], axis=1))
+            return self.head(self.dec1(paddle.concat([self.up1(d2), e1], axis=1)))
+
+    return Decoder()
+
+
 def paddle_jobs() -> list[Job]:
-    """paddle.vision models at opset 13, two of them again at opset 11; GoogLeNet's auxiliary
-    heads (5x5/3 pooling into a fixed-size Linear) need 224x224."""
+    """paddle.vision models, the segmentation net and the decoder at opset 13, two of them
+    again at opset 11; GoogLeNet's auxiliary heads (5x5/3 pooling into a fixed-size Linear)
+    need 224x224."""
     archs = [("mobilenet_v3_small", 96), ("mobilenet_v3_large", 96), ("mobilenet_v2", 96), ("resnet18", 96),
              ("resnet50", 96), ("shufflenet_v2_x1_0", 96), ("densenet121", 96), ("squeezenet1_1", 96),
              ("googlenet", 224), ("inception_v3", 96), ("mobilenet_v1", 96), ("resnext50_32x4d", 96),
              ("wide_resnet50_2", 96), ("shufflenet_v2_swish", 96), ("vgg16", 224), ("alexnet", 224)]
     jobs = [Job(f"paddle_{a}", a, paddle_vision(a), s) for a, s in archs]
     jobs.append(Job("paddle_segnet", "segnet (U-Net/FPN)", paddle_segnet))
+    jobs.append(Job("paddle_decoder", "decoder (Paddle)", paddle_decoder))
     jobs += [Job("paddle_mobilenet_v3_large.op11", "mobilenet_v3_large", paddle_vision("mobilenet_v3_large"), opset=11),
              Job("paddle_segnet.op11", "segnet (U-Net/FPN)", paddle_segnet, opset=11)]
     return jobs
