@@ -62,7 +62,7 @@ GEOMETRIES = {
                                                                  dilations=[2, 1, 1])),
     "3d-same": dict(spatial=(4, 5, 5), kernel=(3, 3, 2), attrs=dict(auto_pad="SAME_UPPER")),
     "2d-valid": dict(spatial=(5, 4), kernel=(3, 2), attrs=dict(auto_pad="VALID", strides=[2, 1])),
-    "2d-same-lower": dict(spatial=(5, 4), kernel=(3, 4), attrs=dict(auto_pad="SAME_LOWER", strides=[2, 3])),
+    "2d-same-lower": dict(spatial=(5, 4), kernel=(3, 3), attrs=dict(auto_pad="SAME_LOWER", strides=[2, 3])),
 }
 
 # a ConvTranspose's output_shape (odd and even total paddings), and the auto_pad that goes

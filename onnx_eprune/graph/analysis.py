@@ -26,7 +26,7 @@ from onnx import numpy_helper
 from .contrib import CONTRIB_UNARY, MS_DOMAIN, NCHWC_DOMAIN
 from .groups import (QUANTIZED, ChannelGroup, Consumer, GraphAnalysis, GroupCount, ParamSlice, Producer, ShapeParam,
                      SliceBound, SplitSizes, node_label)
-from .geometry import conv_geometry, transposed_geometry
+from .geometry import conv_geometry, implicit_padding, transposed_geometry
 from .layout import Segment, Spaces, couple, flatten, offsets
 from .model_io import fixed_batch, implicit_inputs, onnx_opset, overridable_initializers, unbatched_inputs
 
@@ -585,8 +585,10 @@ class _Analyzer:
             return
         geometry = transposed_geometry(_attrs(node), wshape, self.shapes[x][2:], self.shapes.get(out))
         if geometry is None:
-            self.freeze_layout(layout, f"{label}: the padding that its output_shape or auto_pad stands for is "
-                                       "not known at the probed size (its inputs are not pruned)")
+            why = ("the padding that its output_shape or auto_pad stands for is not known at the probed size"
+                   if implicit_padding(_attrs(node)) else "its output size at the probed input does not follow from "
+                   "its pads")
+            self.freeze_layout(layout, f"{label}: {why} (its inputs are not pruned)")
         else:
             self.add_consumer(node, index, "convT", x, out, w, b, wshape[1], wshape[0], math.prod(wshape[2:]),
                               layout, conv=geometry)

@@ -39,6 +39,11 @@ def conv_geometry(attrs: dict, wshape: tuple[int, ...], in_hw: tuple[int, ...],
             "pads": tuple(pads), "in_hw": tuple(in_hw), "out_hw": out_hw}
 
 
+def implicit_padding(attrs: dict) -> bool:
+    """Whether a ConvTranspose's pads are those its ``auto_pad`` or ``output_shape`` stand for."""
+    return _auto_pad(attrs) != "NOTSET" or "output_shape" in attrs
+
+
 def transposed_geometry(attrs: dict, wshape: tuple[int, ...], in_hw: tuple[int, ...],
                         out_shape: tuple[int, ...] | None) -> dict | None:
     """The Conv that equals a 1-, 2- or 3-D ConvTranspose (weight shape ``wshape`` (C, M/g,
@@ -53,7 +58,7 @@ def transposed_geometry(attrs: dict, wshape: tuple[int, ...], in_hw: tuple[int, 
     dil = list(attrs.get("dilations", [1] * nd))
     extra = list(attrs.get("output_padding", [0] * nd))
     eff = [d * (k - 1) for d, k in zip(dil, kernel)]
-    if _auto_pad(attrs) != "NOTSET" or "output_shape" in attrs:
+    if implicit_padding(attrs):
         pads = _implicit_transposed_pads(attrs, eff, strides, extra, in_hw)
         if pads is None:
             return None
