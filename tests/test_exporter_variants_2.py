@@ -761,6 +761,62 @@ def test_a_crop_to_a_computed_size_passes_the_channels():
         assert rel(outputs(result.model, x), outputs(model, x)) < 1e-5, size
 
 
+def keras_upsampling_model(tile_channels: bool = False) -> onnx.ModelProto:
+    """tf2onnx's Keras UpSampling2D (nearest, x2) on an input of unknown H and W, between
+    ``down`` (3 -> 8, stride 2; its channels 1 and 5 zero after the Relu) and conv2 (8 ->
+    16) -> GAP -> Gemm: rows and then columns are each repeated by Unsqueeze, Tile,
+    (a Transpose to channels last,) and a Reshape whose target is read from a Shape,
+    ``[N, 2H, W, C]`` from ``Slice(Gather(Shape(x), [0, 2, 3, 1]))`` and ``[N, 2H, 2W, C]``
+    from the Shape of the map it made. ``tile_channels``: the first Tile also copies the
+    channels (its target then doubles C), which must freeze them."""
+    n = Net(23)
+    h = n.node("Relu", [n.conv("x", 3, 8, name="down", strides=[2, 2], pads=[1, 1, 1, 1], dead=[1, 5])])
+    bias = next(t for t in n.inits if t.name == "down.b")
+    bias.CopyFrom(NH.from_array(np.where(np.isin(np.arange(8), [1, 5]), -0.3, NH.to_array(bias)).astype(np.float32),
+                                "down.b"))
+
+    def entries(vector: str, lo: int, hi: int) -> str:
+        return n.node("Slice", [vector, n.const([lo], np.int64), n.const([hi], np.int64), n.const([0], np.int64)])
+
+    def twice(entry: str) -> str:
+        return n.node("Mul", [entry, n.const([2], np.int64)])
+
+    nhwc = n.node("Gather", [n.node("Shape", [h]), n.const([0, 2, 3, 1], np.int64)], axis=0)
+    rows = n.node("Tile", [n.node("Unsqueeze", [h, n.const([3], np.int64)]),
+                           n.const([1, 2 if tile_channels else 1, 1, 2, 1], np.int64)])
+    rows = n.node("Transpose", [rows], perm=[0, 2, 3, 4, 1])
+    channels = entries(nhwc, 2, 4) if not tile_channels else n.node("Mul", [entries(nhwc, 2, 4),
+                                                                            n.const([1, 2], np.int64)])
+    target = n.node("Concat", [entries(nhwc, 0, 1), twice(entries(nhwc, 1, 2)), channels], axis=0)
+    up = n.node("Reshape", [rows, target])
+    cols = n.node("Tile", [n.node("Unsqueeze", [up, n.const([3], np.int64)]), n.const([1, 1, 1, 2, 1], np.int64)])
+    shape = n.node("Shape", [up])
+    target = n.node("Concat", [entries(shape, 0, 2), twice(entries(shape, 2, 3)), entries(shape, 3, 4)], axis=0)
+    up = n.node("Transpose", [n.node("Reshape", [cols, target])], perm=[0, 3, 1, 2])
+    c = 16 if tile_channels else 8
+    return n.build(n.head(n.node("Relu", [n.conv(up, c, 16, name="conv2")]), 16), in_shape=("N", 3, "H", "W"))
+
+
+def test_keras_upsampling_passes_the_channels():
+    """The Tiles copy rows and columns, the Reshapes regroup the axes before the channels
+    kept last, and the channel count their targets read from a Shape follows by itself
+    (before session 59: "op Tile is not understood", "its channel count is read by a Shape
+    op"). Pruned to its live channels, ``down`` loses exactly the dead ones and the model
+    gives the original's outputs at the calibration size and at others."""
+    model = keras_upsampling_model()
+    assert_identity_and_close(model, tol=0.5)
+    result = prune_checked(model, keep_ratio=0.75, exclude=["conv2"])
+    assert group_of(result.report, "down")["kept_channels"] == [0, 2, 3, 4, 6, 7]
+    for size in (16, 12, 22):
+        x = np.random.default_rng(size).normal(size=(4, 3, size, size + 6)).astype(np.float32)
+        assert rel(outputs(result.model, x), outputs(model, x)) < 1e-5, size
+
+
+def test_keras_upsampling_that_tiles_the_channels_freezes_them():
+    result = prune_checked(keras_upsampling_model(tile_channels=True), keep_ratio=0.5)
+    assert "Tile along the batch or channel axis" in group_of(result.report, "down")["frozen"]
+
+
 # -- Resize ------------------------------------------------------------------------------------
 
 def resize_model(form: str) -> onnx.ModelProto:

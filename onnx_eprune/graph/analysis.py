@@ -1093,7 +1093,36 @@ class _Analyzer:
             own[1] = 0  # the Reshape reads 0 as x's size there: the count it computes
             if self.after_channels(node, index, shape_in, shape_out, layout, own):
                 return True
+        if self.regroups_before_channels(node, index, layout, spec, counts):
+            return True
         return self.split_blocks(node, index, layout, spec, counts)
+
+    def regroups_before_channels(self, node: onnx.NodeProto, index: int, layout: list[Segment], spec: np.ndarray,
+                                 counts: dict[int, tuple[str, int]]) -> bool:
+        """A Reshape of a map with its channels on the last axis that keeps them there and
+        the batch first, regrouping only the axes between (tf2onnx's Keras UpSampling2D:
+        (N, H, 2, W, C) to (N, 2H, W, C)), its channel entry the count a Shape op reads
+        (which follows by itself); that tensor's channels are coupled with these. Whether it
+        followed the channels."""
+        x, out = node.input[0], node.output[0]
+        si, so = self.shapes.get(x), self.shapes.get(out)
+        if si is None or so is None or len(si) < 3 or len(so) < 3 or len(spec) != len(so) \
+                or self.axis(x) != len(si) - 1 or set(counts) != {len(so) - 1} or counts[len(so) - 1][1] != 1 \
+                or so[-1] != si[-1] or so[0] != si[0] or any(seg.factor != 1 for seg in layout) \
+                or np.prod(si[1:-1], dtype=np.int64) != np.prod(so[1:-1], dtype=np.int64) \
+                or (spec[0] not in (0, -1) and self.sets_batch(int(spec[0]), si[0])):
+            return False
+        source = self.layout(counts[len(so) - 1][0])
+        if not isinstance(source, list) or any(seg.factor != 1 for seg in source) \
+                or sum(seg.length for seg in source) != si[-1]:
+            return False
+        if source is not layout and not couple(self.spaces, source, layout, self.new_cuts):
+            self.freeze_all(node, index, "Reshape of channels kept last: the channels whose count it reads differ "
+                                         "in structure")
+            return True
+        self.layouts[out] = layout
+        self.axes[out] = len(so) - 1
+        return True
 
     def target_spec(self, target: str, x: str) -> tuple[np.ndarray, dict[int, tuple[str, int]]] | None:
         """A Reshape target's value at the probed shapes, with the batch size of ``x``, the
@@ -1107,6 +1136,8 @@ class _Analyzer:
         spec = np.array(spec, dtype=np.int64).reshape(-1)
         counts: dict[int, tuple[str, int]] = {}
         concat = self.producer_node.get(target)
+        if concat is not None and concat.op_type == "Cast":
+            concat = self.producer_node.get(concat.input[0])
         if concat is None or concat.op_type != "Concat":
             return spec, counts
         pos = 0
@@ -1117,8 +1148,32 @@ class _Analyzer:
                 counts[pos] = (entry[0], entry[2])
             elif pos == 0 and self.batch_part(part, x):
                 spec[0] = 0
+            elif entry is None:  # a vector of Shape entries (tf2onnx: a Slice of a permuted Shape)
+                for j, e in enumerate(self.shape_vector(part) or []):
+                    if e is not None and e[1] == self.axis(e[0]):
+                        counts[pos + j] = (e[0], 1)
+                    elif e is not None and pos + j == 0 and e[1] == 0 and e[0] not in self.batch_cut \
+                            and self.shapes.get(e[0], ())[:1] == self.shapes.get(x, (None,))[:1]:
+                        spec[0] = 0
             pos += size
         return spec, counts
+
+    def shape_vector(self, name: str, depth: int = 0) -> list[tuple[str, int] | None] | None:
+        """The entries of the shape-valued tensor ``name``: (z, i) for entry i of
+        ``Shape(z)``, read back through Cast, Identity, Squeeze, Unsqueeze, Gathers of
+        constant indices and Slices with constant bounds; None for a value built otherwise."""
+        node = self.producer_node.get(name)
+        if node is None or depth > 16:
+            return None
+        if node.op_type == "Shape":
+            start, end = _shape_range(node, len(self.shapes.get(node.input[0], ())))
+            return [(node.input[0], i) for i in range(start, end)]
+        if node.op_type in SHAPE_VALUE_COPIES | {"Gather", "Slice"}:
+            source = self.shape_vector(node.input[0], depth + 1)
+            taken = None if source is None else self.taken_entries(node, len(source)) \
+                if node.op_type in ("Gather", "Slice") else list(range(len(source)))
+            return None if taken is None else [source[i % len(source)] for i in taken]
+        return None
 
     def split_blocks(self, node: onnx.NodeProto, index: int, layout: list[Segment], spec: np.ndarray,
                      counts: dict[int, tuple[str, int]]) -> bool:
@@ -1348,6 +1403,18 @@ class _Analyzer:
     def op_Squeeze(self, node: onnx.NodeProto, index: int) -> None:
         self.rank_change(node, index)
 
+    def op_Tile(self, node: onnx.NodeProto, index: int) -> None:
+        """Copies along axes other than the batch and the channels (Keras' UpSampling2D
+        repeats rows and columns so) pass the channels on."""
+        x = node.input[0]
+        repeats = self.known(node.input[1])
+        shape = self.shapes.get(x)
+        if repeats is None or shape is None or np.size(repeats) != len(shape) \
+                or int(np.ravel(repeats)[0]) != 1 or int(np.ravel(repeats)[self.axis(x)]) != 1:
+            self.freeze_all(node, index, "Tile along the batch or channel axis, or by repeats not known")
+            return
+        self.passthrough(node, x)
+
     def op_Unsqueeze(self, node: onnx.NodeProto, index: int) -> None:
         self.rank_change(node, index)
 
@@ -1478,6 +1545,7 @@ class _Analyzer:
             self.reads_other_axes(n, node.output[0], {caxis - start}, max(end - start, 1))
             or (start == 0 and self.resizes_itself(n, node.input[0])) or self.reshapes_back(n, node.input[0])
             or self.counts_into_targets(n, node, caxis - start, max(end - start, 1))
+            or self.count_entries_into_targets(n, node.output[0], node.input[0], {caxis - start}, max(end - start, 1))
             for n in self.consumer_nodes.get(node.output[0], []))
         if not safe:
             self.freeze_layout(self.layout(node.input[0]), "its channel count is read by a Shape op")
@@ -1496,6 +1564,51 @@ class _Analyzer:
         for target in targets or ():
             self.count_reads.setdefault(target, set()).add(shape.input[0])
         return targets is not None
+
+    def count_entries_into_targets(self, reader: onnx.NodeProto, vector: str, z: str, held: set[int], n: int,
+                                   depth: int = 0) -> bool:
+        """Whether ``reader`` of the shape vector ``vector`` (``n`` entries, those in ``held``
+        holding ``z``'s channel count) takes that count only into Reshape targets, as whole
+        entries of a Concat along axis 0 (behind a Cast) that Reshapes alone read: through
+        Gathers of entries and Slices with constant bounds (tf2onnx's Keras UpSampling2D:
+        ``Slice(Cast(Gather(Shape(x), [0, 2, 3, 1])), 2)``, the W and C of the NHWC map);
+        what it takes without the count is :meth:`reads_other_axes`' concern. Records the
+        targets (:attr:`count_reads`), whose Reshapes must then follow the count."""
+        if depth > 16 or reader.input[0] != vector:
+            return False
+        out = reader.output[0]
+        if reader.op_type == "Concat":
+            return False
+        taken = self.taken_entries(reader, n)
+        if taken is None:
+            return False
+        now = {j for j, i in enumerate(taken) if i % n in held}
+        if not now:
+            return True
+        if out in self.graph_outputs:
+            return False
+        readers = self.consumer_nodes.get(out, [])
+        ok = bool(readers)
+        for r in readers:
+            if r.op_type == "Concat" and int(_attrs(r).get("axis", 0)) in (0, -1):
+                target = self.concat_target(r.output[0])
+                ok = ok and target is not None
+                if target is not None:
+                    self.count_reads.setdefault(target, set()).add(z)
+            else:
+                ok = ok and self.count_entries_into_targets(r, out, z, now, len(taken), depth + 1)
+        return ok
+
+    def concat_target(self, name: str) -> str | None:
+        """The Reshape target that the Concat output ``name`` is, itself or behind one Cast,
+        where Reshapes alone read it (as their target); None otherwise."""
+        readers = self.consumer_nodes.get(name, [])
+        if len(readers) == 1 and readers[0].op_type == "Cast" and name not in self.graph_outputs:
+            name, readers = readers[0].output[0], self.consumer_nodes.get(readers[0].output[0], [])
+        if name in self.graph_outputs or not readers \
+                or any(c.op_type != "Reshape" or list(c.input[1:]) != [name] for c in readers):
+            return None
+        return name
 
     def count_targets(self, name: str, depth: int = 0) -> set[str] | None:
         """The Reshape targets a channel count ``name`` goes into, through Cast, Identity,
