@@ -701,6 +701,30 @@ def test_bench_coverage_tiny_run(tmp_path):
     assert f"| tiny_cnn | onnx.helper | entropic | yes | yes | {100 * r['macs_removed']:.1f}% |" in md
 
 
+def test_bench_coverage_check_of_an_ort_optimized_table_inspects_the_saved_model(tmp_path, monkeypatch):
+    """``--check --ort-optimized`` compares a row with the export as onnxruntime's optimizer
+    saves it, the model that row was made from (session 59: it inspected the plain export,
+    whose groups can differ from the saved one's)."""
+    sys.path.insert(0, str(TOOLS))
+    try:
+        import bench_coverage
+    finally:
+        sys.path.remove(str(TOOLS))
+    cache = _coverage_cache(tmp_path / "cache")
+    seen: list[tuple[Path, set[str]]] = []
+
+    def inspect(path: Path, shape: list[int]) -> dict:
+        seen.append((path, {node.domain for node in onnx.load(str(path)).graph.node}))
+        return {}
+
+    monkeypatch.setattr(bench_coverage, "inspect_model", inspect)
+    bench_coverage.check_rows(cache, ["tiny"], {"tiny": {}})
+    bench_coverage.check_rows(cache, ["tiny"], {"tiny": {}}, optimized=True)
+    (plain, plain_domains), (saved, saved_domains) = seen
+    assert plain == cache / "tiny.onnx" and "com.microsoft" not in plain_domains
+    assert saved != plain and "com.microsoft" in saved_domains
+
+
 def test_bench_coverage_check_finds_rows_the_code_no_longer_gives(tmp_path):
     """``--check`` prunes nothing and leaves ``--out`` alone: the tiny export inspects as its
     fresh row says (exit 0); with the row's prunable groups and MAC total changed, as a

@@ -357,15 +357,18 @@ def _checked(row: dict) -> dict:
     return figures
 
 
-def check_rows(cache: Path, stems: list[str], results: dict) -> int:
-    """``--check``: inspect each export ``stems`` of ``cache`` again and compare the
-    :data:`CHECKED` figures with its row in ``results`` (the prunable share to 1e-4, an
+def check_rows(cache: Path, stems: list[str], results: dict, optimized: bool = False) -> int:
+    """``--check``: inspect each export ``stems`` of ``cache`` again (``optimized``: as
+    onnxruntime's optimizer saves it, the model of an ``--ort-optimized`` row) and compare
+    the :data:`CHECKED` figures with its row in ``results`` (the prunable share to 1e-4, an
     error by its message); prints every difference. Returns the number of exports that
     differ from their rows or have none."""
     differ = 0
     for stem in stems:
         meta = json.loads((cache / f"{stem}.json").read_text())
-        now = inspect_model(cache / f"{stem}.onnx", [int(d) for d in meta["input_shape"]])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = ort_optimized(cache / f"{stem}.onnx", Path(tmp)) if optimized else cache / f"{stem}.onnx"
+            now = inspect_model(path, [int(d) for d in meta["input_shape"]])
         was, found = _checked(results.get(stem, {})), _checked(now)
         if found != was:
             differ += 1
@@ -741,7 +744,8 @@ def main(argv=None) -> int:
     if args.only:  # in the order given
         stems = [s for s in dict.fromkeys(args.only) if s in stems]
     if args.check:
-        return 1 if check_rows(cache, stems, json.loads(out.read_text()) if out.exists() else {}) else 0
+        return 1 if check_rows(cache, stems, json.loads(out.read_text()) if out.exists() else {},
+                               args.ort_optimized) else 0
     for stem, f in failures.items():
         if (not args.only or stem in args.only) and stem not in stems:
             results[stem] = {"name": stem, "arch": f["arch"], "exporter": f["exporter"], "exported": False,
