@@ -1152,8 +1152,7 @@ class _Analyzer:
                 for j, e in enumerate(self.shape_vector(part) or []):
                     if e is not None and e[1] == self.axis(e[0]):
                         counts[pos + j] = (e[0], 1)
-                    elif e is not None and pos + j == 0 and e[1] == 0 and e[0] not in self.batch_cut \
-                            and self.shapes.get(e[0], ())[:1] == self.shapes.get(x, (None,))[:1]:
+                    elif e is not None and pos + j == 0 and e[1] == 0 and self.shares_batch(e[0], x):
                         spec[0] = 0
             pos += size
         return spec, counts
@@ -1301,8 +1300,12 @@ class _Analyzer:
         if self.reads_batch_size(name, x):
             return True
         entry = self.shape_entry(name)
-        return entry is not None and entry[1:] == (0, 1) and entry[0] not in self.batch_cut \
-            and self.shapes.get(entry[0], ())[:1] == self.shapes.get(x, (None,))[:1]
+        return entry is not None and entry[1:] == (0, 1) and self.shares_batch(entry[0], x)
+
+    def shares_batch(self, z: str, x: str) -> bool:
+        """Whether ``z`` has one row per sample (no batch cut made it) and as many rows as
+        ``x`` at the probed shapes, so that its batch size is ``x``'s."""
+        return z not in self.batch_cut and self.shapes.get(z, ())[:1] == self.shapes.get(x, (None,))[:1]
 
     def reads_batch_size(self, name: str, x: str) -> bool:
         """Whether ``name`` is the batch size of ``x`` as a scalar or 1-element vector: taken
@@ -1542,10 +1545,9 @@ class _Analyzer:
         skips_channels = rank > 1 and not (start <= caxis < end)
         # a graph output that holds the channel count would change with the pruning
         safe = skips_channels or node.output[0] not in self.graph_outputs and all(
-            self.reads_other_axes(n, node.output[0], {caxis - start}, max(end - start, 1))
+            self.reads_other_axes(n, node.output[0], {caxis - start}, max(end - start, 1), node.input[0])
             or (start == 0 and self.resizes_itself(n, node.input[0])) or self.reshapes_back(n, node.input[0])
             or self.counts_into_targets(n, node, caxis - start, max(end - start, 1))
-            or self.count_entries_into_targets(n, node.output[0], node.input[0], {caxis - start}, max(end - start, 1))
             for n in self.consumer_nodes.get(node.output[0], []))
         if not safe:
             self.freeze_layout(self.layout(node.input[0]), "its channel count is read by a Shape op")
@@ -1564,40 +1566,6 @@ class _Analyzer:
         for target in targets or ():
             self.count_reads.setdefault(target, set()).add(shape.input[0])
         return targets is not None
-
-    def count_entries_into_targets(self, reader: onnx.NodeProto, vector: str, z: str, held: set[int], n: int,
-                                   depth: int = 0) -> bool:
-        """Whether ``reader`` of the shape vector ``vector`` (``n`` entries, those in ``held``
-        holding ``z``'s channel count) takes that count only into Reshape targets, as whole
-        entries of a Concat along axis 0 (behind a Cast) that Reshapes alone read: through
-        Gathers of entries and Slices with constant bounds (tf2onnx's Keras UpSampling2D:
-        ``Slice(Cast(Gather(Shape(x), [0, 2, 3, 1])), 2)``, the W and C of the NHWC map);
-        what it takes without the count is :meth:`reads_other_axes`' concern. Records the
-        targets (:attr:`count_reads`), whose Reshapes must then follow the count."""
-        if depth > 16 or reader.input[0] != vector:
-            return False
-        out = reader.output[0]
-        if reader.op_type == "Concat":
-            return False
-        taken = self.taken_entries(reader, n)
-        if taken is None:
-            return False
-        now = {j for j, i in enumerate(taken) if i % n in held}
-        if not now:
-            return True
-        if out in self.graph_outputs:
-            return False
-        readers = self.consumer_nodes.get(out, [])
-        ok = bool(readers)
-        for r in readers:
-            if r.op_type == "Concat" and int(_attrs(r).get("axis", 0)) in (0, -1):
-                target = self.concat_target(r.output[0])
-                ok = ok and target is not None
-                if target is not None:
-                    self.count_reads.setdefault(target, set()).add(z)
-            else:
-                ok = ok and self.count_entries_into_targets(r, out, z, now, len(taken), depth + 1)
-        return ok
 
     def concat_target(self, name: str) -> str | None:
         """The Reshape target that the Concat output ``name`` is, itself or behind one Cast,
@@ -1623,10 +1591,8 @@ class _Analyzer:
             if r.input[0] == name and (r.op_type in SHAPE_VALUE_COPIES
                                        or r.op_type == "Div" and self.is_const(r.input[1])):
                 more = self.count_targets(out, depth + 1)
-            elif r.op_type == "Concat" and int(_attrs(r).get("axis", 0)) in (0, -1) and out not in self.graph_outputs \
-                    and self.consumer_nodes.get(out) and all(
-                        c.op_type == "Reshape" and list(c.input[1:]) == [out] for c in self.consumer_nodes[out]):
-                more = {out}
+            elif r.op_type == "Concat" and int(_attrs(r).get("axis", 0)) in (0, -1) and self.concat_target(out) == out:
+                more = {out}  # read by Reshapes directly, not behind a Cast
             else:
                 return None
             if more is None:
@@ -1658,14 +1624,18 @@ class _Analyzer:
             return None
         return shape.input[0], start + taken[0] % max(end - start, 1), 1
 
-    def reads_other_axes(self, reader: onnx.NodeProto, shape: str, channel: set[int], n: int,
+    def reads_other_axes(self, reader: onnx.NodeProto, shape: str, channel: set[int], n: int, z: str,
                          depth: int = 0) -> bool:
         """Whether ``reader`` takes only entries of the shape vector ``shape`` (``n`` entries)
-        other than those in ``channel`` (which hold a channel count): a Gather of entries, or
-        a Slice with constant bounds (``Slice(Shape(skip), 2, 4)``: its H and W), or a Cast;
-        where what it takes still holds a channel count, every reader of its output must
+        other than those in ``channel`` (which hold ``z``'s channel count): a Gather of
+        entries, or a Slice with constant bounds (``Slice(Shape(skip), 2, 4)``: its H and W),
+        or a Cast; where what it takes still holds the count, every reader of its output must
         take only other entries in turn (tf2onnx's ``Slice(Cast(Gather(Shape(x), perm)), 0,
-        1)``: the batch size of the NHWC map)."""
+        1)``: the batch size of the NHWC map) or put it, whole, into a Concat along axis 0
+        that is a Reshape's target (:meth:`concat_target`; tf2onnx's Keras UpSampling2D:
+        ``Slice(Cast(Gather(Shape(x), [0, 2, 3, 1])), 2)``, the W and C of the NHWC map).
+        Such targets are recorded (:attr:`count_reads`): their Reshapes must follow the
+        count, or ``z``'s channels freeze."""
         taken = self.taken_entries(reader, n) if reader.input[0] == shape else None
         if taken is None:
             return False
@@ -1675,8 +1645,17 @@ class _Analyzer:
             return True
         if depth >= 16 or out in self.graph_outputs:
             return False
-        return all(self.reads_other_axes(r, out, held, max(len(taken), 1), depth + 1)
+        return all(self.count_into_target(r, z) if r.op_type == "Concat"
+                   else self.reads_other_axes(r, out, held, max(len(taken), 1), z, depth + 1)
                    for r in self.consumer_nodes.get(out, []))
+
+    def count_into_target(self, concat: onnx.NodeProto, z: str) -> bool:
+        """Whether ``concat``, which takes ``z``'s channel count, builds a Reshape target along
+        axis 0 (:meth:`concat_target`); records the target in :attr:`count_reads`."""
+        target = self.concat_target(concat.output[0]) if int(_attrs(concat).get("axis", 0)) in (0, -1) else None
+        if target is not None:
+            self.count_reads.setdefault(target, set()).add(z)
+        return target is not None
 
     def sizes_from_own_shape(self, sizes: str, x: str) -> bool:
         """Whether a Resize's ``sizes`` is ``Concat(Slice(Shape(x), 0, 2), ...)`` of its own
