@@ -25,9 +25,11 @@ from .calibrate.bundle import StatsBundle, fingerprint, merge_bundles
 from .calibrate.data import CalibrationData, load_calibration, warn_if_few
 from .calibrate.engine import CacheSpace, CachedNetwork, StoredBatches, Topology
 from .calibrate.sensitivity import comparison_outputs, gain_subset, output_gains
-from .calibrate.session import BATCH_BYTES, choose_providers, make_session, probe_groups, run, samples_per_batch
+from .calibrate.session import (BATCH_BYTES, choose_providers, make_session, probe_batch, probe_groups, run,
+                                samples_per_batch)
 from .calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, PooledStats,
-                              channel_bases, conv_patches, positions_per_sample, reduce_rows, sample_positions)
+                              channel_bases, conv_patches, positions_per_sample, reduce_rows, row_keys,
+                              sample_positions)
 from .config import PruneConfig, check_progress, make_config
 from .errors import EPruneError, UsageError, checked_arguments
 from .files import output_path, same_file
@@ -336,14 +338,29 @@ class Pruner:
         rows = x.reshape(x.shape[0], -1)
         return (channel_major(rows, cons.s) if cons.positions_last else rows).astype(np.float32, copy=False)
 
-    def _positions(self, cons: Consumer, keys: np.ndarray, cidx: int) -> np.ndarray | None:
+    def _rows_per_sample(self, cons: Consumer) -> int:
+        """Rows of ``cons``'s input per sample: 1, or a space-to-batch's blocks (tf2onnx's
+        dilated convolution on an input of unknown size convolves each sample's r x r
+        interleaved sub-images as r * r images)."""
+        return max(1, self.shapes[cons.input][0] // probe_batch(self.model))
+
+    def _positions_per_row(self, cons: Consumer) -> tuple[int, int]:
+        """(output positions of each row of ``cons``'s input, how many of them its
+        statistics take): a sample's share (:func:`positions_per_sample`) spread over its
+        rows, so that a space-to-batch's convolution samples as the dilated one it is."""
+        n_pos, rows = int(np.prod(self.shapes[cons.output][2:])), self._rows_per_sample(cons)
+        k = positions_per_sample(n_pos * rows, cons.in_channels * cons.s, self.config.positions)
+        return n_pos, min(n_pos, -(-k // rows))
+
+    def _positions(self, cons: Consumer, keys: np.ndarray, rows: int, cidx: int) -> np.ndarray | None:
+        """The output positions sampled in each of the ``rows`` rows of a batch whose samples
+        have content keys ``keys``: ``(rows, k)``, or None for a consumer without positions."""
         if not cons.spatial:
             return None
-        n_pos = int(np.prod(self.shapes[cons.output][2:]))
-        k = positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions)
+        n_pos, k = self._positions_per_row(cons)
         # the same positions in every pass (the salt the one-shot pass has always used, so
         # statistics files written before keep theirs)
-        return sample_positions(keys, hash((self.config.seed, 0, cidx)), n_pos, k)
+        return sample_positions(row_keys(keys, rows), hash((self.config.seed, 0, cidx)), n_pos, k)
 
     def collect(self, cidxs: list[int], orig: CachedNetwork, pruned: CachedNetwork | None, label: str,
                 record: bool = False, reduce: Collection[int] = (), channels: dict[int, np.ndarray] | None = None,
@@ -427,7 +444,7 @@ class Pruner:
                 acc[c] = MomentAccumulator(self._blas_threads) if c in reduced or c in subspace else \
                     self._accumulator(cons[c], x.shape[1:], thetas[c] if pruned is None and c not in channels else None)
             images = isinstance(acc[c], PixelPairAccumulator)
-            pos = self._positions(cons[c], keys[b * size:(b + 1) * size], c)
+            pos = self._positions(cons[c], keys[b * size:(b + 1) * size], len(x), c)
             rows = None if images else self._rows(cons[c], x, pos)
             y = None
             if c in stored:
@@ -481,8 +498,8 @@ class Pruner:
         pixel pairs where a Conv's rows are taken at every output position and pairs save work."""
         if cons.spatial:
             out_hw = self.shapes[cons.output][2:]
-            n_pos = int(np.prod(out_hw))
-            if positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions) >= n_pos:
+            n_pos, k = self._positions_per_row(cons)
+            if k >= n_pos:
                 pairs = PixelPairAccumulator.of(ConvGeometry.from_dict(cons.conv, out_hw), tuple(chw),
                                                 self._blas_threads, theta)
                 if pairs is not None:
@@ -492,10 +509,9 @@ class Pruner:
     def _target_bytes(self, cons: Consumer) -> int:
         """Bytes of the target rows (float32) that consumer ``cons`` contributes over the
         calibration set."""
-        rows = self.data.samples
+        rows = self.data.samples * self._rows_per_sample(cons)
         if cons.spatial:
-            n_pos = int(np.prod(self.shapes[cons.output][2:]))
-            rows *= positions_per_sample(n_pos, cons.in_channels * cons.s, self.config.positions)
+            rows *= self._positions_per_row(cons)[1]
         return 4 * rows * cons.out_channels
 
     # -- per-group problems ----------------------------------------------------------------

@@ -817,6 +817,92 @@ def test_keras_upsampling_that_tiles_the_channels_freezes_them():
     assert "Tile along the batch or channel axis" in group_of(result.report, "down")["frozen"]
 
 
+def keras_dilated_model(swap_back: str = "conv") -> onnx.ModelProto:
+    """tf2onnx's Keras ``Conv2D(dilation_rate=2, padding="same")`` on an input of unknown H
+    and W, written as a space-to-batch: ``down`` (3 -> 8; its channels 1 and 5 zero after
+    the Relu) is padded by pads computed from its Shape (2 on each side, one more at the
+    end of an odd H or W), its batch and channel axes are swapped by a Transpose,
+    SpaceToDepth(2) moves each 2 x 2 block's pixels into the batch, a second Transpose swaps
+    the axes back, and ``mid`` (8 -> 6, 3 x 3, unpadded; its output 2 zero) convolves 4N
+    images; then the way back (Transpose, DepthToSpace(2), a crop to H x W from a Shape, the
+    bias as an Add of a (6, 1, 1, 1) constant on the swapped tensor, Transpose), Relu,
+    conv2 (6 -> 16), GAP, Gemm. ``swap_back``: "conv" as tf2onnx writes it; "reduce": a
+    ReduceMean over axis 1 of the swapped map (its batch) before the way back, which must
+    freeze; "batch_h": two Transposes of the swapped map that swap its batch with H and
+    back, which must freeze."""
+    n = Net(31)
+    h = n.node("Relu", [n.conv("x", 3, 8, name="down", pads=[1, 1, 1, 1], dead=[1, 5])])
+    bias = next(t for t in n.inits if t.name == "down.b")
+    bias.CopyFrom(NH.from_array(np.where(np.isin(np.arange(8), [1, 5]), -0.3, NH.to_array(bias)).astype(np.float32),
+                                "down.b"))
+    hw = n.node("Slice", [n.node("Shape", [h]), n.const([2], np.int64), n.const([4], np.int64)])
+    odd = n.node("Mod", [hw, n.const([2, 2], np.int64)])
+    pads = n.node("Concat", [n.const([0, 0, 2, 2, 0, 0], np.int64), n.node("Add", [odd, n.const([2, 2], np.int64)])],
+                  axis=0)
+    padded = n.node("Pad", [h, pads])
+    swapped = n.node("Transpose", [padded], perm=[1, 0, 2, 3])
+    if swap_back == "batch_h":
+        swapped = n.node("Transpose", [n.node("Transpose", [swapped], perm=[0, 2, 1, 3])], perm=[0, 2, 1, 3])
+    blocks = n.node("Transpose", [n.node("SpaceToDepth", [swapped], blocksize=2)], perm=[1, 0, 2, 3])
+    w = n.rng.normal(0, 0.3, (6, 8, 3, 3))
+    w[2] = 0.0
+    mid = n.node("Conv", [blocks, n.const(w, name="mid.w")], name="mid", kernel_shape=[3, 3])
+    back = n.node("DepthToSpace", [n.node("Transpose", [mid], perm=[1, 0, 2, 3])], blocksize=2)
+    crop = n.node("Slice", [back, n.const([0, 0], np.int64), hw, n.const([2, 3], np.int64)], name="crop")
+    if swap_back == "reduce":
+        crop = n.node("Mul", [crop, n.node("ReduceMean", [crop], axes=[1], keepdims=1)])
+    biased = n.node("Add", [crop, n.const(np.array([.2, .2, -.2, .2, .2, .2]).reshape(6, 1, 1, 1), name="mid.b")])
+    h = n.node("Relu", [n.node("Transpose", [biased], perm=[1, 0, 2, 3])])
+    return n.build(n.head(n.node("Relu", [n.conv(h, 6, 16, name="conv2")]), 16), in_shape=("N", 3, "H", "W"),
+                   opset=17)
+
+
+def test_a_keras_space_to_batch_passes_the_channels():
+    """The Transposes that swap the batch and channel axes, the Pad, SpaceToDepth and
+    DepthToSpace, the crop and the bias Add between them pass the channels (before session
+    60: "Transpose that moves the batch axis" froze both groups), and ``mid`` is calibrated
+    on its 4N images, four rows per sample. Pruned to their live channels, both groups lose
+    exactly the dead ones and the model gives the original's outputs at the calibration
+    size and at others, odd ones included; the report counts ``mid`` at every position of
+    every block."""
+    model = keras_dilated_model()
+    assert_identity_and_close(model, tol=0.5)
+    result = prune_checked(model, keep_ratio=0.8, exclude=["conv2"])   # 8 -> 6, 6 -> 5: the live counts
+    assert group_of(result.report, "down")["kept_channels"] == [0, 2, 3, 4, 6, 7]
+    assert group_of(result.report, "mid")["kept_channels"] == [0, 1, 3, 4, 5]
+    for size in (16, 20, 11):
+        x = np.random.default_rng(size).normal(size=(4, 3, size, size + 3)).astype(np.float32)
+        assert rel(outputs(result.model, x), outputs(model, x)) < 1e-5, size
+    # per sample at 16 x 16: down 3*8*9*256, mid as the dilated conv it is 8*6*9*256, conv2
+    # 6*16*9*256, the Gemm 16*10
+    assert result.report["macs"]["before"] == (3 * 8 + 8 * 6 + 6 * 16) * 9 * 256 + 160
+
+
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+def test_a_keras_space_to_batch_prunes_to_a_target(mode):
+    """A FLOPs target measures the groups' output gains with noise on ``mid``'s 4N-row
+    output and ranks ``mid`` on positions drawn per row: both modes reach the target with a
+    model that runs at any size, and the kept channels do not depend on the batch size."""
+    model = keras_dilated_model()
+    results = [prune_checked(model, flops_reduction=0.4, mode=mode, batch_size=size) for size in (48, 7)]
+    assert results[0].report["macs"]["after"] <= 0.6 * results[0].report["macs"]["before"]
+    assert [g.get("kept_channels") for g in results[0].report["groups"]] == \
+        [g.get("kept_channels") for g in results[1].report["groups"]]
+    x = np.random.default_rng(5).normal(size=(3, 3, 13, 18)).astype(np.float32)
+    assert np.isfinite(outputs(results[0].model, x)).all()
+
+
+@pytest.mark.parametrize("kind, reason", [("reduce", "reads a tensor whose batch and channel axes are swapped"),
+                                          ("batch_h", "Transpose that moves the batch axis")])
+def test_a_space_to_batch_the_analysis_cannot_follow_freezes(kind, reason):
+    """The channels on the swapped map freeze, and only those: ``down``'s where the batch
+    moves to H, ``mid``'s where its batch is averaged; conv2's stay prunable."""
+    result = prune_checked(keras_dilated_model(kind), keep_ratio=0.5)
+    frozen = group_of(result.report, "mid" if kind == "reduce" else "down")["frozen"]
+    assert reason in frozen
+    assert group_of(result.report, "conv2")["frozen"] is None
+
+
 # -- Resize ------------------------------------------------------------------------------------
 
 def resize_model(form: str) -> onnx.ModelProto:

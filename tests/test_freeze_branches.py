@@ -489,9 +489,17 @@ def resize_computed_sizes() -> onnx.ModelProto:
 
 
 def transpose_batch() -> onnx.ModelProto:
-    """Transpose of "h" swapping batch and channels, Relu, and back."""
+    """Transpose of "h" swapping batch and H, Relu, and back."""
     b = _Builder()
-    swapped = b.node("Relu", [b.node("Transpose", [_stem(b)], name="swap", perm=[1, 0, 2, 3])])
+    swapped = b.node("Relu", [b.node("Transpose", [_stem(b)], name="swap", perm=[2, 1, 0, 3])])
+    return _model(b, _tail(b, b.node("Transpose", [swapped], perm=[2, 1, 0, 3]), WIDTH))
+
+
+def swap_batch_channels(reader: str = "Relu") -> onnx.ModelProto:
+    """Transpose of "h" swapping batch and channels, ``reader`` (a Relu; a Softmax over the
+    swapped map's last axis), and back: tf2onnx's space-to-batch, which a Relu passes."""
+    b = _Builder()
+    swapped = b.node(reader, [b.node("Transpose", [_stem(b)], name="swap", perm=[1, 0, 2, 3])])
     return _model(b, _tail(b, b.node("Transpose", [swapped], perm=[1, 0, 2, 3]), WIDTH))
 
 
@@ -631,6 +639,9 @@ CASES: dict[str, Case] = {
                                                              "axis"}),
     "resize_computed_sizes": Case(resize_computed_sizes, {"h": "Resize with non-constant or shared sizes"}),
     "transpose_batch": Case(transpose_batch, {"h": "Transpose that moves the batch axis"}),
+    "swap_batch_channels": Case(swap_batch_channels, {}, prunable=("a", "h", "t")),
+    "swap_batch_channels_softmax": Case(lambda: swap_batch_channels("Softmax"),
+                                        {"h": "reads a tensor whose batch and channel axes are swapped"}),
     # collect(): a block conflict of the first walk that the cut resolves; a group nothing reads
     "slice_to_grouped": Case(slice_to_grouped, {}, prunable=("a", "h@0", "h@8", "t")),
     "dead_branch": Case(dead_branch, {"dead": "no consumer reads these channels"}, prunable=("a", "h", "t")),

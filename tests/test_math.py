@@ -8,7 +8,7 @@ import pytest
 from scipy.optimize import minimize
 
 from onnx_eprune.calibrate.stats import (ConvGeometry, MomentAccumulator, MomentStats, PixelPairAccumulator, PooledStats,
-                                         conv_patches, sample_positions)
+                                         conv_patches, row_keys, sample_positions)
 from onnx_eprune.select import entropic
 from onnx_eprune.select.problem import (CURVE_RIDGE, ConsumerTerm, cho_inverse_solve, cholesky, compress, explained_curve,
                                          partial_out, reduce_outputs, ridge)
@@ -462,6 +462,22 @@ def test_conv_patches_reproduce_the_convolution(stride, pads, dil):
         rows = conv_patches(x, geo, pos) @ w.reshape(4, -1).T
         expect = ref.reshape(2, 4, -1).transpose(0, 2, 1)[np.arange(2)[:, None], pos].reshape(-1, 4)
         np.testing.assert_allclose(rows, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_row_keys_give_each_block_of_a_space_to_batch_its_own_key():
+    """A tensor with one row per sample keeps the samples' keys (the first ``rows`` of them:
+    the same positions as before session 60); one with k rows per sample, block-major, gets
+    a distinct key per row, and a sample's row keys do not depend on the batch it is in."""
+    keys = np.array([5, 9, 5 << 40, 2], dtype=np.uint64)
+    assert np.array_equal(row_keys(keys, 4), keys) and np.array_equal(row_keys(keys, 3), keys[:3])
+    rows = row_keys(keys, 12)
+    assert rows.dtype == np.uint64 and len(set(rows.tolist())) == 12 and not set(rows.tolist()) & set(keys.tolist())
+    split = [row_keys(keys[:1], 3), row_keys(keys[1:], 9)]
+    for i in range(4):  # block b of sample i is row b * N + i in any batch
+        alone = split[0] if i == 0 else split[1].reshape(3, 3)[:, i - 1]
+        assert np.array_equal(rows.reshape(3, 4)[:, i], alone.ravel())
+    with pytest.raises(ValueError, match="10 rows computed from 4 samples"):
+        row_keys(keys, 10)
 
 
 def test_compress_keeps_the_principal_within_channel_directions():

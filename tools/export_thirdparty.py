@@ -253,6 +253,32 @@ def keras_decoder(size: int | None):
     return keras.Model(inp, layers.Conv2D(NUM_CLASSES, 1)(u1), name="decoder")
 
 
+def keras_aspp(size: int | None):
+    """A small Keras DeepLabV3-style segmenter for inputs of any size (``size`` None:
+    unknown height and width): a stride-4 stem, then atrous spatial pyramid pooling (a 1x1
+    branch, 3x3 convolutions at dilation rates 2 and 4 and a separable one, depthwise at
+    rate 3) concatenated into a 1x1 projection and a 1x1 conv head. At an unknown size
+    tf2onnx writes each dilated convolution as a space-to-batch: Transposes that swap the
+    batch and channel axes around SpaceToDepth / DepthToSpace, with pads and crops computed
+    from a Shape."""
+    import keras
+    from keras import layers
+
+    def branch(x, c: int, rate: int):
+        x = layers.Conv2D(c, 3, padding="same", dilation_rate=rate, use_bias=False)(x)
+        return layers.Activation("relu")(layers.BatchNormalization()(x))
+
+    inp = keras.Input((size, size, 3), name="input")
+    x = keras_cba(layers.MaxPooling2D()(keras_cba(inp, 16)), 32)
+    x = keras_cba(layers.MaxPooling2D()(x), 48)
+    separable = layers.DepthwiseConv2D(3, padding="same", dilation_rate=3, use_bias=False)(x)
+    separable = layers.Activation("relu")(layers.BatchNormalization()(separable))
+    separable = layers.Activation("relu")(layers.BatchNormalization()(layers.Conv2D(32, 1)(separable)))
+    pyramid = [layers.Activation("relu")(layers.Conv2D(32, 1)(x)), branch(x, 32, 2), branch(x, 32, 4), separable]
+    x = layers.Activation("relu")(layers.Conv2D(48, 1)(layers.Concatenate()(pyramid)))
+    return keras.Model(inp, layers.Conv2D(NUM_CLASSES, 1)(x), name="aspp")
+
+
 def keras_space_to_depth(size: int):
     """A small Keras CNN that downsamples by ``tf.nn.space_to_depth`` and upsamples by
     ``tf.nn.depth_to_space`` (TensorFlow's DCR order) between its convolutions."""
@@ -305,7 +331,10 @@ def tf_jobs() -> list[Job]:
              Job("keras_space_to_depth", "space_to_depth CNN (Keras)", keras_space_to_depth),
              # tf2onnx crops the Conv2DTranspose of an input of unknown size to a size read from a Shape
              Job("keras_decoder", "decoder (Keras)", keras_decoder),
-             Job("keras_decoder.any_size", "decoder (Keras)", keras_decoder, any_size=True)]
+             Job("keras_decoder.any_size", "decoder (Keras)", keras_decoder, any_size=True),
+             # and writes a dilated convolution at an unknown size as a space-to-batch
+             Job("keras_aspp", "ASPP segmenter (Keras)", keras_aspp),
+             Job("keras_aspp.any_size", "ASPP segmenter (Keras)", keras_aspp, any_size=True)]
     return jobs
 
 

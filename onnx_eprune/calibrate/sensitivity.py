@@ -29,6 +29,7 @@ from .data import CalibrationData
 from .engine import CacheSpace, CachedNetwork, Topology, submodel
 from .session import (fixed_batch, make_session, probe_batch, run, samples_per_batch, shared_initializers,
                       unbatched_inputs)
+from .stats import row_keys
 
 
 # graph output element types that are no numbers to compare
@@ -179,7 +180,7 @@ def _measure(model, topo, data, providers, tensors_by_group, shapes, space, delt
                     scale = (delta * std[name]).reshape((1, -1) + (1,) * (z.ndim - 2)) if z.ndim > 1 else \
                         delta * std[name]
                     noise = np.empty(z.shape)
-                    for i, k in enumerate(keys[b * size:b * size + len(z)]):
+                    for i, k in enumerate(row_keys(keys[b * size:(b + 1) * size], len(z))):
                         np.random.default_rng([seed, gid, int(k)]).standard_normal(out=noise[i, ...])
                     # z + delta * std * noise, in place: no second image-sized float64 array
                     noise *= scale

@@ -444,6 +444,21 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def row_keys(keys: np.ndarray, rows: int) -> np.ndarray:
+    """Content keys of the ``rows`` rows of a tensor computed from a batch of samples with
+    content keys ``keys`` (N,): the first ``rows`` keys where it has at most one row per
+    sample; where it has k rows per sample (a space-to-batch's blocks, block-major: row
+    b * N + i is block b of sample i), a key per row, mixed from its sample's and its block.
+    The same sample gets the same row keys in any batch."""
+    n = len(keys)
+    if rows <= n:
+        return keys[:rows]
+    if rows % n:
+        raise ValueError(f"a tensor of {rows} rows computed from {n} samples")
+    blocks = np.repeat(np.arange(1, rows // n + 1, dtype=np.uint64), n)
+    return _mix(np.tile(keys.astype(np.uint64), rows // n) ^ _mix(blocks))
+
+
 def sample_positions(keys: np.ndarray, salt: int, n_positions: int, per_sample: int) -> np.ndarray:
     """Output positions to sample for each image, ``(N, k)`` flat indices (all when k covers all).
 

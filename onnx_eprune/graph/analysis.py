@@ -66,6 +66,12 @@ CHANNELS_FIRST = SPATIAL_POOLS | {"Conv", "ConvTranspose", "BatchNormalization",
 # features), which are cut position by position.
 POSITION_MAJOR_READERS = ELEMENTWISE_UNARY | {"Gemm", "MatMul"}
 POSITION_MAJOR_AFFINE = ELEMENTWISE_BINARY | {"BatchNormalization", "PRelu"}
+# Ops that may read a tensor whose batch and channel axes are swapped (``_Analyzer.batch_axes``:
+# tf2onnx's space-to-batch around a Keras dilated convolution on an input of unknown size):
+# element-wise ops, the padding and crop around it, the blocks it moves between the
+# batch and the space, and the Transposes that swap the axes back
+SWAPPED_READERS = ELEMENTWISE_UNARY | ELEMENTWISE_BINARY | {"Pad", "Slice", "SpaceToDepth", "DepthToSpace",
+                                                            "Transpose"}
 
 # the QOperator format's layers (onnxruntime's quantize_static with QuantFormat.QOperator)
 QUANTIZED_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"})
@@ -107,6 +113,8 @@ class _Analyzer:
         # feature p * C + c holds position p of channel c, where its layout's ``factor`` P
         # otherwise means channel-major entries
         self.position_major: dict[str, int] = {}
+        # batch axis of a tensor, where a Transpose moved it from axis 0 (see SWAPPED_READERS)
+        self.batch_axes: dict[str, int] = {}
         self.spaces = Spaces()
         self.producers: dict[int, list[Producer]] = {}
         self.params: dict[int, list[ParamSlice]] = {}
@@ -130,7 +138,8 @@ class _Analyzer:
         self.graph_inputs = {inp.name for inp in self.graph.input if inp.name not in self.consts}
         # a batch of any size: the shapes were probed at one sample, so a constant 1 where
         # the batch size goes (a Slice to the first sample) cuts the batch all the same
-        self.free_batch = fixed_batch(model) is None and not unbatched_inputs(model)
+        self.batched = not unbatched_inputs(model)
+        self.free_batch = fixed_batch(model) is None and self.batched
         self.batch_cut: dict[str, str] = {}  # tensor -> the op after which its first axis is no batch
         # a GroupNorm's grouped tensors (see group_norm) -> (its input, channels per group)
         self.group_norms: dict[str, tuple[str, int]] = {}
@@ -183,6 +192,37 @@ class _Analyzer:
         """The channel axis of tensor ``name``."""
         return self.axes.get(name, 1)
 
+    def batch_axis(self, name: str) -> int:
+        """The batch axis of tensor ``name``: 0 unless a Transpose moved it."""
+        return self.batch_axes.get(name, 0)
+
+    def keep_batch_axis(self, node: onnx.NodeProto) -> None:
+        """The outputs of ``node``, which reads a tensor whose batch a Transpose moved, keep
+        its batch and channel axes where they keep its rank (a Transpose sets its own), so
+        that a Transpose further on moves them where they are, followed or frozen."""
+        x = next(n for n in node.input if self.batch_axis(n))
+        rank = len(self.shapes.get(x, ()))
+        for name in node.output:
+            if name and len(self.shapes.get(name, ())) == rank:
+                self.batch_axes[name] = self.batch_axis(x)
+                if self.axis(x) != 1:
+                    self.axes[name] = self.axis(x)
+
+    def misreads_moved_batch(self, node: onnx.NodeProto) -> bool:
+        """Whether ``node`` reads a tensor whose batch a Transpose moved other than as
+        :data:`SWAPPED_READERS` do: the swapped tensor as its first input (all its
+        activations, for an element-wise op of two). A Transpose decides for itself."""
+        moved = [n for n in node.input if self.batch_axis(n)]
+        if not moved or node.op_type == "Transpose":
+            return False
+        acts = [n for n in node.input if n and not self.is_const(n)]
+        return node.op_type not in SWAPPED_READERS or moved[0] != node.input[0] or not self.swapped(moved[0]) \
+            or node.op_type in ELEMENTWISE_BINARY and len(moved) != len(acts)
+
+    def swapped(self, name: str) -> bool:
+        """Whether tensor ``name`` holds its batch on axis 1 and its channels on axis 0."""
+        return self.batch_axis(name) == 1 and self.axis(name) == 0
+
     def channels(self, name: str) -> int | None:
         shape = self.shapes.get(name)
         axis = self.axis(name)
@@ -218,7 +258,7 @@ class _Analyzer:
             return False
         axes = self.value(node.input[3])
         rank = len(self.shapes[x])
-        return axes is not None and not {0, self.axis(x)} & {int(a) % rank for a in np.ravel(axes)}
+        return axes is not None and not {self.batch_axis(x), self.axis(x)} & {int(a) % rank for a in np.ravel(axes)}
 
     def frozen_reasons(self, layout) -> list[str]:
         """The reasons recorded on the spaces of ``layout`` themselves, each once, in order."""
@@ -372,6 +412,8 @@ class _Analyzer:
             handler = self.unary if node.domain == MS_DOMAIN and node.op_type in CONTRIB_UNARY else None
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             handler = None
+        if any(self.batch_axis(n) for n in node.input):
+            self.keep_batch_axis(node)
         if handler is None:
             if node.op_type in QUANTIZED_OPS:
                 reason = f"op {node.op_type} has {QUANTIZED}"
@@ -382,6 +424,12 @@ class _Analyzer:
             else:
                 reason = f"op {node.op_type} is not understood by the channel analysis"
             self.freeze_all(node, index, reason)
+            return
+        if self.misreads_moved_batch(node):
+            self.freeze_all(node, index, f"{node_label(node, index)} reads a tensor whose batch and channel axes are "
+                            "swapped (tf2onnx's space-to-batch around a dilated convolution), where the analysis "
+                            "follows only element-wise ops, Pad, crops, SpaceToDepth, DepthToSpace and the Transpose "
+                            "that swaps the axes back")
             return
         if node.op_type in CHANNELS_FIRST and self.axis(node.input[0]) != 1:
             self.reread_channels_first(node, index)
@@ -986,7 +1034,7 @@ class _Analyzer:
         axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
         pads = pads.reshape(2, -1)
         touched = {ax for ax, (lo, hi) in zip(axes, pads.T) if lo or hi}
-        if touched & {0, self.axis(x)}:
+        if touched & {self.batch_axis(x), self.axis(x)}:
             self.freeze_all(node, index, "Pad on the batch or channel axis")
             return
         self.passthrough(node, x)
@@ -1820,6 +1868,13 @@ class _Analyzer:
         axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in np.ravel(axes)]
         steps = [1] * len(axes) if steps is None else [int(v) for v in np.ravel(steps)]
         spec = dict(zip(axes, zip(np.ravel(starts).tolist(), np.ravel(ends).tolist(), steps)))
+        if self.batch_axis(x):
+            if spec.keys() & {0, 1}:
+                self.freeze_all(node, index, "Slice of the batch or channel axis of a tensor whose batch and channel "
+                                             "axes are swapped")
+            else:
+                self.passthrough(node, x)
+            return
         if 0 in spec and (spec[0][:2] != (0, shape[0]) or self.free_batch) and spec[0][1] < 2 ** 31 - 1:
             self.cut_batch(node, index, "Slice of the batch axis")
             return
@@ -1939,6 +1994,8 @@ class _Analyzer:
         (TensorFlow's ``depth_to_space``) it takes channel c of each of r*r blocks of C/(r*r)
         input channels: the blocks are coupled as the operands of a sum are."""
         x = node.input[0]
+        if self.moves_batch_blocks(node, x):
+            return
         layout, attrs = self.layout(x), _attrs(node)
         r, mode = int(attrs.get("blocksize", 0)), attrs.get("mode", b"DCR")
         k = r * r
@@ -1970,6 +2027,8 @@ class _Analyzer:
         is pixel (i, j) of each r x r block of input channel c, so its channels are r*r
         copies of the input's, in order."""
         x = node.input[0]
+        if self.moves_batch_blocks(node, x):
+            return
         layout, r = self.layout(x), int(_attrs(node).get("blocksize", 0))
         if r < 1 or self.axis(x) != 1 or not isinstance(layout, list):
             self.freeze_all(node, index, "SpaceToDepth of channels not followed on axis 1")
@@ -1990,16 +2049,35 @@ class _Analyzer:
     def op_Upsample(self, node: onnx.NodeProto, index: int) -> None:
         self.op_Resize(node, index)
 
+    def moves_batch_blocks(self, node: onnx.NodeProto, x: str) -> bool:
+        """A SpaceToDepth or DepthToSpace of a tensor whose batch and channel axes are
+        swapped (the channels on axis 0) moves blocks of pixels between the space and the
+        batch on axis 1, each channel's own: its channels pass. Whether ``x`` is one."""
+        if not self.batch_axis(x):
+            return False
+        self.passthrough(node, x)
+        return True
+
     def op_Transpose(self, node: onnx.NodeProto, index: int) -> None:
-        """Moves the channel axis (NCHW <-> NHWC); the batch axis must stay first."""
-        x = node.input[0]
+        """Moves the channel axis (NCHW <-> NHWC); the batch axis must stay first, or swap
+        places with the channels on axis 1 (tf2onnx's space-to-batch: :data:`SWAPPED_READERS`),
+        and back. Followed or frozen, its output has the batch and channel axes it moved."""
+        x, out = node.input[0], node.output[0]
         perm = [int(p) for p in _attrs(node).get("perm", [])]
-        caxis = self.axis(x)
-        if not perm or perm[0] != 0 or caxis not in perm or not isinstance(self.layout(x), list) \
-                or any(seg.factor != 1 for seg in self.layout(x)):
+        caxis, batch = self.axis(x), self.batch_axis(x)
+        if sorted(perm) != list(range(len(self.shapes.get(x, perm)))) or caxis not in perm:
             self.freeze_all(node, index, "Transpose that moves the batch axis, or of a flattened tensor")
             return
-        self.passthrough(node, x, perm.index(caxis))
+        to_batch, to_channels = perm.index(batch), perm.index(caxis)
+        for table, value, usual in ((self.batch_axes, to_batch, 0), (self.axes, to_channels, 1)):
+            table.pop(out, None)
+            if value != usual:
+                table[out] = value
+        if not isinstance(self.layout(x), list) or any(seg.factor != 1 for seg in self.layout(x)) \
+                or to_batch and not (to_batch == 1 and to_channels == 0 and self.batched):
+            self.freeze_all(node, index, "Transpose that moves the batch axis, or of a flattened tensor")
+            return
+        self.passthrough(node, x, to_channels)
 
     # -- results -----------------------------------------------------------------------
     def propagated_cuts(self) -> list[tuple[str, int]]:
