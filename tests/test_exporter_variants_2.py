@@ -829,7 +829,8 @@ def keras_dilated_model(swap_back: str = "conv") -> onnx.ModelProto:
     conv2 (6 -> 16), GAP, Gemm. ``swap_back``: "conv" as tf2onnx writes it; "reduce": a
     ReduceMean over axis 1 of the swapped map (its batch) before the way back, which must
     freeze; "batch_h": two Transposes of the swapped map that swap its batch with H and
-    back, which must freeze."""
+    back, which must freeze; "multiplier": ``mid`` is a depthwise Conv with two outputs per
+    channel (Keras' ``depth_multiplier=2``), its outputs 2, 3, 10 and 11 zero after the Relu."""
     n = Net(31)
     h = n.node("Relu", [n.conv("x", 3, 8, name="down", pads=[1, 1, 1, 1], dead=[1, 5])])
     bias = next(t for t in n.inits if t.name == "down.b")
@@ -844,16 +845,22 @@ def keras_dilated_model(swap_back: str = "conv") -> onnx.ModelProto:
     if swap_back == "batch_h":
         swapped = n.node("Transpose", [n.node("Transpose", [swapped], perm=[0, 2, 1, 3])], perm=[0, 2, 1, 3])
     blocks = n.node("Transpose", [n.node("SpaceToDepth", [swapped], blocksize=2)], perm=[1, 0, 2, 3])
-    w = n.rng.normal(0, 0.3, (6, 8, 3, 3))
-    w[2] = 0.0
-    mid = n.node("Conv", [blocks, n.const(w, name="mid.w")], name="mid", kernel_shape=[3, 3])
+    if swap_back == "multiplier":   # a depthwise Conv, two outputs per channel: down's dead ones read zeros
+        out, bias = 16, np.where(np.isin(np.arange(16), [2, 3, 10, 11]), -0.2, 0.2)
+        mid = n.node("Conv", [blocks, n.const(n.rng.normal(0, 0.3, (16, 1, 3, 3)), name="mid.w")], name="mid",
+                     kernel_shape=[3, 3], group=8)
+    else:
+        w = n.rng.normal(0, 0.3, (6, 8, 3, 3))
+        w[2] = 0.0
+        out, bias = 6, np.array([.2, .2, -.2, .2, .2, .2])
+        mid = n.node("Conv", [blocks, n.const(w, name="mid.w")], name="mid", kernel_shape=[3, 3])
     back = n.node("DepthToSpace", [n.node("Transpose", [mid], perm=[1, 0, 2, 3])], blocksize=2)
     crop = n.node("Slice", [back, n.const([0, 0], np.int64), hw, n.const([2, 3], np.int64)], name="crop")
     if swap_back == "reduce":
         crop = n.node("Mul", [crop, n.node("ReduceMean", [crop], axes=[1], keepdims=1)])
-    biased = n.node("Add", [crop, n.const(np.array([.2, .2, -.2, .2, .2, .2]).reshape(6, 1, 1, 1), name="mid.b")])
+    biased = n.node("Add", [crop, n.const(bias.reshape(out, 1, 1, 1), name="mid.b")])
     h = n.node("Relu", [n.node("Transpose", [biased], perm=[1, 0, 2, 3])])
-    return n.build(n.head(n.node("Relu", [n.conv(h, 6, 16, name="conv2")]), 16), in_shape=("N", 3, "H", "W"),
+    return n.build(n.head(n.node("Relu", [n.conv(h, out, 16, name="conv2")]), 16), in_shape=("N", 3, "H", "W"),
                    opset=17)
 
 
@@ -876,6 +883,18 @@ def test_a_keras_space_to_batch_passes_the_channels():
     # per sample at 16 x 16: down 3*8*9*256, mid as the dilated conv it is 8*6*9*256, conv2
     # 6*16*9*256, the Gemm 16*10
     assert result.report["macs"]["before"] == (3 * 8 + 8 * 6 + 6 * 16) * 9 * 256 + 160
+
+
+def test_a_channel_multiplier_in_a_space_to_batch_passes_the_channels():
+    """The swaps move a depthwise multiplier's two outputs per channel together (before:
+    "Transpose that moves the batch axis, or of a flattened tensor" froze every group):
+    ``down``'s dead channels go with the two outputs each of ``mid`` that read them."""
+    model = keras_dilated_model("multiplier")
+    result = prune_checked(model, keep_ratio=0.8, exclude=["conv2"])
+    assert group_of(result.report, "down")["kept_channels"] == [0, 2, 3, 4, 6, 7]
+    for size in (16, 11):
+        x = np.random.default_rng(size).normal(size=(4, 3, size, size + 3)).astype(np.float32)
+        assert rel(outputs(result.model, x), outputs(model, x)) < 1e-5, size
 
 
 @pytest.mark.parametrize("mode", ["sequential", "oneshot"])

@@ -2073,7 +2073,10 @@ class _Analyzer:
             table.pop(out, None)
             if value != usual:
                 table[out] = value
-        if not isinstance(self.layout(x), list) or any(seg.factor != 1 for seg in self.layout(x)) \
+        # a swap of the batch and channel axes moves each channel's entries (a channel
+        # multiplier's outputs) together, as a whole axis
+        swap = (batch, caxis, to_batch, to_channels) in ((0, 1, 1, 0), (1, 0, 0, 1))
+        if not isinstance(self.layout(x), list) or not swap and any(seg.factor != 1 for seg in self.layout(x)) \
                 or to_batch and not (to_batch == 1 and to_channels == 0 and self.batched):
             self.freeze_all(node, index, "Transpose that moves the batch axis, or of a flattened tensor")
             return
