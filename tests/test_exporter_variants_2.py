@@ -898,16 +898,19 @@ def test_a_channel_multiplier_in_a_space_to_batch_passes_the_channels():
 
 
 @pytest.mark.parametrize("mode", ["sequential", "oneshot"])
-def test_a_keras_space_to_batch_prunes_to_a_target(mode):
-    """A FLOPs target measures the groups' output gains with noise on ``mid``'s 4N-row
-    output and ranks ``mid`` on positions drawn per row: both modes reach the target with a
-    model that runs at any size, and the kept channels do not depend on the batch size."""
-    model = keras_dilated_model()
-    results = [prune_checked(model, flops_reduction=0.4, mode=mode, batch_size=size) for size in (48, 7)]
+@pytest.mark.parametrize("kind", ["space_to_depth", "nd"])
+def test_a_keras_space_to_batch_prunes_to_a_target(mode, kind):
+    """A FLOPs target measures the groups' output gains with noise on ``mid``'s output (4N
+    or 2N rows) and ranks ``mid`` on positions drawn per row: both modes reach the target
+    with a model that runs at other sizes, and the kept channels do not depend on the
+    batch size."""
+    model, calib, fresh = (keras_dilated_model(), CALIB, (3, 3, 13, 18)) if kind == "space_to_depth" else \
+        (keras_dilated_1d_model(), np.random.default_rng(3).normal(size=(48, 3, 24)).astype(np.float32), (3, 3, 19))
+    results = [prune_checked(model, calib, flops_reduction=0.4, mode=mode, batch_size=size) for size in (48, 7)]
     assert results[0].report["macs"]["after"] <= 0.6 * results[0].report["macs"]["before"]
     assert [g.get("kept_channels") for g in results[0].report["groups"]] == \
         [g.get("kept_channels") for g in results[1].report["groups"]]
-    x = np.random.default_rng(5).normal(size=(3, 3, 13, 18)).astype(np.float32)
+    x = np.random.default_rng(5).normal(size=fresh).astype(np.float32)
     assert np.isfinite(outputs(results[0].model, x)).all()
 
 
@@ -920,6 +923,81 @@ def test_a_space_to_batch_the_analysis_cannot_follow_freezes(kind, reason):
     frozen = group_of(result.report, "mid" if kind == "reduce" else "down")["frozen"]
     assert reason in frozen
     assert group_of(result.report, "conv2")["frozen"] is None
+
+
+def keras_dilated_1d_model() -> onnx.ModelProto:
+    """tf2onnx's Keras ``Conv1D(dilation_rate=2, padding="same")`` on an input of unknown
+    length (a TCN layer): TensorFlow's general SpaceToBatchND, written with Reshapes and
+    Transposes, channels last throughout. ``down`` (Conv1d 3 -> 8; its channels 1 and 5
+    zero after the Relu) -> (N, L, C) -> Pad (2 on each side, one more at the end of an odd
+    L, computed from the Shape) -> Reshape to (N, L'/2, 2, C) -> Transpose (2, N, L'/2, C)
+    -> Reshape to (2N, L'/2, C) -> ``mid`` (Conv1d 8 -> 6, unpadded, between Transposes;
+    its output 2 zero) -> Reshape to (2, N, L/2, C) by a target Gathered from a Concat ->
+    Transpose (N, L/2, 2, C) -> Reshape to (N, L, C) -> crop to L -> bias Add -> Relu ->
+    (N, C, L) -> conv2 (6 -> 16) -> GAP -> Gemm. Every target's channel entry is read from
+    a Shape, as tf2onnx writes them."""
+    n = Net(37)
+
+    def entries(vector: str, lo: int, hi: int) -> str:
+        return n.node("Slice", [vector, n.const([lo], np.int64), n.const([hi], np.int64), n.const([0], np.int64)])
+
+    def conv1d(x: str, w: np.ndarray, b: np.ndarray | None, name: str, pads: list[int]) -> str:
+        inputs = [x, n.const(w, name=f"{name}.w")] + ([n.const(b, name=f"{name}.b")] if b is not None else [])
+        return n.node("Conv", inputs, name=name, kernel_shape=[3], pads=pads)
+
+    w, b = n.rng.normal(0, 0.5, (8, 3, 3)), n.rng.uniform(-0.1, 0.1, 8)
+    w[[1, 5]], b[[1, 5]] = 0.0, -0.3
+    h = n.node("Transpose", [n.node("Relu", [conv1d("x", w, b, "down", [1, 1])])], perm=[0, 2, 1])
+    length = entries(n.node("Shape", [h]), 1, 2)
+    pads = n.node("Concat", [n.const([0, 2, 0, 0], np.int64),
+                             n.node("Add", [n.node("Mod", [length, n.const([2], np.int64)]), n.const([2], np.int64)]),
+                             n.const([0], np.int64)], axis=0)
+    padded = n.node("Pad", [h, pads])
+    shape = n.node("Shape", [padded])
+    half = n.node("Div", [entries(shape, 1, 2), n.const([2], np.int64)])
+    blocks = n.node("Reshape", [padded, n.node("Concat", [n.const([-1], np.int64), half, n.const([2], np.int64),
+                                                          entries(shape, 2, 3)], axis=0)])
+    blocks = n.node("Transpose", [blocks], perm=[2, 0, 1, 3])
+    batch = n.node("Reshape", [blocks, n.node("Concat", [n.const([-1], np.int64), half, entries(shape, 2, 3)],
+                                              axis=0)])
+    w = n.rng.normal(0, 0.3, (6, 8, 3))
+    w[2] = 0.0
+    mid = n.node("Transpose", [conv1d(n.node("Transpose", [batch], perm=[0, 2, 1]), w, None, "mid", [0, 0])],
+                 perm=[0, 2, 1])
+    target = n.node("Gather", [n.node("Concat", [n.const([2, -1], np.int64), entries(n.node("Shape", [mid]), 1, 3)],
+                                      axis=0), n.const([0, 1, 2, 3], np.int64)], axis=0)
+    back = n.node("Transpose", [n.node("Reshape", [mid, target])], perm=[1, 2, 0, 3])
+    shape = n.node("Shape", [back])
+    back = n.node("Reshape", [back, n.node("Concat", [n.const([-1], np.int64),
+                                                      n.node("Mul", [entries(shape, 1, 2), n.const([2], np.int64)]),
+                                                      entries(shape, 3, 4)], axis=0)])
+    crop = n.node("Slice", [back, n.const([0], np.int64), length, n.const([1], np.int64)], name="crop")
+    h = n.node("Relu", [n.node("Add", [crop, n.const([.2, .2, -.2, .2, .2, .2], name="mid.b")])])
+    w2 = n.rng.normal(0, 0.3, (16, 6, 3))
+    h = n.node("Relu", [conv1d(n.node("Transpose", [h], perm=[0, 2, 1]), w2, n.rng.uniform(-.1, .1, 16), "conv2",
+                               [1, 1])])
+    return n.build(n.gemm(n.node("Flatten", [n.node("GlobalAveragePool", [h])], axis=1), 16, 10, out="y"),
+                   in_shape=("N", 3, "L"), opset=17)
+
+
+def test_a_keras_space_to_batch_nd_passes_the_channels():
+    """tf2onnx's general SpaceToBatchND (a dilated Conv1D on an input of unknown length)
+    passes the channels (before session 60: "Transpose that moves the batch axis" and "its
+    channel count is read by a Shape op" froze both groups): the Reshapes that merge the
+    blocks into the batch and split them out again, with their channel entries read from
+    Shapes, and the Transposes between. Pruned to their live channels, both groups lose
+    exactly the dead ones and the model gives the original's outputs at the calibration
+    length and at others, odd ones included."""
+    model = keras_dilated_1d_model()
+    calib = np.random.default_rng(3).normal(size=(48, 3, 24)).astype(np.float32)
+    fresh = np.random.default_rng(4).normal(size=(6, 3, 24)).astype(np.float32)
+    assert_identity_and_close(model, calib, fresh, tol=0.5)
+    result = prune_checked(model, calib, keep_ratio=0.8, exclude=["conv2"])
+    assert group_of(result.report, "down")["kept_channels"] == [0, 2, 3, 4, 6, 7]
+    assert group_of(result.report, "mid")["kept_channels"] == [0, 1, 3, 4, 5]
+    for length in (24, 30, 17):
+        x = np.random.default_rng(length).normal(size=(4, 3, length)).astype(np.float32)
+        assert rel(outputs(result.model, x), outputs(model, x)) < 1e-5, length
 
 
 # -- Resize ------------------------------------------------------------------------------------

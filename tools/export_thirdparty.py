@@ -52,6 +52,7 @@ class Job:
     opset: int = 13
     nchw: bool = True  # TensorFlow only: ask tf2onnx for an NCHW input (inputs_as_nchw)
     any_size: bool = False  # TensorFlow only: an input of unknown height and width (probed at ``size``)
+    spatial: int = 2  # TensorFlow only: spatial axes of the input (1: a sequence of ``size`` steps)
 
 
 # -- PaddlePaddle ------------------------------------------------------------------------------
@@ -279,6 +280,30 @@ def keras_aspp(size: int | None):
     return keras.Model(inp, layers.Conv2D(NUM_CLASSES, 1)(x), name="aspp")
 
 
+def keras_tcn(size: int | None):
+    """A small Keras temporal convolutional network on sequences of 3 features of any length
+    (``size`` None: unknown): three residual blocks of two Conv1D(padding="same") at
+    dilation rates 1, 2 and 4 with BatchNormalization, a causal dilated Conv1D, global
+    average pooling and a Dense classifier. At an unknown length tf2onnx writes each dilated
+    "same" convolution as TensorFlow's general SpaceToBatchND: Reshapes that merge blocks of
+    steps into the batch and split them out again, around Transposes."""
+    import keras
+    from keras import layers
+
+    def block(x, c: int, rate: int):
+        y = x
+        for _ in range(2):
+            y = layers.Conv1D(c, 3, padding="same", dilation_rate=rate, use_bias=False)(y)
+            y = layers.Activation("relu")(layers.BatchNormalization()(y))
+        skip = x if x.shape[-1] == c else layers.Conv1D(c, 1)(x)
+        return layers.Add()([skip, y])
+
+    inp = keras.Input((size, 3), name="input")
+    x = block(block(block(inp, 16, 1), 32, 2), 32, 4)
+    x = layers.Conv1D(32, 3, padding="causal", dilation_rate=8, activation="relu")(x)
+    return keras.Model(inp, layers.Dense(10)(layers.GlobalAveragePooling1D()(x)), name="tcn")
+
+
 def keras_space_to_depth(size: int):
     """A small Keras CNN that downsamples by ``tf.nn.space_to_depth`` and upsamples by
     ``tf.nn.depth_to_space`` (TensorFlow's DCR order) between its convolutions."""
@@ -334,7 +359,10 @@ def tf_jobs() -> list[Job]:
              Job("keras_decoder.any_size", "decoder (Keras)", keras_decoder, any_size=True),
              # and writes a dilated convolution at an unknown size as a space-to-batch
              Job("keras_aspp", "ASPP segmenter (Keras)", keras_aspp),
-             Job("keras_aspp.any_size", "ASPP segmenter (Keras)", keras_aspp, any_size=True)]
+             Job("keras_aspp.any_size", "ASPP segmenter (Keras)", keras_aspp, any_size=True),
+             # and, in 1-D (or with unequal rates), as the general SpaceToBatchND
+             Job("keras_tcn", "TCN (Keras)", keras_tcn, nchw=False, spatial=1),
+             Job("keras_tcn.any_size", "TCN (Keras)", keras_tcn, nchw=False, spatial=1, any_size=True)]
     return jobs
 
 
@@ -358,7 +386,7 @@ def freeze_captured_constants(proto, concrete) -> list[str]:
     return [i.name for i in frozen]
 
 
-def recalibrate_keras_batchnorm(model, size: int, samples: int = 32) -> None:
+def recalibrate_keras_batchnorm(model, size: int, samples: int = 32, spatial: int = 2) -> None:
     """Set every BatchNormalization's moving mean and variance to the statistics of one
     training-mode pass over standard-normal inputs (the benchmark's input distribution).
 
@@ -371,7 +399,7 @@ def recalibrate_keras_batchnorm(model, size: int, samples: int = 32) -> None:
     import numpy as np
 
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    x = np.random.default_rng(2).standard_normal((samples, size, size, 3)).astype("float32")
+    x = np.random.default_rng(2).standard_normal((samples, *(size,) * spatial, 3)).astype("float32")
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.momentum = 0.0  # the moving statistics become this batch's
@@ -389,8 +417,8 @@ def export_tf(job: Job, path: Path) -> dict:
     keras.utils.set_random_seed(0)
     size = None if job.any_size else job.size
     model = job.build(size)
-    recalibrate_keras_batchnorm(model, job.size)
-    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="input"),)
+    recalibrate_keras_batchnorm(model, job.size, spatial=job.spatial)
+    spec = (tf.TensorSpec((None, *(size,) * job.spatial, 3), tf.float32, name="input"),)
 
     # a tf.function rather than from_keras: tf2onnx's from_keras does not take Keras 3 models
     @tf.function(input_signature=spec)
@@ -413,8 +441,9 @@ def exporter_label(framework: str, job: Job) -> str:
     """The benchmark table's exporter column (it has no opset or layout column)."""
     if framework == "paddle":
         return f"paddle2onnx, opset {job.opset}"
-    size = ", any H x W" if job.any_size else ""
-    return f"tf2onnx, opset {job.opset}, {'NCHW' if job.nchw else 'NHWC'} input{size}"
+    size = (", any length" if job.spatial == 1 else ", any H x W") if job.any_size else ""
+    layout = "NCHW" if job.nchw else "NLC" if job.spatial == 1 else "NHWC"
+    return f"tf2onnx, opset {job.opset}, {layout} input{size}"
 
 
 FRAMEWORKS: dict[str, tuple[Callable[[], list[Job]], Callable[[Job, Path], dict]]] = {

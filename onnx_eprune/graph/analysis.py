@@ -211,10 +211,13 @@ class _Analyzer:
     def misreads_moved_batch(self, node: onnx.NodeProto) -> bool:
         """Whether ``node`` reads a tensor whose batch a Transpose moved other than as
         :data:`SWAPPED_READERS` do: the swapped tensor as its first input (all its
-        activations, for an element-wise op of two). A Transpose decides for itself."""
+        activations, for an element-wise op of two); the batch behind block axes, with the
+        channels last, only as a Reshape's input. A Transpose decides for itself."""
         moved = [n for n in node.input if self.batch_axis(n)]
         if not moved or node.op_type == "Transpose":
             return False
+        if not self.swapped(moved[0]):
+            return node.op_type != "Reshape" or moved[0] != node.input[0]
         acts = [n for n in node.input if n and not self.is_const(n)]
         return node.op_type not in SWAPPED_READERS or moved[0] != node.input[0] or not self.swapped(moved[0]) \
             or node.op_type in ELEMENTWISE_BINARY and len(moved) != len(acts)
@@ -1148,17 +1151,20 @@ class _Analyzer:
     def regroups_before_channels(self, node: onnx.NodeProto, index: int, layout: list[Segment], spec: np.ndarray,
                                  counts: dict[int, tuple[str, int]]) -> bool:
         """A Reshape of a map with its channels on the last axis that keeps them there and
-        the batch first, regrouping only the axes between (tf2onnx's Keras UpSampling2D:
-        (N, H, 2, W, C) to (N, 2H, W, C)), its channel entry the count a Shape op reads
-        (which follows by itself); that tensor's channels are coupled with these. Whether it
-        followed the channels."""
+        regroups only the axes before them (tf2onnx's Keras UpSampling2D: (N, H, 2, W, C) to
+        (N, 2H, W, C)), its channel entry the count a Shape op reads (which follows by
+        itself); that tensor's channels are coupled with these. The batch stays first, or
+        (tf2onnx's SpaceToBatchND / BatchToSpaceND, :meth:`batch_regrouped`) the axes up to
+        a moved batch merge into it, or a batch of r rows per sample splits into its blocks
+        and the samples. Whether it followed the channels."""
         x, out = node.input[0], node.output[0]
         si, so = self.shapes.get(x), self.shapes.get(out)
         if si is None or so is None or len(si) < 3 or len(so) < 3 or len(spec) != len(so) \
                 or self.axis(x) != len(si) - 1 or set(counts) != {len(so) - 1} or counts[len(so) - 1][1] != 1 \
-                or so[-1] != si[-1] or so[0] != si[0] or any(seg.factor != 1 for seg in layout) \
-                or np.prod(si[1:-1], dtype=np.int64) != np.prod(so[1:-1], dtype=np.int64) \
-                or (spec[0] not in (0, -1) and self.sets_batch(int(spec[0]), si[0])):
+                or so[-1] != si[-1] or any(seg.factor != 1 for seg in layout):
+            return False
+        batch = self.batch_regrouped(x, si, so, spec)
+        if batch is None:
             return False
         source = self.layout(counts[len(so) - 1][0])
         if not isinstance(source, list) or any(seg.factor != 1 for seg in source) \
@@ -1170,7 +1176,32 @@ class _Analyzer:
             return True
         self.layouts[out] = layout
         self.axes[out] = len(so) - 1
+        if batch:
+            self.batch_axes[out] = batch
         return True
+
+    def batch_regrouped(self, x: str, si: tuple[int, ...], so: tuple[int, ...], spec: np.ndarray) -> int | None:
+        """The batch axis of the output of a Reshape of ``x`` (shape ``si``, its channels
+        last) to ``so`` by target ``spec`` that keeps the channels last: 0 where the batch
+        stays first and the axes between regroup; 0 where x's batch, moved to axis b by a
+        Transpose, merges with the b block axes before it (target -1 there); k where x has
+        r rows per sample (a space-to-batch's) and the output splits them into k block axes
+        of constant sizes multiplying to r, then the samples (target -1 there). None for
+        any other Reshape."""
+        b = self.batch_axis(x)
+        samples = self.shapes.get(next(iter(self.graph_inputs), ""), (0,))[0]
+        k = next((j for j, v in enumerate(spec) if v == -1), 0)
+        if self.batched and b == 0 and k > 0 and so[k] == samples < si[0] and all(v > 0 for v in spec[:k]) \
+                and np.prod(so[:k + 1], dtype=np.int64) == si[0] and x not in self.batch_cut \
+                and np.prod(si[1:-1], dtype=np.int64) == np.prod(so[k + 1:-1], dtype=np.int64):
+            return k
+        if self.batched and b > 0 and spec[0] == -1 and so[0] == np.prod(si[:b + 1], dtype=np.int64) \
+                and np.prod(si[b + 1:-1], dtype=np.int64) == np.prod(so[1:-1], dtype=np.int64):
+            return 0
+        if b == 0 and so[0] == si[0] and np.prod(si[1:-1], dtype=np.int64) == np.prod(so[1:-1], dtype=np.int64) \
+                and (spec[0] in (0, -1) or not self.sets_batch(int(spec[0]), si[0])):
+            return 0
+        return None
 
     def target_spec(self, target: str, x: str) -> tuple[np.ndarray, dict[int, tuple[str, int]]] | None:
         """A Reshape target's value at the probed shapes, with the batch size of ``x``, the
@@ -1187,6 +1218,9 @@ class _Analyzer:
         if concat is not None and concat.op_type == "Cast":
             concat = self.producer_node.get(concat.input[0])
         if concat is None or concat.op_type != "Concat":
+            for j, e in enumerate(self.shape_vector(target) or []):
+                if e is not None and e[1] == self.axis(e[0]):
+                    counts[j] = (e[0], 1)
             return spec, counts
         pos = 0
         for part in concat.input:
@@ -1220,6 +1254,14 @@ class _Analyzer:
             taken = None if source is None else self.taken_entries(node, len(source)) \
                 if node.op_type in ("Gather", "Slice") else list(range(len(source)))
             return None if taken is None else [source[i % len(source)] for i in taken]
+        if node.op_type == "Concat":  # tf2onnx's BatchToSpaceND: Gather(Concat(block sizes, Shape entries))
+            entries: list[tuple[str, int] | None] = []
+            for part in node.input:
+                size = self.shapes.get(part)
+                if size is None or len(size) != 1:
+                    return None
+                entries += self.shape_vector(part, depth + 1) or [None] * size[0]
+            return entries
         return None
 
     def split_blocks(self, node: onnx.NodeProto, index: int, layout: list[Segment], spec: np.ndarray,
@@ -1616,11 +1658,15 @@ class _Analyzer:
         return targets is not None
 
     def concat_target(self, name: str) -> str | None:
-        """The Reshape target that the Concat output ``name`` is, itself or behind one Cast,
+        """The Reshape target that the Concat output ``name`` is, itself or behind one Cast or
+        one Gather of constant indices (tf2onnx's BatchToSpaceND reorders its target so),
         where Reshapes alone read it (as their target); None otherwise."""
         readers = self.consumer_nodes.get(name, [])
-        if len(readers) == 1 and readers[0].op_type == "Cast" and name not in self.graph_outputs:
-            name, readers = readers[0].output[0], self.consumer_nodes.get(readers[0].output[0], [])
+        for op in ("Cast", "Gather"):
+            if len(readers) == 1 and readers[0].op_type == op and name not in self.graph_outputs and (
+                    op == "Cast" or int(_attrs(readers[0]).get("axis", 0)) == 0 and readers[0].input[0] == name
+                    and self.value(readers[0].input[1]) is not None):
+                name, readers = readers[0].output[0], self.consumer_nodes.get(readers[0].output[0], [])
         if name in self.graph_outputs or not readers \
                 or any(c.op_type != "Reshape" or list(c.input[1:]) != [name] for c in readers):
             return None
@@ -1683,7 +1729,10 @@ class _Analyzer:
         that is a Reshape's target (:meth:`concat_target`; tf2onnx's Keras UpSampling2D:
         ``Slice(Cast(Gather(Shape(x), [0, 2, 3, 1])), 2)``, the W and C of the NHWC map).
         Such targets are recorded (:attr:`count_reads`): their Reshapes must follow the
-        count, or ``z``'s channels freeze."""
+        count, or ``z``'s channels freeze. A Size or Shape of the vector reads its length
+        alone (tf2onnx's SpaceToBatchND pads by the rank)."""
+        if reader.op_type in ("Size", "Shape") and reader.input[0] == shape:
+            return True
         taken = self.taken_entries(reader, n) if reader.input[0] == shape else None
         if taken is None:
             return False
@@ -2061,7 +2110,9 @@ class _Analyzer:
     def op_Transpose(self, node: onnx.NodeProto, index: int) -> None:
         """Moves the channel axis (NCHW <-> NHWC); the batch axis must stay first, or swap
         places with the channels on axis 1 (tf2onnx's space-to-batch: :data:`SWAPPED_READERS`),
-        and back. Followed or frozen, its output has the batch and channel axes it moved."""
+        and back. Followed or frozen, its output has the batch and channel axes it moved;
+        with the channels last and kept there, the batch may go behind other axes (tf2onnx's
+        SpaceToBatchND: the Reshape that follows merges them into it, :meth:`batch_regrouped`)."""
         x, out = node.input[0], node.output[0]
         perm = [int(p) for p in _attrs(node).get("perm", [])]
         caxis, batch = self.axis(x), self.batch_axis(x)
@@ -2076,8 +2127,10 @@ class _Analyzer:
         # a swap of the batch and channel axes moves each channel's entries (a channel
         # multiplier's outputs) together, as a whole axis
         swap = (batch, caxis, to_batch, to_channels) in ((0, 1, 1, 0), (1, 0, 0, 1))
+        # tf2onnx's SpaceToBatchND moves the batch behind block axes, the channels kept last
+        last = caxis == to_channels == len(perm) - 1
         if not isinstance(self.layout(x), list) or not swap and any(seg.factor != 1 for seg in self.layout(x)) \
-                or to_batch and not (to_batch == 1 and to_channels == 0 and self.batched):
+                or to_batch and not (self.batched and (swap or last)):
             self.freeze_all(node, index, "Transpose that moves the batch axis, or of a flattened tensor")
             return
         self.passthrough(node, x, to_channels)
