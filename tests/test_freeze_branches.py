@@ -495,9 +495,31 @@ def transpose_batch() -> onnx.ModelProto:
     return _model(b, _tail(b, b.node("Transpose", [swapped], perm=[2, 1, 0, 3]), WIDTH))
 
 
+def batch_behind_rows(merge: bool) -> onnx.ModelProto:
+    """"h" to channels last (N, H, W, C), a Transpose that moves the batch behind H (H, N, W,
+    C), a Reshape, and back to (N, C, H, W), the targets' channel entries read from Shapes
+    (of the map before the move, and of the merged one, as tf2onnx reads them).
+    ``merge``: the Reshape merges H into the batch (HN, W, C), as tf2onnx's SpaceToBatchND
+    does, then splits it out again; else it merges the batch with W instead (H, NW, C),
+    which no space-to-batch does."""
+    b = _Builder()
+    nhwc = b.node("Transpose", [_stem(b)], perm=[0, 2, 3, 1])
+    moved = b.node("Transpose", [nhwc], name="moved", perm=[1, 0, 2, 3])
+
+    def channels(x: str, axis: int) -> str:
+        return b.node("Slice", [b.node("Shape", [x]), _ints(b, f"from{axis}", [axis]), _ints(b, f"to{axis}", [axis + 1])])
+
+    lead = _ints(b, "merged_lead", [-1, HW] if merge else [HW, -1])
+    merged = b.node("Relu", [b.node("Reshape", [moved, b.node("Concat", [lead, channels(nhwc, 3)], axis=0)])])
+    target = b.node("Concat", [_ints(b, "back_lead", [HW, -1, HW]), channels(merged, 2)], axis=0)
+    back = b.node("Reshape", [merged, target])
+    return _model(b, _tail(b, b.node("Transpose", [back], perm=[1, 3, 0, 2]), WIDTH))
+
+
 def swap_batch_channels(reader: str = "Relu") -> onnx.ModelProto:
     """Transpose of "h" swapping batch and channels, ``reader`` (a Relu; a Softmax over the
-    swapped map's last axis), and back: tf2onnx's space-to-batch, which a Relu passes."""
+    swapped map's last axis), and back: tf2onnx's space-to-batch, which a Relu passes; a
+    swap read by anything else freezes as before session 60."""
     b = _Builder()
     swapped = b.node(reader, [b.node("Transpose", [_stem(b)], name="swap", perm=[1, 0, 2, 3])])
     return _model(b, _tail(b, b.node("Transpose", [swapped], perm=[1, 0, 2, 3]), WIDTH))
@@ -640,8 +662,11 @@ CASES: dict[str, Case] = {
     "resize_computed_sizes": Case(resize_computed_sizes, {"h": "Resize with non-constant or shared sizes"}),
     "transpose_batch": Case(transpose_batch, {"h": "Transpose that moves the batch axis"}),
     "swap_batch_channels": Case(swap_batch_channels, {}, prunable=("a", "h", "t")),
+    "batch_behind_rows": Case(lambda: batch_behind_rows(True), {}, prunable=("a", "h", "t")),
+    "batch_behind_rows_flattened": Case(lambda: batch_behind_rows(False),
+                                        {"h": "Reshape of a map whose batch a Transpose moved"}),
     "swap_batch_channels_softmax": Case(lambda: swap_batch_channels("Softmax"),
-                                        {"h": "reads a tensor whose batch and channel axes are swapped"}),
+                                        {"h": "Transpose that moves the batch axis"}),
     # collect(): a block conflict of the first walk that the cut resolves; a group nothing reads
     "slice_to_grouped": Case(slice_to_grouped, {}, prunable=("a", "h@0", "h@8", "t")),
     "dead_branch": Case(dead_branch, {"dead": "no consumer reads these channels"}, prunable=("a", "h", "t")),

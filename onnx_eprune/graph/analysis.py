@@ -1070,6 +1070,14 @@ class _Analyzer:
 
     def op_Reshape(self, node: onnx.NodeProto, index: int) -> None:
         x, target = node.input[0], node.input[1]
+        if self.batch_axis(x) and not self.merges_moved_batch(node):
+            if target in self.count_reads:
+                self.counted.add(id(node))
+                for z in self.count_reads[target]:
+                    self.freeze_layout(self.layout(z), "its channel count is read by a Shape op")
+            self.freeze_all(node, index, "Reshape of a map whose batch a Transpose moved other than into the batch "
+                                         "again")
+            return
         if x in self.group_norms:  # the Reshape back of a GroupNorm: x's channels again
             self.passthrough(node, self.group_norms[x][0])
             return
@@ -1179,6 +1187,16 @@ class _Analyzer:
         if batch:
             self.batch_axes[out] = batch
         return True
+
+    def merges_moved_batch(self, node: onnx.NodeProto) -> bool:
+        """Whether Reshape ``node`` of a map whose batch a Transpose moved behind block axes
+        (its channels last) merges those axes into the batch again, on the first axis
+        (:meth:`batch_regrouped`), which :meth:`regroups_before_channels` then follows."""
+        x = node.input[0]
+        si, so = self.shapes.get(x), self.shapes.get(node.output[0])
+        parsed = self.target_spec(node.input[1], x)
+        return parsed is not None and si is not None and so is not None and len(parsed[0]) == len(so) >= 2 \
+            and self.axis(x) == len(si) - 1 and self.batch_regrouped(x, si, so, parsed[0]) == 0
 
     def batch_regrouped(self, x: str, si: tuple[int, ...], so: tuple[int, ...], spec: np.ndarray) -> int | None:
         """The batch axis of the output of a Reshape of ``x`` (shape ``si``, its channels
@@ -2110,9 +2128,10 @@ class _Analyzer:
     def op_Transpose(self, node: onnx.NodeProto, index: int) -> None:
         """Moves the channel axis (NCHW <-> NHWC); the batch axis must stay first, or swap
         places with the channels on axis 1 (tf2onnx's space-to-batch: :data:`SWAPPED_READERS`),
-        and back. Followed or frozen, its output has the batch and channel axes it moved;
-        with the channels last and kept there, the batch may go behind other axes (tf2onnx's
-        SpaceToBatchND: the Reshape that follows merges them into it, :meth:`batch_regrouped`)."""
+        and back; with the channels last and kept there, the batch may go behind other axes
+        (tf2onnx's SpaceToBatchND: the Reshape that follows merges them into it,
+        :meth:`batch_regrouped`). Inside such a region, followed or frozen, its output has
+        the batch and channel axes it moved."""
         x, out = node.input[0], node.output[0]
         perm = [int(p) for p in _attrs(node).get("perm", [])]
         caxis, batch = self.axis(x), self.batch_axis(x)
@@ -2129,8 +2148,19 @@ class _Analyzer:
         swap = (batch, caxis, to_batch, to_channels) in ((0, 1, 1, 0), (1, 0, 0, 1))
         # tf2onnx's SpaceToBatchND moves the batch behind block axes, the channels kept last
         last = caxis == to_channels == len(perm) - 1
+        readers = self.consumer_nodes.get(out, [])
+        # a Transpose that moves the batch off axis 0 starts a space-to-batch only where its
+        # readers are those of one (a Reshape must then merge the axes before the batch into
+        # it: op_Reshape); otherwise it freezes as any other such Transpose, and what follows
+        # it reads the batch as on axis 0
+        starts = self.batched and bool(readers) and out not in self.graph_outputs and (
+            swap and all(r.op_type in SWAPPED_READERS and r.input[0] == out for r in readers)
+            or last and all(r.op_type == "Reshape" and r.input[0] == out for r in readers))
         if not isinstance(self.layout(x), list) or not swap and any(seg.factor != 1 for seg in self.layout(x)) \
-                or to_batch and not (self.batched and (swap or last)):
+                or to_batch and not (swap or last) or to_batch and not batch and not starts:
+            if not batch:
+                self.batch_axes.pop(out, None)
+                self.axes.pop(out, None)
             self.freeze_all(node, index, "Transpose that moves the batch axis, or of a flattened tensor")
             return
         self.passthrough(node, x, to_channels)
