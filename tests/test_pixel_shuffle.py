@@ -115,13 +115,32 @@ def pixel_unshuffle() -> onnx.ModelProto:
     return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
 
 
-@pytest.mark.parametrize("form", ["space_to_depth", "pixel_unshuffle"])
+def pixel_unshuffle_dynamic() -> onnx.ModelProto:
+    """The same network with PixelUnshuffle(2) as the TorchScript exporter writes it for an
+    input of dynamic H and W: Unsqueeze at axis 3, Reshapes by [0, 0, -1, 2, 0] and [0, 0,
+    0, 0, -1, 2], Transpose (0, 1, 3, 5, 2, 4), Reshape by [0, -1, 1, 1, 0, 0] to (N, 16, 1,
+    1, 8, 8) and Squeeze of axes 2 and 3 (it froze conv1's channels before session 60:
+    "Reshape other than flattening")."""
+    b = _Builder(seed=9)
+    h = b.node("Relu", [b.conv(INPUT, 3, 4, name="conv1")])
+    h = b.node("Unsqueeze", [h, b.const("at3", np.array([3], np.int64))])
+    h = b.node("Reshape", [h, b.const("rows", np.array([0, 0, -1, 2, 0], np.int64))])
+    h = b.node("Reshape", [h, b.const("cols", np.array([0, 0, 0, 0, -1, 2], np.int64))])
+    h = b.node("Transpose", [h], perm=[0, 1, 3, 5, 2, 4])
+    h = b.node("Reshape", [h, b.const("merge", np.array([0, -1, 1, 1, 0, 0], np.int64))])
+    h = b.node("Squeeze", [h, b.const("ones", np.array([2, 3], np.int64))], name="unshuffle")
+    h = b.node("Relu", [b.conv(h, 16, 8, name="conv2")])
+    return b.build(b.gemm(b.gap_flatten(h), 8, CLASSES, name=OUTPUT))
+
+
+@pytest.mark.parametrize("form", ["space_to_depth", "pixel_unshuffle", "pixel_unshuffle_dynamic"])
 def test_a_channel_spread_over_several_inputs_takes_them_all(form):
     """conv1's channel c is conv2's input b * 4 + c for each pixel b of a 2x2 block behind a
     SpaceToDepth, its inputs 4c .. 4c + 3 behind a PixelUnshuffle: pruning it removes those
     columns, the Reshape targets' channel counts follow, and the rearranged map holds the
     original's."""
-    model, x = (space_to_depth if form == "space_to_depth" else pixel_unshuffle)(), random_input(64)
+    model, x = {"space_to_depth": space_to_depth, "pixel_unshuffle": pixel_unshuffle,
+                "pixel_unshuffle_dynamic": pixel_unshuffle_dynamic}[form](), random_input(64)
     groups = producer_groups(model)
     assert groups["conv1"]["prunable"] and groups["conv1"]["channels"] == 4
     result = onnx_eprune.prune(model, x, keep_ratio=0.5, reconstruct=False, exclude=("conv2",), **CPU)
@@ -131,6 +150,7 @@ def test_a_channel_spread_over_several_inputs_takes_them_all(form):
         columns, out = (4 * np.arange(4)[:, None] + kept).ravel(), "s2d"
     else:
         columns, out = (4 * kept[:, None] + np.arange(4)).ravel(), "unshuffle"
+    if form == "pixel_unshuffle":
         assert initializer(result.model, "split").tolist() == [-1, 2, 8, 2, 8, 2]
         assert initializer(result.model, "merge").tolist() == [-1, 8, 8, 8]
     np.testing.assert_array_equal(initializer(result.model, "conv2.weight"),

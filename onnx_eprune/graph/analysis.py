@@ -1361,7 +1361,10 @@ class _Analyzer:
         while shape_in[1] * merged < shape_out[1] and j + 1 < len(shape_in):
             j += 1
             merged *= shape_in[j]
-        if shape_in[1] * merged != shape_out[1] or (merged > 1 and tuple(shape_in[j + 1:]) != tuple(shape_out[2:])) \
+        # the axes after the merged ones stay, axes of size 1 aside (PyTorch's PixelUnshuffle
+        # exported with a dynamic H and W keeps two: (N, C*r*r, 1, 1, H/r, W/r))
+        rest_in, rest_out = (tuple(d for d in rest if d != 1) for rest in (shape_in[j + 1:], shape_out[2:]))
+        if shape_in[1] * merged != shape_out[1] or (merged > 1 and rest_in != rest_out) \
                 or int(spec[1]) not in (-1, shape_out[1]) + ((0,) if merged == 1 else ()):
             return False
         if int(spec[1]) > 0:
