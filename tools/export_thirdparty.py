@@ -208,6 +208,21 @@ def keras_app(arch: str) -> Callable[[int], object]:
     return build
 
 
+def keras_app_any_size(arch: str) -> Callable[[int | None], object]:
+    """A ``keras.applications`` backbone with random weights for inputs of any size
+    (``size`` None: unknown height and width; Keras builds its classifier only at a fixed
+    size, so the backbone is global-average-pooled into a Dense(10) head of its own)."""
+
+    def build(size: int | None):
+        import keras
+
+        base = getattr(keras.applications, arch)(input_shape=(size, size, 3), weights=None, include_top=False,
+                                                  pooling="avg")
+        return keras.Model(base.input, keras.layers.Dense(10)(base.output))
+
+    return build
+
+
 def keras_cba(x, c: int, act: str = "relu"):
     """Keras' 3x3 Conv2D (no bias) -> BatchNormalization -> activation ``act`` on ``x``."""
     from keras import layers
@@ -363,6 +378,8 @@ def tf_jobs() -> list[Job]:
              # and, in 1-D (or with unequal rates), as the general SpaceToBatchND
              Job("keras_tcn", "TCN (Keras)", keras_tcn, nchw=False, spatial=1),
              Job("keras_tcn.any_size", "TCN (Keras)", keras_tcn, nchw=False, spatial=1, any_size=True)]
+    jobs += [Job(f"keras_{a}.any_size", a, keras_app_any_size(a), any_size=True)
+             for a in ("MobileNetV2", "ResNet50", "EfficientNetB0", "DenseNet121")]
     return jobs
 
 
