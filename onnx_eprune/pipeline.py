@@ -286,6 +286,7 @@ class Pruner:
         log.info("onnxruntime provider: %s", self.providers[0])
         with self.timer.phase("analyze"):
             self.shapes, self.analysis = probe_groups(self.model, self.data.first(), self.providers)
+            self.probe_samples = probe_batch(self.model)  # the samples the shapes were probed with
             exclude_groups(self.analysis, self.model.graph.node, config.exclude, self.normalized.folded)
             if stats is not None or not self.lean_stages:
                 self._freeze_wide()
@@ -342,7 +343,7 @@ class Pruner:
         """Rows of ``cons``'s input per sample: 1, or a space-to-batch's blocks (tf2onnx's
         dilated convolution on an input of unknown size convolves each sample's r x r
         interleaved sub-images as r * r images)."""
-        return max(1, self.shapes[cons.input][0] // probe_batch(self.model))
+        return max(1, self.shapes[cons.input][0] // self.probe_samples)
 
     def _positions_per_row(self, cons: Consumer) -> tuple[int, int]:
         """(output positions of each row of ``cons``'s input, how many of them its

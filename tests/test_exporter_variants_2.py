@@ -107,6 +107,11 @@ class Net:
     def relu6(self, x: str) -> str:
         return self.node("Clip", [x, self.const(np.float32(0)), self.const(np.float32(6))])
 
+    def entries(self, vector: str, lo: int, hi: int) -> str:
+        """Entries lo .. hi - 1 of a shape vector (a Slice along axis 0)."""
+        return self.node("Slice", [vector, self.const([lo], np.int64), self.const([hi], np.int64),
+                                   self.const([0], np.int64)])
+
     def build(self, y: str = "y", in_shape=("N", 3, 16, 16), out_shape=("N", 10), opset: int = 17) -> onnx.ModelProto:
         inp = H.make_tensor_value_info("x", TP.FLOAT, list(in_shape))
         graph = H.make_graph(self.nodes, "exporter_variants_2", [inp],
@@ -775,9 +780,6 @@ def keras_upsampling_model(tile_channels: bool = False) -> onnx.ModelProto:
     bias.CopyFrom(NH.from_array(np.where(np.isin(np.arange(8), [1, 5]), -0.3, NH.to_array(bias)).astype(np.float32),
                                 "down.b"))
 
-    def entries(vector: str, lo: int, hi: int) -> str:
-        return n.node("Slice", [vector, n.const([lo], np.int64), n.const([hi], np.int64), n.const([0], np.int64)])
-
     def twice(entry: str) -> str:
         return n.node("Mul", [entry, n.const([2], np.int64)])
 
@@ -785,13 +787,13 @@ def keras_upsampling_model(tile_channels: bool = False) -> onnx.ModelProto:
     rows = n.node("Tile", [n.node("Unsqueeze", [h, n.const([3], np.int64)]),
                            n.const([1, 2 if tile_channels else 1, 1, 2, 1], np.int64)])
     rows = n.node("Transpose", [rows], perm=[0, 2, 3, 4, 1])
-    channels = entries(nhwc, 2, 4) if not tile_channels else n.node("Mul", [entries(nhwc, 2, 4),
+    channels = n.entries(nhwc, 2, 4) if not tile_channels else n.node("Mul", [n.entries(nhwc, 2, 4),
                                                                             n.const([1, 2], np.int64)])
-    target = n.node("Concat", [entries(nhwc, 0, 1), twice(entries(nhwc, 1, 2)), channels], axis=0)
+    target = n.node("Concat", [n.entries(nhwc, 0, 1), twice(n.entries(nhwc, 1, 2)), channels], axis=0)
     up = n.node("Reshape", [rows, target])
     cols = n.node("Tile", [n.node("Unsqueeze", [up, n.const([3], np.int64)]), n.const([1, 1, 1, 2, 1], np.int64)])
     shape = n.node("Shape", [up])
-    target = n.node("Concat", [entries(shape, 0, 2), twice(entries(shape, 2, 3)), entries(shape, 3, 4)], axis=0)
+    target = n.node("Concat", [n.entries(shape, 0, 2), twice(n.entries(shape, 2, 3)), n.entries(shape, 3, 4)], axis=0)
     up = n.node("Transpose", [n.node("Reshape", [cols, target])], perm=[0, 3, 1, 2])
     c = 16 if tile_channels else 8
     return n.build(n.head(n.node("Relu", [n.conv(up, c, 16, name="conv2")]), 16), in_shape=("N", 3, "H", "W"))
@@ -938,9 +940,6 @@ def keras_dilated_1d_model() -> onnx.ModelProto:
     a Shape, as tf2onnx writes them."""
     n = Net(37)
 
-    def entries(vector: str, lo: int, hi: int) -> str:
-        return n.node("Slice", [vector, n.const([lo], np.int64), n.const([hi], np.int64), n.const([0], np.int64)])
-
     def conv1d(x: str, w: np.ndarray, b: np.ndarray | None, name: str, pads: list[int]) -> str:
         inputs = [x, n.const(w, name=f"{name}.w")] + ([n.const(b, name=f"{name}.b")] if b is not None else [])
         return n.node("Conv", inputs, name=name, kernel_shape=[3], pads=pads)
@@ -948,29 +947,29 @@ def keras_dilated_1d_model() -> onnx.ModelProto:
     w, b = n.rng.normal(0, 0.5, (8, 3, 3)), n.rng.uniform(-0.1, 0.1, 8)
     w[[1, 5]], b[[1, 5]] = 0.0, -0.3
     h = n.node("Transpose", [n.node("Relu", [conv1d("x", w, b, "down", [1, 1])])], perm=[0, 2, 1])
-    length = entries(n.node("Shape", [h]), 1, 2)
+    length = n.entries(n.node("Shape", [h]), 1, 2)
     pads = n.node("Concat", [n.const([0, 2, 0, 0], np.int64),
                              n.node("Add", [n.node("Mod", [length, n.const([2], np.int64)]), n.const([2], np.int64)]),
                              n.const([0], np.int64)], axis=0)
     padded = n.node("Pad", [h, pads])
     shape = n.node("Shape", [padded])
-    half = n.node("Div", [entries(shape, 1, 2), n.const([2], np.int64)])
+    half = n.node("Div", [n.entries(shape, 1, 2), n.const([2], np.int64)])
     blocks = n.node("Reshape", [padded, n.node("Concat", [n.const([-1], np.int64), half, n.const([2], np.int64),
-                                                          entries(shape, 2, 3)], axis=0)])
+                                                          n.entries(shape, 2, 3)], axis=0)])
     blocks = n.node("Transpose", [blocks], perm=[2, 0, 1, 3])
-    batch = n.node("Reshape", [blocks, n.node("Concat", [n.const([-1], np.int64), half, entries(shape, 2, 3)],
+    batch = n.node("Reshape", [blocks, n.node("Concat", [n.const([-1], np.int64), half, n.entries(shape, 2, 3)],
                                               axis=0)])
     w = n.rng.normal(0, 0.3, (6, 8, 3))
     w[2] = 0.0
     mid = n.node("Transpose", [conv1d(n.node("Transpose", [batch], perm=[0, 2, 1]), w, None, "mid", [0, 0])],
                  perm=[0, 2, 1])
-    target = n.node("Gather", [n.node("Concat", [n.const([2, -1], np.int64), entries(n.node("Shape", [mid]), 1, 3)],
+    target = n.node("Gather", [n.node("Concat", [n.const([2, -1], np.int64), n.entries(n.node("Shape", [mid]), 1, 3)],
                                       axis=0), n.const([0, 1, 2, 3], np.int64)], axis=0)
     back = n.node("Transpose", [n.node("Reshape", [mid, target])], perm=[1, 2, 0, 3])
     shape = n.node("Shape", [back])
     back = n.node("Reshape", [back, n.node("Concat", [n.const([-1], np.int64),
-                                                      n.node("Mul", [entries(shape, 1, 2), n.const([2], np.int64)]),
-                                                      entries(shape, 3, 4)], axis=0)])
+                                                      n.node("Mul", [n.entries(shape, 1, 2), n.const([2], np.int64)]),
+                                                      n.entries(shape, 3, 4)], axis=0)])
     crop = n.node("Slice", [back, n.const([0], np.int64), length, n.const([1], np.int64)], name="crop")
     h = n.node("Relu", [n.node("Add", [crop, n.const([.2, .2, -.2, .2, .2, .2], name="mid.b")])])
     w2 = n.rng.normal(0, 0.3, (16, 6, 3))

@@ -28,7 +28,8 @@ from .groups import (QUANTIZED, ChannelGroup, Consumer, GraphAnalysis, GroupCoun
                      SliceBound, SplitSizes, node_label)
 from .geometry import conv_geometry, implicit_padding, transposed_geometry
 from .layout import Segment, Spaces, couple, flatten, offsets
-from .model_io import fixed_batch, implicit_inputs, onnx_opset, overridable_initializers, unbatched_inputs
+from .model_io import (fixed_batch, implicit_inputs, onnx_opset, overridable_initializers, probe_batch,
+                       unbatched_inputs)
 
 # Ops that act on each element independently: channel c in is channel c out.
 ELEMENTWISE_UNARY = frozenset({
@@ -140,6 +141,7 @@ class _Analyzer:
         # the batch size goes (a Slice to the first sample) cuts the batch all the same
         self.batched = not unbatched_inputs(model)
         self.free_batch = fixed_batch(model) is None and self.batched
+        self.probe_samples = probe_batch(model)  # the samples the shapes were probed with
         self.batch_cut: dict[str, str] = {}  # tensor -> the op after which its first axis is no batch
         # a GroupNorm's grouped tensors (see group_norm) -> (its input, channels per group)
         self.group_norms: dict[str, tuple[str, int]] = {}
@@ -219,7 +221,7 @@ class _Analyzer:
         if not self.swapped(moved[0]):
             return node.op_type != "Reshape" or moved[0] != node.input[0]
         acts = [n for n in node.input if n and not self.is_const(n)]
-        return node.op_type not in SWAPPED_READERS or moved[0] != node.input[0] or not self.swapped(moved[0]) \
+        return node.op_type not in SWAPPED_READERS or moved[0] != node.input[0] \
             or node.op_type in ELEMENTWISE_BINARY and len(moved) != len(acts)
 
     def swapped(self, name: str) -> bool:
@@ -1071,12 +1073,8 @@ class _Analyzer:
     def op_Reshape(self, node: onnx.NodeProto, index: int) -> None:
         x, target = node.input[0], node.input[1]
         if self.batch_axis(x) and not self.merges_moved_batch(node):
-            if target in self.count_reads:
-                self.counted.add(id(node))
-                for z in self.count_reads[target]:
-                    self.freeze_layout(self.layout(z), "its channel count is read by a Shape op")
-            self.freeze_all(node, index, "Reshape of a map whose batch a Transpose moved other than into the batch "
-                                         "again")
+            self.refuse_reshape(node, index, "Reshape of a map whose batch a Transpose moved other than into the "
+                                             "batch again")
             return
         if x in self.group_norms:  # the Reshape back of a GroupNorm: x's channels again
             self.passthrough(node, self.group_norms[x][0])
@@ -1084,10 +1082,8 @@ class _Analyzer:
         if target in self.count_reads:
             self.counted.add(id(node))
             if not self.split_reshape(node, index, self.count_reads[target]):
-                for z in self.count_reads[target]:
-                    self.freeze_layout(self.layout(z), "its channel count is read by a Shape op")
-                self.freeze_all(node, index, "Reshape by a target computed from channel counts other than into "
-                                             "blocks of channels")
+                self.refuse_reshape(node, index, "Reshape by a target computed from channel counts other than into "
+                                                 "blocks of channels")
             return
         if x in self.position_major:
             if not self.split_reshape(node, index):
@@ -1128,6 +1124,16 @@ class _Analyzer:
             elif pos == 0 and self.sets_batch(int(v), shape_in[0]):
                 self.cut_batch(node, index, "Reshape that sets the batch size")
                 return
+
+    def refuse_reshape(self, node: onnx.NodeProto, index: int, reason: str) -> None:
+        """Freeze Reshape ``node`` for ``reason``, and with it the tensors whose channel counts
+        its target reads (:attr:`count_reads`), which it does not follow."""
+        target = node.input[1]
+        if target in self.count_reads:
+            self.counted.add(id(node))
+            for z in self.count_reads[target]:
+                self.freeze_layout(self.layout(z), "its channel count is read by a Shape op")
+        self.freeze_all(node, index, reason)
 
     def split_reshape(self, node: onnx.NodeProto, index: int, sources: set[str] = frozenset()) -> bool:
         """A Reshape of channels on axis 1 into blocks (:meth:`split_blocks`), or of a map by
@@ -1207,9 +1213,8 @@ class _Analyzer:
         of constant sizes multiplying to r, then the samples (target -1 there). None for
         any other Reshape."""
         b = self.batch_axis(x)
-        samples = self.shapes.get(next(iter(self.graph_inputs), ""), (0,))[0]
         k = next((j for j, v in enumerate(spec) if v == -1), 0)
-        if self.batched and b == 0 and k > 0 and so[k] == samples < si[0] and all(v > 0 for v in spec[:k]) \
+        if self.batched and b == 0 and k > 0 and so[k] == self.probe_samples < si[0] and all(v > 0 for v in spec[:k]) \
                 and np.prod(so[:k + 1], dtype=np.int64) == si[0] and x not in self.batch_cut \
                 and np.prod(si[1:-1], dtype=np.int64) == np.prod(so[k + 1:-1], dtype=np.int64):
             return k
@@ -2151,22 +2156,30 @@ class _Analyzer:
         swap = (batch, caxis, to_batch, to_channels) in ((0, 1, 1, 0), (1, 0, 0, 1))
         # tf2onnx's SpaceToBatchND moves the batch behind block axes, the channels kept last
         last = caxis == to_channels == len(perm) - 1
-        readers = self.consumer_nodes.get(out, [])
-        # a Transpose that moves the batch off axis 0 starts a space-to-batch only where its
-        # readers are those of one (a Reshape must then merge the axes before the batch into
-        # it: op_Reshape); otherwise it freezes as any other such Transpose, and what follows
-        # it reads the batch as on axis 0
-        starts = self.batched and bool(readers) and out not in self.graph_outputs and (
-            swap and all(r.op_type in SWAPPED_READERS and r.input[0] == out for r in readers)
-            or last and all(r.op_type == "Reshape" and r.input[0] == out for r in readers))
+        # inside a space-to-batch a swap or a move behind block axes is followed; a Transpose
+        # that moves the batch off axis 0 starts one only where its readers are those of one
+        # (:meth:`starts_space_to_batch`)
+        follows_batch = not to_batch or (swap or last) and bool(batch) or self.starts_space_to_batch(out, swap, last)
         if not isinstance(self.layout(x), list) or not swap and any(seg.factor != 1 for seg in self.layout(x)) \
-                or to_batch and not (swap or last) or to_batch and not batch and not starts:
+                or not follows_batch:
             if not batch:
                 self.batch_axes.pop(out, None)
                 self.axes.pop(out, None)
             self.freeze_all(node, index, "Transpose that moves the batch axis, or of a flattened tensor")
             return
         self.passthrough(node, x, to_channels)
+
+    def starts_space_to_batch(self, out: str, swap: bool, last: bool) -> bool:
+        """Whether the output ``out`` of a Transpose that moves the batch off axis 0 starts a
+        space-to-batch: a ``swap`` of the batch and channel axes read only by the ops that pass
+        a swapped map (:data:`SWAPPED_READERS`), or a move of the batch behind block axes with
+        the channels kept ``last`` read only by Reshapes (each must then merge those axes into
+        the batch: op_Reshape). Otherwise the Transpose freezes as any other such Transpose,
+        and what follows it reads the batch as on axis 0."""
+        readers = self.consumer_nodes.get(out, [])
+        return self.batched and bool(readers) and out not in self.graph_outputs and (
+            swap and all(r.op_type in SWAPPED_READERS and r.input[0] == out for r in readers)
+            or last and all(r.op_type == "Reshape" and r.input[0] == out for r in readers))
 
     # -- results -----------------------------------------------------------------------
     def propagated_cuts(self) -> list[tuple[str, int]]:
