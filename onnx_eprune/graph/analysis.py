@@ -431,10 +431,14 @@ class _Analyzer:
             self.freeze_all(node, index, reason)
             return
         if self.misreads_moved_batch(node):
+            moved = next(n for n in node.input if self.batch_axis(n))
             self.freeze_all(node, index, f"{node_label(node, index)} reads a tensor whose batch and channel axes are "
                             "swapped (tf2onnx's space-to-batch around a dilated convolution), where the analysis "
                             "follows only element-wise ops, Pad, crops, SpaceToDepth, DepthToSpace and the Transpose "
-                            "that swaps the axes back")
+                            "that swaps the axes back" if self.swapped(moved) else
+                            f"{node_label(node, index)} reads a tensor whose batch a Transpose moved behind other "
+                            "axes (tf2onnx's SpaceToBatchND), where the analysis follows only the Transposes and "
+                            "the Reshapes that merge them into the batch again")
             return
         if node.op_type in CHANNELS_FIRST and self.axis(node.input[0]) != 1:
             self.reread_channels_first(node, index)
