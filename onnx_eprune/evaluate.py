@@ -18,10 +18,10 @@ from .calibrate.session import (choose_providers, fixed_batch, make_session, pro
                                 unbatched_inputs)
 from .errors import UsageError, checked_arguments
 from .files import require_file
-from .graph.contrib import unfuse
 from .graph.costs import build_cost_model
 from .graph.groups import GraphAnalysis
-from .graph.model_io import as_model, normalize, saved_size, size_on_disk
+from .graph.model_io import as_model, saved_size, size_on_disk
+from .graph.standard import standard_form
 from .report import printable
 
 
@@ -281,9 +281,8 @@ def evaluate(original, pruned, data, labels=None, device: str = "auto") -> dict:
     a, b = as_model(original), as_model(pruned)
     # the sizes of the files as read: one replaced during the run must not lend its size
     file_bytes = {"original": _size(a, original), "pruned": _size(b, pruned)}
-    copies = [normalize(m).copies for m in (a, b)]
-    for m in (a, b):  # counted as the standard ops they compute
-        unfuse(m)
+    # counted as the standard ops they compute
+    copies = [standard_form(m).normalized.copies for m in (a, b)]
     _check_same_outputs(a, b, _described(original, "original"), _described(pruned, "pruned"))
     providers = choose_providers(device)
     data_a = _fitted(data, a, _described(original, "original"))

@@ -11,11 +11,11 @@ import onnx
 from .calibrate.data import load_calibration, model_inputs
 from .calibrate.session import choose_providers, probe_groups
 from .errors import UsageError, checked_arguments
-from .graph.contrib import unfuse
 from .graph.costs import build_cost_model
 from .graph.exclude import check_patterns, exclude_groups
 from .graph.groups import QUANTIZED, node_label
-from .graph.model_io import as_model, check_model_arg, fixed_dims, normalize, read_provenance
+from .graph.model_io import as_model, check_model_arg, fixed_dims, read_provenance
+from .graph.standard import standard_form
 
 
 @checked_arguments
@@ -45,8 +45,7 @@ def inspect(model: onnx.ModelProto | str | os.PathLike, sample=None, exclude: Se
     check_model_arg(model)
     check_patterns(exclude)  # before the model is read and run
     model = as_model(model)
-    normalized = normalize(model)
-    unfuse(model)
+    normalized = standard_form(model).normalized
     data = load_calibration(sample if sample is not None else _zeros(model), model, samples=1, probe=True)
     shapes, analysis = probe_groups(model, data.first(), choose_providers("cpu"))
     exclude_groups(analysis, model.graph.node, exclude, normalized.folded)

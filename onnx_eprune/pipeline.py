@@ -34,13 +34,14 @@ from .config import PruneConfig, check_progress, make_config
 from .errors import EPruneError, UsageError, checked_arguments
 from .files import output_path, same_file
 from .graph import analysis as channel_analysis
-from .graph.contrib import fuse_again, unfuse
+from .graph.contrib import fuse_again
 from .graph.costs import CostModel, build_cost_model
 from .graph.exclude import check_matches, exclude_groups
 from .graph.groups import QUANTIZED, Consumer, channel_major, position_columns, spread
-from .graph.model_io import (as_model, check_model, check_model_arg, data_files, initializer_map, normalize,
-                             record_provenance, save_model, share_equal_copies, store_narrowed)
+from .graph.model_io import (as_model, check_model, check_model_arg, data_files, initializer_map,
+                             record_provenance, restore_order, save_model, share_equal_copies, store_narrowed)
 from .graph.rewrite import Refit, build_pruned
+from .graph.standard import standard_form
 from .graph.weights import all_zero, consumer_matrix, folded_producer_rows
 from .parallel import blas_on_one_thread, closing_all, matmul_rows, parallel_map, prefetched, submit
 from .progress import Progress
@@ -265,8 +266,7 @@ class Pruner:
         t0 = time.perf_counter()
         with self.timer.phase("load"):
             self.model = as_model(model)
-            self.normalized = normalize(self.model)
-            self.fusions = unfuse(self.model)
+            self.normalized, self.fusions, self.listing = standard_form(self.model)
             if self.fusions:
                 log.info("%d onnxruntime fused node(s) (%s) are pruned as the standard ops they compute and "
                          "written back fused", len(self.fusions),
@@ -816,6 +816,7 @@ class Pruner:
             share_equal_copies(pruned, self.normalized.copies)
             store_narrowed(pruned, self.normalized.narrowed)
             fuse_again(pruned, self.fusions)
+            restore_order(pruned, self.listing)
         with self.timer.phase("validate"):
             fidelity = self.validate(pruned)
         self.timer.seconds["total"] = time.perf_counter() - self.t0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -312,6 +313,89 @@ def implicit_inputs(node: onnx.NodeProto) -> set[str]:
                 names.update(i for i in n.input if i and i not in produced)
                 names.update(implicit_inputs(n) - produced)
     return names
+
+
+def _node_key(node: onnx.NodeProto) -> str:
+    """A node's first output name: unique in a graph (node names need not be)."""
+    return next((name for name in node.output if name), node.name)
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    return [n for n in node.input if n] + sorted(implicit_inputs(node))
+
+
+def order_by_wiring(model: onnx.ModelProto) -> list[str]:
+    """List the main graph's nodes in an order of their wiring alone, in place: the order a
+    depth-first walk from the graph outputs (in turn) finishes them, each node's inputs
+    (then the names its sub-graphs read) walked in the order it lists them; nodes no output
+    depends on follow in the order they had. Two listings of one graph (an exporter's, and
+    onnxruntime's saved graph, which moves a shortcut Conv before the block's first) become
+    one, so that what is drawn per layer or per group is drawn alike for both. An exporter
+    that lists nodes in execution order (PyTorch's) usually lists them so already. Returns
+    the nodes' keys (first output names) in the order they had, for :func:`restore_order`."""
+    graph = model.graph
+    listing = [_node_key(node) for node in graph.node]
+    producer = {name: i for i, node in enumerate(graph.node) for name in node.output if name}
+    order: list[int] = []
+    done: set[int] = set()
+    for output in graph.output:
+        start = producer.get(output.name)
+        stack = [(start, False)] if start is not None and start not in done else []
+        while stack:
+            index, finished = stack.pop()
+            if finished:
+                order.append(index)
+                continue
+            if index in done:
+                continue
+            done.add(index)
+            stack.append((index, True))
+            for name in reversed(_reads(graph.node[index])):  # reversed on the stack: the first is walked first
+                source = producer.get(name)
+                if source is not None and source not in done:
+                    stack.append((source, False))
+    order += [i for i in range(len(graph.node)) if i not in done]
+    if order != list(range(len(graph.node))):
+        nodes = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)
+    return listing
+
+
+def restore_order(model: onnx.ModelProto, listing: list[str]) -> None:
+    """List the main graph's nodes, in place, as near the order ``listing`` (keys of
+    :func:`order_by_wiring`) gave as their wiring allows: a node it does not name (one
+    pruning added) goes with the node before it. A topological sort that takes, of the
+    nodes whose inputs are computed, the one earliest in that order; so a model pruned from
+    a graph listed otherwise lists its nodes as its input did."""
+    graph = model.graph
+    rank = {key: i for i, key in enumerate(listing)}
+    priority: list[tuple[int, int]] = []
+    last = -1
+    for position, node in enumerate(graph.node):
+        last = rank.get(_node_key(node), last)
+        priority.append((last, position))
+    producer = {name: i for i, node in enumerate(graph.node) for name in node.output if name}
+    waiting = [0] * len(graph.node)
+    readers: dict[int, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for source in {producer[n] for n in _reads(node) if n in producer}:
+            waiting[i] += 1
+            readers.setdefault(source, []).append(i)
+    ready = [(priority[i], i) for i in range(len(graph.node)) if not waiting[i]]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(i)
+        for reader in readers.get(i, []):
+            waiting[reader] -= 1
+            if not waiting[reader]:
+                heapq.heappush(ready, (priority[reader], reader))
+    if order != list(range(len(graph.node))) and len(order) == len(graph.node):
+        nodes = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)
 
 
 def check_model_arg(model: object) -> None:
