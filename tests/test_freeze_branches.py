@@ -495,13 +495,14 @@ def transpose_batch() -> onnx.ModelProto:
     return _model(b, _tail(b, b.node("Transpose", [swapped], perm=[2, 1, 0, 3]), WIDTH))
 
 
-def batch_behind_rows(merge: bool) -> onnx.ModelProto:
+def batch_behind_rows(merge: bool, read_split: bool = False) -> onnx.ModelProto:
     """"h" to channels last (N, H, W, C), a Transpose that moves the batch behind H (H, N, W,
     C), a Reshape, and back to (N, C, H, W), the targets' channel entries read from Shapes
     (of the map before the move, and of the merged one, as tf2onnx reads them).
     ``merge``: the Reshape merges H into the batch (HN, W, C), as tf2onnx's SpaceToBatchND
     does, then splits it out again; else it merges the batch with W instead (H, NW, C),
-    which no space-to-batch does."""
+    which no space-to-batch does. ``read_split``: a Relu reads the map split out again
+    (H, N, W, C) before the Transpose back, which no space-to-batch does either."""
     b = _Builder()
     nhwc = b.node("Transpose", [_stem(b)], perm=[0, 2, 3, 1])
     moved = b.node("Transpose", [nhwc], name="moved", perm=[1, 0, 2, 3])
@@ -513,6 +514,8 @@ def batch_behind_rows(merge: bool) -> onnx.ModelProto:
     merged = b.node("Relu", [b.node("Reshape", [moved, b.node("Concat", [lead, channels(nhwc, 3)], axis=0)])])
     target = b.node("Concat", [_ints(b, "back_lead", [HW, -1, HW]), channels(merged, 2)], axis=0)
     back = b.node("Reshape", [merged, target])
+    if read_split:
+        back = b.node("Relu", [back])
     return _model(b, _tail(b, b.node("Transpose", [back], perm=[1, 3, 0, 2]), WIDTH))
 
 
@@ -665,6 +668,8 @@ CASES: dict[str, Case] = {
     "batch_behind_rows": Case(lambda: batch_behind_rows(True), {}, prunable=("a", "h", "t")),
     "batch_behind_rows_flattened": Case(lambda: batch_behind_rows(False),
                                         {"h": "Reshape of a map whose batch a Transpose moved"}),
+    "batch_behind_rows_read": Case(lambda: batch_behind_rows(True, read_split=True),
+                                   {"h": "batch a Transpose moved behind other axes"}),
     "swap_batch_channels_softmax": Case(lambda: swap_batch_channels("Softmax"),
                                         {"h": "Transpose that moves the batch axis"}),
     # collect(): a block conflict of the first walk that the cut resolves; a group nothing reads
