@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import onnx
 
-from ..graph.model_io import implicit_inputs
+from ..graph.model_io import node_reads
 from .data import CalibrationData, model_inputs
 from .scratch import ScratchFile
 from .session import fixed_batch, make_session, run, unbatched_inputs
@@ -40,7 +40,7 @@ class Topology:
         self.readers: dict[str, list[int]] = {}
         self.node_inputs: list[list[str]] = []
         for index, node in enumerate(model.graph.node):
-            names = [n for n in node.input if n] + sorted(implicit_inputs(node))
+            names = node_reads(node)
             self.node_inputs.append(names)
             for name in names:
                 self.readers.setdefault(name, []).append(index)

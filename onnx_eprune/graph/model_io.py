@@ -320,8 +320,17 @@ def _node_key(node: onnx.NodeProto) -> str:
     return next((name for name in node.output if name), node.name)
 
 
-def _reads(node: onnx.NodeProto) -> list[str]:
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """The names ``node`` reads: its inputs, then those its sub-graphs read (sorted)."""
     return [n for n in node.input if n] + sorted(implicit_inputs(node))
+
+
+def _relist(graph: onnx.GraphProto, order: list[int]) -> None:
+    """List ``graph``'s nodes in ``order`` (indices into the current listing), in place."""
+    if order != list(range(len(graph.node))):
+        nodes = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)
 
 
 def order_by_wiring(model: onnx.ModelProto) -> list[str]:
@@ -350,15 +359,11 @@ def order_by_wiring(model: onnx.ModelProto) -> list[str]:
                 continue
             done.add(index)
             stack.append((index, True))
-            for name in reversed(_reads(graph.node[index])):  # reversed on the stack: the first is walked first
+            for name in reversed(node_reads(graph.node[index])):  # reversed on the stack: the first is walked first
                 source = producer.get(name)
                 if source is not None and source not in done:
                     stack.append((source, False))
-    order += [i for i in range(len(graph.node)) if i not in done]
-    if order != list(range(len(graph.node))):
-        nodes = list(graph.node)
-        del graph.node[:]
-        graph.node.extend(nodes[i] for i in order)
+    _relist(graph, order + [i for i in range(len(graph.node)) if i not in done])
     return listing
 
 
@@ -379,7 +384,7 @@ def restore_order(model: onnx.ModelProto, listing: list[str]) -> None:
     waiting = [0] * len(graph.node)
     readers: dict[int, list[int]] = {}
     for i, node in enumerate(graph.node):
-        for source in {producer[n] for n in _reads(node) if n in producer}:
+        for source in {producer[n] for n in node_reads(node) if n in producer}:
             waiting[i] += 1
             readers.setdefault(source, []).append(i)
     ready = [(priority[i], i) for i in range(len(graph.node)) if not waiting[i]]
@@ -392,10 +397,8 @@ def restore_order(model: onnx.ModelProto, listing: list[str]) -> None:
             waiting[reader] -= 1
             if not waiting[reader]:
                 heapq.heappush(ready, (priority[reader], reader))
-    if order != list(range(len(graph.node))) and len(order) == len(graph.node):
-        nodes = list(graph.node)
-        del graph.node[:]
-        graph.node.extend(nodes[i] for i in order)
+    if len(order) == len(graph.node):  # (a cycle, which no valid model has, leaves the listing)
+        _relist(graph, order)
 
 
 def check_model_arg(model: object) -> None:
